@@ -49,6 +49,7 @@ __all__ = [
     "IngestError",
     "CameraError",
     "TemplateError",
+    "UndefinedVariablesError",
     "SubmissionError",
     "PipelineError",
     "PlanningError",
@@ -179,6 +180,23 @@ class TemplateError(CpframeError):
     """A submission template that cannot be rendered (unset variables, unknown keys, bad YAML)."""
 
     exit_code = 4
+
+
+class UndefinedVariablesError(TemplateError):
+    """A template reads environment variables that are unset or ``{key}`` names that are unknown.
+
+    Attributes
+    ----------
+    variables : list of str
+        Unset environment variables (sorted).
+    keys : list of str
+        Unknown ``{key}`` names (sorted).
+    """
+
+    def __init__(self, message: str, variables: list[str] | None = None, keys: list[str] | None = None):
+        self.variables = list(variables or [])
+        self.keys = list(keys or [])
+        super().__init__(message)
 
 
 class SubmissionError(CpframeError):
