@@ -1,0 +1,49 @@
+"""Verification of calibration products (cp_verify / DMTN-101 tests), on arrays and files.
+
+No cluster and no registry here: the submit executor wraps these functions in Dask
+tasks, ``cpframe verify-daily`` calls them in-process.  See docs/verification.md.
+
+Typical use::
+
+    stats = verify_exposure("bias", residual_path, detector)          # per exposure x detector
+    exp = merge_exposure("bias", [stats, ...])                          # per exposure
+    table, summary = merge_run("bias", [exp, ...])                      # per run
+    ptc_stats = verify_calib("ptc", ptc_path, detector, nominal=...)    # per detector
+    table, summary = merge_calibs("ptc", [ptc_stats, ...])
+"""
+
+from __future__ import annotations
+
+from . import bias, dark, defects, flat, ptc, science  # noqa: F401  (register the stages)
+from .config import VerifyConfig
+from .core import STAGES, Stage, dataset_type_name, get_stage, verify_calib, verify_exposure
+from .merge import merge_calibs, merge_exposure, merge_run
+from .results import (
+    read_results, read_stats, read_summary, results_table, write_binned_residual, write_results,
+    write_stats, write_summary,
+)
+from .stats import ResidualImage, clipped_stats, read_residual
+
+__all__ = [
+    "VerifyConfig",
+    "STAGES",
+    "Stage",
+    "get_stage",
+    "dataset_type_name",
+    "verify_exposure",
+    "verify_calib",
+    "merge_exposure",
+    "merge_run",
+    "merge_calibs",
+    "results_table",
+    "write_stats",
+    "read_stats",
+    "write_summary",
+    "read_summary",
+    "write_results",
+    "read_results",
+    "write_binned_residual",
+    "ResidualImage",
+    "read_residual",
+    "clipped_stats",
+]

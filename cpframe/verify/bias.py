@@ -1,0 +1,141 @@
+"""Bias verification (stage ``BIAS``, spec verification.md §4.1; DMTN-101 §4).
+
+The residual is a bias exposure processed by ISR with the bias under test
+subtracted, in electrons.  Per amp:
+
+``MEAN``
+    mean of the valid pixels (masks DETECTED, BAD, NO_DATA excluded);
+``MEDIAN``, ``MEANCLIP``
+    median and clipped mean;
+``NOISE``
+    clipped standard deviation (5 sigma, 3 passes);
+``CR_NOISE``
+    standard deviation after a simple cosmic-ray repair (``N_CR`` pixels repaired);
+``READ_NOISE_ADU``
+    header ``LSST ISR OVERSCAN RESIDUAL SERIAL STDEV <amp>``;
+``AMP_CORNER``
+    mean of the 200x200 box at the amp's read-out corner;
+and, from the header, the nominal ``GAIN`` (e-/adu) and ``READ_NOISE`` (e-).
+
+Tests: ``MEAN`` (|MEAN| < NOISE), ``NOISE`` ((NOISE - RN)/RN <= 0.05, one-sided),
+``CR_NOISE`` (|NOISE - CR_NOISE|/CR_NOISE <= 0.05), ``PROCESSING`` (False only when the
+cosmic-ray repair gave up) and the informational ``READ_NOISE_CONSISTENT``.
+The dark stage (``cpframe.verify.dark``) reuses all of this.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..camera import Detector
+from ..errors import UserInputError
+from .config import VerifyConfig
+from .core import Stage, register_stage
+from .stats import (
+    ResidualImage, amp_corner_box, clipped_stats, header_amp_value, header_value, mask_of,
+    repair_cosmic_rays,
+)
+
+__all__ = ["measure_noise_stage", "check_noise_stage", "nominal_from_header", "MISSING_NOMINAL_MESSAGE"]
+
+#: Message when the residual lacks the ISR's gain / read-noise cards (tests check it).
+MISSING_NOMINAL_MESSAGE = "has no nominal read noise"
+
+
+def nominal_from_header(residual: ResidualImage, detector: Detector, required: bool = True) -> dict:
+    """Per-amp nominal gain (e-/adu) and read noise (e-) from the residual's header.
+
+    Looks up ``LSST ISR GAIN <amp>`` / ``LSST ISR READNOISE <amp>``, then the scalar
+    ``LSST GAIN`` / ``LSST READNOISE`` (spec §3).
+
+    Raises
+    ------
+    UserInputError
+        ``required`` and some amp has no read noise (lists the amps).
+    """
+    gains = {a: header_amp_value(residual.header, "LSST ISR GAIN", a, "LSST GAIN") for a in detector.amp_names}
+    noises = {
+        a: header_amp_value(residual.header, "LSST ISR READNOISE", a, "LSST READNOISE") for a in detector.amp_names
+    }
+    missing = [a for a, v in noises.items() if not math.isfinite(v)]
+    if required and missing:
+        raise UserInputError(
+            f"{residual.path or 'residual image'} {MISSING_NOMINAL_MESSAGE} for amp(s) {', '.join(missing)} "
+            "(header 'LSST ISR READNOISE <amp>'). Verification compares the noise with it: run the "
+            "verification ISR with gains applied (not bootstrap mode)."
+        )
+    return {"GAIN": gains, "READ_NOISE": noises}
+
+
+def measure_noise_stage(residual: ResidualImage, detector: Detector, config: VerifyConfig) -> dict:
+    """Statistics of the BIAS / DARK stages (module docstring)."""
+    meta = nominal_from_header(residual, detector)
+    exclude = mask_of(residual, config.mask_names) | ~np.isfinite(residual.image)
+    amps: dict[str, dict] = {}
+    n_cr_total = 0
+    for amp in detector.amps:
+        ys, xs = amp.bbox
+        data = residual.image[ys, xs]
+        bad = exclude[ys, xs]
+        vals = data[~bad]
+        clip = clipped_stats(vals, config.n_sigma_clip, config.clip_max_iter)
+        repaired, cr = repair_cosmic_rays(
+            data, bad, clip.mean, clip.stdev, n_sigma=config.cr_n_sigma,
+            sharp_n_sigma=config.cr_sharpness_n_sigma, neighbour_n_sigma=config.cr_neighbour_n_sigma,
+        )
+        n_cr_total += int(cr.sum())
+        good = repaired[~bad]
+        cy, cx = amp_corner_box(amp, config.amp_corner_box)
+        corner = residual.image[cy, cx][~exclude[cy, cx]]
+        amps[amp.name] = {
+            "MEAN": float(np.mean(vals)) if vals.size else math.nan,
+            "MEDIAN": float(np.median(vals)) if vals.size else math.nan,
+            "MEANCLIP": clip.mean,
+            "NOISE": clip.stdev,
+            "CR_NOISE": float(np.std(good, ddof=1)) if good.size > 1 else math.nan,
+            "N_CR": int(cr.sum()),
+            "READ_NOISE_ADU": header_amp_value(residual.header, "LSST ISR OVERSCAN RESIDUAL SERIAL STDEV", amp.name),
+            "AMP_CORNER": float(np.mean(corner)) if corner.size else math.nan,
+            "NMASKED": int(bad.sum()),
+            "GAIN": meta["GAIN"][amp.name],
+            "READ_NOISE": meta["READ_NOISE"][amp.name],
+        }
+        for p in (0, 5, 16, 50, 84, 95, 100):
+            for kind in ("BIAS", "DARK"):
+                v = header_value(residual.header, f"LSST CALIB {kind} {amp.name} DISTRIBUTION {p}-PCT")
+                if v is not None:
+                    amps[amp.name][f"{kind}_DIST_{p}_PCT"] = float(v)
+    det = {"N_CR": n_cr_total, "FORCE_FAILURE": bool(n_cr_total > config.cr_max_pixels)}
+    return {"METADATA": meta, "AMP": amps, "DET": det}
+
+
+def check_noise_stage(stats: dict, config: VerifyConfig) -> dict:
+    """Tests of the BIAS / DARK stages (module docstring)."""
+    force = bool(stats["DET"].get("FORCE_FAILURE", False))
+    out: dict[str, dict] = {}
+    for amp, s in stats["AMP"].items():
+        noise, rn, cr_noise = s["NOISE"], s["READ_NOISE"], s["CR_NOISE"]
+        tests = {
+            "MEAN": bool(abs(s["MEAN"]) < noise),
+            "NOISE": bool((noise - rn) / rn <= config.noise_threshold),
+            "CR_NOISE": bool(abs(noise - cr_noise) / cr_noise <= config.cr_noise_threshold),
+            "PROCESSING": not force,
+        }
+        rn_adu, gain = s["READ_NOISE_ADU"], s["GAIN"]
+        if math.isfinite(rn_adu) and rn_adu != 0:
+            value = (gain * rn_adu - rn) / rn
+            tests["READ_NOISE_CONSISTENT"] = bool(math.isfinite(value) and value <= config.read_noise_threshold)
+        out[amp] = tests
+    return {"AMP": out, "DET": {}}
+
+
+def _measure_bias(residual: ResidualImage, detector: Detector, config: VerifyConfig) -> dict:
+    return measure_noise_stage(residual, detector, config)
+
+
+BIAS = register_stage(Stage(
+    name="BIAS", type_name="Bias", kind="exposure", measure=_measure_bias, check=check_noise_stage,
+    informational=("READ_NOISE_CONSISTENT",),
+))

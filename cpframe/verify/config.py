@@ -1,0 +1,120 @@
+"""Thresholds and statistics settings of verification, in one frozen dataclass.
+
+Defaults are cp_verify's (``CpVerifyStatsConfig`` and the per-type tasks, spec
+verification.md §3-4) except where docs/verification.md says cpframe differs.
+A pipeline definition or a campaign may override any field by name through
+:meth:`VerifyConfig.from_mapping`, which rejects unknown names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping
+
+from ..errors import UserInputError
+
+__all__ = ["VerifyConfig", "UNKNOWN_FIELD_MESSAGE"]
+
+#: Message for an override naming a field that does not exist (tests check it).
+UNKNOWN_FIELD_MESSAGE = "unknown verification setting(s)"
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Statistics settings and test thresholds used by every verification stage."""
+
+    # -- statistics machinery (spec §3) ----------------------------------------------------
+    mask_names: tuple[str, ...] = ("DETECTED", "BAD", "NO_DATA")
+    """Mask planes whose pixels are excluded from the per-amp statistics."""
+    n_sigma_clip: float = 5.0
+    """Clipping half-width in units of the (clipped) standard deviation."""
+    clip_max_iter: int = 3
+    """Number of clipping passes (the first one is centred on the median, width from the IQR)."""
+    amp_corner_box: int = 200
+    """Side (pixels) of the AMP_CORNER box at the amp's read-out corner; cut to the amp size."""
+
+    # -- simple cosmic-ray repair (CR_NOISE) ------------------------------------------------
+    cr_n_sigma: float = 6.0
+    """A CR pixel is above the clipped mean by more than this many clipped sigma."""
+    cr_sharpness_n_sigma: float = 3.0
+    """... and above the median of its 8 neighbours by more than this many sigma (sharp, not a source)."""
+    cr_neighbour_n_sigma: float = 3.0
+    """A pixel touching a CR is CR too if above the clipped mean by this many sigma."""
+    cr_max_pixels: int = 10000
+    """More CR pixels than this in one detector sets FORCE_FAILURE (PROCESSING test fails)."""
+
+    # -- bias and dark (spec §4.1, §4.2) ----------------------------------------------------
+    noise_threshold: float = 0.05
+    """NOISE: (NOISE - RN) / RN must not exceed this (one-sided, as cp_verify)."""
+    cr_noise_threshold: float = 0.05
+    """CR_NOISE: |NOISE - CR_NOISE| / CR_NOISE must not exceed this."""
+    read_noise_threshold: float = 0.05
+    """READ_NOISE_CONSISTENT (informational): (gain * READ_NOISE_ADU - RN) / RN limit."""
+
+    # -- flat (spec §4.3) -------------------------------------------------------------------
+    flat_noise_tolerance: float = 0.15
+    """NOISE: |NOISE / sqrt(MEAN) - 1| must not exceed this (two-sided; see docs)."""
+    flat_det_scatter_threshold: float = 0.05
+    """Detector SCATTER: std(amp MEANs) / mean(amp MEANs) limit."""
+    flat_exp_scatter_threshold: float = 0.05
+    """Exposure SCATTER: std(detector MEANs) / mean(detector MEANs) limit."""
+    flat_sat_fraction_threshold: float = 0.001
+    """SATURATION: largest allowed fraction of SAT-masked pixels in an amp."""
+
+    # -- defects (spec §4.4) ----------------------------------------------------------------
+    defect_mask_names: tuple[str, ...] = ("BAD",)
+    """Mask planes that mark defects in the corrected image."""
+    defects_stdev_tolerance: float = 0.02
+    """STDEV: the unmasked clipped stdev may be this much (relative) below the masked one."""
+    prob_test_n_sigma_excess: float = 5.0
+    """PROB_TEST: improbable pixels outside defects may exceed the Gaussian expectation by
+    this many Poisson sigma (plus one pixel) before the test fails."""
+
+    # -- PTC (spec §4.5) --------------------------------------------------------------------
+    ptc_gain_threshold_pct: float = 5.0
+    """PTC_GAIN: 100 |g_PTC - g_nominal| / g_nominal limit (percent)."""
+    ptc_noise_threshold_pct: float = 5.0
+    """PTC_NOISE: 100 |sigma_PTC - sigma_nominal| / sigma_nominal limit (percent)."""
+    ptc_turnoff_threshold_e: float = 90000.0
+    """PTC_TURNOFF: turnoff (adu) x gain must exceed this many electrons."""
+    ptc_a00_ranges: Mapping[str, tuple[float, float]] = field(
+        default_factory=lambda: {"ITL": (-4.56e-6, 6.91e-7), "E2V": (-3.52e-6, -2.61e-6)}
+    )
+    """PTC_BFE_A00: open interval of a00 allowed per sensor vendor."""
+    ptc_noise_independence_threshold: float = 1.25
+    """NOISE_SIGNAL_INDEPENDENCE limit on the per-pair overscan noise statistic."""
+
+    # -- science (cpframe's own check) ------------------------------------------------------
+    science_step_threshold: float = 0.01
+    """AMP_STEP: largest |level jump| across an amp boundary relative to the detector background."""
+    science_step_strip: int = 4
+    """Width (pixels) of the strips compared on each side of an amp boundary."""
+    science_structure_threshold: float = 3.0
+    """COLUMN/ROW_STRUCTURE: robust scatter of the profile over its pure-noise expectation."""
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> "VerifyConfig":
+        """Defaults overridden by ``values`` (kebab- or snake-case names).
+
+        >>> VerifyConfig.from_mapping({"noise-threshold": 0.1}).noise_threshold
+        0.1
+
+        Raises
+        ------
+        UserInputError
+            A name that is not a field (all such names are listed at once).
+        """
+        if not values:
+            return cls()
+        known = {f.name for f in fields(cls)}
+        clean = {str(k).replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(k for k in clean if k not in known)
+        if unknown:
+            raise UserInputError(
+                f"{UNKNOWN_FIELD_MESSAGE}: {', '.join(unknown)}. "
+                f"Known settings are: {', '.join(sorted(known))}."
+            )
+        for k in ("mask_names", "defect_mask_names"):
+            if k in clean:
+                clean[k] = tuple(clean[k])
+        return replace(cls(), **clean)

@@ -1,0 +1,100 @@
+"""Flat verification (stage ``FLAT``, spec verification.md §4.3; DMTN-101 §10).
+
+The residual is a flat exposure processed by ISR with bias, dark and the flat under
+test applied (electrons).  A good flat leaves a flat image whose pixel scatter is
+photon noise.  Per amp: ``MEAN``, ``MEDIAN``, ``MEANCLIP``, ``NOISE`` (clipped
+stdev), ``SAT_FRACTION`` (fraction of SAT-masked pixels) and the nominal
+``READ_NOISE``.  Per detector, over the amp MEANs: ``MEAN`` and ``SCATTER`` (std).
+Per exposure, over the detector MEANs: ``MEAN`` and ``SCATTER``.
+
+Tests (cpframe's reading; docs/verification.md explains the differences):
+
+* amp ``NOISE``: ``|NOISE / sqrt(MEAN) - 1| <= 0.15`` -- photon-noise consistent, both
+  ways (cp_verify: ``NOISE <= sqrt(MEAN)``, which read noise and the flat's own noise
+  make fail on good data, and which a saturated flat -- no scatter at all -- passes);
+* amp ``SATURATION``: ``SAT_FRACTION <= 0.001``;
+* detector ``SCATTER``: ``SCATTER / MEAN <= 0.05``;
+* exposure ``SCATTER``: ``std(detector MEANs) / mean(detector MEANs) <= 0.05``
+  (cp_verify compares the absolute std with 0.05, the same for a flat near 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..camera import Detector
+from .config import VerifyConfig
+from .core import Stage, register_stage
+from .stats import ResidualImage, clipped_stats, header_amp_value, header_value, mask_of
+
+__all__ = ["measure_flat", "check_flat", "flat_exposure_group", "FLAT"]
+
+
+def measure_flat(residual: ResidualImage, detector: Detector, config: VerifyConfig) -> dict:
+    """Statistics of the FLAT stage (module docstring)."""
+    exclude = mask_of(residual, config.mask_names) | ~np.isfinite(residual.image)
+    sat = mask_of(residual, ("SAT",))
+    amps: dict[str, dict] = {}
+    noises = {}
+    for amp in detector.amps:
+        ys, xs = amp.bbox
+        vals = residual.image[ys, xs][~exclude[ys, xs]]
+        clip = clipped_stats(vals, config.n_sigma_clip, config.clip_max_iter)
+        rn = header_amp_value(residual.header, "LSST ISR READNOISE", amp.name, "LSST READNOISE")
+        noises[amp.name] = rn
+        amps[amp.name] = {
+            "MEAN": float(np.mean(vals)) if vals.size else math.nan,
+            "MEDIAN": float(np.median(vals)) if vals.size else math.nan,
+            "MEANCLIP": clip.mean,
+            "NOISE": clip.stdev,
+            "SAT_FRACTION": float(sat[ys, xs].mean()),
+            "NMASKED": int(exclude[ys, xs].sum()),
+            "READ_NOISE": rn,
+        }
+        for p in (0, 5, 16, 50, 84, 95, 100):
+            v = header_value(residual.header, f"LSST CALIB FLAT {amp.name} DISTRIBUTION {p}-PCT")
+            if v is not None:
+                amps[amp.name][f"FLAT_DIST_{p}_PCT"] = float(v)
+    means = np.array([s["MEAN"] for s in amps.values()], dtype=float)
+    means = means[np.isfinite(means)]
+    det = {
+        "MEAN": float(np.mean(means)) if means.size else math.nan,
+        "SCATTER": float(np.std(means)) if means.size else math.nan,
+    }
+    return {"METADATA": {"READ_NOISE": noises}, "AMP": amps, "DET": det}
+
+
+def check_flat(stats: dict, config: VerifyConfig) -> dict:
+    """Tests of the FLAT stage (module docstring)."""
+    amps = {}
+    for amp, s in stats["AMP"].items():
+        mean, noise = s["MEAN"], s["NOISE"]
+        ratio = noise / math.sqrt(mean) if mean > 0 else math.nan
+        amps[amp] = {
+            "NOISE": bool(math.isfinite(ratio) and abs(ratio - 1.0) <= config.flat_noise_tolerance),
+            "SATURATION": bool(s["SAT_FRACTION"] <= config.flat_sat_fraction_threshold),
+        }
+    det = stats["DET"]
+    rel = det["SCATTER"] / det["MEAN"] if det["MEAN"] else math.nan
+    return {"AMP": amps, "DET": {"SCATTER": bool(math.isfinite(rel) and rel <= config.flat_det_scatter_threshold)}}
+
+
+def flat_exposure_group(detector_stats: list[dict], config: VerifyConfig) -> dict:
+    """Exposure-level group test: detector-to-detector scatter of the flat-fielded level."""
+    means = np.array([s["DET"]["MEAN"] for s in detector_stats], dtype=float)
+    means = means[np.isfinite(means)]
+    mean = float(np.mean(means)) if means.size else math.nan
+    scatter = float(np.std(means)) if means.size else math.nan
+    rel = scatter / mean if mean else math.nan
+    return {
+        "stats": {"MEAN": mean, "SCATTER": scatter},
+        "verify": {"SCATTER": bool(math.isfinite(rel) and rel <= config.flat_exp_scatter_threshold)},
+    }
+
+
+FLAT = register_stage(Stage(
+    name="FLAT", type_name="Flat", kind="exposure", measure=measure_flat, check=check_flat,
+    group=flat_exposure_group, by_filter=True,
+))

@@ -1,0 +1,177 @@
+"""PTC verification (stage ``PTC``, spec verification.md §4.5; DMTN-101 §16).
+
+Runs on the ``ptc`` product of one detector (``fits-ptc``: a ``PTC`` table with one
+row per amp).  It compares the fitted gain and read noise with the *nominal* values
+of the camera -- in cpframe those come from the caller (the camera model / curated
+values used by the simulator or the site; see docs/verification.md), given as
+``nominal = {amp: {"gain": e-/adu, "noise": e-}}``.
+
+Per amp: ``PTC_GAIN``, ``PTC_GAIN_ERR``, ``AMP_GAIN``, ``PTC_NOISE``, ``PTC_NOISE_ERR``,
+``AMP_NOISE``, ``PTC_TURNOFF`` (adu), ``PTC_TURNOFF_E`` (x gain), ``PTC_BFE_A00``,
+``PTC_N_PAIRS``, ``NOISE_SIGNAL_INDEPENDENCE``.
+
+Tests: ``PTC_GAIN`` (100 |g - g_nom| / g_nom < 5), ``PTC_NOISE`` (same for noise),
+``PTC_TURNOFF`` (turnoff x gain > 90000 e-), ``PTC_BFE_A00`` (a00 strictly inside the
+vendor's range; only when the fit type is EXPAPPROXIMATION / FULLCOVARIANCE or not
+recorded) and ``NOISE_SIGNAL_INDEPENDENCE`` (< 1.25, when per-pair overscan noises
+are stored).  The vendor is the prefix of ``DET_SER`` (else the camera model's).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..camera import Detector
+from ..errors import UserInputError
+from .config import VerifyConfig
+from .core import Stage, register_stage
+from .stats import header_value
+
+__all__ = ["read_ptc_table", "measure_ptc", "check_ptc", "noise_signal_independence", "PTC",
+           "MISSING_NOMINAL_PTC_MESSAGE", "UNKNOWN_VENDOR_MESSAGE"]
+
+#: Messages tests check.
+MISSING_NOMINAL_PTC_MESSAGE = "nominal gain and noise missing"
+UNKNOWN_VENDOR_MESSAGE = "unknown sensor vendor"
+
+_A00_FIT_TYPES = ("EXPAPPROXIMATION", "FULLCOVARIANCE")
+
+
+def read_ptc_table(path: str | Path) -> tuple[dict[str, dict[str, Any]], Any]:
+    """Rows of the ``PTC`` table keyed by amp name (lower-case column names), and the primary header.
+
+    Raises
+    ------
+    UserInputError
+        Missing file or not a ``fits-ptc`` file.
+    """
+    from astropy.io import fits
+    from astropy.table import Table
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserInputError(f"PTC file {p} does not exist; check the ptc dataset given to verification.")
+    try:
+        with fits.open(p, memmap=False) as hdul:
+            header = hdul[0].header.copy()
+            if "PTC" not in [h.name for h in hdul]:
+                raise UserInputError(f"{p}: no 'PTC' table HDU; it is not a fits-ptc file (docs/architecture.md).")
+            table = Table.read(hdul["PTC"])
+    except OSError as err:
+        raise UserInputError(f"{p}: cannot read as FITS ({err}).") from None
+    rows: dict[str, dict[str, Any]] = {}
+    for row in table:
+        d = {name.lower(): row[name] for name in table.colnames}
+        amp = d.get("amp")
+        amp = amp.decode() if isinstance(amp, bytes) else str(amp)
+        rows[amp.strip()] = d
+    return rows, header
+
+
+def noise_signal_independence(noises: np.ndarray) -> float:
+    """Spec §4.5 statistic over the per-pair overscan noises: sum((x - mean)^2) / std(x) / n.
+
+    >>> round(noise_signal_independence(np.array([1.0, 2.0, 3.0])), 6)
+    0.816497
+    """
+    x = np.asarray(noises, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return math.nan
+    sd = float(np.std(x))
+    if sd == 0:
+        return 0.0
+    return float(np.sum((x - x.mean()) ** 2) / sd / x.size)
+
+
+def _scalar(row: Mapping[str, Any], key: str) -> float:
+    v = row.get(key)
+    try:
+        return float(v) if v is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def measure_ptc(
+    path: str | Path, detector: Detector, config: VerifyConfig,
+    nominal: Mapping[str, Mapping[str, float]] | None = None,
+) -> dict:
+    """Statistics of the PTC stage (module docstring)."""
+    rows, header = read_ptc_table(path)
+    missing_amps = [a for a in detector.amp_names if a not in rows]
+    if missing_amps:
+        raise UserInputError(f"{path}: the PTC table has no row for amp(s) {', '.join(missing_amps)} of {detector.name}.")
+    nominal = nominal or {}
+    lacking = [a for a in detector.amp_names
+               if not all(math.isfinite(float(nominal.get(a, {}).get(k, math.nan))) for k in ("gain", "noise"))]
+    if lacking:
+        raise UserInputError(
+            f"{detector.name}: {MISSING_NOMINAL_PTC_MESSAGE} for amp(s) {', '.join(lacking)}. Pass "
+            "nominal={amp: {'gain': e-/adu, 'noise': e-}} from the camera's curated values."
+        )
+    serial = header_value(header, "DET_SER") or detector.serial
+    vendor = str(serial).split("-")[0].upper() if serial else str(detector.vendor).upper()
+    fit_type = str(header_value(header, "PTC_FIT_TYPE", header_value(header, "PTCFIT", "")) or "").upper()
+    amps: dict[str, dict] = {}
+    for a in detector.amp_names:
+        r = rows[a]
+        gain = _scalar(r, "gain")
+        turnoff = _scalar(r, "turnoff")
+        s = {
+            "PTC_GAIN": gain,
+            "PTC_GAIN_ERR": _scalar(r, "gain_err"),
+            "AMP_GAIN": float(nominal[a]["gain"]),
+            "PTC_NOISE": _scalar(r, "noise"),
+            "PTC_NOISE_ERR": _scalar(r, "noise_err"),
+            "AMP_NOISE": float(nominal[a]["noise"]),
+            "PTC_TURNOFF": turnoff,
+            "PTC_TURNOFF_E": turnoff * gain,
+            "PTC_BFE_A00": _scalar(r, "a00"),
+            "PTC_N_PAIRS": int(_scalar(r, "n_pairs")) if math.isfinite(_scalar(r, "n_pairs")) else -1,
+        }
+        if "overscan_noise" in r:
+            s["NOISE_SIGNAL_INDEPENDENCE"] = noise_signal_independence(np.atleast_1d(r["overscan_noise"]))
+        amps[a] = s
+    meta = {"VENDOR": vendor, "PTC_FIT_TYPE": fit_type, "HAS_A00": any("a00" in r for r in rows.values())}
+    return {"METADATA": meta, "AMP": amps, "DET": {}, "HEADER": header}
+
+
+def check_ptc(stats: dict, config: VerifyConfig) -> dict:
+    """Tests of the PTC stage (module docstring).
+
+    Raises
+    ------
+    UserInputError
+        The sensor vendor has no a00 range in the settings.
+    """
+    meta = stats["METADATA"]
+    test_a00 = meta.get("HAS_A00") and (meta.get("PTC_FIT_TYPE") in _A00_FIT_TYPES or not meta.get("PTC_FIT_TYPE"))
+    if test_a00 and meta["VENDOR"] not in config.ptc_a00_ranges:
+        raise UserInputError(
+            f"{UNKNOWN_VENDOR_MESSAGE} {meta['VENDOR']!r} (from DET_SER); the a00 test knows "
+            f"{', '.join(sorted(config.ptc_a00_ranges))}. Add its range to ptc_a00_ranges."
+        )
+    out = {}
+    for amp, s in stats["AMP"].items():
+        g_pct = 100.0 * abs(s["PTC_GAIN"] - s["AMP_GAIN"]) / s["AMP_GAIN"]
+        n_pct = 100.0 * abs(s["PTC_NOISE"] - s["AMP_NOISE"]) / s["AMP_NOISE"]
+        tests = {
+            "PTC_GAIN": bool(g_pct < config.ptc_gain_threshold_pct),
+            "PTC_NOISE": bool(n_pct < config.ptc_noise_threshold_pct),
+            "PTC_TURNOFF": bool(s["PTC_TURNOFF_E"] > config.ptc_turnoff_threshold_e),
+        }
+        if test_a00:
+            lo, hi = config.ptc_a00_ranges[meta["VENDOR"]]
+            tests["PTC_BFE_A00"] = bool(lo < s["PTC_BFE_A00"] < hi)
+        nsi = s.get("NOISE_SIGNAL_INDEPENDENCE")
+        if nsi is not None and math.isfinite(nsi):
+            tests["NOISE_SIGNAL_INDEPENDENCE"] = bool(nsi < config.ptc_noise_independence_threshold)
+        out[amp] = tests
+    return {"AMP": out, "DET": {}}
+
+
+PTC = register_stage(Stage(name="PTC", type_name="Ptc", kind="calib", measure=measure_ptc, check=check_ptc))

@@ -1,0 +1,287 @@
+"""Per-amplifier statistics of a residual image, with mask exclusion and sigma clipping.
+
+The clipping follows afw's ``MEANCLIP``/``STDEVCLIP`` (the statistics cp_verify uses):
+the first pass keeps pixels within ``median +- n_sigma * 0.7413 * IQR``; every later
+pass keeps pixels within ``mean +- n_sigma * stdev`` of the previous pass; the
+result is the mean and the sample standard deviation (``ddof=1``) of the last kept
+set.  Non-finite pixels are always excluded.
+
+Everything here works on plain numpy arrays; :func:`read_residual` reads a
+``fits-masked`` file (docs/architecture.md) into a :class:`ResidualImage`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from ..camera import Amplifier, Detector
+from ..errors import UserInputError
+
+__all__ = [
+    "ResidualImage",
+    "ClipResult",
+    "DEFAULT_MASK_BITS",
+    "read_residual",
+    "mask_of",
+    "clipped_stats",
+    "amp_pixels",
+    "amp_corner_box",
+    "repair_cosmic_rays",
+    "header_value",
+    "header_amp_value",
+]
+
+#: Bit numbers of the mask planes, as in docs/architecture.md ("Mask bits").  A file's
+#: own ``MP_<NAME>`` cards win over these.
+DEFAULT_MASK_BITS: dict[str, int] = {
+    "BAD": 0, "SAT": 1, "INTRP": 2, "CR": 3, "EDGE": 4, "DETECTED": 5, "DETECTED_NEGATIVE": 6,
+    "SUSPECT": 7, "NO_DATA": 8, "UNMASKEDNAN": 9, "VIGNETTED": 10, "PARTLY_VIGNETTED": 11,
+}
+
+#: 1 / (2 * 0.6745): converts an inter-quartile range into a Gaussian sigma.
+IQR_TO_SIGMA = 0.7413
+
+
+@dataclass
+class ResidualImage:
+    """An assembled detector image (after ISR) with its mask, variance and header."""
+
+    image: np.ndarray
+    """float image, shape = detector.shape (rows, cols)."""
+    mask: np.ndarray
+    """int bit flags, same shape."""
+    variance: np.ndarray | None = None
+    """float variance, same shape (optional)."""
+    header: Mapping[str, Any] = field(default_factory=dict)
+    """Header cards (astropy ``Header`` or a dict); ISR keys such as ``LSST ISR GAIN C10``."""
+    mask_bits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_MASK_BITS))
+    """Mask plane name -> bit number."""
+    path: str = ""
+    """File it was read from (for messages)."""
+
+    def check_shape(self, detector: Detector) -> None:
+        """Raise :class:`UserInputError` if the planes do not match ``detector.shape``."""
+        where = self.path or "residual image"
+        if self.image.shape != tuple(detector.shape):
+            raise UserInputError(
+                f"{where}: image shape {self.image.shape} does not match detector {detector.name} "
+                f"shape {tuple(detector.shape)}; give the residual of this detector at the same scale "
+                "(full or mini)."
+            )
+        if self.mask.shape != self.image.shape:
+            raise UserInputError(f"{where}: mask shape {self.mask.shape} differs from image shape {self.image.shape}.")
+
+
+def read_residual(path: str | Path) -> ResidualImage:
+    """Read a ``fits-masked`` file (primary header, IMAGE, MASK, VARIANCE HDUs).
+
+    Raises
+    ------
+    UserInputError
+        The file is missing or is not ``fits-masked``.
+    """
+    from astropy.io import fits
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserInputError(f"residual image {p} does not exist; check the path given to verification.")
+    try:
+        with fits.open(p, memmap=False) as hdul:
+            names = [h.name for h in hdul]
+            missing = [n for n in ("IMAGE", "MASK") if n not in names]
+            if missing:
+                raise UserInputError(
+                    f"{p}: not a fits-masked file (HDUs {names}; missing {', '.join(missing)}). "
+                    "Verification reads ISR outputs written by cpframe.imageio."
+                )
+            header = hdul[0].header.copy()
+            image = np.asarray(hdul["IMAGE"].data, dtype=np.float64)
+            mask_hdu = hdul["MASK"]
+            mask = np.asarray(mask_hdu.data, dtype=np.int64)
+            bits = dict(DEFAULT_MASK_BITS)
+            for key, value in mask_hdu.header.items():
+                if key.startswith("MP_"):
+                    bits[key[3:]] = int(value)
+            variance = np.asarray(hdul["VARIANCE"].data, dtype=np.float64) if "VARIANCE" in names else None
+    except OSError as err:
+        raise UserInputError(f"{p}: cannot read as FITS ({err}); is it a fits-masked file?") from None
+    return ResidualImage(image=image, mask=mask, variance=variance, header=header, mask_bits=bits, path=str(p))
+
+
+def mask_of(residual: ResidualImage, names: Iterable[str]) -> np.ndarray:
+    """Boolean array: pixels with any of the named mask planes set.  Unknown names are ignored
+    (a plane that a file does not define cannot be set in it)."""
+    bits = 0
+    for n in names:
+        if n in residual.mask_bits:
+            bits |= 1 << int(residual.mask_bits[n])
+    return (residual.mask & bits) != 0
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    """Result of :func:`clipped_stats`."""
+
+    mean: float
+    """MEANCLIP."""
+    stdev: float
+    """STDEVCLIP (ddof=1)."""
+    n_used: int
+    """Pixels kept in the last pass."""
+    n_clipped: int
+    """Valid pixels outside the last pass's window (NCLIPPED)."""
+    low: float
+    """Lower edge of the last window."""
+    high: float
+    """Upper edge of the last window."""
+
+
+def clipped_stats(values: np.ndarray, n_sigma: float = 5.0, n_iter: int = 3) -> ClipResult:
+    """Clipped mean and standard deviation (afw MEANCLIP / STDEVCLIP).
+
+    >>> r = clipped_stats(np.array([1.0, 2.0, 3.0, 4.0, 1000.0]), n_sigma=3.0)
+    >>> round(r.mean, 6), r.n_clipped
+    (2.5, 1)
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return ClipResult(np.nan, np.nan, 0, 0, np.nan, np.nan)
+    q25, center, q75 = np.percentile(x, [25.0, 50.0, 75.0])
+    half = n_sigma * IQR_TO_SIGMA * (q75 - q25)
+    kept = x
+    mean = float(np.mean(x))
+    std = float(np.std(x, ddof=1)) if x.size > 1 else 0.0
+    for _ in range(max(int(n_iter), 1)):
+        sel = np.abs(x - center) <= half
+        if not sel.any():
+            break
+        kept = x[sel]
+        mean = float(np.mean(kept))
+        std = float(np.std(kept, ddof=1)) if kept.size > 1 else 0.0
+        center, half = mean, n_sigma * std
+    low, high = center - half, center + half
+    return ClipResult(mean, std, int(kept.size), int(x.size - kept.size), float(low), float(high))
+
+
+def amp_pixels(residual: ResidualImage, amp: Amplifier, exclude: np.ndarray | None) -> np.ndarray:
+    """Valid pixel values of one amp (flattened): finite and not in ``exclude``."""
+    ys, xs = amp.bbox
+    data = residual.image[ys, xs]
+    ok = np.isfinite(data)
+    if exclude is not None:
+        ok &= ~exclude[ys, xs]
+    return data[ok]
+
+
+def amp_corner_box(amp: Amplifier, size: int) -> tuple[slice, slice]:
+    """Box of ``size`` x ``size`` (cut to the amp) at the amp's read-out corner, in detector pixels.
+
+    The first pixel read is raw ``[0, prescan]``; after the flips it lands at the high-x
+    edge of the amp box when ``flip_x`` and at the high-y edge when ``flip_y``.
+    """
+    ys, xs = amp.bbox
+    ny, nx = min(size, amp.data_rows), min(size, amp.data_cols)
+    yb = slice(ys.stop - ny, ys.stop) if amp.flip_y else slice(ys.start, ys.start + ny)
+    xb = slice(xs.stop - nx, xs.stop) if amp.flip_x else slice(xs.start, xs.start + nx)
+    return yb, xb
+
+
+_NEIGHBOURS_8 = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+_WINDOW_5 = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if (dy, dx) != (0, 0)]
+
+
+def _gather(padded: np.ndarray, ys: np.ndarray, xs: np.ndarray, offsets, pad: int) -> np.ndarray:
+    return np.stack([padded[ys + pad + dy, xs + pad + dx] for dy, dx in offsets], axis=1)
+
+
+def repair_cosmic_rays(
+    data: np.ndarray, bad: np.ndarray, center: float, sigma: float,
+    n_sigma: float = 6.0, sharp_n_sigma: float = 3.0, neighbour_n_sigma: float = 3.0, n_iter: int = 3,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Find and repair cosmic rays in a copy of one amp's image.
+
+    A pixel is a cosmic ray when it lies more than ``n_sigma`` sigma above ``center`` *and*
+    more than ``sharp_n_sigma`` sigma above the median of its 8 neighbours (sharper than
+    any real source the noise allows).  Pixels touching a cosmic ray join it when above
+    ``neighbour_n_sigma`` sigma.  Cosmic-ray pixels are replaced by the median of the
+    good pixels in the surrounding 5x5 window (``center`` if there are none).
+
+    Parameters
+    ----------
+    data : 2-d array
+        The amp image (not modified).
+    bad : 2-d bool array
+        Pixels excluded from statistics (masked or non-finite); never used for repair.
+    center, sigma : float
+        Clipped mean and standard deviation of the amp.
+
+    Returns
+    -------
+    repaired : 2-d array
+    cr : 2-d bool array
+        The cosmic-ray pixels found.
+    """
+    work = np.array(data, dtype=np.float64, copy=True)
+    cr = np.zeros(work.shape, dtype=bool)
+    if not np.isfinite(sigma) or sigma <= 0 or work.size == 0:
+        return work, cr
+    pad = 2
+    for _ in range(n_iter):
+        padded = np.pad(np.where(bad | cr, np.nan, work), pad, constant_values=np.nan)
+        ys, xs = np.nonzero((work - center > n_sigma * sigma) & ~bad & ~cr)
+        new = np.zeros_like(cr)
+        if ys.size:
+            with warnings.catch_warnings():  # all-NaN neighbourhoods give NaN, handled below
+                warnings.simplefilter("ignore", RuntimeWarning)
+                neigh = np.nanmedian(_gather(padded, ys, xs, _NEIGHBOURS_8, pad), axis=1)
+            neigh = np.where(np.isfinite(neigh), neigh, center)
+            sharp = work[ys, xs] - neigh > sharp_n_sigma * sigma
+            new[ys[sharp], xs[sharp]] = True
+        # grow into touching pixels that are clearly high
+        if new.any() or cr.any():
+            seed = new | cr
+            touch = np.zeros_like(seed)
+            touch[1:, :] |= seed[:-1, :]
+            touch[:-1, :] |= seed[1:, :]
+            touch[:, 1:] |= seed[:, :-1]
+            touch[:, :-1] |= seed[:, 1:]
+            new |= touch & ~seed & ~bad & (work - center > neighbour_n_sigma * sigma)
+        if not new.any():
+            break
+        cr |= new
+    if cr.any():
+        ys, xs = np.nonzero(cr)
+        padded = np.pad(np.where(bad | cr, np.nan, work), pad, constant_values=np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            fill = np.nanmedian(_gather(padded, ys, xs, _WINDOW_5, pad), axis=1)
+        work[ys, xs] = np.where(np.isfinite(fill), fill, center)
+    return work, cr
+
+
+def header_value(header: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    """A header value looked up as ``key`` or ``HIERARCH key``; ``default`` if absent."""
+    for k in (key, f"HIERARCH {key}"):
+        try:
+            if k in header:
+                return header[k]
+        except (KeyError, ValueError):
+            continue
+    return default
+
+
+def header_amp_value(header: Mapping[str, Any], key: str, amp: str, fallback_key: str | None = None) -> float:
+    """Per-amp numeric header value ``"<key> <amp>"`` (fallback: scalar ``fallback_key``), NaN if absent."""
+    v = header_value(header, f"{key} {amp}")
+    if v is None and fallback_key:
+        v = header_value(header, fallback_key)
+    try:
+        return float(v) if v is not None else float("nan")
+    except (TypeError, ValueError):
+        return float("nan")
