@@ -1207,9 +1207,9 @@ def format_plan(campaign: Campaign, status: Mapping[str, tuple[str, str]] | None
     stop = False
     for i, s in enumerate(campaign.steps, 1):
         st, detail = (status or {}).get(s.name, ("pending", ""))
-        mark = {"done": "[done]   ", "failed": "[FAILED] ", "pending": "[ ]      "}.get(st, "[ ]      ")
+        mark = {"done": "[done]  ", "failed": "[FAILED]", "pending": "[todo]  "}.get(st, "[todo]  ")
         if stop:
-            mark = "[after --until] "
+            mark = "[later] "
         lines.append(f"{i:3d}. {mark}{s.name:<{width}}  {s.label}: {_describe(campaign, s)}")
         if detail and st != "pending":
             lines.append(f"{'':{14}}{detail}")

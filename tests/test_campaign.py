@@ -1,0 +1,313 @@
+"""Tests of cpframe.campaign and `cpframe campaign` / `cpframe deploy`.
+
+Validation, ordering and the plan text run on campaign files written here (fast, no
+repository).  Running, resuming, the construction record and deployment run on a real
+SQLite repository with the real submit engine (see the second half).
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cpframe.campaign import (
+    PRODUCT_NEEDS,
+    _infer_from_template,
+    load_campaign,
+    parse_campaign,
+    parse_var_options,
+)
+from cpframe.cli import main
+from cpframe.errors import CampaignError
+
+BASE_VARS = {
+    "USER_CALIB_PREFIX": "u/tester/",
+    "INSTRUMENT": "LSSTComCam",
+    "TICKET": "DM-1",
+    "REPO": "REPO_PLACEHOLDER",
+    "RAW_COLLECTION": "LSSTComCam/raw/all",
+    "CALIB_COLLECTIONS": "LSSTComCam/calib/DM-1/curated",
+    "TAG": "test",
+    "RERUN": "20250101a",
+    "BOOTSTRAP_RUN_NUMBER": "1",
+    "CERT_RERUN": "20250102a",
+    "VERIFY_RERUN": "20250103a",
+    "START_DATE": "1970-01-01T00:00:00",
+    "SELECTION_BIAS_BOOTSTRAP": "instrument='LSSTComCam' and exposure.observation_type='bias'",
+    "SELECTION_DARK_BOOTSTRAP": "instrument='LSSTComCam' and exposure.observation_type='dark'",
+    "SELECTION_FLAT_BOOTSTRAP": "instrument='LSSTComCam' and exposure.observation_type='flat'",
+    "SELECTION_PTC": "instrument='LSSTComCam' and exposure.observation_type='flat'",
+    "SELECTION_BIAS": "instrument='LSSTComCam' and exposure.observation_type='bias'",
+    "SELECTION_DARK": "instrument='LSSTComCam' and exposure.observation_type='dark'",
+    "SELECTION_FLAT_g": "instrument='LSSTComCam' and exposure.observation_type='flat'",
+    "SELECTION_FLAT_r": "instrument='LSSTComCam' and exposure.observation_type='flat'",
+    "SELECTION_BIAS_V": "${SELECTION_BIAS}",
+    "SELECTION_DARK_V": "${SELECTION_DARK}",
+    "SELECTION_FLAT_g_V": "${SELECTION_FLAT_g}",
+}
+
+#: The full product sequence, in a deliberately scrambled file order.
+SCRAMBLED_STEPS = [
+    {"name": "report", "kind": "report"},
+    {"name": "verify-bias", "kind": "submit", "template": "bps_verify_bias.yaml"},
+    {"name": "certify-flat-g", "kind": "certify", "dataset_type": "flat", "band": "g"},
+    {"name": "flat-g", "kind": "submit", "template": "bps_flat_g.yaml"},
+    {"name": "certify-dark", "kind": "certify", "dataset_type": "dark"},
+    {"name": "dark", "kind": "submit", "template": "bps_dark.yaml"},
+    {"name": "certify-bias", "kind": "certify", "dataset_type": "bias"},
+    {"name": "bias", "kind": "submit", "template": "bps_bias.yaml"},
+    {"name": "certify-ptc", "kind": "certify", "dataset_type": "ptc"},
+    {"name": "ptc", "kind": "submit", "template": "bps_ptc.yaml"},
+    {"name": "certify-defects", "kind": "certify", "dataset_type": "defects"},
+    {"name": "defects", "kind": "submit", "template": "bps_defects.yaml"},
+    {"name": "flatBootstrap", "kind": "submit", "template": "bps_flatBootstrap.yaml"},
+    {"name": "darkBootstrap", "kind": "submit", "template": "bps_darkBootstrap.yaml"},
+    {"name": "biasBootstrap", "kind": "submit", "template": "bps_biasBootstrap.yaml"},
+    {"name": "deploy", "kind": "deploy"},
+]
+
+TEMPLATE_NAMES = [
+    "bps_biasBootstrap.yaml", "bps_darkBootstrap.yaml", "bps_flatBootstrap.yaml", "bps_defects.yaml",
+    "bps_ptc.yaml", "bps_bias.yaml", "bps_dark.yaml", "bps_flat_g.yaml", "bps_flat_r.yaml",
+    "bps_verify_bias.yaml", "bps_verify_dark.yaml", "bps_verify_flat_g.yaml",
+]
+
+
+def write_campaign(tmp_path: Path, steps, variables=None, drop=(), name="c.yaml") -> Path:
+    """A campaign file in tmp_path with placeholder templates next to it."""
+    tdir = tmp_path / "templates"
+    tdir.mkdir(exist_ok=True)
+    for t in TEMPLATE_NAMES:
+        (tdir / t).write_text("pipelineYaml: x.yaml\n")
+    v = dict(BASE_VARS)
+    v["REPO"] = str(tmp_path / "repo")
+    v.update(variables or {})
+    for d in drop:
+        v.pop(d, None)
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump({"name": "test-campaign", "variables": v, "steps": steps}, sort_keys=False))
+    return p
+
+
+# -- validation -------------------------------------------------------------------------------
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    steps = [
+        {"name": "bias", "kind": "submitt", "template": "bps_bias.yaml"},
+        {"name": "dark", "kind": "submit", "template": "bps_dark.yaml", "colour": "red"},
+    ]
+    p = write_campaign(tmp_path, steps, variables={"RERUN": "2025-01-01"}, drop=["TICKET"])
+    with pytest.raises(CampaignError) as info:
+        load_campaign(p)
+    msg = str(info.value)
+    assert "unknown step kind 'submitt'" in msg and "submit, certify, report, deploy" in msg
+    assert "missing variable(s) TICKET" in msg and "--var NAME=VALUE" in msg
+    assert "RERUN='2025-01-01' is not a rerun" in msg and "20250207a" in msg
+    assert "unknown key(s) colour" in msg
+    assert "4 problem(s)" in msg
+
+
+def test_missing_selection_variable_names_the_variable(tmp_path):
+    steps = [{"name": "flat-r", "kind": "submit", "template": "bps_flat_r.yaml"}]
+    p = write_campaign(tmp_path, steps, drop=["SELECTION_FLAT_r"])
+    with pytest.raises(CampaignError, match=r"missing variable SELECTION_FLAT_r \(the selection this flat step reads\)"):
+        load_campaign(p)
+
+
+def test_undefined_reference_in_a_step(tmp_path):
+    steps = [{"name": "certify-bias", "kind": "certify", "dataset_type": "bias", "begin_date": "${BEGIN}"}]
+    p = write_campaign(tmp_path, steps)
+    with pytest.raises(CampaignError, match=r"step 'certify-bias': missing variable\(s\) BEGIN"):
+        load_campaign(p)
+
+
+def test_dependency_cycle_is_shown_with_its_reasons(tmp_path):
+    # bias declared to need dark, but dark needs bias (dependencies.md §7)
+    steps = [
+        {"name": "bias", "kind": "submit", "template": "bps_bias.yaml", "needs": ["dark"]},
+        {"name": "dark", "kind": "submit", "template": "bps_dark.yaml"},
+    ]
+    p = write_campaign(tmp_path, steps)
+    with pytest.raises(CampaignError, match=r"dependency cycle: .*bias -> dark \(dark needs bias\).*"
+                                            r"dark -> bias \(declared in needs\)"):
+        load_campaign(p)
+
+
+def test_unknown_needs_and_duplicate_names(tmp_path):
+    steps = [
+        {"name": "bias", "kind": "submit", "template": "bps_bias.yaml", "needs": ["nosuch"]},
+        {"name": "bias", "kind": "submit", "template": "bps_bias.yaml"},
+    ]
+    p = write_campaign(tmp_path, steps)
+    with pytest.raises(CampaignError, match="used twice"):
+        load_campaign(p)
+    steps = [{"name": "bias", "kind": "submit", "template": "bps_bias.yaml", "needs": ["nosuch"]}]
+    with pytest.raises(CampaignError, match="needs 'nosuch', which is not a step"):
+        load_campaign(write_campaign(tmp_path, steps))
+
+
+@pytest.mark.parametrize("output,why", [
+    ("${TAG_PREFIX}/biasGen.${RERUN}", "names a generation"),
+    ("${TICKET_CHAIN}", "is the ticket chain"),
+    ("${TAG_PREFIX}/verifyBias.${VERIFY_RERUN}", "names a verification collection"),
+    ("${TAG_PREFIX}/dark.${CERT_RERUN}", "does not end with bias.<CERT_RERUN>"),
+    ("${TAG_PREFIX}/biasGen.${RERUN}/run1", "names a generation"),
+])
+def test_certify_into_a_non_calibration_collection_name(tmp_path, output, why):
+    steps = [{"name": "certify-bias", "kind": "certify", "dataset_type": "bias", "output": output}]
+    p = write_campaign(tmp_path, steps)
+    with pytest.raises(CampaignError, match="not a CALIBRATION collection name") as info:
+        load_campaign(p)
+    assert why in str(info.value)
+    assert "u/tester/LSSTComCam/calib/DM-1/test/bias.20250102a" in str(info.value)  # the example to follow
+
+
+def test_certify_of_bootstrap_and_bad_dates(tmp_path):
+    steps = [
+        {"name": "c1", "kind": "certify", "dataset_type": "biasBootstrap"},
+        {"name": "c2", "kind": "certify", "dataset_type": "bias", "begin_date": "2024-11-10T00:00:00Z"},
+        {"name": "c3", "kind": "certify", "dataset_type": "flat"},
+    ]
+    with pytest.raises(CampaignError) as info:
+        load_campaign(write_campaign(tmp_path, steps))
+    msg = str(info.value)
+    assert "bootstrap products are read from their RUNs" in msg
+    assert "time-zone suffix claims UTC" in msg
+    assert "certifying flats needs 'band'" in msg
+
+
+def test_variable_value_checks(tmp_path):
+    steps = [{"name": "bias", "kind": "submit", "template": "bps_bias.yaml"}]
+    p = write_campaign(tmp_path, steps, variables={
+        "USER_CALIB_PREFIX": "u/tester", "INSTRUMENT": "HSC", "START_DATE": "yesterday",
+        "RAW_COLLECTION": "raw,all", "TICKET_CHAIN": "x"})
+    with pytest.raises(CampaignError) as info:
+        load_campaign(p)
+    msg = str(info.value)
+    assert "USER_CALIB_PREFIX='u/tester' must end with '/'" in msg
+    assert "INSTRUMENT='HSC' is not a camera cpframe knows" in msg
+    assert "START_DATE 'yesterday'" in msg
+    assert "RAW_COLLECTION" in msg and "contains ','" in msg
+    assert "TICKET_CHAIN is computed by cpframe" in msg
+
+
+def test_missing_template_and_missing_file(tmp_path):
+    steps = [{"name": "bias", "kind": "submit", "template": "bps_nosuch.yaml", "builds": "bias"}]
+    with pytest.raises(CampaignError, match="template 'bps_nosuch.yaml' not found"):
+        load_campaign(write_campaign(tmp_path, steps))
+    with pytest.raises(CampaignError, match="does not exist. Start from templates/campaign_demo.yaml"):
+        load_campaign(tmp_path / "nope.yaml")
+    with pytest.raises(CampaignError, match="not valid YAML"):
+        parse_campaign("steps: [", tmp_path / "bad.yaml")
+
+
+def test_var_options():
+    assert parse_var_options(["A=1", "B=x=y", "C="]) == {"A": "1", "B": "x=y", "C": ""}
+    with pytest.raises(CampaignError, match=r"--var expects NAME=VALUE; got 'RERUN'"):
+        parse_var_options(["RERUN"])
+
+
+def test_template_name_inference():
+    assert _infer_from_template("bps_biasBootstrap.yaml") == ("biasBootstrap", None, None)
+    assert _infer_from_template("x/bps_flat_y.yaml") == ("flat", None, "y")
+    assert _infer_from_template("bps_verify_flat_g.yaml") == (None, "flat", "g")
+    assert _infer_from_template("mine.yaml") == (None, None, None)
+
+
+# -- ordering ---------------------------------------------------------------------------------
+
+
+def test_order_follows_the_calibration_dependencies(tmp_path):
+    camp = load_campaign(write_campaign(tmp_path, SCRAMBLED_STEPS))
+    order = [s.name for s in camp.steps]
+    # independent statement of dependencies.md §6/§7 + DMTN-222: bootstraps -> defects -> ptc -> bias
+    # -> dark -> flats, each certified before the next build; verification after every
+    # certification; report last; deploy after everything.
+    expected = [
+        "biasBootstrap", "darkBootstrap", "flatBootstrap", "defects", "certify-defects", "ptc",
+        "certify-ptc", "bias", "certify-bias", "dark", "certify-dark", "flat-g", "certify-flat-g",
+        "verify-bias", "report", "deploy",
+    ]
+    assert order == expected
+    pos = {n: i for i, n in enumerate(order)}
+    builds = {s.builds: s.name for s in camp.steps if s.kind == "submit" and s.builds}
+    for product, needs in PRODUCT_NEEDS.items():
+        for need in needs:
+            assert pos[builds[need]] < pos[builds[product]]
+            cert = f"certify-{need}"
+            if cert in pos:
+                assert pos[cert] < pos[builds[product]]
+
+
+def test_file_order_is_kept_when_dependencies_allow(tmp_path):
+    steps = [
+        {"name": "bias", "kind": "submit", "template": "bps_bias.yaml"},
+        {"name": "flat-r", "kind": "submit", "template": "bps_flat_r.yaml"},
+        {"name": "flat-g", "kind": "submit", "template": "bps_flat_g.yaml"},
+        {"name": "certify-flat-g", "kind": "certify", "dataset_type": "flat", "band": "g"},
+        {"name": "certify-flat-r", "kind": "certify", "dataset_type": "flat", "band": "r"},
+    ]
+    camp = load_campaign(write_campaign(tmp_path, steps))
+    assert [s.name for s in camp.steps] == ["bias", "flat-r", "flat-g", "certify-flat-g", "certify-flat-r"]
+    # the certify step reads the generation chain of the step that builds its band
+    assert camp.step("certify-flat-g").input == "u/tester/LSSTComCam/calib/DM-1/test/flatGen-g.20250101a"
+    assert camp.step("certify-flat-r").output == "u/tester/LSSTComCam/calib/DM-1/test/flat-r.20250102a"
+
+
+def test_first_chaining_step_redefines_later_ones_prepend(tmp_path):
+    camp = load_campaign(write_campaign(tmp_path, SCRAMBLED_STEPS))
+    certs = [s for s in camp.steps if s.kind == "certify"]
+    modes = [camp.chain_mode(s) for s in certs]
+    assert certs[0].name == "certify-defects"
+    assert modes == ["redefine"] + ["prepend"] * (len(certs) - 1)
+    assert all(s.chain == "u/tester/LSSTComCam/calib/DM-1" for s in certs)
+
+
+def test_var_overrides_change_the_names(tmp_path):
+    camp = load_campaign(write_campaign(tmp_path, SCRAMBLED_STEPS), {"CERT_RERUN": "20250301c", "TAG": "other"})
+    assert camp.step("certify-bias").output == "u/tester/LSSTComCam/calib/DM-1/other/bias.20250301c"
+    assert camp.variables["TAG_PREFIX"] == "u/tester/LSSTComCam/calib/DM-1/other"
+    # variables referring to variables are expanded
+    assert camp.variables["SELECTION_BIAS_V"] == BASE_VARS["SELECTION_BIAS"]
+
+
+# -- the plan -----------------------------------------------------------------------------------
+
+
+def test_dry_run_plan_text(tmp_path):
+    p = write_campaign(tmp_path, SCRAMBLED_STEPS)
+    res = CliRunner().invoke(main, ["campaign", str(p), "--dry-run", "--var", "RERUN=20250101b"])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    lines = [ln for ln in out.splitlines() if ln[:4].strip().rstrip(".").isdigit()]
+    assert len(lines) == len(SCRAMBLED_STEPS)
+    names = [ln.split()[2] for ln in lines]
+    assert names[:3] == ["biasBootstrap", "darkBootstrap", "flatBootstrap"] and names[-2:] == ["report", "deploy"]
+    assert "biasBootstrapGen.20250101b/run1" in out  # --var applied; fixed bootstrap RUN shown
+    assert ("defects from u/tester/LSSTComCam/calib/DM-1/test/defectGen.20250101b into "
+            "u/tester/LSSTComCam/calib/DM-1/test/defects.20250102a [1970-01-01T00:00:00, +inf); "
+            "redefine u/tester/LSSTComCam/calib/DM-1") in out
+    assert "prepend u/tester/LSSTComCam/calib/DM-1" in out
+    assert "only with --deploy" in out
+    assert "Order derived from the calibration dependencies" in out
+    assert "certify-defects after defects (certifies what defects builds)" in out
+    assert "does not exist yet: every step is pending" in out
+    assert "Dry run: nothing was run" in out
+    assert not (tmp_path / "repo").exists()  # a dry run writes nothing
+
+
+def test_campaign_cli_errors_are_clean(tmp_path):
+    p = write_campaign(tmp_path, [{"name": "x", "kind": "nope"}])
+    res = CliRunner().invoke(main, ["campaign", str(p), "--dry-run"])
+    assert res.exit_code == 4
+    assert "unknown step kind 'nope'" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["campaign", str(write_campaign(tmp_path, SCRAMBLED_STEPS)), "--until", "nosuch"])
+    assert res.exit_code == 4 and "no step named 'nosuch'" in res.output
+    res = CliRunner().invoke(main, ["campaign", str(write_campaign(tmp_path, SCRAMBLED_STEPS))])
+    assert res.exit_code == 4 and "does not exist. Create it" in res.output
