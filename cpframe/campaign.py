@@ -1021,6 +1021,9 @@ def _submit_variables(campaign: Campaign, step: Step) -> dict[str, str]:
     """Variables a submission sees: the campaign's, then the step's own."""
     v = dict(campaign.variables)
     v.update(dict(step.vars))
+    # templates write submit-side files under ${SCRATCH}; default: next to the construction record
+    if "SCRATCH" not in v and not os.environ.get("SCRATCH"):
+        v["SCRATCH"] = str(campaign_dir(campaign))
     return v
 
 
@@ -1454,7 +1457,7 @@ class _StepRunner:
 
     # certify --------------------------------------------------------------------------
     def _run_certify(self, step: Step) -> dict[str, Any]:
-        return certify_step(self.campaign, step, self.repo.registry)
+        return certify_step(self.campaign, step, self.repo)
 
     # report ---------------------------------------------------------------------------
     def _run_report(self, step: Step) -> dict[str, Any]:
@@ -1471,22 +1474,24 @@ class _StepRunner:
         return {"detail": res.headline(), "_deploy": res}
 
 
-def certify_step(campaign: Campaign, step: Step, registry: Any) -> dict[str, Any]:
+def certify_step(campaign: Campaign, step: Step, repo: Any) -> dict[str, Any]:
     """Certify a step's dataset type from its generation collection and chain it (idempotent).
 
-    Like ``certify-calibrations``: a CHAINED input is searched in its first child only,
-    unless ``search_all_inputs``; links already present (an earlier, interrupted attempt)
-    are not certified again.
+    Certification is ``Repository.certify_calibrations`` (``certify-calibrations``: a CHAINED
+    input is searched in its first child only, unless ``search_all_inputs``).  When an
+    earlier, interrupted attempt already linked the input's datasets, only the chaining is
+    done.
 
     Raises
     ------
     CampaignError
-        The input collection is missing or holds no datasets of the type.
+        The input collection does not exist.
     RegistryError
-        From the registry (validity overlap, wrong collection type...).
+        From the registry (no datasets, validity overlap, wrong collection type...).
     """
     from .model import CollectionType, Timespan
 
+    registry = repo.registry
     ctype = _exists(registry, str(step.input))
     if ctype is None:
         raise CampaignError(
@@ -1496,24 +1501,19 @@ def certify_step(campaign: Campaign, step: Step, registry: Any) -> dict[str, Any
     search = [str(step.input)]
     if ctype == CollectionType.CHAINED and not step.search_all_inputs:
         search = list(registry.get_chain(str(step.input))[:1])
-    refs = registry.query_datasets(step.dataset_type, collections=search, find_first=True) if search else []
-    if step.band:
-        pf = _band_filter(campaign, step.band)
-        refs = [r for r in refs if r.data_id.get("physical_filter") == pf]
-    if not refs:
-        raise CampaignError(
-            f"certify {step.dataset_type}{' ' + step.band if step.band else ''}: no datasets in "
-            f"{', '.join(search) or step.input + ' (an empty chain)'}; nothing certified."
-        )
     timespan = Timespan.from_text(step.begin_date, step.end_date)
-    already: set[str] = set()
+    wanted = {r.id for r in registry.query_datasets(step.dataset_type, collections=search, find_first=True)} \
+        if search else set()
+    linked: set[str] = set()
     if _exists(registry, str(step.output)) == CollectionType.CALIBRATION:
-        already = {r.id for r in registry.query_certifications(str(step.output), step.dataset_type)}
-    todo = [r for r in refs if r.id not in already]
-    if todo:
-        registry.certify(str(step.output), todo, timespan)
-    out: dict[str, Any] = {"collection": step.output, "certified": len(todo), "input_run": search[0] if search else None}
-    detail = f"{len(todo)} {step.dataset_type} certified into {step.output} {timespan}"
+        linked = {r.id for r in registry.query_certifications(str(step.output), step.dataset_type)}
+    if wanted and wanted <= linked:
+        n, detail = 0, f"already certified in {step.output}"
+    else:
+        refs = repo.certify_calibrations(str(step.input), str(step.output), step.dataset_type, timespan,
+                                         search_all_inputs=step.search_all_inputs)
+        n, detail = len(refs), f"{len(refs)} {step.dataset_type} certified into {step.output} {timespan}"
+    out: dict[str, Any] = {"collection": step.output, "certified": n, "input_run": search[0] if search else None}
     if step.chain:
         mode = campaign.chain_mode(step)
         current = registry.get_chain(step.chain) if _exists(registry, step.chain) == CollectionType.CHAINED else ()

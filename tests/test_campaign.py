@@ -311,3 +311,35 @@ def test_campaign_cli_errors_are_clean(tmp_path):
     assert res.exit_code == 4 and "no step named 'nosuch'" in res.output
     res = CliRunner().invoke(main, ["campaign", str(write_campaign(tmp_path, SCRAMBLED_STEPS))])
     assert res.exit_code == 4 and "does not exist. Create it" in res.output
+
+
+def test_dp1_example_mirrors_dmtn222_and_renders_every_template():
+    from cpframe.campaign import _submit_variables
+    from cpframe.templates import render
+
+    root = Path(__file__).resolve().parents[1]
+    camp = load_campaign(root / "templates" / "campaign_dp1_example.yaml")
+    v = camp.variables
+    assert (v["INSTRUMENT"], v["TICKET"], v["TAG"], v["RERUN"], v["START_DATE"]) == (
+        "LSSTComCam", "DM-48520", "DP1", "20250207a", "1970-01-01T00:00:00")
+    order = [s.name for s in camp.steps]
+    assert order[:5] == ["biasBootstrap", "darkBootstrap", "flatBootstrap", "defects", "certify-defects"]
+    flats = [s for s in camp.steps if s.kind == "submit" and s.builds == "flat"]
+    assert sorted(s.band for s in flats) == sorted("ugrizy")
+    certs = [s for s in camp.steps if s.kind == "certify"]
+    assert len(certs) == 10 and camp.chain_mode(certs[0]) == "redefine"
+    assert {s.output.rsplit("/", 1)[1] for s in certs if s.band} == {f"flat-{b}.20250207a" for b in "ugrizy"}
+    last_cert = max(order.index(s.name) for s in certs)
+    verifies = [s for s in camp.steps if s.kind == "submit" and s.verifies]
+    assert len(verifies) == 10 and min(order.index(s.name) for s in verifies) > last_cert
+    assert order[-2:] == ["report", "deploy"]
+    report = camp.step("report")
+    # cpv_report order: verification collections first, then generation collections
+    kinds = ["verify" in c.rsplit("/", 1)[1] for c in report.collections]
+    assert kinds == sorted(kinds, reverse=True) and any(kinds) and not all(kinds)
+    # every template renders strictly with the campaign's variables (no unset variable)
+    for s in camp.steps:
+        if s.kind == "submit":
+            sv = _submit_variables(camp, s)
+            cfg = render(s.template, sv, environ=sv).config
+            assert cfg["payload"]["output"] == s.gen_output
