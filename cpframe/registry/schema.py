@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 __all__ = ["SCHEMA_VERSION", "metadata", "tables"]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: pending_file.owner, ix_dataset_run
 
 metadata = sa.MetaData()
 
@@ -121,6 +121,7 @@ dataset = sa.Table(
     sa.UniqueConstraint("dataset_type_id", "run_id", "data_id_key", name="uq_dataset_in_run"),
     sa.Index("ix_dataset_lookup", "dataset_type_id", "data_id_key"),
     sa.Index("ix_dataset_exposure", "instrument", "exposure"),
+    sa.Index("ix_dataset_run", "run_id", "dataset_type_id"),
 )
 
 calib_association = sa.Table(
@@ -151,6 +152,9 @@ pending_file = sa.Table(
     # place and deleted in the transaction that inserts the dataset row (see repo.py).
     sa.Column("path", sa.Text, primary_key=True),
     sa.Column("created_ns", sa.BigInteger, nullable=False),
+    # "<hostname>:<pid>" of the writer, so that Repository.open repairs only leftovers of
+    # processes that are gone and reports those of live writers.
+    sa.Column("owner", sa.String(128), nullable=True),
 )
 
 tables = {t.name: t for t in metadata.sorted_tables}
