@@ -343,3 +343,128 @@ def test_dp1_example_mirrors_dmtn222_and_renders_every_template():
             sv = _submit_variables(camp, s)
             cfg = render(s.template, sv, environ=sv).config
             assert cfg["payload"]["output"] == s.gen_output
+
+
+# -- deployment and self-check (real SQLite repository) ----------------------------------------
+
+P = "u/tester/LSSTComCam/calib/DM-1"
+T = P + "/test"
+
+
+def _exposure(day_obs, seq, begin, physical_filter="r_03"):
+    from cpframe.model import Timespan, parse_tai
+
+    b = parse_tai(begin)
+    return {"instrument": "LSSTComCam", "id": day_obs * 100000 + seq, "obs_id": f"CC_O_{day_obs}_{seq:06d}",
+            "day_obs": day_obs, "seq_num": seq, "physical_filter": physical_filter, "observation_type": "science",
+            "observation_reason": "object", "science_program": "test", "exposure_time": 30.0, "dark_time": 30.0,
+            "timespan": Timespan(b, b + 30 * 10**9)}
+
+
+def _put_calibs(repo, tmp_path, run, dataset_type, data_ids):
+    from cpframe.model import CollectionType
+
+    repo.registry.register_collection(run, CollectionType.RUN)
+    items = []
+    for i, did in enumerate(data_ids):
+        f = tmp_path / f"{run.replace('/', '_')}_{dataset_type}_{i}.fits"
+        f.write_bytes(f"{run} {dataset_type} {did}".encode())
+        items.append((f, dataset_type, did))
+    return repo.put_files(items, run)
+
+
+@pytest.fixture
+def calib_repo(tmp_path):
+    """A repository with raws' collection, an old deployed bias, and a ticket chain with bias + r flat."""
+    from cpframe.model import CollectionType
+    from cpframe.repo import Repository
+
+    repo = Repository.create(tmp_path / "repo")
+    repo.register_instrument("LSSTComCam", scale="mini")
+    reg = repo.registry
+    reg.insert_exposures([
+        _exposure(20241020, 5, "2024-10-20T20:00:00"),
+        _exposure(20241110, 7, "2024-11-10T20:00:00"),
+        _exposure(20241112, 9, "2024-11-12T20:00:00", physical_filter="g_01"),
+    ])
+    reg.register_collection("LSSTComCam/raw/all", CollectionType.RUN)
+    dets = [{"instrument": "LSSTComCam", "detector": d} for d in (0, 1)]
+    # an older deployment: LSSTComCam/calib -> an old bias, valid forever
+    _put_calibs(repo, tmp_path, "LSSTComCam/calib/DM-0/biasGen.20240101a/run", "bias", dets)
+    repo.certify_calibrations("LSSTComCam/calib/DM-0/biasGen.20240101a/run", "LSSTComCam/calib/DM-0/bias.20240101a",
+                              "bias", begin_date="1970-01-01")
+    reg.set_chain("LSSTComCam/calib/DM-0", ["LSSTComCam/calib/DM-0/bias.20240101a"])
+    reg.set_chain("LSSTComCam/calib", ["LSSTComCam/calib/DM-0"])
+    # the campaign's products, certified from 2024-11-01 and chained into P
+    _put_calibs(repo, tmp_path, T + "/biasGen.20250101a/20250101T000000Z", "bias", dets)
+    _put_calibs(repo, tmp_path, T + "/flatGen-r.20250101a/20250101T000000Z", "flat",
+                [dict(d, physical_filter="r_03") for d in dets])
+    repo.certify_calibrations(T + "/biasGen.20250101a/20250101T000000Z", T + "/bias.20250102a", "bias",
+                              begin_date="2024-11-01")
+    repo.certify_calibrations(T + "/flatGen-r.20250101a/20250101T000000Z", T + "/flat-r.20250102a", "flat",
+                              begin_date="2024-11-01")
+    reg.set_chain(P, [T + "/bias.20250102a"])
+    reg.set_chain(P, [T + "/flat-r.20250102a"], mode="prepend")
+    yield repo
+    repo.close()
+
+
+def test_deploy_prepends_and_self_check_passes(calib_repo):
+    from cpframe.campaign import deploy
+
+    reg = calib_repo.registry
+    plan = deploy(reg, "LSSTComCam", P, raw_collection="LSSTComCam/raw/all", dry_run=True)
+    assert plan.dry_run and reg.get_chain("LSSTComCam/calib") == ("LSSTComCam/calib/DM-0",)  # nothing changed
+    assert any("prepend LSSTComCam/calib " + P in c for c in plan.changes)
+    res = deploy(reg, "LSSTComCam", P, raw_collection="LSSTComCam/raw/all")
+    assert reg.get_chain("LSSTComCam/calib") == (P, "LSSTComCam/calib/DM-0")
+    assert reg.get_chain("LSSTComCam/defaults") == ("LSSTComCam/raw/all", "LSSTComCam/calib")
+    # the self-check exposure is the latest one inside the validity ranges [2024-11-01, +inf)
+    assert res.exposure["id"] == 2024111200009
+    rows = {(c.dataset_type, c.physical_filter): c for c in res.checks}
+    assert set(rows) == {("bias", None), ("flat", "r_03")}
+    assert rows[("bias", None)].n_ok == rows[("bias", None)].n_checked == 2
+    assert rows[("bias", None)].found_in == (T + "/bias.20250102a",)
+    assert rows[("flat", "r_03")].found_in == (T + "/flat-r.20250102a",)
+    assert res.ok and "self-check PASS" in res.format()
+    # the lookup really goes to the new bias, not the old deployment (independent check)
+    exp = res.exposure
+    got = reg.find_calibration("bias", {"instrument": "LSSTComCam", "detector": 1}, ["LSSTComCam/defaults"], exp)
+    assert got.run == T + "/biasGen.20250101a/20250101T000000Z"
+    # deploying again changes nothing
+    again = deploy(reg, "LSSTComCam", P, raw_collection="LSSTComCam/raw/all")
+    assert again.changes == [] and reg.get_chain("LSSTComCam/calib") == (P, "LSSTComCam/calib/DM-0")
+
+
+def test_self_check_fails_when_defaults_shadow_the_new_calibrations(calib_repo):
+    from cpframe.campaign import deploy
+
+    reg = calib_repo.registry
+    # a defaults chain that searches the old calibrations before LSSTComCam/calib
+    reg.set_chain("LSSTComCam/defaults", ["LSSTComCam/calib/DM-0", "LSSTComCam/raw/all"])
+    res = deploy(reg, "LSSTComCam", P, raw_collection="LSSTComCam/raw/all")
+    rows = {c.dataset_type: c for c in res.checks}
+    assert not res.ok and rows["bias"].n_ok == 0 and rows["flat"].n_ok == 2
+    assert "expected" in rows["bias"].problems[0] and "FAIL" in res.format()
+    # an exposure before the validity range cannot pick the new calibrations either
+    res = deploy(reg, "LSSTComCam", P, raw_collection="LSSTComCam/raw/all", exposure=2024102000005)
+    assert not res.ok and "not valid at this exposure" in res.checks[0].problems[0]
+
+
+def test_deploy_cli(calib_repo, tmp_path):
+    root = str(calib_repo.root)
+    args = ["deploy", "--repo", root, "--instrument", "LSSTComCam", "--chain", P, "--raw-collection",
+            "LSSTComCam/raw/all"]
+    res = CliRunner().invoke(main, args + ["--dry-run"])
+    assert res.exit_code == 0 and "Dry run: nothing changed" in res.output, res.output
+    res = CliRunner().invoke(main, args, input="n\n")
+    assert res.exit_code == 0 and "Not deployed." in res.output
+    assert calib_repo.registry.get_chain("LSSTComCam/calib") == ("LSSTComCam/calib/DM-0",)
+    res = CliRunner().invoke(main, args + ["--yes"])
+    assert res.exit_code == 0, res.output
+    assert "self-check PASS" in res.output and "2/2 detectors" in res.output
+    res = CliRunner().invoke(main, ["deploy", "--repo", root, "--chain", "nosuch/chain", "--instrument", "LSSTComCam",
+                                    "--raw-collection", "LSSTComCam/raw/all", "--yes"])
+    assert res.exit_code == 4 and "nothing to deploy: 'nosuch/chain'" in res.output
+    res = CliRunner().invoke(main, ["deploy", "--repo", root])
+    assert res.exit_code == 4 and "--instrument, --chain, --raw-collection" in res.output
