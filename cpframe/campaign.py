@@ -501,6 +501,9 @@ def parse_campaign(text: str, path: Path, overrides: Mapping[str, str] | None = 
             f"missing variable(s) {', '.join(missing_required)}: set them under 'variables:' "
             "or pass --var NAME=VALUE (docs/campaign.md lists them)"
         )
+    if v.get("REPO"):
+        # relative repository paths are relative to where cpframe runs; recorded absolute
+        v["REPO"] = os.path.abspath(os.path.expanduser(v["REPO"]))
     if all(n in v for n in ("USER_CALIB_PREFIX", "INSTRUMENT", "TICKET")):
         v["TICKET_CHAIN"] = f"{v['USER_CALIB_PREFIX']}{v['INSTRUMENT']}/calib/{v['TICKET']}"
         if "TAG" in v:
