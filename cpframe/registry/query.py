@@ -34,7 +34,9 @@ import math
 import numbers
 import operator
 import re
+import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence, Union
 
@@ -43,7 +45,7 @@ from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from ..errors import SelectionError, UserInputError
-from ..model import NS_MAX, NS_MIN, DIMENSION_ORDER, DataId, Timespan, tai_ns
+from ..model import NS_MAX, NS_MIN, DataId, Timespan, tai_ns
 from . import schema
 
 __all__ = [
@@ -703,7 +705,8 @@ class _Typer:
         if node.explicit_bind or ("." not in node.name and node.name in self.bind):
             if node.name not in self.bind:
                 raise self.error(MSG_BIND_MISSING.format(name=node.name), node.pos)
-            return self.bound(node.name, self.bind[node.name], node.pos)
+            written = f":{node.name}" if node.explicit_bind else node.name
+            return self.bound(node.name, self.bind[node.name], node.pos, written)
         field = FIELDS.get(node.name) or _SHORT_FIELDS.get(node.name)
         if field is not None:
             self.fields.add(field)
@@ -725,8 +728,7 @@ class _Typer:
         message = " ".join(parts)
         raise self.error(message, node.pos)
 
-    def bound(self, name: str, value: Any, pos: int) -> Union[Value, tuple]:
-        text = f":{name}"
+    def bound(self, name: str, value: Any, pos: int, text: str) -> Union[Value, tuple]:
         if isinstance(value, (list, tuple, set, frozenset, range)):
             items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else list(value)
             if not items:
@@ -982,9 +984,9 @@ def _freeze(v: Any) -> Any:
     return (type(v).__name__, v)
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse_cached(expression: str, key: tuple, bind_items: tuple) -> Selection:
-    return _type_tree(expression, dict(bind_items))
+_TYPED_CACHE: "OrderedDict[tuple, Selection]" = OrderedDict()
+_TYPED_CACHE_SIZE = 4096
+_TYPED_CACHE_LOCK = threading.Lock()
 
 
 def _type_tree(expression: str, bind: Mapping[str, Any]) -> Selection:
@@ -1028,9 +1030,20 @@ def parse_selection(expression: str, bind: Mapping[str, Any] | None = None) -> S
     if not isinstance(expression, str):
         raise UserInputError(f"a selection must be text, got {type(expression).__name__}: {expression!r}")
     key = _bind_key(bind)
-    if key is None:
+    if key is None:  # unhashable bind values (e.g. astropy Time): not cached
         return _type_tree(expression, dict(bind or {}))
-    return _parse_cached(expression, key, tuple((bind or {}).items()))
+    key = (expression, key)
+    with _TYPED_CACHE_LOCK:
+        hit = _TYPED_CACHE.get(key)
+        if hit is not None:
+            _TYPED_CACHE.move_to_end(key)
+            return hit
+    selection = _type_tree(expression, dict(bind or {}))
+    with _TYPED_CACHE_LOCK:
+        _TYPED_CACHE[key] = selection
+        if len(_TYPED_CACHE) > _TYPED_CACHE_SIZE:
+            _TYPED_CACHE.popitem(last=False)
+    return selection
 
 
 # --------------------------------------------------------------------------------------------
@@ -1357,8 +1370,9 @@ def select_data_ids(
     Returns
     -------
     list of DataId
-        Each with ``instrument`` plus exactly the requested dimensions, sorted by their
-        values in ``DIMENSION_ORDER``.
+        Each with ``instrument`` plus exactly the requested dimensions, sorted by
+        instrument and then by the dimensions in the order requested (``["exposure",
+        "detector"]`` lists each exposure's detectors together).
 
     Raises
     ------
@@ -1406,9 +1420,8 @@ def select_data_ids(
         stmt = stmt.where(cond)
     if instrument is not None:
         stmt = stmt.where(scope.instrument_col == sa.literal(instrument, sa.String()))
-    ids = [DataId(dict(row)) for row in conn.execute(stmt).mappings()]
-    ids.sort(key=lambda d: tuple(d[k] for k in d))
-    return ids
+    rows = sorted(tuple(row) for row in conn.execute(stmt))  # instrument, then dims as requested
+    return [DataId(zip(out, row)) for row in rows]
 
 
 # --------------------------------------------------------------------------------------------
