@@ -1,0 +1,634 @@
+"""Detector files: read raws, read/write masked images in row strips, defects and PTC tables.
+
+Formats follow ``docs/architecture.md`` exactly:
+
+``fits-raw``
+    primary HDU (metadata) + one int32 ``SEGMENTxy`` image HDU per amp, read-out order.
+``fits-masked``
+    primary HDU (metadata, HIERARCH cards) + ``IMAGE`` (float32), ``MASK`` (int32 bit
+    flags, ``MP_<NAME>`` keys) and ``VARIANCE`` (float32), uncompressed.  Rows are
+    contiguous on disk, so a strip of rows is one ``pread`` per plane: :class:`MaskedLayout`
+    records where each plane starts and :func:`read_rows` reads ``[r0, r1)`` without
+    astropy and without keeping a file handle open.
+``ecsv-defects``
+    astropy ECSV table of boxes ``x0, y0, width, height``.
+``fits-ptc``
+    primary HDU + ``PTC`` binary table, one row per amp.
+
+Every writer writes to a temporary name in the destination directory and renames,
+so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+from astropy.io import fits
+from astropy.io.fits.verify import VerifyWarning
+from astropy.table import Table
+
+from .camera import Camera, Detector, load_camera
+from .errors import CameraError, UserInputError
+
+__all__ = [
+    "MASK_BITS",
+    "mask_value",
+    "mask_names",
+    "RawExposure",
+    "read_raw",
+    "MaskedImage",
+    "MaskedLayout",
+    "masked_layout",
+    "read_rows",
+    "read_masked",
+    "write_masked",
+    "open_masked",
+    "read_header",
+    "write_defects",
+    "read_defects",
+    "boxes_to_mask",
+    "write_ptc",
+    "read_ptc",
+    "FileFormatError",
+]
+
+#: Mask plane name -> bit number (docs/architecture.md "Mask bits").
+MASK_BITS: dict[str, int] = {
+    "BAD": 0,
+    "SAT": 1,
+    "INTRP": 2,
+    "CR": 3,
+    "EDGE": 4,
+    "DETECTED": 5,
+    "DETECTED_NEGATIVE": 6,
+    "SUSPECT": 7,
+    "NO_DATA": 8,
+    "UNMASKEDNAN": 9,
+    "VIGNETTED": 10,
+    "PARTLY_VIGNETTED": 11,
+}
+
+MSG_UNKNOWN_PLANE = "unknown mask plane(s) {names}; known planes: {known}."
+MSG_NOT_MASKED = "{path}: not a fits-masked file (needs IMAGE, MASK and VARIANCE HDUs; found {found})."
+MSG_NOT_RAW = "{path}: not a fits-raw file ({why}). Raws come from the simulator or the camera (docs/architecture.md)."
+
+_FITS_BLOCK = 2880
+
+
+class FileFormatError(UserInputError):
+    """A file that is not in the cpframe format it should be in."""
+
+
+def mask_value(names: Iterable[str] | str) -> int:
+    """Bit mask for mask-plane names.
+
+    >>> mask_value(["BAD", "SAT"])
+    3
+    >>> mask_value("CR")
+    8
+    """
+    if isinstance(names, str):
+        names = [names]
+    names = list(names)
+    bad = [n for n in names if n not in MASK_BITS]
+    if bad:
+        raise UserInputError(MSG_UNKNOWN_PLANE.format(names=", ".join(map(repr, bad)), known=", ".join(MASK_BITS)))
+    value = 0
+    for n in names:
+        value |= 1 << MASK_BITS[n]
+    return value
+
+
+def mask_names(value: int) -> list[str]:
+    """Names of the planes set in ``value``.
+
+    >>> mask_names(9)
+    ['BAD', 'CR']
+    """
+    return [n for n, b in MASK_BITS.items() if value & (1 << b)]
+
+
+# --------------------------------------------------------------------------------------
+# fits-raw
+# --------------------------------------------------------------------------------------
+@dataclass
+class RawExposure:
+    """One raw exposure x detector in memory."""
+
+    header: fits.Header
+    """Primary header of the raw file."""
+    camera: Camera
+    detector: Detector
+    segments: dict[str, np.ndarray]
+    """Amp name -> int32 raw segment, read-out order, shape ``amp.raw_shape``."""
+    path: str = ""
+
+    @property
+    def exposure_id(self) -> int:
+        return int(self.header.get("EXPID", 0))
+
+
+def _camera_from_header(header: Mapping[str, Any], path: str) -> Camera:
+    inst = header.get("INSTRUME")
+    scale = str(header.get("CAMSCALE", "full")).strip().lower()
+    if not inst:
+        raise FileFormatError(MSG_NOT_RAW.format(path=path, why="primary header has no INSTRUME"))
+    return load_camera(str(inst).strip(), scale)
+
+
+def read_raw(path: str | os.PathLike, camera: Camera | None = None) -> RawExposure:
+    """Read a ``fits-raw`` file.
+
+    Parameters
+    ----------
+    path : path-like
+        The raw file.
+    camera : Camera, optional
+        Camera model; by default from the ``INSTRUME`` and ``CAMSCALE`` keys.
+
+    Raises
+    ------
+    FileFormatError
+        Missing keys, missing segments, or segments of the wrong shape.
+    """
+    path = str(path)
+    try:
+        hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
+    except (OSError, ValueError) as err:
+        raise FileFormatError(MSG_NOT_RAW.format(path=path, why=f"cannot be read as FITS: {err}")) from None
+    with hdul:
+        header = hdul[0].header.copy()
+        cam = camera or _camera_from_header(header, path)
+        if "DETECTOR" not in header:
+            raise FileFormatError(MSG_NOT_RAW.format(path=path, why="primary header has no DETECTOR"))
+        try:
+            det = cam.detector(int(header["DETECTOR"]))
+        except CameraError as err:
+            raise FileFormatError(MSG_NOT_RAW.format(path=path, why=str(err))) from None
+        by_name = {h.header.get("EXTNAME", ""): h for h in hdul[1:]}
+        segments: dict[str, np.ndarray] = {}
+        for amp in det.amps:
+            extname = "SEGMENT" + amp.name[1:]
+            hdu = by_name.get(extname)
+            if hdu is None:
+                raise FileFormatError(MSG_NOT_RAW.format(path=path, why=f"no HDU {extname} for amp {amp.name}"))
+            data = hdu.data
+            if data is None or data.shape != amp.raw_shape:
+                shape = None if data is None else data.shape
+                raise FileFormatError(
+                    MSG_NOT_RAW.format(path=path, why=f"{extname} has shape {shape}, expected {amp.raw_shape}")
+                )
+            segments[amp.name] = np.asarray(data, dtype=np.int32)
+    return RawExposure(header=header, camera=cam, detector=det, segments=segments, path=path)
+
+
+# --------------------------------------------------------------------------------------
+# fits-masked
+# --------------------------------------------------------------------------------------
+@dataclass
+class MaskedImage:
+    """Image, mask and variance planes of one detector plus the primary header."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    variance: np.ndarray
+    header: fits.Header = field(default_factory=fits.Header)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.image.shape
+
+
+_PLANES = (("IMAGE", np.dtype(">f4")), ("MASK", np.dtype(">i4")), ("VARIANCE", np.dtype(">f4")))
+
+
+@dataclass(frozen=True)
+class MaskedLayout:
+    """Where the planes of a ``fits-masked`` file start (bytes) and their shape."""
+
+    path: str
+    shape: tuple[int, int]
+    offsets: tuple[int, int, int]
+    """Byte offset of the IMAGE, MASK and VARIANCE data."""
+
+    def offset(self, plane: str) -> int:
+        return self.offsets[("IMAGE", "MASK", "VARIANCE").index(plane)]
+
+
+def _quiet_header_set(header: fits.Header, key: str, value: Any, comment: str | None = None) -> None:
+    """Set a (possibly HIERARCH) card without astropy's 'HIERARCH card created' warning."""
+    if isinstance(value, (np.floating,)):
+        value = float(value)
+    elif isinstance(value, (np.integer,)):
+        value = int(value)
+    elif isinstance(value, np.bool_):
+        value = bool(value)
+    if isinstance(value, float) and not np.isfinite(value):
+        value = str(value)  # FITS cannot hold NaN/inf values; keep them readable as text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VerifyWarning)
+        if comment is None:
+            header[key] = value
+        else:
+            header[key] = (value, comment)
+
+
+def update_header(header: fits.Header, values: Mapping[str, Any]) -> fits.Header:
+    """Set many cards (long keys become HIERARCH cards); returns ``header``."""
+    for k, v in values.items():
+        _quiet_header_set(header, k, v)
+    return header
+
+
+def _header_bytes(header: fits.Header) -> bytes:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VerifyWarning)
+        text = header.tostring(padding=True)
+    return text.encode("ascii")
+
+
+def _plane_header(name: str, dtype: np.dtype, shape: tuple[int, int]) -> fits.Header:
+    h = fits.Header()
+    h["XTENSION"] = "IMAGE"
+    h["BITPIX"] = -32 if dtype.kind == "f" else 32
+    h["NAXIS"] = 2
+    h["NAXIS1"] = shape[1]
+    h["NAXIS2"] = shape[0]
+    h["PCOUNT"] = 0
+    h["GCOUNT"] = 1
+    h["EXTNAME"] = name
+    if name == "MASK":
+        for plane, bit in MASK_BITS.items():
+            _quiet_header_set(h, f"MP_{plane}", bit)
+    return h
+
+
+def _primary_header(header: Mapping[str, Any] | fits.Header | None) -> fits.Header:
+    h = fits.Header()
+    h["SIMPLE"] = True
+    h["BITPIX"] = 8
+    h["NAXIS"] = 0
+    h["EXTEND"] = True
+    skip = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "XTENSION", "PCOUNT", "GCOUNT", "EXTNAME",
+            "BSCALE", "BZERO", "COMMENT", "HISTORY", ""}
+    if header is not None:
+        items = header.items() if isinstance(header, fits.Header) else header.items()
+        for k, v in items:
+            if k in skip:
+                continue
+            _quiet_header_set(h, k, v)
+    return h
+
+
+def _padded(n: int) -> int:
+    return -(-n // _FITS_BLOCK) * _FITS_BLOCK
+
+
+class MaskedWriter:
+    """Write a ``fits-masked`` file strip by strip (thread-safe ``pwrite`` at fixed offsets).
+
+    The file is created under a temporary name with its final size; :meth:`commit`
+    renames it into place, :meth:`abort` removes it.  Use as a context manager: an
+    exception inside the block leaves nothing behind.
+
+    Parameters
+    ----------
+    path : path-like
+        Final file name.
+    shape : (int, int)
+        (rows, cols) of each plane.
+    header : mapping or astropy Header
+        Primary-header cards.  Known in full before any data is written (a FITS header
+        precedes the data); use :func:`write_masked` when the header depends on the data.
+    """
+
+    def __init__(self, path: str | os.PathLike, shape: tuple[int, int], header: Mapping[str, Any] | None = None):
+        self.path = Path(path)
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + self.path.name + ".", suffix=".tmp", dir=self.path.parent)
+        self._tmp = Path(tmp)
+        self._fd: int | None = fd
+        blocks = [_header_bytes(_primary_header(header))]
+        offsets = []
+        pos = len(blocks[0])
+        nbytes = self.shape[0] * self.shape[1] * 4
+        for name, dtype in _PLANES:
+            hb = _header_bytes(_plane_header(name, dtype, self.shape))
+            os.pwrite(fd, hb, pos)
+            pos += len(hb)
+            offsets.append(pos)
+            pos += _padded(nbytes)
+        os.pwrite(fd, blocks[0], 0)
+        os.ftruncate(fd, pos)  # FITS pads with zeros: the sparse tail is valid padding
+        self.offsets = tuple(offsets)
+
+    def write_rows(self, r0: int, image: np.ndarray, mask: np.ndarray, variance: np.ndarray) -> None:
+        """Write rows ``[r0, r0 + len(image))`` of the three planes."""
+        if self._fd is None:
+            raise ValueError("MaskedWriter is closed")
+        row_bytes = self.shape[1] * 4
+        for off, arr, dtype in zip(self.offsets, (image, mask, variance), (">f4", ">i4", ">f4")):
+            data = np.ascontiguousarray(arr, dtype=dtype)
+            if data.ndim != 2 or data.shape[1] != self.shape[1] or r0 + data.shape[0] > self.shape[0]:
+                raise ValueError(f"strip of shape {data.shape} at row {r0} does not fit {self.shape}")
+            os.pwrite(self._fd, data.tobytes(), off + r0 * row_bytes)
+
+    def commit(self) -> Path:
+        """Flush, close and rename into place; returns the final path."""
+        if self._fd is not None:
+            os.fsync(self._fd) if os.environ.get("CPFRAME_FSYNC") else None
+            os.close(self._fd)
+            self._fd = None
+            os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Close and remove the temporary file."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "MaskedWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def write_masked(
+    path: str | os.PathLike,
+    image: np.ndarray,
+    mask: np.ndarray,
+    variance: np.ndarray,
+    header: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a whole ``fits-masked`` file (temporary name, then rename).
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
+    if not (image.shape == mask.shape == variance.shape) or image.ndim != 2:
+        raise ValueError(f"planes differ in shape: {image.shape}, {mask.shape}, {variance.shape}")
+    with MaskedWriter(path, image.shape, header) as w:
+        w.write_rows(0, image, mask, variance)
+    return Path(path)
+
+
+def masked_layout(path: str | os.PathLike) -> MaskedLayout:
+    """Locate the planes of a ``fits-masked`` file (opens and closes it once).
+
+    Raises
+    ------
+    FileFormatError
+        Not a FITS file, missing planes, wrong types or shapes.
+    """
+    path = str(path)
+    try:
+        hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
+    except (OSError, ValueError) as err:
+        raise FileFormatError(MSG_NOT_MASKED.format(path=path, found=f"unreadable: {err}")) from None
+    with hdul:
+        names = [h.header.get("EXTNAME", "") for h in hdul]
+        offsets = []
+        shape = None
+        for plane, dtype in _PLANES:
+            if plane not in names:
+                raise FileFormatError(MSG_NOT_MASKED.format(path=path, found=", ".join(n or "PRIMARY" for n in names)))
+            i = names.index(plane)
+            h = hdul[i].header
+            bitpix = -32 if dtype.kind == "f" else 32
+            this = (int(h.get("NAXIS2", 0)), int(h.get("NAXIS1", 0)))
+            if h.get("BITPIX") != bitpix or h.get("NAXIS") != 2 or h.get("BZERO", 0) or h.get("BSCALE", 1) != 1:
+                raise FileFormatError(f"{path}: plane {plane} must be an unscaled 2-d BITPIX={bitpix} image.")
+            if shape is None:
+                shape = this
+            elif this != shape:
+                raise FileFormatError(f"{path}: plane {plane} has shape {this}, IMAGE has {shape}.")
+            offsets.append(int(hdul.fileinfo(i)["datLoc"]))
+    return MaskedLayout(path=path, shape=shape, offsets=tuple(offsets))
+
+
+def read_rows(layout: MaskedLayout, plane: str, r0: int, r1: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Read rows ``[r0, r1)`` of one plane into native byte order.
+
+    Opens and closes the file on each call (no handle survives), one ``pread``.
+
+    Parameters
+    ----------
+    layout : MaskedLayout
+    plane : {"IMAGE", "MASK", "VARIANCE"}
+    r0, r1 : int
+        Row range.
+    out : numpy.ndarray, optional
+        Contiguous float32 (IMAGE/VARIANCE) or int32 (MASK) array of shape ``(r1-r0, cols)``
+        to fill in place.
+    """
+    rows, cols = layout.shape
+    r0 = max(0, r0)
+    r1 = min(rows, r1)
+    dtype = np.int32 if plane == "MASK" else np.float32
+    if out is None:
+        out = np.empty((r1 - r0, cols), dtype=dtype)
+    nbytes = (r1 - r0) * cols * 4
+    buf = memoryview(out).cast("B")
+    fd = os.open(layout.path, os.O_RDONLY)
+    try:
+        got = 0
+        base = layout.offset(plane) + r0 * cols * 4
+        while got < nbytes:
+            n = os.preadv(fd, [buf[got:]], base + got)
+            if n <= 0:
+                raise FileFormatError(f"{layout.path}: file is truncated in plane {plane} at row {r0}.")
+            got += n
+    finally:
+        os.close(fd)
+    if np.little_endian:
+        out.byteswap(inplace=True)
+    return out
+
+
+def read_header(path: str | os.PathLike) -> fits.Header:
+    """Primary header of a FITS file."""
+    with fits.open(str(path), memmap=False) as hdul:
+        return hdul[0].header.copy()
+
+
+def read_masked(path: str | os.PathLike) -> MaskedImage:
+    """Read a whole ``fits-masked`` file into memory (native byte order)."""
+    layout = masked_layout(path)
+    rows = layout.shape[0]
+    return MaskedImage(
+        image=read_rows(layout, "IMAGE", 0, rows),
+        mask=read_rows(layout, "MASK", 0, rows),
+        variance=read_rows(layout, "VARIANCE", 0, rows),
+        header=read_header(path),
+    )
+
+
+def open_masked(path: str | os.PathLike, strip_rows: int = 200):
+    """A lazy ``xarray.Dataset`` (image, mask, variance) backed by dask arrays in row strips.
+
+    Nothing is read until computed; each strip is one ``pread`` per plane.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``fits-masked`` file.
+    strip_rows : int
+        Rows per dask chunk.
+    """
+    import dask.array as da
+    import xarray as xr
+
+    layout = masked_layout(path)
+    rows, cols = layout.shape
+    strip_rows = max(1, min(int(strip_rows), rows))
+
+    def plane(name: str):
+        dtype = np.int32 if name == "MASK" else np.float32
+        proto = da.empty((rows, cols), chunks=(strip_rows, cols), dtype=np.uint8)
+
+        def load(block, block_info=None):
+            (r0, r1), _ = block_info[0]["array-location"]
+            return read_rows(layout, name, r0, r1)
+
+        return proto.map_blocks(load, dtype=dtype, name=f"read-{name.lower()}-{abs(hash((layout.path, name)))}")
+
+    header = read_header(path)
+    ds = xr.Dataset(
+        {"image": (("y", "x"), plane("IMAGE")), "mask": (("y", "x"), plane("MASK")),
+         "variance": (("y", "x"), plane("VARIANCE"))},
+        attrs={"path": layout.path},
+    )
+    ds.attrs["header"] = dict(header.items())
+    return ds
+
+
+# --------------------------------------------------------------------------------------
+# ecsv-defects
+# --------------------------------------------------------------------------------------
+def write_defects(
+    path: str | os.PathLike,
+    boxes: Sequence[tuple[int, int, int, int]],
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write an ``ecsv-defects`` table of boxes ``(x0, y0, width, height)``."""
+    path = Path(path)
+    arr = np.asarray(list(boxes), dtype=np.int64).reshape(-1, 4)
+    t = Table([arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3]], names=("x0", "y0", "width", "height"))
+    t.meta.update({k: (v.item() if hasattr(v, "item") else v) for k, v in (meta or {}).items()})
+    t.meta.setdefault("n_defects", int(len(arr)))
+    t.meta.setdefault("n_pixels", int((arr[:, 2] * arr[:, 3]).sum()) if len(arr) else 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        t.write(tmp, format="ascii.ecsv", overwrite=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_defects(path: str | os.PathLike) -> tuple[list[tuple[int, int, int, int]], dict[str, Any]]:
+    """Read an ``ecsv-defects`` file -> (boxes, meta)."""
+    try:
+        t = Table.read(str(path), format="ascii.ecsv")
+    except Exception as err:  # astropy raises many types for malformed files
+        raise FileFormatError(f"{path}: not an ecsv-defects table: {err}") from None
+    missing = [c for c in ("x0", "y0", "width", "height") if c not in t.colnames]
+    if missing:
+        raise FileFormatError(f"{path}: defects table lacks column(s) {', '.join(missing)}.")
+    boxes = [(int(r["x0"]), int(r["y0"]), int(r["width"]), int(r["height"])) for r in t]
+    return boxes, dict(t.meta)
+
+
+def boxes_to_mask(boxes: Iterable[tuple[int, int, int, int]], shape: tuple[int, int]) -> np.ndarray:
+    """Boolean image, True inside any box (clipped to ``shape``)."""
+    m = np.zeros(shape, dtype=bool)
+    for x0, y0, w, h in boxes:
+        m[max(0, y0):max(0, y0 + h), max(0, x0):max(0, x0 + w)] = True
+    return m
+
+
+# --------------------------------------------------------------------------------------
+# fits-ptc
+# --------------------------------------------------------------------------------------
+PTC_COLUMNS = ("amp", "gain", "gain_err", "noise", "noise_err", "turnoff", "a00", "n_pairs",
+               "raw_means", "raw_vars", "exp_times", "mask", "overscan_noise")
+
+
+def write_ptc(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None) -> Path:
+    """Write a ``fits-ptc`` file: one table row per amp (columns ``PTC_COLUMNS``)."""
+    path = Path(path)
+    n = max([len(r["raw_means"]) for r in rows] + [1])
+
+    def arr(key, dtype, fill):
+        out = np.full((len(rows), n), fill, dtype=dtype)
+        for i, r in enumerate(rows):
+            v = np.asarray(r[key], dtype=dtype)
+            out[i, : len(v)] = v
+        return out
+
+    cols = [
+        fits.Column("amp", "8A", array=np.array([r["amp"] for r in rows])),
+        *[fits.Column(k, "D", array=np.array([float(r[k]) for r in rows])) for k in
+          ("gain", "gain_err", "noise", "noise_err", "turnoff", "a00")],
+        fits.Column("n_pairs", "J", array=np.array([int(r["n_pairs"]) for r in rows])),
+        fits.Column("raw_means", f"{n}D", array=arr("raw_means", np.float64, np.nan)),
+        fits.Column("raw_vars", f"{n}D", array=arr("raw_vars", np.float64, np.nan)),
+        fits.Column("exp_times", f"{n}D", array=arr("exp_times", np.float64, np.nan)),
+        fits.Column("mask", f"{n}L", array=arr("mask", bool, False)),
+        fits.Column("overscan_noise", f"{n}D", array=arr("overscan_noise", np.float64, np.nan)),
+    ]
+    table = fits.BinTableHDU.from_columns(cols, name="PTC")
+    primary = fits.PrimaryHDU(header=_primary_header(meta))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", VerifyWarning)
+            fits.HDUList([primary, table]).writeto(tmp, overwrite=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_ptc(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], fits.Header]:
+    """Read a ``fits-ptc`` file -> ({amp: {column: value}}, primary header)."""
+    try:
+        with fits.open(str(path), memmap=False) as hdul:
+            header = hdul[0].header.copy()
+            data = hdul["PTC"].data
+            out: dict[str, dict[str, Any]] = {}
+            for r in data:
+                amp = str(r["amp"]).strip()
+                rec = {}
+                for c in PTC_COLUMNS[1:]:
+                    v = r[c]
+                    rec[c] = np.array(v) if np.ndim(v) else (int(v) if c == "n_pairs" else float(v))
+                n_used = int(np.isfinite(rec["raw_means"]).sum())
+                for c in ("raw_means", "raw_vars", "exp_times", "mask", "overscan_noise"):
+                    rec[c] = rec[c][:n_used]
+                rec["mask"] = rec["mask"].astype(bool)
+                out[amp] = rec
+    except (OSError, KeyError) as err:
+        raise FileFormatError(f"{path}: not a fits-ptc file: {err}") from None
+    return out, header
