@@ -103,8 +103,14 @@ def _summary(stage: str, instrument: str, success: bool, failures: dict, childre
     }
 
 
-def merge_run(stage: str, exposure_stats: Sequence[Mapping[str, Any]]):
+def merge_run(
+    stage: str, exposure_stats: Sequence[Mapping[str, Any]],
+    detector_stats: Sequence[Mapping[str, Any]] | None = None,
+):
     """Merge exposure merges into the run's Results table and summary.
+
+    The table rows come from each exposure merge's ``RESULTS``; for a merge written
+    without them, from ``detector_stats`` of that exposure (optional).
 
     Returns
     -------
@@ -125,9 +131,16 @@ def merge_run(stage: str, exposure_stats: Sequence[Mapping[str, Any]]):
     ordered = sorted(exposure_stats, key=lambda s: (s["DATA_ID"].get("exposure") or 0))
     failures = {str(s["DATA_ID"].get("exposure")): list(s["FAILURES"]) for s in ordered if not s["SUCCESS"]}
     children = {str(s["DATA_ID"].get("exposure")): bool(s["SUCCESS"]) for s in ordered}
+    by_exposure: dict[Any, list] = {}
+    for d in detector_stats or ():
+        by_exposure.setdefault(d.get("DATA_ID", {}).get("exposure"), []).append(d)
     rows: list[dict] = []
     for s in ordered:
-        rows += s.get("RESULTS", [])
+        if "RESULTS" in s:
+            rows += s["RESULTS"]
+        else:
+            for d in sorted(by_exposure.get(s["DATA_ID"].get("exposure"), []), key=lambda d: d["DATA_ID"]["detector"]):
+                rows += detector_rows(d)
     instrument = ordered[0]["DATA_ID"].get("instrument", "")
     summary = _summary(st.name, instrument, all(children.values()), failures, children, "EXPOSURES")
     table = rows_to_table(rows, meta={"stage": st.name, "instrument": instrument, "success": summary["SUCCESS"]})

@@ -203,14 +203,19 @@ def _gather(padded: np.ndarray, ys: np.ndarray, xs: np.ndarray, offsets, pad: in
 def repair_cosmic_rays(
     data: np.ndarray, bad: np.ndarray, center: float, sigma: float,
     n_sigma: float = 6.0, sharp_n_sigma: float = 3.0, neighbour_n_sigma: float = 3.0, n_iter: int = 3,
+    psf_fwhm: float = 3.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Find and repair cosmic rays in a copy of one amp's image.
 
-    A pixel is a cosmic ray when it lies more than ``n_sigma`` sigma above ``center`` *and*
-    more than ``sharp_n_sigma`` sigma above the median of its 8 neighbours (sharper than
-    any real source the noise allows).  Pixels touching a cosmic ray join it when above
-    ``neighbour_n_sigma`` sigma.  Cosmic-ray pixels are replaced by the median of the
-    good pixels in the surrounding 5x5 window (``center`` if there are none).
+    A pixel is a cosmic ray when it is more than ``n_sigma`` sigma above ``center`` and
+    sharper than the PSF allows: above ``(m - center) / r + center + sharp_n_sigma *
+    sigma``, where ``m`` is the median of its 8 neighbours (cosmic-ray pixels found
+    so far left out) and ``r = exp(-1 / (2 s^2))`` the value one pixel from the peak of
+    a Gaussian PSF of width ``s`` (FWHM ``psf_fwhm``, 3 px as in cp_verify).  Stars and
+    smooth sources are never sharper than the PSF; a pixel hit by a cosmic ray is.
+    Pixels touching a cosmic ray need only ``neighbour_n_sigma`` sigma.  Found pixels
+    are replaced by the median of the good pixels in the surrounding 5x5 window
+    (``center`` if there are none).
 
     Parameters
     ----------
@@ -231,30 +236,28 @@ def repair_cosmic_rays(
     cr = np.zeros(work.shape, dtype=bool)
     if not np.isfinite(sigma) or sigma <= 0 or work.size == 0:
         return work, cr
+    s = psf_fwhm / 2.3548
+    ratio = float(np.exp(-1.0 / (2.0 * s * s)))
     pad = 2
     for _ in range(n_iter):
-        padded = np.pad(np.where(bad | cr, np.nan, work), pad, constant_values=np.nan)
-        ys, xs = np.nonzero((work - center > n_sigma * sigma) & ~bad & ~cr)
-        new = np.zeros_like(cr)
-        if ys.size:
-            with warnings.catch_warnings():  # all-NaN neighbourhoods give NaN, handled below
-                warnings.simplefilter("ignore", RuntimeWarning)
-                neigh = np.nanmedian(_gather(padded, ys, xs, _NEIGHBOURS_8, pad), axis=1)
-            neigh = np.where(np.isfinite(neigh), neigh, center)
-            sharp = work[ys, xs] - neigh > sharp_n_sigma * sigma
-            new[ys[sharp], xs[sharp]] = True
-        # grow into touching pixels that are clearly high
-        if new.any() or cr.any():
-            seed = new | cr
-            touch = np.zeros_like(seed)
-            touch[1:, :] |= seed[:-1, :]
-            touch[:-1, :] |= seed[1:, :]
-            touch[:, 1:] |= seed[:, :-1]
-            touch[:, :-1] |= seed[:, 1:]
-            new |= touch & ~seed & ~bad & (work - center > neighbour_n_sigma * sigma)
-        if not new.any():
+        touch = np.zeros_like(cr)
+        touch[1:, :] |= cr[:-1, :]
+        touch[:-1, :] |= cr[1:, :]
+        touch[:, 1:] |= cr[:, :-1]
+        touch[:, :-1] |= cr[:, 1:]
+        level = np.where(touch, neighbour_n_sigma, n_sigma) * sigma
+        ys, xs = np.nonzero((work - center > level) & ~bad & ~cr)
+        if ys.size == 0:
             break
-        cr |= new
+        padded = np.pad(np.where(bad | cr, np.nan, work), pad, constant_values=np.nan)
+        with warnings.catch_warnings():  # all-NaN neighbourhoods give NaN, handled below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            neigh = np.nanmedian(_gather(padded, ys, xs, _NEIGHBOURS_8, pad), axis=1)
+        neigh = np.where(np.isfinite(neigh), neigh, center)
+        sharp = work[ys, xs] - center > (neigh - center) / ratio + sharp_n_sigma * sigma
+        if not sharp.any():
+            break
+        cr[ys[sharp], xs[sharp]] = True
     if cr.any():
         ys, xs = np.nonzero(cr)
         padded = np.pad(np.where(bad | cr, np.nan, work), pad, constant_values=np.nan)
