@@ -1060,6 +1060,14 @@ class SqlRegistry(Registry):
         return list(dict.fromkeys(out))
 
     def query_datasets(self, dataset_type=None, collections="*", where="", bind=None, find_first=False):
+        """Datasets of the given type(s) in the collections, each dataset once (see ``Registry``).
+
+        A dataset reached through several collections is listed once, with
+        ``extra['collection']`` the first of them in search order (and ``extra['timespan']``
+        when that is a CALIBRATION collection); :meth:`query_certifications` lists every
+        validity range.  Find-first through a CALIBRATION collection holding several ranges
+        for one data ID raises ``AmbiguousCalibrationError`` (use :meth:`find_calibrations`).
+        """
         with self._reading() as conn:
             types = self._resolve_types(conn, dataset_type)
             names = self._resolve_collections(conn, collections, find_first)
@@ -1119,8 +1127,8 @@ class SqlRegistry(Registry):
                         )
                 rows = [g[0] for g in best.values()]
             seen = set()
-            for r in rows:
-                k = (r.id, r.begin_ns, r.end_ns)
+            for r in rows:  # one entry per dataset, from the first collection in search order
+                k = r.id
                 if k in seen:
                     continue
                 seen.add(k)
