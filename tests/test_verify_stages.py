@@ -269,3 +269,18 @@ def test_ptc_user_errors(tmp_path, det):
         verify_calib("ptc", odd, det, nominal={a: {"gain": 1.6, "noise": 6.0} for a in det.amp_names})
     cfg = VerifyConfig.from_mapping({"ptc_a00_ranges": {"STA": (-1e-5, 1e-5)}})
     assert verify_calib("ptc", odd, det, cfg, nominal={a: {"gain": 1.6, "noise": 6.0} for a in det.amp_names})["SUCCESS"]
+
+
+def test_bias_noise_includes_the_calibration_noise_from_the_variance_plane(det):
+    # residual after subtracting a bias combined from 6 exposures: noise^2 = RN^2 (1 + 1/6)
+    rn, n_inputs = 6.0, 6
+    res, _ = make_residual(det, seed=28, read_noise=rn * math.sqrt(1 + 1 / n_inputs))
+    for a in det.amp_names:
+        res.header[f"LSST ISR READNOISE {a}"] = rn  # the nominal (PTC) read noise
+    res.variance[:] = rn**2 * (1 + 1 / n_inputs)  # what the ISR propagates
+    stats = verify_exposure("bias", res, det)
+    assert stats["SUCCESS"], stats["FAILURES"]
+    assert stats["AMP"]["C10"]["EXPECTED_NOISE"] == pytest.approx(rn * math.sqrt(7 / 6))
+    assert all((s["NOISE"] - rn) / rn > 0.05 for s in stats["AMP"].values())  # cp_verify's RN-only test would fail
+    res.variance = None  # no variance plane: compared with the header read noise, as cp_verify
+    assert {f.split()[1] for f in verify_exposure("bias", res, det)["FAILURES"]} == {"NOISE"}

@@ -45,15 +45,15 @@ class VerifyConfig:
 
     # -- bias and dark (spec §4.1, §4.2) ----------------------------------------------------
     noise_threshold: float = 0.05
-    """NOISE: (NOISE - RN) / RN must not exceed this (one-sided, as cp_verify)."""
+    """NOISE: (NOISE - E) / E must not exceed this (one-sided, as cp_verify); E = EXPECTED_NOISE."""
     cr_noise_threshold: float = 0.05
     """CR_NOISE: |NOISE - CR_NOISE| / CR_NOISE must not exceed this."""
     read_noise_threshold: float = 0.05
     """READ_NOISE_CONSISTENT (informational): (gain * READ_NOISE_ADU - RN) / RN limit."""
 
     # -- flat (spec §4.3) -------------------------------------------------------------------
-    flat_noise_tolerance: float = 0.15
-    """NOISE: |NOISE / sqrt(MEAN) - 1| must not exceed this (two-sided; see docs)."""
+    flat_noise_tolerance: float = 0.10
+    """NOISE: |NOISE / EXPECTED_NOISE - 1| must not exceed this (two-sided; see docs)."""
     flat_det_scatter_threshold: float = 0.05
     """Detector SCATTER: std(amp MEANs) / mean(amp MEANs) limit."""
     flat_exp_scatter_threshold: float = 0.05

@@ -31,6 +31,7 @@ __all__ = [
     "clipped_stats",
     "amp_pixels",
     "amp_corner_box",
+    "expected_noise",
     "repair_cosmic_rays",
     "header_value",
     "header_amp_value",
@@ -177,6 +178,26 @@ def amp_pixels(residual: ResidualImage, amp: Amplifier, exclude: np.ndarray | No
     if exclude is not None:
         ok &= ~exclude[ys, xs]
     return data[ok]
+
+
+def expected_noise(residual: ResidualImage, amp: Amplifier, exclude: np.ndarray | None) -> float:
+    """Noise the ISR expects in one amp: sqrt of the mean variance plane over valid pixels.
+
+    The ISR's variance holds the read noise, the photon noise and the propagated noise of
+    the calibrations applied (a bias combined from N exposures adds RN^2 / N).  NaN when
+    the residual has no usable variance plane.
+    """
+    if residual.variance is None:
+        return float("nan")
+    ys, xs = amp.bbox
+    var = residual.variance[ys, xs]
+    ok = np.isfinite(var) & np.isfinite(residual.image[ys, xs])
+    if exclude is not None:
+        ok &= ~exclude[ys, xs]
+    if not ok.any():
+        return float("nan")
+    mean_var = float(np.mean(var[ok]))
+    return float(np.sqrt(mean_var)) if mean_var > 0 else float("nan")
 
 
 def amp_corner_box(amp: Amplifier, size: int) -> tuple[slice, slice]:
