@@ -385,6 +385,7 @@ ERRORS = [
     ("instrument = LSSTComCam", r"unknown name 'LSSTComCam'.*quote it: 'LSSTComCam'", "LSSTComCam"),
     ("Instrument = 'LATISS'", "unknown name 'Instrument'. Did you mean instrument", "Instrument"),
     ("exposure.dayobs = 20241110", "Did you mean exposure.day_obs", "exposure.dayobs"),
+    ("AND = 4", "'AND' is a keyword and cannot stand here", "AND"),
     ("id = 4", "'id' is ambiguous: write one of detector.id, exposure.id", "id"),
     ("ingest_date > T'2024-11-10'", "only available when selecting datasets", "ingest_date"),
     # types

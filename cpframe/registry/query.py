@@ -76,6 +76,7 @@ MSG_UNKNOWN_NAME = "unknown name {name!r}"
 MSG_QUOTE_HINT = "If {name!r} is a value, quote it: '{name}' (strings take single quotes)."
 MSG_DID_YOU_MEAN = "Did you mean {options}?"
 MSG_KNOWN_NAMES = "Known names: {names}."
+MSG_KEYWORD = "syntax error: {name!r} is a keyword and cannot stand here; a name or a value was expected"
 MSG_AMBIGUOUS = "name {name!r} is ambiguous: write one of {options}"
 MSG_BIND_MISSING = "bind parameter {name!r} is not given; pass bind={{{name!r}: ...}}"
 MSG_BIND_TYPE = "bind parameter {name!r} has a value of type {type} that selections cannot use"
@@ -166,6 +167,8 @@ RPAR: ")"
 COMMA: ","
 %ignore /\s+/
 """
+
+_KEYWORDS = ("and", "or", "not", "in", "overlaps")
 
 #: How terminals are named in syntax-error messages.
 _TERMINAL_WORDS = {
@@ -711,6 +714,8 @@ class _Typer:
         if field is not None:
             self.fields.add(field)
             return Column(field, node.pos, node.name)
+        if node.name.lower() in _KEYWORDS:
+            raise self.error(MSG_KEYWORD.format(name=node.name), node.pos)
         if node.name in _AMBIGUOUS:
             raise self.error(MSG_AMBIGUOUS.format(name=node.name, options=", ".join(_AMBIGUOUS[node.name])),
                              node.pos)
