@@ -1,0 +1,340 @@
+"""``cpframe demo``: simulated camera -> repository -> the demo campaign -> report.
+
+:func:`run_demo` does, in ``DIR``:
+
+1. simulate the simulator's ``demo`` plan for a ComCam-like camera (``mini`` detectors by
+   default, ``full`` with ``--full``) into ``DIR/raw`` (truth in ``DIR/raw/truth``);
+2. create ``DIR/repo`` (SQLite), register the instrument, ingest the raws into
+   ``LSSTComCam/raw/all`` and write the curated calibrations into ``CALIB_COLLECTIONS``;
+3. run ``templates/campaign_demo.yaml`` (with the plan's ``SELECTION_*`` values) on one
+   local Dask cluster, including its deploy step;
+4. print where the report is and a pass/fail line per verified product.
+
+Running it again in the same ``DIR`` with the same options resumes: nothing finished is
+redone.  Options that change the data (size, detectors, bands, broken input, seed) need a
+new ``DIR`` or ``--force``.
+
+``broken="saturated-flat"`` adds one over-exposed g flat to the g-band construction and
+verification selections (DMTN-222 §Verification: saturated flats "do not flat-field well"),
+so that the flat verification fails for it and the report shows it in red.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from .errors import CampaignError, CpframeError, UserInputError
+
+__all__ = ["DemoResult", "run_demo", "demo_campaign", "plan_bands", "DEMO_INSTRUMENT", "DEFAULT_DETECTORS", "BROKEN_INPUTS"]
+
+DEMO_INSTRUMENT = "LSSTComCam"
+#: Detectors simulated by default: three of the nine keep the demo within a few minutes on 2 cores.
+DEFAULT_DETECTORS = (0, 4, 8)
+#: Deliberately broken inputs ``--broken`` can add.
+BROKEN_INPUTS = ("saturated-flat",)
+#: Flux of the broken flat, e-/s/pixel: 10 s of it is many times the full well.
+SATURATED_FLUX = 60000.0
+
+MSG_OPTIONS_CHANGED = (
+    "{directory} holds a demo made with other options ({old}); this run asks for {new}. "
+    "Use another directory, or --force to delete it and start again."
+)
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` did and found."""
+
+    directory: Path
+    repo_root: Path
+    report_index: Path | None
+    campaign: Any = None
+    """The :class:`cpframe.campaign.CampaignResult`."""
+    deploy: Any = None
+    """The :class:`cpframe.campaign.DeployResult` (None if deployment did not run)."""
+    verdicts: dict = field(default_factory=dict)
+    """Verified product (``bias``, ``flat-g``...) -> (passed, list of failures)."""
+    timings_s: dict = field(default_factory=dict)
+    """Stage -> wall time, seconds."""
+
+    @property
+    def passed(self) -> bool:
+        """Every verified product passed and the deployment self-check passed."""
+        ok = bool(self.verdicts) and all(v[0] for v in self.verdicts.values())
+        return ok and (self.deploy is None or self.deploy.ok)
+
+    def summary(self) -> str:
+        """The lines a person acts on: verdicts, report, record, times."""
+        lines = ["Verification:"]
+        for name, (ok, failures) in sorted(self.verdicts.items()):
+            lines.append(f"  {'PASS' if ok else 'FAIL'}  {name}"
+                         + (f"  ({len(failures)} failing: {', '.join(failures[:3])}"
+                            + (", ..." if len(failures) > 3 else "") + ")" if failures else ""))
+        if self.deploy is not None:
+            lines.append(f"Deployment: {self.deploy.headline()}")
+        lines.append(f"Repository: {self.repo_root}")
+        if self.campaign is not None:
+            lines.append(f"Construction record: {self.campaign.directory / 'commands.sh'}")
+        if self.timings_s:
+            lines.append("Time: " + ", ".join(f"{k} {v:.0f} s" for k, v in self.timings_s.items())
+                         + f" (total {sum(self.timings_s.values()):.0f} s)")
+        lines.append(f"Report: {self.report_index}" if self.report_index else "Report: not written")
+        lines.append("RESULT: " + ("all products pass verification" if self.passed
+                                   else "some verification tests FAIL (red in the report)"))
+        return "\n".join(lines)
+
+
+def _options(full: bool, detectors: Sequence[int], bands: Sequence[str], broken: str | None, seed: int) -> dict:
+    return {"scale": "full" if full else "mini", "detectors": sorted(int(d) for d in detectors),
+            "bands": sorted(bands), "broken": broken, "seed": int(seed)}
+
+
+def plan_bands(plan: Any) -> list[str]:
+    """Bands the plan has flat selections for (``SELECTION_FLAT_<band>``)."""
+    return sorted(k.rsplit("_", 1)[1] for k in plan.selections if re.fullmatch(r"SELECTION_FLAT_[a-z]", k))
+
+
+def _demo_specs(plan: Any, bands: Sequence[str], broken: str | None) -> tuple[list, dict[str, str]]:
+    """The plan's exposures for the chosen bands (+ the broken one) and the selections to use."""
+    from .camera import load_camera
+
+    cam = load_camera(plan.instrument)
+    flat_bands = plan_bands(plan)
+    unknown = [b for b in bands if b not in flat_bands]
+    if unknown:
+        raise UserInputError(
+            f"--bands {','.join(unknown)}: the demo plan has flats in {', '.join(flat_bands)} only."
+        )
+    # exposures meant only for the flats of bands left out are not simulated
+    unwanted = {f"SELECTION_FLAT_{b}{v}" for b in set(flat_bands) - set(bands) for v in ("", "_V")}
+    elsewhere = {e for sel, ids in plan.intended.items() if sel not in unwanted for e in ids}
+    drop = {e for sel in unwanted for e in plan.intended.get(sel, ())} - elsewhere
+    specs = [s for s in plan.specs if s.exposure_id not in drop]
+    selections = dict(plan.selections)
+    if broken == "saturated-flat":
+        if "g" not in bands:
+            raise UserInputError("--broken saturated-flat adds a g flat: include g in --bands.")
+        g_flats = [s for s in plan.specs if s.exposure_id in set(plan.intended.get("SELECTION_FLAT_g", ()))
+                   and s.observation_type == "flat" and cam.band_of(s.physical_filter) == "g"]
+        last = max((s for s in plan.specs if s.day_obs == g_flats[0].day_obs), key=lambda s: s.end_ns)
+        from .model import ns_to_iso
+
+        bad = replace(g_flats[0], seq_num=max(s.seq_num for s in plan.specs if s.day_obs == last.day_obs) + 1,
+                      begin=ns_to_iso(last.end_ns + 3 * 10**9), flux=SATURATED_FLUX)
+        specs.append(bad)
+        extra = (f" or (instrument='{plan.instrument}' and exposure.day_obs={bad.day_obs} "
+                 f"and exposure.seq_num={bad.seq_num})")
+        for sel in ("SELECTION_FLAT_g", "SELECTION_FLAT_g_V"):
+            selections[sel] = f"({selections[sel]}){extra}"
+    return specs, selections
+
+
+def demo_campaign(repo_root: Path, bands: Sequence[str], selections: dict[str, str]):
+    """The demo campaign (``templates/campaign_demo.yaml``) for ``repo_root`` and ``bands``."""
+    from .campaign import parse_campaign
+    from .templates import default_templates_dir
+
+    path = default_templates_dir() / "campaign_demo.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["steps"] = [s for s in doc["steps"] if s.get("band", _band_of_step(s)) in (None, *bands)]
+    overrides = {"REPO": str(repo_root), **selections}
+    return parse_campaign(yaml.safe_dump(doc, sort_keys=False), path, overrides)
+
+
+def _band_of_step(step: dict) -> str | None:
+    from .campaign import _infer_from_template
+
+    if "template" in step:
+        return _infer_from_template(str(step["template"]))[2]
+    return None
+
+
+def run_demo(
+    directory: str | Path = "cpframe-demo",
+    *,
+    full: bool = False,
+    workers: int | None = None,
+    bands: Sequence[str] | None = None,
+    detectors: Sequence[int] | None = None,
+    broken: str | None = None,
+    seed: int = 1,
+    force: bool = False,
+    echo: Callable[[str], None] | None = None,
+    client: Any = None,
+) -> DemoResult:
+    """Simulate, ingest, run the demo campaign, deploy and summarise (see the module docstring).
+
+    Parameters
+    ----------
+    directory : path
+        Where everything goes (``raw/``, ``repo/``, the report under ``repo/reports``).
+    full : bool
+        Real detector size instead of mini.
+    workers : int, optional
+        Dask workers of the local cluster (and simulator processes); default: settings.
+    bands : sequence of str, optional
+        Flat bands (default: every band of the demo plan).
+    detectors : sequence of int, optional
+        Detector ids (default :data:`DEFAULT_DETECTORS`).
+    broken : {"saturated-flat"}, optional
+        Add a deliberately broken input.
+    seed : int
+        Simulator seed.
+    force : bool
+        Delete ``directory`` first.
+    echo : callable, optional
+        Progress lines.
+    client : distributed.Client, optional
+        Use this Dask client instead of starting a local cluster.
+
+    Returns
+    -------
+    DemoResult
+
+    Raises
+    ------
+    UserInputError
+        Bad option values, or ``directory`` holds a demo made with other options.
+    CampaignError
+        A campaign step failed (the message says how to resume).
+    """
+    from .camera import load_camera
+    from .config import load_settings
+    from .simulate import read_plan
+
+    echo = echo or (lambda _m: None)
+    if broken is not None and broken not in BROKEN_INPUTS:
+        raise UserInputError(f"--broken {broken!r}: use one of {', '.join(BROKEN_INPUTS)}.")
+    d = Path(directory).absolute()
+    plan = read_plan("demo")
+    cam = load_camera(plan.instrument)
+    bands = list(bands) if bands else plan_bands(plan)
+    detectors = list(detectors) if detectors is not None else list(DEFAULT_DETECTORS)
+    for det in detectors:
+        cam.detector(det)  # CameraError names the valid ids
+    opts = _options(full, detectors, bands, broken, seed)
+    if force and d.exists():
+        shutil.rmtree(d)
+    marker = d / "demo.json"
+    if marker.exists():
+        old = json.loads(marker.read_text())
+        if old != opts:
+            raise UserInputError(MSG_OPTIONS_CHANGED.format(directory=d, old=old, new=opts))
+    elif d.exists() and any(d.iterdir()):
+        raise UserInputError(f"{d} exists and is not a cpframe demo directory; choose another one or --force.")
+    d.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(opts, indent=2))
+    settings = load_settings({"n_workers": workers} if workers else None)
+    timings: dict[str, float] = {}
+    specs, selections = _demo_specs(plan, bands, broken)
+
+    t0 = time.monotonic()
+    raw_dir = d / "raw"
+    files = _simulate(specs, raw_dir, opts, settings.n_workers, echo)
+    timings["simulate"] = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    repo_root = d / "repo"
+    camp = demo_campaign(repo_root, bands, selections)
+    repo = _prepare_repo(repo_root, camp, files, opts["scale"], echo)
+    timings["ingest"] = time.monotonic() - t0
+
+    from .campaign import CampaignState, campaign_dir, format_plan, run_campaign
+
+    echo(format_plan(camp))
+    started = CampaignState.load(campaign_dir(camp)).exists
+    t0 = time.monotonic()
+    own = None
+    if client is None:
+        from .cluster import open_cluster
+
+        own = open_cluster(replace(settings, cluster_kind="local"))
+        client = own.client
+        echo(own.summary())
+    try:
+        result = run_campaign(camp, resume=started, deploy_step=True, client=client, settings=settings,
+                              echo=echo, argv=["cpframe", "demo", str(directory)])
+    finally:
+        if own is not None:
+            own.close()
+        repo.close()
+    timings["campaign"] = time.monotonic() - t0
+    out = DemoResult(d, repo_root, result.report_index, result, result.deploy, timings_s=timings)
+    out.verdicts = verification_verdicts(camp)
+    if out.deploy is None:
+        # deploy was done by an earlier run: show the self-check again
+        from .campaign import _open_repo, _split_collections, deploy
+
+        r = _open_repo(camp.repo)
+        try:
+            out.deploy = deploy(r.registry, camp.instrument, camp.ticket_chain,
+                                raw_collection=camp.variables["RAW_COLLECTION"],
+                                calib_collections=_split_collections(camp.variables["CALIB_COLLECTIONS"]))
+        finally:
+            r.close()
+    return out
+
+
+def _simulate(specs: list, raw_dir: Path, opts: dict, workers: int, echo: Callable[[str], None]) -> list[Path]:
+    """Simulate once; a finished simulation (marker file) is reused."""
+    from .simulate import simulate
+
+    done = raw_dir / ".complete"
+    if done.exists():
+        files = sorted(p for p in raw_dir.rglob("*.fits"))
+        echo(f"simulation: reusing {len(files)} raw files in {raw_dir}")
+        return files
+    echo(f"simulating {len(specs)} exposures x {len(opts['detectors'])} detectors ({opts['scale']}) "
+         f"into {raw_dir} ...")
+    files = simulate(specs, raw_dir, DEMO_INSTRUMENT, scale=opts["scale"], seed=opts["seed"],
+                     detectors=opts["detectors"], workers=workers)
+    done.write_text(f"{len(files)} files\n")
+    return files
+
+
+def _prepare_repo(root: Path, camp: Any, files: list[Path], scale: str, echo: Callable[[str], None]):
+    """Create (or open) the repository, register the camera, ingest raws, write curated calibrations."""
+    from .repo import Repository
+
+    repo = Repository.open(root) if (root / "cpframe-repo.yaml").exists() else Repository.create(root)
+    try:
+        repo.register_instrument(DEMO_INSTRUMENT, scale=scale)
+        n = _ingest(repo, files, camp.variables["RAW_COLLECTION"])
+        echo(f"ingest: {n} raw files in {camp.variables['RAW_COLLECTION']}")
+        curated = [c for c in camp.variables["CALIB_COLLECTIONS"].split(",") if c.strip()]
+        if curated:
+            _write_curated(repo, curated[0].strip(), scale, echo)
+    except BaseException:
+        repo.close()
+        raise
+    return repo
+
+
+def _ingest(repo: Any, files: list[Path], run: str) -> int:
+    """Ingest raws with the data area's ingest (adapter)."""
+    from . import ingest
+
+    report = ingest.ingest_raws(repo, files, run=run, transfer="symlink")
+    return getattr(report, "n_ingested", len(files))
+
+
+def _write_curated(repo: Any, collection: str, scale: str, echo: Callable[[str], None]) -> None:
+    from .curated import list_curated, write_curated_calibrations
+
+    if not list_curated(DEMO_INSTRUMENT):
+        return
+    rep = write_curated_calibrations(repo, DEMO_INSTRUMENT, collection, scale=scale)
+    echo(f"curated calibrations: {rep}")
+
+
+def verification_verdicts(camp: Any) -> dict[str, tuple[bool, list[str]]]:
+    """Product -> (passed, failures) from the verification summaries of the campaign's verify steps."""
+    raise CampaignError("verification summaries are not readable yet (cpframe.verify)")
