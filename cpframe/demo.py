@@ -268,18 +268,18 @@ def run_demo(
         repo.close()
     timings["campaign"] = time.monotonic() - t0
     out = DemoResult(d, repo_root, result.report_index, result, result.deploy, timings_s=timings)
-    out.verdicts = verification_verdicts(camp)
-    if out.deploy is None:
-        # deploy was done by an earlier run: show the self-check again
-        from .campaign import _open_repo, _split_collections, deploy
+    from .campaign import _open_repo, _split_collections, deploy
 
-        r = _open_repo(camp.repo)
-        try:
+    r = _open_repo(camp.repo)
+    try:
+        out.verdicts = verification_verdicts(camp, r)
+        if out.deploy is None:
+            # deployed by an earlier run of the demo: show the self-check again (changes nothing)
             out.deploy = deploy(r.registry, camp.instrument, camp.ticket_chain,
                                 raw_collection=camp.variables["RAW_COLLECTION"],
                                 calib_collections=_split_collections(camp.variables["CALIB_COLLECTIONS"]))
-        finally:
-            r.close()
+    finally:
+        r.close()
     return out
 
 
@@ -335,6 +335,39 @@ def _write_curated(repo: Any, collection: str, scale: str, echo: Callable[[str],
     echo(f"curated calibrations: {rep}")
 
 
-def verification_verdicts(camp: Any) -> dict[str, tuple[bool, list[str]]]:
-    """Product -> (passed, failures) from the verification summaries of the campaign's verify steps."""
-    raise CampaignError("verification summaries are not readable yet (cpframe.verify)")
+def _flatten_failures(failures: Any) -> list[str]:
+    """FAILURES of a summary (a list, or exposure/detector -> list) as flat strings.
+
+    >>> _flatten_failures({"2024112600027": ["R22_S11 C10 NOISE"], "x": []})
+    ['2024112600027: R22_S11 C10 NOISE']
+    """
+    if isinstance(failures, dict):
+        return [f"{k}: {f}" for k, fs in failures.items() for f in (fs if isinstance(fs, list) else [fs])]
+    return [str(f) for f in failures or []]
+
+
+def verification_verdicts(camp: Any, repo: Any) -> dict[str, tuple[bool, list[str]]]:
+    """Product -> (passed, failures), read from the ``verify<Type>Summary`` of each verify step.
+
+    The summary is looked up find-first through the step's output chain (its newest RUN).
+    A verify step without a summary counts as failed ("no summary").
+    """
+    from .errors import UnknownCollectionError
+    from .verify.results import read_summary
+
+    out: dict[str, tuple[bool, list[str]]] = {}
+    for s in camp.steps:
+        if s.kind != "submit" or not s.verifies:
+            continue
+        name = s.verifies + (f"-{s.band}" if s.band else "")
+        dtype = f"verify{s.verifies[0].upper()}{s.verifies[1:]}Summary"
+        try:
+            refs = repo.registry.query_datasets(dtype, collections=[s.gen_output], find_first=True)
+        except (UnknownCollectionError, CpframeError):
+            refs = []
+        if not refs:
+            out[name] = (False, [f"no {dtype} in {s.gen_output}"])
+            continue
+        summary = read_summary(repo.get_path(refs[0]))
+        out[name] = (bool(summary.get("SUCCESS")), _flatten_failures(summary.get("FAILURES")))
+    return out
