@@ -169,7 +169,7 @@ def decertify_cmd(repo, collection, dataset_type_name, begin_date, end_date, det
     click.echo(f"Changed {n} validity range(s) in {collection}.")
 
 
-@main.command("collection-chain")
+@main.command("collection-chain", context_settings={"ignore_unknown_options": True})  # negative pop indices
 @repo_argument
 @click.argument("parent")
 @click.argument("children", nargs=-1)
