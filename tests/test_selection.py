@@ -9,6 +9,7 @@ message and the position of its caret.
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 
 import pytest
@@ -18,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from cpframe.camera import load_camera
 from cpframe.errors import SelectionError, UserInputError
-from cpframe.model import DataId, Timespan, parse_tai
+from cpframe.model import DataId, Timespan, ns_to_iso, parse_tai
 from cpframe.registry import schema
 from cpframe.registry.query import (
     filter_datasets,
@@ -571,3 +572,80 @@ def test_filter_datasets_with_an_alias_and_instrument_argument(engine, datasets)
                          and d["exp"] is not None and d["exp"]["seq_num"] < 3)
     with pytest.raises(SelectionError, match="detector values are only unique"):
         filter_datasets(sa.select(ds.c.id), ds, "detector = 0", None)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI: query-data-ids, query-dimension-records (through a real Repository)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def repo_dir(tmp_path_factory):
+    from cpframe.repo import Repository
+
+    root = tmp_path_factory.mktemp("selection_cli") / "repo"
+    with Repository.create(root) as repo:
+        repo.register_instrument(COMCAM)
+        repo.register_instrument(LATISS)
+        repo.registry.insert_exposures(exposure_rows())
+    return str(root)
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from cpframe.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_cli_query_data_ids_table_and_json(repo_dir):
+    where = "instrument='LSSTComCam' AND exposure.observation_type='bias' AND exposure.day_obs=20241111"
+    res = _cli("query-data-ids", repo_dir, "exposure", "detector", "--where", where)
+    assert res.exit_code == 0, res.output
+    expected = [(r["id"], d.id) for r in ROWS if r["instrument"] == COMCAM and r["observation_type"] == "bias"
+                and r["day_obs"] == 20241111 for d in DETECTORS[COMCAM]]
+    lines = [ln.split() for ln in res.output.splitlines() if ln.strip().startswith(COMCAM)]
+    assert [(int(x[1]), int(x[2])) for x in lines] == sorted(expected)
+    assert "instrument" in res.output.splitlines()[0] and "exposure" in res.output.splitlines()[0]
+    assert f"{len(expected)} data ID(s) over instrument, exposure, detector." in res.output
+    res = _cli("query-data-ids", repo_dir, "exposure,detector", "--where", where, "--format", "json")
+    assert res.exit_code == 0
+    data = json.loads(res.stdout)
+    assert [(d["exposure"], d["detector"]) for d in data] == sorted(expected)
+    assert all(d["instrument"] == COMCAM for d in data)
+
+
+def test_cli_query_dimension_records(repo_dir):
+    where = "instrument='LATISS' AND exposure.seq_num IN (40..50:5)"
+    res = _cli("query-dimension-records", repo_dir, "exposure", "--where", where, "--format", "json")
+    assert res.exit_code == 0
+    data = json.loads(res.stdout)
+    rows = [r for r in ROWS if r["instrument"] == LATISS and r["seq_num"] in (40, 45, 50)]
+    assert [d["id"] for d in data] == sorted(r["id"] for r in rows)
+    first = min(rows, key=lambda r: r["id"])
+    assert data[0]["obs_id"] == first["obs_id"] and data[0]["band"] == first["band"]
+    assert data[0]["timespan"]["begin"] == ns_to_iso(first["timespan_begin"])
+    res = _cli("query-dimension-records", repo_dir, "exposure", "--where", where, "--limit", "2")
+    assert res.exit_code == 0
+    assert first["obs_id"] in res.output and "(showing 2)" in res.output
+    assert res.output.rstrip().endswith("3 exposure record(s) (showing 2).")
+    res = _cli("query-dimension-records", repo_dir, "detector", "--where", "detector.full_name = 'R22_S11'")
+    assert res.exit_code == 0 and "R22_S11" in res.output and "1 detector record(s)." in res.output
+
+
+def test_cli_empty_result_explains_itself(repo_dir):
+    res = _cli("query-data-ids", repo_dir, "exposure", "--where", "instrument='NoSuchCam' AND exposure=1")
+    assert res.exit_code == 0
+    assert "No data IDs match." in res.output
+    assert "'NoSuchCam' are not registered in this repository; registered: LATISS, LSSTComCam" in res.output
+    assert "0 data ID(s)" in res.output
+
+
+def test_cli_bad_selection_is_a_clear_error_without_traceback(repo_dir):
+    res = _cli("query-data-ids", repo_dir, "exposure", "--where", "instrument = LSSTComCam")
+    assert res.exit_code == 2
+    assert "quote it: 'LSSTComCam'" in res.output and "Traceback" not in res.output
+    assert "               ^" in res.output
+    res = _cli("query-dimension-records", repo_dir, "visit")
+    assert res.exit_code == 2 and "unknown dimension element 'visit'" in res.output

@@ -54,6 +54,7 @@ __all__ = [
     "FIELDS",
     "parse_selection",
     "compile_selection",
+    "named_instruments",
     "select_dimension_records",
     "select_data_ids",
     "filter_datasets",
@@ -1070,6 +1071,31 @@ def _constrains_instrument(node: Any) -> bool:
         test = any if node.op == "and" else all
         return test(_constrains_instrument(x) for x in node.operands)
     return False
+
+
+def named_instruments(selection: Selection) -> list[str]:
+    """Instrument names a selection compares ``instrument`` with (to explain empty results).
+
+    >>> named_instruments(parse_selection("instrument IN ('A', 'B') OR instrument = 'C'"))
+    ['A', 'B', 'C']
+    """
+    names: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, (BoolOp,)):
+            for x in node.operands:
+                walk(x)
+        elif isinstance(node, Not):
+            walk(node.operand)
+        elif isinstance(node, Compare):
+            for a, b in ((node.left, node.right), (node.right, node.left)):
+                if _is_instrument(a) and isinstance(b, Value) and b.type == "str":
+                    names.append(b.value)
+        elif isinstance(node, InSet) and _is_instrument(node.operand):
+            names.extend(v.value for v in node.values if v.type == "str")
+
+    walk(selection.root)
+    return list(dict.fromkeys(names))
 
 
 def _check_instrument(node: Any, covered: bool, expression: str) -> None:
