@@ -177,7 +177,8 @@ class _NoFilesLoader(jinja2.BaseLoader):
 def _make_undefined(record: list[str]):
     class _RecordingUndefined(jinja2.ChainableUndefined):
         def _note(self):
-            if isinstance(self._undefined_exc, type) and issubclass(self._undefined_exc, SecurityError):
+            exc = object.__getattribute__(self, "_undefined_exception")
+            if isinstance(exc, type) and issubclass(exc, SecurityError):
                 self._fail_with_undefined_error()
             if self._undefined_name is not None and self._undefined_obj is jinja2.utils.missing:
                 record.append(self._undefined_name)
@@ -312,7 +313,7 @@ class _Resolver:
         memo_key = (key, ctx)
         if memo_key in self._memo:
             return self._memo[memo_key]
-        found, raw, found_at = self.search(key, ctx, stack)
+        found, raw, found_at = self.search(key, ctx, (*stack, key))
         if not found:
             if not optional:
                 self.unknown_keys.setdefault(key, [])
