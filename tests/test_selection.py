@@ -497,6 +497,10 @@ def test_compiled_sql_has_no_user_literals():
 
 @pytest.fixture(scope="module")
 def datasets(engine):
+    return fill_datasets(engine)
+
+
+def fill_datasets(engine):
     """raw (instrument, exposure, detector), bias (instrument, detector), flat (+ physical_filter)."""
     rows = []
     with engine.begin() as c:
@@ -649,3 +653,40 @@ def test_cli_bad_selection_is_a_clear_error_without_traceback(repo_dir):
     assert "               ^" in res.output
     res = _cli("query-dimension-records", repo_dir, "visit")
     assert res.exit_code == 2 and "unknown dimension element 'visit'" in res.output
+
+
+# ---------------------------------------------------------------------------------------------
+# The same selections on a real PostgreSQL server (started by the test suite)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg_engine(postgres_server):
+    eng = sa.create_engine(postgres_server.new_schema())
+    schema.metadata.create_all(eng)
+    with eng.begin() as c:
+        fill_registry(c)
+    yield eng
+    eng.dispose()
+
+
+@pytest.mark.postgres
+def test_selections_on_postgresql_match_reference(pg_engine):
+    extra = [
+        ("1 = 1 AND 'LATISS' = instrument", lambda r: r["instrument"] == LATISS),
+        ("'a' < 'b' AND 4.5 > seq_num", lambda r: r["seq_num"] < 4.5),
+        ("T'2024-11-10' < exposure.timespan.begin AND exposure.timespan.begin < 60626.0",
+         lambda r: utc_ns("2024-11-10") < r["timespan_begin"] < mjd_tai_ns(60626.0)),
+    ]
+    with pg_engine.connect() as c:
+        for where, pred in CASES + extra:
+            assert got_exposures(c, where) == expected_exposures(pred), where
+        ids = select_data_ids(c, ["exposure", "detector"], "seq_num = 44", None, None)
+        assert len(ids) == sum(len(DETECTORS[r["instrument"]]) for r in ROWS if r["seq_num"] == 44)
+        with pytest.raises(SelectionError, match="constrain the instrument"):
+            select_data_ids(c, ["detector"], "detector = 1", None, None)
+    datasets = fill_datasets(pg_engine)
+    with pg_engine.connect() as c:
+        for where, pred in DATASET_CASES:
+            stmt = filter_datasets(sa.select(schema.dataset.c.id), schema.dataset, where, None)
+            assert sorted(c.execute(stmt).scalars()) == sorted(d["id"] for d in datasets if pred(d)), where
