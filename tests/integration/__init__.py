@@ -1,0 +1,1 @@
+"""Integration tests that need real services (Slurm)."""

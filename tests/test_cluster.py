@@ -1,0 +1,134 @@
+"""Clusters: site files, the job script as a string, a real LocalCluster."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cpframe.cli import main
+from cpframe.cluster import (
+    _run,
+    default_cluster_dir,
+    job_script,
+    load_site,
+    open_cluster,
+    parse_duration,
+    slurm_job_kwargs,
+)
+from cpframe.config import Settings
+from cpframe.errors import ConfigError, ServiceError, SubprocessError
+
+
+def _header(script: str) -> list[str]:
+    return [line for line in script.splitlines() if line.startswith("#SBATCH")]
+
+
+def test_local_site_job_script():
+    script = job_script("slurm-local.yaml")
+    head = _header(script)
+    assert "#SBATCH -p debug" in head
+    assert "#SBATCH -t 00:30:00" in head
+    assert "#SBATCH --mem=2G" in head
+    assert "#SBATCH --cpus-per-task=1" in head
+    assert "#SBATCH --export=ALL" in head
+    assert "#SBATCH -o /tmp/cpframe-slurm-logs/cpframe-worker-%J.out" in head
+    worker = script.strip().splitlines()[-1]
+    assert worker.startswith(f"{sys.executable} -m distributed.cli.dask_worker ")
+    assert "--lifetime 1500s --lifetime-stagger 60s" in worker
+    assert "--interface lo" in worker and "--death-timeout 60" in worker
+
+
+def test_example_site_job_script(monkeypatch):
+    monkeypatch.setenv("SCRATCH", "/scratch/me")
+    monkeypatch.setenv("TMPDIR", "/local/tmp")
+    site = load_site(default_cluster_dir() / "slurm-site-example.yaml")
+    assert site.memory_bytes == 32 * 2**30 and site.worker_lifetime_s == 3 * 3600 + 45 * 60
+    assert (site.minimum_jobs, site.maximum_jobs) == (1, 20)
+    script = job_script(site)
+    head = _header(script)
+    for line in ("-p normal", "-A rubin", "-t 04:00:00", "--cpus-per-task=8", "--mem=32G", "--qos=normal",
+                 "--constraint=cpu", "-e /scratch/me/cpframe/slurm-logs/cpframe-worker-%J.err"):
+        assert f"#SBATCH {line}" in head, line
+    assert f"source {os.environ['HOME']}/cpframe-env/bin/activate" in script
+    worker = script.strip().splitlines()[-1]
+    assert "--nworkers 2" in worker and "--nthreads 4" in worker and "--local-directory /local/tmp" in worker
+    assert "--interface ib0" in worker and "--lifetime 13500s" in worker
+
+
+def test_site_errors_all_at_once(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("queue: q\nwalltime: 2 hours\ncores: 0\nmemory: lots\nworker-lifetime: soon\n"
+                 "adapt: {minimum-jobs: 3, maximum-jobs: 1}\nqueu: typo\n")
+    with pytest.raises(ConfigError) as ei:
+        load_site(f)
+    msg = str(ei.value)
+    assert "the Slurm site file has 6 problems" in msg
+    for words in ("unknown key(s) 'queu'", "walltime must be Slurm time text", "cores must be a whole number >= 1",
+                  "memory 'lots' is not a size", "worker-lifetime 'soon' is not a duration",
+                  "adapt.minimum-jobs is larger than adapt.maximum-jobs"):
+        assert words in msg, words
+    f.write_text("walltime: '00:20:00'\nworker-lifetime: 30m\ncores: 1\nprocesses: 2\n")
+    msg = str(pytest.raises(ConfigError, load_site, f).value)
+    assert "must be shorter than the walltime" in msg and "processes (2) cannot exceed cores (1)" in msg
+    with pytest.raises(ConfigError, match="'nosuch.yaml' not found .*slurm-local.yaml"):
+        load_site("nosuch.yaml")
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("25m", 1500), ("2h", 7200), ("1d", 86400),
+                                           ("3h45m", 13500), ("01:30:00", 5400), ("1-00:00:00", 86400),
+                                           (45, 45)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_job_kwargs_name_and_lifetime():
+    kw = slurm_job_kwargs(load_site("slurm-local.yaml"), "cpframe-abc")
+    assert kw["job_name"] == "cpframe-abc" and kw["python"] == sys.executable
+    assert kw["worker_extra_args"] == ["--lifetime", "1500s", "--lifetime-stagger", "60s"]
+
+
+def test_cli_job_script():
+    res = CliRunner().invoke(main, ["cluster", "job-script", "--site", "slurm-local.yaml"])
+    assert res.exit_code == 0, res.output
+    assert "#SBATCH -p debug" in res.stdout and "Nothing was submitted" in res.stderr
+    res = CliRunner().invoke(main, ["cluster", "job-script", "--site", "nothere.yaml"])
+    assert res.exit_code == 2 and "not found" in res.output and "Traceback" not in res.output
+
+
+def test_subprocess_failure_keeps_command_code_and_stderr():
+    with pytest.raises(SubprocessError) as ei:
+        _run(["sh", "-c", "echo partition bogus >&2; exit 3"], "asking the shell")
+    err = ei.value
+    assert err.cmd[:2] == ["sh", "-c"] and err.returncode == 3 and "partition bogus" in err.stderr
+    assert "exit code: 3" in str(err)
+    with pytest.raises(ServiceError, match="'no-such-sbatch' is not on PATH.*start-local-slurm.sh"):
+        _run(["no-such-sbatch"], "x")
+
+
+def test_unknown_kind():
+    with pytest.raises(ConfigError, match="cluster kind 'k8s' is not known"):
+        open_cluster(Settings(), kind="k8s")
+
+
+def test_local_cluster_opens_computes_and_closes():
+    import dask.array as da
+
+    rng = np.random.default_rng(5)
+    data = rng.normal(size=(400, 300))
+    with open_cluster(Settings(n_workers=2, threads_per_worker=1, worker_memory_bytes=2**30), kind="local") as oc:
+        assert oc.kind == "local" and oc.job_ids() == set()
+        oc.client.wait_for_workers(2, timeout=60)
+        info = oc.client.scheduler_info()["workers"]
+        assert len(info) == 2 and all(w["nthreads"] == 1 for w in info.values())
+        assert all(w["memory_limit"] == 2**30 for w in info.values())
+        got = da.from_array(data, chunks=(100, 100)).mean(axis=0).compute()
+        np.testing.assert_allclose(got, data.mean(axis=0), rtol=1e-12)
+        assert oc.dashboard_link.startswith("http://")
+        assert "local cluster: 2 worker(s)" in oc.summary()
+        client, cluster = oc.client, oc.cluster
+    assert oc.closed and client.status == "closed" and cluster.status.name == "closed"
+    oc.close()  # idempotent
