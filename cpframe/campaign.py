@@ -1424,8 +1424,9 @@ def run_campaign(
             dt = time.monotonic() - t0
             detail = outputs.pop("detail", "")
             state.set(step.name, status="done", finished=_now(), duration_s=round(dt, 3), detail=detail,
-                      **{k: x for k, x in outputs.items() if isinstance(x, (str, int, float, list, type(None)))})
-            record.add(step, step_commands(campaign, step), started, dt, "ok", detail, outputs)
+                      **{k: x for k, x in outputs.items() if not k.startswith("_")})
+            record.add(step, step_commands(campaign, step), started, dt, "ok", detail,
+                       {k: x for k, x in outputs.items() if not k.startswith("_")})
             result.outcomes.append(StepOutcome(step.name, "ran", detail, dt, outputs))
             echo(f"    done in {dt:.1f} s: {detail}")
             if step.kind == "report":
@@ -1765,5 +1766,13 @@ def _run_submission(campaign: Campaign, step: Step, repo: Any, client: Any, sett
 
 
 def _run_report(campaign: Campaign, step: Step, repo: Any) -> dict[str, Any]:
-    """Write the HTML report through ``cpframe.report`` (same as ``cpframe report``)."""
-    raise CampaignError("the report writer (cpframe.report) is not available in this build")
+    """Write the HTML report with ``cpframe.report.write_report`` (same as ``cpframe report``)."""
+    from .report import write_report
+
+    res = write_report(repo, list(step.collections), str(step.output), do_overwrite=True)
+    verdicts = {k: v for k, v in sorted(res.verdicts.items())}
+    failing = [k for k, v in verdicts.items() if v is False]
+    detail = (f"{res.n_datasets} datasets, {res.n_images} images; "
+              + (f"FAILING: {', '.join(failing)}" if failing else "every verified type passes")
+              + f"; {res.index}")
+    return {"index": str(res.index), "verdicts": verdicts, "detail": detail}

@@ -323,7 +323,9 @@ def _ingest(repo: Any, files: list[Path], run: str) -> int:
     from . import ingest
 
     report = ingest.ingest_raws(repo, files, run=run, transfer="symlink")
-    return getattr(report, "n_ingested", len(files))
+    if report.failed:
+        raise CampaignError("ingest of the simulated raws failed:\n" + report.summary(max_lines=10))
+    return len(report.ingested) + len(report.skipped)
 
 
 def _write_curated(repo: Any, collection: str, scale: str, echo: Callable[[str], None]) -> None:
