@@ -218,9 +218,15 @@ class Repository:
         cfg_path = root / CONFIG_NAME
         if cfg_path.exists():
             raise RegistryError(MSG_REPO_EXISTS.format(root=root, name=CONFIG_NAME))
+        made_root = not root.exists()
         root.mkdir(parents=True, exist_ok=True)
         url = db_url or f"sqlite:///{root / SQLITE_NAME}"
-        registry = SqlRegistry.create(url, busy_timeout_s)
+        try:
+            registry = SqlRegistry.create(url, busy_timeout_s)
+        except BaseException:
+            if made_root:  # leave nothing behind
+                shutil.rmtree(root, ignore_errors=True)
+            raise
         try:
             for dt in DEFAULT_DATASET_TYPES:
                 registry.register_dataset_type(dt)

@@ -163,6 +163,12 @@ def test_export_import_cli(root, tmp_path):
         assert r.verify_checksums(refs) == []
 
 
+def test_create_with_unreachable_database_is_a_service_error(tmp_path):
+    out = cli("create", tmp_path / "r", "--db", "postgresql+psycopg://nobody@127.0.0.1:1/none", code=8)
+    assert "cannot reach the registry database" in out and "Traceback" not in out
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.postgres
 def test_create_with_postgres_db(postgres_server, tmp_path):
     url = postgres_server.new_schema()

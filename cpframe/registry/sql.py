@@ -43,6 +43,7 @@ from ..errors import (
     MissingDatasetError,
     RegistryError,
     SchemaVersionError,
+    ServiceError,
     UnknownCollectionError,
     UnknownDatasetTypeError,
     UserInputError,
@@ -113,6 +114,20 @@ def make_engine(url: str, busy_timeout_s: float = 60.0) -> sa.Engine:
     return engine
 
 
+@contextlib.contextmanager
+def _service_errors(url: str, engine: sa.Engine) -> Iterator[None]:
+    """Connection failures (server down, bad URL) -> ServiceError naming the database."""
+    try:
+        yield
+    except sa.exc.OperationalError as err:
+        engine.dispose()
+        shown = sa.make_url(url).render_as_string(hide_password=True)
+        raise ServiceError(
+            f"cannot reach the registry database {shown}: {str(err.orig).strip()}. Check that the server is "
+            "running and the URL is right."
+        ) from err
+
+
 def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterator[Sequence[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
@@ -157,7 +172,7 @@ class SqlRegistry(Registry):
         """
         engine = make_engine(url, busy_timeout_s)
         reg = cls(engine)
-        with reg.transaction() as conn:
+        with _service_errors(url, engine), reg.transaction() as conn:
             if sa.inspect(conn).has_table(s.meta.name):
                 engine.dispose()
                 raise RegistryError(
@@ -191,7 +206,10 @@ class SqlRegistry(Registry):
                 ).scalar_one_or_none()
         except sa.exc.OperationalError as err:
             engine.dispose()
-            raise RegistryError(f"cannot open the registry database {shown}: {err.orig}") from err
+            raise ServiceError(
+                f"cannot open the registry database {shown}: {str(err.orig).strip()}. Check that the "
+                "database server is running and the URL in cpframe-repo.yaml is right."
+            ) from err
         except RegistryError:
             engine.dispose()
             raise
@@ -223,17 +241,26 @@ class SqlRegistry(Registry):
         if conn is not None:
             yield conn
             return
-        with self._engine.connect() as conn:
-            conn.info[_WRITE] = True
-            try:
-                with conn.begin():
-                    self._local.conn = conn
-                    try:
-                        yield conn
-                    finally:
-                        self._local.conn = None
-            finally:
-                conn.info.pop(_WRITE, None)
+        try:
+            with self._engine.connect() as conn:
+                conn.info[_WRITE] = True
+                try:
+                    with conn.begin():
+                        self._local.conn = conn
+                        try:
+                            yield conn
+                        finally:
+                            self._local.conn = None
+                finally:
+                    conn.info.pop(_WRITE, None)
+        except sa.exc.OperationalError as err:
+            if "locked" in str(err.orig) or "busy" in str(err.orig):
+                raise ServiceError(
+                    "the registry stayed locked by another process for longer than the busy timeout "
+                    "(cpframe.registry.busy-timeout-s); retry, or raise the timeout "
+                    "(DASK_CPFRAME__REGISTRY__BUSY_TIMEOUT_S=300)."
+                ) from err
+            raise
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sa.Connection]:
