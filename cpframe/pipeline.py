@@ -123,9 +123,11 @@ _ISR = {
     "doLinearize": (bool, False), "doDeferredCharge": (bool, False),
     "doBias": (bool, False), "doDark": (bool, False), "doDefect": (bool, False), "doFlat": (bool, False),
     "doBrighterFatter": (bool, False), "doNanMasking": (bool, True), "doVariance": (bool, True),
-    "doInterpolate": (bool, False), "maskListToInterpolate": ("planes", ("SAT", "BAD", "UNMASKEDNAN")),
-    "doStandardStatistics": (bool, True), "doCalculateStatistics": (bool, True),
+    "doInterpolate": (bool, False), "doStandardStatistics": (bool, True), "doCalculateStatistics": (bool, False),
 }
+# cpframe's ISR (cpframe/isr.py) does not implement doDeferredCharge, doBrighterFatter, doInterpolate,
+# doCorrectGains, doCalculateStatistics: they are accepted here (so cp_pipe configurations read), the
+# shipped pipelines leave them off, and the planner turns them off with a note if a user sets them.
 _COMBINE = {
     "calibrationType": (_enum("bias", "dark", "flat", "biasBootstrap", "darkBootstrap", "flatBootstrap"), _ANY),
     "exposureScaling": (_enum("Unity", "ExposureTime", "DarkTime", "MeanStats", "InputList"), "Unity"),
@@ -135,7 +137,7 @@ _COMBINE = {
     "mask": ("planes", ("SAT", "DETECTED", "INTRP")), "noGoodPixelsMask": ("plane", "BAD"),
     "maxVisitsToCalcErrorFromInputVariance": (int, 5), "checkNoData": (bool, True),
     "censorMaskPlanes": (bool, True), "distributionPercentiles": ("floats", (0, 5, 16, 50, 84, 95, 100)),
-    "subregionRows": (int, 200), "doVignette": (bool, False),
+    "flatSource": (_enum("DOME", "TWILIGHT", "PSEUDO", "SKY"), "DOME"),
 }
 _DEFECTS = {
     "thresholdType": (_enum("VALUE", "STDEV"), "VALUE"),
@@ -146,36 +148,23 @@ _DEFECTS = {
     "badPixelsToFillColumnThreshold": (int, 1000), "saturatedPixelsToFillColumnThreshold": (int, 20),
     "saturatedColumnDilationRadius": (int, 2),
     "combinationMode": (_enum("OR", "AND", "FRACTION"), "OR"), "combinationFraction": (float, 0.7),
-    "doManualDefects": (bool, False),
+    "fitAmpGradient": (bool, False),
 }
 _KIND_CONFIG: dict[str, dict[str, tuple]] = {
     "isr": _ISR,
     "darkCr": {
-        "psfFwhm": (float, 3.0), "psfSize": (int, 21), "crGrow": (int, 2), "minSigma": (float, 6.0),
-        "minDn": (float, 150.0), "cond3Fac": (float, 2.5), "cond3Fac2": (float, 0.6), "nIter": (int, 3),
-        "nCrPixelMax": (int, 10000), "maskListToInterpolate": ("planes", ("SAT", "BAD")),
+        "minSigma": (float, 6.0), "minDn": (float, 150.0), "cond3Fac": (float, 2.5), "crGrow": (int, 2),
+        "nCrPixelMax": (int, 10000),
     },
-    "flatMeasure": {
-        "doVignette": (bool, False), "maskNameList": ("planes", ("DETECTED", "BAD", "NO_DATA")),
-        "clip": (float, 3.0), "nIter": (int, 3),
-    },
-    "flatNormalize": {
-        "level": (_enum("DETECTOR", "AMP"), "DETECTOR"), "scaleMaxIter": (int, 10),
-        "downSelectionField": (str, ""), "downSelectionValue": (str, ""),
-    },
+    "flatMeasure": {"clip": (float, 3.0), "nIter": (int, 3)},
+    "flatNormalize": {"level": (_enum("DETECTOR", "AMP"), "DETECTOR"), "scaleMaxIter": (int, 10)},
     "combine": _COMBINE,
     "defects": _DEFECTS,
-    "ptcExtract": {
-        "matchExposuresType": (_enum("TIME", "FLUX", "EXPID"), "TIME"),
-        "nSigmaClipPtc": (float, 5.5), "nIterSigmaClipPtc": (int, 3),
-        "maximumRangeCovariancesAstier": (int, 10), "minNumberGoodPixelsForCovariance": (int, 10000),
-        "numEdgeSuspect": (int, 20), "binSize": (int, 1),
-        "gainCorrectionType": (_enum("FULL", "SIMPLE", "NONE"), "FULL"),
-        "maskNameList": ("planes", ("SUSPECT", "BAD", "NO_DATA", "SAT")),
-    },
+    # pairs are matched by exposure time (cp_pipe matchExposuresType=TIME), gain estimator FULL
+    "ptcExtract": {"nSigmaClipPtc": (float, 5.5), "nIterSigmaClipPtc": (int, 3), "numEdgeSuspect": (int, 20)},
     "ptcSolve": {
-        "ptcFitType": (_enum("EXPAPPROXIMATION", "FULLCOVARIANCE"), "EXPAPPROXIMATION"),
-        "minMeanSignal": (float, 0.0), "maxMeanSignal": (float, 1e6), "ksTestMinPvalue": (float, 0.01),
+        "ptcFitType": (_enum("EXPAPPROXIMATION",), "EXPAPPROXIMATION"),
+        "minMeanSignal": (float, 0.0), "maxMeanSignal": (float, 1e6),
         "maxSignalInitialPtcOutlierFit": (float, 50000.0), "scaleMaxSignalInitialPtcOutlierFit": (bool, True),
         "maxIterationsPtcOutliers": (int, 2), "sigmaCutPtcOutliers": (float, 5.0),
         "maxDeltaInitialPtcOutlierFit": (float, 9000.0),
@@ -466,8 +455,6 @@ def _task(label: str, sec: Any, problems: list[str]) -> dict | None:
             calibs, opt = (), ()
         if dims is not None and list(inputs) != ["raw"]:
             problems.append(f"{where}.inputs: an isr task reads raw only, got {inputs!r}")
-    if kind == "defects" and cfg.get("doManualDefects") and "manual_defects" not in opt:
-        opt = [*opt, "manual_defects"]
     return {"label": label, "kind": kind, "dimensions": dims or (), "inputs": tuple(inputs), "output": output,
             "config": MappingProxyType(cfg), "calibrations": tuple(calibs if isinstance(calibs, list | tuple) else ()),
             "optional_calibrations": tuple(opt if isinstance(opt, list | tuple) else ()),

@@ -188,3 +188,23 @@ def test_missing_pipeline_lists_available(tmp_path):
         load_pipeline(f)
     with pytest.raises(PipelineError, match="has no task 'nope'; its tasks are cpBiasIsr, cpBiasCombine"):
         load_pipeline("cpBias").task("nope")
+
+
+def test_shipped_configs_are_accepted_by_the_science_code():
+    """Config names map onto cpframe's IsrConfig / CombineConfig / DefectsConfig / PtcConfig."""
+    from cpframe.combine import CombineConfig
+    from cpframe.defects import DefectsConfig
+    from cpframe.isr import IsrConfig
+    from cpframe.ptc import PtcConfig
+
+    parse = {"isr": IsrConfig.from_dict, "combine": CombineConfig.from_dict, "defects": DefectsConfig.from_dict,
+             "ptcExtract": PtcConfig.from_dict, "ptcSolve": PtcConfig.from_dict}
+    for name in list_pipelines():
+        for t in load_pipeline(name).tasks:
+            if t.kind in parse:
+                cfg = dict(t.config)
+                if t.kind == "combine" and cfg["scalingLevel"] == "AMP":
+                    # flatBootstrap asks for AMP-level scales (spec algorithms.md §7); cpframe's combine
+                    # scales per detector and the planner says so in a note
+                    cfg.pop("scalingLevel")
+                parse[t.kind](cfg)
