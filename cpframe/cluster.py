@@ -463,7 +463,7 @@ def _open_local(settings: Settings) -> OpenCluster:
     return OpenCluster("local", cluster, client)
 
 
-def _open_slurm(settings: Settings, site: SlurmSite) -> OpenCluster:
+def _open_slurm(settings: Settings, site: SlurmSite, jobs: int | None) -> OpenCluster:
     from dask_jobqueue import SLURMCluster
     from distributed import Client
 
@@ -476,9 +476,12 @@ def _open_slurm(settings: Settings, site: SlurmSite) -> OpenCluster:
     scheduler_options = {"dashboard_address": ":0"}
     cluster = SLURMCluster(scheduler_options=scheduler_options, **kwargs)
     try:
-        minimum = site.minimum_jobs if site.minimum_jobs is not None else settings.minimum_jobs
-        maximum = site.maximum_jobs if site.maximum_jobs is not None else settings.maximum_jobs
-        cluster.adapt(minimum_jobs=minimum, maximum_jobs=max(maximum, minimum))
+        if jobs is not None:
+            cluster.scale(jobs=jobs)
+        else:
+            minimum = site.minimum_jobs if site.minimum_jobs is not None else settings.minimum_jobs
+            maximum = site.maximum_jobs if site.maximum_jobs is not None else settings.maximum_jobs
+            cluster.adapt(minimum_jobs=minimum, maximum_jobs=max(maximum, minimum))
         client = Client(cluster)
     except BaseException:
         cluster.close()
@@ -487,7 +490,7 @@ def _open_slurm(settings: Settings, site: SlurmSite) -> OpenCluster:
 
 
 def open_cluster(settings: Settings | None = None, site: SlurmSite | str | os.PathLike | None = None,
-                 kind: str | None = None) -> OpenCluster:
+                 kind: str | None = None, jobs: int | None = None) -> OpenCluster:
     """Start a cluster and connect a client.
 
     Parameters
@@ -499,6 +502,9 @@ def open_cluster(settings: Settings | None = None, site: SlurmSite | str | os.Pa
         Slurm site file; overrides ``settings.site_file``.  Only used for Slurm.
     kind : {"local", "slurm"}, optional
         Overrides ``settings.cluster_kind`` (e.g. a submission's ``computeSite``).
+    jobs : int, optional
+        Slurm only: a fixed number of jobs instead of adaptive scaling between the
+        site's (else the settings') ``minimum-jobs`` and ``maximum-jobs``.
 
     Returns
     -------
@@ -520,6 +526,6 @@ def open_cluster(settings: Settings | None = None, site: SlurmSite | str | os.Pa
     if kind == "local":
         return _open_local(settings)
     if kind == "slurm":
-        return _open_slurm(settings, _site(site, settings))
+        return _open_slurm(settings, _site(site, settings), jobs)
     raise ConfigError(f"cluster kind {kind!r} is not known; use 'local' or 'slurm' (computeSite / "
                       "cpframe.cluster.kind).")

@@ -119,10 +119,8 @@ def check_cmd(kind: str | None, site: str | None, jobs: int, timeout_s: float) -
     from ..errors import ServiceError
 
     settings = load_settings()
-    with open_cluster(settings, site=site, kind=kind) as oc:
+    with open_cluster(settings, site=site, kind=kind, jobs=jobs) as oc:
         n = settings.n_workers if oc.kind == "local" else jobs * (oc.site.processes if oc.site else 1)
-        if oc.kind == "slurm":
-            oc.cluster.scale(jobs=jobs)
         try:
             oc.client.wait_for_workers(n, timeout=timeout_s)
         except TimeoutError:
