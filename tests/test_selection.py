@@ -69,6 +69,7 @@ def exposure_rows():
         (range(1, 6), "bias", "r_03", 0, "bias", None),
         (range(6, 9), "dark", "y_04", 30, "dark", "BLOCK-T17"),
         (range(20, 26), "flat", "y_04", 5, "flat", "BLOCK-T18"),
+        (range(30, 31), "dark", "y_04", 3600, "dark", "BLOCK-T18"),  # one long exposure
     ])
     rows += _night(LATISS, 20241110, [
         (range(1, 6), "bias", "r_03", 0, "bias", None),
@@ -222,6 +223,9 @@ CASES = [
      lambda r: overlaps(r, mjd_tai_ns(60624.95), mjd_tai_ns(60625.0))),
     ("exposure.timespan OVERLAPS (T'60624.95', T'mjd/60625.0/tai')",
      lambda r: overlaps(r, mjd_tai_ns(60624.95), mjd_tai_ns(60625.0))),
+    # only the hour-long dark covers this instant: OVERLAPS must not miss long exposures
+    ("exposure.timespan OVERLAPS T'2024-11-11 23:30:00/tai'",
+     lambda r: r["timespan_begin"] <= parse_tai("2024-11-11 23:30:00") < r["timespan_end"]),
     ("(T'2024-11-11 22:00:00/tai', T'2024-11-11 22:30:00/tai') OVERLAPS exposure.timespan",
      lambda r: overlaps(r, parse_tai("2024-11-11 22:00:00"), parse_tai("2024-11-11 22:30:00"))),
     ("exposure.timespan.begin >= T'2024-11-12' AND exposure.timespan.end < 60627.0",

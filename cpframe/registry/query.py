@@ -1151,6 +1151,10 @@ class _Scope:
     def timespan(self, field: Field) -> tuple:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def begin_floor(self, t_ns: int) -> int | None:
+        """Optional index hint for OVERLAPS (see :class:`_DimensionScope`)."""
+        return None
+
 
 def compile_selection(selection: Selection, scope: _Scope) -> sa.ColumnElement | None:
     """The SQLAlchemy condition of a typed selection in ``scope`` (None when it is empty).
@@ -1216,9 +1220,13 @@ def _sql(node: Any, scope: _Scope) -> sa.ColumnElement:
         begin, end = scope.timespan(node.column.field)
         b = sa.literal(node.begin_ns, sa.BigInteger())
         if node.point:  # [begin, end) contains t
-            return sa.and_(begin <= b, b < end)
-        e = sa.literal(node.end_ns, sa.BigInteger())
-        return sa.and_(begin < e, b < end)
+            cond = sa.and_(begin <= b, b < end)
+        else:
+            cond = sa.and_(begin < sa.literal(node.end_ns, sa.BigInteger()), b < end)
+        floor = scope.begin_floor(node.begin_ns)
+        if floor is not None:
+            cond = sa.and_(cond, begin > sa.literal(floor, sa.BigInteger()))
+        return cond
     raise TypeError(f"cannot compile {node!r}")  # pragma: no cover - the typer guarantees this
 
 
@@ -1230,9 +1238,11 @@ def _sql(node: Any, scope: _Scope) -> sa.ColumnElement:
 class _DimensionScope(_Scope):
     """instrument / detector / physical_filter / exposure joined on the instrument."""
 
-    def __init__(self, elements: Iterable[str], context: str = "dimension records"):
+    def __init__(self, elements: Iterable[str], context: str = "dimension records", conn: Any = None):
         need = set(elements) - {"dataset"}
         self.context = context
+        self.conn = conn
+        self._half_duration: Any = ()
         self.tables: dict[str, sa.Table] = {}
         order = [e for e in ("exposure", "detector", "physical_filter", "instrument") if e in need]
         if not order:
@@ -1264,6 +1274,25 @@ class _DimensionScope(_Scope):
     def timespan(self, field: Field) -> tuple:
         t = self.tables[field.element]
         return t.c.timespan_begin, t.c.timespan_end
+
+    def begin_floor(self, t_ns: int) -> int | None:
+        """A value every exposure ending after ``t_ns`` begins after (None: no useful bound).
+
+        ``begin < b AND end > a`` alone is a range over half the ``timespan_begin`` index;
+        adding ``begin > a - max(duration)``, implied by the data, makes it a short one.
+        The maximum comes from ``ix_exposure_half_duration`` in the same transaction.
+        """
+        if self.conn is None or t_ns <= NS_MIN:
+            return None
+        if self._half_duration == ():
+            ex, two = schema.exposure, sa.literal_column("2", sa.BigInteger())
+            self._half_duration = self.conn.execute(
+                sa.select(sa.func.max(ex.c.timespan_end // two - ex.c.timespan_begin // two))).scalar()
+        if self._half_duration is None:
+            return None
+        # each halved term is off by less than 1, so duration <= 2 * max + 2
+        floor = t_ns - 2 * int(self._half_duration) - 2
+        return floor if floor > NS_MIN else None
 
 
 def _elements_of_fields(fields: Iterable[Field]) -> set[str]:
@@ -1344,7 +1373,7 @@ def select_dimension_records(
     sel = _prepare(where, bind, instrument)
     target = {element} | ({"physical_filter"} if element == "exposure" else set())
     need, extra = _scope_elements(target, sel.fields)
-    scope = _DimensionScope(need, context=f"{element} records")
+    scope = _DimensionScope(need, context=f"{element} records", conn=conn)
     t = scope.tables[element]
     if element == "exposure":
         pf = scope.tables["physical_filter"]
@@ -1434,7 +1463,7 @@ def select_data_ids(
     if not target:
         target = {"instrument"}
     need, _ = _scope_elements(target, sel.fields)
-    scope = _DimensionScope(need, context="data IDs")
+    scope = _DimensionScope(need, context="data IDs", conn=conn)
     out = {"instrument": scope.instrument_col}
     for d in dims:
         if d == "exposure":
