@@ -144,7 +144,7 @@ MSG_RESTART_COLLISION = (
 )
 MSG_STEP_FAILED = (
     "step {index} {name!r} ({kind}) failed: {error}\n"
-    "Finished steps are kept. Fix the cause, then run: cpframe campaign {path} --resume"
+    "Finished steps are kept. Fix the cause, then run: {again}"
 )
 
 
@@ -233,6 +233,15 @@ class Campaign:
     """For each step, ``(earlier step, reason)`` pairs that forced its place."""
     sha256: str = ""
     """Checksum of the campaign file as read."""
+    overrides: Mapping[str, str] = field(default_factory=dict)
+    """The ``--var`` values given (they are part of how to run it again)."""
+
+    def command(self, *extra: str) -> str:
+        """The ``cpframe campaign`` command line for this campaign (with its ``--var``)."""
+        argv = ["cpframe", "campaign", str(self.path)]
+        for k, x in self.overrides.items():
+            argv += ["--var", f"{k}={x}"]
+        return sh_join(argv + list(extra))
 
     @property
     def repo(self) -> str:
@@ -548,7 +557,7 @@ def parse_campaign(text: str, path: Path, overrides: Mapping[str, str] | None = 
     name = str(doc.get("name") or path.stem)
     return Campaign(
         name=name, path=path, variables=v, steps=tuple(ordered), after=after,
-        sha256=hashlib.sha256(text.encode()).hexdigest(),
+        sha256=hashlib.sha256(text.encode()).hexdigest(), overrides=dict(overrides or {}),
     )
 
 
@@ -862,6 +871,25 @@ def campaign_dir(campaign: Campaign) -> Path:
     return Path(campaign.repo) / "campaigns" / campaign.variables["TICKET"] / safe
 
 
+def sh_quote(text: str) -> str:
+    """Quote for a POSIX shell, preferring double quotes around selections.
+
+    >>> sh_quote("instrument='LSSTComCam' and detector=4")
+    '"instrument=\'LSSTComCam\' and detector=4"'
+    >>> sh_quote("plain")
+    'plain'
+    """
+    q = shlex.quote(text)
+    if q.startswith("'") and "'" in text and not re.search(r'[$`"\\!]', text):
+        return f'"{text}"'
+    return q
+
+
+def sh_join(argv: Sequence[str]) -> str:
+    """A command line as shell text (see :func:`sh_quote`)."""
+    return " ".join(sh_quote(a) for a in argv)
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -941,10 +969,10 @@ class CommandRecord:
             f"# campaign {campaign.name!r}, file sha256 {campaign.sha256[:16]}",
         ]
         if argv:
-            lines.append(f"# invoked as: {shlex.join(argv)}")
+            lines.append(f"# invoked as: {sh_join(argv)}")
         for k in sorted(campaign.variables):
             if k not in DERIVED_VARIABLES:
-                lines.append(f"export {k}={shlex.quote(campaign.variables[k])}")
+                lines.append(f"export {k}={sh_quote(campaign.variables[k])}")
         self._append_sh(lines)
         self.entries.append({"session": _now(), "mode": mode, "campaign": str(campaign.path),
                              "sha256": campaign.sha256, "variables": dict(campaign.variables)})
@@ -955,7 +983,7 @@ class CommandRecord:
         """Record one step: its equivalent command lines, times and outcome."""
         lines = [f"# [{started}] step {step.name} ({step.label})"]
         prefix = "" if outcome == "ok" else "# "
-        lines += [prefix + shlex.join(c) for c in commands]
+        lines += [prefix + sh_join(c) for c in commands]
         tail = f"# -> {outcome} in {duration_s:.1f} s"
         if message:
             tail += f": {message.splitlines()[0][:300]}"
@@ -963,7 +991,7 @@ class CommandRecord:
         self._append_sh(lines)
         self.entries.append({
             "step": step.name, "kind": step.kind, "commands": [list(c) for c in commands],
-            "shell": [shlex.join(c) for c in commands], "started": started, "duration_s": round(duration_s, 3),
+            "shell": [sh_join(c) for c in commands], "started": started, "duration_s": round(duration_s, 3),
             "outcome": outcome, "message": message, "outputs": dict(outputs or {}),
         })
         self._save_json()
@@ -1074,7 +1102,9 @@ def _run_complete(registry: Any, run: str, dataset_type: str | None) -> tuple[bo
     if _exists(registry, run) != CollectionType.RUN:
         return False, f"RUN {run} does not exist"
     records = (registry.get_run_info(run) or {}).get("records") or []
-    if records and records[-1].get("status") not in (None, "complete"):
+    if not records:
+        return False, f"RUN {run} has no submission record (interrupted)"
+    if records[-1].get("status") != "complete":
         return False, f"RUN {run} is marked {records[-1].get('status')}"
     refs = registry.query_datasets(dataset_type, collections=[run]) if dataset_type else \
         registry.query_datasets(None, collections=[run])
@@ -1316,6 +1346,7 @@ def run_campaign(
     settings: Any = None,
     echo: Callable[[str], None] | None = None,
     argv: Sequence[str] | None = None,
+    resume_hint: str | None = None,
 ) -> CampaignResult:
     """Run a campaign's steps in order, skipping those the registry shows as done.
 
@@ -1339,6 +1370,9 @@ def run_campaign(
         Where progress lines go (default: nothing).
     argv : sequence of str, optional
         The command line, written into the construction record.
+    resume_hint : str, optional
+        The command a person runs to resume after a failure (default: this campaign with
+        ``--resume``).
 
     Returns
     -------
@@ -1382,7 +1416,7 @@ def run_campaign(
     record = CommandRecord(directory)
     record.start_session(campaign, mode, argv)
     result = CampaignResult(campaign, [], directory)
-    runner = _StepRunner(campaign, repo, client, settings, echo)
+    runner = _StepRunner(campaign, repo, client, settings, echo, state)
     try:
         stop = False
         for i, step in enumerate(campaign.steps, 1):
@@ -1411,11 +1445,13 @@ def run_campaign(
                 outputs = runner.run(step)
             except (CpframeError, OSError) as err:
                 dt = time.monotonic() - t0
-                state.set(step.name, status="failed", finished=_now(), message=str(err))
+                state.set(step.name, status="failed", finished=_now(), message=str(err),
+                          **getattr(err, "campaign_outputs", {}))
                 record.add(step, step_commands(campaign, step), started, dt, "failed", str(err))
                 result.outcomes.append(StepOutcome(step.name, "failed", str(err).splitlines()[0], dt))
                 raise CampaignError(MSG_STEP_FAILED.format(
-                    index=i, name=step.name, kind=step.kind, error=err, path=campaign.path)) from err
+                    index=i, name=step.name, kind=step.kind, error=err,
+                    again=resume_hint or campaign.command("--resume"))) from err
             except BaseException as err:  # interrupted (Ctrl-C) or a bug: keep the record honest
                 dt = time.monotonic() - t0
                 state.set(step.name, status="interrupted", finished=_now(), message=repr(err))
@@ -1436,28 +1472,47 @@ def run_campaign(
             stop = step.name == until
     finally:
         runner.close()
+        repo.close()
     return result
 
 
 class _StepRunner:
     """Runs one step of each kind by calling the other areas' library functions."""
 
-    def __init__(self, campaign: Campaign, repo: Any, client: Any, settings: Any, echo: Callable[[str], None]):
+    def __init__(self, campaign: Campaign, repo: Any, client: Any, settings: Any, echo: Callable[[str], None],
+                 state: CampaignState):
         self.campaign = campaign
         self.repo = repo
         self.client = client
         self.settings = settings
         self.echo = echo
+        self.state = state
+        self._cluster = None
 
     def close(self) -> None:
-        pass
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
+    def _client(self) -> Any:
+        """One cluster for every submission of the campaign (started at the first one)."""
+        if self.client is None:
+            from .cluster import open_cluster
+            from .config import load_settings
+
+            self.settings = self.settings or load_settings()
+            self._cluster = open_cluster(self.settings)
+            self.client = self._cluster.client
+            self.echo(f"    {self._cluster.summary()}")
+        return self.client
 
     def run(self, step: Step) -> dict[str, Any]:
         return getattr(self, f"_run_{step.kind}")(step)
 
     # submit ---------------------------------------------------------------------------
     def _run_submit(self, step: Step) -> dict[str, Any]:
-        return _run_submission(self.campaign, step, self.repo, self.client, self.settings)
+        return _run_submission(self.campaign, step, self.repo, self._client(), self.settings, self.state,
+                               self.echo)
 
     # certify --------------------------------------------------------------------------
     def _run_certify(self, step: Step) -> dict[str, Any]:
@@ -1760,9 +1815,47 @@ def self_check(registry: Any, instrument: str, ticket_chain: str, collections: S
 # -- adapters to the other areas -----------------------------------------------------------------
 
 
-def _run_submission(campaign: Campaign, step: Step, repo: Any, client: Any, settings: Any) -> dict[str, Any]:
-    """Run one submission through ``cpframe.submit`` (same as ``cpframe submit TEMPLATE``)."""
-    raise CampaignError("the submit engine (cpframe.submit) is not available in this build")
+def _partial_run(campaign: Campaign, step: Step, registry: Any, state: CampaignState) -> str | None:
+    """A RUN of this step that exists but did not complete (to be finished with --extend-run)."""
+    from .model import CollectionType
+
+    exp = expected_outputs(campaign, step)
+    out = exp.get("output")
+    in_chain = registry.get_chain(out) if out and _exists(registry, out) == CollectionType.CHAINED else ()
+    for run in (exp.get("run"), in_chain[0] if in_chain else None):
+        if run and _exists(registry, run) == CollectionType.RUN and not _run_complete(registry, run, step.builds)[0]:
+            return run
+    return None
+
+
+def _run_submission(campaign: Campaign, step: Step, repo: Any, client: Any, settings: Any,
+                    state: CampaignState, echo: Callable[[str], None]) -> dict[str, Any]:
+    """Run one submission with ``cpframe.submit.submit_template`` (as ``cpframe submit TEMPLATE``).
+
+    A RUN of this step left incomplete by an earlier attempt is finished in place
+    (``--extend-run --skip-existing``): only its missing outputs are computed.
+    """
+    from .errors import ExecutionError
+    from .submit import submit_template
+
+    v = _submit_variables(campaign, step)
+    partial = _partial_run(campaign, step, repo.registry, state)
+    if partial:
+        echo(f"    finishing the incomplete RUN {partial} (--extend-run --skip-existing)")
+    argv = step_commands(campaign, step)[0] + (["--extend-run", "--skip-existing"] if partial else [])
+    try:
+        res = submit_template(step.template, v, client=client, settings=settings, environ={**os.environ, **v},
+                              extend_run=bool(partial), skip_existing=bool(partial), argv=argv, quiet=True,
+                              echo=lambda line: None)
+    except ExecutionError as err:
+        r = getattr(err, "result", None)
+        if r is not None:
+            err.campaign_outputs = {"run": r.run, "output": r.output, "submit_dir": str(r.submit_dir)}
+        raise
+    counts = dict(res.counts)
+    what = ", ".join(f"{n} {dt}" for dt, n in counts.items()) or "nothing new"
+    return {"run": res.run, "output": res.output, "counts": counts, "submit_dir": str(res.submit_dir),
+            "compute_s": round(float(res.timings.get("compute_s", 0.0)), 3), "detail": f"RUN {res.run}: {what}"}
 
 
 def _run_report(campaign: Campaign, step: Step, repo: Any) -> dict[str, Any]:

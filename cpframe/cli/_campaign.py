@@ -54,7 +54,11 @@ def campaign_command(campaign_file, dry_run, resume, restart, until, variables, 
         from ..campaign import _open_repo
 
         repo = _open_repo(camp.repo)
-    status = plan_status(camp, repo)
+    try:
+        status = plan_status(camp, repo)
+    finally:
+        if repo is not None:
+            repo.close()
     click.echo(format_plan(camp, status, until))
     if dry_run:
         if repo is None:
