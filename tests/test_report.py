@@ -1,0 +1,262 @@
+"""The HTML report on a small real repository, rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cpframe.cli import main
+from cpframe.imageio import write_masked, write_ptc
+from cpframe.model import DatasetType, Timespan, exposure_id, parse_tai
+from cpframe.model import CollectionType
+from cpframe.repo import Repository
+from cpframe.report import NO_DATASETS_MESSAGE, write_report
+from cpframe.verify import merge_calibs, merge_exposure, merge_run, verify_calib, verify_exposure
+from cpframe.verify import write_results, write_stats
+from cpframe.verify.plots import focal_plane_grid, stretch_limits
+from tests.fixtures.verify import make_residual
+
+INSTRUMENT = "LSSTComCam"
+DETECTORS = (0, 4, 8)
+P = f"{INSTRUMENT}/calib/DEMO-1/demo"
+BIAS_GEN = f"{P}/biasGen.20241111a"
+FLAT_GEN = f"{P}/flatGen-r.20241111a"
+PTC_GEN = f"{P}/ptcGen.20241111a"
+VERIFY_BIAS = f"{P}/verifyBias.20241127a"
+VERIFY_FLAT = f"{P}/verifyFlat-r.20241127a"
+VERIFY_PTC = f"{P}/verifyPtc.20241127a"
+BIAS_EXPOSURES = ((20241126, 21), (20241126, 22), (20241127, 5))  # two nights
+FLAT_EXPOSURES = ((20241126, 27), (20241126, 28))
+FAILING_FLAT = (exposure_id(20241126, 28), 8)  # (exposure, detector) with an amp 30 % high
+
+VERIFY_TYPES = [
+    DatasetType(f"verify{t}IsrExp", ("instrument", "detector", "exposure"), False, "fits-masked") for t in ("Bias", "Flat")
+] + [
+    DatasetType(f"verify{t}Stats", ("instrument", "detector", "exposure"), False, "json") for t in ("Bias", "Flat")
+] + [
+    DatasetType("verifyPtcStats", ("instrument", "detector"), False, "json"),
+] + [
+    DatasetType(f"verify{t}{k}", ("instrument",), False, fmt)
+    for t in ("Bias", "Flat", "Ptc") for k, fmt in (("Results", "ecsv"), ("Summary", "json"))
+]
+
+
+def _exposure_record(day, seq, obs_type, physical_filter):
+    begin = parse_tai(f"{str(day)[:4]}-{str(day)[4:6]}-{str(day)[6:]}T03:00:00") + seq * 60 * 10**9
+    return {"instrument": INSTRUMENT, "id": exposure_id(day, seq), "obs_id": f"CC_O_{day}_{seq:06d}",
+            "day_obs": day, "seq_num": seq, "physical_filter": physical_filter, "observation_type": obs_type,
+            "observation_reason": obs_type, "science_program": "test", "exposure_time": 0.0 if obs_type == "bias" else 15.0,
+            "dark_time": 0.0, "timespan": Timespan(begin, begin + 30 * 10**9)}
+
+
+def _product_header(kind, inputs):
+    h = {"OBSTYPE": kind, "LSST ISR UNITS": "electron", "CALIB_CREATION_DATETIME": "2024-11-11T12:00:00"}
+    for i, (day, seq) in enumerate(inputs):
+        h[f"CPP_INPUT_{i}"] = exposure_id(day, seq)
+        h[f"CPP_INPUT_DATE_{i}"] = f"{str(day)[:4]}-{str(day)[4:6]}-{str(day)[6:]}T03:00:00"
+        h[f"CPP_INPUT_EXPT_{i}"] = 0.0
+        h[f"CPP_INPUT_SCALE_{i}"] = 1.0
+    return h
+
+
+@pytest.fixture(scope="module")
+def report_repo(tmp_path_factory, mini_comcam):
+    """A repository with bias/flat/ptc products and their verification (one flat exposure failing)."""
+    root = tmp_path_factory.mktemp("report") / "repo"
+    scratch = root.parent / "scratch"
+    repo = Repository.create(root)
+    repo.register_instrument(INSTRUMENT, "mini")
+    for dt in VERIFY_TYPES:
+        repo.registry.register_dataset_type(dt)
+    repo.registry.insert_exposures([_exposure_record(d, s, "bias", "r_03") for d, s in BIAS_EXPOSURES]
+                                   + [_exposure_record(d, s, "flat", "r_03") for d, s in FLAT_EXPOSURES])
+    reg = repo.registry
+    for chain in (BIAS_GEN, FLAT_GEN, PTC_GEN):
+        run = f"{chain}/20241111T120000Z"
+        reg.register_collection(run, CollectionType.RUN)
+        reg.register_collection(chain, CollectionType.CHAINED)
+        reg.set_chain(chain, [run])
+        reg.set_run_info(run, {"records": [{"status": "complete", "command_line": ["cpframe", "submit", "bps.yaml"],
+                                            "selection": f"instrument='{INSTRUMENT}'"}]})
+    for run in (VERIFY_BIAS, VERIFY_FLAT, VERIFY_PTC):
+        reg.register_collection(run, CollectionType.RUN)
+    rng = np.random.default_rng(0)
+    items = {BIAS_GEN: [], FLAT_GEN: [], PTC_GEN: []}
+    for d in DETECTORS:
+        det = mini_comcam.detector(d)
+        shape = det.shape
+        zeros = np.zeros(shape, np.int32)
+        bias = rng.normal(0.0, 2.0, shape).astype(np.float32)
+        p = write_masked(scratch / f"bias{d}.fits", bias, zeros, np.full(shape, 4.0, np.float32),
+                         _product_header("bias", [(20241110, s) for s in range(10, 16)]))
+        items[BIAS_GEN].append((p, "bias", {"instrument": INSTRUMENT, "detector": d}))
+        flat = (1.0 + 0.05 * np.linspace(-1, 1, shape[1])[None, :] + rng.normal(0, 0.005, shape)).astype(np.float32)
+        p = write_masked(scratch / f"flat{d}.fits", flat, zeros, np.full(shape, 1e-5, np.float32),
+                         _product_header("flat", [(20241110, s) for s in range(21, 26)]))
+        items[FLAT_GEN].append((p, "flat", {"instrument": INSTRUMENT, "detector": d, "physical_filter": "r_03"}))
+        n = 8
+        means = np.geomspace(500, 60000, n)
+        rows = [{"amp": a, "gain": 1.6, "gain_err": 0.01, "noise": 6.0, "noise_err": 0.05, "turnoff": 65000.0,
+                 "a00": -2e-6, "n_pairs": n, "raw_means": means, "raw_vars": means / 1.6 + (6.0 / 1.6) ** 2,
+                 "exp_times": np.arange(1.0, n + 1), "mask": np.ones(n, bool), "overscan_noise": np.full(n, 3.75)}
+                for a in det.amp_names]
+        p = write_ptc(scratch / f"ptc{d}.fits", rows, {"INSTRUME": INSTRUMENT, "DET_SER": det.serial})
+        items[PTC_GEN].append((p, "ptc", {"instrument": INSTRUMENT, "detector": d}))
+    for chain, its in items.items():
+        repo.put_files(its, f"{chain}/20241111T120000Z")
+    # verification: residuals, stats, merges, results and summaries
+    for stage, run, exposures, kw in (("bias", VERIFY_BIAS, BIAS_EXPOSURES, {}),
+                                      ("flat", VERIFY_FLAT, FLAT_EXPOSURES, {"signal": 20000.0})):
+        put, exp_merges = [], []
+        for day, seq in exposures:
+            eid = exposure_id(day, seq)
+            det_stats = []
+            for d in DETECTORS:
+                det = mini_comcam.detector(d)
+                levels = {"C04": 6000.0} if (stage == "flat" and (eid, d) == FAILING_FLAT) else None
+                res, _ = make_residual(det, seed=eid % 1000 + d, exposure=eid, amp_levels=levels, **kw)
+                path = write_masked(scratch / f"{stage}_{eid}_{d}.fits", res.image.astype(np.float32), res.mask,
+                                    res.variance.astype(np.float32), res.header)
+                stats = verify_exposure(stage, path, det, data_id={"instrument": INSTRUMENT, "exposure": eid})
+                det_stats.append(stats)
+                did = {"instrument": INSTRUMENT, "detector": d, "exposure": eid}
+                t = stage.capitalize()
+                put.append((path, f"verify{t}IsrExp", did))
+                put.append((write_stats(stats, scratch / f"{stage}_stats_{eid}_{d}.json"), f"verify{t}Stats", did))
+            exp_merges.append(merge_exposure(stage, det_stats))
+        table, summary = merge_run(stage, exp_merges)
+        t = stage.capitalize()
+        put.append((write_results(table, scratch / f"{stage}_results.ecsv"), f"verify{t}Results", {"instrument": INSTRUMENT}))
+        put.append((write_stats(summary, scratch / f"{stage}_summary.json"), f"verify{t}Summary", {"instrument": INSTRUMENT}))
+        repo.put_files(put, run)
+    ptc_stats = []
+    for d in DETECTORS:
+        det = mini_comcam.detector(d)
+        ref = reg.find_dataset("ptc", {"instrument": INSTRUMENT, "detector": d}, [PTC_GEN])
+        ptc_stats.append(verify_calib("ptc", repo.get_path(ref), det,
+                                      nominal={a: {"gain": 1.6, "noise": 6.0} for a in det.amp_names}))
+    table, summary = merge_calibs("ptc", ptc_stats)
+    repo.put_files([(write_results(table, scratch / "ptc_results.ecsv"), "verifyPtcResults", {"instrument": INSTRUMENT}),
+                    (write_stats(summary, scratch / "ptc_summary.json"), "verifyPtcSummary", {"instrument": INSTRUMENT})],
+                   VERIFY_PTC)
+    yield repo
+    repo.close()
+
+
+COLLECTIONS = [VERIFY_BIAS, VERIFY_FLAT, VERIFY_PTC, BIAS_GEN, FLAT_GEN, PTC_GEN]
+
+
+@pytest.fixture(scope="module")
+def report(report_repo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "report"
+    return write_report(report_repo, COLLECTIONS, out)
+
+
+def test_report_pages_verdicts_and_provenance(report):
+    out = report.output_dir
+    for page in ("index.html", "manifest.html", "navigation.html", "provenance.html", "bias_det.html",
+                 "bias_exp.html", "flat_det.html", "flat_exp.html", "ptc_det.html"):
+        assert (out / page).is_file(), page
+    assert report.verdicts == {"bias": True, "flat": False, "ptc": True}
+    eid, det = FAILING_FLAT
+    assert report.failures["flat"] == [f"{eid} R22_S22 SCATTER"]
+    index = (out / "index.html").read_text()
+    assert 'id="summary-table"' in index
+    rows = re.findall(r'<tr class="(\w+)"><td><a href="#(\w+)">\w+</a></td><td>(\w+)</td><td>(\w+)</td>', index)
+    assert ("fail", "flat", "SCATTER", "detector") in rows
+    assert ("pass", "flat", "NOISE", "amp") in rows and ("pass", "bias", "MEAN", "amp") in rows
+    assert not [r for r in rows if r[0] == "fail" and r[1] != "flat"]
+    # product provenance: the RUN and the CPP_INPUT_* exposures of each product
+    det_page = (out / "bias_det.html").read_text()
+    assert "2024111000010" in det_page and "2024111000015" in det_page
+    assert "provenance.html#run-" in det_page
+    prov = (out / "provenance.html").read_text()
+    assert "cpframe submit bps.yaml" in prov and BIAS_GEN in prov
+    # the failing exposure is red on the exposure page, the other is not
+    exp_page = (out / "flat_exp.html").read_text()
+    assert re.search(rf"Exposure {eid} <span class=\"verdict fail\">", exp_page)
+    assert re.search(rf"Exposure {exposure_id(20241126, 27)} <span class=\"verdict pass\">", exp_page)
+    # manifest lists every dataset the report used
+    manifest = (out / "manifest.html").read_text()
+    assert manifest.count("<tr><td>") == report.n_datasets == 3 * 3 + (3 * 3 * 2 + 2) + (2 * 3 * 2 + 2) + 2
+    # every image referenced exists
+    srcs = set(re.findall(r'<img src="([^"]+)"', index + det_page + exp_page))
+    assert srcs and all((out / s).is_file() for s in srcs)
+    results_page = next((out / "src" / "flat").glob("verifyFlatResults_*.html")).read_text()
+    assert results_page.count('class="fail"') >= 1
+
+
+def test_report_reuses_images_unless_overwrite(report_repo, report, tmp_path):
+    again = write_report(report_repo, COLLECTIONS, report.output_dir)
+    assert again.n_rendered == 0 and again.n_images == report.n_images > 10
+    small = write_report(report_repo, [VERIFY_BIAS], tmp_path / "small")
+    assert small.n_rendered == small.n_images == 3 + 2  # residual mosaics of 3 exposures, 2 metric plots
+    forced = write_report(report_repo, [VERIFY_BIAS], tmp_path / "small", do_overwrite=True)
+    assert forced.n_rendered == forced.n_images == small.n_images
+
+
+def test_stretch_and_layout_against_references(mini_comcam):
+    rng = np.random.default_rng(5)
+    data = rng.normal(10.0, 3.0, 5000)
+    q25, med, q75 = np.percentile(data, [25, 50, 75])
+    lo, hi = stretch_limits(np.concatenate([data, [np.nan, 1e9]]))
+    q25b, medb, q75b = np.percentile(np.concatenate([data, [1e9]]), [25, 50, 75])
+    assert (lo, hi) == pytest.approx((medb - 3 * 0.74 * (q75b - q25b), medb + 3 * 0.74 * (q75b - q25b)))
+    grid = focal_plane_grid(mini_comcam)
+    # R22_Syx: S00 bottom-left, S22 top-right, S10 above S00
+    names = {d.name: grid[d.id] for d in mini_comcam.detectors}
+    assert names["R22_S00"] == (0, 0) and names["R22_S22"] == (2, 2) and names["R22_S10"] == (1, 0)
+    assert names["R22_S01"] == (0, 1)
+
+
+def test_report_errors(report_repo, tmp_path):
+    from cpframe.errors import UnknownCollectionError, UserInputError
+
+    with pytest.raises(UnknownCollectionError, match="nope"):
+        write_report(report_repo, ["nope"], tmp_path / "r")
+    report_repo.registry.register_collection("empty/run", CollectionType.RUN)
+    with pytest.raises(UserInputError, match=NO_DATASETS_MESSAGE + " in empty/run"):
+        write_report(report_repo, ["empty/run"], tmp_path / "r")
+    assert not (tmp_path / "r").exists()  # nothing half-written
+
+
+def test_report_cli(report_repo, report, tmp_path):
+    args = ["report", str(report_repo.root), "-o", str(report.output_dir)]  # images reused: fast
+    for c in COLLECTIONS:
+        args += ["-c", c]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert str(report.output_dir / "index.html") in r.output and "0 rendered" in r.output
+    assert re.search(r"flat\s+FAIL", r.output) and re.search(r"bias\s+PASS", r.output)
+    bad = CliRunner().invoke(main, ["report", str(report_repo.root), "-c", "nope", "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 3 and "nope" in bad.output and "Traceback" not in bad.output
+
+
+def _chromium_args(chromium, profile):
+    return [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={profile}", "--allow-file-access-from-files", "--virtual-time-budget=15000"]
+
+
+@pytest.mark.browser
+def test_report_renders_in_headless_chromium(report, chromium, tmp_path):
+    index = report.output_dir / "index.html"
+    dom = subprocess.run(_chromium_args(chromium, tmp_path / "p1") + ["--dump-dom", index.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    body = re.search(r"<body[^>]*>", dom.stdout).group(0)
+    total = int(re.search(r'data-images-total="(\d+)"', body).group(1))
+    ok = int(re.search(r'data-images-ok="(\d+)"', body).group(1))
+    assert total >= 8 and ok == total
+    assert 'data-loaded="0"' not in dom.stdout
+    assert 'id="summary-table"' in dom.stdout and "SCATTER" in dom.stdout
+    shot = tmp_path / "index.png"
+    r = subprocess.run(_chromium_args(chromium, tmp_path / "p2") + [f"--screenshot={shot}", "--window-size=1280,2200",
+                                                                     index.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and shot.stat().st_size > 20000
