@@ -874,8 +874,8 @@ def campaign_dir(campaign: Campaign) -> Path:
 def sh_quote(text: str) -> str:
     """Quote for a POSIX shell, preferring double quotes around selections.
 
-    >>> sh_quote("instrument='LSSTComCam' and detector=4")
-    '"instrument=\'LSSTComCam\' and detector=4"'
+    >>> print(sh_quote("instrument='LSSTComCam' and detector=4"))
+    "instrument='LSSTComCam' and detector=4"
     >>> sh_quote("plain")
     'plain'
     """
