@@ -14,9 +14,12 @@ Running it again in the same ``DIR`` with the same options resumes: nothing fini
 redone.  Options that change the data (size, detectors, bands, broken input, seed) need a
 new ``DIR`` or ``--force``.
 
-``broken="saturated-flat"`` adds one over-exposed g flat to the g-band construction and
-verification selections (DMTN-222 §Verification: saturated flats "do not flat-field well"),
-so that the flat verification fails for it and the report shows it in red.
+``broken="saturated-flat"`` also simulates one over-exposed g flat and, after the demo
+campaign, runs a small second campaign (ticket ``DEMO-1-SAT``) that rebuilds, certifies and
+verifies the g flat with that exposure added to its construction and verification
+selections (DMTN-222 §Verification: saturated flats "do not flat-field well").  Its
+verification fails for that exposure and its report shows the failing tests in red, while
+the demo's own calibrations stay as they were.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
+from .campaign import sh_join
 from .errors import CampaignError, CpframeError, UserInputError
 
-__all__ = ["DemoResult", "run_demo", "demo_campaign", "plan_bands", "DEMO_INSTRUMENT", "DEFAULT_DETECTORS", "BROKEN_INPUTS"]
+__all__ = ["DemoResult", "run_demo", "demo_campaign", "broken_campaign", "plan_bands", "DEMO_INSTRUMENT", "DEFAULT_DETECTORS", "BROKEN_INPUTS"]
 
 DEMO_INSTRUMENT = "LSSTComCam"
 #: Detectors simulated by default: three of the nine keep the demo within a few minutes on 2 cores.
@@ -64,6 +68,16 @@ class DemoResult:
     """Verified product (``bias``, ``flat-g``...) -> (passed, list of failures)."""
     timings_s: dict = field(default_factory=dict)
     """Stage -> wall time, seconds."""
+    broken: tuple | None = None
+    """(broken input, verdicts of the broken campaign, its report index) when ``broken`` was asked."""
+
+    @property
+    def broken_detected(self) -> bool | None:
+        """True when the broken campaign's flat verification failed (None without ``broken``)."""
+        if self.broken is None:
+            return None
+        verdicts = self.broken[1]
+        return bool(verdicts) and not verdicts.get("flat-g", (True, []))[0]
 
     @property
     def passed(self) -> bool:
@@ -89,6 +103,16 @@ class DemoResult:
         lines.append(f"Report: {self.report_index}" if self.report_index else "Report: not written")
         lines.append("RESULT: " + ("all products pass verification" if self.passed
                                    else "some verification tests FAIL (red in the report)"))
+        if self.broken is not None:
+            what, verdicts, index = self.broken
+            lines.append(f"With the broken input ({what}):")
+            for name, (ok, failures) in sorted(verdicts.items()):
+                lines.append(f"  {'PASS' if ok else 'FAIL'}  {name}"
+                             + (f"  ({len(failures)} failing: {', '.join(failures[:3])}"
+                                + (", ..." if len(failures) > 3 else "") + ")" if failures else ""))
+            lines.append(f"  report: {index}")
+            lines.append("  " + ("verification caught it (the failing tests are red in that report)"
+                                 if self.broken_detected else "verification did NOT catch it"))
         return "\n".join(lines)
 
 
@@ -102,8 +126,9 @@ def plan_bands(plan: Any) -> list[str]:
     return sorted(k.rsplit("_", 1)[1] for k in plan.selections if re.fullmatch(r"SELECTION_FLAT_[a-z]", k))
 
 
-def _demo_specs(plan: Any, bands: Sequence[str], broken: str | None) -> tuple[list, dict[str, str]]:
-    """The plan's exposures for the chosen bands (+ the broken one) and the selections to use."""
+def _demo_specs(plan: Any, bands: Sequence[str], broken: str | None) -> tuple[list, dict[str, str], dict[str, str]]:
+    """The plan's exposures for the chosen bands (+ the broken one), the selections, and the
+    selections of the broken campaign (empty without ``broken``)."""
     from .camera import load_camera
 
     cam = load_camera(plan.instrument)
@@ -119,6 +144,7 @@ def _demo_specs(plan: Any, bands: Sequence[str], broken: str | None) -> tuple[li
     drop = {e for sel in unwanted for e in plan.intended.get(sel, ())} - elsewhere
     specs = [s for s in plan.specs if s.exposure_id not in drop]
     selections = dict(plan.selections)
+    bad_selections: dict[str, str] = {}
     if broken == "saturated-flat":
         if "g" not in bands:
             raise UserInputError("--broken saturated-flat adds a g flat: include g in --bands.")
@@ -132,9 +158,8 @@ def _demo_specs(plan: Any, bands: Sequence[str], broken: str | None) -> tuple[li
         specs.append(bad)
         extra = (f" or (instrument='{plan.instrument}' and exposure.day_obs={bad.day_obs} "
                  f"and exposure.seq_num={bad.seq_num})")
-        for sel in ("SELECTION_FLAT_g", "SELECTION_FLAT_g_V"):
-            selections[sel] = f"({selections[sel]}){extra}"
-    return specs, selections
+        bad_selections = {sel: f"({selections[sel]}){extra}" for sel in ("SELECTION_FLAT_g", "SELECTION_FLAT_g_V")}
+    return specs, selections, bad_selections
 
 
 def demo_campaign(repo_root: Path, bands: Sequence[str], selections: dict[str, str]):
@@ -146,6 +171,26 @@ def demo_campaign(repo_root: Path, bands: Sequence[str], selections: dict[str, s
     doc = yaml.safe_load(path.read_text())
     doc["steps"] = [s for s in doc["steps"] if s.get("band", _band_of_step(s)) in (None, *bands)]
     overrides = {"REPO": str(repo_root), **selections}
+    return parse_campaign(yaml.safe_dump(doc, sort_keys=False), path, overrides)
+
+
+def broken_campaign(repo_root: Path, good: Any, selections: dict[str, str]):
+    """A small campaign that rebuilds and verifies the g flat with the saturated exposure included.
+
+    It reads the good campaign's calibrations (its ticket chain, then the curated ones) and
+    writes under its own ticket (``<TICKET>-SAT``), so the good calibrations stay as they are.
+    """
+    from .campaign import parse_campaign
+    from .templates import default_templates_dir
+
+    path = default_templates_dir() / "campaign_demo.yaml"
+    doc = yaml.safe_load(path.read_text())
+    keep = ("flat-g", "certify-flat-g", "verify-flat-g", "report")
+    doc["name"] = "demo-saturated-flat"
+    doc["steps"] = [s for s in doc["steps"] if s["name"] in keep]
+    v = good.variables
+    overrides = {**good.overrides, **selections, "TICKET": f"{v['TICKET']}-SAT", "TAG": "saturatedFlat",
+                 "CALIB_COLLECTIONS": f"{good.ticket_chain},{v['CALIB_COLLECTIONS']}", "REPO": str(repo_root)}
     return parse_campaign(yaml.safe_dump(doc, sort_keys=False), path, overrides)
 
 
@@ -234,7 +279,7 @@ def run_demo(
     marker.write_text(json.dumps(opts, indent=2))
     settings = load_settings({"n_workers": workers} if workers else None)
     timings: dict[str, float] = {}
-    specs, selections = _demo_specs(plan, bands, broken)
+    specs, selections, bad_selections = _demo_specs(plan, bands, broken)
 
     t0 = time.monotonic()
     raw_dir = d / "raw"
@@ -250,7 +295,8 @@ def run_demo(
     from .campaign import CampaignState, campaign_dir, format_plan, run_campaign
 
     echo(format_plan(camp))
-    started = CampaignState.load(campaign_dir(camp)).exists
+    argv = ["cpframe", "demo", str(directory), *_cli_options(opts, plan_bands(plan))]
+    again = sh_join(argv)
     t0 = time.monotonic()
     own = None
     if client is None:
@@ -259,14 +305,25 @@ def run_demo(
         own = open_cluster(replace(settings, cluster_kind="local"))
         client = own.client
         echo(own.summary())
+    bad = None
     try:
-        result = run_campaign(camp, resume=started, deploy_step=True, client=client, settings=settings,
-                              echo=echo, argv=["cpframe", "demo", str(directory)])
+        repo.close()
+        result = run_campaign(camp, resume=CampaignState.load(campaign_dir(camp)).exists, deploy_step=True,
+                              client=client, settings=settings, echo=echo, argv=argv,
+                              resume_hint=again)
+        timings["campaign"] = time.monotonic() - t0
+        if bad_selections:
+            t0 = time.monotonic()
+            bad = broken_campaign(repo_root, camp, bad_selections)
+            echo("")
+            echo("Now the same g flat with a saturated exposure added to its selections:")
+            echo(format_plan(bad))
+            bad_result = run_campaign(bad, resume=CampaignState.load(campaign_dir(bad)).exists, client=client,
+                                      settings=settings, echo=echo, argv=argv, resume_hint=again)
+            timings["broken campaign"] = time.monotonic() - t0
     finally:
         if own is not None:
             own.close()
-        repo.close()
-    timings["campaign"] = time.monotonic() - t0
     out = DemoResult(d, repo_root, result.report_index, result, result.deploy, timings_s=timings)
     from .campaign import _open_repo, _split_collections, deploy
 
@@ -278,9 +335,27 @@ def run_demo(
             out.deploy = deploy(r.registry, camp.instrument, camp.ticket_chain,
                                 raw_collection=camp.variables["RAW_COLLECTION"],
                                 calib_collections=_split_collections(camp.variables["CALIB_COLLECTIONS"]))
+        if bad is not None:
+            out.broken = (broken, verification_verdicts(bad, r), bad_result.report_index)
     finally:
         r.close()
     return out
+
+
+def _cli_options(opts: dict, default_bands: Sequence[str]) -> list[str]:
+    """The ``cpframe demo`` options that reproduce ``opts``.
+
+    >>> _cli_options({"scale": "mini", "detectors": [4], "bands": ["g"], "broken": None, "seed": 1}, ["g", "r"])
+    ['--detectors', '4', '--bands', 'g']
+    """
+    args = ["--full"] if opts["scale"] == "full" else []
+    if opts["detectors"] != sorted(DEFAULT_DETECTORS):
+        args += ["--detectors", ",".join(map(str, opts["detectors"]))]
+    if opts["bands"] and opts["bands"] != sorted(default_bands):
+        args += ["--bands", ",".join(opts["bands"])]
+    if opts["broken"]:
+        args += ["--broken", opts["broken"]]
+    return args
 
 
 def _simulate(specs: list, raw_dir: Path, opts: dict, workers: int, echo: Callable[[str], None]) -> list[Path]:

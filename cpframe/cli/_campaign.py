@@ -183,5 +183,8 @@ def demo_command(directory, full, workers, bands, detectors, broken, force):
     )
     click.echo("")
     click.echo(result.summary())
-    if not result.passed and broken == "none":
+    if not result.passed:
         raise VerificationFailed(f"the demo's verification found failing tests; see {result.report_index}")
+    if result.broken_detected is False:
+        raise VerificationFailed(
+            f"verification did not catch the broken input ({broken}); see {result.broken[2]}")
