@@ -50,15 +50,21 @@ __all__ = [
     "MSG_EMPTY_SELECTION",
     "MSG_NO_RAWS",
     "MSG_MISSING_CALIBS",
+    "MSG_NO_COLLECTION",
 ]
 
 MSG_EMPTY_SELECTION = (
     "the selection matched no {what}: {query!r}. Check it with `cpframe query-data-ids {repo} "
-    "exposure,detector --where \"{query}\"` (day_obs is an integer YYYYMMDD; strings take single quotes)."
+    "exposure detector --where \"{query}\"` (day_obs is an integer YYYYMMDD; strings take single quotes)."
 )
 MSG_NO_RAWS = (
     "the selection matched {n} exposure(s) but no raw in the input collections {collections}: {query!r}. "
     "Ingest the raws (`cpframe ingest-raws`) or add the raw collection (RAW_COLLECTION) to inCollection."
+)
+MSG_NO_COLLECTION = (
+    "input collection(s) not in the repository: {names}. Check inCollection (and RAW_COLLECTION, "
+    "CALIB_COLLECTIONS): did the submission that writes it run, with the same RERUN and BOOTSTRAP_RUN_NUMBER? "
+    "`cpframe query-collections REPO` lists what exists."
 )
 MSG_MISSING_CALIBS = (
     "planning {pipeline}: {n} required calibration lookup(s) found nothing; nothing was run.\n{lines}\n"
@@ -614,6 +620,7 @@ def make_plan(
     check_against_pipeline(submission, pipeline)
     registry = repo.registry
     collections = tuple(submission.in_collections)
+    _check_collections(registry, collections)
     instrument, base, raws, exposures = _resolve_selection(
         pipeline, registry, submission.data_query, collections, submission.butler_config)
     token = secrets.token_hex(3)
@@ -660,6 +667,20 @@ def make_plan(
                 run=submission.output_run, output=submission.output, quanta=quanta, data_ids=tuple(base),
                 exposures=exposures, existing=existing, skipped=skipped, optional_missing=optional_missing,
                 notes=tuple(dict.fromkeys(notes)), token=token, plan_s=time.perf_counter() - t0)
+
+
+def _check_collections(registry: Any, collections: Sequence[str]) -> None:
+    """Every input collection must exist; all missing ones are named at once."""
+    from .errors import UnknownCollectionError
+
+    missing = []
+    for c in collections:
+        try:
+            registry.get_collection_type(c)
+        except UnknownCollectionError:
+            missing.append(c)
+    if missing:
+        raise PlanningError(MSG_NO_COLLECTION.format(names=", ".join(missing)))
 
 
 def _prune(quanta: dict[str, Quantum], existing: frozenset) -> tuple[dict[str, Quantum], tuple[str, ...]]:

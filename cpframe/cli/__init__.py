@@ -48,4 +48,4 @@ def main() -> None:
 
 
 # Each module attaches its commands to ``main`` on import.
-from . import _registry, _data, _submit, _verify, _campaign, _query  # noqa: E402,F401
+from . import _registry, _data, _submit, _verify, _campaign, _query, _run  # noqa: E402,F401

@@ -1,0 +1,104 @@
+"""Helpers shared by the planning/execution tests (test_graph, test_execute, test_submit, Slurm).
+
+They build real repositories from the data area's simulated mini ComCam data set
+(``tests/fixtures/data.py``: ``mini_dataset``) with the real ingest, and certify
+calibrations made *from the simulator truth* (PTC gains/noise, defects), so that the
+bias, dark and flat templates can be submitted without first running the bootstrap chain.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+INSTRUMENT = "LSSTComCam"
+RAW_RUN = "LSSTComCam/raw/all"
+TICKET = "DM-TEST"
+TRUTH_COLLECTION = "LSSTComCam/calib/DM-TEST/truth"
+TRUTH_BEGIN = "2024-11-01T00:00:00"
+
+
+def make_repo(root: Path, dataset: Any, *, files: Iterable[Path] | None = None, transfer: str = "direct") -> Any:
+    """A new repository with the data set's raws (or ``files``) ingested into LSSTComCam/raw/all."""
+    from cpframe.ingest import ingest_raws
+    from cpframe.repo import Repository
+
+    repo = Repository.create(root)
+    report = ingest_raws(repo, list(files) if files is not None else [dataset.root], run=RAW_RUN, transfer=transfer,
+                         processes=1)
+    assert not report.failed, report.summary()
+    return repo
+
+
+def put_certified(repo: Any, dataset_type: str, items: list[tuple[Path, dict]], run: str, collection: str,
+                  begin: str = TRUTH_BEGIN, end: str | None = None) -> list:
+    """Store files as ``dataset_type`` in ``run`` and certify them into ``collection`` from ``begin``."""
+    from cpframe.model import CollectionType, Timespan
+
+    repo.registry.register_collection(run, CollectionType.RUN)
+    refs = repo.put_files([(p, dataset_type, did) for p, did in items], run, transfer="copy")
+    repo.registry.certify(collection, refs, Timespan.from_text(begin, end))
+    return refs
+
+
+def write_truth_ptc(path: Path, truth: Any, detector: int) -> Path:
+    """A fits-ptc whose gains, read noise and turnoff are the simulator's injected values."""
+    from cpframe.imageio import write_ptc
+
+    det = truth.camera.detector(detector)
+    rows = []
+    for amp in det.amps:
+        t = truth.amp(detector, amp.name)
+        rows.append({"amp": amp.name, "gain": t.gain, "gain_err": 0.0, "noise": t.read_noise, "noise_err": 0.0,
+                     "turnoff": t.saturation - t.bias_level, "a00": 0.0, "n_pairs": 0, "raw_means": [],
+                     "raw_vars": [], "exp_times": [], "mask": [], "overscan_noise": []})
+    return write_ptc(path, rows, {"INSTRUME": INSTRUMENT, "DETECTOR": detector, "DETNAME": det.name,
+                                  "CAMSCALE": "mini", "OBSTYPE": "ptc"})
+
+
+def write_truth_defects(path: Path, truth: Any, detector: int) -> Path:
+    """An ecsv-defects file listing the simulator's injected defects of ``detector``."""
+    from cpframe.curated import write_defects
+
+    rects = [d[:4] for d in truth.detectors[detector].defects]
+    return write_defects(path, rects, INSTRUMENT, detector, TRUTH_BEGIN)
+
+
+def certify_truth_calibs(repo: Any, truth: Any, detectors: Iterable[int], work: Path,
+                         types: tuple[str, ...] = ("ptc", "defects"), begin: str = TRUTH_BEGIN) -> str:
+    """Certify truth PTCs and defects of ``detectors`` into :data:`TRUTH_COLLECTION`; returns its name."""
+    work.mkdir(parents=True, exist_ok=True)
+    writers = {"ptc": (write_truth_ptc, ".fits"), "defects": (write_truth_defects, ".ecsv")}
+    for dt in types:
+        write, ext = writers[dt]
+        items = [(write(work / f"{dt}_{d}{ext}", truth, d), {"instrument": INSTRUMENT, "detector": d})
+                 for d in detectors]
+        put_certified(repo, dt, items, f"{TRUTH_COLLECTION}/{dt}-run", TRUTH_COLLECTION, begin=begin)
+    return TRUTH_COLLECTION
+
+
+def variables(repo_root: Path, scratch: Path, dataset: Any, **extra: str) -> dict[str, str]:
+    """The DMTN-222 variable set for ``repo_root``, with the demo plan's selections."""
+    env = {
+        "USER_CALIB_PREFIX": "", "INSTRUMENT": INSTRUMENT, "TICKET": TICKET, "REPO": str(repo_root),
+        "RAW_COLLECTION": RAW_RUN, "CALIB_COLLECTIONS": TRUTH_COLLECTION, "TAG": "test", "RERUN": "20241110a",
+        "BOOTSTRAP_RUN_NUMBER": "1", "VERIFY_RERUN": "20241126a", "SCRATCH": str(scratch), "USER": "tester",
+        "PATH": "/usr/bin:/bin",
+    }
+    env.update(dataset.plan.selections)
+    env.update(extra)
+    return env
+
+
+def ticket_chain_add(repo: Any, collection: str) -> None:
+    """Prepend ``collection`` to the ticket chain (DMTN-222: newer certified collections first)."""
+    repo.registry.set_chain(f"{INSTRUMENT}/calib/{TICKET}", [collection], mode="prepend")
+
+
+def certify_run(repo: Any, run: str, dataset_type: str, collection: str, begin: str = TRUTH_BEGIN) -> list:
+    """certify-calibrations: every ``dataset_type`` of RUN ``run`` into ``collection``, open-ended."""
+    from cpframe.model import Timespan
+
+    refs = repo.registry.query_datasets(dataset_type, collections=[run])
+    repo.registry.certify(collection, refs, Timespan.from_text(begin, None))
+    return refs

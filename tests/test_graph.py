@@ -1,0 +1,195 @@
+"""Planning (cpframe.graph, cpframe.submit.plan_template): quanta, lookups, errors -- no cluster.
+
+The repository is real (SQLite, the data area's simulated mini ComCam raws ingested in
+place); expected counts are derived independently from the observing plan's exposure list.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import dask
+import pytest
+
+from cpframe.errors import PlanningError, SelectionError, SubmissionError, UndefinedVariablesError
+from cpframe.model import DataId
+from cpframe.submit import plan_template
+
+from tests._run_helpers import (
+    INSTRUMENT, TICKET, TRUTH_COLLECTION, certify_truth_calibs, make_repo, put_certified, variables,
+)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, mini_dataset):
+    root = tmp_path_factory.mktemp("graph")
+    r = make_repo(root / "repo", mini_dataset)
+    # truth PTC + defects for detector 0 from November; detector 4's PTC only valid from December,
+    # so lookups at the demo's November exposures must find nothing for it.
+    certify_truth_calibs(r, mini_dataset.truth, [0], root / "calibs")
+    certify_truth_calibs(r, mini_dataset.truth, [4], root / "calibs4", types=("defects",))
+    from tests._run_helpers import write_truth_ptc
+
+    p = write_truth_ptc(root / "calibs4" / "ptc_4.fits", mini_dataset.truth, 4)
+    put_certified(r, "ptc", [(p, {"instrument": INSTRUMENT, "detector": 4})], f"{TRUTH_COLLECTION}/ptc4-run",
+                  TRUTH_COLLECTION, begin="2024-12-01T00:00:00")
+    r.registry.set_chain(f"{INSTRUMENT}/calib/{TICKET}", [TRUTH_COLLECTION], mode="redefine")
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def env(repo, tmp_path, mini_dataset):
+    return variables(repo.root, tmp_path / "scratch", mini_dataset, CALIB_COLLECTIONS="")
+
+
+def exposures_of(dataset, selection: str, band: str | None = None) -> list:
+    """Exposure specs a selection of the demo plan names, filtered by band (independent of the registry)."""
+    ids = set(dataset.plan.intended[selection])
+    out = [s for s in dataset.specs if s.exposure_id in ids]
+    if band:
+        out = [s for s in out if dataset.camera.band_of(s.physical_filter) == band]
+    return out
+
+
+def test_bias_bootstrap_plan_counts_and_raws(repo, env, mini_dataset):
+    out = plan_template("bps_biasBootstrap", environ=env, repo=repo)
+    plan = out.plan
+    specs = exposures_of(mini_dataset, "SELECTION_BIAS_BOOTSTRAP")
+    n_det = len(mini_dataset.detectors)
+    assert plan.counts() == {"cpBiasBootstrapIsr": len(specs) * n_det, "cpBiasBootstrapCombine": n_det}
+    isr = [q for q in plan.quanta.values() if q.kind == "isr"]
+    assert {(q.data_id["exposure"], q.data_id["detector"]) for q in isr} == \
+        {(s.exposure_id, d) for s in specs for d in mini_dataset.detectors}
+    # every ISR quantum reads the raw of its own exposure x detector
+    for q in isr:
+        assert (q.raw.data_id["exposure"], q.raw.data_id["detector"]) == (q.data_id["exposure"], q.data_id["detector"])
+    # a combine reads exactly the ISR quanta of its detector
+    for q in plan.quanta.values():
+        if q.kind == "combine":
+            ups = [plan.quanta[k] for k in q.upstream]
+            assert {u.data_id["detector"] for u in ups} == {q.data_id["detector"]}
+            assert len(ups) == len(specs)
+    assert [dt for dt, _ in plan.planned_outputs()] == ["biasBootstrap"] * n_det
+    assert plan.run == f"{INSTRUMENT}/calib/{TICKET}/test/biasBootstrapGen.20241110a/run1"
+    assert "cpBiasBootstrapIsr" in plan.summary() and plan.run in plan.summary()
+
+
+def test_flat_plan_per_filter_and_calibrations(repo, env, mini_dataset, tmp_path):
+    # stand-in bias and dark (planning never reads them) certified for both detectors
+    for dt in ("bias", "dark"):
+        items = []
+        for d in mini_dataset.detectors:
+            p = tmp_path / f"{dt}{d}.fits"
+            p.write_bytes(b"planning does not read this")
+            items.append((p, {"instrument": INSTRUMENT, "detector": d}))
+        put_certified(repo, dt, items, f"{INSTRUMENT}/calib/{TICKET}/x/{dt}Gen/run", f"{INSTRUMENT}/calib/{TICKET}/{dt}")
+    try:
+        repo.registry.set_chain(f"{INSTRUMENT}/calib/{TICKET}", [f"{INSTRUMENT}/calib/{TICKET}/{dt}"
+                                                                   for dt in ("bias", "dark")], mode="prepend")
+        # detector 4 has no PTC valid in November: planning fails and says so, for that detector only
+        with pytest.raises(PlanningError, match=r"no ptc certified for detector 4 at 2024-11-10T") as err:
+            plan_template("bps_flat_g", environ=env, repo=repo)
+        assert "detector 0" not in str(err.value)
+        assert "more exposure(s)" in str(err.value)
+        assert f"{INSTRUMENT}/calib/{TICKET}, {INSTRUMENT}/raw/all" in str(err.value)
+
+        env0 = dict(env, SELECTION_FLAT_g=env["SELECTION_FLAT_g"] + " and detector=0")
+        plan = plan_template("bps_flat_g", environ=env0, repo=repo).plan
+        specs = exposures_of(mini_dataset, "SELECTION_FLAT_g", band="g")
+        c = plan.counts()
+        assert c["cpFlatIsr"] == len(specs) and c["cpFlatMeasure"] == len(specs)
+        assert c["cpFlatNormalize"] == 1 and c["cpFlatCombine"] == 1
+        comb = next(q for q in plan.quanta.values() if q.kind == "combine")
+        assert comb.data_id == DataId(instrument=INSTRUMENT, detector=0, physical_filter=specs[0].physical_filter)
+        assert dict(comb.inputs).keys() == {"cpFlatIsrExp", "cpFlatNormScales"}
+        isr = next(q for q in plan.quanta.values() if q.kind == "isr")
+        assert set(isr.calibs) >= {"ptc", "bias", "dark"}
+        assert isr.calibs["ptc"][0].extra["collection"] == TRUTH_COLLECTION
+        assert isr.calibs["bias"][0].extra["collection"] == f"{INSTRUMENT}/calib/{TICKET}/bias"
+    finally:
+        repo.registry.set_chain(f"{INSTRUMENT}/calib/{TICKET}", [TRUTH_COLLECTION], mode="redefine")
+
+
+def test_ptc_plan_pairs(repo, env, mini_dataset):
+    plan = plan_template("bps_ptc", environ=env, repo=repo).plan
+    specs = exposures_of(mini_dataset, "SELECTION_PTC")
+    by_time = Counter(round(s.exposure_time, 6) for s in specs)
+    n_pairs = sum(n // 2 for n in by_time.values())
+    c = plan.counts()
+    n_det = len(mini_dataset.detectors)
+    assert c["cpPtcIsr"] == len(specs) * n_det
+    assert c["cpPtcExtractPair"] == n_pairs * n_det
+    assert c["cpPtcSolve"] == n_det
+    ex = plan.quanta
+    for q in ex.values():
+        if q.kind == "ptcExtract":
+            a, b = (ex[k] for k in q.upstream)
+            ta = next(s for s in specs if s.exposure_id == a.data_id["exposure"]).exposure_time
+            tb = next(s for s in specs if s.exposure_id == b.data_id["exposure"]).exposure_time
+            assert ta == tb and a.data_id["detector"] == b.data_id["detector"] == q.data_id["detector"]
+            assert a.data_id["exposure"] == q.data_id["exposure"] < b.data_id["exposure"]
+
+
+def test_graph_building_never_computes(repo, env):
+    def refuse(dsk, keys, **kwargs):
+        raise AssertionError("the graph builder computed something")
+
+    from cpframe.graph import build_graph
+
+    with dask.config.set(scheduler=refuse):
+        out = plan_template("bps_biasBootstrap", environ=env, repo=repo)
+        graph = build_graph(out.plan, "/nonexistent/scratch", repo.get_path)
+    assert list(graph) == list(out.plan.quanta)
+    comb_key = next(k for k, q in out.plan.quanta.items() if q.kind == "combine")
+    deps = graph[comb_key].dask.dependencies[comb_key]
+    assert set(deps) == set(out.plan.quanta[comb_key].upstream)
+    dot = out.plan.to_dot()
+    assert dot.startswith("digraph") and all(f'"{k}"' in dot for k in out.plan.quanta)
+
+
+def test_skip_existing_prunes_to_what_is_missing(repo, env, mini_dataset):
+    out = plan_template("bps_biasBootstrap", environ=env, repo=repo)
+    done = {("biasBootstrap", DataId(instrument=INSTRUMENT, detector=0).key())}
+    from cpframe.graph import make_plan
+
+    with pytest.raises(PlanningError, match="already exist in RUN .*--skip-existing"):
+        make_plan(out.submission, out.pipeline, repo, existing=done)
+    plan = make_plan(out.submission, out.pipeline, repo, existing=done, skip_existing=True)
+    assert {q.data_id["detector"] for q in plan.quanta.values()} == {4}
+    assert [did["detector"] for _, did in plan.planned_outputs()] == [4]
+    assert len(plan.skipped) == len(out.plan.quanta) - len(plan.quanta)
+
+
+def test_empty_selection_is_a_planning_error(repo, env):
+    env = dict(env, SELECTION_BIAS_BOOTSTRAP="instrument='LSSTComCam' and exposure.day_obs=20300101")
+    with pytest.raises(PlanningError, match=r"matched no exposure: .*20300101.*query-data-ids"):
+        plan_template("bps_biasBootstrap", environ=env, repo=repo)
+
+
+def test_bad_selection_points_at_the_token(repo, env):
+    env = dict(env, SELECTION_BIAS_BOOTSTRAP="instrument='LSSTComCam' and exposure.day_obs='20241110'")
+    with pytest.raises(SelectionError, match="day_obs"):
+        plan_template("bps_biasBootstrap", environ=env, repo=repo)
+
+
+def test_missing_variables_listed_at_once(repo, env):
+    env = {k: v for k, v in env.items() if k not in ("TICKET", "SELECTION_BIAS_BOOTSTRAP")}
+    with pytest.raises(UndefinedVariablesError, match=r"SELECTION_BIAS_BOOTSTRAP.*TICKET|TICKET.*SELECTION"):
+        plan_template("bps_biasBootstrap", environ=env, repo=repo)
+
+
+def test_missing_input_collection_named(repo, env):
+    with pytest.raises(PlanningError, match=r"not in the repository: LSSTComCam/calib/nope"):
+        plan_template("bps_biasBootstrap", environ=dict(env, CALIB_COLLECTIONS="LSSTComCam/calib/nope"), repo=repo)
+
+
+def test_no_raws_in_collections(repo, env):
+    env = dict(env, RAW_COLLECTION=TRUTH_COLLECTION)
+    with pytest.raises(PlanningError, match=r"matched 6 exposure\(s\) but no raw"):
+        plan_template("bps_biasBootstrap", environ=env, repo=repo)
+
+
+def test_extend_run_needs_a_chain(repo, env):
+    with pytest.raises(SubmissionError, match="no RUN to extend"):
+        plan_template("bps_bias", environ=env, repo=repo, extend_run=True)
