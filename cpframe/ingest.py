@@ -120,10 +120,11 @@ class IngestReport:
             f"skipped {len(self.skipped)} (already ingested), failed {len(self.failed)}",
         ]
         for title, rows in (("failed", self.failed), ("skipped", self.skipped)):
-            for path, reason in rows[:max_lines]:
+            limit = max_lines if title == "failed" else min(max_lines, 5)
+            for path, reason in rows[:limit]:
                 lines.append(f"  {title}: {path}: {reason}")
-            if len(rows) > max_lines:
-                lines.append(f"  ... and {len(rows) - max_lines} more {title}")
+            if len(rows) > limit:
+                lines.append(f"  ... and {len(rows) - limit} more {title}")
         if self.failed:
             lines.append("fix or remove the failed files and run the same command again "
                          "(files already ingested are skipped).")
@@ -283,12 +284,11 @@ def read_raw_headers(paths: Sequence[str | os.PathLike], processes: int | None =
     if processes == 1:
         results = _read_many(paths)
     else:
-        import multiprocessing as mp
+        from .simulate import process_context
 
         size = max(16, min(512, n // (processes * 8) or 16))
         chunks = [paths[i:i + size] for i in range(0, n, size)]
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["cpframe.ingest"])
+        ctx = process_context(["cpframe.ingest"])
         results = []
         with ProcessPoolExecutor(processes, mp_context=ctx) as pool:
             for part in pool.map(_read_many, chunks):

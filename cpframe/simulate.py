@@ -1168,6 +1168,19 @@ def write_raw(path: str | os.PathLike, camera: Camera, detector_id: int, spec: E
 _WORKER: dict[str, Any] = {}
 
 
+def process_context(preload: Sequence[str]):
+    """Multiprocessing context for worker pools: ``fork`` when this process runs a single
+    thread (cheap: nothing to import again), else ``forkserver`` (forking a process that runs
+    threads, e.g. a Dask client, can deadlock), whose server imports ``preload`` once."""
+    import multiprocessing as mp
+
+    if threading.active_count() == 1:
+        return mp.get_context("fork")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(list(preload))
+    return ctx
+
+
 def _init_worker(truth: Truth, outdir: str, seed: int) -> None:
     _WORKER.update(truth=truth, outdir=outdir, seed=seed, camera=truth.camera)
 
@@ -1208,7 +1221,7 @@ def simulate(specs: Iterable[ExposureSpec], outdir: str | os.PathLike, instrumen
         Use this truth instead of ``make_truth(camera, seed)``.
     executor
         ``thread`` (default: numpy and file writes release the GIL; no start-up cost) or
-        ``process`` pool (forkserver).
+        ``process`` pool (see :func:`process_context`).
     progress
         Called as ``progress(done, total)`` after each file.
 
@@ -1263,12 +1276,7 @@ def simulate(specs: Iterable[ExposureSpec], outdir: str | os.PathLike, instrumen
     if executor == "thread":
         pool = ThreadPoolExecutor(workers, initializer=_init_worker, initargs=(truth, str(out), seed))
     elif executor == "process":
-        import multiprocessing as mp
-
-        # forkserver, not fork: callers may run threads (Dask clients); the server imports the
-        # simulator once and forks each worker from there
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["cpframe.simulate"])
+        ctx = process_context(["cpframe.simulate"])
         pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                    initargs=(truth, str(out), seed))
     else:
