@@ -266,6 +266,7 @@ def run_demo(
     for det in detectors:
         cam.detector(det)  # CameraError names the valid ids
     opts = _options(full, detectors, bands, broken, seed)
+    specs, selections, bad_selections = _demo_specs(plan, bands, broken)  # validates bands first
     if force and d.exists():
         shutil.rmtree(d)
     marker = d / "demo.json"
@@ -279,7 +280,6 @@ def run_demo(
     marker.write_text(json.dumps(opts, indent=2))
     settings = load_settings({"n_workers": workers} if workers else None)
     timings: dict[str, float] = {}
-    specs, selections, bad_selections = _demo_specs(plan, bands, broken)
 
     t0 = time.monotonic()
     raw_dir = d / "raw"
@@ -292,9 +292,9 @@ def run_demo(
     repo = _prepare_repo(repo_root, camp, files, opts["scale"], echo)
     timings["ingest"] = time.monotonic() - t0
 
-    from .campaign import CampaignState, campaign_dir, format_plan, run_campaign
+    from .campaign import CampaignState, campaign_dir, format_plan, plan_status, run_campaign
 
-    echo(format_plan(camp))
+    echo(format_plan(camp, plan_status(camp, repo)))
     argv = ["cpframe", "demo", str(directory), *_cli_options(opts, plan_bands(plan))]
     again = sh_join(argv)
     t0 = time.monotonic()

@@ -1,0 +1,254 @@
+"""End-to-end: `cpframe demo` at its smallest size, and a campaign resumed after a failure.
+
+One module fixture runs the demo once (one mini detector, the g band, plus the broken
+saturated flat): real simulator, SQLite repository, LocalCluster, submit engine,
+verification and report.  The tests then look at what it left behind, and run further
+campaigns on the same repository (resume after a failure, a second demo run).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cpframe.cli import main
+from cpframe.errors import CampaignError, UserInputError
+
+pytestmark = pytest.mark.slow
+
+DETECTOR = 4
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from cpframe.cluster import open_cluster
+    from cpframe.config import load_settings
+
+    oc = open_cluster(load_settings({"n_workers": 2, "cluster_kind": "local"}))
+    yield oc.client
+    oc.close()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, cluster):
+    from cpframe.demo import run_demo
+
+    d = tmp_path_factory.mktemp("demo") / "demo"
+    lines: list[str] = []
+    res = run_demo(d, detectors=[DETECTOR], bands=["g"], broken="saturated-flat", client=cluster,
+                   echo=lines.append)
+    return res, lines
+
+
+def _repo(res):
+    from cpframe.repo import Repository
+
+    return Repository.open(res.repo_root)
+
+
+def _verdict_rows(index: Path) -> dict[str, tuple[str, str]]:
+    """calibration -> (row class, verdict cell class) from the report's #verdicts table."""
+    html = index.read_text()
+    table = html[html.index('id="verdicts"'):]
+    table = table[:table.index("</table>")]
+    rows = re.findall(r'<tr class="(\w+)"><td><a href="#(\w+)">\w+</a></td><td class="(\w*)">', table)
+    return {name: (tr, td) for tr, name, td in rows}
+
+
+def test_demo_every_product_passes(demo):
+    res, lines = demo
+    assert set(res.verdicts) == {"bias", "dark", "flat-g", "defects", "ptc", "science"}, res.summary()
+    assert all(ok for ok, _ in res.verdicts.values()), res.summary()
+    assert res.passed and "RESULT: all products pass verification" in res.summary()
+    rows = _verdict_rows(res.report_index)
+    for name in ("bias", "dark", "flat", "defects", "ptc"):
+        assert rows[name] == ("pass", "pass"), (name, rows)
+    assert 'class="verdict pass">ALL PASS' in res.report_index.read_text()
+
+
+def test_demo_products_match_the_injected_truth(demo):
+    """The deployed PTC gains are the simulator's gains (independent of the verification code)."""
+    from astropy.table import Table
+
+    from cpframe.simulate import Truth
+
+    res, _ = demo
+    truth = Truth.load(res.directory / "raw" / "truth")
+    repo = _repo(res)
+    try:
+        ref = repo.registry.find_calibration("ptc", {"instrument": "LSSTComCam", "detector": DETECTOR},
+                                             ["LSSTComCam/defaults"], res.deploy.exposure)
+        assert ref is not None and "ptcGen" in ref.run
+        table = Table.read(repo.get_path(ref), hdu="PTC")
+    finally:
+        repo.close()
+    amps = truth.detectors[DETECTOR].amps
+    gains = np.array([row["gain"] for row in table])
+    want = np.array([amps[str(row["amp"]).strip()].gain for row in table])
+    assert len(gains) == 16
+    np.testing.assert_allclose(gains, want, rtol=0.05)
+
+
+def test_broken_saturated_flat_fails_the_flat_test_in_red(demo):
+    res, _ = demo
+    what, verdicts, index = res.broken
+    assert what == "saturated-flat" and res.broken_detected
+    ok, failures = verdicts["flat-g"]
+    assert not ok and failures
+    # the failing exposure is the saturated one (the last seq_num of the construction night)
+    assert all(f.startswith("2024111000052") for f in failures), failures
+    rows = _verdict_rows(index)
+    assert rows["flat"] == ("fail", "fail")
+    html = index.read_text()
+    assert 'class="verdict fail">FAILURES' in html
+    assert re.search(r'<tr class="fail"><td><a href="#flat">', html)
+    css = (index.parent / "assets" / "report.css").read_text()
+    fail_colour = re.search(r"--fail:\s*(#[0-9a-f]{6})", css).group(1)
+    r, g, b = (int(fail_colour[i:i + 2], 16) for i in (1, 3, 5))
+    assert r > 150 and g < 60 and b < 60  # red
+    # the demo's own, deployed flat is unaffected
+    assert res.verdicts["flat-g"][0]
+
+
+def test_deploy_self_check(demo):
+    res, _ = demo
+    assert res.deploy.ok, res.deploy.format()
+    types = {c.dataset_type for c in res.deploy.checks}
+    assert types == {"bias", "dark", "defects", "flat", "ptc"}
+    assert all(c.n_checked == c.n_ok == 1 for c in res.deploy.checks)
+    repo = _repo(res)
+    try:
+        assert repo.registry.get_chain("LSSTComCam/calib")[0] == "LSSTComCam/calib/DEMO-1"
+        assert repo.registry.get_chain("LSSTComCam/defaults")[:2] == ("LSSTComCam/raw/all", "LSSTComCam/calib")
+        # the broken campaign was never deployed
+        assert "LSSTComCam/calib/DEMO-1-SAT" not in repo.registry.flatten(["LSSTComCam/calib"])
+    finally:
+        repo.close()
+
+
+def test_construction_record(demo):
+    res, _ = demo
+    record_dir = res.campaign.directory
+    sh = (record_dir / "commands.sh").read_text()
+    assert "export TICKET=DEMO-1" in sh and "export SELECTION_BIAS=\"instrument='LSSTComCam'" in sh
+    assert re.search(r"^cpframe submit \S+/templates/bps_bias\.yaml$", sh, re.M)
+    assert re.search(r"^cpframe certify-calibrations \S+ LSSTComCam/calib/DEMO-1/demo/defectGen\.20241111a "
+                     r"LSSTComCam/calib/DEMO-1/demo/defects\.20241111a defects --begin-date 2024-11-01T00:00:00$",
+                     sh, re.M)
+    assert re.search(r"^cpframe collection-chain \S+ --mode redefine LSSTComCam/calib/DEMO-1 "
+                     r"LSSTComCam/calib/DEMO-1/demo/defects\.20241111a$", sh, re.M)
+    assert re.search(r"^cpframe collection-chain \S+ --mode prepend LSSTComCam/calib/DEMO-1 "
+                     r"LSSTComCam/calib/DEMO-1/demo/flat-g\.20241111a$", sh, re.M)
+    assert re.search(r"^cpframe report \S+ -c \S+verifyBias\.20241127a", sh, re.M)
+    entries = json.loads((record_dir / "record.json").read_text())
+    steps = [e for e in entries if "step" in e]
+    assert [e["step"] for e in steps] == [s.name for s in res.campaign.campaign.steps]
+    assert all(e["outcome"] == "ok" for e in steps)
+    repo = _repo(res)
+    try:
+        for e in steps:
+            if e["kind"] == "submit":  # the RUN recorded is the one the registry holds
+                assert repo.registry.get_chain(e["outputs"]["output"])[0] == e["outputs"]["run"]
+    finally:
+        repo.close()
+
+
+def _runs(repo) -> set[str]:
+    from cpframe.model import CollectionType
+
+    return {c.name for c in repo.registry.query_collections("*", types=[CollectionType.RUN])}
+
+
+def test_campaign_resumes_after_a_failure_finishing_only_what_was_left(demo, cluster):
+    """certify-dark fails once (its CALIBRATION name is taken by a RUN); --resume finishes the rest."""
+    from cpframe.campaign import CampaignState, campaign_dir, load_campaign, run_campaign
+    from cpframe.model import CollectionType
+    from cpframe.templates import default_templates_dir
+
+    res, _ = demo
+    text = (default_templates_dir() / "campaign_demo.yaml").read_text()
+    import yaml
+
+    doc = yaml.safe_load(text)
+    doc["name"] = "resume-test"
+    doc["steps"] = [s for s in doc["steps"] if s["name"] in
+                    ("bias", "certify-bias", "dark", "certify-dark", "verify-bias", "verify-dark", "report")]
+    path = res.directory / "resume-test.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    camp = load_campaign(path, {"REPO": str(res.repo_root), "TICKET": "DEMO-R",
+                                "CALIB_COLLECTIONS": "LSSTComCam/calib/DEMO-1,LSSTComCam/calib/DEMO-1/curated"})
+    blocker = camp.step("certify-dark").output
+    repo = _repo(res)
+    repo.registry.register_collection(blocker, CollectionType.RUN)
+    repo.close()
+
+    with pytest.raises(CampaignError, match=r"step 4 'certify-dark' \(certify\) failed: .*RUN.*"
+                                            r"Fix the cause, then run: cpframe campaign .*--resume"):
+        run_campaign(camp, client=cluster)
+    state = CampaignState.load(campaign_dir(camp))
+    assert [state.get(n).get("status") for n in ("bias", "certify-bias", "dark", "certify-dark")] == \
+        ["done", "done", "done", "failed"]
+    assert state.get("verify-bias") == {}
+    repo = _repo(res)
+    runs_before = _runs(repo)
+    bias_chain = repo.registry.get_chain(camp.step("bias").gen_output)
+    dark_refs = {r.id for r in repo.registry.query_datasets("dark", collections=[state.get("dark")["run"]])}
+    repo.remove_runs([blocker])
+    repo.close()
+
+    # starting again without saying how is refused
+    with pytest.raises(CampaignError, match=r"already started .* 3 of 7 steps done; certify-dark failed.*--resume"):
+        run_campaign(camp, client=cluster)
+    result = run_campaign(camp, resume=True, client=cluster)
+    status = {o.name: o.status for o in result.outcomes}
+    assert status == {"bias": "skipped", "certify-bias": "skipped", "dark": "skipped", "certify-dark": "ran",
+                      "verify-bias": "ran", "verify-dark": "ran", "report": "ran"}
+    repo = _repo(res)
+    try:
+        new_runs = _runs(repo) - runs_before
+        # only the verification RUNs are new: bias and dark were not re-created
+        assert len(new_runs) == 2 and all("/verify" in r for r in new_runs), new_runs
+        assert repo.registry.get_chain(camp.step("bias").gen_output) == bias_chain
+        certified = {r.id for r in repo.registry.query_certifications(blocker, "dark")}
+        assert certified == dark_refs
+        assert repo.registry.get_chain(camp.ticket_chain)[:2] == (blocker, camp.step("certify-bias").output)
+    finally:
+        repo.close()
+    sh = (campaign_dir(camp) / "commands.sh").read_text()
+    assert sh.count("(resume)") == 1 and "-> failed" in sh and "-> skipped" in sh
+    # a restart would collide with the outputs of these reruns
+    with pytest.raises(CampaignError, match=r"--restart would redo .*--var RERUN=20241111b"):
+        run_campaign(camp, restart=True, client=cluster)
+
+
+def test_demo_again_resumes_without_redoing_anything(demo, cluster):
+    from cpframe.demo import run_demo
+
+    res, _ = demo
+    repo = _repo(res)
+    runs = _runs(repo)
+    repo.close()
+    again = run_demo(res.directory, detectors=[DETECTOR], bands=["g"], broken="saturated-flat", client=cluster)
+    assert {o.status for o in again.campaign.outcomes} == {"skipped"}
+    repo = _repo(res)
+    try:
+        assert _runs(repo) == runs
+    finally:
+        repo.close()
+    assert again.passed and again.broken_detected
+
+
+def test_demo_refuses_other_options_in_the_same_directory(demo):
+    res, _ = demo
+    r = CliRunner().invoke(main, ["demo", str(res.directory), "--detectors", "0"])
+    assert r.exit_code == 2 and "holds a demo made with other options" in r.output and "--force" in r.output
+    r = CliRunner().invoke(main, ["demo", str(res.directory / "other"), "--bands", "q"])
+    assert r.exit_code == 2 and "--bands q: the demo plan has flats in g, i, r only" in r.output
+    r = CliRunner().invoke(main, ["demo", str(res.directory / "other2"), "--detectors", "99"])
+    assert r.exit_code == 2 and "no detector" in r.output
