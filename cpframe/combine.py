@@ -13,8 +13,9 @@ by its scale (variance by scale²); per pixel, inputs whose mask has a bit of
 
 * ``MEAN``: the mean; ``MEDIAN``: the median (numpy's linear interpolation);
 * ``MEANCLIP``: keep values within median ± clip·0.7413·IQR, then ``n_iter`` passes keep
-  the survivors within mean ± clip·stdev (ddof=1) of the previous survivors; the value is
-  the mean of the last survivors.
+  the values within mean ± clip·stdev (ddof=1) of the previous pass's kept values; as in
+  afw, every pass tests every valid input (a value rejected early can come back), and
+  passes stop early when the kept set no longer changes.  The value is the final mean.
 
 Output variance is the squared error of the statistic: stdev²/n from the scatter when
 there are at least ``max_visits_to_calc_error_from_input_variance`` inputs, else
@@ -126,12 +127,83 @@ def _sort(a, n):
 
 
 @njit(nogil=True, cache=True)
+def _select_range(a, lo, hi, k):
+    """k-th smallest (lo <= k <= hi) of a[lo:hi+1], quickselect; permutes only a[lo:hi+1]."""
+    while hi > lo:
+        mid = (lo + hi) // 2
+        if a[mid] < a[lo]:
+            a[mid], a[lo] = a[lo], a[mid]
+        if a[hi] < a[lo]:
+            a[hi], a[lo] = a[lo], a[hi]
+        if a[hi] < a[mid]:
+            a[hi], a[mid] = a[mid], a[hi]
+        pivot = a[mid]
+        i = lo
+        j = hi
+        while i <= j:
+            while a[i] < pivot:
+                i += 1
+            while a[j] > pivot:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            break
+    return a[k]
+
+
+@njit(nogil=True, cache=True)
+def _quantile_in(a, lo, hi, q, n):
+    """Quantile q of the n values when a[lo:hi+1] holds the order statistics the position needs."""
+    pos = q * (n - 1)
+    k = int(math.floor(pos))
+    v = _select_range(a, lo, hi, k)
+    frac = pos - k
+    if frac > 0.0 and k + 1 <= hi:
+        v2 = a[k + 1]
+        for i in range(k + 2, hi + 1):
+            if a[i] < v2:
+                v2 = a[i]
+        return v + (v2 - v) * frac
+    return v
+
+
+@njit(nogil=True, cache=True)
+def _quantile_select(a, n, q):
+    """Linear-interpolated quantile of a[:n] without sorting (permutes a[:n]); numpy's values."""
+    return _quantile_in(a, 0, n - 1, q, n)
+
+
+@njit(nogil=True, cache=True)
+def _median_iqr(a, n):
+    """(median, q25, q75) of a[:n]; sorts small arrays, selects in large ones (permutes a[:n]).
+
+    After selecting the median's lower order statistic k, the quartiles are selected
+    only inside a[:k+1] and a[k:] (quickselect leaves the array partitioned around k).
+    """
+    if n <= 32:
+        _sort_small(a, n)
+        return _quantile_sorted(a, n, 0.5), _quantile_sorted(a, n, 0.25), _quantile_sorted(a, n, 0.75)
+    k = int(math.floor(0.5 * (n - 1)))
+    med = _quantile_in(a, 0, n - 1, 0.5, n)
+    q25 = _quantile_in(a, 0, k, 0.25, n)
+    q75 = _quantile_in(a, k, n - 1, 0.75, n)
+    return med, q25, q75
+
+
+@njit(nogil=True, cache=True)
 def clipped_stack_pixel(vals, vvar, n, stat, clip, n_iter, use_var, work, keep):
     """Statistic of vals[:n] -> (value, variance of the statistic, number used).
 
     MEANCLIP: keep values within median +- clip*0.7413*IQR, then ``n_iter`` passes that
-    keep the survivors within mean +- clip*stdev (ddof=1) of the previous survivors;
-    the value is the mean of the last survivors.  Variance of the statistic: stdev**2/n
+    keep the values within mean +- clip*stdev (ddof=1) of the previous pass (every input
+    re-tested each pass, as afw does); the value is the final mean.  Variance of the statistic: stdev**2/n
     from the scatter, or sum(var)/n**2 from the inputs' variance planes (``use_var``).
     MEDIAN variance is pi/2 times the mean's.
     """
@@ -156,9 +228,12 @@ def clipped_stack_pixel(vals, vvar, n, stat, clip, n_iter, use_var, work, keep):
         return mean, ss / (n - 1) / n, n
     for i in range(n):
         work[i] = vals[i]
-    _sort(work, n)
-    med = _quantile_sorted(work, n, 0.5)
     if stat == STAT_MEDIAN:
+        if n <= 32:
+            _sort_small(work, n)
+            med = _quantile_sorted(work, n, 0.5)
+        else:
+            med = _quantile_select(work, n, 0.5)
         if use_var:
             sv = 0.0
             for i in range(n):
@@ -175,23 +250,32 @@ def clipped_stack_pixel(vals, vvar, n, stat, clip, n_iter, use_var, work, keep):
             d = vals[i] - mean
             ss += d * d
         return med, 0.5 * math.pi * ss / (n - 1) / n, n
-    # MEANCLIP
-    hw = clip * IQ_TO_STDEV * (_quantile_sorted(work, n, 0.75) - _quantile_sorted(work, n, 0.25))
+    # MEANCLIP: every pass tests every input against the current bounds (afw), so a value
+    # rejected by a narrow early cut can come back
+    med, q25, q75 = _median_iqr(work, n)
+    hw = clip * IQ_TO_STDEV * (q75 - q25)
     lo = med - hw
     hi = med + hw
-    m = 0
-    s = 0.0
-    for i in range(n):
-        v = vals[i]
-        k = lo <= v <= hi
-        keep[i] = k
-        if k:
-            m += 1
-            s += v
     it = 0
+    first = True
     while True:
+        m = 0
+        s = 0.0
+        changed = False
+        for i in range(n):
+            v = vals[i]
+            k = lo <= v <= hi
+            if first or k != keep[i]:
+                changed = True
+            keep[i] = k
+            if k:
+                m += 1
+                s += v
+        first = False
         if m == 0:
             return np.nan, np.nan, 0
+        if not changed:
+            break  # same set as the previous pass: converged
         mean = s / m
         if m < 2:
             std = np.nan
@@ -207,20 +291,6 @@ def clipped_stack_pixel(vals, vvar, n, stat, clip, n_iter, use_var, work, keep):
         it += 1
         lo = mean - clip * std
         hi = mean + clip * std
-        m2 = 0
-        s = 0.0
-        for i in range(n):
-            if keep[i]:
-                v = vals[i]
-                if lo <= v <= hi:
-                    m2 += 1
-                    s += v
-                else:
-                    keep[i] = False
-        if m2 == m:
-            s = mean * m  # unchanged set: same mean, converged
-            break
-        m = m2
     if use_var:
         sv = 0.0
         for i in range(n):
@@ -432,7 +502,7 @@ def strip_rows_for_budget(memory_bytes: int, n_inputs: int, n_cols: int, threads
 # small robust statistics (numpy, for whole images / regions)
 # --------------------------------------------------------------------------------------
 def clipped_stats(values: np.ndarray, clip: float = 3.0, n_iter: int = 3) -> tuple[float, float, int]:
-    """MEANCLIP mean, clipped stdev and count of the finite values (same rule as the combine).
+    """MEANCLIP mean, clipped stdev (ddof=1) and count of the finite values (the combine's rule).
 
     >>> clipped_stats(np.array([1.0, 2.0, 3.0, 100.0]))[0]
     2.0
@@ -443,21 +513,22 @@ def clipped_stats(values: np.ndarray, clip: float = 3.0, n_iter: int = 3) -> tup
         return math.nan, math.nan, 0
     q25, med, q75 = np.percentile(v, (25, 50, 75))
     hw = clip * IQ_TO_STDEV * (q75 - q25)
-    v = v[(v >= med - hw) & (v <= med + hw)]
-    for _ in range(int(n_iter)):
-        if v.size < 2:
+    lo, hi = med - hw, med + hw
+    keep = None
+    for it in range(int(n_iter) + 1):
+        new = (v >= lo) & (v <= hi)
+        if not new.any():
+            return math.nan, math.nan, 0
+        if keep is not None and np.array_equal(new, keep):
             break
-        mean, std = v.mean(), v.std(ddof=1)
-        if std == 0:
+        keep = new
+        sel = v[keep]
+        mean = float(sel.mean())
+        std = float(sel.std(ddof=1)) if sel.size > 1 else math.nan
+        if it == n_iter or not math.isfinite(std) or std == 0:
             break
-        keep = (v >= mean - clip * std) & (v <= mean + clip * std)
-        if keep.all():
-            break
-        v = v[keep]
-    if v.size == 0:
-        return math.nan, math.nan, 0
-    std = float(v.std(ddof=1)) if v.size > 1 else math.nan
-    return float(v.mean()), std, int(v.size)
+        lo, hi = mean - clip * std, mean + clip * std
+    return mean, std, int(keep.sum())
 
 
 # --------------------------------------------------------------------------------------
@@ -714,10 +785,9 @@ def _tai(text: str):
     return Time(str(text), scale="tai", format="isot")
 
 
-def product_header(headers: Sequence[Any], config: CombineConfig, scales: Sequence[float]) -> "Any":
+def product_header(headers: Sequence[Mapping[str, Any]], config: CombineConfig,
+                   scales: Sequence[float]) -> dict[str, Any]:
     """Header of a combined product from its inputs' headers (spec §4.3)."""
-    from astropy.io import fits
-
     common: dict[str, Any] = {}
     if headers:
         first = headers[0]
@@ -726,7 +796,7 @@ def product_header(headers: Sequence[Any], config: CombineConfig, scales: Sequen
                 continue
             if all(k in h and h[k] == v for h in headers[1:]):
                 common[k] = v
-    h = fits.Header()
+    h: dict[str, Any] = {}
     update_header(h, common)
     now = datetime.now(timezone.utc)
     local = now.astimezone()

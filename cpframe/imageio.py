@@ -21,6 +21,7 @@ so a reader never sees half a file.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import warnings
@@ -50,6 +51,10 @@ __all__ = [
     "write_masked",
     "open_masked",
     "read_header",
+    "update_header",
+    "format_card",
+    "header_bytes",
+    "parse_header",
     "write_defects",
     "read_defects",
     "boxes_to_mask",
@@ -121,8 +126,8 @@ def mask_names(value: int) -> list[str]:
 class RawExposure:
     """One raw exposure x detector in memory."""
 
-    header: fits.Header
-    """Primary header of the raw file."""
+    header: dict[str, Any]
+    """Primary header of the raw file (plain Python values)."""
     camera: Camera
     detector: Detector
     segments: dict[str, np.ndarray]
@@ -163,7 +168,7 @@ def read_raw(path: str | os.PathLike, camera: Camera | None = None) -> RawExposu
     except (OSError, ValueError) as err:
         raise FileFormatError(MSG_NOT_RAW.format(path=path, why=f"cannot be read as FITS: {err}")) from None
     with hdul:
-        header = hdul[0].header.copy()
+        header = {k: v for k, v in hdul[0].header.items() if k not in ("COMMENT", "HISTORY", "")}
         cam = camera or _camera_from_header(header, path)
         if "DETECTOR" not in header:
             raise FileFormatError(MSG_NOT_RAW.format(path=path, why="primary header has no DETECTOR"))
@@ -198,7 +203,8 @@ class MaskedImage:
     image: np.ndarray
     mask: np.ndarray
     variance: np.ndarray
-    header: fits.Header = field(default_factory=fits.Header)
+    header: dict[str, Any] = field(default_factory=dict)
+    """Primary-header cards (plain Python values)."""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -221,69 +227,193 @@ class MaskedLayout:
         return self.offsets[("IMAGE", "MASK", "VARIANCE").index(plane)]
 
 
-def _quiet_header_set(header: fits.Header, key: str, value: Any, comment: str | None = None) -> None:
-    """Set a (possibly HIERARCH) card without astropy's 'HIERARCH card created' warning."""
-    if isinstance(value, (np.floating,)):
-        value = float(value)
-    elif isinstance(value, (np.integer,)):
-        value = int(value)
-    elif isinstance(value, np.bool_):
-        value = bool(value)
-    if isinstance(value, float) and not np.isfinite(value):
-        value = str(value)  # FITS cannot hold NaN/inf values; keep them readable as text
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", VerifyWarning)
-        if comment is None:
-            header[key] = value
-        else:
-            header[key] = (value, comment)
+_STRUCTURAL_KEYS = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "XTENSION", "PCOUNT", "GCOUNT",
+                    "EXTNAME", "BSCALE", "BZERO", "COMMENT", "HISTORY", "", "END"}
 
 
-def update_header(header: fits.Header, values: Mapping[str, Any]) -> fits.Header:
-    """Set many cards (long keys become HIERARCH cards); returns ``header``."""
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python; non-finite floats -> text (FITS cannot hold them)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def update_header(header: dict, values: Mapping[str, Any]) -> dict:
+    """Set many cards in a header dict (plain Python values); returns ``header``."""
     for k, v in values.items():
-        _quiet_header_set(header, k, v)
+        header[str(k)] = _plain(v)
     return header
 
 
-def _header_bytes(header: fits.Header) -> bytes:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", VerifyWarning)
-        text = header.tostring(padding=True)
-    return text.encode("ascii")
+def format_card(key: str, value: Any) -> str:
+    """One 80-character FITS card; keys longer than 8 characters become HIERARCH cards.
+
+    >>> format_card("EXPTIME", 1.5).rstrip()
+    'EXPTIME =                  1.5'
+    >>> format_card("LSST ISR GAIN C10", 1.25).rstrip()
+    'HIERARCH LSST ISR GAIN C10 = 1.25'
+    """
+    value = _plain(value)
+    if isinstance(value, bool):
+        text = "T" if value else "F"
+    elif isinstance(value, int):
+        text = str(value)
+    elif isinstance(value, float):
+        text = repr(value).upper()
+        if "." not in text and "E" not in text:
+            text += ".0"
+    elif value is None:
+        text = ""
+    else:
+        text = "'" + str(value).replace("'", "''").ljust(8) + "'"
+    if len(key) <= 8 and key == key.upper() and " " not in key:
+        if text.startswith("'") or not text:
+            card = f"{key:<8}= {text}"
+        else:
+            card = f"{key:<8}= {text:>20}"
+    else:
+        card = f"HIERARCH {key} = {text}"
+    if len(card) > 80:
+        if text.startswith("'"):
+            # long text: keep what fits (informative cards such as lists of inputs)
+            head = card[: len(card) - len(text)]
+            room = 80 - len(head) - 2
+            short = str(value).replace("'", "''")[: max(0, room - 3)] + "..."
+            card = head + "'" + short + "'"
+        else:
+            raise ValueError(f"FITS card for {key!r} is longer than 80 characters")
+    return card.ljust(80)[:80]
 
 
-def _plane_header(name: str, dtype: np.dtype, shape: tuple[int, int]) -> fits.Header:
-    h = fits.Header()
-    h["XTENSION"] = "IMAGE"
-    h["BITPIX"] = -32 if dtype.kind == "f" else 32
-    h["NAXIS"] = 2
-    h["NAXIS1"] = shape[1]
-    h["NAXIS2"] = shape[0]
-    h["PCOUNT"] = 0
-    h["GCOUNT"] = 1
-    h["EXTNAME"] = name
-    if name == "MASK":
-        for plane, bit in MASK_BITS.items():
-            _quiet_header_set(h, f"MP_{plane}", bit)
-    return h
+def header_bytes(items: Iterable[tuple[str, Any]]) -> bytes:
+    """A FITS header (cards + END, padded to 2880 bytes) from (key, value) pairs."""
+    cards = [format_card(k, v) for k, v in items]
+    cards.append("END".ljust(80))
+    text = "".join(cards)
+    text += " " * (_padded(len(text)) - len(text))
+    return text.encode("ascii", errors="replace")
 
 
-def _primary_header(header: Mapping[str, Any] | fits.Header | None) -> fits.Header:
-    h = fits.Header()
-    h["SIMPLE"] = True
-    h["BITPIX"] = 8
-    h["NAXIS"] = 0
-    h["EXTEND"] = True
-    skip = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "XTENSION", "PCOUNT", "GCOUNT", "EXTNAME",
-            "BSCALE", "BZERO", "COMMENT", "HISTORY", ""}
-    if header is not None:
-        items = header.items() if isinstance(header, fits.Header) else header.items()
-        for k, v in items:
-            if k in skip:
+def _parse_value(text: str) -> Any:
+    t = text.strip()
+    if t.startswith("'"):
+        out, i = [], 1
+        while i < len(t):
+            c = t[i]
+            if c == "'":
+                if i + 1 < len(t) and t[i + 1] == "'":
+                    out.append("'")
+                    i += 2
+                    continue
+                break
+            out.append(c)
+            i += 1
+        return "".join(out).rstrip()
+    t = t.split("/", 1)[0].strip()
+    if t == "T":
+        return True
+    if t == "F":
+        return False
+    if t == "":
+        return None
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        return float(t.replace("D", "E"))
+    except ValueError:
+        return t
+
+
+def parse_header(data: bytes) -> dict[str, Any]:
+    """Parse FITS header bytes (up to END) into a dict (COMMENT/HISTORY dropped, CONTINUE joined).
+
+    >>> parse_header(header_bytes([("EXPTIME", 2.5), ("LSST ISR UNITS", "adu")]))
+    {'EXPTIME': 2.5, 'LSST ISR UNITS': 'adu'}
+    """
+    text = data.decode("ascii", errors="replace")
+    out: dict[str, Any] = {}
+    last_key = None
+    for i in range(0, len(text) - 79, 80):
+        card = text[i:i + 80]
+        if card.startswith("END") and card[3:].strip() == "":
+            break
+        if card.startswith("HIERARCH "):
+            body = card[9:]
+            if "=" not in body:
                 continue
-            _quiet_header_set(h, k, v)
-    return h
+            key, val = body.split("=", 1)
+            key = key.strip()
+        elif card.startswith("CONTINUE") and last_key is not None and isinstance(out.get(last_key), str):
+            prev = out[last_key]
+            out[last_key] = (prev[:-1] if prev.endswith("&") else prev) + str(_parse_value(card[8:]))
+            continue
+        elif card[8:10] == "= ":
+            key, val = card[:8].strip(), card[10:]
+        else:
+            continue
+        out[key] = _parse_value(val)
+        last_key = key
+    return out
+
+
+def _read_header_at(f, offset: int) -> tuple[dict[str, Any], int]:
+    """Parse the header starting at ``offset``; returns (header, offset of its data)."""
+    chunks = []
+    pos = offset
+    while True:
+        f.seek(pos)
+        block = f.read(_FITS_BLOCK)
+        if len(block) < _FITS_BLOCK:
+            raise FileFormatError(f"{getattr(f, 'name', '?')}: FITS header without END card.")
+        chunks.append(block)
+        pos += _FITS_BLOCK
+        text = block.decode("ascii", errors="replace")
+        if any(text[i:i + 3] == "END" and not text[i + 3:i + 80].strip() for i in range(0, _FITS_BLOCK, 80)):
+            break
+    return parse_header(b"".join(chunks)), pos
+
+
+def _data_bytes(h: Mapping[str, Any]) -> int:
+    naxis = int(h.get("NAXIS", 0) or 0)
+    if naxis == 0:
+        return 0
+    n = 1
+    for i in range(1, naxis + 1):
+        n *= int(h.get(f"NAXIS{i}", 0))
+    return abs(int(h.get("BITPIX", 8))) // 8 * (n + int(h.get("PCOUNT", 0) or 0)) * int(h.get("GCOUNT", 1) or 1)
+
+
+def _hdu_headers(path: str) -> list[tuple[dict[str, Any], int]]:
+    """(header, data offset) of every HDU, reading only the headers."""
+    out = []
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        pos = 0
+        while pos < size:
+            h, data_pos = _read_header_at(f, pos)
+            out.append((h, data_pos))
+            pos = data_pos + _padded(_data_bytes(h))
+    return out
+
+
+def _plane_header(name: str, dtype: np.dtype, shape: tuple[int, int]) -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = [("XTENSION", "IMAGE"), ("BITPIX", -32 if dtype.kind == "f" else 32),
+                                    ("NAXIS", 2), ("NAXIS1", shape[1]), ("NAXIS2", shape[0]), ("PCOUNT", 0),
+                                    ("GCOUNT", 1), ("EXTNAME", name)]
+    if name == "MASK":
+        items += [(f"MP_{plane}", bit) for plane, bit in MASK_BITS.items()]
+    return items
+
+
+def _primary_header(header: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = [("SIMPLE", True), ("BITPIX", 8), ("NAXIS", 0), ("EXTEND", True)]
+    if header is not None:
+        items += [(str(k), v) for k, v in header.items() if k not in _STRUCTURAL_KEYS]
+    return items
 
 
 def _padded(n: int) -> int:
@@ -315,12 +445,12 @@ class MaskedWriter:
         fd, tmp = tempfile.mkstemp(prefix="." + self.path.name + ".", suffix=".tmp", dir=self.path.parent)
         self._tmp = Path(tmp)
         self._fd: int | None = fd
-        blocks = [_header_bytes(_primary_header(header))]
+        blocks = [header_bytes(_primary_header(header))]
         offsets = []
         pos = len(blocks[0])
         nbytes = self.shape[0] * self.shape[1] * 4
         for name, dtype in _PLANES:
-            hb = _header_bytes(_plane_header(name, dtype, self.shape))
+            hb = header_bytes(_plane_header(name, dtype, self.shape))
             os.pwrite(fd, hb, pos)
             pos += len(hb)
             offsets.append(pos)
@@ -388,7 +518,7 @@ def write_masked(
 
 
 def masked_layout(path: str | os.PathLike) -> MaskedLayout:
-    """Locate the planes of a ``fits-masked`` file (opens and closes it once).
+    """Locate the planes of a ``fits-masked`` file (reads only its headers).
 
     Raises
     ------
@@ -397,27 +527,29 @@ def masked_layout(path: str | os.PathLike) -> MaskedLayout:
     """
     path = str(path)
     try:
-        hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
+        hdus = _hdu_headers(path)
     except (OSError, ValueError) as err:
         raise FileFormatError(MSG_NOT_MASKED.format(path=path, found=f"unreadable: {err}")) from None
-    with hdul:
-        names = [h.header.get("EXTNAME", "") for h in hdul]
-        offsets = []
-        shape = None
-        for plane, dtype in _PLANES:
-            if plane not in names:
-                raise FileFormatError(MSG_NOT_MASKED.format(path=path, found=", ".join(n or "PRIMARY" for n in names)))
-            i = names.index(plane)
-            h = hdul[i].header
-            bitpix = -32 if dtype.kind == "f" else 32
-            this = (int(h.get("NAXIS2", 0)), int(h.get("NAXIS1", 0)))
-            if h.get("BITPIX") != bitpix or h.get("NAXIS") != 2 or h.get("BZERO", 0) or h.get("BSCALE", 1) != 1:
-                raise FileFormatError(f"{path}: plane {plane} must be an unscaled 2-d BITPIX={bitpix} image.")
-            if shape is None:
-                shape = this
-            elif this != shape:
-                raise FileFormatError(f"{path}: plane {plane} has shape {this}, IMAGE has {shape}.")
-            offsets.append(int(hdul.fileinfo(i)["datLoc"]))
+    if not hdus or hdus[0][0].get("SIMPLE") is not True:
+        raise FileFormatError(MSG_NOT_MASKED.format(path=path, found="no FITS primary header"))
+    names = [str(h.get("EXTNAME", "")) for h, _ in hdus]
+    offsets = []
+    shape = None
+    for plane, dtype in _PLANES:
+        if plane not in names:
+            raise FileFormatError(MSG_NOT_MASKED.format(path=path, found=", ".join(n or "PRIMARY" for n in names)))
+        h, data_pos = hdus[names.index(plane)]
+        bitpix = -32 if dtype.kind == "f" else 32
+        this = (int(h.get("NAXIS2", 0)), int(h.get("NAXIS1", 0)))
+        if h.get("BITPIX") != bitpix or h.get("NAXIS") != 2 or h.get("BZERO", 0) or h.get("BSCALE", 1) != 1:
+            raise FileFormatError(f"{path}: plane {plane} must be an unscaled 2-d BITPIX={bitpix} image.")
+        if shape is None:
+            shape = this
+        elif this != shape:
+            raise FileFormatError(f"{path}: plane {plane} has shape {this}, IMAGE has {shape}.")
+        if data_pos + this[0] * this[1] * 4 > os.path.getsize(path):
+            raise FileFormatError(f"{path}: file is truncated in plane {plane}.")
+        offsets.append(data_pos)
     return MaskedLayout(path=path, shape=shape, offsets=tuple(offsets))
 
 
@@ -460,10 +592,13 @@ def read_rows(layout: MaskedLayout, plane: str, r0: int, r1: int, out: np.ndarra
     return out
 
 
-def read_header(path: str | os.PathLike) -> fits.Header:
-    """Primary header of a FITS file."""
-    with fits.open(str(path), memmap=False) as hdul:
-        return hdul[0].header.copy()
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """Primary header of a FITS file as a dict (HIERARCH keys without the prefix)."""
+    try:
+        with open(str(path), "rb") as f:
+            return _read_header_at(f, 0)[0]
+    except OSError as err:
+        raise FileFormatError(f"{path}: cannot be read: {err}") from None
 
 
 def read_masked(path: str | os.PathLike) -> MaskedImage:
@@ -513,7 +648,7 @@ def open_masked(path: str | os.PathLike, strip_rows: int = 200):
          "variance": (("y", "x"), plane("VARIANCE"))},
         attrs={"path": layout.path},
     )
-    ds.attrs["header"] = dict(header.items())
+    ds.attrs["header"] = header
     return ds
 
 
@@ -596,7 +731,12 @@ def write_ptc(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], meta: 
         fits.Column("overscan_noise", f"{n}D", array=arr("overscan_noise", np.float64, np.nan)),
     ]
     table = fits.BinTableHDU.from_columns(cols, name="PTC")
-    primary = fits.PrimaryHDU(header=_primary_header(meta))
+    ph = fits.Header()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VerifyWarning)
+        for k, v in _primary_header(meta)[4:]:
+            ph[k] = _plain(v)
+    primary = fits.PrimaryHDU(header=ph)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -611,11 +751,11 @@ def write_ptc(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], meta: 
     return path
 
 
-def read_ptc(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], fits.Header]:
+def read_ptc(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Read a ``fits-ptc`` file -> ({amp: {column: value}}, primary header)."""
     try:
         with fits.open(str(path), memmap=False) as hdul:
-            header = hdul[0].header.copy()
+            header = {k: v for k, v in hdul[0].header.items() if k not in ("COMMENT", "HISTORY", "")}
             data = hdul["PTC"].data
             out: dict[str, dict[str, Any]] = {}
             for r in data:
