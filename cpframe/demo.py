@@ -409,7 +409,8 @@ def _write_curated(repo: Any, collection: str, scale: str, echo: Callable[[str],
     if not list_curated(DEMO_INSTRUMENT):
         return
     rep = write_curated_calibrations(repo, DEMO_INSTRUMENT, collection, scale=scale)
-    echo(f"curated calibrations: {rep}")
+    echo(f"curated calibrations: {len(rep.written)} written, {len(rep.skipped)} already there, "
+         f"certified in {rep.collection} (the campaign reads them through CALIB_COLLECTIONS)")
 
 
 def _flatten_failures(failures: Any) -> list[str]:
