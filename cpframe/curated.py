@@ -222,32 +222,37 @@ def write_defects(path: str | os.PathLike, rects: Iterable[tuple[int, int, int, 
     return out
 
 
-def _scale_axis(v0: int, n: int, size_from: int, size_to: int) -> tuple[int, int]:
+def _scale_axis(v0: int, n: int, size_from: int, size_to: int, n_blocks: int) -> tuple[int, int]:
+    """Map [v0, v0+n) between amp sizes: position within the amp scaled; a small extent (under
+    a tenth of the amp) keeps its size in pixels, a long one (a column) scales with the amp."""
     block, off = divmod(v0, size_from)
     a = block * size_to + (off * size_to) // size_from
-    end_block, end_off = divmod(v0 + n - 1, size_from)
-    b = end_block * size_to + (end_off * size_to) // size_from
-    return a, max(1, b - a + 1)
+    if n * 10 < size_from:
+        length = n
+    else:
+        end_block, end_off = divmod(v0 + n - 1, size_from)
+        length = end_block * size_to + (end_off * size_to) // size_from - a + 1
+    a = min(a, n_blocks * size_to - 1)
+    return a, max(1, min(length, n_blocks * size_to - a))
 
 
 def scale_defects(rects: Iterable[tuple[int, int, int, int]], det_from: Detector,
                   det_to: Detector) -> list[tuple[int, int, int, int]]:
     """Map rectangles between scales (full <-> mini), keeping their place within each amp.
 
+    Small defects keep their size in pixels; columns keep their fraction of the amp height.
+
     >>> full = load_camera("LSSTComCam").detectors[0]; mini = load_camera("LSSTComCam", "mini").detectors[0]
-    >>> scale_defects([(1234, 0, 1, 2000)], full, mini)
-    [(155, 0, 1, 250)]
+    >>> scale_defects([(1234, 0, 1, 2000), (2210, 3100, 4, 4)], full, mini)
+    [(155, 0, 1, 250), (277, 387, 4, 4)]
     """
     a_f, a_t = det_from.amps[0], det_to.amps[0]
+    ny = det_from.shape[0] // a_f.data_rows
+    nx = det_from.shape[1] // a_f.data_cols
     out = []
     for x0, y0, w, h in rects:
-        if a_f.data_cols == a_t.data_cols and a_f.data_rows == a_t.data_rows:
-            out.append((x0, y0, w, h))
-            continue
-        x, wx = _scale_axis(x0, w, a_f.data_cols, a_t.data_cols)
-        y, hy = _scale_axis(y0, h, a_f.data_rows, a_t.data_rows)
-        wx = 1 if w == 1 else wx
-        hy = 1 if h == 1 else hy
+        x, wx = _scale_axis(x0, w, a_f.data_cols, a_t.data_cols, nx)
+        y, hy = _scale_axis(y0, h, a_f.data_rows, a_t.data_rows, ny)
         out.append((x, y, wx, hy))
     return out
 
