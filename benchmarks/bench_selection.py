@@ -199,7 +199,7 @@ def bench_queries(engine: sa.Engine, n: int, repeat: int) -> tuple[list[str], di
             assert len(out) == len(hout), (name, len(out), len(hout))
             figures[name] = best
             lines.append(f"| {name} | {len(out)} | {best * 1e3:.1f} / {median * 1e3:.1f} | {hb * 1e3:.1f} "
-                         f"| {best / hb:.2f} |")
+                         f"| {best / hb:.3g} |")
     return lines, figures
 
 

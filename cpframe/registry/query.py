@@ -42,7 +42,7 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 
 import sqlalchemy as sa
 from lark import Lark, Token, Transformer
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
 
 from ..errors import SelectionError, UserInputError
 from ..model import NS_MAX, NS_MIN, DataId, Timespan, tai_ns
@@ -881,7 +881,7 @@ class _Typer:
                     raise self.error(MSG_IN_COLUMN.format(name=item.name), item.pos)
                 entries = list(resolved) if isinstance(resolved, tuple) else [resolved]
             else:
-                entries = [self.operand(item, "IN")] if not isinstance(item, RangeLiteral) else [item]
+                entries = [self.operand(item, "IN")]
             for entry in entries:
                 kind = "number" if isinstance(entry, RangeLiteral) else _kind(entry.type)
                 if entry.__class__ is Value and entry.type == "timespan":
