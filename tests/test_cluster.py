@@ -95,6 +95,11 @@ def test_cli_job_script():
     res = CliRunner().invoke(main, ["cluster", "job-script", "--site", "slurm-local.yaml"])
     assert res.exit_code == 0, res.output
     assert "#SBATCH -p debug" in res.stdout and "Nothing was submitted" in res.stderr
+    res = CliRunner().invoke(main, ["cluster", "check", "--kind", "slurm", "--site", "slurm-local.yaml", "--jobs",
+                                    "3", "--dry-run"])
+    assert res.exit_code == 0 and "#SBATCH -t 00:30:00" in res.stdout and "would submit 3 job(s)" in res.stderr
+    res = CliRunner().invoke(main, ["cluster", "check", "--kind", "local", "--dry-run"])
+    assert res.exit_code == 0 and "would start a LocalCluster of 2 worker process(es)" in res.stderr
     res = CliRunner().invoke(main, ["cluster", "job-script", "--site", "nothere.yaml"])
     assert res.exit_code == 2 and "not found" in res.output and "Traceback" not in res.output
 

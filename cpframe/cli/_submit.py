@@ -109,16 +109,27 @@ def job_script_cmd(site: str | None) -> None:
 @click.option("--jobs", type=int, default=1, show_default=True, help="Slurm jobs to wait for.")
 @click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True,
               help="Seconds to wait for the workers.")
+@click.option("--dry-run", is_flag=True, help="Only print what would be started (Slurm: the job script).")
 @catch_errors
-def check_cmd(kind: str | None, site: str | None, jobs: int, timeout_s: float) -> None:
+def check_cmd(kind: str | None, site: str | None, jobs: int, timeout_s: float, dry_run: bool) -> None:
     """Start a cluster, run a small computation on it, close it, and report."""
     import os
 
-    from ..cluster import open_cluster
-    from ..config import load_settings
+    from ..cluster import job_script, load_site, open_cluster
+    from ..config import format_bytes, load_settings
     from ..errors import ServiceError
 
     settings = load_settings()
+    if dry_run:
+        if (kind or settings.cluster_kind) == "slurm":
+            click.echo(job_script(load_site(site or settings.site_file), settings), nl=False)
+            click.secho(f"dry run: would submit {jobs} job(s) like this; nothing was submitted.", fg="green",
+                        err=True)
+        else:
+            click.secho(f"dry run: would start a LocalCluster of {settings.n_workers} worker process(es) x "
+                        f"{settings.threads_per_worker} thread(s), {format_bytes(settings.worker_memory_bytes)} "
+                        "each; nothing was started.", fg="green", err=True)
+        return
     with open_cluster(settings, site=site, kind=kind, jobs=jobs) as oc:
         n = settings.n_workers if oc.kind == "local" else jobs * (oc.site.processes if oc.site else 1)
         try:
