@@ -219,6 +219,9 @@ def _jinja(text: str, path: str, context: Mapping[str, str], record: list[str]) 
         raise TemplateError(f"{path}, line {err.lineno}: Jinja syntax error: {err.message}") from None
     except jinja2.TemplateError as err:
         raise TemplateError(f"{path}: Jinja error: {err}") from None
+    except (ArithmeticError, TypeError, ValueError, LookupError) as err:
+        # a template expression that fails (1/0, range() too big, bad filter argument) is bad input
+        raise TemplateError(f"{path}: a Jinja expression failed: {type(err).__name__}: {err}") from None
 
 
 def _load_yaml(text: str, path: str) -> dict:

@@ -205,6 +205,12 @@ def test_sandbox_refuses_file_access(stmt):
         rt(f"{stmt}\npayload: {{payloadName: p}}\n")
 
 
+@pytest.mark.parametrize("expr", ["{{ 1 // 0 }}", "{{ range(10**9) | list }}", "{{ 'a' + 1 }}"])
+def test_failing_jinja_expressions_are_template_errors(expr):
+    with pytest.raises(TemplateError, match="a Jinja expression failed"):
+        rt(f'a: "{expr}"\npayload: {{payloadName: p}}\n')
+
+
 def test_bad_yaml_names_the_line(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("a: 1\nb: [unclosed\nc: 3\n")
