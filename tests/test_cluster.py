@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
@@ -45,6 +44,7 @@ def test_local_site_job_script():
 def test_example_site_job_script(monkeypatch):
     monkeypatch.setenv("SCRATCH", "/scratch/me")
     monkeypatch.setenv("TMPDIR", "/local/tmp")
+    monkeypatch.setenv("HOME", "/home/me")
     site = load_site(default_cluster_dir() / "slurm-site-example.yaml")
     assert site.memory_bytes == 32 * 2**30 and site.worker_lifetime_s == 3 * 3600 + 45 * 60
     assert (site.minimum_jobs, site.maximum_jobs) == (1, 20)
@@ -53,7 +53,7 @@ def test_example_site_job_script(monkeypatch):
     for line in ("-p normal", "-A rubin", "-t 04:00:00", "--cpus-per-task=8", "--mem=32G", "--qos=normal",
                  "--constraint=cpu", "-e /scratch/me/cpframe/slurm-logs/cpframe-worker-%J.err"):
         assert f"#SBATCH {line}" in head, line
-    assert f"source {os.environ['HOME']}/cpframe-env/bin/activate" in script
+    assert "source /home/me/cpframe-env/bin/activate" in script
     worker = script.strip().splitlines()[-1]
     assert "--nworkers 2" in worker and "--nthreads 4" in worker and "--local-directory /local/tmp" in worker
     assert "--interface ib0" in worker and "--lifetime 13500s" in worker
