@@ -978,6 +978,12 @@ class CommandRecord:
                              "sha256": campaign.sha256, "variables": dict(campaign.variables)})
         self._save_json()
 
+    def note(self, text: str) -> None:
+        """A comment line in the record (something cpframe did that has no command of its own)."""
+        self._append_sh([f"# [{_now()}] {text}"])
+        self.entries.append({"note": text, "time": _now()})
+        self._save_json()
+
     def add(self, step: Step, commands: Sequence[Sequence[str]], started: str, duration_s: float,
             outcome: str, message: str = "", outputs: Mapping[str, Any] | None = None) -> None:
         """Record one step: its equivalent command lines, times and outcome."""
@@ -1415,6 +1421,7 @@ def run_campaign(
     state.save()
     record = CommandRecord(directory)
     record.start_session(campaign, mode, argv)
+    _ensure_ticket_chain(campaign, registry, record)
     result = CampaignResult(campaign, [], directory)
     runner = _StepRunner(campaign, repo, client, settings, echo, state)
     try:
@@ -1474,6 +1481,20 @@ def run_campaign(
         runner.close()
         repo.close()
     return result
+
+
+def _ensure_ticket_chain(campaign: Campaign, registry: Any, record: "CommandRecord") -> None:
+    """Create the ticket chain P empty when missing: the generation templates search it first.
+
+    (DMTN-222's first certification then redefines it.)
+    """
+    from .model import CollectionType
+
+    if _exists(registry, campaign.ticket_chain) is None:
+        registry.register_collection(campaign.ticket_chain, CollectionType.CHAINED,
+                                     doc=f"ticket chain of campaign {campaign.name} ({campaign.variables['TICKET']})")
+        record.note(f"created the empty CHAINED collection {campaign.ticket_chain} "
+                    "(templates read it first; the first certification redefines it)")
 
 
 class _StepRunner:
