@@ -10,9 +10,13 @@ subtracted, in electrons.  Per amp:
 ``NOISE``
     clipped standard deviation (5 sigma, 3 passes);
 ``EXPECTED_NOISE``
-    the noise the ISR expects: sqrt of the mean variance plane (read noise plus the
-    propagated noise of the calibrations applied); the header read noise if the
-    residual has no variance plane;
+    the noise a perfect calibration leaves (docs/verification.md):
+    ``sqrt(RN_os^2 (1 + k_os) + CALIB_VAR)`` where ``RN_os`` (``READ_NOISE_OVERSCAN``)
+    is this exposure's read noise measured in its serial overscan (DMTN-101 4.3; the
+    ISR's 3-sigma-clipped STDEV corrected for clipping, times the gain), ``k_os``
+    the variance the per-row / per-column overscan medians add (pi/2 / n for medians
+    of n overscan pixels) and ``CALIB_VAR`` the calibrations' own noise that the ISR
+    propagated into the variance plane (mean variance - header read noise^2);
 ``CR_NOISE``
     standard deviation after a simple cosmic-ray repair (``N_CR`` pixels repaired);
 ``READ_NOISE_ADU``
@@ -40,8 +44,8 @@ from ..errors import UserInputError
 from .config import VerifyConfig
 from .core import Stage, register_stage
 from .stats import (
-    ResidualImage, amp_corner_box, clipped_stats, header_amp_value, header_value, mask_of,
-    expected_noise, repair_cosmic_rays,
+    ResidualImage, amp_corner_box, clipped_stats, expected_noise, header_amp_value, header_value, mask_of,
+    repair_cosmic_rays, truncated_std_factor,
 )
 
 __all__ = ["measure_noise_stage", "check_noise_stage", "nominal_from_header", "MISSING_NOMINAL_MESSAGE"]
@@ -75,10 +79,33 @@ def nominal_from_header(residual: ResidualImage, detector: Detector, required: b
     return {"GAIN": gains, "READ_NOISE": noises}
 
 
+def _overscan_variance_factor(residual: ResidualImage, amp, config: VerifyConfig) -> float:
+    """Variance (in units of RN^2) that subtracting per-row (and per-column) overscan medians adds.
+
+    A median of n Gaussian values has variance (pi / 2) sigma^2 / n.  The parallel term
+    counts only when the ISR did a parallel overscan (its header cards are there).
+    """
+    n_serial = amp.serial_overscan_cols - config.overscan_skip_cols
+    k = (math.pi / 2) / n_serial if n_serial > 0 else 0.0
+    if header_value(residual.header, f"LSST ISR OVERSCAN PARALLEL STDEV {amp.name}") is not None:
+        n_par = amp.parallel_overscan_rows - config.overscan_skip_cols
+        k += (math.pi / 2) / n_par if n_par > 0 else 0.0
+    return k
+
+
+def _calibration_variance(residual: ResidualImage, amp, exclude: np.ndarray, read_noise: float) -> float:
+    """Noise variance of the calibrations applied, as the ISR propagated it (0 without a variance plane)."""
+    total = expected_noise(residual, amp, exclude)
+    if not math.isfinite(total):
+        return 0.0
+    return max(total**2 - read_noise**2, 0.0)
+
+
 def measure_noise_stage(residual: ResidualImage, detector: Detector, config: VerifyConfig) -> dict:
     """Statistics of the BIAS / DARK stages (module docstring)."""
     meta = nominal_from_header(residual, detector)
     exclude = mask_of(residual, config.mask_names) | ~np.isfinite(residual.image)
+    clip_factor = truncated_std_factor(config.overscan_clip_n_sigma)
     amps: dict[str, dict] = {}
     n_cr_total = 0
     for amp in detector.amps:
@@ -95,16 +122,24 @@ def measure_noise_stage(residual: ResidualImage, detector: Detector, config: Ver
         good = repaired[~bad]
         cy, cx = amp_corner_box(amp, config.amp_corner_box)
         corner = residual.image[cy, cx][~exclude[cy, cx]]
-        expected = expected_noise(residual, amp, exclude)
+        gain, rn = meta["GAIN"][amp.name], meta["READ_NOISE"][amp.name]
+        rn_adu = header_amp_value(residual.header, "LSST ISR OVERSCAN RESIDUAL SERIAL STDEV", amp.name)
+        rn_os = gain * rn_adu / clip_factor if math.isfinite(gain * rn_adu) and rn_adu > 0 else math.nan
+        rn_ref = rn_os if math.isfinite(rn_os) else rn
+        k_os = _overscan_variance_factor(residual, amp, config)
+        calib_var = _calibration_variance(residual, amp, exclude, rn)
         amps[amp.name] = {
             "MEAN": float(np.mean(vals)) if vals.size else math.nan,
             "MEDIAN": float(np.median(vals)) if vals.size else math.nan,
             "MEANCLIP": clip.mean,
             "NOISE": clip.stdev,
-            "EXPECTED_NOISE": expected if math.isfinite(expected) else meta["READ_NOISE"][amp.name],
+            "EXPECTED_NOISE": math.sqrt(rn_ref**2 * (1.0 + k_os) + calib_var),
+            "READ_NOISE_OVERSCAN": rn_os,
+            "OVERSCAN_NOISE_VAR": rn_ref**2 * k_os,
+            "CALIB_NOISE": math.sqrt(calib_var),
             "CR_NOISE": float(np.std(good, ddof=1)) if good.size > 1 else math.nan,
             "N_CR": int(cr.sum()),
-            "READ_NOISE_ADU": header_amp_value(residual.header, "LSST ISR OVERSCAN RESIDUAL SERIAL STDEV", amp.name),
+            "READ_NOISE_ADU": rn_adu,
             "AMP_CORNER": float(np.mean(corner)) if corner.size else math.nan,
             "NMASKED": int(bad.sum()),
             "GAIN": meta["GAIN"][amp.name],

@@ -48,6 +48,10 @@ class VerifyConfig:
     """NOISE: (NOISE - E) / E must not exceed this (one-sided, as cp_verify); E = EXPECTED_NOISE."""
     cr_noise_threshold: float = 0.05
     """CR_NOISE: |NOISE - CR_NOISE| / CR_NOISE must not exceed this."""
+    overscan_clip_n_sigma: float = 3.0
+    """Clipping of the ISR's overscan residual STDEV (3 sigma in ip_isr): its bias is corrected."""
+    overscan_skip_cols: int = 6
+    """Overscan columns (rows) the ISR skips per amp (3 leading + 3 trailing, the LSST default)."""
     read_noise_threshold: float = 0.05
     """READ_NOISE_CONSISTENT (informational): (gain * READ_NOISE_ADU - RN) / RN limit."""
 
@@ -75,6 +79,8 @@ class VerifyConfig:
     """PTC_GAIN: 100 |g_PTC - g_nominal| / g_nominal limit (percent)."""
     ptc_noise_threshold_pct: float = 5.0
     """PTC_NOISE: 100 |sigma_PTC - sigma_nominal| / sigma_nominal limit (percent)."""
+    ptc_error_n_sigma: float = 3.0
+    """PTC_GAIN / PTC_NOISE also pass when the difference is below this many fit errors."""
     ptc_turnoff_threshold_e: float = 90000.0
     """PTC_TURNOFF: turnoff (adu) x gain must exceed this many electrons."""
     ptc_a00_ranges: Mapping[str, tuple[float, float]] = field(

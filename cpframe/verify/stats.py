@@ -32,6 +32,7 @@ __all__ = [
     "amp_pixels",
     "amp_corner_box",
     "expected_noise",
+    "truncated_std_factor",
     "repair_cosmic_rays",
     "header_value",
     "header_amp_value",
@@ -198,6 +199,18 @@ def expected_noise(residual: ResidualImage, amp: Amplifier, exclude: np.ndarray 
         return float("nan")
     mean_var = float(np.mean(var[ok]))
     return float(np.sqrt(mean_var)) if mean_var > 0 else float("nan")
+
+
+def truncated_std_factor(n_sigma: float) -> float:
+    """Standard deviation of a unit Gaussian truncated at +- ``n_sigma`` (what clipping measures).
+
+    >>> round(truncated_std_factor(3.0), 5)
+    0.98658
+    """
+    from scipy.stats import norm
+
+    mass = norm.cdf(n_sigma) - norm.cdf(-n_sigma)
+    return float(np.sqrt(1.0 - 2.0 * n_sigma * norm.pdf(n_sigma) / mass))
 
 
 def amp_corner_box(amp: Amplifier, size: int) -> tuple[slice, slice]:
