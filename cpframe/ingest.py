@@ -20,16 +20,15 @@ A bad file never stops the batch: it is reported with its path and the reason.
 from __future__ import annotations
 
 import os
-import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .camera import SCALES, load_camera
 from .errors import ConflictingDefinitionError, CpframeError, IngestError, UserInputError
-from .model import CollectionType, DataId, Timespan, exposure_id, parse_tai
+from .model import CollectionType, DataId, Timespan, exposure_id
+from .simulate import fast_tai_ns
 
 __all__ = [
     "RawInfo",
@@ -50,33 +49,10 @@ REQUIRED_KEYS: dict[str, type] = {
 }
 _BATCH = 2000  # datasets registered per ingest_files call
 _PARALLEL_FROM = 256  # below this many files, headers are read in this process
-_ISO_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?$")
-_EPOCH = datetime(1970, 1, 1)
 
 MSG_ALREADY = "already ingested: {data_id} is in RUN {run}"
 MSG_OTHER_FILE = ("a different file with data ID {data_id} is already in RUN {run} ({existing}); "
                   "remove that RUN's dataset first (cpframe remove-runs) or ingest into another --run")
-
-
-def fast_tai_ns(text: str) -> int:
-    """ns since 1970-01-01 TAI of an ISO TAI text; same result as :func:`cpframe.model.parse_tai`.
-
-    TAI has no leap seconds, so this is calendar arithmetic; other forms fall back to
-    ``parse_tai``.
-
-    >>> fast_tai_ns("1970-01-02T00:00:00.5")
-    86400500000000
-    """
-    m = _ISO_RE.match(text)
-    if not m:
-        return parse_tai(text)
-    y, mo, d, hh, mi, ss, frac = m.groups()
-    try:
-        delta = datetime(int(y), int(mo), int(d), int(hh), int(mi), int(ss)) - _EPOCH
-    except ValueError:
-        return parse_tai(text)  # raises BadDateError with the usual message
-    ns = (delta.days * 86400 + delta.seconds) * 10**9
-    return ns + (int((frac or "0").ljust(9, "0")) if frac else 0)
 
 
 @dataclass(frozen=True)
