@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
+
 INSTRUMENT = "LSSTComCam"
 RAW_RUN = "LSSTComCam/raw/all"
 TICKET = "DM-TEST"
@@ -50,8 +52,10 @@ def write_truth_ptc(path: Path, truth: Any, detector: int) -> Path:
     for amp in det.amps:
         t = truth.amp(detector, amp.name)
         rows.append({"amp": amp.name, "gain": t.gain, "gain_err": 0.0, "noise": t.read_noise, "noise_err": 0.0,
-                     "turnoff": t.saturation - t.bias_level, "a00": 0.0, "n_pairs": 0, "raw_means": [],
-                     "raw_vars": [], "exp_times": [], "mask": [], "overscan_noise": []})
+                     "turnoff": t.saturation - t.bias_level, "a00": 0.0, "n_pairs": 0,
+                     # two unused (NaN) points: a one-element vector column reads back as a scalar
+                     "raw_means": [np.nan] * 2, "raw_vars": [np.nan] * 2, "exp_times": [np.nan] * 2,
+                     "mask": [False] * 2, "overscan_noise": [np.nan] * 2})
     return write_ptc(path, rows, {"INSTRUME": INSTRUMENT, "DETECTOR": detector, "DETNAME": det.name,
                                   "CAMSCALE": "mini", "OBSTYPE": "ptc"})
 

@@ -193,3 +193,16 @@ def test_no_raws_in_collections(repo, env):
 def test_extend_run_needs_a_chain(repo, env):
     with pytest.raises(SubmissionError, match="no RUN to extend"):
         plan_template("bps_bias", environ=env, repo=repo, extend_run=True)
+
+
+def test_plan_cli_summary_dot_and_html(repo, env, tmp_path):
+    from click.testing import CliRunner
+
+    from cpframe.cli import main
+
+    dot, page = tmp_path / "plan.dot", tmp_path / "plan.html"
+    out = CliRunner().invoke(main, ["plan", "bps_biasBootstrap", "--dot", str(dot), "--html", str(page)], env=env)
+    assert out.exit_code == 0, out.output
+    assert "cpBiasBootstrapIsr" in out.output and "output RUN:" in out.output and "nothing was run" in out.output
+    assert dot.read_text().startswith("digraph") and "<table>" in page.read_text()
+    assert not (tmp_path / "scratch").exists()  # planning writes nothing but the files asked for

@@ -1,0 +1,96 @@
+"""cpframe.execute on a real LocalCluster: retries, a lost worker, registration once per output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from cpframe.graph import dataset_type_defs
+from cpframe.model import CollectionType
+from cpframe.submit import plan_template
+
+from tests._run_helpers import INSTRUMENT, TICKET, TRUTH_COLLECTION, certify_truth_calibs, make_repo, variables
+
+P = f"{INSTRUMENT}/calib/{TICKET}"
+
+
+@pytest.fixture(scope="module")
+def bias_repo(tmp_path_factory, mini_dataset):
+    """Bias raws copied into a fresh repository (so one can be damaged) + truth PTC and defects."""
+    root = tmp_path_factory.mktemp("execute")
+    ids = sorted(mini_dataset.plan.intended["SELECTION_BIAS"])
+    files = [mini_dataset.path(e, d) for e in ids for d in mini_dataset.detectors]
+    r = make_repo(root / "repo", mini_dataset, files=files, transfer="copy")
+    certify_truth_calibs(r, mini_dataset.truth, mini_dataset.detectors, root / "calibs")
+    r.registry.set_chain(P, [TRUTH_COLLECTION], mode="redefine")
+    yield r, variables(r.root, root / "scratch", mini_dataset, CALIB_COLLECTIONS="")
+    r.close()
+
+
+def _planned(repo, env, run_suffix):
+    out = plan_template("bps_bias", environ=dict(env, RERUN=run_suffix), repo=repo)
+    for dt in dataset_type_defs(out.plan):
+        repo.registry.register_dataset_type(dt)
+    repo.registry.register_collection(out.plan.run, CollectionType.RUN)
+    return out.plan
+
+
+def test_failed_quantum_is_retried_then_reported(bias_repo, local_dask):
+    from cpframe.execute import execute_plan
+
+    repo, env = bias_repo
+    plan = _planned(repo, env, "20241110r")
+    bad = next(q for q in plan.quanta.values() if q.kind == "isr" and q.data_id["detector"] == 4)
+    path = repo.get_path(bad.raw)
+    good = path.read_bytes()
+    path.write_bytes(b"not a FITS file")
+    try:
+        res = execute_plan(plan, repo, local_dask.client, retries=2)
+    finally:
+        path.write_bytes(good)
+    client = local_dask.client
+    attempts = [s for s in client.story(bad.key) if s[1:4] == (bad.key, "ready", "executing")]
+    assert len(attempts) == 3  # first try + numberOfRetries
+    assert list(res.failures) == [bad.key]
+    assert [k for k in res.not_run if plan.quanta[k].kind == "combine"] and not res.ok
+    assert [(dt, did["detector"]) for dt, did in res.missing] == [("bias", 4)]
+    assert [(r.dataset_type, r.data_id["detector"]) for r in res.registered] == [("bias", 0)]
+    assert "failed after their retries" in res.failure_report() and bad.key in res.failure_report()
+
+
+def test_lost_worker_neither_loses_nor_duplicates_outputs(bias_repo, local_dask):
+    from cpframe.execute import execute_plan
+
+    repo, env = bias_repo
+    plan = _planned(repo, env, "20241110w")
+    client = local_dask.client
+    killed: list[int] = []
+    isr_prefix = next(k for k, q in plan.quanta.items() if q.kind == "isr").rsplit("-", 2)[0]
+
+    def kill_first_holder():
+        """SIGKILL the worker process holding the first finished ISR result (a process our cluster started)."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            held = [ws for k, ws in client.who_has().items() if str(k).startswith(isr_prefix) and ws]
+            if held:
+                pid = client.run(os.getpid, workers=[held[0][0]])[held[0][0]]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.02)
+
+    t = threading.Thread(target=kill_first_holder, daemon=True)
+    t.start()
+    res = execute_plan(plan, repo, client, retries=1)
+    t.join(timeout=5)
+    assert killed, "no worker was killed: the plan finished before any ISR result was held"
+    assert res.ok, res.failure_report()
+    refs = repo.registry.query_datasets("bias", collections=[plan.run])
+    assert sorted(int(r.data_id["detector"]) for r in refs) == [0, 4]
+    assert len(res.registered) == 2 and {r.id for r in res.registered} == {r.id for r in refs}
+    assert repo.verify_checksums(refs) == []
+    client.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker for the next tests

@@ -1,0 +1,245 @@
+"""``cpframe submit`` end to end on a real LocalCluster and a real SQLite repository.
+
+The simulated mini ComCam data set of the data area is ingested in place; PTC gains and
+defects are certified from the simulator's truth so that the bias, dark and flat templates
+can run (DMTN-222 steps 9-11).  Products are checked loosely against the injected truth
+(the science tests check accuracy); errors are checked to leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cpframe.errors import ExecutionError, PlanningError, SubmissionError
+from cpframe.model import CollectionType
+from cpframe.provenance import load_provenance
+from cpframe.submit import submit_template
+
+from tests._run_helpers import (
+    INSTRUMENT, TICKET, TRUTH_COLLECTION, certify_run, certify_truth_calibs, make_repo, ticket_chain_add, variables,
+)
+
+P = f"{INSTRUMENT}/calib/{TICKET}"
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, mini_dataset):
+    root = tmp_path_factory.mktemp("submit")
+    r = make_repo(root / "repo", mini_dataset)
+    certify_truth_calibs(r, mini_dataset.truth, mini_dataset.detectors, root / "calibs")
+    r.registry.set_chain(P, [TRUTH_COLLECTION], mode="redefine")
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    return tmp_path_factory.mktemp("scratch")
+
+
+def _env(repo, scratch, dataset, **kw):
+    return variables(repo.root, scratch, dataset, CALIB_COLLECTIONS="", **kw)
+
+
+def _snapshot(repo, scratch):
+    """Collections (with chain children and dataset counts) and files under SCRATCH."""
+    reg = repo.registry
+    cols = {}
+    for c in reg.query_collections("*"):
+        cols[c.name] = (c.type, tuple(reg.get_chain(c.name)) if c.type == CollectionType.CHAINED else
+                        len(reg.query_datasets(None, collections=[c.name])) if c.type == CollectionType.RUN else None)
+    files = sorted(str(p.relative_to(scratch)) for p in scratch.rglob("*")) if scratch.exists() else []
+    return cols, files
+
+
+def _image(repo, ref):
+    from cpframe.imageio import read_masked
+
+    return read_masked(repo.get_path(ref))
+
+
+def _amp_median(img, amp, good=None):
+    sl = img[amp.bbox]
+    return float(np.nanmedian(sl if good is None else sl[good[amp.bbox]]))
+
+
+@pytest.fixture(scope="module")
+def chain(repo, scratch, mini_dataset, local_dask):
+    """bias -> certify -> dark -> certify -> flat_g, as DMTN-222 steps 9-11 (run once for the module)."""
+    env = _env(repo, scratch, mini_dataset)
+    out = {}
+    for name, dtype in (("bias", "bias"), ("dark", "dark"), ("flat_g", "flat")):
+        res = submit_template(f"bps_{name}", environ=env, client=local_dask.client, argv=["cpframe", "submit", name])
+        out[name] = res
+        if dtype != "flat":
+            cert = f"{P}/{dtype}.20241110a"
+            certify_run(repo, res.run, dtype, cert)
+            ticket_chain_add(repo, cert)
+    return out
+
+
+def test_bias_matches_truth_and_run_is_chained(repo, chain, mini_dataset):
+    res = chain["bias"]
+    assert res.counts == {"bias": len(mini_dataset.detectors)}
+    reg = repo.registry
+    assert reg.get_collection_type(res.run) == CollectionType.RUN
+    assert res.run.startswith(res.output + "/")
+    assert reg.get_chain(res.output) == (res.run, P, f"{INSTRUMENT}/raw/all")
+    truth = mini_dataset.truth
+    for ref in reg.query_datasets("bias", collections=[res.run]):
+        d = int(ref.data_id["detector"])
+        img = _image(repo, ref).image
+        det = mini_dataset.camera.detector(d)
+        expected = np.zeros(det.shape)
+        for amp in det.amps:
+            expected[amp.bbox] = truth.bias_pattern(d)[amp.bbox] * truth.amp(d, amp.name).gain
+        for amp in det.amps:
+            resid = _amp_median(img - expected, amp)
+            assert abs(resid) < 2.0, (d, amp.name, resid)  # e-, overscan-corrected bias ~ 0 + bump
+
+
+def test_dark_matches_truth(repo, chain, mini_dataset):
+    res = chain["dark"]
+    assert res.counts == {"dark": len(mini_dataset.detectors)}
+    truth = mini_dataset.truth
+    for ref in repo.registry.query_datasets("dark", collections=[res.run]):
+        d = int(ref.data_id["detector"])
+        img = _image(repo, ref).image
+        hot = truth.defect_mask(d)
+        for amp in mini_dataset.camera.detector(d).amps:
+            got = _amp_median(img, amp, ~hot)
+            want = truth.amp(d, amp.name).dark_current
+            assert abs(got - want) < 0.02 + 0.2 * want, (d, amp.name, got, want)
+
+
+def test_flat_matches_truth(repo, chain, mini_dataset):
+    res = chain["flat_g"]
+    assert res.counts == {"flat": len(mini_dataset.detectors)}
+    truth = mini_dataset.truth
+    means = {}
+    for ref in repo.registry.query_datasets("flat", collections=[res.run]):
+        d = int(ref.data_id["detector"])
+        img = _image(repo, ref).image
+        want = truth.flat(d, "g")
+        good = ~truth.defect_mask(d) & np.isfinite(img)
+        ratio = img[good] / want[good]
+        assert np.std(ratio / np.median(ratio)) < 0.02, d
+        means[d] = (np.median(img[good]), np.median(want[good]))
+    (a, ta), (b, tb) = (means[d] for d in sorted(means))
+    assert abs((a / b) / (ta / tb) - 1) < 0.02  # detector-to-detector response kept
+
+
+def test_provenance_recorded_and_shown(repo, chain, mini_dataset):
+    res = chain["bias"]
+    (rec,) = load_provenance(repo.registry, res.run)
+    assert rec["status"] == "complete"
+    assert "pipelineYaml" in rec["template"]["text"]
+    assert rec["submission"]["payload"]["dataQuery"] == mini_dataset.plan.selections["SELECTION_BIAS"]
+    assert rec["environment"]["SELECTION_BIAS"] == mini_dataset.plan.selections["SELECTION_BIAS"]
+    n_exp = len(mini_dataset.plan.intended["SELECTION_BIAS"])
+    assert len(rec["data_ids"]) == n_exp * len(mini_dataset.detectors)
+    for o in rec["outputs"]:
+        raws = [i for i in o["inputs"] if i.startswith("raw ")]
+        assert len(raws) == n_exp and all(f"detector={o['data_id'].split('detector=')[1][0]}" in i for i in raws)
+        assert any(i.startswith("ptc ") for i in o["inputs"])
+    assert rec["versions"]["dask"] and rec["host"]["hostname"] and rec["timings"]["total_s"] > 0
+    assert rec["command_line"] == ["cpframe", "submit", "bias"]
+    for f in ("submission.yaml", "settings.yaml", "versions.yaml", "plan.txt", "graph.dot", "logs/submit.log"):
+        assert (res.submit_dir / f).is_file(), f
+    from cpframe.cli import main
+
+    out = CliRunner().invoke(main, ["provenance", res.run, "--repo", str(repo.root)])
+    assert out.exit_code == 0, out.output
+    assert "rendered submission" in out.output and "SELECTION_BIAS=" in out.output and "<- raw" in out.output
+
+
+def test_existing_run_refused_and_nothing_written(repo, scratch, mini_dataset):
+    env = _env(repo, scratch, mini_dataset)
+    run = f"{P}/test/biasBootstrapGen.20241110a/run1"
+    repo.registry.register_collection(run, CollectionType.RUN)
+    before = _snapshot(repo, scratch)
+    with pytest.raises(SubmissionError, match=r"already exists .*--extend-run.*BOOTSTRAP_RUN_NUMBER"):
+        submit_template("bps_biasBootstrap", environ=env)
+    assert _snapshot(repo, scratch) == before
+    from cpframe.cli import main
+
+    out = CliRunner().invoke(main, ["submit", "bps_biasBootstrap", "--quiet"], env=env)
+    assert out.exit_code == 4 and "already exists" in out.output and "Traceback" not in out.output
+    assert _snapshot(repo, scratch) == before
+
+
+def test_missing_calibration_fails_before_anything(repo, scratch, mini_dataset):
+    # a ticket whose chain holds only the truth PTC and defects: the dark's bias is missing
+    repo.registry.set_chain(f"{INSTRUMENT}/calib/DM-NOBIAS", [TRUTH_COLLECTION], mode="redefine")
+    env = _env(repo, scratch, mini_dataset, TICKET="DM-NOBIAS")
+    before = _snapshot(repo, scratch)
+    from cpframe.cli import main
+
+    out = CliRunner().invoke(main, ["submit", "bps_dark", "--quiet"], env=env)
+    assert out.exit_code == 5, out.output
+    for d in mini_dataset.detectors:
+        assert f"no bias certified for detector {d} at 2024-11-10T" in out.output
+    assert f"in: {INSTRUMENT}/calib/DM-NOBIAS, {INSTRUMENT}/raw/all" in out.output
+    assert "Traceback" not in out.output
+    assert _snapshot(repo, scratch) == before
+
+
+def test_bad_selection_and_missing_variable_leave_nothing(repo, scratch, mini_dataset):
+    from cpframe.cli import main
+
+    env = _env(repo, scratch, mini_dataset)
+    before = _snapshot(repo, scratch)
+    bad = dict(env, SELECTION_BIAS="instrument='LSSTComCam' and exposure.seq_num in (15..10)")
+    out = CliRunner().invoke(main, ["submit", "bps_bias", "--quiet"], env=bad)
+    assert out.exit_code == 2 and "Traceback" not in out.output, out.output
+    missing = {k: v for k, v in env.items() if k != "SELECTION_BIAS"}
+    out = CliRunner().invoke(main, ["submit", "bps_bias", "--quiet"], env={**missing, "SELECTION_BIAS": None})
+    assert out.exit_code == 4 and "SELECTION_BIAS" in out.output, out.output
+    assert _snapshot(repo, scratch) == before
+
+
+def test_failure_then_skip_existing_finishes_only_the_rest(tmp_path, mini_dataset, local_dask):
+    """A raw made unreadable: the other detector's bias is registered, the RUN is reported incomplete;
+    after the file is repaired, --extend-run --skip-existing runs only what is missing."""
+    from cpframe.config import Settings
+
+    ids = set(mini_dataset.plan.intended["SELECTION_BIAS"])
+    files = [mini_dataset.path(e, d) for e in sorted(ids) for d in mini_dataset.detectors]
+    repo = make_repo(tmp_path / "repo", mini_dataset, files=files, transfer="copy")
+    try:
+        certify_truth_calibs(repo, mini_dataset.truth, mini_dataset.detectors, tmp_path / "calibs")
+        repo.registry.set_chain(P, [TRUTH_COLLECTION], mode="redefine")
+        env = _env(repo, tmp_path / "scratch", mini_dataset)
+        bad_exp = sorted(ids)[2]
+        (raw,) = repo.registry.query_datasets("raw", collections=[f"{INSTRUMENT}/raw/all"],
+                                              where=f"instrument='{INSTRUMENT}' and exposure={bad_exp} and detector=4")
+        path = repo.get_path(raw)
+        keep = tmp_path / "good.fits"
+        shutil.copy(path, keep)
+        path.write_bytes(b"SIMPLE  = not a FITS file any more")
+        with pytest.raises(ExecutionError, match=r"(?s)cpBiasIsr.*4.*--extend-run --skip-existing") as err:
+            submit_template("bps_bias", environ=env, client=local_dask.client, settings=Settings(retries=0))
+        first = err.value.result
+        assert first.counts == {"bias": 1}
+        reg = repo.registry
+        (done,) = reg.query_datasets("bias", collections=[first.run])
+        assert int(done.data_id["detector"]) == 0
+        (rec,) = load_provenance(reg, first.run)
+        assert rec["status"] == "failed" and any("detector=4" in m for m in rec["missing"])
+
+        shutil.copy(keep, path)
+        second = submit_template("bps_bias", environ=env, client=local_dask.client, extend_run=True,
+                                 skip_existing=True)
+        assert second.run == first.run
+        assert {q.data_id["detector"] for q in second.plan.quanta.values()} == {4}
+        assert second.counts == {"bias": 1}
+        assert sorted(int(r.data_id["detector"]) for r in reg.query_datasets("bias", collections=[first.run])) == [0, 4]
+        assert [r["status"] for r in load_provenance(reg, first.run)] == ["failed", "complete"]
+        with pytest.raises(PlanningError, match="already exist"):
+            submit_template("bps_bias", environ=env, client=local_dask.client, extend_run=True)
+    finally:
+        repo.close()
