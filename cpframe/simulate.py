@@ -71,6 +71,7 @@ __all__ = [
     "simulate",
     "fast_tai_ns",
     "process_context",
+    "raw_header_cards",
 ]
 
 #: Observation types the simulator can produce (``IMGTYPE`` header).
@@ -1126,14 +1127,51 @@ def _amp_header_bytes(instrument: str, scale: str, detector_id: int, amp_name: s
 
 
 def write_raw(path: str | os.PathLike, camera: Camera, detector_id: int, spec: ExposureSpec,
-              segments: Sequence[np.ndarray], seed: int) -> Path:
+              segments: Sequence[np.ndarray] | None, seed: int) -> Path:
     """Write one ``fits-raw`` file (docs/architecture.md), atomically (temporary name + rename).
+
+    ``segments=None`` writes the headers only and leaves every pixel 0 as a hole of a sparse
+    file (for tests and benchmarks of header handling: no disk space, no write time).
 
     Returns the path written.
     """
     det = camera.detector(detector_id)
-    if len(segments) != len(det.amps):
+    if segments is not None and len(segments) != len(det.amps):
         raise UserInputError(f"{det.name}: {len(segments)} segments given, the detector has {len(det.amps)} amps.")
+    cards = raw_header_cards(camera, det.id, spec, seed)
+    for a, seg in zip(det.amps, segments or []):
+        if seg.shape != a.raw_shape:
+            raise UserInputError(f"{det.name} {a.name}: segment shape {seg.shape}, expected {a.raw_shape}.")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    # Headers are formatted by astropy; the HDUs are laid out directly (header blocks, big-endian
+    # data padded to 2880 bytes), which is ~10x faster than building HDU objects for 16 small
+    # segments.  tests/test_simulate.py checks the files with astropy's verify().
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_primary_bytes(cards))
+            for i, a in enumerate(det.amps):
+                f.write(_amp_header_bytes(camera.name, camera.scale, det.id, a.name))
+                nbytes = a.raw_shape[0] * a.raw_shape[1] * 4
+                if segments is None:
+                    f.seek(nbytes + (-nbytes % 2880), os.SEEK_CUR)
+                    continue
+                data = np.ascontiguousarray(segments[i], dtype=">i4")
+                f.write(data.data)
+                if -nbytes % 2880:
+                    f.write(b"\0" * (-nbytes % 2880))
+            f.truncate()
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def raw_header_cards(camera: Camera, detector_id: int, spec: ExposureSpec, seed: int) -> list[tuple]:
+    """Primary-header cards ``(key, value, comment)`` of a raw file (docs/architecture.md)."""
+    det = camera.detector(detector_id)
     info = _camera_yaml(camera.name)
     b_ns, e_ns = spec.begin_ns, spec.end_ns
     cards = [
@@ -1164,30 +1202,7 @@ def write_raw(path: str | os.PathLike, camera: Camera, detector_id: int, spec: E
         ("CPFSEED", int(seed), "cpframe simulator seed"),
         ("ORIGIN", "cpframe simulate", "written by"),
     ]
-    for a, seg in zip(det.amps, segments):
-        if seg.shape != a.raw_shape:
-            raise UserInputError(f"{det.name} {a.name}: segment shape {seg.shape}, expected {a.raw_shape}.")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    # Headers are formatted by astropy; the HDUs are laid out directly (header blocks, big-endian
-    # data padded to 2880 bytes), which is ~10x faster than building HDU objects for 16 small
-    # segments.  tests/test_simulate.py checks the files with astropy's verify().
-    try:
-        with open(tmp, "wb") as f:
-            f.write(_primary_bytes(cards))
-            for a, seg in zip(det.amps, segments):
-                f.write(_amp_header_bytes(camera.name, camera.scale, det.id, a.name))
-                data = np.ascontiguousarray(seg, dtype=">i4")
-                f.write(data.data)
-                pad = -data.nbytes % 2880
-                if pad:
-                    f.write(b"\0" * pad)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return cards
 
 
 # =========================================================================================
