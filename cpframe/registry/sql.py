@@ -253,6 +253,12 @@ class SqlRegistry(Registry):
                             self._local.conn = None
                 finally:
                     conn.info.pop(_WRITE, None)
+        except sa.exc.IntegrityError as err:
+            # check-then-insert raced with another process (PostgreSQL READ COMMITTED)
+            raise RegistryError(
+                f"another process changed the registry at the same time ({str(err.orig).strip()[:300]}); "
+                "nothing was changed, run the command again."
+            ) from err
         except sa.exc.OperationalError as err:
             if "locked" in str(err.orig) or "busy" in str(err.orig):
                 raise ServiceError(
@@ -740,9 +746,10 @@ class SqlRegistry(Registry):
                           d.c.data_id_key, *extra)
                 .join(s.collection, s.collection.c.id == d.c.run_id))
 
-    def _ref(self, conn: sa.Connection, row: Any, extra: dict | None = None) -> DatasetRef:
+    def _ref(self, conn: sa.Connection, row: Any, extra: dict | None = None, data_id: DataId | None = None) -> DatasetRef:
         dt = self._dtype_by_id(conn, row.dataset_type_id)
-        data_id = DataId({k: getattr(row, k) for k in dt.dimensions})
+        if data_id is None:
+            data_id = DataId({k: getattr(row, k) for k in dt.dimensions})
         return DatasetRef(row.id, dt.name, data_id, row.run, row.path, row.checksum, extra or {})
 
     def _run_datasets(self, conn: sa.Connection, run_id: int) -> list[DatasetRef]:
@@ -995,12 +1002,13 @@ class SqlRegistry(Registry):
                             )
                         if hits:
                             r = hits[0]
-                            found = self._ref(conn, r, {"timespan": _span(r.begin_ns, r.end_ns), "collection": cname})
+                            found = self._ref(conn, r, {"timespan": _span(r.begin_ns, r.end_ns), "collection": cname},
+                                              key)
                             break
                     else:
                         r = runs.get((cid, k))
                         if r is not None:
-                            found = self._ref(conn, r, {"collection": cname})
+                            found = self._ref(conn, r, {"collection": cname}, key)
                             break
                 out.append(found)
             return out
