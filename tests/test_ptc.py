@@ -1,0 +1,112 @@
+"""PTC: extract per flat pair and solve per amp, against the simulator truth and closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from cpframe.errors import ConfigError, UserInputError
+from cpframe.imageio import MaskedImage, read_ptc
+from cpframe.ptc import (
+    PtcConfig,
+    PtcPairMeasurement,
+    extract_pair,
+    pair_exposures,
+    ptc_model,
+    sigma_clip_correction,
+    solve_ptc,
+)
+
+
+def test_gain_and_read_noise_match_truth(mini_sim, mini_products):
+    """Per amp: gain within 1 %, read noise within 5 % of the injected values."""
+    rows, header = read_ptc(mini_products.ptc.path)
+    assert header["DETECTOR"] == mini_sim.detector.id and header["OBSTYPE"] == "ptc"
+    for amp in mini_sim.detector.amps:
+        t = mini_sim.truth.amp(mini_sim.detector.id, amp.name)
+        r = rows[amp.name]
+        assert r["gain"] == pytest.approx(t.gain, rel=0.01), amp.name
+        assert r["noise"] == pytest.approx(t.read_noise, rel=0.05), amp.name
+        # the turnoff (adu, above the bias) sits below the raw saturation level
+        assert 0.7 * (t.saturation - t.bias_level) < r["turnoff"] < t.saturation - t.bias_level, amp.name
+        # every pair is in the file; the points kept are the ones up to the turnoff
+        assert len(r["raw_means"]) == len(mini_sim.ptc) // 2
+        assert r["raw_means"][r["mask"]].max() == r["turnoff"]
+
+
+def test_extract_matches_plain_numpy_on_a_pair():
+    """Mean and difference variance of one pair = plain numpy (no outliers: clipping keeps all)."""
+    rng = np.random.default_rng(11)
+    shape = (200, 300)
+    flat = 1 + 0.02 * rng.standard_normal(shape)
+    g, rn = 1.7, 5.0
+    ims = []
+    for i in range(2):
+        e = rng.poisson(20000 * flat).astype(np.float64)
+        adu = e / g + rng.normal(0, rn / g, shape)
+        ims.append(MaskedImage(adu.astype(np.float32), np.zeros(shape, np.int32), np.zeros(shape, np.float32),
+                               {"EXPTIME": 5.0, "EXPID": 10 + i}))
+    m = extract_pair(ims[0], ims[1], PtcConfig(), overscan_noise={"ALL": rn / g})
+    a, b = (im.image.astype(np.float64) for im in ims)
+    mu1, mu2 = a.mean(), b.mean()
+    mu = 0.5 * (mu1 + mu2)
+    d = (mu2 * a - mu1 * b) / mu
+    rec = m.amps["ALL"]
+    assert rec["mean"] == pytest.approx(mu, rel=1e-9)
+    assert rec["var"] == pytest.approx(0.5 * d.var(ddof=1) * sigma_clip_correction(5.5), rel=1e-9)
+    assert rec["var"] == pytest.approx(mu / g + (rn / g) ** 2, rel=0.02)
+    assert rec["gain_pair"] == pytest.approx(g, rel=0.02)
+    assert m.exposure_ids == (10, 11) and m.exposure_time == 5.0
+
+
+def test_sigma_clip_correction_is_the_truncated_gaussian_variance():
+    from scipy import integrate
+    from scipy.stats import norm
+
+    for n in (2.0, 3.0, 5.5):
+        inside = integrate.quad(lambda x: x * x * norm.pdf(x), -n, n)[0] / (norm.cdf(n) - norm.cdf(-n))
+        assert sigma_clip_correction(n) == pytest.approx(1 / inside, rel=1e-10)
+
+
+def test_solve_recovers_parameters_of_an_exact_curve_and_masks_the_turnoff(tmp_path):
+    g, noise_e, a00 = 1.6, 6.0, -1.5e-6
+    mu = np.geomspace(20, 60000, 25)
+    var = ptc_model(np.array([a00, g, noise_e ** 2]), mu)
+    var[mu > 45000] *= 0.5  # saturation: the variance collapses
+    meas = [PtcPairMeasurement(exposure_ids=(2 * i, 2 * i + 1), exposure_time=float(i + 1),
+                               amps={"C00": {"mean": m, "var": v, "n_pixels": 1e6, "overscan_noise": noise_e / g}})
+            for i, (m, v) in enumerate(zip(mu, var))]
+    res = solve_ptc(meas, tmp_path / "ptc.fits", PtcConfig())
+    assert res.gain["C00"] == pytest.approx(g, rel=1e-4)
+    assert res.noise["C00"] == pytest.approx(noise_e, rel=1e-3)
+    assert res.turnoff["C00"] == pytest.approx(mu[mu <= 45000].max())
+    rows, _ = read_ptc(tmp_path / "ptc.fits")
+    assert rows["C00"]["a00"] == pytest.approx(a00, rel=1e-2)
+    np.testing.assert_array_equal(rows["C00"]["mask"], mu <= 45000)
+    np.testing.assert_allclose(rows["C00"]["raw_means"], mu)
+
+
+def test_model_limit_and_pairing():
+    mu = np.array([100.0, 1000.0])
+    np.testing.assert_allclose(ptc_model(np.array([0.0, 2.0, 16.0]), mu), mu / 2 + 4)
+    np.testing.assert_allclose(ptc_model(np.array([-1e-13, 2.0, 16.0]), mu), mu / 2 + 4, rtol=1e-6)
+    items = [(5.0, 3), (1.0, 1), (5.0, 4), (1.0, 2), (2.0, 7), (5.0, 9)]
+    pairs = pair_exposures(items, key=lambda it: it)
+    assert pairs == [((1.0, 1), (1.0, 2)), ((5.0, 3), (5.0, 4))]
+
+
+def test_config_and_input_errors(tmp_path):
+    with pytest.raises(ConfigError, match="'nSigmaClipPtx'.*known options"):
+        PtcConfig.from_dict({"nSigmaClipPtx": 5})
+    with pytest.raises(ConfigError, match="only EXPAPPROXIMATION"):
+        PtcConfig.from_dict({"ptcFitType": "FULLCOVARIANCE"})
+    assert PtcConfig.from_dict({"nSigmaClipPtc": 4.0}).n_sigma_clip_ptc == 4.0
+    with pytest.raises(UserInputError, match="no pair measurements"):
+        solve_ptc([], tmp_path / "x.fits", PtcConfig())
+    a = MaskedImage(np.ones((4, 4), np.float32), np.zeros((4, 4), np.int32), np.ones((4, 4), np.float32), {})
+    b = MaskedImage(np.ones((4, 5), np.float32), np.zeros((4, 5), np.int32), np.ones((4, 5), np.float32), {})
+    with pytest.raises(UserInputError, match=r"differ in shape \(\(4, 4\) vs \(4, 5\)\)"):
+        extract_pair(a, b, PtcConfig())
+    assert not math.isnan(sigma_clip_correction(5.5))
