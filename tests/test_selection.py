@@ -354,6 +354,11 @@ def test_bind_parameters(conn):
     got = got_exposures(conn, "instrument = 'LATISS' AND exposure.seq_num IN (low, more)",
                         {"low": 1, "more": {48, 50}})
     assert got == expected_exposures(lambda r: r["instrument"] == LATISS and r["seq_num"] in (1, 48, 50))
+    # a bound (begin, end) pair after OVERLAPS; :name reaches a bind value named like a field
+    pair = (Time("2024-11-11 22:00:00", scale="tai"), Time("2024-11-11 22:30:00", scale="tai"))
+    got = got_exposures(conn, "exposure.timespan OVERLAPS window AND instrument = :instrument",
+                        {"window": pair, "instrument": COMCAM})
+    assert got == expected_exposures(lambda r: overlaps(r, span.begin_ns, span.end_ns) and r["instrument"] == COMCAM)
 
 
 @pytest.mark.parametrize("where,bind,match,token", [
@@ -363,6 +368,9 @@ def test_bind_parameters(conn):
     ("seq_num IN (ids)", {"ids": [1, "a"]}, "mixes number and string", "ids"),
     ("seq_num = flag", {"flag": True}, "'flag' has a value of type bool", "flag"),
     ("seq_num = thing", {"thing": object()}, "'thing' has a value of type object", "thing"),
+    ("instrument = instrument", {"instrument": "LATISS"}, "'instrument' is both a field and a bind parameter",
+     "instrument"),
+    ("exposure.timespan OVERLAPS w", {"w": [1, 2, 3]}, "must be a \\(begin, end\\) pair, not 3 values", "w"),
     ("day_obs = night AND instrument='LATISS'", {"night": "20241110"},
      r"cannot compare day_obs \(an integer\) with night \(a string\).*day_obs = 20241110", "night"),
 ])

@@ -28,6 +28,7 @@ Public functions (the registry calls them with an open SQLAlchemy connection):
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import math
@@ -82,6 +83,11 @@ MSG_AMBIGUOUS = "name {name!r} is ambiguous: write one of {options}"
 MSG_BIND_MISSING = "bind parameter {name!r} is not given; pass bind={{{name!r}: ...}}"
 MSG_BIND_TYPE = "bind parameter {name!r} has a value of type {type} that selections cannot use"
 MSG_BIND_EMPTY = "bind parameter {name!r} is an empty sequence; IN needs at least one value"
+MSG_BIND_SHADOWS = (
+    "{name!r} is both a field and a bind parameter: write :{name} for the bound value (the bare name "
+    "is then the field), or rename the bind parameter"
+)
+MSG_BIND_PAIR = "bind parameter {name!r} after OVERLAPS must be a (begin, end) pair, not {n} values"
 MSG_BIND_LIST_OUTSIDE_IN = "bind parameter {name!r} is a sequence; use it inside IN ({name})"
 MSG_NOT_CONDITION = "expected a condition (true or false) but found {what}; compare it with something, e.g. {example}"
 MSG_TYPE_MISMATCH = "cannot compare {left} ({ltype}) with {right} ({rtype})"
@@ -689,10 +695,12 @@ def _parse_tree(expression: str):
 
 
 class _Typer:
-    def __init__(self, expression: str, bind: Mapping[str, Any]):
+    def __init__(self, expression: str, bind: Mapping[str, Any], tree: Any = None):
         self.expression = expression
         self.bind = bind
         self.fields: set[Field] = set()
+        self.explicit = _explicit_bind_names(tree)
+        """Names used in the ``:name`` form somewhere in the expression."""
 
     def error(self, message: str, pos: int) -> SelectionError:
         return SelectionError(message, self.expression, pos)
@@ -709,8 +717,15 @@ class _Typer:
         if node.explicit_bind or ("." not in node.name and node.name in self.bind):
             if node.name not in self.bind:
                 raise self.error(MSG_BIND_MISSING.format(name=node.name), node.pos)
+            if not node.explicit_bind and (node.name in FIELDS or node.name in _SHORT_FIELDS):
+                if node.name not in self.explicit:
+                    raise self.error(MSG_BIND_SHADOWS.format(name=node.name), node.pos)
+                return self.field(node)  # ":name" is used for the value, so the bare name is the field
             written = f":{node.name}" if node.explicit_bind else node.name
             return self.bound(node.name, self.bind[node.name], node.pos, written)
+        return self.field(node)
+
+    def field(self, node: Name) -> Column:
         field = FIELDS.get(node.name) or _SHORT_FIELDS.get(node.name)
         if field is not None:
             self.fields.add(field)
@@ -936,10 +951,16 @@ class _Typer:
 
     def span_side(self, node: Any) -> Any:
         """One side of OVERLAPS: a Column, a time/timespan Value, or ((begin, end), pos)."""
+        if isinstance(node, Name):
+            resolved = self.name(node)
+            if isinstance(resolved, tuple):  # a bound (begin, end) pair
+                if len(resolved) != 2:
+                    raise self.error(MSG_BIND_PAIR.format(name=node.name, n=len(resolved)), node.pos)
+                node = Pair(*resolved, node.pos)
         if isinstance(node, Pair):
             ends = []
             for item in (node.first, node.second):
-                v = self.operand(item, "OVERLAPS")
+                v = item if isinstance(item, Value) else self.operand(item, "OVERLAPS")
                 if isinstance(v, Column) or (v.type != "time" and _kind(v.type) != "number"):
                     what = v.text
                     hint = MSG_TIME_HINT if isinstance(v, Value) and v.type == "str" else "use two times"
@@ -967,6 +988,16 @@ _DOC_NAMES = (
     "exposure.science_program", "exposure.exposure_time", "exposure.dark_time", "exposure.timespan",
     "detector.full_name",
 )
+
+
+def _explicit_bind_names(node: Any) -> frozenset:
+    if isinstance(node, Name):
+        return frozenset([node.name]) if node.explicit_bind else frozenset()
+    if isinstance(node, tuple):
+        return frozenset().union(*(_explicit_bind_names(x) for x in node))
+    if dataclasses.is_dataclass(node):
+        return frozenset().union(*(_explicit_bind_names(getattr(node, f.name)) for f in dataclasses.fields(node)))
+    return frozenset()
 
 
 def _bind_key(bind: Mapping[str, Any] | None):
@@ -999,7 +1030,7 @@ def _type_tree(expression: str, bind: Mapping[str, Any]) -> Selection:
     tree = _parse_tree(expression)
     if tree is None:
         return Selection(expression, None, frozenset())
-    typer = _Typer(expression, bind)
+    typer = _Typer(expression, bind, tree)
     root = typer.condition(tree)
     return Selection(expression, root, frozenset(typer.fields))
 
