@@ -45,3 +45,52 @@ def report_command(repo, collections, output, do_overwrite):
             line += f"  ({len(fails)} failing: {', '.join(fails[:5])}{', ...' if len(fails) > 5 else ''})"
         click.secho(line, fg="red" if verdict is False else None)
     click.echo(f"open it with: xdg-open {result.index}")
+
+
+#: Message of the exit-7 error (tests check it).
+DAILY_FAILED_MESSAGE = "verification failed on day_obs {day_obs}: {n} failing test(s)"
+
+
+@main.command("verify-daily")
+@click.argument("repo", type=click.Path(file_okay=False))
+@click.option("--instrument", required=True, help="Instrument, e.g. LSSTComCam.")
+@click.option("--day-obs", "day_obs", required=True, type=int, help="Night to check, YYYYMMDD.")
+@click.option("--collections", "collections", required=True, multiple=True, metavar="CALIB_CHAIN",
+              help="Collection(s) holding the current calibrations, in search order (e.g. LSSTComCam/calib); "
+                   "repeatable or comma-separated.")
+@click.option("--raw-collection", "raw_collections", multiple=True, metavar="COLLECTION",
+              help="Where the raws are (default: INSTRUMENT/raw/all).")
+@click.option("--history", type=click.Path(dir_okay=False),
+              help="ECSV or CSV file the per-amp metrics are appended to (created if missing).")
+@catch_errors
+def verify_daily_command(repo, instrument, day_obs, collections, raw_collections, history):
+    """Verify a night's new bias, dark and flat exposures against the current calibrations.
+
+    For each exposure x detector: ISR with the calibrations valid at that time (found in
+    CALIB_CHAIN), then the verification tests of its type. Runs serially in this process
+    (no cluster). Appends the metrics to --history, prints a summary and exits with 7
+    when a test fails (the message names the failing tests), 0 when all pass.
+
+    \b
+    Example:
+      cpframe verify-daily REPO --instrument LSSTComCam --day-obs 20241126 \\
+          --collections LSSTComCam/calib --history daily.ecsv
+    """
+    from ..errors import VerificationFailed
+    from ..repo import Repository
+    from ..verify.daily import format_daily, verify_daily
+
+    colls = [c for item in collections for c in item.split(",") if c]
+    with Repository.open(repo) as r:
+        result = verify_daily(r, instrument, day_obs, colls, raw_collections=list(raw_collections) or None,
+                              history=history, progress=None)
+    if not result.stages:
+        click.echo(f"day_obs {day_obs}: no bias, dark or flat exposures with raws for {instrument}; nothing to verify.")
+        return
+    for line in format_daily(result):
+        click.echo(line)
+    if result.failures:
+        shown = ", ".join(result.failures[:10]) + (", ..." if len(result.failures) > 10 else "")
+        where = f"; every metric is in {history}" if history else ""
+        raise VerificationFailed(DAILY_FAILED_MESSAGE.format(day_obs=day_obs, n=len(result.failures)) + f": {shown}{where}.")
+    click.echo("all tests pass.")

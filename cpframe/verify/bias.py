@@ -93,12 +93,19 @@ def _overscan_variance_factor(residual: ResidualImage, amp, config: VerifyConfig
     return k
 
 
-def _calibration_variance(residual: ResidualImage, amp, exclude: np.ndarray, read_noise: float) -> float:
-    """Noise variance of the calibrations applied, as the ISR propagated it (0 without a variance plane)."""
+def _calibration_variance(residual: ResidualImage, amp, exclude: np.ndarray, read_noise: float,
+                          mean: float) -> float:
+    """Noise variance of the calibrations applied, as the ISR propagated it (0 without a variance plane).
+
+    The ISR's variance is calibration variance + image (photon term, electrons) + RN^2; the
+    photon term of a residual is its mean, which a wrong calibration makes non-zero, so it is
+    taken out with the read noise.
+    """
     total = expected_noise(residual, amp, exclude)
     if not math.isfinite(total):
         return 0.0
-    return max(total**2 - read_noise**2, 0.0)
+    photon = mean if math.isfinite(mean) else 0.0
+    return max(total**2 - read_noise**2 - photon, 0.0)
 
 
 def measure_noise_stage(residual: ResidualImage, detector: Detector, config: VerifyConfig) -> dict:
@@ -127,7 +134,7 @@ def measure_noise_stage(residual: ResidualImage, detector: Detector, config: Ver
         rn_os = gain * rn_adu / clip_factor if math.isfinite(gain * rn_adu) and rn_adu > 0 else math.nan
         rn_ref = rn_os if math.isfinite(rn_os) else rn
         k_os = _overscan_variance_factor(residual, amp, config)
-        calib_var = _calibration_variance(residual, amp, exclude, rn)
+        calib_var = _calibration_variance(residual, amp, exclude, rn, float(np.mean(vals)) if vals.size else math.nan)
         amps[amp.name] = {
             "MEAN": float(np.mean(vals)) if vals.size else math.nan,
             "MEDIAN": float(np.median(vals)) if vals.size else math.nan,
