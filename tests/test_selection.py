@@ -463,6 +463,15 @@ def test_errors_name_the_problem_and_point_at_it(conn, where, match, token):
     assert lines[-2] == f"  {where}" and lines[-1] == "  " + " " * expected_pos + "^"
 
 
+def test_multi_line_selection_caret_lines_up(conn):
+    where = "instrument = 'LATISS'\n\tAND exposure.day_obs = '20241110'"
+    with pytest.raises(SelectionError, match="write it unquoted") as err:
+        select_dimension_records(conn, "exposure", where, None, None)
+    lines = str(err.value).splitlines()
+    assert lines[-2] == "  instrument = 'LATISS'  AND exposure.day_obs = '20241110'"
+    assert lines[-1].index("^") == lines[-2].index("'2024")
+
+
 def test_instrument_rule_is_satisfied_by_any_constraining_branch(conn):
     ok = [
         "instrument IN ('LATISS', 'LSSTComCam') AND detector = 0",

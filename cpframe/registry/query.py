@@ -276,6 +276,14 @@ class Logical:
     pos: int
 
 
+def _error(message: str, expression: str, pos: int | None) -> SelectionError:
+    """A SelectionError whose caret lines up: tabs and newlines are shown as spaces."""
+    return SelectionError(message, expression.translate(_ONE_LINE), pos)
+
+
+_ONE_LINE = {ord(c): " " for c in "\t\n\r\v\f"}
+
+
 def _pos(node: Any) -> int:
     return getattr(node, "pos", 0)
 
@@ -654,22 +662,22 @@ def _syntax_error(err: Exception, expression: str) -> SelectionError:
         pos = err.pos_in_stream
         char = expression[pos] if pos < len(expression) else ""
         if char == '"':
-            return SelectionError(MSG_DOUBLE_QUOTE, expression, pos)
+            return _error(MSG_DOUBLE_QUOTE, expression, pos)
         if char == "'":
-            return SelectionError(MSG_UNTERMINATED, expression, pos)
+            return _error(MSG_UNTERMINATED, expression, pos)
         if char in "*/%":
-            return SelectionError(MSG_ARITHMETIC.format(char=char), expression, pos)
-        return SelectionError(MSG_BAD_CHAR.format(char=char), expression, pos)
+            return _error(MSG_ARITHMETIC.format(char=char), expression, pos)
+        return _error(MSG_BAD_CHAR.format(char=char), expression, pos)
     expected = sorted({_TERMINAL_WORDS.get(t, t) for t in getattr(err, "expected", ()) or ()})
     expected_text = ", ".join(expected) if expected else "more"
     token = getattr(err, "token", None)
     if isinstance(err, UnexpectedEOF) or token is None or token.type == "$END":
-        return SelectionError(MSG_ENDS_EARLY.format(expected=expected_text), expression, len(expression))
+        return _error(MSG_ENDS_EARLY.format(expected=expected_text), expression, len(expression))
     pos = token.start_pos if token.start_pos is not None else len(expression)
     if token.type == "COMPOP" and str(token) == "=" and expression[:pos].rstrip().endswith(("=", "!", "<", ">")):
-        return SelectionError(MSG_DOUBLE_EQUAL, expression, pos)
+        return _error(MSG_DOUBLE_EQUAL, expression, pos)
     what = f"{_TERMINAL_WORDS.get(token.type, token.type)} {str(token)!r}"
-    return SelectionError(MSG_UNEXPECTED.format(what=what, expected=expected_text), expression, pos)
+    return _error(MSG_UNEXPECTED.format(what=what, expected=expected_text), expression, pos)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -682,10 +690,10 @@ def _parse_tree(expression: str):
     except UnexpectedInput as err:
         raise _syntax_error(err, expression) from None
     except SelectionError as err:  # from a callback: add the expression for the caret
-        raise SelectionError(err.reason, expression, err.position) from None
+        raise _error(err.reason, expression, err.position) from None
     except VisitError as err:  # a callback error wrapped by lark
         if isinstance(err.orig_exc, SelectionError):
-            raise SelectionError(err.orig_exc.reason, expression, err.orig_exc.position) from None
+            raise _error(err.orig_exc.reason, expression, err.orig_exc.position) from None
         raise
 
 
@@ -703,7 +711,7 @@ class _Typer:
         """Names used in the ``:name`` form somewhere in the expression."""
 
     def error(self, message: str, pos: int) -> SelectionError:
-        return SelectionError(message, self.expression, pos)
+        return _error(message, self.expression, pos)
 
     def located(self, func, *args):
         """Call a literal helper, adding the expression to its error."""
@@ -1150,8 +1158,8 @@ def _check_instrument(node: Any, covered: bool, expression: str) -> None:
     for c in columns:
         if isinstance(c, Column) and c.field.needs_instrument:
             end = _end_of_predicate(node, expression)
-            example = expression[min(_pos(columns[0]), node.pos):end].strip() or c.text
-            raise SelectionError(MSG_NEEDS_INSTRUMENT.format(name=c.text, example=example), expression, c.pos)
+            example = expression[min(_pos(columns[0]), node.pos):end].translate(_ONE_LINE).strip() or c.text
+            raise _error(MSG_NEEDS_INSTRUMENT.format(name=c.text, example=example), expression, c.pos)
 
 
 def _end_of_predicate(node: Any, expression: str) -> int:
@@ -1197,7 +1205,7 @@ def compile_selection(selection: Selection, scope: _Scope) -> sa.ColumnElement |
     for f in selection.fields:
         if f.element == "dataset" and scope.context != "datasets":
             pos = _first_pos(selection.root, f)
-            raise SelectionError(MSG_FIELD_CONTEXT.format(name=f.name, context=scope.context),
+            raise _error(MSG_FIELD_CONTEXT.format(name=f.name, context=scope.context),
                                  selection.expression, pos)
     return _sql(selection.root, scope)
 
