@@ -1226,14 +1226,17 @@ def process_context(preload: Sequence[str]):
 
 
 def _init_worker(truth: Truth, outdir: str, seed: int) -> None:
+    """Process-pool initializer: the job's context, sent once per worker process."""
     _WORKER.update(truth=truth, outdir=outdir, seed=seed, camera=truth.camera)
 
 
-def _one(task: tuple[ExposureSpec, int]) -> tuple[str, int]:
+def _one(task: tuple[ExposureSpec, int], ctx: Mapping[str, Any] | None = None) -> tuple[str, int]:
+    """Simulate and write one (exposure, detector); ``ctx`` for threads, the process global otherwise."""
+    ctx = ctx if ctx is not None else _WORKER
     spec, det_id = task
-    cam, truth, seed = _WORKER["camera"], _WORKER["truth"], _WORKER["seed"]
+    cam, truth, seed = ctx["camera"], ctx["truth"], ctx["seed"]
     segs = simulate_detector(cam, det_id, spec, truth, seed)
-    path = write_raw(raw_path(_WORKER["outdir"], cam.name, spec, cam.detector(det_id)), cam, det_id, spec, segs, seed)
+    path = write_raw(raw_path(ctx["outdir"], cam.name, spec, cam.detector(det_id)), cam, det_id, spec, segs, seed)
     return str(path), path.stat().st_size
 
 
@@ -1280,6 +1283,8 @@ def simulate(specs: Iterable[ExposureSpec], outdir: str | os.PathLike, instrumen
         Duplicate exposure ids, unknown detectors/filters, truth for another camera.
     """
     camera = load_camera(instrument, scale)
+    if executor not in ("thread", "process"):
+        raise UserInputError(f"executor {executor!r}: use 'process' or 'thread'.")
     specs = list(specs)
     if not specs:
         raise UserInputError("no exposures to simulate; check the plan.")
@@ -1308,25 +1313,21 @@ def simulate(specs: Iterable[ExposureSpec], outdir: str | os.PathLike, instrumen
     n = len(tasks)
     workers = max(1, min(workers or os.cpu_count() or 1, n))
     paths: list[Path] = []
+    job = {"truth": truth, "outdir": str(out), "seed": seed, "camera": camera}
     if workers == 1:
-        _init_worker(truth, str(out), seed)
         for i, t in enumerate(tasks):
-            paths.append(Path(_one(t)[0]))
+            paths.append(Path(_one(t, job)[0]))
             if progress:
                 progress(i + 1, n)
-        _WORKER.clear()
         return sorted(paths)
-    chunk = max(1, n // (workers * 4))
     if executor == "thread":
-        pool = ThreadPoolExecutor(workers, initializer=_init_worker, initargs=(truth, str(out), seed))
-    elif executor == "process":
-        ctx = process_context(["cpframe.simulate"])
-        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(truth, str(out), seed))
+        pool, fn, chunk = ThreadPoolExecutor(workers), functools.partial(_one, ctx=job), 1
     else:
-        raise UserInputError(f"executor {executor!r}: use 'process' or 'thread'.")
+        pool = ProcessPoolExecutor(workers, mp_context=process_context(["cpframe.simulate"]),
+                                   initializer=_init_worker, initargs=(truth, str(out), seed))
+        fn, chunk = _one, max(1, n // (workers * 4))
     with pool:
-        for i, (p, _size) in enumerate(pool.map(_one, tasks, chunksize=chunk)):
+        for i, (p, _size) in enumerate(pool.map(fn, tasks, chunksize=chunk)):
             paths.append(Path(p))
             if progress:
                 progress(i + 1, n)
