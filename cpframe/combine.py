@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from astropy.time import Time, TimeDelta
 from numba import njit
 
 from .errors import ConfigError, UserInputError
@@ -780,8 +781,6 @@ _STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "COMME
 
 
 def _tai(text: str):
-    from astropy.time import Time
-
     return Time(str(text), scale="tai", format="isot")
 
 
@@ -813,7 +812,7 @@ def product_header(headers: Sequence[Mapping[str, Any]], config: CombineConfig,
         mid = None
         if beg:
             tb = _tai(beg)
-            te = _tai(hd["DATE-END"]) if hd.get("DATE-END") else tb + expt / 86400.0
+            te = _tai(hd["DATE-END"]) if hd.get("DATE-END") else tb + TimeDelta(expt, format="sec")
             begins.append(tb)
             ends.append(te)
             mid = (tb + (te - tb) * 0.5).isot

@@ -1,0 +1,273 @@
+"""Combine: MEAN / MEDIAN / MEANCLIP against independent numpy references, memory and file handles."""
+
+from __future__ import annotations
+
+import math
+import os
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+
+from cpframe.combine import (
+    CombineConfig,
+    CombineError,
+    clipped_stats,
+    combine_config_for,
+    combine_files,
+    combine_images,
+    combine_lazy,
+    strip_rows_for_budget,
+)
+from cpframe.errors import ConfigError
+from cpframe.imageio import MASK_BITS, FileFormatError, mask_value, read_header, read_masked, write_masked
+
+SAT = mask_value("SAT")
+BAD = mask_value("BAD")
+
+
+def _stack(tmp_path, n=12, shape=(37, 41), seed=1, scales=None):
+    """Inputs with Gaussian noise, cosmic rays, NaNs, masked pixels and a pixel without any good input."""
+    rng = np.random.default_rng(seed)
+    data = rng.normal(100, 5, (n, *shape)).astype(np.float32)
+    cr = rng.random(data.shape) < 0.04
+    data[cr] += rng.uniform(20, 2000, cr.sum()).astype(np.float32)
+    data[rng.random(data.shape) < 0.01] = np.nan
+    masks = np.zeros(data.shape, np.int32)
+    masks[rng.random(data.shape) < 0.05] = SAT
+    masks[rng.random(data.shape) < 0.03] = mask_value("CR")  # not in the default mask list: still used
+    masks[:, 5, 6] = SAT
+    var = rng.uniform(20, 30, data.shape).astype(np.float32)
+    if scales is not None:
+        data *= np.asarray(scales, np.float32)[:, None, None]
+        var *= (np.asarray(scales, np.float32) ** 2)[:, None, None]
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"in{i:03d}.fits"
+        write_masked(p, data[i], masks[i], var[i], {"EXPID": 1000 + i, "EXPTIME": 2.0 + i, "DARKTIME": 3.0 + i,
+                                                     "DATE-BEG": f"2024-11-10T20:{i:02d}:00.000",
+                                                     "LSST ISR UNITS": "electron", "FILTER": "r_03"})
+        paths.append(p)
+    return paths, data, masks, var
+
+
+def _reference(data, masks, var, stat, ignore=SAT, clip=3.0, n_iter=3, scales=None):
+    """Independent numpy implementation of spec §4.2 (float64)."""
+    x = data.astype(np.float64)
+    v = var.astype(np.float64)
+    if scales is not None:
+        s = np.asarray(scales, np.float64)[:, None, None]
+        x, v = x / s, v / s ** 2
+    valid = ((masks & ignore) == 0) & np.isfinite(x)
+    x = np.where(valid, x, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if stat == "MEAN":
+            return np.nanmean(x, axis=0), valid
+        if stat == "MEDIAN":
+            return np.nanmedian(x, axis=0), valid
+        q25, med, q75 = np.nanpercentile(x, [25, 50, 75], axis=0)
+        lo, hi = med - clip * 0.7413 * (q75 - q25), med + clip * 0.7413 * (q75 - q25)
+        mean = None
+        for it in range(n_iter + 1):
+            keep = (x >= lo) & (x <= hi)  # every input re-tested against the current bounds
+            n = keep.sum(axis=0)
+            new_mean = np.where(keep, x, 0).sum(axis=0) / n
+            std = np.sqrt(np.where(keep, (x - new_mean) ** 2, 0).sum(axis=0) / (n - 1))
+            frozen = ~np.isfinite(std) | (std == 0) if mean is None else frozen | ~np.isfinite(std) | (std == 0)
+            mean = new_mean if mean is None else np.where(frozen_prev, mean, new_mean)
+            frozen_prev = frozen.copy()
+            lo = np.where(frozen, lo, mean - clip * std)
+            hi = np.where(frozen, hi, mean + clip * std)
+        return mean, valid
+
+
+@pytest.mark.parametrize("stat", ["MEAN", "MEDIAN", "MEANCLIP"])
+def test_statistics_equal_numpy_reference(tmp_path, stat):
+    paths, data, masks, var = _stack(tmp_path)
+    img, res = combine_images(paths, CombineConfig(combine=stat), memory_bytes=20_000)
+    assert res.strip_rows < data.shape[1]  # really done in strips
+    ref, valid = _reference(data, masks, var, stat)
+    ok = valid.any(axis=0)
+    np.testing.assert_allclose(img.image[ok], ref[ok].astype(np.float32), rtol=2.4e-7, atol=0)
+    # the pixel without a good input: image median and BAD
+    assert img.mask[5, 6] & BAD
+    assert img.image[5, 6] == np.median(img.image[ok])
+    assert res.n_bad == int((img.mask & BAD != 0).sum()) == int((~ok).sum())
+
+
+def test_meanclip_matches_astropy_sigma_clip_where_no_input_comes_back(tmp_path):
+    """Where the passes only ever shrink the kept set, MEANCLIP = astropy's sigma_clip (nested passes)."""
+    from astropy.stats import sigma_clip
+
+    paths, data, masks, var = _stack(tmp_path, n=15, seed=4)
+    img, _ = combine_images(paths, CombineConfig(combine="MEANCLIP"), memory_bytes=50_000)
+    x = np.ma.masked_array(data.astype(np.float64), mask=((masks & SAT) != 0) | ~np.isfinite(data))
+
+    def iqr_sigma(a, axis=None):
+        q = np.nanpercentile(a, [25, 75], axis=axis)
+        return 0.7413 * (q[1] - q[0])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = sigma_clip(x, sigma=3, maxiters=1, cenfunc="median", stdfunc=iqr_sigma, axis=0)
+        final = sigma_clip(first, sigma=3, maxiters=3, cenfunc="mean",
+                           stdfunc=lambda a, axis=None: np.nanstd(a, axis=axis, ddof=1), axis=0)
+    ref = np.ma.filled(final.mean(axis=0), np.nan)
+    reentry, _ = _reference(data, masks, var, "MEANCLIP")
+    same = np.isfinite(ref) & np.isclose(ref, reentry, rtol=1e-12)
+    assert same.mean() > 0.9  # re-entry changes a few CR-hit pixels only
+    np.testing.assert_allclose(img.image[same], ref[same].astype(np.float32), rtol=2.4e-7)
+
+
+def test_variance_from_scatter_and_from_inputs(tmp_path):
+    paths, data, masks, var = _stack(tmp_path, n=6)
+    img, _ = combine_images(paths, CombineConfig(combine="MEAN", mask=("SAT",)), memory_bytes=10**6)
+    x = np.where(((masks & SAT) == 0) & np.isfinite(data), data.astype(np.float64), np.nan)
+    n = np.isfinite(x).sum(axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = np.nanvar(x, axis=0, ddof=1) / n
+    ok = n >= 2
+    np.testing.assert_allclose(img.variance[ok], ref[ok].astype(np.float32), rtol=1e-5)
+    paths4 = paths[:4]  # below maxVisitsToCalcErrorFromInputVariance = 5: propagate the inputs' variance
+    img4, _ = combine_images(paths4, CombineConfig(combine="MEDIAN"), memory_bytes=10**6)
+    v = np.where(np.isfinite(x[:4]), var[:4].astype(np.float64), 0)
+    n4 = np.isfinite(x[:4]).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref4 = 0.5 * math.pi * v.sum(axis=0) / n4 ** 2
+    ok4 = n4 > 0
+    np.testing.assert_allclose(img4.variance[ok4], ref4[ok4].astype(np.float32), rtol=1e-5)
+
+
+def test_scales_divide_inputs(tmp_path):
+    scales = np.linspace(0.5, 3.0, 8)
+    paths, data, masks, var = _stack(tmp_path, n=8, scales=scales)
+    cfg = CombineConfig(combine="MEANCLIP", exposure_scaling="InputList")
+    img, res = combine_images(paths, cfg, scales=scales, memory_bytes=30_000)
+    ref, valid = _reference(data, masks, var, "MEANCLIP", scales=scales)
+    ok = valid.any(axis=0)
+    np.testing.assert_allclose(img.image[ok], ref[ok].astype(np.float32), rtol=2.4e-7)
+    assert res.scales == pytest.approx(list(scales))
+    # ExposureTime / DarkTime scalings read the input headers
+    _, res_t = combine_images(paths, CombineConfig(exposure_scaling="DarkTime"), memory_bytes=10**6)
+    assert res_t.scales == [3.0 + i for i in range(8)]
+
+
+def test_result_does_not_depend_on_strip_height(tmp_path):
+    paths, *_ = _stack(tmp_path, n=7)
+    one_row, r1 = combine_images(paths, CombineConfig(), memory_bytes=1)
+    whole, r2 = combine_images(paths, CombineConfig(), memory_bytes=10**9, threads=2)
+    assert r1.strip_rows == 1 and r2.strip_rows == whole.image.shape[0]
+    np.testing.assert_array_equal(one_row.image, whole.image)
+    np.testing.assert_array_equal(one_row.variance, whole.variance)
+    np.testing.assert_array_equal(one_row.mask, whole.mask)
+
+
+def test_lazy_dataset_is_chunked_in_strips(tmp_path):
+    paths, *_ = _stack(tmp_path, n=5)
+    ds = combine_lazy(paths, CombineConfig(), [1.0] * 5, memory_bytes=5 * 41 * 8 * 10)
+    assert ds["image"].dims == ("y", "x")
+    assert ds["image"].data.chunks[0][0] == 10 and ds.attrs["strip_rows"] == 10
+    assert strip_rows_for_budget(5 * 41 * 8 * 10, 5, 41) == 10
+
+
+def test_product_file_and_header(tmp_path):
+    paths, *_ = _stack(tmp_path, n=5)
+    out = tmp_path / "bias.fits"
+    res = combine_files(paths, out, combine_config_for("bias"), memory_bytes=10**6, extra_header={"RUN": "u/x"})
+    h = read_header(out)
+    assert h["OBSTYPE"] == "bias" and h["EXPTIME"] == 0.0 and h["DARKTIME"] == 0.0
+    assert [h[f"CPP_INPUT_{i}"] for i in range(5)] == [1000 + i for i in range(5)]
+    assert [h[f"CPP_INPUT_EXPT_{i}"] for i in range(5)] == [2.0 + i for i in range(5)]
+    assert h["CPP_INPUT_SCALE_0"] == 1.0 and h["RUN"] == "u/x"
+    assert h["DATE-BEG"] == "2024-11-10T20:00:00.000" and h["LSST ISR UNITS"] == "electron"
+    assert h["FILTER"] == "r_03" and "EXPID" not in h
+    img = read_masked(out)
+    assert set(np.unique(img.mask)) <= {0, BAD}  # censored: only BAD survives
+    assert res.path == str(out) and res.n_inputs == 5
+    other = combine_files(paths, tmp_path / "bb.fits", combine_config_for("biasBootstrap"), memory_bytes=10**6)
+    assert read_header(other.path)["EXPTIME"] == 1.0  # only a dataset named 'bias' gets 0.0
+
+
+def test_errors_name_the_problem(tmp_path):
+    paths, *_ = _stack(tmp_path, n=3)
+    write_masked(tmp_path / "small.fits", np.zeros((5, 5), np.float32), np.zeros((5, 5), np.int32),
+                 np.zeros((5, 5), np.float32))
+    with pytest.raises(CombineError, match="no inputs"):
+        combine_images([], CombineConfig())
+    with pytest.raises(CombineError, match=r"differ in shape: .*small.fits: \(5, 5\)"):
+        combine_images([*paths, tmp_path / "small.fits"], CombineConfig())
+    with pytest.raises(CombineError, match="got 2 scale\\(s\\) for 3 input"):
+        combine_images(paths, CombineConfig(exposure_scaling="InputList"), scales=[1, 2])
+    with pytest.raises(CombineError, match="scale 0.0 .* not a finite non-zero"):
+        combine_images(paths, CombineConfig(), scales=[1, 0.0, 2])
+    with pytest.raises(ConfigError, match="'nIters'.*known options.*nIter"):
+        CombineConfig.from_dict({"nIters": 3})
+    with pytest.raises(ConfigError, match="combine='MODE'.*MEANCLIP"):
+        CombineConfig.from_dict({"combine": "MODE"})
+    with pytest.raises(ConfigError, match="unknown plane"):
+        CombineConfig.from_dict({"mask": ["SAT", "COSMIC"]})
+    (tmp_path / "junk.fits").write_text("not fits")
+    with pytest.raises(FileFormatError, match="junk.fits"):
+        combine_images([tmp_path / "junk.fits"], CombineConfig())
+    nd = tmp_path / "nd.fits"
+    write_masked(nd, np.ones((3, 3), np.float32), np.full((3, 3), mask_value("NO_DATA"), np.int32),
+                 np.ones((3, 3), np.float32))
+    with pytest.raises(CombineError, match="9 output pixel\\(s\\) carry NO_DATA"):
+        combine_images([nd], CombineConfig())
+    cfg = CombineConfig.from_dict({"calibrationType": "dark", "nIter": 2, "mask": "CR", "clip": 4})
+    assert (cfg.calibration_type, cfg.n_iter, cfg.mask, cfg.clip) == ("dark", 2, ("CR",), 4.0)
+
+
+def test_clipped_stats_rejects_outliers():
+    rng = np.random.default_rng(0)
+    v = rng.normal(10, 2, 5000)
+    v[:50] = 1e4
+    mean, std, n = clipped_stats(v)
+    assert mean == pytest.approx(10, abs=0.1) and std == pytest.approx(2, rel=0.05) and n < 4960
+    assert math.isnan(clipped_stats(np.array([np.nan]))[0])
+
+
+def _peak_bytes(paths, budget):
+    tracemalloc.start()
+    try:
+        combine_images(paths, CombineConfig(), memory_bytes=budget)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_peak_memory_does_not_grow_with_n(tmp_path):
+    """Same budget, 6 vs 48 inputs: peak traced memory within 1.5x (no timing involved)."""
+    shape = (300, 256)
+    rng = np.random.default_rng(2)
+    paths = []
+    for i in range(48):
+        p = tmp_path / f"m{i}.fits"
+        write_masked(p, rng.normal(0, 1, shape).astype(np.float32), np.zeros(shape, np.int32),
+                     np.ones(shape, np.float32))
+        paths.append(p)
+    budget = 2 * 2**20
+    combine_images(paths[:2], CombineConfig(), memory_bytes=budget)  # warm up (numba, imports)
+    small = _peak_bytes(paths[:6], budget)
+    big = _peak_bytes(paths, budget)
+    stack_if_whole = 48 * shape[0] * shape[1] * 8
+    assert big < 1.5 * small
+    assert big < stack_if_whole / 4  # the 48-input stack (29 MiB) was never held
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_no_file_handles_leak(tmp_path):
+    paths, *_ = _stack(tmp_path, n=9)
+    combine_files(paths, tmp_path / "warm.fits", CombineConfig(), memory_bytes=20_000)
+    before = _open_fds()
+    for i in range(3):
+        combine_files(paths, tmp_path / f"out{i}.fits", CombineConfig(), memory_bytes=20_000, threads=2)
+    assert _open_fds() == before
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert MASK_BITS["NO_DATA"] == 8
