@@ -209,6 +209,7 @@ def test_campaign_resumes_after_a_failure_finishing_only_what_was_left(demo, clu
     status = {o.name: o.status for o in result.outcomes}
     assert status == {"bias": "skipped", "certify-bias": "skipped", "dark": "skipped", "certify-dark": "ran",
                       "verify-bias": "ran", "verify-dark": "ran", "report": "ran"}
+    assert result.report_index.is_file()
     repo = _repo(res)
     try:
         new_runs = _runs(repo) - runs_before
@@ -225,6 +226,22 @@ def test_campaign_resumes_after_a_failure_finishing_only_what_was_left(demo, clu
     # a restart would collide with the outputs of these reruns
     with pytest.raises(CampaignError, match=r"--restart would redo .*--var RERUN=20241111b"):
         run_campaign(camp, restart=True, client=cluster)
+
+    # the state file is only a cache: without it, --resume finds every step done in the registry
+    (campaign_dir(camp) / "state.json").unlink()
+    args = ["campaign", str(path), "--resume", "--var", f"REPO={res.repo_root}", "--var", "TICKET=DEMO-R",
+            "--var", "CALIB_COLLECTIONS=LSSTComCam/calib/DEMO-1,LSSTComCam/calib/DEMO-1/curated"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "[done]" in r.output and "7 steps, 7 done, 0 to run." in r.output
+    assert "campaign 'resume-test': 7 skipped" in r.output and "construction record:" in r.output
+    state = CampaignState.load(campaign_dir(camp))
+    assert all(state.get(s.name).get("recovered") for s in camp.steps)
+    repo = _repo(res)
+    try:
+        assert _runs(repo) == runs_before | new_runs
+    finally:
+        repo.close()
 
 
 def test_demo_again_resumes_without_redoing_anything(demo, cluster):
