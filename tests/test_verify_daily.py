@@ -81,6 +81,7 @@ def daily_repo(tmp_path_factory, mini_comcam):
     reg.set_chain(CHAIN, [CAL])
     reg.register_collection(BAD_CHAIN, CollectionType.CHAINED)
     reg.set_chain(BAD_CHAIN, [f"{INSTRUMENT}/calib/TEST/badbias", CAL])
+    repo.test_truth_dir = base / "raw" / "truth"  # where simulate() saved the truth
     yield repo
     repo.close()
 
@@ -143,3 +144,16 @@ def test_missing_calibrations_and_bad_input_are_clear(daily_repo, tmp_path):
     r = CliRunner().invoke(main, ["verify-daily", str(daily_repo.root), "--instrument", INSTRUMENT,
                                   "--day-obs", "20241112", "--collections", CHAIN])
     assert r.exit_code == 0 and "nothing to verify" in r.output
+
+
+def test_ptc_nominal_values_from_the_saved_truth(daily_repo, mini_comcam):
+    from cpframe.verify import verify_calib
+    from cpframe.verify.ptc import nominal_from_truth
+
+    det = mini_comcam.detector(DET)
+    nominal = nominal_from_truth(daily_repo.test_truth_dir, DET)
+    assert set(nominal) == set(det.amp_names) and 1.5 <= nominal["C10"]["gain"] <= 1.8
+    ref = daily_repo.registry.find_dataset("ptc", {"instrument": INSTRUMENT, "detector": DET}, ["gen/run"])
+    stats = verify_calib("ptc", daily_repo.get_path(ref), det, {"ptc_turnoff_threshold_e": 50000.0}, nominal=nominal)
+    assert stats["SUCCESS"], stats["FAILURES"]
+    assert stats["AMP"]["C10"]["PTC_GAIN"] == pytest.approx(nominal["C10"]["gain"])

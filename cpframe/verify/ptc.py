@@ -34,7 +34,7 @@ from .config import VerifyConfig
 from .core import Stage, register_stage
 from .stats import header_value
 
-__all__ = ["read_ptc_table", "measure_ptc", "check_ptc", "noise_signal_independence", "PTC",
+__all__ = ["read_ptc_table", "nominal_from_truth", "measure_ptc", "check_ptc", "noise_signal_independence", "PTC",
            "MISSING_NOMINAL_PTC_MESSAGE", "UNKNOWN_VENDOR_MESSAGE"]
 
 #: Messages tests check.
@@ -45,34 +45,34 @@ _A00_FIT_TYPES = ("EXPAPPROXIMATION", "FULLCOVARIANCE")
 
 
 def read_ptc_table(path: str | Path) -> tuple[dict[str, dict[str, Any]], Any]:
-    """Rows of the ``PTC`` table keyed by amp name (lower-case column names), and the primary header.
+    """Rows of the ``PTC`` table keyed by amp name, and the primary header (``cpframe.imageio.read_ptc``).
 
     Raises
     ------
     UserInputError
         Missing file or not a ``fits-ptc`` file.
     """
-    from astropy.io import fits
-    from astropy.table import Table
+    from ..imageio import read_ptc
 
     p = Path(path)
     if not p.is_file():
         raise UserInputError(f"PTC file {p} does not exist; check the ptc dataset given to verification.")
-    try:
-        with fits.open(p, memmap=False) as hdul:
-            header = hdul[0].header.copy()
-            if "PTC" not in [h.name for h in hdul]:
-                raise UserInputError(f"{p}: no 'PTC' table HDU; it is not a fits-ptc file (docs/architecture.md).")
-            table = Table.read(hdul["PTC"])
-    except OSError as err:
-        raise UserInputError(f"{p}: cannot read as FITS ({err}).") from None
-    rows: dict[str, dict[str, Any]] = {}
-    for row in table:
-        d = {name.lower(): row[name] for name in table.colnames}
-        amp = d.get("amp")
-        amp = amp.decode() if isinstance(amp, bytes) else str(amp)
-        rows[amp.strip()] = d
-    return rows, header
+    rows, header = read_ptc(p)
+    return {str(a).strip(): dict(r, amp=str(a).strip()) for a, r in rows.items()}, header
+
+
+def nominal_from_truth(truth: Any, detector_id: int) -> dict[str, dict[str, float]]:
+    """Nominal per-amp gain and read noise of a *simulated* detector: the simulator's truth.
+
+    ``truth`` is a ``cpframe.simulate.Truth`` or the ``truth/`` directory the simulator
+    saved.  For a simulated camera these stand in for the vendor / curated values a real
+    camera's verification compares its PTC with (docs/verification.md).
+    """
+    from ..simulate import Truth
+
+    t = truth if isinstance(truth, Truth) else Truth.load(truth)
+    amps = t.detectors[int(detector_id)].amps
+    return {a: {"gain": float(v.gain), "noise": float(v.read_noise)} for a, v in amps.items()}
 
 
 def noise_signal_independence(noises: np.ndarray) -> float:

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..camera import Amplifier, Detector
 from ..errors import UserInputError
+from ..imageio import MASK_BITS
 
 __all__ = [
     "ResidualImage",
@@ -38,12 +39,9 @@ __all__ = [
     "header_amp_value",
 ]
 
-#: Bit numbers of the mask planes, as in docs/architecture.md ("Mask bits").  A file's
-#: own ``MP_<NAME>`` cards win over these.
-DEFAULT_MASK_BITS: dict[str, int] = {
-    "BAD": 0, "SAT": 1, "INTRP": 2, "CR": 3, "EDGE": 4, "DETECTED": 5, "DETECTED_NEGATIVE": 6,
-    "SUSPECT": 7, "NO_DATA": 8, "UNMASKEDNAN": 9, "VIGNETTED": 10, "PARTLY_VIGNETTED": 11,
-}
+#: Bit numbers of the mask planes (docs/architecture.md "Mask bits"); a file's own
+#: ``MP_<NAME>`` cards win over these.
+DEFAULT_MASK_BITS: dict[str, int] = dict(MASK_BITS)
 
 #: 1 / (2 * 0.6745): converts an inter-quartile range into a Gaussian sigma.
 IQR_TO_SIGMA = 0.7413
