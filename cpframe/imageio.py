@@ -703,6 +703,7 @@ def boxes_to_mask(boxes: Iterable[tuple[int, int, int, int]], shape: tuple[int, 
 # --------------------------------------------------------------------------------------
 # fits-ptc
 # --------------------------------------------------------------------------------------
+_PTC_ARRAYS = ("raw_means", "raw_vars", "exp_times", "mask", "overscan_noise")
 PTC_COLUMNS = ("amp", "gain", "gain_err", "noise", "noise_err", "turnoff", "a00", "n_pairs",
                "raw_means", "raw_vars", "exp_times", "mask", "overscan_noise")
 
@@ -763,8 +764,12 @@ def read_ptc(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], dict[s
                 rec = {}
                 for c in PTC_COLUMNS[1:]:
                     v = r[c]
-                    rec[c] = np.array(v) if np.ndim(v) else (int(v) if c == "n_pairs" else float(v))
-                n_used = int(np.isfinite(rec["raw_means"]).sum())
+                    if c in _PTC_ARRAYS:
+                        rec[c] = np.atleast_1d(np.array(v))
+                    else:
+                        rec[c] = int(v) if c == "n_pairs" else float(v)
+                finite = np.flatnonzero(np.isfinite(rec["raw_means"]))
+                n_used = int(finite[-1]) + 1 if finite.size else 0
                 for c in ("raw_means", "raw_vars", "exp_times", "mask", "overscan_noise"):
                     rec[c] = rec[c][:n_used]
                 rec["mask"] = rec["mask"].astype(bool)

@@ -199,11 +199,13 @@ class IsrConfig:
         values = dict(values or {})
         names = {f.name for f in fields(cls)}
         kw: dict[str, Any] = {}
+        given: dict[str, str] = {}
         unknown, unimplemented = [], []
         for k, v in values.items():
             key = _ALIASES.get(k, k)
             if key in names:
                 kw[key] = v
+                given[key] = k
             elif k in _ACCEPTED_WHEN_FALSE:
                 if v:
                     unimplemented.append(k)
@@ -214,17 +216,18 @@ class IsrConfig:
             raise ConfigError(MSG_UNKNOWN_KEYS.format(keys=", ".join(map(repr, unknown)), known=", ".join(known)))
         if unimplemented:
             raise ConfigError(MSG_NOT_IMPLEMENTED.format(keys=", ".join(map(repr, unimplemented))))
+        problems = []
         for k, v in list(kw.items()):
             f = _FIELD_TYPES[k]
             if f == "bool" and not isinstance(v, bool):
-                raise ConfigError(MSG_BAD_VALUE.format(key=k, value=v, why="must be true or false"))
-            if f == "float":
+                problems.append(MSG_BAD_VALUE.format(key=given[k], value=v, why="must be true or false"))
+            elif f in ("float", "int"):
                 try:
-                    kw[k] = float(v)
+                    kw[k] = float(v) if f == "float" else int(v)
                 except (TypeError, ValueError):
-                    raise ConfigError(MSG_BAD_VALUE.format(key=k, value=v, why="must be a number")) from None
-            if f == "int":
-                kw[k] = int(v)
+                    problems.append(MSG_BAD_VALUE.format(key=given[k], value=v, why="must be a number"))
+        if problems:
+            raise ConfigError("; ".join(problems))
         if "gains" in kw:
             kw["gains"] = {str(a): float(g) for a, g in dict(kw["gains"]).items()}
         return cls(**kw)
@@ -653,8 +656,9 @@ def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
                                    overscan_median_adu=os_fit["MEDIAN"], saturation_adu=sat_level)
 
     if config.do_crosstalk:
+        gains = {a: st.gain for a, st in stats.items()} if units == "electron" else None
         _crosstalk(det, segs, calibs.crosstalk,
-                   calibs.crosstalk_quadratic if config.do_quadratic_crosstalk else None)
+                   calibs.crosstalk_quadratic if config.do_quadratic_crosstalk else None, gains)
 
     shape = det.shape
     image = np.empty(shape, np.float32)
@@ -751,11 +755,14 @@ def _orient(data: np.ndarray, amp: Amplifier) -> np.ndarray:
     return data
 
 
-def _crosstalk(det: Detector, segs: dict[str, np.ndarray], lin: np.ndarray, quad: np.ndarray | None) -> None:
+def _crosstalk(det: Detector, segs: dict[str, np.ndarray], lin: np.ndarray, quad: np.ndarray | None,
+               gains: Mapping[str, float] | None = None) -> None:
     """target -= sum_s C[t, s] * source (+ Q[t, s] * source²), on read-out-ordered segments.
 
-    Every segment is stored in its own read-out order, so the pixel read at the same
-    time in the source is at the same (row, col): no flip is needed.
+    Coefficients are adu/adu (target adu per source adu).  Every segment is stored in its
+    own read-out order, so the pixel read at the same time in the source is at the same
+    (row, col): no flip is needed.  With ``gains`` the segments are in electrons and a
+    coefficient becomes C·g_t/g_s (Q·g_t/g_s²).
     """
     names = [a.name for a in det.amps]
     src = {n: segs[n].copy() for n in names}
@@ -766,6 +773,9 @@ def _crosstalk(det: Detector, segs: dict[str, np.ndarray], lin: np.ndarray, quad
                 continue
             c = lin[t, s]
             q = 0.0 if quad is None else quad[t, s]
+            if gains is not None:
+                c = c * gains[tname] / gains[sname]
+                q = q * gains[tname] / gains[sname] ** 2
             if c == 0 and q == 0:
                 continue
             term = np.float32(c) * src[sname]
