@@ -38,9 +38,19 @@ def make_files(root: Path, n: int) -> list[Path]:
     while len(paths) < n:
         night, k = divmod(i, 900)
         day = 20241101 + night
-        spec = ExposureSpec(day, k + 1, "flat", "r_03", 5.0, 5.3,
-                            f"{str(day)[:4]}-{str(day)[4:6]}-{str(day)[6:]}T{18 + k // 60 // 60:02d}:"
-                            f"{k // 60 % 60:02d}:{k % 60:02d}", "flat", "BENCH", 1000.0)
+        spec = ExposureSpec(
+            day,
+            k + 1,
+            "flat",
+            "r_03",
+            5.0,
+            5.3,
+            f"{str(day)[:4]}-{str(day)[4:6]}-{str(day)[6:]}T{18 + k // 60 // 60:02d}:"
+            f"{k // 60 % 60:02d}:{k % 60:02d}",
+            "flat",
+            "BENCH",
+            1000.0,
+        )
         for det in cam.detectors:
             if len(paths) == n:
                 break
@@ -59,8 +69,10 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         paths = make_files(root / "raw", a.files)
-        print(f"cpu count {os.cpu_count()}; wrote {len(paths)} sparse mini raw files in "
-              f"{time.perf_counter() - t0:.1f} s ({paths[0].stat().st_size / 1e6:.1f} MB apparent size each)")
+        print(
+            f"cpu count {os.cpu_count()}; wrote {len(paths)} sparse mini raw files in "
+            f"{time.perf_counter() - t0:.1f} s ({paths[0].stat().st_size / 1e6:.1f} MB apparent size each)"
+        )
         # warm the page cache for everyone alike
         for p in paths:
             fits.getheader(p)
@@ -88,13 +100,25 @@ def main() -> None:
         finally:
             repo.close()
         n = len(paths)
-        print(f"plain astropy getheader, serial          : {plain:7.2f} s  {n / plain:7.0f} files/s  ratio 1.00")
-        print(f"cpframe read_raw_headers, 1 process      : {cp1:7.2f} s  {n / cp1:7.0f} files/s  ratio {cp1 / plain:.2f}")
-        print(f"cpframe read_raw_headers, 2 processes    : {cp2:7.2f} s  {n / cp2:7.0f} files/s  ratio {cp2 / plain:.2f}")
-        print(f"ingest_raws (direct, new SQLite repo)    : {ingest:7.2f} s  {n / ingest:7.0f} files/s  "
-              f"ratio {ingest / plain:.2f}")
-        print(f"ingest_raws again (all skipped)          : {reingest:7.2f} s  {n / reingest:7.0f} files/s  "
-              f"ratio {reingest / plain:.2f}")
+        print(
+            f"plain astropy getheader, serial          : {plain:7.2f} s  {n / plain:7.0f} files/s  ratio 1.00"
+        )
+        print(
+            f"cpframe read_raw_headers, 1 process      : {cp1:7.2f} s  {n / cp1:7.0f} files/s  "
+            f"ratio {cp1 / plain:.2f}"
+        )
+        print(
+            f"cpframe read_raw_headers, 2 processes    : {cp2:7.2f} s  {n / cp2:7.0f} files/s  "
+            f"ratio {cp2 / plain:.2f}"
+        )
+        print(
+            f"ingest_raws (direct, new SQLite repo)    : {ingest:7.2f} s  {n / ingest:7.0f} files/s  "
+            f"ratio {ingest / plain:.2f}"
+        )
+        print(
+            f"ingest_raws again (all skipped)          : {reingest:7.2f} s  {n / reingest:7.0f} files/s  "
+            f"ratio {reingest / plain:.2f}"
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -30,8 +30,20 @@ def _night(n: int) -> list[ExposureSpec]:
     out = []
     for i in range(n):
         kind, t, flux = kinds[i % len(kinds)]
-        out.append(ExposureSpec(20241110, 100 + i, kind, "r_03", t, t + 0.3, f"2024-11-10T{20 + i // 60:02d}:{i % 60:02d}:00", kind,
-                                "BENCH", flux))
+        out.append(
+            ExposureSpec(
+                20241110,
+                100 + i,
+                kind,
+                "r_03",
+                t,
+                t + 0.3,
+                f"2024-11-10T{20 + i // 60:02d}:{i % 60:02d}:00",
+                kind,
+                "BENCH",
+                flux,
+            )
+        )
     return out
 
 
@@ -54,8 +66,11 @@ def bench(scale: str, ndet: int, nexp: int, root: Path) -> None:
     # warm the per-detector caches (flat response, PRNU) so every mode starts equal
     simulate(specs[:1], root / "warm", "LSSTComCam", scale, seed=1, detectors=dets, workers=1, truth=truth)
     rows = []
-    for label, kw in (("1 worker", dict(workers=1)), ("2 threads", dict(workers=2, executor="thread")),
-                      ("2 processes", dict(workers=2, executor="process"))):
+    for label, kw in (
+        ("1 worker", dict(workers=1)),
+        ("2 threads", dict(workers=2, executor="thread")),
+        ("2 processes", dict(workers=2, executor="process")),
+    ):
         out = root / label.replace(" ", "_")
         t0 = time.perf_counter()
         paths = simulate(specs, out, "LSSTComCam", scale, seed=1, detectors=dets, truth=truth, **kw)
@@ -68,12 +83,17 @@ def bench(scale: str, ndet: int, nexp: int, root: Path) -> None:
     plain = _plain_write(per_file, rows[0][1], root)
     for p in root.glob("plain_*"):
         p.unlink()
-    print(f"\n{scale} scale: {ndet} detector(s) x {nexp} exposures (bias/dark/flat/science), "
-          f"{per_file / 1e6:.1f} MB per file")
+    print(
+        f"\n{scale} scale: {ndet} detector(s) x {nexp} exposures (bias/dark/flat/science), "
+        f"{per_file / 1e6:.1f} MB per file"
+    )
     print(f"  plain numpy tofile of the same bytes: {plain:.2f} s ({rows[0][2] / plain / 1e6:.0f} MB/s)")
     for label, n, nbytes, dt in rows:
-        print(f"  simulate, {label:<11}: {dt:6.2f} s  {nbytes / dt / 1e6:6.0f} MB/s  {dt / n * 1e3:7.1f} ms/file  "
-              f"time / plain write = {dt / plain:5.1f}")
+        print(
+            f"  simulate, {label:<11}: {dt:6.2f} s  {nbytes / dt / 1e6:6.0f} MB/s  "
+            f"{dt / n * 1e3:7.1f} ms/file  "
+            f"time / plain write = {dt / plain:5.1f}"
+        )
 
 
 def main() -> None:
@@ -87,7 +107,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     print(f"cpu count {os.cpu_count()}, scratch {root}")
     try:
-        for scale in (["mini", "full"] if a.scale == "both" else [a.scale]):
+        for scale in ["mini", "full"] if a.scale == "both" else [a.scale]:
             bench(scale, a.detectors, a.exposures if scale == "full" else a.exposures * 8, root / scale)
     finally:
         shutil.rmtree(root, ignore_errors=True)

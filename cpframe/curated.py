@@ -51,8 +51,8 @@ CAMERA_DATASET_TYPE = DatasetType("camera", ("instrument",), True, "yaml")
 MSG_CALIB_IS_CHAINED = (
     "refusing to write curated calibrations into {collection!r}: {instrument}/calib must stay a CHAINED "
     "collection of ticketed calibration collections (DMTN-222). Use --collection "
-    "{instrument}/calib/<TICKET>/curated, then `cpframe collection-chain REPO --mode prepend {instrument}/calib "
-    "{instrument}/calib/<TICKET>/curated`."
+    "{instrument}/calib/<TICKET>/curated, then `cpframe collection-chain REPO --mode prepend "
+    "{instrument}/calib {instrument}/calib/<TICKET>/curated`."
 )
 MSG_NOT_CALIBRATION = (
     "collection {collection!r} exists as a {kind} collection; curated calibrations are certified into a "
@@ -107,9 +107,7 @@ class CuratedReport:
         lines += [f"  + {w}" for w in self.written]
         lines += [f"  = {s}" for s in self.skipped]
         inst = self.collection.split("/")[0]
-        lines.append(
-            f"next: cpframe collection-chain REPO --mode prepend {inst}/calib {self.collection}"
-        )
+        lines.append(f"next: cpframe collection-chain REPO --mode prepend {inst}/calib {self.collection}")
         return "\n".join(lines)
 
 
@@ -147,7 +145,9 @@ def list_curated(instrument: str) -> list[CuratedCalib]:
     cam = idx.get("camera")
     if cam:
         src = Path(str(resources.files("cpframe") / "data" / "cameras" / f"{instrument}.yaml"))
-        out.append(CuratedCalib("camera", instrument, None, _iso(cam["valid_from"], "camera valid_from"), None, src))
+        out.append(
+            CuratedCalib("camera", instrument, None, _iso(cam["valid_from"], "camera valid_from"), None, src)
+        )
     by_det: dict[int, list[tuple[str, Path]]] = {}
     problems = []
     for p in sorted(root.glob("manual_defects_*.ecsv")) if root.is_dir() else []:
@@ -192,8 +192,10 @@ def read_defects(path: str | os.PathLike) -> tuple[list[tuple[int, int, int, int
         raise UserInputError(f"{path}: not a readable ECSV defects file ({err}).") from None
     missing = [c for c in _DEFECT_COLUMNS if c not in t.colnames]
     if missing:
-        raise UserInputError(f"{path}: defects table lacks column(s) {', '.join(missing)}; it needs "
-                             f"{', '.join(_DEFECT_COLUMNS)}.")
+        raise UserInputError(
+            f"{path}: defects table lacks column(s) {', '.join(missing)}; it needs "
+            f"{', '.join(_DEFECT_COLUMNS)}."
+        )
     rects = [(int(r["x0"]), int(r["y0"]), int(r["width"]), int(r["height"])) for r in t]
     return rects, dict(t.meta)
 
@@ -202,8 +204,14 @@ def _kind(rect: tuple[int, int, int, int]) -> str:
     return "bad_column" if rect[2] == 1 and rect[3] > 1 else "dead"
 
 
-def write_defects(path: str | os.PathLike, rects: Iterable[tuple[int, int, int, int]], instrument: str,
-                  detector: int, calib_date: str, **meta: Any) -> Path:
+def write_defects(
+    path: str | os.PathLike,
+    rects: Iterable[tuple[int, int, int, int]],
+    instrument: str,
+    detector: int,
+    calib_date: str,
+    **meta: Any,
+) -> Path:
     """Write an ``ecsv-defects`` file (columns x0, y0, width, height; meta instrument, detector,
     calib_date, counts, plus ``meta``)."""
     from astropy.table import Table
@@ -213,8 +221,15 @@ def write_defects(path: str | os.PathLike, rects: Iterable[tuple[int, int, int, 
     for r in rects:
         counts[_kind(r)] = counts.get(_kind(r), 0) + 1
     t = Table(rows=rects or None, names=_DEFECT_COLUMNS, dtype=[int] * 4)
-    t.meta.update({"instrument": instrument, "detector": int(detector), "calib_date": calib_date,
-                   "counts": counts, **meta})
+    t.meta.update(
+        {
+            "instrument": instrument,
+            "detector": int(detector),
+            "calib_date": calib_date,
+            "counts": counts,
+            **meta,
+        }
+    )
     out = Path(path)
     tmp = out.with_name(f".{out.name}.tmp")
     t.write(str(tmp), format="ascii.ecsv", overwrite=True)
@@ -236,8 +251,9 @@ def _scale_axis(v0: int, n: int, size_from: int, size_to: int, n_blocks: int) ->
     return a, max(1, min(length, n_blocks * size_to - a))
 
 
-def scale_defects(rects: Iterable[tuple[int, int, int, int]], det_from: Detector,
-                  det_to: Detector) -> list[tuple[int, int, int, int]]:
+def scale_defects(
+    rects: Iterable[tuple[int, int, int, int]], det_from: Detector, det_to: Detector
+) -> list[tuple[int, int, int, int]]:
     """Map rectangles between scales (full <-> mini), keeping their place within each amp.
 
     Small defects keep their size in pixels; columns keep their fraction of the amp height.
@@ -268,7 +284,9 @@ def _defects_for(c: CuratedCalib, camera: Camera) -> list[tuple[int, int, int, i
     return scale_defects(rects, src, camera.detector(c.detector))
 
 
-def manual_defects_at(camera: Camera, date: str | None = None) -> dict[int, list[tuple[int, int, int, int, str]]]:
+def manual_defects_at(
+    camera: Camera, date: str | None = None
+) -> dict[int, list[tuple[int, int, int, int, str]]]:
     """Curated manual defects valid at ``date`` (ISO TAI; None = newest), at ``camera``'s scale.
 
     Returns detector id -> ``[(x0, y0, width, height, kind)]`` (kind ``bad_column`` or ``dead``).
@@ -307,8 +325,9 @@ def _repo_scale(repo: Any, instrument: str) -> str:
     return "full"
 
 
-def write_curated_calibrations(repo: Any, instrument: str, collection: str, scale: str | None = None,
-                               transfer: str = "copy") -> CuratedReport:
+def write_curated_calibrations(
+    repo: Any, instrument: str, collection: str, scale: str | None = None, transfer: str = "copy"
+) -> CuratedReport:
     """Write the curated calibrations of ``instrument`` into ``repo`` and certify them.
 
     Parameters
@@ -346,29 +365,42 @@ def write_curated_calibrations(repo: Any, instrument: str, collection: str, scal
     except UnknownCollectionError:
         ctype = None
     if ctype is not None and ctype != CollectionType.CALIBRATION:
-        raise CollectionTypeError(MSG_NOT_CALIBRATION.format(collection=collection, kind=ctype.name,
-                                                             instrument=instrument))
+        raise CollectionTypeError(
+            MSG_NOT_CALIBRATION.format(collection=collection, kind=ctype.name, instrument=instrument)
+        )
     calibs = list_curated(instrument)
     if not calibs:
         raise UserInputError(f"{instrument} has no curated calibrations in {curated_dir(instrument)}.")
     reg.register_instrument(camera)
     reg.register_dataset_type(CAMERA_DATASET_TYPE)
-    reg.register_collection(collection, CollectionType.CALIBRATION,
-                            doc=f"curated calibrations of {instrument} (cpframe write-curated-calibrations)")
+    reg.register_collection(
+        collection,
+        CollectionType.CALIBRATION,
+        doc=f"curated calibrations of {instrument} (cpframe write-curated-calibrations)",
+    )
     report = CuratedReport(collection)
-    certified = {(r.dataset_type, DataId(r.data_id).key(), r.extra.get("timespan")): r
-                 for r in reg.query_certifications(collection)}
+    certified = {
+        (r.dataset_type, DataId(r.data_id).key(), r.extra.get("timespan")): r
+        for r in reg.query_certifications(collection)
+    }
     with tempfile.TemporaryDirectory(prefix="cpframe-curated-") as tmp:
         by_run: dict[str, list[tuple[CuratedCalib, DataId]]] = {}
         for c in calibs:
-            data_id = DataId(instrument=instrument) if c.detector is None else DataId(
-                instrument=instrument, detector=c.detector)
+            data_id = (
+                DataId(instrument=instrument)
+                if c.detector is None
+                else DataId(instrument=instrument, detector=c.detector)
+            )
             by_run.setdefault(f"{collection}/{c.stamp}", []).append((c, data_id))
         for run, group in sorted(by_run.items()):
-            reg.register_collection(run, CollectionType.RUN, doc=f"curated calibrations valid from {group[0][0].valid_from}")
+            reg.register_collection(
+                run, CollectionType.RUN, doc=f"curated calibrations valid from {group[0][0].valid_from}"
+            )
             report.runs.append(run)
-            existing = {(r.dataset_type, DataId(r.data_id).key()): r
-                        for r in reg.query_datasets(["camera", "manual_defects"], collections=[run])}
+            existing = {
+                (r.dataset_type, DataId(r.data_id).key()): r
+                for r in reg.query_datasets(["camera", "manual_defects"], collections=[run])
+            }
             items, todo = [], []
             for c, data_id in group:
                 ref = existing.get((c.dataset_type, data_id.key()))
@@ -376,9 +408,14 @@ def write_curated_calibrations(repo: Any, instrument: str, collection: str, scal
                     src = c.path
                     if c.dataset_type == "manual_defects":
                         src = write_defects(
-                            Path(tmp) / f"{c.detector}_{c.stamp}.ecsv", _defects_for(c, camera), instrument,
-                            c.detector, c.valid_from, detector_name=camera.detector(c.detector).name,
-                            scale=camera.scale, source=c.path.name,
+                            Path(tmp) / f"{c.detector}_{c.stamp}.ecsv",
+                            _defects_for(c, camera),
+                            instrument,
+                            c.detector,
+                            c.valid_from,
+                            detector_name=camera.detector(c.detector).name,
+                            scale=camera.scale,
+                            source=c.path.name,
                         )
                     items.append((src, c.dataset_type, data_id))
                     todo.append(c)
@@ -401,4 +438,3 @@ def write_curated_calibrations(repo: Any, instrument: str, collection: str, scal
                     ) from err
                 report.written.append(line)
     return report
-

@@ -44,15 +44,27 @@ __all__ = [
 
 #: Primary-header keys a raw file must have, and their types.
 REQUIRED_KEYS: dict[str, type] = {
-    "INSTRUME": str, "DETECTOR": int, "EXPID": int, "OBSID": str, "DAYOBS": int, "SEQNUM": int,
-    "IMGTYPE": str, "FILTER": str, "EXPTIME": float, "DARKTIME": float, "DATE-BEG": str, "DATE-END": str,
+    "INSTRUME": str,
+    "DETECTOR": int,
+    "EXPID": int,
+    "OBSID": str,
+    "DAYOBS": int,
+    "SEQNUM": int,
+    "IMGTYPE": str,
+    "FILTER": str,
+    "EXPTIME": float,
+    "DARKTIME": float,
+    "DATE-BEG": str,
+    "DATE-END": str,
 }
 _BATCH = 2000  # datasets registered per ingest_files call
 _PARALLEL_FROM = 256  # below this many files, headers are read in this process
 
 MSG_ALREADY = "already ingested: {data_id} is in RUN {run}"
-MSG_OTHER_FILE = ("a different file with data ID {data_id} is already in RUN {run} ({existing}); "
-                  "remove that RUN's dataset first (cpframe remove-runs) or ingest into another --run")
+MSG_OTHER_FILE = (
+    "a different file with data ID {data_id} is already in RUN {run} ({existing}); "
+    "remove that RUN's dataset first (cpframe remove-runs) or ingest into another --run"
+)
 
 
 @dataclass(frozen=True)
@@ -102,8 +114,10 @@ class IngestReport:
             if len(rows) > limit:
                 lines.append(f"  ... and {len(rows) - limit} more {title}")
         if self.failed:
-            lines.append("fix or remove the failed files and run the same command again "
-                         "(files already ingested are skipped).")
+            lines.append(
+                "fix or remove the failed files and run the same command again "
+                "(files already ingested are skipped)."
+            )
         return "\n".join(lines)
 
 
@@ -111,7 +125,7 @@ class IngestReport:
 
 
 def find_raw_files(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files named, plus ``*.fits`` under directories (sorted); and (path, reason) for paths that do not exist."""
+    """Files named plus ``*.fits`` under directories (sorted), and (path, reason) of missing paths."""
     files: list[Path] = []
     missing: list[tuple[str, str]] = []
     for p in paths:
@@ -203,7 +217,9 @@ def read_raw_header(path: str | os.PathLike) -> RawInfo:
     except CpframeError as err:
         raise IngestError(f"{p}: {err}") from None
     if v["EXPID"] != exposure_id(v["DAYOBS"], v["SEQNUM"]):
-        raise IngestError(f"{p}: EXPID={v['EXPID']} but DAYOBS*100000+SEQNUM={exposure_id(v['DAYOBS'], v['SEQNUM'])}")
+        raise IngestError(
+            f"{p}: EXPID={v['EXPID']} but DAYOBS*100000+SEQNUM={exposure_id(v['DAYOBS'], v['SEQNUM'])}"
+        )
     try:
         begin = fast_tai_ns(v["DATE-BEG"])
         end = fast_tai_ns(v["DATE-END"])
@@ -212,14 +228,22 @@ def read_raw_header(path: str | os.PathLike) -> RawInfo:
         raise IngestError(f"{p}: bad DATE-BEG/DATE-END: {err}") from None
     need = _expected_min_size(header_bytes, camera.name, scale, det.id)
     if size < need:
-        raise IngestError(f"{p}: truncated: {size} bytes, but its {len(det.amps)} amplifier segments need at "
-                          f"least {need}")
+        raise IngestError(
+            f"{p}: truncated: {size} bytes, but its {len(det.amps)} amplifier segments need at least {need}"
+        )
     record = {
-        "instrument": camera.name, "id": v["EXPID"], "obs_id": v["OBSID"], "day_obs": v["DAYOBS"],
-        "seq_num": v["SEQNUM"], "physical_filter": v["FILTER"], "observation_type": v["IMGTYPE"].lower(),
+        "instrument": camera.name,
+        "id": v["EXPID"],
+        "obs_id": v["OBSID"],
+        "day_obs": v["DAYOBS"],
+        "seq_num": v["SEQNUM"],
+        "physical_filter": v["FILTER"],
+        "observation_type": v["IMGTYPE"].lower(),
         "observation_reason": str(hdr.get("REASON", "") or "").strip(),
         "science_program": str(hdr.get("PROGRAM", "") or "").strip(),
-        "exposure_time": v["EXPTIME"], "dark_time": v["DARKTIME"], "timespan": timespan,
+        "exposure_time": v["EXPTIME"],
+        "dark_time": v["DARKTIME"],
+        "timespan": timespan,
     }
     return RawInfo(str(p), camera.name, det.id, v["EXPID"], scale, record, size)
 
@@ -234,9 +258,11 @@ def _read_many(paths: Sequence[str]) -> list[tuple[str, RawInfo | str]]:
     return out
 
 
-def read_raw_headers(paths: Sequence[str | os.PathLike], processes: int | None = None,
-                     progress: Callable[[int, int], None] | None = None,
-                     ) -> tuple[list[RawInfo], list[tuple[str, str]]]:
+def read_raw_headers(
+    paths: Sequence[str | os.PathLike],
+    processes: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[RawInfo], list[tuple[str, str]]]:
     """Read many raw headers, in parallel for large batches.
 
     Parameters
@@ -263,7 +289,7 @@ def read_raw_headers(paths: Sequence[str | os.PathLike], processes: int | None =
         from .simulate import process_context
 
         size = max(16, min(512, n // (processes * 8) or 16))
-        chunks = [paths[i:i + size] for i in range(0, n, size)]
+        chunks = [paths[i : i + size] for i in range(0, n, size)]
         ctx = process_context(["cpframe.ingest"])
         results = []
         with ProcessPoolExecutor(processes, mp_context=ctx) as pool:
@@ -291,8 +317,15 @@ def exposure_records(infos: Iterable[RawInfo]) -> tuple[dict[int, dict], list[tu
             continue
         diff = [k for k in rec if rec[k] != info.record[k]]
         if diff:
-            failures.append((info.path, "header disagrees with " + first[key] + " (same exposure) on "
-                             + ", ".join(f"{k}: {info.record[k]!r} vs {rec[k]!r}" for k in diff)))
+            failures.append(
+                (
+                    info.path,
+                    "header disagrees with "
+                    + first[key]
+                    + " (same exposure) on "
+                    + ", ".join(f"{k}: {info.record[k]!r} vs {rec[k]!r}" for k in diff),
+                )
+            )
     return {e: r for (_, e), r in records.items()}, failures
 
 
@@ -325,8 +358,14 @@ def _same_file(a: str | os.PathLike, b: Path) -> bool:
         return False
 
 
-def ingest_raws(repo: Any, paths: Iterable[str | os.PathLike], run: str | None = None, transfer: str = "copy",
-                processes: int | None = None, progress: Callable[[int, int], None] | None = None) -> IngestReport:
+def ingest_raws(
+    repo: Any,
+    paths: Iterable[str | os.PathLike],
+    run: str | None = None,
+    transfer: str = "copy",
+    processes: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> IngestReport:
     """Ingest raw files into ``repo`` (a ``cpframe.repo.Repository``).
 
     Parameters
@@ -377,11 +416,16 @@ def ingest_raws(repo: Any, paths: Iterable[str | os.PathLike], run: str | None =
         new, known, bad = _insert_exposures(reg, [records[e] for e in exp_ids])
         report.exposures_new += new
         report.exposures_known += known
-        reg.register_collection(run_name, CollectionType.RUN, doc=f"raw {instrument} exposures (cpframe ingest-raws)")
+        reg.register_collection(
+            run_name, CollectionType.RUN, doc=f"raw {instrument} exposures (cpframe ingest-raws)"
+        )
         if run_name not in report.runs:
             report.runs.append(run_name)
-        existing = {DataId(r.data_id).key(): r for r in reg.query_datasets("raw", collections=[run_name])
-                    if r.data_id.get("instrument") == instrument}
+        existing = {
+            DataId(r.data_id).key(): r
+            for r in reg.query_datasets("raw", collections=[run_name])
+            if r.data_id.get("instrument") == instrument
+        }
         todo: list[RawInfo] = []
         seen: dict[str, str] = {}
         for info in group:
@@ -398,12 +442,14 @@ def ingest_raws(repo: Any, paths: Iterable[str | os.PathLike], run: str | None =
                 if _same_file(info.path, there) or (ref.checksum and sha256_file(info.path) == ref.checksum):
                     report.skipped.append((info.path, MSG_ALREADY.format(data_id=did, run=run_name)))
                 else:
-                    report.failed.append((info.path, MSG_OTHER_FILE.format(data_id=did, run=run_name, existing=there)))
+                    report.failed.append(
+                        (info.path, MSG_OTHER_FILE.format(data_id=did, run=run_name, existing=there))
+                    )
             else:
                 seen[did.key()] = info.path
                 todo.append(info)
         for i in range(0, len(todo), _BATCH):
-            _register(repo, todo[i:i + _BATCH], run_name, transfer, report)
+            _register(repo, todo[i : i + _BATCH], run_name, transfer, report)
     return report
 
 

@@ -97,8 +97,15 @@ EFFECTS: dict[str, Any] = {
     "nonlinearity": False,  # quadratic non-linearity coefficient (1/adu); True = -1e-7
     "crosstalk": False,  # crosstalk strength (largest coefficient); True = 3e-4
 }
-_EFFECT_ON = {"bias_jitter": 1.0, "cosmics": 0.03, "prnu": 0.01, "qe": 0.03, "stars": 1e-5,
-              "nonlinearity": -1e-7, "crosstalk": 3e-4}
+_EFFECT_ON = {
+    "bias_jitter": 1.0,
+    "cosmics": 0.03,
+    "prnu": 0.01,
+    "qe": 0.03,
+    "stars": 1e-5,
+    "nonlinearity": -1e-7,
+    "crosstalk": 3e-4,
+}
 
 TRUTH_FORMAT = "cpframe-truth"
 TRUTH_VERSION = 1
@@ -218,8 +225,17 @@ class Plan:
 
 _NIGHT_KEYS = {"day_obs", "start", "blocks"}
 _BLOCK_KEYS = {
-    "observation_type", "count", "pair_exposure_times", "exposure_time", "physical_filter", "band",
-    "flux", "observation_reason", "science_program", "seq_start", "selections",
+    "observation_type",
+    "count",
+    "pair_exposure_times",
+    "exposure_time",
+    "physical_filter",
+    "band",
+    "flux",
+    "observation_reason",
+    "science_program",
+    "seq_start",
+    "selections",
 }
 _TOP_KEYS = {"name", "description", "instrument", "scale", "defaults", "nights", "selections"}
 _DEFAULT_KEYS = {"physical_filter", "science_program", "readout_s", "dark_overhead_s"}
@@ -328,7 +344,9 @@ def read_plan(name_or_path: str | os.PathLike, instrument: str | None = None) ->
                 problems.append(f"{blabel}: unknown keys {sorted(unknown)}; allowed: {sorted(_BLOCK_KEYS)}")
             otype = block.get("observation_type")
             if otype not in OBSERVATION_TYPES:
-                problems.append(f"{blabel}: observation_type {otype!r}; use one of {', '.join(OBSERVATION_TYPES)}")
+                problems.append(
+                    f"{blabel}: observation_type {otype!r}; use one of {', '.join(OBSERVATION_TYPES)}"
+                )
                 continue
             if "pair_exposure_times" in block:
                 if otype != "flat":
@@ -347,7 +365,9 @@ def read_plan(name_or_path: str | os.PathLike, instrument: str | None = None) ->
                 problems.append(f"{blabel}: {otype} exposures need exposure_time > 0")
             flux = float(block.get("flux", 0.0))
             if otype in ("flat", "science") and flux <= 0:
-                problems.append(f"{blabel}: {otype} exposures need flux > 0 (e-/s/pixel at the focal-plane centre)")
+                problems.append(
+                    f"{blabel}: {otype} exposures need flux > 0 (e-/s/pixel at the focal-plane centre)"
+                )
             if otype in ("bias", "dark") and flux != 0:
                 problems.append(f"{blabel}: {otype} exposures have flux 0")
             try:
@@ -370,8 +390,13 @@ def read_plan(name_or_path: str | os.PathLike, instrument: str | None = None) ->
                         "(12:00 UTC to 12:00 UTC next day); move 'start' earlier or split the night"
                     )
                 spec = ExposureSpec(
-                    day_obs=day_obs, seq_num=seq, observation_type=otype, physical_filter=pf,
-                    exposure_time=t, dark_time=round(t + overhead, 6), begin=ns_to_iso(t_ns),
+                    day_obs=day_obs,
+                    seq_num=seq,
+                    observation_type=otype,
+                    physical_filter=pf,
+                    exposure_time=t,
+                    dark_time=round(t + overhead, 6),
+                    begin=ns_to_iso(t_ns),
                     observation_reason=str(block.get("observation_reason", otype)),
                     science_program=str(block.get("science_program", defaults.get("science_program", ""))),
                     flux=flux,
@@ -393,10 +418,14 @@ def read_plan(name_or_path: str | os.PathLike, instrument: str | None = None) ->
     if problems:
         raise UserInputError(f"{where}: invalid observing plan:\n  - " + "\n  - ".join(problems))
     return Plan(
-        name=str(doc.get("name", Path(where).stem)), instrument=instrument,
-        description=str(doc.get("description", "")).strip(), scale=str(doc.get("scale", "mini")),
-        specs=tuple(specs), selections=selections,
-        intended={k: tuple(v) for k, v in intended.items()}, path=where,
+        name=str(doc.get("name", Path(where).stem)),
+        instrument=instrument,
+        description=str(doc.get("description", "")).strip(),
+        scale=str(doc.get("scale", "mini")),
+        specs=tuple(specs),
+        selections=selections,
+        intended={k: tuple(v) for k, v in intended.items()},
+        path=where,
     )
 
 
@@ -499,9 +528,17 @@ class Truth:
         Focal-plane mean of the un-normalised response per band.
     """
 
-    def __init__(self, instrument: str, scale: str, seed: int, effects: Mapping[str, float],
-                 detectors: dict[int, DetectorTruth], bands: dict[str, dict], date: str | None = None,
-                 prnu_arrays: Mapping[int, np.ndarray] | None = None):
+    def __init__(
+        self,
+        instrument: str,
+        scale: str,
+        seed: int,
+        effects: Mapping[str, float],
+        detectors: dict[int, DetectorTruth],
+        bands: dict[str, dict],
+        date: str | None = None,
+        prnu_arrays: Mapping[int, np.ndarray] | None = None,
+    ):
         self.instrument = instrument
         self.scale = scale
         self.seed = int(seed)
@@ -582,7 +619,9 @@ class Truth:
         v = (gy + y - 0.5)[:, None] / radius
         u = (gx + x - 0.5)[None, :] / radius
         rho2 = u * u + v * v
-        return (1.0 - p["radial"] * rho2 - p["quartic"] * rho2 * rho2) * (1.0 + p["grad_x"] * u + p["grad_y"] * v)
+        return (1.0 - p["radial"] * rho2 - p["quartic"] * rho2 * rho2) * (
+            1.0 + p["grad_x"] * u + p["grad_y"] * v
+        )
 
     def _defect_response(self, detector_id: int) -> np.ndarray:
         det = self.camera.detector(detector_id)
@@ -590,7 +629,7 @@ class Truth:
         resp = np.ones(det.shape, dtype=np.float32)
         for (x0, y0, w, h, kind), val in zip(dt.defects, dt.defect_values):
             if kind != "hot":
-                resp[y0:y0 + h, x0:x0 + w] *= val
+                resp[y0 : y0 + h, x0 : x0 + w] *= val
         return resp
 
     def response(self, detector_id: int, band: str) -> np.ndarray:
@@ -599,7 +638,12 @@ class Truth:
 
         def make():
             ill = self.illumination(det_id, band).astype(np.float32)
-            return ill * np.float32(self.detectors[det_id].qe) * self.prnu(det_id) * self._defect_response(det_id)
+            return (
+                ill
+                * np.float32(self.detectors[det_id].qe)
+                * self.prnu(det_id)
+                * self._defect_response(det_id)
+            )
 
         return self._cached(("response", det_id, band), make)
 
@@ -630,9 +674,9 @@ class Truth:
                 rate[a.bbox] = dt.amps[a.name].dark_current
             for (x0, y0, w, h, kind), val in zip(dt.defects, dt.defect_values):
                 if kind == "hot":
-                    rate[y0:y0 + h, x0:x0 + w] += val
+                    rate[y0 : y0 + h, x0 : x0 + w] += val
                 elif kind == "dead":
-                    rate[y0:y0 + h, x0:x0 + w] = 0.0
+                    rate[y0 : y0 + h, x0 : x0 + w] = 0.0
             return rate
 
         return self._cached(("dark", det.id), make)
@@ -641,9 +685,11 @@ class Truth:
         """(y, x, rate e-/s) of every hot pixel (hot rectangles expanded to pixels)."""
         det = self.camera.detector(detector_id)
         ys, xs, rs = [], [], []
-        for (x0, y0, w, h, kind), val in zip(self.detectors[det.id].defects, self.detectors[det.id].defect_values):
+        for (x0, y0, w, h, kind), val in zip(
+            self.detectors[det.id].defects, self.detectors[det.id].defect_values
+        ):
             if kind == "hot":
-                yy, xx = np.mgrid[y0:y0 + h, x0:x0 + w]
+                yy, xx = np.mgrid[y0 : y0 + h, x0 : x0 + w]
                 ys.append(yy.ravel())
                 xs.append(xx.ravel())
                 rs.append(np.full(yy.size, val))
@@ -667,14 +713,16 @@ class Truth:
             out[a.bbox] = _to_assembled(self.bias_pattern_raw(det.id, a.name), a)
         return out
 
-    def defect_mask(self, detector_id: int, kinds: Iterable[str] = ("hot", "cold", "bad_column", "dead")) -> np.ndarray:
+    def defect_mask(
+        self, detector_id: int, kinds: Iterable[str] = ("hot", "cold", "bad_column", "dead")
+    ) -> np.ndarray:
         """Boolean mask of the injected defects of the given kinds, assembled frame."""
         det = self.camera.detector(detector_id)
         kinds = set(kinds)
         mask = np.zeros(det.shape, dtype=bool)
         for x0, y0, w, h, kind in self.detectors[det.id].defects:
             if kind in kinds:
-                mask[y0:y0 + h, x0:x0 + w] = True
+                mask[y0 : y0 + h, x0 : x0 + w] = True
         return mask
 
     # -- persistence ------------------------------------------------------------------------
@@ -683,20 +731,36 @@ class Truth:
         dets = {}
         for d in self.detectors.values():
             dets[str(d.id)] = {
-                "name": d.name, "qe": d.qe, "nonlinearity": d.nonlinearity,
+                "name": d.name,
+                "qe": d.qe,
+                "nonlinearity": d.nonlinearity,
                 "amps": {k: asdict(v) for k, v in d.amps.items()},
                 "defects": [[*df, val] for df, val in zip(d.defects, d.defect_values)],
                 "crosstalk": d.crosstalk.tolist(),
             }
         return {
-            "format": TRUTH_FORMAT, "version": TRUTH_VERSION, "instrument": self.instrument,
-            "scale": self.scale, "seed": self.seed, "date": self.date, "effects": self.effects,
-            "bands": self.bands, "flat_norm": self.flat_norm, "detectors": dets,
+            "format": TRUTH_FORMAT,
+            "version": TRUTH_VERSION,
+            "instrument": self.instrument,
+            "scale": self.scale,
+            "seed": self.seed,
+            "date": self.date,
+            "effects": self.effects,
+            "bands": self.bands,
+            "flat_norm": self.flat_norm,
+            "detectors": dets,
             "units": {
-                "gain": "e-/adu", "read_noise": "e-", "bias_level": "adu", "bias_drift": "adu",
-                "dark_current": "e-/s", "full_well": "e-", "saturation": "adu (raw, bias included)",
-                "bias_bump": "adu", "defects": "[x0, y0, width, height, kind, value] assembled pixels; "
-                "value = e-/s for hot, relative response otherwise", "nonlinearity": "1/adu",
+                "gain": "e-/adu",
+                "read_noise": "e-",
+                "bias_level": "adu",
+                "bias_drift": "adu",
+                "dark_current": "e-/s",
+                "full_well": "e-",
+                "saturation": "adu (raw, bias included)",
+                "bias_bump": "adu",
+                "defects": "[x0, y0, width, height, kind, value] assembled pixels; "
+                "value = e-/s for hot, relative response otherwise",
+                "nonlinearity": "1/adu",
                 "crosstalk": "[target][source] adu/adu",
             },
             "models": {
@@ -736,23 +800,39 @@ class Truth:
         try:
             doc = json.loads((d / "truth.json").read_text())
         except (OSError, ValueError) as err:
-            raise UserInputError(f"{d}: cannot read truth.json ({err}); pass the simulator's truth directory.") from None
+            raise UserInputError(
+                f"{d}: cannot read truth.json ({err}); pass the simulator's truth directory."
+            ) from None
         if doc.get("format") != TRUTH_FORMAT or doc.get("version") != TRUTH_VERSION:
             raise UserInputError(f"{d}/truth.json is not a cpframe truth of version {TRUTH_VERSION}.")
         dets = {}
         for k, v in doc["detectors"].items():
             dets[int(k)] = DetectorTruth(
-                id=int(k), name=v["name"], amps={a: AmpTruth(**x) for a, x in v["amps"].items()},
-                defects=[(int(x0), int(y0), int(w), int(h), str(kind)) for x0, y0, w, h, kind, _ in v["defects"]],
-                defect_values=[float(x[5]) for x in v["defects"]], qe=float(v["qe"]),
-                crosstalk=np.array(v["crosstalk"], dtype=float), nonlinearity=float(v["nonlinearity"]),
+                id=int(k),
+                name=v["name"],
+                amps={a: AmpTruth(**x) for a, x in v["amps"].items()},
+                defects=[
+                    (int(x0), int(y0), int(w), int(h), str(kind)) for x0, y0, w, h, kind, _ in v["defects"]
+                ],
+                defect_values=[float(x[5]) for x in v["defects"]],
+                qe=float(v["qe"]),
+                crosstalk=np.array(v["crosstalk"], dtype=float),
+                nonlinearity=float(v["nonlinearity"]),
             )
         arrays = {}
         if (d / "truth_arrays.npz").exists():
             with np.load(d / "truth_arrays.npz") as z:
                 arrays = {int(n.split("_", 1)[1]): z[n] for n in z.files if n.startswith("prnu_")}
-        return cls(doc["instrument"], doc["scale"], doc["seed"], doc["effects"], dets, doc["bands"],
-                   date=doc.get("date"), prnu_arrays=arrays)
+        return cls(
+            doc["instrument"],
+            doc["scale"],
+            doc["seed"],
+            doc["effects"],
+            dets,
+            doc["bands"],
+            date=doc.get("date"),
+            prnu_arrays=arrays,
+        )
 
 
 def _uniform(rng: np.random.Generator, lohi: Sequence[float]) -> float:
@@ -777,8 +857,11 @@ def _make_defects(rng: np.random.Generator, det: Detector) -> tuple[list, list]:
         n = max(minimum, int(rng.poisson(density * npix)))
         ys = rng.integers(0, rows, n)
         xs = rng.integers(0, cols, n)
-        vals = rng.uniform(*_HOT_RATE, n) if kind == "hot" else (
-            rng.uniform(*_COLD_RESPONSE, n) if kind == "cold" else np.zeros(n))
+        vals = (
+            rng.uniform(*_HOT_RATE, n)
+            if kind == "hot"
+            else (rng.uniform(*_COLD_RESPONSE, n) if kind == "cold" else np.zeros(n))
+        )
         for y, x, v in zip(ys, xs, vals):
             defects.append((int(x), int(y), 1, 1, kind))
             values.append(float(v))
@@ -852,10 +935,14 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
             fw_adu *= 1.0 + nonlin * fw_adu
             sat = min(bias + fw_adu, adc_max) if eff["saturation"] else float(adc_max)
             amps[a.name] = AmpTruth(
-                gain=gain, read_noise=rn if eff["read_noise"] else 0.0, bias_level=bias,
+                gain=gain,
+                read_noise=rn if eff["read_noise"] else 0.0,
+                bias_level=bias,
                 bias_drift=drift if eff["bias_drift"] else 0.0,
-                dark_current=dark if eff["dark_current"] else 0.0, full_well=fw if eff["saturation"] else math.inf,
-                saturation=float(sat), bias_bump=bump if eff["bias_pattern"] else 0.0,
+                dark_current=dark if eff["dark_current"] else 0.0,
+                full_well=fw if eff["saturation"] else math.inf,
+                saturation=float(sat),
+                bias_bump=bump if eff["bias_pattern"] else 0.0,
             )
         defects, values = _make_defects(rng, det)
         if not eff["defects"]:
@@ -868,8 +955,14 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
         if not eff["crosstalk"]:
             xt[:] = 0.0
         dets[det.id] = DetectorTruth(
-            id=det.id, name=det.name, amps=amps, defects=defects, defect_values=values, qe=qe,
-            crosstalk=xt, nonlinearity=nonlin,
+            id=det.id,
+            name=det.name,
+            amps=amps,
+            defects=defects,
+            defect_values=values,
+            qe=qe,
+            crosstalk=xt,
+            nonlinearity=nonlin,
         )
     brng = np.random.default_rng(np.random.SeedSequence([int(seed), _TAG_BANDS]))
     bands = {}
@@ -877,8 +970,10 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
         g = brng.normal(0.0, 0.02, 2)
         on = bool(eff["vignetting"])
         bands[band] = {
-            "radial": _BAND_VIGNETTING.get(band, 0.15) if on else 0.0, "quartic": 0.05 if on else 0.0,
-            "grad_x": float(g[0]) if on else 0.0, "grad_y": float(g[1]) if on else 0.0,
+            "radial": _BAND_VIGNETTING.get(band, 0.15) if on else 0.0,
+            "quartic": 0.05 if on else 0.0,
+            "grad_x": float(g[0]) if on else 0.0,
+            "grad_y": float(g[1]) if on else 0.0,
         }
     return Truth(camera.name, camera.scale, seed, eff, dets, bands, date=date)
 
@@ -916,8 +1011,9 @@ def _poisson(rng: np.random.Generator, lam: np.ndarray) -> np.ndarray:
     return lam
 
 
-def _cosmic_rays(rng: np.random.Generator, shape: tuple[int, int], rate_per_cm2_s: float,
-                 dark_time: float, pixel_um: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def _cosmic_rays(
+    rng: np.random.Generator, shape: tuple[int, int], rate_per_cm2_s: float, dark_time: float, pixel_um: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Pixels (y, x) and charges (e-) of cosmic-ray tracks and worms."""
     area_cm2 = shape[0] * shape[1] * (pixel_um * 1e-4) ** 2
     n = int(rng.poisson(rate_per_cm2_s * area_cm2 * dark_time))
@@ -974,8 +1070,9 @@ def _exposure_rngs(seed: int, exposure_id: int, detector_id: int) -> list[np.ran
     return [np.random.default_rng(s) for s in ss.spawn(4)]
 
 
-def simulate_detector(camera: Camera, detector_id: int, spec: ExposureSpec, truth: Truth,
-                      seed: int) -> list[np.ndarray]:
+def simulate_detector(
+    camera: Camera, detector_id: int, spec: ExposureSpec, truth: Truth, seed: int
+) -> list[np.ndarray]:
     """Simulate the raw amplifier segments of one detector for one exposure.
 
     Returns
@@ -1020,7 +1117,9 @@ def simulate_detector(camera: Camera, detector_id: int, spec: ExposureSpec, trut
         q = hot_rate * dark_t
         extra.append((hot_y, hot_x, r_signal.poisson(q) if eff["poisson"] else q))
     if eff["cosmics"] > 0 and spec.dark_time > 0:
-        cr = _cosmic_rays(r_cosmic, det.shape, eff["cosmics"], spec.dark_time, float(facts.get("pixel_size_um", 10.0)))
+        cr = _cosmic_rays(
+            r_cosmic, det.shape, eff["cosmics"], spec.dark_time, float(facts.get("pixel_size_um", 10.0))
+        )
         if cr is not None:
             extra.append(cr)
     dead = [(x0, y0, w, h) for x0, y0, w, h, kind in dt.defects if kind == "dead"]
@@ -1041,15 +1140,24 @@ def simulate_detector(camera: Camera, detector_id: int, spec: ExposureSpec, trut
         elif has_dark and eff["poisson"]:
             npix = a.data_rows * a.data_cols
             n = int(r_signal.poisson(float(dark_e) * npix))
-            e = np.bincount(r_signal.integers(0, npix, n), minlength=npix).astype(np.float32).reshape(a.data_rows, -1)
+            e = (
+                np.bincount(r_signal.integers(0, npix, n), minlength=npix)
+                .astype(np.float32)
+                .reshape(a.data_rows, -1)
+            )
         else:
             e = np.full((a.data_rows, a.data_cols), dark_e, dtype=np.float32)
         for yy, xx, qq in extra:
             inside = (yy >= ys.start) & (yy < ys.stop) & (xx >= xs.start) & (xx < xs.stop)
             if inside.any():
-                np.add.at(e, (yy[inside] - ys.start, xx[inside] - xs.start), np.asarray(qq, np.float32)[inside])
+                np.add.at(
+                    e, (yy[inside] - ys.start, xx[inside] - xs.start), np.asarray(qq, np.float32)[inside]
+                )
         for x0, y0, w, h in dead:  # collects nothing: no light, no dark current, no cosmic-ray charge
-            e[max(y0 - ys.start, 0):max(y0 + h - ys.start, 0), max(x0 - xs.start, 0):max(x0 + w - xs.start, 0)] = 0.0
+            e[
+                max(y0 - ys.start, 0) : max(y0 + h - ys.start, 0),
+                max(x0 - xs.start, 0) : max(x0 + w - xs.start, 0),
+            ] = 0.0
         if math.isfinite(at.full_well):
             np.minimum(e, np.float32(at.full_well), out=e)
         e *= np.float32(1.0 / at.gain)
@@ -1064,7 +1172,9 @@ def simulate_detector(camera: Camera, detector_id: int, spec: ExposureSpec, trut
     for a in det.amps:
         at = dt.amps[a.name]
         nrow, ncol = a.raw_shape
-        level = at.bias_level + (eff["bias_jitter"] * float(r_bias.standard_normal()) if eff["bias_jitter"] else 0.0)
+        level = at.bias_level + (
+            eff["bias_jitter"] * float(r_bias.standard_normal()) if eff["bias_jitter"] else 0.0
+        )
         cycles = r_bias.uniform(0.5, 3.0)
         phase = r_bias.uniform(0, 2 * math.pi)
         drift = at.bias_drift * np.sin(2 * math.pi * cycles * np.arange(nrow) / nrow + phase)
@@ -1089,8 +1199,12 @@ def simulate_detector(camera: Camera, detector_id: int, spec: ExposureSpec, trut
 
 def raw_path(outdir: str | os.PathLike, instrument: str, spec: ExposureSpec, detector: Detector) -> Path:
     """``outdir/<day_obs>/<exposure_id>/<instrument>_<exposure_id>_<detname>.fits``."""
-    return Path(outdir) / str(spec.day_obs) / str(spec.exposure_id) / (
-        f"{instrument}_{spec.exposure_id}_{detector.name}.fits")
+    return (
+        Path(outdir)
+        / str(spec.day_obs)
+        / str(spec.exposure_id)
+        / (f"{instrument}_{spec.exposure_id}_{detector.name}.fits")
+    )
 
 
 def _mjd(ns: int) -> float:
@@ -1100,8 +1214,14 @@ def _mjd(ns: int) -> float:
 def _primary_bytes(cards) -> bytes:
     from astropy.io import fits
 
-    hdr = fits.Header([("SIMPLE", True, "conforms to FITS standard"), ("BITPIX", 8, "array data type"),
-                       ("NAXIS", 0, "number of array dimensions"), ("EXTEND", True)])
+    hdr = fits.Header(
+        [
+            ("SIMPLE", True, "conforms to FITS standard"),
+            ("BITPIX", 8, "array data type"),
+            ("NAXIS", 0, "number of array dimensions"),
+            ("EXTEND", True),
+        ]
+    )
     hdr.extend(cards)
     return hdr.tostring().encode("ascii")
 
@@ -1112,22 +1232,34 @@ def _amp_header_bytes(instrument: str, scale: str, detector_id: int, amp_name: s
 
     a = load_camera(instrument, scale).detector(detector_id).amp(amp_name)
     nrow, ncol = a.raw_shape
-    h = fits.Header([
-        ("XTENSION", "IMAGE", "Image extension"), ("BITPIX", 32, "array data type"),
-        ("NAXIS", 2, "number of array dimensions"), ("NAXIS1", ncol), ("NAXIS2", nrow),
-        ("PCOUNT", 0, "number of parameters"), ("GCOUNT", 1, "number of groups"),
-        ("EXTNAME", f"SEGMENT{a.name[1:]}", "extension name"),
-        ("AMPNAME", a.name, "amplifier"),
-        ("DATASEC", a.datasec, "data region, raw (read-out) frame"),
-        ("BIASSEC", a.biassec, "serial overscan, raw frame"),
-        ("DETSEC", a.detsec, "data region in the assembled detector"),
-        ("BUNIT", "adu", "raw counts"),
-    ])
+    h = fits.Header(
+        [
+            ("XTENSION", "IMAGE", "Image extension"),
+            ("BITPIX", 32, "array data type"),
+            ("NAXIS", 2, "number of array dimensions"),
+            ("NAXIS1", ncol),
+            ("NAXIS2", nrow),
+            ("PCOUNT", 0, "number of parameters"),
+            ("GCOUNT", 1, "number of groups"),
+            ("EXTNAME", f"SEGMENT{a.name[1:]}", "extension name"),
+            ("AMPNAME", a.name, "amplifier"),
+            ("DATASEC", a.datasec, "data region, raw (read-out) frame"),
+            ("BIASSEC", a.biassec, "serial overscan, raw frame"),
+            ("DETSEC", a.detsec, "data region in the assembled detector"),
+            ("BUNIT", "adu", "raw counts"),
+        ]
+    )
     return h.tostring().encode("ascii")
 
 
-def write_raw(path: str | os.PathLike, camera: Camera, detector_id: int, spec: ExposureSpec,
-              segments: Sequence[np.ndarray] | None, seed: int) -> Path:
+def write_raw(
+    path: str | os.PathLike,
+    camera: Camera,
+    detector_id: int,
+    spec: ExposureSpec,
+    segments: Sequence[np.ndarray] | None,
+    seed: int,
+) -> Path:
     """Write one ``fits-raw`` file (docs/architecture.md), atomically (temporary name + rename).
 
     ``segments=None`` writes the headers only and leaves every pixel 0 as a hole of a sparse
@@ -1137,7 +1269,9 @@ def write_raw(path: str | os.PathLike, camera: Camera, detector_id: int, spec: E
     """
     det = camera.detector(detector_id)
     if segments is not None and len(segments) != len(det.amps):
-        raise UserInputError(f"{det.name}: {len(segments)} segments given, the detector has {len(det.amps)} amps.")
+        raise UserInputError(
+            f"{det.name}: {len(segments)} segments given, the detector has {len(det.amps)} amps."
+        )
     cards = raw_header_cards(camera, det.id, spec, seed)
     for a, seg in zip(det.amps, segments or []):
         if seg.shape != a.raw_shape:
@@ -1236,14 +1370,24 @@ def _one(task: tuple[ExposureSpec, int], ctx: Mapping[str, Any] | None = None) -
     spec, det_id = task
     cam, truth, seed = ctx["camera"], ctx["truth"], ctx["seed"]
     segs = simulate_detector(cam, det_id, spec, truth, seed)
-    path = write_raw(raw_path(ctx["outdir"], cam.name, spec, cam.detector(det_id)), cam, det_id, spec, segs, seed)
+    path = write_raw(
+        raw_path(ctx["outdir"], cam.name, spec, cam.detector(det_id)), cam, det_id, spec, segs, seed
+    )
     return str(path), path.stat().st_size
 
 
-def simulate(specs: Iterable[ExposureSpec], outdir: str | os.PathLike, instrument: str, scale: str = "mini",
-             seed: int = 1, detectors: Iterable[int | str] | None = None, workers: int | None = None,
-             truth: Truth | None = None, executor: str = "thread",
-             progress: Callable[[int, int], None] | None = None) -> list[Path]:
+def simulate(
+    specs: Iterable[ExposureSpec],
+    outdir: str | os.PathLike,
+    instrument: str,
+    scale: str = "mini",
+    seed: int = 1,
+    detectors: Iterable[int | str] | None = None,
+    workers: int | None = None,
+    truth: Truth | None = None,
+    executor: str = "thread",
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Path]:
     """Simulate raw files for every (exposure, detector) and save the truth.
 
     Writes ``outdir/<day_obs>/<exposure_id>/<instrument>_<exposure_id>_<detname>.fits`` and
@@ -1292,10 +1436,14 @@ def simulate(specs: Iterable[ExposureSpec], outdir: str | os.PathLike, instrumen
     for s in specs:
         camera.band_of(s.physical_filter)
         if s.observation_type not in OBSERVATION_TYPES:
-            raise UserInputError(f"exposure {s.exposure_id}: observation_type {s.observation_type!r}; use one of "
-                                 f"{', '.join(OBSERVATION_TYPES)}.")
+            raise UserInputError(
+                f"exposure {s.exposure_id}: observation_type {s.observation_type!r}; use one of "
+                f"{', '.join(OBSERVATION_TYPES)}."
+            )
         if s.exposure_id in seen:
-            raise UserInputError(f"exposure {s.exposure_id} (day_obs {s.day_obs}, seq_num {s.seq_num}) is planned twice.")
+            raise UserInputError(
+                f"exposure {s.exposure_id} (day_obs {s.day_obs}, seq_num {s.seq_num}) is planned twice."
+            )
         seen[s.exposure_id] = s
     dets = [camera.detector(d) for d in (detectors if detectors is not None else camera.detector_ids)]
     det_ids = sorted({d.id for d in dets})
@@ -1304,7 +1452,8 @@ def simulate(specs: Iterable[ExposureSpec], outdir: str | os.PathLike, instrumen
         truth = make_truth(camera, seed, date=first)
     elif truth.instrument != camera.name or truth.scale != camera.scale:
         raise UserInputError(
-            f"truth is for {truth.instrument} at scale {truth.scale!r}, not {camera.name} at {scale!r}.")
+            f"truth is for {truth.instrument} at scale {truth.scale!r}, not {camera.name} at {scale!r}."
+        )
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     truth.save(out / "truth", det_ids)
@@ -1323,8 +1472,12 @@ def simulate(specs: Iterable[ExposureSpec], outdir: str | os.PathLike, instrumen
     if executor == "thread":
         pool, fn, chunk = ThreadPoolExecutor(workers), functools.partial(_one, ctx=job), 1
     else:
-        pool = ProcessPoolExecutor(workers, mp_context=process_context(["cpframe.simulate"]),
-                                   initializer=_init_worker, initargs=(truth, str(out), seed))
+        pool = ProcessPoolExecutor(
+            workers,
+            mp_context=process_context(["cpframe.simulate"]),
+            initializer=_init_worker,
+            initargs=(truth, str(out), seed),
+        )
         fn, chunk = _one, max(1, n // (workers * 4))
     with pool:
         for i, (p, _size) in enumerate(pool.map(fn, tasks, chunksize=chunk)):
@@ -1341,4 +1494,3 @@ def plan_summary(specs: Iterable[ExposureSpec]) -> dict[int, dict[str, int]]:
         d = out.setdefault(s.day_obs, {})
         d[s.observation_type] = d.get(s.observation_type, 0) + 1
     return dict(sorted(out.items()))
-

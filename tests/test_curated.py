@@ -33,10 +33,16 @@ def test_doctests():
 def test_curated_files_and_validity_ranges():
     calibs = list_curated("LSSTComCam")
     camera = [c for c in calibs if c.dataset_type == "camera"]
-    assert len(camera) == 1 and camera[0].valid_from == "2024-10-01T00:00:00.000" and camera[0].valid_until is None
+    assert (
+        len(camera) == 1
+        and camera[0].valid_from == "2024-10-01T00:00:00.000"
+        and camera[0].valid_until is None
+    )
     s11 = [c for c in calibs if c.detector == 4]
     assert [(c.valid_from, c.valid_until) for c in s11] == [
-        ("2024-10-01T00:00:00.000", "2025-06-01T00:00:00.000"), ("2025-06-01T00:00:00.000", None)]
+        ("2024-10-01T00:00:00.000", "2025-06-01T00:00:00.000"),
+        ("2025-06-01T00:00:00.000", None),
+    ]
     assert s11[0].timespan.end_ns == s11[1].timespan.begin_ns  # adjacent, not overlapping
     for name in ("LATISS", "LSSTCam"):
         assert any(c.dataset_type == "manual_defects" for c in list_curated(name))
@@ -44,7 +50,9 @@ def test_curated_files_and_validity_ranges():
     assert (meta["instrument"], meta["detector"], meta["scale"]) == ("LSSTComCam", 4, "full")
     assert (3050, 0, 1, 2000) in rects and len(rects) == 3
     full = load_camera("LSSTComCam").detector(4)
-    assert all(0 <= x and x + w <= full.shape[1] and 0 <= y and y + h <= full.shape[0] for x, y, w, h in rects)
+    assert all(
+        0 <= x and x + w <= full.shape[1] and 0 <= y and y + h <= full.shape[0] for x, y, w, h in rects
+    )
 
 
 def test_scaled_defects_stay_inside_the_mini_detector():
@@ -83,7 +91,9 @@ def test_write_and_certify(sqlite_repo):
     for r in links:
         spans[(r.dataset_type, r.data_id.get("detector"))].append(r.extra["timespan"])
     assert sorted(spans[("manual_defects", 4)], key=lambda t: t.begin_ns) == [
-        Timespan.from_text("2024-10-01", "2025-06-01"), Timespan.from_text("2025-06-01")]
+        Timespan.from_text("2024-10-01", "2025-06-01"),
+        Timespan.from_text("2025-06-01"),
+    ]
     assert spans[("camera", None)] == [Timespan.from_text("2024-10-01")]
     # lookups at two dates find the two versions
     nov = Timespan(parse_tai("2024-11-10T20:00:00"), parse_tai("2024-11-10T20:00:30"))
@@ -115,20 +125,29 @@ def test_refuses_the_instrument_calib_chain(sqlite_repo):
 
 def test_cli(tmp_path, sqlite_repo):
     root = str(sqlite_repo.root)
-    r = CliRunner().invoke(main, ["write-curated-calibrations", root, "LATISS", "--collection", "LATISS/calib"])
+    r = CliRunner().invoke(
+        main, ["write-curated-calibrations", root, "LATISS", "--collection", "LATISS/calib"]
+    )
     assert r.exit_code == 2 and "refusing to write curated calibrations into 'LATISS/calib'" in r.output
-    r = CliRunner().invoke(main, ["write-curated-calibrations", root, "LATISS", "--collection",
-                                  "LATISS/calib/DM-1/curated"])
+    r = CliRunner().invoke(
+        main, ["write-curated-calibrations", root, "LATISS", "--collection", "LATISS/calib/DM-1/curated"]
+    )
     assert r.exit_code == 0, r.output
-    assert "written: 2" in r.output and f"cpframe collection-chain {root} --mode prepend LATISS/calib" in r.output
+    assert (
+        "written: 2" in r.output
+        and f"cpframe collection-chain {root} --mode prepend LATISS/calib" in r.output
+    )
 
 
 def test_write_defects_round_trip(tmp_path):
-    p = write_defects(tmp_path / "d.ecsv", [(1, 2, 3, 4), (5, 6, 1, 40)], "LATISS", 0, "2024-01-01T00:00:00",
-                      comment="x")
+    p = write_defects(
+        tmp_path / "d.ecsv", [(1, 2, 3, 4), (5, 6, 1, 40)], "LATISS", 0, "2024-01-01T00:00:00", comment="x"
+    )
     rects, meta = read_defects(p)
     assert rects == [(1, 2, 3, 4), (5, 6, 1, 40)]
     assert meta["counts"] == {"dead": 1, "bad_column": 1} and meta["calib_date"] == "2024-01-01T00:00:00"
-    (tmp_path / "bad.ecsv").write_text("# %ECSV 1.0\n# ---\n# datatype:\n# - {name: x0, datatype: int64}\nx0\n1\n")
+    (tmp_path / "bad.ecsv").write_text(
+        "# %ECSV 1.0\n# ---\n# datatype:\n# - {name: x0, datatype: int64}\nx0\n1\n"
+    )
     with pytest.raises(UserInputError, match="lacks column.*y0, width, height"):
         read_defects(tmp_path / "bad.ecsv")

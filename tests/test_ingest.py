@@ -26,8 +26,10 @@ RUN = "LSSTComCam/raw/all"
 
 
 def _specs(day=20241203, n=3):
-    return [ExposureSpec(day, 10 + i, "flat", "g_01", 5.0, 5.3, f"2024-12-03T20:0{i}:00", "flat", "P", 1000.0)
-            for i in range(n)]
+    return [
+        ExposureSpec(day, 10 + i, "flat", "g_01", 5.0, 5.3, f"2024-12-03T20:0{i}:00", "flat", "P", 1000.0)
+        for i in range(n)
+    ]
 
 
 def _datasets(repo, run=RUN):
@@ -53,7 +55,12 @@ def _rewrite_header(src, dst, **changes):
 def test_read_header_builds_the_exposure_record(good_files):
     info = read_raw_header(good_files[0])
     spec = _specs()[0]
-    assert (info.instrument, info.detector, info.exposure, info.scale) == ("LSSTComCam", 4, spec.exposure_id, "mini")
+    assert (info.instrument, info.detector, info.exposure, info.scale) == (
+        "LSSTComCam",
+        4,
+        spec.exposure_id,
+        "mini",
+    )
     rec = info.record
     assert rec["obs_id"] == "CC_O_20241203_000010" and rec["physical_filter"] == "g_01"
     assert (rec["day_obs"], rec["seq_num"], rec["observation_type"]) == (20241203, 10, "flat")
@@ -80,8 +87,17 @@ def test_bad_files_reported_and_the_rest_ingested(good_files, tmp_path, sqlite_r
     report = ingest_raws(sqlite_repo, [tmp_path / "good", bad, tmp_path / "nowhere.fits"], transfer="copy")
     assert sorted(report.ingested) == sorted(str(p) for p in good_files)
     reasons = {os.path.basename(p): r for p, r in report.failed}
-    assert set(reasons) == {"garbage.fits", "empty.fits", "truncated.fits", "nodayobs.fits", "badexpid.fits",
-                            "utc.fits", "filter.fits", "notint.fits", "nowhere.fits"}
+    assert set(reasons) == {
+        "garbage.fits",
+        "empty.fits",
+        "truncated.fits",
+        "nodayobs.fits",
+        "badexpid.fits",
+        "utc.fits",
+        "filter.fits",
+        "notint.fits",
+        "nowhere.fits",
+    }
     assert "not a readable FITS file" in reasons["garbage.fits"]
     assert "truncated" in reasons["truncated.fits"] and "need at least" in reasons["truncated.fits"]
     assert "missing DAYOBS, SEQNUM" in reasons["nodayobs.fits"]
@@ -98,7 +114,9 @@ def test_bad_files_reported_and_the_rest_ingested(good_files, tmp_path, sqlite_r
     assert "fix or remove the failed files" in summary
 
 
-def test_reingest_is_skipped_and_a_different_file_is_refused(good_files, simulate_tiny, tmp_path, sqlite_repo):
+def test_reingest_is_skipped_and_a_different_file_is_refused(
+    good_files, simulate_tiny, tmp_path, sqlite_repo
+):
     first = ingest_raws(sqlite_repo, [tmp_path / "good"], transfer="symlink")
     assert len(first.ingested) == 3 and first.exposures_new == 3
     again = ingest_raws(sqlite_repo, [tmp_path / "good"], transfer="symlink")
@@ -120,7 +138,7 @@ def test_files_of_one_exposure_must_agree(good_files, tmp_path, sqlite_repo):
     _rewrite_header(good_files[0], det0, DETECTOR=0, DETNAME="R22_S00", EXPTIME=99.0)
     report = ingest_raws(sqlite_repo, [tmp_path / "good", det0])
     assert len(report.ingested) == 3
-    (path, reason), = report.failed
+    ((path, reason),) = report.failed
     assert path == str(det0) and "disagrees" in reason and "exposure_time: 99.0 vs 5.0" in reason
 
 
@@ -152,7 +170,9 @@ def test_parallel_header_reading_matches(mini_dataset):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2100, 1, 1)), st.integers(0, 999_999_999))
+@given(
+    st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2100, 1, 1)), st.integers(0, 999_999_999)
+)
 def test_fast_tai_parse_equals_parse_tai(dt, ns):
     text = dt.replace(microsecond=0).isoformat() + f".{ns:09d}"
     assert fast_tai_ns(text) == parse_tai(text)
@@ -168,8 +188,14 @@ def test_registry_records_and_demo_selections(mini_raw_repo, mini_dataset):
     for rec in records:
         s = specs[rec["id"]]
         assert (rec["day_obs"], rec["seq_num"], rec["observation_type"], rec["physical_filter"]) == (
-            s.day_obs, s.seq_num, s.observation_type, s.physical_filter)
-        assert rec["observation_reason"] == s.observation_reason and rec["science_program"] == s.science_program
+            s.day_obs,
+            s.seq_num,
+            s.observation_type,
+            s.physical_filter,
+        )
+        assert (
+            rec["observation_reason"] == s.observation_reason and rec["science_program"] == s.science_program
+        )
         assert rec["exposure_time"] == s.exposure_time and rec["dark_time"] == s.dark_time
         assert rec["timespan"].begin_ns == s.begin_ns and rec["timespan"].end_ns == s.end_ns
     assert len(_datasets(mini_raw_repo)) == 112
@@ -202,8 +228,9 @@ def test_dmtn222_worked_example_selections(tmp_path):
         h.verify("exception")
         assert len(h) == 17 and not h[5].data.any() and h[0].header["SEQNUM"] == plan.specs[7].seq_num
     Repository.create(tmp_path / "repo").close()
-    r = CliRunner().invoke(main, ["ingest-raws", str(tmp_path / "repo"), str(tmp_path / "raw"), "--transfer",
-                                  "direct"])
+    r = CliRunner().invoke(
+        main, ["ingest-raws", str(tmp_path / "repo"), str(tmp_path / "raw"), "--transfer", "direct"]
+    )
     assert r.exit_code == 0, r.output
     assert "ingested 300 raw file(s) into RUN LSSTComCam/raw/all; exposures: 300 new" in r.output
     repo = Repository.open(tmp_path / "repo")

@@ -32,15 +32,27 @@ CAM = load_camera("LSSTComCam", "mini")
 
 
 def _spec(seq, otype="flat", t=10.0, flux=2000.0, pf="r_03", day=20241201, dark=None):
-    return ExposureSpec(day, seq, otype, pf, t, t + 0.3 if dark is None else dark,
-                        f"{str(day)[:4]}-{str(day)[4:6]}-{str(day)[6:]}T20:{seq:02d}:00", "test", "TEST", flux)
+    return ExposureSpec(
+        day,
+        seq,
+        otype,
+        pf,
+        t,
+        t + 0.3 if dark is None else dark,
+        f"{str(day)[:4]}-{str(day)[4:6]}-{str(day)[6:]}T20:{seq:02d}:00",
+        "test",
+        "TEST",
+        flux,
+    )
 
 
 def _read(path):
     """Primary header and {AMPNAME: (data int array, header)} of a raw file."""
     with fits.open(path) as h:
         h.verify("exception")
-        return h[0].header.copy(), {x.header["AMPNAME"]: (x.data.astype(np.int64), x.header.copy()) for x in h[1:]}
+        return h[0].header.copy(), {
+            x.header["AMPNAME"]: (x.data.astype(np.int64), x.header.copy()) for x in h[1:]
+        }
 
 
 def _sec(text):
@@ -52,8 +64,8 @@ def _overscan_corrected(data, hdr):
     """Data region minus the serial-overscan median of each row (adu, read-out frame)."""
     dx1, dx2, dy1, dy2 = _sec(hdr["DATASEC"])
     bx1, bx2, _, _ = _sec(hdr["BIASSEC"])
-    row = np.median(data[:, bx1 - 1:bx2], axis=1)
-    return (data[dy1 - 1:dy2, dx1 - 1:dx2] - row[dy1 - 1:dy2, None]).astype(float)
+    row = np.median(data[:, bx1 - 1 : bx2], axis=1)
+    return (data[dy1 - 1 : dy2, dx1 - 1 : dx2] - row[dy1 - 1 : dy2, None]).astype(float)
 
 
 def _assemble(amps, shape, fn=_overscan_corrected):
@@ -66,7 +78,7 @@ def _assemble(amps, shape, fn=_overscan_corrected):
             seg, (x1, x2) = seg[:, ::-1], (x2, x1)
         if y1 > y2:
             seg, (y1, y2) = seg[::-1, :], (y2, y1)
-        img[y1 - 1:y2, x1 - 1:x2] = seg
+        img[y1 - 1 : y2, x1 - 1 : x2] = seg
     return img
 
 
@@ -74,11 +86,28 @@ def test_headers_and_geometry(mini_dataset):
     spec = mini_dataset.specs_for("SELECTION_FLAT_r")[0]
     hdr, amps = _read(mini_dataset.path(spec.exposure_id, 4))
     det = CAM.detector(4)
-    expect = {"INSTRUME": "LSSTComCam", "DETECTOR": 4, "DETNAME": "R22_S11", "RAFTBAY": "R22", "CCDSLOT": "S11",
-              "DET_SER": det.serial, "OBSID": f"CC_O_{spec.day_obs}_{spec.seq_num:06d}", "IMGTYPE": "flat",
-              "REASON": "flat", "PROGRAM": spec.science_program, "FILTER": "r_03", "FILTBAND": "r",
-              "EXPTIME": spec.exposure_time, "DARKTIME": spec.dark_time, "TIMESYS": "TAI", "DAYOBS": spec.day_obs,
-              "SEQNUM": spec.seq_num, "EXPID": spec.exposure_id, "CAMSCALE": "mini", "CPFSEED": mini_dataset.seed}
+    expect = {
+        "INSTRUME": "LSSTComCam",
+        "DETECTOR": 4,
+        "DETNAME": "R22_S11",
+        "RAFTBAY": "R22",
+        "CCDSLOT": "S11",
+        "DET_SER": det.serial,
+        "OBSID": f"CC_O_{spec.day_obs}_{spec.seq_num:06d}",
+        "IMGTYPE": "flat",
+        "REASON": "flat",
+        "PROGRAM": spec.science_program,
+        "FILTER": "r_03",
+        "FILTBAND": "r",
+        "EXPTIME": spec.exposure_time,
+        "DARKTIME": spec.dark_time,
+        "TIMESYS": "TAI",
+        "DAYOBS": spec.day_obs,
+        "SEQNUM": spec.seq_num,
+        "EXPID": spec.exposure_id,
+        "CAMSCALE": "mini",
+        "CPFSEED": mini_dataset.seed,
+    }
     assert {k: hdr[k] for k in expect} == expect
     assert hdr["DATE-BEG"].startswith(spec.begin[:19]) and hdr["DATE-END"] > hdr["DATE-BEG"]
     assert det.serial.split("-")[0] == "ITL"
@@ -131,8 +160,10 @@ def test_read_noise_bias_level_and_drift(tmp_path):
 def test_bias_pattern_survives_overscan_correction():
     truth = make_truth(CAM, 12)
     segs = simulate_detector(CAM, 0, _spec(1, "bias", 0.0, 0.0), truth, 12)
-    amps = {a.name: (s.astype(np.int64), {"DATASEC": a.datasec, "BIASSEC": a.biassec, "DETSEC": a.detsec})
-            for a, s in zip(CAM.detector(0).amps, segs)}
+    amps = {
+        a.name: (s.astype(np.int64), {"DATASEC": a.datasec, "BIASSEC": a.biassec, "DETSEC": a.detsec})
+        for a, s in zip(CAM.detector(0).amps, segs)
+    }
     img = _assemble(amps, CAM.detector(0).shape)
     pattern = truth.bias_pattern(0)
     # average many rows to beat the noise: the first rows read carry the bump
@@ -152,7 +183,7 @@ def test_gain_from_a_flat_pair(mini_dataset):
         i2 = _overscan_corrected(d2, h)
         good = ~_readout(mask[amp.bbox], amp)
         bx1, bx2, _, _ = _sec(h["BIASSEC"])
-        over = d1[:, bx1 - 1:bx2] - d1[:, bx1 - 1:bx2].mean(axis=1, keepdims=True)
+        over = d1[:, bx1 - 1 : bx2] - d1[:, bx1 - 1 : bx2].mean(axis=1, keepdims=True)
         rn2 = over.var()  # adu^2
         diff = (i1 - i2)[good]
         mean = 0.5 * (i1 + i2)[good].mean()
@@ -175,8 +206,10 @@ def test_dark_current_and_hot_pixels():
     det = CAM.detector(4)
     hot = truth.defect_mask(4, ["hot"])
     bad = truth.defect_mask(4)
-    amps = {a.name: (s.astype(np.int64), {"DATASEC": a.datasec, "BIASSEC": a.biassec, "DETSEC": a.detsec})
-            for a, s in zip(det.amps, segs)}
+    amps = {
+        a.name: (s.astype(np.int64), {"DATASEC": a.datasec, "BIASSEC": a.biassec, "DETSEC": a.detsec})
+        for a, s in zip(det.amps, segs)
+    }
     img = _assemble(amps, det.shape) - truth.bias_pattern(4)
     for a in det.amps:
         at = truth.amp(4, a.name)
@@ -267,10 +300,18 @@ def test_crosstalk_and_nonlinearity():
     s1 = simulate_detector(CAM, 4, spec, xt, 17)
     s2 = simulate_detector(CAM, 4, spec, nl, 17)
     amps = CAM.detector(4).amps
-    signal = np.array([np.median(_overscan_corrected(s, {"DATASEC": a.datasec, "BIASSEC": a.biassec})) for a, s in
-                       zip(amps, s0)])
+    signal = np.array(
+        [
+            np.median(_overscan_corrected(s, {"DATASEC": a.datasec, "BIASSEC": a.biassec}))
+            for a, s in zip(amps, s0)
+        ]
+    )
     matrix = xt.detectors[4].crosstalk
-    assert matrix.shape == (16, 16) and np.all(np.diag(matrix) == 0) and matrix.max() == pytest.approx(1e-3, rel=0.5)
+    assert (
+        matrix.shape == (16, 16)
+        and np.all(np.diag(matrix) == 0)
+        and matrix.max() == pytest.approx(1e-3, rel=0.5)
+    )
     assert not base.detectors[4].crosstalk.any()
     for a, x, y, z in zip(amps, s0, s1, s2):
         d = np.median((y - x)[a.data_slice])
@@ -285,7 +326,9 @@ def test_deterministic_bytes(simulate_tiny, tmp_path):
     a = simulate_tiny(specs, tmp_path / "a", seed=3)
     b = simulate_tiny(specs, tmp_path / "b", seed=3)
     c = simulate_tiny(specs, tmp_path / "c", seed=4)
-    d = simulate(specs, tmp_path / "d", "LSSTComCam", "mini", seed=3, detectors=[0, 4], workers=2, executor="thread")
+    d = simulate(
+        specs, tmp_path / "d", "LSSTComCam", "mini", seed=3, detectors=[0, 4], workers=2, executor="thread"
+    )
     digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in a]
     assert digest == [hashlib.sha256(p.read_bytes()).hexdigest() for p in b]
     assert all(x != hashlib.sha256(p.read_bytes()).hexdigest() for x, p in zip(digest, c))
@@ -297,7 +340,9 @@ def test_deterministic_bytes(simulate_tiny, tmp_path):
 def test_process_pool_matches_in_process(simulate_tiny, tmp_path):
     specs = [_spec(7, "bias", 0.0, 0.0), _spec(8, "flat")]
     a = simulate_tiny(specs, tmp_path / "a", detectors=(0, 4))
-    b = simulate(specs, tmp_path / "b", "LSSTComCam", "mini", seed=7, detectors=[0, 4], workers=2, executor="process")
+    b = simulate(
+        specs, tmp_path / "b", "LSSTComCam", "mini", seed=7, detectors=[0, 4], workers=2, executor="process"
+    )
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
 
 
@@ -322,7 +367,9 @@ def test_truth_save_load_round_trip(mini_dataset):
 def test_truth_values_in_itl_ranges():
     truth = make_truth(load_camera("LSSTComCam", "mini"), 18)
     amps = [a for d in truth.detectors.values() for a in d.amps.values()]
-    assert all(1.5 <= a.gain <= 1.8 and 5 <= a.read_noise <= 9 and 15000 <= a.bias_level <= 25000 for a in amps)
+    assert all(
+        1.5 <= a.gain <= 1.8 and 5 <= a.read_noise <= 9 and 15000 <= a.bias_level <= 25000 for a in amps
+    )
     assert all(0.005 <= a.dark_current <= 0.02 and 95000 <= a.full_well <= 105000 for a in amps)
     assert len({round(a.gain, 6) for a in amps}) == len(amps)  # gains differ per amp
     with pytest.raises(UserInputError, match="unknown simulator effect.*sparkles"):
@@ -350,8 +397,13 @@ def test_plans_and_their_validation(tmp_path):
     with pytest.raises(UserInputError) as err:
         read_plan(bad)
     msg = str(err.value)
-    for words in ("unknown keys ['colour']", "seq_num 5 of day_obs 20241110 is used twice", "outside day_obs",
-                  "observation_type 'dusk'", "no physical filter 'q_99'"):
+    for words in (
+        "unknown keys ['colour']",
+        "seq_num 5 of day_obs 20241110 is used twice",
+        "outside day_obs",
+        "observation_type 'dusk'",
+        "no physical filter 'q_99'",
+    ):
         assert words in msg
     with pytest.raises(UserInputError, match="not found.*demo, dmtn222"):
         read_plan("nosuchplan")
@@ -364,13 +416,28 @@ def test_cli_simulate_and_plan_selections(tmp_path):
         "      - {observation_type: bias, count: 2, seq_start: 3, selections: [SELECTION_BIAS]}\n"
         "selections:\n  SELECTION_BIAS: \"instrument='{instrument}' and exposure.seq_num in (3..4)\"\n"
     )
-    r = CliRunner().invoke(main, ["simulate", str(tmp_path / "out"), "--plan", str(plan), "--detectors", "R22_S22",
-                                  "--effect", "crosstalk=on", "--workers", "1"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            str(tmp_path / "out"),
+            "--plan",
+            str(plan),
+            "--detectors",
+            "R22_S22",
+            "--effect",
+            "crosstalk=on",
+            "--workers",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "wrote 2 raw files" in r.output and "day_obs 20241201: 2 bias" in r.output
     assert len(list((tmp_path / "out").rglob("*_R22_S22.fits"))) == 2
     assert Truth.load(tmp_path / "out").detectors[8].crosstalk.any()
     r = CliRunner().invoke(main, ["plan-selections", str(plan), "-i", "LATISS"])
     assert r.output.strip() == "export SELECTION_BIAS=\"instrument='LATISS' and exposure.seq_num in (3..4)\""
-    r = CliRunner().invoke(main, ["simulate", str(tmp_path / "o2"), "--plan", str(plan), "--effect", "cosmics"])
+    r = CliRunner().invoke(
+        main, ["simulate", str(tmp_path / "o2"), "--plan", str(plan), "--effect", "cosmics"]
+    )
     assert r.exit_code == 2 and "--effect 'cosmics': write NAME=VALUE" in r.output

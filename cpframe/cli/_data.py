@@ -63,17 +63,39 @@ def _size(n: float) -> str:
 @main.command("simulate")
 @click.argument("outdir", type=click.Path(file_okay=False))
 @click.option("--instrument", "-i", default=None, help="Camera model (default: the plan's instrument).")
-@click.option("--plan", "plan", default="demo", show_default=True,
-              help="Observing plan: a shipped name (demo, dmtn222) or a YAML file.")
-@click.option("--scale", type=click.Choice(["mini", "full"]), default="mini", show_default=True,
-              help="Camera scale: mini (64 x 250 px per amp) or full (509 x 2000 for ITL).")
+@click.option(
+    "--plan",
+    "plan",
+    default="demo",
+    show_default=True,
+    help="Observing plan: a shipped name (demo, dmtn222) or a YAML file.",
+)
+@click.option(
+    "--scale",
+    type=click.Choice(["mini", "full"]),
+    default="mini",
+    show_default=True,
+    help="Camera scale: mini (64 x 250 px per amp) or full (509 x 2000 for ITL).",
+)
 @click.option("--seed", type=int, default=1, show_default=True, help="Master random seed.")
-@click.option("--detectors", default=None, help="Detector ids or names, comma-separated (0,4 or 0..8); default all.")
+@click.option(
+    "--detectors", default=None, help="Detector ids or names, comma-separated (0,4 or 0..8); default all."
+)
 @click.option("--workers", type=int, default=None, help="Parallel workers (default: one per CPU).")
-@click.option("--executor", type=click.Choice(["thread", "process"]), default="thread", show_default=True,
-              help="Pool that runs the workers.")
-@click.option("--effect", "effects", multiple=True, metavar="NAME=VALUE",
-              help="Switch or tune an effect (repeatable): crosstalk=on, nonlinearity=-2e-7, cosmics=off ...")
+@click.option(
+    "--executor",
+    type=click.Choice(["thread", "process"]),
+    default="thread",
+    show_default=True,
+    help="Pool that runs the workers.",
+)
+@click.option(
+    "--effect",
+    "effects",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Switch or tune an effect (repeatable): crosstalk=on, nonlinearity=-2e-7, cosmics=off ...",
+)
 @catch_errors
 def simulate_command(outdir, instrument, plan, scale, seed, detectors, workers, executor, effects):
     """Write simulated raw files of an observing plan, plus the truth injected.
@@ -90,16 +112,29 @@ def simulate_command(outdir, instrument, plan, scale, seed, detectors, workers, 
     truth = make_truth(camera, seed, date=first, **_parse_effects(effects))
     dets = _parse_detectors(detectors)
     t0 = time.perf_counter()
-    paths = simulate(p.specs, outdir, p.instrument, scale=scale, seed=seed, detectors=dets, workers=workers,
-                     truth=truth, executor=executor)
+    paths = simulate(
+        p.specs,
+        outdir,
+        p.instrument,
+        scale=scale,
+        seed=seed,
+        detectors=dets,
+        workers=workers,
+        truth=truth,
+        executor=executor,
+    )
     dt = time.perf_counter() - t0
     total = sum(x.stat().st_size for x in paths)
     ndet = len({x.name.rsplit("_", 2)[-2] + x.name.rsplit("_", 2)[-1] for x in paths})
-    click.echo(f"plan {p.name} ({p.instrument}, scale {scale}, seed {seed}): {len(p.specs)} exposures x {ndet} "
-               f"detector(s)")
+    click.echo(
+        f"plan {p.name} ({p.instrument}, scale {scale}, seed {seed}): {len(p.specs)} exposures x {ndet} "
+        f"detector(s)"
+    )
     for day, counts in plan_summary(p.specs).items():
         click.echo(f"  day_obs {day}: " + ", ".join(f"{n} {t}" for t, n in sorted(counts.items())))
-    click.echo(f"wrote {len(paths)} raw files, {_size(total)}, in {dt:.1f} s ({_size(total / max(dt, 1e-9))}/s)")
+    click.echo(
+        f"wrote {len(paths)} raw files, {_size(total)}, in {dt:.1f} s ({_size(total / max(dt, 1e-9))}/s)"
+    )
     click.echo(f"  raws:  {Path(outdir).resolve()}")
     click.echo(f"  truth: {Path(outdir).resolve() / 'truth'}")
     click.echo(f"next: cpframe ingest-raws REPO {outdir}   (selections: cpframe plan-selections {plan})")
@@ -126,10 +161,20 @@ def plan_selections_command(plan, instrument):
 @click.argument("repo", type=click.Path(exists=True, file_okay=False))
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--run", default=None, help="RUN collection (default INSTRUMENT/raw/all).")
-@click.option("--transfer", type=click.Choice(["copy", "link", "symlink", "direct", "move"]), default="copy",
-              show_default=True, help="How files reach the repository (direct = use them in place).")
-@click.option("--processes", "-j", type=int, default=None,
-              help="Header-reading processes (default: one per CPU for large batches).")
+@click.option(
+    "--transfer",
+    type=click.Choice(["copy", "link", "symlink", "direct", "move"]),
+    default="copy",
+    show_default=True,
+    help="How files reach the repository (direct = use them in place).",
+)
+@click.option(
+    "--processes",
+    "-j",
+    type=int,
+    default=None,
+    help="Header-reading processes (default: one per CPU for large batches).",
+)
 @catch_errors
 def ingest_raws_command(repo, files, run, transfer, processes):
     """Ingest raw files (or directories of them) into REPO.
@@ -150,17 +195,26 @@ def ingest_raws_command(repo, files, run, transfer, processes):
     click.echo(report.summary())
     click.echo(f"took {time.perf_counter() - t0:.1f} s")
     if report.failed:
-        raise IngestError(f"{len(report.failed)} file(s) could not be ingested (listed above); the others were.")
+        raise IngestError(
+            f"{len(report.failed)} file(s) could not be ingested (listed above); the others were."
+        )
 
 
 @main.command("write-curated-calibrations")
 @click.argument("repo", type=click.Path(exists=True, file_okay=False))
 @click.argument("instrument")
-@click.option("--collection", required=True,
-              help="CALIBRATION collection to certify into, e.g. INSTRUMENT/calib/DM-12345/curated "
-                   "(never INSTRUMENT/calib, which stays CHAINED).")
-@click.option("--scale", type=click.Choice(["mini", "full"]), default=None,
-              help="Geometry of the defect rectangles (default: the CAMSCALE of the repository's raws, else full).")
+@click.option(
+    "--collection",
+    required=True,
+    help="CALIBRATION collection to certify into, e.g. INSTRUMENT/calib/DM-12345/curated "
+    "(never INSTRUMENT/calib, which stays CHAINED).",
+)
+@click.option(
+    "--scale",
+    type=click.Choice(["mini", "full"]),
+    default=None,
+    help="Geometry of the defect rectangles (default: the CAMSCALE of the repository's raws, else full).",
+)
 @catch_errors
 def write_curated_command(repo, instrument, collection, scale):
     """Write INSTRUMENT's curated calibrations (camera geometry, manual defects) into REPO.
