@@ -144,15 +144,16 @@ def test_bootstrap_read_noise_from_overscan(tmp_path):
     spec = ExposureSpec(20241110, 3, "bias", "r_03", 0.0, 0.0, "2024-11-10T20:00:00", "bias", "T", 0.0)
     p = write_raw(tmp_path / "b.fits", CAM, DET.id, spec, simulate_detector(CAM, DET.id, spec, truth, 3), 3)
     img, stats = run_isr(read_raw(p), isr_config_for("biasBootstrap"))
+    offsets = []
     for amp in DET.amps:
         t = truth.amp(DET.id, amp.name)
         expected = math.hypot(t.read_noise / t.gain, math.sqrt(1 / 12))  # + the dither
         assert stats[amp.name].overscan_noise_adu == pytest.approx(expected, rel=0.05), amp.name
         assert img.header[f"LSST ISR READNOISE {amp.name}"] == stats[amp.name].overscan_noise_adu
         # overscan-corrected bias: ~0 but for the fixed bump of the first rows read out; the
-        # amp mean of one exposure scatters by ~0.09 adu (mostly the parallel-overscan vector)
-        bump = truth.bias_pattern(DET.id)[amp.bbox].mean()
-        assert stats[amp.name].mean == pytest.approx(bump, abs=0.3), amp.name
+        # amp mean of one exposure scatters by 0.16 adu (mostly the parallel-overscan vector)
+        offsets.append(stats[amp.name].mean - truth.bias_pattern(DET.id)[amp.bbox].mean())
+    assert np.abs(offsets).max() < 0.8 and abs(np.mean(offsets)) < 0.15
 
 
 @pytest.mark.parametrize("effect", ["crosstalk", "nonlinearity"])
