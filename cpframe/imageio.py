@@ -32,6 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
+from astropy.utils.exceptions import AstropyUserWarning
 from astropy.table import Table
 
 from .camera import Camera, Detector, load_camera
@@ -163,10 +164,19 @@ def read_raw(path: str | os.PathLike, camera: Camera | None = None) -> RawExposu
         Missing keys, missing segments, or segments of the wrong shape.
     """
     path = str(path)
-    try:
-        hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
-    except (OSError, ValueError) as err:
-        raise FileFormatError(MSG_NOT_RAW.format(path=path, why=f"cannot be read as FITS: {err}")) from None
+    with warnings.catch_warnings():
+        # astropy only warns about a truncated file; for a raw that is an error
+        warnings.simplefilter("error", AstropyUserWarning)
+        try:
+            return _read_raw(path, camera)
+        except FileFormatError:
+            raise
+        except (OSError, ValueError, AstropyUserWarning) as err:
+            raise FileFormatError(MSG_NOT_RAW.format(path=path, why=f"cannot be read as FITS: {err}")) from None
+
+
+def _read_raw(path: str, camera: Camera | None) -> RawExposure:
+    hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
     with hdul:
         header = {k: v for k, v in hdul[0].header.items() if k not in ("COMMENT", "HISTORY", "")}
         cam = camera or _camera_from_header(header, path)
