@@ -504,6 +504,12 @@ def _grid_position(camera: Camera, det: Detector) -> tuple[float, float]:
 
 def _field_radius(camera: Camera) -> float:
     """Half-diagonal of the detector grid, in detector units."""
+    return _field_radius_of(camera.name, camera.scale)
+
+
+@functools.lru_cache(maxsize=16)
+def _field_radius_of(instrument: str, scale: str) -> float:
+    camera = load_camera(instrument, scale)
     pos = np.array([_grid_position(camera, d) for d in camera.detectors])
     ny = pos[:, 0].max() - pos[:, 0].min() + 1
     nx = pos[:, 1].max() - pos[:, 1].min() + 1
@@ -875,15 +881,12 @@ def _make_defects(rng: np.random.Generator, det: Detector) -> tuple[list, list]:
 
 
 def _make_crosstalk(rng: np.random.Generator, det: Detector, strength: float) -> np.ndarray:
-    n = len(det.amps)
-    mat = np.zeros((n, n))
-    for t in det.amps:
-        for s in det.amps:
-            if s.index == t.index:
-                continue
-            dist = abs(s.col - t.col) + 2 * abs(s.row - t.row)
-            mat[t.index, s.index] = strength * rng.uniform(0.5, 1.0) / dist**2
-    return mat
+    """[target, source] coefficients falling with the distance between amps (1 at neighbours)."""
+    row = np.array([a.row for a in det.amps])
+    col = np.array([a.col for a in det.amps])
+    dist = np.abs(col[:, None] - col[None, :]) + 2 * np.abs(row[:, None] - row[None, :])
+    scale = rng.uniform(0.5, 1.0, dist.shape)
+    return np.where(dist > 0, strength * scale / np.maximum(dist, 1) ** 2, 0.0)
 
 
 def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: Any) -> Truth:
