@@ -1259,12 +1259,13 @@ def format_plan(campaign: Campaign, status: Mapping[str, tuple[str, str]] | None
             stop = True
     if moved:
         lines += ["", "Order derived from the calibration dependencies (file order kept where possible):"]
+        pos = {s.name: i for i, s in enumerate(campaign.steps)}
         for s in campaign.steps:
-            reasons = [f"{a} ({why})" for a, why in campaign.after.get(s.name, ())
-                       if why not in ("the report comes last", "deployment comes after everything",
-                                      "verification runs after certification")]
-            if s.name in moved and reasons:
-                lines.append(f"  {s.name} after {', '.join(reasons)}")
+            before = campaign.after.get(s.name, ())
+            if s.name in moved and before:
+                # the constraint that placed it: its latest predecessor
+                a, why = max(before, key=lambda aw: pos[aw[0]])
+                lines.append(f"  {s.name} after {a} ({why})")
     n_done = sum(1 for x in (status or {}).values() if x[0] == "done")
     lines += ["", f"{len(campaign.steps)} steps, {n_done} done, {len(campaign.steps) - n_done} to run."]
     return "\n".join(lines)
