@@ -137,7 +137,7 @@ def measure_noise_stage(residual: ResidualImage, detector: Detector, config: Ver
         calib_var = _calibration_variance(residual, amp, exclude, rn, float(np.mean(vals)) if vals.size else math.nan)
         amps[amp.name] = {
             "MEAN": float(np.mean(vals)) if vals.size else math.nan,
-            "MEDIAN": float(np.median(vals)) if vals.size else math.nan,
+            "MEDIAN": clip.median,
             "MEANCLIP": clip.mean,
             "NOISE": clip.stdev,
             "EXPECTED_NOISE": math.sqrt(rn_ref**2 * (1.0 + k_os) + calib_var),

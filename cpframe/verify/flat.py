@@ -52,7 +52,7 @@ def measure_flat(residual: ResidualImage, detector: Detector, config: VerifyConf
             expected = math.sqrt(mean) if mean > 0 else math.nan
         amps[amp.name] = {
             "MEAN": mean,
-            "MEDIAN": float(np.median(vals)) if vals.size else math.nan,
+            "MEDIAN": clip.median,
             "MEANCLIP": clip.mean,
             "NOISE": clip.stdev,
             "EXPECTED_NOISE": expected,

@@ -139,6 +139,8 @@ class ClipResult:
     """Lower edge of the last window."""
     high: float
     """Upper edge of the last window."""
+    median: float = float("nan")
+    """Median of the valid values (before clipping)."""
 
 
 def clipped_stats(values: np.ndarray, n_sigma: float = 5.0, n_iter: int = 3) -> ClipResult:
@@ -153,6 +155,7 @@ def clipped_stats(values: np.ndarray, n_sigma: float = 5.0, n_iter: int = 3) -> 
     if x.size == 0:
         return ClipResult(np.nan, np.nan, 0, 0, np.nan, np.nan)
     q25, center, q75 = np.percentile(x, [25.0, 50.0, 75.0])
+    median = float(center)
     half = n_sigma * IQR_TO_SIGMA * (q75 - q25)
     kept = x
     mean = float(np.mean(x))
@@ -166,7 +169,7 @@ def clipped_stats(values: np.ndarray, n_sigma: float = 5.0, n_iter: int = 3) -> 
         std = float(np.std(kept, ddof=1)) if kept.size > 1 else 0.0
         center, half = mean, n_sigma * std
     low, high = center - half, center + half
-    return ClipResult(mean, std, int(kept.size), int(x.size - kept.size), float(low), float(high))
+    return ClipResult(mean, std, int(kept.size), int(x.size - kept.size), float(low), float(high), median)
 
 
 def amp_pixels(residual: ResidualImage, amp: Amplifier, exclude: np.ndarray | None) -> np.ndarray:
@@ -205,10 +208,11 @@ def truncated_std_factor(n_sigma: float) -> float:
     >>> round(truncated_std_factor(3.0), 5)
     0.98658
     """
-    from scipy.stats import norm
+    import math
 
-    mass = norm.cdf(n_sigma) - norm.cdf(-n_sigma)
-    return float(np.sqrt(1.0 - 2.0 * n_sigma * norm.pdf(n_sigma) / mass))
+    mass = math.erf(n_sigma / math.sqrt(2.0))
+    pdf = math.exp(-0.5 * n_sigma * n_sigma) / math.sqrt(2.0 * math.pi)
+    return float(math.sqrt(1.0 - 2.0 * n_sigma * pdf / mass))
 
 
 def amp_corner_box(amp: Amplifier, size: int) -> tuple[slice, slice]:
