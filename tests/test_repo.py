@@ -60,6 +60,9 @@ def test_sqlite_uses_wal_and_busy_timeout(repo):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 60000
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    with Repository.open(repo.root, busy_timeout_s=2.5) as again:
+        with again.registry.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 2500
 
 
 def test_failure_between_steps_leaves_nothing(repo, tmp_path, monkeypatch):

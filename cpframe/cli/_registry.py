@@ -45,10 +45,16 @@ def _split(values: Iterable[str]) -> list[str]:
     return out
 
 
+def _settings():
+    from ..config import load_settings
+
+    return load_settings()
+
+
 def _open(repo: str):
     from ..repo import Repository
 
-    r = Repository.open(repo)
+    r = Repository.open(repo, busy_timeout_s=_settings().busy_timeout_s)
     for line in r.repairs:
         click.secho(f"repaired: {line}", fg="yellow", err=True)
     return r
@@ -75,13 +81,16 @@ where_option = click.option("--where", default="", help="Selection in the butler
 @main.command("create")
 @repo_argument
 @click.option("--db", "db_url", default=None, metavar="URL",
-              help="SQLAlchemy URL of an empty database (e.g. postgresql+psycopg://user@host/db); default SQLite in REPO.")
+              help="SQLAlchemy URL of an empty database (e.g. postgresql+psycopg://user@host/db); default the setting "
+                   "cpframe.registry.db-url, else SQLite in REPO.")
 @catch_errors
 def create_cmd(repo: str, db_url: str | None) -> None:
     """Create an empty repository in REPO (registry, datastore, default dataset types)."""
     from ..repo import Repository
 
-    with Repository.create(repo, db_url=db_url) as r:
+    settings = _settings()  # --db wins over cpframe.registry.db-url
+    with Repository.create(repo, db_url=db_url or settings.db_url or None,
+                           busy_timeout_s=settings.busy_timeout_s) as r:
         kind = "PostgreSQL" if r.registry.engine.dialect.name == "postgresql" else "SQLite (WAL)"
         n = len(r.registry.query_dataset_types())
     click.echo(f"Created repository {r.root} ({kind} registry, {n} dataset types).")
