@@ -8,7 +8,9 @@ Writes N mini-scale LSSTComCam raw files (headers real, pixels left as holes of 
 3. ``cpframe ingest-raws``' library call ``ingest_raws(repo, [dir], transfer="direct")`` into a
    fresh SQLite repository (headers in 2 processes, exposure records, registry rows; the
    Repository also computes each file's sha256, which reads whole files);
-4. a second ``ingest_raws`` of the same files (everything skipped).
+4. a second ``ingest_raws`` of the same files (everything skipped);
+5. ``cpframe.repo.sha256_file`` of every file, serially: the whole-file checksum the Repository
+   records for each dataset, the part of ingest that reads every byte.
 
     python benchmarks/bench_ingest.py [--files 10000] [--dir SCRATCH]
 """
@@ -99,6 +101,12 @@ def main() -> None:
             assert len(again.skipped) == len(paths)
         finally:
             repo.close()
+        from cpframe.repo import sha256_file
+
+        t0 = time.perf_counter()
+        for p in paths:
+            sha256_file(p)
+        hashing = time.perf_counter() - t0
         n = len(paths)
         print(
             f"plain astropy getheader, serial          : {plain:7.2f} s  {n / plain:7.0f} files/s  ratio 1.00"
@@ -118,6 +126,14 @@ def main() -> None:
         print(
             f"ingest_raws again (all skipped)          : {reingest:7.2f} s  {n / reingest:7.0f} files/s  "
             f"ratio {reingest / plain:.2f}"
+        )
+        print(
+            f"sha256 of every file (part of ingest)    : {hashing:7.2f} s  {n / hashing:7.0f} files/s  "
+            f"ratio {hashing / plain:.2f}"
+        )
+        print(
+            f"ingest_raws minus the checksums          : {ingest - hashing:7.2f} s  "
+            f"ratio {(ingest - hashing) / plain:.2f}"
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)
