@@ -32,10 +32,11 @@ import json
 import math
 import re
 import shutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,7 @@ from .model import DatasetRef
 from .verify.core import get_stage
 from .verify.results import atomic_write_text, read_results, read_stats
 
-__all__ = ["ReportStage", "REPORT_STAGES", "ReportResult", "write_report", "NO_DATASETS_MESSAGE"]
+__all__ = ["NO_DATASETS_MESSAGE", "REPORT_STAGES", "ReportResult", "ReportStage", "write_report"]
 
 #: Message when the collections hold nothing to report on (tests check it).
 NO_DATASETS_MESSAGE = "no calibration or verification datasets found"
@@ -127,7 +128,7 @@ def e(value: Any) -> str:
 
 
 def _fmt(value: Any, column: str = "") -> str:
-    if value is None or (np.ma.is_masked(value) if hasattr(np.ma, "is_masked") else False):
+    if value is None or np.ma.is_masked(value):
         return ""
     if isinstance(value, (bool, np.bool_)):
         return "pass" if value else "FAIL"
@@ -439,7 +440,7 @@ class _Report:
 
         gains, noises, cam = {}, {}, None
         for it in products:
-            rows, header = read_ptc(it.path)
+            rows, _ = read_ptc(it.path)
             cam = self._camera_from_meta(it.ref.data_id["instrument"])
             det = cam.detector(it.ref.data_id["detector"])
             gains[det.id] = amp_value_image(det, {a: r["gain"] for a, r in rows.items()})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,12 +11,18 @@ from click.testing import CliRunner
 
 from cpframe.cli import main
 from cpframe.imageio import write_masked, write_ptc
-from cpframe.model import DatasetType, Timespan, exposure_id, parse_tai
-from cpframe.model import CollectionType
+from cpframe.model import CollectionType, DatasetType, Timespan, exposure_id, parse_tai
 from cpframe.repo import Repository
 from cpframe.report import NO_DATASETS_MESSAGE, write_report
-from cpframe.verify import merge_calibs, merge_exposure, merge_run, verify_calib, verify_exposure
-from cpframe.verify import write_results, write_stats
+from cpframe.verify import (
+    merge_calibs,
+    merge_exposure,
+    merge_run,
+    verify_calib,
+    verify_exposure,
+    write_results,
+    write_stats,
+)
 from cpframe.verify.plots import focal_plane_grid, stretch_limits
 from tests.fixtures.verify import make_residual
 

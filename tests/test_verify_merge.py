@@ -10,8 +10,17 @@ import pytest
 
 from cpframe.errors import UserInputError
 from cpframe.verify import (
-    dataset_type_name, merge_calibs, merge_exposure, merge_run, read_results, read_stats, results_table,
-    verify_calib, verify_exposure, write_results, write_stats,
+    dataset_type_name,
+    merge_calibs,
+    merge_exposure,
+    merge_run,
+    read_results,
+    read_stats,
+    results_table,
+    verify_calib,
+    verify_exposure,
+    write_results,
+    write_stats,
 )
 from cpframe.verify.merge import MIXED_INPUT_MESSAGE
 from tests.fixtures.verify import make_residual
@@ -89,7 +98,7 @@ def test_flat_exposure_group_test_and_run_failures(mini_comcam):
     assert exp["SUCCESS"] is False and exp["FAILURES"] == ["SCATTER"]
     table, summary = merge_run("flat", [exp])
     assert summary["FAILURES"] == {"2024111000010": ["SCATTER"]}
-    exp_rows = table[np.asarray(table["FLAT_EXP_VERIFY_SCATTER"].mask == False)]  # noqa: E712
+    exp_rows = table[np.asarray(table["FLAT_EXP_VERIFY_SCATTER"].mask == False)]
     assert len(exp_rows) == 1 and not exp_rows[0]["FLAT_EXP_VERIFY_SCATTER"]
     det_rows = table[np.isfinite(table["FLAT_DET_SCATTER"])]
     assert len(det_rows) == 3 and set(det_rows["physical_filter"]) == {"r_03"}

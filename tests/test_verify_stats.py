@@ -16,9 +16,9 @@ import cpframe.verify.results
 import cpframe.verify.stats
 from cpframe.errors import UserInputError
 from cpframe.verify import VerifyConfig, read_residual, verify_exposure
+from cpframe.verify.bias import MISSING_NOMINAL_MESSAGE
 from cpframe.verify.config import UNKNOWN_FIELD_MESSAGE
 from cpframe.verify.core import UNKNOWN_STAGE_MESSAGE
-from cpframe.verify.bias import MISSING_NOMINAL_MESSAGE
 from cpframe.verify.stats import amp_corner_box, clipped_stats, repair_cosmic_rays
 from tests.fixtures.verify import make_residual
 

@@ -44,11 +44,18 @@ from ..errors import UserInputError
 from .config import VerifyConfig
 from .core import Stage, register_stage
 from .stats import (
-    ResidualImage, amp_corner_box, clipped_stats, expected_noise, header_amp_value, header_value, mask_of,
-    repair_cosmic_rays, truncated_std_factor,
+    ResidualImage,
+    amp_corner_box,
+    clipped_stats,
+    expected_noise,
+    header_amp_value,
+    header_value,
+    mask_of,
+    repair_cosmic_rays,
+    truncated_std_factor,
 )
 
-__all__ = ["measure_noise_stage", "check_noise_stage", "nominal_from_header", "MISSING_NOMINAL_MESSAGE"]
+__all__ = ["MISSING_NOMINAL_MESSAGE", "check_noise_stage", "measure_noise_stage", "nominal_from_header"]
 
 #: Message when the residual lacks the ISR's gain / read-noise cards (tests check it).
 MISSING_NOMINAL_MESSAGE = "has no nominal read noise"

@@ -8,12 +8,13 @@ A pipeline definition or a campaign may override any field by name through
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import UserInputError
 
-__all__ = ["VerifyConfig", "UNKNOWN_FIELD_MESSAGE"]
+__all__ = ["UNKNOWN_FIELD_MESSAGE", "VerifyConfig"]
 
 #: Message for an override naming a field that does not exist (tests check it).
 UNKNOWN_FIELD_MESSAGE = "unknown verification setting(s)"
@@ -99,7 +100,7 @@ class VerifyConfig:
     """COLUMN/ROW_STRUCTURE: robust scatter of the profile over its pure-noise expectation."""
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None) -> "VerifyConfig":
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> VerifyConfig:
         """Defaults overridden by ``values`` (kebab- or snake-case names).
 
         >>> VerifyConfig.from_mapping({"noise-threshold": 0.1}).noise_threshold

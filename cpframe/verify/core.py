@@ -21,9 +21,10 @@ written as ``null`` by :func:`cpframe.verify.results.write_stats`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -33,14 +34,14 @@ from .config import VerifyConfig
 from .stats import ResidualImage, header_value, read_residual
 
 __all__ = [
-    "Stage",
     "STAGES",
-    "get_stage",
-    "verify_exposure",
-    "verify_calib",
-    "finish_stats",
-    "dataset_type_name",
     "UNKNOWN_STAGE_MESSAGE",
+    "Stage",
+    "dataset_type_name",
+    "finish_stats",
+    "get_stage",
+    "verify_calib",
+    "verify_exposure",
 ]
 
 #: Message when a stage name is not known (tests check it).

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import datetime
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..camera import Camera, load_camera
 from ..errors import PlanningError, UserInputError
@@ -28,8 +29,15 @@ from .core import verify_exposure
 from .merge import merge_exposure, merge_run
 from .results import atomic_write_text
 
-__all__ = ["DailyResult", "verify_daily", "append_history", "format_daily", "HISTORY_FORMATS", "MISSING_CALIBS_MESSAGE",
-           "STAGE_OF_TYPE"]
+__all__ = [
+    "HISTORY_FORMATS",
+    "MISSING_CALIBS_MESSAGE",
+    "STAGE_OF_TYPE",
+    "DailyResult",
+    "append_history",
+    "format_daily",
+    "verify_daily",
+]
 
 #: observation_type -> verification stage.
 STAGE_OF_TYPE = {"bias": "BIAS", "dark": "DARK", "flat": "FLAT"}

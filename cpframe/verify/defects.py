@@ -35,7 +35,7 @@ from .config import VerifyConfig
 from .core import Stage, register_stage
 from .stats import ResidualImage, clipped_stats, mask_of, repair_cosmic_rays
 
-__all__ = ["measure_defects", "check_defects", "improbable_threshold", "DEFECTS"]
+__all__ = ["DEFECTS", "check_defects", "improbable_threshold", "measure_defects"]
 
 
 def improbable_threshold(n_pixels: int) -> float:

@@ -31,7 +31,7 @@ from .config import VerifyConfig
 from .core import Stage, register_stage
 from .stats import ResidualImage, clipped_stats, expected_noise, header_amp_value, header_value, mask_of
 
-__all__ = ["measure_flat", "check_flat", "flat_exposure_group", "FLAT"]
+__all__ = ["FLAT", "check_flat", "flat_exposure_group", "measure_flat"]
 
 
 def measure_flat(residual: ResidualImage, detector: Detector, config: VerifyConfig) -> dict:

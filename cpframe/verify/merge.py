@@ -12,14 +12,15 @@ summary dictionary.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..errors import UserInputError
 from .config import VerifyConfig
 from .core import get_stage, plain
 from .results import detector_rows, rows_to_table
 
-__all__ = ["merge_exposure", "merge_run", "merge_calibs", "MIXED_INPUT_MESSAGE"]
+__all__ = ["MIXED_INPUT_MESSAGE", "merge_calibs", "merge_exposure", "merge_run"]
 
 #: Message when a merge is given statistics of different stages / exposures (tests check it).
 MIXED_INPUT_MESSAGE = "cannot merge"

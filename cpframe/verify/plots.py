@@ -17,22 +17,23 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..camera import Camera, Detector
 
 __all__ = [
-    "stretch_limits",
+    "amp_value_image",
     "display_bin",
     "focal_plane_grid",
     "render_image_png",
-    "render_mosaic_png",
-    "amp_value_image",
     "render_metric_png",
+    "render_mosaic_png",
     "render_ptc_png",
+    "stretch_limits",
 ]
 
 _GRID_RE = re.compile(r"R(\d)(\d)_S(\d)(\d)")

@@ -23,8 +23,9 @@ are stored).  The vendor is the prefix of ``DET_SER`` (else the camera model's).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +35,16 @@ from .config import VerifyConfig
 from .core import Stage, register_stage
 from .stats import header_value
 
-__all__ = ["read_ptc_table", "nominal_from_truth", "measure_ptc", "check_ptc", "noise_signal_independence", "PTC",
-           "MISSING_NOMINAL_PTC_MESSAGE", "UNKNOWN_VENDOR_MESSAGE"]
+__all__ = [
+    "MISSING_NOMINAL_PTC_MESSAGE",
+    "PTC",
+    "UNKNOWN_VENDOR_MESSAGE",
+    "check_ptc",
+    "measure_ptc",
+    "noise_signal_independence",
+    "nominal_from_truth",
+    "read_ptc_table",
+]
 
 #: Messages tests check.
 MISSING_NOMINAL_PTC_MESSAGE = "nominal gain and noise missing"

@@ -20,8 +20,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,18 +32,18 @@ from .core import get_stage
 from .stats import ResidualImage, mask_of
 
 __all__ = [
-    "detector_rows",
-    "rows_to_table",
-    "results_table",
-    "write_stats",
-    "read_stats",
-    "write_summary",
-    "read_summary",
-    "write_results",
-    "read_results",
-    "bin_image",
-    "write_binned_residual",
     "atomic_write_text",
+    "bin_image",
+    "detector_rows",
+    "read_results",
+    "read_stats",
+    "read_summary",
+    "results_table",
+    "rows_to_table",
+    "write_binned_residual",
+    "write_results",
+    "write_stats",
+    "write_summary",
 ]
 
 BASE_COLUMNS = ("instrument", "exposure", "physical_filter", "detector", "detector_name", "amplifier", "mjd")

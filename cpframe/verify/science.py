@@ -33,7 +33,7 @@ from .config import VerifyConfig
 from .core import Stage, register_stage
 from .stats import IQR_TO_SIGMA, ResidualImage, clipped_stats, mask_of
 
-__all__ = ["measure_science", "check_science", "profile_ratio", "SCIENCE"]
+__all__ = ["SCIENCE", "check_science", "measure_science", "profile_ratio"]
 
 #: sigma of a median of n Gaussian values = MEDIAN_EFFICIENCY * sigma / sqrt(n).
 MEDIAN_EFFICIENCY = 1.2533

@@ -13,9 +13,10 @@ Everything here works on plain numpy arrays; :func:`read_residual` reads a
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -24,19 +25,19 @@ from ..errors import UserInputError
 from ..imageio import MASK_BITS
 
 __all__ = [
-    "ResidualImage",
-    "ClipResult",
     "DEFAULT_MASK_BITS",
-    "read_residual",
-    "mask_of",
-    "clipped_stats",
-    "amp_pixels",
+    "ClipResult",
+    "ResidualImage",
     "amp_corner_box",
+    "amp_pixels",
+    "clipped_stats",
     "expected_noise",
-    "truncated_std_factor",
-    "repair_cosmic_rays",
-    "header_value",
     "header_amp_value",
+    "header_value",
+    "mask_of",
+    "read_residual",
+    "repair_cosmic_rays",
+    "truncated_std_factor",
 ]
 
 #: Bit numbers of the mask planes (docs/architecture.md "Mask bits"); a file's own
