@@ -492,13 +492,21 @@ class _Report:
             amp = table[table["amplifier"] != ""]
             if "PTC_PTC_GAIN" in amp.colnames and len(amp):
                 dets = sorted(set(amp["detector_name"]))
-                series = {"PTC gain / nominal": [[float(r["PTC_PTC_GAIN"]) / float(r["PTC_AMP_GAIN"])
-                                                  for r in amp if r["detector_name"] == d] for d in dets]}
-                digest = hashlib.sha1(str(list(amp["PTC_PTC_GAIN"])).encode()).hexdigest()[:10]
-                rel = self.png(f"src/{st.key}/ptc_gain_ratio_{digest}.png",
-                               lambda p: render_metric_png(dets, series, p, "PTC gain / nominal gain per amp",
-                                                           "ratio", (0.95, 1.05)))
-                out.append(self.figure(rel, "Each amp's PTC gain over its nominal gain; dashed: the ±5 % test."))
+                nominal = np.asarray(amp["PTC_AMP_GAIN"], dtype=float)
+                if np.isfinite(nominal).any():
+                    name, ylabel, limits = "PTC gain / nominal", "ratio", (0.95, 1.05)
+                    values = np.asarray(amp["PTC_PTC_GAIN"], dtype=float) / nominal
+                    caption = "Each amp's PTC gain over its nominal gain; dashed: the ±5 % test."
+                else:
+                    name, ylabel, limits = "PTC gain", "gain (e-/adu)", ()
+                    values = np.asarray(amp["PTC_PTC_GAIN"], dtype=float)
+                    caption = "Each amp's PTC gain (no nominal gains were given to verification)."
+                series = {name: [[float(v) for v, d in zip(values, amp["detector_name"]) if d == det]
+                                 for det in dets]}
+                digest = hashlib.sha1(str(list(values)).encode()).hexdigest()[:10]
+                rel = self.png(f"src/{st.key}/ptc_gain_{digest}.png",
+                               lambda p: render_metric_png(dets, series, p, f"{name} per amp", ylabel, limits))
+                out.append(self.figure(rel, caption))
             return out
         if "exposure" not in table.colnames:
             return out
