@@ -158,8 +158,19 @@ def _collect(repo: Any, collections: Sequence[str]) -> list[Item]:
                 wanted[name] = kind
         if not wanted:
             continue
-        for ref in registry.query_datasets(sorted(wanted), collections, find_first=True):
-            items.append(Item(st, wanted[ref.dataset_type], ref, repo.get_path(ref)))
+        # run-level results and summaries have only an instrument in their data ID, so one
+        # collection's would hide the others' (three flat bands = three verify collections):
+        # they are found first *within* each collection; everything else find-first across all
+        run_level = sorted(n for n, k in wanted.items() if k in ("results", "summary"))
+        others = sorted(n for n in wanted if n not in run_level)
+        seen: set[str] = set()
+        refs = registry.query_datasets(others, collections, find_first=True) if others else []
+        for c in collections if run_level else ():
+            refs += registry.query_datasets(run_level, [c], find_first=True)
+        for ref in refs:
+            if ref.id not in seen:
+                seen.add(ref.id)
+                items.append(Item(st, wanted[ref.dataset_type], ref, repo.get_path(ref)))
     return items
 
 
@@ -260,12 +271,13 @@ class _Report:
             kinds.setdefault(it.kind, []).append(it)
         parts = [f"<h2 id=\"{st.key}\">{e(st.title)}</h2>", f"<p class=\"meta\">{e(st.description)}</p>"]
         verdict, failures, summary_rows = None, [], []
-        summary = kinds.get("summary", [None])[0]
-        summary_data: dict = {}
-        if summary is not None:
-            summary_data = read_stats(summary.path)
-            verdict = bool(summary_data.get("SUCCESS"))
-            for key, fails in (summary_data.get("FAILURES") or {}).items():
+        summary_data: dict = {"EXPOSURES": {}, "FAILURES": {}}
+        for summary in kinds.get("summary", []):  # one per verify collection (e.g. per flat band)
+            data = read_stats(summary.path)
+            verdict = bool(data.get("SUCCESS")) and verdict is not False
+            summary_data["EXPOSURES"].update(data.get("EXPOSURES") or {})
+            summary_data["FAILURES"].update(data.get("FAILURES") or {})
+            for key, fails in (data.get("FAILURES") or {}).items():
                 failures += [f"{key} {f}" for f in fails]
             summary.link = f"index.html#{st.key}"
         badge = {True: "<span class=\"verdict pass\">PASS</span>", False: "<span class=\"verdict fail\">FAIL</span>",
@@ -276,12 +288,17 @@ class _Report:
             shown = failures[:60]
             parts.append("<ul class=\"failures\">" + "".join(f"<li>{e(f)}</li>" for f in shown) + "</ul>"
                          + (f"<p class=\"meta\">... and {len(failures) - 60} more.</p>" if len(failures) > 60 else ""))
-        table = None
+        tables = []
         for res in kinds.get("results", []):
-            table = read_results(res.path)
-            res.link = self.results_page(st, res, table)
+            tables.append(read_results(res.path))
+            res.link = self.results_page(st, res, tables[-1])
+        table = None
+        if tables:
+            from astropy.table import vstack
+
+            table = tables[0] if len(tables) == 1 else vstack(tables, join_type="outer", metadata_conflicts="silent")
             summary_rows += self.summary_rows(st, table, verdict)
-        if table is None and summary is not None:
+        elif verdict is not None:
             summary_rows.append((st, "SUCCESS", "run", None, None, verdict, False))
         figures = []
         figures += self.product_mosaics(st, kinds.get("product", []))

@@ -265,3 +265,21 @@ def test_report_renders_in_headless_chromium(report, chromium, tmp_path):
                                                                      index.as_uri()],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and shot.stat().st_size > 20000
+
+
+def test_run_level_results_of_several_verify_collections_are_all_used(report_repo, mini_comcam, tmp_path):
+    # a second flat band: its own verify collection with its own (instrument-only) Results and Summary
+    run = f"{P}/verifyFlat-g.20241127a"
+    report_repo.registry.register_collection(run, CollectionType.RUN)
+    det = mini_comcam.detector(0)
+    res, _ = make_residual(det, seed=99, exposure=exposure_id(20241126, 99), signal=20000.0, physical_filter="g_01")
+    table, summary = merge_run("flat", [merge_exposure("flat", [verify_exposure("flat", res, det)])])
+    report_repo.put_files([(write_results(table, tmp_path / "g.ecsv"), "verifyFlatResults", {"instrument": INSTRUMENT}),
+                           (write_stats(summary, tmp_path / "g.json"), "verifyFlatSummary", {"instrument": INSTRUMENT})],
+                          run)
+    result = write_report(report_repo, [VERIFY_FLAT, run], tmp_path / "two")
+    assert result.verdicts == {"flat": False}  # r fails, g passes: the type fails
+    index = (tmp_path / "two" / "index.html").read_text()
+    noise = re.search(r"<td>NOISE</td><td>amp</td><td class=\"num\">(\d+)</td>", index)
+    assert int(noise.group(1)) == 2 * 3 * 16 + 16  # both bands' amp rows are counted
+    assert "2024112600099" in (tmp_path / "two" / "flat_exp.html").read_text()
