@@ -137,7 +137,9 @@ def _fmt(value: Any, column: str = "") -> str:
     if isinstance(value, (float, np.floating)):
         if not math.isfinite(float(value)):
             return ""
-        return f"{float(value):.10f}" if column == "mjd" else f"{float(value):.4g}"
+        if column == "mjd":
+            return f"{float(value):.10f}"
+        return f"{float(value):.1f}" if abs(float(value)) >= 1e4 else f"{float(value):.4g}"
     return str(value)
 
 
@@ -506,7 +508,7 @@ class _Report:
 
         out = []
         if st.stage == "PTC":
-            amp = table[table["amplifier"] != ""]
+            amp = table[_amp_rows(table)]
             if "PTC_PTC_GAIN" in amp.colnames and len(amp):
                 dets = sorted(set(amp["detector_name"]))
                 nominal = np.asarray(amp["PTC_AMP_GAIN"], dtype=float)
@@ -527,7 +529,7 @@ class _Report:
             return out
         if "exposure" not in table.colnames:
             return out
-        amp = table[(table["amplifier"] != "")]
+        amp = table[_amp_rows(table)]
         if not len(amp):
             return out
         exposures = sorted(set(int(x) for x in amp["exposure"]))
@@ -646,8 +648,8 @@ class _Report:
                  f"<th>scale</th></tr></thead><tbody>{rows}</tbody></table>" if inputs else
                  "<p class=\"meta\">No CPP_INPUT_* keys in this product.</p>")
         created = header.get("CALIB_CREATION_DATETIME", header.get("HIERARCH CALIB_CREATION_DATETIME", ""))
-        return (f"<details><summary>Provenance of {e(it.ref.dataset_type)} "
-                f"{e(it.ref.data_id.get('physical_filter', ''))}: RUN <a href=\"provenance.html#{_anchor(it.ref.run)}\">"
+        filt = it.ref.data_id.get("physical_filter", "")
+        return (f"<details><summary>Provenance of {e(it.ref.dataset_type)}{' ' + e(filt) if filt else ''}: RUN <a href=\"provenance.html#{_anchor(it.ref.run)}\">"
                 f"{e(it.ref.run)}</a>, {len(inputs)} input(s)</summary>"
                 f"<p class=\"meta\">dataset {e(it.ref.id)}{' &middot; created ' + e(created) if created else ''}"
                 f"</p>{table}</details>")
@@ -710,6 +712,11 @@ class _Report:
                 "<th>format</th><th>data ID</th><th>collection</th><th>links</th></tr></thead><tbody>"
                 + "".join(rows) + "</tbody></table></div>")
         self.page("manifest.html", "Manifest", body)
+
+
+def _amp_rows(table) -> np.ndarray:
+    """Rows of amps (detector and exposure rows have an empty -- after ECSV, masked -- amplifier)."""
+    return np.array([not np.ma.is_masked(a) and str(a) not in ("", "--") for a in table["amplifier"]], dtype=bool)
 
 
 def _anchor(text: str) -> str:
