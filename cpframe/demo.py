@@ -14,9 +14,9 @@ Running it again in the same ``DIR`` with the same options resumes: nothing fini
 redone.  Options that change the data (size, detectors, bands, broken input, seed) need a
 new ``DIR`` or ``--force``.
 
-``broken="saturated-flat"`` also simulates one over-exposed g flat and, after the demo
-campaign, runs a small second campaign (ticket ``DEMO-1-SAT``) that rebuilds, certifies and
-verifies the g flat with that exposure added to its construction and verification
+``broken="saturated-flat"`` also simulates one over-exposed flat (g, or the first band
+asked) and, after the demo campaign, runs a small second campaign (ticket ``DEMO-1-SAT``)
+that rebuilds, certifies and verifies that band's flat with the exposure added to its construction and verification
 selections (DMTN-222 §Verification: saturated flats "do not flat-field well").  Its
 verification fails for that exposure and its report shows the failing tests in red, while
 the demo's own calibrations stay as they were.
@@ -77,7 +77,7 @@ class DemoResult:
         if self.broken is None:
             return None
         verdicts = self.broken[1]
-        return bool(verdicts) and not verdicts.get("flat-g", (True, []))[0]
+        return bool(verdicts) and any(not ok for name, (ok, _f) in verdicts.items() if name.startswith("flat-"))
 
     @property
     def passed(self) -> bool:
@@ -126,6 +126,15 @@ def plan_bands(plan: Any) -> list[str]:
     return sorted(k.rsplit("_", 1)[1] for k in plan.selections if re.fullmatch(r"SELECTION_FLAT_[a-z]", k))
 
 
+def broken_band(bands: Sequence[str]) -> str:
+    """Band of the saturated flat: g when the demo has it, else its first band.
+
+    >>> broken_band(["i", "r"]), broken_band(["g", "r"])
+    ('i', 'g')
+    """
+    return "g" if "g" in bands else sorted(bands)[0]
+
+
 def _demo_specs(plan: Any, bands: Sequence[str], broken: str | None) -> tuple[list, dict[str, str], dict[str, str]]:
     """The plan's exposures for the chosen bands (+ the broken one), the selections, and the
     selections of the broken campaign (empty without ``broken``)."""
@@ -146,10 +155,9 @@ def _demo_specs(plan: Any, bands: Sequence[str], broken: str | None) -> tuple[li
     selections = dict(plan.selections)
     bad_selections: dict[str, str] = {}
     if broken == "saturated-flat":
-        if "g" not in bands:
-            raise UserInputError("--broken saturated-flat adds a g flat: include g in --bands.")
-        g_flats = [s for s in plan.specs if s.exposure_id in set(plan.intended.get("SELECTION_FLAT_g", ()))
-                   and s.observation_type == "flat" and cam.band_of(s.physical_filter) == "g"]
+        band = broken_band(bands)
+        g_flats = [s for s in plan.specs if s.exposure_id in set(plan.intended.get(f"SELECTION_FLAT_{band}", ()))
+                   and s.observation_type == "flat" and cam.band_of(s.physical_filter) == band]
         last = max((s for s in plan.specs if s.day_obs == g_flats[0].day_obs), key=lambda s: s.end_ns)
         from .model import ns_to_iso
 
@@ -158,24 +166,54 @@ def _demo_specs(plan: Any, bands: Sequence[str], broken: str | None) -> tuple[li
         specs.append(bad)
         extra = (f" or (instrument='{plan.instrument}' and exposure.day_obs={bad.day_obs} "
                  f"and exposure.seq_num={bad.seq_num})")
-        bad_selections = {sel: f"({selections[sel]}){extra}" for sel in ("SELECTION_FLAT_g", "SELECTION_FLAT_g_V")}
+        bad_selections = {sel: f"({selections[sel]}){extra}"
+                          for sel in (f"SELECTION_FLAT_{band}", f"SELECTION_FLAT_{band}_V")}
     return specs, selections, bad_selections
 
 
-def demo_campaign(repo_root: Path, bands: Sequence[str], selections: dict[str, str]):
-    """The demo campaign (``templates/campaign_demo.yaml``) for ``repo_root`` and ``bands``."""
+def _needs_flat_of(plan: Any) -> dict[str, set[str]]:
+    """Verify step -> bands of the flats its exposures need (science and defects verification)."""
+    from .camera import load_camera
+
+    cam = load_camera(plan.instrument)
+    by_id = {s.exposure_id: s for s in plan.specs}
+    out = {}
+    for step, sel in (("verify-science", "SELECTION_SCIENCE_V"), ("verify-defects", "SELECTION_DEFECTS_V")):
+        out[step] = {cam.band_of(by_id[e].physical_filter) for e in plan.intended.get(sel, ()) if e in by_id}
+    return out
+
+
+def demo_campaign(repo_root: Path, bands: Sequence[str], selections: dict[str, str],
+                  detectors: Sequence[int] | None = None, flat_needs: dict[str, set[str]] | None = None):
+    """The demo campaign (``templates/campaign_demo.yaml``) for ``repo_root``, ``bands`` and ``detectors``.
+
+    When only some detectors were simulated, every selection is narrowed to them, and so is
+    the defects step's ``dataQuery`` (its template selects every detector of the instrument,
+    ``instrument='X'``, as cp_pipe's does) with a command-line key override, as ``bps submit``
+    allows.
+    Verify steps whose exposures need the flat of a band left out (``flat_needs``) are dropped.
+    """
+    from .camera import load_camera
     from .campaign import parse_campaign
     from .templates import default_templates_dir
 
     path = default_templates_dir() / "campaign_demo.yaml"
     doc = yaml.safe_load(path.read_text())
-    doc["steps"] = [s for s in doc["steps"] if s.get("band", _band_of_step(s)) in (None, *bands)]
+    doc["steps"] = [s for s in doc["steps"] if s.get("band", _band_of_step(s)) in (None, *bands)
+                    and (flat_needs or {}).get(s["name"], set()) <= set(bands)]
+    if detectors is not None and set(detectors) != set(load_camera(DEMO_INSTRUMENT).detector_ids):
+        dets = f"detector in ({', '.join(str(d) for d in sorted(detectors))})"
+        # per-detector pipelines (defects, PTC verification) plan every detector the query allows
+        selections = {k: f"({v}) and {dets}" for k, v in selections.items()}
+        for s in doc["steps"]:
+            if s["name"] == "defects":
+                s["vars"] = {**s.get("vars", {}), "dataQuery": f"instrument='{DEMO_INSTRUMENT}' and {dets}"}
     overrides = {"REPO": str(repo_root), **selections}
     return parse_campaign(yaml.safe_dump(doc, sort_keys=False), path, overrides)
 
 
 def broken_campaign(repo_root: Path, good: Any, selections: dict[str, str]):
-    """A small campaign that rebuilds and verifies the g flat with the saturated exposure included.
+    """A small campaign that rebuilds and verifies one flat with the saturated exposure included.
 
     It reads the good campaign's calibrations (its ticket chain, then the curated ones) and
     writes under its own ticket (``<TICKET>-SAT``), so the good calibrations stay as they are.
@@ -185,7 +223,8 @@ def broken_campaign(repo_root: Path, good: Any, selections: dict[str, str]):
 
     path = default_templates_dir() / "campaign_demo.yaml"
     doc = yaml.safe_load(path.read_text())
-    keep = ("flat-g", "certify-flat-g", "verify-flat-g", "report")
+    band = next(k.split("_")[2] for k in selections if k.startswith("SELECTION_FLAT_"))
+    keep = (f"flat-{band}", f"certify-flat-{band}", f"verify-flat-{band}", "report")
     doc["name"] = "demo-saturated-flat"
     doc["steps"] = [s for s in doc["steps"] if s["name"] in keep]
     v = good.variables
@@ -288,7 +327,11 @@ def run_demo(
 
     t0 = time.monotonic()
     repo_root = d / "repo"
-    camp = demo_campaign(repo_root, bands, selections)
+    flat_needs = _needs_flat_of(plan)
+    camp = demo_campaign(repo_root, bands, selections, detectors, flat_needs)
+    for step, need in flat_needs.items():
+        if not need <= set(bands):
+            echo(f"({step} left out: its exposures need the {', '.join(sorted(need))} flat; add it with --bands)")
     repo = _prepare_repo(repo_root, camp, files, opts["scale"], echo)
     timings["ingest"] = time.monotonic() - t0
 
@@ -316,7 +359,7 @@ def run_demo(
             t0 = time.monotonic()
             bad = broken_campaign(repo_root, camp, bad_selections)
             echo("")
-            echo("Now the same g flat with a saturated exposure added to its selections:")
+            echo(f"Now the {broken_band(bands)} flat again, with a saturated exposure added to its selections:")
             echo(format_plan(bad))
             bad_result = run_campaign(bad, resume=CampaignState.load(campaign_dir(bad)).exists, client=client,
                                       settings=settings, echo=echo, argv=argv, resume_hint=again)

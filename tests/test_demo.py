@@ -41,7 +41,7 @@ def demo(tmp_path_factory, cluster):
 
     d = tmp_path_factory.mktemp("demo") / "demo"
     lines: list[str] = []
-    res = run_demo(d, detectors=[DETECTOR], bands=["g"], broken="saturated-flat", client=cluster,
+    res = run_demo(d, detectors=[DETECTOR], bands=["r"], broken="saturated-flat", client=cluster,
                    echo=lines.append)
     return res, lines
 
@@ -63,7 +63,7 @@ def _verdict_rows(index: Path) -> dict[str, tuple[str, str]]:
 
 def test_demo_every_product_passes(demo):
     res, lines = demo
-    assert set(res.verdicts) == {"bias", "dark", "flat-g", "defects", "ptc", "science"}, res.summary()
+    assert set(res.verdicts) == {"bias", "dark", "flat-r", "defects", "ptc", "science"}, res.summary()
     assert all(ok for ok, _ in res.verdicts.values()), res.summary()
     assert res.passed and "RESULT: all products pass verification" in res.summary()
     rows = _verdict_rows(res.report_index)
@@ -99,7 +99,7 @@ def test_broken_saturated_flat_fails_the_flat_test_in_red(demo):
     res, _ = demo
     what, verdicts, index = res.broken
     assert what == "saturated-flat" and res.broken_detected
-    ok, failures = verdicts["flat-g"]
+    ok, failures = verdicts["flat-r"]
     assert not ok and failures
     # the failing exposure is the saturated one (the last seq_num of the construction night)
     assert all(f.startswith("2024111000052") for f in failures), failures
@@ -113,7 +113,7 @@ def test_broken_saturated_flat_fails_the_flat_test_in_red(demo):
     r, g, b = (int(fail_colour[i:i + 2], 16) for i in (1, 3, 5))
     assert r > 150 and g < 60 and b < 60  # red
     # the demo's own, deployed flat is unaffected
-    assert res.verdicts["flat-g"][0]
+    assert res.verdicts["flat-r"][0]
 
 
 def test_deploy_self_check(demo):
@@ -251,7 +251,7 @@ def test_demo_again_resumes_without_redoing_anything(demo, cluster):
     repo = _repo(res)
     runs = _runs(repo)
     repo.close()
-    again = run_demo(res.directory, detectors=[DETECTOR], bands=["g"], broken="saturated-flat", client=cluster)
+    again = run_demo(res.directory, detectors=[DETECTOR], bands=["r"], broken="saturated-flat", client=cluster)
     assert {o.status for o in again.campaign.outcomes} == {"skipped"}
     repo = _repo(res)
     try:
