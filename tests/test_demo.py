@@ -144,7 +144,7 @@ def test_construction_record(demo):
     assert re.search(r"^cpframe collection-chain \S+ --mode redefine LSSTComCam/calib/DEMO-1 "
                      r"LSSTComCam/calib/DEMO-1/demo/defects\.20241111a$", sh, re.M)
     assert re.search(r"^cpframe collection-chain \S+ --mode prepend LSSTComCam/calib/DEMO-1 "
-                     r"LSSTComCam/calib/DEMO-1/demo/flat-g\.20241111a$", sh, re.M)
+                     r"LSSTComCam/calib/DEMO-1/demo/flat-r\.20241111a$", sh, re.M)
     assert re.search(r"^cpframe report \S+ -c \S+verifyBias\.20241127a", sh, re.M)
     entries = json.loads((record_dir / "record.json").read_text())
     steps = [e for e in entries if "step" in e]
