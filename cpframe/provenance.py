@@ -34,7 +34,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import re
 import socket
 import sys
 from typing import Any, Iterable, Mapping
@@ -49,9 +48,9 @@ __all__ = [
     "SOFTWARE_PACKAGES",
     "software_versions",
     "host_info",
-    "environment_used",
     "add_record",
     "load_provenance",
+    "resolve_run",
     "format_provenance",
 ]
 
@@ -68,9 +67,6 @@ NO_PROVENANCE = (
     "RUN {run!r} has no provenance record: it was not written by `cpframe submit` "
     "(ingest, import and curated RUNs have none). `cpframe query-collections REPO` lists the RUNs."
 )
-
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
-
 
 def software_versions(packages: Iterable[str] = SOFTWARE_PACKAGES) -> dict[str, str | None]:
     """Installed versions of ``packages`` plus the Python version.
@@ -103,19 +99,6 @@ def host_info() -> dict[str, Any]:
     }
 
 
-def environment_used(template_text: str, environ: Mapping[str, str] | None = None) -> dict[str, str | None]:
-    """Values of the environment variables a template names (``${NAME}`` or ``$NAME``).
-
-    Unset variables are recorded as ``None``.
-
-    >>> environment_used("a: ${TICKET}/$TAG ${NOPE}", {"TICKET": "DM-1", "TAG": "t"})
-    {'NOPE': None, 'TAG': 't', 'TICKET': 'DM-1'}
-    """
-    env = os.environ if environ is None else environ
-    names = {a or b for a, b in _ENV_RE.findall(template_text)}
-    return {name: env.get(name) for name in sorted(names)}
-
-
 def add_record(registry: Any, run: str, record: Mapping[str, Any]) -> None:
     """Append ``record`` to the provenance records stored with RUN ``run``.
 
@@ -126,6 +109,28 @@ def add_record(registry: Any, run: str, record: Mapping[str, Any]) -> None:
     records = list(info.get("records", []))
     records.append(dict(record, record_version=RECORD_VERSION))
     registry.set_run_info(run, {"records": records})
+
+
+def resolve_run(registry: Any, name: str) -> str:
+    """``name`` itself when it is a RUN; the first child of an output chain (the newest RUN) otherwise.
+
+    Raises
+    ------
+    UnknownCollectionError
+    CollectionTypeError
+        A CALIBRATION/TAGGED collection, or a chain whose first child is not a RUN.
+    """
+    from .errors import CollectionTypeError
+
+    ctype = registry.get_collection_type(name)
+    if ctype == CollectionType.CHAINED:
+        chain = registry.get_chain(name)
+        if chain and registry.get_collection_type(chain[0]) == CollectionType.RUN:
+            return chain[0]
+    if ctype != CollectionType.RUN and ctype != CollectionType.CHAINED:
+        raise CollectionTypeError(f"{name!r} is a {ctype.name} collection; provenance is kept per RUN "
+                                  "(give the RUN or the output chain of a submission).")
+    return name
 
 
 def load_provenance(registry: Any, run: str) -> list[dict[str, Any]]:

@@ -117,13 +117,20 @@ def submit_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, ext
 @catch_errors
 def provenance_cmd(run: str, repo_root: str, as_json: bool, show_all: bool) -> None:
     """Show how RUN was made: template, rendered submission, environment, selection and data IDs,
-    inputs of each output, software versions, host, timings and command line."""
+    inputs of each output, software versions, host, timings and command line.
+
+    RUN may also be a submission's output chain: its newest RUN (first child) is shown.
+    """
     import json
 
-    from ..provenance import format_provenance, load_provenance
+    from ..provenance import format_provenance, load_provenance, resolve_run
     from ..repo import Repository
 
     with Repository.open(repo_root, repair=False) as repo:
+        name = run
+        run = resolve_run(repo.registry, name)
+        if run != name:
+            click.secho(f"{name} is an output chain; showing its newest RUN {run}", fg="yellow", err=True)
         records = load_provenance(repo.registry, run)
     if as_json:
         click.echo(json.dumps(records, indent=1))
