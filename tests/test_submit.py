@@ -155,6 +155,10 @@ def test_provenance_recorded_and_shown(repo, chain, mini_dataset):
     out = CliRunner().invoke(main, ["provenance", res.run, "--repo", str(repo.root)])
     assert out.exit_code == 0, out.output
     assert "rendered submission" in out.output and "SELECTION_BIAS=" in out.output and "<- raw" in out.output
+    out = CliRunner().invoke(main, ["provenance", res.output, "--repo", str(repo.root)])
+    assert out.exit_code == 0 and f"newest RUN {res.run}" in out.output
+    out = CliRunner().invoke(main, ["provenance", f"{INSTRUMENT}/raw/all", "--repo", str(repo.root)])
+    assert out.exit_code == 3 and "no provenance record" in out.output and "Traceback" not in out.output
 
 
 def test_existing_run_refused_and_nothing_written(repo, scratch, mini_dataset):
