@@ -180,3 +180,19 @@ def test_user_errors_are_clear(tmp_path, mini_comcam):
         verify_exposure("ptc", res, det)
     with pytest.raises(UserInputError, match="uncorrected_path"):
         verify_exposure("defects", res, det)
+
+
+def test_binned_residual_is_the_block_mean_of_unmasked_pixels(tmp_path, mini_comcam):
+    det = mini_comcam.detector(3)
+    res, _ = make_residual(det, seed=12)
+    res.mask[:8, :8] = 1 << res.mask_bits["BAD"]  # the first block is fully masked
+    res.mask[8, 8] = 1 << res.mask_bits["BAD"]
+    out = tmp_path / "verifyBiasResidual8.fits"
+    verify_exposure("bias", res, det, binned_path=out)
+    binned = fits.getdata(out)
+    assert binned.shape == (det.shape[0] // 8, det.shape[1] // 8)
+    assert np.isnan(binned[0, 0])
+    block = res.image[8:16, 8:16].copy()
+    assert binned[1, 1] == pytest.approx(np.delete(block.ravel(), 0).mean(), rel=1e-5)
+    assert binned[5, 7] == pytest.approx(res.image[40:48, 56:64].mean(), rel=1e-5)
+    assert fits.getheader(out)["HIERARCH CPF DETECTOR_NAME"] == det.name
