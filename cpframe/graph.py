@@ -626,9 +626,22 @@ def make_plan(
     token = secrets.token_hex(3)
     items = _expand(pipeline, base, exposures, token)
     found, missing, optional_missing = _resolve_calibs(pipeline, registry, items, exposures, collections, now_ns)
+    notes: list[str] = []
+    if missing and not raws:
+        # detector-level pipelines (defects, PTC verification) read only calibrations: as the butler's
+        # graph builder, leave out the detectors that have none of them, and name them
+        have = {int(did["detector"]) for t, did, _i, key, _p in items
+                if "detector" in did and set(t.calibrations) & set(found.get(key, {}))}
+        dropped = sorted({int(d["detector"]) for d in base} - have)
+        if have and dropped:
+            base = [d for d in base if int(d["detector"]) in have]
+            items = _expand(pipeline, base, exposures, token)
+            found, missing, optional_missing = _resolve_calibs(pipeline, registry, items, exposures, collections,
+                                                               now_ns)
+            notes.append(f"detector(s) {', '.join(map(str, dropped))} of the selection have none of "
+                         f"{', '.join(pipeline.calibrations)} in the input collections: left out")
     if missing:
         raise PlanningError(MSG_MISSING_CALIBS.format(pipeline=pipeline.name, n=len(missing), lines="\n".join(missing)))
-    notes: list[str] = []
     task_settings = {}
     for t in pipeline.tasks:
         s, n = _task_settings(t, settings)

@@ -208,8 +208,8 @@ def _verify_merge(spec, groups):
     if get_stage(stage).kind == "calib":
         table, summary = merge_calibs(stage, next(iter(groups.values())))
     else:
-        exp_stats = list(groups.values())[-1]  # the exposure merges (inputs: stats, exposure stats)
-        table, summary = merge_run(stage, exp_stats)
+        values = list(groups.values())  # inputs: detector stats, then exposure merges
+        table, summary = merge_run(stage, values[-1], detector_stats=values[0] if len(values) > 1 else None)
     write_results(table, _out(spec, 0))
     if len(spec.outputs) > 1:
         write_stats(summary, _out(spec, 1))

@@ -206,3 +206,14 @@ def test_plan_cli_summary_dot_and_html(repo, env, tmp_path):
     assert "cpBiasBootstrapIsr" in out.output and "output RUN:" in out.output and "nothing was run" in out.output
     assert dot.read_text().startswith("digraph") and "<table>" in page.read_text()
     assert not (tmp_path / "scratch").exists()  # planning writes nothing but the files asked for
+
+
+def test_detector_level_plan_leaves_out_detectors_without_inputs(repo, env, mini_dataset):
+    env = dict(env, SELECTION_PTC_V=f"instrument='{INSTRUMENT}'", VERIFY_RERUN="20241126a")
+    plan = plan_template("bps_verify_ptc", environ=env, repo=repo).plan
+    assert plan.counts() == {"verifyPtcMeasure": len(mini_dataset.detectors), "verifyPtcRunMerge": 1}
+    others = sorted(set(mini_dataset.camera.detector_ids) - set(mini_dataset.detectors))
+    assert any(f"detector(s) {', '.join(map(str, others))} of the selection have none of ptc" in n for n in plan.notes)
+    merge = next(q for q in plan.quanta.values() if q.kind == "verifyMerge")
+    assert len(merge.upstream) == len(mini_dataset.detectors)
+    assert {dt for dt, _ in plan.planned_outputs()} == {"verifyPtcStats", "verifyPtcResults", "verifyPtcSummary"}
