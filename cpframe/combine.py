@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
@@ -387,28 +388,37 @@ def _sorting_network(n: int) -> np.ndarray:
 
 
 @njit(nogil=True, cache=True)
-def combine_strip_sorted(data, masks, scales, ignore_bits, stat, clip, n_iter, network,
+def combine_strip_sorted(data, masks, scales, ignore_bits, stat, clip, n_iter, network, work,
                          out_image, out_var, out_mask, out_n):
-    """MEDIAN / MEANCLIP of a strip ``(N, rows, cols)`` with errors from the scatter.
+    """MEDIAN / MEANCLIP of a strip ``(N, rows, cols)`` with errors from the scatter, column-vectorised.
 
-    Row by row: the N values of every column are loaded into an (N, cols) work array
-    (ignored inputs as +inf), sorted by a fixed comparator network applied to all
-    columns at once (branch-free, vectorised over columns), then each pixel is finished
-    from its sorted values.  Because every MEANCLIP pass tests every input against
-    [lo, hi], the kept values are a contiguous slice of the sorted values, so each pass's
-    mean and stdev come from prefix sums.  Same results as :func:`clipped_stack_pixel`.
+    Row by row: the N values of every column go into ``work`` (N, cols) (ignored inputs as
+    +inf), are sorted by a fixed comparator network applied to all columns at once, and
+    every step after that runs across columns too: the quartiles are per-column gathers
+    from the sorted rows, and each MEANCLIP pass is a masked sum over the sorted rows
+    against per-column bounds.  When a column's stdev is 0 or undefined its bounds stop
+    moving, which reproduces the early exits of :func:`clipped_stack_pixel`; the passes
+    stop early once no column's kept set changes.
     """
     N, R, C = data.shape
-    work = np.empty((N, C), np.float64)
     count = np.empty(C, np.int64)
     orm = np.empty(C, np.int32)
     inv = np.empty(N, np.float64)
-    p1 = np.empty(N + 1, np.float64)
-    p2 = np.empty(N + 1, np.float64)
-    col = np.empty(N, np.float64)
+    med = np.empty(C, np.float64)
+    lo = np.empty(C, np.float64)
+    hi = np.empty(C, np.float64)
+    s1 = np.empty(C, np.float64)
+    s2 = np.empty(C, np.float64)
+    m = np.empty(C, np.int64)
+    below = np.empty(C, np.int64)
+    prev_m = np.empty(C, np.int64)
+    prev_below = np.empty(C, np.int64)
+    frozen = np.zeros(C, np.bool_)
+    active = np.empty(C, np.int64)
     K = network.shape[0]
     for i in range(N):
         inv[i] = 1.0 / scales[i]
+    inf = work.dtype.type(np.inf)
     for r in range(R):
         for c in range(C):
             count[c] = 0
@@ -418,12 +428,10 @@ def combine_strip_sorted(data, masks, scales, ignore_bits, stat, clip, n_iter, n
             for c in range(C):
                 mk = masks[i, r, c]
                 v = data[i, r, c]
-                if (mk & ignore_bits) == 0 and math.isfinite(v):
-                    work[i, c] = v * s
-                    count[c] += 1
-                    orm[c] |= mk
-                else:
-                    work[i, c] = np.inf
+                ok = (mk & ignore_bits) == 0 and math.isfinite(v)
+                work[i, c] = v * s if ok else inf
+                count[c] += 1 if ok else 0
+                orm[c] |= mk if ok else 0
         for k in range(K):
             a_i = network[k, 0]
             b_i = network[k, 1]
@@ -432,75 +440,132 @@ def combine_strip_sorted(data, masks, scales, ignore_bits, stat, clip, n_iter, n
                 b = work[b_i, c]
                 work[a_i, c] = a if a < b else b
                 work[b_i, c] = b if a < b else a
+        # quartiles of each column's n sorted values (numpy's linear interpolation)
         for c in range(C):
             n = count[c]
             out_mask[r, c] = orm[c]
             if n == 0:
-                out_image[r, c] = np.nan
-                out_var[r, c] = np.nan
-                out_n[r, c] = 0
+                med[c] = np.nan
+                lo[c] = np.nan
+                hi[c] = np.nan
                 continue
-            for k in range(n):
-                col[k] = work[k, c]
-            med = _quantile_sorted(col, n, 0.5)
-            # shifted prefix sums (precision) of the sorted values
-            p1[0] = 0.0
-            p2[0] = 0.0
-            for k in range(n):
-                d = col[k] - med
-                p1[k + 1] = p1[k] + d
-                p2[k + 1] = p2[k] + d * d
-            if stat == STAT_MEDIAN:
-                out_image[r, c] = med
-                if n < 2:
-                    out_var[r, c] = np.nan
-                else:
-                    ss = p2[n] - p1[n] * p1[n] / n
-                    out_var[r, c] = 0.5 * math.pi * ss / (n - 1) / n
+            pos = 0.5 * (n - 1)
+            k0 = int(pos)
+            k1 = k0 + 1 if k0 + 1 < n else k0
+            x0 = np.float64(work[k0, c])
+            med[c] = x0 + (np.float64(work[k1, c]) - x0) * (pos - k0)
+            if stat == STAT_MEANCLIP:
+                pos = 0.25 * (n - 1)
+                k0 = int(pos)
+                k1 = k0 + 1 if k0 + 1 < n else k0
+                x0 = np.float64(work[k0, c])
+                q25 = x0 + (np.float64(work[k1, c]) - x0) * (pos - k0)
+                pos = 0.75 * (n - 1)
+                k0 = int(pos)
+                k1 = k0 + 1 if k0 + 1 < n else k0
+                x0 = np.float64(work[k0, c])
+                q75 = x0 + (np.float64(work[k1, c]) - x0) * (pos - k0)
+                hw = clip * IQ_TO_STDEV * (q75 - q25)
+                lo[c] = med[c] - hw
+                hi[c] = med[c] + hw
+        if stat == STAT_MEDIAN:
+            for c in range(C):
+                s1[c] = 0.0
+                s2[c] = 0.0
+            for k in range(N):
+                for c in range(C):
+                    x = np.float64(work[k, c])
+                    d = x - med[c] if k < count[c] else 0.0
+                    s1[c] += d
+                    s2[c] += d * d
+            for c in range(C):
+                n = count[c]
+                out_image[r, c] = med[c]
                 out_n[r, c] = n
-                continue
-            hw = clip * IQ_TO_STDEV * (_quantile_sorted(col, n, 0.75) - _quantile_sorted(col, n, 0.25))
-            lo = med - hw
-            hi = med + hw
-            start = -1
-            end = -1
-            it = 0
-            mean = np.nan
-            std = np.nan
-            m = 0
-            while True:
-                # kept = sorted values within [lo, hi]: a contiguous slice [s0, e0)
-                s0 = 0
-                while s0 < n and col[s0] < lo:
-                    s0 += 1
-                e0 = n
-                while e0 > s0 and col[e0 - 1] > hi:
-                    e0 -= 1
-                if e0 <= s0:
-                    mean = np.nan
-                    std = np.nan
-                    m = 0
+                out_var[r, c] = 0.5 * math.pi * (s2[c] - s1[c] * s1[c] / n) / (n - 1) / n if n >= 2 else np.nan
+            continue
+        # MEANCLIP passes 0 (IQR bounds) and 1 (first mean/stdev bounds) over every column,
+        # vectorised; the few columns whose kept set still changes continue one by one.
+        n_active = 0
+        for p in range(2):
+            for c in range(C):
+                s1[c] = 0.0
+                s2[c] = 0.0
+                m[c] = 0
+                below[c] = 0
+            for k in range(N):
+                for c in range(C):
+                    x = np.float64(work[k, c])
+                    inside = (x >= lo[c]) & (x <= hi[c])
+                    d = (x - med[c]) if inside else 0.0
+                    s1[c] += d
+                    s2[c] += d * d
+                    m[c] += 1 if inside else 0
+                    below[c] += 1 if x < lo[c] else 0
+            for c in range(C):
+                if count[c] == 0:
+                    if p == 0:
+                        out_image[r, c] = np.nan
+                        out_var[r, c] = np.nan
+                        out_n[r, c] = 0
+                    continue
+                if p == 1 and (frozen[c] or (m[c] == prev_m[c] and below[c] == prev_below[c])):
+                    continue  # done after pass 0, or converged: the pass-0 result stands
+                prev_m[c] = m[c]
+                prev_below[c] = below[c]
+                done = _finish_pass(out_image, out_var, out_n, r, c, m[c], s1[c], s2[c], med[c], clip, lo, hi)
+                if p == 0:
+                    frozen[c] = done or n_iter == 0
+                elif not done and n_iter > 1:
+                    active[n_active] = c
+                    n_active += 1
+        for j in range(n_active):
+            c = active[j]
+            n = count[c]
+            for it in range(2, n_iter + 1):
+                a1 = 0.0
+                a2 = 0.0
+                mm = 0
+                bl = 0
+                for k in range(n):
+                    x = np.float64(work[k, c])
+                    if x < lo[c]:
+                        bl += 1
+                    elif x <= hi[c]:
+                        d = x - med[c]
+                        a1 += d
+                        a2 += d * d
+                        mm += 1
+                if mm == prev_m[c] and bl == prev_below[c]:
                     break
-                if s0 == start and e0 == end:
-                    break  # same set as the previous pass: converged
-                start = s0
-                end = e0
-                m = e0 - s0
-                sd = p1[e0] - p1[s0]
-                mean = med + sd / m
-                if m < 2:
-                    std = np.nan
-                else:
-                    ss = (p2[e0] - p2[s0]) - sd * sd / m
-                    std = math.sqrt(ss / (m - 1)) if ss > 0 else 0.0
-                if it == n_iter or not (std == std) or std == 0.0:
+                prev_m[c] = mm
+                prev_below[c] = bl
+                if _finish_pass(out_image, out_var, out_n, r, c, mm, a1, a2, med[c], clip, lo, hi) or it == n_iter:
                     break
-                it += 1
-                lo = mean - clip * std
-                hi = mean + clip * std
-            out_image[r, c] = mean
-            out_var[r, c] = std * std / m if m >= 2 else np.nan
-            out_n[r, c] = m
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _finish_pass(out_image, out_var, out_n, r, c, m, s1, s2, med, clip, lo, hi):
+    """Mean/stdev of one pass into the outputs and the next bounds; True when clipping must stop."""
+    if m == 0:
+        out_image[r, c] = np.nan
+        out_var[r, c] = np.nan
+        out_n[r, c] = 0
+        return True
+    mean = med + s1 / m
+    if m >= 2:
+        ss = s2 - s1 * s1 / m
+        std = math.sqrt(ss / (m - 1)) if ss > 0 else 0.0
+    else:
+        std = np.nan
+    out_image[r, c] = mean
+    out_var[r, c] = std * std / m if m >= 2 else np.nan
+    out_n[r, c] = m
+    if not (std == std) or std == 0.0:
+        return True
+    lo[c] = mean - clip * std
+    hi[c] = mean + clip * std
+    return False
 
 
 # --------------------------------------------------------------------------------------
@@ -715,12 +780,37 @@ def _stat_code(name: str) -> int:
     return {"MEAN": STAT_MEAN, "MEDIAN": STAT_MEDIAN, "MEANCLIP": STAT_MEANCLIP}[name]
 
 
-def _read_strip(layouts: Sequence[MaskedLayout], r0: int, r1: int, with_var: bool):
+class _StripBuffers:
+    """Input strip buffers reused by each thread within one combine (no page faults per strip).
+
+    Owned by one :func:`combine_lazy` graph, so nothing outlives the combine.
+    """
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def get(self, shape: tuple[int, int, int], with_var: bool):
+        # exact shapes only: a sliced buffer would be non-contiguous (another numba specialisation)
+        cached = getattr(self._local, "bufs", None)
+        if cached is None or cached[0].shape != shape:
+            cached = (np.empty(shape, np.float32), np.empty(shape, np.int32),
+                      np.empty(shape, np.float32) if with_var else np.zeros((1, 1, 1), np.float32))
+            self._local.bufs = cached
+        return cached
+
+    def __dask_tokenize__(self):
+        return id(self)
+
+
+def _read_strip(layouts: Sequence[MaskedLayout], r0: int, r1: int, with_var: bool, pool: "_StripBuffers | None" = None):
     n = len(layouts)
     cols = layouts[0].shape[1]
-    data = np.empty((n, r1 - r0, cols), np.float32)
-    masks = np.empty((n, r1 - r0, cols), np.int32)
-    var = np.empty((n, r1 - r0, cols), np.float32) if with_var else np.zeros((1, 1, 1), np.float32)
+    if pool is not None:
+        data, masks, var = pool.get((n, r1 - r0, cols), with_var)
+    else:
+        data = np.empty((n, r1 - r0, cols), np.float32)
+        masks = np.empty((n, r1 - r0, cols), np.int32)
+        var = np.empty((n, r1 - r0, cols), np.float32) if with_var else np.zeros((1, 1, 1), np.float32)
     for i, lay in enumerate(layouts):
         read_rows(lay, "IMAGE", r0, r1, out=data[i])
         read_rows(lay, "MASK", r0, r1, out=masks[i])
@@ -729,16 +819,18 @@ def _read_strip(layouts: Sequence[MaskedLayout], r0: int, r1: int, with_var: boo
     return data, masks, var
 
 
-def _combine_one_strip(layouts, r0, r1, scales, ignore_bits, stat, clip, n_iter, use_var):
-    data, masks, var = _read_strip(layouts, r0, r1, use_var)
+def _combine_one_strip(layouts, r0, r1, scales, ignore_bits, stat, clip, n_iter, use_var, pool=None):
+    data, masks, var = _read_strip(layouts, r0, r1, use_var, pool)
     shape = data.shape[1:]
     out_image = np.empty(shape, np.float32)
     out_var = np.empty(shape, np.float32)
     out_mask = np.empty(shape, np.int32)
     out_n = np.empty(shape, np.int16)
     if stat != STAT_MEAN and not use_var:
+        unit = bool(np.all(scales == 1.0))  # values exact in float32: sort them as float32 (twice the SIMD width)
+        work = np.empty((len(layouts), shape[1]), np.float32 if unit else np.float64)
         combine_strip_sorted(data, masks, scales, ignore_bits, stat, clip, n_iter, _sorting_network(len(layouts)),
-                             out_image, out_var, out_mask, out_n)
+                             work, out_image, out_var, out_mask, out_n)
     else:
         combine_strip(data, masks, var, scales, ignore_bits, stat, clip, n_iter, use_var,
                       out_image, out_var, out_mask, out_n)
@@ -840,10 +932,11 @@ def combine_lazy(paths: Sequence[str | os.PathLike], config: CombineConfig, scal
     planes: dict[str, list] = {"image": [], "variance": [], "mask": [], "n_used": []}
     dtypes = {"image": np.float32, "variance": np.float32, "mask": np.int32, "n_used": np.int16}
     token = dask.base.tokenize([lay.path for lay in layouts], list(sc), config, strip)
+    pool = _StripBuffers()
     for r0 in range(0, rows, strip):
         r1 = min(rows, r0 + strip)
         part = dask.delayed(_combine_one_strip, pure=True, name=f"combine-strip-{r0}-{token}")(
-            layouts, r0, r1, sc, ignore, stat, float(config.clip), int(config.n_iter), use_var)
+            layouts, r0, r1, sc, ignore, stat, float(config.clip), int(config.n_iter), use_var, pool)
         for k, name in enumerate(("image", "variance", "mask", "n_used")):
             planes[name].append(da.from_delayed(part[k], shape=(r1 - r0, cols), dtype=dtypes[name]))
     ds = xr.Dataset({k: (("y", "x"), da.concatenate(v, axis=0)) for k, v in planes.items()})
@@ -1022,7 +1115,9 @@ def _amp_qa(header, image: np.ndarray, mask: np.ndarray, config: CombineConfig) 
         return {}
     if det.shape != image.shape:
         return {}
-    typ = config.calibration_type.upper()
+    # Bootstrap products use their base type in the QA keys ("DARK", not "DARKBOOTSTRAP"):
+    # a HIERARCH card must fit in 80 characters, and the longer key does not.
+    typ = config.calibration_type.upper().replace("BOOTSTRAP", "")
     bad_bit = 1 << MASK_BITS["BAD"]
     stats: dict[str, dict[str, float]] = {}
     cards: dict[str, Any] = {}
