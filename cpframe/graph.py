@@ -481,11 +481,24 @@ def _resolve_calibs(pipeline, registry, items, exposures, collections, now_ns):
 # ------------------------------------------------------------------------------------------
 # settings for the science code (translated once, at plan time)
 # ------------------------------------------------------------------------------------------
-def _accepted(label: str, config: Mapping[str, Any], parse) -> tuple[dict, list[str]]:
+def _explicit_options(pipeline: Any) -> dict[str, set[str]]:
+    """Task label -> config keys written in the pipeline file (the rest are cp_pipe defaults)."""
+    import yaml
+
+    try:
+        with open(pipeline.path) as fh:
+            tasks = (yaml.safe_load(fh) or {}).get("tasks") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return {}
+    return {str(label): set((sec or {}).get("config") or {}) for label, sec in tasks.items() if isinstance(sec, dict)}
+
+
+def _accepted(label: str, config: Mapping[str, Any], parse, explicit: set[str]) -> tuple[dict, list[str]]:
     """Keep the options the science code's ``parse`` accepts; say which ones it cannot honour.
 
     A switch set true that the science code accepts only when false (a step cpframe does
-    not implement) is turned off with a note; an option it does not know is dropped with a note.
+    not implement) is turned off; an option it does not know is dropped.  Notes name those
+    the pipeline file sets explicitly (defaults without a cpframe equivalent go unmentioned).
     """
     keep, off, dropped = {}, [], []
     for k, v in config.items():
@@ -504,6 +517,7 @@ def _accepted(label: str, config: Mapping[str, Any], parse) -> tuple[dict, list[
                 pass
         dropped.append(k)
     notes = []
+    off, dropped = [k for k in off if k in explicit], [k for k in dropped if k in explicit]
     if off:
         notes.append(f"{label}: {', '.join(off)} not implemented by cpframe; run with them off")
     if dropped:
@@ -515,25 +529,25 @@ _CR_NAMES = {"minSigma": "min_sigma", "minDn": "min_dn", "cond3Fac": "neighbour_
              "nCrPixelMax": "n_cr_pixel_max"}
 
 
-def _task_settings(task: Any, settings: Any) -> tuple[dict[str, Any], list[str]]:
+def _task_settings(task: Any, settings: Any, explicit: set[str]) -> tuple[dict[str, Any], list[str]]:
     """Science-side settings of one task (shared by all its quanta) and notes."""
     kind, cfg, label = task.kind, dict(task.config), task.label
     if kind == "isr":
         from .isr import IsrConfig
 
-        keep, notes = _accepted(label, cfg, IsrConfig.from_dict)
+        keep, notes = _accepted(label, cfg, IsrConfig.from_dict, explicit)
         return {"isr": keep}, notes
     if kind == "combine":
         from .combine import CombineConfig
 
-        keep, notes = _accepted(label, cfg, CombineConfig.from_dict)
+        keep, notes = _accepted(label, cfg, CombineConfig.from_dict, explicit)
         keep.setdefault("datasetType", task.output)  # bias: header exposure time 0 (spec §4.3)
         return {"combine": CombineConfig.from_dict(keep), "memory_bytes": settings.combine_memory_bytes}, notes
     if kind == "darkCr":
         from .tasks import CrConfig
 
         kw = {_CR_NAMES[k]: v for k, v in cfg.items() if k in _CR_NAMES}
-        ignored = sorted(k for k in cfg if k not in _CR_NAMES)
+        ignored = sorted(k for k in cfg if k not in _CR_NAMES and k in explicit)
         return {"cr": CrConfig(**kw)}, [f"{label}: option(s) without a cpframe equivalent, ignored: "
                                         f"{', '.join(ignored)}"] if ignored else []
     if kind == "flatMeasure":
@@ -544,12 +558,12 @@ def _task_settings(task: Any, settings: Any) -> tuple[dict[str, Any], list[str]]
     if kind == "defects":
         from .defects import DefectsConfig
 
-        keep, notes = _accepted(label, cfg, DefectsConfig.from_dict)
+        keep, notes = _accepted(label, cfg, DefectsConfig.from_dict, explicit)
         return {"defects": DefectsConfig.from_dict(keep)}, notes
     if kind in ("ptcExtract", "ptcSolve"):
         from .ptc import PtcConfig
 
-        keep, notes = _accepted(label, cfg, PtcConfig.from_dict)
+        keep, notes = _accepted(label, cfg, PtcConfig.from_dict, explicit)
         return {"ptc": PtcConfig.from_dict(keep)}, notes
     if kind == "verifyStats":
         from .verify import VerifyConfig
@@ -643,8 +657,9 @@ def make_plan(
     if missing:
         raise PlanningError(MSG_MISSING_CALIBS.format(pipeline=pipeline.name, n=len(missing), lines="\n".join(missing)))
     task_settings = {}
+    explicit = _explicit_options(pipeline)
     for t in pipeline.tasks:
-        s, n = _task_settings(t, settings)
+        s, n = _task_settings(t, settings, explicit.get(t.label, set()))
         task_settings[t.label] = s
         notes.extend(n)
     if pipeline.verifies:

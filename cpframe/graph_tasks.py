@@ -146,8 +146,7 @@ def _combine(spec, groups):
         exposures = [e for e in exposures if e.exposure_id in scales_obj.exp_scale]
         scales = [scales_obj.exp_scale[e.exposure_id] for e in exposures]
     return combine_task([e.path for e in exposures], _out(spec), cfg, scales=scales,
-                        memory_bytes=spec.settings["memory_bytes"], threads=1,
-                        extra_header={"CPF_QKEY": spec.key[:60]})
+                        memory_bytes=spec.settings["memory_bytes"], threads=1)
 
 
 def _defects(spec, groups):
