@@ -478,7 +478,10 @@ class MaskedWriter:
             data = np.ascontiguousarray(arr, dtype=dtype)
             if data.ndim != 2 or data.shape[1] != self.shape[1] or r0 + data.shape[0] > self.shape[0]:
                 raise ValueError(f"strip of shape {data.shape} at row {r0} does not fit {self.shape}")
-            os.pwrite(self._fd, data.tobytes(), off + r0 * row_bytes)
+            buf = memoryview(data).cast("B")
+            done = 0
+            while done < len(buf):  # pwrite may write less than asked
+                done += os.pwrite(self._fd, buf[done:], off + r0 * row_bytes + done)
 
     def commit(self) -> Path:
         """Flush, close and rename into place; returns the final path."""

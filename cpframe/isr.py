@@ -850,11 +850,12 @@ def _standard_statistics(det: Detector, image, mask, stats: dict[str, AmpStats],
         st = stats[amp.name]
         sub = image[amp.bbox]
         msub = mask[amp.bbox]
-        good = sub[(msub & _STAT_IGNORE) == 0]
+        flagged = (msub & _STAT_IGNORE) != 0
+        good = sub[~flagged] if flagged.any() else sub.ravel()  # either way a fresh copy
         if good.size and amp.name not in bad_amps:
             st.mean = float(good.mean(dtype=np.float64))
-            st.median = float(np.median(good))
             st.stdev = float(good.std(dtype=np.float64))
+            st.median = float(np.median(good, overwrite_input=True))
         st.n_sat = int(np.count_nonzero(msub & (1 << MASK_BITS["SAT"])))
         st.n_bad = int(np.count_nonzero(msub & (1 << MASK_BITS["BAD"])))
         n_sus = int(np.count_nonzero(msub & (1 << MASK_BITS["SUSPECT"])))
