@@ -185,10 +185,10 @@ class Plan:
         """A few lines for people: counts per task, inputs, output RUN, collections searched."""
         n_exp = len({d["exposure"] for d in self.data_ids if "exposure" in d})
         n_det = len({d["detector"] for d in self.data_ids if "detector" in d})
+        shape = f"{n_exp} exposure(s) x {n_det} detector(s)" if n_exp else f"{n_det} detector(s)"
         lines = [f"pipeline {self.pipeline.name} ({self.pipeline.path})",
                  f"selection: {self.selection}",
-                 f"  -> {len(self.data_ids)} data ID(s): {n_exp} exposure(s) x {n_det} detector(s), "
-                 f"instrument {self.instrument}"]
+                 f"  -> {len(self.data_ids)} data ID(s): {shape}, instrument {self.instrument}"]
         filters = sorted({str(e.get('physical_filter')) for e in self.exposures.values()})
         if filters:
             lines.append(f"  physical filters: {', '.join(filters)}")
