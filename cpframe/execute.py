@@ -209,8 +209,7 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
         else:
             result.not_run.append(key)
     result.failures = own
-    result.missing = [did_dt for did_dt in ((dt, did) for (dt, _k), did in planned.items())
-                      if (did_dt[0], did_dt[1].key()) not in done_outputs]
+    result.missing = [(dt, did) for (dt, k), did in planned.items() if (dt, k) not in done_outputs]
     return result
 
 
