@@ -465,6 +465,10 @@ def _read_includes(cfg: dict, base_dir: Path, path: str, context: dict, jinja_mi
     return _deep_merge(merged, cfg)
 
 
+#: Keys that live under ``payload`` in a BPS submission (command-line values land there).
+PAYLOAD_KEYS = frozenset({"payloadName", "butlerConfig", "inCollection", "dataQuery", "output", "outputRun", "runInit"})
+
+
 def render_text(
     text: str,
     variables: Mapping[str, str] | None = None,
@@ -499,7 +503,9 @@ def render_text(
     if not isinstance(payload, dict):
         raise TemplateError(f"{path}: payload must be a mapping of keys, got {payload!r}.")
     for key, value in cmdline.items():
-        if key in payload:
+        if key in payload or key in PAYLOAD_KEYS:
+            # BPS's own payload keys given on the command line set the payload even when
+            # the template leaves them to their defaults (e.g. --var outputRun=...).
             payload[key] = value
         elif key in cfg or key in (overrides or {}):
             cfg[key] = value

@@ -402,3 +402,12 @@ def test_cli_render_yaml_json_and_errors(dmtn222_variables, monkeypatch):
     res = runner.invoke(main, ["render", "bps_bias", "--allow-unset"])
     assert res.exit_code == 0 and yaml.safe_load(res.stdout)["payload"]["butlerConfig"] == "${REPO}"
     assert "left unresolved" in res.stderr
+
+
+def test_command_line_payload_key_sets_payload_even_when_template_leaves_it_default(dmtn222_variables):
+    # bps_bias.yaml sets no outputRun: --var outputRun=... must still set it (BPS --output-run),
+    # and submitPath / uniqProcName follow it.
+    r = render("bps_bias", {"outputRun": "u/me/bias/run7"}, environ=dmtn222_variables, now=NOW)
+    assert r.config["payload"]["outputRun"] == "u/me/bias/run7"
+    assert r.config["submitPath"].endswith("/submit/u/me/bias/run7")
+    assert r.config["uniqProcName"] == "u_me_bias_run7"
