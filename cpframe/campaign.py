@@ -1045,6 +1045,9 @@ def step_commands(campaign: Campaign, step: Step) -> list[list[str]]:
         return [cmd + ["-o", str(step.output)]]
     if step.kind == "deploy":
         cmd = ["cpframe", "deploy", str(campaign.path), "--yes"]
+        for k, x in campaign.overrides.items():
+            if k in ("REPO", "INSTRUMENT", "TICKET", "USER_CALIB_PREFIX", "RAW_COLLECTION", "CALIB_COLLECTIONS"):
+                cmd += ["--var", f"{k}={x}"]
         if step.exposure is not None:
             cmd += ["--exposure", str(step.exposure)]
         return [cmd]

@@ -20,7 +20,11 @@ from click.testing import CliRunner
 from cpframe.cli import main
 from cpframe.errors import CampaignError, UserInputError
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # raised inside cpframe.report's metric plots on masked table cells (report area); not what these tests check
+    pytest.mark.filterwarnings("ignore:Warning. converting a masked element to nan:UserWarning"),
+]
 
 DETECTOR = 4
 
@@ -136,7 +140,7 @@ def test_construction_record(demo):
     res, _ = demo
     record_dir = res.campaign.directory
     sh = (record_dir / "commands.sh").read_text()
-    assert "export TICKET=DEMO-1" in sh and "export SELECTION_BIAS=\"instrument='LSSTComCam'" in sh
+    assert "export TICKET=DEMO-1" in sh and "export SELECTION_BIAS=\"(instrument='LSSTComCam'" in sh
     assert re.search(r"^cpframe submit \S+/templates/bps_bias\.yaml$", sh, re.M)
     assert re.search(r"^cpframe certify-calibrations \S+ LSSTComCam/calib/DEMO-1/demo/defectGen\.20241111a "
                      r"LSSTComCam/calib/DEMO-1/demo/defects\.20241111a defects --begin-date 2024-11-01T00:00:00$",
@@ -188,7 +192,7 @@ def test_campaign_resumes_after_a_failure_finishing_only_what_was_left(demo, clu
     repo.registry.register_collection(blocker, CollectionType.RUN)
     repo.close()
 
-    with pytest.raises(CampaignError, match=r"step 4 'certify-dark' \(certify\) failed: .*RUN.*"
+    with pytest.raises(CampaignError, match=r"(?s)step 4 'certify-dark' \(certify\) failed: .*is a RUN collection.*"
                                             r"Fix the cause, then run: cpframe campaign .*--resume"):
         run_campaign(camp, client=cluster)
     state = CampaignState.load(campaign_dir(camp))
@@ -203,7 +207,7 @@ def test_campaign_resumes_after_a_failure_finishing_only_what_was_left(demo, clu
     repo.close()
 
     # starting again without saying how is refused
-    with pytest.raises(CampaignError, match=r"already started .* 3 of 7 steps done; certify-dark failed.*--resume"):
+    with pytest.raises(CampaignError, match=r"(?s)already started .*\(3 of 7 steps done; certify-dark failed\).*--resume"):
         run_campaign(camp, client=cluster)
     result = run_campaign(camp, resume=True, client=cluster)
     status = {o.name: o.status for o in result.outcomes}
@@ -224,7 +228,7 @@ def test_campaign_resumes_after_a_failure_finishing_only_what_was_left(demo, clu
     sh = (campaign_dir(camp) / "commands.sh").read_text()
     assert sh.count("(resume)") == 1 and "-> failed" in sh and "-> skipped" in sh
     # a restart would collide with the outputs of these reruns
-    with pytest.raises(CampaignError, match=r"--restart would redo .*--var RERUN=20241111b"):
+    with pytest.raises(CampaignError, match=r"(?s)--restart would redo .*--var RERUN=20241111b"):
         run_campaign(camp, restart=True, client=cluster)
 
     # the state file is only a cache: without it, --resume finds every step done in the registry
@@ -233,13 +237,14 @@ def test_campaign_resumes_after_a_failure_finishing_only_what_was_left(demo, clu
             "--var", "CALIB_COLLECTIONS=LSSTComCam/calib/DEMO-1,LSSTComCam/calib/DEMO-1/curated"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
-    assert "[done]" in r.output and "7 steps, 7 done, 0 to run." in r.output
-    assert "campaign 'resume-test': 7 skipped" in r.output and "construction record:" in r.output
+    # (the report has no registry output: without the state file it is written again)
+    assert "[done]" in r.output and "7 steps, 6 done, 1 to run." in r.output
+    assert "campaign 'resume-test': 1 ran, 6 skipped" in r.output and "construction record:" in r.output
     state = CampaignState.load(campaign_dir(camp))
-    assert all(state.get(s.name).get("recovered") for s in camp.steps)
+    assert all(state.get(s.name).get("recovered") for s in camp.steps if s.kind != "report")
     repo = _repo(res)
     try:
-        assert _runs(repo) == runs_before | new_runs
+        assert _runs(repo) == (runs_before - {blocker}) | new_runs
     finally:
         repo.close()
 
