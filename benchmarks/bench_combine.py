@@ -116,18 +116,32 @@ def run_astropy(paths):
 
 
 _RSS_CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 from cpframe.combine import CombineConfig, combine_images
+
+def hwm():
+    # VmHWM (peak RSS of this process image); unlike ru_maxrss it does not carry the
+    # parent's RSS across fork + exec
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
 paths = sorted(Path(sys.argv[1]).glob("*.fits"))[: int(sys.argv[2])]
 budget = int(sys.argv[3])
 combine_images(paths[:7], CombineConfig(), memory_bytes=budget)  # compile / import first
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = hwm()
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak to the current RSS: what follows is the combine's own peak
+    reset = True
+except OSError:
+    reset = False
 t0 = time.perf_counter()
 img, res = combine_images(paths, CombineConfig(), memory_bytes=budget)
 dt = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"n": len(paths), "peak": peak, "base": base, "strip_rows": res.strip_rows, "seconds": dt}))
+print(json.dumps({"n": len(paths), "peak": hwm(), "base": base, "reset": reset, "strip_rows": res.strip_rows,
+                  "seconds": dt}))
 """
 
 
@@ -135,6 +149,67 @@ def rss_of(directory: Path, n: int, budget: int) -> dict:
     out = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(directory), str(n), str(budget)],
                          capture_output=True, text=True, check=True, cwd=HERE.parent)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def speed(args, budget: int, data: Path, results: dict) -> None:
+    """cpframe vs ccdproc, astropy sigma_clip and the floor, on the same N files."""
+    t, paths = timed(make_inputs, data / "main", args.n, args.rows, args.cols)
+    print(f"wrote {args.n} inputs of {args.rows} x {args.cols} in {t:.1f} s "
+          f"({format_bytes(sum(p.stat().st_size for p in paths))})", flush=True)
+    warm = make_inputs(data / "warm", 7, 8, args.cols, prefix="w")
+    for stat in ("MEANCLIP", "MEDIAN"):
+        combine_images(warm, CombineConfig(combine=stat), memory_bytes=budget)  # numba compile
+    results["floor_s"], _ = timed(floor_sum, paths)
+    results["floor2_s"], _ = timed(floor_sum, paths)
+    floor = min(results["floor_s"], results["floor2_s"])
+    for stat in ("MEANCLIP", "MEDIAN"):
+        for threads in (1, 2):
+            t, (img, res) = timed(combine_images, paths, CombineConfig(combine=stat), memory_bytes=budget,
+                                  threads=threads)
+            results[f"cpframe_{stat}_t{threads}_s"] = t
+            print(f"cpframe {stat:8s} threads={threads}: {t:7.2f} s  strip={res.strip_rows} rows", flush=True)
+    if not args.skip_astropy:
+        t, _ = run_astropy(paths)
+        results["astropy_sigma_clip_s"] = t
+        print(f"astropy sigma_clip on the stack: {t:7.2f} s", flush=True)
+    if not args.skip_ccdproc:
+        for method in ("average", "median"):
+            t, _ = timed(run_ccdproc, paths, method, budget)
+            results[f"ccdproc_{method}_s"] = t
+            print(f"ccdproc.combine {method} (sigma clip: {method == 'average'}): {t:7.2f} s", flush=True)
+    print(f"floor (read {args.n} image planes + sum): {floor:.2f} s")
+    print()
+    print("ratios (lower is better for cpframe):")
+    for threads in (1, 2):
+        mc = results[f"cpframe_MEANCLIP_t{threads}_s"]
+        md = results[f"cpframe_MEDIAN_t{threads}_s"]
+        print(f"  threads={threads}: MEANCLIP / floor = {mc / floor:.2f} (target <= 4, aim 2)")
+        if "ccdproc_average_s" in results:
+            print(f"  threads={threads}: ccdproc sigma-clip / cpframe MEANCLIP = "
+                  f"{results['ccdproc_average_s'] / mc:.1f}x (target >= 10)")
+            print(f"  threads={threads}: ccdproc median / cpframe MEDIAN = "
+                  f"{results['ccdproc_median_s'] / md:.1f}x (target >= 10)")
+        if "astropy_sigma_clip_s" in results:
+            print(f"  threads={threads}: astropy sigma_clip (in memory) / cpframe MEANCLIP = "
+                  f"{results['astropy_sigma_clip_s'] / mc:.1f}x")
+
+
+def memory(args, budget: int, data: Path, results: dict) -> None:
+    """Peak RSS of a combine of N_small vs N_large inputs at the same budget (subprocesses)."""
+    ns = [int(x) for x in args.rss_n.split(",")]
+    t, rss_paths = timed(make_inputs, data / "rss", max(ns), args.rss_rows, args.cols, 2, "r")
+    print(f"\nwrote {max(ns)} inputs of {args.rss_rows} x {args.cols} in {t:.1f} s")
+    print(f"peak RSS, {args.rss_rows} x {args.cols} inputs, budget {format_bytes(budget)}:")
+    peaks = {}
+    for n in ns:
+        r = rss_of(rss_paths[0].parent, n, budget)
+        peaks[n] = r["peak"]
+        print(f"  N={n:4d}: peak {format_bytes(r['peak'])} (process after imports and warm-up "
+              f"{format_bytes(r['base'])}; peak reset before the combine: {r['reset']}), "
+              f"strip {r['strip_rows']} rows, {r['seconds']:.1f} s")
+    lo, hi = min(ns), max(ns)
+    print(f"  peak(N={hi}) / peak(N={lo}) = {peaks[hi] / peaks[lo]:.2f} (target <= 1.5)")
+    results["rss_ratio"] = peaks[hi] / peaks[lo]
 
 
 def main(argv=None) -> int:
@@ -148,6 +223,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-ccdproc", action="store_true")
     ap.add_argument("--skip-astropy", action="store_true")
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--only-rss", action="store_true", help="only the peak-RSS measurement")
     ap.add_argument("--data", default=str(HERE / "_data" / "combine"))
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     args = ap.parse_args(argv)
@@ -156,58 +232,10 @@ def main(argv=None) -> int:
     shutil.rmtree(data, ignore_errors=True)
     results: dict[str, float] = {}
     try:
-        t, paths = timed(make_inputs, data / "main", args.n, args.rows, args.cols)
-        print(f"wrote {args.n} inputs of {args.rows} x {args.cols} in {t:.1f} s "
-              f"({format_bytes(sum(p.stat().st_size for p in paths))})", flush=True)
-        warm = make_inputs(data / "warm", 3, 8, args.cols, prefix="w")
-        for stat in ("MEANCLIP", "MEDIAN"):
-            combine_images(warm, CombineConfig(combine=stat), memory_bytes=budget)  # numba compile
-        results["floor_s"], _ = timed(floor_sum, paths)
-        results["floor2_s"], _ = timed(floor_sum, paths)
-        floor = min(results["floor_s"], results["floor2_s"])
-        for stat in ("MEANCLIP", "MEDIAN"):
-            for threads in (1, 2):
-                t, (img, res) = timed(combine_images, paths, CombineConfig(combine=stat), memory_bytes=budget,
-                                      threads=threads)
-                results[f"cpframe_{stat}_t{threads}_s"] = t
-                print(f"cpframe {stat:8s} threads={threads}: {t:7.2f} s  strip={res.strip_rows} rows", flush=True)
-        if not args.skip_astropy:
-            t, _ = run_astropy(paths)
-            results["astropy_sigma_clip_s"] = t
-            print(f"astropy sigma_clip on the stack: {t:7.2f} s", flush=True)
-        if not args.skip_ccdproc:
-            for method in ("average", "median"):
-                t, _ = timed(run_ccdproc, paths, method, budget)
-                results[f"ccdproc_{method}_s"] = t
-                print(f"ccdproc.combine {method} (sigma clip: {method == 'average'}): {t:7.2f} s", flush=True)
-        print(f"floor (read {args.n} image planes + sum): {floor:.2f} s")
-        print()
-        print("ratios (lower is better for cpframe):")
-        for threads in (1, 2):
-            mc = results[f"cpframe_MEANCLIP_t{threads}_s"]
-            md = results[f"cpframe_MEDIAN_t{threads}_s"]
-            print(f"  threads={threads}: MEANCLIP / floor = {mc / floor:.2f} (target <= 4, aim 2)")
-            if "ccdproc_average_s" in results:
-                print(f"  threads={threads}: ccdproc sigma-clip / cpframe MEANCLIP = "
-                      f"{results['ccdproc_average_s'] / mc:.1f}x (target >= 10)")
-                print(f"  threads={threads}: ccdproc median / cpframe MEDIAN = "
-                      f"{results['ccdproc_median_s'] / md:.1f}x (target >= 10)")
-            if "astropy_sigma_clip_s" in results:
-                print(f"  threads={threads}: astropy sigma_clip (in memory) / cpframe MEANCLIP = "
-                      f"{results['astropy_sigma_clip_s'] / mc:.1f}x")
+        if not args.only_rss:
+            speed(args, budget, data, results)
         if not args.skip_rss:
-            ns = [int(x) for x in args.rss_n.split(",")]
-            rss_paths = make_inputs(data / "rss", max(ns), args.rss_rows, args.cols, seed=2, prefix="r")
-            print(f"\npeak RSS, {args.rss_rows} x {args.cols} inputs, budget {format_bytes(budget)}:")
-            peaks = {}
-            for n in ns:
-                r = rss_of(rss_paths[0].parent, n, budget)
-                peaks[n] = r["peak"]
-                print(f"  N={n:4d}: peak {format_bytes(r['peak'])} (after warm-up {format_bytes(r['base'])}), "
-                      f"strip {r['strip_rows']} rows, {r['seconds']:.1f} s")
-            lo, hi = min(ns), max(ns)
-            print(f"  peak(N={hi}) / peak(N={lo}) = {peaks[hi] / peaks[lo]:.2f} (target <= 1.5)")
-            results["rss_ratio"] = peaks[hi] / peaks[lo]
+            memory(args, budget, data, results)
         print("\n" + json.dumps({k: round(v, 3) for k, v in results.items()}))
     finally:
         if not args.keep:

@@ -1121,14 +1121,16 @@ def _amp_qa(header, image: np.ndarray, mask: np.ndarray, config: CombineConfig) 
     bad_bit = 1 << MASK_BITS["BAD"]
     stats: dict[str, dict[str, float]] = {}
     cards: dict[str, Any] = {}
+    want = sorted(set(float(p) for p in config.distribution_percentiles) | {50.0})
     for amp in det.amps:
-        sub = image[amp.bbox]
-        pct = np.nanpercentile(sub, config.distribution_percentiles)
-        nbad = int(np.count_nonzero(mask[amp.bbox] & bad_bit))
-        for p, v in zip(config.distribution_percentiles, pct):
-            cards[f"LSST CALIB {typ} {amp.name} DISTRIBUTION {p:g}-PCT"] = float(np.float32(v))
+        sub = np.array(image[amp.bbox], dtype=np.float32).ravel()  # finite after the NaN repair
+        msub = mask[amp.bbox].ravel()
+        nbad = int(np.count_nonzero(msub & bad_bit))
+        pct = dict(zip(want, np.percentile(sub, want)))
+        for p in config.distribution_percentiles:
+            cards[f"LSST CALIB {typ} {amp.name} DISTRIBUTION {p:g}-PCT"] = float(np.float32(pct[float(p)]))
         cards[f"LSST CALIB {typ} {amp.name} BADPIX-NUM"] = nbad
-        mean, std, npix = clipped_stats(sub[(mask[amp.bbox] & bad_bit) == 0])
-        stats[amp.name] = {"median": float(np.nanmedian(sub)), "mean": mean, "stdev": std, "badpix": nbad}
+        mean, std, _ = clipped_stats(sub[(msub & bad_bit) == 0] if nbad else sub)
+        stats[amp.name] = {"median": float(pct[50.0]), "mean": mean, "stdev": std, "badpix": nbad}
     update_header(header, cards)
     return stats

@@ -292,8 +292,17 @@ def format_card(key: str, value: Any) -> str:
             room = 80 - len(head) - 2
             short = str(value).replace("'", "''")[: max(0, room - 3)] + "..."
             card = head + "'" + short + "'"
-        else:
-            raise ValueError(f"FITS card for {key!r} is longer than 80 characters")
+        elif isinstance(value, float):
+            # a long key leaves little room: fewer significant digits, down to 6
+            head = card[: len(card) - len(text)]
+            for digits in range(15, 5, -1):
+                text = f"{value:.{digits}G}"
+                text = text if ("." in text or "E" in text) else text + ".0"
+                if len(head) + len(text) <= 80:
+                    break
+            card = head + text
+        if len(card) > 80:
+            raise ValueError(f"FITS card for {key!r} is longer than 80 characters; use a shorter key")
     return card.ljust(80)[:80]
 
 
