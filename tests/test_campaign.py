@@ -468,3 +468,105 @@ def test_deploy_cli(calib_repo, tmp_path):
     assert res.exit_code == 4 and "nothing to deploy: 'nosuch/chain'" in res.output
     res = CliRunner().invoke(main, ["deploy", "--repo", root])
     assert res.exit_code == 4 and "--instrument, --chain, --raw-collection" in res.output
+
+
+# -- running certify/deploy steps on a real repository (no cluster needed) ----------------------
+
+
+@pytest.fixture
+def gen_repo(tmp_path):
+    """Generation outputs as a submission leaves them: RUN + CHAINED ``T/<x>Gen.<RERUN>`` = [RUN, inputs]."""
+    from cpframe.model import CollectionType
+    from cpframe.repo import Repository
+
+    repo = Repository.create(tmp_path / "repo")
+    repo.register_instrument("LSSTComCam", scale="mini")
+    reg = repo.registry
+    reg.insert_exposures([_exposure(20241110, 7, "2024-11-10T20:00:00")])
+    reg.register_collection("LSSTComCam/raw/all", CollectionType.RUN)
+    dets = [{"instrument": "LSSTComCam", "detector": d} for d in (0, 1)]
+    for stem, dtype, extra in (("biasGen", "bias", {}), ("flatGen-r", "flat", {"physical_filter": "r_03"})):
+        run = f"{T}/{stem}.20250101a/20250101T000000Z"
+        _put_calibs(repo, tmp_path, run, dtype, [dict(d, **extra) for d in dets])
+        reg.set_chain(f"{T}/{stem}.20250101a", [run, "LSSTComCam/raw/all"])
+    yield repo
+    repo.close()
+
+
+CERT_STEPS = [
+    {"name": "certify-bias", "kind": "certify", "dataset_type": "bias"},
+    {"name": "certify-flat-r", "kind": "certify", "dataset_type": "flat", "band": "r"},
+    {"name": "deploy", "kind": "deploy"},
+]
+
+
+def test_run_until_resume_and_explicit_deploy(gen_repo, tmp_path):
+    from cpframe.campaign import CampaignState, campaign_dir, run_campaign
+
+    reg = gen_repo.registry
+    camp = load_campaign(write_campaign(tmp_path, CERT_STEPS, variables={"REPO": str(gen_repo.root)}))
+    lines = []
+    res = run_campaign(camp, until="certify-bias", echo=lines.append)
+    assert [(o.name, o.status) for o in res.outcomes] == [
+        ("certify-bias", "ran"), ("certify-flat-r", "not-run"), ("deploy", "not-run")]
+    assert reg.get_chain(P) == (T + "/bias.20250102a",)  # the first chaining step redefines P
+    assert {r.run for r in reg.query_certifications(T + "/bias.20250102a")} == {
+        T + "/biasGen.20250101a/20250101T000000Z"}
+    with pytest.raises(CampaignError, match=r"already started .*\(1 of 3 steps done\).*--resume"):
+        run_campaign(camp)
+    res = run_campaign(camp, resume=True, echo=lines.append)
+    assert [(o.name, o.status) for o in res.outcomes] == [
+        ("certify-bias", "skipped"), ("certify-flat-r", "ran"), ("deploy", "not-run")]
+    assert reg.get_chain(P) == (T + "/flat-r.20250102a", T + "/bias.20250102a")
+    assert "LSSTComCam/calib" not in {c.name for c in reg.query_collections()}  # never deployed implicitly
+    res = run_campaign(camp, resume=True, deploy_step=True)
+    assert [o.status for o in res.outcomes] == ["skipped", "skipped", "ran"]
+    assert res.deploy.ok and reg.get_chain("LSSTComCam/calib") == (P,)
+    # CALIB_COLLECTIONS that exist are appended behind P (here: none exist, so nothing appended)
+    assert reg.get_chain("LSSTComCam/defaults") == ("LSSTComCam/raw/all", "LSSTComCam/calib")
+
+    state = CampaignState.load(campaign_dir(camp))
+    assert {n: state.get(n)["status"] for n in ("certify-bias", "certify-flat-r", "deploy")} == {
+        "certify-bias": "done", "certify-flat-r": "done", "deploy": "done"}
+    sh = (campaign_dir(camp) / "commands.sh").read_text()
+    assert sh.count("# ==== ") == 3 and "(start)" in sh and sh.count("(resume)") == 2
+    assert (f"cpframe certify-calibrations {gen_repo.root} {T}/biasGen.20250101a {T}/bias.20250102a bias "
+            "--begin-date 1970-01-01T00:00:00\n") in sh
+    assert f"cpframe collection-chain {gen_repo.root} --mode redefine {P} {T}/bias.20250102a\n" in sh
+    assert f"cpframe collection-chain {gen_repo.root} --mode prepend {P} {T}/flat-r.20250102a\n" in sh
+    assert f"created the empty CHAINED collection {P}" in sh
+    entries = json.loads((campaign_dir(camp) / "record.json").read_text())
+    ran = [(e["step"], e["outcome"]) for e in entries if "step" in e]
+    assert ran == [("certify-bias", "ok"), ("certify-bias", "skipped"), ("certify-flat-r", "ok"),
+                   ("certify-bias", "skipped"), ("certify-flat-r", "skipped"), ("deploy", "ok")]
+
+
+def test_interrupted_certification_is_only_chained_on_resume(gen_repo, tmp_path):
+    """Killed after certify-calibrations but before collection-chain: the resume chains, nothing else."""
+    from cpframe.campaign import run_campaign
+
+    reg = gen_repo.registry
+    camp = load_campaign(write_campaign(tmp_path, CERT_STEPS[:1], variables={"REPO": str(gen_repo.root)}))
+    gen_repo.certify_calibrations(T + "/biasGen.20250101a", T + "/bias.20250102a", "bias",
+                                  begin_date="1970-01-01T00:00:00")
+    links = {r.id for r in reg.query_certifications(T + "/bias.20250102a")}
+    res = run_campaign(camp)
+    assert res.outcomes[0].status == "ran" and "already certified" in res.outcomes[0].detail
+    assert {r.id for r in reg.query_certifications(T + "/bias.20250102a")} == links
+    assert reg.get_chain(P) == (T + "/bias.20250102a",)
+
+
+def test_failed_certification_names_the_step_and_how_to_resume(gen_repo, tmp_path):
+    from cpframe.campaign import CampaignState, campaign_dir, run_campaign
+
+    steps = [{"name": "certify-bias", "kind": "certify", "dataset_type": "bias",
+              "input": "${TAG_PREFIX}/nosuchGen.${RERUN}"}]
+    camp = load_campaign(write_campaign(tmp_path, steps, variables={"REPO": str(gen_repo.root)}))
+    with pytest.raises(CampaignError, match=r"(?s)step 1 'certify-bias' \(certify\) failed: certify bias: input "
+                                            r"collection '.*nosuchGen.20250101a' does not exist.*"
+                                            r"then run: cpframe campaign \S+c.yaml --resume"):
+        run_campaign(camp)
+    state = CampaignState.load(campaign_dir(camp))
+    assert state.get("certify-bias")["status"] == "failed"
+    sh = (campaign_dir(camp) / "commands.sh").read_text()
+    assert "# cpframe certify-calibrations" in sh and "-> failed" in sh  # failed commands are commented out
