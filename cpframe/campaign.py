@@ -1868,7 +1868,13 @@ def _run_submission(campaign: Campaign, step: Step, repo: Any, client: Any, sett
     if partial:
         echo(f"    finishing the incomplete RUN {partial} (--extend-run --skip-existing)")
     argv = step_commands(campaign, step)[0] + (["--extend-run", "--skip-existing"] if partial else [])
+    scratch = Path(v.get("SCRATCH") or os.environ.get("SCRATCH") or campaign_dir(campaign))
+    scratch.mkdir(parents=True, exist_ok=True)
+    here = os.getcwd()
     try:
+        # templates without submitPath default to <cwd>/submit/{outputRun} (as BPS): keep those
+        # next to the others, not in whatever directory cpframe was started from
+        os.chdir(scratch)
         res = submit_template(step.template, v, client=client, settings=settings, environ={**os.environ, **v},
                               extend_run=bool(partial), skip_existing=bool(partial), argv=argv, quiet=True,
                               echo=lambda line: None)
@@ -1877,6 +1883,8 @@ def _run_submission(campaign: Campaign, step: Step, repo: Any, client: Any, sett
         if r is not None:
             err.campaign_outputs = {"run": r.run, "output": r.output, "submit_dir": str(r.submit_dir)}
         raise
+    finally:
+        os.chdir(here)
     counts = dict(res.counts)
     what = ", ".join(f"{n} {dt}" for dt, n in counts.items()) or "nothing new"
     return {"run": res.run, "output": res.output, "counts": counts, "submit_dir": str(res.submit_dir),
