@@ -159,6 +159,8 @@ def test_construction_record(demo):
         for e in steps:
             if e["kind"] == "submit":  # the RUN recorded is the one the registry holds
                 assert repo.registry.get_chain(e["outputs"]["output"])[0] == e["outputs"]["run"]
+                # submit files stay with the record (also for templates without submitPath)
+                assert e["outputs"]["submit_dir"].startswith(str(record_dir / "submit")), e["outputs"]
     finally:
         repo.close()
 
