@@ -37,7 +37,7 @@ import yaml
 from .campaign import sh_join
 from .errors import CampaignError, CpframeError, UserInputError
 
-__all__ = ["DemoResult", "run_demo", "demo_campaign", "broken_campaign", "plan_bands", "DEMO_INSTRUMENT", "DEFAULT_DETECTORS", "BROKEN_INPUTS"]
+__all__ = ["DemoResult", "BrokenInput", "run_demo", "demo_campaign", "broken_campaign", "plan_bands", "DEMO_INSTRUMENT", "DEFAULT_DETECTORS", "BROKEN_INPUTS"]
 
 DEMO_INSTRUMENT = "LSSTComCam"
 #: Detectors simulated by default: three of the nine keep the demo within a few minutes on 2 cores.
@@ -68,16 +68,15 @@ class DemoResult:
     """Verified product (``bias``, ``flat-g``...) -> (passed, list of failures)."""
     timings_s: dict = field(default_factory=dict)
     """Stage -> wall time, seconds."""
-    broken: tuple | None = None
-    """(broken input, verdicts of the broken campaign, its report index) when ``broken`` was asked."""
+    broken: "BrokenInput | None" = None
+    """What the broken campaign found, when ``broken`` was asked."""
 
     @property
     def broken_detected(self) -> bool | None:
         """True when the broken campaign's flat verification failed (None without ``broken``)."""
         if self.broken is None:
             return None
-        verdicts = self.broken[1]
-        return bool(verdicts) and any(not ok for name, (ok, _f) in verdicts.items() if name.startswith("flat-"))
+        return any(not ok for name, (ok, _f) in self.broken.verdicts.items() if name.startswith("flat-"))
 
     @property
     def passed(self) -> bool:
@@ -104,16 +103,31 @@ class DemoResult:
         lines.append("RESULT: " + ("all products pass verification" if self.passed
                                    else "some verification tests FAIL (red in the report)"))
         if self.broken is not None:
-            what, verdicts, index = self.broken
-            lines.append(f"With the broken input ({what}):")
-            for name, (ok, failures) in sorted(verdicts.items()):
+            b = self.broken
+            lines.append(f"With the broken input ({b.kind}: exposure {b.exposure_id} added to the {b.band} flat):")
+            for name, (ok, failures) in sorted(b.verdicts.items()):
                 lines.append(f"  {'PASS' if ok else 'FAIL'}  {name}"
                              + (f"  ({len(failures)} failing: {', '.join(failures[:3])}"
                                 + (", ..." if len(failures) > 3 else "") + ")" if failures else ""))
-            lines.append(f"  report: {index}")
+            lines.append(f"  report: {b.report_index}")
             lines.append("  " + ("verification caught it (the failing tests are red in that report)"
                                  if self.broken_detected else "verification did NOT catch it"))
         return "\n".join(lines)
+
+
+@dataclass
+class BrokenInput:
+    """The deliberately broken input of ``--broken`` and what verification made of it."""
+
+    kind: str
+    """``saturated-flat``."""
+    exposure_id: int
+    """The exposure added."""
+    band: str
+    """Band of the flat it was added to."""
+    verdicts: dict = field(default_factory=dict)
+    """Product -> (passed, failures) of the broken campaign."""
+    report_index: Path | None = None
 
 
 def _options(full: bool, detectors: Sequence[int], bands: Sequence[str], broken: str | None, seed: int) -> dict:
@@ -135,9 +149,9 @@ def broken_band(bands: Sequence[str]) -> str:
     return "g" if "g" in bands else sorted(bands)[0]
 
 
-def _demo_specs(plan: Any, bands: Sequence[str], broken: str | None) -> tuple[list, dict[str, str], dict[str, str]]:
-    """The plan's exposures for the chosen bands (+ the broken one), the selections, and the
-    selections of the broken campaign (empty without ``broken``)."""
+def _demo_specs(plan: Any, bands: Sequence[str], broken: str | None) -> tuple[list, dict, dict, Any]:
+    """The plan's exposures for the chosen bands (+ the broken one), the selections, the
+    selections of the broken campaign (empty without ``broken``) and the broken exposure."""
     from .camera import load_camera
 
     cam = load_camera(plan.instrument)
@@ -154,6 +168,7 @@ def _demo_specs(plan: Any, bands: Sequence[str], broken: str | None) -> tuple[li
     specs = [s for s in plan.specs if s.exposure_id not in drop]
     selections = dict(plan.selections)
     bad_selections: dict[str, str] = {}
+    bad = None
     if broken == "saturated-flat":
         band = broken_band(bands)
         g_flats = [s for s in plan.specs if s.exposure_id in set(plan.intended.get(f"SELECTION_FLAT_{band}", ()))
@@ -168,7 +183,7 @@ def _demo_specs(plan: Any, bands: Sequence[str], broken: str | None) -> tuple[li
                  f"and exposure.seq_num={bad.seq_num})")
         bad_selections = {sel: f"({selections[sel]}){extra}"
                           for sel in (f"SELECTION_FLAT_{band}", f"SELECTION_FLAT_{band}_V")}
-    return specs, selections, bad_selections
+    return specs, selections, bad_selections, bad
 
 
 def _needs_flat_of(plan: Any) -> dict[str, set[str]]:
@@ -305,7 +320,7 @@ def run_demo(
     for det in detectors:
         cam.detector(det)  # CameraError names the valid ids
     opts = _options(full, detectors, bands, broken, seed)
-    specs, selections, bad_selections = _demo_specs(plan, bands, broken)  # validates bands first
+    specs, selections, bad_selections, bad_spec = _demo_specs(plan, bands, broken)  # validates bands first
     if force and d.exists():
         shutil.rmtree(d)
     marker = d / "demo.json"
@@ -379,7 +394,8 @@ def run_demo(
                                 raw_collection=camp.variables["RAW_COLLECTION"],
                                 calib_collections=_split_collections(camp.variables["CALIB_COLLECTIONS"]))
         if bad is not None:
-            out.broken = (broken, verification_verdicts(bad, r), bad_result.report_index)
+            out.broken = BrokenInput(broken, bad_spec.exposure_id, broken_band(bands),
+                                     verification_verdicts(bad, r), bad_result.report_index)
     finally:
         r.close()
     return out

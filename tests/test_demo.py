@@ -100,13 +100,21 @@ def test_demo_products_match_the_injected_truth(demo):
 
 
 def test_broken_saturated_flat_fails_the_flat_test_in_red(demo):
+    from cpframe.simulate import read_plan
+
     res, _ = demo
-    what, verdicts, index = res.broken
-    assert what == "saturated-flat" and res.broken_detected
-    ok, failures = verdicts["flat-r"]
+    b = res.broken
+    assert (b.kind, b.band) == ("saturated-flat", "r") and res.broken_detected
+    # the saturated exposure is new: one past the plan's last exposure of that night
+    plan = read_plan("demo")
+    night = [s for s in plan.specs if s.day_obs == b.exposure_id // 100000]
+    assert b.exposure_id == night[0].day_obs * 100000 + max(s.seq_num for s in night) + 1
+    ok, failures = b.verdicts["flat-r"]
     assert not ok and failures
-    # the failing exposure is the saturated one (the last seq_num of the construction night)
-    assert all(f.startswith("2024111000052") for f in failures), failures
+    # only the saturated exposure fails, on the flat noise test (a clipped image has no Poisson noise)
+    assert all(f.startswith(f"{b.exposure_id}: ") for f in failures), failures
+    assert any(f.endswith(" NOISE") for f in failures), failures
+    index = b.report_index
     rows = _verdict_rows(index)
     assert rows["flat"] == ("fail", "fail")
     html = index.read_text()
