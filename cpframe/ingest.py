@@ -19,6 +19,7 @@ A bad file never stops the batch: it is reported with its path and the reason.
 
 from __future__ import annotations
 
+import filecmp
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -351,9 +352,16 @@ def _insert_exposures(registry: Any, records: list[dict]) -> tuple[int, int, dic
     return new, known, bad
 
 
-def _same_file(a: str | os.PathLike, b: Path) -> bool:
+def _same_file(a: str | os.PathLike, b: Path, checksum: str | None = None) -> bool:
+    """Whether ``a`` is the file already stored at ``b`` (same inode, same checksum, or same bytes)."""
     try:
-        return os.path.samefile(a, b)
+        if os.path.samefile(a, b):
+            return True
+        if checksum:
+            from .repo import sha256_file
+
+            return sha256_file(a) == checksum
+        return filecmp.cmp(a, b, shallow=False)  # ingested without a checksum: compare the bytes
     except OSError:
         return False
 
@@ -365,6 +373,7 @@ def ingest_raws(
     transfer: str = "copy",
     processes: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    checksum: bool = False,
 ) -> IngestReport:
     """Ingest raw files into ``repo`` (a ``cpframe.repo.Repository``).
 
@@ -378,6 +387,9 @@ def ingest_raws(
         ``copy`` (default), ``link``, ``symlink``, ``direct`` (keep in place) or ``move``.
     processes
         Header-reading processes (see :func:`read_raw_headers`).
+    checksum
+        Record a sha256 of each file (reads every byte; off by default, as in the butler,
+        so ingest runs at header-read speed).
 
     Returns
     -------
@@ -437,9 +449,7 @@ def ingest_raws(
             elif did.key() in existing:
                 ref = existing[did.key()]
                 there = repo.get_path(ref)
-                from .repo import sha256_file
-
-                if _same_file(info.path, there) or (ref.checksum and sha256_file(info.path) == ref.checksum):
+                if _same_file(info.path, there, ref.checksum):
                     report.skipped.append((info.path, MSG_ALREADY.format(data_id=did, run=run_name)))
                 else:
                     report.failed.append(
@@ -449,14 +459,15 @@ def ingest_raws(
                 seen[did.key()] = info.path
                 todo.append(info)
         for i in range(0, len(todo), _BATCH):
-            _register(repo, todo[i : i + _BATCH], run_name, transfer, report)
+            _register(repo, todo[i : i + _BATCH], run_name, transfer, report, checksum)
     return report
 
 
-def _register(repo: Any, batch: list[RawInfo], run: str, transfer: str, report: IngestReport) -> None:
+def _register(repo: Any, batch: list[RawInfo], run: str, transfer: str, report: IngestReport,
+              checksum: bool = False) -> None:
     items = [(i.path, "raw", i.data_id) for i in batch]
     try:
-        repo.ingest_files(items, run, transfer=transfer)
+        repo.ingest_files(items, run, transfer=transfer, checksum=checksum)
         report.ingested += [i.path for i in batch]
         return
     except CpframeError as err:
@@ -466,7 +477,7 @@ def _register(repo: Any, batch: list[RawInfo], run: str, transfer: str, report: 
     # one bad file must not sink the batch: register one by one to name the culprit(s)
     for info, item in zip(batch, items):
         try:
-            repo.ingest_files([item], run, transfer=transfer)
+            repo.ingest_files([item], run, transfer=transfer, checksum=checksum)
             report.ingested.append(info.path)
         except CpframeError as err:
             report.failed.append((info.path, str(err)))

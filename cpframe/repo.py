@@ -392,11 +392,16 @@ class Repository:
         """
         if transfer == "direct":
             raise UserInputError("put_files does not take transfer='direct'; use ingest_files for files kept in place.")
-        return self.ingest_files(items, run, transfer=transfer)
+        return self.ingest_files(items, run, transfer=transfer, checksum=True)
 
     def ingest_files(self, items: Iterable[tuple[Any, str, Mapping[str, Any]]], run: str,
-                     transfer: str = "copy") -> list[DatasetRef]:
+                     transfer: str = "copy", checksum: bool = False) -> list[DatasetRef]:
         """Like :meth:`put_files`, with every transfer mode, ``direct`` included (file kept in place).
+
+        ``checksum=False`` (the default for ingest, as in the butler's datastore) records no
+        sha256: hashing reads every byte of every file and was ~95 % of raw-ingest time
+        (benchmarks/RESULTS.md).  Products written by cpframe (:meth:`put_files`) always get one;
+        ``export-calibs`` computes any missing checksum so ``import`` can verify every file.
 
         Raises
         ------
@@ -409,12 +414,14 @@ class Repository:
         if ctype != CollectionType.RUN:
             raise CollectionTypeError(f"datasets go into RUN collections; {run!r} is {ctype.name}.")
         entries = self._prepare([(Path(p), t, d, run, None) for p, t, d in items], transfer,
-                                {t: self.registry.get_dataset_type(t) for _, t, _ in items})
+                                {t: self.registry.get_dataset_type(t) for _, t, _ in items},
+                                compute_checksums=checksum)
         self._precheck_conflicts(entries)
         return self._commit(entries, transfer, lambda: self.registry.insert_datasets([e.ref for e in entries]))
 
     def _prepare(self, items: Sequence[tuple[Path, str, Mapping[str, Any], str, str | None]], transfer: str,
-                 types: Mapping[str, DatasetType], checksums: Mapping[str, str] | None = None) -> list[_Entry]:
+                 types: Mapping[str, DatasetType], checksums: Mapping[str, str] | None = None,
+                 compute_checksums: bool = True) -> list[_Entry]:
         """Paths, data IDs and checksums of files to store; nothing is written."""
         missing = [str(p) for p, *_ in items if not p.is_file()]
         if missing:
@@ -434,7 +441,7 @@ class Repository:
                         f"{dt.name} {did} is given twice for RUN {run} ({seen[rel]} and {src}); give each data ID once."
                     )
                 seen[rel] = src
-            checksum = (checksums or {}).get(str(src)) or sha256_file(src)
+            checksum = (checksums or {}).get(str(src)) or (sha256_file(src) if compute_checksums else None)
             path = rel if rel is not None else str(src.resolve())
             ref = DatasetRef(ds_id or str(uuid.uuid4()), dt.name, did, run, path, checksum,
                              {"size_bytes": src.stat().st_size})

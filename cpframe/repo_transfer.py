@@ -70,6 +70,12 @@ def _walk(repo: "Repository", names: Sequence[str]) -> tuple[list[tuple[str, lis
     return chains, leaves
 
 
+def _sha256(path: Path) -> str:
+    from .repo import sha256_file  # repo imports this module: import at call time
+
+    return sha256_file(path)
+
+
 def export_calibs(repo: "Repository", directory: str | os.PathLike, collections: Sequence[str],
                   dataset_types: Sequence[str] | None = None, transfer: str = "copy") -> Path:
     """Write ``DIR/export.yaml`` and the files of the calibrations reachable from ``collections``.
@@ -160,7 +166,9 @@ def export_calibs(repo: "Repository", directory: str | os.PathLike, collections:
                 os.symlink(src.resolve(), target)
             by_run[ref.run].append({
                 "id": ref.id, "dataset_type": ref.dataset_type, "data_id": dict(ref.data_id), "path": str(rel),
-                "format": types[ref.dataset_type].storage_format, "checksum": ref.checksum,
+                "format": types[ref.dataset_type].storage_format,
+                # a file ingested without a checksum gets one now, so import can verify it
+                "checksum": ref.checksum or _sha256(src),
             })
         doc = {
             "cpframe_export": EXPORT_VERSION,

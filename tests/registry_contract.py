@@ -244,9 +244,15 @@ def test_ingest_transfer_modes(repo, tmp_path, transfer):
     repo.registry.register_collection("r1", RUN)
     src = files(tmp_path / "in", 1, "raw")[0]
     digest = sha(src)
-    ref = repo.ingest_files([(src, "bias", {"instrument": INST, "detector": 0})], "r1", transfer=transfer)[0]
+    ref = repo.ingest_files([(src, "bias", {"instrument": INST, "detector": 0})], "r1", transfer=transfer,
+                            checksum=True)[0]
     p = repo.get_path(ref)
     assert ref.checksum == digest and sha(p) == digest
+    # without checksum (the raw-ingest default) nothing is hashed, the file is the same
+    src2 = files(tmp_path / "in2", 1, "raw")[0]
+    digest2 = sha(src2)
+    ref2 = repo.ingest_files([(src2, "bias", {"instrument": INST, "detector": 1})], "r1", transfer=transfer)[0]
+    assert ref2.checksum is None and sha(repo.get_path(ref2)) == digest2
     if transfer == "direct":
         assert Path(ref.path) == src.resolve()
     else:
@@ -591,3 +597,16 @@ def test_import_rejects_escaping_paths_and_bad_checksums(repo, repo_factory, bac
     assert target.registry.query_collections() == []
     assert target.registry.query_dimension_records("instrument") == []
     assert not [p for p in target.datastore_root.rglob("*.fits")]
+
+
+def test_export_adds_checksums_missing_since_ingest(repo, tmp_path):
+    # ingest records no checksum by default; export computes it so import can verify the file
+    repo.registry.register_collection("r1", RUN)
+    src = files(tmp_path / "in", 1, "raw")[0]
+    digest = sha(src)
+    ref = repo.ingest_files([(src, "bias", {"instrument": INST, "detector": 0})], "r1", transfer="copy")[0]
+    assert ref.checksum is None
+    repo.registry.certify("cal", [ref], Timespan())
+    doc = yaml.safe_load(repo.export_calibs(tmp_path / "export", ["cal"]).read_text())
+    recs = [r for d in doc["datasets"] for r in d["records"]]
+    assert [r["checksum"] for r in recs] == [digest]

@@ -175,8 +175,14 @@ def plan_selections_command(plan, instrument):
     default=None,
     help="Header-reading processes (default: one per CPU for large batches).",
 )
+@click.option(
+    "--checksum/--no-checksum",
+    default=False,
+    show_default=True,
+    help="Record a sha256 of every file (reads every byte; export computes missing ones anyway).",
+)
 @catch_errors
-def ingest_raws_command(repo, files, run, transfer, processes):
+def ingest_raws_command(repo, files, run, transfer, processes, checksum):
     """Ingest raw files (or directories of them) into REPO.
 
     Reads the headers, records the exposures, and registers `raw` datasets in the RUN.
@@ -189,7 +195,7 @@ def ingest_raws_command(repo, files, run, transfer, processes):
     t0 = time.perf_counter()
     r = Repository.open(repo)
     try:
-        report = ingest_raws(r, files, run=run, transfer=transfer, processes=processes)
+        report = ingest_raws(r, files, run=run, transfer=transfer, processes=processes, checksum=checksum)
     finally:
         r.close()
     click.echo(report.summary())
