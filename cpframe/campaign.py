@@ -973,6 +973,9 @@ class CommandRecord:
         for k in sorted(campaign.variables):
             if k not in DERIVED_VARIABLES:
                 lines.append(f"export {k}={sh_quote(campaign.variables[k])}")
+        if "SCRATCH" not in campaign.variables:
+            scratch = os.environ.get("SCRATCH") or str(campaign_dir(campaign))
+            lines.append(f"export SCRATCH={sh_quote(scratch)}  # where submissions keep their files")
         self._append_sh(lines)
         self.entries.append({"session": _now(), "mode": mode, "campaign": str(campaign.path),
                              "sha256": campaign.sha256, "variables": dict(campaign.variables)})
