@@ -130,77 +130,6 @@ def _sort(a, n):
 
 
 @njit(nogil=True, cache=True)
-def _select_range(a, lo, hi, k):
-    """k-th smallest (lo <= k <= hi) of a[lo:hi+1], quickselect; permutes only a[lo:hi+1]."""
-    while hi > lo:
-        mid = (lo + hi) // 2
-        if a[mid] < a[lo]:
-            a[mid], a[lo] = a[lo], a[mid]
-        if a[hi] < a[lo]:
-            a[hi], a[lo] = a[lo], a[hi]
-        if a[hi] < a[mid]:
-            a[hi], a[mid] = a[mid], a[hi]
-        pivot = a[mid]
-        i = lo
-        j = hi
-        while i <= j:
-            while a[i] < pivot:
-                i += 1
-            while a[j] > pivot:
-                j -= 1
-            if i <= j:
-                a[i], a[j] = a[j], a[i]
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            break
-    return a[k]
-
-
-@njit(nogil=True, cache=True)
-def _quantile_in(a, lo, hi, q, n):
-    """Quantile q of the n values when a[lo:hi+1] holds the order statistics the position needs."""
-    pos = q * (n - 1)
-    k = int(math.floor(pos))
-    v = _select_range(a, lo, hi, k)
-    frac = pos - k
-    if frac > 0.0 and k + 1 <= hi:
-        v2 = a[k + 1]
-        for i in range(k + 2, hi + 1):
-            if a[i] < v2:
-                v2 = a[i]
-        return v + (v2 - v) * frac
-    return v
-
-
-@njit(nogil=True, cache=True)
-def _quantile_select(a, n, q):
-    """Linear-interpolated quantile of a[:n] without sorting (permutes a[:n]); numpy's values."""
-    return _quantile_in(a, 0, n - 1, q, n)
-
-
-@njit(nogil=True, cache=True)
-def _median_iqr(a, n):
-    """(median, q25, q75) of a[:n]; sorts small arrays, selects in large ones (permutes a[:n]).
-
-    After selecting the median's lower order statistic k, the quartiles are selected
-    only inside a[:k+1] and a[k:] (quickselect leaves the array partitioned around k).
-    """
-    if n <= 32:
-        _sort_small(a, n)
-        return _quantile_sorted(a, n, 0.5), _quantile_sorted(a, n, 0.25), _quantile_sorted(a, n, 0.75)
-    k = int(math.floor(0.5 * (n - 1)))
-    med = _quantile_in(a, 0, n - 1, 0.5, n)
-    q25 = _quantile_in(a, 0, k, 0.25, n)
-    q75 = _quantile_in(a, k, n - 1, 0.75, n)
-    return med, q25, q75
-
-
-@njit(nogil=True, cache=True)
 def clipped_stack_pixel(vals, vvar, n, stat, clip, n_iter, use_var, work, keep):
     """Statistic of vals[:n] -> (value, variance of the statistic, number used).
 
@@ -231,12 +160,9 @@ def clipped_stack_pixel(vals, vvar, n, stat, clip, n_iter, use_var, work, keep):
         return mean, ss / (n - 1) / n, n
     for i in range(n):
         work[i] = vals[i]
+    _sort(work, n)
+    med = _quantile_sorted(work, n, 0.5)
     if stat == STAT_MEDIAN:
-        if n <= 32:
-            _sort_small(work, n)
-            med = _quantile_sorted(work, n, 0.5)
-        else:
-            med = _quantile_select(work, n, 0.5)
         if use_var:
             sv = 0.0
             for i in range(n):
@@ -255,8 +181,7 @@ def clipped_stack_pixel(vals, vvar, n, stat, clip, n_iter, use_var, work, keep):
         return med, 0.5 * math.pi * ss / (n - 1) / n, n
     # MEANCLIP: every pass tests every input against the current bounds (afw), so a value
     # rejected by a narrow early cut can come back
-    med, q25, q75 = _median_iqr(work, n)
-    hw = clip * IQ_TO_STDEV * (q75 - q25)
+    hw = clip * IQ_TO_STDEV * (_quantile_sorted(work, n, 0.75) - _quantile_sorted(work, n, 0.25))
     lo = med - hw
     hi = med + hw
     it = 0
