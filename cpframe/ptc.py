@@ -284,9 +284,18 @@ def _solve_amp(mu, var, npix, config: PtcConfig) -> tuple[np.ndarray, np.ndarray
     params = None
     for _ in range(int(config.max_iterations_ptc_outliers) + 1):
         params, _ = _fit(mu[mask], var[mask], np.sqrt(var[mask]), params)
-        resid = np.abs(var - ptc_model(params, mu)) / np.sqrt(np.where(var > 0, var, np.nan))
+        # cp_pipe scales the residual by sqrt(var).  On a full-size amp (~1e6 pixels) that is far
+        # above the variance's own measurement error var*sqrt(2/N); on a small amp (the mini
+        # camera: ~5e3 pixels) the error is the larger, and a sqrt(var) cut of 5 would be ~1
+        # sigma, masking good points and, through the jump rule, the whole top of the curve.
+        # The larger of the two keeps cp_pipe's behaviour where it was designed and stays a
+        # 5-sigma-or-wider cut everywhere (docs/algorithms.md).
+        scale = np.maximum(np.sqrt(np.where(var > 0, var, np.nan)), var * np.sqrt(2.0 / np.maximum(npix, 1)))
+        resid = np.abs(var - ptc_model(params, mu)) / scale
         new = good & (resid < config.sigma_cut_ptc_outliers)
-        # after a masked point, a jump in μ masks everything above it
+        # a jump in μ across a run of masked points (from the last good point below the run to
+        # the first good one above it) masks everything above; ordinary spacing between good
+        # points never does, however wide (exposure ramps are often geometric)
         seen_masked = False
         last_good = None
         for i in np.argsort(mu):
@@ -297,6 +306,7 @@ def _solve_amp(mu, var, npix, config: PtcConfig) -> tuple[np.ndarray, np.ndarray
             if seen_masked and last_good is not None and mu[i] - last_good >= delta:
                 new[mu >= mu[i]] = False
                 break
+            seen_masked = False
             last_good = mu[i]
         if new.sum() < 3:
             break

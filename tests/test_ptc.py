@@ -110,3 +110,28 @@ def test_config_and_input_errors(tmp_path):
     with pytest.raises(UserInputError, match=r"differ in shape \(\(4, 4\) vs \(4, 5\)\)"):
         extract_pair(a, b, PtcConfig())
     assert not math.isnan(sigma_clip_correction(5.5))
+
+
+@pytest.mark.parametrize("n_pixels", [5_000, 1_000_000])
+def test_outlier_cut_scales_with_measurement_error_on_small_amps(tmp_path, n_pixels):
+    # Variances scattered by their own measurement error var*sqrt(2/N): on a small amp that
+    # scatter is larger than sqrt(var), and every unsaturated point must still be kept (turnoff
+    # at the top of the curve); a point off by 20 measurement sigmas is still rejected.
+    g, noise_e = 1.6, 6.0
+    rng = np.random.default_rng(7)
+    mu = np.geomspace(50, 60000, 30)
+    true = ptc_model(np.array([-1e-12, g, noise_e ** 2]), mu)
+    var = true * (1 + rng.normal(0, 1, mu.size).clip(-2.5, 2.5) * np.sqrt(2.0 / n_pixels))
+    bad = 12
+    var[bad] = true[bad] * (1 + 20 * np.sqrt(2.0 / n_pixels)) + 20 * np.sqrt(true[bad])
+    meas = [PtcPairMeasurement(exposure_ids=(2 * i, 2 * i + 1), exposure_time=float(i + 1),
+                               amps={"C00": {"mean": m, "var": v, "n_pixels": n_pixels,
+                                             "overscan_noise": noise_e / g}})
+            for i, (m, v) in enumerate(zip(mu, var))]
+    res = solve_ptc(meas, tmp_path / "ptc.fits", PtcConfig())
+    rows, _ = read_ptc(tmp_path / "ptc.fits")
+    keep = np.ones(mu.size, bool)
+    keep[bad] = False
+    np.testing.assert_array_equal(rows["C00"]["mask"], keep)
+    assert res.turnoff["C00"] == pytest.approx(mu.max())
+    assert res.gain["C00"] == pytest.approx(g, rel=0.02)
