@@ -35,7 +35,9 @@ def build_repo(root: Path, detectors: list[int], workers: int):
 
     plan = read_plan("demo")
     biases = [s for s in plan.specs if s.observation_type == "bias" and s.day_obs == 20241110]
-    files = simulate(biases, root / "raw", "LSSTComCam", scale="mini", seed=1, detectors=detectors, workers=workers)
+    files = simulate(
+        biases, root / "raw", "LSSTComCam", scale="mini", seed=1, detectors=detectors, workers=workers
+    )
     repo = Repository.create(root / "repo")
     repo.register_instrument("LSSTComCam", scale="mini")
     ingest_raws(repo, files, run="LSSTComCam/raw/all", transfer="symlink")
@@ -79,8 +81,15 @@ def bench_resume(root: Path, settings) -> tuple[int, float, float]:
     doc = yaml.safe_load(path.read_text())
     doc["name"] = "bench-resume"
     doc["steps"] = [s for s in doc["steps"] if s["name"] == "biasBootstrap"]
-    doc["steps"] += [{"name": f"biasBootstrap{i}", "kind": "submit", "template": "bps_biasBootstrap.yaml",
-                      "vars": {"BOOTSTRAP_RUN_NUMBER": str(100 + i)}} for i in range(2)]
+    doc["steps"] += [
+        {
+            "name": f"biasBootstrap{i}",
+            "kind": "submit",
+            "template": "bps_biasBootstrap.yaml",
+            "vars": {"BOOTSTRAP_RUN_NUMBER": str(100 + i)},
+        }
+        for i in range(2)
+    ]
     camp = parse_campaign(yaml.safe_dump(doc), path, {"REPO": str(root / "repo"), "RERUN": "20241112a"})
     with open_cluster(settings) as oc:
         t0 = time.perf_counter()
@@ -107,14 +116,18 @@ def main() -> None:
     try:
         camp = build_repo(root, [int(d) for d in args.detectors.split(",")], args.workers)
         shared, each = bench_clusters(camp, args.n, settings)
-        print(f"{args.n} bias-bootstrap submissions, {args.workers} local workers, detectors {args.detectors}:")
+        print(
+            f"{args.n} bias-bootstrap submissions, {args.workers} local workers, detectors {args.detectors}:"
+        )
         print(f"  one shared LocalCluster : {shared:7.1f} s  ({shared / args.n:5.1f} s per submission)")
         print(f"  a LocalCluster each     : {each:7.1f} s  ({each / args.n:5.1f} s per submission)")
         print(f"  ratio each / shared     : {each / shared:7.2f}")
         steps, run_s, resume_s = bench_resume(root, settings)
-        print(f"campaign of {steps} submit steps: run {run_s:.1f} s, --resume of the finished campaign "
-              f"{resume_s:.2f} s ({resume_s / steps * 1000:.0f} ms per step checked); ratio run / resume "
-              f"{run_s / resume_s:.0f}")
+        print(
+            f"campaign of {steps} submit steps: run {run_s:.1f} s, --resume of the finished campaign "
+            f"{resume_s:.2f} s ({resume_s / steps * 1000:.0f} ms per step checked); ratio run / resume "
+            f"{run_s / resume_s:.0f}"
+        )
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)

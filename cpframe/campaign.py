@@ -98,6 +98,11 @@ REQUIRED_VARIABLES = (
     "TAG", "RERUN", "CERT_RERUN", "VERIFY_RERUN", "START_DATE",
 )
 
+#: Variables ``cpframe deploy CAMPAIGN`` needs (passed on with --var in the record).
+_DEPLOY_VARIABLES = (
+    "REPO", "INSTRUMENT", "TICKET", "USER_CALIB_PREFIX", "RAW_COLLECTION", "CALIB_COLLECTIONS",
+)
+
 #: Names cpframe computes from the others; a campaign file may not set them.
 DERIVED_VARIABLES = ("TICKET_CHAIN", "TAG_PREFIX")
 
@@ -358,7 +363,9 @@ def _check_variables(v: Mapping[str, str], steps_raw: list, problems: list[str])
         except CpframeError as err:
             problems.append(str(err))
     if "BOOTSTRAP_RUN_NUMBER" in v and not re.fullmatch(r"[1-9][0-9]*", v["BOOTSTRAP_RUN_NUMBER"]):
-        problems.append(f"BOOTSTRAP_RUN_NUMBER={v['BOOTSTRAP_RUN_NUMBER']!r} must be a positive integer, e.g. 1")
+        problems.append(
+            f"BOOTSTRAP_RUN_NUMBER={v['BOOTSTRAP_RUN_NUMBER']!r} must be a positive integer, e.g. 1"
+        )
     if "INSTRUMENT" in v:
         from .camera import list_instruments
 
@@ -437,7 +444,8 @@ def _calibration_name_problem(step_name: str, output: str, dataset_type: str, ba
     last = output.rsplit("/", 1)[-1]
     expect = dataset_type + (f"-{band}" if band else "")
     example = f"{v.get('TAG_PREFIX', 'T')}/{expect}.{v.get('CERT_RERUN', 'YYYYMMDDa')}"
-    taken = {v.get("TICKET_CHAIN"), v.get("RAW_COLLECTION"), *(_split_collections(v.get("CALIB_COLLECTIONS", "")))}
+    calib = _split_collections(v.get("CALIB_COLLECTIONS", ""))
+    taken = {v.get("TICKET_CHAIN"), v.get("RAW_COLLECTION"), *calib}
     why = None
     if output in taken:
         why = "is the ticket chain, the raw collection or an input calibration collection"
@@ -501,7 +509,10 @@ def parse_campaign(text: str, path: Path, overrides: Mapping[str, str] | None = 
     raw_vars.update({k: str(val) for k, val in (overrides or {}).items()})
     for d in DERIVED_VARIABLES:
         if d in raw_vars:
-            problems.append(f"variable {d} is computed by cpframe (from USER_CALIB_PREFIX, INSTRUMENT, TICKET, TAG); remove it")
+            problems.append(
+                f"variable {d} is computed by cpframe "
+                "(from USER_CALIB_PREFIX, INSTRUMENT, TICKET, TAG); remove it"
+            )
             del raw_vars[d]
     v = _resolve_variables(raw_vars, problems)
     missing_required = [n for n in REQUIRED_VARIABLES if n not in v]
@@ -651,7 +662,10 @@ def _parse_submit(step: Step, rs: dict, v: Mapping[str, str], path: Path, sub, p
     verifies = rs.get("verifies", verifies if "builds" not in rs else None)
     band = rs.get("band", band)
     if builds is not None and builds not in PRODUCT_NEEDS:
-        problems.append(f"{where}: builds {builds!r} is not a product cpframe makes; use one of {', '.join(PRODUCT_NEEDS)}")
+        problems.append(
+            f"{where}: builds {builds!r} is not a product cpframe makes; "
+            f"use one of {', '.join(PRODUCT_NEEDS)}"
+        )
         builds = None
     if verifies is not None and verifies not in VERIFY_TARGETS:
         problems.append(f"{where}: verifies {verifies!r} is unknown; use one of {', '.join(VERIFY_TARGETS)}")
@@ -691,7 +705,9 @@ def _parse_submit(step: Step, rs: dict, v: Mapping[str, str], path: Path, sub, p
                 f"add it under 'variables:', e.g. {sel}: \"instrument='{v.get('INSTRUMENT', 'X')}' and ...\""
             )
     if builds and builds.endswith("Bootstrap") and "BOOTSTRAP_RUN_NUMBER" not in allv:
-        problems.append(f"{where}: missing variable BOOTSTRAP_RUN_NUMBER (bootstrap RUNs are named .../run<N>)")
+        problems.append(
+            f"{where}: missing variable BOOTSTRAP_RUN_NUMBER (bootstrap RUNs are named .../run<N>)"
+        )
     gen_out = gen_run = None
     if all(k in allv for k in ("TAG_PREFIX", "RERUN", "VERIFY_RERUN")):
         if builds:
@@ -700,7 +716,8 @@ def _parse_submit(step: Step, rs: dict, v: Mapping[str, str], path: Path, sub, p
             gen_out = _verify_output(verifies, band, allv)
     return replace(
         step, template=str(tpath) if tpath else tname, builds=builds, verifies=verifies, band=band,
-        vars=tuple(sorted((str(k), str(x)) for k, x in step_vars.items())), gen_output=gen_out, gen_run=gen_run,
+        vars=tuple(sorted((str(k), str(x)) for k, x in step_vars.items())),
+        gen_output=gen_out, gen_run=gen_run,
     )
 
 
@@ -709,8 +726,10 @@ def _parse_certify(step: Step, rs: dict, v: Mapping[str, str], sub, problems: li
     dt = rs.get("dataset_type")
     if dt not in CERTIFIABLE:
         problems.append(
-            f"{where}: dataset_type {dt!r} cannot be certified by a campaign; use one of {', '.join(CERTIFIABLE)}"
-            + (" (bootstrap products are read from their RUNs, never certified)" if str(dt).endswith("Bootstrap") else "")
+            f"{where}: dataset_type {dt!r} cannot be certified by a campaign; "
+            f"use one of {', '.join(CERTIFIABLE)}"
+            + (" (bootstrap products are read from their RUNs, never certified)"
+               if str(dt).endswith("Bootstrap") else "")
         )
         return step
     band = rs.get("band")
@@ -750,7 +769,8 @@ def _fill_certify_inputs(steps: list[Step], v: Mapping[str, str]) -> list[Step]:
     out = []
     for s in steps:
         if s.kind == "certify" and not s.input:
-            builders = [b for b in steps if b.kind == "submit" and b.builds == s.dataset_type and b.band == s.band]
+            builders = [b for b in steps
+                        if b.kind == "submit" and b.builds == s.dataset_type and b.band == s.band]
             if builders:
                 s = replace(s, input=builders[-1].gen_output)
             else:
@@ -1010,7 +1030,8 @@ class CommandRecord:
         new = not self.sh.exists()
         with open(self.sh, "a") as f:
             if new:
-                f.write("#!/bin/sh\n# cpframe construction record (DMTN-222): the commands of this campaign.\n")
+                f.write("#!/bin/sh\n"
+                        "# cpframe construction record (DMTN-222): the commands of this campaign.\n")
             f.write("\n".join(lines) + "\n")
 
     def _save_json(self) -> None:
@@ -1029,7 +1050,8 @@ def step_commands(campaign: Campaign, step: Step) -> list[list[str]]:
             cmd += ["--var", f"{k}={x}"]
         return [cmd]
     if step.kind == "certify":
-        cmd = ["cpframe", "certify-calibrations", repo, str(step.input), str(step.output), str(step.dataset_type)]
+        cmd = ["cpframe", "certify-calibrations", repo, str(step.input), str(step.output),
+               str(step.dataset_type)]
         if step.begin_date:
             cmd += ["--begin-date", step.begin_date]
         if step.end_date:
@@ -1049,7 +1071,7 @@ def step_commands(campaign: Campaign, step: Step) -> list[list[str]]:
     if step.kind == "deploy":
         cmd = ["cpframe", "deploy", str(campaign.path), "--yes"]
         for k, x in campaign.overrides.items():
-            if k in ("REPO", "INSTRUMENT", "TICKET", "USER_CALIB_PREFIX", "RAW_COLLECTION", "CALIB_COLLECTIONS"):
+            if k in _DEPLOY_VARIABLES:
                 cmd += ["--var", f"{k}={x}"]
         if step.exposure is not None:
             cmd += ["--exposure", str(step.exposure)]
@@ -1082,8 +1104,8 @@ def expected_outputs(campaign: Campaign, step: Step) -> dict[str, Any]:
         try:
             from .templates import render
 
-            r = render(step.template, _submit_variables(campaign, step), environ={**os.environ,
-                                                                                   **_submit_variables(campaign, step)})
+            sv = _submit_variables(campaign, step)
+            r = render(step.template, sv, environ={**os.environ, **sv})
             payload = r.config.get("payload", {})
             out = payload.get("output", out)
             orun = payload.get("outputRun")
@@ -1181,7 +1203,8 @@ def step_done(campaign: Campaign, step: Step, registry: Any, state: CampaignStat
         return False, "report not written yet"
     if step.kind == "deploy":
         calib = f"{campaign.instrument}/calib"
-        if _exists(registry, calib) == CollectionType.CHAINED and registry.get_chain(calib)[:1] == (campaign.ticket_chain,):
+        if (_exists(registry, calib) == CollectionType.CHAINED
+                and registry.get_chain(calib)[:1] == (campaign.ticket_chain,)):
             return True, f"{campaign.ticket_chain} is first in {calib}"
         return False, "not deployed"
     return False, ""
@@ -1286,7 +1309,7 @@ class StepOutcome:
 
     name: str
     status: str
-    """``ran``, ``skipped`` (already done), ``not-run`` (after --until or an explicit-only step), ``failed``."""
+    """``ran``, ``skipped`` (already done), ``not-run`` (after --until, or explicit-only), ``failed``."""
     detail: str = ""
     duration_s: float = 0.0
     """Wall time of the step, seconds."""
@@ -1447,7 +1470,8 @@ def run_campaign(
                 if state.get(step.name).get("status") != "done":
                     state.set(step.name, status="done", finished=_now(), detail=detail, recovered=True)
                 result.outcomes.append(StepOutcome(step.name, "skipped", detail))
-                record.add(step, step_commands(campaign, step), _now(), 0.0, "skipped", f"already done: {detail}")
+                record.add(step, step_commands(campaign, step), _now(), 0.0, "skipped",
+                           f"already done: {detail}")
                 if step.kind == "report":
                     result.report_index = Path(str(step.output)) / "index.html"
                 stop = step.name == until
@@ -1499,7 +1523,8 @@ def _ensure_ticket_chain(campaign: Campaign, registry: Any, record: "CommandReco
 
     if _exists(registry, campaign.ticket_chain) is None:
         registry.register_collection(campaign.ticket_chain, CollectionType.CHAINED,
-                                     doc=f"ticket chain of campaign {campaign.name} ({campaign.variables['TICKET']})")
+                                     doc=f"ticket chain of campaign {campaign.name} "
+                                         f"({campaign.variables['TICKET']})")
         record.note(f"created the empty CHAINED collection {campaign.ticket_chain} "
                     "(templates read it first; the first certification redefines it)")
 
@@ -1600,10 +1625,12 @@ def certify_step(campaign: Campaign, step: Step, repo: Any) -> dict[str, Any]:
         refs = repo.certify_calibrations(str(step.input), str(step.output), step.dataset_type, timespan,
                                          search_all_inputs=step.search_all_inputs)
         n, detail = len(refs), f"{len(refs)} {step.dataset_type} certified into {step.output} {timespan}"
-    out: dict[str, Any] = {"collection": step.output, "certified": n, "input_run": search[0] if search else None}
+    out: dict[str, Any] = {"collection": step.output, "certified": n,
+                           "input_run": search[0] if search else None}
     if step.chain:
         mode = campaign.chain_mode(step)
-        current = registry.get_chain(step.chain) if _exists(registry, step.chain) == CollectionType.CHAINED else ()
+        is_chain = _exists(registry, step.chain) == CollectionType.CHAINED
+        current = registry.get_chain(step.chain) if is_chain else ()
         if str(step.output) not in current:
             registry.set_chain(step.chain, [str(step.output)], mode=mode)
         out["chain"] = list(registry.get_chain(step.chain))
@@ -1666,7 +1693,8 @@ class DeployResult:
             lines.append(f"  {self.instrument}/defaults = {', '.join(self.defaults_chain)}")
         if self.checks:
             e = self.exposure or {}
-            lines.append(f"Self-check with exposure {e.get('id')} ({e.get('obs_id', '')}, {e.get('timespan', '')}) "
+            lines.append(f"Self-check with exposure {e.get('id')} "
+                         f"({e.get('obs_id', '')}, {e.get('timespan', '')}) "
                          f"through {self.instrument}/defaults:")
             for c in self.checks:
                 name = c.dataset_type + (f" {c.physical_filter}" if c.physical_filter else "")
@@ -1750,7 +1778,8 @@ def deploy(registry: Any, instrument: str, ticket_chain: str, *, raw_collection:
             if c not in cur_def:
                 changes.append(f"collection-chain --mode extend {defaults} {c}")
     if dry_run:
-        return DeployResult(instrument, ticket_chain, tuple(current_calib), tuple(cur_def or ()), changes, dry_run=True)
+        return DeployResult(instrument, ticket_chain, tuple(current_calib), tuple(cur_def or ()), changes,
+                            dry_run=True)
     if current_calib[:1] != (ticket_chain,):
         registry.set_chain(calib, [ticket_chain], mode="prepend")
     for c in extra:
@@ -1851,7 +1880,8 @@ def _partial_run(campaign: Campaign, step: Step, registry: Any, state: CampaignS
     out = exp.get("output")
     in_chain = registry.get_chain(out) if out and _exists(registry, out) == CollectionType.CHAINED else ()
     for run in (exp.get("run"), in_chain[0] if in_chain else None):
-        if run and _exists(registry, run) == CollectionType.RUN and not _run_complete(registry, run, step.builds)[0]:
+        if (run and _exists(registry, run) == CollectionType.RUN
+                and not _run_complete(registry, run, step.builds)[0]):
             return run
     return None
 
@@ -1891,7 +1921,8 @@ def _run_submission(campaign: Campaign, step: Step, repo: Any, client: Any, sett
     counts = dict(res.counts)
     what = ", ".join(f"{n} {dt}" for dt, n in counts.items()) or "nothing new"
     return {"run": res.run, "output": res.output, "counts": counts, "submit_dir": str(res.submit_dir),
-            "compute_s": round(float(res.timings.get("compute_s", 0.0)), 3), "detail": f"RUN {res.run}: {what}"}
+            "compute_s": round(float(res.timings.get("compute_s", 0.0)), 3),
+            "detail": f"RUN {res.run}: {what}"}
 
 
 def _run_report(campaign: Campaign, step: Step, repo: Any) -> dict[str, Any]:

@@ -16,8 +16,9 @@ new ``DIR`` or ``--force``.
 
 ``broken="saturated-flat"`` also simulates one over-exposed flat (g, or the first band
 asked) and, after the demo campaign, runs a small second campaign (ticket ``DEMO-1-SAT``)
-that rebuilds, certifies and verifies that band's flat with the exposure added to its construction and verification
-selections (DMTN-222 §Verification: saturated flats "do not flat-field well").  Its
+that rebuilds, certifies and verifies that band's flat with the exposure added to its
+construction and verification selections (DMTN-222 §Verification: saturated flats "do not
+flat-field well").  Its
 verification fails for that exposure and its report shows the failing tests in red, while
 the demo's own calibrations stay as they were.
 """
@@ -37,7 +38,10 @@ import yaml
 from .campaign import sh_join
 from .errors import CampaignError, CpframeError, UserInputError
 
-__all__ = ["DemoResult", "BrokenInput", "run_demo", "demo_campaign", "broken_campaign", "plan_bands", "DEMO_INSTRUMENT", "DEFAULT_DETECTORS", "BROKEN_INPUTS"]
+__all__ = [
+    "DemoResult", "BrokenInput", "run_demo", "demo_campaign", "broken_campaign", "plan_bands",
+    "DEMO_INSTRUMENT", "DEFAULT_DETECTORS", "BROKEN_INPUTS",
+]
 
 DEMO_INSTRUMENT = "LSSTComCam"
 #: Detectors simulated by default: three of the nine keep the demo within a few minutes on 2 cores.
@@ -104,7 +108,8 @@ class DemoResult:
                                    else "some verification tests FAIL (red in the report)"))
         if self.broken is not None:
             b = self.broken
-            lines.append(f"With the broken input ({b.kind}: exposure {b.exposure_id} added to the {b.band} flat):")
+            lines.append(f"With the broken input ({b.kind}: exposure {b.exposure_id} "
+                         f"added to the {b.band} flat):")
             for name, (ok, failures) in sorted(b.verdicts.items()):
                 lines.append(f"  {'PASS' if ok else 'FAIL'}  {name}"
                              + (f"  ({len(failures)} failing: {', '.join(failures[:3])}"
@@ -130,7 +135,8 @@ class BrokenInput:
     report_index: Path | None = None
 
 
-def _options(full: bool, detectors: Sequence[int], bands: Sequence[str], broken: str | None, seed: int) -> dict:
+def _options(full: bool, detectors: Sequence[int], bands: Sequence[str], broken: str | None,
+             seed: int) -> dict:
     return {"scale": "full" if full else "mini", "detectors": sorted(int(d) for d in detectors),
             "bands": sorted(bands), "broken": broken, "seed": int(seed)}
 
@@ -171,7 +177,8 @@ def _demo_specs(plan: Any, bands: Sequence[str], broken: str | None) -> tuple[li
     bad = None
     if broken == "saturated-flat":
         band = broken_band(bands)
-        g_flats = [s for s in plan.specs if s.exposure_id in set(plan.intended.get(f"SELECTION_FLAT_{band}", ()))
+        meant = set(plan.intended.get(f"SELECTION_FLAT_{band}", ()))
+        g_flats = [s for s in plan.specs if s.exposure_id in meant
                    and s.observation_type == "flat" and cam.band_of(s.physical_filter) == band]
         last = max((s for s in plan.specs if s.day_obs == g_flats[0].day_obs), key=lambda s: s.end_ns)
         from .model import ns_to_iso
@@ -329,7 +336,9 @@ def run_demo(
         if old != opts:
             raise UserInputError(MSG_OPTIONS_CHANGED.format(directory=d, old=old, new=opts))
     elif d.exists() and any(d.iterdir()):
-        raise UserInputError(f"{d} exists and is not a cpframe demo directory; choose another one or --force.")
+        raise UserInputError(
+            f"{d} exists and is not a cpframe demo directory; choose another one or --force."
+        )
     d.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(opts, indent=2))
     settings = load_settings({"n_workers": workers} if workers else None)
@@ -346,7 +355,8 @@ def run_demo(
     camp = demo_campaign(repo_root, bands, selections, detectors, flat_needs)
     for step, need in flat_needs.items():
         if not need <= set(bands):
-            echo(f"({step} left out: its exposures need the {', '.join(sorted(need))} flat; add it with --bands)")
+            echo(f"({step} left out: its exposures need the {', '.join(sorted(need))} flat; "
+                 "add it with --bands)")
     repo = _prepare_repo(repo_root, camp, files, opts["scale"], echo)
     timings["ingest"] = time.monotonic() - t0
 
@@ -374,7 +384,8 @@ def run_demo(
             t0 = time.monotonic()
             bad = broken_campaign(repo_root, camp, bad_selections)
             echo("")
-            echo(f"Now the {broken_band(bands)} flat again, with a saturated exposure added to its selections:")
+            echo(f"Now the {broken_band(bands)} flat again, "
+                 "with a saturated exposure added to its selections:")
             echo(format_plan(bad))
             bad_result = run_campaign(bad, resume=CampaignState.load(campaign_dir(bad)).exists, client=client,
                                       settings=settings, echo=echo, argv=argv, resume_hint=again)
@@ -404,7 +415,8 @@ def run_demo(
 def _cli_options(opts: dict, default_bands: Sequence[str]) -> list[str]:
     """The ``cpframe demo`` options that reproduce ``opts``.
 
-    >>> _cli_options({"scale": "mini", "detectors": [4], "bands": ["g"], "broken": None, "seed": 1}, ["g", "r"])
+    >>> opts = {"scale": "mini", "detectors": [4], "bands": ["g"], "broken": None, "seed": 1}
+    >>> _cli_options(opts, ["g", "r"])
     ['--detectors', '4', '--bands', 'g']
     """
     args = ["--full"] if opts["scale"] == "full" else []
@@ -417,7 +429,8 @@ def _cli_options(opts: dict, default_bands: Sequence[str]) -> list[str]:
     return args
 
 
-def _simulate(specs: list, raw_dir: Path, opts: dict, workers: int, echo: Callable[[str], None]) -> list[Path]:
+def _simulate(specs: list, raw_dir: Path, opts: dict, workers: int,
+              echo: Callable[[str], None]) -> list[Path]:
     """Simulate once; a finished simulation (marker file) is reused."""
     from .simulate import simulate
 

@@ -8,7 +8,6 @@ SQLite repository with the real submit engine (see the second half).
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -72,9 +71,18 @@ SCRAMBLED_STEPS = [
 ]
 
 TEMPLATE_NAMES = [
-    "bps_biasBootstrap.yaml", "bps_darkBootstrap.yaml", "bps_flatBootstrap.yaml", "bps_defects.yaml",
-    "bps_ptc.yaml", "bps_bias.yaml", "bps_dark.yaml", "bps_flat_g.yaml", "bps_flat_r.yaml",
-    "bps_verify_bias.yaml", "bps_verify_dark.yaml", "bps_verify_flat_g.yaml",
+    "bps_biasBootstrap.yaml",
+    "bps_darkBootstrap.yaml",
+    "bps_flatBootstrap.yaml",
+    "bps_defects.yaml",
+    "bps_ptc.yaml",
+    "bps_bias.yaml",
+    "bps_dark.yaml",
+    "bps_flat_g.yaml",
+    "bps_flat_r.yaml",
+    "bps_verify_bias.yaml",
+    "bps_verify_dark.yaml",
+    "bps_verify_flat_g.yaml",
 ]
 
 
@@ -116,7 +124,9 @@ def test_every_problem_is_reported_at_once(tmp_path):
 def test_missing_selection_variable_names_the_variable(tmp_path):
     steps = [{"name": "flat-r", "kind": "submit", "template": "bps_flat_r.yaml"}]
     p = write_campaign(tmp_path, steps, drop=["SELECTION_FLAT_r"])
-    with pytest.raises(CampaignError, match=r"missing variable SELECTION_FLAT_r \(the selection this flat step reads\)"):
+    with pytest.raises(
+        CampaignError, match=r"missing variable SELECTION_FLAT_r \(the selection this flat step reads\)"
+    ):
         load_campaign(p)
 
 
@@ -134,8 +144,11 @@ def test_dependency_cycle_is_shown_with_its_reasons(tmp_path):
         {"name": "dark", "kind": "submit", "template": "bps_dark.yaml"},
     ]
     p = write_campaign(tmp_path, steps)
-    with pytest.raises(CampaignError, match=r"dependency cycle: .*bias -> dark \(dark needs bias\).*"
-                                            r"dark -> bias \(declared in needs\)"):
+    with pytest.raises(
+        CampaignError,
+        match=r"dependency cycle: .*bias -> dark \(dark needs bias\).*"
+        r"dark -> bias \(declared in needs\)",
+    ):
         load_campaign(p)
 
 
@@ -152,13 +165,16 @@ def test_unknown_needs_and_duplicate_names(tmp_path):
         load_campaign(write_campaign(tmp_path, steps))
 
 
-@pytest.mark.parametrize("output,why", [
-    ("${TAG_PREFIX}/biasGen.${RERUN}", "names a generation"),
-    ("${TICKET_CHAIN}", "is the ticket chain"),
-    ("${TAG_PREFIX}/verifyBias.${VERIFY_RERUN}", "names a verification collection"),
-    ("${TAG_PREFIX}/dark.${CERT_RERUN}", "does not end with bias.<CERT_RERUN>"),
-    ("${TAG_PREFIX}/biasGen.${RERUN}/run1", "names a generation"),
-])
+@pytest.mark.parametrize(
+    "output,why",
+    [
+        ("${TAG_PREFIX}/biasGen.${RERUN}", "names a generation"),
+        ("${TICKET_CHAIN}", "is the ticket chain"),
+        ("${TAG_PREFIX}/verifyBias.${VERIFY_RERUN}", "names a verification collection"),
+        ("${TAG_PREFIX}/dark.${CERT_RERUN}", "does not end with bias.<CERT_RERUN>"),
+        ("${TAG_PREFIX}/biasGen.${RERUN}/run1", "names a generation"),
+    ],
+)
 def test_certify_into_a_non_calibration_collection_name(tmp_path, output, why):
     steps = [{"name": "certify-bias", "kind": "certify", "dataset_type": "bias", "output": output}]
     p = write_campaign(tmp_path, steps)
@@ -184,9 +200,17 @@ def test_certify_of_bootstrap_and_bad_dates(tmp_path):
 
 def test_variable_value_checks(tmp_path):
     steps = [{"name": "bias", "kind": "submit", "template": "bps_bias.yaml"}]
-    p = write_campaign(tmp_path, steps, variables={
-        "USER_CALIB_PREFIX": "u/tester", "INSTRUMENT": "HSC", "START_DATE": "yesterday",
-        "RAW_COLLECTION": "raw,all", "TICKET_CHAIN": "x"})
+    p = write_campaign(
+        tmp_path,
+        steps,
+        variables={
+            "USER_CALIB_PREFIX": "u/tester",
+            "INSTRUMENT": "HSC",
+            "START_DATE": "yesterday",
+            "RAW_COLLECTION": "raw,all",
+            "TICKET_CHAIN": "x",
+        },
+    )
     with pytest.raises(CampaignError) as info:
         load_campaign(p)
     msg = str(info.value)
@@ -230,9 +254,22 @@ def test_order_follows_the_calibration_dependencies(tmp_path):
     # -> dark -> flats, each certified before the next build; verification after every
     # certification; report last; deploy after everything.
     expected = [
-        "biasBootstrap", "darkBootstrap", "flatBootstrap", "defects", "certify-defects", "ptc",
-        "certify-ptc", "bias", "certify-bias", "dark", "certify-dark", "flat-g", "certify-flat-g",
-        "verify-bias", "report", "deploy",
+        "biasBootstrap",
+        "darkBootstrap",
+        "flatBootstrap",
+        "defects",
+        "certify-defects",
+        "ptc",
+        "certify-ptc",
+        "bias",
+        "certify-bias",
+        "dark",
+        "certify-dark",
+        "flat-g",
+        "certify-flat-g",
+        "verify-bias",
+        "report",
+        "deploy",
     ]
     assert order == expected
     pos = {n: i for i, n in enumerate(order)}
@@ -270,7 +307,9 @@ def test_first_chaining_step_redefines_later_ones_prepend(tmp_path):
 
 
 def test_var_overrides_change_the_names(tmp_path):
-    camp = load_campaign(write_campaign(tmp_path, SCRAMBLED_STEPS), {"CERT_RERUN": "20250301c", "TAG": "other"})
+    camp = load_campaign(
+        write_campaign(tmp_path, SCRAMBLED_STEPS), {"CERT_RERUN": "20250301c", "TAG": "other"}
+    )
     assert camp.step("certify-bias").output == "u/tester/LSSTComCam/calib/DM-1/other/bias.20250301c"
     assert camp.variables["TAG_PREFIX"] == "u/tester/LSSTComCam/calib/DM-1/other"
     # variables referring to variables are expanded
@@ -288,11 +327,16 @@ def test_dry_run_plan_text(tmp_path):
     lines = [ln for ln in out.splitlines() if ln[:4].strip().rstrip(".").isdigit()]
     assert len(lines) == len(SCRAMBLED_STEPS)
     names = [ln.split()[2] for ln in lines]
-    assert names[:3] == ["biasBootstrap", "darkBootstrap", "flatBootstrap"] and names[-2:] == ["report", "deploy"]
+    assert names[:3] == ["biasBootstrap", "darkBootstrap", "flatBootstrap"] and names[-2:] == [
+        "report",
+        "deploy",
+    ]
     assert "biasBootstrapGen.20250101b/run1" in out  # --var applied; fixed bootstrap RUN shown
-    assert ("defects from u/tester/LSSTComCam/calib/DM-1/test/defectGen.20250101b into "
-            "u/tester/LSSTComCam/calib/DM-1/test/defects.20250102a [1970-01-01T00:00:00, +inf); "
-            "redefine u/tester/LSSTComCam/calib/DM-1") in out
+    assert (
+        "defects from u/tester/LSSTComCam/calib/DM-1/test/defectGen.20250101b into "
+        "u/tester/LSSTComCam/calib/DM-1/test/defects.20250102a [1970-01-01T00:00:00, +inf); "
+        "redefine u/tester/LSSTComCam/calib/DM-1"
+    ) in out
     assert "prepend u/tester/LSSTComCam/calib/DM-1" in out
     assert "only with --deploy" in out
     assert "Order derived from the calibration dependencies" in out
@@ -307,7 +351,9 @@ def test_campaign_cli_errors_are_clean(tmp_path):
     res = CliRunner().invoke(main, ["campaign", str(p), "--dry-run"])
     assert res.exit_code == 4
     assert "unknown step kind 'nope'" in res.output and "Traceback" not in res.output
-    res = CliRunner().invoke(main, ["campaign", str(write_campaign(tmp_path, SCRAMBLED_STEPS)), "--until", "nosuch"])
+    res = CliRunner().invoke(
+        main, ["campaign", str(write_campaign(tmp_path, SCRAMBLED_STEPS)), "--until", "nosuch"]
+    )
     assert res.exit_code == 4 and "no step named 'nosuch'" in res.output
     res = CliRunner().invoke(main, ["campaign", str(write_campaign(tmp_path, SCRAMBLED_STEPS))])
     assert res.exit_code == 4 and "does not exist. Create it" in res.output
@@ -321,7 +367,12 @@ def test_dp1_example_mirrors_dmtn222_and_renders_every_template():
     camp = load_campaign(root / "templates" / "campaign_dp1_example.yaml")
     v = camp.variables
     assert (v["INSTRUMENT"], v["TICKET"], v["TAG"], v["RERUN"], v["START_DATE"]) == (
-        "LSSTComCam", "DM-48520", "DP1", "20250207a", "1970-01-01T00:00:00")
+        "LSSTComCam",
+        "DM-48520",
+        "DP1",
+        "20250207a",
+        "1970-01-01T00:00:00",
+    )
     order = [s.name for s in camp.steps]
     assert order[:5] == ["biasBootstrap", "darkBootstrap", "flatBootstrap", "defects", "certify-defects"]
     flats = [s for s in camp.steps if s.kind == "submit" and s.builds == "flat"]
@@ -355,10 +406,20 @@ def _exposure(day_obs, seq, begin, physical_filter="r_03"):
     from cpframe.model import Timespan, parse_tai
 
     b = parse_tai(begin)
-    return {"instrument": "LSSTComCam", "id": day_obs * 100000 + seq, "obs_id": f"CC_O_{day_obs}_{seq:06d}",
-            "day_obs": day_obs, "seq_num": seq, "physical_filter": physical_filter, "observation_type": "science",
-            "observation_reason": "object", "science_program": "test", "exposure_time": 30.0, "dark_time": 30.0,
-            "timespan": Timespan(b, b + 30 * 10**9)}
+    return {
+        "instrument": "LSSTComCam",
+        "id": day_obs * 100000 + seq,
+        "obs_id": f"CC_O_{day_obs}_{seq:06d}",
+        "day_obs": day_obs,
+        "seq_num": seq,
+        "physical_filter": physical_filter,
+        "observation_type": "science",
+        "observation_reason": "object",
+        "science_program": "test",
+        "exposure_time": 30.0,
+        "dark_time": 30.0,
+        "timespan": Timespan(b, b + 30 * 10**9),
+    }
 
 
 def _put_calibs(repo, tmp_path, run, dataset_type, data_ids):
@@ -382,27 +443,40 @@ def calib_repo(tmp_path):
     repo = Repository.create(tmp_path / "repo")
     repo.register_instrument("LSSTComCam", scale="mini")
     reg = repo.registry
-    reg.insert_exposures([
-        _exposure(20241020, 5, "2024-10-20T20:00:00"),
-        _exposure(20241110, 7, "2024-11-10T20:00:00"),
-        _exposure(20241112, 9, "2024-11-12T20:00:00", physical_filter="g_01"),
-    ])
+    reg.insert_exposures(
+        [
+            _exposure(20241020, 5, "2024-10-20T20:00:00"),
+            _exposure(20241110, 7, "2024-11-10T20:00:00"),
+            _exposure(20241112, 9, "2024-11-12T20:00:00", physical_filter="g_01"),
+        ]
+    )
     reg.register_collection("LSSTComCam/raw/all", CollectionType.RUN)
     dets = [{"instrument": "LSSTComCam", "detector": d} for d in (0, 1)]
     # an older deployment: LSSTComCam/calib -> an old bias, valid forever
     _put_calibs(repo, tmp_path, "LSSTComCam/calib/DM-0/biasGen.20240101a/run", "bias", dets)
-    repo.certify_calibrations("LSSTComCam/calib/DM-0/biasGen.20240101a/run", "LSSTComCam/calib/DM-0/bias.20240101a",
-                              "bias", begin_date="1970-01-01")
+    repo.certify_calibrations(
+        "LSSTComCam/calib/DM-0/biasGen.20240101a/run",
+        "LSSTComCam/calib/DM-0/bias.20240101a",
+        "bias",
+        begin_date="1970-01-01",
+    )
     reg.set_chain("LSSTComCam/calib/DM-0", ["LSSTComCam/calib/DM-0/bias.20240101a"])
     reg.set_chain("LSSTComCam/calib", ["LSSTComCam/calib/DM-0"])
     # the campaign's products, certified from 2024-11-01 and chained into P
     _put_calibs(repo, tmp_path, T + "/biasGen.20250101a/20250101T000000Z", "bias", dets)
-    _put_calibs(repo, tmp_path, T + "/flatGen-r.20250101a/20250101T000000Z", "flat",
-                [dict(d, physical_filter="r_03") for d in dets])
-    repo.certify_calibrations(T + "/biasGen.20250101a/20250101T000000Z", T + "/bias.20250102a", "bias",
-                              begin_date="2024-11-01")
-    repo.certify_calibrations(T + "/flatGen-r.20250101a/20250101T000000Z", T + "/flat-r.20250102a", "flat",
-                              begin_date="2024-11-01")
+    _put_calibs(
+        repo,
+        tmp_path,
+        T + "/flatGen-r.20250101a/20250101T000000Z",
+        "flat",
+        [dict(d, physical_filter="r_03") for d in dets],
+    )
+    repo.certify_calibrations(
+        T + "/biasGen.20250101a/20250101T000000Z", T + "/bias.20250102a", "bias", begin_date="2024-11-01"
+    )
+    repo.certify_calibrations(
+        T + "/flatGen-r.20250101a/20250101T000000Z", T + "/flat-r.20250102a", "flat", begin_date="2024-11-01"
+    )
     reg.set_chain(P, [T + "/bias.20250102a"])
     reg.set_chain(P, [T + "/flat-r.20250102a"], mode="prepend")
     yield repo
@@ -429,7 +503,9 @@ def test_deploy_prepends_and_self_check_passes(calib_repo):
     assert res.ok and "self-check PASS" in res.format()
     # the lookup really goes to the new bias, not the old deployment (independent check)
     exp = res.exposure
-    got = reg.find_calibration("bias", {"instrument": "LSSTComCam", "detector": 1}, ["LSSTComCam/defaults"], exp)
+    got = reg.find_calibration(
+        "bias", {"instrument": "LSSTComCam", "detector": 1}, ["LSSTComCam/defaults"], exp
+    )
     assert got.run == T + "/biasGen.20250101a/20250101T000000Z"
     # deploying again changes nothing
     again = deploy(reg, "LSSTComCam", P, raw_collection="LSSTComCam/raw/all")
@@ -453,8 +529,17 @@ def test_self_check_fails_when_defaults_shadow_the_new_calibrations(calib_repo):
 
 def test_deploy_cli(calib_repo, tmp_path):
     root = str(calib_repo.root)
-    args = ["deploy", "--repo", root, "--instrument", "LSSTComCam", "--chain", P, "--raw-collection",
-            "LSSTComCam/raw/all"]
+    args = [
+        "deploy",
+        "--repo",
+        root,
+        "--instrument",
+        "LSSTComCam",
+        "--chain",
+        P,
+        "--raw-collection",
+        "LSSTComCam/raw/all",
+    ]
     res = CliRunner().invoke(main, args + ["--dry-run"])
     assert res.exit_code == 0 and "Dry run: nothing changed" in res.output, res.output
     res = CliRunner().invoke(main, args, input="n\n")
@@ -463,8 +548,21 @@ def test_deploy_cli(calib_repo, tmp_path):
     res = CliRunner().invoke(main, args + ["--yes"])
     assert res.exit_code == 0, res.output
     assert "self-check PASS" in res.output and "2/2 detectors" in res.output
-    res = CliRunner().invoke(main, ["deploy", "--repo", root, "--chain", "nosuch/chain", "--instrument", "LSSTComCam",
-                                    "--raw-collection", "LSSTComCam/raw/all", "--yes"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "deploy",
+            "--repo",
+            root,
+            "--chain",
+            "nosuch/chain",
+            "--instrument",
+            "LSSTComCam",
+            "--raw-collection",
+            "LSSTComCam/raw/all",
+            "--yes",
+        ],
+    )
     assert res.exit_code == 4 and "nothing to deploy: 'nosuch/chain'" in res.output
     res = CliRunner().invoke(main, ["deploy", "--repo", root])
     assert res.exit_code == 4 and "--instrument, --chain, --raw-collection" in res.output
@@ -508,15 +606,22 @@ def test_run_until_resume_and_explicit_deploy(gen_repo, tmp_path):
     lines = []
     res = run_campaign(camp, until="certify-bias", echo=lines.append)
     assert [(o.name, o.status) for o in res.outcomes] == [
-        ("certify-bias", "ran"), ("certify-flat-r", "not-run"), ("deploy", "not-run")]
+        ("certify-bias", "ran"),
+        ("certify-flat-r", "not-run"),
+        ("deploy", "not-run"),
+    ]
     assert reg.get_chain(P) == (T + "/bias.20250102a",)  # the first chaining step redefines P
     assert {r.run for r in reg.query_certifications(T + "/bias.20250102a")} == {
-        T + "/biasGen.20250101a/20250101T000000Z"}
+        T + "/biasGen.20250101a/20250101T000000Z"
+    }
     with pytest.raises(CampaignError, match=r"already started .*\(1 of 3 steps done\).*--resume"):
         run_campaign(camp)
     res = run_campaign(camp, resume=True, echo=lines.append)
     assert [(o.name, o.status) for o in res.outcomes] == [
-        ("certify-bias", "skipped"), ("certify-flat-r", "ran"), ("deploy", "not-run")]
+        ("certify-bias", "skipped"),
+        ("certify-flat-r", "ran"),
+        ("deploy", "not-run"),
+    ]
     assert reg.get_chain(P) == (T + "/flat-r.20250102a", T + "/bias.20250102a")
     assert "LSSTComCam/calib" not in {c.name for c in reg.query_collections()}  # never deployed implicitly
     res = run_campaign(camp, resume=True, deploy_step=True)
@@ -527,18 +632,29 @@ def test_run_until_resume_and_explicit_deploy(gen_repo, tmp_path):
 
     state = CampaignState.load(campaign_dir(camp))
     assert {n: state.get(n)["status"] for n in ("certify-bias", "certify-flat-r", "deploy")} == {
-        "certify-bias": "done", "certify-flat-r": "done", "deploy": "done"}
+        "certify-bias": "done",
+        "certify-flat-r": "done",
+        "deploy": "done",
+    }
     sh = (campaign_dir(camp) / "commands.sh").read_text()
     assert sh.count("# ==== ") == 3 and "(start)" in sh and sh.count("(resume)") == 2
-    assert (f"cpframe certify-calibrations {gen_repo.root} {T}/biasGen.20250101a {T}/bias.20250102a bias "
-            "--begin-date 1970-01-01T00:00:00\n") in sh
+    assert (
+        f"cpframe certify-calibrations {gen_repo.root} {T}/biasGen.20250101a {T}/bias.20250102a bias "
+        "--begin-date 1970-01-01T00:00:00\n"
+    ) in sh
     assert f"cpframe collection-chain {gen_repo.root} --mode redefine {P} {T}/bias.20250102a\n" in sh
     assert f"cpframe collection-chain {gen_repo.root} --mode prepend {P} {T}/flat-r.20250102a\n" in sh
     assert f"created the empty CHAINED collection {P}" in sh
     entries = json.loads((campaign_dir(camp) / "record.json").read_text())
     ran = [(e["step"], e["outcome"]) for e in entries if "step" in e]
-    assert ran == [("certify-bias", "ok"), ("certify-bias", "skipped"), ("certify-flat-r", "ok"),
-                   ("certify-bias", "skipped"), ("certify-flat-r", "skipped"), ("deploy", "ok")]
+    assert ran == [
+        ("certify-bias", "ok"),
+        ("certify-bias", "skipped"),
+        ("certify-flat-r", "ok"),
+        ("certify-bias", "skipped"),
+        ("certify-flat-r", "skipped"),
+        ("deploy", "ok"),
+    ]
 
 
 def test_interrupted_certification_is_only_chained_on_resume(gen_repo, tmp_path):
@@ -547,8 +663,9 @@ def test_interrupted_certification_is_only_chained_on_resume(gen_repo, tmp_path)
 
     reg = gen_repo.registry
     camp = load_campaign(write_campaign(tmp_path, CERT_STEPS[:1], variables={"REPO": str(gen_repo.root)}))
-    gen_repo.certify_calibrations(T + "/biasGen.20250101a", T + "/bias.20250102a", "bias",
-                                  begin_date="1970-01-01T00:00:00")
+    gen_repo.certify_calibrations(
+        T + "/biasGen.20250101a", T + "/bias.20250102a", "bias", begin_date="1970-01-01T00:00:00"
+    )
     links = {r.id for r in reg.query_certifications(T + "/bias.20250102a")}
     res = run_campaign(camp)
     assert res.outcomes[0].status == "ran" and "already certified" in res.outcomes[0].detail
@@ -559,12 +676,21 @@ def test_interrupted_certification_is_only_chained_on_resume(gen_repo, tmp_path)
 def test_failed_certification_names_the_step_and_how_to_resume(gen_repo, tmp_path):
     from cpframe.campaign import CampaignState, campaign_dir, run_campaign
 
-    steps = [{"name": "certify-bias", "kind": "certify", "dataset_type": "bias",
-              "input": "${TAG_PREFIX}/nosuchGen.${RERUN}"}]
+    steps = [
+        {
+            "name": "certify-bias",
+            "kind": "certify",
+            "dataset_type": "bias",
+            "input": "${TAG_PREFIX}/nosuchGen.${RERUN}",
+        }
+    ]
     camp = load_campaign(write_campaign(tmp_path, steps, variables={"REPO": str(gen_repo.root)}))
-    with pytest.raises(CampaignError, match=r"(?s)step 1 'certify-bias' \(certify\) failed: certify bias: input "
-                                            r"collection '.*nosuchGen.20250101a' does not exist.*"
-                                            r"then run: cpframe campaign \S+c.yaml --resume"):
+    with pytest.raises(
+        CampaignError,
+        match=r"(?s)step 1 'certify-bias' \(certify\) failed: certify bias: input "
+        r"collection '.*nosuchGen.20250101a' does not exist.*"
+        r"then run: cpframe campaign \S+c.yaml --resume",
+    ):
         run_campaign(camp)
     state = CampaignState.load(campaign_dir(camp))
     assert state.get("certify-bias")["status"] == "failed"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +17,12 @@ import pytest
 from click.testing import CliRunner
 
 from cpframe.cli import main
-from cpframe.errors import CampaignError, UserInputError
+from cpframe.errors import CampaignError
 
 pytestmark = [
     pytest.mark.slow,
-    # raised inside cpframe.report's metric plots on masked table cells (report area); not what these tests check
+    # raised inside cpframe.report's metric plots on masked table cells (report area);
+    # not what these tests check
     pytest.mark.filterwarnings("ignore:Warning. converting a masked element to nan:UserWarning"),
 ]
 
@@ -45,8 +45,9 @@ def demo(tmp_path_factory, cluster):
 
     d = tmp_path_factory.mktemp("demo") / "demo"
     lines: list[str] = []
-    res = run_demo(d, detectors=[DETECTOR], bands=["r"], broken="saturated-flat", client=cluster,
-                   echo=lines.append)
+    res = run_demo(
+        d, detectors=[DETECTOR], bands=["r"], broken="saturated-flat", client=cluster, echo=lines.append
+    )
     return res, lines
 
 
@@ -59,8 +60,8 @@ def _repo(res):
 def _verdict_rows(index: Path) -> dict[str, tuple[str, str]]:
     """calibration -> (row class, verdict cell class) from the report's #verdicts table."""
     html = index.read_text()
-    table = html[html.index('id="verdicts"'):]
-    table = table[:table.index("</table>")]
+    table = html[html.index('id="verdicts"') :]
+    table = table[: table.index("</table>")]
     rows = re.findall(r'<tr class="(\w+)"><td><a href="#(\w+)">\w+</a></td><td class="(\w*)">', table)
     return {name: (tr, td) for tr, name, td in rows}
 
@@ -86,8 +87,12 @@ def test_demo_products_match_the_injected_truth(demo):
     truth = Truth.load(res.directory / "raw" / "truth")
     repo = _repo(res)
     try:
-        ref = repo.registry.find_calibration("ptc", {"instrument": "LSSTComCam", "detector": DETECTOR},
-                                             ["LSSTComCam/defaults"], res.deploy.exposure)
+        ref = repo.registry.find_calibration(
+            "ptc",
+            {"instrument": "LSSTComCam", "detector": DETECTOR},
+            ["LSSTComCam/defaults"],
+            res.deploy.exposure,
+        )
         assert ref is not None and "ptcGen" in ref.run
         table = Table.read(repo.get_path(ref), hdu="PTC")
     finally:
@@ -122,7 +127,7 @@ def test_broken_saturated_flat_fails_the_flat_test_in_red(demo):
     assert re.search(r'<tr class="fail"><td><a href="#flat">', html)
     css = (index.parent / "assets" / "report.css").read_text()
     fail_colour = re.search(r"--fail:\s*(#[0-9a-f]{6})", css).group(1)
-    r, g, b = (int(fail_colour[i:i + 2], 16) for i in (1, 3, 5))
+    r, g, b = (int(fail_colour[i : i + 2], 16) for i in (1, 3, 5))
     assert r > 150 and g < 60 and b < 60  # red
     # the demo's own, deployed flat is unaffected
     assert res.verdicts["flat-r"][0]
@@ -137,7 +142,10 @@ def test_deploy_self_check(demo):
     repo = _repo(res)
     try:
         assert repo.registry.get_chain("LSSTComCam/calib")[0] == "LSSTComCam/calib/DEMO-1"
-        assert repo.registry.get_chain("LSSTComCam/defaults")[:2] == ("LSSTComCam/raw/all", "LSSTComCam/calib")
+        assert repo.registry.get_chain("LSSTComCam/defaults")[:2] == (
+            "LSSTComCam/raw/all",
+            "LSSTComCam/calib",
+        )
         # the broken campaign was never deployed
         assert "LSSTComCam/calib/DEMO-1-SAT" not in repo.registry.flatten(["LSSTComCam/calib"])
     finally:
@@ -150,13 +158,24 @@ def test_construction_record(demo):
     sh = (record_dir / "commands.sh").read_text()
     assert "export TICKET=DEMO-1" in sh and "export SELECTION_BIAS=\"(instrument='LSSTComCam'" in sh
     assert re.search(r"^cpframe submit \S+/templates/bps_bias\.yaml$", sh, re.M)
-    assert re.search(r"^cpframe certify-calibrations \S+ LSSTComCam/calib/DEMO-1/demo/defectGen\.20241111a "
-                     r"LSSTComCam/calib/DEMO-1/demo/defects\.20241111a defects --begin-date 2024-11-01T00:00:00$",
-                     sh, re.M)
-    assert re.search(r"^cpframe collection-chain \S+ --mode redefine LSSTComCam/calib/DEMO-1 "
-                     r"LSSTComCam/calib/DEMO-1/demo/defects\.20241111a$", sh, re.M)
-    assert re.search(r"^cpframe collection-chain \S+ --mode prepend LSSTComCam/calib/DEMO-1 "
-                     r"LSSTComCam/calib/DEMO-1/demo/flat-r\.20241111a$", sh, re.M)
+    assert re.search(
+        r"^cpframe certify-calibrations \S+ LSSTComCam/calib/DEMO-1/demo/defectGen\.20241111a "
+        r"LSSTComCam/calib/DEMO-1/demo/defects\.20241111a defects --begin-date 2024-11-01T00:00:00$",
+        sh,
+        re.M,
+    )
+    assert re.search(
+        r"^cpframe collection-chain \S+ --mode redefine LSSTComCam/calib/DEMO-1 "
+        r"LSSTComCam/calib/DEMO-1/demo/defects\.20241111a$",
+        sh,
+        re.M,
+    )
+    assert re.search(
+        r"^cpframe collection-chain \S+ --mode prepend LSSTComCam/calib/DEMO-1 "
+        r"LSSTComCam/calib/DEMO-1/demo/flat-r\.20241111a$",
+        sh,
+        re.M,
+    )
     assert re.search(r"^cpframe report \S+ -c \S+verifyBias\.20241127a", sh, re.M)
     entries = json.loads((record_dir / "record.json").read_text())
     steps = [e for e in entries if "step" in e]
@@ -191,23 +210,40 @@ def test_campaign_resumes_after_a_failure_finishing_only_what_was_left(demo, clu
 
     doc = yaml.safe_load(text)
     doc["name"] = "resume-test"
-    doc["steps"] = [s for s in doc["steps"] if s["name"] in
-                    ("bias", "certify-bias", "dark", "certify-dark", "verify-bias", "verify-dark", "report")]
+    doc["steps"] = [
+        s
+        for s in doc["steps"]
+        if s["name"]
+        in ("bias", "certify-bias", "dark", "certify-dark", "verify-bias", "verify-dark", "report")
+    ]
     path = res.directory / "resume-test.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    camp = load_campaign(path, {"REPO": str(res.repo_root), "TICKET": "DEMO-R",
-                                "CALIB_COLLECTIONS": "LSSTComCam/calib/DEMO-1,LSSTComCam/calib/DEMO-1/curated"})
+    camp = load_campaign(
+        path,
+        {
+            "REPO": str(res.repo_root),
+            "TICKET": "DEMO-R",
+            "CALIB_COLLECTIONS": "LSSTComCam/calib/DEMO-1,LSSTComCam/calib/DEMO-1/curated",
+        },
+    )
     blocker = camp.step("certify-dark").output
     repo = _repo(res)
     repo.registry.register_collection(blocker, CollectionType.RUN)
     repo.close()
 
-    with pytest.raises(CampaignError, match=r"(?s)step 4 'certify-dark' \(certify\) failed: .*is a RUN collection.*"
-                                            r"Fix the cause, then run: cpframe campaign .*--resume"):
+    with pytest.raises(
+        CampaignError,
+        match=r"(?s)step 4 'certify-dark' \(certify\) failed: .*is a RUN collection.*"
+        r"Fix the cause, then run: cpframe campaign .*--resume",
+    ):
         run_campaign(camp, client=cluster)
     state = CampaignState.load(campaign_dir(camp))
-    assert [state.get(n).get("status") for n in ("bias", "certify-bias", "dark", "certify-dark")] == \
-        ["done", "done", "done", "failed"]
+    assert [state.get(n).get("status") for n in ("bias", "certify-bias", "dark", "certify-dark")] == [
+        "done",
+        "done",
+        "done",
+        "failed",
+    ]
     assert state.get("verify-bias") == {}
     repo = _repo(res)
     runs_before = _runs(repo)
@@ -217,12 +253,21 @@ def test_campaign_resumes_after_a_failure_finishing_only_what_was_left(demo, clu
     repo.close()
 
     # starting again without saying how is refused
-    with pytest.raises(CampaignError, match=r"(?s)already started .*\(3 of 7 steps done; certify-dark failed\).*--resume"):
+    with pytest.raises(
+        CampaignError, match=r"(?s)already started .*\(3 of 7 steps done; certify-dark failed\).*--resume"
+    ):
         run_campaign(camp, client=cluster)
     result = run_campaign(camp, resume=True, client=cluster)
     status = {o.name: o.status for o in result.outcomes}
-    assert status == {"bias": "skipped", "certify-bias": "skipped", "dark": "skipped", "certify-dark": "ran",
-                      "verify-bias": "ran", "verify-dark": "ran", "report": "ran"}
+    assert status == {
+        "bias": "skipped",
+        "certify-bias": "skipped",
+        "dark": "skipped",
+        "certify-dark": "ran",
+        "verify-bias": "ran",
+        "verify-dark": "ran",
+        "report": "ran",
+    }
     assert result.report_index.is_file()
     repo = _repo(res)
     try:
@@ -243,8 +288,17 @@ def test_campaign_resumes_after_a_failure_finishing_only_what_was_left(demo, clu
 
     # the state file is only a cache: without it, --resume finds every step done in the registry
     (campaign_dir(camp) / "state.json").unlink()
-    args = ["campaign", str(path), "--resume", "--var", f"REPO={res.repo_root}", "--var", "TICKET=DEMO-R",
-            "--var", "CALIB_COLLECTIONS=LSSTComCam/calib/DEMO-1,LSSTComCam/calib/DEMO-1/curated"]
+    args = [
+        "campaign",
+        str(path),
+        "--resume",
+        "--var",
+        f"REPO={res.repo_root}",
+        "--var",
+        "TICKET=DEMO-R",
+        "--var",
+        "CALIB_COLLECTIONS=LSSTComCam/calib/DEMO-1,LSSTComCam/calib/DEMO-1/curated",
+    ]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     # (the report has no registry output: without the state file it is written again)
@@ -266,7 +320,9 @@ def test_demo_again_resumes_without_redoing_anything(demo, cluster):
     repo = _repo(res)
     runs = _runs(repo)
     repo.close()
-    again = run_demo(res.directory, detectors=[DETECTOR], bands=["r"], broken="saturated-flat", client=cluster)
+    again = run_demo(
+        res.directory, detectors=[DETECTOR], bands=["r"], broken="saturated-flat", client=cluster
+    )
     assert {o.status for o in again.campaign.outcomes} == {"skipped"}
     repo = _repo(res)
     try:

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import click
 
-from . import catch_errors, main
 from ..errors import CampaignError, VerificationFailed
+from . import catch_errors, main
 
 DEPLOY_SELF_CHECK_FAILED = (
     "the deployed chain does not pick the new calibrations (see the table above). "
-    "The chains were changed; to undo: cpframe collection-chain {repo} --mode remove {instrument}/calib {chain}"
+    "The chains were changed; to undo: "
+    "cpframe collection-chain {repo} --mode remove {instrument}/calib {chain}"
 )
 
 
@@ -22,13 +23,26 @@ def _repo_exists(root: str) -> bool:
 
 @main.command("campaign")
 @click.argument("campaign_file", type=click.Path(dir_okay=False))
-@click.option("--dry-run", is_flag=True, help="Validate and print the plan (with each step's status); run nothing.")
-@click.option("--resume", is_flag=True, help="Continue a campaign started before; finished steps are skipped.")
-@click.option("--restart", is_flag=True, help="Forget the previous state and run every step (needs new reruns).")
+@click.option(
+    "--dry-run", is_flag=True, help="Validate and print the plan (with each step's status); run nothing."
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue a campaign started before; finished steps are skipped."
+)
+@click.option(
+    "--restart", is_flag=True, help="Forget the previous state and run every step (needs new reruns)."
+)
 @click.option("--until", "until", metavar="STEP", help="Stop after this step (it runs).")
-@click.option("--var", "variables", multiple=True, metavar="NAME=VALUE",
-              help="Set or override a campaign variable (repeatable).")
-@click.option("--deploy", "deploy_step", is_flag=True, help="Also run the campaign's deploy step (never automatic).")
+@click.option(
+    "--var",
+    "variables",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Set or override a campaign variable (repeatable).",
+)
+@click.option(
+    "--deploy", "deploy_step", is_flag=True, help="Also run the campaign's deploy step (never automatic)."
+)
 @click.option("--workers", type=int, help="Dask workers of the local cluster (default: settings).")
 @catch_errors
 def campaign_command(campaign_file, dry_run, resume, restart, until, variables, deploy_step, workers):
@@ -76,8 +90,16 @@ def campaign_command(campaign_file, dry_run, resume, restart, until, variables, 
 
         settings = load_settings({"n_workers": workers})
     click.echo("")
-    result = run_campaign(camp, resume=resume, restart=restart, until=until, deploy_step=deploy_step,
-                          settings=settings, echo=click.echo, argv=["cpframe"] + sys.argv[1:])
+    result = run_campaign(
+        camp,
+        resume=resume,
+        restart=restart,
+        until=until,
+        deploy_step=deploy_step,
+        settings=settings,
+        echo=click.echo,
+        argv=["cpframe"] + sys.argv[1:],
+    )
     click.echo("")
     click.echo(result.summary())
     if result.deploy is not None:
@@ -92,13 +114,19 @@ def campaign_command(campaign_file, dry_run, resume, restart, until, variables, 
 @click.option("--var", "variables", multiple=True, metavar="NAME=VALUE", help="Override a campaign variable.")
 @click.option("--repo", help="Repository root (default: the campaign's REPO).")
 @click.option("--instrument", help="Instrument (default: the campaign's INSTRUMENT).")
-@click.option("--chain", "ticket_chain", help="Ticket-level CHAINED collection P (default: from the campaign).")
+@click.option(
+    "--chain", "ticket_chain", help="Ticket-level CHAINED collection P (default: from the campaign)."
+)
 @click.option("--raw-collection", help="Raw collection for INSTRUMENT/defaults (default: RAW_COLLECTION).")
-@click.option("--exposure", type=int, help="Exposure id for the self-check (default: latest in the validity range).")
+@click.option(
+    "--exposure", type=int, help="Exposure id for the self-check (default: latest in the validity range)."
+)
 @click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @catch_errors
-def deploy_command(campaign_file, variables, repo, instrument, ticket_chain, raw_collection, exposure, dry_run, yes):
+def deploy_command(
+    campaign_file, variables, repo, instrument, ticket_chain, raw_collection, exposure, dry_run, yes
+):
     """Deploy a campaign's calibrations: prepend its ticket chain to INSTRUMENT/calib.
 
     Also keeps INSTRUMENT/defaults (raws + INSTRUMENT/calib) pointing at it, then checks
@@ -112,7 +140,12 @@ def deploy_command(campaign_file, variables, repo, instrument, ticket_chain, raw
           --raw-collection LSSTComCam/raw/all
     """
     from ..campaign import (
-        _open_repo, _split_collections, deploy, format_deploy_plan, load_campaign, parse_var_options,
+        _open_repo,
+        _split_collections,
+        deploy,
+        format_deploy_plan,
+        load_campaign,
+        parse_var_options,
     )
 
     calib_collections: list[str] = []
@@ -124,8 +157,16 @@ def deploy_command(campaign_file, variables, repo, instrument, ticket_chain, raw
         ticket_chain = ticket_chain or v["TICKET_CHAIN"]
         raw_collection = raw_collection or v["RAW_COLLECTION"]
         calib_collections = _split_collections(v["CALIB_COLLECTIONS"])
-    missing = [o for o, x in (("--repo", repo), ("--instrument", instrument), ("--chain", ticket_chain),
-                              ("--raw-collection", raw_collection)) if not x]
+    missing = [
+        o
+        for o, x in (
+            ("--repo", repo),
+            ("--instrument", instrument),
+            ("--chain", ticket_chain),
+            ("--raw-collection", raw_collection),
+        )
+        if not x
+    ]
     if missing:
         raise CampaignError(
             f"deploy needs a campaign file or {', '.join(missing)}; "
@@ -134,8 +175,15 @@ def deploy_command(campaign_file, variables, repo, instrument, ticket_chain, raw
     if not _repo_exists(repo):
         raise CampaignError(f"repository {repo!r} does not exist (no cpframe-repo.yaml there).")
     r = _open_repo(repo)
-    plan = deploy(r.registry, instrument, ticket_chain, raw_collection=raw_collection,
-                  calib_collections=calib_collections, exposure=exposure, dry_run=True)
+    plan = deploy(
+        r.registry,
+        instrument,
+        ticket_chain,
+        raw_collection=raw_collection,
+        calib_collections=calib_collections,
+        exposure=exposure,
+        dry_run=True,
+    )
     click.echo(format_deploy_plan(instrument, ticket_chain, raw_collection))
     click.echo(plan.format())
     if dry_run:
@@ -144,11 +192,19 @@ def deploy_command(campaign_file, variables, repo, instrument, ticket_chain, raw
     if not yes and not click.confirm("Deploy?", default=False):
         click.echo("Not deployed.")
         return
-    res = deploy(r.registry, instrument, ticket_chain, raw_collection=raw_collection,
-                 calib_collections=calib_collections, exposure=exposure)
+    res = deploy(
+        r.registry,
+        instrument,
+        ticket_chain,
+        raw_collection=raw_collection,
+        calib_collections=calib_collections,
+        exposure=exposure,
+    )
     click.echo(res.format())
     if not res.ok:
-        raise VerificationFailed(DEPLOY_SELF_CHECK_FAILED.format(repo=repo, instrument=instrument, chain=ticket_chain))
+        raise VerificationFailed(
+            DEPLOY_SELF_CHECK_FAILED.format(repo=repo, instrument=instrument, chain=ticket_chain)
+        )
 
 
 @main.command("demo")
@@ -157,8 +213,12 @@ def deploy_command(campaign_file, variables, repo, instrument, ticket_chain, raw
 @click.option("--workers", type=int, default=None, help="Dask workers of the local cluster (default: 2).")
 @click.option("--bands", default=None, help="Flat bands, comma-separated (default: the demo plan's).")
 @click.option("--detectors", default=None, help="Detector ids, comma-separated (default: the demo plan's).")
-@click.option("--broken", type=click.Choice(["none", "saturated-flat", "bias-level"]), default="none",
-              help="Add a deliberately broken input, to see verification catch it.")
+@click.option(
+    "--broken",
+    type=click.Choice(["none", "saturated-flat", "bias-level"]),
+    default="none",
+    help="Add a deliberately broken input, to see verification catch it.",
+)
 @click.option("--force", is_flag=True, help="Delete DIRECTORY first if it exists.")
 @catch_errors
 def demo_command(directory, full, workers, bands, detectors, broken, force):
@@ -176,10 +236,14 @@ def demo_command(directory, full, workers, bands, detectors, broken, force):
     from ..demo import run_demo
 
     result = run_demo(
-        directory, full=full, workers=workers,
+        directory,
+        full=full,
+        workers=workers,
         bands=[b.strip() for b in bands.split(",") if b.strip()] if bands else None,
         detectors=[int(d) for d in detectors.split(",") if d.strip()] if detectors else None,
-        broken=None if broken == "none" else broken, force=force, echo=click.echo,
+        broken=None if broken == "none" else broken,
+        force=force,
+        echo=click.echo,
     )
     click.echo("")
     click.echo(result.summary())
@@ -187,4 +251,5 @@ def demo_command(directory, full, workers, bands, detectors, broken, force):
         raise VerificationFailed(f"the demo's verification found failing tests; see {result.report_index}")
     if result.broken_detected is False:
         raise VerificationFailed(
-            f"verification did not catch the broken input ({broken}); see {result.broken[2]}")
+            f"verification did not catch the broken input ({broken}); see {result.broken[2]}"
+        )
