@@ -502,6 +502,7 @@ def verification_verdicts(camp: Any, repo: Any) -> dict[str, tuple[bool, list[st
     The summary is looked up find-first through the step's output chain (its newest RUN).
     A verify step without a summary counts as failed ("no summary").
     """
+    from .campaign import expected_outputs
     from .errors import UnknownCollectionError
     from .verify.results import read_summary
 
@@ -511,12 +512,13 @@ def verification_verdicts(camp: Any, repo: Any) -> dict[str, tuple[bool, list[st
             continue
         name = s.verifies + (f"-{s.band}" if s.band else "")
         dtype = f"verify{s.verifies[0].upper()}{s.verifies[1:]}Summary"
+        output = expected_outputs(camp, s)["output"] or s.gen_output
         try:
-            refs = repo.registry.query_datasets(dtype, collections=[s.gen_output], find_first=True)
+            refs = repo.registry.query_datasets(dtype, collections=[output], find_first=True)
         except (UnknownCollectionError, CpframeError):
             refs = []
         if not refs:
-            out[name] = (False, [f"no {dtype} in {s.gen_output}"])
+            out[name] = (False, [f"no {dtype} in {output}"])
             continue
         summary = read_summary(repo.get_path(refs[0]))
         out[name] = (bool(summary.get("SUCCESS")), _flatten_failures(summary.get("FAILURES")))
