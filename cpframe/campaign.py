@@ -1497,9 +1497,10 @@ def run_campaign(
                 raise
             dt = time.monotonic() - t0
             detail = outputs.pop("detail", "")
+            commands = outputs.pop("_commands", None) or step_commands(campaign, step)
             state.set(step.name, status="done", finished=_now(), duration_s=round(dt, 3), detail=detail,
                       **{k: x for k, x in outputs.items() if not k.startswith("_")})
-            record.add(step, step_commands(campaign, step), started, dt, "ok", detail,
+            record.add(step, commands, started, dt, "ok", detail,
                        {k: x for k, x in outputs.items() if not k.startswith("_")})
             result.outcomes.append(StepOutcome(step.name, "ran", detail, dt, outputs))
             echo(f"    done in {dt:.1f} s: {detail}")
@@ -1921,6 +1922,7 @@ def _run_submission(campaign: Campaign, step: Step, repo: Any, client: Any, sett
     counts = dict(res.counts)
     what = ", ".join(f"{n} {dt}" for dt, n in counts.items()) or "nothing new"
     return {"run": res.run, "output": res.output, "counts": counts, "submit_dir": str(res.submit_dir),
+            "_commands": [argv],
             "compute_s": round(float(res.timings.get("compute_s", 0.0)), 3),
             "detail": f"RUN {res.run}: {what}"}
 

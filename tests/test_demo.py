@@ -313,6 +313,36 @@ def test_campaign_resumes_after_a_failure_finishing_only_what_was_left(demo, clu
         repo.close()
 
 
+def test_an_incomplete_run_is_finished_in_place(demo, cluster):
+    """A submission killed before its provenance said 'complete' is finished, not redone in a new RUN."""
+    from cpframe.campaign import run_campaign
+
+    res, _ = demo
+    camp = res.campaign.campaign
+    out = camp.step("dark").gen_output
+    repo = _repo(res)
+    run = repo.registry.get_chain(out)[0]
+    records = repo.registry.get_run_info(run)["records"]
+    records[-1]["status"] = "interrupted"
+    repo.registry.set_run_info(run, {"records": records})
+    runs = _runs(repo)
+    repo.close()
+    lines: list[str] = []
+    result = run_campaign(camp, resume=True, client=cluster, echo=lines.append)
+    ran = {o.name: o.detail for o in result.outcomes if o.status == "ran"}
+    assert list(ran) == ["dark"] and ran["dark"].startswith(f"RUN {run}:")
+    assert any(f"finishing the incomplete RUN {run} (--extend-run --skip-existing)" in ln for ln in lines)
+    repo = _repo(res)
+    try:
+        assert repo.registry.get_chain(out)[0] == run and _runs(repo) == runs
+        statuses = [r["status"] for r in repo.registry.get_run_info(run)["records"]]
+        assert statuses[-2:] == ["interrupted", "complete"]
+    finally:
+        repo.close()
+    sh = (result.directory / "commands.sh").read_text()
+    assert re.search(r"^cpframe submit \S+/bps_dark\.yaml --extend-run --skip-existing$", sh, re.M)
+
+
 def test_demo_again_resumes_without_redoing_anything(demo, cluster):
     from cpframe.demo import run_demo
 
