@@ -379,10 +379,10 @@ def test_truth_values_in_itl_ranges():
 
 def test_plans_and_their_validation(tmp_path):
     demo = read_plan("demo")
-    assert demo.instrument == "LSSTComCam" and len(demo.specs) == 68
+    assert demo.instrument == "LSSTComCam" and len(demo.specs) == 74
     ptc = [s for s in demo.specs if s.observation_reason == "ptc"]
     times = sorted(s.exposure_time for s in ptc)
-    assert len(ptc) == 28 and times[::2] == times[1::2]  # pairs
+    assert len(ptc) == 34 and times[::2] == times[1::2]  # 17 pairs
     assert [s.begin for s in demo.specs] == sorted(s.begin for s in demo.specs)
     assert load_plan("dmtn222", "LATISS")[0].obs_id("LATISS").startswith("AT_O_20241110_000044")
     bad = tmp_path / "bad.yaml"
