@@ -127,6 +127,11 @@ def e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _floats(column: Any) -> np.ndarray:
+    """A table column as floats, masked cells (empty in the ECSV) as NaN."""
+    return np.ma.asarray(column, dtype=float).filled(np.nan)
+
+
 def _fmt(value: Any, column: str = "") -> str:
     if value is None or np.ma.is_masked(value):
         return ""
@@ -511,14 +516,14 @@ class _Report:
             amp = table[_amp_rows(table)]
             if "PTC_PTC_GAIN" in amp.colnames and len(amp):
                 dets = sorted(set(amp["detector_name"]))
-                nominal = np.asarray(amp["PTC_AMP_GAIN"], dtype=float)
+                nominal = _floats(amp["PTC_AMP_GAIN"])
                 if np.isfinite(nominal).any():
                     name, ylabel, limits = "PTC gain / nominal", "ratio", (0.95, 1.05)
-                    values = np.asarray(amp["PTC_PTC_GAIN"], dtype=float) / nominal
+                    values = _floats(amp["PTC_PTC_GAIN"]) / nominal
                     caption = "Each amp's PTC gain over its nominal gain; dashed: the ±5 % test."
                 else:
                     name, ylabel, limits = "PTC gain", "gain (e-/adu)", ()
-                    values = np.asarray(amp["PTC_PTC_GAIN"], dtype=float)
+                    values = _floats(amp["PTC_PTC_GAIN"])
                     caption = "Each amp's PTC gain (no nominal gains were given to verification)."
                 series = {name: [[float(v) for v, d in zip(values, amp["detector_name"]) if d == det]
                                  for det in dets]}
@@ -539,7 +544,8 @@ class _Report:
             col = f"{st.stage}_{stat}"
             if col not in amp.colnames:
                 continue
-            series = {d: [[float(r[col]) for r in amp if str(r["detector_name"]) == d and int(r["exposure"]) == x]
+            vals, det_of, exp_of = _floats(amp[col]), [str(d) for d in amp["detector_name"]], amp["exposure"]
+            series = {d: [[float(v) for v, dd, xx in zip(vals, det_of, exp_of) if dd == d and int(xx) == x]
                           for x in exposures] for d in dets}
             digest = hashlib.sha1((col + str(list(amp[col]))).encode()).hexdigest()[:10]
             rel = self.png(f"src/{st.key}/{col}_vs_exposure_{digest}.png",

@@ -19,12 +19,7 @@ from click.testing import CliRunner
 from cpframe.cli import main
 from cpframe.errors import CampaignError
 
-pytestmark = [
-    pytest.mark.slow,
-    # raised inside cpframe.report's metric plots on masked table cells (report area);
-    # not what these tests check
-    pytest.mark.filterwarnings("ignore:Warning. converting a masked element to nan:UserWarning"),
-]
+pytestmark = [pytest.mark.slow]
 
 DETECTOR = 4
 
