@@ -271,11 +271,18 @@ def test_ptc_user_errors(tmp_path, det):
     odd = write_ptc(tmp_path / "odd.fits", det, gains, noises, det_ser="STA-0001")
     with pytest.raises(UserInputError, match=UNKNOWN_VENDOR_MESSAGE + " 'STA'"):
         verify_calib("ptc", odd, det, nominal={a: {"gain": 1.6, "noise": 6.0} for a in det.amp_names})
-    # no nominal values at all: no gain test; the noise is compared with the overscan read noise x gain
+    # no nominal values at all: no gain test; the noise is compared with the noise the ISR leaves:
+    # overscan read noise x gain, un-truncated (3-sigma clipped stdev), plus the per-row (58 values)
+    # and per-column (42 values) overscan medians subtracted
     plain = verify_calib("ptc", path, det)
     assert "PTC_GAIN" not in plain["VERIFY"]["AMP"]["C10"] and plain["METADATA"]["NOMINAL"] == "overscan"
-    assert plain["AMP"]["C10"]["AMP_NOISE"] == pytest.approx(np.median([4.0, 4.1, 3.9, 4.0, 4.05, 3.95]) * 1.6)
-    assert plain["FAILURES"] == [f"{a} PTC_NOISE" for a in det.amp_names]  # 6.0 e- vs 6.4 e-: 6 % off
+    os_rn = np.median([4.0, 4.1, 3.9, 4.0, 4.05, 3.95]) * 1.6
+    clip_sd = math.sqrt(1 - 2 * 3.0 * math.exp(-4.5) / math.sqrt(2 * math.pi) / math.erf(3.0 / math.sqrt(2)))
+    a = det.amps[0]
+    k = (math.pi / 2) / (a.serial_overscan_cols - 6) + (math.pi / 2) / (a.parallel_overscan_rows - 6)
+    assert plain["AMP"]["C10"]["OVERSCAN_NOISE"] == pytest.approx(os_rn)
+    assert plain["AMP"]["C10"]["AMP_NOISE"] == pytest.approx(os_rn / clip_sd * math.sqrt(1 + k))
+    assert plain["FAILURES"] == [f"{a} PTC_NOISE" for a in det.amp_names]  # 6.0 e- vs 6.69 e-: 10 % off
     cfg = VerifyConfig.from_mapping({"ptc_a00_ranges": {"STA": (-1e-5, 1e-5)}})
     assert verify_calib("ptc", odd, det, cfg, nominal={a: {"gain": 1.6, "noise": 6.0} for a in det.amp_names})["SUCCESS"]
 

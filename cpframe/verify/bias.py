@@ -45,6 +45,7 @@ from .config import VerifyConfig
 from .core import Stage, register_stage
 from .stats import (
     ResidualImage,
+    overscan_correction_variance,
     amp_corner_box,
     clipped_stats,
     expected_noise,
@@ -89,15 +90,11 @@ def nominal_from_header(residual: ResidualImage, detector: Detector, required: b
 def _overscan_variance_factor(residual: ResidualImage, amp, config: VerifyConfig) -> float:
     """Variance (in units of RN^2) that subtracting per-row (and per-column) overscan medians adds.
 
-    A median of n Gaussian values has variance (pi / 2) sigma^2 / n.  The parallel term
-    counts only when the ISR did a parallel overscan (its header cards are there).
+    See :func:`overscan_correction_variance`; the parallel term counts only when the ISR did
+    a parallel overscan (its header cards are there).
     """
-    n_serial = amp.serial_overscan_cols - config.overscan_skip_cols
-    k = (math.pi / 2) / n_serial if n_serial > 0 else 0.0
-    if header_value(residual.header, f"LSST ISR OVERSCAN PARALLEL STDEV {amp.name}") is not None:
-        n_par = amp.parallel_overscan_rows - config.overscan_skip_cols
-        k += (math.pi / 2) / n_par if n_par > 0 else 0.0
-    return k
+    parallel = header_value(residual.header, f"LSST ISR OVERSCAN PARALLEL STDEV {amp.name}") is not None
+    return overscan_correction_variance(amp, config.overscan_skip_cols, parallel)
 
 
 def _calibration_variance(residual: ResidualImage, amp, exclude: np.ndarray, read_noise: float,

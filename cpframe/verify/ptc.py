@@ -38,7 +38,7 @@ from ..camera import Detector
 from ..errors import UserInputError
 from .config import VerifyConfig
 from .core import Stage, register_stage
-from .stats import header_value
+from .stats import header_value, overscan_correction_variance, truncated_std_factor
 
 __all__ = [
     "MISSING_NOMINAL_PTC_MESSAGE",
@@ -142,13 +142,18 @@ def measure_ptc(
         os_noise = np.asarray(r.get("overscan_noise", []), dtype=float)
         os_noise = os_noise[np.isfinite(os_noise)]
         overscan_rn = float(np.median(os_noise)) * gain if os_noise.size else math.nan
+        # Without a curated nominal, the PTC noise is compared with the noise the ISR leaves:
+        # the overscan's clipped stdev reads low by the truncation factor, and subtracting
+        # per-row / per-column overscan medians adds variance (docs/verification.md).
+        expected_rn = (overscan_rn / truncated_std_factor(config.overscan_clip_n_sigma)
+                       * math.sqrt(1.0 + overscan_correction_variance(detector.amp(a), config.overscan_skip_cols)))
         s = {
             "PTC_GAIN": gain,
             "PTC_GAIN_ERR": _scalar(r, "gain_err"),
             "AMP_GAIN": float(nominal[a]["gain"]) if given else math.nan,
             "PTC_NOISE": _scalar(r, "noise"),
             "PTC_NOISE_ERR": _scalar(r, "noise_err"),
-            "AMP_NOISE": float(nominal[a]["noise"]) if given else overscan_rn,
+            "AMP_NOISE": float(nominal[a]["noise"]) if given else expected_rn,
             "OVERSCAN_NOISE": overscan_rn,
             "PTC_TURNOFF": turnoff,
             "PTC_TURNOFF_E": turnoff * gain,

@@ -203,6 +203,29 @@ def expected_noise(residual: ResidualImage, amp: Amplifier, exclude: np.ndarray 
     return float(np.sqrt(mean_var)) if mean_var > 0 else float("nan")
 
 
+def overscan_correction_variance(amp: Amplifier, skip_cols: int, parallel: bool = True) -> float:
+    """Variance, in units of the read noise squared, that overscan subtraction adds to each pixel.
+
+    The ISR subtracts a per-row median of the serial overscan (``serial_overscan_cols -
+    skip_cols`` values) and, with a parallel overscan, a per-column median
+    (``parallel_overscan_rows - skip_cols`` values).  The median of n Gaussian values has
+    variance (pi / 2) sigma^2 / n.
+
+    >>> from cpframe.camera import load_camera
+    >>> amp = load_camera("LSSTComCam").detectors[0].amps[0]
+    >>> round(overscan_correction_variance(amp, 6), 4)
+    0.0645
+    """
+    import math
+
+    n_serial = amp.serial_overscan_cols - skip_cols
+    k = (math.pi / 2) / n_serial if n_serial > 0 else 0.0
+    if parallel:
+        n_par = amp.parallel_overscan_rows - skip_cols
+        k += (math.pi / 2) / n_par if n_par > 0 else 0.0
+    return k
+
+
 def truncated_std_factor(n_sigma: float) -> float:
     """Standard deviation of a unit Gaussian truncated at +- ``n_sigma`` (what clipping measures).
 
