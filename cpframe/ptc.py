@@ -8,7 +8,7 @@ k = 1/(1 − 2nφ(n)/(Φ(n) − Φ(−n))) undoes the variance lost by clipping 
 Solve, per amp (EXPAPPROXIMATION, Astier+19 eq. 16), var and μ in adu:
 var(μ) = [exp(2·a00·g·μ) − 1] / (2·a00·g²) + n/g², fitted with
 ``scipy.optimize.least_squares`` within bounds, first on the points below an initial
-signal limit, then with up to 2 outlier passes (|var − model|/√var < 5), a jump rule
+signal limit, then with up to 2 outlier passes (|var − model| / max(√var, var·√(2/N)) < 5), a jump rule
 after masked gaps, and a final fit weighted by 1/√(2var²/N).  gain = g (e-/adu),
 noise = √n (e-), turnoff = largest μ kept (adu).
 """
@@ -67,9 +67,9 @@ class PtcConfig:
     max_iterations_ptc_outliers: int = 2
     """Outlier passes."""
     sigma_cut_ptc_outliers: float = 5.0
-    """Keep points with |var − model|/√var below this."""
+    """Keep points with |var − model| / max(√var, var·√(2/N)) below this (cp_pipe: /√var)."""
     max_delta_initial_ptc_outlier_fit: float = 9000.0
-    """After a masked point, a jump in μ of at least this (e-) masks all higher points."""
+    """A jump in μ of at least this (e-) across a run of masked points masks all higher points."""
     ptc_fit_type: str = "EXPAPPROXIMATION"
     """Only EXPAPPROXIMATION is implemented."""
 
