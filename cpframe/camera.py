@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from importlib import resources
-from typing import Iterable
 
 import yaml
 
@@ -250,7 +249,3 @@ def load_camera(name: str, scale: str = "full") -> Camera:
     filters = tuple((f["physical_filter"], f["band"]) for f in spec["filters"])
     return Camera(name=spec["name"], scale=scale, detectors=dets, filters=filters, doc=spec.get("doc", ""))
 
-
-def detectors_named(camera: Camera, keys: Iterable[int | str]) -> list[Detector]:
-    """Detectors for ids or names, in the order given."""
-    return [camera.detector(k) for k in keys]
