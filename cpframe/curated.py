@@ -279,7 +279,7 @@ def _defects_scale(instrument: str) -> str:
 
 def _defects_for(c: CuratedCalib, camera: Camera) -> list[tuple[int, int, int, int]]:
     rects, meta = read_defects(c.path)
-    src_scale = str(meta.get("scale", _defects_scale(c.instrument)))
+    src_scale = str(meta.get("scale") or _defects_scale(c.instrument))  # index read only when needed
     src = load_camera(c.instrument, src_scale).detector(c.detector)
     return scale_defects(rects, src, camera.detector(c.detector))
 
