@@ -365,3 +365,21 @@ def test_demo_refuses_other_options_in_the_same_directory(demo):
     assert r.exit_code == 2 and "--bands q: the demo plan has flats in g, i, r only" in r.output
     r = CliRunner().invoke(main, ["demo", str(res.directory / "other2"), "--detectors", "99"])
     assert r.exit_code == 2 and "no detector" in r.output
+
+
+def test_demo_command_fails_when_the_broken_input_is_not_caught(monkeypatch, tmp_path):
+    # no demo run: run_demo is replaced by one whose broken campaign's flat verification passed
+    import cpframe.demo
+    from cpframe.cli._campaign import demo_command
+    from cpframe.demo import BROKEN_INPUTS, BrokenInput, DemoResult
+
+    choices = next(p for p in demo_command.params if p.name == "broken").type.choices
+    assert set(choices) == {"none", *BROKEN_INPUTS}
+    index = tmp_path / "sat" / "index.html"
+    broken = BrokenInput("saturated-flat", 1, "r", {"flat-r": (True, [])}, index)
+    fake = DemoResult(tmp_path, tmp_path / "repo", tmp_path / "index.html", verdicts={"bias": (True, [])},
+                      broken=broken)
+    monkeypatch.setattr(cpframe.demo, "run_demo", lambda *a, **k: fake)
+    r = CliRunner().invoke(main, ["demo", str(tmp_path), "--broken", "saturated-flat"])
+    assert r.exit_code == 7, r.output
+    assert f"verification did not catch the broken input (saturated-flat); see {index}" in r.output

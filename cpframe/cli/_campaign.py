@@ -215,7 +215,7 @@ def deploy_command(
 @click.option("--detectors", default=None, help="Detector ids, comma-separated (default: the demo plan's).")
 @click.option(
     "--broken",
-    type=click.Choice(["none", "saturated-flat", "bias-level"]),
+    type=click.Choice(["none", "saturated-flat"]),  # cpframe.demo.BROKEN_INPUTS (not imported: CLI start-up)
     default="none",
     help="Add a deliberately broken input, to see verification catch it.",
 )
@@ -251,5 +251,5 @@ def demo_command(directory, full, workers, bands, detectors, broken, force):
         raise VerificationFailed(f"the demo's verification found failing tests; see {result.report_index}")
     if result.broken_detected is False:
         raise VerificationFailed(
-            f"verification did not catch the broken input ({broken}); see {result.broken[2]}"
+            f"verification did not catch the broken input ({broken}); see {result.broken.report_index}"
         )
