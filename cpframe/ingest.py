@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .camera import SCALES, load_camera
+from .camera import SCALES, Detector, load_camera
 from .errors import ConflictingDefinitionError, CpframeError, IngestError, UserInputError
 from .model import CollectionType, DataId, Timespan, exposure_id
 from .simulate import fast_tai_ns
@@ -147,8 +147,7 @@ def find_raw_files(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
     return unique, missing
 
 
-def _expected_min_size(header_bytes: int, instrument: str, scale: str, detector: int) -> int:
-    det = load_camera(instrument, scale).detector(detector)
+def _expected_min_size(header_bytes: int, det: Detector) -> int:
     total = header_bytes
     for a in det.amps:
         nrow, ncol = a.raw_shape
@@ -227,7 +226,7 @@ def read_raw_header(path: str | os.PathLike) -> RawInfo:
         timespan = Timespan(begin, end)
     except UserInputError as err:
         raise IngestError(f"{p}: bad DATE-BEG/DATE-END: {err}") from None
-    need = _expected_min_size(header_bytes, camera.name, scale, det.id)
+    need = _expected_min_size(header_bytes, det)
     if size < need:
         raise IngestError(
             f"{p}: truncated: {size} bytes, but its {len(det.amps)} amplifier segments need at least {need}"
