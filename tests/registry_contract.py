@@ -422,6 +422,7 @@ def test_query_datasets_find_first_and_where(repo, tmp_path):
     sel = reg.query_datasets("bias", "*", where=f"instrument='{INST}' and detector in (2..8)")
     assert [r.id for r in sel] == [b[1].id]
     assert {r.run for r in reg.query_datasets(["bi*"], "?")} == {"a", "b"}
+    assert {r.run for r in reg.query_datasets("bias", ["a*", "b*"])} == {"a", "b"}  # each pattern keeps its matches
     reg.certify("cal", b, span("2024-01-01", None))
     through_cal = reg.query_datasets("bias", ["cal"], where=f"instrument='{INST}' and detector.full_name='R22_S02'")
     assert [(r.id, r.extra["timespan"]) for r in through_cal] == [(b[1].id, span("2024-01-01", None))]

@@ -1086,10 +1086,12 @@ class SqlRegistry(Registry):
                 f"--find-first needs an ordered list of collections, not patterns ({', '.join(names)})."
             )
         out: list[str] = []
+        known: list[str] | None = None  # every collection name, read once for all patterns
         for n in names:
             if _glob(n):
-                out += sorted(conn.execute(sa.select(s.collection.c.name)).scalars().all())
-                out = [m for m in out if fnmatch.fnmatchcase(m, n) or m in names]
+                if known is None:
+                    known = sorted(conn.execute(sa.select(s.collection.c.name)).scalars().all())
+                out += [m for m in known if fnmatch.fnmatchcase(m, n)]
             else:
                 out.append(n)
         return list(dict.fromkeys(out))
