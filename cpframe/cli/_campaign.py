@@ -174,32 +174,18 @@ def deploy_command(
         )
     if not _repo_exists(repo):
         raise CampaignError(f"repository {repo!r} does not exist (no cpframe-repo.yaml there).")
-    r = _open_repo(repo)
-    plan = deploy(
-        r.registry,
-        instrument,
-        ticket_chain,
-        raw_collection=raw_collection,
-        calib_collections=calib_collections,
-        exposure=exposure,
-        dry_run=True,
-    )
-    click.echo(format_deploy_plan(instrument, ticket_chain, raw_collection))
-    click.echo(plan.format())
-    if dry_run:
-        click.echo("Dry run: nothing changed.")
-        return
-    if not yes and not click.confirm("Deploy?", default=False):
-        click.echo("Not deployed.")
-        return
-    res = deploy(
-        r.registry,
-        instrument,
-        ticket_chain,
-        raw_collection=raw_collection,
-        calib_collections=calib_collections,
-        exposure=exposure,
-    )
+    args = dict(raw_collection=raw_collection, calib_collections=calib_collections, exposure=exposure)
+    with _open_repo(repo) as r:
+        plan = deploy(r.registry, instrument, ticket_chain, **args, dry_run=True)
+        click.echo(format_deploy_plan(instrument, ticket_chain, raw_collection))
+        click.echo(plan.format())
+        if dry_run:
+            click.echo("Dry run: nothing changed.")
+            return
+        if not yes and not click.confirm("Deploy?", default=False):
+            click.echo("Not deployed.")
+            return
+        res = deploy(r.registry, instrument, ticket_chain, **args)
     click.echo(res.format())
     if not res.ok:
         raise VerificationFailed(
@@ -226,7 +212,7 @@ def demo_command(directory, full, workers, bands, detectors, broken, force):
 
     Creates DIRECTORY/repo (SQLite), simulates the demo plan's exposures, ingests them,
     runs templates/campaign_demo.yaml on a local Dask cluster, deploys the result and
-    prints where the report is (DIRECTORY/report/index.html) with a pass/fail summary.
+    prints where the report is (under DIRECTORY/repo/reports/) with a pass/fail summary.
 
     \b
     Example:
