@@ -174,10 +174,11 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
                     t1 = time.perf_counter()
                     refs = repo.put_files(items, plan.run, transfer="move")
                     result.register_s += time.perf_counter() - t1
+                    inputs = plan.inputs_of(key)  # walks the quantum's upstream: once, shared by its outputs
                     for ref in refs:
                         done_outputs.add((ref.dataset_type, DataId(ref.data_id).key()))
                         result.registered.append(ref)
-                        result.inputs_of[ref.id] = plan.inputs_of(key)
+                        result.inputs_of[ref.id] = inputs
                         log.info("registered %s %s (%s) in %s", ref.dataset_type, ref.data_id, ref.id, plan.run)
             else:
                 status[key] = "error"
