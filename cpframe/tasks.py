@@ -46,9 +46,8 @@ from .defects import (
     merge_defects,
 )
 from .errors import UserInputError
-from .imageio import MASK_BITS, read_header, read_masked, read_rows, masked_layout, mask_value, write_masked
+from .imageio import MASK_BITS, mask_value, read_header, read_masked, read_raw, write_masked
 from .isr import IsrConfig, isr_config_for, load_calibs, run_isr
-from .imageio import read_raw
 from .ptc import PtcConfig, PtcPairMeasurement, PtcResult, extract_pair, pair_exposures, solve_ptc
 
 __all__ = [
@@ -569,12 +568,10 @@ def cp_dark_bootstrap(raw_paths, output_path, *, calibs=None, work_dir=None, isr
                     threads=threads, workers=workers, executor=executor)
 
 
-def _flat_scales(detector_scales: dict[int, float] | None = None):
-    def scales(exposures: Sequence[ExposureStats]) -> list[float]:
-        meas = [flat_measure_task(e.path) for e in exposures]
-        norm = flat_normalize_task(meas)
-        return [norm.exp_scale[e.exposure_id] for e in exposures]
-    return scales
+def _flat_scales(exposures: Sequence[ExposureStats]) -> list[float]:
+    """One detector's flat scales E[e]: measure each ISR-processed flat, then normalise."""
+    norm = flat_normalize_task([flat_measure_task(e.path) for e in exposures])
+    return [norm.exp_scale[e.exposure_id] for e in exposures]
 
 
 def cp_flat(raw_paths, output_path, *, calibs=None, work_dir=None, isr_config=None, combine_config=None,
@@ -587,7 +584,7 @@ def cp_flat(raw_paths, output_path, *, calibs=None, work_dir=None, isr_config=No
     """
     return _product("flat", raw_paths, output_path, calibs=calibs, work_dir=work_dir, isr_config=isr_config,
                     combine_config=combine_config, memory_bytes=memory_bytes, threads=threads, workers=workers,
-                    executor=executor, scales_fn=_flat_scales())
+                    executor=executor, scales_fn=_flat_scales)
 
 
 def cp_flat_bootstrap(raw_paths, output_path, *, calibs=None, work_dir=None, isr_config=None,
@@ -595,7 +592,7 @@ def cp_flat_bootstrap(raw_paths, output_path, *, calibs=None, work_dir=None, isr
     """flatBootstrap: bootstrap ISR minus bias/dark bootstraps + measure + normalise + combine (adu)."""
     return _product("flatBootstrap", raw_paths, output_path, calibs=calibs, work_dir=work_dir,
                     isr_config=isr_config, combine_config=combine_config, memory_bytes=memory_bytes,
-                    threads=threads, workers=workers, executor=executor, scales_fn=_flat_scales())
+                    threads=threads, workers=workers, executor=executor, scales_fn=_flat_scales)
 
 
 def cp_defects(bias_paths: Sequence[str | os.PathLike], dark_paths: Sequence[str | os.PathLike],
@@ -633,8 +630,7 @@ def cp_ptc(raw_paths: Sequence[str | os.PathLike], output_path: str | os.PathLik
             a, b = pair
             noise = {amp: 0.5 * (a.amp_stats[amp]["overscan_noise_adu"] + b.amp_stats[amp]["overscan_noise_adu"])
                      for amp in a.amp_stats}
-            m = ptc_extract_task(a.path, b.path, pcfg, overscan_noise=noise)
-            return m
+            return ptc_extract_task(a.path, b.path, pcfg, overscan_noise=noise)
 
         if workers > 1:
             with ThreadPoolExecutor(max_workers=workers) as ex:
