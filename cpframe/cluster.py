@@ -138,6 +138,12 @@ class SlurmSite:
     maximum_jobs: int | None = None
     """Adaptive upper limit (None: settings)."""
 
+    def adapt_limits(self, settings: Settings) -> tuple[int, int]:
+        """(minimum, maximum) jobs of adaptive scaling: the site's limits, else the settings'."""
+        minimum = self.minimum_jobs if self.minimum_jobs is not None else settings.minimum_jobs
+        maximum = self.maximum_jobs if self.maximum_jobs is not None else settings.maximum_jobs
+        return minimum, max(maximum, minimum)
+
 
 def resolve_site_path(name: str | os.PathLike) -> Path:
     """A site file by path, else by name in the project's ``cluster/`` folder.
@@ -479,9 +485,8 @@ def _open_slurm(settings: Settings, site: SlurmSite, jobs: int | None) -> OpenCl
         if jobs is not None:
             cluster.scale(jobs=jobs)
         else:
-            minimum = site.minimum_jobs if site.minimum_jobs is not None else settings.minimum_jobs
-            maximum = site.maximum_jobs if site.maximum_jobs is not None else settings.maximum_jobs
-            cluster.adapt(minimum_jobs=minimum, maximum_jobs=max(maximum, minimum))
+            minimum, maximum = site.adapt_limits(settings)
+            cluster.adapt(minimum_jobs=minimum, maximum_jobs=maximum)
         client = Client(cluster)
     except BaseException:
         cluster.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -91,10 +92,19 @@ def test_job_kwargs_name_and_lifetime():
     assert kw["worker_extra_args"] == ["--lifetime", "1500s", "--lifetime-stagger", "60s"]
 
 
+def test_adapt_limits_site_first_then_settings():
+    site = load_site("slurm-local.yaml")
+    assert site.adapt_limits(Settings(minimum_jobs=1, maximum_jobs=4)) == (0, 2)
+    bare = dataclasses.replace(site, minimum_jobs=None, maximum_jobs=None)
+    assert bare.adapt_limits(Settings(minimum_jobs=1, maximum_jobs=4)) == (1, 4)
+    assert bare.adapt_limits(Settings(minimum_jobs=3, maximum_jobs=1)) == (3, 3)  # maximum never below minimum
+
+
 def test_cli_job_script():
     res = CliRunner().invoke(main, ["cluster", "job-script", "--site", "slurm-local.yaml"])
     assert res.exit_code == 0, res.output
     assert "#SBATCH -p debug" in res.stdout and "Nothing was submitted" in res.stderr
+    assert "adaptive 0..2 job(s)" in res.stderr
     res = CliRunner().invoke(main, ["cluster", "check", "--kind", "slurm", "--site", "slurm-local.yaml", "--jobs",
                                     "3", "--dry-run"])
     assert res.exit_code == 0 and "#SBATCH -t 00:30:00" in res.stdout and "would submit 3 job(s)" in res.stderr

@@ -96,8 +96,7 @@ def job_script_cmd(site: str | None) -> None:
     settings = load_settings()
     s = load_site(site or settings.site_file)
     click.echo(job_script(s, settings), nl=False)
-    lim = (s.minimum_jobs if s.minimum_jobs is not None else settings.minimum_jobs,
-           s.maximum_jobs if s.maximum_jobs is not None else settings.maximum_jobs)
+    lim = s.adapt_limits(settings)
     click.secho(f"site {s.path}: partition {s.queue or '(default)'}, {s.cores} core(s), walltime {s.walltime}; "
                 f"adaptive {lim[0]}..{lim[1]} job(s). Nothing was submitted.", fg="green", err=True)
 
