@@ -1140,8 +1140,7 @@ def _run_complete(registry: Any, run: str, dataset_type: str | None) -> tuple[bo
         return False, f"RUN {run} has no submission record (interrupted)"
     if records[-1].get("status") != "complete":
         return False, f"RUN {run} is marked {records[-1].get('status')}"
-    refs = registry.query_datasets(dataset_type, collections=[run]) if dataset_type else \
-        registry.query_datasets(None, collections=[run])
+    refs = registry.query_datasets(dataset_type or None, collections=[run])
     if not refs:
         return False, f"RUN {run} holds no {dataset_type or ''} datasets".replace("  ", " ")
     return True, f"RUN {run}: {len(refs)} {dataset_type or 'datasets'}"
@@ -1162,18 +1161,10 @@ def step_done(campaign: Campaign, step: Step, registry: Any, state: CampaignStat
     if step.kind == "submit":
         exp = expected_outputs(campaign, step)
         dtype = step.builds
-        candidates = []
-        if info.get("run"):
-            candidates.append(info["run"])
-        if exp.get("run"):
-            candidates.append(exp["run"])
         out = exp.get("output")
-        if out and _exists(registry, out) == CollectionType.CHAINED:
-            chain = registry.get_chain(out)
-            if chain:
-                candidates.append(chain[0])
-        last = "not run yet"
         in_chain = registry.get_chain(out) if out and _exists(registry, out) == CollectionType.CHAINED else ()
+        candidates = [r for r in (info.get("run"), exp.get("run"), in_chain[0] if in_chain else None) if r]
+        last = "not run yet"
         for run in dict.fromkeys(candidates):
             # a recorded RUN counts only while it belongs to this step's outputs (RERUN may have changed)
             if run != exp.get("run") and run not in in_chain:
