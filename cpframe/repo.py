@@ -329,7 +329,7 @@ class Repository:
                 report.append(f"{rel}: journal entry of a completed write removed")
                 continue
             final = self.datastore_root / rel
-            removed = [p for p in (final, final.with_name(f".{final.name}.tmp")) if _unlink(p)]
+            removed = [p for p in (final, _tmp_of(final)) if _unlink(p)]
             report.append(f"{rel}: interrupted write or removal repaired"
                           + (f" ({len(removed)} file(s) deleted)" if removed else ""))
         self.registry.remove_pending_files(doomed)
@@ -414,7 +414,7 @@ class Repository:
         if ctype != CollectionType.RUN:
             raise CollectionTypeError(f"datasets go into RUN collections; {run!r} is {ctype.name}.")
         entries = self._prepare([(Path(p), t, d, run, None) for p, t, d in items], transfer,
-                                {t: self.registry.get_dataset_type(t) for _, t, _ in items},
+                                {t: self.registry.get_dataset_type(t) for t in {t for _, t, _ in items}},
                                 compute_checksums=checksum)
         self._precheck_conflicts(entries)
         return self._commit(entries, transfer, lambda: self.registry.insert_datasets([e.ref for e in entries]))
