@@ -521,7 +521,10 @@ def _accepted(label: str, config: Mapping[str, Any], parse, explicit: set[str]) 
     if off:
         notes.append(f"{label}: {', '.join(off)} not implemented by cpframe; run with them off")
     if dropped:
-        notes.append(f"{label}: option(s) without a cpframe equivalent, ignored: {', '.join(dropped)}")
+        # the value is shown: a known key with a value cpframe does not implement (scalingLevel=AMP)
+        # is dropped too, and runs with the science code's default instead
+        shown = ", ".join(f"{k}={config[k]!r}" for k in dropped)
+        notes.append(f"{label}: option(s) without a cpframe equivalent or value, ignored (default used): {shown}")
     return keep, notes
 
 

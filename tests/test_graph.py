@@ -217,3 +217,16 @@ def test_detector_level_plan_leaves_out_detectors_without_inputs(repo, env, mini
     merge = next(q for q in plan.quanta.values() if q.kind == "verifyMerge")
     assert len(merge.upstream) == len(mini_dataset.detectors)
     assert {dt for dt, _ in plan.planned_outputs()} == {"verifyPtcStats", "verifyPtcResults", "verifyPtcSummary"}
+
+
+def test_refused_pipeline_option_is_named_with_its_value():
+    """An option the science config refuses is dropped with a note showing the value (default used)."""
+    from cpframe.combine import CombineConfig
+    from cpframe.graph import _accepted
+
+    cfg = {"scalingLevel": "AMP", "clip": 2.5, "combine": "MEDIAN"}
+    keep, notes = _accepted("cpFlatCombine", cfg, CombineConfig.from_dict, explicit={"scalingLevel", "clip"})
+    assert keep == {"clip": 2.5, "combine": "MEDIAN"}
+    assert notes == [("cpFlatCombine: option(s) without a cpframe equivalent or value, ignored (default used): "
+                      "scalingLevel='AMP'")]
+    assert _accepted("t", cfg, CombineConfig.from_dict, explicit=set())[1] == []  # defaults go unmentioned
