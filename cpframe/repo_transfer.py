@@ -32,7 +32,6 @@ import yaml
 
 from .errors import ChecksumError, ExportError, UserInputError
 from .model import CollectionType, DatasetRef, DatasetType, Timespan, ns_to_iso
-from .registry.sql import normalize_data_id
 
 if TYPE_CHECKING:
     from .repo import Repository
@@ -288,9 +287,7 @@ def import_export(repo: "Repository", directory: str | os.PathLike, export_file:
             continue
         if rec.get("dataset_type") not in types:
             raise ExportError(f"export file {path}: dataset {rec.get('id')} has an undeclared type {rec.get('dataset_type')!r}.")
-        from .repo import sha256_file
-
-        actual = sha256_file(src)
+        actual = _sha256(src)
         if rec.get("checksum") and actual != rec["checksum"]:
             mismatched.append(f"{rec['path']} (recorded {rec['checksum'][:20]}..., file {actual[:20]}...)")
         checksums[str(src)] = actual
@@ -307,9 +304,7 @@ def import_export(repo: "Repository", directory: str | os.PathLike, export_file:
             f"{len(mismatched)} file(s) do not match the checksums in {path.name}: " + "; ".join(mismatched[:10])
             + ". The export was changed or damaged; export again. Nothing was imported."
         )
-    entries = repo._prepare(items, transfer, types, checksums)
-    for e in entries:
-        normalize_data_id(types[e.ref.dataset_type], e.ref.data_id)
+    entries = repo._prepare(items, transfer, types, checksums)  # normalises (checks) every data ID
     counts = {"datasets": len(entries), "collections": len(collections),
               "links": sum(len(a.get("links") or []) for a in associations), "dimension_records": 0}
 
