@@ -592,14 +592,14 @@ def load_pipeline(path: str | os.PathLike) -> PipelineSpec:
         File missing (lists the available pipelines), bad YAML, or invalid content.
     """
     p = Path(path)
+    base = Path(os.environ.get("CPFRAME_PIPELINES") or _default_dir())
     if not p.is_file() and str(p) == p.name:
-        base = Path(os.environ.get("CPFRAME_PIPELINES") or _default_dir())
         cand = base / (p.name if p.suffix == ".yaml" else f"{p.name}.yaml")
         if cand.is_file():
             p = cand
     if not p.is_file():
         raise PipelineError(f"pipeline file {str(path)!r} not found. Available pipelines: "
-                            f"{', '.join(list_pipelines()) or '(none)'} (in {_default_dir()}).")
+                            f"{', '.join(list_pipelines(base)) or '(none)'} (in {base}).")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:

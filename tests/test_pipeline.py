@@ -190,6 +190,14 @@ def test_missing_pipeline_lists_available(tmp_path):
         load_pipeline("cpBias").task("nope")
 
 
+def test_cpframe_pipelines_folder_is_searched_and_listed(tmp_path, monkeypatch):
+    (tmp_path / "mine.yaml").write_text((default_pipelines_dir() / "cpBias.yaml").read_text())
+    monkeypatch.setenv("CPFRAME_PIPELINES", str(tmp_path))
+    assert load_pipeline("mine").path == str(tmp_path / "mine.yaml")
+    with pytest.raises(PipelineError, match=f"Available pipelines: mine \\(in {tmp_path}\\)"):
+        load_pipeline("cpNothing")
+
+
 def test_shipped_configs_are_accepted_by_the_science_code():
     """Config names map onto cpframe's IsrConfig / CombineConfig / DefectsConfig / PtcConfig."""
     from cpframe.combine import CombineConfig
