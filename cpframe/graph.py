@@ -204,8 +204,8 @@ class Plan:
             lines.append(f"calibration {c} from: {', '.join(sorted(calib_use[c]))}")
         for c, n in sorted(self.optional_missing.items()):
             lines.append(f"optional {c}: not found for {n} quantum/quanta; those run without it")
-        lines.append(f"outputs to register: {len(self.planned_outputs())} "
-                     f"({_count_types(self.planned_outputs())})")
+        planned = self.planned_outputs()
+        lines.append(f"outputs to register: {len(planned)} ({_count_types(planned)})")
         if self.skipped:
             lines.append(f"skipped (outputs already in the RUN): {len(self.skipped)} quanta")
         lines.append(f"output RUN: {self.run}   (chain {self.output})")
