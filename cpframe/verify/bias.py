@@ -45,13 +45,13 @@ from .config import VerifyConfig
 from .core import Stage, register_stage
 from .stats import (
     ResidualImage,
-    overscan_correction_variance,
     amp_corner_box,
     clipped_stats,
     expected_noise,
     header_amp_value,
     header_value,
     mask_of,
+    overscan_correction_variance,
     repair_cosmic_rays,
     truncated_std_factor,
 )
@@ -138,9 +138,10 @@ def measure_noise_stage(residual: ResidualImage, detector: Detector, config: Ver
         rn_os = gain * rn_adu / clip_factor if math.isfinite(gain * rn_adu) and rn_adu > 0 else math.nan
         rn_ref = rn_os if math.isfinite(rn_os) else rn
         k_os = _overscan_variance_factor(residual, amp, config)
-        calib_var = _calibration_variance(residual, amp, exclude, rn, float(np.mean(vals)) if vals.size else math.nan)
+        mean = float(np.mean(vals)) if vals.size else math.nan
+        calib_var = _calibration_variance(residual, amp, exclude, rn, mean)
         amps[amp.name] = {
-            "MEAN": float(np.mean(vals)) if vals.size else math.nan,
+            "MEAN": mean,
             "MEDIAN": clip.median,
             "MEANCLIP": clip.mean,
             "NOISE": clip.stdev,
@@ -186,11 +187,7 @@ def check_noise_stage(stats: dict, config: VerifyConfig) -> dict:
     return {"AMP": out, "DET": {}}
 
 
-def _measure_bias(residual: ResidualImage, detector: Detector, config: VerifyConfig) -> dict:
-    return measure_noise_stage(residual, detector, config)
-
-
 BIAS = register_stage(Stage(
-    name="BIAS", type_name="Bias", kind="exposure", measure=_measure_bias, check=check_noise_stage,
+    name="BIAS", type_name="Bias", kind="exposure", measure=measure_noise_stage, check=check_noise_stage,
     informational=("READ_NOISE_CONSISTENT",),
 ))

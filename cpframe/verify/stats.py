@@ -29,7 +29,6 @@ __all__ = [
     "ClipResult",
     "ResidualImage",
     "amp_corner_box",
-    "amp_pixels",
     "clipped_stats",
     "expected_noise",
     "header_amp_value",
@@ -171,16 +170,6 @@ def clipped_stats(values: np.ndarray, n_sigma: float = 5.0, n_iter: int = 3) -> 
         center, half = mean, n_sigma * std
     low, high = center - half, center + half
     return ClipResult(mean, std, int(kept.size), int(x.size - kept.size), float(low), float(high), median)
-
-
-def amp_pixels(residual: ResidualImage, amp: Amplifier, exclude: np.ndarray | None) -> np.ndarray:
-    """Valid pixel values of one amp (flattened): finite and not in ``exclude``."""
-    ys, xs = amp.bbox
-    data = residual.image[ys, xs]
-    ok = np.isfinite(data)
-    if exclude is not None:
-        ok &= ~exclude[ys, xs]
-    return data[ok]
 
 
 def expected_noise(residual: ResidualImage, amp: Amplifier, exclude: np.ndarray | None) -> float:
