@@ -433,6 +433,7 @@ def test_cli_simulate_and_plan_selections(tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert "wrote 2 raw files" in r.output and "day_obs 20241201: 2 bias" in r.output
+    assert "2 exposures x 1 detector(s)" in r.output
     assert len(list((tmp_path / "out").rglob("*_R22_S22.fits"))) == 2
     assert Truth.load(tmp_path / "out").detectors[8].crosstalk.any()
     r = CliRunner().invoke(main, ["plan-selections", str(plan), "-i", "LATISS"])

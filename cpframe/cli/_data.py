@@ -125,7 +125,7 @@ def simulate_command(outdir, instrument, plan, scale, seed, detectors, workers, 
     )
     dt = time.perf_counter() - t0
     total = sum(x.stat().st_size for x in paths)
-    ndet = len({x.name.rsplit("_", 2)[-2] + x.name.rsplit("_", 2)[-1] for x in paths})
+    ndet = len(paths) // len(p.specs)  # one file per exposure x detector
     click.echo(
         f"plan {p.name} ({p.instrument}, scale {scale}, seed {seed}): {len(p.specs)} exposures x {ndet} "
         f"detector(s)"
