@@ -90,11 +90,7 @@ class DemoResult:
 
     def summary(self) -> str:
         """The lines a person acts on: verdicts, report, record, times."""
-        lines = ["Verification:"]
-        for name, (ok, failures) in sorted(self.verdicts.items()):
-            lines.append(f"  {'PASS' if ok else 'FAIL'}  {name}"
-                         + (f"  ({len(failures)} failing: {', '.join(failures[:3])}"
-                            + (", ..." if len(failures) > 3 else "") + ")" if failures else ""))
+        lines = ["Verification:", *_verdict_lines(self.verdicts)]
         if self.deploy is not None:
             lines.append(f"Deployment: {self.deploy.headline()}")
         lines.append(f"Repository: {self.repo_root}")
@@ -110,14 +106,25 @@ class DemoResult:
             b = self.broken
             lines.append(f"With the broken input ({b.kind}: exposure {b.exposure_id} "
                          f"added to the {b.band} flat):")
-            for name, (ok, failures) in sorted(b.verdicts.items()):
-                lines.append(f"  {'PASS' if ok else 'FAIL'}  {name}"
-                             + (f"  ({len(failures)} failing: {', '.join(failures[:3])}"
-                                + (", ..." if len(failures) > 3 else "") + ")" if failures else ""))
+            lines += _verdict_lines(b.verdicts)
             lines.append(f"  report: {b.report_index}")
             lines.append("  " + ("verification caught it (the failing tests are red in that report)"
                                  if self.broken_detected else "verification did NOT catch it"))
         return "\n".join(lines)
+
+
+def _verdict_lines(verdicts: dict) -> list[str]:
+    """One line per verified product: PASS/FAIL, name and the first failures.
+
+    >>> _verdict_lines({"bias": (True, []), "flat-r": (False, ["a", "b", "c", "d"])})
+    ['  PASS  bias', '  FAIL  flat-r  (4 failing: a, b, c, ...)']
+    """
+    lines = []
+    for name, (ok, failures) in sorted(verdicts.items()):
+        more = ", ..." if len(failures) > 3 else ""
+        shown = f"  ({len(failures)} failing: {', '.join(failures[:3])}{more})" if failures else ""
+        lines.append(f"  {'PASS' if ok else 'FAIL'}  {name}{shown}")
+    return lines
 
 
 @dataclass
@@ -503,7 +510,7 @@ def verification_verdicts(camp: Any, repo: Any) -> dict[str, tuple[bool, list[st
     A verify step without a summary counts as failed ("no summary").
     """
     from .campaign import expected_outputs
-    from .errors import UnknownCollectionError
+    from .verify.core import dataset_type_name
     from .verify.results import read_summary
 
     out: dict[str, tuple[bool, list[str]]] = {}
@@ -511,11 +518,11 @@ def verification_verdicts(camp: Any, repo: Any) -> dict[str, tuple[bool, list[st
         if s.kind != "submit" or not s.verifies:
             continue
         name = s.verifies + (f"-{s.band}" if s.band else "")
-        dtype = f"verify{s.verifies[0].upper()}{s.verifies[1:]}Summary"
+        dtype = dataset_type_name(s.verifies, "Summary")
         output = expected_outputs(camp, s)["output"] or s.gen_output
         try:
             refs = repo.registry.query_datasets(dtype, collections=[output], find_first=True)
-        except (UnknownCollectionError, CpframeError):
+        except CpframeError:  # e.g. UnknownCollectionError: the step has not run
             refs = []
         if not refs:
             out[name] = (False, [f"no {dtype} in {output}"])
