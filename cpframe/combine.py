@@ -45,6 +45,7 @@ from .imageio import (
     MASK_BITS,
     MaskedImage,
     MaskedLayout,
+    detector_from_header,
     masked_layout,
     mask_value,
     read_header,
@@ -1028,17 +1029,8 @@ def product_header(headers: Sequence[Mapping[str, Any]], config: CombineConfig,
 
 def _amp_qa(header, image: np.ndarray, mask: np.ndarray, config: CombineConfig) -> dict[str, dict[str, float]]:
     """Per-amp QA statistics into ``header`` (DISTRIBUTION percentiles, BADPIX-NUM)."""
-    from .camera import load_camera
-
-    inst = header.get("INSTRUME")
-    det_id = header.get("DETECTOR")
-    if inst is None or det_id is None:
-        return {}
-    try:
-        det = load_camera(str(inst), str(header.get("CAMSCALE", "full")).lower()).detector(int(det_id))
-    except UserInputError:
-        return {}
-    if det.shape != image.shape:
+    det = detector_from_header(header, image.shape)
+    if det is None:
         return {}
     # Bootstrap products use their base type in the QA keys ("DARK", not "DARKBOOTSTRAP"):
     # a HIERARCH card must fit in 80 characters, and the longer key does not.

@@ -32,7 +32,7 @@ import numpy as np
 
 from .combine import clipped_stats
 from .errors import ConfigError, UserInputError
-from .imageio import MASK_BITS, MaskedImage, boxes_to_mask, read_defects, write_defects
+from .imageio import MASK_BITS, MaskedImage, amp_boxes, boxes_to_mask, read_defects, write_defects
 
 __all__ = [
     "DefectsConfig",
@@ -205,19 +205,6 @@ def _n_inputs(header: Mapping[str, Any]) -> int:
     return sum(1 for k in header if str(k).startswith("CPP_INPUT_") and str(k)[len("CPP_INPUT_"):].isdigit())
 
 
-def _amps_for(header: Mapping[str, Any], shape):
-    from .camera import load_camera
-
-    try:
-        det = load_camera(str(header["INSTRUME"]), str(header.get("CAMSCALE", "full")).lower()).detector(
-            int(header["DETECTOR"]))
-    except (KeyError, UserInputError):
-        return [("ALL", (slice(0, shape[0]), slice(0, shape[1])))]
-    if det.shape != tuple(shape):
-        return [("ALL", (slice(0, shape[0]), slice(0, shape[1])))]
-    return [(a.name, a.bbox) for a in det.amps]
-
-
 def _smooth_surface(data: np.ndarray, good: np.ndarray) -> np.ndarray:
     """Quadratic surface fitted to an amp (good pixels), for flat gradient removal."""
     yy, xx = np.mgrid[0:data.shape[0], 0:data.shape[1]]
@@ -245,7 +232,7 @@ def measure_defects(calib: MaskedImage, config: DefectsConfig, gains: Mapping[st
         t_exp = 1.0
     if itype == "bias" and ttype == "STDEV":
         log.warning("defects on a bias with thresholdType STDEV: no threshold defined; nothing measured.")
-    for name, bbox in _amps_for(header, shape):
+    for name, bbox in amp_boxes(header, shape):
         data = image[bbox].astype(np.float64)
         good = usable[bbox] & np.isfinite(data)
         if not good.any():
@@ -302,7 +289,7 @@ def _column_rules(bad: np.ndarray, sat: np.ndarray, header, config: DefectsConfi
             bad[ys, np.clip(xs + d, 0, bad.shape[1] - 1)] = True
     elif sat.any():
         bad |= sat
-    for _, bbox in _amps_for(header, bad.shape):
+    for _, bbox in amp_boxes(header, bad.shape):
         sub = bad[bbox]
         ssub = sat[bbox]
         n_bad_col = sub.sum(axis=0)

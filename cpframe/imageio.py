@@ -44,6 +44,8 @@ __all__ = [
     "mask_names",
     "RawExposure",
     "read_raw",
+    "detector_from_header",
+    "amp_boxes",
     "MaskedImage",
     "MaskedLayout",
     "masked_layout",
@@ -146,6 +148,28 @@ def _camera_from_header(header: Mapping[str, Any], path: str) -> Camera:
     if not inst:
         raise FileFormatError(MSG_NOT_RAW.format(path=path, why="primary header has no INSTRUME"))
     return load_camera(str(inst).strip(), scale)
+
+
+def detector_from_header(header: Mapping[str, Any], shape: tuple[int, int] | None = None) -> Detector | None:
+    """The camera model's detector named by ``INSTRUME``, ``CAMSCALE`` and ``DETECTOR``.
+
+    ``None`` when a key is missing, the camera or detector is unknown, or (with ``shape``)
+    the detector's assembled shape is not ``shape``.
+    """
+    try:
+        det = load_camera(str(header["INSTRUME"]), str(header.get("CAMSCALE", "full")).lower()).detector(
+            int(header["DETECTOR"]))
+    except (KeyError, UserInputError):
+        return None
+    return det if shape is None or det.shape == tuple(shape) else None
+
+
+def amp_boxes(header: Mapping[str, Any], shape: tuple[int, int]) -> list[tuple[str, tuple[slice, slice]]]:
+    """(amp name, bbox) of each amp of the header's detector; ``[("ALL", whole image)]`` without one."""
+    det = detector_from_header(header, shape)
+    if det is None:
+        return [("ALL", (slice(0, shape[0]), slice(0, shape[1])))]
+    return [(a.name, a.bbox) for a in det.amps]
 
 
 def read_raw(path: str | os.PathLike, camera: Camera | None = None) -> RawExposure:

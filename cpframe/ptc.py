@@ -25,7 +25,7 @@ import numpy as np
 
 from .combine import clipped_stats
 from .errors import ConfigError, UserInputError
-from .imageio import MASK_BITS, MaskedImage, write_ptc
+from .imageio import MASK_BITS, MaskedImage, amp_boxes, write_ptc
 
 __all__ = [
     "PtcConfig",
@@ -173,17 +173,6 @@ def pair_exposures(items: Sequence[Any], key: Callable[[Any], tuple[float, int]]
 _PTC_IGNORE = sum(1 << MASK_BITS[n] for n in ("SUSPECT", "BAD", "NO_DATA", "SAT"))
 
 
-def _amp_boxes(header, shape):
-    from .camera import load_camera
-
-    try:
-        det = load_camera(str(header["INSTRUME"]), str(header.get("CAMSCALE", "full")).lower()).detector(
-            int(header["DETECTOR"]))
-    except (KeyError, UserInputError):
-        return [("ALL", (slice(0, shape[0]), slice(0, shape[1])))]
-    return [(a.name, a.bbox) for a in det.amps]
-
-
 def extract_pair(im1: MaskedImage, im2: MaskedImage, config: PtcConfig,
                  overscan_noise: Mapping[str, float] | None = None) -> PtcPairMeasurement:
     """Mean and difference-image variance of one flat pair, per amp (adu)."""
@@ -194,7 +183,7 @@ def extract_pair(im1: MaskedImage, im2: MaskedImage, config: PtcConfig,
     h1, h2 = im1.header, im2.header
     out: dict[str, dict[str, float]] = {}
     e = int(config.num_edge_suspect)
-    for name, bbox in _amp_boxes(h1, im1.shape):
+    for name, bbox in amp_boxes(h1, im1.shape):
         a = im1.image[bbox].astype(np.float64)
         b = im2.image[bbox].astype(np.float64)
         good = ((im1.mask[bbox] | im2.mask[bbox]) & _PTC_IGNORE) == 0

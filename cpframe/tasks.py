@@ -46,7 +46,7 @@ from .defects import (
     merge_defects,
 )
 from .errors import UserInputError
-from .imageio import MASK_BITS, mask_value, read_header, read_masked, read_raw, write_masked
+from .imageio import MASK_BITS, detector_from_header, mask_value, read_header, read_masked, read_raw, write_masked
 from .isr import IsrConfig, isr_config_for, load_calibs, run_isr
 from .ptc import PtcConfig, PtcPairMeasurement, PtcResult, extract_pair, pair_exposures, solve_ptc
 
@@ -280,19 +280,13 @@ _FLAT_IGNORE = mask_value(("DETECTED", "BAD", "NO_DATA"))
 
 def flat_measure_task(input_path: str | os.PathLike, clip: float = 3.0, n_iter: int = 3) -> FlatMeasurement:
     """CpFlatMeasure: clipped mean background of the detector and of each amp."""
-    from .camera import load_camera
-
     img = read_masked(input_path)
     h = img.header
     good = (img.mask & _FLAT_IGNORE) == 0
     bg, sig, n = clipped_stats(img.image[good], clip, n_iter)
-    amp_bg: dict[str, float] = {}
-    try:
-        det = load_camera(str(h["INSTRUME"]), str(h.get("CAMSCALE", "full")).lower()).detector(int(h["DETECTOR"]))
-        for amp in det.amps:
-            amp_bg[amp.name] = clipped_stats(img.image[amp.bbox][good[amp.bbox]], clip, n_iter)[0]
-    except (KeyError, UserInputError):
-        pass
+    det = detector_from_header(h, img.shape)
+    amp_bg = {} if det is None else {
+        amp.name: clipped_stats(img.image[amp.bbox][good[amp.bbox]], clip, n_iter)[0] for amp in det.amps}
     return FlatMeasurement(exposure_id=int(h.get("EXPID", 0)), detector=int(h.get("DETECTOR", 0)),
                            physical_filter=str(h.get("FILTER", "")), background=bg, sigma=sig, n_pixels=n,
                            amp_background=amp_bg, path=str(input_path))

@@ -12,6 +12,8 @@ from cpframe.imageio import (
     MASK_BITS,
     FileFormatError,
     MaskedWriter,
+    amp_boxes,
+    detector_from_header,
     format_card,
     header_bytes,
     mask_names,
@@ -168,3 +170,14 @@ def test_mask_planes():
     assert mask_names(mask_value(["NO_DATA", "EDGE"])) == ["EDGE", "NO_DATA"]
     with pytest.raises(UserInputError, match="unknown mask plane.*'COSMIC'.*known planes: BAD"):
         mask_value(["COSMIC"])
+
+
+def test_detector_and_amp_boxes_from_header():
+    det = load_camera("LSSTComCam", "mini").detector(4)
+    h = {"INSTRUME": "LSSTComCam", "CAMSCALE": "MINI", "DETECTOR": 4}
+    assert detector_from_header(h) == det and detector_from_header(h, det.shape) == det
+    assert [b for _, b in amp_boxes(h, det.shape)] == [a.bbox for a in det.amps]
+    whole = [("ALL", (slice(0, 5), slice(0, 7)))]
+    assert detector_from_header(h, (5, 7)) is None and amp_boxes(h, (5, 7)) == whole  # other shape
+    assert detector_from_header({"INSTRUME": "LSSTComCam"}) is None  # no DETECTOR
+    assert amp_boxes({**h, "INSTRUME": "NoSuchCam"}, (5, 7)) == whole
