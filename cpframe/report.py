@@ -45,6 +45,7 @@ from .errors import UserInputError
 from .model import DatasetRef
 from .verify.core import get_stage
 from .verify.results import atomic_write_text, read_results, read_stats
+from .verify.stats import header_value
 
 __all__ = ["NO_DATASETS_MESSAGE", "REPORT_STAGES", "ReportResult", "ReportStage", "write_report"]
 
@@ -565,9 +566,9 @@ class _Report:
         for st, test, level, n_pass, n_fail, ok, info in rows:
             cls = "pass" if ok or info else "fail"
             verdict = "pass" if ok else ("FAIL (informational)" if info else "FAIL")
-            counts = ("" if n_pass is None else f"<td class=\"num\">{n_pass}</td><td class=\"num{' fail' if n_fail and not info else ''}\">{n_fail}</td>")
-            if n_pass is None:
-                counts = "<td></td><td></td>"
+            fail_cls = " fail" if n_fail and not info else ""
+            counts = ("<td></td><td></td>" if n_pass is None else
+                      f"<td class=\"num\">{n_pass}</td><td class=\"num{fail_cls}\">{n_fail}</td>")
             trs.append(f"<tr class=\"{cls}\"><td><a href=\"#{st.key}\">{e(st.title)}</a></td><td>{e(test)}</td>"
                        f"<td>{e(level)}</td>{counts}<td class=\"{cls}\">{e(verdict)}</td></tr>")
         overall = [v for v in result.verdicts.values() if v is not None]
@@ -642,18 +643,16 @@ class _Report:
             header = Table.read(it.path, format="ascii.ecsv").meta
         inputs = []
         i = 0
-        while f"CPP_INPUT_{i}" in header or f"HIERARCH CPP_INPUT_{i}" in header:
-            def get(k):
-                return header.get(k, header.get(f"HIERARCH {k}", ""))
-            inputs.append((get(f"CPP_INPUT_{i}"), get(f"CPP_INPUT_DATE_{i}"), get(f"CPP_INPUT_EXPT_{i}"),
-                           get(f"CPP_INPUT_SCALE_{i}")))
+        while header_value(header, f"CPP_INPUT_{i}") is not None:
+            inputs.append(tuple(header_value(header, f"CPP_INPUT{k}_{i}", "")
+                                for k in ("", "_DATE", "_EXPT", "_SCALE")))
             i += 1
         rows = "".join(f"<tr><td class=\"num\">{e(a)}</td><td>{e(b)}</td><td class=\"num\">{e(_fmt(c))}</td>"
                        f"<td class=\"num\">{e(_fmt(d))}</td></tr>" for a, b, c, d in inputs)
         table = (f"<table><thead><tr><th>input exposure</th><th>date (TAI)</th><th>exposure time (s)</th>"
                  f"<th>scale</th></tr></thead><tbody>{rows}</tbody></table>" if inputs else
                  "<p class=\"meta\">No CPP_INPUT_* keys in this product.</p>")
-        created = header.get("CALIB_CREATION_DATETIME", header.get("HIERARCH CALIB_CREATION_DATETIME", ""))
+        created = header_value(header, "CALIB_CREATION_DATETIME", "")
         filt = it.ref.data_id.get("physical_filter", "")
         return (f"<details><summary>Provenance of {e(it.ref.dataset_type)}{' ' + e(filt) if filt else ''}: RUN <a href=\"provenance.html#{_anchor(it.ref.run)}\">"
                 f"{e(it.ref.run)}</a>, {len(inputs)} input(s)</summary>"
