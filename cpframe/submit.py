@@ -464,8 +464,6 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
 
         oc = open_cluster(settings, site=site_file, kind=kind)
         client, site_obj = oc.client, oc.site
-        if oc.kind == "slurm":
-            kind = "slurm"
     timings["cluster_start_s"] = time.perf_counter() - t0
     _write_submit_dir(submit_dir, out, settings, site_obj, kind)
     dashboard = getattr(client, "dashboard_link", "") or ""
