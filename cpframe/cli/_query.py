@@ -15,7 +15,9 @@ from typing import Any, Sequence
 import click
 
 from ..model import Timespan, ns_to_iso
+from ..registry._chains import split_children as _split
 from . import catch_errors, main
+from ._registry import _open
 
 MSG_NO_DATA_IDS = "No data IDs match."
 MSG_NO_RECORDS = "No {element} records match."
@@ -25,16 +27,6 @@ MSG_NO_INSTRUMENTS = "No instrument is registered yet: run `cpframe register-ins
 _EXPOSURE_COLUMNS = ("instrument", "id", "obs_id", "day_obs", "seq_num", "physical_filter", "band",
                      "observation_type", "observation_reason", "science_program", "exposure_time", "dark_time",
                      "timespan")
-
-
-def _split(values: Sequence[str]) -> list[str]:
-    return [p.strip() for v in values for p in v.split(",") if p.strip()]
-
-
-def _open(repo: str):
-    from ..repo import Repository
-
-    return Repository.open(repo)
 
 
 def _cell(value: Any) -> str:

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Sequence
 import click
 
 from ..model import CollectionType, Timespan, ns_to_iso
+from ..registry._chains import split_children as _split
 from . import catch_errors, main
 
 __all__ = ["format_table"]
@@ -36,13 +37,6 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
              " ".join("-" * w for w in widths)]
     lines += [" ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines)
-
-
-def _split(values: Iterable[str]) -> list[str]:
-    out = []
-    for v in values:
-        out += [p.strip() for p in v.split(",") if p.strip()]
-    return out
 
 
 def _settings():

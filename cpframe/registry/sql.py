@@ -61,7 +61,7 @@ from ..model import (
     ns_to_iso,
 )
 from . import schema as s
-from ._chains import dedupe, edit_chain
+from ._chains import edit_chain
 from .base import CHAIN_MODES, CollectionInfo, Registry
 from .names import validate_collection_name
 
