@@ -83,7 +83,9 @@ def test_flat_pattern_recovered(mini_sim, mini_products):
     # one detector: the normalisation puts its mean at ~1
     assert np.mean(flat.image[good]) == pytest.approx(1.0, rel=0.01)
     scales = [flat.header[f"CPP_INPUT_SCALE_{i}"] for i in range(len(mini_sim.flat))]
-    assert len(set(round(s, 3) for s in scales)) >= 1 and all(s > 0 for s in scales)
+    # E[e] is each exposure's background: 8 flats of 10 s at 2000 e-/s (measured: 19797-19798 e-)
+    assert scales == pytest.approx([2000.0 * 10.0] * len(mini_sim.flat), rel=0.03)
+    assert max(scales) - min(scales) < 1e-3 * max(scales)  # same illumination and exposure time
 
 
 def test_product_headers_carry_inputs_and_amp_statistics(mini_sim, mini_products):
