@@ -72,7 +72,8 @@ def test_certify_errors_exit_codes(root):
 
 
 def test_collection_chain_cli_modes(root):
-    cli("collection-chain", root, "ch", "u/run1,u/run2")
+    cli("collection-chain", root, "ch", "u/run1,u/run2", "--doc", "calibs of ticket DM-1")
+    assert json.loads(cli("query-collections", root, "ch", "--format", "json"))[0]["doc"] == "calibs of ticket DM-1"
     assert "0: u/run2\n  1: u/run1" in cli("collection-chain", root, "--mode", "extend", "ch", "u/run1")
     assert "0: u/run2\n" in cli("collection-chain", root, "--mode", "pop", "ch", "-1")
     cli("collection-chain", root, "outer", "ch")

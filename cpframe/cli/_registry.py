@@ -194,7 +194,7 @@ def collection_chain_cmd(repo, parent, children, mode, flatten, doc) -> None:
             raise UserInputError(f"--mode pop takes indices (e.g. 0 or -1), not {' '.join(kids)}.") from None
         kids = []
     with _open(repo) as r:
-        new = r.registry.set_chain(parent, kids, mode=mode, flatten=flatten, pop_indices=indices)
+        new = r.registry.set_chain(parent, kids, mode=mode, flatten=flatten, pop_indices=indices, doc=doc)
     click.echo(f"{parent} [{mode}] now searches {len(new)} collection(s) in order:")
     for i, c in enumerate(new):
         click.echo(f"  {i}: {c}")

@@ -161,9 +161,11 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def set_chain(
         self, parent: str, children: Sequence[str] = (), mode: ChainMode = "redefine",
-        flatten: bool = False, pop_indices: Sequence[int] = (),
+        flatten: bool = False, pop_indices: Sequence[int] = (), doc: str = "",
     ) -> tuple[str, ...]:
         """Edit a chain as ``butler collection-chain`` does (spec §5); returns the new chain.
+
+        ``doc`` documents a chain created by this call (an existing chain keeps its own).
 
         Raises
         ------

@@ -605,7 +605,7 @@ class SqlRegistry(Registry):
                 raise CollectionTypeError(f"collection {name!r} is a {ctype.name} collection, not CHAINED.")
             return tuple(n for _, n, _ in self._children(conn, [cid]).get(cid, []))
 
-    def set_chain(self, parent, children=(), mode="redefine", flatten=False, pop_indices=()):
+    def set_chain(self, parent, children=(), mode="redefine", flatten=False, pop_indices=(), doc=""):
         if mode not in CHAIN_MODES:
             raise UserInputError(f"unknown chain mode {mode!r}; use one of {', '.join(CHAIN_MODES)}.")
         if flatten and mode in ("remove", "pop"):
@@ -639,7 +639,7 @@ class SqlRegistry(Registry):
                             )
             new = edit_chain(current, children, mode, pop_indices)
             if row is None:
-                pid = conn.execute(sa.insert(s.collection).values(name=parent, type=int(CollectionType.CHAINED), doc="")
+                pid = conn.execute(sa.insert(s.collection).values(name=parent, type=int(CollectionType.CHAINED), doc=doc)
                                    .returning(s.collection.c.id)).scalar_one()
             else:
                 pid = row.id
