@@ -67,7 +67,7 @@ class DemoResult:
     campaign: Any = None
     """The :class:`cpframe.campaign.CampaignResult`."""
     deploy: Any = None
-    """The :class:`cpframe.campaign.DeployResult` (None if deployment did not run)."""
+    """The :class:`cpframe.deploy.DeployResult` (None if deployment did not run)."""
     verdicts: dict = field(default_factory=dict)
     """Verified product (``bias``, ``flat-g``...) -> (passed, list of failures)."""
     timings_s: dict = field(default_factory=dict)
@@ -401,7 +401,8 @@ def run_demo(
         if own is not None:
             own.close()
     out = DemoResult(d, repo_root, result.report_index, result, result.deploy, timings_s=timings)
-    from .campaign import _open_repo, _split_collections, deploy
+    from .campaign import _open_repo, _split_collections
+    from .deploy import deploy
 
     r = _open_repo(camp.repo)
     try:

@@ -139,14 +139,8 @@ def deploy_command(
       cpframe deploy --repo demo/repo --instrument LSSTComCam --chain LSSTComCam/calib/DEMO-1 \\
           --raw-collection LSSTComCam/raw/all
     """
-    from ..campaign import (
-        _open_repo,
-        _split_collections,
-        deploy,
-        format_deploy_plan,
-        load_campaign,
-        parse_var_options,
-    )
+    from ..campaign import _open_repo, _split_collections, load_campaign, parse_var_options
+    from ..deploy import deploy, format_deploy_plan
 
     calib_collections: list[str] = []
     if campaign_file:
