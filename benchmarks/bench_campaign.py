@@ -27,11 +27,11 @@ import yaml
 
 def build_repo(root: Path, detectors: list[int], workers: int):
     """Simulate the demo plan's biases for ``detectors`` and ingest them into a new repository."""
-    from cpframe.curated import write_curated_calibrations
-    from cpframe.demo import demo_campaign, plan_bands
-    from cpframe.ingest import ingest_raws
-    from cpframe.repo import Repository
-    from cpframe.simulate import read_plan, simulate
+    from cpframe.camera.curated import write_curated_calibrations
+    from cpframe.campaign.demo import demo_campaign, plan_bands
+    from cpframe.repository.ingest import ingest_raws
+    from cpframe.repository.repo import Repository
+    from cpframe.camera.simulate import read_plan, simulate
 
     plan = read_plan("demo")
     biases = [s for s in plan.specs if s.observation_type == "bias" and s.day_obs == 20241110]
@@ -48,9 +48,9 @@ def build_repo(root: Path, detectors: list[int], workers: int):
 
 def bench_clusters(camp, n: int, settings) -> tuple[float, float]:
     """N bias-bootstrap submissions: shared cluster vs one cluster each. Returns (shared_s, each_s)."""
-    from cpframe.campaign import _submit_variables
-    from cpframe.cluster import open_cluster
-    from cpframe.submit import submit_template
+    from cpframe.campaign.runner import _submit_variables
+    from cpframe.execution.cluster import open_cluster
+    from cpframe.execution.submit import submit_template
 
     step = camp.step("biasBootstrap")
     base = _submit_variables(camp, step)
@@ -73,9 +73,9 @@ def bench_clusters(camp, n: int, settings) -> tuple[float, float]:
 
 def bench_resume(root: Path, settings) -> tuple[int, float, float]:
     """A 3-step campaign (bias bootstrap, ...) run, then resumed. Returns (steps, run_s, resume_s)."""
-    from cpframe.campaign import parse_campaign, run_campaign
-    from cpframe.cluster import open_cluster
-    from cpframe.templates import default_templates_dir
+    from cpframe.campaign.runner import parse_campaign, run_campaign
+    from cpframe.execution.cluster import open_cluster
+    from cpframe.execution.templates import default_templates_dir
 
     path = default_templates_dir() / "campaign_demo.yaml"
     doc = yaml.safe_load(path.read_text())
@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one, removed)")
     args = ap.parse_args()
-    from cpframe.config import load_settings
+    from cpframe.core.config import load_settings
 
     settings = load_settings({"n_workers": args.workers, "cluster_kind": "local"})
     root = Path(args.dir or tempfile.mkdtemp(prefix="cpframe-bench-campaign-"))

@@ -36,8 +36,8 @@ def _dmtn_env() -> dict[str, str]:
 
 
 def bench_render(repeat: int) -> tuple[float, float]:
-    from cpframe.submission import validate_submission
-    from cpframe.templates import default_templates_dir, render
+    from cpframe.execution.submission import validate_submission
+    from cpframe.execution.templates import default_templates_dir, render
 
     env = _dmtn_env()
     files = sorted(default_templates_dir().glob("bps_*.yaml"))
@@ -71,8 +71,8 @@ def _work(client) -> float:
 
 
 def bench_cluster(kind: str, site=None) -> tuple[float, float, float]:
-    from cpframe.cluster import open_cluster
-    from cpframe.config import Settings
+    from cpframe.execution.cluster import open_cluster
+    from cpframe.core.config import Settings
 
     settings = Settings(n_workers=2, threads_per_worker=1, worker_memory_bytes=2**30)
     t0 = time.perf_counter()
@@ -110,7 +110,7 @@ def main() -> None:
     try:
         import dataclasses
 
-        from cpframe.cluster import load_site
+        from cpframe.execution.cluster import load_site
 
         site = dataclasses.replace(load_site("slurm-local.yaml"), log_directory=f"{state}/logs",
                                    local_directory=f"{state}/work")

@@ -40,9 +40,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from cpframe.combine import CombineConfig, combine_images  # noqa: E402
-from cpframe.config import format_bytes, parse_bytes  # noqa: E402
-from cpframe.imageio import masked_layout, read_rows, write_masked  # noqa: E402
+from cpframe.science.combine import CombineConfig, combine_images  # noqa: E402
+from cpframe.core.config import format_bytes, parse_bytes  # noqa: E402
+from cpframe.science.imageio import masked_layout, read_rows, write_masked  # noqa: E402
 
 
 def make_inputs(directory: Path, n: int, rows: int, cols: int, seed: int = 1, prefix: str = "in") -> list[Path]:
@@ -117,7 +117,7 @@ def run_astropy(paths):
 _RSS_CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from cpframe.combine import CombineConfig, combine_images
+from cpframe.science.combine import CombineConfig, combine_images
 
 def hwm():
     # VmHWM (peak RSS of this process image); unlike ru_maxrss it does not carry the

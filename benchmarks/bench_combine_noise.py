@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench_combine import make_inputs  # benchmarks/ is on sys.path when run as a script
 
-from cpframe.combine import CombineConfig, combine_images
+from cpframe.science.combine import CombineConfig, combine_images
 
 
 def main() -> None:

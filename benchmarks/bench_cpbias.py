@@ -30,12 +30,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from cpframe import tasks  # noqa: E402
-from cpframe.camera import load_camera  # noqa: E402
-from cpframe.combine import combine_config_for  # noqa: E402
-from cpframe.config import parse_bytes  # noqa: E402
-from cpframe.imageio import write_ptc  # noqa: E402
-from cpframe.simulate import ExposureSpec, make_truth, simulate  # noqa: E402
+from cpframe.science import tasks
+from cpframe.camera.models import load_camera  # noqa: E402
+from cpframe.science.combine import combine_config_for  # noqa: E402
+from cpframe.core.config import parse_bytes  # noqa: E402
+from cpframe.science.imageio import write_ptc  # noqa: E402
+from cpframe.camera.simulate import ExposureSpec, make_truth, simulate  # noqa: E402
 
 
 def main(argv=None) -> int:

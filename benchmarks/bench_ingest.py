@@ -9,7 +9,7 @@ Writes N mini-scale LSSTComCam raw files (headers real, pixels left as holes of 
    fresh SQLite repository (headers in 2 processes, exposure records, registry rows; no
    whole-file checksum, the default since ingest stopped hashing every byte);
 4. a second ``ingest_raws`` of the same files (everything skipped);
-5. ``cpframe.repo.sha256_file`` of every file, serially: what ``ingest-raws --checksum`` adds
+5. ``cpframe.repository.repo.sha256_file`` of every file, serially: what ``ingest-raws --checksum`` adds
    (it reads every byte).
 
     python benchmarks/bench_ingest.py [--files 10000] [--dir SCRATCH]
@@ -26,10 +26,10 @@ from pathlib import Path
 
 from astropy.io import fits
 
-from cpframe.camera import load_camera
-from cpframe.ingest import ingest_raws, read_raw_headers
-from cpframe.repo import Repository
-from cpframe.simulate import ExposureSpec, raw_path, write_raw
+from cpframe.camera.models import load_camera
+from cpframe.repository.ingest import ingest_raws, read_raw_headers
+from cpframe.repository.repo import Repository
+from cpframe.camera.simulate import ExposureSpec, raw_path, write_raw
 
 from _control import parallel_control  # benchmarks/ is on sys.path when run as a script
 
@@ -103,7 +103,7 @@ def main() -> None:
             assert len(again.skipped) == len(paths)
         finally:
             repo.close()
-        from cpframe.repo import sha256_file
+        from cpframe.repository.repo import sha256_file
 
         t0 = time.perf_counter()
         for p in paths:

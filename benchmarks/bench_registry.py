@@ -39,9 +39,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cpframe.camera import load_camera  # noqa: E402
-from cpframe.model import CollectionType, DataId, DatasetRef, DatasetType, Timespan, parse_tai  # noqa: E402
-from cpframe.repo import Repository  # noqa: E402
+from cpframe.camera.models import load_camera  # noqa: E402
+from cpframe.core.model import CollectionType, DataId, DatasetRef, DatasetType, Timespan, parse_tai  # noqa: E402
+from cpframe.repository.repo import Repository  # noqa: E402
 
 INST = "LSSTCam"
 SEL_RECORDS = ("instrument='LSSTCam' AND exposure.observation_type='bias' AND exposure.day_obs={day_obs} "

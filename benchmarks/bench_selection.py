@@ -35,10 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sqlalchemy as sa  # noqa: E402
 
-from cpframe.camera import load_camera  # noqa: E402
-from cpframe.model import parse_tai  # noqa: E402
-from cpframe.registry import query, schema  # noqa: E402
-from cpframe.registry.query import (  # noqa: E402
+from cpframe.camera.models import load_camera  # noqa: E402
+from cpframe.core.model import parse_tai  # noqa: E402
+from cpframe.repository import query
+from cpframe.repository import schema
+from cpframe.repository.query import (  # noqa: E402
     compile_selection,
     parse_selection,
     select_data_ids,

@@ -1,7 +1,7 @@
 """Simulator throughput against plain disk writes, side by side in one run.
 
 For each scale, simulates a small mixed night (bias, dark, flat, science) for N detectors with
-``cpframe.simulate.simulate`` using 1 worker, a thread pool and a process pool, and compares
+``cpframe.camera.simulate.simulate`` using 1 worker, a thread pool and a process pool, and compares
 the bytes/s with writing the same number of bytes with ``numpy.ndarray.tofile`` (the disk
 speed reference) in the same run.
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cpframe.camera import load_camera
-from cpframe.simulate import ExposureSpec, make_truth, simulate
+from cpframe.camera.models import load_camera
+from cpframe.camera.simulate import ExposureSpec, make_truth, simulate
 
 from _control import parallel_control  # benchmarks/ is on sys.path when run as a script
 

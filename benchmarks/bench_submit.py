@@ -42,8 +42,8 @@ class _Dataset:
 
 
 def _warm_up() -> None:
-    import cpframe.graph_tasks  # noqa: F401
-    import cpframe.tasks  # noqa: F401
+    import cpframe.execution.graph_tasks  # noqa: F401
+    import cpframe.science.tasks  # noqa: F401
     import cpframe.verify  # noqa: F401
 
 
@@ -53,11 +53,11 @@ def main() -> None:
     ap.add_argument("--shared-cluster", action="store_true", help="one LocalCluster for all submissions")
     args = ap.parse_args()
 
-    from cpframe.camera import load_camera
-    from cpframe.config import Settings
-    from cpframe.graph import build_graph
-    from cpframe.simulate import make_truth, read_plan, simulate
-    from cpframe.submit import plan_template, submit_template
+    from cpframe.camera.models import load_camera
+    from cpframe.core.config import Settings
+    from cpframe.execution.graph import build_graph
+    from cpframe.camera.simulate import make_truth, read_plan, simulate
+    from cpframe.execution.submit import plan_template, submit_template
     from tests._run_helpers import (
         INSTRUMENT, TICKET, TRUTH_COLLECTION, certify_run, certify_truth_calibs, make_repo, ticket_chain_add,
         variables,
@@ -80,7 +80,7 @@ def main() -> None:
           f"{time.perf_counter() - t0:.1f} s ({work})")
 
     settings = Settings(n_workers=2, threads_per_worker=1)
-    from cpframe.cluster import open_cluster
+    from cpframe.execution.cluster import open_cluster
 
     with open_cluster(settings, kind="local") as oc:  # what a fresh worker pays before its first quantum
         t = time.perf_counter()

@@ -39,8 +39,8 @@ def main() -> None:
 
     from astropy.stats import sigma_clipped_stats
 
-    from cpframe.camera import load_camera
-    from cpframe.imageio import MASK_BITS, write_masked
+    from cpframe.camera.models import load_camera
+    from cpframe.science.imageio import MASK_BITS, write_masked
     from cpframe.verify import clipped_stats, read_residual, verify_exposure
     from cpframe.verify.plots import render_image_png, render_mosaic_png
 

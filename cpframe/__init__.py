@@ -3,8 +3,8 @@
 See README.md for the quick start and docs/architecture.md for how the parts fit.
 """
 
-from .errors import CpframeError
-from .model import CollectionType, DataId, DatasetRef, DatasetType, Timespan
+from cpframe.core.errors import CpframeError
+from cpframe.core.model import CollectionType, DataId, DatasetRef, DatasetType, Timespan
 
 __version__ = "0.1.0"
 __all__ = ["CpframeError", "CollectionType", "DataId", "DatasetRef", "DatasetType", "Timespan", "__version__"]

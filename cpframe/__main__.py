@@ -1,5 +1,5 @@
 """``python3 -m cpframe ...`` runs the command line (works before a console-script shim exists)."""
 
-from .cli import main
+from cpframe.cli import main
 
 main(prog_name="cpframe")

@@ -22,8 +22,8 @@ TRUTH_BEGIN = "2024-11-01T00:00:00"
 
 def make_repo(root: Path, dataset: Any, *, files: Iterable[Path] | None = None, transfer: str = "direct") -> Any:
     """A new repository with the data set's raws (or ``files``) ingested into LSSTComCam/raw/all."""
-    from cpframe.ingest import ingest_raws
-    from cpframe.repo import Repository
+    from cpframe.repository.ingest import ingest_raws
+    from cpframe.repository.repo import Repository
 
     repo = Repository.create(root)
     report = ingest_raws(repo, list(files) if files is not None else [dataset.root], run=RAW_RUN, transfer=transfer,
@@ -35,7 +35,7 @@ def make_repo(root: Path, dataset: Any, *, files: Iterable[Path] | None = None, 
 def put_certified(repo: Any, dataset_type: str, items: list[tuple[Path, dict]], run: str, collection: str,
                   begin: str = TRUTH_BEGIN, end: str | None = None) -> list:
     """Store files as ``dataset_type`` in ``run`` and certify them into ``collection`` from ``begin``."""
-    from cpframe.model import CollectionType, Timespan
+    from cpframe.core.model import CollectionType, Timespan
 
     repo.registry.register_collection(run, CollectionType.RUN)
     refs = repo.put_files([(p, dataset_type, did) for p, did in items], run, transfer="copy")
@@ -45,7 +45,7 @@ def put_certified(repo: Any, dataset_type: str, items: list[tuple[Path, dict]], 
 
 def write_truth_ptc(path: Path, truth: Any, detector: int) -> Path:
     """A fits-ptc whose gains, read noise and turnoff are the simulator's injected values."""
-    from cpframe.imageio import write_ptc
+    from cpframe.science.imageio import write_ptc
 
     det = truth.camera.detector(detector)
     rows = []
@@ -62,7 +62,7 @@ def write_truth_ptc(path: Path, truth: Any, detector: int) -> Path:
 
 def write_truth_defects(path: Path, truth: Any, detector: int) -> Path:
     """An ecsv-defects file listing the simulator's injected defects of ``detector``."""
-    from cpframe.curated import write_defects
+    from cpframe.camera.curated import write_defects
 
     rects = [d[:4] for d in truth.detectors[detector].defects]
     return write_defects(path, rects, INSTRUMENT, detector, TRUTH_BEGIN)
@@ -101,7 +101,7 @@ def ticket_chain_add(repo: Any, collection: str) -> None:
 
 def certify_run(repo: Any, run: str, dataset_type: str, collection: str, begin: str = TRUTH_BEGIN) -> list:
     """certify-calibrations: every ``dataset_type`` of RUN ``run`` into ``collection``, open-ended."""
-    from cpframe.model import Timespan
+    from cpframe.core.model import Timespan
 
     refs = repo.registry.query_datasets(dataset_type, collections=[run])
     repo.registry.certify(collection, refs, Timespan.from_text(begin, None))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cpframe.errors import (
+from cpframe.core.errors import (
     AmbiguousCalibrationError,
     BadDateError,
     ChainCycleError,
@@ -35,8 +35,8 @@ from cpframe.errors import (
     UserInputError,
     ValidityOverlapError,
 )
-from cpframe.camera import load_camera
-from cpframe.model import CollectionType, DataId, DatasetType, Timespan, exposure_id, parse_tai
+from cpframe.camera.models import load_camera
+from cpframe.core.model import CollectionType, DataId, DatasetType, Timespan, exposure_id, parse_tai
 
 INST = "LSSTComCam"
 RUN, CAL, CHAIN = CollectionType.RUN, CollectionType.CALIBRATION, CollectionType.CHAINED
@@ -123,7 +123,7 @@ def test_create_registers_default_types_and_reopens(repo):
     assert not repo.registry.get_dataset_type("raw").is_calibration
     cfg = yaml.safe_load((repo.root / "cpframe-repo.yaml").read_text())
     assert cfg["schema_version"] == repo.registry.SCHEMA_VERSION
-    from cpframe.repo import Repository
+    from cpframe.repository.repo import Repository
 
     with Repository.open(repo.root) as again:
         assert {t.name for t in again.registry.query_dataset_types()} == names
@@ -524,7 +524,7 @@ def test_retrieve_artifacts(repo, tmp_path):
     assert sorted(p.relative_to(dest).as_posix() for p in got) == [
         f"a/bias/bias_{INST}_0.fits", f"b/bias/bias_{INST}_1.fits"]
     assert sha(dest / f"b/bias/bias_{INST}_1.fits") == b[0].checksum
-    from cpframe.errors import DatastoreError
+    from cpframe.core.errors import DatastoreError
 
     with pytest.raises(DatastoreError, match="--clobber"):
         repo.retrieve_artifacts(dest, ["bias"], ["a"])

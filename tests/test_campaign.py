@@ -1,4 +1,4 @@
-"""Tests of cpframe.campaign and `cpframe campaign` / `cpframe deploy`.
+"""Tests of cpframe.campaign.runner and `cpframe campaign` / `cpframe deploy`.
 
 Validation, ordering and the plan text run on campaign files written here (fast, no
 repository).  Running, resuming, the construction record and deployment run on a real
@@ -14,7 +14,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cpframe.campaign import (
+from cpframe.campaign.runner import (
     PRODUCT_NEEDS,
     _infer_from_template,
     load_campaign,
@@ -22,7 +22,7 @@ from cpframe.campaign import (
     parse_var_options,
 )
 from cpframe.cli import main
-from cpframe.errors import CampaignError
+from cpframe.core.errors import CampaignError
 
 BASE_VARS = {
     "USER_CALIB_PREFIX": "u/tester/",
@@ -360,8 +360,8 @@ def test_campaign_cli_errors_are_clean(tmp_path):
 
 
 def test_dp1_example_mirrors_dmtn222_and_renders_every_template():
-    from cpframe.campaign import _submit_variables
-    from cpframe.templates import render
+    from cpframe.campaign.runner import _submit_variables
+    from cpframe.execution.templates import render
 
     root = Path(__file__).resolve().parents[1]
     camp = load_campaign(root / "templates" / "campaign_dp1_example.yaml")
@@ -403,7 +403,7 @@ T = P + "/test"
 
 
 def _exposure(day_obs, seq, begin, physical_filter="r_03"):
-    from cpframe.model import Timespan, parse_tai
+    from cpframe.core.model import Timespan, parse_tai
 
     b = parse_tai(begin)
     return {
@@ -423,7 +423,7 @@ def _exposure(day_obs, seq, begin, physical_filter="r_03"):
 
 
 def _put_calibs(repo, tmp_path, run, dataset_type, data_ids):
-    from cpframe.model import CollectionType
+    from cpframe.core.model import CollectionType
 
     repo.registry.register_collection(run, CollectionType.RUN)
     items = []
@@ -437,8 +437,8 @@ def _put_calibs(repo, tmp_path, run, dataset_type, data_ids):
 @pytest.fixture
 def calib_repo(tmp_path):
     """A repository with raws' collection, an old deployed bias, and a ticket chain with bias + r flat."""
-    from cpframe.model import CollectionType
-    from cpframe.repo import Repository
+    from cpframe.core.model import CollectionType
+    from cpframe.repository.repo import Repository
 
     repo = Repository.create(tmp_path / "repo")
     repo.register_instrument("LSSTComCam", scale="mini")
@@ -484,7 +484,7 @@ def calib_repo(tmp_path):
 
 
 def test_deploy_prepends_and_self_check_passes(calib_repo):
-    from cpframe.campaign import deploy
+    from cpframe.campaign.runner import deploy
 
     reg = calib_repo.registry
     plan = deploy(reg, "LSSTComCam", P, raw_collection="LSSTComCam/raw/all", dry_run=True)
@@ -513,7 +513,7 @@ def test_deploy_prepends_and_self_check_passes(calib_repo):
 
 
 def test_self_check_fails_when_defaults_shadow_the_new_calibrations(calib_repo):
-    from cpframe.campaign import deploy
+    from cpframe.campaign.runner import deploy
 
     reg = calib_repo.registry
     # a defaults chain that searches the old calibrations before LSSTComCam/calib
@@ -574,8 +574,8 @@ def test_deploy_cli(calib_repo, tmp_path):
 @pytest.fixture
 def gen_repo(tmp_path):
     """Generation outputs as a submission leaves them: RUN + CHAINED ``T/<x>Gen.<RERUN>`` = [RUN, inputs]."""
-    from cpframe.model import CollectionType
-    from cpframe.repo import Repository
+    from cpframe.core.model import CollectionType
+    from cpframe.repository.repo import Repository
 
     repo = Repository.create(tmp_path / "repo")
     repo.register_instrument("LSSTComCam", scale="mini")
@@ -599,7 +599,7 @@ CERT_STEPS = [
 
 
 def test_run_until_resume_and_explicit_deploy(gen_repo, tmp_path):
-    from cpframe.campaign import CampaignState, campaign_dir, run_campaign
+    from cpframe.campaign.runner import CampaignState, campaign_dir, run_campaign
 
     reg = gen_repo.registry
     camp = load_campaign(write_campaign(tmp_path, CERT_STEPS, variables={"REPO": str(gen_repo.root)}))
@@ -659,7 +659,7 @@ def test_run_until_resume_and_explicit_deploy(gen_repo, tmp_path):
 
 def test_interrupted_certification_is_only_chained_on_resume(gen_repo, tmp_path):
     """Killed after certify-calibrations but before collection-chain: the resume chains, nothing else."""
-    from cpframe.campaign import run_campaign
+    from cpframe.campaign.runner import run_campaign
 
     reg = gen_repo.registry
     camp = load_campaign(write_campaign(tmp_path, CERT_STEPS[:1], variables={"REPO": str(gen_repo.root)}))
@@ -674,7 +674,7 @@ def test_interrupted_certification_is_only_chained_on_resume(gen_repo, tmp_path)
 
 
 def test_failed_certification_names_the_step_and_how_to_resume(gen_repo, tmp_path):
-    from cpframe.campaign import CampaignState, campaign_dir, run_campaign
+    from cpframe.campaign.runner import CampaignState, campaign_dir, run_campaign
 
     steps = [
         {

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from cpframe.cli import main
-from cpframe.cluster import (
+from cpframe.execution.cluster import (
     _run,
     default_cluster_dir,
     job_script,
@@ -19,8 +19,8 @@ from cpframe.cluster import (
     parse_duration,
     slurm_job_kwargs,
 )
-from cpframe.config import Settings
-from cpframe.errors import ConfigError, ServiceError, SubprocessError
+from cpframe.core.config import Settings
+from cpframe.core.errors import ConfigError, ServiceError, SubprocessError
 
 
 def _header(script: str) -> list[str]:

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-from cpframe.combine import (
+from cpframe.science.combine import (
     CombineConfig,
     CombineError,
     clipped_stats,
@@ -20,8 +20,8 @@ from cpframe.combine import (
     combine_lazy,
     strip_rows_for_budget,
 )
-from cpframe.errors import ConfigError
-from cpframe.imageio import MASK_BITS, FileFormatError, mask_value, read_header, read_masked, write_masked
+from cpframe.core.errors import ConfigError
+from cpframe.science.imageio import MASK_BITS, FileFormatError, mask_value, read_header, read_masked, write_masked
 
 SAT = mask_value("SAT")
 BAD = mask_value("BAD")

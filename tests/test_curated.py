@@ -8,10 +8,10 @@ import doctest
 import pytest
 from click.testing import CliRunner
 
-import cpframe.curated
-from cpframe.camera import load_camera
+import cpframe.camera.curated
+from cpframe.camera.models import load_camera
 from cpframe.cli import main
-from cpframe.curated import (
+from cpframe.camera.curated import (
     list_curated,
     manual_defects_at,
     read_defects,
@@ -19,15 +19,15 @@ from cpframe.curated import (
     write_curated_calibrations,
     write_defects,
 )
-from cpframe.errors import CollectionTypeError, UserInputError
-from cpframe.model import CollectionType, DataId, Timespan, parse_tai
-from cpframe.simulate import make_truth
+from cpframe.core.errors import CollectionTypeError, UserInputError
+from cpframe.core.model import CollectionType, DataId, Timespan, parse_tai
+from cpframe.camera.simulate import make_truth
 
 COLL = "LSSTComCam/calib/DM-TEST/curated"
 
 
 def test_doctests():
-    assert doctest.testmod(cpframe.curated).failed == 0
+    assert doctest.testmod(cpframe.camera.curated).failed == 0
 
 
 def test_curated_files_and_validity_ranges():

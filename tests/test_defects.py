@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cpframe.defects import DefectsConfig, mask_to_boxes, measure_defects, merge_defects
-from cpframe.errors import ConfigError, UserInputError
-from cpframe.imageio import MASK_BITS, MaskedImage, boxes_to_mask, read_defects
+from cpframe.science.defects import DefectsConfig, mask_to_boxes, measure_defects, merge_defects
+from cpframe.core.errors import ConfigError, UserInputError
+from cpframe.science.imageio import MASK_BITS, MaskedImage, boxes_to_mask, read_defects
 
 
 def test_defects_found_against_truth(mini_sim, mini_products):
@@ -58,7 +58,7 @@ def test_column_rules_fill_blocks_and_keep_long_gaps():
     bad[0:30, 8] = True
     bad[100:130, 8] = True  # 60 bad, one gap of 70 good pixels -> stays open
     m = measure_defects(_calib(np.zeros((200, 20)), "bias"), DefectsConfig())
-    from cpframe.defects import _column_rules
+    from cpframe.science.defects import _column_rules
 
     out = _column_rules(bad, np.zeros_like(bad), {}, DefectsConfig())
     assert out[:, 3].sum() == 30
@@ -78,8 +78,8 @@ def test_merge_or_and_fraction_edges_and_manual(tmp_path):
     b = np.zeros(shape, bool)
     b[3, 4] = True
     b[10, 10] = True
-    from cpframe.defects import DefectMeasurement
-    from cpframe.imageio import write_defects
+    from cpframe.science.defects import DefectMeasurement
+    from cpframe.science.imageio import write_defects
 
     mk = [DefectMeasurement("flat", 5, a), DefectMeasurement("flat", 5, b), DefectMeasurement("flat", 3, ~a),
           DefectMeasurement("dark", 4, np.zeros(shape, bool))]

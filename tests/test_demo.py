@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from cpframe.cli import main
-from cpframe.errors import CampaignError
+from cpframe.core.errors import CampaignError
 
 pytestmark = [pytest.mark.slow]
 
@@ -26,8 +26,8 @@ DETECTOR = 4
 
 @pytest.fixture(scope="module")
 def cluster():
-    from cpframe.cluster import open_cluster
-    from cpframe.config import load_settings
+    from cpframe.execution.cluster import open_cluster
+    from cpframe.core.config import load_settings
 
     oc = open_cluster(load_settings({"n_workers": 2, "cluster_kind": "local"}))
     yield oc.client
@@ -36,7 +36,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, cluster):
-    from cpframe.demo import run_demo
+    from cpframe.campaign.demo import run_demo
 
     d = tmp_path_factory.mktemp("demo") / "demo"
     lines: list[str] = []
@@ -47,7 +47,7 @@ def demo(tmp_path_factory, cluster):
 
 
 def _repo(res):
-    from cpframe.repo import Repository
+    from cpframe.repository.repo import Repository
 
     return Repository.open(res.repo_root)
 
@@ -76,7 +76,7 @@ def test_demo_products_match_the_injected_truth(demo):
     """The deployed PTC gains are the simulator's gains (independent of the verification code)."""
     from astropy.table import Table
 
-    from cpframe.simulate import Truth
+    from cpframe.camera.simulate import Truth
 
     res, _ = demo
     truth = Truth.load(res.directory / "raw" / "truth")
@@ -100,7 +100,7 @@ def test_demo_products_match_the_injected_truth(demo):
 
 
 def test_broken_saturated_flat_fails_the_flat_test_in_red(demo):
-    from cpframe.simulate import read_plan
+    from cpframe.camera.simulate import read_plan
 
     res, _ = demo
     b = res.broken
@@ -188,16 +188,16 @@ def test_construction_record(demo):
 
 
 def _runs(repo) -> set[str]:
-    from cpframe.model import CollectionType
+    from cpframe.core.model import CollectionType
 
     return {c.name for c in repo.registry.query_collections("*", types=[CollectionType.RUN])}
 
 
 def test_campaign_resumes_after_a_failure_finishing_only_what_was_left(demo, cluster):
     """certify-dark fails once (its CALIBRATION name is taken by a RUN); --resume finishes the rest."""
-    from cpframe.campaign import CampaignState, campaign_dir, load_campaign, run_campaign
-    from cpframe.model import CollectionType
-    from cpframe.templates import default_templates_dir
+    from cpframe.campaign.runner import CampaignState, campaign_dir, load_campaign, run_campaign
+    from cpframe.core.model import CollectionType
+    from cpframe.execution.templates import default_templates_dir
 
     res, _ = demo
     text = (default_templates_dir() / "campaign_demo.yaml").read_text()
@@ -310,7 +310,7 @@ def test_campaign_resumes_after_a_failure_finishing_only_what_was_left(demo, clu
 
 def test_an_incomplete_run_is_finished_in_place(demo, cluster):
     """A submission killed before its provenance said 'complete' is finished, not redone in a new RUN."""
-    from cpframe.campaign import run_campaign
+    from cpframe.campaign.runner import run_campaign
 
     res, _ = demo
     camp = res.campaign.campaign
@@ -339,7 +339,7 @@ def test_an_incomplete_run_is_finished_in_place(demo, cluster):
 
 
 def test_demo_again_resumes_without_redoing_anything(demo, cluster):
-    from cpframe.demo import run_demo
+    from cpframe.campaign.demo import run_demo
 
     res, _ = demo
     repo = _repo(res)
@@ -369,9 +369,9 @@ def test_demo_refuses_other_options_in_the_same_directory(demo):
 
 def test_demo_command_fails_when_the_broken_input_is_not_caught(monkeypatch, tmp_path):
     # no demo run: run_demo is replaced by one whose broken campaign's flat verification passed
-    import cpframe.demo
+    import cpframe.campaign.demo
     from cpframe.cli._campaign import demo_command
-    from cpframe.demo import BROKEN_INPUTS, BrokenInput, DemoResult
+    from cpframe.campaign.demo import BROKEN_INPUTS, BrokenInput, DemoResult
 
     choices = next(p for p in demo_command.params if p.name == "broken").type.choices
     assert set(choices) == {"none", *BROKEN_INPUTS}
@@ -379,7 +379,7 @@ def test_demo_command_fails_when_the_broken_input_is_not_caught(monkeypatch, tmp
     broken = BrokenInput("saturated-flat", 1, "r", {"flat-r": (True, [])}, index)
     fake = DemoResult(tmp_path, tmp_path / "repo", tmp_path / "index.html", verdicts={"bias": (True, [])},
                       broken=broken)
-    monkeypatch.setattr(cpframe.demo, "run_demo", lambda *a, **k: fake)
+    monkeypatch.setattr(cpframe.campaign.demo, "run_demo", lambda *a, **k: fake)
     r = CliRunner().invoke(main, ["demo", str(tmp_path), "--broken", "saturated-flat"])
     assert r.exit_code == 7, r.output
     assert f"verification did not catch the broken input (saturated-flat); see {index}" in r.output

@@ -1,4 +1,4 @@
-"""cpframe.execute on a real LocalCluster: retries, a lost worker, registration once per output."""
+"""cpframe.execution.execute on a real LocalCluster: retries, a lost worker, registration once per output."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from cpframe.graph import dataset_type_defs
-from cpframe.model import CollectionType
-from cpframe.submit import plan_template
+from cpframe.execution.graph import dataset_type_defs
+from cpframe.core.model import CollectionType
+from cpframe.execution.submit import plan_template
 
 from tests._run_helpers import INSTRUMENT, TICKET, TRUTH_COLLECTION, certify_truth_calibs, make_repo, variables
 
@@ -40,7 +40,7 @@ def _planned(repo, env, run_suffix):
 
 
 def test_failed_quantum_is_retried_then_reported(bias_repo, local_dask):
-    from cpframe.execute import execute_plan
+    from cpframe.execution.execute import execute_plan
 
     repo, env = bias_repo
     plan = _planned(repo, env, "20241110r")
@@ -63,7 +63,7 @@ def test_failed_quantum_is_retried_then_reported(bias_repo, local_dask):
 
 
 def test_lost_worker_neither_loses_nor_duplicates_outputs(bias_repo, local_dask):
-    from cpframe.execute import execute_plan
+    from cpframe.execution.execute import execute_plan
 
     repo, env = bias_repo
     plan = _planned(repo, env, "20241110w")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from cpframe.camera import list_instruments, load_camera
+from cpframe.camera.models import list_instruments, load_camera
 from cpframe.cli import main
-from cpframe.config import load_settings, parse_bytes
-from cpframe.errors import BadDateError, CameraError, ConfigError
-from cpframe.model import DataId, Timespan, exposure_id, ns_to_iso, parse_tai
+from cpframe.core.config import load_settings, parse_bytes
+from cpframe.core.errors import BadDateError, CameraError, ConfigError
+from cpframe.core.model import DataId, Timespan, exposure_id, ns_to_iso, parse_tai
 
 
 def test_parse_tai_round_trip_and_rejections():

@@ -1,4 +1,4 @@
-"""Planning (cpframe.graph, cpframe.submit.plan_template): quanta, lookups, errors -- no cluster.
+"""Planning (cpframe.execution.graph, cpframe.execution.submit.plan_template): quanta, lookups, errors -- no cluster.
 
 The repository is real (SQLite, the data area's simulated mini ComCam raws ingested in
 place); expected counts are derived independently from the observing plan's exposure list.
@@ -11,9 +11,9 @@ from collections import Counter
 import dask
 import pytest
 
-from cpframe.errors import PlanningError, SelectionError, SubmissionError, UndefinedVariablesError
-from cpframe.model import DataId
-from cpframe.submit import plan_template
+from cpframe.core.errors import PlanningError, SelectionError, SubmissionError, UndefinedVariablesError
+from cpframe.core.model import DataId
+from cpframe.execution.submit import plan_template
 
 from tests._run_helpers import (
     INSTRUMENT, TICKET, TRUTH_COLLECTION, certify_truth_calibs, make_repo, put_certified, variables,
@@ -135,7 +135,7 @@ def test_graph_building_never_computes(repo, env):
     def refuse(dsk, keys, **kwargs):
         raise AssertionError("the graph builder computed something")
 
-    from cpframe.graph import build_graph
+    from cpframe.execution.graph import build_graph
 
     with dask.config.set(scheduler=refuse):
         out = plan_template("bps_biasBootstrap", environ=env, repo=repo)
@@ -151,7 +151,7 @@ def test_graph_building_never_computes(repo, env):
 def test_skip_existing_prunes_to_what_is_missing(repo, env, mini_dataset):
     out = plan_template("bps_biasBootstrap", environ=env, repo=repo)
     done = {("biasBootstrap", DataId(instrument=INSTRUMENT, detector=0).key())}
-    from cpframe.graph import make_plan
+    from cpframe.execution.graph import make_plan
 
     with pytest.raises(PlanningError, match="already exist in RUN .*--skip-existing"):
         make_plan(out.submission, out.pipeline, repo, existing=done)
@@ -221,8 +221,8 @@ def test_detector_level_plan_leaves_out_detectors_without_inputs(repo, env, mini
 
 def test_refused_pipeline_option_is_named_with_its_value():
     """An option the science config refuses is dropped with a note showing the value (default used)."""
-    from cpframe.combine import CombineConfig
-    from cpframe.graph import _accepted
+    from cpframe.science.combine import CombineConfig
+    from cpframe.execution.graph import _accepted
 
     cfg = {"scalingLevel": "AMP", "clip": 2.5, "combine": "MEDIAN"}
     keep, notes = _accepted("cpFlatCombine", cfg, CombineConfig.from_dict, explicit={"scalingLevel", "clip"})

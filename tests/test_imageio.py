@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from cpframe.camera import load_camera
-from cpframe.errors import UserInputError
-from cpframe.imageio import (
+from cpframe.camera.models import load_camera
+from cpframe.core.errors import UserInputError
+from cpframe.science.imageio import (
     MASK_BITS,
     FileFormatError,
     MaskedWriter,
@@ -129,7 +129,7 @@ def test_cards_and_parser():
 
 
 def test_raw_reader_on_simulated_file(tmp_path):
-    from cpframe.simulate import ExposureSpec, make_truth, simulate_detector, write_raw
+    from cpframe.camera.simulate import ExposureSpec, make_truth, simulate_detector, write_raw
 
     cam = load_camera("LSSTComCam", "mini")
     spec = ExposureSpec(20241110, 4, "bias", "r_03", 0.0, 0.0, "2024-11-10T20:00:00", "bias", "T", 0.0)

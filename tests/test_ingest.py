@@ -15,12 +15,12 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cpframe.camera import load_camera
+from cpframe.camera.models import load_camera
 from cpframe.cli import main
-from cpframe.ingest import fast_tai_ns, ingest_raws, read_raw_header, read_raw_headers
-from cpframe.model import CollectionType, parse_tai
-from cpframe.repo import Repository
-from cpframe.simulate import ExposureSpec, raw_path, read_plan, write_raw
+from cpframe.repository.ingest import fast_tai_ns, ingest_raws, read_raw_header, read_raw_headers
+from cpframe.core.model import CollectionType, parse_tai
+from cpframe.repository.repo import Repository
+from cpframe.camera.simulate import ExposureSpec, raw_path, read_plan, write_raw
 
 RUN = "LSSTComCam/raw/all"
 

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from cpframe.camera import load_camera
-from cpframe.errors import ConfigError
-from cpframe.imageio import MASK_BITS, read_raw, write_defects, write_masked, write_ptc
-from cpframe.isr import IsrConfig, IsrError, isr_config_for, load_calibs, overscan_vector, run_isr
-from cpframe.simulate import ExposureSpec, make_truth, simulate_detector, write_raw
+from cpframe.camera.models import load_camera
+from cpframe.core.errors import ConfigError
+from cpframe.science.imageio import MASK_BITS, read_raw, write_defects, write_masked, write_ptc
+from cpframe.science.isr import IsrConfig, IsrError, isr_config_for, load_calibs, overscan_vector, run_isr
+from cpframe.camera.simulate import ExposureSpec, make_truth, simulate_detector, write_raw
 
 CAM = load_camera("LSSTComCam", "mini")
 DET = CAM.detector(4)

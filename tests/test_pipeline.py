@@ -9,9 +9,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cpframe.errors import PipelineError
-from cpframe.pipeline import _ISR, calibrations_for_isr, list_pipelines, load_pipeline, parse_pipeline
-from cpframe.templates import default_pipelines_dir
+from cpframe.core.errors import PipelineError
+from cpframe.execution.pipeline import _ISR, calibrations_for_isr, list_pipelines, load_pipeline, parse_pipeline
+from cpframe.execution.templates import default_pipelines_dir
 
 # spec dependencies.md §7 (minimal closed set) and §5 (verification): required calibrations
 EXPECTED_REQUIRED = {
@@ -200,10 +200,10 @@ def test_cpframe_pipelines_folder_is_searched_and_listed(tmp_path, monkeypatch):
 
 def test_shipped_configs_are_accepted_by_the_science_code():
     """Config names map onto cpframe's IsrConfig / CombineConfig / DefectsConfig / PtcConfig."""
-    from cpframe.combine import CombineConfig
-    from cpframe.defects import DefectsConfig
-    from cpframe.isr import IsrConfig
-    from cpframe.ptc import PtcConfig
+    from cpframe.science.combine import CombineConfig
+    from cpframe.science.defects import DefectsConfig
+    from cpframe.science.isr import IsrConfig
+    from cpframe.science.ptc import PtcConfig
 
     parse = {"isr": IsrConfig.from_dict, "combine": CombineConfig.from_dict, "defects": DefectsConfig.from_dict,
              "ptcExtract": PtcConfig.from_dict, "ptcSolve": PtcConfig.from_dict}

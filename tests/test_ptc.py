@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from cpframe.errors import ConfigError, UserInputError
-from cpframe.imageio import MaskedImage, read_ptc
-from cpframe.ptc import (
+from cpframe.core.errors import ConfigError, UserInputError
+from cpframe.science.imageio import MaskedImage, read_ptc
+from cpframe.science.ptc import (
     PtcConfig,
     PtcPairMeasurement,
     extract_pair,

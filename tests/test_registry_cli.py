@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from cpframe.cli import main
 from cpframe.cli._registry import MSG_ABORTED
-from cpframe.model import CollectionType, Timespan
-from cpframe.repo import Repository
+from cpframe.core.model import CollectionType, Timespan
+from cpframe.repository.repo import Repository
 from tests.registry_contract import INST, add_exposure, put_bias, sha
 
 

@@ -15,9 +15,9 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from cpframe.errors import DatastoreError, RegistryError, SchemaVersionError
-from cpframe.model import CollectionType
-from cpframe.repo import CONFIG_NAME, Repository
+from cpframe.core.errors import DatastoreError, RegistryError, SchemaVersionError
+from cpframe.core.model import CollectionType
+from cpframe.repository.repo import CONFIG_NAME, Repository
 from tests.registry_contract import INST, files, put_bias, sha
 
 RUN = CollectionType.RUN
@@ -97,8 +97,8 @@ def test_crash_after_files_placed_is_repaired_on_open(repo, tmp_path):
     repo.close()
     child = run_child(f"""
         import os
-        from cpframe.repo import Repository
-        from cpframe.registry.sql import SqlRegistry
+        from cpframe.repository.repo import Repository
+        from cpframe.repository.sql import SqlRegistry
         SqlRegistry.insert_datasets = lambda self, refs: os._exit(17)   # die before the rows commit
         repo = Repository.open({str(root)!r})
         repo.put_files([({str(srcs[0])!r}, "bias", {{"instrument": "{INST}", "detector": 0}}),
@@ -122,7 +122,7 @@ def test_crash_during_removal_is_repaired_on_open(repo, tmp_path):
     repo.close()
     child = run_child(f"""
         import os
-        from cpframe import repo as m
+        from cpframe.repository import repo as m
         m._unlink = lambda p: os._exit(19)   # die after the rows are gone, before any file is deleted
         r = m.Repository.open({str(root)!r})
         r.remove_runs(["r1"])
@@ -155,8 +155,8 @@ def test_two_processes_write_one_sqlite_repo(repo, tmp_path):
     script = """
         import sys
         from pathlib import Path
-        from cpframe.model import CollectionType, Timespan
-        from cpframe.repo import Repository
+        from cpframe.core.model import CollectionType, Timespan
+        from cpframe.repository.repo import Repository
         tag, root, tmp = sys.argv[1], sys.argv[2], Path(sys.argv[3])
         repo = Repository.open(root)
         tmp.mkdir()

@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from cpframe.cli import main
-from cpframe.imageio import write_masked, write_ptc
-from cpframe.model import CollectionType, DatasetType, Timespan, exposure_id, parse_tai
-from cpframe.repo import Repository
-from cpframe.report import NO_DATASETS_MESSAGE, write_report
+from cpframe.science.imageio import write_masked, write_ptc
+from cpframe.core.model import CollectionType, DatasetType, Timespan, exposure_id, parse_tai
+from cpframe.repository.repo import Repository
+from cpframe.report.html import NO_DATASETS_MESSAGE, write_report
 from cpframe.verify import (
     merge_calibs,
     merge_exposure,
@@ -220,7 +220,7 @@ def test_stretch_and_layout_against_references(mini_comcam):
 
 
 def test_report_errors(report_repo, tmp_path):
-    from cpframe.errors import UnknownCollectionError, UserInputError
+    from cpframe.core.errors import UnknownCollectionError, UserInputError
 
     with pytest.raises(UnknownCollectionError, match="nope"):
         write_report(report_repo, ["nope"], tmp_path / "r")

@@ -1,4 +1,4 @@
-"""Selections (``cpframe.registry.query``) on a real SQLite registry.
+"""Selections (``cpframe.repository.query``) on a real SQLite registry.
 
 A small realistic exposure set (two instruments, a few nights, several observation
 types, NULL metadata) is written with plain SQLAlchemy inserts; every selection's result
@@ -17,11 +17,11 @@ import sqlalchemy as sa
 from astropy.time import Time
 from sqlalchemy.dialects import postgresql, sqlite
 
-from cpframe.camera import load_camera
-from cpframe.errors import SelectionError, UserInputError
-from cpframe.model import DataId, Timespan, ns_to_iso, parse_tai
-from cpframe.registry import schema
-from cpframe.registry.query import (
+from cpframe.camera.models import load_camera
+from cpframe.core.errors import SelectionError, UserInputError
+from cpframe.core.model import DataId, Timespan, ns_to_iso, parse_tai
+from cpframe.repository import schema
+from cpframe.repository.query import (
     filter_datasets,
     parse_selection,
     select_data_ids,
@@ -606,7 +606,7 @@ def test_filter_datasets_with_an_alias_and_instrument_argument(engine, datasets)
 
 @pytest.fixture(scope="module")
 def repo_dir(tmp_path_factory):
-    from cpframe.repo import Repository
+    from cpframe.repository.repo import Repository
 
     root = tmp_path_factory.mktemp("selection_cli") / "repo"
     with Repository.create(root) as repo:

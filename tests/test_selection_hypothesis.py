@@ -16,9 +16,9 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cpframe.errors import SelectionError
-from cpframe.registry import schema
-from cpframe.registry.query import filter_datasets, select_data_ids, select_dimension_records
+from cpframe.core.errors import SelectionError
+from cpframe.repository import schema
+from cpframe.repository.query import filter_datasets, select_data_ids, select_dimension_records
 
 from .test_selection import ROWS, make_engine
 

@@ -14,10 +14,10 @@ import pytest
 from astropy.io import fits
 from click.testing import CliRunner
 
-from cpframe.camera import load_camera
+from cpframe.camera.models import load_camera
 from cpframe.cli import main
-from cpframe.errors import UserInputError
-from cpframe.simulate import (
+from cpframe.core.errors import UserInputError
+from cpframe.camera.simulate import (
     EFFECTS,
     ExposureSpec,
     Truth,

@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
-from cpframe.errors import CollectionNameError, SubmissionError
-from cpframe.pipeline import load_pipeline
-from cpframe.registry.names import collection_name_problem, validate_collection_name
-from cpframe.submission import ClusterSpec, check_against_pipeline, validate_submission
+from cpframe.core.errors import CollectionNameError, SubmissionError
+from cpframe.execution.pipeline import load_pipeline
+from cpframe.repository.names import collection_name_problem, validate_collection_name
+from cpframe.execution.submission import ClusterSpec, check_against_pipeline, validate_submission
 
 
 def good(**over) -> dict:

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cpframe.errors import ExecutionError, PlanningError, SubmissionError
-from cpframe.model import CollectionType
-from cpframe.provenance import load_provenance
-from cpframe.submit import submit_template
+from cpframe.core.errors import ExecutionError, PlanningError, SubmissionError
+from cpframe.core.model import CollectionType
+from cpframe.execution.provenance import load_provenance
+from cpframe.execution.submit import submit_template
 
 from tests._run_helpers import (
     INSTRUMENT, TICKET, TRUTH_COLLECTION, certify_run, certify_truth_calibs, make_repo, ticket_chain_add, variables,
@@ -57,7 +57,7 @@ def _snapshot(repo, scratch):
 
 
 def _image(repo, ref):
-    from cpframe.imageio import read_masked
+    from cpframe.science.imageio import read_masked
 
     return read_masked(repo.get_path(ref))
 
@@ -209,7 +209,7 @@ def test_bad_selection_and_missing_variable_leave_nothing(repo, scratch, mini_da
 def test_failure_then_skip_existing_finishes_only_the_rest(tmp_path, mini_dataset, local_dask):
     """A raw made unreadable: the other detector's bias is registered, the RUN is reported incomplete;
     after the file is repaired, --extend-run --skip-existing runs only what is missing."""
-    from cpframe.config import Settings
+    from cpframe.core.config import Settings
 
     ids = set(mini_dataset.plan.intended["SELECTION_BIAS"])
     files = [mini_dataset.path(e, d) for e in sorted(ids) for d in mini_dataset.detectors]

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from cpframe import tasks
-from cpframe.combine import clipped_stats
-from cpframe.errors import UserInputError
-from cpframe.imageio import MASK_BITS, read_header, read_masked
+from cpframe.science import tasks
+from cpframe.science.combine import clipped_stats
+from cpframe.core.errors import UserInputError
+from cpframe.science.imageio import MASK_BITS, read_header, read_masked
 
 
 def _amp_pixel_noise(img: np.ndarray) -> float:
@@ -143,7 +143,7 @@ def test_isr_task_checks_detector_and_config(mini_sim, tmp_path):
 
 def test_dark_cr_task_flags_injected_cosmic_ray(tmp_path):
     """A synthetic track on a flat dark is flagged CR (grown by 2 px); BAD is cleared."""
-    from cpframe.imageio import write_masked
+    from cpframe.science.imageio import write_masked
 
     rng = np.random.default_rng(5)
     img = rng.normal(0, 5, (80, 90)).astype(np.float32)

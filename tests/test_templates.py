@@ -11,10 +11,10 @@ import yaml
 from click.testing import CliRunner
 
 from cpframe.cli import main
-from cpframe.errors import TemplateError, UndefinedVariablesError
-from cpframe.pipeline import load_pipeline
-from cpframe.submission import check_against_pipeline, validate_submission
-from cpframe.templates import (
+from cpframe.core.errors import TemplateError, UndefinedVariablesError
+from cpframe.execution.pipeline import load_pipeline
+from cpframe.execution.submission import check_against_pipeline, validate_submission
+from cpframe.execution.templates import (
     default_pipelines_dir,
     default_templates_dir,
     make_timestamp,

@@ -7,15 +7,15 @@ import pytest
 from astropy.table import Table
 from click.testing import CliRunner
 
-from cpframe import tasks
+from cpframe.science import tasks
 from cpframe.cli import main
 from cpframe.cli._verify import DAILY_FAILED_MESSAGE
-from cpframe.errors import PlanningError
-from cpframe.imageio import read_masked, write_defects, write_masked, write_ptc
-from cpframe.ingest import ingest_raws
-from cpframe.model import CollectionType, Timespan
-from cpframe.repo import Repository
-from cpframe.simulate import ExposureSpec, make_truth, simulate
+from cpframe.core.errors import PlanningError
+from cpframe.science.imageio import read_masked, write_defects, write_masked, write_ptc
+from cpframe.repository.ingest import ingest_raws
+from cpframe.core.model import CollectionType, Timespan
+from cpframe.repository.repo import Repository
+from cpframe.camera.simulate import ExposureSpec, make_truth, simulate
 from cpframe.verify.daily import MISSING_CALIBS_MESSAGE, verify_daily
 
 INSTRUMENT = "LSSTComCam"

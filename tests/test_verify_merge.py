@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from cpframe.errors import UserInputError
+from cpframe.core.errors import UserInputError
 from cpframe.verify import (
     dataset_type_name,
     merge_calibs,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from cpframe.errors import UserInputError
+from cpframe.core.errors import UserInputError
 from cpframe.verify import VerifyConfig, verify_calib, verify_exposure
 from cpframe.verify.ptc import MISSING_NOMINAL_PTC_MESSAGE, UNKNOWN_VENDOR_MESSAGE
 from cpframe.verify.stats import truncated_std_factor
@@ -213,7 +213,7 @@ def test_science_amp_step_and_column_pattern_fail_their_tests(det):
 
 
 def write_ptc(path, det, gains, noises, turnoff=70000.0, a00=-2e-6, det_ser=None, noise_err=0.05):
-    """A fits-ptc file as docs/architecture.md describes (independent of cpframe.imageio)."""
+    """A fits-ptc file as docs/architecture.md describes (independent of cpframe.science.imageio)."""
     n = 6
     amps = list(det.amp_names)
     cols = [

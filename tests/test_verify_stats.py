@@ -14,7 +14,7 @@ import cpframe.verify.defects
 import cpframe.verify.ptc
 import cpframe.verify.results
 import cpframe.verify.stats
-from cpframe.errors import UserInputError
+from cpframe.core.errors import UserInputError
 from cpframe.verify import VerifyConfig, read_residual, verify_exposure
 from cpframe.verify.bias import MISSING_NOMINAL_MESSAGE
 from cpframe.verify.config import UNKNOWN_FIELD_MESSAGE

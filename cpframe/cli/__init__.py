@@ -3,9 +3,9 @@
 One click group; each area's commands live in their own module
 (``_registry``, ``_data``, ``_submit``, ``_verify``) and attach themselves to
 ``main``.  Every command parses options, calls one library function and prints
-a summary.  :class:`cpframe.errors.CpframeError` is caught here, in one place,
+a summary.  :class:`cpframe.core.errors.CpframeError` is caught here, in one place,
 printed without a traceback and mapped to its ``exit_code``
-(table in ``cpframe/errors.py``); anything else is a bug and keeps its traceback.
+(table in ``cpframe/core/errors.py``); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from ..errors import CpframeError
+from cpframe.core.errors import CpframeError
 
 __all__ = ["main", "catch_errors"]
 
@@ -48,4 +48,4 @@ def main() -> None:
 
 
 # Each module attaches its commands to ``main`` on import.
-from . import _registry, _data, _submit, _verify, _campaign, _query, _run  # noqa: E402,F401
+from cpframe.cli import _registry, _data, _submit, _verify, _campaign, _query, _run  # noqa: E402,F401

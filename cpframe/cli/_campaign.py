@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..errors import CampaignError, VerificationFailed
-from . import catch_errors, main
+from cpframe.core.errors import CampaignError, VerificationFailed
+from cpframe.cli import catch_errors, main
 
 DEPLOY_SELF_CHECK_FAILED = (
     "the deployed chain does not pick the new calibrations (see the table above). "
@@ -58,14 +58,14 @@ def campaign_command(campaign_file, dry_run, resume, restart, until, variables, 
     Example:
       cpframe campaign templates/campaign_demo.yaml --var REPO=demo/repo --dry-run
     """
-    from ..campaign import format_plan, load_campaign, parse_var_options, plan_status, run_campaign
+    from cpframe.campaign.runner import format_plan, load_campaign, parse_var_options, plan_status, run_campaign
 
     camp = load_campaign(campaign_file, parse_var_options(variables))
     if until:
         camp.step(until)
     repo = None
     if _repo_exists(camp.repo):
-        from ..campaign import _open_repo
+        from cpframe.campaign.runner import _open_repo
 
         repo = _open_repo(camp.repo)
     try:
@@ -86,7 +86,7 @@ def campaign_command(campaign_file, dry_run, resume, restart, until, variables, 
         )
     settings = None
     if workers:
-        from ..config import load_settings
+        from cpframe.core.config import load_settings
 
         settings = load_settings({"n_workers": workers})
     click.echo("")
@@ -139,8 +139,8 @@ def deploy_command(
       cpframe deploy --repo demo/repo --instrument LSSTComCam --chain LSSTComCam/calib/DEMO-1 \\
           --raw-collection LSSTComCam/raw/all
     """
-    from ..campaign import _open_repo, _split_collections, load_campaign, parse_var_options
-    from ..deploy import deploy, format_deploy_plan
+    from cpframe.campaign.runner import _open_repo, _split_collections, load_campaign, parse_var_options
+    from cpframe.campaign.deploy import deploy, format_deploy_plan
 
     calib_collections: list[str] = []
     if campaign_file:
@@ -195,7 +195,7 @@ def deploy_command(
 @click.option("--detectors", default=None, help="Detector ids, comma-separated (default: the demo plan's).")
 @click.option(
     "--broken",
-    type=click.Choice(["none", "saturated-flat"]),  # cpframe.demo.BROKEN_INPUTS (not imported: CLI start-up)
+    type=click.Choice(["none", "saturated-flat"]),  # cpframe.campaign.demo.BROKEN_INPUTS (not imported: CLI start-up)
     default="none",
     help="Add a deliberately broken input, to see verification catch it.",
 )
@@ -213,7 +213,7 @@ def demo_command(directory, full, workers, bands, detectors, broken, force):
       cpframe demo                 # mini detectors, a few minutes on 2 cores
       cpframe demo big --full      # real detector size
     """
-    from ..demo import run_demo
+    from cpframe.campaign.demo import run_demo
 
     result = run_demo(
         directory,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from ..errors import IngestError, UserInputError
-from . import catch_errors, main
+from cpframe.core.errors import IngestError, UserInputError
+from cpframe.cli import catch_errors, main
 
 MSG_BAD_EFFECT = "--effect {text!r}: write NAME=VALUE, e.g. --effect crosstalk=on or --effect cosmics=0.1"
 
@@ -103,8 +103,8 @@ def simulate_command(outdir, instrument, plan, scale, seed, detectors, workers, 
     Files go to OUTDIR/<day_obs>/<exposure_id>/<instrument>_<exposure_id>_<detname>.fits and the
     truth (gains, read noise, bias levels, dark current, defects, flat pattern...) to OUTDIR/truth/.
     """
-    from ..camera import load_camera
-    from ..simulate import make_truth, plan_summary, read_plan, simulate
+    from cpframe.camera.models import load_camera
+    from cpframe.camera.simulate import make_truth, plan_summary, read_plan, simulate
 
     p = read_plan(plan, instrument)
     camera = load_camera(p.instrument, scale)
@@ -150,7 +150,7 @@ def plan_selections_command(plan, instrument):
     PLAN is a shipped plan name (demo, dmtn222) or a YAML file.  Use with
     `eval "$(cpframe plan-selections demo)"` before rendering submission templates.
     """
-    from ..simulate import read_plan
+    from cpframe.camera.simulate import read_plan
 
     p = read_plan(plan, instrument)
     for name, value in p.selections.items():
@@ -189,8 +189,8 @@ def ingest_raws_command(repo, files, run, transfer, processes, checksum):
     Files already ingested are skipped; unreadable, truncated or header-incomplete files are
     reported with the reason and the rest is ingested (exit code 3 if any failed).
     """
-    from ..ingest import ingest_raws
-    from ..repo import Repository
+    from cpframe.repository.ingest import ingest_raws
+    from cpframe.repository.repo import Repository
 
     t0 = time.perf_counter()
     r = Repository.open(repo)
@@ -228,8 +228,8 @@ def write_curated_command(repo, instrument, collection, scale):
     Each file becomes a dataset in RUN <collection>/<valid-from> and is certified into the
     CALIBRATION collection with its validity range; re-running skips what is already there.
     """
-    from ..curated import write_curated_calibrations
-    from ..repo import Repository
+    from cpframe.camera.curated import write_curated_calibrations
+    from cpframe.repository.repo import Repository
 
     r = Repository.open(repo)
     try:

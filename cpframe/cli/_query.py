@@ -14,10 +14,10 @@ from typing import Any, Sequence
 
 import click
 
-from ..model import Timespan, ns_to_iso
-from ..registry._chains import split_children as _split
-from . import catch_errors, main
-from ._registry import _open
+from cpframe.core.model import Timespan, ns_to_iso
+from cpframe.repository.chains import split_children as _split
+from cpframe.cli import catch_errors, main
+from cpframe.cli._registry import _open
 
 MSG_NO_DATA_IDS = "No data IDs match."
 MSG_NO_RECORDS = "No {element} records match."
@@ -67,7 +67,7 @@ def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 def _explain_empty(registry, where: str) -> list[str]:
     """Hints for an empty result (unknown instruments named in the selection)."""
-    from ..registry.query import named_instruments, parse_selection
+    from cpframe.repository.query import named_instruments, parse_selection
 
     known = [r["name"] for r in registry.query_dimension_records("instrument")]
     if not known:

@@ -12,9 +12,9 @@ from typing import Any, Iterable, Sequence
 
 import click
 
-from ..model import CollectionType, Timespan, ns_to_iso
-from ..registry._chains import split_children as _split
-from . import catch_errors, main
+from cpframe.core.model import CollectionType, Timespan, ns_to_iso
+from cpframe.repository.chains import split_children as _split
+from cpframe.cli import catch_errors, main
 
 __all__ = ["format_table"]
 
@@ -40,13 +40,13 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def _settings():
-    from ..config import load_settings
+    from cpframe.core.config import load_settings
 
     return load_settings()
 
 
 def _open(repo: str):
-    from ..repo import Repository
+    from cpframe.repository.repo import Repository
 
     r = Repository.open(repo, busy_timeout_s=_settings().busy_timeout_s)
     for line in r.repairs:
@@ -76,13 +76,13 @@ where_option = click.option("--where", default="", help="Selection in the butler
 @repo_argument
 @click.option("--db", "db_url", default=None, metavar="URL",
               help="SQLAlchemy URL of an empty database (e.g. postgresql+psycopg://user@host/db); default the setting "
-                   "cpframe.registry.db-url, else SQLite in REPO.")
+                   "cpframe.repository.db-url, else SQLite in REPO.")
 @catch_errors
 def create_cmd(repo: str, db_url: str | None) -> None:
     """Create an empty repository in REPO (registry, datastore, default dataset types)."""
-    from ..repo import Repository
+    from cpframe.repository.repo import Repository
 
-    settings = _settings()  # --db wins over cpframe.registry.db-url
+    settings = _settings()  # --db wins over cpframe.repository.db-url
     with Repository.create(repo, db_url=db_url or settings.db_url or None,
                            busy_timeout_s=settings.busy_timeout_s) as r:
         kind = "PostgreSQL" if r.registry.engine.dialect.name == "postgresql" else "SQLite (WAL)"
@@ -99,7 +99,7 @@ def create_cmd(repo: str, db_url: str | None) -> None:
 @catch_errors
 def register_instrument_cmd(repo: str, instruments: tuple[str, ...], scale: str) -> None:
     """Load the detectors and filters of INSTRUMENTS (LATISS, LSSTComCam, LSSTCam) into REPO."""
-    from ..camera import load_camera
+    from cpframe.camera.models import load_camera
 
     with _open(repo) as r:
         for name in instruments:
@@ -148,7 +148,7 @@ def decertify_cmd(repo, collection, dataset_type_name, begin_date, end_date, det
 
     Ranges inside the date range are removed, ranges crossing it are trimmed (or split).
     """
-    from ..errors import UserInputError
+    from cpframe.core.errors import UserInputError
 
     span = Timespan.from_text(begin_date, end_date)
     if detectors and not instrument:
@@ -183,7 +183,7 @@ def decertify_cmd(repo, collection, dataset_type_name, begin_date, end_date, det
 @catch_errors
 def collection_chain_cmd(repo, parent, children, mode, flatten, doc) -> None:
     """Create or edit the CHAINED collection PARENT (CHILDREN may be comma-separated)."""
-    from ..errors import UserInputError
+    from cpframe.core.errors import UserInputError
 
     kids = _split(children)
     indices: list[int] = []
@@ -378,7 +378,7 @@ def retrieve_artifacts_cmd(repo, destination, dataset_types, collections, where,
 @catch_errors
 def export_calibs_cmd(repo, directory, collections, dataset_types, transfer) -> None:
     """Export calibration COLLECTIONS (chains walked to their leaves) into the new DIRECTORY."""
-    from ..repo_transfer import _load_export
+    from cpframe.repository.transfer import _load_export
 
     with _open(repo) as r:
         path = r.export_calibs(directory, _split(collections), _split(dataset_types) or None, transfer)

@@ -10,8 +10,8 @@ import sys
 
 import click
 
-from . import catch_errors, main
-from ._submit import allow_unset_option, parse_vars, var_option
+from cpframe.cli import catch_errors, main
+from cpframe.cli._submit import allow_unset_option, parse_vars, var_option
 
 __all__ = ["plan_cmd", "submit_cmd", "provenance_cmd"]
 
@@ -46,7 +46,7 @@ def plan_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, exten
     """
     from pathlib import Path
 
-    from ..submit import plan_template
+    from cpframe.execution.submit import plan_template
 
     out = plan_template(template, parse_vars(variables), allow_unset=allow_unset, extend_run=extend_run,
                         skip_existing=skip_existing)
@@ -75,7 +75,7 @@ def plan_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, exten
 @skip_existing_option
 @click.option("--quiet", is_flag=True, help="No progress bar (for scripts); the summary is still printed.")
 @click.option("--compute-site", type=click.Choice(["local", "slurm"]), default=None,
-              help="Where to run (overrides computeSite in the template and cpframe.cluster.kind).")
+              help="Where to run (overrides computeSite in the template and cpframe.execution.cluster.kind).")
 @click.option("--site", "site", default=None, metavar="FILE",
               help="Slurm site file (queue, walltime, cores, memory...); default from the template or settings.")
 @catch_errors
@@ -89,9 +89,9 @@ def submit_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, ext
     Failed tasks are retried numberOfRetries times; if some still fail, the RUN keeps the
     complete outputs and the message says how to finish with --extend-run --skip-existing.
     """
-    from ..config import load_settings
-    from ..errors import ExecutionError
-    from ..submit import submit_template
+    from cpframe.core.config import load_settings
+    from cpframe.core.errors import ExecutionError
+    from cpframe.execution.submit import submit_template
 
     settings = load_settings()
     try:
@@ -123,8 +123,8 @@ def provenance_cmd(run: str, repo_root: str, as_json: bool, show_all: bool) -> N
     """
     import json
 
-    from ..provenance import format_provenance, load_provenance, resolve_run
-    from ..repo import Repository
+    from cpframe.execution.provenance import format_provenance, load_provenance, resolve_run
+    from cpframe.repository.repo import Repository
 
     with Repository.open(repo_root, repair=False) as repo:
         name = run

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import click
 
-from ..errors import UserInputError
-from . import catch_errors, main
+from cpframe.core.errors import UserInputError
+from cpframe.cli import catch_errors, main
 
 __all__ = ["parse_vars", "var_option", "allow_unset_option"]
 
@@ -60,8 +60,8 @@ def render_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, fmt
     Nothing runs and nothing is written. Without --allow-unset the result is also
     validated (required keys, types, collection names).
     """
-    from ..submission import validate_submission
-    from ..templates import dump_rendered, render
+    from cpframe.execution.submission import validate_submission
+    from cpframe.execution.templates import dump_rendered, render
 
     r = render(template, parse_vars(variables), allow_unset=allow_unset)
     sub = None
@@ -86,12 +86,12 @@ def cluster_group() -> None:
 
 @cluster_group.command("job-script")
 @click.option("--site", "site", default=None, metavar="FILE",
-              help="Slurm site file (default: cpframe.cluster.site-file, looked up in cluster/).")
+              help="Slurm site file (default: cpframe.execution.cluster.site-file, looked up in cluster/).")
 @catch_errors
 def job_script_cmd(site: str | None) -> None:
     """Print the sbatch script a worker job would run (dry run: starts nothing)."""
-    from ..cluster import job_script, load_site
-    from ..config import load_settings
+    from cpframe.execution.cluster import job_script, load_site
+    from cpframe.core.config import load_settings
 
     settings = load_settings()
     s = load_site(site or settings.site_file)
@@ -103,7 +103,7 @@ def job_script_cmd(site: str | None) -> None:
 
 @cluster_group.command("check")
 @click.option("--kind", type=click.Choice(["local", "slurm"]), default=None,
-              help="Cluster kind (default: cpframe.cluster.kind).")
+              help="Cluster kind (default: cpframe.execution.cluster.kind).")
 @click.option("--site", "site", default=None, metavar="FILE", help="Slurm site file.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Slurm jobs to wait for.")
 @click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True,
@@ -114,9 +114,9 @@ def check_cmd(kind: str | None, site: str | None, jobs: int, timeout_s: float, d
     """Start a cluster, run a small computation on it, close it, and report."""
     import os
 
-    from ..cluster import job_script, load_site, open_cluster
-    from ..config import format_bytes, load_settings
-    from ..errors import ServiceError
+    from cpframe.execution.cluster import job_script, load_site, open_cluster
+    from cpframe.core.config import format_bytes, load_settings
+    from cpframe.core.errors import ServiceError
 
     settings = load_settings()
     if dry_run:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import catch_errors, main
+from cpframe.cli import catch_errors, main
 
 
 @main.command("report")
@@ -29,8 +29,8 @@ def report_command(repo, collections, output, do_overwrite):
       cpframe report REPO -c LSSTComCam/calib/DM-1/demo/verifyBias.20241127a \\
           -c LSSTComCam/calib/DM-1/demo/biasGen.20241111a -o report/
     """
-    from ..repo import Repository
-    from ..report import write_report
+    from cpframe.repository.repo import Repository
+    from cpframe.report.html import write_report
 
     with Repository.open(repo) as r:
         result = write_report(r, list(collections), output, do_overwrite=do_overwrite)
@@ -76,9 +76,9 @@ def verify_daily_command(repo, instrument, day_obs, collections, raw_collections
       cpframe verify-daily REPO --instrument LSSTComCam --day-obs 20241126 \\
           --collections LSSTComCam/calib --history daily.ecsv
     """
-    from ..errors import VerificationFailed
-    from ..repo import Repository
-    from ..verify.daily import format_daily, verify_daily
+    from cpframe.core.errors import VerificationFailed
+    from cpframe.repository.repo import Repository
+    from cpframe.verify.daily import format_daily, verify_daily
 
     colls = [c for item in collections for c in item.split(",") if c]
     with Repository.open(repo) as r:

@@ -14,11 +14,11 @@ Typical use::
 
 from __future__ import annotations
 
-from . import bias, dark, defects, flat, ptc, science  # noqa: F401  (register the stages)
-from .config import VerifyConfig
-from .core import STAGES, Stage, dataset_type_name, get_stage, verify_calib, verify_exposure
-from .merge import merge_calibs, merge_exposure, merge_run
-from .results import (
+from cpframe.verify import bias, dark, defects, flat, ptc, science  # noqa: F401  (register the stages)
+from cpframe.verify.config import VerifyConfig
+from cpframe.verify.core import STAGES, Stage, dataset_type_name, get_stage, verify_calib, verify_exposure
+from cpframe.verify.merge import merge_calibs, merge_exposure, merge_run
+from cpframe.verify.results import (
     read_results,
     read_stats,
     read_summary,
@@ -28,7 +28,7 @@ from .results import (
     write_stats,
     write_summary,
 )
-from .stats import ResidualImage, clipped_stats, read_residual
+from cpframe.verify.stats import ResidualImage, clipped_stats, read_residual
 
 __all__ = [
     "STAGES",

@@ -39,11 +39,11 @@ import math
 
 import numpy as np
 
-from ..camera import Detector
-from ..errors import UserInputError
-from .config import VerifyConfig
-from .core import Stage, register_stage
-from .stats import (
+from cpframe.camera.models import Detector
+from cpframe.core.errors import UserInputError
+from cpframe.verify.config import VerifyConfig
+from cpframe.verify.core import Stage, register_stage
+from cpframe.verify.stats import (
     ResidualImage,
     amp_corner_box,
     clipped_stats,

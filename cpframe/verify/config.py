@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from ..errors import UserInputError
+from cpframe.core.errors import UserInputError
 
 __all__ = ["UNKNOWN_FIELD_MESSAGE", "VerifyConfig"]
 

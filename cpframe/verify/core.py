@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from ..camera import Detector
-from ..errors import UserInputError
-from .config import VerifyConfig
-from .stats import ResidualImage, header_value, read_residual
+from cpframe.camera.models import Detector
+from cpframe.core.errors import UserInputError
+from cpframe.verify.config import VerifyConfig
+from cpframe.verify.stats import ResidualImage, header_value, read_residual
 
 __all__ = [
     "STAGES",
@@ -198,7 +198,7 @@ def verify_exposure(
         ``bias``, ``dark``, ``flat``, ``defects`` or ``science`` (any case).
     residual_path : path or ResidualImage
         The ISR output (``fits-masked``) with the calibration under test applied.
-    detector : cpframe.camera.Detector
+    detector : cpframe.camera.models.Detector
         The detector (amp boxes, flips).
     config : VerifyConfig or mapping, optional
         Settings; a mapping overrides defaults by name.
@@ -246,7 +246,7 @@ def verify_exposure(
         **measured,
     }
     if binned_path is not None:
-        from .results import write_binned_residual
+        from cpframe.verify.results import write_binned_residual
 
         write_binned_residual(residual, binned_path, stats["DATA_ID"], cfg)
     return finish_stats(st, stats, st.check(stats, cfg))

@@ -4,7 +4,7 @@ For every bias, dark and flat exposure of ``day_obs`` and every detector with a 
 :func:`verify_daily` finds the calibrations valid at the exposure's time in the given
 collections (``Registry.find_calibration``: ``ptc`` for gains, ``defects`` if any, and
 ``bias`` / ``dark`` / ``flat`` as the stage needs), runs the ISR of the science area
-(``cpframe.tasks.isr_task``) into a scratch directory, measures the stage's statistics
+(``cpframe.science.tasks.isr_task``) into a scratch directory, measures the stage's statistics
 and tests (:func:`cpframe.verify.verify_exposure`), merges per exposure and per stage,
 and appends one row per amp to a history table.  It runs serially in this process (no
 cluster): a night of a few dozen exposures takes minutes, and a daily monitor has time.
@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..camera import Camera, load_camera
-from ..errors import PlanningError, UserInputError
-from .config import VerifyConfig
-from .core import verify_exposure
-from .merge import merge_exposure, merge_run
-from .results import atomic_write_text
+from cpframe.camera.models import Camera, load_camera
+from cpframe.core.errors import PlanningError, UserInputError
+from cpframe.verify.config import VerifyConfig
+from cpframe.verify.core import verify_exposure
+from cpframe.verify.merge import merge_exposure, merge_run
+from cpframe.verify.results import atomic_write_text
 
 __all__ = [
     "HISTORY_FORMATS",
@@ -72,7 +72,7 @@ class DailyResult:
 
 
 def _isr_config(stage: str, has_defects: bool):
-    from ..tasks import isr_config_for
+    from cpframe.science.tasks import isr_config_for
 
     if stage == "BIAS":
         return isr_config_for("bias", do_bias=True, do_defect=has_defects)
@@ -82,7 +82,7 @@ def _isr_config(stage: str, has_defects: bool):
 
 
 def _camera(instrument: str, raw_path: Path, cache: dict) -> Camera:
-    from ..imageio import read_header
+    from cpframe.science.imageio import read_header
 
     scale = str(read_header(raw_path).get("CAMSCALE", "full"))
     if scale not in cache:
@@ -100,7 +100,7 @@ def verify_daily(
 
     Parameters
     ----------
-    repo : cpframe.repo.Repository
+    repo : cpframe.repository.repo.Repository
     instrument : str
     day_obs : int
         Night, ``YYYYMMDD``.
@@ -122,7 +122,7 @@ def verify_daily(
     PlanningError
         Calibrations missing for some exposure x detector (all are listed; nothing was run).
     """
-    from ..tasks import isr_task
+    from cpframe.science.tasks import isr_task
 
     hist = Path(history) if history is not None else None
     if hist is not None and hist.suffix.lower() not in HISTORY_FORMATS:

@@ -13,8 +13,8 @@ Not implemented (as in cp_verify): DMTN-101 5.5-5.7 (odd/even split) and the
 
 from __future__ import annotations
 
-from .bias import check_noise_stage, measure_noise_stage
-from .core import Stage, register_stage
+from cpframe.verify.bias import check_noise_stage, measure_noise_stage
+from cpframe.verify.core import Stage, register_stage
 
 __all__ = ["DARK"]
 

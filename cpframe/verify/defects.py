@@ -30,10 +30,10 @@ import math
 import numpy as np
 from scipy.special import erfc
 
-from ..camera import Detector
-from .config import VerifyConfig
-from .core import Stage, register_stage
-from .stats import ResidualImage, clipped_stats, mask_of, repair_cosmic_rays
+from cpframe.camera.models import Detector
+from cpframe.verify.config import VerifyConfig
+from cpframe.verify.core import Stage, register_stage
+from cpframe.verify.stats import ResidualImage, clipped_stats, mask_of, repair_cosmic_rays
 
 __all__ = ["DEFECTS", "check_defects", "improbable_threshold", "measure_defects"]
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import UserInputError
-from .config import VerifyConfig
-from .core import get_stage, plain
-from .results import detector_rows, rows_to_table
+from cpframe.core.errors import UserInputError
+from cpframe.verify.config import VerifyConfig
+from cpframe.verify.core import get_stage, plain
+from cpframe.verify.results import detector_rows, rows_to_table
 
 __all__ = ["MIXED_INPUT_MESSAGE", "merge_calibs", "merge_exposure", "merge_run"]
 

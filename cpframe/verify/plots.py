@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..camera import Camera, Detector
+from cpframe.camera.models import Camera, Detector
 
 __all__ = [
     "amp_value_image",

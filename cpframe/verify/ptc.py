@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from ..camera import Detector
-from ..errors import UserInputError
-from .config import VerifyConfig
-from .core import Stage, register_stage
-from .stats import header_value, overscan_correction_variance, truncated_std_factor
+from cpframe.camera.models import Detector
+from cpframe.core.errors import UserInputError
+from cpframe.verify.config import VerifyConfig
+from cpframe.verify.core import Stage, register_stage
+from cpframe.verify.stats import header_value, overscan_correction_variance, truncated_std_factor
 
 __all__ = [
     "MISSING_NOMINAL_PTC_MESSAGE",
@@ -59,14 +59,14 @@ _A00_FIT_TYPES = ("EXPAPPROXIMATION", "FULLCOVARIANCE")
 
 
 def read_ptc_table(path: str | Path) -> tuple[dict[str, dict[str, Any]], Any]:
-    """Rows of the ``PTC`` table keyed by amp name, and the primary header (``cpframe.imageio.read_ptc``).
+    """Rows of the ``PTC`` table keyed by amp name, and the primary header (``cpframe.science.imageio.read_ptc``).
 
     Raises
     ------
     UserInputError
         Missing file or not a ``fits-ptc`` file.
     """
-    from ..imageio import read_ptc
+    from cpframe.science.imageio import read_ptc
 
     p = Path(path)
     if not p.is_file():
@@ -78,11 +78,11 @@ def read_ptc_table(path: str | Path) -> tuple[dict[str, dict[str, Any]], Any]:
 def nominal_from_truth(truth: Any, detector_id: int) -> dict[str, dict[str, float]]:
     """Nominal per-amp gain and read noise of a *simulated* detector: the simulator's truth.
 
-    ``truth`` is a ``cpframe.simulate.Truth`` or the ``truth/`` directory the simulator
+    ``truth`` is a ``cpframe.camera.simulate.Truth`` or the ``truth/`` directory the simulator
     saved.  For a simulated camera these stand in for the vendor / curated values a real
     camera's verification compares its PTC with (docs/verification.md).
     """
-    from ..simulate import Truth
+    from cpframe.camera.simulate import Truth
 
     t = truth if isinstance(truth, Truth) else Truth.load(truth)
     amps = t.detectors[int(detector_id)].amps

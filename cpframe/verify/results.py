@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UserInputError
-from .config import VerifyConfig
-from .core import get_stage
-from .stats import ResidualImage, mask_of
+from cpframe.core.errors import UserInputError
+from cpframe.verify.config import VerifyConfig
+from cpframe.verify.core import get_stage
+from cpframe.verify.stats import ResidualImage, mask_of
 
 __all__ = [
     "atomic_write_text",
@@ -156,7 +156,7 @@ def _nan_to_none(value: Any) -> Any:
 
 def write_stats(stats: Mapping[str, Any], path: str | Path) -> Path:
     """Write a statistics (or summary) dictionary as strict JSON (NaN -> null)."""
-    from .core import plain
+    from cpframe.verify.core import plain
 
     text = json.dumps(_nan_to_none(plain(dict(stats))), indent=1, sort_keys=False, allow_nan=False)
     return atomic_write_text(path, text + "\n")

@@ -28,10 +28,10 @@ import warnings
 
 import numpy as np
 
-from ..camera import Detector
-from .config import VerifyConfig
-from .core import Stage, register_stage
-from .stats import IQR_TO_SIGMA, ResidualImage, clipped_stats, mask_of
+from cpframe.camera.models import Detector
+from cpframe.verify.config import VerifyConfig
+from cpframe.verify.core import Stage, register_stage
+from cpframe.verify.stats import IQR_TO_SIGMA, ResidualImage, clipped_stats, mask_of
 
 __all__ = ["SCIENCE", "check_science", "measure_science", "profile_ratio"]
 

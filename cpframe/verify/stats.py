@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ..camera import Amplifier, Detector
-from ..errors import UserInputError
-from ..imageio import MASK_BITS
+from cpframe.camera.models import Amplifier, Detector
+from cpframe.core.errors import UserInputError
+from cpframe.science.imageio import MASK_BITS
 
 __all__ = [
     "DEFAULT_MASK_BITS",
@@ -97,7 +97,7 @@ def read_residual(path: str | Path) -> ResidualImage:
             if missing:
                 raise UserInputError(
                     f"{p}: not a fits-masked file (HDUs {names}; missing {', '.join(missing)}). "
-                    "Verification reads ISR outputs written by cpframe.imageio."
+                    "Verification reads ISR outputs written by cpframe.science.imageio."
                 )
             header = hdul[0].header.copy()
             image = np.asarray(hdul["IMAGE"].data, dtype=np.float64)
@@ -200,7 +200,7 @@ def overscan_correction_variance(amp: Amplifier, skip_cols: int, parallel: bool 
     (``parallel_overscan_rows - skip_cols`` values).  The median of n Gaussian values has
     variance (pi / 2) sigma^2 / n.
 
-    >>> from cpframe.camera import load_camera
+    >>> from cpframe.camera.models import load_camera
     >>> amp = load_camera("LSSTComCam").detectors[0].amps[0]
     >>> round(overscan_correction_variance(amp, 6), 4)
     0.0645

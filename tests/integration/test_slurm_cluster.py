@@ -15,9 +15,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from cpframe.cluster import load_site, open_cluster, squeue_ids
-from cpframe.config import Settings
-from cpframe.errors import SubprocessError
+from cpframe.execution.cluster import load_site, open_cluster, squeue_ids
+from cpframe.core.config import Settings
+from cpframe.core.errors import SubprocessError
 
 pytestmark = pytest.mark.slurm
 

@@ -16,11 +16,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cpframe.cluster import load_site, open_cluster, squeue_ids
-from cpframe.config import Settings
-from cpframe.imageio import read_masked
-from cpframe.provenance import load_provenance
-from cpframe.submit import submit_template
+from cpframe.execution.cluster import load_site, open_cluster, squeue_ids
+from cpframe.core.config import Settings
+from cpframe.science.imageio import read_masked
+from cpframe.execution.provenance import load_provenance
+from cpframe.execution.submit import submit_template
 
 from tests._run_helpers import (
     INSTRUMENT, TICKET, TRUTH_COLLECTION, certify_run, certify_truth_calibs, make_repo, ticket_chain_add, variables,

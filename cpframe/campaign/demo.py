@@ -1,0 +1,532 @@
+"""``cpframe demo``: simulated camera -> repository -> the demo campaign -> report.
+
+:func:`run_demo` does, in ``DIR``:
+
+1. simulate the simulator's ``demo`` plan for a ComCam-like camera (``mini`` detectors by
+   default, ``full`` with ``--full``) into ``DIR/raw`` (truth in ``DIR/raw/truth``);
+2. create ``DIR/repo`` (SQLite), register the instrument, ingest the raws into
+   ``LSSTComCam/raw/all`` and write the curated calibrations into ``CALIB_COLLECTIONS``;
+3. run ``templates/campaign_demo.yaml`` (with the plan's ``SELECTION_*`` values) on one
+   local Dask cluster, including its deploy step;
+4. print where the report is and a pass/fail line per verified product.
+
+Running it again in the same ``DIR`` with the same options resumes: nothing finished is
+redone.  Options that change the data (size, detectors, bands, broken input, seed) need a
+new ``DIR`` or ``--force``.
+
+``broken="saturated-flat"`` also simulates one over-exposed flat (g, or the first band
+asked) and, after the demo campaign, runs a small second campaign (ticket ``DEMO-1-SAT``)
+that rebuilds, certifies and verifies that band's flat with the exposure added to its
+construction and verification selections (DMTN-222 §Verification: saturated flats "do not
+flat-field well").  Its
+verification fails for that exposure and its report shows the failing tests in red, while
+the demo's own calibrations stay as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from cpframe.campaign.runner import sh_join
+from cpframe.core.errors import CampaignError, CpframeError, UserInputError
+
+__all__ = [
+    "DemoResult", "BrokenInput", "run_demo", "demo_campaign", "broken_campaign", "plan_bands",
+    "DEMO_INSTRUMENT", "DEFAULT_DETECTORS", "BROKEN_INPUTS",
+]
+
+DEMO_INSTRUMENT = "LSSTComCam"
+#: Detectors simulated by default: three of the nine keep the demo within a few minutes on 2 cores.
+DEFAULT_DETECTORS = (0, 4, 8)
+#: Deliberately broken inputs ``--broken`` can add.
+BROKEN_INPUTS = ("saturated-flat",)
+#: Flux of the broken flat, e-/s/pixel: 10 s of it is many times the full well.
+SATURATED_FLUX = 60000.0
+
+MSG_OPTIONS_CHANGED = (
+    "{directory} holds a demo made with other options ({old}); this run asks for {new}. "
+    "Use another directory, or --force to delete it and start again."
+)
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` did and found."""
+
+    directory: Path
+    repo_root: Path
+    report_index: Path | None
+    campaign: Any = None
+    """The :class:`cpframe.campaign.runner.CampaignResult`."""
+    deploy: Any = None
+    """The :class:`cpframe.campaign.deploy.DeployResult` (None if deployment did not run)."""
+    verdicts: dict = field(default_factory=dict)
+    """Verified product (``bias``, ``flat-g``...) -> (passed, list of failures)."""
+    timings_s: dict = field(default_factory=dict)
+    """Stage -> wall time, seconds."""
+    broken: "BrokenInput | None" = None
+    """What the broken campaign found, when ``broken`` was asked."""
+
+    @property
+    def broken_detected(self) -> bool | None:
+        """True when the broken campaign's flat verification failed (None without ``broken``)."""
+        if self.broken is None:
+            return None
+        return any(not ok for name, (ok, _f) in self.broken.verdicts.items() if name.startswith("flat-"))
+
+    @property
+    def passed(self) -> bool:
+        """Every verified product passed and the deployment self-check passed."""
+        ok = bool(self.verdicts) and all(v[0] for v in self.verdicts.values())
+        return ok and (self.deploy is None or self.deploy.ok)
+
+    def summary(self) -> str:
+        """The lines a person acts on: verdicts, report, record, times."""
+        lines = ["Verification:", *_verdict_lines(self.verdicts)]
+        if self.deploy is not None:
+            lines.append(f"Deployment: {self.deploy.headline()}")
+        lines.append(f"Repository: {self.repo_root}")
+        if self.campaign is not None:
+            lines.append(f"Construction record: {self.campaign.directory / 'commands.sh'}")
+        if self.timings_s:
+            lines.append("Time: " + ", ".join(f"{k} {v:.0f} s" for k, v in self.timings_s.items())
+                         + f" (total {sum(self.timings_s.values()):.0f} s)")
+        lines.append(f"Report: {self.report_index}" if self.report_index else "Report: not written")
+        lines.append("RESULT: " + ("all products pass verification" if self.passed
+                                   else "some verification tests FAIL (red in the report)"))
+        if self.broken is not None:
+            b = self.broken
+            lines.append(f"With the broken input ({b.kind}: exposure {b.exposure_id} "
+                         f"added to the {b.band} flat):")
+            lines += _verdict_lines(b.verdicts)
+            lines.append(f"  report: {b.report_index}")
+            lines.append("  " + ("verification caught it (the failing tests are red in that report)"
+                                 if self.broken_detected else "verification did NOT catch it"))
+        return "\n".join(lines)
+
+
+def _verdict_lines(verdicts: dict) -> list[str]:
+    """One line per verified product: PASS/FAIL, name and the first failures.
+
+    >>> _verdict_lines({"bias": (True, []), "flat-r": (False, ["a", "b", "c", "d"])})
+    ['  PASS  bias', '  FAIL  flat-r  (4 failing: a, b, c, ...)']
+    """
+    lines = []
+    for name, (ok, failures) in sorted(verdicts.items()):
+        more = ", ..." if len(failures) > 3 else ""
+        shown = f"  ({len(failures)} failing: {', '.join(failures[:3])}{more})" if failures else ""
+        lines.append(f"  {'PASS' if ok else 'FAIL'}  {name}{shown}")
+    return lines
+
+
+@dataclass
+class BrokenInput:
+    """The deliberately broken input of ``--broken`` and what verification made of it."""
+
+    kind: str
+    """``saturated-flat``."""
+    exposure_id: int
+    """The exposure added."""
+    band: str
+    """Band of the flat it was added to."""
+    verdicts: dict = field(default_factory=dict)
+    """Product -> (passed, failures) of the broken campaign."""
+    report_index: Path | None = None
+
+
+def _options(full: bool, detectors: Sequence[int], bands: Sequence[str], broken: str | None,
+             seed: int) -> dict:
+    return {"scale": "full" if full else "mini", "detectors": sorted(int(d) for d in detectors),
+            "bands": sorted(bands), "broken": broken, "seed": int(seed)}
+
+
+def plan_bands(plan: Any) -> list[str]:
+    """Bands the plan has flat selections for (``SELECTION_FLAT_<band>``)."""
+    return sorted(k.rsplit("_", 1)[1] for k in plan.selections if re.fullmatch(r"SELECTION_FLAT_[a-z]", k))
+
+
+def broken_band(bands: Sequence[str]) -> str:
+    """Band of the saturated flat: g when the demo has it, else its first band.
+
+    >>> broken_band(["i", "r"]), broken_band(["g", "r"])
+    ('i', 'g')
+    """
+    return "g" if "g" in bands else sorted(bands)[0]
+
+
+def _demo_specs(plan: Any, bands: Sequence[str], broken: str | None) -> tuple[list, dict, dict, Any]:
+    """The plan's exposures for the chosen bands (+ the broken one), the selections, the
+    selections of the broken campaign (empty without ``broken``) and the broken exposure."""
+    from cpframe.camera.models import load_camera
+
+    cam = load_camera(plan.instrument)
+    flat_bands = plan_bands(plan)
+    unknown = [b for b in bands if b not in flat_bands]
+    if unknown:
+        raise UserInputError(
+            f"--bands {','.join(unknown)}: the demo plan has flats in {', '.join(flat_bands)} only."
+        )
+    # exposures meant only for the flats of bands left out are not simulated
+    unwanted = {f"SELECTION_FLAT_{b}{v}" for b in set(flat_bands) - set(bands) for v in ("", "_V")}
+    elsewhere = {e for sel, ids in plan.intended.items() if sel not in unwanted for e in ids}
+    drop = {e for sel in unwanted for e in plan.intended.get(sel, ())} - elsewhere
+    specs = [s for s in plan.specs if s.exposure_id not in drop]
+    selections = dict(plan.selections)
+    bad_selections: dict[str, str] = {}
+    bad = None
+    if broken == "saturated-flat":
+        band = broken_band(bands)
+        meant = set(plan.intended.get(f"SELECTION_FLAT_{band}", ()))
+        g_flats = [s for s in plan.specs if s.exposure_id in meant
+                   and s.observation_type == "flat" and cam.band_of(s.physical_filter) == band]
+        last = max((s for s in plan.specs if s.day_obs == g_flats[0].day_obs), key=lambda s: s.end_ns)
+        from cpframe.core.model import ns_to_iso
+
+        bad = replace(g_flats[0], seq_num=max(s.seq_num for s in plan.specs if s.day_obs == last.day_obs) + 1,
+                      begin=ns_to_iso(last.end_ns + 3 * 10**9), flux=SATURATED_FLUX)
+        specs.append(bad)
+        extra = (f" or (instrument='{plan.instrument}' and exposure.day_obs={bad.day_obs} "
+                 f"and exposure.seq_num={bad.seq_num})")
+        bad_selections = {sel: f"({selections[sel]}){extra}"
+                          for sel in (f"SELECTION_FLAT_{band}", f"SELECTION_FLAT_{band}_V")}
+    return specs, selections, bad_selections, bad
+
+
+def _needs_flat_of(plan: Any) -> dict[str, set[str]]:
+    """Verify step -> bands of the flats its exposures need (science and defects verification)."""
+    from cpframe.camera.models import load_camera
+
+    cam = load_camera(plan.instrument)
+    by_id = {s.exposure_id: s for s in plan.specs}
+    out = {}
+    for step, sel in (("verify-science", "SELECTION_SCIENCE_V"), ("verify-defects", "SELECTION_DEFECTS_V")):
+        out[step] = {cam.band_of(by_id[e].physical_filter) for e in plan.intended.get(sel, ()) if e in by_id}
+    return out
+
+
+def demo_campaign(repo_root: Path, bands: Sequence[str], selections: dict[str, str],
+                  detectors: Sequence[int] | None = None, flat_needs: dict[str, set[str]] | None = None):
+    """The demo campaign (``templates/campaign_demo.yaml``) for ``repo_root``, ``bands`` and ``detectors``.
+
+    When only some detectors were simulated, every selection is narrowed to them, and so is
+    the defects step's ``dataQuery`` (its template selects every detector of the instrument,
+    ``instrument='X'``, as cp_pipe's does) with a command-line key override, as ``bps submit``
+    allows.
+    Verify steps whose exposures need the flat of a band left out (``flat_needs``) are dropped.
+    """
+    from cpframe.camera.models import load_camera
+    from cpframe.campaign.runner import parse_campaign
+    from cpframe.execution.templates import default_templates_dir
+
+    path = default_templates_dir() / "campaign_demo.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["steps"] = [s for s in doc["steps"] if s.get("band", _band_of_step(s)) in (None, *bands)
+                    and (flat_needs or {}).get(s["name"], set()) <= set(bands)]
+    if detectors is not None and set(detectors) != set(load_camera(DEMO_INSTRUMENT).detector_ids):
+        dets = f"detector in ({', '.join(str(d) for d in sorted(detectors))})"
+        # per-detector pipelines (defects, PTC verification) plan every detector the query allows
+        selections = {k: f"({v}) and {dets}" for k, v in selections.items()}
+        for s in doc["steps"]:
+            if s["name"] == "defects":
+                s["vars"] = {**s.get("vars", {}), "dataQuery": f"instrument='{DEMO_INSTRUMENT}' and {dets}"}
+    overrides = {"REPO": str(repo_root), **selections}
+    return parse_campaign(yaml.safe_dump(doc, sort_keys=False), path, overrides)
+
+
+def broken_campaign(repo_root: Path, good: Any, selections: dict[str, str]):
+    """A small campaign that rebuilds and verifies one flat with the saturated exposure included.
+
+    It reads the good campaign's calibrations (its ticket chain, then the curated ones) and
+    writes under its own ticket (``<TICKET>-SAT``), so the good calibrations stay as they are.
+    """
+    from cpframe.campaign.runner import parse_campaign
+    from cpframe.execution.templates import default_templates_dir
+
+    path = default_templates_dir() / "campaign_demo.yaml"
+    doc = yaml.safe_load(path.read_text())
+    band = next(k.split("_")[2] for k in selections if k.startswith("SELECTION_FLAT_"))
+    keep = (f"flat-{band}", f"certify-flat-{band}", f"verify-flat-{band}", "report")
+    doc["name"] = "demo-saturated-flat"
+    doc["steps"] = [s for s in doc["steps"] if s["name"] in keep]
+    v = good.variables
+    overrides = {**good.overrides, **selections, "TICKET": f"{v['TICKET']}-SAT", "TAG": "saturatedFlat",
+                 "CALIB_COLLECTIONS": f"{good.ticket_chain},{v['CALIB_COLLECTIONS']}", "REPO": str(repo_root)}
+    return parse_campaign(yaml.safe_dump(doc, sort_keys=False), path, overrides)
+
+
+def _band_of_step(step: dict) -> str | None:
+    from cpframe.campaign.runner import _infer_from_template
+
+    if "template" in step:
+        return _infer_from_template(str(step["template"]))[2]
+    return None
+
+
+def run_demo(
+    directory: str | Path = "cpframe-demo",
+    *,
+    full: bool = False,
+    workers: int | None = None,
+    bands: Sequence[str] | None = None,
+    detectors: Sequence[int] | None = None,
+    broken: str | None = None,
+    seed: int = 1,
+    force: bool = False,
+    echo: Callable[[str], None] | None = None,
+    client: Any = None,
+) -> DemoResult:
+    """Simulate, ingest, run the demo campaign, deploy and summarise (see the module docstring).
+
+    Parameters
+    ----------
+    directory : path
+        Where everything goes (``raw/``, ``repo/``, the report under ``repo/reports``).
+    full : bool
+        Real detector size instead of mini.
+    workers : int, optional
+        Dask workers of the local cluster (and simulator processes); default: settings.
+    bands : sequence of str, optional
+        Flat bands (default: every band of the demo plan).
+    detectors : sequence of int, optional
+        Detector ids (default :data:`DEFAULT_DETECTORS`).
+    broken : {"saturated-flat"}, optional
+        Add a deliberately broken input.
+    seed : int
+        Simulator seed.
+    force : bool
+        Delete ``directory`` first.
+    echo : callable, optional
+        Progress lines.
+    client : distributed.Client, optional
+        Use this Dask client instead of starting a local cluster.
+
+    Returns
+    -------
+    DemoResult
+
+    Raises
+    ------
+    UserInputError
+        Bad option values, or ``directory`` holds a demo made with other options.
+    CampaignError
+        A campaign step failed (the message says how to resume).
+    """
+    from cpframe.camera.models import load_camera
+    from cpframe.core.config import load_settings
+    from cpframe.camera.simulate import read_plan
+
+    echo = echo or (lambda _m: None)
+    if broken is not None and broken not in BROKEN_INPUTS:
+        raise UserInputError(f"--broken {broken!r}: use one of {', '.join(BROKEN_INPUTS)}.")
+    d = Path(directory).absolute()
+    plan = read_plan("demo")
+    cam = load_camera(plan.instrument)
+    bands = list(bands) if bands else plan_bands(plan)
+    detectors = list(detectors) if detectors is not None else list(DEFAULT_DETECTORS)
+    for det in detectors:
+        cam.detector(det)  # CameraError names the valid ids
+    opts = _options(full, detectors, bands, broken, seed)
+    specs, selections, bad_selections, bad_spec = _demo_specs(plan, bands, broken)  # validates bands first
+    if force and d.exists():
+        shutil.rmtree(d)
+    marker = d / "demo.json"
+    if marker.exists():
+        old = json.loads(marker.read_text())
+        if old != opts:
+            raise UserInputError(MSG_OPTIONS_CHANGED.format(directory=d, old=old, new=opts))
+    elif d.exists() and any(d.iterdir()):
+        raise UserInputError(
+            f"{d} exists and is not a cpframe demo directory; choose another one or --force."
+        )
+    d.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(opts, indent=2))
+    settings = load_settings({"n_workers": workers} if workers else None)
+    timings: dict[str, float] = {}
+
+    t0 = time.monotonic()
+    raw_dir = d / "raw"
+    files = _simulate(specs, raw_dir, opts, settings.n_workers, echo)
+    timings["simulate"] = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    repo_root = d / "repo"
+    flat_needs = _needs_flat_of(plan)
+    camp = demo_campaign(repo_root, bands, selections, detectors, flat_needs)
+    for step, need in flat_needs.items():
+        if not need <= set(bands):
+            echo(f"({step} left out: its exposures need the {', '.join(sorted(need))} flat; "
+                 "add it with --bands)")
+    repo = _prepare_repo(repo_root, camp, files, opts["scale"], echo)
+    timings["ingest"] = time.monotonic() - t0
+
+    from cpframe.campaign.runner import CampaignState, campaign_dir, format_plan, plan_status, run_campaign
+
+    echo(format_plan(camp, plan_status(camp, repo)))
+    argv = ["cpframe", "demo", str(directory), *_cli_options(opts, plan_bands(plan))]
+    again = sh_join(argv)
+    t0 = time.monotonic()
+    own = None
+    if client is None:
+        from cpframe.execution.cluster import open_cluster
+
+        own = open_cluster(replace(settings, cluster_kind="local"))
+        client = own.client
+        echo(own.summary())
+    bad = None
+    try:
+        repo.close()
+        result = run_campaign(camp, resume=CampaignState.load(campaign_dir(camp)).exists, deploy_step=True,
+                              client=client, settings=settings, echo=echo, argv=argv,
+                              resume_hint=again)
+        timings["campaign"] = time.monotonic() - t0
+        if bad_selections:
+            t0 = time.monotonic()
+            bad = broken_campaign(repo_root, camp, bad_selections)
+            echo("")
+            echo(f"Now the {broken_band(bands)} flat again, "
+                 "with a saturated exposure added to its selections:")
+            echo(format_plan(bad))
+            bad_result = run_campaign(bad, resume=CampaignState.load(campaign_dir(bad)).exists, client=client,
+                                      settings=settings, echo=echo, argv=argv, resume_hint=again)
+            timings["broken campaign"] = time.monotonic() - t0
+    finally:
+        if own is not None:
+            own.close()
+    out = DemoResult(d, repo_root, result.report_index, result, result.deploy, timings_s=timings)
+    from cpframe.campaign.runner import _open_repo, _split_collections
+    from cpframe.campaign.deploy import deploy
+
+    r = _open_repo(camp.repo)
+    try:
+        out.verdicts = verification_verdicts(camp, r)
+        if out.deploy is None:
+            # deployed by an earlier run of the demo: show the self-check again (changes nothing)
+            out.deploy = deploy(r.registry, camp.instrument, camp.ticket_chain,
+                                raw_collection=camp.variables["RAW_COLLECTION"],
+                                calib_collections=_split_collections(camp.variables["CALIB_COLLECTIONS"]))
+        if bad is not None:
+            out.broken = BrokenInput(broken, bad_spec.exposure_id, broken_band(bands),
+                                     verification_verdicts(bad, r), bad_result.report_index)
+    finally:
+        r.close()
+    return out
+
+
+def _cli_options(opts: dict, default_bands: Sequence[str]) -> list[str]:
+    """The ``cpframe demo`` options that reproduce ``opts``.
+
+    >>> opts = {"scale": "mini", "detectors": [4], "bands": ["g"], "broken": None, "seed": 1}
+    >>> _cli_options(opts, ["g", "r"])
+    ['--detectors', '4', '--bands', 'g']
+    """
+    args = ["--full"] if opts["scale"] == "full" else []
+    if opts["detectors"] != sorted(DEFAULT_DETECTORS):
+        args += ["--detectors", ",".join(map(str, opts["detectors"]))]
+    if opts["bands"] and opts["bands"] != sorted(default_bands):
+        args += ["--bands", ",".join(opts["bands"])]
+    if opts["broken"]:
+        args += ["--broken", opts["broken"]]
+    return args
+
+
+def _simulate(specs: list, raw_dir: Path, opts: dict, workers: int,
+              echo: Callable[[str], None]) -> list[Path]:
+    """Simulate once; a finished simulation (marker file) is reused."""
+    from cpframe.camera.simulate import simulate
+
+    done = raw_dir / ".complete"
+    if done.exists():
+        files = sorted(p for p in raw_dir.rglob("*.fits"))
+        echo(f"simulation: reusing {len(files)} raw files in {raw_dir}")
+        return files
+    echo(f"simulating {len(specs)} exposures x {len(opts['detectors'])} detectors ({opts['scale']}) "
+         f"into {raw_dir} ...")
+    files = simulate(specs, raw_dir, DEMO_INSTRUMENT, scale=opts["scale"], seed=opts["seed"],
+                     detectors=opts["detectors"], workers=workers)
+    done.write_text(f"{len(files)} files\n")
+    return files
+
+
+def _prepare_repo(root: Path, camp: Any, files: list[Path], scale: str, echo: Callable[[str], None]):
+    """Create (or open) the repository, register the camera, ingest raws, write curated calibrations."""
+    from cpframe.repository.repo import Repository
+
+    repo = Repository.open(root) if (root / "cpframe-repo.yaml").exists() else Repository.create(root)
+    try:
+        repo.register_instrument(DEMO_INSTRUMENT, scale=scale)
+        n = _ingest(repo, files, camp.variables["RAW_COLLECTION"])
+        echo(f"ingest: {n} raw files in {camp.variables['RAW_COLLECTION']}")
+        curated = [c for c in camp.variables["CALIB_COLLECTIONS"].split(",") if c.strip()]
+        if curated:
+            _write_curated(repo, curated[0].strip(), scale, echo)
+    except BaseException:
+        repo.close()
+        raise
+    return repo
+
+
+def _ingest(repo: Any, files: list[Path], run: str) -> int:
+    """Ingest raws with the data area's ingest (adapter)."""
+    from cpframe.repository import ingest
+    report = ingest.ingest_raws(repo, files, run=run, transfer="symlink")
+    if report.failed:
+        raise CampaignError("ingest of the simulated raws failed:\n" + report.summary(max_lines=10))
+    return len(report.ingested) + len(report.skipped)
+
+
+def _write_curated(repo: Any, collection: str, scale: str, echo: Callable[[str], None]) -> None:
+    from cpframe.camera.curated import list_curated, write_curated_calibrations
+
+    if not list_curated(DEMO_INSTRUMENT):
+        return
+    rep = write_curated_calibrations(repo, DEMO_INSTRUMENT, collection, scale=scale)
+    echo(f"curated calibrations: {len(rep.written)} written, {len(rep.skipped)} already there, "
+         f"certified in {rep.collection} (the campaign reads them through CALIB_COLLECTIONS)")
+
+
+def _flatten_failures(failures: Any) -> list[str]:
+    """FAILURES of a summary (a list, or exposure/detector -> list) as flat strings.
+
+    >>> _flatten_failures({"2024112600027": ["R22_S11 C10 NOISE"], "x": []})
+    ['2024112600027: R22_S11 C10 NOISE']
+    """
+    if isinstance(failures, dict):
+        return [f"{k}: {f}" for k, fs in failures.items() for f in (fs if isinstance(fs, list) else [fs])]
+    return [str(f) for f in failures or []]
+
+
+def verification_verdicts(camp: Any, repo: Any) -> dict[str, tuple[bool, list[str]]]:
+    """Product -> (passed, failures), read from the ``verify<Type>Summary`` of each verify step.
+
+    The summary is looked up find-first through the step's output chain (its newest RUN).
+    A verify step without a summary counts as failed ("no summary").
+    """
+    from cpframe.campaign.runner import expected_outputs
+    from cpframe.verify.core import dataset_type_name
+    from cpframe.verify.results import read_summary
+
+    out: dict[str, tuple[bool, list[str]]] = {}
+    for s in camp.steps:
+        if s.kind != "submit" or not s.verifies:
+            continue
+        name = s.verifies + (f"-{s.band}" if s.band else "")
+        dtype = dataset_type_name(s.verifies, "Summary")
+        output = expected_outputs(camp, s)["output"] or s.gen_output
+        try:
+            refs = repo.registry.query_datasets(dtype, collections=[output], find_first=True)
+        except CpframeError:  # e.g. UnknownCollectionError: the step has not run
+            refs = []
+        if not refs:
+            out[name] = (False, [f"no {dtype} in {output}"])
+            continue
+        summary = read_summary(repo.get_path(refs[0]))
+        out[name] = (bool(summary.get("SUCCESS")), _flatten_failures(summary.get("FAILURES")))
+    return out

@@ -1,0 +1,221 @@
+"""Run a plan's graph on a ``distributed.Client`` and register its outputs into the RUN.
+
+* Every quantum is one Dask task (:func:`cpframe.execution.graph.build_graph`), retried up to
+  ``retries`` times when it raises (the submission's ``numberOfRetries``).  A worker that
+  is lost (killed, out of memory, walltime) has its tasks rescheduled by Dask.
+* Workers write outputs to scratch files; the **driver** registers them with
+  ``Repository.put_files(..., transfer="move")`` as each quantum finishes -- file and row
+  together, in one transaction per quantum.  Registration happens here, once per output:
+  a quantum recomputed after a lost worker writes the same scratch paths again, and an
+  output already registered is never registered twice.
+* A quantum that still fails after its retries does not stop the others: everything
+  that does not depend on it finishes and is registered.  The RUN therefore only ever
+  holds complete, registered outputs; :class:`ExecutionResult` says what is missing.
+
+The caller (``cpframe.execution.submit``) creates the RUN before and records provenance after.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+import traceback
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpframe.core.model import DataId, DatasetRef
+
+__all__ = ["ExecutionResult", "execute_plan", "scratch_dir_for"]
+
+log = logging.getLogger("cpframe.execution.execute")
+
+
+@dataclass
+class ExecutionResult:
+    """What a run produced and what it did not."""
+
+    run: str
+    """The RUN written into."""
+    registered: list[DatasetRef] = field(default_factory=list)
+    """Datasets registered by this run, in completion order."""
+    failures: dict[str, str] = field(default_factory=dict)
+    """Quantum key -> error text, for quanta that failed themselves (after retries)."""
+    not_run: list[str] = field(default_factory=list)
+    """Quanta not run because something they read failed."""
+    missing: list[tuple[str, DataId]] = field(default_factory=list)
+    """Planned outputs not registered."""
+    inputs_of: dict[str, list[DatasetRef]] = field(default_factory=dict)
+    """Registered dataset id -> raws and calibrations it was made from."""
+    compute_s: float = 0.0
+    """Seconds from submitting the graph to the last result."""
+    register_s: float = 0.0
+    """Seconds spent registering (included in ``compute_s``)."""
+    n_quanta: int = 0
+    """Quanta submitted."""
+    where: dict[str, int] = field(default_factory=dict)
+    """Host / Slurm job -> quanta it ran."""
+    interrupted: bool = False
+    """Stopped by Ctrl-C."""
+
+    @property
+    def ok(self) -> bool:
+        """True when every planned output was registered."""
+        return not self.missing and not self.failures and not self.interrupted
+
+    def counts(self) -> dict[str, int]:
+        """Registered datasets per dataset type."""
+        out: dict[str, int] = defaultdict(int)
+        for r in self.registered:
+            out[r.dataset_type] += 1
+        return dict(out)
+
+    def failure_report(self, limit: int = 10) -> str:
+        """The failed quanta with the last line of their error, then what is missing."""
+        lines = [f"{len(self.failures)} quantum/quanta failed after their retries:"]
+        for key, err in list(self.failures.items())[:limit]:
+            last = err.strip().splitlines()[-1] if err.strip() else "?"
+            lines.append(f"  - {key}: {last}")
+        if len(self.failures) > limit:
+            lines.append(f"  ... {len(self.failures) - limit} more (the submit log has every traceback)")
+        if self.not_run:
+            lines.append(f"{len(self.not_run)} quantum/quanta did not run because an input failed.")
+        miss: dict[str, int] = defaultdict(int)
+        for dt, _ in self.missing:
+            miss[dt] += 1
+        if miss:
+            lines.append("missing outputs: " + ", ".join(f"{n} {dt}" for dt, n in miss.items()))
+        return "\n".join(lines)
+
+
+def scratch_dir_for(repo: Any, plan: Any) -> Path:
+    """Scratch directory for a plan's worker outputs: inside the datastore, so moves are renames."""
+    name = (plan.run.replace("/", "_") + "-" + plan.token)[-150:]
+    return Path(repo.datastore_root) / ".cpframe-scratch" / name
+
+
+class _Bar:
+    """A rich progress bar on stderr (or nothing)."""
+
+    def __init__(self, total: int, enabled: bool, label: str):
+        self.progress = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=Console(file=sys.stderr), transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task(label, total=total)
+
+    def advance(self, description: str | None = None) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1, description=description)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch_dir: str | Path | None = None,
+                 progress: bool = False, keep_scratch: bool = False) -> ExecutionResult:
+    """Compute every quantum of ``plan`` on ``client`` and register the outputs into ``plan.run``.
+
+    Parameters
+    ----------
+    plan : cpframe.execution.graph.Plan
+    repo : cpframe.repository.repo.Repository
+        The RUN ``plan.run`` must exist and the plan's dataset types be registered.
+    client : distributed.Client
+    retries : int
+        Extra attempts of a quantum that raises.
+    scratch_dir : path, optional
+        Where workers write (default :func:`scratch_dir_for`); removed at the end unless
+        ``keep_scratch``.
+    progress : bool
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    ExecutionResult
+        Never raises for a failed quantum: the result lists failures and missing outputs.
+    """
+    from distributed import as_completed
+
+    from cpframe.execution.graph import build_graph
+
+    scratch = Path(scratch_dir) if scratch_dir is not None else scratch_dir_for(repo, plan)
+    scratch.mkdir(parents=True, exist_ok=True)
+    result = ExecutionResult(run=plan.run, n_quanta=len(plan.quanta))
+    planned = {(dt, did.key()): did for dt, did in plan.planned_outputs()}
+    done_outputs: set[tuple[str, str]] = set()
+    status: dict[str, str] = {}
+    bar = _Bar(len(plan.quanta), progress, f"{plan.pipeline.name}")
+    t0 = time.perf_counter()
+    futures = []
+    try:
+        graph = build_graph(plan, str(scratch), repo.get_path)
+        futures = client.compute(list(graph.values()), retries=int(retries), optimize_graph=False)
+        log.info("submitted %d quanta of %s to %s (retries %d)", len(futures), plan.pipeline.name,
+                 getattr(client, "dashboard_link", "?"), retries)
+        for fut in as_completed(futures):
+            key = str(fut.key)
+            if fut.status == "finished":
+                res = fut.result()
+                status[key] = "done"
+                result.where[res.where] = result.where.get(res.where, 0) + 1
+                items = [(p, dt, did) for p, dt, did in res.outputs
+                         if (dt, DataId(did).key()) in planned and (dt, DataId(did).key()) not in done_outputs]
+                if items:
+                    t1 = time.perf_counter()
+                    refs = repo.put_files(items, plan.run, transfer="move")
+                    result.register_s += time.perf_counter() - t1
+                    inputs = plan.inputs_of(key)  # walks the quantum's upstream: once, shared by its outputs
+                    for ref in refs:
+                        done_outputs.add((ref.dataset_type, DataId(ref.data_id).key()))
+                        result.registered.append(ref)
+                        result.inputs_of[ref.id] = inputs
+                        log.info("registered %s %s (%s) in %s", ref.dataset_type, ref.data_id, ref.id, plan.run)
+            else:
+                status[key] = "error"
+                try:
+                    exc = fut.exception()
+                    tb = "".join(traceback.format_exception(type(exc), exc, fut.traceback()))
+                except Exception as err:  # cancelled futures have no exception object
+                    tb = f"{fut.status}: {err}"
+                result.failures[key] = tb
+            bar.advance()
+            fut.release()
+    except KeyboardInterrupt:
+        result.interrupted = True
+        log.warning("interrupted: cancelling %d quanta", len(futures))
+        client.cancel(futures)
+    finally:
+        bar.stop()
+        result.compute_s = time.perf_counter() - t0
+        if not keep_scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+            _prune_empty(scratch.parent)
+    # a quantum whose inputs all succeeded failed by itself; the others failed because of them
+    own = {}
+    for key, err in result.failures.items():
+        ups = plan.quanta[key].upstream
+        if all(status.get(u) == "done" for u in ups):
+            own[key] = err
+            log.error("quantum %s failed after %d retries:\n%s", key, retries, err)
+        else:
+            result.not_run.append(key)
+    result.failures = own
+    result.missing = [(dt, did) for (dt, k), did in planned.items() if (dt, k) not in done_outputs]
+    return result
+
+
+def _prune_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass

@@ -1,0 +1,619 @@
+"""Pipeline definitions: ``pipelines/*.yaml`` -> validated :class:`PipelineSpec`.
+
+A pipeline lists its tasks.  Each task has a ``kind`` (what the science code
+does), a ``config`` (cp_pipe field names: ``doBias``, ``combine``, ``clip``...),
+its quantum ``dimensions``, the dataset types it reads from earlier tasks
+(``inputs``) and the one it writes (``output``).  The calibrations a task reads
+are *derived*: for ISR from the ``do*`` switches (spec dependencies.md §1, with
+the minimal closed set of §7: linearizer, CTI, crosstalk and BFK are optional),
+for other kinds from an explicit ``calibrations`` list.
+
+File format (see docs/submit.md for the full reference)::
+
+    name: cpBias
+    description: Combined bias from bias exposures.
+    datasetTypes:                    # intermediates this pipeline writes
+      cpBiasIsrExp: {dimensions: [exposure, detector], storageClass: fits-masked}
+    tasks:
+      cpBiasIsr:
+        kind: isr
+        dimensions: [exposure, detector]
+        inputs: [raw]
+        output: cpBiasIsrExp
+        config: {doApplyGains: true}
+      cpBiasCombine:
+        kind: combine
+        dimensions: [detector]
+        inputs: [cpBiasIsrExp]
+        output: bias
+        config: {calibrationType: bias, exposureScaling: Unity, mask: [DETECTED, INTRP]}
+
+Every problem in a file is reported at once in one :class:`~cpframe.core.errors.PipelineError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import yaml
+
+from cpframe.core.errors import PipelineError
+
+__all__ = [
+    "DatasetTypeSpec",
+    "PipelineSpec",
+    "TaskSpec",
+    "KINDS",
+    "MASK_PLANES",
+    "PRODUCT_TYPES",
+    "calibrations_for_isr",
+    "list_pipelines",
+    "load_pipeline",
+    "parse_pipeline",
+]
+
+#: Mask plane names (docs/architecture.md "Mask bits").
+MASK_PLANES = ("BAD", "SAT", "INTRP", "CR", "EDGE", "DETECTED", "DETECTED_NEGATIVE", "SUSPECT", "NO_DATA",
+               "UNMASKEDNAN", "VIGNETTED", "PARTLY_VIGNETTED")
+
+#: Dataset types known to every repository: name -> (dimensions without instrument, storage class).
+PRODUCT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
+    "raw": (("exposure", "detector"), "fits-raw"),
+    "biasBootstrap": (("detector",), "fits-masked"),
+    "darkBootstrap": (("detector",), "fits-masked"),
+    "flatBootstrap": (("detector", "physical_filter"), "fits-masked"),
+    "bias": (("detector",), "fits-masked"),
+    "dark": (("detector",), "fits-masked"),
+    "flat": (("detector", "physical_filter"), "fits-masked"),
+    "defects": (("detector",), "ecsv-defects"),
+    "manual_defects": (("detector",), "ecsv-defects"),
+    "ptc": (("detector",), "fits-ptc"),
+    # optional inputs only (cpframe does not build them; dependencies.md §7)
+    "linearizer": (("detector",), "external"),
+    "crosstalk": (("detector",), "external"),
+    "cti": (("detector",), "external"),
+    "bfk": (("detector",), "external"),
+}
+
+#: Calibration dataset types (looked up by validity range, not produced per exposure).
+CALIBRATION_TYPES = frozenset(PRODUCT_TYPES) - {"raw"}
+STORAGE_CLASSES = ("fits-masked", "json", "ecsv", "ecsv-defects", "fits-ptc")
+
+_DIM_ORDER = ("instrument", "exposure", "detector", "physical_filter")
+
+# kind -> allowed quantum dimension sets (without instrument)
+_KIND_DIMENSIONS: dict[str, tuple[frozenset, ...]] = {
+    "isr": (frozenset({"exposure", "detector"}),),
+    "darkCr": (frozenset({"exposure", "detector"}),),
+    "flatMeasure": (frozenset({"exposure", "detector"}),),
+    "flatNormalize": (frozenset({"physical_filter"}),),
+    "combine": (frozenset({"detector"}), frozenset({"detector", "physical_filter"})),
+    "defects": (frozenset({"detector"}),),
+    "ptcExtract": (frozenset({"exposure", "detector"}),),
+    "ptcSolve": (frozenset({"detector"}),),
+    "verifyStats": (frozenset({"exposure", "detector"}), frozenset({"detector"})),
+    "verifyMerge": (frozenset({"exposure"}), frozenset()),
+}
+KINDS = tuple(_KIND_DIMENSIONS)
+
+_ANY = object()
+
+
+def _enum(*values: str):
+    return ("enum", values)
+
+
+# kind -> config key -> (type, default).  Types: bool, int, float, str, "planes", "floats",
+# ("enum", values), "mapping".  Names are cp_pipe's; docs/submit.md maps them onto the science code.
+_ISR = {
+    "doBootstrap": (bool, False), "doOverscan": (bool, True),
+    "overscanFitType": (_enum("MEDIAN_PER_ROW", "MEAN_PER_ROW", "MEDIAN", "MEAN"), "MEDIAN_PER_ROW"),
+    "doParallelOverscan": (bool, True), "doAssembleCcd": (bool, True),
+    "integerDitherMode": (_enum("SYMMETRIC", "POSITIVE", "NEGATIVE", "NONE"), "SYMMETRIC"),
+    "doSaturation": (bool, False), "doSuspect": (bool, False),
+    "defaultSaturationSource": (_enum("PTCTURNOFF", "CAMERAMODEL", "NONE"), "PTCTURNOFF"),
+    "doApplyGains": (bool, False), "useGainsFrom": (_enum("PTC", "LINEARIZER"), "PTC"),
+    "doCorrectGains": (bool, False),
+    "doCrosstalk": (bool, False), "doQuadraticCrosstalkCorrection": (bool, False),
+    "doLinearize": (bool, False), "doDeferredCharge": (bool, False),
+    "doBias": (bool, False), "doDark": (bool, False), "doDefect": (bool, False), "doFlat": (bool, False),
+    "doBrighterFatter": (bool, False), "doNanMasking": (bool, True), "doVariance": (bool, True),
+    "doInterpolate": (bool, False), "doStandardStatistics": (bool, True), "doCalculateStatistics": (bool, False),
+}
+# cpframe's ISR (cpframe/science/isr.py) does not implement doDeferredCharge, doBrighterFatter, doInterpolate,
+# doCorrectGains, doCalculateStatistics: they are accepted here (so cp_pipe configurations read), the
+# shipped pipelines leave them off, and the planner turns them off with a note if a user sets them.
+_COMBINE = {
+    "calibrationType": (_enum("bias", "dark", "flat", "biasBootstrap", "darkBootstrap", "flatBootstrap"), _ANY),
+    "exposureScaling": (_enum("Unity", "ExposureTime", "DarkTime", "MeanStats", "InputList"), "Unity"),
+    "scalingLevel": (_enum("DETECTOR", "AMP"), "DETECTOR"),
+    "combine": (_enum("MEAN", "MEDIAN", "MEANCLIP"), "MEANCLIP"),
+    "clip": (float, 3.0), "nIter": (int, 3),
+    "mask": ("planes", ("SAT", "DETECTED", "INTRP")), "noGoodPixelsMask": ("plane", "BAD"),
+    "maxVisitsToCalcErrorFromInputVariance": (int, 5), "checkNoData": (bool, True),
+    "censorMaskPlanes": (bool, True), "distributionPercentiles": ("floats", (0, 5, 16, 50, 84, 95, 100)),
+    "flatSource": (_enum("DOME", "TWILIGHT", "PSEUDO", "SKY"), "DOME"),
+}
+_DEFECTS = {
+    "thresholdType": (_enum("VALUE", "STDEV"), "VALUE"),
+    "darkCurrentThreshold": (float, 3.0), "biasThreshold": (float, 1000.0), "fracThresholdFlat": (float, 0.9),
+    "nSigmaBright": (float, 4.8), "nSigmaDark": (float, -5.0),
+    "nPixBorderLeftRight": (int, 5), "nPixBorderUpDown": (int, 5), "edgesAsDefects": (bool, True),
+    "badOnAndOffPixelColumnThreshold": (int, 50), "goodPixelColumnGapThreshold": (int, 30),
+    "badPixelsToFillColumnThreshold": (int, 1000), "saturatedPixelsToFillColumnThreshold": (int, 20),
+    "saturatedColumnDilationRadius": (int, 2),
+    "combinationMode": (_enum("OR", "AND", "FRACTION"), "OR"), "combinationFraction": (float, 0.7),
+    "fitAmpGradient": (bool, False),
+}
+_KIND_CONFIG: dict[str, dict[str, tuple]] = {
+    "isr": _ISR,
+    "darkCr": {
+        "minSigma": (float, 6.0), "minDn": (float, 150.0), "cond3Fac": (float, 2.5), "crGrow": (int, 2),
+        "nCrPixelMax": (int, 10000),
+    },
+    "flatMeasure": {"clip": (float, 3.0), "nIter": (int, 3)},
+    "flatNormalize": {"level": (_enum("DETECTOR", "AMP"), "DETECTOR"), "scaleMaxIter": (int, 10)},
+    "combine": _COMBINE,
+    "defects": _DEFECTS,
+    # pairs are matched by exposure time (cp_pipe matchExposuresType=TIME), gain estimator FULL
+    "ptcExtract": {"nSigmaClipPtc": (float, 5.5), "nIterSigmaClipPtc": (int, 3), "numEdgeSuspect": (int, 20)},
+    "ptcSolve": {
+        "ptcFitType": (_enum("EXPAPPROXIMATION",), "EXPAPPROXIMATION"),
+        "minMeanSignal": (float, 0.0), "maxMeanSignal": (float, 1e6),
+        "maxSignalInitialPtcOutlierFit": (float, 50000.0), "scaleMaxSignalInitialPtcOutlierFit": (bool, True),
+        "maxIterationsPtcOutliers": (int, 2), "sigmaCutPtcOutliers": (float, 5.0),
+        "maxDeltaInitialPtcOutlierFit": (float, 9000.0),
+    },
+    "verifyStats": {
+        "stage": (_enum("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE"), _ANY),
+        # passed to cpframe.verify's VerifyConfig.from_mapping, which checks the names
+        "settings": ("mapping", {}),
+    },
+    "verifyMerge": {
+        "stage": (_enum("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE"), _ANY),
+    },
+}
+_TASK_KEYS = ("kind", "dimensions", "inputs", "output", "extraOutputs", "config", "calibrations",
+              "optionalCalibrations", "description")
+_TOP_KEYS = ("name", "description", "datasetTypes", "tasks", "verifies", "instrument")
+
+
+def calibrations_for_isr(config: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Calibrations an ISR task reads, from its switches (spec dependencies.md §1, §7).
+
+    Parameters
+    ----------
+    config : mapping
+        ISR config with every key present (defaults filled).
+
+    Returns
+    -------
+    required, optional : tuple of str
+        Dataset type names.  With ``doBootstrap`` the bias/dark/flat inputs are the
+        bootstrap products.  Linearizer, CTI, crosstalk and BFK are optional
+        (applied when found), except a linearizer used as the source of gains.
+
+    Examples
+    --------
+    >>> calibrations_for_isr({**{k: v[1] for k, v in _ISR.items()}, "doApplyGains": True})
+    (('ptc',), ())
+    >>> calibrations_for_isr({**{k: v[1] for k, v in _ISR.items()}, "doBootstrap": True, "doBias": True})
+    (('biasBootstrap',), ())
+    """
+    c = config
+    boot = bool(c["doBootstrap"])
+    gains_from_lin = bool(c["doApplyGains"]) and c["useGainsFrom"] == "LINEARIZER"
+    req: list[str] = []
+    opt: list[str] = []
+    if not boot and not gains_from_lin:
+        req.append("ptc")
+    if gains_from_lin:
+        req.append("linearizer")
+    elif c["doLinearize"]:
+        opt.append("linearizer")
+    for flag, name in (("doBias", "bias"), ("doDark", "dark"), ("doFlat", "flat")):
+        if c[flag]:
+            req.append(f"{name}Bootstrap" if boot else name)
+    if c["doDefect"]:
+        req.append("defects")
+    for flag, name in (("doCrosstalk", "crosstalk"), ("doDeferredCharge", "cti"), ("doBrighterFatter", "bfk")):
+        if c[flag]:
+            opt.append(name)
+    return tuple(req), tuple(opt)
+
+
+@dataclass(frozen=True)
+class DatasetTypeSpec:
+    """A dataset type a pipeline writes or reads."""
+
+    name: str
+    """Dataset type name."""
+    dimensions: tuple[str, ...]
+    """Dimensions, ``instrument`` first."""
+    storage_class: str
+    """File format (docs/architecture.md)."""
+    is_calibration: bool = False
+    """Found by validity range in CALIBRATION collections."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a pipeline."""
+
+    label: str
+    """Unique label (``cpBiasIsr``); cluster sections of templates name these."""
+    kind: str
+    """What it does: one of :data:`KINDS`."""
+    dimensions: tuple[str, ...]
+    """Quantum dimensions, ``instrument`` first: one quantum per distinct value."""
+    inputs: tuple[str, ...]
+    """Dataset types read from ``raw`` or earlier tasks of this pipeline."""
+    output: str
+    """Dataset type written (one per quantum)."""
+    config: Mapping[str, Any]
+    """Complete configuration (defaults filled in), read-only."""
+    calibrations: tuple[str, ...] = ()
+    """Calibration dataset types that must be found for every quantum."""
+    optional_calibrations: tuple[str, ...] = ()
+    """Calibration dataset types applied when found, skipped otherwise."""
+    description: str = ""
+    """Free text."""
+    extra_outputs: tuple[str, ...] = ()
+    """Further dataset types written by the same quantum (e.g. a run summary next to the results table)."""
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """``output`` followed by ``extra_outputs``."""
+        return (self.output, *self.extra_outputs)
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A validated pipeline definition."""
+
+    name: str
+    """Pipeline name (``cpBias``)."""
+    path: str
+    """File it was read from."""
+    tasks: tuple[TaskSpec, ...]
+    """Tasks in an order where every input is written before it is read."""
+    dataset_types: Mapping[str, DatasetTypeSpec]
+    """Every dataset type read or written, by name."""
+    description: str = ""
+    """Free text."""
+    verifies: str | None = None
+    """For verification pipelines: the calibration under test (must be found first)."""
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Task labels in run order."""
+        return tuple(t.label for t in self.tasks)
+
+    def task(self, label: str) -> TaskSpec:
+        """The task called ``label``; PipelineError names the known labels."""
+        for t in self.tasks:
+            if t.label == label:
+                return t
+        raise PipelineError(f"pipeline {self.name} has no task {label!r}; its tasks are {', '.join(self.labels)}.")
+
+    @property
+    def calibrations(self) -> tuple[str, ...]:
+        """Required calibration types over all tasks, sorted."""
+        return tuple(sorted({c for t in self.tasks for c in t.calibrations}))
+
+    @property
+    def optional_calibrations(self) -> tuple[str, ...]:
+        """Optional calibration types over all tasks, sorted."""
+        return tuple(sorted({c for t in self.tasks for c in t.optional_calibrations} - set(self.calibrations)))
+
+    @property
+    def products(self) -> tuple[str, ...]:
+        """Outputs no task of this pipeline reads (what the pipeline is for)."""
+        read = {i for t in self.tasks for i in t.inputs}
+        return tuple(o for t in self.tasks for o in t.outputs if o not in read)
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _dims(value: Any, where: str, problems: list[str]) -> tuple[str, ...] | None:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        problems.append(f"{where}.dimensions must be a list such as [exposure, detector], got {value!r}")
+        return None
+    bad = [d for d in value if d not in _DIM_ORDER]
+    if bad:
+        problems.append(f"{where}.dimensions has unknown {', '.join(map(repr, bad))}; use {', '.join(_DIM_ORDER)}")
+        return None
+    return tuple(d for d in _DIM_ORDER if d in set(value) | {"instrument"})
+
+
+def _check_value(kind: Any, value: Any, where: str, problems: list[str]) -> Any:
+    typ = kind
+    if typ is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{where} must be true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{where} must be a whole number, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{where} must be a number, got {value!r}")
+            return value
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            problems.append(f"{where} must be text, got {value!r}")
+        return value
+    if typ == "mapping":
+        if not isinstance(value, Mapping):
+            problems.append(f"{where} must be a mapping, got {value!r}")
+            return {}
+        return MappingProxyType(dict(value))
+    if typ in ("planes", "plane"):
+        items = [value] if typ == "plane" else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+            problems.append(f"{where} must be {'a mask plane name' if typ == 'plane' else 'a list of mask planes'},"
+                            f" got {value!r}")
+            return value
+        bad = [v for v in items if v not in MASK_PLANES]
+        if bad:
+            problems.append(f"{where} has unknown mask plane {', '.join(map(repr, bad))}; "
+                            f"known: {', '.join(MASK_PLANES)}")
+        return value if typ == "plane" else tuple(value)
+    if typ == "floats":
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            problems.append(f"{where} must be a list of numbers, got {value!r}")
+            return value
+        return tuple(float(v) for v in value)
+    if isinstance(typ, tuple) and typ[0] == "enum":
+        if value not in typ[1]:
+            problems.append(f"{where} must be one of {', '.join(typ[1])}, got {value!r}"
+                            + (_suggest(value, typ[1]) if isinstance(value, str) else ""))
+        return value
+    raise AssertionError(typ)  # pragma: no cover - table error
+
+
+def _task(label: str, sec: Any, problems: list[str]) -> dict | None:
+    where = f"tasks.{label}"
+    if not isinstance(sec, Mapping):
+        problems.append(f"{where} must be a mapping with kind, dimensions, inputs, output, config; got {sec!r}")
+        return None
+    for key in sec:
+        if key not in _TASK_KEYS:
+            problems.append(f"{where}: unknown key {key!r}{_suggest(str(key), _TASK_KEYS)}; "
+                            f"allowed: {', '.join(_TASK_KEYS)}")
+    kind = sec.get("kind")
+    if kind not in _KIND_CONFIG:
+        problems.append(f"{where}: unknown task kind {kind!r}{_suggest(str(kind), KINDS)}; "
+                        f"known kinds: {', '.join(KINDS)}")
+        return None
+    dims = _dims(sec.get("dimensions"), where, problems)
+    if dims is not None and frozenset(dims) - {"instrument"} not in _KIND_DIMENSIONS[kind]:
+        allowed = " or ".join("[" + ", ".join(d for d in _DIM_ORDER if d in s) + "]"
+                              for s in _KIND_DIMENSIONS[kind])
+        problems.append(f"{where}: a {kind} task runs per {allowed}, not {list(dims)}")
+    inputs = sec.get("inputs", [])
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+        problems.append(f"{where}.inputs must be a list of dataset type names, got {inputs!r}")
+        inputs = []
+    output = sec.get("output")
+    if not isinstance(output, str) or not output:
+        problems.append(f"{where}.output must name the dataset type it writes, got {output!r}")
+        output = None
+    extra = sec.get("extraOutputs", [])
+    if not isinstance(extra, list) or not all(isinstance(e, str) and e for e in extra):
+        problems.append(f"{where}.extraOutputs must be a list of dataset type names, got {extra!r}")
+        extra = []
+    raw_cfg = sec.get("config") or {}
+    if not isinstance(raw_cfg, Mapping):
+        problems.append(f"{where}.config must be a mapping, got {raw_cfg!r}")
+        raw_cfg = {}
+    table = _KIND_CONFIG[kind]
+    cfg: dict[str, Any] = {}
+    for key, value in raw_cfg.items():
+        if key not in table:
+            problems.append(f"{where}.config: unknown key {key!r} for a {kind} task{_suggest(str(key), table)}")
+            continue
+        cfg[key] = _check_value(table[key][0], value, f"{where}.config.{key}", problems)
+    for key, (_, default) in table.items():
+        if key not in cfg:
+            if default is _ANY:
+                problems.append(f"{where}.config.{key} is required for a {kind} task")
+            else:
+                cfg[key] = default
+    calibs = sec.get("calibrations", [])
+    opt = sec.get("optionalCalibrations", [])
+    for name, lst in (("calibrations", calibs), ("optionalCalibrations", opt)):
+        if not isinstance(lst, list) or not all(isinstance(c, str) for c in lst):
+            problems.append(f"{where}.{name} must be a list of calibration types, got {lst!r}")
+        else:
+            bad = [c for c in lst if c not in CALIBRATION_TYPES]
+            if bad:
+                problems.append(f"{where}.{name} has unknown calibration type {', '.join(map(repr, bad))}; "
+                                f"known: {', '.join(sorted(CALIBRATION_TYPES))}")
+    if kind == "isr":
+        if "calibrations" in sec or "optionalCalibrations" in sec:
+            problems.append(f"{where}: an isr task's calibrations follow from its do* switches "
+                            "(doBias, doDark, doFlat, doDefect, doBootstrap, ...); remove the list")
+        if all(k in cfg for k in _ISR):
+            calibs, opt = calibrations_for_isr(cfg)
+        else:  # pragma: no cover - only with table errors
+            calibs, opt = (), ()
+        if dims is not None and list(inputs) != ["raw"]:
+            problems.append(f"{where}.inputs: an isr task reads raw only, got {inputs!r}")
+    return {"label": label, "kind": kind, "dimensions": dims or (), "inputs": tuple(inputs), "output": output,
+            "config": MappingProxyType(cfg), "calibrations": tuple(calibs if isinstance(calibs, list | tuple) else ()),
+            "optional_calibrations": tuple(opt if isinstance(opt, list | tuple) else ()),
+            "description": str(sec.get("description", "")), "extra_outputs": tuple(extra)}
+
+
+def _matchable(task_dims: tuple[str, ...], input_dims: tuple[str, ...]) -> bool:
+    """A quantum gathers inputs with more dimensions, or broadcasts inputs with fewer.
+
+    ``exposure`` implies ``physical_filter`` (an exposure is taken through one filter).
+    """
+    def closure(d):
+        return set(d) | {"instrument"} | ({"physical_filter"} if "exposure" in d else set())
+
+    t, i = closure(task_dims), closure(input_dims)
+    return t <= i or i <= t
+
+
+def parse_pipeline(data: Any, path: str = "<pipeline>") -> PipelineSpec:
+    """Validate a loaded pipeline mapping.
+
+    Parameters
+    ----------
+    data : Any
+        The YAML document.
+    path : str
+        Named in messages.
+
+    Returns
+    -------
+    PipelineSpec
+
+    Raises
+    ------
+    PipelineError
+        Every problem at once: unknown task kind or config key (with a suggestion),
+        wrong value types, dimensions a kind cannot run on, an input no earlier task
+        writes, an output type not declared, dimension mismatches, cycles.
+    """
+    problems: list[str] = []
+    if not isinstance(data, Mapping):
+        raise PipelineError(f"{path}: a pipeline must be a YAML mapping with name and tasks, got {data!r}.")
+    for key in data:
+        if key not in _TOP_KEYS:
+            problems.append(f"unknown top-level key {key!r}{_suggest(str(key), _TOP_KEYS)}; "
+                            f"allowed: {', '.join(_TOP_KEYS)}")
+    name = data.get("name") or Path(path).stem
+    types: dict[str, DatasetTypeSpec] = {
+        n: DatasetTypeSpec(n, ("instrument", *d), s, n in CALIBRATION_TYPES) for n, (d, s) in PRODUCT_TYPES.items()
+    }
+    declared = data.get("datasetTypes") or {}
+    if not isinstance(declared, Mapping):
+        problems.append(f"datasetTypes must be a mapping name -> {{dimensions, storageClass}}, got {declared!r}")
+        declared = {}
+    for tname, sec in declared.items():
+        where = f"datasetTypes.{tname}"
+        if tname in PRODUCT_TYPES:
+            problems.append(f"{where}: {tname} is a standard dataset type; do not redeclare it")
+            continue
+        if not isinstance(sec, Mapping):
+            problems.append(f"{where} must be a mapping with dimensions and storageClass, got {sec!r}")
+            continue
+        dims = _dims(sec.get("dimensions"), where, problems)
+        sc = sec.get("storageClass")
+        if sc not in STORAGE_CLASSES:
+            problems.append(f"{where}.storageClass must be one of {', '.join(STORAGE_CLASSES)}, got {sc!r}")
+        if dims is not None:
+            types[str(tname)] = DatasetTypeSpec(str(tname), dims, str(sc))
+
+    tasks_sec = data.get("tasks")
+    if not isinstance(tasks_sec, Mapping) or not tasks_sec:
+        problems.append(f"tasks must be a non-empty mapping label -> task, got {tasks_sec!r}")
+        tasks_sec = {}
+    parsed = [t for t in (_task(str(label), sec, problems) for label, sec in tasks_sec.items()) if t]
+
+    writers: dict[str, str] = {}
+    for t in parsed:
+        for out in (t["output"], *t["extra_outputs"]):
+            if out is None:
+                continue
+            if out in writers:
+                problems.append(f"tasks.{t['label']}: output {out!r} is also written by {writers[out]}")
+            writers[out] = t["label"]
+            if out not in types:
+                problems.append(f"tasks.{t['label']}.output {out!r} is not declared; add it under datasetTypes "
+                                "with its dimensions and storageClass")
+            elif out == "raw":
+                problems.append(f"tasks.{t['label']}.output cannot be raw")
+            elif t["dimensions"] and types[out].dimensions != t["dimensions"]:
+                problems.append(f"tasks.{t['label']}.output {out!r} has dimensions {list(types[out].dimensions)} "
+                                f"but the task runs per {list(t['dimensions'])}")
+    for t in parsed:
+        for i in t["inputs"]:
+            if i != "raw" and i not in writers:
+                problems.append(f"tasks.{t['label']}.inputs: {i!r} is not written by any task of this pipeline "
+                                f"(calibrations go under calibrations, not inputs)")
+            elif i in types and t["dimensions"] and not _matchable(t["dimensions"], types[i].dimensions):
+                problems.append(f"tasks.{t['label']}.inputs: {i!r} ({list(types[i].dimensions)}) cannot be "
+                                f"matched to quanta per {list(t['dimensions'])}")
+    verifies = data.get("verifies")
+    if verifies is not None and verifies not in CALIBRATION_TYPES:
+        problems.append(f"verifies must name a calibration type, got {verifies!r}")
+
+    # run order (inputs first); a cycle leaves tasks unplaced
+    order: list[dict] = []
+    done = {"raw"}
+    pending = list(parsed)
+    while pending:
+        ready = [t for t in pending if all(i in done or i not in writers for i in t["inputs"])]
+        if not ready:
+            problems.append("tasks form a cycle through their inputs: " + ", ".join(t["label"] for t in pending))
+            break
+        for t in ready:
+            order.append(t)
+            done.update((t["output"], *t["extra_outputs"]))
+            pending.remove(t)
+    if problems:
+        items = "\n".join(f"  - {p}" for p in problems)
+        raise PipelineError(f"{path}: pipeline {name} has {len(problems)} problem"
+                            f"{'s' if len(problems) > 1 else ''}:\n{items}")
+    return PipelineSpec(name=str(name), path=path, tasks=tuple(TaskSpec(**t) for t in order),
+                        dataset_types=MappingProxyType(types), description=str(data.get("description", "")),
+                        verifies=verifies)
+
+
+def load_pipeline(path: str | os.PathLike) -> PipelineSpec:
+    """Read and validate ``pipelines/<name>.yaml``.
+
+    ``path`` may be a file, or a bare name (``cpBias``) looked up in ``$CPFRAME_PIPELINES``
+    or the project's ``pipelines/``.
+
+    Raises
+    ------
+    PipelineError
+        File missing (lists the available pipelines), bad YAML, or invalid content.
+    """
+    p = Path(path)
+    base = Path(os.environ.get("CPFRAME_PIPELINES") or _default_dir())
+    if not p.is_file() and str(p) == p.name:
+        cand = base / (p.name if p.suffix == ".yaml" else f"{p.name}.yaml")
+        if cand.is_file():
+            p = cand
+    if not p.is_file():
+        raise PipelineError(f"pipeline file {str(path)!r} not found. Available pipelines: "
+                            f"{', '.join(list_pipelines(base)) or '(none)'} (in {base}).")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise PipelineError(f"{p}: not valid YAML: {err}") from None
+    return parse_pipeline(data, str(p))
+
+
+def _default_dir() -> Path:
+    from cpframe.execution.templates import default_pipelines_dir
+
+    return default_pipelines_dir()
+
+
+def list_pipelines(directory: str | os.PathLike | None = None) -> list[str]:
+    """Names of the pipeline files in ``directory`` (default: the project's pipelines/)."""
+    d = Path(directory) if directory else _default_dir()
+    return sorted(p.stem for p in d.glob("*.yaml"))

@@ -1,0 +1,399 @@
+"""A rendered submission (plain dict) -> validated, frozen :class:`Submission`.
+
+No I/O: this module only checks values.  Every problem is collected and one
+:class:`~cpframe.core.errors.SubmissionError` lists them all.  Keys follow spec
+templates.md §1.1; a key is looked for in ``payload`` first, then at the root
+(command-line values were already applied by :mod:`cpframe.execution.templates`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from cpframe.core.config import parse_bytes
+from cpframe.core.errors import ConfigError, SubmissionError
+from cpframe.repository.names import collection_name_problem
+
+__all__ = [
+    "ClusterSpec",
+    "Submission",
+    "TaskResources",
+    "COMPUTE_SITES",
+    "QUANTUM_DIMENSIONS",
+    "REQUIRED_KEYS",
+    "check_against_pipeline",
+    "validate_submission",
+]
+
+#: Keys every submission needs (``pipelineYaml`` at the root, the others under ``payload``).
+REQUIRED_KEYS = ("pipelineYaml", "payload.payloadName", "payload.butlerConfig", "payload.inCollection",
+                 "payload.dataQuery")
+#: Accepted ``computeSite`` values.
+COMPUTE_SITES = ("local", "slurm")
+#: Dimensions a cluster (or a task's quanta) may be grouped by.
+QUANTUM_DIMENSIONS = ("instrument", "exposure", "detector", "physical_filter", "band", "day_obs", "visit")
+
+MSG_INVALID = "{source}: the submission has {n} problem{s}:\n{items}\nFix the template (or pass --var) and retry."
+DEFAULT_REQUEST_MEMORY_MIB = 2048
+DEFAULT_REQUEST_CPUS = 1
+_UNRESOLVED = re.compile(r"\$\{?[A-Za-z_]\w*\}?|\{[A-Za-z_]\w*(:[^{}]*)?\}")
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """One ``cluster.<label>`` section: task labels run together, one job per dimension value."""
+
+    label: str
+    """The cluster's name (``cpBiasIsrByExposure``)."""
+    pipetasks: tuple[str, ...]
+    """Task labels grouped in the cluster, in the order given."""
+    dimensions: tuple[str, ...]
+    """One job per distinct value of these dimensions (``exposure``)."""
+    equal_dimensions: tuple[tuple[str, str], ...] = ()
+    """``dimA:dimB`` pairs treated as equal."""
+    request_memory_mib: int | None = None
+    """Memory per job, MiB (None: the larger of the member tasks', else the global)."""
+    request_cpus: int | None = None
+    """Cores per job (None: as for memory)."""
+
+
+@dataclass(frozen=True)
+class TaskResources:
+    """``pipetask.<label>`` overrides."""
+
+    label: str
+    """Task label."""
+    request_memory_mib: int | None = None
+    """Memory per quantum, MiB."""
+    request_cpus: int | None = None
+    """Cores per quantum."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated submission: what to run, on which data, into which collections."""
+
+    pipeline_yaml: str
+    """Path of the pipeline definition (``pipelines/cpBias.yaml``)."""
+    payload_name: str
+    """``payload.payloadName``."""
+    butler_config: str
+    """Repository root or config (``-b``)."""
+    in_collections: tuple[str, ...]
+    """Input collections, searched in order; empty items (an empty variable) dropped."""
+    data_query: str
+    """Selection of the exposures (a ``where`` expression)."""
+    output: str
+    """The CHAINED output collection."""
+    output_run: str
+    """The RUN collection the datasets are written into."""
+    compute_site: str | None = None
+    """``local`` or ``slurm``; None: the settings decide."""
+    site_file: str | None = None
+    """Slurm site file (``site.<computeSite>.siteFile`` or ``siteFile``); None: the settings decide."""
+    request_memory_mib: int = DEFAULT_REQUEST_MEMORY_MIB
+    """Memory per job, MiB (``requestMemory``)."""
+    request_cpus: int = DEFAULT_REQUEST_CPUS
+    """Cores per job (``requestCpus``)."""
+    number_of_retries: int | None = None
+    """Retries of a failed task (``numberOfRetries``); None: the settings decide."""
+    clusters: tuple[ClusterSpec, ...] = ()
+    """``cluster.<label>`` sections."""
+    pipetasks: tuple[TaskResources, ...] = ()
+    """``pipetask.<label>`` resource overrides."""
+    project: str = ""
+    """Free label (``project``)."""
+    campaign: str = ""
+    """Free label (``campaign``)."""
+    operator: str = ""
+    """Who submitted."""
+    timestamp: str = ""
+    """UTC ``YYYYMMDDTHHMMSSZ`` of the rendering."""
+    submit_path: str = ""
+    """Directory for submit-side files (``submitPath``)."""
+    uniq_proc_name: str = ""
+    """File-name stem (``outputRun`` with ``/`` -> ``_``)."""
+    extra_qgraph_options: str = ""
+    """``extraQgraphOptions`` text (``--config label:field=value`` pairs are honoured by the planner)."""
+    environment: tuple[tuple[str, str], ...] = ()
+    """``environment`` section: variables set for every job."""
+    config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """The whole rendered dict (for provenance)."""
+
+    def cluster_for(self, task_label: str) -> ClusterSpec | None:
+        """The cluster that contains ``task_label``, if any."""
+        for c in self.clusters:
+            if task_label in c.pipetasks:
+                return c
+        return None
+
+
+def _get(config: Mapping[str, Any], key: str) -> Any:
+    payload = config.get("payload")
+    if isinstance(payload, Mapping) and key in payload:
+        return payload[key]
+    return config.get(key)
+
+
+def _split(value: Any) -> list[str] | None:
+    """Comma-separated text or a list of text -> stripped items; None if neither."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",")]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return [v.strip() for v in value]
+    return None
+
+
+def _int(value: Any, key: str, problems: list[str], minimum: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str)
+                                                                 and value.strip().isdigit())):
+        problems.append(f"{key} must be a whole number >= {minimum}, got {value!r}")
+        return None
+    n = int(value)
+    if n < minimum:
+        problems.append(f"{key} must be >= {minimum}, got {n}")
+        return None
+    return n
+
+
+def _memory_mib(value: Any, key: str, problems: list[str]) -> int | None:
+    """MiB as an int (BPS) or text with a unit ("4 GiB")."""
+    if value is None:
+        return None
+    if isinstance(value, str) and not value.strip().isdigit():
+        try:
+            n = -(-parse_bytes(value, key) // 2**20)
+        except ConfigError:
+            problems.append(f"{key} must be MiB (e.g. 2048) or text with a unit (e.g. '4 GiB'), got {value!r}")
+            return None
+        if n < 1:
+            problems.append(f"{key} must be at least 1 MiB, got {value!r}")
+            return None
+        return n
+    return _int(value, f"{key} (MiB)", problems, 1)
+
+
+def _text(config: Mapping[str, Any], key: str, label: str, problems: list[str], required: bool) -> str:
+    value = _get(config, key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            problems.append(f"{label} is missing or empty (required)")
+        return ""
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        problems.append(f"{label} must be text, got {type(value).__name__} {value!r}")
+        return ""
+    value = str(value).strip()
+    if required and _UNRESOLVED.search(value):
+        problems.append(f"{label} still holds an unresolved placeholder: {value!r}")
+    return value
+
+
+def _collection(name: str, label: str, problems: list[str]) -> None:
+    problem = collection_name_problem(name)
+    if problem:
+        problems.append(f"{label} {name!r} is not a valid collection name: it {problem}")
+
+
+def _resources(sec: Mapping[str, Any], where: str, problems: list[str]) -> tuple[int | None, int | None]:
+    return (_memory_mib(sec.get("requestMemory"), f"{where}.requestMemory", problems),
+            _int(sec.get("requestCpus"), f"{where}.requestCpus", problems, 1))
+
+
+def _clusters(value: Any, problems: list[str]) -> tuple[ClusterSpec, ...]:
+    if value in (None, {}):
+        return ()
+    if not isinstance(value, Mapping):
+        problems.append(f"cluster must be a mapping of label -> {{pipetasks, dimensions}}, got {value!r}")
+        return ()
+    out, seen_tasks = [], {}
+    for label, sec in value.items():
+        where = f"cluster.{label}"
+        if not isinstance(sec, Mapping):
+            problems.append(f"{where} must be a mapping with pipetasks and dimensions, got {sec!r}")
+            continue
+        tasks = _split(sec.get("pipetasks"))
+        if not tasks or not all(tasks):
+            problems.append(f"{where}.pipetasks must list task labels (e.g. 'cpBiasIsr'), "
+                            f"got {sec.get('pipetasks')!r}")
+            tasks = []
+        for t in tasks:
+            if t in seen_tasks:
+                problems.append(f"task {t!r} is in two clusters: {seen_tasks[t]} and {label}")
+            seen_tasks[t] = label
+        dims = _split(sec.get("dimensions"))
+        if dims is None or not all(dims):
+            problems.append(f"{where}.dimensions must name dimensions (e.g. 'exposure' or "
+                            f"'detector,physical_filter'), got {sec.get('dimensions')!r}")
+            dims = []
+        bad = [d for d in dims if d not in QUANTUM_DIMENSIONS]
+        if bad:
+            problems.append(f"{where}.dimensions has unknown {', '.join(map(repr, bad))}; "
+                            f"use {', '.join(QUANTUM_DIMENSIONS)}")
+        pairs = []
+        for item in _split(sec.get("equalDimensions")) or []:
+            a, sep, b = item.partition(":")
+            if not sep or not a or not b:
+                problems.append(f"{where}.equalDimensions item {item!r} must be 'dimA:dimB'")
+            else:
+                pairs.append((a, b))
+        # partitionDimensions/partitionMaxClusters/partitionMaxSize are accepted and ignored:
+        # Dask schedules each quantum on its own, so there is nothing to partition.
+        mem, cpus = _resources(sec, where, problems)
+        out.append(ClusterSpec(str(label), tuple(tasks), tuple(dims), tuple(pairs), mem, cpus))
+    return tuple(out)
+
+
+def _pipetasks(value: Any, problems: list[str]) -> tuple[TaskResources, ...]:
+    if value in (None, {}):
+        return ()
+    if not isinstance(value, Mapping):
+        problems.append(f"pipetask must be a mapping of task label -> settings, got {value!r}")
+        return ()
+    out = []
+    for label, sec in value.items():
+        if not isinstance(sec, Mapping):
+            problems.append(f"pipetask.{label} must be a mapping (requestMemory, requestCpus), got {sec!r}")
+            continue
+        mem, cpus = _resources(sec, f"pipetask.{label}", problems)
+        out.append(TaskResources(str(label), mem, cpus))
+    return tuple(out)
+
+
+def validate_submission(config: Mapping[str, Any], source: str = "submission") -> Submission:
+    """Check a rendered submission and build a :class:`Submission`.
+
+    Parameters
+    ----------
+    config : mapping
+        The plain dict from :func:`cpframe.execution.templates.render_template`.
+    source : str
+        Named in the message (usually the template path).
+
+    Returns
+    -------
+    Submission
+
+    Raises
+    ------
+    SubmissionError
+        Lists every problem at once: missing required keys, wrong types
+        (``requestMemory`` MiB, ``requestCpus``, ``numberOfRetries``, cluster
+        sections), an unknown ``computeSite``, invalid collection names.
+    """
+    problems: list[str] = []
+    if not isinstance(config, Mapping):
+        raise SubmissionError(f"{source}: a submission must be a mapping of keys, got {type(config).__name__}.")
+    payload = config.get("payload")
+    if not isinstance(payload, Mapping):
+        problems.append(f"payload must be a mapping (payloadName, butlerConfig, inCollection, dataQuery, "
+                        f"...), got {payload!r}")
+    pipeline_yaml = _text(config, "pipelineYaml", "pipelineYaml", problems, True)
+    if "qgraphFile" in config:
+        problems.append("qgraphFile (a pre-built graph) is not supported; give pipelineYaml")
+    payload_name = _text(config, "payloadName", "payload.payloadName", problems, True)
+    butler = _text(config, "butlerConfig", "payload.butlerConfig", problems, True)
+    query = _text(config, "dataQuery", "payload.dataQuery", problems, True)
+    output = _text(config, "output", "payload.output", problems, True)
+    output_run = _text(config, "outputRun", "payload.outputRun", problems, True)
+
+    raw_in = _get(config, "inCollection")
+    inputs = _split(raw_in)
+    if raw_in is None or (isinstance(raw_in, str) and not raw_in.strip()):
+        problems.append("payload.inCollection is missing or empty (required)")
+        inputs = []
+    elif inputs is None:
+        problems.append(f"payload.inCollection must be comma-separated text or a list, got {raw_in!r}")
+        inputs = []
+    inputs = [c for c in inputs if c]  # an empty ${CALIB_COLLECTIONS} leaves a trailing comma
+    for c in inputs:
+        _collection(c, "payload.inCollection item", problems)
+    if len(set(inputs)) != len(inputs):
+        dup = sorted({c for c in inputs if inputs.count(c) > 1})
+        problems.append(f"payload.inCollection lists {', '.join(dup)} more than once")
+    if output:
+        _collection(output, "payload.output", problems)
+    if output_run:
+        _collection(output_run, "payload.outputRun", problems)
+    if output and output in inputs:
+        problems.append(f"payload.output {output!r} is also an input collection")
+
+    site = config.get("computeSite")
+    if site is not None and site not in COMPUTE_SITES:
+        problems.append(f"computeSite must be one of {', '.join(COMPUTE_SITES)}, got {site!r}")
+    site_file = None
+    site_sec = config.get("site")
+    if isinstance(site_sec, Mapping) and isinstance(site_sec.get(site), Mapping):
+        site_file = site_sec[site].get("siteFile")
+    site_file = site_file or config.get("siteFile")
+    if site_file is not None and not isinstance(site_file, str):
+        problems.append(f"siteFile must be a path, got {site_file!r}")
+
+    mem = _memory_mib(config.get("requestMemory"), "requestMemory", problems)
+    cpus = _int(config.get("requestCpus"), "requestCpus", problems, 1)
+    retries = _int(config.get("numberOfRetries"), "numberOfRetries", problems, 0)
+    clusters = _clusters(config.get("cluster"), problems)
+    pipetasks = _pipetasks(config.get("pipetask"), problems)
+
+    env = config.get("environment") or {}
+    if not isinstance(env, Mapping):
+        problems.append(f"environment must be a mapping NAME: value, got {env!r}")
+        env = {}
+    extra = config.get("extraQgraphOptions") or ""
+    if not isinstance(extra, str):
+        problems.append(f"extraQgraphOptions must be text, got {extra!r}")
+        extra = ""
+
+    if problems:
+        items = "\n".join(f"  - {p}" for p in problems)
+        raise SubmissionError(MSG_INVALID.format(source=source, n=len(problems),
+                                                 s="s" if len(problems) > 1 else "", items=items))
+
+    def s(key: str) -> str:
+        v = config.get(key)
+        return "" if v is None else str(v)
+
+    return Submission(
+        pipeline_yaml=pipeline_yaml, payload_name=payload_name, butler_config=butler,
+        in_collections=tuple(inputs), data_query=query, output=output, output_run=output_run,
+        compute_site=site, site_file=site_file,
+        request_memory_mib=mem if mem is not None else DEFAULT_REQUEST_MEMORY_MIB,
+        request_cpus=cpus if cpus is not None else DEFAULT_REQUEST_CPUS,
+        number_of_retries=retries, clusters=clusters, pipetasks=pipetasks,
+        project=s("project"), campaign=s("campaign"), operator=s("operator"), timestamp=s("timestamp"),
+        submit_path=s("submitPath"), uniq_proc_name=s("uniqProcName"), extra_qgraph_options=extra,
+        environment=tuple((str(k), str(v)) for k, v in env.items()), config=dict(config),
+    )
+
+
+def check_against_pipeline(submission: Submission, pipeline: Any) -> None:
+    """Check that cluster and pipetask labels name tasks of the pipeline.
+
+    Parameters
+    ----------
+    submission : Submission
+    pipeline : cpframe.execution.pipeline.PipelineSpec
+        Anything with ``name`` and ``labels`` (tuple of task labels).
+
+    Raises
+    ------
+    SubmissionError
+        Every unknown label at once, with the pipeline's labels.
+    """
+    labels = set(pipeline.labels)
+    problems = []
+    for c in submission.clusters:
+        for t in c.pipetasks:
+            if t not in labels:
+                problems.append(f"cluster.{c.label}.pipetasks names {t!r}")
+    for r in submission.pipetasks:
+        if r.label not in labels:
+            problems.append(f"pipetask.{r.label}")
+    if problems:
+        raise SubmissionError(
+            f"{submission.pipeline_yaml}: unknown task labels for pipeline {pipeline.name}: "
+            f"{'; '.join(problems)}. The pipeline's tasks are: {', '.join(pipeline.labels)}."
+        )

@@ -1,0 +1,521 @@
+"""``cpframe submit``: the stage drivers render -> validate -> plan -> run -> record.
+
+Each stage maps the previous result to a value that can be looked at or saved, so a
+person can stop after any of them (``cpframe render``, ``cpframe plan``):
+
+=========  ======================================================  ==========================
+stage      does                                                    fails with
+=========  ======================================================  ==========================
+render     template + environment -> plain dict                    TemplateError
+validate   dict -> Submission; pipelineYaml -> PipelineSpec        SubmissionError
+target     which RUN, is it allowed (exists? ``--extend-run``)     SubmissionError
+plan       selection, quanta, calibration lookups                  SelectionError, PlanningError
+run        open the cluster, create the RUN, execute, register     ExecutionError (after record)
+record     provenance into the RUN; submit directory               --
+=========  ======================================================  ==========================
+
+Nothing is written anywhere before the plan stage has passed: a missing variable, a bad
+selection, a missing calibration or an existing RUN leave the repository and the disk as
+they were.
+
+Output collections follow ``pipetask -o``: the RUN is ``outputRun`` (default
+``{output}/{timestamp}``) and the CHAINED ``output`` becomes ``[RUN, *inCollection]``; a
+later submission with the same ``output`` puts its new RUN at the front.
+``--extend-run`` writes into an existing RUN instead: the explicit ``outputRun``, or the
+first child of the ``output`` chain (as ``pipetask --extend-run``).
+
+When quanta fail after their retries, the RUN keeps only the complete, registered
+outputs; the provenance record says what is missing, and the error says how to finish
+(``--extend-run --skip-existing``).  If nothing at all was registered, the new RUN (and
+the chain, if this submission created it) is removed again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import yaml
+
+from cpframe.core.errors import CollectionTypeError, ExecutionError, SubmissionError, UnknownCollectionError
+from cpframe.core.model import CollectionType
+
+__all__ = [
+    "RunTarget",
+    "PlanOutcome",
+    "SubmitResult",
+    "render_stage",
+    "validate_stage",
+    "target_stage",
+    "plan_stage",
+    "plan_template",
+    "submit_template",
+    "MSG_RUN_EXISTS",
+    "MSG_NOTHING_TO_EXTEND",
+    "MSG_FAILED",
+]
+
+log = logging.getLogger("cpframe.execution.submit")
+
+MSG_RUN_EXISTS = (
+    "output RUN {run!r} already exists ({n} dataset(s)); cpframe does not write into an existing RUN. "
+    "Pass --extend-run to add to it (with --skip-existing to run only what is missing), or choose a new RUN: "
+    "bump BOOTSTRAP_RUN_NUMBER (bootstrap templates) or RERUN."
+)
+MSG_NOTHING_TO_EXTEND = (
+    "--extend-run: the output chain {output!r} does not exist, so there is no RUN to extend. "
+    "Submit without --extend-run first."
+)
+MSG_OUTPUT_NOT_CHAIN = (
+    "payload.output {output!r} exists as a {type} collection; the output must be a CHAINED collection "
+    "(pipetask -o). Choose another output name (TAG / RERUN)."
+)
+MSG_FAILED = (
+    "{what}\nRUN {run} holds only the {n} complete output(s) registered; nothing half-written.\n"
+    "Fix the cause (the submit log has every traceback: {log}), then finish with:\n"
+    "  cpframe submit {template} --extend-run --skip-existing"
+)
+
+
+# ------------------------------------------------------------------------------------------
+# stages
+# ------------------------------------------------------------------------------------------
+def render_stage(template: str | os.PathLike, variables: Mapping[str, str] | None = None, *,
+                 allow_unset: bool = False, environ: Mapping[str, str] | None = None,
+                 overrides: Mapping[str, Any] | None = None, now: datetime | None = None) -> Any:
+    """Render a template (:func:`cpframe.execution.templates.render`); returns the ``Rendering``."""
+    from cpframe.execution.templates import render
+
+    return render(template, dict(variables or {}), allow_unset=allow_unset, environ=environ, overrides=overrides,
+                  now=now)
+
+
+def validate_stage(rendering: Any) -> tuple[Any, Any]:
+    """-> (Submission, PipelineSpec); SubmissionError / PipelineError list every problem."""
+    from cpframe.execution.pipeline import load_pipeline
+    from cpframe.execution.submission import check_against_pipeline, validate_submission
+
+    sub = validate_submission(rendering.config, rendering.path)
+    pipe = load_pipeline(sub.pipeline_yaml)
+    check_against_pipeline(sub, pipe)
+    return sub, pipe
+
+
+@dataclass(frozen=True)
+class RunTarget:
+    """Where a submission writes."""
+
+    run: str
+    """The RUN collection."""
+    output: str
+    """The CHAINED output collection."""
+    run_exists: bool
+    """The RUN is there already (``--extend-run``)."""
+    chain_exists: bool
+    """The output chain is there already."""
+    existing: frozenset = frozenset()
+    """(dataset type, data ID key) already in the RUN."""
+
+
+def _type_or_none(registry: Any, name: str) -> CollectionType | None:
+    try:
+        return registry.get_collection_type(name)
+    except UnknownCollectionError:
+        return None
+
+
+def default_output_run(rendering: Any, submission: Any) -> bool:
+    """True when ``outputRun`` is the BPS default ``{output}/{timestamp}`` (not set by the template)."""
+    return submission.output_run == f"{submission.output}/{rendering.timestamp}"
+
+
+def target_stage(submission: Any, registry: Any, *, extend_run: bool = False, default_run: bool = True) -> RunTarget:
+    """Decide the RUN and check that writing there is allowed.
+
+    Raises
+    ------
+    SubmissionError
+        The RUN exists and ``extend_run`` is off; ``extend_run`` with no chain to extend;
+        the output exists but is not CHAINED; the RUN name exists but is not a RUN.
+    """
+    output, run = submission.output, submission.output_run
+    otype = _type_or_none(registry, output)
+    if otype is not None and otype != CollectionType.CHAINED:
+        raise SubmissionError(MSG_OUTPUT_NOT_CHAIN.format(output=output, type=otype.name))
+    if extend_run and default_run:
+        if otype is None or not registry.get_chain(output):
+            raise SubmissionError(MSG_NOTHING_TO_EXTEND.format(output=output))
+        run = registry.get_chain(output)[0]
+    rtype = _type_or_none(registry, run)
+    if rtype is not None and rtype != CollectionType.RUN:
+        raise CollectionTypeError(f"output RUN {run!r} exists as a {rtype.name} collection; choose another outputRun.")
+    existing: frozenset = frozenset()
+    if rtype is not None:
+        refs = registry.query_datasets(None, collections=[run])
+        if not extend_run:
+            raise SubmissionError(MSG_RUN_EXISTS.format(run=run, n=len(refs)))
+        from cpframe.core.model import DataId
+
+        existing = frozenset((r.dataset_type, DataId(r.data_id).key()) for r in refs)
+    return RunTarget(run=run, output=output, run_exists=rtype is not None, chain_exists=otype is not None,
+                     existing=existing)
+
+
+def plan_stage(submission: Any, pipeline: Any, repo: Any, target: RunTarget, *, skip_existing: bool = False,
+               settings: Any = None) -> Any:
+    """Plan into ``target.run`` (:func:`cpframe.execution.graph.make_plan`)."""
+    from cpframe.execution.graph import make_plan
+
+    sub = dataclasses.replace(submission, output_run=target.run)
+    return make_plan(sub, pipeline, repo, settings=settings, existing=target.existing, skip_existing=skip_existing)
+
+
+def _open_repo(submission: Any) -> Any:
+    from cpframe.repository.repo import Repository
+
+    return Repository.open(submission.butler_config)
+
+
+@dataclass
+class PlanOutcome:
+    """Everything up to and including the plan stage."""
+
+    rendering: Any
+    submission: Any
+    pipeline: Any
+    repo: Any
+    target: RunTarget
+    plan: Any
+    render_s: float = 0.0
+
+
+def plan_template(template: str | os.PathLike, variables: Mapping[str, str] | None = None, *,
+                  allow_unset: bool = False, extend_run: bool = False, skip_existing: bool = False,
+                  environ: Mapping[str, str] | None = None, settings: Any = None,
+                  repo: Any = None) -> PlanOutcome:
+    """Render, validate, choose the RUN and plan (what ``cpframe plan`` does; nothing is written).
+
+    Raises
+    ------
+    TemplateError, SubmissionError, PipelineError, RegistryError, SelectionError, PlanningError
+    """
+    t0 = time.perf_counter()
+    r = render_stage(template, variables, allow_unset=allow_unset, environ=environ)
+    sub, pipe = validate_stage(r)
+    render_s = time.perf_counter() - t0
+    own_repo = repo is None
+    repo = repo if repo is not None else _open_repo(sub)
+    try:
+        default_run = default_output_run(r, sub)
+        target = target_stage(sub, repo.registry, extend_run=extend_run, default_run=default_run)
+        if target.run != sub.output_run:
+            # --extend-run of a timestamped RUN: render again so submitPath etc. name that RUN
+            r = render_stage(template, variables, allow_unset=allow_unset, environ=environ,
+                             overrides={"outputRun": target.run})
+            sub, pipe = validate_stage(r)
+        plan = plan_stage(sub, pipe, repo, target, skip_existing=skip_existing, settings=settings)
+    except BaseException:
+        if own_repo:
+            repo.close()
+        raise
+    return PlanOutcome(r, sub, pipe, repo, target, plan, render_s)
+
+
+# ------------------------------------------------------------------------------------------
+# submit
+# ------------------------------------------------------------------------------------------
+@dataclass
+class SubmitResult:
+    """What ``cpframe submit`` reports."""
+
+    run: str
+    """The RUN written."""
+    output: str
+    """The CHAINED output."""
+    counts: dict[str, int]
+    """Registered datasets per dataset type (this submission)."""
+    submit_dir: Path
+    """Template, rendered submission, settings, versions, plan, logs."""
+    log_path: Path
+    """The driver's log."""
+    timings: dict[str, float]
+    """Seconds per stage and in total."""
+    plan: Any = None
+    """The :class:`cpframe.execution.graph.Plan`."""
+    execution: Any = None
+    """The :class:`cpframe.execution.execute.ExecutionResult`."""
+    dashboard: str = ""
+    """Dask dashboard address used."""
+    worker_logs: str = ""
+    """Where the workers' logs are."""
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """The lines a person acts on."""
+        outs = ", ".join(f"{n} {dt}" for dt, n in self.counts.items()) or "nothing new"
+        t = self.timings
+        return "\n".join([
+            f"RUN {self.run}  (chain {self.output})",
+            f"registered: {outs}",
+            f"time: {t.get('total_s', 0):.1f} s (plan {t.get('plan_s', 0):.1f} s, cluster start "
+            f"{t.get('cluster_start_s', 0):.1f} s, compute {t.get('compute_s', 0):.1f} s)",
+            f"submit directory: {self.submit_dir}",
+            f"log: {self.log_path}" + (f"; worker logs: {self.worker_logs}" if self.worker_logs else ""),
+            f"provenance: cpframe provenance {self.run} --repo {self.extra.get('repo', '')}",
+        ])
+
+
+def _submit_dir(submission: Any, rendering: Any) -> Path:
+    base = Path(submission.submit_path or Path.cwd() / "submit" / submission.output_run)
+    if base.exists() and any(base.iterdir()):
+        base = base / f"resume-{rendering.timestamp}"
+    (base / "logs").mkdir(parents=True, exist_ok=True)
+    return base
+
+
+def _write_submit_dir(d: Path, out: PlanOutcome, settings: Any, site: Any, kind: str) -> None:
+    from cpframe.execution.provenance import host_info, software_versions
+    from cpframe.execution.templates import dump_rendered
+
+    r = out.rendering
+    (d / Path(r.path).name).write_text(r.source)
+    (d / "submission.yaml").write_text(dump_rendered(r.config))
+    resolved = {"settings": dataclasses.asdict(settings), "cluster_kind": kind,
+                "site": dataclasses.asdict(site) if site is not None and dataclasses.is_dataclass(site) else site}
+    (d / "settings.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    (d / "versions.yaml").write_text(yaml.safe_dump({"versions": software_versions(), "host": host_info()},
+                                                    sort_keys=False))
+    (d / "plan.txt").write_text(out.plan.summary() + "\n")
+    (d / "graph.dot").write_text(out.plan.to_dot())
+
+
+def _prepare_run(repo: Any, out: PlanOutcome) -> tuple[bool, bool]:
+    """Register dataset types, the RUN and the chain; returns (run created, chain created)."""
+    from cpframe.execution.graph import dataset_type_defs
+
+    reg = repo.registry
+    for dt in dataset_type_defs(out.plan):
+        reg.register_dataset_type(dt)
+    t = out.target
+    created_run = reg.register_collection(t.run, CollectionType.RUN,
+                                          doc=f"cpframe submit {Path(out.rendering.path).name}")
+    if not t.chain_exists:
+        reg.set_chain(t.output, [t.run, *out.submission.in_collections], mode="redefine")
+    elif t.run not in reg.get_chain(t.output):
+        reg.set_chain(t.output, [t.run], mode="prepend")
+    return created_run, not t.chain_exists
+
+
+def _undo_run(repo: Any, out: PlanOutcome, created_chain: bool) -> None:
+    """Remove an empty RUN this submission created (and its chain, if created here too)."""
+    repo.remove_runs([out.target.run], force=True)
+    if created_chain:
+        try:
+            repo.registry.remove_collection(out.target.output, remove_from_parents=True)
+        except UnknownCollectionError:
+            pass
+
+
+def _record(out: PlanOutcome, res: Any, argv: Sequence[str], timings: dict, submit_dir: Path, status: str,
+            repo: Any) -> dict:
+    from cpframe.execution.provenance import add_record, host_info, software_versions
+
+    plan = out.plan
+    outputs = []
+    if res is not None:
+        for ref in res.registered:
+            outputs.append({"dataset_type": ref.dataset_type, "data_id": str(ref.data_id), "id": ref.id,
+                            "inputs": [f"{r.dataset_type} {r.data_id} {r.id} ({r.extra.get('collection', r.run)})"
+                                       for r in res.inputs_of.get(ref.id, [])]})
+    record = {
+        "status": status,
+        "command_line": list(argv),
+        "template": {"path": out.rendering.path, "text": out.rendering.source},
+        "submission": _jsonable(out.rendering.config),
+        "environment": dict(out.rendering.environment),
+        "selection": plan.selection,
+        "data_ids": [str(d) for d in plan.data_ids],
+        "collections": {"inputs": list(plan.collections), "output": plan.output, "run": plan.run,
+                        "output_chain": list(repo.registry.get_chain(plan.output))},
+        "quanta": plan.counts(),
+        "outputs": outputs,
+        "missing": [f"{dt} {did}" for dt, did in (res.missing if res is not None else plan.planned_outputs())],
+        "failures": {k: v.strip().splitlines()[-1] for k, v in (res.failures.items() if res is not None else [])},
+        "where": dict(res.where) if res is not None else {},
+        "notes": list(plan.notes),
+        "versions": software_versions(),
+        "host": host_info(),
+        "timings": timings,
+        "submit_dir": str(submit_dir),
+    }
+    add_record(repo.registry, plan.run, record)
+    return record
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
+
+def _log_to(path: Path) -> logging.Handler:
+    h = logging.FileHandler(path)
+    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    h.setLevel(logging.INFO)
+    root = logging.getLogger("cpframe")
+    root.addHandler(h)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    return h
+
+
+def submit_template(
+    template: str | os.PathLike, variables: Mapping[str, str] | None = None, *, allow_unset: bool = False,
+    extend_run: bool = False, skip_existing: bool = False, quiet: bool = True, compute_site: str | None = None,
+    site: str | os.PathLike | None = None, argv: Sequence[str] | None = None, client: Any = None,
+    settings: Any = None, environ: Mapping[str, str] | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> SubmitResult:
+    """Run a submission end to end (what ``cpframe submit`` does).
+
+    Parameters
+    ----------
+    template : path or name
+        Submission template (``templates/bps_bias.yaml`` or ``bps_bias``).
+    variables : mapping, optional
+        ``--var NAME=VALUE`` pairs.
+    allow_unset : bool
+        BPS's leave-as-is substitution.
+    extend_run, skip_existing : bool
+        Write into an existing RUN; run only the quanta whose outputs are missing.
+    quiet : bool
+        No progress bar.
+    compute_site : {"local", "slurm"}, optional
+        Overrides the template's ``computeSite`` and the settings.
+    site : path, optional
+        Slurm site file (overrides the template's and the settings').
+    argv : sequence of str, optional
+        Command line recorded in the provenance (default ``sys.argv``).
+    client : distributed.Client, optional
+        Use this client instead of opening a cluster (it is not closed).
+    settings : cpframe.core.config.Settings, optional
+    environ : mapping, optional
+        Environment for rendering (default ``os.environ``).
+    echo : callable, optional
+        Receives progress lines (dashboard address, stage results).
+
+    Returns
+    -------
+    SubmitResult
+
+    Raises
+    ------
+    TemplateError, SubmissionError, PipelineError, RegistryError, SelectionError, PlanningError
+        Before anything is written.
+    ExecutionError
+        Quanta failed after their retries; raised after the outputs that succeeded were
+        registered and the provenance recorded.  ``err.result`` is the SubmitResult.
+    """
+    echo = echo or (lambda _line: None)
+    t_start = time.perf_counter()
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if settings is None:
+        from cpframe.core.config import load_settings
+
+        settings = load_settings()
+    out = plan_template(template, variables, allow_unset=allow_unset, extend_run=extend_run,
+                        skip_existing=skip_existing, environ=environ, settings=settings)
+    repo, plan, sub = out.repo, out.plan, out.submission
+    timings: dict[str, Any] = {"started": started, "render_s": out.render_s, "plan_s": plan.plan_s}
+    try:
+        kind = compute_site or sub.compute_site or settings.cluster_kind
+        site_file = site or sub.site_file or None
+        submit_dir = _submit_dir(sub, out.rendering)
+        log_path = submit_dir / "logs" / "submit.log"
+        handler = _log_to(log_path)
+        try:
+            return _run_and_record(template, out, settings, kind, site_file, submit_dir, log_path, timings,
+                                   t_start, client=client, quiet=quiet, argv=argv, echo=echo)
+        finally:
+            logging.getLogger("cpframe").removeHandler(handler)
+            handler.close()
+    finally:
+        repo.close()
+
+
+def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submit_dir: Path, log_path: Path,
+                    timings: dict, t_start: float, *, client, quiet, argv, echo) -> SubmitResult:
+    from cpframe.execution.execute import execute_plan
+
+    repo, plan, sub = out.repo, out.plan, out.submission
+    log.info("plan:\n%s", plan.summary())
+    oc = None
+    site_obj = None
+    t0 = time.perf_counter()
+    if client is None:
+        from cpframe.execution.cluster import open_cluster
+
+        oc = open_cluster(settings, site=site_file, kind=kind)
+        client, site_obj = oc.client, oc.site
+    timings["cluster_start_s"] = time.perf_counter() - t0
+    _write_submit_dir(submit_dir, out, settings, site_obj, kind)
+    dashboard = getattr(client, "dashboard_link", "") or ""
+    echo(f"{kind} cluster: dashboard {dashboard}")
+    worker_logs = str(site_obj.log_directory) if site_obj is not None and site_obj.log_directory else ""
+    retries = sub.number_of_retries if sub.number_of_retries is not None else settings.retries
+    res = None
+    try:
+        created_run, created_chain = _prepare_run(repo, out)
+        res = execute_plan(plan, repo, client, retries=retries, progress=not quiet)
+        timings["compute_s"] = res.compute_s
+        timings["register_s"] = res.register_s
+        if oc is None or oc.kind == "local":
+            _save_worker_logs(client, submit_dir / "logs" / "workers.log")
+            worker_logs = worker_logs or str(submit_dir / "logs" / "workers.log")
+    finally:
+        if oc is not None:
+            oc.close()
+    empty_failure = not res.ok and not res.registered and (created_run or not out.target.run_exists)
+    timings["total_s"] = time.perf_counter() - t_start
+    if empty_failure:
+        _undo_run(repo, out, created_chain)
+        log.error("nothing was registered; RUN %s removed", plan.run)
+    else:
+        _record(out, res, argv if argv is not None else sys.argv, timings, submit_dir,
+                "complete" if res.ok else ("interrupted" if res.interrupted else "failed"), repo)
+    counts = res.counts()
+    result = SubmitResult(run=plan.run, output=plan.output, counts=counts, submit_dir=submit_dir, log_path=log_path,
+                          timings=timings, plan=plan, execution=res, dashboard=dashboard, worker_logs=worker_logs,
+                          extra={"repo": sub.butler_config})
+    (submit_dir / "result.txt").write_text(result.summary() + ("\n" if res.ok else "\n" + res.failure_report() + "\n"))
+    if not res.ok:
+        if empty_failure:
+            what = res.failure_report() + f"\nNothing was registered; RUN {plan.run} was not kept."
+            err = ExecutionError(f"{what}\nFix the cause (traceback in {log_path}) and submit again.")
+        else:
+            err = ExecutionError(MSG_FAILED.format(what=res.failure_report(), run=plan.run, n=len(res.registered),
+                                                   log=log_path, template=template))
+        err.result = result
+        raise err
+    log.info("done:\n%s", result.summary())
+    return result
+
+
+def _save_worker_logs(client: Any, path: Path) -> None:
+    try:
+        logs = client.get_worker_logs()
+    except Exception as err:  # a closed or remote cluster: keep going, logs are a convenience
+        path.write_text(f"worker logs not available: {err}\n")
+        return
+    with path.open("w") as fh:
+        for worker, lines in logs.items():
+            fh.write(f"== {worker}\n")
+            for level, msg in lines:
+                fh.write(f"{level} {msg}\n")

@@ -1,0 +1,789 @@
+"""Static HTML report over verification and generation collections (spec verification.md §6).
+
+:func:`write_report` finds, per calibration type (bias, dark, flat, defects, ptc,
+science), the calibration products and the verification datasets in the given
+collections -- find-first, in the order given (verification collections first, then
+generation collections, as DMTN-222 does) -- and writes to ``OUTPUT_DIR``:
+
+``index.html``
+    the verdict per calibration type and test (failures in red), then per type:
+    focal-plane mosaics of the products and of the verification residuals, metric
+    plots across exposures and nights, the Results table (embedded) and the failures;
+``<type>_det.html`` / ``<type>_exp.html``
+    per detector (products, PTC curves, provenance of each product: its RUN and its
+    ``CPP_INPUT_*`` inputs) and per exposure (residual mosaic, verdict);
+``provenance.html``, ``manifest.html``, ``navigation.html``
+    the RUNs' stored provenance, every dataset used, the links;
+``src/``, ``assets/``
+    PNG renderings and HTML tables; CSS and the script that marks loaded images.
+
+The report never recomputes pass/fail: the verdict is the ``*_VERIFY_*`` columns of the
+Results tables and ``SUCCESS`` / ``FAILURES`` of the Summary (spec §6.4).  PNG files are
+named after the dataset ids they show, so an existing one is reused unless
+``do_overwrite`` (ids never change meaning).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import html
+import json
+import math
+import re
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cpframe.camera.models import Camera, Detector, load_camera
+from cpframe.core.errors import UserInputError
+from cpframe.core.model import DatasetRef
+from cpframe.verify.core import get_stage
+from cpframe.verify.results import atomic_write_text, read_results, read_stats
+from cpframe.verify.stats import header_value
+
+__all__ = ["NO_DATASETS_MESSAGE", "REPORT_STAGES", "ReportResult", "ReportStage", "write_report"]
+
+#: Message when the collections hold nothing to report on (tests check it).
+NO_DATASETS_MESSAGE = "no calibration or verification datasets found"
+
+
+@dataclass(frozen=True)
+class ReportStage:
+    """One calibration type in the report."""
+
+    key: str
+    """Page prefix and stage key (``bias``)."""
+    stage: str
+    """Verification stage name (``BIAS``)."""
+    product: str | None
+    """Dataset type of the calibration product (None for science)."""
+    title: str
+    metrics: tuple[tuple[str, str], ...] = ()
+    """(statistic, label) plotted across exposures, from the Results table."""
+    description: str = ""
+
+    @property
+    def verify_prefix(self) -> str:
+        return f"verify{get_stage(self.stage).type_name}"
+
+
+REPORT_STAGES: tuple[ReportStage, ...] = (
+    ReportStage("bias", "BIAS", "bias", "Bias", (("NOISE", "clipped noise (e-)"), ("MEAN", "mean (e-)")),
+                "Bias residuals: ISR with the bias under test; mean, noise and cosmic-ray-repaired noise per amp."),
+    ReportStage("dark", "DARK", "dark", "Dark", (("NOISE", "clipped noise (e-)"), ("MEAN", "mean (e-)")),
+                "Dark residuals: ISR with bias and the dark under test; same tests as bias."),
+    ReportStage("flat", "FLAT", "flat", "Flat", (("NOISE", "clipped noise (e-)"), ("MEAN", "mean (e-)")),
+                "Flat residuals: ISR with the flat under test; photon noise per amp, amp and detector scatter."),
+    ReportStage("defects", "DEFECTS", "defects", "Defects", (("STAT_OUTLIERS", "improbable pixels"),
+                                                            ("FRAC", "defect fraction")),
+                "Images with and without the defects under test; outliers the defects should remove."),
+    ReportStage("ptc", "PTC", "ptc", "PTC", (), "PTC gain, read noise and turnoff per amp against nominal values."),
+    ReportStage("science", "SCIENCE", None, "Science", (("COL_PROFILE_RATIO", "column structure / noise"),
+                                                       ("ROW_PROFILE_RATIO", "row structure / noise")),
+                "Science exposures through all calibrations: amp level steps and residual structure."),
+)
+
+_KIND_OF_SUFFIX = {"Results": "results", "Summary": "summary", "Stats": "stats", "ExpStats": "expstats",
+                   "IsrExp": "residual"}
+
+
+@dataclass
+class Item:
+    """A dataset found for the report."""
+
+    stage: ReportStage
+    kind: str
+    """product, results, summary, stats, expstats or residual."""
+    ref: DatasetRef
+    path: Path
+    link: str = ""
+    """Report-relative link to its rendering, if any."""
+
+
+@dataclass
+class ReportResult:
+    """What :func:`write_report` wrote."""
+
+    output_dir: Path
+    index: Path
+    n_datasets: int
+    n_images: int
+    """PNG images referenced by the pages."""
+    n_rendered: int
+    """PNG images rendered now (the others were reused)."""
+    verdicts: dict[str, bool | None] = field(default_factory=dict)
+    """Calibration type -> SUCCESS of its Summary (None: no summary found)."""
+    failures: dict[str, list[str]] = field(default_factory=dict)
+    """Calibration type -> failing tests (``"<key> <failure>"`` strings from the Summary)."""
+
+
+def e(value: Any) -> str:
+    """HTML-escaped text."""
+    return html.escape(str(value), quote=True)
+
+
+def _floats(column: Any) -> np.ndarray:
+    """A table column as floats, masked cells (empty in the ECSV) as NaN."""
+    return np.ma.asarray(column, dtype=float).filled(np.nan)
+
+
+def _fmt(value: Any, column: str = "") -> str:
+    if value is None or np.ma.is_masked(value):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "pass" if value else "FAIL"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):d}"
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(float(value)):
+            return ""
+        if column == "mjd":
+            return f"{float(value):.10f}"
+        return f"{float(value):.1f}" if abs(float(value)) >= 1e4 else f"{float(value):.4g}"
+    return str(value)
+
+
+# -- collecting -----------------------------------------------------------------------------------
+
+
+def _collect(repo: Any, collections: Sequence[str]) -> list[Item]:
+    registry = repo.registry
+    registered = {dt.name for dt in registry.query_dataset_types()}
+    items: list[Item] = []
+    for st in REPORT_STAGES:
+        wanted: dict[str, str] = {}
+        if st.product and st.product in registered:
+            wanted[st.product] = "product"
+        for suffix, kind in _KIND_OF_SUFFIX.items():
+            name = st.verify_prefix + suffix
+            if name in registered:
+                wanted[name] = kind
+        if not wanted:
+            continue
+        # run-level results and summaries have only an instrument in their data ID, so one
+        # collection's would hide the others' (three flat bands = three verify collections):
+        # they are found first *within* each collection; everything else find-first across all
+        run_level = sorted(n for n, k in wanted.items() if k in ("results", "summary"))
+        others = sorted(n for n in wanted if n not in run_level)
+        seen: set[str] = set()
+        refs = registry.query_datasets(others, collections, find_first=True) if others else []
+        for c in collections if run_level else ():
+            refs += registry.query_datasets(run_level, [c], find_first=True)
+        for ref in refs:
+            if ref.id not in seen:
+                seen.add(ref.id)
+                items.append(Item(st, wanted[ref.dataset_type], ref, repo.get_path(ref)))
+    return items
+
+
+# -- the writer -----------------------------------------------------------------------------------
+
+
+class _Report:
+    def __init__(self, repo: Any, collections: Sequence[str], out: Path, do_overwrite: bool):
+        self.repo = repo
+        self.collections = list(collections)
+        self.out = out
+        self.do_overwrite = do_overwrite
+        self.n_rendered = 0
+        self.images: set[str] = set()
+        self._cameras: dict[tuple[str, tuple[int, int]], Camera] = {}
+
+    # files ----------------------------------------------------------------------------------
+    def png(self, rel: str, render: Callable[[Path], Any]) -> str:
+        """Render ``rel`` (relative to the output dir) unless it exists and may be reused."""
+        path = self.out / rel
+        if rel not in self.images and (self.do_overwrite or not path.exists()):
+            render(path)
+            self.n_rendered += 1
+        self.images.add(rel)
+        return rel
+
+    def page(self, name: str, title: str, body: str, depth: int = 0) -> Path:
+        up = "../" * depth
+        text = (
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{e(title)}</title>"
+            f"<link rel=\"stylesheet\" href=\"{up}assets/report.css\">"
+            f"<script src=\"{up}assets/report.js\"></script></head>\n<body>\n"
+            f"{self.nav(up)}\n<main>\n{body}\n</main>\n</body></html>\n"
+        )
+        return atomic_write_text(self.out / name, text)
+
+    def nav(self, up: str = "") -> str:
+        links = [f"<a class=\"brand\" href=\"{up}index.html\">cpframe report</a>",
+                 f"<a href=\"{up}index.html\">Index</a>", f"<a href=\"{up}manifest.html\">Manifest</a>",
+                 f"<a href=\"{up}provenance.html\">Provenance</a>"]
+        for st in self.stages:
+            links.append(
+                f"<span class=\"group\">{e(st.title)}:</span> <a href=\"{up}index.html#{st.key}\">summary</a>"
+                f" <a href=\"{up}{st.key}_det.html\">detectors</a>"
+                + (f" <a href=\"{up}{st.key}_exp.html\">exposures</a>" if get_stage(st.stage).kind == "exposure" else "")
+            )
+        return "<nav class=\"top\">" + " ".join(links) + "</nav>"
+
+    # cameras --------------------------------------------------------------------------------
+    def camera_for(self, instrument: str, shape: tuple[int, int] | None) -> Camera:
+        key = (instrument, tuple(shape or ()))
+        if key not in self._cameras:
+            cam = load_camera(instrument, "full")
+            if shape is not None and tuple(cam.detectors[0].shape) != tuple(shape):
+                mini = load_camera(instrument, "mini")
+                if tuple(mini.detectors[0].shape) == tuple(shape):
+                    cam = mini
+            self._cameras[key] = cam
+        return self._cameras[key]
+
+    # the whole report -----------------------------------------------------------------------
+    def write(self, items: list[Item]) -> ReportResult:
+        self.items = items
+        by_stage: dict[str, list[Item]] = {}
+        for it in items:
+            by_stage.setdefault(it.stage.key, []).append(it)
+        self.stages = [st for st in REPORT_STAGES if st.key in by_stage]
+        (self.out / "assets").mkdir(parents=True, exist_ok=True)
+        for name in ("report.css", "report.js"):
+            data = (resources.files("cpframe.report") / "assets" / name).read_bytes()
+            target = self.out / "assets" / name
+            if not target.exists() or target.read_bytes() != data:
+                atomic_write_text(target, data.decode("utf-8"))
+        sections, summary_rows = [], []
+        result = ReportResult(self.out, self.out / "index.html", len(items), 0, 0)
+        for st in self.stages:
+            sec, rows, verdict, failures = self.stage_section(st, by_stage[st.key])
+            sections.append(sec)
+            summary_rows += rows
+            result.verdicts[st.key] = verdict
+            result.failures[st.key] = failures
+        self.write_index(sections, summary_rows, result)
+        self.write_provenance()
+        self.write_manifest()
+        atomic_write_text(self.out / "navigation.html",
+                          "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>navigation</title>"
+                          "<link rel=\"stylesheet\" href=\"assets/report.css\"></head><body>"
+                          + self.nav() + "</body></html>\n")
+        result.n_images = len(self.images)
+        result.n_rendered = self.n_rendered
+        return result
+
+    # one calibration type -------------------------------------------------------------------
+    def stage_section(self, st: ReportStage, items: list[Item]):
+        kinds: dict[str, list[Item]] = {}
+        for it in items:
+            kinds.setdefault(it.kind, []).append(it)
+        parts = [f"<h2 id=\"{st.key}\">{e(st.title)}</h2>", f"<p class=\"meta\">{e(st.description)}</p>"]
+        verdict, failures, summary_rows = None, [], []
+        summary_data: dict = {"EXPOSURES": {}, "FAILURES": {}}
+        for summary in kinds.get("summary", []):  # one per verify collection (e.g. per flat band)
+            data = read_stats(summary.path)
+            verdict = bool(data.get("SUCCESS")) and verdict is not False
+            summary_data["EXPOSURES"].update(data.get("EXPOSURES") or {})
+            summary_data["FAILURES"].update(data.get("FAILURES") or {})
+            for key, fails in (data.get("FAILURES") or {}).items():
+                failures += [f"{key} {f}" for f in fails]
+            summary.link = f"index.html#{st.key}"
+        badge = {True: "<span class=\"verdict pass\">PASS</span>", False: "<span class=\"verdict fail\">FAIL</span>",
+                 None: "<span class=\"verdict none\">no verification summary</span>"}[verdict]
+        parts.append(f"<p>Verification: {badge}" + (f" &mdash; {len(failures)} failing test(s)" if failures else "")
+                     + "</p>")
+        if failures:
+            shown = failures[:60]
+            parts.append("<ul class=\"failures\">" + "".join(f"<li>{e(f)}</li>" for f in shown) + "</ul>"
+                         + (f"<p class=\"meta\">... and {len(failures) - 60} more.</p>" if len(failures) > 60 else ""))
+        tables = []
+        for res in kinds.get("results", []):
+            tables.append(read_results(res.path))
+            res.link = self.results_page(st, res, tables[-1])
+        table = None
+        if tables:
+            from astropy.table import vstack
+
+            table = tables[0] if len(tables) == 1 else vstack(tables, join_type="outer", metadata_conflicts="silent")
+            summary_rows += self.summary_rows(st, table, verdict)
+        elif verdict is not None:
+            summary_rows.append((st, "SUCCESS", "run", None, None, verdict, False))
+        figures = []
+        figures += self.product_mosaics(st, kinds.get("product", []))
+        figures += self.residual_mosaics(st, kinds.get("residual", []), limit=1)
+        if table is not None:
+            figures += self.metric_plots(st, table)
+        if figures:
+            parts.append("<div class=\"figures\">" + "".join(figures) + "</div>")
+        for res in kinds.get("results", []):
+            parts.append(self.infobox(res, "Results table: one row per amp (detector and exposure rows for group tests)."))
+            parts.append(f"<iframe class=\"results\" src=\"{e(res.link)}\" title=\"{e(res.ref.dataset_type)}\"></iframe>")
+        self.detector_page(st, kinds)
+        if get_stage(st.stage).kind == "exposure":
+            self.exposure_page(st, kinds, summary_data)
+        links = [f"<a href=\"{st.key}_det.html\">per detector</a>"]
+        if get_stage(st.stage).kind == "exposure":
+            links.append(f"<a href=\"{st.key}_exp.html\">per exposure</a>")
+        parts.append("<p>" + " &middot; ".join(links) + "</p>")
+        return "\n".join(parts), summary_rows, verdict, failures
+
+    def infobox(self, it: Item, description: str) -> str:
+        did = dict(it.ref.data_id)
+        fields_ = [("instrument", did.get("instrument", "")), ("exposure", did.get("exposure", "")),
+                   ("detector", did.get("detector", "")), ("filter", did.get("physical_filter", "")),
+                   ("collection", it.ref.extra.get("collection", it.ref.run)), ("stage", it.stage.stage),
+                   ("dataset type", it.ref.dataset_type)]
+        dl = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in fields_ if v != "")
+        return f"<div class=\"infobox\"><dl>{dl}</dl><div>{e(description)}</div></div>"
+
+    def summary_rows(self, st: ReportStage, table, verdict) -> list[tuple]:
+        rows = []
+        informational = set(get_stage(st.stage).informational)
+        pat = re.compile(rf"^{st.stage}_(DET_|EXP_)?VERIFY_(.+)$")
+        for col in table.colnames:
+            m = pat.match(col)
+            if not m:
+                continue
+            level = {"DET_": "detector", "EXP_": "exposure", None: "amp"}[m.group(1)]
+            values = table[col]
+            mask = np.asarray(getattr(values, "mask", np.zeros(len(values), bool)), dtype=bool)
+            vals = np.asarray(values, dtype=bool)[~mask]
+            n_pass, n_fail = int(vals.sum()), int((~vals).sum())
+            rows.append((st, m.group(2), level, n_pass, n_fail, n_fail == 0, m.group(2) in informational))
+        return rows
+
+    def results_page(self, st: ReportStage, res: Item, table) -> str:
+        rel = f"src/{st.key}/{res.ref.dataset_type}_{res.ref.id[:8]}.html"
+        cols = [c for c in table.colnames if len(table[c].shape) <= 1]
+        head = "".join(f"<th>{e(c)}</th>" for c in cols)
+        body = []
+        for row in table:
+            cells = []
+            for c in cols:
+                v = row[c]
+                masked = np.ma.is_masked(v)
+                text = "" if masked else _fmt(v, c)
+                cls = ""
+                if not masked and isinstance(v, (bool, np.bool_)):
+                    cls = " class=\"pass\"" if v else " class=\"fail\""
+                elif not masked and isinstance(v, (int, float, np.integer, np.floating)):
+                    cls = " class=\"num\""
+                cells.append(f"<td{cls}>{e(text)}</td>")
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        doc = (
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{e(res.ref.dataset_type)}</title><link rel=\"stylesheet\" href=\"../../assets/report.css\">"
+            "</head><body><main class=\"scroll\">"
+            f"<p class=\"meta\">{e(res.ref.dataset_type)} &middot; {len(table)} rows &middot; run {e(res.ref.run)}</p>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></main></body></html>\n"
+        )
+        atomic_write_text(self.out / rel, doc)
+        return rel
+
+    # images ---------------------------------------------------------------------------------
+    def _read_image(self, path: Path, exclude_masked: bool = False) -> tuple[np.ndarray, Any]:
+        from cpframe.science.imageio import masked_layout, read_header, read_rows
+
+        layout = masked_layout(path)
+        rows = layout.shape[0]
+        image = np.asarray(read_rows(layout, "IMAGE", 0, rows), dtype=float)
+        if exclude_masked:
+            from cpframe.science.imageio import mask_value
+
+            mask = read_rows(layout, "MASK", 0, rows)
+            image = np.where((mask & mask_value(["BAD", "DETECTED", "NO_DATA"])) != 0, np.nan, image)
+        return image, read_header(path)
+
+    def product_image(self, it: Item) -> tuple[np.ndarray, Detector, Camera, Any] | None:
+        """Image (or map) of a product, its detector and camera, header/metadata."""
+        did = it.ref.data_id
+        fmt = it.stage.product
+        if fmt in ("bias", "dark", "flat"):
+            image, header = self._read_image(it.path)
+            cam = self.camera_for(did["instrument"], image.shape)
+            return image, cam.detector(did["detector"]), cam, header
+        if fmt == "defects":
+            from cpframe.science.imageio import boxes_to_mask, read_defects
+
+            boxes, meta = read_defects(it.path)
+            cam = self._camera_from_meta(did["instrument"])
+            det = cam.detector(did["detector"])
+            return boxes_to_mask(boxes, det.shape).astype(float), det, cam, meta
+        return None
+
+    def _camera_from_meta(self, instrument: str) -> Camera:
+        for (inst, shape), cam in self._cameras.items():
+            if inst == instrument and shape:
+                return cam
+        residual = [i for i in self.items if i.ref.data_id.get("instrument") == instrument
+                    and i.kind in ("product", "residual") and str(i.path).endswith(".fits")
+                    and i.stage.product in ("bias", "dark", "flat", None)]
+        if residual:
+            from cpframe.science.imageio import masked_layout
+
+            return self.camera_for(instrument, tuple(masked_layout(residual[0].path).shape))
+        return self.camera_for(instrument, None)
+
+    def product_mosaics(self, st: ReportStage, products: list[Item]) -> list[str]:
+        if not products:
+            return []
+        if st.product == "ptc":
+            return self.ptc_mosaics(st, products)
+        groups: dict[str, list[Item]] = {}
+        for it in products:
+            groups.setdefault(str(it.ref.data_id.get("physical_filter", "")), []).append(it)
+        out = []
+        from cpframe.verify.plots import render_image_png, render_mosaic_png
+
+        for filt, group in sorted(groups.items()):
+            images, cam, units = {}, None, ""
+            for it in group:
+                got = self.product_image(it)
+                if got is None:
+                    continue
+                image, det, cam, header = got
+                images[det.id] = image
+                units = str(header.get("LSST ISR UNITS", "")) if hasattr(header, "get") else ""
+                title = f"{it.ref.dataset_type} {det.name}" + (f" {filt}" if filt else "")
+                it.link = self.png(f"src/{st.key}/{it.ref.dataset_type}_{det.name}{'_' + filt if filt else ''}"
+                                   f"_{it.ref.id[:8]}.png",
+                                   lambda p, im=image, t=title, u=units: render_image_png(im, p, t, u))
+            if not images or cam is None:
+                continue
+            digest = hashlib.sha1(",".join(sorted(i.ref.id for i in group)).encode()).hexdigest()[:10]
+            title = f"{st.product} focal plane" + (f" ({filt})" if filt else "") + f" - {len(images)} detector(s)"
+            label = "defect (1) / good (0)" if st.product == "defects" else units
+            rel = self.png(f"src/{st.key}/{st.product}_mosaic{'_' + filt if filt else ''}_{digest}.png",
+                           lambda p, ims=images, c=cam, t=title, lab=label: render_mosaic_png(ims, c, p, t, lab))
+            out.append(self.figure(rel, f"{st.product}{' ' + filt if filt else ''}: combined product per detector, "
+                                        "laid out by raft and slot; stretch median ± 3×0.74×IQR."))
+        return out
+
+    def ptc_mosaics(self, st: ReportStage, products: list[Item]) -> list[str]:
+        from cpframe.science.imageio import read_ptc
+        from cpframe.verify.plots import amp_value_image, render_mosaic_png, render_ptc_png
+
+        gains, noises, cam = {}, {}, None
+        for it in products:
+            rows, _ = read_ptc(it.path)
+            cam = self._camera_from_meta(it.ref.data_id["instrument"])
+            det = cam.detector(it.ref.data_id["detector"])
+            gains[det.id] = amp_value_image(det, {a: r["gain"] for a, r in rows.items()})
+            noises[det.id] = amp_value_image(det, {a: r["noise"] for a, r in rows.items()})
+            it.link = self.png(f"src/{st.key}/ptc_{det.name}_{it.ref.id[:8]}.png",
+                               lambda p, r=rows, t=f"PTC {det.name}": render_ptc_png(r, p, t))
+        if cam is None:
+            return []
+        digest = hashlib.sha1(",".join(sorted(i.ref.id for i in products)).encode()).hexdigest()[:10]
+        out = []
+        for name, images, label in (("gain", gains, "gain (e-/adu)"), ("noise", noises, "read noise (e-)")):
+            rel = self.png(f"src/{st.key}/ptc_{name}_per_amp_{digest}.png",
+                           lambda p, ims=images, t=f"PTC {name} per amp", lab=label: render_mosaic_png(ims, cam, p, t, lab))
+            out.append(self.figure(rel, f"PTC {name} of every amp, laid out on the focal plane."))
+        return out
+
+    def residual_mosaics(self, st: ReportStage, residuals: list[Item], limit: int | None = None) -> list[str]:
+        from cpframe.verify.plots import render_mosaic_png
+
+        by_exp: dict[int, list[Item]] = {}
+        for it in residuals:
+            by_exp.setdefault(int(it.ref.data_id.get("exposure", 0)), []).append(it)
+        out = []
+        for exp in sorted(by_exp)[: limit or None]:
+            group = by_exp[exp]
+            digest = hashlib.sha1(",".join(sorted(i.ref.id for i in group)).encode()).hexdigest()[:10]
+            rel = f"src/{st.key}/{st.verify_prefix}Residual_{exp}_{digest}.png"
+
+            def render(p, group=group, exp=exp):
+                images, cam = {}, None
+                for it in group:
+                    image, _ = self._read_image(it.path, exclude_masked=True)
+                    cam = self.camera_for(it.ref.data_id["instrument"], image.shape)
+                    images[cam.detector(it.ref.data_id["detector"]).id] = image
+                render_mosaic_png(images, cam, p, f"{st.title} residual, exposure {exp}", "e-")
+
+            self.png(rel, render)
+            for it in group:
+                it.link = rel
+            out.append(self.figure(rel, f"Verification residual of exposure {exp} ({len(group)} detector(s)); "
+                                        "masked pixels blank."))
+        return out
+
+    def metric_plots(self, st: ReportStage, table) -> list[str]:
+        from cpframe.verify.plots import render_metric_png
+
+        out = []
+        if st.stage == "PTC":
+            amp = table[_amp_rows(table)]
+            if "PTC_PTC_GAIN" in amp.colnames and len(amp):
+                dets = sorted(set(amp["detector_name"]))
+                nominal = _floats(amp["PTC_AMP_GAIN"])
+                if np.isfinite(nominal).any():
+                    name, ylabel, limits = "PTC gain / nominal", "ratio", (0.95, 1.05)
+                    values = _floats(amp["PTC_PTC_GAIN"]) / nominal
+                    caption = "Each amp's PTC gain over its nominal gain; dashed: the ±5 % test."
+                else:
+                    name, ylabel, limits = "PTC gain", "gain (e-/adu)", ()
+                    values = _floats(amp["PTC_PTC_GAIN"])
+                    caption = "Each amp's PTC gain (no nominal gains were given to verification)."
+                series = {name: [[float(v) for v, d in zip(values, amp["detector_name"]) if d == det]
+                                 for det in dets]}
+                digest = hashlib.sha1(str(list(values)).encode()).hexdigest()[:10]
+                rel = self.png(f"src/{st.key}/ptc_gain_{digest}.png",
+                               lambda p: render_metric_png(dets, series, p, f"{name} per amp", ylabel, limits))
+                out.append(self.figure(rel, caption))
+            return out
+        if "exposure" not in table.colnames:
+            return out
+        amp = table[_amp_rows(table)]
+        if not len(amp):
+            return out
+        exposures = sorted(set(int(x) for x in amp["exposure"]))
+        labels = [f"{x // 100000}-{x % 100000}" for x in exposures]
+        dets = sorted(set(str(d) for d in amp["detector_name"]))
+        for stat, label in st.metrics:
+            col = f"{st.stage}_{stat}"
+            if col not in amp.colnames:
+                continue
+            vals, det_of, exp_of = _floats(amp[col]), [str(d) for d in amp["detector_name"]], amp["exposure"]
+            series = {d: [[float(v) for v, dd, xx in zip(vals, det_of, exp_of) if dd == d and int(xx) == x]
+                          for x in exposures] for d in dets}
+            digest = hashlib.sha1((col + str(list(amp[col]))).encode()).hexdigest()[:10]
+            rel = self.png(f"src/{st.key}/{col}_vs_exposure_{digest}.png",
+                           lambda p, s=series, c=col, lab=label: render_metric_png(
+                               labels, s, p, f"{st.title} {c} per amp across exposures", lab))
+            out.append(self.figure(rel, f"{col} of every amp (dots) and the detector median (line) per exposure "
+                                        "(day_obs-seq_num), across nights."))
+        return out
+
+    def figure(self, rel: str, caption: str) -> str:
+        return (f"<figure><a href=\"{e(rel)}\"><img src=\"{e(rel)}\" alt=\"{e(caption)}\"></a>"
+                f"<figcaption>{e(caption)}</figcaption></figure>")
+
+    # pages ----------------------------------------------------------------------------------
+    def write_index(self, sections: list[str], rows: list[tuple], result: ReportResult) -> None:
+        trs = []
+        for st, test, level, n_pass, n_fail, ok, info in rows:
+            cls = "pass" if ok or info else "fail"
+            verdict = "pass" if ok else ("FAIL (informational)" if info else "FAIL")
+            fail_cls = " fail" if n_fail and not info else ""
+            counts = ("<td></td><td></td>" if n_pass is None else
+                      f"<td class=\"num\">{n_pass}</td><td class=\"num{fail_cls}\">{n_fail}</td>")
+            trs.append(f"<tr class=\"{cls}\"><td><a href=\"#{st.key}\">{e(st.title)}</a></td><td>{e(test)}</td>"
+                       f"<td>{e(level)}</td>{counts}<td class=\"{cls}\">{e(verdict)}</td></tr>")
+        overall = [v for v in result.verdicts.values() if v is not None]
+        badge = ("<span class=\"verdict none\">no verification summaries</span>" if not overall else
+                 "<span class=\"verdict pass\">ALL PASS</span>" if all(overall) else
+                 "<span class=\"verdict fail\">FAILURES</span>")
+        stage_rows = "".join(
+            f"<tr class=\"{'fail' if v is False else 'pass'}\"><td><a href=\"#{k}\">{e(k)}</a></td>"
+            f"<td class=\"{'fail' if v is False else 'pass' if v else ''}\">"
+            f"{'PASS' if v else 'FAIL' if v is False else 'no summary'}</td>"
+            f"<td class=\"num\">{len(result.failures.get(k, []))}</td></tr>"
+            for k, v in result.verdicts.items())
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        body = (
+            f"<h1>Calibration report</h1><p class=\"meta\">Repository <code>{e(self.repo.root)}</code> &middot; "
+            f"written {e(now)} &middot; {len(self.items)} datasets</p>"
+            "<p class=\"meta\">Collections, searched in this order (verification first, then generation): "
+            + ", ".join(f"<code>{e(c)}</code>" for c in self.collections) + "</p>"
+            f"<p>Overall: {badge}</p>"
+            "<table class=\"summary\" id=\"verdicts\"><thead><tr><th>calibration</th><th>verdict</th>"
+            f"<th>failing tests</th></tr></thead><tbody>{stage_rows}</tbody></table>"
+            "<h3>Tests per calibration type</h3>"
+            "<table class=\"summary\" id=\"summary-table\"><thead><tr><th>calibration</th><th>test</th><th>level</th>"
+            "<th>pass</th><th>fail</th><th>verdict</th></tr></thead><tbody>" + "".join(trs) + "</tbody></table>"
+            + "\n".join(sections)
+        )
+        self.page("index.html", "cpframe calibration report", body)
+
+    def detector_page(self, st: ReportStage, kinds: dict[str, list[Item]]) -> None:
+        products = sorted(kinds.get("product", []), key=lambda i: (i.ref.data_id.get("detector", 0),
+                                                                   str(i.ref.data_id.get("physical_filter", ""))))
+        stats = [i for i in kinds.get("stats", []) if "exposure" not in i.ref.data_id]
+        parts = [f"<h1>{e(st.title)}: per detector</h1>"]
+        by_det: dict[int, list[Item]] = {}
+        for it in products + stats:
+            by_det.setdefault(int(it.ref.data_id.get("detector", -1)), []).append(it)
+        if not by_det:
+            parts.append("<p class=\"meta\">No per-detector datasets in these collections.</p>")
+        for det_id in sorted(by_det):
+            group = by_det[det_id]
+            name = self._det_name(group[0])
+            parts.append(f"<h2 id=\"det{det_id}\">{e(name)} (detector {det_id})</h2>")
+            figs = [self.figure(i.link, f"{i.ref.dataset_type} {name} {i.ref.data_id.get('physical_filter', '')}")
+                    for i in group if i.kind == "product" and i.link.endswith(".png")]
+            if figs:
+                parts.append("<div class=\"figures\">" + "".join(figs) + "</div>")
+            for it in group:
+                if it.kind == "product":
+                    parts.append(self.product_provenance(it))
+                elif it.kind == "stats":
+                    s = read_stats(it.path)
+                    ok = s.get("SUCCESS")
+                    parts.append(f"<p>{e(it.ref.dataset_type)}: <span class=\"{'pass' if ok else 'fail'}\">"
+                                 f"{'PASS' if ok else 'FAIL'}</span> {e(', '.join(s.get('FAILURES', [])))}</p>")
+        self.page(f"{st.key}_det.html", f"{st.title} per detector", "\n".join(parts))
+
+    def _det_name(self, it: Item) -> str:
+        try:
+            return self._camera_from_meta(it.ref.data_id["instrument"]).detector(it.ref.data_id["detector"]).name
+        except Exception:  # noqa: BLE001 - a name is cosmetic; fall back to the id
+            return f"detector {it.ref.data_id.get('detector')}"
+
+    def product_provenance(self, it: Item) -> str:
+        header: Mapping[str, Any] = {}
+        if str(it.path).endswith(".fits"):
+            from cpframe.science.imageio import read_header
+
+            header = read_header(it.path)
+        elif str(it.path).endswith(".ecsv"):
+            from astropy.table import Table
+
+            header = Table.read(it.path, format="ascii.ecsv").meta
+        inputs = []
+        i = 0
+        while header_value(header, f"CPP_INPUT_{i}") is not None:
+            inputs.append(tuple(header_value(header, f"CPP_INPUT{k}_{i}", "")
+                                for k in ("", "_DATE", "_EXPT", "_SCALE")))
+            i += 1
+        rows = "".join(f"<tr><td class=\"num\">{e(a)}</td><td>{e(b)}</td><td class=\"num\">{e(_fmt(c))}</td>"
+                       f"<td class=\"num\">{e(_fmt(d))}</td></tr>" for a, b, c, d in inputs)
+        table = (f"<table><thead><tr><th>input exposure</th><th>date (TAI)</th><th>exposure time (s)</th>"
+                 f"<th>scale</th></tr></thead><tbody>{rows}</tbody></table>" if inputs else
+                 "<p class=\"meta\">No CPP_INPUT_* keys in this product.</p>")
+        created = header_value(header, "CALIB_CREATION_DATETIME", "")
+        filt = it.ref.data_id.get("physical_filter", "")
+        return (f"<details><summary>Provenance of {e(it.ref.dataset_type)}{' ' + e(filt) if filt else ''}: RUN <a href=\"provenance.html#{_anchor(it.ref.run)}\">"
+                f"{e(it.ref.run)}</a>, {len(inputs)} input(s)</summary>"
+                f"<p class=\"meta\">dataset {e(it.ref.id)}{' &middot; created ' + e(created) if created else ''}"
+                f"</p>{table}</details>")
+
+    def exposure_page(self, st: ReportStage, kinds: dict[str, list[Item]], summary: Mapping[str, Any]) -> None:
+        residuals = kinds.get("residual", [])
+        verdicts = summary.get("EXPOSURES", {}) if summary else {}
+        failures = summary.get("FAILURES", {}) if summary else {}
+        exposures = sorted({int(i.ref.data_id["exposure"]) for i in residuals if "exposure" in i.ref.data_id}
+                           | {int(k) for k in verdicts if str(k).isdigit()})
+        parts = [f"<h1>{e(st.title)}: per exposure</h1>"]
+        if not exposures:
+            parts.append("<p class=\"meta\">No per-exposure datasets in these collections.</p>")
+        figures = {}
+        for fig_html, exp in zip(self.residual_mosaics(st, residuals),
+                                 sorted({int(i.ref.data_id.get("exposure", 0)) for i in residuals})):
+            figures[exp] = fig_html
+        for exp in exposures:
+            ok = verdicts.get(str(exp))
+            badge = ("<span class=\"verdict pass\">PASS</span>" if ok else
+                     "<span class=\"verdict fail\">FAIL</span>" if ok is False else "")
+            parts.append(f"<h2 id=\"exp{exp}\">Exposure {exp} {badge}</h2>")
+            if failures.get(str(exp)):
+                parts.append("<ul class=\"failures\">" + "".join(f"<li>{e(f)}</li>" for f in failures[str(exp)])
+                             + "</ul>")
+            if exp in figures:
+                parts.append("<div class=\"figures\">" + figures[exp] + "</div>")
+        self.page(f"{st.key}_exp.html", f"{st.title} per exposure", "\n".join(parts))
+
+    def write_provenance(self) -> None:
+        runs = sorted({it.ref.run for it in self.items})
+        parts = ["<h1>Provenance</h1><p class=\"meta\">What each RUN recorded when it was written "
+                 "(cpframe submit stores one record per submission).</p>"]
+        for run in runs:
+            info = self.repo.registry.get_run_info(run)
+            parts.append(f"<h2 id=\"{_anchor(run)}\">{e(run)}</h2>")
+            n = sum(1 for it in self.items if it.ref.run == run)
+            parts.append(f"<p class=\"meta\">{n} dataset(s) of this RUN in the report.</p>")
+            records = info.get("records") if isinstance(info, dict) else None
+            if not info:
+                parts.append("<p class=\"meta\">No provenance stored for this RUN.</p>")
+                continue
+            for k, rec in enumerate(records if isinstance(records, list) else [info]):
+                parts.append(f"<h3>Record {k + 1}</h3>" + _record_table(rec))
+        self.page("provenance.html", "Provenance", "\n".join(parts))
+
+    def write_manifest(self) -> None:
+        types = {dt.name: dt for dt in self.repo.registry.query_dataset_types()}
+        rows = []
+        for it in sorted(self.items, key=lambda i: (i.stage.key, i.ref.dataset_type, str(i.ref.data_id))):
+            dt = types.get(it.ref.dataset_type)
+            link = f"<a href=\"{e(it.link)}\">view</a>" if it.link else ""
+            rows.append(
+                f"<tr><td>{e(it.stage.title)}</td><td><code>{e(it.ref.id[:8])}</code></td><td>{e(it.ref.dataset_type)}"
+                f"</td><td>{e(dt.storage_format if dt else '')}</td><td>{e(str(it.ref.data_id))}</td>"
+                f"<td>{e(it.ref.extra.get('collection', it.ref.run))}</td><td>{link} "
+                f"<a href=\"{e(it.path.as_uri())}\">file</a></td></tr>")
+        body = ("<h1>Manifest</h1><p class=\"meta\">Every dataset the report used (find-first in the collections "
+                "given).</p><div class=\"scroll\"><table><thead><tr><th>stage</th><th>dataset</th><th>type</th>"
+                "<th>format</th><th>data ID</th><th>collection</th><th>links</th></tr></thead><tbody>"
+                + "".join(rows) + "</tbody></table></div>")
+        self.page("manifest.html", "Manifest", body)
+
+
+def _amp_rows(table) -> np.ndarray:
+    """Rows of amps (detector and exposure rows have an empty -- after ECSV, masked -- amplifier)."""
+    return np.array([not np.ma.is_masked(a) and str(a) not in ("", "--") for a in table["amplifier"]], dtype=bool)
+
+
+def _anchor(text: str) -> str:
+    return "run-" + re.sub(r"[^A-Za-z0-9_-]+", "-", text)
+
+
+_RECORD_KEYS = ("status", "command_line", "selection", "collections", "timings", "versions", "host", "submit_dir",
+                "missing")
+
+
+def _record_table(rec: Mapping[str, Any]) -> str:
+    keys = [k for k in _RECORD_KEYS if k in rec] + sorted(k for k in rec if k not in _RECORD_KEYS
+                                                         and k not in ("template", "submission", "outputs",
+                                                                       "data_ids", "environment"))
+    rows = []
+    for k in keys:
+        v = rec[k]
+        text = " ".join(map(str, v)) if k == "command_line" and isinstance(v, list) else (
+            json.dumps(v, indent=1, sort_keys=True, default=str) if isinstance(v, (dict, list)) else str(v))
+        if len(text) > 4000:
+            text = text[:4000] + " ..."
+        cell = f"<pre>{e(text)}</pre>" if "\n" in text else e(text)
+        rows.append(f"<tr><th>{e(k)}</th><td>{cell}</td></tr>")
+    for k in ("data_ids", "outputs"):
+        if isinstance(rec.get(k), list):
+            rows.append(f"<tr><th>{e(k)}</th><td>{len(rec[k])} entries</td></tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def write_report(
+    repo: Any, collections: Sequence[str], output_dir: str | Path, *, do_overwrite: bool = False,
+) -> ReportResult:
+    """Write the static HTML report (module docstring) and return what was written.
+
+    Parameters
+    ----------
+    repo : cpframe.repository.repo.Repository
+    collections : sequence of str
+        Searched in order, find-first: verification collections first, then generation ones.
+    output_dir : path
+        Created if missing; pages are rewritten, PNGs reused unless ``do_overwrite``.
+
+    Raises
+    ------
+    UserInputError
+        No collections, or nothing to report in them.
+    UnknownCollectionError
+        A collection does not exist.
+    """
+    if not collections:
+        raise UserInputError("no collections given; pass -c VERIFY_COLLECTION ... -c GEN_COLLECTION ...")
+    out = Path(output_dir).absolute()
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"report directory {out} exists and is not a directory; choose another -o.")
+    items = _collect(repo, collections)
+    if not items:
+        raise UserInputError(
+            f"{NO_DATASETS_MESSAGE} in {', '.join(collections)}: the report looks for "
+            f"{', '.join(s.product for s in REPORT_STAGES if s.product)} and verify<Type>Results/Summary datasets. "
+            "Check the collection names (cpframe query-collections) and that verification ran."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    if do_overwrite and (out / "src").is_dir():
+        shutil.rmtree(out / "src")
+    return _Report(repo, collections, out, do_overwrite).write(items)

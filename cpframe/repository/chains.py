@@ -1,0 +1,99 @@
+"""Pure list arithmetic of ``collection-chain`` modes (spec registry.md §5).
+
+No database here: :class:`cpframe.repository.sql.SqlRegistry` checks existence,
+types and cycles, then calls :func:`edit_chain` to compute the new child list.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from cpframe.core.errors import UserInputError
+
+__all__ = ["edit_chain", "dedupe", "split_children"]
+
+
+def dedupe(names: Sequence[str]) -> list[str]:
+    """Drop repeated names, keeping the first occurrence.
+
+    >>> dedupe(["a", "b", "a", "c", "b"])
+    ['a', 'b', 'c']
+    """
+    seen: set[str] = set()
+    out = []
+    for n in names:
+        if n not in seen:
+            seen.add(n)
+            out.append(n)
+    return out
+
+
+def split_children(items: Sequence[str]) -> list[str]:
+    """Split CLI child arguments on commas, dropping empty pieces.
+
+    >>> split_children(["a,b", "c"])
+    ['a', 'b', 'c']
+    """
+    out = []
+    for item in items:
+        out.extend(p.strip() for p in str(item).split(",") if p.strip())
+    return out
+
+
+def edit_chain(
+    current: Sequence[str], children: Sequence[str], mode: str, pop_indices: Sequence[int] = ()
+) -> list[str]:
+    """New child list of a chain edited with ``mode``.
+
+    Parameters
+    ----------
+    current : sequence of str
+        The chain's children now (empty for a new chain).
+    children : sequence of str
+        The children given by the user (already flattened if asked).
+    mode : str
+        ``redefine``, ``prepend``, ``extend``, ``remove`` or ``pop``.
+    pop_indices : sequence of int
+        Indices for ``pop`` (negative allowed; default ``[0]``).
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    UserInputError
+        Unknown mode or a pop index out of range.
+
+    Examples
+    --------
+    >>> edit_chain(["c1", "c2", "c3"], ["c3", "c0"], "prepend")
+    ['c3', 'c0', 'c1', 'c2']
+    >>> edit_chain(["c1", "c2", "c3"], ["c1"], "extend")
+    ['c2', 'c3', 'c1']
+    >>> edit_chain(["c1", "c2", "c3"], [], "pop", [0, -1])
+    ['c2']
+    """
+    new = dedupe(children)
+    if mode == "redefine":
+        return new
+    if mode == "prepend":
+        return new + [c for c in current if c not in new]
+    if mode == "extend":
+        return [c for c in current if c not in new] + new
+    if mode == "remove":
+        return [c for c in current if c not in new]
+    if mode == "pop":
+        indices = list(pop_indices) or [0]
+        n = len(current)
+        bad = [i for i in indices if not -n <= i < n]
+        if bad:
+            raise UserInputError(
+                f"pop index {', '.join(map(str, bad))} is out of range for a chain of {n} "
+                f"children ({', '.join(current) or 'empty'}); use 0..{n - 1} or -{n}..-1."
+            )
+        drop = {i % n for i in indices}
+        return [c for i, c in enumerate(current) if i not in drop]
+    raise UserInputError(
+        f"unknown chain mode {mode!r}; use one of redefine, prepend, extend, remove, pop."
+    )

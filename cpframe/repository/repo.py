@@ -1,0 +1,755 @@
+"""A data repository: the registry plus the datastore (files under a root directory).
+
+The datastore keeps one file per dataset at
+``ROOT/<run>/<datasetType>/<datasetType>_<instrument>_<dataId values>.<ext>``.
+
+How a file and its registry row appear together (or not at all)
+-------------------------------------------------------------------
+1. A ``pending_file`` journal row naming the final path (and the writer,
+   ``host:pid``) is **committed** first.
+2. The file is written to ``.<name>.tmp`` beside its final place and renamed.
+3. One transaction inserts the dataset rows **and** deletes the journal rows.
+
+Removal runs the other way: one transaction deletes the rows and journals the
+paths, then the files are deleted, then the journal rows.  So a journal row
+always means "this path is not trustworthy unless a dataset row points at it".
+:meth:`Repository.open` repairs the leftovers of writers that are gone (same
+host, process no longer alive; or older than a day): the file and its ``.tmp``
+sibling are deleted unless a dataset row uses the path.  Leftovers of live
+writers are only reported.
+
+Export/import (``export_calibs``, ``import_``) live in ``cpframe.repository.transfer``
+and are re-exported as methods here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import shutil
+import socket
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import yaml
+
+from cpframe.core.errors import (
+    CollectionTypeError,
+    DatasetConflictError,
+    DatastoreError,
+    MissingDatasetError,
+    RegistryError,
+    SchemaVersionError,
+    UnknownCollectionError,
+    UserInputError,
+)
+from cpframe.core.model import CollectionType, DataId, DatasetRef, DatasetType, Timespan
+from cpframe.repository.sql import SqlRegistry, normalize_data_id, tai_now_ns
+
+__all__ = [
+    "Repository",
+    "RemovalPlan",
+    "DEFAULT_DATASET_TYPES",
+    "TRANSFER_MODES",
+    "CONFIG_NAME",
+    "SQLITE_NAME",
+    "sha256_file",
+    "dataset_file_name",
+]
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "cpframe-repo.yaml"
+SQLITE_NAME = "registry.sqlite3"
+#: How files reach the datastore (``direct`` records the absolute source path, no copy).
+TRANSFER_MODES = ("copy", "link", "symlink", "direct", "move")
+_EXT = {"fits-raw": ".fits", "fits-masked": ".fits", "fits-ptc": ".fits", "ecsv-defects": ".ecsv",
+        "ecsv": ".ecsv", "json": ".json"}
+_STALE_NS = 24 * 3600 * 10**9  # journal rows of other hosts older than this are repaired
+
+_CAL = ("instrument", "detector")
+#: Dataset types every repository has (docs/architecture.md "Dataset types").
+DEFAULT_DATASET_TYPES = (
+    DatasetType("raw", ("instrument", "detector", "exposure"), False, "fits-raw"),
+    DatasetType("biasBootstrap", _CAL, True, "fits-masked"),
+    DatasetType("darkBootstrap", _CAL, True, "fits-masked"),
+    DatasetType("bias", _CAL, True, "fits-masked"),
+    DatasetType("dark", _CAL, True, "fits-masked"),
+    DatasetType("flatBootstrap", ("instrument", "detector", "physical_filter"), True, "fits-masked"),
+    DatasetType("flat", ("instrument", "detector", "physical_filter"), True, "fits-masked"),
+    DatasetType("defects", _CAL, True, "ecsv-defects"),
+    DatasetType("manual_defects", _CAL, True, "ecsv-defects"),
+    DatasetType("ptc", _CAL, True, "fits-ptc"),
+)
+
+MSG_NOT_A_REPO = "{root} is not a cpframe repository (no {name}); create one with `cpframe create {root}`."
+MSG_REPO_EXISTS = "{root} already holds a cpframe repository ({name}); open it, or choose another directory."
+MSG_CERTIFIED = (
+    "RUN {run} has {n} dataset(s) certified in CALIBRATION collection(s) {collections}; removing it would make "
+    "lookups fall through to older calibrations. Decertify first, or pass --force."
+)
+MSG_CHAIN_CHILD = "RUN {run} is a child of chain(s) {parents}; pass --force to remove it from them too."
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """``sha256:<hex>`` of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def _safe(part: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9.+=~-]", "-", str(part))
+
+
+def dataset_file_name(dt: DatasetType, data_id: Mapping[str, Any], suffix: str = "") -> str:
+    """File name of a dataset in the datastore (without the ``<run>/<datasetType>/`` folders).
+
+    >>> dataset_file_name(DEFAULT_DATASET_TYPES[0], DataId(instrument="LATISS", detector=0, exposure=2024111000044), ".fits")
+    'raw_LATISS_0_2024111000044.fits'
+    """
+    values = [data_id[d] for d in dt.dimensions if d != "instrument"]
+    suffix = suffix or _EXT.get(dt.storage_format, "")
+    return "_".join(_safe(p) for p in [dt.name, data_id["instrument"], *values]) + suffix
+
+
+def _suffix(path: Path) -> str:
+    return "".join(path.suffixes[-2:]) if path.suffix in (".fz", ".gz") else path.suffix
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class _Entry:
+    """A file on its way into the datastore."""
+
+    src: Path
+    ref: DatasetRef
+    rel: str | None
+    """Path relative to the datastore root; None for ``direct`` (absolute source path)."""
+
+
+@dataclass
+class RemovalPlan:
+    """What ``remove_runs`` will do; printed by the CLI before asking."""
+
+    runs: list[str]
+    datasets: dict[str, int]
+    """Number of datasets per RUN."""
+    certified: dict[str, list[str]] = field(default_factory=dict)
+    """RUN -> CALIBRATION collections linking its datasets."""
+    parents: dict[str, list[str]] = field(default_factory=dict)
+    """RUN -> chains listing it."""
+
+    def describe(self) -> str:
+        lines = []
+        for run in self.runs:
+            line = f"  RUN {run}: {self.datasets[run]} dataset(s) and their files"
+            if self.certified.get(run):
+                line += f"; drops links in {', '.join(self.certified[run])}"
+            if self.parents.get(run):
+                line += f"; removed from chain(s) {', '.join(self.parents[run])}"
+            lines.append(line)
+        return "\n".join(lines)
+
+
+class Repository:
+    """Registry + datastore.  Create with :meth:`create`, open with :meth:`open`.
+
+    Attributes
+    ----------
+    root : pathlib.Path
+        The repository directory (holds ``cpframe-repo.yaml``).
+    datastore_root : pathlib.Path
+        Where dataset files live (``root`` unless configured otherwise).
+    registry : SqlRegistry
+    repairs : list of str
+        What :meth:`open` repaired or found in progress (empty when clean).
+    """
+
+    def __init__(self, root: Path, registry: SqlRegistry, datastore_root: Path, db_url: str):
+        self.root = root
+        self.registry = registry
+        self.datastore_root = datastore_root
+        self.db_url = db_url
+        self.repairs: list[str] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls, root: str | os.PathLike, db_url: str | None = None, *, datastore_root: str | os.PathLike | None = None,
+        busy_timeout_s: float = 60.0,
+    ) -> "Repository":
+        """Create a repository in ``root`` (made if missing) and register the default dataset types.
+
+        Parameters
+        ----------
+        root : path
+        db_url : str, optional
+            SQLAlchemy URL of an empty database; default SQLite ``root/registry.sqlite3``.
+        datastore_root : path, optional
+            Where files go (default ``root``); relative paths are relative to ``root``.
+
+        Raises
+        ------
+        RegistryError
+            ``root`` already holds a repository or the database a registry.
+        """
+        root = Path(root).absolute()
+        cfg_path = root / CONFIG_NAME
+        if cfg_path.exists():
+            raise RegistryError(MSG_REPO_EXISTS.format(root=root, name=CONFIG_NAME))
+        made_root = not root.exists()
+        root.mkdir(parents=True, exist_ok=True)
+        url = db_url or f"sqlite:///{root / SQLITE_NAME}"
+        try:
+            registry = SqlRegistry.create(url, busy_timeout_s)
+        except BaseException:
+            if made_root:  # leave nothing behind
+                shutil.rmtree(root, ignore_errors=True)
+            raise
+        try:
+            for dt in DEFAULT_DATASET_TYPES:
+                registry.register_dataset_type(dt)
+            config = {
+                "schema_version": SqlRegistry.SCHEMA_VERSION,
+                "db": db_url or f"sqlite:///{SQLITE_NAME}",
+                "datastore_root": str(datastore_root) if datastore_root else ".",
+            }
+            tmp = cfg_path.with_name(f".{CONFIG_NAME}.tmp")
+            tmp.write_text(
+                "# cpframe repository: registry database URL (sqlite paths relative to this file), schema version\n"
+                + yaml.safe_dump(config, sort_keys=False)
+            )
+            os.replace(tmp, cfg_path)
+        except BaseException:
+            registry.close()
+            raise
+        return cls(root, registry, cls._store_root(root, config["datastore_root"]), url)
+
+    @staticmethod
+    def _store_root(root: Path, text: str) -> Path:
+        p = Path(text)
+        return (p if p.is_absolute() else root / p).resolve()
+
+    @classmethod
+    def open(cls, root: str | os.PathLike, *, repair: bool = True, busy_timeout_s: float = 60.0) -> "Repository":
+        """Open the repository in ``root`` and repair leftovers of crashed writers.
+
+        Raises
+        ------
+        RegistryError
+            ``root`` is not a repository.
+        SchemaVersionError
+            Written by a cpframe with another schema version.
+        """
+        root = Path(root).absolute()
+        cfg_path = root / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise RegistryError(MSG_NOT_A_REPO.format(root=root, name=CONFIG_NAME))
+        try:
+            config = yaml.safe_load(cfg_path.read_text()) or {}
+            version, db = str(config["schema_version"]), str(config["db"])
+        except (yaml.YAMLError, KeyError, TypeError) as err:
+            raise RegistryError(f"{cfg_path} is damaged ({err}); it needs keys schema_version and db.") from None
+        if version != SqlRegistry.SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{root} was created with registry schema version {version}; this cpframe uses "
+                f"{SqlRegistry.SCHEMA_VERSION}. Use the matching cpframe version, or export the calibrations "
+                "with it (`cpframe export-calibs`) and import them into a new repository."
+            )
+        url = db
+        if db.startswith("sqlite:///") and not db.startswith("sqlite:////"):
+            url = f"sqlite:///{root / db[len('sqlite:///'):]}"
+        registry = SqlRegistry.open(url, busy_timeout_s)
+        repo = cls(root, registry, cls._store_root(root, str(config.get("datastore_root", "."))), url)
+        if repair:
+            repo.repairs = repo.repair()
+        return repo
+
+    def close(self) -> None:
+        """Release database connections."""
+        self.registry.close()
+
+    def __enter__(self) -> "Repository":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Repository({str(self.root)!r})"
+
+    def repair(self, *, force: bool = False) -> list[str]:
+        """Clean up journal leftovers of writers that are gone; returns what was done or found.
+
+        Parameters
+        ----------
+        force : bool
+            Repair every leftover, even of writers that look alive (use only when no
+            other process writes to this repository).
+        """
+        rows = self.registry.pending_files()
+        if not rows:
+            return []
+        host = socket.gethostname()
+        now = tai_now_ns()
+        doomed, report = [], []
+        for row in rows:
+            owner = row.get("owner") or ""
+            o_host, _, o_pid = owner.rpartition(":")
+            alive = (o_host == host and o_pid.isdigit() and _pid_alive(int(o_pid))) or (
+                o_host != host and now - row["created_ns"] < _STALE_NS)
+            if alive and not force:
+                report.append(f"{row['path']}: being written by {owner} (left alone)")
+            else:
+                doomed.append(row["path"])
+        in_use = self.registry.paths_in_use(doomed)
+        for rel in doomed:
+            if rel in in_use:
+                report.append(f"{rel}: journal entry of a completed write removed")
+                continue
+            final = self.datastore_root / rel
+            removed = [p for p in (final, _tmp_of(final)) if _unlink(p)]
+            report.append(f"{rel}: interrupted write or removal repaired"
+                          + (f" ({len(removed)} file(s) deleted)" if removed else ""))
+        self.registry.remove_pending_files(doomed)
+        self._prune_dirs({(self.datastore_root / p).parent for p in doomed})
+        for line in report:
+            log.warning("repository %s: %s", self.root, line)
+        return report
+
+    # -- dimensions -----------------------------------------------------------------------------
+    def register_instrument(self, name: str, scale: str = "full") -> bool:
+        """Register instrument ``name`` from ``cpframe.camera.models``; True if new.
+
+        Raises
+        ------
+        CameraError
+            Unknown instrument or scale.
+        ConflictingDefinitionError
+        """
+        from cpframe.camera.models import load_camera
+
+        return self.registry.register_instrument(load_camera(name, scale))
+
+    # -- datastore ------------------------------------------------------------------------------
+    def get_path(self, ref: DatasetRef) -> Path:
+        """Absolute path of a dataset's file.
+
+        Raises
+        ------
+        DatastoreError
+            The ref has no file.
+        """
+        if not ref.path:
+            raise DatastoreError(f"dataset {ref.id} ({ref.dataset_type} {ref.data_id}) has no file in the datastore.")
+        p = Path(ref.path)
+        return p if p.is_absolute() else self.datastore_root / p
+
+    def put_file(self, src_path: str | os.PathLike, dataset_type: str, data_id: Mapping[str, Any], run: str,
+                 transfer: str = "move") -> DatasetRef:
+        """Store one file as a dataset of ``run`` (see :meth:`put_files`)."""
+        return self.put_files([(src_path, dataset_type, data_id)], run, transfer=transfer)[0]
+
+    def put_files(self, items: Iterable[tuple[Any, str, Mapping[str, Any]]], run: str,
+                  transfer: str = "move") -> list[DatasetRef]:
+        """Store files as datasets of ``run`` in one transaction: all or nothing.
+
+        Parameters
+        ----------
+        items : iterable of (path, dataset type, data ID)
+        run : str
+            An existing RUN collection (runs are not created implicitly).
+        transfer : str
+            ``move`` (default: rename/hard-link, source removed after commit), ``copy``, ``link``,
+            ``symlink``.
+
+        Raises
+        ------
+        DatasetConflictError
+            A (type, data ID) already in ``run``; lists every conflict.  Nothing is moved.
+        UnknownCollectionError, CollectionTypeError, UnknownDatasetTypeError, DatastoreError, UserInputError
+        """
+        if transfer == "direct":
+            raise UserInputError("put_files does not take transfer='direct'; use ingest_files for files kept in place.")
+        return self.ingest_files(items, run, transfer=transfer, checksum=True)
+
+    def ingest_files(self, items: Iterable[tuple[Any, str, Mapping[str, Any]]], run: str,
+                     transfer: str = "copy", checksum: bool = False) -> list[DatasetRef]:
+        """Like :meth:`put_files`, with every transfer mode, ``direct`` included (file kept in place).
+
+        ``checksum=False`` (the default for ingest, as in the butler's datastore) records no
+        sha256: hashing reads every byte of every file and was ~95 % of raw-ingest time
+        (benchmarks/RESULTS.md).  Products written by cpframe (:meth:`put_files`) always get one;
+        ``export-calibs`` computes any missing checksum so ``import`` can verify every file.
+
+        Raises
+        ------
+        DatasetConflictError, UnknownCollectionError, CollectionTypeError, DatastoreError, UserInputError
+        """
+        if transfer not in TRANSFER_MODES:
+            raise UserInputError(f"unknown transfer mode {transfer!r}; use one of {', '.join(TRANSFER_MODES)}.")
+        items = list(items)
+        ctype = self.registry.get_collection_type(run)
+        if ctype != CollectionType.RUN:
+            raise CollectionTypeError(f"datasets go into RUN collections; {run!r} is {ctype.name}.")
+        entries = self._prepare([(Path(p), t, d, run, None) for p, t, d in items], transfer,
+                                {t: self.registry.get_dataset_type(t) for t in {t for _, t, _ in items}},
+                                compute_checksums=checksum)
+        self._precheck_conflicts(entries)
+        return self._commit(entries, transfer, lambda: self.registry.insert_datasets([e.ref for e in entries]))
+
+    def _prepare(self, items: Sequence[tuple[Path, str, Mapping[str, Any], str, str | None]], transfer: str,
+                 types: Mapping[str, DatasetType], checksums: Mapping[str, str] | None = None,
+                 compute_checksums: bool = True) -> list[_Entry]:
+        """Paths, data IDs and checksums of files to store; nothing is written."""
+        missing = [str(p) for p, *_ in items if not p.is_file()]
+        if missing:
+            raise DatastoreError(
+                f"{len(missing)} file(s) to store do not exist: {', '.join(missing[:10])}"
+                + (", ..." if len(missing) > 10 else "") + ". Nothing was stored."
+            )
+        entries, seen = [], {}
+        for src, type_name, data_id, run, ds_id in items:
+            dt = types[type_name]
+            did = normalize_data_id(dt, data_id)
+            rel = None
+            if transfer != "direct":
+                rel = f"{run}/{dt.name}/{dataset_file_name(dt, did, _suffix(src))}"
+                if rel in seen:
+                    raise DatasetConflictError(
+                        f"{dt.name} {did} is given twice for RUN {run} ({seen[rel]} and {src}); give each data ID once."
+                    )
+                seen[rel] = src
+            checksum = (checksums or {}).get(str(src)) or (sha256_file(src) if compute_checksums else None)
+            path = rel if rel is not None else str(src.resolve())
+            ref = DatasetRef(ds_id or str(uuid.uuid4()), dt.name, did, run, path, checksum,
+                             {"size_bytes": src.stat().st_size})
+            entries.append(_Entry(src, ref, rel))
+        return entries
+
+    def _precheck_conflicts(self, entries: Sequence[_Entry]) -> None:
+        """Fail before touching any file when a dataset already exists (checked again on insert)."""
+        by: dict[tuple[str, str], list[_Entry]] = {}
+        for e in entries:
+            by.setdefault((e.ref.dataset_type, e.ref.run), []).append(e)
+        conflicts = []
+        for (t, run), group in by.items():
+            found = self.registry.find_datasets(t, [e.ref.data_id for e in group], [run])
+            conflicts += [f"{t} {e.ref.data_id} in RUN {run} (existing id {f.id})" for e, f in zip(group, found) if f]
+        if conflicts:
+            raise DatasetConflictError(
+                f"{len(conflicts)} dataset(s) already exist: " + "; ".join(conflicts[:20])
+                + ("; ..." if len(conflicts) > 20 else "")
+                + ". A dataset type + data ID appears once per RUN; write to a new RUN or remove the old one "
+                "(`cpframe remove-runs`). Nothing was stored."
+            )
+
+    def _commit(self, entries: Sequence[_Entry], transfer: str, body: Callable[[], Any]) -> Any:
+        """Journal, place the files, then run ``body`` and drop the journal in one transaction."""
+        rels = [e.rel for e in entries if e.rel is not None]
+        self.registry.add_pending_files(rels, _owner())
+        placed: list[Path] = []
+        try:
+            for e in entries:
+                if e.rel is not None:
+                    placed.append(self._place(e.src, self.datastore_root / e.rel, transfer))
+            with self.registry.transaction():
+                result = body()
+                self.registry.remove_pending_files(rels)
+        except BaseException:
+            for p in placed:
+                _unlink(p)
+            for e in entries:
+                if e.rel is not None:
+                    _unlink(_tmp_of(self.datastore_root / e.rel))
+            with contextlib.suppress(Exception):
+                self.registry.remove_pending_files(rels)
+            self._prune_dirs({p.parent for p in placed})
+            raise
+        if transfer == "move":
+            for e in entries:
+                _unlink(e.src)
+        return result
+
+    def _place(self, src: Path, final: Path, transfer: str) -> Path:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _tmp_of(final)
+        _unlink(tmp)
+        try:
+            if transfer == "symlink":
+                os.symlink(src.resolve(), tmp)
+            elif transfer in ("link", "move"):
+                try:
+                    os.link(src, tmp)
+                except OSError:
+                    if transfer == "link":
+                        raise
+                    shutil.copyfile(src, tmp)
+            else:
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, final)
+        except OSError as err:
+            _unlink(tmp)
+            raise DatastoreError(f"cannot {transfer} {src} to {final}: {err.strerror or err}. Nothing was stored.") from err
+        return final
+
+    def _prune_dirs(self, dirs: Iterable[Path]) -> None:
+        """Remove empty folders up to (not including) the datastore root."""
+        root = self.datastore_root
+        for d in sorted(set(dirs), key=lambda p: -len(p.parts)):
+            while d != root and root in d.parents:
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+                d = d.parent
+
+    def verify_checksums(self, refs: Iterable[DatasetRef]) -> list[str]:
+        """Problems found re-hashing the files of ``refs`` (empty list when all match)."""
+        problems = []
+        for ref in refs:
+            p = self.get_path(ref)
+            if not p.is_file():
+                problems.append(f"{ref.dataset_type} {ref.data_id}: file {p} is missing")
+            elif ref.checksum and sha256_file(p) != ref.checksum:
+                problems.append(f"{ref.dataset_type} {ref.data_id}: {p} does not match its checksum")
+        return problems
+
+    # -- certification --------------------------------------------------------------------------
+    def certify_calibrations(
+        self, input_collection: str, output_collection: str, dataset_type: str,
+        timespan: Timespan | None = None, *, begin_date: str | None = None, end_date: str | None = None,
+        search_all_inputs: bool = False,
+    ) -> list[DatasetRef]:
+        """``certify-calibrations`` (spec §3): link the input's datasets into a CALIBRATION collection.
+
+        Parameters
+        ----------
+        input_collection : str
+            A RUN (or CHAINED: only its first child unless ``search_all_inputs``).
+        output_collection : str
+            CALIBRATION collection, created if absent.
+        dataset_type : str
+        timespan : Timespan, optional
+            Validity range; or give ``begin_date``/``end_date`` texts (TAI; 1970 or earlier = unbounded).
+        search_all_inputs : bool
+            Find-first over the whole INPUT chain instead of its first child.
+
+        Returns
+        -------
+        list of DatasetRef
+            The datasets certified.
+
+        Raises
+        ------
+        BadDateError
+            Date with a time-zone suffix, unknown form, or begin after end.
+        MissingDatasetError
+            No datasets of that type in the input (nothing is created).
+        CollectionTypeError
+            The output exists as RUN or CHAINED.
+        ValidityOverlapError, RegistryError, UnknownCollectionError, UnknownDatasetTypeError
+        """
+        from cpframe.repository.sql import MSG_FIRST_CHILD, MSG_NO_INPUT
+
+        if timespan is None:
+            timespan = Timespan.from_text(begin_date, end_date)
+        reg = self.registry
+        dt = reg.get_dataset_type(dataset_type)
+        if not dt.is_calibration:
+            raise RegistryError(
+                f"dataset type {dataset_type!r} is not a calibration and cannot be certified; "
+                "certify bias, dark, flat, defects, ptc, ... instead."
+            )
+        with contextlib.suppress(UnknownCollectionError):
+            otype = reg.get_collection_type(output_collection)
+            if otype != CollectionType.CALIBRATION:
+                raise CollectionTypeError(
+                    f"output collection {output_collection!r} is a {otype.name} collection; certify into a "
+                    "CALIBRATION collection (a new name is created as one)."
+                )
+        itype = reg.get_collection_type(input_collection)
+        search, note = [input_collection], ""
+        if itype == CollectionType.CHAINED and not search_all_inputs:
+            children = reg.get_chain(input_collection)
+            if not children:
+                raise MissingDatasetError(f"input chain {input_collection!r} is empty; nothing to certify.")
+            search = [children[0]]
+            note = " (" + MSG_FIRST_CHILD.format(child=children[0]) + ")"
+        refs = reg.query_datasets(dataset_type, search, find_first=True)
+        if not refs:
+            raise MissingDatasetError(
+                MSG_NO_INPUT.format(dataset_type=dataset_type, collection=input_collection) + note
+                + f"; nothing was certified and {output_collection!r} was not created. Check the input with "
+                f"`cpframe query-datasets REPO {dataset_type} --collections {input_collection}`."
+            )
+        reg.certify(output_collection, refs, timespan)
+        return refs
+
+    # -- removal --------------------------------------------------------------------------------
+    def plan_remove_runs(self, names: Sequence[str], force: bool = False) -> RemovalPlan:
+        """Check and describe what :meth:`remove_runs` would do.
+
+        Raises
+        ------
+        UnknownCollectionError, CollectionTypeError
+        RegistryError
+            A RUN is certified somewhere or a chain child, and not ``force``.
+        """
+        reg = self.registry
+        runs = list(dict.fromkeys(names))
+        if not runs:
+            raise UserInputError("no RUN collections given to remove.")
+        problems = []
+        plan = RemovalPlan(runs, {})
+        for run in runs:
+            ctype = reg.get_collection_type(run)
+            if ctype != CollectionType.RUN:
+                raise CollectionTypeError(
+                    f"{run!r} is a {ctype.name} collection, not a RUN; remove it with `cpframe remove-collections`."
+                )
+            refs = reg.query_datasets(None, [run])
+            plan.datasets[run] = len(refs)
+            cert = reg.certified_in([r.id for r in refs])
+            colls = sorted({c for cs in cert.values() for c in cs})
+            if colls:
+                plan.certified[run] = colls
+                if not force:
+                    problems.append(MSG_CERTIFIED.format(run=run, n=len(cert), collections=", ".join(colls)))
+            parents = reg.get_parent_chains(run)
+            if parents:
+                plan.parents[run] = parents
+                if not force:
+                    problems.append(MSG_CHAIN_CHILD.format(run=run, parents=", ".join(parents)))
+        if problems:
+            raise RegistryError("refusing to remove: " + " ".join(problems) + " Nothing was removed.")
+        return plan
+
+    def remove_runs(self, names: Sequence[str], force: bool = False) -> RemovalPlan:
+        """Remove RUN collections, their dataset rows and files together (spec §6).
+
+        Raises
+        ------
+        UnknownCollectionError, CollectionTypeError, RegistryError
+            See :meth:`plan_remove_runs`; nothing is removed then.
+        """
+        plan = self.plan_remove_runs(names, force)
+        removed: list[DatasetRef] = []
+        with self.registry.transaction():
+            for run in plan.runs:
+                removed += self.registry.remove_run(run, remove_from_parents=force)
+            rels = [r.path for r in removed if r.path and not Path(r.path).is_absolute()]
+            self.registry.add_pending_files(rels, _owner())
+        for rel in rels:
+            _unlink(self.datastore_root / rel)
+        self._prune_dirs({(self.datastore_root / rel).parent for rel in rels})
+        self.registry.remove_pending_files(rels)
+        return plan
+
+    def remove_collections(self, names: Sequence[str], remove_from_parents: bool = False) -> list[str]:
+        """Remove CALIBRATION/CHAINED/TAGGED collections (links only; datasets stay in their RUNs).
+
+        All or nothing.
+
+        Raises
+        ------
+        UnknownCollectionError, CollectionTypeError
+        RegistryError
+            A collection is a chain child and not ``remove_from_parents``.
+        """
+        names = list(dict.fromkeys(names))
+        with self.registry.transaction():
+            for n in names:
+                self.registry.remove_collection(n, remove_from_parents=remove_from_parents)
+        return names
+
+    # -- artifacts ------------------------------------------------------------------------------
+    def retrieve_artifacts(
+        self, destination: str | os.PathLike, dataset_types: Sequence[str] | None = None,
+        collections: Sequence[str] | str = "*", where: str = "", bind: Mapping[str, Any] | None = None,
+        find_first: bool = False, transfer: str = "copy", preserve_path: bool = True, clobber: bool = False,
+    ) -> list[Path]:
+        """Copy the files of matching datasets to ``destination``; returns the written paths.
+
+        Raises
+        ------
+        DatastoreError
+            A target file exists and not ``clobber`` (nothing is copied), or a source is missing.
+        SelectionError, UnknownCollectionError, UserInputError
+        """
+        if transfer not in ("copy", "link", "symlink"):
+            raise UserInputError(f"retrieve-artifacts transfer {transfer!r}: use copy, link or symlink.")
+        refs = self.registry.query_datasets(dataset_types or None, collections, where, bind, find_first)
+        dest = Path(destination).absolute()
+        plan: dict[Path, Path] = {}
+        for ref in refs:
+            src = self.get_path(ref)
+            name = src.name
+            rel = Path(ref.path) if ref.path and not Path(ref.path).is_absolute() else Path(ref.run) / ref.dataset_type / name
+            target = dest / (rel if preserve_path else name)
+            if target in plan and plan[target] != src:
+                raise DatastoreError(
+                    f"two datasets would both be written to {target}; use --preserve-path to keep run folders."
+                )
+            plan[target] = src
+        clash = [str(t) for t in plan if t.exists() or t.is_symlink()]
+        if clash and not clobber:
+            raise DatastoreError(
+                f"{len(clash)} file(s) already exist in {dest}: {', '.join(clash[:5])}"
+                + (", ..." if len(clash) > 5 else "") + ". Pass --clobber to overwrite. Nothing was copied."
+            )
+        missing = [str(sp) for sp in plan.values() if not sp.is_file()]
+        if missing:
+            raise DatastoreError(f"dataset file(s) missing from the datastore: {', '.join(missing[:5])}.")
+        written = []
+        for target, src in plan.items():
+            written.append(self._place(src, target, transfer))
+        return written
+
+    # -- export / import (cpframe/repository/transfer.py) -----------------------------------------------
+    def export_calibs(self, directory: str | os.PathLike, collections: Sequence[str],
+                      dataset_types: Sequence[str] | None = None, transfer: str = "copy") -> Path:
+        """Export calibration collections to a new directory; see :func:`cpframe.repository.transfer.export_calibs`."""
+        from cpframe.repository.transfer import export_calibs
+
+        return export_calibs(self, directory, collections, dataset_types, transfer)
+
+    def import_(self, directory: str | os.PathLike, export_file: str | os.PathLike | None = None,
+                transfer: str = "copy", skip_dimensions: Sequence[str] = ()) -> dict[str, int]:
+        """Import an export directory; see :func:`cpframe.repository.transfer.import_export`."""
+        from cpframe.repository.transfer import import_export
+
+        return import_export(self, directory, export_file, transfer, skip_dimensions)
+
+
+def _tmp_of(final: Path) -> Path:
+    return final.with_name(f".{final.name}.tmp")
+
+
+def _unlink(p: Path) -> bool:
+    try:
+        p.unlink()
+        return True
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,329 @@
+"""``export-calibs`` and ``import``: move calibration collections between repositories (spec §7).
+
+Export directory layout::
+
+    DIR/export.yaml
+    DIR/<run>/<datasetType>/<file>       one per exported dataset
+
+``export.yaml`` (format version 1) holds, in order: ``dimensions`` (instrument,
+detector, physical_filter and any exposure the datasets name), ``dataset_types``,
+``collections`` (RUN, CALIBRATION, then CHAINED with their children in order,
+children before parents), ``datasets`` per RUN (id, data ID, path relative to
+DIR, format, ``sha256:`` checksum) and ``associations`` (per CALIBRATION
+collection, dataset ids with validity ranges as integer ns TAI plus ISO text
+for people).
+
+cpframe deliberately differs from the butler: paths in an export file must stay
+inside DIR (no absolute paths, no ``..``), and every file's checksum is verified
+before anything is imported.  An export is written to a temporary sibling
+directory and renamed at the end; an import is one transaction plus journaled
+files, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Sequence
+
+import yaml
+
+from cpframe.core.errors import ChecksumError, ExportError, UserInputError
+from cpframe.core.model import CollectionType, DatasetRef, DatasetType, Timespan, ns_to_iso
+
+if TYPE_CHECKING:
+    from cpframe.repository.repo import Repository
+
+__all__ = ["export_calibs", "import_export", "EXPORT_NAME", "EXPORT_VERSION", "DIMENSION_ELEMENTS"]
+
+EXPORT_NAME = "export.yaml"
+EXPORT_VERSION = 1
+#: Dimension elements in an export, in insertion order (``-s`` takes these names).
+DIMENSION_ELEMENTS = ("instrument", "detector", "physical_filter", "exposure")
+
+
+def _walk(repo: "Repository", names: Sequence[str]) -> tuple[list[tuple[str, list[str]]], list[tuple[str, CollectionType]]]:
+    """Chains (children before parents) and leaf collections reached from ``names``, depth-first."""
+    reg = repo.registry
+    chains: list[tuple[str, list[str]]] = []
+    leaves: list[tuple[str, CollectionType]] = []
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        done.add(name)
+        ctype = reg.get_collection_type(name)
+        if ctype == CollectionType.CHAINED:
+            kids = list(reg.get_chain(name))
+            for k in kids:
+                visit(k)
+            chains.append((name, kids))
+        else:
+            leaves.append((name, ctype))
+
+    for n in names:
+        visit(n)
+    return chains, leaves
+
+
+def _sha256(path: Path) -> str:
+    from cpframe.repository.repo import sha256_file  # repo imports this module: import at call time
+
+    return sha256_file(path)
+
+
+def export_calibs(repo: "Repository", directory: str | os.PathLike, collections: Sequence[str],
+                  dataset_types: Sequence[str] | None = None, transfer: str = "copy") -> Path:
+    """Write ``DIR/export.yaml`` and the files of the calibrations reachable from ``collections``.
+
+    Parameters
+    ----------
+    repo : Repository
+    directory : path
+        Must not exist.
+    collections : sequence of str
+        CHAINED/CALIBRATION/RUN collections; chains are walked to their leaves.
+    dataset_types : sequence of str, optional
+        Restrict to these types (default: every calibration type found).
+    transfer : str
+        ``copy``, ``link`` or ``symlink`` for the files.
+
+    Returns
+    -------
+    pathlib.Path
+        The export file.
+
+    Raises
+    ------
+    ExportError
+        ``directory`` exists, or nothing to export.
+    UnknownCollectionError
+    """
+    reg = repo.registry
+    dest = Path(directory).absolute()
+    if dest.exists() or dest.is_symlink():
+        raise ExportError(f"export directory {dest} already exists; give a new directory name.")
+    if transfer not in ("copy", "link", "symlink"):
+        raise UserInputError(f"export transfer {transfer!r}: use copy, link or symlink.")
+    if not collections:
+        raise UserInputError("name at least one collection to export (e.g. LSSTComCam/calib).")
+    chains, leaves = _walk(repo, collections)
+    types = {t.name: t for t in reg.query_dataset_types()}
+    wanted = set(dataset_types) if dataset_types else {n for n, t in types.items() if t.is_calibration}
+    unknown = sorted(wanted - set(types))
+    if unknown:
+        reg.get_dataset_type(unknown[0])  # raises UnknownDatasetTypeError with the list
+    refs: dict[str, DatasetRef] = {}
+    runs: list[str] = []
+    associations: list[dict[str, Any]] = []
+    tagged = [n for n, t in leaves if t == CollectionType.TAGGED]
+    if tagged:
+        raise ExportError(f"TAGGED collections cannot be exported yet ({', '.join(tagged)}); export their RUNs.")
+    for name, ctype in leaves:
+        if ctype == CollectionType.RUN:
+            runs.append(name)
+            for ref in reg.query_datasets(sorted(wanted), [name]):
+                refs[ref.id] = ref
+        elif ctype == CollectionType.CALIBRATION:
+            links = []
+            for ref in reg.query_certifications(name):
+                if ref.dataset_type not in wanted:
+                    continue
+                refs.setdefault(ref.id, ref)
+                span: Timespan = ref.extra["timespan"]
+                links.append({"dataset_id": ref.id, "begin_ns": span.begin_ns, "end_ns": span.end_ns,
+                              "begin_tai": ns_to_iso(span.begin_ns), "end_tai": ns_to_iso(span.end_ns)})
+            associations.append({"collection": name, "links": links})
+    for ref in refs.values():
+        if ref.run not in runs:
+            runs.append(ref.run)
+    if not refs and not associations:
+        raise ExportError(
+            f"nothing to export from {', '.join(collections)}: no {', '.join(sorted(wanted))} datasets found."
+        )
+    instruments = sorted({str(r.data_id["instrument"]) for r in refs.values()})
+    exposures = sorted({int(r.data_id["exposure"]) for r in refs.values() if "exposure" in r.data_id})
+    dims = {el: reg.dimension_rows(el, instruments, exposures) for el in DIMENSION_ELEMENTS}
+    tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        by_run: dict[str, list[dict[str, Any]]] = {r: [] for r in runs}
+        for ref in sorted(refs.values(), key=lambda r: (r.run, r.dataset_type, str(r.data_id))):
+            src = repo.get_path(ref)
+            rel = (PurePosixPath(ref.path) if ref.path and not Path(ref.path).is_absolute()
+                   else PurePosixPath(ref.run, ref.dataset_type, src.name))
+            target = tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if transfer == "copy":
+                shutil.copyfile(src, target)
+            elif transfer == "link":
+                os.link(src, target)
+            else:
+                os.symlink(src.resolve(), target)
+            by_run[ref.run].append({
+                "id": ref.id, "dataset_type": ref.dataset_type, "data_id": dict(ref.data_id), "path": str(rel),
+                "format": types[ref.dataset_type].storage_format,
+                # a file ingested without a checksum gets one now, so import can verify it
+                "checksum": ref.checksum or _sha256(src),
+            })
+        doc = {
+            "cpframe_export": EXPORT_VERSION,
+            "description": f"calibrations exported from {repo.root} ({', '.join(collections)})",
+            "dimensions": dims,
+            "dataset_types": [
+                {"name": t.name, "dimensions": list(t.dimensions), "is_calibration": t.is_calibration,
+                 "storage_format": t.storage_format}
+                for t in sorted({types[r.dataset_type] for r in refs.values()}, key=lambda t: t.name)
+            ],
+            "collections": (
+                [{"name": r, "type": "RUN"} for r in runs]
+                + [{"name": a["collection"], "type": "CALIBRATION"} for a in associations]
+                + [{"name": n, "type": "CHAINED", "children": kids} for n, kids in chains]
+            ),
+            "datasets": [{"run": r, "records": recs} for r, recs in by_run.items() if recs],
+            "associations": associations,
+        }
+        (tmp / EXPORT_NAME).write_text(yaml.safe_dump(doc, sort_keys=False))
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest / EXPORT_NAME
+
+
+def _load_export(path: Path) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ExportError(f"export file {path} does not exist; give it with --export-file.") from None
+    except yaml.YAMLError as err:
+        raise ExportError(f"export file {path} is not valid YAML: {err}") from None
+    if not isinstance(doc, dict) or doc.get("cpframe_export") != EXPORT_VERSION:
+        raise ExportError(
+            f"{path} is not a cpframe export file (format version {EXPORT_VERSION}); "
+            "write one with `cpframe export-calibs`."
+        )
+    return doc
+
+
+def _safe_rel(directory: Path, text: Any) -> tuple[Path | None, str | None]:
+    """Resolve a path of the export file inside ``directory``; (None, reason) when it escapes."""
+    if not isinstance(text, str) or not text:
+        return None, "is not a path"
+    p = PurePosixPath(text)
+    if p.is_absolute() or text.startswith("\\") or (len(text) > 1 and text[1] == ":"):
+        return None, "is absolute"
+    if ".." in p.parts:
+        return None, "contains '..'"
+    full = (directory / p).resolve()
+    if directory.resolve() not in full.parents:
+        return None, "resolves outside the export directory (through a symbolic link)"
+    return directory / p, None
+
+
+def import_export(repo: "Repository", directory: str | os.PathLike, export_file: str | os.PathLike | None = None,
+                  transfer: str = "copy", skip_dimensions: Sequence[str] = ()) -> dict[str, int]:
+    """Import an export directory into ``repo``: dimensions, types, collections, files, links, chains.
+
+    Everything is checked first (paths inside ``directory``, files present, checksums); then
+    the files are journaled and placed and the registry changes commit in one transaction.
+
+    Parameters
+    ----------
+    repo : Repository
+    directory : path
+    export_file : path, optional
+        Default ``directory/export.yaml``.
+    transfer : str
+        ``copy``, ``link``, ``symlink``, ``direct`` (files stay in ``directory``) or ``move``.
+    skip_dimensions : sequence of str
+        Dimension elements whose records are not imported (``-s instrument``): they must already exist.
+
+    Returns
+    -------
+    dict
+        Counts: ``datasets``, ``collections``, ``links``, ``dimension_records``.
+
+    Raises
+    ------
+    ExportError
+        Malformed export file or a path escaping ``directory`` (lists each).
+    ChecksumError
+        A file's checksum differs from the export file's (lists each).
+    ConflictingDefinitionError, DatasetConflictError, CollectionTypeError
+    """
+    directory = Path(directory).absolute()
+    if not directory.is_dir():
+        raise ExportError(f"export directory {directory} does not exist.")
+    bad_skip = sorted(set(skip_dimensions) - set(DIMENSION_ELEMENTS))
+    if bad_skip:
+        raise UserInputError(
+            f"-s/--skip-dimension {', '.join(bad_skip)}: not a dimension element; use {', '.join(DIMENSION_ELEMENTS)}."
+        )
+    path = Path(export_file) if export_file else directory / EXPORT_NAME
+    doc = _load_export(path)
+    reg = repo.registry
+    try:
+        types = {t["name"]: DatasetType(t["name"], tuple(t["dimensions"]), bool(t["is_calibration"]),
+                                        t["storage_format"]) for t in doc.get("dataset_types") or []}
+        collections = [(c["name"], CollectionType[c["type"]], list(c.get("children") or []))
+                       for c in doc.get("collections") or []]
+        records = [(d["run"], r) for d in doc.get("datasets") or [] for r in d["records"]]
+        associations = doc.get("associations") or []
+        dims = doc.get("dimensions") or {}
+    except (KeyError, TypeError) as err:
+        raise ExportError(f"export file {path} is malformed (missing or bad key {err}).") from None
+    escapes, missing, mismatched, items, checksums = [], [], [], [], {}
+    for run, rec in records:
+        src, why = _safe_rel(directory, rec.get("path"))
+        if src is None:
+            escapes.append(f"{rec.get('path')!r} {why}")
+            continue
+        if not src.is_file():
+            missing.append(str(src))
+            continue
+        if rec.get("dataset_type") not in types:
+            raise ExportError(f"export file {path}: dataset {rec.get('id')} has an undeclared type {rec.get('dataset_type')!r}.")
+        actual = _sha256(src)
+        if rec.get("checksum") and actual != rec["checksum"]:
+            mismatched.append(f"{rec['path']} (recorded {rec['checksum'][:20]}..., file {actual[:20]}...)")
+        checksums[str(src)] = actual
+        items.append((src, rec["dataset_type"], rec["data_id"], run, rec["id"]))
+    if escapes:
+        raise ExportError(
+            f"export file {path} names {len(escapes)} path(s) outside {directory}: " + "; ".join(escapes[:10])
+            + ". Paths must be relative and stay inside the export directory; nothing was imported."
+        )
+    if missing:
+        raise ExportError(f"{len(missing)} exported file(s) are missing: {', '.join(missing[:10])}; nothing was imported.")
+    if mismatched:
+        raise ChecksumError(
+            f"{len(mismatched)} file(s) do not match the checksums in {path.name}: " + "; ".join(mismatched[:10])
+            + ". The export was changed or damaged; export again. Nothing was imported."
+        )
+    entries = repo._prepare(items, transfer, types, checksums)  # normalises (checks) every data ID
+    counts = {"datasets": len(entries), "collections": len(collections),
+              "links": sum(len(a.get("links") or []) for a in associations), "dimension_records": 0}
+
+    def body() -> None:
+        for el in DIMENSION_ELEMENTS:
+            if el not in skip_dimensions and dims.get(el):
+                counts["dimension_records"] += reg.insert_dimension_rows(el, dims[el])[0]
+        for t in types.values():
+            reg.register_dataset_type(t)
+        for name, ctype, _ in collections:
+            if ctype != CollectionType.CHAINED:
+                reg.register_collection(name, ctype)
+        reg.insert_datasets([e.ref for e in entries])
+        for a in associations:
+            reg.insert_calib_links(a["collection"], [
+                (link["dataset_id"], Timespan(link.get("begin_ns"), link.get("end_ns"))) for link in a.get("links") or []])
+        for name, ctype, kids in collections:
+            if ctype == CollectionType.CHAINED:
+                reg.set_chain(name, kids, mode="redefine")
+
+    repo._commit(entries, transfer, body)
+    return counts

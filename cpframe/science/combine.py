@@ -1,0 +1,1053 @@
+"""Chunked combine of detector images: MEAN, MEDIAN and MEANCLIP over row strips.
+
+The N inputs (``fits-masked`` files) are never held whole.  The output is an
+``xarray.Dataset`` whose planes are dask arrays chunked in row strips; computing one
+strip reads the same rows of every input (one ``pread`` per plane and input), runs a
+compiled per-pixel kernel and drops the strip.  The strip height comes from the memory
+budget through one helper, :func:`strip_rows_for_budget`, so the peak memory of a
+combine depends on the budget, not on N.
+
+Algorithm (spec algorithms.md §4.2, cp_pipe ``CalibCombineTask``): each input is divided
+by its scale (variance by scale²); per pixel, inputs whose mask has a bit of
+``CombineConfig.mask`` or a non-finite value are dropped; then
+
+* ``MEAN``: the mean; ``MEDIAN``: the median (numpy's linear interpolation);
+* ``MEANCLIP``: keep values within median ± clip·0.7413·IQR, then ``n_iter`` passes keep
+  the values within mean ± clip·stdev (ddof=1) of the previous pass's kept values; as in
+  afw, every pass tests every valid input (a value rejected early can come back), and
+  passes stop early when the kept set no longer changes.  The value is the final mean.
+
+Output variance is the squared error of the statistic: stdev²/n from the scatter when
+there are at least ``max_visits_to_calc_error_from_input_variance`` inputs, else
+Σvar/n² from the inputs' variance planes (MEDIAN: times π/2).  Pixels with no surviving
+input, or a non-finite value or variance, get the median of the good pixels (variance:
+the median good variance) and the ``BAD`` bit.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import threading
+import warnings
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from astropy.time import Time, TimeDelta
+from numba import njit
+
+from cpframe.core.errors import ConfigError, UserInputError
+from cpframe.science.imageio import (
+    MASK_BITS,
+    MaskedImage,
+    MaskedLayout,
+    detector_from_header,
+    masked_layout,
+    mask_value,
+    read_header,
+    read_rows,
+    update_header,
+    write_masked,
+)
+
+__all__ = [
+    "CombineConfig",
+    "CombineResult",
+    "CombineError",
+    "STATISTICS",
+    "SCALINGS",
+    "strip_rows_for_budget",
+    "combine_lazy",
+    "combine_images",
+    "combine_files",
+    "clipped_stats",
+    "combine_config_for",
+]
+
+
+class CombineError(UserInputError):
+    """Inputs that cannot be combined (none, different shapes, missing scales, NO_DATA)."""
+
+
+MSG_NO_INPUTS = "combine of {what}: no inputs. Give at least one ISR-processed fits-masked file."
+MSG_SHAPES = ("combine of {what}: inputs differ in shape: {detail}. All inputs must come from the same "
+              "detector at the same camera scale.")
+MSG_SCALES = ("combine of {what}: got {n_scales} scale(s) for {n_inputs} input(s). Give one scale per input "
+              "(exposureScaling={scaling}).")
+MSG_BAD_SCALE = "combine of {what}: scale {value!r} for input {path} is not a finite non-zero number."
+MSG_NO_DATA = ("combine of {what}: {count} output pixel(s) carry NO_DATA. Mask them in the inputs "
+               "(add NO_DATA to 'mask') or set checkNoData: false.")
+MSG_UNKNOWN_KEYS = "unknown combine option(s) {keys}; known options: {known}."
+MSG_BAD_VALUE = "combine option {key}={value!r}: {why}"
+
+STATISTICS = ("MEAN", "MEDIAN", "MEANCLIP")
+SCALINGS = ("Unity", "ExposureTime", "DarkTime", "MeanStats", "InputList")
+
+#: Bytes of stack memory per input pixel: image float32 + mask int32 (+ variance float32),
+#: plus the native-order copies the kernel works on are the same buffers (read in place).
+_BYTES_IMAGE_MASK = 8
+_BYTES_WITH_VARIANCE = 12
+
+STAT_MEAN = 0
+STAT_MEDIAN = 1
+STAT_MEANCLIP = 2
+
+#: Ratio of a Gaussian's sigma to its inter-quartile range (afw's IQ_TO_STDEV).
+IQ_TO_STDEV = 0.7413
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _sort_small(a, n):
+    """Insertion sort of a[:n] in place (fast for the few tens of inputs of a combine)."""
+    for i in range(1, n):
+        v = a[i]
+        j = i - 1
+        while j >= 0 and a[j] > v:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = v
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _quantile_sorted(a, n, q):
+    """Linear-interpolated quantile of sorted a[:n] (numpy's default 'linear' method)."""
+    pos = q * (n - 1)
+    lo = int(math.floor(pos))
+    hi = lo + 1 if lo + 1 < n else lo
+    frac = pos - lo
+    return a[lo] + (a[hi] - a[lo]) * frac
+
+
+@njit(nogil=True, cache=True)
+def _sort(a, n):
+    if n <= 48:
+        _sort_small(a, n)
+    else:
+        a[:n] = np.sort(a[:n])
+
+
+@njit(nogil=True, cache=True)
+def clipped_stack_pixel(vals, vvar, n, stat, clip, n_iter, use_var, work, keep):
+    """Statistic of vals[:n] -> (value, variance of the statistic, number used).
+
+    MEANCLIP: keep values within median +- clip*0.7413*IQR, then ``n_iter`` passes that
+    keep the values within mean +- clip*stdev (ddof=1) of the previous pass (every input
+    re-tested each pass, as afw does); the value is the final mean.  Variance of the statistic: stdev**2/n
+    from the scatter, or sum(var)/n**2 from the inputs' variance planes (``use_var``).
+    MEDIAN variance is pi/2 times the mean's.
+    """
+    if n == 0:
+        return np.nan, np.nan, 0
+    if stat == STAT_MEAN:
+        s = 0.0
+        for i in range(n):
+            s += vals[i]
+        mean = s / n
+        if use_var:
+            sv = 0.0
+            for i in range(n):
+                sv += vvar[i]
+            return mean, sv / (n * n), n
+        if n < 2:
+            return mean, np.nan, n
+        ss = 0.0
+        for i in range(n):
+            d = vals[i] - mean
+            ss += d * d
+        return mean, ss / (n - 1) / n, n
+    for i in range(n):
+        work[i] = vals[i]
+    _sort(work, n)
+    med = _quantile_sorted(work, n, 0.5)
+    if stat == STAT_MEDIAN:
+        if use_var:
+            sv = 0.0
+            for i in range(n):
+                sv += vvar[i]
+            return med, 0.5 * math.pi * sv / (n * n), n
+        if n < 2:
+            return med, np.nan, n
+        s = 0.0
+        for i in range(n):
+            s += vals[i]
+        mean = s / n
+        ss = 0.0
+        for i in range(n):
+            d = vals[i] - mean
+            ss += d * d
+        return med, 0.5 * math.pi * ss / (n - 1) / n, n
+    # MEANCLIP: every pass tests every input against the current bounds (afw), so a value
+    # rejected by a narrow early cut can come back
+    hw = clip * IQ_TO_STDEV * (_quantile_sorted(work, n, 0.75) - _quantile_sorted(work, n, 0.25))
+    lo = med - hw
+    hi = med + hw
+    it = 0
+    first = True
+    while True:
+        m = 0
+        s = 0.0
+        changed = False
+        for i in range(n):
+            v = vals[i]
+            k = lo <= v <= hi
+            if first or k != keep[i]:
+                changed = True
+            keep[i] = k
+            if k:
+                m += 1
+                s += v
+        first = False
+        if m == 0:
+            return np.nan, np.nan, 0
+        if not changed:
+            break  # same set as the previous pass: converged
+        mean = s / m
+        if m < 2:
+            std = np.nan
+        else:
+            ss = 0.0
+            for i in range(n):
+                if keep[i]:
+                    d = vals[i] - mean
+                    ss += d * d
+            std = math.sqrt(ss / (m - 1))
+        if it == n_iter or not (std == std) or std == 0.0:
+            break
+        it += 1
+        lo = mean - clip * std
+        hi = mean + clip * std
+    if use_var:
+        sv = 0.0
+        for i in range(n):
+            if keep[i]:
+                sv += vvar[i]
+        return mean, sv / (m * m), m
+    if m < 2:
+        return mean, np.nan, m
+    return mean, std * std / m, m
+
+
+@njit(nogil=True, cache=True)
+def combine_strip(data, masks, variances, scales, ignore_bits, stat, clip, n_iter, use_var,
+                  out_image, out_var, out_mask, out_n):
+    """Combine a strip ``(N, rows, cols)`` pixel by pixel.
+
+    Inputs whose mask has any ``ignore_bits`` or whose value is not finite are dropped.
+    Each value is divided by its scale (variance by scale**2).  ``out_mask`` receives the
+    OR of the masks of the inputs that entered the statistic; ``out_n`` the count used.
+    """
+    N, R, C = data.shape
+    vals = np.empty(N, np.float64)
+    vvar = np.empty(N, np.float64)
+    work = np.empty(N, np.float64)
+    keep = np.empty(N, np.bool_)
+    inv = np.empty(N, np.float64)
+    for i in range(N):
+        inv[i] = 1.0 / scales[i]
+    for r in range(R):
+        for c in range(C):
+            n = 0
+            orm = 0
+            for i in range(N):
+                mk = masks[i, r, c]
+                v = data[i, r, c]
+                if (mk & ignore_bits) != 0 or not math.isfinite(v):
+                    continue
+                vals[n] = v * inv[i]
+                if use_var:
+                    vvar[n] = variances[i, r, c] * inv[i] * inv[i]
+                orm |= mk
+                n += 1
+            value, var, used = clipped_stack_pixel(vals, vvar, n, stat, clip, n_iter, use_var, work, keep)
+            out_image[r, c] = value
+            out_var[r, c] = var
+            out_mask[r, c] = orm
+            out_n[r, c] = used
+
+
+def sorting_network(n: int) -> np.ndarray:
+    """Comparator pairs (i, j), i < j, of Batcher's odd-even merge sort for ``n`` values.
+
+    Built for the next power of two and restricted to pairs with j < n: padding values
+    are +inf, so the dropped comparators would never swap anything.
+
+    >>> v = np.array([3.0, 1.0, 2.0, 0.5, 7.0])
+    >>> for i, j in sorting_network(5):
+    ...     v[i], v[j] = min(v[i], v[j]), max(v[i], v[j])
+    >>> v.tolist()
+    [0.5, 1.0, 2.0, 3.0, 7.0]
+    """
+    return _sorting_network(int(n)).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _sorting_network(n: int) -> np.ndarray:
+    p = 1
+    while p < n:
+        p *= 2
+    pairs = []
+
+    def merge(lo, length, step):
+        double = step * 2
+        if double < length:
+            merge(lo, length, double)
+            merge(lo + step, length, double)
+            for i in range(lo + step, lo + length - step, double):
+                pairs.append((i, i + step))
+        else:
+            pairs.append((lo, lo + step))
+
+    def sort(lo, length):
+        if length > 1:
+            half = length // 2
+            sort(lo, half)
+            sort(lo + half, half)
+            merge(lo, length, 1)
+
+    sort(0, p)
+    out = np.array([(i, j) for i, j in pairs if j < n], dtype=np.int64).reshape(-1, 2)
+    return out
+
+
+@njit(nogil=True, cache=True)
+def combine_strip_sorted(data, masks, scales, ignore_bits, stat, clip, n_iter, network, work,
+                         out_image, out_var, out_mask, out_n):
+    """MEDIAN / MEANCLIP of a strip ``(N, rows, cols)`` with errors from the scatter, column-vectorised.
+
+    Row by row: the N values of every column go into ``work`` (N, cols) (ignored inputs as
+    +inf), are sorted by a fixed comparator network applied to all columns at once, and
+    every step after that runs across columns too: the quartiles are per-column gathers
+    from the sorted rows, and each MEANCLIP pass is a masked sum over the sorted rows
+    against per-column bounds.  When a column's stdev is 0 or undefined its bounds stop
+    moving, which reproduces the early exits of :func:`clipped_stack_pixel`; the passes
+    stop early once no column's kept set changes.
+    """
+    N, R, C = data.shape
+    count = np.empty(C, np.int64)
+    orm = np.empty(C, np.int32)
+    inv = np.empty(N, np.float64)
+    med = np.empty(C, np.float64)
+    lo = np.empty(C, np.float64)
+    hi = np.empty(C, np.float64)
+    s1 = np.empty(C, np.float64)
+    s2 = np.empty(C, np.float64)
+    m = np.empty(C, np.int64)
+    below = np.empty(C, np.int64)
+    prev_m = np.empty(C, np.int64)
+    prev_below = np.empty(C, np.int64)
+    frozen = np.zeros(C, np.bool_)
+    active = np.empty(C, np.int64)
+    K = network.shape[0]
+    for i in range(N):
+        inv[i] = 1.0 / scales[i]
+    inf = work.dtype.type(np.inf)
+    for r in range(R):
+        for c in range(C):
+            count[c] = 0
+            orm[c] = 0
+        for i in range(N):
+            s = inv[i]
+            for c in range(C):
+                mk = masks[i, r, c]
+                v = data[i, r, c]
+                ok = (mk & ignore_bits) == 0 and math.isfinite(v)
+                work[i, c] = v * s if ok else inf
+                count[c] += 1 if ok else 0
+                orm[c] |= mk if ok else 0
+        for k in range(K):
+            a_i = network[k, 0]
+            b_i = network[k, 1]
+            for c in range(C):
+                a = work[a_i, c]
+                b = work[b_i, c]
+                work[a_i, c] = a if a < b else b
+                work[b_i, c] = b if a < b else a
+        # quartiles of each column's n sorted values (numpy's linear interpolation)
+        for c in range(C):
+            n = count[c]
+            out_mask[r, c] = orm[c]
+            if n == 0:
+                med[c] = np.nan
+                lo[c] = np.nan
+                hi[c] = np.nan
+                continue
+            pos = 0.5 * (n - 1)
+            k0 = int(pos)
+            k1 = k0 + 1 if k0 + 1 < n else k0
+            x0 = np.float64(work[k0, c])
+            med[c] = x0 + (np.float64(work[k1, c]) - x0) * (pos - k0)
+            if stat == STAT_MEANCLIP:
+                pos = 0.25 * (n - 1)
+                k0 = int(pos)
+                k1 = k0 + 1 if k0 + 1 < n else k0
+                x0 = np.float64(work[k0, c])
+                q25 = x0 + (np.float64(work[k1, c]) - x0) * (pos - k0)
+                pos = 0.75 * (n - 1)
+                k0 = int(pos)
+                k1 = k0 + 1 if k0 + 1 < n else k0
+                x0 = np.float64(work[k0, c])
+                q75 = x0 + (np.float64(work[k1, c]) - x0) * (pos - k0)
+                hw = clip * IQ_TO_STDEV * (q75 - q25)
+                lo[c] = med[c] - hw
+                hi[c] = med[c] + hw
+        if stat == STAT_MEDIAN:
+            for c in range(C):
+                s1[c] = 0.0
+                s2[c] = 0.0
+            for k in range(N):
+                for c in range(C):
+                    x = np.float64(work[k, c])
+                    d = x - med[c] if k < count[c] else 0.0
+                    s1[c] += d
+                    s2[c] += d * d
+            for c in range(C):
+                n = count[c]
+                out_image[r, c] = med[c]
+                out_n[r, c] = n
+                out_var[r, c] = 0.5 * math.pi * (s2[c] - s1[c] * s1[c] / n) / (n - 1) / n if n >= 2 else np.nan
+            continue
+        # MEANCLIP passes 0 (IQR bounds) and 1 (first mean/stdev bounds) over every column,
+        # vectorised; the few columns whose kept set still changes continue one by one.
+        n_active = 0
+        for p in range(2):
+            for c in range(C):
+                s1[c] = 0.0
+                s2[c] = 0.0
+                m[c] = 0
+                below[c] = 0
+            for k in range(N):
+                for c in range(C):
+                    x = np.float64(work[k, c])
+                    inside = (x >= lo[c]) & (x <= hi[c])
+                    d = (x - med[c]) if inside else 0.0
+                    s1[c] += d
+                    s2[c] += d * d
+                    m[c] += 1 if inside else 0
+                    below[c] += 1 if x < lo[c] else 0
+            for c in range(C):
+                if count[c] == 0:
+                    if p == 0:
+                        out_image[r, c] = np.nan
+                        out_var[r, c] = np.nan
+                        out_n[r, c] = 0
+                    continue
+                if p == 1 and (frozen[c] or (m[c] == prev_m[c] and below[c] == prev_below[c])):
+                    continue  # done after pass 0, or converged: the pass-0 result stands
+                prev_m[c] = m[c]
+                prev_below[c] = below[c]
+                done = _finish_pass(out_image, out_var, out_n, r, c, m[c], s1[c], s2[c], med[c], clip, lo, hi)
+                if p == 0:
+                    frozen[c] = done or n_iter == 0
+                elif not done and n_iter > 1:
+                    active[n_active] = c
+                    n_active += 1
+        for j in range(n_active):
+            c = active[j]
+            n = count[c]
+            for it in range(2, n_iter + 1):
+                a1 = 0.0
+                a2 = 0.0
+                mm = 0
+                bl = 0
+                for k in range(n):
+                    x = np.float64(work[k, c])
+                    if x < lo[c]:
+                        bl += 1
+                    elif x <= hi[c]:
+                        d = x - med[c]
+                        a1 += d
+                        a2 += d * d
+                        mm += 1
+                if mm == prev_m[c] and bl == prev_below[c]:
+                    break
+                prev_m[c] = mm
+                prev_below[c] = bl
+                if _finish_pass(out_image, out_var, out_n, r, c, mm, a1, a2, med[c], clip, lo, hi) or it == n_iter:
+                    break
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _finish_pass(out_image, out_var, out_n, r, c, m, s1, s2, med, clip, lo, hi):
+    """Mean/stdev of one pass into the outputs and the next bounds; True when clipping must stop."""
+    if m == 0:
+        out_image[r, c] = np.nan
+        out_var[r, c] = np.nan
+        out_n[r, c] = 0
+        return True
+    mean = med + s1 / m
+    if m >= 2:
+        ss = s2 - s1 * s1 / m
+        std = math.sqrt(ss / (m - 1)) if ss > 0 else 0.0
+    else:
+        std = np.nan
+    out_image[r, c] = mean
+    out_var[r, c] = std * std / m if m >= 2 else np.nan
+    out_n[r, c] = m
+    if not (std == std) or std == 0.0:
+        return True
+    lo[c] = mean - clip * std
+    hi[c] = mean + clip * std
+    return False
+
+
+# --------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------
+_CAMEL = {
+    "calibrationType": "calibration_type",
+    "exposureScaling": "exposure_scaling",
+    "scalingLevel": "scaling_level",
+    "combine": "combine",
+    "clip": "clip",
+    "nIter": "n_iter",
+    "mask": "mask",
+    "noGoodPixelsMask": "no_good_pixels_mask",
+    "maxVisitsToCalcErrorFromInputVariance": "max_visits_to_calc_error_from_input_variance",
+    "checkNoData": "check_no_data",
+    "censorMaskPlanes": "censor_mask_planes",
+    "distributionPercentiles": "distribution_percentiles",
+    "flatSource": "flat_source",
+    "datasetType": "dataset_type",
+}
+
+
+@dataclass(frozen=True)
+class CombineConfig:
+    """How to combine (cp_pipe ``CalibCombineConfig``; :meth:`from_dict` takes either naming)."""
+
+    calibration_type: str = "calibration"
+    """Written to ``OBSTYPE`` and used in the QA key names (``LSST CALIB <TYPE> ...``)."""
+    dataset_type: str = ""
+    """Output dataset type name; ``bias`` gives EXPTIME = DARKTIME = 0.0, others 1.0."""
+    exposure_scaling: str = "Unity"
+    """``Unity``, ``ExposureTime``, ``DarkTime``, ``MeanStats`` or ``InputList`` (scales given)."""
+    scaling_level: str = "DETECTOR"
+    """Only ``DETECTOR`` is implemented (the LSST default)."""
+    combine: str = "MEANCLIP"
+    """Statistic: ``MEAN``, ``MEDIAN`` or ``MEANCLIP``."""
+    clip: float = 3.0
+    """Clipping threshold, in sigma."""
+    n_iter: int = 3
+    """Mean/stdev clipping passes after the median/IQR pass."""
+    mask: tuple[str, ...] = ("SAT", "DETECTED", "INTRP")
+    """Input pixels with any of these mask planes are ignored."""
+    no_good_pixels_mask: str = "BAD"
+    """Plane set where no input survived or the value is not finite."""
+    max_visits_to_calc_error_from_input_variance: int = 5
+    """With fewer inputs, the output variance comes from the input variance planes."""
+    check_no_data: bool = True
+    """Raise if any output pixel carries ``NO_DATA``."""
+    censor_mask_planes: bool = True
+    """Clear every output plane except ``no_good_pixels_mask``."""
+    distribution_percentiles: tuple[float, ...] = (0, 5, 16, 50, 84, 95, 100)
+    """Per-amp QA percentiles written to the header."""
+    flat_source: str = "DOME"
+    """``FLATSRC`` for flats: DOME, TWILIGHT, PSEUDO or SKY."""
+
+    def __post_init__(self):
+        problems = []
+        if self.combine not in STATISTICS:
+            problems.append(MSG_BAD_VALUE.format(key="combine", value=self.combine,
+                                                 why=f"use one of {', '.join(STATISTICS)}"))
+        if self.exposure_scaling not in SCALINGS:
+            problems.append(MSG_BAD_VALUE.format(key="exposureScaling", value=self.exposure_scaling,
+                                                 why=f"use one of {', '.join(SCALINGS)}"))
+        if self.scaling_level != "DETECTOR":
+            problems.append(MSG_BAD_VALUE.format(key="scalingLevel", value=self.scaling_level,
+                                                 why="only DETECTOR is implemented"))
+        if not (self.clip > 0):
+            problems.append(MSG_BAD_VALUE.format(key="clip", value=self.clip, why="must be > 0"))
+        if int(self.n_iter) < 0:
+            problems.append(MSG_BAD_VALUE.format(key="nIter", value=self.n_iter, why="must be >= 0"))
+        for names, key in ((self.mask, "mask"), ((self.no_good_pixels_mask,), "noGoodPixelsMask")):
+            bad = [n for n in names if n not in MASK_BITS]
+            if bad:
+                problems.append(MSG_BAD_VALUE.format(key=key, value=list(names),
+                                                     why=f"unknown plane(s) {bad}; known: {', '.join(MASK_BITS)}"))
+        if self.flat_source not in ("DOME", "TWILIGHT", "PSEUDO", "SKY"):
+            problems.append(MSG_BAD_VALUE.format(key="flatSource", value=self.flat_source,
+                                                 why="use DOME, TWILIGHT, PSEUDO or SKY"))
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> "CombineConfig":
+        """Build from a plain dict using cp_pipe names (``nIter``) or field names (``n_iter``).
+
+        Raises
+        ------
+        ConfigError
+            Unknown keys (all listed) or invalid values.
+        """
+        values = dict(values or {})
+        names = {f.name for f in fields(cls)}
+        kw: dict[str, Any] = {}
+        unknown = []
+        for k, v in values.items():
+            key = _CAMEL.get(k, k)
+            if key not in names:
+                unknown.append(k)
+                continue
+            kw[key] = v
+        if unknown:
+            known = sorted(set(_CAMEL) | names)
+            raise ConfigError(MSG_UNKNOWN_KEYS.format(keys=", ".join(map(repr, unknown)), known=", ".join(known)))
+        for k in ("mask", "distribution_percentiles"):
+            if k in kw:
+                kw[k] = tuple([kw[k]] if isinstance(kw[k], (str, int, float)) else kw[k])
+        if "n_iter" in kw:
+            kw["n_iter"] = int(kw["n_iter"])
+        if "clip" in kw:
+            kw["clip"] = float(kw["clip"])
+        return cls(**kw)
+
+
+def combine_config_for(product: str, **overrides: Any) -> CombineConfig:
+    """The cp_pipe LSST combine settings of a product (spec §4.1, §7).
+
+    ``product`` is one of ``bias``, ``dark``, ``flat``, ``biasBootstrap``,
+    ``darkBootstrap``, ``flatBootstrap``.
+
+    >>> combine_config_for("dark").mask
+    ('SAT', 'DETECTED', 'INTRP', 'CR')
+    """
+    table = {
+        "bias": dict(calibration_type="bias", exposure_scaling="Unity", mask=("DETECTED", "INTRP")),
+        "biasBootstrap": dict(calibration_type="bias", exposure_scaling="Unity", mask=("DETECTED", "INTRP")),
+        "dark": dict(calibration_type="dark", exposure_scaling="DarkTime", mask=("SAT", "DETECTED", "INTRP", "CR")),
+        "darkBootstrap": dict(calibration_type="dark", exposure_scaling="DarkTime", mask=("DETECTED", "INTRP")),
+        "flat": dict(calibration_type="flat", exposure_scaling="InputList"),
+        "flatBootstrap": dict(calibration_type="flat", exposure_scaling="InputList"),
+    }
+    if product not in table:
+        raise ConfigError(f"no combine settings for product {product!r}; known: {', '.join(table)}.")
+    return replace(CombineConfig(dataset_type=product, **table[product]), **overrides)
+
+
+# --------------------------------------------------------------------------------------
+# memory budget -> strip height
+# --------------------------------------------------------------------------------------
+def strip_rows_for_budget(memory_bytes: int, n_inputs: int, n_cols: int, threads: int = 1,
+                          with_variance: bool = False, n_rows: int | None = None) -> int:
+    """Rows per strip so that ``threads`` strips of ``n_inputs`` inputs fit in ``memory_bytes``.
+
+    Each input pixel in a strip costs 8 bytes (image + mask), 12 with the variance plane.
+
+    >>> strip_rows_for_budget(512 * 2**20, 20, 4072)
+    824
+    >>> strip_rows_for_budget(1, 20, 4072)
+    1
+    """
+    per_row = max(1, int(n_inputs)) * int(n_cols) * (_BYTES_WITH_VARIANCE if with_variance else _BYTES_IMAGE_MASK)
+    rows = int(memory_bytes) // (per_row * max(1, int(threads)))
+    rows = max(1, rows)
+    if n_rows is not None:
+        rows = min(rows, int(n_rows))
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# small robust statistics (numpy, for whole images / regions)
+# --------------------------------------------------------------------------------------
+def clipped_stats(values: np.ndarray, clip: float = 3.0, n_iter: int = 3) -> tuple[float, float, int]:
+    """MEANCLIP mean, clipped stdev (ddof=1) and count of the finite values (the combine's rule).
+
+    >>> clipped_stats(np.array([1.0, 2.0, 3.0, 100.0]))[0]
+    2.0
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return math.nan, math.nan, 0
+    q25, med, q75 = np.percentile(v, (25, 50, 75))
+    hw = clip * IQ_TO_STDEV * (q75 - q25)
+    lo, hi = med - hw, med + hw
+    keep = None
+    for it in range(int(n_iter) + 1):
+        new = (v >= lo) & (v <= hi)
+        if not new.any():
+            return math.nan, math.nan, 0
+        if keep is not None and np.array_equal(new, keep):
+            break
+        keep = new
+        sel = v[keep]
+        mean = float(sel.mean())
+        std = float(sel.std(ddof=1)) if sel.size > 1 else math.nan
+        if it == n_iter or not math.isfinite(std) or std == 0:
+            break
+        lo, hi = mean - clip * std, mean + clip * std
+    return mean, std, int(keep.sum())
+
+
+# --------------------------------------------------------------------------------------
+# the combine
+# --------------------------------------------------------------------------------------
+@dataclass
+class CombineResult:
+    """What a combine returns (small; the planes are in the file)."""
+
+    path: str
+    """Output file (empty when not written)."""
+    n_inputs: int
+    shape: tuple[int, int]
+    strip_rows: int
+    n_bad: int
+    """Pixels flagged BAD (no surviving input or NaN repair)."""
+    scales: list[float]
+    amp_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per amp: median, mean, stdev (clipped) and BADPIX-NUM of the product."""
+
+
+def _stat_code(name: str) -> int:
+    return {"MEAN": STAT_MEAN, "MEDIAN": STAT_MEDIAN, "MEANCLIP": STAT_MEANCLIP}[name]
+
+
+class _StripBuffers:
+    """Input strip buffers reused by each thread within one combine (no page faults per strip).
+
+    Owned by one :func:`combine_lazy` graph, so nothing outlives the combine.
+    """
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def get(self, shape: tuple[int, int, int], with_var: bool):
+        # exact shapes only: a sliced buffer would be non-contiguous (another numba specialisation)
+        cached = getattr(self._local, "bufs", None)
+        if cached is None or cached[0].shape != shape:
+            cached = (np.empty(shape, np.float32), np.empty(shape, np.int32),
+                      np.empty(shape, np.float32) if with_var else np.zeros((1, 1, 1), np.float32))
+            self._local.bufs = cached
+        return cached
+
+    def __dask_tokenize__(self):
+        return id(self)
+
+
+def _read_strip(layouts: Sequence[MaskedLayout], r0: int, r1: int, with_var: bool, pool: "_StripBuffers | None" = None):
+    n = len(layouts)
+    cols = layouts[0].shape[1]
+    if pool is not None:
+        data, masks, var = pool.get((n, r1 - r0, cols), with_var)
+    else:
+        data = np.empty((n, r1 - r0, cols), np.float32)
+        masks = np.empty((n, r1 - r0, cols), np.int32)
+        var = np.empty((n, r1 - r0, cols), np.float32) if with_var else np.zeros((1, 1, 1), np.float32)
+    for i, lay in enumerate(layouts):
+        read_rows(lay, "IMAGE", r0, r1, out=data[i])
+        read_rows(lay, "MASK", r0, r1, out=masks[i])
+        if with_var:
+            read_rows(lay, "VARIANCE", r0, r1, out=var[i])
+    return data, masks, var
+
+
+def _combine_one_strip(layouts, r0, r1, scales, ignore_bits, stat, clip, n_iter, use_var, pool=None):
+    data, masks, var = _read_strip(layouts, r0, r1, use_var, pool)
+    shape = data.shape[1:]
+    out_image = np.empty(shape, np.float32)
+    out_var = np.empty(shape, np.float32)
+    out_mask = np.empty(shape, np.int32)
+    out_n = np.empty(shape, np.int16)
+    if stat != STAT_MEAN and not use_var:
+        unit = bool(np.all(scales == 1.0))  # values exact in float32: sort them as float32 (twice the SIMD width)
+        work = np.empty((len(layouts), shape[1]), np.float32 if unit else np.float64)
+        combine_strip_sorted(data, masks, scales, ignore_bits, stat, clip, n_iter, _sorting_network(len(layouts)),
+                             work, out_image, out_var, out_mask, out_n)
+    else:
+        combine_strip(data, masks, var, scales, ignore_bits, stat, clip, n_iter, use_var,
+                      out_image, out_var, out_mask, out_n)
+    return out_image, out_var, out_mask, out_n
+
+
+def _check_inputs(paths: Sequence[str | os.PathLike], what: str) -> list[MaskedLayout]:
+    if len(paths) == 0:
+        raise CombineError(MSG_NO_INPUTS.format(what=what))
+    layouts = [masked_layout(p) for p in paths]
+    shapes = {lay.shape for lay in layouts}
+    if len(shapes) > 1:
+        detail = ", ".join(f"{Path(lay.path).name}: {lay.shape}" for lay in layouts)
+        raise CombineError(MSG_SHAPES.format(what=what, detail=detail))
+    return layouts
+
+
+def _header_float(header, key: str, default: float = math.nan) -> float:
+    try:
+        return float(header.get(key, default))
+    except (TypeError, ValueError):
+        return default
+
+
+def resolve_scales(paths: Sequence[str | os.PathLike], config: CombineConfig,
+                   scales: Sequence[float] | None = None, headers: Sequence[Any] | None = None) -> list[float]:
+    """One scale per input following ``config.exposure_scaling`` (spec §4.2 step 2).
+
+    Raises
+    ------
+    CombineError
+        Missing, miscounted or non-finite/zero scales.
+    """
+    what = config.dataset_type or config.calibration_type
+    n = len(paths)
+    if scales is not None:
+        out = [float(s) for s in scales]
+        if len(out) != n:
+            raise CombineError(MSG_SCALES.format(what=what, n_scales=len(out), n_inputs=n,
+                                                 scaling=config.exposure_scaling))
+    elif config.exposure_scaling == "Unity":
+        out = [1.0] * n
+    elif config.exposure_scaling in ("ExposureTime", "DarkTime"):
+        key = "EXPTIME" if config.exposure_scaling == "ExposureTime" else "DARKTIME"
+        headers = headers or [read_header(p) for p in paths]
+        out = [_header_float(h, key) for h in headers]
+    elif config.exposure_scaling == "MeanStats":
+        ignore = mask_value(("DETECTED", "BAD", "NO_DATA"))
+        out = []
+        for p in paths:
+            lay = masked_layout(p)
+            img = read_rows(lay, "IMAGE", 0, lay.shape[0])
+            msk = read_rows(lay, "MASK", 0, lay.shape[0])
+            out.append(clipped_stats(img[(msk & ignore) == 0])[0])
+    else:
+        raise CombineError(MSG_SCALES.format(what=what, n_scales=0, n_inputs=n, scaling=config.exposure_scaling))
+    for p, s in zip(paths, out):
+        if not math.isfinite(s) or s == 0:
+            raise CombineError(MSG_BAD_SCALE.format(what=what, value=s, path=p))
+    return out
+
+
+def combine_lazy(paths: Sequence[str | os.PathLike], config: CombineConfig, scales: Sequence[float],
+                 memory_bytes: int, threads: int = 1):
+    """The combined planes as a lazy ``xarray.Dataset`` chunked in row strips.
+
+    Variables ``image`` (float32), ``variance`` (float32), ``mask`` (int32: OR of the masks
+    of the inputs used) and ``n_used`` (int16).  No NaN repair and no censoring yet: those
+    need the whole image (:func:`combine_images`).
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        ``fits-masked`` inputs of one detector.
+    config : CombineConfig
+    scales : sequence of float
+        One per input (:func:`resolve_scales`).
+    memory_bytes : int
+        Budget for the strips being combined at once (all threads).
+    threads : int
+        Strips combined concurrently when computed with ``num_workers=threads``.
+    """
+    import dask
+    import dask.array as da
+    import xarray as xr
+
+    what = config.dataset_type or config.calibration_type
+    layouts = _check_inputs(paths, what)
+    n = len(layouts)
+    rows, cols = layouts[0].shape
+    use_var = n < config.max_visits_to_calc_error_from_input_variance
+    strip = strip_rows_for_budget(memory_bytes, n, cols, threads, with_variance=use_var, n_rows=rows)
+    sc = np.asarray(scales, dtype=np.float64)
+    if sc.shape != (n,):
+        raise CombineError(MSG_SCALES.format(what=what, n_scales=sc.size, n_inputs=n,
+                                             scaling=config.exposure_scaling))
+    ignore = mask_value(config.mask)
+    stat = _stat_code(config.combine)
+    planes: dict[str, list] = {"image": [], "variance": [], "mask": [], "n_used": []}
+    dtypes = {"image": np.float32, "variance": np.float32, "mask": np.int32, "n_used": np.int16}
+    token = dask.base.tokenize([lay.path for lay in layouts], list(sc), config, strip)
+    pool = _StripBuffers()
+    for r0 in range(0, rows, strip):
+        r1 = min(rows, r0 + strip)
+        part = dask.delayed(_combine_one_strip, pure=True, name=f"combine-strip-{r0}-{token}")(
+            layouts, r0, r1, sc, ignore, stat, float(config.clip), int(config.n_iter), use_var, pool)
+        for k, name in enumerate(("image", "variance", "mask", "n_used")):
+            planes[name].append(da.from_delayed(part[k], shape=(r1 - r0, cols), dtype=dtypes[name]))
+    ds = xr.Dataset({k: (("y", "x"), da.concatenate(v, axis=0)) for k, v in planes.items()})
+    ds.attrs.update(strip_rows=strip, n_inputs=n, use_input_variance=bool(use_var))
+    return ds
+
+
+def _repair_and_censor(image, variance, mask, n_used, config: CombineConfig) -> int:
+    bad_bit = 1 << MASK_BITS[config.no_good_pixels_mask]
+    what = config.dataset_type or config.calibration_type
+    if config.check_no_data:
+        nd = int(np.count_nonzero(mask & (1 << MASK_BITS["NO_DATA"])))
+        if nd:
+            raise CombineError(MSG_NO_DATA.format(what=what, count=nd))
+    if config.censor_mask_planes:
+        mask &= bad_bit
+    nobody = n_used == 0
+    mask[nobody] |= bad_bit
+    broken = ~(np.isfinite(image) & np.isfinite(variance))
+    if broken.any():
+        good = ~broken
+        image[broken] = np.median(image[good]) if good.any() else 0.0
+        variance[broken] = np.median(variance[good]) if good.any() else 0.0
+        mask[broken] |= bad_bit
+    return int(np.count_nonzero(mask & bad_bit))
+
+
+def combine_images(paths: Sequence[str | os.PathLike], config: CombineConfig,
+                   scales: Sequence[float] | None = None, memory_bytes: int = 512 * 2**20,
+                   threads: int = 1) -> tuple[MaskedImage, CombineResult]:
+    """Combine inputs into an in-memory :class:`MaskedImage` with the product header.
+
+    Only the output planes are held whole; the inputs are streamed in strips.
+
+    Returns
+    -------
+    (MaskedImage, CombineResult)
+    """
+    import dask.array as da
+
+    paths = [str(p) for p in paths]
+    what = config.dataset_type or config.calibration_type
+    if not paths:
+        raise CombineError(MSG_NO_INPUTS.format(what=what))
+    headers = [read_header(p) for p in paths]
+    sc = resolve_scales(paths, config, scales, headers)
+    ds = combine_lazy(paths, config, sc, memory_bytes, threads)
+    shape = ds["image"].shape
+    out = {k: np.empty(shape, ds[k].dtype) for k in ("image", "variance", "mask", "n_used")}
+    with warnings.catch_warnings():
+        # the kernel returns NaN on purpose for pixels without inputs; repaired below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        da.store([ds[k].data for k in out], list(out.values()), lock=False, scheduler="threads",
+                 num_workers=max(1, int(threads)))
+    n_bad = _repair_and_censor(out["image"], out["variance"], out["mask"], out["n_used"], config)
+    header = product_header(headers, config, sc)
+    amp_stats = _amp_qa(header, out["image"], out["mask"], config)
+    img = MaskedImage(out["image"], out["mask"], out["variance"], header)
+    res = CombineResult(path="", n_inputs=len(paths), shape=tuple(shape), strip_rows=int(ds.attrs["strip_rows"]),
+                        n_bad=n_bad, scales=sc, amp_stats=amp_stats)
+    return img, res
+
+
+def combine_files(paths: Sequence[str | os.PathLike], output_path: str | os.PathLike, config: CombineConfig,
+                  scales: Sequence[float] | None = None, memory_bytes: int = 512 * 2**20,
+                  threads: int = 1, extra_header: Mapping[str, Any] | None = None) -> CombineResult:
+    """Combine inputs and write the ``fits-masked`` product (temporary name, then rename).
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        ISR-processed ``fits-masked`` inputs of one detector.
+    output_path : path-like
+        Product file to write.
+    config : CombineConfig
+    scales : sequence of float, optional
+        One per input; required with ``exposure_scaling='InputList'``.
+    memory_bytes : int
+        Memory budget of the stack of strips (``Settings.combine_memory_bytes``).
+    threads : int
+        Strips combined concurrently.
+    extra_header : mapping, optional
+        More primary-header cards (e.g. the RUN name).
+    """
+    img, res = combine_images(paths, config, scales, memory_bytes, threads)
+    if extra_header:
+        update_header(img.header, extra_header)
+    write_masked(output_path, img.image, img.mask, img.variance, img.header)
+    res.path = str(output_path)
+    return res
+
+
+# --------------------------------------------------------------------------------------
+# product header (spec §4.3)
+# --------------------------------------------------------------------------------------
+_PER_EXPOSURE_KEYS = {"EXPID", "OBSID", "SEQNUM", "CPFSEED", "DATE-BEG", "DATE-END", "MJD-BEG", "MJD-END",
+                      "DATE-OBS", "MJD-OBS", "DATE-AVG", "MJD-AVG", "EXPTIME", "DARKTIME", "CALIBDATE"}
+_STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "COMMENT", "HISTORY", ""}
+
+
+def _tai(text: str):
+    return Time(str(text), scale="tai", format="isot")
+
+
+def product_header(headers: Sequence[Mapping[str, Any]], config: CombineConfig,
+                   scales: Sequence[float]) -> dict[str, Any]:
+    """Header of a combined product from its inputs' headers (spec §4.3)."""
+    common: dict[str, Any] = {}
+    if headers:
+        first = headers[0]
+        for k, v in first.items():
+            if k in _STRUCTURAL or k in _PER_EXPOSURE_KEYS or k.startswith("CPP_INPUT"):
+                continue
+            if all(k in h and h[k] == v for h in headers[1:]):
+                common[k] = v
+    h: dict[str, Any] = {}
+    update_header(h, common)
+    now = datetime.now(timezone.utc)
+    local = now.astimezone()
+    update_header(h, {
+        "OBSTYPE": config.calibration_type,
+        "CALIB_CREATION_DATETIME": now.strftime("%Y-%m-%dT%H:%M:%S"),
+        "CALIB_CREATION_DATE": local.strftime("%Y-%m-%d"),
+        "CALIB_CREATION_TIME": local.strftime("%H:%M:%S %Z"),
+    })
+    begins, ends = [], []
+    for i, (hd, s) in enumerate(zip(headers, scales)):
+        expt = _header_float(hd, "EXPTIME", 0.0)
+        beg = hd.get("DATE-BEG")
+        mid = None
+        if beg:
+            tb = _tai(beg)
+            te = _tai(hd["DATE-END"]) if hd.get("DATE-END") else tb + TimeDelta(expt, format="sec")
+            begins.append(tb)
+            ends.append(te)
+            mid = (tb + (te - tb) * 0.5).isot
+        update_header(h, {
+            f"CPP_INPUT_{i}": int(hd.get("EXPID", -1)),
+            f"CPP_INPUT_DATE_{i}": mid or "",
+            f"CPP_INPUT_EXPT_{i}": expt,
+            f"CPP_INPUT_SCALE_{i}": float(s),
+        })
+    if begins:
+        tb = min(begins, key=lambda t: t.jd)
+        te = max(ends, key=lambda t: t.jd)
+        tm = tb + (te - tb) * 0.5
+        update_header(h, {
+            "TIMESYS": "TAI",
+            "DATE-BEG": tb.isot, "MJD-BEG": float(tb.mjd),
+            "DATE-END": te.isot, "MJD-END": float(te.mjd),
+            "DATE-AVG": tm.isot, "MJD-AVG": float(tm.mjd),
+            "DATE-OBS": tm.isot, "MJD-OBS": float(tm.mjd),
+            "CALIBDATE": tm.isot,
+        })
+    t_visit = 0.0 if config.dataset_type == "bias" else 1.0
+    update_header(h, {"EXPTIME": t_visit, "DARKTIME": t_visit})
+    if config.calibration_type == "flat":
+        update_header(h, {"FLATSRC": config.flat_source})
+    if config.dataset_type:
+        update_header(h, {"CPF_DATASET_TYPE": config.dataset_type})
+    update_header(h, {"CPF_COMBINE": config.combine, "CPF_NINPUTS": len(headers)})
+    return h
+
+
+def _amp_qa(header, image: np.ndarray, mask: np.ndarray, config: CombineConfig) -> dict[str, dict[str, float]]:
+    """Per-amp QA statistics into ``header`` (DISTRIBUTION percentiles, BADPIX-NUM)."""
+    det = detector_from_header(header, image.shape)
+    if det is None:
+        return {}
+    # Bootstrap products use their base type in the QA keys ("DARK", not "DARKBOOTSTRAP"):
+    # a HIERARCH card must fit in 80 characters, and the longer key does not.
+    typ = config.calibration_type.upper().replace("BOOTSTRAP", "")
+    bad_bit = 1 << MASK_BITS["BAD"]
+    stats: dict[str, dict[str, float]] = {}
+    cards: dict[str, Any] = {}
+    want = sorted(set(float(p) for p in config.distribution_percentiles) | {50.0})
+    for amp in det.amps:
+        sub = np.array(image[amp.bbox], dtype=np.float32).ravel()  # finite after the NaN repair
+        msub = mask[amp.bbox].ravel()
+        nbad = int(np.count_nonzero(msub & bad_bit))
+        pct = dict(zip(want, np.percentile(sub, want)))
+        for p in config.distribution_percentiles:
+            cards[f"LSST CALIB {typ} {amp.name} DISTRIBUTION {p:g}-PCT"] = float(np.float32(pct[float(p)]))
+        cards[f"LSST CALIB {typ} {amp.name} BADPIX-NUM"] = nbad
+        mean, std, _ = clipped_stats(sub[(msub & bad_bit) == 0] if nbad else sub)
+        stats[amp.name] = {"median": float(pct[50.0]), "mean": mean, "stdev": std, "badpix": nbad}
+    update_header(header, cards)
+    return stats

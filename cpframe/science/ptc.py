@@ -1,0 +1,349 @@
+"""Photon transfer curve: gain, read noise and turnoff per amp (cp_pipe ``cpPtcExtract`` + ``cpPtcSolve``).
+
+Extract (spec algorithms.md §9), per flat pair of equal exposure time and per amp:
+μ1, μ2 = MEANCLIP (5.5σ, 3 iterations) ignoring SUSPECT, BAD, NO_DATA, SAT;
+D = (μ2·I1 − μ1·I2)/μ with μ = (μ1+μ2)/2; var = ½·VARIANCECLIP(D)·k, where
+k = 1/(1 − 2nφ(n)/(Φ(n) − Φ(−n))) undoes the variance lost by clipping at n = 5.5σ.
+
+Solve, per amp (EXPAPPROXIMATION, Astier+19 eq. 16), var and μ in adu:
+var(μ) = [exp(2·a00·g·μ) − 1] / (2·a00·g²) + n/g², fitted with
+``scipy.optimize.least_squares`` within bounds, first on the points below an initial
+signal limit, then with up to 2 outlier passes (|var − model| / max(√var, var·√(2/N)) < 5), a jump rule
+after masked gaps, and a final fit weighted by 1/√(2var²/N).  gain = g (e-/adu),
+noise = √n (e-), turnoff = largest μ kept (adu).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from cpframe.science.combine import clipped_stats
+from cpframe.core.errors import ConfigError, UserInputError
+from cpframe.science.imageio import MASK_BITS, MaskedImage, amp_boxes, write_ptc
+
+__all__ = [
+    "PtcConfig",
+    "PtcPairMeasurement",
+    "PtcResult",
+    "extract_pair",
+    "pair_exposures",
+    "solve_ptc",
+    "ptc_model",
+    "sigma_clip_correction",
+]
+
+log = logging.getLogger(__name__)
+
+MSG_UNKNOWN_KEYS = "unknown PTC option(s) {keys}; known options: {known}."
+MSG_NO_PAIRS = "PTC solve: no pair measurements. Give flat pairs of equal exposure time (ptc_extract_task)."
+MSG_SHAPES = ("PTC extract: the two exposures differ in shape ({a} vs {b}). Pair exposures of the same "
+              "detector.")
+
+
+@dataclass(frozen=True)
+class PtcConfig:
+    """PTC settings (cp_pipe names accepted by :meth:`from_dict`)."""
+
+    n_sigma_clip_ptc: float = 5.5
+    """Clip (sigma) for the means and the difference-image variance."""
+    n_iter_sigma_clip_ptc: int = 3
+    """Clipping iterations."""
+    num_edge_suspect: int = 0
+    """Pixels at each amp edge ignored (LSST 20)."""
+    min_mean_signal: float = 0.0
+    """Points with μ at or below this (adu) are masked."""
+    max_mean_signal: float = 1e6
+    """Points with μ at or above this (adu) are masked."""
+    max_signal_initial_ptc_outlier_fit: float = 50000.0
+    """Initial fit uses points below this signal (e-, converted with the approximate gain)."""
+    scale_max_signal_initial_ptc_outlier_fit: bool = True
+    """Convert the limit above from e- to adu with the approximate gain median(μ/var)."""
+    max_iterations_ptc_outliers: int = 2
+    """Outlier passes."""
+    sigma_cut_ptc_outliers: float = 5.0
+    """Keep points with |var − model| / max(√var, var·√(2/N)) below this (cp_pipe: /√var)."""
+    max_delta_initial_ptc_outlier_fit: float = 9000.0
+    """A jump in μ of at least this (e-) across a run of masked points masks all higher points."""
+    ptc_fit_type: str = "EXPAPPROXIMATION"
+    """Only EXPAPPROXIMATION is implemented."""
+
+    def __post_init__(self):
+        if self.ptc_fit_type != "EXPAPPROXIMATION":
+            raise ConfigError(f"PTC option ptcFitType={self.ptc_fit_type!r}: only EXPAPPROXIMATION is "
+                              "implemented; set ptcFitType: EXPAPPROXIMATION.")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> "PtcConfig":
+        """Build from cp_pipe names (``nSigmaClipPtc``...) or field names.
+
+        Raises
+        ------
+        ConfigError
+            Unknown keys (all listed) or bad values.
+        """
+        values = dict(values or {})
+        names = {f.name for f in fields(cls)}
+        kw, unknown = {}, []
+        for k, v in values.items():
+            key = _ALIASES.get(k, k)
+            if key in names:
+                kw[key] = v
+            else:
+                unknown.append(k)
+        if unknown:
+            known = sorted(set(_ALIASES) | names)
+            raise ConfigError(MSG_UNKNOWN_KEYS.format(keys=", ".join(map(repr, unknown)), known=", ".join(known)))
+        return cls(**kw)
+
+
+_ALIASES = {
+    "nSigmaClipPtc": "n_sigma_clip_ptc",
+    "nIterSigmaClipPtc": "n_iter_sigma_clip_ptc",
+    "numEdgeSuspect": "num_edge_suspect",
+    "minMeanSignal": "min_mean_signal",
+    "maxMeanSignal": "max_mean_signal",
+    "maxSignalInitialPtcOutlierFit": "max_signal_initial_ptc_outlier_fit",
+    "scaleMaxSignalInitialPtcOutlierFit": "scale_max_signal_initial_ptc_outlier_fit",
+    "maxIterationsPtcOutliers": "max_iterations_ptc_outliers",
+    "sigmaCutPtcOutliers": "sigma_cut_ptc_outliers",
+    "maxDeltaInitialPtcOutlierFit": "max_delta_initial_ptc_outlier_fit",
+    "ptcFitType": "ptc_fit_type",
+}
+
+
+@dataclass
+class PtcPairMeasurement:
+    """Extract output for one flat pair of one detector."""
+
+    exposure_ids: tuple[int, int]
+    exposure_time: float
+    amps: dict[str, dict[str, float]] = field(default_factory=dict)
+    """amp -> mean (adu), var (adu²), n_pixels, overscan_noise (adu), gain_pair (e-/adu)."""
+
+
+@dataclass
+class PtcResult:
+    """What :func:`solve_ptc` returns (also written as fits-ptc)."""
+
+    path: str
+    gain: dict[str, float]
+    """e-/adu per amp."""
+    noise: dict[str, float]
+    """Read noise per amp (e-)."""
+    turnoff: dict[str, float]
+    """Largest mean signal kept per amp (adu)."""
+    n_pairs: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def sigma_clip_correction(n: float) -> float:
+    """Variance of a Gaussian clipped at ±n·σ is σ²/k; returns k.
+
+    >>> round(float(sigma_clip_correction(3.0)), 4)
+    1.0274
+    """
+    from scipy.stats import norm
+
+    return float(1.0 / (1.0 - 2.0 * n * norm.pdf(n) / (norm.cdf(n) - norm.cdf(-n))))
+
+
+def pair_exposures(items: Sequence[Any], key: Callable[[Any], tuple[float, int]]) -> list[tuple[Any, Any]]:
+    """Pair items with equal exposure time, in exposure-id order (1-2, 3-4, ...).
+
+    ``key(item)`` returns (exposure_time, exposure_id).  Unpaired items are dropped.
+    """
+    groups: dict[float, list[Any]] = {}
+    for it in items:
+        t, _ = key(it)
+        groups.setdefault(round(float(t), 6), []).append(it)
+    pairs = []
+    for t in sorted(groups):
+        g = sorted(groups[t], key=lambda it: key(it)[1])
+        for i in range(0, len(g) - 1, 2):
+            pairs.append((g[i], g[i + 1]))
+    return pairs
+
+
+_PTC_IGNORE = sum(1 << MASK_BITS[n] for n in ("SUSPECT", "BAD", "NO_DATA", "SAT"))
+
+
+def extract_pair(im1: MaskedImage, im2: MaskedImage, config: PtcConfig,
+                 overscan_noise: Mapping[str, float] | None = None) -> PtcPairMeasurement:
+    """Mean and difference-image variance of one flat pair, per amp (adu)."""
+    if im1.shape != im2.shape:
+        raise UserInputError(MSG_SHAPES.format(a=im1.shape, b=im2.shape))
+    n = float(config.n_sigma_clip_ptc)
+    k = sigma_clip_correction(n)
+    h1, h2 = im1.header, im2.header
+    out: dict[str, dict[str, float]] = {}
+    e = int(config.num_edge_suspect)
+    for name, bbox in amp_boxes(h1, im1.shape):
+        a = im1.image[bbox].astype(np.float64)
+        b = im2.image[bbox].astype(np.float64)
+        good = ((im1.mask[bbox] | im2.mask[bbox]) & _PTC_IGNORE) == 0
+        good &= np.isfinite(a) & np.isfinite(b)
+        if e > 0:
+            edge = np.ones_like(good)
+            edge[e:-e, e:-e] = False
+            good &= ~edge
+        mu1 = clipped_stats(a[good], n, config.n_iter_sigma_clip_ptc)[0]
+        mu2 = clipped_stats(b[good], n, config.n_iter_sigma_clip_ptc)[0]
+        rec = {"mean": math.nan, "var": math.nan, "n_pixels": 0, "overscan_noise": math.nan,
+               "gain_pair": math.nan}
+        if overscan_noise and name in overscan_noise:
+            rec["overscan_noise"] = float(overscan_noise[name])
+        else:
+            vals = [float(h.get(f"LSST ISR OVERSCAN RESIDUAL SERIAL STDEV {name}", math.nan)) for h in (h1, h2)]
+            rec["overscan_noise"] = float(np.mean(vals))
+        if math.isfinite(mu1) and math.isfinite(mu2) and mu1 > 0 and mu2 > 0:
+            mu = 0.5 * (mu1 + mu2)
+            diff = (mu2 * a[good] - mu1 * b[good]) / mu
+            _, std, npix = clipped_stats(diff, n, config.n_iter_sigma_clip_ptc)
+            var = 0.5 * std * std * k
+            rec.update(mean=mu, var=var, n_pixels=npix)
+            # pair gain (FULL correction, read noise in adu from the overscan)
+            s = a[good] + b[good]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                kk = float(np.mean((a[good] - b[good]) ** 2 / s))
+            sig = rec["overscan_noise"]
+            if math.isfinite(sig) and kk > 0:
+                disc = mu * mu - 2 * mu * kk + 2 * sig * sig
+                den = 2 * kk * mu - 2 * sig * sig
+                rec["gain_pair"] = (mu + math.sqrt(disc)) / den if disc >= 0 and den != 0 else 1.0 / kk
+        out[name] = rec
+    t = float(h1.get("EXPTIME", math.nan))
+    return PtcPairMeasurement(exposure_ids=(int(h1.get("EXPID", 0)), int(h2.get("EXPID", 0))), exposure_time=t,
+                              amps=out)
+
+
+def ptc_model(params: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """Astier+19 eq. 16: var(μ) = [exp(2 a00 g μ) − 1] / (2 a00 g²) + n/g² (adu²)."""
+    a00, g, n = params
+    x = 2.0 * a00 * g * mu
+    if abs(a00) < 1e-15:
+        return mu / g + n / (g * g)
+    return np.expm1(x) / (2.0 * a00 * g * g) + n / (g * g)
+
+
+_P0 = np.array([-2e-6, 1.5, 25.0])
+_LO = np.array([-1e-4, 0.1, 0.0])
+_HI = np.array([0.0, 10.0, 2000.0])
+
+
+def _fit(mu, var, sigma, p0=None):
+    from scipy.optimize import least_squares
+
+    p0 = _P0 if p0 is None else np.clip(p0, _LO + 1e-12, _HI - 1e-12)
+    if p0[0] >= 0:
+        p0 = p0.copy()
+        p0[0] = -1e-12
+    res = least_squares(lambda p: (ptc_model(p, mu) - var) / sigma, p0, bounds=(_LO, _HI),
+                        x_scale=np.array([1e-6, 0.1, 10.0]), method="trf")
+    dof = max(1, len(mu) - 3)
+    chi2 = float(np.sum(res.fun ** 2)) / dof
+    try:
+        cov = np.linalg.inv(res.jac.T @ res.jac) * chi2
+        err = np.sqrt(np.clip(np.diag(cov), 0, None))
+    except np.linalg.LinAlgError:
+        err = np.full(3, np.nan)
+    return res.x, err
+
+
+def _solve_amp(mu, var, npix, config: PtcConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(params, errors, mask of points kept) for one amp; points sorted by μ by the caller."""
+    good = np.isfinite(mu) & np.isfinite(var) & (mu > config.min_mean_signal) & (mu < config.max_mean_signal)
+    good &= var > 0
+    if good.sum() < 3:
+        return np.full(3, np.nan), np.full(3, np.nan), good & False
+    g_approx = float(np.median(mu[good] / var[good]))
+    limit = config.max_signal_initial_ptc_outlier_fit
+    delta = config.max_delta_initial_ptc_outlier_fit
+    if config.scale_max_signal_initial_ptc_outlier_fit and g_approx > 0:
+        limit /= g_approx
+        delta /= g_approx
+    mask = good & (mu <= limit) & (var <= limit)
+    if mask.sum() < 3:
+        mask = good.copy()
+    params = None
+    for _ in range(int(config.max_iterations_ptc_outliers) + 1):
+        params, _ = _fit(mu[mask], var[mask], np.sqrt(var[mask]), params)
+        # cp_pipe scales the residual by sqrt(var).  On a full-size amp (~1e6 pixels) that is far
+        # above the variance's own measurement error var*sqrt(2/N); on a small amp (the mini
+        # camera: ~5e3 pixels) the error is the larger, and a sqrt(var) cut of 5 would be ~1
+        # sigma, masking good points and, through the jump rule, the whole top of the curve.
+        # The larger of the two keeps cp_pipe's behaviour where it was designed and stays a
+        # 5-sigma-or-wider cut everywhere (docs/algorithms.md).
+        scale = np.maximum(np.sqrt(np.where(var > 0, var, np.nan)), var * np.sqrt(2.0 / np.maximum(npix, 1)))
+        resid = np.abs(var - ptc_model(params, mu)) / scale
+        new = good & (resid < config.sigma_cut_ptc_outliers)
+        # a jump in μ across a run of masked points (from the last good point below the run to
+        # the first good one above it) masks everything above; ordinary spacing between good
+        # points never does, however wide (exposure ramps are often geometric)
+        seen_masked = False
+        last_good = None
+        for i in np.argsort(mu):
+            if not new[i]:
+                if good[i]:
+                    seen_masked = True
+                continue
+            if seen_masked and last_good is not None and mu[i] - last_good >= delta:
+                new[mu >= mu[i]] = False
+                break
+            seen_masked = False
+            last_good = mu[i]
+        if new.sum() < 3:
+            break
+        if np.array_equal(new, mask):
+            break
+        mask = new
+    if mask.sum() < 3:
+        return np.full(3, np.nan), np.full(3, np.nan), mask
+    sigma = var[mask] * np.sqrt(2.0 / np.maximum(npix[mask], 1))
+    params, err = _fit(mu[mask], var[mask], sigma, params)
+    return params, err, mask
+
+
+def solve_ptc(measurements: Sequence[PtcPairMeasurement], output_path: str | os.PathLike | None,
+              config: PtcConfig, meta: Mapping[str, Any] | None = None) -> PtcResult:
+    """Fit every amp and write the fits-ptc file (when ``output_path`` is given)."""
+    if not measurements:
+        raise UserInputError(MSG_NO_PAIRS)
+    amps = list(measurements[0].amps)
+    det_mean = np.array([np.nanmean([m.amps[a]["mean"] for a in amps]) for m in measurements])
+    order = np.argsort(np.where(np.isfinite(det_mean), det_mean, np.inf), kind="stable")
+    ms = [measurements[i] for i in order]
+    rows: list[dict[str, Any]] = []
+    gains, noises, turnoffs = {}, {}, {}
+    for a in amps:
+        mu = np.array([m.amps[a]["mean"] for m in ms], dtype=np.float64)
+        var = np.array([m.amps[a]["var"] for m in ms], dtype=np.float64)
+        npix = np.array([m.amps[a]["n_pixels"] for m in ms], dtype=np.float64)
+        osn = np.array([m.amps[a]["overscan_noise"] for m in ms], dtype=np.float64)
+        t = np.array([m.exposure_time for m in ms], dtype=np.float64)
+        params, err, mask = _solve_amp(mu, var, npix, config)
+        a00, g, n = params
+        noise = math.sqrt(abs(n)) if math.isfinite(n) else math.nan
+        noise_err = 0.5 * err[2] / noise if (math.isfinite(noise) and noise > 0) else math.nan
+        turnoff = float(np.max(mu[mask])) if mask.any() else math.nan
+        if math.isfinite(g) and np.isfinite(osn).any():
+            expected = float(np.nanmedian(osn)) * g
+            if expected > 0 and abs(noise - expected) / expected > 0.05:
+                log.warning("PTC amp %s: fitted noise %.3f e- differs from overscan noise x gain %.3f e- by > 5%%.",
+                            a, noise, expected)
+        gains[a], noises[a], turnoffs[a] = float(g), noise, turnoff
+        rows.append({"amp": a, "gain": float(g), "gain_err": float(err[1]), "noise": noise,
+                     "noise_err": noise_err, "turnoff": turnoff, "a00": float(a00), "n_pairs": int(mask.sum()),
+                     "raw_means": mu, "raw_vars": var, "exp_times": t, "mask": mask, "overscan_noise": osn})
+    path = ""
+    if output_path is not None:
+        md = {"OBSTYPE": "ptc", "PTCFITTYPE": config.ptc_fit_type, "NPAIRS": len(ms)}
+        md.update(dict(meta or {}))
+        write_ptc(output_path, rows, md)
+        path = str(output_path)
+    return PtcResult(path=path, gain=gains, noise=noises, turnoff=turnoffs, n_pairs=len(ms), rows=rows)
