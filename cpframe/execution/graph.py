@@ -631,7 +631,7 @@ def make_plan(
 
         settings = load_settings()
     if now_ns is None:
-        from cpframe.repository.sql import tai_now_ns
+        from cpframe.core.model import tai_now_ns
 
         now_ns = tai_now_ns()
     check_against_pipeline(submission, pipeline)

@@ -48,8 +48,8 @@ from cpframe.core.errors import (
     UnknownCollectionError,
     UserInputError,
 )
-from cpframe.core.model import CollectionType, DataId, DatasetRef, DatasetType, Timespan
-from cpframe.repository.sql import SqlRegistry, normalize_data_id, tai_now_ns
+from cpframe.core.model import CollectionType, DatasetRef, DatasetType, Timespan, tai_now_ns
+from cpframe.repository.sql import SqlRegistry, normalize_data_id
 
 __all__ = [
     "Repository",

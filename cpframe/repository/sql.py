@@ -26,7 +26,6 @@ import contextlib
 import fnmatch
 import json
 import threading
-import time
 import uuid
 from collections import defaultdict
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -59,13 +58,14 @@ from cpframe.core.model import (
     DatasetType,
     Timespan,
     ns_to_iso,
+    tai_now_ns,
 )
 from cpframe.repository import schema as s
 from cpframe.repository.chains import edit_chain
 from cpframe.repository.base import CHAIN_MODES, CollectionInfo, Registry
 from cpframe.repository.names import validate_collection_name
 
-__all__ = ["SqlRegistry", "make_engine", "normalize_data_id", "describe_span", "DATASET_DIMENSIONS", "tai_now_ns"]
+__all__ = ["SqlRegistry", "make_engine", "normalize_data_id", "describe_span", "DATASET_DIMENSIONS"]
 
 #: Dimensions a dataset type may use (each is a column of the ``dataset`` table).
 DATASET_DIMENSIONS = ("instrument", "detector", "physical_filter", "exposure")
@@ -75,11 +75,6 @@ _WRITE = "cpframe_write"
 
 MSG_FIRST_CHILD = "only its first child {child!r} is searched; pass --search-all-inputs to search the whole chain"
 MSG_NO_INPUT = "no {dataset_type!r} datasets in {collection!r}"
-
-
-def tai_now_ns() -> int:
-    """Now as ns since 1970 TAI (37 leap seconds ahead of the system's UTC clock)."""
-    return time.time_ns() + 37 * 1_000_000_000
 
 
 def make_engine(url: str, busy_timeout_s: float = 60.0) -> sa.Engine:
