@@ -61,6 +61,7 @@ from cpframe.campaign.spec import (  # noqa: F401
 )
 from cpframe.campaign.state import CampaignState, CommandRecord, _now, campaign_dir  # noqa: F401
 from cpframe.core.errors import CampaignError, CpframeError
+from cpframe.repository.base import Registry
 
 __all__ = [
     "Step",
@@ -185,7 +186,7 @@ def expected_outputs(campaign: Campaign, step: Step) -> dict[str, Any]:
     return {}
 
 
-def _run_complete(registry: Any, run: str, dataset_type: str | None) -> tuple[bool, str]:
+def _run_complete(registry: Registry, run: str, dataset_type: str | None) -> tuple[bool, str]:
     """A submission RUN counts as finished when it holds outputs and its last record says complete."""
     from cpframe.core.model import CollectionType
 
@@ -202,7 +203,7 @@ def _run_complete(registry: Any, run: str, dataset_type: str | None) -> tuple[bo
     return True, f"RUN {run}: {len(refs)} {dataset_type or 'datasets'}"
 
 
-def step_done(campaign: Campaign, step: Step, registry: Any, state: CampaignState) -> tuple[bool, str]:
+def step_done(campaign: Campaign, step: Step, registry: Registry, state: CampaignState) -> tuple[bool, str]:
     """Whether a step's outputs are in the registry (the state file alone is not enough).
 
     Returns
@@ -391,7 +392,7 @@ class CampaignResult:
         return "\n".join(lines)
 
 
-def _restart_collisions(campaign: Campaign, registry: Any) -> list[str]:
+def _restart_collisions(campaign: Campaign, registry: Registry) -> list[str]:
     """Deterministic outputs of the campaign that already exist (a restart would collide)."""
     from cpframe.core.model import CollectionType
 
@@ -562,7 +563,7 @@ def run_campaign(
     return result
 
 
-def _ensure_ticket_chain(campaign: Campaign, registry: Any, record: "CommandRecord") -> None:
+def _ensure_ticket_chain(campaign: Campaign, registry: Registry, record: "CommandRecord") -> None:
     """Create the ticket chain P empty when missing: the generation templates search it first.
 
     (DMTN-222's first certification then redefines it.)
@@ -690,7 +691,7 @@ def certify_step(campaign: Campaign, step: Step, repo: Any) -> dict[str, Any]:
 # -- adapters to the other areas -----------------------------------------------------------------
 
 
-def _partial_run(campaign: Campaign, step: Step, registry: Any, state: CampaignState) -> str | None:
+def _partial_run(campaign: Campaign, step: Step, registry: Registry, state: CampaignState) -> str | None:
     """A RUN of this step that exists but did not complete (to be finished with --extend-run)."""
     from cpframe.core.model import CollectionType
 
