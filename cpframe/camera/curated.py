@@ -23,13 +23,17 @@ import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
-
-import yaml
+from typing import Any, Iterable, Literal
 
 from cpframe.camera.models import Camera, Detector, load_camera
-from cpframe.core.errors import CollectionTypeError, UnknownCollectionError, UserInputError, ValidityOverlapError
+from cpframe.core.errors import (
+    CollectionTypeError,
+    UnknownCollectionError,
+    UserInputError,
+    ValidityOverlapError,
+)
 from cpframe.core.model import CollectionType, DataId, DatasetType, Timespan, ns_to_iso, parse_tai
+from cpframe.core.schema import Schema, load_yaml
 
 __all__ = [
     "CuratedCalib",
@@ -117,11 +121,28 @@ def curated_dir(instrument: str) -> Path:
     return Path(str(resources.files("cpframe") / "data" / "curated" / instrument))
 
 
-def _index(instrument: str) -> dict:
+class _CuratedCamera(Schema):
+    valid_from: str
+    """From when the camera geometry is valid (TAI)."""
+
+
+class _CuratedDefects(Schema):
+    scale: Literal["full", "mini"] = "full"
+    """Scale the defect rectangles are written at."""
+
+
+class CuratedIndex(Schema):
+    """``cpframe/data/curated/<INSTRUMENT>/curated.yaml``."""
+
+    camera: _CuratedCamera | None = None
+    manual_defects: _CuratedDefects = _CuratedDefects()
+
+
+def _index(instrument: str) -> CuratedIndex:
     p = curated_dir(instrument) / "curated.yaml"
     if not p.exists():
-        return {}
-    return yaml.safe_load(p.read_text()) or {}
+        return CuratedIndex()
+    return load_yaml(p, CuratedIndex, error=UserInputError)
 
 
 def _iso(text: Any, what: str) -> str:
@@ -142,11 +163,11 @@ def list_curated(instrument: str) -> list[CuratedCalib]:
     root = curated_dir(instrument)
     out: list[CuratedCalib] = []
     idx = _index(instrument)
-    cam = idx.get("camera")
+    cam = idx.camera
     if cam:
         src = Path(str(resources.files("cpframe") / "data" / "cameras" / f"{instrument}.yaml"))
         out.append(
-            CuratedCalib("camera", instrument, None, _iso(cam["valid_from"], "camera valid_from"), None, src)
+            CuratedCalib("camera", instrument, None, _iso(cam.valid_from, f"{root / 'curated.yaml'}: camera.valid_from"), None, src)
         )
     by_det: dict[int, list[tuple[str, Path]]] = {}
     problems = []
@@ -274,7 +295,7 @@ def scale_defects(
 
 
 def _defects_scale(instrument: str) -> str:
-    return str(_index(instrument).get("manual_defects", {}).get("scale", "full"))
+    return _index(instrument).manual_defects.scale
 
 
 def _defects_for(c: CuratedCalib, camera: Camera) -> list[tuple[int, int, int, int]]:

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import yaml
-
 from cpframe.core.errors import CampaignError, CpframeError
+from cpframe.core.schema import Schema, Text, check, read_yaml
 from cpframe.repository.names import collection_name_problem
 
 # -- vocabulary -------------------------------------------------------------------------------
@@ -82,13 +81,57 @@ _RERUN_RE = re.compile(r"^\d{8}[a-z]$")
 _STEP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _VAR_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
-_STEP_KEYS = {
-    "submit": {"name", "kind", "needs", "doc", "template", "builds", "verifies", "band", "vars"},
-    "certify": {"name", "kind", "needs", "doc", "dataset_type", "band", "input", "output",
-                "begin_date", "end_date", "chain", "search_all_inputs"},
-    "report": {"name", "kind", "needs", "doc", "output", "collections"},
-    "deploy": {"name", "kind", "needs", "doc", "exposure"},
+# -- the file's shape (cpframe.core.schema); the checks that need variables follow below -------------
+
+
+class _StepFile(Schema):
+    name: Text
+    kind: str
+    needs: Text | list[Text] = []
+    doc: Text = ""
+
+
+class _SubmitStepFile(_StepFile):
+    template: Text | None = None
+    builds: Text | None = None
+    verifies: Text | None = None
+    band: Text | None = None
+    vars: dict[str, Text | None] = {}
+
+
+class _CertifyStepFile(_StepFile):
+    dataset_type: Text | None = None
+    band: Text | None = None
+    input: Text | None = None
+    output: Text | None = None
+    begin_date: Text | None = None
+    end_date: Text | None = None
+    chain: bool | Text | None = None
+    search_all_inputs: bool = False
+
+
+class _ReportStepFile(_StepFile):
+    output: Text | None = None
+    collections: Text | list[Text] = []
+
+
+class _DeployStepFile(_StepFile):
+    exposure: Text | None = None
+
+
+#: The keys each step kind takes (schema per kind).
+STEP_SCHEMAS: dict[str, type[_StepFile]] = {
+    "submit": _SubmitStepFile, "certify": _CertifyStepFile, "report": _ReportStepFile, "deploy": _DeployStepFile,
 }
+
+
+class CampaignFile(Schema):
+    """A campaign file: ``name``, ``description``, ``variables`` and ``steps`` (docs/campaign.md)."""
+
+    name: Text | None = None
+    description: Text = ""
+    variables: dict[str, Text | None] | None = None
+    steps: list[Any] | None = None
 
 def sh_quote(text: str) -> str:
     """Quote for a POSIX shell, preferring double quotes around selections.
@@ -444,23 +487,12 @@ def parse_campaign(text: str, path: Path, overrides: Mapping[str, str] | None = 
         name that is not a CALIBRATION collection, missing template...
     """
     path = Path(path).resolve()
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise CampaignError(f"{path}: not valid YAML: {err}") from None
+    doc = read_yaml(path, text=text, error=CampaignError)
     if not isinstance(doc, dict):
         raise CampaignError(f"{path}: a campaign file is a mapping with 'variables' and 'steps'.")
     problems: list[str] = []
-    unknown_top = set(doc) - {"name", "description", "variables", "steps"}
-    if unknown_top:
-        problems.append(
-            f"unknown top-level key(s) {', '.join(sorted(map(str, unknown_top)))}; "
-            "allowed: name, description, variables, steps"
-        )
-    raw_vars = doc.get("variables") or {}
-    if not isinstance(raw_vars, dict):
-        problems.append("'variables' must be a mapping NAME: value")
-        raw_vars = {}
+    top = check(doc, CampaignFile, problems)
+    raw_vars = (top.variables if top is not None else None) or {}
     raw_vars = {str(k): "" if val is None else str(val) for k, val in raw_vars.items()}
     raw_vars.update({k: str(val) for k, val in (overrides or {}).items()})
     for d in DERIVED_VARIABLES:
@@ -557,14 +589,10 @@ def _parse_step(i: int, rs: Any, v: Mapping[str, str], path: Path, problems: lis
     where = f"step {name!r}"
     kind = rs.get("kind")
     if kind not in STEP_KINDS:
-        problems.append(f"{where}: unknown step kind {kind!r}; use one of {', '.join(STEP_KINDS)}")
+        problems.append(f"steps[{i}].kind: {kind!r} is not allowed; use one of {', '.join(STEP_KINDS)}")
         return None
-    extra = set(rs) - _STEP_KEYS[kind]
-    if extra:
-        problems.append(
-            f"{where}: unknown key(s) {', '.join(sorted(map(str, extra)))} for a {kind} step; "
-            f"allowed: {', '.join(sorted(_STEP_KEYS[kind]))}"
-        )
+    if check(rs, STEP_SCHEMAS[kind], problems, prefix=f"steps[{i}]") is None:
+        return None
     missing: set[str] = set()
 
     def sub(key: str, default: str | None = None) -> str | None:
