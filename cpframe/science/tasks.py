@@ -55,6 +55,8 @@ __all__ = [
     "CrResult",
     "CrConfig",
     "FlatMeasurement",
+    "FlatMeasureConfig",
+    "FlatNormalizeConfig",
     "FlatScales",
     "ProductResult",
     "isr_task",
@@ -278,7 +280,26 @@ def dark_cr_task(input_path: str | os.PathLike, output_path: str | os.PathLike |
 _FLAT_IGNORE = mask_value(("DETECTED", "BAD", "NO_DATA"))
 
 
-def flat_measure_task(input_path: str | os.PathLike, clip: float = 3.0, n_iter: int = 3) -> FlatMeasurement:
+@dataclass(frozen=True)
+class FlatMeasureConfig:
+    """CpFlatMeasure settings (cp_pipe ``CpFlatMeasureConfig``)."""
+
+    clip: float = 3.0
+    """Clipping threshold of the background statistics, sigma."""
+    n_iter: int = 3
+    """Clipping iterations."""
+
+
+@dataclass(frozen=True)
+class FlatNormalizeConfig:
+    """CpFlatNormalization settings (cp_pipe ``CpFlatNormalizationConfig``)."""
+
+    max_iter: int = 10
+    """Iterations of the exposure x detector factorisation."""
+
+
+def flat_measure_task(input_path: str | os.PathLike, clip: float = FlatMeasureConfig.clip,
+                      n_iter: int = FlatMeasureConfig.n_iter) -> FlatMeasurement:
     """CpFlatMeasure: clipped mean background of the detector and of each amp."""
     img = read_masked(input_path)
     h = img.header
@@ -292,7 +313,8 @@ def flat_measure_task(input_path: str | os.PathLike, clip: float = 3.0, n_iter: 
                            amp_background=amp_bg, path=str(input_path))
 
 
-def flat_normalize_task(measurements: Sequence[FlatMeasurement], max_iter: int = 10) -> FlatScales:
+def flat_normalize_task(measurements: Sequence[FlatMeasurement],
+                        max_iter: int = FlatNormalizeConfig.max_iter) -> FlatScales:
     """Solve B[d,e] ≈ E[e]·G[d] in log space (spec §6), weights = pixel counts.
 
     Raises
