@@ -46,7 +46,13 @@ def make_engine(url: str, busy_timeout_s: float = 60.0) -> sa.Engine:
     """
     u = sa.make_url(url)
     if u.get_backend_name() != "sqlite":
-        return sa.create_engine(u, pool_pre_ping=True)
+        try:
+            return sa.create_engine(u, pool_pre_ping=True)
+        except ModuleNotFoundError as err:  # the driver is an extra: pip install 'cpframe[postgres]'
+            raise ServiceError(
+                f"registry {u.render_as_string(hide_password=True)} needs the Python package {err.name!r}, "
+                "which is not installed. Install it with: python3 -m pip install -e '.[postgres]'"
+            ) from None
     engine = sa.create_engine(u, connect_args={"timeout": busy_timeout_s, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
