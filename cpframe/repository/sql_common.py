@@ -6,7 +6,7 @@ normalisation, and the constants and messages the registry parts share.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -23,6 +23,7 @@ from cpframe.core.model import (
     Timespan,
     ns_to_iso,
 )
+from cpframe.repository.base import DataIdLike
 
 #: Dimensions a dataset type may use (each is a column of the ``dataset`` table).
 DATASET_DIMENSIONS = ("instrument", "detector", "physical_filter", "exposure")
@@ -98,7 +99,7 @@ def _span(begin: int, end: int) -> Timespan:
 def _glob(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
 
-def _sort_key(data_id: Mapping[str, Any]) -> tuple:
+def _sort_key(data_id: DataIdLike) -> tuple:
     return tuple((k, str(v).zfill(20) if isinstance(v, int) else str(v)) for k, v in data_id.items())
 
 
@@ -107,7 +108,7 @@ def describe_span(span: Timespan) -> str:
     return f"{ns_to_iso(span.begin_ns) or '-inf'} .. {ns_to_iso(span.end_ns) or '+inf'}"
 
 
-def normalize_data_id(dt: DatasetType, data_id: Mapping[str, Any]) -> DataId:
+def normalize_data_id(dt: DatasetType, data_id: DataIdLike) -> DataId:
     """The data ID restricted to ``dt``'s dimensions with values typed (int or str).
 
     Raises
