@@ -75,7 +75,7 @@ def test_documented_defaults_are_the_kinds():
     assert doc == kinds_markdown(), "docs/kinds.md is stale: python -m cpframe.execution.kinds > docs/kinds.md"
     # and the page shows the values that matter, e.g. the defaults that used to disagree
     assert "| `edgesAsDefects` | bool | false |" in doc and "| `numEdgeSuspect` | int | 0 |" in doc
-    assert "| `nCrPixelMax` | int | 10000000 |" in doc
+    assert "| `nCrPixelMax` | int | 10000 |" in doc
 
 
 def test_every_shipped_pipeline_uses_known_kinds_and_kinds_are_the_registry():

@@ -249,8 +249,8 @@ class CrConfig:
     """...and above the mean of its 8 neighbours by neighbour_factor x sigma (cond3_fac)."""
     cr_grow: int = 2
     """Grow CR masks by this many pixels."""
-    n_cr_pixel_max: int = 10000000
-    """More CR pixels than this: log a warning, keep what was found."""
+    n_cr_pixel_max: int = 10000
+    """More CR pixels than this: log a warning, keep what was found (meas_algorithms' default; it raises)."""
     median_size: int = 5
     """Size of the local median filter."""
 
