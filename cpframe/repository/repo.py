@@ -59,6 +59,7 @@ from cpframe.repository.datastore import (  # noqa: F401  (TRANSFER_MODES, sha25
     sha256_file,
 )
 from cpframe.repository.sql import SqlRegistry, normalize_data_id
+from cpframe.repository.sql_common import datasets_exist_message
 
 __all__ = [
     "Repository",
@@ -436,12 +437,7 @@ class Repository:
             found = self.registry.find_datasets(t, [e.ref.data_id for e in group], [run])
             conflicts += [f"{t} {e.ref.data_id} in RUN {run} (existing id {f.id})" for e, f in zip(group, found) if f]
         if conflicts:
-            raise DatasetConflictError(
-                f"{len(conflicts)} dataset(s) already exist: " + "; ".join(conflicts[:20])
-                + ("; ..." if len(conflicts) > 20 else "")
-                + ". A dataset type + data ID appears once per RUN; write to a new RUN or remove the old one "
-                "(`cpframe remove-runs`). Nothing was stored."
-            )
+            raise DatasetConflictError(datasets_exist_message(conflicts) + " Nothing was stored.")
 
     def _commit(self, entries: Sequence[_Entry], transfer: str, body: Callable[[], Any]) -> Any:
         """Journal, place the files, then run ``body`` and drop the journal in one transaction."""

@@ -141,3 +141,11 @@ def normalize_data_id(dt: DatasetType, data_id: DataIdLike) -> DataId:
             v = str(v)
         out[d] = v
     return DataId(out)
+
+
+def datasets_exist_message(conflicts: Sequence[str]) -> str:
+    """The message of a :class:`DatasetConflictError` listing (the first 20) existing datasets."""
+    return (f"{len(conflicts)} dataset(s) already exist: " + "; ".join(conflicts[:20])
+            + ("; ..." if len(conflicts) > 20 else "")
+            + ". A dataset type + data ID appears once per RUN; write to a new RUN or remove the old one "
+            "(`cpframe remove-runs`).")

@@ -34,7 +34,14 @@ from cpframe.core.model import (
 from cpframe.repository import schema as s
 from cpframe.repository.base import DataIdLike, DimensionRecord
 from cpframe.repository.names import validate_collection_name
-from cpframe.repository.sql_common import _chunks, _glob, _sort_key, _span, normalize_data_id
+from cpframe.repository.sql_common import (
+    _chunks,
+    _glob,
+    _sort_key,
+    _span,
+    datasets_exist_message,
+    normalize_data_id,
+)
 
 
 class _SqlDatasets:
@@ -137,12 +144,7 @@ class _SqlDatasets:
             self._check_dimension_values(conn, (r.data_id for r in out))
             conflicts = self._dataset_conflicts(conn, rows, out)
             if conflicts:
-                raise DatasetConflictError(
-                    f"{len(conflicts)} dataset(s) already exist: " + "; ".join(conflicts[:20])
-                    + ("; ..." if len(conflicts) > 20 else "")
-                    + ". A dataset type + data ID appears once per RUN; write to a new RUN "
-                    "or remove the old one (`cpframe remove-runs`)."
-                )
+                raise DatasetConflictError(datasets_exist_message(conflicts))
             try:
                 for chunk in _chunks(rows, 5000):
                     conn.execute(sa.insert(s.dataset), list(chunk))
