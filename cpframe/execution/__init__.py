@@ -1,5 +1,6 @@
 """From a submission template to products in a RUN: template rendering (``templates``),
-validated submissions (``submission``), pipelines (``pipeline``), planning and the Dask graph
+validated submissions (``submission``), pipelines (``pipeline``), task kinds defined once
+(``kinds/``: options, defaults, planning and run of each kind), planning and the Dask graph
 (``graph``, ``graph_tasks``), clusters (``cluster``), execution (``execute``), the stage
 driver (``submit``) and provenance (``provenance``).
 
