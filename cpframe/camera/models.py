@@ -214,8 +214,10 @@ class Camera:
 def _filter_combinations(spec: dict) -> tuple[tuple[str, str], ...]:
     """LATISS-style ``FILTER~GRATING`` names from ``latiss_filters`` x ``latiss_gratings``.
 
-    Every filter alone and with every grating (band of the filter; ``diffuser`` takes no
-    grating), plus ``empty~<f>`` for each filter ``f`` in the grating wheel (band of ``f``).
+    Every filter alone and with every grating (band of the filter), plus ``empty~<f>`` for
+    each filter ``f`` in the grating wheel (band of ``f``).  obs_lsst leaves out the
+    ``diffuser~<grating>`` names, but real raws carry them (AT_O_20191118_000011), so cpframe
+    keeps them.
     Names already listed under ``filters`` keep their entry there.
     """
     filters = spec.get("latiss_filters") or []
@@ -226,8 +228,6 @@ def _filter_combinations(spec: dict) -> tuple[tuple[str, str], ...]:
     out: dict[str, str] = {}
     for f in filters:
         out[f["name"]] = f["band"]
-        if f["name"] == "diffuser":
-            continue
         for g in spec.get("latiss_gratings", []):
             out[f"{f['name']}~{g}"] = f["band"]
     for g in spec.get("latiss_grating_filters", []):

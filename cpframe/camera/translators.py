@@ -78,7 +78,7 @@ INGEST_PROPERTIES = frozenset({
     "observation_reason", "science_program", "physical_filter", "exposure_time", "dark_time",
     "datetime_begin", "datetime_end", "detector_num", "detector_name", "detector_group",
     "observation_id", "exposure_group", "group_counter_start", "group_counter_end",
-    "has_simulated_content", "can_see_sky", "object", "detector_serial",
+    "has_simulated_content", "can_see_sky", "object", "detector_serial", "exposure_time_requested",
 })
 #: Of those, what a raw must yield (a failure is a per-file error naming the property).
 REQUIRED_PROPERTIES = frozenset({
@@ -390,6 +390,24 @@ class LsstCamTranslator(RubinTranslator):
             name = name[: -len("~empty")]
         return name
 
+    on_telescope_since = Time("2025-03-01T00:00", format="isot", scale="utc")
+    """Before this the camera was in the lab: it could not see the sky."""
+
+    def _on_mountain(self) -> bool:
+        return self._controller() == "H" or self.to_datetime_begin() > self.on_telescope_since
+
+    @cache_translation
+    def to_can_see_sky(self) -> bool | None:
+        if not self._on_mountain():
+            return False
+        if self.is_key_ok("SHUTTIME") and self._header["SHUTTIME"] == 0.0:
+            return False
+        if self.is_key_ok("VIGN_MIN"):
+            return {"FULLY": False, "UNKNOWN": None}.get(self._header["VIGN_MIN"], True)
+        if self._controller() == "H":  # simulated: the observation type says it
+            return FitsTranslator.to_can_see_sky(self)
+        return None
+
     @cache_translation
     def to_exposure_time(self) -> u.Quantity:
         # SHUTTIME is the measured open time; a dark never opens the shutter (0).
@@ -411,6 +429,7 @@ class LsstComCamTranslator(LsstCamTranslator):
     instrument_aliases = frozenset({"comcam", "lsstcomcam"})
     camera_name = "LSSTComCam"
     _const_map = {"instrument": "LSSTComCam", "telescope": "Simonyi Survey Telescope"}
+    on_telescope_since = Time("2024-08-24T00:00", format="isot", scale="utc")
 
     @classmethod
     def can_translate(cls, header: Mapping[str, Any], filename: str | None = None) -> bool:
@@ -438,6 +457,12 @@ class LsstComCamTranslator(LsstCamTranslator):
         if header.get("INSTRUME") == "LSST_CAMERA":
             header["INSTRUME"] = "ComCam"
             changed = True
+        if "LSST_NUM" not in header:
+            # ComCam's sensors never moved: the serial follows from the slot
+            serial = _detector_table("LSSTComCam").get(f"R22_{header.get('CCDSLOT')}")
+            if serial is not None:
+                header["LSST_NUM"] = serial[1]
+                changed = True
         return changed
 
 

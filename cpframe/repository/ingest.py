@@ -221,8 +221,6 @@ def read_raw_header(path: str | os.PathLike) -> RawInfo:
     except CpframeError as err:
         raise IngestError(f"{p}: {err}") from None
     problems = []
-    if info.exposure_time.to_value("s") < 0:
-        problems.append("no exposure time (EXPTIME missing; the translator's -1 s means unknown)")
     if info.datetime_end < info.datetime_begin:
         problems.append(f"end {info.datetime_end.tai.isot} TAI is before begin {info.datetime_begin.tai.isot} TAI")
     if problems:

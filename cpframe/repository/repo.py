@@ -729,11 +729,12 @@ class Repository:
 
     # -- export / import (cpframe/repository/transfer.py) -----------------------------------------------
     def export_calibs(self, directory: str | os.PathLike, collections: Sequence[str],
-                      dataset_types: Sequence[str] | None = None, transfer: str = "copy") -> Path:
+                      dataset_types: Sequence[str] | None = None, transfer: str = "copy",
+                      format: str = "cpframe") -> Path:
         """Export calibration collections to a new directory; see :func:`cpframe.repository.transfer.export_calibs`."""
         from cpframe.repository.transfer import export_calibs
 
-        return export_calibs(self, directory, collections, dataset_types, transfer)
+        return export_calibs(self, directory, collections, dataset_types, transfer, format=format)
 
     def import_(self, directory: str | os.PathLike, export_file: str | os.PathLike | None = None,
                 transfer: str = "copy", skip_dimensions: Sequence[str] = ()) -> dict[str, int]:

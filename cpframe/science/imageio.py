@@ -213,6 +213,8 @@ def _read_raw(path: str, camera: Camera | None) -> RawExposure:
         # Real-format raws carry no DETECTOR/EXPID: translate (cpframe.camera.raw_headers)
         # and work on cpframe's normalized cards; cpframe products written before the
         # translators existed already have them.
+        if not header.get("INSTRUME"):
+            raise FileFormatError(MSG_NOT_RAW.format(path=path, why="primary header has no INSTRUME"))
         if "DETECTOR" not in header or "EXPID" not in header:
             try:
                 header.update(normalized_cards(header, filename=path))
@@ -739,9 +741,14 @@ def write_defects(
 
 
 def read_defects(path: str | os.PathLike) -> tuple[list[tuple[int, int, int, int]], dict[str, Any]]:
-    """Read an ``ecsv-defects`` file -> (boxes, meta)."""
+    """Read an ``ecsv-defects`` file -> (boxes, meta).
+
+    A FITS table with the same columns (the Rubin stack's ``Defects`` layout, e.g. imported
+    from a butler export) reads the same way.
+    """
+    fmt = "fits" if str(path).lower().endswith((".fits", ".fits.gz", ".fit")) else "ascii.ecsv"
     try:
-        t = Table.read(str(path), format="ascii.ecsv")
+        t = Table.read(str(path), format=fmt)
     except Exception as err:  # astropy raises many types for malformed files
         raise FileFormatError(f"{path}: not an ecsv-defects table: {err}") from None
     missing = [c for c in ("x0", "y0", "width", "height") if c not in t.colnames]
