@@ -373,9 +373,9 @@ class SqlRegistry(Registry):
                 _, filts = self._require_instrument(conn, inst)
                 bad = sorted({r["physical_filter"] for r in group} - filts)
                 if bad:
-                    raise RegistryError(
-                        f"unknown physical filter(s) {', '.join(bad)} for {inst} (known: {', '.join(sorted(filts))})."
-                    )
+                    known = sorted(filts)
+                    shown = ", ".join(known[:15]) + (f", ... ({len(known)} in all)" if len(known) > 15 else "")
+                    raise RegistryError(f"unknown physical filter(s) {', '.join(bad)} for {inst} (known: {shown}).")
                 group.sort(key=lambda r: r["id"])
                 new, conflicts, seen = [], [], {}
                 cols = [s.exposure.c[k] for k in group[0]]
