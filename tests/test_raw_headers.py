@@ -181,3 +181,43 @@ def test_exposure_id_controller_rules():
         compute_exposure_id("20241108", 1, "X")
     with pytest.raises(ValueError, match="SEQNUM=100000"):
         compute_exposure_id("20241108", 100000, "O")
+
+
+def test_camera_data_follow_the_real_cameras():
+    cam = load_camera("LSSTCam")
+    purposes = [d.purpose for d in cam.detectors]
+    assert len(cam.detectors) == 205 and cam.detector_ids == tuple(range(205))
+    assert (purposes.count("SCIENCE"), purposes.count("WAVEFRONT"), purposes.count("GUIDER")) == (189, 8, 8)
+    assert len(cam.science_detectors) == 189 and max(cam.science_detector_ids) == 188
+    # ids, serials and types as published (obs_lsst policy/lsstCam and the real headers' LSST_NUM)
+    assert (cam.detector(203).name, cam.detector(203).serial) == ("R44_SW0", "ITL-4400B-025")
+    assert (cam.detector("R01_S01").id, cam.detector("R01_S01").serial) == (1, "ITL-3800C-226")
+    assert cam.detector("R12_S10").serial == "E2V-CCD250-244" and cam.detector("R12_S10").vendor == "E2V"
+    assert cam.detector("R10_S02").vendor == "ITL" and len(cam.detector(203).amps) == 8
+    # real filter names, first of each band is the survey filter
+    assert [cam.filter_for_band(b) for b in "ugrizy"] == ["u_24", "g_6", "r_57", "i_39", "z_20", "y_10"]
+    assert {"ph_5", "none", "empty", "unknown"} <= {pf for pf, _ in cam.filters}
+    comcam = load_camera("LSSTComCam")
+    assert [d.serial for d in comcam.detectors][:2] == ["ITL-3800C-229", "ITL-3800C-251"]
+    latiss = load_camera("LATISS")
+    assert latiss.band_of("SDSSr_65mm~empty") == "r" and latiss.band_of("empty~holo4_003") == "white"
+    assert latiss.detector(0).serial == "ITL-3800C-068"
+
+
+def test_simulator_writes_real_format_headers_and_skips_corner_detectors(tmp_path):
+    from cpframe.camera.raw_headers import normalized_cards
+    from cpframe.camera.simulate import ExposureSpec, simulate
+    from cpframe.core.errors import UserInputError
+
+    spec = ExposureSpec(20250601, 7, "flat", "r_57", 5.0, 5.2, "2025-06-02T01:00:00", "flat", "BLOCK-T1", 100.0)
+    with pytest.raises(UserInputError, match="R00_SW0 are wavefront/guider sensors"):
+        simulate([spec], tmp_path / "x", "LSSTCam", scale="mini", detectors=[191], workers=1)
+    (path,) = simulate([spec], tmp_path / "raw", "LSSTCam", scale="mini", detectors=[94], workers=1)
+    hdr = fits.getheader(path)
+    assert (hdr["INSTRUME"], hdr["DAYOBS"], hdr["CONTRLLR"], hdr["RAFTBAY"], hdr["CCDSLOT"]) == (
+        "lsstCam", "20250601", "O", "R22", "S11")
+    assert hdr["IMGTYPE"] == "FLAT" and hdr["CCD_MANU"] == "E2V" and "DETECTOR" not in hdr
+    info = read_raw_header(path)  # the same translation path as real data
+    assert (info.instrument, info.detector, info.exposure) == ("LSSTCam", 94, 2025060100007)
+    assert info.record["physical_filter"] == "r_57" and info.record["observation_type"] == "flat"
+    assert normalized_cards(dict(hdr))["DETNAME"] == "R22_S11"

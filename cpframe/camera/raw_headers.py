@@ -113,35 +113,55 @@ def raw_header_cards(camera: Any, detector_id: int, spec: Any, seed: int) -> lis
 def normalized_cards(header: Mapping[str, Any], filename: str | None = None) -> dict[str, Any]:
     """cpframe's cards for a raw ``header`` (module docstring), through the translators.
 
+    A lighter path than ingest's ``ObservationInfo`` (this runs on every raw read): the header
+    is repaired (``fix_header``) and the translator's methods are called directly; dates are
+    kept as the header has them.
+
     Raises
     ------
     ValueError
         The header cannot be translated (message names the property and the reason).
     """
-    from cpframe.camera.translators import time_to_ns, translate_header
+    import warnings
 
-    wanted = frozenset({"instrument", "detector_num", "detector_group", "detector_name", "exposure_id",
-                        "observing_day", "observation_counter", "physical_filter", "observation_type",
-                        "exposure_time", "dark_time", "datetime_begin", "datetime_end", "observation_id"})
-    info = translate_header(dict(header), filename=filename, properties=wanted, required=wanted)
+    from astro_metadata_translator import fix_header
+
     from cpframe.camera.models import _camera_yaml
+    from cpframe.camera.translators import find_translator
 
+    hdr = dict(header)
+    cls = find_translator(hdr, filename)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fix_header(hdr, translator_class=cls, filename=filename)
+        tr = cls(hdr, filename=filename)
+        values: dict[str, Any] = {}
+        for prop in ("instrument", "detector_num", "detector_group", "detector_name", "exposure_id",
+                     "observing_day", "observation_counter", "physical_filter", "observation_type",
+                     "exposure_time", "dark_time"):
+            try:
+                values[prop] = getattr(tr, f"to_{prop}")()
+            except Exception as err:  # KeyError/ValueError/TypeError from a bad or missing card
+                raise ValueError(f"cannot translate {prop} ({cls.__name__}): "
+                                 f"{err.args[0] if err.args else err}") from None
     try:
-        names = {int(d["id"]): d["name"] for d in _camera_yaml(info.instrument)["detectors"]}
+        names = {int(d["id"]): d["name"] for d in _camera_yaml(values["instrument"])["detectors"]}
     except Exception as err:  # unknown to cpframe: no camera model
-        raise ValueError(f"instrument {info.instrument!r} has no cpframe camera model ({err})") from None
-    return {
-        "INSTRUME": info.instrument,
-        "DETECTOR": int(info.detector_num),
-        "DETNAME": names.get(int(info.detector_num), f"{info.detector_group}_{info.detector_name}"),
-        "EXPID": int(info.exposure_id),
-        "DAYOBS": int(info.observing_day),
-        "SEQNUM": int(info.observation_counter),
-        "FILTER": info.physical_filter,
-        "IMGTYPE": info.observation_type,
-        "EXPTIME": float(info.exposure_time.to_value("s")),
-        "DARKTIME": float(info.dark_time.to_value("s")),
-        "DATE-BEG": ns_to_iso(time_to_ns(info.datetime_begin)),
-        "DATE-END": ns_to_iso(time_to_ns(info.datetime_end)),
-        "TIMESYS": "TAI",
+        raise ValueError(f"instrument {values['instrument']!r} has no cpframe camera model ({err})") from None
+    det = int(values["detector_num"])
+    cards = {
+        "INSTRUME": values["instrument"],
+        "DETECTOR": det,
+        "DETNAME": names.get(det, f"{values['detector_group']}_{values['detector_name']}"),
+        "EXPID": int(values["exposure_id"]),
+        "DAYOBS": int(values["observing_day"]),
+        "SEQNUM": int(values["observation_counter"]),
+        "FILTER": str(values["physical_filter"]),
+        "IMGTYPE": str(values["observation_type"]),
+        "EXPTIME": float(values["exposure_time"].to_value("s")),
+        "DARKTIME": float(values["dark_time"].to_value("s")),
     }
+    for key in ("DATE-BEG", "DATE-END", "TIMESYS"):
+        if hdr.get(key) is not None:
+            cards[key] = hdr[key]
+    return cards

@@ -55,6 +55,7 @@ __all__ = [
     "LsstCamTranslator",
     "CPFRAME_TRANSLATORS",
     "INGEST_PROPERTIES",
+    "ALL_RUBIN_PROPERTIES",
     "compute_exposure_id",
     "time_to_ns",
     "find_translator",
@@ -72,14 +73,19 @@ _SEQ_DIGITS = 5
 _C_UNIFIED_AFTER = 20231004
 _PQS_UNIFIED_AFTER = 20250417
 
-#: Properties cpframe's ingest and butler export read from an ObservationInfo.
+#: Properties cpframe's ingest reads from an ObservationInfo (what its exposure records keep,
+#: plus the group).  Others (can_see_sky, object, ...) are available through
+#: :func:`translate_header` with ``properties=ALL_RUBIN_PROPERTIES``.
 INGEST_PROPERTIES = frozenset({
     "instrument", "exposure_id", "observing_day", "observation_counter", "observation_type",
     "observation_reason", "science_program", "physical_filter", "exposure_time", "dark_time",
     "datetime_begin", "datetime_end", "detector_num", "detector_name", "detector_group",
-    "observation_id", "exposure_group", "group_counter_start", "group_counter_end",
-    "has_simulated_content", "can_see_sky", "object", "detector_serial", "exposure_time_requested",
+    "observation_id", "exposure_group",
 })
+ALL_RUBIN_PROPERTIES = INGEST_PROPERTIES | {
+    "group_counter_start", "group_counter_end", "has_simulated_content", "can_see_sky", "object",
+    "detector_serial", "exposure_time_requested",
+}
 #: Of those, what a raw must yield (a failure is a per-file error naming the property).
 REQUIRED_PROPERTIES = frozenset({
     "instrument", "exposure_id", "observing_day", "observation_counter", "observation_type",
@@ -390,7 +396,7 @@ class LsstCamTranslator(RubinTranslator):
             name = name[: -len("~empty")]
         return name
 
-    on_telescope_since = Time("2025-03-01T00:00", format="isot", scale="utc")
+    on_telescope_since = Time("2025-03-01T00:00", format="isot", scale="utc").tai
     """Before this the camera was in the lab: it could not see the sky."""
 
     def _on_mountain(self) -> bool:
@@ -417,7 +423,7 @@ class LsstCamTranslator(RubinTranslator):
         return super().to_exposure_time()
 
 
-_COMCAM_CHILE = Time("2020-03-13T00:00", format="isot", scale="utc")
+_COMCAM_CHILE = Time("2020-03-13T00:00", format="isot", scale="utc").tai
 
 
 class LsstComCamTranslator(LsstCamTranslator):
@@ -429,7 +435,7 @@ class LsstComCamTranslator(LsstCamTranslator):
     instrument_aliases = frozenset({"comcam", "lsstcomcam"})
     camera_name = "LSSTComCam"
     _const_map = {"instrument": "LSSTComCam", "telescope": "Simonyi Survey Telescope"}
-    on_telescope_since = Time("2024-08-24T00:00", format="isot", scale="utc")
+    on_telescope_since = Time("2024-08-24T00:00", format="isot", scale="utc").tai
 
     @classmethod
     def can_translate(cls, header: Mapping[str, Any], filename: str | None = None) -> bool:
@@ -468,11 +474,11 @@ class LsstComCamTranslator(LsstCamTranslator):
 
 # -- LATISS ------------------------------------------------------------------------------------
 
-_LATISS_DATE_END_BAD = Time("2020-02-01T00:00", format="isot", scale="utc")
-_LATISS_IMGTYPE_OK = Time("2019-11-07T00:00", format="isot", scale="utc")
-_LATISS_OBJECT_IS_ENGTEST = Time("2020-01-27T20:00", format="isot", scale="utc")
-_LATISS_ON_MOUNTAIN = Time("2020-01-01T00:00", format="isot", scale="utc")
-_LATISS_SERIAL_068 = Time("2019-06-24T00:00", format="isot", scale="utc")
+_LATISS_DATE_END_BAD = Time("2020-02-01T00:00", format="isot", scale="utc").tai
+_LATISS_IMGTYPE_OK = Time("2019-11-07T00:00", format="isot", scale="utc").tai
+_LATISS_OBJECT_IS_ENGTEST = Time("2020-01-27T20:00", format="isot", scale="utc").tai
+_LATISS_ON_MOUNTAIN = Time("2020-01-01T00:00", format="isot", scale="utc").tai
+_LATISS_SERIAL_068 = Time("2019-06-24T00:00", format="isot", scale="utc").tai
 _EMPTY_RE = re.compile(r"empty_?\d*$", re.IGNORECASE)
 
 

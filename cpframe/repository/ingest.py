@@ -153,9 +153,8 @@ def _expected_min_size(header_bytes: int, det: Detector) -> int:
 def exposure_record(info: Any, camera_name: str) -> dict:
     """Exposure record (``Registry.insert_exposures``) from an ``ObservationInfo``.
 
-    Besides cpframe's columns it keeps the butler's extra exposure fields (``group``,
-    ``seq_start``, ``seq_end``, ``target_name``, ``has_simulated``, ``can_see_sky``) for
-    butler-format export.
+    Besides cpframe's columns it has the exposure's ``group`` (``GROUPID``), which the registry
+    does not keep.
     """
     from cpframe.camera.translators import time_to_ns
 
@@ -174,11 +173,6 @@ def exposure_record(info: Any, camera_name: str) -> dict:
         "dark_time": float(info.dark_time.to_value("s")),
         "timespan": Timespan(begin, max(begin, end)),
         "group": None if info.exposure_group is None else str(info.exposure_group),
-        "seq_start": info.group_counter_start,
-        "seq_end": info.group_counter_end,
-        "target_name": info.object,
-        "has_simulated": info.has_simulated_content,
-        "can_see_sky": info.can_see_sky,
     }
 
 
