@@ -27,6 +27,7 @@ from cpframe.camera.models import load_camera
 from cpframe.core.errors import ExportError
 from cpframe.core.model import CollectionType, Timespan, parse_tai
 from cpframe.repository.repo import Repository
+from cpframe.repository.transfer import export_calibs, import_export
 from cpframe.science.imageio import read_defects, write_defects
 from tests.conftest import need_service
 
@@ -177,7 +178,7 @@ def _fill_cpframe(repo: Repository, tmp: Path) -> int:
 def test_cpframe_chain_into_a_real_butler(tmp_path, stub_path):
     with Repository.create(tmp_path / "cp") as repo:
         made = _fill_cpframe(repo, tmp_path)
-        export = repo.export_calibs(tmp_path / "exp", [f"{INST}/calib"], format="butler")
+        export = export_calibs(repo, tmp_path / "exp", [f"{INST}/calib"], format="butler")
         mine = _cpframe_answers(repo, f"{INST}/calib")
     text = export.read_text()
     assert "\nversion: 1.0.2\n" in text and "!uuid '" in text and "!lsst.daf.butler.Timespan" in text
@@ -263,7 +264,7 @@ def test_butler_export_calibs_into_cpframe(tmp_path, stub_path):
     text = (tmp_path / "exp" / "export.yaml").read_text()
     assert "!butler_time/tai/iso" in text and "!uuid" in text  # the real tags, read as they are
     with Repository.create(tmp_path / "cp") as repo:
-        counts = repo.import_(tmp_path / "exp")
+        counts = import_export(repo, tmp_path / "exp")
         assert counts["datasets"] == 3 * (4 * len(DETECTORS) + len(DETECTORS) * len(FILTERS)) - 1
         assert list(repo.registry.get_chain(f"{INST}/calib")) == [f"{INST}/calib/new", f"{INST}/calib/mid",
                                                              f"{INST}/calib/old"]
@@ -319,7 +320,7 @@ def test_butler_export_with_exposures_day_obs_and_group(tmp_path, stub_path):
     text = (tmp_path / "exp" / "export.yaml").read_text()
     assert "element: day_obs" in text and "element: group" in text and "element: exposure" in text
     with Repository.create(tmp_path / "cp") as repo:
-        repo.import_(tmp_path / "exp")
+        import_export(repo, tmp_path / "exp")
         (rec,) = repo.registry.query_dimension_records("exposure", instrument=INST)
         assert (rec["id"], rec["day_obs"], rec["seq_num"], rec["obs_id"]) == (
             2024111000001, 20241110, 1, "CC_O_20241110_000001")
@@ -331,5 +332,5 @@ def test_butler_export_with_exposures_day_obs_and_group(tmp_path, stub_path):
     (tmp_path / "exp" / "broken.yaml").write_text(doc)
     with Repository.create(tmp_path / "cp2") as repo:
         with pytest.raises(ExportError, match=r"exposure record 2024111000001 is missing field\(s\) obs_id"):
-            repo.import_(tmp_path / "exp", tmp_path / "exp" / "broken.yaml")
+            import_export(repo, tmp_path / "exp", tmp_path / "exp" / "broken.yaml")
         assert repo.registry.query_dimension_records("exposure", instrument=INST) == []
