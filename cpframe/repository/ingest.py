@@ -204,9 +204,9 @@ def read_raw_header(path: str | os.PathLike) -> RawInfo:
     scale = str(hdr.get("CAMSCALE", "full")).strip()
     if scale not in SCALES:
         raise IngestError(f"{p}: CAMSCALE={scale!r}; expected one of {', '.join(SCALES)}")
-    header = {k: v for k, v in hdr.items() if k not in ("COMMENT", "HISTORY", "")}
     try:
-        info = translate_header(header, filename=str(p))
+        # the astropy Header itself: cards are parsed only when the translator reads them
+        info = translate_header(hdr, filename=str(p))
     except ValueError as err:
         raise IngestError(f"{p}: {err}") from None
     try:
