@@ -480,14 +480,15 @@ def _defects_to_fits(src: Path, target: Path) -> None:
     import numpy as np
     from astropy.table import Table
 
-    from cpframe.science.imageio import read_defects
-
-    boxes, meta = read_defects(src)
-    arr = np.asarray(boxes, dtype=np.int32).reshape(-1, 4)
-    table = Table([arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3]], names=("x0", "y0", "width", "height"))
-    for key in ("instrument", "detector", "detector_name"):
-        if key in meta and meta[key] is not None:
-            table.meta[{"instrument": "INSTRUME", "detector": "DETECTOR", "detector_name": "DETNAME"}[key]] = meta[key]
+    try:
+        ecsv = Table.read(str(src), format="ascii.ecsv")
+        cols = [np.asarray(ecsv[c], dtype=np.int32) for c in ("x0", "y0", "width", "height")]
+    except Exception as err:  # astropy raises many types for malformed files
+        raise ExportError(f"{src}: not an ecsv-defects table ({err}); cannot write it for the butler.") from None
+    table = Table(cols, names=("x0", "y0", "width", "height"))
+    for key, card in (("instrument", "INSTRUME"), ("detector", "DETECTOR"), ("detector_name", "DETNAME")):
+        if ecsv.meta.get(key) is not None:
+            table.meta[card] = ecsv.meta[key]
     table.meta.update({"OBSTYPE": "defects", "CALIBCLS": "lsst.ip.isr.defects.Defects"})
     table.write(target, format="fits")
 
