@@ -224,6 +224,10 @@ def read_plan(name_or_path: str | os.PathLike, instrument: str | None = None) ->
     if not instrument:
         raise UserInputError(f"{where}: no instrument: give --instrument or set 'instrument:' in the plan.")
     camera = load_camera(instrument)
+    try:
+        home = load_camera(plan.instrument) if plan.instrument else None
+    except CameraError:
+        home = None
     defaults = plan.defaults if isinstance(plan.defaults, PlanDefaults) else PlanDefaults()
     readout_ns = int(round(defaults.readout_s * 1e9))
     overhead = defaults.dark_overhead_s
@@ -286,7 +290,12 @@ def read_plan(name_or_path: str | os.PathLike, instrument: str | None = None) ->
                 if block.band is not None:
                     pf = camera.filter_for_band(block.band)
                 else:
-                    pf = block.physical_filter or defaults.physical_filter or camera.filters[0][0]
+                    pf = block.physical_filter or defaults.physical_filter
+                    if pf is None:
+                        pf = camera.filters[0][0]
+                    elif home is not None and home.name != camera.name:
+                        # a plan written for another camera: same band, this camera's filter
+                        pf = camera.filter_for_band(home.band_of(pf))
                     camera.band_of(pf)
             except CameraError as err:
                 problems.append(f"{blabel}: {err}")

@@ -32,6 +32,7 @@ import yaml
 
 from cpframe.core.errors import ChecksumError, ExportError, UserInputError
 from cpframe.core.model import CollectionType, DatasetRef, DatasetType, Timespan, ns_to_iso
+from cpframe.repository.chains import walk_collections
 from cpframe.repository.datastore import sha256_file
 
 if TYPE_CHECKING:
@@ -46,28 +47,8 @@ DIMENSION_ELEMENTS = ("instrument", "detector", "physical_filter", "exposure")
 
 
 def _walk(repo: "Repository", names: Sequence[str]) -> tuple[list[tuple[str, list[str]]], list[tuple[str, CollectionType]]]:
-    """Chains (children before parents) and leaf collections reached from ``names``, depth-first."""
-    reg = repo.registry
-    chains: list[tuple[str, list[str]]] = []
-    leaves: list[tuple[str, CollectionType]] = []
-    done: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in done:
-            return
-        done.add(name)
-        ctype = reg.get_collection_type(name)
-        if ctype == CollectionType.CHAINED:
-            kids = list(reg.get_chain(name))
-            for k in kids:
-                visit(k)
-            chains.append((name, kids))
-        else:
-            leaves.append((name, ctype))
-
-    for n in names:
-        visit(n)
-    return chains, leaves
+    """Chains (children before parents) and leaf collections reached from ``names`` (:func:`walk_collections`)."""
+    return walk_collections(repo.registry, names)
 
 
 def _sha256(path: Path) -> str:
@@ -75,7 +56,8 @@ def _sha256(path: Path) -> str:
 
 
 def export_calibs(repo: "Repository", directory: str | os.PathLike, collections: Sequence[str],
-                  dataset_types: Sequence[str] | None = None, transfer: str = "copy") -> Path:
+                  dataset_types: Sequence[str] | None = None, transfer: str = "copy",
+                  format: str = "cpframe") -> Path:
     """Write ``DIR/export.yaml`` and the files of the calibrations reachable from ``collections``.
 
     Parameters
@@ -89,6 +71,9 @@ def export_calibs(repo: "Repository", directory: str | os.PathLike, collections:
         Restrict to these types (default: every calibration type found).
     transfer : str
         ``copy``, ``link`` or ``symlink`` for the files.
+    format : str
+        ``cpframe`` (this module's format) or ``butler`` (``butler import`` reads it:
+        ``cpframe.repository.butler_format``).
 
     Returns
     -------
@@ -101,6 +86,12 @@ def export_calibs(repo: "Repository", directory: str | os.PathLike, collections:
         ``directory`` exists, or nothing to export.
     UnknownCollectionError
     """
+    if format == "butler":
+        from cpframe.repository.butler_format import export_butler
+
+        return export_butler(repo, directory, collections, dataset_types, transfer)
+    if format != "cpframe":
+        raise UserInputError(f"export format {format!r}: use cpframe or butler.")
     reg = repo.registry
     dest = Path(directory).absolute()
     if dest.exists() or dest.is_symlink():
@@ -194,6 +185,10 @@ def export_calibs(repo: "Repository", directory: str | os.PathLike, collections:
 
 
 def _load_export(path: Path) -> dict[str, Any]:
+    from cpframe.repository.butler_format import butler_to_cpframe, is_butler_export, load_butler_export
+
+    if is_butler_export(path):  # `butler export-calibs` output (or cpframe's --format butler)
+        return butler_to_cpframe(load_butler_export(path), path)
     try:
         doc = yaml.safe_load(path.read_text())
     except FileNotFoundError:
