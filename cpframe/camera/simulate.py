@@ -14,7 +14,7 @@ On the assembled detector image, in electrons::
 
 Per amplifier, in the read-out frame (``cpframe/camera/models.py``), in adu::
 
-    s     = e / gain;  s *= 1 + nonlinearity * s;  s += crosstalk @ s(other amps)
+    s     = e / gain;  s *= 1 + k2 * s + k3 * s²  (per amp);  s += crosstalk @ s(other amps)
     raw   = s (data region only) + bias_level + jitter + drift(row) + bias_pattern (data only)
           + Normal(0, read_noise / gain)       (everywhere: prescan, data, both overscans)
     raw   = clip(rint(raw), 0, 2**adc_bits - 1) as int32
@@ -49,6 +49,7 @@ import numpy as np
 import yaml
 
 from cpframe.camera.models import Camera, Detector, _camera_yaml, load_camera
+from cpframe.camera.nonlinearity import apply_nonlinearity, draw_amp_nonlinearity, measured_signal
 from cpframe.core.errors import CameraError, UserInputError
 from cpframe.core.model import exposure_id as _exposure_id
 from cpframe.core.model import ns_to_iso, parse_tai
@@ -94,7 +95,7 @@ EFFECTS: dict[str, Any] = {
     "poisson": True,  # photon + dark shot noise
     "saturation": True,  # full-well clip (the ADC clip always applies)
     "stars": 1e-5,  # science frames: stars per pixel
-    "nonlinearity": False,  # quadratic non-linearity coefficient (1/adu); True = -1e-7
+    "nonlinearity": False,  # non-linearity strength k (1/adu), per-amp curves around it; True = -1e-7
     "crosstalk": False,  # crosstalk strength (largest coefficient); True = 3e-4
 }
 _EFFECT_ON = {
@@ -459,6 +460,10 @@ class AmpTruth:
     """adu, raw level (bias included) where the full well or the ADC clips."""
     bias_bump: float
     """adu, amplitude of the fixed bias bump at the first rows read (data region only)."""
+    nonlinearity: float = 0.0
+    """1/adu, k2 of the response m = s (1 + k2 s + k3 s²) (``cpframe/camera/nonlinearity.py``)."""
+    nonlinearity_cubic: float = 0.0
+    """1/adu², k3 of the same response."""
 
 
 @dataclass
@@ -477,7 +482,8 @@ class DetectorTruth:
     crosstalk: np.ndarray
     """16 x 16 [target, source] coefficients (adu/adu, read-out frames); zeros when off."""
     nonlinearity: float
-    """k in s_measured = s * (1 + k * s), s in adu; 0 when off."""
+    """Nominal strength k of the effect (1/adu; 0 when off); each amp's own curve is in its
+    :class:`AmpTruth` (``nonlinearity``, ``nonlinearity_cubic``)."""
 
 
 def _sim_facts(camera: Camera, det: Detector) -> dict:
@@ -926,6 +932,8 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
         adc_max = 2 ** int(facts.get("adc_bits", 18)) - 1
         nonlin = eff["nonlinearity"]
         amps = {}
+        curves = iter(draw_amp_nonlinearity(  # own random stream: other draws are unchanged
+            seed, det.id, [float(facts["full_well"][1]) / float(facts["gain"][0])] * len(det.amps), nonlin))
         for a in det.amps:
             gain = _uniform(rng, facts["gain"])
             rn = _uniform(rng, facts["read_noise"])
@@ -934,8 +942,8 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
             dark = _uniform(rng, facts["dark_current"])
             fw = _uniform(rng, facts["full_well"])
             bump = _uniform(rng, (2.0, 6.0))
-            fw_adu = fw / gain
-            fw_adu *= 1.0 + nonlin * fw_adu
+            k2, k3 = next(curves)
+            fw_adu = float(measured_signal(fw / gain, k2, k3))
             sat = min(bias + fw_adu, adc_max) if eff["saturation"] else float(adc_max)
             amps[a.name] = AmpTruth(
                 gain=gain,
@@ -946,6 +954,8 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
                 full_well=fw if eff["saturation"] else math.inf,
                 saturation=float(sat),
                 bias_bump=bump if eff["bias_pattern"] else 0.0,
+                nonlinearity=k2,
+                nonlinearity_cubic=k3,
             )
         defects, values = _make_defects(rng, det)
         if not eff["defects"]:
@@ -1164,8 +1174,7 @@ def simulate_detector(
         if math.isfinite(at.full_well):
             np.minimum(e, np.float32(at.full_well), out=e)
         e *= np.float32(1.0 / at.gain)
-        if dt.nonlinearity:
-            e *= 1.0 + np.float32(dt.nonlinearity) * e
+        apply_nonlinearity(e, at.nonlinearity, at.nonlinearity_cubic)
         signal[a.index] = _to_readout(e, a)
     if signal is not None and dt.crosstalk.any():
         signal = signal + np.tensordot(dt.crosstalk.astype(np.float32), signal, axes=(1, 0))

@@ -12,7 +12,7 @@ Steps run in the order of ip_isr ``IsrTaskLSST.run`` (spec algorithms.md §1-§3
  7. gains (electrons) and the per-amp ``LSST ISR GAIN|READNOISE|PTCTURNOFF`` keys
  8. crosstalk (linear, optionally quadratic) on the read-out-ordered segments
  9. parallel overscan per amp (one value per column)
-10. linearity (``x + c x²`` in adu, per amp)
+10. linearity (per amp, in adu: :mod:`cpframe.science.linearity`)
 11. assembly with flips into the detector image
 12. bias, dark (scaled by dark time), defects -> ``BAD``, NaN -> ``UNMASKEDNAN``
 13. variance (image/g + (σ_RN/g)² added), flat, standard statistics
@@ -36,6 +36,7 @@ import numpy as np
 from cpframe.camera.models import Amplifier, Detector
 from cpframe.science.combine import IQ_TO_STDEV, clipped_stats
 from cpframe.core.errors import ConfigError, UserInputError
+from cpframe.science.linearity import Linearizer, linearizer_from_mapping, read_linearizer
 from cpframe.science.imageio import (
     MASK_BITS,
     MaskedImage,
@@ -302,6 +303,7 @@ def isr_config_for(product: str, **overrides: Any) -> IsrConfig:
         "dark": dict(do_apply_gains=True, do_bias=True, do_defect=True),
         "flat": dict(do_apply_gains=True, do_bias=True, do_dark=True),
         "ptc": dict(do_bootstrap=True, do_defect=True),
+        "linearizer": dict(do_bootstrap=True, do_defect=True),
         "science": dict(do_apply_gains=True, do_bias=True, do_dark=True, do_flat=True, do_defect=True,
                         do_saturation=True),
     }
@@ -327,8 +329,8 @@ class IsrCalibs:
     """(n_amp, n_amp) linear coefficients C[target, source]."""
     crosstalk_quadratic: np.ndarray | None = None
     """(n_amp, n_amp) quadratic coefficients, or None."""
-    linearizer: dict[str, float] | None = None
-    """amp -> c of the correction x + c x² (adu)."""
+    linearizer: Linearizer | None = None
+    """Per-amp corrections (:mod:`cpframe.science.linearity`; a ``{amp: c}`` mapping is ``x + c x²``)."""
 
 
 CALIB_KEYS = ("bias", "dark", "flat", "defects", "ptc", "crosstalk", "linearizer")
@@ -350,7 +352,7 @@ def _load_cached(kind: str, path: str, mtime: float):
     if kind == "crosstalk":
         return _read_crosstalk(path)
     if kind == "linearizer":
-        return _read_linearizer(path)
+        return read_linearizer(path)
     raise KeyError(kind)
 
 
@@ -371,24 +373,12 @@ def _read_crosstalk(path: str):
     return a, None
 
 
-def _read_linearizer(path: str) -> dict[str, float]:
-    import json
-
-    import yaml
-
-    text = Path(path).read_text()
-    data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    if isinstance(data, Mapping) and "coefficients" in data:
-        data = data["coefficients"]
-    return {str(k): float(v) for k, v in dict(data).items()}
-
-
 def load_calibs(paths: Mapping[str, Any] | None) -> IsrCalibs:
     """Load calibrations from file paths (cached by path and modification time).
 
     Keys: ``bias``, ``dark``, ``flat`` (fits-masked), ``defects`` (ecsv-defects), ``ptc``
     (fits-ptc), ``crosstalk`` (.npy/.npz/text matrix C[target, source], or an array),
-    ``linearizer`` (YAML/JSON ``{amp: c}``, or a dict).  ``None`` values are skipped.
+    ``linearizer`` (cpframe linearizer JSON, a YAML/JSON ``{amp: c}``, or a dict / Linearizer).  ``None`` values are skipped.
 
     Raises
     ------
@@ -408,8 +398,8 @@ def load_calibs(paths: Mapping[str, Any] | None) -> IsrCalibs:
             a = np.asarray(v, dtype=np.float64)
             c.crosstalk, c.crosstalk_quadratic = (a[0], a[1]) if a.ndim == 3 else (a, None)
             continue
-        if k == "linearizer" and isinstance(v, Mapping):
-            c.linearizer = {str(a): float(x) for a, x in v.items()}
+        if k == "linearizer" and isinstance(v, (Mapping, Linearizer)):
+            c.linearizer = v if isinstance(v, Linearizer) else linearizer_from_mapping(v)
             continue
         value = _load_cached(k, *_mtime_key(v))
         if k == "crosstalk":
@@ -671,14 +661,8 @@ def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
         if config.do_parallel_overscan:
             _parallel_overscan(amp, seg, config, st, cards)
         data = seg[amp.data_slice]
-        if config.do_linearize:
-            c = float(calibs.linearizer.get(amp.name, 0.0))
-            if c:
-                if units == "electron":
-                    data /= np.float32(st.gain)
-                data += np.float32(c) * data * data
-                if units == "electron":
-                    data *= np.float32(st.gain)
+        if config.do_linearize:  # cpframe/science/linearity.py; in adu (gain passed for electrons)
+            calibs.linearizer.correct(data, amp.name, st.gain if units == "electron" else None)
         image[amp.bbox] = _orient(data, amp)
         if amp.name in sat_masks:
             mask[amp.bbox] |= np.where(_orient(sat_masks[amp.name], amp), sat_bit, np.int32(0))
