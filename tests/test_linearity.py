@@ -137,7 +137,7 @@ def test_isr_applies_the_linearizer_before_gains(ramp, solved, tmp_path):
 
 
 def test_polynomial_inversion_matches_cp_pipe_convention():
-    """An exact cubic ramp: c_(j-2) = -k_j / k1^j, and the correction inverts the curve to 2e-5.
+    """An exact cubic ramp: c_(j-2) = -k_j / k1^j, and the correction inverts the curve to 1e-4.
 
     The abscissa of the polynomial is the linear fit k0 + k1 t (itself pulled by the curve),
     so the coefficients match the curve's to first order only."""
@@ -150,7 +150,8 @@ def test_polynomial_inversion_matches_cp_pipe_convention():
                                        "maxLinearAdu": 1e9})
     c = lin.amps["C00"].coeffs
     assert c[0] == pytest.approx(-k2, rel=1e-3) and c[1] == pytest.approx(-k3, rel=2e-2)
-    assert linearity_residual(lin.function("C00"), k2, k3, 60000.0) < 2e-5
+    # the first-order inversion leaves ~2 (k2 s)^2 = 6e-5 at 90 % of 60000 adu (uncorrected: 2.7e-3)
+    assert linearity_residual(lin.function("C00"), k2, k3, 60000.0) < 1e-4
     sq = solve_linearity(meas, None, {"linearityType": "Squared", "maxLinearAdu": 1e9}).amps["C00"]
     assert len(sq.coeffs) == 1
 
