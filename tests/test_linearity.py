@@ -220,3 +220,33 @@ def test_amp_without_usable_points_gets_nan_coefficients_and_a_note():
             PtcPairMeasurement((3, 4), 2.0, {"C00": {"mean": math.nan}})]
     rec = solve_linearity(meas, None).amps["C00"]
     assert all(math.isnan(c) for c in rec.coeffs) and rec.note.startswith("bad amp")
+
+
+def test_verify_linearity_stage(solved, tmp_path):
+    """LINEARITY stage: the solved linearizer passes; a large or missing correction fails, per amp."""
+    from cpframe.science.linearity import write_linearizer
+    from cpframe.verify import merge_calibs, verify_calib
+
+    stats = verify_calib("linearity", solved[0].path, DET)
+    assert stats["SUCCESS"], stats["FAILURES"]
+    assert stats["DATA_ID"]["detector"] == DET.id
+    for amp in DET.amps:
+        s = stats["AMP"][amp.name]
+        assert s["LINEARITY_TYPE"] == "Spline" and 0.1 < s["MAX_CORRECTION_PCT"] < 1.5
+        assert s["MAX_FIT_RESIDUAL"] < 1e-3 and s["N_POINTS"] > 20
+    table, summary = merge_calibs("linearity", [stats])
+    assert summary["SUCCESS"] and len(table) == len(DET.amps)
+    # break two amps: a 3 % spline correction and an amp without a correction
+    lin = read_linearizer(solved[0].path)
+    a0, a1 = DET.amps[0].name, DET.amps[1].name
+    nodes, values = np.split(np.asarray(lin.amps[a0].coeffs), 2)
+    lin.amps[a0].coeffs = [*nodes, *(0.03 * nodes)]
+    lin.amps[a1].coeffs = [math.nan] * len(lin.amps[a1].coeffs)
+    broken = write_linearizer(tmp_path / "broken.json", lin)
+    bad = verify_calib("linearity", broken, DET)
+    assert not bad["SUCCESS"]
+    assert f"{a0} MAX_RESIDUAL_ERROR" in bad["FAILURES"] and f"{a1} MAX_RESIDUAL_ERROR" in bad["FAILURES"]
+    assert f"{a1} FIT_RESIDUAL" in bad["FAILURES"]
+    assert not any(f.startswith(DET.amps[2].name) for f in bad["FAILURES"])
+    with pytest.raises(UserInputError, match="does not exist"):
+        verify_calib("linearity", tmp_path / "nope.json", DET)
