@@ -50,6 +50,7 @@ import yaml
 
 from cpframe.camera.models import Camera, Detector, _camera_yaml, load_camera
 from cpframe.camera.nonlinearity import apply_nonlinearity, draw_amp_nonlinearity, measured_signal
+from cpframe.camera.spots import spot_field
 from cpframe.core.errors import CameraError, UserInputError
 from cpframe.core.model import exposure_id as _exposure_id
 from cpframe.core.model import ns_to_iso, parse_tai
@@ -76,7 +77,7 @@ __all__ = [
 ]
 
 #: Observation types the simulator can produce (``IMGTYPE`` header).
-OBSERVATION_TYPES = ("bias", "dark", "flat", "science")
+OBSERVATION_TYPES = ("bias", "dark", "flat", "science", "spot")  # spot: cpframe/camera/spots.py
 
 #: Effects of :func:`make_truth` and their default strength (``True`` = the default strength,
 #: ``False``/0 = off, a number = that strength, in the unit given).
@@ -365,7 +366,7 @@ def read_plan(name_or_path: str | os.PathLike, instrument: str | None = None) ->
             if otype != "bias" and any(t <= 0 for t in times):
                 problems.append(f"{blabel}: {otype} exposures need exposure_time > 0")
             flux = float(block.get("flux", 0.0))
-            if otype in ("flat", "science") and flux <= 0:
+            if otype in ("flat", "science", "spot") and flux <= 0:
                 problems.append(
                     f"{blabel}: {otype} exposures need flux > 0 (e-/s/pixel at the focal-plane centre)"
                 )
@@ -1120,8 +1121,11 @@ def simulate_detector(
     # far cheaper than a Poisson draw per pixel); hot pixels are drawn on their own.
     light = spec.flux > 0 and spec.exposure_time > 0
     stars = None
+    sky = spec.flux
     if light and spec.observation_type == "science" and eff.get("stars", 0) > 0:
         stars = _star_field(r_signal, det.shape, eff["stars"])
+    elif light and spec.observation_type == "spot":  # one amp lit past full well (crosstalk)
+        stars, sky = spot_field(det, spec.seq_num, spec.flux), 0.0
     resp = truth.response(det.id, band) if light else None
     dark_t = spec.dark_time if eff["dark_current"] or eff["defects"] or eff["manual_defects"] else 0.0
     extra = []  # sparse charges (y, x, e-): hot pixels, cosmic rays
@@ -1145,7 +1149,7 @@ def simulate_detector(
         ys, xs = a.bbox
         dark_e = np.float32(at.dark_current * dark_t)
         if light:
-            lam = resp[ys, xs] * np.float32(spec.flux * spec.exposure_time)
+            lam = resp[ys, xs] * np.float32(sky * spec.exposure_time)
             if stars is not None:
                 lam += stars[ys, xs] * resp[ys, xs] * np.float32(spec.exposure_time)
             lam += dark_e

@@ -36,6 +36,7 @@ import numpy as np
 from cpframe.camera.models import Amplifier, Detector
 from cpframe.science.combine import IQ_TO_STDEV, clipped_stats
 from cpframe.core.errors import ConfigError, UserInputError
+from cpframe.science.crosstalk import read_crosstalk
 from cpframe.science.linearity import Linearizer, linearizer_from_mapping, read_linearizer
 from cpframe.science.imageio import (
     MASK_BITS,
@@ -304,6 +305,7 @@ def isr_config_for(product: str, **overrides: Any) -> IsrConfig:
         "flat": dict(do_apply_gains=True, do_bias=True, do_dark=True),
         "ptc": dict(do_bootstrap=True, do_defect=True),
         "linearizer": dict(do_bootstrap=True, do_defect=True),
+        "crosstalk": dict(do_apply_gains=True, do_defect=True),
         "science": dict(do_apply_gains=True, do_bias=True, do_dark=True, do_flat=True, do_defect=True,
                         do_saturation=True),
     }
@@ -357,7 +359,11 @@ def _load_cached(kind: str, path: str, mtime: float):
 
 
 def _read_crosstalk(path: str):
-    """Crosstalk matrix from ``.npy`` (n,n) or (2,n,n) [linear, quadratic], ``.npz`` or text."""
+    """Crosstalk matrix from cpframe's ``.json`` (cpframe/science/crosstalk.py), ``.npy`` (n,n) or
+    (2,n,n) [linear, quadratic], ``.npz`` or text."""
+    if path.endswith(".json"):
+        calib = read_crosstalk(path)
+        return calib.coeffs, (calib.coeffs_sqr if np.any(calib.coeffs_sqr) else None)
     if path.endswith(".npz"):
         with np.load(path) as z:
             lin = np.asarray(z["linear"] if "linear" in z else z[z.files[0]], dtype=np.float64)
