@@ -49,6 +49,7 @@ import numpy as np
 import yaml
 
 from cpframe.camera.models import Camera, Detector, _camera_yaml, load_camera
+from cpframe.camera.cti import apply_deferred_charge, draw_amp_cti
 from cpframe.camera.nonlinearity import apply_nonlinearity, draw_amp_nonlinearity, measured_signal
 from cpframe.camera.spots import spot_field
 from cpframe.core.errors import CameraError, UserInputError
@@ -98,6 +99,7 @@ EFFECTS: dict[str, Any] = {
     "stars": 1e-5,  # science frames: stars per pixel
     "nonlinearity": False,  # non-linearity strength k (1/adu), per-amp curves around it; True = -1e-7
     "crosstalk": False,  # crosstalk strength (largest coefficient); True = 3e-4
+    "cti": False,  # serial CTI (nominal, per-amp around it) + one serial trap per amp; True = 3e-6
 }
 _EFFECT_ON = {
     "bias_jitter": 1.0,
@@ -107,6 +109,7 @@ _EFFECT_ON = {
     "stars": 1e-5,
     "nonlinearity": -1e-7,
     "crosstalk": 3e-4,
+    "cti": 3e-6,
 }
 
 TRUTH_FORMAT = "cpframe-truth"
@@ -465,6 +468,14 @@ class AmpTruth:
     """1/adu, k2 of the response m = s (1 + k2 s + k3 s²) (``cpframe/camera/nonlinearity.py``)."""
     nonlinearity_cubic: float = 0.0
     """1/adu², k3 of the same response."""
+    cti: float = 0.0
+    """Global serial CTI (fraction lost per transfer; ``cpframe/camera/cti.py``)."""
+    trap_size: float = 0.0
+    """e-, capacity of the amp's serial trap (0 = none)."""
+    trap_emission_time: float = 1.0
+    """Transfers, emission time constant of the trap."""
+    trap_scaling: float = 0.0
+    """Linear capture: the trap fills to min(size, scaling x signal)."""
 
 
 @dataclass
@@ -935,6 +946,7 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
         amps = {}
         curves = iter(draw_amp_nonlinearity(  # own random stream: other draws are unchanged
             seed, det.id, [float(facts["full_well"][1]) / float(facts["gain"][0])] * len(det.amps), nonlin))
+        deferred = iter(draw_amp_cti(seed, det.id, len(det.amps), eff["cti"]))  # own stream
         for a in det.amps:
             gain = _uniform(rng, facts["gain"])
             rn = _uniform(rng, facts["read_noise"])
@@ -957,6 +969,7 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
                 bias_bump=bump if eff["bias_pattern"] else 0.0,
                 nonlinearity=k2,
                 nonlinearity_cubic=k3,
+                **dict(zip(("cti", "trap_size", "trap_emission_time", "trap_scaling"), next(deferred))),
             )
         defects, values = _make_defects(rng, det)
         if not eff["defects"]:
@@ -1142,6 +1155,7 @@ def simulate_detector(
     dead = [(x0, y0, w, h) for x0, y0, w, h, kind in dt.defects if kind == "dead"]
     has_dark = dark_t > 0 and any(dt.amps[a.name].dark_current > 0 for a in det.amps)
     signal = None
+    trails: dict[int, np.ndarray] = {}
     if light or has_dark or extra:
         signal = np.zeros((len(det.amps), det.amps[0].data_rows, det.amps[0].data_cols), dtype=np.float32)
     for a in det.amps if signal is not None else ():
@@ -1177,6 +1191,9 @@ def simulate_detector(
             ] = 0.0
         if math.isfinite(at.full_well):
             np.minimum(e, np.float32(at.full_well), out=e)
+        if at.cti or at.trap_size:  # serial deferred charge, in e-; the trail goes to the overscan
+            e, trail = apply_deferred_charge(e, a, at.cti, at.trap_size, at.trap_emission_time, at.trap_scaling)
+            trails[a.index] = trail / at.gain
         e *= np.float32(1.0 / at.gain)
         apply_nonlinearity(e, at.nonlinearity, at.nonlinearity_cubic)
         signal[a.index] = _to_readout(e, a)
@@ -1203,6 +1220,8 @@ def simulate_detector(
             data[: len(bump)] += bump
         if signal is not None:
             data += signal[a.index]
+        if a.index in trails:
+            raw[: a.data_rows, a.serial_overscan_slice[1]] += trails[a.index].astype(np.float32)
         np.clip(raw, 0, adc_max, out=raw)
         segments.append(raw.astype(np.int32))  # values >= 0: truncation = floor
     return segments

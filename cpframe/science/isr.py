@@ -37,6 +37,7 @@ from cpframe.camera.models import Amplifier, Detector
 from cpframe.science.combine import IQ_TO_STDEV, clipped_stats
 from cpframe.core.errors import ConfigError, UserInputError
 from cpframe.science.crosstalk import read_crosstalk
+from cpframe.science.cti import CtiCalib, deferred_charge_step, read_cti
 from cpframe.science.linearity import Linearizer, linearizer_from_mapping, read_linearizer
 from cpframe.science.imageio import (
     MASK_BITS,
@@ -143,6 +144,10 @@ class IsrConfig:
     """Also subtract the quadratic crosstalk term (needs a quadratic matrix)."""
     do_linearize: bool = False
     """Apply the linearity correction (needs calibs['linearizer'])."""
+    do_deferred_charge: bool = False
+    """Correct the serial trap (needs calibs['cti']; cpframe/science/cti.py)."""
+    do_cti_statistics: bool = False
+    """Write the EPER statistics (last data column, first overscan columns) to the header."""
     do_assemble_ccd: bool = True
     """Assemble amps into the detector image (always on)."""
     do_bias: bool = False
@@ -258,6 +263,9 @@ _ALIASES = {
     "doCrosstalk": "do_crosstalk",
     "doQuadraticCrosstalkCorrection": "do_quadratic_crosstalk",
     "doLinearize": "do_linearize",
+    "doDeferredCharge": "do_deferred_charge",
+    "doCtiStatistics": "do_cti_statistics",
+    "isrStats.doCtiStatistics": "do_cti_statistics",
     "doAssembleCcd": "do_assemble_ccd",
     "doBias": "do_bias",
     "doDark": "do_dark",
@@ -275,7 +283,7 @@ _ALIASES = {
 
 #: ip_isr switches that are off for calibration products (spec §3); accepted when false.
 _ACCEPTED_WHEN_FALSE = (
-    "doDeferredCharge", "doBrighterFatter", "doInterpolate", "doSetBadRegions", "doCorrectGains",
+    "doBrighterFatter", "doInterpolate", "doSetBadRegions", "doCorrectGains",
     "doFringe", "doWidenSaturationTrails", "doAmpOffset", "doBinnedExposures", "doE2VEdgeBleedMask",
     "doITLDipMask", "doITLSatSagMask", "doITLEdgeBleedMask", "doVignette", "doIlluminationCorrection",
     "doCalculateStatistics", "doCheckUnprocessableData", "doDiffNonLinearCorrection", "doSaturationInterpolation",
@@ -306,6 +314,7 @@ def isr_config_for(product: str, **overrides: Any) -> IsrConfig:
         "ptc": dict(do_bootstrap=True, do_defect=True),
         "linearizer": dict(do_bootstrap=True, do_defect=True),
         "crosstalk": dict(do_apply_gains=True, do_defect=True),
+        "cti": dict(do_bootstrap=True, do_defect=True, do_cti_statistics=True),
         "science": dict(do_apply_gains=True, do_bias=True, do_dark=True, do_flat=True, do_defect=True,
                         do_saturation=True),
     }
@@ -331,11 +340,13 @@ class IsrCalibs:
     """(n_amp, n_amp) linear coefficients C[target, source]."""
     crosstalk_quadratic: np.ndarray | None = None
     """(n_amp, n_amp) quadratic coefficients, or None."""
+    cti: CtiCalib | None = None
+    """Deferred-charge model per amp (:mod:`cpframe.science.cti`)."""
     linearizer: Linearizer | None = None
     """Per-amp corrections (:mod:`cpframe.science.linearity`; a ``{amp: c}`` mapping is ``x + c x²``)."""
 
 
-CALIB_KEYS = ("bias", "dark", "flat", "defects", "ptc", "crosstalk", "linearizer")
+CALIB_KEYS = ("bias", "dark", "flat", "defects", "ptc", "crosstalk", "linearizer", "cti")
 
 
 def _mtime_key(path) -> tuple[str, float]:
@@ -355,6 +366,8 @@ def _load_cached(kind: str, path: str, mtime: float):
         return _read_crosstalk(path)
     if kind == "linearizer":
         return read_linearizer(path)
+    if kind == "cti":
+        return read_cti(path)
     raise KeyError(kind)
 
 
@@ -521,7 +534,7 @@ def _what(raw: RawExposure) -> str:
 def _check_calibs(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs) -> None:
     need = [("do_bias", "bias", "doBias"), ("do_dark", "dark", "doDark"), ("do_flat", "flat", "doFlat"),
             ("do_defect", "defects", "doDefect"), ("do_crosstalk", "crosstalk", "doCrosstalk"),
-            ("do_linearize", "linearizer", "doLinearize")]
+            ("do_linearize", "linearizer", "doLinearize"), ("do_deferred_charge", "cti", "doDeferredCharge")]
     missing, flags = [], []
     for attr, key, flag in need:
         if getattr(config, attr) and getattr(calibs, key) is None:
@@ -669,6 +682,9 @@ def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
         data = seg[amp.data_slice]
         if config.do_linearize:  # cpframe/science/linearity.py; in adu (gain passed for electrons)
             calibs.linearizer.correct(data, amp.name, st.gain if units == "electron" else None)
+        if config.do_deferred_charge or config.do_cti_statistics:  # cpframe/science/cti.py
+            deferred_charge_step(seg, amp, calibs.cti if config.do_deferred_charge else None, units, st.gain,
+                                 cards)
         image[amp.bbox] = _orient(data, amp)
         if amp.name in sat_masks:
             mask[amp.bbox] |= np.where(_orient(sat_masks[amp.name], amp), sat_bit, np.int32(0))
