@@ -95,7 +95,7 @@ def main(argv=None) -> int:
                 run = lambda: cp_crosstalk(paths, out / "crosstalk.json", workers=args.workers,  # noqa: E731
                                            config={"growMaskRadius": 0})
             else:
-                icfg = isr_config_for("cti", do_defect=False, gains=gains)
+                icfg = isr_config_for("cti", do_defect=False, do_linearize=False, do_bootstrap=True, gains=gains)
                 run = lambda: cp_cti(paths, out / "cti.json", isr_config=icfg, workers=args.workers)  # noqa: E731
             t0 = time.perf_counter()
             run()

@@ -44,8 +44,8 @@ def solved(flats, tmp_path_factory):
     from cpframe.science.isr import isr_config_for
 
     truth, paths = flats
-    # bootstrap ISR with configured gains: the statistics are converted to electrons
-    cfg = isr_config_for("cti", do_defect=False, gains=_gains(truth))
+    # bootstrap ISR with configured gains (instead of a linearizer's): the statistics are converted to electrons
+    cfg = isr_config_for("cti", do_defect=False, do_linearize=False, do_bootstrap=True, gains=_gains(truth))
     return cp_cti(paths, tmp_path_factory.mktemp("cti") / "cti.json", isr_config=cfg, workers=2)
 
 
@@ -77,7 +77,8 @@ def test_isr_correction_removes_the_trap(flats, solved):
     out = {False: [], True: []}
     for raw in raws:
         for on in (False, True):
-            cfg = isr_config_for("cti", do_defect=False, gains=gains, do_deferred_charge=on)
+            cfg = isr_config_for("cti", do_defect=False, do_linearize=False, do_bootstrap=True, gains=gains,
+                                 do_deferred_charge=on)
             img, _ = run_isr(raw, cfg, load_calibs({"cti": solved.path} if on else {}))
             out[on].append(img)
     for a in DET.amps:

@@ -370,8 +370,8 @@ def cp_cti(raw_paths: Sequence[str | os.PathLike], output_path: str | os.PathLik
            calibs: Mapping[str, Any] | None = None, work_dir: str | os.PathLike | None = None,
            isr_config: Any = None, config: CtiConfig | Mapping[str, Any] | None = None,
            workers: int = 1) -> CtiCalib:
-    """cpCti for one detector: ISR with CTI statistics (gains from ``isr_config.gains`` or the PTC;
-    defects when given), read the statistics, solve -> cti json."""
+    """cpCti for one detector: ISR with CTI statistics (gains and linearity from ``calibs['linearizer']``,
+    as cp_pipe's ``useGainsFrom: LINEARIZER``; defects when given), read the statistics, solve -> cti json."""
     from cpframe.science.imageio import read_header
     from cpframe.science.isr import isr_config_for
     from cpframe.science.tasks import _isr_config, _run_isr_all, _WorkDir

@@ -135,7 +135,7 @@ class IsrConfig:
     do_apply_gains: bool = False
     """Multiply by the gain: output in electrons."""
     use_gains_from: str = "PTC"
-    """PTC (only PTC is implemented)."""
+    """PTC, or LINEARIZER (the gains and noise the linearizer measured on its own ramp; no PTC needed)."""
     gains: Mapping[str, float] = field(default_factory=dict)
     """Per-amp configured gains (e-/adu); a finite value overrides the PTC / bootstrap gain."""
     do_crosstalk: bool = False
@@ -172,7 +172,7 @@ class IsrConfig:
         problems = []
         checks = (("integer_dither_mode", DITHER_MODES), ("overscan_fit_type", OVERSCAN_FIT_TYPES),
                   ("saturation_source", SATURATION_SOURCES), ("flat_scaling_type", FLAT_SCALINGS),
-                  ("use_gains_from", ("PTC",)))
+                  ("use_gains_from", ("PTC", "LINEARIZER")))
         for key, allowed in checks:
             if getattr(self, key) not in allowed:
                 problems.append(MSG_BAD_VALUE.format(key=key, value=getattr(self, key),
@@ -314,7 +314,8 @@ def isr_config_for(product: str, **overrides: Any) -> IsrConfig:
         "ptc": dict(do_bootstrap=True, do_defect=True),
         "linearizer": dict(do_bootstrap=True, do_defect=True),
         "crosstalk": dict(do_apply_gains=True, do_defect=True),
-        "cti": dict(do_bootstrap=True, do_defect=True, do_cti_statistics=True),
+        "cti": dict(do_apply_gains=True, use_gains_from="LINEARIZER", do_linearize=True, do_defect=True,
+                    do_cti_statistics=True),
         "science": dict(do_apply_gains=True, do_bias=True, do_dark=True, do_flat=True, do_defect=True,
                         do_saturation=True),
     }
@@ -540,7 +541,11 @@ def _check_calibs(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs) -> Non
         if getattr(config, attr) and getattr(calibs, key) is None:
             missing.append(key)
             flags.append(f"{flag}: false")
-    if not config.do_bootstrap and calibs.ptc is None:
+    gains_from_lin = config.use_gains_from == "LINEARIZER" and config.do_apply_gains
+    if not config.do_bootstrap and gains_from_lin and calibs.linearizer is None and not config.do_linearize:
+        missing.append("linearizer (gains and read noise, useGainsFrom: LINEARIZER)")
+        flags.append("useGainsFrom: PTC")
+    if not config.do_bootstrap and not gains_from_lin and calibs.ptc is None:
         missing.append("ptc (gains and read noise)")
         flags.append("doBootstrap: true")
     if config.do_crosstalk and config.do_quadratic_crosstalk and calibs.crosstalk is not None \
@@ -564,7 +569,9 @@ def _check_calibs(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs) -> Non
 def _amp_gain_noise(amp: Amplifier, config: IsrConfig, calibs: IsrCalibs) -> tuple[float, float, float]:
     """(gain, read noise e-, turnoff adu) before the overscan (bootstrap noise comes later)."""
     gain, noise, turnoff = 1.0, math.nan, math.inf
-    if not config.do_bootstrap and calibs.ptc is not None:
+    if not config.do_bootstrap and config.use_gains_from == "LINEARIZER" and config.do_apply_gains:
+        gain, noise = calibs.linearizer.gain_noise(amp.name)  # cpframe/science/linearity.py
+    elif not config.do_bootstrap and calibs.ptc is not None:
         rec = calibs.ptc.get(amp.name)
         if rec is None:
             raise IsrError(f"the PTC has no amp {amp.name}; amps in the PTC: {', '.join(calibs.ptc)}.")

@@ -183,6 +183,10 @@ class AmpLinearity:
     """MAD-sigma of the residuals of the masked points (relative)."""
     note: str = ""
     """Why the amp has no correction (NaN coefficients), if it has none."""
+    input_gain: float = math.nan
+    """e-/adu: the PTC fit (EXPAPPROXIMATION) of the same pairs (cp_pipe ``inputGain``)."""
+    input_noise: float = math.nan
+    """e-: read noise of the same fit."""
 
 
 @dataclass
@@ -199,6 +203,20 @@ class Linearizer:
         if rec is None:
             return
         apply_linearity(data, rec, gain)
+
+    def gain_noise(self, amp: str) -> tuple[float, float]:
+        """(gain e-/adu, read noise e-) the linearizer measured for ``amp`` (ISR ``useGainsFrom: LINEARIZER``).
+
+        Raises
+        ------
+        UserInputError
+            The amp is missing or has no finite gain.
+        """
+        rec = self.amps.get(amp)
+        if rec is None or not math.isfinite(rec.input_gain) or rec.input_gain <= 0:
+            raise UserInputError(f"linearizer {self.path or ''}: no gain for amp {amp}; rebuild it with cpframe "
+                                 "(it fits the gains of its ramp) or use useGainsFrom: PTC.")
+        return float(rec.input_gain), float(rec.input_noise)
 
     def function(self, amp: str):
         """The correction of one amp as a function of measured adu (float64 copy)."""
@@ -418,6 +436,19 @@ def _solve_amp(t: np.ndarray, mu: np.ndarray, config: LinearityConfig) -> AmpLin
     return rec
 
 
+def _ramp_gains(measurements: Sequence[Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """Gains and read noise of the ramp's pairs (cp_pipe's cpLinearizerPtcSolve); empty without variances."""
+    from cpframe.science.ptc import PtcConfig, solve_ptc
+
+    if not all("var" in rec for m in measurements for rec in m.amps.values()):
+        return {}, {}
+    try:
+        res = solve_ptc(measurements, None, PtcConfig())
+    except (UserInputError, ValueError, np.linalg.LinAlgError):
+        return {}, {}
+    return dict(res.gain), dict(res.noise)
+
+
 def solve_linearity(measurements: Sequence[Any], output_path: str | os.PathLike | None,
                     config: LinearityConfig | Mapping[str, Any] | None = None,
                     meta: Mapping[str, Any] | None = None) -> Linearizer:
@@ -444,9 +475,11 @@ def solve_linearity(measurements: Sequence[Any], output_path: str | os.PathLike 
     amps = list(measurements[0].amps)
     t = np.array([float(m.exposure_time) for m in measurements], dtype=np.float64)
     out: dict[str, AmpLinearity] = {}
+    gains, noises = _ramp_gains(measurements)
     for a in amps:
         mu = np.array([float(m.amps[a]["mean"]) for m in measurements], dtype=np.float64)
         out[a] = _solve_amp(t, mu, cfg)
+        out[a].input_gain, out[a].input_noise = gains.get(a, math.nan), noises.get(a, math.nan)
     md = {"OBSTYPE": "linearizer", "LINEARITY_TYPE": cfg.linearity_type, "NPAIRS": len(measurements),
           "INPUT_EXPIDS": sorted({int(e) for m in measurements for e in getattr(m, "exposure_ids", ())})}
     md.update(dict(meta or {}))
