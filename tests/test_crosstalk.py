@@ -172,3 +172,26 @@ def test_solve_on_synthetic_ratios_clipping_and_significance():
                          fluxes={"A": {"B": f}, "B": {"A": f}})
     calq = solve_crosstalk([mq], None, {"fluxOrder": 1})
     assert calq.coeffs[0, 1] == pytest.approx(1e-4, rel=0.01) and calq.coeffs_sqr[0, 1] == pytest.approx(2e-9, rel=0.01)
+
+
+def test_verify_crosstalk_on_residual_matrix(spots, solved, tmp_path):
+    """CROSSTALK stage: the residual matrix after ISR with the solved crosstalk has no significant
+    coefficient; with the uncorrected data (no crosstalk applied) every neighbour is detected."""
+    from cpframe.verify import verify_calib
+
+    _, paths = spots
+    sub = paths[:32]
+    resid = cp_crosstalk(sub, tmp_path / "resid.json", workers=2, config=CONFIG,
+                         calibs={"crosstalk": solved.path},
+                         isr_config=_isr_with_crosstalk())
+    ok = verify_calib("crosstalk", resid.path, DET)
+    assert ok["SUCCESS"], ok["FAILURES"]
+    assert all(s["MAX_GHOST_E"] < 100.0 for s in ok["AMP"].values())
+    bad = verify_calib("crosstalk", solved.path, DET)  # the matrix itself is all significant
+    assert not bad["SUCCESS"] and len(bad["FAILURES"]) == len(DET.amps)
+
+
+def _isr_with_crosstalk():
+    from cpframe.science.isr import isr_config_for
+
+    return isr_config_for("crosstalk", do_defect=False, do_apply_gains=False, do_bootstrap=True, do_crosstalk=True)

@@ -128,3 +128,16 @@ def test_truth_draws_and_files(tmp_path, solved):
         CtiConfig.from_dict({"minTrapSignl": 1})
     with pytest.raises(UserInputError, match="no flat measurements"):
         solve_cti([], None)
+
+
+def test_verify_cti_stage(solved, tmp_path):
+    from cpframe.science.cti import write_cti
+    from cpframe.verify import verify_calib
+
+    ok = verify_calib("cti", solved.path, DET)
+    assert ok["SUCCESS"], ok["FAILURES"]
+    cal = read_cti(solved.path)
+    a = DET.amps[3].name
+    cal.amps[a].global_cti = 2e-5
+    bad = verify_calib("cti", write_cti(tmp_path / "bad.json", cal), DET)
+    assert bad["FAILURES"] == [f"{a} CTI"]

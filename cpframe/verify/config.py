@@ -98,6 +98,9 @@ class VerifyConfig:
     """MAX_RESIDUAL_ERROR (Squared/Polynomial): |c_quadratic| limit (1/adu); higher orders scale by its root."""
     linearity_max_fit_residual: float = 0.001
     """FIT_RESIDUAL (cpframe): largest |corrected ramp / line - 1| above 1 % of the turnoff."""
+    # -- CTI (cpframe's check; LSST sensor requirement serial CTE > 0.999995) ------------------
+    cti_max: float = 5e-6
+    """CTI: the global serial CTI per amp must be below this."""
     # -- science (cpframe's own check) ------------------------------------------------------
     science_step_threshold: float = 0.01
     """AMP_STEP: largest |level jump| across an amp boundary relative to the detector background."""
