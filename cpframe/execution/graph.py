@@ -485,6 +485,9 @@ def _explicit_options(pipeline: Any) -> dict[str, set[str]]:
     """Task label -> config keys written in the pipeline file (the rest are cp_pipe defaults)."""
     import yaml
 
+    if any(getattr(t, "explicit", None) for t in getattr(pipeline, "tasks", ())):
+        return {t.label: set(t.explicit) for t in pipeline.tasks}
+
     try:
         with open(pipeline.path) as fh:
             tasks = (yaml.safe_load(fh) or {}).get("tasks") or {}
@@ -643,7 +646,12 @@ def make_plan(
     token = secrets.token_hex(3)
     items = _expand(pipeline, base, exposures, token)
     found, missing, optional_missing = _resolve_calibs(pipeline, registry, items, exposures, collections, now_ns)
-    notes: list[str] = []
+    notes: list[str] = list(getattr(pipeline, "notes", ()))
+    ignored = getattr(submission, "ignored_keys", ())
+    if ignored:
+        notes.append(f"ignored by cpframe (no meaning for a Dask back end): {', '.join(ignored)}")
+    if getattr(submission, "ignored_options", ()):
+        notes.append(f"extraQgraphOptions ignored by cpframe: {' '.join(submission.ignored_options)}")
     if missing and not raws:
         # detector-level pipelines (defects, PTC verification) read only calibrations: as the butler's
         # graph builder, leave out the detectors that have none of them, and name them

@@ -250,8 +250,8 @@ NOT_BUILT = {
     "lsst.fgcmcal.fgcmBuildFromIsolatedStars.FgcmBuildFromIsolatedStarsTask": "illumination correction",
     "lsst.fgcmcal.fgcmFitCycle.FgcmFitCycleTask": "illumination correction",
     "lsst.fgcmcal.fgcmOutputIlluminationCorrection.FgcmOutputIlluminationCorrectionTask": "illumination correction",
-    "lsst.pipe.tasks.calibrateImage.CalibrateImageTask": "illumination correction (needs calibrateImage)",
-    "lsst.pipe.tasks.characterizeImage.CharacterizeImageTask": "illumination correction (needs characterizeImage)",
+    "lsst.pipe.tasks.calibrateImage.CalibrateImageTask": "single-frame image calibration (calibrateImage)",
+    "lsst.pipe.tasks.characterizeImage.CharacterizeImageTask": "image characterisation (characterizeImage)",
     "lsst.pipe.tasks.isolatedStarAssociation.IsolatedStarAssociationTask": "illumination correction",
     "lsst.pipe.tasks.postprocess.TransformSourceTableTask": "illumination correction",
     "lsst.cp.pipe.CpFringeTask": "fringe", "lsst.cp.pipe.CpSpectroFlatTask": "spectroscopic flat",
@@ -683,31 +683,31 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
                                 f"{', '.join(doc.tasks)}")
         doc.tasks[label].ops.append((fld, "set", val, "extraQgraphOptions"))
 
-    # resolve every task's values and classify
-    resolved: dict[str, _Resolved] = {}
-    for label in labels:
-        t = doc.tasks[label]
-        cls = _canonical(t.cls)
-        tnotes: list[str] = []
-        values = _apply_ops(t, CLASSES.get(cls), doc.parameters, tnotes)
-        resolved[label] = _Resolved(label, cls, t.file, values, tnotes)
-    _check_contracts(doc, resolved, p)
-
-    not_built = {lab: NOT_BUILT[r.cls] for lab, r in resolved.items() if r.cls in NOT_BUILT}
+    # classify first: a class cpframe cannot run is reported before its configuration is read
+    classes = {label: _canonical(doc.tasks[label].cls) for label in labels}
+    not_built = {lab: NOT_BUILT[c] for lab, c in classes.items() if c in NOT_BUILT}
     if not_built:
         what = sorted(set(not_built.values()))
         raise PipelineError(
             f"{p}: cpframe does not build {', '.join(what)} yet (tasks "
-            f"{', '.join(f'{lab} ({resolved[lab].cls})' for lab in not_built)}). cpframe builds bias, dark, flat, "
+            f"{', '.join(f'{lab} ({classes[lab]})' for lab in not_built)}). cpframe builds bias, dark, flat, "
             "defects and PTC (with their bootstraps) and verifies them.")
-    unknown = [r for r in resolved.values() if r.cls not in CLASSES and r.cls not in SKIPPED
-               and r.cls not in _DEFECT_MEASURE + _DEFECT_MERGE + _PTC_ADJUST]
+    unknown = [lab for lab, c in classes.items() if c not in CLASSES and c not in SKIPPED
+               and c not in _DEFECT_MEASURE + _DEFECT_MERGE + _PTC_ADJUST]
     if unknown:
-        r = unknown[0]
-        close = difflib.get_close_matches(r.cls, _all_known(), n=1)
-        raise PipelineError(f"{r.file}: tasks.{r.label}: unknown task class {r.cls!r}"
+        t = doc.tasks[unknown[0]]
+        close = difflib.get_close_matches(t.cls, _all_known(), n=1)
+        raise PipelineError(f"{t.file}: tasks.{t.label}: unknown task class {t.cls!r}"
                             f"{f' (did you mean {close[0]!r}?)' if close else ''}. cpframe runs the cp_pipe, "
                             "ip_isr and cp_verify classes listed in docs/submit.md.")
+    resolved: dict[str, _Resolved] = {}
+    for label in labels:
+        t = doc.tasks[label]
+        tnotes: list[str] = []
+        values = {} if classes[label] in SKIPPED and not _connections_only(t) else \
+            _apply_ops(t, CLASSES.get(classes[label]), doc.parameters, tnotes)
+        resolved[label] = _Resolved(label, classes[label], t.file, values, tnotes)
+    _check_contracts(doc, resolved, p)
 
     tasks: dict[str, dict] = {}
     dataset_types: dict[str, dict] = {}
@@ -843,6 +843,11 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
     if verifies:
         data["verifies"] = verifies
     return data, notes
+
+
+def _connections_only(task: _Task) -> bool:
+    """A skipped task's config is read only when it is plain ``field: value`` (no python block)."""
+    return all(fld != "python" for fld, *_ in task.ops)
 
 
 def _explicit_fields(task: _Task) -> set[str]:

@@ -634,8 +634,7 @@ def load_pipeline(path: str | os.PathLike, *, overrides: Sequence[tuple[str, str
         what = NOT_BUILT_PIPELINES.get(p.stem)
         if what:
             raise PipelineError(f"pipeline file {base_name!r} not found: cpframe does not build {what} yet "
-                                f"(cp_pipe/cp_verify's {p.stem}). Set CP_PIPE_DIR / CP_VERIFY_DIR to read the LSST "
-                                "file; it names the tasks cpframe cannot run.")
+                                f"(cp_pipe/cp_verify's {p.stem} pipeline).")
         raise PipelineError(f"pipeline file {base_name!r} not found. Available pipelines: "
                             f"{', '.join(list_pipelines(base)) or '(none)'} (in {base}).")
     try:
@@ -649,7 +648,7 @@ def load_pipeline(path: str | os.PathLike, *, overrides: Sequence[tuple[str, str
         for label, sec in data["tasks"].items():
             extras[label] = {"explicit": frozenset(sec.pop("explicit", ())), "lsst_class": sec.pop("lsstClass", "")}
     elif selection or overrides:
-        data = _select_and_override(data, str(p), selection, overrides)
+        data = _select_and_override(data, str(p), selection, overrides, notes)
     spec = parse_pipeline(data, str(p))
     if selection:
         spec = dataclasses.replace(spec, path=f"{p}#{','.join(selection)}")
@@ -665,7 +664,7 @@ def load_pipeline(path: str | os.PathLike, *, overrides: Sequence[tuple[str, str
 
 
 def _select_and_override(data: Any, path: str, selection: Sequence[str],
-                         overrides: Sequence[tuple[str, str, Any]]) -> Any:
+                         overrides: Sequence[tuple[str, str, Any]], notes: list[str]) -> Any:
     """cpframe format: keep the selected labels, apply ``label:field=value`` to their config."""
     if not isinstance(data, Mapping) or not isinstance(data.get("tasks"), Mapping):
         return data
@@ -678,6 +677,11 @@ def _select_and_override(data: Any, path: str, selection: Sequence[str],
                                 f"{', '.join(tasks)}")
         tasks = {k: v for k, v in tasks.items() if k in selection}
     for label, fld, value in overrides:
+        if label not in tasks and fld.startswith("connections.") and not _suggest(label, tasks):
+            # cp_pipe renames of its display tasks (cpFlatBin8...), which cpframe's pipelines do not have
+            notes.append(f"extraQgraphOptions --config {label}:{fld}: pipeline {Path(path).stem} has no task "
+                         f"{label} (cp_pipe's display task); ignored")
+            continue
         if label not in tasks:
             raise PipelineError(f"extraQgraphOptions --config {label}:{fld}: pipeline {Path(path).stem} has no "
                                 f"task {label!r}{_suggest(label, tasks)}; its tasks: {', '.join(tasks)}")

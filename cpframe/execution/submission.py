@@ -21,6 +21,7 @@ __all__ = [
     "Submission",
     "TaskResources",
     "COMPUTE_SITES",
+    "IGNORED_KEYS",
     "QUANTUM_DIMENSIONS",
     "REQUIRED_KEYS",
     "check_against_pipeline",
@@ -32,6 +33,24 @@ REQUIRED_KEYS = ("pipelineYaml", "payload.payloadName", "payload.butlerConfig", 
                  "payload.dataQuery")
 #: Accepted ``computeSite`` values.
 COMPUTE_SITES = ("local", "slurm")
+#: BPS keys that have no meaning for a Dask backend: accepted, listed once as "ignored by cpframe"
+#: in the plan output (docs/submit.md "BPS keys cpframe ignores"), never an error.
+IGNORED_KEYS = {
+    "wmsServiceClass": "cpframe runs on Dask, not on a BPS workflow system",
+    "runQuantumCommand": "quanta are Python calls on Dask workers, not pipetask commands",
+    "extraRunQuantumOptions": "no pipetask command line per quantum",
+    "clusterAlgorithm": "grouping follows the cluster sections themselves",
+    "ordering": "Dask orders tasks by their dependencies",
+    "bpsUseShared": "no shared submit-side files", "executionButler": "registration is done by the driver",
+    "finalJob": "outputs are registered as each quantum finishes; the output chain is set at submit",
+    "whenSaveJobQgraph": "no per-job graph files", "qgraphFileTemplate": "no graph files",
+    "subDirTemplate": "no per-job directories", "templateDataId": "no per-job names",
+    "createQuantumGraph": "the plan is built in-process", "runInit": "no init job",
+    "useLazyCommands": "no job commands", "preemptible": "Slurm preemption is a site setting",
+    "profile": "no per-job profiling", "memoryLimit": "use requestMemoryMax",
+    "computeCloud": "no cloud back end", "wmsJobId": "no WMS job ids",
+    "partitionDimensions": "Dask schedules each quantum on its own: nothing to partition",
+}
 #: Dimensions a cluster (or a task's quanta) may be grouped by.
 QUANTUM_DIMENSIONS = ("instrument", "exposure", "detector", "physical_filter", "band", "day_obs", "visit")
 
@@ -118,7 +137,13 @@ class Submission:
     extra_qgraph_options: str = ""
     """``extraQgraphOptions`` text (``--config label:field=value`` pairs are honoured by the planner)."""
     environment: tuple[tuple[str, str], ...] = ()
-    """``environment`` section: variables set for every job."""
+    """``environment`` section: variables set for every job (``${X}``/``<ENV:X>`` expanded on the worker)."""
+    config_overrides: tuple[tuple[str, str, Any], ...] = ()
+    """``--config label:field=value`` items of ``extraQgraphOptions`` (applied when the pipeline is read)."""
+    ignored_options: tuple[str, ...] = ()
+    """``extraQgraphOptions`` options cpframe does not use (listed in the plan output)."""
+    ignored_keys: tuple[str, ...] = ()
+    """Template keys present that have no meaning for Dask (:data:`IGNORED_KEYS`)."""
     config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """The whole rendered dict (for provenance)."""
 
@@ -346,6 +371,8 @@ def validate_submission(config: Mapping[str, Any], source: str = "submission") -
     if not isinstance(extra, str):
         problems.append(f"extraQgraphOptions must be text, got {extra!r}")
         extra = ""
+    overrides, ignored_opts = _qgraph_options(extra, problems)
+    ignored_keys = _ignored_keys(config)
 
     if problems:
         items = "\n".join(f"  - {p}" for p in problems)
@@ -366,7 +393,56 @@ def validate_submission(config: Mapping[str, Any], source: str = "submission") -
         project=s("project"), campaign=s("campaign"), operator=s("operator"), timestamp=s("timestamp"),
         submit_path=s("submitPath"), uniq_proc_name=s("uniqProcName"), extra_qgraph_options=extra,
         environment=tuple((str(k), str(v)) for k, v in env.items()), config=dict(config),
+        config_overrides=tuple(overrides), ignored_options=tuple(ignored_opts), ignored_keys=ignored_keys,
     )
+
+
+def _qgraph_options(text: str, problems: list[str]) -> tuple[list[tuple[str, str, Any]], list[str]]:
+    """``extraQgraphOptions`` -> (``--config`` overrides, other options cpframe does not use)."""
+    import shlex
+
+    from cpframe.core.errors import PipelineError
+    from cpframe.execution.lsst_pipeline import parse_config_overrides
+
+    try:
+        words = shlex.split(text)
+    except ValueError as err:
+        problems.append(f"extraQgraphOptions does not parse as a command line: {err}")
+        return [], []
+    items, ignored = [], []
+    i = 0
+    while i < len(words):
+        w = words[i]
+        name, eq, val = w.partition("=")
+        if name in ("--config", "-c"):
+            if not eq:
+                i += 1
+                val = words[i] if i < len(words) else ""
+            items.append(val)
+        elif name in ("--config-file", "-C"):
+            problems.append(f"extraQgraphOptions {w}: --config-file is not supported by cpframe; give each field "
+                            "as --config label:field=value")
+            i += 1 if not eq else 0
+        else:
+            ignored.append(w)
+        i += 1
+    try:
+        return parse_config_overrides(items), ignored
+    except PipelineError as err:
+        problems.append(f"extraQgraphOptions: {err}")
+        return [], ignored
+
+
+def _ignored_keys(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """Keys present (at the root, in cluster.* or pipetask.*) that cpframe ignores, sorted."""
+    found = {k for k in config if k in IGNORED_KEYS}
+    for sec in ("cluster", "pipetask"):
+        for sub in (config.get(sec) or {}).values() if isinstance(config.get(sec), Mapping) else ():
+            if isinstance(sub, Mapping):
+                found |= {k for k in sub if k in IGNORED_KEYS}
+                if any(str(k).startswith("partition") for k in sub):
+                    found.add("partitionDimensions")
+    return tuple(sorted(found))
 
 
 def check_against_pipeline(submission: Submission, pipeline: Any) -> None:

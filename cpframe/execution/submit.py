@@ -103,7 +103,7 @@ def validate_stage(rendering: Any) -> tuple[Any, Any]:
     from cpframe.execution.submission import check_against_pipeline, validate_submission
 
     sub = validate_submission(rendering.config, rendering.path)
-    pipe = load_pipeline(sub.pipeline_yaml)
+    pipe = load_pipeline(sub.pipeline_yaml, overrides=sub.config_overrides)
     check_against_pipeline(sub, pipe)
     return sub, pipe
 
