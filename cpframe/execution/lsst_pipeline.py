@@ -211,7 +211,7 @@ _DEFECT_FIELDS = {k: k for k in (
     "nPixBorderLeftRight", "nPixBorderUpDown", "edgesAsDefects", "badOnAndOffPixelColumnThreshold",
     "goodPixelColumnGapThreshold", "badPixelsToFillColumnThreshold", "saturatedPixelsToFillColumnThreshold",
     "saturatedColumnDilationRadius", "combinationMode", "combinationFraction", "fitAmpGradient")}
-_DEFECT_IGNORED = ("doVampirePixels", "doManualDefects", "vampirePixels*")
+_DEFECT_IGNORED = ("doVampirePixels", "vampirePixels*")
 # PTC gain-ratio adjustment: folded (its output is the solved PTC).
 _PTC_ADJUST = ("lsst.cp.pipe.ptc.PhotonTransferCurveAdjustGainRatiosTask",)
 
@@ -868,6 +868,7 @@ def _defects_task(merge: _Resolved, measures: list[_Resolved], notes: list[str],
     cfg: dict[str, Any] = {}
     calibs: list[str] = []
     explicit: list[str] = []
+    manual = True
     inputs = {"inputBiasDefects", "inputDarkDefects", "inputFlatDefects", "inputManualDefects"}
     for r in [*measures, merge]:
         for fld, val in r.values.items():
@@ -877,6 +878,9 @@ def _defects_task(merge: _Resolved, measures: list[_Resolved], notes: list[str],
                     calibs.append(str(val))
                 elif conn not in inputs | {"outputDefects", "outputCombinedDefects", "camera", "inputDims"}:
                     problems.append(f"{r.file}: tasks.{r.label}: unknown connection {conn!r}")
+                continue
+            if fld == "doManualDefects":
+                manual = bool(val)  # cpframe merges curated manual_defects when found
                 continue
             if fld in _DEFECT_FIELDS:
                 if fld in cfg and cfg[fld] != val:
@@ -896,7 +900,7 @@ def _defects_task(merge: _Resolved, measures: list[_Resolved], notes: list[str],
     out = str(merge.values.get("connections.outputDefects", "defects"))
     return {"kind": "defects", "dimensions": ["detector"], "inputs": [], "output": out,
             "calibrations": calibs or ["biasBootstrap", "darkBootstrap", "flatBootstrap"],
-            "optionalCalibrations": ["manual_defects"], "config": cfg, "explicit": explicit,
+            "optionalCalibrations": ["manual_defects"] if manual else [], "config": cfg, "explicit": explicit,
             "lsstClass": merge.cls}
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -663,6 +664,10 @@ def load_pipeline(path: str | os.PathLike, *, overrides: Sequence[tuple[str, str
     return dataclasses.replace(spec, notes=tuple(notes)) if notes else spec
 
 
+# cp_pipe's display tasks (cpFlatBin8, cpBiasMosaic64...), which cpframe's own pipelines leave out
+_DISPLAY_LABEL = re.compile(r"(Bin|Mosaic)\d+$")
+
+
 def _select_and_override(data: Any, path: str, selection: Sequence[str],
                          overrides: Sequence[tuple[str, str, Any]], notes: list[str]) -> Any:
     """cpframe format: keep the selected labels, apply ``label:field=value`` to their config."""
@@ -677,7 +682,7 @@ def _select_and_override(data: Any, path: str, selection: Sequence[str],
                                 f"{', '.join(tasks)}")
         tasks = {k: v for k, v in tasks.items() if k in selection}
     for label, fld, value in overrides:
-        if label not in tasks and fld.startswith("connections.") and not _suggest(label, tasks):
+        if label not in tasks and fld.startswith("connections.") and _DISPLAY_LABEL.search(label):
             # cp_pipe renames of its display tasks (cpFlatBin8...), which cpframe's pipelines do not have
             notes.append(f"extraQgraphOptions --config {label}:{fld}: pipeline {Path(path).stem} has no task "
                          f"{label} (cp_pipe's display task); ignored")

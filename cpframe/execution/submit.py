@@ -103,7 +103,9 @@ def validate_stage(rendering: Any) -> tuple[Any, Any]:
     from cpframe.execution.submission import check_against_pipeline, validate_submission
 
     sub = validate_submission(rendering.config, rendering.path)
-    pipe = load_pipeline(sub.pipeline_yaml, overrides=sub.config_overrides)
+    stack = getattr(rendering, "stack_env", None)
+    pipe = load_pipeline(sub.pipeline_yaml, overrides=sub.config_overrides,
+                         environ=stack if stack is not None else None)
     check_against_pipeline(sub, pipe)
     return sub, pipe
 

@@ -169,6 +169,8 @@ class Rendering:
     """Things a person should know (e.g. a cp_pipe path mapped onto cpframe's pipelines/)."""
     source: str = ""
     """The template text as read."""
+    stack_env: dict = field(default_factory=dict, repr=False, compare=False)
+    """The stack package variables (``*_DIR``) of the rendering environment: LSST pipeline imports use them."""
 
 
 # ---------------------------------------------------------------------------- Jinja stage
@@ -588,6 +590,7 @@ def render_text(
     return Rendering(
         path=path, config=resolved, timestamp=timestamp, environment=dict(sorted(resolver.env_used.items())),
         unset=tuple(unset), includes=tuple(str(p) for p in includes), notes=tuple(notes), source=text,
+        stack_env={k: v for k, v in env.items() if k.endswith("_DIR")},
     )
 
 
