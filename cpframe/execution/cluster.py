@@ -304,6 +304,9 @@ def slurm_job_kwargs(site: SlurmSite, job_name: str = "cpframe-worker") -> dict[
         worker_args += ["--lifetime", _fmt_duration(site.worker_lifetime_s)]
         if site.worker_lifetime_stagger_s:
             worker_args += ["--lifetime-stagger", _fmt_duration(site.worker_lifetime_stagger_s)]
+    # every worker process advertises its share of the job as Dask resources (requestMemory/requestCpus)
+    per_mem, per_cpu = site.memory_bytes // site.processes, max(1, site.cores // site.processes)
+    worker_args += ["--resources", f"MEMORY={per_mem},CPU={per_cpu}"]
     kw: dict[str, Any] = {
         "cores": site.cores,
         "processes": site.processes,
@@ -457,9 +460,12 @@ class OpenCluster:
 def _open_local(settings: Settings) -> OpenCluster:
     from distributed import Client, LocalCluster
 
+    from cpframe.execution.resources import worker_resources
+
     cluster = LocalCluster(
         n_workers=settings.n_workers, threads_per_worker=settings.threads_per_worker,
         memory_limit=settings.worker_memory_bytes, dashboard_address=":0", processes=True,
+        resources=worker_resources(settings.worker_memory_bytes, settings.threads_per_worker),
     )
     try:
         client = Client(cluster)

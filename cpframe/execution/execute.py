@@ -58,6 +58,8 @@ class ExecutionResult:
     """Quanta submitted."""
     where: dict[str, int] = field(default_factory=dict)
     """Host / Slurm job -> quanta it ran."""
+    worker_of: dict[str, str] = field(default_factory=dict)
+    """Quantum key -> name of the Dask worker that ran it."""
     interrupted: bool = False
     """Stopped by Ctrl-C."""
 
@@ -122,7 +124,8 @@ class _Bar:
 
 
 def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch_dir: str | Path | None = None,
-                 progress: bool = False, keep_scratch: bool = False) -> ExecutionResult:
+                 progress: bool = False, keep_scratch: bool = False,
+                 resources: Any = None) -> ExecutionResult:
     """Compute every quantum of ``plan`` on ``client`` and register the outputs into ``plan.run``.
 
     Parameters
@@ -138,6 +141,9 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
         ``keep_scratch``.
     progress : bool
         Show a progress bar on stderr.
+    resources : mapping, optional
+        Quantum key -> Dask worker resources (:func:`cpframe.execution.resources.quantum_resources`):
+        such a quantum runs only on a worker advertising that much.
 
     Returns
     -------
@@ -158,7 +164,7 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
     t0 = time.perf_counter()
     futures = []
     try:
-        graph = build_graph(plan, str(scratch), repo.get_path)
+        graph = build_graph(plan, str(scratch), repo.get_path, resources=resources)
         futures = client.compute(list(graph.values()), retries=int(retries), optimize_graph=False)
         log.info("submitted %d quanta of %s to %s (retries %d)", len(futures), plan.pipeline.name,
                  getattr(client, "dashboard_link", "?"), retries)
@@ -168,6 +174,7 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
                 res = fut.result()
                 status[key] = "done"
                 result.where[res.where] = result.where.get(res.where, 0) + 1
+                result.worker_of[key] = res.worker
                 items = [(p, dt, did) for p, dt, did in res.outputs
                          if (dt, DataId(did).key()) in planned and (dt, DataId(did).key()) not in done_outputs]
                 if items:

@@ -32,6 +32,8 @@ deleted at the end.
 
 from __future__ import annotations
 
+import contextlib
+
 import secrets
 import time
 from collections import defaultdict
@@ -747,7 +749,8 @@ def _ordered_dims(dims: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(dims, key=lambda d: order.get(d, 99)))
 
 
-def build_graph(plan: Plan, scratch_dir: str, path_of: Any) -> dict[str, Any]:
+def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
+                resources: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Any]:
     """One ``dask.delayed`` object per quantum (nothing is computed).
 
     Parameters
@@ -758,6 +761,9 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any) -> dict[str, Any]:
         under ``<scratch_dir>/<task label>/``.
     path_of : callable
         ``DatasetRef -> absolute path`` (``Repository.get_path``), called here, in the driver.
+    resources : mapping, optional
+        Quantum key -> Dask worker resources it needs (``MEMORY`` bytes, ``CPU``), from the
+        template's requestMemory / requestCpus (:mod:`cpframe.execution.resources`).
 
     Returns
     -------
@@ -783,7 +789,9 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any) -> dict[str, Any]:
             input_types=tuple(dt for dt, _ in q.inputs), input_counts=tuple(len(ks) for _, ks in q.inputs),
         )
         ups = [delayed[k] for _, keys in q.inputs for k in keys]
-        delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, ups, dask_key_name=key)
+        need = (resources or {}).get(key)
+        with dask.annotate(resources=dict(need)) if need else contextlib.nullcontext():
+            delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, ups, dask_key_name=key)
     return delayed
 
 
