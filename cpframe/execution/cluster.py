@@ -14,6 +14,8 @@ are found with ``squeue -n`` and cancelled by id).
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import re
 import shutil
@@ -412,6 +414,15 @@ class OpenCluster:
             return set()
         return squeue_ids(self.job_name)
 
+    def job_resources(self) -> dict[str, float] | None:
+        """Resources of one worker a batch cluster can still start (None for local: all are there)."""
+        if self.kind != "slurm" or self.site is None:
+            return None
+        from cpframe.execution.resources import worker_resources
+
+        return worker_resources(self.site.memory_bytes // self.site.processes,
+                                max(1, self.site.cores // self.site.processes))
+
     def summary(self) -> str:
         """One line for people: kind, workers, dashboard."""
         n = len(self.client.scheduler_info().get("workers", {}))
@@ -500,8 +511,26 @@ def _open_slurm(settings: Settings, site: SlurmSite, jobs: int | None) -> OpenCl
     return OpenCluster("slurm", cluster, client, site=site, job_name=job_name)
 
 
+def sized_for(site: SlurmSite, requests: Mapping[str, Any] | None) -> SlurmSite:
+    """The site with jobs large enough for every task's request (one worker process per job share).
+
+    BPS sizes each job from its ``requestMemory``/``requestCpus``; cpframe's workers are shared by
+    all tasks, so a job gets at least the largest request per worker process.
+    """
+    if not requests:
+        return site
+    mem = max((r.memory_mib or 0) for r in requests.values()) * 2**20
+    cpus = max((r.cpus or 0) for r in requests.values())
+    new_mem = max(site.memory_bytes, mem * site.processes)
+    new_cores = max(site.cores, cpus * site.processes)
+    if (new_mem, new_cores) == (site.memory_bytes, site.cores):
+        return site
+    return dataclasses.replace(site, memory_bytes=new_mem, cores=new_cores)
+
+
 def open_cluster(settings: Settings | None = None, site: SlurmSite | str | os.PathLike | None = None,
-                 kind: str | None = None, jobs: int | None = None) -> OpenCluster:
+                 kind: str | None = None, jobs: int | None = None,
+                 requests: Mapping[str, Any] | None = None) -> OpenCluster:
     """Start a cluster and connect a client.
 
     Parameters
@@ -516,6 +545,9 @@ def open_cluster(settings: Settings | None = None, site: SlurmSite | str | os.Pa
     jobs : int, optional
         Slurm only: a fixed number of jobs instead of adaptive scaling between the
         site's (else the settings') ``minimum-jobs`` and ``maximum-jobs``.
+    requests : mapping, optional
+        Task label -> requested resources (:func:`cpframe.execution.resources.task_requests`):
+        Slurm jobs are made large enough for the largest (:func:`sized_for`).
 
     Returns
     -------
@@ -537,6 +569,6 @@ def open_cluster(settings: Settings | None = None, site: SlurmSite | str | os.Pa
     if kind == "local":
         return _open_local(settings)
     if kind == "slurm":
-        return _open_slurm(settings, _site(site, settings), jobs)
+        return _open_slurm(settings, sized_for(_site(site, settings), requests), jobs)
     raise ConfigError(f"cluster kind {kind!r} is not known; use 'local' or 'slurm' (computeSite / "
                       "cpframe.execution.cluster.kind).")

@@ -461,10 +461,13 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
     oc = None
     site_obj = None
     t0 = time.perf_counter()
+    from cpframe.execution.resources import check_capacity, quantum_resources, task_requests
+
+    requests = task_requests(sub, out.pipeline)
     if client is None:
         from cpframe.execution.cluster import open_cluster
 
-        oc = open_cluster(settings, site=site_file, kind=kind)
+        oc = open_cluster(settings, site=site_file, kind=kind, requests=requests)
         client, site_obj = oc.client, oc.site
     timings["cluster_start_s"] = time.perf_counter() - t0
     _write_submit_dir(submit_dir, out, settings, site_obj, kind)
@@ -473,15 +476,30 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
     worker_logs = str(site_obj.log_directory) if site_obj is not None and site_obj.log_directory else ""
     retries = sub.number_of_retries if sub.number_of_retries is not None else settings.retries
     res = None
+    env_plugin = None
     try:
+        # a request no worker (nor a job the site can start) can meet would wait for ever: refuse it now,
+        # before the RUN exists
+        check_capacity(client, requests, scalable=oc.job_resources() if oc is not None else None)
+        if sub.environment:
+            from cpframe.execution.resources import EnvironmentPlugin
+
+            env_plugin = EnvironmentPlugin(dict(sub.environment))
+            client.register_plugin(env_plugin, name=env_plugin.name)
         created_run, created_chain = _prepare_run(repo, out)
-        res = execute_plan(plan, repo, client, retries=retries, progress=not quiet)
+        res = execute_plan(plan, repo, client, retries=retries, progress=not quiet,
+                           resources=quantum_resources(plan, requests), requests=requests)
         timings["compute_s"] = res.compute_s
         timings["register_s"] = res.register_s
         if oc is None or oc.kind == "local":
             _save_worker_logs(client, submit_dir / "logs" / "workers.log")
             worker_logs = worker_logs or str(submit_dir / "logs" / "workers.log")
     finally:
+        if env_plugin is not None and oc is None:
+            try:  # a shared client (tests, campaigns): put the workers' environment back
+                client.unregister_worker_plugin(env_plugin.name)
+            except Exception as err:  # noqa: BLE001 - best effort; the run's result matters more
+                log.warning("could not remove the environment plugin: %s", err)
         if oc is not None:
             oc.close()
     empty_failure = not res.ok and not res.registered and (created_run or not out.target.run_exists)
