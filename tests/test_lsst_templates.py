@@ -20,7 +20,6 @@ from click.testing import CliRunner
 
 from cpframe.cli import main
 from cpframe.core.errors import PipelineError, SubmissionError
-from cpframe.execution.lsst_pipeline import read_lsst_pipeline
 from cpframe.execution.pipeline import load_pipeline
 from cpframe.execution.submission import validate_submission
 from cpframe.execution.submit import validate_stage
@@ -95,7 +94,7 @@ def test_every_real_template_renders_and_the_same_ones_plan(stack_env):
 @pytest.mark.parametrize("stack_env", [True], indirect=True)
 def test_real_pipeline_files_are_read_with_the_stack(stack_env):
     r = render(CP_PIPE / "bps/templates/bps_bias.yaml", environ=stack_env)
-    sub, pipe = validate_stage(r)
+    _, pipe = validate_stage(r)
     assert pipe.path == f"{CP_PIPE}/pipelines/LSSTComCam/cpBias.yaml"
     assert [(t.label, t.kind, t.output) for t in pipe.tasks] == [
         ("cpBiasIsr", "isr", "cpBiasIsrExp"), ("cpBiasCombine", "combine", "bias")]

@@ -127,7 +127,8 @@ class _Bar:
 
 def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch_dir: str | Path | None = None,
                  progress: bool = False, keep_scratch: bool = False,
-                 resources: Any = None, requests: Any = None) -> ExecutionResult:
+                 resources: Any = None, requests: Any = None,
+                 on_progress: Any = None) -> ExecutionResult:
     """Compute every quantum of ``plan`` on ``client`` and register the outputs into ``plan.run``.
 
     Parameters
@@ -151,6 +152,9 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
         ``memoryMultiplier`` that runs out of memory (``MemoryError``, or its worker killed) is
         run again with ``requestMemory * memoryMultiplier**n`` (capped at ``requestMemoryMax``),
         at most ``numberOfRetries`` times, with what it reads -- BPS's retry-with-more-memory.
+    on_progress : callable, optional
+        Called with ``{"counts": {total, pending, done, failed, retried}}`` as quanta finish
+        (``cpframe status``), and once more with ``"final": True``.
 
     Returns
     -------
@@ -213,6 +217,8 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
                     result.failures[key] = tb
                 bar.advance()
                 fut.release()
+                if on_progress is not None:
+                    on_progress({"counts": _counts(plan, status, result)})
             todo = _memory_retry(plan, requests, result.failures, err_type, attempt, status)
             if todo is None:
                 break
@@ -227,6 +233,7 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
         result.interrupted = True
         log.warning("interrupted: cancelling %d quanta", len(futures))
         client.cancel(futures)
+        _wait_idle(client)  # a cancelled quantum already running still writes its scratch file
     finally:
         bar.stop()
         result.compute_s = time.perf_counter() - t0
@@ -244,7 +251,38 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
             result.not_run.append(key)
     result.failures = own
     result.missing = [(dt, did) for (dt, k), did in planned.items() if (dt, k) not in done_outputs]
+    if on_progress is not None:
+        on_progress({"counts": _counts(plan, status, result), "final": True})
     return result
+
+
+def _executing() -> int:
+    from distributed import get_worker
+
+    return int(get_worker().state.executing_count)
+
+
+def _wait_idle(client: Any, timeout_s: float = 120.0) -> None:
+    """Wait until no worker runs a task (Dask cannot stop a running thread), so cleanup comes last."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if not any(client.run(_executing).values()):
+                return
+        except Exception as err:  # noqa: BLE001 - workers gone: nothing runs any more
+            log.debug("waiting for idle workers: %s", err)
+            return
+        time.sleep(0.2)
+    log.warning("workers still busy %.0f s after cancelling; their scratch files may remain", timeout_s)
+
+
+def _counts(plan: Any, status: dict, result: ExecutionResult) -> dict[str, int]:
+    """Quanta per state, as ``bps report`` shows them."""
+    done = sum(1 for v in status.values() if v == "done")
+    failed = sum(1 for v in status.values() if v == "error")
+    total = len(plan.quanta)
+    return {"total": total, "pending": total - done - failed, "done": done, "failed": failed,
+            "retried": len(result.retried)}
 
 
 #: Exception types meaning "ran out of memory": raised in the task, or its worker killed (by the nanny)

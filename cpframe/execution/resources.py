@@ -158,13 +158,13 @@ class EnvironmentPlugin(WorkerPlugin):  # type: ignore[misc,valid-type]
         self.environment = dict(environment)
         self._saved: dict[str, str | None] = {}
 
-    def setup(self, worker: Any = None) -> None:  # noqa: D102 - WorkerPlugin API
+    def setup(self, worker: Any = None) -> None:
         before = dict(os.environ)
         for name, value in self.environment.items():
             self._saved[name] = before.get(name)
             os.environ[name] = expand_deferred(str(value), before)
 
-    def teardown(self, worker: Any = None) -> None:  # noqa: D102 - WorkerPlugin API
+    def teardown(self, worker: Any = None) -> None:
         for name, old in self._saved.items():
             if old is None:
                 os.environ.pop(name, None)

@@ -384,7 +384,7 @@ def submit_template(
     extend_run: bool = False, skip_existing: bool = False, quiet: bool = True, compute_site: str | None = None,
     site: str | os.PathLike | None = None, argv: Sequence[str] | None = None, client: Any = None,
     settings: Any = None, environ: Mapping[str, str] | None = None,
-    echo: Callable[[str], None] | None = None,
+    echo: Callable[[str], None] | None = None, on_progress: Callable[[dict], None] | None = None,
 ) -> SubmitResult:
     """Run a submission end to end (what ``cpframe submit`` does).
 
@@ -445,7 +445,8 @@ def submit_template(
         handler = _log_to(log_path)
         try:
             return _run_and_record(template, out, settings, kind, site_file, submit_dir, log_path, timings,
-                                   t_start, client=client, quiet=quiet, argv=argv, echo=echo)
+                                   t_start, client=client, quiet=quiet, argv=argv, echo=echo,
+                                   on_progress=on_progress)
         finally:
             logging.getLogger("cpframe").removeHandler(handler)
             handler.close()
@@ -454,7 +455,8 @@ def submit_template(
 
 
 def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submit_dir: Path, log_path: Path,
-                    timings: dict, t_start: float, *, client, quiet, argv, echo) -> SubmitResult:
+                    timings: dict, t_start: float, *, client, quiet, argv, echo,
+                    on_progress=None) -> SubmitResult:
     from cpframe.execution.execute import execute_plan
 
     repo, plan, sub = out.repo, out.plan, out.submission
@@ -488,8 +490,13 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
             env_plugin = EnvironmentPlugin(dict(sub.environment))
             client.register_plugin(env_plugin, name=env_plugin.name)
         created_run, created_chain = _prepare_run(repo, out)
+        if on_progress is not None:
+            on_progress({"run": plan.run, "output": plan.output, "submit_dir": str(submit_dir),
+                         "counts": {"total": len(plan.quanta), "pending": len(plan.quanta), "done": 0,
+                                    "failed": 0, "retried": 0}})
         res = execute_plan(plan, repo, client, retries=retries, progress=not quiet,
-                           resources=quantum_resources(plan, requests), requests=requests)
+                           resources=quantum_resources(plan, requests), requests=requests,
+                           on_progress=on_progress)
         timings["compute_s"] = res.compute_s
         timings["register_s"] = res.register_s
         if oc is None or oc.kind == "local":
