@@ -74,8 +74,9 @@ def plan_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, exten
 @extend_run_option
 @skip_existing_option
 @click.option("--quiet", is_flag=True, help="No progress bar (for scripts); the summary is still printed.")
-@click.option("--compute-site", type=click.Choice(["local", "slurm"]), default=None,
-              help="Where to run (overrides computeSite in the template and cpframe.execution.cluster.kind).")
+@click.option("--compute-site", default=None, metavar="SITE",
+              help="Where to run: local, slurm, or a site profile (cluster/<SITE>.yaml or "
+                   "~/.config/cpframe/sites/<SITE>.yaml); overrides computeSite and cpframe.execution.cluster.kind.")
 @click.option("--site", "site", default=None, metavar="FILE",
               help="Slurm site file (queue, walltime, cores, memory...); default from the template or settings.")
 @click.option("--detach", is_flag=True,

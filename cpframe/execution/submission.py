@@ -475,8 +475,13 @@ def validate_submission(config: Mapping[str, Any], source: str = "submission") -
         problems.append(f"payload.output {output!r} is also an input collection")
 
     site = config.get("computeSite")
-    if site is not None and site not in COMPUTE_SITES:
-        problems.append(f"computeSite must be one of {', '.join(COMPUTE_SITES)}, got {site!r}")
+    if site is not None:
+        from cpframe.execution.cluster import list_sites
+
+        known = list_sites()
+        if site not in known:
+            problems.append(f"computeSite {site!r} is not a known site; known sites: {', '.join(known)} "
+                            "(site profiles: YAML files in cluster/ or ~/.config/cpframe/sites)")
     site_file = None
     site_sec = config.get("site")
     if isinstance(site_sec, Mapping) and isinstance(site_sec.get(site), Mapping):
