@@ -128,7 +128,7 @@ def test_subprocess_failure_keeps_command_code_and_stderr():
 
 
 def test_unknown_kind():
-    with pytest.raises(ConfigError, match="cluster kind 'k8s' is not known"):
+    with pytest.raises(ConfigError, match="computeSite 'k8s' is not a known site; known sites: .*local.*slurm"):
         open_cluster(Settings(), kind="k8s")
 
 
