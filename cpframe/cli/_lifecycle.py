@@ -157,3 +157,67 @@ def ledger_command(repo, set_name, html_out, verify_only):
             path = write_ledger_page(r, html_out, statuses)
             click.echo(f"summary page: {path}")
         click.echo(f"ledger: {led.verify()} rows, head {led.head()[:16]}")
+
+
+@main.group("curated")
+def curated_group() -> None:
+    """Curated calibrations as text (defects, gains, linearity, crosstalk) in a git-versioned folder.
+
+    The folder holds one sub-folder per instrument (curated.yaml + files), like
+    obs_lsst_data; `cpframe write-curated-calibrations --curated-dir DIR` writes it into a
+    repository with the git commit in provenance. docs/lifecycle.md describes the formats.
+    """
+
+
+@curated_group.command("validate")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--instrument", help="Only this instrument's sub-folder.")
+@catch_errors
+def curated_validate(folder, instrument):
+    """Check schema, geometry (inside the detector, real amps) and overlaps of every curated file."""
+    from cpframe.campaign.curated_text import validate
+    from cpframe.core.errors import UserInputError
+
+    report = validate(folder, instrument)
+    if not report.ok:
+        if len(report.problems) == 1:
+            raise UserInputError(report.problems[0])
+        raise UserInputError(report.summary() + ":\n  - " + "\n  - ".join(report.problems))
+    click.echo(report.summary())
+
+
+@curated_group.command("extract")
+@click.argument("kind", type=click.Choice(["defects", "gain"]))
+@click.option("--from", "run", required=True, metavar="RUN", help="RUN (or chain) holding the built product.")
+@click.option("--repo", required=True, help="Repository root.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Curated folder to write into.")
+@click.option("--valid-from", help="Start of validity (ISO TAI) used in the file names (default: today).")
+@click.option("--instrument", help="Only this instrument's products.")
+@catch_errors
+def curated_extract(kind, run, repo, out, valid_from, instrument):
+    """Turn a built product of RUN into editable text files (defects -> manual_defects, ptc -> gain).
+
+    \b
+    Example:
+      cpframe curated extract defects --repo demo/repo --out curated \\
+          --from LSSTComCam/calib/DEMO-1/demo/defectGen.20241111a
+    """
+    from cpframe.campaign.curated_text import extract
+
+    with _open(repo) as r:
+        files = extract(r, kind, run, out, instrument=instrument, valid_from=valid_from)
+    for f in files:
+        click.echo(f"wrote {f}")
+    click.echo(f"{len(files)} file(s); check them with: cpframe curated validate {out}")
+
+
+@curated_group.command("diff")
+@click.argument("a", type=click.Path())
+@click.argument("b", type=click.Path())
+@catch_errors
+def curated_diff(a, b):
+    """What changed from A to B (two files or two folders), by content: rectangles, per-amp values."""
+    from cpframe.campaign.curated_text import diff
+
+    lines = diff(a, b)
+    click.echo("\n".join(lines) if lines else "no differences in content")
