@@ -221,3 +221,71 @@ def curated_diff(a, b):
 
     lines = diff(a, b)
     click.echo("\n".join(lines) if lines else "no differences in content")
+
+
+def monitor_options(func):
+    """Options shared by ``cpframe monitor`` and ``cpframe verify-daily``."""
+    opts = [
+        click.option("--trend", "trend_dir", type=click.Path(file_okay=False),
+                     help="Write the trend report (metric vs night per detector/amp, plots) into this folder."),
+        click.option("--metrics", "metrics_file", type=click.Path(dir_okay=False),
+                     help="Export the night's metrics: .prom (Prometheus text) or .lp (InfluxDB line protocol)."),
+        click.option("--notify-command", help="Shell command run when there are alarms (alarms as JSON on stdin)."),
+        click.option("--notify-url", help="URL the alarms are POSTed to as JSON when there are any."),
+        click.option("--drift-sigma", type=float, default=5.0, show_default=True,
+                     help="Drift alarm: newest night beyond this many robust sigma of the earlier nights."),
+        click.option("--min-nights", type=int, default=3, show_default=True,
+                     help="Earlier nights needed before drift alarms are raised."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def run_monitor(history, *, instrument="", day_obs=None, trend_dir=None, metrics_file=None, notify_command=None,
+                notify_url=None, drift_sigma=5.0, min_nights=3) -> list:
+    """Alarms, trend report, metrics and notification from a history file; prints what it did."""
+    from cpframe.verify.monitor import drift_alarms, export_metrics, load_history, notify, write_trend_report
+
+    table = load_history(history)
+    alarms = drift_alarms(table, n_sigma=drift_sigma, min_nights=min_nights, day_obs=day_obs)
+    drift = [a for a in alarms if a.kind == "drift"]
+    click.echo(f"monitor: {len(drift)} drift alarm(s), {len(alarms) - len(drift)} threshold failure(s)")
+    for a in alarms[:20]:
+        click.secho(f"  {a.text()}", fg="red")
+    if trend_dir:
+        rep = write_trend_report(table, trend_dir, alarms=alarms, n_sigma=drift_sigma)
+        click.echo(f"trend report: {rep.index} ({len(rep.plots)} plots)")
+    if metrics_file:
+        click.echo(f"metrics: {export_metrics(table, metrics_file, instrument=instrument, day_obs=day_obs, alarms=alarms)}")
+    for line in notify(alarms, command=notify_command, url=notify_url,
+                       context={"instrument": instrument, "history": str(history)}):
+        click.echo(f"notified: {line}")
+    return alarms
+
+
+@main.command("monitor")
+@click.argument("history", type=click.Path(dir_okay=False))
+@click.option("--day-obs", type=int, help="Night to judge (default: the newest in the history).")
+@click.option("--instrument", default="", help="Instrument label for the exported metrics.")
+@monitor_options
+@catch_errors
+def monitor_command(history, day_obs, instrument, trend_dir, metrics_file, notify_command, notify_url, drift_sigma,
+                    min_nights):
+    """Drift alarms, trend report, metrics export and notification from a verify-daily HISTORY.
+
+    Exit code 7 when the night has drift alarms or threshold failures.
+
+    \b
+    Example (cron, after the night's verify-daily):
+      cpframe monitor daily.ecsv --trend trends/ --metrics /var/lib/node_exporter/cpframe.prom \\
+          --notify-url https://alerts.example.org/cpframe
+    """
+    from cpframe.core.errors import VerificationFailed
+
+    alarms = run_monitor(history, instrument=instrument, day_obs=day_obs, trend_dir=trend_dir,
+                         metrics_file=metrics_file, notify_command=notify_command, notify_url=notify_url,
+                         drift_sigma=drift_sigma, min_nights=min_nights)
+    if alarms:
+        raise VerificationFailed(f"{len(alarms)} alarm(s) in {history}; see the lines above"
+                                 + (f" and {trend_dir}/index.html" if trend_dir else "") + ".")
