@@ -42,7 +42,7 @@ __all__ = ["Alarm", "MONITORED", "drift_alarms", "export_metrics", "load_history
 
 #: Metrics followed per stage (history columns).
 MONITORED = {"BIAS": ("MEAN", "NOISE", "CR_NOISE"), "DARK": ("MEAN", "NOISE"),
-             "FLAT": ("MEAN", "NOISE", "AMP_CORNER")}
+             "FLAT": ("MEAN", "NOISE")}
 #: Threshold lines drawn on the plots: metric -> (kind, value); "rel_expected" = (value - E)/E.
 THRESHOLDS = {("BIAS", "NOISE"): ("rel_expected", 0.05), ("DARK", "NOISE"): ("rel_expected", 0.05)}
 
@@ -68,7 +68,7 @@ class Alarm:
     def text(self) -> str:
         where = f"{self.stage} det {self.detector} {self.amplifier} {self.metric} on {self.day_obs}"
         if self.kind == "threshold":
-            return f"THRESHOLD {where}: test failed (value {self.value:.4g})"
+            return f"THRESHOLD {where}: the {self.metric} test failed"
         dev = (self.value - self.median) / self.sigma if self.sigma > 0 else float("inf")
         return (f"DRIFT {where}: {self.value:.4g} is {dev:+.1f} sigma from the median {self.median:.4g} "
                 f"of {self.n_nights} earlier nights (sigma {self.sigma:.3g})")
