@@ -289,3 +289,70 @@ def monitor_command(history, day_obs, instrument, trend_dir, metrics_file, notif
     if alarms:
         raise VerificationFailed(f"{len(alarms)} alarm(s) in {history}; see the lines above"
                                  + (f" and {trend_dir}/index.html" if trend_dir else "") + ".")
+
+
+@main.command("distribute")
+@click.argument("repo")
+@click.argument("set_name", metavar="SET")
+@click.option("--sites", "sites_file", required=True, type=click.Path(dir_okay=False),
+              help="Sites file: the central archive and the sites' repositories (docs/lifecycle.md).")
+@_WHO
+@catch_errors
+def distribute_command(repo, set_name, sites_file, who):
+    """Send an approved, deployed SET to every site of the sites file; resumable.
+
+    Exports once into the central archive (content-addressed, checksummed), transfers what
+    each site lacks, imports, rebuilds the chain, runs the self-check there and records each
+    step in the ledger. After a failure, run the same command again: finished sites are skipped.
+
+    \b
+    Example:
+      cpframe distribute demo/repo LSSTComCam/calib/DEMO-1 --sites sites.yaml
+    """
+    from cpframe.campaign.distribute import distribute
+    from cpframe.core.errors import ServiceError
+
+    with _open(repo) as r:
+        res = distribute(r, set_name, sites_file, who=who, progress=click.echo)
+    click.echo(res.format())
+    if res.failures:
+        raise ServiceError(f"{len(res.failures)} site(s) failed: {res.failures[0]}"
+                           + (f" (and {len(res.failures) - 1} more)" if len(res.failures) > 1 else "")
+                           + "; the others are done. Fix it and run the same command again: it resumes.")
+    click.echo(f"{set_name} is distributed to every site." if res.distributed else
+               "some sites only received the archive; import there with cpframe rebuild-calib-chain.")
+
+
+@main.command("rebuild-calib-chain")
+@click.argument("repo")
+@click.option("--from-archive", "archive", required=True, type=click.Path(file_okay=False),
+              help="Central archive (or a site's copy of it) to import from.")
+@click.option("--set", "set_name", help="Calibration set (default: the archive's only set).")
+@click.option("--manifest", help="Manifest id (default: the set's newest).")
+@click.option("--raw-collection", help="Raws for the self-check (default: INSTRUMENT/raw/all, skipped if absent).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON line (for distribute over SSH).")
+@catch_errors
+def rebuild_calib_chain_command(repo, archive, set_name, manifest, raw_collection, as_json):
+    """Import a calibration set from the central archive and make INSTRUMENT/calib reach it.
+
+    For a new data facility: every file is checked against its SHA-256, imported, the ticket
+    chain is prepended to INSTRUMENT/calib, and the deployment self-check runs when the site
+    has raws. Running it again changes nothing.
+    """
+    import json as _json
+
+    from cpframe.campaign.distribute import rebuild_calib_chain
+
+    with _open(repo) as r:
+        out = rebuild_calib_chain(r, archive, set_name=set_name, manifest_id=manifest, raw_collection=raw_collection)
+    if as_json:
+        click.echo(_json.dumps(out))
+        return
+    click.echo(f"{out['set']} from manifest {out['manifest'][:16]}: "
+               + (f"imported {out['imported']}" if out["imported"] else "already imported"))
+    click.echo(f"  calib chain: {', '.join(out['calib_chain'])}")
+    click.echo(f"  {out['self_check']}")
+    if not out["ok"]:
+        from cpframe.core.errors import VerificationFailed
+
+        raise VerificationFailed(f"the self-check failed at {repo}: {out['self_check']}")
