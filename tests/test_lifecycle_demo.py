@@ -81,6 +81,34 @@ def test_good_set_reviewed_after_the_fact_then_deployed_and_listed(demo, tmp_pat
     assert page.count('<tr class="set"') >= 2 and f'data-set="{GOOD}" data-state="deployed"' in page
 
 
+def test_distribute_the_approved_demo_set_to_a_site(demo, tmp_path):
+    """Runs after the good set was approved and deployed (the test above)."""
+    import yaml
+
+    from cpframe.campaign.lifecycle import set_status
+    from cpframe.repository.ingest import ingest_raws
+    from cpframe.repository.repo import Repository
+
+    site = Repository.create(tmp_path / "site")
+    try:
+        site.register_instrument("LSSTComCam", scale="mini")
+        report = ingest_raws(site, sorted((demo.directory / "raw").rglob("*.fits")), transfer="symlink")
+        assert not report.failed
+    finally:
+        site.close()
+    sites = tmp_path / "sites.yaml"
+    sites.write_text(yaml.safe_dump({"archive": str(tmp_path / "archive"),
+                                     "sites": [{"name": "site", "repo": str(tmp_path / "site")}]}))
+    res = _cli(["distribute", str(demo.repo_root), GOOD, "--sites", str(sites)], "dora")
+    assert res.exit_code == 0, res.output
+    assert re.search(r"site: self-check PASS: exposure \d+ picks the new calibration for 5/5 lookups", res.output)
+    with Repository.open(demo.repo_root) as repo:
+        st = set_status(repo, GOOD)
+    assert st.state == "distributed" and st.sites["site"] == "checked"
+    with Repository.open(tmp_path / "site") as site:
+        assert site.registry.get_chain("LSSTComCam/calib") == (GOOD,)
+
+
 def test_curated_text_from_the_built_defects(demo, tmp_path):
     from cpframe.camera.curated import read_defects
     from cpframe.campaign.curated_text import validate

@@ -557,16 +557,22 @@ def summary_rows(repo: Any) -> list[SetStatus]:
 
 
 def dumps_detail(detail: Mapping[str, Any]) -> str:
-    """Short text of a row's detail for tables."""
+    """Short text of a row's detail for tables.
+
+    >>> dumps_detail({"waivers": {"bias:MEAN": "understood"}, "submitted_by": "a"})
+    'waivers: bias:MEAN (understood)'
+    """
     parts = []
     if detail.get("override"):
         parts.append(f"OVERRIDE by {detail['override']['who']}: {detail['override']['why']}")
-    if detail.get("waivers"):
-        parts.append("waivers: " + "; ".join(f"{k} ({v})" for k, v in detail["waivers"].items()))
-    if detail.get("failing_tests"):
-        parts.append("failing: " + ", ".join(detail["failing_tests"]))
+    if "waivers" in detail:
+        parts.append("waivers: " + ("; ".join(f"{k} ({v})" for k, v in detail["waivers"].items()) or "none needed"))
+    if "failing_tests" in detail and not detail.get("observed"):
+        parts.append("failing: " + (", ".join(detail["failing_tests"]) or "none"))
+    if detail.get("self_check"):
+        parts.append(str(detail["self_check"]))
+    if detail.get("manifest"):
+        parts.append(f"manifest {str(detail['manifest'])[:12]}")
     if detail.get("error"):
         parts.append(f"error: {detail['error']}")
-    return " | ".join(parts) if parts else (json.dumps(detail)[:80] if detail and not detail.get("observed") else "")
-
-
+    return " | ".join(parts)
