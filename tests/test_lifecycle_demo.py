@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from cpframe.cli import main
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the demo alone takes minutes on a loaded machine
 
 GOOD = "LSSTComCam/calib/DEMO-1"
 BAD = "LSSTComCam/calib/DEMO-1-SAT"
