@@ -159,7 +159,8 @@ def test_wrong_transitions_are_refused(set_repo, tmp_path):
 def test_override_is_recorded_with_who_and_why(set_repo):
     res = _cli(["deploy", "--repo", str(set_repo.root), *DEPLOY, "--yes", "--override-approval",
                 "night-time emergency, review tomorrow"], user="dora")
-    assert res.exit_code == 0, res.output and "OVERRIDE recorded" in res.output
+    assert res.exit_code == 0, res.output
+    assert "OVERRIDE recorded" in res.output
     st = L.set_status(set_repo, P)
     assert st.state == "deployed" and st.override
     assert st.last.detail["override"] == {"who": "dora", "why": "night-time emergency, review tomorrow"}
