@@ -39,7 +39,7 @@ class VerifyStats(TaskKind):
 
         stage = spec.settings["stage"]
         if get_stage(stage).kind == "calib":
-            path = calib_path(spec, stage.lower())
+            path = calib_path(spec, get_stage(stage).dataset_type)
             stats = verify_calib(stage, path, detector_of(path, spec.data_id["detector"]), spec.settings["verify"],
                                  data_id=dict(spec.data_id))
         else:
