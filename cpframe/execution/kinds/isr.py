@@ -13,7 +13,8 @@ from cpframe.execution.kinds.base import Option, TaskKind, accepted, enum, outpu
 from cpframe.science import isr as _isr
 
 #: ip_isr switches cpframe accepts in pipeline files but does not implement (run off; a note says so).
-_NOT_IMPLEMENTED = ("doCorrectGains", "doDeferredCharge", "doBrighterFatter", "doInterpolate", "doCalculateStatistics")
+_NOT_IMPLEMENTED = tuple(k for k in ("doCorrectGains", "doDeferredCharge", "doBrighterFatter", "doInterpolate",
+                                      "doCalculateStatistics") if k not in _isr._ALIASES)
 
 
 def _field(key: str) -> str:
@@ -49,6 +50,8 @@ class Isr(TaskKind):
         "doNanMasking": Option(bool, _field("doNanMasking")),
         "doVariance": Option(bool, _field("doVariance")),
         "doStandardStatistics": Option(bool, _field("doStandardStatistics")),
+        **{k: Option(bool, _field(k), doc="optional input: off when no cti is found")
+           for k in ("doDeferredCharge",) if k in _isr._ALIASES},
         **{k: Option(bool, None, False, doc="not implemented by cpframe; accepted when false")
            for k in _NOT_IMPLEMENTED},
     })
@@ -96,7 +99,7 @@ class Isr(TaskKind):
     def for_quantum(cls, shared, found):
         """Optional steps whose calibration was not found for this quantum are switched off."""
         cfg = dict(shared["isr"])
-        for flag, calib in (("doCrosstalk", "crosstalk"), ("doLinearize", "linearizer")):
+        for flag, calib in (("doCrosstalk", "crosstalk"), ("doLinearize", "linearizer"), ("doDeferredCharge", "cti")):
             if cfg.get(flag) and calib not in found:
                 cfg[flag] = False
                 if flag == "doCrosstalk":
