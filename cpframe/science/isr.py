@@ -577,6 +577,60 @@ def _dither_offset(mode: str) -> float:
     return {"SYMMETRIC": -0.5, "POSITIVE": 0.0, "NEGATIVE": -1.0}[mode]
 
 
+def serial_amp(amp: Amplifier, seg: np.ndarray, config: IsrConfig, calibs: IsrCalibs, cards: dict,
+               masks: bool = True) -> tuple[AmpStats, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Serial overscan, saturation/suspect levels and gain of one dithered float32 segment, in place.
+
+    Returns the amp's :class:`AmpStats`, the SAT / SUSPECT masks of its data box (None when
+    off, or when ``masks`` is false: the fused ISR finds them row block by row block) and
+    the serial-overscan level per raw row (float64; None without overscan).
+    """
+    units = config.units
+    lead, trail = config.overscan_leading_to_skip, config.overscan_trailing_to_skip
+    gain, noise, turnoff = _amp_gain_noise(amp, config, calibs)
+    # serial overscan (spec §2), all rows of the segment
+    os_sl = amp.serial_overscan_slice
+    c0, c1 = os_sl[1].start + lead, os_sl[1].stop - trail
+    os_fit = {"MEAN": 0.0, "MEDIAN": 0.0, "STDEV": 0.0}
+    residual = {"MEAN": math.nan, "MEDIAN": math.nan, "STDEV": math.nan}
+    st = AmpStats(gain=gain, read_noise=noise, overscan_noise_adu=math.nan, overscan_median_adu=0.0)
+    vec = None
+    if config.do_overscan:
+        vec = overscan_vector(seg[:, c0:c1], config.overscan_fit_type, config.overscan_num_sigma_clip,
+                              config.serial_max_deviation)
+        seg -= vec.astype(np.float32)[:, None]
+        os_fit = {"MEAN": float(vec.mean()), "MEDIAN": float(np.median(vec)), "STDEV": float(vec.std())}
+        residual = _robust_stats(seg[:, c0:c1].ravel())
+    for k in ("MEAN", "MEDIAN", "STDEV"):
+        cards[f"LSST ISR OVERSCAN SERIAL {k} {amp.name}"] = os_fit[k]
+        cards[f"LSST ISR OVERSCAN RESIDUAL SERIAL {k} {amp.name}"] = residual[k]
+    if config.do_bootstrap or not math.isfinite(noise):
+        noise = residual["STDEV"] * gain
+    # saturation / suspect on the data box (levels in adu)
+    sat_level = math.inf
+    sat = sus = None
+    if config.do_saturation:
+        if math.isfinite(config.saturation_level):
+            sat_level = config.saturation_level
+        elif config.saturation_source == "PTCTURNOFF" and not config.do_bootstrap:
+            sat_level = turnoff
+        if math.isfinite(sat_level) and masks:
+            sat = seg[amp.data_slice] >= sat_level
+        cards[f"LSST ISR SATURATION LEVEL {amp.name}"] = sat_level * (gain if units == "electron" else 1.0)
+    if config.do_suspect and math.isfinite(config.suspect_level) and masks:
+        sus = seg[amp.data_slice] >= config.suspect_level
+    if units == "electron":
+        seg *= np.float32(gain)
+    cards[f"LSST ISR GAIN {amp.name}"] = gain
+    cards[f"LSST ISR READNOISE {amp.name}"] = noise
+    cards[f"LSST ISR PTCTURNOFF {amp.name}"] = turnoff * gain
+    st.read_noise = noise
+    st.overscan_noise_adu = residual["STDEV"]
+    st.overscan_median_adu = os_fit["MEDIAN"]
+    st.saturation_adu = sat_level
+    return st, sat, sus, vec
+
+
 def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
             ) -> tuple[MaskedImage, dict[str, AmpStats]]:
     """Run ISR on an in-memory raw.
@@ -601,7 +655,6 @@ def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
     rng = _dither(raw, config.integer_dither_mode)
     segs: dict[str, np.ndarray] = {}
     stats: dict[str, AmpStats] = {}
-    lead, trail = config.overscan_leading_to_skip, config.overscan_trailing_to_skip
 
     # bad amps: fully covered by defects
     defect_mask = None
@@ -616,44 +669,13 @@ def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
         seg = raw.segments[amp.name].astype(np.float32)
         if rng is not None:
             seg += rng.random(seg.shape, dtype=np.float32) + np.float32(_dither_offset(config.integer_dither_mode))
-        gain, noise, turnoff = _amp_gain_noise(amp, config, calibs)
-        # serial overscan (spec §2), all rows of the segment
-        os_sl = amp.serial_overscan_slice
-        c0, c1 = os_sl[1].start + lead, os_sl[1].stop - trail
-        os_fit = {"MEAN": 0.0, "MEDIAN": 0.0, "STDEV": 0.0}
-        residual = {"MEAN": math.nan, "MEDIAN": math.nan, "STDEV": math.nan}
-        if config.do_overscan:
-            vec = overscan_vector(seg[:, c0:c1], config.overscan_fit_type, config.overscan_num_sigma_clip,
-                                  config.serial_max_deviation)
-            seg -= vec.astype(np.float32)[:, None]
-            os_fit = {"MEAN": float(vec.mean()), "MEDIAN": float(np.median(vec)), "STDEV": float(vec.std())}
-            residual = _robust_stats(seg[:, c0:c1].ravel())
-        for k in ("MEAN", "MEDIAN", "STDEV"):
-            cards[f"LSST ISR OVERSCAN SERIAL {k} {amp.name}"] = os_fit[k]
-            cards[f"LSST ISR OVERSCAN RESIDUAL SERIAL {k} {amp.name}"] = residual[k]
-        if config.do_bootstrap or not math.isfinite(noise):
-            noise = residual["STDEV"] * gain
-        # saturation / suspect on the data box (levels in adu)
-        sat_level = math.inf
-        if config.do_saturation:
-            if math.isfinite(config.saturation_level):
-                sat_level = config.saturation_level
-            elif config.saturation_source == "PTCTURNOFF" and not config.do_bootstrap:
-                sat_level = turnoff
-            data = seg[amp.data_slice]
-            if math.isfinite(sat_level):
-                sat_masks[amp.name] = data >= sat_level
-            cards[f"LSST ISR SATURATION LEVEL {amp.name}"] = sat_level * (gain if units == "electron" else 1.0)
-        if config.do_suspect and math.isfinite(config.suspect_level):
-            sus_masks[amp.name] = seg[amp.data_slice] >= config.suspect_level
-        if units == "electron":
-            seg *= np.float32(gain)
-        cards[f"LSST ISR GAIN {amp.name}"] = gain
-        cards[f"LSST ISR READNOISE {amp.name}"] = noise
-        cards[f"LSST ISR PTCTURNOFF {amp.name}"] = turnoff * gain
+        st, sat, sus, _ = serial_amp(amp, seg, config, calibs, cards)
+        if sat is not None:
+            sat_masks[amp.name] = sat
+        if sus is not None:
+            sus_masks[amp.name] = sus
         segs[amp.name] = seg
-        stats[amp.name] = AmpStats(gain=gain, read_noise=noise, overscan_noise_adu=residual["STDEV"],
-                                   overscan_median_adu=os_fit["MEDIAN"], saturation_adu=sat_level)
+        stats[amp.name] = st
 
     if config.do_crosstalk:
         gains = {a: st.gain for a, st in stats.items()} if units == "electron" else None
@@ -787,12 +809,24 @@ def _crosstalk(det: Detector, segs: dict[str, np.ndarray], lin: np.ndarray, quad
 
 
 def _parallel_overscan(amp: Amplifier, seg: np.ndarray, config: IsrConfig, st: AmpStats, cards: dict) -> None:
+    vec = parallel_overscan_vector(amp, seg[amp.data_rows:], config, st, cards)
+    if vec is not None:
+        seg[:, amp.data_slice[1]] -= vec.astype(np.float32)[None, :]
+
+
+def parallel_overscan_vector(amp: Amplifier, below: np.ndarray, config: IsrConfig, st: AmpStats,
+                             cards: dict) -> np.ndarray | None:
+    """Parallel-overscan level per data column (float64) from the segment rows below the data.
+
+    ``below`` = the segment's rows ``[data_rows, raw_rows)`` after the serial overscan, gains
+    and crosstalk (the fused ISR computes it before streaming the data rows).  Writes the
+    ``LSST ISR OVERSCAN PARALLEL *`` cards; None when the region is empty.
+    """
     lead, trail = config.overscan_leading_to_skip, config.overscan_trailing_to_skip
-    r0, r1 = amp.data_rows + lead, amp.raw_shape[0] - trail
     cols = amp.data_slice[1]
-    region = seg[r0:r1, cols]
+    region = below[lead:below.shape[0] - trail, cols]
     if region.size == 0:
-        return
+        return None
     # saturated columns: level 0.75 x saturation (20000 adu when off), grown by 7 columns
     level = 0.75 * st.saturation_adu if math.isfinite(st.saturation_adu) else 20000.0
     if config.units == "electron":
@@ -814,10 +848,10 @@ def _parallel_overscan(amp: Amplifier, seg: np.ndarray, config: IsrConfig, st: A
             vec = vec.copy()
             vec[out] = np.nan
             vec, _ = _fill_masked(vec)
-    seg[:, cols] -= vec.astype(np.float32)[None, :]
     cards[f"LSST ISR OVERSCAN PARALLEL MEAN {amp.name}"] = float(vec.mean())
     cards[f"LSST ISR OVERSCAN PARALLEL MEDIAN {amp.name}"] = float(np.median(vec))
     cards[f"LSST ISR OVERSCAN PARALLEL STDEV {amp.name}"] = float(vec.std())
+    return vec
 
 
 def _flat_correct(image, variance, mask, flat: MaskedImage, config: IsrConfig) -> None:
