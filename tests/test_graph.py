@@ -142,8 +142,20 @@ def test_graph_building_never_computes(repo, env):
         graph = build_graph(out.plan, "/nonexistent/scratch", repo.get_path)
     assert list(graph) == list(out.plan.quanta)
     comb_key = next(k for k, q in out.plan.quanta.items() if q.kind == "combine")
+    # the bias bootstrap's ISR quanta are fused into the combine: it streams the raws itself
+    from cpframe.execution.graph import fusion
+
+    fused = fusion(out.plan)
+    assert {k for k, c in fused.items() if c == comb_key} == set(out.plan.quanta[comb_key].upstream)
+    assert set(fused) == {k for k, q in out.plan.quanta.items() if q.kind == "isr"}
+    assert not graph[comb_key].dask.dependencies[comb_key]
+    # with fuseIsr: false the combine reads the ISR quanta's files
+    out.plan.quanta[comb_key].settings["fuse_isr"] = False
+    with dask.config.set(scheduler=refuse):
+        graph = build_graph(out.plan, "/nonexistent/scratch", repo.get_path)
     deps = graph[comb_key].dask.dependencies[comb_key]
     assert set(deps) == set(out.plan.quanta[comb_key].upstream)
+    assert comb_key not in fusion(out.plan).values()
     dot = out.plan.to_dot()
     assert dot.startswith("digraph") and all(f'"{k}"' in dot for k in out.plan.quanta)
 
