@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -37,7 +38,7 @@ def _planned(repo, env, run_suffix, fuse=False):
         # these tests inject faults into single ISR quanta: run them unfused (fuseIsr: false)
         for q in out.plan.quanta.values():
             if q.kind == "combine":
-                q.settings["fuse_isr"] = False
+                q.settings["combine"] = replace(q.settings["combine"], fuse_isr=False)
     for dt in dataset_type_defs(out.plan):
         repo.registry.register_dataset_type(dt)
     repo.registry.register_collection(out.plan.run, CollectionType.RUN)

@@ -7,6 +7,7 @@ place); expected counts are derived independently from the observing plan's expo
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import dask
 import pytest
@@ -150,7 +151,8 @@ def test_graph_building_never_computes(repo, env):
     assert set(fused) == {k for k, q in out.plan.quanta.items() if q.kind == "isr"}
     assert not graph[comb_key].dask.dependencies[comb_key]
     # with fuseIsr: false the combine reads the ISR quanta's files
-    out.plan.quanta[comb_key].settings["fuse_isr"] = False
+    settings = out.plan.quanta[comb_key].settings
+    settings["combine"] = replace(settings["combine"], fuse_isr=False)
     with dask.config.set(scheduler=refuse):
         graph = build_graph(out.plan, "/nonexistent/scratch", repo.get_path)
     deps = graph[comb_key].dask.dependencies[comb_key]

@@ -542,11 +542,10 @@ def _task_settings(task: Any, settings: Any, explicit: set[str]) -> tuple[dict[s
     if kind == "combine":
         from cpframe.science.combine import CombineConfig
 
-        fuse = bool(cfg.pop("fuseIsr", True))
         keep, notes = _accepted(label, cfg, CombineConfig.from_dict, explicit)
         keep.setdefault("datasetType", task.output)  # bias: header exposure time 0 (spec §4.3)
         return {"combine": CombineConfig.from_dict(keep), "memory_bytes": settings.combine_memory_bytes,
-                "fuse_isr": fuse, "fused_memory_bytes": FUSED_MEMORY_BYTES}, notes
+                "fused_memory_bytes": FUSED_MEMORY_BYTES}, notes
     if kind == "darkCr":
         from cpframe.science.tasks import CrConfig
 
@@ -819,7 +818,7 @@ def fusion(plan: Plan) -> dict[str, str]:
             readers[u].add(k)
     out: dict[str, str] = {}
     for key, q in plan.quanta.items():
-        if q.kind != "combine" or not q.settings.get("fuse_isr", False):
+        if q.kind != "combine" or not q.settings["combine"].fuse_isr:
             continue
         ups = [plan.quanta.get(u) for u in q.upstream]
         if not ups or any(u is None or u.kind != "isr" or u.raw is None or u.registered or readers[u.key] != {key}

@@ -120,6 +120,7 @@ _CAMEL = {
     "clip": "clip",
     "nIter": "n_iter",
     "clipMethod": "clip_method",
+    "fuseIsr": "fuse_isr",
     "mask": "mask",
     "noGoodPixelsMask": "no_good_pixels_mask",
     "maxVisitsToCalcErrorFromInputVariance": "max_visits_to_calc_error_from_input_variance",
@@ -167,6 +168,9 @@ class CombineConfig:
     """Per-amp QA percentiles written to the header."""
     flat_source: str = "DOME"
     """``FLATSRC`` for flats: DOME, TWILIGHT, PSEUDO or SKY."""
+    fuse_isr: bool = True
+    """Planning: ISR quanta that only this combine reads run fused into it, streamed without
+    per-exposure files (:mod:`cpframe.science.fused`); false keeps them as separate quanta."""
 
     def __post_init__(self):
         problems = []
