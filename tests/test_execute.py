@@ -86,6 +86,7 @@ def test_failed_fused_combine_is_reported_with_its_raw(bias_repo, local_dask):
     finally:
         path.write_bytes(good)
     assert list(res.failures) == [comb] and path.name in res.failures[comb]
+    assert f"ISR quantum {bad.key} (fused into {comb}) failed" in res.failure_report()
     assert [(dt, did["detector"]) for dt, did in res.missing] == [("bias", 4)]
     assert [(r.dataset_type, r.data_id["detector"]) for r in res.registered] == [("bias", 0)]
 

@@ -791,7 +791,7 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any) -> dict[str, Any]:
                            fused_calibs=tuple({c.removesuffix("Bootstrap"): str(path_of(rs[0]))
                                                for c, rs in x.calibs.items() if rs and c != "manual_defects"}
                                               for x in isr),
-                           fused_isr=isr[0].settings["isr"])
+                           fused_isr=isr[0].settings["isr"], fused_keys=tuple(x.key for x in isr))
             ups = []
         delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, ups, dask_key_name=key)
     return delayed

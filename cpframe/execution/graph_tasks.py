@@ -56,6 +56,8 @@ class QuantumSpec:
     """Kind ``isrCombine``: each raw's ISR calibrations (type -> path)."""
     fused_isr: Any = None
     """Kind ``isrCombine``: the ISR settings (one IsrConfig for every raw)."""
+    fused_keys: tuple[str, ...] = ()
+    """Kind ``isrCombine``: the keys of the fused ISR quanta (same order as ``fused_raws``)."""
 
 
 @dataclass
@@ -159,8 +161,16 @@ def _isr_combine(spec, groups):
     """ISR quanta fused into their combine (:mod:`cpframe.science.fused`): no ISR files."""
     from cpframe.science.tasks import fused_combine_task
 
-    res = fused_combine_task(spec.fused_raws, _out(spec), spec.fused_isr, spec.settings["combine"],
-                             list(spec.fused_calibs), memory_bytes=spec.settings.get("fused_memory_bytes"))
+    try:
+        res = fused_combine_task(spec.fused_raws, _out(spec), spec.fused_isr, spec.settings["combine"],
+                                 list(spec.fused_calibs), memory_bytes=spec.settings.get("fused_memory_bytes"))
+    except Exception as err:
+        # name the ISR quantum whose raw failed, as the unfused graph would
+        text = str(err)
+        bad = [(k, p) for k, p in zip(spec.fused_keys, spec.fused_raws) if p in text]
+        if not bad:
+            raise
+        raise ExecutionError(f"ISR quantum {bad[0][0]} (fused into {spec.key}) failed: {text}") from err
     return res.combine
 
 
