@@ -248,8 +248,18 @@ def _fill_butler(butler: Butler, tmp: Path) -> None:
         span = BTimespan(None if b is None else astropy.time.Time(b, scale="tai"),
                          None if e is None else astropy.time.Time(e, scale="tai"))
         reg.certify(coll, refs, span)
+    # an afw-only product cpframe does not read: skipped on import, named in the CLI summary
+    cam_type = DatasetType("camera", ("instrument",), "Camera", universe=butler.dimensions, isCalibration=True)
+    reg.registerDatasetType(cam_type)
+    reg.registerRun(f"{INST}/calib/camera/run")
+    cam_ref = DatasetRef(cam_type, {"instrument": INST}, run=f"{INST}/calib/camera/run")
+    (tmp / "camera.fits").write_bytes(b"camera")
+    butler.ingest(FileDataset(str(tmp / "camera.fits"), [cam_ref], formatter=formatter["Defects"]), transfer="copy")
+    reg.registerCollection(f"{INST}/calib/camera", BCT.CALIBRATION)
+    reg.certify(f"{INST}/calib/camera", [cam_ref], BTimespan(None, None))
     reg.registerCollection(f"{INST}/calib", BCT.CHAINED)
-    reg.setCollectionChain(f"{INST}/calib", [f"{INST}/calib/new", f"{INST}/calib/mid", f"{INST}/calib/old"])
+    reg.setCollectionChain(f"{INST}/calib", [f"{INST}/calib/new", f"{INST}/calib/mid", f"{INST}/calib/old",
+                                             f"{INST}/calib/camera"])
 
 
 def test_butler_export_calibs_into_cpframe(tmp_path, stub_path):
@@ -263,11 +273,18 @@ def test_butler_export_calibs_into_cpframe(tmp_path, stub_path):
     _butler_cli(stub_path, "export-calibs", str(tmp_path / "butler"), str(tmp_path / "exp"), f"{INST}/calib")
     text = (tmp_path / "exp" / "export.yaml").read_text()
     assert "!butler_time/tai/iso" in text and "!uuid" in text  # the real tags, read as they are
-    with Repository.create(tmp_path / "cp") as repo:
-        counts = import_export(repo, tmp_path / "exp")
-        assert counts["datasets"] == 3 * (4 * len(DETECTORS) + len(DETECTORS) * len(FILTERS)) - 1
+    Repository.create(tmp_path / "cp").close()
+    from click.testing import CliRunner
+
+    from cpframe.cli import main
+
+    out = CliRunner().invoke(main, ["import", str(tmp_path / "cp"), str(tmp_path / "exp")])
+    assert out.exit_code == 0, out.output
+    assert f"Imported {3 * (4 * len(DETECTORS) + len(DETECTORS) * len(FILTERS)) - 1} dataset(s)" in out.output
+    assert "Not imported (storage classes cpframe does not read; docs/butler.md): camera (Camera)." in out.output
+    with Repository.open(tmp_path / "cp") as repo:
         assert list(repo.registry.get_chain(f"{INST}/calib")) == [f"{INST}/calib/new", f"{INST}/calib/mid",
-                                                             f"{INST}/calib/old"]
+                                                                  f"{INST}/calib/old", f"{INST}/calib/camera"]
         mine = _cpframe_answers(repo, f"{INST}/calib")
         # the imported instrument is the whole camera (all detectors, cpframe's serials)
         dets = repo.registry.query_dimension_records("detector", instrument=INST)

@@ -408,9 +408,15 @@ def export_calibs_cmd(repo, directory, collections, dataset_types, transfer, fmt
 def import_cmd(repo, directory, export_file, transfer, skip_dimensions) -> None:
     """Import an export DIRECTORY into REPO: from `cpframe export-calibs` (either format) or from
     `butler export-calibs` / `butler export` (recognised by its `version:` and `data:` keys)."""
-    from cpframe.repository.transfer import import_export
+    from pathlib import Path
+
+    from cpframe.repository.transfer import _load_export, import_export
 
     with _open(repo) as r:
         counts = import_export(r, directory, export_file, transfer, skip_dimensions)
     click.echo(f"Imported {counts['datasets']} dataset(s), {counts['collections']} collection(s), "
                f"{counts['links']} validity range(s), {counts['dimension_records']} new dimension record(s).")
+    skipped = _load_export(Path(export_file or Path(directory) / "export.yaml")).get("skipped_dataset_types")
+    if skipped:
+        click.echo("Not imported (storage classes cpframe does not read; docs/butler.md): "
+                   + ", ".join(f"{n} ({sc})" for n, sc in sorted(skipped.items())) + ".")

@@ -271,6 +271,9 @@ def butler_to_cpframe(doc: dict[str, Any], path: str | os.PathLike) -> dict[str,
     ``group`` records are checked and dropped: cpframe keeps day_obs as an exposure column and
     has no groups), dataset types (``band`` dropped from dimensions: it follows from the
     physical filter), RUN/CALIBRATION/CHAINED collections, datasets and validity ranges.
+    Dataset types of storage classes cpframe does not read (``Camera``, crosstalk, linearity,
+    brighter-fatter, ...) are left out with their datasets and validity ranges, and listed
+    under ``skipped_dataset_types`` (name -> storage class).
 
     Raises
     ------
@@ -286,6 +289,8 @@ def butler_to_cpframe(doc: dict[str, Any], path: str | os.PathLike) -> dict[str,
     runs: dict[str, list[dict]] = {}
     associations: list[dict] = []
     problems: list[str] = []
+    skipped: dict[str, str] = {}
+    skipped_ids: set[str] = set()
     for block in doc["data"]:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "dimension":
@@ -352,8 +357,8 @@ def butler_to_cpframe(doc: dict[str, Any], path: str | os.PathLike) -> dict[str,
         elif kind == "dataset_type":
             sc = block.get("storage_class")
             if sc not in _FORMAT_OF:
-                problems.append(f"dataset type {block.get('name')!r} has storage class {sc!r}; cpframe "
-                                f"reads {', '.join(sorted(_FORMAT_OF))}")
+                # afw-only products (Camera, crosstalk, linearizer, BFK, ...): not imported, reported
+                skipped[block.get("name")] = sc
                 continue
             # cpframe's dimensions; band, day_obs and group are implied (by physical_filter or
             # exposure), and so is physical_filter when exposure is there
@@ -372,6 +377,11 @@ def butler_to_cpframe(doc: dict[str, Any], path: str | os.PathLike) -> dict[str,
                                     "storage_format": _FORMAT_OF[sc]}
         elif kind == "dataset":
             recs = runs.setdefault(block["run"], [])
+            if block.get("dataset_type") in skipped:
+                for r in block.get("records") or []:
+                    ids = r.get("dataset_id")
+                    skipped_ids.update(str(i) for i in (ids if isinstance(ids, list) else [ids]))
+                continue
             for r in block.get("records") or []:
                 ids = r.get("dataset_id")
                 ids = ids if isinstance(ids, list) else [ids]
@@ -401,6 +411,8 @@ def butler_to_cpframe(doc: dict[str, Any], path: str | os.PathLike) -> dict[str,
                 if not isinstance(span, Timespan):
                     span = Timespan(_ns(vr.get("begin")), _ns(vr.get("end")))
                 for did in vr.get("dataset_ids") or []:
+                    if str(did) in skipped_ids:
+                        continue
                     links.append({"dataset_id": str(did), "begin_ns": span.begin_ns, "end_ns": span.end_ns})
             associations.append({"collection": block["collection"], "links": links})
         else:
@@ -437,6 +449,7 @@ def butler_to_cpframe(doc: dict[str, Any], path: str | os.PathLike) -> dict[str,
         "collections": collections + chains,
         "datasets": [{"run": run, "records": recs} for run, recs in runs.items() if recs],
         "associations": associations,
+        "skipped_dataset_types": skipped,
     }
 
 

@@ -310,14 +310,8 @@ class _RawSource:
             if pv is not None:
                 seg[:, cols] -= pv
             data = seg[:, cols]
-            if cfg.do_linearize:
-                c = float(self.calibs.linearizer.get(amp.name, 0.0))
-                if c:
-                    if self.units == "electron":
-                        data /= np.float32(st.gain)
-                    data += np.float32(c) * data * data
-                    if self.units == "electron":
-                        data *= np.float32(st.gain)
+            if cfg.do_linearize:  # pixel by pixel (cpframe/science/linearity.py), as run_isr
+                self.calibs.linearizer.correct(data, amp.name, st.gain if self.units == "electron" else None)
             out[amp.name] = data
         return out, bits
 
