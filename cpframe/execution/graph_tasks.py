@@ -19,7 +19,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from cpframe.core.errors import ExecutionError
 
@@ -50,6 +50,14 @@ class QuantumSpec:
     """Dataset type of each input group, in order."""
     input_counts: tuple[int, ...] = ()
     """Number of upstream results in each input group."""
+    fused_raws: tuple[str, ...] = ()
+    """Kind ``isrCombine``: the raws of the ISR quanta fused into this combine, by exposure."""
+    fused_calibs: tuple[Mapping[str, str], ...] = ()
+    """Kind ``isrCombine``: each raw's ISR calibrations (type -> path)."""
+    fused_isr: Any = None
+    """Kind ``isrCombine``: the ISR settings (one IsrConfig for every raw)."""
+    fused_keys: tuple[str, ...] = ()
+    """Kind ``isrCombine``: the keys of the fused ISR quanta (same order as ``fused_raws``)."""
 
 
 @dataclass
@@ -79,6 +87,34 @@ def _groups(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> dict[str, l
     return out
 
 
+def _isr_combine(spec: QuantumSpec, groups: dict) -> Any:
+    """ISR quanta fused into their combine (:mod:`cpframe.science.fused`): no ISR files."""
+    from cpframe.execution.kinds.base import output_path
+    from cpframe.science.tasks import fused_combine_task
+
+    try:
+        res = fused_combine_task(spec.fused_raws, output_path(spec), spec.fused_isr, spec.settings["combine"],
+                                 list(spec.fused_calibs), memory_bytes=spec.settings.get("fused_memory_bytes"))
+    except Exception as err:
+        # name the ISR quantum whose raw failed, as the unfused graph would
+        text = str(err)
+        bad = [(k, p) for k, p in zip(spec.fused_keys, spec.fused_raws) if p in text]
+        if not bad:
+            raise
+        raise ExecutionError(f"ISR quantum {bad[0][0]} (fused into {spec.key}) failed: {text}") from err
+    return res.combine
+
+
+def _fused_away(spec: QuantumSpec, groups: dict) -> Any:
+    """An ISR quantum whose work its combine does (kept so progress and failure accounting see it)."""
+    return None
+
+
+#: Graph-only kinds the planner makes when it fuses ISR into a combine (execution/graph.py ``fusion``);
+#: no pipeline names them, so they are not :mod:`cpframe.execution.kinds` entries.
+_FUSED_RUNNERS: dict[str, Callable[[QuantumSpec, dict], Any]] = {"isrCombine": _isr_combine, "fusedAway": _fused_away}
+
+
 def run_quantum(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> QuantumResult:
     """Run one quantum on a worker.
 
@@ -92,7 +128,8 @@ def run_quantum(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> Quantum
     t0 = time.perf_counter()
     from cpframe.execution.kinds import get_kind
 
-    value = get_kind(spec.kind).run(spec, _groups(spec, upstream))
+    runner = _FUSED_RUNNERS.get(spec.kind) or get_kind(spec.kind).run
+    value = runner(spec, _groups(spec, upstream))
     outputs = [(p, dt, dict(did)) for p, dt, did, reg in spec.outputs if reg]
     absent = [p for p, _, _ in outputs if not os.path.isfile(p)]
     if absent:

@@ -8,6 +8,7 @@ from cpframe.core.errors import ExecutionError
 from cpframe.execution.kinds.base import Option, TaskKind, accepted, enum, output_path
 from cpframe.science import combine as _combine
 from cpframe.science.imageio import MASK_BITS
+from cpframe.science.tasks import DEFAULT_FUSED_MEMORY_BYTES
 
 
 def _field(key: str) -> str:
@@ -37,6 +38,10 @@ class Combine(TaskKind):
         "censorMaskPlanes": Option(bool, _field("censorMaskPlanes")),
         "distributionPercentiles": Option("floats", _field("distributionPercentiles")),
         "flatSource": Option(enum("DOME", "TWILIGHT", "PSEUDO", "SKY"), _field("flatSource")),
+        # cpframe options: the MEANCLIP rule (docs/algorithms.md) and whether the ISR quanta this combine
+        # alone reads run fused into it, streamed without per-exposure files (execution/graph.py fusion)
+        "clipMethod": Option(enum(*_combine.CLIP_METHODS), _field("clipMethod")),
+        "fuseIsr": Option(bool, _field("fuseIsr")),
     })
     @classmethod
     def required_example(cls):
@@ -52,7 +57,8 @@ class Combine(TaskKind):
         keep, notes = accepted(task.label, dict(task.config), _combine.CombineConfig.from_dict, explicit)
         keep.setdefault("datasetType", task.output)  # bias: header exposure time 0 (spec §4.3)
         return {"combine": _combine.CombineConfig.from_dict(keep),
-                "memory_bytes": settings.combine_memory_bytes if settings is not None else None}, notes
+                "memory_bytes": settings.combine_memory_bytes if settings is not None else None,
+                "fused_memory_bytes": DEFAULT_FUSED_MEMORY_BYTES}, notes
 
     @classmethod
     def run(cls, spec, groups):
