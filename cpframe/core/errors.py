@@ -35,6 +35,7 @@ __all__ = [
     "UnknownCollectionError",
     "CollectionTypeError",
     "CollectionNameError",
+    "DatasetTypeNameError",
     "ChainCycleError",
     "ConflictingDefinitionError",
     "DatasetConflictError",
@@ -45,6 +46,7 @@ __all__ = [
     "BadDateError",
     "DatastoreError",
     "ChecksumError",
+    "DiskFullError",
     "ExportError",
     "IngestError",
     "CameraError",
@@ -122,6 +124,10 @@ class CollectionNameError(RegistryError, ValueError):
     """A collection name with forbidden characters."""
 
 
+class DatasetTypeNameError(RegistryError, ValueError):
+    """A dataset type name that breaks the butler's naming rule."""
+
+
 class ChainCycleError(RegistryError):
     """A chain definition that would contain itself."""
 
@@ -156,6 +162,15 @@ class BadDateError(UserInputError):
 
 class DatastoreError(RegistryError):
     """A file in the datastore is missing, unreadable or inconsistent with its row."""
+
+
+class DiskFullError(CpframeError):
+    """The file system or the database ran out of space (``ENOSPC``, quota, SQLITE_FULL).
+
+    Nothing half-written is kept; free space and run the command again.
+    """
+
+    exit_code = 8
 
 
 class ChecksumError(DatastoreError):

@@ -25,6 +25,7 @@ and are re-exported as methods here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -33,22 +34,26 @@ import shutil
 import socket
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
 from cpframe.core.errors import (
     CollectionTypeError,
+    CpframeError,
+    DiskFullError,
     DatasetConflictError,
     DatastoreError,
     MissingDatasetError,
     RegistryError,
     SchemaVersionError,
     UnknownCollectionError,
+    UnknownDatasetTypeError,
     UserInputError,
 )
 from cpframe.core.model import CollectionType, DataId, DatasetRef, DatasetType, Timespan
+from cpframe.repository.names import validate_collection_name, validate_dataset_type_name
 from cpframe.repository.sql import SqlRegistry, normalize_data_id, tai_now_ns
 
 __all__ = [
@@ -324,7 +329,14 @@ class Repository:
             else:
                 doomed.append(row["path"])
         in_use = self.registry.paths_in_use(doomed)
+        unsafe: set[str] = set()
         for rel in doomed:
+            try:
+                self._inside(rel)
+            except DatastoreError as err:  # never delete outside the datastore, whatever the journal says
+                report.append(f"{rel}: journal entry left alone: {err}")
+                unsafe.add(rel)
+                continue
             if rel in in_use:
                 report.append(f"{rel}: journal entry of a completed write removed")
                 continue
@@ -332,6 +344,7 @@ class Repository:
             removed = [p for p in (final, _tmp_of(final)) if _unlink(p)]
             report.append(f"{rel}: interrupted write or removal repaired"
                           + (f" ({len(removed)} file(s) deleted)" if removed else ""))
+        doomed = [r for r in doomed if r not in unsafe]
         self.registry.remove_pending_files(doomed)
         self._prune_dirs({(self.datastore_root / p).parent for p in doomed})
         for line in report:
@@ -431,6 +444,8 @@ class Repository:
             )
         entries, seen = [], {}
         for src, type_name, data_id, run, ds_id in items:
+            validate_collection_name(run)
+            validate_dataset_type_name(type_name)
             dt = types[type_name]
             did = normalize_data_id(dt, data_id)
             rel = None
@@ -455,7 +470,10 @@ class Repository:
             by.setdefault((e.ref.dataset_type, e.ref.run), []).append(e)
         conflicts = []
         for (t, run), group in by.items():
-            found = self.registry.find_datasets(t, [e.ref.data_id for e in group], [run])
+            try:
+                found = self.registry.find_datasets(t, [e.ref.data_id for e in group], [run])
+            except (UnknownCollectionError, UnknownDatasetTypeError):  # a RUN or type still to be created
+                continue
             conflicts += [f"{t} {e.ref.data_id} in RUN {run} (existing id {f.id})" for e, f in zip(group, found) if f]
         if conflicts:
             raise DatasetConflictError(
@@ -466,14 +484,20 @@ class Repository:
             )
 
     def _commit(self, entries: Sequence[_Entry], transfer: str, body: Callable[[], Any]) -> Any:
-        """Journal, place the files, then run ``body`` and drop the journal in one transaction."""
+        """Journal, place the files, then run ``body`` and drop the journal in one transaction.
+
+        Files are placed without ever replacing an existing file (a file already at a target
+        path is an error), so a rollback deletes only the files this call created (issue 11).
+        """
         rels = [e.rel for e in entries if e.rel is not None]
+        for rel in rels:  # every path proven inside the datastore before anything is written
+            self._inside(rel)
         self.registry.add_pending_files(rels, _owner())
         placed: list[Path] = []
         try:
             for e in entries:
                 if e.rel is not None:
-                    placed.append(self._place(e.src, self.datastore_root / e.rel, transfer))
+                    placed.append(self._place(e.src, self.datastore_root / e.rel, transfer, clobber=False))
             with self.registry.transaction():
                 result = body()
                 self.registry.remove_pending_files(rels)
@@ -485,18 +509,52 @@ class Repository:
                     _unlink(_tmp_of(self.datastore_root / e.rel))
             with contextlib.suppress(Exception):
                 self.registry.remove_pending_files(rels)
-            self._prune_dirs({p.parent for p in placed})
+            with contextlib.suppress(Exception):
+                self._prune_dirs({p.parent for p in placed})
             raise
         if transfer == "move":
             for e in entries:
                 _unlink(e.src)
         return result
 
-    def _place(self, src: Path, final: Path, transfer: str) -> Path:
-        final.parent.mkdir(parents=True, exist_ok=True)
+    def _inside(self, rel: str) -> Path:
+        """The absolute path of datastore path ``rel``, proven to lie inside the datastore root.
+
+        Raises
+        ------
+        DatastoreError
+            ``rel`` is absolute, has a ``..`` or ``.`` segment, a segment over 255 bytes, or
+            resolves (through a symbolic link) outside the datastore root.
+        """
+        pure = PurePosixPath(rel)
+        why = None
+        if pure.is_absolute() or "\\" in rel:
+            why = "is absolute or has a backslash"
+        elif any(part in ("..", ".", "") for part in rel.split("/")):
+            why = "has a '..', '.' or empty segment"
+        elif any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in pure.parts):
+            why = "has a segment longer than 255 bytes"
+        else:
+            root = Path(os.path.realpath(self.datastore_root))
+            final = self.datastore_root / pure
+            real_parent = Path(os.path.realpath(final.parent))
+            if real_parent != root and root not in real_parent.parents:
+                why = f"resolves outside it (to {real_parent / final.name})"
+        if why:
+            raise DatastoreError(
+                f"datastore path {rel!r} {why}; cpframe writes and removes files only inside "
+                f"{self.datastore_root}. Nothing was changed."
+            )
+        return self.datastore_root / pure
+
+    def _place(self, src: Path, final: Path, transfer: str, clobber: bool = True) -> Path:
+        """Write ``src`` to ``final`` through a temporary sibling; never replaces a file unless ``clobber``."""
         tmp = _tmp_of(final)
-        _unlink(tmp)
         try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            _unlink(tmp)
+            if not clobber and (final.exists() or final.is_symlink()):
+                raise FileExistsError(errno.EEXIST, "a file is already there", str(final))
             if transfer == "symlink":
                 os.symlink(src.resolve(), tmp)
             elif transfer in ("link", "move"):
@@ -508,10 +566,28 @@ class Repository:
                     shutil.copyfile(src, tmp)
             else:
                 shutil.copyfile(src, tmp)
-            os.replace(tmp, final)
+            if clobber:
+                os.replace(tmp, final)
+            else:
+                try:  # link(2) fails if ``final`` appeared meanwhile: never replaces anything
+                    os.link(tmp, final, follow_symlinks=False)
+                except FileExistsError:
+                    raise
+                except OSError:  # a file system without hard links: check, then rename
+                    if final.exists() or final.is_symlink():
+                        raise FileExistsError(errno.EEXIST, "a file is already there", str(final)) from None
+                    os.replace(tmp, final)
+                _unlink(tmp)
+        except FileExistsError:
+            _unlink(tmp)
+            raise DatastoreError(
+                f"cannot {transfer} {src} to {final}: a file is already there and cpframe never replaces a "
+                "file of the datastore. If no dataset uses it, it is a leftover of an interrupted write: "
+                "remove it by hand. Nothing was stored."
+            ) from None
         except OSError as err:
             _unlink(tmp)
-            raise DatastoreError(f"cannot {transfer} {src} to {final}: {err.strerror or err}. Nothing was stored.") from err
+            raise storage_error(err, f"cannot {transfer} {src} to {final}", "Nothing was stored.") from err
         return final
 
     def _prune_dirs(self, dirs: Iterable[Path]) -> None:
@@ -660,12 +736,33 @@ class Repository:
             for run in plan.runs:
                 removed += self.registry.remove_run(run, remove_from_parents=force)
             rels = [r.path for r in removed if r.path and not Path(r.path).is_absolute()]
+            for rel in rels:  # proven inside before anything is deleted (else nothing is removed)
+                self._inside(rel)
             self.registry.add_pending_files(rels, _owner())
         for rel in rels:
             _unlink(self.datastore_root / rel)
         self._prune_dirs({(self.datastore_root / rel).parent for rel in rels})
         self.registry.remove_pending_files(rels)
         return plan
+
+    def expand_collection_globs(self, names: Sequence[str], ctype: CollectionType | None) -> list[str]:
+        """Expand glob patterns among ``names`` as the butler's remove commands do.
+
+        A plain name is kept as given (checked later, so an unknown name is an error).  A glob
+        (``*?[``; collection names never contain these) matches RUNs only when ``ctype`` is RUN,
+        and every other type otherwise: a glob of ``remove-collections`` never selects a RUN.
+        A glob matching nothing adds nothing.
+        """
+        from cpframe.repository.sql import _glob
+
+        out: list[str] = []
+        for name in names:
+            if not _glob(name):
+                out.append(name)
+                continue
+            kinds = [ctype] if ctype is not None else [t for t in CollectionType if t != CollectionType.RUN]
+            out += [c.name for c in self.registry.query_collections(name, kinds)]
+        return list(dict.fromkeys(out))
 
     def remove_collections(self, names: Sequence[str], remove_from_parents: bool = False) -> list[str]:
         """Remove CALIBRATION/CHAINED/TAGGED collections (links only; datasets stay in their RUNs).
@@ -736,11 +833,11 @@ class Repository:
         return export_calibs(self, directory, collections, dataset_types, transfer)
 
     def import_(self, directory: str | os.PathLike, export_file: str | os.PathLike | None = None,
-                transfer: str = "copy", skip_dimensions: Sequence[str] = ()) -> dict[str, int]:
+                transfer: str = "copy", skip_dimensions: Sequence[str] = (), allow_missing_checksums: bool = False) -> dict[str, int]:
         """Import an export directory; see :func:`cpframe.repository.transfer.import_export`."""
         from cpframe.repository.transfer import import_export
 
-        return import_export(self, directory, export_file, transfer, skip_dimensions)
+        return import_export(self, directory, export_file, transfer, skip_dimensions, allow_missing_checksums)
 
 
 def _tmp_of(final: Path) -> Path:
@@ -748,8 +845,31 @@ def _tmp_of(final: Path) -> Path:
 
 
 def _unlink(p: Path) -> bool:
+    """Remove a file if it is there; never raises (a clean-up must not crash half-way)."""
     try:
         p.unlink()
         return True
     except FileNotFoundError:
         return False
+    except OSError as err:
+        log.warning("could not remove %s: %s", p, err.strerror or err)
+        return False
+
+
+def storage_error(err: OSError, what: str, tail: str = "") -> CpframeError:
+    """An OSError of the file system -> a one-line cpframe error saying what to do.
+
+    A full disk, a read-only file system or a missing permission are the user's to fix;
+    the message says so instead of blaming the database server.
+    """
+    hint = {
+        errno.ENOSPC: "the file system is full: free space (or move the repository), then run the command again",
+        errno.EDQUOT: "the disk quota is exhausted: free space, then run the command again",
+        errno.EROFS: "the file system is read-only: writes need a writable repository",
+        errno.EACCES: "permission denied: check the owner and mode of the repository folders",
+        errno.EPERM: "operation not permitted: check the owner and mode of the repository folders",
+        errno.ENAMETOOLONG: "a file name is too long (at most 255 bytes per path segment): use shorter names",
+    }.get(err.errno or 0, "check the path and the file system")
+    cls = DiskFullError if err.errno in (errno.ENOSPC, errno.EDQUOT) else DatastoreError
+    return cls(f"{what}: {err.strerror or err}; {hint}. {tail}".rstrip())
+

@@ -63,7 +63,7 @@ from cpframe.core.model import (
 from cpframe.repository import schema as s
 from cpframe.repository.chains import edit_chain
 from cpframe.repository.base import CHAIN_MODES, CollectionInfo, Registry
-from cpframe.repository.names import validate_collection_name
+from cpframe.repository.names import validate_collection_name, validate_dataset_type_name
 
 __all__ = ["SqlRegistry", "make_engine", "normalize_data_id", "describe_span", "DATASET_DIMENSIONS", "tai_now_ns"]
 
@@ -432,6 +432,7 @@ class SqlRegistry(Registry):
 
     # -- dataset types --------------------------------------------------------------------------
     def register_dataset_type(self, dataset_type: DatasetType) -> bool:
+        validate_dataset_type_name(dataset_type.name)
         dims = tuple(dataset_type.dimensions)
         bad = [d for d in dims if d not in DATASET_DIMENSIONS]
         if bad or "instrument" not in dims:
@@ -605,9 +606,17 @@ class SqlRegistry(Registry):
                 raise CollectionTypeError(f"collection {name!r} is a {ctype.name} collection, not CHAINED.")
             return tuple(n for _, n, _ in self._children(conn, [cid]).get(cid, []))
 
-    def set_chain(self, parent, children=(), mode="redefine", flatten=False, pop_indices=(), doc=""):
+    def set_chain(self, parent, children=(), mode="redefine", flatten=False, pop_indices=(), doc="", allow_empty=False):
         if mode not in CHAIN_MODES:
             raise UserInputError(f"unknown chain mode {mode!r}; use one of {', '.join(CHAIN_MODES)}.")
+        if mode == "redefine" and not list(children) and not allow_empty:
+            # the butler refuses too: an emptied chain makes processing silently fall back to
+            # older calibrations further down the search path (issue 11)
+            raise UserInputError(
+                f"--mode redefine of {parent!r} needs at least one child; an empty chain would make lookups "
+                "silently fall through to older calibrations. Name the children, or remove the chain with "
+                "`cpframe remove-collections`."
+            )
         if flatten and mode in ("remove", "pop"):
             raise UserInputError(f"--flatten cannot be combined with --mode {mode}; it applies to redefine, prepend, extend.")
         validate_collection_name(parent)
@@ -901,6 +910,14 @@ class SqlRegistry(Registry):
         if missing:
             raise MissingDatasetError(f"no dataset with id(s) {', '.join(map(str, missing[:10]))}.")
         return [found[str(i)] for i in ids]
+
+    def get_datasets_if_present(self, ids: Sequence[str]) -> list[DatasetRef]:
+        """Refs of those ``ids`` that exist (import uses it to skip datasets already present)."""
+        out: list[DatasetRef] = []
+        with self._reading() as conn:
+            for chunk in _chunks(list(dict.fromkeys(map(str, ids)))):
+                out += [self._ref(conn, row) for row in conn.execute(self._ds_select().where(s.dataset.c.id.in_(chunk)))]
+        return out
 
     def remove_datasets(self, ids: Sequence[str]) -> None:
         with self.transaction() as conn:
