@@ -346,3 +346,39 @@ def test_datastore_and_export_files_honour_the_umask(umask, tmp_path):
         repo.close()
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_products_reports_and_plots_honour_the_umask(umask, tmp_path):
+    """The FITS/ECSV writers, verify results, stats, binned residuals, plots and report pages."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from cpframe.science.imageio import MaskedWriter, write_defects, write_masked, write_ptc
+    from cpframe.verify.plots import _save
+    from cpframe.verify.results import atomic_write_text, write_stats
+
+    old = os.umask(umask)
+    try:
+        want = 0o666 & ~umask
+        img = np.arange(12, dtype=np.float32).reshape(3, 4)
+        paths = [
+            write_masked(tmp_path / "m.fits", img, np.zeros((3, 4), np.int32), img),
+            write_defects(tmp_path / "d.ecsv", [(0, 0, 1, 1)]),
+            write_ptc(tmp_path / "p.fits", [{"amp": "C00", "gain": 1.5, "gain_err": 0.1, "noise": 6.0, "noise_err": 0.1,
+                                             "turnoff": 9e4, "a00": -1e-6, "n_pairs": 2, "raw_means": [1.0, 2.0],
+                                             "raw_vars": [1.0, 2.0], "exp_times": [1.0, 2.0], "mask": [True, True],
+                                             "overscan_noise": [5.0, 5.0]}]),
+            atomic_write_text(tmp_path / "r" / "index.html", "<html></html>"),
+            write_stats({"a": 1.0}, tmp_path / "s.json"),
+        ]
+        with MaskedWriter(tmp_path / "w.fits", (3, 4)) as w:  # the streaming writer of combine
+            w.write_rows(0, img, np.zeros((3, 4), np.int32), img)
+        paths.append(tmp_path / "w.fits")
+        fig = Figure(figsize=(1, 1))
+        fig.add_subplot().plot([0, 1])
+        paths.append(_save(fig, tmp_path / "plot.png"))
+        for p in paths:
+            assert _mode(Path(p)) == want, (p, oct(_mode(Path(p))))
+    finally:
+        os.umask(old)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from astropy.io.fits.verify import VerifyWarning
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.table import Table
 
+from cpframe.core import files as _files
 from cpframe.camera.models import Camera, Detector, load_camera
 from cpframe.core.errors import CameraError, UserInputError
 
@@ -485,7 +485,7 @@ class MaskedWriter:
         self.path = Path(path)
         self.shape = (int(shape[0]), int(shape[1]))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="." + self.path.name + ".", suffix=".tmp", dir=self.path.parent)
+        fd, tmp = _files.mkstemp(prefix="." + self.path.name + ".", suffix=".tmp", dir=self.path.parent)
         self._tmp = Path(tmp)
         self._fd: int | None = fd
         blocks = [header_bytes(_primary_header(header))]
@@ -714,7 +714,7 @@ def write_defects(
     t.meta.setdefault("n_defects", int(len(arr)))
     t.meta.setdefault("n_pixels", int((arr[:, 2] * arr[:, 3]).sum()) if len(arr) else 0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = _files.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         t.write(tmp, format="ascii.ecsv", overwrite=True)
@@ -785,7 +785,7 @@ def write_ptc(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], meta: 
             ph[k] = _plain(v)
     primary = fits.PrimaryHDU(header=ph)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = _files.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         with warnings.catch_warnings():

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from cpframe.core import files as _files
 from cpframe.camera.models import Camera, Detector
 
 __all__ = [
@@ -88,7 +88,7 @@ def _save(fig, path: str | os.PathLike) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=".png", dir=p.parent)
+    fd, tmp = _files.mkstemp(prefix=f".{p.stem}.", suffix=".png", dir=p.parent)
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=fig.dpi)
