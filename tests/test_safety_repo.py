@@ -382,3 +382,49 @@ def test_products_reports_and_plots_honour_the_umask(umask, tmp_path):
             assert _mode(Path(p)) == want, (p, oct(_mode(Path(p))))
     finally:
         os.umask(old)
+
+
+# -- 9. dates: empty is not "forever", begin == end is refused, YYYY:DDD is accepted -------------------
+@pytest.fixture
+def certifiable(sqlite_repo, tmp_path):
+    sqlite_repo.register_instrument(INST, "mini")
+    put_bias(sqlite_repo, "u/run", [0, 1], tmp_path)
+    sqlite_repo.close()
+    return sqlite_repo.root
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--begin-date", ""], ["begin date is empty"]),
+    (["--begin-date", "   "], ["begin date is empty"]),
+    (["--end-date", ""], ["end date is empty"]),
+    (["--begin-date", "2024-06-01", "--end-date", "2024-06-01"], ["is empty: begin equals end"]),
+    (["--begin-date", "2024:153", "--end-date", "2024-06-01T00:00:00"], ["is empty: begin equals end"]),
+    (["--begin-date", "2023:366"], ["day of year 366 does not exist in 2023"]),
+    (["--begin-date", "2024-02-30"], ["not a valid calendar date"]),
+])
+def test_certify_dates_that_would_silently_mean_something_else_are_refused(certifiable, args, words):
+    res = cpframe("certify-calibrations", certifiable, "u/run", "u/calib", "bias", *args)
+    one_line_error(res, 2, *words)
+    with Repository.open(certifiable) as r:
+        assert [c.name for c in r.registry.query_collections()] == ["u/run"]  # nothing created
+
+
+def test_certify_accepts_day_of_year_dates_like_the_butler(certifiable):
+    from cpframe.core.model import parse_tai
+
+    res = cpframe("certify-calibrations", certifiable, "u/run", "u/calib", "bias", "--begin-date", "2024:153",
+                  "--end-date", "2024:154:12:00:00")
+    assert res.returncode == 0, res.stderr
+    with Repository.open(certifiable) as r:
+        spans = {x.extra["timespan"] for x in r.registry.query_certifications("u/calib")}
+    assert spans == {Timespan(parse_tai("2024-06-01T00:00:00"), parse_tai("2024-06-02T12:00:00"))}
+
+
+def test_api_certify_refuses_an_empty_range(sqlite_repo, tmp_path):
+    from cpframe.core.errors import BadDateError
+
+    sqlite_repo.register_instrument(INST, "mini")
+    refs = put_bias(sqlite_repo, "u/run", [0], tmp_path)
+    with pytest.raises(BadDateError, match="begin equals end"):
+        sqlite_repo.registry.certify("u/calib", refs, Timespan(10**18, 10**18))
+    assert [c.name for c in sqlite_repo.registry.query_collections()] == ["u/run"]

@@ -1197,6 +1197,7 @@ class SqlRegistry(Registry):
     # -- certification ----------------------------------------------------------------------------
     def certify(self, collection: str, refs: Sequence[DatasetRef], timespan: Timespan) -> None:
         validate_collection_name(collection)
+        timespan.require_not_empty()
         with self.transaction() as conn:
             if not self._is_sqlite:
                 conn.exec_driver_sql("LOCK TABLE calib_association IN SHARE ROW EXCLUSIVE MODE")
