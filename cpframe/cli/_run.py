@@ -78,9 +78,12 @@ def plan_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, exten
               help="Where to run (overrides computeSite in the template and cpframe.execution.cluster.kind).")
 @click.option("--site", "site", default=None, metavar="FILE",
               help="Slurm site file (queue, walltime, cores, memory...); default from the template or settings.")
+@click.option("--take-over-lock", is_flag=True,
+              help="Take over the RUN's lock when the submission holding it is gone (killed); a running one's "
+                   "lock is never taken.")
 @catch_errors
 def submit_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, extend_run: bool, skip_existing: bool,
-               quiet: bool, compute_site: str | None, site: str | None) -> None:
+               quiet: bool, compute_site: str | None, site: str | None, take_over_lock: bool) -> None:
     """Plan TEMPLATE, run it on a Dask cluster and register the outputs into a new RUN.
 
     The RUN is outputRun (default {output}/{timestamp}) under the CHAINED output collection,
@@ -88,6 +91,9 @@ def submit_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, ext
     local starts a LocalCluster; slurm starts workers as Slurm jobs from the site file.
     Failed tasks are retried numberOfRetries times; if some still fail, the RUN keeps the
     complete outputs and the message says how to finish with --extend-run --skip-existing.
+    One submission writes into a RUN at a time (a second one is refused, naming the first);
+    SIGTERM/Ctrl-C finish or roll back the registration in progress, record what completed and
+    exit 143/130 with the command that resumes.
     """
     from cpframe.core.config import load_settings
     from cpframe.core.errors import ExecutionError
@@ -98,7 +104,8 @@ def submit_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, ext
         res = submit_template(template, parse_vars(variables), allow_unset=allow_unset, extend_run=extend_run,
                               skip_existing=skip_existing, quiet=quiet or not settings.progress,
                               compute_site=compute_site, site=site, argv=["cpframe", *sys.argv[1:]],
-                              settings=settings, echo=lambda line: click.echo(line, err=True))
+                              settings=settings, echo=lambda line: click.echo(line, err=True),
+                              take_over_lock=take_over_lock)
     except ExecutionError as err:
         result = getattr(err, "result", None)
         if result is not None:

@@ -36,6 +36,7 @@ __all__ = [
     "CollectionTypeError",
     "CollectionNameError",
     "DatasetTypeNameError",
+    "RunLockedError",
     "ChainCycleError",
     "ConflictingDefinitionError",
     "DatasetConflictError",
@@ -56,6 +57,7 @@ __all__ = [
     "PipelineError",
     "PlanningError",
     "ExecutionError",
+    "InterruptedRunError",
     "ServiceError",
     "SubprocessError",
     "VerificationFailed",
@@ -126,6 +128,18 @@ class CollectionNameError(RegistryError, ValueError):
 
 class DatasetTypeNameError(RegistryError, ValueError):
     """A dataset type name that breaks the butler's naming rule."""
+
+
+class RunLockedError(RegistryError):
+    """A RUN is being written by another process (its lock row names the owner).
+
+    Attributes
+    ----------
+    lock : dict
+        The lock row: ``owner`` (``host:pid:token``), ``command``, ``started_ns``, ``heartbeat_ns``.
+    """
+
+    lock: dict = {}
 
 
 class ChainCycleError(RegistryError):
@@ -234,6 +248,19 @@ class ExecutionError(CpframeError):
     """Work failed on the cluster after its retries."""
 
     exit_code = 6
+
+
+class InterruptedRunError(ExecutionError):
+    """A submission stopped by SIGINT or SIGTERM after finishing or rolling back its registration.
+
+    The exit code is ``128 + signal`` as for any process stopped by a signal: 130 for SIGINT
+    (Ctrl-C), 143 for SIGTERM (Slurm at walltime, ``scancel``).  The message says how to resume.
+    """
+
+    def __init__(self, message: str, signum: int = 2):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + int(signum)
 
 
 class ServiceError(CpframeError):

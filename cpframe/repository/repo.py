@@ -47,6 +47,7 @@ from cpframe.core.errors import (
     DatastoreError,
     MissingDatasetError,
     RegistryError,
+    RunLockedError,
     SchemaVersionError,
     UnknownCollectionError,
     UnknownDatasetTypeError,
@@ -684,15 +685,33 @@ class Repository:
         return refs
 
     # -- removal --------------------------------------------------------------------------------
-    def plan_remove_runs(self, names: Sequence[str], force: bool = False) -> RemovalPlan:
+    def plan_remove_runs(self, names: Sequence[str], force: bool = False, lock_owner: str | None = None) -> RemovalPlan:
         """Check and describe what :meth:`remove_runs` would do.
+
+        Parameters
+        ----------
+        lock_owner : str, optional
+            The lock owner calling (a submission removing the empty RUN it created).
 
         Raises
         ------
         UnknownCollectionError, CollectionTypeError
+        RunLockedError
+            A RUN is being written by a live process (even with ``force``).
         RegistryError
             A RUN is certified somewhere or a chain child, and not ``force``.
         """
+        from cpframe.repository.locks import describe_lock, owner_is_gone
+
+        for run in dict.fromkeys(names):
+            lock = self.registry.get_run_lock(run)
+            if lock and lock["owner"] != lock_owner and not owner_is_gone(lock):
+                err = RunLockedError(
+                    f"RUN {run!r} is being written by {describe_lock(lock)}; it cannot be removed while a "
+                    "submission writes into it. Wait for it to finish (or stop it). Nothing was removed."
+                )
+                err.lock = lock
+                raise err
         reg = self.registry
         runs = list(dict.fromkeys(names))
         if not runs:
@@ -722,15 +741,15 @@ class Repository:
             raise RegistryError("refusing to remove: " + " ".join(problems) + " Nothing was removed.")
         return plan
 
-    def remove_runs(self, names: Sequence[str], force: bool = False) -> RemovalPlan:
+    def remove_runs(self, names: Sequence[str], force: bool = False, lock_owner: str | None = None) -> RemovalPlan:
         """Remove RUN collections, their dataset rows and files together (spec §6).
 
         Raises
         ------
-        UnknownCollectionError, CollectionTypeError, RegistryError
+        UnknownCollectionError, CollectionTypeError, RunLockedError, RegistryError
             See :meth:`plan_remove_runs`; nothing is removed then.
         """
-        plan = self.plan_remove_runs(names, force)
+        plan = self.plan_remove_runs(names, force, lock_owner)
         removed: list[DatasetRef] = []
         with self.registry.transaction():
             for run in plan.runs:
@@ -743,6 +762,10 @@ class Repository:
             _unlink(self.datastore_root / rel)
         self._prune_dirs({(self.datastore_root / rel).parent for rel in rels})
         self.registry.remove_pending_files(rels)
+        for run in plan.runs:  # a stale lock (or the caller's own) goes with its RUN
+            lock = self.registry.get_run_lock(run)
+            if lock:
+                self.registry.release_run_lock(run, lock["owner"])
         return plan
 
     def expand_collection_globs(self, names: Sequence[str], ctype: CollectionType | None) -> list[str]:

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -42,6 +42,7 @@ from cpframe.core.errors import (
     DatasetConflictError,
     MissingDatasetError,
     RegistryError,
+    RunLockedError,
     SchemaVersionError,
     ServiceError,
     UnknownCollectionError,
@@ -1384,6 +1385,76 @@ class SqlRegistry(Registry):
             for chunk in _chunks(list(paths)):
                 out.update(conn.execute(sa.select(s.dataset.c.path).where(s.dataset.c.path.in_(chunk))).scalars())
         return out
+
+    # -- RUN locks (one writer per RUN) ------------------------------------------------------------
+    def _lock_table(self, conn: sa.Connection) -> sa.Table:
+        s.run_lock.create(conn, checkfirst=True)  # repositories created before run locks existed
+        return s.run_lock
+
+    def get_run_lock(self, run: str) -> dict[str, Any] | None:
+        """The lock row of ``run`` (``owner``, ``command``, ``started_ns``, ``heartbeat_ns``), or None."""
+        with self._reading() as conn:
+            if not sa.inspect(conn).has_table(s.run_lock.name):
+                return None
+            row = conn.execute(sa.select(s.run_lock).where(s.run_lock.c.run == run)).mappings().first()
+            return dict(row) if row else None
+
+    def acquire_run_lock(self, run: str, owner: str, command: str = "", *,
+                         take_over: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any] | None:
+        """Take the lock of ``run`` for ``owner``; returns the previous (taken-over) row or None.
+
+        Parameters
+        ----------
+        take_over : callable, optional
+            Called with the current row when another owner holds the lock; returns True to
+            take it over (the caller decides that the owner is gone).  Without it a held lock
+            is never taken.
+
+        Raises
+        ------
+        RunLockedError
+            Another owner holds the lock (``err.lock`` is its row).
+        """
+        now = tai_now_ns()
+        with self.transaction() as conn:
+            t = self._lock_table(conn)
+            if not self._is_sqlite:
+                conn.exec_driver_sql("LOCK TABLE run_lock IN SHARE ROW EXCLUSIVE MODE")
+            row = conn.execute(sa.select(t).where(t.c.run == run)).mappings().first()
+            previous = dict(row) if row else None
+            if previous is not None and previous["owner"] != owner:
+                if take_over is None or not take_over(previous):
+                    err = RunLockedError(f"RUN {run!r} is locked by {previous['owner']}")
+                    err.lock = previous
+                    raise err
+                conn.execute(sa.delete(t).where(t.c.run == run))
+            elif previous is not None:
+                conn.execute(sa.update(t).where(t.c.run == run).values(heartbeat_ns=now))
+                return None
+            conn.execute(sa.insert(t), [{"run": run, "owner": owner, "command": command[:2000], "started_ns": now,
+                                         "heartbeat_ns": now}])
+            return previous
+
+    def heartbeat_run_lock(self, run: str, owner: str) -> bool:
+        """Refresh the heartbeat of a lock ``owner`` holds; False if it no longer holds it."""
+        with self.transaction() as conn:
+            t = self._lock_table(conn)
+            n = conn.execute(sa.update(t).where(t.c.run == run, t.c.owner == owner)
+                             .values(heartbeat_ns=tai_now_ns())).rowcount
+        return bool(n)
+
+    def release_run_lock(self, run: str, owner: str) -> None:
+        """Drop the lock of ``run`` if ``owner`` holds it."""
+        with self.transaction() as conn:
+            t = self._lock_table(conn)
+            conn.execute(sa.delete(t).where(t.c.run == run, t.c.owner == owner))
+
+    def run_locks(self) -> list[dict[str, Any]]:
+        """Every lock row (for ``Repository.open``'s report and ``remove-runs``)."""
+        with self._reading() as conn:
+            if not sa.inspect(conn).has_table(s.run_lock.name):
+                return []
+            return [dict(r) for r in conn.execute(sa.select(s.run_lock).order_by(s.run_lock.c.run)).mappings()]
 
     # -- export / import support ------------------------------------------------------------------
     def dimension_rows(self, element: str, instruments: Iterable[str], exposure_ids: Iterable[int] = ()) -> list[dict]:
