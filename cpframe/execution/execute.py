@@ -50,7 +50,7 @@ from cpframe.core.errors import DiskFullError, ServiceError
 from cpframe.core.model import DataId, DatasetRef
 
 __all__ = ["ExecutionResult", "execute_plan", "scratch_dir_for", "staging_dir_for", "register_staged",
-           "staged_outputs", "Interrupted", "signals_interrupt", "registering", "REGISTER_ATTEMPTS",
+           "staged_outputs", "remove_scratch", "Interrupted", "signals_interrupt", "registering", "REGISTER_ATTEMPTS",
            "REGISTER_BACKOFF_S"]
 
 log = logging.getLogger("cpframe.execution.execute")
@@ -162,6 +162,8 @@ class ExecutionResult:
     """Where staged outputs wait."""
     registry_error: str = ""
     """The last registration error that made outputs staged."""
+    scratch_dir: str = ""
+    """The scratch folder used (removed at the end unless kept)."""
 
     @property
     def ok(self) -> bool:
@@ -359,7 +361,7 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
     scratch = Path(scratch_dir) if scratch_dir is not None else scratch_dir_for(repo, plan)
     scratch.mkdir(parents=True, exist_ok=True)
     (scratch / ".owner").write_text(f"{socket.gethostname()}:{os.getpid()}\n")  # lets repair remove it after kill -9
-    result = ExecutionResult(run=plan.run, n_quanta=len(plan.quanta))
+    result = ExecutionResult(run=plan.run, n_quanta=len(plan.quanta), scratch_dir=str(scratch))
     registry_down = False
     planned = {(dt, did.key()): did for dt, did in plan.planned_outputs()}
     done_outputs: set[tuple[str, str]] = set()
@@ -421,8 +423,7 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
         bar.stop()
         result.compute_s = time.perf_counter() - t0
         if not keep_scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
-            _prune_empty(scratch.parent)
+            remove_scratch(scratch)
     # a quantum whose inputs all succeeded failed by itself; the others failed because of them
     own = {}
     for key, err in result.failures.items():
@@ -449,6 +450,14 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
     result.missing = [(dt, did) for (dt, k), did in planned.items() if (dt, k) not in done_outputs
                       and (dt, k) not in staged]
     return result
+
+
+def remove_scratch(scratch: str | Path) -> None:
+    """Remove a scratch folder and its parent when empty (a task still running may race: call again
+    once the workers are stopped)."""
+    scratch = Path(scratch)
+    shutil.rmtree(scratch, ignore_errors=True)
+    _prune_empty(scratch.parent)
 
 
 def _prune_empty(path: Path) -> None:

@@ -79,7 +79,9 @@ def _groups(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> dict[str, l
 
 def _out(spec: QuantumSpec, index: int = 0) -> str:
     p = spec.outputs[index][0]
-    Path(p).parent.mkdir(parents=True, exist_ok=True)
+    # not parents=True: once the driver removed the scratch folder (run cancelled, SIGTERM), a task
+    # still running must fail instead of re-creating it, so scratch never leaks (issue 11)
+    Path(p).parent.mkdir(exist_ok=True)
     return p
 
 

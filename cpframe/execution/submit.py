@@ -456,7 +456,7 @@ def submit_template(
         except Interrupted as exc:  # before the run stage (planning, cluster start): nothing was written
             raise InterruptedRunError(
                 f"stopped by {exc.args[0]} before anything was registered; nothing was written. "
-                "Submit again when ready.", exc.signum) from None
+                f"Submit again when ready: cpframe submit {template}", exc.signum) from None
 
 
 def _submit(template, variables, *, allow_unset, extend_run, skip_existing, quiet, compute_site, site, argv, client,
@@ -539,12 +539,18 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
     worker_logs = str(site_obj.log_directory) if site_obj is not None and site_obj.log_directory else ""
     retries = sub.number_of_retries if sub.number_of_retries is not None else settings.retries
     res = None
+    created_run = created_chain = False
     try:
-        from cpframe.execution.execute import registering
+        from cpframe.execution.execute import ExecutionResult, registering
 
-        with registering():  # RUN + chain created whole, even under SIGTERM
-            created_run, created_chain = _prepare_run(repo, out)
-        res = execute_plan(plan, repo, client, retries=retries, progress=not quiet)
+        try:
+            with registering():  # RUN + chain created whole, even under SIGTERM
+                created_run, created_chain = _prepare_run(repo, out)
+            res = execute_plan(plan, repo, client, retries=retries, progress=not quiet)
+        except KeyboardInterrupt as exc:  # a signal outside execute_plan's own handling: nothing registered
+            res = ExecutionResult(run=plan.run, n_quanta=len(plan.quanta), interrupted=True,
+                                  signum=getattr(exc, "signum", 2))
+            res.missing = list(plan.planned_outputs())
         timings["compute_s"] = res.compute_s
         timings["register_s"] = res.register_s
         if oc is None or oc.kind == "local":
@@ -553,6 +559,10 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
     finally:
         if oc is not None:
             oc.close()
+        if res is not None and res.scratch_dir:  # tasks cancelled mid-write are stopped now: nothing leaks
+            from cpframe.execution.execute import remove_scratch
+
+            remove_scratch(res.scratch_dir)
     empty_failure = (not res.ok and not res.registered and not res.staged
                      and (created_run or not out.target.run_exists))
     timings["total_s"] = time.perf_counter() - t_start

@@ -314,12 +314,25 @@ class Repository:
             Repair every leftover, even of writers that look alive (use only when no
             other process writes to this repository).
         """
+        report = self._repair_scratch(force)
+        try:
+            for lock in self.registry.run_locks():
+                from cpframe.repository.locks import describe_lock, owner_is_gone
+
+                if owner_is_gone(lock):
+                    report.append(f"RUN {lock['run']} is locked by {describe_lock(lock)}, which is no longer "
+                                  "running; resume with `cpframe submit ... --extend-run --skip-existing "
+                                  "--take-over-lock`")
+        except Exception:  # noqa: BLE001 - a report only; never fail open() for it
+            pass
         rows = self.registry.pending_files()
         if not rows:
-            return []
+            for line in report:
+                log.warning("repository %s: %s", self.root, line)
+            return report
         host = socket.gethostname()
         now = tai_now_ns()
-        doomed, report = [], []
+        doomed = []
         for row in rows:
             owner = row.get("owner") or ""
             o_host, _, o_pid = owner.rpartition(":")
@@ -350,6 +363,32 @@ class Repository:
         self._prune_dirs({(self.datastore_root / p).parent for p in doomed})
         for line in report:
             log.warning("repository %s: %s", self.root, line)
+        return report
+
+    def _repair_scratch(self, force: bool = False) -> list[str]:
+        """Remove scratch folders of submissions that are gone (kill -9); report staged outputs."""
+        report = []
+        scratch = self.datastore_root / ".cpframe-scratch"
+        host = socket.gethostname()
+        if scratch.is_dir():
+            for d in sorted(p for p in scratch.iterdir() if p.is_dir()):
+                try:
+                    owner = (d / ".owner").read_text().strip()
+                except OSError:
+                    continue  # being created right now, or not ours
+                o_host, _, o_pid = owner.rpartition(":")
+                if force or (o_host == host and o_pid.isdigit() and not _pid_alive(int(o_pid))):
+                    shutil.rmtree(d, ignore_errors=True)
+                    report.append(f"scratch folder {d.name} of a submission that is gone ({owner}) removed")
+            with contextlib.suppress(OSError):
+                scratch.rmdir()
+        staged = self.datastore_root / ".cpframe-staged"
+        if staged.is_dir():
+            for d in sorted(p for p in staged.iterdir() if p.is_dir()):
+                n = sum(1 for p in d.iterdir() if p.name != "manifest.jsonl")
+                if n:
+                    report.append(f"{n} computed output(s) staged in {d} wait for registration: "
+                                  "`cpframe submit TEMPLATE --extend-run --skip-existing`")
         return report
 
     # -- dimensions -----------------------------------------------------------------------------
