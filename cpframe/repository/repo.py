@@ -198,6 +198,8 @@ class Repository:
         self.datastore_root = datastore_root
         self.db_url = db_url
         self.repairs: list[str] = []
+        self.read_only = False
+        """True when the registry file could only be opened read-only (queries work, writes fail)."""
 
     # -- lifecycle ------------------------------------------------------------------------------
     @classmethod
@@ -286,9 +288,15 @@ class Repository:
         url = db
         if db.startswith("sqlite:///") and not db.startswith("sqlite:////"):
             url = f"sqlite:///{root / db[len('sqlite:///'):]}"
-        registry = SqlRegistry.open(url, busy_timeout_s)
+        read_only = False
+        if url.startswith("sqlite:///"):
+            # a repository on read-only media (or without write permission) can still be queried
+            path = Path(url[len("sqlite:///"):])
+            read_only = path.is_file() and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
+        registry = SqlRegistry.open(url, busy_timeout_s, read_only=read_only)
         repo = cls(root, registry, cls._store_root(root, str(config.get("datastore_root", "."))), url)
-        if repair:
+        repo.read_only = read_only
+        if repair and not read_only:
             repo.repairs = repo.repair()
         return repo
 

@@ -28,6 +28,7 @@ import json
 import threading
 import time
 import uuid
+from pathlib import Path
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -40,6 +41,7 @@ from cpframe.core.errors import (
     CollectionTypeError,
     ConflictingDefinitionError,
     DatasetConflictError,
+    DiskFullError,
     MissingDatasetError,
     RegistryError,
     RunLockedError,
@@ -83,7 +85,7 @@ def tai_now_ns() -> int:
     return time.time_ns() + 37 * 1_000_000_000
 
 
-def make_engine(url: str, busy_timeout_s: float = 60.0) -> sa.Engine:
+def make_engine(url: str, busy_timeout_s: float = 60.0, read_only: bool = False) -> sa.Engine:
     """Engine for a registry URL with cpframe's connection settings.
 
     Parameters
@@ -92,10 +94,21 @@ def make_engine(url: str, busy_timeout_s: float = 60.0) -> sa.Engine:
         SQLAlchemy URL (``sqlite:////abs/path.sqlite3`` or ``postgresql+psycopg://...``).
     busy_timeout_s : float
         SQLite: seconds a writer waits for another process's lock.
+    read_only : bool
+        SQLite: open the file read-only (a repository on read-only media or without write
+        permission can still be queried).  Without a pending WAL file it is opened
+        ``immutable`` (no lock files needed); writes fail with a clear error.
     """
     u = sa.make_url(url)
     if u.get_backend_name() != "sqlite":
         return sa.create_engine(u, pool_pre_ping=True)
+    if read_only and u.database:
+        from urllib.parse import quote
+
+        path = u.database
+        wal = Path(f"{path}-wal")
+        flags = "mode=ro" + ("" if wal.exists() and wal.stat().st_size else "&immutable=1")
+        u = sa.make_url(f"sqlite:///file:{quote(path)}?{flags}&uri=true")
     engine = sa.create_engine(u, connect_args={"timeout": busy_timeout_s, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -104,8 +117,9 @@ def make_engine(url: str, busy_timeout_s: float = 60.0) -> sa.Engine:
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         cur.execute("PRAGMA foreign_keys = ON")
-        cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA synchronous = NORMAL")
+        if not read_only:
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -127,6 +141,45 @@ def _service_errors(url: str, engine: sa.Engine) -> Iterator[None]:
             f"cannot reach the registry database {shown}: {str(err.orig).strip()}. Check that the server is "
             "running and the URL is right."
         ) from err
+
+
+def translate_db_error(err: Exception, shown: str) -> Exception | None:
+    """A database error -> the cpframe error a user can act on, or None (then it is a bug).
+
+    Covers a damaged SQLite file, a full disk, a read-only repository, a busy lock and a lost
+    server connection (PostgreSQL restarted or the network dropped).  In every case the
+    transaction was rolled back, so "nothing was changed" holds.
+    """
+    text = str(getattr(err, "orig", err) or err).strip().splitlines()[0] if str(getattr(err, "orig", err)).strip() \
+        else type(err).__name__
+    low = text.lower()
+    if "disk is full" in low or "no space left" in low or "disk full" in low:
+        return DiskFullError(
+            f"the registry database {shown} could not write: {text}. The disk is full: free space, then run the "
+            "command again (nothing was changed)."
+        )
+    if "readonly database" in low or "read-only" in low or "read only" in low:
+        return RegistryError(
+            f"the registry {shown} is read-only ({text}): queries work, but this command writes. Use a writable "
+            "copy of the repository (nothing was changed)."
+        )
+    if "not a database" in low or "malformed" in low or "file is encrypted" in low or "corrupt" in low:
+        return RegistryError(
+            f"the registry database {shown} is damaged ({text}). Restore it from a backup (for SQLite, "
+            "`sqlite3 FILE .recover` may save its content); nothing was changed."
+        )
+    if "locked" in low or "busy" in low:
+        return ServiceError(
+            f"the registry {shown} stayed locked by another process for longer than the busy timeout "
+            "(cpframe.registry.busy-timeout-s); retry, or raise the timeout "
+            "(DASK_CPFRAME__REGISTRY__BUSY_TIMEOUT_S=300). Nothing was changed."
+        )
+    if isinstance(err, (sa.exc.OperationalError, sa.exc.InterfaceError)) or "connection" in low or "server" in low:
+        return ServiceError(
+            f"cannot reach the registry database {shown} ({text}); the transaction in progress was rolled "
+            "back and nothing was changed. Check that the database server is running, then run the command again."
+        )
+    return None
 
 
 def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -155,6 +208,7 @@ class SqlRegistry(Registry):
 
     def __init__(self, engine: sa.Engine):
         self._engine = engine
+        self._shown = engine.url.render_as_string(hide_password=True)
         self._local = threading.local()
         self._is_sqlite = engine.dialect.name == "sqlite"
         self._dtypes: dict[str, tuple[int, DatasetType]] = {}
@@ -185,19 +239,25 @@ class SqlRegistry(Registry):
         return reg
 
     @classmethod
-    def open(cls, url: str, busy_timeout_s: float = 60.0) -> "SqlRegistry":
+    def open(cls, url: str, busy_timeout_s: float = 60.0, read_only: bool = False) -> "SqlRegistry":
         """Connect to an existing registry.
+
+        Parameters
+        ----------
+        read_only : bool
+            SQLite: open the file read-only (see :func:`make_engine`).
 
         Raises
         ------
         SchemaVersionError
             The database's schema version is not :attr:`SCHEMA_VERSION`.
         RegistryError
-            The database holds no cpframe registry.
+            The database holds no cpframe registry, or is damaged.
         """
-        engine = make_engine(url, busy_timeout_s)
+        engine = make_engine(url, busy_timeout_s, read_only=read_only)
         reg = cls(engine)
         shown = sa.make_url(url).render_as_string(hide_password=True)
+        reg._shown = shown + (" (opened read-only)" if read_only else "")
         try:
             with reg._reading() as conn:
                 if not sa.inspect(conn).has_table(s.meta.name):
@@ -207,10 +267,19 @@ class SqlRegistry(Registry):
                 ).scalar_one_or_none()
         except sa.exc.OperationalError as err:
             engine.dispose()
+            better = translate_db_error(err, shown)
+            if better is not None and not isinstance(better, ServiceError):
+                raise better from err
             raise ServiceError(
                 f"cannot open the registry database {shown}: {str(err.orig).strip()}. Check that the "
                 "database server is running and the URL in cpframe-repo.yaml is right."
             ) from err
+        except sa.exc.DBAPIError as err:  # a damaged file ("file is not a database", "malformed")
+            engine.dispose()
+            better = translate_db_error(err, shown)
+            if better is None:
+                raise
+            raise better from err
         except RegistryError:
             engine.dispose()
             raise
@@ -260,14 +329,14 @@ class SqlRegistry(Registry):
                 f"another process changed the registry at the same time ({str(err.orig).strip()[:300]}); "
                 "nothing was changed, run the command again."
             ) from err
-        except sa.exc.OperationalError as err:
-            if "locked" in str(err.orig) or "busy" in str(err.orig):
-                raise ServiceError(
-                    "the registry stayed locked by another process for longer than the busy timeout "
-                    "(cpframe.repository.busy-timeout-s); retry, or raise the timeout "
-                    "(DASK_CPFRAME__REGISTRY__BUSY_TIMEOUT_S=300)."
-                ) from err
-            raise
+        except sa.exc.DBAPIError as err:
+            # locked, disk full, read-only, damaged, server gone: one line that says what to do
+            better = translate_db_error(err, self._shown)
+            if better is None:
+                raise
+            if isinstance(better, ServiceError) and not self._is_sqlite:
+                self._engine.dispose()  # drop connections to a restarted server
+            raise better from err
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sa.Connection]:
@@ -275,9 +344,17 @@ class SqlRegistry(Registry):
         if conn is not None:
             yield conn
             return
-        with self._engine.connect() as conn:
-            with conn.begin():
-                yield conn
+        try:
+            with self._engine.connect() as conn:
+                with conn.begin():
+                    yield conn
+        except sa.exc.DBAPIError as err:
+            better = translate_db_error(err, self._shown)
+            if better is None:
+                raise
+            if isinstance(better, ServiceError) and not self._is_sqlite:
+                self._engine.dispose()
+            raise better from err
 
     # -- dimensions -----------------------------------------------------------------------------
     def register_instrument(self, camera: Any) -> bool:
