@@ -344,7 +344,14 @@ def own_postgres():
     def ctl(*args: str) -> None:
         subprocess.run(_as_owner(pg_ctl + list(args), run_as), check=True, capture_output=True, timeout=120)
 
+    def start() -> None:
+        opts = (f"-p {server.port} -k {top} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+                "-c max_connections=200")
+        ctl("-l", str(top / "server.log"), "-o", opts, "start")
+
     server.ctl = ctl
+    server.start = start
+    server.log = top / "server.log"
     try:
         yield server
     finally:
@@ -372,8 +379,7 @@ def test_postgres_down_and_connection_killed_mid_certify(own_postgres, tmp_path)
     before = state(root)
     own_postgres.ctl("-m", "fast", "stop")
     one_line_error(cpframe("query-collections", root), 8, "cannot", "server")
-    own_postgres.ctl("-l", str(tmp_path / "pg.log"), "-o",
-                     f"-p {own_postgres.port} -c listen_addresses=127.0.0.1 -k {tmp_path}", "start")
+    own_postgres.start()
     assert state(root) == before
     # a certification blocked inside its transaction, then its connection killed
     import psycopg
@@ -438,7 +444,7 @@ def test_postgres_restart_during_registration_is_retried(own_postgres, tmp_path,
             t0 = time.monotonic()
             while time.monotonic() - t0 < 300:
                 if _psql(own_postgres, "select pid from pg_locks where not granted"):
-                    own_postgres.ctl("-m", "fast", "-l", str(tmp_path / "pg.log"), "restart")
+                    own_postgres.ctl("-m", "fast", "-l", str(own_postgres.log), "restart")
                     restarted.set()
                     return
                 time.sleep(0.2)
