@@ -32,6 +32,7 @@ import pytest
 from cpframe.core.errors import DiskFullError
 from cpframe.core.model import CollectionType, Timespan
 from cpframe.repository.repo import Repository
+from cpframe.repository.transfer import export_calibs, import_export
 from tests.conftest import need_service
 from tests.registry_contract import INST, put_bias, sha
 
@@ -100,7 +101,7 @@ def big_export(sqlite_repo, tmp_path):
         chain.insert(0, f"T/calib/c{i}")
     r.registry.set_chain("T/calib", chain)
     out = tmp_path / "export"
-    r.export_calibs(out, ["T/calib"])
+    export_calibs(r, out, ["T/calib"])
     return out
 
 
@@ -266,7 +267,7 @@ def test_disk_full_is_a_clear_error_and_changes_nothing(mounts, tmp_path):
         s.register_instrument(INST, "mini")
         s.registry.register_collection("x/run", CollectionType.RUN)
         s.put_files([(big, "bias", {"instrument": INST, "detector": 2})], "x/run", transfer="copy")
-        s.export_calibs(exp, ["x/run"])
+        export_calibs(s, exp, ["x/run"])
     one_line_error(cpframe("import", root, exp), 8, "full")
     assert state(root) == before and inconsistencies(root) == []
 

@@ -29,6 +29,7 @@ from cpframe.core.errors import (
 from cpframe.core.model import CollectionType, DatasetType, Timespan
 from cpframe.repository.names import collection_name_problem
 from cpframe.repository.repo import Repository
+from cpframe.repository.transfer import export_calibs, import_export
 from tests.registry_contract import INST, put_bias, sha
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def src(backend, repo_factory, tmp_path):
     r.registry.certify("T/calib/a", a, Timespan())
     r.registry.certify("T/calib/b", b, Timespan(10**18, None))
     r.registry.set_chain("T/calib", ["T/calib/b", "T/calib/a"])
-    r.export_calibs(tmp_path / "export", ["T/calib"])
+    export_calibs(r, tmp_path / "export", ["T/calib"])
     return r
 
 
@@ -89,10 +90,10 @@ def one_line_error(res: subprocess.CompletedProcess, code: int, *words: str) -> 
 # -- 1. import never deletes existing data ----------------------------------------------------------
 def test_import_twice_is_idempotent_and_keeps_every_file(src, repo_factory, backend, tmp_path):
     target = repo_factory(backend, "target")
-    first = target.import_(tmp_path / "export")
+    first = import_export(target, tmp_path / "export")
     assert first["datasets"] == 6 and first["links"] == 6
     before_files, before_reg = snapshot(target), registry_state(target)
-    second = target.import_(tmp_path / "export")
+    second = import_export(target, tmp_path / "export")
     assert second["datasets"] == 0 and second["skipped"] == 6 and second["links"] == 0
     assert snapshot(target) == before_files and registry_state(target) == before_reg
     for ref in target.registry.query_datasets(None, "*"):
@@ -101,7 +102,7 @@ def test_import_twice_is_idempotent_and_keeps_every_file(src, repo_factory, back
 
 def test_import_into_its_own_source_changes_nothing(src, tmp_path):
     before_files, before_reg = snapshot(src), registry_state(src)
-    counts = src.import_(tmp_path / "export")
+    counts = import_export(src, tmp_path / "export")
     assert counts["datasets"] == 0 and counts["skipped"] == 6
     assert snapshot(src) == before_files and registry_state(src) == before_reg
 
@@ -113,7 +114,7 @@ def test_failed_import_removes_only_files_it_created(src, repo_factory, backend,
     mine = put_bias(target, "T/bias/b", [1], tmp_path / "mine")  # detector 1 of T/bias/b, different id
     before_files, before_reg = snapshot(target), registry_state(target)
     with pytest.raises(DatasetConflictError, match="already exist"):
-        target.import_(tmp_path / "export")
+        import_export(target, tmp_path / "export")
     assert snapshot(target) == before_files and registry_state(target) == before_reg
     assert sha(target.get_path(mine[0])) == mine[0].checksum
 
@@ -127,7 +128,7 @@ def test_a_file_already_at_a_target_path_is_never_replaced(src, repo_factory, ba
     squatter.write_bytes(b"someone else's file")
     before = snapshot(target)
     with pytest.raises(DatastoreError, match="never replaces"):
-        target.import_(tmp_path / "export")
+        import_export(target, tmp_path / "export")
     assert snapshot(target) == before and squatter.read_bytes() == b"someone else's file"
     assert target.registry.query_collections() == [] and target.registry.pending_files() == []
 
@@ -195,7 +196,7 @@ def test_crafted_export_names_are_refused_before_anything_is_written(src, repo_f
     outside_before = sorted(p.name for p in tmp_path.iterdir())
     before = snapshot(target)
     with pytest.raises(ExportError, match="invalid name"):
-        target.import_(tmp_path / "export")
+        import_export(target, tmp_path / "export")
     assert snapshot(target) == before and sorted(p.name for p in tmp_path.iterdir()) == outside_before
     assert target.registry.query_collections() == []
     res = cpframe("import", target.root, tmp_path / "export")
@@ -208,7 +209,7 @@ def test_symlinked_folder_inside_the_datastore_cannot_lead_outside(src, repo_fac
     victim.mkdir()
     (target.datastore_root / "T").symlink_to(victim)  # T/bias/a/... would land in victim/
     with pytest.raises(DatastoreError, match="outside"):
-        target.import_(tmp_path / "export")
+        import_export(target, tmp_path / "export")
     assert list(victim.rglob("*")) == [] and target.registry.query_collections() == []
 
 
@@ -257,7 +258,7 @@ def test_missing_checksum_is_an_error_unless_allowed(src, repo_factory, backend,
     (tmp_path / "export" / rec["path"]).write_bytes(b"tampered, and its checksum line deleted")
     target = repo_factory(backend, "target")
     with pytest.raises(ChecksumError, match="no checksum.*--allow-missing-checksums"):
-        target.import_(tmp_path / "export")
+        import_export(target, tmp_path / "export")
     assert target.registry.query_collections() == [] and snapshot(target) == {
         k: v for k, v in snapshot(target).items() if k == "cpframe-repo.yaml"}
     res = cpframe("import", target.root, tmp_path / "export")
@@ -278,14 +279,14 @@ def test_put_with_a_too_long_name_fails_cleanly(sqlite_repo, tmp_path):
 
 def test_conflicting_dataset_id_is_refused(src, repo_factory, backend, tmp_path):
     target = repo_factory(backend, "target")
-    target.import_(tmp_path / "export")
+    import_export(target, tmp_path / "export")
     path = tmp_path / "export" / "export.yaml"
     doc = yaml.safe_load(path.read_text())
     doc["datasets"][0]["records"][0]["data_id"]["detector"] = 7  # same id, another data ID
     path.write_text(yaml.safe_dump(doc))
     before = snapshot(target), registry_state(target)
     with pytest.raises(ConflictingDefinitionError, match="already exist here"):
-        target.import_(tmp_path / "export")
+        import_export(target, tmp_path / "export")
     assert (snapshot(target), registry_state(target)) == before
 
 
@@ -337,7 +338,7 @@ def test_datastore_and_export_files_honour_the_umask(umask, tmp_path):
         repo = Repository.create(tmp_path / "repo")
         repo.register_instrument(INST, "mini")
         refs = put_bias(repo, "u/run", [0, 1], tmp_path)
-        out = repo.export_calibs(tmp_path / "export", ["u/run"])
+        out = export_calibs(repo, tmp_path / "export", ["u/run"])
         want_file, want_dir = 0o666 & ~umask, 0o777 & ~umask
         for p in [repo.get_path(r) for r in refs] + [out, repo.root / "cpframe-repo.yaml"]:
             assert _mode(p) == want_file, (p, oct(_mode(p)))
@@ -428,3 +429,40 @@ def test_api_certify_refuses_an_empty_range(sqlite_repo, tmp_path):
     with pytest.raises(BadDateError, match="begin equals end"):
         sqlite_repo.registry.certify("u/calib", refs, Timespan(10**18, 10**18))
     assert [c.name for c in sqlite_repo.registry.query_collections()] == ["u/run"]
+
+
+# -- 7. selections that used to be tracebacks; 9. obs_id needs the instrument -----------------------------
+@pytest.mark.parametrize("size", [1000, 3000])
+def test_long_or_and_chains_are_answered(sqlite_repo, size):
+    sqlite_repo.register_instrument(INST, "mini")
+    ors = " OR ".join(f"detector = {i % 9}" for i in range(size))
+    ands = " AND ".join("detector = 4" for _ in range(size))
+    reg = sqlite_repo.registry
+    assert len(reg.query_dimension_records("detector", f"instrument='{INST}' and ({ors})")) == 9
+    assert [r["id"] for r in reg.query_dimension_records("detector", f"instrument='{INST}' and ({ands})")] == [4]
+
+
+@pytest.mark.parametrize("expr", ["NOT " * 500 + "detector = 1",
+                                  "(" * 200 + "detector = 1" + "".join(f" {'and' if i % 2 else 'or'} detector = 2)"
+                                                                        for i in range(200)),
+                                  " OR ".join(["detector = 1"] * 10_001)])
+def test_too_deep_or_too_long_selections_are_one_clear_error(sqlite_repo, expr):
+    from cpframe.core.errors import SelectionError
+
+    sqlite_repo.register_instrument(INST, "mini")
+    with pytest.raises(SelectionError, match="levels deep|comparisons"):
+        sqlite_repo.registry.query_dimension_records("detector", f"instrument='{INST}' and ({expr})")
+    sqlite_repo.close()
+    if len(expr) < 100_000:  # one command-line argument holds at most 128 KiB
+        res = cpframe("query-datasets", sqlite_repo.root, "--where", f"instrument='{INST}' and ({expr})")
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+
+
+def test_obs_id_selection_needs_the_instrument(sqlite_repo):
+    from cpframe.core.errors import SelectionError
+
+    sqlite_repo.register_instrument(INST, "mini")
+    with pytest.raises(SelectionError, match="instrument"):
+        sqlite_repo.registry.query_data_ids(["exposure"], "exposure.obs_id = 'CC_O_20241110_000044'")
+    assert sqlite_repo.registry.query_data_ids(
+        ["exposure"], f"instrument = '{INST}' and exposure.obs_id = 'CC_O_20241110_000044'") == []

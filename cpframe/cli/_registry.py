@@ -400,10 +400,10 @@ def retrieve_artifacts_cmd(repo, destination, dataset_types, collections, where,
 @catch_errors
 def export_calibs_cmd(repo, directory, collections, dataset_types, transfer) -> None:
     """Export calibration COLLECTIONS (chains walked to their leaves) into the new DIRECTORY."""
-    from cpframe.repository.transfer import _load_export
+    from cpframe.repository.transfer import _load_export, export_calibs
 
     with _open(repo) as r:
-        path = r.export_calibs(directory, _split(collections), _split(dataset_types) or None, transfer)
+        path = export_calibs(r, directory, _split(collections), _split(dataset_types) or None, transfer)
     doc = _load_export(path)
     n = sum(len(d["records"]) for d in doc["datasets"])
     click.echo(f"Exported {n} dataset(s) in {len(doc['collections'])} collection(s) to {path}.")
@@ -429,9 +429,11 @@ def import_cmd(repo, directory, export_file, transfer, skip_dimensions, allow_mi
 
     Importing again is harmless: datasets already present (same id, same file) are skipped.
     """
+    from cpframe.repository.transfer import import_export
+
     with _open(repo) as r:
-        counts = r.import_(directory, export_file, transfer, skip_dimensions,
-                           allow_missing_checksums=allow_missing_checksums)
+        counts = import_export(r, directory, export_file, transfer, skip_dimensions,
+                               allow_missing_checksums=allow_missing_checksums)
     skipped = f" ({counts['skipped']} already present, skipped)" if counts.get("skipped") else ""
     click.echo(f"Imported {counts['datasets']} dataset(s){skipped}, {counts['collections']} collection(s), "
                f"{counts['links']} validity range(s), {counts['dimension_records']} new dimension record(s).")

@@ -42,7 +42,7 @@ STALE_AFTER_S = 600.0
 
 
 def _now_ns() -> int:
-    from cpframe.repository.sql import tai_now_ns
+    from cpframe.core.model import tai_now_ns
 
     return tai_now_ns()
 

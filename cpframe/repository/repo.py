@@ -18,31 +18,28 @@ host, process no longer alive; or older than a day): the file and its ``.tmp``
 sibling are deleted unless a dataset row uses the path.  Leftovers of live
 writers are only reported.
 
-Export/import (``export_calibs``, ``import_``) live in ``cpframe.repository.transfer``
-and are re-exported as methods here.
+The files themselves are :class:`cpframe.repository.datastore.FileDatastore`'s; the
+registry is any :class:`cpframe.repository.base.Registry` (``SqlRegistry`` is created or
+opened here).  Export/import (``export_calibs``, ``import_export``) live in
+``cpframe.repository.transfer``, which takes a ``Repository``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import hashlib
 import logging
 import os
-import re
 import shutil
 import socket
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
 from cpframe.core.errors import (
     CollectionTypeError,
-    CpframeError,
-    DiskFullError,
     DatasetConflictError,
     DatastoreError,
     MissingDatasetError,
@@ -53,9 +50,18 @@ from cpframe.core.errors import (
     UnknownDatasetTypeError,
     UserInputError,
 )
-from cpframe.core.model import CollectionType, DataId, DatasetRef, DatasetType, Timespan
+from cpframe.core.model import CollectionType, DatasetRef, DatasetType, Timespan, tai_now_ns
+from cpframe.repository.base import Registry
+from cpframe.repository.datastore import (  # noqa: F401  (TRANSFER_MODES, sha256_file, dataset_file_name: re-exported)
+    TRANSFER_MODES,
+    FileDatastore,
+    _tmp_of,
+    _unlink,
+    dataset_file_name,
+    sha256_file,
+)
 from cpframe.repository.names import validate_collection_name, validate_dataset_type_name
-from cpframe.repository.sql import SqlRegistry, normalize_data_id, tai_now_ns
+from cpframe.repository.sql import SqlRegistry, normalize_data_id
 
 __all__ = [
     "Repository",
@@ -72,10 +78,6 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "cpframe-repo.yaml"
 SQLITE_NAME = "registry.sqlite3"
-#: How files reach the datastore (``direct`` records the absolute source path, no copy).
-TRANSFER_MODES = ("copy", "link", "symlink", "direct", "move")
-_EXT = {"fits-raw": ".fits", "fits-masked": ".fits", "fits-ptc": ".fits", "ecsv-defects": ".ecsv",
-        "ecsv": ".ecsv", "json": ".json"}
 _STALE_NS = 24 * 3600 * 10**9  # journal rows of other hosts older than this are repaired
 
 _CAL = ("instrument", "detector")
@@ -100,34 +102,6 @@ MSG_CERTIFIED = (
     "lookups fall through to older calibrations. Decertify first, or pass --force."
 )
 MSG_CHAIN_CHILD = "RUN {run} is a child of chain(s) {parents}; pass --force to remove it from them too."
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """``sha256:<hex>`` of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
-
-
-def _safe(part: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9.+=~-]", "-", str(part))
-
-
-def dataset_file_name(dt: DatasetType, data_id: Mapping[str, Any], suffix: str = "") -> str:
-    """File name of a dataset in the datastore (without the ``<run>/<datasetType>/`` folders).
-
-    >>> dataset_file_name(DEFAULT_DATASET_TYPES[0], DataId(instrument="LATISS", detector=0, exposure=2024111000044), ".fits")
-    'raw_LATISS_0_2024111000044.fits'
-    """
-    values = [data_id[d] for d in dt.dimensions if d != "instrument"]
-    suffix = suffix or _EXT.get(dt.storage_format, "")
-    return "_".join(_safe(p) for p in [dt.name, data_id["instrument"], *values]) + suffix
-
-
-def _suffix(path: Path) -> str:
-    return "".join(path.suffixes[-2:]) if path.suffix in (".fz", ".gz") else path.suffix
 
 
 def _owner() -> str:
@@ -185,21 +159,26 @@ class Repository:
     ----------
     root : pathlib.Path
         The repository directory (holds ``cpframe-repo.yaml``).
-    datastore_root : pathlib.Path
-        Where dataset files live (``root`` unless configured otherwise).
-    registry : SqlRegistry
+    datastore : FileDatastore
+        The files (:attr:`datastore_root`: ``root`` unless configured otherwise).
+    registry : Registry
     repairs : list of str
         What :meth:`open` repaired or found in progress (empty when clean).
     """
 
-    def __init__(self, root: Path, registry: SqlRegistry, datastore_root: Path, db_url: str):
+    def __init__(self, root: Path, registry: Registry, datastore: FileDatastore, db_url: str):
         self.root = root
         self.registry = registry
-        self.datastore_root = datastore_root
+        self.datastore = datastore
         self.db_url = db_url
         self.repairs: list[str] = []
         self.read_only = False
         """True when the registry file could only be opened read-only (queries work, writes fail)."""
+
+    @property
+    def datastore_root(self) -> Path:
+        """Where dataset files live."""
+        return self.datastore.root
 
     # -- lifecycle ------------------------------------------------------------------------------
     @classmethod
@@ -252,7 +231,7 @@ class Repository:
         except BaseException:
             registry.close()
             raise
-        return cls(root, registry, cls._store_root(root, config["datastore_root"]), url)
+        return cls(root, registry, FileDatastore(cls._store_root(root, config["datastore_root"])), url)
 
     @staticmethod
     def _store_root(root: Path, text: str) -> Path:
@@ -294,7 +273,7 @@ class Repository:
             path = Path(url[len("sqlite:///"):])
             read_only = path.is_file() and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
         registry = SqlRegistry.open(url, busy_timeout_s, read_only=read_only)
-        repo = cls(root, registry, cls._store_root(root, str(config.get("datastore_root", "."))), url)
+        repo = cls(root, registry, FileDatastore(cls._store_root(root, str(config.get("datastore_root", ".")))), url)
         repo.read_only = read_only
         if repair and not read_only:
             repo.repairs = repo.repair()
@@ -324,9 +303,9 @@ class Repository:
         """
         report = self._repair_scratch(force)
         try:
-            for lock in self.registry.run_locks():
-                from cpframe.repository.locks import describe_lock, owner_is_gone
+            from cpframe.repository.locks import describe_lock, owner_is_gone
 
+            for lock in self.registry.run_locks():
                 if owner_is_gone(lock):
                     report.append(f"RUN {lock['run']} is locked by {describe_lock(lock)}, which is no longer "
                                   "running; resume with `cpframe submit ... --extend-run --skip-existing "
@@ -354,7 +333,7 @@ class Repository:
         unsafe: set[str] = set()
         for rel in doomed:
             try:
-                self._inside(rel)
+                self.datastore.inside(rel)
             except DatastoreError as err:  # never delete outside the datastore, whatever the journal says
                 report.append(f"{rel}: journal entry left alone: {err}")
                 unsafe.add(rel)
@@ -362,13 +341,12 @@ class Repository:
             if rel in in_use:
                 report.append(f"{rel}: journal entry of a completed write removed")
                 continue
-            final = self.datastore_root / rel
-            removed = [p for p in (final, _tmp_of(final)) if _unlink(p)]
+            removed = self.datastore.discard([rel])
             report.append(f"{rel}: interrupted write or removal repaired"
                           + (f" ({len(removed)} file(s) deleted)" if removed else ""))
         doomed = [r for r in doomed if r not in unsafe]
         self.registry.remove_pending_files(doomed)
-        self._prune_dirs({(self.datastore_root / p).parent for p in doomed})
+        self.datastore.prune({(self.datastore_root / p).parent for p in doomed})
         for line in report:
             log.warning("repository %s: %s", self.root, line)
         return report
@@ -422,10 +400,7 @@ class Repository:
         DatastoreError
             The ref has no file.
         """
-        if not ref.path:
-            raise DatastoreError(f"dataset {ref.id} ({ref.dataset_type} {ref.data_id}) has no file in the datastore.")
-        p = Path(ref.path)
-        return p if p.is_absolute() else self.datastore_root / p
+        return self.datastore.path_of(ref)
 
     def put_file(self, src_path: str | os.PathLike, dataset_type: str, data_id: Mapping[str, Any], run: str,
                  transfer: str = "move") -> DatasetRef:
@@ -498,7 +473,7 @@ class Repository:
             did = normalize_data_id(dt, data_id)
             rel = None
             if transfer != "direct":
-                rel = f"{run}/{dt.name}/{dataset_file_name(dt, did, _suffix(src))}"
+                rel = self.datastore.relative_path(run, dt, did, src)
                 if rel in seen:
                     raise DatasetConflictError(
                         f"{dt.name} {did} is given twice for RUN {run} ({seen[rel]} and {src}); give each data ID once."
@@ -539,13 +514,13 @@ class Repository:
         """
         rels = [e.rel for e in entries if e.rel is not None]
         for rel in rels:  # every path proven inside the datastore before anything is written
-            self._inside(rel)
+            self.datastore.inside(rel)
         self.registry.add_pending_files(rels, _owner())
         placed: list[Path] = []
         try:
             for e in entries:
                 if e.rel is not None:
-                    placed.append(self._place(e.src, self.datastore_root / e.rel, transfer, clobber=False))
+                    placed.append(self.datastore.place(e.src, self.datastore_root / e.rel, transfer, clobber=False))
             with self.registry.transaction():
                 result = body()
                 self.registry.remove_pending_files(rels)
@@ -558,107 +533,16 @@ class Repository:
             with contextlib.suppress(Exception):
                 self.registry.remove_pending_files(rels)
             with contextlib.suppress(Exception):
-                self._prune_dirs({p.parent for p in placed})
+                self.datastore.prune({p.parent for p in placed})
             raise
         if transfer == "move":
             for e in entries:
                 _unlink(e.src)
         return result
 
-    def _inside(self, rel: str) -> Path:
-        """The absolute path of datastore path ``rel``, proven to lie inside the datastore root.
-
-        Raises
-        ------
-        DatastoreError
-            ``rel`` is absolute, has a ``..`` or ``.`` segment, a segment over 255 bytes, or
-            resolves (through a symbolic link) outside the datastore root.
-        """
-        pure = PurePosixPath(rel)
-        why = None
-        if pure.is_absolute() or "\\" in rel:
-            why = "is absolute or has a backslash"
-        elif any(part in ("..", ".", "") for part in rel.split("/")):
-            why = "has a '..', '.' or empty segment"
-        elif any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in pure.parts):
-            why = "has a segment longer than 255 bytes"
-        else:
-            root = Path(os.path.realpath(self.datastore_root))
-            final = self.datastore_root / pure
-            real_parent = Path(os.path.realpath(final.parent))
-            if real_parent != root and root not in real_parent.parents:
-                why = f"resolves outside it (to {real_parent / final.name})"
-        if why:
-            raise DatastoreError(
-                f"datastore path {rel!r} {why}; cpframe writes and removes files only inside "
-                f"{self.datastore_root}. Nothing was changed."
-            )
-        return self.datastore_root / pure
-
-    def _place(self, src: Path, final: Path, transfer: str, clobber: bool = True) -> Path:
-        """Write ``src`` to ``final`` through a temporary sibling; never replaces a file unless ``clobber``."""
-        tmp = _tmp_of(final)
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            _unlink(tmp)
-            if not clobber and (final.exists() or final.is_symlink()):
-                raise FileExistsError(errno.EEXIST, "a file is already there", str(final))
-            if transfer == "symlink":
-                os.symlink(src.resolve(), tmp)
-            elif transfer in ("link", "move"):
-                try:
-                    os.link(src, tmp)
-                except OSError:
-                    if transfer == "link":
-                        raise
-                    shutil.copyfile(src, tmp)
-            else:
-                shutil.copyfile(src, tmp)
-            if clobber:
-                os.replace(tmp, final)
-            else:
-                try:  # link(2) fails if ``final`` appeared meanwhile: never replaces anything
-                    os.link(tmp, final, follow_symlinks=False)
-                except FileExistsError:
-                    raise
-                except OSError:  # a file system without hard links: check, then rename
-                    if final.exists() or final.is_symlink():
-                        raise FileExistsError(errno.EEXIST, "a file is already there", str(final)) from None
-                    os.replace(tmp, final)
-                _unlink(tmp)
-        except FileExistsError:
-            _unlink(tmp)
-            raise DatastoreError(
-                f"cannot {transfer} {src} to {final}: a file is already there and cpframe never replaces a "
-                "file of the datastore. If no dataset uses it, it is a leftover of an interrupted write: "
-                "remove it by hand. Nothing was stored."
-            ) from None
-        except OSError as err:
-            _unlink(tmp)
-            raise storage_error(err, f"cannot {transfer} {src} to {final}", "Nothing was stored.") from err
-        return final
-
-    def _prune_dirs(self, dirs: Iterable[Path]) -> None:
-        """Remove empty folders up to (not including) the datastore root."""
-        root = self.datastore_root
-        for d in sorted(set(dirs), key=lambda p: -len(p.parts)):
-            while d != root and root in d.parents:
-                try:
-                    d.rmdir()
-                except OSError:
-                    break
-                d = d.parent
-
     def verify_checksums(self, refs: Iterable[DatasetRef]) -> list[str]:
         """Problems found re-hashing the files of ``refs`` (empty list when all match)."""
-        problems = []
-        for ref in refs:
-            p = self.get_path(ref)
-            if not p.is_file():
-                problems.append(f"{ref.dataset_type} {ref.data_id}: file {p} is missing")
-            elif ref.checksum and sha256_file(p) != ref.checksum:
-                problems.append(f"{ref.dataset_type} {ref.data_id}: {p} does not match its checksum")
-        return problems
+        return self.datastore.verify_checksums(refs)
 
     # -- certification --------------------------------------------------------------------------
     def certify_calibrations(
@@ -803,11 +687,10 @@ class Repository:
                 removed += self.registry.remove_run(run, remove_from_parents=force)
             rels = [r.path for r in removed if r.path and not Path(r.path).is_absolute()]
             for rel in rels:  # proven inside before anything is deleted (else nothing is removed)
-                self._inside(rel)
+                self.datastore.inside(rel)
             self.registry.add_pending_files(rels, _owner())
-        for rel in rels:
-            _unlink(self.datastore_root / rel)
-        self._prune_dirs({(self.datastore_root / rel).parent for rel in rels})
+        self.datastore.discard(rels, with_tmp=False)
+        self.datastore.prune({(self.datastore_root / rel).parent for rel in rels})
         self.registry.remove_pending_files(rels)
         for run in plan.runs:  # a stale lock (or the caller's own) goes with its RUN
             lock = self.registry.get_run_lock(run)
@@ -823,7 +706,7 @@ class Repository:
         and every other type otherwise: a glob of ``remove-collections`` never selects a RUN.
         A glob matching nothing adds nothing.
         """
-        from cpframe.repository.sql import _glob
+        from cpframe.repository.sql_common import _glob
 
         out: list[str] = []
         for name in names:
@@ -891,55 +774,5 @@ class Repository:
             raise DatastoreError(f"dataset file(s) missing from the datastore: {', '.join(missing[:5])}.")
         written = []
         for target, src in plan.items():
-            written.append(self._place(src, target, transfer))
+            written.append(self.datastore.place(src, target, transfer))
         return written
-
-    # -- export / import (cpframe/repository/transfer.py) -----------------------------------------------
-    def export_calibs(self, directory: str | os.PathLike, collections: Sequence[str],
-                      dataset_types: Sequence[str] | None = None, transfer: str = "copy") -> Path:
-        """Export calibration collections to a new directory; see :func:`cpframe.repository.transfer.export_calibs`."""
-        from cpframe.repository.transfer import export_calibs
-
-        return export_calibs(self, directory, collections, dataset_types, transfer)
-
-    def import_(self, directory: str | os.PathLike, export_file: str | os.PathLike | None = None,
-                transfer: str = "copy", skip_dimensions: Sequence[str] = (), allow_missing_checksums: bool = False) -> dict[str, int]:
-        """Import an export directory; see :func:`cpframe.repository.transfer.import_export`."""
-        from cpframe.repository.transfer import import_export
-
-        return import_export(self, directory, export_file, transfer, skip_dimensions, allow_missing_checksums)
-
-
-def _tmp_of(final: Path) -> Path:
-    return final.with_name(f".{final.name}.tmp")
-
-
-def _unlink(p: Path) -> bool:
-    """Remove a file if it is there; never raises (a clean-up must not crash half-way)."""
-    try:
-        p.unlink()
-        return True
-    except FileNotFoundError:
-        return False
-    except OSError as err:
-        log.warning("could not remove %s: %s", p, err.strerror or err)
-        return False
-
-
-def storage_error(err: OSError, what: str, tail: str = "") -> CpframeError:
-    """An OSError of the file system -> a one-line cpframe error saying what to do.
-
-    A full disk, a read-only file system or a missing permission are the user's to fix;
-    the message says so instead of blaming the database server.
-    """
-    hint = {
-        errno.ENOSPC: "the file system is full: free space (or move the repository), then run the command again",
-        errno.EDQUOT: "the disk quota is exhausted: free space, then run the command again",
-        errno.EROFS: "the file system is read-only: writes need a writable repository",
-        errno.EACCES: "permission denied: check the owner and mode of the repository folders",
-        errno.EPERM: "operation not permitted: check the owner and mode of the repository folders",
-        errno.ENAMETOOLONG: "a file name is too long (at most 255 bytes per path segment): use shorter names",
-    }.get(err.errno or 0, "check the path and the file system")
-    cls = DiskFullError if err.errno in (errno.ENOSPC, errno.EDQUOT) else DatastoreError
-    return cls(f"{what}: {err.strerror or err}; {hint}. {tail}".rstrip())
-

@@ -40,6 +40,7 @@ from cpframe.core.errors import (
 )
 from cpframe.repository.names import collection_name_problem, dataset_type_name_problem
 from cpframe.core.model import CollectionType, DatasetRef, DatasetType, Timespan, ns_to_iso
+from cpframe.repository.datastore import sha256_file
 
 if TYPE_CHECKING:
     from cpframe.repository.repo import Repository
@@ -78,8 +79,6 @@ def _walk(repo: "Repository", names: Sequence[str]) -> tuple[list[tuple[str, lis
 
 
 def _sha256(path: Path) -> str:
-    from cpframe.repository.repo import sha256_file  # repo imports this module: import at call time
-
     return sha256_file(path)
 
 
