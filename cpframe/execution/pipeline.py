@@ -42,6 +42,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from cpframe.core import yamlsafe
 from cpframe.core.errors import PipelineError
 
 __all__ = [
@@ -601,7 +602,9 @@ def load_pipeline(path: str | os.PathLike) -> PipelineSpec:
         raise PipelineError(f"pipeline file {str(path)!r} not found. Available pipelines: "
                             f"{', '.join(list_pipelines(base)) or '(none)'} (in {base}).")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yamlsafe.load(p.read_text(), str(p), max_nodes=100_000)  # bounded aliases (issue 11)
+    except yamlsafe.YamlBombError as err:
+        raise PipelineError(str(err)) from None
     except yaml.YAMLError as err:
         raise PipelineError(f"{p}: not valid YAML: {err}") from None
     return parse_pipeline(data, str(p))

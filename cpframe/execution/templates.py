@@ -49,9 +49,11 @@ from typing import Any, Mapping
 
 import jinja2
 import yaml
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import SecurityError
 
+from cpframe.core import yamlsafe
 from cpframe.core.errors import TemplateError, UndefinedVariablesError
+from cpframe.execution.limits import BoundedSandbox, render_bounded
 
 __all__ = [
     "Rendering",
@@ -203,14 +205,14 @@ def _make_undefined(record: list[str]):
 
 
 def _jinja(text: str, path: str, context: Mapping[str, str], record: list[str]) -> str:
-    env = ImmutableSandboxedEnvironment(
+    env = BoundedSandbox(  # the immutable sandbox plus size/loop/time limits (issue 11)
         loader=_NoFilesLoader(), undefined=_make_undefined(record), autoescape=False,
         keep_trailing_newline=True,
     )
     for name in ("lipsum", "cycler", "joiner"):
         env.globals.pop(name, None)
     try:
-        return env.from_string(text).render({**context, "env": dict(context)})
+        return render_bounded(env, text, {**context, "env": dict(context)}, path)
     except SecurityError as err:
         raise TemplateError(MSG_SANDBOX.format(path=path, detail=err)) from None
     except jinja2.TemplateNotFound as err:
@@ -219,14 +221,28 @@ def _jinja(text: str, path: str, context: Mapping[str, str], record: list[str]) 
         raise TemplateError(f"{path}, line {err.lineno}: Jinja syntax error: {err.message}") from None
     except jinja2.TemplateError as err:
         raise TemplateError(f"{path}: Jinja error: {err}") from None
+    except TemplateError as err:
+        if str(err).startswith(path):
+            raise
+        raise TemplateError(f"{path}: {err}") from None
+    except MemoryError:
+        raise TemplateError(f"{path}: a Jinja expression ran out of memory; templates build small YAML.") from None
+    except RecursionError:
+        raise TemplateError(f"{path}: a Jinja expression nests too deeply.") from None
     except (ArithmeticError, TypeError, ValueError, LookupError) as err:
         # a template expression that fails (1/0, range() too big, bad filter argument) is bad input
         raise TemplateError(f"{path}: a Jinja expression failed: {type(err).__name__}: {err}") from None
 
 
+#: Most YAML nodes a rendered template may expand to through aliases (a real one has ~100).
+TEMPLATE_MAX_NODES = 100_000
+
+
 def _load_yaml(text: str, path: str) -> dict:
     try:
-        data = yaml.safe_load(text)
+        data = yamlsafe.load(text, path, max_nodes=TEMPLATE_MAX_NODES)  # bounded aliases (issue 11)
+    except yamlsafe.YamlBombError as err:
+        raise TemplateError(str(err)) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""

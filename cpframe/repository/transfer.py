@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import yaml
 
+from cpframe.core import yamlsafe
 from cpframe.core.errors import (
     ChecksumError,
     ConflictingDefinitionError,
@@ -203,7 +204,9 @@ def export_calibs(repo: "Repository", directory: str | os.PathLike, collections:
 
 def _load_export(path: Path) -> dict[str, Any]:
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yamlsafe.load(path.read_text(), str(path))  # bounded alias expansion (issue 11)
+    except yamlsafe.YamlBombError as err:
+        raise ExportError(str(err)) from None
     except FileNotFoundError:
         raise ExportError(f"export file {path} does not exist; give it with --export-file.") from None
     except yaml.YAMLError as err:
