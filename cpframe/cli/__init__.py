@@ -43,7 +43,8 @@ def main() -> None:
 
     \b
     Exit codes: 0 ok, 2 bad input, 3 registry, 4 template/submission,
-    5 planning, 6 execution, 7 verification failed, 8 service unavailable.
+    5 planning, 6 execution, 7 verification failed, 8 service unavailable
+    or disk full, 130/143 stopped by SIGINT/SIGTERM (docs/guarantees.md).
     """
 
 

@@ -17,8 +17,12 @@ code  meaning
 5     planning found missing inputs (``PlanningError``)
 6     execution failed on the cluster (``ExecutionError``)
 7     verification found failing tests (``VerificationFailed``)
-8     a required service is unavailable (``ServiceError``)
+8     a required service is unavailable (``ServiceError``), disk full (``DiskFullError``)
+130   stopped by SIGINT (``InterruptedRunError``, 128 + signal number)
+143   stopped by SIGTERM (``InterruptedRunError``); the message says how to resume
 ====  ==========================================================
+
+docs/guarantees.md lists every promise with the test that holds it.
 
 Messages say what was wrong, show the value, and say what to do next.
 """
