@@ -209,6 +209,13 @@ def test_kill_9_during_submit_then_resume_gives_the_same_products(bias_setup, tm
         with Repository.open(root) as r:
             exists = run in [c.name for c in r.registry.query_collections()]
             locked = bool(r.registry.run_locks())
+            if exists:  # the killed submission left its provenance: status running, outputs so far
+                from cpframe.execution.provenance import load_provenance
+
+                (rec,) = load_provenance(r.registry, run)
+                assert rec["status"] == "running"
+                registered = {x.id for x in r.registry.query_datasets(None, collections=[run])}
+                assert {o["id"] for o in rec["outputs"]} <= registered
         args = (["--extend-run", "--skip-existing"] if exists else []) + (["--take-over-lock"] if locked else [])
         resume = subprocess.run([sys.executable, "-m", "cpframe", "submit", template, "--quiet", *args],
                                 env=_submit_env(env), capture_output=True, text=True, timeout=900, cwd=tmp_path)

@@ -326,7 +326,7 @@ class _Bar:
 
 def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch_dir: str | Path | None = None,
                  progress: bool = False, keep_scratch: bool = False, register_attempts: int | None = None,
-                 register_backoff_s: float | None = None) -> ExecutionResult:
+                 register_backoff_s: float | None = None, on_registered: Any = None) -> ExecutionResult:
     """Compute every quantum of ``plan`` on ``client`` and register the outputs into ``plan.run``.
 
     Parameters
@@ -346,6 +346,9 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
         Registration attempts on a busy/unreachable registry or a full disk, and the first wait
         (doubled each time); default :data:`REGISTER_ATTEMPTS`, :data:`REGISTER_BACKOFF_S`.
         Outputs still unregistered are staged (``result.staged``).
+    on_registered : callable, optional
+        Called with the (partial) result after each registration, inside the registration
+        guard (the submit driver updates the provenance record with it).
 
     Returns
     -------
@@ -403,6 +406,12 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
                         result.registered.append(ref)
                         result.inputs_of[ref.id] = inputs
                         log.info("registered %s %s (%s) in %s", ref.dataset_type, ref.data_id, ref.id, plan.run)
+                    if refs and on_registered is not None:
+                        try:
+                            with registering():
+                                on_registered(result)
+                        except TRANSIENT as err:  # provenance is best effort while the registry is busy
+                            log.warning("could not update the provenance record: %s", err)
             else:
                 status[key] = "error"
                 try:

@@ -352,6 +352,7 @@ def _record(out: PlanOutcome, res: Any, argv: Sequence[str], timings: dict, subm
                                        for r in res.inputs_of.get(ref.id, [])]})
     record = {
         "status": status,
+        "token": plan.token,
         "command_line": list(argv),
         "template": {"path": out.rendering.path, "text": out.rendering.source},
         "submission": _jsonable(out.rendering.config),
@@ -547,7 +548,17 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
         try:
             with registering():  # RUN + chain created whole, even under SIGTERM
                 created_run, created_chain = _prepare_run(repo, out)
-            res = execute_plan(plan, repo, client, retries=retries, progress=not quiet)
+                # provenance from the start: a kill -9 leaves a "running" record with what was registered
+                _record(out, None, argv if argv is not None else sys.argv, timings, submit_dir, "running", repo)
+            last = [time.monotonic()]
+
+            def progress_record(partial: Any) -> None:  # at most every 10 s, inside the registration guard
+                if time.monotonic() - last[0] >= 10.0:
+                    last[0] = time.monotonic()
+                    _record(out, partial, argv if argv is not None else sys.argv, timings, submit_dir, "running",
+                            repo)
+
+            res = execute_plan(plan, repo, client, retries=retries, progress=not quiet, on_registered=progress_record)
         except KeyboardInterrupt as exc:  # a signal outside execute_plan's own handling: nothing registered
             res = ExecutionResult(run=plan.run, n_quanta=len(plan.quanta), interrupted=True,
                                   signum=getattr(exc, "signum", 2))
