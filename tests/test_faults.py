@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +31,9 @@ import pytest
 from cpframe.core.errors import DiskFullError
 from cpframe.core.model import CollectionType, Timespan
 from cpframe.repository.repo import Repository
-from cpframe.repository.transfer import export_calibs, import_export
+from cpframe.repository.transfer import export_calibs
 from tests.conftest import need_service
-from tests.registry_contract import INST, put_bias, sha
+from tests.registry_contract import INST, put_bias
 
 pytestmark = pytest.mark.faults
 
@@ -519,3 +518,28 @@ def test_scancel_of_a_worker_job_mid_run_loses_and_duplicates_nothing(bias_setup
         assert inconsistencies(root) == []
     finally:
         oc.close()
+
+
+@pytest.mark.postgres
+def test_two_machines_certifying_at_once_never_both_win(postgres_server, tmp_path):
+    """Two processes certify overlapping ranges into one CALIBRATION collection at the same moment."""
+    url = postgres_server.new_schema()
+    with Repository.create(tmp_path / "pg", db_url=url) as r:
+        r.register_instrument(INST, "mini")
+        put_bias(r, "u/a", range(9), tmp_path / "a")
+        put_bias(r, "u/b", range(9), tmp_path / "b")
+    root = tmp_path / "pg"
+    for i in range(3):
+        cal = f"u/calib/{i}"
+        procs = [subprocess.Popen([sys.executable, "-m", "cpframe", "certify-calibrations", str(root), run, cal, "bias",
+                                   "--begin-date", begin], env=cli_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+                 for run, begin in (("u/a", "2024-01-01"), ("u/b", "2024-06-01"))]
+        outs = [p.communicate(timeout=300) for p in procs]
+        codes = sorted(p.returncode for p in procs)
+        assert codes == [0, 3], (codes, outs)
+        loser = [e for p, (_, e) in zip(procs, outs) if p.returncode == 3][0]
+        assert "Traceback" not in loser and ("overlap" in loser or "same time" in loser), loser
+        with Repository.open(root) as r:
+            runs = {x.run for x in r.registry.query_certifications(cal)}
+            assert len(runs) == 1 and len(r.registry.query_certifications(cal)) == 9

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cpframe.core.errors import ExecutionError, RunLockedError
+from cpframe.core.errors import RunLockedError
 from cpframe.execution.provenance import load_provenance
 from cpframe.execution.submit import submit_template
 from cpframe.repository.repo import Repository

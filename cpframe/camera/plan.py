@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from cpframe.core import yamlsafe
 from cpframe.camera.models import _camera_yaml, load_camera
 from cpframe.core.errors import CameraError, UserInputError
 from cpframe.core.model import exposure_id as _exposure_id
@@ -183,7 +184,7 @@ def read_plan(name_or_path: str | os.PathLike, instrument: str | None = None) ->
     """
     text, where = _plan_text(name_or_path)
     try:
-        doc = yaml.safe_load(text)
+        doc = yamlsafe.load(text, str(where), max_nodes=100_000)  # bounded aliases (issue 11)
     except yaml.YAMLError as err:
         raise UserInputError(f"{where}: not valid YAML: {err}") from None
     if not isinstance(doc, dict):

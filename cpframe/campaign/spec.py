@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from cpframe.core import yamlsafe
 from cpframe.core.errors import CampaignError, CpframeError
 from cpframe.repository.names import collection_name_problem
 
@@ -445,7 +446,7 @@ def parse_campaign(text: str, path: Path, overrides: Mapping[str, str] | None = 
     """
     path = Path(path).resolve()
     try:
-        doc = yaml.safe_load(text)
+        doc = yamlsafe.load(text, str(path), max_nodes=100_000)  # bounded aliases (issue 11)
     except yaml.YAMLError as err:
         raise CampaignError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(doc, dict):

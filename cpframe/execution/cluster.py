@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from cpframe.core import yamlsafe
 from cpframe.core.config import Settings, parse_bytes
 from cpframe.core.errors import ConfigError, ServiceError, SubprocessError
 
@@ -184,7 +185,7 @@ def load_site(path: str | os.PathLike) -> SlurmSite:
     """
     p = resolve_site_path(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yamlsafe.load(p.read_text(), str(p), max_nodes=100_000) or {}  # bounded aliases (issue 11)
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from None
     if not isinstance(data, Mapping):

@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
+from cpframe.core import yamlsafe
 from cpframe.core.errors import (
     CollectionTypeError,
     DatasetConflictError,
@@ -254,7 +255,7 @@ class Repository:
         if not cfg_path.is_file():
             raise RegistryError(MSG_NOT_A_REPO.format(root=root, name=CONFIG_NAME))
         try:
-            config = yaml.safe_load(cfg_path.read_text()) or {}
+            config = yamlsafe.load(cfg_path.read_text(), str(cfg_path), max_nodes=10_000) or {}
             version, db = str(config["schema_version"]), str(config["db"])
         except (yaml.YAMLError, KeyError, TypeError) as err:
             raise RegistryError(f"{cfg_path} is damaged ({err}); it needs keys schema_version and db.") from None
