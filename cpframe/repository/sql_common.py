@@ -132,6 +132,9 @@ def translate_db_error(err: Exception, shown: str) -> Exception | None:
             "(cpframe.registry.busy-timeout-s); retry, or raise the timeout "
             "(DASK_CPFRAME__REGISTRY__BUSY_TIMEOUT_S=300). Nothing was changed."
         )
+    from_sqlite = type(getattr(err, "orig", None)).__module__.startswith("sqlite3")
+    if from_sqlite and not ("unable to open" in low or "disk i/o" in low):
+        return None  # another SQLite error (no such table...) is a bug: keep its traceback
     if isinstance(err, (sa.exc.OperationalError, sa.exc.InterfaceError)) or "connection" in low or "server" in low:
         return ServiceError(
             f"cannot reach the registry database {shown} ({text}); the transaction in progress was rolled "
