@@ -197,6 +197,10 @@ def read_plan(name_or_path: str | os.PathLike, instrument: str | None = None) ->
     if not instrument:
         raise UserInputError(f"{where}: no instrument: give --instrument or set 'instrument:' in the plan.")
     camera = load_camera(instrument)
+    try:
+        home = load_camera(doc["instrument"]) if doc.get("instrument") else None
+    except CameraError:
+        home = None
     defaults = dict(doc.get("defaults") or {})
     unknown = set(defaults) - _DEFAULT_KEYS
     if unknown:
@@ -274,7 +278,12 @@ def read_plan(name_or_path: str | os.PathLike, instrument: str | None = None) ->
                 if "band" in block:
                     pf = camera.filter_for_band(block["band"])
                 else:
-                    pf = block.get("physical_filter", defaults.get("physical_filter", camera.filters[0][0]))
+                    pf = block.get("physical_filter", defaults.get("physical_filter"))
+                    if pf is None:
+                        pf = camera.filters[0][0]
+                    elif home is not None and home.name != camera.name:
+                        # a plan written for another camera: same band, this camera's filter
+                        pf = camera.filter_for_band(home.band_of(pf))
                     camera.band_of(pf)
             except CameraError as err:
                 problems.append(f"{blabel}: {err}")

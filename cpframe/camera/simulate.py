@@ -403,39 +403,10 @@ def write_raw(
 
 
 def raw_header_cards(camera: Camera, detector_id: int, spec: ExposureSpec, seed: int) -> list[tuple]:
-    """Primary-header cards ``(key, value, comment)`` of a raw file (docs/architecture.md)."""
-    det = camera.detector(detector_id)
-    info = _camera_yaml(camera.name)
-    b_ns, e_ns = spec.begin_ns, spec.end_ns
-    cards = [
-        ("INSTRUME", camera.name, "instrument"),
-        ("TELESCOP", info.get("telescope", camera.name), "telescope"),
-        ("DETECTOR", det.id, "detector id"),
-        ("DETNAME", det.name, "detector name"),
-        ("RAFTBAY", det.raft, "raft"),
-        ("CCDSLOT", det.name_in_raft, "sensor slot in the raft"),
-        ("DET_SER", det.serial, "sensor serial (vendor-...)"),
-        ("OBSID", spec.obs_id(camera.name), "observation id"),
-        ("IMGTYPE", spec.observation_type, "observation type"),
-        ("REASON", spec.observation_reason, "observation reason"),
-        ("PROGRAM", spec.science_program, "science program"),
-        ("FILTER", spec.physical_filter, "physical filter"),
-        ("FILTBAND", camera.band_of(spec.physical_filter), "band"),
-        ("EXPTIME", float(spec.exposure_time), "[s] exposure time"),
-        ("DARKTIME", float(spec.dark_time), "[s] dark time"),
-        ("DATE-BEG", ns_to_iso(b_ns), "start of exposure (TAI)"),
-        ("DATE-END", ns_to_iso(e_ns), "end of exposure (TAI)"),
-        ("TIMESYS", "TAI", "time scale of DATE-* and MJD-*"),
-        ("MJD-BEG", _mjd(b_ns), "start of exposure, MJD (TAI)"),
-        ("MJD-END", _mjd(e_ns), "end of exposure, MJD (TAI)"),
-        ("DAYOBS", int(spec.day_obs), "observing day YYYYMMDD"),
-        ("SEQNUM", int(spec.seq_num), "sequence number within the day"),
-        ("EXPID", int(spec.exposure_id), "exposure id = DAYOBS*100000+SEQNUM"),
-        ("CAMSCALE", camera.scale, "camera scale (full or mini)"),
-        ("CPFSEED", int(seed), "cpframe simulator seed"),
-        ("ORIGIN", "cpframe simulate", "written by"),
-    ]
-    return cards
+    """Primary-header cards of a raw file, in the real cameras' format (``cpframe.camera.raw_headers``)."""
+    from cpframe.camera.raw_headers import raw_header_cards as cards
+
+    return cards(camera, detector_id, spec, seed)
 
 
 # =========================================================================================
@@ -544,7 +515,11 @@ def simulate(
                 f"exposure {s.exposure_id} (day_obs {s.day_obs}, seq_num {s.seq_num}) is planned twice."
             )
         seen[s.exposure_id] = s
-    dets = [camera.detector(d) for d in (detectors if detectors is not None else camera.detector_ids)]
+    dets = [camera.detector(d) for d in (detectors if detectors is not None else camera.science_detector_ids)]
+    corner = [d.name for d in dets if d.purpose != "SCIENCE"]
+    if corner:
+        raise UserInputError(f"{camera.name} detector(s) {', '.join(corner)} are wavefront/guider sensors; "
+                             "the simulator makes science detectors only.")
     det_ids = sorted({d.id for d in dets})
     if truth is None:
         first = min(specs, key=lambda s: s.begin_ns).begin

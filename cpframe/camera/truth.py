@@ -159,7 +159,7 @@ def _field_radius(camera: Camera) -> float:
 @functools.lru_cache(maxsize=16)
 def _field_radius_of(instrument: str, scale: str) -> float:
     camera = load_camera(instrument, scale)
-    pos = np.array([_grid_position(camera, d) for d in camera.detectors])
+    pos = np.array([_grid_position(camera, d) for d in camera.science_detectors])
     ny = pos[:, 0].max() - pos[:, 0].min() + 1
     nx = pos[:, 1].max() - pos[:, 1].min() + 1
     return 0.5 * math.hypot(ny, nx)
@@ -304,9 +304,9 @@ class Truth:
 
     def _flat_norm(self, band: str) -> float:
         tot = 0.0
-        for det in self.camera.detectors:
+        for det in self.camera.science_detectors:
             tot += float(self.illumination(det.id, band, shape=(64, 64)).mean()) * self.detectors[det.id].qe
-        return tot / len(self.camera.detectors)
+        return tot / len(self.camera.science_detectors)
 
     def flat(self, detector_id: int, band: str) -> np.ndarray:
         """The flat a normalised combined flat must recover (focal-plane mean ~1), float64.
@@ -571,7 +571,7 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
 
     manual = manual_defects_at(camera, date) if eff["manual_defects"] else {}
     dets: dict[int, DetectorTruth] = {}
-    for det in camera.detectors:
+    for det in camera.science_detectors:  # wavefront/guider sensors are not simulated
         facts = _sim_facts(camera, det)
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), _TAG_TRUTH, det.id]))
         adc_max = 2 ** int(facts.get("adc_bits", 18)) - 1

@@ -74,6 +74,8 @@ class DemoResult:
     """Stage -> wall time, seconds."""
     broken: "BrokenInput | None" = None
     """What the broken campaign found, when ``broken`` was asked."""
+    ledger: Any = None
+    """The set's :class:`cpframe.campaign.lifecycle.SetStatus` after the demo (docs/lifecycle.md)."""
 
     @property
     def broken_detected(self) -> bool | None:
@@ -102,6 +104,11 @@ class DemoResult:
         lines.append(f"Report: {self.report_index}" if self.report_index else "Report: not written")
         lines.append("RESULT: " + ("all products pass verification" if self.passed
                                    else "some verification tests FAIL (red in the report)"))
+        if self.ledger is not None:
+            st = self.ledger
+            lines.append(f"Ledger: {st.name} is {st.state}" + (" (deployed by the demo as an explicit override, "
+                                                               "not reviewed)" if st.override else ""))
+            lines.append(f"Next step: {st.next_step(str(self.repo_root))}")
         if self.broken is not None:
             b = self.broken
             lines.append(f"With the broken input ({b.kind}: exposure {b.exposure_id} "
@@ -412,6 +419,9 @@ def run_demo(
             out.deploy = deploy(r.registry, camp.instrument, camp.ticket_chain,
                                 raw_collection=camp.variables["RAW_COLLECTION"],
                                 calib_collections=_split_collections(camp.variables["CALIB_COLLECTIONS"]))
+        from cpframe.campaign.lifecycle import record_observed
+
+        out.ledger = record_observed(r, camp.ticket_chain)
         if bad is not None:
             out.broken = BrokenInput(broken, bad_spec.exposure_id, broken_band(bands),
                                      verification_verdicts(bad, r), bad_result.report_index)

@@ -66,6 +66,8 @@ class QuantumResult:
     """Seconds the science function took."""
     where: str = ""
     """Host and Slurm job (if any) that ran it."""
+    worker: str = ""
+    """Name of the Dask worker that ran it."""
 
 
 def _groups(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> dict[str, list[Any]]:
@@ -242,4 +244,11 @@ def run_quantum(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> Quantum
         raise ExecutionError(f"{spec.key}: the task finished but did not write {', '.join(absent)}.")
     job = os.environ.get("SLURM_JOB_ID")
     where = socket.gethostname() + (f" (Slurm job {job})" if job else "")
-    return QuantumResult(key=spec.key, value=value, outputs=outputs, elapsed_s=time.perf_counter() - t0, where=where)
+    try:
+        from distributed import get_worker
+
+        worker = str(get_worker().name)
+    except ValueError:  # run outside a worker (tests calling it directly)
+        worker = ""
+    return QuantumResult(key=spec.key, value=value, outputs=outputs, elapsed_s=time.perf_counter() - t0, where=where,
+                         worker=worker)

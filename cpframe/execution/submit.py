@@ -118,7 +118,9 @@ def validate_stage(rendering: Any) -> tuple[Any, Any]:
     from cpframe.execution.submission import check_against_pipeline, validate_submission
 
     sub = validate_submission(rendering.config, rendering.path)
-    pipe = load_pipeline(sub.pipeline_yaml)
+    stack = getattr(rendering, "stack_env", None)
+    pipe = load_pipeline(sub.pipeline_yaml, overrides=sub.config_overrides,
+                         environ=stack if stack is not None else None)
     check_against_pipeline(sub, pipe)
     return sub, pipe
 
@@ -399,6 +401,7 @@ def submit_template(
     site: str | os.PathLike | None = None, argv: Sequence[str] | None = None, client: Any = None,
     settings: Any = None, environ: Mapping[str, str] | None = None,
     echo: Callable[[str], None] | None = None, take_over_lock: bool = False,
+    on_progress: Callable[[dict], None] | None = None,
 ) -> SubmitResult:
     """Run a submission end to end (what ``cpframe submit`` does).
 
@@ -454,7 +457,7 @@ def submit_template(
             return _submit(template, variables, allow_unset=allow_unset, extend_run=extend_run,
                            skip_existing=skip_existing, quiet=quiet, compute_site=compute_site, site=site,
                            argv=argv, client=client, settings=settings, environ=environ, echo=echo,
-                           take_over_lock=take_over_lock)
+                           take_over_lock=take_over_lock, on_progress=on_progress)
         except Interrupted as exc:  # before the run stage (planning, cluster start): nothing was written
             raise InterruptedRunError(
                 f"stopped by {exc.args[0]} before anything was registered; nothing was written. "
@@ -462,7 +465,7 @@ def submit_template(
 
 
 def _submit(template, variables, *, allow_unset, extend_run, skip_existing, quiet, compute_site, site, argv, client,
-            settings, environ, echo, take_over_lock) -> SubmitResult:
+            settings, environ, echo, take_over_lock, on_progress=None) -> SubmitResult:
     from cpframe.execution.execute import register_staged, staged_outputs
     from cpframe.repository.locks import lock_run
 
@@ -493,7 +496,7 @@ def _submit(template, variables, *, allow_unset, extend_run, skip_existing, quie
                                 skip_existing=skip_existing, environ=environ, settings=settings)
             repo = out.repo
         return _submit_locked(template, out, started, t_start, settings, compute_site, site, client, quiet, argv,
-                              echo, lock)
+                              echo, lock, on_progress)
     finally:
         if lock is not None:
             lock.release()
@@ -502,7 +505,7 @@ def _submit(template, variables, *, allow_unset, extend_run, skip_existing, quie
 
 
 def _submit_locked(template, out: PlanOutcome, started, t_start, settings, compute_site, site, client, quiet, argv,
-                   echo, lock) -> SubmitResult:
+                   echo, lock, on_progress=None) -> SubmitResult:
     plan, sub = out.plan, out.submission
     timings: dict[str, Any] = {"started": started, "render_s": out.render_s, "plan_s": plan.plan_s}
     kind = compute_site or sub.compute_site or settings.cluster_kind
@@ -513,7 +516,7 @@ def _submit_locked(template, out: PlanOutcome, started, t_start, settings, compu
     try:
         return _run_and_record(template, out, settings, kind, site_file, submit_dir, log_path, timings,
                                t_start, client=client, quiet=quiet, argv=argv, echo=echo,
-                               lock_owner=lock.owner if lock is not None else None)
+                               lock_owner=lock.owner if lock is not None else None, on_progress=on_progress)
     finally:
         logging.getLogger("cpframe").removeHandler(handler)
         handler.close()
@@ -521,7 +524,7 @@ def _submit_locked(template, out: PlanOutcome, started, t_start, settings, compu
 
 def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submit_dir: Path, log_path: Path,
                     timings: dict, t_start: float, *, client, quiet, argv, echo,
-                    lock_owner: str | None = None) -> SubmitResult:
+                    lock_owner: str | None = None, on_progress=None) -> SubmitResult:
     from cpframe.execution.execute import execute_plan
 
     repo, plan, sub = out.repo, out.plan, out.submission
@@ -529,10 +532,13 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
     oc = None
     site_obj = None
     t0 = time.perf_counter()
+    from cpframe.execution.resources import check_capacity, quantum_resources, task_requests
+
+    requests = task_requests(sub, out.pipeline)
     if client is None:
         from cpframe.execution.cluster import open_cluster
 
-        oc = open_cluster(settings, site=site_file, kind=kind)
+        oc = open_cluster(settings, site=site_file, kind=kind, requests=requests)
         client, site_obj = oc.client, oc.site
     timings["cluster_start_s"] = time.perf_counter() - t0
     _write_submit_dir(submit_dir, out, settings, site_obj, kind)
@@ -541,8 +547,17 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
     worker_logs = str(site_obj.log_directory) if site_obj is not None and site_obj.log_directory else ""
     retries = sub.number_of_retries if sub.number_of_retries is not None else settings.retries
     res = None
+    env_plugin = None
     created_run = created_chain = False
     try:
+        # a request no worker (nor a job the site can start) can meet would wait for ever: refuse it now,
+        # before the RUN exists
+        check_capacity(client, requests, scalable=oc.job_resources() if oc is not None else None)
+        if sub.environment:
+            from cpframe.execution.resources import EnvironmentPlugin
+
+            env_plugin = EnvironmentPlugin(dict(sub.environment))
+            client.register_plugin(env_plugin, name=env_plugin.name)
         from cpframe.execution.execute import ExecutionResult, registering
 
         try:
@@ -550,6 +565,10 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
                 created_run, created_chain = _prepare_run(repo, out)
                 # provenance from the start: a kill -9 leaves a "running" record with what was registered
                 _record(out, None, argv if argv is not None else sys.argv, timings, submit_dir, "running", repo)
+            if on_progress is not None:
+                on_progress({"run": plan.run, "output": plan.output, "submit_dir": str(submit_dir),
+                             "counts": {"total": len(plan.quanta), "pending": len(plan.quanta), "done": 0,
+                                        "failed": 0, "retried": 0}})
             last = [time.monotonic()]
 
             def progress_record(partial: Any) -> None:  # at most every 10 s, inside the registration guard
@@ -558,8 +577,10 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
                     _record(out, partial, argv if argv is not None else sys.argv, timings, submit_dir, "running",
                             repo)
 
-            res = execute_plan(plan, repo, client, retries=retries, progress=not quiet, on_registered=progress_record)
-        except KeyboardInterrupt as exc:  # a signal outside execute_plan's own handling: nothing registered
+            res = execute_plan(plan, repo, client, retries=retries, progress=not quiet,
+                               resources=quantum_resources(plan, requests), requests=requests,
+                               on_progress=on_progress, on_registered=progress_record)
+        except KeyboardInterrupt as exc:  # a signal outside execute_plan's own handling
             res = ExecutionResult(run=plan.run, n_quanta=len(plan.quanta), interrupted=True,
                                   signum=getattr(exc, "signum", 2))
             res.missing = list(plan.planned_outputs())
@@ -569,6 +590,11 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
             _save_worker_logs(client, submit_dir / "logs" / "workers.log")
             worker_logs = worker_logs or str(submit_dir / "logs" / "workers.log")
     finally:
+        if env_plugin is not None and oc is None:
+            try:  # a shared client (tests, campaigns): put the workers' environment back
+                client.unregister_worker_plugin(env_plugin.name)
+            except Exception as err:  # noqa: BLE001 - best effort; the run's result matters more
+                log.warning("could not remove the environment plugin: %s", err)
         if oc is not None:
             oc.close()
         if res is not None and res.scratch_dir:  # tasks cancelled mid-write are stopped now: nothing leaks
@@ -576,7 +602,9 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
 
             remove_scratch(res.scratch_dir)
     empty_failure = (not res.ok and not res.registered and not res.staged
-                     and (created_run or not out.target.run_exists))
+                     and (created_run or not out.target.run_exists)
+                     and _type_or_none(repo.registry, plan.run) is not None
+                     and not repo.registry.query_datasets(None, collections=[plan.run]))
     timings["total_s"] = time.perf_counter() - t_start
     from cpframe.execution.execute import registering
 

@@ -84,7 +84,8 @@ def _sha256(path: Path) -> str:
 
 
 def export_calibs(repo: "Repository", directory: str | os.PathLike, collections: Sequence[str],
-                  dataset_types: Sequence[str] | None = None, transfer: str = "copy") -> Path:
+                  dataset_types: Sequence[str] | None = None, transfer: str = "copy",
+                  format: str = "cpframe") -> Path:
     """Write ``DIR/export.yaml`` and the files of the calibrations reachable from ``collections``.
 
     Parameters
@@ -98,6 +99,9 @@ def export_calibs(repo: "Repository", directory: str | os.PathLike, collections:
         Restrict to these types (default: every calibration type found).
     transfer : str
         ``copy``, ``link`` or ``symlink`` for the files.
+    format : str
+        ``cpframe`` (this module's format) or ``butler`` (``butler import`` reads it:
+        ``cpframe.repository.butler_format``).
 
     Returns
     -------
@@ -110,6 +114,12 @@ def export_calibs(repo: "Repository", directory: str | os.PathLike, collections:
         ``directory`` exists, or nothing to export.
     UnknownCollectionError
     """
+    if format == "butler":
+        from cpframe.repository.butler_format import export_butler
+
+        return export_butler(repo, directory, collections, dataset_types, transfer)
+    if format != "cpframe":
+        raise UserInputError(f"export format {format!r}: use cpframe or butler.")
     reg = repo.registry
     dest = Path(directory).absolute()
     if dest.exists() or dest.is_symlink():
@@ -203,6 +213,12 @@ def export_calibs(repo: "Repository", directory: str | os.PathLike, collections:
 
 
 def _load_export(path: Path) -> dict[str, Any]:
+    from cpframe.repository.butler_format import butler_to_cpframe, is_butler_export, load_butler_export
+
+    if is_butler_export(path):  # `butler export-calibs` output (or cpframe's --format butler)
+        doc = butler_to_cpframe(load_butler_export(path), path)
+        doc["source_format"] = "butler"  # the butler's format has no checksums at all
+        return doc
     try:
         doc = yamlsafe.load(path.read_text(), str(path))  # bounded alias expansion (issue 11)
     except yamlsafe.YamlBombError as err:
@@ -342,7 +358,9 @@ def import_export(repo: "Repository", directory: str | os.PathLike, export_file:
         actual = _sha256(src)
         recorded = rec.get("checksum")
         if not recorded:
-            if not allow_missing_checksums:
+            # a cpframe export always carries checksums, so a missing one means the file was edited;
+            # the butler's format has none (docs/butler.md): those files are imported as the butler does
+            if not allow_missing_checksums and doc.get("source_format") != "butler":
                 unchecked.append(str(rec.get("path")))
         elif actual != recorded:
             mismatched.append(f"{rec['path']} (recorded {str(recorded)[:20]}..., file {actual[:20]}...)")
