@@ -322,7 +322,15 @@ def test_crosstalk_and_nonlinearity():
         assert d == pytest.approx(matrix[a.index] @ signal, abs=1.0)
         assert not (y - x)[a.serial_overscan_slice].any()
         ratio = np.median(z[a.data_slice] - x[a.data_slice]) / signal[a.index]
-        assert ratio == pytest.approx(-1e-6 * signal[a.index], rel=0.05)
+        at = nl.amp(4, a.name)  # each amp has its own curve around the nominal strength
+        assert 1.4 * -1e-6 <= at.nonlinearity <= 0.6 * -1e-6 and at.nonlinearity_cubic <= 0
+        expected = at.nonlinearity * signal[a.index] + at.nonlinearity_cubic * signal[a.index] ** 2
+        assert ratio == pytest.approx(expected, rel=0.05)
+    k2 = [nl.amp(4, a.name).nonlinearity for a in amps]
+    assert np.std(k2) > 0.1 * 1e-6  # the amps differ
+    assert base.amp(4, amps[0].name).nonlinearity == 0.0
+    # switching the effect on changes no other draw of the truth
+    assert [nl.amp(4, a.name).gain for a in amps] == [base.amp(4, a.name).gain for a in amps]
 
 
 def test_deterministic_bytes(simulate_tiny, tmp_path):

@@ -22,7 +22,7 @@ from cpframe.core.model import exposure_id as _exposure_id
 from cpframe.core.model import ns_to_iso, parse_tai, tai_minus_utc_ns
 
 #: Observation types the simulator can produce (``IMGTYPE`` header).
-OBSERVATION_TYPES = ("bias", "dark", "flat", "science")
+OBSERVATION_TYPES = ("bias", "dark", "flat", "science", "spot")  # spot: cpframe/camera/spots.py
 
 
 _ISO_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?$")
@@ -268,7 +268,7 @@ def read_plan(name_or_path: str | os.PathLike, instrument: str | None = None) ->
             if otype != "bias" and any(t <= 0 for t in times):
                 problems.append(f"{blabel}: {otype} exposures need exposure_time > 0")
             flux = float(block.get("flux", 0.0))
-            if otype in ("flat", "science") and flux <= 0:
+            if otype in ("flat", "science", "spot") and flux <= 0:
                 problems.append(
                     f"{blabel}: {otype} exposures need flux > 0 (e-/s/pixel at the focal-plane centre)"
                 )

@@ -187,7 +187,7 @@ def _verify_stats(spec, groups):
 
     stage = spec.settings["stage"]
     if get_stage(stage).kind == "calib":
-        path = _one(spec, stage.lower())
+        path = _one(spec, get_stage(stage).dataset_type)
         stats = verify_calib(stage, path, _detector(path, spec.data_id["detector"]), spec.settings["verify"],
                              data_id=dict(spec.data_id))
     else:
