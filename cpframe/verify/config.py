@@ -54,7 +54,7 @@ class VerifyConfig:
     overscan_skip_cols: int = 6
     """Overscan columns (rows) the ISR skips per amp (3 leading + 3 trailing, the LSST default)."""
     read_noise_threshold: float = 0.05
-    """READ_NOISE_CONSISTENT (informational): (gain * READ_NOISE_ADU - RN) / RN limit."""
+    """READ_NOISE_CONSISTENT: (READ_NOISE_OVERSCAN - RN) / RN limit (one-sided; counted in SUCCESS)."""
 
     # -- flat (spec §4.3) -------------------------------------------------------------------
     flat_noise_tolerance: float = 0.10
