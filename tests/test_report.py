@@ -283,3 +283,19 @@ def test_run_level_results_of_several_verify_collections_are_all_used(report_rep
     noise = re.search(r"<td>NOISE</td><td>amp</td><td class=\"num\">(\d+)</td>", index)
     assert int(noise.group(1)) == 2 * 3 * 16 + 16  # both bands' amp rows are counted
     assert "2024112600099" in (tmp_path / "two" / "flat_exp.html").read_text()
+
+
+def test_overall_verdict_is_pass_only_when_every_product_was_verified(report_repo, report, tmp_path):
+    """Issue 16: a product without verification makes the report INCOMPLETE (not a green badge),
+    naming what is missing and the command that verifies it; a failure makes it FAIL."""
+    assert report.overall == "FAIL"
+    assert '<span class="verdict fail">FAIL</span>' in (report.output_dir / "index.html").read_text()
+    part = write_report(report_repo, [VERIFY_BIAS, BIAS_GEN, PTC_GEN], tmp_path / "part")
+    assert part.verdicts == {"bias": True, "ptc": None}
+    assert part.overall == "INCOMPLETE"
+    assert part.missing == {"ptc": "cpframe submit templates/bps_verify_ptc.yaml"}
+    index = part.index.read_text()
+    assert '<span class="verdict none">INCOMPLETE</span>' in index and "ALL PASS" not in index
+    assert "NOT VERIFIED" in index and "bps_verify_ptc.yaml" in index
+    verified = write_report(report_repo, [VERIFY_BIAS, VERIFY_PTC, BIAS_GEN, PTC_GEN], tmp_path / "full")
+    assert verified.overall == "PASS" and verified.missing == {}

@@ -47,7 +47,8 @@ from cpframe.verify.core import get_stage
 from cpframe.verify.results import atomic_write_text, read_results, read_stats
 from cpframe.verify.stats import header_value
 
-__all__ = ["NO_DATASETS_MESSAGE", "REPORT_STAGES", "ReportResult", "ReportStage", "write_report"]
+__all__ = ["NO_DATASETS_MESSAGE", "REPORT_STAGES", "ReportResult", "ReportStage", "overall_verdict", "verify_command",
+           "write_report"]
 
 #: Message when the collections hold nothing to report on (tests check it).
 NO_DATASETS_MESSAGE = "no calibration or verification datasets found"
@@ -121,6 +122,40 @@ class ReportResult:
     """Calibration type -> SUCCESS of its Summary (None: no summary found)."""
     failures: dict[str, list[str]] = field(default_factory=dict)
     """Calibration type -> failing tests (``"<key> <failure>"`` strings from the Summary)."""
+    missing: dict[str, str] = field(default_factory=dict)
+    """Calibration type found without a verification summary -> the command that verifies it."""
+
+    @property
+    def overall(self) -> str:
+        """``PASS`` only when every calibration type in the report was verified and passed;
+        ``FAIL`` when one failed; ``INCOMPLETE`` when none failed but one was not verified
+        (unverified is not passed, issue 16)."""
+        return overall_verdict(self.verdicts)
+
+
+def overall_verdict(verdicts: Mapping[str, bool | None]) -> str:
+    """PASS / FAIL / INCOMPLETE of a set of per-type verdicts (None = not verified).
+
+    >>> overall_verdict({"bias": True, "ptc": None}), overall_verdict({"bias": True, "flat": False})
+    ('INCOMPLETE', 'FAIL')
+    >>> overall_verdict({}), overall_verdict({"bias": True})
+    ('INCOMPLETE', 'PASS')
+    """
+    if any(v is False for v in verdicts.values()):
+        return "FAIL"
+    if not verdicts or any(v is None for v in verdicts.values()):
+        return "INCOMPLETE"
+    return "PASS"
+
+
+def verify_command(key: str) -> str:
+    """The command that verifies a calibration type (the template of its verify pipeline).
+
+    >>> verify_command("flat")
+    'cpframe submit templates/bps_verify_flat_<band>.yaml'
+    """
+    name = "flat_<band>" if key == "flat" else key
+    return f"cpframe submit templates/bps_verify_{name}.yaml"
 
 
 def e(value: Any) -> str:
@@ -261,6 +296,8 @@ class _Report:
             summary_rows += rows
             result.verdicts[st.key] = verdict
             result.failures[st.key] = failures
+            if verdict is None:
+                result.missing[st.key] = verify_command(st.key)
         self.write_index(sections, summary_rows, result)
         self.write_provenance()
         self.write_manifest()
@@ -289,7 +326,8 @@ class _Report:
                 failures += [f"{key} {f}" for f in fails]
             summary.link = f"index.html#{st.key}"
         badge = {True: "<span class=\"verdict pass\">PASS</span>", False: "<span class=\"verdict fail\">FAIL</span>",
-                 None: "<span class=\"verdict none\">no verification summary</span>"}[verdict]
+                 None: "<span class=\"verdict none\">NOT VERIFIED</span> &mdash; run <code>"
+                       + e(verify_command(st.key)) + "</code>, then the report with its collection"}[verdict]
         parts.append(f"<p>Verification: {badge}" + (f" &mdash; {len(failures)} failing test(s)" if failures else "")
                      + "</p>")
         if failures:
@@ -571,16 +609,18 @@ class _Report:
                       f"<td class=\"num\">{n_pass}</td><td class=\"num{fail_cls}\">{n_fail}</td>")
             trs.append(f"<tr class=\"{cls}\"><td><a href=\"#{st.key}\">{e(st.title)}</a></td><td>{e(test)}</td>"
                        f"<td>{e(level)}</td>{counts}<td class=\"{cls}\">{e(verdict)}</td></tr>")
-        overall = [v for v in result.verdicts.values() if v is not None]
-        badge = ("<span class=\"verdict none\">no verification summaries</span>" if not overall else
-                 "<span class=\"verdict pass\">ALL PASS</span>" if all(overall) else
-                 "<span class=\"verdict fail\">FAILURES</span>")
+        overall = result.overall
+        cls = {"PASS": "pass", "FAIL": "fail", "INCOMPLETE": "none"}[overall]
+        badge = f"<span class=\"verdict {cls}\">{overall}</span>"
+        if result.missing:
+            badge += (" &mdash; not verified: " + "; ".join(
+                f"<a href=\"#{e(k)}\">{e(k)}</a> (<code>{e(c)}</code>)" for k, c in result.missing.items()))
         stage_rows = "".join(
-            f"<tr class=\"{'fail' if v is False else 'pass'}\"><td><a href=\"#{k}\">{e(k)}</a></td>"
-            f"<td class=\"{'fail' if v is False else 'pass' if v else ''}\">"
-            f"{'PASS' if v else 'FAIL' if v is False else 'no summary'}</td>"
+            f"<tr class=\"{'fail' if v is False else 'pass' if v else 'none'}\"><td><a href=\"#{k}\">{e(k)}</a></td>"
+            f"<td class=\"{'fail' if v is False else 'pass' if v else 'none'}\">"
+            f"{'PASS' if v else 'FAIL' if v is False else 'NOT VERIFIED'}</td>"
             f"<td class=\"num\">{len(result.failures.get(k, []))}</td></tr>"
-            for k, v in result.verdicts.items())
+            for k, v in sorted(result.verdicts.items(), key=lambda kv: {False: 0, None: 1, True: 2}[kv[1]]))
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         body = (
             f"<h1>Calibration report</h1><p class=\"meta\">Repository <code>{e(self.repo.root)}</code> &middot; "
