@@ -1,0 +1,124 @@
+"""Documentation that is executed: the README's step-by-step and docs/tutorial.md, command by command.
+
+Every fenced ``bash`` block of the page (of one section for the README) is split into
+commands (a line ending in ``\\`` continues), and the commands run in order in one shell, in
+a fresh directory holding links to the clone's ``templates/`` and ``pipelines/``, with
+``cpframe`` on PATH running this checkout (``python3 -m cpframe``).  A failing command is
+named with its output.  ``python`` blocks of the section run after the shell blocks, in the
+same directory and environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FENCE = re.compile(r"^```(\w+)[^\n]*\n(.*?)^```", re.S | re.M)
+
+pytestmark = [pytest.mark.slow]
+
+
+def section(text: str, title: str | None) -> str:
+    """The text of the ``##``/``###`` section called ``title`` (the whole text when None)."""
+    if title is None:
+        return text
+    m = re.search(rf"^(#+) {re.escape(title)}\s*$", text, re.M)
+    assert m, f"no section {title!r}"
+    level = len(m.group(1))
+    end = re.compile(rf"^#{{1,{level}}} ", re.M).search(text, m.end())
+    return text[m.end(): end.start() if end else len(text)]
+
+
+def blocks(text: str, lang: str) -> list[str]:
+    """The fenced blocks of a language (``bash`` also matches ``sh`` and ``shell``)."""
+    langs = {"bash", "sh", "shell"} if lang == "bash" else {lang}
+    return [m.group(2) for m in FENCE.finditer(text) if m.group(1) in langs]
+
+
+def commands(block: str) -> list[str]:
+    """Logical shell commands of a block: continuation lines joined, comments and blanks dropped.
+
+    >>> commands("a \\\\\\n  b  # x\\n\\n# c\\nd\\n")
+    ['a \\\\\\n  b  # x', 'd']
+    """
+    out, cur = [], []
+    for line in block.splitlines():
+        if not cur and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        cur.append(line)
+        if not line.rstrip().endswith("\\"):
+            out.append("\n".join(cur))
+            cur = []
+    if cur:
+        out.append("\n".join(cur))
+    return out
+
+
+def run_page(path: Path, tmp_path: Path, title: str | None = None, timeout: int = 1500) -> tuple[str, Path]:
+    """Run the page's shell commands (then python blocks); returns (output, work directory)."""
+    text = section(path.read_text(), title)
+    cmds = [c for b in blocks(text, "bash") for c in commands(b)]
+    assert cmds, f"{path.name}: no shell commands"
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("templates", "pipelines"):
+        (work / name).symlink_to(ROOT / name)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    shim = bindir / "cpframe"
+    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m cpframe \"$@\"\n")
+    shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
+    script = ["set -eo pipefail"]
+    for i, c in enumerate(cmds):
+        script.append(f"echo '@@CMD {i}' >&2")
+        script.append(c)
+    for i, py in enumerate(blocks(text, "python")):
+        script.append(f"echo '@@CMD py{i}' >&2")
+        script.append(f"{sys.executable} - <<'PYTHON_BLOCK'\n{py}PYTHON_BLOCK")
+    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    for k in [k for k in env if k.startswith("SELECTION_") or k in ("REPO", "TICKET", "WORK")]:
+        del env[k]  # the page must set what it uses
+    p = subprocess.run(["bash", "-c", "\n".join(script)], cwd=work, env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    if p.returncode != 0:
+        marks = re.findall(r"^@@CMD (\w+)$", p.stderr, re.M)
+        last = marks[-1] if marks else "?"
+        failed = cmds[int(last)] if last.isdigit() else f"python block {last}"
+        tail = "\n".join((p.stdout + "\n" + p.stderr).splitlines()[-40:])
+        pytest.fail(f"{path.name}: command failed (exit {p.returncode}):\n  {failed}\n--- output (tail) ---\n{tail}")
+    return p.stdout + p.stderr, work
+
+
+def test_section_and_command_parsing():
+    text = "# A\n## One\n```bash\nx \\\n  y\n# c\nz\n```\n```python\nprint(1)\n```\n## Two\n```bash\nw\n```\n"
+    one = section(text, "One")
+    assert [c for b in blocks(one, "bash") for c in commands(b)] == ["x \\\n  y", "z"]
+    assert blocks(one, "python") == ["print(1)\n"]
+    assert commands(blocks(section(text, "Two"), "bash")[0]) == ["w"]
+
+
+def test_tutorial_runs_to_a_certified_chained_verified_set(tmp_path):
+    out, work = run_page(ROOT / "docs" / "tutorial.md", tmp_path)
+    assert "overall: PASS" in out, out[-3000:]
+    assert out.count("verification: PASS") == 5, out[-3000:]
+    assert (work / "tutorial" / "report" / "index.html").is_file()
+    from cpframe.repository.repo import Repository
+
+    with Repository.open(work / "tutorial" / "repo") as repo:
+        chain = repo.registry.get_chain("LSSTComCam/calib/TUT-1")
+        assert [c.rsplit("/", 1)[1] for c in chain] == [
+            "flat-r.20241111a", "dark.20241111a", "bias.20241111a", "ptc.20241111a", "defects.20241111a"]
+
+
+def test_readme_step_by_step_runs(tmp_path):
+    out, work = run_page(ROOT / "README.md", tmp_path, "A calibration campaign, step by step")
+    assert "verification: PASS" in out, out[-3000:]
+    assert "bias" in out and "Traceback" not in out
