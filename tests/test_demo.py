@@ -118,7 +118,7 @@ def test_broken_saturated_flat_fails_the_flat_test_in_red(demo):
     rows = _verdict_rows(index)
     assert rows["flat"] == ("fail", "fail")
     html = index.read_text()
-    assert 'class="verdict fail">FAILURES' in html
+    assert 'class="verdict fail">FAIL</span>' in html
     assert re.search(r'<tr class="fail"><td><a href="#flat">', html)
     css = (index.parent / "assets" / "report.css").read_text()
     fail_colour = re.search(r"--fail:\s*(#[0-9a-f]{6})", css).group(1)
@@ -126,6 +126,39 @@ def test_broken_saturated_flat_fails_the_flat_test_in_red(demo):
     assert r > 150 and g < 60 and b < 60  # red
     # the demo's own, deployed flat is unaffected
     assert res.verdicts["flat-r"][0]
+
+
+@pytest.mark.parametrize("kind", ["light-leak", "noisy"])
+def test_broken_light_leak_and_noisy_fail_their_named_test(demo, cluster, kind, tmp_path):
+    """The other --broken kinds, on the demo fixture's repository (its good calibrations): the
+    bad exposure is simulated and ingested, and the kind's broken campaign rebuilds and verifies
+    its product; that exposure fails the named test (cpframe.campaign.demo.BROKEN_KINDS)."""
+    from cpframe.camera.simulate import read_plan
+    from cpframe.campaign import demo as demo_mod
+    from cpframe.campaign.runner import run_campaign
+    from cpframe.core.config import load_settings
+
+    res, _ = demo
+    plan = read_plan("demo")
+    specs, selections, bad_selections, bad = demo_mod._demo_specs(plan, ["r"], kind)
+    opts = {"scale": "mini", "detectors": [DETECTOR], "seed": 1}
+    raw = tmp_path / "raw"
+    files = demo_mod._simulate([bad] if kind != "noisy" else [], raw, opts, 2, lambda m: None,
+                               noisy=bad if kind == "noisy" else None)
+    with _repo(res) as repo:
+        demo_mod._ingest(repo, files, "LSSTComCam/raw/all")
+    good = demo_mod.demo_campaign(res.repo_root, ["r"], selections, [DETECTOR], demo_mod._needs_flat_of(plan))
+    broken = demo_mod.broken_campaign(res.repo_root, good, bad_selections, kind)
+    run_campaign(broken, client=cluster, settings=load_settings({"n_workers": 2, "cluster_kind": "local"}))
+    with _repo(res) as repo:
+        verdicts = demo_mod.verification_verdicts(broken, repo)
+    want = demo_mod.BROKEN_KINDS[kind]
+    ok, failures = verdicts[want.product]
+    assert not ok and failures
+    assert f"{want.test}" in {f.rsplit(" ", 1)[1] for f in failures if f.startswith(f"{bad.exposure_id}: ")}, failures
+    result = demo_mod.DemoResult(res.directory, res.repo_root, None, broken=demo_mod.BrokenInput(
+        kind, bad.exposure_id, "", verdicts, None))
+    assert result.broken_detected and f"{want.product} {want.test} failed" in result.summary()
 
 
 def test_deploy_self_check(demo):

@@ -26,14 +26,24 @@ pytestmark = [pytest.mark.slow]
 
 
 def section(text: str, title: str | None) -> str:
-    """The text of the ``##``/``###`` section called ``title`` (the whole text when None)."""
+    """The text of the ``##``/``###`` section called ``title`` (the whole text when None);
+    ``#`` lines inside fenced blocks (shell comments) are not headings."""
     if title is None:
         return text
-    m = re.search(rf"^(#+) {re.escape(title)}\s*$", text, re.M)
-    assert m, f"no section {title!r}"
-    level = len(m.group(1))
-    end = re.compile(rf"^#{{1,{level}}} ", re.M).search(text, m.end())
-    return text[m.end(): end.start() if end else len(text)]
+    lines, out, level, fence = text.splitlines(keepends=True), [], None, False
+    for line in lines:
+        if line.startswith("```"):
+            fence = not fence
+        m = None if fence else re.match(r"^(#+) (.*?)\s*$", line)
+        if level is None:
+            if m and m.group(2) == title:
+                level = len(m.group(1))
+            continue
+        if m and len(m.group(1)) <= level:
+            break
+        out.append(line)
+    assert level is not None, f"no section {title!r}"
+    return "".join(out)
 
 
 def blocks(text: str, lang: str) -> list[str]:

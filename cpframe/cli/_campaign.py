@@ -195,9 +195,11 @@ def deploy_command(
 @click.option("--detectors", default=None, help="Detector ids, comma-separated (default: the demo plan's).")
 @click.option(
     "--broken",
-    type=click.Choice(["none", "saturated-flat"]),  # cpframe.campaign.demo.BROKEN_INPUTS (not imported: CLI start-up)
+    type=click.Choice(["none", "saturated", "saturated-flat", "light-leak", "noisy"]),  # demo.BROKEN_INPUTS
     default="none",
-    help="Add a deliberately broken input, to see verification catch it.",
+    help="Add a deliberately broken input, to see verification catch it: saturated (a flat over the full "
+         "well: flat SATURATION fails), light-leak (a dark with light: dark MEAN), noisy (a bias with a raised "
+         "read noise: bias READ_NOISE_CONSISTENT).",
 )
 @click.option("--force", is_flag=True, help="Delete DIRECTORY first if it exists.")
 @catch_errors

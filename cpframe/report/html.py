@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import functools
 import html
 import json
 import math
@@ -47,7 +48,7 @@ from cpframe.verify.core import get_stage
 from cpframe.verify.results import atomic_write_text, read_results, read_stats
 from cpframe.verify.stats import header_value
 
-__all__ = ["NO_DATASETS_MESSAGE", "REPORT_STAGES", "ReportResult", "ReportStage", "overall_verdict", "verify_command",
+__all__ = ["NO_DATASETS_MESSAGE", "REPORT_STAGES", "ReportResult", "ReportStage", "overall_verdict", "product_units", "verify_command",
            "write_report"]
 
 #: Message when the collections hold nothing to report on (tests check it).
@@ -148,6 +149,20 @@ def overall_verdict(verdicts: Mapping[str, bool | None]) -> str:
     return "PASS"
 
 
+def product_units(product: str | None, isr_units: str) -> str:
+    """Colour-bar label of a combined product: a flat is normalised (dimensionless, whatever
+    units its inputs had), a dark is per second of dark time, a bias is in the ISR's units.
+
+    >>> product_units("flat", "electron"), product_units("dark", "electron"), product_units("bias", "adu")
+    ('relative response (dimensionless)', 'electron / s', 'adu')
+    """
+    if product in ("flat", "flatBootstrap"):
+        return "relative response (dimensionless)"
+    if product in ("dark", "darkBootstrap") and isr_units:
+        return f"{isr_units} / s"
+    return isr_units
+
+
 def verify_command(key: str) -> str:
     """The command that verifies a calibration type (the template of its verify pipeline).
 
@@ -156,6 +171,16 @@ def verify_command(key: str) -> str:
     """
     name = "flat_<band>" if key == "flat" else key
     return f"cpframe submit templates/bps_verify_{name}.yaml"
+
+
+@functools.lru_cache(maxsize=1)
+def _templates():
+    """The Jinja2 environment of the report pages (``cpframe/report/templates``), autoescaping HTML."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("cpframe.report", "templates"),
+                              autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined,
+                              keep_trailing_newline=True)
 
 
 def e(value: Any) -> str:
@@ -240,28 +265,20 @@ class _Report:
         self.images.add(rel)
         return rel
 
-    def page(self, name: str, title: str, body: str, depth: int = 0) -> Path:
+    def page(self, name: str, title: str, body: str, depth: int = 0, template: str = "base.html",
+             **context: Any) -> Path:
+        """Write a page from a template of ``cpframe/report/templates`` (``base.html`` wraps ``body``)."""
         up = "../" * depth
-        text = (
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{e(title)}</title>"
-            f"<link rel=\"stylesheet\" href=\"{up}assets/report.css\">"
-            f"<script src=\"{up}assets/report.js\"></script></head>\n<body>\n"
-            f"{self.nav(up)}\n<main>\n{body}\n</main>\n</body></html>\n"
-        )
+        text = _templates().get_template(template).render(title=title, up=up, body=body, stages=self._nav_stages(),
+                                                           **context)
         return atomic_write_text(self.out / name, text)
 
+    def _nav_stages(self) -> list[dict]:
+        return [{"key": st.key, "title": st.title, "per_exposure": get_stage(st.stage).kind == "exposure"}
+                for st in getattr(self, "stages", [])]
+
     def nav(self, up: str = "") -> str:
-        links = [f"<a class=\"brand\" href=\"{up}index.html\">cpframe report</a>",
-                 f"<a href=\"{up}index.html\">Index</a>", f"<a href=\"{up}manifest.html\">Manifest</a>",
-                 f"<a href=\"{up}provenance.html\">Provenance</a>"]
-        for st in self.stages:
-            links.append(
-                f"<span class=\"group\">{e(st.title)}:</span> <a href=\"{up}index.html#{st.key}\">summary</a>"
-                f" <a href=\"{up}{st.key}_det.html\">detectors</a>"
-                + (f" <a href=\"{up}{st.key}_exp.html\">exposures</a>" if get_stage(st.stage).kind == "exposure" else "")
-            )
-        return "<nav class=\"top\">" + " ".join(links) + "</nav>"
+        return _templates().get_template("nav.html").render(up=up, stages=self._nav_stages())
 
     # cameras --------------------------------------------------------------------------------
     def camera_for(self, instrument: str, shape: tuple[int, int] | None) -> Camera:
@@ -311,11 +328,12 @@ class _Report:
 
     # one calibration type -------------------------------------------------------------------
     def stage_section(self, st: ReportStage, items: list[Item]):
+        """The data of one calibration type's section of the index (rendered by ``stage.html``)."""
         kinds: dict[str, list[Item]] = {}
         for it in items:
             kinds.setdefault(it.kind, []).append(it)
-        parts = [f"<h2 id=\"{st.key}\">{e(st.title)}</h2>", f"<p class=\"meta\">{e(st.description)}</p>"]
-        verdict, failures, summary_rows = None, [], []
+        per_exposure = get_stage(st.stage).kind == "exposure"
+        verdict, failures, summary_rows, links = None, [], [], []
         summary_data: dict = {"EXPOSURES": {}, "FAILURES": {}}
         for summary in kinds.get("summary", []):  # one per verify collection (e.g. per flat band)
             data = read_stats(summary.path)
@@ -324,16 +342,12 @@ class _Report:
             summary_data["FAILURES"].update(data.get("FAILURES") or {})
             for key, fails in (data.get("FAILURES") or {}).items():
                 failures += [f"{key} {f}" for f in fails]
+                # each failure links to the page with its plot: the exposure's residual mosaic,
+                # or the detector's product (PTC failures are keyed by detector name)
+                link = (f"{st.key}_exp.html#exp{key}" if str(key).isdigit() and per_exposure
+                        else f"{st.key}_det.html#{_anchor(str(key))}")
+                links += [{"text": f"{key} {f}", "link": link} for f in fails]
             summary.link = f"index.html#{st.key}"
-        badge = {True: "<span class=\"verdict pass\">PASS</span>", False: "<span class=\"verdict fail\">FAIL</span>",
-                 None: "<span class=\"verdict none\">NOT VERIFIED</span> &mdash; run <code>"
-                       + e(verify_command(st.key)) + "</code>, then the report with its collection"}[verdict]
-        parts.append(f"<p>Verification: {badge}" + (f" &mdash; {len(failures)} failing test(s)" if failures else "")
-                     + "</p>")
-        if failures:
-            shown = failures[:60]
-            parts.append("<ul class=\"failures\">" + "".join(f"<li>{e(f)}</li>" for f in shown) + "</ul>"
-                         + (f"<p class=\"meta\">... and {len(failures) - 60} more.</p>" if len(failures) > 60 else ""))
         tables = []
         for res in kinds.get("results", []):
             tables.append(read_results(res.path))
@@ -351,19 +365,16 @@ class _Report:
         figures += self.residual_mosaics(st, kinds.get("residual", []), limit=1)
         if table is not None:
             figures += self.metric_plots(st, table)
-        if figures:
-            parts.append("<div class=\"figures\">" + "".join(figures) + "</div>")
-        for res in kinds.get("results", []):
-            parts.append(self.infobox(res, "Results table: one row per amp (detector and exposure rows for group tests)."))
-            parts.append(f"<iframe class=\"results\" src=\"{e(res.link)}\" title=\"{e(res.ref.dataset_type)}\"></iframe>")
+        results = [{"infobox": self.infobox(res, "Results table: one row per amp (detector and exposure rows for "
+                                                 "group tests)."),
+                    "link": res.link, "title": res.ref.dataset_type} for res in kinds.get("results", [])]
         self.detector_page(st, kinds)
-        if get_stage(st.stage).kind == "exposure":
+        if per_exposure:
             self.exposure_page(st, kinds, summary_data)
-        links = [f"<a href=\"{st.key}_det.html\">per detector</a>"]
-        if get_stage(st.stage).kind == "exposure":
-            links.append(f"<a href=\"{st.key}_exp.html\">per exposure</a>")
-        parts.append("<p>" + " &middot; ".join(links) + "</p>")
-        return "\n".join(parts), summary_rows, verdict, failures
+        section = {"key": st.key, "title": st.title, "description": st.description, "verdict": verdict,
+                   "failures": links, "command": verify_command(st.key), "figures": figures, "results": results,
+                   "per_exposure": per_exposure}
+        return section, summary_rows, verdict, failures
 
     def infobox(self, it: Item, description: str) -> str:
         did = dict(it.ref.data_id)
@@ -481,7 +492,7 @@ class _Report:
                     continue
                 image, det, cam, header = got
                 images[det.id] = image
-                units = str(header.get("LSST ISR UNITS", "")) if hasattr(header, "get") else ""
+                units = product_units(st.product, str(header.get("LSST ISR UNITS", "")) if hasattr(header, "get") else "")
                 title = f"{it.ref.dataset_type} {det.name}" + (f" {filt}" if filt else "")
                 it.link = self.png(f"src/{st.key}/{it.ref.dataset_type}_{det.name}{'_' + filt if filt else ''}"
                                    f"_{it.ref.id[:8]}.png",
@@ -594,48 +605,33 @@ class _Report:
                                         "(day_obs-seq_num), across nights."))
         return out
 
-    def figure(self, rel: str, caption: str) -> str:
-        return (f"<figure><a href=\"{e(rel)}\"><img src=\"{e(rel)}\" alt=\"{e(caption)}\"></a>"
-                f"<figcaption>{e(caption)}</figcaption></figure>")
+    def figure(self, rel: str, caption: str, anchor: str = "") -> str:
+        return _templates().get_template("figure.html").render(rel=rel, caption=caption, anchor=anchor)
 
     # pages ----------------------------------------------------------------------------------
-    def write_index(self, sections: list[str], rows: list[tuple], result: ReportResult) -> None:
-        trs = []
+    def write_index(self, sections: list[dict], rows: list[tuple], result: ReportResult) -> None:
+        from cpframe.verify.config import TEST_NOTES
+
+        tests = []
         for st, test, level, n_pass, n_fail, ok, info in rows:
-            cls = "pass" if ok or info else "fail"
-            verdict = "pass" if ok else ("FAIL (informational)" if info else "FAIL")
-            fail_cls = " fail" if n_fail and not info else ""
-            counts = ("<td></td><td></td>" if n_pass is None else
-                      f"<td class=\"num\">{n_pass}</td><td class=\"num{fail_cls}\">{n_fail}</td>")
-            trs.append(f"<tr class=\"{cls}\"><td><a href=\"#{st.key}\">{e(st.title)}</a></td><td>{e(test)}</td>"
-                       f"<td>{e(level)}</td>{counts}<td class=\"{cls}\">{e(verdict)}</td></tr>")
-        overall = result.overall
-        cls = {"PASS": "pass", "FAIL": "fail", "INCOMPLETE": "none"}[overall]
-        badge = f"<span class=\"verdict {cls}\">{overall}</span>"
-        if result.missing:
-            badge += (" &mdash; not verified: " + "; ".join(
-                f"<a href=\"#{e(k)}\">{e(k)}</a> (<code>{e(c)}</code>)" for k, c in result.missing.items()))
-        stage_rows = "".join(
-            f"<tr class=\"{'fail' if v is False else 'pass' if v else 'none'}\"><td><a href=\"#{k}\">{e(k)}</a></td>"
-            f"<td class=\"{'fail' if v is False else 'pass' if v else 'none'}\">"
-            f"{'PASS' if v else 'FAIL' if v is False else 'NOT VERIFIED'}</td>"
-            f"<td class=\"num\">{len(result.failures.get(k, []))}</td></tr>"
-            for k, v in sorted(result.verdicts.items(), key=lambda kv: {False: 0, None: 1, True: 2}[kv[1]]))
+            condition, why = TEST_NOTES.get((st.stage, test), ("", ""))
+            tests.append({"key": st.key, "title": st.title, "test": test, "level": level, "n_pass": n_pass,
+                          "n_fail": n_fail, "info": info, "cls": "pass" if ok or info else "fail",
+                          "verdict": "pass" if ok else ("FAIL (informational)" if info else "FAIL"),
+                          "condition": condition, "why": why})
+        tests.sort(key=lambda r: r["cls"] != "fail")  # failing items first (stable otherwise)
+        order = {False: 0, None: 1, True: 2}
+        verdicts = [{"key": k, "cls": "fail" if v is False else "pass" if v else "none",
+                     "word": "PASS" if v else "FAIL" if v is False else "NOT VERIFIED",
+                     "n_fail": len(result.failures.get(k, []))}
+                    for k, v in sorted(result.verdicts.items(), key=lambda kv: order[kv[1]])]
+        sections = sorted(sections, key=lambda sec: order[sec["verdict"]])
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-        body = (
-            f"<h1>Calibration report</h1><p class=\"meta\">Repository <code>{e(self.repo.root)}</code> &middot; "
-            f"written {e(now)} &middot; {len(self.items)} datasets</p>"
-            "<p class=\"meta\">Collections, searched in this order (verification first, then generation): "
-            + ", ".join(f"<code>{e(c)}</code>" for c in self.collections) + "</p>"
-            f"<p>Overall: {badge}</p>"
-            "<table class=\"summary\" id=\"verdicts\"><thead><tr><th>calibration</th><th>verdict</th>"
-            f"<th>failing tests</th></tr></thead><tbody>{stage_rows}</tbody></table>"
-            "<h3>Tests per calibration type</h3>"
-            "<table class=\"summary\" id=\"summary-table\"><thead><tr><th>calibration</th><th>test</th><th>level</th>"
-            "<th>pass</th><th>fail</th><th>verdict</th></tr></thead><tbody>" + "".join(trs) + "</tbody></table>"
-            + "\n".join(sections)
-        )
-        self.page("index.html", "cpframe calibration report", body)
+        overall = result.overall
+        self.page("index.html", "cpframe calibration report", "", template="index.html",
+                  repo=str(self.repo.root), now=now, n_datasets=len(self.items), collections=self.collections,
+                  overall=overall, overall_class={"PASS": "pass", "FAIL": "fail"}.get(overall, "none"),
+                  missing=result.missing, verdicts=verdicts, tests=tests, sections=sections)
 
     def detector_page(self, st: ReportStage, kinds: dict[str, list[Item]]) -> None:
         products = sorted(kinds.get("product", []), key=lambda i: (i.ref.data_id.get("detector", 0),
@@ -650,7 +646,7 @@ class _Report:
         for det_id in sorted(by_det):
             group = by_det[det_id]
             name = self._det_name(group[0])
-            parts.append(f"<h2 id=\"det{det_id}\">{e(name)} (detector {det_id})</h2>")
+            parts.append(f"<h2 id=\"det{det_id}\"><a id=\"{_anchor(name)}\"></a>{e(name)} (detector {det_id})</h2>")
             figs = [self.figure(i.link, f"{i.ref.dataset_type} {name} {i.ref.data_id.get('physical_filter', '')}")
                     for i in group if i.kind == "product" and i.link.endswith(".png")]
             if figs:
@@ -689,13 +685,21 @@ class _Report:
             i += 1
         rows = "".join(f"<tr><td class=\"num\">{e(a)}</td><td>{e(b)}</td><td class=\"num\">{e(_fmt(c))}</td>"
                        f"<td class=\"num\">{e(_fmt(d))}</td></tr>" for a, b, c, d in inputs)
-        table = (f"<table><thead><tr><th>input exposure</th><th>date (TAI)</th><th>exposure time (s)</th>"
-                 f"<th>scale</th></tr></thead><tbody>{rows}</tbody></table>" if inputs else
-                 "<p class=\"meta\">No CPP_INPUT_* keys in this product.</p>")
+        calib_inputs = [str(x) for x in (header.get("inputs") or [])] if hasattr(header, "get") else []
+        what = f"{len(inputs)} input exposure(s)"
+        if inputs:
+            table = (f"<table><thead><tr><th>input exposure</th><th>date (TAI)</th><th>exposure time (s)</th>"
+                     f"<th>scale</th></tr></thead><tbody>{rows}</tbody></table>")
+        elif calib_inputs:  # made from other calibrations (defects: the bootstraps)
+            what = f"{len(calib_inputs)} input calibration(s)"
+            table = "<ul>" + "".join(f"<li><code>{e(x)}</code></li>" for x in calib_inputs) + "</ul>"
+        else:
+            what = "inputs: see the RUN's provenance"
+            table = "<p class=\"meta\">This product lists no inputs itself; the RUN's provenance does.</p>"
         created = header_value(header, "CALIB_CREATION_DATETIME", "")
         filt = it.ref.data_id.get("physical_filter", "")
         return (f"<details><summary>Provenance of {e(it.ref.dataset_type)}{' ' + e(filt) if filt else ''}: RUN <a href=\"provenance.html#{_anchor(it.ref.run)}\">"
-                f"{e(it.ref.run)}</a>, {len(inputs)} input(s)</summary>"
+                f"{e(it.ref.run)}</a>, {e(what)}</summary>"
                 f"<p class=\"meta\">dataset {e(it.ref.id)}{' &middot; created ' + e(created) if created else ''}"
                 f"</p>{table}</details>")
 

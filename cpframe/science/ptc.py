@@ -383,6 +383,12 @@ def solve_ptc(measurements: Sequence[PtcPairMeasurement], output_path: str | os.
     path = ""
     if output_path is not None:
         md = {"OBSTYPE": "ptc", "PTCFITTYPE": config.ptc_fit_type, "NPAIRS": len(ms)}
+        # provenance as the combined products carry it (CPP_INPUT_<i>, exposure time): both
+        # exposures of every pair, so the report can list them (issue 16: it said "0 inputs")
+        ids = [(e, m.exposure_time) for m in ms for e in m.exposure_ids]
+        for i, (e, t) in enumerate(ids):
+            md[f"CPP_INPUT_{i}"] = int(e)
+            md[f"CPP_INPUT_EXPT_{i}"] = float(t)
         md.update(dict(meta or {}))
         write_ptc(output_path, rows, md)
         path = str(output_path)
