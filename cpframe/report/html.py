@@ -402,30 +402,34 @@ class _Report:
         return rows
 
     def results_page(self, st: ReportStage, res: Item, table) -> str:
+        """The Results table as a page (``results.html``): failing rows first, column names without
+        the stage prefix and breakable at ``_``, so a per-amp table fits the report's frame."""
         rel = f"src/{st.key}/{res.ref.dataset_type}_{res.ref.id[:8]}.html"
         cols = [c for c in table.colnames if len(table[c].shape) <= 1]
-        head = "".join(f"<th>{e(c)}</th>" for c in cols)
-        body = []
+        prefix = f"{st.stage}_"
+        columns = [{"full": c, "short": c[len(prefix):] if c.startswith(prefix) else c} for c in cols]
+        rows = []
         for row in table:
-            cells = []
+            cells, fail = [], False
             for c in cols:
                 v = row[c]
                 masked = np.ma.is_masked(v)
                 text = "" if masked else _fmt(v, c)
                 cls = ""
                 if not masked and isinstance(v, (bool, np.bool_)):
-                    cls = " class=\"pass\"" if v else " class=\"fail\""
+                    cls = "pass" if v else "fail"
+                    fail = fail or (not v and "_VERIFY_" in c and c.rsplit("_VERIFY_", 1)[1] != "SUCCESS"
+                                    and c.rsplit("_VERIFY_", 1)[1] not in get_stage(st.stage).informational)
                 elif not masked and isinstance(v, (int, float, np.integer, np.floating)):
-                    cls = " class=\"num\""
-                cells.append(f"<td{cls}>{e(text)}</td>")
-            body.append("<tr>" + "".join(cells) + "</tr>")
-        doc = (
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{e(res.ref.dataset_type)}</title><link rel=\"stylesheet\" href=\"../../assets/report.css\">"
-            "</head><body><main class=\"scroll\">"
-            f"<p class=\"meta\">{e(res.ref.dataset_type)} &middot; {len(table)} rows &middot; run {e(res.ref.run)}</p>"
-            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></main></body></html>\n"
-        )
+                    cls = "num"
+                cells.append({"text": text, "cls": cls})
+            rows.append({"cells": cells, "fail": fail})
+        rows.sort(key=lambda r: not r["fail"])
+        units = "dimensionless (flat-fielded) and electrons" if st.product == "flat" else (
+            "electrons" if st.product in ("bias", "dark") else "the units each column names")
+        doc = _templates().get_template("results.html").render(
+            title=res.ref.dataset_type, n_rows=len(rows), n_failing=sum(r["fail"] for r in rows), run=res.ref.run,
+            prefix=prefix, units=units, columns=columns, rows=rows)
         atomic_write_text(self.out / rel, doc)
         return rel
 
@@ -505,7 +509,7 @@ class _Report:
             rel = self.png(f"src/{st.key}/{st.product}_mosaic{'_' + filt if filt else ''}_{digest}.png",
                            lambda p, ims=images, c=cam, t=title, lab=label: render_mosaic_png(ims, c, p, t, lab))
             out.append(self.figure(rel, f"{st.product}{' ' + filt if filt else ''}: combined product per detector, "
-                                        "laid out by raft and slot; stretch median ± 3×0.74×IQR."))
+                                        "laid out by raft and slot; stretch median ± 3×0.74×IQR.", cls="mosaic"))
         return out
 
     def ptc_mosaics(self, st: ReportStage, products: list[Item]) -> list[str]:
@@ -528,7 +532,7 @@ class _Report:
         for name, images, label in (("gain", gains, "gain (e-/adu)"), ("noise", noises, "read noise (e-)")):
             rel = self.png(f"src/{st.key}/ptc_{name}_per_amp_{digest}.png",
                            lambda p, ims=images, t=f"PTC {name} per amp", lab=label: render_mosaic_png(ims, cam, p, t, lab))
-            out.append(self.figure(rel, f"PTC {name} of every amp, laid out on the focal plane."))
+            out.append(self.figure(rel, f"PTC {name} of every amp, laid out on the focal plane.", cls="mosaic"))
         return out
 
     def residual_mosaics(self, st: ReportStage, residuals: list[Item], limit: int | None = None) -> list[str]:
@@ -555,7 +559,7 @@ class _Report:
             for it in group:
                 it.link = rel
             out.append(self.figure(rel, f"Verification residual of exposure {exp} ({len(group)} detector(s)); "
-                                        "masked pixels blank."))
+                                        "masked pixels blank.", cls="mosaic"))
         return out
 
     def metric_plots(self, st: ReportStage, table) -> list[str]:
@@ -605,8 +609,8 @@ class _Report:
                                         "(day_obs-seq_num), across nights."))
         return out
 
-    def figure(self, rel: str, caption: str, anchor: str = "") -> str:
-        return _templates().get_template("figure.html").render(rel=rel, caption=caption, anchor=anchor)
+    def figure(self, rel: str, caption: str, anchor: str = "", cls: str = "") -> str:
+        return _templates().get_template("figure.html").render(rel=rel, caption=caption, anchor=anchor, cls=cls)
 
     # pages ----------------------------------------------------------------------------------
     def write_index(self, sections: list[dict], rows: list[tuple], result: ReportResult) -> None:
