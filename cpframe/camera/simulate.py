@@ -41,13 +41,13 @@ from collections import OrderedDict
 from datetime import datetime
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import yaml
 
+from cpframe.core.paths import package_dir
 from cpframe.camera.models import Camera, Detector, _camera_yaml, load_camera
 from cpframe.core.errors import CameraError, UserInputError
 from cpframe.core.model import exposure_id as _exposure_id
@@ -243,14 +243,14 @@ _DEFAULT_KEYS = {"physical_filter", "science_program", "readout_s", "dark_overhe
 
 def list_plans() -> list[str]:
     """Names of the plans shipped in ``cpframe/data/plans``."""
-    root = resources.files("cpframe") / "data" / "plans"
+    root = package_dir() / "data" / "plans"
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
 def _plan_text(name_or_path: str | os.PathLike) -> tuple[str, str]:
     s = str(name_or_path)
     if s in list_plans():
-        return (resources.files("cpframe") / "data" / "plans" / f"{s}.yaml").read_text(), s
+        return (package_dir() / "data" / "plans" / f"{s}.yaml").read_text(), s
     p = Path(s)
     if p.is_file():
         return p.read_text(), str(p)

@@ -496,7 +496,10 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
     res = None
     try:
         created_run, created_chain = _prepare_run(repo, out)
-        res = execute_plan(plan, repo, client, retries=retries, progress=not quiet)
+        from cpframe.core.progress import progress_enabled
+
+        # a bar only on a terminal, and not with --quiet (issue 16: silent in logs)
+        res = execute_plan(plan, repo, client, retries=retries, progress=not quiet and progress_enabled())
         timings["compute_s"] = res.compute_s
         timings["register_s"] = res.register_s
         if oc is None or oc.kind == "local":

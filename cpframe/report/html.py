@@ -307,8 +307,14 @@ class _Report:
                 atomic_write_text(target, data.decode("utf-8"))
         sections, summary_rows = [], []
         result = ReportResult(self.out, self.out / "index.html", len(items), 0, 0)
-        for st in self.stages:
-            sec, rows, verdict, failures = self.stage_section(st, by_stage[st.key])
+        from cpframe.core.progress import progress
+
+        with progress("report", total=len(self.stages)) as bar:
+            sections_data = []
+            for st in self.stages:
+                sections_data.append((st, self.stage_section(st, by_stage[st.key])))
+                bar.advance()
+        for st, (sec, rows, verdict, failures) in sections_data:
             sections.append(sec)
             summary_rows += rows
             result.verdicts[st.key] = verdict
