@@ -37,7 +37,7 @@ import sqlalchemy as sa  # noqa: E402
 
 from cpframe.camera.models import load_camera  # noqa: E402
 from cpframe.core.model import parse_tai  # noqa: E402
-from cpframe.repository import query
+from cpframe.repository.query import compiler, parser, typed  # noqa: E402
 from cpframe.repository import schema
 from cpframe.repository.query import (  # noqa: E402
     compile_selection,
@@ -163,11 +163,11 @@ def timed(fn, repeat: int) -> tuple[float, float, object]:
 def bench_parse(repeat: int) -> list[str]:
     lines = ["| selection | parse+type+compile, uncached (µs) | cached (µs) | uncached / cached |",
              "|---|---:|---:|---:|"]
-    scope = query._DimensionScope({"exposure", "physical_filter", "detector"})
+    scope = compiler._DimensionScope({"exposure", "physical_filter", "detector"})
     for name, (_, where) in selections(530).items():
         def cold():
-            query._parse_tree.cache_clear()
-            query._TYPED_CACHE.clear()
+            parser._parse_tree.cache_clear()
+            typed._TYPED_CACHE.clear()
             return compile_selection(parse_selection(where), scope)
 
         def warm():

@@ -122,8 +122,8 @@ def test_crash_during_removal_is_repaired_on_open(repo, tmp_path):
     repo.close()
     child = run_child(f"""
         import os
-        from cpframe.repository import repo as m
-        m._unlink = lambda p: os._exit(19)   # die after the rows are gone, before any file is deleted
+        from cpframe.repository import datastore, repo as m
+        datastore._unlink = lambda p: os._exit(19)   # die after the rows are gone, before any file is deleted
         r = m.Repository.open({str(root)!r})
         r.remove_runs(["r1"])
     """)

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from cpframe.core.errors import CampaignError, UnknownCollectionError
+from cpframe.repository.base import Registry
 
 __all__ = ["CheckRow", "DeployResult", "deploy", "format_deploy_plan", "self_check"]
 
 
-def _exists(registry: Any, name: str):
+def _exists(registry: Registry, name: str):
     """The collection's type, or None when it does not exist (also used by :mod:`cpframe.campaign.runner`)."""
     try:
         return registry.get_collection_type(name)
@@ -102,7 +102,7 @@ def format_deploy_plan(instrument: str, ticket_chain: str, raw_collection: str) 
     )
 
 
-def deploy(registry: Any, instrument: str, ticket_chain: str, *, raw_collection: str,
+def deploy(registry: Registry, instrument: str, ticket_chain: str, *, raw_collection: str,
            calib_collections: Sequence[str] = (), exposure: int | None = None,
            dry_run: bool = False) -> DeployResult:
     """Prepend the ticket chain to ``INSTRUMENT/calib`` and keep ``INSTRUMENT/defaults`` on it.
@@ -179,7 +179,7 @@ def deploy(registry: Any, instrument: str, ticket_chain: str, *, raw_collection:
                         tuple(registry.get_chain(defaults)), changes, exp, checks)
 
 
-def _certified_links(registry: Any, ticket_chain: str) -> dict[str, list]:
+def _certified_links(registry: Registry, ticket_chain: str) -> dict[str, list]:
     """CALIBRATION collection -> its links, for every collection the ticket chain reaches."""
     from cpframe.core.model import CollectionType
 
@@ -190,7 +190,7 @@ def _certified_links(registry: Any, ticket_chain: str) -> dict[str, list]:
     return out
 
 
-def _pick_exposure(registry: Any, instrument: str, links: Mapping[str, list], exposure: int | None) -> dict:
+def _pick_exposure(registry: Registry, instrument: str, links: Mapping[str, list], exposure: int | None) -> dict:
     from cpframe.core.model import NS_MAX, NS_MIN
 
     records = registry.query_dimension_records("exposure", instrument=instrument)
@@ -210,7 +210,7 @@ def _pick_exposure(registry: Any, instrument: str, links: Mapping[str, list], ex
     return max(pool, key=lambda r: (r["timespan"].db_begin, int(r["id"])))
 
 
-def self_check(registry: Any, instrument: str, ticket_chain: str, collections: Sequence[str],
+def self_check(registry: Registry, instrument: str, ticket_chain: str, collections: Sequence[str],
                exposure: int | None = None) -> tuple[dict, list[CheckRow]]:
     """For one exposure, does a lookup through ``collections`` find the ticket chain's calibrations?
 

@@ -401,10 +401,10 @@ def retrieve_artifacts_cmd(repo, destination, dataset_types, collections, where,
 @catch_errors
 def export_calibs_cmd(repo, directory, collections, dataset_types, transfer) -> None:
     """Export calibration COLLECTIONS (chains walked to their leaves) into the new DIRECTORY."""
-    from cpframe.repository.transfer import _load_export
+    from cpframe.repository.transfer import _load_export, export_calibs
 
     with _open(repo) as r:
-        path = r.export_calibs(directory, _split(collections), _split(dataset_types) or None, transfer)
+        path = export_calibs(r, directory, _split(collections), _split(dataset_types) or None, transfer)
     doc = _load_export(path)
     n = sum(len(d["records"]) for d in doc["datasets"])
     click.echo(f"Exported {n} dataset(s) in {len(doc['collections'])} collection(s) to {path}.")
@@ -424,7 +424,9 @@ def export_calibs_cmd(repo, directory, collections, dataset_types, transfer) -> 
 @catch_errors
 def import_cmd(repo, directory, export_file, transfer, skip_dimensions) -> None:
     """Import an export DIRECTORY (from `cpframe export-calibs`) into REPO."""
+    from cpframe.repository.transfer import import_export
+
     with _open(repo) as r:
-        counts = r.import_(directory, export_file, transfer, skip_dimensions)
+        counts = import_export(r, directory, export_file, transfer, skip_dimensions)
     click.echo(f"Imported {counts['datasets']} dataset(s), {counts['collections']} collection(s), "
                f"{counts['links']} validity range(s), {counts['dimension_records']} new dimension record(s).")

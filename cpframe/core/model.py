@@ -133,6 +133,26 @@ def parse_tai(text: str, what: str = "date") -> int:
     return tai_ns(t)
 
 
+def tai_minus_utc_ns(year: int, month: int, day: int) -> int:
+    """TAI - UTC on a UTC calendar day, in ns, from erfa's leap-second table (``erfa.dat``).
+
+    >>> tai_minus_utc_ns(2024, 11, 10) // 10**9, tai_minus_utc_ns(2015, 1, 1) // 10**9
+    (37, 35)
+    """
+    import erfa
+
+    return int(round(float(erfa.dat(int(year), int(month), int(day), 0.0)) * 1e9))
+
+
+def tai_now_ns() -> int:
+    """Now as ns since 1970-01-01 TAI: the system's UTC clock plus TAI - UTC of today (erfa)."""
+    import time
+
+    ns = time.time_ns()
+    y, mo, d = time.gmtime(ns // 10**9)[:3]
+    return ns + tai_minus_utc_ns(y, mo, d)
+
+
 def tai_ns(t: Any) -> int:
     """Convert an astropy ``Time`` (any scale) to integer ns since 1970-01-01 TAI."""
     dt = t.tai - _epoch()

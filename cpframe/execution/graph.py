@@ -40,6 +40,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from cpframe.core.errors import ConfigError, PlanningError, UserInputError
 from cpframe.core.model import DIMENSION_ORDER, DataId, DatasetRef, Timespan, ns_to_iso
+from cpframe.repository.base import Registry
 
 __all__ = [
     "Quantum",
@@ -280,7 +281,7 @@ def _exposure_based(pipeline: Any) -> bool:
     return any("exposure" in t.dimensions for t in pipeline.tasks)
 
 
-def _resolve_selection(pipeline: Any, registry: Any, query: str, collections: Sequence[str], repo_label: str):
+def _resolve_selection(pipeline: Any, registry: Registry, query: str, collections: Sequence[str], repo_label: str):
     """-> (instrument, base data IDs, raw refs by data-ID key, exposure records by id)."""
     if _exposure_based(pipeline):
         exposures = {int(r["id"]): r for r in registry.query_dimension_records("exposure", where=query)}
@@ -403,15 +404,13 @@ def _lookup_span(exposures: Mapping[int, Mapping[str, Any]], now_ns: int) -> Tim
     return Timespan(now_ns, now_ns + 1)
 
 
-def _find(registry: Any, dataset_type: str, ids: Sequence[DataId], collections: Sequence[str],
+def _find(registry: Registry, dataset_type: str, ids: Sequence[DataId], collections: Sequence[str],
           spans: Sequence[Timespan]) -> list[DatasetRef | None]:
-    """Batched find-first when the registry offers it (SqlRegistry.find_datasets), else one by one."""
-    if hasattr(registry, "find_datasets"):
-        return registry.find_datasets(dataset_type, list(ids), list(collections), list(spans))
-    return [registry.find_dataset(dataset_type, d, list(collections), s) for d, s in zip(ids, spans)]
+    """Batched find-first (:meth:`Registry.find_datasets`)."""
+    return registry.find_datasets(dataset_type, list(ids), list(collections), list(spans))
 
 
-def _gather(registry: Any, dataset_type: str, did: DataId, collections: Sequence[str]) -> tuple[DatasetRef, ...]:
+def _gather(registry: Registry, dataset_type: str, did: DataId, collections: Sequence[str]) -> tuple[DatasetRef, ...]:
     """Every find-first match of a type with more dimensions than the quantum (e.g. flatBootstrap per filter)."""
     where = " and ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in did.items())
     refs = registry.query_datasets(dataset_type, collections=list(collections), where=where, find_first=True)
@@ -631,7 +630,7 @@ def make_plan(
 
         settings = load_settings()
     if now_ns is None:
-        from cpframe.repository.sql import tai_now_ns
+        from cpframe.core.model import tai_now_ns
 
         now_ns = tai_now_ns()
     check_against_pipeline(submission, pipeline)
@@ -700,7 +699,7 @@ def make_plan(
                 notes=tuple(dict.fromkeys(notes)), token=token, plan_s=time.perf_counter() - t0)
 
 
-def _check_collections(registry: Any, collections: Sequence[str]) -> None:
+def _check_collections(registry: Registry, collections: Sequence[str]) -> None:
     """Every input collection must exist; all missing ones are named at once."""
     from cpframe.core.errors import UnknownCollectionError
 

@@ -42,6 +42,7 @@ import yaml
 
 from cpframe.core.errors import MissingDatasetError
 from cpframe.core.model import CollectionType
+from cpframe.repository.base import Registry
 
 __all__ = [
     "RECORD_VERSION",
@@ -99,7 +100,7 @@ def host_info() -> dict[str, Any]:
     }
 
 
-def add_record(registry: Any, run: str, record: Mapping[str, Any]) -> None:
+def add_record(registry: Registry, run: str, record: Mapping[str, Any]) -> None:
     """Append ``record`` to the provenance records stored with RUN ``run``.
 
     The record must be JSON-able (it is checked here so a bad value fails before anything is written).
@@ -111,7 +112,7 @@ def add_record(registry: Any, run: str, record: Mapping[str, Any]) -> None:
     registry.set_run_info(run, {"records": records})
 
 
-def resolve_run(registry: Any, name: str) -> str:
+def resolve_run(registry: Registry, name: str) -> str:
     """``name`` itself when it is a RUN; the first child of an output chain (the newest RUN) otherwise.
 
     Raises
@@ -133,7 +134,7 @@ def resolve_run(registry: Any, name: str) -> str:
     return name
 
 
-def load_provenance(registry: Any, run: str) -> list[dict[str, Any]]:
+def load_provenance(registry: Registry, run: str) -> list[dict[str, Any]]:
     """Provenance records of RUN ``run``, oldest first.
 
     Raises

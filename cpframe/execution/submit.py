@@ -46,6 +46,7 @@ import yaml
 
 from cpframe.core.errors import CollectionTypeError, ExecutionError, SubmissionError, UnknownCollectionError
 from cpframe.core.model import CollectionType
+from cpframe.repository.base import Registry
 
 __all__ = [
     "RunTarget",
@@ -124,7 +125,7 @@ class RunTarget:
     """(dataset type, data ID key) already in the RUN."""
 
 
-def _type_or_none(registry: Any, name: str) -> CollectionType | None:
+def _type_or_none(registry: Registry, name: str) -> CollectionType | None:
     try:
         return registry.get_collection_type(name)
     except UnknownCollectionError:
@@ -136,7 +137,7 @@ def default_output_run(rendering: Any, submission: Any) -> bool:
     return submission.output_run == f"{submission.output}/{rendering.timestamp}"
 
 
-def target_stage(submission: Any, registry: Any, *, extend_run: bool = False, default_run: bool = True) -> RunTarget:
+def target_stage(submission: Any, registry: Registry, *, extend_run: bool = False, default_run: bool = True) -> RunTarget:
     """Decide the RUN and check that writing there is allowed.
 
     Raises

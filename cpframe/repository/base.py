@@ -17,12 +17,19 @@ A method that raises changes nothing (each public method is one transaction).
 from __future__ import annotations
 
 import abc
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from cpframe.core.model import CollectionType, DataId, DatasetRef, DatasetType, Timespan
 
-__all__ = ["Registry", "CollectionInfo", "ChainMode", "CHAIN_MODES"]
+if TYPE_CHECKING:
+    from cpframe.camera.models import Camera
+
+#: A data ID as callers give it: dimension name -> value (int ids, str names); extra keys allowed.
+DataIdLike = Mapping[str, "int | str"]
+
+__all__ = ["Registry", "CollectionInfo", "ChainMode", "CHAIN_MODES", "DataIdLike"]
 
 #: Modes of :meth:`Registry.set_chain`, as in ``butler collection-chain --mode``.
 CHAIN_MODES = ("redefine", "prepend", "extend", "remove", "pop")
@@ -50,9 +57,17 @@ class Registry(abc.ABC):
     def close(self) -> None:
         """Release connections."""
 
+    @abc.abstractmethod
+    def transaction(self) -> contextlib.AbstractContextManager[object]:
+        """Group several registry calls into one write transaction (re-entrant).
+
+        Everything done through this registry inside the ``with`` block commits together
+        or not at all (``Repository`` uses it to drop its file journal with the rows).
+        """
+
     # -- dimensions -------------------------------------------------------------------------
     @abc.abstractmethod
-    def register_instrument(self, camera: Any) -> bool:
+    def register_instrument(self, camera: "Camera") -> bool:
         """Insert the instrument, its detectors and physical filters from a ``cpframe.camera.models.Camera``.
 
         Returns True if inserted, False if an identical definition was already there.
@@ -122,6 +137,13 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def get_dataset_type(self, name: str) -> DatasetType:
         """Raises UnknownDatasetTypeError."""
+
+    @abc.abstractmethod
+    def normalize_data_id(self, dataset_type: str, data_id: DataIdLike) -> DataId:
+        """The data ID restricted to the dataset type's dimensions, values typed.
+
+        Raises UserInputError (a dimension missing or of the wrong kind), UnknownDatasetTypeError.
+        """
 
     @abc.abstractmethod
     def query_dataset_types(self) -> list[DatasetType]:
@@ -247,6 +269,32 @@ class Registry(abc.ABC):
         from ``data_id``, or an exposure record)."""
 
     @abc.abstractmethod
+    def find_datasets(
+        self, dataset_type: str, data_ids: Sequence[DataIdLike], collections: Sequence[str] | str,
+        timespans: Sequence[Timespan | None] | Timespan | None = None,
+    ) -> list[DatasetRef | None]:
+        """:meth:`find_dataset` for many data IDs at once (a handful of queries); ``None`` where
+        nothing matches.  ``timespans`` is one per data ID, or one for all.
+
+        Raises AmbiguousCalibrationError, UnknownCollectionError, UnknownDatasetTypeError.
+        """
+
+    @abc.abstractmethod
+    def find_calibrations(
+        self, dataset_type: str, data_ids: Sequence[DataIdLike], collections: Sequence[str] | str,
+        exposures: Sequence[int | Mapping[str, Any] | None] | None = None,
+    ) -> list[DatasetRef | None]:
+        """:meth:`find_calibration` for many data IDs: each at the time of its exposure (an id
+        of the data ID's instrument, an exposure record, or the data ID's own ``exposure``).
+
+        Raises AmbiguousCalibrationError, UnknownCollectionError, UnknownDatasetTypeError.
+        """
+
+    @abc.abstractmethod
+    def get_datasets(self, ids: Sequence[str]) -> list[DatasetRef]:
+        """Refs for ``ids`` in the same order.  Raises MissingDatasetError listing missing ids."""
+
+    @abc.abstractmethod
     def query_datasets(
         self, dataset_type: str | Sequence[str] | None = None, collections: Sequence[str] | str = "*",
         where: str = "", bind: Mapping[str, Any] | None = None, find_first: bool = False,
@@ -263,6 +311,20 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def remove_datasets(self, ids: Sequence[str]) -> None:
         """Delete rows (and their associations).  Files are the Repository's business."""
+
+    @abc.abstractmethod
+    def remove_run(self, name: str, remove_from_parents: bool = False) -> list[DatasetRef]:
+        """Delete a RUN, its dataset rows and their links; returns the removed refs.
+
+        Files are the ``Repository``'s business (``Repository.remove_runs`` journals them in
+        the same transaction).
+
+        Raises
+        ------
+        UnknownCollectionError, CollectionTypeError
+        RegistryError
+            The RUN is a chain child and ``remove_from_parents`` is false.
+        """
 
     # -- certification ----------------------------------------------------------------------
     @abc.abstractmethod
@@ -293,6 +355,10 @@ class Registry(abc.ABC):
         """Links of a CALIBRATION collection; each ref has ``extra['timespan']``."""
 
     @abc.abstractmethod
+    def insert_calib_links(self, collection: str, links: Sequence[tuple[str, Timespan]]) -> None:
+        """Certify (dataset id, validity range) pairs with possibly different ranges (import)."""
+
+    @abc.abstractmethod
     def certified_in(self, dataset_ids: Sequence[str]) -> dict[str, list[str]]:
         """For each dataset id, the CALIBRATION collections linking it (only ids with links)."""
 
@@ -304,3 +370,40 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def get_run_info(self, run: str) -> dict[str, Any]:
         """Provenance stored for a RUN ({} if none)."""
+
+    # -- dimension rows for export / import -------------------------------------------------
+    @abc.abstractmethod
+    def exposure_timespans(self, instrument: str, ids: Sequence[int]) -> dict[int, Timespan]:
+        """Timespans of exposures ``ids`` of ``instrument`` (missing ids are absent)."""
+
+    @abc.abstractmethod
+    def dimension_rows(
+        self, element: str, instruments: Iterable[str], exposure_ids: Iterable[int] = ()
+    ) -> list[dict[str, Any]]:
+        """Raw rows of a dimension element (``instrument``, ``detector``, ``physical_filter``,
+        ``exposure``) for export; values are whatever the column holds."""
+
+    @abc.abstractmethod
+    def insert_dimension_rows(self, element: str, rows: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+        """Insert raw dimension rows (import); identical existing rows are skipped.
+        Returns (inserted, skipped).  Raises ConflictingDefinitionError."""
+
+    # -- datastore journal (Repository's pending-file rows) -----------------------------------
+    @abc.abstractmethod
+    def add_pending_files(self, paths: Sequence[str], owner: str) -> None:
+        """Journal ``paths`` as being written (committed before the files move into place).
+
+        Raises DatasetConflictError when another writer is writing one of them right now.
+        """
+
+    @abc.abstractmethod
+    def remove_pending_files(self, paths: Sequence[str]) -> None:
+        """Drop journal rows (in the caller's transaction when inside :meth:`transaction`)."""
+
+    @abc.abstractmethod
+    def pending_files(self) -> list[dict[str, Any]]:
+        """Journal rows: ``path`` (str), ``created_ns`` (int), ``owner`` (``host:pid``)."""
+
+    @abc.abstractmethod
+    def paths_in_use(self, paths: Sequence[str]) -> set[str]:
+        """The subset of ``paths`` that dataset rows point at."""

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from cpframe.camera.models import SCALES, Detector, load_camera
+from cpframe.camera.simulate import fast_tai_ns
 from cpframe.core.errors import ConflictingDefinitionError, CpframeError, IngestError, UserInputError
 from cpframe.core.model import CollectionType, DataId, Timespan, exposure_id
-from cpframe.camera.simulate import fast_tai_ns
+from cpframe.repository.base import Registry
 
 __all__ = [
     "RawInfo",
@@ -332,7 +333,7 @@ def exposure_records(infos: Iterable[RawInfo]) -> tuple[dict[int, dict], list[tu
 # -- into a repository -------------------------------------------------------------------------
 
 
-def _insert_exposures(registry: Any, records: list[dict]) -> tuple[int, int, dict[int, str]]:
+def _insert_exposures(registry: Registry, records: list[dict]) -> tuple[int, int, dict[int, str]]:
     """Insert records; on a conflict, find the culprits one by one.  Returns (new, known, bad)."""
     try:
         new, known = registry.insert_exposures(records)

@@ -18,17 +18,17 @@ host, process no longer alive; or older than a day): the file and its ``.tmp``
 sibling are deleted unless a dataset row uses the path.  Leftovers of live
 writers are only reported.
 
-Export/import (``export_calibs``, ``import_``) live in ``cpframe.repository.transfer``
-and are re-exported as methods here.
+The files themselves are :class:`cpframe.repository.datastore.FileDatastore`'s; the
+registry is any :class:`cpframe.repository.base.Registry` (``SqlRegistry`` is created or
+opened here).  Export/import (``export_calibs``, ``import_export``) live in
+``cpframe.repository.transfer``, which takes a ``Repository``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-import re
 import shutil
 import socket
 import uuid
@@ -48,8 +48,17 @@ from cpframe.core.errors import (
     UnknownCollectionError,
     UserInputError,
 )
-from cpframe.core.model import CollectionType, DataId, DatasetRef, DatasetType, Timespan
-from cpframe.repository.sql import SqlRegistry, normalize_data_id, tai_now_ns
+from cpframe.core.model import CollectionType, DatasetRef, DatasetType, Timespan, tai_now_ns
+from cpframe.repository.base import Registry
+from cpframe.repository.datastore import (  # noqa: F401  (TRANSFER_MODES, sha256_file, dataset_file_name: re-exported)
+    TRANSFER_MODES,
+    FileDatastore,
+    _tmp_of,
+    _unlink,
+    dataset_file_name,
+    sha256_file,
+)
+from cpframe.repository.sql import SqlRegistry, normalize_data_id
 
 __all__ = [
     "Repository",
@@ -66,10 +75,6 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "cpframe-repo.yaml"
 SQLITE_NAME = "registry.sqlite3"
-#: How files reach the datastore (``direct`` records the absolute source path, no copy).
-TRANSFER_MODES = ("copy", "link", "symlink", "direct", "move")
-_EXT = {"fits-raw": ".fits", "fits-masked": ".fits", "fits-ptc": ".fits", "ecsv-defects": ".ecsv",
-        "ecsv": ".ecsv", "json": ".json"}
 _STALE_NS = 24 * 3600 * 10**9  # journal rows of other hosts older than this are repaired
 
 _CAL = ("instrument", "detector")
@@ -94,34 +99,6 @@ MSG_CERTIFIED = (
     "lookups fall through to older calibrations. Decertify first, or pass --force."
 )
 MSG_CHAIN_CHILD = "RUN {run} is a child of chain(s) {parents}; pass --force to remove it from them too."
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """``sha256:<hex>`` of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
-
-
-def _safe(part: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9.+=~-]", "-", str(part))
-
-
-def dataset_file_name(dt: DatasetType, data_id: Mapping[str, Any], suffix: str = "") -> str:
-    """File name of a dataset in the datastore (without the ``<run>/<datasetType>/`` folders).
-
-    >>> dataset_file_name(DEFAULT_DATASET_TYPES[0], DataId(instrument="LATISS", detector=0, exposure=2024111000044), ".fits")
-    'raw_LATISS_0_2024111000044.fits'
-    """
-    values = [data_id[d] for d in dt.dimensions if d != "instrument"]
-    suffix = suffix or _EXT.get(dt.storage_format, "")
-    return "_".join(_safe(p) for p in [dt.name, data_id["instrument"], *values]) + suffix
-
-
-def _suffix(path: Path) -> str:
-    return "".join(path.suffixes[-2:]) if path.suffix in (".fz", ".gz") else path.suffix
 
 
 def _owner() -> str:
@@ -179,19 +156,24 @@ class Repository:
     ----------
     root : pathlib.Path
         The repository directory (holds ``cpframe-repo.yaml``).
-    datastore_root : pathlib.Path
-        Where dataset files live (``root`` unless configured otherwise).
-    registry : SqlRegistry
+    datastore : FileDatastore
+        The files (:attr:`datastore_root`: ``root`` unless configured otherwise).
+    registry : Registry
     repairs : list of str
         What :meth:`open` repaired or found in progress (empty when clean).
     """
 
-    def __init__(self, root: Path, registry: SqlRegistry, datastore_root: Path, db_url: str):
+    def __init__(self, root: Path, registry: Registry, datastore: FileDatastore, db_url: str):
         self.root = root
         self.registry = registry
-        self.datastore_root = datastore_root
+        self.datastore = datastore
         self.db_url = db_url
         self.repairs: list[str] = []
+
+    @property
+    def datastore_root(self) -> Path:
+        """Where dataset files live."""
+        return self.datastore.root
 
     # -- lifecycle ------------------------------------------------------------------------------
     @classmethod
@@ -244,7 +226,7 @@ class Repository:
         except BaseException:
             registry.close()
             raise
-        return cls(root, registry, cls._store_root(root, config["datastore_root"]), url)
+        return cls(root, registry, FileDatastore(cls._store_root(root, config["datastore_root"])), url)
 
     @staticmethod
     def _store_root(root: Path, text: str) -> Path:
@@ -281,7 +263,7 @@ class Repository:
         if db.startswith("sqlite:///") and not db.startswith("sqlite:////"):
             url = f"sqlite:///{root / db[len('sqlite:///'):]}"
         registry = SqlRegistry.open(url, busy_timeout_s)
-        repo = cls(root, registry, cls._store_root(root, str(config.get("datastore_root", "."))), url)
+        repo = cls(root, registry, FileDatastore(cls._store_root(root, str(config.get("datastore_root", ".")))), url)
         if repair:
             repo.repairs = repo.repair()
         return repo
@@ -328,12 +310,11 @@ class Repository:
             if rel in in_use:
                 report.append(f"{rel}: journal entry of a completed write removed")
                 continue
-            final = self.datastore_root / rel
-            removed = [p for p in (final, _tmp_of(final)) if _unlink(p)]
+            removed = self.datastore.discard([rel])
             report.append(f"{rel}: interrupted write or removal repaired"
                           + (f" ({len(removed)} file(s) deleted)" if removed else ""))
         self.registry.remove_pending_files(doomed)
-        self._prune_dirs({(self.datastore_root / p).parent for p in doomed})
+        self.datastore.prune({(self.datastore_root / p).parent for p in doomed})
         for line in report:
             log.warning("repository %s: %s", self.root, line)
         return report
@@ -361,10 +342,7 @@ class Repository:
         DatastoreError
             The ref has no file.
         """
-        if not ref.path:
-            raise DatastoreError(f"dataset {ref.id} ({ref.dataset_type} {ref.data_id}) has no file in the datastore.")
-        p = Path(ref.path)
-        return p if p.is_absolute() else self.datastore_root / p
+        return self.datastore.path_of(ref)
 
     def put_file(self, src_path: str | os.PathLike, dataset_type: str, data_id: Mapping[str, Any], run: str,
                  transfer: str = "move") -> DatasetRef:
@@ -435,7 +413,7 @@ class Repository:
             did = normalize_data_id(dt, data_id)
             rel = None
             if transfer != "direct":
-                rel = f"{run}/{dt.name}/{dataset_file_name(dt, did, _suffix(src))}"
+                rel = self.datastore.relative_path(run, dt, did, src)
                 if rel in seen:
                     raise DatasetConflictError(
                         f"{dt.name} {did} is given twice for RUN {run} ({seen[rel]} and {src}); give each data ID once."
@@ -473,7 +451,7 @@ class Repository:
         try:
             for e in entries:
                 if e.rel is not None:
-                    placed.append(self._place(e.src, self.datastore_root / e.rel, transfer))
+                    placed.append(self.datastore.place(e.src, self.datastore_root / e.rel, transfer))
             with self.registry.transaction():
                 result = body()
                 self.registry.remove_pending_files(rels)
@@ -485,56 +463,16 @@ class Repository:
                     _unlink(_tmp_of(self.datastore_root / e.rel))
             with contextlib.suppress(Exception):
                 self.registry.remove_pending_files(rels)
-            self._prune_dirs({p.parent for p in placed})
+            self.datastore.prune({p.parent for p in placed})
             raise
         if transfer == "move":
             for e in entries:
                 _unlink(e.src)
         return result
 
-    def _place(self, src: Path, final: Path, transfer: str) -> Path:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp_of(final)
-        _unlink(tmp)
-        try:
-            if transfer == "symlink":
-                os.symlink(src.resolve(), tmp)
-            elif transfer in ("link", "move"):
-                try:
-                    os.link(src, tmp)
-                except OSError:
-                    if transfer == "link":
-                        raise
-                    shutil.copyfile(src, tmp)
-            else:
-                shutil.copyfile(src, tmp)
-            os.replace(tmp, final)
-        except OSError as err:
-            _unlink(tmp)
-            raise DatastoreError(f"cannot {transfer} {src} to {final}: {err.strerror or err}. Nothing was stored.") from err
-        return final
-
-    def _prune_dirs(self, dirs: Iterable[Path]) -> None:
-        """Remove empty folders up to (not including) the datastore root."""
-        root = self.datastore_root
-        for d in sorted(set(dirs), key=lambda p: -len(p.parts)):
-            while d != root and root in d.parents:
-                try:
-                    d.rmdir()
-                except OSError:
-                    break
-                d = d.parent
-
     def verify_checksums(self, refs: Iterable[DatasetRef]) -> list[str]:
         """Problems found re-hashing the files of ``refs`` (empty list when all match)."""
-        problems = []
-        for ref in refs:
-            p = self.get_path(ref)
-            if not p.is_file():
-                problems.append(f"{ref.dataset_type} {ref.data_id}: file {p} is missing")
-            elif ref.checksum and sha256_file(p) != ref.checksum:
-                problems.append(f"{ref.dataset_type} {ref.data_id}: {p} does not match its checksum")
-        return problems
+        return self.datastore.verify_checksums(refs)
 
     # -- certification --------------------------------------------------------------------------
     def certify_calibrations(
@@ -661,9 +599,8 @@ class Repository:
                 removed += self.registry.remove_run(run, remove_from_parents=force)
             rels = [r.path for r in removed if r.path and not Path(r.path).is_absolute()]
             self.registry.add_pending_files(rels, _owner())
-        for rel in rels:
-            _unlink(self.datastore_root / rel)
-        self._prune_dirs({(self.datastore_root / rel).parent for rel in rels})
+        self.datastore.discard(rels, with_tmp=False)
+        self.datastore.prune({(self.datastore_root / rel).parent for rel in rels})
         self.registry.remove_pending_files(rels)
         return plan
 
@@ -724,32 +661,5 @@ class Repository:
             raise DatastoreError(f"dataset file(s) missing from the datastore: {', '.join(missing[:5])}.")
         written = []
         for target, src in plan.items():
-            written.append(self._place(src, target, transfer))
+            written.append(self.datastore.place(src, target, transfer))
         return written
-
-    # -- export / import (cpframe/repository/transfer.py) -----------------------------------------------
-    def export_calibs(self, directory: str | os.PathLike, collections: Sequence[str],
-                      dataset_types: Sequence[str] | None = None, transfer: str = "copy") -> Path:
-        """Export calibration collections to a new directory; see :func:`cpframe.repository.transfer.export_calibs`."""
-        from cpframe.repository.transfer import export_calibs
-
-        return export_calibs(self, directory, collections, dataset_types, transfer)
-
-    def import_(self, directory: str | os.PathLike, export_file: str | os.PathLike | None = None,
-                transfer: str = "copy", skip_dimensions: Sequence[str] = ()) -> dict[str, int]:
-        """Import an export directory; see :func:`cpframe.repository.transfer.import_export`."""
-        from cpframe.repository.transfer import import_export
-
-        return import_export(self, directory, export_file, transfer, skip_dimensions)
-
-
-def _tmp_of(final: Path) -> Path:
-    return final.with_name(f".{final.name}.tmp")
-
-
-def _unlink(p: Path) -> bool:
-    try:
-        p.unlink()
-        return True
-    except FileNotFoundError:
-        return False

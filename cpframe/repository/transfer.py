@@ -32,6 +32,7 @@ import yaml
 
 from cpframe.core.errors import ChecksumError, ExportError, UserInputError
 from cpframe.core.model import CollectionType, DatasetRef, DatasetType, Timespan, ns_to_iso
+from cpframe.repository.datastore import sha256_file
 
 if TYPE_CHECKING:
     from cpframe.repository.repo import Repository
@@ -70,8 +71,6 @@ def _walk(repo: "Repository", names: Sequence[str]) -> tuple[list[tuple[str, lis
 
 
 def _sha256(path: Path) -> str:
-    from cpframe.repository.repo import sha256_file  # repo imports this module: import at call time
-
     return sha256_file(path)
 
 
