@@ -337,3 +337,16 @@ def test_overall_verdict_is_pass_only_when_every_product_was_verified(report_rep
     assert "NOT VERIFIED" in index and "bps_verify_ptc.yaml" in index
     verified = write_report(report_repo, [VERIFY_BIAS, VERIFY_PTC, BIAS_GEN, PTC_GEN], tmp_path / "full")
     assert verified.overall == "PASS" and verified.missing == {}
+
+
+def test_submit_summary_says_pass_or_fail_for_verification_runs(report_repo):
+    """`cpframe submit` of a verification template ends with the verdict of its Summary."""
+    from cpframe.execution.submit import _verification_verdict
+
+    flat = report_repo.registry.query_datasets("verifyFlatSummary", [VERIFY_FLAT], find_first=True)
+    bias = report_repo.registry.query_datasets("verifyBiasSummary", [VERIFY_BIAS], find_first=True)
+    eid, _ = FAILING_FLAT
+    assert _verification_verdict(report_repo, bias) == "verification: PASS (verifyBiasSummary)"
+    assert _verification_verdict(report_repo, flat) == (
+        f"verification: FAIL (verifyFlatSummary): 1 failing test(s): {eid} R22_S22 SCATTER")
+    assert _verification_verdict(report_repo, []) == ""  # not a verification run: no line
