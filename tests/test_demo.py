@@ -141,6 +141,17 @@ def test_broken_light_leak_and_noisy_fail_their_named_test(demo, cluster, kind, 
     res, _ = demo
     plan = read_plan("demo")
     specs, selections, bad_selections, bad = demo_mod._demo_specs(plan, ["r"], kind)
+    # the fixture's repository already holds the saturated flat under the same new id: move this one on
+    from dataclasses import replace
+
+    from cpframe.core.model import ns_to_iso
+
+    step = {"light-leak": 1, "noisy": 2}[kind]
+    moved = replace(bad, seq_num=bad.seq_num + step, begin=ns_to_iso(bad.begin_ns + step * 120 * 10**9))
+    bad_selections = {k: v.replace(f"exposure.seq_num={bad.seq_num})", f"exposure.seq_num={moved.seq_num})")
+                      for k, v in bad_selections.items()}
+    assert all(f"seq_num={moved.seq_num})" in v for v in bad_selections.values())
+    bad = moved
     opts = {"scale": "mini", "detectors": [DETECTOR], "seed": 1}
     raw = tmp_path / "raw"
     files = demo_mod._simulate([bad] if kind != "noisy" else [], raw, opts, 2, lambda m: None,

@@ -512,7 +512,7 @@ def _simulate(specs: list, raw_dir: Path, opts: dict, workers: int,
     echo(f"simulating {len(specs)} exposures x {len(opts['detectors'])} detectors ({opts['scale']}) "
          f"into {raw_dir} ...")
     files = simulate(specs, raw_dir, DEMO_INSTRUMENT, scale=opts["scale"], seed=opts["seed"],
-                     detectors=opts["detectors"], workers=workers)
+                     detectors=opts["detectors"], workers=workers) if specs else []
     if noisy is not None:
         truth = make_truth(load_camera(DEMO_INSTRUMENT, opts["scale"]), opts["seed"])
         for d in truth.detectors.values():
