@@ -542,6 +542,11 @@ def test_deploy_cli(calib_repo, tmp_path):
     ]
     res = CliRunner().invoke(main, args + ["--dry-run"])
     assert res.exit_code == 0 and "Dry run: nothing changed" in res.output, res.output
+    # not reviewed and approved: refused, nothing changes (docs/lifecycle.md)
+    res = CliRunner().invoke(main, args + ["--yes"])
+    assert res.exit_code == 2 and "refusing to deploy" in res.output and "--override-approval" in res.output
+    assert calib_repo.registry.get_chain("LSSTComCam/calib") == ("LSSTComCam/calib/DM-0",)
+    args += ["--override-approval", "test of the deploy command"]
     res = CliRunner().invoke(main, args, input="n\n")
     assert res.exit_code == 0 and "Not deployed." in res.output
     assert calib_repo.registry.get_chain("LSSTComCam/calib") == ("LSSTComCam/calib/DM-0",)

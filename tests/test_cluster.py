@@ -89,7 +89,10 @@ def test_parse_duration(text, seconds):
 def test_job_kwargs_name_and_lifetime():
     kw = slurm_job_kwargs(load_site("slurm-local.yaml"), "cpframe-abc")
     assert kw["job_name"] == "cpframe-abc" and kw["python"] == sys.executable
-    assert kw["worker_extra_args"] == ["--lifetime", "1500s", "--lifetime-stagger", "60s"]
+    site = load_site("slurm-local.yaml")
+    per_process = site.memory_bytes // site.processes
+    assert kw["worker_extra_args"] == ["--lifetime", "1500s", "--lifetime-stagger", "60s", "--resources",
+                                       f"MEMORY={per_process},CPU={max(1, site.cores // site.processes)}"]
 
 
 def test_adapt_limits_site_first_then_settings():
@@ -125,7 +128,7 @@ def test_subprocess_failure_keeps_command_code_and_stderr():
 
 
 def test_unknown_kind():
-    with pytest.raises(ConfigError, match="cluster kind 'k8s' is not known"):
+    with pytest.raises(ConfigError, match="computeSite 'k8s' is not a known site; known sites: .*local.*slurm"):
         open_cluster(Settings(), kind="k8s")
 
 

@@ -39,10 +39,10 @@ def test_data_id_canonical_and_hashable():
     assert exposure_id(20241110, 44) == 2024111000044
 
 
-@pytest.mark.parametrize("name,ndet", [("LATISS", 1), ("LSSTComCam", 9), ("LSSTCam", 189)])
-def test_cameras(name, ndet):
+@pytest.mark.parametrize("name,ndet,nsci", [("LATISS", 1, 1), ("LSSTComCam", 9, 9), ("LSSTCam", 205, 189)])
+def test_cameras(name, ndet, nsci):
     cam = load_camera(name)
-    assert len(cam.detectors) == ndet and name in list_instruments()
+    assert len(cam.detectors) == ndet and len(cam.science_detectors) == nsci and name in list_instruments()
     det = cam.detectors[0]
     assert len(det.amps) == 16
     # amps tile the detector exactly once

@@ -141,7 +141,7 @@ def test_raw_reader_on_simulated_file(tmp_path):
         for amp, seg in zip(raw.detector.amps, segs):
             np.testing.assert_array_equal(raw.segments[amp.name], hdul["SEGMENT" + amp.name[1:]].data)
             np.testing.assert_array_equal(raw.segments[amp.name], seg)
-    assert read_header(p)["IMGTYPE"] == "bias"
+    assert read_header(p)["IMGTYPE"] == "BIAS"  # the cameras write upper case
 
 
 def test_defects_and_ptc_files(tmp_path):

@@ -80,10 +80,10 @@ def test_bad_files_reported_and_the_rest_ingested(good_files, tmp_path, sqlite_r
     data = src.read_bytes()
     (bad / "truncated.fits").write_bytes(data[: len(data) // 2])
     _rewrite_header(src, bad / "nodayobs.fits", DAYOBS=None, SEQNUM=None)
-    _rewrite_header(src, bad / "badexpid.fits", EXPID=2024120399999)
-    _rewrite_header(src, bad / "utc.fits", TIMESYS="UTC")
+    _rewrite_header(src, bad / "badexpid.fits", CONTRLLR="X")
+    _rewrite_header(src, bad / "utc.fits", **{"DATE-END": "2024-12-03T19:00:00.000"})
     _rewrite_header(src, bad / "filter.fits", FILTER="q_99")
-    _rewrite_header(src, bad / "notint.fits", DETECTOR="four")
+    _rewrite_header(src, bad / "notint.fits", RAFTBAY="R99")
     report = ingest_raws(sqlite_repo, [tmp_path / "good", bad, tmp_path / "nowhere.fits"], transfer="copy")
     assert sorted(report.ingested) == sorted(str(p) for p in good_files)
     reasons = {os.path.basename(p): r for p, r in report.failed}
@@ -100,11 +100,11 @@ def test_bad_files_reported_and_the_rest_ingested(good_files, tmp_path, sqlite_r
     }
     assert "not a readable FITS file" in reasons["garbage.fits"]
     assert "truncated" in reasons["truncated.fits"] and "need at least" in reasons["truncated.fits"]
-    assert "missing DAYOBS, SEQNUM" in reasons["nodayobs.fits"]
-    assert "EXPID=2024120399999 but DAYOBS*100000+SEQNUM=2024120300010" in reasons["badexpid.fits"]
-    assert "TIMESYS='UTC'" in reasons["utc.fits"]
+    assert "DAYOBS is missing" in reasons["nodayobs.fits"] or "SEQNUM is missing" in reasons["nodayobs.fits"]
+    assert "CONTRLLR='X' is not one of O, C, H, P, Q, S" in reasons["badexpid.fits"]
+    assert "end 2024-12-03T19:00:00.000 TAI is before begin 2024-12-03T20:00:00.000 TAI" in reasons["utc.fits"]
     assert "no physical filter 'q_99'" in reasons["filter.fits"]
-    assert "DETECTOR='four' is not an integer" in reasons["notint.fits"]
+    assert "detector R99_S11 is not a LSSTComCam detector" in reasons["notint.fits"]
     assert "no such file" in reasons["nowhere.fits"]
     for p, r in report.failed:  # every reason names its file
         assert p in r or os.path.basename(p) == "nowhere.fits"
@@ -135,7 +135,7 @@ def test_reingest_is_skipped_and_a_different_file_is_refused(
 def test_files_of_one_exposure_must_agree(good_files, tmp_path, sqlite_repo):
     det0 = tmp_path / "more" / "LSSTComCam_det0.fits"
     det0.parent.mkdir()
-    _rewrite_header(good_files[0], det0, DETECTOR=0, DETNAME="R22_S00", EXPTIME=99.0)
+    _rewrite_header(good_files[0], det0, CCDSLOT="S00", SHUTTIME=99.0)
     report = ingest_raws(sqlite_repo, [tmp_path / "good", det0])
     assert len(report.ingested) == 3
     ((path, reason),) = report.failed
@@ -150,7 +150,7 @@ def test_transfer_modes(good_files, tmp_path, transfer):
         assert len(report.ingested) == 1
         (ref,) = _datasets(repo, "LSSTComCam/raw/test")
         path = repo.get_path(ref)
-        assert path.is_file() and fits.getheader(path)["EXPID"] == _specs()[0].exposure_id
+        assert path.is_file() and fits.getheader(path)["OBSID"] == _specs()[0].obs_id("LSSTComCam")
         assert repo.registry.get_collection_type("LSSTComCam/raw/test") == CollectionType.RUN
         if transfer == "direct":
             assert path == good_files[0].resolve()

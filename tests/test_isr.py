@@ -173,7 +173,10 @@ def test_crosstalk_and_linearity_are_undone(tmp_path, effect):
     if effect == "crosstalk":
         fixed, _ = run_isr(outs[1], IsrConfig(do_crosstalk=True, **base), load_calibs({"crosstalk": dt.crosstalk}))
     else:
-        coeff = {a.name: -dt.nonlinearity for a in DET.amps}
+        coeff = {"format": "cpframe-linearizer", "version": 1,
+                 "amps": {a.name: {"type": "Polynomial", "coeffs": [-dirty_truth.amp(DET.id, a.name).nonlinearity,
+                                                                     -dirty_truth.amp(DET.id, a.name).nonlinearity_cubic]}
+                          for a in DET.amps}}
         fixed, _ = run_isr(outs[1], IsrConfig(do_linearize=True, **base), load_calibs({"linearizer": coeff}))
     effect_size = np.abs(dirty.image - clean.image).mean()
     residual = np.abs(fixed.image - clean.image).mean()

@@ -81,6 +81,11 @@ def exposure_rows():
     return rows
 
 
+#: This synthetic registry gives LATISS two ComCam-style filter names (the real LATISS names are
+#: FILTER~GRATING, e.g. 'SDSSr_65mm~empty'), so the cases below read alike for both instruments.
+SYNTHETIC_FILTERS = {LATISS: {"r_03": "r", "g_01": "g"}}
+
+
 def fill_registry(conn) -> None:
     """Write instruments, detectors, filters and exposures into an empty registry."""
     for name in (COMCAM, LATISS):
@@ -91,7 +96,8 @@ def fill_registry(conn) -> None:
             dict(instrument=name, id=d.id, full_name=d.name, raft=d.raft, name_in_raft=d.name_in_raft,
                  vendor=d.vendor, serial=d.serial) for d in cam.detectors])
         conn.execute(schema.physical_filter.insert(), [
-            dict(instrument=name, name=pf, band=band) for pf, band in cam.filters])
+            dict(instrument=name, name=pf, band=band)
+            for pf, band in cam.filters + tuple(SYNTHETIC_FILTERS.get(name, {}).items())])
     conn.execute(schema.exposure.insert(), exposure_rows())
 
 
@@ -116,7 +122,8 @@ def conn(engine):
         yield c
 
 
-BANDS = {(name, pf): band for name in (COMCAM, LATISS) for pf, band in load_camera(name).filters}
+BANDS = {(name, pf): band for name in (COMCAM, LATISS)
+         for pf, band in load_camera(name).filters + tuple(SYNTHETIC_FILTERS.get(name, {}).items())}
 DETECTORS = {name: load_camera(name).detectors for name in (COMCAM, LATISS)}
 ROWS = [dict(r, band=BANDS[(r["instrument"], r["physical_filter"])]) for r in exposure_rows()]
 
@@ -612,6 +619,8 @@ def repo_dir(tmp_path_factory):
     with Repository.create(root) as repo:
         repo.register_instrument(COMCAM)
         repo.register_instrument(LATISS)
+        repo.registry.insert_dimension_rows("physical_filter", [
+            {"instrument": LATISS, "name": pf, "band": b} for pf, b in SYNTHETIC_FILTERS[LATISS].items()])
         repo.registry.insert_exposures(exposure_rows())
     return str(root)
 

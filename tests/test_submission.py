@@ -73,7 +73,7 @@ def test_every_problem_reported_at_once():
     assert msg.startswith("templates/x.yaml: the submission has 9 problems:")
     for words in ("pipelineYaml is missing", "payload.dataQuery is missing", "payload.butlerConfig is missing",
                   "requestMemory must be MiB", "requestCpus must be >= 1, got 0", "numberOfRetries must be >= 0",
-                  "computeSite must be one of local, slurm, got 'aws'", "cluster.c.pipetasks must list",
+                  "computeSite 'aws' is not a known site; known sites: ", "cluster.c.pipetasks must list",
                   "cluster.c.dimensions has unknown 'galaxy'"):
         assert words in msg, words
 

@@ -43,6 +43,7 @@ __all__ = [
     "scale_defects",
     "manual_defects_at",
     "write_curated_calibrations",
+    "source_provenance",
 ]
 
 #: Camera geometry as a calibration dataset (the camera YAML file itself).
@@ -97,6 +98,8 @@ class CuratedReport:
     """``<dataset type> <data ID> valid [from, until)`` lines of new datasets."""
     skipped: list[str] = field(default_factory=list)
     """Same, already present and certified identically."""
+    provenance: dict = field(default_factory=dict)
+    """:func:`source_provenance` of the curated folder."""
 
     def summary(self) -> str:
         lines = [
@@ -104,6 +107,11 @@ class CuratedReport:
             f"  written: {len(self.written)}, already there: {len(self.skipped)}",
             f"  RUNs: {', '.join(self.runs) if self.runs else '-'}",
         ]
+        if self.provenance:
+            p = self.provenance
+            commit = p.get("git_commit") or "not a git repository"
+            dirty = f", UNCOMMITTED: {', '.join(p['git_dirty'])}" if p.get("git_dirty") else ""
+            lines.append(f"  source: {p.get('folder')} @ {commit}{dirty}")
         lines += [f"  + {w}" for w in self.written]
         lines += [f"  = {s}" for s in self.skipped]
         inst = self.collection.split("/")[0]
@@ -111,24 +119,39 @@ class CuratedReport:
         return "\n".join(lines)
 
 
-def curated_dir(instrument: str) -> Path:
-    """Folder of the curated files of ``instrument`` (inside the installed package)."""
+def curated_dir(instrument: str, root: str | os.PathLike | None = None) -> Path:
+    """Folder of the curated files of ``instrument``: ``ROOT/<instrument>``.
+
+    ``root`` is a folder meant to be a git repository (like ``obs_lsst_data``, docs/lifecycle.md);
+    default: the copy inside the installed package.
+    """
     load_camera(instrument)  # CameraError for an unknown instrument
+    if root is not None:
+        d = Path(root) / instrument
+        if not d.is_dir():
+            raise UserInputError(f"curated folder {d} does not exist; give the folder that holds "
+                                 f"{instrument}/curated.yaml (--curated-dir).")
+        return d
     return Path(str(package_dir() / "data" / "curated" / instrument))
 
 
-def _index(instrument: str) -> dict:
-    p = curated_dir(instrument) / "curated.yaml"
+def _index(instrument: str, root: str | os.PathLike | None = None) -> dict:
+    p = curated_dir(instrument, root) / "curated.yaml"
     if not p.exists():
         return {}
     return yaml.safe_load(p.read_text()) or {}
+
+
+def _index_at(folder: Path) -> dict:
+    p = folder / "curated.yaml"
+    return (yaml.safe_load(p.read_text()) or {}) if p.exists() else {}
 
 
 def _iso(text: Any, what: str) -> str:
     return ns_to_iso(parse_tai(str(text), what))
 
 
-def list_curated(instrument: str) -> list[CuratedCalib]:
+def list_curated(instrument: str, root: str | os.PathLike | None = None) -> list[CuratedCalib]:
     """Every curated calibration of ``instrument`` with its validity range, sorted.
 
     Raises
@@ -139,9 +162,9 @@ def list_curated(instrument: str) -> list[CuratedCalib]:
         A curated file whose name or metadata is inconsistent (path and reason given).
     """
     camera = load_camera(instrument)
-    root = curated_dir(instrument)
+    idx = _index(instrument, root)
+    root = curated_dir(instrument, root)
     out: list[CuratedCalib] = []
-    idx = _index(instrument)
     cam = idx.get("camera")
     if cam:
         src = Path(str(package_dir() / "data" / "cameras" / f"{instrument}.yaml"))
@@ -279,7 +302,7 @@ def _defects_scale(instrument: str) -> str:
 
 def _defects_for(c: CuratedCalib, camera: Camera) -> list[tuple[int, int, int, int]]:
     rects, meta = read_defects(c.path)
-    src_scale = str(meta.get("scale") or _defects_scale(c.instrument))  # index read only when needed
+    src_scale = str(meta.get("scale") or _index_at(c.path.parent).get("manual_defects", {}).get("scale", "full"))
     src = load_camera(c.instrument, src_scale).detector(c.detector)
     return scale_defects(rects, src, camera.detector(c.detector))
 
@@ -325,8 +348,39 @@ def _repo_scale(repo: Any, instrument: str) -> str:
     return "full"
 
 
+def source_provenance(folder: str | os.PathLike, files: Iterable[str | os.PathLike]) -> dict:
+    """Where curated files come from: the git commit of their folder and each file's SHA-256.
+
+    ``{"folder", "git_commit" (None outside git), "git_dirty": [files changed since the commit],
+    "files": {name: sha256}}``; a file edited but not committed is listed in ``git_dirty``, so
+    a certified product traces to a commit or says that it does not.
+    """
+    import hashlib
+    import subprocess
+
+    folder = Path(folder).resolve()
+    files = [Path(f).resolve() for f in files]
+    out: dict[str, Any] = {"folder": str(folder), "git_commit": None, "git_dirty": [],
+                           "files": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}}
+
+    def git(*args: str) -> str | None:
+        try:
+            r = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return r.stdout if r.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit:
+        out["git_commit"] = commit.strip()
+        status = git("status", "--porcelain", "--untracked-files=all", "--", *[str(f) for f in files]) or ""
+        out["git_dirty"] = sorted(Path(line[3:].strip()).name for line in status.splitlines() if line.strip())
+    return out
+
+
 def write_curated_calibrations(
-    repo: Any, instrument: str, collection: str, scale: str | None = None, transfer: str = "copy"
+    repo: Any, instrument: str, collection: str, scale: str | None = None, transfer: str = "copy",
+    root: str | os.PathLike | None = None,
 ) -> CuratedReport:
     """Write the curated calibrations of ``instrument`` into ``repo`` and certify them.
 
@@ -340,6 +394,10 @@ def write_curated_calibrations(
     scale : str, optional
         ``full`` or ``mini``: geometry the defect rectangles are mapped to; default the
         ``CAMSCALE`` of the repository's raws (``full`` when there are none).
+    root : path, optional
+        Folder holding ``<instrument>/curated.yaml`` and the files (a git repository, like
+        ``obs_lsst_data``); default the copy inside the package.  Each RUN's provenance
+        (``Registry.get_run_info``) records the folder's git commit and every file's SHA-256.
 
     Returns
     -------
@@ -368,9 +426,12 @@ def write_curated_calibrations(
         raise CollectionTypeError(
             MSG_NOT_CALIBRATION.format(collection=collection, kind=ctype.name, instrument=instrument)
         )
-    calibs = list_curated(instrument)
+    calibs = list_curated(instrument, root)
     if not calibs:
-        raise UserInputError(f"{instrument} has no curated calibrations in {curated_dir(instrument)}.")
+        raise UserInputError(f"{instrument} has no curated calibrations in {curated_dir(instrument, root)}.")
+    source = curated_dir(instrument, root)
+    prov = source_provenance(source, [c.path for c in calibs if c.dataset_type != "camera"])
+    report = CuratedReport(collection, provenance=prov)
     reg.register_instrument(camera)
     reg.register_dataset_type(CAMERA_DATASET_TYPE)
     reg.register_collection(
@@ -378,7 +439,6 @@ def write_curated_calibrations(
         CollectionType.CALIBRATION,
         doc=f"curated calibrations of {instrument} (cpframe write-curated-calibrations)",
     )
-    report = CuratedReport(collection)
     certified = {
         (r.dataset_type, DataId(r.data_id).key(), r.extra.get("timespan")): r
         for r in reg.query_certifications(collection)
@@ -416,12 +476,18 @@ def write_curated_calibrations(
                             detector_name=camera.detector(c.detector).name,
                             scale=camera.scale,
                             source=c.path.name,
+                            source_sha256=prov["files"].get(c.path.name, ""),
+                            source_commit=prov["git_commit"] or "not in git",
                         )
                     items.append((src, c.dataset_type, data_id))
                     todo.append(c)
                 else:
                     todo.append((c, ref))
             new_refs = iter(repo.put_files(items, run, transfer=transfer) if items else [])
+            if items:
+                names = {c.path.name for c, _ in group if c.dataset_type != "camera"}
+                reg.set_run_info(run, {"curated": {**prov, "files": {k: v for k, v in prov["files"].items()
+                                                                      if k in names}}})
             for entry in todo:
                 c, ref = (entry, next(new_refs)) if isinstance(entry, CuratedCalib) else entry
                 span = c.timespan

@@ -127,6 +127,9 @@ class Detector:
     """``ITL`` or ``E2V``."""
     serial: str
     amps: tuple[Amplifier, ...]
+    purpose: str = "SCIENCE"
+    """``SCIENCE``, ``WAVEFRONT`` or ``GUIDER`` (the butler's detector ``purpose``); science
+    pipelines and the simulator use SCIENCE detectors only."""
 
     @property
     def raft(self) -> str:
@@ -171,6 +174,15 @@ class Camera:
         return tuple(d.id for d in self.detectors)
 
     @property
+    def science_detectors(self) -> tuple[Detector, ...]:
+        """Detectors with purpose SCIENCE (LSSTCam: 189 of 205; no wavefront or guider)."""
+        return tuple(d for d in self.detectors if d.purpose == "SCIENCE")
+
+    @property
+    def science_detector_ids(self) -> tuple[int, ...]:
+        return tuple(d.id for d in self.science_detectors)
+
+    @property
     def amp_names(self) -> tuple[str, ...]:
         return self.detectors[0].amp_names
 
@@ -187,16 +199,40 @@ class Camera:
         for pf, band in self.filters:
             if pf == physical_filter:
                 return band
-        raise CameraError(
-            f"{self.name} has no physical filter {physical_filter!r}; "
-            f"known: {', '.join(pf for pf, _ in self.filters)}."
-        )
+        names = [pf for pf, _ in self.filters]
+        shown = ", ".join(names[:15]) + (f", ... ({len(names)} in all, cpframe/data/cameras/{self.name}.yaml)"
+                                         if len(names) > 15 else "")
+        raise CameraError(f"{self.name} has no physical filter {physical_filter!r}; known: {shown}.")
 
     def filter_for_band(self, band: str) -> str:
         for pf, b in self.filters:
             if b == band:
                 return pf
         raise CameraError(f"{self.name} has no filter in band {band!r}; bands: {', '.join(b for _, b in self.filters)}.")
+
+
+def _filter_combinations(spec: dict) -> tuple[tuple[str, str], ...]:
+    """LATISS-style ``FILTER~GRATING`` names from ``latiss_filters`` x ``latiss_gratings``.
+
+    Every filter alone and with every grating (band of the filter), plus ``empty~<f>`` for
+    each filter ``f`` in the grating wheel (band of ``f``).  obs_lsst leaves out the
+    ``diffuser~<grating>`` names, but real raws carry them (AT_O_20191118_000011), so cpframe
+    keeps them.
+    Names already listed under ``filters`` keep their entry there.
+    """
+    filters = spec.get("latiss_filters") or []
+    if not filters:
+        return ()
+    listed = {f["physical_filter"] for f in spec.get("filters", [])}
+    bands = {f["name"]: f["band"] for f in filters}
+    out: dict[str, str] = {}
+    for f in filters:
+        out[f["name"]] = f["band"]
+        for g in spec.get("latiss_gratings", []):
+            out[f"{f['name']}~{g}"] = f["band"]
+    for g in spec.get("latiss_grating_filters", []):
+        out[f"empty~{g}"] = bands[g]
+    return tuple((pf, band) for pf, band in out.items() if pf not in listed)
 
 
 def list_instruments() -> list[str]:
@@ -242,10 +278,10 @@ def load_camera(name: str, scale: str = "full") -> Camera:
         Detector(
             id=int(d["id"]), name=d["name"], sensor_type=d["sensor_type"],
             vendor=spec["sensor_types"][d["sensor_type"]]["vendor"], serial=d["serial"],
-            amps=amps_by_type[d["sensor_type"]],
+            amps=amps_by_type[d["sensor_type"]], purpose=str(d.get("purpose", "SCIENCE")),
         )
         for d in spec["detectors"]
     )
-    filters = tuple((f["physical_filter"], f["band"]) for f in spec["filters"])
+    filters = tuple((f["physical_filter"], f["band"]) for f in spec["filters"]) + _filter_combinations(spec)
     return Camera(name=spec["name"], scale=scale, detectors=dets, filters=filters, doc=spec.get("doc", ""))
 

@@ -21,7 +21,7 @@ from cpframe.core.model import exposure_id as _exposure_id
 from cpframe.core.model import ns_to_iso, parse_tai, tai_minus_utc_ns
 
 #: Observation types the simulator can produce (``IMGTYPE`` header).
-OBSERVATION_TYPES = ("bias", "dark", "flat", "science")
+OBSERVATION_TYPES = ("bias", "dark", "flat", "science", "spot")  # spot: cpframe/camera/spots.py
 
 
 _ISO_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?$")
@@ -196,6 +196,10 @@ def read_plan(name_or_path: str | os.PathLike, instrument: str | None = None) ->
     if not instrument:
         raise UserInputError(f"{where}: no instrument: give --instrument or set 'instrument:' in the plan.")
     camera = load_camera(instrument)
+    try:
+        home = load_camera(doc["instrument"]) if doc.get("instrument") else None
+    except CameraError:
+        home = None
     defaults = dict(doc.get("defaults") or {})
     unknown = set(defaults) - _DEFAULT_KEYS
     if unknown:
@@ -263,7 +267,7 @@ def read_plan(name_or_path: str | os.PathLike, instrument: str | None = None) ->
             if otype != "bias" and any(t <= 0 for t in times):
                 problems.append(f"{blabel}: {otype} exposures need exposure_time > 0")
             flux = float(block.get("flux", 0.0))
-            if otype in ("flat", "science") and flux <= 0:
+            if otype in ("flat", "science", "spot") and flux <= 0:
                 problems.append(
                     f"{blabel}: {otype} exposures need flux > 0 (e-/s/pixel at the focal-plane centre)"
                 )
@@ -273,7 +277,12 @@ def read_plan(name_or_path: str | os.PathLike, instrument: str | None = None) ->
                 if "band" in block:
                     pf = camera.filter_for_band(block["band"])
                 else:
-                    pf = block.get("physical_filter", defaults.get("physical_filter", camera.filters[0][0]))
+                    pf = block.get("physical_filter", defaults.get("physical_filter"))
+                    if pf is None:
+                        pf = camera.filters[0][0]
+                    elif home is not None and home.name != camera.name:
+                        # a plan written for another camera: same band, this camera's filter
+                        pf = camera.filter_for_band(home.band_of(pf))
                     camera.band_of(pf)
             except CameraError as err:
                 problems.append(f"{blabel}: {err}")

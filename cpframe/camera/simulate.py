@@ -14,7 +14,7 @@ On the assembled detector image, in electrons::
 
 Per amplifier, in the read-out frame (``cpframe/camera/models.py``), in adu::
 
-    s     = e / gain;  s *= 1 + nonlinearity * s;  s += crosstalk @ s(other amps)
+    s     = e / gain;  s *= 1 + k2 * s + k3 * s²  (per amp);  s += crosstalk @ s(other amps)
     raw   = s (data region only) + bias_level + jitter + drift(row) + bias_pattern (data only)
           + Normal(0, read_noise / gain)       (everywhere: prescan, data, both overscans)
     raw   = clip(rint(raw), 0, 2**adc_bits - 1) as int32
@@ -41,7 +41,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from cpframe.camera.cti import apply_deferred_charge
 from cpframe.camera.models import Camera, Detector, _camera_yaml, load_camera
+from cpframe.camera.nonlinearity import apply_nonlinearity
+from cpframe.camera.spots import spot_field
 from cpframe.camera.plan import (  # noqa: F401
     OBSERVATION_TYPES,
     ExposureSpec,
@@ -206,8 +209,11 @@ def simulate_detector(
     # far cheaper than a Poisson draw per pixel); hot pixels are drawn on their own.
     light = spec.flux > 0 and spec.exposure_time > 0
     stars = None
+    sky = spec.flux
     if light and spec.observation_type == "science" and eff.get("stars", 0) > 0:
         stars = _star_field(r_signal, det.shape, eff["stars"])
+    elif light and spec.observation_type == "spot":  # one amp lit past full well (crosstalk)
+        stars, sky = spot_field(det, spec.seq_num, spec.flux), 0.0
     resp = truth.response(det.id, band) if light else None
     dark_t = spec.dark_time if eff["dark_current"] or eff["defects"] or eff["manual_defects"] else 0.0
     extra = []  # sparse charges (y, x, e-): hot pixels, cosmic rays
@@ -224,6 +230,7 @@ def simulate_detector(
     dead = [(x0, y0, w, h) for x0, y0, w, h, kind in dt.defects if kind == "dead"]
     has_dark = dark_t > 0 and any(dt.amps[a.name].dark_current > 0 for a in det.amps)
     signal = None
+    trails: dict[int, np.ndarray] = {}
     if light or has_dark or extra:
         signal = np.zeros((len(det.amps), det.amps[0].data_rows, det.amps[0].data_cols), dtype=np.float32)
     for a in det.amps if signal is not None else ():
@@ -231,7 +238,7 @@ def simulate_detector(
         ys, xs = a.bbox
         dark_e = np.float32(at.dark_current * dark_t)
         if light:
-            lam = resp[ys, xs] * np.float32(spec.flux * spec.exposure_time)
+            lam = resp[ys, xs] * np.float32(sky * spec.exposure_time)
             if stars is not None:
                 lam += stars[ys, xs] * resp[ys, xs] * np.float32(spec.exposure_time)
             lam += dark_e
@@ -259,9 +266,11 @@ def simulate_detector(
             ] = 0.0
         if math.isfinite(at.full_well):
             np.minimum(e, np.float32(at.full_well), out=e)
+        if at.cti or at.trap_size:  # serial deferred charge, in e-; the trail goes to the overscan
+            e, trail = apply_deferred_charge(e, a, at.cti, at.trap_size, at.trap_emission_time, at.trap_scaling)
+            trails[a.index] = trail / at.gain
         e *= np.float32(1.0 / at.gain)
-        if dt.nonlinearity:
-            e *= 1.0 + np.float32(dt.nonlinearity) * e
+        apply_nonlinearity(e, at.nonlinearity, at.nonlinearity_cubic)
         signal[a.index] = _to_readout(e, a)
     if signal is not None and dt.crosstalk.any():
         signal = signal + np.tensordot(dt.crosstalk.astype(np.float32), signal, axes=(1, 0))
@@ -286,6 +295,8 @@ def simulate_detector(
             data[: len(bump)] += bump
         if signal is not None:
             data += signal[a.index]
+        if a.index in trails:
+            raw[: a.data_rows, a.serial_overscan_slice[1]] += trails[a.index].astype(np.float32)
         np.clip(raw, 0, adc_max, out=raw)
         segments.append(raw.astype(np.int32))  # values >= 0: truncation = floor
     return segments
@@ -403,39 +414,10 @@ def write_raw(
 
 
 def raw_header_cards(camera: Camera, detector_id: int, spec: ExposureSpec, seed: int) -> list[tuple]:
-    """Primary-header cards ``(key, value, comment)`` of a raw file (docs/architecture.md)."""
-    det = camera.detector(detector_id)
-    info = _camera_yaml(camera.name)
-    b_ns, e_ns = spec.begin_ns, spec.end_ns
-    cards = [
-        ("INSTRUME", camera.name, "instrument"),
-        ("TELESCOP", info.get("telescope", camera.name), "telescope"),
-        ("DETECTOR", det.id, "detector id"),
-        ("DETNAME", det.name, "detector name"),
-        ("RAFTBAY", det.raft, "raft"),
-        ("CCDSLOT", det.name_in_raft, "sensor slot in the raft"),
-        ("DET_SER", det.serial, "sensor serial (vendor-...)"),
-        ("OBSID", spec.obs_id(camera.name), "observation id"),
-        ("IMGTYPE", spec.observation_type, "observation type"),
-        ("REASON", spec.observation_reason, "observation reason"),
-        ("PROGRAM", spec.science_program, "science program"),
-        ("FILTER", spec.physical_filter, "physical filter"),
-        ("FILTBAND", camera.band_of(spec.physical_filter), "band"),
-        ("EXPTIME", float(spec.exposure_time), "[s] exposure time"),
-        ("DARKTIME", float(spec.dark_time), "[s] dark time"),
-        ("DATE-BEG", ns_to_iso(b_ns), "start of exposure (TAI)"),
-        ("DATE-END", ns_to_iso(e_ns), "end of exposure (TAI)"),
-        ("TIMESYS", "TAI", "time scale of DATE-* and MJD-*"),
-        ("MJD-BEG", _mjd(b_ns), "start of exposure, MJD (TAI)"),
-        ("MJD-END", _mjd(e_ns), "end of exposure, MJD (TAI)"),
-        ("DAYOBS", int(spec.day_obs), "observing day YYYYMMDD"),
-        ("SEQNUM", int(spec.seq_num), "sequence number within the day"),
-        ("EXPID", int(spec.exposure_id), "exposure id = DAYOBS*100000+SEQNUM"),
-        ("CAMSCALE", camera.scale, "camera scale (full or mini)"),
-        ("CPFSEED", int(seed), "cpframe simulator seed"),
-        ("ORIGIN", "cpframe simulate", "written by"),
-    ]
-    return cards
+    """Primary-header cards of a raw file, in the real cameras' format (``cpframe.camera.raw_headers``)."""
+    from cpframe.camera.raw_headers import raw_header_cards as cards
+
+    return cards(camera, detector_id, spec, seed)
 
 
 # =========================================================================================
@@ -544,7 +526,11 @@ def simulate(
                 f"exposure {s.exposure_id} (day_obs {s.day_obs}, seq_num {s.seq_num}) is planned twice."
             )
         seen[s.exposure_id] = s
-    dets = [camera.detector(d) for d in (detectors if detectors is not None else camera.detector_ids)]
+    dets = [camera.detector(d) for d in (detectors if detectors is not None else camera.science_detector_ids)]
+    corner = [d.name for d in dets if d.purpose != "SCIENCE"]
+    if corner:
+        raise UserInputError(f"{camera.name} detector(s) {', '.join(corner)} are wavefront/guider sensors; "
+                             "the simulator makes science detectors only.")
     det_ids = sorted({d.id for d in dets})
     if truth is None:
         first = min(specs, key=lambda s: s.begin_ns).begin

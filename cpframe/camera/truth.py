@@ -21,7 +21,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from cpframe.camera.cti import draw_amp_cti
 from cpframe.camera.models import Camera, Detector, _camera_yaml, load_camera
+from cpframe.camera.nonlinearity import draw_amp_nonlinearity, measured_signal
 from cpframe.core.errors import CameraError, UserInputError
 
 #: Effects of :func:`make_truth` and their default strength (``True`` = the default strength,
@@ -41,8 +43,9 @@ EFFECTS: dict[str, Any] = {
     "poisson": True,  # photon + dark shot noise
     "saturation": True,  # full-well clip (the ADC clip always applies)
     "stars": 1e-5,  # science frames: stars per pixel
-    "nonlinearity": False,  # quadratic non-linearity coefficient (1/adu); True = -1e-7
+    "nonlinearity": False,  # non-linearity strength k (1/adu), per-amp curves around it; True = -1e-7
     "crosstalk": False,  # crosstalk strength (largest coefficient); True = 3e-4
+    "cti": False,  # serial CTI (nominal, per-amp around it) + one serial trap per amp; True = 3e-6
 }
 _EFFECT_ON = {
     "bias_jitter": 1.0,
@@ -52,6 +55,7 @@ _EFFECT_ON = {
     "stars": 1e-5,
     "nonlinearity": -1e-7,
     "crosstalk": 3e-4,
+    "cti": 3e-6,
 }
 
 TRUTH_FORMAT = "cpframe-truth"
@@ -108,6 +112,18 @@ class AmpTruth:
     """adu, raw level (bias included) where the full well or the ADC clips."""
     bias_bump: float
     """adu, amplitude of the fixed bias bump at the first rows read (data region only)."""
+    nonlinearity: float = 0.0
+    """1/adu, k2 of the response m = s (1 + k2 s + k3 s²) (``cpframe/camera/nonlinearity.py``)."""
+    nonlinearity_cubic: float = 0.0
+    """1/adu², k3 of the same response."""
+    cti: float = 0.0
+    """Global serial CTI (fraction lost per transfer; ``cpframe/camera/cti.py``)."""
+    trap_size: float = 0.0
+    """e-, capacity of the amp's serial trap (0 = none)."""
+    trap_emission_time: float = 1.0
+    """Transfers, emission time constant of the trap."""
+    trap_scaling: float = 0.0
+    """Linear capture: the trap fills to min(size, scaling x signal)."""
 
 
 @dataclass
@@ -126,7 +142,8 @@ class DetectorTruth:
     crosstalk: np.ndarray
     """16 x 16 [target, source] coefficients (adu/adu, read-out frames); zeros when off."""
     nonlinearity: float
-    """k in s_measured = s * (1 + k * s), s in adu; 0 when off."""
+    """Nominal strength k of the effect (1/adu; 0 when off); each amp's own curve is in its
+    :class:`AmpTruth` (``nonlinearity``, ``nonlinearity_cubic``)."""
 
 
 def _sim_facts(camera: Camera, det: Detector) -> dict:
@@ -159,7 +176,7 @@ def _field_radius(camera: Camera) -> float:
 @functools.lru_cache(maxsize=16)
 def _field_radius_of(instrument: str, scale: str) -> float:
     camera = load_camera(instrument, scale)
-    pos = np.array([_grid_position(camera, d) for d in camera.detectors])
+    pos = np.array([_grid_position(camera, d) for d in camera.science_detectors])
     ny = pos[:, 0].max() - pos[:, 0].min() + 1
     nx = pos[:, 1].max() - pos[:, 1].min() + 1
     return 0.5 * math.hypot(ny, nx)
@@ -304,9 +321,9 @@ class Truth:
 
     def _flat_norm(self, band: str) -> float:
         tot = 0.0
-        for det in self.camera.detectors:
+        for det in self.camera.science_detectors:
             tot += float(self.illumination(det.id, band, shape=(64, 64)).mean()) * self.detectors[det.id].qe
-        return tot / len(self.camera.detectors)
+        return tot / len(self.camera.science_detectors)
 
     def flat(self, detector_id: int, band: str) -> np.ndarray:
         """The flat a normalised combined flat must recover (focal-plane mean ~1), float64.
@@ -571,12 +588,15 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
 
     manual = manual_defects_at(camera, date) if eff["manual_defects"] else {}
     dets: dict[int, DetectorTruth] = {}
-    for det in camera.detectors:
+    for det in camera.science_detectors:  # wavefront/guider sensors are not simulated
         facts = _sim_facts(camera, det)
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), _TAG_TRUTH, det.id]))
         adc_max = 2 ** int(facts.get("adc_bits", 18)) - 1
         nonlin = eff["nonlinearity"]
         amps = {}
+        curves = iter(draw_amp_nonlinearity(  # own random stream: other draws are unchanged
+            seed, det.id, [float(facts["full_well"][1]) / float(facts["gain"][0])] * len(det.amps), nonlin))
+        deferred = iter(draw_amp_cti(seed, det.id, len(det.amps), eff["cti"]))  # own stream
         for a in det.amps:
             gain = _uniform(rng, facts["gain"])
             rn = _uniform(rng, facts["read_noise"])
@@ -585,8 +605,8 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
             dark = _uniform(rng, facts["dark_current"])
             fw = _uniform(rng, facts["full_well"])
             bump = _uniform(rng, (2.0, 6.0))
-            fw_adu = fw / gain
-            fw_adu *= 1.0 + nonlin * fw_adu
+            k2, k3 = next(curves)
+            fw_adu = float(measured_signal(fw / gain, k2, k3))
             sat = min(bias + fw_adu, adc_max) if eff["saturation"] else float(adc_max)
             amps[a.name] = AmpTruth(
                 gain=gain,
@@ -597,6 +617,9 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
                 full_well=fw if eff["saturation"] else math.inf,
                 saturation=float(sat),
                 bias_bump=bump if eff["bias_pattern"] else 0.0,
+                nonlinearity=k2,
+                nonlinearity_cubic=k3,
+                **dict(zip(("cti", "trap_size", "trap_emission_time", "trap_scaling"), next(deferred))),
             )
         defects, values = _make_defects(rng, det)
         if not eff["defects"]:

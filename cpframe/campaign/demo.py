@@ -107,6 +107,8 @@ class DemoResult:
     """Stage -> wall time, seconds."""
     broken: "BrokenInput | None" = None
     """What the broken campaign found, when ``broken`` was asked."""
+    ledger: Any = None
+    """The set's :class:`cpframe.campaign.lifecycle.SetStatus` after the demo (docs/lifecycle.md)."""
 
     @property
     def broken_detected(self) -> bool | None:
@@ -138,6 +140,11 @@ class DemoResult:
         lines.append(f"Report: {self.report_index}" if self.report_index else "Report: not written")
         lines.append("RESULT: " + ("all products pass verification" if self.passed
                                    else "some verification tests FAIL (red in the report)"))
+        if self.ledger is not None:
+            st = self.ledger
+            lines.append(f"Ledger: {st.name} is {st.state}" + (" (deployed by the demo as an explicit override, "
+                                                               "not reviewed)" if st.override else ""))
+            lines.append(f"Next step: {st.next_step(str(self.repo_root))}")
         if self.broken is not None:
             b = self.broken
             kind = BROKEN_KINDS[b.kind]
@@ -468,6 +475,9 @@ def run_demo(
             out.deploy = deploy(r.registry, camp.instrument, camp.ticket_chain,
                                 raw_collection=camp.variables["RAW_COLLECTION"],
                                 calib_collections=_split_collections(camp.variables["CALIB_COLLECTIONS"]))
+        from cpframe.campaign.lifecycle import record_observed
+
+        out.ledger = record_observed(r, camp.ticket_chain)
         if bad is not None:
             band = broken_band(bands) if BROKEN_KINDS[broken].product == "flat" else ""
             out.broken = BrokenInput(broken, bad_spec.exposure_id, band,

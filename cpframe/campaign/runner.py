@@ -632,6 +632,11 @@ class _StepRunner:
                      exposure=step.exposure)
         if not res.ok:
             raise CampaignError(f"deployment self-check failed:\n{res.format()}")
+        from cpframe.campaign.lifecycle import record_deployment
+
+        # --deploy is an explicit request: recorded as an override when the set is not approved
+        record_deployment(self.repo, self.campaign.ticket_chain, res,
+                          override="cpframe campaign --deploy (deploy step run without an approved review)")
         return {"detail": res.headline(), "_deploy": res}
 
 

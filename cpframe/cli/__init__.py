@@ -49,6 +49,7 @@ def main() -> None:
 
 # Each module attaches its commands to ``main`` on import.
 from cpframe.cli import _registry, _data, _submit, _verify, _campaign, _query, _run  # noqa: E402,F401
+from cpframe.cli import _lifecycle  # noqa: E402,F401
 
 #: Levels ``--log-level`` accepts.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

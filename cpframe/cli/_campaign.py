@@ -149,13 +149,19 @@ def campaign_command(campaign_file, dry_run, resume, restart, until, variables, 
 )
 @click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--ticket", default="", help="Deployment ticket (DMTN-222's third ticket), recorded in the ledger.")
+@click.option("--override-approval", "override", metavar="REASON",
+              help="Deploy a set that is not approved; the reason and your name are recorded in the ledger.")
+@click.option("--who", default=None, metavar="NAME", help="Who deploys (default: $CPFRAME_USER or the login name).")
 @catch_errors
 def deploy_command(
-    campaign_file, variables, repo, instrument, ticket_chain, raw_collection, exposure, dry_run, yes
+    campaign_file, variables, repo, instrument, ticket_chain, raw_collection, exposure, dry_run, yes,
+    ticket, override, who
 ):
     """Deploy a campaign's calibrations: prepend its ticket chain to INSTRUMENT/calib.
 
-    Also keeps INSTRUMENT/defaults (raws + INSTRUMENT/calib) pointing at it, then checks
+    Only an approved set is deployed (`cpframe review`); --override-approval REASON deploys
+    another one and records who and why in the ledger (docs/lifecycle.md). Also keeps INSTRUMENT/defaults (raws + INSTRUMENT/calib) pointing at it, then checks
     that one exposure in the validity range finds every new calibration through
     INSTRUMENT/defaults (DMTN-222's self-review). Never run automatically by a campaign.
 
@@ -195,8 +201,12 @@ def deploy_command(
     if not _repo_exists(repo):
         raise CampaignError(f"repository {repo!r} does not exist (no cpframe-repo.yaml there).")
     args = dict(raw_collection=raw_collection, calib_collections=calib_collections, exposure=exposure)
+    from cpframe.campaign.lifecycle import check_deployable, record_deployment
+
     with _open_repo(repo) as r:
         plan = deploy(r.registry, instrument, ticket_chain, **args, dry_run=True)
+        if not dry_run:
+            check_deployable(r, ticket_chain, override)
         click.echo(format_deploy_plan(instrument, ticket_chain, raw_collection))
         click.echo(plan.format())
         if dry_run:
@@ -206,7 +216,12 @@ def deploy_command(
             click.echo("Not deployed.")
             return
         res = deploy(r.registry, instrument, ticket_chain, **args)
+        if res.ok:
+            st = record_deployment(r, ticket_chain, res, who=who, ticket=ticket, override=override)
     click.echo(res.format())
+    if res.ok:
+        click.echo(f"ledger: {ticket_chain} is {st.state}" + (" (OVERRIDE recorded)" if st.override else "")
+                   + f"; next: {st.next_step(repo)}")
     if not res.ok:
         raise VerificationFailed(
             DEPLOY_SELF_CHECK_FAILED.format(repo=repo, instrument=instrument, chain=ticket_chain)

@@ -229,8 +229,11 @@ def ingest_raws_command(repo, files, run, transfer, processes, checksum):
     default=None,
     help="Geometry of the defect rectangles (default: the CAMSCALE of the repository's raws, else full).",
 )
+@click.option("--curated-dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder holding INSTRUMENT/curated.yaml and the text files (a git repository, like "
+              "obs_lsst_data); default: the copy inside cpframe. Its git commit is recorded in provenance.")
 @catch_errors
-def write_curated_command(repo, instrument, collection, scale):
+def write_curated_command(repo, instrument, collection, scale, curated_dir):
     """Write INSTRUMENT's curated calibrations (camera geometry, manual defects) into REPO.
 
     Each file becomes a dataset in RUN <collection>/<valid-from> and is certified into the
@@ -239,9 +242,17 @@ def write_curated_command(repo, instrument, collection, scale):
     from cpframe.camera.curated import write_curated_calibrations
     from cpframe.repository.repo import Repository
 
+    if curated_dir is not None:
+        from cpframe.campaign.curated_text import validate
+        from cpframe.core.errors import UserInputError
+
+        checked = validate(curated_dir, instrument)
+        if not checked.ok:  # nothing is written from a folder with a bad file
+            more = f" (and {len(checked.problems) - 1} more: cpframe curated validate {curated_dir})"
+            raise UserInputError(checked.problems[0] + (more if len(checked.problems) > 1 else ""))
     r = Repository.open(repo)
     try:
-        report = write_curated_calibrations(r, instrument, collection, scale=scale)
+        report = write_curated_calibrations(r, instrument, collection, scale=scale, root=curated_dir)
     finally:
         r.close()
     click.echo(report.summary().replace("REPO", repo))

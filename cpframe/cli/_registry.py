@@ -398,17 +398,23 @@ def retrieve_artifacts_cmd(repo, destination, dataset_types, collections, where,
 @click.option("--dataset-type", "dataset_types", multiple=True,
               help="Export only these dataset types (repeat; default every calibration type).")
 @click.option("--transfer", type=click.Choice(["copy", "link", "symlink"]), default="copy", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["cpframe", "butler"]), default="cpframe", show_default=True,
+              help="cpframe: checksummed, for cpframe repositories; butler: what `butler import` reads "
+                   "(docs/butler.md). `cpframe import` reads both.")
 @catch_errors
-def export_calibs_cmd(repo, directory, collections, dataset_types, transfer) -> None:
+def export_calibs_cmd(repo, directory, collections, dataset_types, transfer, fmt) -> None:
     """Export calibration COLLECTIONS (chains walked to their leaves) into the new DIRECTORY."""
     from cpframe.repository.transfer import _load_export, export_calibs
 
     with _open(repo) as r:
-        path = export_calibs(r, directory, _split(collections), _split(dataset_types) or None, transfer)
+        path = export_calibs(r, directory, _split(collections), _split(dataset_types) or None, transfer, format=fmt)
     doc = _load_export(path)
     n = sum(len(d["records"]) for d in doc["datasets"])
-    click.echo(f"Exported {n} dataset(s) in {len(doc['collections'])} collection(s) to {path}.")
-    click.echo(f"Next: cpframe import NEW_REPO {directory}")
+    click.echo(f"Exported {n} dataset(s) in {len(doc['collections'])} collection(s) to {path} ({fmt} format).")
+    if fmt == "butler":
+        click.echo(f"Next: butler import BUTLER_REPO {directory} --export-file {path} (or cpframe import NEW_REPO {directory})")
+    else:
+        click.echo(f"Next: cpframe import NEW_REPO {directory}")
 
 
 @main.command("import")
@@ -423,10 +429,17 @@ def export_calibs_cmd(repo, directory, collections, dataset_types, transfer) -> 
               help="Do not import records of this dimension element (they must exist already). Repeat.")
 @catch_errors
 def import_cmd(repo, directory, export_file, transfer, skip_dimensions) -> None:
-    """Import an export DIRECTORY (from `cpframe export-calibs`) into REPO."""
-    from cpframe.repository.transfer import import_export
+    """Import an export DIRECTORY into REPO: from `cpframe export-calibs` (either format) or from
+    `butler export-calibs` / `butler export` (recognised by its `version:` and `data:` keys)."""
+    from pathlib import Path
+
+    from cpframe.repository.transfer import _load_export, import_export
 
     with _open(repo) as r:
         counts = import_export(r, directory, export_file, transfer, skip_dimensions)
     click.echo(f"Imported {counts['datasets']} dataset(s), {counts['collections']} collection(s), "
                f"{counts['links']} validity range(s), {counts['dimension_records']} new dimension record(s).")
+    skipped = _load_export(Path(export_file or Path(directory) / "export.yaml")).get("skipped_dataset_types")
+    if skipped:
+        click.echo("Not imported (storage classes cpframe does not read; docs/butler.md): "
+                   + ", ".join(f"{n} ({sc})" for n, sc in sorted(skipped.items())) + ".")

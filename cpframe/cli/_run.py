@@ -13,7 +13,7 @@ import click
 from cpframe.cli import catch_errors, main
 from cpframe.cli._submit import allow_unset_option, parse_vars, var_option
 
-__all__ = ["plan_cmd", "submit_cmd", "provenance_cmd"]
+__all__ = ["cancel_cmd", "plan_cmd", "provenance_cmd", "status_cmd", "submit_cmd"]
 
 extend_run_option = click.option(
     "--extend-run", is_flag=True,
@@ -74,13 +74,18 @@ def plan_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, exten
 @extend_run_option
 @skip_existing_option
 @click.option("--quiet", is_flag=True, help="No progress bar (for scripts); the summary is still printed.")
-@click.option("--compute-site", type=click.Choice(["local", "slurm"]), default=None,
-              help="Where to run (overrides computeSite in the template and cpframe.execution.cluster.kind).")
+@click.option("--compute-site", default=None, metavar="SITE",
+              help="Where to run: local, slurm, or a site profile (cluster/<SITE>.yaml or "
+                   "~/.config/cpframe/sites/<SITE>.yaml); overrides computeSite and cpframe.execution.cluster.kind.")
 @click.option("--site", "site", default=None, metavar="FILE",
               help="Slurm site file (queue, walltime, cores, memory...); default from the template or settings.")
+@click.option("--detach", is_flag=True,
+              help="Start the submission in the background and print its run id at once "
+                   "(cpframe status / cpframe cancel); it survives this shell.")
+@click.option("--run-id", "run_id", default=None, hidden=True, help="Internal: the detached run to track.")
 @catch_errors
 def submit_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, extend_run: bool, skip_existing: bool,
-               quiet: bool, compute_site: str | None, site: str | None) -> None:
+               quiet: bool, compute_site: str | None, site: str | None, detach: bool, run_id: str | None) -> None:
     """Plan TEMPLATE, run it on a Dask cluster and register the outputs into a new RUN.
 
     The RUN is outputRun (default {output}/{timestamp}) under the CHAINED output collection,
@@ -93,19 +98,98 @@ def submit_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, ext
     from cpframe.core.errors import ExecutionError
     from cpframe.execution.submit import submit_template
 
+    if detach:
+        from cpframe.execution.runs import start_detached
+
+        parse_vars(variables)  # a bad --var is reported here, not in the background
+        argv = ["submit", template, *(f"--var={v}" for v in variables), "--quiet"]
+        argv += [flag for flag, on in (("--allow-unset", allow_unset), ("--extend-run", extend_run),
+                                       ("--skip-existing", skip_existing)) if on]
+        argv += [*(["--compute-site", compute_site] if compute_site else []), *(["--site", site] if site else [])]
+        rid = start_detached(argv, template=template)
+        click.echo(rid)
+        click.secho(f"ok: run {rid} started in the background; follow it with `cpframe status {rid}`, "
+                    f"stop it with `cpframe cancel {rid}`.", fg="green", err=True)
+        return
+    tracker = None
+    if run_id:
+        from cpframe.execution.runs import RunTracker
+
+        tracker = RunTracker(run_id)
+        tracker.install_sigterm()
     settings = load_settings()
     try:
         res = submit_template(template, parse_vars(variables), allow_unset=allow_unset, extend_run=extend_run,
                               skip_existing=skip_existing, quiet=quiet or not settings.progress,
                               compute_site=compute_site, site=site, argv=["cpframe", *sys.argv[1:]],
-                              settings=settings, echo=lambda line: click.echo(line, err=True))
+                              settings=settings, echo=lambda line: click.echo(line, err=True),
+                              on_progress=tracker.progress if tracker else None)
     except ExecutionError as err:
         result = getattr(err, "result", None)
         if result is not None:
             click.echo(result.summary())
+        if tracker:
+            interrupted = bool(result is not None and result.execution.interrupted)
+            tracker.update(state="cancelled" if interrupted else "failed", error=str(err).splitlines()[0])
         raise
+    except KeyboardInterrupt:
+        if tracker:
+            tracker.update(state="cancelled", error="cancelled before any quantum ran; nothing was written")
+        raise
+    except Exception as err:
+        if tracker:
+            tracker.update(state="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__)
+        raise
+    if tracker:
+        tracker.update(state="done", run=res.run)
     click.echo(res.summary())
     click.secho(f"ok: {sum(res.counts.values())} dataset(s) registered in {res.run}.", fg="green", err=True)
+
+
+@main.command("status")
+@click.argument("run_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the stored states as JSON.")
+@catch_errors
+def status_cmd(run_id: str | None, as_json: bool) -> None:
+    """Show every detached run (or RUN_ID) with its state and quanta per state, like `bps report`.
+
+    States: starting, running, done, failed, cancelled; lost when the process is gone without
+    saying how it ended.
+    """
+    import json
+
+    from cpframe.execution.runs import effective_state, format_status, list_runs, read_state, runs_dir
+
+    states = [read_state(run_id)] if run_id else list_runs()
+    if as_json:
+        click.echo(json.dumps([{**s, "state": effective_state(s)} for s in states], indent=1))
+        return
+    if not states:
+        click.echo(f"no runs in {runs_dir()} (start one with cpframe submit --detach).")
+        return
+    click.echo(format_status(states))
+    if run_id:
+        s = states[0]
+        for key in ("template", "submit_dir", "log", "error"):
+            if s.get(key):
+                click.echo(f"{key}: {s[key]}")
+
+
+@main.command("cancel")
+@click.argument("run_id")
+@click.option("--wait", "wait_s", type=float, default=120.0, show_default=True,
+              help="Seconds to wait for the run to stop.")
+@catch_errors
+def cancel_cmd(run_id: str, wait_s: float) -> None:
+    """Stop detached run RUN_ID cleanly: outputs registered so far stay in its RUN, running quanta are
+    cancelled and their scratch files removed (nothing registered at all: the new RUN is removed)."""
+    from cpframe.execution.runs import ACTIVE, cancel_run, effective_state, format_status
+
+    state = cancel_run(run_id, wait_s=wait_s)
+    click.echo(format_status([state]))
+    if effective_state(state) in ACTIVE:
+        raise click.ClickException(f"run {run_id} has not stopped after {wait_s:.0f} s; see {state.get('log')}.")
+    click.secho(f"ok: run {run_id} is {effective_state(state)}.", fg="green", err=True)
 
 
 @main.command("provenance")

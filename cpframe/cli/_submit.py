@@ -12,7 +12,7 @@ import click
 from cpframe.core.errors import UserInputError
 from cpframe.cli import catch_errors, main
 
-__all__ = ["parse_vars", "var_option", "allow_unset_option"]
+__all__ = ["parse_vars", "var_option", "allow_unset_option", "check_pipeline_exists"]
 
 MSG_BAD_VAR = "--var {value!r} is not NAME=VALUE; write e.g. --var RERUN=20250207a."
 
@@ -65,11 +65,18 @@ def render_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, fmt
 
     r = render(template, parse_vars(variables), allow_unset=allow_unset)
     sub = None
+    pipeline_note = None
     if not allow_unset:
         sub = validate_submission(r.config, r.path)
+        pipeline_note = check_pipeline_exists(sub.pipeline_yaml, r.path)
     click.echo(dump_rendered(r.config, fmt), nl=False)
     for note in r.notes:
         click.secho(f"note: {note}", fg="yellow", err=True)
+    if sub is not None and sub.ignored_keys:
+        click.secho(f"note: ignored by cpframe (no meaning for a Dask back end): {', '.join(sub.ignored_keys)}",
+                    fg="yellow", err=True)
+    if pipeline_note:
+        click.secho(f"warning: {pipeline_note}", fg="yellow", err=True)
     if r.unset:
         click.secho(f"left unresolved (--allow-unset): {', '.join(r.unset)}", fg="yellow", err=True)
     if sub is not None:
@@ -77,6 +84,36 @@ def render_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, fmt
             f"ok: {r.path} renders and validates; pipeline {sub.pipeline_yaml}; output RUN {sub.output_run} "
             f"(chain {sub.output}); {len(sub.in_collections)} input collection(s); "
             f"{len(r.environment)} environment variable(s) used.", fg="green", err=True)
+
+
+def check_pipeline_exists(pipeline_yaml: str, template: str) -> str | None:
+    """A missing pipeline file is an error; one for a calibration cpframe does not build yet is a warning.
+
+    Returns
+    -------
+    str or None
+        The warning text, if any.
+
+    Raises
+    ------
+    SubmissionError
+        ``pipelineYaml`` names no file.
+    """
+    from pathlib import Path
+
+    from cpframe.core.errors import SubmissionError
+    from cpframe.execution.lsst_pipeline import split_selection
+    from cpframe.execution.pipeline import NOT_BUILT_PIPELINES
+
+    path = Path(split_selection(pipeline_yaml)[0])
+    if path.is_file():
+        return None
+    what = NOT_BUILT_PIPELINES.get(path.stem)
+    if what:
+        return (f"pipeline {path} does not exist: cpframe does not build {what} yet, so plan and submit will "
+                "refuse this template.")
+    raise SubmissionError(f"{template}: pipelineYaml {str(path)!r} does not exist. Check CP_PIPE_DIR / "
+                          "CP_VERIFY_DIR / CPFRAME_PIPELINES and the file name.")
 
 
 @main.group("cluster")

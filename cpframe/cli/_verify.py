@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cpframe.cli import catch_errors, main
+from cpframe.cli._lifecycle import monitor_options, run_monitor
 
 
 @main.command("report")
@@ -65,8 +66,10 @@ DAILY_FAILED_MESSAGE = "verification failed on day_obs {day_obs}: {n} failing te
               help="Where the raws are (default: INSTRUMENT/raw/all).")
 @click.option("--history", type=click.Path(dir_okay=False),
               help="ECSV or CSV file the per-amp metrics are appended to (created if missing).")
+@monitor_options
 @catch_errors
-def verify_daily_command(repo, instrument, day_obs, collections, raw_collections, history):
+def verify_daily_command(repo, instrument, day_obs, collections, raw_collections, history, trend_dir, metrics_file,
+                         notify_command, notify_url, drift_sigma, min_nights):
     """Verify a night's new bias, dark and flat exposures against the current calibrations.
 
     For each exposure x detector: ISR with the calibrations valid at that time (found in
@@ -92,6 +95,13 @@ def verify_daily_command(repo, instrument, day_obs, collections, raw_collections
         return
     for line in format_daily(result):
         click.echo(line)
+    monitoring = trend_dir or metrics_file or notify_command or notify_url
+    if monitoring and not history:
+        click.echo("(--trend/--metrics/--notify-* need --history: nothing to compare the night with)")
+    elif monitoring:  # drift alarms, trends, metrics, notification (docs/lifecycle.md)
+        run_monitor(history, instrument=instrument, day_obs=day_obs, trend_dir=trend_dir, metrics_file=metrics_file,
+                    notify_command=notify_command, notify_url=notify_url, drift_sigma=drift_sigma,
+                    min_nights=min_nights)
     if result.failures:
         shown = ", ".join(result.failures[:10]) + (", ..." if len(result.failures) > 10 else "")
         where = f"; every metric is in {history}" if history else ""

@@ -58,6 +58,9 @@ __all__ = [
     "SubprocessError",
     "VerificationFailed",
     "CampaignError",
+    "LedgerError",
+    "LedgerTamperedError",
+    "LifecycleError",
 ]
 
 
@@ -257,3 +260,15 @@ class CampaignError(CpframeError):
     """A campaign file that is invalid, or a campaign step that failed."""
 
     exit_code = 4
+
+
+class LedgerError(RegistryError):
+    """The approval ledger (``cpframe.repository.ledger``) cannot be read or written."""
+
+
+class LedgerTamperedError(LedgerError):
+    """A ledger row does not match its hash chain: it was edited outside cpframe."""
+
+
+class LifecycleError(UserInputError):
+    """A calibration set cannot make the asked transition (unknown set, wrong state, missing waiver)."""

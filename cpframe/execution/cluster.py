@@ -14,6 +14,7 @@ are found with ``squeue -n`` and cancelled by id).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -38,6 +39,10 @@ __all__ = [
     "OpenCluster",
     "SlurmSite",
     "default_cluster_dir",
+    "find_site_profile",
+    "job_class",
+    "list_sites",
+    "user_sites_dir",
     "job_script",
     "load_site",
     "open_cluster",
@@ -46,8 +51,18 @@ __all__ = [
     "slurm_job_kwargs",
 ]
 
+#: Batch systems a site profile may name (dask-jobqueue classes), besides ``local``.
+JOBQUEUE_KINDS = ("slurm", "pbs", "sge", "lsf", "htcondor")
+SITE_KINDS = ("local", *JOBQUEUE_KINDS)
+_JOB_CLASSES = {"slurm": ("dask_jobqueue.slurm", "SLURMJob", "SLURMCluster"),
+                "pbs": ("dask_jobqueue.pbs", "PBSJob", "PBSCluster"),
+                "sge": ("dask_jobqueue.sge", "SGEJob", "SGECluster"),
+                "lsf": ("dask_jobqueue.lsf", "LSFJob", "LSFCluster"),
+                "htcondor": ("dask_jobqueue.htcondor", "HTCondorJob", "HTCondorCluster")}
+
 SITE_KEYS = {
-    "kind": "must be 'slurm'",
+    "kind": "batch system: slurm (default), pbs, sge, lsf, htcondor, or local",
+    "disk": "HTCondor only: disk per job, text with unit (default: the memory)",
     "queue": "Slurm partition (#SBATCH -p)",
     "account": "Slurm account (#SBATCH -A)",
     "walltime": "job time limit HH:MM:SS (#SBATCH -t)",
@@ -140,6 +155,10 @@ class SlurmSite:
     """Adaptive lower limit (None: settings)."""
     maximum_jobs: int | None = None
     """Adaptive upper limit (None: settings)."""
+    kind: str = "slurm"
+    """Batch system (:data:`SITE_KINDS`); ``local`` runs a LocalCluster from the settings."""
+    disk_bytes: int | None = None
+    """HTCondor: disk per job, bytes (None: the memory)."""
 
     def adapt_limits(self, settings: Settings) -> tuple[int, int]:
         """(minimum, maximum) jobs of adaptive scaling: the site's limits, else the settings'."""
@@ -197,9 +216,15 @@ def load_site(path: str | os.PathLike) -> SlurmSite:
     unknown = [k for k in data if k not in SITE_KEYS]
     if unknown:
         problems.append(f"unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(SITE_KEYS)}")
-    if data.get("kind", "slurm") != "slurm":
-        problems.append(f"kind must be 'slurm', got {data.get('kind')!r}")
-    kw: dict[str, Any] = {"path": str(p)}
+    kind = data.get("kind", "slurm")
+    if kind not in SITE_KINDS:
+        problems.append(f"kind must be one of {', '.join(SITE_KINDS)}, got {kind!r}")
+    kw: dict[str, Any] = {"path": str(p), "kind": kind if kind in SITE_KINDS else "slurm"}
+    if "disk" in data:
+        try:
+            kw["disk_bytes"] = parse_bytes(data["disk"], "disk")
+        except ConfigError as err:
+            problems.append(str(err))
 
     def text(key: str, attr: str) -> None:
         v = data.get(key)
@@ -307,6 +332,9 @@ def slurm_job_kwargs(site: SlurmSite, job_name: str = "cpframe-worker") -> dict[
         worker_args += ["--lifetime", _fmt_duration(site.worker_lifetime_s)]
         if site.worker_lifetime_stagger_s:
             worker_args += ["--lifetime-stagger", _fmt_duration(site.worker_lifetime_stagger_s)]
+    # every worker process advertises its share of the job as Dask resources (requestMemory/requestCpus)
+    per_mem, per_cpu = site.memory_bytes // site.processes, max(1, site.cores // site.processes)
+    worker_args += ["--resources", f"MEMORY={per_mem},CPU={per_cpu}"]
     kw: dict[str, Any] = {
         "cores": site.cores,
         "processes": site.processes,
@@ -323,7 +351,26 @@ def slurm_job_kwargs(site: SlurmSite, job_name: str = "cpframe-worker") -> dict[
         v = getattr(site, key)
         if v is not None:
             kw[key] = v
+    if site.kind in ("sge", "lsf") and "account" in kw:
+        kw["project"] = kw.pop("account")  # their name for it
+    if site.kind == "lsf":
+        kw["walltime"] = ":".join(site.walltime.split("-")[-1].split(":")[:2])  # bsub -W HH:MM
+    if site.kind == "htcondor":
+        for key in ("queue", "account", "walltime"):  # HTCondor has no queue, account or time limit per job
+            kw.pop(key, None)
+        kw["disk"] = f"{site.disk_bytes or site.memory_bytes}B"
+        # HTCondor submit-description lines "Key = Value" (dask-jobqueue takes them as a mapping)
+        kw["job_extra_directives"] = dict(
+            (k.strip(), v.strip()) for k, _, v in (line.partition("=") for line in site.job_extra_directives))
     return kw
+
+
+def job_class(kind: str, what: str = "job") -> Any:
+    """dask-jobqueue's Job (``what="job"``) or Cluster class for a batch system."""
+    import importlib
+
+    module, job, cluster = _JOB_CLASSES[kind]
+    return getattr(importlib.import_module(module), job if what == "job" else cluster)
 
 
 def job_script(site: SlurmSite | str | os.PathLike | None = None, settings: Settings | None = None,
@@ -343,10 +390,10 @@ def job_script(site: SlurmSite | str | os.PathLike | None = None, settings: Sett
     str
         The script text (``#SBATCH`` header, prologue, worker command).
     """
-    from dask_jobqueue.slurm import SLURMJob
-
     s = _site(site, settings)
-    return SLURMJob(scheduler_address, name="dummy-name", **slurm_job_kwargs(s)).job_script()
+    if s.kind == "local":
+        raise ConfigError(f"{s.path}: a local site has no job script (it runs a LocalCluster).")
+    return job_class(s.kind)(scheduler_address, name="dummy-name", **slurm_job_kwargs(s)).job_script()
 
 
 def _run(cmd: list[str], what: str, timeout_s: float = 30.0, env: Mapping[str, str] | None = None) -> str:
@@ -411,6 +458,15 @@ class OpenCluster:
         if self.kind != "slurm" or self.job_name is None:
             return set()
         return squeue_ids(self.job_name)
+
+    def job_resources(self) -> dict[str, float] | None:
+        """Resources of one worker a batch cluster can still start (None for local: all are there)."""
+        if self.kind not in JOBQUEUE_KINDS or self.site is None:
+            return None
+        from cpframe.execution.resources import worker_resources
+
+        return worker_resources(self.site.memory_bytes // self.site.processes,
+                                max(1, self.site.cores // self.site.processes))
 
     def summary(self) -> str:
         """One line for people: kind, workers, dashboard."""
@@ -477,9 +533,12 @@ def _close_nannies(cluster: Any, timeout_s: float) -> None:
 def _open_local(settings: Settings) -> OpenCluster:
     from distributed import Client, LocalCluster
 
+    from cpframe.execution.resources import worker_resources
+
     cluster = LocalCluster(
         n_workers=settings.n_workers, threads_per_worker=settings.threads_per_worker,
         memory_limit=settings.worker_memory_bytes, dashboard_address=":0", processes=True,
+        resources=worker_resources(settings.worker_memory_bytes, settings.threads_per_worker),
     )
     try:
         client = Client(cluster)
@@ -490,7 +549,6 @@ def _open_local(settings: Settings) -> OpenCluster:
 
 
 def _open_slurm(settings: Settings, site: SlurmSite, jobs: int | None) -> OpenCluster:
-    from dask_jobqueue import SLURMCluster
     from distributed import Client
 
     job_name = f"cpframe-{uuid.uuid4().hex[:8]}"
@@ -498,9 +556,10 @@ def _open_slurm(settings: Settings, site: SlurmSite, jobs: int | None) -> OpenCl
     for d in (site.log_directory, site.local_directory):
         if d:
             Path(d).mkdir(parents=True, exist_ok=True)
-    _preflight(site, kwargs)
+    if site.kind == "slurm":
+        _preflight(site, kwargs)
     scheduler_options = {"dashboard_address": ":0"}
-    cluster = SLURMCluster(scheduler_options=scheduler_options, **kwargs)
+    cluster = job_class(site.kind, "cluster")(scheduler_options=scheduler_options, **kwargs)
     try:
         if jobs is not None:
             cluster.scale(jobs=jobs)
@@ -511,11 +570,29 @@ def _open_slurm(settings: Settings, site: SlurmSite, jobs: int | None) -> OpenCl
     except BaseException:
         cluster.close()
         raise
-    return OpenCluster("slurm", cluster, client, site=site, job_name=job_name)
+    return OpenCluster(site.kind, cluster, client, site=site, job_name=job_name)
+
+
+def sized_for(site: SlurmSite, requests: Mapping[str, Any] | None) -> SlurmSite:
+    """The site with jobs large enough for every task's request (one worker process per job share).
+
+    BPS sizes each job from its ``requestMemory``/``requestCpus``; cpframe's workers are shared by
+    all tasks, so a job gets at least the largest request per worker process.
+    """
+    if not requests:
+        return site
+    mem = max((r.memory_mib or 0) for r in requests.values()) * 2**20
+    cpus = max((r.cpus or 0) for r in requests.values())
+    new_mem = max(site.memory_bytes, mem * site.processes)
+    new_cores = max(site.cores, cpus * site.processes)
+    if (new_mem, new_cores) == (site.memory_bytes, site.cores):
+        return site
+    return dataclasses.replace(site, memory_bytes=new_mem, cores=new_cores)
 
 
 def open_cluster(settings: Settings | None = None, site: SlurmSite | str | os.PathLike | None = None,
-                 kind: str | None = None, jobs: int | None = None) -> OpenCluster:
+                 kind: str | None = None, jobs: int | None = None,
+                 requests: Mapping[str, Any] | None = None) -> OpenCluster:
     """Start a cluster and connect a client.
 
     Parameters
@@ -530,6 +607,9 @@ def open_cluster(settings: Settings | None = None, site: SlurmSite | str | os.Pa
     jobs : int, optional
         Slurm only: a fixed number of jobs instead of adaptive scaling between the
         site's (else the settings') ``minimum-jobs`` and ``maximum-jobs``.
+    requests : mapping, optional
+        Task label -> requested resources (:func:`cpframe.execution.resources.task_requests`):
+        Slurm jobs are made large enough for the largest (:func:`sized_for`).
 
     Returns
     -------
@@ -551,6 +631,40 @@ def open_cluster(settings: Settings | None = None, site: SlurmSite | str | os.Pa
     if kind == "local":
         return _open_local(settings)
     if kind == "slurm":
-        return _open_slurm(settings, _site(site, settings), jobs)
-    raise ConfigError(f"cluster kind {kind!r} is not known; use 'local' or 'slurm' (computeSite / "
-                      "cpframe.execution.cluster.kind).")
+        return _open_slurm(settings, sized_for(_site(site, settings), requests), jobs)
+    profile = load_site(find_site_profile(kind))  # a site profile named by computeSite
+    if profile.kind == "local":
+        return _open_local(settings)
+    return _open_slurm(settings, sized_for(profile, requests), jobs)
+
+
+def user_sites_dir() -> Path:
+    """The user's site profiles: ``$CPFRAME_SITES`` or ``$XDG_CONFIG_HOME/cpframe/sites``."""
+    if os.environ.get("CPFRAME_SITES"):
+        return Path(os.environ["CPFRAME_SITES"])
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "cpframe" / "sites"
+
+
+def list_sites() -> list[str]:
+    """Names ``computeSite`` accepts: local, slurm (the settings' site file) and every profile."""
+    names = {"local", "slurm"}
+    for d in (user_sites_dir(), default_cluster_dir()):
+        if d.is_dir():
+            names |= {p.stem for p in d.glob("*.yaml")}
+    return sorted(names)
+
+
+def find_site_profile(name: str) -> Path:
+    """The site profile ``name``: the user's first, then the project's ``cluster/``.
+
+    Raises
+    ------
+    ConfigError
+        Unknown site; lists the known ones.
+    """
+    for d in (user_sites_dir(), default_cluster_dir()):
+        p = d / f"{name}.yaml"
+        if p.is_file():
+            return p
+    raise ConfigError(f"computeSite {name!r} is not a known site; known sites: {', '.join(list_sites())} "
+                      f"(site profiles are YAML files in {user_sites_dir()} or {default_cluster_dir()}).")

@@ -58,6 +58,10 @@ class ExecutionResult:
     """Quanta submitted."""
     where: dict[str, int] = field(default_factory=dict)
     """Host / Slurm job -> quanta it ran."""
+    worker_of: dict[str, str] = field(default_factory=dict)
+    """Quantum key -> name of the Dask worker that ran it."""
+    retried: dict[str, int] = field(default_factory=dict)
+    """Quantum key -> times it was run again with more memory (BPS memoryMultiplier)."""
     interrupted: bool = False
     """Stopped by Ctrl-C."""
 
@@ -122,7 +126,9 @@ class _Bar:
 
 
 def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch_dir: str | Path | None = None,
-                 progress: bool = False, keep_scratch: bool = False) -> ExecutionResult:
+                 progress: bool = False, keep_scratch: bool = False,
+                 resources: Any = None, requests: Any = None,
+                 on_progress: Any = None) -> ExecutionResult:
     """Compute every quantum of ``plan`` on ``client`` and register the outputs into ``plan.run``.
 
     Parameters
@@ -138,6 +144,17 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
         ``keep_scratch``.
     progress : bool
         Show a progress bar on stderr.
+    resources : mapping, optional
+        Quantum key -> Dask worker resources (:func:`cpframe.execution.resources.quantum_resources`):
+        such a quantum runs only on a worker advertising that much.
+    requests : mapping, optional
+        Task label -> :class:`cpframe.execution.submission.Resources`.  A quantum of a task with a
+        ``memoryMultiplier`` that runs out of memory (``MemoryError``, or its worker killed) is
+        run again with ``requestMemory * memoryMultiplier**n`` (capped at ``requestMemoryMax``),
+        at most ``numberOfRetries`` times, with what it reads -- BPS's retry-with-more-memory.
+    on_progress : callable, optional
+        Called with ``{"counts": {total, pending, done, failed, retried}}`` as quanta finish
+        (``cpframe status``), and once more with ``"final": True``.
 
     Returns
     -------
@@ -147,6 +164,7 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
     from distributed import as_completed
 
     from cpframe.execution.graph import build_graph
+    from cpframe.execution.resources import quantum_resources
 
     scratch = Path(scratch_dir) if scratch_dir is not None else scratch_dir_for(repo, plan)
     scratch.mkdir(parents=True, exist_ok=True)
@@ -157,43 +175,65 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
     bar = _Bar(len(plan.quanta), progress, f"{plan.pipeline.name}")
     t0 = time.perf_counter()
     futures = []
+    err_type: dict[str, str] = {}
+    attempt: dict[str, int] = {}
     try:
-        graph = build_graph(plan, str(scratch), repo.get_path)
-        futures = client.compute(list(graph.values()), retries=int(retries), optimize_graph=False)
-        log.info("submitted %d quanta of %s to %s (retries %d)", len(futures), plan.pipeline.name,
-                 getattr(client, "dashboard_link", "?"), retries)
-        for fut in as_completed(futures):
-            key = str(fut.key)
-            if fut.status == "finished":
-                res = fut.result()
-                status[key] = "done"
-                result.where[res.where] = result.where.get(res.where, 0) + 1
-                items = [(p, dt, did) for p, dt, did in res.outputs
-                         if (dt, DataId(did).key()) in planned and (dt, DataId(did).key()) not in done_outputs]
-                if items:
-                    t1 = time.perf_counter()
-                    refs = repo.put_files(items, plan.run, transfer="move")
-                    result.register_s += time.perf_counter() - t1
-                    inputs = plan.inputs_of(key)  # walks the quantum's upstream: once, shared by its outputs
-                    for ref in refs:
-                        done_outputs.add((ref.dataset_type, DataId(ref.data_id).key()))
-                        result.registered.append(ref)
-                        result.inputs_of[ref.id] = inputs
-                        log.info("registered %s %s (%s) in %s", ref.dataset_type, ref.data_id, ref.id, plan.run)
-            else:
-                status[key] = "error"
-                try:
-                    exc = fut.exception()
-                    tb = "".join(traceback.format_exception(type(exc), exc, fut.traceback()))
-                except Exception as err:  # cancelled futures have no exception object
-                    tb = f"{fut.status}: {err}"
-                result.failures[key] = tb
-            bar.advance()
-            fut.release()
+        todo = plan
+        while True:
+            graph = build_graph(todo, str(scratch), repo.get_path, resources=resources)
+            futures = client.compute(list(graph.values()), retries=int(retries), optimize_graph=False)
+            log.info("submitted %d quanta of %s to %s (retries %d)", len(futures), plan.pipeline.name,
+                     getattr(client, "dashboard_link", "?"), retries)
+            for fut in as_completed(futures):
+                key = str(fut.key)
+                if fut.status == "finished":
+                    res = fut.result()
+                    if status.get(key) != "done":
+                        result.where[res.where] = result.where.get(res.where, 0) + 1
+                    status[key] = "done"
+                    result.failures.pop(key, None)
+                    result.worker_of[key] = res.worker
+                    items = [(p, dt, did) for p, dt, did in res.outputs
+                             if (dt, DataId(did).key()) in planned and (dt, DataId(did).key()) not in done_outputs]
+                    if items:
+                        t1 = time.perf_counter()
+                        refs = repo.put_files(items, plan.run, transfer="move")
+                        result.register_s += time.perf_counter() - t1
+                        inputs = plan.inputs_of(key)  # walks the quantum's upstream: once, shared by its outputs
+                        for ref in refs:
+                            done_outputs.add((ref.dataset_type, DataId(ref.data_id).key()))
+                            result.registered.append(ref)
+                            result.inputs_of[ref.id] = inputs
+                            log.info("registered %s %s (%s) in %s", ref.dataset_type, ref.data_id, ref.id,
+                                     plan.run)
+                else:
+                    status[key] = "error"
+                    try:
+                        exc = fut.exception()
+                        err_type[key] = type(exc).__name__
+                        tb = "".join(traceback.format_exception(type(exc), exc, fut.traceback()))
+                    except Exception as err:  # cancelled futures have no exception object
+                        tb = f"{fut.status}: {err}"
+                    result.failures[key] = tb
+                bar.advance()
+                fut.release()
+                if on_progress is not None:
+                    on_progress({"counts": _counts(plan, status, result)})
+            todo = _memory_retry(plan, requests, result.failures, err_type, attempt, status)
+            if todo is None:
+                break
+            resources = quantum_resources(todo, requests, attempt)
+            for k in todo.quanta:
+                if k in attempt:
+                    result.retried[k] = attempt[k]
+            log.warning("retrying %d quantum/quanta that ran out of memory with more memory: %s", len(attempt),
+                        ", ".join(f"{k} ({resources[k].get('MEMORY', 0) / 2**20:.0f} MiB)"
+                                  for k in todo.quanta if k in attempt and k in resources))
     except KeyboardInterrupt:
         result.interrupted = True
         log.warning("interrupted: cancelling %d quanta", len(futures))
         client.cancel(futures)
+        _wait_idle(client)  # a cancelled quantum already running still writes its scratch file
     finally:
         bar.stop()
         result.compute_s = time.perf_counter() - t0
@@ -211,7 +251,84 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
             result.not_run.append(key)
     result.failures = own
     result.missing = [(dt, did) for (dt, k), did in planned.items() if (dt, k) not in done_outputs]
+    if on_progress is not None:
+        on_progress({"counts": _counts(plan, status, result), "final": True})
     return result
+
+
+def _executing() -> int:
+    from distributed import get_worker
+
+    return int(get_worker().state.executing_count)
+
+
+def _wait_idle(client: Any, timeout_s: float = 120.0) -> None:
+    """Wait until no worker runs a task (Dask cannot stop a running thread), so cleanup comes last."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if not any(client.run(_executing).values()):
+                return
+        except Exception as err:  # noqa: BLE001 - workers gone: nothing runs any more
+            log.debug("waiting for idle workers: %s", err)
+            return
+        time.sleep(0.2)
+    log.warning("workers still busy %.0f s after cancelling; their scratch files may remain", timeout_s)
+
+
+def _counts(plan: Any, status: dict, result: ExecutionResult) -> dict[str, int]:
+    """Quanta per state, as ``bps report`` shows them."""
+    done = sum(1 for v in status.values() if v == "done")
+    failed = sum(1 for v in status.values() if v == "error")
+    total = len(plan.quanta)
+    return {"total": total, "pending": total - done - failed, "done": done, "failed": failed,
+            "retried": len(result.retried)}
+
+
+#: Exception types meaning "ran out of memory": raised in the task, or its worker killed (by the nanny)
+MEMORY_ERRORS = ("MemoryError", "KilledWorker")
+
+
+def _memory_retry(plan: Any, requests: Any, failures: dict, err_type: dict, attempt: dict, status: dict) -> Any:
+    """The part of ``plan`` to run again with more memory, or None.
+
+    The quanta that ran out of memory (with a task allowing growth and retries left), the quanta
+    below them that did not run, and everything above them (their inputs are passed in memory).
+    """
+    if not requests:
+        return None
+    grow = []
+    for key in failures:
+        q = plan.quanta.get(key)
+        r = requests.get(q.task) if q is not None else None
+        if r is None or not r.memory_multiplier or err_type.get(key) not in MEMORY_ERRORS:
+            continue
+        if attempt.get(key, 0) >= (r.retries if r.retries is not None else 5):
+            continue
+        if r.memory_for_attempt(attempt.get(key, 0) + 1) == r.memory_for_attempt(attempt.get(key, 0)):
+            continue  # at requestMemoryMax already: more of the same would fail the same way
+        grow.append(key)
+    if not grow:
+        return None
+    for key in grow:
+        attempt[key] = attempt.get(key, 0) + 1
+    keep = set(grow)
+    changed = True
+    while changed:  # downstream not done
+        changed = False
+        for k, q in plan.quanta.items():
+            if k not in keep and status.get(k) != "done" and set(q.upstream) & keep:
+                keep.add(k)
+                changed = True
+    stack = list(keep)
+    while stack:  # upstream (inputs are passed in memory, so they run again; outputs are not re-registered)
+        for u in plan.quanta[stack.pop()].upstream:
+            if u not in keep:
+                keep.add(u)
+                stack.append(u)
+    import dataclasses
+
+    return dataclasses.replace(plan, quanta={k: q for k, q in plan.quanta.items() if k in keep})
 
 
 def _prune_empty(path: Path) -> None:

@@ -32,6 +32,8 @@ deleted at the end.
 
 from __future__ import annotations
 
+import contextlib
+
 import secrets
 import time
 from collections import defaultdict
@@ -484,6 +486,9 @@ def _explicit_options(pipeline: Any) -> dict[str, set[str]]:
     """Task label -> config keys written in the pipeline file (the rest are cp_pipe defaults)."""
     import yaml
 
+    if any(getattr(t, "explicit", None) for t in getattr(pipeline, "tasks", ())):
+        return {t.label: set(t.explicit) for t in pipeline.tasks}
+
     try:
         with open(pipeline.path) as fh:
             tasks = (yaml.safe_load(fh) or {}).get("tasks") or {}
@@ -642,7 +647,12 @@ def make_plan(
     token = secrets.token_hex(3)
     items = _expand(pipeline, base, exposures, token)
     found, missing, optional_missing = _resolve_calibs(pipeline, registry, items, exposures, collections, now_ns)
-    notes: list[str] = []
+    notes: list[str] = list(getattr(pipeline, "notes", ()))
+    ignored = getattr(submission, "ignored_keys", ())
+    if ignored:
+        notes.append(f"ignored by cpframe (no meaning for a Dask back end): {', '.join(ignored)}")
+    if getattr(submission, "ignored_options", ()):
+        notes.append(f"extraQgraphOptions ignored by cpframe: {' '.join(submission.ignored_options)}")
     if missing and not raws:
         # detector-level pipelines (defects, PTC verification) read only calibrations: as the butler's
         # graph builder, leave out the detectors that have none of them, and name them
@@ -738,7 +748,8 @@ def _ordered_dims(dims: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(dims, key=lambda d: order.get(d, 99)))
 
 
-def build_graph(plan: Plan, scratch_dir: str, path_of: Any) -> dict[str, Any]:
+def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
+                resources: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Any]:
     """One ``dask.delayed`` object per quantum (nothing is computed).
 
     Parameters
@@ -749,6 +760,9 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any) -> dict[str, Any]:
         under ``<scratch_dir>/<task label>/``.
     path_of : callable
         ``DatasetRef -> absolute path`` (``Repository.get_path``), called here, in the driver.
+    resources : mapping, optional
+        Quantum key -> Dask worker resources it needs (``MEMORY`` bytes, ``CPU``), from the
+        template's requestMemory / requestCpus (:mod:`cpframe.execution.resources`).
 
     Returns
     -------
@@ -774,7 +788,9 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any) -> dict[str, Any]:
             input_types=tuple(dt for dt, _ in q.inputs), input_counts=tuple(len(ks) for _, ks in q.inputs),
         )
         ups = [delayed[k] for _, keys in q.inputs for k in keys]
-        delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, ups, dask_key_name=key)
+        need = (resources or {}).get(key)
+        with dask.annotate(resources=dict(need)) if need else contextlib.nullcontext():
+            delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, ups, dask_key_name=key)
     return delayed
 
 

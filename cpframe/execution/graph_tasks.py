@@ -66,6 +66,8 @@ class QuantumResult:
     """Seconds the science function took."""
     where: str = ""
     """Host and Slurm job (if any) that ran it."""
+    worker: str = ""
+    """Name of the Dask worker that ran it."""
 
 
 def _groups(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> dict[str, list[Any]]:
@@ -183,7 +185,7 @@ def _verify_stats(spec, groups):
 
     stage = spec.settings["stage"]
     if get_stage(stage).kind == "calib":
-        path = _one(spec, stage.lower())
+        path = _one(spec, get_stage(stage).dataset_type)
         stats = verify_calib(stage, path, _detector(path, spec.data_id["detector"]), spec.settings["verify"],
                              data_id=dict(spec.data_id))
     else:
@@ -240,4 +242,11 @@ def run_quantum(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> Quantum
         raise ExecutionError(f"{spec.key}: the task finished but did not write {', '.join(absent)}.")
     job = os.environ.get("SLURM_JOB_ID")
     where = socket.gethostname() + (f" (Slurm job {job})" if job else "")
-    return QuantumResult(key=spec.key, value=value, outputs=outputs, elapsed_s=time.perf_counter() - t0, where=where)
+    try:
+        from distributed import get_worker
+
+        worker = str(get_worker().name)
+    except ValueError:  # run outside a worker (tests calling it directly)
+        worker = ""
+    return QuantumResult(key=spec.key, value=value, outputs=outputs, elapsed_s=time.perf_counter() - t0, where=where,
+                         worker=worker)

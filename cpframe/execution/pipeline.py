@@ -33,12 +33,14 @@ Every problem in a file is reported at once in one :class:`~cpframe.core.errors.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -78,6 +80,17 @@ PRODUCT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
     "crosstalk": (("detector",), "external"),
     "cti": (("detector",), "external"),
     "bfk": (("detector",), "external"),
+}
+
+#: cp_pipe / cp_verify pipelines for calibrations cpframe does not build (yet): file stem -> what.
+NOT_BUILT_PIPELINES = {
+    "cpCrosstalk": "crosstalk", "cpLinearizer": "linearizer", "cpBfk": "brighter-fatter kernel (bfk)",
+    "cpCti": "CTI (cti)", "cpSky": "sky", "cpElectrostaticBFDistortionMatrix":
+    "electrostatic brighter-fatter distortion matrix", "cpFlatAnaglyph": "anaglyph (red/blue LED) flat",
+    "cpFlatGradientReference": "flat gradient reference", "cpGainCorrection": "gain correction",
+    "cpIlluminationCorrection": "illumination correction", "verifyBfk": "brighter-fatter kernel (bfk)",
+    "verifyLinearizer": "linearizer", "verifyIlluminationCorrection": "illumination correction",
+    "verifyCrosstalk": "crosstalk",
 }
 
 #: Calibration dataset types (looked up by validity range, not produced per exposure).
@@ -265,6 +278,10 @@ class TaskSpec:
     """Free text."""
     extra_outputs: tuple[str, ...] = ()
     """Further dataset types written by the same quantum (e.g. a run summary next to the results table)."""
+    explicit: frozenset = frozenset()
+    """Config keys the pipeline file (or an override) sets; the others are defaults."""
+    lsst_class: str = ""
+    """For a task read from an LSST pipeline file: its class (``lsst.ip.isr.IsrTaskLSST``)."""
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -288,6 +305,8 @@ class PipelineSpec:
     """Free text."""
     verifies: str | None = None
     """For verification pipelines: the calibration under test (must be found first)."""
+    notes: tuple[str, ...] = ()
+    """What cpframe does differently from the file (LSST pipelines: skipped plots, fields not implemented)."""
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -458,7 +477,8 @@ def _task(label: str, sec: Any, problems: list[str]) -> dict | None:
     return {"label": label, "kind": kind, "dimensions": dims or (), "inputs": tuple(inputs), "output": output,
             "config": MappingProxyType(cfg), "calibrations": tuple(calibs if isinstance(calibs, list | tuple) else ()),
             "optional_calibrations": tuple(opt if isinstance(opt, list | tuple) else ()),
-            "description": str(sec.get("description", "")), "extra_outputs": tuple(extra)}
+            "description": str(sec.get("description", "")), "extra_outputs": tuple(extra),
+            "explicit": frozenset(str(k) for k in raw_cfg)}
 
 
 def _matchable(task_dims: tuple[str, ...], input_dims: tuple[str, ...]) -> bool:
@@ -580,31 +600,116 @@ def parse_pipeline(data: Any, path: str = "<pipeline>") -> PipelineSpec:
                         verifies=verifies)
 
 
-def load_pipeline(path: str | os.PathLike) -> PipelineSpec:
-    """Read and validate ``pipelines/<name>.yaml``.
+def load_pipeline(path: str | os.PathLike, *, overrides: Sequence[tuple[str, str, Any]] = (),
+                  environ: Mapping[str, str] | None = None) -> PipelineSpec:
+    """Read and validate a pipeline: cpframe's own format or a real LSST (pipetask) file.
 
     ``path`` may be a file, or a bare name (``cpBias``) looked up in ``$CPFRAME_PIPELINES``
-    or the project's ``pipelines/``.
+    or the project's ``pipelines/``; ``file.yaml#a,b`` keeps the tasks (or subsets) a, b.
+    An LSST file (``imports``, ``tasks: {label: {class, config}}``) is translated by
+    :mod:`cpframe.execution.lsst_pipeline` into cpframe's task mapping first; both then go
+    through :func:`parse_pipeline`, the one validation.
+
+    Parameters
+    ----------
+    overrides : sequence of (label, field, value)
+        ``--config label:field=value`` from the template's ``extraQgraphOptions``.
+    environ : mapping, optional
+        For ``$VAR`` in LSST import locations (default ``os.environ``).
 
     Raises
     ------
     PipelineError
         File missing (lists the available pipelines), bad YAML, or invalid content.
     """
-    p = Path(path)
+    from cpframe.execution.lsst_pipeline import is_lsst_pipeline, read_lsst_pipeline, split_selection
+
+    base_name, selection = split_selection(str(path))
+    p = Path(base_name)
     base = Path(os.environ.get("CPFRAME_PIPELINES") or _default_dir())
     if not p.is_file() and str(p) == p.name:
         cand = base / (p.name if p.suffix == ".yaml" else f"{p.name}.yaml")
         if cand.is_file():
             p = cand
     if not p.is_file():
-        raise PipelineError(f"pipeline file {str(path)!r} not found. Available pipelines: "
+        what = NOT_BUILT_PIPELINES.get(p.stem)
+        if what:
+            raise PipelineError(f"pipeline file {base_name!r} not found: cpframe does not build {what} yet "
+                                f"(cp_pipe/cp_verify's {p.stem} pipeline).")
+        raise PipelineError(f"pipeline file {base_name!r} not found. Available pipelines: "
                             f"{', '.join(list_pipelines(base)) or '(none)'} (in {base}).")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
         raise PipelineError(f"{p}: not valid YAML: {err}") from None
-    return parse_pipeline(data, str(p))
+    notes: list[str] = []
+    extras: dict[str, dict] = {}
+    if is_lsst_pipeline(data):
+        data, notes = read_lsst_pipeline(p, selection=selection, overrides=overrides, environ=environ)
+        for label, sec in data["tasks"].items():
+            extras[label] = {"explicit": frozenset(sec.pop("explicit", ())), "lsst_class": sec.pop("lsstClass", "")}
+    elif selection or overrides:
+        data = _select_and_override(data, str(p), selection, overrides, notes)
+    spec = parse_pipeline(data, str(p))
+    if selection:
+        spec = dataclasses.replace(spec, path=f"{p}#{','.join(selection)}")
+    if extras:
+        spec = dataclasses.replace(spec, tasks=tuple(
+            dataclasses.replace(t, **extras[t.label]) if t.label in extras else t for t in spec.tasks))
+    if overrides and not extras:
+        over = {(lab, fld) for lab, fld, _ in overrides}
+        spec = dataclasses.replace(spec, tasks=tuple(
+            dataclasses.replace(t, explicit=t.explicit | {f for lab, f in over if lab == t.label})
+            for t in spec.tasks))
+    return dataclasses.replace(spec, notes=tuple(notes)) if notes else spec
+
+
+# cp_pipe's display tasks (cpFlatBin8, cpBiasMosaic64...), which cpframe's own pipelines leave out
+_DISPLAY_LABEL = re.compile(r"(Bin|Mosaic)\d+$")
+
+
+def _select_and_override(data: Any, path: str, selection: Sequence[str],
+                         overrides: Sequence[tuple[str, str, Any]], notes: list[str]) -> Any:
+    """cpframe format: keep the selected labels, apply ``label:field=value`` to their config."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("tasks"), Mapping):
+        return data
+    data = dict(data)
+    tasks = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data["tasks"].items()}
+    if selection:
+        unknown = [s for s in selection if s not in tasks]
+        if unknown:
+            raise PipelineError(f"{path}#{','.join(selection)}: no task {unknown[0]!r}; its tasks are "
+                                f"{', '.join(tasks)}")
+        tasks = {k: v for k, v in tasks.items() if k in selection}
+    for label, fld, value in overrides:
+        if label not in tasks and fld.startswith("connections.") and _DISPLAY_LABEL.search(label):
+            # cp_pipe renames of its display tasks (cpFlatBin8...), which cpframe's pipelines do not have
+            notes.append(f"extraQgraphOptions --config {label}:{fld}: pipeline {Path(path).stem} has no task "
+                         f"{label} (cp_pipe's display task); ignored")
+            continue
+        if label not in tasks:
+            raise PipelineError(f"extraQgraphOptions --config {label}:{fld}: pipeline {Path(path).stem} has no "
+                                f"task {label!r}{_suggest(label, tasks)}; its tasks: {', '.join(tasks)}")
+        sec = tasks[label]
+        if fld.startswith("connections."):
+            conn = fld.split(".", 1)[1]
+            if conn not in ("output", "outputData", "outputExposure", "outputExp"):
+                raise PipelineError(f"extraQgraphOptions --config {label}:{fld}: cpframe pipelines rename only "
+                                    "the output (connections.output)")
+            old = sec.get("output")
+            declared = dict(data.get("datasetTypes") or {})
+            if old in declared or old in PRODUCT_TYPES:
+                dims, sc = (declared[old].get("dimensions"), declared[old].get("storageClass")) \
+                    if old in declared and isinstance(declared[old], Mapping) else PRODUCT_TYPES[old]
+                declared[str(value)] = {"dimensions": list(dims or []), "storageClass": sc}
+                data["datasetTypes"] = declared
+            sec["output"] = value
+            continue
+        cfg = dict(sec.get("config") or {})
+        cfg[fld] = value
+        sec["config"] = cfg
+    data["tasks"] = tasks
+    return data
 
 
 def _default_dir() -> Path:

@@ -20,7 +20,10 @@ __all__ = [
     "ClusterSpec",
     "Submission",
     "TaskResources",
+    "Limits",
+    "Resources",
     "COMPUTE_SITES",
+    "IGNORED_KEYS",
     "QUANTUM_DIMENSIONS",
     "REQUIRED_KEYS",
     "check_against_pipeline",
@@ -32,6 +35,24 @@ REQUIRED_KEYS = ("pipelineYaml", "payload.payloadName", "payload.butlerConfig", 
                  "payload.dataQuery")
 #: Accepted ``computeSite`` values.
 COMPUTE_SITES = ("local", "slurm")
+#: BPS keys that have no meaning for a Dask backend: accepted, listed once as "ignored by cpframe"
+#: in the plan output (docs/submit.md "BPS keys cpframe ignores"), never an error.
+IGNORED_KEYS = {
+    "wmsServiceClass": "cpframe runs on Dask, not on a BPS workflow system",
+    "runQuantumCommand": "quanta are Python calls on Dask workers, not pipetask commands",
+    "extraRunQuantumOptions": "no pipetask command line per quantum",
+    "clusterAlgorithm": "grouping follows the cluster sections themselves",
+    "ordering": "Dask orders tasks by their dependencies",
+    "bpsUseShared": "no shared submit-side files", "executionButler": "registration is done by the driver",
+    "finalJob": "outputs are registered as each quantum finishes; the output chain is set at submit",
+    "whenSaveJobQgraph": "no per-job graph files", "qgraphFileTemplate": "no graph files",
+    "subDirTemplate": "no per-job directories", "templateDataId": "no per-job names",
+    "createQuantumGraph": "the plan is built in-process", "runInit": "no init job",
+    "useLazyCommands": "no job commands", "preemptible": "Slurm preemption is a site setting",
+    "profile": "no per-job profiling", "memoryLimit": "use requestMemoryMax",
+    "computeCloud": "no cloud back end", "wmsJobId": "no WMS job ids",
+    "partitionDimensions": "Dask schedules each quantum on its own: nothing to partition",
+}
 #: Dimensions a cluster (or a task's quanta) may be grouped by.
 QUANTUM_DIMENSIONS = ("instrument", "exposure", "detector", "physical_filter", "band", "day_obs", "visit")
 
@@ -57,6 +78,8 @@ class ClusterSpec:
     """Memory per job, MiB (None: the larger of the member tasks', else the global)."""
     request_cpus: int | None = None
     """Cores per job (None: as for memory)."""
+    limits: "Limits" = field(default_factory=lambda: Limits())
+    """requestWalltime, memoryMultiplier, requestMemoryMax, numberOfRetries, retryUnlessExit of the section."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +92,59 @@ class TaskResources:
     """Memory per quantum, MiB."""
     request_cpus: int | None = None
     """Cores per quantum."""
+    limits: "Limits" = field(default_factory=lambda: Limits())
+    """requestWalltime, memoryMultiplier, requestMemoryMax, numberOfRetries, retryUnlessExit of the section."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The BPS keys that bound a job besides memory and cores (None: not set in this section)."""
+
+    walltime_s: int | None = None
+    """``requestWalltime``: seconds (a number) or duration text ("2h", "01:30:00")."""
+    memory_multiplier: float | None = None
+    """``memoryMultiplier``: memory growth per retry after running out of memory (> 1)."""
+    memory_max_mib: int | None = None
+    """``requestMemoryMax``: cap of that growth, MiB."""
+    retries: int | None = None
+    """``numberOfRetries``."""
+    retry_unless_exit: tuple[int, ...] | None = None
+    """``retryUnlessExit``: exit codes never retried."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one task's quanta request (pipetask.<label> > its cluster.<label> > root; None: not requested)."""
+
+    memory_mib: int | None = None
+    """Memory per quantum, MiB (a Dask worker resource ``MEMORY`` in bytes)."""
+    cpus: int | None = None
+    """Cores per quantum (Dask worker resource ``CPU``)."""
+    walltime_s: int | None = None
+    """Longest a quantum may run, seconds."""
+    retries: int | None = None
+    """Retries of a failed quantum."""
+    memory_multiplier: float | None = None
+    """Memory growth per retry after running out of memory (BPS ``memoryMultiplier``)."""
+    memory_max_mib: int | None = None
+    """Cap of that growth, MiB."""
+    retry_unless_exit: tuple[int, ...] = ()
+    """Exit codes never retried."""
+
+    def memory_for_attempt(self, attempt: int) -> int | None:
+        """MiB for retry ``attempt`` (0 = first run): m0 * multiplier**attempt, capped (BPS's rule).
+
+        >>> Resources(memory_mib=2048, memory_multiplier=2.0, memory_max_mib=6000).memory_for_attempt(2)
+        6000
+        >>> Resources(memory_mib=2048).memory_for_attempt(3)
+        2048
+        """
+        if self.memory_mib is None:
+            return None
+        if not self.memory_multiplier or self.memory_multiplier <= 1:
+            return self.memory_mib
+        m = int(self.memory_mib * self.memory_multiplier ** attempt)
+        return min(m, self.memory_max_mib) if self.memory_max_mib else m
 
 
 @dataclass(frozen=True)
@@ -118,9 +194,52 @@ class Submission:
     extra_qgraph_options: str = ""
     """``extraQgraphOptions`` text (``--config label:field=value`` pairs are honoured by the planner)."""
     environment: tuple[tuple[str, str], ...] = ()
-    """``environment`` section: variables set for every job."""
+    """``environment`` section: variables set for every job (``${X}``/``<ENV:X>`` expanded on the worker)."""
+    config_overrides: tuple[tuple[str, str, Any], ...] = ()
+    """``--config label:field=value`` items of ``extraQgraphOptions`` (applied when the pipeline is read)."""
+    ignored_options: tuple[str, ...] = ()
+    """``extraQgraphOptions`` options cpframe does not use (listed in the plan output)."""
+    ignored_keys: tuple[str, ...] = ()
+    """Template keys present that have no meaning for Dask (:data:`IGNORED_KEYS`)."""
     config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """The whole rendered dict (for provenance)."""
+    request_memory_explicit: bool = False
+    """The template sets ``requestMemory`` at the root (else the BPS default is not applied to Dask tasks)."""
+    limits: Limits = field(default_factory=Limits)
+    """Root requestWalltime, memoryMultiplier, requestMemoryMax, retryUnlessExit (numberOfRetries above)."""
+
+    def resources_for(self, task_label: str) -> Resources:
+        """What ``task_label``'s quanta request: ``pipetask.<label>`` > its ``cluster.<label>`` > root.
+
+        The root ``requestMemory``/``requestCpus`` count only when the template sets them: BPS's
+        defaults (2048 MiB, 1 core) describe HTCondor jobs, not Dask tasks.
+        """
+        secs = [r for r in self.pipetasks if r.label == task_label]
+        c = self.cluster_for(task_label)
+        chain = [*secs, *([c] if c else [])]
+
+        def pick(attr, root):
+            for sec in chain:
+                v = getattr(sec, attr)
+                if v is not None:
+                    return v
+            return root
+
+        def lim(attr, root):
+            for sec in chain:
+                v = getattr(sec.limits, attr) if sec.limits is not None else None
+                if v is not None:
+                    return v
+            return root
+
+        root_mem = self.request_memory_mib if self.request_memory_explicit else None
+        root_cpus = self.request_cpus if "requestCpus" in self.config else None
+        return Resources(
+            memory_mib=pick("request_memory_mib", root_mem), cpus=pick("request_cpus", root_cpus),
+            walltime_s=lim("walltime_s", self.limits.walltime_s), retries=lim("retries", self.number_of_retries),
+            memory_multiplier=lim("memory_multiplier", self.limits.memory_multiplier),
+            memory_max_mib=lim("memory_max_mib", self.limits.memory_max_mib),
+            retry_unless_exit=tuple(lim("retry_unless_exit", self.limits.retry_unless_exit) or ()))
 
     def cluster_for(self, task_label: str) -> ClusterSpec | None:
         """The cluster that contains ``task_label``, if any."""
@@ -203,6 +322,39 @@ def _resources(sec: Mapping[str, Any], where: str, problems: list[str]) -> tuple
             _int(sec.get("requestCpus"), f"{where}.requestCpus", problems, 1))
 
 
+def _limits(sec: Mapping[str, Any], where: str, problems: list[str]) -> Limits:
+    """requestWalltime, memoryMultiplier, requestMemoryMax, numberOfRetries, retryUnlessExit of one section."""
+    from cpframe.execution.cluster import parse_duration
+
+    pre = f"{where}." if where else ""
+    wt = sec.get("requestWalltime")
+    walltime = None
+    if wt is not None:
+        if isinstance(wt, (int, float)) and not isinstance(wt, bool) and wt > 0:
+            walltime = int(wt)
+        else:
+            try:
+                walltime = int(parse_duration(wt, f"{pre}requestWalltime"))
+            except ConfigError:
+                problems.append(f"{pre}requestWalltime must be seconds or a duration such as '2h' or '01:30:00', "
+                                f"got {wt!r}")
+    mult = sec.get("memoryMultiplier")
+    if mult is not None and (isinstance(mult, bool) or not isinstance(mult, (int, float)) or mult < 1):
+        problems.append(f"{pre}memoryMultiplier must be a number >= 1, got {mult!r}")
+        mult = None
+    mmax = _memory_mib(sec.get("requestMemoryMax"), f"{pre}requestMemoryMax", problems)
+    retries = _int(sec.get("numberOfRetries"), f"{pre}numberOfRetries", problems, 0)
+    rue = sec.get("retryUnlessExit")
+    codes = None
+    if rue is not None:
+        items = rue if isinstance(rue, list) else [rue]
+        if not all(isinstance(c, int) and not isinstance(c, bool) for c in items):
+            problems.append(f"{pre}retryUnlessExit must be an exit code or a list of them, got {rue!r}")
+        else:
+            codes = tuple(items)
+    return Limits(walltime, float(mult) if mult is not None else None, mmax, retries, codes)
+
+
 def _clusters(value: Any, problems: list[str]) -> tuple[ClusterSpec, ...]:
     if value in (None, {}):
         return ()
@@ -243,7 +395,8 @@ def _clusters(value: Any, problems: list[str]) -> tuple[ClusterSpec, ...]:
         # partitionDimensions/partitionMaxClusters/partitionMaxSize are accepted and ignored:
         # Dask schedules each quantum on its own, so there is nothing to partition.
         mem, cpus = _resources(sec, where, problems)
-        out.append(ClusterSpec(str(label), tuple(tasks), tuple(dims), tuple(pairs), mem, cpus))
+        out.append(ClusterSpec(str(label), tuple(tasks), tuple(dims), tuple(pairs), mem, cpus,
+                               _limits(sec, where, problems)))
     return tuple(out)
 
 
@@ -259,7 +412,7 @@ def _pipetasks(value: Any, problems: list[str]) -> tuple[TaskResources, ...]:
             problems.append(f"pipetask.{label} must be a mapping (requestMemory, requestCpus), got {sec!r}")
             continue
         mem, cpus = _resources(sec, f"pipetask.{label}", problems)
-        out.append(TaskResources(str(label), mem, cpus))
+        out.append(TaskResources(str(label), mem, cpus, _limits(sec, f"pipetask.{label}", problems)))
     return tuple(out)
 
 
@@ -322,8 +475,13 @@ def validate_submission(config: Mapping[str, Any], source: str = "submission") -
         problems.append(f"payload.output {output!r} is also an input collection")
 
     site = config.get("computeSite")
-    if site is not None and site not in COMPUTE_SITES:
-        problems.append(f"computeSite must be one of {', '.join(COMPUTE_SITES)}, got {site!r}")
+    if site is not None:
+        from cpframe.execution.cluster import list_sites
+
+        known = list_sites()
+        if site not in known:
+            problems.append(f"computeSite {site!r} is not a known site; known sites: {', '.join(known)} "
+                            "(site profiles: YAML files in cluster/ or ~/.config/cpframe/sites)")
     site_file = None
     site_sec = config.get("site")
     if isinstance(site_sec, Mapping) and isinstance(site_sec.get(site), Mapping):
@@ -334,7 +492,8 @@ def validate_submission(config: Mapping[str, Any], source: str = "submission") -
 
     mem = _memory_mib(config.get("requestMemory"), "requestMemory", problems)
     cpus = _int(config.get("requestCpus"), "requestCpus", problems, 1)
-    retries = _int(config.get("numberOfRetries"), "numberOfRetries", problems, 0)
+    root_limits = _limits(config, "", problems)
+    retries = root_limits.retries
     clusters = _clusters(config.get("cluster"), problems)
     pipetasks = _pipetasks(config.get("pipetask"), problems)
 
@@ -346,6 +505,8 @@ def validate_submission(config: Mapping[str, Any], source: str = "submission") -
     if not isinstance(extra, str):
         problems.append(f"extraQgraphOptions must be text, got {extra!r}")
         extra = ""
+    overrides, ignored_opts = _qgraph_options(extra, problems)
+    ignored_keys = _ignored_keys(config)
 
     if problems:
         items = "\n".join(f"  - {p}" for p in problems)
@@ -366,7 +527,57 @@ def validate_submission(config: Mapping[str, Any], source: str = "submission") -
         project=s("project"), campaign=s("campaign"), operator=s("operator"), timestamp=s("timestamp"),
         submit_path=s("submitPath"), uniq_proc_name=s("uniqProcName"), extra_qgraph_options=extra,
         environment=tuple((str(k), str(v)) for k, v in env.items()), config=dict(config),
+        request_memory_explicit="requestMemory" in config, limits=root_limits,
+        config_overrides=tuple(overrides), ignored_options=tuple(ignored_opts), ignored_keys=ignored_keys,
     )
+
+
+def _qgraph_options(text: str, problems: list[str]) -> tuple[list[tuple[str, str, Any]], list[str]]:
+    """``extraQgraphOptions`` -> (``--config`` overrides, other options cpframe does not use)."""
+    import shlex
+
+    from cpframe.core.errors import PipelineError
+    from cpframe.execution.lsst_pipeline import parse_config_overrides
+
+    try:
+        words = shlex.split(text)
+    except ValueError as err:
+        problems.append(f"extraQgraphOptions does not parse as a command line: {err}")
+        return [], []
+    items, ignored = [], []
+    i = 0
+    while i < len(words):
+        w = words[i]
+        name, eq, val = w.partition("=")
+        if name in ("--config", "-c"):
+            if not eq:
+                i += 1
+                val = words[i] if i < len(words) else ""
+            items.append(val)
+        elif name in ("--config-file", "-C"):
+            problems.append(f"extraQgraphOptions {w}: --config-file is not supported by cpframe; give each field "
+                            "as --config label:field=value")
+            i += 1 if not eq else 0
+        else:
+            ignored.append(w)
+        i += 1
+    try:
+        return parse_config_overrides(items), ignored
+    except PipelineError as err:
+        problems.append(f"extraQgraphOptions: {err}")
+        return [], ignored
+
+
+def _ignored_keys(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """Keys present (at the root, in cluster.* or pipetask.*) that cpframe ignores, sorted."""
+    found = {k for k in config if k in IGNORED_KEYS}
+    for sec in ("cluster", "pipetask"):
+        for sub in (config.get(sec) or {}).values() if isinstance(config.get(sec), Mapping) else ():
+            if isinstance(sub, Mapping):
+                found |= {k for k in sub if k in IGNORED_KEYS}
+                if any(str(k).startswith("partition") for k in sub):
+                    found.add("partitionDimensions")
+    return tuple(sorted(found))
 
 
 def check_against_pipeline(submission: Submission, pipeline: Any) -> None:

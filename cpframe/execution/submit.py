@@ -104,7 +104,9 @@ def validate_stage(rendering: Any) -> tuple[Any, Any]:
     from cpframe.execution.submission import check_against_pipeline, validate_submission
 
     sub = validate_submission(rendering.config, rendering.path)
-    pipe = load_pipeline(sub.pipeline_yaml)
+    stack = getattr(rendering, "stack_env", None)
+    pipe = load_pipeline(sub.pipeline_yaml, overrides=sub.config_overrides,
+                         environ=stack if stack is not None else None)
     check_against_pipeline(sub, pipe)
     return sub, pipe
 
@@ -405,7 +407,7 @@ def submit_template(
     extend_run: bool = False, skip_existing: bool = False, quiet: bool = True, compute_site: str | None = None,
     site: str | os.PathLike | None = None, argv: Sequence[str] | None = None, client: Any = None,
     settings: Any = None, environ: Mapping[str, str] | None = None,
-    echo: Callable[[str], None] | None = None,
+    echo: Callable[[str], None] | None = None, on_progress: Callable[[dict], None] | None = None,
 ) -> SubmitResult:
     """Run a submission end to end (what ``cpframe submit`` does).
 
@@ -466,7 +468,8 @@ def submit_template(
         handler = _log_to(log_path)
         try:
             return _run_and_record(template, out, settings, kind, site_file, submit_dir, log_path, timings,
-                                   t_start, client=client, quiet=quiet, argv=argv, echo=echo)
+                                   t_start, client=client, quiet=quiet, argv=argv, echo=echo,
+                                   on_progress=on_progress)
         finally:
             logging.getLogger("cpframe").removeHandler(handler)
             handler.close()
@@ -475,7 +478,8 @@ def submit_template(
 
 
 def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submit_dir: Path, log_path: Path,
-                    timings: dict, t_start: float, *, client, quiet, argv, echo) -> SubmitResult:
+                    timings: dict, t_start: float, *, client, quiet, argv, echo,
+                    on_progress=None) -> SubmitResult:
     from cpframe.execution.execute import execute_plan
 
     repo, plan, sub = out.repo, out.plan, out.submission
@@ -483,10 +487,13 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
     oc = None
     site_obj = None
     t0 = time.perf_counter()
+    from cpframe.execution.resources import check_capacity, quantum_resources, task_requests
+
+    requests = task_requests(sub, out.pipeline)
     if client is None:
         from cpframe.execution.cluster import open_cluster
 
-        oc = open_cluster(settings, site=site_file, kind=kind)
+        oc = open_cluster(settings, site=site_file, kind=kind, requests=requests)
         client, site_obj = oc.client, oc.site
     timings["cluster_start_s"] = time.perf_counter() - t0
     _write_submit_dir(submit_dir, out, settings, site_obj, kind)
@@ -495,18 +502,38 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
     worker_logs = str(site_obj.log_directory) if site_obj is not None and site_obj.log_directory else ""
     retries = sub.number_of_retries if sub.number_of_retries is not None else settings.retries
     res = None
+    env_plugin = None
     try:
+        # a request no worker (nor a job the site can start) can meet would wait for ever: refuse it now,
+        # before the RUN exists
+        check_capacity(client, requests, scalable=oc.job_resources() if oc is not None else None)
+        if sub.environment:
+            from cpframe.execution.resources import EnvironmentPlugin
+
+            env_plugin = EnvironmentPlugin(dict(sub.environment))
+            client.register_plugin(env_plugin, name=env_plugin.name)
         created_run, created_chain = _prepare_run(repo, out)
         from cpframe.core.progress import progress_enabled
 
+        if on_progress is not None:
+            on_progress({"run": plan.run, "output": plan.output, "submit_dir": str(submit_dir),
+                         "counts": {"total": len(plan.quanta), "pending": len(plan.quanta), "done": 0,
+                                    "failed": 0, "retried": 0}})
         # a bar only on a terminal, and not with --quiet (issue 16: silent in logs)
-        res = execute_plan(plan, repo, client, retries=retries, progress=not quiet and progress_enabled())
+        res = execute_plan(plan, repo, client, retries=retries, progress=not quiet and progress_enabled(),
+                           resources=quantum_resources(plan, requests), requests=requests,
+                           on_progress=on_progress)
         timings["compute_s"] = res.compute_s
         timings["register_s"] = res.register_s
         if oc is None or oc.kind == "local":
             _save_worker_logs(client, submit_dir / "logs" / "workers.log")
             worker_logs = worker_logs or str(submit_dir / "logs" / "workers.log")
     finally:
+        if env_plugin is not None and oc is None:
+            try:  # a shared client (tests, campaigns): put the workers' environment back
+                client.unregister_worker_plugin(env_plugin.name)
+            except Exception as err:  # noqa: BLE001 - best effort; the run's result matters more
+                log.warning("could not remove the environment plugin: %s", err)
         if oc is not None:
             oc.close()
     empty_failure = not res.ok and not res.registered and (created_run or not out.target.run_exists)

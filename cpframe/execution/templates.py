@@ -98,6 +98,9 @@ _CP_DIR_RE = {
     for name in ("CP_PIPE_DIR", "CP_VERIFY_DIR")
 }
 
+# ${CP_PIPE_DIR}/bps/... (or CP_VERIFY_DIR): BPS include files of the stack packages
+_STACK_BPS_RE = re.compile(r"^\$(?:\{(CP_PIPE_DIR|CP_VERIFY_DIR)\}|(CP_PIPE_DIR|CP_VERIFY_DIR)\b)/bps/")
+
 _PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
@@ -166,6 +169,8 @@ class Rendering:
     """Things a person should know (e.g. a cp_pipe path mapped onto cpframe's pipelines/)."""
     source: str = ""
     """The template text as read."""
+    stack_env: dict = field(default_factory=dict, repr=False, compare=False)
+    """The stack package variables (``*_DIR``) of the rendering environment: LSST pipeline imports use them."""
 
 
 # ---------------------------------------------------------------------------- Jinja stage
@@ -271,6 +276,7 @@ class _Resolver:
         self.unknown_keys: dict[str, list[str]] = {}
         self.env_used: dict[str, str] = {}
         self.notes: list[str] = []
+        self.deferred: dict[str, list[str]] = {}
         self._memo: dict[tuple[str, _Ctx], Any] = {}
 
     # -- lookup ------------------------------------------------------------------------
@@ -350,6 +356,20 @@ class _Resolver:
             if name in self.env:
                 self.env_used[name] = self.env[name]
                 return self.env[name]
+            if where.startswith("environment."):
+                # BPS expands the environment section where the job runs: an unset variable
+                # here is deferred to the worker (cpframe expands it there), not an error.
+                self.deferred.setdefault(name, []).append(where)
+                masked.append(m.group(0))
+                return _MASK.format(len(masked) - 1)
+            if self.search(name, _Ctx(), ())[0]:
+                # ${outputRun}: a config key written as an environment variable; BPS leaves it as written
+                note = (f"{where}: ${{{name}}} names a template key, not an environment variable; BPS leaves it "
+                        f"as written (so does cpframe). Write {{{name}}} to substitute the key.")
+                if note not in self.notes:
+                    self.notes.append(note)
+                masked.append(m.group(0))
+                return _MASK.format(len(masked) - 1)
             places = self.missing_env.setdefault(name, [])
             if where not in places:
                 places.append(where)
@@ -435,7 +455,9 @@ def _operator(env: Mapping[str, str]) -> str:
 
 
 def _read_includes(cfg: dict, base_dir: Path, path: str, context: dict, jinja_missing: list[str],
-                   env_missing: dict[str, list[str]], seen: tuple[Path, ...], includes: list[Path]) -> dict:
+                   env_missing: dict[str, list[str]], seen: tuple[Path, ...], includes: list[Path],
+                   skipped: list[str] | None = None) -> dict:
+    skipped = [] if skipped is None else skipped
     inc = cfg.pop("includeConfigs", None)
     if inc in (None, "", []):
         return cfg
@@ -446,6 +468,11 @@ def _read_includes(cfg: dict, base_dir: Path, path: str, context: dict, jinja_mi
     for item in items:
         unset = [m.group(1) or m.group(2) for m in _ENV_RE.finditer(item)
                  if (m.group(1) or m.group(2)) not in context]
+        if unset and _STACK_BPS_RE.match(item.strip()):
+            # e.g. ${CP_PIPE_DIR}/bps/caching/cp_caching.yaml without the stack: it only sets job
+            # environment variables for butler caching, which cpframe's datastore does not read
+            skipped.append(item)
+            continue
         if unset:
             for name in unset:
                 env_missing.setdefault(name, []).append("includeConfigs")
@@ -459,7 +486,8 @@ def _read_includes(cfg: dict, base_dir: Path, path: str, context: dict, jinja_mi
         if not p.is_file():
             raise TemplateError(f"{path}: includeConfigs file {expanded!r} not found (looked at {p}).")
         sub = _load_yaml(_jinja(p.read_text(), str(p), context, jinja_missing), str(p))
-        sub = _read_includes(sub, p.parent, str(p), context, jinja_missing, env_missing, (*seen, p), includes)
+        sub = _read_includes(sub, p.parent, str(p), context, jinja_missing, env_missing, (*seen, p), includes,
+                             skipped)
         includes.append(p)
         merged = _deep_merge(merged, sub)
     return _deep_merge(merged, cfg)
@@ -493,7 +521,8 @@ def render_text(
     includes: list[Path] = []
     seen = (Path(path).resolve(),) if path != "<string>" else ()
     cfg = _load_yaml(_jinja(text, path, env, jinja_missing), path)
-    cfg = _read_includes(cfg, base, path, env, jinja_missing, env_missing, seen, includes)
+    skipped_includes: list[str] = []
+    cfg = _read_includes(cfg, base, path, env, jinja_missing, env_missing, seen, includes, skipped_includes)
 
     # cmdline: --var NAME=VALUE doubles as a key override (BPS command-line precedence)
     cmdline = {**(variables or {}), **(overrides or {})}
@@ -553,9 +582,17 @@ def render_text(
     if not allow_unset:
         _check_names(path, resolver.env_used)
     unset = sorted({*missing, *(f"{{{k}}}" for k in resolver.unknown_keys)})
+    notes = list(resolver.notes)
+    for item in skipped_includes:
+        notes.append(f"includeConfigs {item}: the stack package is not set up, so this BPS include (job "
+                     "environment for butler caching) is skipped; cpframe's datastore does not read it.")
+    if resolver.deferred:
+        notes.append("environment: " + ", ".join(f"${{{n}}}" for n in sorted(resolver.deferred))
+                     + " not set here; expanded on the workers where the tasks run (as BPS does on the compute node)")
     return Rendering(
         path=path, config=resolved, timestamp=timestamp, environment=dict(sorted(resolver.env_used.items())),
-        unset=tuple(unset), includes=tuple(str(p) for p in includes), notes=tuple(resolver.notes), source=text,
+        unset=tuple(unset), includes=tuple(str(p) for p in includes), notes=tuple(notes), source=text,
+        stack_env={k: v for k, v in env.items() if k.endswith("_DIR")},
     )
 
 

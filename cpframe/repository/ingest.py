@@ -3,10 +3,13 @@
 Steps of :func:`ingest_raws`:
 
 1. find the files (directories are searched for ``*.fits``);
-2. read **only the primary header** of each file (a process pool for large batches) and
-   check it: required keys and types, known instrument / detector / filter, ``EXPID =
-   DAYOBS * 100000 + SEQNUM``, TAI dates, and a file size that holds every amplifier
-   segment (a truncated file is caught without reading its data);
+2. read **only the primary header** of each file (a process pool for large batches),
+   repair and translate it with ``cpframe.camera.translators`` (astro_metadata_translator's
+   ``ObservationInfo``; the real obs_lsst translators when importable): instrument, detector
+   from ``RAFTBAY``/``CCDSLOT``, exposure id from ``DAYOBS``/``SEQNUM``/``CONTRLLR``, type,
+   reason, program, physical filter, exposure/dark time, TAI timespan; check the instrument,
+   detector and filter against cpframe's camera model, and the file size against every
+   amplifier segment (a truncated file is caught without reading its data);
 3. build one exposure record per exposure (files of one exposure must agree);
 4. register the instrument, insert the exposure records, create the RUN
    (default ``<INSTRUMENT>/raw/all``);
@@ -29,7 +32,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from cpframe.camera.models import SCALES, Detector, load_camera
 from cpframe.camera.simulate import fast_tai_ns
 from cpframe.core.errors import ConflictingDefinitionError, CpframeError, IngestError, UserInputError
-from cpframe.core.model import CollectionType, DataId, Timespan, exposure_id
+from cpframe.core.model import CollectionType, DataId, Timespan
 from cpframe.repository.base import Registry
 
 __all__ = [
@@ -38,27 +41,18 @@ __all__ = [
     "REQUIRED_KEYS",
     "find_raw_files",
     "read_raw_header",
+    "exposure_record",
     "read_raw_headers",
     "exposure_records",
     "ingest_raws",
     "fast_tai_ns",
 ]
 
-#: Primary-header keys a raw file must have, and their types.
-REQUIRED_KEYS: dict[str, type] = {
-    "INSTRUME": str,
-    "DETECTOR": int,
-    "EXPID": int,
-    "OBSID": str,
-    "DAYOBS": int,
-    "SEQNUM": int,
-    "IMGTYPE": str,
-    "FILTER": str,
-    "EXPTIME": float,
-    "DARKTIME": float,
-    "DATE-BEG": str,
-    "DATE-END": str,
-}
+#: ObservationInfo properties a raw must yield (``cpframe.camera.translators``); kept under
+#: this name for readers of the old fixed-key list.
+REQUIRED_KEYS = ("instrument", "detector_num", "exposure_id", "observation_id", "observing_day",
+                 "observation_counter", "observation_type", "physical_filter", "exposure_time",
+                 "dark_time", "datetime_begin", "datetime_end")
 _BATCH = 2000  # datasets registered per ingest_files call
 _PARALLEL_FROM = 256  # below this many files, headers are read in this process
 
@@ -157,31 +151,45 @@ def _expected_min_size(header_bytes: int, det: Detector) -> int:
     return total
 
 
-def _convert(hdr: Mapping[str, Any], key: str, kind: type) -> Any:
-    v = hdr[key]
-    if kind is str:
-        if not isinstance(v, str) or not v.strip():
-            raise ValueError(f"{key}={v!r} is not a non-empty string")
-        return v.strip()
-    if kind is int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"{key}={v!r} is not an integer")
-        return int(v)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"{key}={v!r} is not a number")
-    return float(v)
+def exposure_record(info: Any, camera_name: str) -> dict:
+    """Exposure record (``Registry.insert_exposures``) from an ``ObservationInfo``.
+
+    Besides cpframe's columns it has the exposure's ``group`` (``GROUPID``), which the registry
+    does not keep.
+    """
+    from cpframe.camera.translators import time_to_ns
+
+    begin, end = time_to_ns(info.datetime_begin), time_to_ns(info.datetime_end)
+    return {
+        "instrument": camera_name,
+        "id": int(info.exposure_id),
+        "obs_id": str(info.observation_id),
+        "day_obs": int(info.observing_day),
+        "seq_num": int(info.observation_counter),
+        "physical_filter": str(info.physical_filter),
+        "observation_type": str(info.observation_type),
+        "observation_reason": None if info.observation_reason is None else str(info.observation_reason),
+        "science_program": None if info.science_program is None else str(info.science_program),
+        "exposure_time": float(info.exposure_time.to_value("s")),
+        "dark_time": float(info.dark_time.to_value("s")),
+        "timespan": Timespan(begin, max(begin, end)),
+        "group": None if info.exposure_group is None else str(info.exposure_group),
+    }
 
 
 def read_raw_header(path: str | os.PathLike) -> RawInfo:
-    """Read and check the primary header of one raw file.
+    """Read the primary header of one raw file and translate it (``cpframe.camera.translators``).
 
     Raises
     ------
     IngestError
-        Unreadable / not FITS, truncated, missing or mistyped keys, unknown instrument,
-        detector or filter, inconsistent ids or dates.  The message starts with the path.
+        Unreadable / not FITS, truncated, no translator for the header, a property that
+        cannot be translated (named, with the header keys involved), unknown instrument,
+        detector or filter, negative exposure time.  The message starts with the path.
     """
     from astropy.io import fits
+
+    from cpframe.camera.translators import translate_header
 
     p = Path(path)
     try:
@@ -193,60 +201,32 @@ def read_raw_header(path: str | os.PathLike) -> RawInfo:
         raise IngestError(f"{p}: not a readable FITS file ({type(err).__name__}: {err})") from None
     if size < 2880:
         raise IngestError(f"{p}: truncated ({size} bytes, not even one FITS block)")
-    missing = [k for k in REQUIRED_KEYS if k not in hdr]
-    if missing:
-        raise IngestError(f"{p}: header incomplete: missing {', '.join(missing)}")
-    v: dict[str, Any] = {}
-    problems = []
-    for k, kind in REQUIRED_KEYS.items():
-        try:
-            v[k] = _convert(hdr, k, kind)
-        except ValueError as err:
-            problems.append(str(err))
-    if problems:
-        raise IngestError(f"{p}: bad header values: {'; '.join(problems)}")
-    timesys = str(hdr.get("TIMESYS", "TAI")).strip().upper()
-    if timesys != "TAI":
-        raise IngestError(f"{p}: TIMESYS={timesys!r}; cpframe reads DATE-BEG/DATE-END as TAI")
     scale = str(hdr.get("CAMSCALE", "full")).strip()
     if scale not in SCALES:
         raise IngestError(f"{p}: CAMSCALE={scale!r}; expected one of {', '.join(SCALES)}")
     try:
-        camera = load_camera(v["INSTRUME"], scale)
-        det = camera.detector(v["DETECTOR"])
-        camera.band_of(v["FILTER"])
+        # the astropy Header itself: cards are parsed only when the translator reads them
+        info = translate_header(hdr, filename=str(p))
+    except ValueError as err:
+        raise IngestError(f"{p}: {err}") from None
+    try:
+        camera = load_camera(info.instrument, scale)
+        det = camera.detector(int(info.detector_num))
+        camera.band_of(info.physical_filter)
     except CpframeError as err:
         raise IngestError(f"{p}: {err}") from None
-    if v["EXPID"] != exposure_id(v["DAYOBS"], v["SEQNUM"]):
-        raise IngestError(
-            f"{p}: EXPID={v['EXPID']} but DAYOBS*100000+SEQNUM={exposure_id(v['DAYOBS'], v['SEQNUM'])}"
-        )
-    try:
-        begin = fast_tai_ns(v["DATE-BEG"])
-        end = fast_tai_ns(v["DATE-END"])
-        timespan = Timespan(begin, end)
-    except UserInputError as err:
-        raise IngestError(f"{p}: bad DATE-BEG/DATE-END: {err}") from None
+    problems = []
+    if info.datetime_end < info.datetime_begin:
+        problems.append(f"end {info.datetime_end.tai.isot} TAI is before begin {info.datetime_begin.tai.isot} TAI")
+    if problems:
+        raise IngestError(f"{p}: {'; '.join(problems)}")
     need = _expected_min_size(header_bytes, det)
     if size < need:
         raise IngestError(
             f"{p}: truncated: {size} bytes, but its {len(det.amps)} amplifier segments need at least {need}"
         )
-    record = {
-        "instrument": camera.name,
-        "id": v["EXPID"],
-        "obs_id": v["OBSID"],
-        "day_obs": v["DAYOBS"],
-        "seq_num": v["SEQNUM"],
-        "physical_filter": v["FILTER"],
-        "observation_type": v["IMGTYPE"].lower(),
-        "observation_reason": str(hdr.get("REASON", "") or "").strip(),
-        "science_program": str(hdr.get("PROGRAM", "") or "").strip(),
-        "exposure_time": v["EXPTIME"],
-        "dark_time": v["DARKTIME"],
-        "timespan": timespan,
-    }
-    return RawInfo(str(p), camera.name, det.id, v["EXPID"], scale, record, size)
+    record = exposure_record(info, camera.name)
+    return RawInfo(str(p), camera.name, det.id, record["id"], scale, record, size)
 
 
 def _read_many(paths: Sequence[str]) -> list[tuple[str, RawInfo | str]]:

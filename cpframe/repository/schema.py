@@ -160,4 +160,26 @@ pending_file = sa.Table(
     sa.Column("owner", sa.String(128), nullable=True),
 )
 
+lifecycle_event = sa.Table(
+    "lifecycle_event", metadata,
+    # The approval ledger (cpframe.repository.ledger): append-only, hash-chained rows, one per
+    # state transition of a calibration set (or per-site distribution step).  Additive: it is
+    # created on first use in repositories made before it existed, so the version is unchanged.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("set_name", sa.String(256), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("previous", sa.String(32), nullable=False),
+    sa.Column("site", sa.String(128), nullable=False, server_default=""),
+    sa.Column("who", sa.String(128), nullable=False),
+    sa.Column("at", sa.String(32), nullable=False),  # ISO UTC, seconds
+    sa.Column("why", sa.Text, nullable=False),
+    sa.Column("report", sa.Text, nullable=False),
+    sa.Column("report_sha256", sa.String(64), nullable=False),
+    sa.Column("ticket", sa.String(64), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),  # JSON: waivers, override, evidence, site info
+    sa.Column("prev_hash", sa.String(64), nullable=False, unique=True),  # one successor per row: no forks
+    sa.Column("hash", sa.String(64), nullable=False, unique=True),
+    sa.Index("ix_lifecycle_set", "set_name", "id"),
+)
+
 tables = {t.name: t for t in metadata.sorted_tables}

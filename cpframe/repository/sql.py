@@ -34,6 +34,7 @@ from cpframe.core.errors import (
     CollectionTypeError,
     ConflictingDefinitionError,
     DatasetConflictError,
+    ExportError,
     RegistryError,
     SchemaVersionError,
     ServiceError,
@@ -217,7 +218,8 @@ class SqlRegistry(_SqlCollections, _SqlDatasets, Registry):
                 "doc": camera.doc or ""}
         dets = {
             d.id: {"instrument": camera.name, "id": d.id, "full_name": d.name, "raft": d.raft,
-                   "name_in_raft": d.name_in_raft, "purpose": "SCIENCE", "vendor": d.vendor, "serial": d.serial}
+                   "name_in_raft": d.name_in_raft, "purpose": getattr(d, "purpose", "SCIENCE"), "vendor": d.vendor,
+                   "serial": d.serial}
             for d in camera.detectors
         }
         filters = {pf: {"instrument": camera.name, "name": pf, "band": band} for pf, band in camera.filters}
@@ -303,9 +305,9 @@ class SqlRegistry(_SqlCollections, _SqlDatasets, Registry):
                 _, filts = self._require_instrument(conn, inst)
                 bad = sorted({r["physical_filter"] for r in group} - filts)
                 if bad:
-                    raise RegistryError(
-                        f"unknown physical filter(s) {', '.join(bad)} for {inst} (known: {', '.join(sorted(filts))})."
-                    )
+                    known = sorted(filts)
+                    shown = ", ".join(known[:15]) + (f", ... ({len(known)} in all)" if len(known) > 15 else "")
+                    raise RegistryError(f"unknown physical filter(s) {', '.join(bad)} for {inst} (known: {shown}).")
                 group.sort(key=lambda r: r["id"])
                 new, conflicts, seen = [], [], {}
                 cols = [s.exposure.c[k] for k in group[0]]
@@ -510,6 +512,22 @@ class SqlRegistry(_SqlCollections, _SqlDatasets, Registry):
         table = {"instrument": s.instrument, "detector": s.detector, "physical_filter": s.physical_filter,
                  "exposure": s.exposure}[element]
         pk = [c.name for c in table.primary_key.columns]
+        cols = {c.name for c in table.columns}
+        needed = {c.name for c in table.columns if not c.nullable and c.server_default is None}
+        problems = []
+        for r in rows:
+            key = ", ".join(f"{k}={r.get(k)}" for k in pk)
+            missing = sorted(k for k in needed if r.get(k) is None)
+            extra = sorted(set(r) - cols)
+            if missing:
+                problems.append(f"{element} record ({key}) has no {', '.join(missing)}")
+            if extra:
+                problems.append(f"{element} record ({key}) has unknown field(s) {', '.join(extra)}")
+        if problems:
+            raise ExportError(
+                "; ".join(problems[:10]) + f". cpframe's {element} records have the fields "
+                + ", ".join(c.name for c in table.columns) + "; nothing was imported."
+            )
         new, same, conflicts = [], 0, []
         with self.transaction() as conn:
             for r in rows:

@@ -75,7 +75,8 @@ def _sha256(path: Path) -> str:
 
 
 def export_calibs(repo: "Repository", directory: str | os.PathLike, collections: Sequence[str],
-                  dataset_types: Sequence[str] | None = None, transfer: str = "copy") -> Path:
+                  dataset_types: Sequence[str] | None = None, transfer: str = "copy",
+                  format: str = "cpframe") -> Path:
     """Write ``DIR/export.yaml`` and the files of the calibrations reachable from ``collections``.
 
     Parameters
@@ -89,6 +90,9 @@ def export_calibs(repo: "Repository", directory: str | os.PathLike, collections:
         Restrict to these types (default: every calibration type found).
     transfer : str
         ``copy``, ``link`` or ``symlink`` for the files.
+    format : str
+        ``cpframe`` (this module's format) or ``butler`` (``butler import`` reads it:
+        ``cpframe.repository.butler_format``).
 
     Returns
     -------
@@ -101,6 +105,12 @@ def export_calibs(repo: "Repository", directory: str | os.PathLike, collections:
         ``directory`` exists, or nothing to export.
     UnknownCollectionError
     """
+    if format == "butler":
+        from cpframe.repository.butler_format import export_butler
+
+        return export_butler(repo, directory, collections, dataset_types, transfer)
+    if format != "cpframe":
+        raise UserInputError(f"export format {format!r}: use cpframe or butler.")
     reg = repo.registry
     dest = Path(directory).absolute()
     if dest.exists() or dest.is_symlink():
@@ -194,6 +204,10 @@ def export_calibs(repo: "Repository", directory: str | os.PathLike, collections:
 
 
 def _load_export(path: Path) -> dict[str, Any]:
+    from cpframe.repository.butler_format import butler_to_cpframe, is_butler_export, load_butler_export
+
+    if is_butler_export(path):  # `butler export-calibs` output (or cpframe's --format butler)
+        return butler_to_cpframe(load_butler_export(path), path)
     try:
         doc = yaml.safe_load(path.read_text())
     except FileNotFoundError:

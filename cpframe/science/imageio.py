@@ -142,6 +142,13 @@ class RawExposure:
         return int(self.header.get("EXPID", 0))
 
 
+def normalized_cards(header: Mapping[str, Any], filename: str | None = None) -> dict[str, Any]:
+    """cpframe's cards of a raw header (see ``cpframe.camera.raw_headers.normalized_cards``)."""
+    from cpframe.camera.raw_headers import normalized_cards as cards
+
+    return cards(header, filename)
+
+
 def _camera_from_header(header: Mapping[str, Any], path: str) -> Camera:
     inst = header.get("INSTRUME")
     scale = str(header.get("CAMSCALE", "full")).strip().lower()
@@ -203,9 +210,17 @@ def _read_raw(path: str, camera: Camera | None) -> RawExposure:
     hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
     with hdul:
         header = {k: v for k, v in hdul[0].header.items() if k not in ("COMMENT", "HISTORY", "")}
+        # Real-format raws carry no DETECTOR/EXPID: translate (cpframe.camera.raw_headers)
+        # and work on cpframe's normalized cards; cpframe products written before the
+        # translators existed already have them.
+        if not header.get("INSTRUME"):
+            raise FileFormatError(MSG_NOT_RAW.format(path=path, why="primary header has no INSTRUME"))
+        if "DETECTOR" not in header or "EXPID" not in header:
+            try:
+                header.update(normalized_cards(header, filename=path))
+            except ValueError as err:
+                raise FileFormatError(MSG_NOT_RAW.format(path=path, why=str(err))) from None
         cam = camera or _camera_from_header(header, path)
-        if "DETECTOR" not in header:
-            raise FileFormatError(MSG_NOT_RAW.format(path=path, why="primary header has no DETECTOR"))
         try:
             det = cam.detector(int(header["DETECTOR"]))
         except CameraError as err:
@@ -726,9 +741,14 @@ def write_defects(
 
 
 def read_defects(path: str | os.PathLike) -> tuple[list[tuple[int, int, int, int]], dict[str, Any]]:
-    """Read an ``ecsv-defects`` file -> (boxes, meta)."""
+    """Read an ``ecsv-defects`` file -> (boxes, meta).
+
+    A FITS table with the same columns (the Rubin stack's ``Defects`` layout, e.g. imported
+    from a butler export) reads the same way.
+    """
+    fmt = "fits" if str(path).lower().endswith((".fits", ".fits.gz", ".fit")) else "ascii.ecsv"
     try:
-        t = Table.read(str(path), format="ascii.ecsv")
+        t = Table.read(str(path), format=fmt)
     except Exception as err:  # astropy raises many types for malformed files
         raise FileFormatError(f"{path}: not an ecsv-defects table: {err}") from None
     missing = [c for c in ("x0", "y0", "width", "height") if c not in t.colnames]

@@ -12,7 +12,7 @@ Steps run in the order of ip_isr ``IsrTaskLSST.run`` (spec algorithms.md §1-§3
  7. gains (electrons) and the per-amp ``LSST ISR GAIN|READNOISE|PTCTURNOFF`` keys
  8. crosstalk (linear, optionally quadratic) on the read-out-ordered segments
  9. parallel overscan per amp (one value per column)
-10. linearity (``x + c x²`` in adu, per amp)
+10. linearity (per amp, in adu: :mod:`cpframe.science.linearity`)
 11. assembly with flips into the detector image
 12. bias, dark (scaled by dark time), defects -> ``BAD``, NaN -> ``UNMASKEDNAN``
 13. variance (image/g + (σ_RN/g)² added), flat, standard statistics
@@ -36,6 +36,9 @@ import numpy as np
 from cpframe.camera.models import Amplifier, Detector
 from cpframe.science.combine import IQ_TO_STDEV, clipped_stats
 from cpframe.core.errors import ConfigError, UserInputError
+from cpframe.science.crosstalk import read_crosstalk
+from cpframe.science.cti import CtiCalib, deferred_charge_step, read_cti
+from cpframe.science.linearity import Linearizer, linearizer_from_mapping, read_linearizer
 from cpframe.science.imageio import (
     MASK_BITS,
     MaskedImage,
@@ -133,7 +136,7 @@ class IsrConfig:
     do_apply_gains: bool = False
     """Multiply by the gain: output in electrons."""
     use_gains_from: str = "PTC"
-    """PTC (only PTC is implemented)."""
+    """PTC, or LINEARIZER (the gains and noise the linearizer measured on its own ramp; no PTC needed)."""
     gains: Mapping[str, float] = field(default_factory=dict)
     """Per-amp configured gains (e-/adu); a finite value overrides the PTC / bootstrap gain."""
     do_crosstalk: bool = False
@@ -142,6 +145,10 @@ class IsrConfig:
     """Also subtract the quadratic crosstalk term (needs a quadratic matrix)."""
     do_linearize: bool = False
     """Apply the linearity correction (needs calibs['linearizer'])."""
+    do_deferred_charge: bool = False
+    """Correct the serial trap (needs calibs['cti']; cpframe/science/cti.py)."""
+    do_cti_statistics: bool = False
+    """Write the EPER statistics (last data column, first overscan columns) to the header."""
     do_assemble_ccd: bool = True
     """Assemble amps into the detector image (always on)."""
     do_bias: bool = False
@@ -166,7 +173,7 @@ class IsrConfig:
         problems = []
         checks = (("integer_dither_mode", DITHER_MODES), ("overscan_fit_type", OVERSCAN_FIT_TYPES),
                   ("saturation_source", SATURATION_SOURCES), ("flat_scaling_type", FLAT_SCALINGS),
-                  ("use_gains_from", ("PTC",)))
+                  ("use_gains_from", ("PTC", "LINEARIZER")))
         for key, allowed in checks:
             if getattr(self, key) not in allowed:
                 problems.append(MSG_BAD_VALUE.format(key=key, value=getattr(self, key),
@@ -257,6 +264,9 @@ _ALIASES = {
     "doCrosstalk": "do_crosstalk",
     "doQuadraticCrosstalkCorrection": "do_quadratic_crosstalk",
     "doLinearize": "do_linearize",
+    "doDeferredCharge": "do_deferred_charge",
+    "doCtiStatistics": "do_cti_statistics",
+    "isrStats.doCtiStatistics": "do_cti_statistics",
     "doAssembleCcd": "do_assemble_ccd",
     "doBias": "do_bias",
     "doDark": "do_dark",
@@ -274,7 +284,7 @@ _ALIASES = {
 
 #: ip_isr switches that are off for calibration products (spec §3); accepted when false.
 _ACCEPTED_WHEN_FALSE = (
-    "doDeferredCharge", "doBrighterFatter", "doInterpolate", "doSetBadRegions", "doCorrectGains",
+    "doBrighterFatter", "doInterpolate", "doSetBadRegions", "doCorrectGains",
     "doFringe", "doWidenSaturationTrails", "doAmpOffset", "doBinnedExposures", "doE2VEdgeBleedMask",
     "doITLDipMask", "doITLSatSagMask", "doITLEdgeBleedMask", "doVignette", "doIlluminationCorrection",
     "doCalculateStatistics", "doCheckUnprocessableData", "doDiffNonLinearCorrection", "doSaturationInterpolation",
@@ -303,6 +313,10 @@ def isr_config_for(product: str, **overrides: Any) -> IsrConfig:
         "dark": dict(do_apply_gains=True, do_bias=True, do_defect=True),
         "flat": dict(do_apply_gains=True, do_bias=True, do_dark=True),
         "ptc": dict(do_bootstrap=True, do_defect=True),
+        "linearizer": dict(do_bootstrap=True, do_defect=True),
+        "crosstalk": dict(do_apply_gains=True, do_defect=True),
+        "cti": dict(do_apply_gains=True, use_gains_from="LINEARIZER", do_linearize=True, do_defect=True,
+                    do_cti_statistics=True),
         "science": dict(do_apply_gains=True, do_bias=True, do_dark=True, do_flat=True, do_defect=True,
                         do_saturation=True),
     }
@@ -328,11 +342,13 @@ class IsrCalibs:
     """(n_amp, n_amp) linear coefficients C[target, source]."""
     crosstalk_quadratic: np.ndarray | None = None
     """(n_amp, n_amp) quadratic coefficients, or None."""
-    linearizer: dict[str, float] | None = None
-    """amp -> c of the correction x + c x² (adu)."""
+    cti: CtiCalib | None = None
+    """Deferred-charge model per amp (:mod:`cpframe.science.cti`)."""
+    linearizer: Linearizer | None = None
+    """Per-amp corrections (:mod:`cpframe.science.linearity`; a ``{amp: c}`` mapping is ``x + c x²``)."""
 
 
-CALIB_KEYS = ("bias", "dark", "flat", "defects", "ptc", "crosstalk", "linearizer")
+CALIB_KEYS = ("bias", "dark", "flat", "defects", "ptc", "crosstalk", "linearizer", "cti")
 
 
 def _mtime_key(path) -> tuple[str, float]:
@@ -351,12 +367,18 @@ def _load_cached(kind: str, path: str, mtime: float):
     if kind == "crosstalk":
         return _read_crosstalk(path)
     if kind == "linearizer":
-        return _read_linearizer(path)
+        return read_linearizer(path)
+    if kind == "cti":
+        return read_cti(path)
     raise KeyError(kind)
 
 
 def _read_crosstalk(path: str):
-    """Crosstalk matrix from ``.npy`` (n,n) or (2,n,n) [linear, quadratic], ``.npz`` or text."""
+    """Crosstalk matrix from cpframe's ``.json`` (cpframe/science/crosstalk.py), ``.npy`` (n,n) or
+    (2,n,n) [linear, quadratic], ``.npz`` or text."""
+    if path.endswith(".json"):
+        calib = read_crosstalk(path)
+        return calib.coeffs, (calib.coeffs_sqr if np.any(calib.coeffs_sqr) else None)
     if path.endswith(".npz"):
         with np.load(path) as z:
             lin = np.asarray(z["linear"] if "linear" in z else z[z.files[0]], dtype=np.float64)
@@ -372,24 +394,12 @@ def _read_crosstalk(path: str):
     return a, None
 
 
-def _read_linearizer(path: str) -> dict[str, float]:
-    import json
-
-    import yaml
-
-    text = Path(path).read_text()
-    data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    if isinstance(data, Mapping) and "coefficients" in data:
-        data = data["coefficients"]
-    return {str(k): float(v) for k, v in dict(data).items()}
-
-
 def load_calibs(paths: Mapping[str, Any] | None) -> IsrCalibs:
     """Load calibrations from file paths (cached by path and modification time).
 
     Keys: ``bias``, ``dark``, ``flat`` (fits-masked), ``defects`` (ecsv-defects), ``ptc``
     (fits-ptc), ``crosstalk`` (.npy/.npz/text matrix C[target, source], or an array),
-    ``linearizer`` (YAML/JSON ``{amp: c}``, or a dict).  ``None`` values are skipped.
+    ``linearizer`` (cpframe linearizer JSON, a YAML/JSON ``{amp: c}``, or a dict / Linearizer).  ``None`` values are skipped.
 
     Raises
     ------
@@ -409,8 +419,8 @@ def load_calibs(paths: Mapping[str, Any] | None) -> IsrCalibs:
             a = np.asarray(v, dtype=np.float64)
             c.crosstalk, c.crosstalk_quadratic = (a[0], a[1]) if a.ndim == 3 else (a, None)
             continue
-        if k == "linearizer" and isinstance(v, Mapping):
-            c.linearizer = {str(a): float(x) for a, x in v.items()}
+        if k == "linearizer" and isinstance(v, (Mapping, Linearizer)):
+            c.linearizer = v if isinstance(v, Linearizer) else linearizer_from_mapping(v)
             continue
         value = _load_cached(k, *_mtime_key(v))
         if k == "crosstalk":
@@ -526,13 +536,17 @@ def _what(raw: RawExposure) -> str:
 def _check_calibs(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs) -> None:
     need = [("do_bias", "bias", "doBias"), ("do_dark", "dark", "doDark"), ("do_flat", "flat", "doFlat"),
             ("do_defect", "defects", "doDefect"), ("do_crosstalk", "crosstalk", "doCrosstalk"),
-            ("do_linearize", "linearizer", "doLinearize")]
+            ("do_linearize", "linearizer", "doLinearize"), ("do_deferred_charge", "cti", "doDeferredCharge")]
     missing, flags = [], []
     for attr, key, flag in need:
         if getattr(config, attr) and getattr(calibs, key) is None:
             missing.append(key)
             flags.append(f"{flag}: false")
-    if not config.do_bootstrap and calibs.ptc is None:
+    gains_from_lin = config.use_gains_from == "LINEARIZER" and config.do_apply_gains
+    if not config.do_bootstrap and gains_from_lin and calibs.linearizer is None and not config.do_linearize:
+        missing.append("linearizer (gains and read noise, useGainsFrom: LINEARIZER)")
+        flags.append("useGainsFrom: PTC")
+    if not config.do_bootstrap and not gains_from_lin and calibs.ptc is None:
         missing.append("ptc (gains and read noise)")
         flags.append("doBootstrap: true")
     if config.do_crosstalk and config.do_quadratic_crosstalk and calibs.crosstalk is not None \
@@ -556,7 +570,9 @@ def _check_calibs(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs) -> Non
 def _amp_gain_noise(amp: Amplifier, config: IsrConfig, calibs: IsrCalibs) -> tuple[float, float, float]:
     """(gain, read noise e-, turnoff adu) before the overscan (bootstrap noise comes later)."""
     gain, noise, turnoff = 1.0, math.nan, math.inf
-    if not config.do_bootstrap and calibs.ptc is not None:
+    if not config.do_bootstrap and config.use_gains_from == "LINEARIZER" and config.do_apply_gains:
+        gain, noise = calibs.linearizer.gain_noise(amp.name)  # cpframe/science/linearity.py
+    elif not config.do_bootstrap and calibs.ptc is not None:
         rec = calibs.ptc.get(amp.name)
         if rec is None:
             raise IsrError(f"the PTC has no amp {amp.name}; amps in the PTC: {', '.join(calibs.ptc)}.")
@@ -674,14 +690,11 @@ def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
         if config.do_parallel_overscan:
             _parallel_overscan(amp, seg, config, st, cards)
         data = seg[amp.data_slice]
-        if config.do_linearize:
-            c = float(calibs.linearizer.get(amp.name, 0.0))
-            if c:
-                if units == "electron":
-                    data /= np.float32(st.gain)
-                data += np.float32(c) * data * data
-                if units == "electron":
-                    data *= np.float32(st.gain)
+        if config.do_linearize:  # cpframe/science/linearity.py; in adu (gain passed for electrons)
+            calibs.linearizer.correct(data, amp.name, st.gain if units == "electron" else None)
+        if config.do_deferred_charge or config.do_cti_statistics:  # cpframe/science/cti.py
+            deferred_charge_step(seg, amp, calibs.cti if config.do_deferred_charge else None, units, st.gain,
+                                 cards)
         image[amp.bbox] = _orient(data, amp)
         if amp.name in sat_masks:
             mask[amp.bbox] |= np.where(_orient(sat_masks[amp.name], amp), sat_bit, np.int32(0))

@@ -91,6 +91,16 @@ class VerifyConfig:
     ptc_noise_independence_threshold: float = 1.25
     """NOISE_SIGNAL_INDEPENDENCE limit on the per-pair overscan noise statistic."""
 
+    # -- linearizer (spec §4.7; cp_verify verifyLinearity.py) -------------------------------
+    linearity_max_residual_spline_pct: float = 1.0
+    """MAX_RESIDUAL_ERROR (Spline): largest |S(node) / node| in percent."""
+    linearity_expected_quadratic_coeff: float = 1e-6
+    """MAX_RESIDUAL_ERROR (Squared/Polynomial): |c_quadratic| limit (1/adu); higher orders scale by its root."""
+    linearity_max_fit_residual: float = 0.001
+    """FIT_RESIDUAL (cpframe): largest |corrected ramp / line - 1| above 1 % of the turnoff."""
+    # -- CTI (cpframe's check; LSST sensor requirement serial CTE > 0.999995) ------------------
+    cti_max: float = 5e-6
+    """CTI: the global serial CTI per amp must be below this."""
     # -- science (cpframe's own check) ------------------------------------------------------
     science_step_threshold: float = 0.01
     """AMP_STEP: largest |level jump| across an amp boundary relative to the detector background."""

@@ -71,6 +71,14 @@ class Stage:
     """Exposure-level group tests over detectors: ``-> {"stats": {...}, "verify": {test: bool}}``."""
     by_filter: bool = False
     """Rows and merges carry ``physical_filter`` (flats)."""
+    calib_type: str = ""
+    """``calib`` stages: the dataset type verified, when not the lower-case stage name
+    (stage ``LINEARITY`` verifies ``linearizer``)."""
+
+    @property
+    def dataset_type(self) -> str:
+        """The calibration dataset type a ``calib`` stage reads."""
+        return self.calib_type or self.name.lower()
 
 
 STAGES: dict[str, Stage] = {}

@@ -1,0 +1,958 @@
+"""Real LSST pipeline files (the ``pipetask`` format of cp_pipe / cp_verify) -> cpframe tasks.
+
+cpframe keeps ONE pipeline reader (:func:`cpframe.execution.pipeline.load_pipeline`) and one
+validation (:func:`~cpframe.execution.pipeline.parse_pipeline`).  A file in the LSST format
+(``imports``, ``tasks: label: {class, config}``, ``subsets``, ``parameters``, ``contracts``) is
+first translated here into cpframe's own task mapping (``kind``, ``dimensions``, ``inputs``,
+``output``, ``config``), which then goes through the same validation as cpframe's own
+pipelines.  docs/submit.md "Real LSST pipeline files" is the user's reference.
+
+What is read (pipe_base's ``PipelineIR`` semantics, in our own words):
+
+* ``imports``: each ``location`` (``$VAR`` expanded) is read first, recursively; ``include`` /
+  ``exclude`` keep or drop labels (or subset names); a task the importing file declares
+  again with the same class gets the imported configuration first, then its own.
+* ``tasks``: ``label: class`` or ``label: {class, config}``; ``config`` may be a list of
+  mappings.  Field names are dotted (``crosstalk.doQuadraticCrosstalkCorrection``), and a
+  ``python:`` block is read statement by statement (never executed): only
+  ``configureIsrTaskLSSTForCalibrations(config)``, ``config.a.b = <literal>`` and
+  ``config.a.append(<literal>)`` are understood; anything else is an error naming the line.
+* ``parameters``: a config value ``parameters.NAME`` is replaced by the parameter.
+* ``subsets`` and ``file.yaml#a,b``: a selection of labels or subset names.
+* ``contracts``: evaluated when every value they compare is known (set in a file, an
+  override or a class default below); a broken contract is an error.
+
+Each class maps onto a cpframe task kind through :data:`CLASSES`: which connections are the
+input(s) and output(s), which config fields map onto which cpframe key, and which fields are
+accepted but not implemented by cpframe (reported as plan notes when set).  Visualisation
+and analysis tasks are skipped with a note (cpframe does not make those plots); a class that
+builds a calibration cpframe does not build yet is a clear error; an unknown class or field
+is an error naming the file, the label and the field.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from cpframe.core.errors import PipelineError
+
+__all__ = [
+    "CLASSES",
+    "NOT_BUILT",
+    "SKIPPED",
+    "ClassMap",
+    "is_lsst_pipeline",
+    "parse_config_overrides",
+    "read_lsst_pipeline",
+    "split_selection",
+]
+
+# ------------------------------------------------------------------------------------------
+# class table
+# ------------------------------------------------------------------------------------------
+# ip_isr IsrTaskLSSTConfig defaults for the switches cpframe reads (ip_isr d2a69bf).
+_ISR_LSST_DEFAULTS = {
+    "doBootstrap": False, "doAssembleCcd": True, "doBias": True, "doDeferredCharge": True, "doLinearize": True,
+    "doCorrectGains": True, "doApplyGains": True, "useGainsFrom": "PTC", "doVariance": True, "doSaturation": True,
+    "defaultSaturationSource": "PTCTURNOFF", "doSuspect": True, "doCrosstalk": True, "doDefect": True,
+    "doNanMasking": True, "doInterpolate": True, "doBrighterFatter": True, "doDark": True, "doFlat": True,
+    "doStandardStatistics": True, "doCalculateStatistics": True, "crosstalk.doQuadraticCrosstalkCorrection": False,
+}
+# cp_pipe's configureIsrTaskLSSTForCalibrations (python/lsst/cp/pipe/_configure.py): the values it sets
+# for the switches cpframe reads; the others it sets are accepted-and-ignored fields below.
+_CALIB_BASELINE = {
+    "doBootstrap": False, "doCorrectGains": False, "doSaturation": False, "doSuspect": False, "doApplyGains": False,
+    "doCrosstalk": False, "crosstalk.doQuadraticCrosstalkCorrection": False, "doLinearize": False,
+    "doDeferredCharge": False, "doAssembleCcd": True, "doBias": False, "doDark": False, "doDefect": False,
+    "doNanMasking": True, "doBrighterFatter": False, "doVariance": True, "doFlat": False, "doInterpolate": False,
+    "doStandardStatistics": True, "doCalculateStatistics": True,
+}
+_ISR_FIELDS = {k: k for k in (
+    "doBootstrap", "doOverscan", "doAssembleCcd", "doSaturation", "doSuspect", "defaultSaturationSource",
+    "doApplyGains", "useGainsFrom", "doCorrectGains", "doCrosstalk", "doLinearize", "doDeferredCharge", "doBias",
+    "doDark", "doDefect", "doFlat", "doBrighterFatter", "doNanMasking", "doVariance", "doInterpolate",
+    "doStandardStatistics", "doCalculateStatistics")}
+_ISR_FIELDS["crosstalk.doQuadraticCrosstalkCorrection"] = "doQuadraticCrosstalkCorrection"
+_ISR_FIELDS["doQuadraticCrosstalkCorrection"] = "doQuadraticCrosstalkCorrection"
+_ISR_IGNORED = (
+    "bssVoltageMinimum", "doCheckUnprocessableData", "doDiffNonLinearCorrection", "serialOverscanMedianShiftSigmaThreshold",
+    "ampNoiseThreshold", "expectWcs", "doE2VEdgeBleedMask", "doITLSatSagMask", "doITLEdgeBleedMask", "doITLDipMask",
+    "badAmps", "doWidenSaturationTrails", "maskNegativeVariance", "doSaveInterpPixels", "doSetBadRegions",
+    "doAmpOffset", "ampOffset.*", "doBinnedExposures", "binFactor1", "binFactor2", "isrStats.*", "doFringe",
+    "doStrayLight", "doWrite", "growSaturationFootprintSize", "doSaturationInterpolation", "doHeaderProvenance",
+    "doRaiseOnCalibMismatch")
+_VERIFY_IGNORED = ("doVignette", "useReadNoise", "useIsrStatistics", "hasMatrixCatalog", "hasInputResults",
+                   "catalogStatKeywords", "mergeDimension", "stageName")
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """How one LSST task class maps onto a cpframe task kind."""
+
+    kind: str
+    """cpframe task kind (:data:`cpframe.execution.pipeline.KINDS`)."""
+    dimensions: tuple[str, ...]
+    """Quantum dimensions cpframe runs it on."""
+    inputs: tuple[tuple[str, str], ...]
+    """(connection, default dataset type) read, in cpframe's input order."""
+    output: tuple[str, str]
+    """(connection, default dataset type) written."""
+    fields: Mapping[str, str] = field(default_factory=dict)
+    """LSST config field -> cpframe config key."""
+    ignored: tuple[str, ...] = ()
+    """Fields accepted but not implemented by cpframe (``prefix.*`` matches a sub-config)."""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    """Class defaults of mapped fields, where cpframe's own default differs."""
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    """cpframe config set by the class itself (verify ``stage``)."""
+    extra_connections: tuple[str, ...] = ()
+    """Connections accepted and not read by cpframe (calibration inputs it derives, QA outputs)."""
+    optional_inputs: tuple[str, ...] = ()
+    """Input connections read only when the file sets them."""
+
+
+_ISR_EXTRA = ("bias", "dark", "flat", "defects", "crosstalk", "linearizer", "ptc", "deferredChargeCalib", "bfKernel",
+              "outputBin1Exposure", "outputBin2Exposure", "outputStatistics", "camera", "gainCorrection")
+_ISR = ClassMap("isr", ("exposure", "detector"), (("ccdExposure", "raw"),), ("outputExposure", "postISRCCD"),
+                _ISR_FIELDS, _ISR_IGNORED, _ISR_LSST_DEFAULTS, extra_connections=_ISR_EXTRA)
+_COMBINE_FIELDS = {k: k for k in ("calibrationType", "exposureScaling", "scalingLevel", "combine", "clip", "nIter",
+                                  "mask", "noGoodPixelsMask", "maxVisitsToCalcErrorFromInputVariance", "checkNoData",
+                                  "censorMaskPlanes", "distributionPercentiles", "flatSource")}
+_COMBINE_IGNORED = ("doVignetteMask", "vignette.*", "doPartialVignetteMask", "partialVignette.*", "python")
+
+
+def _verify(kind: str, stage: str | None, dims: tuple[str, ...], inputs, output, optional=()) -> ClassMap:
+    return ClassMap(kind, dims, inputs, output, {}, _VERIFY_IGNORED, fixed={"stage": stage} if stage else {},
+                    extra_connections=("outputResults", "outputMatrix", "inputResults", "inputMatrix", "camera"),
+                    optional_inputs=optional)
+
+
+_DET = ("exposure", "detector")
+#: Known LSST task classes cpframe runs (short names; ``lsst.cp.pipe.ptc.X`` == ``lsst.cp.pipe.X``).
+CLASSES: dict[str, ClassMap] = {
+    "lsst.ip.isr.IsrTaskLSST": _ISR,
+    "lsst.ip.isr.IsrTask": _ISR,
+    "lsst.cp.pipe.CpDarkTask": ClassMap(
+        "darkCr", _DET, (("inputExp", "cpDarkIsr"),), ("outputExp", "cpDarkProc"),
+        {"repair.cosmicray.minSigma": "minSigma", "repair.cosmicray.min_DN": "minDn",
+         "repair.cosmicray.cond3_fac": "cond3Fac", "repair.cosmicray.nCrPixelMax": "nCrPixelMax",
+         "crGrow": "crGrow"}, ("psfFwhm", "psfSize", "maskListToInterpolate", "repair.*")),
+    "lsst.cp.pipe.CalibCombineTask": ClassMap(
+        "combine", ("detector",), (("inputExpHandles", "cpInputs"),), ("outputData", "cpProposal"),
+        _COMBINE_FIELDS, _COMBINE_IGNORED, extra_connections=("inputScales",)),
+    "lsst.cp.pipe.CalibCombineByFilterTask": ClassMap(
+        "combine", ("detector", "physical_filter"), (("inputExpHandles", "cpInputs"), ("inputScales", "cpFilterScales")),
+        ("outputData", "cpFilterProposal"), _COMBINE_FIELDS, _COMBINE_IGNORED, optional_inputs=("inputScales",)),
+    "lsst.cp.pipe.CpFlatMeasureTask": ClassMap(
+        "flatMeasure", _DET, (("inputExp", "postISRCCD"),), ("outputStats", "flatStats"),
+        {}, ("maskNameList", "doVignette", "numSigmaClip", "clipMaxIter", "stat")),
+    "lsst.cp.pipe.CpFlatNormalizationTask": ClassMap(
+        "flatNormalize", ("physical_filter",), (("inputMDs", "cpFlatProc"),), ("outputScales", "cpFlatNormScales"),
+        {"level": "level", "scaleMaxIter": "scaleMaxIter"}, ("doDownSelection", "downSelectionField",
+                                                              "downSelectionValue"),
+        extra_connections=("camera", "inputDims")),
+    "lsst.cp.pipe.ptc.PhotonTransferCurveExtractPairTask": ClassMap(
+        "ptcExtract", _DET, (("inputExp", "ptcInputExposurePairs"),), ("outputCovariance", "ptcCovariances"),
+        {"nSigmaClipPtc": "nSigmaClipPtc", "nIterSigmaClipPtc": "nIterSigmaClipPtc",
+         "numEdgeSuspect": "numEdgeSuspect"},
+        ("maximumRangeCovariancesAstier", "edgeMaskLevel", "useEfdPhotodiodeData", "auxiliaryHeaderKeys",
+         "doExtractPhotodiodeData", "efdSalIndex", "matchExposuresType", "doOutputBinnedImages",
+         "doVignetteFunctionRegionSelection", "photodiodeIntegrationMethod", "binSize", "python",
+         "vignetteFunctionPolynomialCoeffs"),
+        extra_connections=("outputCovariances", "inputPhotodiodeData", "outputBinnedImages", "taskMetadata")),
+    "lsst.cp.pipe.ptc.PhotonTransferCurveSolveTask": ClassMap(
+        "ptcSolve", ("detector",), (("inputCovariances", "ptcCovariances"),), ("outputPtcDataset", "ptcDatsetProposal"),
+        {k: k for k in ("ptcFitType", "minMeanSignal", "maxMeanSignal", "maxSignalInitialPtcOutlierFit",
+                        "scaleMaxSignalInitialPtcOutlierFit", "maxIterationsPtcOutliers", "sigmaCutPtcOutliers",
+                        "maxDeltaInitialPtcOutlierFit")},
+        ("maximumRangeCovariancesAstier", "maximumRangeCovariancesAstierFullCovFit", "doModelPtcRolloff",
+         "extendRollofSearchMaskSizeAdu", "maxPtcRolloffDeviation", "binSize"),
+        defaults={"ptcFitType": "EXPAPPROXIMATION"}, extra_connections=("camera",)),
+    "lsst.cp.verify.CpVerifyBiasTask": _verify("verifyStats", "BIAS", _DET, (("inputExp", "postISRCCD"),),
+                                               ("outputStats", "verifyBiasDetStats")),
+    "lsst.cp.verify.CpVerifyDarkTask": _verify("verifyStats", "DARK", _DET, (("inputExp", "postISRCCD"),),
+                                               ("outputStats", "verifyDarkDetStats")),
+    "lsst.cp.verify.CpVerifyFlatTask": _verify("verifyStats", "FLAT", _DET, (("inputExp", "postISRCCD"),),
+                                               ("outputStats", "verifyFlatDetStats")),
+    "lsst.cp.verify.CpVerifyDefectsTask": _verify(
+        "verifyStats", "DEFECTS", _DET, (("inputExp", "postISRCCD"), ("uncorrectedExp", "uncorrectedExp")),
+        ("outputStats", "verifyDefectsDetStats"), optional=("uncorrectedExp",)),
+    "lsst.cp.verify.CpVerifyPtcTask": _verify("verifyStats", "PTC", ("detector",), (("inputCalib", "ptc"),),
+                                              ("outputStats", "verifyPtcDetStats")),
+    "lsst.cp.verify.CpVerifyExpMergeTask": _verify("verifyMerge", None, ("exposure",), (("inputStats", "detStats"),),
+                                                   ("outputStats", "expStats")),
+    "lsst.cp.verify.CpVerifyFlatExpMergeTask": _verify("verifyMerge", None, ("exposure",),
+                                                       (("inputStats", "detStats"),), ("outputStats", "expStats")),
+    "lsst.cp.verify.CpVerifyVisitExpMergeTask": _verify("verifyMerge", None, ("exposure",),
+                                                        (("inputStats", "detStats"),), ("outputStats", "expStats")),
+    "lsst.cp.verify.CpVerifyRunMergeTask": _verify("verifyMerge", None, (), (("inputStats", "expStats"),),
+                                                   ("outputResults", "runResults")),
+    "lsst.cp.verify.CpVerifyRunMergeByFilterTask": _verify("verifyMerge", None, (), (("inputStats", "expStats"),),
+                                                           ("outputResults", "runResults")),
+    "lsst.cp.verify.CpVerifyVisitRunMergeTask": _verify("verifyMerge", None, (), (("inputStats", "expStats"),),
+                                                        ("outputResults", "runResults")),
+    "lsst.cp.verify.CpVerifyCalibMergeTask": _verify("verifyMerge", None, (), (("inputStats", "detStats"),),
+                                                     ("outputResults", "runResults")),
+}
+# Defect measurement: three measure tasks and a merge in cp_pipe; one defects task in cpframe.
+_DEFECT_MEASURE = ("lsst.cp.pipe.MeasureDefectsCombinedTask", "lsst.cp.pipe.MeasureDefectsCombinedWithFilterTask",
+                   "lsst.cp.pipe.MeasureDefectsTask")
+_DEFECT_MERGE = ("lsst.cp.pipe.MergeDefectsCombinedTask", "lsst.cp.pipe.MergeDefectsTask")
+_DEFECT_FIELDS = {k: k for k in (
+    "thresholdType", "darkCurrentThreshold", "biasThreshold", "fracThresholdFlat", "nSigmaBright", "nSigmaDark",
+    "nPixBorderLeftRight", "nPixBorderUpDown", "edgesAsDefects", "badOnAndOffPixelColumnThreshold",
+    "goodPixelColumnGapThreshold", "badPixelsToFillColumnThreshold", "saturatedPixelsToFillColumnThreshold",
+    "saturatedColumnDilationRadius", "combinationMode", "combinationFraction", "fitAmpGradient")}
+_DEFECT_IGNORED = ("doVampirePixels", "vampirePixels*")
+# PTC gain-ratio adjustment: folded (its output is the solved PTC).
+_PTC_ADJUST = ("lsst.cp.pipe.ptc.PhotonTransferCurveAdjustGainRatiosTask",)
+
+#: Classes that make no calibration: skipped with a note (cpframe does not make these plots/mosaics).
+SKIPPED = {
+    "lsst.pipe.tasks.visualizeVisit.VisualizeBinCalibTask": "binned image for display",
+    "lsst.pipe.tasks.visualizeVisit.VisualizeBinCalibFilterTask": "binned image for display",
+    "lsst.pipe.tasks.visualizeVisit.VisualizeMosaicCalibTask": "focal-plane mosaic for display",
+    "lsst.pipe.tasks.visualizeVisit.VisualizeMosaicCalibFilterTask": "focal-plane mosaic for display",
+    "lsst.pipe.tasks.visualizeVisit.VisualizeMosaicExpTask": "focal-plane mosaic for display",
+    "lsst.pipe.tasks.visualizeVisit.VisualizeBinExpTask": "binned image for display",
+    "lsst.analysis.tools.tasks.VerifyCalibAnalysisTask": "analysis_tools plots",
+    "lsst.analysis.tools.tasks.VerifyCalibAnalysisTaskByFilter": "analysis_tools plots",
+    "lsst.analysis.tools.tasks.VerifyCalibDetectorTask": "analysis_tools plots",
+    "lsst.cp.pipe.ptc.PlotPhotonTransferCurveTask": "PTC plots",
+    "lsst.cp.pipe.PlotPhotonTransferCurveTask": "PTC plots",
+}
+#: Known classes that build a calibration cpframe does not build yet -> what they build.
+NOT_BUILT = {
+    "lsst.cp.pipe.CrosstalkExtractTask": "crosstalk", "lsst.cp.pipe.CrosstalkSolveTask": "crosstalk",
+    "lsst.cp.pipe.CrosstalkFilterTask": "crosstalk", "lsst.cp.verify.CpVerifyCrosstalkTask": "crosstalk",
+    "lsst.cp.pipe.LinearitySolveTask": "linearizer", "lsst.cp.pipe.LinearityDoubleSplineSolveTask": "linearizer",
+    "lsst.cp.pipe.LinearityNormalizeTask": "linearizer", "lsst.cp.verify.CpvLinearitySolveTask": "linearizer",
+    "lsst.cp.pipe.BrighterFatterKernelSolveTask": "brighter-fatter kernel (bfk)",
+    "lsst.cp.pipe.ElectrostaticBrighterFatterSolveTask": "electrostatic brighter-fatter distortion matrix",
+    "lsst.cp.pipe.CpCtiSolveTask": "CTI (cti)", "lsst.cp.pipe.cpCtiSolveTask.CpCtiSolveTask": "CTI (cti)",
+    "lsst.cp.pipe.CpSkyImageTask": "sky", "lsst.cp.pipe.CpSkyScaleMeasureTask": "sky",
+    "lsst.cp.pipe.CpSkySubtractBackgroundTask": "sky", "lsst.cp.pipe.CpSkyCombineTask": "sky",
+    "lsst.cp.pipe.CpFlatFitGradientsTask": "flat gradient reference",
+    "lsst.cp.pipe.CpFlatApplyGradientsTask": "flat gradient reference",
+    "lsst.cp.pipe.CpFilterScanTask": "filter scan",
+    "lsst.cp.pipe.CpFlatNormalizationRedBlueTask": "anaglyph (red/blue LED) flat",
+    "lsst.cp.pipe.CalibCombineTwoFlatsByFilterTask": "anaglyph (red/blue LED) flat",
+    "lsst.cp.pipe.CpGainCorrectionTask": "gain correction",
+    "lsst.cp.pipe.CpIlluminationCorrectionTask": "illumination correction",
+    "lsst.fgcmcal.fgcmBuildFromIsolatedStars.FgcmBuildFromIsolatedStarsTask": "illumination correction",
+    "lsst.fgcmcal.fgcmFitCycle.FgcmFitCycleTask": "illumination correction",
+    "lsst.fgcmcal.fgcmOutputIlluminationCorrection.FgcmOutputIlluminationCorrectionTask": "illumination correction",
+    "lsst.pipe.tasks.calibrateImage.CalibrateImageTask": "single-frame image calibration (calibrateImage)",
+    "lsst.pipe.tasks.characterizeImage.CharacterizeImageTask": "image characterisation (characterizeImage)",
+    "lsst.pipe.tasks.isolatedStarAssociation.IsolatedStarAssociationTask": "illumination correction",
+    "lsst.pipe.tasks.postprocess.TransformSourceTableTask": "illumination correction",
+    "lsst.cp.pipe.CpFringeTask": "fringe", "lsst.cp.pipe.CpSpectroFlatTask": "spectroscopic flat",
+}
+
+_STORAGE = {"isr": "fits-masked", "darkCr": "fits-masked", "flatMeasure": "json", "flatNormalize": "json",
+            "combine": "fits-masked", "ptcExtract": "json", "ptcSolve": "fits-ptc", "verifyStats": "json",
+            "defects": "ecsv-defects"}
+_MISSING = object()
+
+
+def _canonical(cls: str) -> str:
+    """``lsst.ip.isr.isrTask.IsrTask`` -> ``lsst.ip.isr.IsrTask``; ``lsst.cp.pipe.X`` == ``lsst.cp.pipe.ptc.X``."""
+    known = (*CLASSES, *SKIPPED, *NOT_BUILT, *_DEFECT_MEASURE, *_DEFECT_MERGE, *_PTC_ADJUST)
+    if cls in known:
+        return cls
+    short = cls.rsplit(".", 1)[-1]
+    for k in known:
+        if k.rsplit(".", 1)[-1] == short and k.split(".")[:3] == cls.split(".")[:3]:
+            return k
+    return cls
+
+
+def _all_known() -> list[str]:
+    return sorted({*CLASSES, *SKIPPED, *NOT_BUILT, *_DEFECT_MEASURE, *_DEFECT_MERGE, *_PTC_ADJUST})
+
+
+# ------------------------------------------------------------------------------------------
+# reading the files
+# ------------------------------------------------------------------------------------------
+@dataclass
+class _Task:
+    label: str
+    cls: str
+    file: str
+    ops: list = field(default_factory=list)  # (field, op, value, file) in order; op "set" | "append"
+
+
+@dataclass
+class _Doc:
+    path: str
+    description: str = ""
+    tasks: dict = field(default_factory=dict)  # label -> _Task
+    subsets: dict = field(default_factory=dict)  # name -> [labels]
+    contracts: list = field(default_factory=list)  # (expr, msg, file)
+    parameters: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+
+def is_lsst_pipeline(data: Any) -> bool:
+    """True for a pipetask-format document (``imports`` or tasks with ``class``)."""
+    if not isinstance(data, Mapping):
+        return False
+    if "imports" in data or "contracts" in data or "subsets" in data or "parameters" in data:
+        return True
+    tasks = data.get("tasks")
+    return isinstance(tasks, Mapping) and any(
+        isinstance(t, str) or (isinstance(t, Mapping) and "class" in t) for t in tasks.values())
+
+
+def split_selection(path: str) -> tuple[str, tuple[str, ...]]:
+    """``file.yaml#a,b`` -> (``file.yaml``, ("a", "b")).
+
+    >>> split_selection("cpBias.yaml#cpBiasIsr,cpBiasCombine")
+    ('cpBias.yaml', ('cpBiasIsr', 'cpBiasCombine'))
+    >>> split_selection("cpSky.yaml")
+    ('cpSky.yaml', ())
+    """
+    base, sep, sel = str(path).partition("#")
+    return base, tuple(s.strip() for s in sel.split(",") if s.strip()) if sep else ()
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)")
+#: Packages whose pipelines only add plots: an import from them is skipped when their variable is unset.
+_OPTIONAL_PACKAGES = {"ANALYSIS_TOOLS_DIR": "analysis_tools plots"}
+
+
+def _expand_location(loc: str, where: str, environ: Mapping[str, str]) -> str | None:
+    unset = [m.group(1) or m.group(2) for m in _ENV.finditer(loc) if (m.group(1) or m.group(2)) not in environ]
+    if unset:
+        if all(u in _OPTIONAL_PACKAGES for u in unset):
+            return None
+        raise PipelineError(f"{where}: imports location {loc!r} needs {', '.join(unset)}, which "
+                            f"{'is' if len(unset) == 1 else 'are'} not set. Set up the stack package or export "
+                            "the variable.")
+    return _ENV.sub(lambda m: environ[m.group(1) or m.group(2)], loc)
+
+
+def _load(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise PipelineError(f"pipeline file {str(path)!r} cannot be read: {err.strerror}.") from None
+    except yaml.YAMLError as err:
+        raise PipelineError(f"{path}: not valid YAML: {err}") from None
+
+
+def _config_items(cfg: Any, where: str) -> list[tuple[str, Any]]:
+    if cfg is None:
+        return []
+    if isinstance(cfg, Mapping):
+        cfg = [cfg]
+    if not isinstance(cfg, list):
+        raise PipelineError(f"{where}.config must be a mapping of field: value, got {cfg!r}")
+    out = []
+    for block in cfg:
+        if not isinstance(block, Mapping):
+            raise PipelineError(f"{where}.config must be a mapping of field: value, got {block!r}")
+        for k, v in block.items():
+            out.append((str(k), v))
+    return out
+
+
+def _read_doc(path: Path, environ: Mapping[str, str], seen: tuple[Path, ...]) -> _Doc:
+    path = path.resolve()
+    if path in seen:
+        raise PipelineError(f"{seen[0]}: imports form a cycle: {' -> '.join(map(str, (*seen, path)))}")
+    data = _load(path)
+    where = str(path)
+    if not isinstance(data, Mapping):
+        raise PipelineError(f"{where}: a pipeline must be a YAML mapping, got {data!r}.")
+    allowed = ("description", "instrument", "imports", "tasks", "subsets", "contracts", "parameters", "steps",
+               "connections")
+    bad = [k for k in data if k not in allowed]
+    if bad:
+        raise PipelineError(f"{where}: unknown top-level key {bad[0]!r}; an LSST pipeline has "
+                            f"{', '.join(allowed[:-1])}.")
+    doc = _Doc(str(path), str(data.get("description", "")))
+    if "connections" in data:  # cp_verify verifyPtc.yaml: contracts written under a key pipe_base ignores
+        doc.notes.append(f"{path.name}: top-level 'connections' is not a pipeline section; ignored (as pipetask does)")
+    imports = data.get("imports") or []
+    if not isinstance(imports, list):
+        raise PipelineError(f"{where}: imports must be a list of locations, got {imports!r}")
+    params = dict(data.get("parameters") or {})
+    for item in imports:
+        spec = {"location": item} if isinstance(item, str) else item
+        if not isinstance(spec, Mapping) or "location" not in spec:
+            raise PipelineError(f"{where}: each import needs a location, got {item!r}")
+        unknown = set(spec) - {"location", "include", "exclude", "importContracts", "importSteps",
+                               "labeledSubsetModifyMode", "instrument"}
+        if unknown:
+            raise PipelineError(f"{where}: imports: unknown key {sorted(unknown)[0]!r}")
+        loc = _expand_location(str(spec["location"]), where, environ)
+        if loc is None:
+            doc.notes.append(f"{path.name}: import {spec['location']} skipped: "
+                             f"{_OPTIONAL_PACKAGES['ANALYSIS_TOOLS_DIR']} are not made by cpframe")
+            continue
+        sub_path = Path(loc) if Path(loc).is_absolute() else path.parent / loc
+        if not sub_path.is_file():
+            raise PipelineError(f"{where}: imported pipeline {loc!r} not found.")
+        sub = _read_doc(sub_path, environ, (*seen, path))
+        include, exclude = spec.get("include"), spec.get("exclude")
+        if include is not None and exclude is not None:
+            raise PipelineError(f"{where}: an import takes include or exclude, not both")
+        keep = set(sub.tasks)
+        if include is not None:
+            keep = set(_expand_labels(sub, list(include), f"{where}: imports.include"))
+        if exclude is not None:
+            keep -= set(_expand_labels(sub, list(exclude), f"{where}: imports.exclude"))
+        for label in sub.tasks:
+            if label in keep:
+                if label in doc.tasks:
+                    raise PipelineError(f"{where}: task {label!r} is imported twice")
+                doc.tasks[label] = sub.tasks[label]
+        for name, labels in sub.subsets.items():
+            doc.subsets[name] = [lab for lab in labels if lab in keep]
+        if spec.get("importContracts", True):
+            doc.contracts.extend(sub.contracts)
+        for k, v in sub.parameters.items():
+            params.setdefault(k, v)
+        doc.notes.extend(sub.notes)
+    doc.parameters = params
+
+    tasks = data.get("tasks") or {}
+    if not isinstance(tasks, Mapping):
+        raise PipelineError(f"{where}: tasks must be a mapping label -> {{class, config}}, got {tasks!r}")
+    for label, sec in tasks.items():
+        label = str(label)
+        tw = f"{where}: tasks.{label}"
+        if isinstance(sec, str):
+            sec = {"class": sec}
+        if not isinstance(sec, Mapping):
+            raise PipelineError(f"{tw} must be a class name or a mapping with class and config, got {sec!r}")
+        bad = set(sec) - {"class", "config"}
+        if bad:
+            raise PipelineError(f"{tw}: unknown key {sorted(bad)[0]!r}; a task has class and config")
+        cls = sec.get("class")
+        items = _config_items(sec.get("config"), tw)
+        prev = doc.tasks.get(label)
+        if cls is None and prev is None:
+            raise PipelineError(f"{tw} has no class")
+        if prev is not None and (cls is None or _canonical(str(cls)) == _canonical(prev.cls)):
+            task = _Task(label, prev.cls, str(path), list(prev.ops))
+        else:
+            task = _Task(label, str(cls), str(path))
+        for k, v in items:
+            task.ops.append((k, "set", v, str(path)))
+        doc.tasks[label] = task
+
+    subsets = data.get("subsets") or {}
+    for name, sec in subsets.items():
+        labels = sec.get("subset") if isinstance(sec, Mapping) else sec
+        if not isinstance(labels, list):
+            raise PipelineError(f"{where}: subsets.{name} must list task labels, got {sec!r}")
+        doc.subsets[str(name)] = [str(lab) for lab in labels]
+    for c in data.get("contracts") or []:
+        if isinstance(c, Mapping):
+            doc.contracts.append((str(c.get("contract")), c.get("msg"), str(path)))
+        else:
+            doc.contracts.append((str(c), None, str(path)))
+    return doc
+
+
+def _expand_labels(doc: _Doc, names: Sequence[str], where: str) -> list[str]:
+    out: list[str] = []
+    for n in names:
+        if n in doc.subsets:
+            out.extend(doc.subsets[n])
+        elif n in doc.tasks:
+            out.append(n)
+        else:
+            known = sorted({*doc.tasks, *doc.subsets})
+            close = difflib.get_close_matches(n, known, n=1)
+            raise PipelineError(f"{where}: {n!r} is neither a task label nor a subset of this pipeline"
+                                f"{f' (did you mean {close[0]!r}?)' if close else ''}; labels and subsets: "
+                                f"{', '.join(known)}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# python config blocks (read, never executed)
+# ------------------------------------------------------------------------------------------
+def _dotted(node: ast.AST) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name) and node.id == "config":
+        return ".".join(reversed(parts))
+    return None
+
+
+def _literal(node: ast.AST) -> Any:
+    if isinstance(node, ast.Attribute) and _dotted(node) is None:
+        # np.inf and friends: keep as text (only ignored fields use them)
+        return ast.unparse(node)
+    return ast.literal_eval(node)
+
+
+def _python_ops(src: str, where: str, file: str) -> list[tuple[str, str, Any, str]]:
+    try:
+        tree = ast.parse(src)
+    except SyntaxError as err:
+        raise PipelineError(f"{where}: python config does not parse: {err.msg} (line {err.lineno})") from None
+    ops: list[tuple[str, str, Any, str]] = []
+    for st in tree.body:
+        line = ast.get_source_segment(src, st) or ""
+        bad = f"{where}: python config line {st.lineno} is not understood by cpframe: {line.strip()!r}. " \
+              "cpframe reads 'config.field = value' and 'config.field.append(value)' only; set the field " \
+              "under config: instead."
+        if isinstance(st, (ast.Import, ast.ImportFrom)):
+            continue
+        if isinstance(st, ast.Expr) and isinstance(st.value, ast.Call):
+            call = st.value
+            fn = call.func
+            if isinstance(fn, ast.Name) and fn.id == "configureIsrTaskLSSTForCalibrations":
+                ops.extend((k, "set", v, file) for k, v in _CALIB_BASELINE.items())
+                ops.append(("__baseline__", "set", True, file))
+                continue
+            if isinstance(fn, ast.Attribute) and fn.attr in ("append", "extend") and _dotted(fn.value):
+                try:
+                    val = _literal(call.args[0]) if len(call.args) == 1 else _MISSING
+                except ValueError:
+                    val = _MISSING
+                if val is _MISSING:
+                    raise PipelineError(bad)
+                ops.append((_dotted(fn.value), fn.attr, val, file))
+                continue
+            raise PipelineError(bad)
+        if isinstance(st, ast.Assign) and len(st.targets) == 1:
+            tgt = st.targets[0]
+            name = _dotted(tgt)
+            try:
+                val = _literal(st.value)
+            except ValueError:
+                raise PipelineError(bad) from None
+            if name:
+                ops.append((name, "set", val, file))
+                continue
+            if isinstance(tgt, ast.Name):
+                # 'doBias = True' binds a local name: no effect in pipetask either
+                ops.append(("__note__", "set", f"python config line {st.lineno} '{line.strip()}' sets a local "
+                                              f"name, not a config field: no effect (as in pipetask)", file))
+                continue
+        raise PipelineError(bad)
+    return ops
+
+
+# ------------------------------------------------------------------------------------------
+# --config label:field=value
+# ------------------------------------------------------------------------------------------
+def parse_config_overrides(items: Sequence[str]) -> list[tuple[str, str, Any]]:
+    """``label:field=value`` items -> (label, field, value); values read as Python literals when they parse.
+
+    >>> parse_config_overrides(["cpBiasCombine:clip=4.0", "cpFlatCombine:connections.outputData=flat_x"])
+    [('cpBiasCombine', 'clip', 4.0), ('cpFlatCombine', 'connections.outputData', 'flat_x')]
+    """
+    out = []
+    for item in items:
+        label, sep, rest = item.partition(":")
+        fld, eq, value = rest.partition("=")
+        if not sep or not eq or not label or not fld:
+            raise PipelineError(f"--config {item!r} must be label:field=value (e.g. cpBiasCombine:clip=4.0)")
+        try:
+            val: Any = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            val = value
+        out.append((label.strip(), fld.strip(), val))
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# translation
+# ------------------------------------------------------------------------------------------
+def _ignored(name: str, patterns: Sequence[str]) -> bool:
+    return any(name == p or (p.endswith("*") and name.startswith(p[:-1])) for p in patterns)
+
+
+@dataclass
+class _Resolved:
+    label: str
+    cls: str
+    file: str
+    values: dict  # LSST field -> value (as set)
+    notes: list
+
+
+def _apply_ops(task: _Task, cmap: ClassMap | None, params: Mapping[str, Any], notes: list[str]) -> dict:
+    values: dict[str, Any] = {}
+    for fld, op, val, file in task.ops:
+        where = f"{file}: tasks.{task.label}"
+        if fld == "python":
+            for sub in _python_ops(str(val), where, file):
+                _set(values, sub, task, notes)
+            continue
+        if isinstance(val, str) and val.startswith("parameters."):
+            pname = val.split(".", 1)[1]
+            if pname not in params:
+                raise PipelineError(f"{where}.config.{fld}: parameter {pname!r} is not defined under parameters")
+            val = params[pname]
+        _set(values, (fld, op, val, file), task, notes)
+    return values
+
+
+def _set(values: dict, op: tuple, task: _Task, notes: list[str]) -> None:
+    fld, kind, val, file = op
+    if fld == "__note__":
+        notes.append(f"{task.label}: {val}")
+        return
+    if kind == "set":
+        values[fld] = val
+        return
+    cur = values.get(fld, _MISSING)
+    if cur is _MISSING:
+        cmap = CLASSES.get(_canonical(task.cls))
+        cur = list(_default(cmap, fld)) if cmap is not None and _default(cmap, fld) is not None else []
+    cur = list(cur)
+    if kind == "append":
+        cur.append(val)
+    else:
+        cur.extend(val)
+    values[fld] = cur
+
+
+def _default(cmap: ClassMap, fld: str) -> Any:
+    if fld in cmap.defaults:
+        return cmap.defaults[fld]
+    if fld == "mask" and cmap.kind == "combine":
+        return ["SAT", "DETECTED", "INTRP"]  # CalibCombineConfig.mask default
+    return None
+
+
+def _connection(cmap: ClassMap, values: Mapping[str, Any], conn: str, default: str) -> str:
+    return str(values.get(f"connections.{conn}", default))
+
+
+def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = (),
+                       overrides: Sequence[tuple[str, str, Any]] = (),
+                       environ: Mapping[str, str] | None = None) -> tuple[dict, list[str]]:
+    """Read an LSST pipeline file and translate it into cpframe's pipeline mapping.
+
+    Parameters
+    ----------
+    path : path-like
+        The pipeline file (``$CP_PIPE_DIR/pipelines/LSSTCam/cpBias.yaml``).
+    selection : sequence of str
+        Labels or subset names (``#a,b``); empty: every task.
+    overrides : sequence of (label, field, value)
+        ``--config`` overrides from ``extraQgraphOptions``, applied last.
+    environ : mapping, optional
+        For ``$VAR`` in import locations (default ``os.environ``).
+
+    Returns
+    -------
+    data, notes
+        A mapping :func:`cpframe.execution.pipeline.parse_pipeline` validates, and notes for
+        the plan (skipped tasks, fields cpframe accepts but does not implement).
+
+    Raises
+    ------
+    PipelineError
+        Unknown class or field (naming file, label and field), a class building a calibration
+        cpframe does not build yet, a python config line it cannot read, a broken contract,
+        an unknown label in the selection or an override, imports it cannot find.
+    """
+    env = dict(os.environ if environ is None else environ)
+    p = Path(path)
+    doc = _read_doc(p, env, ())
+    notes = list(doc.notes)
+    labels = list(doc.tasks)
+    if selection:
+        chosen = set(_expand_labels(doc, list(selection), f"{p}#{','.join(selection)}"))
+        labels = [lab for lab in labels if lab in chosen]
+    for label, fld, val in overrides:
+        if label not in doc.tasks:
+            close = difflib.get_close_matches(label, list(doc.tasks), n=1)
+            raise PipelineError(f"extraQgraphOptions --config {label}:{fld}: pipeline {p.name} has no task "
+                                f"{label!r}{f' (did you mean {close[0]!r}?)' if close else ''}; its tasks: "
+                                f"{', '.join(doc.tasks)}")
+        doc.tasks[label].ops.append((fld, "set", val, "extraQgraphOptions"))
+
+    # classify first: a class cpframe cannot run is reported before its configuration is read
+    classes = {label: _canonical(doc.tasks[label].cls) for label in labels}
+    not_built = {lab: NOT_BUILT[c] for lab, c in classes.items() if c in NOT_BUILT}
+    if not_built:
+        what = sorted(set(not_built.values()))
+        raise PipelineError(
+            f"{p}: cpframe does not build {', '.join(what)} yet (tasks "
+            f"{', '.join(f'{lab} ({classes[lab]})' for lab in not_built)}). cpframe builds bias, dark, flat, "
+            "defects and PTC (with their bootstraps) and verifies them.")
+    unknown = [lab for lab, c in classes.items() if c not in CLASSES and c not in SKIPPED
+               and c not in _DEFECT_MEASURE + _DEFECT_MERGE + _PTC_ADJUST]
+    if unknown:
+        t = doc.tasks[unknown[0]]
+        close = difflib.get_close_matches(t.cls, _all_known(), n=1)
+        raise PipelineError(f"{t.file}: tasks.{t.label}: unknown task class {t.cls!r}"
+                            f"{f' (did you mean {close[0]!r}?)' if close else ''}. cpframe runs the cp_pipe, "
+                            "ip_isr and cp_verify classes listed in docs/submit.md.")
+    resolved: dict[str, _Resolved] = {}
+    for label in labels:
+        t = doc.tasks[label]
+        tnotes: list[str] = []
+        values = {} if classes[label] in SKIPPED and not _connections_only(t) else \
+            _apply_ops(t, CLASSES.get(classes[label]), doc.parameters, tnotes)
+        resolved[label] = _Resolved(label, classes[label], t.file, values, tnotes)
+    _check_contracts(doc, resolved, p)
+
+    tasks: dict[str, dict] = {}
+    dataset_types: dict[str, dict] = {}
+    skipped_outputs: set[str] = set()
+    problems: list[str] = []
+    renamed: dict[str, str] = {}  # folded outputs: adjust output -> solve output name kept
+    defect_measures = [r for r in resolved.values() if r.cls in _DEFECT_MEASURE]
+    for label, r in resolved.items():
+        for n in r.notes:
+            notes.append(n)
+        if r.cls in SKIPPED:
+            notes.append(f"{label} ({r.cls.rsplit('.', 1)[-1]}): not run, cpframe does not make {SKIPPED[r.cls]}")
+            for k, v in r.values.items():
+                if k.startswith("connections.") and isinstance(v, str):
+                    skipped_outputs.add(v)
+            continue
+        if r.cls in _DEFECT_MEASURE:
+            continue  # folded into the merge task below
+        if r.cls in _PTC_ADJUST:
+            src = r.values.get("connections.input_ptc", "ptcUnadjusted")
+            out = r.values.get("connections.output_ptc", "ptc")
+            renamed[str(src)] = str(out)
+            notes.append(f"{label} (PhotonTransferCurveAdjustGainRatiosTask): gain-ratio adjustment is not "
+                         f"implemented by cpframe; the solved PTC is written as {out}")
+            continue
+        if r.cls in _DEFECT_MERGE:
+            tasks[label] = _defects_task(r, defect_measures, notes, problems)
+            continue
+        cmap = CLASSES[r.cls]
+        cfg: dict[str, Any] = dict(cmap.fixed)
+        explicit: list[str] = []
+        accepted: list[str] = []
+        for fld, val in r.values.items():
+            if fld == "__baseline__":
+                continue
+            if fld.startswith("connections."):
+                conn = fld.split(".", 1)[1]
+                known = {c for c, _ in cmap.inputs} | {cmap.output[0]} | set(cmap.extra_connections)
+                if conn not in known and not cmap.kind.startswith("verify"):
+                    problems.append(f"{r.file}: tasks.{label}: unknown connection {conn!r} for "
+                                    f"{r.cls.rsplit('.', 1)[-1]}; known: {', '.join(sorted(known))}")
+                continue
+            if fld in cmap.fields:
+                cfg[cmap.fields[fld]] = val
+                if fld in _explicit_fields(doc.tasks[label]):
+                    explicit.append(cmap.fields[fld])
+            elif _ignored(fld, cmap.ignored):
+                if fld in _explicit_fields(doc.tasks[label]):
+                    accepted.append(f"{fld}={val!r}")
+            else:
+                close = difflib.get_close_matches(fld, [*cmap.fields, *cmap.ignored], n=1)
+                problems.append(f"{r.file}: tasks.{label}: unknown config field {fld!r} for "
+                                f"{r.cls.rsplit('.', 1)[-1]}{f' (did you mean {close[0]!r}?)' if close else ''}")
+        if accepted:
+            notes.append(f"{label}: accepted, not implemented by cpframe: {', '.join(accepted)}")
+        if cmap.kind == "isr":
+            base = dict(_CALIB_BASELINE) if "__baseline__" in r.values else dict(cmap.defaults)
+            for k, v in base.items():
+                cfg.setdefault(cmap.fields[k], v)
+            if cfg.get("doQuadraticCrosstalkCorrection") and not cfg.get("doCrosstalk"):
+                cfg["doQuadraticCrosstalkCorrection"] = False
+        for k, v in cmap.defaults.items():
+            if cmap.kind != "isr" and cmap.fields.get(k):
+                cfg.setdefault(cmap.fields[k], v)
+        inputs = [_connection(cmap, r.values, c, d) for c, d in cmap.inputs
+                  if c not in cmap.optional_inputs or f"connections.{c}" in r.values]
+        out = _connection(cmap, r.values, *cmap.output)
+        task = {"kind": cmap.kind, "dimensions": list(cmap.dimensions), "inputs": inputs, "output": out,
+                "config": cfg, "explicit": explicit, "lsstClass": r.cls}
+        if cmap.kind == "combine":
+            ct = cfg.get("calibrationType")
+            if ct in ("bias", "dark", "flat") and out == f"{ct}Bootstrap":
+                cfg["calibrationType"] = out
+        if cmap.kind == "ptcSolve" and cfg.get("ptcFitType") not in (None, "EXPAPPROXIMATION"):
+            notes.append(f"{label}: ptcFitType={cfg['ptcFitType']!r} is not implemented by cpframe; "
+                         "EXPAPPROXIMATION is fitted")
+            cfg["ptcFitType"] = "EXPAPPROXIMATION"
+        if cmap.kind == "verifyStats" and cmap.inputs[0][0] == "inputCalib":
+            task["inputs"] = []
+            task["calibrations"] = [inputs[0]]
+        tasks[label] = task
+
+    # folded PTC adjustment: the solve writes the adjusted name
+    for t in tasks.values():
+        if t["output"] in renamed:
+            t["output"] = renamed[t["output"]]
+    # verify merges: the stage of the verify task they (transitively) read; run merges write a summary too
+    writer = {t["output"]: lab for lab, t in tasks.items()}
+    for lab, t in tasks.items():
+        if t["kind"] != "verifyMerge":
+            continue
+        src = t["inputs"][0] if t["inputs"] else None
+        seen = set()
+        while src in writer and src not in seen:
+            seen.add(src)
+            w = tasks[writer[src]]
+            if "stage" in w["config"]:
+                t["config"]["stage"] = w["config"]["stage"]
+                break
+            src = w["inputs"][0] if w["inputs"] else None
+        if "stage" not in t["config"]:
+            problems.append(f"{resolved[lab].file}: tasks.{lab}: cannot tell which verification it merges "
+                            f"(its input {t['inputs']} is not written by a cp_verify task of this pipeline)")
+        if not t["dimensions"]:
+            stats = resolved[lab].values.get("connections.outputStats")
+            if stats:
+                t["extraOutputs"] = [str(stats)]
+    # tasks reading what a skipped task writes are skipped too (none in the real files)
+    for lab in [lab for lab, t in tasks.items() if set(t["inputs"]) & skipped_outputs]:
+        notes.append(f"{lab}: not run, it reads the output of a skipped task")
+        del tasks[lab]
+    if problems:
+        items = "\n".join(f"  - {x}" for x in problems)
+        raise PipelineError(f"{p}: {len(problems)} problem{'s' if len(problems) > 1 else ''} in the LSST "
+                            f"pipeline:\n{items}")
+    # declare intermediate / renamed outputs with the task's dimensions
+    from cpframe.execution.pipeline import PRODUCT_TYPES
+
+    for lab, t in tasks.items():
+        for i, name in enumerate([t["output"], *t.get("extraOutputs", [])]):
+            if name in PRODUCT_TYPES:
+                continue
+            sc = _STORAGE.get(t["kind"], "json")
+            if t["kind"] == "verifyMerge":
+                sc = "ecsv" if (not t["dimensions"] and i == 0) else "json"
+            dataset_types[name] = {"dimensions": list(t["dimensions"]), "storageClass": sc}
+    verifies = None
+    stages = {t["config"].get("stage") for t in tasks.values() if t["kind"] == "verifyStats"}
+    if len(stages) == 1:
+        verifies = {"BIAS": "bias", "DARK": "dark", "FLAT": "flat", "DEFECTS": "defects", "PTC": "ptc"}.get(
+            stages.pop())
+    data = {"name": p.stem, "description": doc.description, "datasetTypes": dataset_types, "tasks": tasks}
+    if verifies:
+        data["verifies"] = verifies
+    return data, notes
+
+
+def _connections_only(task: _Task) -> bool:
+    """A skipped task's config is read only when it is plain ``field: value`` (no python block)."""
+    return all(fld != "python" for fld, *_ in task.ops)
+
+
+def _explicit_fields(task: _Task) -> set[str]:
+    out = set()
+    for fld, _, val, file in task.ops:
+        if fld == "python":
+            try:
+                out.update(f for f, *_ in _python_ops(str(val), "", file) if not f.startswith("__"))
+            except PipelineError:
+                pass
+        else:
+            out.add(fld)
+    # the calibration baseline is what every cp_pipe pipeline starts from: not an explicit choice
+    return out - (set(_CALIB_BASELINE) - {f for f, _, v, _ in task.ops if f != "python"})
+
+
+def _defects_task(merge: _Resolved, measures: list[_Resolved], notes: list[str], problems: list[str]) -> dict:
+    cfg: dict[str, Any] = {}
+    calibs: list[str] = []
+    explicit: list[str] = []
+    manual = True
+    inputs = {"inputBiasDefects", "inputDarkDefects", "inputFlatDefects", "inputManualDefects"}
+    for r in [*measures, merge]:
+        for fld, val in r.values.items():
+            if fld.startswith("connections."):
+                conn = fld.split(".", 1)[1]
+                if conn == "inputExp":
+                    calibs.append(str(val))
+                elif conn not in inputs | {"outputDefects", "outputCombinedDefects", "camera", "inputDims"}:
+                    problems.append(f"{r.file}: tasks.{r.label}: unknown connection {conn!r}")
+                continue
+            if fld == "doManualDefects":
+                manual = bool(val)  # cpframe merges curated manual_defects when found
+                continue
+            if fld in _DEFECT_FIELDS:
+                if fld in cfg and cfg[fld] != val:
+                    notes.append(f"{r.label}: {fld}={val!r} differs from another defect task's {cfg[fld]!r}; "
+                                 "cpframe measures all defects with one configuration, the last one given is used")
+                cfg[fld] = val
+                explicit.append(fld)
+            elif _ignored(fld, _DEFECT_IGNORED):
+                notes.append(f"{r.label}: accepted, not implemented by cpframe: {fld}={val!r}")
+            else:
+                close = difflib.get_close_matches(fld, list(_DEFECT_FIELDS), n=1)
+                problems.append(f"{r.file}: tasks.{r.label}: unknown config field {fld!r} for "
+                                f"{r.cls.rsplit('.', 1)[-1]}{f' (did you mean {close[0]!r}?)' if close else ''}")
+    if measures:
+        notes.append(f"{merge.label}: cpframe measures and merges defects in one task per detector "
+                     f"(folds {', '.join(m.label for m in measures)})")
+    out = str(merge.values.get("connections.outputDefects", "defects"))
+    return {"kind": "defects", "dimensions": ["detector"], "inputs": [], "output": out,
+            "calibrations": calibs or ["biasBootstrap", "darkBootstrap", "flatBootstrap"],
+            "optionalCalibrations": ["manual_defects"] if manual else [], "config": cfg, "explicit": explicit,
+            "lsstClass": merge.cls}
+
+
+# ------------------------------------------------------------------------------------------
+# contracts
+# ------------------------------------------------------------------------------------------
+def _check_contracts(doc: _Doc, resolved: Mapping[str, _Resolved], path: Path) -> None:
+    for expr, msg, file in doc.contracts:
+        try:
+            tree = ast.parse(expr, mode="eval")
+        except SyntaxError:
+            continue  # pipetask would fail too; not ours to judge
+        labels = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        if not labels <= set(resolved):
+            continue  # a contract on a task not selected is dropped (as pipetask does)
+        try:
+            ok = _eval(tree.body, resolved)
+        except LookupError:
+            continue  # compares a value cpframe does not know (a class default): not checked
+        if ok is False:
+            raise PipelineError(f"{file}: contract {expr!r} does not hold"
+                                f"{f' ({msg})' if msg else ''} with this configuration (check "
+                                "extraQgraphOptions --config overrides).")
+
+
+def _eval(node: ast.AST, resolved: Mapping[str, _Resolved]) -> Any:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.BoolOp):
+        vals = [_eval(v, resolved) for v in node.values]
+        return all(vals) if isinstance(node.op, ast.And) else any(vals)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        return not _eval(node.operand, resolved)
+    if isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], (ast.Eq, ast.NotEq)):
+        a, b = _eval(node.left, resolved), _eval(node.comparators[0], resolved)
+        return (a == b) if isinstance(node.ops[0], ast.Eq) else (a != b)
+    if isinstance(node, ast.Attribute):
+        parts = []
+        n = node
+        while isinstance(n, ast.Attribute):
+            parts.append(n.attr)
+            n = n.value
+        if isinstance(n, ast.Name):
+            r = resolved[n.id]
+            fld = ".".join(reversed(parts))
+            if fld in r.values:
+                return r.values[fld]
+            cmap = CLASSES.get(r.cls)
+            if cmap is not None:
+                if "__baseline__" in r.values and fld in _CALIB_BASELINE:
+                    return _CALIB_BASELINE[fld]
+                if fld in cmap.defaults:
+                    return cmap.defaults[fld]
+            raise LookupError(fld)
+    raise LookupError(ast.dump(node))

@@ -1,0 +1,173 @@
+"""BPS per-task requests on Dask: worker resources, capacity checks, job environment.
+
+BPS asks the batch system for a job of ``requestMemory`` MiB and ``requestCpus`` cores per
+quantum (or per cluster of quanta).  cpframe runs quanta as Dask tasks, so the same keys become
+Dask *worker resources*: every cpframe worker advertises ``MEMORY`` (bytes) and ``CPU`` (threads)
+(:func:`worker_resources`), and a quantum whose task requests memory or cores is annotated with
+them; the Dask scheduler then only places it on a worker with that much free, and never on a
+smaller one.  Before anything is written, :func:`check_capacity` refuses a run whose request no
+worker (and, on a batch cluster, no job the site can start) can satisfy -- otherwise Dask would
+wait for ever.
+
+The ``environment`` section is applied on the workers by :class:`EnvironmentPlugin`; ``${VAR}``
+and ``<ENV:VAR>`` left in its values are expanded there, from the worker's own environment, as
+BPS does on the compute node.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Mapping
+
+from cpframe.core.errors import ExecutionError
+
+__all__ = [
+    "EnvironmentPlugin",
+    "MSG_TOO_SMALL",
+    "check_capacity",
+    "expand_deferred",
+    "quantum_resources",
+    "task_requests",
+    "worker_resources",
+]
+
+MSG_TOO_SMALL = (
+    "task {task} requests {what}, but no worker can run it: the largest has {have}. Give the cluster "
+    "bigger workers (worker-memory / the site's memory and cores) or lower the request in the template "
+    "(pipetask.{task}.requestMemory / requestCpus)."
+)
+_DEFERRED = re.compile(r"<ENV:([A-Za-z_]\w*)>|\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)")
+
+
+def worker_resources(memory_bytes: int, threads: int) -> dict[str, float]:
+    """What one cpframe worker advertises.
+
+    >>> worker_resources(2**30, 2)
+    {'MEMORY': 1073741824, 'CPU': 2}
+    """
+    return {"MEMORY": int(memory_bytes), "CPU": int(threads)}
+
+
+def task_requests(submission: Any, pipeline: Any) -> dict[str, Any]:
+    """Task label -> :class:`cpframe.execution.submission.Resources`, for tasks that request something."""
+    out = {}
+    for label in pipeline.labels:
+        r = submission.resources_for(label)
+        if r.memory_mib is not None or r.cpus is not None:
+            out[label] = r
+    return out
+
+
+def quantum_resources(plan: Any, requests: Mapping[str, Any], attempt: Mapping[str, int] | None = None
+                      ) -> dict[str, dict[str, float]]:
+    """Quantum key -> Dask resources (``MEMORY`` bytes, ``CPU``) for the quanta of requesting tasks.
+
+    ``attempt`` (quantum key -> retry number) grows the memory as BPS does after running out of
+    memory: ``requestMemory * memoryMultiplier**attempt``, capped at ``requestMemoryMax``.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for key, q in plan.quanta.items():
+        r = requests.get(q.task)
+        if r is None:
+            continue
+        res: dict[str, float] = {}
+        mib = r.memory_for_attempt((attempt or {}).get(key, 0))
+        if mib is not None:
+            res["MEMORY"] = mib * 2**20
+        if r.cpus is not None:
+            res["CPU"] = r.cpus
+        out[key] = res
+    return out
+
+
+def check_capacity(client: Any, requests: Mapping[str, Any], scalable: Mapping[str, float] | None = None) -> None:
+    """Refuse requests no worker can meet (before anything is written).
+
+    Parameters
+    ----------
+    client : distributed.Client
+    requests : mapping
+        Task label -> Resources (:func:`task_requests`).
+    scalable : mapping, optional
+        Resources of one worker a batch cluster can still start (its job template); counted
+        as a worker that may join.
+
+    Raises
+    ------
+    ExecutionError
+        Names the task, what it asks for, and the largest worker.
+    """
+    if not requests:
+        return
+    workers = [dict(w.get("resources") or {}) for w in client.scheduler_info(n_workers=-1)["workers"].values()] \
+        if _accepts_n_workers(client) else \
+        [dict(w.get("resources") or {}) for w in client.scheduler_info()["workers"].values()]
+    if scalable:
+        workers.append(dict(scalable))
+    for label, r in requests.items():
+        need = {}
+        if r.memory_mib is not None:
+            need["MEMORY"] = r.memory_mib * 2**20
+        if r.cpus is not None:
+            need["CPU"] = r.cpus
+        if any(all(w.get(k, 0) >= v for k, v in need.items()) for w in workers):
+            continue
+        best = max(workers, key=lambda w: (w.get("MEMORY", 0), w.get("CPU", 0)), default={})
+        have = (f"{best.get('MEMORY', 0) / 2**20:.0f} MiB and {best.get('CPU', 0):g} core(s)" if best
+                else "no worker connected")
+        what = " and ".join(x for x in (f"{r.memory_mib} MiB" if r.memory_mib is not None else "",
+                                        f"{r.cpus} core(s)" if r.cpus is not None else "") if x)
+        raise ExecutionError(MSG_TOO_SMALL.format(task=label, what=what, have=have))
+
+
+def _accepts_n_workers(client: Any) -> bool:
+    import inspect
+
+    try:
+        return "n_workers" in inspect.signature(client.scheduler_info).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return False
+
+
+def expand_deferred(value: str, environ: Mapping[str, str]) -> str:
+    """Expand ``<ENV:VAR>``, ``${VAR}`` and ``$VAR`` from ``environ``; unset ones become "" (as a shell).
+
+    >>> expand_deferred("<ENV:HOME>/x:${P}:$Q", {"HOME": "/h", "P": "p"})
+    '/h/x:p:'
+    """
+    return _DEFERRED.sub(lambda m: environ.get(m.group(1) or m.group(2) or m.group(3), ""), value)
+
+
+try:  # distributed is a hard dependency; the guard keeps this module importable for docs
+    from distributed.diagnostics.plugin import WorkerPlugin
+except ImportError:  # pragma: no cover
+    WorkerPlugin = object  # type: ignore[assignment,misc]
+
+
+class EnvironmentPlugin(WorkerPlugin):  # type: ignore[misc,valid-type]
+    """Apply a submission's ``environment`` on every worker (also those that join later).
+
+    Values are expanded on the worker, from the worker's environment (deferred ``${VAR}`` /
+    ``<ENV:VAR>``).  Removing the plugin restores what the worker had before.
+    """
+
+    name = "cpframe-environment"
+
+    def __init__(self, environment: Mapping[str, str]):
+        self.environment = dict(environment)
+        self._saved: dict[str, str | None] = {}
+
+    def setup(self, worker: Any = None) -> None:
+        before = dict(os.environ)
+        for name, value in self.environment.items():
+            self._saved[name] = before.get(name)
+            os.environ[name] = expand_deferred(str(value), before)
+
+    def teardown(self, worker: Any = None) -> None:
+        for name, old in self._saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+        self._saved.clear()

@@ -1,0 +1,182 @@
+"""Report figures of the linearizer, crosstalk and CTI products (one PNG per detector).
+
+* linearizer: residual non-linearity (%) of each amp's ramp against the mean signal, before
+  (raw ramp about a line fitted below 20 % of the turnoff) and after the correction;
+* crosstalk: the coefficient matrix C[target, source] as a heat map of log10 |C|, with
+  coefficients the solve found insignificant (set to 0) left blank;
+* CTI: the first serial-overscan column (EPER) against the last data column's signal, per
+  amp, with each amp's fitted model n ε S + size (1 − r).
+
+Matplotlib through ``Figure`` + Agg (no pyplot state); files written under a temporary name
+and renamed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+__all__ = ["CALTYPE_PRODUCTS", "render_linearity_png", "render_crosstalk_png", "render_cti_png", "caltype_figures"]
+
+#: Product dataset type -> (renderer of one file, caption).
+CALTYPE_PRODUCTS: dict[str, tuple[Callable[[str, Any, str], Path], str]] = {}
+
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), dpi=110)
+
+
+def _save(fig, path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    # a plain open() (not mkstemp's 0600) so the file honours the umask
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def render_linearity_png(path_in: str, path: str | os.PathLike, title: str) -> Path:
+    """Residual non-linearity (%) vs mean signal (adu), every amp, raw and corrected."""
+    from matplotlib import colormaps
+
+    from cpframe.science.linearity import apply_linearity, read_linearizer
+
+    lin = read_linearizer(path_in)
+    fig = _figure(7.0, 4.0)
+    axes = (fig.add_axes((0.08, 0.13, 0.4, 0.75)), fig.add_axes((0.57, 0.13, 0.4, 0.75)))
+    cmap = colormaps["viridis"]
+    n = max(len(lin.amps), 1)
+    for i, (amp, rec) in enumerate(sorted(lin.amps.items())):
+        mu = np.asarray(rec.ordinate, dtype=float)
+        t = np.asarray(rec.abscissa, dtype=float)
+        mask = np.asarray(rec.mask, dtype=bool) if rec.mask else np.zeros(mu.size, bool)
+        if mask.sum() < 3:
+            continue
+        corrected = mu.copy()
+        apply_linearity(corrected, rec)
+        low = mask & (mu < 0.2 * (rec.turnoff if math.isfinite(rec.turnoff) else mu[mask].max()))
+        if low.sum() < 2:
+            low = mask
+        for ax, y in ((axes[0], mu), (axes[1], corrected)):
+            ref = low if ax is axes[0] else mask
+            if not np.all(np.isfinite(y[ref])):
+                continue
+            slope, icpt = np.polyfit(t[ref], y[ref], 1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                res = 100.0 * (y / (slope * t + icpt) - 1.0)
+            ax.plot(mu[mask], res[mask], ".-", color=cmap(i / n), ms=2.5, lw=0.5, label=amp if ax is axes[1] else None)
+    for ax, sub in zip(axes, ("raw ramp (line through the low points)", "after the linearizer")):
+        ax.set_xlabel("mean signal (adu)", fontsize=8)
+        ax.set_ylabel("residual (%)", fontsize=8)
+        ax.set_title(sub, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[1].axhline(0.1, color="k", ls="--", lw=0.6)
+    axes[1].axhline(-0.1, color="k", ls="--", lw=0.6)
+    axes[1].legend(fontsize=4.5, ncol=4, loc="lower left")
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def render_crosstalk_png(path_in: str, path: str | os.PathLike, title: str) -> Path:
+    """Heat map of log10 |C[target, source]|; insignificant (zeroed) coefficients blank."""
+    from cpframe.science.crosstalk import read_crosstalk
+
+    cal = read_crosstalk(path_in)
+    c = np.abs(np.asarray(cal.coeffs, dtype=float))
+    with np.errstate(divide="ignore"):
+        img = np.where(c > 0, np.log10(np.where(c > 0, c, 1.0)), np.nan)
+    fig = _figure(5.2, 4.6)
+    ax = fig.add_axes((0.14, 0.12, 0.7, 0.78))
+    im = ax.imshow(img, origin="upper", cmap="magma", interpolation="nearest")
+    n = len(cal.amps)
+    ax.set_xticks(range(n), cal.amps, rotation=90, fontsize=6)
+    ax.set_yticks(range(n), cal.amps, fontsize=6)
+    ax.set_xlabel("source amp", fontsize=8)
+    ax.set_ylabel("target amp", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    cax = fig.add_axes((0.86, 0.12, 0.03, 0.78))
+    cb = fig.colorbar(im, cax=cax)
+    cb.set_label("log10 |coefficient| (adu/adu)", fontsize=7)
+    cb.ax.tick_params(labelsize=6)
+    return _save(fig, path)
+
+
+def render_cti_png(path_in: str, path: str | os.PathLike, title: str) -> Path:
+    """EPER (first overscan column, e-) vs last-column signal (e-) per amp, with the fitted model."""
+    from matplotlib import colormaps
+
+    from cpframe.science.cti import read_cti
+
+    cal = read_cti(path_in)
+    fig = _figure(6.0, 4.0)
+    ax = fig.add_axes((0.12, 0.12, 0.85, 0.8))
+    cmap = colormaps["viridis"]
+    n = max(len(cal.amps), 1)
+    for i, (amp, rec) in enumerate(sorted(cal.amps.items())):
+        s = np.asarray(rec.signal, dtype=float)
+        o = np.asarray(rec.eper, dtype=float)
+        ok = np.isfinite(s) & np.isfinite(o) & (s > 0)
+        if not ok.any():
+            continue
+        col = cmap(i / n)
+        ax.plot(s[ok], o[ok], ".", color=col, ms=3)
+        if math.isfinite(rec.global_cti) and math.isfinite(rec.trap_emission_time):
+            x = np.linspace(0, s[ok].max(), 50)
+            r = math.exp(-1.0 / rec.trap_emission_time)
+            trap = np.minimum(rec.trap_size, rec.trap_scaling * x) * (1 - r)
+            ax.plot(x, rec.n_transfers * rec.global_cti * x + trap, "-", color=col, lw=0.6,
+                    label=f"{amp} ε={rec.global_cti:.1e}" if i < 16 else None)
+    ax.set_xlabel("last data column (e-)", fontsize=8)
+    ax.set_ylabel("first overscan column (e-)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=4.5, ncol=3, loc="upper left")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+CALTYPE_PRODUCTS.update({
+    "linearizer": (render_linearity_png, "Linearizer {det}: residual non-linearity of every amp's ramp before and "
+                                         "after the correction; dashed: the ±0.1 % target."),
+    "crosstalk": (render_crosstalk_png, "Crosstalk {det}: coefficient matrix, log10 |C[target, source]|; blank = "
+                                        "not significant (set to 0)."),
+    "cti": (render_cti_png, "CTI {det}: first serial-overscan column (EPER) against the last data column, per amp, "
+                            "with the fitted n ε S + trap model."),
+})
+
+
+def caltype_figures(writer: Any, st: Any, products: Sequence[Any]) -> list[str]:
+    """Figures (HTML) of a linearizer / crosstalk / CTI stage: one PNG per detector product.
+
+    ``writer`` is the report writer (``png(rel, render)``, ``figure(rel, caption)``,
+    ``_camera_from_meta``); ``products`` its items of the stage's product type.
+    """
+    render, caption = CALTYPE_PRODUCTS[st.product]
+    out = []
+    for it in products:
+        did = it.ref.data_id
+        try:
+            det = writer._camera_from_meta(did["instrument"]).detector(did["detector"]).name
+        except Exception:  # a product of a detector the camera model does not know: label by id
+            det = str(did.get("detector"))
+        rel = writer.png(f"src/{st.key}/{st.product}_{det}_{it.ref.id[:8]}.png",
+                         lambda p, src=str(it.path), t=f"{st.product} {det}": render(src, p, t))
+        it.link = rel
+        out.append(writer.figure(rel, caption.format(det=det)))
+    return out

@@ -1,0 +1,107 @@
+"""``cpframe submit --detach`` / ``status`` / ``cancel`` with real processes and a real repository.
+
+The detached submission is a separate process in its own session (it survives the shell that
+started it); its state file is the only channel, as for a person in another terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from cpframe.cli import main
+from cpframe.core.errors import UserInputError
+from cpframe.execution.runs import cancel_run, effective_state, format_status, list_runs, read_state
+
+from tests._run_helpers import INSTRUMENT, TICKET, TRUTH_COLLECTION, certify_truth_calibs, make_repo, variables
+
+
+@pytest.fixture
+def bias_env(tmp_path, mini_dataset, monkeypatch):
+    repo = make_repo(tmp_path / "repo", mini_dataset)
+    certify_truth_calibs(repo, mini_dataset.truth, mini_dataset.detectors, tmp_path / "calibs")
+    repo.registry.set_chain(f"{INSTRUMENT}/calib/{TICKET}", [TRUTH_COLLECTION], mode="redefine")
+    repo.close()
+    env = variables(tmp_path / "repo", tmp_path / "scratch", mini_dataset, CALIB_COLLECTIONS="")
+    env.pop("PATH")
+    runs = tmp_path / "runs"
+    env["CPFRAME_RUNS_DIR"] = str(runs)
+    # a small local cluster for the background process
+    env.update({"DASK_CPFRAME__CLUSTER__N_WORKERS": "1"})
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return tmp_path / "repo", runs
+
+
+def _wait(run_id, runs, until, timeout_s=600):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        s = read_state(run_id, runs)
+        if until(s):
+            return s
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} stuck: {read_state(run_id, runs)}; log:\n"
+                         f"{open(read_state(run_id, runs)['log']).read()[-3000:]}")
+
+
+def test_detach_returns_at_once_and_status_follows_to_done(bias_env):
+    repo_root, runs = bias_env
+    t0 = time.monotonic()
+    out = CliRunner().invoke(main, ["submit", "bps_bias", "--detach"])
+    assert out.exit_code == 0, out.output
+    started_s = time.monotonic() - t0
+    run_id = out.stdout.strip().splitlines()[0]
+    st = read_state(run_id, runs)
+    assert st["pid"] != os.getpid() and effective_state(st) in ("starting", "running")
+    assert started_s < 30  # returned long before the submission finished (it plans, starts a cluster, runs)
+    final = _wait(run_id, runs, lambda s: effective_state(s) not in ("starting", "running"))
+    assert final["state"] == "done", open(final["log"]).read()[-2000:]
+    c = final["counts"]
+    assert c["done"] == c["total"] > 0 and c["failed"] == 0 and c["pending"] == 0
+    from cpframe.repository.repo import Repository
+
+    with Repository.open(repo_root) as repo:
+        assert len(repo.registry.query_datasets("bias", collections=[final["run"]])) == 2
+    status = CliRunner().invoke(main, ["status"])
+    assert run_id in status.output and "done" in status.output and final["run"] in status.output
+    one = json.loads(CliRunner().invoke(main, ["status", run_id, "--json"]).output)
+    assert one[0]["counts"] == c
+    with pytest.raises(UserInputError, match=f"run {run_id} is done, not running"):
+        cancel_run(run_id, directory=runs)
+
+
+def test_cancel_stops_cleanly_and_keeps_only_registered_outputs(bias_env):
+    repo_root, runs = bias_env
+    out = CliRunner().invoke(main, ["submit", "bps_bias", "--detach"])
+    run_id = out.stdout.strip().splitlines()[0]
+    st = _wait(run_id, runs, lambda s: s.get("state") == "running" or effective_state(s) not in
+               ("starting", "running"))
+    assert st["state"] == "running", st  # the RUN exists and quanta are submitted
+    res = CliRunner().invoke(main, ["cancel", run_id])
+    assert res.exit_code == 0, res.output
+    final = read_state(run_id, runs)
+    assert final["state"] == "cancelled" and not effective_state(final) == "lost"
+    from cpframe.repository.repo import Repository
+
+    with Repository.open(repo_root) as repo:
+        reg = repo.registry
+        names = {c.name for c in reg.query_collections("*")}
+        if final["run"] in names:  # something was registered: only complete outputs, and it is recorded
+            refs = reg.query_datasets(None, collections=[final["run"]])
+            assert all(repo.get_path(r).is_file() for r in refs)
+        # nothing half-written is left: the run's scratch area is gone
+        scratch = repo_root / ".cpframe-scratch"
+        assert not scratch.exists() or not any(scratch.iterdir())
+    assert "cancelled" in format_status(list_runs(runs))
+
+
+def test_unknown_run_and_lost_process(tmp_path):
+    with pytest.raises(UserInputError, match="no run 'nope'"):
+        read_state("nope", tmp_path)
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "state.json").write_text(json.dumps({"id": "r1", "state": "running", "pid": 2**22 + 7}))
+    assert effective_state(read_state("r1", tmp_path)) == "lost"
