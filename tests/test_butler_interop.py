@@ -180,6 +180,17 @@ def test_cpframe_chain_into_a_real_butler(tmp_path, stub_path):
         made = _fill_cpframe(repo, tmp_path)
         export = export_calibs(repo, tmp_path / "exp", [f"{INST}/calib"], format="butler")
         mine = _cpframe_answers(repo, f"{INST}/calib")
+    from click.testing import CliRunner
+
+    from cpframe.cli import main
+
+    out = CliRunner().invoke(main, ["export-calibs", str(tmp_path / "cp"), str(tmp_path / "exp2"), f"{INST}/calib",
+                                    "--format", "butler"])
+    assert out.exit_code == 0, out.output
+    n = 3 * (4 * len(DETECTORS) + len(DETECTORS) * len(FILTERS)) - 1
+    assert f"Exported {n} dataset(s)" in out.output and "(butler format)" in out.output
+    assert "Next: butler import BUTLER_REPO" in out.output
+    assert (tmp_path / "exp2" / "export.yaml").read_text().count("!uuid") == export.read_text().count("!uuid")
     text = export.read_text()
     assert "\nversion: 1.0.2\n" in text and "!uuid '" in text and "!lsst.daf.butler.Timespan" in text
     Butler.makeRepo(str(tmp_path / "butler"))

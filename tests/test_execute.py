@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -31,8 +32,13 @@ def bias_repo(tmp_path_factory, mini_dataset):
     r.close()
 
 
-def _planned(repo, env, run_suffix):
+def _planned(repo, env, run_suffix, fuse=False):
     out = plan_template("bps_bias", environ=dict(env, RERUN=run_suffix), repo=repo)
+    if not fuse:
+        # these tests inject faults into single ISR quanta: run them unfused (fuseIsr: false)
+        for q in out.plan.quanta.values():
+            if q.kind == "combine":
+                q.settings["combine"] = replace(q.settings["combine"], fuse_isr=False)
     for dt in dataset_type_defs(out.plan):
         repo.registry.register_dataset_type(dt)
     repo.registry.register_collection(out.plan.run, CollectionType.RUN)
@@ -60,6 +66,29 @@ def test_failed_quantum_is_retried_then_reported(bias_repo, local_dask):
     assert [(dt, did["detector"]) for dt, did in res.missing] == [("bias", 4)]
     assert [(r.dataset_type, r.data_id["detector"]) for r in res.registered] == [("bias", 0)]
     assert "failed after their retries" in res.failure_report() and bad.key in res.failure_report()
+
+
+def test_failed_fused_combine_is_reported_with_its_raw(bias_repo, local_dask):
+    """A bad raw fails the fused ISR -> combine of its detector; the other detector's bias is registered."""
+    from cpframe.execution.execute import execute_plan
+    from cpframe.execution.graph import fusion
+
+    repo, env = bias_repo
+    plan = _planned(repo, env, "20241110f", fuse=True)
+    assert fusion(plan)
+    bad = next(q for q in plan.quanta.values() if q.kind == "isr" and q.data_id["detector"] == 4)
+    comb = fusion(plan)[bad.key]
+    path = repo.get_path(bad.raw)
+    good = path.read_bytes()
+    path.write_bytes(b"not a FITS file")
+    try:
+        res = execute_plan(plan, repo, local_dask.client, retries=0)
+    finally:
+        path.write_bytes(good)
+    assert list(res.failures) == [comb] and path.name in res.failures[comb]
+    assert f"ISR quantum {bad.key} (fused into {comb}) failed" in res.failure_report()
+    assert [(dt, did["detector"]) for dt, did in res.missing] == [("bias", 4)]
+    assert [(r.dataset_type, r.data_id["detector"]) for r in res.registered] == [("bias", 0)]
 
 
 def test_lost_worker_neither_loses_nor_duplicates_outputs(bias_repo, local_dask):

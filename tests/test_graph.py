@@ -7,6 +7,7 @@ place); expected counts are derived independently from the observing plan's expo
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import dask
 import pytest
@@ -142,8 +143,21 @@ def test_graph_building_never_computes(repo, env):
         graph = build_graph(out.plan, "/nonexistent/scratch", repo.get_path)
     assert list(graph) == list(out.plan.quanta)
     comb_key = next(k for k, q in out.plan.quanta.items() if q.kind == "combine")
+    # the bias bootstrap's ISR quanta are fused into the combine: it streams the raws itself
+    from cpframe.execution.graph import fusion
+
+    fused = fusion(out.plan)
+    assert {k for k, c in fused.items() if c == comb_key} == set(out.plan.quanta[comb_key].upstream)
+    assert set(fused) == {k for k, q in out.plan.quanta.items() if q.kind == "isr"}
+    assert not graph[comb_key].dask.dependencies[comb_key]
+    # with fuseIsr: false the combine reads the ISR quanta's files
+    settings = out.plan.quanta[comb_key].settings
+    settings["combine"] = replace(settings["combine"], fuse_isr=False)
+    with dask.config.set(scheduler=refuse):
+        graph = build_graph(out.plan, "/nonexistent/scratch", repo.get_path)
     deps = graph[comb_key].dask.dependencies[comb_key]
     assert set(deps) == set(out.plan.quanta[comb_key].upstream)
+    assert comb_key not in fusion(out.plan).values()
     dot = out.plan.to_dot()
     assert dot.startswith("digraph") and all(f'"{k}"' in dot for k in out.plan.quanta)
 

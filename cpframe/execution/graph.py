@@ -37,7 +37,7 @@ import contextlib
 import secrets
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 from cpframe.core.errors import ConfigError, PlanningError, UserInputError
@@ -549,7 +549,8 @@ def _task_settings(task: Any, settings: Any, explicit: set[str]) -> tuple[dict[s
 
         keep, notes = _accepted(label, cfg, CombineConfig.from_dict, explicit)
         keep.setdefault("datasetType", task.output)  # bias: header exposure time 0 (spec §4.3)
-        return {"combine": CombineConfig.from_dict(keep), "memory_bytes": settings.combine_memory_bytes}, notes
+        return {"combine": CombineConfig.from_dict(keep), "memory_bytes": settings.combine_memory_bytes,
+                "fused_memory_bytes": FUSED_MEMORY_BYTES}, notes
     if kind == "darkCr":
         from cpframe.science.tasks import CrConfig
 
@@ -774,7 +775,16 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
     from cpframe.execution import graph_tasks
     types = plan.pipeline.dataset_types
     delayed: dict[str, Any] = {}
+    fused_into = fusion(plan)
+    fused = {}
+    for isr_key, comb_key in fused_into.items():
+        fused.setdefault(comb_key, []).append(isr_key)
     for key, q in plan.quanta.items():
+        if key in fused_into:
+            spec = graph_tasks.QuantumSpec(key=key, kind="fusedAway", task=q.task, data_id=dict(q.data_id),
+                                           raw_path=None, calib_paths={}, outputs=(), settings={})
+            delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, [], dask_key_name=key)
+            continue
         outputs = []
         for dt, did in q.outputs:
             ext = _EXT.get(types[dt].storage_class, ".dat")
@@ -788,10 +798,53 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
             input_types=tuple(dt for dt, _ in q.inputs), input_counts=tuple(len(ks) for _, ks in q.inputs),
         )
         ups = [delayed[k] for _, keys in q.inputs for k in keys]
+        if key in fused:
+            isr = sorted((plan.quanta[k] for k in fused[key]), key=lambda x: int(x.data_id["exposure"]))
+            spec = replace(spec, kind="isrCombine", input_types=(), input_counts=(),
+                           fused_raws=tuple(str(path_of(x.raw)) for x in isr),
+                           fused_calibs=tuple({c.removesuffix("Bootstrap"): str(path_of(rs[0]))
+                                               for c, rs in x.calibs.items() if rs and c != "manual_defects"}
+                                              for x in isr),
+                           fused_isr=isr[0].settings["isr"], fused_keys=tuple(x.key for x in isr))
+            ups = []
         need = (resources or {}).get(key)
         with dask.annotate(resources=dict(need)) if need else contextlib.nullcontext():
             delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, ups, dask_key_name=key)
     return delayed
+
+
+#: Budget of a fused ISR -> combine quantum's row blocks (benchmarks/RESULTS.md: measured, not guessed).
+FUSED_MEMORY_BYTES = 96 * 2**20
+
+
+def fusion(plan: Plan) -> dict[str, str]:
+    """ISR quanta that :func:`build_graph` fuses into their combine: ISR key -> combine key.
+
+    A combine is fused with the ISR quanta it reads when nothing else reads them, their
+    outputs are not registered, they all have the same ISR settings, the combine's
+    ``fuseIsr`` option is on (default) and :func:`cpframe.science.fused.fused_unsupported`
+    has no objection.  The fused quantum streams the raws through ISR and the combine
+    without writing the per-exposure images (docs/algorithms.md "Fused ISR -> combine").
+    """
+    from cpframe.science.fused import fused_unsupported
+
+    readers: dict[str, set[str]] = defaultdict(set)
+    for k, q in plan.quanta.items():
+        for u in q.upstream:
+            readers[u].add(k)
+    out: dict[str, str] = {}
+    for key, q in plan.quanta.items():
+        if q.kind != "combine" or not q.settings["combine"].fuse_isr:
+            continue
+        ups = [plan.quanta.get(u) for u in q.upstream]
+        if not ups or any(u is None or u.kind != "isr" or u.raw is None or u.registered or readers[u.key] != {key}
+                          for u in ups):
+            continue
+        first = ups[0].settings["isr"]
+        if any(u.settings["isr"] != first for u in ups) or fused_unsupported(first, q.settings["combine"]):
+            continue
+        out.update({u.key: key for u in ups})
+    return out
 
 
 def dataset_type_defs(plan: Plan) -> list[Any]:

@@ -50,6 +50,14 @@ class QuantumSpec:
     """Dataset type of each input group, in order."""
     input_counts: tuple[int, ...] = ()
     """Number of upstream results in each input group."""
+    fused_raws: tuple[str, ...] = ()
+    """Kind ``isrCombine``: the raws of the ISR quanta fused into this combine, by exposure."""
+    fused_calibs: tuple[Mapping[str, str], ...] = ()
+    """Kind ``isrCombine``: each raw's ISR calibrations (type -> path)."""
+    fused_isr: Any = None
+    """Kind ``isrCombine``: the ISR settings (one IsrConfig for every raw)."""
+    fused_keys: tuple[str, ...] = ()
+    """Kind ``isrCombine``: the keys of the fused ISR quanta (same order as ``fused_raws``)."""
 
 
 @dataclass
@@ -151,6 +159,28 @@ def _combine(spec, groups):
                         memory_bytes=spec.settings["memory_bytes"], threads=1)
 
 
+def _isr_combine(spec, groups):
+    """ISR quanta fused into their combine (:mod:`cpframe.science.fused`): no ISR files."""
+    from cpframe.science.tasks import fused_combine_task
+
+    try:
+        res = fused_combine_task(spec.fused_raws, _out(spec), spec.fused_isr, spec.settings["combine"],
+                                 list(spec.fused_calibs), memory_bytes=spec.settings.get("fused_memory_bytes"))
+    except Exception as err:
+        # name the ISR quantum whose raw failed, as the unfused graph would
+        text = str(err)
+        bad = [(k, p) for k, p in zip(spec.fused_keys, spec.fused_raws) if p in text]
+        if not bad:
+            raise
+        raise ExecutionError(f"ISR quantum {bad[0][0]} (fused into {spec.key}) failed: {text}") from err
+    return res.combine
+
+
+def _fused_away(spec, groups):
+    """An ISR quantum whose work its combine does (kept so progress and failure accounting see it)."""
+    return None
+
+
 def _defects(spec, groups):
     from cpframe.science.tasks import cp_defects
 
@@ -219,7 +249,7 @@ def _verify_merge(spec, groups):
 
 _RUNNERS: dict[str, Callable[[QuantumSpec, dict], Any]] = {
     "isr": _isr, "darkCr": _dark_cr, "flatMeasure": _flat_measure, "flatNormalize": _flat_normalize,
-    "combine": _combine, "defects": _defects, "ptcExtract": _ptc_extract, "ptcSolve": _ptc_solve,
+    "combine": _combine, "isrCombine": _isr_combine, "fusedAway": _fused_away, "defects": _defects, "ptcExtract": _ptc_extract, "ptcSolve": _ptc_solve,
     "verifyStats": _verify_stats, "verifyMerge": _verify_merge,
 }
 

@@ -151,6 +151,10 @@ _COMBINE = {
     "maxVisitsToCalcErrorFromInputVariance": (int, 5), "checkNoData": (bool, True),
     "censorMaskPlanes": (bool, True), "distributionPercentiles": ("floats", (0, 5, 16, 50, 84, 95, 100)),
     "flatSource": (_enum("DOME", "TWILIGHT", "PSEUDO", "SKY"), "DOME"),
+    # cpframe options: the MEANCLIP rule (docs/algorithms.md) and whether the ISR quanta this combine
+    # alone reads run fused into it, streamed without per-exposure files (execution/graph.py fusion)
+    "clipMethod": (_enum("cp_pipe", "astropy"), "cp_pipe"),
+    "fuseIsr": (bool, True),
 }
 _DEFECTS = {
     "thresholdType": (_enum("VALUE", "STDEV"), "VALUE"),

@@ -26,7 +26,6 @@ the median good variance) and the ``BAD`` bit.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import threading
@@ -38,7 +37,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from astropy.time import Time, TimeDelta
-from numba import njit
 
 from cpframe.core.errors import ConfigError, UserInputError
 from cpframe.science.imageio import (
@@ -85,6 +83,7 @@ MSG_UNKNOWN_KEYS = "unknown combine option(s) {keys}; known options: {known}."
 MSG_BAD_VALUE = "combine option {key}={value!r}: {why}"
 
 STATISTICS = ("MEAN", "MEDIAN", "MEANCLIP")
+CLIP_METHODS = ("cp_pipe", "astropy")
 SCALINGS = ("Unity", "ExposureTime", "DarkTime", "MeanStats", "InputList")
 
 #: Bytes of stack memory per input pixel: image float32 + mask int32 (+ variance float32),
@@ -92,406 +91,22 @@ SCALINGS = ("Unity", "ExposureTime", "DarkTime", "MeanStats", "InputList")
 _BYTES_IMAGE_MASK = 8
 _BYTES_WITH_VARIANCE = 12
 
-STAT_MEAN = 0
-STAT_MEDIAN = 1
-STAT_MEANCLIP = 2
+from cpframe.science.kernels import (  # noqa: E402,F401  (kernels live in kernels.py)
+    CLIP_ASTROPY,
+    CLIP_CP_PIPE,
+    IQ_TO_STDEV,
+    STAT_MEAN,
+    STAT_MEANCLIP,
+    STAT_MEDIAN,
+    clipped_stack_pixel,
+    combine_strip,
+    combine_strip_mean,
+    combine_block,
+    combine_strip_sorted,
+    sorting_network,
+    _sorting_network,
+)
 
-#: Ratio of a Gaussian's sigma to its inter-quartile range (afw's IQ_TO_STDEV).
-IQ_TO_STDEV = 0.7413
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _sort_small(a, n):
-    """Insertion sort of a[:n] in place (fast for the few tens of inputs of a combine)."""
-    for i in range(1, n):
-        v = a[i]
-        j = i - 1
-        while j >= 0 and a[j] > v:
-            a[j + 1] = a[j]
-            j -= 1
-        a[j + 1] = v
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _quantile_sorted(a, n, q):
-    """Linear-interpolated quantile of sorted a[:n] (numpy's default 'linear' method)."""
-    pos = q * (n - 1)
-    lo = int(math.floor(pos))
-    hi = lo + 1 if lo + 1 < n else lo
-    frac = pos - lo
-    return a[lo] + (a[hi] - a[lo]) * frac
-
-
-@njit(nogil=True, cache=True)
-def _sort(a, n):
-    if n <= 48:
-        _sort_small(a, n)
-    else:
-        a[:n] = np.sort(a[:n])
-
-
-@njit(nogil=True, cache=True)
-def clipped_stack_pixel(vals, vvar, n, stat, clip, n_iter, use_var, work, keep):
-    """Statistic of vals[:n] -> (value, variance of the statistic, number used).
-
-    MEANCLIP: keep values within median +- clip*0.7413*IQR, then ``n_iter`` passes that
-    keep the values within mean +- clip*stdev (ddof=1) of the previous pass (every input
-    re-tested each pass, as afw does); the value is the final mean.  Variance of the statistic: stdev**2/n
-    from the scatter, or sum(var)/n**2 from the inputs' variance planes (``use_var``).
-    MEDIAN variance is pi/2 times the mean's.
-    """
-    if n == 0:
-        return np.nan, np.nan, 0
-    if stat == STAT_MEAN:
-        s = 0.0
-        for i in range(n):
-            s += vals[i]
-        mean = s / n
-        if use_var:
-            sv = 0.0
-            for i in range(n):
-                sv += vvar[i]
-            return mean, sv / (n * n), n
-        if n < 2:
-            return mean, np.nan, n
-        ss = 0.0
-        for i in range(n):
-            d = vals[i] - mean
-            ss += d * d
-        return mean, ss / (n - 1) / n, n
-    for i in range(n):
-        work[i] = vals[i]
-    _sort(work, n)
-    med = _quantile_sorted(work, n, 0.5)
-    if stat == STAT_MEDIAN:
-        if use_var:
-            sv = 0.0
-            for i in range(n):
-                sv += vvar[i]
-            return med, 0.5 * math.pi * sv / (n * n), n
-        if n < 2:
-            return med, np.nan, n
-        s = 0.0
-        for i in range(n):
-            s += vals[i]
-        mean = s / n
-        ss = 0.0
-        for i in range(n):
-            d = vals[i] - mean
-            ss += d * d
-        return med, 0.5 * math.pi * ss / (n - 1) / n, n
-    # MEANCLIP: every pass tests every input against the current bounds (afw), so a value
-    # rejected by a narrow early cut can come back
-    hw = clip * IQ_TO_STDEV * (_quantile_sorted(work, n, 0.75) - _quantile_sorted(work, n, 0.25))
-    lo = med - hw
-    hi = med + hw
-    it = 0
-    first = True
-    while True:
-        m = 0
-        s = 0.0
-        changed = False
-        for i in range(n):
-            v = vals[i]
-            k = lo <= v <= hi
-            if first or k != keep[i]:
-                changed = True
-            keep[i] = k
-            if k:
-                m += 1
-                s += v
-        first = False
-        if m == 0:
-            return np.nan, np.nan, 0
-        if not changed:
-            break  # same set as the previous pass: converged
-        mean = s / m
-        if m < 2:
-            std = np.nan
-        else:
-            ss = 0.0
-            for i in range(n):
-                if keep[i]:
-                    d = vals[i] - mean
-                    ss += d * d
-            std = math.sqrt(ss / (m - 1))
-        if it == n_iter or not (std == std) or std == 0.0:
-            break
-        it += 1
-        lo = mean - clip * std
-        hi = mean + clip * std
-    if use_var:
-        sv = 0.0
-        for i in range(n):
-            if keep[i]:
-                sv += vvar[i]
-        return mean, sv / (m * m), m
-    if m < 2:
-        return mean, np.nan, m
-    return mean, std * std / m, m
-
-
-@njit(nogil=True, cache=True)
-def combine_strip(data, masks, variances, scales, ignore_bits, stat, clip, n_iter, use_var,
-                  out_image, out_var, out_mask, out_n):
-    """Combine a strip ``(N, rows, cols)`` pixel by pixel.
-
-    Inputs whose mask has any ``ignore_bits`` or whose value is not finite are dropped.
-    Each value is divided by its scale (variance by scale**2).  ``out_mask`` receives the
-    OR of the masks of the inputs that entered the statistic; ``out_n`` the count used.
-    """
-    N, R, C = data.shape
-    vals = np.empty(N, np.float64)
-    vvar = np.empty(N, np.float64)
-    work = np.empty(N, np.float64)
-    keep = np.empty(N, np.bool_)
-    inv = np.empty(N, np.float64)
-    for i in range(N):
-        inv[i] = 1.0 / scales[i]
-    for r in range(R):
-        for c in range(C):
-            n = 0
-            orm = 0
-            for i in range(N):
-                mk = masks[i, r, c]
-                v = data[i, r, c]
-                if (mk & ignore_bits) != 0 or not math.isfinite(v):
-                    continue
-                vals[n] = v * inv[i]
-                if use_var:
-                    vvar[n] = variances[i, r, c] * inv[i] * inv[i]
-                orm |= mk
-                n += 1
-            value, var, used = clipped_stack_pixel(vals, vvar, n, stat, clip, n_iter, use_var, work, keep)
-            out_image[r, c] = value
-            out_var[r, c] = var
-            out_mask[r, c] = orm
-            out_n[r, c] = used
-
-
-def sorting_network(n: int) -> np.ndarray:
-    """Comparator pairs (i, j), i < j, of Batcher's odd-even merge sort for ``n`` values.
-
-    Built for the next power of two and restricted to pairs with j < n: padding values
-    are +inf, so the dropped comparators would never swap anything.
-
-    >>> v = np.array([3.0, 1.0, 2.0, 0.5, 7.0])
-    >>> for i, j in sorting_network(5):
-    ...     v[i], v[j] = min(v[i], v[j]), max(v[i], v[j])
-    >>> v.tolist()
-    [0.5, 1.0, 2.0, 3.0, 7.0]
-    """
-    return _sorting_network(int(n)).copy()
-
-
-@functools.lru_cache(maxsize=64)
-def _sorting_network(n: int) -> np.ndarray:
-    p = 1
-    while p < n:
-        p *= 2
-    pairs = []
-
-    def merge(lo, length, step):
-        double = step * 2
-        if double < length:
-            merge(lo, length, double)
-            merge(lo + step, length, double)
-            for i in range(lo + step, lo + length - step, double):
-                pairs.append((i, i + step))
-        else:
-            pairs.append((lo, lo + step))
-
-    def sort(lo, length):
-        if length > 1:
-            half = length // 2
-            sort(lo, half)
-            sort(lo + half, half)
-            merge(lo, length, 1)
-
-    sort(0, p)
-    out = np.array([(i, j) for i, j in pairs if j < n], dtype=np.int64).reshape(-1, 2)
-    return out
-
-
-@njit(nogil=True, cache=True)
-def combine_strip_sorted(data, masks, scales, ignore_bits, stat, clip, n_iter, network, work,
-                         out_image, out_var, out_mask, out_n):
-    """MEDIAN / MEANCLIP of a strip ``(N, rows, cols)`` with errors from the scatter, column-vectorised.
-
-    Row by row: the N values of every column go into ``work`` (N, cols) (ignored inputs as
-    +inf), are sorted by a fixed comparator network applied to all columns at once, and
-    every step after that runs across columns too: the quartiles are per-column gathers
-    from the sorted rows, and each MEANCLIP pass is a masked sum over the sorted rows
-    against per-column bounds.  When a column's stdev is 0 or undefined its bounds stop
-    moving, which reproduces the early exits of :func:`clipped_stack_pixel`; the passes
-    stop early once no column's kept set changes.
-    """
-    N, R, C = data.shape
-    count = np.empty(C, np.int64)
-    orm = np.empty(C, np.int32)
-    inv = np.empty(N, np.float64)
-    med = np.empty(C, np.float64)
-    lo = np.empty(C, np.float64)
-    hi = np.empty(C, np.float64)
-    s1 = np.empty(C, np.float64)
-    s2 = np.empty(C, np.float64)
-    m = np.empty(C, np.int64)
-    below = np.empty(C, np.int64)
-    prev_m = np.empty(C, np.int64)
-    prev_below = np.empty(C, np.int64)
-    frozen = np.zeros(C, np.bool_)
-    active = np.empty(C, np.int64)
-    K = network.shape[0]
-    for i in range(N):
-        inv[i] = 1.0 / scales[i]
-    inf = work.dtype.type(np.inf)
-    for r in range(R):
-        for c in range(C):
-            count[c] = 0
-            orm[c] = 0
-        for i in range(N):
-            s = inv[i]
-            for c in range(C):
-                mk = masks[i, r, c]
-                v = data[i, r, c]
-                ok = (mk & ignore_bits) == 0 and math.isfinite(v)
-                work[i, c] = v * s if ok else inf
-                count[c] += 1 if ok else 0
-                orm[c] |= mk if ok else 0
-        for k in range(K):
-            a_i = network[k, 0]
-            b_i = network[k, 1]
-            for c in range(C):
-                a = work[a_i, c]
-                b = work[b_i, c]
-                work[a_i, c] = a if a < b else b
-                work[b_i, c] = b if a < b else a
-        # quartiles of each column's n sorted values (numpy's linear interpolation)
-        for c in range(C):
-            n = count[c]
-            out_mask[r, c] = orm[c]
-            if n == 0:
-                med[c] = np.nan
-                lo[c] = np.nan
-                hi[c] = np.nan
-                continue
-            pos = 0.5 * (n - 1)
-            k0 = int(pos)
-            k1 = k0 + 1 if k0 + 1 < n else k0
-            x0 = np.float64(work[k0, c])
-            med[c] = x0 + (np.float64(work[k1, c]) - x0) * (pos - k0)
-            if stat == STAT_MEANCLIP:
-                pos = 0.25 * (n - 1)
-                k0 = int(pos)
-                k1 = k0 + 1 if k0 + 1 < n else k0
-                x0 = np.float64(work[k0, c])
-                q25 = x0 + (np.float64(work[k1, c]) - x0) * (pos - k0)
-                pos = 0.75 * (n - 1)
-                k0 = int(pos)
-                k1 = k0 + 1 if k0 + 1 < n else k0
-                x0 = np.float64(work[k0, c])
-                q75 = x0 + (np.float64(work[k1, c]) - x0) * (pos - k0)
-                hw = clip * IQ_TO_STDEV * (q75 - q25)
-                lo[c] = med[c] - hw
-                hi[c] = med[c] + hw
-        if stat == STAT_MEDIAN:
-            for c in range(C):
-                s1[c] = 0.0
-                s2[c] = 0.0
-            for k in range(N):
-                for c in range(C):
-                    x = np.float64(work[k, c])
-                    d = x - med[c] if k < count[c] else 0.0
-                    s1[c] += d
-                    s2[c] += d * d
-            for c in range(C):
-                n = count[c]
-                out_image[r, c] = med[c]
-                out_n[r, c] = n
-                out_var[r, c] = 0.5 * math.pi * (s2[c] - s1[c] * s1[c] / n) / (n - 1) / n if n >= 2 else np.nan
-            continue
-        # MEANCLIP passes 0 (IQR bounds) and 1 (first mean/stdev bounds) over every column,
-        # vectorised; the few columns whose kept set still changes continue one by one.
-        n_active = 0
-        for p in range(2):
-            for c in range(C):
-                s1[c] = 0.0
-                s2[c] = 0.0
-                m[c] = 0
-                below[c] = 0
-            for k in range(N):
-                for c in range(C):
-                    x = np.float64(work[k, c])
-                    inside = (x >= lo[c]) & (x <= hi[c])
-                    d = (x - med[c]) if inside else 0.0
-                    s1[c] += d
-                    s2[c] += d * d
-                    m[c] += 1 if inside else 0
-                    below[c] += 1 if x < lo[c] else 0
-            for c in range(C):
-                if count[c] == 0:
-                    if p == 0:
-                        out_image[r, c] = np.nan
-                        out_var[r, c] = np.nan
-                        out_n[r, c] = 0
-                    continue
-                if p == 1 and (frozen[c] or (m[c] == prev_m[c] and below[c] == prev_below[c])):
-                    continue  # done after pass 0, or converged: the pass-0 result stands
-                prev_m[c] = m[c]
-                prev_below[c] = below[c]
-                done = _finish_pass(out_image, out_var, out_n, r, c, m[c], s1[c], s2[c], med[c], clip, lo, hi)
-                if p == 0:
-                    frozen[c] = done or n_iter == 0
-                elif not done and n_iter > 1:
-                    active[n_active] = c
-                    n_active += 1
-        for j in range(n_active):
-            c = active[j]
-            n = count[c]
-            for it in range(2, n_iter + 1):
-                a1 = 0.0
-                a2 = 0.0
-                mm = 0
-                bl = 0
-                for k in range(n):
-                    x = np.float64(work[k, c])
-                    if x < lo[c]:
-                        bl += 1
-                    elif x <= hi[c]:
-                        d = x - med[c]
-                        a1 += d
-                        a2 += d * d
-                        mm += 1
-                if mm == prev_m[c] and bl == prev_below[c]:
-                    break
-                prev_m[c] = mm
-                prev_below[c] = bl
-                if _finish_pass(out_image, out_var, out_n, r, c, mm, a1, a2, med[c], clip, lo, hi) or it == n_iter:
-                    break
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _finish_pass(out_image, out_var, out_n, r, c, m, s1, s2, med, clip, lo, hi):
-    """Mean/stdev of one pass into the outputs and the next bounds; True when clipping must stop."""
-    if m == 0:
-        out_image[r, c] = np.nan
-        out_var[r, c] = np.nan
-        out_n[r, c] = 0
-        return True
-    mean = med + s1 / m
-    if m >= 2:
-        ss = s2 - s1 * s1 / m
-        std = math.sqrt(ss / (m - 1)) if ss > 0 else 0.0
-    else:
-        std = np.nan
-    out_image[r, c] = mean
-    out_var[r, c] = std * std / m if m >= 2 else np.nan
-    out_n[r, c] = m
-    if not (std == std) or std == 0.0:
-        return True
-    lo[c] = mean - clip * std
-    hi[c] = mean + clip * std
-    return False
 
 
 # --------------------------------------------------------------------------------------
@@ -504,6 +119,8 @@ _CAMEL = {
     "combine": "combine",
     "clip": "clip",
     "nIter": "n_iter",
+    "clipMethod": "clip_method",
+    "fuseIsr": "fuse_isr",
     "mask": "mask",
     "noGoodPixelsMask": "no_good_pixels_mask",
     "maxVisitsToCalcErrorFromInputVariance": "max_visits_to_calc_error_from_input_variance",
@@ -532,7 +149,11 @@ class CombineConfig:
     clip: float = 3.0
     """Clipping threshold, in sigma."""
     n_iter: int = 3
-    """Mean/stdev clipping passes after the median/IQR pass."""
+    """Mean/stdev clipping passes after the median/IQR pass (astropy: ``maxiters``)."""
+    clip_method: str = "cp_pipe"
+    """MEANCLIP rule: ``cp_pipe`` (default; afw: median/IQR pass, then mean ± clip·stdev passes
+    that re-test every input) or ``astropy`` (``astropy.stats.sigma_clip`` with a median
+    centre and population stdev, clipped values stay out; then the mean)."""
     mask: tuple[str, ...] = ("SAT", "DETECTED", "INTRP")
     """Input pixels with any of these mask planes are ignored."""
     no_good_pixels_mask: str = "BAD"
@@ -547,6 +168,9 @@ class CombineConfig:
     """Per-amp QA percentiles written to the header."""
     flat_source: str = "DOME"
     """``FLATSRC`` for flats: DOME, TWILIGHT, PSEUDO or SKY."""
+    fuse_isr: bool = True
+    """Planning: ISR quanta that only this combine reads run fused into it, streamed without
+    per-exposure files (:mod:`cpframe.science.fused`); false keeps them as separate quanta."""
 
     def __post_init__(self):
         problems = []
@@ -559,6 +183,9 @@ class CombineConfig:
         if self.scaling_level != "DETECTOR":
             problems.append(MSG_BAD_VALUE.format(key="scalingLevel", value=self.scaling_level,
                                                  why="only DETECTOR is implemented"))
+        if self.clip_method not in CLIP_METHODS:
+            problems.append(MSG_BAD_VALUE.format(key="clipMethod", value=self.clip_method,
+                                                 why=f"use one of {', '.join(CLIP_METHODS)}"))
         if not (self.clip > 0):
             problems.append(MSG_BAD_VALUE.format(key="clip", value=self.clip, why="must be > 0"))
         if int(self.n_iter) < 0:
@@ -702,6 +329,10 @@ class CombineResult:
     """Per amp: median, mean, stdev (clipped) and BADPIX-NUM of the product."""
 
 
+def _clip_code(name: str) -> int:
+    return {"cp_pipe": CLIP_CP_PIPE, "astropy": CLIP_ASTROPY}[name]
+
+
 def _stat_code(name: str) -> int:
     return {"MEAN": STAT_MEAN, "MEDIAN": STAT_MEDIAN, "MEANCLIP": STAT_MEANCLIP}[name]
 
@@ -745,22 +376,9 @@ def _read_strip(layouts: Sequence[MaskedLayout], r0: int, r1: int, with_var: boo
     return data, masks, var
 
 
-def _combine_one_strip(layouts, r0, r1, scales, ignore_bits, stat, clip, n_iter, use_var, pool=None):
+def _combine_one_strip(layouts, r0, r1, scales, ignore_bits, stat, clip, n_iter, use_var, pool=None, method=0):
     data, masks, var = _read_strip(layouts, r0, r1, use_var, pool)
-    shape = data.shape[1:]
-    out_image = np.empty(shape, np.float32)
-    out_var = np.empty(shape, np.float32)
-    out_mask = np.empty(shape, np.int32)
-    out_n = np.empty(shape, np.int16)
-    if stat != STAT_MEAN and not use_var:
-        unit = bool(np.all(scales == 1.0))  # values exact in float32: sort them as float32 (twice the SIMD width)
-        work = np.empty((len(layouts), shape[1]), np.float32 if unit else np.float64)
-        combine_strip_sorted(data, masks, scales, ignore_bits, stat, clip, n_iter, _sorting_network(len(layouts)),
-                             work, out_image, out_var, out_mask, out_n)
-    else:
-        combine_strip(data, masks, var, scales, ignore_bits, stat, clip, n_iter, use_var,
-                      out_image, out_var, out_mask, out_n)
-    return out_image, out_var, out_mask, out_n
+    return combine_block(data, masks, var, scales, ignore_bits, stat, clip, n_iter, use_var, method)
 
 
 def _check_inputs(paths: Sequence[str | os.PathLike], what: str) -> list[MaskedLayout]:
@@ -862,7 +480,8 @@ def combine_lazy(paths: Sequence[str | os.PathLike], config: CombineConfig, scal
     for r0 in range(0, rows, strip):
         r1 = min(rows, r0 + strip)
         part = dask.delayed(_combine_one_strip, pure=True, name=f"combine-strip-{r0}-{token}")(
-            layouts, r0, r1, sc, ignore, stat, float(config.clip), int(config.n_iter), use_var, pool)
+            layouts, r0, r1, sc, ignore, stat, float(config.clip), int(config.n_iter), use_var, pool,
+            _clip_code(config.clip_method))
         for k, name in enumerate(("image", "variance", "mask", "n_used")):
             planes[name].append(da.from_delayed(part[k], shape=(r1 - r0, cols), dtype=dtypes[name]))
     ds = xr.Dataset({k: (("y", "x"), da.concatenate(v, axis=0)) for k, v in planes.items()})
@@ -1024,6 +643,8 @@ def product_header(headers: Sequence[Mapping[str, Any]], config: CombineConfig,
     if config.dataset_type:
         update_header(h, {"CPF_DATASET_TYPE": config.dataset_type})
     update_header(h, {"CPF_COMBINE": config.combine, "CPF_NINPUTS": len(headers)})
+    if config.combine == "MEANCLIP":
+        update_header(h, {"CPF_CLIP_METHOD": config.clip_method})
     return h
 
 

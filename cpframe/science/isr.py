@@ -19,6 +19,10 @@ Steps run in the order of ip_isr ``IsrTaskLSST.run`` (spec algorithms.md §1-§3
 
 Bootstrap mode (``do_bootstrap``): no PTC; gain 1, read noise from the overscan
 residual, no saturation level, output in adu.
+
+Size: about 830 lines, one module for the steps of ip_isr's ``IsrTaskLSST`` in order; the
+overscan statistics live in :mod:`cpframe.science.overscan` and the streamed variant used by
+the combine pipelines in :mod:`cpframe.science.fused`.
 """
 
 from __future__ import annotations
@@ -34,11 +38,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from cpframe.camera.models import Amplifier, Detector
-from cpframe.science.combine import IQ_TO_STDEV, clipped_stats
 from cpframe.core.errors import ConfigError, UserInputError
 from cpframe.science.crosstalk import read_crosstalk
 from cpframe.science.cti import CtiCalib, deferred_charge_step, read_cti
 from cpframe.science.linearity import Linearizer, linearizer_from_mapping, read_linearizer
+from cpframe.science.overscan import _fill_masked, _robust_stats, overscan_vector, row_clipped_statistic  # noqa: F401
 from cpframe.science.imageio import (
     MASK_BITS,
     MaskedImage,
@@ -431,82 +435,6 @@ def load_calibs(paths: Mapping[str, Any] | None) -> IsrCalibs:
 
 
 # --------------------------------------------------------------------------------------
-# overscan
-# --------------------------------------------------------------------------------------
-def _fill_masked(vec: np.ndarray) -> tuple[np.ndarray, int]:
-    """Replace NaN entries by the median of up to 5 valid neighbours each side (else global)."""
-    bad = ~np.isfinite(vec)
-    if not bad.any():
-        return vec, 0
-    good = ~bad
-    if not good.any():
-        return np.zeros_like(vec), int(bad.sum())
-    out = vec.copy()
-    glob = float(np.median(vec[good]))
-    n = len(vec)
-    for i in np.flatnonzero(bad):
-        w = vec[max(0, i - 5): min(n, i + 6)]
-        w = w[np.isfinite(w)]
-        out[i] = float(np.median(w)) if w.size else glob
-    return out, int(bad.sum())
-
-
-def overscan_vector(region: np.ndarray, fit_type: str, clip: float, max_deviation: float,
-                    ignore: np.ndarray | None = None) -> np.ndarray:
-    """Overscan level per row of ``region`` (rows, cols) (spec §2 steps 2-4).
-
-    Parameters
-    ----------
-    region : numpy.ndarray
-        Overscan pixels, one row per output value (transpose for the parallel overscan).
-    fit_type : str
-        MEDIAN_PER_ROW / MEAN_PER_ROW (one value per row) or MEDIAN / MEAN / MEANCLIP (one
-        constant broadcast to every row).
-    clip : float
-        Sigma for the per-row IQR clipping.
-    max_deviation : float
-        Pixels further than this from the region median are ignored.
-    ignore : numpy.ndarray of bool, optional
-        Pixels to ignore (e.g. saturated columns).
-
-    Returns
-    -------
-    numpy.ndarray
-        float64 vector of ``region.shape[0]`` values.
-    """
-    data = np.asarray(region, dtype=np.float64)
-    valid = np.isfinite(data)
-    if ignore is not None:
-        valid &= ~ignore
-    if not valid.any():
-        return np.zeros(data.shape[0])
-    med = float(np.median(data[valid]))
-    valid &= np.abs(data - med) <= max_deviation
-    if fit_type in ("MEDIAN", "MEAN", "MEANCLIP"):
-        v = data[valid]
-        if v.size == 0:
-            value = 0.0
-        elif fit_type == "MEDIAN":
-            value = float(np.median(v))
-        elif fit_type == "MEAN":
-            value = float(v.mean())
-        else:
-            value = clipped_stats(v, clip)[0]
-        return np.full(data.shape[0], value)
-    vec = row_clipped_statistic(np.ascontiguousarray(data), np.ascontiguousarray(valid), float(clip),
-                                fit_type == "MEAN_PER_ROW")
-    vec, _ = _fill_masked(vec)
-    return vec
-
-
-def _robust_stats(values: np.ndarray) -> dict[str, float]:
-    mean, std, _ = clipped_stats(values)
-    return {"MEAN": float(np.mean(values)) if values.size else math.nan,
-            "MEDIAN": float(np.median(values)) if values.size else math.nan,
-            "STDEV": std}
-
-
-# --------------------------------------------------------------------------------------
 # the ISR
 # --------------------------------------------------------------------------------------
 @dataclass
@@ -594,6 +522,62 @@ def _dither_offset(mode: str) -> float:
     return {"SYMMETRIC": -0.5, "POSITIVE": 0.0, "NEGATIVE": -1.0}[mode]
 
 
+def serial_amp(amp: Amplifier, seg: np.ndarray, config: IsrConfig, calibs: IsrCalibs, cards: dict,
+               masks: bool = True) -> tuple[AmpStats, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Serial overscan, saturation/suspect levels and gain of one dithered float32 segment, in place.
+
+    Returns the amp's :class:`AmpStats`, the SAT / SUSPECT masks of its data box (None when
+    off, or when ``masks`` is false: the fused ISR finds them row block by row block) and
+    the serial-overscan level per raw row (float64; None without overscan).
+    """
+    units = config.units
+    lead, trail = config.overscan_leading_to_skip, config.overscan_trailing_to_skip
+    gain, noise, turnoff = _amp_gain_noise(amp, config, calibs)
+    # serial overscan (spec §2), all rows of the segment
+    os_sl = amp.serial_overscan_slice
+    c0, c1 = os_sl[1].start + lead, os_sl[1].stop - trail
+    os_fit = {"MEAN": 0.0, "MEDIAN": 0.0, "STDEV": 0.0}
+    residual = {"MEAN": math.nan, "MEDIAN": math.nan, "STDEV": math.nan}
+    st = AmpStats(gain=gain, read_noise=noise, overscan_noise_adu=math.nan, overscan_median_adu=0.0)
+    vec = None
+    if config.do_overscan:
+        vec = overscan_vector(seg[:, c0:c1], config.overscan_fit_type, config.overscan_num_sigma_clip,
+                              config.serial_max_deviation)
+        seg -= vec.astype(np.float32)[:, None]
+        os_fit = {"MEAN": float(vec.mean()), "MEDIAN": float(np.median(vec)), "STDEV": float(vec.std())}
+        residual = _robust_stats(seg[:, c0:c1].ravel())
+    cards[f"LSST ISR OVERSCAN VARIANCE FACTOR {amp.name}"] = overscan_variance_factor(
+        config, c1 - c0, amp.raw_shape[0] - trail - (amp.data_rows + lead), amp.raw_shape[0])
+    for k in ("MEAN", "MEDIAN", "STDEV"):
+        cards[f"LSST ISR OVERSCAN SERIAL {k} {amp.name}"] = os_fit[k]
+        cards[f"LSST ISR OVERSCAN RESIDUAL SERIAL {k} {amp.name}"] = residual[k]
+    if config.do_bootstrap or not math.isfinite(noise):
+        noise = residual["STDEV"] * gain
+    # saturation / suspect on the data box (levels in adu)
+    sat_level = math.inf
+    sat = sus = None
+    if config.do_saturation:
+        if math.isfinite(config.saturation_level):
+            sat_level = config.saturation_level
+        elif config.saturation_source == "PTCTURNOFF" and not config.do_bootstrap:
+            sat_level = turnoff
+        if math.isfinite(sat_level) and masks:
+            sat = seg[amp.data_slice] >= sat_level
+        cards[f"LSST ISR SATURATION LEVEL {amp.name}"] = sat_level * (gain if units == "electron" else 1.0)
+    if config.do_suspect and math.isfinite(config.suspect_level) and masks:
+        sus = seg[amp.data_slice] >= config.suspect_level
+    if units == "electron":
+        seg *= np.float32(gain)
+    cards[f"LSST ISR GAIN {amp.name}"] = gain
+    cards[f"LSST ISR READNOISE {amp.name}"] = noise
+    cards[f"LSST ISR PTCTURNOFF {amp.name}"] = turnoff * gain
+    st.read_noise = noise
+    st.overscan_noise_adu = residual["STDEV"]
+    st.overscan_median_adu = os_fit["MEDIAN"]
+    st.saturation_adu = sat_level
+    return st, sat, sus, vec
+
+
 def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
             ) -> tuple[MaskedImage, dict[str, AmpStats]]:
     """Run ISR on an in-memory raw.
@@ -618,7 +602,6 @@ def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
     rng = _dither(raw, config.integer_dither_mode)
     segs: dict[str, np.ndarray] = {}
     stats: dict[str, AmpStats] = {}
-    lead, trail = config.overscan_leading_to_skip, config.overscan_trailing_to_skip
 
     # bad amps: fully covered by defects
     defect_mask = None
@@ -633,46 +616,13 @@ def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
         seg = raw.segments[amp.name].astype(np.float32)
         if rng is not None:
             seg += rng.random(seg.shape, dtype=np.float32) + np.float32(_dither_offset(config.integer_dither_mode))
-        gain, noise, turnoff = _amp_gain_noise(amp, config, calibs)
-        # serial overscan (spec §2), all rows of the segment
-        os_sl = amp.serial_overscan_slice
-        c0, c1 = os_sl[1].start + lead, os_sl[1].stop - trail
-        os_fit = {"MEAN": 0.0, "MEDIAN": 0.0, "STDEV": 0.0}
-        residual = {"MEAN": math.nan, "MEDIAN": math.nan, "STDEV": math.nan}
-        if config.do_overscan:
-            vec = overscan_vector(seg[:, c0:c1], config.overscan_fit_type, config.overscan_num_sigma_clip,
-                                  config.serial_max_deviation)
-            seg -= vec.astype(np.float32)[:, None]
-            os_fit = {"MEAN": float(vec.mean()), "MEDIAN": float(np.median(vec)), "STDEV": float(vec.std())}
-            residual = _robust_stats(seg[:, c0:c1].ravel())
-        cards[f"LSST ISR OVERSCAN VARIANCE FACTOR {amp.name}"] = overscan_variance_factor(
-            config, c1 - c0, amp.raw_shape[0] - trail - (amp.data_rows + lead), amp.raw_shape[0])
-        for k in ("MEAN", "MEDIAN", "STDEV"):
-            cards[f"LSST ISR OVERSCAN SERIAL {k} {amp.name}"] = os_fit[k]
-            cards[f"LSST ISR OVERSCAN RESIDUAL SERIAL {k} {amp.name}"] = residual[k]
-        if config.do_bootstrap or not math.isfinite(noise):
-            noise = residual["STDEV"] * gain
-        # saturation / suspect on the data box (levels in adu)
-        sat_level = math.inf
-        if config.do_saturation:
-            if math.isfinite(config.saturation_level):
-                sat_level = config.saturation_level
-            elif config.saturation_source == "PTCTURNOFF" and not config.do_bootstrap:
-                sat_level = turnoff
-            data = seg[amp.data_slice]
-            if math.isfinite(sat_level):
-                sat_masks[amp.name] = data >= sat_level
-            cards[f"LSST ISR SATURATION LEVEL {amp.name}"] = sat_level * (gain if units == "electron" else 1.0)
-        if config.do_suspect and math.isfinite(config.suspect_level):
-            sus_masks[amp.name] = seg[amp.data_slice] >= config.suspect_level
-        if units == "electron":
-            seg *= np.float32(gain)
-        cards[f"LSST ISR GAIN {amp.name}"] = gain
-        cards[f"LSST ISR READNOISE {amp.name}"] = noise
-        cards[f"LSST ISR PTCTURNOFF {amp.name}"] = turnoff * gain
+        st, sat, sus, _ = serial_amp(amp, seg, config, calibs, cards)
+        if sat is not None:
+            sat_masks[amp.name] = sat
+        if sus is not None:
+            sus_masks[amp.name] = sus
         segs[amp.name] = seg
-        stats[amp.name] = AmpStats(gain=gain, read_noise=noise, overscan_noise_adu=residual["STDEV"],
-                                   overscan_median_adu=os_fit["MEDIAN"], saturation_adu=sat_level)
+        stats[amp.name] = st
 
     if config.do_crosstalk:
         gains = {a: st.gain for a, st in stats.items()} if units == "electron" else None
@@ -825,12 +775,24 @@ def overscan_variance_factor(config: IsrConfig, n_serial: int, n_parallel: int, 
 
 
 def _parallel_overscan(amp: Amplifier, seg: np.ndarray, config: IsrConfig, st: AmpStats, cards: dict) -> None:
+    vec = parallel_overscan_vector(amp, seg[amp.data_rows:], config, st, cards)
+    if vec is not None:
+        seg[:, amp.data_slice[1]] -= vec.astype(np.float32)[None, :]
+
+
+def parallel_overscan_vector(amp: Amplifier, below: np.ndarray, config: IsrConfig, st: AmpStats,
+                             cards: dict) -> np.ndarray | None:
+    """Parallel-overscan level per data column (float64) from the segment rows below the data.
+
+    ``below`` = the segment's rows ``[data_rows, raw_rows)`` after the serial overscan, gains
+    and crosstalk (the fused ISR computes it before streaming the data rows).  Writes the
+    ``LSST ISR OVERSCAN PARALLEL *`` cards; None when the region is empty.
+    """
     lead, trail = config.overscan_leading_to_skip, config.overscan_trailing_to_skip
-    r0, r1 = amp.data_rows + lead, amp.raw_shape[0] - trail
     cols = amp.data_slice[1]
-    region = seg[r0:r1, cols]
+    region = below[lead:below.shape[0] - trail, cols]
     if region.size == 0:
-        return
+        return None
     # saturated columns: level 0.75 x saturation (20000 adu when off), grown by 7 columns
     level = 0.75 * st.saturation_adu if math.isfinite(st.saturation_adu) else 20000.0
     if config.units == "electron":
@@ -852,10 +814,10 @@ def _parallel_overscan(amp: Amplifier, seg: np.ndarray, config: IsrConfig, st: A
             vec = vec.copy()
             vec[out] = np.nan
             vec, _ = _fill_masked(vec)
-    seg[:, cols] -= vec.astype(np.float32)[None, :]
     cards[f"LSST ISR OVERSCAN PARALLEL MEAN {amp.name}"] = float(vec.mean())
     cards[f"LSST ISR OVERSCAN PARALLEL MEDIAN {amp.name}"] = float(np.median(vec))
     cards[f"LSST ISR OVERSCAN PARALLEL STDEV {amp.name}"] = float(vec.std())
+    return vec
 
 
 def _flat_correct(image, variance, mask, flat: MaskedImage, config: IsrConfig) -> None:
@@ -913,57 +875,3 @@ def isr_file(raw_path: str | os.PathLike, output_path: str | os.PathLike, config
     img, stats = run_isr(raw, config, load_calibs(calib_paths))
     write_masked(output_path, img.image, img.mask, img.variance, img.header)
     return img, stats
-
-
-# --------------------------------------------------------------------------------------
-# per-row clipped statistic (vectorised: one sort per region)
-# --------------------------------------------------------------------------------------
-def _row_quantile(xs: np.ndarray, start: np.ndarray, count: np.ndarray, q: float) -> np.ndarray:
-    """Quantile q (numpy 'linear') of xs[r, start:start+count] for sorted rows; NaN where count == 0."""
-    rows = np.arange(xs.shape[0])
-    pos = start + q * np.maximum(count - 1, 0)
-    k = np.floor(pos).astype(np.int64)
-    frac = pos - k
-    k = np.clip(k, 0, xs.shape[1] - 1)
-    k1 = np.clip(np.minimum(k + 1, start + count - 1), 0, xs.shape[1] - 1)
-    lo = xs[rows, k]
-    hi = xs[rows, k1]
-    with np.errstate(invalid="ignore"):
-        out = lo + (hi - lo) * frac
-    return np.where(count > 0, out, np.nan)
-
-
-def row_clipped_statistic(data: np.ndarray, valid: np.ndarray, clip: float, use_mean: bool) -> np.ndarray:
-    """Per-row clipped median (or mean) of a 2-d overscan region (rows, cols), spec §2 step 4.
-
-    For each row: median and IQR-sigma (0.7413*IQR) of the valid pixels.  Rows whose
-    sigma exceeds twice the median sigma get the median sigma (bleeds must not widen the
-    cut); then pixels beyond clip*sigma of the row median are dropped and the median (or
-    mean) of the rest is returned.  NaN for rows without valid pixels.  Each row is sorted
-    once: the kept pixels are then a contiguous slice of the sorted row.
-    """
-    x = np.where(valid, data, np.inf)
-    xs = np.sort(x, axis=1)
-    n = valid.sum(axis=1)
-    zero = np.zeros_like(n)
-    med = _row_quantile(xs, zero, n, 0.5)
-    sig = IQ_TO_STDEV * (_row_quantile(xs, zero, n, 0.75) - _row_quantile(xs, zero, n, 0.25))
-    good = np.isfinite(sig)
-    if not good.any():
-        return np.full(data.shape[0], np.nan)
-    msig = float(np.median(sig[good]))
-    sig = np.where(sig > 2.0 * msig, msig, sig)
-    with np.errstate(invalid="ignore"):
-        lo = med - clip * sig
-        hi = med + clip * sig
-        start = (xs < lo[:, None]).sum(axis=1)
-        end = (xs <= hi[:, None]).sum(axis=1)
-    count = end - start
-    if use_mean:
-        kept = (xs >= lo[:, None]) & (xs <= hi[:, None])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out = np.where(kept, xs, 0.0).sum(axis=1) / count
-    else:
-        out = _row_quantile(xs, start, count, 0.5)
-    out = np.where(count > 0, out, med)
-    return np.where(n > 0, out, np.nan)

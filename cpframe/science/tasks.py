@@ -62,6 +62,7 @@ __all__ = [
     "flat_measure_task",
     "flat_normalize_task",
     "combine_task",
+    "fused_combine_task",
     "defects_measure_task",
     "defects_merge_task",
     "ptc_pairs",
@@ -84,6 +85,8 @@ __all__ = [
 ]
 
 DEFAULT_MEMORY_BYTES = 512 * 2**20
+#: Budget of the fused path's row blocks (all raws); see benchmarks/RESULTS.md for the measurement.
+DEFAULT_FUSED_MEMORY_BYTES = 96 * 2**20
 
 
 # --------------------------------------------------------------------------------------
@@ -215,13 +218,18 @@ def isr_task(raw_path: str | os.PathLike, output_path: str | os.PathLike,
                              f"detector {detector}. Check the raw paths given for this detector.")
     img, stats = run_isr(raw, cfg, load_calibs(calibs))
     write_masked(output_path, img.image, img.mask, img.variance, img.header)
-    h = img.header
+    return _exposure_stats(str(output_path), str(raw_path), img.header, raw.camera.name, cfg.units, stats)
+
+
+def _exposure_stats(path: str, raw_path: str, h: Mapping[str, Any], camera_name: str, units: str,
+                    stats: Mapping[str, Any]) -> ExposureStats:
     return ExposureStats(
-        path=str(output_path), raw_path=str(raw_path), instrument=str(h.get("INSTRUME", raw.camera.name)),
-        detector=raw.detector.id, exposure_id=raw.exposure_id, observation_type=str(h.get("IMGTYPE", "")),
+        path=path, raw_path=raw_path, instrument=str(h.get("INSTRUME", camera_name)),
+        detector=int(h.get("DETECTOR", -1)), exposure_id=int(h.get("EXPID", 0)),
+        observation_type=str(h.get("IMGTYPE", "")),
         physical_filter=str(h.get("FILTER", "")), exposure_time=_f(h.get("EXPTIME")),
         dark_time=_f(h.get("DARKTIME")), date_beg=str(h.get("DATE-BEG", "")), date_end=str(h.get("DATE-END", "")),
-        units=cfg.units, amp_stats={a: asdict(s) for a, s in stats.items()},
+        units=units, amp_stats={a: asdict(s) for a, s in stats.items()},
     )
 
 
@@ -483,12 +491,63 @@ def _run_isr_all(raw_paths: Sequence[str | os.PathLike], work: Path, config: Isr
     return [_isr_item(x) for x in items]
 
 
+def fused_combine_task(raw_paths: Sequence[str | os.PathLike], output_path: str | os.PathLike,
+                       isr_config: IsrConfig | Mapping[str, Any] | None, combine_config: CombineConfig | Mapping[str, Any],
+                       calibs: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+                       scales: Sequence[float] | None = None, memory_bytes: int | None = None,
+                       extra_header: Mapping[str, Any] | None = None) -> ProductResult:
+    """ISR of every raw + combine in one streamed pass (:mod:`cpframe.science.fused`): no intermediates.
+
+    ``calibs`` is one mapping for every raw or one per raw.  The exposures returned have
+    ``path=""`` (nothing was written for them).
+
+    Raises
+    ------
+    FusedUnsupported
+        Settings the fused path does not implement (:func:`cpframe.science.fused.fused_unsupported`).
+    """
+    from cpframe.science.fused import isr_combine
+
+    icfg = _isr_config(isr_config)
+    ccfg = combine_config if isinstance(combine_config, CombineConfig) else CombineConfig.from_dict(combine_config)
+    if isinstance(calibs, Mapping) or calibs is None:
+        cp = _str_calibs(calibs)
+    else:
+        cp = [_str_calibs(c) for c in calibs]
+    _, res, exps = isr_combine(raw_paths, output_path, icfg, ccfg, cp, scales=scales,
+                               memory_bytes=int(memory_bytes or DEFAULT_FUSED_MEMORY_BYTES), extra_header=extra_header)
+    exposures = [_exposure_stats("", e.raw_path, e.header, "", e.units, e.stats) for e in exps]
+    return ProductResult(path=str(output_path), n_inputs=len(exposures), combine=res, exposures=exposures,
+                         extra={"fused": True})
+
+
+def _str_calibs(calibs: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, (str, os.PathLike)) else v) for k, v in (calibs or {}).items()
+            if v is not None}
+
+
 def _product(product: str, raw_paths, output_path, *, calibs, work_dir, isr_config, combine_config,
-             memory_bytes, threads, workers, executor="thread", cr_config=None, scales_fn=None) -> ProductResult:
+             memory_bytes, threads, workers, executor="thread", cr_config=None, scales_fn=None,
+             fused=None) -> ProductResult:
     icfg = _isr_config(isr_config) if isr_config is not None else isr_config_for(product)
     ccfg = (combine_config if isinstance(combine_config, CombineConfig)
             else CombineConfig.from_dict(combine_config) if combine_config is not None
             else combine_config_for(product))
+    if fused is None:
+        # the fused path unless intermediates are wanted (work_dir) or a per-exposure step sits
+        # between ISR and the combine (CpDark's CR finder, the flat measurement)
+        from cpframe.science.fused import fused_unsupported
+
+        fused = work_dir is None and cr_config is None and scales_fn is None and not fused_unsupported(icfg, ccfg)
+    if fused:
+        if cr_config is not None or scales_fn is not None:
+            from cpframe.science.fused import FusedUnsupported
+
+            raise FusedUnsupported(f"{product}: a per-exposure step (cosmic rays, flat measurement) sits between "
+                                   "ISR and the combine; run it with fused=False.")
+        if not raw_paths:
+            raise CombineError("no raw exposures given; select at least one raw of this detector.")
+        return fused_combine_task(raw_paths, output_path, icfg, ccfg, calibs, memory_bytes=memory_bytes)
     with _WorkDir(work_dir, output_path) as work:
         exposures = _run_isr_all(raw_paths, work, icfg, calibs, workers, cr_config, executor)
         scales = scales_fn(exposures) if scales_fn is not None else None
@@ -502,7 +561,7 @@ def cp_bias(raw_paths: Sequence[str | os.PathLike], output_path: str | os.PathLi
             isr_config: IsrConfig | Mapping[str, Any] | None = None,
             combine_config: CombineConfig | Mapping[str, Any] | None = None,
             memory_bytes: int | None = None, threads: int = 1, workers: int = 1,
-            executor: str = "thread") -> ProductResult:
+            executor: str = "thread", fused: bool | None = None) -> ProductResult:
     """cpBias for one detector: ISR (gains from ``calibs['ptc']``) + MEANCLIP combine -> ``bias``.
 
     Parameters
@@ -528,38 +587,43 @@ def cp_bias(raw_paths: Sequence[str | os.PathLike], output_path: str | os.PathLi
         How ISR runs in parallel: threads (default) or processes (forkserver; pays the
         start-up of each process, wins on many full-size raws because ISR holds the GIL
         part of the time).
+    fused : bool, optional
+        ISR and combine in one streamed pass without intermediates
+        (:func:`fused_combine_task`).  Default (None): fused unless ``work_dir`` is given
+        (intermediates wanted) or the settings need the unfused path; ``False`` forces the
+        unfused path (ISR files, then the combine), ``True`` requires the fused one.
     """
     return _product("bias", raw_paths, output_path, calibs=calibs, work_dir=work_dir, isr_config=isr_config,
                     combine_config=combine_config, memory_bytes=memory_bytes, threads=threads, workers=workers,
-                    executor=executor)
+                    executor=executor, fused=fused)
 
 
 def cp_bias_bootstrap(raw_paths, output_path, *, calibs=None, work_dir=None, isr_config=None, combine_config=None,
-                      memory_bytes=None, threads=1, workers=1, executor="thread") -> ProductResult:
+                      memory_bytes=None, threads=1, workers=1, executor="thread", fused=None) -> ProductResult:
     """biasBootstrap: bootstrap ISR (overscan, adu) + MEANCLIP combine; no calibrations needed."""
     return _product("biasBootstrap", raw_paths, output_path, calibs=calibs, work_dir=work_dir,
                     isr_config=isr_config, combine_config=combine_config, memory_bytes=memory_bytes,
-                    threads=threads, workers=workers, executor=executor)
+                    threads=threads, workers=workers, executor=executor, fused=fused)
 
 
 def cp_dark(raw_paths, output_path, *, calibs=None, work_dir=None, isr_config=None, combine_config=None,
             memory_bytes=None, threads=1, workers=1, cr_config: CrConfig | Mapping | None = None,
-            executor="thread") -> ProductResult:
+            executor="thread", fused=None) -> ProductResult:
     """cpDark: ISR (gains, bias, defects) + CpDark CR masking + DarkTime-scaled combine -> e-/s.
 
     ``calibs`` needs ``ptc``, ``bias`` and ``defects``.
     """
     return _product("dark", raw_paths, output_path, calibs=calibs, work_dir=work_dir, isr_config=isr_config,
                     combine_config=combine_config, memory_bytes=memory_bytes, threads=threads, workers=workers,
-                    executor=executor, cr_config=cr_config if cr_config is not None else True)
+                    executor=executor, cr_config=cr_config if cr_config is not None else True, fused=fused)
 
 
 def cp_dark_bootstrap(raw_paths, output_path, *, calibs=None, work_dir=None, isr_config=None,
-                      combine_config=None, memory_bytes=None, threads=1, workers=1, executor="thread") -> ProductResult:
+                      combine_config=None, memory_bytes=None, threads=1, workers=1, executor="thread", fused=None) -> ProductResult:
     """darkBootstrap: bootstrap ISR minus ``calibs['bias']`` (the biasBootstrap), no CR step -> adu/s."""
     return _product("darkBootstrap", raw_paths, output_path, calibs=calibs, work_dir=work_dir,
                     isr_config=isr_config, combine_config=combine_config, memory_bytes=memory_bytes,
-                    threads=threads, workers=workers, executor=executor)
+                    threads=threads, workers=workers, executor=executor, fused=fused)
 
 
 def _flat_scales(exposures: Sequence[ExposureStats]) -> list[float]:
@@ -569,7 +633,7 @@ def _flat_scales(exposures: Sequence[ExposureStats]) -> list[float]:
 
 
 def cp_flat(raw_paths, output_path, *, calibs=None, work_dir=None, isr_config=None, combine_config=None,
-            memory_bytes=None, threads=1, workers=1, executor="thread") -> ProductResult:
+            memory_bytes=None, threads=1, workers=1, executor="thread", fused=None) -> ProductResult:
     """cpFlat (one detector, one filter): ISR (gains, bias, dark) + measure + normalise + combine.
 
     With one detector the normalisation makes the flat average about 1.  For a whole focal
@@ -578,15 +642,15 @@ def cp_flat(raw_paths, output_path, *, calibs=None, work_dir=None, isr_config=No
     """
     return _product("flat", raw_paths, output_path, calibs=calibs, work_dir=work_dir, isr_config=isr_config,
                     combine_config=combine_config, memory_bytes=memory_bytes, threads=threads, workers=workers,
-                    executor=executor, scales_fn=_flat_scales)
+                    executor=executor, scales_fn=_flat_scales, fused=fused)
 
 
 def cp_flat_bootstrap(raw_paths, output_path, *, calibs=None, work_dir=None, isr_config=None,
-                      combine_config=None, memory_bytes=None, threads=1, workers=1, executor="thread") -> ProductResult:
+                      combine_config=None, memory_bytes=None, threads=1, workers=1, executor="thread", fused=None) -> ProductResult:
     """flatBootstrap: bootstrap ISR minus bias/dark bootstraps + measure + normalise + combine (adu)."""
     return _product("flatBootstrap", raw_paths, output_path, calibs=calibs, work_dir=work_dir,
                     isr_config=isr_config, combine_config=combine_config, memory_bytes=memory_bytes,
-                    threads=threads, workers=workers, executor=executor, scales_fn=_flat_scales)
+                    threads=threads, workers=workers, executor=executor, scales_fn=_flat_scales, fused=fused)
 
 
 def cp_defects(bias_paths: Sequence[str | os.PathLike], dark_paths: Sequence[str | os.PathLike],

@@ -1,0 +1,647 @@
+"""Fused streaming ISR -> combine: N raws of one detector to a combined product, no intermediates.
+
+The unfused path (:func:`cpframe.science.tasks.isr_task` per exposure, then
+:func:`cpframe.science.combine.combine_files`) writes one full-size ``fits-masked`` file
+per exposure (195 MB at full size) and reads it back.  Here the same arithmetic runs on row
+blocks instead:
+
+1. **Prepass**, one raw at a time: read the raw, dither it, fit the serial overscan of every
+   amp (:func:`cpframe.science.isr.serial_amp`), apply gains and crosstalk to the rows below
+   the data and fit the parallel overscan (:func:`cpframe.science.isr.parallel_overscan_vector`).
+   What is kept per raw is small: two vectors and a few numbers per amp, plus the header.
+2. **Stream**: for each block of raw rows, every raw's rows are read again (``pread``),
+   dithered with the same random numbers (the PCG64 stream is advanced to the block's first
+   pixel), corrected with the stored vectors, crosstalk-corrected, assembled, then bias /
+   dark / defects / NaN / variance / flat are applied with the calibration rows of the
+   block (read once per block, shared by all raws) and the N blocks are combined by the
+   kernels of :mod:`cpframe.science.kernels` straight into the product.
+3. Per-amp statistics of each exposure (``LSST ISR FINAL MEAN|MEDIAN|STDEV``) accumulate
+   while streaming: mean and stdev from sums, the median from a fine histogram (bins of
+   0.002 of the amp's noise; documented in docs/algorithms.md).
+
+Every float32 operation is the one :func:`cpframe.science.isr.run_isr` does, in the same
+order, so the product equals the unfused one to float32 precision (tests/test_fused.py).
+
+Steps the fused path does not implement raise :class:`FusedUnsupported`; the drivers
+then run the unfused path (:func:`fused_unsupported` tells why beforehand).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, fields, replace
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from numba import njit
+
+from cpframe.core.errors import UserInputError
+from cpframe.science.combine import (
+    CombineConfig,
+    CombineResult,
+    _amp_qa,
+    _clip_code,
+    _repair_and_censor,
+    _stat_code,
+    product_header,
+    resolve_scales,
+)
+from cpframe.science.imageio import (
+    MASK_BITS,
+    _hdu_headers,
+    boxes_to_mask,
+    masked_layout,
+    read_header,
+    read_raw,
+    read_rows,
+    update_header,
+    write_masked,
+)
+from cpframe.science.isr import (
+    _STAT_IGNORE,
+    AmpStats,
+    IsrCalibs,
+    IsrConfig,
+    _check_calibs,
+    _check_units,
+    _crosstalk,
+    _dither_offset,
+    _flat_correct,
+    _float_or_nan,
+    _orient,
+    _what,
+    load_calibs,
+    parallel_overscan_vector,
+    serial_amp,
+)
+from cpframe.science.kernels import combine_block
+
+__all__ = ["FusedUnsupported", "FusedExposure", "fused_unsupported", "isr_combine", "fused_rows_for_budget"]
+
+
+class FusedUnsupported(UserInputError):
+    """The fused path cannot run this configuration (the drivers fall back to the unfused one)."""
+
+
+#: IsrConfig fields the fused path implements; any other field away from its default is unsupported
+#: (new ISR steps added to IsrConfig are therefore run by the unfused path until fused.py learns them).
+_SUPPORTED_FIELDS = {
+    "do_bootstrap", "integer_dither_mode", "do_overscan", "do_parallel_overscan", "overscan_fit_type",
+    "overscan_num_sigma_clip", "overscan_leading_to_skip", "overscan_trailing_to_skip", "serial_max_deviation",
+    "parallel_max_deviation", "do_saturation", "do_suspect", "saturation_source", "saturation_level",
+    "suspect_level", "do_apply_gains", "use_gains_from", "gains", "do_crosstalk", "do_quadratic_crosstalk",
+    "do_linearize", "do_assemble_ccd", "do_bias", "do_dark", "do_defect", "do_nan_masking", "do_variance",
+    "do_flat", "flat_scaling_type", "flat_user_scale", "no_data_variance", "do_raise_on_calib_mismatch",
+    "do_standard_statistics", "mask_negative_variance",
+}
+
+#: Bytes per input pixel held per block: image float32 + mask int32 (+ variance float32).
+_BLOCK_BYTES = 8
+_BLOCK_BYTES_VAR = 12
+#: Histogram of each amp for the median: bins of this fraction of the first block's stdev.
+_HIST_BIN_SIGMA = 0.002
+_HIST_BINS = 200_001
+
+
+def fused_unsupported(isr_config: IsrConfig, combine_config: CombineConfig) -> list[str]:
+    """Why the fused path cannot run these settings (empty list: it can)."""
+    why = []
+    default = IsrConfig()
+    for f in fields(IsrConfig):
+        if f.name not in _SUPPORTED_FIELDS and getattr(isr_config, f.name) != getattr(default, f.name):
+            why.append(f"ISR option {f.name} is not implemented by the fused path")
+    if combine_config.exposure_scaling == "MeanStats":
+        why.append("exposureScaling MeanStats needs each whole ISR image")
+    return why
+
+
+def fused_rows_for_budget(memory_bytes: int, n_inputs: int, n_cols: int, n_bands: int, with_variance: bool,
+                          max_rows: int) -> int:
+    """Raw rows per block so that the N inputs' blocks (all bands) fit in ``memory_bytes``.
+
+    >>> fused_rows_for_budget(128 * 2**20, 20, 4072, 2, False, 2000)
+    102
+    """
+    per_row = max(1, n_inputs) * n_cols * n_bands * (_BLOCK_BYTES_VAR if with_variance else _BLOCK_BYTES)
+    return int(max(1, min(max_rows, memory_bytes // per_row)))
+
+
+@dataclass
+class FusedExposure:
+    """What the fused path keeps of one exposure (the ISR header and per-amp numbers)."""
+
+    raw_path: str
+    header: dict[str, Any]
+    stats: dict[str, AmpStats]
+    units: str
+
+
+class _CalibRef:
+    """A bias/dark/flat calibration known by its file: rows are read per block."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        self.layout = masked_layout(self.path)
+        self.header = read_header(self.path)
+        self.shape = self.layout.shape
+
+    def rows(self, y0: int, y1: int):
+        lay = self.layout
+        return _Rows(read_rows(lay, "IMAGE", y0, y1), read_rows(lay, "MASK", y0, y1),
+                     read_rows(lay, "VARIANCE", y0, y1), self.header)
+
+
+@dataclass
+class _Rows:
+    image: np.ndarray
+    mask: np.ndarray
+    variance: np.ndarray
+    header: dict
+
+
+_CALIB_IMAGES = ("bias", "dark", "flat")
+
+
+def _calibs(paths: Mapping[str, Any] | None) -> IsrCalibs:
+    paths = dict(paths or {})
+    small = load_calibs({k: v for k, v in paths.items() if k not in _CALIB_IMAGES})
+    for k in _CALIB_IMAGES:
+        if paths.get(k) is not None:
+            setattr(small, k, _CalibRef(paths[k]))
+    return small
+
+
+class _RawSource:
+    """One raw after the prepass: stored vectors + how to read and dither any block of rows."""
+
+    def __init__(self, path: str, config: IsrConfig, calibs: IsrCalibs, calib_paths: Mapping[str, Any]):
+        raw = read_raw(path)
+        self.path = str(path)
+        self.det = det = raw.detector
+        self.config = config
+        self.calibs = calibs
+        self.calib_paths = dict(calib_paths or {})
+        _check_calibs(raw, config, calibs)
+        self.what = _what(raw)
+        self.units = config.units
+        self.header = raw.header.copy()
+        self.cards: dict[str, Any] = {}
+        self.seed = None
+        if config.integer_dither_mode != "NONE":
+            self.seed = raw.exposure_id & 0xFFFFFFFF if raw.exposure_id else 12345
+            self.dither_state = np.random.PCG64(self.seed).state
+            self.dither_offset = np.float32(_dither_offset(config.integer_dither_mode))
+        rng = np.random.default_rng(self.seed) if self.seed is not None else None
+        self.stats: dict[str, AmpStats] = {}
+        self.svec: dict[str, np.ndarray | None] = {}
+        self.pvec: dict[str, np.ndarray | None] = {}
+        self.start: dict[str, int] = {}
+        below: dict[str, np.ndarray] = {}
+        pos = 0
+        for amp in det.amps:
+            self.start[amp.name] = pos
+            pos += amp.raw_shape[0] * amp.raw_shape[1]
+            seg = raw.segments[amp.name].astype(np.float32)
+            if rng is not None:
+                seg += rng.random(seg.shape, dtype=np.float32) + self.dither_offset
+            st, _, _, vec = serial_amp(amp, seg, config, calibs, self.cards, masks=False)
+            self.stats[amp.name] = st
+            self.svec[amp.name] = None if vec is None else vec.astype(np.float32)[:, None]
+            below[amp.name] = seg[amp.data_rows:].copy()
+        del raw
+        if config.do_crosstalk:
+            self.xt_gains = {a: st.gain for a, st in self.stats.items()} if self.units == "electron" else None
+            _crosstalk(det, below, calibs.crosstalk,
+                       calibs.crosstalk_quadratic if config.do_quadratic_crosstalk else None, self.xt_gains)
+        for amp in det.amps:
+            vec = None
+            if config.do_parallel_overscan:
+                vec = parallel_overscan_vector(amp, below[amp.name], config, self.stats[amp.name], self.cards)
+            self.pvec[amp.name] = None if vec is None else vec.astype(np.float32)[None, :]
+        self.layout = _raw_layout(self.path, det)
+        self.dark_scale = 1.0
+        if config.do_dark:
+            t_exp = _float_or_nan(self.header.get("DARKTIME"))
+            if not math.isfinite(t_exp):
+                from cpframe.science.isr import MSG_DARK_TIME, IsrError
+
+                raise IsrError(MSG_DARK_TIME.format(what=self.what, value=self.header.get("DARKTIME")))
+            t_dark = _float_or_nan(calibs.dark.header.get("DARKTIME"))
+            self.dark_scale = t_exp / t_dark if (math.isfinite(t_dark) and t_dark > 0) else 1.0
+            self.cards["LSST ISR DARK SCALE"] = self.dark_scale
+        for key in ("bias", "dark"):
+            if getattr(config, f"do_{key}"):
+                _check_units(self.what, key, getattr(calibs, key).header, self.units, config)
+        # per-amp statistics accumulators: n, sum, sum of squares (relative to a shift), histogram
+        self.acc = {a.name: _AmpAccumulator() for a in det.amps}
+
+    def read_block(self, amp, r0: int, r1: int) -> np.ndarray:
+        """Raw rows [r0, r1) of one amp as float32, dithered, in read-out order."""
+        offset, dtype, bzero = self.layout[amp.name]
+        cols = amp.raw_shape[1]
+        n = (r1 - r0) * cols
+        buf = np.empty(n, dtype)
+        mv = memoryview(buf).cast("B")
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            got = 0
+            base = offset + r0 * cols * dtype.itemsize
+            while got < mv.nbytes:
+                k = os.preadv(fd, [mv[got:]], base + got)
+                if k <= 0:
+                    raise FusedUnsupported(f"{self.path}: raw file is truncated in amp {amp.name}.")
+                got += k
+        finally:
+            os.close(fd)
+        ints = buf.astype(np.int32) if bzero == 0 else buf.astype(np.int32) + np.int32(bzero)
+        seg = ints.reshape(r1 - r0, cols).astype(np.float32)
+        if self.seed is not None:
+            seg += self._dither(self.start[amp.name] + r0 * cols, n).reshape(seg.shape) + self.dither_offset
+        return seg
+
+    def _dither(self, start: int, count: int) -> np.ndarray:
+        bg = np.random.PCG64()
+        st = dict(self.dither_state)
+        st["has_uint32"] = 0
+        st["uinteger"] = 0
+        bg.state = st
+        bg.advance(start // 2)
+        g = np.random.Generator(bg)
+        if start % 2:
+            g.random(1, dtype=np.float32)
+        return g.random(count, dtype=np.float32)
+
+    def amp_blocks(self, r0: int, r1: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Data boxes of raw rows [r0, r1) of every amp through linearity (read-out order) + SAT/SUSPECT bits."""
+        cfg = self.config
+        segs: dict[str, np.ndarray] = {}
+        bits: dict[str, np.ndarray] = {}
+        sat_bit = np.int32(1 << MASK_BITS["SAT"])
+        sus_bit = np.int32(1 << MASK_BITS["SUSPECT"])
+        for amp in self.det.amps:
+            st = self.stats[amp.name]
+            seg = self.read_block(amp, r0, r1)
+            vec = self.svec[amp.name]
+            if vec is not None:
+                seg -= vec[r0:r1]
+            cols = amp.data_slice[1]
+            m = None
+            if cfg.do_saturation and math.isfinite(st.saturation_adu):
+                m = np.where(seg[:, cols] >= st.saturation_adu, sat_bit, np.int32(0))
+            if cfg.do_suspect and math.isfinite(cfg.suspect_level):
+                s = np.where(seg[:, cols] >= cfg.suspect_level, sus_bit, np.int32(0))
+                m = s if m is None else m | s
+            if m is not None:
+                bits[amp.name] = m
+            if self.units == "electron":
+                seg *= np.float32(st.gain)
+            segs[amp.name] = seg
+        if cfg.do_crosstalk:
+            _crosstalk(self.det, segs, self.calibs.crosstalk,
+                       self.calibs.crosstalk_quadratic if cfg.do_quadratic_crosstalk else None, self.xt_gains)
+        out = {}
+        for amp in self.det.amps:
+            seg = segs[amp.name]
+            st = self.stats[amp.name]
+            cols = amp.data_slice[1]
+            pv = self.pvec[amp.name]
+            if pv is not None:
+                seg[:, cols] -= pv
+            data = seg[:, cols]
+            if cfg.do_linearize:  # pixel by pixel (cpframe/science/linearity.py), as run_isr
+                self.calibs.linearizer.correct(data, amp.name, st.gain if self.units == "electron" else None)
+            out[amp.name] = data
+        return out, bits
+
+
+class _AmpAccumulator:
+    """Count, sums and histogram of one amp's good pixels (FINAL MEAN / STDEV / MEDIAN)."""
+
+    def __init__(self):
+        self.n = 0
+        self.s1 = 0.0
+        self.s2 = 0.0
+        self.shift = math.nan
+        self.lo = 0.0
+        self.width = 1.0
+        self.hist = None
+        self.n_sat = 0
+        self.n_bad = 0
+        self.n_sus = 0
+
+    def add(self, values: np.ndarray, mask: np.ndarray) -> None:
+        good = (mask & _STAT_IGNORE) == 0
+        self.n_sat += int(np.count_nonzero(mask & (1 << MASK_BITS["SAT"])))
+        self.n_bad += int(np.count_nonzero(mask & (1 << MASK_BITS["BAD"])))
+        self.n_sus += int(np.count_nonzero(mask & (1 << MASK_BITS["SUSPECT"])))
+        if self.hist is None:
+            v = values[good]
+            v = v[np.isfinite(v)]
+            if v.size == 0:
+                return
+            self.shift = float(np.median(v))
+            sig = float(np.std(v)) or 1.0
+            self.width = _HIST_BIN_SIGMA * sig
+            self.lo = self.shift - self.width * (_HIST_BINS // 2)
+            self.hist = np.zeros(_HIST_BINS + 2, np.int64)
+        n, s1, s2 = _accumulate(values, good, self.shift, self.lo, 1.0 / self.width, self.hist)
+        self.n += n
+        self.s1 += s1
+        self.s2 += s2
+
+    def finish(self) -> tuple[float, float, float]:
+        """(mean, stdev (ddof=0), median) of the good pixels seen; NaN without any."""
+        if self.n == 0 or self.hist is None:
+            return math.nan, math.nan, math.nan
+        mean_d = self.s1 / self.n
+        var = max(self.s2 / self.n - mean_d * mean_d, 0.0)
+        return self.shift + mean_d, math.sqrt(var), _hist_median(self.hist, self.n, self.lo, self.width)
+
+
+@njit(nogil=True, cache=True)
+def _accumulate(values, good, shift, lo, inv_width, hist):
+    """Sums of the good finite values (relative to ``shift``) and their histogram (ends: under/over)."""
+    n = 0
+    s1 = 0.0
+    s2 = 0.0
+    nb = hist.shape[0] - 2
+    R, C = values.shape
+    for r in range(R):
+        for c in range(C):
+            v = np.float64(values[r, c])
+            if not good[r, c] or not math.isfinite(v):
+                continue
+            d = v - shift
+            n += 1
+            s1 += d
+            s2 += d * d
+            k = (v - lo) * inv_width
+            if k < 0:
+                hist[0] += 1
+            elif k >= nb:
+                hist[nb + 1] += 1
+            else:
+                hist[int(k) + 1] += 1
+    return n, s1, s2
+
+
+def _hist_median(hist: np.ndarray, n: int, lo: float, width: float) -> float:
+    """Median from the histogram (linear within the bin; exact to one bin width)."""
+    cum = np.cumsum(hist)
+    half = 0.5 * n
+    k = int(np.searchsorted(cum, half, side="left"))
+    if k == 0 or k == hist.shape[0] - 1:
+        return math.nan  # the median is outside the histogram's range (cannot happen for the middle)
+    before = cum[k - 1]
+    inside = hist[k]
+    frac = (half - before) / inside if inside else 0.5
+    return lo + (k - 1 + frac) * width
+
+
+def _raw_layout(path: str, det) -> dict[str, tuple[int, np.dtype, int]]:
+    """Data offset, big-endian dtype and BZERO of every amp's segment (uncompressed images only)."""
+    hdus = {str(h.get("EXTNAME", "")): (h, off) for h, off in _hdu_headers(path)}
+    out = {}
+    for amp in det.amps:
+        h, off = hdus.get("SEGMENT" + amp.name[1:], (None, None))
+        bitpix = None if h is None else int(h.get("BITPIX", 0))
+        if h is None or bitpix not in (16, 32) or float(h.get("BSCALE", 1)) != 1.0 or h.get("ZIMAGE"):
+            raise FusedUnsupported(f"{path}: amp {amp.name} is not an uncompressed 16/32-bit integer image.")
+        out[amp.name] = (int(off), np.dtype(">i2" if bitpix == 16 else ">i4"), int(h.get("BZERO", 0) or 0))
+    return out
+
+
+def _bands(det, r0: int, r1: int) -> list[tuple[int, int, list]]:
+    """Output row ranges (y0, y1) touched by raw rows [r0, r1), each with its amps (must cover the width)."""
+    bands: dict[tuple[int, int], list] = {}
+    for amp in det.amps:
+        y = amp.bbox[0].start
+        if amp.flip_y:
+            y0, y1 = y + amp.data_rows - r1, y + amp.data_rows - r0
+        else:
+            y0, y1 = y + r0, y + r1
+        bands.setdefault((y0, y1), []).append(amp)
+    width = det.shape[1]
+    out = []
+    for (y0, y1), amps in sorted(bands.items()):
+        if sum(a.data_cols for a in amps) != width:
+            raise FusedUnsupported(f"detector {det.id}: amps of one output row band do not share their row flip.")
+        out.append((y0, y1, amps))
+    return out
+
+
+def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.PathLike | None,
+                isr_config: IsrConfig, combine_config: CombineConfig,
+                calib_paths: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+                scales: Sequence[float] | None = None, memory_bytes: int = 128 * 2**20,
+                extra_header: Mapping[str, Any] | None = None):
+    """ISR of every raw and the combine, streamed in row blocks (module docstring).
+
+    Parameters
+    ----------
+    raw_paths : sequence of path-like
+        Raws of one detector.
+    output_path : path-like or None
+        Product file; None keeps the product in memory only.
+    isr_config, combine_config
+        As for :func:`cpframe.science.isr.run_isr` and :func:`cpframe.science.combine.combine_files`.
+    calib_paths : mapping or sequence of mappings, optional
+        ISR calibrations (paths) for every raw, or one mapping per raw.
+    scales : sequence of float, optional
+        One per raw (``InputList``).
+    memory_bytes : int
+        Budget of the row blocks of all raws.
+    extra_header : mapping, optional
+        More primary-header cards of the product.
+
+    Returns
+    -------
+    (MaskedImage, CombineResult, list of FusedExposure)
+
+    Raises
+    ------
+    FusedUnsupported
+        Settings or files the fused path cannot handle (run the unfused path instead).
+    IsrError, CombineError
+        As the unfused path.
+    """
+    from cpframe.science.combine import MSG_NO_INPUTS, CombineError
+    from cpframe.science.imageio import MaskedImage
+
+    what = combine_config.dataset_type or combine_config.calibration_type
+    paths = [str(p) for p in raw_paths]
+    if not paths:
+        raise CombineError(MSG_NO_INPUTS.format(what=what))
+    why = fused_unsupported(isr_config, combine_config)
+    if why:
+        raise FusedUnsupported("; ".join(why))
+    per_raw = list(calib_paths) if isinstance(calib_paths, (list, tuple)) else [calib_paths or {}] * len(paths)
+    cache: dict[tuple, IsrCalibs] = {}
+    sources = []
+    for p, cp in zip(paths, per_raw):
+        key = tuple(sorted((k, str(v)) for k, v in dict(cp or {}).items()))
+        if key not in cache:
+            cache[key] = _calibs(cp)
+        sources.append(_RawSource(p, isr_config, cache[key], cp))
+    det = sources[0].det
+    if any(s.det.id != det.id or s.det.shape != det.shape for s in sources):
+        raise CombineError(f"combine of {what}: raws of different detectors: "
+                           f"{sorted({s.det.id for s in sources})}. Give the raws of one detector.")
+    n = len(sources)
+    headers = []
+    for s in sources:
+        h = dict(s.header)
+        update_header(h, s.cards)
+        headers.append(h)
+    sc = resolve_scales(paths, combine_config, scales, headers)
+    use_var = n < combine_config.max_visits_to_calc_error_from_input_variance
+    data_rows = det.amps[0].data_rows
+    if any(a.data_rows != data_rows for a in det.amps):
+        raise FusedUnsupported(f"detector {det.id}: amps with different numbers of data rows.")
+    n_bands = len(_bands(det, 0, 1))
+    rows = fused_rows_for_budget(memory_bytes, n, det.shape[1], n_bands, use_var, data_rows)
+    shape = det.shape
+    out_image = np.empty(shape, np.float32)
+    out_var = np.empty(shape, np.float32)
+    out_mask = np.empty(shape, np.int32)
+    out_n = np.empty(shape, np.int16)
+    ignore = sum(1 << MASK_BITS[m] for m in combine_config.mask)
+    stat = _stat_code(combine_config.combine)
+    method = _clip_code(combine_config.clip_method)
+    defects = {}
+    for s in sources:
+        if isr_config.do_defect and s.calibs.defects is not None:
+            key = id(s.calibs)
+            if key not in defects:
+                dm = boxes_to_mask(s.calibs.defects, shape)
+                defects[key] = (dm, {a.name for a in det.amps if dm[a.bbox].all()})
+    flat_cfg = {}
+    for s in sources:
+        if isr_config.do_flat and id(s.calibs) not in flat_cfg:
+            flat_cfg[id(s.calibs)] = _flat_config(s.calibs.flat, isr_config)
+    bad_bit = np.int32(1 << MASK_BITS["BAD"])
+    nan_bit = np.int32(1 << MASK_BITS["UNMASKEDNAN"])
+    for r0 in range(0, data_rows, rows):
+        r1 = min(data_rows, r0 + rows)
+        bands = _bands(det, r0, r1)
+        blocks = [s.amp_blocks(r0, r1) for s in sources]
+        for y0, y1, amps in bands:
+            b = y1 - y0
+            img = np.empty((n, b, shape[1]), np.float32)
+            msk = np.zeros((n, b, shape[1]), np.int32)
+            var = np.empty((n, b, shape[1]), np.float32) if use_var else np.zeros((1, 1, 1), np.float32)
+            calib_rows: dict[tuple, _Rows] = {}
+            for i, s in enumerate(sources):
+                data, bits = blocks[i]
+                im = img[i]
+                mk = msk[i]
+                for amp in amps:
+                    cs = amp.bbox[1]
+                    im[:, cs] = _orient(data[amp.name], amp)
+                    if amp.name in bits:
+                        mk[:, cs] |= _orient(bits[amp.name], amp)
+                vr = np.zeros((b, shape[1]), np.float32)
+                _image_steps(s, im, mk, vr, y0, y1, amps, calib_rows, defects.get(id(s.calibs)),
+                             flat_cfg.get(id(s.calibs)), bad_bit, nan_bit)
+                if use_var:
+                    var[i] = vr
+                if isr_config.do_standard_statistics:
+                    for amp in amps:
+                        cs = amp.bbox[1]
+                        s.acc[amp.name].add(im[:, cs], mk[:, cs])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                combine_block(img, msk, var, sc, ignore, stat, float(combine_config.clip),
+                              int(combine_config.n_iter), use_var, method,
+                              out=(out_image[y0:y1], out_var[y0:y1], out_mask[y0:y1], out_n[y0:y1]))
+        del blocks
+    exposures = []
+    for s, h in zip(sources, headers):
+        bad_amps = defects.get(id(s.calibs), (None, set()))[1]
+        cards: dict[str, Any] = {}
+        for amp in det.amps:
+            st = s.stats[amp.name]
+            acc = s.acc[amp.name]
+            if isr_config.do_standard_statistics:
+                if amp.name not in bad_amps and acc.n:
+                    st.mean, st.stdev, st.median = acc.finish()
+                st.n_sat, st.n_bad = acc.n_sat, acc.n_bad
+                cards[f"LSST ISR FINAL MEAN {amp.name}"] = st.mean
+                cards[f"LSST ISR FINAL MEDIAN {amp.name}"] = st.median
+                cards[f"LSST ISR FINAL STDEV {amp.name}"] = st.stdev
+                cards[f"LSST ISR MASK SAT {amp.name}"] = st.n_sat
+                cards[f"LSST ISR MASK BAD {amp.name}"] = st.n_bad
+                cards[f"LSST ISR MASK SUSPECT {amp.name}"] = acc.n_sus
+                cards[f"LSST ISR LEVEL {amp.name}"] = st.median - st.overscan_median_adu
+        cards["LSST ISR UNITS"] = s.units
+        cards["LSST ISR BOOTSTRAP"] = bool(isr_config.do_bootstrap)
+        update_header(h, cards)
+        exposures.append(FusedExposure(raw_path=s.path, header=h, stats=s.stats, units=s.units))
+    n_bad = _repair_and_censor(out_image, out_var, out_mask, out_n, combine_config)
+    del out_n
+    header = product_header(headers, combine_config, sc)
+    amp_stats = _amp_qa(header, out_image, out_mask, combine_config)
+    if extra_header:
+        update_header(header, extra_header)
+    product = MaskedImage(out_image, out_mask, out_var, header)
+    res = CombineResult(path=str(output_path or ""), n_inputs=n, shape=tuple(shape), strip_rows=rows, n_bad=n_bad,
+                        scales=list(sc), amp_stats=amp_stats)
+    if output_path is not None:
+        write_masked(output_path, out_image, out_mask, out_var, header)
+    return product, res, exposures
+
+
+def _flat_config(flat: _CalibRef, config: IsrConfig) -> IsrConfig:
+    """The flat scale s of the whole flat, fixed as a USER scale (blocks only see their rows)."""
+    if config.flat_scaling_type == "USER":
+        return config
+    f = read_rows(flat.layout, "IMAGE", 0, flat.shape[0])
+    s = float(np.nanmean(f)) if config.flat_scaling_type == "MEAN" else float(np.nanmedian(f))
+    return replace(config, flat_scaling_type="USER", flat_user_scale=s)
+
+
+def _image_steps(s: _RawSource, im, mk, vr, y0: int, y1: int, amps, calib_rows: dict, defect, flat_config,
+                 bad_bit, nan_bit) -> None:
+    """Bias, dark, defects, NaN masking, variance and flat on output rows [y0, y1) (run_isr's order)."""
+    cfg = s.config
+
+    def rows(kind):
+        path = s.calib_paths[kind]
+        key = (kind, str(path))
+        if key not in calib_rows:
+            calib_rows[key] = getattr(s.calibs, kind).rows(y0, y1)
+        return calib_rows[key]
+
+    if cfg.do_bias:
+        b = rows("bias")
+        im -= b.image
+        vr += b.variance
+        mk |= b.mask
+    if cfg.do_dark:
+        d = rows("dark")
+        scale = s.dark_scale
+        im -= np.float32(scale) * d.image
+        vr += np.float32(scale * scale) * d.variance
+        mk |= d.mask
+    if defect is not None:
+        dm, bad_amps = defect
+        mk[dm[y0:y1]] |= bad_bit
+        for amp in amps:
+            if amp.name in bad_amps:
+                mk[:, amp.bbox[1]] |= bad_bit
+    if cfg.do_nan_masking:
+        nan = ~np.isfinite(im)
+        if nan.any():
+            mk[nan] |= nan_bit
+    if cfg.do_variance:
+        for amp in amps:
+            st = s.stats[amp.name]
+            g = 1.0 if s.units == "electron" else st.gain
+            cs = amp.bbox[1]
+            vr[:, cs] += im[:, cs] * np.float32(1.0 / g) + np.float32((st.read_noise / g) ** 2)
+        if cfg.mask_negative_variance:
+            mk[vr < 0] |= bad_bit
+    if cfg.do_flat:
+        _flat_correct(im, vr, mk, rows("flat"), flat_config)

@@ -1,0 +1,97 @@
+"""Fused streaming ISR -> combine: the same products as ISR files + combine, and as plain numpy."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from cpframe.science import tasks
+from cpframe.science.combine import CombineConfig, combine_config_for
+from cpframe.science.fused import FusedUnsupported, fused_unsupported, isr_combine
+from cpframe.science.imageio import mask_value, read_masked, read_raw
+from cpframe.science.isr import IsrConfig, isr_config_for, load_calibs, run_isr
+from tests.test_combine import _reference
+
+
+def _planes_equal(a, b):
+    A, B = read_masked(a), read_masked(b)
+    np.testing.assert_allclose(A.image, B.image, rtol=2.4e-7, atol=0)
+    np.testing.assert_allclose(A.variance, B.variance, rtol=2.4e-7, atol=0)
+    np.testing.assert_array_equal(A.mask, B.mask)
+    return A, B
+
+
+def test_bias_bootstrap_fused_equals_unfused_and_writes_no_intermediate(mini_sim, tmp_path):
+    fused_dir, plain_dir = tmp_path / "fused", tmp_path / "plain"
+    f = tasks.cp_bias_bootstrap(mini_sim.bias[:8], fused_dir / "bb.fits", memory_bytes=300_000)
+    u = tasks.cp_bias_bootstrap(mini_sim.bias[:8], plain_dir / "bb.fits", fused=False)
+    assert f.extra.get("fused") and not u.extra.get("fused")
+    assert f.combine.strip_rows < read_masked(f.path).shape[0] // 2  # really streamed in blocks
+    _planes_equal(f.path, u.path)
+    assert sorted(p.name for p in fused_dir.iterdir()) == ["bb.fits"]  # no per-exposure file, no scratch dir
+    # per-exposure numbers: exact where they come from the prepass or sums, the median from a histogram
+    for ef, eu in zip(f.exposures, u.exposures):
+        assert ef.exposure_id == eu.exposure_id and ef.path == ""
+        for amp, su in eu.amp_stats.items():
+            sf = ef.amp_stats[amp]
+            for k in ("gain", "read_noise", "overscan_noise_adu", "overscan_median_adu", "n_sat", "n_bad"):
+                assert sf[k] == su[k], (amp, k)
+            assert sf["mean"] == pytest.approx(su["mean"], rel=1e-9, abs=1e-9)
+            assert sf["stdev"] == pytest.approx(su["stdev"], rel=1e-9)
+            assert abs(sf["median"] - su["median"]) <= 0.01 * su["stdev"]
+
+
+@pytest.mark.parametrize(("n", "combine"), [(4, "MEDIAN"), (7, "MEANCLIP"), (7, "MEAN")])
+def test_full_isr_fused_equals_unfused_and_numpy(mini_sim, mini_products, tmp_path, n, combine):
+    """Gains, bias, dark, defects, saturation, crosstalk, linearity and flat, streamed in 7-row blocks.
+
+    n = 4 propagates the input variances (below maxVisitsToCalcErrorFromInputVariance).
+    """
+    p = mini_products
+    det = mini_sim.detector
+    n_amp = len(det.amps)
+    xt = np.full((n_amp, n_amp), 1e-4)
+    np.fill_diagonal(xt, 0.0)
+    calibs = {"ptc": p.ptc.path, "bias": p.bias.path, "dark": p.dark.path, "defects": p.defects.path,
+              "flat": p.flat.path, "crosstalk": xt, "linearizer": {a.name: -1e-7 for a in det.amps}}
+    icfg = replace(isr_config_for("flat"), do_defect=True, do_saturation=True, do_crosstalk=True,
+                   do_linearize=True, do_flat=True, flat_scaling_type="MEAN")
+    ccfg = replace(combine_config_for("dark"), combine=combine, check_no_data=False)
+    raws = mini_sim.dark[:n]
+    img, res, exps = isr_combine(raws, tmp_path / "fused.fits", icfg, ccfg, calibs, memory_bytes=60_000)
+    assert res.strip_rows < 20
+    u = tasks._product("dark", raws, tmp_path / "plain.fits", calibs=calibs, work_dir=tmp_path / "isr",
+                       isr_config=icfg, combine_config=ccfg, memory_bytes=10**8, threads=1, workers=1, fused=False)
+    _planes_equal(tmp_path / "fused.fits", u.path)
+    # independent numpy: ISR in memory, then the statistic over the stack (test_combine's reference)
+    loaded = load_calibs(calibs)
+    isr = [run_isr(read_raw(r), icfg, loaded)[0] for r in raws]
+    ref, valid = _reference(np.stack([i.image for i in isr]), np.stack([i.mask for i in isr]),
+                            np.stack([i.variance for i in isr]), combine, ignore=mask_value(ccfg.mask),
+                            scales=res.scales)
+    good = valid.any(axis=0) & np.isfinite(ref)
+    assert good.mean() > 0.95
+    np.testing.assert_allclose(img.image[good], ref[good].astype(np.float32), rtol=2.4e-7, atol=1e-12)
+    # the exposures' header cards are the ones run_isr writes
+    for e, i in zip(exps, isr):
+        for amp in det.amps:
+            for key in ("LSST ISR GAIN", "LSST ISR READNOISE", "LSST ISR OVERSCAN PARALLEL MEAN",
+                        "LSST ISR MASK SAT", "LSST ISR MASK BAD"):
+                assert e.header[f"{key} {amp.name}"] == i.header[f"{key} {amp.name}"], key
+        assert e.header["LSST ISR DARK SCALE"] == i.header["LSST ISR DARK SCALE"]
+
+
+def test_unsupported_settings_fall_back_to_the_unfused_path(mini_sim, tmp_path):
+    assert fused_unsupported(IsrConfig(), CombineConfig()) == []
+    assert fused_unsupported(IsrConfig(), CombineConfig(exposure_scaling="MeanStats"))
+    with pytest.raises(FusedUnsupported, match="MeanStats"):
+        isr_combine(mini_sim.bias[:3], None, isr_config_for("biasBootstrap"),
+                    CombineConfig(exposure_scaling="MeanStats"))
+    with pytest.raises(FusedUnsupported, match="per-exposure step"):
+        tasks.cp_dark(mini_sim.dark[:3], tmp_path / "d.fits", fused=True)
+    # work_dir asks for the ISR files: the unfused path keeps them there
+    r = tasks.cp_bias_bootstrap(mini_sim.bias[:3], tmp_path / "bb.fits", work_dir=tmp_path / "isr")
+    assert not r.extra.get("fused") and all((tmp_path / "isr").glob("*.fits"))
+    assert len(list((tmp_path / "isr").glob("*.fits"))) == 3
