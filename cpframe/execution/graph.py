@@ -573,6 +573,21 @@ def _task_settings(task: Any, settings: Any, explicit: set[str]) -> tuple[dict[s
 
         keep, notes = _accepted(label, cfg, PtcConfig.from_dict, explicit)
         return {"ptc": PtcConfig.from_dict(keep)}, notes
+    if kind == "linearitySolve":
+        from cpframe.science.linearity import LinearityConfig
+
+        keep, notes = _accepted(label, cfg, LinearityConfig.from_dict, explicit)
+        return {"linearity": LinearityConfig.from_dict(keep)}, notes
+    if kind in ("crosstalkExtract", "crosstalkSolve"):
+        from cpframe.science.crosstalk import CrosstalkConfig
+
+        keep, notes = _accepted(label, cfg, CrosstalkConfig.from_dict, explicit)
+        return {"crosstalk": CrosstalkConfig.from_dict(keep)}, notes
+    if kind == "ctiSolve":
+        from cpframe.science.cti import CtiConfig
+
+        keep, notes = _accepted(label, cfg, CtiConfig.from_dict, explicit)
+        return {"cti": CtiConfig.from_dict(keep)}, notes
     if kind == "verifyStats":
         from cpframe.verify import VerifyConfig
 
@@ -587,7 +602,7 @@ def _isr_for_quantum(base: Mapping[str, Any], found: Mapping[str, Any]) -> Any:
     from cpframe.science.isr import IsrConfig
 
     cfg = dict(base)
-    for flag, calib in (("doCrosstalk", "crosstalk"), ("doLinearize", "linearizer")):
+    for flag, calib in (("doCrosstalk", "crosstalk"), ("doLinearize", "linearizer"), ("doDeferredCharge", "cti")):
         if cfg.get(flag) and calib not in found:
             cfg[flag] = False
             if flag == "doCrosstalk":

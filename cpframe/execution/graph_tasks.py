@@ -216,6 +216,8 @@ def _verify_stats(spec, groups):
     stage = spec.settings["stage"]
     if get_stage(stage).kind == "calib":
         path = _one(spec, get_stage(stage).dataset_type)
+        if path is None:  # a product of this pipeline (residual crosstalk) rather than a calibration
+            path = next(getattr(v, "path", None) for values in groups.values() for v in values)
         stats = verify_calib(stage, path, _detector(path, spec.data_id["detector"]), spec.settings["verify"],
                              data_id=dict(spec.data_id))
     else:
@@ -247,7 +249,46 @@ def _verify_merge(spec, groups):
     return summary
 
 
+def _meta_of(path):
+    from cpframe.science.imageio import read_header
+
+    h = read_header(path)
+    return {k: h[k] for k in ("INSTRUME", "DETECTOR", "DETNAME", "CAMSCALE") if k in h}
+
+
+def _linearity_solve(spec, groups):
+    from cpframe.science.linearity import linearity_solve_task
+
+    pairs = next(iter(groups.values()))
+    return linearity_solve_task([m for m, _ in pairs], _out(spec), spec.settings["linearity"], meta=pairs[0][1])
+
+
+def _crosstalk_extract(spec, groups):
+    from cpframe.science.crosstalk import crosstalk_extract_task
+
+    (exp,) = next(iter(groups.values()))
+    return (crosstalk_extract_task(exp.path, spec.settings["crosstalk"]), _meta_of(exp.path))
+
+
+def _crosstalk_solve(spec, groups):
+    from cpframe.science.crosstalk import crosstalk_solve_task
+
+    values = next(iter(groups.values()))
+    return crosstalk_solve_task([m for m, _ in values], _out(spec), spec.settings["crosstalk"], meta=values[0][1])
+
+
+def _cti_solve(spec, groups):
+    from cpframe.science.cti import cti_solve_task, measure_cti
+    from cpframe.science.imageio import read_header
+
+    exposures = sorted(next(iter(groups.values())), key=lambda e: e.exposure_id)
+    meas = [measure_cti(read_header(e.path), list(e.amp_stats), e.exposure_id) for e in exposures]
+    return cti_solve_task(meas, _out(spec), spec.settings["cti"], meta=_meta_of(exposures[0].path))
+
+
 _RUNNERS: dict[str, Callable[[QuantumSpec, dict], Any]] = {
+    "linearitySolve": _linearity_solve, "crosstalkExtract": _crosstalk_extract, "crosstalkSolve": _crosstalk_solve,
+    "ctiSolve": _cti_solve,
     "isr": _isr, "darkCr": _dark_cr, "flatMeasure": _flat_measure, "flatNormalize": _flat_normalize,
     "combine": _combine, "isrCombine": _isr_combine, "fusedAway": _fused_away, "defects": _defects, "ptcExtract": _ptc_extract, "ptcSolve": _ptc_solve,
     "verifyStats": _verify_stats, "verifyMerge": _verify_merge,

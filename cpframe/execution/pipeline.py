@@ -76,9 +76,9 @@ PRODUCT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
     "manual_defects": (("detector",), "ecsv-defects"),
     "ptc": (("detector",), "fits-ptc"),
     # optional inputs only (cpframe does not build them; dependencies.md §7)
-    "linearizer": (("detector",), "external"),
-    "crosstalk": (("detector",), "external"),
-    "cti": (("detector",), "external"),
+    "linearizer": (("detector",), "json"),  # cpframe/science/linearity.py
+    "crosstalk": (("detector",), "json"),  # cpframe/science/crosstalk.py
+    "cti": (("detector",), "json"),  # cpframe/science/cti.py
     "bfk": (("detector",), "external"),
 }
 
@@ -109,6 +109,11 @@ _KIND_DIMENSIONS: dict[str, tuple[frozenset, ...]] = {
     "defects": (frozenset({"detector"}),),
     "ptcExtract": (frozenset({"exposure", "detector"}),),
     "ptcSolve": (frozenset({"detector"}),),
+    # issue 13 types (cpframe/science/linearity.py, crosstalk.py, cti.py)
+    "linearitySolve": (frozenset({"detector"}),),
+    "crosstalkExtract": (frozenset({"exposure", "detector"}),),
+    "crosstalkSolve": (frozenset({"detector"}),),
+    "ctiSolve": (frozenset({"detector"}),),
     "verifyStats": (frozenset({"exposure", "detector"}), frozenset({"detector"})),
     "verifyMerge": (frozenset({"exposure"}), frozenset()),
 }
@@ -133,12 +138,12 @@ _ISR = {
     "doApplyGains": (bool, False), "useGainsFrom": (_enum("PTC", "LINEARIZER"), "PTC"),
     "doCorrectGains": (bool, False),
     "doCrosstalk": (bool, False), "doQuadraticCrosstalkCorrection": (bool, False),
-    "doLinearize": (bool, False), "doDeferredCharge": (bool, False),
+    "doLinearize": (bool, False), "doDeferredCharge": (bool, False), "doCtiStatistics": (bool, False),
     "doBias": (bool, False), "doDark": (bool, False), "doDefect": (bool, False), "doFlat": (bool, False),
     "doBrighterFatter": (bool, False), "doNanMasking": (bool, True), "doVariance": (bool, True),
     "doInterpolate": (bool, False), "doStandardStatistics": (bool, True), "doCalculateStatistics": (bool, False),
 }
-# cpframe's ISR (cpframe/science/isr.py) does not implement doDeferredCharge, doBrighterFatter, doInterpolate,
+# cpframe's ISR (cpframe/science/isr.py) does not implement doBrighterFatter, doInterpolate,
 # doCorrectGains, doCalculateStatistics: they are accepted here (so cp_pipe configurations read), the
 # shipped pipelines leave them off, and the planner turns them off with a note if a user sets them.
 _COMBINE = {
@@ -186,13 +191,30 @@ _KIND_CONFIG: dict[str, dict[str, tuple]] = {
         "maxIterationsPtcOutliers": (int, 2), "sigmaCutPtcOutliers": (float, 5.0),
         "maxDeltaInitialPtcOutlierFit": (float, 9000.0),
     },
+    "linearitySolve": {
+        "linearityType": (_enum("Polynomial", "Squared", "Spline", "None"), "Spline"), "polynomialOrder": (int, 3),
+        "splineKnots": (int, 10), "maxLinearAdu": (float, 20000.0), "minLinearAdu": (float, 30.0),
+        "nSigmaClipLinear": (float, 5.0), "maxFracLinearityDeviation": (float, 0.01),
+        "minSignalFitLinearityTurnoff": (float, 1000.0), "splineFitMinIter": (int, 3), "splineFitMaxIter": (int, 20),
+        "splineFitMaxRejectionPerIteration": (int, 5), "doSplineFitOffset": (bool, True),
+        "usePhotodiode": (bool, False),
+    },
+    "crosstalkExtract": {
+        "threshold": (float, 30000.0), "badMask": ("planes", ("BAD", "INTRP")), "growMaskRadius": (int, 20),
+    },
+    "crosstalkSolve": {
+        "rejIter": (int, 3), "rejSigma": (float, 2.0), "fluxOrder": (int, 0), "significanceLimit": (float, 3.0),
+        "doSignificanceScaling": (bool, True), "rejectNegativeSolutions": (bool, False), "doFiltering": (bool, True),
+        "unitsAreElectrons": (bool, True),
+    },
+    "ctiSolve": {"minTrapSignal": (float, 2000.0), "maxSignalFraction": (float, 0.9), "nTrailColumns": (int, 8)},
     "verifyStats": {
-        "stage": (_enum("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE"), _ANY),
+        "stage": (_enum("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE", "LINEARITY", "CROSSTALK", "CTI"), _ANY),
         # passed to cpframe.verify's VerifyConfig.from_mapping, which checks the names
         "settings": ("mapping", {}),
     },
     "verifyMerge": {
-        "stage": (_enum("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE"), _ANY),
+        "stage": (_enum("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE", "LINEARITY", "CROSSTALK", "CTI"), _ANY),
     },
 }
 _TASK_KEYS = ("kind", "dimensions", "inputs", "output", "extraOutputs", "config", "calibrations",

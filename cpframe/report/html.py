@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from cpframe.report.caltypes import CALTYPE_PRODUCTS, caltype_figures
 from cpframe.camera.models import Camera, Detector, load_camera
 from cpframe.core.errors import UserInputError
 from cpframe.core.model import DatasetRef
@@ -86,6 +87,12 @@ REPORT_STAGES: tuple[ReportStage, ...] = (
                                                             ("FRAC", "defect fraction")),
                 "Images with and without the defects under test; outliers the defects should remove."),
     ReportStage("ptc", "PTC", "ptc", "PTC", (), "PTC gain, read noise and turnoff per amp against nominal values."),
+    ReportStage("linearizer", "LINEARITY", "linearizer", "Linearizer", (),
+                "Per-amp linearity correction: residual non-linearity of its ramp before/after, coefficient limits."),
+    ReportStage("crosstalk", "CROSSTALK", "crosstalk", "Crosstalk", (),
+                "Crosstalk matrix per detector; residual crosstalk after ISR with it must not be significant."),
+    ReportStage("cti", "CTI", "cti", "CTI", (),
+                "Serial CTI and trap per amp from the flats' overscan (EPER); CTI below the sensor requirement."),
     ReportStage("science", "SCIENCE", None, "Science", (("COL_PROFILE_RATIO", "column structure / noise"),
                                                        ("ROW_PROFILE_RATIO", "row structure / noise")),
                 "Science exposures through all calibrations: amp level steps and residual structure."),
@@ -488,6 +495,8 @@ class _Report:
             return []
         if st.product == "ptc":
             return self.ptc_mosaics(st, products)
+        if st.product in CALTYPE_PRODUCTS:  # linearizer, crosstalk, cti: cpframe/report/caltypes.py
+            return caltype_figures(self, st, products)
         groups: dict[str, list[Item]] = {}
         for it in products:
             groups.setdefault(str(it.ref.data_id.get("physical_filter", "")), []).append(it)
