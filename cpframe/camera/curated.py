@@ -21,12 +21,12 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
+from cpframe.core.paths import package_dir
 from cpframe.camera.models import Camera, Detector, load_camera
 from cpframe.core.errors import CollectionTypeError, UnknownCollectionError, UserInputError, ValidityOverlapError
 from cpframe.core.model import CollectionType, DataId, DatasetType, Timespan, ns_to_iso, parse_tai
@@ -132,7 +132,7 @@ def curated_dir(instrument: str, root: str | os.PathLike | None = None) -> Path:
             raise UserInputError(f"curated folder {d} does not exist; give the folder that holds "
                                  f"{instrument}/curated.yaml (--curated-dir).")
         return d
-    return Path(str(resources.files("cpframe") / "data" / "curated" / instrument))
+    return Path(str(package_dir() / "data" / "curated" / instrument))
 
 
 def _index(instrument: str, root: str | os.PathLike | None = None) -> dict:
@@ -167,7 +167,7 @@ def list_curated(instrument: str, root: str | os.PathLike | None = None) -> list
     out: list[CuratedCalib] = []
     cam = idx.get("camera")
     if cam:
-        src = Path(str(resources.files("cpframe") / "data" / "cameras" / f"{instrument}.yaml"))
+        src = Path(str(package_dir() / "data" / "cameras" / f"{instrument}.yaml"))
         out.append(
             CuratedCalib("camera", instrument, None, _iso(cam["valid_from"], "camera valid_from"), None, src)
         )

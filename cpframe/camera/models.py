@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from importlib import resources
 
 import yaml
 
+from cpframe.core.paths import package_dir
 from cpframe.core.errors import CameraError
 
 __all__ = ["Amplifier", "Detector", "Camera", "load_camera", "list_instruments", "SCALES"]
@@ -237,7 +237,7 @@ def _filter_combinations(spec: dict) -> tuple[tuple[str, str], ...]:
 
 def list_instruments() -> list[str]:
     """Names of the camera models shipped in ``cpframe/data/cameras``."""
-    root = resources.files("cpframe") / "data" / "cameras"
+    root = package_dir() / "data" / "cameras"
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -246,7 +246,7 @@ def _camera_yaml(name: str) -> dict:
     known = list_instruments()
     if name not in known:
         raise CameraError(f"unknown instrument {name!r}; cpframe knows {', '.join(known)}.")
-    text = (resources.files("cpframe") / "data" / "cameras" / f"{name}.yaml").read_text()
+    text = (package_dir() / "data" / "cameras" / f"{name}.yaml").read_text()
     return yaml.safe_load(text)
 
 

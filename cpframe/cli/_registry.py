@@ -131,7 +131,30 @@ def certify_calibrations_cmd(repo, input_collection, output_collection, dataset_
     b, e = _span_text(span)
     click.echo(f"Certified {len(refs)} {dataset_type_name} dataset(s) from {input_collection} into "
                f"{output_collection}, valid [{b}, {e}) TAI.")
-    click.echo(f"Next: cpframe collection-chain {repo} --mode prepend INSTRUMENT/calib {output_collection}")
+    ticket = ticket_chain_of(output_collection)
+    if ticket:
+        click.echo(f"Next: chain it into the ticket collection (templates read it first): "
+                   f"cpframe collection-chain {repo} --mode prepend {ticket} {output_collection}")
+        click.echo(f"After verification and review, deploy the ticket: "
+                   f"cpframe collection-chain {repo} --mode prepend {'/'.join(ticket.split('/')[-3:-1])} {ticket}")
+    else:
+        click.echo(f"Next: chain it into your ticket collection (DMTN-222: <prefix><instrument>/calib/<ticket>): "
+                   f"cpframe collection-chain {repo} --mode prepend <ticket collection> {output_collection}")
+
+
+def ticket_chain_of(collection: str) -> str | None:
+    """The DMTN-222 ticket collection ``[prefix]<instrument>/calib/<TICKET>`` above a collection, if named so.
+
+    >>> ticket_chain_of("LSSTComCam/calib/DM-1/newCalibs/bias.20250207a")
+    'LSSTComCam/calib/DM-1'
+    >>> ticket_chain_of("u/me/LSSTComCam/calib/DM-1/bias.20250207a"), ticket_chain_of("bias")
+    ('u/me/LSSTComCam/calib/DM-1', None)
+    """
+    parts = collection.split("/")
+    if "calib" not in parts:
+        return None
+    i = parts.index("calib")
+    return "/".join(parts[: i + 2]) if 0 < i and len(parts) > i + 2 else None
 
 
 @main.command("decertify")

@@ -15,6 +15,7 @@ are found with ``squeue -n`` and cancelled by id).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import shutil
@@ -32,6 +33,8 @@ import yaml
 from cpframe.core import yamlsafe
 from cpframe.core.config import Settings, parse_bytes
 from cpframe.core.errors import ConfigError, ServiceError, SubprocessError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "OpenCluster",
@@ -486,6 +489,8 @@ class OpenCluster:
             return
         self.closed = True
         try:
+            if self.kind == "local":
+                _close_nannies(self.cluster, timeout_s)
             self.client.close()
         finally:
             self.cluster.close()
@@ -509,6 +514,21 @@ class OpenCluster:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _close_nannies(cluster: Any, timeout_s: float) -> None:
+    """Stop a LocalCluster's worker processes, giving each ``timeout_s`` to exit.
+
+    ``LocalCluster.close`` gives a worker 4 s and then logs "Worker process still alive
+    after 4.0 seconds, killing"; on a loaded machine a worker's exit takes longer, so a
+    normal shutdown printed that warning (issue 16).  Closing the nannies first, with
+    room, lets them exit cleanly; the cluster's own close then has nothing left to kill.
+    """
+    for nanny in list(getattr(cluster, "workers", {}).values()):
+        try:
+            cluster.sync(nanny.close, timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - the cluster's own close still stops whatever is left
+            log.debug("closing a worker nanny failed; LocalCluster.close will stop it", exc_info=True)
 
 
 def _open_local(settings: Settings) -> OpenCluster:

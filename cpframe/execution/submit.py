@@ -287,7 +287,30 @@ class SubmitResult:
             f"submit directory: {self.submit_dir}",
             f"log: {self.log_path}" + (f"; worker logs: {self.worker_logs}" if self.worker_logs else ""),
             f"provenance: cpframe provenance {self.run} --repo {self.extra.get('repo', '')}",
-        ])
+        ] + ([self.extra["verification"]] if self.extra.get("verification") else []))
+
+
+def _verification_verdict(repo: Any, registered: Any) -> str:
+    """``verification: PASS|FAIL ...`` when the run registered a verification summary (issue 16)."""
+    import json
+
+    lines = []
+    for ref in registered:
+        if not (ref.dataset_type.startswith("verify") and ref.dataset_type.endswith("Summary")):
+            continue
+        try:
+            data = json.loads(Path(repo.get_path(ref)).read_text())
+        except (OSError, ValueError) as err:
+            lines.append(f"verification: unreadable {ref.dataset_type} ({err})")
+            continue
+        fails = data.get("FAILURES") or {}
+        flat = [f"{k} {f}" for k, v in fails.items() for f in v] if isinstance(fails, dict) else list(fails)
+        if data.get("SUCCESS"):
+            lines.append(f"verification: PASS ({ref.dataset_type})")
+        else:
+            shown = ", ".join(flat[:5]) + (", ..." if len(flat) > 5 else "")
+            lines.append(f"verification: FAIL ({ref.dataset_type}): {len(flat)} failing test(s): {shown}")
+    return "\n".join(lines)
 
 
 def _submit_dir(submission: Any, rendering: Any) -> Path:
@@ -577,7 +600,10 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
                     _record(out, partial, argv if argv is not None else sys.argv, timings, submit_dir, "running",
                             repo)
 
-            res = execute_plan(plan, repo, client, retries=retries, progress=not quiet,
+            from cpframe.core.progress import progress_enabled
+
+            # a bar only on a terminal, and not with --quiet (issue 16: silent in logs)
+            res = execute_plan(plan, repo, client, retries=retries, progress=not quiet and progress_enabled(),
                                resources=quantum_resources(plan, requests), requests=requests,
                                on_progress=on_progress, on_registered=progress_record)
         except KeyboardInterrupt as exc:  # a signal outside execute_plan's own handling
@@ -619,6 +645,7 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
     result = SubmitResult(run=plan.run, output=plan.output, counts=counts, submit_dir=submit_dir, log_path=log_path,
                           timings=timings, plan=plan, execution=res, dashboard=dashboard, worker_logs=worker_logs,
                           extra={"repo": sub.butler_config})
+    result.extra["verification"] = _verification_verdict(repo, res.registered)
     (submit_dir / "result.txt").write_text(result.summary() + ("\n" if res.ok else "\n" + res.failure_report() + "\n"))
     if res.interrupted:
         resume = (f"cpframe submit {template} --extend-run --skip-existing" if not empty_failure

@@ -595,6 +595,8 @@ def render_text(
             MSG_UNDEFINED.format(path=path, what="; ".join(what)),
             variables=sorted(missing), keys=sorted(resolver.unknown_keys),
         )
+    if not allow_unset:
+        _check_names(path, resolver.env_used)
     unset = sorted({*missing, *(f"{{{k}}}" for k in resolver.unknown_keys)})
     notes = list(resolver.notes)
     for item in skipped_includes:
@@ -608,6 +610,26 @@ def render_text(
         unset=tuple(unset), includes=tuple(str(p) for p in includes), notes=tuple(notes), source=text,
         stack_env={k: v for k, v in env.items() if k.endswith("_DIR")},
     )
+
+
+#: Strict-mode checks of the DMTN-222 naming variables (tests check the words).
+MSG_EMPTY_TICKET = ("{path}: TICKET is set but empty, so every collection would be named "
+                    "'<INSTRUMENT>/calib//...'. Export the ticket, e.g. TICKET=DM-48520.")
+MSG_PREFIX_SLASH = ("{path}: USER_CALIB_PREFIX={value!r} does not end with '/', so it would be glued to the "
+                    "instrument ('{value}LSSTComCam/calib/...'). Use {fixed!r} (or leave it empty).")
+
+
+def _check_names(path: Any, env_used: Mapping[str, Any]) -> None:
+    """Strict mode: an empty ``TICKET`` or a ``USER_CALIB_PREFIX`` without its trailing ``/`` is an
+    error (issue 16: both rendered silently into wrong collection names); all problems at once."""
+    problems = []
+    if "TICKET" in env_used and not str(env_used["TICKET"]).strip():
+        problems.append(MSG_EMPTY_TICKET.format(path=path))
+    prefix = str(env_used.get("USER_CALIB_PREFIX", "") or "")
+    if prefix and not prefix.endswith("/"):
+        problems.append(MSG_PREFIX_SLASH.format(path=path, value=prefix, fixed=prefix.rstrip("/") + "/"))
+    if problems:
+        raise TemplateError(" ".join(problems))
 
 
 def render(path: str | os.PathLike, variables: Mapping[str, str] | None = None, **kwargs: Any) -> Rendering:

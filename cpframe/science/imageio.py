@@ -772,6 +772,8 @@ def boxes_to_mask(boxes: Iterable[tuple[int, int, int, int]], shape: tuple[int, 
 _PTC_ARRAYS = ("raw_means", "raw_vars", "exp_times", "mask", "overscan_noise")
 PTC_COLUMNS = ("amp", "gain", "gain_err", "noise", "noise_err", "turnoff", "a00", "n_pairs",
                "raw_means", "raw_vars", "exp_times", "mask", "overscan_noise")
+#: Scalar columns written when every row has them (older files lack them).
+PTC_OPTIONAL_COLUMNS = ("noise_intercept", "overscan_var_factor")
 
 
 def write_ptc(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None) -> Path:
@@ -791,6 +793,9 @@ def write_ptc(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], meta: 
         *[fits.Column(k, "D", array=np.array([float(r[k]) for r in rows])) for k in
           ("gain", "gain_err", "noise", "noise_err", "turnoff", "a00")],
         fits.Column("n_pairs", "J", array=np.array([int(r["n_pairs"]) for r in rows])),
+        # optional (issue 16): the raw read-noise intercept and the overscan variance divided out
+        *[fits.Column(k, "D", array=np.array([float(r[k]) for r in rows])) for k in PTC_OPTIONAL_COLUMNS
+          if all(k in r for r in rows)],
         fits.Column("raw_means", f"{n}D", array=arr("raw_means", np.float64, np.nan)),
         fits.Column("raw_vars", f"{n}D", array=arr("raw_vars", np.float64, np.nan)),
         fits.Column("exp_times", f"{n}D", array=arr("exp_times", np.float64, np.nan)),
@@ -839,6 +844,9 @@ def read_ptc(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], dict[s
                 for c in ("raw_means", "raw_vars", "exp_times", "mask", "overscan_noise"):
                     rec[c] = rec[c][:n_used]
                 rec["mask"] = rec["mask"].astype(bool)
+                for c in PTC_OPTIONAL_COLUMNS:
+                    if c in data.columns.names:
+                        rec[c] = float(r[c])
                 out[amp] = rec
     except (OSError, KeyError) as err:
         raise FileFormatError(f"{path}: not a fits-ptc file: {err}") from None

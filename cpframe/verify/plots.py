@@ -145,8 +145,13 @@ def render_mosaic_png(
     else:
         h = w = max_side
     gap = max(2, h // 40)
-    nrow = 1 + max(r for r, _ in grid.values())
-    ncol = 1 + max(c for _, c in grid.values())
+    # the mosaic covers the detectors that have an image (their bounding box on the focal plane):
+    # a few detectors of a 189-detector camera do not shrink to dots in an empty grid (issue 16)
+    used = [grid[k] for k in binned] or list(grid.values())
+    r0, c0 = min(r for r, _ in used), min(c for _, c in used)
+    grid = {k: (r - r0, c - c0) for k, (r, c) in grid.items()}
+    nrow = 1 + max(r for r, _ in used) - r0
+    ncol = 1 + max(c for _, c in used) - c0
     canvas = np.full((nrow * (h + gap), ncol * (w + gap)), np.nan)
     for det_id, b in binned.items():
         r, c = grid[det_id]
