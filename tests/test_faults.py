@@ -194,6 +194,8 @@ def test_kill_9_during_submit_then_resume_gives_the_same_products(bias_setup, tm
             while not in_run_stage() and proc.poll() is None and time.monotonic() - t0 < 300:
                 time.sleep(0.1)
             time.sleep(rng.uniform(0.0, 8.0))  # somewhere in compute / registration
+            # on a quiet machine the submission may be over before the kill: then it must have completed
+            finished = proc.poll() == 0
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=60)
         finally:
@@ -212,7 +214,7 @@ def test_kill_9_during_submit_then_resume_gives_the_same_products(bias_setup, tm
                 from cpframe.execution.provenance import load_provenance
 
                 (rec,) = load_provenance(r.registry, run)
-                assert rec["status"] == "running"
+                assert rec["status"] == ("complete" if finished else "running")
                 registered = {x.id for x in r.registry.query_datasets(None, collections=[run])}
                 assert {o["id"] for o in rec["outputs"]} <= registered
         args = (["--extend-run", "--skip-existing"] if exists else []) + (["--take-over-lock"] if locked else [])

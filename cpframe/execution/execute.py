@@ -512,10 +512,9 @@ def remove_scratch(scratch: str | Path) -> None:
     _prune_empty(scratch.parent)
 
 
-def _executing() -> int:
-    from distributed import get_worker
-
-    return int(get_worker().state.executing_count)
+def _executing(dask_worker: Any) -> int:
+    # Client.run passes the worker as ``dask_worker`` (get_worker() is for task threads only)
+    return int(dask_worker.state.executing_count)
 
 
 def _wait_idle(client: Any, timeout_s: float = 120.0) -> None:
