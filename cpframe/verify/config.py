@@ -53,7 +53,7 @@ class VerifyConfig:
     """Clipping of the ISR's overscan residual STDEV (3 sigma in ip_isr): its bias is corrected."""
     overscan_skip_cols: int = 6
     """Overscan columns (rows) the ISR skips per amp (3 leading + 3 trailing, the LSST default)."""
-    read_noise_threshold: float = 0.05
+    read_noise_threshold: float = 0.10
     """READ_NOISE_CONSISTENT: (READ_NOISE_OVERSCAN - RN) / RN limit (one-sided; counted in SUCCESS)."""
 
     # -- flat (spec §4.3) -------------------------------------------------------------------
@@ -148,9 +148,12 @@ TEST_NOTES: dict[tuple[str, str], tuple[str, str]] = {
                         "for 6); a raised read noise is caught by READ_NOISE_CONSISTENT instead"),
     ("BIAS", "CR_NOISE"): ("|NOISE - CR_NOISE|/CR_NOISE <= 5 %", ""),
     ("BIAS", "PROCESSING"): ("the cosmic-ray repair did not give up", ""),
-    ("BIAS", "READ_NOISE_CONSISTENT"): ("(overscan read noise - PTC read noise)/PTC read noise <= 5 %",
-                                        "counted in SUCCESS (cp_verify only records it), because NOISE is "
-                                        "measured against this exposure's own overscan"),
+    ("BIAS", "READ_NOISE_CONSISTENT"): ("(overscan read noise - PTC read noise)/PTC read noise <= 10 %",
+                                        "counted in SUCCESS (cp_verify only records it, at 5 %), because NOISE "
+                                        "is measured against this exposure's own overscan. 10 %: the PTC read "
+                                        "noise is itself uncertain by up to 4 % per mini amp, and good demo amps "
+                                        "read up to +5.3 %; a raised read noise (demo --broken noisy: +50 %) "
+                                        "fails"),
     ("FLAT", "NOISE"): ("|NOISE/E - 1| <= 10 %, E = sqrt(variance plane)",
                         "two-sided against the propagated photon + read + flat noise; cp_verify's "
                         "NOISE <= sqrt(MEAN) fails every good flat and passes a saturated one. 10 % (not 5 %): "
