@@ -83,6 +83,10 @@ TEMPLATE_NAMES = [
     "bps_verify_bias.yaml",
     "bps_verify_dark.yaml",
     "bps_verify_flat_g.yaml",
+    "bps_linearizer.yaml",
+    "bps_cti.yaml",
+    "bps_crosstalk.yaml",
+    "bps_verify_linearizer.yaml",
 ]
 
 
@@ -275,6 +279,8 @@ def test_order_follows_the_calibration_dependencies(tmp_path):
     pos = {n: i for i, n in enumerate(order)}
     builds = {s.builds: s.name for s in camp.steps if s.kind == "submit" and s.builds}
     for product, needs in PRODUCT_NEEDS.items():
+        if product not in builds:  # a type this campaign does not build (linearizer, cti, crosstalk)
+            continue
         for need in needs:
             assert pos[builds[need]] < pos[builds[product]]
             cert = f"certify-{need}"
@@ -701,3 +707,24 @@ def test_failed_certification_names_the_step_and_how_to_resume(gen_repo, tmp_pat
     assert state.get("certify-bias")["status"] == "failed"
     sh = (campaign_dir(camp) / "commands.sh").read_text()
     assert "# cpframe certify-calibrations" in sh and "-> failed" in sh  # failed commands are commented out
+
+
+def test_new_types_follow_their_dependencies(tmp_path):
+    """Issue 13 types: linearizer after certified defects, CTI after the certified linearizer, crosstalk after
+    the certified PTC (dependencies.md §6), whatever the file order."""
+    steps = [
+        {"name": "verify-linearizer", "kind": "submit", "template": "bps_verify_linearizer.yaml",
+         "verifies": "linearizer"},
+        {"name": "crosstalk", "kind": "submit", "template": "bps_crosstalk.yaml", "builds": "crosstalk"},
+        {"name": "certify-linearizer", "kind": "certify", "dataset_type": "linearizer"},
+        {"name": "cti", "kind": "submit", "template": "bps_cti.yaml", "builds": "cti"},
+        {"name": "linearizer", "kind": "submit", "template": "bps_linearizer.yaml", "builds": "linearizer"},
+        *SCRAMBLED_STEPS,
+    ]
+    variables = {k: "instrument='LSSTComCam'" for k in (
+        "SELECTION_PTC_LINEARIZER", "SELECTION_PTC_CTI", "SELECTION_CROSSTALK", "SELECTION_PTC_LINEARIZER_V")}
+    camp = load_campaign(write_campaign(tmp_path, steps, variables=variables))
+    pos = {s.name: i for i, s in enumerate(camp.steps)}
+    assert pos["certify-defects"] < pos["linearizer"] < pos["certify-linearizer"] < pos["cti"]
+    assert pos["certify-linearizer"] < pos["verify-linearizer"]
+    assert pos["certify-ptc"] < pos["crosstalk"]

@@ -244,3 +244,22 @@ def test_refused_pipeline_option_is_named_with_its_value():
     assert notes == [("cpFlatCombine: option(s) without a cpframe equivalent or value, ignored (default used): "
                       "scalingLevel='AMP'")]
     assert _accepted("t", cfg, CombineConfig.from_dict, explicit=set())[1] == []  # defaults go unmentioned
+
+
+def test_linearizer_plan_pairs_and_cti_needs_a_linearizer(repo, env, mini_dataset):
+    """bps_linearizer plans ISR, pair extraction and one solve per detector on the PTC ramp; bps_cti takes
+    its gains from a linearizer (cpCtiLSST's useGainsFrom: LINEARIZER), so without one nothing is run."""
+    from cpframe.core.errors import PlanningError
+
+    env = {**env, "SELECTION_PTC_LINEARIZER": env["SELECTION_PTC"], "SELECTION_PTC_CTI": env["SELECTION_PTC"]}
+    plan = plan_template("bps_linearizer", environ=env, repo=repo).plan
+    specs = exposures_of(mini_dataset, "SELECTION_PTC")
+    by_time = Counter(round(s.exposure_time, 6) for s in specs)
+    n_det = len(mini_dataset.detectors)
+    c = plan.counts()
+    assert c["cpLinearizerIsr"] == len(specs) * n_det
+    assert c["cpLinearizerPtcExtractPair"] == sum(n // 2 for n in by_time.values()) * n_det
+    assert c["cpLinearizerSolve"] == n_det
+    assert any(q.kind == "linearitySolve" for q in plan.quanta.values())
+    with pytest.raises(PlanningError, match="linearizer"):
+        plan_template("bps_cti", environ=env, repo=repo)

@@ -1,7 +1,8 @@
 """The real cp_pipe / cp_verify BPS templates and LSST pipeline files (tests/data/lsst, see its README).
 
 Every one of the 47 templates renders, strictly, with the stack variables (CP_PIPE_DIR,
-CP_VERIFY_DIR, ANALYSIS_TOOLS_DIR) set and unset; the same templates plan in both cases;
+CP_VERIFY_DIR, ANALYSIS_TOOLS_DIR) set and unset; the same templates plan in both cases (plus, with the
+stack unset, the types cpframe builds with its own pipelines only: OWN_PIPELINE_ONLY);
 the others name the calibration cpframe does not build yet.  The LSST pipeline reader is
 checked on the real files: class -> kind mapping, python config blocks, overrides,
 contracts, selections and its errors.
@@ -49,6 +50,13 @@ BUILT = {
 }
 
 
+#: Templates whose types cpframe builds with its own pipelines only (issue 13: pipelines/cpLinearizer.yaml,
+#: cpCrosstalk.yaml, cpCti.yaml, verifyLinearizer.yaml carry the real templates' task labels).  With the stack
+#: unset the real template reads cpframe's pipeline and plans; with it set, the LSST ingredient files use
+#: classes cpframe does not map yet (double-spline/normalisation, crosstalk filter, CTI solve) and are refused.
+OWN_PIPELINE_ONLY = {"bps_linearizer", "bps_crosstalk", "bps_cti", "bps_verify_linearizer"}
+
+
 def _env(stack: bool) -> dict[str, str]:
     env = {**DMTN222_VARIABLES, **EXTRA, "PATH": "/usr/bin:/bin"}
     if stack:
@@ -86,7 +94,7 @@ def test_every_real_template_renders_and_the_same_ones_plan(stack_env):
             planned.add(t.stem)
         except PipelineError as err:
             refused[t.stem] = str(err)
-    assert planned == BUILT
+    assert planned == (BUILT if "CP_PIPE_DIR" in stack_env else BUILT | OWN_PIPELINE_ONLY)
     for name, msg in refused.items():
         assert "cpframe does not build" in msg and "yet" in msg, (name, msg)
 

@@ -267,6 +267,44 @@ def test_report_renders_in_headless_chromium(report, chromium, tmp_path):
     assert r.returncode == 0 and shot.stat().st_size > 20000
 
 
+@pytest.mark.browser
+def test_report_reads_as_a_reviewer_needs_it(report, chromium, tmp_path):
+    """Issue 16, looked at as a reviewer would at a laptop's width: nothing scrolls the page
+    sideways (index and the per-amp Results page), failures come first and each links to a
+    page and anchor that exist, every test shows its condition, the flat's colour bar is
+    dimensionless; screenshots are kept for a person to look at."""
+    out = report.output_dir
+    results = next((out / "src" / "flat").glob("verifyFlatResults_*.html"))
+    for page in (out / "index.html", results):
+        dom = subprocess.run(_chromium_args(chromium, tmp_path / page.stem) + ["--window-size=1280,900", "--dump-dom",
+                                                                              page.as_uri()],
+                             capture_output=True, text=True, timeout=120)
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        body = re.search(r"<body[^>]*>", dom.stdout).group(0)
+        assert 'data-fits-width="1"' in body, (page.name, body)
+        shot = tmp_path / f"{page.stem}.png"
+        subprocess.run(_chromium_args(chromium, tmp_path / (page.stem + "s")) + [
+            f"--screenshot={shot}", "--window-size=1280,1600", page.as_uri()], capture_output=True, timeout=120)
+        assert shot.stat().st_size > 10000
+    index = (out / "index.html").read_text()
+    # failing items first: the first verdict row and the first test row are the failing flat
+    assert re.search(r'id="verdicts">.*?<tbody>\s*<tr class="fail"><td><a href="#flat">', index, re.S)
+    assert re.search(r'id="summary-table">.*?<tbody>\s*<tr class="fail">', index, re.S)
+    assert index.index('<h2 id="flat">') < index.index('<h2 id="bias">')
+    # every failure links to a page and an anchor that exist
+    links = re.findall(r'<ul class="failures">(.*?)</ul>', index, re.S)
+    hrefs = re.findall(r'<a href="([^"#]+)#([^"]+)">', "".join(links))
+    assert hrefs
+    for page, anchor in hrefs:
+        assert f'id="{anchor}"' in (out / page).read_text(), (page, anchor)
+    # conditions and cpframe's differences next to the results
+    assert "|NOISE/E - 1| &lt;= 10 %" in index and "two-sided" in index
+    # the per-amp results page: failing rows first, short column names
+    rtext = results.read_text()
+    assert rtext.index('<tr class="fail">') < rtext.index("<tr><td")
+    assert '<th title="FLAT_VERIFY_NOISE">VERIFY_<wbr>NOISE</th>' in rtext
+
+
 def test_run_level_results_of_several_verify_collections_are_all_used(report_repo, mini_comcam, tmp_path):
     # a second flat band: its own verify collection with its own (instrument-only) Results and Summary
     run = f"{P}/verifyFlat-g.20241127a"
@@ -283,3 +321,32 @@ def test_run_level_results_of_several_verify_collections_are_all_used(report_rep
     noise = re.search(r"<td>NOISE</td><td>amp</td><td class=\"num\">(\d+)</td>", index)
     assert int(noise.group(1)) == 2 * 3 * 16 + 16  # both bands' amp rows are counted
     assert "2024112600099" in (tmp_path / "two" / "flat_exp.html").read_text()
+
+
+def test_overall_verdict_is_pass_only_when_every_product_was_verified(report_repo, report, tmp_path):
+    """Issue 16: a product without verification makes the report INCOMPLETE (not a green badge),
+    naming what is missing and the command that verifies it; a failure makes it FAIL."""
+    assert report.overall == "FAIL"
+    assert '<span class="verdict fail">FAIL</span>' in (report.output_dir / "index.html").read_text()
+    part = write_report(report_repo, [VERIFY_BIAS, BIAS_GEN, PTC_GEN], tmp_path / "part")
+    assert part.verdicts == {"bias": True, "ptc": None}
+    assert part.overall == "INCOMPLETE"
+    assert part.missing == {"ptc": "cpframe submit templates/bps_verify_ptc.yaml"}
+    index = part.index.read_text()
+    assert '<span class="verdict none">INCOMPLETE</span>' in index and "ALL PASS" not in index
+    assert "NOT VERIFIED" in index and "bps_verify_ptc.yaml" in index
+    verified = write_report(report_repo, [VERIFY_BIAS, VERIFY_PTC, BIAS_GEN, PTC_GEN], tmp_path / "full")
+    assert verified.overall == "PASS" and verified.missing == {}
+
+
+def test_submit_summary_says_pass_or_fail_for_verification_runs(report_repo):
+    """`cpframe submit` of a verification template ends with the verdict of its Summary."""
+    from cpframe.execution.submit import _verification_verdict
+
+    flat = report_repo.registry.query_datasets("verifyFlatSummary", [VERIFY_FLAT], find_first=True)
+    bias = report_repo.registry.query_datasets("verifyBiasSummary", [VERIFY_BIAS], find_first=True)
+    eid, _ = FAILING_FLAT
+    assert _verification_verdict(report_repo, bias) == "verification: PASS (verifyBiasSummary)"
+    assert _verification_verdict(report_repo, flat) == (
+        f"verification: FAIL (verifyFlatSummary): 1 failing test(s): {eid} R22_S22 SCATTER")
+    assert _verification_verdict(report_repo, []) == ""  # not a verification run: no line

@@ -198,7 +198,9 @@ CASES = [
     ("observation_type = 'BIAS'", lambda r: False),
     ("exposure.obs_id < 'CC_O_20241110_000040' AND instrument = 'LSSTComCam'",
      lambda r: r["obs_id"] < "CC_O_20241110_000040" and r["instrument"] == COMCAM),
-    ("exposure.obs_id >= 'AT_O_20241112'", lambda r: r["obs_id"] >= "AT_O_20241112"),
+    # obs_id is the exposure's alternate key (unique within an instrument): it needs the instrument
+    ("instrument IN ('LATISS', 'LSSTComCam') AND exposure.obs_id >= 'AT_O_20241112'",
+     lambda r: r["obs_id"] >= "AT_O_20241112"),
     # SQL NULL semantics: NULL is neither equal nor different
     ("science_program != 'BLOCK-T17'", lambda r: r["science_program"] is not None
      and r["science_program"] != "BLOCK-T17"),
@@ -448,6 +450,8 @@ ERRORS = [
      "exposure"),
     ("exposure = 2024111000044", "constrain the instrument in the same expression", "exposure"),
     ("detector IN (0, 1)", r"e.g. instrument='LSSTComCam' AND detector IN \(0, 1\)", "detector"),
+    ("exposure.obs_id = 'AT_O_20241110_000044'", "exposure.obs_id values are only unique within one instrument",
+     "exposure.obs_id"),
     ("exposure.day_obs = 20241110", "exposure.day_obs values are only unique within one instrument",
      "exposure.day_obs"),
     ("day_obs = 20241110 AND seq_num = 44", "day_obs values are only unique", "day_obs"),

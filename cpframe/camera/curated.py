@@ -21,10 +21,10 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
+from cpframe.core.paths import package_dir
 from cpframe.camera.models import Camera, Detector, load_camera
 from cpframe.core.errors import (
     CollectionTypeError,
@@ -136,7 +136,7 @@ def curated_dir(instrument: str, root: str | os.PathLike | None = None) -> Path:
             raise UserInputError(f"curated folder {d} does not exist; give the folder that holds "
                                  f"{instrument}/curated.yaml (--curated-dir).")
         return d
-    return Path(str(resources.files("cpframe") / "data" / "curated" / instrument))
+    return Path(str(package_dir() / "data" / "curated" / instrument))
 
 
 class _CuratedCamera(Schema):
@@ -187,7 +187,7 @@ def list_curated(instrument: str, root: str | os.PathLike | None = None) -> list
     out: list[CuratedCalib] = []
     cam = idx.camera
     if cam:
-        src = Path(str(resources.files("cpframe") / "data" / "cameras" / f"{instrument}.yaml"))
+        src = Path(str(package_dir() / "data" / "cameras" / f"{instrument}.yaml"))
         out.append(
             CuratedCalib("camera", instrument, None, _iso(cam.valid_from, f"{root / 'curated.yaml'}: camera.valid_from"), None, src)
         )

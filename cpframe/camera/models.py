@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from importlib import resources
 
 from pydantic import Field
 
+from cpframe.core.paths import package_dir
 from cpframe.core.errors import CameraError
 from cpframe.core.schema import OpenSchema, Schema, read_yaml, validate
 
@@ -292,7 +292,7 @@ def _filter_combinations(spec: dict) -> tuple[tuple[str, str], ...]:
 
 def list_instruments() -> list[str]:
     """Names of the camera models shipped in ``cpframe/data/cameras``."""
-    root = resources.files("cpframe") / "data" / "cameras"
+    root = package_dir() / "data" / "cameras"
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -301,7 +301,7 @@ def _camera_yaml(name: str) -> dict:
     known = list_instruments()
     if name not in known:
         raise CameraError(f"unknown instrument {name!r}; cpframe knows {', '.join(known)}.")
-    path = resources.files("cpframe") / "data" / "cameras" / f"{name}.yaml"
+    path = package_dir() / "data" / "cameras" / f"{name}.yaml"
     source = f"cpframe/data/cameras/{name}.yaml"
     data = read_yaml(str(path), text=path.read_text(), source=source, error=CameraError)
     spec = validate(data, CameraFile, source, error=CameraError)

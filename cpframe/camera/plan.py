@@ -10,7 +10,6 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +17,7 @@ from pydantic import Field
 
 from cpframe.camera.models import _camera_yaml, load_camera
 from cpframe.core.errors import CameraError, UserInputError
+from cpframe.core.paths import package_dir
 from cpframe.core.model import exposure_id as _exposure_id
 from cpframe.core.model import ns_to_iso, parse_tai, tai_minus_utc_ns
 from cpframe.core.schema import Schema, check, read_yaml
@@ -174,14 +174,14 @@ class PlanFile(Schema):
 
 def list_plans() -> list[str]:
     """Names of the plans shipped in ``cpframe/data/plans``."""
-    root = resources.files("cpframe") / "data" / "plans"
+    root = package_dir() / "data" / "plans"
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
 def _plan_text(name_or_path: str | os.PathLike) -> tuple[str, str]:
     s = str(name_or_path)
     if s in list_plans():
-        return (resources.files("cpframe") / "data" / "plans" / f"{s}.yaml").read_text(), s
+        return (package_dir() / "data" / "plans" / f"{s}.yaml").read_text(), s
     p = Path(s)
     if p.is_file():
         return p.read_text(), str(p)

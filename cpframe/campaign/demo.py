@@ -14,13 +14,18 @@ Running it again in the same ``DIR`` with the same options resumes: nothing fini
 redone.  Options that change the data (size, detectors, bands, broken input, seed) need a
 new ``DIR`` or ``--force``.
 
-``broken="saturated-flat"`` also simulates one over-exposed flat (g, or the first band
-asked) and, after the demo campaign, runs a small second campaign (ticket ``DEMO-1-SAT``)
-that rebuilds, certifies and verifies that band's flat with the exposure added to its
-construction and verification selections (DMTN-222 §Verification: saturated flats "do not
-flat-field well").  Its
-verification fails for that exposure and its report shows the failing tests in red, while
-the demo's own calibrations stay as they were.
+``broken=KIND`` also simulates one bad exposure and, after the demo campaign, runs a small
+second campaign (ticket ``DEMO-1-<KIND>``) that rebuilds, certifies and verifies the product
+it belongs to with the exposure added to its construction and verification selections.  Its
+verification must fail *the named test* for that exposure (:data:`BROKEN_KINDS`), and its
+report shows it in red, while the demo's own calibrations stay as they were:
+
+* ``saturated`` (``saturated-flat``): a flat 30x over the full well -> flat ``SATURATION``
+  (DMTN-222 §Verification: saturated flats "do not flat-field well");
+* ``light-leak``: a dark taken with light reaching the sensor -> dark ``MEAN``;
+* ``noisy``: a bias whose amplifier C04 read noise rose by half on every detector -> bias
+  ``READ_NOISE_CONSISTENT`` (``NOISE``, measured against the same exposure's overscan,
+  cannot see a raised read noise).
 """
 
 from __future__ import annotations
@@ -40,14 +45,42 @@ from cpframe.core.errors import CampaignError, CpframeError, UserInputError
 
 __all__ = [
     "DemoResult", "BrokenInput", "run_demo", "demo_campaign", "broken_campaign", "plan_bands",
-    "DEMO_INSTRUMENT", "DEFAULT_DETECTORS", "BROKEN_INPUTS",
+    "DEMO_INSTRUMENT", "DEFAULT_DETECTORS", "BROKEN_INPUTS", "BROKEN_KINDS", "BrokenKind",
 ]
 
 DEMO_INSTRUMENT = "LSSTComCam"
 #: Detectors simulated by default: three of the nine keep the demo within a few minutes on 2 cores.
 DEFAULT_DETECTORS = (0, 4, 8)
 #: Deliberately broken inputs ``--broken`` can add.
-BROKEN_INPUTS = ("saturated-flat",)
+BROKEN_INPUTS = ("saturated", "saturated-flat", "light-leak", "noisy")
+
+
+@dataclass(frozen=True)
+class BrokenKind:
+    """A deliberately broken input: which product it enters and the test that must catch it."""
+
+    product: str
+    """``flat``, ``dark`` or ``bias``."""
+    test: str
+    """The verification test that must fail for the bad exposure."""
+    what: str
+    """What was broken, for a person."""
+    tag: str
+    """TAG and ticket suffix of the broken campaign."""
+
+
+#: ``--broken`` kind -> what it breaks and the test that must catch it (issue 16).
+BROKEN_KINDS = {
+    "saturated": BrokenKind("flat", "SATURATION", "a flat 30x over the full well", "SAT"),
+    "light-leak": BrokenKind("dark", "MEAN", "a dark with light reaching the sensor (2 e-/s)", "LEAK"),
+    "noisy": BrokenKind("bias", "READ_NOISE_CONSISTENT", "a bias whose amp C04 read noise rose by 50 %", "NOISY"),
+}
+BROKEN_KINDS["saturated-flat"] = BROKEN_KINDS["saturated"]
+#: Light of the light-leaked dark, e-/s/pixel: 30 s of it is far above the read noise.
+LEAK_FLUX = 2.0
+#: Read-noise factor of amp C04 in the noisy bias.
+NOISY_FACTOR = 1.5
+NOISY_AMP = "C04"
 #: Flux of the broken flat, e-/s/pixel: 10 s of it is many times the full well.
 SATURATED_FLUX = 60000.0
 
@@ -82,7 +115,10 @@ class DemoResult:
         """True when the broken campaign's flat verification failed (None without ``broken``)."""
         if self.broken is None:
             return None
-        return any(not ok for name, (ok, _f) in self.broken.verdicts.items() if name.startswith("flat-"))
+        kind = BROKEN_KINDS[self.broken.kind]
+        return any(not ok and any(f.endswith(f" {kind.test}") for f in fails)
+                   for name, (ok, fails) in self.broken.verdicts.items()
+                   if name == kind.product or name.startswith(kind.product + "-"))
 
     @property
     def passed(self) -> bool:
@@ -111,12 +147,15 @@ class DemoResult:
             lines.append(f"Next step: {st.next_step(str(self.repo_root))}")
         if self.broken is not None:
             b = self.broken
-            lines.append(f"With the broken input ({b.kind}: exposure {b.exposure_id} "
-                         f"added to the {b.band} flat):")
+            kind = BROKEN_KINDS[b.kind]
+            where = f"the {b.band} flat" if kind.product == "flat" else f"the {kind.product}"
+            lines.append(f"With the broken input ({b.kind}: {kind.what}, exposure {b.exposure_id} "
+                         f"added to {where}):")
             lines += _verdict_lines(b.verdicts)
             lines.append(f"  report: {b.report_index}")
-            lines.append("  " + ("verification caught it (the failing tests are red in that report)"
-                                 if self.broken_detected else "verification did NOT catch it"))
+            lines.append("  " + (f"verification caught it: {kind.product} {kind.test} failed (red in that report)"
+                                 if self.broken_detected else
+                                 f"verification did NOT catch it ({kind.product} {kind.test} should fail)"))
         return "\n".join(lines)
 
 
@@ -139,11 +178,11 @@ class BrokenInput:
     """The deliberately broken input of ``--broken`` and what verification made of it."""
 
     kind: str
-    """``saturated-flat``."""
+    """A key of :data:`BROKEN_KINDS`."""
     exposure_id: int
     """The exposure added."""
     band: str
-    """Band of the flat it was added to."""
+    """Band of the flat it was added to (saturated), else ""."""
     verdicts: dict = field(default_factory=dict)
     """Product -> (passed, failures) of the broken campaign."""
     report_index: Path | None = None
@@ -189,21 +228,30 @@ def _demo_specs(plan: Any, bands: Sequence[str], broken: str | None) -> tuple[li
     selections = dict(plan.selections)
     bad_selections: dict[str, str] = {}
     bad = None
-    if broken == "saturated-flat":
-        band = broken_band(bands)
-        meant = set(plan.intended.get(f"SELECTION_FLAT_{band}", ()))
-        g_flats = [s for s in plan.specs if s.exposure_id in meant
-                   and s.observation_type == "flat" and cam.band_of(s.physical_filter) == band]
-        last = max((s for s in plan.specs if s.day_obs == g_flats[0].day_obs), key=lambda s: s.end_ns)
+    if broken is not None:
+        kind = BROKEN_KINDS[broken]
+        if kind.product == "flat":
+            band = broken_band(bands)
+            sels = (f"SELECTION_FLAT_{band}", f"SELECTION_FLAT_{band}_V")
+            meant = set(plan.intended.get(sels[0], ()))
+            like = [s for s in plan.specs if s.exposure_id in meant
+                    and s.observation_type == "flat" and cam.band_of(s.physical_filter) == band]
+            changes = {"flux": SATURATED_FLUX}
+        else:
+            sels = (f"SELECTION_{kind.product.upper()}", f"SELECTION_{kind.product.upper()}_V")
+            meant = set(plan.intended.get(sels[0], ()))
+            like = [s for s in plan.specs if s.exposure_id in meant and s.observation_type == kind.product]
+            changes = {"flux": LEAK_FLUX} if broken == "light-leak" else {}
+        last = max((s for s in plan.specs if s.day_obs == like[0].day_obs), key=lambda s: s.end_ns)
         from cpframe.core.model import ns_to_iso
 
-        bad = replace(g_flats[0], seq_num=max(s.seq_num for s in plan.specs if s.day_obs == last.day_obs) + 1,
-                      begin=ns_to_iso(last.end_ns + 3 * 10**9), flux=SATURATED_FLUX)
-        specs.append(bad)
+        bad = replace(like[0], seq_num=max(s.seq_num for s in plan.specs if s.day_obs == last.day_obs) + 1,
+                      begin=ns_to_iso(last.end_ns + 3 * 10**9), **changes)
+        if broken != "noisy":  # the noisy bias is simulated apart, with its own truth (_simulate)
+            specs.append(bad)
         extra = (f" or (instrument='{plan.instrument}' and exposure.day_obs={bad.day_obs} "
                  f"and exposure.seq_num={bad.seq_num})")
-        bad_selections = {sel: f"({selections[sel]}){extra}"
-                          for sel in (f"SELECTION_FLAT_{band}", f"SELECTION_FLAT_{band}_V")}
+        bad_selections = {sel: f"({selections[sel]}){extra}" for sel in sels}
     return specs, selections, bad_selections, bad
 
 
@@ -248,23 +296,29 @@ def demo_campaign(repo_root: Path, bands: Sequence[str], selections: dict[str, s
     return parse_campaign(yaml.safe_dump(doc, sort_keys=False), path, overrides)
 
 
-def broken_campaign(repo_root: Path, good: Any, selections: dict[str, str]):
-    """A small campaign that rebuilds and verifies one flat with the saturated exposure included.
+def broken_campaign(repo_root: Path, good: Any, selections: dict[str, str], broken: str = "saturated"):
+    """A small campaign that rebuilds and verifies one product with the broken exposure included.
 
     It reads the good campaign's calibrations (its ticket chain, then the curated ones) and
-    writes under its own ticket (``<TICKET>-SAT``), so the good calibrations stay as they are.
+    writes under its own ticket (``<TICKET>-<tag>``), so the good calibrations stay as they are.
     """
     from cpframe.campaign.runner import parse_campaign
     from cpframe.execution.templates import default_templates_dir
 
     path = default_templates_dir() / "campaign_demo.yaml"
     doc = yaml.safe_load(path.read_text())
-    band = next(k.split("_")[2] for k in selections if k.startswith("SELECTION_FLAT_"))
-    keep = (f"flat-{band}", f"certify-flat-{band}", f"verify-flat-{band}", "report")
-    doc["name"] = "demo-saturated-flat"
+    kind = BROKEN_KINDS[broken]
+    if kind.product == "flat":
+        band = next(k.split("_")[2] for k in selections if k.startswith("SELECTION_FLAT_"))
+        name = f"flat-{band}"
+    else:
+        name = kind.product
+    keep = (name, f"certify-{name}", f"verify-{name}", "report")
+    doc["name"] = f"demo-{'saturated-flat' if kind.product == 'flat' else broken}"
     doc["steps"] = [s for s in doc["steps"] if s["name"] in keep]
     v = good.variables
-    overrides = {**good.overrides, **selections, "TICKET": f"{v['TICKET']}-SAT", "TAG": "saturatedFlat",
+    tag = "saturatedFlat" if kind.product == "flat" else {"light-leak": "lightLeak"}.get(broken, broken)
+    overrides = {**good.overrides, **selections, "TICKET": f"{v['TICKET']}-{kind.tag}", "TAG": tag,
                  "CALIB_COLLECTIONS": f"{good.ticket_chain},{v['CALIB_COLLECTIONS']}", "REPO": str(repo_root)}
     return parse_campaign(yaml.safe_dump(doc, sort_keys=False), path, overrides)
 
@@ -304,7 +358,7 @@ def run_demo(
         Flat bands (default: every band of the demo plan).
     detectors : sequence of int, optional
         Detector ids (default :data:`DEFAULT_DETECTORS`).
-    broken : {"saturated-flat"}, optional
+    broken : {"saturated", "saturated-flat", "light-leak", "noisy"}, optional
         Add a deliberately broken input.
     seed : int
         Simulator seed.
@@ -360,7 +414,8 @@ def run_demo(
 
     t0 = time.monotonic()
     raw_dir = d / "raw"
-    files = _simulate(specs, raw_dir, opts, settings.n_workers, echo)
+    files = _simulate(specs, raw_dir, opts, settings.n_workers, echo,
+                      noisy=bad_spec if broken == "noisy" else None)
     timings["simulate"] = time.monotonic() - t0
 
     t0 = time.monotonic()
@@ -396,10 +451,11 @@ def run_demo(
         timings["campaign"] = time.monotonic() - t0
         if bad_selections:
             t0 = time.monotonic()
-            bad = broken_campaign(repo_root, camp, bad_selections)
+            bad = broken_campaign(repo_root, camp, bad_selections, broken)
+            kind = BROKEN_KINDS[broken]
             echo("")
-            echo(f"Now the {broken_band(bands)} flat again, "
-                 "with a saturated exposure added to its selections:")
+            echo(f"Now the {broken_band(bands) + ' flat' if kind.product == 'flat' else kind.product} again, "
+                 f"with {kind.what} added to its selections ({kind.test} must fail):")
             echo(format_plan(bad))
             bad_result = run_campaign(bad, resume=CampaignState.load(campaign_dir(bad)).exists, client=client,
                                       settings=settings, echo=echo, argv=argv, resume_hint=again)
@@ -423,7 +479,8 @@ def run_demo(
 
         out.ledger = record_observed(r, camp.ticket_chain)
         if bad is not None:
-            out.broken = BrokenInput(broken, bad_spec.exposure_id, broken_band(bands),
+            band = broken_band(bands) if BROKEN_KINDS[broken].product == "flat" else ""
+            out.broken = BrokenInput(broken, bad_spec.exposure_id, band,
                                      verification_verdicts(bad, r), bad_result.report_index)
     finally:
         r.close()
@@ -448,9 +505,14 @@ def _cli_options(opts: dict, default_bands: Sequence[str]) -> list[str]:
 
 
 def _simulate(specs: list, raw_dir: Path, opts: dict, workers: int,
-              echo: Callable[[str], None]) -> list[Path]:
-    """Simulate once; a finished simulation (marker file) is reused."""
-    from cpframe.camera.simulate import simulate
+              echo: Callable[[str], None], noisy: Any = None) -> list[Path]:
+    """Simulate once; a finished simulation (marker file) is reused.
+
+    ``noisy``: one more exposure, simulated into ``raw_dir/noisy`` with a truth whose amp
+    :data:`NOISY_AMP` has :data:`NOISY_FACTOR` times the read noise on every detector.
+    """
+    from cpframe.camera.models import load_camera
+    from cpframe.camera.simulate import make_truth, simulate
 
     done = raw_dir / ".complete"
     if done.exists():
@@ -460,7 +522,15 @@ def _simulate(specs: list, raw_dir: Path, opts: dict, workers: int,
     echo(f"simulating {len(specs)} exposures x {len(opts['detectors'])} detectors ({opts['scale']}) "
          f"into {raw_dir} ...")
     files = simulate(specs, raw_dir, DEMO_INSTRUMENT, scale=opts["scale"], seed=opts["seed"],
-                     detectors=opts["detectors"], workers=workers)
+                     detectors=opts["detectors"], workers=workers) if specs else []
+    if noisy is not None:
+        truth = make_truth(load_camera(DEMO_INSTRUMENT, opts["scale"]), opts["seed"])
+        for d in truth.detectors.values():
+            a = d.amps[NOISY_AMP]
+            d.amps[NOISY_AMP] = replace(a, read_noise=NOISY_FACTOR * a.read_noise)
+        files = list(files) + list(simulate([noisy], raw_dir / "noisy", DEMO_INSTRUMENT, scale=opts["scale"],
+                                            seed=opts["seed"], detectors=opts["detectors"], workers=workers,
+                                            truth=truth))
     done.write_text(f"{len(files)} files\n")
     return files
 

@@ -32,13 +32,18 @@ PRODUCT_NEEDS: dict[str, tuple[str, ...]] = {
     "bias": ("ptc", "defects"),
     "dark": ("ptc", "bias", "defects"),
     "flat": ("ptc", "bias", "dark", "defects"),
+    # issue 13 types (dependencies.md §6: linearizer and CTI after defects, CTI on the linearizer's gains;
+    # crosstalk from bright sources with the PTC's gains).  bias/dark/flat/ptc use them when certified.
+    "linearizer": ("defects",),
+    "cti": ("linearizer", "defects"),
+    "crosstalk": ("ptc", "defects"),
 }
 
 #: Products that are certified (bootstraps are read straight from their RUNs).
-CERTIFIABLE = ("defects", "ptc", "bias", "dark", "flat")
+CERTIFIABLE = ("defects", "ptc", "bias", "dark", "flat", "linearizer", "cti", "crosstalk")
 
 #: What a verification submission may test.
-VERIFY_TARGETS = ("bias", "dark", "flat", "defects", "ptc", "science")
+VERIFY_TARGETS = ("bias", "dark", "flat", "defects", "ptc", "science", "linearizer", "cti", "crosstalk")
 
 #: Variables every campaign needs (DMTN-222 §7 exports them all).
 REQUIRED_VARIABLES = (
@@ -59,6 +64,7 @@ GEN_STEM = {
     "biasBootstrap": "biasBootstrapGen", "darkBootstrap": "darkBootstrapGen",
     "flatBootstrap": "flatBootstrapGen", "defects": "defectGen", "ptc": "ptcGen",
     "bias": "biasGen", "dark": "darkGen", "flat": "flatGen",
+    "linearizer": "linearizerGen", "cti": "ctiGen", "crosstalk": "crosstalkGen",
 }
 
 #: Selection variable each product / verification reads (``{band}`` for flats).
@@ -66,10 +72,12 @@ SELECTION_OF_BUILD = {
     "biasBootstrap": "SELECTION_BIAS_BOOTSTRAP", "darkBootstrap": "SELECTION_DARK_BOOTSTRAP",
     "flatBootstrap": "SELECTION_FLAT_BOOTSTRAP", "defects": None, "ptc": "SELECTION_PTC",
     "bias": "SELECTION_BIAS", "dark": "SELECTION_DARK", "flat": "SELECTION_FLAT_{band}",
+    "linearizer": "SELECTION_PTC_LINEARIZER", "cti": "SELECTION_PTC_CTI", "crosstalk": "SELECTION_CROSSTALK",
 }
 SELECTION_OF_VERIFY = {
     "bias": "SELECTION_BIAS_V", "dark": "SELECTION_DARK_V", "flat": "SELECTION_FLAT_{band}_V",
     "defects": "SELECTION_DEFECTS_V", "ptc": "SELECTION_PTC_V", "science": "SELECTION_SCIENCE_V",
+    "linearizer": "SELECTION_PTC_LINEARIZER_V", "cti": "SELECTION_PTC_CTI_V", "crosstalk": "SELECTION_CROSSTALK_V",
 }
 
 _RERUN_RE = re.compile(r"^\d{8}[a-z]$")

@@ -761,5 +761,7 @@ def _run_report(campaign: Campaign, step: Step, repo: Any) -> dict[str, Any]:
     failing = [k for k, v in verdicts.items() if v is False]
     detail = (f"{res.n_datasets} datasets, {res.n_images} images; "
               + (f"FAILING: {', '.join(failing)}" if failing else "every verified type passes")
+              + (f" (not verified: {', '.join(res.missing)})" if res.missing else "")
+              + f"; overall {res.overall}"
               + f"; {res.index}")
     return {"index": str(res.index), "verdicts": verdicts, "detail": detail}

@@ -21,6 +21,29 @@ def _repo_exists(root: str) -> bool:
     return (Path(root) / "cpframe-repo.yaml").exists()
 
 
+#: Message when the campaign's input collections are not in the repository (tests check it).
+MSG_MISSING_INPUTS = "{repo}: input collection(s) of the campaign missing: {missing}. Nothing was run."
+
+
+def _missing_inputs(camp, repo) -> list[str]:
+    """RAW_COLLECTION and CALIB_COLLECTIONS that the repository lacks, each with what creates it."""
+    from cpframe.core.errors import CpframeError
+
+    v = camp.variables
+    wanted = [(v.get("RAW_COLLECTION", ""), f"`cpframe ingest-raws {camp.repo} RAW_FILES --run ...`")]
+    wanted += [(c.strip(), f"`cpframe write-curated-calibrations {camp.repo} {camp.instrument} --collection {c.strip()}`")
+               for c in str(v.get("CALIB_COLLECTIONS", "")).split(",") if c.strip()]
+    out = []
+    for name, fix in wanted:
+        if not name:
+            continue
+        try:
+            repo.registry.get_collection_type(name)
+        except CpframeError:
+            out.append(f"{name} (create it with {fix})")
+    return out
+
+
 @main.command("campaign")
 @click.argument("campaign_file", type=click.Path(dir_okay=False))
 @click.option(
@@ -70,10 +93,13 @@ def campaign_command(campaign_file, dry_run, resume, restart, until, variables, 
         repo = _open_repo(camp.repo)
     try:
         status = plan_status(camp, repo)
+        missing = _missing_inputs(camp, repo) if repo is not None else []
     finally:
         if repo is not None:
             repo.close()
     click.echo(format_plan(camp, status, until))
+    if missing:
+        raise CampaignError(MSG_MISSING_INPUTS.format(repo=camp.repo, missing="; ".join(missing)))
     if dry_run:
         if repo is None:
             click.echo(f"(repository {camp.repo} does not exist yet: every step is pending)")
@@ -210,9 +236,11 @@ def deploy_command(
 @click.option("--detectors", default=None, help="Detector ids, comma-separated (default: the demo plan's).")
 @click.option(
     "--broken",
-    type=click.Choice(["none", "saturated-flat"]),  # cpframe.campaign.demo.BROKEN_INPUTS (not imported: CLI start-up)
+    type=click.Choice(["none", "saturated", "saturated-flat", "light-leak", "noisy"]),  # demo.BROKEN_INPUTS
     default="none",
-    help="Add a deliberately broken input, to see verification catch it.",
+    help="Add a deliberately broken input, to see verification catch it: saturated (a flat over the full "
+         "well: flat SATURATION fails), light-leak (a dark with light: dark MEAN), noisy (a bias with a raised "
+         "read noise: bias READ_NOISE_CONSISTENT).",
 )
 @click.option("--force", is_flag=True, help="Delete DIRECTORY first if it exists.")
 @catch_errors

@@ -112,17 +112,21 @@ def simulate_command(outdir, instrument, plan, scale, seed, detectors, workers, 
     truth = make_truth(camera, seed, date=first, **_parse_effects(effects))
     dets = _parse_detectors(detectors)
     t0 = time.perf_counter()
-    paths = simulate(
-        p.specs,
-        outdir,
-        p.instrument,
-        scale=scale,
-        seed=seed,
-        detectors=dets,
-        workers=workers,
-        truth=truth,
-        executor=executor,
-    )
+    from cpframe.core.progress import progress_callback
+
+    with progress_callback("simulate") as bar:
+        paths = simulate(
+            p.specs,
+            outdir,
+            p.instrument,
+            scale=scale,
+            seed=seed,
+            detectors=dets,
+            workers=workers,
+            truth=truth,
+            executor=executor,
+            progress=bar,
+        )
     dt = time.perf_counter() - t0
     total = sum(x.stat().st_size for x in paths)
     ndet = len(paths) // len(p.specs)  # one file per exposure x detector
@@ -195,7 +199,11 @@ def ingest_raws_command(repo, files, run, transfer, processes, checksum):
     t0 = time.perf_counter()
     r = Repository.open(repo)
     try:
-        report = ingest_raws(r, files, run=run, transfer=transfer, processes=processes, checksum=checksum)
+        from cpframe.core.progress import progress_callback
+
+        with progress_callback("ingest: reading headers") as bar:
+            report = ingest_raws(r, files, run=run, transfer=transfer, processes=processes, checksum=checksum,
+                                 progress=bar)
     finally:
         r.close()
     click.echo(report.summary())

@@ -20,6 +20,7 @@ __all__ = ["format_table"]
 
 MSG_ABORTED = "Aborted: nothing was changed."
 MSG_NOTHING_REMOVED = "No RUN collections were removed."
+MSG_NOTHING_REMOVED_COLLECTIONS = "No collections were removed."
 
 
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -130,7 +131,30 @@ def certify_calibrations_cmd(repo, input_collection, output_collection, dataset_
     b, e = _span_text(span)
     click.echo(f"Certified {len(refs)} {dataset_type_name} dataset(s) from {input_collection} into "
                f"{output_collection}, valid [{b}, {e}) TAI.")
-    click.echo(f"Next: cpframe collection-chain {repo} --mode prepend INSTRUMENT/calib {output_collection}")
+    ticket = ticket_chain_of(output_collection)
+    if ticket:
+        click.echo(f"Next: chain it into the ticket collection (templates read it first): "
+                   f"cpframe collection-chain {repo} --mode prepend {ticket} {output_collection}")
+        click.echo(f"After verification and review, deploy the ticket: "
+                   f"cpframe collection-chain {repo} --mode prepend {'/'.join(ticket.split('/')[-3:-1])} {ticket}")
+    else:
+        click.echo(f"Next: chain it into your ticket collection (DMTN-222: <prefix><instrument>/calib/<ticket>): "
+                   f"cpframe collection-chain {repo} --mode prepend <ticket collection> {output_collection}")
+
+
+def ticket_chain_of(collection: str) -> str | None:
+    """The DMTN-222 ticket collection ``[prefix]<instrument>/calib/<TICKET>`` above a collection, if named so.
+
+    >>> ticket_chain_of("LSSTComCam/calib/DM-1/newCalibs/bias.20250207a")
+    'LSSTComCam/calib/DM-1'
+    >>> ticket_chain_of("u/me/LSSTComCam/calib/DM-1/bias.20250207a"), ticket_chain_of("bias")
+    ('u/me/LSSTComCam/calib/DM-1', None)
+    """
+    parts = collection.split("/")
+    if "calib" not in parts:
+        return None
+    i = parts.index("calib")
+    return "/".join(parts[: i + 2]) if 0 < i and len(parts) > i + 2 else None
 
 
 @main.command("decertify")
@@ -186,6 +210,14 @@ def collection_chain_cmd(repo, parent, children, mode, flatten, doc) -> None:
     from cpframe.core.errors import UserInputError
 
     kids = _split(children)
+    if mode == "redefine" and not kids:
+        from cpframe.core.errors import UserInputError
+
+        raise UserInputError(
+            f"collection-chain --mode redefine {parent} needs at least one child; an empty chain would make "
+            "lookups silently fall through to older calibrations. To delete the chain use "
+            f"`cpframe remove-collections {repo} {parent}`."
+        )
     indices: list[int] = []
     if mode == "pop":
         try:
@@ -310,9 +342,16 @@ def query_datasets_cmd(repo, dataset_types, collections, where, find_first, show
 @confirm_option
 @catch_errors
 def remove_runs_cmd(repo, collections, force, confirm) -> None:
-    """Remove RUN COLLECTIONS with their datasets and files."""
+    """Remove RUN COLLECTIONS with their datasets and files.
+
+    COLLECTIONS may be globs (quote them: 'LSSTComCam/calib/DM-1/*'), matching RUNs only.
+    """
     with _open(repo) as r:
-        plan = r.plan_remove_runs(_split(collections), force=force)
+        names = r.expand_collection_globs(_split(collections), CollectionType.RUN)
+        if not names:
+            click.echo(MSG_NOTHING_REMOVED)
+            return
+        plan = r.plan_remove_runs(names, force=force)
         click.echo("Will remove:")
         click.echo(plan.describe())
         if confirm and not click.confirm("Continue?", default=False):
@@ -329,9 +368,15 @@ def remove_runs_cmd(repo, collections, force, confirm) -> None:
 @confirm_option
 @catch_errors
 def remove_collections_cmd(repo, collections, remove_from_parents, confirm) -> None:
-    """Remove CALIBRATION/CHAINED/TAGGED COLLECTIONS (datasets stay in their RUNs)."""
-    names = _split(collections)
+    """Remove CALIBRATION/CHAINED/TAGGED COLLECTIONS (datasets stay in their RUNs).
+
+    COLLECTIONS may be globs (quote them); a glob never selects RUNs (use remove-runs).
+    """
     with _open(repo) as r:
+        names = r.expand_collection_globs(_split(collections), None)
+        if not names:
+            click.echo(MSG_NOTHING_REMOVED_COLLECTIONS)
+            return
         reg = r.registry
         rows = [[n, reg.get_collection_type(n).name, ", ".join(reg.get_parent_chains(n))] for n in names]
         click.echo("Will remove:\n" + format_table(["Name", "Type", "In chains"], rows))
@@ -404,17 +449,25 @@ def export_calibs_cmd(repo, directory, collections, dataset_types, transfer, fmt
 @click.option("-s", "--skip-dimension", "skip_dimensions", multiple=True,
               type=click.Choice(["instrument", "detector", "physical_filter", "exposure"]),
               help="Do not import records of this dimension element (they must exist already). Repeat.")
+@click.option("--allow-missing-checksums", is_flag=True,
+              help="Import datasets whose checksum is missing from the export file, unverified "
+                   "(default: a missing checksum is an error).")
 @catch_errors
-def import_cmd(repo, directory, export_file, transfer, skip_dimensions) -> None:
+def import_cmd(repo, directory, export_file, transfer, skip_dimensions, allow_missing_checksums) -> None:
     """Import an export DIRECTORY into REPO: from `cpframe export-calibs` (either format) or from
-    `butler export-calibs` / `butler export` (recognised by its `version:` and `data:` keys)."""
+    `butler export-calibs` / `butler export` (recognised by its `version:` and `data:` keys).
+
+    Importing again is harmless: datasets already present (same id, same file) are skipped.
+    """
     from pathlib import Path
 
     from cpframe.repository.transfer import _load_export, import_export
 
     with _open(repo) as r:
-        counts = import_export(r, directory, export_file, transfer, skip_dimensions)
-    click.echo(f"Imported {counts['datasets']} dataset(s), {counts['collections']} collection(s), "
+        counts = import_export(r, directory, export_file, transfer, skip_dimensions,
+                               allow_missing_checksums=allow_missing_checksums)
+    present = f" ({counts['skipped']} already present, skipped)" if counts.get("skipped") else ""
+    click.echo(f"Imported {counts['datasets']} dataset(s){present}, {counts['collections']} collection(s), "
                f"{counts['links']} validity range(s), {counts['dimension_records']} new dimension record(s).")
     skipped = _load_export(Path(export_file or Path(directory) / "export.yaml")).get("skipped_dataset_types")
     if skipped:

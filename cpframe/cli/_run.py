@@ -79,13 +79,17 @@ def plan_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, exten
                    "~/.config/cpframe/sites/<SITE>.yaml); overrides computeSite and cpframe.execution.cluster.kind.")
 @click.option("--site", "site", default=None, metavar="FILE",
               help="Slurm site file (queue, walltime, cores, memory...); default from the template or settings.")
+@click.option("--take-over-lock", is_flag=True,
+              help="Take over the RUN's lock when the submission holding it is gone (killed); a running one's "
+                   "lock is never taken.")
 @click.option("--detach", is_flag=True,
               help="Start the submission in the background and print its run id at once "
                    "(cpframe status / cpframe cancel); it survives this shell.")
 @click.option("--run-id", "run_id", default=None, hidden=True, help="Internal: the detached run to track.")
 @catch_errors
 def submit_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, extend_run: bool, skip_existing: bool,
-               quiet: bool, compute_site: str | None, site: str | None, detach: bool, run_id: str | None) -> None:
+               quiet: bool, compute_site: str | None, site: str | None, take_over_lock: bool, detach: bool,
+               run_id: str | None) -> None:
     """Plan TEMPLATE, run it on a Dask cluster and register the outputs into a new RUN.
 
     The RUN is outputRun (default {output}/{timestamp}) under the CHAINED output collection,
@@ -93,6 +97,9 @@ def submit_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, ext
     local starts a LocalCluster; slurm starts workers as Slurm jobs from the site file.
     Failed tasks are retried numberOfRetries times; if some still fail, the RUN keeps the
     complete outputs and the message says how to finish with --extend-run --skip-existing.
+    One submission writes into a RUN at a time (a second one is refused, naming the first);
+    SIGTERM/Ctrl-C finish or roll back the registration in progress, record what completed and
+    exit 143/130 with the command that resumes.
     """
     from cpframe.core.config import load_settings
     from cpframe.core.errors import ExecutionError
@@ -104,7 +111,8 @@ def submit_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, ext
         parse_vars(variables)  # a bad --var is reported here, not in the background
         argv = ["submit", template, *(f"--var={v}" for v in variables), "--quiet"]
         argv += [flag for flag, on in (("--allow-unset", allow_unset), ("--extend-run", extend_run),
-                                       ("--skip-existing", skip_existing)) if on]
+                                       ("--skip-existing", skip_existing), ("--take-over-lock", take_over_lock))
+                 if on]
         argv += [*(["--compute-site", compute_site] if compute_site else []), *(["--site", site] if site else [])]
         rid = start_detached(argv, template=template)
         click.echo(rid)
@@ -123,6 +131,7 @@ def submit_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, ext
                               skip_existing=skip_existing, quiet=quiet or not settings.progress,
                               compute_site=compute_site, site=site, argv=["cpframe", *sys.argv[1:]],
                               settings=settings, echo=lambda line: click.echo(line, err=True),
+                              take_over_lock=take_over_lock,
                               on_progress=tracker.progress if tracker else None)
     except ExecutionError as err:
         result = getattr(err, "result", None)

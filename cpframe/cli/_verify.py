@@ -39,12 +39,15 @@ def report_command(repo, collections, output, do_overwrite):
     click.echo(f"  {result.n_datasets} datasets, {result.n_images} images "
                f"({result.n_rendered} rendered, {result.n_images - result.n_rendered} reused)")
     for key, verdict in result.verdicts.items():
-        word = "PASS" if verdict else ("FAIL" if verdict is False else "no summary")
+        word = "PASS" if verdict else ("FAIL" if verdict is False else "NOT VERIFIED")
         line = f"  {key:<8} {word}"
         fails = result.failures.get(key, [])
         if fails:
             line += f"  ({len(fails)} failing: {', '.join(fails[:5])}{', ...' if len(fails) > 5 else ''})"
-        click.secho(line, fg="red" if verdict is False else None)
+        if verdict is None:
+            line += f"  (verify it: {result.missing[key]}, then add its collection with -c)"
+        click.secho(line, fg="red" if verdict is False else ("yellow" if verdict is None else None))
+    click.secho(f"overall: {result.overall}", fg={"PASS": "green", "FAIL": "red"}.get(result.overall, "yellow"))
     click.echo(f"open it with: xdg-open {result.index}")
 
 

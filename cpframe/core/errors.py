@@ -17,8 +17,12 @@ code  meaning
 5     planning found missing inputs (``PlanningError``)
 6     execution failed on the cluster (``ExecutionError``)
 7     verification found failing tests (``VerificationFailed``)
-8     a required service is unavailable (``ServiceError``)
+8     a required service is unavailable (``ServiceError``), disk full (``DiskFullError``)
+130   stopped by SIGINT (``InterruptedRunError``, 128 + signal number)
+143   stopped by SIGTERM (``InterruptedRunError``); the message says how to resume
 ====  ==========================================================
+
+docs/guarantees.md lists every promise with the test that holds it.
 
 Messages say what was wrong, show the value, and say what to do next.
 """
@@ -35,6 +39,8 @@ __all__ = [
     "UnknownCollectionError",
     "CollectionTypeError",
     "CollectionNameError",
+    "DatasetTypeNameError",
+    "RunLockedError",
     "ChainCycleError",
     "ConflictingDefinitionError",
     "DatasetConflictError",
@@ -45,6 +51,7 @@ __all__ = [
     "BadDateError",
     "DatastoreError",
     "ChecksumError",
+    "DiskFullError",
     "ExportError",
     "IngestError",
     "CameraError",
@@ -54,6 +61,7 @@ __all__ = [
     "PipelineError",
     "PlanningError",
     "ExecutionError",
+    "InterruptedRunError",
     "ServiceError",
     "SubprocessError",
     "VerificationFailed",
@@ -125,6 +133,22 @@ class CollectionNameError(RegistryError, ValueError):
     """A collection name with forbidden characters."""
 
 
+class DatasetTypeNameError(RegistryError, ValueError):
+    """A dataset type name that breaks the butler's naming rule."""
+
+
+class RunLockedError(RegistryError):
+    """A RUN is being written by another process (its lock row names the owner).
+
+    Attributes
+    ----------
+    lock : dict
+        The lock row: ``owner`` (``host:pid:token``), ``command``, ``started_ns``, ``heartbeat_ns``.
+    """
+
+    lock: dict = {}
+
+
 class ChainCycleError(RegistryError):
     """A chain definition that would contain itself."""
 
@@ -159,6 +183,15 @@ class BadDateError(UserInputError):
 
 class DatastoreError(RegistryError):
     """A file in the datastore is missing, unreadable or inconsistent with its row."""
+
+
+class DiskFullError(CpframeError):
+    """The file system or the database ran out of space (``ENOSPC``, quota, SQLITE_FULL).
+
+    Nothing half-written is kept; free space and run the command again.
+    """
+
+    exit_code = 8
 
 
 class ChecksumError(DatastoreError):
@@ -222,6 +255,19 @@ class ExecutionError(CpframeError):
     """Work failed on the cluster after its retries."""
 
     exit_code = 6
+
+
+class InterruptedRunError(ExecutionError):
+    """A submission stopped by SIGINT or SIGTERM after finishing or rolling back its registration.
+
+    The exit code is ``128 + signal`` as for any process stopped by a signal: 130 for SIGINT
+    (Ctrl-C), 143 for SIGTERM (Slurm at walltime, ``scancel``).  The message says how to resume.
+    """
+
+    def __init__(self, message: str, signum: int = 2):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + int(signum)
 
 
 class ServiceError(CpframeError):

@@ -89,6 +89,13 @@ class CollectionType(enum.IntEnum):
 _DATE_RE = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?)?$"
 )
+_YDAY_RE = re.compile(r"^(\d{4}):(\d{3})(?::(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?)?$")
+
+
+def _leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
 _EPOCH = None  # astropy Time for 1970-01-01 TAI, created lazily
 
 
@@ -104,13 +111,34 @@ def _epoch():
 def parse_tai(text: str, what: str = "date") -> int:
     """Parse a TAI date/time text into nanoseconds since 1970-01-01 TAI.
 
-    Accepted: ``YYYY-MM-DD`` and ``YYYY-MM-DD[T| ]HH:MM[:SS[.fraction]]``, read as TAI.
-    Rejected: ``Z`` / ``+00:00`` suffixes, compact ``20241001``, free text.
+    Accepted: ``YYYY-MM-DD``, ``YYYY-MM-DD[T| ]HH:MM[:SS[.fraction]]`` and the day-of-year
+    form ``YYYY:DDD[:HH:MM[:SS[.fraction]]]`` (as the butler, through astropy), read as TAI.
+    Rejected: empty text, ``Z`` / ``+00:00`` suffixes, compact ``20241001``, free text.
+
+    >>> parse_tai("1970:002") == parse_tai("1970-01-02")
+    True
 
     >>> parse_tai("1970-01-01T00:00:01")
     1000000000
     """
     s = str(text).strip()
+    if not s:
+        raise BadDateError(
+            f"{what} is empty. Give a date such as 2024-11-10 (TAI), or leave the option out for an "
+            "unbounded range (a begin of 1970-01-01 also means 'valid since forever')."
+        )
+    m = _YDAY_RE.match(s)
+    if m:  # YYYY:DDD[:HH:MM[:SS[.fff]]], astropy's "yday" form, which the butler accepts
+        y, doy, hh, mi, ss, frac = m.groups()
+        if int(doy) < 1 or int(doy) > (366 if _leap(int(y)) else 365):
+            raise BadDateError(f"{what} {text!r}: day of year {int(doy)} does not exist in {y} (YYYY:DDD).")
+        try:
+            from astropy.time import Time
+
+            t = Time(f"{y}:{doy}:{hh or '00'}:{mi or '00'}:{ss or '00'}{frac or ''}", scale="tai", format="yday")
+        except ValueError:
+            raise BadDateError(f"{what} {text!r} is not a valid YYYY:DDD:HH:MM:SS time.") from None
+        return tai_ns(t)
     if s.upper().endswith("Z") or "+" in s or re.search(r"\d{2}:\d{2}(:\d{2}(\.\d+)?)?-\d{2}:?\d{2}$", s):
         raise BadDateError(
             f"{what} {text!r}: a time-zone suffix claims UTC, but cpframe dates are TAI. "
@@ -129,7 +157,8 @@ def parse_tai(text: str, what: str = "date") -> int:
         iso = f"{y}-{mo}-{d}T{hh or '00'}:{mi or '00'}:{ss or '00'}{frac or ''}"
         t = Time(iso, scale="tai", format="isot")
     except ValueError as err:
-        raise BadDateError(f"{what} {text!r} is not a valid calendar date/time: {err}") from None
+        reason = str(err).strip().splitlines()[-1]  # astropy's last line says which part ("bad day")
+        raise BadDateError(f"{what} {text!r} is not a valid calendar date/time ({reason}).") from None
     return tai_ns(t)
 
 
@@ -201,12 +230,33 @@ class Timespan:
 
     @classmethod
     def from_text(cls, begin: str | None = None, end: str | None = None) -> "Timespan":
-        """Build from CLI texts; a begin at or before 1970-01-01 means unbounded."""
-        b = parse_tai(begin, "begin date") if begin else None
+        """Build from CLI texts; a begin at or before 1970-01-01 means unbounded.
+
+        ``None`` means "not given" (unbounded); an empty text is an error, never "forever"
+        (issue 11).  ``begin == end`` is an error: the range ``[t, t)`` is empty and could never
+        match an exposure (the butler would store it and silently never use it).
+
+        Raises
+        ------
+        BadDateError
+            An empty or malformed text, begin after end, or begin equal to end.
+        """
+        b = parse_tai(begin, "begin date") if begin is not None else None
         if b is not None and b <= 0:
             b = None
-        e = parse_tai(end, "end date") if end else None
-        return cls(b, e)
+        e = parse_tai(end, "end date") if end is not None else None
+        span = cls(b, e)
+        span.require_not_empty()
+        return span
+
+    def require_not_empty(self) -> "Timespan":
+        """Raise :class:`BadDateError` for a zero-length validity range ``[t, t)``; else return self."""
+        if self.begin_ns is not None and self.begin_ns == self.end_ns:
+            raise BadDateError(
+                f"validity range [{ns_to_iso(self.begin_ns)}, {ns_to_iso(self.end_ns)}) is empty: begin equals "
+                "end, so no exposure could ever match it. Give an end after the begin, or no end date."
+            )
+        return self
 
     @property
     def db_begin(self) -> int:

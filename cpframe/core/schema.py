@@ -45,6 +45,7 @@ from typing import Annotated, Any, Iterable, Mapping, TypeVar
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
+from cpframe.core import yamlsafe
 from cpframe.core.errors import ConfigError, CpframeError
 
 __all__ = ["Schema", "OpenSchema", "Text", "load_yaml", "validate", "check", "read_yaml", "problem_line", "SchemaErrors"]
@@ -226,8 +227,11 @@ def check(data: Any, model: type[M], problems: list[str], *, source: str = "", p
 
 
 def read_yaml(path: str | os.PathLike, *, text: str | None = None, source: str | None = None,
-              error: type[CpframeError] = ConfigError) -> Any:
-    """``yaml.safe_load`` of a file (or of ``text`` read from it), with a one-line error naming it.
+              error: type[CpframeError] = ConfigError, max_nodes: int = 100_000) -> Any:
+    """Safe YAML load of a file (or of ``text`` read from it), with a one-line error naming it.
+
+    Alias expansion is bounded (:func:`cpframe.core.yamlsafe.load`, at most ``max_nodes`` nodes once
+    expanded): a configuration file is far smaller, and an alias bomb is refused before it is built.
 
     Raises
     ------
@@ -241,7 +245,7 @@ def read_yaml(path: str | os.PathLike, *, text: str | None = None, source: str |
         except OSError as err:
             raise error(f"{source}: cannot read: {err.strerror or err}") from None
     try:
-        return yaml.safe_load(text)
+        return yamlsafe.load(text, source, max_nodes=max_nodes)  # bounded aliases (issue 11)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

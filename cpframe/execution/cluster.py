@@ -15,6 +15,7 @@ are found with ``squeue -n`` and cancelled by id).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import shutil
@@ -29,8 +30,11 @@ from typing import Any, Mapping
 
 import yaml
 
+from cpframe.core import yamlsafe
 from cpframe.core.config import Settings, parse_bytes
 from cpframe.core.errors import ConfigError, ServiceError, SubprocessError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "OpenCluster",
@@ -203,7 +207,7 @@ def load_site(path: str | os.PathLike) -> SlurmSite:
     """
     p = resolve_site_path(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yamlsafe.load(p.read_text(), str(p), max_nodes=100_000) or {}  # bounded aliases (issue 11)
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from None
     if not isinstance(data, Mapping):
@@ -485,6 +489,8 @@ class OpenCluster:
             return
         self.closed = True
         try:
+            if self.kind == "local":
+                _close_nannies(self.cluster, timeout_s)
             self.client.close()
         finally:
             self.cluster.close()
@@ -508,6 +514,21 @@ class OpenCluster:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _close_nannies(cluster: Any, timeout_s: float) -> None:
+    """Stop a LocalCluster's worker processes, giving each ``timeout_s`` to exit.
+
+    ``LocalCluster.close`` gives a worker 4 s and then logs "Worker process still alive
+    after 4.0 seconds, killing"; on a loaded machine a worker's exit takes longer, so a
+    normal shutdown printed that warning (issue 16).  Closing the nannies first, with
+    room, lets them exit cleanly; the cluster's own close then has nothing left to kill.
+    """
+    for nanny in list(getattr(cluster, "workers", {}).values()):
+        try:
+            cluster.sync(nanny.close, timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - the cluster's own close still stops whatever is left
+            log.debug("closing a worker nanny failed; LocalCluster.close will stop it", exc_info=True)
 
 
 def _open_local(settings: Settings) -> OpenCluster:

@@ -12,26 +12,119 @@
   that does not depend on it finishes and is registered.  The RUN therefore only ever
   holds complete, registered outputs; :class:`ExecutionResult` says what is missing.
 
+* Registration never throws computed work away (issue 11): a registration that fails
+  because the registry is busy or unreachable, or the disk is full, is retried with
+  exponential backoff (:data:`REGISTER_ATTEMPTS`, :data:`REGISTER_BACKOFF_S`); if it still
+  fails, the outputs are **staged** -- moved to ``<datastore>/.cpframe-staged/<run>/`` with a
+  manifest -- and :func:`register_staged` (called by ``cpframe submit --extend-run``) registers
+  them later without recomputing.
+* SIGINT/SIGTERM (Slurm's walltime signal) never cut a registration in half: inside
+  :func:`registering` the signal waits until the transaction has committed or rolled back
+  (see :class:`Interrupted` and :func:`signals_interrupt`).
+* Scratch directories carry an ``.owner`` file; ``Repository.open`` removes those of
+  processes that are gone (kill -9), so scratch never leaks.
+
 The caller (``cpframe.execution.submit``) creates the RUN before and records provenance after.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import shutil
+import signal
+import socket
 import sys
+import threading
 import time
 import traceback
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from cpframe.core.errors import DiskFullError, ServiceError
 from cpframe.core.model import DataId, DatasetRef
 
-__all__ = ["ExecutionResult", "execute_plan", "scratch_dir_for"]
+__all__ = ["ExecutionResult", "execute_plan", "scratch_dir_for", "staging_dir_for", "register_staged",
+           "staged_outputs", "remove_scratch", "Interrupted", "signals_interrupt", "registering", "REGISTER_ATTEMPTS",
+           "REGISTER_BACKOFF_S"]
 
 log = logging.getLogger("cpframe.execution.execute")
+
+#: Attempts to register one quantum's outputs before they are staged.
+REGISTER_ATTEMPTS = 4
+#: First wait between attempts (doubles each time: 2, 4, 8 s).
+REGISTER_BACKOFF_S = 2.0
+#: Errors after which a registration is retried, then staged (the registry or the disk may recover).
+TRANSIENT = (ServiceError, DiskFullError)
+STAGED_DIR = ".cpframe-staged"
+SCRATCH_DIR = ".cpframe-scratch"
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM received; ``signum`` says which (exit code ``128 + signum``)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _Guard:
+    """Defers SIGINT/SIGTERM while a registration commits (so it finishes or rolls back whole)."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: int | None = None
+        self.installed = False
+
+    def handler(self, signum: int, _frame: Any) -> None:
+        if self.depth:
+            self.pending = signum
+            log.warning("%s received: finishing the registration in progress first", signal.Signals(signum).name)
+            return
+        raise Interrupted(signum)
+
+
+_GUARD = _Guard()
+
+
+@contextlib.contextmanager
+def registering() -> Iterator[None]:
+    """Block in which SIGINT/SIGTERM wait (a registration commits or rolls back, then the signal acts)."""
+    _GUARD.depth += 1
+    try:
+        yield
+    finally:
+        _GUARD.depth -= 1
+        if not _GUARD.depth and _GUARD.pending is not None:
+            signum, _GUARD.pending = _GUARD.pending, None
+            raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM (and SIGINT) raise :class:`Interrupted` (deferred by :func:`registering`).
+
+    Only the main thread can install signal handlers; elsewhere the block does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread() or _GUARD.installed:
+        yield
+        return
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in old:
+        signal.signal(sig, _GUARD.handler)
+    _GUARD.installed = True
+    try:
+        yield
+    finally:
+        _GUARD.installed = False
+        _GUARD.pending = None
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 @dataclass
@@ -63,12 +156,23 @@ class ExecutionResult:
     retried: dict[str, int] = field(default_factory=dict)
     """Quantum key -> times it was run again with more memory (BPS memoryMultiplier)."""
     interrupted: bool = False
-    """Stopped by Ctrl-C."""
+    """Stopped by SIGINT (Ctrl-C) or SIGTERM."""
+    signum: int = 0
+    """The signal that stopped the run (0 when not interrupted)."""
+    staged: list[tuple[str, DataId]] = field(default_factory=list)
+    """Outputs computed but not registered (the registry stayed unavailable): kept in the
+    staging directory for :func:`register_staged`."""
+    staging_dir: str = ""
+    """Where staged outputs wait."""
+    registry_error: str = ""
+    """The last registration error that made outputs staged."""
+    scratch_dir: str = ""
+    """The scratch folder used (removed at the end unless kept)."""
 
     @property
     def ok(self) -> bool:
         """True when every planned output was registered."""
-        return not self.missing and not self.failures and not self.interrupted
+        return not self.missing and not self.failures and not self.interrupted and not self.staged
 
     def counts(self) -> dict[str, int]:
         """Registered datasets per dataset type."""
@@ -92,13 +196,112 @@ class ExecutionResult:
             miss[dt] += 1
         if miss:
             lines.append("missing outputs: " + ", ".join(f"{n} {dt}" for dt, n in miss.items()))
+        if self.staged:
+            lines.append(f"{len(self.staged)} computed output(s) could not be registered ({self.registry_error}); "
+                         f"they are kept in {self.staging_dir} and registered, without recomputing, by "
+                         "--extend-run --skip-existing.")
+        if self.interrupted:
+            lines.append(f"stopped by {signal.Signals(self.signum or signal.SIGINT).name}: the registration in "
+                         "progress finished or was rolled back.")
+        if not self.failures:
+            lines = lines[1:]
         return "\n".join(lines)
 
 
 def scratch_dir_for(repo: Any, plan: Any) -> Path:
     """Scratch directory for a plan's worker outputs: inside the datastore, so moves are renames."""
     name = (plan.run.replace("/", "_") + "-" + plan.token)[-150:]
-    return Path(repo.datastore_root) / ".cpframe-scratch" / name
+    return Path(repo.datastore_root) / SCRATCH_DIR / name
+
+
+def staging_dir_for(repo: Any, run: str) -> Path:
+    """Where outputs of ``run`` that could not be registered wait (one folder per RUN)."""
+    return Path(repo.datastore_root) / STAGED_DIR / run.replace("/", "_")[-200:]
+
+
+def _stage(repo: Any, run: str, items: list, quantum: str, inputs: list[DatasetRef]) -> Path:
+    """Move one quantum's output files to the staging folder and append them to its manifest."""
+    d = staging_dir_for(repo, run)
+    d.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for path, dt, did in items:
+        target = d / f"{uuid.uuid4().hex[:12]}-{Path(path).name}"
+        os.replace(path, target)  # same file system (both inside the datastore): a rename
+        lines.append(json.dumps({"run": run, "file": target.name, "dataset_type": dt, "data_id": dict(did),
+                                 "quantum": quantum, "inputs": [r.id for r in inputs]}, default=str))
+    with open(d / "manifest.jsonl", "a", encoding="utf-8") as fh:
+        fh.write("".join(line + "\n" for line in lines))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return d
+
+
+def staged_outputs(repo: Any, run: str) -> list[dict[str, Any]]:
+    """Entries of ``run``'s staging manifest whose file is still there."""
+    d = staging_dir_for(repo, run)
+    manifest = d / "manifest.jsonl"
+    if not manifest.is_file():
+        return []
+    out = []
+    for line in manifest.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:  # a line cut by a crash while appending: its file is re-made on resume
+            continue
+        if entry.get("run") == run and (d / entry["file"]).is_file():
+            out.append(entry)
+    return out
+
+
+def register_staged(repo: Any, run: str) -> list[DatasetRef]:
+    """Register the staged outputs of ``run`` (those not in the RUN yet); returns the new refs.
+
+    Outputs whose data ID is already in the RUN are dropped with their file (they were
+    registered meanwhile).  The staging folder is removed when empty.
+    """
+    d = staging_dir_for(repo, run)
+    entries = staged_outputs(repo, run)
+    if not entries:
+        shutil.rmtree(d, ignore_errors=True)
+        _prune_empty(d.parent)
+        return []
+    reg = repo.registry
+    by_type: dict[str, list[dict]] = defaultdict(list)
+    for e in entries:
+        by_type[e["dataset_type"]].append(e)
+    todo, done = [], []
+    for dt, group in by_type.items():
+        found = reg.find_datasets(dt, [e["data_id"] for e in group], [run])
+        for e, f in zip(group, found):
+            (done if f else todo).append(e)
+    refs = []
+    if todo:
+        with registering():
+            refs = repo.put_files([(d / e["file"], e["dataset_type"], e["data_id"]) for e in todo], run,
+                                  transfer="move")
+    for e in done:
+        with contextlib.suppress(FileNotFoundError):
+            (d / e["file"]).unlink()
+    shutil.rmtree(d, ignore_errors=True)
+    _prune_empty(d.parent)
+    log.info("registered %d staged output(s) of RUN %s", len(refs), run)
+    return refs
+
+
+def _register(repo: Any, items: list, run: str, attempts: int, backoff_s: float) -> list[DatasetRef]:
+    """``put_files`` with retries and exponential backoff on transient errors; the last one propagates."""
+    for attempt in range(max(1, attempts)):
+        try:
+            with registering():
+                return repo.put_files(items, run, transfer="move")
+        except TRANSIENT as err:
+            if attempt + 1 >= attempts:
+                raise
+            wait = backoff_s * 2 ** attempt
+            log.warning("registration into %s failed (%s); retrying in %.0f s (attempt %d of %d)", run,
+                        str(err).splitlines()[0], wait, attempt + 2, attempts)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 class _Bar:
@@ -128,7 +331,8 @@ class _Bar:
 def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch_dir: str | Path | None = None,
                  progress: bool = False, keep_scratch: bool = False,
                  resources: Any = None, requests: Any = None,
-                 on_progress: Any = None) -> ExecutionResult:
+                 on_progress: Any = None, register_attempts: int | None = None,
+                 register_backoff_s: float | None = None, on_registered: Any = None) -> ExecutionResult:
     """Compute every quantum of ``plan`` on ``client`` and register the outputs into ``plan.run``.
 
     Parameters
@@ -155,20 +359,31 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
     on_progress : callable, optional
         Called with ``{"counts": {total, pending, done, failed, retried}}`` as quanta finish
         (``cpframe status``), and once more with ``"final": True``.
+    register_attempts, register_backoff_s : int, float
+        Registration attempts on a busy/unreachable registry or a full disk, and the first wait
+        (doubled each time); default :data:`REGISTER_ATTEMPTS`, :data:`REGISTER_BACKOFF_S`.
+        Outputs still unregistered are staged (``result.staged``).
+    on_registered : callable, optional
+        Called with the (partial) result after each registration, inside the registration
+        guard (the submit driver updates the provenance record with it).
 
     Returns
     -------
     ExecutionResult
-        Never raises for a failed quantum: the result lists failures and missing outputs.
+        Never raises for a failed quantum: the result lists failures, missing and staged outputs.
     """
     from distributed import as_completed
 
     from cpframe.execution.graph import build_graph
     from cpframe.execution.resources import quantum_resources
 
+    register_attempts = REGISTER_ATTEMPTS if register_attempts is None else register_attempts
+    register_backoff_s = REGISTER_BACKOFF_S if register_backoff_s is None else register_backoff_s
     scratch = Path(scratch_dir) if scratch_dir is not None else scratch_dir_for(repo, plan)
     scratch.mkdir(parents=True, exist_ok=True)
-    result = ExecutionResult(run=plan.run, n_quanta=len(plan.quanta))
+    (scratch / ".owner").write_text(f"{socket.gethostname()}:{os.getpid()}\n")  # lets repair remove it after kill -9
+    result = ExecutionResult(run=plan.run, n_quanta=len(plan.quanta), scratch_dir=str(scratch))
+    registry_down = False
     planned = {(dt, did.key()): did for dt, did in plan.planned_outputs()}
     done_outputs: set[tuple[str, str]] = set()
     status: dict[str, str] = {}
@@ -197,15 +412,33 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
                              if (dt, DataId(did).key()) in planned and (dt, DataId(did).key()) not in done_outputs]
                     if items:
                         t1 = time.perf_counter()
-                        refs = repo.put_files(items, plan.run, transfer="move")
-                        result.register_s += time.perf_counter() - t1
                         inputs = plan.inputs_of(key)  # walks the quantum's upstream: once, shared by its outputs
+                        refs = []
+                        if not registry_down:
+                            try:
+                                refs = _register(repo, items, plan.run, register_attempts, register_backoff_s)
+                            except TRANSIENT as err:
+                                registry_down = True  # later quanta are staged at once; one last try at the end
+                                result.registry_error = str(err).splitlines()[0]
+                                log.error("registration into %s failed after %d attempts: %s; staging outputs",
+                                          plan.run, register_attempts, result.registry_error)
+                        if registry_down:
+                            result.staging_dir = str(_stage(repo, plan.run, items, key, inputs))
+                            result.staged += [(dt, DataId(did)) for _, dt, did in items]
+                            done_outputs.update((dt, DataId(did).key()) for _, dt, did in items)  # not twice
+                        result.register_s += time.perf_counter() - t1
                         for ref in refs:
                             done_outputs.add((ref.dataset_type, DataId(ref.data_id).key()))
                             result.registered.append(ref)
                             result.inputs_of[ref.id] = inputs
                             log.info("registered %s %s (%s) in %s", ref.dataset_type, ref.data_id, ref.id,
                                      plan.run)
+                        if refs and on_registered is not None:
+                            try:
+                                with registering():
+                                    on_registered(result)
+                            except TRANSIENT as err:  # provenance is best effort while the registry is busy
+                                log.warning("could not update the provenance record: %s", err)
                 else:
                     status[key] = "error"
                     try:
@@ -229,17 +462,18 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
             log.warning("retrying %d quantum/quanta that ran out of memory with more memory: %s", len(attempt),
                         ", ".join(f"{k} ({resources[k].get('MEMORY', 0) / 2**20:.0f} MiB)"
                                   for k in todo.quanta if k in attempt and k in resources))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         result.interrupted = True
+        result.signum = getattr(exc, "signum", int(signal.SIGINT))
         log.warning("interrupted: cancelling %d quanta", len(futures))
-        client.cancel(futures)
-        _wait_idle(client)  # a cancelled quantum already running still writes its scratch file
+        with contextlib.suppress(Exception):
+            client.cancel(futures)
+            _wait_idle(client)  # a cancelled quantum already running still writes its scratch file
     finally:
         bar.stop()
         result.compute_s = time.perf_counter() - t0
         if not keep_scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
-            _prune_empty(scratch.parent)
+            remove_scratch(scratch)
     # a quantum whose inputs all succeeded failed by itself; the others failed because of them
     own = {}
     for key, err in result.failures.items():
@@ -250,16 +484,37 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
         else:
             result.not_run.append(key)
     result.failures = own
-    result.missing = [(dt, did) for (dt, k), did in planned.items() if (dt, k) not in done_outputs]
+    if result.staged and not result.interrupted:  # the registry may be back: one last try, else they wait
+        try:
+            refs = register_staged(repo, plan.run)
+        except TRANSIENT as err:
+            result.registry_error = str(err).splitlines()[0]
+        except KeyboardInterrupt as exc:
+            result.interrupted, result.signum = True, getattr(exc, "signum", int(signal.SIGINT))
+        else:
+            for ref in refs:
+                done_outputs.add((ref.dataset_type, DataId(ref.data_id).key()))
+                result.registered.append(ref)
+            result.staged = []
+    staged = {(dt, did.key()) for dt, did in result.staged}
+    result.missing = [(dt, did) for (dt, k), did in planned.items() if (dt, k) not in done_outputs
+                      and (dt, k) not in staged]
     if on_progress is not None:
         on_progress({"counts": _counts(plan, status, result), "final": True})
     return result
 
 
-def _executing() -> int:
-    from distributed import get_worker
+def remove_scratch(scratch: str | Path) -> None:
+    """Remove a scratch folder and its parent when empty (a task still running may race: call again
+    once the workers are stopped)."""
+    scratch = Path(scratch)
+    shutil.rmtree(scratch, ignore_errors=True)
+    _prune_empty(scratch.parent)
 
-    return int(get_worker().state.executing_count)
+
+def _executing(dask_worker: Any) -> int:
+    # Client.run passes the worker as ``dask_worker`` (get_worker() is for task threads only)
+    return int(dask_worker.state.executing_count)
 
 
 def _wait_idle(client: Any, timeout_s: float = 120.0) -> None:

@@ -44,6 +44,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from cpframe.core import yamlsafe
 from cpframe.core.errors import PipelineError
 from cpframe.execution import kinds as _kinds
 
@@ -77,9 +78,9 @@ PRODUCT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
     "manual_defects": (("detector",), "ecsv-defects"),
     "ptc": (("detector",), "fits-ptc"),
     # optional inputs only (cpframe does not build them; dependencies.md §7)
-    "linearizer": (("detector",), "external"),
-    "crosstalk": (("detector",), "external"),
-    "cti": (("detector",), "external"),
+    "linearizer": (("detector",), "json"),  # cpframe/science/linearity.py
+    "crosstalk": (("detector",), "json"),  # cpframe/science/crosstalk.py
+    "cti": (("detector",), "json"),  # cpframe/science/cti.py
     "bfk": (("detector",), "external"),
 }
 
@@ -526,7 +527,9 @@ def load_pipeline(path: str | os.PathLike, *, overrides: Sequence[tuple[str, str
         raise PipelineError(f"pipeline file {base_name!r} not found. Available pipelines: "
                             f"{', '.join(list_pipelines(base)) or '(none)'} (in {base}).")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yamlsafe.load(p.read_text(), str(p), max_nodes=100_000)  # bounded aliases (issue 11)
+    except yamlsafe.YamlBombError as err:
+        raise PipelineError(str(err)) from None
     except yaml.YAMLError as err:
         raise PipelineError(f"{p}: not valid YAML: {err}") from None
     notes: list[str] = []

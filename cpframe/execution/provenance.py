@@ -9,7 +9,8 @@ A record is plain JSON-able data::
 
     {
       "record_version": 1,
-      "status": "complete" | "failed",
+      "status": "complete" | "failed" | "interrupted" | "running" (still running, or killed),
+      "token": "<plan token>",                           # one record per submission
       "command_line": ["cpframe", "submit", ...],
       "template": {"path": ..., "text": ...},
       "submission": {...fully rendered keys...},
@@ -103,13 +104,25 @@ def host_info() -> dict[str, Any]:
 def add_record(registry: Registry, run: str, record: Mapping[str, Any]) -> None:
     """Append ``record`` to the provenance records stored with RUN ``run``.
 
+    A record with a ``token`` replaces the earlier record of the same token: a submission
+    writes a ``running`` record when it starts writing and updates it as outputs are
+    registered, so even a submission killed with ``kill -9`` leaves its provenance
+    (status ``running``, the outputs registered so far).
+
     The record must be JSON-able (it is checked here so a bad value fails before anything is written).
     """
     json.dumps(record)  # fail early on a non-JSON value
-    info = registry.get_run_info(run) or {}
-    records = list(info.get("records", []))
-    records.append(dict(record, record_version=RECORD_VERSION))
-    registry.set_run_info(run, {"records": records})
+    with registry.transaction():
+        info = registry.get_run_info(run) or {}
+        records = list(info.get("records", []))
+        new = dict(record, record_version=RECORD_VERSION)
+        token = record.get("token")
+        same = [i for i, r in enumerate(records) if token and r.get("token") == token]
+        if same:
+            records[same[-1]] = new
+        else:
+            records.append(new)
+        registry.set_run_info(run, {"records": records})
 
 
 def resolve_run(registry: Registry, name: str) -> str:

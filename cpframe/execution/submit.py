@@ -24,6 +24,14 @@ later submission with the same ``output`` puts its new RUN at the front.
 ``--extend-run`` writes into an existing RUN instead: the explicit ``outputRun``, or the
 first child of the ``output`` chain (as ``pipetask --extend-run``).
 
+One writer per RUN: the run stage takes the RUN's lock (:mod:`cpframe.repository.locks`)
+before it creates or extends the RUN, and a second submission into it is refused with the
+owner's name; ``take_over_lock`` (``--take-over-lock``) takes the lock of a writer that is gone.
+SIGTERM (Slurm at walltime) and SIGINT finish or roll back the registration in progress,
+record what completed in the provenance, and raise :class:`~cpframe.core.errors.InterruptedRunError`
+(exit ``128 + signal``) saying how to resume.  Outputs that could not be registered (registry
+busy or down, disk full) are staged and registered by the next ``--extend-run``.
+
 When quanta fail after their retries, the RUN keeps only the complete, registered
 outputs; the provenance record says what is missing, and the error says how to finish
 (``--extend-run --skip-existing``).  If nothing at all was registered, the new RUN (and
@@ -44,7 +52,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-from cpframe.core.errors import CollectionTypeError, ExecutionError, SubmissionError, UnknownCollectionError
+from cpframe.core.errors import (
+    CollectionTypeError,
+    ExecutionError,
+    InterruptedRunError,
+    SubmissionError,
+    UnknownCollectionError,
+)
 from cpframe.core.model import CollectionType
 from cpframe.repository.base import Registry
 
@@ -180,10 +194,11 @@ def plan_stage(submission: Any, pipeline: Any, repo: Any, target: RunTarget, *, 
     return make_plan(sub, pipeline, repo, settings=settings, existing=target.existing, skip_existing=skip_existing)
 
 
-def _open_repo(submission: Any) -> Any:
+def _open_repo(submission: Any, settings: Any = None) -> Any:
     from cpframe.repository.repo import Repository
 
-    return Repository.open(submission.butler_config)
+    busy = getattr(settings, "busy_timeout_s", None)
+    return Repository.open(submission.butler_config, **({"busy_timeout_s": busy} if busy else {}))
 
 
 @dataclass
@@ -214,7 +229,7 @@ def plan_template(template: str | os.PathLike, variables: Mapping[str, str] | No
     sub, pipe = validate_stage(r)
     render_s = time.perf_counter() - t0
     own_repo = repo is None
-    repo = repo if repo is not None else _open_repo(sub)
+    repo = repo if repo is not None else _open_repo(sub, settings)
     try:
         default_run = default_output_run(r, sub)
         target = target_stage(sub, repo.registry, extend_run=extend_run, default_run=default_run)
@@ -272,7 +287,30 @@ class SubmitResult:
             f"submit directory: {self.submit_dir}",
             f"log: {self.log_path}" + (f"; worker logs: {self.worker_logs}" if self.worker_logs else ""),
             f"provenance: cpframe provenance {self.run} --repo {self.extra.get('repo', '')}",
-        ])
+        ] + ([self.extra["verification"]] if self.extra.get("verification") else []))
+
+
+def _verification_verdict(repo: Any, registered: Any) -> str:
+    """``verification: PASS|FAIL ...`` when the run registered a verification summary (issue 16)."""
+    import json
+
+    lines = []
+    for ref in registered:
+        if not (ref.dataset_type.startswith("verify") and ref.dataset_type.endswith("Summary")):
+            continue
+        try:
+            data = json.loads(Path(repo.get_path(ref)).read_text())
+        except (OSError, ValueError) as err:
+            lines.append(f"verification: unreadable {ref.dataset_type} ({err})")
+            continue
+        fails = data.get("FAILURES") or {}
+        flat = [f"{k} {f}" for k, v in fails.items() for f in v] if isinstance(fails, dict) else list(fails)
+        if data.get("SUCCESS"):
+            lines.append(f"verification: PASS ({ref.dataset_type})")
+        else:
+            shown = ", ".join(flat[:5]) + (", ..." if len(flat) > 5 else "")
+            lines.append(f"verification: FAIL ({ref.dataset_type}): {len(flat)} failing test(s): {shown}")
+    return "\n".join(lines)
 
 
 def _submit_dir(submission: Any, rendering: Any) -> Path:
@@ -316,9 +354,9 @@ def _prepare_run(repo: Any, out: PlanOutcome) -> tuple[bool, bool]:
     return created_run, not t.chain_exists
 
 
-def _undo_run(repo: Any, out: PlanOutcome, created_chain: bool) -> None:
+def _undo_run(repo: Any, out: PlanOutcome, created_chain: bool, lock_owner: str | None = None) -> None:
     """Remove an empty RUN this submission created (and its chain, if created here too)."""
-    repo.remove_runs([out.target.run], force=True)
+    repo.remove_runs([out.target.run], force=True, lock_owner=lock_owner)
     if created_chain:
         try:
             repo.registry.remove_collection(out.target.output, remove_from_parents=True)
@@ -339,6 +377,7 @@ def _record(out: PlanOutcome, res: Any, argv: Sequence[str], timings: dict, subm
                                        for r in res.inputs_of.get(ref.id, [])]})
     record = {
         "status": status,
+        "token": plan.token,
         "command_line": list(argv),
         "template": {"path": out.rendering.path, "text": out.rendering.source},
         "submission": _jsonable(out.rendering.config),
@@ -384,7 +423,8 @@ def submit_template(
     extend_run: bool = False, skip_existing: bool = False, quiet: bool = True, compute_site: str | None = None,
     site: str | os.PathLike | None = None, argv: Sequence[str] | None = None, client: Any = None,
     settings: Any = None, environ: Mapping[str, str] | None = None,
-    echo: Callable[[str], None] | None = None, on_progress: Callable[[dict], None] | None = None,
+    echo: Callable[[str], None] | None = None, take_over_lock: bool = False,
+    on_progress: Callable[[dict], None] | None = None,
 ) -> SubmitResult:
     """Run a submission end to end (what ``cpframe submit`` does).
 
@@ -413,6 +453,8 @@ def submit_template(
         Environment for rendering (default ``os.environ``).
     echo : callable, optional
         Receives progress lines (dashboard address, stage results).
+    take_over_lock : bool
+        Take over the RUN's lock when its owner is gone (killed); a live owner's lock is never taken.
 
     Returns
     -------
@@ -422,10 +464,34 @@ def submit_template(
     ------
     TemplateError, SubmissionError, PipelineError, RegistryError, SelectionError, PlanningError
         Before anything is written.
+    RunLockedError
+        Another submission writes into the RUN (nothing written).
     ExecutionError
-        Quanta failed after their retries; raised after the outputs that succeeded were
-        registered and the provenance recorded.  ``err.result`` is the SubmitResult.
+        Quanta failed after their retries, or outputs are staged; raised after the outputs that
+        succeeded were registered and the provenance recorded.  ``err.result`` is the SubmitResult.
+    InterruptedRunError
+        SIGINT/SIGTERM; raised after the registration in progress finished or rolled back and
+        the provenance was recorded.
     """
+    from cpframe.execution.execute import Interrupted, signals_interrupt
+
+    with signals_interrupt():
+        try:
+            return _submit(template, variables, allow_unset=allow_unset, extend_run=extend_run,
+                           skip_existing=skip_existing, quiet=quiet, compute_site=compute_site, site=site,
+                           argv=argv, client=client, settings=settings, environ=environ, echo=echo,
+                           take_over_lock=take_over_lock, on_progress=on_progress)
+        except Interrupted as exc:  # before the run stage (planning, cluster start): nothing was written
+            raise InterruptedRunError(
+                f"stopped by {exc.args[0]} before anything was registered; nothing was written. "
+                f"Submit again when ready: cpframe submit {template}", exc.signum) from None
+
+
+def _submit(template, variables, *, allow_unset, extend_run, skip_existing, quiet, compute_site, site, argv, client,
+            settings, environ, echo, take_over_lock, on_progress=None) -> SubmitResult:
+    from cpframe.execution.execute import register_staged, staged_outputs
+    from cpframe.repository.locks import lock_run
+
     echo = echo or (lambda _line: None)
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -435,28 +501,53 @@ def submit_template(
         settings = load_settings()
     out = plan_template(template, variables, allow_unset=allow_unset, extend_run=extend_run,
                         skip_existing=skip_existing, environ=environ, settings=settings)
-    repo, plan, sub = out.repo, out.plan, out.submission
-    timings: dict[str, Any] = {"started": started, "render_s": out.render_s, "plan_s": plan.plan_s}
+    repo = out.repo
+    lock = None
     try:
-        kind = compute_site or sub.compute_site or settings.cluster_kind
-        site_file = site or sub.site_file or None
-        submit_dir = _submit_dir(sub, out.rendering)
-        log_path = submit_dir / "logs" / "submit.log"
-        handler = _log_to(log_path)
-        try:
-            return _run_and_record(template, out, settings, kind, site_file, submit_dir, log_path, timings,
-                                   t_start, client=client, quiet=quiet, argv=argv, echo=echo,
-                                   on_progress=on_progress)
-        finally:
-            logging.getLogger("cpframe").removeHandler(handler)
-            handler.close()
+        # one writer per RUN, taken before anything is written (the plan only read)
+        command = " ".join(argv if argv is not None else sys.argv)
+        lock = lock_run(repo.registry, out.target.run, command, take_over=take_over_lock)
+        if not out.target.run_exists and _type_or_none(repo.registry, out.target.run) is not None:
+            raise SubmissionError(MSG_RUN_EXISTS.format(  # created by another writer since the plan
+                run=out.target.run, n=len(repo.registry.query_datasets(None, collections=[out.target.run]))))
+        if out.target.run_exists and staged_outputs(repo, out.target.run):
+            refs = register_staged(repo, out.target.run)  # computed earlier, registered now: never recomputed
+            echo(f"registered {len(refs)} staged output(s) of an earlier submission into {out.target.run}")
+            out.repo = None
+            repo.close()
+            out = plan_template(template, variables, allow_unset=allow_unset, extend_run=extend_run,
+                                skip_existing=skip_existing, environ=environ, settings=settings)
+            repo = out.repo
+        return _submit_locked(template, out, started, t_start, settings, compute_site, site, client, quiet, argv,
+                              echo, lock, on_progress)
     finally:
-        repo.close()
+        if lock is not None:
+            lock.release()
+        if repo is not None:
+            repo.close()
+
+
+def _submit_locked(template, out: PlanOutcome, started, t_start, settings, compute_site, site, client, quiet, argv,
+                   echo, lock, on_progress=None) -> SubmitResult:
+    plan, sub = out.plan, out.submission
+    timings: dict[str, Any] = {"started": started, "render_s": out.render_s, "plan_s": plan.plan_s}
+    kind = compute_site or sub.compute_site or settings.cluster_kind
+    site_file = site or sub.site_file or None
+    submit_dir = _submit_dir(sub, out.rendering)
+    log_path = submit_dir / "logs" / "submit.log"
+    handler = _log_to(log_path)
+    try:
+        return _run_and_record(template, out, settings, kind, site_file, submit_dir, log_path, timings,
+                               t_start, client=client, quiet=quiet, argv=argv, echo=echo,
+                               lock_owner=lock.owner if lock is not None else None, on_progress=on_progress)
+    finally:
+        logging.getLogger("cpframe").removeHandler(handler)
+        handler.close()
 
 
 def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submit_dir: Path, log_path: Path,
                     timings: dict, t_start: float, *, client, quiet, argv, echo,
-                    on_progress=None) -> SubmitResult:
+                    lock_owner: str | None = None, on_progress=None) -> SubmitResult:
     from cpframe.execution.execute import execute_plan
 
     repo, plan, sub = out.repo, out.plan, out.submission
@@ -480,6 +571,7 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
     retries = sub.number_of_retries if sub.number_of_retries is not None else settings.retries
     res = None
     env_plugin = None
+    created_run = created_chain = False
     try:
         # a request no worker (nor a job the site can start) can meet would wait for ever: refuse it now,
         # before the RUN exists
@@ -489,14 +581,35 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
 
             env_plugin = EnvironmentPlugin(dict(sub.environment))
             client.register_plugin(env_plugin, name=env_plugin.name)
-        created_run, created_chain = _prepare_run(repo, out)
-        if on_progress is not None:
-            on_progress({"run": plan.run, "output": plan.output, "submit_dir": str(submit_dir),
-                         "counts": {"total": len(plan.quanta), "pending": len(plan.quanta), "done": 0,
-                                    "failed": 0, "retried": 0}})
-        res = execute_plan(plan, repo, client, retries=retries, progress=not quiet,
-                           resources=quantum_resources(plan, requests), requests=requests,
-                           on_progress=on_progress)
+        from cpframe.execution.execute import ExecutionResult, registering
+
+        try:
+            with registering():  # RUN + chain created whole, even under SIGTERM
+                created_run, created_chain = _prepare_run(repo, out)
+                # provenance from the start: a kill -9 leaves a "running" record with what was registered
+                _record(out, None, argv if argv is not None else sys.argv, timings, submit_dir, "running", repo)
+            if on_progress is not None:
+                on_progress({"run": plan.run, "output": plan.output, "submit_dir": str(submit_dir),
+                             "counts": {"total": len(plan.quanta), "pending": len(plan.quanta), "done": 0,
+                                        "failed": 0, "retried": 0}})
+            last = [time.monotonic()]
+
+            def progress_record(partial: Any) -> None:  # at most every 10 s, inside the registration guard
+                if time.monotonic() - last[0] >= 10.0:
+                    last[0] = time.monotonic()
+                    _record(out, partial, argv if argv is not None else sys.argv, timings, submit_dir, "running",
+                            repo)
+
+            from cpframe.core.progress import progress_enabled
+
+            # a bar only on a terminal, and not with --quiet (issue 16: silent in logs)
+            res = execute_plan(plan, repo, client, retries=retries, progress=not quiet and progress_enabled(),
+                               resources=quantum_resources(plan, requests), requests=requests,
+                               on_progress=on_progress, on_registered=progress_record)
+        except KeyboardInterrupt as exc:  # a signal outside execute_plan's own handling
+            res = ExecutionResult(run=plan.run, n_quanta=len(plan.quanta), interrupted=True,
+                                  signum=getattr(exc, "signum", 2))
+            res.missing = list(plan.planned_outputs())
         timings["compute_s"] = res.compute_s
         timings["register_s"] = res.register_s
         if oc is None or oc.kind == "local":
@@ -510,19 +623,40 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
                 log.warning("could not remove the environment plugin: %s", err)
         if oc is not None:
             oc.close()
-    empty_failure = not res.ok and not res.registered and (created_run or not out.target.run_exists)
+        if res is not None and res.scratch_dir:  # tasks cancelled mid-write are stopped now: nothing leaks
+            from cpframe.execution.execute import remove_scratch
+
+            remove_scratch(res.scratch_dir)
+    empty_failure = (not res.ok and not res.registered and not res.staged
+                     and (created_run or not out.target.run_exists)
+                     and _type_or_none(repo.registry, plan.run) is not None
+                     and not repo.registry.query_datasets(None, collections=[plan.run]))
     timings["total_s"] = time.perf_counter() - t_start
-    if empty_failure:
-        _undo_run(repo, out, created_chain)
-        log.error("nothing was registered; RUN %s removed", plan.run)
-    else:
-        _record(out, res, argv if argv is not None else sys.argv, timings, submit_dir,
-                "complete" if res.ok else ("interrupted" if res.interrupted else "failed"), repo)
+    from cpframe.execution.execute import registering
+
+    with registering():  # the clean-up and the provenance record are not cut by a second signal
+        if empty_failure:
+            _undo_run(repo, out, created_chain, lock_owner)
+            log.error("nothing was registered; RUN %s removed", plan.run)
+        else:
+            _record(out, res, argv if argv is not None else sys.argv, timings, submit_dir,
+                    "complete" if res.ok else ("interrupted" if res.interrupted else "failed"), repo)
     counts = res.counts()
     result = SubmitResult(run=plan.run, output=plan.output, counts=counts, submit_dir=submit_dir, log_path=log_path,
                           timings=timings, plan=plan, execution=res, dashboard=dashboard, worker_logs=worker_logs,
                           extra={"repo": sub.butler_config})
+    result.extra["verification"] = _verification_verdict(repo, res.registered)
     (submit_dir / "result.txt").write_text(result.summary() + ("\n" if res.ok else "\n" + res.failure_report() + "\n"))
+    if res.interrupted:
+        resume = (f"cpframe submit {template} --extend-run --skip-existing" if not empty_failure
+                  else f"cpframe submit {template}")
+        kept = (f"RUN {plan.run} holds the {len(res.registered)} complete output(s) registered (recorded in its "
+                "provenance); nothing half-written" if not empty_failure
+                else f"nothing was registered and RUN {plan.run} was not kept")
+        err = InterruptedRunError(
+            f"stopped by {signal_name(res.signum)}: {kept}. Resume with: {resume}", res.signum or 2)
+        err.result = result
+        raise err
     if not res.ok:
         if empty_failure:
             what = res.failure_report() + f"\nNothing was registered; RUN {plan.run} was not kept."
@@ -534,6 +668,16 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
         raise err
     log.info("done:\n%s", result.summary())
     return result
+
+
+def signal_name(signum: int) -> str:
+    """``SIGTERM`` for 15 (``signal`` for an unknown number)."""
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "signal"
 
 
 def _save_worker_logs(client: Any, path: Path) -> None:

@@ -49,9 +49,11 @@ from typing import Any, Mapping
 
 import jinja2
 import yaml
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import SecurityError
 
+from cpframe.core import yamlsafe
 from cpframe.core.errors import TemplateError, UndefinedVariablesError
+from cpframe.execution.limits import BoundedSandbox, render_bounded
 
 __all__ = [
     "Rendering",
@@ -208,14 +210,14 @@ def _make_undefined(record: list[str]):
 
 
 def _jinja(text: str, path: str, context: Mapping[str, str], record: list[str]) -> str:
-    env = ImmutableSandboxedEnvironment(
+    env = BoundedSandbox(  # the immutable sandbox plus size/loop/time limits (issue 11)
         loader=_NoFilesLoader(), undefined=_make_undefined(record), autoescape=False,
         keep_trailing_newline=True,
     )
     for name in ("lipsum", "cycler", "joiner"):
         env.globals.pop(name, None)
     try:
-        return env.from_string(text).render({**context, "env": dict(context)})
+        return render_bounded(env, text, {**context, "env": dict(context)}, path)
     except SecurityError as err:
         raise TemplateError(MSG_SANDBOX.format(path=path, detail=err)) from None
     except jinja2.TemplateNotFound as err:
@@ -224,14 +226,28 @@ def _jinja(text: str, path: str, context: Mapping[str, str], record: list[str]) 
         raise TemplateError(f"{path}, line {err.lineno}: Jinja syntax error: {err.message}") from None
     except jinja2.TemplateError as err:
         raise TemplateError(f"{path}: Jinja error: {err}") from None
+    except TemplateError as err:
+        if str(err).startswith(path):
+            raise
+        raise TemplateError(f"{path}: {err}") from None
+    except MemoryError:
+        raise TemplateError(f"{path}: a Jinja expression ran out of memory; templates build small YAML.") from None
+    except RecursionError:
+        raise TemplateError(f"{path}: a Jinja expression nests too deeply.") from None
     except (ArithmeticError, TypeError, ValueError, LookupError) as err:
         # a template expression that fails (1/0, range() too big, bad filter argument) is bad input
         raise TemplateError(f"{path}: a Jinja expression failed: {type(err).__name__}: {err}") from None
 
 
+#: Most YAML nodes a rendered template may expand to through aliases (a real one has ~100).
+TEMPLATE_MAX_NODES = 100_000
+
+
 def _load_yaml(text: str, path: str) -> dict:
     try:
-        data = yaml.safe_load(text)
+        data = yamlsafe.load(text, path, max_nodes=TEMPLATE_MAX_NODES)  # bounded aliases (issue 11)
+    except yamlsafe.YamlBombError as err:
+        raise TemplateError(str(err)) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""
@@ -579,6 +595,8 @@ def render_text(
             MSG_UNDEFINED.format(path=path, what="; ".join(what)),
             variables=sorted(missing), keys=sorted(resolver.unknown_keys),
         )
+    if not allow_unset:
+        _check_names(path, resolver.env_used)
     unset = sorted({*missing, *(f"{{{k}}}" for k in resolver.unknown_keys)})
     notes = list(resolver.notes)
     for item in skipped_includes:
@@ -592,6 +610,26 @@ def render_text(
         unset=tuple(unset), includes=tuple(str(p) for p in includes), notes=tuple(notes), source=text,
         stack_env={k: v for k, v in env.items() if k.endswith("_DIR")},
     )
+
+
+#: Strict-mode checks of the DMTN-222 naming variables (tests check the words).
+MSG_EMPTY_TICKET = ("{path}: TICKET is set but empty, so every collection would be named "
+                    "'<INSTRUMENT>/calib//...'. Export the ticket, e.g. TICKET=DM-48520.")
+MSG_PREFIX_SLASH = ("{path}: USER_CALIB_PREFIX={value!r} does not end with '/', so it would be glued to the "
+                    "instrument ('{value}LSSTComCam/calib/...'). Use {fixed!r} (or leave it empty).")
+
+
+def _check_names(path: Any, env_used: Mapping[str, Any]) -> None:
+    """Strict mode: an empty ``TICKET`` or a ``USER_CALIB_PREFIX`` without its trailing ``/`` is an
+    error (issue 16: both rendered silently into wrong collection names); all problems at once."""
+    problems = []
+    if "TICKET" in env_used and not str(env_used["TICKET"]).strip():
+        problems.append(MSG_EMPTY_TICKET.format(path=path))
+    prefix = str(env_used.get("USER_CALIB_PREFIX", "") or "")
+    if prefix and not prefix.endswith("/"):
+        problems.append(MSG_PREFIX_SLASH.format(path=path, value=prefix, fixed=prefix.rstrip("/") + "/"))
+    if problems:
+        raise TemplateError(" ".join(problems))
 
 
 def render(path: str | os.PathLike, variables: Mapping[str, str] | None = None, **kwargs: Any) -> Rendering:

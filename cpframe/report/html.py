@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import functools
 import html
 import json
 import math
@@ -40,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from cpframe.report.caltypes import CALTYPE_PRODUCTS, caltype_figures
 from cpframe.camera.models import Camera, Detector, load_camera
 from cpframe.core.errors import UserInputError
 from cpframe.core.model import DatasetRef
@@ -47,7 +49,8 @@ from cpframe.verify.core import get_stage
 from cpframe.verify.results import atomic_write_text, read_results, read_stats
 from cpframe.verify.stats import header_value
 
-__all__ = ["NO_DATASETS_MESSAGE", "REPORT_STAGES", "ReportResult", "ReportStage", "write_report"]
+__all__ = ["NO_DATASETS_MESSAGE", "REPORT_STAGES", "ReportResult", "ReportStage", "overall_verdict", "product_units", "verify_command",
+           "write_report"]
 
 #: Message when the collections hold nothing to report on (tests check it).
 NO_DATASETS_MESSAGE = "no calibration or verification datasets found"
@@ -84,6 +87,12 @@ REPORT_STAGES: tuple[ReportStage, ...] = (
                                                             ("FRAC", "defect fraction")),
                 "Images with and without the defects under test; outliers the defects should remove."),
     ReportStage("ptc", "PTC", "ptc", "PTC", (), "PTC gain, read noise and turnoff per amp against nominal values."),
+    ReportStage("linearizer", "LINEARITY", "linearizer", "Linearizer", (),
+                "Per-amp linearity correction: residual non-linearity of its ramp before/after, coefficient limits."),
+    ReportStage("crosstalk", "CROSSTALK", "crosstalk", "Crosstalk", (),
+                "Crosstalk matrix per detector; residual crosstalk after ISR with it must not be significant."),
+    ReportStage("cti", "CTI", "cti", "CTI", (),
+                "Serial CTI and trap per amp from the flats' overscan (EPER); CTI below the sensor requirement."),
     ReportStage("science", "SCIENCE", None, "Science", (("COL_PROFILE_RATIO", "column structure / noise"),
                                                        ("ROW_PROFILE_RATIO", "row structure / noise")),
                 "Science exposures through all calibrations: amp level steps and residual structure."),
@@ -121,6 +130,64 @@ class ReportResult:
     """Calibration type -> SUCCESS of its Summary (None: no summary found)."""
     failures: dict[str, list[str]] = field(default_factory=dict)
     """Calibration type -> failing tests (``"<key> <failure>"`` strings from the Summary)."""
+    missing: dict[str, str] = field(default_factory=dict)
+    """Calibration type found without a verification summary -> the command that verifies it."""
+
+    @property
+    def overall(self) -> str:
+        """``PASS`` only when every calibration type in the report was verified and passed;
+        ``FAIL`` when one failed; ``INCOMPLETE`` when none failed but one was not verified
+        (unverified is not passed, issue 16)."""
+        return overall_verdict(self.verdicts)
+
+
+def overall_verdict(verdicts: Mapping[str, bool | None]) -> str:
+    """PASS / FAIL / INCOMPLETE of a set of per-type verdicts (None = not verified).
+
+    >>> overall_verdict({"bias": True, "ptc": None}), overall_verdict({"bias": True, "flat": False})
+    ('INCOMPLETE', 'FAIL')
+    >>> overall_verdict({}), overall_verdict({"bias": True})
+    ('INCOMPLETE', 'PASS')
+    """
+    if any(v is False for v in verdicts.values()):
+        return "FAIL"
+    if not verdicts or any(v is None for v in verdicts.values()):
+        return "INCOMPLETE"
+    return "PASS"
+
+
+def product_units(product: str | None, isr_units: str) -> str:
+    """Colour-bar label of a combined product: a flat is normalised (dimensionless, whatever
+    units its inputs had), a dark is per second of dark time, a bias is in the ISR's units.
+
+    >>> product_units("flat", "electron"), product_units("dark", "electron"), product_units("bias", "adu")
+    ('relative response (dimensionless)', 'electron / s', 'adu')
+    """
+    if product in ("flat", "flatBootstrap"):
+        return "relative response (dimensionless)"
+    if product in ("dark", "darkBootstrap") and isr_units:
+        return f"{isr_units} / s"
+    return isr_units
+
+
+def verify_command(key: str) -> str:
+    """The command that verifies a calibration type (the template of its verify pipeline).
+
+    >>> verify_command("flat")
+    'cpframe submit templates/bps_verify_flat_<band>.yaml'
+    """
+    name = "flat_<band>" if key == "flat" else key
+    return f"cpframe submit templates/bps_verify_{name}.yaml"
+
+
+@functools.lru_cache(maxsize=1)
+def _templates():
+    """The Jinja2 environment of the report pages (``cpframe/report/templates``), autoescaping HTML."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("cpframe.report", "templates"),
+                              autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined,
+                              keep_trailing_newline=True)
 
 
 def e(value: Any) -> str:
@@ -205,28 +272,20 @@ class _Report:
         self.images.add(rel)
         return rel
 
-    def page(self, name: str, title: str, body: str, depth: int = 0) -> Path:
+    def page(self, name: str, title: str, body: str, depth: int = 0, template: str = "base.html",
+             **context: Any) -> Path:
+        """Write a page from a template of ``cpframe/report/templates`` (``base.html`` wraps ``body``)."""
         up = "../" * depth
-        text = (
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{e(title)}</title>"
-            f"<link rel=\"stylesheet\" href=\"{up}assets/report.css\">"
-            f"<script src=\"{up}assets/report.js\"></script></head>\n<body>\n"
-            f"{self.nav(up)}\n<main>\n{body}\n</main>\n</body></html>\n"
-        )
+        text = _templates().get_template(template).render(title=title, up=up, body=body, stages=self._nav_stages(),
+                                                           **context)
         return atomic_write_text(self.out / name, text)
 
+    def _nav_stages(self) -> list[dict]:
+        return [{"key": st.key, "title": st.title, "per_exposure": get_stage(st.stage).kind == "exposure"}
+                for st in getattr(self, "stages", [])]
+
     def nav(self, up: str = "") -> str:
-        links = [f"<a class=\"brand\" href=\"{up}index.html\">cpframe report</a>",
-                 f"<a href=\"{up}index.html\">Index</a>", f"<a href=\"{up}manifest.html\">Manifest</a>",
-                 f"<a href=\"{up}provenance.html\">Provenance</a>"]
-        for st in self.stages:
-            links.append(
-                f"<span class=\"group\">{e(st.title)}:</span> <a href=\"{up}index.html#{st.key}\">summary</a>"
-                f" <a href=\"{up}{st.key}_det.html\">detectors</a>"
-                + (f" <a href=\"{up}{st.key}_exp.html\">exposures</a>" if get_stage(st.stage).kind == "exposure" else "")
-            )
-        return "<nav class=\"top\">" + " ".join(links) + "</nav>"
+        return _templates().get_template("nav.html").render(up=up, stages=self._nav_stages())
 
     # cameras --------------------------------------------------------------------------------
     def camera_for(self, instrument: str, shape: tuple[int, int] | None) -> Camera:
@@ -255,12 +314,20 @@ class _Report:
                 atomic_write_text(target, data.decode("utf-8"))
         sections, summary_rows = [], []
         result = ReportResult(self.out, self.out / "index.html", len(items), 0, 0)
-        for st in self.stages:
-            sec, rows, verdict, failures = self.stage_section(st, by_stage[st.key])
+        from cpframe.core.progress import progress
+
+        with progress("report", total=len(self.stages)) as bar:
+            sections_data = []
+            for st in self.stages:
+                sections_data.append((st, self.stage_section(st, by_stage[st.key])))
+                bar.advance()
+        for st, (sec, rows, verdict, failures) in sections_data:
             sections.append(sec)
             summary_rows += rows
             result.verdicts[st.key] = verdict
             result.failures[st.key] = failures
+            if verdict is None:
+                result.missing[st.key] = verify_command(st.key)
         self.write_index(sections, summary_rows, result)
         self.write_provenance()
         self.write_manifest()
@@ -274,11 +341,12 @@ class _Report:
 
     # one calibration type -------------------------------------------------------------------
     def stage_section(self, st: ReportStage, items: list[Item]):
+        """The data of one calibration type's section of the index (rendered by ``stage.html``)."""
         kinds: dict[str, list[Item]] = {}
         for it in items:
             kinds.setdefault(it.kind, []).append(it)
-        parts = [f"<h2 id=\"{st.key}\">{e(st.title)}</h2>", f"<p class=\"meta\">{e(st.description)}</p>"]
-        verdict, failures, summary_rows = None, [], []
+        per_exposure = get_stage(st.stage).kind == "exposure"
+        verdict, failures, summary_rows, links = None, [], [], []
         summary_data: dict = {"EXPOSURES": {}, "FAILURES": {}}
         for summary in kinds.get("summary", []):  # one per verify collection (e.g. per flat band)
             data = read_stats(summary.path)
@@ -287,15 +355,12 @@ class _Report:
             summary_data["FAILURES"].update(data.get("FAILURES") or {})
             for key, fails in (data.get("FAILURES") or {}).items():
                 failures += [f"{key} {f}" for f in fails]
+                # each failure links to the page with its plot: the exposure's residual mosaic,
+                # or the detector's product (PTC failures are keyed by detector name)
+                link = (f"{st.key}_exp.html#exp{key}" if str(key).isdigit() and per_exposure
+                        else f"{st.key}_det.html#{_anchor(str(key))}")
+                links += [{"text": f"{key} {f}", "link": link} for f in fails]
             summary.link = f"index.html#{st.key}"
-        badge = {True: "<span class=\"verdict pass\">PASS</span>", False: "<span class=\"verdict fail\">FAIL</span>",
-                 None: "<span class=\"verdict none\">no verification summary</span>"}[verdict]
-        parts.append(f"<p>Verification: {badge}" + (f" &mdash; {len(failures)} failing test(s)" if failures else "")
-                     + "</p>")
-        if failures:
-            shown = failures[:60]
-            parts.append("<ul class=\"failures\">" + "".join(f"<li>{e(f)}</li>" for f in shown) + "</ul>"
-                         + (f"<p class=\"meta\">... and {len(failures) - 60} more.</p>" if len(failures) > 60 else ""))
         tables = []
         for res in kinds.get("results", []):
             tables.append(read_results(res.path))
@@ -313,19 +378,16 @@ class _Report:
         figures += self.residual_mosaics(st, kinds.get("residual", []), limit=1)
         if table is not None:
             figures += self.metric_plots(st, table)
-        if figures:
-            parts.append("<div class=\"figures\">" + "".join(figures) + "</div>")
-        for res in kinds.get("results", []):
-            parts.append(self.infobox(res, "Results table: one row per amp (detector and exposure rows for group tests)."))
-            parts.append(f"<iframe class=\"results\" src=\"{e(res.link)}\" title=\"{e(res.ref.dataset_type)}\"></iframe>")
+        results = [{"infobox": self.infobox(res, "Results table: one row per amp (detector and exposure rows for "
+                                                 "group tests)."),
+                    "link": res.link, "title": res.ref.dataset_type} for res in kinds.get("results", [])]
         self.detector_page(st, kinds)
-        if get_stage(st.stage).kind == "exposure":
+        if per_exposure:
             self.exposure_page(st, kinds, summary_data)
-        links = [f"<a href=\"{st.key}_det.html\">per detector</a>"]
-        if get_stage(st.stage).kind == "exposure":
-            links.append(f"<a href=\"{st.key}_exp.html\">per exposure</a>")
-        parts.append("<p>" + " &middot; ".join(links) + "</p>")
-        return "\n".join(parts), summary_rows, verdict, failures
+        section = {"key": st.key, "title": st.title, "description": st.description, "verdict": verdict,
+                   "failures": links, "command": verify_command(st.key), "figures": figures, "results": results,
+                   "per_exposure": per_exposure}
+        return section, summary_rows, verdict, failures
 
     def infobox(self, it: Item, description: str) -> str:
         did = dict(it.ref.data_id)
@@ -353,30 +415,34 @@ class _Report:
         return rows
 
     def results_page(self, st: ReportStage, res: Item, table) -> str:
+        """The Results table as a page (``results.html``): failing rows first, column names without
+        the stage prefix and breakable at ``_``, so a per-amp table fits the report's frame."""
         rel = f"src/{st.key}/{res.ref.dataset_type}_{res.ref.id[:8]}.html"
         cols = [c for c in table.colnames if len(table[c].shape) <= 1]
-        head = "".join(f"<th>{e(c)}</th>" for c in cols)
-        body = []
+        prefix = f"{st.stage}_"
+        columns = [{"full": c, "short": c[len(prefix):] if c.startswith(prefix) else c} for c in cols]
+        rows = []
         for row in table:
-            cells = []
+            cells, fail = [], False
             for c in cols:
                 v = row[c]
                 masked = np.ma.is_masked(v)
                 text = "" if masked else _fmt(v, c)
                 cls = ""
                 if not masked and isinstance(v, (bool, np.bool_)):
-                    cls = " class=\"pass\"" if v else " class=\"fail\""
+                    cls = "pass" if v else "fail"
+                    fail = fail or (not v and "_VERIFY_" in c and c.rsplit("_VERIFY_", 1)[1] != "SUCCESS"
+                                    and c.rsplit("_VERIFY_", 1)[1] not in get_stage(st.stage).informational)
                 elif not masked and isinstance(v, (int, float, np.integer, np.floating)):
-                    cls = " class=\"num\""
-                cells.append(f"<td{cls}>{e(text)}</td>")
-            body.append("<tr>" + "".join(cells) + "</tr>")
-        doc = (
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{e(res.ref.dataset_type)}</title><link rel=\"stylesheet\" href=\"../../assets/report.css\">"
-            "</head><body><main class=\"scroll\">"
-            f"<p class=\"meta\">{e(res.ref.dataset_type)} &middot; {len(table)} rows &middot; run {e(res.ref.run)}</p>"
-            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></main></body></html>\n"
-        )
+                    cls = "num"
+                cells.append({"text": text, "cls": cls})
+            rows.append({"cells": cells, "fail": fail})
+        rows.sort(key=lambda r: not r["fail"])
+        units = "dimensionless (flat-fielded) and electrons" if st.product == "flat" else (
+            "electrons" if st.product in ("bias", "dark") else "the units each column names")
+        doc = _templates().get_template("results.html").render(
+            title=res.ref.dataset_type, n_rows=len(rows), n_failing=sum(r["fail"] for r in rows), run=res.ref.run,
+            prefix=prefix, units=units, columns=columns, rows=rows)
         atomic_write_text(self.out / rel, doc)
         return rel
 
@@ -429,6 +495,8 @@ class _Report:
             return []
         if st.product == "ptc":
             return self.ptc_mosaics(st, products)
+        if st.product in CALTYPE_PRODUCTS:  # linearizer, crosstalk, cti: cpframe/report/caltypes.py
+            return caltype_figures(self, st, products)
         groups: dict[str, list[Item]] = {}
         for it in products:
             groups.setdefault(str(it.ref.data_id.get("physical_filter", "")), []).append(it)
@@ -443,7 +511,7 @@ class _Report:
                     continue
                 image, det, cam, header = got
                 images[det.id] = image
-                units = str(header.get("LSST ISR UNITS", "")) if hasattr(header, "get") else ""
+                units = product_units(st.product, str(header.get("LSST ISR UNITS", "")) if hasattr(header, "get") else "")
                 title = f"{it.ref.dataset_type} {det.name}" + (f" {filt}" if filt else "")
                 it.link = self.png(f"src/{st.key}/{it.ref.dataset_type}_{det.name}{'_' + filt if filt else ''}"
                                    f"_{it.ref.id[:8]}.png",
@@ -456,7 +524,7 @@ class _Report:
             rel = self.png(f"src/{st.key}/{st.product}_mosaic{'_' + filt if filt else ''}_{digest}.png",
                            lambda p, ims=images, c=cam, t=title, lab=label: render_mosaic_png(ims, c, p, t, lab))
             out.append(self.figure(rel, f"{st.product}{' ' + filt if filt else ''}: combined product per detector, "
-                                        "laid out by raft and slot; stretch median ± 3×0.74×IQR."))
+                                        "laid out by raft and slot; stretch median ± 3×0.74×IQR.", cls="mosaic"))
         return out
 
     def ptc_mosaics(self, st: ReportStage, products: list[Item]) -> list[str]:
@@ -479,7 +547,7 @@ class _Report:
         for name, images, label in (("gain", gains, "gain (e-/adu)"), ("noise", noises, "read noise (e-)")):
             rel = self.png(f"src/{st.key}/ptc_{name}_per_amp_{digest}.png",
                            lambda p, ims=images, t=f"PTC {name} per amp", lab=label: render_mosaic_png(ims, cam, p, t, lab))
-            out.append(self.figure(rel, f"PTC {name} of every amp, laid out on the focal plane."))
+            out.append(self.figure(rel, f"PTC {name} of every amp, laid out on the focal plane.", cls="mosaic"))
         return out
 
     def residual_mosaics(self, st: ReportStage, residuals: list[Item], limit: int | None = None) -> list[str]:
@@ -506,7 +574,7 @@ class _Report:
             for it in group:
                 it.link = rel
             out.append(self.figure(rel, f"Verification residual of exposure {exp} ({len(group)} detector(s)); "
-                                        "masked pixels blank."))
+                                        "masked pixels blank.", cls="mosaic"))
         return out
 
     def metric_plots(self, st: ReportStage, table) -> list[str]:
@@ -556,46 +624,33 @@ class _Report:
                                         "(day_obs-seq_num), across nights."))
         return out
 
-    def figure(self, rel: str, caption: str) -> str:
-        return (f"<figure><a href=\"{e(rel)}\"><img src=\"{e(rel)}\" alt=\"{e(caption)}\"></a>"
-                f"<figcaption>{e(caption)}</figcaption></figure>")
+    def figure(self, rel: str, caption: str, anchor: str = "", cls: str = "") -> str:
+        return _templates().get_template("figure.html").render(rel=rel, caption=caption, anchor=anchor, cls=cls)
 
     # pages ----------------------------------------------------------------------------------
-    def write_index(self, sections: list[str], rows: list[tuple], result: ReportResult) -> None:
-        trs = []
+    def write_index(self, sections: list[dict], rows: list[tuple], result: ReportResult) -> None:
+        from cpframe.verify.config import TEST_NOTES
+
+        tests = []
         for st, test, level, n_pass, n_fail, ok, info in rows:
-            cls = "pass" if ok or info else "fail"
-            verdict = "pass" if ok else ("FAIL (informational)" if info else "FAIL")
-            fail_cls = " fail" if n_fail and not info else ""
-            counts = ("<td></td><td></td>" if n_pass is None else
-                      f"<td class=\"num\">{n_pass}</td><td class=\"num{fail_cls}\">{n_fail}</td>")
-            trs.append(f"<tr class=\"{cls}\"><td><a href=\"#{st.key}\">{e(st.title)}</a></td><td>{e(test)}</td>"
-                       f"<td>{e(level)}</td>{counts}<td class=\"{cls}\">{e(verdict)}</td></tr>")
-        overall = [v for v in result.verdicts.values() if v is not None]
-        badge = ("<span class=\"verdict none\">no verification summaries</span>" if not overall else
-                 "<span class=\"verdict pass\">ALL PASS</span>" if all(overall) else
-                 "<span class=\"verdict fail\">FAILURES</span>")
-        stage_rows = "".join(
-            f"<tr class=\"{'fail' if v is False else 'pass'}\"><td><a href=\"#{k}\">{e(k)}</a></td>"
-            f"<td class=\"{'fail' if v is False else 'pass' if v else ''}\">"
-            f"{'PASS' if v else 'FAIL' if v is False else 'no summary'}</td>"
-            f"<td class=\"num\">{len(result.failures.get(k, []))}</td></tr>"
-            for k, v in result.verdicts.items())
+            condition, why = TEST_NOTES.get((st.stage, test), ("", ""))
+            tests.append({"key": st.key, "title": st.title, "test": test, "level": level, "n_pass": n_pass,
+                          "n_fail": n_fail, "info": info, "cls": "pass" if ok or info else "fail",
+                          "verdict": "pass" if ok else ("FAIL (informational)" if info else "FAIL"),
+                          "condition": condition, "why": why})
+        tests.sort(key=lambda r: r["cls"] != "fail")  # failing items first (stable otherwise)
+        order = {False: 0, None: 1, True: 2}
+        verdicts = [{"key": k, "cls": "fail" if v is False else "pass" if v else "none",
+                     "word": "PASS" if v else "FAIL" if v is False else "NOT VERIFIED",
+                     "n_fail": len(result.failures.get(k, []))}
+                    for k, v in sorted(result.verdicts.items(), key=lambda kv: order[kv[1]])]
+        sections = sorted(sections, key=lambda sec: order[sec["verdict"]])
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-        body = (
-            f"<h1>Calibration report</h1><p class=\"meta\">Repository <code>{e(self.repo.root)}</code> &middot; "
-            f"written {e(now)} &middot; {len(self.items)} datasets</p>"
-            "<p class=\"meta\">Collections, searched in this order (verification first, then generation): "
-            + ", ".join(f"<code>{e(c)}</code>" for c in self.collections) + "</p>"
-            f"<p>Overall: {badge}</p>"
-            "<table class=\"summary\" id=\"verdicts\"><thead><tr><th>calibration</th><th>verdict</th>"
-            f"<th>failing tests</th></tr></thead><tbody>{stage_rows}</tbody></table>"
-            "<h3>Tests per calibration type</h3>"
-            "<table class=\"summary\" id=\"summary-table\"><thead><tr><th>calibration</th><th>test</th><th>level</th>"
-            "<th>pass</th><th>fail</th><th>verdict</th></tr></thead><tbody>" + "".join(trs) + "</tbody></table>"
-            + "\n".join(sections)
-        )
-        self.page("index.html", "cpframe calibration report", body)
+        overall = result.overall
+        self.page("index.html", "cpframe calibration report", "", template="index.html",
+                  repo=str(self.repo.root), now=now, n_datasets=len(self.items), collections=self.collections,
+                  overall=overall, overall_class={"PASS": "pass", "FAIL": "fail"}.get(overall, "none"),
+                  missing=result.missing, verdicts=verdicts, tests=tests, sections=sections)
 
     def detector_page(self, st: ReportStage, kinds: dict[str, list[Item]]) -> None:
         products = sorted(kinds.get("product", []), key=lambda i: (i.ref.data_id.get("detector", 0),
@@ -610,7 +665,7 @@ class _Report:
         for det_id in sorted(by_det):
             group = by_det[det_id]
             name = self._det_name(group[0])
-            parts.append(f"<h2 id=\"det{det_id}\">{e(name)} (detector {det_id})</h2>")
+            parts.append(f"<h2 id=\"det{det_id}\"><a id=\"{_anchor(name)}\"></a>{e(name)} (detector {det_id})</h2>")
             figs = [self.figure(i.link, f"{i.ref.dataset_type} {name} {i.ref.data_id.get('physical_filter', '')}")
                     for i in group if i.kind == "product" and i.link.endswith(".png")]
             if figs:
@@ -649,13 +704,21 @@ class _Report:
             i += 1
         rows = "".join(f"<tr><td class=\"num\">{e(a)}</td><td>{e(b)}</td><td class=\"num\">{e(_fmt(c))}</td>"
                        f"<td class=\"num\">{e(_fmt(d))}</td></tr>" for a, b, c, d in inputs)
-        table = (f"<table><thead><tr><th>input exposure</th><th>date (TAI)</th><th>exposure time (s)</th>"
-                 f"<th>scale</th></tr></thead><tbody>{rows}</tbody></table>" if inputs else
-                 "<p class=\"meta\">No CPP_INPUT_* keys in this product.</p>")
+        calib_inputs = [str(x) for x in (header.get("inputs") or [])] if hasattr(header, "get") else []
+        what = f"{len(inputs)} input exposure(s)"
+        if inputs:
+            table = (f"<table><thead><tr><th>input exposure</th><th>date (TAI)</th><th>exposure time (s)</th>"
+                     f"<th>scale</th></tr></thead><tbody>{rows}</tbody></table>")
+        elif calib_inputs:  # made from other calibrations (defects: the bootstraps)
+            what = f"{len(calib_inputs)} input calibration(s)"
+            table = "<ul>" + "".join(f"<li><code>{e(x)}</code></li>" for x in calib_inputs) + "</ul>"
+        else:
+            what = "inputs: see the RUN's provenance"
+            table = "<p class=\"meta\">This product lists no inputs itself; the RUN's provenance does.</p>"
         created = header_value(header, "CALIB_CREATION_DATETIME", "")
         filt = it.ref.data_id.get("physical_filter", "")
         return (f"<details><summary>Provenance of {e(it.ref.dataset_type)}{' ' + e(filt) if filt else ''}: RUN <a href=\"provenance.html#{_anchor(it.ref.run)}\">"
-                f"{e(it.ref.run)}</a>, {len(inputs)} input(s)</summary>"
+                f"{e(it.ref.run)}</a>, {e(what)}</summary>"
                 f"<p class=\"meta\">dataset {e(it.ref.id)}{' &middot; created ' + e(created) if created else ''}"
                 f"</p>{table}</details>")
 

@@ -187,11 +187,13 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def set_chain(
         self, parent: str, children: Sequence[str] = (), mode: ChainMode = "redefine",
-        flatten: bool = False, pop_indices: Sequence[int] = (), doc: str = "",
+        flatten: bool = False, pop_indices: Sequence[int] = (), doc: str = "", allow_empty: bool = False,
     ) -> tuple[str, ...]:
         """Edit a chain as ``butler collection-chain`` does (spec §5); returns the new chain.
 
         ``doc`` documents a chain created by this call (an existing chain keeps its own).
+        ``redefine`` with no children is refused, as by the butler, unless ``allow_empty``
+        (import of an exported empty chain).
 
         Raises
         ------

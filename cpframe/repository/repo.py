@@ -38,14 +38,17 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
+from cpframe.core import yamlsafe
 from cpframe.core.errors import (
     CollectionTypeError,
     DatasetConflictError,
     DatastoreError,
     MissingDatasetError,
     RegistryError,
+    RunLockedError,
     SchemaVersionError,
     UnknownCollectionError,
+    UnknownDatasetTypeError,
     UserInputError,
 )
 from cpframe.core.model import CollectionType, DatasetRef, DatasetType, Timespan, tai_now_ns
@@ -58,6 +61,7 @@ from cpframe.repository.datastore import (  # noqa: F401  (TRANSFER_MODES, sha25
     dataset_file_name,
     sha256_file,
 )
+from cpframe.repository.names import validate_collection_name, validate_dataset_type_name
 from cpframe.repository.sql import SqlRegistry, normalize_data_id
 from cpframe.repository.sql_common import datasets_exist_message
 
@@ -170,6 +174,8 @@ class Repository:
         self.datastore = datastore
         self.db_url = db_url
         self.repairs: list[str] = []
+        self.read_only = False
+        """True when the registry file could only be opened read-only (queries work, writes fail)."""
 
     @property
     def datastore_root(self) -> Path:
@@ -250,7 +256,7 @@ class Repository:
         if not cfg_path.is_file():
             raise RegistryError(MSG_NOT_A_REPO.format(root=root, name=CONFIG_NAME))
         try:
-            config = yaml.safe_load(cfg_path.read_text()) or {}
+            config = yamlsafe.load(cfg_path.read_text(), str(cfg_path), max_nodes=10_000) or {}
             version, db = str(config["schema_version"]), str(config["db"])
         except (yaml.YAMLError, KeyError, TypeError) as err:
             raise RegistryError(f"{cfg_path} is damaged ({err}); it needs keys schema_version and db.") from None
@@ -263,9 +269,15 @@ class Repository:
         url = db
         if db.startswith("sqlite:///") and not db.startswith("sqlite:////"):
             url = f"sqlite:///{root / db[len('sqlite:///'):]}"
-        registry = SqlRegistry.open(url, busy_timeout_s)
+        read_only = False
+        if url.startswith("sqlite:///"):
+            # a repository on read-only media (or without write permission) can still be queried
+            path = Path(url[len("sqlite:///"):])
+            read_only = path.is_file() and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
+        registry = SqlRegistry.open(url, busy_timeout_s, read_only=read_only)
         repo = cls(root, registry, FileDatastore(cls._store_root(root, str(config.get("datastore_root", ".")))), url)
-        if repair:
+        repo.read_only = read_only
+        if repair and not read_only:
             repo.repairs = repo.repair()
         return repo
 
@@ -291,12 +303,25 @@ class Repository:
             Repair every leftover, even of writers that look alive (use only when no
             other process writes to this repository).
         """
+        report = self._repair_scratch(force)
+        try:
+            from cpframe.repository.locks import describe_lock, owner_is_gone
+
+            for lock in self.registry.run_locks():
+                if owner_is_gone(lock):
+                    report.append(f"RUN {lock['run']} is locked by {describe_lock(lock)}, which is no longer "
+                                  "running; resume with `cpframe submit ... --extend-run --skip-existing "
+                                  "--take-over-lock`")
+        except Exception:  # noqa: BLE001 - a report only; never fail open() for it
+            pass
         rows = self.registry.pending_files()
         if not rows:
-            return []
+            for line in report:
+                log.warning("repository %s: %s", self.root, line)
+            return report
         host = socket.gethostname()
         now = tai_now_ns()
-        doomed, report = [], []
+        doomed = []
         for row in rows:
             owner = row.get("owner") or ""
             o_host, _, o_pid = owner.rpartition(":")
@@ -307,17 +332,51 @@ class Repository:
             else:
                 doomed.append(row["path"])
         in_use = self.registry.paths_in_use(doomed)
+        unsafe: set[str] = set()
         for rel in doomed:
+            try:
+                self.datastore.inside(rel)
+            except DatastoreError as err:  # never delete outside the datastore, whatever the journal says
+                report.append(f"{rel}: journal entry left alone: {err}")
+                unsafe.add(rel)
+                continue
             if rel in in_use:
                 report.append(f"{rel}: journal entry of a completed write removed")
                 continue
             removed = self.datastore.discard([rel])
             report.append(f"{rel}: interrupted write or removal repaired"
                           + (f" ({len(removed)} file(s) deleted)" if removed else ""))
+        doomed = [r for r in doomed if r not in unsafe]
         self.registry.remove_pending_files(doomed)
         self.datastore.prune({(self.datastore_root / p).parent for p in doomed})
         for line in report:
             log.warning("repository %s: %s", self.root, line)
+        return report
+
+    def _repair_scratch(self, force: bool = False) -> list[str]:
+        """Remove scratch folders of submissions that are gone (kill -9); report staged outputs."""
+        report = []
+        scratch = self.datastore_root / ".cpframe-scratch"
+        host = socket.gethostname()
+        if scratch.is_dir():
+            for d in sorted(p for p in scratch.iterdir() if p.is_dir()):
+                try:
+                    owner = (d / ".owner").read_text().strip()
+                except OSError:
+                    continue  # being created right now, or not ours
+                o_host, _, o_pid = owner.rpartition(":")
+                if force or (o_host == host and o_pid.isdigit() and not _pid_alive(int(o_pid))):
+                    shutil.rmtree(d, ignore_errors=True)
+                    report.append(f"scratch folder {d.name} of a submission that is gone ({owner}) removed")
+            with contextlib.suppress(OSError):
+                scratch.rmdir()
+        staged = self.datastore_root / ".cpframe-staged"
+        if staged.is_dir():
+            for d in sorted(p for p in staged.iterdir() if p.is_dir()):
+                n = sum(1 for p in d.iterdir() if p.name != "manifest.jsonl")
+                if n:
+                    report.append(f"{n} computed output(s) staged in {d} wait for registration: "
+                                  "`cpframe submit TEMPLATE --extend-run --skip-existing`")
         return report
 
     # -- dimensions -----------------------------------------------------------------------------
@@ -410,6 +469,8 @@ class Repository:
             )
         entries, seen = [], {}
         for src, type_name, data_id, run, ds_id in items:
+            validate_collection_name(run)
+            validate_dataset_type_name(type_name)
             dt = types[type_name]
             did = normalize_data_id(dt, data_id)
             rel = None
@@ -434,20 +495,29 @@ class Repository:
             by.setdefault((e.ref.dataset_type, e.ref.run), []).append(e)
         conflicts = []
         for (t, run), group in by.items():
-            found = self.registry.find_datasets(t, [e.ref.data_id for e in group], [run])
+            try:
+                found = self.registry.find_datasets(t, [e.ref.data_id for e in group], [run])
+            except (UnknownCollectionError, UnknownDatasetTypeError):  # a RUN or type still to be created
+                continue
             conflicts += [f"{t} {e.ref.data_id} in RUN {run} (existing id {f.id})" for e, f in zip(group, found) if f]
         if conflicts:
             raise DatasetConflictError(datasets_exist_message(conflicts) + " Nothing was stored.")
 
     def _commit(self, entries: Sequence[_Entry], transfer: str, body: Callable[[], Any]) -> Any:
-        """Journal, place the files, then run ``body`` and drop the journal in one transaction."""
+        """Journal, place the files, then run ``body`` and drop the journal in one transaction.
+
+        Files are placed without ever replacing an existing file (a file already at a target
+        path is an error), so a rollback deletes only the files this call created (issue 11).
+        """
         rels = [e.rel for e in entries if e.rel is not None]
+        for rel in rels:  # every path proven inside the datastore before anything is written
+            self.datastore.inside(rel)
         self.registry.add_pending_files(rels, _owner())
         placed: list[Path] = []
         try:
             for e in entries:
                 if e.rel is not None:
-                    placed.append(self.datastore.place(e.src, self.datastore_root / e.rel, transfer))
+                    placed.append(self.datastore.place(e.src, self.datastore_root / e.rel, transfer, clobber=False))
             with self.registry.transaction():
                 result = body()
                 self.registry.remove_pending_files(rels)
@@ -459,7 +529,8 @@ class Repository:
                     _unlink(_tmp_of(self.datastore_root / e.rel))
             with contextlib.suppress(Exception):
                 self.registry.remove_pending_files(rels)
-            self.datastore.prune({p.parent for p in placed})
+            with contextlib.suppress(Exception):
+                self.datastore.prune({p.parent for p in placed})
             raise
         if transfer == "move":
             for e in entries:
@@ -542,15 +613,33 @@ class Repository:
         return refs
 
     # -- removal --------------------------------------------------------------------------------
-    def plan_remove_runs(self, names: Sequence[str], force: bool = False) -> RemovalPlan:
+    def plan_remove_runs(self, names: Sequence[str], force: bool = False, lock_owner: str | None = None) -> RemovalPlan:
         """Check and describe what :meth:`remove_runs` would do.
+
+        Parameters
+        ----------
+        lock_owner : str, optional
+            The lock owner calling (a submission removing the empty RUN it created).
 
         Raises
         ------
         UnknownCollectionError, CollectionTypeError
+        RunLockedError
+            A RUN is being written by a live process (even with ``force``).
         RegistryError
             A RUN is certified somewhere or a chain child, and not ``force``.
         """
+        from cpframe.repository.locks import describe_lock, owner_is_gone
+
+        for run in dict.fromkeys(names):
+            lock = self.registry.get_run_lock(run)
+            if lock and lock["owner"] != lock_owner and not owner_is_gone(lock):
+                err = RunLockedError(
+                    f"RUN {run!r} is being written by {describe_lock(lock)}; it cannot be removed while a "
+                    "submission writes into it. Wait for it to finish (or stop it). Nothing was removed."
+                )
+                err.lock = lock
+                raise err
         reg = self.registry
         runs = list(dict.fromkeys(names))
         if not runs:
@@ -580,25 +669,50 @@ class Repository:
             raise RegistryError("refusing to remove: " + " ".join(problems) + " Nothing was removed.")
         return plan
 
-    def remove_runs(self, names: Sequence[str], force: bool = False) -> RemovalPlan:
+    def remove_runs(self, names: Sequence[str], force: bool = False, lock_owner: str | None = None) -> RemovalPlan:
         """Remove RUN collections, their dataset rows and files together (spec §6).
 
         Raises
         ------
-        UnknownCollectionError, CollectionTypeError, RegistryError
+        UnknownCollectionError, CollectionTypeError, RunLockedError, RegistryError
             See :meth:`plan_remove_runs`; nothing is removed then.
         """
-        plan = self.plan_remove_runs(names, force)
+        plan = self.plan_remove_runs(names, force, lock_owner)
         removed: list[DatasetRef] = []
         with self.registry.transaction():
             for run in plan.runs:
                 removed += self.registry.remove_run(run, remove_from_parents=force)
             rels = [r.path for r in removed if r.path and not Path(r.path).is_absolute()]
+            for rel in rels:  # proven inside before anything is deleted (else nothing is removed)
+                self.datastore.inside(rel)
             self.registry.add_pending_files(rels, _owner())
         self.datastore.discard(rels, with_tmp=False)
         self.datastore.prune({(self.datastore_root / rel).parent for rel in rels})
         self.registry.remove_pending_files(rels)
+        for run in plan.runs:  # a stale lock (or the caller's own) goes with its RUN
+            lock = self.registry.get_run_lock(run)
+            if lock:
+                self.registry.release_run_lock(run, lock["owner"])
         return plan
+
+    def expand_collection_globs(self, names: Sequence[str], ctype: CollectionType | None) -> list[str]:
+        """Expand glob patterns among ``names`` as the butler's remove commands do.
+
+        A plain name is kept as given (checked later, so an unknown name is an error).  A glob
+        (``*?[``; collection names never contain these) matches RUNs only when ``ctype`` is RUN,
+        and every other type otherwise: a glob of ``remove-collections`` never selects a RUN.
+        A glob matching nothing adds nothing.
+        """
+        from cpframe.repository.sql_common import _glob
+
+        out: list[str] = []
+        for name in names:
+            if not _glob(name):
+                out.append(name)
+                continue
+            kinds = [ctype] if ctype is not None else [t for t in CollectionType if t != CollectionType.RUN]
+            out += [c.name for c in self.registry.query_collections(name, kinds)]
+        return list(dict.fromkeys(out))
 
     def remove_collections(self, names: Sequence[str], remove_from_parents: bool = False) -> list[str]:
         """Remove CALIBRATION/CHAINED/TAGGED collections (links only; datasets stay in their RUNs).

@@ -160,6 +160,18 @@ pending_file = sa.Table(
     sa.Column("owner", sa.String(128), nullable=True),
 )
 
+run_lock = sa.Table(
+    "run_lock", metadata,
+    # one writer per RUN (issue 11): a submission holds this row while it writes into the RUN
+    # and refreshes ``heartbeat_ns``; a second writer is refused with the owner's name.  Created
+    # on first use in repositories made before it existed (no schema version change).
+    sa.Column("run", sa.Text, primary_key=True),
+    sa.Column("owner", sa.String(200), nullable=False),  # "<hostname>:<pid>:<token>"
+    sa.Column("command", sa.Text, nullable=True),
+    sa.Column("started_ns", sa.BigInteger, nullable=False),
+    sa.Column("heartbeat_ns", sa.BigInteger, nullable=False),
+)
+
 lifecycle_event = sa.Table(
     "lifecycle_event", metadata,
     # The approval ledger (cpframe.repository.ledger): append-only, hash-chained rows, one per

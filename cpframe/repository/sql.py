@@ -26,7 +26,7 @@ import contextlib
 import json
 import threading
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
 
@@ -36,6 +36,7 @@ from cpframe.core.errors import (
     DatasetConflictError,
     ExportError,
     RegistryError,
+    RunLockedError,
     SchemaVersionError,
     ServiceError,
     UnknownDatasetTypeError,
@@ -52,6 +53,7 @@ from cpframe.core.model import (
 )
 from cpframe.repository import schema as s
 from cpframe.repository.base import DimensionRecord, Registry
+from cpframe.repository.names import validate_dataset_type_name
 from cpframe.repository.sql_collections import _SqlCollections
 from cpframe.repository.sql_common import (  # noqa: F401  (re-exported: callers import them from here)
     _WRITE,
@@ -64,6 +66,7 @@ from cpframe.repository.sql_common import (  # noqa: F401  (re-exported: callers
     describe_span,
     make_engine,
     normalize_data_id,
+    translate_db_error,
 )
 from cpframe.repository.sql_datasets import _SqlDatasets
 
@@ -90,6 +93,7 @@ class SqlRegistry(_SqlCollections, _SqlDatasets, Registry):
 
     def __init__(self, engine: sa.Engine):
         self._engine = engine
+        self._shown = engine.url.render_as_string(hide_password=True)
         self._local = threading.local()
         self._is_sqlite = engine.dialect.name == "sqlite"
         self._dtypes: dict[str, tuple[int, DatasetType]] = {}
@@ -120,19 +124,25 @@ class SqlRegistry(_SqlCollections, _SqlDatasets, Registry):
         return reg
 
     @classmethod
-    def open(cls, url: str, busy_timeout_s: float = 60.0) -> "SqlRegistry":
+    def open(cls, url: str, busy_timeout_s: float = 60.0, read_only: bool = False) -> "SqlRegistry":
         """Connect to an existing registry.
+
+        Parameters
+        ----------
+        read_only : bool
+            SQLite: open the file read-only (see :func:`make_engine`).
 
         Raises
         ------
         SchemaVersionError
             The database's schema version is not :attr:`SCHEMA_VERSION`.
         RegistryError
-            The database holds no cpframe registry.
+            The database holds no cpframe registry, or is damaged.
         """
-        engine = make_engine(url, busy_timeout_s)
+        engine = make_engine(url, busy_timeout_s, read_only=read_only)
         reg = cls(engine)
         shown = sa.make_url(url).render_as_string(hide_password=True)
+        reg._shown = shown + (" (opened read-only)" if read_only else "")
         try:
             with reg._reading() as conn:
                 if not sa.inspect(conn).has_table(s.meta.name):
@@ -142,10 +152,19 @@ class SqlRegistry(_SqlCollections, _SqlDatasets, Registry):
                 ).scalar_one_or_none()
         except sa.exc.OperationalError as err:
             engine.dispose()
+            better = translate_db_error(err, shown)
+            if better is not None and not isinstance(better, ServiceError):
+                raise better from err
             raise ServiceError(
                 f"cannot open the registry database {shown}: {str(err.orig).strip()}. Check that the "
                 "database server is running and the URL in cpframe-repo.yaml is right."
             ) from err
+        except sa.exc.DBAPIError as err:  # a damaged file ("file is not a database", "malformed")
+            engine.dispose()
+            better = translate_db_error(err, shown)
+            if better is None:
+                raise
+            raise better from err
         except RegistryError:
             engine.dispose()
             raise
@@ -195,14 +214,14 @@ class SqlRegistry(_SqlCollections, _SqlDatasets, Registry):
                 f"another process changed the registry at the same time ({str(err.orig).strip()[:300]}); "
                 "nothing was changed, run the command again."
             ) from err
-        except sa.exc.OperationalError as err:
-            if "locked" in str(err.orig) or "busy" in str(err.orig):
-                raise ServiceError(
-                    "the registry stayed locked by another process for longer than the busy timeout "
-                    "(cpframe.repository.busy-timeout-s); retry, or raise the timeout "
-                    "(DASK_CPFRAME__REGISTRY__BUSY_TIMEOUT_S=300)."
-                ) from err
-            raise
+        except sa.exc.DBAPIError as err:
+            # locked, disk full, read-only, damaged, server gone: one line that says what to do
+            better = translate_db_error(err, self._shown)
+            if better is None:
+                raise
+            if isinstance(better, ServiceError) and not self._is_sqlite:
+                self._engine.dispose()  # drop connections to a restarted server
+            raise better from err
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sa.Connection]:
@@ -210,9 +229,17 @@ class SqlRegistry(_SqlCollections, _SqlDatasets, Registry):
         if conn is not None:
             yield conn
             return
-        with self._engine.connect() as conn:
-            with conn.begin():
-                yield conn
+        try:
+            with self._engine.connect() as conn:
+                with conn.begin():
+                    yield conn
+        except sa.exc.DBAPIError as err:
+            better = translate_db_error(err, self._shown)
+            if better is None:
+                raise
+            if isinstance(better, ServiceError) and not self._is_sqlite:
+                self._engine.dispose()
+            raise better from err
 
     # -- dimensions -----------------------------------------------------------------------------
     def register_instrument(self, camera: "Camera") -> bool:
@@ -369,6 +396,7 @@ class SqlRegistry(_SqlCollections, _SqlDatasets, Registry):
 
     # -- dataset types --------------------------------------------------------------------------
     def register_dataset_type(self, dataset_type: DatasetType) -> bool:
+        validate_dataset_type_name(dataset_type.name)
         dims = tuple(dataset_type.dimensions)
         bad = [d for d in dims if d not in DATASET_DIMENSIONS]
         if bad or "instrument" not in dims:
@@ -486,6 +514,76 @@ class SqlRegistry(_SqlCollections, _SqlDatasets, Registry):
             for chunk in _chunks(list(paths)):
                 out.update(conn.execute(sa.select(s.dataset.c.path).where(s.dataset.c.path.in_(chunk))).scalars())
         return out
+
+    # -- RUN locks (one writer per RUN) ------------------------------------------------------------
+    def _lock_table(self, conn: sa.Connection) -> sa.Table:
+        s.run_lock.create(conn, checkfirst=True)  # repositories created before run locks existed
+        return s.run_lock
+
+    def get_run_lock(self, run: str) -> dict[str, Any] | None:
+        """The lock row of ``run`` (``owner``, ``command``, ``started_ns``, ``heartbeat_ns``), or None."""
+        with self._reading() as conn:
+            if not sa.inspect(conn).has_table(s.run_lock.name):
+                return None
+            row = conn.execute(sa.select(s.run_lock).where(s.run_lock.c.run == run)).mappings().first()
+            return dict(row) if row else None
+
+    def acquire_run_lock(self, run: str, owner: str, command: str = "", *,
+                         take_over: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any] | None:
+        """Take the lock of ``run`` for ``owner``; returns the previous (taken-over) row or None.
+
+        Parameters
+        ----------
+        take_over : callable, optional
+            Called with the current row when another owner holds the lock; returns True to
+            take it over (the caller decides that the owner is gone).  Without it a held lock
+            is never taken.
+
+        Raises
+        ------
+        RunLockedError
+            Another owner holds the lock (``err.lock`` is its row).
+        """
+        now = tai_now_ns()
+        with self.transaction() as conn:
+            t = self._lock_table(conn)
+            if not self._is_sqlite:
+                conn.exec_driver_sql("LOCK TABLE run_lock IN SHARE ROW EXCLUSIVE MODE")
+            row = conn.execute(sa.select(t).where(t.c.run == run)).mappings().first()
+            previous = dict(row) if row else None
+            if previous is not None and previous["owner"] != owner:
+                if take_over is None or not take_over(previous):
+                    err = RunLockedError(f"RUN {run!r} is locked by {previous['owner']}")
+                    err.lock = previous
+                    raise err
+                conn.execute(sa.delete(t).where(t.c.run == run))
+            elif previous is not None:
+                conn.execute(sa.update(t).where(t.c.run == run).values(heartbeat_ns=now))
+                return None
+            conn.execute(sa.insert(t), [{"run": run, "owner": owner, "command": command[:2000], "started_ns": now,
+                                         "heartbeat_ns": now}])
+            return previous
+
+    def heartbeat_run_lock(self, run: str, owner: str) -> bool:
+        """Refresh the heartbeat of a lock ``owner`` holds; False if it no longer holds it."""
+        with self.transaction() as conn:
+            t = self._lock_table(conn)
+            n = conn.execute(sa.update(t).where(t.c.run == run, t.c.owner == owner)
+                             .values(heartbeat_ns=tai_now_ns())).rowcount
+        return bool(n)
+
+    def release_run_lock(self, run: str, owner: str) -> None:
+        """Drop the lock of ``run`` if ``owner`` holds it."""
+        with self.transaction() as conn:
+            t = self._lock_table(conn)
+            conn.execute(sa.delete(t).where(t.c.run == run, t.c.owner == owner))
+
+    def run_locks(self) -> list[dict[str, Any]]:
+        """Every lock row (for ``Repository.open``'s report and ``remove-runs``)."""
+        with self._reading() as conn:
+            if not sa.inspect(conn).has_table(s.run_lock.name):
+                return []
+            return [dict(r) for r in conn.execute(sa.select(s.run_lock).order_by(s.run_lock.c.run)).mappings()]
 
     # -- export / import support ------------------------------------------------------------------
     def dimension_rows(self, element: str, instruments: Iterable[str], exposure_ids: Iterable[int] = ()) -> list[dict]:

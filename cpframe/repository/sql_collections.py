@@ -154,9 +154,17 @@ class _SqlCollections:
                 raise CollectionTypeError(f"collection {name!r} is a {ctype.name} collection, not CHAINED.")
             return tuple(n for _, n, _ in self._children(conn, [cid]).get(cid, []))
 
-    def set_chain(self, parent, children=(), mode="redefine", flatten=False, pop_indices=(), doc=""):
+    def set_chain(self, parent, children=(), mode="redefine", flatten=False, pop_indices=(), doc="", allow_empty=False):
         if mode not in CHAIN_MODES:
             raise UserInputError(f"unknown chain mode {mode!r}; use one of {', '.join(CHAIN_MODES)}.")
+        if mode == "redefine" and not list(children) and not allow_empty:
+            # the butler refuses too: an emptied chain makes processing silently fall back to
+            # older calibrations further down the search path (issue 11)
+            raise UserInputError(
+                f"--mode redefine of {parent!r} needs at least one child; an empty chain would make lookups "
+                "silently fall through to older calibrations. Name the children, or remove the chain with "
+                "`cpframe remove-collections`."
+            )
         if flatten and mode in ("remove", "pop"):
             raise UserInputError(f"--flatten cannot be combined with --mode {mode}; it applies to redefine, prepend, extend.")
         validate_collection_name(parent)

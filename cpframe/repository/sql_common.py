@@ -6,12 +6,16 @@ normalisation, and the constants and messages the registry parts share.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy import event
 
 from cpframe.core.errors import (
+    DiskFullError,
+    RegistryError,
+    SelectionError,
     ServiceError,
     UserInputError,
 )
@@ -35,7 +39,7 @@ MSG_FIRST_CHILD = "only its first child {child!r} is searched; pass --search-all
 MSG_NO_INPUT = "no {dataset_type!r} datasets in {collection!r}"
 
 
-def make_engine(url: str, busy_timeout_s: float = 60.0) -> sa.Engine:
+def make_engine(url: str, busy_timeout_s: float = 60.0, read_only: bool = False) -> sa.Engine:
     """Engine for a registry URL with cpframe's connection settings.
 
     Parameters
@@ -44,6 +48,10 @@ def make_engine(url: str, busy_timeout_s: float = 60.0) -> sa.Engine:
         SQLAlchemy URL (``sqlite:////abs/path.sqlite3`` or ``postgresql+psycopg://...``).
     busy_timeout_s : float
         SQLite: seconds a writer waits for another process's lock.
+    read_only : bool
+        SQLite: open the file read-only (a repository on read-only media or without write
+        permission can still be queried).  Without a pending WAL file it is opened
+        ``immutable`` (no lock files needed); writes fail with a clear error.
     """
     u = sa.make_url(url)
     if u.get_backend_name() != "sqlite":
@@ -54,6 +62,13 @@ def make_engine(url: str, busy_timeout_s: float = 60.0) -> sa.Engine:
                 f"registry {u.render_as_string(hide_password=True)} needs the Python package {err.name!r}, "
                 "which is not installed. Install it with: python3 -m pip install -e '.[postgres]'"
             ) from None
+    if read_only and u.database:
+        from urllib.parse import quote
+
+        path = u.database
+        wal = Path(f"{path}-wal")
+        flags = "mode=ro" + ("" if wal.exists() and wal.stat().st_size else "&immutable=1")
+        u = sa.make_url(f"sqlite:///file:{quote(path)}?{flags}&uri=true")
     engine = sa.create_engine(u, connect_args={"timeout": busy_timeout_s, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -62,8 +77,9 @@ def make_engine(url: str, busy_timeout_s: float = 60.0) -> sa.Engine:
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         cur.execute("PRAGMA foreign_keys = ON")
-        cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA synchronous = NORMAL")
+        if not read_only:
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -85,6 +101,53 @@ def _service_errors(url: str, engine: sa.Engine) -> Iterator[None]:
             f"cannot reach the registry database {shown}: {str(err.orig).strip()}. Check that the server is "
             "running and the URL is right."
         ) from err
+
+
+def translate_db_error(err: Exception, shown: str) -> Exception | None:
+    """A database error -> the cpframe error a user can act on, or None (then it is a bug).
+
+    Covers a damaged SQLite file, a full disk, a read-only repository, a busy lock and a lost
+    server connection (PostgreSQL restarted or the network dropped).  In every case the
+    transaction was rolled back, so "nothing was changed" holds.
+    """
+    raw = str(getattr(err, "orig", None) or err).strip()
+    text = raw.splitlines()[0] if raw else type(err).__name__
+    low = text.lower()
+    if "disk is full" in low or "no space left" in low or "disk full" in low:
+        return DiskFullError(
+            f"the registry database {shown} could not write: {text}. The disk is full: free space, then run the "
+            "command again (nothing was changed)."
+        )
+    if "readonly database" in low or "read-only" in low or "read only" in low:
+        return RegistryError(
+            f"the registry {shown} is read-only ({text}): queries work, but this command writes. Use a writable "
+            "copy of the repository (nothing was changed)."
+        )
+    if "not a database" in low or "malformed" in low or "file is encrypted" in low or "corrupt" in low:
+        return RegistryError(
+            f"the registry database {shown} is damaged ({text}). Restore it from a backup (for SQLite, "
+            "`sqlite3 FILE .recover` may save its content); nothing was changed."
+        )
+    if "too large" in low or "too many terms" in low or "too complex" in low or "stack depth" in low:
+        return SelectionError(
+            f"the selection is too large for the registry database ({text}); use IN (...) lists or ranges "
+            "(a..b) instead of long OR chains. Nothing was changed."
+        )
+    if "locked" in low or "busy" in low:
+        return ServiceError(
+            f"the registry {shown} stayed locked by another process for longer than the busy timeout "
+            "(cpframe.registry.busy-timeout-s); retry, or raise the timeout "
+            "(DASK_CPFRAME__REGISTRY__BUSY_TIMEOUT_S=300). Nothing was changed."
+        )
+    from_sqlite = type(getattr(err, "orig", None)).__module__.startswith("sqlite3")
+    if from_sqlite and not ("unable to open" in low or "disk i/o" in low):
+        return None  # another SQLite error (no such table...) is a bug: keep its traceback
+    if isinstance(err, (sa.exc.OperationalError, sa.exc.InterfaceError)) or "connection" in low or "server" in low:
+        return ServiceError(
+            f"cannot reach the registry database {shown} ({text}); the transaction in progress was rolled "
+            "back and nothing was changed. Check that the database server is running, then run the command again."
+        )
+    return None
 
 
 def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterator[Sequence[Any]]:

@@ -206,6 +206,14 @@ class _SqlDatasets:
             raise MissingDatasetError(f"no dataset with id(s) {', '.join(map(str, missing[:10]))}.")
         return [found[str(i)] for i in ids]
 
+    def get_datasets_if_present(self, ids: Sequence[str]) -> list[DatasetRef]:
+        """Refs of those ``ids`` that exist (import uses it to skip datasets already present)."""
+        out: list[DatasetRef] = []
+        with self._reading() as conn:
+            for chunk in _chunks(list(dict.fromkeys(map(str, ids)))):
+                out += [self._ref(conn, row) for row in conn.execute(self._ds_select().where(s.dataset.c.id.in_(chunk)))]
+        return out
+
     def remove_datasets(self, ids: Sequence[str]) -> None:
         with self.transaction() as conn:
             self._delete_datasets(conn, list(ids))
@@ -409,6 +417,10 @@ class _SqlDatasets:
         validity range.  Find-first through a CALIBRATION collection holding several ranges
         for one data ID raises ``AmbiguousCalibrationError`` (use :meth:`find_calibrations`).
         """
+        if where:  # a bad selection is an error even when there is nothing to search
+            from cpframe.repository.query import parse_selection
+
+            parse_selection(where, bind)
         with self._reading() as conn:
             types = self._resolve_types(conn, dataset_type)
             names = self._resolve_collections(conn, collections, find_first)
@@ -484,6 +496,7 @@ class _SqlDatasets:
     # -- certification ----------------------------------------------------------------------------
     def certify(self, collection: str, refs: Sequence[DatasetRef], timespan: Timespan) -> None:
         validate_collection_name(collection)
+        timespan.require_not_empty()
         with self.transaction() as conn:
             if not self._is_sqlite:
                 conn.exec_driver_sql("LOCK TABLE calib_association IN SHARE ROW EXCLUSIVE MODE")

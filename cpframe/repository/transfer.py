@@ -22,15 +22,24 @@ files, so a failure leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import yaml
 
-from cpframe.core.errors import ChecksumError, ExportError, UserInputError
+from cpframe.core import yamlsafe
+from cpframe.core.errors import (
+    ChecksumError,
+    ConflictingDefinitionError,
+    ExportError,
+    UnknownCollectionError,
+    UserInputError,
+)
+from cpframe.repository.names import collection_name_problem, dataset_type_name_problem
 from cpframe.core.model import CollectionType, DatasetRef, DatasetType, Timespan, ns_to_iso
 from cpframe.repository.chains import walk_collections
 from cpframe.repository.datastore import sha256_file
@@ -188,9 +197,13 @@ def _load_export(path: Path) -> dict[str, Any]:
     from cpframe.repository.butler_format import butler_to_cpframe, is_butler_export, load_butler_export
 
     if is_butler_export(path):  # `butler export-calibs` output (or cpframe's --format butler)
-        return butler_to_cpframe(load_butler_export(path), path)
+        doc = butler_to_cpframe(load_butler_export(path), path)
+        doc["source_format"] = "butler"  # the butler's format has no checksums at all
+        return doc
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yamlsafe.load(path.read_text(), str(path))  # bounded alias expansion (issue 11)
+    except yamlsafe.YamlBombError as err:
+        raise ExportError(str(err)) from None
     except FileNotFoundError:
         raise ExportError(f"export file {path} does not exist; give it with --export-file.") from None
     except yaml.YAMLError as err:
@@ -218,12 +231,45 @@ def _safe_rel(directory: Path, text: Any) -> tuple[Path | None, str | None]:
     return directory / p, None
 
 
+def _check_names(path: Path, types: Mapping[str, DatasetType], collections: Sequence[tuple[str, CollectionType, list[str]]],
+                 records: Sequence[tuple[str, Mapping[str, Any]]], associations: Sequence[Mapping[str, Any]]) -> None:
+    """Every name of the export file against the registry's rules, all problems at once (nothing written yet)."""
+    bad: list[str] = []
+    for name in types:
+        problem = dataset_type_name_problem(name)
+        if problem:
+            bad.append(f"dataset type {name!r} {problem}")
+    names = [n for n, _, _ in collections] + [k for _, _, kids in collections for k in kids]
+    names += [run for run, _ in records] + [a.get("collection") for a in associations]
+    for name in dict.fromkeys(names):
+        problem = collection_name_problem(name)
+        if problem:
+            bad.append(f"collection {name!r} {problem}")
+    for _, rec in records:
+        problem = dataset_type_name_problem(rec.get("dataset_type"))
+        if problem:
+            bad.append(f"dataset {rec.get('id')} has dataset type {rec.get('dataset_type')!r} which {problem}")
+    if bad:
+        bad = list(dict.fromkeys(bad))
+        raise ExportError(
+            f"export file {path} has {len(bad)} invalid name(s): " + "; ".join(bad[:10])
+            + ("; ..." if len(bad) > 10 else "") + ". Nothing was imported."
+        )
+
+
 def import_export(repo: "Repository", directory: str | os.PathLike, export_file: str | os.PathLike | None = None,
-                  transfer: str = "copy", skip_dimensions: Sequence[str] = ()) -> dict[str, int]:
+                  transfer: str = "copy", skip_dimensions: Sequence[str] = (),
+                  allow_missing_checksums: bool = False) -> dict[str, int]:
     """Import an export directory into ``repo``: dimensions, types, collections, files, links, chains.
 
-    Everything is checked first (paths inside ``directory``, files present, checksums); then
-    the files are journaled and placed and the registry changes commit in one transaction.
+    Everything is checked first (names, paths inside ``directory``, files present, checksums);
+    then the files are journaled and placed and the registry changes commit in one transaction.
+
+    Importing is idempotent: a dataset whose id is already in ``repo`` with the same type, RUN,
+    data ID and checksum is skipped (its file is left alone), as are identical validity ranges,
+    dimension records and collections; importing an export twice, or into the repository it
+    came from, changes nothing.  Existing files are never replaced, so a failed import deletes
+    only the files it created.
 
     Parameters
     ----------
@@ -235,19 +281,25 @@ def import_export(repo: "Repository", directory: str | os.PathLike, export_file:
         ``copy``, ``link``, ``symlink``, ``direct`` (files stay in ``directory``) or ``move``.
     skip_dimensions : sequence of str
         Dimension elements whose records are not imported (``-s instrument``): they must already exist.
+    allow_missing_checksums : bool
+        Accept datasets whose ``checksum`` is missing from the export file (their files cannot
+        be verified).  Off by default: a missing checksum is an error.
 
     Returns
     -------
     dict
-        Counts: ``datasets``, ``collections``, ``links``, ``dimension_records``.
+        Counts: ``datasets`` (new), ``skipped`` (already present), ``collections``, ``links``
+        (new), ``dimension_records``.
 
     Raises
     ------
     ExportError
-        Malformed export file or a path escaping ``directory`` (lists each).
+        Malformed export file, an invalid name, or a path escaping ``directory`` (lists each).
     ChecksumError
-        A file's checksum differs from the export file's (lists each).
-    ConflictingDefinitionError, DatasetConflictError, CollectionTypeError
+        A file's checksum differs from the export file's, or is missing (lists each).
+    ConflictingDefinitionError
+        A dataset id already exists with another type, RUN, data ID or checksum.
+    DatasetConflictError, CollectionTypeError
     """
     directory = Path(directory).absolute()
     if not directory.is_dir():
@@ -268,9 +320,12 @@ def import_export(repo: "Repository", directory: str | os.PathLike, export_file:
         records = [(d["run"], r) for d in doc.get("datasets") or [] for r in d["records"]]
         associations = doc.get("associations") or []
         dims = doc.get("dimensions") or {}
-    except (KeyError, TypeError) as err:
+        if not all(isinstance(r, dict) for _, r in records) or not all(isinstance(a, dict) for a in associations):
+            raise TypeError("records")
+    except (KeyError, TypeError, AttributeError) as err:
         raise ExportError(f"export file {path} is malformed (missing or bad key {err}).") from None
-    escapes, missing, mismatched, items, checksums = [], [], [], [], {}
+    _check_names(path, types, collections, records, associations)
+    escapes, missing, mismatched, unchecked, items, checksums = [], [], [], [], [], {}
     for run, rec in records:
         src, why = _safe_rel(directory, rec.get("path"))
         if src is None:
@@ -282,8 +337,14 @@ def import_export(repo: "Repository", directory: str | os.PathLike, export_file:
         if rec.get("dataset_type") not in types:
             raise ExportError(f"export file {path}: dataset {rec.get('id')} has an undeclared type {rec.get('dataset_type')!r}.")
         actual = _sha256(src)
-        if rec.get("checksum") and actual != rec["checksum"]:
-            mismatched.append(f"{rec['path']} (recorded {rec['checksum'][:20]}..., file {actual[:20]}...)")
+        recorded = rec.get("checksum")
+        if not recorded:
+            # a cpframe export always carries checksums, so a missing one means the file was edited;
+            # the butler's format has none (docs/butler.md): those files are imported as the butler does
+            if not allow_missing_checksums and doc.get("source_format") != "butler":
+                unchecked.append(str(rec.get("path")))
+        elif actual != recorded:
+            mismatched.append(f"{rec['path']} (recorded {str(recorded)[:20]}..., file {actual[:20]}...)")
         checksums[str(src)] = actual
         items.append((src, rec["dataset_type"], rec["data_id"], run, rec["id"]))
     if escapes:
@@ -298,9 +359,40 @@ def import_export(repo: "Repository", directory: str | os.PathLike, export_file:
             f"{len(mismatched)} file(s) do not match the checksums in {path.name}: " + "; ".join(mismatched[:10])
             + ". The export was changed or damaged; export again. Nothing was imported."
         )
-    entries = repo._prepare(items, transfer, types, checksums)  # normalises (checks) every data ID
-    counts = {"datasets": len(entries), "collections": len(collections),
-              "links": sum(len(a.get("links") or []) for a in associations), "dimension_records": 0}
+    if unchecked:
+        raise ChecksumError(
+            f"{len(unchecked)} dataset(s) in {path.name} have no checksum: " + ", ".join(unchecked[:10])
+            + (", ..." if len(unchecked) > 10 else "")
+            + ". Their files cannot be verified; export again with `cpframe export-calibs`, or pass "
+            "--allow-missing-checksums to import them unverified. Nothing was imported."
+        )
+    # idempotence: datasets already in this repository (same id) are skipped when identical
+    existing = {r.id: r for r in reg.get_datasets_if_present([str(i[4]) for i in items])}
+    fresh, skipped, differ = [], 0, []
+    for item in items:
+        src, type_name, data_id, run, ds_id = item
+        old = existing.get(str(ds_id))
+        if old is None:
+            fresh.append(item)
+            continue
+        try:
+            same = (old.dataset_type == type_name and old.run == run
+                    and dict(old.data_id) == dict(reg.normalize_data_id(type_name, data_id))
+                    and (old.checksum in (None, checksums[str(src)])))
+        except Exception:  # noqa: BLE001 - any difference in the data ID is a conflict, reported below
+            same = False
+        if same:
+            skipped += 1
+        else:
+            differ.append(f"{ds_id} ({old.dataset_type} {dict(old.data_id)} in RUN {old.run})")
+    if differ:
+        raise ConflictingDefinitionError(
+            f"{len(differ)} dataset id(s) of the export already exist here with another type, data ID, RUN or "
+            f"file: {'; '.join(differ[:10])}. Nothing was imported."
+        )
+    entries = repo._prepare(fresh, transfer, types, checksums)  # normalises (checks) every data ID
+    counts = {"datasets": len(entries), "skipped": skipped, "collections": len(collections), "links": 0,
+              "dimension_records": 0}
 
     def body() -> None:
         for el in DIMENSION_ELEMENTS:
@@ -313,11 +405,17 @@ def import_export(repo: "Repository", directory: str | os.PathLike, export_file:
                 reg.register_collection(name, ctype)
         reg.insert_datasets([e.ref for e in entries])
         for a in associations:
-            reg.insert_calib_links(a["collection"], [
-                (link["dataset_id"], Timespan(link.get("begin_ns"), link.get("end_ns"))) for link in a.get("links") or []])
+            links = [(str(link["dataset_id"]), Timespan(link.get("begin_ns"), link.get("end_ns")))
+                     for link in a.get("links") or []]
+            with contextlib.suppress(UnknownCollectionError):
+                have = {(r.id, r.extra["timespan"]) for r in reg.query_certifications(a["collection"])}
+                links = [x for x in links if x not in have]  # identical ranges already there: skipped
+            counts["links"] += len(links)
+            reg.insert_calib_links(a["collection"], links)
         for name, ctype, kids in collections:
             if ctype == CollectionType.CHAINED:
-                reg.set_chain(name, kids, mode="redefine")
+                reg.set_chain(name, kids, mode="redefine", allow_empty=True)
 
+    repo._precheck_conflicts(entries)
     repo._commit(entries, transfer, body)
     return counts

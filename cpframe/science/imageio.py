@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from astropy.io.fits.verify import VerifyWarning
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.table import Table
 
+from cpframe.core import files as _files
 from cpframe.camera.models import Camera, Detector, load_camera
 from cpframe.core.errors import CameraError, UserInputError
 
@@ -452,7 +452,7 @@ class MaskedWriter:
         self.path = Path(path)
         self.shape = (int(shape[0]), int(shape[1]))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="." + self.path.name + ".", suffix=".tmp", dir=self.path.parent)
+        fd, tmp = _files.mkstemp(prefix="." + self.path.name + ".", suffix=".tmp", dir=self.path.parent)
         self._tmp = Path(tmp)
         self._fd: int | None = fd
         blocks = [header_bytes(_primary_header(header))]
@@ -681,7 +681,7 @@ def write_defects(
     t.meta.setdefault("n_defects", int(len(arr)))
     t.meta.setdefault("n_pixels", int((arr[:, 2] * arr[:, 3]).sum()) if len(arr) else 0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = _files.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         t.write(tmp, format="ascii.ecsv", overwrite=True)
@@ -724,6 +724,8 @@ def boxes_to_mask(boxes: Iterable[tuple[int, int, int, int]], shape: tuple[int, 
 _PTC_ARRAYS = ("raw_means", "raw_vars", "exp_times", "mask", "overscan_noise")
 PTC_COLUMNS = ("amp", "gain", "gain_err", "noise", "noise_err", "turnoff", "a00", "n_pairs",
                "raw_means", "raw_vars", "exp_times", "mask", "overscan_noise")
+#: Scalar columns written when every row has them (older files lack them).
+PTC_OPTIONAL_COLUMNS = ("noise_intercept", "overscan_var_factor")
 
 
 def write_ptc(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None) -> Path:
@@ -743,6 +745,9 @@ def write_ptc(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], meta: 
         *[fits.Column(k, "D", array=np.array([float(r[k]) for r in rows])) for k in
           ("gain", "gain_err", "noise", "noise_err", "turnoff", "a00")],
         fits.Column("n_pairs", "J", array=np.array([int(r["n_pairs"]) for r in rows])),
+        # optional (issue 16): the raw read-noise intercept and the overscan variance divided out
+        *[fits.Column(k, "D", array=np.array([float(r[k]) for r in rows])) for k in PTC_OPTIONAL_COLUMNS
+          if all(k in r for r in rows)],
         fits.Column("raw_means", f"{n}D", array=arr("raw_means", np.float64, np.nan)),
         fits.Column("raw_vars", f"{n}D", array=arr("raw_vars", np.float64, np.nan)),
         fits.Column("exp_times", f"{n}D", array=arr("exp_times", np.float64, np.nan)),
@@ -757,7 +762,7 @@ def write_ptc(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], meta: 
             ph[k] = _plain(v)
     primary = fits.PrimaryHDU(header=ph)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = _files.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         with warnings.catch_warnings():
@@ -791,6 +796,9 @@ def read_ptc(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], dict[s
                 for c in ("raw_means", "raw_vars", "exp_times", "mask", "overscan_noise"):
                     rec[c] = rec[c][:n_used]
                 rec["mask"] = rec["mask"].astype(bool)
+                for c in PTC_OPTIONAL_COLUMNS:
+                    if c in data.columns.names:
+                        rec[c] = float(r[c])
                 out[amp] = rec
     except (OSError, KeyError) as err:
         raise FileFormatError(f"{path}: not a fits-ptc file: {err}") from None

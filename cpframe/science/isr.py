@@ -67,6 +67,7 @@ __all__ = [
     "run_isr",
     "isr_file",
     "overscan_vector",
+    "overscan_variance_factor",
 ]
 
 log = logging.getLogger(__name__)
@@ -546,6 +547,8 @@ def serial_amp(amp: Amplifier, seg: np.ndarray, config: IsrConfig, calibs: IsrCa
         seg -= vec.astype(np.float32)[:, None]
         os_fit = {"MEAN": float(vec.mean()), "MEDIAN": float(np.median(vec)), "STDEV": float(vec.std())}
         residual = _robust_stats(seg[:, c0:c1].ravel())
+    cards[f"LSST ISR OVERSCAN VARIANCE FACTOR {amp.name}"] = overscan_variance_factor(
+        config, c1 - c0, amp.raw_shape[0] - trail - (amp.data_rows + lead), amp.raw_shape[0])
     for k in ("MEAN", "MEDIAN", "STDEV"):
         cards[f"LSST ISR OVERSCAN SERIAL {k} {amp.name}"] = os_fit[k]
         cards[f"LSST ISR OVERSCAN RESIDUAL SERIAL {k} {amp.name}"] = residual[k]
@@ -748,6 +751,28 @@ def _crosstalk(det: Detector, segs: dict[str, np.ndarray], lin: np.ndarray, quad
             acc = term if acc is None else acc + term
         if acc is not None:
             segs[tname] -= acc
+
+
+def overscan_variance_factor(config: IsrConfig, n_serial: int, n_parallel: int, n_rows: int) -> float:
+    """Variance the overscan subtraction adds to every data pixel, in units of the read noise squared.
+
+    A per-row median of n Gaussian values has variance (pi / 2) sigma^2 / n (a mean: sigma^2 /
+    n); the serial correction subtracts one per row (``n_serial`` values each), the parallel
+    one per column (``n_parallel`` values).  A single value per amp adds ~1 / (n rows).  The
+    PTC's read-noise intercept contains this variance (issue 16: +3 % on ComCam geometry).
+
+    >>> round(overscan_variance_factor(IsrConfig(), 58, 42, 2048), 4)
+    0.0645
+    """
+    if not config.do_overscan:
+        return 0.0
+    per = (math.pi / 2) if config.overscan_fit_type.startswith("MEDIAN") else 1.0
+    if not config.overscan_fit_type.endswith("_PER_ROW"):  # one value per amp: negligible
+        return float(per / (max(1, n_serial) * max(1, n_rows)))
+    k = per / max(1, n_serial)
+    if config.do_parallel_overscan and n_parallel > 0:
+        k += per / n_parallel
+    return float(k)
 
 
 def _parallel_overscan(amp: Amplifier, seg: np.ndarray, config: IsrConfig, st: AmpStats, cards: dict) -> None:

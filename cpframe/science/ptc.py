@@ -185,7 +185,7 @@ def extract_pair(im1: MaskedImage, im2: MaskedImage, config: PtcConfig,
         mu1 = clipped_stats(a[good], n, config.n_iter_sigma_clip_ptc)[0]
         mu2 = clipped_stats(b[good], n, config.n_iter_sigma_clip_ptc)[0]
         rec = {"mean": math.nan, "var": math.nan, "n_pixels": 0, "overscan_noise": math.nan,
-               "gain_pair": math.nan}
+               "gain_pair": math.nan, "overscan_var_factor": _overscan_var_factor(name, h1, h2)}
         if overscan_noise and name in overscan_noise:
             rec["overscan_noise"] = float(overscan_noise[name])
         else:
@@ -210,6 +210,13 @@ def extract_pair(im1: MaskedImage, im2: MaskedImage, config: PtcConfig,
     t = float(h1.get("EXPTIME", math.nan))
     return PtcPairMeasurement(exposure_ids=(int(h1.get("EXPID", 0)), int(h2.get("EXPID", 0))), exposure_time=t,
                               amps=out)
+
+
+def _overscan_var_factor(amp: str, *headers: Mapping[str, Any]) -> float:
+    """Mean of the ISR's ``LSST ISR OVERSCAN VARIANCE FACTOR <amp>`` cards (0 when absent)."""
+    vals = [float(h.get(f"LSST ISR OVERSCAN VARIANCE FACTOR {amp}", math.nan)) for h in headers]
+    vals = [v for v in vals if math.isfinite(v)]
+    return float(np.mean(vals)) if vals else 0.0
 
 
 def ptc_model(params: np.ndarray, mu: np.ndarray) -> np.ndarray:
@@ -299,6 +306,34 @@ def _solve_amp(mu, var, npix, config: PtcConfig) -> tuple[np.ndarray, np.ndarray
     return params, err, mask
 
 
+#: Truncated-Gaussian factor of the ISR's 3-sigma-clipped overscan STDEV (what clipping measures).
+_OVERSCAN_CLIP_FACTOR = 0.98658
+
+#: Logged when the PTC read noise and the overscan read noise disagree (tests check the words).
+MSG_NOISE_DISAGREES = ("PTC read noise of amp %s%s is %.3f e- but the serial overscan of the PTC flats shows "
+                       "%.3f e- (%+.1f %%, more than 5 %% and 3 fit errors): the read-noise intercept is "
+                       "not the amplifier's noise -- look for structure in the difference images (a "
+                       "bias drift, an unmasked defect) or too few low-signal pairs.")
+
+
+def _check_noise_against_overscan(amp: str, noise: float, noise_err: float, gain: float, osn: np.ndarray,
+                                  meta: Mapping[str, Any] | None) -> None:
+    """Log a warning, naming the amp and what it means, when the PTC read noise disagrees with
+    the overscan's (both e-): beyond 5 % *and* beyond 3 fit errors, so the statistical
+    uncertainty of a small amp's intercept is not reported as a problem."""
+    if not (math.isfinite(gain) and math.isfinite(noise) and np.isfinite(osn).any()):
+        return
+    expected = float(np.nanmedian(osn)) * gain / _OVERSCAN_CLIP_FACTOR
+    if expected <= 0:
+        return
+    diff = noise - expected
+    tol = max(0.05 * expected, 3.0 * noise_err if math.isfinite(noise_err) else 0.0)
+    if abs(diff) > tol:
+        det = (meta or {}).get("DETNAME") or (meta or {}).get("DETECTOR")
+        log.warning(MSG_NOISE_DISAGREES, amp, f" of detector {det}" if det is not None else "", noise, expected,
+                    100.0 * diff / expected)
+
+
 def solve_ptc(measurements: Sequence[PtcPairMeasurement], output_path: str | os.PathLike | None,
               config: PtcConfig, meta: Mapping[str, Any] | None = None) -> PtcResult:
     """Fit every amp and write the fits-ptc file (when ``output_path`` is given)."""
@@ -316,23 +351,34 @@ def solve_ptc(measurements: Sequence[PtcPairMeasurement], output_path: str | os.
         npix = np.array([m.amps[a]["n_pixels"] for m in ms], dtype=np.float64)
         osn = np.array([m.amps[a]["overscan_noise"] for m in ms], dtype=np.float64)
         t = np.array([m.exposure_time for m in ms], dtype=np.float64)
+        kos = np.array([m.amps[a].get("overscan_var_factor", 0.0) for m in ms], dtype=np.float64)
         params, err, mask = _solve_amp(mu, var, npix, config)
         a00, g, n = params
-        noise = math.sqrt(abs(n)) if math.isfinite(n) else math.nan
-        noise_err = 0.5 * err[2] / noise if (math.isfinite(noise) and noise > 0) else math.nan
+        # The fitted intercept n is the variance per pixel at zero signal: the read noise plus
+        # the variance the ISR's overscan subtraction added (per-row and per-column medians,
+        # k_os * RN^2; +3 % in noise on ComCam geometry).  The read noise is the amplifier's
+        # alone, so that term is divided out (issue 16); ``noise_intercept`` keeps the raw value.
+        k_os = float(np.median(kos[np.isfinite(kos)])) if np.isfinite(kos).any() else 0.0
+        intercept = math.sqrt(abs(n)) if math.isfinite(n) else math.nan
+        noise = intercept / math.sqrt(1.0 + k_os)
+        noise_err = 0.5 * err[2] / intercept / math.sqrt(1.0 + k_os) if (
+            math.isfinite(intercept) and intercept > 0) else math.nan
         turnoff = float(np.max(mu[mask])) if mask.any() else math.nan
-        if math.isfinite(g) and np.isfinite(osn).any():
-            expected = float(np.nanmedian(osn)) * g
-            if expected > 0 and abs(noise - expected) / expected > 0.05:
-                log.warning("PTC amp %s: fitted noise %.3f e- differs from overscan noise x gain %.3f e- by > 5%%.",
-                            a, noise, expected)
+        _check_noise_against_overscan(a, noise, noise_err, g, osn, meta)
         gains[a], noises[a], turnoffs[a] = float(g), noise, turnoff
         rows.append({"amp": a, "gain": float(g), "gain_err": float(err[1]), "noise": noise,
                      "noise_err": noise_err, "turnoff": turnoff, "a00": float(a00), "n_pairs": int(mask.sum()),
+                     "noise_intercept": intercept, "overscan_var_factor": k_os,
                      "raw_means": mu, "raw_vars": var, "exp_times": t, "mask": mask, "overscan_noise": osn})
     path = ""
     if output_path is not None:
         md = {"OBSTYPE": "ptc", "PTCFITTYPE": config.ptc_fit_type, "NPAIRS": len(ms)}
+        # provenance as the combined products carry it (CPP_INPUT_<i>, exposure time): both
+        # exposures of every pair, so the report can list them (issue 16: it said "0 inputs")
+        ids = [(e, m.exposure_time) for m in ms for e in m.exposure_ids]
+        for i, (e, t) in enumerate(ids):
+            md[f"CPP_INPUT_{i}"] = int(e)
+            md[f"CPP_INPUT_EXPT_{i}"] = float(t)
         md.update(dict(meta or {}))
         write_ptc(output_path, rows, md)
         path = str(output_path)

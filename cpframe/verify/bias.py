@@ -29,7 +29,11 @@ Tests: ``MEAN`` (|MEAN| < NOISE), ``NOISE`` ((NOISE - E)/E <= 0.05, one-sided, w
 E = EXPECTED_NOISE; cp_verify uses E = RN, which fails on good data whenever the
 calibration was combined from few exposures: see docs/verification.md),
 ``CR_NOISE`` (|NOISE - CR_NOISE|/CR_NOISE <= 0.05), ``PROCESSING`` (False only when the
-cosmic-ray repair gave up) and the informational ``READ_NOISE_CONSISTENT``.
+cosmic-ray repair gave up) and ``READ_NOISE_CONSISTENT`` ((READ_NOISE_OVERSCAN - RN)/RN
+<= 0.05: this exposure's overscan read noise, un-truncated, against the nominal (PTC) read
+noise).  cp_verify records the last one without counting it; cpframe counts it because
+``NOISE`` is measured against this exposure's own overscan, so without it a camera whose
+read noise rose would pass (issue 16; docs/verification.md).
 The dark stage (``cpframe.verify.dark``) reuses all of this.
 """
 
@@ -179,9 +183,9 @@ def check_noise_stage(stats: dict, config: VerifyConfig) -> dict:
             "CR_NOISE": bool(abs(noise - cr_noise) / cr_noise <= config.cr_noise_threshold),
             "PROCESSING": not force,
         }
-        rn_adu, gain = s["READ_NOISE_ADU"], s["GAIN"]
+        rn_adu, rn_os = s["READ_NOISE_ADU"], s.get("READ_NOISE_OVERSCAN", math.nan)
         if math.isfinite(rn_adu) and rn_adu != 0:
-            value = (gain * rn_adu - rn) / rn
+            value = (rn_os - rn) / rn
             tests["READ_NOISE_CONSISTENT"] = bool(math.isfinite(value) and value <= config.read_noise_threshold)
         out[amp] = tests
     return {"AMP": out, "DET": {}}
@@ -189,5 +193,4 @@ def check_noise_stage(stats: dict, config: VerifyConfig) -> dict:
 
 BIAS = register_stage(Stage(
     name="BIAS", type_name="Bias", kind="exposure", measure=measure_noise_stage, check=check_noise_stage,
-    informational=("READ_NOISE_CONSISTENT",),
 ))

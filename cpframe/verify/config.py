@@ -14,7 +14,7 @@ from typing import Any
 
 from cpframe.core.errors import UserInputError
 
-__all__ = ["UNKNOWN_FIELD_MESSAGE", "VerifyConfig"]
+__all__ = ["TEST_NOTES", "UNKNOWN_FIELD_MESSAGE", "VerifyConfig"]
 
 #: Message for an override naming a field that does not exist (tests check it).
 UNKNOWN_FIELD_MESSAGE = "unknown verification setting(s)"
@@ -53,8 +53,8 @@ class VerifyConfig:
     """Clipping of the ISR's overscan residual STDEV (3 sigma in ip_isr): its bias is corrected."""
     overscan_skip_cols: int = 6
     """Overscan columns (rows) the ISR skips per amp (3 leading + 3 trailing, the LSST default)."""
-    read_noise_threshold: float = 0.05
-    """READ_NOISE_CONSISTENT (informational): (gain * READ_NOISE_ADU - RN) / RN limit."""
+    read_noise_threshold: float = 0.10
+    """READ_NOISE_CONSISTENT: (READ_NOISE_OVERSCAN - RN) / RN limit (one-sided; counted in SUCCESS)."""
 
     # -- flat (spec §4.3) -------------------------------------------------------------------
     flat_noise_tolerance: float = 0.10
@@ -135,3 +135,53 @@ class VerifyConfig:
             if k in clean:
                 clean[k] = tuple(clean[k])
         return replace(cls(), **clean)
+
+
+#: (stage, test) -> (what passes, why it differs from cp_verify or was loosened, or "").  The report
+#: prints these next to each result, so a reviewer sees every cpframe change at the verdict
+#: (issue 16); docs/verification.md has the derivations.
+TEST_NOTES: dict[tuple[str, str], tuple[str, str]] = {
+    ("BIAS", "MEAN"): ("|MEAN| < NOISE", ""),
+    ("BIAS", "NOISE"): ("(NOISE - E)/E <= 5 %, E = expected noise",
+                        "E adds the calibration's own noise and the overscan correction's to the read noise: "
+                        "cp_verify's E = read noise fails every good bias combined from few exposures (+8 % "
+                        "for 6); a raised read noise is caught by READ_NOISE_CONSISTENT instead"),
+    ("BIAS", "CR_NOISE"): ("|NOISE - CR_NOISE|/CR_NOISE <= 5 %", ""),
+    ("BIAS", "PROCESSING"): ("the cosmic-ray repair did not give up", ""),
+    ("BIAS", "READ_NOISE_CONSISTENT"): ("(overscan read noise - PTC read noise)/PTC read noise <= 10 %",
+                                        "counted in SUCCESS (cp_verify only records it, at 5 %), because NOISE "
+                                        "is measured against this exposure's own overscan. 10 %: the PTC read "
+                                        "noise is itself uncertain by up to 4 % per mini amp, and good demo amps "
+                                        "read up to +5.3 %; a raised read noise (demo --broken noisy: +50 %) "
+                                        "fails"),
+    ("FLAT", "NOISE"): ("|NOISE/E - 1| <= 10 %, E = sqrt(variance plane)",
+                        "two-sided against the propagated photon + read + flat noise; cp_verify's "
+                        "NOISE <= sqrt(MEAN) fails every good flat and passes a saturated one. 10 % (not 5 %): "
+                        "the flat's own noise in the variance plane is an estimate from few inputs"),
+    ("FLAT", "SATURATION"): ("fraction of SAT pixels <= 0.1 %", "cpframe's own test (the ISR masks SAT)"),
+    ("FLAT", "SCATTER"): ("std/mean of amp (detector) means <= 5 %",
+                          "relative at the exposure level (cp_verify: absolute std <= 0.05, the same for a "
+                          "flat near 1)"),
+    ("DEFECTS", "OUTLIERS"): ("UNMASKED_OUTLIERS >= OUTLIERS", ""),
+    ("DEFECTS", "STDEV"): ("UNMASKED_STDEV >= STDEV x 0.98",
+                           "2 % allowed: the two sets differ only by the defect pixels, so the exact comparison "
+                           "flips on noise"),
+    ("DEFECTS", "MIN"): ("UNMASKED_MIN <= MIN", "informational: holds by construction (a subset), cannot fail"),
+    ("DEFECTS", "MAX"): ("UNMASKED_MAX >= MAX", "informational: holds by construction (a subset), cannot fail"),
+    ("DEFECTS", "PROB_TEST"): ("improbable pixels outside defects <= expected + 5 sqrt(expected) + 1",
+                               "cp_verify's STAT_OUTLIERS == DEFECT_PIXELS fails on any detector with edge "
+                               "defects or a Gaussian tail"),
+    ("PTC", "PTC_GAIN"): ("|g - g_nominal| < 5 % or < 3 fit errors",
+                          "3 fit errors allowed: on mini amps the fit is that uncertain"),
+    ("PTC", "PTC_NOISE"): ("|noise - nominal| < 5 % or < 3 fit errors",
+                           "3 fit errors allowed (mini amps: the intercept is uncertain by a few %); the PTC "
+                           "noise has the overscan-correction variance divided out"),
+    ("PTC", "PTC_TURNOFF"): ("turnoff x gain > 90 000 e-", ""),
+    ("PTC", "PTC_BFE_A00"): ("a00 inside the vendor range", ""),
+    ("PTC", "NOISE_SIGNAL_INDEPENDENCE"): ("sum((n - mean)^2)/std(n)/N < 1.25 over per-pair overscan noises", ""),
+    ("SCIENCE", "COLUMN_STRUCTURE"): ("column-profile scatter / noise expectation <= 3", "cpframe's own test"),
+    ("SCIENCE", "ROW_STRUCTURE"): ("row-profile scatter / noise expectation <= 3", "cpframe's own test"),
+    ("SCIENCE", "AMP_STEP"): ("amp-boundary jumps <= 1 % of the background + 5 errors", "cpframe's own test"),
+}
+for _t in ("MEAN", "NOISE", "CR_NOISE", "PROCESSING", "READ_NOISE_CONSISTENT"):
+    TEST_NOTES[("DARK", _t)] = TEST_NOTES[("BIAS", _t)]

@@ -20,5 +20,4 @@ __all__ = ["DARK"]
 
 DARK = register_stage(Stage(
     name="DARK", type_name="Dark", kind="exposure", measure=measure_noise_stage, check=check_noise_stage,
-    informational=("READ_NOISE_CONSISTENT",),
 ))

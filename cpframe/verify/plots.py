@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from cpframe.core import files as _files
 from cpframe.camera.models import Camera, Detector
 
 __all__ = [
@@ -88,7 +88,7 @@ def _save(fig, path: str | os.PathLike) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=".png", dir=p.parent)
+    fd, tmp = _files.mkstemp(prefix=f".{p.stem}.", suffix=".png", dir=p.parent)
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=fig.dpi)
@@ -145,8 +145,13 @@ def render_mosaic_png(
     else:
         h = w = max_side
     gap = max(2, h // 40)
-    nrow = 1 + max(r for r, _ in grid.values())
-    ncol = 1 + max(c for _, c in grid.values())
+    # the mosaic covers the detectors that have an image (their bounding box on the focal plane):
+    # a few detectors of a 189-detector camera do not shrink to dots in an empty grid (issue 16)
+    used = [grid[k] for k in binned] or list(grid.values())
+    r0, c0 = min(r for r, _ in used), min(c for _, c in used)
+    grid = {k: (r - r0, c - c0) for k, (r, c) in grid.items()}
+    nrow = 1 + max(r for r, _ in used) - r0
+    ncol = 1 + max(c for _, c in used) - c0
     canvas = np.full((nrow * (h + gap), ncol * (w + gap)), np.nan)
     for det_id, b in binned.items():
         r, c = grid[det_id]

@@ -145,8 +145,11 @@ def measure_ptc(
         # Without a curated nominal, the PTC noise is compared with the noise the ISR leaves:
         # the overscan's clipped stdev reads low by the truncation factor, and subtracting
         # per-row / per-column overscan medians adds variance (docs/verification.md).
-        expected_rn = (overscan_rn / truncated_std_factor(config.overscan_clip_n_sigma)
-                       * math.sqrt(1.0 + overscan_correction_variance(detector.amp(a), config.overscan_skip_cols)))
+        # A PTC that divided that variance out of its intercept (column ``overscan_var_factor``,
+        # issue 16) is compared with the overscan read noise alone.
+        k_os = 0.0 if "overscan_var_factor" in r else overscan_correction_variance(
+            detector.amp(a), config.overscan_skip_cols)
+        expected_rn = overscan_rn / truncated_std_factor(config.overscan_clip_n_sigma) * math.sqrt(1.0 + k_os)
         s = {
             "PTC_GAIN": gain,
             "PTC_GAIN_ERR": _scalar(r, "gain_err"),

@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cpframe.core import files as _files
 from cpframe.core.errors import UserInputError
 from cpframe.verify.core import get_stage
 from cpframe.verify.stats import ResidualImage, bin_image, mask_of, write_binned_residual  # noqa: F401
@@ -132,7 +132,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    fd, tmp = _files.mkstemp(prefix=f".{p.name}.", dir=p.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)

@@ -13,7 +13,6 @@ Everything here works on plain numpy arrays; :func:`read_residual` reads a
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from cpframe.camera.models import Amplifier, Detector
+from cpframe.core import files as _files
 from cpframe.core.errors import UserInputError
 from cpframe.science.combine import IQ_TO_STDEV
 from cpframe.science.combine import clipped_stats as _clip
@@ -372,7 +372,7 @@ def write_binned_residual(
     hdu.header["BINNING"] = (factor, "pixels per side of each binned pixel")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".fits", dir=p.parent)
+    fd, tmp = _files.mkstemp(prefix=f".{p.name}.", suffix=".fits", dir=p.parent)
     os.close(fd)
     try:
         hdu.writeto(tmp, overwrite=True)

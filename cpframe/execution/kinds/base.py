@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from cpframe.execution.pipeline import TaskSpec
 
 __all__ = ["Option", "TaskKind", "REGISTRY", "REQUIRED", "UNSET", "enum", "get_kind", "accepted", "output_path",
-           "calib_path", "detector_of"]
+           "calib_path", "detector_of", "header_meta"]
 
 
 class _Marker:
@@ -221,8 +221,18 @@ def output_path(spec: "QuantumSpec", index: int = 0) -> str:
     from pathlib import Path
 
     p = spec.outputs[index][0]
-    Path(p).parent.mkdir(parents=True, exist_ok=True)
+    # not parents=True: once the driver removed the scratch folder (run cancelled, SIGTERM), a task
+    # still running must fail instead of re-creating it, so scratch never leaks (issue 11)
+    Path(p).parent.mkdir(exist_ok=True)
     return p
+
+
+def header_meta(path: str) -> dict:
+    """Instrument, detector and scale cards of a file's header (carried into a product's metadata)."""
+    from cpframe.science.imageio import read_header
+
+    h = read_header(path)
+    return {k: h[k] for k in ("INSTRUME", "DETECTOR", "DETNAME", "CAMSCALE") if k in h}
 
 
 def calib_path(spec: "QuantumSpec", name: str) -> str | None:

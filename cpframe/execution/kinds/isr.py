@@ -52,6 +52,7 @@ class Isr(TaskKind):
         "doStandardStatistics": Option(bool, _field("doStandardStatistics")),
         **{k: Option(bool, _field(k), doc="optional input: off when no cti is found")
            for k in ("doDeferredCharge",) if k in _isr._ALIASES},
+        "doCtiStatistics": Option(bool, _field("doCtiStatistics"), doc="overscan statistics for cpCti"),
         **{k: Option(bool, None, False, doc="not implemented by cpframe; accepted when false")
            for k in _NOT_IMPLEMENTED},
     })

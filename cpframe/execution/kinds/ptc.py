@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from cpframe.execution.kinds.base import Option, TaskKind, accepted, enum, output_path
+from cpframe.execution.kinds.base import Option, TaskKind, accepted, enum, header_meta, output_path
 from cpframe.science import ptc as _ptc
 
 
@@ -36,16 +36,13 @@ class PtcExtract(_Ptc):
 
     @classmethod
     def run(cls, spec, groups):
-        from cpframe.science.imageio import read_header
         from cpframe.science.tasks import ptc_extract_task
 
         a, b = next(iter(groups.values()))
         noise = {amp: 0.5 * (a.amp_stats[amp]["overscan_noise_adu"] + b.amp_stats[amp]["overscan_noise_adu"])
                  for amp in a.amp_stats}
         m = ptc_extract_task(a.path, b.path, spec.settings["ptc"], overscan_noise=noise)
-        h = read_header(a.path)
-        meta = {k: h[k] for k in ("INSTRUME", "DETECTOR", "DETNAME", "CAMSCALE") if k in h}
-        return (m, meta)
+        return (m, header_meta(a.path))
 
 
 class PtcSolve(_Ptc):

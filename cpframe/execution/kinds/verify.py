@@ -8,7 +8,7 @@ from types import MappingProxyType
 from cpframe.execution.kinds.base import Option, TaskKind, calib_path, detector_of, enum, output_path
 from cpframe.verify.config import VerifyConfig
 
-STAGES = ("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE")
+STAGES = ("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE", "LINEARITY", "CROSSTALK", "CTI")
 
 
 class VerifyStats(TaskKind):
@@ -40,6 +40,8 @@ class VerifyStats(TaskKind):
         stage = spec.settings["stage"]
         if get_stage(stage).kind == "calib":
             path = calib_path(spec, get_stage(stage).dataset_type)
+            if path is None:  # a product of this pipeline (residual crosstalk) rather than a calibration
+                path = next(getattr(v, "path", None) for values in groups.values() for v in values)
             stats = verify_calib(stage, path, detector_of(path, spec.data_id["detector"]), spec.settings["verify"],
                                  data_id=dict(spec.data_id))
         else:

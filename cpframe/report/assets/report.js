@@ -11,6 +11,9 @@
     }
     document.body.setAttribute("data-images-total", String(imgs.length));
     document.body.setAttribute("data-images-ok", String(ok));
+    // the page itself must not scroll sideways: wide tables scroll inside their own box
+    var fits = document.documentElement.scrollWidth <= window.innerWidth + 1;
+    document.body.setAttribute("data-fits-width", fits ? "1" : "0");
     document.body.setAttribute("data-checked", "1");
   }
   window.addEventListener("load", check);

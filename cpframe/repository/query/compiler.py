@@ -11,6 +11,7 @@ import operator
 from typing import Any, Iterable, Mapping, Sequence, Union
 
 import sqlalchemy as sa
+from sqlalchemy.sql.elements import Grouping
 
 from cpframe.core.errors import UserInputError
 from cpframe.core.model import NS_MAX, NS_MIN, DataId, Timespan
@@ -37,19 +38,7 @@ from cpframe.repository.query.typed import (
     parse_selection,
 )
 
-__all__ = [
-    "Selection",
-    "Field",
-    "FIELDS",
-    "parse_selection",
-    "compile_selection",
-    "named_instruments",
-    "select_dimension_records",
-    "select_data_ids",
-    "filter_datasets",
-    "DIMENSION_ELEMENTS",
-    "DATA_ID_DIMENSIONS",
-]
+__all__ = ["compile_selection", "select_dimension_records", "select_data_ids", "filter_datasets"]
 
 
 
@@ -116,10 +105,26 @@ def _operand_sql(x: Union[Column, Value], scope: _Scope) -> sa.ColumnElement:
     return sa.literal(x.value, _SQL_TYPES[x.type])
 
 
+class _Parens(Grouping):
+    """Parentheses SQLAlchemy keeps: a plain Grouping is flattened into an enclosing AND/OR of the
+    same operator (it forwards ``operator`` to its element)."""
+
+    operator = None
+    inherit_cache = True
+
+
+def _balanced(combine: Any, parts: list, width: int = 32) -> sa.ColumnElement:
+    """``a OR b OR ...`` as parenthesised groups of ``width``: SQLite parses a flat chain as a
+    tree as deep as it is long and refuses one over 1,000 (issue 11), groups keep it shallow."""
+    while len(parts) > width:
+        parts = [_Parens(combine(*parts[i:i + width])) for i in range(0, len(parts), width)]
+    return combine(*parts)
+
+
 def _sql(node: Any, scope: _Scope) -> sa.ColumnElement:
     if isinstance(node, BoolOp):
         parts = [_sql(x, scope) for x in node.operands]
-        return sa.and_(*parts) if node.op == "and" else sa.or_(*parts)
+        return _balanced(sa.and_ if node.op == "and" else sa.or_, parts)
     if isinstance(node, Not):
         return sa.not_(_sql(node.operand, scope))
     if isinstance(node, Compare):

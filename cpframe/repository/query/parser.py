@@ -20,19 +20,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from cpframe.core.errors import SelectionError
 from cpframe.core.model import NS_MAX, NS_MIN, tai_ns
 
-__all__ = [
-    "Selection",
-    "Field",
-    "FIELDS",
-    "parse_selection",
-    "compile_selection",
-    "named_instruments",
-    "select_dimension_records",
-    "select_data_ids",
-    "filter_datasets",
-    "DIMENSION_ELEMENTS",
-    "DATA_ID_DIMENSIONS",
-]
+__all__: list[str] = []  # the grammar and messages serve .typed and .compiler; the package exports
 
 
 
@@ -476,13 +464,46 @@ def _syntax_error(err: Exception, expression: str) -> SelectionError:
     return _error(MSG_UNEXPECTED.format(what=what, expected=expected_text), expression, pos)
 
 
+#: Deepest nesting of NOT / AND / OR a selection may have (``NOT NOT ... x`` or alternating
+#: parenthesised AND/OR); far beyond any real selection, and low enough that typing and
+#: compiling never exhaust Python's stack (issue 11: 500 NOTs were a RecursionError).
+MAX_NESTING = 64
+#: Most comparisons and IN lists in one selection (1,000 ORs are fine; a runaway generated
+#: selection is refused at once instead of taking the database down).
+MAX_PREDICATES = 10_000
+MSG_TOO_DEEP = ("the selection nests NOT/AND/OR {depth} levels deep here (at most {limit}); simplify it, e.g. "
+                "drop double NOTs or use IN (...) lists")
+MSG_TOO_MANY = ("the selection has {n} comparisons (at most {limit}); use IN (...) lists or ranges "
+                "(a..b) instead of long OR chains")
+
+
+def _check_size(tree: Any, expression: str) -> None:
+    """Refuse trees deeper than MAX_NESTING or with more than MAX_PREDICATES leaves (iteratively)."""
+    stack = [(tree, 1)]
+    leaves = 0
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (Negation, Logical)):
+            if depth > MAX_NESTING:
+                raise _error(MSG_TOO_DEEP.format(depth=depth, limit=MAX_NESTING), expression, _pos(node))
+            kids = (node.operand,) if isinstance(node, Negation) else node.operands
+            stack.extend((k, depth + 1) for k in kids)
+        else:
+            leaves += 1
+            if leaves > MAX_PREDICATES:
+                raise _error(MSG_TOO_MANY.format(n=f"more than {MAX_PREDICATES}", limit=MAX_PREDICATES),
+                             expression, None)
+
+
 @functools.lru_cache(maxsize=4096)
 def _parse_tree(expression: str):
     """Text -> syntax tree (None for an empty expression).  Cached; raises SelectionError."""
     if not expression.strip():
         return None
     try:
-        return _parser().parse(expression)
+        tree = _parser().parse(expression)
+        _check_size(tree, expression)
+        return tree
     except UnexpectedInput as err:
         raise _syntax_error(err, expression) from None
     except SelectionError as err:  # from a callback: add the expression for the caret

@@ -67,19 +67,7 @@ from cpframe.repository.query.parser import (
     _string,
 )
 
-__all__ = [
-    "Selection",
-    "Field",
-    "FIELDS",
-    "parse_selection",
-    "compile_selection",
-    "named_instruments",
-    "select_dimension_records",
-    "select_data_ids",
-    "filter_datasets",
-    "DIMENSION_ELEMENTS",
-    "DATA_ID_DIMENSIONS",
-]
+__all__ = ["Selection", "Field", "FIELDS", "parse_selection", "named_instruments", "DIMENSION_ELEMENTS", "DATA_ID_DIMENSIONS"]
 
 
 
@@ -121,7 +109,9 @@ def _fields() -> dict[str, Field]:
     add(["band", "band.name", "physical_filter.band"], Field("band", "physical_filter", "band", "str"))
     add(["exposure", "exposure.id"], Field("exposure", "exposure", "id", "int", True))
     add(["day_obs", "exposure.day_obs"], Field("exposure.day_obs", "exposure", "day_obs", "int", True))
-    for col, typ in (("obs_id", "str"), ("seq_num", "int"), ("observation_type", "str"),
+    # obs_id is unique only within an instrument: the butler requires the instrument with it
+    add(["exposure.obs_id"], Field("exposure.obs_id", "exposure", "obs_id", "str", True))
+    for col, typ in (("seq_num", "int"), ("observation_type", "str"),
                      ("observation_reason", "str"), ("science_program", "str"),
                      ("exposure_time", "float"), ("dark_time", "float"), ("timespan", "timespan")):
         add([f"exposure.{col}"], Field(f"exposure.{col}", "exposure", col, typ))

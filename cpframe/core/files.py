@@ -1,0 +1,61 @@
+"""Writing files the way any other Unix writer does: honouring the umask.
+
+``tempfile.mkstemp`` creates its file with mode 0600 whatever the umask, so a product written
+to a temporary file and renamed into place (the only way to never leave a half-written file)
+ends up readable by its owner alone: a web server cannot serve the report and the team cannot
+read the certified calibrations (issue 11, item 10).  :func:`mkstemp` here is the drop-in
+replacement every writer of cpframe uses; it gives the file ``0666 & ~umask``, exactly what
+``open(path, "w")`` would have given.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+
+__all__ = ["current_umask", "file_mode", "mkstemp"]
+
+_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux ``/proc``).
+
+    >>> 0 <= current_umask() <= 0o777
+    True
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _LOCK:  # elsewhere: set and restore at once (the only portable way to read it)
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Mode of a new regular file under the current umask (``0o644`` for umask 022)."""
+    return 0o666 & ~current_umask()
+
+
+def mkstemp(suffix: str | None = None, prefix: str | None = None, dir: str | os.PathLike | None = None) -> tuple[int, str]:
+    """Like :func:`tempfile.mkstemp`, but the file gets the umask's mode instead of 0600.
+
+    Returns
+    -------
+    (int, str)
+        An open descriptor and the absolute path, as ``tempfile.mkstemp``.
+    """
+    fd, path = tempfile.mkstemp(suffix=suffix, prefix=prefix, dir=dir)
+    try:
+        os.fchmod(fd, file_mode())
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    return fd, path
