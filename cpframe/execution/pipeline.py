@@ -46,6 +46,7 @@ import yaml
 
 from cpframe.core import yamlsafe
 from cpframe.core.errors import PipelineError
+from cpframe.execution.dataset_types import CALIBRATION_TYPES, PRODUCT_TYPES
 from cpframe.execution import kinds as _kinds
 
 __all__ = [
@@ -54,7 +55,6 @@ __all__ = [
     "TaskSpec",
     "KINDS",
     "MASK_PLANES",
-    "PRODUCT_TYPES",
     "calibrations_for_isr",
     "list_pipelines",
     "load_pipeline",
@@ -65,38 +65,15 @@ __all__ = [
 MASK_PLANES = ("BAD", "SAT", "INTRP", "CR", "EDGE", "DETECTED", "DETECTED_NEGATIVE", "SUSPECT", "NO_DATA",
                "UNMASKEDNAN", "VIGNETTED", "PARTLY_VIGNETTED")
 
-#: Dataset types known to every repository: name -> (dimensions without instrument, storage class).
-PRODUCT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
-    "raw": (("exposure", "detector"), "fits-raw"),
-    "biasBootstrap": (("detector",), "fits-masked"),
-    "darkBootstrap": (("detector",), "fits-masked"),
-    "flatBootstrap": (("detector", "physical_filter"), "fits-masked"),
-    "bias": (("detector",), "fits-masked"),
-    "dark": (("detector",), "fits-masked"),
-    "flat": (("detector", "physical_filter"), "fits-masked"),
-    "defects": (("detector",), "ecsv-defects"),
-    "manual_defects": (("detector",), "ecsv-defects"),
-    "ptc": (("detector",), "fits-ptc"),
-    # optional inputs only (cpframe does not build them; dependencies.md §7)
-    "linearizer": (("detector",), "json"),  # cpframe/science/linearity.py
-    "crosstalk": (("detector",), "json"),  # cpframe/science/crosstalk.py
-    "cti": (("detector",), "json"),  # cpframe/science/cti.py
-    "bfk": (("detector",), "external"),
-}
-
 #: cp_pipe / cp_verify pipelines for calibrations cpframe does not build (yet): file stem -> what.
 NOT_BUILT_PIPELINES = {
-    "cpCrosstalk": "crosstalk", "cpLinearizer": "linearizer", "cpBfk": "brighter-fatter kernel (bfk)",
-    "cpCti": "CTI (cti)", "cpSky": "sky", "cpElectrostaticBFDistortionMatrix":
+    "cpBfk": "brighter-fatter kernel (bfk)", "cpSky": "sky", "cpElectrostaticBFDistortionMatrix":
     "electrostatic brighter-fatter distortion matrix", "cpFlatAnaglyph": "anaglyph (red/blue LED) flat",
     "cpFlatGradientReference": "flat gradient reference", "cpGainCorrection": "gain correction",
     "cpIlluminationCorrection": "illumination correction", "verifyBfk": "brighter-fatter kernel (bfk)",
-    "verifyLinearizer": "linearizer", "verifyIlluminationCorrection": "illumination correction",
-    "verifyCrosstalk": "crosstalk",
+    "verifyIlluminationCorrection": "illumination correction",
 }
 
-#: Calibration dataset types (looked up by validity range, not produced per exposure).
-CALIBRATION_TYPES = frozenset(PRODUCT_TYPES) - {"raw"}
 STORAGE_CLASSES = ("fits-masked", "json", "ecsv", "ecsv-defects", "fits-ptc")
 
 _DIM_ORDER = ("instrument", "exposure", "detector", "physical_filter")

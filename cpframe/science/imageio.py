@@ -1,3 +1,4 @@
+# Long module: every file format cpframe writes (raw, masked image strips, defects, PTC) with its reader next to its writer, so a format change is one edit.
 """Detector files: read raws, read/write masked images in row strips, defects and PTC tables.
 
 Formats follow ``docs/architecture.md`` exactly:

@@ -51,6 +51,7 @@ from cpframe.science.isr import IsrConfig, isr_config_for, load_calibs, run_isr
 from cpframe.science.ptc import PtcConfig, PtcPairMeasurement, PtcResult, extract_pair, pair_exposures, solve_ptc
 
 __all__ = [
+    "extract_pairs",
     "ExposureStats",
     "CrResult",
     "CrConfig",
@@ -701,22 +702,35 @@ def cp_ptc(raw_paths: Sequence[str | os.PathLike], output_path: str | os.PathLik
     pcfg = config if isinstance(config, PtcConfig) else PtcConfig.from_dict(config)
     with _WorkDir(work_dir, output_path) as work:
         exposures = _run_isr_all(raw_paths, work, icfg, calibs, workers, None, executor)
-        pairs = ptc_pairs(exposures)
-        if not pairs:
-            raise UserInputError(f"cpPtc: no pair of flats with equal exposure time among {len(exposures)} "
-                                 "exposure(s); take flats in pairs.")
-
-        def one(pair):
-            a, b = pair
-            noise = {amp: 0.5 * (a.amp_stats[amp]["overscan_noise_adu"] + b.amp_stats[amp]["overscan_noise_adu"])
-                     for amp in a.amp_stats}
-            return ptc_extract_task(a.path, b.path, pcfg, overscan_noise=noise)
-
-        if workers > 1:
-            with ThreadPoolExecutor(max_workers=workers) as ex:
-                meas = list(ex.map(one, pairs))
-        else:
-            meas = [one(p) for p in pairs]
-        h = read_header(exposures[0].path)
-        meta = {k: h[k] for k in ("INSTRUME", "DETECTOR", "DETNAME", "CAMSCALE") if k in h}
+        meas, meta = extract_pairs(exposures, pcfg, workers, "cpPtc")
         return ptc_solve_task(meas, output_path, pcfg, meta=meta)
+
+
+def extract_pairs(exposures: Sequence[ExposureStats], config: PtcConfig, workers: int,
+                  product: str) -> tuple[list[PtcPairMeasurement], dict[str, Any]]:
+    """The PTC measurement of every pair of equal exposure time among ISR-processed ``exposures``
+    (``workers`` threads), and the header cards a product's metadata keeps (cpPtc, cpLinearizer).
+
+    Raises
+    ------
+    UserInputError
+        No pair (``product`` names the calibration being built).
+    """
+    pairs = ptc_pairs(exposures)
+    if not pairs:
+        raise UserInputError(f"{product}: no pair of flats with equal exposure time among {len(exposures)} "
+                             "exposure(s); take the flats in pairs.")
+
+    def one(pair):
+        a, b = pair
+        noise = {amp: 0.5 * (a.amp_stats[amp]["overscan_noise_adu"] + b.amp_stats[amp]["overscan_noise_adu"])
+                 for amp in a.amp_stats}
+        return ptc_extract_task(a.path, b.path, config, overscan_noise=noise)
+
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            meas = list(ex.map(one, pairs))
+    else:
+        meas = [one(p) for p in pairs]
+    h = read_header(exposures[0].path)
+    return meas, {k: h[k] for k in ("INSTRUME", "DETECTOR", "DETNAME", "CAMSCALE") if k in h}

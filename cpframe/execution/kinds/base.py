@@ -151,8 +151,16 @@ class TaskKind:
     # -- planning (driver side) -----------------------------------------------------------------
     @classmethod
     def plan(cls, task: "TaskSpec", settings: Any, explicit: set[str]) -> tuple[dict[str, Any], list[str]]:
-        """Science-side settings shared by every quantum of ``task`` (picklable), and notes."""
-        raise NotImplementedError  # pragma: no cover
+        """Science-side settings shared by every quantum of ``task`` (picklable), and notes.
+
+        By default: the options ``config_class.from_dict`` accepts (see :func:`accepted`), as one
+        ``config_class`` instance under :attr:`settings_key`.  Kinds with more settings override it.
+        """
+        if cls.config_class is None:  # pragma: no cover - every kind without a config class overrides plan
+            raise NotImplementedError(f"task kind {cls.name!r} needs a plan()")
+        parse = cls.config_class.from_dict
+        keep, notes = accepted(task.label, dict(task.config), parse, explicit)
+        return {cls.settings_key: parse(keep)}, notes
 
     @classmethod
     def for_quantum(cls, shared: Mapping[str, Any], found: Mapping[str, Any]) -> dict[str, Any]:

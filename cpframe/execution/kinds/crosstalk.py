@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from cpframe.execution.kinds.base import Option, TaskKind, accepted, header_meta, output_path
+from cpframe.execution.kinds.base import Option, TaskKind, header_meta, output_path
 from cpframe.science import crosstalk as _xt
 
 
@@ -17,11 +17,6 @@ def _field(key: str) -> str:
 class _Crosstalk(TaskKind):
     config_class = _xt.CrosstalkConfig
     settings_key = "crosstalk"
-
-    @classmethod
-    def plan(cls, task, settings, explicit):
-        keep, notes = accepted(task.label, dict(task.config), _xt.CrosstalkConfig.from_dict, explicit)
-        return {"crosstalk": _xt.CrosstalkConfig.from_dict(keep)}, notes
 
 
 class CrosstalkExtract(_Crosstalk):

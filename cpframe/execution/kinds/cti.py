@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from cpframe.execution.kinds.base import Option, TaskKind, accepted, header_meta, output_path
+from cpframe.execution.kinds.base import Option, TaskKind, header_meta, output_path
 from cpframe.science import cti as _cti
 
 
@@ -20,11 +20,6 @@ class CtiSolve(TaskKind):
         "maxSignalFraction": Option(float, "max_signal_fraction"),
         "nTrailColumns": Option(int, "n_trail_columns"),
     })
-
-    @classmethod
-    def plan(cls, task, settings, explicit):
-        keep, notes = accepted(task.label, dict(task.config), _cti.CtiConfig.from_dict, explicit)
-        return {"cti": _cti.CtiConfig.from_dict(keep)}, notes
 
     @classmethod
     def run(cls, spec, groups):

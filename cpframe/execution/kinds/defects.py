@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from cpframe.execution.kinds.base import UNSET, Option, TaskKind, accepted, calib_path, enum, output_path
+from cpframe.execution.kinds.base import UNSET, Option, TaskKind, calib_path, enum, output_path
 from cpframe.science import defects as _defects
 
 
@@ -33,11 +33,6 @@ class Defects(TaskKind):
         "combinationFraction": Option(float, _field("combinationFraction")),
         "fitAmpGradient": Option(bool, _field("fitAmpGradient")),
     })
-
-    @classmethod
-    def plan(cls, task, settings, explicit):
-        keep, notes = accepted(task.label, dict(task.config), _defects.DefectsConfig.from_dict, explicit)
-        return {"defects": _defects.DefectsConfig.from_dict(keep)}, notes
 
     @classmethod
     def run(cls, spec, groups):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from cpframe.execution.kinds.base import Option, TaskKind, accepted, enum, output_path
+from cpframe.execution.kinds.base import Option, TaskKind, enum, output_path
 from cpframe.science import linearity as _lin
 
 
@@ -31,11 +31,6 @@ class LinearitySolve(TaskKind):
             ("splineFitMaxRejectionPerIteration", int), ("doSplineFitOffset", bool))},
         "usePhotodiode": Option(bool, _field("usePhotodiode"), doc="only false: cpframe has no photodiode data"),
     })
-
-    @classmethod
-    def plan(cls, task, settings, explicit):
-        keep, notes = accepted(task.label, dict(task.config), _lin.LinearityConfig.from_dict, explicit)
-        return {"linearity": _lin.LinearityConfig.from_dict(keep)}, notes
 
     @classmethod
     def run(cls, spec, groups):

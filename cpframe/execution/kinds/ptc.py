@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from cpframe.execution.kinds.base import Option, TaskKind, accepted, enum, header_meta, output_path
+from cpframe.execution.kinds.base import Option, TaskKind, enum, header_meta, output_path
 from cpframe.science import ptc as _ptc
 
 
@@ -19,11 +19,6 @@ def _field(key: str) -> str:
 class _Ptc(TaskKind):
     config_class = _ptc.PtcConfig
     settings_key = "ptc"
-
-    @classmethod
-    def plan(cls, task, settings, explicit):
-        keep, notes = accepted(task.label, dict(task.config), _ptc.PtcConfig.from_dict, explicit)
-        return {"ptc": _ptc.PtcConfig.from_dict(keep)}, notes
 
 
 class PtcExtract(_Ptc):
