@@ -114,3 +114,49 @@ def test_a_new_kind_is_one_class():
             type("Toy2", (TaskKind,), {"name": "toyKind"})
     finally:
         REGISTRY.pop("toyKind", None)
+
+
+def test_lsst_task_classes_come_from_the_kinds(tmp_path):
+    """The LSST pipeline reader knows a task class only through a kind's ``task_classes`` (issue 12)."""
+    from dataclasses import dataclass
+
+    from cpframe.execution.kinds import ClassMap
+    from cpframe.execution.lsst_pipeline import lsst_classes, read_lsst_pipeline
+
+    mapped = {c: k.name for k in REGISTRY.values() for c in k.task_classes}
+    assert {c: m.kind for c, m in lsst_classes().items()} == mapped
+    assert mapped["lsst.ip.isr.IsrTaskLSST"] == "isr" and mapped["lsst.cp.pipe.CpDarkTask"] == "darkCr"
+    for name, k in REGISTRY.items():  # docs/kinds.md names each kind's classes
+        for c in k.task_classes:
+            assert f"`{c}`" in kinds_markdown().split(f"## `{name}`")[1].split("\n## ")[0]
+
+    @dataclass(frozen=True)
+    class ToyConfig:
+        threshold: float = 2.5
+
+    pipe = tmp_path / "toy.yaml"
+    pipe.write_text("tasks:\n  toyTask:\n    class: lsst.cp.pipe.ToyMeasureTask\n    config:\n      threshold: 4.0\n"
+                    "      connections.outputThing: toyThing\n")
+    with pytest.raises(PipelineError, match="unknown task class 'lsst.cp.pipe.ToyMeasureTask'"):
+        read_lsst_pipeline(pipe)
+    try:
+        class Toy(TaskKind):
+            name = "toyLsstKind"
+            summary = "a kind defined by this test, with an LSST class"
+            dimensions = (frozenset({"detector"}),)
+            config_class = ToyConfig
+            options = MappingProxyType({"threshold": Option(float, "threshold")})
+            task_classes = MappingProxyType({"lsst.cp.pipe.ToyMeasureTask": ClassMap(
+                "toyLsstKind", ("detector",), (("inputThing", "raw"),), ("outputThing", "toyOut"),
+                {"threshold": "threshold"})})
+
+        data, _ = read_lsst_pipeline(pipe)
+        assert data["tasks"]["toyTask"]["kind"] == "toyLsstKind"
+        assert data["tasks"]["toyTask"]["config"]["threshold"] == 4.0
+        assert data["tasks"]["toyTask"]["output"] == "toyThing"
+        with pytest.raises(TypeError, match="map onto another kind"):
+            type("Bad", (TaskKind,), {"name": "toyBad", "task_classes": {"x.Y": ClassMap(
+                "isr", ("detector",), (), ("o", "o"))}})
+    finally:
+        REGISTRY.pop("toyLsstKind", None)
+        REGISTRY.pop("toyBad", None)

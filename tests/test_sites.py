@@ -46,6 +46,22 @@ def test_jobs_are_sized_for_the_largest_request():
     assert sized_for(site, {"x": Resources(memory_mib=100)}) is site  # small requests: the site as it is
 
 
+def test_request_walltime_sets_the_job_time_on_slurm(tmp_path):
+    import dataclasses
+
+    site = load_site(find_site_profile("slurm-site-example"))
+    site = dataclasses.replace(site, walltime="01:00:00", worker_lifetime_s=None)
+    assert "#SBATCH -t 01:00:00" in job_script(site)
+    long = sized_for(site, {"cpPtcSolve": Resources(walltime_s=3 * 3600), "cpBiasIsr": Resources(walltime_s=600)})
+    # the job outlives the longest quantum's requestWalltime by WALLTIME_MARGIN_S (300 s)
+    assert long.walltime == "03:05:00" and "#SBATCH -t 03:05:00" in job_script(long)
+    # with a worker --lifetime, the worker outlives the quantum and the job outlives the worker
+    retiring = sized_for(dataclasses.replace(site, worker_lifetime_s=1800), {"t": Resources(walltime_s=7200)})
+    assert retiring.worker_lifetime_s == 7500 and retiring.walltime == "02:10:00"
+    assert "--lifetime 7500s" in job_script(retiring)
+    assert sized_for(site, {"t": Resources(walltime_s=60)}) is site  # short enough already
+
+
 def test_unknown_site_lists_the_known_ones(monkeypatch, tmp_path):
     monkeypatch.setenv("CPFRAME_SITES", str(tmp_path))
     with pytest.raises(ConfigError, match=r"computeSite 'nowhere' is not a known site; known sites: "

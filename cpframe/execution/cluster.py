@@ -577,8 +577,10 @@ def _open_slurm(settings: Settings, site: SlurmSite, jobs: int | None) -> OpenCl
 def sized_for(site: SlurmSite, requests: Mapping[str, Any] | None) -> SlurmSite:
     """The site with jobs large enough for every task's request (one worker process per job share).
 
-    BPS sizes each job from its ``requestMemory``/``requestCpus``; cpframe's workers are shared by
-    all tasks, so a job gets at least the largest request per worker process.
+    BPS sizes each job from its ``requestMemory``/``requestCpus``/``requestWalltime``; cpframe's
+    workers are shared by all tasks, so a job gets at least the largest request per worker process,
+    and a walltime (Slurm ``--time``, also the worker's ``--lifetime`` if the site sets one) longer
+    than the largest ``requestWalltime`` by :data:`WALLTIME_MARGIN_S`.
     """
     if not requests:
         return site
@@ -586,9 +588,36 @@ def sized_for(site: SlurmSite, requests: Mapping[str, Any] | None) -> SlurmSite:
     cpus = max((r.cpus or 0) for r in requests.values())
     new_mem = max(site.memory_bytes, mem * site.processes)
     new_cores = max(site.cores, cpus * site.processes)
-    if (new_mem, new_cores) == (site.memory_bytes, site.cores):
-        return site
-    return dataclasses.replace(site, memory_bytes=new_mem, cores=new_cores)
+    changes: dict[str, Any] = {}
+    if (new_mem, new_cores) != (site.memory_bytes, site.cores):
+        changes.update(memory_bytes=new_mem, cores=new_cores)
+    # requestWalltime: a job (its --time, and its worker's --lifetime) must outlast the longest quantum, plus
+    # WALLTIME_MARGIN_S for the worker to start and hand results back; BPS gives each job its requestWalltime
+    longest = max((r.walltime_s or 0) for r in requests.values())
+    if longest and site.kind != "htcondor":
+        need = longest + WALLTIME_MARGIN_S
+        wall_need = need + (WALLTIME_MARGIN_S if site.worker_lifetime_s else 0)  # lifetime < walltime
+        if parse_duration(site.walltime) < wall_need:
+            changes["walltime"] = _slurm_time(wall_need)
+        if site.worker_lifetime_s and site.worker_lifetime_s < need:
+            changes["worker_lifetime_s"] = need
+    return dataclasses.replace(site, **changes) if changes else site
+
+
+#: Seconds a job lives beyond its longest quantum's requestWalltime (worker start, results, retirement).
+WALLTIME_MARGIN_S = 300
+
+
+def _slurm_time(seconds: int) -> str:
+    """Slurm time text.
+
+    >>> _slurm_time(3900), _slurm_time(90000)
+    ('01:05:00', '1-01:00:00')
+    """
+    d, rest = divmod(int(seconds), 86400)
+    h, rest = divmod(rest, 3600)
+    m, sec = divmod(rest, 60)
+    return (f"{d}-" if d else "") + f"{h:02d}:{m:02d}:{sec:02d}"
 
 
 def open_cluster(settings: Settings | None = None, site: SlurmSite | str | os.PathLike | None = None,

@@ -155,6 +155,8 @@ class ExecutionResult:
     """Quantum key -> name of the Dask worker that ran it."""
     retried: dict[str, int] = field(default_factory=dict)
     """Quantum key -> times it was run again with more memory (BPS memoryMultiplier)."""
+    walltime_exceeded: list[str] = field(default_factory=list)
+    """Quanta stopped because they ran past their ``requestWalltime`` (not retried)."""
     interrupted: bool = False
     """Stopped by SIGINT (Ctrl-C) or SIGTERM."""
     signum: int = 0
@@ -189,6 +191,9 @@ class ExecutionResult:
             lines.append(f"  - {key}: {last}")
         if len(self.failures) > limit:
             lines.append(f"  ... {len(self.failures) - limit} more (the submit log has every traceback)")
+        if self.walltime_exceeded:
+            lines.append(f"{len(self.walltime_exceeded)} quantum/quanta stopped at their requestWalltime: "
+                         + ", ".join(self.walltime_exceeded[:limit]))
         if self.not_run:
             lines.append(f"{len(self.not_run)} quantum/quanta did not run because an input failed.")
         miss: dict[str, int] = defaultdict(int)
@@ -356,6 +361,9 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
         ``memoryMultiplier`` that runs out of memory (``MemoryError``, or its worker killed) is
         run again with ``requestMemory * memoryMultiplier**n`` (capped at ``requestMemoryMax``),
         at most ``numberOfRetries`` times, with what it reads -- BPS's retry-with-more-memory.
+        Quanta of a task with ``requestWalltime``, ``retryUnlessExit`` or ``memoryMultiplier`` run in
+        a child process enforcing them (:mod:`cpframe.execution.isolate`); a quantum stopped at its
+        walltime is listed in ``result.walltime_exceeded``.
     on_progress : callable, optional
         Called with ``{"counts": {total, pending, done, failed, retried}}`` as quanta finish
         (``cpframe status``), and once more with ``"final": True``.
@@ -375,7 +383,7 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
     from distributed import as_completed
 
     from cpframe.execution.graph import build_graph
-    from cpframe.execution.resources import quantum_resources
+    from cpframe.execution.resources import quantum_limits, quantum_resources
 
     register_attempts = REGISTER_ATTEMPTS if register_attempts is None else register_attempts
     register_backoff_s = REGISTER_BACKOFF_S if register_backoff_s is None else register_backoff_s
@@ -392,10 +400,11 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
     futures = []
     err_type: dict[str, str] = {}
     attempt: dict[str, int] = {}
+    limits = quantum_limits(requests or {}, int(retries))
     try:
         todo = plan
         while True:
-            graph = build_graph(todo, str(scratch), repo.get_path, resources=resources)
+            graph = build_graph(todo, str(scratch), repo.get_path, resources=resources, limits=limits)
             futures = client.compute(list(graph.values()), retries=int(retries), optimize_graph=False)
             log.info("submitted %d quanta of %s to %s (retries %d)", len(futures), plan.pipeline.name,
                      getattr(client, "dashboard_link", "?"), retries)
@@ -444,6 +453,8 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
                     try:
                         exc = fut.exception()
                         err_type[key] = type(exc).__name__
+                        if err_type[key] == "WalltimeExceeded" and key not in result.walltime_exceeded:
+                            result.walltime_exceeded.append(key)
                         tb = "".join(traceback.format_exception(type(exc), exc, fut.traceback()))
                     except Exception as err:  # cancelled futures have no exception object
                         tb = f"{fut.status}: {err}"
@@ -541,7 +552,7 @@ def _counts(plan: Any, status: dict, result: ExecutionResult) -> dict[str, int]:
 
 
 #: Exception types meaning "ran out of memory": raised in the task, or its worker killed (by the nanny)
-MEMORY_ERRORS = ("MemoryError", "KilledWorker")
+MEMORY_ERRORS = ("MemoryError", "KilledWorker", "QuantumOutOfMemory")
 
 
 def _memory_retry(plan: Any, requests: Any, failures: dict, err_type: dict, attempt: dict, status: dict) -> Any:

@@ -654,7 +654,8 @@ def _ordered_dims(dims: Iterable[str]) -> tuple[str, ...]:
 
 
 def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
-                resources: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Any]:
+                resources: Mapping[str, Mapping[str, float]] | None = None,
+                limits: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One ``dask.delayed`` object per quantum (nothing is computed).
 
     Parameters
@@ -668,6 +669,11 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
     resources : mapping, optional
         Quantum key -> Dask worker resources it needs (``MEMORY`` bytes, ``CPU``), from the
         template's requestMemory / requestCpus (:mod:`cpframe.execution.resources`).
+    limits : mapping, optional
+        Task label -> :class:`cpframe.execution.isolate.QuantumLimits` (requestWalltime,
+        retryUnlessExit, memoryMultiplier; :func:`cpframe.execution.resources.quantum_limits`): the
+        quanta of those tasks run in a child process that enforces them, their memory limit being
+        this attempt's ``MEMORY`` resource, and they are retried by that child's driver, not by Dask.
 
     Returns
     -------
@@ -712,7 +718,14 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
                            fused_isr=isr[0].settings["isr"], fused_keys=tuple(x.key for x in isr))
             ups = []
         need = (resources or {}).get(key)
-        with dask.annotate(resources=dict(need)) if need else contextlib.nullcontext():
+        annotations: dict[str, Any] = {"resources": dict(need)} if need else {}
+        lim = (limits or {}).get(q.task)
+        if lim is not None:
+            if lim.memory_bytes is not None and need and "MEMORY" in need:
+                lim = replace(lim, memory_bytes=int(need["MEMORY"]))  # this attempt's memory
+            spec = replace(spec, limits=lim)
+            annotations["retries"] = 0  # the child's driver retries, honouring retryUnlessExit
+        with dask.annotate(**annotations) if annotations else contextlib.nullcontext():
             delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, ups, dask_key_name=key)
     return delayed
 

@@ -58,6 +58,9 @@ class QuantumSpec:
     """Kind ``isrCombine``: the ISR settings (one IsrConfig for every raw)."""
     fused_keys: tuple[str, ...] = ()
     """Kind ``isrCombine``: the keys of the fused ISR quanta (same order as ``fused_raws``)."""
+    limits: Any = None
+    """:class:`cpframe.execution.isolate.QuantumLimits` when the task asks for BPS job limits
+    (requestWalltime, retryUnlessExit, memoryMultiplier): the quantum then runs in a child process."""
 
 
 @dataclass
@@ -125,6 +128,8 @@ def run_quantum(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> Quantum
     Exception
         Whatever the science function raises (Dask retries it, then reports it).
     """
+    if spec.limits is not None:
+        return _run_limited(spec, upstream)
     t0 = time.perf_counter()
     from cpframe.execution.kinds import get_kind
 
@@ -136,11 +141,30 @@ def run_quantum(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> Quantum
         raise ExecutionError(f"{spec.key}: the task finished but did not write {', '.join(absent)}.")
     job = os.environ.get("SLURM_JOB_ID")
     where = socket.gethostname() + (f" (Slurm job {job})" if job else "")
+    return QuantumResult(key=spec.key, value=value, outputs=outputs, elapsed_s=time.perf_counter() - t0, where=where,
+                         worker=_worker_name())
+
+
+def _worker_name() -> str:
     try:
         from distributed import get_worker
 
-        worker = str(get_worker().name)
-    except ValueError:  # run outside a worker (tests calling it directly)
-        worker = ""
-    return QuantumResult(key=spec.key, value=value, outputs=outputs, elapsed_s=time.perf_counter() - t0, where=where,
-                         worker=worker)
+        return str(get_worker().name)
+    except ValueError:  # run outside a worker (tests calling it directly, the isolated child)
+        return ""
+
+
+#: Imported by a memory-limited child before its limit applies (what the task kinds may import lazily).
+_PRELOAD = ("cpframe.camera", "cpframe.science", "cpframe.verify", "cpframe.execution.kinds")
+
+
+def _run_limited(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> QuantumResult:
+    """Run the quantum in a child process under its BPS limits (:mod:`cpframe.execution.isolate`)."""
+    from dataclasses import replace
+
+    from cpframe.execution.isolate import call_with_retries
+
+    res = call_with_retries("cpframe.execution.graph_tasks:run_quantum", (replace(spec, limits=None), list(upstream)),
+                            spec.limits, label=spec.key, preload=_PRELOAD)
+    res.worker = _worker_name()
+    return res

@@ -23,7 +23,7 @@ What is read (pipe_base's ``PipelineIR`` semantics, in our own words):
 * ``contracts``: evaluated when every value they compare is known (set in a file, an
   override or a class default below); a broken contract is an error.
 
-Each class maps onto a cpframe task kind through :data:`CLASSES`: which connections are the
+Each class maps onto a cpframe task kind through that kind's ``task_classes`` (:func:`lsst_classes`; no table here): which connections are the
 input(s) and output(s), which config fields map onto which cpframe key, and which fields are
 accepted but not implemented by cpframe (reported as plan notes when set).  Visualisation
 and analysis tasks are skipped with a note (cpframe does not make those plots); a class that
@@ -45,9 +45,12 @@ import yaml
 
 from cpframe.core.errors import PipelineError
 from cpframe.execution.dataset_types import PRODUCT_TYPES
+from cpframe.execution.kinds.defects import LSST_FIELDS as _DEFECT_FIELDS
+from cpframe.execution.kinds.defects import LSST_IGNORED as _DEFECT_IGNORED
 
 __all__ = [
     "CLASSES",
+    "lsst_classes",
     "NOT_BUILT",
     "SKIPPED",
     "ClassMap",
@@ -60,14 +63,6 @@ __all__ = [
 # ------------------------------------------------------------------------------------------
 # class table
 # ------------------------------------------------------------------------------------------
-# ip_isr IsrTaskLSSTConfig defaults for the switches cpframe reads (ip_isr d2a69bf).
-_ISR_LSST_DEFAULTS = {
-    "doBootstrap": False, "doAssembleCcd": True, "doBias": True, "doDeferredCharge": True, "doLinearize": True,
-    "doCorrectGains": True, "doApplyGains": True, "useGainsFrom": "PTC", "doVariance": True, "doSaturation": True,
-    "defaultSaturationSource": "PTCTURNOFF", "doSuspect": True, "doCrosstalk": True, "doDefect": True,
-    "doNanMasking": True, "doInterpolate": True, "doBrighterFatter": True, "doDark": True, "doFlat": True,
-    "doStandardStatistics": True, "doCalculateStatistics": True, "crosstalk.doQuadraticCrosstalkCorrection": False,
-}
 # cp_pipe's configureIsrTaskLSSTForCalibrations (python/lsst/cp/pipe/_configure.py): the values it sets
 # for the switches cpframe reads; the others it sets are accepted-and-ignored fields below.
 _CALIB_BASELINE = {
@@ -77,145 +72,30 @@ _CALIB_BASELINE = {
     "doNanMasking": True, "doBrighterFatter": False, "doVariance": True, "doFlat": False, "doInterpolate": False,
     "doStandardStatistics": True, "doCalculateStatistics": True,
 }
-_ISR_FIELDS = {k: k for k in (
-    "doBootstrap", "doOverscan", "doAssembleCcd", "doSaturation", "doSuspect", "defaultSaturationSource",
-    "doApplyGains", "useGainsFrom", "doCorrectGains", "doCrosstalk", "doLinearize", "doDeferredCharge", "doBias",
-    "doDark", "doDefect", "doFlat", "doBrighterFatter", "doNanMasking", "doVariance", "doInterpolate",
-    "doStandardStatistics", "doCalculateStatistics")}
-_ISR_FIELDS["crosstalk.doQuadraticCrosstalkCorrection"] = "doQuadraticCrosstalkCorrection"
-_ISR_FIELDS["doQuadraticCrosstalkCorrection"] = "doQuadraticCrosstalkCorrection"
-_ISR_IGNORED = (
-    "bssVoltageMinimum", "doCheckUnprocessableData", "doDiffNonLinearCorrection", "serialOverscanMedianShiftSigmaThreshold",
-    "ampNoiseThreshold", "expectWcs", "doE2VEdgeBleedMask", "doITLSatSagMask", "doITLEdgeBleedMask", "doITLDipMask",
-    "badAmps", "doWidenSaturationTrails", "maskNegativeVariance", "doSaveInterpPixels", "doSetBadRegions",
-    "doAmpOffset", "ampOffset.*", "doBinnedExposures", "binFactor1", "binFactor2", "isrStats.*", "doFringe",
-    "doStrayLight", "doWrite", "growSaturationFootprintSize", "doSaturationInterpolation", "doHeaderProvenance",
-    "doRaiseOnCalibMismatch")
-_VERIFY_IGNORED = ("doVignette", "useReadNoise", "useIsrStatistics", "hasMatrixCatalog", "hasInputResults",
-                   "catalogStatKeywords", "mergeDimension", "stageName")
+
+from cpframe.execution.kinds import REGISTRY, ClassMap
+
+#: Known LSST task classes cpframe runs -> how (from each kind's ``task_classes``; short names:
+#: ``lsst.cp.pipe.ptc.X`` == ``lsst.cp.pipe.X``).
+def lsst_classes() -> dict[str, ClassMap]:
+    """Every kind's ``task_classes`` (read when needed: a kind defined later is known too)."""
+    return {c: m for k in REGISTRY.values() for c, m in k.task_classes.items()}
 
 
-@dataclass(frozen=True)
-class ClassMap:
-    """How one LSST task class maps onto a cpframe task kind."""
-
-    kind: str
-    """cpframe task kind (:data:`cpframe.execution.pipeline.KINDS`)."""
-    dimensions: tuple[str, ...]
-    """Quantum dimensions cpframe runs it on."""
-    inputs: tuple[tuple[str, str], ...]
-    """(connection, default dataset type) read, in cpframe's input order."""
-    output: tuple[str, str]
-    """(connection, default dataset type) written."""
-    fields: Mapping[str, str] = field(default_factory=dict)
-    """LSST config field -> cpframe config key."""
-    ignored: tuple[str, ...] = ()
-    """Fields accepted but not implemented by cpframe (``prefix.*`` matches a sub-config)."""
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    """Class defaults of mapped fields, where cpframe's own default differs."""
-    fixed: Mapping[str, Any] = field(default_factory=dict)
-    """cpframe config set by the class itself (verify ``stage``)."""
-    extra_connections: tuple[str, ...] = ()
-    """Connections accepted and not read by cpframe (calibration inputs it derives, QA outputs)."""
-    optional_inputs: tuple[str, ...] = ()
-    """Input connections read only when the file sets them."""
+def __getattr__(name: str) -> Any:
+    if name == "CLASSES":  # the table as it is now (kept for callers of the former constant)
+        return lsst_classes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_ISR_EXTRA = ("bias", "dark", "flat", "defects", "crosstalk", "linearizer", "ptc", "deferredChargeCalib", "bfKernel",
-              "outputBin1Exposure", "outputBin2Exposure", "outputStatistics", "camera", "gainCorrection")
-_ISR = ClassMap("isr", ("exposure", "detector"), (("ccdExposure", "raw"),), ("outputExposure", "postISRCCD"),
-                _ISR_FIELDS, _ISR_IGNORED, _ISR_LSST_DEFAULTS, extra_connections=_ISR_EXTRA)
-_COMBINE_FIELDS = {k: k for k in ("calibrationType", "exposureScaling", "scalingLevel", "combine", "clip", "nIter",
-                                  "mask", "noGoodPixelsMask", "maxVisitsToCalcErrorFromInputVariance", "checkNoData",
-                                  "censorMaskPlanes", "distributionPercentiles", "flatSource")}
-_COMBINE_IGNORED = ("doVignetteMask", "vignette.*", "doPartialVignetteMask", "partialVignette.*", "python")
-
-
-def _verify(kind: str, stage: str | None, dims: tuple[str, ...], inputs, output, optional=()) -> ClassMap:
-    return ClassMap(kind, dims, inputs, output, {}, _VERIFY_IGNORED, fixed={"stage": stage} if stage else {},
-                    extra_connections=("outputResults", "outputMatrix", "inputResults", "inputMatrix", "camera"),
-                    optional_inputs=optional)
-
-
-_DET = ("exposure", "detector")
-#: Known LSST task classes cpframe runs (short names; ``lsst.cp.pipe.ptc.X`` == ``lsst.cp.pipe.X``).
-CLASSES: dict[str, ClassMap] = {
-    "lsst.ip.isr.IsrTaskLSST": _ISR,
-    "lsst.ip.isr.IsrTask": _ISR,
-    "lsst.cp.pipe.CpDarkTask": ClassMap(
-        "darkCr", _DET, (("inputExp", "cpDarkIsr"),), ("outputExp", "cpDarkProc"),
-        {"repair.cosmicray.minSigma": "minSigma", "repair.cosmicray.min_DN": "minDn",
-         "repair.cosmicray.cond3_fac": "cond3Fac", "repair.cosmicray.nCrPixelMax": "nCrPixelMax",
-         "crGrow": "crGrow"}, ("psfFwhm", "psfSize", "maskListToInterpolate", "repair.*")),
-    "lsst.cp.pipe.CalibCombineTask": ClassMap(
-        "combine", ("detector",), (("inputExpHandles", "cpInputs"),), ("outputData", "cpProposal"),
-        _COMBINE_FIELDS, _COMBINE_IGNORED, extra_connections=("inputScales",)),
-    "lsst.cp.pipe.CalibCombineByFilterTask": ClassMap(
-        "combine", ("detector", "physical_filter"), (("inputExpHandles", "cpInputs"), ("inputScales", "cpFilterScales")),
-        ("outputData", "cpFilterProposal"), _COMBINE_FIELDS, _COMBINE_IGNORED, optional_inputs=("inputScales",)),
-    "lsst.cp.pipe.CpFlatMeasureTask": ClassMap(
-        "flatMeasure", _DET, (("inputExp", "postISRCCD"),), ("outputStats", "flatStats"),
-        {}, ("maskNameList", "doVignette", "numSigmaClip", "clipMaxIter", "stat")),
-    "lsst.cp.pipe.CpFlatNormalizationTask": ClassMap(
-        "flatNormalize", ("physical_filter",), (("inputMDs", "cpFlatProc"),), ("outputScales", "cpFlatNormScales"),
-        {"level": "level", "scaleMaxIter": "scaleMaxIter"}, ("doDownSelection", "downSelectionField",
-                                                              "downSelectionValue"),
-        extra_connections=("camera", "inputDims")),
-    "lsst.cp.pipe.ptc.PhotonTransferCurveExtractPairTask": ClassMap(
-        "ptcExtract", _DET, (("inputExp", "ptcInputExposurePairs"),), ("outputCovariance", "ptcCovariances"),
-        {"nSigmaClipPtc": "nSigmaClipPtc", "nIterSigmaClipPtc": "nIterSigmaClipPtc",
-         "numEdgeSuspect": "numEdgeSuspect"},
-        ("maximumRangeCovariancesAstier", "edgeMaskLevel", "useEfdPhotodiodeData", "auxiliaryHeaderKeys",
-         "doExtractPhotodiodeData", "efdSalIndex", "matchExposuresType", "doOutputBinnedImages",
-         "doVignetteFunctionRegionSelection", "photodiodeIntegrationMethod", "binSize", "python",
-         "vignetteFunctionPolynomialCoeffs"),
-        extra_connections=("outputCovariances", "inputPhotodiodeData", "outputBinnedImages", "taskMetadata")),
-    "lsst.cp.pipe.ptc.PhotonTransferCurveSolveTask": ClassMap(
-        "ptcSolve", ("detector",), (("inputCovariances", "ptcCovariances"),), ("outputPtcDataset", "ptcDatsetProposal"),
-        {k: k for k in ("ptcFitType", "minMeanSignal", "maxMeanSignal", "maxSignalInitialPtcOutlierFit",
-                        "scaleMaxSignalInitialPtcOutlierFit", "maxIterationsPtcOutliers", "sigmaCutPtcOutliers",
-                        "maxDeltaInitialPtcOutlierFit")},
-        ("maximumRangeCovariancesAstier", "maximumRangeCovariancesAstierFullCovFit", "doModelPtcRolloff",
-         "extendRollofSearchMaskSizeAdu", "maxPtcRolloffDeviation", "binSize"),
-        defaults={"ptcFitType": "EXPAPPROXIMATION"}, extra_connections=("camera",)),
-    "lsst.cp.verify.CpVerifyBiasTask": _verify("verifyStats", "BIAS", _DET, (("inputExp", "postISRCCD"),),
-                                               ("outputStats", "verifyBiasDetStats")),
-    "lsst.cp.verify.CpVerifyDarkTask": _verify("verifyStats", "DARK", _DET, (("inputExp", "postISRCCD"),),
-                                               ("outputStats", "verifyDarkDetStats")),
-    "lsst.cp.verify.CpVerifyFlatTask": _verify("verifyStats", "FLAT", _DET, (("inputExp", "postISRCCD"),),
-                                               ("outputStats", "verifyFlatDetStats")),
-    "lsst.cp.verify.CpVerifyDefectsTask": _verify(
-        "verifyStats", "DEFECTS", _DET, (("inputExp", "postISRCCD"), ("uncorrectedExp", "uncorrectedExp")),
-        ("outputStats", "verifyDefectsDetStats"), optional=("uncorrectedExp",)),
-    "lsst.cp.verify.CpVerifyPtcTask": _verify("verifyStats", "PTC", ("detector",), (("inputCalib", "ptc"),),
-                                              ("outputStats", "verifyPtcDetStats")),
-    "lsst.cp.verify.CpVerifyExpMergeTask": _verify("verifyMerge", None, ("exposure",), (("inputStats", "detStats"),),
-                                                   ("outputStats", "expStats")),
-    "lsst.cp.verify.CpVerifyFlatExpMergeTask": _verify("verifyMerge", None, ("exposure",),
-                                                       (("inputStats", "detStats"),), ("outputStats", "expStats")),
-    "lsst.cp.verify.CpVerifyVisitExpMergeTask": _verify("verifyMerge", None, ("exposure",),
-                                                        (("inputStats", "detStats"),), ("outputStats", "expStats")),
-    "lsst.cp.verify.CpVerifyRunMergeTask": _verify("verifyMerge", None, (), (("inputStats", "expStats"),),
-                                                   ("outputResults", "runResults")),
-    "lsst.cp.verify.CpVerifyRunMergeByFilterTask": _verify("verifyMerge", None, (), (("inputStats", "expStats"),),
-                                                           ("outputResults", "runResults")),
-    "lsst.cp.verify.CpVerifyVisitRunMergeTask": _verify("verifyMerge", None, (), (("inputStats", "expStats"),),
-                                                        ("outputResults", "runResults")),
-    "lsst.cp.verify.CpVerifyCalibMergeTask": _verify("verifyMerge", None, (), (("inputStats", "detStats"),),
-                                                     ("outputResults", "runResults")),
-}
+_FOLDED = {c: role for k in REGISTRY.values() for c, role in k.folded_classes.items()}
 # Defect measurement: three measure tasks and a merge in cp_pipe; one defects task in cpframe.
-_DEFECT_MEASURE = ("lsst.cp.pipe.MeasureDefectsCombinedTask", "lsst.cp.pipe.MeasureDefectsCombinedWithFilterTask",
-                   "lsst.cp.pipe.MeasureDefectsTask")
-_DEFECT_MERGE = ("lsst.cp.pipe.MergeDefectsCombinedTask", "lsst.cp.pipe.MergeDefectsTask")
-_DEFECT_FIELDS = {k: k for k in (
-    "thresholdType", "darkCurrentThreshold", "biasThreshold", "fracThresholdFlat", "nSigmaBright", "nSigmaDark",
-    "nPixBorderLeftRight", "nPixBorderUpDown", "edgesAsDefects", "badOnAndOffPixelColumnThreshold",
-    "goodPixelColumnGapThreshold", "badPixelsToFillColumnThreshold", "saturatedPixelsToFillColumnThreshold",
-    "saturatedColumnDilationRadius", "combinationMode", "combinationFraction", "fitAmpGradient")}
-_DEFECT_IGNORED = ("doVampirePixels", "vampirePixels*")
+_DEFECT_MEASURE = tuple(c for c, role in _FOLDED.items() if role == "measure")
+_DEFECT_MERGE = tuple(c for c, role in _FOLDED.items() if role == "merge")
 # PTC gain-ratio adjustment: folded (its output is the solved PTC).
-_PTC_ADJUST = ("lsst.cp.pipe.ptc.PhotonTransferCurveAdjustGainRatiosTask",)
+_PTC_ADJUST = tuple(c for c, role in _FOLDED.items() if role == "adjust")
+# Crosstalk filter: folded (the solve filters, doFiltering; its output is the filtered matrix).
+_XT_FILTER = tuple(c for c, role in _FOLDED.items() if role == "filter")
 
 #: Classes that make no calibration: skipped with a note (cpframe does not make these plots/mosaics).
 SKIPPED = {
@@ -233,13 +113,11 @@ SKIPPED = {
 }
 #: Known classes that build a calibration cpframe does not build yet -> what they build.
 NOT_BUILT = {
-    "lsst.cp.pipe.CrosstalkExtractTask": "crosstalk", "lsst.cp.pipe.CrosstalkSolveTask": "crosstalk",
-    "lsst.cp.pipe.CrosstalkFilterTask": "crosstalk", "lsst.cp.verify.CpVerifyCrosstalkTask": "crosstalk",
+    "lsst.cp.verify.CpVerifyCrosstalkTask": "crosstalk verification",
     "lsst.cp.pipe.LinearitySolveTask": "linearizer", "lsst.cp.pipe.LinearityDoubleSplineSolveTask": "linearizer",
     "lsst.cp.pipe.LinearityNormalizeTask": "linearizer", "lsst.cp.verify.CpvLinearitySolveTask": "linearizer",
     "lsst.cp.pipe.BrighterFatterKernelSolveTask": "brighter-fatter kernel (bfk)",
     "lsst.cp.pipe.ElectrostaticBrighterFatterSolveTask": "electrostatic brighter-fatter distortion matrix",
-    "lsst.cp.pipe.CpCtiSolveTask": "CTI (cti)", "lsst.cp.pipe.cpCtiSolveTask.CpCtiSolveTask": "CTI (cti)",
     "lsst.cp.pipe.CpSkyImageTask": "sky", "lsst.cp.pipe.CpSkyScaleMeasureTask": "sky",
     "lsst.cp.pipe.CpSkySubtractBackgroundTask": "sky", "lsst.cp.pipe.CpSkyCombineTask": "sky",
     "lsst.cp.pipe.CpFlatFitGradientsTask": "flat gradient reference",
@@ -259,7 +137,7 @@ NOT_BUILT = {
     "lsst.cp.pipe.CpFringeTask": "fringe", "lsst.cp.pipe.CpSpectroFlatTask": "spectroscopic flat",
 }
 
-_STORAGE = {"isr": "fits-masked", "darkCr": "fits-masked", "flatMeasure": "json", "flatNormalize": "json",
+_STORAGE = {"crosstalkExtract": "json", "isr": "fits-masked", "darkCr": "fits-masked", "flatMeasure": "json", "flatNormalize": "json",
             "combine": "fits-masked", "ptcExtract": "json", "ptcSolve": "fits-ptc", "verifyStats": "json",
             "defects": "ecsv-defects"}
 _MISSING = object()
@@ -267,7 +145,7 @@ _MISSING = object()
 
 def _canonical(cls: str) -> str:
     """``lsst.ip.isr.isrTask.IsrTask`` -> ``lsst.ip.isr.IsrTask``; ``lsst.cp.pipe.X`` == ``lsst.cp.pipe.ptc.X``."""
-    known = (*CLASSES, *SKIPPED, *NOT_BUILT, *_DEFECT_MEASURE, *_DEFECT_MERGE, *_PTC_ADJUST)
+    known = (*lsst_classes(), *SKIPPED, *NOT_BUILT, *_DEFECT_MEASURE, *_DEFECT_MERGE, *_PTC_ADJUST, *_XT_FILTER)
     if cls in known:
         return cls
     short = cls.rsplit(".", 1)[-1]
@@ -278,7 +156,7 @@ def _canonical(cls: str) -> str:
 
 
 def _all_known() -> list[str]:
-    return sorted({*CLASSES, *SKIPPED, *NOT_BUILT, *_DEFECT_MEASURE, *_DEFECT_MERGE, *_PTC_ADJUST})
+    return sorted({*lsst_classes(), *SKIPPED, *NOT_BUILT, *_DEFECT_MEASURE, *_DEFECT_MERGE, *_PTC_ADJUST, *_XT_FILTER})
 
 
 # ------------------------------------------------------------------------------------------
@@ -618,7 +496,7 @@ def _set(values: dict, op: tuple, task: _Task, notes: list[str]) -> None:
         return
     cur = values.get(fld, _MISSING)
     if cur is _MISSING:
-        cmap = CLASSES.get(_canonical(task.cls))
+        cmap = lsst_classes().get(_canonical(task.cls))
         cur = list(_default(cmap, fld)) if cmap is not None and _default(cmap, fld) is not None else []
     cur = list(cur)
     if kind == "append":
@@ -694,8 +572,8 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
             f"{p}: cpframe does not build {', '.join(what)} yet (tasks "
             f"{', '.join(f'{lab} ({classes[lab]})' for lab in not_built)}). cpframe builds bias, dark, flat, "
             "defects and PTC (with their bootstraps) and verifies them.")
-    unknown = [lab for lab, c in classes.items() if c not in CLASSES and c not in SKIPPED
-               and c not in _DEFECT_MEASURE + _DEFECT_MERGE + _PTC_ADJUST]
+    unknown = [lab for lab, c in classes.items() if c not in lsst_classes() and c not in SKIPPED
+               and c not in _DEFECT_MEASURE + _DEFECT_MERGE + _PTC_ADJUST + _XT_FILTER]
     if unknown:
         t = doc.tasks[unknown[0]]
         close = difflib.get_close_matches(t.cls, _all_known(), n=1)
@@ -707,7 +585,7 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
         t = doc.tasks[label]
         tnotes: list[str] = []
         values = {} if classes[label] in SKIPPED and not _connections_only(t) else \
-            _apply_ops(t, CLASSES.get(classes[label]), doc.parameters, tnotes)
+            _apply_ops(t, lsst_classes().get(classes[label]), doc.parameters, tnotes)
         resolved[label] = _Resolved(label, classes[label], t.file, values, tnotes)
     _check_contracts(doc, resolved, p)
 
@@ -716,6 +594,8 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
     skipped_outputs: set[str] = set()
     problems: list[str] = []
     renamed: dict[str, str] = {}  # folded outputs: adjust output -> solve output name kept
+    filtered: set[str] = set()  # crosstalk matrices a folded CrosstalkFilterTask writes
+    isr_stats: dict[str, str] = {}  # ISR outputStatistics name -> its output exposure (which carries them)
     defect_measures = [r for r in resolved.values() if r.cls in _DEFECT_MEASURE]
     for label, r in resolved.items():
         for n in r.notes:
@@ -735,10 +615,20 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
             notes.append(f"{label} (PhotonTransferCurveAdjustGainRatiosTask): gain-ratio adjustment is not "
                          f"implemented by cpframe; the solved PTC is written as {out}")
             continue
+        if r.cls in _XT_FILTER:
+            src = str(r.values.get("connections.inputCrosstalk", "crosstalkProposal"))
+            out = str(r.values.get("connections.outputCrosstalk", "crosstalk"))
+            renamed[src] = out
+            filtered.add(out)
+            notes.append(f"{label} (CrosstalkFilterTask): cpframe's crosstalk solve filters itself "
+                         f"(doFiltering) and writes {out}")
+            continue
         if r.cls in _DEFECT_MERGE:
             tasks[label] = _defects_task(r, defect_measures, notes, problems)
             continue
-        cmap = CLASSES[r.cls]
+        cmap = lsst_classes()[r.cls]
+        if cmap.kind == "isr" and "connections.outputStatistics" in r.values:
+            isr_stats[str(r.values["connections.outputStatistics"])] = _connection(cmap, r.values, *cmap.output)
         cfg: dict[str, Any] = dict(cmap.fixed)
         explicit: list[str] = []
         accepted: list[str] = []
@@ -792,10 +682,14 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
             task["calibrations"] = [inputs[0]]
         tasks[label] = task
 
-    # folded PTC adjustment: the solve writes the adjusted name
+    # folded PTC adjustment / crosstalk filter: the solve writes the adjusted (filtered) name
     for t in tasks.values():
         if t["output"] in renamed:
             t["output"] = renamed[t["output"]]
+            if t["output"] in filtered and t["kind"] == "crosstalkSolve":
+                t["config"]["doFiltering"] = True
+        # ISR statistics (cpCti): cpframe's ISR output carries them
+        t["inputs"] = [isr_stats.get(i, i) for i in t["inputs"]]
     # verify merges: the stage of the verify task they (transitively) read; run merges write a summary too
     writer = {t["output"]: lab for lab, t in tasks.items()}
     for lab, t in tasks.items():
@@ -948,7 +842,7 @@ def _eval(node: ast.AST, resolved: Mapping[str, _Resolved]) -> Any:
             fld = ".".join(reversed(parts))
             if fld in r.values:
                 return r.values[fld]
-            cmap = CLASSES.get(r.cls)
+            cmap = lsst_classes().get(r.cls)
             if cmap is not None:
                 if "__baseline__" in r.values and fld in _CALIB_BASELINE:
                     return _CALIB_BASELINE[fld]

@@ -27,6 +27,7 @@ __all__ = [
     "MSG_TOO_SMALL",
     "check_capacity",
     "expand_deferred",
+    "quantum_limits",
     "quantum_resources",
     "task_requests",
     "worker_resources",
@@ -50,12 +51,42 @@ def worker_resources(memory_bytes: int, threads: int) -> dict[str, float]:
 
 
 def task_requests(submission: Any, pipeline: Any) -> dict[str, Any]:
-    """Task label -> :class:`cpframe.execution.submission.Resources`, for tasks that request something."""
+    """Task label -> :class:`cpframe.execution.submission.Resources`, for tasks that request something
+    (memory, cores, a walltime, retryUnlessExit or a memoryMultiplier)."""
     out = {}
     for label in pipeline.labels:
         r = submission.resources_for(label)
-        if r.memory_mib is not None or r.cpus is not None:
+        if r.memory_mib is not None or r.cpus is not None or _limited(r):
             out[label] = r
+    return out
+
+
+def _limited(r: Any) -> bool:
+    """The task asks for a limit only a child process can enforce."""
+    return bool(r.walltime_s or r.retry_unless_exit or (r.memory_multiplier and r.memory_multiplier > 1
+                                                         and r.memory_mib is not None))
+
+
+def quantum_limits(requests: Mapping[str, Any], retries: int) -> dict[str, Any]:
+    """Task label -> :class:`cpframe.execution.isolate.QuantumLimits` for tasks that ask for BPS job limits.
+
+    ``requestWalltime``, ``retryUnlessExit`` and ``memoryMultiplier`` (retry with more memory) are
+    enforced by running each quantum of such a task in a child process; its memory is limited
+    only when it may grow (``memoryMultiplier`` > 1), otherwise ``requestMemory`` only places it.
+    ``retries`` is the run's ``numberOfRetries`` for tasks that do not set their own.
+    """
+    from cpframe.execution.isolate import QuantumLimits
+
+    out = {}
+    for label, r in requests.items():
+        if not _limited(r):
+            continue
+        grows = bool(r.memory_multiplier and r.memory_multiplier > 1 and r.memory_mib is not None)
+        out[label] = QuantumLimits(
+            walltime_s=float(r.walltime_s) if r.walltime_s else None,
+            memory_bytes=r.memory_mib * 2**20 if grows else None,
+            retries=int(r.retries if r.retries is not None else retries),
+            retry_unless_exit=tuple(r.retry_unless_exit or ()))
     return out
 
 

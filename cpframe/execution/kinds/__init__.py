@@ -22,7 +22,9 @@ How to add a kind
 1. Write one module in this package (``cpframe/execution/kinds/<name>.py``) with a
    subclass of :class:`TaskKind`: ``name``, ``summary``, ``dimensions``, ``config_class``
    (a frozen dataclass in ``cpframe.science``, or none), ``options`` (cp_pipe name ->
-   :class:`Option` naming the config field), ``plan`` and ``run``.  Defining the class
+   :class:`Option` naming the config field), ``plan`` and ``run``; ``task_classes`` (the real
+   LSST task classes it runs, each a :class:`ClassMap`: connections and config fields), which is
+   all the LSST pipeline reader (:mod:`cpframe.execution.lsst_pipeline`) knows of a class.  Defining the class
    registers it; every module of this package is imported below, nothing else to edit.
 2. Write its pipeline YAML in ``pipelines/`` (``kind: <name>``).
 3. Regenerate ``docs/kinds.md``: ``python -m cpframe.execution.kinds > docs/kinds.md``
@@ -39,6 +41,7 @@ import pkgutil
 
 from cpframe.execution.kinds.base import (
     REGISTRY,
+    ClassMap,
     REQUIRED,
     UNSET,
     Option,
@@ -47,7 +50,7 @@ from cpframe.execution.kinds.base import (
     get_kind,
 )
 
-__all__ = ["Option", "TaskKind", "REGISTRY", "REQUIRED", "UNSET", "enum", "get_kind", "kinds", "kinds_markdown"]
+__all__ = ["ClassMap", "Option", "TaskKind", "REGISTRY", "REQUIRED", "UNSET", "enum", "get_kind", "kinds", "kinds_markdown"]
 
 for _m in pkgutil.iter_modules(__path__):
     if _m.name not in ("base", "__main__"):
@@ -96,6 +99,11 @@ def kinds_markdown() -> str:
         dims = " or ".join("[" + ", ".join(sorted(d)) + "]" for d in k.dimensions)
         cfg = f"`{k.config_class.__module__}.{k.config_class.__name__}`" if k.config_class else "none"
         lines += [f"## `{name}`", "", k.summary, "", f"Quantum dimensions: {dims}.  Science configuration: {cfg}.", ""]
+        if k.task_classes or k.folded_classes:
+            runs = ", ".join(f"`{c}`" for c in k.task_classes)
+            folds = ", ".join(f"`{c}` ({role})" for c, role in k.folded_classes.items())
+            lines += ["Real LSST task classes it runs (`task_classes`, read by the LSST pipeline reader): "
+                      + (runs or "none") + (f"; folded into it: {folds}" if folds else "") + ".", ""]
         lines += ["| option | type | default | field | note |", "|---|---|---|---|---|"]
         defaults = k.defaults()
         for key, opt in k.options.items():

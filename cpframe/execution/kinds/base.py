@@ -7,7 +7,7 @@ Every concrete kind is a subclass with a ``name``; defining the subclass registe
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from cpframe.execution.graph_tasks import QuantumSpec
     from cpframe.execution.pipeline import TaskSpec
 
-__all__ = ["Option", "TaskKind", "REGISTRY", "REQUIRED", "UNSET", "enum", "get_kind", "accepted", "output_path",
+__all__ = ["ClassMap", "Option", "TaskKind", "REGISTRY", "REQUIRED", "UNSET", "enum", "get_kind", "accepted", "output_path",
            "calib_path", "detector_of", "header_meta"]
 
 
@@ -60,6 +60,35 @@ class Option:
     """Every pipeline task of the kind must set it (its default is then :data:`REQUIRED`)."""
 
 
+@dataclass(frozen=True)
+class ClassMap:
+    """How one real LSST task class (cp_pipe, ip_isr, cp_verify) maps onto a cpframe task kind.
+
+    Read by :mod:`cpframe.execution.lsst_pipeline` from every kind's :attr:`TaskKind.task_classes`.
+    """
+
+    kind: str
+    """cpframe task kind (the :class:`TaskKind` ``name``)."""
+    dimensions: tuple[str, ...]
+    """Quantum dimensions cpframe runs it on."""
+    inputs: tuple[tuple[str, str], ...]
+    """(connection, default dataset type) read, in cpframe's input order."""
+    output: tuple[str, str]
+    """(connection, default dataset type) written."""
+    fields: Mapping[str, str] = field(default_factory=dict)
+    """LSST config field -> cpframe config key."""
+    ignored: tuple[str, ...] = ()
+    """Fields accepted but not implemented by cpframe (``prefix.*`` matches a sub-config)."""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    """Class defaults of mapped fields, where cpframe's own default differs."""
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    """cpframe config set by the class itself (verify ``stage``)."""
+    extra_connections: tuple[str, ...] = ()
+    """Connections accepted and not read by cpframe (calibration inputs it derives, QA outputs)."""
+    optional_inputs: tuple[str, ...] = ()
+    """Input connections read only when the file sets them."""
+
+
 #: Kind name -> kind class, filled by :meth:`TaskKind.__init_subclass__`.
 REGISTRY: dict[str, type["TaskKind"]] = {}
 
@@ -97,6 +126,13 @@ class TaskKind:
     reads_raw: ClassVar[bool] = False
     pairs_exposures: ClassVar[bool] = False
     registers_all_outputs: ClassVar[bool] = False
+    task_classes: ClassVar[Mapping[str, "ClassMap"]] = MappingProxyType({})
+    """Real LSST task classes (full names, e.g. ``lsst.cp.pipe.CpDarkTask``) this kind runs, and how:
+    connections, config fields mapped and accepted (:class:`ClassMap`).  The LSST pipeline reader
+    (:mod:`cpframe.execution.lsst_pipeline`) knows a class only from here."""
+    folded_classes: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    """LSST classes folded into this kind's task (role ``measure`` / ``merge`` / ``adjust``): several
+    cp_pipe tasks that cpframe runs as one (defect measure + merge, PTC solve + gain-ratio adjust)."""
     settings_key: ClassVar[str] = "config"
     """Key of :meth:`plan`'s result (and of :meth:`for_quantum`'s) holding the science configuration."""
 
@@ -106,6 +142,9 @@ class TaskKind:
             if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
                 raise TypeError(f"task kind {cls.name!r} is defined twice ({REGISTRY[cls.name]} and {cls})")
             REGISTRY[cls.name] = cls
+            wrong = [c for c, m in cls.task_classes.items() if m.kind != cls.name]
+            if wrong:
+                raise TypeError(f"task kind {cls.name!r}: task_classes {wrong} map onto another kind")
 
     # -- configuration --------------------------------------------------------------------
     @classmethod

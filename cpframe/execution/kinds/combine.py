@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from cpframe.core.errors import ExecutionError
-from cpframe.execution.kinds.base import Option, TaskKind, accepted, enum, output_path
+from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, accepted, enum, output_path
 from cpframe.science import combine as _combine
 from cpframe.science.imageio import MASK_BITS
 from cpframe.science.tasks import DEFAULT_FUSED_MEMORY_BYTES
@@ -18,12 +18,26 @@ def _field(key: str) -> str:
 PRODUCTS = ("bias", "dark", "flat", "biasBootstrap", "darkBootstrap", "flatBootstrap")
 
 
+_COMBINE_FIELDS = {k: k for k in ("calibrationType", "exposureScaling", "scalingLevel", "combine", "clip", "nIter",
+                                  "mask", "noGoodPixelsMask", "maxVisitsToCalcErrorFromInputVariance", "checkNoData",
+                                  "censorMaskPlanes", "distributionPercentiles", "flatSource")}
+_COMBINE_IGNORED = ("doVignetteMask", "vignette.*", "doPartialVignetteMask", "partialVignette.*", "python")
+
+
 class Combine(TaskKind):
     name = "combine"
     summary = "Combine the ISR intermediates of one detector (and filter) into bias, dark or flat."
     dimensions = (frozenset({"detector"}), frozenset({"detector", "physical_filter"}))
     config_class = _combine.CombineConfig
     settings_key = "combine"
+    task_classes = MappingProxyType({
+        "lsst.cp.pipe.CalibCombineTask": ClassMap(
+        "combine", ("detector",), (("inputExpHandles", "cpInputs"),), ("outputData", "cpProposal"),
+        _COMBINE_FIELDS, _COMBINE_IGNORED, extra_connections=("inputScales",)),
+        "lsst.cp.pipe.CalibCombineByFilterTask": ClassMap(
+        "combine", ("detector", "physical_filter"), (("inputExpHandles", "cpInputs"), ("inputScales", "cpFilterScales")),
+        ("outputData", "cpFilterProposal"), _COMBINE_FIELDS, _COMBINE_IGNORED, optional_inputs=("inputScales",)),
+    })
     options = MappingProxyType({
         "calibrationType": Option(enum(*PRODUCTS), _field("calibrationType"), required=True),
         "exposureScaling": Option(enum(*_combine.SCALINGS), _field("exposureScaling")),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from cpframe.execution.kinds.base import Option, TaskKind, header_meta, output_path
+from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, header_meta, output_path
 from cpframe.science import crosstalk as _xt
 
 
@@ -23,6 +23,11 @@ class CrosstalkExtract(_Crosstalk):
     name = "crosstalkExtract"
     summary = "Crosstalk ratios target/source per amp pair from the bright pixels of one exposure x detector."
     dimensions = (frozenset({"exposure", "detector"}),)
+    task_classes = MappingProxyType({"lsst.cp.pipe.CrosstalkExtractTask": ClassMap(
+        "crosstalkExtract", ("exposure", "detector"), (("inputExp", "cpCrosstalkIsrExp"),),
+        ("outputRatios", "cpCrosstalkRatio"), {k: k for k in ("threshold", "badMask", "growMaskRadius")},
+        ("ignoreSaturatedPixels", "isTrimmed", "doSubtractBackground", "background.*", "python"),
+        extra_connections=("outputFluxes", "camera"))})
     options = MappingProxyType({
         "threshold": Option(float, _field("threshold")),
         "badMask": Option("planes", _field("badMask")),
@@ -39,6 +44,13 @@ class CrosstalkSolve(_Crosstalk):
     name = "crosstalkSolve"
     summary = "Crosstalk matrix of one detector from the ratios of its exposures (insignificant terms set to 0)."
     dimensions = (frozenset({"detector"}),)
+    task_classes = MappingProxyType({"lsst.cp.pipe.CrosstalkSolveTask": ClassMap(
+        "crosstalkSolve", ("detector",), (("inputRatios", "cpCrosstalkRatio"),), ("outputCrosstalk", "crosstalk"),
+        {k: k for k in ("rejIter", "rejSigma", "fluxOrder", "significanceLimit", "doSignificanceScaling",
+                        "rejectNegativeSolutions", "doFiltering", "unitsAreElectrons")},
+        ("python",), extra_connections=("inputFluxes", "camera"))})
+    #: cp_pipe's separate filter step is the solve's ``doFiltering`` here (the reader turns it on)
+    folded_classes = MappingProxyType({"lsst.cp.pipe.CrosstalkFilterTask": "filter"})
     options = MappingProxyType({k: Option(t, _field(k)) for k, t in (
         ("rejIter", int), ("rejSigma", float), ("fluxOrder", int), ("significanceLimit", float),
         ("doSignificanceScaling", bool), ("rejectNegativeSolutions", bool), ("doFiltering", bool),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from cpframe.execution.kinds.base import Option, TaskKind, header_meta, output_path
+from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, header_meta, output_path
 from cpframe.science import cti as _cti
 
 
@@ -15,6 +15,13 @@ class CtiSolve(TaskKind):
     dimensions = (frozenset({"detector"}),)
     config_class = _cti.CtiConfig
     settings_key = "cti"
+    # cp_pipe reads the ISR's outputStatistics; cpframe's ISR output carries those statistics, so the
+    # reader points inputMeasurements at the ISR output (cpframe.execution.lsst_pipeline)
+    task_classes = MappingProxyType({"lsst.cp.pipe.CpCtiSolveTask": ClassMap(
+        "ctiSolve", ("detector",), (("inputMeasurements", "cpCtiStatistics"),), ("outputCalib", "cti"),
+        {k: k for k in ("minTrapSignal", "maxSignalFraction", "nTrailColumns")},
+        ("maxImageMean", "localOffsetColumnRange", "globalCtiColumnRange", "serialTrapColumnRange",
+         "fixLocalOffset", "useGains", "python"), extra_connections=("linearizer", "camera"))})
     options = MappingProxyType({
         "minTrapSignal": Option(float, "min_trap_signal"),
         "maxSignalFraction": Option(float, "max_signal_fraction"),

@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 from types import MappingProxyType
 
-from cpframe.execution.kinds.base import Option, TaskKind, output_path
+from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, output_path
 from cpframe.science.tasks import CrConfig
+
+
+_DET = ("exposure", "detector")
 
 
 class DarkCr(TaskKind):
@@ -15,6 +18,13 @@ class DarkCr(TaskKind):
     dimensions = (frozenset({"exposure", "detector"}),)
     config_class = CrConfig
     settings_key = "cr"
+    task_classes = MappingProxyType({
+        "lsst.cp.pipe.CpDarkTask": ClassMap(
+        "darkCr", _DET, (("inputExp", "cpDarkIsr"),), ("outputExp", "cpDarkProc"),
+        {"repair.cosmicray.minSigma": "minSigma", "repair.cosmicray.min_DN": "minDn",
+         "repair.cosmicray.cond3_fac": "cond3Fac", "repair.cosmicray.nCrPixelMax": "nCrPixelMax",
+         "crGrow": "crGrow"}, ("psfFwhm", "psfSize", "maskListToInterpolate", "repair.*")),
+    })
     options = MappingProxyType({
         "minSigma": Option(float, "min_sigma"),
         "minDn": Option(float, "min_dn"),

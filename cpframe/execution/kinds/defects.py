@@ -13,12 +13,29 @@ def _field(key: str) -> str:
     return _defects._ALIASES[key]
 
 
+#: cp_pipe's defect measure/merge config fields cpframe reads, and those accepted but not implemented
+#: (cpframe.execution.lsst_pipeline folds the measure tasks and the merge into one defects task).
+LSST_FIELDS = {k: k for k in (
+    "thresholdType", "darkCurrentThreshold", "biasThreshold", "fracThresholdFlat", "nSigmaBright", "nSigmaDark",
+    "nPixBorderLeftRight", "nPixBorderUpDown", "edgesAsDefects", "badOnAndOffPixelColumnThreshold",
+    "goodPixelColumnGapThreshold", "badPixelsToFillColumnThreshold", "saturatedPixelsToFillColumnThreshold",
+    "saturatedColumnDilationRadius", "combinationMode", "combinationFraction", "fitAmpGradient")}
+LSST_IGNORED = ("doVampirePixels", "vampirePixels*")
+
+
 class Defects(TaskKind):
     name = "defects"
     summary = "Defects of one detector from its bootstrap bias, dark and flats (+ manual defects)."
     dimensions = (frozenset({"detector"}),)
     config_class = _defects.DefectsConfig
     settings_key = "defects"
+    folded_classes = MappingProxyType({
+        "lsst.cp.pipe.MeasureDefectsCombinedTask": "measure",
+        "lsst.cp.pipe.MeasureDefectsCombinedWithFilterTask": "measure",
+        "lsst.cp.pipe.MeasureDefectsTask": "measure",
+        "lsst.cp.pipe.MergeDefectsCombinedTask": "merge",
+        "lsst.cp.pipe.MergeDefectsTask": "merge",
+    })
     options = MappingProxyType({
         "thresholdType": Option(enum(*_defects.THRESHOLD_TYPES), None, UNSET,
                                 doc="sets all three image types; unset: bias VALUE, dark STDEV, flat STDEV"),

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from cpframe.execution.kinds.base import Option, TaskKind, enum
+from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, enum
 from cpframe.science.tasks import FlatMeasureConfig, FlatNormalizeConfig
+
+
+_DET = ("exposure", "detector")
 
 
 class FlatMeasure(TaskKind):
@@ -14,6 +17,11 @@ class FlatMeasure(TaskKind):
     summary = "Clipped background of one flat ISR intermediate (per detector and amp)."
     dimensions = (frozenset({"exposure", "detector"}),)
     config_class = FlatMeasureConfig
+    task_classes = MappingProxyType({
+        "lsst.cp.pipe.CpFlatMeasureTask": ClassMap(
+        "flatMeasure", _DET, (("inputExp", "postISRCCD"),), ("outputStats", "flatStats"),
+        {}, ("maskNameList", "doVignette", "numSigmaClip", "clipMaxIter", "stat")),
+    })
     options = MappingProxyType({"clip": Option(float, "clip"), "nIter": Option(int, "n_iter")})
 
     @classmethod
@@ -34,6 +42,13 @@ class FlatNormalize(TaskKind):
     summary = "Exposure and detector scales of a set of flats (one per physical filter)."
     dimensions = (frozenset({"physical_filter"}),)
     config_class = FlatNormalizeConfig
+    task_classes = MappingProxyType({
+        "lsst.cp.pipe.CpFlatNormalizationTask": ClassMap(
+        "flatNormalize", ("physical_filter",), (("inputMDs", "cpFlatProc"),), ("outputScales", "cpFlatNormScales"),
+        {"level": "level", "scaleMaxIter": "scaleMaxIter"}, ("doDownSelection", "downSelectionField",
+                                                              "downSelectionValue"),
+        extra_connections=("camera", "inputDims")),
+    })
     options = MappingProxyType({
         "level": Option(enum("DETECTOR", "AMP"), None, "DETECTOR", doc="only DETECTOR is implemented"),
         "scaleMaxIter": Option(int, "max_iter"),

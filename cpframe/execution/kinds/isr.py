@@ -9,7 +9,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from cpframe.execution.kinds.base import Option, TaskKind, accepted, enum, output_path
+from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, accepted, enum, output_path
 from cpframe.science import isr as _isr
 
 #: ip_isr switches cpframe accepts in pipeline files but does not implement (run off; a note says so).
@@ -21,6 +21,36 @@ def _field(key: str) -> str:
     return _isr._ALIASES[key]
 
 
+# -- the real ip_isr classes (cpframe.execution.lsst_pipeline reads them) --
+# ip_isr IsrTaskLSSTConfig defaults for the switches cpframe reads (ip_isr d2a69bf).
+_ISR_LSST_DEFAULTS = {
+    "doBootstrap": False, "doAssembleCcd": True, "doBias": True, "doDeferredCharge": True, "doLinearize": True,
+    "doCorrectGains": True, "doApplyGains": True, "useGainsFrom": "PTC", "doVariance": True, "doSaturation": True,
+    "defaultSaturationSource": "PTCTURNOFF", "doSuspect": True, "doCrosstalk": True, "doDefect": True,
+    "doNanMasking": True, "doInterpolate": True, "doBrighterFatter": True, "doDark": True, "doFlat": True,
+    "doStandardStatistics": True, "doCalculateStatistics": True, "crosstalk.doQuadraticCrosstalkCorrection": False,
+}
+_ISR_FIELDS = {k: k for k in (
+    "doBootstrap", "doOverscan", "doAssembleCcd", "doSaturation", "doSuspect", "defaultSaturationSource",
+    "doApplyGains", "useGainsFrom", "doCorrectGains", "doCrosstalk", "doLinearize", "doDeferredCharge", "doBias",
+    "doDark", "doDefect", "doFlat", "doBrighterFatter", "doNanMasking", "doVariance", "doInterpolate",
+    "doStandardStatistics", "doCalculateStatistics")}
+_ISR_FIELDS["crosstalk.doQuadraticCrosstalkCorrection"] = "doQuadraticCrosstalkCorrection"
+_ISR_FIELDS["doQuadraticCrosstalkCorrection"] = "doQuadraticCrosstalkCorrection"
+_ISR_FIELDS["isrStats.doCtiStatistics"] = "doCtiStatistics"  # the EPER statistics cpCti reads
+_ISR_IGNORED = (
+    "bssVoltageMinimum", "doCheckUnprocessableData", "doDiffNonLinearCorrection", "serialOverscanMedianShiftSigmaThreshold",
+    "ampNoiseThreshold", "expectWcs", "doE2VEdgeBleedMask", "doITLSatSagMask", "doITLEdgeBleedMask", "doITLDipMask",
+    "badAmps", "doWidenSaturationTrails", "maskNegativeVariance", "doSaveInterpPixels", "doSetBadRegions",
+    "doAmpOffset", "ampOffset.*", "doBinnedExposures", "binFactor1", "binFactor2", "isrStats.*", "doFringe",
+    "doStrayLight", "doWrite", "growSaturationFootprintSize", "doSaturationInterpolation", "doHeaderProvenance",
+    "doRaiseOnCalibMismatch")
+_ISR_EXTRA = ("bias", "dark", "flat", "defects", "crosstalk", "linearizer", "ptc", "deferredChargeCalib", "bfKernel",
+              "outputBin1Exposure", "outputBin2Exposure", "outputStatistics", "camera", "gainCorrection")
+_ISR = ClassMap("isr", ("exposure", "detector"), (("ccdExposure", "raw"),), ("outputExposure", "postISRCCD"),
+                _ISR_FIELDS, _ISR_IGNORED, _ISR_LSST_DEFAULTS, extra_connections=_ISR_EXTRA)
+
+
 class Isr(TaskKind):
     name = "isr"
     summary = "ISR of one raw exposure x detector -> an ISR intermediate (fits-masked)."
@@ -28,6 +58,10 @@ class Isr(TaskKind):
     config_class = _isr.IsrConfig
     settings_key = "isr"
     reads_raw = True
+    task_classes = MappingProxyType({
+        "lsst.ip.isr.IsrTaskLSST": _ISR,
+        "lsst.ip.isr.IsrTask": _ISR,
+    })
     options = MappingProxyType({
         "doBootstrap": Option(bool, _field("doBootstrap"), doc="no PTC: gain 1, output in adu"),
         "doOverscan": Option(bool, _field("doOverscan")),

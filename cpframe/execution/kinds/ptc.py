@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from cpframe.execution.kinds.base import Option, TaskKind, enum, header_meta, output_path
+from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, enum, header_meta, output_path
 from cpframe.science import ptc as _ptc
 
 
@@ -21,11 +21,25 @@ class _Ptc(TaskKind):
     settings_key = "ptc"
 
 
+_DET = ("exposure", "detector")
+
+
 class PtcExtract(_Ptc):
     name = "ptcExtract"
     summary = "Mean and variance per amp of one pair of flats of equal exposure time."
     dimensions = (frozenset({"exposure", "detector"}),)
     pairs_exposures = True
+    task_classes = MappingProxyType({
+        "lsst.cp.pipe.ptc.PhotonTransferCurveExtractPairTask": ClassMap(
+        "ptcExtract", _DET, (("inputExp", "ptcInputExposurePairs"),), ("outputCovariance", "ptcCovariances"),
+        {"nSigmaClipPtc": "nSigmaClipPtc", "nIterSigmaClipPtc": "nIterSigmaClipPtc",
+         "numEdgeSuspect": "numEdgeSuspect"},
+        ("maximumRangeCovariancesAstier", "edgeMaskLevel", "useEfdPhotodiodeData", "auxiliaryHeaderKeys",
+         "doExtractPhotodiodeData", "efdSalIndex", "matchExposuresType", "doOutputBinnedImages",
+         "doVignetteFunctionRegionSelection", "photodiodeIntegrationMethod", "binSize", "python",
+         "vignetteFunctionPolynomialCoeffs"),
+        extra_connections=("outputCovariances", "inputPhotodiodeData", "outputBinnedImages", "taskMetadata")),
+    })
     options = MappingProxyType({k: Option(t, _field(k)) for k, t in (
         ("nSigmaClipPtc", float), ("nIterSigmaClipPtc", int), ("numEdgeSuspect", int))})
 
@@ -44,6 +58,17 @@ class PtcSolve(_Ptc):
     name = "ptcSolve"
     summary = "Gain, read noise and turnoff per amp from the pair measurements of one detector."
     dimensions = (frozenset({"detector"}),)
+    task_classes = MappingProxyType({
+        "lsst.cp.pipe.ptc.PhotonTransferCurveSolveTask": ClassMap(
+        "ptcSolve", ("detector",), (("inputCovariances", "ptcCovariances"),), ("outputPtcDataset", "ptcDatsetProposal"),
+        {k: k for k in ("ptcFitType", "minMeanSignal", "maxMeanSignal", "maxSignalInitialPtcOutlierFit",
+                        "scaleMaxSignalInitialPtcOutlierFit", "maxIterationsPtcOutliers", "sigmaCutPtcOutliers",
+                        "maxDeltaInitialPtcOutlierFit")},
+        ("maximumRangeCovariancesAstier", "maximumRangeCovariancesAstierFullCovFit", "doModelPtcRolloff",
+         "extendRollofSearchMaskSizeAdu", "maxPtcRolloffDeviation", "binSize"),
+        defaults={"ptcFitType": "EXPAPPROXIMATION"}, extra_connections=("camera",)),
+    })
+    folded_classes = MappingProxyType({"lsst.cp.pipe.ptc.PhotonTransferCurveAdjustGainRatiosTask": "adjust"})
     options = MappingProxyType({
         "ptcFitType": Option(enum("EXPAPPROXIMATION"), _field("ptcFitType")),
         **{k: Option(t, _field(k)) for k, t in (

@@ -5,10 +5,24 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from cpframe.execution.kinds.base import Option, TaskKind, calib_path, detector_of, enum, output_path
+from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, calib_path, detector_of, enum, output_path
 from cpframe.verify.config import VerifyConfig
 
 STAGES = ("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE", "LINEARITY", "CROSSTALK", "CTI")
+
+
+# -- the real cp_verify classes (cpframe.execution.lsst_pipeline reads them) --
+_VERIFY_IGNORED = ("doVignette", "useReadNoise", "useIsrStatistics", "hasMatrixCatalog", "hasInputResults",
+                   "catalogStatKeywords", "mergeDimension", "stageName")
+
+
+def _verify(kind: str, stage: str | None, dims: tuple[str, ...], inputs, output, optional=()) -> ClassMap:
+    return ClassMap(kind, dims, inputs, output, {}, _VERIFY_IGNORED, fixed={"stage": stage} if stage else {},
+                    extra_connections=("outputResults", "outputMatrix", "inputResults", "inputMatrix", "camera"),
+                    optional_inputs=optional)
+
+
+_DET = ("exposure", "detector")
 
 
 class VerifyStats(TaskKind):
@@ -18,6 +32,19 @@ class VerifyStats(TaskKind):
     config_class = VerifyConfig
     settings_key = "verify"
     registers_all_outputs = True
+    task_classes = MappingProxyType({
+        "lsst.cp.verify.CpVerifyBiasTask": _verify("verifyStats", "BIAS", _DET, (("inputExp", "postISRCCD"),),
+                                               ("outputStats", "verifyBiasDetStats")),
+        "lsst.cp.verify.CpVerifyDarkTask": _verify("verifyStats", "DARK", _DET, (("inputExp", "postISRCCD"),),
+                                               ("outputStats", "verifyDarkDetStats")),
+        "lsst.cp.verify.CpVerifyFlatTask": _verify("verifyStats", "FLAT", _DET, (("inputExp", "postISRCCD"),),
+                                               ("outputStats", "verifyFlatDetStats")),
+        "lsst.cp.verify.CpVerifyDefectsTask": _verify(
+        "verifyStats", "DEFECTS", _DET, (("inputExp", "postISRCCD"), ("uncorrectedExp", "uncorrectedExp")),
+        ("outputStats", "verifyDefectsDetStats"), optional=("uncorrectedExp",)),
+        "lsst.cp.verify.CpVerifyPtcTask": _verify("verifyStats", "PTC", ("detector",), (("inputCalib", "ptc"),),
+                                              ("outputStats", "verifyPtcDetStats")),
+    })
     options = MappingProxyType({
         "stage": Option(enum(*STAGES), required=True),
         "settings": Option("mapping", None, MappingProxyType({}),
@@ -60,6 +87,22 @@ class VerifyMerge(TaskKind):
     dimensions = (frozenset({"exposure"}), frozenset())
     settings_key = "stage"
     registers_all_outputs = True
+    task_classes = MappingProxyType({
+        "lsst.cp.verify.CpVerifyExpMergeTask": _verify("verifyMerge", None, ("exposure",), (("inputStats", "detStats"),),
+                                                   ("outputStats", "expStats")),
+        "lsst.cp.verify.CpVerifyFlatExpMergeTask": _verify("verifyMerge", None, ("exposure",),
+                                                       (("inputStats", "detStats"),), ("outputStats", "expStats")),
+        "lsst.cp.verify.CpVerifyVisitExpMergeTask": _verify("verifyMerge", None, ("exposure",),
+                                                        (("inputStats", "detStats"),), ("outputStats", "expStats")),
+        "lsst.cp.verify.CpVerifyRunMergeTask": _verify("verifyMerge", None, (), (("inputStats", "expStats"),),
+                                                   ("outputResults", "runResults")),
+        "lsst.cp.verify.CpVerifyRunMergeByFilterTask": _verify("verifyMerge", None, (), (("inputStats", "expStats"),),
+                                                           ("outputResults", "runResults")),
+        "lsst.cp.verify.CpVerifyVisitRunMergeTask": _verify("verifyMerge", None, (), (("inputStats", "expStats"),),
+                                                        ("outputResults", "runResults")),
+        "lsst.cp.verify.CpVerifyCalibMergeTask": _verify("verifyMerge", None, (), (("inputStats", "detStats"),),
+                                                     ("outputResults", "runResults")),
+    })
     options = MappingProxyType({"stage": Option(enum(*STAGES), required=True)})
 
     @classmethod

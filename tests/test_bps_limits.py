@@ -1,0 +1,102 @@
+"""BPS job limits enforced on Dask (issue 12): requestWalltime, retryUnlessExit/numberOfRetries,
+memoryMultiplier/requestMemoryMax with a real out-of-memory failure, and ``cluster.<label>`` grouping.
+
+Everything runs for real: quanta of a limited task run in a child process
+(:mod:`cpframe.execution.isolate`) with a real ``RLIMIT_DATA`` and a real stop at the walltime;
+the bias template runs on a real LocalCluster and a real SQLite repository.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+
+from cpframe.core.errors import ExecutionError
+from cpframe.execution.isolate import (
+    EXIT_WALLTIME, QuantumExitError, QuantumLimits, QuantumOutOfMemory, WalltimeExceeded, call_limited,
+    call_with_retries,
+)
+from cpframe.execution.submit import submit_template
+from cpframe.execution.templates import default_templates_dir
+
+from tests._run_helpers import TICKET, TRUTH_COLLECTION, INSTRUMENT, certify_truth_calibs, make_repo, variables
+
+
+def test_walltime_stops_a_quantum_that_runs_past_it():
+    t0 = time.monotonic()
+    with pytest.raises(WalltimeExceeded, match=r"q1: stopped after \d+ s, past its requestWalltime of 2 s "
+                                               r"\(exit code 124\); not retried") as info:
+        call_with_retries("time:sleep", (60,), QuantumLimits(walltime_s=2, retries=3), label="q1")
+    assert time.monotonic() - t0 < 30  # stopped, not waited for (the sleep is 60 s)
+    assert info.value.quantum_exit_code == EXIT_WALLTIME and info.value.attempts == 1
+
+
+def _fail_and_count(path: str, code: int) -> None:
+    with open(path, "a") as fh:
+        fh.write("x")
+    raise SystemExit(code)
+
+
+def test_retry_unless_exit_is_honoured(tmp_path):
+    target = "tests.test_bps_limits:_fail_and_count"
+    listed, other = tmp_path / "listed", tmp_path / "other"
+    lim = QuantumLimits(retries=2, retry_unless_exit=(3, 20))
+    with pytest.raises(QuantumExitError, match=r"exit code 3 after 1 attempt\(s\) \(exit code 3 is in "
+                                               r"retryUnlessExit \[3, 20\]: not retried\)"):
+        call_with_retries(target, (str(listed), 3), lim)
+    with pytest.raises(QuantumExitError, match=r"exit code 4 after 3 attempt\(s\) \(numberOfRetries 2 used up\)"):
+        call_with_retries(target, (str(other), 4), lim)
+    assert listed.read_text() == "x" and other.read_text() == "xxx"  # each attempt is a real process
+
+
+def test_memory_limit_is_real():
+    lim = QuantumLimits(memory_bytes=64 * 2**20)
+    with pytest.raises(QuantumOutOfMemory, match="out of memory .limit 64 MiB"):
+        call_limited("numpy:ones", (256 * 2**20 // 8,), lim)  # 256 MiB > 64 MiB
+    assert call_limited("numpy:ones", (16 * 2**20 // 8,), lim).nbytes == 16 * 2**20
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, mini_dataset):
+    root = tmp_path_factory.mktemp("bpslimits")
+    r = make_repo(root / "repo", mini_dataset)
+    certify_truth_calibs(r, mini_dataset.truth, mini_dataset.detectors, root / "calibs")
+    r.registry.set_chain(f"{INSTRUMENT}/calib/{TICKET}", [TRUTH_COLLECTION], mode="redefine")
+    yield r
+    r.close()
+
+
+def _template(tmp_path, extra: str, as_name: str = "bps_bias.yaml"):
+    t = tmp_path / as_name
+    shutil.copy(default_templates_dir() / "bps_bias.yaml", t)
+    with open(t, "a") as fh:
+        fh.write("\n" + extra)
+    return t
+
+
+def _env(repo, tmp_path, mini_dataset, rerun):
+    return variables(repo.root, tmp_path / "scratch", mini_dataset, CALIB_COLLECTIONS="", RERUN=rerun)
+
+
+def test_out_of_memory_is_retried_with_more_memory_and_succeeds(tmp_path, repo, mini_dataset, local_dask):
+    """16 MiB is too little for a combine (a real MemoryError under RLIMIT_DATA); 16 * 16 = 256 MiB is enough."""
+    t = _template(tmp_path, "pipetask:\n  cpBiasCombine:\n    requestMemory: 16\n    memoryMultiplier: 16\n"
+                            "    requestMemoryMax: 512\n    numberOfRetries: 2\n")
+    res = submit_template(t, environ=_env(repo, tmp_path, mini_dataset, "20241111a"), client=local_dask.client)
+    combine = [k for k in res.plan.quanta if k.startswith("cpBiasCombine")]
+    assert combine and res.execution.retried == {k: 1 for k in combine}  # each ran out once, then had 256 MiB
+    assert res.counts == {"bias": len(mini_dataset.detectors)} and res.execution.ok
+    # without room to grow (requestMemoryMax = requestMemory) the same quantum fails, reported as out of memory
+    t = _template(tmp_path, "pipetask:\n  cpBiasCombine:\n    requestMemory: 16\n    memoryMultiplier: 16\n"
+                            "    requestMemoryMax: 16\n    numberOfRetries: 2\n", as_name="bps_bias_capped.yaml")
+    with pytest.raises(ExecutionError, match="out of memory .limit 16 MiB"):
+        submit_template(t, environ=_env(repo, tmp_path, mini_dataset, "20241111b"), client=local_dask.client)
+
+
+def test_request_walltime_stops_the_quanta_and_reports_them(tmp_path, repo, mini_dataset, local_dask):
+    """A 1 s walltime: each combine (the whole job, process start included, as on Slurm) is stopped."""
+    t = _template(tmp_path, "pipetask:\n  cpBiasCombine:\n    requestWalltime: 1\n    numberOfRetries: 3\n")
+    with pytest.raises(ExecutionError, match=r"2 quantum/quanta stopped at their requestWalltime: cpBiasCombine-"):
+        submit_template(t, environ=_env(repo, tmp_path, mini_dataset, "20241111c"), client=local_dask.client)
