@@ -7,8 +7,9 @@
    term removed and scaled by the flux: ``X_ij = −(C_ij g² − μ_e δ_ij) / μ_e²`` (≈ −a_ij).
    Pairs where the lag-0 term is not negative are dropped (as cp_pipe does), then the
    quarter is mirrored into the full (2L−1)² plane.
-2. The pre-kernel is the 5σ-clipped mean over pairs (``useAmatrix: true`` takes −a from
-   the PTC fit instead), padded by one zero on each side ((2L+1)², cp_pipe's shape);
+2. The pre-kernel is −a from the PTC's full covariance fit (``useAmatrix``, cpframe's
+   default) or, with ``useAmatrix: false`` (cp_pipe's default) or no a matrix, the
+   5σ-clipped mean of the pairs' X over pairs; padded by one zero on each side ((2L+1)², cp_pipe's shape);
    ``forceZeroSum`` moves the sum into the centre.
 3. The kernel K solves the discrete Poisson equation ∇²K = pre-kernel with K = 0 one
    pixel outside the array (cp_pipe solves the same equation by successive over-relaxation;
@@ -45,7 +46,7 @@ from cpframe.core.errors import ConfigError, UserInputError
 from cpframe.science.imageio import MASK_BITS, FileFormatError, read_ptc
 
 __all__ = ["BfkConfig", "BfkCalib", "solve_bfk", "kernel_from_correlations", "tile_quarter",
-           "brighter_fatter_correction", "write_bfk", "read_bfk", "bfk_solve_task", "cp_bfk"]
+           "brighter_fatter_correction", "apply_brighter_fatter", "write_bfk", "read_bfk", "bfk_solve_task"]
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,12 @@ class BfkConfig:
     """Pairs whose |Σ X| / Σ |X| exceeds this are dropped."""
     force_zero_sum: bool = True
     """Move the pre-kernel's sum into its centre (Broughton et al. 2024)."""
-    use_amatrix: bool = False
-    """Use −a of the PTC's full covariance fit instead of the mean measured correlations."""
+    use_amatrix: bool = True
+    """Use −a of the PTC's full covariance fit instead of the mean measured correlations.
+    cp_pipe's default is false; cpframe's is true (docs/algorithms.md "Brighter-fatter kernel":
+    the mean of the flux-scaled correlations is dominated by the noisiest pairs and carries the
+    second-order terms; on mini-scale amps it gives no valid kernel).  Without an a matrix
+    (an EXPAPPROXIMATION PTC) the mean correlations are used."""
     do_check_validity: bool = True
     n_sigma_tol_for_valid_edge: float = 5.0
     fraction_k00_for_kernel_max: float = 0.025
@@ -438,19 +443,3 @@ def bfk_solve_task(ptc_path: str | os.PathLike, output_path: str | os.PathLike,
                    meta: Mapping[str, Any] | None = None) -> BfkCalib:
     """cpBfkSolve for one detector -> bfk json."""
     return solve_bfk(ptc_path, output_path, config, meta=meta)
-
-
-def cp_bfk(raw_paths, output_path: str | os.PathLike, *, calibs: Mapping[str, Any] | None = None,
-           work_dir: str | os.PathLike | None = None, isr_config: Any = None,
-           ptc_config: Mapping[str, Any] | None = None, config: BfkConfig | Mapping[str, Any] | None = None,
-           workers: int = 1) -> BfkCalib:
-    """cpBfk for one detector: bootstrap ISR of flat pairs, a FULLCOVARIANCE PTC of its own
-    (``bfkPtc``, written beside the output), then the kernel solve -> bfk json."""
-    from cpframe.science.tasks import cp_ptc
-
-    pcfg = {"ptcFitType": "FULLCOVARIANCE", **dict(ptc_config or {})}
-    out = Path(output_path)
-    ptc_path = out.with_name(out.stem + "_bfkPtc.fits")
-    cp_ptc(raw_paths, ptc_path, calibs=calibs, work_dir=work_dir, isr_config=isr_config, config=pcfg,
-           workers=workers)
-    return bfk_solve_task(ptc_path, output_path, config)

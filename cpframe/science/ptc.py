@@ -79,6 +79,11 @@ class PtcConfig:
     """Lags [0, r)² the full covariance model is fitted to (r ≤ L)."""
     min_number_good_pixels_for_covariance: int = 10000
     """A pair with fewer usable pixels in an amp gives no covariances for that amp."""
+    measure_covariances: bool = False
+    """Measure the covariances in extraction even without a FULLCOVARIANCE fit type.  cp_pipe
+    always measures them; cpframe only when they are used (they cost FFTs per amp and pair):
+    set by :meth:`from_dict` whenever ``maximumRangeCovariancesAstier`` is given (as the
+    extraction step of cp_pipe's cpBfk and LSST cpPtc pipelines does)."""
 
     def __post_init__(self):
         if self.ptc_fit_type not in FIT_TYPES:
@@ -221,7 +226,7 @@ def extract_pair(im1: MaskedImage, im2: MaskedImage, config: PtcConfig,
             _, std, npix = clipped_stats(diff, n, config.n_iter_sigma_clip_ptc)
             var = 0.5 * std * std * k
             rec.update(mean=mu, var=var, n_pixels=npix)
-            if config.full_covariance:
+            if config.full_covariance or config.measure_covariances:
                 _measure_covariances(rec, a, b, good, mu1, mu2, n, config)
             # pair gain (FULL correction, read noise in adu from the overscan)
             s = a[good] + b[good]
