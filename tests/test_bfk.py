@@ -219,6 +219,14 @@ def test_kernel_matches_the_truth_kernel(bf_flats, bfk):
     assert again.valid == calib.valid and again.gain == pytest.approx(calib.gain)
 
 
+def test_report_figure_of_the_kernel(bfk, tmp_path):
+    from cpframe.report.caltypes import CALTYPE_PRODUCTS, render_bfk_png
+
+    out = render_bfk_png(bfk[0].path, tmp_path / "bfk.png", "R22_S11")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    assert CALTYPE_PRODUCTS["bfk"][0] is render_bfk_png
+
+
 def test_bf_corrected_flats_have_a_linear_ptc(bf_flats, bfk, tmp_path):
     """The verification stage BFK: the PTC of the flats corrected with the kernel is linear to < 1 %
     up to 50 000 e- (the uncorrected one is not: ~3 %)."""
@@ -233,8 +241,9 @@ def test_bf_corrected_flats_have_a_linear_ptc(bf_flats, bfk, tmp_path):
     cp_ptc(paths, tmp_path / "ptc_corr.fits", calibs={"bfk": calib.path}, isr_config=cfg, workers=2,
            config={"numEdgeSuspect": EDGE})
     det = load_camera("LSSTComCam", "mini").detector(DET.id)
-    good = verify_calib("BFK", tmp_path / "ptc_corr.fits", det, VerifyConfig())
+    good = verify_calib("BFK", tmp_path / "ptc_corr.fits", det, VerifyConfig(), uncorrected=uncorrected)
     bad = verify_calib("BFK", uncorrected, det, VerifyConfig())
+    assert good["DET"]["UNCORRECTED_NONLINEARITY"] == bad["DET"]["NONLINEARITY"]
     assert good["DET"]["NONLINEARITY"] < 0.01 and good["VERIFY"]["DET"]["VARIANCE_LINEAR"], good["DET"]
     assert bad["DET"]["NONLINEARITY"] > 0.02 and not bad["VERIFY"]["DET"]["VARIANCE_LINEAR"], bad["DET"]
     assert bad["DET"]["CURVATURE"] < -0.08 and abs(good["DET"]["CURVATURE"]) < 0.02

@@ -51,10 +51,13 @@ BUILT = {
 
 
 #: Templates whose types cpframe builds with its own pipelines only (issue 13: pipelines/cpLinearizer.yaml,
-#: cpCrosstalk.yaml, cpCti.yaml, verifyLinearizer.yaml carry the real templates' task labels).  With the stack
+#: cpCrosstalk.yaml, cpCti.yaml, verifyLinearizer.yaml, cpBfk.yaml, verifyBfk.yaml carry the real templates'
+#: task labels).  With the stack
 #: unset the real template reads cpframe's pipeline and plans; with it set, the LSST ingredient files use
-#: classes cpframe does not map yet (double-spline/normalisation, crosstalk filter, CTI solve) and are refused.
-OWN_PIPELINE_ONLY = {"bps_linearizer", "bps_crosstalk", "bps_cti", "bps_verify_linearizer"}
+#: classes cpframe does not map yet (double-spline/normalisation, crosstalk filter, CTI solve, BFK solve,
+#: cp_verify's source-size BFK check) and are refused.
+OWN_PIPELINE_ONLY = {"bps_linearizer", "bps_crosstalk", "bps_cti", "bps_verify_linearizer", "bps_bfk",
+                     "bps_verify_bfk"}
 
 
 def _env(stack: bool) -> dict[str, str]:

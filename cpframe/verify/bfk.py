@@ -7,7 +7,8 @@ than its mean (the PTC bends down, Astier+19); a good kernel makes it straight a
 Per amp, in electrons (the PTC's gain), over the pairs the PTC kept with mean
 μ ≤ ``bfk_max_mean_e``: ``A00`` (the corrected curve's EXPAPPROXIMATION a00, 1/e-) and
 ``CURVATURE`` = c2·μ_max/c1 of a weighted quadratic fit var = c0 + c1 μ + c2 μ².
-Per detector, the same on the mean over amps of (μ, var) per pair, plus
+Per detector, the same on the mean over amps of (μ, var) per pair (and, when the pipeline
+gives the PTC of the same flats without the kernel, its ``UNCORRECTED_*`` values), plus
 ``NONLINEARITY``: the largest |q(μ) / l(μ) − 1| over μ ∈ [0.1, 1] × μ_max, where q is
 that quadratic fit and l the weighted straight line closest to it.
 
@@ -59,8 +60,19 @@ def variance_nonlinearity(mu: np.ndarray, var: np.ndarray) -> tuple[float, float
     return float(np.max(np.abs(q / np.polyval(line, x) - 1.0))), curvature
 
 
-def measure_bfk(path: str | Path, detector: Detector, config: VerifyConfig, nominal=None) -> dict:
-    """Statistics of the BFK stage (module docstring)."""
+def measure_bfk(path: str | Path, detector: Detector, config: VerifyConfig, nominal=None,
+                uncorrected: str | Path | None = None) -> dict:
+    """Statistics of the BFK stage (module docstring); with ``uncorrected`` (the PTC of the same
+    flats without the kernel) the detector's ``UNCORRECTED_NONLINEARITY``/``_CURVATURE`` too."""
+    stats = _measure(path, detector, config)
+    if uncorrected is not None:
+        other = _measure(uncorrected, detector, config)["DET"]
+        stats["DET"]["UNCORRECTED_NONLINEARITY"] = other["NONLINEARITY"]
+        stats["DET"]["UNCORRECTED_CURVATURE"] = other["CURVATURE"]
+    return stats
+
+
+def _measure(path: str | Path, detector: Detector, config: VerifyConfig) -> dict:
     from cpframe.science.imageio import read_ptc
 
     p = Path(path)
