@@ -90,11 +90,22 @@ def symmetrize(quarter: np.ndarray) -> np.ndarray:
     return full
 
 
+def convolve_full(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Full 2-d convolution of two small arrays (by FFT; scipy.signal's import costs seconds)."""
+    shape = (x.shape[0] + y.shape[0] - 1, x.shape[1] + y.shape[1] - 1)
+    return np.fft.irfft2(np.fft.rfft2(x, shape) * np.fft.rfft2(y, shape), shape)
+
+
+def _convolve_same(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``mode="same"`` of :func:`convolve_full` (centred on ``x``)."""
+    z = convolve_full(x, y)
+    oy, ox = (y.shape[0] - 1) // 2, (y.shape[1] - 1) // 2
+    return z[oy:oy + x.shape[0], ox:ox + x.shape[1]]
+
+
 def _conv_quarter(x: np.ndarray, y: np.ndarray, r: int) -> np.ndarray:
     """(x ⊗ y) on lags [0, r)² for full symmetric matrices x, y centred at their middle."""
-    from scipy.signal import convolve
-
-    z = convolve(x, y, mode="full")
+    z = convolve_full(x, y)
     c = z.shape[0] // 2
     return z[c:c + r, c:c + r]
 
@@ -108,9 +119,7 @@ def cov_model(mu: np.ndarray, a: np.ndarray, c: np.ndarray, noise: np.ndarray, g
     asym = symmetrize(pad)
     pad[:r, :r] = c
     csym = symmetrize(pad)
-    from scipy.signal import convolve
-
-    aa_full = convolve(asym, asym, mode="same")
+    aa_full = _convolve_same(asym, asym)
     a2 = _conv_quarter(asym, asym, r)
     a3 = _conv_quarter(aa_full, asym, r)
     ac = _conv_quarter(asym, csym, r)
@@ -193,8 +202,6 @@ def _shift_sums(full: np.ndarray, r: int) -> np.ndarray:
 def _jacobian(mu: np.ndarray, a: np.ndarray, c: np.ndarray, noise: np.ndarray, g: float,
               with_b: bool) -> np.ndarray:
     """d cov_model / d params, shape (n, r, r, n_params); analytic except the gain (central difference)."""
-    from scipy.signal import convolve
-
     r = a.shape[0]
     n = len(mu)
     pad = np.zeros((2 * r, 2 * r))
@@ -202,7 +209,7 @@ def _jacobian(mu: np.ndarray, a: np.ndarray, c: np.ndarray, noise: np.ndarray, g
     asym = symmetrize(pad)
     pad[:r, :r] = c
     csym = symmetrize(pad)
-    aa = convolve(asym, asym, mode="same")
+    aa = _convolve_same(asym, asym)
     da = _shift_sums(asym, r)       # ∂(a⊗a)/∂a_kl = 2 da; ∂(a⊗c)/∂c_kl = da
     daa = _shift_sums(aa, r)        # ∂(a⊗a⊗a)/∂a_kl = 3 daa
     dc = _shift_sums(csym, r)       # ∂(a⊗c)/∂a_kl = dc
