@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from cpframe.campaign import lifecycle as L
 from cpframe.campaign.distribute import archive_set, read_manifest
 from cpframe.cli import main
+from cpframe.core.errors import UnknownCollectionError
 from cpframe.core.model import CollectionType
 from tests.fixtures.ssh import sshd_server  # noqa: F401 - fixture
 from tests.test_lifecycle import P, RAW, _exposure, build_set
@@ -208,7 +209,7 @@ def test_fsspec_site_fails_mid_transfer_resumes_and_is_recorded_from_its_receipt
     assert rows[-1].state == "transferred" and (rows[-1].detail["sent"], rows[-1].detail["already_there"]) == (
         len(objects) - 1, 1)
     assert L.set_status(source, P).state == "deployed"
-    with pytest.raises(Exception):
+    with pytest.raises(UnknownCollectionError):
         site.registry.get_chain("LSSTComCam/calib")
     # the site imports from its inbox URL (every checksum checked) and leaves its receipt there
     res = _cli(["rebuild-calib-chain", str(site.root), "--from-archive", f"{url}/.cpframe-inbox", "--raw-collection", RAW])

@@ -613,9 +613,9 @@ def distribute(repo: Any, set_name: str, sites_file: str | os.PathLike, *, who: 
                 # nothing of cpframe runs there: the site imports from its inbox and leaves a receipt
                 out = _read_receipt(site, m)
                 if out is None:
-                    result.sites[site.name] = ("waiting", f"archive in {site.url.rstrip('/')}/{INBOX}; import it there "
-                                               f"(`{_site_import_command(site, raw)}`), then run this command "
-                                               "again to record it")
+                    text = (f"archive in {site.url.rstrip('/')}/{INBOX}; import it there "
+                            f"(`{_site_import_command(site, raw)}`), then run this command again to record it")
+                    result.sites[site.name] = ("waiting", text)
                     continue
             elif site.kind == "ssh":
                 argv = ["rebuild-calib-chain", site.path, "--from-archive", f"{site.path.rstrip('/')}/{INBOX}",
