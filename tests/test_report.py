@@ -350,3 +350,26 @@ def test_submit_summary_says_pass_or_fail_for_verification_runs(report_repo):
     assert _verification_verdict(report_repo, flat) == (
         f"verification: FAIL (verifyFlatSummary): 1 failing test(s): {eid} R22_S22 SCATTER")
     assert _verification_verdict(report_repo, []) == ""  # not a verification run: no line
+
+
+def test_report_pages_come_from_templates_not_python_strings():
+    """Issue 16: every page of the report is a Jinja2 template (autoescaped, one place to read the
+    markup); no HTML is assembled in Python strings of cpframe/report (docstrings aside)."""
+    import ast
+    from pathlib import Path
+
+    import cpframe.report
+
+    tag = re.compile(r"<(html|head|body|main|nav|div|p|table|thead|tbody|tr|td|th|h\d|a|span|ul|li|dl|dt|dd|figure|"
+                     r"details|summary|img|code|pre|iframe)[\s>]")
+    found = []
+    for path in sorted(Path(cpframe.report.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        docs = {id(n.body[0].value) for n in ast.walk(tree)
+                if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
+                and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        found += [f"{path.name}:{n.lineno}: {n.value[:60]!r}" for n in ast.walk(tree)
+                  if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs and tag.search(n.value)]
+    assert not found, found
+    templates = {p.name for p in (Path(cpframe.report.__file__).parent / "templates").glob("*.html")}
+    assert {"detectors.html", "exposures.html", "provenance.html", "manifest.html", "navigation.html"} <= templates
