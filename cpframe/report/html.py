@@ -48,7 +48,7 @@ from cpframe.verify.core import get_stage
 from cpframe.verify.results import atomic_write_text, read_results, read_stats
 from cpframe.verify.stats import header_value
 
-__all__ = ["NO_DATASETS_MESSAGE", "REPORT_STAGES", "ReportResult", "ReportStage", "overall_verdict", "product_units", "verify_command",
+__all__ = ["COLUMN_UNITS", "NO_DATASETS_MESSAGE", "REPORT_STAGES", "ReportResult", "ReportStage", "overall_verdict", "product_units", "verify_command",
            "write_report"]
 
 #: Message when the collections hold nothing to report on (tests check it).
@@ -153,6 +153,29 @@ def overall_verdict(verdicts: Mapping[str, bool | None]) -> str:
     if not verdicts or any(v is None for v in verdicts.values()):
         return "INCOMPLETE"
     return "PASS"
+
+
+_E = "e-"
+_IMAGE_UNITS = {"MEAN": _E, "MEDIAN": _E, "MEANCLIP": _E, "NOISE": _E, "EXPECTED_NOISE": _E, "READ_NOISE": _E,
+                "NMASKED": "pixels"}
+#: Unit of each Results column (name without the stage prefix) per stage, shown under the column
+#: name; a column not listed is a count, a flag, a name or a date.  Image stages measure the
+#: verification ISR's residual images, in electrons.
+COLUMN_UNITS: dict[str, dict[str, str]] = {
+    "BIAS": {**_IMAGE_UNITS, "READ_NOISE_OVERSCAN": _E, "OVERSCAN_NOISE_VAR": "e-²", "CALIB_NOISE": _E,
+             "CR_NOISE": _E, "READ_NOISE_ADU": "adu", "AMP_CORNER": _E, "GAIN": "e-/adu"},
+    "FLAT": {**_IMAGE_UNITS, "SAT_FRACTION": "fraction", "DET_MEAN": _E, "DET_SCATTER": "fraction",
+             "EXP_MEAN": _E, "EXP_SCATTER": "fraction"},
+    "PTC": {"PTC_GAIN": "e-/adu", "PTC_GAIN_ERR": "e-/adu", "AMP_GAIN": "e-/adu", "PTC_NOISE": _E,
+            "PTC_NOISE_ERR": _E, "AMP_NOISE": _E, "OVERSCAN_NOISE": _E, "PTC_TURNOFF": "adu",
+            "PTC_TURNOFF_E": _E, "PTC_BFE_A00": "1/e-",
+            "NOISE_SIGNAL_INDEPENDENCE": "adu"},  # the spread of the per-pair overscan noises (adu)
+    "LINEARITY": {"LINEARITY_TURNOFF": "adu", "MAX_CORRECTION_PCT": "%", "MAX_FIT_RESIDUAL": "fraction",
+                  "FIT_RESIDUAL_SIGMA_MAD": "fraction"},
+    "CROSSTALK": {"MAX_RESIDUAL": "adu/adu", "MAX_GHOST_E": _E},
+    "CTI": {"GLOBAL_CTI": "per transfer", "TRAP_SIZE": _E, "TRAP_EMISSION_TIME": "transfers"},
+}
+COLUMN_UNITS["DARK"] = {**COLUMN_UNITS["BIAS"]}
 
 
 def product_units(product: str | None, isr_units: str) -> str:
@@ -407,7 +430,11 @@ class _Report:
         rel = f"src/{st.key}/{res.ref.dataset_type}_{res.ref.id[:8]}.html"
         cols = [c for c in table.colnames if len(table[c].shape) <= 1]
         prefix = f"{st.stage}_"
-        columns = [{"full": c, "short": c[len(prefix):] if c.startswith(prefix) else c} for c in cols]
+        units = COLUMN_UNITS.get(st.stage, {})
+        columns = []
+        for c in cols:
+            short = c[len(prefix):] if c.startswith(prefix) else c
+            columns.append({"full": c, "short": short, "unit": units.get(short, "") if c.startswith(prefix) else ""})
         rows = []
         for row in table:
             cells, fail = [], False
@@ -425,11 +452,9 @@ class _Report:
                 cells.append({"text": text, "cls": cls})
             rows.append({"cells": cells, "fail": fail})
         rows.sort(key=lambda r: not r["fail"])
-        units = "dimensionless (flat-fielded) and electrons" if st.product == "flat" else (
-            "electrons" if st.product in ("bias", "dark") else "the units each column names")
         doc = _templates().get_template("results.html").render(
             title=res.ref.dataset_type, n_rows=len(rows), n_failing=sum(r["fail"] for r in rows), run=res.ref.run,
-            prefix=prefix, units=units, columns=columns, rows=rows)
+            prefix=prefix, columns=columns, rows=rows)
         atomic_write_text(self.out / rel, doc)
         return rel
 
