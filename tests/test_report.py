@@ -375,44 +375,6 @@ def test_report_renders_in_headless_chromium(report, chromium, tmp_path):
     assert r.returncode == 0 and shot.stat().st_size > 20000
 
 
-@pytest.mark.browser
-def test_report_reads_as_a_reviewer_needs_it(report, chromium, tmp_path):
-    """Issue 16, looked at as a reviewer would at a laptop's width: nothing scrolls the page
-    sideways (index and the per-amp Results page), failures come first and each links to a
-    page and anchor that exist, every test shows its condition, the flat's colour bar is
-    dimensionless; screenshots are kept for a person to look at."""
-    out = report.output_dir
-    results = next((out / "src" / "flat").glob("verifyFlatResults_*.html"))
-    for page in (out / "index.html", results):
-        dom = subprocess.run(_chromium_args(chromium, tmp_path / page.stem) + ["--window-size=1280,900", "--dump-dom",
-                                                                              page.as_uri()],
-                             capture_output=True, text=True, timeout=120)
-        assert dom.returncode == 0, dom.stderr[-2000:]
-        body = re.search(r"<body[^>]*>", dom.stdout).group(0)
-        assert 'data-fits-width="1"' in body, (page.name, body)
-        shot = tmp_path / f"{page.stem}.png"
-        subprocess.run(_chromium_args(chromium, tmp_path / (page.stem + "s")) + [
-            f"--screenshot={shot}", "--window-size=1280,1600", page.as_uri()], capture_output=True, timeout=120)
-        assert shot.stat().st_size > 10000
-    index = (out / "index.html").read_text()
-    # failing items first: the first verdict row and the first test row are the failing flat
-    assert re.search(r'id="verdicts">.*?<tbody>\s*<tr class="fail"><td><a href="#flat">', index, re.S)
-    assert re.search(r'id="summary-table">.*?<tbody>\s*<tr class="fail">', index, re.S)
-    assert index.index('<h2 id="flat">') < index.index('<h2 id="bias">')
-    # every failure links to a page and an anchor that exist
-    links = re.findall(r'<ul class="failures">(.*?)</ul>', index, re.S)
-    hrefs = re.findall(r'<a href="([^"#]+)#([^"]+)">', "".join(links))
-    assert hrefs
-    for page, anchor in hrefs:
-        assert f'id="{anchor}"' in (out / page).read_text(), (page, anchor)
-    # conditions and cpframe's differences next to the results
-    assert "|NOISE/E - 1| &lt;= 10 %" in index and "two-sided" in index
-    # the per-amp results page: failing rows first, short column names
-    rtext = results.read_text()
-    assert rtext.index('<tr class="fail">') < rtext.index("<tr><td")
-    assert '<th title="FLAT_VERIFY_NOISE">VERIFY_<wbr>NOISE</th>' in rtext
-
-
 def test_run_level_results_of_several_verify_collections_are_all_used(report_repo, mini_comcam, tmp_path):
     # a second flat band: its own verify collection with its own (instrument-only) Results and Summary
     run = f"{P}/verifyFlat-g.20241127a"
@@ -522,6 +484,8 @@ def test_report_of_every_built_type_as_a_reviewer_sees_it(report_repo, campaign_
             assert total >= 12 and f'data-images-ok="{total}"' in body, body
             assert float(re.search(r'data-mosaic-share="([\d.]+)"', body).group(1)) >= 0.45, body
             assert 'data-stacked-figures="0"' in body, body
+        if page.name != "index.html" and "Bias" not in page.name:
+            continue  # screenshots of the index and of the widest per-amp table (28 columns)
         shot = tmp_path / f"{page.stem}.png"
         subprocess.run(_chromium_args(chromium, tmp_path / (page.stem + "-shot")) + [
             f"--screenshot={shot}", "--window-size=1280,2400", page.as_uri()], capture_output=True, timeout=120)
@@ -555,6 +519,13 @@ def test_report_of_every_built_type_as_a_reviewer_sees_it(report_repo, campaign_
         floats = [c[len(stage) + 1:] for c in table.colnames if c.startswith(stage + "_") and "_VERIFY_" not in c
                   and table[c].dtype.kind == "f" and len(table[c].shape) == 1]
         assert floats and not [c for c in floats if c not in COLUMN_UNITS[stage]], (stage, floats)
+    # conditions and cpframe's differences next to the results; flat's per-amp page: failing rows
+    # first, short column names
+    assert "|NOISE/E - 1| &lt;= 10 %" in index and "two-sided" in index
+    assert index.index('<h2 id="flat">') < index.index('<h2 id="bias">')
+    rtext = next(p for p in results if "Flat" in p.name).read_text()
+    assert rtext.index('<tr class="fail">') < rtext.index("<tr><td")
+    assert '<th title="FLAT_VERIFY_NOISE">VERIFY_<wbr>NOISE</th>' in rtext
     lin = next(p for p in results if "Linearity" in p.name).read_text()
     assert '<span class="unit">adu</span>' in lin and '<span class="unit">%</span>' in lin
     assert '<span class="unit">per transfer</span>' in next(p for p in results if "Cti" in p.name).read_text()
