@@ -283,3 +283,52 @@ def test_linearizer_plan_pairs_and_cti_needs_a_linearizer(repo, env, mini_datase
     assert any(q.kind == "linearitySolve" for q in plan.quanta.values())
     with pytest.raises(PlanningError, match="linearizer"):
         plan_template("bps_cti", environ=env, repo=repo)
+
+
+def _on_a_terminal(args: list, env: dict, cwd) -> str:
+    """Run ``python -m cpframe ARGS`` with stderr on a real pseudo-terminal (120 columns); what it drew."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = dict(env, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]), TERM="xterm")
+    env.pop("NO_COLOR", None)
+    p = subprocess.Popen([sys.executable, "-m", "cpframe", *args], stdout=subprocess.PIPE, stderr=slave,
+                         stdin=subprocess.DEVNULL, env=env, cwd=cwd)
+    os.close(slave)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    out, _ = p.communicate(timeout=600)
+    os.close(master)
+    assert p.returncode == 0, (out, drawn[-2000:])
+    return drawn.decode(errors="replace")
+
+
+def test_plan_draws_progress_on_a_terminal_only_and_not_with_quiet(repo, env, tmp_path):
+    """Issue 16: ``cpframe plan`` shows its stages as a bar on a terminal; ``--quiet`` and logs stay silent."""
+    from click.testing import CliRunner
+
+    from cpframe.cli import main
+
+    drawn = _on_a_terminal(["plan", "bps_biasBootstrap"], env, tmp_path)
+    assert "━" in drawn and "plan: " in drawn, drawn[-2000:]
+    assert "nothing was run" in drawn  # the summary line is still there (stderr)
+    quiet = _on_a_terminal(["plan", "bps_biasBootstrap", "--quiet"], env, tmp_path)
+    assert "━" not in quiet and "plan: " not in quiet and "nothing was run" in quiet
+    logged = CliRunner().invoke(main, ["plan", "bps_biasBootstrap"], env=env)  # not a terminal
+    assert logged.exit_code == 0 and "━" not in logged.output and "plan: " not in logged.output
