@@ -86,11 +86,11 @@ def run_page(path: Path, tmp_path: Path, title: str | None = None, timeout: int 
     shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m cpframe \"$@\"\n")
     shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
     script = ["set -eo pipefail"]
-    for i, c in enumerate(cmds):
-        script.append(f"echo '@@CMD {i}' >&2")
+    for i, c in enumerate(cmds):  # each marker carries the time, so the log shows what each command cost
+        script.append(f"echo \"@@CMD {i} $(date +%s.%N)\" >&2")
         script.append(c)
     for i, py in enumerate(blocks(text, "python")):
-        script.append(f"echo '@@CMD py{i}' >&2")
+        script.append(f"echo \"@@CMD py{i} $(date +%s.%N)\" >&2")
         script.append(f"{sys.executable} - <<'PYTHON_BLOCK'\n{py}PYTHON_BLOCK")
     env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
@@ -102,7 +102,7 @@ def run_page(path: Path, tmp_path: Path, title: str | None = None, timeout: int 
                            text=True, timeout=timeout)
     out = log.read_text()
     if p.returncode != 0:
-        marks = re.findall(r"^@@CMD (\w+)$", out, re.M)
+        marks = re.findall(r"^@@CMD (\w+) ", out, re.M)
         last = marks[-1] if marks else "?"
         failed = cmds[int(last)] if last.isdigit() else f"python block {last}"
         tail = "\n".join(out.splitlines()[-40:])

@@ -67,15 +67,11 @@ MASK_PLANES = ("BAD", "SAT", "INTRP", "CR", "EDGE", "DETECTED", "DETECTED_NEGATI
 
 #: cp_pipe / cp_verify pipelines for calibrations cpframe does not build (yet): file stem -> what.
 NOT_BUILT_PIPELINES = {
-    # the LSST pipeline files of these types map onto task classes cpframe's LSST reader does not yet
-    # translate (issue 12); cpframe's own cpLinearizer/cpCrosstalk/cpCti pipelines build them
-    "cpCrosstalk": "crosstalk", "cpLinearizer": "linearizer", "cpCti": "CTI (cti)",
-    "cpBfk": "brighter-fatter kernel (bfk)", "cpSky": "sky", "cpElectrostaticBFDistortionMatrix":
+    "cpSky": "sky", "cpElectrostaticBFDistortionMatrix":
     "electrostatic brighter-fatter distortion matrix", "cpFlatAnaglyph": "anaglyph (red/blue LED) flat",
     "cpFlatGradientReference": "flat gradient reference", "cpGainCorrection": "gain correction",
-    "cpIlluminationCorrection": "illumination correction", "verifyBfk": "brighter-fatter kernel (bfk)",
-    "verifyLinearizer": "linearizer", "verifyIlluminationCorrection": "illumination correction",
-    "verifyCrosstalk": "crosstalk",
+    "cpIlluminationCorrection": "illumination correction",
+    "verifyIlluminationCorrection": "illumination correction",
 }
 
 STORAGE_CLASSES = ("fits-masked", "json", "ecsv", "ecsv-defects", "fits-ptc")
