@@ -246,6 +246,26 @@ def test_refused_pipeline_option_is_named_with_its_value():
     assert _accepted("t", cfg, CombineConfig.from_dict, explicit=set())[1] == []  # defaults go unmentioned
 
 
+def test_bfk_plans_pairs_a_covariance_ptc_and_one_kernel_per_detector(repo, env, mini_dataset):
+    """bps_bfk: ISR and pair extraction per exposure, the FULLCOVARIANCE PTC (bfkPtc) and the kernel solve per
+    detector (cp_pipe cpBfkLSST's labels); bps_verify_bfk: the ramp with and without the kernel."""
+    env = {**env, "SELECTION_PTC_BFK": env["SELECTION_PTC"], "SELECTION_PTC_BFK_V": env["SELECTION_PTC"],
+           "VERIFY_RERUN": "v1"}
+    plan = plan_template("bps_bfk", environ=env, repo=repo).plan
+    specs = exposures_of(mini_dataset, "SELECTION_PTC")
+    by_time = Counter(round(s.exposure_time, 6) for s in specs)
+    n_det = len(mini_dataset.detectors)
+    c = plan.counts()
+    assert c["cpBfkIsr"] == len(specs) * n_det
+    assert c["cpBfkPtcExtractPair"] == sum(n // 2 for n in by_time.values()) * n_det
+    assert c["cpBfkPtcSolve"] == c["cpBfkSolveX"] == n_det
+    kinds = {q.kind for q in plan.quanta.values()}
+    assert {"isr", "ptcExtract", "ptcSolve", "bfkSolve"} <= kinds
+    v = plan_template("bps_verify_bfk", environ=env, repo=repo).plan.counts()
+    assert v["verifyBfkIsr"] == v["verifyUncorrectedBfkIsr"] == len(specs) * n_det
+    assert v["verifyBfkMeasure"] == n_det and v["verifyBfkRunMerge"] == 1
+
+
 def test_linearizer_plan_pairs_and_cti_needs_a_linearizer(repo, env, mini_dataset):
     """bps_linearizer plans ISR, pair extraction and one solve per detector on the PTC ramp; bps_cti takes
     its gains from a linearizer (cpCtiLSST's useGainsFrom: LINEARIZER), so without one nothing is run."""

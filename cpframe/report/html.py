@@ -93,6 +93,9 @@ REPORT_STAGES: tuple[ReportStage, ...] = (
                 "Crosstalk matrix per detector; residual crosstalk after ISR with it must not be significant."),
     ReportStage("cti", "CTI", "cti", "CTI", (),
                 "Serial CTI and trap per amp from the flats' overscan (EPER); CTI below the sensor requirement."),
+    ReportStage("bfk", "BFK", "bfk", "Brighter-fatter kernel", (),
+                "Kernel per amp from the covariances of a flat-pair ramp; the PTC of flats corrected with it must "
+                "be linear to 1 % (uncorrected beside it)."),
     ReportStage("science", "SCIENCE", None, "Science", (("COL_PROFILE_RATIO", "column structure / noise"),
                                                        ("ROW_PROFILE_RATIO", "row structure / noise")),
                 "Science exposures through all calibrations: amp level steps and residual structure."),

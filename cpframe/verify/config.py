@@ -101,6 +101,11 @@ class VerifyConfig:
     # -- CTI (cpframe's check; LSST sensor requirement serial CTE > 0.999995) ------------------
     cti_max: float = 5e-6
     """CTI: the global serial CTI per amp must be below this."""
+    # -- brighter-fatter kernel (cpframe's check, cpframe/verify/bfk.py) ------------------------
+    bfk_max_nonlinearity: float = 0.01
+    """VARIANCE_LINEAR: largest departure of the BF-corrected PTC from a straight line (relative)."""
+    bfk_max_mean_e: float = 50000.0
+    """Pairs up to this mean (e-) enter the BFK check (the first-order correction's own limit)."""
     # -- science (cpframe's own check) ------------------------------------------------------
     science_step_threshold: float = 0.01
     """AMP_STEP: largest |level jump| across an amp boundary relative to the detector background."""
