@@ -40,8 +40,13 @@ class PtcExtract(_Ptc):
          "vignetteFunctionPolynomialCoeffs"),
         extra_connections=("outputCovariances", "inputPhotodiodeData", "outputBinnedImages", "taskMetadata")),
     })
-    options = MappingProxyType({k: Option(t, _field(k)) for k, t in (
-        ("nSigmaClipPtc", float), ("nIterSigmaClipPtc", int), ("numEdgeSuspect", int))})
+    options = MappingProxyType({
+        **{k: Option(t, _field(k)) for k, t in (
+            ("nSigmaClipPtc", float), ("nIterSigmaClipPtc", int), ("numEdgeSuspect", int),
+            ("minNumberGoodPixelsForCovariance", int))},
+        "maximumRangeCovariancesAstier": Option(int, _field("maximumRangeCovariancesAstier"),
+                                                doc="covariances are measured (FFT) when this is set"),
+    })
 
     @classmethod
     def run(cls, spec, groups):
@@ -70,7 +75,9 @@ class PtcSolve(_Ptc):
     })
     folded_classes = MappingProxyType({"lsst.cp.pipe.ptc.PhotonTransferCurveAdjustGainRatiosTask": "adjust"})
     options = MappingProxyType({
-        "ptcFitType": Option(enum("EXPAPPROXIMATION"), _field("ptcFitType")),
+        "ptcFitType": Option(enum(*_ptc.FIT_TYPES), _field("ptcFitType")),
+        "maximumRangeCovariancesAstier": Option(int, _field("maximumRangeCovariancesAstier")),
+        "maximumRangeCovariancesAstierFullCovFit": Option(int, _field("maximumRangeCovariancesAstierFullCovFit")),
         **{k: Option(t, _field(k)) for k, t in (
             ("minMeanSignal", float), ("maxMeanSignal", float), ("maxSignalInitialPtcOutlierFit", float),
             ("scaleMaxSignalInitialPtcOutlierFit", bool), ("maxIterationsPtcOutliers", int),
