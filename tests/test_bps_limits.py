@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 
+import numpy as np
 import pytest
 
 from cpframe.core.errors import ExecutionError
@@ -100,3 +101,35 @@ def test_request_walltime_stops_the_quanta_and_reports_them(tmp_path, repo, mini
     t = _template(tmp_path, "pipetask:\n  cpBiasCombine:\n    requestWalltime: 1\n    numberOfRetries: 3\n")
     with pytest.raises(ExecutionError, match=r"2 quantum/quanta stopped at their requestWalltime: cpBiasCombine-"):
         submit_template(t, environ=_env(repo, tmp_path, mini_dataset, "20241111c"), client=local_dask.client)
+
+
+def test_cluster_groups_quanta_into_fewer_dask_tasks_with_the_same_products(tmp_path, repo, mini_dataset,
+                                                                           local_dask):
+    """bps_bias's ``cluster.cpBiasIsrByExposure`` (cpBiasIsr by exposure) with ISR not fused into the combine:
+    12 ISR quanta run as 6 Dask tasks (one per exposure); the bias is the same, pixel for pixel."""
+    from cpframe.science.imageio import read_masked
+
+    unfused = "extraQgraphOptions: --config cpBiasCombine:fuseIsr=False\n"
+    grouped_t = _template(tmp_path, unfused)
+    alone_t = tmp_path / "bps_bias_alone.yaml"
+    text = grouped_t.read_text()
+    alone_t.write_text(text[:text.index("\ncluster:")] + "\n" + text[text.index("\npayload:"):])
+    assert "cpBiasIsrByExposure" in text and "\ncluster:" not in alone_t.read_text()
+    grouped = submit_template(grouped_t, environ=_env(repo, tmp_path, mini_dataset, "20241111d"),
+                              client=local_dask.client)
+    alone = submit_template(alone_t, environ=_env(repo, tmp_path, mini_dataset, "20241111e"),
+                            client=local_dask.client)
+    n_isr = sum(1 for q in grouped.plan.quanta.values() if q.task == "cpBiasIsr")
+    n_exp = len({q.data_id["exposure"] for q in grouped.plan.quanta.values() if q.task == "cpBiasIsr"})
+    n_det = len(mini_dataset.detectors)
+    assert n_isr == n_exp * n_det and n_det > 1
+    assert alone.execution.dask_tasks == n_isr + n_det  # one per quantum
+    assert grouped.execution.dask_tasks == n_exp + n_det  # one per exposure, plus the combines
+    assert grouped.counts == alone.counts == {"bias": n_det}
+
+    def pixels(res):
+        refs = sorted(repo.registry.query_datasets("bias", collections=[res.run]), key=lambda r: r.data_id["detector"])
+        return [read_masked(repo.get_path(r)).image for r in refs]
+
+    for a, b in zip(pixels(grouped), pixels(alone), strict=True):
+        np.testing.assert_array_equal(a, b)

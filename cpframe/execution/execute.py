@@ -155,6 +155,8 @@ class ExecutionResult:
     """Quantum key -> name of the Dask worker that ran it."""
     retried: dict[str, int] = field(default_factory=dict)
     """Quantum key -> times it was run again with more memory (BPS memoryMultiplier)."""
+    dask_tasks: int = 0
+    """Dask tasks submitted (fewer than quanta when ``cluster.<label>`` groups them; retries add theirs)."""
     walltime_exceeded: list[str] = field(default_factory=list)
     """Quanta stopped because they ran past their ``requestWalltime`` (not retried)."""
     interrupted: bool = False
@@ -334,7 +336,7 @@ class _Bar:
 
 
 def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch_dir: str | Path | None = None,
-                 progress: bool = False, keep_scratch: bool = False,
+                 progress: bool = False, keep_scratch: bool = False, clusters: Any = (),
                  resources: Any = None, requests: Any = None,
                  on_progress: Any = None, register_attempts: int | None = None,
                  register_backoff_s: float | None = None, on_registered: Any = None) -> ExecutionResult:
@@ -364,6 +366,9 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
         Quanta of a task with ``requestWalltime``, ``retryUnlessExit`` or ``memoryMultiplier`` run in
         a child process enforcing them (:mod:`cpframe.execution.isolate`); a quantum stopped at its
         walltime is listed in ``result.walltime_exceeded``.
+    clusters : sequence, optional
+        ``cluster.<label>`` sections: their quanta run grouped, one Dask task per group
+        (:func:`cpframe.execution.graph.cluster_groups`); ``result.dask_tasks`` counts the tasks.
     on_progress : callable, optional
         Called with ``{"counts": {total, pending, done, failed, retried}}`` as quanta finish
         (``cpframe status``), and once more with ``"final": True``.
@@ -401,65 +406,77 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
     err_type: dict[str, str] = {}
     attempt: dict[str, int] = {}
     limits = quantum_limits(requests or {}, int(retries))
+    from cpframe.execution.graph_tasks import GroupResult
     try:
         todo = plan
         while True:
-            graph = build_graph(todo, str(scratch), repo.get_path, resources=resources, limits=limits)
-            futures = client.compute(list(graph.values()), retries=int(retries), optimize_graph=False)
-            log.info("submitted %d quanta of %s to %s (retries %d)", len(futures), plan.pipeline.name,
-                     getattr(client, "dashboard_link", "?"), retries)
+            graph = build_graph(todo, str(scratch), repo.get_path, resources=resources, limits=limits,
+                                clusters=clusters)
+            tasks = {str(d.key): d for d in graph.values()}  # grouped quanta share one Dask task
+            members_of: dict[str, list[str]] = defaultdict(list)
+            for qkey, d in graph.items():
+                members_of[str(d.key)].append(qkey)
+            result.dask_tasks += len(tasks)
+            futures = client.compute(list(tasks.values()), retries=int(retries), optimize_graph=False)
+            log.info("submitted %d quanta of %s as %d Dask task(s) to %s (retries %d)", len(graph), plan.pipeline.name,
+                     len(futures), getattr(client, "dashboard_link", "?"), retries)
             for fut in as_completed(futures):
-                key = str(fut.key)
+                task_key = str(fut.key)
                 if fut.status == "finished":
-                    res = fut.result()
-                    if status.get(key) != "done":
-                        result.where[res.where] = result.where.get(res.where, 0) + 1
-                    status[key] = "done"
-                    result.failures.pop(key, None)
-                    result.worker_of[key] = res.worker
-                    items = [(p, dt, did) for p, dt, did in res.outputs
-                             if (dt, DataId(did).key()) in planned and (dt, DataId(did).key()) not in done_outputs]
-                    if items:
-                        t1 = time.perf_counter()
-                        inputs = plan.inputs_of(key)  # walks the quantum's upstream: once, shared by its outputs
-                        refs = []
-                        if not registry_down:
-                            try:
-                                refs = _register(repo, items, plan.run, register_attempts, register_backoff_s)
-                            except TRANSIENT as err:
-                                registry_down = True  # later quanta are staged at once; one last try at the end
-                                result.registry_error = str(err).splitlines()[0]
-                                log.error("registration into %s failed after %d attempts: %s; staging outputs",
-                                          plan.run, register_attempts, result.registry_error)
-                        if registry_down:
-                            result.staging_dir = str(_stage(repo, plan.run, items, key, inputs))
-                            result.staged += [(dt, DataId(did)) for _, dt, did in items]
-                            done_outputs.update((dt, DataId(did).key()) for _, dt, did in items)  # not twice
-                        result.register_s += time.perf_counter() - t1
-                        for ref in refs:
-                            done_outputs.add((ref.dataset_type, DataId(ref.data_id).key()))
-                            result.registered.append(ref)
-                            result.inputs_of[ref.id] = inputs
-                            log.info("registered %s %s (%s) in %s", ref.dataset_type, ref.data_id, ref.id,
-                                     plan.run)
-                        if refs and on_registered is not None:
-                            try:
-                                with registering():
-                                    on_registered(result)
-                            except TRANSIENT as err:  # provenance is best effort while the registry is busy
-                                log.warning("could not update the provenance record: %s", err)
+                    value = fut.result()
+                    for res in (value.results if isinstance(value, GroupResult) else [value]):
+                        key = res.key
+                        if status.get(key) != "done":
+                            result.where[res.where] = result.where.get(res.where, 0) + 1
+                        status[key] = "done"
+                        result.failures.pop(key, None)
+                        result.worker_of[key] = res.worker
+                        items = [(p, dt, did) for p, dt, did in res.outputs
+                                 if (dt, DataId(did).key()) in planned and (dt, DataId(did).key()) not in done_outputs]
+                        if items:
+                            t1 = time.perf_counter()
+                            inputs = plan.inputs_of(key)  # walks the quantum's upstream: once, shared by its outputs
+                            refs = []
+                            if not registry_down:
+                                try:
+                                    refs = _register(repo, items, plan.run, register_attempts, register_backoff_s)
+                                except TRANSIENT as err:
+                                    registry_down = True  # later quanta are staged at once; one last try at the end
+                                    result.registry_error = str(err).splitlines()[0]
+                                    log.error("registration into %s failed after %d attempts: %s; staging outputs",
+                                              plan.run, register_attempts, result.registry_error)
+                            if registry_down:
+                                result.staging_dir = str(_stage(repo, plan.run, items, key, inputs))
+                                result.staged += [(dt, DataId(did)) for _, dt, did in items]
+                                done_outputs.update((dt, DataId(did).key()) for _, dt, did in items)  # not twice
+                            result.register_s += time.perf_counter() - t1
+                            for ref in refs:
+                                done_outputs.add((ref.dataset_type, DataId(ref.data_id).key()))
+                                result.registered.append(ref)
+                                result.inputs_of[ref.id] = inputs
+                                log.info("registered %s %s (%s) in %s", ref.dataset_type, ref.data_id, ref.id,
+                                         plan.run)
+                            if refs and on_registered is not None:
+                                try:
+                                    with registering():
+                                        on_registered(result)
+                                except TRANSIENT as err:  # provenance is best effort while the registry is busy
+                                    log.warning("could not update the provenance record: %s", err)
                 else:
-                    status[key] = "error"
                     try:
                         exc = fut.exception()
-                        err_type[key] = type(exc).__name__
-                        if err_type[key] == "WalltimeExceeded" and key not in result.walltime_exceeded:
-                            result.walltime_exceeded.append(key)
+                        etype = type(exc).__name__
                         tb = "".join(traceback.format_exception(type(exc), exc, fut.traceback()))
                     except Exception as err:  # cancelled futures have no exception object
-                        tb = f"{fut.status}: {err}"
-                    result.failures[key] = tb
-                bar.advance()
+                        etype, tb = "", f"{fut.status}: {err}"
+                    for key in members_of[task_key]:  # a group fails as a whole, as a BPS job would
+                        status[key] = "error"
+                        err_type[key] = etype
+                        if etype == "WalltimeExceeded" and key not in result.walltime_exceeded:
+                            result.walltime_exceeded.append(key)
+                        result.failures[key] = tb
+                for _ in members_of[task_key]:
+                    bar.advance()
                 fut.release()
                 if on_progress is not None:
                     on_progress({"counts": _counts(plan, status, result)})

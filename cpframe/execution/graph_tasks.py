@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from cpframe.core.errors import ExecutionError
 
-__all__ = ["QuantumSpec", "QuantumResult", "run_quantum"]
+__all__ = ["GroupResult", "QuantumSpec", "QuantumResult", "run_group", "run_quantum"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ class QuantumSpec:
     """Kind ``isrCombine``: the ISR settings (one IsrConfig for every raw)."""
     fused_keys: tuple[str, ...] = ()
     """Kind ``isrCombine``: the keys of the fused ISR quanta (same order as ``fused_raws``)."""
+    upstream_keys: tuple[str, ...] = ()
+    """Key of each upstream result (an upstream value may be a :class:`GroupResult` holding it)."""
     limits: Any = None
     """:class:`cpframe.execution.isolate.QuantumLimits` when the task asks for BPS job limits
     (requestWalltime, retryUnlessExit, memoryMultiplier): the quantum then runs in a child process."""
@@ -79,6 +81,42 @@ class QuantumResult:
     """Host and Slurm job (if any) that ran it."""
     worker: str = ""
     """Name of the Dask worker that ran it."""
+
+
+@dataclass
+class GroupResult:
+    """What one Dask task running a ``cluster.<label>`` group of quanta returns: their results, in order."""
+
+    results: list[QuantumResult]
+    """One per member quantum."""
+
+    def get(self, key: str) -> QuantumResult:
+        """The result of member ``key``."""
+        for r in self.results:
+            if r.key == key:
+                return r
+        raise KeyError(key)  # pragma: no cover - build_graph only refers to members
+
+
+def _resolve(spec: QuantumSpec, upstream: Sequence[Any]) -> list[QuantumResult]:
+    """Upstream results, a grouped upstream quantum's picked out of its group's result."""
+    if not spec.upstream_keys:
+        return list(upstream)
+    return [u.get(k) if isinstance(u, GroupResult) else u for u, k in zip(upstream, spec.upstream_keys)]
+
+
+def run_group(members: Sequence[tuple[QuantumSpec, Sequence[tuple[str, int]]]], external: Sequence[Any]
+              ) -> GroupResult:
+    """Run the quanta of one ``cluster.<label>`` group, in order, as one Dask task.
+
+    ``members``: each quantum's spec and, per upstream input, ``("member", i)`` (an earlier member's
+    result) or ``("external", j)`` (``external[j]``, a result computed outside the group).
+    """
+    done: list[QuantumResult] = []
+    for spec, refs in members:
+        ups = [done[i] if where == "member" else external[i] for where, i in refs]
+        done.append(run_quantum(spec, ups))
+    return GroupResult(done)
 
 
 def _groups(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> dict[str, list[Any]]:
@@ -128,6 +166,7 @@ def run_quantum(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> Quantum
     Exception
         Whatever the science function raises (Dask retries it, then reports it).
     """
+    upstream = _resolve(spec, upstream)
     if spec.limits is not None:
         return _run_limited(spec, upstream)
     t0 = time.perf_counter()
@@ -164,7 +203,8 @@ def _run_limited(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> Quantu
 
     from cpframe.execution.isolate import call_with_retries
 
-    res = call_with_retries("cpframe.execution.graph_tasks:run_quantum", (replace(spec, limits=None), list(upstream)),
+    res = call_with_retries("cpframe.execution.graph_tasks:run_quantum",
+                            (replace(spec, limits=None, upstream_keys=()), list(upstream)),
                             spec.limits, label=spec.key, preload=_PRELOAD)
     res.worker = _worker_name()
     return res

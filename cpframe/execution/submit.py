@@ -613,6 +613,7 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
             # a bar only on a terminal, and not with --quiet (issue 16: silent in logs)
             res = execute_plan(plan, repo, client, retries=retries, progress=not quiet and progress_enabled(),
                                resources=quantum_resources(plan, requests), requests=requests,
+                               clusters=sub.clusters,
                                on_progress=on_progress, on_registered=progress_record)
         except KeyboardInterrupt as exc:  # a signal outside execute_plan's own handling
             res = ExecutionResult(run=plan.run, n_quanta=len(plan.quanta), interrupted=True,
