@@ -133,3 +133,30 @@ def test_cluster_groups_quanta_into_fewer_dask_tasks_with_the_same_products(tmp_
 
     for a, b in zip(pixels(grouped), pixels(alone), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_quantum_process_does_not_outlive_its_worker():
+    """A worker killed (run cancelled, node lost) takes its quanta's processes with it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = ("from cpframe.execution.isolate import call_limited, QuantumLimits; "
+            "call_limited('time:sleep', (120,), QuantumLimits())")
+    caller = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        kids: list[str] = []
+        for _ in range(240):  # the caller imports cpframe first: slow on a busy machine
+            kids = subprocess.run(["pgrep", "-P", str(caller.pid)], capture_output=True, text=True).stdout.split()
+            if kids:
+                break
+            time.sleep(0.5)
+        assert kids, "the quantum's process did not start"
+    finally:
+        os.kill(caller.pid, signal.SIGKILL)
+        caller.wait()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{k}") for k in kids):
+        time.sleep(0.5)
+    assert not any(os.path.exists(f"/proc/{k}") for k in kids)

@@ -206,6 +206,21 @@ def _data_size_bytes() -> int:
     return 0  # pragma: no cover - Linux always has VmData
 
 
+def _die_with_parent() -> None:
+    """Exit when the worker that started this process is gone (killed, cancelled run): no orphan runs on."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(128 + signal.SIGHUP)
+
+    threading.Thread(target=watch, name="cpframe-parent-watch", daemon=True).start()
+
+
 def _child(job: str, out: str) -> int:
     import faulthandler
     import importlib
@@ -214,6 +229,7 @@ def _child(job: str, out: str) -> int:
     # stopped at the walltime: say where it was (the parent shows the end of stderr)
     faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)
 
+    _die_with_parent()
     with open(job, "rb") as fh:
         target, args, memory_bytes, preload = pickle.load(fh)
     module, _, name = target.partition(":")
