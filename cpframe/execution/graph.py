@@ -717,7 +717,8 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
             outputs=tuple(outputs), settings=q.settings,
             input_types=tuple(dt for dt, _ in q.inputs), input_counts=tuple(len(ks) for _, ks in q.inputs),
         )
-        ups = [delayed[k] for _, keys in q.inputs for k in keys]
+        # a group member's inputs are resolved when its group closes (_group_delayed)
+        ups = [] if key in group_of else [delayed[k] for _, keys in q.inputs for k in keys]
         if key in fused:
             isr = sorted((plan.quanta[k] for k in fused[key]), key=lambda x: int(x.data_id["exposure"]))
             spec = replace(spec, kind="isrCombine", input_types=(), input_counts=(),
