@@ -89,7 +89,7 @@ class PtcConfig:
         if self.ptc_fit_type not in FIT_TYPES:
             raise ConfigError(f"PTC option ptcFitType={self.ptc_fit_type!r}: use one of "
                               f"{', '.join(FIT_TYPES)}.")
-        if not 1 <= int(self.maximum_range_covariances_astier_full_cov_fit) <= int(
+        if self.full_covariance and not 1 <= int(self.maximum_range_covariances_astier_full_cov_fit) <= int(
                 self.maximum_range_covariances_astier):
             raise ConfigError(
                 "PTC option maximumRangeCovariancesAstierFullCovFit="
@@ -111,6 +111,8 @@ class PtcConfig:
             Unknown keys (all listed) or bad values.
         """
         kw, _ = alias_kwargs(cls, values, _ALIASES, MSG_UNKNOWN_KEYS)
+        if "maximum_range_covariances_astier" in kw:  # asked for: measure them (see measure_covariances)
+            kw.setdefault("measure_covariances", True)
         return cls(**kw)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from cpframe.execution.kinds.base import Option, TaskKind, enum, header_meta, output_path
+from cpframe.execution.kinds.base import UNSET, Option, TaskKind, enum, header_meta, output_path
 from cpframe.science import ptc as _ptc
 
 
@@ -30,8 +30,9 @@ class PtcExtract(_Ptc):
         **{k: Option(t, _field(k)) for k, t in (
             ("nSigmaClipPtc", float), ("nIterSigmaClipPtc", int), ("numEdgeSuspect", int),
             ("minNumberGoodPixelsForCovariance", int))},
-        "maximumRangeCovariancesAstier": Option(int, _field("maximumRangeCovariancesAstier"),
-                                                doc="covariances are measured (FFT) when this is set"),
+        "maximumRangeCovariancesAstier": Option(
+            int, None, UNSET, doc="covariances on lags [0, L)² are measured (FFT) only when this is set "
+                                  "(cp_pipe: always, L = 8)"),
     })
 
     @classmethod
