@@ -34,10 +34,8 @@ sys.path.insert(0, str(HERE.parent))
 from cpframe.camera.models import load_camera  # noqa: E402
 from cpframe.camera.simulate import ExposureSpec, make_truth, simulate  # noqa: E402
 from cpframe.science.combine import combine_config_for  # noqa: E402
-from cpframe.science.crosstalk import cp_crosstalk  # noqa: E402
-from cpframe.science.cti import cp_cti  # noqa: E402
+from cpframe.science.drivers import cp_crosstalk, cp_cti, cp_linearizer  # noqa: E402
 from cpframe.science.isr import isr_config_for  # noqa: E402
-from cpframe.science.linearity import cp_linearizer  # noqa: E402
 from cpframe.science.tasks import _run_isr_all, combine_task  # noqa: E402
 
 

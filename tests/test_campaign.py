@@ -118,10 +118,10 @@ def test_every_problem_is_reported_at_once(tmp_path):
     with pytest.raises(CampaignError) as info:
         load_campaign(p)
     msg = str(info.value)
-    assert "unknown step kind 'submitt'" in msg and "submit, certify, report, deploy" in msg
+    assert "steps[0].kind: 'submitt' is not allowed; use one of submit, certify, report, deploy" in msg
     assert "missing variable(s) TICKET" in msg and "--var NAME=VALUE" in msg
     assert "RERUN='2025-01-01' is not a rerun" in msg and "20250207a" in msg
-    assert "unknown key(s) colour" in msg
+    assert "steps[1].colour: unknown key; allowed keys: band, builds, doc, kind, name, needs, template, vars, verifies" in msg
     assert "4 problem(s)" in msg
 
 
@@ -356,7 +356,7 @@ def test_campaign_cli_errors_are_clean(tmp_path):
     p = write_campaign(tmp_path, [{"name": "x", "kind": "nope"}])
     res = CliRunner().invoke(main, ["campaign", str(p), "--dry-run"])
     assert res.exit_code == 4
-    assert "unknown step kind 'nope'" in res.output and "Traceback" not in res.output
+    assert "steps[0].kind: 'nope' is not allowed" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(
         main, ["campaign", str(write_campaign(tmp_path, SCRAMBLED_STEPS)), "--until", "nosuch"]
     )

@@ -18,10 +18,10 @@ from cpframe.core.errors import ConfigError, UserInputError
 from cpframe.science.crosstalk import (
     CrosstalkConfig,
     CrosstalkRatios,
-    cp_crosstalk,
     read_crosstalk,
     solve_crosstalk,
 )
+from cpframe.science.drivers import cp_crosstalk
 from cpframe.science.imageio import FileFormatError
 
 pytestmark = [pytest.mark.slow]

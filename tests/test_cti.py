@@ -13,7 +13,8 @@ import pytest
 from cpframe.camera.cti import deferred_charge, draw_amp_cti
 from cpframe.camera.models import load_camera
 from cpframe.core.errors import ConfigError, UserInputError
-from cpframe.science.cti import AmpCti, CtiConfig, correct_deferred_charge, cp_cti, read_cti, solve_cti
+from cpframe.science.cti import AmpCti, CtiConfig, correct_deferred_charge, read_cti, solve_cti
+from cpframe.science.drivers import cp_cti
 from cpframe.science.imageio import FileFormatError
 
 CAM = load_camera("LSSTComCam", "mini")

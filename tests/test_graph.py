@@ -236,7 +236,7 @@ def test_detector_level_plan_leaves_out_detectors_without_inputs(repo, env, mini
 def test_refused_pipeline_option_is_named_with_its_value():
     """An option the science config refuses is dropped with a note showing the value (default used)."""
     from cpframe.science.combine import CombineConfig
-    from cpframe.execution.graph import _accepted
+    from cpframe.execution.kinds.base import accepted as _accepted
 
     cfg = {"scalingLevel": "AMP", "clip": 2.5, "combine": "MEDIAN"}
     keep, notes = _accepted("cpFlatCombine", cfg, CombineConfig.from_dict, explicit={"scalingLevel", "clip"})

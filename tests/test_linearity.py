@@ -14,13 +14,13 @@ import pytest
 from cpframe.camera.models import load_camera
 from cpframe.camera.nonlinearity import linearity_residual, measured_signal, true_signal
 from cpframe.core.errors import ConfigError, UserInputError
+from cpframe.science.drivers import cp_linearizer
 from cpframe.science.imageio import FileFormatError
 from cpframe.science.linearity import (
     AmpLinearity,
     LinearityConfig,
     Linearizer,
     apply_linearity,
-    cp_linearizer,
     linearizer_from_mapping,
     read_linearizer,
     solve_linearity,

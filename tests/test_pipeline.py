@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cpframe.core.errors import PipelineError
-from cpframe.execution.pipeline import _ISR, calibrations_for_isr, list_pipelines, load_pipeline, parse_pipeline
+from cpframe.execution.kinds import get_kind
+from cpframe.execution.pipeline import calibrations_for_isr, list_pipelines, load_pipeline, parse_pipeline
 from cpframe.execution.templates import default_pipelines_dir
 
 # spec dependencies.md §7 (minimal closed set) and §5 (verification): required calibrations
@@ -110,7 +111,7 @@ SWITCHES = ["doBootstrap", "doApplyGains", "doLinearize", "doBias", "doDark", "d
 @given(flags=st.fixed_dictionaries({k: st.booleans() for k in SWITCHES}),
        gains_from=st.sampled_from(["PTC", "LINEARIZER"]))
 def test_isr_calibrations_match_reference(flags, gains_from):
-    cfg = {k: v[1] for k, v in _ISR.items()} | flags | {"useGainsFrom": gains_from}
+    cfg = get_kind("isr").defaults() | flags | {"useGainsFrom": gains_from}
     req, opt = calibrations_for_isr(cfg)
     assert (set(req), set(opt)) == _reference_isr_calibs(cfg)
     assert len(req) == len(set(req)) and not set(req) & set(opt)

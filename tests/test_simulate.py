@@ -410,10 +410,10 @@ def test_plans_and_their_validation(tmp_path):
         read_plan(bad)
     msg = str(err.value)
     for words in (
-        "unknown keys ['colour']",
+        "blocks[0].colour: unknown key; allowed keys: band, count",
         "seq_num 5 of day_obs 20241110 is used twice",
         "outside day_obs",
-        "observation_type 'dusk'",
+        "observation_type: 'dusk' is not allowed; use one of 'bias'",
         "no physical filter 'q_99'",
     ):
         assert words in msg

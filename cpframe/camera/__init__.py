@@ -1,4 +1,5 @@
-"""Cameras: detector/amplifier models (``models``), the raw simulator (``simulate``) and the
+"""Cameras: detector/amplifier models (``models``), observing plans (``plan``), the
+simulator's injected truth (``truth``) and pixels and raw files (``simulate``), and the
 curated calibration text files shipped per instrument (``curated``).
 
 Owns: camera geometry and raw-file generation.  May import: ``cpframe.core``.

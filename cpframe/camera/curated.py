@@ -22,14 +22,18 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
-
-import yaml
+from typing import Any, Iterable, Literal
 
 from cpframe.core.paths import package_dir
 from cpframe.camera.models import Camera, Detector, load_camera
-from cpframe.core.errors import CollectionTypeError, UnknownCollectionError, UserInputError, ValidityOverlapError
+from cpframe.core.errors import (
+    CollectionTypeError,
+    UnknownCollectionError,
+    UserInputError,
+    ValidityOverlapError,
+)
 from cpframe.core.model import CollectionType, DataId, DatasetType, Timespan, ns_to_iso, parse_tai
+from cpframe.core.schema import Schema, load_yaml
 
 __all__ = [
     "CuratedCalib",
@@ -135,16 +139,32 @@ def curated_dir(instrument: str, root: str | os.PathLike | None = None) -> Path:
     return Path(str(package_dir() / "data" / "curated" / instrument))
 
 
-def _index(instrument: str, root: str | os.PathLike | None = None) -> dict:
-    p = curated_dir(instrument, root) / "curated.yaml"
-    if not p.exists():
-        return {}
-    return yaml.safe_load(p.read_text()) or {}
+class _CuratedCamera(Schema):
+    valid_from: str
+    """From when the camera geometry is valid (TAI)."""
 
 
-def _index_at(folder: Path) -> dict:
+class _CuratedDefects(Schema):
+    scale: Literal["full", "mini"] = "full"
+    """Scale the defect rectangles are written at."""
+
+
+class CuratedIndex(Schema):
+    """``cpframe/data/curated/<INSTRUMENT>/curated.yaml``."""
+
+    camera: _CuratedCamera | None = None
+    manual_defects: _CuratedDefects = _CuratedDefects()
+
+
+def _index(instrument: str, root: str | os.PathLike | None = None) -> CuratedIndex:
+    return _index_at(curated_dir(instrument, root))
+
+
+def _index_at(folder: Path) -> CuratedIndex:
     p = folder / "curated.yaml"
-    return (yaml.safe_load(p.read_text()) or {}) if p.exists() else {}
+    if not p.exists():
+        return CuratedIndex()
+    return load_yaml(p, CuratedIndex, error=UserInputError)
 
 
 def _iso(text: Any, what: str) -> str:
@@ -165,11 +185,11 @@ def list_curated(instrument: str, root: str | os.PathLike | None = None) -> list
     idx = _index(instrument, root)
     root = curated_dir(instrument, root)
     out: list[CuratedCalib] = []
-    cam = idx.get("camera")
+    cam = idx.camera
     if cam:
         src = Path(str(package_dir() / "data" / "cameras" / f"{instrument}.yaml"))
         out.append(
-            CuratedCalib("camera", instrument, None, _iso(cam["valid_from"], "camera valid_from"), None, src)
+            CuratedCalib("camera", instrument, None, _iso(cam.valid_from, f"{root / 'curated.yaml'}: camera.valid_from"), None, src)
         )
     by_det: dict[int, list[tuple[str, Path]]] = {}
     problems = []
@@ -297,12 +317,12 @@ def scale_defects(
 
 
 def _defects_scale(instrument: str) -> str:
-    return str(_index(instrument).get("manual_defects", {}).get("scale", "full"))
+    return _index(instrument).manual_defects.scale
 
 
 def _defects_for(c: CuratedCalib, camera: Camera) -> list[tuple[int, int, int, int]]:
     rects, meta = read_defects(c.path)
-    src_scale = str(meta.get("scale") or _index_at(c.path.parent).get("manual_defects", {}).get("scale", "full"))
+    src_scale = str(meta.get("scale") or _index_at(c.path.parent).manual_defects.scale)
     src = load_camera(c.instrument, src_scale).detector(c.detector)
     return scale_defects(rects, src, camera.detector(c.detector))
 

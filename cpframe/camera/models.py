@@ -23,10 +23,11 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-import yaml
+from pydantic import Field
 
 from cpframe.core.paths import package_dir
 from cpframe.core.errors import CameraError
+from cpframe.core.schema import OpenSchema, Schema, read_yaml, validate
 
 __all__ = ["Amplifier", "Detector", "Camera", "load_camera", "list_instruments", "SCALES"]
 
@@ -211,6 +212,60 @@ class Camera:
         raise CameraError(f"{self.name} has no filter in band {band!r}; bands: {', '.join(b for _, b in self.filters)}.")
 
 
+# -- the camera YAML file (cpframe/data/cameras/<name>.yaml) ------------------------------------------
+# Open schemas (extra keys allowed) where other readers (raw-header translators, the simulator)
+# may keep their own keys; the geometry cpframe computes with is checked strictly.
+
+
+class AmpSpec(Schema):
+    """One amplifier of a sensor type: grid position and read-out flips."""
+
+    name: str
+    row: int = Field(ge=0)
+    col: int = Field(ge=0)
+    flip_x: bool
+    flip_y: bool
+
+
+class SensorTypeSpec(OpenSchema):
+    """Geometry of one sensor type (pixels); ``simulation`` holds the simulator's truth ranges."""
+
+    vendor: str
+    data_cols: int = Field(gt=0)
+    data_rows: int = Field(gt=0)
+    mini_data_cols: int = Field(gt=0)
+    mini_data_rows: int = Field(gt=0)
+    prescan_cols: int = Field(ge=0)
+    serial_overscan_cols: int = Field(gt=0)
+    parallel_overscan_rows: int = Field(ge=0)
+    simulation: dict[str, float | list[float]] = {}
+    amps: list[AmpSpec] = Field(min_length=1)
+
+
+class DetectorSpec(OpenSchema):
+    """One detector: integer id, full name (``R22_S11``), sensor type, serial."""
+
+    id: int = Field(ge=0)
+    name: str
+    sensor_type: str
+    serial: str
+
+
+class FilterSpec(Schema):
+    physical_filter: str
+    band: str
+
+
+class CameraFile(OpenSchema):
+    """A camera model file."""
+
+    name: str
+    doc: str = ""
+    sensor_types: dict[str, SensorTypeSpec]
+    detectors: list[DetectorSpec] = Field(min_length=1)
+    filters: list[FilterSpec] = []
+
+
 def _filter_combinations(spec: dict) -> tuple[tuple[str, str], ...]:
     """LATISS-style ``FILTER~GRATING`` names from ``latiss_filters`` x ``latiss_gratings``.
 
@@ -246,8 +301,15 @@ def _camera_yaml(name: str) -> dict:
     known = list_instruments()
     if name not in known:
         raise CameraError(f"unknown instrument {name!r}; cpframe knows {', '.join(known)}.")
-    text = (package_dir() / "data" / "cameras" / f"{name}.yaml").read_text()
-    return yaml.safe_load(text)
+    path = package_dir() / "data" / "cameras" / f"{name}.yaml"
+    source = f"cpframe/data/cameras/{name}.yaml"
+    data = read_yaml(str(path), text=path.read_text(), source=source, error=CameraError)
+    spec = validate(data, CameraFile, source, error=CameraError)
+    unknown = sorted({d.sensor_type for d in spec.detectors} - set(spec.sensor_types))
+    if unknown:
+        raise CameraError(f"{source}: detectors: sensor_type {', '.join(unknown)} is not one of the "
+                          f"sensor_types ({', '.join(spec.sensor_types)})")
+    return data
 
 
 @functools.lru_cache(maxsize=None)

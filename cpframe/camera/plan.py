@@ -11,15 +11,16 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
-import yaml
+from pydantic import Field
 
-from cpframe.core import yamlsafe
 from cpframe.camera.models import _camera_yaml, load_camera
 from cpframe.core.errors import CameraError, UserInputError
 from cpframe.core.paths import package_dir
 from cpframe.core.model import exposure_id as _exposure_id
 from cpframe.core.model import ns_to_iso, parse_tai, tai_minus_utc_ns
+from cpframe.core.schema import Schema, check, read_yaml
 
 #: Observation types the simulator can produce (``IMGTYPE`` header).
 OBSERVATION_TYPES = ("bias", "dark", "flat", "science", "spot")  # spot: cpframe/camera/spots.py
@@ -123,22 +124,52 @@ class Plan:
     path: str = ""
 
 
-_NIGHT_KEYS = {"day_obs", "start", "blocks"}
-_BLOCK_KEYS = {
-    "observation_type",
-    "count",
-    "pair_exposure_times",
-    "exposure_time",
-    "physical_filter",
-    "band",
-    "flux",
-    "observation_reason",
-    "science_program",
-    "seq_start",
-    "selections",
-}
-_TOP_KEYS = {"name", "description", "instrument", "scale", "defaults", "nights", "selections"}
-_DEFAULT_KEYS = {"physical_filter", "science_program", "readout_s", "dark_overhead_s"}
+class PlanDefaults(Schema):
+    """``defaults:`` of a plan."""
+
+    physical_filter: str | None = None
+    science_program: str = ""
+    readout_s: float = Field(3.0, ge=0)
+    """From the end of one exposure to the start of the next, s."""
+    dark_overhead_s: float = Field(0.0, ge=0)
+    """dark_time = exposure_time + this, s."""
+
+
+class PlanBlock(Schema):
+    """One block of a night: ``count`` exposures (or a PTC ramp of flat pairs)."""
+
+    observation_type: Literal["bias", "dark", "flat", "science", "spot"]
+    count: int | None = Field(None, ge=1)
+    pair_exposure_times: list[float] | None = None
+    exposure_time: float = 0.0
+    physical_filter: str | None = None
+    band: str | None = None
+    flux: float = 0.0
+    """e-/s/pixel at the focal-plane centre."""
+    observation_reason: str | None = None
+    science_program: str | None = None
+    seq_start: int | None = Field(None, ge=0)
+    selections: list[str] = []
+
+
+class PlanNight(Schema):
+    """One night: ``day_obs`` (YYYYMMDD), its ``start`` (TAI) and its blocks."""
+
+    day_obs: int
+    start: str | None = None
+    blocks: list[dict] = []
+
+
+class PlanFile(Schema):
+    """An observing plan file (docs/simulator.md)."""
+
+    name: str | None = None
+    description: str = ""
+    instrument: str | None = None
+    scale: Literal["full", "mini"] = "mini"
+    defaults: PlanDefaults = PlanDefaults()
+    nights: list[dict] = []
+    selections: dict[str, str] = {}
 
 
 def list_plans() -> list[str]:
@@ -183,46 +214,36 @@ def read_plan(name_or_path: str | os.PathLike, instrument: str | None = None) ->
         Unknown instrument or filter.
     """
     text, where = _plan_text(name_or_path)
-    try:
-        doc = yamlsafe.load(text, str(where), max_nodes=100_000)  # bounded aliases (issue 11)
-    except yaml.YAMLError as err:
-        raise UserInputError(f"{where}: not valid YAML: {err}") from None
+    doc = read_yaml(where, text=text, error=UserInputError)
     if not isinstance(doc, dict):
         raise UserInputError(f"{where}: a plan is a YAML mapping with 'nights:' (see docs/simulator.md).")
     problems: list[str] = []
-    unknown = set(doc) - _TOP_KEYS
-    if unknown:
-        problems.append(f"unknown top-level keys {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
-    instrument = instrument or doc.get("instrument")
+    plan = check(doc, PlanFile, problems) or PlanFile.model_construct(
+        **{k: v for k, v in doc.items() if k in PlanFile.model_fields and k != "defaults"})
+    instrument = instrument or plan.instrument
     if not instrument:
         raise UserInputError(f"{where}: no instrument: give --instrument or set 'instrument:' in the plan.")
     camera = load_camera(instrument)
     try:
-        home = load_camera(doc["instrument"]) if doc.get("instrument") else None
+        home = load_camera(plan.instrument) if plan.instrument else None
     except CameraError:
         home = None
-    defaults = dict(doc.get("defaults") or {})
-    unknown = set(defaults) - _DEFAULT_KEYS
-    if unknown:
-        problems.append(f"defaults: unknown keys {sorted(unknown)}; allowed: {sorted(_DEFAULT_KEYS)}")
-    readout_ns = int(round(float(defaults.get("readout_s", 3.0)) * 1e9))
-    overhead = float(defaults.get("dark_overhead_s", 0.0))
+    defaults = plan.defaults if isinstance(plan.defaults, PlanDefaults) else PlanDefaults()
+    readout_ns = int(round(defaults.readout_s * 1e9))
+    overhead = defaults.dark_overhead_s
     specs: list[ExposureSpec] = []
     intended: dict[str, list[int]] = {}
-    nights = doc.get("nights") or []
+    nights = plan.nights if isinstance(plan.nights, list) else []
     if not nights:
         problems.append("no 'nights:' given")
     for ni, night in enumerate(nights):
         label = f"nights[{ni}]"
-        if not isinstance(night, dict) or "day_obs" not in night:
-            problems.append(f"{label}: needs 'day_obs' and 'blocks'")
+        n = check(night, PlanNight, problems, prefix=label)
+        if n is None:
             continue
-        unknown = set(night) - _NIGHT_KEYS
-        if unknown:
-            problems.append(f"{label}: unknown keys {sorted(unknown)}; allowed: {sorted(_NIGHT_KEYS)}")
-        day_obs = night["day_obs"]
-        if not isinstance(day_obs, int) or not re.fullmatch(r"20\d{6}", str(day_obs)):
-            problems.append(f"{label}: day_obs {day_obs!r} is not an integer YYYYMMDD (e.g. 20241110)")
+        day_obs = n.day_obs
+        if not re.fullmatch(r"20\d{6}", str(day_obs)):
+            problems.append(f"{label}.day_obs: {day_obs!r} is not an integer YYYYMMDD (e.g. 20241110)")
             continue
         ds = str(day_obs)
         date = f"{ds[:4]}-{ds[4:6]}-{ds[6:]}"
@@ -232,42 +253,33 @@ def read_plan(name_or_path: str | os.PathLike, instrument: str | None = None) ->
             problems.append(f"{label}: {err}")
             continue
         try:
-            t_ns = parse_tai(str(night.get("start", f"{date}T18:00:00")), f"{label}.start")
+            t_ns = parse_tai(n.start or f"{date}T18:00:00", f"{label}.start")
         except UserInputError as err:
             problems.append(str(err))
             continue
         seq = 1
         used: set[int] = set()
-        for bi, block in enumerate(night.get("blocks") or []):
+        for bi, raw_block in enumerate(n.blocks):
             blabel = f"{label}.blocks[{bi}]"
-            if not isinstance(block, dict):
-                problems.append(f"{blabel}: a block is a mapping")
+            block = check(raw_block, PlanBlock, problems, prefix=blabel)
+            if block is None:
                 continue
-            unknown = set(block) - _BLOCK_KEYS
-            if unknown:
-                problems.append(f"{blabel}: unknown keys {sorted(unknown)}; allowed: {sorted(_BLOCK_KEYS)}")
-            otype = block.get("observation_type")
-            if otype not in OBSERVATION_TYPES:
-                problems.append(
-                    f"{blabel}: observation_type {otype!r}; use one of {', '.join(OBSERVATION_TYPES)}"
-                )
-                continue
-            if "pair_exposure_times" in block:
+            otype = block.observation_type
+            if block.pair_exposure_times is not None:
                 if otype != "flat":
                     problems.append(f"{blabel}: pair_exposure_times (a PTC ramp) needs observation_type flat")
                     continue
-                times = [float(t) for t in block["pair_exposure_times"] for _ in (0, 1)]
+                times = [float(t) for t in block.pair_exposure_times for _ in (0, 1)]
             else:
-                count = block.get("count")
-                if not isinstance(count, int) or count < 1:
-                    problems.append(f"{blabel}: count {count!r} must be a positive integer")
+                if block.count is None:
+                    problems.append(f"{blabel}.count: is required (a positive integer) unless pair_exposure_times is given")
                     continue
-                times = [float(block.get("exposure_time", 0.0))] * count
+                times = [block.exposure_time] * block.count
             if otype == "bias" and any(t != 0 for t in times):
                 problems.append(f"{blabel}: a bias has exposure_time 0")
             if otype != "bias" and any(t <= 0 for t in times):
                 problems.append(f"{blabel}: {otype} exposures need exposure_time > 0")
-            flux = float(block.get("flux", 0.0))
+            flux = block.flux
             if otype in ("flat", "science", "spot") and flux <= 0:
                 problems.append(
                     f"{blabel}: {otype} exposures need flux > 0 (e-/s/pixel at the focal-plane centre)"
@@ -275,10 +287,10 @@ def read_plan(name_or_path: str | os.PathLike, instrument: str | None = None) ->
             if otype in ("bias", "dark") and flux != 0:
                 problems.append(f"{blabel}: {otype} exposures have flux 0")
             try:
-                if "band" in block:
-                    pf = camera.filter_for_band(block["band"])
+                if block.band is not None:
+                    pf = camera.filter_for_band(block.band)
                 else:
-                    pf = block.get("physical_filter", defaults.get("physical_filter"))
+                    pf = block.physical_filter or defaults.physical_filter
                     if pf is None:
                         pf = camera.filters[0][0]
                     elif home is not None and home.name != camera.name:
@@ -288,7 +300,7 @@ def read_plan(name_or_path: str | os.PathLike, instrument: str | None = None) ->
             except CameraError as err:
                 problems.append(f"{blabel}: {err}")
                 continue
-            seq = int(block.get("seq_start", seq))
+            seq = block.seq_start if block.seq_start is not None else seq
             for t in times:
                 if seq in used:
                     problems.append(f"{blabel}: seq_num {seq} of day_obs {day_obs} is used twice")
@@ -306,16 +318,17 @@ def read_plan(name_or_path: str | os.PathLike, instrument: str | None = None) ->
                     exposure_time=t,
                     dark_time=round(t + overhead, 6),
                     begin=ns_to_iso(t_ns),
-                    observation_reason=str(block.get("observation_reason", otype)),
-                    science_program=str(block.get("science_program", defaults.get("science_program", ""))),
+                    observation_reason=block.observation_reason if block.observation_reason is not None else otype,
+                    science_program=(block.science_program if block.science_program is not None
+                                     else defaults.science_program),
                     flux=flux,
                 )
                 specs.append(spec)
-                for sel in block.get("selections") or []:
+                for sel in block.selections:
                     intended.setdefault(sel, []).append(spec.exposure_id)
                 t_ns = spec.end_ns + readout_ns
                 seq += 1
-    selections_raw = doc.get("selections") or {}
+    selections_raw = plan.selections if isinstance(plan.selections, dict) else {}
     selections = {}
     for k, v in selections_raw.items():
         if not str(k).startswith("SELECTION_"):
@@ -327,10 +340,10 @@ def read_plan(name_or_path: str | os.PathLike, instrument: str | None = None) ->
     if problems:
         raise UserInputError(f"{where}: invalid observing plan:\n  - " + "\n  - ".join(problems))
     return Plan(
-        name=str(doc.get("name", Path(where).stem)),
+        name=plan.name or Path(where).stem,
         instrument=instrument,
-        description=str(doc.get("description", "")).strip(),
-        scale=str(doc.get("scale", "mini")),
+        description=str(plan.description).strip(),
+        scale=plan.scale,
         specs=tuple(specs),
         selections=selections,
         intended={k: tuple(v) for k, v in intended.items()},

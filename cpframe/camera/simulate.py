@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from cpframe.camera.cti import apply_deferred_charge
-from cpframe.camera.models import Camera, Detector, _camera_yaml, load_camera
+from cpframe.camera.models import Camera, Detector, load_camera
 from cpframe.camera.nonlinearity import apply_nonlinearity
 from cpframe.camera.spots import spot_field
 from cpframe.camera.plan import (  # noqa: F401
@@ -65,7 +65,6 @@ from cpframe.camera.truth import (  # noqa: F401
     make_truth,
 )
 from cpframe.core.errors import UserInputError
-from cpframe.core.model import ns_to_iso
 
 __all__ = [
     "ExposureSpec",

@@ -324,7 +324,7 @@ class RubinTranslator(FitsTranslator):
                 if key == "MJD-BEG" and self.is_key_ok("DATE-BEG"):
                     # An MJD float resolves ~1 us; the ISO text is exact.  Where both agree to
                     # 1 ms, take the text (deliberate: obs_lsst keeps the float).
-                    from cpframe.camera.simulate import fast_tai_ns
+                    from cpframe.camera.plan import fast_tai_ns
 
                     try:
                         text_ns = fast_tai_ns(str(self._header["DATE-BEG"]))

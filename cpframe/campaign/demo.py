@@ -381,8 +381,8 @@ def run_demo(
         A campaign step failed (the message says how to resume).
     """
     from cpframe.camera.models import load_camera
-    from cpframe.core.config import load_settings
     from cpframe.camera.simulate import read_plan
+    from cpframe.core.config import load_settings
 
     echo = echo or (lambda _m: None)
     if broken is not None and broken not in BROKEN_INPUTS:
@@ -464,8 +464,8 @@ def run_demo(
         if own is not None:
             own.close()
     out = DemoResult(d, repo_root, result.report_index, result, result.deploy, timings_s=timings)
-    from cpframe.campaign.runner import _open_repo, _split_collections
     from cpframe.campaign.deploy import deploy
+    from cpframe.campaign.runner import _open_repo, _split_collections
 
     r = _open_repo(camp.repo)
     try:

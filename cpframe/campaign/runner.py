@@ -35,9 +35,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 # deployment lives in cpframe.campaign.deploy; its names stay importable from here
 from cpframe.campaign.deploy import CheckRow, DeployResult, _exists, deploy, format_deploy_plan, self_check  # noqa: F401
-
-# the campaign file and the state/record have their own modules; their names stay importable here
-from cpframe.campaign.spec import (  # noqa: F401
+# the campaign's vocabulary, its file and its state/record have their own modules
+# (model, spec, state); their names stay importable from here
+from cpframe.campaign.model import (  # noqa: F401
     _DEPLOY_VARIABLES,
     CERTIFIABLE,
     DERIVED_VARIABLES,
@@ -50,14 +50,16 @@ from cpframe.campaign.spec import (  # noqa: F401
     VERIFY_TARGETS,
     Campaign,
     Step,
+    sh_join,
+    sh_quote,
+)
+from cpframe.campaign.spec import (  # noqa: F401
     _infer_from_template,
     _split_collections,
     load_campaign,
     order_steps,
     parse_campaign,
     parse_var_options,
-    sh_join,
-    sh_quote,
 )
 from cpframe.campaign.state import CampaignState, CommandRecord, _now, campaign_dir  # noqa: F401
 from cpframe.core.errors import CampaignError, CpframeError

@@ -12,233 +12,31 @@ import hashlib
 import heapq
 import os
 import re
-import shlex
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import yaml
-
-from cpframe.core import yamlsafe
+from cpframe.campaign.model import (
+    _RERUN_RE,
+    _STEP_NAME_RE,
+    _VAR_RE,
+    CERTIFIABLE,
+    DERIVED_VARIABLES,
+    GEN_STEM,
+    PRODUCT_NEEDS,
+    REQUIRED_VARIABLES,
+    SELECTION_OF_BUILD,
+    SELECTION_OF_VERIFY,
+    STEP_KINDS,
+    STEP_SCHEMAS,
+    VERIFY_TARGETS,
+    Campaign,
+    CampaignFile,
+    Step,
+)
 from cpframe.core.errors import CampaignError, CpframeError
+from cpframe.core.schema import check, read_yaml
 from cpframe.repository.names import collection_name_problem
-
-# -- vocabulary -------------------------------------------------------------------------------
-
-#: Step kinds a campaign file may use.
-STEP_KINDS = ("submit", "certify", "report", "deploy")
-
-#: Calibration products cpframe builds and what each needs built (and certified) first
-#: (spec dependencies.md §7, the minimal closed set, with defects before PTC as in §6).
-PRODUCT_NEEDS: dict[str, tuple[str, ...]] = {
-    "biasBootstrap": (),
-    "darkBootstrap": ("biasBootstrap",),
-    "flatBootstrap": ("biasBootstrap", "darkBootstrap"),
-    "defects": ("biasBootstrap", "darkBootstrap", "flatBootstrap"),
-    "ptc": ("defects",),
-    "bias": ("ptc", "defects"),
-    "dark": ("ptc", "bias", "defects"),
-    "flat": ("ptc", "bias", "dark", "defects"),
-    # issue 13 types (dependencies.md §6: linearizer and CTI after defects, CTI on the linearizer's gains;
-    # crosstalk from bright sources with the PTC's gains).  bias/dark/flat/ptc use them when certified.
-    "linearizer": ("defects",),
-    "cti": ("linearizer", "defects"),
-    "crosstalk": ("ptc", "defects"),
-}
-
-#: Products that are certified (bootstraps are read straight from their RUNs).
-CERTIFIABLE = ("defects", "ptc", "bias", "dark", "flat", "linearizer", "cti", "crosstalk")
-
-#: What a verification submission may test.
-VERIFY_TARGETS = ("bias", "dark", "flat", "defects", "ptc", "science", "linearizer", "cti", "crosstalk")
-
-#: Variables every campaign needs (DMTN-222 §7 exports them all).
-REQUIRED_VARIABLES = (
-    "USER_CALIB_PREFIX", "INSTRUMENT", "TICKET", "REPO", "RAW_COLLECTION", "CALIB_COLLECTIONS",
-    "TAG", "RERUN", "CERT_RERUN", "VERIFY_RERUN", "START_DATE",
-)
-
-#: Variables ``cpframe deploy CAMPAIGN`` needs (passed on with --var in the record).
-_DEPLOY_VARIABLES = (
-    "REPO", "INSTRUMENT", "TICKET", "USER_CALIB_PREFIX", "RAW_COLLECTION", "CALIB_COLLECTIONS",
-)
-
-#: Names cpframe computes from the others; a campaign file may not set them.
-DERIVED_VARIABLES = ("TICKET_CHAIN", "TAG_PREFIX")
-
-#: The generation-collection stem of each product (templates.md §4/§5).
-GEN_STEM = {
-    "biasBootstrap": "biasBootstrapGen", "darkBootstrap": "darkBootstrapGen",
-    "flatBootstrap": "flatBootstrapGen", "defects": "defectGen", "ptc": "ptcGen",
-    "bias": "biasGen", "dark": "darkGen", "flat": "flatGen",
-    "linearizer": "linearizerGen", "cti": "ctiGen", "crosstalk": "crosstalkGen",
-}
-
-#: Selection variable each product / verification reads (``{band}`` for flats).
-SELECTION_OF_BUILD = {
-    "biasBootstrap": "SELECTION_BIAS_BOOTSTRAP", "darkBootstrap": "SELECTION_DARK_BOOTSTRAP",
-    "flatBootstrap": "SELECTION_FLAT_BOOTSTRAP", "defects": None, "ptc": "SELECTION_PTC",
-    "bias": "SELECTION_BIAS", "dark": "SELECTION_DARK", "flat": "SELECTION_FLAT_{band}",
-    "linearizer": "SELECTION_PTC_LINEARIZER", "cti": "SELECTION_PTC_CTI", "crosstalk": "SELECTION_CROSSTALK",
-}
-SELECTION_OF_VERIFY = {
-    "bias": "SELECTION_BIAS_V", "dark": "SELECTION_DARK_V", "flat": "SELECTION_FLAT_{band}_V",
-    "defects": "SELECTION_DEFECTS_V", "ptc": "SELECTION_PTC_V", "science": "SELECTION_SCIENCE_V",
-    "linearizer": "SELECTION_PTC_LINEARIZER_V", "cti": "SELECTION_PTC_CTI_V", "crosstalk": "SELECTION_CROSSTALK_V",
-}
-
-_RERUN_RE = re.compile(r"^\d{8}[a-z]$")
-_STEP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_VAR_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
-
-_STEP_KEYS = {
-    "submit": {"name", "kind", "needs", "doc", "template", "builds", "verifies", "band", "vars"},
-    "certify": {"name", "kind", "needs", "doc", "dataset_type", "band", "input", "output",
-                "begin_date", "end_date", "chain", "search_all_inputs"},
-    "report": {"name", "kind", "needs", "doc", "output", "collections"},
-    "deploy": {"name", "kind", "needs", "doc", "exposure"},
-}
-
-def sh_quote(text: str) -> str:
-    """Quote for a POSIX shell, preferring double quotes around selections.
-
-    >>> print(sh_quote("instrument='LSSTComCam' and detector=4"))
-    "instrument='LSSTComCam' and detector=4"
-    >>> sh_quote("plain")
-    'plain'
-    """
-    q = shlex.quote(text)
-    if q.startswith("'") and "'" in text and not re.search(r'[$`"\\!]', text):
-        return f'"{text}"'
-    return q
-
-
-def sh_join(argv: Sequence[str]) -> str:
-    """A command line as shell text (see :func:`sh_quote`)."""
-    return " ".join(sh_quote(a) for a in argv)
-
-
-# -- the file, parsed ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step of a campaign, with its variables already substituted."""
-
-    name: str
-    """Unique name in the campaign (used by ``needs`` and ``--until``)."""
-    kind: str
-    """One of :data:`STEP_KINDS`."""
-    index: int
-    """Position in the campaign file (0-based)."""
-    needs: tuple[str, ...] = ()
-    """Names of steps that must run first (besides the derived dependencies)."""
-    doc: str = ""
-    template: str | None = None
-    """submit: absolute path of the submission template."""
-    builds: str | None = None
-    """submit: product built (key of :data:`PRODUCT_NEEDS`)."""
-    verifies: str | None = None
-    """submit: calibration verified (one of :data:`VERIFY_TARGETS`)."""
-    band: str | None = None
-    """Flat band (submit builds/verifies flat, certify flat)."""
-    vars: tuple[tuple[str, str], ...] = ()
-    """submit: variables set for this step only."""
-    dataset_type: str | None = None
-    """certify: dataset type certified."""
-    input: str | None = None
-    """certify: generation collection holding the datasets (CHAINED: first child only)."""
-    output: str | None = None
-    """certify: CALIBRATION collection; report: output directory."""
-    begin_date: str | None = None
-    """certify: TAI start of the validity range (at or before 1970 = unbounded)."""
-    end_date: str | None = None
-    """certify: TAI end of the validity range (None = open, DMTN-222 policy)."""
-    chain: str | None = None
-    """certify: CHAINED collection to put ``output`` in (None = do not chain)."""
-    search_all_inputs: bool = False
-    collections: tuple[str, ...] = ()
-    """report: collections to report on (verification first, then generation)."""
-    exposure: int | None = None
-    """deploy: exposure used by the self-check (default: chosen from the validity ranges)."""
-    gen_output: str | None = None
-    """submit: CHAINED output collection of the submission (``payload.output``)."""
-    gen_run: str | None = None
-    """submit: RUN name when it is fixed in advance (bootstraps), else None (timestamped)."""
-
-    @property
-    def product(self) -> str | None:
-        """Calibration product this step builds or certifies (None for others)."""
-        if self.kind == "submit":
-            return self.builds
-        if self.kind == "certify":
-            return self.dataset_type
-        return None
-
-    @property
-    def label(self) -> str:
-        """Short description for the plan."""
-        band = f" ({self.band})" if self.band else ""
-        if self.kind == "submit" and self.builds:
-            return f"build {self.builds}{band}"
-        if self.kind == "submit":
-            return f"verify {self.verifies}{band}"
-        if self.kind == "certify":
-            return f"certify {self.dataset_type}{band}"
-        return self.kind
-
-
-@dataclass(frozen=True)
-class Campaign:
-    """A validated campaign: variables and steps in execution order."""
-
-    name: str
-    path: Path
-    """Absolute path of the campaign file."""
-    variables: Mapping[str, str]
-    """All variables, overrides applied, derived names (``TICKET_CHAIN``, ``TAG_PREFIX``) added."""
-    steps: tuple[Step, ...]
-    """Steps in the order they run."""
-    after: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
-    """For each step, ``(earlier step, reason)`` pairs that forced its place."""
-    sha256: str = ""
-    """Checksum of the campaign file as read."""
-    overrides: Mapping[str, str] = field(default_factory=dict)
-    """The ``--var`` values given (they are part of how to run it again)."""
-
-    def command(self, *extra: str) -> str:
-        """The ``cpframe campaign`` command line for this campaign (with its ``--var``)."""
-        argv = ["cpframe", "campaign", str(self.path)]
-        for k, x in self.overrides.items():
-            argv += ["--var", f"{k}={x}"]
-        return sh_join(argv + list(extra))
-
-    @property
-    def repo(self) -> str:
-        return self.variables["REPO"]
-
-    @property
-    def ticket_chain(self) -> str:
-        return self.variables["TICKET_CHAIN"]
-
-    @property
-    def instrument(self) -> str:
-        return self.variables["INSTRUMENT"]
-
-    def step(self, name: str) -> Step:
-        for s in self.steps:
-            if s.name == name:
-                return s
-        raise CampaignError(
-            f"{self.path.name}: no step named {name!r}; steps are {', '.join(s.name for s in self.steps)}."
-        )
-
-    def chain_mode(self, step: Step) -> str:
-        """``redefine`` for the first chaining certify step in run order, ``prepend`` after."""
-        for s in self.steps:
-            if s.kind == "certify" and s.chain == step.chain:
-                return "redefine" if s.name == step.name else "prepend"
-        return "prepend"
 
 
 def parse_var_options(items: Iterable[str]) -> dict[str, str]:
@@ -453,23 +251,12 @@ def parse_campaign(text: str, path: Path, overrides: Mapping[str, str] | None = 
         name that is not a CALIBRATION collection, missing template...
     """
     path = Path(path).resolve()
-    try:
-        doc = yamlsafe.load(text, str(path), max_nodes=100_000)  # bounded aliases (issue 11)
-    except yaml.YAMLError as err:
-        raise CampaignError(f"{path}: not valid YAML: {err}") from None
+    doc = read_yaml(path, text=text, error=CampaignError)
     if not isinstance(doc, dict):
         raise CampaignError(f"{path}: a campaign file is a mapping with 'variables' and 'steps'.")
     problems: list[str] = []
-    unknown_top = set(doc) - {"name", "description", "variables", "steps"}
-    if unknown_top:
-        problems.append(
-            f"unknown top-level key(s) {', '.join(sorted(map(str, unknown_top)))}; "
-            "allowed: name, description, variables, steps"
-        )
-    raw_vars = doc.get("variables") or {}
-    if not isinstance(raw_vars, dict):
-        problems.append("'variables' must be a mapping NAME: value")
-        raw_vars = {}
+    top = check(doc, CampaignFile, problems)
+    raw_vars = (top.variables if top is not None else None) or {}
     raw_vars = {str(k): "" if val is None else str(val) for k, val in raw_vars.items()}
     raw_vars.update({k: str(val) for k, val in (overrides or {}).items()})
     for d in DERIVED_VARIABLES:
@@ -566,14 +353,10 @@ def _parse_step(i: int, rs: Any, v: Mapping[str, str], path: Path, problems: lis
     where = f"step {name!r}"
     kind = rs.get("kind")
     if kind not in STEP_KINDS:
-        problems.append(f"{where}: unknown step kind {kind!r}; use one of {', '.join(STEP_KINDS)}")
+        problems.append(f"steps[{i}].kind: {kind!r} is not allowed; use one of {', '.join(STEP_KINDS)}")
         return None
-    extra = set(rs) - _STEP_KEYS[kind]
-    if extra:
-        problems.append(
-            f"{where}: unknown key(s) {', '.join(sorted(map(str, extra)))} for a {kind} step; "
-            f"allowed: {', '.join(sorted(_STEP_KEYS[kind]))}"
-        )
+    if check(rs, STEP_SCHEMAS[kind], problems, prefix=f"steps[{i}]") is None:
+        return None
     missing: set[str] = set()
 
     def sub(key: str, default: str | None = None) -> str | None:

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from cpframe.campaign.spec import DERIVED_VARIABLES, Campaign, Step, sh_join, sh_quote
+from cpframe.campaign.model import DERIVED_VARIABLES, Campaign, Step, sh_join, sh_quote
 from cpframe.core.errors import CampaignError
 
 # -- state and record ---------------------------------------------------------------------------

@@ -8,49 +8,100 @@ into a frozen :class:`Settings` that is passed down; nothing deeper reads config
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import dask.config
 import yaml
+from dask.utils import format_bytes as _dask_format_bytes
+from dask.utils import parse_bytes as _dask_parse_bytes
+from pydantic import Field
 
 from cpframe.core.errors import ConfigError
+from cpframe.core.schema import Schema, validate
 
 __all__ = ["Settings", "load_settings", "parse_bytes", "format_bytes"]
 
 _defaults = yaml.safe_load((resources.files("cpframe.core") / "cpframe.yaml").read_text())
 dask.config.update_defaults(_defaults)
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 2**10, "m": 2**20, "g": 2**30}
-
-
 def parse_bytes(text: str | int, what: str = "memory") -> int:
-    """Parse a memory size given as text.
+    """Parse a memory size given as text, as dask and dask-jobqueue do (``dask.utils.parse_bytes``).
+
+    Decimal units are powers of 10 and a bare letter is decimal too (``4G`` = ``4 GB`` =
+    4e9 bytes, as dask-jobqueue reads the same string); binary units say ``i``.
 
     >>> parse_bytes("16 GiB")
     17179869184
-    >>> parse_bytes("512MB")
-    512000000
+    >>> parse_bytes("512MB"), parse_bytes("4G")
+    (512000000, 4000000000)
+
+    Raises
+    ------
+    ConfigError
+        Not a size.
     """
+    if isinstance(text, bool):
+        raise ConfigError(f"{what} {text!r} is not a size; write e.g. '512 MiB' or '4 GiB'.")
     if isinstance(text, int):
         return text
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ConfigError(f"{what} {text!r} is not a size; write e.g. '512 MiB' or '4 GiB'.")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    try:
+        return int(_dask_parse_bytes(str(text)))
+    except (ValueError, TypeError):
+        raise ConfigError(f"{what} {text!r} is not a size; write e.g. '512 MiB' or '4 GiB'.") from None
 
 
 def format_bytes(n: int) -> str:
-    """>>> format_bytes(3 * 2**30)
-    '3.0 GiB'
+    """A size for people (``dask.utils.format_bytes``).
+
+    >>> format_bytes(3 * 2**30)
+    '3.00 GiB'
     """
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
+    return _dask_format_bytes(int(n))
+
+
+# -- the settings file (cpframe.yaml, merged into dask.config["cpframe"]) ----------------------------
+
+
+class _Registry(Schema):
+    db_url: str | None = Field(alias="db-url")
+    busy_timeout_s: float = Field(alias="busy-timeout-s", gt=0)
+
+
+class _Combine(Schema):
+    memory_budget: str | int = Field(alias="memory-budget")
+
+
+class _Cluster(Schema):
+    kind: Literal["local", "slurm"]
+    n_workers: int = Field(alias="n-workers", ge=1)
+    threads_per_worker: int = Field(alias="threads-per-worker", ge=1)
+    worker_memory: str | int = Field(alias="worker-memory")
+    site_file: str = Field(alias="site-file")
+    minimum_jobs: int = Field(alias="minimum-jobs", ge=0)
+    maximum_jobs: int = Field(alias="maximum-jobs", ge=1)
+
+
+class _Execution(Schema):
+    retries: int = Field(ge=0)
+    progress: bool
+
+
+class SettingsFile(Schema):
+    """The ``cpframe:`` section of the settings (every key is documented in ``cpframe.yaml``)."""
+
+    registry: _Registry
+    combine: _Combine
+    cluster: _Cluster
+    execution: _Execution
+
+
+def _dashed(d: Any) -> Any:
+    """dask keeps ``DASK_CPFRAME__A__B_C`` as ``b_c``; the file spells keys ``b-c``."""
+    if isinstance(d, Mapping):
+        return {str(k).replace("_", "-"): _dashed(v) for k, v in d.items()}
+    return d
 
 
 @dataclass(frozen=True)
@@ -78,28 +129,28 @@ class Settings:
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
-    """Read dask.config["cpframe"], validate, apply explicit overrides."""
+    """Read dask.config["cpframe"], validate it (:class:`SettingsFile`), apply explicit overrides.
+
+    Raises
+    ------
+    ConfigError
+        Every wrong key or value, one line each, naming its key path (``cpframe.cluster.kind``).
+    """
     dask.config.refresh()
-    c = dask.config.get("cpframe", {})
-
-    def g(section: str, key: str):
-        return (c.get(section) or {}).get(key, _defaults["cpframe"][section][key])
-
-    kind = str(g("cluster", "kind"))
-    if kind not in ("local", "slurm"):
-        raise ConfigError(f"cpframe.execution.cluster.kind is {kind!r}; use 'local' or 'slurm'.")
+    c = validate(_dashed(dask.config.get("cpframe", {})), SettingsFile,
+                 "cpframe settings (cpframe.yaml, dask config files, DASK_CPFRAME__* variables)", prefix="cpframe")
     s = Settings(
-        db_url=str(g("registry", "db-url") or ""),
-        busy_timeout_s=float(g("registry", "busy-timeout-s")),
-        combine_memory_bytes=parse_bytes(g("combine", "memory-budget"), "cpframe.science.combine.memory-budget"),
-        cluster_kind=kind,
-        n_workers=int(g("cluster", "n-workers")),
-        threads_per_worker=int(g("cluster", "threads-per-worker")),
-        worker_memory_bytes=parse_bytes(g("cluster", "worker-memory"), "cpframe.execution.cluster.worker-memory"),
-        site_file=str(g("cluster", "site-file")),
-        minimum_jobs=int(g("cluster", "minimum-jobs")),
-        maximum_jobs=int(g("cluster", "maximum-jobs")),
-        retries=int(g("execution", "retries")),
-        progress=bool(g("execution", "progress")),
+        db_url=str(c.registry.db_url or ""),
+        busy_timeout_s=c.registry.busy_timeout_s,
+        combine_memory_bytes=parse_bytes(c.combine.memory_budget, "cpframe.combine.memory-budget"),
+        cluster_kind=c.cluster.kind,
+        n_workers=c.cluster.n_workers,
+        threads_per_worker=c.cluster.threads_per_worker,
+        worker_memory_bytes=parse_bytes(c.cluster.worker_memory, "cpframe.cluster.worker-memory"),
+        site_file=c.cluster.site_file,
+        minimum_jobs=c.cluster.minimum_jobs,
+        maximum_jobs=c.cluster.maximum_jobs,
+        retries=c.execution.retries,
+        progress=c.execution.progress,
     )
     return s.with_overrides(**(overrides or {}))

@@ -10,11 +10,17 @@ replacement every writer of cpframe uses; it gives the file ``0666 & ~umask``, e
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 import threading
+from pathlib import Path
+from typing import Any
 
-__all__ = ["current_umask", "file_mode", "mkstemp"]
+import numpy as np
+
+__all__ = ["current_umask", "file_mode", "mkstemp", "json_ready", "write_json"]
 
 _LOCK = threading.Lock()
 
@@ -59,3 +65,39 @@ def mkstemp(suffix: str | None = None, prefix: str | None = None, dir: str | os.
         os.unlink(path)
         raise
     return fd, path
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with NumPy scalars made Python values, tuples made lists and NaN/inf made None
+    (JSON has no NaN; cpframe's JSON products write a missing number as null).
+
+    >>> json_ready({"a": (1.0, float("nan")), "b": np.float32(2.5)})
+    {'a': [1.0, None], 'b': 2.5}
+    """
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [json_ready(x) for x in value]
+    if isinstance(value, dict):
+        return {k: json_ready(x) for k, x in value.items()}
+    return value
+
+
+def write_json(path: str | os.PathLike, doc: Any) -> Path:
+    """Write ``doc`` as indented JSON, atomically (a temporary file renamed into place, umask honoured).
+
+    Raises ``ValueError`` on a NaN left in ``doc`` (pass it through :func:`json_ready` first).
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out

@@ -40,8 +40,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
 
-from cpframe.core.errors import ConfigError, PlanningError, UserInputError
+from cpframe.core.errors import PlanningError
 from cpframe.core.model import DIMENSION_ORDER, DataId, DatasetRef, Timespan, ns_to_iso
+from cpframe.execution.kinds import get_kind
 from cpframe.repository.base import Registry
 
 __all__ = [
@@ -76,8 +77,6 @@ MSG_MISSING_CALIBS = (
     "(CALIB_COLLECTIONS)."
 )
 
-#: Task kinds whose every output is registered (verification statistics are read by the report).
-_REGISTER_ALL_KINDS = ("verifyStats", "verifyMerge")
 _EXT = {"fits-masked": ".fits", "fits-ptc": ".fits", "fits-raw": ".fits", "ecsv-defects": ".ecsv",
         "ecsv": ".ecsv", "json": ".json"}
 
@@ -271,7 +270,7 @@ def registered_types(pipeline: Any) -> tuple[str, ...]:
     """Dataset types of ``pipeline`` that are registered in the RUN (module docstring)."""
     out = list(pipeline.products)
     for t in pipeline.tasks:
-        if t.kind in _REGISTER_ALL_KINDS:
+        if get_kind(t.kind).registers_all_outputs:
             out.extend(o for o in t.outputs if o not in out)
     return tuple(out)
 
@@ -361,7 +360,7 @@ def _expand(pipeline: Any, base: Sequence[DataId], exposures, token: str):
     for t in pipeline.tasks:
         dims = [d for d in t.dimensions if d != "instrument"]
         items: list[tuple[DataId, tuple]] = []
-        if t.kind == "ptcExtract":
+        if get_kind(t.kind).pairs_exposures:
             for a, b in _pairs(base, exposures):
                 items.append((a, (b,)))
         else:
@@ -381,7 +380,7 @@ def _expand(pipeline: Any, base: Sequence[DataId], exposures, token: str):
                 if i == "raw":
                     continue
                 src = writer[i]
-                if t.kind == "ptcExtract":
+                if get_kind(t.kind).pairs_exposures:
                     wanted = [did, *partners]
                     keys = tuple(k for w in wanted for (sd, k) in by_task[src.label]
                                  if sd["exposure"] == w["exposure"] and sd["detector"] == w["detector"])
@@ -497,117 +496,9 @@ def _explicit_options(pipeline: Any) -> dict[str, set[str]]:
     return {str(label): set((sec or {}).get("config") or {}) for label, sec in tasks.items() if isinstance(sec, dict)}
 
 
-def _accepted(label: str, config: Mapping[str, Any], parse, explicit: set[str]) -> tuple[dict, list[str]]:
-    """Keep the options the science code's ``parse`` accepts; say which ones it cannot honour.
-
-    A switch set true that the science code accepts only when false (a step cpframe does
-    not implement) is turned off; an option it does not know is dropped.  Notes name those
-    the pipeline file sets explicitly (defaults without a cpframe equivalent go unmentioned).
-    """
-    keep, off, dropped = {}, [], []
-    for k, v in config.items():
-        try:
-            parse({k: v})
-            keep[k] = v
-            continue
-        except (ConfigError, UserInputError, TypeError, ValueError):
-            pass
-        if v is True:
-            try:
-                parse({k: False})
-                off.append(k)
-                continue
-            except (ConfigError, UserInputError, TypeError, ValueError):
-                pass
-        dropped.append(k)
-    notes = []
-    off, dropped = [k for k in off if k in explicit], [k for k in dropped if k in explicit]
-    if off:
-        notes.append(f"{label}: {', '.join(off)} not implemented by cpframe; run with them off")
-    if dropped:
-        # the value is shown: a known key with a value cpframe does not implement (scalingLevel=AMP)
-        # is dropped too, and runs with the science code's default instead
-        shown = ", ".join(f"{k}={config[k]!r}" for k in dropped)
-        notes.append(f"{label}: option(s) without a cpframe equivalent or value, ignored (default used): {shown}")
-    return keep, notes
-
-
-_CR_NAMES = {"minSigma": "min_sigma", "minDn": "min_dn", "cond3Fac": "neighbour_factor", "crGrow": "cr_grow",
-             "nCrPixelMax": "n_cr_pixel_max"}
-
-
 def _task_settings(task: Any, settings: Any, explicit: set[str]) -> tuple[dict[str, Any], list[str]]:
-    """Science-side settings of one task (shared by all its quanta) and notes."""
-    kind, cfg, label = task.kind, dict(task.config), task.label
-    if kind == "isr":
-        from cpframe.science.isr import IsrConfig
-
-        keep, notes = _accepted(label, cfg, IsrConfig.from_dict, explicit)
-        return {"isr": keep}, notes
-    if kind == "combine":
-        from cpframe.science.combine import CombineConfig
-
-        keep, notes = _accepted(label, cfg, CombineConfig.from_dict, explicit)
-        keep.setdefault("datasetType", task.output)  # bias: header exposure time 0 (spec §4.3)
-        return {"combine": CombineConfig.from_dict(keep), "memory_bytes": settings.combine_memory_bytes,
-                "fused_memory_bytes": FUSED_MEMORY_BYTES}, notes
-    if kind == "darkCr":
-        from cpframe.science.tasks import CrConfig
-
-        kw = {_CR_NAMES[k]: v for k, v in cfg.items() if k in _CR_NAMES}
-        ignored = sorted(k for k in cfg if k not in _CR_NAMES and k in explicit)
-        return {"cr": CrConfig(**kw)}, [f"{label}: option(s) without a cpframe equivalent, ignored: "
-                                        f"{', '.join(ignored)}"] if ignored else []
-    if kind == "flatMeasure":
-        return {"clip": float(cfg.get("clip", 3.0)), "n_iter": int(cfg.get("nIter", 3))}, []
-    if kind == "flatNormalize":
-        notes = [f"{label}: level=AMP is not implemented; DETECTOR used"] if cfg.get("level") == "AMP" else []
-        return {"max_iter": int(cfg.get("scaleMaxIter", 10))}, notes
-    if kind == "defects":
-        from cpframe.science.defects import DefectsConfig
-
-        keep, notes = _accepted(label, cfg, DefectsConfig.from_dict, explicit)
-        return {"defects": DefectsConfig.from_dict(keep)}, notes
-    if kind in ("ptcExtract", "ptcSolve"):
-        from cpframe.science.ptc import PtcConfig
-
-        keep, notes = _accepted(label, cfg, PtcConfig.from_dict, explicit)
-        return {"ptc": PtcConfig.from_dict(keep)}, notes
-    if kind == "linearitySolve":
-        from cpframe.science.linearity import LinearityConfig
-
-        keep, notes = _accepted(label, cfg, LinearityConfig.from_dict, explicit)
-        return {"linearity": LinearityConfig.from_dict(keep)}, notes
-    if kind in ("crosstalkExtract", "crosstalkSolve"):
-        from cpframe.science.crosstalk import CrosstalkConfig
-
-        keep, notes = _accepted(label, cfg, CrosstalkConfig.from_dict, explicit)
-        return {"crosstalk": CrosstalkConfig.from_dict(keep)}, notes
-    if kind == "ctiSolve":
-        from cpframe.science.cti import CtiConfig
-
-        keep, notes = _accepted(label, cfg, CtiConfig.from_dict, explicit)
-        return {"cti": CtiConfig.from_dict(keep)}, notes
-    if kind == "verifyStats":
-        from cpframe.verify import VerifyConfig
-
-        return {"stage": cfg["stage"], "verify": VerifyConfig.from_mapping(dict(cfg.get("settings") or {}))}, []
-    if kind == "verifyMerge":
-        return {"stage": cfg["stage"]}, []
-    raise PlanningError(f"task {label}: kind {kind!r} cannot be planned by this cpframe.")  # pragma: no cover
-
-
-def _isr_for_quantum(base: Mapping[str, Any], found: Mapping[str, Any]) -> Any:
-    """ISR settings of one quantum: optional steps whose calibration was not found are switched off."""
-    from cpframe.science.isr import IsrConfig
-
-    cfg = dict(base)
-    for flag, calib in (("doCrosstalk", "crosstalk"), ("doLinearize", "linearizer"), ("doDeferredCharge", "cti")):
-        if cfg.get(flag) and calib not in found:
-            cfg[flag] = False
-            if flag == "doCrosstalk":
-                cfg.pop("doQuadraticCrosstalkCorrection", None)
-    return IsrConfig.from_dict(cfg)
+    """Science-side settings of one task (shared by all its quanta) and notes: the kind's :meth:`plan`."""
+    return get_kind(task.kind).plan(task, settings, explicit)
 
 
 # ------------------------------------------------------------------------------------------
@@ -698,12 +589,10 @@ def make_plan(
     quanta: dict[str, Quantum] = {}
     for t, did, inputs, key, partners in items:
         calibs = found.get(key, {})
-        s = dict(task_settings[t.label])
-        if t.kind == "isr":
-            s["isr"] = _isr_for_quantum(s["isr"], calibs)
+        s = get_kind(t.kind).for_quantum(task_settings[t.label], calibs)
         outs = tuple((o, _project(did, [d for d in pipeline.dataset_types[o].dimensions if d != "instrument"]))
                      for o in t.outputs)
-        raw = raws.get(did.key()) if t.kind == "isr" else None
+        raw = raws.get(did.key()) if get_kind(t.kind).reads_raw else None
         quanta[key] = Quantum(key=key, task=t.label, kind=t.kind, data_id=did, inputs=inputs, raw=raw,
                               calibs=calibs, outputs=outs, registered=tuple(o for o in t.outputs if o in reg_types),
                               settings=s)
@@ -826,10 +715,6 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
         with dask.annotate(resources=dict(need)) if need else contextlib.nullcontext():
             delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, ups, dask_key_name=key)
     return delayed
-
-
-#: Budget of a fused ISR -> combine quantum's row blocks (benchmarks/RESULTS.md: measured, not guessed).
-FUSED_MEMORY_BYTES = 96 * 2**20
 
 
 def fusion(plan: Plan) -> dict[str, str]:

@@ -46,6 +46,8 @@ import yaml
 
 from cpframe.core import yamlsafe
 from cpframe.core.errors import PipelineError
+from cpframe.execution.dataset_types import CALIBRATION_TYPES, PRODUCT_TYPES
+from cpframe.execution import kinds as _kinds
 
 __all__ = [
     "DatasetTypeSpec",
@@ -53,7 +55,6 @@ __all__ = [
     "TaskSpec",
     "KINDS",
     "MASK_PLANES",
-    "PRODUCT_TYPES",
     "calibrations_for_isr",
     "list_pipelines",
     "load_pipeline",
@@ -64,207 +65,46 @@ __all__ = [
 MASK_PLANES = ("BAD", "SAT", "INTRP", "CR", "EDGE", "DETECTED", "DETECTED_NEGATIVE", "SUSPECT", "NO_DATA",
                "UNMASKEDNAN", "VIGNETTED", "PARTLY_VIGNETTED")
 
-#: Dataset types known to every repository: name -> (dimensions without instrument, storage class).
-PRODUCT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
-    "raw": (("exposure", "detector"), "fits-raw"),
-    "biasBootstrap": (("detector",), "fits-masked"),
-    "darkBootstrap": (("detector",), "fits-masked"),
-    "flatBootstrap": (("detector", "physical_filter"), "fits-masked"),
-    "bias": (("detector",), "fits-masked"),
-    "dark": (("detector",), "fits-masked"),
-    "flat": (("detector", "physical_filter"), "fits-masked"),
-    "defects": (("detector",), "ecsv-defects"),
-    "manual_defects": (("detector",), "ecsv-defects"),
-    "ptc": (("detector",), "fits-ptc"),
-    # optional inputs only (cpframe does not build them; dependencies.md §7)
-    "linearizer": (("detector",), "json"),  # cpframe/science/linearity.py
-    "crosstalk": (("detector",), "json"),  # cpframe/science/crosstalk.py
-    "cti": (("detector",), "json"),  # cpframe/science/cti.py
-    "bfk": (("detector",), "external"),
-}
-
 #: cp_pipe / cp_verify pipelines for calibrations cpframe does not build (yet): file stem -> what.
 NOT_BUILT_PIPELINES = {
-    "cpCrosstalk": "crosstalk", "cpLinearizer": "linearizer", "cpBfk": "brighter-fatter kernel (bfk)",
-    "cpCti": "CTI (cti)", "cpSky": "sky", "cpElectrostaticBFDistortionMatrix":
+    "cpBfk": "brighter-fatter kernel (bfk)", "cpSky": "sky", "cpElectrostaticBFDistortionMatrix":
     "electrostatic brighter-fatter distortion matrix", "cpFlatAnaglyph": "anaglyph (red/blue LED) flat",
     "cpFlatGradientReference": "flat gradient reference", "cpGainCorrection": "gain correction",
     "cpIlluminationCorrection": "illumination correction", "verifyBfk": "brighter-fatter kernel (bfk)",
-    "verifyLinearizer": "linearizer", "verifyIlluminationCorrection": "illumination correction",
-    "verifyCrosstalk": "crosstalk",
+    "verifyIlluminationCorrection": "illumination correction",
 }
 
-#: Calibration dataset types (looked up by validity range, not produced per exposure).
-CALIBRATION_TYPES = frozenset(PRODUCT_TYPES) - {"raw"}
 STORAGE_CLASSES = ("fits-masked", "json", "ecsv", "ecsv-defects", "fits-ptc")
 
 _DIM_ORDER = ("instrument", "exposure", "detector", "physical_filter")
 
-# kind -> allowed quantum dimension sets (without instrument)
-_KIND_DIMENSIONS: dict[str, tuple[frozenset, ...]] = {
-    "isr": (frozenset({"exposure", "detector"}),),
-    "darkCr": (frozenset({"exposure", "detector"}),),
-    "flatMeasure": (frozenset({"exposure", "detector"}),),
-    "flatNormalize": (frozenset({"physical_filter"}),),
-    "combine": (frozenset({"detector"}), frozenset({"detector", "physical_filter"})),
-    "defects": (frozenset({"detector"}),),
-    "ptcExtract": (frozenset({"exposure", "detector"}),),
-    "ptcSolve": (frozenset({"detector"}),),
-    # issue 13 types (cpframe/science/linearity.py, crosstalk.py, cti.py)
-    "linearitySolve": (frozenset({"detector"}),),
-    "crosstalkExtract": (frozenset({"exposure", "detector"}),),
-    "crosstalkSolve": (frozenset({"detector"}),),
-    "ctiSolve": (frozenset({"detector"}),),
-    "verifyStats": (frozenset({"exposure", "detector"}), frozenset({"detector"})),
-    "verifyMerge": (frozenset({"exposure"}), frozenset()),
-}
-KINDS = tuple(_KIND_DIMENSIONS)
+# Every task kind (its options with types and defaults, dimensions, planning and run) is
+# defined once, in cpframe.execution.kinds; this module only reads those definitions.
+KINDS = tuple(_kinds.REGISTRY)
 
 _ANY = object()
 
 
-def _enum(*values: str):
-    return ("enum", values)
+def _kind_table(kind: str) -> dict[str, tuple]:
+    """cp_pipe key -> (type, default) of a kind; ``_ANY`` marks a required key, UNSET keys are not filled."""
+    k = _kinds.REGISTRY[kind]
+    defaults = k.defaults()
+    return {key: (opt.type, _ANY if defaults[key] is _kinds.REQUIRED else defaults[key])
+            for key, opt in k.options.items()}
 
 
-# kind -> config key -> (type, default).  Types: bool, int, float, str, "planes", "floats",
-# ("enum", values), "mapping".  Names are cp_pipe's; docs/submit.md maps them onto the science code.
-_ISR = {
-    "doBootstrap": (bool, False), "doOverscan": (bool, True),
-    "overscanFitType": (_enum("MEDIAN_PER_ROW", "MEAN_PER_ROW", "MEDIAN", "MEAN"), "MEDIAN_PER_ROW"),
-    "doParallelOverscan": (bool, True), "doAssembleCcd": (bool, True),
-    "integerDitherMode": (_enum("SYMMETRIC", "POSITIVE", "NEGATIVE", "NONE"), "SYMMETRIC"),
-    "doSaturation": (bool, False), "doSuspect": (bool, False),
-    "defaultSaturationSource": (_enum("PTCTURNOFF", "CAMERAMODEL", "NONE"), "PTCTURNOFF"),
-    "doApplyGains": (bool, False), "useGainsFrom": (_enum("PTC", "LINEARIZER"), "PTC"),
-    "doCorrectGains": (bool, False),
-    "doCrosstalk": (bool, False), "doQuadraticCrosstalkCorrection": (bool, False),
-    "doLinearize": (bool, False), "doDeferredCharge": (bool, False), "doCtiStatistics": (bool, False),
-    "doBias": (bool, False), "doDark": (bool, False), "doDefect": (bool, False), "doFlat": (bool, False),
-    "doBrighterFatter": (bool, False), "doNanMasking": (bool, True), "doVariance": (bool, True),
-    "doInterpolate": (bool, False), "doStandardStatistics": (bool, True), "doCalculateStatistics": (bool, False),
-}
-# cpframe's ISR (cpframe/science/isr.py) does not implement doBrighterFatter, doInterpolate,
-# doCorrectGains, doCalculateStatistics: they are accepted here (so cp_pipe configurations read), the
-# shipped pipelines leave them off, and the planner turns them off with a note if a user sets them.
-_COMBINE = {
-    "calibrationType": (_enum("bias", "dark", "flat", "biasBootstrap", "darkBootstrap", "flatBootstrap"), _ANY),
-    "exposureScaling": (_enum("Unity", "ExposureTime", "DarkTime", "MeanStats", "InputList"), "Unity"),
-    "scalingLevel": (_enum("DETECTOR", "AMP"), "DETECTOR"),
-    "combine": (_enum("MEAN", "MEDIAN", "MEANCLIP"), "MEANCLIP"),
-    "clip": (float, 3.0), "nIter": (int, 3),
-    "mask": ("planes", ("SAT", "DETECTED", "INTRP")), "noGoodPixelsMask": ("plane", "BAD"),
-    "maxVisitsToCalcErrorFromInputVariance": (int, 5), "checkNoData": (bool, True),
-    "censorMaskPlanes": (bool, True), "distributionPercentiles": ("floats", (0, 5, 16, 50, 84, 95, 100)),
-    "flatSource": (_enum("DOME", "TWILIGHT", "PSEUDO", "SKY"), "DOME"),
-    # cpframe options: the MEANCLIP rule (docs/algorithms.md) and whether the ISR quanta this combine
-    # alone reads run fused into it, streamed without per-exposure files (execution/graph.py fusion)
-    "clipMethod": (_enum("cp_pipe", "astropy"), "cp_pipe"),
-    "fuseIsr": (bool, True),
-}
-_DEFECTS = {
-    "thresholdType": (_enum("VALUE", "STDEV"), "VALUE"),
-    "darkCurrentThreshold": (float, 3.0), "biasThreshold": (float, 1000.0), "fracThresholdFlat": (float, 0.9),
-    "nSigmaBright": (float, 4.8), "nSigmaDark": (float, -5.0),
-    "nPixBorderLeftRight": (int, 5), "nPixBorderUpDown": (int, 5), "edgesAsDefects": (bool, True),
-    "badOnAndOffPixelColumnThreshold": (int, 50), "goodPixelColumnGapThreshold": (int, 30),
-    "badPixelsToFillColumnThreshold": (int, 1000), "saturatedPixelsToFillColumnThreshold": (int, 20),
-    "saturatedColumnDilationRadius": (int, 2),
-    "combinationMode": (_enum("OR", "AND", "FRACTION"), "OR"), "combinationFraction": (float, 0.7),
-    "fitAmpGradient": (bool, False),
-}
-_KIND_CONFIG: dict[str, dict[str, tuple]] = {
-    "isr": _ISR,
-    "darkCr": {
-        "minSigma": (float, 6.0), "minDn": (float, 150.0), "cond3Fac": (float, 2.5), "crGrow": (int, 2),
-        "nCrPixelMax": (int, 10000),
-    },
-    "flatMeasure": {"clip": (float, 3.0), "nIter": (int, 3)},
-    "flatNormalize": {"level": (_enum("DETECTOR", "AMP"), "DETECTOR"), "scaleMaxIter": (int, 10)},
-    "combine": _COMBINE,
-    "defects": _DEFECTS,
-    # pairs are matched by exposure time (cp_pipe matchExposuresType=TIME), gain estimator FULL
-    "ptcExtract": {"nSigmaClipPtc": (float, 5.5), "nIterSigmaClipPtc": (int, 3), "numEdgeSuspect": (int, 20)},
-    "ptcSolve": {
-        "ptcFitType": (_enum("EXPAPPROXIMATION",), "EXPAPPROXIMATION"),
-        "minMeanSignal": (float, 0.0), "maxMeanSignal": (float, 1e6),
-        "maxSignalInitialPtcOutlierFit": (float, 50000.0), "scaleMaxSignalInitialPtcOutlierFit": (bool, True),
-        "maxIterationsPtcOutliers": (int, 2), "sigmaCutPtcOutliers": (float, 5.0),
-        "maxDeltaInitialPtcOutlierFit": (float, 9000.0),
-    },
-    "linearitySolve": {
-        "linearityType": (_enum("Polynomial", "Squared", "Spline", "None"), "Spline"), "polynomialOrder": (int, 3),
-        "splineKnots": (int, 10), "maxLinearAdu": (float, 20000.0), "minLinearAdu": (float, 30.0),
-        "nSigmaClipLinear": (float, 5.0), "maxFracLinearityDeviation": (float, 0.01),
-        "minSignalFitLinearityTurnoff": (float, 1000.0), "splineFitMinIter": (int, 3), "splineFitMaxIter": (int, 20),
-        "splineFitMaxRejectionPerIteration": (int, 5), "doSplineFitOffset": (bool, True),
-        "usePhotodiode": (bool, False),
-    },
-    "crosstalkExtract": {
-        "threshold": (float, 30000.0), "badMask": ("planes", ("BAD", "INTRP")), "growMaskRadius": (int, 20),
-    },
-    "crosstalkSolve": {
-        "rejIter": (int, 3), "rejSigma": (float, 2.0), "fluxOrder": (int, 0), "significanceLimit": (float, 3.0),
-        "doSignificanceScaling": (bool, True), "rejectNegativeSolutions": (bool, False), "doFiltering": (bool, True),
-        "unitsAreElectrons": (bool, True),
-    },
-    "ctiSolve": {"minTrapSignal": (float, 2000.0), "maxSignalFraction": (float, 0.9), "nTrailColumns": (int, 8)},
-    "verifyStats": {
-        "stage": (_enum("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE", "LINEARITY", "CROSSTALK", "CTI"), _ANY),
-        # passed to cpframe.verify's VerifyConfig.from_mapping, which checks the names
-        "settings": ("mapping", {}),
-    },
-    "verifyMerge": {
-        "stage": (_enum("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE", "LINEARITY", "CROSSTALK", "CTI"), _ANY),
-    },
-}
 _TASK_KEYS = ("kind", "dimensions", "inputs", "output", "extraOutputs", "config", "calibrations",
               "optionalCalibrations", "description")
 _TOP_KEYS = ("name", "description", "datasetTypes", "tasks", "verifies", "instrument")
 
 
 def calibrations_for_isr(config: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Calibrations an ISR task reads, from its switches (spec dependencies.md §1, §7).
+    """Calibrations an ISR task reads, from its switches: :meth:`cpframe.execution.kinds.isr.Isr.calibrations`.
 
-    Parameters
-    ----------
-    config : mapping
-        ISR config with every key present (defaults filled).
-
-    Returns
-    -------
-    required, optional : tuple of str
-        Dataset type names.  With ``doBootstrap`` the bias/dark/flat inputs are the
-        bootstrap products.  Linearizer, CTI, crosstalk and BFK are optional
-        (applied when found), except a linearizer used as the source of gains.
-
-    Examples
-    --------
-    >>> calibrations_for_isr({**{k: v[1] for k, v in _ISR.items()}, "doApplyGains": True})
+    >>> calibrations_for_isr(_kinds.get_kind("isr").filled({"doApplyGains": True}))
     (('ptc',), ())
-    >>> calibrations_for_isr({**{k: v[1] for k, v in _ISR.items()}, "doBootstrap": True, "doBias": True})
-    (('biasBootstrap',), ())
     """
-    c = config
-    boot = bool(c["doBootstrap"])
-    gains_from_lin = bool(c["doApplyGains"]) and c["useGainsFrom"] == "LINEARIZER"
-    req: list[str] = []
-    opt: list[str] = []
-    if not boot and not gains_from_lin:
-        req.append("ptc")
-    if gains_from_lin:
-        req.append("linearizer")
-    elif c["doLinearize"]:
-        opt.append("linearizer")
-    for flag, name in (("doBias", "bias"), ("doDark", "dark"), ("doFlat", "flat")):
-        if c[flag]:
-            req.append(f"{name}Bootstrap" if boot else name)
-    if c["doDefect"]:
-        req.append("defects")
-    for flag, name in (("doCrosstalk", "crosstalk"), ("doDeferredCharge", "cti"), ("doBrighterFatter", "bfk")):
-        if c[flag]:
-            opt.append(name)
-    return tuple(req), tuple(opt)
+    return _kinds.get_kind("isr").calibrations(_kinds.get_kind("isr").filled(config))
 
 
 @dataclass(frozen=True)
@@ -441,14 +281,14 @@ def _task(label: str, sec: Any, problems: list[str]) -> dict | None:
             problems.append(f"{where}: unknown key {key!r}{_suggest(str(key), _TASK_KEYS)}; "
                             f"allowed: {', '.join(_TASK_KEYS)}")
     kind = sec.get("kind")
-    if kind not in _KIND_CONFIG:
+    if kind not in _kinds.REGISTRY:
         problems.append(f"{where}: unknown task kind {kind!r}{_suggest(str(kind), KINDS)}; "
                         f"known kinds: {', '.join(KINDS)}")
         return None
     dims = _dims(sec.get("dimensions"), where, problems)
-    if dims is not None and frozenset(dims) - {"instrument"} not in _KIND_DIMENSIONS[kind]:
-        allowed = " or ".join("[" + ", ".join(d for d in _DIM_ORDER if d in s) + "]"
-                              for s in _KIND_DIMENSIONS[kind])
+    kind_dims = _kinds.REGISTRY[kind].dimensions
+    if dims is not None and frozenset(dims) - {"instrument"} not in kind_dims:
+        allowed = " or ".join("[" + ", ".join(d for d in _DIM_ORDER if d in s) + "]" for s in kind_dims)
         problems.append(f"{where}: a {kind} task runs per {allowed}, not {list(dims)}")
     inputs = sec.get("inputs", [])
     if isinstance(inputs, str):
@@ -468,7 +308,7 @@ def _task(label: str, sec: Any, problems: list[str]) -> dict | None:
     if not isinstance(raw_cfg, Mapping):
         problems.append(f"{where}.config must be a mapping, got {raw_cfg!r}")
         raw_cfg = {}
-    table = _KIND_CONFIG[kind]
+    table = _kind_table(kind)
     cfg: dict[str, Any] = {}
     for key, value in raw_cfg.items():
         if key not in table:
@@ -479,7 +319,7 @@ def _task(label: str, sec: Any, problems: list[str]) -> dict | None:
         if key not in cfg:
             if default is _ANY:
                 problems.append(f"{where}.config.{key} is required for a {kind} task")
-            else:
+            elif default is not _kinds.UNSET:
                 cfg[key] = default
     calibs = sec.get("calibrations", [])
     opt = sec.get("optionalCalibrations", [])
@@ -491,16 +331,14 @@ def _task(label: str, sec: Any, problems: list[str]) -> dict | None:
             if bad:
                 problems.append(f"{where}.{name} has unknown calibration type {', '.join(map(repr, bad))}; "
                                 f"known: {', '.join(sorted(CALIBRATION_TYPES))}")
-    if kind == "isr":
+    derived = _kinds.REGISTRY[kind].calibrations(cfg) if all(k in cfg for k in table) else None
+    if derived is not None:
         if "calibrations" in sec or "optionalCalibrations" in sec:
-            problems.append(f"{where}: an isr task's calibrations follow from its do* switches "
+            problems.append(f"{where}: an {kind} task's calibrations follow from its do* switches "
                             "(doBias, doDark, doFlat, doDefect, doBootstrap, ...); remove the list")
-        if all(k in cfg for k in _ISR):
-            calibs, opt = calibrations_for_isr(cfg)
-        else:  # pragma: no cover - only with table errors
-            calibs, opt = (), ()
-        if dims is not None and list(inputs) != ["raw"]:
-            problems.append(f"{where}.inputs: an isr task reads raw only, got {inputs!r}")
+        calibs, opt = derived
+    if _kinds.REGISTRY[kind].reads_raw and dims is not None and list(inputs) != ["raw"]:
+        problems.append(f"{where}.inputs: an {kind} task reads raw only, got {inputs!r}")
     return {"label": label, "kind": kind, "dimensions": dims or (), "inputs": tuple(inputs), "output": output,
             "config": MappingProxyType(cfg), "calibrations": tuple(calibs if isinstance(calibs, list | tuple) else ()),
             "optional_calibrations": tuple(opt if isinstance(opt, list | tuple) else ()),

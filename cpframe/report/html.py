@@ -1,3 +1,4 @@
+# Long module: the report pages move to Jinja2 templates (issue 16); until that is finished the page builders are here.
 """Static HTML report over verification and generation collections (spec verification.md §6).
 
 :func:`write_report` finds, per calibration type (bias, dark, flat, defects, ptc,

@@ -1,9 +1,10 @@
 """The registry: dimensions, dataset types, collections, datasets and validity ranges.
 
-``Registry`` (``base.py``) is the interface; ``SqlRegistry`` (``sql.py``) implements it on
-SQLAlchemy for SQLite and PostgreSQL; ``query.py`` compiles selections.  ``repo.py``
-(``Repository`` = registry + datastore), ``transfer.py`` (export/import) and ``ingest.py``
-(raw ingest) sit on top.  May import: ``cpframe.core``, ``cpframe.camera``.  Most code uses
+``Registry`` (``base.py``) is the interface; ``SqlRegistry`` (``sql.py`` with the
+``sql_common``, ``sql_collections`` and ``sql_datasets`` parts) implements it on SQLAlchemy
+for SQLite and PostgreSQL; ``query/`` parses, types and compiles selections;
+``datastore.py`` (``FileDatastore``) keeps the files.  ``repo.py`` (``Repository`` =
+registry + datastore), ``transfer.py`` (export/import) and ``ingest.py`` (raw ingest) sit on top.  May import: ``cpframe.core``, ``cpframe.camera``.  Most code uses
 ``cpframe.repository.repo.Repository``, which pairs a registry with the datastore.
 """
 

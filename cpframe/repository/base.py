@@ -28,8 +28,12 @@ if TYPE_CHECKING:
 
 #: A data ID as callers give it: dimension name -> value (int ids, str names); extra keys allowed.
 DataIdLike = Mapping[str, "int | str"]
+#: A dimension record (an exposure...): column -> value (int, float, str or a Timespan).
+DimensionRecord = Mapping[str, object]
+#: Selection bind values: name -> a scalar, a sequence (for IN) or a (begin, end) pair (for OVERLAPS).
+BindValues = Mapping[str, object]
 
-__all__ = ["Registry", "CollectionInfo", "ChainMode", "CHAIN_MODES", "DataIdLike"]
+__all__ = ["Registry", "CollectionInfo", "ChainMode", "CHAIN_MODES", "DataIdLike", "DimensionRecord", "BindValues"]
 
 #: Modes of :meth:`Registry.set_chain`, as in ``butler collection-chain --mode``.
 CHAIN_MODES = ("redefine", "prepend", "extend", "remove", "pop")
@@ -79,7 +83,7 @@ class Registry(abc.ABC):
         """
 
     @abc.abstractmethod
-    def insert_exposures(self, records: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
+    def insert_exposures(self, records: Iterable[DimensionRecord]) -> tuple[int, int]:
         """Insert exposure records; identical existing ones are skipped.
 
         Each record has: instrument, id, obs_id, day_obs, seq_num, physical_filter,
@@ -96,7 +100,7 @@ class Registry(abc.ABC):
 
     @abc.abstractmethod
     def query_dimension_records(
-        self, element: str, where: str = "", bind: Mapping[str, Any] | None = None,
+        self, element: str, where: str = "", bind: BindValues | None = None,
         instrument: str | None = None,
     ) -> list[dict[str, Any]]:
         """Records of ``element`` (instrument, detector, physical_filter, exposure) matching ``where``.
@@ -111,7 +115,7 @@ class Registry(abc.ABC):
 
     @abc.abstractmethod
     def query_data_ids(
-        self, dimensions: Sequence[str], where: str = "", bind: Mapping[str, Any] | None = None,
+        self, dimensions: Sequence[str], where: str = "", bind: BindValues | None = None,
         instrument: str | None = None,
     ) -> list[DataId]:
         """Distinct data IDs over ``dimensions`` (e.g. ``["exposure", "detector"]``) matching ``where``.
@@ -244,7 +248,7 @@ class Registry(abc.ABC):
 
     @abc.abstractmethod
     def find_dataset(
-        self, dataset_type: str, data_id: Mapping[str, Any], collections: Sequence[str],
+        self, dataset_type: str, data_id: DataIdLike, collections: Sequence[str],
         timespan: Timespan | None = None,
     ) -> DatasetRef | None:
         """Find-first lookup (spec §4): walk ``collections`` depth-first through chains.
@@ -264,8 +268,8 @@ class Registry(abc.ABC):
 
     @abc.abstractmethod
     def find_calibration(
-        self, dataset_type: str, data_id: Mapping[str, Any], collections: Sequence[str],
-        exposure: int | Mapping[str, Any],
+        self, dataset_type: str, data_id: DataIdLike, collections: Sequence[str],
+        exposure: int | DimensionRecord,
     ) -> DatasetRef | None:
         """``find_dataset`` with the timespan of ``exposure`` (an id, with the instrument taken
         from ``data_id``, or an exposure record)."""
@@ -284,7 +288,7 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def find_calibrations(
         self, dataset_type: str, data_ids: Sequence[DataIdLike], collections: Sequence[str] | str,
-        exposures: Sequence[int | Mapping[str, Any] | None] | None = None,
+        exposures: Sequence[int | DimensionRecord | None] | None = None,
     ) -> list[DatasetRef | None]:
         """:meth:`find_calibration` for many data IDs: each at the time of its exposure (an id
         of the data ID's instrument, an exposure record, or the data ID's own ``exposure``).
@@ -299,7 +303,7 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def query_datasets(
         self, dataset_type: str | Sequence[str] | None = None, collections: Sequence[str] | str = "*",
-        where: str = "", bind: Mapping[str, Any] | None = None, find_first: bool = False,
+        where: str = "", bind: BindValues | None = None, find_first: bool = False,
     ) -> list[DatasetRef]:
         """Datasets of the given type(s) in the collections (globs allowed unless ``find_first``).
 
@@ -348,7 +352,7 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def decertify(
         self, collection: str, dataset_type: str, timespan: Timespan,
-        data_ids: Sequence[Mapping[str, Any]] | None = None,
+        data_ids: Sequence[DataIdLike] | None = None,
     ) -> int:
         """Remove/trim validity ranges inside ``timespan``; returns how many links changed."""
 
@@ -386,7 +390,7 @@ class Registry(abc.ABC):
         ``exposure``) for export; values are whatever the column holds."""
 
     @abc.abstractmethod
-    def insert_dimension_rows(self, element: str, rows: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+    def insert_dimension_rows(self, element: str, rows: Sequence[DimensionRecord]) -> tuple[int, int]:
         """Insert raw dimension rows (import); identical existing rows are skipped.
         Returns (inserted, skipped).  Raises ConflictingDefinitionError."""
 

@@ -51,6 +51,9 @@ __all__ = [
     "export_butler",
 ]
 
+#: The export file's name, as the butler writes it (the same as cpframe.repository.transfer.EXPORT_NAME).
+EXPORT_NAME = "export.yaml"
+
 BUTLER_EXPORT_VERSION = "1.0.2"
 UNIVERSE_VERSION = 8
 UNIVERSE_NAMESPACE = "daf_butler"
@@ -520,7 +523,7 @@ def export_butler(repo: "Repository", directory: str | os.PathLike, collections:
         ``directory`` exists, or nothing to export.
     UnknownCollectionError
     """
-    from cpframe.repository.transfer import _walk
+    from cpframe.repository.chains import walk_collections
 
     reg = repo.registry
     dest = Path(directory).absolute()
@@ -530,7 +533,7 @@ def export_butler(repo: "Repository", directory: str | os.PathLike, collections:
         raise UserInputError(f"export transfer {transfer!r}: use copy, link or symlink.")
     if not collections:
         raise UserInputError("name at least one collection to export (e.g. LSSTComCam/calib).")
-    chains, leaves = _walk(repo, collections)
+    chains, leaves = walk_collections(repo.registry, collections)
     types = {t.name: t for t in reg.query_dataset_types()}
     wanted = set(dataset_types) if dataset_types else {n for n, t in types.items() if t.is_calibration}
     unknown = sorted(wanted - set(types))
@@ -643,8 +646,6 @@ def export_butler(repo: "Repository", directory: str | os.PathLike, collections:
         doc = {"description": f"Butler Data Repository Export (cpframe, from {repo.root}: {', '.join(collections)})",
                "version": BUTLER_EXPORT_VERSION, "universe_version": UNIVERSE_VERSION,
                "universe_namespace": UNIVERSE_NAMESPACE, "data": data}
-        from cpframe.repository.transfer import EXPORT_NAME
-
         (tmp / EXPORT_NAME).write_text(yaml.dump(doc, Dumper=_ButlerDumper, sort_keys=False, width=1000))
         os.rename(tmp, dest)
     except BaseException:

@@ -2,15 +2,21 @@
 
 No database here: :class:`cpframe.repository.sql.SqlRegistry` checks existence,
 types and cycles, then calls :func:`edit_chain` to compute the new child list.
+:func:`walk_collections` walks chains through any :class:`~cpframe.repository.base.Registry`
+(export and butler export use it).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from cpframe.core.errors import UserInputError
+from cpframe.core.model import CollectionType
 
-__all__ = ["edit_chain", "dedupe", "split_children"]
+if TYPE_CHECKING:
+    from cpframe.repository.base import Registry
+
+__all__ = ["edit_chain", "dedupe", "split_children", "walk_collections"]
 
 
 def dedupe(names: Sequence[str]) -> list[str]:
@@ -97,3 +103,28 @@ def edit_chain(
     raise UserInputError(
         f"unknown chain mode {mode!r}; use one of redefine, prepend, extend, remove, pop."
     )
+
+
+def walk_collections(registry: "Registry", names: Sequence[str]) -> tuple[list[tuple[str, list[str]]],
+                                                                         list[tuple[str, CollectionType]]]:
+    """Chains (children before parents) and leaf collections reached from ``names``, depth-first."""
+    chains: list[tuple[str, list[str]]] = []
+    leaves: list[tuple[str, CollectionType]] = []
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        done.add(name)
+        ctype = registry.get_collection_type(name)
+        if ctype == CollectionType.CHAINED:
+            kids = list(registry.get_chain(name))
+            for k in kids:
+                visit(k)
+            chains.append((name, kids))
+        else:
+            leaves.append((name, ctype))
+
+    for n in names:
+        visit(n)
+    return chains, leaves

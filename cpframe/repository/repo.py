@@ -52,7 +52,7 @@ from cpframe.core.errors import (
     UserInputError,
 )
 from cpframe.core.model import CollectionType, DatasetRef, DatasetType, Timespan, tai_now_ns
-from cpframe.repository.base import Registry
+from cpframe.repository.base import BindValues, DataIdLike, Registry
 from cpframe.repository.datastore import (  # noqa: F401  (TRANSFER_MODES, sha256_file, dataset_file_name: re-exported)
     TRANSFER_MODES,
     FileDatastore,
@@ -63,6 +63,7 @@ from cpframe.repository.datastore import (  # noqa: F401  (TRANSFER_MODES, sha25
 )
 from cpframe.repository.names import validate_collection_name, validate_dataset_type_name
 from cpframe.repository.sql import SqlRegistry, normalize_data_id
+from cpframe.repository.sql_common import datasets_exist_message
 
 __all__ = [
     "Repository",
@@ -403,12 +404,12 @@ class Repository:
         """
         return self.datastore.path_of(ref)
 
-    def put_file(self, src_path: str | os.PathLike, dataset_type: str, data_id: Mapping[str, Any], run: str,
+    def put_file(self, src_path: str | os.PathLike, dataset_type: str, data_id: DataIdLike, run: str,
                  transfer: str = "move") -> DatasetRef:
         """Store one file as a dataset of ``run`` (see :meth:`put_files`)."""
         return self.put_files([(src_path, dataset_type, data_id)], run, transfer=transfer)[0]
 
-    def put_files(self, items: Iterable[tuple[Any, str, Mapping[str, Any]]], run: str,
+    def put_files(self, items: Iterable[tuple[str | os.PathLike, str, DataIdLike]], run: str,
                   transfer: str = "move") -> list[DatasetRef]:
         """Store files as datasets of ``run`` in one transaction: all or nothing.
 
@@ -431,7 +432,7 @@ class Repository:
             raise UserInputError("put_files does not take transfer='direct'; use ingest_files for files kept in place.")
         return self.ingest_files(items, run, transfer=transfer, checksum=True)
 
-    def ingest_files(self, items: Iterable[tuple[Any, str, Mapping[str, Any]]], run: str,
+    def ingest_files(self, items: Iterable[tuple[str | os.PathLike, str, DataIdLike]], run: str,
                      transfer: str = "copy", checksum: bool = False) -> list[DatasetRef]:
         """Like :meth:`put_files`, with every transfer mode, ``direct`` included (file kept in place).
 
@@ -456,7 +457,7 @@ class Repository:
         self._precheck_conflicts(entries)
         return self._commit(entries, transfer, lambda: self.registry.insert_datasets([e.ref for e in entries]))
 
-    def _prepare(self, items: Sequence[tuple[Path, str, Mapping[str, Any], str, str | None]], transfer: str,
+    def _prepare(self, items: Sequence[tuple[Path, str, DataIdLike, str, str | None]], transfer: str,
                  types: Mapping[str, DatasetType], checksums: Mapping[str, str] | None = None,
                  compute_checksums: bool = True) -> list[_Entry]:
         """Paths, data IDs and checksums of files to store; nothing is written."""
@@ -500,12 +501,7 @@ class Repository:
                 continue
             conflicts += [f"{t} {e.ref.data_id} in RUN {run} (existing id {f.id})" for e, f in zip(group, found) if f]
         if conflicts:
-            raise DatasetConflictError(
-                f"{len(conflicts)} dataset(s) already exist: " + "; ".join(conflicts[:20])
-                + ("; ..." if len(conflicts) > 20 else "")
-                + ". A dataset type + data ID appears once per RUN; write to a new RUN or remove the old one "
-                "(`cpframe remove-runs`). Nothing was stored."
-            )
+            raise DatasetConflictError(datasets_exist_message(conflicts) + " Nothing was stored.")
 
     def _commit(self, entries: Sequence[_Entry], transfer: str, body: Callable[[], Any]) -> Any:
         """Journal, place the files, then run ``body`` and drop the journal in one transaction.
@@ -738,7 +734,7 @@ class Repository:
     # -- artifacts ------------------------------------------------------------------------------
     def retrieve_artifacts(
         self, destination: str | os.PathLike, dataset_types: Sequence[str] | None = None,
-        collections: Sequence[str] | str = "*", where: str = "", bind: Mapping[str, Any] | None = None,
+        collections: Sequence[str] | str = "*", where: str = "", bind: BindValues | None = None,
         find_first: bool = False, transfer: str = "copy", preserve_path: bool = True, clobber: bool = False,
     ) -> list[Path]:
         """Copy the files of matching datasets to ``destination``; returns the written paths.

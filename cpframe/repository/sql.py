@@ -26,7 +26,7 @@ import contextlib
 import json
 import threading
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
 
@@ -52,7 +52,7 @@ from cpframe.core.model import (
     tai_now_ns,
 )
 from cpframe.repository import schema as s
-from cpframe.repository.base import Registry
+from cpframe.repository.base import DimensionRecord, Registry
 from cpframe.repository.names import validate_dataset_type_name
 from cpframe.repository.sql_collections import _SqlCollections
 from cpframe.repository.sql_common import (  # noqa: F401  (re-exported: callers import them from here)
@@ -69,6 +69,9 @@ from cpframe.repository.sql_common import (  # noqa: F401  (re-exported: callers
     translate_db_error,
 )
 from cpframe.repository.sql_datasets import _SqlDatasets
+
+if TYPE_CHECKING:
+    from cpframe.camera.models import Camera
 
 __all__ = ["SqlRegistry", "make_engine", "normalize_data_id", "describe_span", "DATASET_DIMENSIONS"]
 
@@ -239,7 +242,7 @@ class SqlRegistry(_SqlCollections, _SqlDatasets, Registry):
             raise better from err
 
     # -- dimensions -----------------------------------------------------------------------------
-    def register_instrument(self, camera: Any) -> bool:
+    def register_instrument(self, camera: "Camera") -> bool:
         amp_names = ",".join(camera.amp_names)
         inst = {"name": camera.name, "detector_max": max(camera.detector_ids) + 1, "amp_names": amp_names,
                 "doc": camera.doc or ""}
@@ -307,7 +310,7 @@ class SqlRegistry(_SqlCollections, _SqlDatasets, Registry):
             )
         return dims
 
-    def insert_exposures(self, records: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
+    def insert_exposures(self, records: Iterable[DimensionRecord]) -> tuple[int, int]:
         rows = []
         for r in records:
             ts = r.get("timespan")
@@ -599,7 +602,7 @@ class SqlRegistry(_SqlCollections, _SqlDatasets, Registry):
                 rows = conn.execute(sa.select(table).where(col.in_(insts))).mappings().all()
         return [{str(k): v for k, v in r.items()} for r in rows]
 
-    def insert_dimension_rows(self, element: str, rows: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+    def insert_dimension_rows(self, element: str, rows: Sequence[DimensionRecord]) -> tuple[int, int]:
         """Insert raw dimension rows (import); identical existing rows are skipped.
 
         Raises

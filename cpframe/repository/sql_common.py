@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -27,6 +27,7 @@ from cpframe.core.model import (
     Timespan,
     ns_to_iso,
 )
+from cpframe.repository.base import DataIdLike
 
 #: Dimensions a dataset type may use (each is a column of the ``dataset`` table).
 DATASET_DIMENSIONS = ("instrument", "detector", "physical_filter", "exposure")
@@ -54,7 +55,13 @@ def make_engine(url: str, busy_timeout_s: float = 60.0, read_only: bool = False)
     """
     u = sa.make_url(url)
     if u.get_backend_name() != "sqlite":
-        return sa.create_engine(u, pool_pre_ping=True)
+        try:
+            return sa.create_engine(u, pool_pre_ping=True)
+        except ModuleNotFoundError as err:  # the driver is an extra: pip install 'cpframe[postgres]'
+            raise ServiceError(
+                f"registry {u.render_as_string(hide_password=True)} needs the Python package {err.name!r}, "
+                "which is not installed. Install it with: python3 -m pip install -e '.[postgres]'"
+            ) from None
     if read_only and u.database:
         from urllib.parse import quote
 
@@ -155,7 +162,7 @@ def _span(begin: int, end: int) -> Timespan:
 def _glob(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
 
-def _sort_key(data_id: Mapping[str, Any]) -> tuple:
+def _sort_key(data_id: DataIdLike) -> tuple:
     return tuple((k, str(v).zfill(20) if isinstance(v, int) else str(v)) for k, v in data_id.items())
 
 
@@ -164,7 +171,7 @@ def describe_span(span: Timespan) -> str:
     return f"{ns_to_iso(span.begin_ns) or '-inf'} .. {ns_to_iso(span.end_ns) or '+inf'}"
 
 
-def normalize_data_id(dt: DatasetType, data_id: Mapping[str, Any]) -> DataId:
+def normalize_data_id(dt: DatasetType, data_id: DataIdLike) -> DataId:
     """The data ID restricted to ``dt``'s dimensions with values typed (int or str).
 
     Raises
@@ -197,3 +204,11 @@ def normalize_data_id(dt: DatasetType, data_id: Mapping[str, Any]) -> DataId:
             v = str(v)
         out[d] = v
     return DataId(out)
+
+
+def datasets_exist_message(conflicts: Sequence[str]) -> str:
+    """The message of a :class:`DatasetConflictError` listing (the first 20) existing datasets."""
+    return (f"{len(conflicts)} dataset(s) already exist: " + "; ".join(conflicts[:20])
+            + ("; ..." if len(conflicts) > 20 else "")
+            + ". A dataset type + data ID appears once per RUN; write to a new RUN or remove the old one "
+            "(`cpframe remove-runs`).")

@@ -32,8 +32,16 @@ from cpframe.core.model import (
     tai_now_ns,
 )
 from cpframe.repository import schema as s
+from cpframe.repository.base import DataIdLike, DimensionRecord
 from cpframe.repository.names import validate_collection_name
-from cpframe.repository.sql_common import _chunks, _glob, _sort_key, _span, normalize_data_id
+from cpframe.repository.sql_common import (
+    _chunks,
+    _glob,
+    _sort_key,
+    _span,
+    datasets_exist_message,
+    normalize_data_id,
+)
 
 
 class _SqlDatasets:
@@ -57,7 +65,7 @@ class _SqlDatasets:
         rows = conn.execute(self._ds_select().where(s.dataset.c.run_id == run_id))
         return [self._ref(conn, r) for r in rows]
 
-    def normalize_data_id(self, dataset_type: str, data_id: Mapping[str, Any]) -> DataId:
+    def normalize_data_id(self, dataset_type: str, data_id: DataIdLike) -> DataId:
         """The data ID restricted to the dataset type's dimensions, values typed.
 
         Raises
@@ -70,7 +78,7 @@ class _SqlDatasets:
             return self._norm(self._dtype(conn, dataset_type)[1], data_id)
 
     @staticmethod
-    def _norm(dt: DatasetType, data_id: Mapping[str, Any]) -> DataId:
+    def _norm(dt: DatasetType, data_id: DataIdLike) -> DataId:
         return normalize_data_id(dt, data_id)
 
 
@@ -136,12 +144,7 @@ class _SqlDatasets:
             self._check_dimension_values(conn, (r.data_id for r in out))
             conflicts = self._dataset_conflicts(conn, rows, out)
             if conflicts:
-                raise DatasetConflictError(
-                    f"{len(conflicts)} dataset(s) already exist: " + "; ".join(conflicts[:20])
-                    + ("; ..." if len(conflicts) > 20 else "")
-                    + ". A dataset type + data ID appears once per RUN; write to a new RUN "
-                    "or remove the old one (`cpframe remove-runs`)."
-                )
+                raise DatasetConflictError(datasets_exist_message(conflicts))
             try:
                 for chunk in _chunks(rows, 5000):
                     conn.execute(sa.insert(s.dataset), list(chunk))
@@ -226,7 +229,7 @@ class _SqlDatasets:
         return self.find_datasets(dataset_type, [data_id], collections, [timespan])[0]
 
     def find_datasets(
-        self, dataset_type: str, data_ids: Sequence[Mapping[str, Any]], collections: Sequence[str] | str,
+        self, dataset_type: str, data_ids: Sequence[DataIdLike], collections: Sequence[str] | str,
         timespans: Sequence[Timespan | None] | Timespan | None = None,
     ) -> list[DatasetRef | None]:
         """Find-first (spec §4) for many data IDs at once; ``None`` where nothing matches.
@@ -326,8 +329,8 @@ class _SqlDatasets:
         return self.find_calibrations(dataset_type, [data_id], collections, [exposure])[0]
 
     def find_calibrations(
-        self, dataset_type: str, data_ids: Sequence[Mapping[str, Any]], collections: Sequence[str] | str,
-        exposures: Sequence[int | Mapping[str, Any] | None] | None = None,
+        self, dataset_type: str, data_ids: Sequence[DataIdLike], collections: Sequence[str] | str,
+        exposures: Sequence[int | DimensionRecord | None] | None = None,
     ) -> list[DatasetRef | None]:
         """Find-first of a calibration for each data ID at the time of its exposure.
 

@@ -41,6 +41,7 @@ from cpframe.core.errors import (
 )
 from cpframe.repository.names import collection_name_problem, dataset_type_name_problem
 from cpframe.core.model import CollectionType, DatasetRef, DatasetType, Timespan, ns_to_iso
+from cpframe.repository.chains import walk_collections
 from cpframe.repository.datastore import sha256_file
 
 if TYPE_CHECKING:
@@ -55,28 +56,8 @@ DIMENSION_ELEMENTS = ("instrument", "detector", "physical_filter", "exposure")
 
 
 def _walk(repo: "Repository", names: Sequence[str]) -> tuple[list[tuple[str, list[str]]], list[tuple[str, CollectionType]]]:
-    """Chains (children before parents) and leaf collections reached from ``names``, depth-first."""
-    reg = repo.registry
-    chains: list[tuple[str, list[str]]] = []
-    leaves: list[tuple[str, CollectionType]] = []
-    done: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in done:
-            return
-        done.add(name)
-        ctype = reg.get_collection_type(name)
-        if ctype == CollectionType.CHAINED:
-            kids = list(reg.get_chain(name))
-            for k in kids:
-                visit(k)
-            chains.append((name, kids))
-        else:
-            leaves.append((name, ctype))
-
-    for n in names:
-        visit(n)
-    return chains, leaves
+    """Chains (children before parents) and leaf collections reached from ``names`` (:func:`walk_collections`)."""
+    return walk_collections(repo.registry, names)
 
 
 def _sha256(path: Path) -> str:

@@ -1,3 +1,4 @@
+# Long module: the combine kernels, strip planning and QA headers are one unit; the perf engineer (issue 14) is reworking it with the streaming ISR->combine, so it is not split here.
 """Chunked combine of detector images: MEAN, MEDIAN and MEANCLIP over row strips.
 
 The N inputs (``fits-masked`` files) are never held whole.  The output is an
@@ -30,7 +31,7 @@ import math
 import os
 import threading
 import warnings
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -51,6 +52,7 @@ from cpframe.science.imageio import (
     update_header,
     write_masked,
 )
+from cpframe.science.options import alias_kwargs
 
 __all__ = [
     "CombineConfig",
@@ -210,19 +212,7 @@ class CombineConfig:
         ConfigError
             Unknown keys (all listed) or invalid values.
         """
-        values = dict(values or {})
-        names = {f.name for f in fields(cls)}
-        kw: dict[str, Any] = {}
-        unknown = []
-        for k, v in values.items():
-            key = _CAMEL.get(k, k)
-            if key not in names:
-                unknown.append(k)
-                continue
-            kw[key] = v
-        if unknown:
-            known = sorted(set(_CAMEL) | names)
-            raise ConfigError(MSG_UNKNOWN_KEYS.format(keys=", ".join(map(repr, unknown)), known=", ".join(known)))
+        kw, _ = alias_kwargs(cls, values, _CAMEL, MSG_UNKNOWN_KEYS)
         for k in ("mask", "distribution_percentiles"):
             if k in kw:
                 kw[k] = tuple([kw[k]] if isinstance(kw[k], (str, int, float)) else kw[k])

@@ -29,14 +29,16 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from cpframe.core.errors import ConfigError, UserInputError
+from cpframe.core.files import write_json
 from cpframe.science.imageio import MASK_BITS, FileFormatError, MaskedImage, detector_from_header
+from cpframe.science.options import alias_kwargs
 
 __all__ = [
     "CrosstalkConfig",
@@ -48,7 +50,6 @@ __all__ = [
     "read_crosstalk",
     "crosstalk_extract_task",
     "crosstalk_solve_task",
-    "cp_crosstalk",
 ]
 
 FORMAT = "cpframe-crosstalk"
@@ -99,19 +100,9 @@ class CrosstalkConfig:
         ConfigError
             Unknown keys (all listed) or bad values.
         """
-        names = {f.name for f in fields(cls)}
-        kw, unknown = {}, []
-        for k, v in dict(values or {}).items():
-            key = _ALIASES.get(k, k)
-            if key in names:
-                kw[key] = tuple(v) if key == "bad_mask" else v
-            elif k in _IGNORED:
-                continue
-            else:
-                unknown.append(k)
-        if unknown:
-            known = sorted(set(_ALIASES) | names | set(_IGNORED))
-            raise ConfigError(MSG_UNKNOWN_KEYS.format(keys=", ".join(map(repr, unknown)), known=", ".join(known)))
+        kw, _ = alias_kwargs(cls, values, _ALIASES, MSG_UNKNOWN_KEYS, extra_known=_IGNORED)
+        if "bad_mask" in kw:
+            kw["bad_mask"] = tuple(kw["bad_mask"])
         return cls(**kw)
 
 
@@ -343,16 +334,7 @@ def write_crosstalk(path: str | os.PathLike, calib: CrosstalkCalib) -> Path:
            "coeffs": _json_matrix(calib.coeffs), "coeff_err": _json_matrix(calib.coeff_err),
            "coeff_num": calib.coeff_num.tolist(), "coeff_valid": calib.coeff_valid.tolist(),
            "coeffs_sqr": _json_matrix(calib.coeffs_sqr)}
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return write_json(path, doc)
 
 
 def _matrix(x) -> np.ndarray:
@@ -403,26 +385,3 @@ def crosstalk_solve_task(measurements: Sequence[CrosstalkRatios], output_path: s
                          meta: Mapping[str, Any] | None = None) -> CrosstalkCalib:
     """cpCrosstalkSolve + cpCrosstalkFilter for one detector -> crosstalk json."""
     return solve_crosstalk(measurements, output_path, config, meta=meta)
-
-
-def cp_crosstalk(raw_paths: Sequence[str | os.PathLike], output_path: str | os.PathLike, *,
-                 calibs: Mapping[str, Any] | None = None, work_dir: str | os.PathLike | None = None,
-                 isr_config: Any = None, config: CrosstalkConfig | Mapping[str, Any] | None = None,
-                 workers: int = 1) -> CrosstalkCalib:
-    """cpCrosstalk for one detector: ISR (no crosstalk; gains when ``calibs['ptc']``; defects when
-    given) of spot / bright-source exposures, extract, solve, filter -> crosstalk json."""
-    from cpframe.science.imageio import read_header
-    from cpframe.science.isr import isr_config_for
-    from cpframe.science.tasks import _isr_config, _run_isr_all, _WorkDir
-
-    calibs = dict(calibs or {})
-    icfg = (_isr_config(isr_config) if isr_config is not None else
-            isr_config_for("crosstalk", do_defect=bool(calibs.get("defects")),
-                           do_apply_gains=bool(calibs.get("ptc")), do_bootstrap=not calibs.get("ptc")))
-    cfg = config if isinstance(config, CrosstalkConfig) else CrosstalkConfig.from_dict(config)
-    with _WorkDir(work_dir, output_path) as work:
-        exposures = _run_isr_all(raw_paths, work, icfg, calibs, workers, None)
-        meas = [crosstalk_extract_task(e.path, cfg) for e in exposures]
-        h = read_header(exposures[0].path)
-        meta = {k: h[k] for k in ("INSTRUME", "DETECTOR", "DETNAME", "CAMSCALE") if k in h}
-        return crosstalk_solve_task(meas, output_path, cfg, meta=meta)

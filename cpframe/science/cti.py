@@ -40,6 +40,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from cpframe.core.errors import ConfigError, UserInputError
+from cpframe.core.files import json_ready, write_json
 from cpframe.science.imageio import FileFormatError
 
 __all__ = [
@@ -56,7 +57,6 @@ __all__ = [
     "write_cti",
     "read_cti",
     "cti_solve_task",
-    "cp_cti",
 ]
 
 FORMAT = "cpframe-cti"
@@ -305,32 +305,11 @@ def deferred_charge_step(seg: np.ndarray, amp, calib: CtiCalib | None, units: st
 # --------------------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------------------
-def _clean(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, list):
-        return [_clean(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, np.generic):
-        return _clean(v.item())
-    return v
-
-
 def write_cti(path: str | os.PathLike, calib: CtiCalib) -> Path:
     """Write the CTI calib as JSON (NaN as null), atomically."""
-    doc = {"format": FORMAT, "version": VERSION, "units": "electron", "meta": _clean(dict(calib.meta)),
-           "amps": {a: _clean(asdict(r)) for a, r in calib.amps.items()}}
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    doc = {"format": FORMAT, "version": VERSION, "units": "electron", "meta": json_ready(dict(calib.meta)),
+           "amps": {a: json_ready(asdict(r)) for a, r in calib.amps.items()}}
+    return write_json(path, doc)
 
 
 def read_cti(path: str | os.PathLike) -> CtiCalib:
@@ -364,29 +343,3 @@ def cti_solve_task(measurements: Sequence[CtiMeasurement], output_path: str | os
                    meta: Mapping[str, Any] | None = None) -> CtiCalib:
     """cpCtiSolve for one detector -> cti json."""
     return solve_cti(measurements, output_path, config, meta=meta)
-
-
-def cp_cti(raw_paths: Sequence[str | os.PathLike], output_path: str | os.PathLike, *,
-           calibs: Mapping[str, Any] | None = None, work_dir: str | os.PathLike | None = None,
-           isr_config: Any = None, config: CtiConfig | Mapping[str, Any] | None = None,
-           workers: int = 1) -> CtiCalib:
-    """cpCti for one detector: ISR with CTI statistics (gains and linearity from ``calibs['linearizer']``,
-    as cp_pipe's ``useGainsFrom: LINEARIZER``; defects when given), read the statistics, solve -> cti json."""
-    from cpframe.science.imageio import read_header
-    from cpframe.science.isr import isr_config_for
-    from cpframe.science.tasks import _isr_config, _run_isr_all, _WorkDir
-
-    calibs = dict(calibs or {})
-    icfg = (_isr_config(isr_config) if isr_config is not None else
-            isr_config_for("cti", do_defect=bool(calibs.get("defects"))))
-    if not icfg.do_cti_statistics:
-        raise ConfigError("cpCti needs the ISR's CTI statistics; set doCtiStatistics: true.")
-    with _WorkDir(work_dir, output_path) as work:
-        exposures = _run_isr_all(raw_paths, work, icfg, calibs, workers, None)
-        meas = []
-        for e in exposures:
-            h = read_header(e.path)
-            meas.append(measure_cti(h, list(e.amp_stats), e.exposure_id))
-        h = read_header(exposures[0].path)
-        meta = {k: h[k] for k in ("INSTRUME", "DETECTOR", "DETNAME", "CAMSCALE") if k in h}
-        return cti_solve_task(meas, output_path, config, meta=meta)

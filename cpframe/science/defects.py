@@ -24,15 +24,23 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cpframe.science.combine import clipped_stats
 from cpframe.core.errors import ConfigError, UserInputError
-from cpframe.science.imageio import MASK_BITS, MaskedImage, amp_boxes, boxes_to_mask, read_defects, write_defects
+from cpframe.science.combine import clipped_stats
+from cpframe.science.imageio import (
+    MASK_BITS,
+    MaskedImage,
+    amp_boxes,
+    boxes_to_mask,
+    read_defects,
+    write_defects,
+)
+from cpframe.science.options import alias_kwargs
 
 __all__ = [
     "DefectsConfig",
@@ -122,22 +130,11 @@ class DefectsConfig:
             Unknown keys (all listed) or bad values.
         """
         values = dict(values or {})
-        names = {f.name: f for f in fields(cls)}
-        kw: dict[str, Any] = {}
-        unknown = []
-        for k, v in values.items():
-            if k in ("thresholdType", "threshold_type"):
-                for t in ("bias", "dark", "flat"):
-                    kw.setdefault(f"threshold_type_{t}", v)
-                continue
-            key = _ALIASES.get(k, k)
-            if key not in names:
-                unknown.append(k)
-                continue
-            kw[key] = v
-        if unknown:
-            known = sorted(set(_ALIASES) | set(names) | {"thresholdType"})
-            raise ConfigError(MSG_UNKNOWN_KEYS.format(keys=", ".join(map(repr, unknown)), known=", ".join(known)))
+        kw, both = alias_kwargs(cls, values, _ALIASES, MSG_UNKNOWN_KEYS,
+                                extra_known=("thresholdType", "threshold_type"))
+        for k in both:  # one threshold type for every image type, unless one is given
+            for t in ("bias", "dark", "flat"):
+                kw.setdefault(f"threshold_type_{t}", values[k])
         return cls(**kw)
 
 

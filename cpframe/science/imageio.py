@@ -1,3 +1,4 @@
+# Long module: every file format cpframe writes (raw, masked image strips, defects, PTC) with its reader next to its writer, so a format change is one edit.
 """Detector files: read raws, read/write masked images in row strips, defects and PTC tables.
 
 Formats follow ``docs/architecture.md`` exactly:
@@ -307,8 +308,18 @@ def update_header(header: dict, values: Mapping[str, Any]) -> dict:
     return header
 
 
+def _card(key: str, value: Any) -> str:
+    """astropy's image of one card (several 80-character chunks when a text needs CONTINUE)."""
+    name = key if (len(key) <= 8 and key == key.upper() and " " not in key) else f"HIERARCH {key}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VerifyWarning)
+        return fits.Card(name, fits.card.UNDEFINED if value is None else value).image
+
+
 def format_card(key: str, value: Any) -> str:
-    """One 80-character FITS card; keys longer than 8 characters become HIERARCH cards.
+    """One 80-character FITS card (astropy ``fits.Card``); keys longer than 8 characters become
+    HIERARCH cards.  A value too long for one card is shortened to fit: text ends in ``...``,
+    a number keeps fewer significant digits (down to 6).
 
     >>> format_card("EXPTIME", 1.5).rstrip()
     'EXPTIME =                  1.5'
@@ -316,44 +327,33 @@ def format_card(key: str, value: Any) -> str:
     'HIERARCH LSST ISR GAIN C10 = 1.25'
     """
     value = _plain(value)
-    if isinstance(value, bool):
-        text = "T" if value else "F"
-    elif isinstance(value, int):
-        text = str(value)
+    try:
+        card = _card(key, value)
+        if len(card) == 80:
+            return card
+    except (ValueError, VerifyWarning):
+        pass
+    if isinstance(value, str):
+        # long text (informative cards such as lists of inputs): keep what fits on one card
+        text = value
+        while text:
+            text = text[:-1]
+            try:
+                card = _card(key, text + "...")
+            except (ValueError, VerifyWarning):
+                continue
+            if len(card) == 80:
+                return card
     elif isinstance(value, float):
-        text = repr(value).upper()
-        if "." not in text and "E" not in text:
-            text += ".0"
-    elif value is None:
-        text = ""
-    else:
-        text = "'" + str(value).replace("'", "''").ljust(8) + "'"
-    if len(key) <= 8 and key == key.upper() and " " not in key:
-        if text.startswith("'") or not text:
-            card = f"{key:<8}= {text}"
-        else:
-            card = f"{key:<8}= {text:>20}"
-    else:
-        card = f"HIERARCH {key} = {text}"
-    if len(card) > 80:
-        if text.startswith("'"):
-            # long text: keep what fits (informative cards such as lists of inputs)
-            head = card[: len(card) - len(text)]
-            room = 80 - len(head) - 2
-            short = str(value).replace("'", "''")[: max(0, room - 3)] + "..."
-            card = head + "'" + short + "'"
-        elif isinstance(value, float):
-            # a long key leaves little room: fewer significant digits, down to 6
-            head = card[: len(card) - len(text)]
-            for digits in range(15, 5, -1):
-                text = f"{value:.{digits}G}"
-                text = text if ("." in text or "E" in text) else text + ".0"
-                if len(head) + len(text) <= 80:
-                    break
-            card = head + text
-        if len(card) > 80:
-            raise ValueError(f"FITS card for {key!r} is longer than 80 characters; use a shorter key")
-    return card.ljust(80)[:80]
+        # a long key leaves little room: fewer significant digits, down to 6
+        for digits in range(15, 5, -1):
+            try:
+                card = _card(key, float(f"{value:.{digits}G}"))
+            except (ValueError, VerifyWarning):
+                continue
+            if len(card) == 80:
+                return card
+    raise ValueError(f"FITS card for {key!r} is longer than 80 characters; use a shorter key")
 
 
 def header_bytes(items: Iterable[tuple[str, Any]]) -> bytes:
@@ -365,68 +365,21 @@ def header_bytes(items: Iterable[tuple[str, Any]]) -> bytes:
     return text.encode("ascii", errors="replace")
 
 
-def _parse_value(text: str) -> Any:
-    t = text.strip()
-    if t.startswith("'"):
-        out, i = [], 1
-        while i < len(t):
-            c = t[i]
-            if c == "'":
-                if i + 1 < len(t) and t[i + 1] == "'":
-                    out.append("'")
-                    i += 2
-                    continue
-                break
-            out.append(c)
-            i += 1
-        return "".join(out).rstrip()
-    t = t.split("/", 1)[0].strip()
-    if t == "T":
-        return True
-    if t == "F":
-        return False
-    if t == "":
-        return None
-    try:
-        return int(t)
-    except ValueError:
-        pass
-    try:
-        return float(t.replace("D", "E"))
-    except ValueError:
-        return t
+_DROPPED_KEYS = ("COMMENT", "HISTORY", "")
 
 
 def parse_header(data: bytes) -> dict[str, Any]:
-    """Parse FITS header bytes (up to END) into a dict (COMMENT/HISTORY dropped, CONTINUE joined).
+    """Parse FITS header bytes (up to END) into a dict with astropy (``fits.Header.fromstring``):
+    COMMENT/HISTORY dropped, CONTINUE joined, HIERARCH keys without the prefix, undefined -> None.
 
     >>> parse_header(header_bytes([("EXPTIME", 2.5), ("LSST ISR UNITS", "adu")]))
     {'EXPTIME': 2.5, 'LSST ISR UNITS': 'adu'}
     """
-    text = data.decode("ascii", errors="replace")
-    out: dict[str, Any] = {}
-    last_key = None
-    for i in range(0, len(text) - 79, 80):
-        card = text[i:i + 80]
-        if card.startswith("END") and card[3:].strip() == "":
-            break
-        if card.startswith("HIERARCH "):
-            body = card[9:]
-            if "=" not in body:
-                continue
-            key, val = body.split("=", 1)
-            key = key.strip()
-        elif card.startswith("CONTINUE") and last_key is not None and isinstance(out.get(last_key), str):
-            prev = out[last_key]
-            out[last_key] = (prev[:-1] if prev.endswith("&") else prev) + str(_parse_value(card[8:]))
-            continue
-        elif card[8:10] == "= ":
-            key, val = card[:8].strip(), card[10:]
-        else:
-            continue
-        out[key] = _parse_value(val)
-        last_key = key
-    return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VerifyWarning)  # a non-standard card is read as it is
+        header = fits.Header.fromstring(data.decode("ascii", errors="replace"))
+    return {k: (None if isinstance(v, fits.card.Undefined) else v)
+            for k, v in header.items() if k not in _DROPPED_KEYS}
 
 
 def _read_header_at(f, offset: int) -> tuple[dict[str, Any], int]:

@@ -1,3 +1,4 @@
+# Long module: every ISR step in cp_pipe order with its header records; the perf engineer (issue 14) is reworking it for the streaming ISR->combine, so it is not split here.
 """Instrument signature removal (ISR) of one exposure x detector, numpy-vectorised.
 
 Steps run in the order of ip_isr ``IsrTaskLSST.run`` (spec algorithms.md §1-§3):

@@ -45,7 +45,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from cpframe.core.errors import ConfigError, UserInputError
+from cpframe.core.files import json_ready, write_json
 from cpframe.science.imageio import FileFormatError
+from cpframe.science.options import alias_kwargs
 
 __all__ = [
     "LINEARITY_TYPES",
@@ -59,7 +61,6 @@ __all__ = [
     "linearizer_from_mapping",
     "linearity_turnoff",
     "linearity_solve_task",
-    "cp_linearizer",
 ]
 
 FORMAT = "cpframe-linearizer"
@@ -126,17 +127,7 @@ class LinearityConfig:
         ConfigError
             Unknown keys (all listed) or bad values.
         """
-        names = {f.name for f in fields(cls)}
-        kw, unknown = {}, []
-        for k, v in dict(values or {}).items():
-            key = _ALIASES.get(k, k)
-            if key in names:
-                kw[key] = v
-            else:
-                unknown.append(k)
-        if unknown:
-            known = sorted(set(_ALIASES) | names)
-            raise ConfigError(MSG_UNKNOWN_KEYS.format(keys=", ".join(map(repr, unknown)), known=", ".join(known)))
+        kw, _ = alias_kwargs(cls, values, _ALIASES, MSG_UNKNOWN_KEYS)
         return cls(**kw)
 
 
@@ -493,32 +484,11 @@ def solve_linearity(measurements: Sequence[Any], output_path: str | os.PathLike 
 # --------------------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------------------
-def _clean(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (np.floating, np.integer, np.bool_)):
-        return _clean(v.item())
-    return v
-
-
 def write_linearizer(path: str | os.PathLike, lin: Linearizer) -> Path:
     """Write a linearizer as JSON (NaN as null), atomically (temporary name + rename)."""
-    doc = {"format": FORMAT, "version": VERSION, "meta": _clean(dict(lin.meta)),
-           "amps": {a: _clean(asdict(r)) for a, r in lin.amps.items()}}
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    doc = {"format": FORMAT, "version": VERSION, "meta": json_ready(dict(lin.meta)),
+           "amps": {a: json_ready(asdict(r)) for a, r in lin.amps.items()}}
+    return write_json(path, doc)
 
 
 def _nan(v):
@@ -587,64 +557,3 @@ def linearity_solve_task(measurements: Sequence[Any], output_path: str | os.Path
                          meta: Mapping[str, Any] | None = None) -> Linearizer:
     """cpLinearizerSolve for one detector: pair measurements -> linearizer json (see :func:`solve_linearity`)."""
     return solve_linearity(measurements, output_path, config, meta=meta)
-
-
-def cp_linearizer(raw_paths: Sequence[str | os.PathLike], output_path: str | os.PathLike, *,
-                  calibs: Mapping[str, Any] | None = None, work_dir: str | os.PathLike | None = None,
-                  isr_config: Any = None, config: LinearityConfig | Mapping[str, Any] | None = None,
-                  ptc_config: Any = None, workers: int = 1) -> Linearizer:
-    """cpLinearizer for one detector: bootstrap ISR of a flat-pair ramp (+ defects, crosstalk when
-    given), pair extraction (PTC extract), per-amp solve -> linearizer json.
-
-    Parameters
-    ----------
-    raw_paths : sequence of path-like
-        Flat pairs of one detector (equal exposure times pair up).
-    output_path : path-like
-        The linearizer (json).
-    calibs : mapping, optional
-        ``defects``, ``crosstalk`` paths for the ISR.
-    work_dir : path-like, optional
-        Keep the ISR intermediates there (default: a scratch directory, removed).
-    isr_config, ptc_config : optional
-        Override the ISR (default: :func:`isr_config_for('linearizer')`) and extract settings.
-    config : LinearityConfig or mapping
-        Solve settings (default Spline).
-    workers : int
-        ISR runs in parallel (threads).
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from cpframe.science.imageio import read_header
-    from cpframe.science.isr import IsrConfig, isr_config_for
-    from cpframe.science.ptc import PtcConfig
-    from cpframe.science.tasks import _isr_config, _run_isr_all, _WorkDir, ptc_extract_task, ptc_pairs
-
-    calibs = dict(calibs or {})
-    icfg = (_isr_config(isr_config) if isr_config is not None else
-            isr_config_for("linearizer", do_defect=bool(calibs.get("defects")),
-                           do_crosstalk=bool(calibs.get("crosstalk"))))
-    assert isinstance(icfg, IsrConfig)
-    pcfg = ptc_config if isinstance(ptc_config, PtcConfig) else PtcConfig.from_dict(
-        ptc_config if ptc_config is not None else {"numEdgeSuspect": 20})
-    with _WorkDir(work_dir, output_path) as work:
-        exposures = _run_isr_all(raw_paths, work, icfg, calibs, workers, None)
-        pairs = ptc_pairs(exposures)
-        if not pairs:
-            raise UserInputError(f"cpLinearizer: no pair of flats with equal exposure time among {len(exposures)} "
-                                 "exposure(s); take the ramp in pairs.")
-
-        def one(pair):
-            a, b = pair
-            noise = {amp: 0.5 * (a.amp_stats[amp]["overscan_noise_adu"] + b.amp_stats[amp]["overscan_noise_adu"])
-                     for amp in a.amp_stats}
-            return ptc_extract_task(a.path, b.path, pcfg, overscan_noise=noise)
-
-        if workers > 1:
-            with ThreadPoolExecutor(max_workers=workers) as ex:
-                meas = list(ex.map(one, pairs))
-        else:
-            meas = [one(p) for p in pairs]
-        h = read_header(exposures[0].path)
-        meta = {k: h[k] for k in ("INSTRUME", "DETECTOR", "DETNAME", "CAMSCALE") if k in h}
-        return linearity_solve_task(meas, output_path, config, meta=meta)

@@ -18,14 +18,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from cpframe.science.combine import clipped_stats
 from cpframe.core.errors import ConfigError, UserInputError
+from cpframe.science.combine import clipped_stats
 from cpframe.science.imageio import MASK_BITS, MaskedImage, amp_boxes, write_ptc
+from cpframe.science.options import alias_kwargs
 
 __all__ = [
     "PtcConfig",
@@ -87,18 +88,7 @@ class PtcConfig:
         ConfigError
             Unknown keys (all listed) or bad values.
         """
-        values = dict(values or {})
-        names = {f.name for f in fields(cls)}
-        kw, unknown = {}, []
-        for k, v in values.items():
-            key = _ALIASES.get(k, k)
-            if key in names:
-                kw[key] = v
-            else:
-                unknown.append(k)
-        if unknown:
-            known = sorted(set(_ALIASES) | names)
-            raise ConfigError(MSG_UNKNOWN_KEYS.format(keys=", ".join(map(repr, unknown)), known=", ".join(known)))
+        kw, _ = alias_kwargs(cls, values, _ALIASES, MSG_UNKNOWN_KEYS)
         return cls(**kw)
 
 

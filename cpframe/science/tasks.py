@@ -51,10 +51,13 @@ from cpframe.science.isr import IsrConfig, isr_config_for, load_calibs, run_isr
 from cpframe.science.ptc import PtcConfig, PtcPairMeasurement, PtcResult, extract_pair, pair_exposures, solve_ptc
 
 __all__ = [
+    "extract_pairs",
     "ExposureStats",
     "CrResult",
     "CrConfig",
     "FlatMeasurement",
+    "FlatMeasureConfig",
+    "FlatNormalizeConfig",
     "FlatScales",
     "ProductResult",
     "isr_task",
@@ -255,8 +258,8 @@ class CrConfig:
     """...and above the mean of its 8 neighbours by neighbour_factor x sigma (cond3_fac)."""
     cr_grow: int = 2
     """Grow CR masks by this many pixels."""
-    n_cr_pixel_max: int = 10000000
-    """More CR pixels than this: log a warning, keep what was found."""
+    n_cr_pixel_max: int = 10000
+    """More CR pixels than this: log a warning, keep what was found (meas_algorithms' default; it raises)."""
     median_size: int = 5
     """Size of the local median filter."""
 
@@ -286,7 +289,26 @@ def dark_cr_task(input_path: str | os.PathLike, output_path: str | os.PathLike |
 _FLAT_IGNORE = mask_value(("DETECTED", "BAD", "NO_DATA"))
 
 
-def flat_measure_task(input_path: str | os.PathLike, clip: float = 3.0, n_iter: int = 3) -> FlatMeasurement:
+@dataclass(frozen=True)
+class FlatMeasureConfig:
+    """CpFlatMeasure settings (cp_pipe ``CpFlatMeasureConfig``)."""
+
+    clip: float = 3.0
+    """Clipping threshold of the background statistics, sigma."""
+    n_iter: int = 3
+    """Clipping iterations."""
+
+
+@dataclass(frozen=True)
+class FlatNormalizeConfig:
+    """CpFlatNormalization settings (cp_pipe ``CpFlatNormalizationConfig``)."""
+
+    max_iter: int = 10
+    """Iterations of the exposure x detector factorisation."""
+
+
+def flat_measure_task(input_path: str | os.PathLike, clip: float = FlatMeasureConfig.clip,
+                      n_iter: int = FlatMeasureConfig.n_iter) -> FlatMeasurement:
     """CpFlatMeasure: clipped mean background of the detector and of each amp."""
     img = read_masked(input_path)
     h = img.header
@@ -300,7 +322,8 @@ def flat_measure_task(input_path: str | os.PathLike, clip: float = 3.0, n_iter: 
                            amp_background=amp_bg, path=str(input_path))
 
 
-def flat_normalize_task(measurements: Sequence[FlatMeasurement], max_iter: int = 10) -> FlatScales:
+def flat_normalize_task(measurements: Sequence[FlatMeasurement],
+                        max_iter: int = FlatNormalizeConfig.max_iter) -> FlatScales:
     """Solve B[d,e] ≈ E[e]·G[d] in log space (spec §6), weights = pixel counts.
 
     Raises
@@ -679,22 +702,35 @@ def cp_ptc(raw_paths: Sequence[str | os.PathLike], output_path: str | os.PathLik
     pcfg = config if isinstance(config, PtcConfig) else PtcConfig.from_dict(config)
     with _WorkDir(work_dir, output_path) as work:
         exposures = _run_isr_all(raw_paths, work, icfg, calibs, workers, None, executor)
-        pairs = ptc_pairs(exposures)
-        if not pairs:
-            raise UserInputError(f"cpPtc: no pair of flats with equal exposure time among {len(exposures)} "
-                                 "exposure(s); take flats in pairs.")
-
-        def one(pair):
-            a, b = pair
-            noise = {amp: 0.5 * (a.amp_stats[amp]["overscan_noise_adu"] + b.amp_stats[amp]["overscan_noise_adu"])
-                     for amp in a.amp_stats}
-            return ptc_extract_task(a.path, b.path, pcfg, overscan_noise=noise)
-
-        if workers > 1:
-            with ThreadPoolExecutor(max_workers=workers) as ex:
-                meas = list(ex.map(one, pairs))
-        else:
-            meas = [one(p) for p in pairs]
-        h = read_header(exposures[0].path)
-        meta = {k: h[k] for k in ("INSTRUME", "DETECTOR", "DETNAME", "CAMSCALE") if k in h}
+        meas, meta = extract_pairs(exposures, pcfg, workers, "cpPtc")
         return ptc_solve_task(meas, output_path, pcfg, meta=meta)
+
+
+def extract_pairs(exposures: Sequence[ExposureStats], config: PtcConfig, workers: int,
+                  product: str) -> tuple[list[PtcPairMeasurement], dict[str, Any]]:
+    """The PTC measurement of every pair of equal exposure time among ISR-processed ``exposures``
+    (``workers`` threads), and the header cards a product's metadata keeps (cpPtc, cpLinearizer).
+
+    Raises
+    ------
+    UserInputError
+        No pair (``product`` names the calibration being built).
+    """
+    pairs = ptc_pairs(exposures)
+    if not pairs:
+        raise UserInputError(f"{product}: no pair of flats with equal exposure time among {len(exposures)} "
+                             "exposure(s); take the flats in pairs.")
+
+    def one(pair):
+        a, b = pair
+        noise = {amp: 0.5 * (a.amp_stats[amp]["overscan_noise_adu"] + b.amp_stats[amp]["overscan_noise_adu"])
+                 for amp in a.amp_stats}
+        return ptc_extract_task(a.path, b.path, config, overscan_noise=noise)
+
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            meas = list(ex.map(one, pairs))
+    else:
+        meas = [one(p) for p in pairs]
+    h = read_header(exposures[0].path)
+    return meas, {k: h[k] for k in ("INSTRUME", "DETECTOR", "DETNAME", "CAMSCALE") if k in h}

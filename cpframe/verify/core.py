@@ -31,7 +31,7 @@ import numpy as np
 from cpframe.camera.models import Detector
 from cpframe.core.errors import UserInputError
 from cpframe.verify.config import VerifyConfig
-from cpframe.verify.stats import ResidualImage, header_value, read_residual
+from cpframe.verify.stats import ResidualImage, header_value, read_residual, write_binned_residual
 
 __all__ = [
     "STAGES",
@@ -254,8 +254,6 @@ def verify_exposure(
         **measured,
     }
     if binned_path is not None:
-        from cpframe.verify.results import write_binned_residual
-
         write_binned_residual(residual, binned_path, stats["DATA_ID"], cfg)
     return finish_stats(st, stats, st.check(stats, cfg))
 

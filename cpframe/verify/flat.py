@@ -29,7 +29,14 @@ import numpy as np
 from cpframe.camera.models import Detector
 from cpframe.verify.config import VerifyConfig
 from cpframe.verify.core import Stage, register_stage
-from cpframe.verify.stats import ResidualImage, clipped_stats, expected_noise, header_amp_value, header_value, mask_of
+from cpframe.verify.stats import (
+    ResidualImage,
+    clipped_stats,
+    expected_noise,
+    header_amp_value,
+    header_value,
+    mask_of,
+)
 
 __all__ = ["FLAT", "check_flat", "flat_exposure_group", "measure_flat"]
 

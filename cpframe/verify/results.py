@@ -27,9 +27,8 @@ import numpy as np
 
 from cpframe.core import files as _files
 from cpframe.core.errors import UserInputError
-from cpframe.verify.config import VerifyConfig
 from cpframe.verify.core import get_stage
-from cpframe.verify.stats import ResidualImage, mask_of
+from cpframe.verify.stats import ResidualImage, bin_image, mask_of, write_binned_residual  # noqa: F401
 
 __all__ = [
     "atomic_write_text",
@@ -200,49 +199,3 @@ def read_results(path: str | Path):
     if not p.is_file():
         raise UserInputError(f"results table {p} does not exist.")
     return Table.read(p, format="ascii.ecsv")
-
-
-def bin_image(image: np.ndarray, exclude: np.ndarray | None, factor: int) -> np.ndarray:
-    """Mean of ``factor`` x ``factor`` blocks over valid pixels (NaN where a block has none).
-
-    >>> bin_image(np.arange(16.0).reshape(4, 4), None, 2).tolist()
-    [[2.5, 4.5], [10.5, 12.5]]
-    """
-    ny, nx = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    data = np.array(image[:ny, :nx], dtype=np.float64)
-    ok = np.isfinite(data)
-    if exclude is not None:
-        ok &= ~exclude[:ny, :nx]
-    data = np.where(ok, data, 0.0)
-    shape = (ny // factor, factor, nx // factor, factor)
-    sums = data.reshape(shape).sum(axis=(1, 3))
-    counts = ok.reshape(shape).sum(axis=(1, 3))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
-def write_binned_residual(
-    residual: ResidualImage, path: str | Path, data_id: Mapping[str, Any], config: VerifyConfig | None = None,
-    factor: int = 8,
-) -> Path:
-    """Write the residual binned ``factor`` x ``factor`` (masked pixels left out) as a one-HDU FITS file."""
-    from astropy.io import fits
-
-    cfg = config or VerifyConfig()
-    binned = bin_image(residual.image, mask_of(residual, cfg.mask_names), factor).astype(np.float32)
-    hdu = fits.PrimaryHDU(binned)
-    for k, v in data_id.items():
-        if v is not None:
-            hdu.header[f"HIERARCH CPF {k.upper()}"] = v
-    hdu.header["BINNING"] = (factor, "pixels per side of each binned pixel")
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _files.mkstemp(prefix=f".{p.name}.", suffix=".fits", dir=p.parent)
-    os.close(fd)
-    try:
-        hdu.writeto(tmp, overwrite=True)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p

@@ -12,6 +12,7 @@ Everything here works on plain numpy arrays; :func:`read_residual` reads a
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,8 +22,12 @@ from typing import Any
 import numpy as np
 
 from cpframe.camera.models import Amplifier, Detector
+from cpframe.core import files as _files
 from cpframe.core.errors import UserInputError
+from cpframe.science.combine import IQ_TO_STDEV
+from cpframe.science.combine import clipped_stats as _clip
 from cpframe.science.imageio import MASK_BITS
+from cpframe.verify.config import VerifyConfig
 
 __all__ = [
     "DEFAULT_MASK_BITS",
@@ -43,8 +48,8 @@ __all__ = [
 #: ``MP_<NAME>`` cards win over these.
 DEFAULT_MASK_BITS: dict[str, int] = dict(MASK_BITS)
 
-#: 1 / (2 * 0.6745): converts an inter-quartile range into a Gaussian sigma.
-IQR_TO_SIGMA = 0.7413
+#: 1 / (2 * 0.6745): converts an inter-quartile range into a Gaussian sigma (the combine's constant).
+IQR_TO_SIGMA = IQ_TO_STDEV
 
 
 @dataclass
@@ -144,7 +149,12 @@ class ClipResult:
 
 
 def clipped_stats(values: np.ndarray, n_sigma: float = 5.0, n_iter: int = 3) -> ClipResult:
-    """Clipped mean and standard deviation (afw MEANCLIP / STDEVCLIP).
+    """Clipped mean and standard deviation (afw MEANCLIP / STDEVCLIP): ``n_iter`` passes in all,
+    the first centred on the median with a width from the IQR.
+
+    The clipping itself is the combine's (:func:`cpframe.science.combine.clipped_stats`, whose
+    ``n_iter`` counts the mean/stdev passes after the median/IQR one); this adds the median,
+    the number clipped and the final window.
 
     >>> r = clipped_stats(np.array([1.0, 2.0, 3.0, 4.0, 1000.0]), n_sigma=3.0)
     >>> round(r.mean, 6), r.n_clipped
@@ -154,22 +164,9 @@ def clipped_stats(values: np.ndarray, n_sigma: float = 5.0, n_iter: int = 3) -> 
     x = x[np.isfinite(x)]
     if x.size == 0:
         return ClipResult(np.nan, np.nan, 0, 0, np.nan, np.nan)
-    q25, center, q75 = np.percentile(x, [25.0, 50.0, 75.0])
-    median = float(center)
-    half = n_sigma * IQR_TO_SIGMA * (q75 - q25)
-    kept = x
-    mean = float(np.mean(x))
-    std = float(np.std(x, ddof=1)) if x.size > 1 else 0.0
-    for _ in range(max(int(n_iter), 1)):
-        sel = np.abs(x - center) <= half
-        if not sel.any():
-            break
-        kept = x[sel]
-        mean = float(np.mean(kept))
-        std = float(np.std(kept, ddof=1)) if kept.size > 1 else 0.0
-        center, half = mean, n_sigma * std
-    low, high = center - half, center + half
-    return ClipResult(mean, std, int(kept.size), int(x.size - kept.size), float(low), float(high), median)
+    mean, std, n_used = _clip(x, n_sigma, max(int(n_iter), 1) - 1)
+    return ClipResult(mean, std, n_used, int(x.size - n_used), mean - n_sigma * std, mean + n_sigma * std,
+                      float(np.median(x)))
 
 
 def expected_noise(residual: ResidualImage, amp: Amplifier, exclude: np.ndarray | None) -> float:
@@ -337,3 +334,50 @@ def header_amp_value(header: Mapping[str, Any], key: str, amp: str, fallback_key
         return float(v) if v is not None else float("nan")
     except (TypeError, ValueError):
         return float("nan")
+
+
+# -- binned residual images (the report shows them) -------------------------------------------
+def bin_image(image: np.ndarray, exclude: np.ndarray | None, factor: int) -> np.ndarray:
+    """Mean of ``factor`` x ``factor`` blocks over valid pixels (NaN where a block has none).
+
+    >>> bin_image(np.arange(16.0).reshape(4, 4), None, 2).tolist()
+    [[2.5, 4.5], [10.5, 12.5]]
+    """
+    ny, nx = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    data = np.array(image[:ny, :nx], dtype=np.float64)
+    ok = np.isfinite(data)
+    if exclude is not None:
+        ok &= ~exclude[:ny, :nx]
+    data = np.where(ok, data, 0.0)
+    shape = (ny // factor, factor, nx // factor, factor)
+    sums = data.reshape(shape).sum(axis=(1, 3))
+    counts = ok.reshape(shape).sum(axis=(1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def write_binned_residual(
+    residual: ResidualImage, path: str | Path, data_id: Mapping[str, Any], config: VerifyConfig | None = None,
+    factor: int = 8,
+) -> Path:
+    """Write the residual binned ``factor`` x ``factor`` (masked pixels left out) as a one-HDU FITS file."""
+    from astropy.io import fits
+
+    cfg = config or VerifyConfig()
+    binned = bin_image(residual.image, mask_of(residual, cfg.mask_names), factor).astype(np.float32)
+    hdu = fits.PrimaryHDU(binned)
+    for k, v in data_id.items():
+        if v is not None:
+            hdu.header[f"HIERARCH CPF {k.upper()}"] = v
+    hdu.header["BINNING"] = (factor, "pixels per side of each binned pixel")
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _files.mkstemp(prefix=f".{p.name}.", suffix=".fits", dir=p.parent)
+    os.close(fd)
+    try:
+        hdu.writeto(tmp, overwrite=True)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p

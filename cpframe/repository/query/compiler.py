@@ -38,19 +38,7 @@ from cpframe.repository.query.typed import (
     parse_selection,
 )
 
-__all__ = [
-    "Selection",
-    "Field",
-    "FIELDS",
-    "parse_selection",
-    "compile_selection",
-    "named_instruments",
-    "select_dimension_records",
-    "select_data_ids",
-    "filter_datasets",
-    "DIMENSION_ELEMENTS",
-    "DATA_ID_DIMENSIONS",
-]
+__all__ = ["compile_selection", "select_dimension_records", "select_data_ids", "filter_datasets"]
 
 
 

@@ -20,19 +20,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from cpframe.core.errors import SelectionError
 from cpframe.core.model import NS_MAX, NS_MIN, tai_ns
 
-__all__ = [
-    "Selection",
-    "Field",
-    "FIELDS",
-    "parse_selection",
-    "compile_selection",
-    "named_instruments",
-    "select_dimension_records",
-    "select_data_ids",
-    "filter_datasets",
-    "DIMENSION_ELEMENTS",
-    "DATA_ID_DIMENSIONS",
-]
+__all__: list[str] = []  # the grammar and messages serve .typed and .compiler; the package exports
 
 
 

@@ -67,19 +67,7 @@ from cpframe.repository.query.parser import (
     _string,
 )
 
-__all__ = [
-    "Selection",
-    "Field",
-    "FIELDS",
-    "parse_selection",
-    "compile_selection",
-    "named_instruments",
-    "select_dimension_records",
-    "select_data_ids",
-    "filter_datasets",
-    "DIMENSION_ELEMENTS",
-    "DATA_ID_DIMENSIONS",
-]
+__all__ = ["Selection", "Field", "FIELDS", "parse_selection", "named_instruments", "DIMENSION_ELEMENTS", "DATA_ID_DIMENSIONS"]
 
 
 

@@ -1,0 +1,279 @@
+"""What a campaign is made of: the vocabulary (step kinds, products and what each needs,
+variables), the shape of a campaign file (:class:`CampaignFile`, one schema per step kind)
+and the parsed values :class:`Step` and :class:`Campaign`.  No I/O.
+
+Reading a file into these is :mod:`cpframe.campaign.spec`.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from cpframe.core.errors import CampaignError
+from cpframe.core.schema import Schema, Text
+
+# -- vocabulary -------------------------------------------------------------------------------
+
+#: Step kinds a campaign file may use.
+STEP_KINDS = ("submit", "certify", "report", "deploy")
+
+#: Calibration products cpframe builds and what each needs built (and certified) first
+#: (spec dependencies.md §7, the minimal closed set, with defects before PTC as in §6).
+PRODUCT_NEEDS: dict[str, tuple[str, ...]] = {
+    "biasBootstrap": (),
+    "darkBootstrap": ("biasBootstrap",),
+    "flatBootstrap": ("biasBootstrap", "darkBootstrap"),
+    "defects": ("biasBootstrap", "darkBootstrap", "flatBootstrap"),
+    "ptc": ("defects",),
+    "bias": ("ptc", "defects"),
+    "dark": ("ptc", "bias", "defects"),
+    "flat": ("ptc", "bias", "dark", "defects"),
+    # issue 13 types (dependencies.md §6: linearizer and CTI after defects, CTI on the linearizer's gains;
+    # crosstalk from bright sources with the PTC's gains).  bias/dark/flat/ptc use them when certified.
+    "linearizer": ("defects",),
+    "cti": ("linearizer", "defects"),
+    "crosstalk": ("ptc", "defects"),
+}
+
+#: Products that are certified (bootstraps are read straight from their RUNs).
+CERTIFIABLE = ("defects", "ptc", "bias", "dark", "flat", "linearizer", "cti", "crosstalk")
+
+#: What a verification submission may test.
+VERIFY_TARGETS = ("bias", "dark", "flat", "defects", "ptc", "science", "linearizer", "cti", "crosstalk")
+
+#: Variables every campaign needs (DMTN-222 §7 exports them all).
+REQUIRED_VARIABLES = (
+    "USER_CALIB_PREFIX", "INSTRUMENT", "TICKET", "REPO", "RAW_COLLECTION", "CALIB_COLLECTIONS",
+    "TAG", "RERUN", "CERT_RERUN", "VERIFY_RERUN", "START_DATE",
+)
+
+#: Variables ``cpframe deploy CAMPAIGN`` needs (passed on with --var in the record).
+_DEPLOY_VARIABLES = (
+    "REPO", "INSTRUMENT", "TICKET", "USER_CALIB_PREFIX", "RAW_COLLECTION", "CALIB_COLLECTIONS",
+)
+
+#: Names cpframe computes from the others; a campaign file may not set them.
+DERIVED_VARIABLES = ("TICKET_CHAIN", "TAG_PREFIX")
+
+#: The generation-collection stem of each product (templates.md §4/§5).
+GEN_STEM = {
+    "biasBootstrap": "biasBootstrapGen", "darkBootstrap": "darkBootstrapGen",
+    "flatBootstrap": "flatBootstrapGen", "defects": "defectGen", "ptc": "ptcGen",
+    "bias": "biasGen", "dark": "darkGen", "flat": "flatGen",
+    "linearizer": "linearizerGen", "cti": "ctiGen", "crosstalk": "crosstalkGen",
+}
+
+#: Selection variable each product / verification reads (``{band}`` for flats).
+SELECTION_OF_BUILD = {
+    "biasBootstrap": "SELECTION_BIAS_BOOTSTRAP", "darkBootstrap": "SELECTION_DARK_BOOTSTRAP",
+    "flatBootstrap": "SELECTION_FLAT_BOOTSTRAP", "defects": None, "ptc": "SELECTION_PTC",
+    "bias": "SELECTION_BIAS", "dark": "SELECTION_DARK", "flat": "SELECTION_FLAT_{band}",
+    "linearizer": "SELECTION_PTC_LINEARIZER", "cti": "SELECTION_PTC_CTI", "crosstalk": "SELECTION_CROSSTALK",
+}
+SELECTION_OF_VERIFY = {
+    "bias": "SELECTION_BIAS_V", "dark": "SELECTION_DARK_V", "flat": "SELECTION_FLAT_{band}_V",
+    "defects": "SELECTION_DEFECTS_V", "ptc": "SELECTION_PTC_V", "science": "SELECTION_SCIENCE_V",
+    "linearizer": "SELECTION_PTC_LINEARIZER_V", "cti": "SELECTION_PTC_CTI_V", "crosstalk": "SELECTION_CROSSTALK_V",
+}
+
+_RERUN_RE = re.compile(r"^\d{8}[a-z]$")
+_STEP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_VAR_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+# -- the file's shape (cpframe.core.schema); the checks that need variables follow below -------------
+
+
+class _StepFile(Schema):
+    name: Text
+    kind: str
+    needs: Text | list[Text] = []
+    doc: Text = ""
+
+
+class _SubmitStepFile(_StepFile):
+    template: Text | None = None
+    builds: Text | None = None
+    verifies: Text | None = None
+    band: Text | None = None
+    vars: dict[str, Text | None] = {}
+
+
+class _CertifyStepFile(_StepFile):
+    dataset_type: Text | None = None
+    band: Text | None = None
+    input: Text | None = None
+    output: Text | None = None
+    begin_date: Text | None = None
+    end_date: Text | None = None
+    chain: bool | Text | None = None
+    search_all_inputs: bool = False
+
+
+class _ReportStepFile(_StepFile):
+    output: Text | None = None
+    collections: Text | list[Text] = []
+
+
+class _DeployStepFile(_StepFile):
+    exposure: Text | None = None
+
+
+#: The keys each step kind takes (schema per kind).
+STEP_SCHEMAS: dict[str, type[_StepFile]] = {
+    "submit": _SubmitStepFile, "certify": _CertifyStepFile, "report": _ReportStepFile, "deploy": _DeployStepFile,
+}
+
+
+class CampaignFile(Schema):
+    """A campaign file: ``name``, ``description``, ``variables`` and ``steps`` (docs/campaign.md)."""
+
+    name: Text | None = None
+    description: Text = ""
+    variables: dict[str, Text | None] | None = None
+    steps: list[Any] | None = None
+
+def sh_quote(text: str) -> str:
+    """Quote for a POSIX shell, preferring double quotes around selections.
+
+    >>> print(sh_quote("instrument='LSSTComCam' and detector=4"))
+    "instrument='LSSTComCam' and detector=4"
+    >>> sh_quote("plain")
+    'plain'
+    """
+    q = shlex.quote(text)
+    if q.startswith("'") and "'" in text and not re.search(r'[$`"\\!]', text):
+        return f'"{text}"'
+    return q
+
+
+def sh_join(argv: Sequence[str]) -> str:
+    """A command line as shell text (see :func:`sh_quote`)."""
+    return " ".join(sh_quote(a) for a in argv)
+
+
+# -- the file, parsed ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a campaign, with its variables already substituted."""
+
+    name: str
+    """Unique name in the campaign (used by ``needs`` and ``--until``)."""
+    kind: str
+    """One of :data:`STEP_KINDS`."""
+    index: int
+    """Position in the campaign file (0-based)."""
+    needs: tuple[str, ...] = ()
+    """Names of steps that must run first (besides the derived dependencies)."""
+    doc: str = ""
+    template: str | None = None
+    """submit: absolute path of the submission template."""
+    builds: str | None = None
+    """submit: product built (key of :data:`PRODUCT_NEEDS`)."""
+    verifies: str | None = None
+    """submit: calibration verified (one of :data:`VERIFY_TARGETS`)."""
+    band: str | None = None
+    """Flat band (submit builds/verifies flat, certify flat)."""
+    vars: tuple[tuple[str, str], ...] = ()
+    """submit: variables set for this step only."""
+    dataset_type: str | None = None
+    """certify: dataset type certified."""
+    input: str | None = None
+    """certify: generation collection holding the datasets (CHAINED: first child only)."""
+    output: str | None = None
+    """certify: CALIBRATION collection; report: output directory."""
+    begin_date: str | None = None
+    """certify: TAI start of the validity range (at or before 1970 = unbounded)."""
+    end_date: str | None = None
+    """certify: TAI end of the validity range (None = open, DMTN-222 policy)."""
+    chain: str | None = None
+    """certify: CHAINED collection to put ``output`` in (None = do not chain)."""
+    search_all_inputs: bool = False
+    collections: tuple[str, ...] = ()
+    """report: collections to report on (verification first, then generation)."""
+    exposure: int | None = None
+    """deploy: exposure used by the self-check (default: chosen from the validity ranges)."""
+    gen_output: str | None = None
+    """submit: CHAINED output collection of the submission (``payload.output``)."""
+    gen_run: str | None = None
+    """submit: RUN name when it is fixed in advance (bootstraps), else None (timestamped)."""
+
+    @property
+    def product(self) -> str | None:
+        """Calibration product this step builds or certifies (None for others)."""
+        if self.kind == "submit":
+            return self.builds
+        if self.kind == "certify":
+            return self.dataset_type
+        return None
+
+    @property
+    def label(self) -> str:
+        """Short description for the plan."""
+        band = f" ({self.band})" if self.band else ""
+        if self.kind == "submit" and self.builds:
+            return f"build {self.builds}{band}"
+        if self.kind == "submit":
+            return f"verify {self.verifies}{band}"
+        if self.kind == "certify":
+            return f"certify {self.dataset_type}{band}"
+        return self.kind
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """A validated campaign: variables and steps in execution order."""
+
+    name: str
+    path: Path
+    """Absolute path of the campaign file."""
+    variables: Mapping[str, str]
+    """All variables, overrides applied, derived names (``TICKET_CHAIN``, ``TAG_PREFIX``) added."""
+    steps: tuple[Step, ...]
+    """Steps in the order they run."""
+    after: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    """For each step, ``(earlier step, reason)`` pairs that forced its place."""
+    sha256: str = ""
+    """Checksum of the campaign file as read."""
+    overrides: Mapping[str, str] = field(default_factory=dict)
+    """The ``--var`` values given (they are part of how to run it again)."""
+
+    def command(self, *extra: str) -> str:
+        """The ``cpframe campaign`` command line for this campaign (with its ``--var``)."""
+        argv = ["cpframe", "campaign", str(self.path)]
+        for k, x in self.overrides.items():
+            argv += ["--var", f"{k}={x}"]
+        return sh_join(argv + list(extra))
+
+    @property
+    def repo(self) -> str:
+        return self.variables["REPO"]
+
+    @property
+    def ticket_chain(self) -> str:
+        return self.variables["TICKET_CHAIN"]
+
+    @property
+    def instrument(self) -> str:
+        return self.variables["INSTRUMENT"]
+
+    def step(self, name: str) -> Step:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise CampaignError(
+            f"{self.path.name}: no step named {name!r}; steps are {', '.join(s.name for s in self.steps)}."
+        )
+
+    def chain_mode(self, step: Step) -> str:
+        """``redefine`` for the first chaining certify step in run order, ``prepend`` after."""
+        for s in self.steps:
+            if s.kind == "certify" and s.chain == step.chain:
+                return "redefine" if s.name == step.name else "prepend"
+        return "prepend"
+

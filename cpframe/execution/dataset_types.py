@@ -1,0 +1,31 @@
+"""The dataset types every repository knows: name -> (dimensions without instrument, storage class).
+
+Both pipeline formats (:mod:`cpframe.execution.pipeline`, :mod:`cpframe.execution.lsst_pipeline`)
+read this table; it sits below them so neither imports the other for it.
+"""
+
+from __future__ import annotations
+
+__all__ = ["PRODUCT_TYPES", "CALIBRATION_TYPES"]
+
+#: Dataset types known to every repository: name -> (dimensions without instrument, storage class).
+PRODUCT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
+    "raw": (("exposure", "detector"), "fits-raw"),
+    "biasBootstrap": (("detector",), "fits-masked"),
+    "darkBootstrap": (("detector",), "fits-masked"),
+    "flatBootstrap": (("detector", "physical_filter"), "fits-masked"),
+    "bias": (("detector",), "fits-masked"),
+    "dark": (("detector",), "fits-masked"),
+    "flat": (("detector", "physical_filter"), "fits-masked"),
+    "defects": (("detector",), "ecsv-defects"),
+    "manual_defects": (("detector",), "ecsv-defects"),
+    "ptc": (("detector",), "fits-ptc"),
+    # optional inputs only (cpframe does not build them; dependencies.md §7)
+    "linearizer": (("detector",), "json"),  # cpframe/science/linearity.py
+    "crosstalk": (("detector",), "json"),  # cpframe/science/crosstalk.py
+    "cti": (("detector",), "json"),  # cpframe/science/cti.py
+    "bfk": (("detector",), "external"),
+}
+
+#: Calibration dataset types (looked up by validity range, not produced per exposure).
+CALIBRATION_TYPES = frozenset(PRODUCT_TYPES) - {"raw"}

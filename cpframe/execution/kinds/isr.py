@@ -1,0 +1,118 @@
+"""The ``isr`` kind: instrument signature removal of one raw (ip_isr ``IsrTaskLSST``).
+
+Its calibrations follow from the ``do*`` switches (spec dependencies.md §1, §7), not from a
+list in the pipeline file.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from cpframe.execution.kinds.base import Option, TaskKind, accepted, enum, output_path
+from cpframe.science import isr as _isr
+
+#: ip_isr switches cpframe accepts in pipeline files but does not implement (run off; a note says so).
+_NOT_IMPLEMENTED = tuple(k for k in ("doCorrectGains", "doDeferredCharge", "doBrighterFatter", "doInterpolate",
+                                      "doCalculateStatistics") if k not in _isr._ALIASES)
+
+
+def _field(key: str) -> str:
+    return _isr._ALIASES[key]
+
+
+class Isr(TaskKind):
+    name = "isr"
+    summary = "ISR of one raw exposure x detector -> an ISR intermediate (fits-masked)."
+    dimensions = (frozenset({"exposure", "detector"}),)
+    config_class = _isr.IsrConfig
+    settings_key = "isr"
+    reads_raw = True
+    options = MappingProxyType({
+        "doBootstrap": Option(bool, _field("doBootstrap"), doc="no PTC: gain 1, output in adu"),
+        "doOverscan": Option(bool, _field("doOverscan")),
+        "overscanFitType": Option(enum(*_isr.OVERSCAN_FIT_TYPES), _field("overscanFitType")),
+        "doParallelOverscan": Option(bool, _field("doParallelOverscan")),
+        "doAssembleCcd": Option(bool, _field("doAssembleCcd"), doc="always true in cpframe"),
+        "integerDitherMode": Option(enum(*_isr.DITHER_MODES), _field("integerDitherMode")),
+        "doSaturation": Option(bool, _field("doSaturation")),
+        "doSuspect": Option(bool, _field("doSuspect")),
+        "defaultSaturationSource": Option(enum(*_isr.SATURATION_SOURCES), _field("defaultSaturationSource")),
+        "doApplyGains": Option(bool, _field("doApplyGains"), doc="output in electrons"),
+        "useGainsFrom": Option(enum("PTC", "LINEARIZER"), _field("useGainsFrom"), doc="only PTC is implemented"),
+        "doCrosstalk": Option(bool, _field("doCrosstalk"), doc="optional input: off when no crosstalk is found"),
+        "doQuadraticCrosstalkCorrection": Option(bool, _field("doQuadraticCrosstalkCorrection")),
+        "doLinearize": Option(bool, _field("doLinearize"), doc="optional input: off when no linearizer is found"),
+        "doBias": Option(bool, _field("doBias")),
+        "doDark": Option(bool, _field("doDark")),
+        "doDefect": Option(bool, _field("doDefect")),
+        "doFlat": Option(bool, _field("doFlat")),
+        "doNanMasking": Option(bool, _field("doNanMasking")),
+        "doVariance": Option(bool, _field("doVariance")),
+        "doStandardStatistics": Option(bool, _field("doStandardStatistics")),
+        **{k: Option(bool, _field(k), doc="optional input: off when no cti is found")
+           for k in ("doDeferredCharge",) if k in _isr._ALIASES},
+        "doCtiStatistics": Option(bool, _field("doCtiStatistics"), doc="overscan statistics for cpCti"),
+        **{k: Option(bool, None, False, doc="not implemented by cpframe; accepted when false")
+           for k in _NOT_IMPLEMENTED},
+    })
+
+    @classmethod
+    def calibrations(cls, config: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Calibrations an ISR task reads, from its switches (spec dependencies.md §1, §7).
+
+        With ``doBootstrap`` the bias/dark/flat inputs are the bootstrap products.  Linearizer,
+        CTI, crosstalk and BFK are optional (applied when found), except a linearizer used as
+        the source of gains.
+
+        >>> Isr.calibrations(Isr.filled({"doApplyGains": True}))
+        (('ptc',), ())
+        >>> Isr.calibrations(Isr.filled({"doBootstrap": True, "doBias": True}))
+        (('biasBootstrap',), ())
+        """
+        c = config
+        boot = bool(c["doBootstrap"])
+        gains_from_lin = bool(c["doApplyGains"]) and c["useGainsFrom"] == "LINEARIZER"
+        req: list[str] = []
+        opt: list[str] = []
+        if not boot and not gains_from_lin:
+            req.append("ptc")
+        if gains_from_lin:
+            req.append("linearizer")
+        elif c["doLinearize"]:
+            opt.append("linearizer")
+        for flag, name in (("doBias", "bias"), ("doDark", "dark"), ("doFlat", "flat")):
+            if c[flag]:
+                req.append(f"{name}Bootstrap" if boot else name)
+        if c["doDefect"]:
+            req.append("defects")
+        for flag, name in (("doCrosstalk", "crosstalk"), ("doDeferredCharge", "cti"), ("doBrighterFatter", "bfk")):
+            if c[flag]:
+                opt.append(name)
+        return tuple(req), tuple(opt)
+
+    @classmethod
+    def plan(cls, task, settings, explicit):
+        keep, notes = accepted(task.label, dict(task.config), _isr.IsrConfig.from_dict, explicit)
+        return {"isr": keep}, notes
+
+    @classmethod
+    def for_quantum(cls, shared, found):
+        """Optional steps whose calibration was not found for this quantum are switched off."""
+        cfg = dict(shared["isr"])
+        for flag, calib in (("doCrosstalk", "crosstalk"), ("doLinearize", "linearizer"), ("doDeferredCharge", "cti")):
+            if cfg.get(flag) and calib not in found:
+                cfg[flag] = False
+                if flag == "doCrosstalk":
+                    cfg.pop("doQuadraticCrosstalkCorrection", None)
+        return {**shared, "isr": _isr.IsrConfig.from_dict(cfg)}
+
+    @classmethod
+    def run(cls, spec, groups):
+        from cpframe.science.tasks import isr_task
+
+        # bootstrap products are applied as the ISR's bias/dark/flat (spec algorithms.md §7)
+        calibs = {c.removesuffix("Bootstrap"): paths[0] for c, paths in spec.calib_paths.items()
+                  if paths and c != "manual_defects"}
+        return isr_task(spec.raw_path, output_path(spec), spec.settings["isr"], calibs,
+                        detector=spec.data_id["detector"])

@@ -1,0 +1,60 @@
+"""The PTC kinds: ``ptcExtract`` (one flat pair) and ``ptcSolve`` (the fit per detector;
+cp_pipe ``PhotonTransferCurveExtractPairTask`` / ``PhotonTransferCurveSolveTask``).
+
+Pairs are matched by exposure time (cp_pipe matchExposuresType=TIME), gain estimator FULL.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from cpframe.execution.kinds.base import Option, TaskKind, enum, header_meta, output_path
+from cpframe.science import ptc as _ptc
+
+
+def _field(key: str) -> str:
+    return _ptc._ALIASES[key]
+
+
+class _Ptc(TaskKind):
+    config_class = _ptc.PtcConfig
+    settings_key = "ptc"
+
+
+class PtcExtract(_Ptc):
+    name = "ptcExtract"
+    summary = "Mean and variance per amp of one pair of flats of equal exposure time."
+    dimensions = (frozenset({"exposure", "detector"}),)
+    pairs_exposures = True
+    options = MappingProxyType({k: Option(t, _field(k)) for k, t in (
+        ("nSigmaClipPtc", float), ("nIterSigmaClipPtc", int), ("numEdgeSuspect", int))})
+
+    @classmethod
+    def run(cls, spec, groups):
+        from cpframe.science.tasks import ptc_extract_task
+
+        a, b = next(iter(groups.values()))
+        noise = {amp: 0.5 * (a.amp_stats[amp]["overscan_noise_adu"] + b.amp_stats[amp]["overscan_noise_adu"])
+                 for amp in a.amp_stats}
+        m = ptc_extract_task(a.path, b.path, spec.settings["ptc"], overscan_noise=noise)
+        return (m, header_meta(a.path))
+
+
+class PtcSolve(_Ptc):
+    name = "ptcSolve"
+    summary = "Gain, read noise and turnoff per amp from the pair measurements of one detector."
+    dimensions = (frozenset({"detector"}),)
+    options = MappingProxyType({
+        "ptcFitType": Option(enum("EXPAPPROXIMATION"), _field("ptcFitType")),
+        **{k: Option(t, _field(k)) for k, t in (
+            ("minMeanSignal", float), ("maxMeanSignal", float), ("maxSignalInitialPtcOutlierFit", float),
+            ("scaleMaxSignalInitialPtcOutlierFit", bool), ("maxIterationsPtcOutliers", int),
+            ("sigmaCutPtcOutliers", float), ("maxDeltaInitialPtcOutlierFit", float))},
+    })
+
+    @classmethod
+    def run(cls, spec, groups):
+        from cpframe.science.tasks import ptc_solve_task
+
+        pairs = next(iter(groups.values()))
+        return ptc_solve_task([m for m, _ in pairs], output_path(spec), spec.settings["ptc"], meta=pairs[0][1])

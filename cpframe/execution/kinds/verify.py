@@ -1,0 +1,94 @@
+"""The verification kinds: ``verifyStats`` (statistics of one exposure or calibration) and
+``verifyMerge`` (per exposure, then per run: the test results; cp_verify)."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from cpframe.execution.kinds.base import Option, TaskKind, calib_path, detector_of, enum, output_path
+from cpframe.verify.config import VerifyConfig
+
+STAGES = ("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE", "LINEARITY", "CROSSTALK", "CTI")
+
+
+class VerifyStats(TaskKind):
+    name = "verifyStats"
+    summary = "Verification statistics of one exposure x detector, or of one calibration per detector."
+    dimensions = (frozenset({"exposure", "detector"}), frozenset({"detector"}))
+    config_class = VerifyConfig
+    settings_key = "verify"
+    registers_all_outputs = True
+    options = MappingProxyType({
+        "stage": Option(enum(*STAGES), required=True),
+        "settings": Option("mapping", None, MappingProxyType({}),
+                           doc="VerifyConfig field overrides (docs/verification.md)"),
+    })
+
+    @classmethod
+    def required_example(cls):
+        return {"stage": "BIAS"}
+
+    @classmethod
+    def plan(cls, task, settings, explicit):
+        cfg = task.config
+        return {"stage": cfg["stage"], "verify": VerifyConfig.from_mapping(dict(cfg.get("settings") or {}))}, []
+
+    @classmethod
+    def run(cls, spec, groups):
+        from cpframe.verify import get_stage, verify_calib, verify_exposure, write_stats
+
+        stage = spec.settings["stage"]
+        if get_stage(stage).kind == "calib":
+            path = calib_path(spec, get_stage(stage).dataset_type)
+            if path is None:  # a product of this pipeline (residual crosstalk) rather than a calibration
+                path = next(getattr(v, "path", None) for values in groups.values() for v in values)
+            stats = verify_calib(stage, path, detector_of(path, spec.data_id["detector"]), spec.settings["verify"],
+                                 data_id=dict(spec.data_id))
+        else:
+            images = [v for values in groups.values() for v in values]
+            did = {k: spec.data_id[k] for k in ("instrument", "exposure", "physical_filter") if k in spec.data_id}
+            stats = verify_exposure(stage, images[0].path, detector_of(images[0].path, spec.data_id["detector"]),
+                                    spec.settings["verify"],
+                                    uncorrected_path=images[1].path if len(images) > 1 else None, data_id=did)
+        write_stats(stats, output_path(spec))
+        return stats
+
+
+class VerifyMerge(TaskKind):
+    name = "verifyMerge"
+    summary = "Merge verification statistics per exposure, then per run into results + summary."
+    dimensions = (frozenset({"exposure"}), frozenset())
+    settings_key = "stage"
+    registers_all_outputs = True
+    options = MappingProxyType({"stage": Option(enum(*STAGES), required=True)})
+
+    @classmethod
+    def required_example(cls):
+        return {"stage": "BIAS"}
+
+    @classmethod
+    def direct_config(cls):
+        return "BIAS"
+
+    @classmethod
+    def plan(cls, task, settings, explicit):
+        return {"stage": task.config["stage"]}, []
+
+    @classmethod
+    def run(cls, spec, groups):
+        from cpframe.verify import get_stage, merge_calibs, merge_exposure, merge_run, write_results, write_stats
+
+        stage = spec.settings["stage"]
+        if "exposure" in spec.data_id:
+            merged = merge_exposure(stage, next(iter(groups.values())))
+            write_stats(merged, output_path(spec))
+            return merged
+        if get_stage(stage).kind == "calib":
+            table, summary = merge_calibs(stage, next(iter(groups.values())))
+        else:
+            values = list(groups.values())  # inputs: detector stats, then exposure merges
+            table, summary = merge_run(stage, values[-1], detector_stats=values[0] if len(values) > 1 else None)
+        write_results(table, output_path(spec, 0))
+        if len(spec.outputs) > 1:
+            write_stats(summary, output_path(spec, 1))
+        return summary

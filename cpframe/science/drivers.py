@@ -1,0 +1,108 @@
+"""Direct calls of the calibration types built from ISR-processed exposures:
+:func:`cp_linearizer`, :func:`cp_crosstalk`, :func:`cp_cti` (ISR of every raw with the type's
+switches, then the type's own extract/solve).
+
+They live above :mod:`cpframe.science.isr`, :mod:`cpframe.science.tasks` and each type's module,
+because the ISR applies those types' products (linearizer, crosstalk, CTI) and so imports their
+modules: a driver inside a type's module would close an import cycle.  Pipelines run the same
+steps as task kinds (``cpframe.execution.kinds``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+from cpframe.core.errors import ConfigError
+from cpframe.science.crosstalk import (
+    CrosstalkCalib,
+    CrosstalkConfig,
+    crosstalk_extract_task,
+    crosstalk_solve_task,
+)
+from cpframe.science.cti import CtiCalib, CtiConfig, cti_solve_task, measure_cti
+from cpframe.science.imageio import read_header
+from cpframe.science.isr import IsrConfig, isr_config_for
+from cpframe.science.linearity import LinearityConfig, Linearizer, linearity_solve_task
+from cpframe.science.ptc import PtcConfig
+from cpframe.science.tasks import _isr_config, _run_isr_all, _WorkDir, extract_pairs
+
+__all__ = ["cp_linearizer", "cp_crosstalk", "cp_cti"]
+
+
+def cp_linearizer(raw_paths: Sequence[str | os.PathLike], output_path: str | os.PathLike, *,
+                  calibs: Mapping[str, Any] | None = None, work_dir: str | os.PathLike | None = None,
+                  isr_config: Any = None, config: LinearityConfig | Mapping[str, Any] | None = None,
+                  ptc_config: Any = None, workers: int = 1) -> Linearizer:
+    """cpLinearizer for one detector: bootstrap ISR of a flat-pair ramp (+ defects, crosstalk when
+    given), pair extraction (PTC extract), per-amp solve -> linearizer json.
+
+    Parameters
+    ----------
+    raw_paths : sequence of path-like
+        Flat pairs of one detector (equal exposure times pair up).
+    output_path : path-like
+        The linearizer (json).
+    calibs : mapping, optional
+        ``defects``, ``crosstalk`` paths for the ISR.
+    work_dir : path-like, optional
+        Keep the ISR intermediates there (default: a scratch directory, removed).
+    isr_config, ptc_config : optional
+        Override the ISR (default: :func:`isr_config_for('linearizer')`) and extract settings.
+    config : LinearityConfig or mapping
+        Solve settings (default Spline).
+    workers : int
+        ISR runs in parallel (threads).
+    """
+    calibs = dict(calibs or {})
+    icfg = (_isr_config(isr_config) if isr_config is not None else
+            isr_config_for("linearizer", do_defect=bool(calibs.get("defects")),
+                           do_crosstalk=bool(calibs.get("crosstalk"))))
+    assert isinstance(icfg, IsrConfig)
+    pcfg = ptc_config if isinstance(ptc_config, PtcConfig) else PtcConfig.from_dict(
+        ptc_config if ptc_config is not None else {"numEdgeSuspect": 20})
+    with _WorkDir(work_dir, output_path) as work:
+        exposures = _run_isr_all(raw_paths, work, icfg, calibs, workers, None)
+        meas, meta = extract_pairs(exposures, pcfg, workers, "cpLinearizer")
+        return linearity_solve_task(meas, output_path, config, meta=meta)
+
+
+def cp_crosstalk(raw_paths: Sequence[str | os.PathLike], output_path: str | os.PathLike, *,
+                 calibs: Mapping[str, Any] | None = None, work_dir: str | os.PathLike | None = None,
+                 isr_config: Any = None, config: CrosstalkConfig | Mapping[str, Any] | None = None,
+                 workers: int = 1) -> CrosstalkCalib:
+    """cpCrosstalk for one detector: ISR (no crosstalk; gains when ``calibs['ptc']``; defects when
+    given) of spot / bright-source exposures, extract, solve, filter -> crosstalk json."""
+    calibs = dict(calibs or {})
+    icfg = (_isr_config(isr_config) if isr_config is not None else
+            isr_config_for("crosstalk", do_defect=bool(calibs.get("defects")),
+                           do_apply_gains=bool(calibs.get("ptc")), do_bootstrap=not calibs.get("ptc")))
+    cfg = config if isinstance(config, CrosstalkConfig) else CrosstalkConfig.from_dict(config)
+    with _WorkDir(work_dir, output_path) as work:
+        exposures = _run_isr_all(raw_paths, work, icfg, calibs, workers, None)
+        meas = [crosstalk_extract_task(e.path, cfg) for e in exposures]
+        h = read_header(exposures[0].path)
+        meta = {k: h[k] for k in ("INSTRUME", "DETECTOR", "DETNAME", "CAMSCALE") if k in h}
+        return crosstalk_solve_task(meas, output_path, cfg, meta=meta)
+
+
+def cp_cti(raw_paths: Sequence[str | os.PathLike], output_path: str | os.PathLike, *,
+           calibs: Mapping[str, Any] | None = None, work_dir: str | os.PathLike | None = None,
+           isr_config: Any = None, config: CtiConfig | Mapping[str, Any] | None = None,
+           workers: int = 1) -> CtiCalib:
+    """cpCti for one detector: ISR with CTI statistics (gains and linearity from ``calibs['linearizer']``,
+    as cp_pipe's ``useGainsFrom: LINEARIZER``; defects when given), read the statistics, solve -> cti json."""
+    calibs = dict(calibs or {})
+    icfg = (_isr_config(isr_config) if isr_config is not None else
+            isr_config_for("cti", do_defect=bool(calibs.get("defects"))))
+    if not icfg.do_cti_statistics:
+        raise ConfigError("cpCti needs the ISR's CTI statistics; set doCtiStatistics: true.")
+    with _WorkDir(work_dir, output_path) as work:
+        exposures = _run_isr_all(raw_paths, work, icfg, calibs, workers, None)
+        meas = []
+        for e in exposures:
+            h = read_header(e.path)
+            meas.append(measure_cti(h, list(e.amp_stats), e.exposure_id))
+        h = read_header(exposures[0].path)
+        meta = {k: h[k] for k in ("INSTRUME", "DETECTOR", "DETNAME", "CAMSCALE") if k in h}
+        return cti_solve_task(meas, output_path, config, meta=meta)
