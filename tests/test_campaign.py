@@ -609,7 +609,7 @@ CERT_STEPS = [
 ]
 
 
-def test_run_until_resume_and_explicit_deploy(gen_repo, tmp_path):
+def test_run_until_resume_and_explicit_deploy(gen_repo, tmp_path, monkeypatch):
     from cpframe.campaign.runner import CampaignState, campaign_dir, run_campaign
 
     reg = gen_repo.registry
@@ -635,7 +635,20 @@ def test_run_until_resume_and_explicit_deploy(gen_repo, tmp_path):
     ]
     assert reg.get_chain(P) == (T + "/flat-r.20250102a", T + "/bias.20250102a")
     assert "LSSTComCam/calib" not in {c.name for c in reg.query_collections()}  # never deployed implicitly
+    import io
+    import sys
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    for k in ("TTY_COMPATIBLE", "TTY_INTERACTIVE"):  # rich's overrides of what a terminal is
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(sys, "stderr", Tty())  # a terminal: one bar over the steps (issue 16)
     res = run_campaign(camp, resume=True, deploy_step=True)
+    drawn = sys.stderr.getvalue()
+    monkeypatch.undo()
+    assert "campaign" in drawn and "━" in drawn, drawn[-500:]
     assert [o.status for o in res.outcomes] == ["skipped", "skipped", "ran"]
     assert res.deploy.ok and reg.get_chain("LSSTComCam/calib") == (P,)
     # CALIB_COLLECTIONS that exist are appended behind P (here: none exist, so nothing appended)

@@ -65,6 +65,25 @@ def test_progress_bars_only_on_a_terminal_and_not_quiet():
         bar.update(completed=3, total=3)
 
 
+def test_a_bar_inside_a_bar_is_silent(monkeypatch):
+    """A campaign's bar around a plan's or a report's: only the outer one draws (rich allows one)."""
+    from cpframe.core import progress as p
+
+    for k in ("TTY_COMPATIBLE", "TTY_INTERACTIVE"):  # rich's overrides of what a terminal is
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(sys, "stderr", _Tty())
+    with p.progress("outer", total=2) as outer:
+        with p.progress("inner", total=1) as inner:
+            inner.advance()
+        outer.advance()
+    with p.progress("again", total=1) as again:  # the outer bar ended: bars draw again
+        again.advance()
+    assert type(outer).__name__ == type(again).__name__ == "_Bar" and type(inner).__name__ == "_NoBar"
+    drawn = sys.stderr.getvalue()
+    monkeypatch.undo()
+    assert "outer" in drawn and "again" in drawn and "inner" not in drawn
+
+
 def test_simulate_in_a_log_prints_no_progress_bar(tmp_path):
     r = subprocess.run([sys.executable, "-m", "cpframe", "simulate", str(tmp_path / "raw"), "--detectors", "4",
                         "--workers", "1"], capture_output=True, text=True, timeout=600,

@@ -65,6 +65,7 @@ def test_defect_outside_the_detector_is_one_line_and_nothing_is_written(curated,
     res = CliRunner().invoke(main, ["write-curated-calibrations", str(tmp_path / "repo"), "LSSTComCam",
                                     "--collection", "LSSTComCam/calib/DM-9/curated", "--curated-dir", str(curated)])
     assert res.exit_code == 2 and "outside detector R22_S11" in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
     repo = Repository.open(tmp_path / "repo")
     try:
         assert [c.name for c in repo.registry.query_collections("LSSTComCam/*")] == []

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from cpframe.campaign import lifecycle as L
 from cpframe.campaign.distribute import archive_set, read_manifest
 from cpframe.cli import main
+from cpframe.core.errors import UnknownCollectionError
 from cpframe.core.model import CollectionType
 from tests.fixtures.ssh import sshd_server  # noqa: F401 - fixture
 from tests.test_lifecycle import P, RAW, _exposure, build_set
@@ -166,6 +167,103 @@ def test_ssh_site_fails_mid_transfer_then_resumes(source, repo_factory, tmp_path
     # the site's own ledger says where the set came from
     (site_row,) = L.ledger(remote).rows(P)
     assert site_row.state == "deployed" and site_row.detail["manifest"] == m.id
+
+
+@pytest.fixture
+def bucket(tmp_path):
+    """A real fsspec filesystem that is not a disk (fsspec's in-memory one, shared by this process
+    as a bucket would be by its users): the site's "bucket" folder exists, nothing else."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = f"/cpframe-{tmp_path.name}"
+    fs.makedirs(f"{root}/calib", exist_ok=True)
+    yield fs, f"memory://{root}/calib"
+    fs.rm(root, recursive=True)
+
+
+def test_fsspec_site_fails_mid_transfer_resumes_and_is_recorded_from_its_receipt(source, repo_factory, tmp_path,
+                                                                                   bucket):
+    """Issue 15: a site given only as an fsspec URL (no cpframe runs there) goes end to end:
+    transfer (cut, then resumed), the site's own import from its inbox URL, and the source
+    recording the site's receipt until the set is distributed."""
+    fs, url = bucket
+    site = _site(repo_factory("sqlite", "bucket_site"))
+    f = _sites_file(tmp_path, [{"name": "bucket", "repo": url}])
+    m = archive_set(source, P, tmp_path / "archive")
+    objects = sorted(set(m.files.values()))
+    inbox = url.removeprefix("memory://") + "/.cpframe-inbox"
+    blocker = f"{inbox}/{m.object_path(objects[1])}"  # something else sits where the second object must go
+    fs.pipe_file(f"{blocker}/x", b"in the way")
+    res = _cli(["distribute", str(source.root), P, "--sites", str(f)])
+    assert res.exit_code == 8, res.output
+    assert f"site bucket: transfer to {url} failed after 1 object(s)" in res.output, res.output
+    st = L.set_status(source, P)
+    assert st.state == "deployed" and st.sites == {"archive": "exported", "bucket": "failed"}
+    fs.rm(blocker, recursive=True)
+    res = _cli(["distribute", str(source.root), P, "--sites", str(f)])
+    assert res.exit_code == 0, res.output
+    assert "WAITING" in res.output and f"--from-archive {url}/.cpframe-inbox" in res.output
+    assert "1 site(s) (bucket) received the archive and wait for their import" in res.output
+    rows = [r for r in L.ledger(source).rows(P) if r.site == "bucket"]
+    assert rows[-1].state == "transferred" and (rows[-1].detail["sent"], rows[-1].detail["already_there"]) == (
+        len(objects) - 1, 1)
+    assert L.set_status(source, P).state == "deployed"
+    with pytest.raises(UnknownCollectionError):
+        site.registry.get_chain("LSSTComCam/calib")
+    # the site imports from its inbox URL (every checksum checked) and leaves its receipt there
+    res = _cli(["rebuild-calib-chain", str(site.root), "--from-archive", f"{url}/.cpframe-inbox", "--raw-collection", RAW])
+    assert res.exit_code == 0, res.output
+    assert "self-check PASS" in res.output and site.registry.get_chain("LSSTComCam/calib") == (P,)
+    assert json.loads(fs.cat_file(f"{inbox}/receipts/{m.id}.json"))["ok"] is True
+    res = _cli(["distribute", str(source.root), P, "--sites", str(f)])
+    assert res.exit_code == 0 and "is distributed to every site" in res.output, res.output
+    rows = [r for r in L.ledger(source).rows(P) if r.site == "bucket"]
+    assert [r.state for r in rows] == ["failed", "transferred", "imported", "checked"]
+    assert "self-check PASS" in rows[-1].why and rows[-1].detail["calib_chain"][0] == P
+    assert L.set_status(source, P).state == "distributed"
+
+
+def test_unreachable_fsspec_site_and_foreign_receipt_are_one_line(source, tmp_path, bucket, repo_factory):
+    fs, url = bucket
+    f = _sites_file(tmp_path, [{"name": "bucket", "repo": url}, {"name": "gone", "repo": url + "-missing"}])
+    n = len(L.ledger(source).rows())
+    res = _cli(["distribute", str(source.root), P, "--sites", str(f)])
+    assert res.exit_code == 8 and len(res.output.strip().splitlines()) == 1, res.output
+    assert f"site gone: {url}-missing does not exist" in res.output
+    assert len(L.ledger(source).rows()) == n and not (tmp_path / "archive").exists()
+    f = _sites_file(tmp_path, [{"name": "odd", "repo": "nosuchfs://bucket/calib"}])  # no such fsspec filesystem
+    res = _cli(["distribute", str(source.root), P, "--sites", str(f)])
+    assert res.exit_code == 8 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "site odd: cannot open nosuchfs://bucket/calib" in res.output
+    assert len(L.ledger(source).rows()) == n and not (tmp_path / "archive").exists()
+    # a receipt that answers another manifest is not taken for this one
+    f = _sites_file(tmp_path, [{"name": "bucket", "repo": url}])
+    m = archive_set(source, P, tmp_path / "archive")
+    inbox = url.removeprefix("memory://") + "/.cpframe-inbox"
+    fs.pipe_file(f"{inbox}/receipts/{m.id}.json", json.dumps({"set": P, "manifest": "0" * 64, "ok": True}).encode())
+    res = _cli(["distribute", str(source.root), P, "--sites", str(f)])
+    assert res.exit_code == 8 and "its receipt" in res.output and "is not an import of" in res.output, res.output
+    assert L.set_status(source, P).state == "deployed"
+
+
+@pytest.mark.slow
+def test_sftp_site_without_cpframe_imports_from_its_inbox(source, repo_factory, tmp_path, sshd_server):
+    """``import: site``: only SFTP reaches the site (a transfer node without cpframe); the site
+    imports from its inbox and the source reads the receipt back over SFTP."""
+    remote = _site(repo_factory("sqlite", "remote"))
+    f = _sites_file(tmp_path, [{"name": "dtn", "repo": sshd_server.url(remote.root), "key_filename": str(sshd_server.key),
+                                "import": "site"}])
+    res = _cli(["distribute", str(source.root), P, "--sites", str(f)])
+    assert res.exit_code == 0 and "WAITING" in res.output, res.output
+    inbox = remote.root / ".cpframe-inbox"
+    assert f"cpframe rebuild-calib-chain {remote.root} --from-archive {inbox}" in res.output
+    res = _cli(["rebuild-calib-chain", str(remote.root), "--from-archive", str(inbox)])
+    assert res.exit_code == 0 and (inbox / "receipts").is_dir(), res.output
+    res = _cli(["distribute", str(source.root), P, "--sites", str(f)])
+    assert res.exit_code == 0 and "is distributed to every site" in res.output, res.output
+    assert L.set_status(source, P).sites == {"archive": "exported", "dtn": "checked"}
+    assert remote.registry.get_chain("LSSTComCam/calib") == (P,)
 
 
 def test_sites_file_problems_are_listed_at_once(source, tmp_path):

@@ -6,6 +6,14 @@ a fresh directory holding links to the clone's ``templates/`` and ``pipelines/``
 ``cpframe`` on PATH running this checkout (``python3 -m cpframe``).  A failing command is
 named with its output.  ``python`` blocks of the section run after the shell blocks, in the
 same directory and environment.
+
+Cost (measured on the shared 2-core machine, `pytest tests/test_docs.py --durations=0`): the
+README's step-by-step 223 s and the tutorial 198 s at load ~6, the tutorial 355 s at load ~9.
+The log's ``@@CMD i <epoch>`` markers give each command's share: about 20 ``cpframe submit``
+runs take nearly all of it, each mostly fixed cost (interpreter start, planning 1-7 s, the
+local cluster's start 2-8 s, shutdown) rather than computation (3-15 s) on the mini data; the
+simulation and ingest take under 10 s.  Nothing is shared between the two pages: each must
+work from a fresh directory, as a new user's would.
 """
 
 from __future__ import annotations
@@ -86,11 +94,11 @@ def run_page(path: Path, tmp_path: Path, title: str | None = None, timeout: int 
     shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m cpframe \"$@\"\n")
     shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
     script = ["set -eo pipefail"]
-    for i, c in enumerate(cmds):
-        script.append(f"echo '@@CMD {i}' >&2")
+    for i, c in enumerate(cmds):  # each marker carries the time, so the log shows what each command cost
+        script.append(f"echo \"@@CMD {i} $(date +%s.%N)\" >&2")
         script.append(c)
     for i, py in enumerate(blocks(text, "python")):
-        script.append(f"echo '@@CMD py{i}' >&2")
+        script.append(f"echo \"@@CMD py{i} $(date +%s.%N)\" >&2")
         script.append(f"{sys.executable} - <<'PYTHON_BLOCK'\n{py}PYTHON_BLOCK")
     env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
@@ -102,7 +110,7 @@ def run_page(path: Path, tmp_path: Path, title: str | None = None, timeout: int 
                            text=True, timeout=timeout)
     out = log.read_text()
     if p.returncode != 0:
-        marks = re.findall(r"^@@CMD (\w+)$", out, re.M)
+        marks = re.findall(r"^@@CMD (\w+) ", out, re.M)
         last = marks[-1] if marks else "?"
         failed = cmds[int(last)] if last.isdigit() else f"python block {last}"
         tail = "\n".join(out.splitlines()[-40:])

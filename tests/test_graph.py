@@ -246,6 +246,26 @@ def test_refused_pipeline_option_is_named_with_its_value():
     assert _accepted("t", cfg, CombineConfig.from_dict, explicit=set())[1] == []  # defaults go unmentioned
 
 
+def test_bfk_plans_pairs_a_covariance_ptc_and_one_kernel_per_detector(repo, env, mini_dataset):
+    """bps_bfk: ISR and pair extraction per exposure, the FULLCOVARIANCE PTC (bfkPtc) and the kernel solve per
+    detector (cp_pipe cpBfkLSST's labels); bps_verify_bfk: the ramp with and without the kernel."""
+    env = {**env, "SELECTION_PTC_BFK": env["SELECTION_PTC"], "SELECTION_PTC_BFK_V": env["SELECTION_PTC"],
+           "VERIFY_RERUN": "v1"}
+    plan = plan_template("bps_bfk", environ=env, repo=repo).plan
+    specs = exposures_of(mini_dataset, "SELECTION_PTC")
+    by_time = Counter(round(s.exposure_time, 6) for s in specs)
+    n_det = len(mini_dataset.detectors)
+    c = plan.counts()
+    assert c["cpBfkIsr"] == len(specs) * n_det
+    assert c["cpBfkPtcExtractPair"] == sum(n // 2 for n in by_time.values()) * n_det
+    assert c["cpBfkPtcSolve"] == c["cpBfkSolveX"] == n_det
+    kinds = {q.kind for q in plan.quanta.values()}
+    assert {"isr", "ptcExtract", "ptcSolve", "bfkSolve"} <= kinds
+    v = plan_template("bps_verify_bfk", environ=env, repo=repo).plan.counts()
+    assert v["verifyBfkIsr"] == v["verifyUncorrectedBfkIsr"] == len(specs) * n_det
+    assert v["verifyBfkMeasure"] == n_det and v["verifyBfkRunMerge"] == 1
+
+
 def test_linearizer_plan_pairs_and_cti_needs_a_linearizer(repo, env, mini_dataset):
     """bps_linearizer plans ISR, pair extraction and one solve per detector on the PTC ramp; bps_cti takes
     its gains from a linearizer (cpCtiLSST's useGainsFrom: LINEARIZER), so without one nothing is run."""
@@ -263,3 +283,53 @@ def test_linearizer_plan_pairs_and_cti_needs_a_linearizer(repo, env, mini_datase
     assert any(q.kind == "linearitySolve" for q in plan.quanta.values())
     with pytest.raises(PlanningError, match="linearizer"):
         plan_template("bps_cti", environ=env, repo=repo)
+
+
+def _on_a_terminal(args: list, env: dict, cwd) -> str:
+    """Run ``python -m cpframe ARGS`` with stderr on a real pseudo-terminal (120 columns); what it drew."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = dict(env, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]), TERM="xterm")
+    for k in ("NO_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):  # rich's overrides of what a terminal is
+        env.pop(k, None)
+    p = subprocess.Popen([sys.executable, "-m", "cpframe", *args], stdout=subprocess.PIPE, stderr=slave,
+                         stdin=subprocess.DEVNULL, env=env, cwd=cwd)
+    os.close(slave)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    out, _ = p.communicate(timeout=600)
+    os.close(master)
+    assert p.returncode == 0, (out, drawn[-2000:])
+    return drawn.decode(errors="replace")
+
+
+def test_plan_draws_progress_on_a_terminal_only_and_not_with_quiet(repo, env, tmp_path):
+    """Issue 16: ``cpframe plan`` shows its stages as a bar on a terminal; ``--quiet`` and logs stay silent."""
+    from click.testing import CliRunner
+
+    from cpframe.cli import main
+
+    drawn = _on_a_terminal(["plan", "bps_biasBootstrap"], env, tmp_path)
+    assert "━" in drawn and "plan: " in drawn, drawn[-2000:]
+    assert "nothing was run" in drawn  # the summary line is still there (stderr)
+    quiet = _on_a_terminal(["plan", "bps_biasBootstrap", "--quiet"], env, tmp_path)
+    assert "━" not in quiet and "plan: " not in quiet and "nothing was run" in quiet
+    logged = CliRunner().invoke(main, ["plan", "bps_biasBootstrap"], env=env)  # not a terminal
+    assert logged.exit_code == 0 and "━" not in logged.output and "plan: " not in logged.output

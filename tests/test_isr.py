@@ -190,8 +190,11 @@ def test_config_from_dict_and_errors(synthetic_raw, tmp_path):
     assert cfg.do_bias and cfg.do_bootstrap and cfg.overscan_leading_to_skip == 2
     with pytest.raises(ConfigError, match="'doBais'.*known options.*doBias"):
         IsrConfig.from_dict({"doBais": True})
-    with pytest.raises(ConfigError, match="'doBrighterFatter'.* not implemented"):
-        IsrConfig.from_dict({"doBrighterFatter": True})
+    with pytest.raises(ConfigError, match="'doInterpolate'.* not implemented"):
+        IsrConfig.from_dict({"doInterpolate": True})
+    assert IsrConfig.from_dict({"doBrighterFatter": True}).do_brighter_fatter  # tests/test_bfk.py
+    with pytest.raises(ConfigError, match="brighter_fatter_correction_method='ASTIER23'"):
+        IsrConfig.from_dict({"brighterFatterCorrectionMethod": "ASTIER23"})
     with pytest.raises(ConfigError, match="doBias.*true or false"):
         IsrConfig.from_dict({"doBias": "yes"})
     with pytest.raises(ConfigError, match="integer_dither_mode='RANDOM'"):

@@ -135,11 +135,19 @@ def test_wrong_transitions_are_refused(set_repo, tmp_path):
     root = str(set_repo.root)
     with pytest.raises(LifecycleError, match="unknown calibration set 'nosuch/x'"):
         L.submit(set_repo, "nosuch/x")
+    n = _n_rows(set_repo)
+    # each bad input at the command line: one line, exit 2, no row appended
+    for args in (["review", "submit", root, "nosuch/x"], ["review", "approve", root, "nosuch/x", "--ticket", "DM-2"],
+                 ["ledger", root, "nosuch/x"]):
+        res = _cli(args, user="bob")
+        assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, (args, res.output)
+        assert "unknown calibration set 'nosuch/x'" in res.output, (args, res.output)
     res = _cli(["review", "approve", root, P, "--ticket", "DM-2"], user="bob")
     assert res.exit_code == 2 and "cannot approve 'LSSTComCam/calib/DM-1': it is 'certified'" in res.output
-    n = _n_rows(set_repo)
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    assert _n_rows(set_repo) == n
     res = _cli(["review", "reject", root, P, "--why", "no"], user="bob")
-    assert res.exit_code == 2 and "it is 'certified'" in res.output
+    assert res.exit_code == 2 and "it is 'certified'" in res.output and len(res.output.strip().splitlines()) == 1
     assert _n_rows(set_repo) == n
     L.submit(set_repo, P, who="alice")
     with pytest.raises(LifecycleError, match="is 'under_review'"):
@@ -201,6 +209,7 @@ def test_tampered_row_is_detected_and_nothing_changes(set_repo):
     assert f"ledger row {rows[1].id} (set '{P}', state 'verified')" in res.output and "content was edited" in res.output
     res = _cli(["review", "approve", root, P, "--ticket", "DM-2", "--waive", "bias:NOISE=x"], user="bob")
     assert res.exit_code == 3 and "does not match its hash chain" in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
     with set_repo.registry.engine.connect() as conn:
         n = conn.exec_driver_sql("SELECT count(*) FROM lifecycle_event").scalar()
     assert n == len(rows)  # nothing was appended

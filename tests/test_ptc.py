@@ -164,8 +164,10 @@ def test_model_limit_and_pairing():
 def test_config_and_input_errors(tmp_path):
     with pytest.raises(ConfigError, match="'nSigmaClipPtx'.*known options"):
         PtcConfig.from_dict({"nSigmaClipPtx": 5})
-    with pytest.raises(ConfigError, match="only EXPAPPROXIMATION"):
-        PtcConfig.from_dict({"ptcFitType": "FULLCOVARIANCE"})
+    with pytest.raises(ConfigError, match="ptcFitType='POLYNOMIAL': use one of EXPAPPROXIMATION, FULLCOVARIANCE"):
+        PtcConfig.from_dict({"ptcFitType": "POLYNOMIAL"})
+    with pytest.raises(ConfigError, match="maximumRangeCovariancesAstierFullCovFit=12 must be between 1 and"):
+        PtcConfig.from_dict({"ptcFitType": "FULLCOVARIANCE", "maximumRangeCovariancesAstierFullCovFit": 12})
     assert PtcConfig.from_dict({"nSigmaClipPtc": 4.0}).n_sigma_clip_ptc == 4.0
     with pytest.raises(UserInputError, match="no pair measurements"):
         solve_ptc([], tmp_path / "x.fits", PtcConfig())

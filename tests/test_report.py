@@ -155,6 +155,114 @@ def report_repo(tmp_path_factory, mini_comcam):
 
 COLLECTIONS = [VERIFY_BIAS, VERIFY_FLAT, VERIFY_PTC, BIAS_GEN, FLAT_GEN, PTC_GEN]
 
+# the other built types of a DMTN-222 campaign, in their own collections of the same repository
+CALTYPES = {"linearizer": "Linearity", "crosstalk": "Crosstalk", "cti": "Cti"}
+FAILING_CROSSTALK = (4, "C12")  # (detector, amp): a significant residual crosstalk after ISR
+
+
+def _linearizer(det, rng):
+    """A Squared linearizer (c = -2e-7 /adu: 1.2 % at 60 000 adu) and the ramp it corrects to a line."""
+    from cpframe.science.linearity import AmpLinearity, Linearizer
+
+    t = np.linspace(1.0, 30.0, 20)
+    amps = {}
+    for a in det.amp_names:
+        c = -2e-7 * (1 + 0.1 * rng.random())
+        true = 2000.0 * t
+        measured = true - c * true ** 2  # what corrected = m + c m^2 brings back to a line (to 1e-5)
+        amps[a] = AmpLinearity("Squared", [c], turnoff=float(measured[-1]), max_signal=float(measured[-1]),
+                               abscissa=t.tolist(), ordinate=measured.tolist(), mask=[True] * t.size,
+                               residuals=[0.0] * t.size, residual_sigma_mad=2e-5, input_gain=1.6, input_noise=6.0)
+    return Linearizer(amps, {"LINEARITY_TYPE": "Squared", "NPAIRS": int(t.size), "INSTRUME": INSTRUMENT,
+                             "DETECTOR": det.id, "DET_NAME": det.name})
+
+
+def _crosstalk(det, rng, residual_amp=None):
+    """A crosstalk matrix (1e-4..5e-4 between neighbours); as a residual after ISR: zero, or one
+    significant coefficient onto ``residual_amp``."""
+    from cpframe.science.crosstalk import CrosstalkCalib
+
+    n = len(det.amp_names)
+    coeffs = np.zeros((n, n))
+    valid = np.zeros((n, n), bool)
+    if residual_amp is None:
+        for t in range(n):
+            for s in (t - 1, t + 1):
+                if 0 <= s < n:
+                    coeffs[t, s] = 1e-4 + 4e-4 * rng.random()
+                    valid[t, s] = True
+    elif residual_amp:
+        t = det.amp_names.index(residual_amp)
+        coeffs[t, (t + 1) % n] = 3e-5
+        valid[t, (t + 1) % n] = True
+    return CrosstalkCalib(list(det.amp_names), coeffs, np.full((n, n), 2e-6), np.full((n, n), 40000), valid,
+                          np.zeros((n, n)), {"N_EXPOSURES": 8, "UNITS": "adu", "INSTRUME": INSTRUMENT,
+                                             "DETECTOR": det.id})
+
+
+def _cti(det, rng):
+    from cpframe.science.cti import AmpCti, CtiCalib
+
+    signal = np.geomspace(1000, 80000, 8)
+    amps = {}
+    for a in det.amp_names:
+        cti, size = 1e-6 * (1 + rng.random()), 20.0 * rng.random()
+        amps[a] = AmpCti(cti, size, 0.4, 0.1, 1.6, 511, signal.tolist(),
+                         (511 * cti * signal + size * (1 - np.exp(-1 / 0.4))).tolist())
+    return CtiCalib(amps, {"N_EXPOSURES": 16, "INSTRUME": INSTRUMENT, "DETECTOR": det.id})
+
+
+@pytest.fixture(scope="module")
+def campaign_collections(report_repo, mini_comcam):
+    """Linearizer, crosstalk and CTI products of every detector with their verification (cpframe's
+    verify stages on the files; one amp's residual crosstalk is significant) next to bias/flat/PTC:
+    the collections of a report over every type a DMTN-222 campaign builds."""
+    from cpframe.science.crosstalk import write_crosstalk
+    from cpframe.science.cti import write_cti
+    from cpframe.science.linearity import write_linearizer
+
+    reg = report_repo.registry
+    scratch = report_repo.root.parent / "scratch_caltypes"
+    rng = np.random.default_rng(3)
+    gens, verifies = [], []
+    for key, type_name in CALTYPES.items():
+        reg.register_dataset_type(DatasetType(key, ("instrument", "detector"), True, "json"))
+        for what, fmt in (("Results", "ecsv"), ("Summary", "json")):
+            reg.register_dataset_type(DatasetType(f"verify{type_name}{what}", ("instrument",), False, fmt))
+        gen, verify = f"{P}/{key}Gen.20241111a", f"{P}/verify{type_name}.20241127a"
+        reg.register_collection(gen, CollectionType.RUN)
+        reg.register_collection(verify, CollectionType.RUN)
+        products, stats = [], []
+        for d in DETECTORS:
+            det = mini_comcam.detector(d)
+            did = {"instrument": INSTRUMENT, "detector": d}
+            if key == "linearizer":
+                p = write_linearizer(scratch / f"lin{d}.json", _linearizer(det, rng))
+                checked = p
+            elif key == "crosstalk":
+                p = write_crosstalk(scratch / f"xt{d}.json", _crosstalk(det, rng))
+                bad = FAILING_CROSSTALK[1] if d == FAILING_CROSSTALK[0] else ""
+                checked = write_crosstalk(scratch / f"xt_residual{d}.json", _crosstalk(det, rng, residual_amp=bad))
+            else:
+                p = write_cti(scratch / f"cti{d}.json", _cti(det, rng))
+                checked = p
+            products.append((p, key, did))
+            stats.append(verify_calib(CALTYPES[key].upper() if key != "linearizer" else "LINEARITY", checked, det))
+        report_repo.put_files(products, gen)
+        table, summary = merge_calibs(stats[0]["STAGE"], stats)
+        report_repo.put_files(
+            [(write_results(table, scratch / f"{key}_results.ecsv"), f"verify{type_name}Results", {"instrument": INSTRUMENT}),
+             (write_stats(summary, scratch / f"{key}_summary.json"), f"verify{type_name}Summary", {"instrument": INSTRUMENT})],
+            verify)
+        gens.append(gen)
+        verifies.append(verify)
+    return verifies + COLLECTIONS[:3] + gens + COLLECTIONS[3:]
+
+
+@pytest.fixture(scope="module")
+def campaign_report(report_repo, campaign_collections, tmp_path_factory):
+    return write_report(report_repo, campaign_collections, tmp_path_factory.mktemp("campaign") / "report")
+
 
 @pytest.fixture(scope="module")
 def report(report_repo, tmp_path_factory):
@@ -267,44 +375,6 @@ def test_report_renders_in_headless_chromium(report, chromium, tmp_path):
     assert r.returncode == 0 and shot.stat().st_size > 20000
 
 
-@pytest.mark.browser
-def test_report_reads_as_a_reviewer_needs_it(report, chromium, tmp_path):
-    """Issue 16, looked at as a reviewer would at a laptop's width: nothing scrolls the page
-    sideways (index and the per-amp Results page), failures come first and each links to a
-    page and anchor that exist, every test shows its condition, the flat's colour bar is
-    dimensionless; screenshots are kept for a person to look at."""
-    out = report.output_dir
-    results = next((out / "src" / "flat").glob("verifyFlatResults_*.html"))
-    for page in (out / "index.html", results):
-        dom = subprocess.run(_chromium_args(chromium, tmp_path / page.stem) + ["--window-size=1280,900", "--dump-dom",
-                                                                              page.as_uri()],
-                             capture_output=True, text=True, timeout=120)
-        assert dom.returncode == 0, dom.stderr[-2000:]
-        body = re.search(r"<body[^>]*>", dom.stdout).group(0)
-        assert 'data-fits-width="1"' in body, (page.name, body)
-        shot = tmp_path / f"{page.stem}.png"
-        subprocess.run(_chromium_args(chromium, tmp_path / (page.stem + "s")) + [
-            f"--screenshot={shot}", "--window-size=1280,1600", page.as_uri()], capture_output=True, timeout=120)
-        assert shot.stat().st_size > 10000
-    index = (out / "index.html").read_text()
-    # failing items first: the first verdict row and the first test row are the failing flat
-    assert re.search(r'id="verdicts">.*?<tbody>\s*<tr class="fail"><td><a href="#flat">', index, re.S)
-    assert re.search(r'id="summary-table">.*?<tbody>\s*<tr class="fail">', index, re.S)
-    assert index.index('<h2 id="flat">') < index.index('<h2 id="bias">')
-    # every failure links to a page and an anchor that exist
-    links = re.findall(r'<ul class="failures">(.*?)</ul>', index, re.S)
-    hrefs = re.findall(r'<a href="([^"#]+)#([^"]+)">', "".join(links))
-    assert hrefs
-    for page, anchor in hrefs:
-        assert f'id="{anchor}"' in (out / page).read_text(), (page, anchor)
-    # conditions and cpframe's differences next to the results
-    assert "|NOISE/E - 1| &lt;= 10 %" in index and "two-sided" in index
-    # the per-amp results page: failing rows first, short column names
-    rtext = results.read_text()
-    assert rtext.index('<tr class="fail">') < rtext.index("<tr><td")
-    assert '<th title="FLAT_VERIFY_NOISE">VERIFY_<wbr>NOISE</th>' in rtext
-
-
 def test_run_level_results_of_several_verify_collections_are_all_used(report_repo, mini_comcam, tmp_path):
     # a second flat band: its own verify collection with its own (instrument-only) Results and Summary
     run = f"{P}/verifyFlat-g.20241127a"
@@ -350,3 +420,124 @@ def test_submit_summary_says_pass_or_fail_for_verification_runs(report_repo):
     assert _verification_verdict(report_repo, flat) == (
         f"verification: FAIL (verifyFlatSummary): 1 failing test(s): {eid} R22_S22 SCATTER")
     assert _verification_verdict(report_repo, []) == ""  # not a verification run: no line
+
+
+def test_report_pages_come_from_templates_not_python_strings():
+    """Issue 16: every page of the report is a Jinja2 template (autoescaped, one place to read the
+    markup); no HTML is assembled in Python strings of cpframe/report (docstrings aside)."""
+    import ast
+    from pathlib import Path
+
+    import cpframe.report
+
+    tag = re.compile(r"<(html|head|body|main|nav|div|p|table|thead|tbody|tr|td|th|h\d|a|span|ul|li|dl|dt|dd|figure|"
+                     r"details|summary|img|code|pre|iframe)[\s>]")
+    found = []
+    for path in sorted(Path(cpframe.report.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        docs = {id(n.body[0].value) for n in ast.walk(tree)
+                if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
+                and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        found += [f"{path.name}:{n.lineno}: {n.value[:60]!r}" for n in ast.walk(tree)
+                  if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs and tag.search(n.value)]
+    assert not found, found
+    templates = {p.name for p in (Path(cpframe.report.__file__).parent / "templates").glob("*.html")}
+    assert {"detectors.html", "exposures.html", "provenance.html", "manifest.html", "navigation.html"} <= templates
+
+
+def _dom(chromium, page, profile, width=1280):
+    dom = subprocess.run(_chromium_args(chromium, profile) + [f"--window-size={width},900", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    return dom.stdout, re.search(r"<body[^>]*>", dom.stdout).group(0)
+
+
+@pytest.mark.browser
+def test_report_of_every_built_type_as_a_reviewer_sees_it(report_repo, campaign_report, chromium, tmp_path):
+    """Issue 16, in a real browser at a laptop's 1280 px, on a report over every type a DMTN-222
+    campaign builds (bias, flat, PTC, linearizer, crosstalk, CTI): every image loads, no page
+    scrolls sideways (index and each per-amp Results page), focal-plane mosaics take at least
+    45 % of the page's width, every float column carries its unit, every test says when it
+    passes, failing items come first and every failure links to a page, an anchor and the plot
+    under it.  Screenshots go to $CPFRAME_SCREENSHOTS when set (for a person to look at)."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from astropy.table import Table
+
+    from cpframe.report.html import COLUMN_UNITS
+
+    out = campaign_report.output_dir
+    assert set(campaign_report.verdicts) == {"bias", "flat", "ptc", "linearizer", "crosstalk", "cti"}
+    det, amp = FAILING_CROSSTALK
+    assert campaign_report.failures["crosstalk"] == [f"{mini_comcam_name(report_repo, det)} {amp} NO_SIGNIFICANT_DETECTION"]
+    keep = Path(os.environ["CPFRAME_SCREENSHOTS"]) if os.environ.get("CPFRAME_SCREENSHOTS") else None
+    results = sorted(out.glob("src/*/verify*Results_*.html"))
+    assert len(results) == 6
+    for page in [out / "index.html", *results]:
+        dom, body = _dom(chromium, page, tmp_path / page.stem)
+        assert 'data-fits-width="1"' in body, (page.name, body)
+        assert 'data-crushed-headers="0"' in body, (page.name, body)
+        if page.name == "index.html":
+            total = int(re.search(r'data-images-total="(\d+)"', body).group(1))
+            assert total >= 12 and f'data-images-ok="{total}"' in body, body
+            assert float(re.search(r'data-mosaic-share="([\d.]+)"', body).group(1)) >= 0.45, body
+            assert 'data-stacked-figures="0"' in body, body
+        if page.name != "index.html" and "Bias" not in page.name:
+            continue  # screenshots of the index and of the widest per-amp table (28 columns)
+        shot = tmp_path / f"{page.stem}.png"
+        subprocess.run(_chromium_args(chromium, tmp_path / (page.stem + "-shot")) + [
+            f"--screenshot={shot}", "--window-size=1280,2400", page.as_uri()], capture_output=True, timeout=120)
+        assert shot.stat().st_size > 10000
+        if keep:
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, keep / shot.name)
+    index = (out / "index.html").read_text()
+    # failing items first: the two failing types lead both tables
+    verdicts = re.findall(r'<tr class="(\w+)"><td><a href="#(\w+)">', index.split('id="verdicts"')[1].split("</table>")[0])
+    assert [v for v in verdicts[:2]] == [("fail", "flat"), ("fail", "crosstalk")] and all(c == "pass" for c, _ in verdicts[2:])
+    tests = re.findall(r'<tr class="(\w+)"><td><a href="#\w+">\w+</a></td><td>(\w+)</td>.*?<td class="note">(.*?)</td>',
+                       index.split('id="summary-table"')[1].split("</table>")[0])
+    assert [c for c, _, _ in tests[:2]] == ["fail", "fail"] and "fail" not in [c for c, _, _ in tests[2:]]
+    assert all(cond.strip() for _, _, cond in tests), [t for _, t, cond in tests if not cond.strip()]
+    # every failure links to a page, an anchor there, and a plot under that anchor
+    links = re.findall(r'<ul class="failures">(.*?)</ul>', index, re.S)
+    hrefs = re.findall(r'<a href="([^"#]+)#([^"]+)">', "".join(links))
+    assert {p for p, _ in hrefs} == {"flat_exp.html", "crosstalk_det.html"}
+    for page, anchor in hrefs:
+        text = (out / page).read_text()
+        after = text[text.index(f'id="{anchor}"'):]
+        nxt = after.find("<h2", 1)
+        assert "<img" in (after[:nxt] if nxt > 0 else after), (page, anchor)
+    # units: every measured float column of every Results table has one, shown under its name
+    for key, type_name in {**CALTYPES, "bias": "Bias", "flat": "Flat", "ptc": "Ptc"}.items():
+        ref = report_repo.registry.find_dataset(f"verify{type_name}Results", {"instrument": INSTRUMENT},
+                                                campaign_collections_of(key))
+        table = Table.read(report_repo.get_path(ref), format="ascii.ecsv")
+        stage = next(c.split("_VERIFY_")[0] for c in table.colnames if "_VERIFY_" in c)
+        floats = [c[len(stage) + 1:] for c in table.colnames if c.startswith(stage + "_") and "_VERIFY_" not in c
+                  and table[c].dtype.kind == "f" and len(table[c].shape) == 1]
+        assert floats and not [c for c in floats if c not in COLUMN_UNITS[stage]], (stage, floats)
+    # conditions and cpframe's differences next to the results; flat's per-amp page: failing rows
+    # first, short column names
+    assert "|NOISE/E - 1| &lt;= 10 %" in index and "two-sided" in index
+    assert index.index('<h2 id="flat">') < index.index('<h2 id="bias">')
+    rtext = next(p for p in results if "Flat" in p.name).read_text()
+    assert rtext.index('<tr class="fail">') < rtext.index("<tr><td")
+    assert '<th title="FLAT_VERIFY_NOISE">VERIFY_<wbr>NOISE</th>' in rtext
+    lin = next(p for p in results if "Linearity" in p.name).read_text()
+    assert '<span class="unit">adu</span>' in lin and '<span class="unit">%</span>' in lin
+    assert '<span class="unit">per transfer</span>' in next(p for p in results if "Cti" in p.name).read_text()
+
+
+def mini_comcam_name(repo, detector: int) -> str:
+    from cpframe.camera.models import load_camera
+
+    return load_camera(INSTRUMENT, "mini").detector(detector).name
+
+
+def campaign_collections_of(key: str) -> list:
+    if key in CALTYPES:
+        return [f"{P}/verify{CALTYPES[key]}.20241127a"]
+    return {"bias": [VERIFY_BIAS], "flat": [VERIFY_FLAT], "ptc": [VERIFY_PTC]}[key]

@@ -14,6 +14,8 @@ On the assembled detector image, in electrons::
 
 Per amplifier, in the read-out frame (``cpframe/camera/models.py``), in adu::
 
+    (with the brighter_fatter effect, Poisson(lam) is collected in steps whose pixel areas
+    follow the charge already collected: cpframe/camera/bf.py)
     s     = e / gain;  s *= 1 + k2 * s + k3 * s²  (per amp);  s += crosstalk @ s(other amps)
     raw   = s (data region only) + bias_level + jitter + drift(row) + bias_pattern (data only)
           + Normal(0, read_noise / gain)       (everywhere: prescan, data, both overscans)
@@ -41,6 +43,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from cpframe.camera.bf import apply_brighter_fatter
 from cpframe.camera.cti import apply_deferred_charge
 from cpframe.camera.models import Camera, Detector, load_camera
 from cpframe.camera.nonlinearity import apply_nonlinearity
@@ -241,7 +244,10 @@ def simulate_detector(
             if stars is not None:
                 lam += stars[ys, xs] * resp[ys, xs] * np.float32(spec.exposure_time)
             lam += dark_e
-            e = _poisson(r_signal, lam) if eff["poisson"] else lam
+            if at.bf_a00 and eff["poisson"]:  # pixel areas follow the charge (camera/bf.py)
+                e = apply_brighter_fatter(r_signal, lam, at.bf_a00)
+            else:
+                e = _poisson(r_signal, lam) if eff["poisson"] else lam
         elif has_dark and eff["poisson"]:
             npix = a.data_rows * a.data_cols
             n = int(r_signal.poisson(float(dark_e) * npix))

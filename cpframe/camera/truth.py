@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from cpframe.camera.bf import draw_amp_bf
 from cpframe.camera.cti import draw_amp_cti
 from cpframe.camera.models import Camera, Detector, _camera_yaml, load_camera
 from cpframe.camera.nonlinearity import draw_amp_nonlinearity, measured_signal
@@ -46,6 +47,7 @@ EFFECTS: dict[str, Any] = {
     "nonlinearity": False,  # non-linearity strength k (1/adu), per-amp curves around it; True = -1e-7
     "crosstalk": False,  # crosstalk strength (largest coefficient); True = 3e-4
     "cti": False,  # serial CTI (nominal, per-amp around it) + one serial trap per amp; True = 3e-6
+    "brighter_fatter": False,  # pixel areas follow the charge: nominal a00 (1/e-), per amp around it; True = -2.5e-6
 }
 _EFFECT_ON = {
     "bias_jitter": 1.0,
@@ -56,6 +58,7 @@ _EFFECT_ON = {
     "nonlinearity": -1e-7,
     "crosstalk": 3e-4,
     "cti": 3e-6,
+    "brighter_fatter": -2.5e-6,
 }
 
 TRUTH_FORMAT = "cpframe-truth"
@@ -124,6 +127,9 @@ class AmpTruth:
     """Transfers, emission time constant of the trap."""
     trap_scaling: float = 0.0
     """Linear capture: the trap fills to min(size, scaling x signal)."""
+    bf_a00: float = 0.0
+    """1/e-, brighter-fatter a00 (≤ 0; 0 = off); the whole a matrix is
+    ``cpframe.camera.bf.bf_a_matrix(bf_a00, size)``."""
 
 
 @dataclass
@@ -433,6 +439,7 @@ class Truth:
                 "defects": "[x0, y0, width, height, kind, value] assembled pixels; "
                 "value = e-/s for hot, relative response otherwise",
                 "nonlinearity": "1/adu",
+                "bf_a00": "1/e- (brighter-fatter a00; a matrix from cpframe.camera.bf.bf_a_matrix)",
                 "crosstalk": "[target][source] adu/adu",
             },
             "models": {
@@ -597,6 +604,7 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
         curves = iter(draw_amp_nonlinearity(  # own random stream: other draws are unchanged
             seed, det.id, [float(facts["full_well"][1]) / float(facts["gain"][0])] * len(det.amps), nonlin))
         deferred = iter(draw_amp_cti(seed, det.id, len(det.amps), eff["cti"]))  # own stream
+        bf = iter(draw_amp_bf(seed, det.id, len(det.amps), eff["brighter_fatter"]))  # own stream
         for a in det.amps:
             gain = _uniform(rng, facts["gain"])
             rn = _uniform(rng, facts["read_noise"])
@@ -620,6 +628,7 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
                 nonlinearity=k2,
                 nonlinearity_cubic=k3,
                 **dict(zip(("cti", "trap_size", "trap_emission_time", "trap_scaling"), next(deferred))),
+                bf_a00=next(bf),
             )
         defects, values = _make_defects(rng, det)
         if not eff["defects"]:

@@ -23,10 +23,13 @@ Sites file (YAML)::
       - {name: usdf, repo: /sdf/group/rubin/repo/main}                      # a path (any registry: SQLite, PostgreSQL)
       - {name: frdf, repo: "sftp://cpframe@frdf.example.org:2222/repo/main",  # SSH: SFTP transfer, import run there
          key_filename: ~/.ssh/id_ed25519, command: "cpframe"}
-      - {name: mirror, repo: "s3://bucket/calib-inbox"}                    # any other fsspec URL: transfer only
+      - {name: mirror, repo: "s3://bucket/calib"}                          # any other fsspec URL
+      - {name: dtn, repo: "sftp://xfer@dtn.example.org/repo", import: site}  # SFTP only, no cpframe over SSH
 
-An SSH site needs cpframe installed there (``command``); a plain fsspec URL only receives
-the archive objects, and its import is run at the site with ``rebuild-calib-chain``.
+An SSH site needs cpframe installed there (``command``).  A plain fsspec URL (or ``import:
+site``) receives the archive objects in its inbox; the site runs ``rebuild-calib-chain REPO
+--from-archive URL/.cpframe-inbox`` itself, which leaves a receipt (``receipts/<manifest>.json``)
+that the next ``distribute`` records as the site's ``imported`` and ``checked`` rows.
 """
 
 from __future__ import annotations
@@ -81,9 +84,11 @@ class Site:
     name: str
     url: str
     kind: str
-    """``local`` (a path), ``ssh`` (sftp://...) or ``fsspec`` (any other URL: transfer only)."""
+    """``local`` (a path: imported from here), ``ssh`` (sftp://...: SFTP transfer, import run over SSH) or
+    ``fsspec`` (any other URL, or sftp with ``import: site``: transfer, then the site imports from its inbox
+    and leaves a receipt that the next ``distribute`` records)."""
     path: str
-    """Repository root (local or on the remote host); for ``fsspec`` the URL."""
+    """Repository root (local or on the remote host); for other fsspec URLs the URL."""
     host: str = ""
     port: int = 22
     user: str = ""
@@ -123,9 +128,12 @@ def load_sites(path: str | os.PathLike) -> SitesFile:
         if not isinstance(s, dict) or not s.get("name") or not s.get("repo"):
             problems.append(f"site {i + 1}: needs name and repo")
             continue
-        bad = sorted(set(s) - {"name", "repo", "key_filename", "command", "raw_collection", "options"})
+        bad = sorted(set(s) - {"name", "repo", "key_filename", "command", "raw_collection", "options", "import"})
         if bad:
             problems.append(f"site {s['name']}: unknown key(s) {', '.join(bad)}")
+        if s.get("import") not in (None, "site"):
+            problems.append(f"site {s['name']}: import {s['import']!r} is not known (leave it out, or 'site': the "
+                            "site imports from its inbox itself)")
         if s["name"] in names:
             problems.append(f"site {s['name']}: name used twice")
         names.add(s["name"])
@@ -149,8 +157,9 @@ def _site(s: dict) -> Site:
     if parts.scheme in ("", "file"):
         return Site(s["name"], url, "local", unquote(parts.path) if parts.scheme else url, **common)
     if parts.scheme in ("sftp", "ssh"):
-        return Site(s["name"], url, "ssh", unquote(parts.path), host=parts.hostname or "", port=parts.port or 22,
-                    user=parts.username or "", **common)
+        # import: site -> only SFTP is needed there (no cpframe over SSH): the site imports and leaves a receipt
+        return Site(s["name"], url, "fsspec" if s.get("import") == "site" else "ssh", unquote(parts.path),
+                    host=parts.hostname or "", port=parts.port or 22, user=parts.username or "", **common)
     return Site(s["name"], url, "fsspec", url, **common)
 
 
@@ -217,50 +226,100 @@ def archive_set(repo: Any, set_name: str, archive: str | os.PathLike) -> Manifes
     return Manifest(mid, set_name, instrument, files, export_text)
 
 
+def _archive_fs(archive: str | os.PathLike) -> tuple[Any, str]:
+    """(fsspec filesystem, root) of an archive given as a path or any fsspec URL."""
+    text = os.fspath(archive)
+    if "://" not in text and "::" not in text:
+        from fsspec.implementations.local import LocalFileSystem
+
+        return LocalFileSystem(), str(Path(text).expanduser().absolute())
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(text)
+    except (ImportError, ValueError) as err:
+        raise UserInputError(f"cannot open the archive {text} ({err}); give a path or an fsspec URL whose "
+                             "filesystem is installed.") from None
+    return fs, root.rstrip("/")
+
+
+def _display(archive: str | os.PathLike) -> str:
+    return os.fspath(archive)
+
+
 def read_manifest(archive: str | os.PathLike, set_name: str | None = None, manifest_id: str | None = None) -> Manifest:
-    """The manifest ``manifest_id``, or the newest of ``set_name`` (checked against its id)."""
-    archive = Path(archive)
-    if not (archive / "manifests").is_dir():
-        raise UserInputError(f"{archive} is not a cpframe archive (no manifests/); write one with `cpframe distribute`.")
-    if manifest_id is None:
-        if not set_name:
-            sets = sorted((archive / "sets").glob("*.json"))
-            if len(sets) != 1:
-                raise UserInputError(f"{archive} holds {len(sets)} sets; name one with --set.")
-            pointer = sets[0]
-        else:
-            pointer = archive / "sets" / f"{_escape(set_name)}.json"
-        if not pointer.exists():
-            raise UserInputError(f"the archive {archive} has no set {set_name!r}; `ls {archive}/sets` lists them.")
-        manifest_id = json.loads(pointer.read_text())["manifest"]
-    path = archive / "manifests" / f"{manifest_id}.json"
-    if not path.exists():
-        raise UserInputError(f"the archive {archive} has no manifest {manifest_id}.")
-    data = path.read_bytes()
+    """The manifest ``manifest_id``, or the newest of ``set_name`` (checked against its id).
+
+    ``archive`` is a folder or any fsspec URL (a site's inbox on object storage, SFTP...).
+    """
+    fs, root = _archive_fs(archive)
+    shown = _display(archive)
+    try:
+        if not fs.isdir(f"{root}/manifests"):
+            raise UserInputError(f"{shown} is not a cpframe archive (no manifests/); write one with `cpframe distribute`.")
+        if manifest_id is None:
+            if not set_name:
+                sets = sorted(p for p in fs.glob(f"{root}/sets/*.json"))
+                if len(sets) != 1:
+                    raise UserInputError(f"{shown} holds {len(sets)} sets; name one with --set.")
+                pointer = sets[0]
+            else:
+                pointer = f"{root}/sets/{_escape(set_name)}.json"
+            if not fs.isfile(pointer):
+                raise UserInputError(f"the archive {shown} has no set {set_name!r}; `ls {shown}/sets` lists them.")
+            manifest_id = json.loads(fs.cat_file(pointer))["manifest"]
+        path = f"{root}/manifests/{manifest_id}.json"
+        if not fs.isfile(path):
+            raise UserInputError(f"the archive {shown} has no manifest {manifest_id}.")
+        data = fs.cat_file(path)
+    except OSError as err:
+        raise ServiceError(f"cannot read the archive {shown} ({type(err).__name__}: {err}).") from None
     if hashlib.sha256(data).hexdigest() != manifest_id:
-        raise ExportError(f"manifest {path} does not match its id: the archive was changed; distribute again.")
+        raise ExportError(f"manifest {shown}/manifests/{manifest_id}.json does not match its id: the archive was "
+                          "changed; distribute again.")
     doc = json.loads(data)
     return Manifest(manifest_id, doc["set"], doc["instrument"], doc["files"], doc["export"])
 
 
-def _materialize(archive: Path, m: Manifest, dest: Path) -> Path:
+def _materialize(archive: str | os.PathLike, m: Manifest, dest: Path) -> Path:
     """Export directory of a manifest, every file checked against its SHA-256."""
+    fs, root = _archive_fs(archive)
     bad = []
     for rel, sha in m.files.items():
-        src = archive / m.object_path(sha)
+        src = f"{root}/{m.object_path(sha)}"
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        if not src.is_file():
-            bad.append(f"{rel}: object {sha[:12]} missing")
+        try:
+            if not fs.isfile(src):
+                bad.append(f"{rel}: object {sha[:12]} missing")
+                continue
+            fs.get_file(src, str(target))
+        except OSError as err:
+            bad.append(f"{rel}: object {sha[:12]} unreadable ({type(err).__name__})")
             continue
-        shutil.copyfile(src, target)
         if _sha256_file(target) != sha:
             bad.append(f"{rel}: object {sha[:12]} damaged")
     if bad:
-        raise ExportError(f"archive {archive}: {len(bad)} file(s) unusable ({'; '.join(bad[:5])}); nothing was "
-                          "imported. Distribute again from the source to repair the archive.")
+        raise ExportError(f"archive {_display(archive)}: {len(bad)} file(s) unusable ({'; '.join(bad[:5])}); nothing "
+                          "was imported. Distribute again from the source to repair the archive.")
     (dest / "export.yaml").write_text(m.export)
     return dest
+
+
+def _write_receipt(archive: str | os.PathLike, out: dict) -> None:
+    """A site's answer in its inbox (``receipts/<manifest>.json``): what the import did, for the source
+    to record on its next ``cpframe distribute`` (sites it cannot run cpframe at)."""
+    fs, root = _archive_fs(archive)
+    if root.rstrip("/").rsplit("/", 1)[-1] != INBOX:
+        return  # the central archive itself, or a copy: nobody waits for an answer there
+    path = f"{root}/receipts/{out['manifest']}.json"
+    try:
+        fs.makedirs(f"{root}/receipts", exist_ok=True)
+        fs.pipe_file(f"{path}.part", _canonical(out))
+        fs.mv(f"{path}.part", path)
+    except OSError as err:
+        raise ServiceError(f"imported, but the receipt {path} cannot be written ({err}); the source will not see "
+                           "the import: make the inbox writable and run this command again.") from None
 
 
 # -- at a site -----------------------------------------------------------------------------------------
@@ -291,7 +350,6 @@ def rebuild_calib_chain(repo: Any, archive: str | os.PathLike, *, set_name: str 
     from cpframe.campaign.deploy import deploy
     from cpframe.campaign.lifecycle import current_user, ledger
 
-    archive = Path(archive)
     m = read_manifest(archive, set_name, manifest_id)
     counts: dict = {}
     if not _already_imported(repo, m):
@@ -315,7 +373,7 @@ def rebuild_calib_chain(repo: Any, archive: str | os.PathLike, *, set_name: str 
         if current[:1] != (m.set_name,):
             reg.set_chain(calib, [m.set_name], mode="prepend")
         check, ok = f"self-check skipped: no raw collection {raw} at this site", True
-    detail = {"manifest": m.id, "archive": str(archive), "imported": counts, "self_check": check}
+    detail = {"manifest": m.id, "archive": _display(archive), "imported": counts, "self_check": check}
     led = ledger(repo)
     seen = any(r.set_name == m.set_name and r.detail.get("manifest") == m.id and r.state == "deployed"
                for r in led.rows(m.set_name))
@@ -323,8 +381,10 @@ def rebuild_calib_chain(repo: Any, archive: str | os.PathLike, *, set_name: str 
         led.append([{"set_name": m.set_name, "state": "deployed", "previous": "", "who": current_user(),
                               "why": f"imported from the central archive (manifest {m.id[:12]}); approved at the source",
                               "detail": detail}])
-    return {"set": m.set_name, "manifest": m.id, "imported": counts, "calib_chain": list(reg.get_chain(
+    out = {"set": m.set_name, "manifest": m.id, "imported": counts, "calib_chain": list(reg.get_chain(
         f"{m.instrument}/calib")), "self_check": check, "ok": ok}
+    _write_receipt(archive, out)
+    return out
 
 
 def _exists(reg: Any, name: str) -> bool:
@@ -355,7 +415,8 @@ def _sftp(site: Site, timeout_s: float = 20.0):
 
 
 def _remote_fs(site: Site):
-    if site.kind == "ssh":
+    """(filesystem, inbox) of a remote site: SFTP for ``sftp://``/``ssh://`` URLs, fsspec for any other URL."""
+    if urlsplit(site.url).scheme in ("sftp", "ssh"):
         fs = _sftp(site)
         return fs, site.path.rstrip("/") + "/" + INBOX
     import fsspec
@@ -368,7 +429,11 @@ def _remote_fs(site: Site):
 
 
 def _upload(site: Site, archive: Path, m: Manifest, progress: Callable[[str], None]) -> dict:
-    """Send the manifest's objects the site lacks, then the manifest and the set pointer (last)."""
+    """Send the manifest's objects the site lacks, then the manifest and the set pointer (last).
+
+    Each object is written under ``<name>.part`` and renamed; what arrived is checked (a file of
+    the right size), so a rename that went astray is a failure, not a silent gap.
+    """
     fs, inbox = _remote_fs(site)
     sent = skipped = 0
     try:
@@ -376,8 +441,9 @@ def _upload(site: Site, archive: Path, m: Manifest, progress: Callable[[str], No
             rel = m.object_path(sha)
             src = archive / rel
             dst = f"{inbox}/{rel}"
+            size = src.stat().st_size
             try:
-                if fs.exists(dst) and fs.size(dst) == src.stat().st_size:
+                if fs.isfile(dst) and fs.size(dst) == size:
                     skipped += 1
                     continue
             except OSError:
@@ -386,6 +452,8 @@ def _upload(site: Site, archive: Path, m: Manifest, progress: Callable[[str], No
             part = f"{dst}.part"
             fs.put_file(str(src), part)
             fs.mv(part, dst)
+            if not (fs.isfile(dst) and fs.size(dst) == size):
+                raise OSError(f"{dst} is not the {size}-byte object sent (something else is in its place)")
             sent += 1
             progress(f"  {site.name}: sent {rel}")
         for rel in (f"manifests/{m.id}.json", f"sets/{_escape(m.set_name)}.json"):
@@ -396,6 +464,30 @@ def _upload(site: Site, archive: Path, m: Manifest, progress: Callable[[str], No
                            f"({type(err).__name__}: {str(err).strip() or 'no detail'}); run `cpframe distribute` "
                            "again to resume.") from None
     return {"sent": sent, "already_there": skipped, "inbox": inbox}
+
+
+def _read_receipt(site: Site, m: Manifest) -> dict | None:
+    """The site's answer to ``rebuild-calib-chain --from-archive INBOX`` for this manifest (None: not yet)."""
+    fs, inbox = _remote_fs(site)
+    path = f"{inbox}/receipts/{m.id}.json"
+    try:
+        if not fs.isfile(path):
+            return None
+        doc = json.loads(fs.cat_file(path))
+    except (OSError, ValueError) as err:
+        raise ServiceError(f"site {site.name}: cannot read its receipt {path} ({type(err).__name__}: {err}).") from None
+    if not isinstance(doc, dict) or doc.get("manifest") != m.id or doc.get("set") != m.set_name \
+            or not {"ok", "self_check", "imported", "calib_chain"} <= set(doc):
+        raise ServiceError(f"site {site.name}: its receipt {path} is not an import of {m.set_name} (manifest "
+                           f"{m.id[:12]}); run `cpframe rebuild-calib-chain` there again.")
+    return doc
+
+
+def _site_import_command(site: Site, raw: str | None) -> str:
+    sftp = urlsplit(site.url).scheme in ("sftp", "ssh")
+    repo, inbox = (site.path, f"{site.path.rstrip('/')}/{INBOX}") if sftp else ("REPO", f"{site.url.rstrip('/')}/{INBOX}")
+    return (f"cpframe rebuild-calib-chain {repo} --from-archive {inbox}"
+            + (f" --raw-collection {raw}" if raw else ""))
 
 
 def _ssh_run(site: Site, argv: Sequence[str], timeout_s: float = 1800.0) -> tuple[int, str, str]:
@@ -428,14 +520,21 @@ def check_reachable(site: Site) -> None:
             raise ServiceError(f"site {site.name}: {site.path} is not a cpframe repository (no cpframe-repo.yaml); "
                                "create it there (`cpframe create`) or fix the sites file.")
         return
-    fs, _ = _remote_fs(site)
-    if site.kind == "ssh":
-        try:
+    fs, inbox = _remote_fs(site)
+    root = inbox.rsplit("/", 1)[0]
+    try:
+        if site.kind == "ssh":
             ok = fs.exists(site.path.rstrip("/") + "/cpframe-repo.yaml")
-        except OSError as err:
-            raise ServiceError(f"site {site.name}: {site.url} is not readable ({err}).") from None
-        if not ok:
-            raise ServiceError(f"site {site.name}: {site.url} is not a cpframe repository (no cpframe-repo.yaml).")
+        else:
+            ok = fs.isdir(root)
+    except Exception as err:  # noqa: BLE001 - each fsspec backend raises its own types (botocore, aiohttp...)
+        raise ServiceError(f"site {site.name}: {site.url} is not reachable ({type(err).__name__}: "
+                           f"{str(err).strip() or 'no detail'}).") from None
+    if not ok and site.kind == "ssh":
+        raise ServiceError(f"site {site.name}: {site.url} is not a cpframe repository (no cpframe-repo.yaml).")
+    if not ok:
+        raise ServiceError(f"site {site.name}: {site.url} does not exist; create the site's folder (or bucket) "
+                           "or fix the sites file.")
 
 
 # -- distribute -----------------------------------------------------------------------------------------
@@ -510,10 +609,15 @@ def distribute(repo: Any, set_name: str, sites_file: str | os.PathLike, *, who: 
                     record_site(repo, set_name, site.name, "transferred", who=who,
                                 why=f"{sent['sent']} object(s) sent, {sent['already_there']} already there",
                                 detail={"manifest": m.id, **sent})
-                if site.kind == "fsspec":
-                    result.sites[site.name] = ("transferred", "archive objects sent; run `cpframe rebuild-calib-chain "
-                                                              f"REPO --from-archive {site.url}/{INBOX}` there")
+            if site.kind == "fsspec":
+                # nothing of cpframe runs there: the site imports from its inbox and leaves a receipt
+                out = _read_receipt(site, m)
+                if out is None:
+                    text = (f"archive in {site.url.rstrip('/')}/{INBOX}; import it there "
+                            f"(`{_site_import_command(site, raw)}`), then run this command again to record it")
+                    result.sites[site.name] = ("waiting", text)
                     continue
+            elif site.kind == "ssh":
                 argv = ["rebuild-calib-chain", site.path, "--from-archive", f"{site.path.rstrip('/')}/{INBOX}",
                         "--manifest", m.id, "--json"] + (["--raw-collection", raw] if raw else [])
                 code, out_text, err_text = _ssh_run(site, argv)

@@ -37,13 +37,16 @@ PRODUCT_NEEDS: dict[str, tuple[str, ...]] = {
     "linearizer": ("defects",),
     "cti": ("linearizer", "defects"),
     "crosstalk": ("ptc", "defects"),
+    # BFK (dependencies.md §6 step 8): its own PTC on a flat-pair ramp in bootstrap ISR with defects;
+    # crosstalk, linearizer and CTI are applied when certified
+    "bfk": ("defects",),
 }
 
 #: Products that are certified (bootstraps are read straight from their RUNs).
-CERTIFIABLE = ("defects", "ptc", "bias", "dark", "flat", "linearizer", "cti", "crosstalk")
+CERTIFIABLE = ("defects", "ptc", "bias", "dark", "flat", "linearizer", "cti", "crosstalk", "bfk")
 
 #: What a verification submission may test.
-VERIFY_TARGETS = ("bias", "dark", "flat", "defects", "ptc", "science", "linearizer", "cti", "crosstalk")
+VERIFY_TARGETS = ("bias", "dark", "flat", "defects", "ptc", "science", "linearizer", "cti", "crosstalk", "bfk")
 
 #: Variables every campaign needs (DMTN-222 §7 exports them all).
 REQUIRED_VARIABLES = (
@@ -64,7 +67,7 @@ GEN_STEM = {
     "biasBootstrap": "biasBootstrapGen", "darkBootstrap": "darkBootstrapGen",
     "flatBootstrap": "flatBootstrapGen", "defects": "defectGen", "ptc": "ptcGen",
     "bias": "biasGen", "dark": "darkGen", "flat": "flatGen",
-    "linearizer": "linearizerGen", "cti": "ctiGen", "crosstalk": "crosstalkGen",
+    "linearizer": "linearizerGen", "cti": "ctiGen", "crosstalk": "crosstalkGen", "bfk": "bfkGen",
 }
 
 #: Selection variable each product / verification reads (``{band}`` for flats).
@@ -73,11 +76,13 @@ SELECTION_OF_BUILD = {
     "flatBootstrap": "SELECTION_FLAT_BOOTSTRAP", "defects": None, "ptc": "SELECTION_PTC",
     "bias": "SELECTION_BIAS", "dark": "SELECTION_DARK", "flat": "SELECTION_FLAT_{band}",
     "linearizer": "SELECTION_PTC_LINEARIZER", "cti": "SELECTION_PTC_CTI", "crosstalk": "SELECTION_CROSSTALK",
+    "bfk": "SELECTION_PTC_BFK",
 }
 SELECTION_OF_VERIFY = {
     "bias": "SELECTION_BIAS_V", "dark": "SELECTION_DARK_V", "flat": "SELECTION_FLAT_{band}_V",
     "defects": "SELECTION_DEFECTS_V", "ptc": "SELECTION_PTC_V", "science": "SELECTION_SCIENCE_V",
     "linearizer": "SELECTION_PTC_LINEARIZER_V", "cti": "SELECTION_PTC_CTI_V", "crosstalk": "SELECTION_CROSSTALK_V",
+    "bfk": "SELECTION_PTC_BFK_V",
 }
 
 _RERUN_RE = re.compile(r"^\d{8}[a-z]$")

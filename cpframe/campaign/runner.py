@@ -504,65 +504,78 @@ def run_campaign(
     _ensure_ticket_chain(campaign, registry, record)
     result = CampaignResult(campaign, [], directory)
     runner = _StepRunner(campaign, repo, client, settings, echo, state)
-    try:
-        stop = False
-        for i, step in enumerate(campaign.steps, 1):
-            if stop:
-                result.outcomes.append(StepOutcome(step.name, "not-run", "after --until"))
-                continue
-            if step.kind == "deploy" and not deploy_step:
-                result.outcomes.append(StepOutcome(step.name, "not-run", "deploy runs only with --deploy"))
-                echo(f"[{i}/{len(campaign.steps)}] {step.name}: not run (deployment is explicit: --deploy)")
-                continue
-            done, detail = step_done(campaign, step, registry, state)
-            if done:
-                echo(f"[{i}/{len(campaign.steps)}] {step.name}: already done ({detail}), skipped")
-                if state.get(step.name).get("status") != "done":
-                    state.set(step.name, status="done", finished=_now(), detail=detail, recovered=True)
-                result.outcomes.append(StepOutcome(step.name, "skipped", detail))
-                record.add(step, step_commands(campaign, step), _now(), 0.0, "skipped",
-                           f"already done: {detail}")
-                if step.kind == "report":
-                    result.report_index = Path(str(step.output)) / "index.html"
-                stop = step.name == until
-                continue
-            echo(f"[{i}/{len(campaign.steps)}] {step.name}: {step.label} ...")
-            t0, started = time.monotonic(), _now()
-            state.set(step.name, status="running", started=started)
-            try:
-                outputs = runner.run(step)
-            except (CpframeError, OSError) as err:
-                dt = time.monotonic() - t0
-                state.set(step.name, status="failed", finished=_now(), message=str(err),
-                          **getattr(err, "campaign_outputs", {}))
-                record.add(step, step_commands(campaign, step), started, dt, "failed", str(err))
-                result.outcomes.append(StepOutcome(step.name, "failed", str(err).splitlines()[0], dt))
-                raise CampaignError(MSG_STEP_FAILED.format(
-                    index=i, name=step.name, kind=step.kind, error=err,
-                    again=resume_hint or campaign.command("--resume"))) from err
-            except BaseException as err:  # interrupted (Ctrl-C) or a bug: keep the record honest
-                dt = time.monotonic() - t0
-                state.set(step.name, status="interrupted", finished=_now(), message=repr(err))
-                record.add(step, step_commands(campaign, step), started, dt, "interrupted", repr(err))
-                raise
-            dt = time.monotonic() - t0
-            detail = outputs.pop("detail", "")
-            commands = outputs.pop("_commands", None) or step_commands(campaign, step)
-            state.set(step.name, status="done", finished=_now(), duration_s=round(dt, 3), detail=detail,
-                      **{k: x for k, x in outputs.items() if not k.startswith("_")})
-            record.add(step, commands, started, dt, "ok", detail,
-                       {k: x for k, x in outputs.items() if not k.startswith("_")})
-            result.outcomes.append(StepOutcome(step.name, "ran", detail, dt, outputs))
-            echo(f"    done in {dt:.1f} s: {detail}")
+    from cpframe.core.progress import progress
+
+    # one bar over the steps on a terminal (issue 16), the step lines above it; silent in logs
+    with progress(f"campaign {campaign.name}", total=len(campaign.steps)) as bar:
+        try:
+            _run_steps(campaign, state, record, result, runner, registry, echo, bar, until=until,
+                       deploy_step=deploy_step, resume_hint=resume_hint)
+        finally:
+            runner.close()
+            repo.close()
+    return result
+
+
+def _run_steps(campaign, state, record, result, runner, registry, echo, bar, *, until, deploy_step,
+               resume_hint) -> None:
+    """The steps of :func:`run_campaign`, in order, each recorded; ``bar`` advances per step."""
+    stop = False
+    for i, step in enumerate(campaign.steps, 1):
+        bar.update(completed=i - 1, description=f"campaign: {step.name}")
+        if stop:
+            result.outcomes.append(StepOutcome(step.name, "not-run", "after --until"))
+            continue
+        if step.kind == "deploy" and not deploy_step:
+            result.outcomes.append(StepOutcome(step.name, "not-run", "deploy runs only with --deploy"))
+            echo(f"[{i}/{len(campaign.steps)}] {step.name}: not run (deployment is explicit: --deploy)")
+            continue
+        done, detail = step_done(campaign, step, registry, state)
+        if done:
+            echo(f"[{i}/{len(campaign.steps)}] {step.name}: already done ({detail}), skipped")
+            if state.get(step.name).get("status") != "done":
+                state.set(step.name, status="done", finished=_now(), detail=detail, recovered=True)
+            result.outcomes.append(StepOutcome(step.name, "skipped", detail))
+            record.add(step, step_commands(campaign, step), _now(), 0.0, "skipped",
+                       f"already done: {detail}")
             if step.kind == "report":
                 result.report_index = Path(str(step.output)) / "index.html"
-            if step.kind == "deploy":
-                result.deploy = outputs.get("_deploy")
             stop = step.name == until
-    finally:
-        runner.close()
-        repo.close()
-    return result
+            continue
+        echo(f"[{i}/{len(campaign.steps)}] {step.name}: {step.label} ...")
+        t0, started = time.monotonic(), _now()
+        state.set(step.name, status="running", started=started)
+        try:
+            outputs = runner.run(step)
+        except (CpframeError, OSError) as err:
+            dt = time.monotonic() - t0
+            state.set(step.name, status="failed", finished=_now(), message=str(err),
+                      **getattr(err, "campaign_outputs", {}))
+            record.add(step, step_commands(campaign, step), started, dt, "failed", str(err))
+            result.outcomes.append(StepOutcome(step.name, "failed", str(err).splitlines()[0], dt))
+            raise CampaignError(MSG_STEP_FAILED.format(
+                index=i, name=step.name, kind=step.kind, error=err,
+                again=resume_hint or campaign.command("--resume"))) from err
+        except BaseException as err:  # interrupted (Ctrl-C) or a bug: keep the record honest
+            dt = time.monotonic() - t0
+            state.set(step.name, status="interrupted", finished=_now(), message=repr(err))
+            record.add(step, step_commands(campaign, step), started, dt, "interrupted", repr(err))
+            raise
+        dt = time.monotonic() - t0
+        detail = outputs.pop("detail", "")
+        commands = outputs.pop("_commands", None) or step_commands(campaign, step)
+        state.set(step.name, status="done", finished=_now(), duration_s=round(dt, 3), detail=detail,
+                  **{k: x for k, x in outputs.items() if not k.startswith("_")})
+        record.add(step, commands, started, dt, "ok", detail,
+                   {k: x for k, x in outputs.items() if not k.startswith("_")})
+        result.outcomes.append(StepOutcome(step.name, "ran", detail, dt, outputs))
+        echo(f"    done in {dt:.1f} s: {detail}")
+        if step.kind == "report":
+            result.report_index = Path(str(step.output)) / "index.html"
+        if step.kind == "deploy":
+            result.deploy = outputs.get("_deploy")
+        stop = step.name == until
+    bar.update(completed=len(campaign.steps))
 
 
 def _ensure_ticket_chain(campaign: Campaign, registry: Registry, record: "CommandRecord") -> None:

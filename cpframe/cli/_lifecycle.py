@@ -319,14 +319,16 @@ def distribute_command(repo, set_name, sites_file, who):
         raise ServiceError(f"{len(res.failures)} site(s) failed: {res.failures[0]}"
                            + (f" (and {len(res.failures) - 1} more)" if len(res.failures) > 1 else "")
                            + "; the others are done. Fix it and run the same command again: it resumes.")
+    waiting = [s for s, (state, _) in res.sites.items() if state == "waiting"]
     click.echo(f"{set_name} is distributed to every site." if res.distributed else
-               "some sites only received the archive; import there with cpframe rebuild-calib-chain.")
+               f"{len(waiting)} site(s) ({', '.join(waiting)}) received the archive and wait for their import (the "
+               "command is above); run this command again afterwards: it records their receipts.")
 
 
 @main.command("rebuild-calib-chain")
 @click.argument("repo")
-@click.option("--from-archive", "archive", required=True, type=click.Path(file_okay=False),
-              help="Central archive (or a site's copy of it) to import from.")
+@click.option("--from-archive", "archive", required=True,
+              help="Central archive, or a site's inbox (REPO/.cpframe-inbox), as a path or any fsspec URL.")
 @click.option("--set", "set_name", help="Calibration set (default: the archive's only set).")
 @click.option("--manifest", help="Manifest id (default: the set's newest).")
 @click.option("--raw-collection", help="Raws for the self-check (default: INSTRUMENT/raw/all, skipped if absent).")
@@ -337,7 +339,8 @@ def rebuild_calib_chain_command(repo, archive, set_name, manifest, raw_collectio
 
     For a new data facility: every file is checked against its SHA-256, imported, the ticket
     chain is prepended to INSTRUMENT/calib, and the deployment self-check runs when the site
-    has raws. Running it again changes nothing.
+    has raws. Running it again changes nothing. Importing from a site's inbox leaves a receipt
+    there (receipts/MANIFEST.json) that the source's next `cpframe distribute` records.
     """
     import json as _json
 

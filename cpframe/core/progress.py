@@ -62,16 +62,24 @@ class _Bar:
 
 @contextlib.contextmanager
 def progress(description: str, total: float | None = None) -> Iterator[Any]:
-    """A progress bar (rich, transient, on stderr) for ``total`` units of work, or a silent stand-in."""
-    if not progress_enabled():
+    """A progress bar (rich, transient, on stderr) for ``total`` units of work, or a silent stand-in.
+
+    Inside another bar (a campaign's steps around a plan or a report) it is silent: the outer bar
+    is the one drawn (rich draws one live display at a time).
+    """
+    if not progress_enabled() or _STATE.get("active"):
         yield _NoBar()
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as prog:
-        yield _Bar(prog, prog.add_task(description, total=total))
+    _STATE["active"] = True
+    try:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=Console(stderr=True), transient=True) as prog:
+            yield _Bar(prog, prog.add_task(description, total=total))
+    finally:
+        _STATE["active"] = False
 
 
 @contextlib.contextmanager

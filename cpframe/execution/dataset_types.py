@@ -24,7 +24,7 @@ PRODUCT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
     "linearizer": (("detector",), "json"),  # cpframe/science/linearity.py
     "crosstalk": (("detector",), "json"),  # cpframe/science/crosstalk.py
     "cti": (("detector",), "json"),  # cpframe/science/cti.py
-    "bfk": (("detector",), "external"),
+    "bfk": (("detector",), "json"),  # cpframe/science/bfk.py
 }
 
 #: Calibration dataset types (looked up by validity range, not produced per exposure).

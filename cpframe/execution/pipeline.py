@@ -67,10 +67,10 @@ MASK_PLANES = ("BAD", "SAT", "INTRP", "CR", "EDGE", "DETECTED", "DETECTED_NEGATI
 
 #: cp_pipe / cp_verify pipelines for calibrations cpframe does not build (yet): file stem -> what.
 NOT_BUILT_PIPELINES = {
-    "cpBfk": "brighter-fatter kernel (bfk)", "cpSky": "sky", "cpElectrostaticBFDistortionMatrix":
+    "cpSky": "sky", "cpElectrostaticBFDistortionMatrix":
     "electrostatic brighter-fatter distortion matrix", "cpFlatAnaglyph": "anaglyph (red/blue LED) flat",
     "cpFlatGradientReference": "flat gradient reference", "cpGainCorrection": "gain correction",
-    "cpIlluminationCorrection": "illumination correction", "verifyBfk": "brighter-fatter kernel (bfk)",
+    "cpIlluminationCorrection": "illumination correction",
     "verifyIlluminationCorrection": "illumination correction",
 }
 

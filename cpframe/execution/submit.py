@@ -224,25 +224,33 @@ def plan_template(template: str | os.PathLike, variables: Mapping[str, str] | No
     ------
     TemplateError, SubmissionError, PipelineError, RegistryError, SelectionError, PlanningError
     """
+    from cpframe.core.progress import progress
+
     t0 = time.perf_counter()
-    r = render_stage(template, variables, allow_unset=allow_unset, environ=environ)
-    sub, pipe = validate_stage(r)
-    render_s = time.perf_counter() - t0
-    own_repo = repo is None
-    repo = repo if repo is not None else _open_repo(sub, settings)
-    try:
-        default_run = default_output_run(r, sub)
-        target = target_stage(sub, repo.registry, extend_run=extend_run, default_run=default_run)
-        if target.run != sub.output_run:
-            # --extend-run of a timestamped RUN: render again so submitPath etc. name that RUN
-            r = render_stage(template, variables, allow_unset=allow_unset, environ=environ,
-                             overrides={"outputRun": target.run})
-            sub, pipe = validate_stage(r)
-        plan = plan_stage(sub, pipe, repo, target, skip_existing=skip_existing, settings=settings)
-    except BaseException:
-        if own_repo:
-            repo.close()
-        raise
+    # a bar on a terminal (issue 16: planning a large selection takes tens of seconds), silent otherwise
+    with progress("plan: render and validate the template", total=4) as bar:
+        r = render_stage(template, variables, allow_unset=allow_unset, environ=environ)
+        sub, pipe = validate_stage(r)
+        render_s = time.perf_counter() - t0
+        bar.update(completed=1, description="plan: open the repository")
+        own_repo = repo is None
+        repo = repo if repo is not None else _open_repo(sub, settings)
+        try:
+            bar.update(completed=2, description="plan: choose the output RUN")
+            default_run = default_output_run(r, sub)
+            target = target_stage(sub, repo.registry, extend_run=extend_run, default_run=default_run)
+            if target.run != sub.output_run:
+                # --extend-run of a timestamped RUN: render again so submitPath etc. name that RUN
+                r = render_stage(template, variables, allow_unset=allow_unset, environ=environ,
+                                 overrides={"outputRun": target.run})
+                sub, pipe = validate_stage(r)
+            bar.update(completed=3, description=f"plan: find raws and calibrations for {len(pipe.tasks)} task(s)")
+            plan = plan_stage(sub, pipe, repo, target, skip_existing=skip_existing, settings=settings)
+            bar.update(completed=4)
+        except BaseException:
+            if own_repo:
+                repo.close()
+            raise
     return PlanOutcome(r, sub, pipe, repo, target, plan, render_s)
 
 

@@ -5,7 +5,9 @@
 * crosstalk: the coefficient matrix C[target, source] as a heat map of log10 |C|, with
   coefficients the solve found insignificant (set to 0) left blank;
 * CTI: the first serial-overscan column (EPER) against the last data column's signal, per
-  amp, with each amp's fitted model n ε S + size (1 − r).
+  amp, with each amp's fitted model n ε S + size (1 − r);
+* BFK: the detector kernel as an image, and cuts through its centre along rows and columns
+  with every amp's kernel (invalid amps dashed).
 
 Matplotlib through ``Figure`` + Agg (no pyplot state); files written under a temporary name
 and renamed.
@@ -21,7 +23,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["CALTYPE_PRODUCTS", "render_linearity_png", "render_crosstalk_png", "render_cti_png", "caltype_figures"]
+__all__ = ["CALTYPE_PRODUCTS", "render_linearity_png", "render_crosstalk_png", "render_cti_png", "render_bfk_png",
+           "caltype_figures"]
 
 #: Product dataset type -> (renderer of one file, caption).
 CALTYPE_PRODUCTS: dict[str, tuple[Callable[[str, Any, str], Path], str]] = {}
@@ -151,6 +154,39 @@ def render_cti_png(path_in: str, path: str | os.PathLike, title: str) -> Path:
     return _save(fig, path)
 
 
+def render_bfk_png(path_in: str, path: str | os.PathLike, title: str) -> Path:
+    """Detector kernel image and row/column cuts of every amp's kernel (1/e- units of ip_isr)."""
+    from cpframe.science.bfk import read_bfk
+
+    cal = read_bfk(path_in)
+    k = cal.det_kernel
+    c = k.shape[0] // 2
+    fig = _figure(7.5, 3.4)
+    ax = fig.add_axes((0.05, 0.14, 0.36, 0.72))
+    im = ax.imshow(k, origin="lower", cmap="viridis", extent=(-c - 0.5, c + 0.5, -c - 0.5, c + 0.5))
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+    ax.set_title("detector kernel", fontsize=8)
+    ax.set_xlabel("column lag", fontsize=7)
+    ax.set_ylabel("row lag", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax2 = fig.add_axes((0.56, 0.14, 0.42, 0.72))
+    lags = np.arange(-c, c + 1)
+    for amp, ak in sorted(cal.amp_kernels.items()):
+        ls = "-" if cal.valid.get(amp) else "--"
+        ax2.plot(lags, ak[c, :], ls, color="tab:blue", lw=0.5, alpha=0.5)
+        ax2.plot(lags, ak[:, c], ls, color="tab:orange", lw=0.5, alpha=0.5)
+    ax2.plot(lags, k[c, :], "-", color="tab:blue", lw=1.8, label="detector, along a row")
+    ax2.plot(lags, k[:, c], "-", color="tab:orange", lw=1.8, label="detector, along a column")
+    ax2.set_xlabel("lag (pixels)", fontsize=7)
+    ax2.set_ylabel("kernel", fontsize=7)
+    ax2.tick_params(labelsize=6)
+    ax2.legend(fontsize=6)
+    ax2.grid(alpha=0.3)
+    n_valid = sum(bool(v) for v in cal.valid.values())
+    fig.suptitle(f"{title} ({n_valid}/{len(cal.valid)} amps valid)", fontsize=9)
+    return _save(fig, path)
+
+
 CALTYPE_PRODUCTS.update({
     "linearizer": (render_linearity_png, "Linearizer {det}: residual non-linearity of every amp's ramp before and "
                                          "after the correction; dashed: the ±0.1 % target."),
@@ -158,6 +194,9 @@ CALTYPE_PRODUCTS.update({
                                         "not significant (set to 0)."),
     "cti": (render_cti_png, "CTI {det}: first serial-overscan column (EPER) against the last data column, per amp, "
                             "with the fitted n ε S + trap model."),
+    "bfk": (render_bfk_png, "Brighter-fatter kernel {det}: the detector kernel (average of the valid amps' kernels) "
+                            "and cuts through the centre; thin lines: each amp (dashed: failed cp_pipe's validity "
+                            "checks)."),
 })
 
 

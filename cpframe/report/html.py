@@ -29,7 +29,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import functools
-import html
 import json
 import math
 import re
@@ -50,7 +49,7 @@ from cpframe.verify.core import get_stage
 from cpframe.verify.results import atomic_write_text, read_results, read_stats
 from cpframe.verify.stats import header_value
 
-__all__ = ["NO_DATASETS_MESSAGE", "REPORT_STAGES", "ReportResult", "ReportStage", "overall_verdict", "product_units", "verify_command",
+__all__ = ["COLUMN_UNITS", "NO_DATASETS_MESSAGE", "REPORT_STAGES", "ReportResult", "ReportStage", "overall_verdict", "product_units", "verify_command",
            "write_report"]
 
 #: Message when the collections hold nothing to report on (tests check it).
@@ -94,6 +93,9 @@ REPORT_STAGES: tuple[ReportStage, ...] = (
                 "Crosstalk matrix per detector; residual crosstalk after ISR with it must not be significant."),
     ReportStage("cti", "CTI", "cti", "CTI", (),
                 "Serial CTI and trap per amp from the flats' overscan (EPER); CTI below the sensor requirement."),
+    ReportStage("bfk", "BFK", "bfk", "Brighter-fatter kernel", (),
+                "Kernel per amp from the covariances of a flat-pair ramp; the PTC of flats corrected with it must "
+                "be linear to 1 % (uncorrected beside it)."),
     ReportStage("science", "SCIENCE", None, "Science", (("COL_PROFILE_RATIO", "column structure / noise"),
                                                        ("ROW_PROFILE_RATIO", "row structure / noise")),
                 "Science exposures through all calibrations: amp level steps and residual structure."),
@@ -157,6 +159,29 @@ def overall_verdict(verdicts: Mapping[str, bool | None]) -> str:
     return "PASS"
 
 
+_E = "e-"
+_IMAGE_UNITS = {"MEAN": _E, "MEDIAN": _E, "MEANCLIP": _E, "NOISE": _E, "EXPECTED_NOISE": _E, "READ_NOISE": _E,
+                "NMASKED": "pixels"}
+#: Unit of each Results column (name without the stage prefix) per stage, shown under the column
+#: name; a column not listed is a count, a flag, a name or a date.  Image stages measure the
+#: verification ISR's residual images, in electrons.
+COLUMN_UNITS: dict[str, dict[str, str]] = {
+    "BIAS": {**_IMAGE_UNITS, "READ_NOISE_OVERSCAN": _E, "OVERSCAN_NOISE_VAR": "e-²", "CALIB_NOISE": _E,
+             "CR_NOISE": _E, "READ_NOISE_ADU": "adu", "AMP_CORNER": _E, "GAIN": "e-/adu"},
+    "FLAT": {**_IMAGE_UNITS, "SAT_FRACTION": "fraction", "DET_MEAN": _E, "DET_SCATTER": "fraction",
+             "EXP_MEAN": _E, "EXP_SCATTER": "fraction"},
+    "PTC": {"PTC_GAIN": "e-/adu", "PTC_GAIN_ERR": "e-/adu", "AMP_GAIN": "e-/adu", "PTC_NOISE": _E,
+            "PTC_NOISE_ERR": _E, "AMP_NOISE": _E, "OVERSCAN_NOISE": _E, "PTC_TURNOFF": "adu",
+            "PTC_TURNOFF_E": _E, "PTC_BFE_A00": "1/e-",
+            "NOISE_SIGNAL_INDEPENDENCE": "adu"},  # the spread of the per-pair overscan noises (adu)
+    "LINEARITY": {"LINEARITY_TURNOFF": "adu", "MAX_CORRECTION_PCT": "%", "MAX_FIT_RESIDUAL": "fraction",
+                  "FIT_RESIDUAL_SIGMA_MAD": "fraction"},
+    "CROSSTALK": {"MAX_RESIDUAL": "adu/adu", "MAX_GHOST_E": _E},
+    "CTI": {"GLOBAL_CTI": "per transfer", "TRAP_SIZE": _E, "TRAP_EMISSION_TIME": "transfers"},
+}
+COLUMN_UNITS["DARK"] = {**COLUMN_UNITS["BIAS"]}
+
+
 def product_units(product: str | None, isr_units: str) -> str:
     """Colour-bar label of a combined product: a flat is normalised (dimensionless, whatever
     units its inputs had), a dark is per second of dark time, a bias is in the ISR's units.
@@ -189,11 +214,6 @@ def _templates():
     return jinja2.Environment(loader=jinja2.PackageLoader("cpframe.report", "templates"),
                               autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined,
                               keep_trailing_newline=True)
-
-
-def e(value: Any) -> str:
-    """HTML-escaped text."""
-    return html.escape(str(value), quote=True)
 
 
 def _floats(column: Any) -> np.ndarray:
@@ -273,20 +293,15 @@ class _Report:
         self.images.add(rel)
         return rel
 
-    def page(self, name: str, title: str, body: str, depth: int = 0, template: str = "base.html",
-             **context: Any) -> Path:
-        """Write a page from a template of ``cpframe/report/templates`` (``base.html`` wraps ``body``)."""
+    def page(self, name: str, title: str, template: str, depth: int = 0, **context: Any) -> Path:
+        """Write a page from a template of ``cpframe/report/templates`` (each extends ``base.html``)."""
         up = "../" * depth
-        text = _templates().get_template(template).render(title=title, up=up, body=body, stages=self._nav_stages(),
-                                                           **context)
+        text = _templates().get_template(template).render(title=title, up=up, stages=self._nav_stages(), **context)
         return atomic_write_text(self.out / name, text)
 
     def _nav_stages(self) -> list[dict]:
         return [{"key": st.key, "title": st.title, "per_exposure": get_stage(st.stage).kind == "exposure"}
                 for st in getattr(self, "stages", [])]
-
-    def nav(self, up: str = "") -> str:
-        return _templates().get_template("nav.html").render(up=up, stages=self._nav_stages())
 
     # cameras --------------------------------------------------------------------------------
     def camera_for(self, instrument: str, shape: tuple[int, int] | None) -> Camera:
@@ -333,9 +348,7 @@ class _Report:
         self.write_provenance()
         self.write_manifest()
         atomic_write_text(self.out / "navigation.html",
-                          "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>navigation</title>"
-                          "<link rel=\"stylesheet\" href=\"assets/report.css\"></head><body>"
-                          + self.nav() + "</body></html>\n")
+                          _templates().get_template("navigation.html").render(up="", stages=self._nav_stages()))
         result.n_images = len(self.images)
         result.n_rendered = self.n_rendered
         return result
@@ -396,8 +409,8 @@ class _Report:
                    ("detector", did.get("detector", "")), ("filter", did.get("physical_filter", "")),
                    ("collection", it.ref.extra.get("collection", it.ref.run)), ("stage", it.stage.stage),
                    ("dataset type", it.ref.dataset_type)]
-        dl = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in fields_ if v != "")
-        return f"<div class=\"infobox\"><dl>{dl}</dl><div>{e(description)}</div></div>"
+        return _templates().get_template("infobox.html").render(fields=[(k, v) for k, v in fields_ if v != ""],
+                                                               description=description)
 
     def summary_rows(self, st: ReportStage, table, verdict) -> list[tuple]:
         rows = []
@@ -421,7 +434,11 @@ class _Report:
         rel = f"src/{st.key}/{res.ref.dataset_type}_{res.ref.id[:8]}.html"
         cols = [c for c in table.colnames if len(table[c].shape) <= 1]
         prefix = f"{st.stage}_"
-        columns = [{"full": c, "short": c[len(prefix):] if c.startswith(prefix) else c} for c in cols]
+        units = COLUMN_UNITS.get(st.stage, {})
+        columns = []
+        for c in cols:
+            short = c[len(prefix):] if c.startswith(prefix) else c
+            columns.append({"full": c, "short": short, "unit": units.get(short, "") if c.startswith(prefix) else ""})
         rows = []
         for row in table:
             cells, fail = [], False
@@ -439,11 +456,9 @@ class _Report:
                 cells.append({"text": text, "cls": cls})
             rows.append({"cells": cells, "fail": fail})
         rows.sort(key=lambda r: not r["fail"])
-        units = "dimensionless (flat-fielded) and electrons" if st.product == "flat" else (
-            "electrons" if st.product in ("bias", "dark") else "the units each column names")
         doc = _templates().get_template("results.html").render(
             title=res.ref.dataset_type, n_rows=len(rows), n_failing=sum(r["fail"] for r in rows), run=res.ref.run,
-            prefix=prefix, units=units, columns=columns, rows=rows)
+            prefix=prefix, columns=columns, rows=rows)
         atomic_write_text(self.out / rel, doc)
         return rel
 
@@ -648,7 +663,7 @@ class _Report:
         sections = sorted(sections, key=lambda sec: order[sec["verdict"]])
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         overall = result.overall
-        self.page("index.html", "cpframe calibration report", "", template="index.html",
+        self.page("index.html", "cpframe calibration report", "index.html",
                   repo=str(self.repo.root), now=now, n_datasets=len(self.items), collections=self.collections,
                   overall=overall, overall_class={"PASS": "pass", "FAIL": "fail"}.get(overall, "none"),
                   missing=result.missing, verdicts=verdicts, tests=tests, sections=sections)
@@ -657,29 +672,26 @@ class _Report:
         products = sorted(kinds.get("product", []), key=lambda i: (i.ref.data_id.get("detector", 0),
                                                                    str(i.ref.data_id.get("physical_filter", ""))))
         stats = [i for i in kinds.get("stats", []) if "exposure" not in i.ref.data_id]
-        parts = [f"<h1>{e(st.title)}: per detector</h1>"]
         by_det: dict[int, list[Item]] = {}
         for it in products + stats:
             by_det.setdefault(int(it.ref.data_id.get("detector", -1)), []).append(it)
-        if not by_det:
-            parts.append("<p class=\"meta\">No per-detector datasets in these collections.</p>")
+        detectors = []
         for det_id in sorted(by_det):
             group = by_det[det_id]
             name = self._det_name(group[0])
-            parts.append(f"<h2 id=\"det{det_id}\"><a id=\"{_anchor(name)}\"></a>{e(name)} (detector {det_id})</h2>")
             figs = [self.figure(i.link, f"{i.ref.dataset_type} {name} {i.ref.data_id.get('physical_filter', '')}")
                     for i in group if i.kind == "product" and i.link.endswith(".png")]
-            if figs:
-                parts.append("<div class=\"figures\">" + "".join(figs) + "</div>")
+            entries = []
             for it in group:
                 if it.kind == "product":
-                    parts.append(self.product_provenance(it))
+                    entries.append({"provenance": self.product_provenance(it)})
                 elif it.kind == "stats":
                     s = read_stats(it.path)
-                    ok = s.get("SUCCESS")
-                    parts.append(f"<p>{e(it.ref.dataset_type)}: <span class=\"{'pass' if ok else 'fail'}\">"
-                                 f"{'PASS' if ok else 'FAIL'}</span> {e(', '.join(s.get('FAILURES', [])))}</p>")
-        self.page(f"{st.key}_det.html", f"{st.title} per detector", "\n".join(parts))
+                    entries.append({"provenance": None, "dataset_type": it.ref.dataset_type, "ok": s.get("SUCCESS"),
+                                    "failures": ", ".join(s.get("FAILURES", []))})
+            detectors.append({"id": det_id, "name": name, "anchor": _anchor(name), "figures": figs, "entries": entries})
+        self.page(f"{st.key}_det.html", f"{st.title} per detector", "detectors.html", stage_title=st.title,
+                  detectors=detectors)
 
     def _det_name(self, it: Item) -> str:
         try:
@@ -687,7 +699,8 @@ class _Report:
         except Exception:  # noqa: BLE001 - a name is cosmetic; fall back to the id
             return f"detector {it.ref.data_id.get('detector')}"
 
-    def product_provenance(self, it: Item) -> str:
+    def product_provenance(self, it: Item) -> dict:
+        """What ``detectors.html`` shows of a product's provenance: its RUN and its inputs."""
         header: Mapping[str, Any] = {}
         if str(it.path).endswith(".fits"):
             from cpframe.science.imageio import read_header
@@ -703,25 +716,16 @@ class _Report:
             inputs.append(tuple(header_value(header, f"CPP_INPUT{k}_{i}", "")
                                 for k in ("", "_DATE", "_EXPT", "_SCALE")))
             i += 1
-        rows = "".join(f"<tr><td class=\"num\">{e(a)}</td><td>{e(b)}</td><td class=\"num\">{e(_fmt(c))}</td>"
-                       f"<td class=\"num\">{e(_fmt(d))}</td></tr>" for a, b, c, d in inputs)
         calib_inputs = [str(x) for x in (header.get("inputs") or [])] if hasattr(header, "get") else []
         what = f"{len(inputs)} input exposure(s)"
-        if inputs:
-            table = (f"<table><thead><tr><th>input exposure</th><th>date (TAI)</th><th>exposure time (s)</th>"
-                     f"<th>scale</th></tr></thead><tbody>{rows}</tbody></table>")
-        elif calib_inputs:  # made from other calibrations (defects: the bootstraps)
+        if not inputs and calib_inputs:  # made from other calibrations (defects: the bootstraps)
             what = f"{len(calib_inputs)} input calibration(s)"
-            table = "<ul>" + "".join(f"<li><code>{e(x)}</code></li>" for x in calib_inputs) + "</ul>"
-        else:
+        elif not inputs:
             what = "inputs: see the RUN's provenance"
-            table = "<p class=\"meta\">This product lists no inputs itself; the RUN's provenance does.</p>"
-        created = header_value(header, "CALIB_CREATION_DATETIME", "")
-        filt = it.ref.data_id.get("physical_filter", "")
-        return (f"<details><summary>Provenance of {e(it.ref.dataset_type)}{' ' + e(filt) if filt else ''}: RUN <a href=\"provenance.html#{_anchor(it.ref.run)}\">"
-                f"{e(it.ref.run)}</a>, {e(what)}</summary>"
-                f"<p class=\"meta\">dataset {e(it.ref.id)}{' &middot; created ' + e(created) if created else ''}"
-                f"</p>{table}</details>")
+        return {"dataset_type": it.ref.dataset_type, "filter": it.ref.data_id.get("physical_filter", ""),
+                "run": it.ref.run, "run_anchor": _anchor(it.ref.run), "what": what, "id": it.ref.id,
+                "created": header_value(header, "CALIB_CREATION_DATETIME", ""),
+                "inputs": [(a, b, _fmt(c), _fmt(d)) for a, b, c, d in inputs], "calib_inputs": calib_inputs}
 
     def exposure_page(self, st: ReportStage, kinds: dict[str, list[Item]], summary: Mapping[str, Any]) -> None:
         residuals = kinds.get("residual", [])
@@ -729,58 +733,35 @@ class _Report:
         failures = summary.get("FAILURES", {}) if summary else {}
         exposures = sorted({int(i.ref.data_id["exposure"]) for i in residuals if "exposure" in i.ref.data_id}
                            | {int(k) for k in verdicts if str(k).isdigit()})
-        parts = [f"<h1>{e(st.title)}: per exposure</h1>"]
-        if not exposures:
-            parts.append("<p class=\"meta\">No per-exposure datasets in these collections.</p>")
         figures = {}
         for fig_html, exp in zip(self.residual_mosaics(st, residuals),
                                  sorted({int(i.ref.data_id.get("exposure", 0)) for i in residuals})):
             figures[exp] = fig_html
-        for exp in exposures:
-            ok = verdicts.get(str(exp))
-            badge = ("<span class=\"verdict pass\">PASS</span>" if ok else
-                     "<span class=\"verdict fail\">FAIL</span>" if ok is False else "")
-            parts.append(f"<h2 id=\"exp{exp}\">Exposure {exp} {badge}</h2>")
-            if failures.get(str(exp)):
-                parts.append("<ul class=\"failures\">" + "".join(f"<li>{e(f)}</li>" for f in failures[str(exp)])
-                             + "</ul>")
-            if exp in figures:
-                parts.append("<div class=\"figures\">" + figures[exp] + "</div>")
-        self.page(f"{st.key}_exp.html", f"{st.title} per exposure", "\n".join(parts))
+        rows = [{"id": exp, "ok": verdicts.get(str(exp)), "failures": failures.get(str(exp)) or [],
+                 "figure": figures.get(exp, "")} for exp in exposures]
+        self.page(f"{st.key}_exp.html", f"{st.title} per exposure", "exposures.html", stage_title=st.title,
+                  exposures=rows)
 
     def write_provenance(self) -> None:
-        runs = sorted({it.ref.run for it in self.items})
-        parts = ["<h1>Provenance</h1><p class=\"meta\">What each RUN recorded when it was written "
-                 "(cpframe submit stores one record per submission).</p>"]
-        for run in runs:
+        runs = []
+        for run in sorted({it.ref.run for it in self.items}):
             info = self.repo.registry.get_run_info(run)
-            parts.append(f"<h2 id=\"{_anchor(run)}\">{e(run)}</h2>")
-            n = sum(1 for it in self.items if it.ref.run == run)
-            parts.append(f"<p class=\"meta\">{n} dataset(s) of this RUN in the report.</p>")
             records = info.get("records") if isinstance(info, dict) else None
-            if not info:
-                parts.append("<p class=\"meta\">No provenance stored for this RUN.</p>")
-                continue
-            for k, rec in enumerate(records if isinstance(records, list) else [info]):
-                parts.append(f"<h3>Record {k + 1}</h3>" + _record_table(rec))
-        self.page("provenance.html", "Provenance", "\n".join(parts))
+            records = (records if isinstance(records, list) else [info]) if info else []
+            runs.append({"run": run, "anchor": _anchor(run), "n": sum(1 for it in self.items if it.ref.run == run),
+                         "records": [_record_rows(rec) for rec in records]})
+        self.page("provenance.html", "Provenance", "provenance.html", runs=runs)
 
     def write_manifest(self) -> None:
         types = {dt.name: dt for dt in self.repo.registry.query_dataset_types()}
         rows = []
         for it in sorted(self.items, key=lambda i: (i.stage.key, i.ref.dataset_type, str(i.ref.data_id))):
             dt = types.get(it.ref.dataset_type)
-            link = f"<a href=\"{e(it.link)}\">view</a>" if it.link else ""
-            rows.append(
-                f"<tr><td>{e(it.stage.title)}</td><td><code>{e(it.ref.id[:8])}</code></td><td>{e(it.ref.dataset_type)}"
-                f"</td><td>{e(dt.storage_format if dt else '')}</td><td>{e(str(it.ref.data_id))}</td>"
-                f"<td>{e(it.ref.extra.get('collection', it.ref.run))}</td><td>{link} "
-                f"<a href=\"{e(it.path.as_uri())}\">file</a></td></tr>")
-        body = ("<h1>Manifest</h1><p class=\"meta\">Every dataset the report used (find-first in the collections "
-                "given).</p><div class=\"scroll\"><table><thead><tr><th>stage</th><th>dataset</th><th>type</th>"
-                "<th>format</th><th>data ID</th><th>collection</th><th>links</th></tr></thead><tbody>"
-                + "".join(rows) + "</tbody></table></div>")
-        self.page("manifest.html", "Manifest", body)
+            rows.append({"stage": it.stage.title, "id": it.ref.id[:8], "dataset_type": it.ref.dataset_type,
+                         "format": dt.storage_format if dt else "", "data_id": str(it.ref.data_id),
+                         "collection": it.ref.extra.get("collection", it.ref.run), "link": it.link,
+                         "file": it.path.as_uri()})
+        self.page("manifest.html", "Manifest", "manifest.html", rows=rows)
 
 
 def _amp_rows(table) -> np.ndarray:
@@ -796,7 +777,8 @@ _RECORD_KEYS = ("status", "command_line", "selection", "collections", "timings",
                 "missing")
 
 
-def _record_table(rec: Mapping[str, Any]) -> str:
+def _record_rows(rec: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+    """(key, text, multi-line) rows of one provenance record, the usual keys first, long values cut at 4000 characters."""
     keys = [k for k in _RECORD_KEYS if k in rec] + sorted(k for k in rec if k not in _RECORD_KEYS
                                                          and k not in ("template", "submission", "outputs",
                                                                        "data_ids", "environment"))
@@ -807,12 +789,11 @@ def _record_table(rec: Mapping[str, Any]) -> str:
             json.dumps(v, indent=1, sort_keys=True, default=str) if isinstance(v, (dict, list)) else str(v))
         if len(text) > 4000:
             text = text[:4000] + " ..."
-        cell = f"<pre>{e(text)}</pre>" if "\n" in text else e(text)
-        rows.append(f"<tr><th>{e(k)}</th><td>{cell}</td></tr>")
+        rows.append((k, text, "\n" in text))
     for k in ("data_ids", "outputs"):
         if isinstance(rec.get(k), list):
-            rows.append(f"<tr><th>{e(k)}</th><td>{len(rec[k])} entries</td></tr>")
-    return "<table>" + "".join(rows) + "</table>"
+            rows.append((k, f"{len(rec[k])} entries", False))
+    return rows
 
 
 def write_report(

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import yaml
 
 from cpframe.core.errors import ExportError, UserInputError
-from cpframe.core.model import CollectionType, DatasetRef, Timespan, ns_to_iso, parse_tai
+from cpframe.core.model import DatasetRef, Timespan, ns_to_iso, parse_tai
 
 if TYPE_CHECKING:
     from cpframe.repository.repo import Repository
@@ -523,7 +523,7 @@ def export_butler(repo: "Repository", directory: str | os.PathLike, collections:
         ``directory`` exists, or nothing to export.
     UnknownCollectionError
     """
-    from cpframe.repository.chains import walk_collections
+    from cpframe.repository.chains import select_export
 
     reg = repo.registry
     dest = Path(directory).absolute()
@@ -531,35 +531,9 @@ def export_butler(repo: "Repository", directory: str | os.PathLike, collections:
         raise ExportError(f"export directory {dest} already exists; give a new directory name.")
     if transfer not in ("copy", "link", "symlink"):
         raise UserInputError(f"export transfer {transfer!r}: use copy, link or symlink.")
-    if not collections:
-        raise UserInputError("name at least one collection to export (e.g. LSSTComCam/calib).")
-    chains, leaves = walk_collections(repo.registry, collections)
-    types = {t.name: t for t in reg.query_dataset_types()}
-    wanted = set(dataset_types) if dataset_types else {n for n, t in types.items() if t.is_calibration}
-    unknown = sorted(wanted - set(types))
-    if unknown:
-        reg.get_dataset_type(unknown[0])  # raises UnknownDatasetTypeError with the list
-    refs: dict[str, DatasetRef] = {}
-    runs: list[str] = []
-    calibs: list[tuple[str, list[tuple[Timespan, str]]]] = []
-    tagged = [n for n, t in leaves if t == CollectionType.TAGGED]
-    if tagged:
-        raise ExportError(f"TAGGED collections cannot be exported yet ({', '.join(tagged)}); export their RUNs.")
-    for name, ctype in leaves:
-        if ctype == CollectionType.RUN:
-            runs.append(name)
-            for ref in reg.query_datasets(sorted(wanted), [name]):
-                refs[ref.id] = ref
-        elif ctype == CollectionType.CALIBRATION:
-            links = []
-            for ref in reg.query_certifications(name):
-                if ref.dataset_type in wanted:
-                    refs.setdefault(ref.id, ref)
-                    links.append((ref.extra["timespan"], ref.id))
-            calibs.append((name, links))
-    for ref in refs.values():
-        if ref.run not in runs:
-            runs.append(ref.run)
+    sel = select_export(reg, collections, dataset_types)
+    chains, types, wanted, refs, runs, calibs = (sel.chains, sel.types, sel.wanted, sel.refs, sel.runs,
+                                                 sel.certifications)
     if not refs:
         raise ExportError(
             f"nothing to export from {', '.join(collections)}: no {', '.join(sorted(wanted))} datasets found.")

@@ -8,15 +8,17 @@ types and cycles, then calls :func:`edit_chain` to compute the new child list.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 from cpframe.core.errors import UserInputError
 from cpframe.core.model import CollectionType
 
 if TYPE_CHECKING:
+    from cpframe.core.model import DatasetRef, DatasetType, Timespan
     from cpframe.repository.base import Registry
 
-__all__ = ["edit_chain", "dedupe", "split_children", "walk_collections"]
+__all__ = ["edit_chain", "dedupe", "split_children", "walk_collections", "ExportSelection", "select_export"]
 
 
 def dedupe(names: Sequence[str]) -> list[str]:
@@ -128,3 +130,69 @@ def walk_collections(registry: "Registry", names: Sequence[str]) -> tuple[list[t
     for n in names:
         visit(n)
     return chains, leaves
+
+
+@dataclass
+class ExportSelection:
+    """What an export of some collections holds (both export formats start from it)."""
+
+    chains: list[tuple[str, list[str]]]
+    """CHAINED collections reached, children before parents, with their children."""
+    leaves: list[tuple[str, CollectionType]]
+    """RUN and CALIBRATION collections reached."""
+    types: dict[str, "DatasetType"]
+    """Every dataset type of the repository, by name."""
+    wanted: set[str]
+    """Dataset types exported."""
+    refs: dict[str, "DatasetRef"] = field(default_factory=dict)
+    """Datasets exported, by id."""
+    runs: list[str] = field(default_factory=list)
+    """RUNs holding them (named ones first, then the runs of certified datasets)."""
+    certifications: list[tuple[str, list[tuple["Timespan", str]]]] = field(default_factory=list)
+    """Per CALIBRATION collection: (validity range, dataset id) of each exported certification."""
+
+
+def select_export(registry: "Registry", collections: Sequence[str],
+                  dataset_types: Sequence[str] | None) -> ExportSelection:
+    """The datasets, runs and certifications an export of ``collections`` holds.
+
+    ``dataset_types`` default to every calibration type.
+
+    Raises
+    ------
+    UserInputError
+        No collection named.
+    ExportError
+        A TAGGED collection is reached (not exportable yet).
+    UnknownDatasetTypeError, UnknownCollectionError
+    """
+    from cpframe.core.errors import ExportError
+
+    if not collections:
+        raise UserInputError("name at least one collection to export (e.g. LSSTComCam/calib).")
+    chains, leaves = walk_collections(registry, collections)
+    types = {t.name: t for t in registry.query_dataset_types()}
+    wanted = set(dataset_types) if dataset_types else {n for n, t in types.items() if t.is_calibration}
+    unknown = sorted(wanted - set(types))
+    if unknown:
+        registry.get_dataset_type(unknown[0])  # raises UnknownDatasetTypeError with the list
+    tagged = [n for n, t in leaves if t == CollectionType.TAGGED]
+    if tagged:
+        raise ExportError(f"TAGGED collections cannot be exported yet ({', '.join(tagged)}); export their RUNs.")
+    sel = ExportSelection(chains, leaves, types, wanted)
+    for name, ctype in leaves:
+        if ctype == CollectionType.RUN:
+            sel.runs.append(name)
+            for ref in registry.query_datasets(sorted(wanted), [name]):
+                sel.refs[ref.id] = ref
+        elif ctype == CollectionType.CALIBRATION:
+            links = []
+            for ref in registry.query_certifications(name):
+                if ref.dataset_type in wanted:
+                    sel.refs.setdefault(ref.id, ref)
+                    links.append((ref.extra["timespan"], ref.id))
+            sel.certifications.append((name, links))
+    for ref in sel.refs.values():
+        if ref.run not in sel.runs:
+            sel.runs.append(ref.run)
+    return sel

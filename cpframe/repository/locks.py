@@ -31,7 +31,7 @@ from typing import Any
 from cpframe.core.errors import RunLockedError
 from cpframe.core.model import ns_to_iso
 
-__all__ = ["RunLock", "lock_run", "owner_is_gone", "describe_lock", "HEARTBEAT_S", "STALE_AFTER_S"]
+__all__ = ["RunLock", "lock_run", "owner_is_gone", "describe_lock", "pid_alive", "HEARTBEAT_S", "STALE_AFTER_S"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def _now_ns() -> int:
     return tai_now_ns()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """A process ``pid`` exists on this host (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -62,7 +63,7 @@ def owner_is_gone(row: dict[str, Any], now_ns: int | None = None, stale_after_s:
     host, _, rest = str(row.get("owner", "")).partition(":")
     pid = rest.partition(":")[0]
     if host == socket.gethostname() and pid.isdigit():
-        return not _pid_alive(int(pid))
+        return not pid_alive(int(pid))
     now_ns = _now_ns() if now_ns is None else now_ns
     return now_ns - int(row.get("heartbeat_ns") or 0) > stale_after_s * 1e9
 

@@ -61,6 +61,7 @@ from cpframe.repository.datastore import (  # noqa: F401  (TRANSFER_MODES, sha25
     dataset_file_name,
     sha256_file,
 )
+from cpframe.repository.locks import pid_alive
 from cpframe.repository.names import validate_collection_name, validate_dataset_type_name
 from cpframe.repository.sql import SqlRegistry, normalize_data_id
 from cpframe.repository.sql_common import datasets_exist_message
@@ -108,16 +109,6 @@ MSG_CHAIN_CHILD = "RUN {run} is a child of chain(s) {parents}; pass --force to r
 
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -325,7 +316,7 @@ class Repository:
         for row in rows:
             owner = row.get("owner") or ""
             o_host, _, o_pid = owner.rpartition(":")
-            alive = (o_host == host and o_pid.isdigit() and _pid_alive(int(o_pid))) or (
+            alive = (o_host == host and o_pid.isdigit() and pid_alive(int(o_pid))) or (
                 o_host != host and now - row["created_ns"] < _STALE_NS)
             if alive and not force:
                 report.append(f"{row['path']}: being written by {owner} (left alone)")
@@ -365,7 +356,7 @@ class Repository:
                 except OSError:
                     continue  # being created right now, or not ours
                 o_host, _, o_pid = owner.rpartition(":")
-                if force or (o_host == host and o_pid.isdigit() and not _pid_alive(int(o_pid))):
+                if force or (o_host == host and o_pid.isdigit() and not pid_alive(int(o_pid))):
                     shutil.rmtree(d, ignore_errors=True)
                     report.append(f"scratch folder {d.name} of a submission that is gone ({owner}) removed")
             with contextlib.suppress(OSError):

@@ -40,8 +40,8 @@ from cpframe.core.errors import (
     UserInputError,
 )
 from cpframe.repository.names import collection_name_problem, dataset_type_name_problem
-from cpframe.core.model import CollectionType, DatasetRef, DatasetType, Timespan, ns_to_iso
-from cpframe.repository.chains import walk_collections
+from cpframe.core.model import CollectionType, DatasetType, Timespan, ns_to_iso
+from cpframe.repository.chains import select_export
 from cpframe.repository.datastore import sha256_file
 
 if TYPE_CHECKING:
@@ -53,11 +53,6 @@ EXPORT_NAME = "export.yaml"
 EXPORT_VERSION = 1
 #: Dimension elements in an export, in insertion order (``-s`` takes these names).
 DIMENSION_ELEMENTS = ("instrument", "detector", "physical_filter", "exposure")
-
-
-def _walk(repo: "Repository", names: Sequence[str]) -> tuple[list[tuple[str, list[str]]], list[tuple[str, CollectionType]]]:
-    """Chains (children before parents) and leaf collections reached from ``names`` (:func:`walk_collections`)."""
-    return walk_collections(repo.registry, names)
 
 
 def _sha256(path: Path) -> str:
@@ -107,38 +102,13 @@ def export_calibs(repo: "Repository", directory: str | os.PathLike, collections:
         raise ExportError(f"export directory {dest} already exists; give a new directory name.")
     if transfer not in ("copy", "link", "symlink"):
         raise UserInputError(f"export transfer {transfer!r}: use copy, link or symlink.")
-    if not collections:
-        raise UserInputError("name at least one collection to export (e.g. LSSTComCam/calib).")
-    chains, leaves = _walk(repo, collections)
-    types = {t.name: t for t in reg.query_dataset_types()}
-    wanted = set(dataset_types) if dataset_types else {n for n, t in types.items() if t.is_calibration}
-    unknown = sorted(wanted - set(types))
-    if unknown:
-        reg.get_dataset_type(unknown[0])  # raises UnknownDatasetTypeError with the list
-    refs: dict[str, DatasetRef] = {}
-    runs: list[str] = []
-    associations: list[dict[str, Any]] = []
-    tagged = [n for n, t in leaves if t == CollectionType.TAGGED]
-    if tagged:
-        raise ExportError(f"TAGGED collections cannot be exported yet ({', '.join(tagged)}); export their RUNs.")
-    for name, ctype in leaves:
-        if ctype == CollectionType.RUN:
-            runs.append(name)
-            for ref in reg.query_datasets(sorted(wanted), [name]):
-                refs[ref.id] = ref
-        elif ctype == CollectionType.CALIBRATION:
-            links = []
-            for ref in reg.query_certifications(name):
-                if ref.dataset_type not in wanted:
-                    continue
-                refs.setdefault(ref.id, ref)
-                span: Timespan = ref.extra["timespan"]
-                links.append({"dataset_id": ref.id, "begin_ns": span.begin_ns, "end_ns": span.end_ns,
-                              "begin_tai": ns_to_iso(span.begin_ns), "end_tai": ns_to_iso(span.end_ns)})
-            associations.append({"collection": name, "links": links})
-    for ref in refs.values():
-        if ref.run not in runs:
-            runs.append(ref.run)
+    sel = select_export(reg, collections, dataset_types)
+    chains, types, wanted, refs, runs = sel.chains, sel.types, sel.wanted, sel.refs, sel.runs
+    associations: list[dict[str, Any]] = [
+        {"collection": name, "links": [
+            {"dataset_id": ref_id, "begin_ns": span.begin_ns, "end_ns": span.end_ns,
+             "begin_tai": ns_to_iso(span.begin_ns), "end_tai": ns_to_iso(span.end_ns)} for span, ref_id in links]}
+        for name, links in sel.certifications]
     if not refs and not associations:
         raise ExportError(
             f"nothing to export from {', '.join(collections)}: no {', '.join(sorted(wanted))} datasets found."

@@ -1,5 +1,5 @@
 """Direct calls of the calibration types built from ISR-processed exposures:
-:func:`cp_linearizer`, :func:`cp_crosstalk`, :func:`cp_cti` (ISR of every raw with the type's
+:func:`cp_linearizer`, :func:`cp_crosstalk`, :func:`cp_cti`, :func:`cp_bfk` (ISR of every raw with the type's
 switches, then the type's own extract/solve).
 
 They live above :mod:`cpframe.science.isr`, :mod:`cpframe.science.tasks` and each type's module,
@@ -14,6 +14,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 from cpframe.core.errors import ConfigError
+from cpframe.science.bfk import BfkCalib, BfkConfig, bfk_solve_task
 from cpframe.science.crosstalk import (
     CrosstalkCalib,
     CrosstalkConfig,
@@ -27,7 +28,7 @@ from cpframe.science.linearity import LinearityConfig, Linearizer, linearity_sol
 from cpframe.science.ptc import PtcConfig
 from cpframe.science.tasks import _isr_config, _run_isr_all, _WorkDir, extract_pairs
 
-__all__ = ["cp_linearizer", "cp_crosstalk", "cp_cti"]
+__all__ = ["cp_linearizer", "cp_crosstalk", "cp_cti", "cp_bfk"]
 
 
 def cp_linearizer(raw_paths: Sequence[str | os.PathLike], output_path: str | os.PathLike, *,
@@ -106,3 +107,28 @@ def cp_cti(raw_paths: Sequence[str | os.PathLike], output_path: str | os.PathLik
         h = read_header(exposures[0].path)
         meta = {k: h[k] for k in ("INSTRUME", "DETECTOR", "DETNAME", "CAMSCALE") if k in h}
         return cti_solve_task(meas, output_path, config, meta=meta)
+
+
+def cp_bfk(raw_paths: Sequence[str | os.PathLike], output_path: str | os.PathLike, *,
+           calibs: Mapping[str, Any] | None = None, work_dir: str | os.PathLike | None = None,
+           isr_config: Any = None, ptc_config: PtcConfig | Mapping[str, Any] | None = None,
+           config: BfkConfig | Mapping[str, Any] | None = None, workers: int = 1) -> BfkCalib:
+    """cpBfk for one detector: bootstrap ISR of a flat-pair ramp, a FULLCOVARIANCE PTC of its own
+    (cp_pipe's ``bfkPtc``, written beside the output as ``<stem>_bfkPtc.fits``), then the kernel
+    solve -> bfk json (cpframe/science/bfk.py).
+
+    ``ptc_config`` overrides the PTC options (``ptcFitType`` defaults to FULLCOVARIANCE).
+    """
+    from pathlib import Path
+
+    from cpframe.science.tasks import cp_ptc
+
+    pcfg = ptc_config if isinstance(ptc_config, PtcConfig) else PtcConfig.from_dict(
+        {"ptcFitType": "FULLCOVARIANCE", **dict(ptc_config or {})})
+    icfg = (_isr_config(isr_config) if isr_config is not None else
+            isr_config_for("bfk", do_defect=bool(calibs and calibs.get("defects"))))
+    out = Path(output_path)
+    ptc_path = out.with_name(out.stem + "_bfkPtc.fits")
+    cp_ptc(raw_paths, ptc_path, calibs=calibs, work_dir=work_dir, isr_config=icfg, config=pcfg,
+           workers=workers)
+    return bfk_solve_task(ptc_path, output_path, config)

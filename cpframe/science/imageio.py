@@ -740,6 +740,40 @@ PTC_COLUMNS = ("amp", "gain", "gain_err", "noise", "noise_err", "turnoff", "a00"
                "raw_means", "raw_vars", "exp_times", "mask", "overscan_noise")
 #: Scalar columns written when every row has them (older files lack them).
 PTC_OPTIONAL_COLUMNS = ("noise_intercept", "overscan_var_factor")
+#: FULLCOVARIANCE arrays, in the optional ``PTCCOV`` table (one row per amp, flattened;
+#: shapes from the table header: NPAIRS pairs, COVRANGE L, COVFITRANGE r).
+PTC_COV_ARRAYS = {"covariances": ("n", "L", "L"), "n_pixels_cov": ("n",), "a_matrix": ("r", "r"),
+                  "a_matrix_err": ("r", "r"), "b_matrix": ("r", "r"), "noise_matrix": ("r", "r"),
+                  "cov_model": ("n", "r", "r")}
+
+
+def _ptc_cov_hdu(rows: Sequence[Mapping[str, Any]], n: int):
+    """The ``PTCCOV`` table, or None when the rows carry no covariances."""
+    if not rows or not all("covariances" in r for r in rows):
+        return None
+    L = int(np.asarray(rows[0]["covariances"]).shape[-1])
+    r = int(np.asarray(rows[0].get("a_matrix", np.zeros((1, 1)))).shape[-1])
+    dims = {"n": n, "L": L, "r": r}
+    cols = [fits.Column("amp", "8A", array=np.array([row["amp"] for row in rows]))]
+    for key, shape in PTC_COV_ARRAYS.items():
+        full = tuple(dims[k] for k in shape)
+        size = int(np.prod(full))
+        arr = np.full((len(rows), size), np.nan)
+        for i, row in enumerate(rows):
+            v = np.asarray(row.get(key, np.full(full[1:] if shape[0] == "n" else full, np.nan)), dtype=np.float64)
+            if shape[0] == "n":
+                pad = np.full(full, np.nan)
+                pad[: v.shape[0]] = v.reshape((v.shape[0],) + full[1:])
+                v = pad
+            arr[i] = v.reshape(-1)
+        cols.append(fits.Column(key, f"{size}D", array=arr))
+    cols.append(fits.Column("cov_chi2_dof", "D", array=np.array([float(row.get("cov_chi2_dof", np.nan))
+                                                                  for row in rows])))
+    hdu = fits.BinTableHDU.from_columns(cols, name="PTCCOV")
+    hdu.header["NPAIRS"] = n
+    hdu.header["COVRANGE"] = L
+    hdu.header["COVFITRANGE"] = r
+    return hdu
 
 
 def write_ptc(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None) -> Path:
@@ -781,7 +815,8 @@ def write_ptc(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], meta: 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", VerifyWarning)
-            fits.HDUList([primary, table]).writeto(tmp, overwrite=True)
+            cov = _ptc_cov_hdu(rows, n)
+            fits.HDUList([primary, table] + ([cov] if cov is not None else [])).writeto(tmp, overwrite=True)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -814,6 +849,17 @@ def read_ptc(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], dict[s
                     if c in data.columns.names:
                         rec[c] = float(r[c])
                 out[amp] = rec
+            if "PTCCOV" in hdul:
+                cov = hdul["PTCCOV"]
+                dims = {"n": int(cov.header["NPAIRS"]), "L": int(cov.header["COVRANGE"]),
+                        "r": int(cov.header["COVFITRANGE"])}
+                for r in cov.data:
+                    rec = out[str(r["amp"]).strip()]
+                    n_used = len(rec["raw_means"])
+                    for key, shape in PTC_COV_ARRAYS.items():
+                        v = np.array(r[key], dtype=np.float64).reshape(tuple(dims[k] for k in shape))
+                        rec[key] = v[:n_used] if shape[0] == "n" else v
+                    rec["cov_chi2_dof"] = float(r["cov_chi2_dof"])
     except (OSError, KeyError) as err:
         raise FileFormatError(f"{path}: not a fits-ptc file: {err}") from None
     return out, header

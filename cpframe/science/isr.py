@@ -40,6 +40,7 @@ import numpy as np
 
 from cpframe.camera.models import Amplifier, Detector
 from cpframe.core.errors import ConfigError, UserInputError
+from cpframe.science.bfk import BfkCalib, apply_brighter_fatter, read_bfk
 from cpframe.science.crosstalk import read_crosstalk
 from cpframe.science.cti import CtiCalib, deferred_charge_step, read_cti
 from cpframe.science.linearity import Linearizer, linearizer_from_mapping, read_linearizer
@@ -160,6 +161,16 @@ class IsrConfig:
     do_dark: bool = False
     do_defect: bool = False
     do_nan_masking: bool = True
+    do_brighter_fatter: bool = False
+    """Brighter-fatter kernel correction after dark and defects (needs calibs['bfk'];
+    cpframe/science/bfk.py); the image is converted to electrons with the kernel's gains if needed."""
+    brighter_fatter_correction_method: str = "COULTON18"
+    """Only COULTON18 (ip_isr's kernel correction) is implemented."""
+    brighter_fatter_level: str = "DETECTOR"
+    """The detector kernel (ip_isr's default; the only level ip_isr applies)."""
+    brighter_fatter_max_iter: int = 10
+    brighter_fatter_threshold: float = 1000.0
+    """Stop iterating when the summed absolute change of the corrected image is below this (e-)."""
     do_variance: bool = True
     do_flat: bool = False
     flat_scaling_type: str = "USER"
@@ -178,7 +189,9 @@ class IsrConfig:
         problems = []
         checks = (("integer_dither_mode", DITHER_MODES), ("overscan_fit_type", OVERSCAN_FIT_TYPES),
                   ("saturation_source", SATURATION_SOURCES), ("flat_scaling_type", FLAT_SCALINGS),
-                  ("use_gains_from", ("PTC", "LINEARIZER")))
+                  ("use_gains_from", ("PTC", "LINEARIZER")),
+                  ("brighter_fatter_correction_method", ("COULTON18",)),
+                  ("brighter_fatter_level", ("DETECTOR",)))
         for key, allowed in checks:
             if getattr(self, key) not in allowed:
                 problems.append(MSG_BAD_VALUE.format(key=key, value=getattr(self, key),
@@ -277,6 +290,11 @@ _ALIASES = {
     "doDark": "do_dark",
     "doDefect": "do_defect",
     "doNanMasking": "do_nan_masking",
+    "doBrighterFatter": "do_brighter_fatter",
+    "brighterFatterCorrectionMethod": "brighter_fatter_correction_method",
+    "brighterFatterLevel": "brighter_fatter_level",
+    "brighterFatterMaxIter": "brighter_fatter_max_iter",
+    "brighterFatterThreshold": "brighter_fatter_threshold",
     "doVariance": "do_variance",
     "doFlat": "do_flat",
     "flatScalingType": "flat_scaling_type",
@@ -289,7 +307,7 @@ _ALIASES = {
 
 #: ip_isr switches that are off for calibration products (spec §3); accepted when false.
 _ACCEPTED_WHEN_FALSE = (
-    "doBrighterFatter", "doInterpolate", "doSetBadRegions", "doCorrectGains",
+    "doInterpolate", "doSetBadRegions", "doCorrectGains",
     "doFringe", "doWidenSaturationTrails", "doAmpOffset", "doBinnedExposures", "doE2VEdgeBleedMask",
     "doITLDipMask", "doITLSatSagMask", "doITLEdgeBleedMask", "doVignette", "doIlluminationCorrection",
     "doCalculateStatistics", "doCheckUnprocessableData", "doDiffNonLinearCorrection", "doSaturationInterpolation",
@@ -318,6 +336,7 @@ def isr_config_for(product: str, **overrides: Any) -> IsrConfig:
         "dark": dict(do_apply_gains=True, do_bias=True, do_defect=True),
         "flat": dict(do_apply_gains=True, do_bias=True, do_dark=True),
         "ptc": dict(do_bootstrap=True, do_defect=True),
+        "bfk": dict(do_bootstrap=True, do_defect=True),
         "linearizer": dict(do_bootstrap=True, do_defect=True),
         "crosstalk": dict(do_apply_gains=True, do_defect=True),
         "cti": dict(do_apply_gains=True, use_gains_from="LINEARIZER", do_linearize=True, do_defect=True,
@@ -351,9 +370,11 @@ class IsrCalibs:
     """Deferred-charge model per amp (:mod:`cpframe.science.cti`)."""
     linearizer: Linearizer | None = None
     """Per-amp corrections (:mod:`cpframe.science.linearity`; a ``{amp: c}`` mapping is ``x + c x²``)."""
+    bfk: BfkCalib | None = None
+    """Brighter-fatter kernels (:mod:`cpframe.science.bfk`)."""
 
 
-CALIB_KEYS = ("bias", "dark", "flat", "defects", "ptc", "crosstalk", "linearizer", "cti")
+CALIB_KEYS = ("bias", "dark", "flat", "defects", "ptc", "crosstalk", "linearizer", "cti", "bfk")
 
 
 def _mtime_key(path) -> tuple[str, float]:
@@ -375,6 +396,8 @@ def _load_cached(kind: str, path: str, mtime: float):
         return read_linearizer(path)
     if kind == "cti":
         return read_cti(path)
+    if kind == "bfk":
+        return read_bfk(path)
     raise KeyError(kind)
 
 
@@ -465,7 +488,8 @@ def _what(raw: RawExposure) -> str:
 def _check_calibs(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs) -> None:
     need = [("do_bias", "bias", "doBias"), ("do_dark", "dark", "doDark"), ("do_flat", "flat", "doFlat"),
             ("do_defect", "defects", "doDefect"), ("do_crosstalk", "crosstalk", "doCrosstalk"),
-            ("do_linearize", "linearizer", "doLinearize"), ("do_deferred_charge", "cti", "doDeferredCharge")]
+            ("do_linearize", "linearizer", "doLinearize"), ("do_deferred_charge", "cti", "doDeferredCharge"),
+            ("do_brighter_fatter", "bfk", "doBrighterFatter")]
     missing, flags = [], []
     for attr, key, flag in need:
         if getattr(config, attr) and getattr(calibs, key) is None:
@@ -679,6 +703,9 @@ def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
         nan = ~np.isfinite(image)
         if nan.any():
             mask[nan] |= np.int32(1 << MASK_BITS["UNMASKEDNAN"])
+    if config.do_brighter_fatter:  # cpframe/science/bfk.py (ip_isr: after defects, before variance and flat)
+        apply_brighter_fatter(image, mask, det, calibs.bfk, units, {a: st.gain for a, st in stats.items()},
+                              config.brighter_fatter_max_iter, config.brighter_fatter_threshold, cards)
     if config.do_variance:
         for amp in det.amps:
             st = stats[amp.name]

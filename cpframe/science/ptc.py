@@ -72,12 +72,34 @@ class PtcConfig:
     max_delta_initial_ptc_outlier_fit: float = 9000.0
     """A jump in μ of at least this (e-) across a run of masked points masks all higher points."""
     ptc_fit_type: str = "EXPAPPROXIMATION"
-    """Only EXPAPPROXIMATION is implemented."""
+    """EXPAPPROXIMATION (Astier+19 eq. 16), FULLCOVARIANCE (eq. 20) or FULLCOVARIANCE_NO_B (b = 0)."""
+    maximum_range_covariances_astier: int = 10
+    """Lags [0, L)² at which covariances are measured (FULLCOVARIANCE only)."""
+    maximum_range_covariances_astier_full_cov_fit: int = 10
+    """Lags [0, r)² the full covariance model is fitted to (r ≤ L)."""
+    min_number_good_pixels_for_covariance: int = 10000
+    """A pair with fewer usable pixels in an amp gives no covariances for that amp."""
+    measure_covariances: bool = False
+    """Measure the covariances in extraction even without a FULLCOVARIANCE fit type.  cp_pipe
+    always measures them; cpframe only when they are used (they cost FFTs per amp and pair):
+    set by :meth:`from_dict` whenever ``maximumRangeCovariancesAstier`` is given (as the
+    extraction step of cp_pipe's cpBfk and LSST cpPtc pipelines does)."""
 
     def __post_init__(self):
-        if self.ptc_fit_type != "EXPAPPROXIMATION":
-            raise ConfigError(f"PTC option ptcFitType={self.ptc_fit_type!r}: only EXPAPPROXIMATION is "
-                              "implemented; set ptcFitType: EXPAPPROXIMATION.")
+        if self.ptc_fit_type not in FIT_TYPES:
+            raise ConfigError(f"PTC option ptcFitType={self.ptc_fit_type!r}: use one of "
+                              f"{', '.join(FIT_TYPES)}.")
+        if not 1 <= int(self.maximum_range_covariances_astier_full_cov_fit) <= int(
+                self.maximum_range_covariances_astier):
+            raise ConfigError(
+                "PTC option maximumRangeCovariancesAstierFullCovFit="
+                f"{self.maximum_range_covariances_astier_full_cov_fit!r} must be between 1 and "
+                f"maximumRangeCovariancesAstier={self.maximum_range_covariances_astier!r}; lower it.")
+
+    @property
+    def full_covariance(self) -> bool:
+        """True for the FULLCOVARIANCE fit types (covariances are measured)."""
+        return self.ptc_fit_type.startswith("FULLCOVARIANCE")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> "PtcConfig":
@@ -104,7 +126,13 @@ _ALIASES = {
     "sigmaCutPtcOutliers": "sigma_cut_ptc_outliers",
     "maxDeltaInitialPtcOutlierFit": "max_delta_initial_ptc_outlier_fit",
     "ptcFitType": "ptc_fit_type",
+    "maximumRangeCovariancesAstier": "maximum_range_covariances_astier",
+    "maximumRangeCovariancesAstierFullCovFit": "maximum_range_covariances_astier_full_cov_fit",
+    "minNumberGoodPixelsForCovariance": "min_number_good_pixels_for_covariance",
 }
+
+#: ptcFitType values (cp_pipe names).
+FIT_TYPES = ("EXPAPPROXIMATION", "FULLCOVARIANCE", "FULLCOVARIANCE_NO_B")
 
 
 @dataclass
@@ -114,7 +142,8 @@ class PtcPairMeasurement:
     exposure_ids: tuple[int, int]
     exposure_time: float
     amps: dict[str, dict[str, float]] = field(default_factory=dict)
-    """amp -> mean (adu), var (adu²), n_pixels, overscan_noise (adu), gain_pair (e-/adu)."""
+    """amp -> mean (adu), var (adu²), n_pixels, overscan_noise (adu), gain_pair (e-/adu); with
+    FULLCOVARIANCE also ``covariances`` (L x L, adu², [dy, dx]) and ``n_pixels_cov``."""
 
 
 @dataclass
@@ -197,6 +226,8 @@ def extract_pair(im1: MaskedImage, im2: MaskedImage, config: PtcConfig,
             _, std, npix = clipped_stats(diff, n, config.n_iter_sigma_clip_ptc)
             var = 0.5 * std * std * k
             rec.update(mean=mu, var=var, n_pixels=npix)
+            if config.full_covariance or config.measure_covariances:
+                _measure_covariances(rec, a, b, good, mu1, mu2, n, config)
             # pair gain (FULL correction, read noise in adu from the overscan)
             s = a[good] + b[good]
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -210,6 +241,25 @@ def extract_pair(im1: MaskedImage, im2: MaskedImage, config: PtcConfig,
     t = float(h1.get("EXPTIME", math.nan))
     return PtcPairMeasurement(exposure_ids=(int(h1.get("EXPID", 0)), int(h2.get("EXPID", 0))), exposure_time=t,
                               amps=out)
+
+
+def _measure_covariances(rec: dict, a: np.ndarray, b: np.ndarray, good: np.ndarray, mu1: float, mu2: float,
+                         n: float, config: PtcConfig) -> None:
+    """Covariances of the pair's difference image (FFT; pixels used: good and within the clipped
+    mean ± n σ of the difference) into ``rec``; NaN when too few pixels are left."""
+    from cpframe.science.covariances import measure_covariances
+
+    L = int(config.maximum_range_covariances_astier)
+    mu = 0.5 * (mu1 + mu2)
+    with np.errstate(invalid="ignore"):
+        diff = np.where(good, (mu2 * a - mu1 * b) / mu, 0.0)
+    m, s, _ = clipped_stats(diff[good], n, config.n_iter_sigma_clip_ptc)
+    w = good & (np.abs(diff - m) < n * s)
+    cov, npix = measure_covariances(diff, w, L)
+    if npix < int(config.min_number_good_pixels_for_covariance):
+        cov = np.full((L, L), np.nan)
+    rec["covariances"] = cov
+    rec["n_pixels_cov"] = npix
 
 
 def _overscan_var_factor(amp: str, *headers: Mapping[str, Any]) -> float:
@@ -334,6 +384,35 @@ def _check_noise_against_overscan(amp: str, noise: float, noise_err: float, gain
                     100.0 * diff / expected)
 
 
+MSG_FULLCOV_FEW = ("PTC FULLCOVARIANCE: amp %s%s has %d pairs with covariances, fewer than the %d "
+                   "needed; its gain, noise and a matrix are NaN. Take more flat pairs below the turnoff.")
+
+
+def _full_covariance_amp(amp: str, mu: np.ndarray, mask: np.ndarray, ms: Sequence[PtcPairMeasurement],
+                         config: PtcConfig):
+    """Fit Astier+19 eq. 20 to one amp's covariances (points kept by the EXPAPPROXIMATION fit)."""
+    from cpframe.science.covariances import cov_model, fit_full_covariance
+
+    L = int(config.maximum_range_covariances_astier)
+    r = int(config.maximum_range_covariances_astier_full_cov_fit)
+    cov = np.array([np.asarray(m.amps[amp].get("covariances", np.full((L, L), np.nan)), dtype=np.float64)
+                    for m in ms])
+    npix = np.array([m.amps[amp].get("n_pixels_cov", 0) for m in ms], dtype=np.float64)
+    use = mask & np.all(np.isfinite(cov[:, :r, :r]), axis=(1, 2))
+    extra: dict[str, Any] = {"covariances": cov, "n_pixels_cov": npix}
+    nan = np.full((r, r), np.nan)
+    need = max(4, r)  # a parabola per lag, and more points than lags
+    if use.sum() < need:
+        log.warning(MSG_FULLCOV_FEW, amp, "", int(use.sum()), need)
+        extra.update(a_matrix=nan, b_matrix=nan, noise_matrix=nan, cov_model=np.full((len(ms), r, r), np.nan))
+        return None, extra
+    fit = fit_full_covariance(mu[use], cov[use], npix[use], r, with_b=config.ptc_fit_type == "FULLCOVARIANCE")
+    model = cov_model(np.where(np.isfinite(mu), mu, 0.0), fit.a, fit.c, fit.noise, fit.gain)
+    extra.update(a_matrix=fit.a, b_matrix=fit.b, noise_matrix=fit.noise, cov_model=model,
+                 a_matrix_err=fit.a_err, cov_chi2_dof=fit.chi2_dof)
+    return fit, extra
+
+
 def solve_ptc(measurements: Sequence[PtcPairMeasurement], output_path: str | os.PathLike | None,
               config: PtcConfig, meta: Mapping[str, Any] | None = None) -> PtcResult:
     """Fit every amp and write the fits-ptc file (when ``output_path`` is given)."""
@@ -364,15 +443,32 @@ def solve_ptc(measurements: Sequence[PtcPairMeasurement], output_path: str | os.
         noise_err = 0.5 * err[2] / intercept / math.sqrt(1.0 + k_os) if (
             math.isfinite(intercept) and intercept > 0) else math.nan
         turnoff = float(np.max(mu[mask])) if mask.any() else math.nan
+        g_err = float(err[1])
+        extra: dict[str, Any] = {}
+        if config.full_covariance:
+            # the EXPAPPROXIMATION fit above set the mask and the turnoff (as in cp_pipe); the
+            # gain, noise and a00 now come from the full covariance model (Astier+19 eq. 20)
+            fit, extra = _full_covariance_amp(a, mu, mask, ms, config)
+            if fit is not None:
+                g, g_err, a00 = fit.gain, fit.gain_err, float(fit.a[0, 0])
+                intercept = math.sqrt(abs(fit.noise[0, 0]))
+                noise = intercept / math.sqrt(1.0 + k_os)
+                noise_err = 0.5 * fit.noise_err / intercept / math.sqrt(1.0 + k_os) if intercept > 0 else math.nan
+            else:
+                g = g_err = a00 = noise = noise_err = intercept = math.nan
         _check_noise_against_overscan(a, noise, noise_err, g, osn, meta)
         gains[a], noises[a], turnoffs[a] = float(g), noise, turnoff
-        rows.append({"amp": a, "gain": float(g), "gain_err": float(err[1]), "noise": noise,
+        rows.append({"amp": a, "gain": float(g), "gain_err": g_err, "noise": noise,
                      "noise_err": noise_err, "turnoff": turnoff, "a00": float(a00), "n_pairs": int(mask.sum()),
                      "noise_intercept": intercept, "overscan_var_factor": k_os,
-                     "raw_means": mu, "raw_vars": var, "exp_times": t, "mask": mask, "overscan_noise": osn})
+                     "raw_means": mu, "raw_vars": var, "exp_times": t, "mask": mask, "overscan_noise": osn,
+                     **extra})
     path = ""
     if output_path is not None:
         md = {"OBSTYPE": "ptc", "PTCFITTYPE": config.ptc_fit_type, "NPAIRS": len(ms)}
+        if config.full_covariance:
+            md["COVRANGE"] = int(config.maximum_range_covariances_astier)
+            md["COVFITRANGE"] = int(config.maximum_range_covariances_astier_full_cov_fit)
         # provenance as the combined products carry it (CPP_INPUT_<i>, exposure time): both
         # exposures of every pair, so the report can list them (issue 16: it said "0 inputs")
         ids = [(e, m.exposure_time) for m in ms for e in m.exposure_ids]

@@ -101,6 +101,11 @@ class VerifyConfig:
     # -- CTI (cpframe's check; LSST sensor requirement serial CTE > 0.999995) ------------------
     cti_max: float = 5e-6
     """CTI: the global serial CTI per amp must be below this."""
+    # -- brighter-fatter kernel (cpframe's check, cpframe/verify/bfk.py) ------------------------
+    bfk_max_nonlinearity: float = 0.01
+    """VARIANCE_LINEAR: largest departure of the BF-corrected PTC from a straight line (relative)."""
+    bfk_max_mean_e: float = 50000.0
+    """Pairs up to this mean (e-) enter the BFK check (the first-order correction's own limit)."""
     # -- science (cpframe's own check) ------------------------------------------------------
     science_step_threshold: float = 0.01
     """AMP_STEP: largest |level jump| across an amp boundary relative to the detector background."""
@@ -179,6 +184,18 @@ TEST_NOTES: dict[tuple[str, str], tuple[str, str]] = {
     ("PTC", "PTC_TURNOFF"): ("turnoff x gain > 90 000 e-", ""),
     ("PTC", "PTC_BFE_A00"): ("a00 inside the vendor range", ""),
     ("PTC", "NOISE_SIGNAL_INDEPENDENCE"): ("sum((n - mean)^2)/std(n)/N < 1.25 over per-pair overscan noises", ""),
+    ("LINEARITY", "MAX_RESIDUAL_ERROR"): ("Spline: max |value/node| <= 1 %; Squared: |c2| <= 1e-6 /adu; Polynomial: "
+                                          "also |c_k| <= |c2| x 1e-3^k",
+                                          "cpframe's coefficients start at the quadratic term (ip_isr's); cp_verify "
+                                          "indexes coeffs[2], the quartic term of ip_isr's arrays"),
+    ("LINEARITY", "FIT_RESIDUAL"): ("corrected ramp within 0.1 % of a line in time, above 1 % of the turnoff",
+                                    "cpframe's own test (the residual non-linearity target)"),
+    ("CROSSTALK", "NO_SIGNIFICANT_DETECTION"): ("no significant residual coefficient onto the amp after ISR "
+                                                "with the crosstalk under test", "per amp (cp_verify: per detector), "
+                                                "so a failing amp is named"),
+    ("CTI", "CTI"): ("global serial CTI < 5e-6 (LSST sensor requirement: CTE > 0.999995)",
+                     "cpframe's own test (cp_verify has no CTI task)"),
+    ("CTI", "TRAP"): ("trap fit finite: size >= 0 e-, emission time > 0 transfers", "cpframe's own test"),
     ("SCIENCE", "COLUMN_STRUCTURE"): ("column-profile scatter / noise expectation <= 3", "cpframe's own test"),
     ("SCIENCE", "ROW_STRUCTURE"): ("row-profile scatter / noise expectation <= 3", "cpframe's own test"),
     ("SCIENCE", "AMP_STEP"): ("amp-boundary jumps <= 1 % of the background + 5 errors", "cpframe's own test"),

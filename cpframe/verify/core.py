@@ -266,11 +266,13 @@ def verify_calib(
     *,
     nominal: Mapping[str, Mapping[str, float]] | None = None,
     data_id: Mapping[str, Any] | None = None,
+    uncorrected: str | Path | None = None,
 ) -> dict:
     """Measure and test a calibration object of one detector (``ptc``).
 
     ``nominal`` maps amp name -> ``{"gain": e-/adu, "noise": e-}``: the camera model /
-    curated values the PTC is compared with (docs/verification.md).
+    curated values the PTC is compared with (docs/verification.md).  ``uncorrected`` (stage
+    BFK) is the PTC of the same flats without the calibration under test, reported beside it.
 
     Raises
     ------
@@ -283,7 +285,8 @@ def verify_calib(
             f"stage {st.name} verifies residual images; call verify_exposure({st.name.lower()!r}, ...) instead."
         )
     cfg = config if isinstance(config, VerifyConfig) else VerifyConfig.from_mapping(config)
-    measured = st.measure(calib_path, detector, cfg, nominal=nominal)
+    extra = {"uncorrected": uncorrected} if uncorrected is not None else {}
+    measured = st.measure(calib_path, detector, cfg, nominal=nominal, **extra)
     header = measured.pop("HEADER", {})
     did = _data_id(detector, header, data_id)
     did.pop("exposure", None)

@@ -53,6 +53,11 @@ class Isr(TaskKind):
         **{k: Option(bool, _field(k), doc="optional input: off when no cti is found")
            for k in ("doDeferredCharge",) if k in _isr._ALIASES},
         "doCtiStatistics": Option(bool, _field("doCtiStatistics"), doc="overscan statistics for cpCti"),
+        **{k: Option(bool, _field(k), doc="optional input: off when no bfk is found")
+           for k in ("doBrighterFatter",) if k in _isr._ALIASES},
+        **{k: Option(t, _field(k)) for k, t in (
+            ("brighterFatterCorrectionMethod", enum("COULTON18")), ("brighterFatterLevel", enum("DETECTOR")),
+            ("brighterFatterMaxIter", int), ("brighterFatterThreshold", float)) if k in _isr._ALIASES},
         **{k: Option(bool, None, False, doc="not implemented by cpframe; accepted when false")
            for k in _NOT_IMPLEMENTED},
     })
@@ -100,7 +105,8 @@ class Isr(TaskKind):
     def for_quantum(cls, shared, found):
         """Optional steps whose calibration was not found for this quantum are switched off."""
         cfg = dict(shared["isr"])
-        for flag, calib in (("doCrosstalk", "crosstalk"), ("doLinearize", "linearizer"), ("doDeferredCharge", "cti")):
+        for flag, calib in (("doCrosstalk", "crosstalk"), ("doLinearize", "linearizer"), ("doDeferredCharge", "cti"),
+                            ("doBrighterFatter", "bfk")):
             if cfg.get(flag) and calib not in found:
                 cfg[flag] = False
                 if flag == "doCrosstalk":

@@ -26,8 +26,13 @@ class PtcExtract(_Ptc):
     summary = "Mean and variance per amp of one pair of flats of equal exposure time."
     dimensions = (frozenset({"exposure", "detector"}),)
     pairs_exposures = True
-    options = MappingProxyType({k: Option(t, _field(k)) for k, t in (
-        ("nSigmaClipPtc", float), ("nIterSigmaClipPtc", int), ("numEdgeSuspect", int))})
+    options = MappingProxyType({
+        **{k: Option(t, _field(k)) for k, t in (
+            ("nSigmaClipPtc", float), ("nIterSigmaClipPtc", int), ("numEdgeSuspect", int),
+            ("minNumberGoodPixelsForCovariance", int))},
+        "maximumRangeCovariancesAstier": Option(int, _field("maximumRangeCovariancesAstier"),
+                                                doc="covariances are measured (FFT) when this is set"),
+    })
 
     @classmethod
     def run(cls, spec, groups):
@@ -45,7 +50,9 @@ class PtcSolve(_Ptc):
     summary = "Gain, read noise and turnoff per amp from the pair measurements of one detector."
     dimensions = (frozenset({"detector"}),)
     options = MappingProxyType({
-        "ptcFitType": Option(enum("EXPAPPROXIMATION"), _field("ptcFitType")),
+        "ptcFitType": Option(enum(*_ptc.FIT_TYPES), _field("ptcFitType")),
+        "maximumRangeCovariancesAstier": Option(int, _field("maximumRangeCovariancesAstier")),
+        "maximumRangeCovariancesAstierFullCovFit": Option(int, _field("maximumRangeCovariancesAstierFullCovFit")),
         **{k: Option(t, _field(k)) for k, t in (
             ("minMeanSignal", float), ("maxMeanSignal", float), ("maxSignalInitialPtcOutlierFit", float),
             ("scaleMaxSignalInitialPtcOutlierFit", bool), ("maxIterationsPtcOutliers", int),

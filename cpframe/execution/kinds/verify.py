@@ -8,7 +8,7 @@ from types import MappingProxyType
 from cpframe.execution.kinds.base import Option, TaskKind, calib_path, detector_of, enum, output_path
 from cpframe.verify.config import VerifyConfig
 
-STAGES = ("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE", "LINEARITY", "CROSSTALK", "CTI")
+STAGES = ("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE", "LINEARITY", "CROSSTALK", "CTI", "BFK")
 
 
 class VerifyStats(TaskKind):
@@ -40,10 +40,13 @@ class VerifyStats(TaskKind):
         stage = spec.settings["stage"]
         if get_stage(stage).kind == "calib":
             path = calib_path(spec, get_stage(stage).dataset_type)
+            others: list[str] = []
             if path is None:  # a product of this pipeline (residual crosstalk) rather than a calibration
-                path = next(getattr(v, "path", None) for values in groups.values() for v in values)
+                found = [p for values in groups.values() for p in (getattr(v, "path", None) for v in values) if p]
+                path, others = found[0], found[1:]
+            extra = {"uncorrected": others[0]} if others else {}  # BFK: the PTC without the kernel
             stats = verify_calib(stage, path, detector_of(path, spec.data_id["detector"]), spec.settings["verify"],
-                                 data_id=dict(spec.data_id))
+                                 data_id=dict(spec.data_id), **extra)
         else:
             images = [v for values in groups.values() for v in values]
             did = {k: spec.data_id[k] for k in ("instrument", "exposure", "physical_filter") if k in spec.data_id}

@@ -14,6 +14,37 @@
     // the page itself must not scroll sideways: wide tables scroll inside their own box
     var fits = document.documentElement.scrollWidth <= window.innerWidth + 1;
     document.body.setAttribute("data-fits-width", fits ? "1" : "0");
+    // focal-plane mosaics must use the page, not sit as thumbnails: the narrowest one's share of <main>
+    var main = document.querySelector("main"), mosaics = document.querySelectorAll("figure.mosaic img");
+    if (main && mosaics.length) {
+      var inner = main.clientWidth, least = 1;
+      for (var j = 0; j < mosaics.length; j++) { least = Math.min(least, mosaics[j].getBoundingClientRect().width / inner); }
+      document.body.setAttribute("data-mosaic-share", least.toFixed(2));
+    }
+    // plots of one section sit side by side, two to a row, not stacked in a half-empty column
+    var groups = document.querySelectorAll(".figures"), stacked = 0;
+    for (var g = 0; g < groups.length; g++) {
+      var figs = groups[g].querySelectorAll("figure:not(.mosaic)");
+      if (figs.length >= 2 && Math.abs(figs[0].getBoundingClientRect().top - figs[1].getBoundingClientRect().top) > 1) {
+        stacked++;
+      }
+    }
+    document.body.setAttribute("data-stacked-figures", String(stacked));
+    // a column name may break after an underscore, never inside a word: count the headers
+    // whose text runs onto more lines than it has parts (a squeezed, unreadable header)
+    var ths = document.querySelectorAll("table.results th"), crushed = 0;
+    for (var k = 0; k < ths.length; k++) {
+      var walker = document.createTreeWalker(ths[k], NodeFilter.SHOW_TEXT), node, parts = 0, lines = 0;
+      while ((node = walker.nextNode())) {
+        if (!node.textContent.trim()) { continue; }
+        var range = document.createRange();
+        range.selectNodeContents(node);
+        parts++;
+        lines += range.getClientRects().length;
+      }
+      if (lines > parts) { crushed++; }
+    }
+    document.body.setAttribute("data-crushed-headers", String(crushed));
     document.body.setAttribute("data-checked", "1");
   }
   window.addEventListener("load", check);
