@@ -642,6 +642,8 @@ def test_run_until_resume_and_explicit_deploy(gen_repo, tmp_path, monkeypatch):
         def isatty(self):
             return True
 
+    for k in ("TTY_COMPATIBLE", "TTY_INTERACTIVE"):  # rich's overrides of what a terminal is
+        monkeypatch.delenv(k, raising=False)
     monkeypatch.setattr(sys, "stderr", Tty())  # a terminal: one bar over the steps (issue 16)
     res = run_campaign(camp, resume=True, deploy_step=True)
     drawn = sys.stderr.getvalue()

@@ -69,6 +69,8 @@ def test_a_bar_inside_a_bar_is_silent(monkeypatch):
     """A campaign's bar around a plan's or a report's: only the outer one draws (rich allows one)."""
     from cpframe.core import progress as p
 
+    for k in ("TTY_COMPATIBLE", "TTY_INTERACTIVE"):  # rich's overrides of what a terminal is
+        monkeypatch.delenv(k, raising=False)
     monkeypatch.setattr(sys, "stderr", _Tty())
     with p.progress("outer", total=2) as outer:
         with p.progress("inner", total=1) as inner:

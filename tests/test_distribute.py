@@ -232,6 +232,11 @@ def test_unreachable_fsspec_site_and_foreign_receipt_are_one_line(source, tmp_pa
     assert res.exit_code == 8 and len(res.output.strip().splitlines()) == 1, res.output
     assert f"site gone: {url}-missing does not exist" in res.output
     assert len(L.ledger(source).rows()) == n and not (tmp_path / "archive").exists()
+    f = _sites_file(tmp_path, [{"name": "odd", "repo": "nosuchfs://bucket/calib"}])  # no such fsspec filesystem
+    res = _cli(["distribute", str(source.root), P, "--sites", str(f)])
+    assert res.exit_code == 8 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "site odd: cannot open nosuchfs://bucket/calib" in res.output
+    assert len(L.ledger(source).rows()) == n and not (tmp_path / "archive").exists()
     # a receipt that answers another manifest is not taken for this one
     f = _sites_file(tmp_path, [{"name": "bucket", "repo": url}])
     m = archive_set(source, P, tmp_path / "archive")

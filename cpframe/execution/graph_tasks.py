@@ -76,6 +76,9 @@ class QuantumResult:
     """Host and Slurm job (if any) that ran it."""
     worker: str = ""
     """Name of the Dask worker that ran it."""
+    checksums: dict = None
+    """Scratch path -> sha256 of each registered output, computed on the worker right after
+    writing (page cache warm), so the driver does not read every product again to register it."""
 
 
 def _groups(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> dict[str, list[Any]]:
@@ -134,6 +137,9 @@ def run_quantum(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> Quantum
     absent = [p for p, _, _ in outputs if not os.path.isfile(p)]
     if absent:
         raise ExecutionError(f"{spec.key}: the task finished but did not write {', '.join(absent)}.")
+    from cpframe.repository.datastore import sha256_file
+
+    checksums = {p: sha256_file(p) for p, _, _ in outputs}
     job = os.environ.get("SLURM_JOB_ID")
     where = socket.gethostname() + (f" (Slurm job {job})" if job else "")
     try:
@@ -143,4 +149,4 @@ def run_quantum(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> Quantum
     except ValueError:  # run outside a worker (tests calling it directly)
         worker = ""
     return QuantumResult(key=spec.key, value=value, outputs=outputs, elapsed_s=time.perf_counter() - t0, where=where,
-                         worker=worker)
+                         worker=worker, checksums=checksums)
