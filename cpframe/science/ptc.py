@@ -82,8 +82,8 @@ class PtcConfig:
     measure_covariances: bool = False
     """Measure the covariances in extraction even without a FULLCOVARIANCE fit type.  cp_pipe
     always measures them; cpframe only when they are used (they cost FFTs per amp and pair):
-    set by :meth:`from_dict` whenever ``maximumRangeCovariancesAstier`` is given (as the
-    extraction step of cp_pipe's cpBfk and LSST cpPtc pipelines does)."""
+    the ``ptcExtract`` task kind sets it when its ``maximumRangeCovariancesAstier`` is given (as
+    the extraction step of cp_pipe's cpBfk and LSST cpPtc pipelines does)."""
 
     def __post_init__(self):
         if self.ptc_fit_type not in FIT_TYPES:
@@ -111,8 +111,6 @@ class PtcConfig:
             Unknown keys (all listed) or bad values.
         """
         kw, _ = alias_kwargs(cls, values, _ALIASES, MSG_UNKNOWN_KEYS)
-        if "maximum_range_covariances_astier" in kw:  # asked for: measure them (see measure_covariances)
-            kw.setdefault("measure_covariances", True)
         return cls(**kw)
 
 
