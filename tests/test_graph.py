@@ -299,7 +299,8 @@ def _on_a_terminal(args: list, env: dict, cwd) -> str:
     root = Path(__file__).resolve().parents[1]
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    env = dict(env, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]), TERM="xterm")
+    env = dict(env, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]), TERM="xterm",
+               PYTHONIOENCODING="utf-8")  # a bar of "━", whatever the machine's locale
     for k in ("NO_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):  # rich's overrides of what a terminal is
         env.pop(k, None)
     p = subprocess.Popen([sys.executable, "-m", "cpframe", *args], stdout=subprocess.PIPE, stderr=slave,
