@@ -61,7 +61,12 @@ def submit(env: dict, label: str) -> dict:
     if out.returncode != 0:
         raise SystemExit(f"{label}: submit failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr)
-    return {"wall_s": wall, "max_rss_mib": int(rss.group(1)) / 1024 if rss else None}
+    cpu = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", out.stderr))
+    # CPU of the command and the processes it waited for (the LocalCluster's workers): under load the
+    # wall time is inflated, the CPU seconds much less; max RSS is the largest process's VmHWM, which
+    # counts file-backed pages (libraries, the product's memory-mapped planes), see bench_memory.py
+    return {"wall_s": wall, "cpu_s": cpu, "max_rss_mib": int(rss.group(1)) / 1024 if rss else None,
+            "load": os.getloadavg()[0]}
 
 
 def big_files(repo: Path, raws: set[str], limit: int = 50 * 2**20) -> list[str]:
@@ -129,7 +134,8 @@ def main(argv=None) -> int:
                 res = submit(e, label)
                 res["big_files"] = big_files(repo_root, raw_set)
                 results[label].append(res)
-                print(f"round {r + 1} {label}: {res['wall_s']:.1f} s, max RSS {res['max_rss_mib']:.0f} MiB, "
+                print(f"round {r + 1} {label}: {res['wall_s']:.1f} s (CPU {res['cpu_s']:.1f} s, load {res['load']:.1f}), "
+                      f"max RSS {res['max_rss_mib']:.0f} MiB, "
                       f"big non-raw files in the repository: {len(res['big_files'])}", flush=True)
         cat_s = statistics.median(x["wall_s"] for x in results["cat"])
         print(f"\ncat of the raws (median): {cat_s:.3f} s")

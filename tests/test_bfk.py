@@ -14,6 +14,7 @@ FULLCOVARIANCE fit *with* b is checked on covariances at full-size precision (1 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -258,3 +259,61 @@ def test_solve_needs_covariances_and_isr_needs_the_kernel(tmp_path, mini_product
     raw = read_raw(mini_sim.ptc[0])
     with pytest.raises(IsrError, match="bfk.*doBrighterFatter: false"):
         run_isr(raw, isr_config_for("bfk", do_defect=False, do_brighter_fatter=True), load_calibs({}))
+
+
+#: Pipeline settings for mini amps, as a campaign would set them with extraQgraphOptions: with cp_pipe's
+#: (20-pixel edges: ~5 000 pixels per amp; FULLCOVARIANCE to lag 10) no mini amp's kernel passes the
+#: validity checks, and the detector kernel is zero.
+MINI_BFK_OPTIONS = {
+    "bps_bfk.yaml": ("cpBfkPtcExtractPair:maximumRangeCovariancesAstier=5", "cpBfkPtcExtractPair:numEdgeSuspect=6",
+                     "cpBfkPtcExtractPair:minNumberGoodPixelsForCovariance=10000",
+                     "cpBfkPtcSolve:ptcFitType=FULLCOVARIANCE_NO_B", "cpBfkPtcSolve:maximumRangeCovariancesAstier=5",
+                     "cpBfkPtcSolve:maximumRangeCovariancesAstierFullCovFit=4"),
+    "bps_verify_bfk.yaml": ("verifyBfkPtcExtractPair:numEdgeSuspect=6",
+                            "verifyUncorrectedBfkPtcExtractPair:numEdgeSuspect=6"),
+}
+
+
+def test_templates_build_certify_and_verify_the_kernel(bf_flats, tmp_path, local_dask):
+    """bps_bfk then bps_verify_bfk, submitted on a real repository and Dask cluster (cpframe's pipelines,
+    the real templates' labels, mini-amp settings through extraQgraphOptions): the kernel is built per
+    detector from its own covariance PTC, certified, and ISR with it straightens the PTC of the ramp
+    (pairs up to 50 000 e-)."""
+    from types import SimpleNamespace
+
+    from cpframe.execution.submit import submit_template
+    from cpframe.verify.results import read_stats
+
+    from tests._run_helpers import (
+        TICKET, TRUTH_COLLECTION, certify_run, certify_truth_calibs, make_repo, ticket_chain_add, variables,
+    )
+
+    truth, paths = bf_flats
+    repo = make_repo(tmp_path / "repo", None, files=[Path(p) for p in paths])
+    try:
+        certify_truth_calibs(repo, truth, [DET.id], tmp_path / "calibs", types=("defects",))
+        repo.registry.set_chain(f"LSSTComCam/calib/{TICKET}", [TRUTH_COLLECTION], mode="redefine")
+        n = 2 * sum(1 for lv in LEVELS if lv <= 50000)  # the verification reads the pairs it checks only
+        env = variables(repo.root, tmp_path / "scratch", SimpleNamespace(plan=SimpleNamespace(selections={})),
+                        SELECTION_PTC_BFK="instrument='LSSTComCam' and exposure.observation_type='flat'",
+                        SELECTION_PTC_BFK_V=f"instrument='LSSTComCam' and exposure.seq_num in (1..{n})")
+        templates = Path(__file__).resolve().parents[1] / "templates"
+        for name, opts in MINI_BFK_OPTIONS.items():
+            text = (templates / name).read_text()
+            (tmp_path / name).write_text(text + "extraQgraphOptions: \"" + " ".join(f"--config {o}" for o in opts)
+                                         + "\"\n")
+        built = submit_template(tmp_path / "bps_bfk.yaml", environ=env, client=local_dask.client)
+        (ref,) = repo.registry.query_datasets("bfk", collections=[built.run])
+        calib = read_bfk(repo.get_path(ref))
+        c = calib.shape[0] // 2
+        assert calib.shape == (11, 11) and calib.det_kernel[c, c] < 0 and sum(calib.valid.values()) >= 4
+        cert = f"LSSTComCam/calib/{TICKET}/bfk.20241110a"
+        certify_run(repo, built.run, "bfk", cert)
+        ticket_chain_add(repo, cert)
+        checked = submit_template(tmp_path / "bps_verify_bfk.yaml", environ=env, client=local_dask.client)
+        assert checked.extra["verification"].startswith("verification: PASS"), checked.extra["verification"]
+        (sref,) = repo.registry.query_datasets("verifyBfkStats", collections=[checked.run])
+        det = read_stats(repo.get_path(sref))["DET"]
+        assert det["NONLINEARITY"] < 0.01 < det["UNCORRECTED_NONLINEARITY"], det
+    finally:
+        repo.close()

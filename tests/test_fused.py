@@ -95,3 +95,51 @@ def test_unsupported_settings_fall_back_to_the_unfused_path(mini_sim, tmp_path):
     r = tasks.cp_bias_bootstrap(mini_sim.bias[:3], tmp_path / "bb.fits", work_dir=tmp_path / "isr")
     assert not r.extra.get("fused") and all((tmp_path / "isr").glob("*.fits"))
     assert len(list((tmp_path / "isr").glob("*.fits"))) == 3
+
+
+def _traced_peak(paths, out, budget):
+    """Peak of the Python/numpy allocations (tracemalloc) of one fused bias-bootstrap combine."""
+    import tracemalloc
+
+    icfg, ccfg = isr_config_for("biasBootstrap"), combine_config_for("biasBootstrap")
+    isr_combine(paths[:2], None, icfg, ccfg, memory_bytes=budget)  # numba kernels compiled/loaded first
+    tracemalloc.start()
+    try:
+        _, res, _ = isr_combine(paths, out, icfg, ccfg, memory_bytes=budget)
+        return tracemalloc.get_traced_memory()[1], res
+    finally:
+        tracemalloc.stop()
+
+
+def test_fused_memory_obeys_the_budget_and_is_flat_in_n(mini_sim, tmp_path):
+    """What grows with N (per-input state + the N inputs' row blocks) stays within the budget.
+
+    tracemalloc counts every numpy allocation (the memory-mapped product planes are file pages, not
+    allocations).  The budget covers the inputs' state and blocks, so 4x the inputs cost no more
+    than the budget plus the fixed part (per-amp prepass, 256-row chunks of the product passes).
+    The full-size figures (peak anonymous memory of a worker, N = 10..200) are measured by
+    benchmarks/bench_memory.py.
+    """
+    from cpframe.science import fused
+
+    det = mini_sim.detector
+    rows, cols = det.shape
+    plane_bytes = rows * cols * 14  # image + variance + mask + count of the product
+    state = fused.input_state_bytes(det)
+    budget = 20 * state
+    few, many = mini_sim.bias[:4], [mini_sim.bias[i % len(mini_sim.bias)] for i in range(16)]
+    peak_few, res_few = _traced_peak(few, tmp_path / "few.fits", budget)
+    peak_many, res_many = _traced_peak(many, tmp_path / "many.fits", budget)
+    n_bands = len(fused._bands(det, 0, 1))
+    for n, res in ((4, res_few), (16, res_many)):
+        assert 1 <= res.strip_rows < det.amps[0].data_rows
+        block = (n + 2) * res.strip_rows * cols * n_bands * (fused._BLOCK_BYTES_VAR if n < 5 else fused._BLOCK_BYTES)
+        assert n * state + block <= budget, (n, res.strip_rows)
+    assert res_many.strip_rows < res_few.strip_rows  # more inputs: smaller blocks
+    # measured: the budget + 0.7 MB (N = 4) and - 0.2 MB (N = 16); the fixed part (per-amp prepass,
+    # 256-row chunks of the product passes) is below one product's planes, never N of them
+    assert peak_few <= budget + plane_bytes, (peak_few, budget, plane_bytes)
+    assert peak_many <= budget + plane_bytes, (peak_many, budget, plane_bytes)
+    # and the product is the same as the unfused path's (memory-mapped planes written out correctly)
+    plain = tasks.cp_bias_bootstrap(many, tmp_path / "plain" / "bb.fits", fused=False)
+    _planes_equal(tmp_path / "many.fits", plain.path)

@@ -261,6 +261,11 @@ def test_bfk_plans_pairs_a_covariance_ptc_and_one_kernel_per_detector(repo, env,
     assert c["cpBfkPtcSolve"] == c["cpBfkSolveX"] == n_det
     kinds = {q.kind for q in plan.quanta.values()}
     assert {"isr", "ptcExtract", "ptcSolve", "bfkSolve"} <= kinds
+    # cpBfk's extraction sets maximumRangeCovariancesAstier: the covariances are measured; cpPtc's does not
+    extract = next(q for q in plan.quanta.values() if q.kind == "ptcExtract")
+    assert extract.settings["ptc"].measure_covariances and extract.settings["ptc"].maximum_range_covariances_astier == 10
+    ptc = plan_template("bps_ptc", environ=env, repo=repo).plan
+    assert not any(q.settings["ptc"].measure_covariances for q in ptc.quanta.values() if q.kind == "ptcExtract")
     v = plan_template("bps_verify_bfk", environ=env, repo=repo).plan.counts()
     assert v["verifyBfkIsr"] == v["verifyUncorrectedBfkIsr"] == len(specs) * n_det
     assert v["verifyBfkMeasure"] == n_det and v["verifyBfkRunMerge"] == 1
@@ -299,7 +304,8 @@ def _on_a_terminal(args: list, env: dict, cwd) -> str:
     root = Path(__file__).resolve().parents[1]
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    env = dict(env, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]), TERM="xterm")
+    env = dict(env, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]), TERM="xterm",
+               PYTHONIOENCODING="utf-8")  # a bar of "━", whatever the machine's locale
     for k in ("NO_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):  # rich's overrides of what a terminal is
         env.pop(k, None)
     p = subprocess.Popen([sys.executable, "-m", "cpframe", *args], stdout=subprocess.PIPE, stderr=slave,

@@ -169,6 +169,9 @@ def test_config_and_input_errors(tmp_path):
     with pytest.raises(ConfigError, match="maximumRangeCovariancesAstierFullCovFit=12 must be between 1 and"):
         PtcConfig.from_dict({"ptcFitType": "FULLCOVARIANCE", "maximumRangeCovariancesAstierFullCovFit": 12})
     assert PtcConfig.from_dict({"nSigmaClipPtc": 4.0}).n_sigma_clip_ptc == 4.0
+    # covariances are measured when asked for (cp_pipe: always), or for a FULLCOVARIANCE fit
+    assert not PtcConfig.from_dict({"maximumRangeCovariancesAstier": 5}).measure_covariances
+    assert PtcConfig(ptc_fit_type="FULLCOVARIANCE").full_covariance
     with pytest.raises(UserInputError, match="no pair measurements"):
         solve_ptc([], tmp_path / "x.fits", PtcConfig())
     a = MaskedImage(np.ones((4, 4), np.float32), np.zeros((4, 4), np.int32), np.ones((4, 4), np.float32), {})

@@ -197,3 +197,20 @@ def test_postgres_create_refuses_a_database_with_a_registry(postgres_server, tmp
     with Repository.open(tmp_path / "a") as again:
         assert again.registry.engine.dialect.name == "postgresql"
         assert [r["name"] for r in again.registry.query_dimension_records("instrument")] == [INST]
+
+
+def test_put_files_takes_checksums_computed_by_the_writer(repo, tmp_path):
+    """cpframe submit's workers hash their outputs; the driver stores those hashes and computes the others."""
+    import hashlib
+
+    repo.registry.register_collection("r1", RUN)
+    srcs = files(tmp_path / "in", 2, "b")
+    truth = ["sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() for p in srcs]
+    given = {str(srcs[0]): truth[0]}
+    refs = repo.put_files([(p, "bias", {"instrument": INST, "detector": d}) for d, p in enumerate(srcs)], "r1",
+                          checksums=given)
+    assert [r.checksum for r in refs] == truth
+    # a given hash is taken as is (the writer is trusted, the file is not read again)
+    src = files(tmp_path / "in2", 1, "c")[0]
+    (ref,) = repo.put_files([(src, "bias", {"instrument": INST, "detector": 5})], "r1", checksums={str(src): "sha256:" + "0" * 64})
+    assert ref.checksum == "sha256:" + "0" * 64

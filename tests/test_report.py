@@ -156,7 +156,7 @@ def report_repo(tmp_path_factory, mini_comcam):
 COLLECTIONS = [VERIFY_BIAS, VERIFY_FLAT, VERIFY_PTC, BIAS_GEN, FLAT_GEN, PTC_GEN]
 
 # the other built types of a DMTN-222 campaign, in their own collections of the same repository
-CALTYPES = {"linearizer": "Linearity", "crosstalk": "Crosstalk", "cti": "Cti"}
+CALTYPES = {"linearizer": "Linearity", "crosstalk": "Crosstalk", "cti": "Cti", "bfk": "Bfk"}
 FAILING_CROSSTALK = (4, "C12")  # (detector, amp): a significant residual crosstalk after ISR
 
 
@@ -212,6 +212,18 @@ def _cti(det, rng):
     return CtiCalib(amps, {"N_EXPOSURES": 16, "INSTRUME": INSTRUMENT, "DETECTOR": det.id})
 
 
+def _bfk(det):
+    """A kernel of the shape cp_pipe's solve gives (negative centre, zero sum), the same for every amp."""
+    from cpframe.science.bfk import BfkCalib
+
+    y, x = np.mgrid[-3:4, -3:4]
+    k = -np.exp(-(x ** 2 + y ** 2) / 2.0) * 1e-7
+    k -= k.mean()
+    return BfkCalib({a: k for a in det.amp_names}, {a: np.zeros_like(k) for a in det.amp_names},
+                    {a: True for a in det.amp_names}, {a: 1.6 for a in det.amp_names}, k,
+                    n_pairs={a: 8 for a in det.amp_names}, meta={"INSTRUME": INSTRUMENT, "DETECTOR": det.id})
+
+
 @pytest.fixture(scope="module")
 def campaign_collections(report_repo, mini_comcam):
     """Linearizer, crosstalk and CTI products of every detector with their verification (cpframe's
@@ -243,9 +255,14 @@ def campaign_collections(report_repo, mini_comcam):
                 p = write_crosstalk(scratch / f"xt{d}.json", _crosstalk(det, rng))
                 bad = FAILING_CROSSTALK[1] if d == FAILING_CROSSTALK[0] else ""
                 checked = write_crosstalk(scratch / f"xt_residual{d}.json", _crosstalk(det, rng, residual_amp=bad))
-            else:
+            elif key == "cti":
                 p = write_cti(scratch / f"cti{d}.json", _cti(det, rng))
                 checked = p
+            else:  # BFK is verified on the PTC of flats corrected with the kernel: a straight one here
+                from cpframe.science.bfk import write_bfk
+
+                p = write_bfk(scratch / f"bfk{d}.json", _bfk(det))
+                checked = report_repo.get_path(reg.find_dataset("ptc", did, [PTC_GEN]))
             products.append((p, key, did))
             stats.append(verify_calib(CALTYPES[key].upper() if key != "linearizer" else "LINEARITY", checked, det))
         report_repo.put_files(products, gen)
@@ -469,12 +486,12 @@ def test_report_of_every_built_type_as_a_reviewer_sees_it(report_repo, campaign_
     from cpframe.report.html import COLUMN_UNITS
 
     out = campaign_report.output_dir
-    assert set(campaign_report.verdicts) == {"bias", "flat", "ptc", "linearizer", "crosstalk", "cti"}
+    assert set(campaign_report.verdicts) == {"bias", "flat", "ptc", "linearizer", "crosstalk", "cti", "bfk"}
     det, amp = FAILING_CROSSTALK
     assert campaign_report.failures["crosstalk"] == [f"{mini_comcam_name(report_repo, det)} {amp} NO_SIGNIFICANT_DETECTION"]
     keep = Path(os.environ["CPFRAME_SCREENSHOTS"]) if os.environ.get("CPFRAME_SCREENSHOTS") else None
     results = sorted(out.glob("src/*/verify*Results_*.html"))
-    assert len(results) == 6
+    assert len(results) == 7
     for page in [out / "index.html", *results]:
         dom, body = _dom(chromium, page, tmp_path / page.stem)
         assert 'data-fits-width="1"' in body, (page.name, body)
@@ -515,7 +532,7 @@ def test_report_of_every_built_type_as_a_reviewer_sees_it(report_repo, campaign_
         ref = report_repo.registry.find_dataset(f"verify{type_name}Results", {"instrument": INSTRUMENT},
                                                 campaign_collections_of(key))
         table = Table.read(report_repo.get_path(ref), format="ascii.ecsv")
-        stage = next(c.split("_VERIFY_")[0] for c in table.colnames if "_VERIFY_" in c)
+        stage = next(c.split("_")[0] for c in table.colnames if "_VERIFY_" in c)
         floats = [c[len(stage) + 1:] for c in table.colnames if c.startswith(stage + "_") and "_VERIFY_" not in c
                   and table[c].dtype.kind == "f" and len(table[c].shape) == 1]
         assert floats and not [c for c in floats if c not in COLUMN_UNITS[stage]], (stage, floats)

@@ -304,6 +304,9 @@ def distribute_command(repo, set_name, sites_file, who):
     Exports once into the central archive (content-addressed, checksummed), transfers what
     each site lacks, imports, rebuilds the chain, runs the self-check there and records each
     step in the ledger. After a failure, run the same command again: finished sites are skipped.
+    A site given as a plain fsspec URL (s3://, gs://...; or sftp with `import: site`) only
+    receives the archive and is listed WAITING with the command to run there; its import
+    leaves a receipt that the next run of this command records.
 
     \b
     Example:

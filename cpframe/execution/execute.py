@@ -295,12 +295,16 @@ def register_staged(repo: Any, run: str) -> list[DatasetRef]:
     return refs
 
 
-def _register(repo: Any, items: list, run: str, attempts: int, backoff_s: float) -> list[DatasetRef]:
-    """``put_files`` with retries and exponential backoff on transient errors; the last one propagates."""
+def _register(repo: Any, items: list, run: str, attempts: int, backoff_s: float,
+              checksums: dict | None = None) -> list[DatasetRef]:
+    """``put_files`` with retries and exponential backoff on transient errors; the last one propagates.
+
+    ``checksums``: the sha256 the worker computed of each output (the driver then reads no product).
+    """
     for attempt in range(max(1, attempts)):
         try:
             with registering():
-                return repo.put_files(items, run, transfer="move")
+                return repo.put_files(items, run, transfer="move", checksums=checksums)
         except TRANSIENT as err:
             if attempt + 1 >= attempts:
                 raise
@@ -439,7 +443,8 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
                             refs = []
                             if not registry_down:
                                 try:
-                                    refs = _register(repo, items, plan.run, register_attempts, register_backoff_s)
+                                    refs = _register(repo, items, plan.run, register_attempts, register_backoff_s,
+                                                     checksums=getattr(res, "checksums", None))
                                 except TRANSIENT as err:
                                     registry_down = True  # later quanta are staged at once; one last try at the end
                                     result.registry_error = str(err).splitlines()[0]

@@ -81,6 +81,9 @@ class QuantumResult:
     """Host and Slurm job (if any) that ran it."""
     worker: str = ""
     """Name of the Dask worker that ran it."""
+    checksums: dict = None
+    """Scratch path -> sha256 of each registered output, computed on the worker right after
+    writing (page cache warm), so the driver does not read every product again to register it."""
 
 
 @dataclass
@@ -178,10 +181,13 @@ def run_quantum(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> Quantum
     absent = [p for p, _, _ in outputs if not os.path.isfile(p)]
     if absent:
         raise ExecutionError(f"{spec.key}: the task finished but did not write {', '.join(absent)}.")
+    from cpframe.repository.datastore import sha256_file
+
+    checksums = {p: sha256_file(p) for p, _, _ in outputs}
     job = os.environ.get("SLURM_JOB_ID")
     where = socket.gethostname() + (f" (Slurm job {job})" if job else "")
     return QuantumResult(key=spec.key, value=value, outputs=outputs, elapsed_s=time.perf_counter() - t0, where=where,
-                         worker=_worker_name())
+                         worker=_worker_name(), checksums=checksums)
 
 
 def _worker_name() -> str:

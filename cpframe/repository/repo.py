@@ -401,7 +401,7 @@ class Repository:
         return self.put_files([(src_path, dataset_type, data_id)], run, transfer=transfer)[0]
 
     def put_files(self, items: Iterable[tuple[str | os.PathLike, str, DataIdLike]], run: str,
-                  transfer: str = "move") -> list[DatasetRef]:
+                  transfer: str = "move", checksums: Mapping[str, str] | None = None) -> list[DatasetRef]:
         """Store files as datasets of ``run`` in one transaction: all or nothing.
 
         Parameters
@@ -412,6 +412,10 @@ class Repository:
         transfer : str
             ``move`` (default: rename/hard-link, source removed after commit), ``copy``, ``link``,
             ``symlink``.
+        checksums : mapping, optional
+            Source path -> sha256 already computed by whoever wrote the file (``cpframe submit``'s
+            workers hash their outputs while they are in the page cache, so the one driver does
+            not read every product again: benchmarks/bench_scaleout.py); missing ones are computed.
 
         Raises
         ------
@@ -421,10 +425,11 @@ class Repository:
         """
         if transfer == "direct":
             raise UserInputError("put_files does not take transfer='direct'; use ingest_files for files kept in place.")
-        return self.ingest_files(items, run, transfer=transfer, checksum=True)
+        return self.ingest_files(items, run, transfer=transfer, checksum=True, checksums=checksums)
 
     def ingest_files(self, items: Iterable[tuple[str | os.PathLike, str, DataIdLike]], run: str,
-                     transfer: str = "copy", checksum: bool = False) -> list[DatasetRef]:
+                     transfer: str = "copy", checksum: bool = False,
+                     checksums: Mapping[str, str] | None = None) -> list[DatasetRef]:
         """Like :meth:`put_files`, with every transfer mode, ``direct`` included (file kept in place).
 
         ``checksum=False`` (the default for ingest, as in the butler's datastore) records no
@@ -444,6 +449,7 @@ class Repository:
             raise CollectionTypeError(f"datasets go into RUN collections; {run!r} is {ctype.name}.")
         entries = self._prepare([(Path(p), t, d, run, None) for p, t, d in items], transfer,
                                 {t: self.registry.get_dataset_type(t) for t in {t for _, t, _ in items}},
+                                checksums={str(Path(k)): v for k, v in (checksums or {}).items()},
                                 compute_checksums=checksum)
         self._precheck_conflicts(entries)
         return self._commit(entries, transfer, lambda: self.registry.insert_datasets([e.ref for e in entries]))

@@ -479,24 +479,45 @@ def combine_lazy(paths: Sequence[str | os.PathLike], config: CombineConfig, scal
     return ds
 
 
+#: Rows per chunk of the whole-product passes (NaN repair, censoring): bounded temporaries.
+_CHUNK_ROWS = 256
+
+
 def _repair_and_censor(image, variance, mask, n_used, config: CombineConfig) -> int:
+    """Censor the mask planes, flag pixels nobody covered and repair non-finite ones; count BAD.
+
+    Runs in row chunks, so its temporaries are a few MB whatever the detector size; only
+    when a pixel needs repairing are the medians of the good pixels taken over the whole
+    product (as before).
+    """
     bad_bit = 1 << MASK_BITS[config.no_good_pixels_mask]
     what = config.dataset_type or config.calibration_type
+    rows = image.shape[0]
+    chunks = [(a, min(rows, a + _CHUNK_ROWS)) for a in range(0, rows, _CHUNK_ROWS)]
     if config.check_no_data:
-        nd = int(np.count_nonzero(mask & (1 << MASK_BITS["NO_DATA"])))
+        nd_bit = 1 << MASK_BITS["NO_DATA"]
+        nd = sum(int(np.count_nonzero(mask[a:b] & nd_bit)) for a, b in chunks)
         if nd:
             raise CombineError(MSG_NO_DATA.format(what=what, count=nd))
-    if config.censor_mask_planes:
-        mask &= bad_bit
-    nobody = n_used == 0
-    mask[nobody] |= bad_bit
-    broken = ~(np.isfinite(image) & np.isfinite(variance))
-    if broken.any():
-        good = ~broken
-        image[broken] = np.median(image[good]) if good.any() else 0.0
-        variance[broken] = np.median(variance[good]) if good.any() else 0.0
-        mask[broken] |= bad_bit
-    return int(np.count_nonzero(mask & bad_bit))
+    n_broken = 0
+    for a, b in chunks:
+        m = mask[a:b]
+        if config.censor_mask_planes:
+            m &= bad_bit
+        m[n_used[a:b] == 0] |= bad_bit
+        n_broken += int(np.count_nonzero(~(np.isfinite(image[a:b]) & np.isfinite(variance[a:b]))))
+    if n_broken:
+        good = np.isfinite(image) & np.isfinite(variance)
+        fill_i = np.median(image[good]) if good.any() else 0.0
+        fill_v = np.median(variance[good]) if good.any() else 0.0
+        del good
+        for a, b in chunks:
+            broken = ~(np.isfinite(image[a:b]) & np.isfinite(variance[a:b]))
+            if broken.any():
+                image[a:b][broken] = fill_i
+                variance[a:b][broken] = fill_v
+                mask[a:b][broken] |= bad_bit
+    return sum(int(np.count_nonzero(mask[a:b] & bad_bit)) for a, b in chunks)
 
 
 def combine_images(paths: Sequence[str | os.PathLike], config: CombineConfig,

@@ -17,7 +17,7 @@ blocks instead:
    kernels of :mod:`cpframe.science.kernels` straight into the product.
 3. Per-amp statistics of each exposure (``LSST ISR FINAL MEAN|MEDIAN|STDEV``) accumulate
    while streaming: mean and stdev from sums, the median from a fine histogram (bins of
-   0.002 of the amp's noise; documented in docs/algorithms.md).
+   0.004 of the amp's noise; documented in docs/algorithms.md).
 
 Every float32 operation is the one :func:`cpframe.science.isr.run_isr` does, in the same
 order, so the product equals the unfused one to float32 precision (tests/test_fused.py).
@@ -100,9 +100,13 @@ _SUPPORTED_FIELDS = {
 #: Bytes per input pixel held per block: image float32 + mask int32 (+ variance float32).
 _BLOCK_BYTES = 8
 _BLOCK_BYTES_VAR = 12
-#: Histogram of each amp for the median: bins of this fraction of the first block's stdev.
-_HIST_BIN_SIGMA = 0.002
-_HIST_BINS = 200_001
+#: Histogram of each amp for the median: bins of this fraction of the first block's stdev,
+#: +-8 stdev around the first block's median (values beyond fall in two end bins), int32
+#: counts: 16 KB per amp and input, so that N inputs' histograms stay small (N = 200: 51 MB
+#: reserved, about half of it touched; benchmarks/bench_memory.py).  Linear interpolation
+#: inside the bin makes the median good to a small fraction of a bin.
+_HIST_BIN_SIGMA = 0.004
+_HIST_BINS = 4_001
 
 
 def fused_unsupported(isr_config: IsrConfig, combine_config: CombineConfig) -> list[str]:
@@ -117,15 +121,35 @@ def fused_unsupported(isr_config: IsrConfig, combine_config: CombineConfig) -> l
     return why
 
 
+def input_state_bytes(det) -> int:
+    """Memory the fused path keeps per input for the whole run (measured: ~0.2 MB + histograms at full size).
+
+    Serial-overscan vector per raw row and parallel vector per column of every amp (float32),
+    one median histogram per amp (int32), plus 128 KB for the header, cards and statistics
+    objects (tracemalloc: ~60 KB for a full-size raw, ~120 KB for a mini one).
+    """
+    per_amp = [a.raw_shape[0] * 4 + a.raw_shape[1] * 4 + (_HIST_BINS + 2) * 4 for a in det.amps]
+    return int(sum(per_amp)) + 128 * 1024
+
+
 def fused_rows_for_budget(memory_bytes: int, n_inputs: int, n_cols: int, n_bands: int, with_variance: bool,
-                          max_rows: int) -> int:
-    """Raw rows per block so that the N inputs' blocks (all bands) fit in ``memory_bytes``.
+                          max_rows: int, per_input_bytes: int = 0) -> int:
+    """Raw rows per block so that the N inputs' state and blocks (all bands) fit in ``memory_bytes``.
+
+    ``memory_bytes`` covers everything that grows with N or with the block: ``per_input_bytes``
+    per input kept for the whole run, the N inputs' row blocks and the transient rows of the
+    raw being corrected (counted as two more inputs); so a worker's memory is flat in N.  At
+    least one row per block (N so large that its state alone exceeds the budget: one row).
 
     >>> fused_rows_for_budget(128 * 2**20, 20, 4072, 2, False, 2000)
-    102
+    93
+    >>> fused_rows_for_budget(96 * 2**20, 200, 4072, 2, False, 2000, per_input_bytes=300_000)
+    3
     """
-    per_row = max(1, n_inputs) * n_cols * n_bands * (_BLOCK_BYTES_VAR if with_variance else _BLOCK_BYTES)
-    return int(max(1, min(max_rows, memory_bytes // per_row)))
+    # + 2 inputs' worth: the raw being corrected holds its rows as read, as int32, dithered float32
+    per_row = (max(1, n_inputs) + 2) * n_cols * n_bands * (_BLOCK_BYTES_VAR if with_variance else _BLOCK_BYTES)
+    left = memory_bytes - max(1, n_inputs) * per_input_bytes
+    return int(max(1, min(max_rows, left // per_row)))
 
 
 @dataclass
@@ -177,7 +201,7 @@ class _RawSource:
     """One raw after the prepass: stored vectors + how to read and dither any block of rows."""
 
     def __init__(self, path: str, config: IsrConfig, calibs: IsrCalibs, calib_paths: Mapping[str, Any]):
-        raw = read_raw(path)
+        raw = read_raw(path, segments=False)  # headers only: the amps are read one by one below
         self.path = str(path)
         self.det = det = raw.detector
         self.config = config
@@ -193,7 +217,7 @@ class _RawSource:
             self.seed = raw.exposure_id & 0xFFFFFFFF if raw.exposure_id else 12345
             self.dither_state = np.random.PCG64(self.seed).state
             self.dither_offset = np.float32(_dither_offset(config.integer_dither_mode))
-        rng = np.random.default_rng(self.seed) if self.seed is not None else None
+        self.layout = _raw_layout(self.path, det)
         self.stats: dict[str, AmpStats] = {}
         self.svec: dict[str, np.ndarray | None] = {}
         self.pvec: dict[str, np.ndarray | None] = {}
@@ -203,9 +227,10 @@ class _RawSource:
         for amp in det.amps:
             self.start[amp.name] = pos
             pos += amp.raw_shape[0] * amp.raw_shape[1]
-            seg = raw.segments[amp.name].astype(np.float32)
-            if rng is not None:
-                seg += rng.random(seg.shape, dtype=np.float32) + self.dither_offset
+        for amp in det.amps:
+            # one amp at a time (pread + the same dither numbers as a whole-file read): the
+            # prepass holds one float32 segment, not the raw (docs/algorithms.md, memory)
+            seg = self.read_block(amp, 0, amp.raw_shape[0])
             st, _, _, vec = serial_amp(amp, seg, config, calibs, self.cards, masks=False)
             self.stats[amp.name] = st
             self.svec[amp.name] = None if vec is None else vec.astype(np.float32)[:, None]
@@ -220,7 +245,6 @@ class _RawSource:
             if config.do_parallel_overscan:
                 vec = parallel_overscan_vector(amp, below[amp.name], config, self.stats[amp.name], self.cards)
             self.pvec[amp.name] = None if vec is None else vec.astype(np.float32)[None, :]
-        self.layout = _raw_layout(self.path, det)
         self.dark_scale = 1.0
         if config.do_dark:
             t_exp = _float_or_nan(self.header.get("DARKTIME"))
@@ -345,7 +369,7 @@ class _AmpAccumulator:
             sig = float(np.std(v)) or 1.0
             self.width = _HIST_BIN_SIGMA * sig
             self.lo = self.shift - self.width * (_HIST_BINS // 2)
-            self.hist = np.zeros(_HIST_BINS + 2, np.int64)
+            self.hist = np.zeros(_HIST_BINS + 2, np.int32)
         n, s1, s2 = _accumulate(values, good, self.shift, self.lo, 1.0 / self.width, self.hist)
         self.n += n
         self.s1 += s1
@@ -452,7 +476,8 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
     scales : sequence of float, optional
         One per raw (``InputList``).
     memory_bytes : int
-        Budget of the row blocks of all raws.
+        Budget of what grows with the number of raws: their per-input state
+        (:func:`input_state_bytes`) and their row blocks.
     extra_header : mapping, optional
         More primary-header cards of the product.
 
@@ -501,12 +526,11 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
     if any(a.data_rows != data_rows for a in det.amps):
         raise FusedUnsupported(f"detector {det.id}: amps with different numbers of data rows.")
     n_bands = len(_bands(det, 0, 1))
-    rows = fused_rows_for_budget(memory_bytes, n, det.shape[1], n_bands, use_var, data_rows)
+    rows = fused_rows_for_budget(memory_bytes, n, det.shape[1], n_bands, use_var, data_rows,
+                                 per_input_bytes=input_state_bytes(det))
     shape = det.shape
-    out_image = np.empty(shape, np.float32)
-    out_var = np.empty(shape, np.float32)
-    out_mask = np.empty(shape, np.int32)
-    out_n = np.empty(shape, np.int16)
+    planes = _output_planes(shape, output_path)
+    out_image, out_var, out_mask, out_n = planes
     ignore = sum(1 << MASK_BITS[m] for m in combine_config.mask)
     stat = _stat_code(combine_config.combine)
     method = _clip_code(combine_config.clip_method)
@@ -523,40 +547,46 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
             flat_cfg[id(s.calibs)] = _flat_config(s.calibs.flat, isr_config)
     bad_bit = np.int32(1 << MASK_BITS["BAD"])
     nan_bit = np.int32(1 << MASK_BITS["UNMASKEDNAN"])
+    width = shape[1]
     for r0 in range(0, data_rows, rows):
         r1 = min(data_rows, r0 + rows)
         bands = _bands(det, r0, r1)
-        blocks = [s.amp_blocks(r0, r1) for s in sources]
-        for y0, y1, amps in bands:
-            b = y1 - y0
-            img = np.empty((n, b, shape[1]), np.float32)
-            msk = np.zeros((n, b, shape[1]), np.int32)
-            var = np.empty((n, b, shape[1]), np.float32) if use_var else np.zeros((1, 1, 1), np.float32)
-            calib_rows: dict[tuple, _Rows] = {}
-            for i, s in enumerate(sources):
-                data, bits = blocks[i]
-                im = img[i]
-                mk = msk[i]
+        b = r1 - r0
+        # the N inputs' blocks of every band: exactly what fused_rows_for_budget counted; each raw's
+        # rows are read, corrected and placed one raw at a time (no second copy of all N blocks)
+        img = [np.empty((n, b, width), np.float32) for _ in bands]
+        msk = [np.zeros((n, b, width), np.int32) for _ in bands]
+        var = [np.empty((n, b, width), np.float32) if use_var else None for _ in bands]
+        calib_rows: list[dict[tuple, _Rows]] = [{} for _ in bands]
+        scratch_var = None if use_var else np.empty((b, width), np.float32)
+        for i, s in enumerate(sources):
+            data, bits = s.amp_blocks(r0, r1)
+            for k, (y0, y1, amps) in enumerate(bands):
+                im = img[k][i]
+                mk = msk[k][i]
                 for amp in amps:
                     cs = amp.bbox[1]
                     im[:, cs] = _orient(data[amp.name], amp)
                     if amp.name in bits:
                         mk[:, cs] |= _orient(bits[amp.name], amp)
-                vr = np.zeros((b, shape[1]), np.float32)
-                _image_steps(s, im, mk, vr, y0, y1, amps, calib_rows, defects.get(id(s.calibs)),
+                vr = var[k][i] if use_var else scratch_var
+                vr.fill(0.0)
+                _image_steps(s, im, mk, vr, y0, y1, amps, calib_rows[k], defects.get(id(s.calibs)),
                              flat_cfg.get(id(s.calibs)), bad_bit, nan_bit)
-                if use_var:
-                    var[i] = vr
                 if isr_config.do_standard_statistics:
                     for amp in amps:
                         cs = amp.bbox[1]
                         s.acc[amp.name].add(im[:, cs], mk[:, cs])
+            del data, bits
+        del calib_rows, scratch_var
+        for k, (y0, y1, _amps) in enumerate(bands):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                combine_block(img, msk, var, sc, ignore, stat, float(combine_config.clip),
-                              int(combine_config.n_iter), use_var, method,
+                combine_block(img[k], msk[k], var[k] if use_var else _NO_VAR, sc, ignore, stat,
+                              float(combine_config.clip), int(combine_config.n_iter), use_var, method,
                               out=(out_image[y0:y1], out_var[y0:y1], out_mask[y0:y1], out_n[y0:y1]))
-        del blocks
+            img[k] = msk[k] = var[k] = None  # free each band's inputs as soon as it is combined
+        del img, msk, var
     exposures = []
     for s, h in zip(sources, headers):
         bad_amps = defects.get(id(s.calibs), (None, set()))[1]
@@ -580,7 +610,7 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
         update_header(h, cards)
         exposures.append(FusedExposure(raw_path=s.path, header=h, stats=s.stats, units=s.units))
     n_bad = _repair_and_censor(out_image, out_var, out_mask, out_n, combine_config)
-    del out_n
+    del out_n, planes
     header = product_header(headers, combine_config, sc)
     amp_stats = _amp_qa(header, out_image, out_mask, combine_config)
     if extra_header:
@@ -591,6 +621,36 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
     if output_path is not None:
         write_masked(output_path, out_image, out_mask, out_var, header)
     return product, res, exposures
+
+
+_NO_VAR = np.zeros((1, 1, 1), np.float32)
+
+
+def _output_planes(shape: tuple[int, int], output_path) -> tuple[np.ndarray, ...]:
+    """Image, variance, mask and input-count planes of the product.
+
+    With an output file they live in an anonymous temporary file next to it (``O_TMPFILE``:
+    nothing is left behind, even after a kill) mapped into memory, so the 14 bytes per
+    pixel of the product (228 MB at full size) are page cache the kernel can write back and
+    drop, not a worker's anonymous memory (benchmarks/bench_memory.py).  Without an output
+    file they are ordinary arrays.
+    """
+    dtypes = (np.float32, np.float32, np.int32, np.int16)
+    if output_path is None:
+        return tuple(np.empty(shape, dt) for dt in dtypes)
+    import tempfile
+    from pathlib import Path
+
+    parent = Path(output_path).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    npix = int(shape[0]) * int(shape[1])
+    with tempfile.TemporaryFile(dir=parent, prefix=".fused-") as f:
+        f.truncate(sum(npix * np.dtype(dt).itemsize for dt in dtypes))
+        out, pos = [], 0
+        for dt in dtypes:
+            out.append(np.memmap(f, dtype=dt, mode="r+", offset=pos, shape=tuple(shape)))
+            pos += npix * np.dtype(dt).itemsize
+    return tuple(out)
 
 
 def _flat_config(flat: _CalibRef, config: IsrConfig) -> IsrConfig:

@@ -180,7 +180,7 @@ def amp_boxes(header: Mapping[str, Any], shape: tuple[int, int]) -> list[tuple[s
     return [(a.name, a.bbox) for a in det.amps]
 
 
-def read_raw(path: str | os.PathLike, camera: Camera | None = None) -> RawExposure:
+def read_raw(path: str | os.PathLike, camera: Camera | None = None, segments: bool = True) -> RawExposure:
     """Read a ``fits-raw`` file.
 
     Parameters
@@ -189,6 +189,9 @@ def read_raw(path: str | os.PathLike, camera: Camera | None = None) -> RawExposu
         The raw file.
     camera : Camera, optional
         Camera model; by default from the ``INSTRUME`` and ``CAMSCALE`` keys.
+    segments : bool
+        False: read the headers only and check the segments' shapes from them (``segments``
+        of the result is empty); the fused ISR then reads each amp with ``pread``.
 
     Raises
     ------
@@ -200,14 +203,14 @@ def read_raw(path: str | os.PathLike, camera: Camera | None = None) -> RawExposu
         # astropy only warns about a truncated file; for a raw that is an error
         warnings.simplefilter("error", AstropyUserWarning)
         try:
-            return _read_raw(path, camera)
+            return _read_raw(path, camera, segments)
         except FileFormatError:
             raise
         except (OSError, ValueError, AstropyUserWarning) as err:
             raise FileFormatError(MSG_NOT_RAW.format(path=path, why=f"cannot be read as FITS: {err}")) from None
 
 
-def _read_raw(path: str, camera: Camera | None) -> RawExposure:
+def _read_raw(path: str, camera: Camera | None, with_data: bool = True) -> RawExposure:
     hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
     with hdul:
         header = {k: v for k, v in hdul[0].header.items() if k not in ("COMMENT", "HISTORY", "")}
@@ -233,6 +236,14 @@ def _read_raw(path: str, camera: Camera | None) -> RawExposure:
             hdu = by_name.get(extname)
             if hdu is None:
                 raise FileFormatError(MSG_NOT_RAW.format(path=path, why=f"no HDU {extname} for amp {amp.name}"))
+            if not with_data:
+                h = hdu.header
+                shape = tuple(int(h.get(f"NAXIS{i}", 0)) for i in (2, 1)) if h.get("NAXIS") == 2 else None
+                if shape != tuple(amp.raw_shape):
+                    raise FileFormatError(
+                        MSG_NOT_RAW.format(path=path, why=f"{extname} has shape {shape}, expected {amp.raw_shape}")
+                    )
+                continue
             data = hdu.data
             if data is None or data.shape != amp.raw_shape:
                 shape = None if data is None else data.shape
@@ -526,8 +537,10 @@ def write_masked(
     """
     if not (image.shape == mask.shape == variance.shape) or image.ndim != 2:
         raise ValueError(f"planes differ in shape: {image.shape}, {mask.shape}, {variance.shape}")
+    rows = 256  # big-endian copies of a few MB at a time, not of whole planes
     with MaskedWriter(path, image.shape, header) as w:
-        w.write_rows(0, image, mask, variance)
+        for r0 in range(0, image.shape[0], rows):
+            w.write_rows(r0, image[r0:r0 + rows], mask[r0:r0 + rows], variance[r0:r0 + rows])
     return Path(path)
 
 

@@ -82,14 +82,14 @@ class PtcConfig:
     measure_covariances: bool = False
     """Measure the covariances in extraction even without a FULLCOVARIANCE fit type.  cp_pipe
     always measures them; cpframe only when they are used (they cost FFTs per amp and pair):
-    set by :meth:`from_dict` whenever ``maximumRangeCovariancesAstier`` is given (as the
-    extraction step of cp_pipe's cpBfk and LSST cpPtc pipelines does)."""
+    the ``ptcExtract`` task kind sets it when its ``maximumRangeCovariancesAstier`` is given (as
+    the extraction step of cp_pipe's cpBfk and LSST cpPtc pipelines does)."""
 
     def __post_init__(self):
         if self.ptc_fit_type not in FIT_TYPES:
             raise ConfigError(f"PTC option ptcFitType={self.ptc_fit_type!r}: use one of "
                               f"{', '.join(FIT_TYPES)}.")
-        if not 1 <= int(self.maximum_range_covariances_astier_full_cov_fit) <= int(
+        if self.full_covariance and not 1 <= int(self.maximum_range_covariances_astier_full_cov_fit) <= int(
                 self.maximum_range_covariances_astier):
             raise ConfigError(
                 "PTC option maximumRangeCovariancesAstierFullCovFit="

@@ -88,7 +88,8 @@ __all__ = [
 ]
 
 DEFAULT_MEMORY_BYTES = 512 * 2**20
-#: Budget of the fused path's row blocks (all raws); see benchmarks/RESULTS.md for the measurement.
+#: Budget of what the fused path holds per input (state + row blocks of all raws): a worker stays
+#: <= 300 MB at any N (benchmarks/bench_memory.py; RESULTS.md "Memory of a worker").
 DEFAULT_FUSED_MEMORY_BYTES = 96 * 2**20
 
 

@@ -6,9 +6,10 @@ Pairs are matched by exposure time (cp_pipe matchExposuresType=TIME), gain estim
 
 from __future__ import annotations
 
+import dataclasses
 from types import MappingProxyType
 
-from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, enum, header_meta, output_path
+from cpframe.execution.kinds.base import UNSET, ClassMap, Option, TaskKind, enum, header_meta, output_path
 from cpframe.science import ptc as _ptc
 
 
@@ -44,9 +45,18 @@ class PtcExtract(_Ptc):
         **{k: Option(t, _field(k)) for k, t in (
             ("nSigmaClipPtc", float), ("nIterSigmaClipPtc", int), ("numEdgeSuspect", int),
             ("minNumberGoodPixelsForCovariance", int))},
-        "maximumRangeCovariancesAstier": Option(int, _field("maximumRangeCovariancesAstier"),
-                                                doc="covariances are measured (FFT) when this is set"),
+        "maximumRangeCovariancesAstier": Option(
+            int, None, UNSET, doc="covariances on lags [0, L)² are measured (FFT) only when this is set "
+                                  "(cp_pipe: always, L = 8)"),
     })
+
+    @classmethod
+    def plan(cls, task, settings, explicit):
+        """As the default, and covariances are measured when ``maximumRangeCovariancesAstier`` is set."""
+        out, notes = super().plan(task, settings, explicit)
+        if "maximumRangeCovariancesAstier" in task.config:
+            out[cls.settings_key] = dataclasses.replace(out[cls.settings_key], measure_covariances=True)
+        return out, notes
 
     @classmethod
     def run(cls, spec, groups):
