@@ -2,7 +2,7 @@
 validated submissions (``submission``), pipelines (``pipeline``; the LSST pipetask format in
 ``lsst_pipeline``; the dataset types both know in ``dataset_types``), task kinds defined once
 (``kinds/``: options, defaults, planning and run of each kind), planning and the Dask graph
-(``graph``, ``graph_tasks``), clusters (``cluster``), execution (``execute``), the stage
+(``graph``, ``graph_tasks``; ``cluster.<label>`` groups in ``graph_clusters``), clusters (``cluster``), execution (``execute``), the stage
 driver (``submit``), provenance (``provenance``), per-task resource requests (``resources``), BPS job
 limits enforced by running a quantum in a child process (``isolate``: requestWalltime, retryUnlessExit,
 memory growth), run

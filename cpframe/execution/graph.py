@@ -50,7 +50,6 @@ __all__ = [
     "Plan",
     "make_plan",
     "build_graph",
-    "cluster_groups",
     "registered_types",
     "MSG_EMPTY_SELECTION",
     "MSG_NO_RAWS",
@@ -679,7 +678,7 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
     clusters : sequence, optional
         The template's ``cluster.<label>`` sections (:class:`cpframe.execution.submission.ClusterSpec`):
         the quanta of a cluster's tasks with the same values of its dimensions run as one Dask task
-        (:func:`cluster_groups`); every member key then maps to that task's Delayed, whose value is a
+        (:func:`cpframe.execution.graph_clusters.cluster_groups`); every member key then maps to that task's Delayed, whose value is a
         :class:`cpframe.execution.graph_tasks.GroupResult`.
 
     Returns
@@ -696,7 +695,9 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
     fused = {}
     for isr_key, comb_key in fused_into.items():
         fused.setdefault(comb_key, []).append(isr_key)
-    group_of = cluster_groups(plan, clusters, exclude=set(limits or {}))
+    from cpframe.execution.graph_clusters import cluster_groups, group_delayed
+
+    group_of = cluster_groups(plan, clusters, fused_into, exclude=set(limits or {}))
     members: dict[str, list[tuple[Any, list[str], dict]]] = defaultdict(list)  # group -> (spec, up keys, ann)
     last_of = {g: k for k, g in group_of.items()}  # plan order: the last member closes the group
     for key, q in plan.quanta.items():
@@ -736,7 +737,7 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
         if key in group_of:
             members[group_of[key]].append((spec, up_keys, annotations))
             if key == last_of[group_of[key]]:
-                delayed.update(_group_delayed(group_of[key], members[group_of[key]], delayed, dask))
+                delayed.update(group_delayed(group_of[key], members[group_of[key]], delayed))
             continue
         lim = (limits or {}).get(q.task)
         if lim is not None:
@@ -747,82 +748,6 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
         with dask.annotate(**annotations) if annotations else contextlib.nullcontext():
             delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, ups, dask_key_name=key)
     return delayed
-
-
-def _group_delayed(group: str, members: list, delayed: dict, dask: Any) -> dict[str, Any]:
-    """One Delayed running every member of ``group``; each member key maps to it."""
-    from cpframe.execution import graph_tasks
-
-    index = {spec.key: i for i, (spec, _, _) in enumerate(members)}
-    external: list[Any] = []
-    ext_index: dict[str, int] = {}
-    packed = []
-    for spec, up_keys, _ in members:
-        refs = []
-        for k in up_keys:
-            if k in index:
-                refs.append(("member", index[k]))
-            else:
-                if k not in ext_index:
-                    ext_index[k] = len(external)
-                    external.append(delayed[k])
-                refs.append(("external", ext_index[k]))
-        packed.append((spec, refs))
-    need: dict[str, float] = {}
-    for _, _, ann in members:  # the group's job needs the largest request of its members (as BPS)
-        for r, v in (ann.get("resources") or {}).items():
-            need[r] = max(need.get(r, 0), v)
-    with dask.annotate(resources=need) if need else contextlib.nullcontext():
-        d = dask.delayed(graph_tasks.run_group, pure=False)(packed, external, dask_key_name=group)
-    return {spec.key: d for spec, _, _ in members}
-
-
-def cluster_groups(plan: Plan, clusters: Sequence[Any], exclude: set[str] = frozenset()) -> dict[str, str]:
-    """Quantum key -> Dask key of its ``cluster.<label>`` group, for groups of two or more quanta.
-
-    A group is the quanta of a cluster's ``pipetasks`` with equal values of its ``dimensions``
-    (BPS ``dimension_clustering``).  Tasks in ``exclude`` (those run in a child process for their
-    limits) stay alone, and so does a group that would wait on itself (a member reading, through
-    a quantum outside the group, another member).
-    """
-    if not clusters:
-        return {}
-    fused_into = fusion(plan)
-    pos = {k: i for i, k in enumerate(plan.quanta)}
-    out: dict[str, str] = {}
-    for c in clusters:
-        tasks = set(c.pipetasks) - set(exclude)
-        groups: dict[tuple, list[str]] = defaultdict(list)
-        for k, q in plan.quanta.items():
-            if q.task in tasks and k not in fused_into and all(d in q.data_id for d in c.dimensions):
-                groups[tuple(q.data_id[d] for d in c.dimensions)].append(k)
-        for values, keys in groups.items():
-            members = set(keys)
-            last = max(pos[k] for k in keys)
-            early_reader = any(pos[k] < last and k not in members and set(q.upstream) & members
-                               for k, q in plan.quanta.items())
-            if len(keys) < 2 or early_reader or _waits_on_itself(plan, members):
-                continue
-            gkey = f"{c.label}-{plan.token}-" + "-".join(str(v) for v in values)
-            out.update({k: gkey for k in keys})
-    return out
-
-
-def _waits_on_itself(plan: Plan, keys: set[str]) -> bool:
-    """True when a member reads, through quanta outside ``keys``, another member."""
-    for k in keys:
-        stack = [u for u in plan.quanta[k].upstream if u not in keys]
-        seen: set[str] = set()
-        while stack:
-            u = stack.pop()
-            if u in seen:
-                continue
-            seen.add(u)
-            for uu in plan.quanta[u].upstream:
-                if uu in keys:
-                    return True
-                stack.append(uu)
-    return False
 
 
 def fusion(plan: Plan) -> dict[str, str]:

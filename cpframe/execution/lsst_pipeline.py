@@ -49,7 +49,6 @@ from cpframe.execution.kinds.defects import LSST_FIELDS as _DEFECT_FIELDS
 from cpframe.execution.kinds.defects import LSST_IGNORED as _DEFECT_IGNORED
 
 __all__ = [
-    "CLASSES",
     "lsst_classes",
     "NOT_BUILT",
     "SKIPPED",
