@@ -156,7 +156,14 @@ def test_a_quantum_process_does_not_outlive_its_worker():
     finally:
         os.kill(caller.pid, signal.SIGKILL)
         caller.wait()
+    def running(pid: str) -> bool:  # an exited orphan nobody reaps stays a zombie (state Z): not running
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{k}") for k in kids):
+    while time.monotonic() < deadline and any(running(k) for k in kids):
         time.sleep(0.5)
-    assert not any(os.path.exists(f"/proc/{k}") for k in kids)
+    assert not any(running(k) for k in kids)

@@ -14,7 +14,8 @@ cpframe.execution.isolate``), which:
 * has its data segment limited (``RLIMIT_DATA``: heap and private writable mappings, i.e.
   the arrays a task allocates) to its start-up size plus ``memory_bytes``, so a quantum that
   needs more gets a real ``MemoryError`` -- :class:`QuantumOutOfMemory`; a child killed by
-  SIGKILL that we did not send (the kernel's OOM killer) counts as out of memory too.  The
+  SIGKILL that we did not send (the kernel's OOM killer), or one a native library aborted
+  saying it is out of memory (numba's LLVM), counts as out of memory too.  The
   driver (:mod:`cpframe.execution.execute`) then runs it again with ``requestMemory *
   memoryMultiplier**n`` (capped at ``requestMemoryMax``), as BPS does;
 * exits with a code: 0 done, the ``exit_code`` of a cpframe error (2 user input, 3 registry,
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -47,6 +49,8 @@ __all__ = ["EXIT_WALLTIME", "QuantumExitError", "QuantumLimits", "QuantumOutOfMe
 
 #: Exit code of a quantum stopped at its walltime (as GNU ``timeout``).
 EXIT_WALLTIME = 124
+#: What a native library prints when it cannot allocate (then aborts instead of raising MemoryError).
+_OOM_TEXT = re.compile(r"out of memory|Cannot allocate memory|std::bad_alloc|MemoryError", re.IGNORECASE)
 #: Seconds between SIGTERM and SIGKILL when a quantum is stopped.
 _KILL_GRACE_S = 5.0
 
@@ -160,6 +164,11 @@ def call_limited(target: str, args: Sequence[Any], limits: QuantumLimits, label:
                 raise QuantumOutOfMemory(f"{quoted}{label}: out of memory (limit {limit}); it needs a larger "
                                          "requestMemory (memoryMultiplier / requestMemoryMax)")
             raise QuantumExitError(f"{label}: failed with exit code {code}", code, detail=text)
+        if limits.memory_bytes and _OOM_TEXT.search((err or b"").decode(errors="replace")):
+            # a native library that could not allocate under the limit aborts (numba/LLVM: SIGABRT)
+            quoted = "".join(f"  | {line}\n" for line in _tail(err, 3).splitlines())
+            raise QuantumOutOfMemory(f"{quoted}{label}: out of memory (limit {limits.memory_bytes / 2**20:.0f} MiB), "
+                                     f"its process stopped with code {rc}")
         if rc < 0:
             if -rc == signal.SIGKILL:
                 raise QuantumOutOfMemory(f"{label}: killed by SIGKILL (out of memory?): {_tail(err)}")
