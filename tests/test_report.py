@@ -483,7 +483,7 @@ def test_report_of_every_built_type_as_a_reviewer_sees_it(report_repo, campaign_
 
     from astropy.table import Table
 
-    from cpframe.report.html import COLUMN_UNITS
+    from cpframe.report.values import COLUMN_UNITS
 
     out = campaign_report.output_dir
     assert set(campaign_report.verdicts) == {"bias", "flat", "ptc", "linearizer", "crosstalk", "cti", "bfk"}

@@ -1,4 +1,3 @@
-# Long module: the LSST pipeline format reader (issue 12), landed with this size at the same time as the size check; its owner splits it.
 """Real LSST pipeline files (the ``pipetask`` format of cp_pipe / cp_verify) -> cpframe tasks.
 
 cpframe keeps ONE pipeline reader (:func:`cpframe.execution.pipeline.load_pipeline`) and one
@@ -47,14 +46,12 @@ from cpframe.core.errors import PipelineError
 from cpframe.execution.dataset_types import PRODUCT_TYPES
 from cpframe.execution.kinds.defects import LSST_FIELDS as _DEFECT_FIELDS
 from cpframe.execution.kinds.defects import LSST_IGNORED as _DEFECT_IGNORED
+from cpframe.execution.lsst_config import CALIB_BASELINE, MISSING, NOT_BUILT, SKIPPED, python_ops
 
 __all__ = [
     "lsst_classes",
-    "NOT_BUILT",
-    "SKIPPED",
     "ClassMap",
     "is_lsst_pipeline",
-    "parse_config_overrides",
     "read_lsst_pipeline",
     "split_selection",
 ]
@@ -62,17 +59,8 @@ __all__ = [
 # ------------------------------------------------------------------------------------------
 # class table
 # ------------------------------------------------------------------------------------------
-# cp_pipe's configureIsrTaskLSSTForCalibrations (python/lsst/cp/pipe/_configure.py): the values it sets
-# for the switches cpframe reads; the others it sets are accepted-and-ignored fields below.
-_CALIB_BASELINE = {
-    "doBootstrap": False, "doCorrectGains": False, "doSaturation": False, "doSuspect": False, "doApplyGains": False,
-    "doCrosstalk": False, "crosstalk.doQuadraticCrosstalkCorrection": False, "doLinearize": False,
-    "doDeferredCharge": False, "doAssembleCcd": True, "doBias": False, "doDark": False, "doDefect": False,
-    "doNanMasking": True, "doBrighterFatter": False, "doVariance": True, "doFlat": False, "doInterpolate": False,
-    "doStandardStatistics": True, "doCalculateStatistics": True,
-}
-
 from cpframe.execution.kinds import REGISTRY, ClassMap
+
 
 #: Known LSST task classes cpframe runs -> how (from each kind's ``task_classes``; short names:
 #: ``lsst.cp.pipe.ptc.X`` == ``lsst.cp.pipe.X``).
@@ -96,50 +84,9 @@ _PTC_ADJUST = tuple(c for c, role in _FOLDED.items() if role == "adjust")
 # Crosstalk filter: folded (the solve filters, doFiltering; its output is the filtered matrix).
 _XT_FILTER = tuple(c for c, role in _FOLDED.items() if role == "filter")
 
-#: Classes that make no calibration: skipped with a note (cpframe does not make these plots/mosaics).
-SKIPPED = {
-    "lsst.pipe.tasks.visualizeVisit.VisualizeBinCalibTask": "binned image for display",
-    "lsst.pipe.tasks.visualizeVisit.VisualizeBinCalibFilterTask": "binned image for display",
-    "lsst.pipe.tasks.visualizeVisit.VisualizeMosaicCalibTask": "focal-plane mosaic for display",
-    "lsst.pipe.tasks.visualizeVisit.VisualizeMosaicCalibFilterTask": "focal-plane mosaic for display",
-    "lsst.pipe.tasks.visualizeVisit.VisualizeMosaicExpTask": "focal-plane mosaic for display",
-    "lsst.pipe.tasks.visualizeVisit.VisualizeBinExpTask": "binned image for display",
-    "lsst.analysis.tools.tasks.VerifyCalibAnalysisTask": "analysis_tools plots",
-    "lsst.analysis.tools.tasks.VerifyCalibAnalysisTaskByFilter": "analysis_tools plots",
-    "lsst.analysis.tools.tasks.VerifyCalibDetectorTask": "analysis_tools plots",
-    "lsst.cp.pipe.ptc.PlotPhotonTransferCurveTask": "PTC plots",
-    "lsst.cp.pipe.PlotPhotonTransferCurveTask": "PTC plots",
-}
-#: Known classes that build a calibration cpframe does not build yet -> what they build.
-NOT_BUILT = {
-    "lsst.cp.verify.CpVerifyCrosstalkTask": "crosstalk verification",
-    "lsst.cp.pipe.LinearitySolveTask": "linearizer", "lsst.cp.pipe.LinearityDoubleSplineSolveTask": "linearizer",
-    "lsst.cp.pipe.LinearityNormalizeTask": "linearizer", "lsst.cp.verify.CpvLinearitySolveTask": "linearizer",
-    "lsst.cp.pipe.BrighterFatterKernelSolveTask": "brighter-fatter kernel (bfk)",
-    "lsst.cp.pipe.ElectrostaticBrighterFatterSolveTask": "electrostatic brighter-fatter distortion matrix",
-    "lsst.cp.pipe.CpSkyImageTask": "sky", "lsst.cp.pipe.CpSkyScaleMeasureTask": "sky",
-    "lsst.cp.pipe.CpSkySubtractBackgroundTask": "sky", "lsst.cp.pipe.CpSkyCombineTask": "sky",
-    "lsst.cp.pipe.CpFlatFitGradientsTask": "flat gradient reference",
-    "lsst.cp.pipe.CpFlatApplyGradientsTask": "flat gradient reference",
-    "lsst.cp.pipe.CpFilterScanTask": "filter scan",
-    "lsst.cp.pipe.CpFlatNormalizationRedBlueTask": "anaglyph (red/blue LED) flat",
-    "lsst.cp.pipe.CalibCombineTwoFlatsByFilterTask": "anaglyph (red/blue LED) flat",
-    "lsst.cp.pipe.CpGainCorrectionTask": "gain correction",
-    "lsst.cp.pipe.CpIlluminationCorrectionTask": "illumination correction",
-    "lsst.fgcmcal.fgcmBuildFromIsolatedStars.FgcmBuildFromIsolatedStarsTask": "illumination correction",
-    "lsst.fgcmcal.fgcmFitCycle.FgcmFitCycleTask": "illumination correction",
-    "lsst.fgcmcal.fgcmOutputIlluminationCorrection.FgcmOutputIlluminationCorrectionTask": "illumination correction",
-    "lsst.pipe.tasks.calibrateImage.CalibrateImageTask": "single-frame image calibration (calibrateImage)",
-    "lsst.pipe.tasks.characterizeImage.CharacterizeImageTask": "image characterisation (characterizeImage)",
-    "lsst.pipe.tasks.isolatedStarAssociation.IsolatedStarAssociationTask": "illumination correction",
-    "lsst.pipe.tasks.postprocess.TransformSourceTableTask": "illumination correction",
-    "lsst.cp.pipe.CpFringeTask": "fringe", "lsst.cp.pipe.CpSpectroFlatTask": "spectroscopic flat",
-}
-
 _STORAGE = {"crosstalkExtract": "json", "isr": "fits-masked", "darkCr": "fits-masked", "flatMeasure": "json", "flatNormalize": "json",
             "combine": "fits-masked", "ptcExtract": "json", "ptcSolve": "fits-ptc", "verifyStats": "json",
             "defects": "ecsv-defects"}
-_MISSING = object()
 
 
 def _canonical(cls: str) -> str:
@@ -361,98 +308,6 @@ def _expand_labels(doc: _Doc, names: Sequence[str], where: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------
-# python config blocks (read, never executed)
-# ------------------------------------------------------------------------------------------
-def _dotted(node: ast.AST) -> str | None:
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name) and node.id == "config":
-        return ".".join(reversed(parts))
-    return None
-
-
-def _literal(node: ast.AST) -> Any:
-    if isinstance(node, ast.Attribute) and _dotted(node) is None:
-        # np.inf and friends: keep as text (only ignored fields use them)
-        return ast.unparse(node)
-    return ast.literal_eval(node)
-
-
-def _python_ops(src: str, where: str, file: str) -> list[tuple[str, str, Any, str]]:
-    try:
-        tree = ast.parse(src)
-    except SyntaxError as err:
-        raise PipelineError(f"{where}: python config does not parse: {err.msg} (line {err.lineno})") from None
-    ops: list[tuple[str, str, Any, str]] = []
-    for st in tree.body:
-        line = ast.get_source_segment(src, st) or ""
-        bad = f"{where}: python config line {st.lineno} is not understood by cpframe: {line.strip()!r}. " \
-              "cpframe reads 'config.field = value' and 'config.field.append(value)' only; set the field " \
-              "under config: instead."
-        if isinstance(st, (ast.Import, ast.ImportFrom)):
-            continue
-        if isinstance(st, ast.Expr) and isinstance(st.value, ast.Call):
-            call = st.value
-            fn = call.func
-            if isinstance(fn, ast.Name) and fn.id == "configureIsrTaskLSSTForCalibrations":
-                ops.extend((k, "set", v, file) for k, v in _CALIB_BASELINE.items())
-                ops.append(("__baseline__", "set", True, file))
-                continue
-            if isinstance(fn, ast.Attribute) and fn.attr in ("append", "extend") and _dotted(fn.value):
-                try:
-                    val = _literal(call.args[0]) if len(call.args) == 1 else _MISSING
-                except ValueError:
-                    val = _MISSING
-                if val is _MISSING:
-                    raise PipelineError(bad)
-                ops.append((_dotted(fn.value), fn.attr, val, file))
-                continue
-            raise PipelineError(bad)
-        if isinstance(st, ast.Assign) and len(st.targets) == 1:
-            tgt = st.targets[0]
-            name = _dotted(tgt)
-            try:
-                val = _literal(st.value)
-            except ValueError:
-                raise PipelineError(bad) from None
-            if name:
-                ops.append((name, "set", val, file))
-                continue
-            if isinstance(tgt, ast.Name):
-                # 'doBias = True' binds a local name: no effect in pipetask either
-                ops.append(("__note__", "set", f"python config line {st.lineno} '{line.strip()}' sets a local "
-                                              f"name, not a config field: no effect (as in pipetask)", file))
-                continue
-        raise PipelineError(bad)
-    return ops
-
-
-# ------------------------------------------------------------------------------------------
-# --config label:field=value
-# ------------------------------------------------------------------------------------------
-def parse_config_overrides(items: Sequence[str]) -> list[tuple[str, str, Any]]:
-    """``label:field=value`` items -> (label, field, value); values read as Python literals when they parse.
-
-    >>> parse_config_overrides(["cpBiasCombine:clip=4.0", "cpFlatCombine:connections.outputData=flat_x"])
-    [('cpBiasCombine', 'clip', 4.0), ('cpFlatCombine', 'connections.outputData', 'flat_x')]
-    """
-    out = []
-    for item in items:
-        label, sep, rest = item.partition(":")
-        fld, eq, value = rest.partition("=")
-        if not sep or not eq or not label or not fld:
-            raise PipelineError(f"--config {item!r} must be label:field=value (e.g. cpBiasCombine:clip=4.0)")
-        try:
-            val: Any = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            val = value
-        out.append((label.strip(), fld.strip(), val))
-    return out
-
-
-# ------------------------------------------------------------------------------------------
 # translation
 # ------------------------------------------------------------------------------------------
 def _ignored(name: str, patterns: Sequence[str]) -> bool:
@@ -473,7 +328,7 @@ def _apply_ops(task: _Task, cmap: ClassMap | None, params: Mapping[str, Any], no
     for fld, op, val, file in task.ops:
         where = f"{file}: tasks.{task.label}"
         if fld == "python":
-            for sub in _python_ops(str(val), where, file):
+            for sub in python_ops(str(val), where, file):
                 _set(values, sub, task, notes)
             continue
         if isinstance(val, str) and val.startswith("parameters."):
@@ -493,8 +348,8 @@ def _set(values: dict, op: tuple, task: _Task, notes: list[str]) -> None:
     if kind == "set":
         values[fld] = val
         return
-    cur = values.get(fld, _MISSING)
-    if cur is _MISSING:
+    cur = values.get(fld, MISSING)
+    if cur is MISSING:
         cmap = lsst_classes().get(_canonical(task.cls))
         cur = list(_default(cmap, fld)) if cmap is not None and _default(cmap, fld) is not None else []
     cur = list(cur)
@@ -655,7 +510,7 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
         if accepted:
             notes.append(f"{label}: accepted, not implemented by cpframe: {', '.join(accepted)}")
         if cmap.kind == "isr":
-            base = dict(_CALIB_BASELINE) if "__baseline__" in r.values else dict(cmap.defaults)
+            base = dict(CALIB_BASELINE) if "__baseline__" in r.values else dict(cmap.defaults)
             for k, v in base.items():
                 cfg.setdefault(cmap.fields[k], v)
             if cfg.get("doQuadraticCrosstalkCorrection") and not cfg.get("doCrosstalk"):
@@ -748,13 +603,13 @@ def _explicit_fields(task: _Task) -> set[str]:
     for fld, _, val, file in task.ops:
         if fld == "python":
             try:
-                out.update(f for f, *_ in _python_ops(str(val), "", file) if not f.startswith("__"))
+                out.update(f for f, *_ in python_ops(str(val), "", file) if not f.startswith("__"))
             except PipelineError:
                 pass
         else:
             out.add(fld)
     # the calibration baseline is what every cp_pipe pipeline starts from: not an explicit choice
-    return out - (set(_CALIB_BASELINE) - {f for f, _, v, _ in task.ops if f != "python"})
+    return out - (set(CALIB_BASELINE) - {f for f, _, v, _ in task.ops if f != "python"})
 
 
 def _defects_task(merge: _Resolved, measures: list[_Resolved], notes: list[str], problems: list[str]) -> dict:
@@ -843,8 +698,8 @@ def _eval(node: ast.AST, resolved: Mapping[str, _Resolved]) -> Any:
                 return r.values[fld]
             cmap = lsst_classes().get(r.cls)
             if cmap is not None:
-                if "__baseline__" in r.values and fld in _CALIB_BASELINE:
-                    return _CALIB_BASELINE[fld]
+                if "__baseline__" in r.values and fld in CALIB_BASELINE:
+                    return CALIB_BASELINE[fld]
                 if fld in cmap.defaults:
                     return cmap.defaults[fld]
             raise LookupError(fld)

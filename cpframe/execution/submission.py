@@ -537,7 +537,7 @@ def _qgraph_options(text: str, problems: list[str]) -> tuple[list[tuple[str, str
     import shlex
 
     from cpframe.core.errors import PipelineError
-    from cpframe.execution.lsst_pipeline import parse_config_overrides
+    from cpframe.execution.lsst_config import parse_config_overrides
 
     try:
         words = shlex.split(text)

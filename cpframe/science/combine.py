@@ -1,4 +1,3 @@
-# Long module: the combine kernels, strip planning and QA headers are one unit; the perf engineer (issue 14) is reworking it with the streaming ISR->combine, so it is not split here.
 """Chunked combine of detector images: MEAN, MEDIAN and MEANCLIP over row strips.
 
 The N inputs (``fits-masked`` files) are never held whole.  The output is an

@@ -1,4 +1,4 @@
-# Long module: every ISR step in cp_pipe order with its header records; the perf engineer (issue 14) is reworking it for the streaming ISR->combine, so it is not split here.
+# Long module: every ISR step in cp_pipe order (overscan, crosstalk, linearity, CTI, gains, bias, dark, defects, brighter-fatter, flat, variance) with its header records, so the order a raw goes through is read top to bottom in one file.
 """Instrument signature removal (ISR) of one exposure x detector, numpy-vectorised.
 
 Steps run in the order of ip_isr ``IsrTaskLSST.run`` (spec algorithms.md §1-§3):
