@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["current_umask", "file_mode", "mkstemp", "json_ready", "write_json"]
+__all__ = ["current_umask", "file_mode", "mkstemp", "json_ready", "write_json", "read_json_product"]
 
 _LOCK = threading.Lock()
 
@@ -74,6 +74,8 @@ def json_ready(value: Any) -> Any:
     >>> json_ready({"a": (1.0, float("nan")), "b": np.float32(2.5)})
     {'a': [1.0, None], 'b': 2.5}
     """
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -101,3 +103,25 @@ def write_json(path: str | os.PathLike, doc: Any) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return out
+
+
+def read_json_product(path: str | os.PathLike, fmt: str, version: int, what: str, error: type[Exception],
+                      name: str | None = None) -> dict:
+    """The document of a cpframe JSON product, checked to be format ``fmt`` at ``version``.
+
+    Raises
+    ------
+    error
+        Unreadable, not JSON, another format or another version (``what`` names the product,
+        ``name`` its files and versions; default ``what``).
+    """
+    p, name = str(path), name or what
+    try:
+        doc = json.loads(Path(p).read_text())
+    except (OSError, ValueError) as err:
+        raise error(f"{p}: cannot read the {what}: {err}") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise error(f"{p}: not a cpframe {name} file (format {fmt!r}).")
+    if doc.get("version") != version:
+        raise error(f"{p}: {name} version {doc.get('version')!r}; this cpframe reads version {version}.")
+    return doc

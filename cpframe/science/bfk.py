@@ -32,7 +32,6 @@ The product is a ``json`` file (:func:`write_bfk`).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -43,6 +42,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from cpframe.core.errors import ConfigError, UserInputError
+from cpframe.core.files import json_ready, read_json_product, write_json
 from cpframe.science.imageio import MASK_BITS, FileFormatError, read_ptc
 
 __all__ = ["BfkConfig", "BfkCalib", "solve_bfk", "kernel_from_correlations", "tile_quarter",
@@ -381,37 +381,14 @@ def apply_brighter_fatter(image: np.ndarray, mask: np.ndarray | None, det, calib
 # --------------------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------------------
-def _plain(v):
-    if isinstance(v, np.ndarray):
-        return _plain(v.tolist())
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, list):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, np.generic):
-        return _plain(v.item())
-    return v
-
-
 def write_bfk(path: str | os.PathLike, calib: BfkCalib) -> Path:
     """Write the BFK calib as JSON (NaN as null), atomically."""
     doc = {"format": FORMAT, "version": VERSION, "units": "electron", "level": calib.level,
-           "meta": _plain(dict(calib.meta)), "det_kernel": _plain(calib.det_kernel),
-           "amps": {a: {"kernel": _plain(calib.amp_kernels[a]), "mean_xcorr": _plain(calib.mean_xcorrs[a]),
-                        "valid": bool(calib.valid[a]), "gain": _plain(float(calib.gain[a])),
+           "meta": json_ready(dict(calib.meta)), "det_kernel": json_ready(calib.det_kernel),
+           "amps": {a: {"kernel": json_ready(calib.amp_kernels[a]), "mean_xcorr": json_ready(calib.mean_xcorrs[a]),
+                        "valid": bool(calib.valid[a]), "gain": json_ready(float(calib.gain[a])),
                         "n_pairs": int(calib.n_pairs.get(a, 0))} for a in calib.amp_kernels}}
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(doc, allow_nan=False) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return write_json(path, doc)
 
 
 def read_bfk(path: str | os.PathLike) -> BfkCalib:
@@ -423,14 +400,7 @@ def read_bfk(path: str | os.PathLike) -> BfkCalib:
         Unreadable, another format or version.
     """
     p = str(path)
-    try:
-        doc = json.loads(Path(p).read_text())
-    except (OSError, ValueError) as err:
-        raise FileFormatError(f"{p}: cannot read the brighter-fatter kernel: {err}") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise FileFormatError(f"{p}: not a cpframe brighter-fatter kernel file (format {FORMAT!r}).")
-    if doc.get("version") != VERSION:
-        raise FileFormatError(f"{p}: BFK version {doc.get('version')!r}; this cpframe reads version {VERSION}.")
+    doc = read_json_product(p, FORMAT, VERSION, "brighter-fatter kernel", FileFormatError)
 
     def arr(v):
         return np.array(v, dtype=np.float64)

@@ -44,8 +44,8 @@ from cpframe.science.imageio import (
     MaskedImage,
     MaskedLayout,
     detector_from_header,
-    masked_layout,
     mask_value,
+    masked_layout,
     read_header,
     read_rows,
     update_header,
@@ -99,16 +99,14 @@ from cpframe.science.kernels import (  # noqa: E402,F401  (kernels live in kerne
     STAT_MEAN,
     STAT_MEANCLIP,
     STAT_MEDIAN,
+    _sorting_network,
     clipped_stack_pixel,
+    combine_block,
     combine_strip,
     combine_strip_mean,
-    combine_block,
     combine_strip_sorted,
     sorting_network,
-    _sorting_network,
 )
-
-
 
 # --------------------------------------------------------------------------------------
 # configuration

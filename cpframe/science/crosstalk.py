@@ -26,7 +26,6 @@ The product is a ``json`` file (:func:`write_crosstalk`): ``coeffs[target][sourc
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from cpframe.core.errors import ConfigError, UserInputError
-from cpframe.core.files import write_json
+from cpframe.core.files import read_json_product, write_json
 from cpframe.science.imageio import MASK_BITS, FileFormatError, MaskedImage, detector_from_header
 from cpframe.science.options import alias_kwargs
 
@@ -350,14 +349,7 @@ def read_crosstalk(path: str | os.PathLike) -> CrosstalkCalib:
         Unreadable, another format or version, or a non-square matrix.
     """
     p = str(path)
-    try:
-        doc = json.loads(Path(p).read_text())
-    except (OSError, ValueError) as err:
-        raise FileFormatError(f"{p}: cannot read the crosstalk calibration: {err}") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise FileFormatError(f"{p}: not a cpframe crosstalk file (format {FORMAT!r}).")
-    if doc.get("version") != VERSION:
-        raise FileFormatError(f"{p}: crosstalk version {doc.get('version')!r}; this cpframe reads version {VERSION}.")
+    doc = read_json_product(p, FORMAT, VERSION, "crosstalk calibration", FileFormatError, "crosstalk")
     amps = [str(a) for a in doc["amps"]]
     c = _matrix(doc["coeffs"])
     if c.shape != (len(amps), len(amps)):

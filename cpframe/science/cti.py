@@ -30,7 +30,6 @@ The product is a ``json`` file (:func:`write_cti`).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -40,7 +39,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from cpframe.core.errors import ConfigError, UserInputError
-from cpframe.core.files import json_ready, write_json
+from cpframe.core.files import json_ready, read_json_product, write_json
 from cpframe.science.imageio import FileFormatError
 
 __all__ = [
@@ -321,14 +320,7 @@ def read_cti(path: str | os.PathLike) -> CtiCalib:
         Unreadable, another format or version.
     """
     p = str(path)
-    try:
-        doc = json.loads(Path(p).read_text())
-    except (OSError, ValueError) as err:
-        raise FileFormatError(f"{p}: cannot read the CTI calibration: {err}") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise FileFormatError(f"{p}: not a cpframe CTI file (format {FORMAT!r}).")
-    if doc.get("version") != VERSION:
-        raise FileFormatError(f"{p}: CTI version {doc.get('version')!r}; this cpframe reads version {VERSION}.")
+    doc = read_json_product(p, FORMAT, VERSION, "CTI calibration", FileFormatError, "CTI")
     names = set(AmpCti.__dataclass_fields__)
     amps = {str(a): AmpCti(**{k: (math.nan if v is None else v) for k, v in r.items() if k in names})
             for a, r in doc["amps"].items()}

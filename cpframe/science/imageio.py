@@ -32,11 +32,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
-from astropy.utils.exceptions import AstropyUserWarning
 from astropy.table import Table
+from astropy.utils.exceptions import AstropyUserWarning
 
-from cpframe.core import files as _files
 from cpframe.camera.models import Camera, Detector, load_camera
+from cpframe.core import files as _files
 from cpframe.core.errors import CameraError, UserInputError
 
 __all__ = [

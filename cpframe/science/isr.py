@@ -43,8 +43,6 @@ from cpframe.core.errors import ConfigError, UserInputError
 from cpframe.science.bfk import BfkCalib, apply_brighter_fatter, read_bfk
 from cpframe.science.crosstalk import read_crosstalk
 from cpframe.science.cti import CtiCalib, deferred_charge_step, read_cti
-from cpframe.science.linearity import Linearizer, linearizer_from_mapping, read_linearizer
-from cpframe.science.overscan import _fill_masked, _robust_stats, overscan_vector, row_clipped_statistic  # noqa: F401
 from cpframe.science.imageio import (
     MASK_BITS,
     MaskedImage,
@@ -57,6 +55,8 @@ from cpframe.science.imageio import (
     update_header,
     write_masked,
 )
+from cpframe.science.linearity import Linearizer, linearizer_from_mapping, read_linearizer
+from cpframe.science.overscan import _fill_masked, _robust_stats, overscan_vector, row_clipped_statistic  # noqa: F401
 
 __all__ = [
     "IsrConfig",

@@ -37,7 +37,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from cpframe.camera.models import Camera
-from cpframe.science.combine import CombineConfig, CombineError, CombineResult, clipped_stats, combine_config_for, combine_files
+from cpframe.core.errors import UserInputError
+from cpframe.science.combine import (
+    CombineConfig,
+    CombineError,
+    CombineResult,
+    clipped_stats,
+    combine_config_for,
+    combine_files,
+)
 from cpframe.science.defects import (
     DefectMeasurement,
     DefectsConfig,
@@ -45,10 +53,24 @@ from cpframe.science.defects import (
     measure_defects,
     merge_defects,
 )
-from cpframe.core.errors import UserInputError
-from cpframe.science.imageio import MASK_BITS, detector_from_header, mask_value, read_header, read_masked, read_raw, write_masked
+from cpframe.science.imageio import (
+    MASK_BITS,
+    detector_from_header,
+    mask_value,
+    read_header,
+    read_masked,
+    read_raw,
+    write_masked,
+)
 from cpframe.science.isr import IsrConfig, isr_config_for, load_calibs, run_isr
-from cpframe.science.ptc import PtcConfig, PtcPairMeasurement, PtcResult, extract_pair, pair_exposures, solve_ptc
+from cpframe.science.ptc import (
+    PtcConfig,
+    PtcPairMeasurement,
+    PtcResult,
+    extract_pair,
+    pair_exposures,
+    solve_ptc,
+)
 
 __all__ = [
     "extract_pairs",
