@@ -14,13 +14,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cpframe.campaign.runner import (
-    PRODUCT_NEEDS,
-    _infer_from_template,
-    load_campaign,
-    parse_campaign,
-    parse_var_options,
-)
+from cpframe.campaign.model import PRODUCT_NEEDS
+from cpframe.campaign.spec import _infer_from_template, load_campaign, parse_campaign, parse_var_options
 from cpframe.cli import main
 from cpframe.core.errors import CampaignError
 

@@ -373,9 +373,9 @@ def extract(repo: Any, kind: str, run: str, out: str | os.PathLike, *, instrumen
     UnknownCollectionError
         RUN does not exist.
     """
+    from cpframe.camera.curated import write_defects
     from cpframe.core.model import parse_tai
     from cpframe.science.imageio import read_defects, read_ptc
-    from cpframe.camera.curated import write_defects
 
     if kind not in EXTRACTABLE:
         raise UserInputError(f"cannot extract {kind!r}: built products give {', '.join(EXTRACTABLE)} "

@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from cpframe.campaign.runner import sh_join
+from cpframe.campaign.model import sh_join
 from cpframe.core.errors import CampaignError, CpframeError, UserInputError
 
 __all__ = [
@@ -324,7 +324,7 @@ def broken_campaign(repo_root: Path, good: Any, selections: dict[str, str], brok
 
 
 def _band_of_step(step: dict) -> str | None:
-    from cpframe.campaign.runner import _infer_from_template
+    from cpframe.campaign.spec import _infer_from_template
 
     if "template" in step:
         return _infer_from_template(str(step["template"]))[2]

@@ -47,8 +47,14 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-from cpframe.core.errors import (CpframeError, ExportError, LifecycleError, ServiceError, UnknownCollectionError,
-                                 UserInputError)
+from cpframe.core.errors import (
+    CpframeError,
+    ExportError,
+    LifecycleError,
+    ServiceError,
+    UnknownCollectionError,
+    UserInputError,
+)
 from cpframe.core.model import CollectionType
 
 __all__ = ["Manifest", "Site", "SitesFile", "archive_set", "distribute", "load_sites", "rebuild_calib_chain"]

@@ -34,27 +34,19 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 # deployment lives in cpframe.campaign.deploy; its names stay importable from here
-from cpframe.campaign.deploy import CheckRow, DeployResult, _exists, deploy, format_deploy_plan, self_check  # noqa: F401
+from cpframe.campaign.deploy import DeployResult, _exists, deploy, format_deploy_plan, self_check  # noqa: F401
+
 # the campaign's vocabulary, its file and its state/record have their own modules
-# (model, spec, state); their names stay importable from here
+# (model, spec, state); the runner imports what it uses (and the CLI and demo the names they call)
 from cpframe.campaign.model import (  # noqa: F401
     _DEPLOY_VARIABLES,
-    CERTIFIABLE,
-    DERIVED_VARIABLES,
-    GEN_STEM,
     PRODUCT_NEEDS,
     REQUIRED_VARIABLES,
-    SELECTION_OF_BUILD,
-    SELECTION_OF_VERIFY,
     STEP_KINDS,
-    VERIFY_TARGETS,
     Campaign,
     Step,
-    sh_join,
-    sh_quote,
 )
 from cpframe.campaign.spec import (  # noqa: F401
-    _infer_from_template,
     _split_collections,
     load_campaign,
     order_steps,

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import yaml
 
-from cpframe.core.errors import ExportError, UserInputError
+from cpframe.core.errors import ExportError
 from cpframe.core.model import DatasetRef, Timespan, ns_to_iso, parse_tai
 
 if TYPE_CHECKING:
@@ -523,14 +523,10 @@ def export_butler(repo: "Repository", directory: str | os.PathLike, collections:
         ``directory`` exists, or nothing to export.
     UnknownCollectionError
     """
-    from cpframe.repository.chains import select_export
+    from cpframe.repository.chains import export_target, select_export
 
     reg = repo.registry
-    dest = Path(directory).absolute()
-    if dest.exists() or dest.is_symlink():
-        raise ExportError(f"export directory {dest} already exists; give a new directory name.")
-    if transfer not in ("copy", "link", "symlink"):
-        raise UserInputError(f"export transfer {transfer!r}: use copy, link or symlink.")
+    dest = export_target(directory, transfer)
     sel = select_export(reg, collections, dataset_types)
     chains, types, wanted, refs, runs, calibs = (sel.chains, sel.types, sel.wanted, sel.refs, sel.runs,
                                                  sel.certifications)

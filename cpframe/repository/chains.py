@@ -8,7 +8,9 @@ types and cycles, then calls :func:`edit_chain` to compute the new child list.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from cpframe.core.errors import UserInputError
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
     from cpframe.core.model import DatasetRef, DatasetType, Timespan
     from cpframe.repository.base import Registry
 
-__all__ = ["edit_chain", "dedupe", "split_children", "walk_collections", "ExportSelection", "select_export"]
+__all__ = ["edit_chain", "dedupe", "split_children", "walk_collections", "ExportSelection", "select_export", "export_target"]
 
 
 def dedupe(names: Sequence[str]) -> list[str]:
@@ -196,3 +198,23 @@ def select_export(registry: "Registry", collections: Sequence[str],
         if ref.run not in sel.runs:
             sel.runs.append(ref.run)
     return sel
+
+
+def export_target(directory: str | os.PathLike, transfer: str) -> Path:
+    """The absolute path of a new export directory, checked before anything is read or written.
+
+    Raises
+    ------
+    ExportError
+        ``directory`` exists already.
+    UserInputError
+        ``transfer`` is not copy, link or symlink.
+    """
+    from cpframe.core.errors import ExportError
+
+    dest = Path(directory).absolute()
+    if dest.exists() or dest.is_symlink():
+        raise ExportError(f"export directory {dest} already exists; give a new directory name.")
+    if transfer not in ("copy", "link", "symlink"):
+        raise UserInputError(f"export transfer {transfer!r}: use copy, link or symlink.")
+    return dest

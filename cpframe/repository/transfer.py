@@ -41,7 +41,7 @@ from cpframe.core.errors import (
 )
 from cpframe.repository.names import collection_name_problem, dataset_type_name_problem
 from cpframe.core.model import CollectionType, DatasetType, Timespan, ns_to_iso
-from cpframe.repository.chains import select_export
+from cpframe.repository.chains import export_target, select_export
 from cpframe.repository.datastore import sha256_file
 
 if TYPE_CHECKING:
@@ -97,11 +97,7 @@ def export_calibs(repo: "Repository", directory: str | os.PathLike, collections:
     if format != "cpframe":
         raise UserInputError(f"export format {format!r}: use cpframe or butler.")
     reg = repo.registry
-    dest = Path(directory).absolute()
-    if dest.exists() or dest.is_symlink():
-        raise ExportError(f"export directory {dest} already exists; give a new directory name.")
-    if transfer not in ("copy", "link", "symlink"):
-        raise UserInputError(f"export transfer {transfer!r}: use copy, link or symlink.")
+    dest = export_target(directory, transfer)
     sel = select_export(reg, collections, dataset_types)
     chains, types, wanted, refs, runs = sel.chains, sel.types, sel.wanted, sel.refs, sel.runs
     associations: list[dict[str, Any]] = [
