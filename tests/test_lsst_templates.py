@@ -59,6 +59,9 @@ OWN_PIPELINE_ONLY = {
     # cp_pipe ships cpCrosstalk.yaml for LSSTCam only: with INSTRUMENT=LSSTComCam the file does not exist
     # (bps submit fails the same way); with INSTRUMENT=LSSTCam it plans (test_crosstalk_and_cti_real_files_plan)
     "bps_crosstalk": "not found",
+    # cpGainCorrection.yaml is LSSTCam-only too; with INSTRUMENT=LSSTCam its flat gradient tasks are read
+    # (test_gain_correction_real_file_plans)
+    "bps_gain_correction": "not found",
     # LinearityDoubleSplineSolveTask x3 + LinearityNormalizeTask x2 (focal-plane normalisation), and cp_verify's
     # CpvLinearitySolveTask: cpframe's linearitySolve is one per-amp spline solve, not mapped onto them
     "bps_linearizer": "cpframe does not build linearizer",

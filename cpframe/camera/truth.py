@@ -23,6 +23,7 @@ import numpy as np
 
 from cpframe.camera.bf import draw_amp_bf
 from cpframe.camera.cti import draw_amp_cti
+from cpframe.camera.gain_drift import draw_amp_gain_drift
 from cpframe.camera.models import Camera, Detector, _camera_yaml, load_camera
 from cpframe.camera.nonlinearity import draw_amp_nonlinearity, measured_signal
 from cpframe.core.errors import CameraError, UserInputError
@@ -48,6 +49,8 @@ EFFECTS: dict[str, Any] = {
     "crosstalk": False,  # crosstalk strength (largest coefficient); True = 3e-4
     "cti": False,  # serial CTI (nominal, per-amp around it) + one serial trap per amp; True = 3e-6
     "brighter_fatter": False,  # pixel areas follow the charge: nominal a00 (1/e-), per amp around it; True = -2.5e-6
+    "gain_drift": False,  # per-amp gain change after a restart (rms fraction; True = 0.003; camera/gain_drift.py)
+    "gain_drift_day_obs": 0,  # day_obs (YYYYMMDD) from which the drifted gains apply (0 = every exposure)
 }
 _EFFECT_ON = {
     "bias_jitter": 1.0,
@@ -59,6 +62,7 @@ _EFFECT_ON = {
     "crosstalk": 3e-4,
     "cti": 3e-6,
     "brighter_fatter": -2.5e-6,
+    "gain_drift": 0.003,
 }
 
 TRUTH_FORMAT = "cpframe-truth"
@@ -130,6 +134,8 @@ class AmpTruth:
     bf_a00: float = 0.0
     """1/e-, brighter-fatter a00 (≤ 0; 0 = off); the whole a matrix is
     ``cpframe.camera.bf.bf_a_matrix(bf_a00, size)``."""
+    gain_drift: float = 0.0
+    """Fractional gain change from day ``gain_drift_day_obs`` on (``cpframe/camera/gain_drift.py``)."""
 
 
 @dataclass
@@ -605,6 +611,7 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
             seed, det.id, [float(facts["full_well"][1]) / float(facts["gain"][0])] * len(det.amps), nonlin))
         deferred = iter(draw_amp_cti(seed, det.id, len(det.amps), eff["cti"]))  # own stream
         bf = iter(draw_amp_bf(seed, det.id, len(det.amps), eff["brighter_fatter"]))  # own stream
+        gdrift = iter(draw_amp_gain_drift(seed, det.id, len(det.amps), eff["gain_drift"]))  # own stream
         for a in det.amps:
             gain = _uniform(rng, facts["gain"])
             rn = _uniform(rng, facts["read_noise"])
@@ -629,6 +636,7 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
                 nonlinearity_cubic=k3,
                 **dict(zip(("cti", "trap_size", "trap_emission_time", "trap_scaling"), next(deferred))),
                 bf_a00=next(bf),
+                gain_drift=next(gdrift),
             )
         defects, values = _make_defects(rng, det)
         if not eff["defects"]:

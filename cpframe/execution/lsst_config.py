@@ -55,7 +55,6 @@ NOT_BUILT = {
     "lsst.cp.pipe.CpFilterScanTask": "filter scan",
     "lsst.cp.pipe.CpFlatNormalizationRedBlueTask": "anaglyph (red/blue LED) flat",
     "lsst.cp.pipe.CalibCombineTwoFlatsByFilterTask": "anaglyph (red/blue LED) flat",
-    "lsst.cp.pipe.CpGainCorrectionTask": "gain correction",
     "lsst.cp.pipe.CpIlluminationCorrectionTask": "illumination correction",
     "lsst.fgcmcal.fgcmBuildFromIsolatedStars.FgcmBuildFromIsolatedStarsTask": "illumination correction",
     "lsst.fgcmcal.fgcmFitCycle.FgcmFitCycleTask": "illumination correction",
