@@ -167,7 +167,14 @@ def _infer_from_template(path: str) -> tuple[str | None, str | None, str | None]
     ('flat', None, 'g')
     >>> _infer_from_template("bps_verify_bias.yaml")
     (None, 'bias', None)
+    >>> _infer_from_template("bps_gain_correction.yaml"), _infer_from_template("bps_verify_gain_correction.yaml")
+    (('gain_correction', None, None), (None, 'gain_correction', None))
     """
+    stem = Path(path).stem.removeprefix("bps_")
+    if stem in PRODUCT_NEEDS:  # names with '_' (gain_correction)
+        return stem, None, None
+    if stem.startswith("verify_") and stem.removeprefix("verify_") in VERIFY_TARGETS:
+        return None, stem.removeprefix("verify_"), None
     m = _TEMPLATE_NAME_RE.match(Path(path).name)
     if not m:
         return None, None, None

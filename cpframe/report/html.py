@@ -95,6 +95,9 @@ REPORT_STAGES: tuple[ReportStage, ...] = (
     ReportStage("bfk", "BFK", "bfk", "Brighter-fatter kernel", (),
                 "Kernel per amp from the covariances of a flat-pair ramp; the PTC of flats corrected with it must "
                 "be linear to 1 % (uncorrected beside it)."),
+    ReportStage("gain_correction", "GAIN_CORRECTION", "gain_correction", "Gain correction", (),
+                "Per-amp factors on the PTC gains from a flat taken after a restart over the certified flat; every "
+                "amp measured and within 5 % of 1."),
     ReportStage("science", "SCIENCE", None, "Science", (("COL_PROFILE_RATIO", "column structure / noise"),
                                                        ("ROW_PROFILE_RATIO", "row structure / noise")),
                 "Science exposures through all calibrations: amp level steps and residual structure."),

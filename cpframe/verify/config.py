@@ -101,6 +101,9 @@ class VerifyConfig:
     # -- CTI (cpframe's check; LSST sensor requirement serial CTE > 0.999995) ------------------
     cti_max: float = 5e-6
     """CTI: the global serial CTI per amp must be below this."""
+    # -- gain correction (cpframe's check, cpframe/verify/gain_correction.py) --------------------
+    gain_correction_max_adjustment: float = 0.05
+    """ADJUSTMENT: largest |adjustment - 1| (cp_pipe's max_fractional_gain_ratio)."""
     # -- brighter-fatter kernel (cpframe's check, cpframe/verify/bfk.py) ------------------------
     bfk_max_nonlinearity: float = 0.01
     """VARIANCE_LINEAR: largest departure of the BF-corrected PTC from a straight line (relative)."""
@@ -196,6 +199,10 @@ TEST_NOTES: dict[tuple[str, str], tuple[str, str]] = {
     ("CTI", "CTI"): ("global serial CTI < 5e-6 (LSST sensor requirement: CTE > 0.999995)",
                      "cpframe's own test (cp_verify has no CTI task)"),
     ("CTI", "TRAP"): ("trap fit finite: size >= 0 e-, emission time > 0 transfers", "cpframe's own test"),
+    ("GAIN_CORRECTION", "ADJUSTMENT"): ("|gain adjustment - 1| <= 5 %", "cpframe's own test (cp_verify has none); "
+                                        "the limit is cp_pipe's max_fractional_gain_ratio"),
+    ("GAIN_CORRECTION", "MEASURED"): ("the amp was measured (not excluded, so it is corrected)",
+                                      "cpframe's own test"),
     ("BFK", "VARIANCE_LINEAR"): ("PTC of flats corrected with the kernel within 1 % of a straight line up to "
                                  "50 000 e- (detector mean of the amps)",
                                  "cpframe's own test: cp_verify compares star sizes on science images, and cpframe "
