@@ -20,7 +20,14 @@ MSG_NO_FLAT = ("gainCorrection {key}: no new flat to measure: connect the combin
 MSG_NO_CALIB = ("gainCorrection {key}: no certified {what} found for the detector; certify it in the input "
                 "collections (CALIB_COLLECTIONS) first.")
 
-_FIELDS = {k: k for k in _gc.GainCorrectionConfig.__dataclass_fields__}
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.title() for w in rest)
+
+
+# cp_pipe's CpMeasureGainCorrectionConfig fields are snake_case; cpframe's options take camelCase
+_FIELDS = {k: _camel(k) for k in _gc.GainCorrectionConfig.__dataclass_fields__}
 
 
 class GainCorrection(TaskKind):
@@ -33,7 +40,8 @@ class GainCorrection(TaskKind):
         "gainCorrection", ("detector",), (("input_flat", "flat_gain_correction"),),
         ("output_gain_correction", "gain_correction"), _FIELDS, ("python",),
         extra_connections=("input_reference_flat", "input_reference_ptc", "output_flat_ratio_plot"))})
-    options = MappingProxyType({k: Option({"int": int, "float": float, "bool": bool}[str(f.type)], k)
+    options = MappingProxyType({_camel(k): Option({"int": int, "float": float, "bool": bool}[str(f.type)], k,
+                                                  doc="cp_pipe: " + k)
                                 for k, f in _gc.GainCorrectionConfig.__dataclass_fields__.items()})
 
     @classmethod
