@@ -23,6 +23,7 @@ import numpy as np
 
 from cpframe.camera.bf import draw_amp_bf
 from cpframe.camera.cti import draw_amp_cti
+from cpframe.camera.fp_gradient import draw_band_gradient, gradient_factor
 from cpframe.camera.gain_drift import draw_amp_gain_drift
 from cpframe.camera.models import Camera, Detector, _camera_yaml, load_camera
 from cpframe.camera.nonlinearity import draw_amp_nonlinearity, measured_signal
@@ -51,6 +52,7 @@ EFFECTS: dict[str, Any] = {
     "brighter_fatter": False,  # pixel areas follow the charge: nominal a00 (1/e-), per amp around it; True = -2.5e-6
     "gain_drift": False,  # per-amp gain change after a restart (rms fraction; True = 0.003; camera/gain_drift.py)
     "gain_drift_day_obs": 0,  # day_obs (YYYYMMDD) from which the drifted gains apply (0 = every exposure)
+    "flat_gradient": False,  # focal-plane radial fall-off / planar gradient in mm (True = 0.02; camera/fp_gradient.py)
 }
 _EFFECT_ON = {
     "bias_jitter": 1.0,
@@ -63,6 +65,7 @@ _EFFECT_ON = {
     "cti": 3e-6,
     "brighter_fatter": -2.5e-6,
     "gain_drift": 0.003,
+    "flat_gradient": 0.02,
 }
 
 TRUTH_FORMAT = "cpframe-truth"
@@ -303,9 +306,15 @@ class Truth:
         v = (gy + y - 0.5)[:, None] / radius
         u = (gx + x - 0.5)[None, :] / radius
         rho2 = u * u + v * v
-        return (1.0 - p["radial"] * rho2 - p["quartic"] * rho2 * rho2) * (
+        ill = (1.0 - p["radial"] * rho2 - p["quartic"] * rho2 * rho2) * (
             1.0 + p["grad_x"] * u + p["grad_y"] * v
         )
+        if p.get("fp_radial") or p.get("fp_gradient_x") or p.get("fp_gradient_y"):  # camera/fp_gradient.py
+            from cpframe.camera.focal_plane import detector_size_mm
+
+            w, h = detector_size_mm(cam, det)
+            ill = ill * gradient_factor(p, u * radius * w, v * radius * h)
+        return ill
 
     def _defect_response(self, detector_id: int) -> np.ndarray:
         det = self.camera.detector(detector_id)
@@ -669,6 +678,11 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
             "grad_x": float(g[0]) if on else 0.0,
             "grad_y": float(g[1]) if on else 0.0,
         }
+        if eff["flat_gradient"]:  # own stream per band: the other draws are unchanged
+            from cpframe.camera.focal_plane import detector_size_mm
+
+            w_mm = detector_size_mm(camera, camera.science_detectors[0])[0]
+            bands[band].update(draw_band_gradient(seed, band, eff["flat_gradient"], _field_radius(camera) * w_mm))
     return Truth(camera.name, camera.scale, seed, eff, dets, bands, date=date)
 
 

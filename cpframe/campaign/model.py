@@ -43,10 +43,17 @@ PRODUCT_NEEDS: dict[str, tuple[str, ...]] = {
     # gain correction (dependencies.md §3): ISR like a flat (PTC gains, bias, dark, defects) of flats taken
     # after a restart, measured against the certified flat of the same filter
     "gain_correction": ("ptc", "bias", "dark", "defects", "flat"),
+    # flat gradient reference per band (cp_pipe cpFlatGradientReferenceLSST.yaml): a flat's ISR and combine, then the
+    # focal-plane fit with the defects masked
+    "flat_gradient_reference": ("ptc", "bias", "dark", "defects"),
 }
 
+#: Products built and certified per band (one generation and one CALIBRATION collection each).
+PER_BAND = ("flat", "flat_gradient_reference")
+
 #: Products that are certified (bootstraps are read straight from their RUNs).
-CERTIFIABLE = ("defects", "ptc", "bias", "dark", "flat", "linearizer", "cti", "crosstalk", "bfk", "gain_correction")
+CERTIFIABLE = ("defects", "ptc", "bias", "dark", "flat", "linearizer", "cti", "crosstalk", "bfk", "gain_correction",
+               "flat_gradient_reference")
 
 #: What a verification submission may test.
 VERIFY_TARGETS = ("bias", "dark", "flat", "defects", "ptc", "science", "linearizer", "cti", "crosstalk", "bfk",
@@ -72,7 +79,7 @@ GEN_STEM = {
     "flatBootstrap": "flatBootstrapGen", "defects": "defectGen", "ptc": "ptcGen",
     "bias": "biasGen", "dark": "darkGen", "flat": "flatGen",
     "linearizer": "linearizerGen", "cti": "ctiGen", "crosstalk": "crosstalkGen", "bfk": "bfkGen",
-    "gain_correction": "gainCorrectionGen",
+    "gain_correction": "gainCorrectionGen", "flat_gradient_reference": "flatGradientReferenceGen",
 }
 
 #: Selection variable each product / verification reads (``{band}`` for flats).
@@ -82,6 +89,7 @@ SELECTION_OF_BUILD = {
     "bias": "SELECTION_BIAS", "dark": "SELECTION_DARK", "flat": "SELECTION_FLAT_{band}",
     "linearizer": "SELECTION_PTC_LINEARIZER", "cti": "SELECTION_PTC_CTI", "crosstalk": "SELECTION_CROSSTALK",
     "bfk": "SELECTION_PTC_BFK", "gain_correction": "SELECTION_GAIN_CORRECTION_FLAT",
+    "flat_gradient_reference": "SELECTION_FLAT_{band}",
 }
 SELECTION_OF_VERIFY = {
     "bias": "SELECTION_BIAS_V", "dark": "SELECTION_DARK_V", "flat": "SELECTION_FLAT_{band}_V",

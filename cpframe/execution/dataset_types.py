@@ -26,6 +26,7 @@ PRODUCT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
     "cti": (("detector",), "json"),  # cpframe/science/cti.py
     "bfk": (("detector",), "json"),  # cpframe/science/bfk.py
     "gain_correction": (("detector",), "json"),  # cpframe/science/gain_correction.py
+    "flat_gradient_reference": (("physical_filter",), "json"),  # cpframe/science/flat_gradient.py
 }
 
 #: Calibration dataset types (looked up by validity range, not produced per exposure).
