@@ -36,7 +36,7 @@ def draw_amp_gain_drift(seed: int, detector_id: int, n_amps: int, rms: float) ->
 def exposure_gain(gain: float, drift: float, day_obs: int, drift_day_obs: float) -> float:
     """The gain (e-/adu) an amp has in an exposure of ``day_obs``.
 
-    >>> exposure_gain(1.5, 0.01, 20240102, 20240102), exposure_gain(1.5, 0.01, 20240101, 20240102)
+    >>> round(exposure_gain(1.5, 0.01, 20240102, 20240102), 6), exposure_gain(1.5, 0.01, 20240101, 20240102)
     (1.515, 1.5)
     """
     if drift and int(day_obs) >= int(drift_day_obs):

@@ -12,7 +12,6 @@ import functools
 import json
 import math
 import os
-import re
 import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -23,6 +22,8 @@ import numpy as np
 
 from cpframe.camera.bf import draw_amp_bf
 from cpframe.camera.cti import draw_amp_cti
+from cpframe.camera.focal_plane import detector_size_mm
+from cpframe.camera.focal_plane import grid_position as _grid_position
 from cpframe.camera.fp_gradient import draw_band_gradient, gradient_factor
 from cpframe.camera.gain_drift import draw_amp_gain_drift
 from cpframe.camera.models import Camera, Detector, _camera_yaml, load_camera
@@ -174,15 +175,6 @@ def _effect_value(name: str, value: Any) -> float:
     return float(value)
 
 
-def _grid_position(camera: Camera, det: Detector) -> tuple[float, float]:
-    """(row, col) of a detector in units of detectors, focal-plane centre at (0, 0)."""
-    m = re.fullmatch(r"R(\d)(\d)_S(\d)(\d)", det.name)
-    if not m or len(camera.detectors) == 1:
-        return 0.0, 0.0
-    ry, rx, sy, sx = (int(g) for g in m.groups())
-    return float(3 * ry + sy - 7), float(3 * rx + sx - 7)
-
-
 def _field_radius(camera: Camera) -> float:
     """Half-diagonal of the detector grid, in detector units."""
     return _field_radius_of(camera.name, camera.scale)
@@ -310,8 +302,6 @@ class Truth:
             1.0 + p["grad_x"] * u + p["grad_y"] * v
         )
         if p.get("fp_radial") or p.get("fp_gradient_x") or p.get("fp_gradient_y"):  # camera/fp_gradient.py
-            from cpframe.camera.focal_plane import detector_size_mm
-
             w, h = detector_size_mm(cam, det)
             ill = ill * gradient_factor(p, u * radius * w, v * radius * h)
         return ill
@@ -679,8 +669,6 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
             "grad_y": float(g[1]) if on else 0.0,
         }
         if eff["flat_gradient"]:  # own stream per band: the other draws are unchanged
-            from cpframe.camera.focal_plane import detector_size_mm
-
             w_mm = detector_size_mm(camera, camera.science_detectors[0])[0]
             bands[band].update(draw_band_gradient(seed, band, eff["flat_gradient"], _field_radius(camera) * w_mm))
     return Truth(camera.name, camera.scale, seed, eff, dets, bands, date=date)
