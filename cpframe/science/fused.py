@@ -218,8 +218,8 @@ class _Scratch:
         return buf[:nbytes].view(dtype).reshape(shape)
 
     def release(self, *keys: str) -> None:
-        """Free these buffers (the prepass's whole-amp ones before the row blocks are allocated)."""
-        for k in keys:
+        """Free these buffers (all of them without ``keys``)."""
+        for k in keys or list(self._bufs):
             self._bufs.pop(k, None)
 
 
@@ -666,6 +666,7 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
                               float(combine_config.clip), int(combine_config.n_iter), use_var, method,
                               out=(out_image[y0:y1], out_var[y0:y1], out_mask[y0:y1], out_n[y0:y1]))
         del img, msk, var
+    scratch.release()  # the row blocks go before the product's repair, statistics and write
     exposures = []
     for s, h in zip(sources, headers):
         bad_amps = defects.get(id(s.calibs), (None, set()))[1]
