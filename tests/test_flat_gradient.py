@@ -175,5 +175,23 @@ def test_real_flat_gradient_reference_template_runs_unchanged(tmp_path, truth, l
         grad = read_flat_gradient(repo.get_path(ref))
         _check(grad, truth, "r")
         assert grad.meta["detectors"] == ids and grad.meta["n_bins"] > 50
+        # certified, verified (cpframe's own template) and shown in the report with its figure
+        from tests._run_helpers import certify_run
+
+        cert = f"{INSTRUMENT}/calib/{TICKET}/test/flat_gradient_reference-r.20241110a"
+        certify_run(repo, res.run, "flat_gradient_reference", cert)
+        repo.registry.set_chain(f"{INSTRUMENT}/calib/{TICKET}", [cert], mode="redefine")  # the ticket chain P
+        venv = {**env, "VERIFY_RERUN": "20241126a",
+                "SELECTION_FLAT_r_V": env["SELECTION_FLAT_r"]}
+        vres = submit_template(Path(__file__).parents[1] / "templates/bps_verify_flat_gradient_reference_r.yaml",
+                               environ=venv, client=local_dask.client, argv=["cpframe", "submit"])
+        from cpframe.report.html import write_report
+
+        rep = write_report(repo, [vres.run, res.run], tmp_path / "report")
+        assert rep.verdicts == {"flat_gradient_reference": True}, rep.failures
+        index = (rep.output_dir / "index.html").read_text()
+        sec = index[index.index('<h2 id="flat_gradient_reference">'):]
+        (img,) = [i for i in __import__("re").findall(r'<img src="([^"]+)"', sec) if "flat_gradient" in i]
+        assert (rep.output_dir / img).stat().st_size > 5000 and "radial spline" in sec
     finally:
         repo.close()

@@ -57,7 +57,7 @@ CERTIFIABLE = ("defects", "ptc", "bias", "dark", "flat", "linearizer", "cti", "c
 
 #: What a verification submission may test.
 VERIFY_TARGETS = ("bias", "dark", "flat", "defects", "ptc", "science", "linearizer", "cti", "crosstalk", "bfk",
-                  "gain_correction")
+                  "gain_correction", "flat_gradient_reference")
 
 #: Variables every campaign needs (DMTN-222 §7 exports them all).
 REQUIRED_VARIABLES = (
@@ -96,6 +96,7 @@ SELECTION_OF_VERIFY = {
     "defects": "SELECTION_DEFECTS_V", "ptc": "SELECTION_PTC_V", "science": "SELECTION_SCIENCE_V",
     "linearizer": "SELECTION_PTC_LINEARIZER_V", "cti": "SELECTION_PTC_CTI_V", "crosstalk": "SELECTION_CROSSTALK_V",
     "bfk": "SELECTION_PTC_BFK_V", "gain_correction": "SELECTION_GAIN_CORRECTION_FLAT",
+    "flat_gradient_reference": "SELECTION_FLAT_{band}_V",
 }
 
 _RERUN_RE = re.compile(r"^\d{8}[a-z]$")

@@ -180,6 +180,8 @@ def _infer_from_template(path: str) -> tuple[str | None, str | None, str | None]
         return stem[:-2], None, stem[-1]
     if stem.startswith("verify_") and stem.removeprefix("verify_") in VERIFY_TARGETS:
         return None, stem.removeprefix("verify_"), None
+    if stem.startswith("verify_") and stem[7:-2] in PER_BAND and stem[-2] == "_" and stem[7:-2] != "flat":
+        return None, stem[7:-2], stem[-1]  # verify_flat_gradient_reference_<band>
     m = _TEMPLATE_NAME_RE.match(Path(path).name)
     if not m:
         return None, None, None

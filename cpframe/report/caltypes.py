@@ -237,6 +237,39 @@ def render_gain_correction_png(path_in: str, path: str | os.PathLike, title: str
     return _save(fig, path)
 
 
+def render_flat_gradient_png(path_in: str, path: str | os.PathLike, title: str) -> Path:
+    """The fitted model over the focal plane (mm) and the radial spline with its nodes."""
+    from cpframe.science.flat_gradient import read_flat_gradient
+
+    g = read_flat_gradient(path_in)
+    rmax = float(g.meta.get("data_radius_mm") or g.radial_spline_nodes[-1])
+    fig = _figure(7.5, 3.4)
+    ax = fig.add_axes((0.06, 0.14, 0.36, 0.72))
+    xs = np.linspace(-rmax, rmax, 121)
+    xx, yy = np.meshgrid(xs, xs)
+    model = g.full_model(xx, yy)
+    model[np.hypot(xx, yy) > rmax] = np.nan
+    im = ax.imshow(model, origin="lower", extent=(-rmax, rmax, -rmax, rmax), cmap="viridis")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+    ax.set_title("model S(r) / plane", fontsize=8)
+    ax.set_xlabel("focal plane x (mm)", fontsize=7)
+    ax.set_ylabel("focal plane y (mm)", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax2 = fig.add_axes((0.56, 0.14, 0.42, 0.72))
+    r = np.linspace(0.0, rmax, 200)
+    ax2.plot(r, g.radial_model(r + g.centroid_x + g.centroid_delta_x, np.full_like(r, g.centroid_y + g.centroid_delta_y)),
+             "-", lw=1.2, label="radial spline")
+    ax2.plot(g.radial_spline_nodes, g.radial_spline_values, "o", ms=3, label="nodes")
+    ax2.set_xlabel("radius (mm)", fontsize=7)
+    ax2.set_ylabel("relative to the centre", fontsize=7)
+    ax2.tick_params(labelsize=6)
+    ax2.legend(fontsize=6)
+    ax2.grid(alpha=0.3)
+    fig.suptitle(f"{title}: gradient ({g.gradient_x:.2e}, {g.gradient_y:.2e}) /mm, residual rms "
+                 f"{100 * float(g.meta.get('residual_rms', float('nan'))):.2f} %", fontsize=8)
+    return _save(fig, path)
+
+
 CALTYPE_PRODUCTS.update({
     "linearizer": (render_linearity_png, "Linearizer {det}: residual non-linearity of every amp's ramp before and "
                                          "after the correction; dashed: the ±0.1 % target."),
@@ -250,6 +283,8 @@ CALTYPE_PRODUCTS.update({
     "gain_correction": (render_gain_correction_png, "Gain correction {det}: the factor on each amp's PTC gain "
                                                     "(% from 1) where the amp sits, and the new / reference flat "
                                                     "ratio per amp before and after it (the steps it removes)."),
+    "flat_gradient_reference": (render_flat_gradient_png, "Flat gradient reference {det}: the fitted large-scale "
+                                                          "model over the focal plane and its radial spline."),
 })
 
 
@@ -265,8 +300,8 @@ def caltype_figures(writer: Any, st: Any, products: Sequence[Any]) -> list[str]:
         did = it.ref.data_id
         try:
             det = writer._camera_from_meta(did["instrument"]).detector(did["detector"]).name
-        except Exception:  # a product of a detector the camera model does not know: label by id
-            det = str(did.get("detector"))
+        except Exception:  # a focal-plane product (per filter), or a detector the camera model does not know
+            det = str(did.get("detector", did.get("physical_filter")))
         rel = writer.png(f"src/{st.key}/{st.product}_{det}_{it.ref.id[:8]}.png",
                          lambda p, src=str(it.path), t=f"{st.product} {det}": render(src, p, t))
         it.link = rel

@@ -98,6 +98,9 @@ REPORT_STAGES: tuple[ReportStage, ...] = (
     ReportStage("gain_correction", "GAIN_CORRECTION", "gain_correction", "Gain correction", (),
                 "Per-amp factors on the PTC gains from a flat taken after a restart over the certified flat; every "
                 "amp measured and within 5 % of 1."),
+    ReportStage("flat_gradient_reference", "FLAT_GRADIENT", "flat_gradient_reference", "Flat gradient reference", (),
+                "Focal-plane radial function and planar gradient of a band's flats; the model must describe the "
+                "flats to 1 % and the gradient stay below 10 % across the field."),
     ReportStage("science", "SCIENCE", None, "Science", (("COL_PROFILE_RATIO", "column structure / noise"),
                                                        ("ROW_PROFILE_RATIO", "row structure / noise")),
                 "Science exposures through all calibrations: amp level steps and residual structure."),

@@ -104,6 +104,11 @@ class VerifyConfig:
     # -- gain correction (cpframe's check, cpframe/verify/gain_correction.py) --------------------
     gain_correction_max_adjustment: float = 0.05
     """ADJUSTMENT: largest |adjustment - 1| (cp_pipe's max_fractional_gain_ratio)."""
+    # -- flat gradient reference (cpframe's check, cpframe/verify/flat_gradient.py) ------------
+    flat_gradient_max_residual: float = 0.01
+    """FIT_RESIDUAL: largest rms of the binned flat about the fitted model (fraction)."""
+    flat_gradient_max_gradient_pct: float = 10.0
+    """GRADIENT: largest change (%) of the planar gradient across the fitted radius."""
     # -- brighter-fatter kernel (cpframe's check, cpframe/verify/bfk.py) ------------------------
     bfk_max_nonlinearity: float = 0.01
     """VARIANCE_LINEAR: largest departure of the BF-corrected PTC from a straight line (relative)."""
@@ -203,6 +208,10 @@ TEST_NOTES: dict[tuple[str, str], tuple[str, str]] = {
                                         "the limit is cp_pipe's max_fractional_gain_ratio"),
     ("GAIN_CORRECTION", "MEASURED"): ("the amp was measured (not excluded, so it is corrected)",
                                       "cpframe's own test"),
+    ("FLAT_GRADIENT", "MODEL_RANGE"): ("the model at the amp's centre is within [0.05, 1.5]",
+                                       "cpframe's own test (cp_verify has none)"),
+    ("FLAT_GRADIENT", "FIT_RESIDUAL"): ("rms of the binned flat about the model <= 1 %", "cpframe's own test"),
+    ("FLAT_GRADIENT", "GRADIENT"): ("planar gradient across the fitted radius <= 10 %", "cpframe's own test"),
     ("BFK", "VARIANCE_LINEAR"): ("PTC of flats corrected with the kernel within 1 % of a straight line up to "
                                  "50 000 e- (detector mean of the amps)",
                                  "cpframe's own test: cp_verify compares star sizes on science images, and cpframe "
