@@ -238,6 +238,22 @@ def test_real_illumination_correction_templates_run_unchanged(illum_data, tmp_pa
         (vref,) = repo.registry.query_datasets("verifyIlluminationCorrection", collections=[ver.run])
         h = read_masked(repo.get_path(vref)).header
         assert h["LSST ILLUM VERIFY SUCCESS"] is True, h["LSST ILLUM RMS DEVIATION"]
+        # cpframe's own verification template adds the ILLUMINATION test (Results + Summary) the report reads
+        env_own = {**env, "VERIFY_RERUN": "20241126b"}
+        for k in STACK:
+            env_own.pop(k)
+            monkeypatch.delenv(k)
+        own = submit_template(Path(__file__).parents[1] / "templates/bps_verify_illuminationCorrection.yaml",
+                              environ=env_own, client=fgcm_sized_dask.client, argv=["cpframe", "submit"])
+        from cpframe.report.html import write_report
+        from cpframe.verify import read_stats
+
+        (sref,) = repo.registry.query_datasets("verifyIlluminationCorrectionSummary", collections=[own.run])
+        assert read_stats(repo.get_path(sref))["SUCCESS"] is True
+        rep = write_report(repo, [own.run, res.run], tmp_path / "report")
+        assert rep.verdicts.get("illuminationCorrection") is True, rep.verdicts
+        page = (rep.output_dir / "index.html").read_text()
+        assert "Illumination correction" in page and rep.n_images >= 1
     finally:
         repo.close()
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -149,6 +149,8 @@ class StarCatalog:
     flux_err: np.ndarray
     exposure_time: float = 1.0
     """Seconds (fluxes are compared per second)."""
+    meta: dict = field(default_factory=dict)
+    """Instrument, detector and scale cards of the image (carried into the product)."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -212,15 +214,16 @@ def measure_stars(img: MaskedImage, config: IlluminationConfig, exposure: int = 
         fl.append(flux)
         fe.append(err)
     t = float(img.header.get("EXPTIME", 1.0) or 1.0)
+    meta = {k: img.header[k] for k in ("INSTRUME", "DETECTOR", "DETNAME", "CAMSCALE") if k in img.header}
     return StarCatalog(int(exposure), int(detector), str(physical_filter), (ny, nx), np.array(xs), np.array(ys),
-                       np.array(fl), np.array(fe), t)
+                       np.array(fl), np.array(fe), t, meta)
 
 
 def write_catalog(path: str | os.PathLike, cat: StarCatalog) -> str:
     """Write a star catalogue (JSON; cpframe's ``single_visit_star`` storage)."""
     doc = {"format": "cpframe-star-catalog", "version": 1, "exposure": cat.exposure, "detector": cat.detector,
            "physical_filter": cat.physical_filter, "shape": list(cat.shape), "x": cat.x, "y": cat.y,
-           "flux": cat.flux, "flux_err": cat.flux_err, "exposure_time": cat.exposure_time}
+           "flux": cat.flux, "flux_err": cat.flux_err, "exposure_time": cat.exposure_time, "meta": cat.meta}
     write_json(path, json_ready(doc))
     return str(path)
 
@@ -241,7 +244,7 @@ def read_catalog(path: str | os.PathLike) -> StarCatalog:
         raise CalibrationError(f"{path}: not a cpframe star catalogue (format cpframe-star-catalog).")
     return StarCatalog(int(doc["exposure"]), int(doc["detector"]), str(doc["physical_filter"]),
                        tuple(doc["shape"]), *(np.asarray(doc[k], dtype=np.float64) for k in ("x", "y", "flux", "flux_err")),
-                       float(doc.get("exposure_time", 1.0)))
+                       float(doc.get("exposure_time", 1.0)), dict(doc.get("meta") or {}))
 
 
 # ------------------------------------------------------------------------------------------
@@ -442,6 +445,7 @@ def illumination_task(catalog_paths: Sequence[str], output_path: str | os.PathLi
     """Solve and write the ``illuminationCorrection`` (or, ``verify``, the verification) product."""
     cats = [read_catalog(p) for p in catalog_paths]
     fit = solve_illumination(cats, config)
+    meta = {**(cats[0].meta if cats else {}), **dict(meta or {})}
     dev = float(np.max(np.abs(fit.correction - 1.0)))
     rms = float(np.sqrt(np.mean((fit.correction - 1.0) ** 2)))
     header = dict(meta or {})

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, accepted, calib_path, header_meta, output_path
+from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, accepted, calib_path, output_path
 from cpframe.science import illumination as _il
 
 #: Dataset type of the product (fgcmcal ``illumination_corrections`` connection).
@@ -69,6 +69,16 @@ class StarResult:
     path: str
     exposure_id: int
     n_stars: int
+
+
+@dataclass(frozen=True)
+class SolveResult:
+    """What an ``illuminationSolve`` quantum passes on (verification reads ``path``)."""
+
+    path: str
+    n_stars: int
+    rms_deviation: float
+    success: bool | None
 
 
 class StarMeasure(TaskKind):
@@ -133,10 +143,9 @@ class IlluminationSolve(TaskKind):
     @classmethod
     def run(cls, spec, groups):
         stars = sorted(next(iter(groups.values())), key=lambda s: s.exposure_id)
-        meta: dict[str, Any] = header_meta(stars[0].path) if stars and stars[0].path.endswith(".fits") else {}
-        meta.update({k.upper(): v for k, v in spec.data_id.items() if k in ("instrument", "detector")})
-        meta["FILTER"] = str(spec.data_id.get("physical_filter", ""))
+        meta: dict[str, Any] = {"FILTER": str(spec.data_id.get("physical_filter", ""))}
         for i, s in enumerate(stars):
             meta[f"CPP_INPUT_{i}"] = s.exposure_id
-        return _il.illumination_task([s.path for s in stars], output_path(spec), spec.settings["illumination"],
-                                     meta=meta, verify=bool(spec.settings.get("verify")))
+        res = _il.illumination_task([s.path for s in stars], output_path(spec), spec.settings["illumination"],
+                                    meta=meta, verify=bool(spec.settings.get("verify")))
+        return SolveResult(res["path"], res["n_stars"], res["rms_deviation"], res["success"])
