@@ -266,3 +266,21 @@ def test_python_blocks_with_subscripts_and_set_union():
     assert ops == [("star_selector['science'].doUnresolved", "set", False, "f"),
                    ("star_measurement.plugins.names", "extend", ["base_Variance"], "f")]
     assert json.dumps(ops)
+
+
+def test_real_pipeline_maps_onto_the_kinds_and_names_a_misspelt_field():
+    from cpframe.core.errors import PipelineError
+    from cpframe.execution.pipeline import load_pipeline
+    from tests.test_lsst_templates import CP_PIPE, STACK
+
+    path = CP_PIPE / "pipelines/LSSTComCam/cpIlluminationCorrection.yaml"
+    pipe = load_pipeline(path, environ=STACK)
+    assert [(t.kind, t.inputs, t.output) for t in pipe.tasks] == [
+        ("isr", ("raw",), "post_isr_image"), ("starMeasure", ("post_isr_image",), "single_visit_star_unstandardized"),
+        ("illuminationSolve", ("single_visit_star_unstandardized",), "illuminationCorrection")]
+    assert pipe.task("cpIlluminationCorrectionFgcmFitCycle").config["superStarSubCcdChebyshevOrder"] == 4
+    assert "cpIlluminationCorrectionFgcmBuildFromIsolatedStars" in pipe.folded
+    with pytest.raises(PipelineError, match=r"unknown config field 'superStarSubCcdChebyshevOrdr' for FgcmFitCycleTask "
+                                            r"\(did you mean 'superStarSubCcdChebyshevOrder'\?\)"):
+        load_pipeline(path, environ=STACK,
+                      overrides=[("cpIlluminationCorrectionFgcmFitCycle", "superStarSubCcdChebyshevOrdr", 3)])

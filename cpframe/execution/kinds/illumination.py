@@ -37,8 +37,12 @@ _FIT = ClassMap(
     ("fgcm_fit_parameters", "fgcm_Cycle5_Parameters"),
     {"superStarSubCcdChebyshevOrder": "superStarSubCcdChebyshevOrder",
      "superStarForceZeroMean": "superStarForceZeroMean"},
-    ("doMultipleCycles", "multipleCyclesFinalCycleNumber", "cycleNumber", "superStar*", "python", "outfileBase",
-     "bands", "fitBands", "requiredBands", "physicalFilterMap", "*"),
+    # FGCM's cycle and atmosphere settings: accepted, listed in the plan's notes, not implemented
+    ("doMultipleCycles", "multipleCyclesFinalCycleNumber", "cycleNumber", "maxIterBeforeFinalCycle", "outfileBase",
+     "bands", "fitBands", "requiredBands", "physicalFilterMap", "superStarSubCcdTriangular", "superStarSigmaClip",
+     "superStarPlotCcdResiduals", "nCore", "doPlots", "focalPlaneSigmaClip", "instrumentParsPerBand",
+     "approxThroughputs", "expGrayPhotometricCutDict", "expGrayHighCutDict", "aperCorrFitNBins",
+     "sedboundaryterms", "sedterms", "starColorCuts", "colorSplitBands", "refStarColorCuts"),
     extra_connections=("cycleNumber", "fgcm_lookup_table", "fgcm_visit_catalog", "fgcm_star_ids",
                        "fgcm_reference_stars", "fgcm_flagged_stars", "fgcm_fit_parameters_input"))
 
