@@ -191,8 +191,16 @@ def test_real_illumination_correction_templates_run_unchanged(illum_data, tmp_pa
     from cpframe.execution.submit import submit_template
     from cpframe.science.imageio import read_masked, write_masked
     from tests._run_helpers import (
-        INSTRUMENT, TICKET, TRUTH_COLLECTION, certify_run, certify_truth_calibs, make_repo, put_certified,
-        ticket_chain_add, variables)
+        INSTRUMENT,
+        TICKET,
+        TRUTH_COLLECTION,
+        certify_run,
+        certify_truth_calibs,
+        make_repo,
+        put_certified,
+        ticket_chain_add,
+        variables,
+    )
     from tests.test_lsst_templates import CP_PIPE, CP_VERIFY, STACK
 
     class _Data:  # what make_repo/variables read

@@ -31,8 +31,16 @@ import math
 
 import numpy as np
 
-__all__ = ["TAG_ILLUM", "DITHER_FRACTION", "STAR_DENSITY", "dome_pattern", "illumination_correction_truth",
-           "dither", "dithered_star_field", "dome_response"]
+__all__ = [
+    "DITHER_FRACTION",
+    "STAR_DENSITY",
+    "TAG_ILLUM",
+    "dither",
+    "dithered_star_field",
+    "dome_pattern",
+    "dome_response",
+    "illumination_correction_truth",
+]
 
 #: SeedSequence tag of the illumination draws (arbitrary constant).
 TAG_ILLUM = 0x696C_6C75

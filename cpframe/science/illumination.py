@@ -35,19 +35,29 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from cpframe.core.errors import ConfigError
-from cpframe.core.errors import UserInputError as CalibrationError
+from cpframe.core.errors import UserInputError
 from cpframe.core.files import json_ready, write_json
 from cpframe.science.imageio import MASK_BITS, MaskedImage, read_masked, write_masked
 
-__all__ = ["IlluminationConfig", "StarCatalog", "measure_stars", "solve_illumination", "write_catalog",
-           "read_catalog", "chebyshev_surface", "illumination_task", "apply_illumination_correction",
-           "VERIFY_MAX_DEVIATION"]
+__all__ = [
+    "VERIFY_MAX_DEVIATION",
+    "IlluminationConfig",
+    "StarCatalog",
+    "apply_illumination_correction",
+    "chebyshev_surface",
+    "illumination_task",
+    "measure_stars",
+    "read_catalog",
+    "solve_illumination",
+    "write_catalog",
+]
 
 #: cpframe's verification threshold: after correction, the re-measured correction's rms deviation from 1.
 VERIFY_MAX_DEVIATION = 0.005
@@ -100,7 +110,7 @@ class IlluminationConfig:
             raise ConfigError("illumination correction: " + "; ".join(problems) + ".")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> "IlluminationConfig":
+    def from_dict(cls, values: Mapping[str, Any] | None) -> IlluminationConfig:
         """From cp_pipe/fgcmcal names (``superStarSubCcdChebyshevOrder``) or field names.
 
         Raises
@@ -233,7 +243,7 @@ def read_catalog(path: str | os.PathLike) -> StarCatalog:
 
     Raises
     ------
-    CalibrationError
+    UserInputError
         Not a cpframe star catalogue.
     """
     import json
@@ -241,7 +251,7 @@ def read_catalog(path: str | os.PathLike) -> StarCatalog:
     with open(path) as f:
         doc = json.load(f)
     if not isinstance(doc, dict) or doc.get("format") != "cpframe-star-catalog":
-        raise CalibrationError(f"{path}: not a cpframe star catalogue (format cpframe-star-catalog).")
+        raise UserInputError(f"{path}: not a cpframe star catalogue (format cpframe-star-catalog).")
     return StarCatalog(int(doc["exposure"]), int(doc["detector"]), str(doc["physical_filter"]),
                        tuple(doc["shape"]), *(np.asarray(doc[k], dtype=np.float64) for k in ("x", "y", "flux", "flux_err")),
                        float(doc.get("exposure_time", 1.0)), dict(doc.get("meta") or {}))
@@ -281,7 +291,7 @@ def _offset(ref: StarCatalog, cat: StarCatalog, radius: float) -> tuple[float, f
 
     if len(ref.x) < 3 or len(cat.x) < 3:
         return None
-    bright = lambda c, n=60: np.argsort(c.flux)[::-1][:n]  # noqa: E731
+    bright = lambda c, n=60: np.argsort(c.flux)[::-1][:n]
     ri, ci = bright(ref), bright(cat)
     dy = (ref.y[ri][:, None] - cat.y[ci][None, :]).ravel()
     dx = (ref.x[ri][:, None] - cat.x[ci][None, :]).ravel()
@@ -360,7 +370,7 @@ def solve_illumination(cats: Sequence[StarCatalog], config: IlluminationConfig) 
 
     Raises
     ------
-    CalibrationError
+    UserInputError
         Fewer than two exposures, or too few repeated stars to constrain the surface.
     """
     from scipy.sparse import coo_matrix
@@ -369,7 +379,7 @@ def solve_illumination(cats: Sequence[StarCatalog], config: IlluminationConfig) 
     cats = [c for c in cats if len(c.x)]
     what = f"illumination correction of detector {cats[0].detector if cats else '?'}"
     if len(cats) < 2:
-        raise CalibrationError(f"{what}: stars were measured on {len(cats)} exposure(s); the fit needs at least "
+        raise UserInputError(f"{what}: stars were measured on {len(cats)} exposure(s); the fit needs at least "
                                "two dithered science exposures. Select more exposures (SELECTION_ILLUMINATION_CORRECTION).")
     shape = cats[0].shape
     star, expo, row, offsets = _associate(cats, config.match_radius)
@@ -378,7 +388,7 @@ def solve_illumination(cats: Sequence[StarCatalog], config: IlluminationConfig) 
     zp = config.fit_exposure_zero_points
     terms = [t for t in _terms(config.chebyshev_order) if t != (0, 0) and (not zp or sum(t) > 1)]
     if keep.sum() < 3 * (len(terms) + 2):
-        raise CalibrationError(f"{what}: {int(keep.sum())} measurements of repeated stars; at least "
+        raise UserInputError(f"{what}: {int(keep.sum())} measurements of repeated stars; at least "
                                f"{3 * (len(terms) + 2)} are needed for order {config.chebyshev_order}. Use more "
                                "(dithered) exposures or a lower superStarSubCcdChebyshevOrder.")
     x = np.array([cats[e].x[r] for e, r in zip(expo, row)])
@@ -431,7 +441,7 @@ def apply_illumination_correction(image: np.ndarray, variance: np.ndarray, mask:
     """ip_isr ``illuminationCorrection``: divide the image (and the variance by c²) in place."""
     c = correction.image if isinstance(correction, MaskedImage) else np.asarray(correction)
     if c.shape != image.shape:
-        raise CalibrationError(f"illumination correction has shape {c.shape}; the image has {image.shape}. Use the "
+        raise UserInputError(f"illumination correction has shape {c.shape}; the image has {image.shape}. Use the "
                                "correction built for this camera and scale.")
     c = c.astype(np.float32)
     image /= c

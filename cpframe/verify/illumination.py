@@ -20,7 +20,7 @@ from cpframe.core.errors import UserInputError
 from cpframe.verify.config import VerifyConfig
 from cpframe.verify.core import Stage, register_stage
 
-__all__ = ["ILLUMINATION", "measure_illumination", "check_illumination"]
+__all__ = ["ILLUMINATION", "check_illumination", "measure_illumination"]
 
 
 def measure_illumination(path: str | Path, detector: Detector, config: VerifyConfig, nominal=None) -> dict:
