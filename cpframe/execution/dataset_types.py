@@ -27,6 +27,7 @@ PRODUCT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
     "bfk": (("detector",), "json"),  # cpframe/science/bfk.py
     "gain_correction": (("detector",), "json"),  # cpframe/science/gain_correction.py
     "flat_gradient_reference": (("physical_filter",), "json"),  # cpframe/science/flat_gradient.py
+    "illuminationCorrection": (("detector", "physical_filter"), "fits-masked"),  # cpframe/science/illumination.py
 }
 
 #: Calibration dataset types (looked up by validity range, not produced per exposure).

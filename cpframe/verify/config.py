@@ -109,6 +109,9 @@ class VerifyConfig:
     """FIT_RESIDUAL: largest rms of the binned flat about the fitted model (fraction)."""
     flat_gradient_max_gradient_pct: float = 10.0
     """GRADIENT: largest change (%) of the planar gradient across the fitted radius."""
+    # -- illumination correction (cpframe's check, cpframe/verify/illumination.py) -------------
+    illumination_max_rms: float = 0.005
+    """ILLUMINATION: rms of (c - 1) of the correction re-measured after applying one must be below this."""
     # -- brighter-fatter kernel (cpframe's check, cpframe/verify/bfk.py) ------------------------
     bfk_max_nonlinearity: float = 0.01
     """VARIANCE_LINEAR: largest departure of the BF-corrected PTC from a straight line (relative)."""
@@ -212,6 +215,9 @@ TEST_NOTES: dict[tuple[str, str], tuple[str, str]] = {
                                        "cpframe's own test (cp_verify has none)"),
     ("FLAT_GRADIENT", "FIT_RESIDUAL"): ("rms of the binned flat about the model <= 1 %", "cpframe's own test"),
     ("FLAT_GRADIENT", "GRADIENT"): ("planar gradient across the fitted radius <= 10 %", "cpframe's own test"),
+    ("ILLUMINATION", "FLAT"): ("illumination correction re-measured after applying it: rms of c - 1 over the "
+                               "detector < 0.5 %", "cpframe's own test (cp_verify makes the product, no test yet: "
+                               "DM-49192)"),
     ("BFK", "VARIANCE_LINEAR"): ("PTC of flats corrected with the kernel within 1 % of a straight line up to "
                                  "50 000 e- (detector mean of the amps)",
                                  "cpframe's own test: cp_verify compares star sizes on science images, and cpframe "
