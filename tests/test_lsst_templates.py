@@ -52,7 +52,7 @@ BUILT = {
 
 #: Templates whose types cpframe builds (issue 13) and whose real LSST pipeline files it reads too (issue 12:
 #: CrosstalkExtract/Solve, the filter folded into the solve, CpCtiSolve are in the kinds' task_classes).
-LSST_READ_TOO = {"bps_cti"}
+LSST_READ_TOO = {"bps_cti", "bps_bfk"}
 #: Templates whose types cpframe builds with its own pipelines only: with the stack unset the real template
 #: reads cpframe's pipeline and plans; with it set they are refused, each for the reason given.
 OWN_PIPELINE_ONLY = {
@@ -63,8 +63,6 @@ OWN_PIPELINE_ONLY = {
     # CpvLinearitySolveTask: cpframe's linearitySolve is one per-amp spline solve, not mapped onto them
     "bps_linearizer": "cpframe does not build linearizer",
     "bps_verify_linearizer": "cpframe does not build linearizer",
-    # BrighterFatterKernelSolveTask and cp_verify's source-size BFK check: not mapped onto the bfk kinds yet
-    "bps_bfk": "cpframe does not build brighter-fatter kernel",
     "bps_verify_bfk": "cpframe does not build",
 }
 
@@ -172,7 +170,10 @@ def test_defect_and_ptc_tasks_fold_onto_cpframe_kinds():
     p = load_pipeline(CP_PIPE / "pipelines/LSSTComCam/cpPtc.yaml", environ=STACK)
     assert [(t.kind, t.output) for t in p.tasks] == [("isr", "cpPtcIsrExp"), ("ptcExtract", "cpPtcPartial"),
                                                     ("ptcSolve", "ptc")]
-    assert any("FULLCOVARIANCE" in n for n in p.notes)
+    # the real file's FULLCOVARIANCE fit (to lag 10) is cpframe's too, covariances measured in extraction
+    assert (p.task("cpPtcSolve").config["ptcFitType"], p.task("cpPtcSolve").config["maximumRangeCovariancesAstier"],
+            p.task("cpPtcExtractPair").config["maximumRangeCovariancesAstier"]) == ("FULLCOVARIANCE", 10, 10)
+    assert not any("FULLCOVARIANCE" in n for n in p.notes)
 
 
 def test_verification_pipelines_map_onto_verify_stages():

@@ -46,7 +46,6 @@ NOT_BUILT = {
     "lsst.cp.verify.CpVerifyCrosstalkTask": "crosstalk verification",
     "lsst.cp.pipe.LinearitySolveTask": "linearizer", "lsst.cp.pipe.LinearityDoubleSplineSolveTask": "linearizer",
     "lsst.cp.pipe.LinearityNormalizeTask": "linearizer", "lsst.cp.verify.CpvLinearitySolveTask": "linearizer",
-    "lsst.cp.pipe.BrighterFatterKernelSolveTask": "brighter-fatter kernel (bfk)",
     "lsst.cp.pipe.ElectrostaticBrighterFatterSolveTask": "electrostatic brighter-fatter distortion matrix",
     "lsst.cp.pipe.CpSkyImageTask": "sky", "lsst.cp.pipe.CpSkyScaleMeasureTask": "sky",
     "lsst.cp.pipe.CpSkySubtractBackgroundTask": "sky", "lsst.cp.pipe.CpSkyCombineTask": "sky",

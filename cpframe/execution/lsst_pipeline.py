@@ -46,6 +46,7 @@ from cpframe.core.errors import PipelineError
 from cpframe.execution.dataset_types import PRODUCT_TYPES
 from cpframe.execution.kinds.defects import LSST_FIELDS as _DEFECT_FIELDS
 from cpframe.execution.kinds.defects import LSST_IGNORED as _DEFECT_IGNORED
+from cpframe.science.ptc import FIT_TYPES as _PTC_FIT_TYPES
 from cpframe.execution.lsst_config import CALIB_BASELINE, MISSING, NOT_BUILT, SKIPPED, python_ops
 
 __all__ = [
@@ -527,9 +528,14 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
             ct = cfg.get("calibrationType")
             if ct in ("bias", "dark", "flat") and out == f"{ct}Bootstrap":
                 cfg["calibrationType"] = out
-        if cmap.kind == "ptcSolve" and cfg.get("ptcFitType") not in (None, "EXPAPPROXIMATION"):
-            notes.append(f"{label}: ptcFitType={cfg['ptcFitType']!r} is not implemented by cpframe; "
-                         "EXPAPPROXIMATION is fitted")
+        if cmap.kind == "bfkSolve" and cfg.get("useBfkPtc") is False:
+            # cp_pipe: without useBfkPtc the kernel is solved from the certified PTC (inputPtc)
+            inputs = []
+            task["inputs"] = []
+            task["calibrations"] = [_connection(cmap, r.values, "inputPtc", "ptc")]
+        if cmap.kind == "ptcSolve" and cfg.get("ptcFitType") not in (None, *_PTC_FIT_TYPES):
+            notes.append(f"{label}: ptcFitType={cfg['ptcFitType']!r} is not implemented by cpframe "
+                         f"({', '.join(_PTC_FIT_TYPES)} are); EXPAPPROXIMATION is fitted")
             cfg["ptcFitType"] = "EXPAPPROXIMATION"
         if cmap.kind == "verifyStats" and cmap.inputs[0][0] == "inputCalib":
             task["inputs"] = []
