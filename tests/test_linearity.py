@@ -361,3 +361,84 @@ def test_linearity_solved_from_a_ptc_equals_the_solve_from_its_pairs(tmp_path):
     a = solve_linearity(ms, None, {"linearityType": "Spline"}).amps["C00"]
     b = solve_linearity(back, None, {"linearityType": "Spline"}).amps["C00"]
     np.testing.assert_allclose(b.coeffs, a.coeffs, rtol=1e-9, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------
+# the real cp_pipe / cp_verify templates (stack variables set), unchanged, on a simulated repository
+# ------------------------------------------------------------------------------------------------
+def test_real_linearizer_templates_run_unchanged_with_the_stack(tmp_path, local_dask, monkeypatch):
+    """bps_linearizer then bps_verify_linearizer, the real templates and LSSTCam pipeline files (issue 12): ISR,
+    pair extraction, the linearizer PTC, three LinearityDoubleSplineSolveTask and two LinearityNormalizeTask
+    (the reference detector 94 of the file), then cp_verify's ISR with the linearizer, its PTC and second
+    linearizer (CpvLinearitySolveTask) and CpVerifyLinearityTask.  LSSTComCam's own cpLinearizer.yaml is not
+    runnable (test_lsst_templates); the simulated LSSTCam mini detector 94 is.  The linearizer meets the 0.1 %
+    target against the simulator's injected curves, and the verification passes."""
+    from types import SimpleNamespace
+
+    from cpframe.camera.curated import write_defects
+    from cpframe.camera.simulate import ExposureSpec, make_truth, simulate
+    from cpframe.execution.submit import submit_template
+    from cpframe.repository.ingest import ingest_raws
+    from cpframe.repository.repo import Repository
+
+    from tests._run_helpers import TRUTH_BEGIN, certify_run, put_certified, variables
+    from tests.test_lsst_templates import CP_PIPE, CP_VERIFY, STACK
+
+    cam = load_camera("LSSTCam", "mini")
+    det = cam.detector(94)
+    # LSSTCam's simulated gains make its full wells ~90 000-100 000 adu: a brighter lamp than ComCam's ramp
+    # so that the ramp passes every amp's full well (the target is checked up to 90 % of it)
+    specs = [ExposureSpec(20241110, i + 1, "flat", "r_57", float(t), float(t) + 0.3,
+                          f"2024-11-10T{20 + i // 60:02d}:{i % 60:02d}:00", "ptc", "LINEARITY-TEST", 1.5 * FLUX)
+             for i, t in enumerate(x for x in RAMP_TIMES for _ in (0, 1))]
+    truth = make_truth(cam, SEED, nonlinearity=True, cosmics=False)
+    paths = simulate(specs, tmp_path / "raw", cam.name, "mini", seed=SEED, detectors=[det.id], workers=2,
+                     truth=truth)
+    repo = Repository.create(tmp_path / "repo")
+    try:
+        report = ingest_raws(repo, [str(p) for p in paths], run="LSSTCam/raw/all", transfer="direct", processes=1)
+        assert not report.failed, report.summary()
+        ticket, truth_coll = "LSSTCam/calib/DM-TEST", "LSSTCam/calib/DM-TEST/truth"
+        defects = write_defects(tmp_path / "defects.ecsv", [d[:4] for d in truth.detectors[det.id].defects],
+                                "LSSTCam", det.id, TRUTH_BEGIN)
+        put_certified(repo, "defects", [(defects, {"instrument": "LSSTCam", "detector": det.id})],
+                      f"{truth_coll}/defects-run", truth_coll)
+        repo.registry.set_chain(ticket, [truth_coll], mode="redefine")
+        sel = "instrument='LSSTCam' and exposure.observation_type='flat'"
+        env = {**variables(repo.root, tmp_path / "scratch", SimpleNamespace(plan=SimpleNamespace(selections={})),
+                           INSTRUMENT="LSSTCam", RAW_COLLECTION="LSSTCam/raw/all", CALIB_COLLECTIONS=truth_coll,
+                           SELECTION_PTC_LINEARIZER=sel, SELECTION_PTC_LINEARIZER_V=sel), **STACK}
+        for k, v in STACK.items():
+            monkeypatch.setenv(k, v)
+        built = submit_template(CP_PIPE / "bps/templates/bps_linearizer.yaml", environ=env, client=local_dask.client)
+        assert built.counts == {"linearizer": 1, "linearizerPtc": 1}, built.counts  # as cp_pipe, its PTC too
+        (ref,) = repo.registry.query_datasets("linearizer", collections=[built.run])
+        lin = read_linearizer(repo.get_path(ref))
+        assert lin.meta["FPNORMALIZED"] is True and lin.meta["DETECTOR"] == det.id
+        worst = {}
+        for amp in det.amps:
+            t = truth.amp(det.id, amp.name)
+            fw = t.full_well / t.gain
+            rec = lin.amps[amp.name]
+            assert rec.type == "Spline" and not rec.note, (amp.name, rec.note)
+            # the normalisation of a steady lamp (the simulator's) is 1 at every pair
+            assert np.nanmax(np.abs(np.array(rec.input_normalization) - 1)) < 1e-3
+            worst[amp.name] = linearity_residual(lin.function(amp.name), t.nonlinearity, t.nonlinearity_cubic, fw)
+        assert max(worst.values()) < TOLERANCE, worst
+
+        cert = "LSSTCam/calib/DM-TEST/linearizer.20241110a"
+        certify_run(repo, built.run, "linearizer", cert)
+        repo.registry.set_chain(ticket, [cert], mode="prepend")
+        checked = submit_template(CP_VERIFY / "bps/templates/bps_verify_linearizer.yaml", environ=env,
+                                  client=local_dask.client)
+        from cpframe.verify.results import read_stats
+
+        (sref,) = repo.registry.query_datasets("verifyLinearizerStats", collections=[checked.run])  # run summary
+        summary = read_stats(repo.get_path(sref))
+        assert summary["SUCCESS"], summary
+        (dref,) = repo.registry.query_datasets("verifyLinearizerDetStats", collections=[checked.run])
+        amps = read_stats(repo.get_path(dref))["AMP"]
+        # the ramp corrected with the linearizer under test leaves (almost) nothing for a second linearizer
+        assert all(a["MAX_FIT_RESIDUAL"] < 1e-3 for a in amps.values()), amps
+    finally:
+        repo.close()

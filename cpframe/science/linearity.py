@@ -103,8 +103,9 @@ class LinearityConfig:
     use_photodiode: bool = False
     """Only False is implemented: the abscissa is the exposure time."""
     spline_node_size: float = 0.0
-    """Spline: the distance between nodes (adu; cp_pipe ``absoluteSplineNodeSize``); 0 = ``splineKnots``
-    nodes evenly over the fitted range."""
+    """Spline: the distance between nodes (adu; cp_pipe ``absoluteSplineNodeSize``), widened so that each
+    interval keeps at least :data:`MIN_POINTS_PER_NODE` fitted pairs; 0 = ``splineKnots`` nodes evenly
+    over the fitted range."""
     use_focal_plane_normalization: bool = False
     """Multiply each pair's exposure time by the focal-plane normalisation of its exposures (the lamp's
     flux relative to the ramp's median, :mod:`cpframe.science.linearity_normalize`); the solve then needs
@@ -342,11 +343,18 @@ def _solve_polynomial(t, mu, mask, config: LinearityConfig) -> tuple[list[float]
     return coeffs, [float(x) for x in poly], mask
 
 
+#: With ``splineNodeSize``: the fewest fitted points per node interval (the node size widens on a sparse ramp).
+MIN_POINTS_PER_NODE = 3
+
+
 def _solve_spline(t, mu, mask, turnoff, config: LinearityConfig) -> tuple[list[float], list[float], np.ndarray]:
     top = float(mu[mask].max()) + 1.0
     knots = int(config.spline_knots)
     if config.spline_node_size > 0:  # cp_pipe's absolute spline: nodes at least this far apart
         knots = max(3, int(math.floor(top / float(config.spline_node_size))) + 1)
+        # ... but never more nodes than the ramp constrains: cp_pipe's node sizes assume ramps of hundreds
+        # of exposures; on a sparse ramp each interval keeps MIN_POINTS_PER_NODE fitted points (docs)
+        knots = min(knots, max(4, int(mask.sum()) // MIN_POINTS_PER_NODE + 1))
     nodes = np.linspace(0.0, top, knots)
     n = len(nodes)
     eye = np.eye(n)
