@@ -251,8 +251,8 @@ def test_bf_corrected_flats_have_a_linear_ptc(bf_flats, bfk, tmp_path):
 
 
 def test_solve_needs_covariances_and_isr_needs_the_kernel(tmp_path, mini_products, mini_sim):
-    from cpframe.science.isr import IsrError, isr_config_for, load_calibs, run_isr
     from cpframe.science.imageio import read_raw
+    from cpframe.science.isr import IsrError, isr_config_for, load_calibs, run_isr
 
     with pytest.raises(UserInputError, match="no covariances; build it with ptcFitType: FULLCOVARIANCE"):
         solve_bfk(mini_products.ptc.path, tmp_path / "bfk.json")
@@ -283,9 +283,14 @@ def test_templates_build_certify_and_verify_the_kernel(bf_flats, tmp_path, local
 
     from cpframe.execution.submit import submit_template
     from cpframe.verify.results import read_stats
-
     from tests._run_helpers import (
-        TICKET, TRUTH_COLLECTION, certify_run, certify_truth_calibs, make_repo, ticket_chain_add, variables,
+        TICKET,
+        TRUTH_COLLECTION,
+        certify_run,
+        certify_truth_calibs,
+        make_repo,
+        ticket_chain_add,
+        variables,
     )
 
     truth, paths = bf_flats
@@ -331,7 +336,6 @@ def test_real_bfk_template_runs_unchanged_with_the_stack(bf_flats, tmp_path, loc
     from types import SimpleNamespace
 
     from cpframe.execution.submit import submit_template
-
     from tests._run_helpers import TICKET, TRUTH_COLLECTION, certify_truth_calibs, make_repo, variables
     from tests.test_lsst_templates import CP_PIPE, STACK
 

@@ -380,7 +380,6 @@ def test_real_linearizer_templates_run_unchanged_with_the_stack(tmp_path, local_
     from cpframe.execution.submit import submit_template
     from cpframe.repository.ingest import ingest_raws
     from cpframe.repository.repo import Repository
-
     from tests._run_helpers import TRUTH_BEGIN, certify_run, put_certified, variables
     from tests.test_lsst_templates import CP_PIPE, CP_VERIFY, STACK
 

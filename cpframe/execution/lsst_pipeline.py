@@ -538,7 +538,6 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
                 cfg["calibrationType"] = out
         if cmap.kind == "bfkSolve" and cfg.get("useBfkPtc") is False:
             # cp_pipe: without useBfkPtc the kernel is solved from the certified PTC (inputPtc)
-            inputs = []
             task["inputs"] = []
             task["calibrations"] = [_connection(cmap, r.values, "inputPtc", "ptc")]
         if cmap.kind == "ptcSolve" and cfg.get("ptcFitType") not in (None, *_PTC_FIT_TYPES):

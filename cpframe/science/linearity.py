@@ -351,7 +351,7 @@ def _solve_spline(t, mu, mask, turnoff, config: LinearityConfig) -> tuple[list[f
     top = float(mu[mask].max()) + 1.0
     knots = int(config.spline_knots)
     if config.spline_node_size > 0:  # cp_pipe's absolute spline: nodes at least this far apart
-        knots = max(3, int(math.floor(top / float(config.spline_node_size))) + 1)
+        knots = max(3, math.floor(top / float(config.spline_node_size)) + 1)
         # ... but never more nodes than the ramp constrains: cp_pipe's node sizes assume ramps of hundreds
         # of exposures; on a sparse ramp each interval keeps MIN_POINTS_PER_NODE fitted points (docs)
         knots = min(knots, max(4, int(mask.sum()) // MIN_POINTS_PER_NODE + 1))

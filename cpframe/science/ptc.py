@@ -264,7 +264,7 @@ def covariance_pixel_floor(config: PtcConfig, header: Mapping[str, Any], amp_pix
     except CameraError:
         return floor
     full_pixels = (full[0].stop - full[0].start) * (full[1].stop - full[1].start)
-    return max(1, int(math.ceil(floor * min(1.0, amp_pixels / full_pixels))))
+    return max(1, math.ceil(floor * min(1.0, amp_pixels / full_pixels)))
 
 
 def _measure_covariances(rec: dict, a: np.ndarray, b: np.ndarray, good: np.ndarray, mu1: float, mu2: float,
