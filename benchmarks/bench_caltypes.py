@@ -1,10 +1,12 @@
 """Cost per detector of the new generation tasks against ISR + combine of the same inputs.
 
-For each of linearizer (flat-pair ramp), crosstalk (spot exposures) and CTI (flats at
-several levels), on one LSSTComCam detector (full size by default):
+For each of linearizer (flat-pair ramp), crosstalk (spot exposures), CTI (flats at
+several levels) and brighter-fatter kernel (flat-pair ramp with the simulator's pixel-area
+effect), on one LSSTComCam detector (full size by default):
 
-1. the generation driver (``cp_linearizer``, ``cp_crosstalk``, ``cp_cti``): ISR of every
-   raw with the type's switches + the type's own extract/solve + product write;
+1. the generation driver (``cp_linearizer``, ``cp_crosstalk``, ``cp_cti``, ``cp_bfk``): ISR of every
+   raw with the type's switches + the type's own extract/solve + product write (BFK: the
+   FULLCOVARIANCE PTC of its ramp, cp_pipe's default covariance range 8, then the kernel);
 2. the reference: ISR of the same raws with the same switches + a MEANCLIP combine of the
    intermediates (``combine_task``), i.e. what a bias/flat of the same inputs costs.
 
@@ -34,7 +36,7 @@ sys.path.insert(0, str(HERE.parent))
 from cpframe.camera.models import load_camera  # noqa: E402
 from cpframe.camera.simulate import ExposureSpec, make_truth, simulate  # noqa: E402
 from cpframe.science.combine import combine_config_for  # noqa: E402
-from cpframe.science.drivers import cp_crosstalk, cp_cti, cp_linearizer  # noqa: E402
+from cpframe.science.drivers import cp_bfk, cp_crosstalk, cp_cti, cp_linearizer  # noqa: E402
 from cpframe.science.isr import isr_config_for  # noqa: E402
 from cpframe.science.tasks import _run_isr_all, combine_task  # noqa: E402
 
@@ -43,7 +45,7 @@ def _specs(kind: str, n: int) -> list[ExposureSpec]:
     out = []
     for i in range(n):
         begin = f"2024-11-10T2{i // 60}:{i % 60:02d}:00"
-        if kind == "linearizer":
+        if kind in ("linearizer", "bfk"):
             t = round(0.5 + 30.0 * (i // 2) / max(1, n // 2 - 1), 3)
             out.append(ExposureSpec(20241110, i + 1, "flat", "r_03", t, t + 0.3, begin, "ptc", "BENCH", 3000.0))
         elif kind == "crosstalk":
@@ -63,7 +65,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-linearizer", type=int, default=20, help="raws of the ramp (pairs)")
     ap.add_argument("--n-crosstalk", type=int, default=16, help="spot exposures (one lit amp each)")
     ap.add_argument("--n-cti", type=int, default=14, help="flats")
-    ap.add_argument("--only", choices=("linearizer", "crosstalk", "cti"))
+    ap.add_argument("--n-bfk", type=int, default=20, help="raws of the BFK ramp (pairs)")
+    ap.add_argument("--only", choices=("linearizer", "crosstalk", "cti", "bfk"))
     ap.add_argument("--data", default=str(HERE / "_data" / "caltypes"))
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args(argv)
@@ -72,8 +75,9 @@ def main(argv=None) -> int:
     cam = load_camera("LSSTComCam", args.scale)
     det = cam.detector(args.detector)
     truth = make_truth(cam, 5, nonlinearity=True, crosstalk=True, cti=True)
+    bf_truth = make_truth(cam, 5, brighter_fatter=True, cosmics=False)  # the kernel's own data set
     gains = {a.name: truth.amp(det.id, a.name).gain for a in det.amps}
-    counts = {"linearizer": args.n_linearizer, "crosstalk": args.n_crosstalk, "cti": args.n_cti}
+    counts = {"linearizer": args.n_linearizer, "crosstalk": args.n_crosstalk, "cti": args.n_cti, "bfk": args.n_bfk}
     results = []
     try:
         for kind, n in counts.items():
@@ -81,7 +85,7 @@ def main(argv=None) -> int:
                 continue
             t0 = time.perf_counter()
             paths = simulate(_specs(kind, n), data / kind, cam.name, args.scale, seed=5, detectors=[det.id],
-                             workers=args.workers, truth=truth)
+                             workers=args.workers, truth=bf_truth if kind == "bfk" else truth)
             sim_s = time.perf_counter() - t0
             out = data / f"{kind}_out"
             out.mkdir(parents=True, exist_ok=True)
@@ -92,6 +96,9 @@ def main(argv=None) -> int:
                 icfg = isr_config_for("crosstalk", do_defect=False, do_apply_gains=False, do_bootstrap=True)
                 run = lambda: cp_crosstalk(paths, out / "crosstalk.json", workers=args.workers,  # noqa: E731
                                            config={"growMaskRadius": 0})
+            elif kind == "bfk":
+                icfg = isr_config_for("bfk", do_defect=False)
+                run = lambda: cp_bfk(paths, out / "bfk.json", workers=args.workers)  # noqa: E731
             else:
                 icfg = isr_config_for("cti", do_defect=False, do_linearize=False, do_bootstrap=True, gains=gains)
                 run = lambda: cp_cti(paths, out / "cti.json", isr_config=icfg, workers=args.workers)  # noqa: E731

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from cpframe.cli import main
 from cpframe.core.errors import CampaignError
+from tests.fixtures.verify import failure_links, look_at_report, verdict_order
 
 pytestmark = [pytest.mark.slow]
 
@@ -126,6 +127,37 @@ def test_broken_saturated_flat_fails_the_flat_test_in_red(demo):
     assert r > 150 and g < 60 and b < 60  # red
     # the demo's own, deployed flat is unaffected
     assert res.verdicts["flat-r"][0]
+
+
+@pytest.mark.browser
+def test_demo_reports_as_a_reviewer_sees_them(demo, chromium, tmp_path):
+    """Issue 16 on a real campaign run, not a made-up repository: the demo's report and the broken
+    campaign's report in a real browser at 1280 px (tests.fixtures.verify.look_at_report: every
+    image of every page loads, nothing scrolls sideways, mosaics use the width, plots sit side by
+    side).  The broken one lists the saturated exposure's failures first, and each failure links
+    to that exposure's anchor on the per-exposure page with its residual mosaic under it (a
+    binned preview: the full-size verification ISR images are not kept in the RUN).
+    Screenshots go to $CPFRAME_SCREENSHOTS when set."""
+    from cpframe.repository.repo import Repository
+
+    res, _ = demo
+    good = res.report_index.parent
+    look_at_report(chromium, good, tmp_path, min_images=15)
+    verdicts, tests = verdict_order(good / "index.html")
+    assert {c for c, _ in verdicts} == {"pass"} and {c for c, _, _ in tests} == {"pass"}
+    b = res.broken
+    bad = b.report_index.parent
+    look_at_report(chromium, bad, tmp_path, min_images=5, shoot=("index", "flat_exp"))
+    verdicts, tests = verdict_order(bad / "index.html")
+    assert verdicts[0] == ("fail", "flat"), verdicts
+    assert [c for c, _, _ in tests[:2]] == ["fail", "fail"] and {t for _, t, _ in tests[:2]} == {"NOISE", "SATURATION"}
+    assert "fail" not in [c for c, _, _ in tests[2:]], tests
+    hrefs = failure_links(bad)
+    assert set(hrefs) == {("flat_exp.html", f"exp{b.exposure_id}")}, hrefs
+    # the plot under the failing exposure is the preview of its own residual, registered in the RUN
+    with Repository.open(res.repo_root) as repo:
+        refs = repo.registry.query_datasets("verifyFlatPreview", "*DEMO-1-SAT*verifyFlat*")
+    assert b.exposure_id in {int(r.data_id["exposure"]) for r in refs}, refs
 
 
 @pytest.mark.parametrize("kind", ["light-leak", "noisy"])

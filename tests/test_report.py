@@ -24,7 +24,7 @@ from cpframe.verify import (
     write_stats,
 )
 from cpframe.verify.plots import focal_plane_grid, stretch_limits
-from tests.fixtures.verify import make_residual
+from tests.fixtures.verify import chromium_args, failure_links, look_at_report, make_residual, verdict_order
 
 INSTRUMENT = "LSSTComCam"
 DETECTORS = (0, 4, 8)
@@ -367,16 +367,10 @@ def test_report_cli(report_repo, report, tmp_path):
     assert bad.exit_code == 3 and "nope" in bad.output and "Traceback" not in bad.output
 
 
-def _chromium_args(chromium, profile):
-    return [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={profile}", "--allow-file-access-from-files", "--virtual-time-budget=15000"]
-
-
 @pytest.mark.browser
 def test_report_renders_in_headless_chromium(report, chromium, tmp_path):
     index = report.output_dir / "index.html"
-    dom = subprocess.run(_chromium_args(chromium, tmp_path / "p1") + ["--dump-dom", index.as_uri()],
+    dom = subprocess.run(chromium_args(chromium, tmp_path / "p1") + ["--dump-dom", index.as_uri()],
                          capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     body = re.search(r"<body[^>]*>", dom.stdout).group(0)
@@ -386,7 +380,7 @@ def test_report_renders_in_headless_chromium(report, chromium, tmp_path):
     assert 'data-loaded="0"' not in dom.stdout
     assert 'id="summary-table"' in dom.stdout and "SCATTER" in dom.stdout
     shot = tmp_path / "index.png"
-    r = subprocess.run(_chromium_args(chromium, tmp_path / "p2") + [f"--screenshot={shot}", "--window-size=1280,2200",
+    r = subprocess.run(chromium_args(chromium, tmp_path / "p2") + [f"--screenshot={shot}", "--window-size=1280,2200",
                                                                      index.as_uri()],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and shot.stat().st_size > 20000
@@ -462,13 +456,6 @@ def test_report_pages_come_from_templates_not_python_strings():
     assert {"detectors.html", "exposures.html", "provenance.html", "manifest.html", "navigation.html"} <= templates
 
 
-def _dom(chromium, page, profile, width=1280):
-    dom = subprocess.run(_chromium_args(chromium, profile) + [f"--window-size={width},900", "--dump-dom", page.as_uri()],
-                         capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    return dom.stdout, re.search(r"<body[^>]*>", dom.stdout).group(0)
-
-
 @pytest.mark.browser
 def test_report_of_every_built_type_as_a_reviewer_sees_it(report_repo, campaign_report, chromium, tmp_path):
     """Issue 16, in a real browser at a laptop's 1280 px, on a report over every type a DMTN-222
@@ -477,10 +464,6 @@ def test_report_of_every_built_type_as_a_reviewer_sees_it(report_repo, campaign_
     45 % of the page's width, every float column carries its unit, every test says when it
     passes, failing items come first and every failure links to a page, an anchor and the plot
     under it.  Screenshots go to $CPFRAME_SCREENSHOTS when set (for a person to look at)."""
-    import os
-    import shutil
-    from pathlib import Path
-
     from astropy.table import Table
 
     from cpframe.report.values import COLUMN_UNITS
@@ -489,44 +472,16 @@ def test_report_of_every_built_type_as_a_reviewer_sees_it(report_repo, campaign_
     assert set(campaign_report.verdicts) == {"bias", "flat", "ptc", "linearizer", "crosstalk", "cti", "bfk"}
     det, amp = FAILING_CROSSTALK
     assert campaign_report.failures["crosstalk"] == [f"{mini_comcam_name(report_repo, det)} {amp} NO_SIGNIFICANT_DETECTION"]
-    keep = Path(os.environ["CPFRAME_SCREENSHOTS"]) if os.environ.get("CPFRAME_SCREENSHOTS") else None
-    results = sorted(out.glob("src/*/verify*Results_*.html"))
-    assert len(results) == 7
-    for page in [out / "index.html", *results]:
-        dom, body = _dom(chromium, page, tmp_path / page.stem)
-        assert 'data-fits-width="1"' in body, (page.name, body)
-        assert 'data-crushed-headers="0"' in body, (page.name, body)
-        if page.name == "index.html":
-            total = int(re.search(r'data-images-total="(\d+)"', body).group(1))
-            assert total >= 12 and f'data-images-ok="{total}"' in body, body
-            assert float(re.search(r'data-mosaic-share="([\d.]+)"', body).group(1)) >= 0.45, body
-            assert 'data-stacked-figures="0"' in body, body
-        if page.name != "index.html" and "Bias" not in page.name:
-            continue  # screenshots of the index and of the widest per-amp table (28 columns)
-        shot = tmp_path / f"{page.stem}.png"
-        subprocess.run(_chromium_args(chromium, tmp_path / (page.stem + "-shot")) + [
-            f"--screenshot={shot}", "--window-size=1280,2400", page.as_uri()], capture_output=True, timeout=120)
-        assert shot.stat().st_size > 10000
-        if keep:
-            keep.mkdir(parents=True, exist_ok=True)
-            shutil.copy(shot, keep / shot.name)
+    results = look_at_report(chromium, out, tmp_path, min_images=12, shoot=("index", "Bias"))
+    assert len(results) == 7  # screenshots: the index and the widest per-amp table (bias: 28 columns)
     index = (out / "index.html").read_text()
     # failing items first: the two failing types lead both tables
-    verdicts = re.findall(r'<tr class="(\w+)"><td><a href="#(\w+)">', index.split('id="verdicts"')[1].split("</table>")[0])
+    verdicts, tests = verdict_order(out / "index.html")
     assert [v for v in verdicts[:2]] == [("fail", "flat"), ("fail", "crosstalk")] and all(c == "pass" for c, _ in verdicts[2:])
-    tests = re.findall(r'<tr class="(\w+)"><td><a href="#\w+">\w+</a></td><td>(\w+)</td>.*?<td class="note">(.*?)</td>',
-                       index.split('id="summary-table"')[1].split("</table>")[0])
     assert [c for c, _, _ in tests[:2]] == ["fail", "fail"] and "fail" not in [c for c, _, _ in tests[2:]]
     assert all(cond.strip() for _, _, cond in tests), [t for _, t, cond in tests if not cond.strip()]
     # every failure links to a page, an anchor there, and a plot under that anchor
-    links = re.findall(r'<ul class="failures">(.*?)</ul>', index, re.S)
-    hrefs = re.findall(r'<a href="([^"#]+)#([^"]+)">', "".join(links))
-    assert {p for p, _ in hrefs} == {"flat_exp.html", "crosstalk_det.html"}
-    for page, anchor in hrefs:
-        text = (out / page).read_text()
-        after = text[text.index(f'id="{anchor}"'):]
-        nxt = after.find("<h2", 1)
-        assert "<img" in (after[:nxt] if nxt > 0 else after), (page, anchor)
+    assert {p for p, _ in failure_links(out)} == {"flat_exp.html", "crosstalk_det.html"}
     # units: every measured float column of every Results table has one, shown under its name
     for key, type_name in {**CALTYPES, "bias": "Bias", "flat": "Flat", "ptc": "Ptc"}.items():
         ref = report_repo.registry.find_dataset(f"verify{type_name}Results", {"instrument": INSTRUMENT},
@@ -558,3 +513,35 @@ def campaign_collections_of(key: str) -> list:
     if key in CALTYPES:
         return [f"{P}/verify{CALTYPES[key]}.20241127a"]
     return {"bias": [VERIFY_BIAS], "flat": [VERIFY_FLAT], "ptc": [VERIFY_PTC]}[key]
+
+
+def test_residual_preview_is_the_block_mean_of_the_unmasked_pixels(tmp_path):
+    """verify<Type>Preview (cpframe.verify.preview): the residual block-averaged over the pixels not
+    masked BAD/DETECTED/NO_DATA (other bits count), NaN + NO_DATA where a block has none, the
+    variance of the block mean, and the residual's shape in the header; checked against numpy."""
+    from cpframe.science.imageio import mask_value, read_masked
+    from cpframe.verify.preview import preview_shape, write_preview
+
+    rng = np.random.default_rng(5)
+    rows, cols = 500, 512  # a mini detector: factor 2, a 250 x 256 preview
+    image = rng.normal(10.0, 3.0, (rows, cols)).astype(np.float32)
+    variance = rng.uniform(1.0, 2.0, (rows, cols)).astype(np.float32)
+    mask = np.zeros((rows, cols), np.int32)
+    mask[10:20, 30:35] = mask_value("BAD")
+    mask[100:102, 200:202] = mask_value("DETECTED")  # one whole 2x2 block: no good pixel
+    mask[300, 300] = mask_value("SAT")  # counts
+    src = write_masked(tmp_path / "res.fits", image, mask, variance, {"INSTRUME": "LSSTComCam", "DETECTOR": 4})
+    out = read_masked(write_preview(src, tmp_path / "preview.fits"))
+    good = (mask & mask_value(["BAD", "DETECTED", "NO_DATA"])) == 0
+    blocks = lambda a: a.astype(float).reshape(rows // 2, 2, cols // 2, 2).sum(axis=(1, 3))  # noqa: E731
+    n = blocks(good)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        want = blocks(np.where(good, image, 0)) / n
+        want_var = blocks(np.where(good, variance, 0)) / n**2
+    assert out.image.shape == (250, 256)
+    np.testing.assert_allclose(out.image, want, rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(out.variance, want_var, rtol=1e-6, equal_nan=True)
+    assert np.isnan(out.image[50, 100]) and out.mask[50, 100] == mask_value("NO_DATA")
+    assert ((out.mask != 0) == (n == 0)).all() and (n == 0).sum() == 11  # 10 BAD blocks + the DETECTED one
+    assert preview_shape(out.header) == (rows, cols) and out.header["DETECTOR"] == 4
+    assert preview_shape({"NAXIS1": 3}) is None

@@ -173,9 +173,13 @@ def run_quantum(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> Quantum
     if spec.limits is not None:
         return _run_limited(spec, upstream)
     t0 = time.perf_counter()
-    from cpframe.execution.kinds import get_kind
+    runner = _FUSED_RUNNERS.get(spec.kind)
+    if runner is None:
+        # only here: importing the kinds imports the science stack (astropy, scipy, numba), ~1.5 s of
+        # CPU a worker that only runs fused-away placeholders never needs (issue 14, pipeline start-up)
+        from cpframe.execution.kinds import get_kind
 
-    runner = _FUSED_RUNNERS.get(spec.kind) or get_kind(spec.kind).run
+        runner = get_kind(spec.kind).run
     value = runner(spec, _groups(spec, upstream))
     outputs = [(p, dt, dict(did)) for p, dt, did, reg in spec.outputs if reg]
     absent = [p for p, _, _ in outputs if not os.path.isfile(p)]

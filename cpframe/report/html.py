@@ -101,7 +101,7 @@ REPORT_STAGES: tuple[ReportStage, ...] = (
 )
 
 _KIND_OF_SUFFIX = {"Results": "results", "Summary": "summary", "Stats": "stats", "ExpStats": "expstats",
-                   "IsrExp": "residual"}
+                   "IsrExp": "residual", "Preview": "residual"}
 
 
 @dataclass
@@ -485,9 +485,17 @@ class _Report:
     def residual_mosaics(self, st: ReportStage, residuals: list[Item], limit: int | None = None) -> list[str]:
         from cpframe.verify.plots import render_mosaic_png
 
+        from cpframe.verify.preview import preview_shape
+
+        # a verification keeps a binned preview of each residual (verify<Type>Preview); the full-size
+        # residual (verify<Type>IsrExp) only when its intermediates were kept: one image per exposure
+        # and detector, the preview first
+        chosen: dict[tuple[int, int], Item] = {}
+        for it in sorted(residuals, key=lambda i: not i.ref.dataset_type.endswith("Preview")):
+            chosen.setdefault((int(it.ref.data_id.get("exposure", 0)), int(it.ref.data_id["detector"])), it)
         by_exp: dict[int, list[Item]] = {}
-        for it in residuals:
-            by_exp.setdefault(int(it.ref.data_id.get("exposure", 0)), []).append(it)
+        for (exp, _), it in sorted(chosen.items()):
+            by_exp.setdefault(exp, []).append(it)
         out = []
         for exp in sorted(by_exp)[: limit or None]:
             group = by_exp[exp]
@@ -497,8 +505,8 @@ class _Report:
             def render(p, group=group, exp=exp):
                 images, cam = {}, None
                 for it in group:
-                    image, _ = self._read_image(it.path, exclude_masked=True)
-                    cam = self.camera_for(it.ref.data_id["instrument"], image.shape)
+                    image, header = self._read_image(it.path, exclude_masked=True)
+                    cam = self.camera_for(it.ref.data_id["instrument"], preview_shape(header) or image.shape)
                     images[cam.detector(it.ref.data_id["detector"]).id] = image
                 render_mosaic_png(images, cam, p, f"{st.title} residual, exposure {exp}", "e-")
 

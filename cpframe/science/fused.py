@@ -171,10 +171,16 @@ class _CalibRef:
         self.header = read_header(self.path)
         self.shape = self.layout.shape
 
-    def rows(self, y0: int, y1: int):
+    def rows(self, y0: int, y1: int, scratch: _Scratch | None = None, key: str = ""):
+        """Rows [y0, y1) of the three planes (in ``scratch`` buffers named after ``key`` when given)."""
         lay = self.layout
-        return _Rows(read_rows(lay, "IMAGE", y0, y1), read_rows(lay, "MASK", y0, y1),
-                     read_rows(lay, "VARIANCE", y0, y1), self.header)
+        shape = (y1 - y0, self.shape[1])
+
+        def plane(name, dtype):
+            out = None if scratch is None else scratch.get(f"{key}{name}", shape, dtype)
+            return read_rows(lay, name, y0, y1, out=out)
+
+        return _Rows(plane("IMAGE", np.float32), plane("MASK", np.int32), plane("VARIANCE", np.float32), self.header)
 
 
 @dataclass
@@ -186,6 +192,35 @@ class _Rows:
 
 
 _CALIB_IMAGES = ("bias", "dark", "flat")
+
+
+class _Scratch:
+    """Work arrays reused from block to block and raw to raw (issue 14: allocation cost).
+
+    A Dask worker runs with ``MALLOC_TRIM_THRESHOLD_`` set (distributed's nanny), which
+    fixes glibc's mmap threshold at 128 KB: every larger temporary is a fresh ``mmap``
+    whose pages fault in zeroed, and is unmapped when freed.  Allocated per block and per
+    amp, that cost 12 s of system time for 20 full-size raws (4.5 million page faults,
+    more than the ISR arithmetic).  Buffers taken here are allocated once at their largest
+    size and handed out as contiguous views.
+    """
+
+    def __init__(self):
+        self._bufs: dict[str, np.ndarray] = {}
+
+    def get(self, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """A contiguous array of ``shape`` and ``dtype`` (contents undefined), valid until the next ``get(key)``."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        buf = self._bufs.get(key)
+        if buf is None or buf.nbytes < nbytes:
+            buf = self._bufs[key] = np.empty(max(nbytes, 1), np.uint8)
+        return buf[:nbytes].view(dtype).reshape(shape)
+
+    def release(self, *keys: str) -> None:
+        """Free these buffers (all of them without ``keys``)."""
+        for k in keys or list(self._bufs):
+            self._bufs.pop(k, None)
 
 
 def _calibs(paths: Mapping[str, Any] | None) -> IsrCalibs:
@@ -200,7 +235,8 @@ def _calibs(paths: Mapping[str, Any] | None) -> IsrCalibs:
 class _RawSource:
     """One raw after the prepass: stored vectors + how to read and dither any block of rows."""
 
-    def __init__(self, path: str, config: IsrConfig, calibs: IsrCalibs, calib_paths: Mapping[str, Any]):
+    def __init__(self, path: str, config: IsrConfig, calibs: IsrCalibs, calib_paths: Mapping[str, Any],
+                 scratch: _Scratch | None = None):
         raw = read_raw(path, segments=False)  # headers only: the amps are read one by one below
         self.path = str(path)
         self.det = det = raw.detector
@@ -218,6 +254,7 @@ class _RawSource:
             self.dither_state = np.random.PCG64(self.seed).state
             self.dither_offset = np.float32(_dither_offset(config.integer_dither_mode))
         self.layout = _raw_layout(self.path, det)
+        self.scratch = scratch if scratch is not None else _Scratch()
         self.stats: dict[str, AmpStats] = {}
         self.svec: dict[str, np.ndarray | None] = {}
         self.pvec: dict[str, np.ndarray | None] = {}
@@ -230,7 +267,7 @@ class _RawSource:
         for amp in det.amps:
             # one amp at a time (pread + the same dither numbers as a whole-file read): the
             # prepass holds one float32 segment, not the raw (docs/algorithms.md, memory)
-            seg = self.read_block(amp, 0, amp.raw_shape[0])
+            seg = self.read_block(amp, 0, amp.raw_shape[0], "prepass")
             st, _, _, vec = serial_amp(amp, seg, config, calibs, self.cards, masks=False)
             self.stats[amp.name] = st
             self.svec[amp.name] = None if vec is None else vec.astype(np.float32)[:, None]
@@ -261,12 +298,17 @@ class _RawSource:
         # per-amp statistics accumulators: n, sum, sum of squares (relative to a shift), histogram
         self.acc = {a.name: _AmpAccumulator() for a in det.amps}
 
-    def read_block(self, amp, r0: int, r1: int) -> np.ndarray:
-        """Raw rows [r0, r1) of one amp as float32, dithered, in read-out order."""
+    def read_block(self, amp, r0: int, r1: int, key: str | None = None) -> np.ndarray:
+        """Raw rows [r0, r1) of one amp as float32, dithered, in read-out order.
+
+        The array lives in the scratch buffer ``key`` (default: the amp's name) until the
+        next read into that key.
+        """
         offset, dtype, bzero = self.layout[amp.name]
         cols = amp.raw_shape[1]
         n = (r1 - r0) * cols
-        buf = np.empty(n, dtype)
+        key = key or amp.name
+        buf = self.scratch.get("raw", (n,), dtype)
         mv = memoryview(buf).cast("B")
         fd = os.open(self.path, os.O_RDONLY)
         try:
@@ -279,10 +321,23 @@ class _RawSource:
                 got += k
         finally:
             os.close(fd)
-        ints = buf.astype(np.int32) if bzero == 0 else buf.astype(np.int32) + np.int32(bzero)
-        seg = ints.reshape(r1 - r0, cols).astype(np.float32)
+        seg = self.scratch.get(key, (r1 - r0, cols), np.float32)
+        flat = seg.reshape(-1)
+        if bzero == 0 or dtype.itemsize == 2:
+            # int16 + BZERO (< 2**17) and int32 without BZERO convert to float32 exactly as
+            # through int32 first (the values are integers that float32 holds, or int32 -> float32
+            # rounds the same), without the two int32 temporaries
+            if bzero:
+                np.add(buf, np.float32(bzero), out=flat, dtype=np.float32)
+            else:
+                np.copyto(flat, buf, casting="unsafe")
+        else:
+            ints = buf.astype(np.int32) + np.int32(bzero)  # uint32 data: wraps as before
+            flat[:] = ints
         if self.seed is not None:
-            seg += self._dither(self.start[amp.name] + r0 * cols, n).reshape(seg.shape) + self.dither_offset
+            d = self._dither(self.start[amp.name] + r0 * cols, n)
+            d += self.dither_offset
+            flat += d
         return seg
 
     def _dither(self, start: int, count: int) -> np.ndarray:
@@ -295,7 +350,7 @@ class _RawSource:
         g = np.random.Generator(bg)
         if start % 2:
             g.random(1, dtype=np.float32)
-        return g.random(count, dtype=np.float32)
+        return g.random(dtype=np.float32, out=self.scratch.get("dither", (count,), np.float32))
 
     def amp_blocks(self, r0: int, r1: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Data boxes of raw rows [r0, r1) of every amp through linearity (read-out order) + SAT/SUSPECT bits."""
@@ -356,24 +411,25 @@ class _AmpAccumulator:
         self.n_sus = 0
 
     def add(self, values: np.ndarray, mask: np.ndarray) -> None:
-        good = (mask & _STAT_IGNORE) == 0
-        self.n_sat += int(np.count_nonzero(mask & (1 << MASK_BITS["SAT"])))
-        self.n_bad += int(np.count_nonzero(mask & (1 << MASK_BITS["BAD"])))
-        self.n_sus += int(np.count_nonzero(mask & (1 << MASK_BITS["SUSPECT"])))
         if self.hist is None:
-            v = values[good]
+            v = values[(mask & _STAT_IGNORE) == 0]
             v = v[np.isfinite(v)]
-            if v.size == 0:
-                return
-            self.shift = float(np.median(v))
-            sig = float(np.std(v)) or 1.0
-            self.width = _HIST_BIN_SIGMA * sig
-            self.lo = self.shift - self.width * (_HIST_BINS // 2)
-            self.hist = np.zeros(_HIST_BINS + 2, np.int32)
-        n, s1, s2 = _accumulate(values, good, self.shift, self.lo, 1.0 / self.width, self.hist)
-        self.n += n
-        self.s1 += s1
-        self.s2 += s2
+            if v.size:
+                self.shift = float(np.median(v))
+                sig = float(np.std(v)) or 1.0
+                self.width = _HIST_BIN_SIGMA * sig
+                self.lo = self.shift - self.width * (_HIST_BINS // 2)
+                self.hist = np.zeros(_HIST_BINS + 2, np.int32)
+        hist = self.hist if self.hist is not None else _NO_HIST
+        n, s1, s2, n_sat, n_bad, n_sus = _accumulate(values, mask, _STAT_IGNORE, _SAT_BIT, _BAD_BIT, _SUS_BIT,
+                                                     self.shift, self.lo, 1.0 / self.width, hist)
+        self.n_sat += n_sat
+        self.n_bad += n_bad
+        self.n_sus += n_sus
+        if self.hist is not None:
+            self.n += n
+            self.s1 += s1
+            self.s2 += s2
 
     def finish(self) -> tuple[float, float, float]:
         """(mean, stdev (ddof=0), median) of the good pixels seen; NaN without any."""
@@ -384,18 +440,37 @@ class _AmpAccumulator:
         return self.shift + mean_d, math.sqrt(var), _hist_median(self.hist, self.n, self.lo, self.width)
 
 
+_SAT_BIT = 1 << MASK_BITS["SAT"]
+_BAD_BIT = 1 << MASK_BITS["BAD"]
+_SUS_BIT = 1 << MASK_BITS["SUSPECT"]
+_NO_HIST = np.zeros(0, np.int32)
+
+
 @njit(nogil=True, cache=True)
-def _accumulate(values, good, shift, lo, inv_width, hist):
-    """Sums of the good finite values (relative to ``shift``) and their histogram (ends: under/over)."""
+def _accumulate(values, mask, ignore, sat_bit, bad_bit, sus_bit, shift, lo, inv_width, hist):
+    """Sums of the good finite values (relative to ``shift``), their histogram (ends: under/over)
+    and the SAT / BAD / SUSPECT counts, in one pass (no temporaries; an empty ``hist``: counts only)."""
     n = 0
     s1 = 0.0
     s2 = 0.0
+    n_sat = 0
+    n_bad = 0
+    n_sus = 0
     nb = hist.shape[0] - 2
     R, C = values.shape
     for r in range(R):
         for c in range(C):
+            m = mask[r, c]
+            if m:
+                n_sat += (m & sat_bit) != 0
+                n_bad += (m & bad_bit) != 0
+                n_sus += (m & sus_bit) != 0
+                if m & ignore:
+                    continue
+            if nb < 0:
+                continue
             v = np.float64(values[r, c])
-            if not good[r, c] or not math.isfinite(v):
+            if not math.isfinite(v):
                 continue
             d = v - shift
             n += 1
@@ -408,7 +483,7 @@ def _accumulate(values, good, shift, lo, inv_width, hist):
                 hist[nb + 1] += 1
             else:
                 hist[int(k) + 1] += 1
-    return n, s1, s2
+    return n, s1, s2, n_sat, n_bad, n_sus
 
 
 def _hist_median(hist: np.ndarray, n: int, lo: float, width: float) -> float:
@@ -505,11 +580,13 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
     per_raw = list(calib_paths) if isinstance(calib_paths, (list, tuple)) else [calib_paths or {}] * len(paths)
     cache: dict[tuple, IsrCalibs] = {}
     sources = []
+    scratch = _Scratch()
     for p, cp in zip(paths, per_raw):
         key = tuple(sorted((k, str(v)) for k, v in dict(cp or {}).items()))
         if key not in cache:
             cache[key] = _calibs(cp)
-        sources.append(_RawSource(p, isr_config, cache[key], cp))
+        sources.append(_RawSource(p, isr_config, cache[key], cp, scratch))
+    scratch.release("prepass", "raw", "dither")
     det = sources[0].det
     if any(s.det.id != det.id or s.det.shape != det.shape for s in sources):
         raise CombineError(f"combine of {what}: raws of different detectors: "
@@ -554,11 +631,14 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
         b = r1 - r0
         # the N inputs' blocks of every band: exactly what fused_rows_for_budget counted; each raw's
         # rows are read, corrected and placed one raw at a time (no second copy of all N blocks)
-        img = [np.empty((n, b, width), np.float32) for _ in bands]
-        msk = [np.zeros((n, b, width), np.int32) for _ in bands]
-        var = [np.empty((n, b, width), np.float32) if use_var else None for _ in bands]
+        # (buffers reused from block to block: _Scratch)
+        img = [scratch.get(f"img{k}", (n, b, width), np.float32) for k in range(len(bands))]
+        msk = [scratch.get(f"msk{k}", (n, b, width), np.int32) for k in range(len(bands))]
+        for m in msk:
+            m.fill(0)
+        var = [scratch.get(f"var{k}", (n, b, width), np.float32) if use_var else None for k in range(len(bands))]
         calib_rows: list[dict[tuple, _Rows]] = [{} for _ in bands]
-        scratch_var = None if use_var else np.empty((b, width), np.float32)
+        scratch_var = None if use_var else scratch.get("scratch_var", (b, width), np.float32)
         for i, s in enumerate(sources):
             data, bits = s.amp_blocks(r0, r1)
             for k, (y0, y1, amps) in enumerate(bands):
@@ -572,7 +652,7 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
                 vr = var[k][i] if use_var else scratch_var
                 vr.fill(0.0)
                 _image_steps(s, im, mk, vr, y0, y1, amps, calib_rows[k], defects.get(id(s.calibs)),
-                             flat_cfg.get(id(s.calibs)), bad_bit, nan_bit)
+                             flat_cfg.get(id(s.calibs)), bad_bit, nan_bit, scratch, f"cal{k}-")
                 if isr_config.do_standard_statistics:
                     for amp in amps:
                         cs = amp.bbox[1]
@@ -585,8 +665,8 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
                 combine_block(img[k], msk[k], var[k] if use_var else _NO_VAR, sc, ignore, stat,
                               float(combine_config.clip), int(combine_config.n_iter), use_var, method,
                               out=(out_image[y0:y1], out_var[y0:y1], out_mask[y0:y1], out_n[y0:y1]))
-            img[k] = msk[k] = var[k] = None  # free each band's inputs as soon as it is combined
         del img, msk, var
+    scratch.release()  # the row blocks go before the product's repair, statistics and write
     exposures = []
     for s, h in zip(sources, headers):
         bad_amps = defects.get(id(s.calibs), (None, set()))[1]
@@ -626,6 +706,16 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
 _NO_VAR = np.zeros((1, 1, 1), np.float32)
 
 
+@njit(nogil=True, cache=True)
+def _mask_nonfinite(im, mk, bit):
+    """``mk |= bit`` where ``im`` is not finite (run_isr's NaN masking, without temporaries)."""
+    R, C = im.shape
+    for r in range(R):
+        for c in range(C):
+            if not math.isfinite(im[r, c]):
+                mk[r, c] |= bit
+
+
 def _output_planes(shape: tuple[int, int], output_path) -> tuple[np.ndarray, ...]:
     """Image, variance, mask and input-count planes of the product.
 
@@ -663,7 +753,7 @@ def _flat_config(flat: _CalibRef, config: IsrConfig) -> IsrConfig:
 
 
 def _image_steps(s: _RawSource, im, mk, vr, y0: int, y1: int, amps, calib_rows: dict, defect, flat_config,
-                 bad_bit, nan_bit) -> None:
+                 bad_bit, nan_bit, scratch: _Scratch | None = None, band_key: str = "") -> None:
     """Bias, dark, defects, NaN masking, variance and flat on output rows [y0, y1) (run_isr's order)."""
     cfg = s.config
 
@@ -671,7 +761,7 @@ def _image_steps(s: _RawSource, im, mk, vr, y0: int, y1: int, amps, calib_rows: 
         path = s.calib_paths[kind]
         key = (kind, str(path))
         if key not in calib_rows:
-            calib_rows[key] = getattr(s.calibs, kind).rows(y0, y1)
+            calib_rows[key] = getattr(s.calibs, kind).rows(y0, y1, scratch, f"{band_key}{len(calib_rows)}-")
         return calib_rows[key]
 
     if cfg.do_bias:
@@ -692,9 +782,7 @@ def _image_steps(s: _RawSource, im, mk, vr, y0: int, y1: int, amps, calib_rows: 
             if amp.name in bad_amps:
                 mk[:, amp.bbox[1]] |= bad_bit
     if cfg.do_nan_masking:
-        nan = ~np.isfinite(im)
-        if nan.any():
-            mk[nan] |= nan_bit
+        _mask_nonfinite(im, mk, nan_bit)
     if cfg.do_variance:
         for amp in amps:
             st = s.stats[amp.name]

@@ -82,6 +82,10 @@ class VerifyStats(TaskKind):
             stats = verify_exposure(stage, images[0].path, detector_of(images[0].path, spec.data_id["detector"]),
                                     spec.settings["verify"],
                                     uncorrected_path=images[1].path if len(images) > 1 else None, data_id=did)
+            if len(spec.outputs) > 1:  # verify<Type>Preview: what the report draws of this exposure
+                from cpframe.verify.preview import write_preview
+
+                write_preview(images[0].path, output_path(spec, 1))
         write_stats(stats, output_path(spec))
         return stats
 

@@ -21,12 +21,26 @@
       for (var j = 0; j < mosaics.length; j++) { least = Math.min(least, mosaics[j].getBoundingClientRect().width / inner); }
       document.body.setAttribute("data-mosaic-share", least.toFixed(2));
     }
-    // plots of one section sit side by side, two to a row, not stacked in a half-empty column
+    // plots of one section sit side by side, two to a row, not stacked in a half-empty column: a
+    // section's one mosaic has its first two plots beside it (it spans their two rows); without a
+    // mosaic the first two plots share a row; and no figure but the last sits alone on its row
     var groups = document.querySelectorAll(".figures"), stacked = 0;
+    function overlaps(a, b) {
+      var ra = a.getBoundingClientRect(), rb = b.getBoundingClientRect();
+      return ra.top < rb.bottom - 1 && rb.top < ra.bottom - 1;
+    }
     for (var g = 0; g < groups.length; g++) {
-      var figs = groups[g].querySelectorAll("figure:not(.mosaic)");
-      if (figs.length >= 2 && Math.abs(figs[0].getBoundingClientRect().top - figs[1].getBoundingClientRect().top) > 1) {
+      var all = groups[g].querySelectorAll("figure"), mosaics = groups[g].querySelectorAll("figure.mosaic");
+      var figs = groups[g].querySelectorAll("figure:not(.mosaic)"), mosaic = mosaics.length === 1 ? mosaics[0] : null;
+      if (mosaic) {
+        for (var m = 0; m < Math.min(2, figs.length); m++) { if (!overlaps(mosaic, figs[m])) { stacked++; } }
+      } else if (figs.length >= 2 && Math.abs(figs[0].getBoundingClientRect().top - figs[1].getBoundingClientRect().top) > 1) {
         stacked++;
+      }
+      for (var f = 0; f < all.length - 1; f++) {
+        var alone = true;
+        for (var o = 0; o < all.length; o++) { if (o !== f && overlaps(all[f], all[o])) { alone = false; } }
+        if (alone && all.length > 1) { stacked++; }
       }
     }
     document.body.setAttribute("data-stacked-figures", String(stacked));
