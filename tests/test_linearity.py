@@ -432,6 +432,7 @@ def test_real_linearizer_templates_run_unchanged_with_the_stack(tmp_path, local_
                                   client=local_dask.client)
         from cpframe.verify.results import read_stats
 
+        assert checked.extra["verification"] == "verification: PASS (verifyLinearizerStats)"
         (sref,) = repo.registry.query_datasets("verifyLinearizerStats", collections=[checked.run])  # run summary
         summary = read_stats(repo.get_path(sref))
         assert summary["SUCCESS"], summary
