@@ -47,6 +47,9 @@ BUILT = {
     *(f"bps_flat_{b}" for b in "ugriyz"), "bps_flat_singleled_white", "bps_ptc",
     "bps_verify_bias", "bps_verify_dark", "bps_verify_defects", *(f"bps_verify_flat_{b}" for b in "ugriyz"),
     "bps_verify_ptc", "bps_verify_science",
+    # issue 13: CalibrateImage -> starMeasure, FGCM fit cycle -> illuminationSolve, source tables/association/
+    # FGCM build/output folded into the solve (cpframe/execution/kinds/illumination.py)
+    "bps_illuminationCorrection", "bps_verify_illuminationCorrection",
 }
 
 

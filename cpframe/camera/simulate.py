@@ -45,6 +45,7 @@ import numpy as np
 
 from cpframe.camera.bf import apply_brighter_fatter
 from cpframe.camera.cti import apply_deferred_charge
+from cpframe.camera import illumination as _illum
 from cpframe.camera.models import Camera, Detector, load_camera
 from cpframe.camera.nonlinearity import apply_nonlinearity
 from cpframe.camera.spots import spot_field
@@ -212,11 +213,16 @@ def simulate_detector(
     light = spec.flux > 0 and spec.exposure_time > 0
     stars = None
     sky = spec.flux
-    if light and spec.observation_type == "science" and eff.get("stars", 0) > 0:
+    illum = eff.get("illumination_correction", 0.0)
+    if light and spec.observation_type == "science" and illum:  # fixed field, dithered (camera/illumination.py)
+        stars = _illum.dithered_star_field(truth.seed, det.id, spec.day_obs, spec.seq_num, det.shape)
+    elif light and spec.observation_type == "science" and eff.get("stars", 0) > 0:
         stars = _star_field(r_signal, det.shape, eff["stars"])
     elif light and spec.observation_type == "spot":  # one amp lit past full well (crosstalk)
         stars, sky = spot_field(det, spec.seq_num, spec.flux), 0.0
     resp = truth.response(det.id, band) if light else None
+    if light and illum:  # the dome flat's own pattern (camera/illumination.py)
+        resp = _illum.dome_response(resp, truth.seed, det.id, spec.observation_type, illum)
     dark_t = spec.dark_time if eff["dark_current"] or eff["defects"] or eff["manual_defects"] else 0.0
     extra = []  # sparse charges (y, x, e-): hot pixels, cosmic rays
     hot_y, hot_x, hot_rate = truth.hot_pixels(det.id)

@@ -48,6 +48,7 @@ EFFECTS: dict[str, Any] = {
     "crosstalk": False,  # crosstalk strength (largest coefficient); True = 3e-4
     "cti": False,  # serial CTI (nominal, per-amp around it) + one serial trap per amp; True = 3e-6
     "brighter_fatter": False,  # pixel areas follow the charge: nominal a00 (1/e-), per amp around it; True = -2.5e-6
+    "illumination_correction": False,  # dome-flat-only pattern + dithered fixed star field (camera/illumination.py); True = 0.04
 }
 _EFFECT_ON = {
     "bias_jitter": 1.0,
@@ -59,6 +60,7 @@ _EFFECT_ON = {
     "crosstalk": 3e-4,
     "cti": 3e-6,
     "brighter_fatter": -2.5e-6,
+    "illumination_correction": 0.04,
 }
 
 TRUTH_FORMAT = "cpframe-truth"

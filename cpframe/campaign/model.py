@@ -40,13 +40,18 @@ PRODUCT_NEEDS: dict[str, tuple[str, ...]] = {
     # BFK (dependencies.md §6 step 8): its own PTC on a flat-pair ramp in bootstrap ISR with defects;
     # crosstalk, linearizer and CTI are applied when certified
     "bfk": ("defects",),
+    # illumination correction (cp_pipe cpIlluminationCorrection): science exposures through the full ISR with
+    # the certified flat (dependencies.md §3: IsrTaskLSST defaults), so after the flat of its band
+    "illuminationCorrection": ("ptc", "bias", "dark", "flat", "defects"),
 }
 
 #: Products that are certified (bootstraps are read straight from their RUNs).
-CERTIFIABLE = ("defects", "ptc", "bias", "dark", "flat", "linearizer", "cti", "crosstalk", "bfk")
+CERTIFIABLE = ("defects", "ptc", "bias", "dark", "flat", "linearizer", "cti", "crosstalk", "bfk",
+               "illuminationCorrection")
 
 #: What a verification submission may test.
-VERIFY_TARGETS = ("bias", "dark", "flat", "defects", "ptc", "science", "linearizer", "cti", "crosstalk", "bfk")
+VERIFY_TARGETS = ("bias", "dark", "flat", "defects", "ptc", "science", "linearizer", "cti", "crosstalk", "bfk",
+                  "illuminationCorrection")
 
 #: Variables every campaign needs (DMTN-222 §7 exports them all).
 REQUIRED_VARIABLES = (
@@ -68,6 +73,7 @@ GEN_STEM = {
     "flatBootstrap": "flatBootstrapGen", "defects": "defectGen", "ptc": "ptcGen",
     "bias": "biasGen", "dark": "darkGen", "flat": "flatGen",
     "linearizer": "linearizerGen", "cti": "ctiGen", "crosstalk": "crosstalkGen", "bfk": "bfkGen",
+    "illuminationCorrection": "illuminationCorrectionGen",
 }
 
 #: Selection variable each product / verification reads (``{band}`` for flats).
@@ -76,13 +82,13 @@ SELECTION_OF_BUILD = {
     "flatBootstrap": "SELECTION_FLAT_BOOTSTRAP", "defects": None, "ptc": "SELECTION_PTC",
     "bias": "SELECTION_BIAS", "dark": "SELECTION_DARK", "flat": "SELECTION_FLAT_{band}",
     "linearizer": "SELECTION_PTC_LINEARIZER", "cti": "SELECTION_PTC_CTI", "crosstalk": "SELECTION_CROSSTALK",
-    "bfk": "SELECTION_PTC_BFK",
+    "bfk": "SELECTION_PTC_BFK", "illuminationCorrection": "SELECTION_ILLUMINATION_CORRECTION",
 }
 SELECTION_OF_VERIFY = {
     "bias": "SELECTION_BIAS_V", "dark": "SELECTION_DARK_V", "flat": "SELECTION_FLAT_{band}_V",
     "defects": "SELECTION_DEFECTS_V", "ptc": "SELECTION_PTC_V", "science": "SELECTION_SCIENCE_V",
     "linearizer": "SELECTION_PTC_LINEARIZER_V", "cti": "SELECTION_PTC_CTI_V", "crosstalk": "SELECTION_CROSSTALK_V",
-    "bfk": "SELECTION_PTC_BFK_V",
+    "bfk": "SELECTION_PTC_BFK_V", "illuminationCorrection": "SELECTION_ILLUMINATION_CORRECTION_V",
 }
 
 _RERUN_RE = re.compile(r"^\d{8}[a-z]$")

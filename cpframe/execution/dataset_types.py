@@ -25,6 +25,7 @@ PRODUCT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
     "crosstalk": (("detector",), "json"),  # cpframe/science/crosstalk.py
     "cti": (("detector",), "json"),  # cpframe/science/cti.py
     "bfk": (("detector",), "json"),  # cpframe/science/bfk.py
+    "illuminationCorrection": (("detector", "physical_filter"), "fits-masked"),  # cpframe/science/illumination.py
 }
 
 #: Calibration dataset types (looked up by validity range, not produced per exposure).

@@ -53,14 +53,7 @@ NOT_BUILT = {
     "lsst.cp.pipe.CpFlatNormalizationRedBlueTask": "anaglyph (red/blue LED) flat",
     "lsst.cp.pipe.CalibCombineTwoFlatsByFilterTask": "anaglyph (red/blue LED) flat",
     "lsst.cp.pipe.CpGainCorrectionTask": "gain correction",
-    "lsst.cp.pipe.CpIlluminationCorrectionTask": "illumination correction",
-    "lsst.fgcmcal.fgcmBuildFromIsolatedStars.FgcmBuildFromIsolatedStarsTask": "illumination correction",
-    "lsst.fgcmcal.fgcmFitCycle.FgcmFitCycleTask": "illumination correction",
-    "lsst.fgcmcal.fgcmOutputIlluminationCorrection.FgcmOutputIlluminationCorrectionTask": "illumination correction",
-    "lsst.pipe.tasks.calibrateImage.CalibrateImageTask": "single-frame image calibration (calibrateImage)",
     "lsst.pipe.tasks.characterizeImage.CharacterizeImageTask": "image characterisation (characterizeImage)",
-    "lsst.pipe.tasks.isolatedStarAssociation.IsolatedStarAssociationTask": "illumination correction",
-    "lsst.pipe.tasks.postprocess.TransformSourceTableTask": "illumination correction",
     "lsst.cp.pipe.CpFringeTask": "fringe", "lsst.cp.pipe.CpSpectroFlatTask": "spectroscopic flat",
 }
 
@@ -70,11 +63,16 @@ NOT_BUILT = {
 # ------------------------------------------------------------------------------------------
 def _dotted(node: ast.AST) -> str | None:
     parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        if isinstance(node, ast.Subscript):  # config.plugins["name"].field (a registry item)
+            if not (isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str)):
+                return None
+            parts.append(f"[{node.slice.value!r}]")
+        else:
+            parts.append(node.attr)
         node = node.value
     if isinstance(node, ast.Name) and node.id == "config":
-        return ".".join(reversed(parts))
+        return ".".join(reversed(parts)).replace(".[", "[")
     return None
 
 
@@ -101,7 +99,7 @@ def python_ops(src: str, where: str, file: str) -> list[tuple[str, str, Any, str
     for st in tree.body:
         line = ast.get_source_segment(src, st) or ""
         bad = f"{where}: python config line {st.lineno} is not understood by cpframe: {line.strip()!r}. " \
-              "cpframe reads 'config.field = value' and 'config.field.append(value)' only; set the field " \
+              "cpframe reads 'config.field = value', 'config.field.append(value)' and 'config.field |= [...]' only; set the field " \
               "under config: instead."
         if isinstance(st, (ast.Import, ast.ImportFrom)):
             continue
@@ -122,6 +120,12 @@ def python_ops(src: str, where: str, file: str) -> list[tuple[str, str, Any, str
                 ops.append((_dotted(fn.value), fn.attr, val, file))
                 continue
             raise PipelineError(bad)
+        if isinstance(st, ast.AugAssign) and isinstance(st.op, ast.BitOr) and _dotted(st.target):
+            try:  # config.plugins.names |= [...]: a set union, read as extend
+                ops.append((_dotted(st.target), "extend", list(_literal(st.value)), file))
+            except (ValueError, TypeError):
+                raise PipelineError(bad) from None
+            continue
         if isinstance(st, ast.Assign) and len(st.targets) == 1:
             tgt = st.targets[0]
             name = _dotted(tgt)

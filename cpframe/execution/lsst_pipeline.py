@@ -46,8 +46,9 @@ from cpframe.core.errors import PipelineError
 from cpframe.execution.dataset_types import PRODUCT_TYPES
 from cpframe.execution.kinds.defects import LSST_FIELDS as _DEFECT_FIELDS
 from cpframe.execution.kinds.defects import LSST_IGNORED as _DEFECT_IGNORED
-from cpframe.science.ptc import FIT_TYPES as _PTC_FIT_TYPES
+from cpframe.execution.kinds.illumination import CHAIN as _CHAIN
 from cpframe.execution.lsst_config import CALIB_BASELINE, MISSING, NOT_BUILT, SKIPPED, python_ops
+from cpframe.science.ptc import FIT_TYPES as _PTC_FIT_TYPES
 
 __all__ = [
     "lsst_classes",
@@ -85,14 +86,15 @@ _PTC_ADJUST = tuple(c for c, role in _FOLDED.items() if role == "adjust")
 # Crosstalk filter: folded (the solve filters, doFiltering; its output is the filtered matrix).
 _XT_FILTER = tuple(c for c, role in _FOLDED.items() if role == "filter")
 
-_STORAGE = {"crosstalkExtract": "json", "linearitySolve": "json", "linearityNormalize": "json", "isr": "fits-masked", "darkCr": "fits-masked", "flatMeasure": "json", "flatNormalize": "json",
+_STORAGE = {"starMeasure": "json", "illuminationSolve": "fits-masked", "crosstalkExtract": "json", "linearitySolve": "json", "linearityNormalize": "json", "isr": "fits-masked", "darkCr": "fits-masked", "flatMeasure": "json", "flatNormalize": "json",
             "combine": "fits-masked", "ptcExtract": "json", "ptcSolve": "fits-ptc", "verifyStats": "json",
             "defects": "ecsv-defects"}
 
 
 def _canonical(cls: str) -> str:
     """``lsst.ip.isr.isrTask.IsrTask`` -> ``lsst.ip.isr.IsrTask``; ``lsst.cp.pipe.X`` == ``lsst.cp.pipe.ptc.X``."""
-    known = (*lsst_classes(), *SKIPPED, *NOT_BUILT, *_DEFECT_MEASURE, *_DEFECT_MERGE, *_PTC_ADJUST, *_XT_FILTER)
+    known = (*lsst_classes(), *SKIPPED, *NOT_BUILT, *_DEFECT_MEASURE, *_DEFECT_MERGE, *_PTC_ADJUST, *_XT_FILTER,
+             *_CHAIN)
     if cls in known:
         return cls
     short = cls.rsplit(".", 1)[-1]
@@ -103,7 +105,8 @@ def _canonical(cls: str) -> str:
 
 
 def _all_known() -> list[str]:
-    return sorted({*lsst_classes(), *SKIPPED, *NOT_BUILT, *_DEFECT_MEASURE, *_DEFECT_MERGE, *_PTC_ADJUST, *_XT_FILTER})
+    return sorted({*lsst_classes(), *SKIPPED, *NOT_BUILT, *_DEFECT_MEASURE, *_DEFECT_MERGE, *_PTC_ADJUST, *_XT_FILTER,
+                   *_CHAIN})
 
 
 # ------------------------------------------------------------------------------------------
@@ -432,7 +435,7 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
             f"{', '.join(f'{lab} ({classes[lab]})' for lab in not_built)}). cpframe builds bias, dark, flat, "
             "defects and PTC (with their bootstraps) and verifies them.")
     unknown = [lab for lab, c in classes.items() if c not in lsst_classes() and c not in SKIPPED
-               and c not in _DEFECT_MEASURE + _DEFECT_MERGE + _PTC_ADJUST + _XT_FILTER]
+               and c not in _DEFECT_MEASURE + _DEFECT_MERGE + _PTC_ADJUST + _XT_FILTER and c not in _CHAIN]
     if unknown:
         t = doc.tasks[unknown[0]]
         close = difflib.get_close_matches(t.cls, _all_known(), n=1)
@@ -456,6 +459,8 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
     filtered: set[str] = set()  # crosstalk matrices a folded CrosstalkFilterTask writes
     isr_stats: dict[str, str] = {}  # ISR outputStatistics name -> its output exposure (which carries them)
     binned: dict[str, str] = {}  # PTC extraction's binned images -> its pair measurements (linearity reads them)
+    folded_labels: list[str] = []  # a template's cluster/pipetask sections may name them
+    alias: dict[str, str] = {}  # folded chain steps (illumination correction): output -> the input read instead
     defect_measures = [r for r in resolved.values() if r.cls in _DEFECT_MEASURE]
     for label, r in resolved.items():
         for n in r.notes:
@@ -485,6 +490,17 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
             continue
         if r.cls in _DEFECT_MERGE:
             tasks[label] = _defects_task(r, defect_measures, notes, problems)
+            continue
+        if r.cls in _CHAIN:  # source tables, association, FGCM build/output: folded into illuminationSolve
+            ic, idef, oc, odef, how = _CHAIN[r.cls]
+            src = str(r.values.get(f"connections.{ic}", idef))
+            out = str(r.values.get(f"connections.{oc}", odef))
+            if how == "input":
+                alias[out] = src
+            else:
+                renamed[src] = out
+            notes.append(f"{label} ({r.cls.rsplit('.', 1)[-1]}): folded into cpframe's illuminationSolve")
+            folded_labels.append(label)
             continue
         cmap = lsst_classes()[r.cls]
         if cmap.kind == "ptcExtract":
@@ -560,6 +576,12 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
         t["inputs"] = [isr_stats.get(i, i) for i in t["inputs"]]
         if t["kind"] == "linearitySolve":
             _linearity_inputs(lab_of[id(t)], t, resolved[lab_of[id(t)]], binned, notes)
+        for k, i in enumerate(t["inputs"]):  # folded chain steps: read what the first of them read
+            seen = set()
+            while i in alias and i not in seen:
+                seen.add(i)
+                i = alias[i]
+            t["inputs"][k] = i
     # verify merges: the stage of the verify task they (transitively) read; run merges write a summary too
     writer = {t["output"]: lab for lab, t in tasks.items()}
     for t in tasks.values():
@@ -617,6 +639,8 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
     data = {"name": p.stem, "description": doc.description, "datasetTypes": dataset_types, "tasks": tasks}
     if verifies:
         data["verifies"] = verifies
+    if folded_labels:
+        data["foldedLabels"] = folded_labels
     return data, notes
 
 

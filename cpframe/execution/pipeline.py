@@ -70,8 +70,6 @@ NOT_BUILT_PIPELINES = {
     "cpSky": "sky", "cpElectrostaticBFDistortionMatrix":
     "electrostatic brighter-fatter distortion matrix", "cpFlatAnaglyph": "anaglyph (red/blue LED) flat",
     "cpFlatGradientReference": "flat gradient reference", "cpGainCorrection": "gain correction",
-    "cpIlluminationCorrection": "illumination correction",
-    "verifyIlluminationCorrection": "illumination correction",
 }
 
 STORAGE_CLASSES = ("fits-masked", "json", "ecsv", "ecsv-defects", "fits-ptc")
@@ -95,7 +93,7 @@ def _kind_table(kind: str) -> dict[str, tuple]:
 
 _TASK_KEYS = ("kind", "dimensions", "inputs", "output", "extraOutputs", "config", "calibrations",
               "optionalCalibrations", "description")
-_TOP_KEYS = ("name", "description", "datasetTypes", "tasks", "verifies", "instrument")
+_TOP_KEYS = ("name", "description", "datasetTypes", "tasks", "verifies", "instrument", "foldedLabels")
 
 
 def calibrations_for_isr(config: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -173,6 +171,8 @@ class PipelineSpec:
     verifies: str | None = None
     """For verification pipelines: the calibration under test (must be found first)."""
     notes: tuple[str, ...] = ()
+    folded: tuple[str, ...] = ()
+    """Labels of an LSST pipeline's tasks cpframe runs inside another (a template may still name them)."""
     """What cpframe does differently from the file (LSST pipelines: skipped plots, fields not implemented)."""
 
     @property
@@ -462,7 +462,7 @@ def parse_pipeline(data: Any, path: str = "<pipeline>") -> PipelineSpec:
                             f"{'s' if len(problems) > 1 else ''}:\n{items}")
     return PipelineSpec(name=str(name), path=path, tasks=tuple(TaskSpec(**t) for t in order),
                         dataset_types=MappingProxyType(types), description=str(data.get("description", "")),
-                        verifies=verifies)
+                        verifies=verifies, folded=tuple(str(x) for x in data.get("foldedLabels") or ()))
 
 
 def load_pipeline(path: str | os.PathLike, *, overrides: Sequence[tuple[str, str, Any]] = (),
@@ -511,10 +511,12 @@ def load_pipeline(path: str | os.PathLike, *, overrides: Sequence[tuple[str, str
         raise PipelineError(f"{p}: not valid YAML: {err}") from None
     notes: list[str] = []
     extras: dict[str, dict] = {}
+    folded: tuple[str, ...] = ()
     if is_lsst_pipeline(data):
         data, notes = read_lsst_pipeline(p, selection=selection, overrides=overrides, environ=environ)
         for label, sec in data["tasks"].items():
             extras[label] = {"explicit": frozenset(sec.pop("explicit", ())), "lsst_class": sec.pop("lsstClass", "")}
+        folded = tuple(data.pop("foldedLabels", ()))
     elif selection or overrides:
         data = _select_and_override(data, str(p), selection, overrides, notes)
     try:
@@ -525,6 +527,8 @@ def load_pipeline(path: str | os.PathLike, *, overrides: Sequence[tuple[str, str
             raise
         # say why the tasks do not connect: an instrument file redeclared them with another class
         raise PipelineError(f"{err}\n  because: " + "\n  because: ".join(replaced)) from None
+    if folded:
+        spec = dataclasses.replace(spec, folded=folded)
     if selection:
         spec = dataclasses.replace(spec, path=f"{p}#{','.join(selection)}")
     if extras:

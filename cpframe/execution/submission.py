@@ -594,7 +594,7 @@ def check_against_pipeline(submission: Submission, pipeline: Any) -> None:
     SubmissionError
         Every unknown label at once, with the pipeline's labels.
     """
-    labels = set(pipeline.labels)
+    labels = set(pipeline.labels) | set(getattr(pipeline, "folded", ()))  # folded tasks: resources unused
     problems = []
     for c in submission.clusters:
         for t in c.pipetasks:

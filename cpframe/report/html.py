@@ -95,6 +95,9 @@ REPORT_STAGES: tuple[ReportStage, ...] = (
     ReportStage("bfk", "BFK", "bfk", "Brighter-fatter kernel", (),
                 "Kernel per amp from the covariances of a flat-pair ramp; the PTC of flats corrected with it must "
                 "be linear to 1 % (uncorrected beside it)."),
+    ReportStage("illuminationCorrection", "ILLUMINATION", "illuminationCorrection", "Illumination correction", (),
+                "Super-star flat per detector and filter from dithered star photometry (ISR divides by it); "
+                "re-measured after applying it, it must be flat (rms of c - 1 < 0.5 %)."),
     ReportStage("science", "SCIENCE", None, "Science", (("COL_PROFILE_RATIO", "column structure / noise"),
                                                        ("ROW_PROFILE_RATIO", "row structure / noise")),
                 "Science exposures through all calibrations: amp level steps and residual structure."),
@@ -396,7 +399,7 @@ class _Report:
         """Image (or map) of a product, its detector and camera, header/metadata."""
         did = it.ref.data_id
         fmt = it.stage.product
-        if fmt in ("bias", "dark", "flat"):
+        if fmt in ("bias", "dark", "flat", "illuminationCorrection"):
             image, header = self._read_image(it.path)
             cam = self.camera_for(did["instrument"], image.shape)
             return image, cam.detector(did["detector"]), cam, header
@@ -415,7 +418,7 @@ class _Report:
                 return cam
         residual = [i for i in self.items if i.ref.data_id.get("instrument") == instrument
                     and i.kind in ("product", "residual") and str(i.path).endswith(".fits")
-                    and i.stage.product in ("bias", "dark", "flat", None)]
+                    and i.stage.product in ("bias", "dark", "flat", "illuminationCorrection", None)]
         if residual:
             from cpframe.science.imageio import masked_layout
 

@@ -1,6 +1,6 @@
 """Direct calls of the calibration types built from ISR-processed exposures:
-:func:`cp_linearizer`, :func:`cp_crosstalk`, :func:`cp_cti`, :func:`cp_bfk` (ISR of every raw with the type's
-switches, then the type's own extract/solve).
+:func:`cp_linearizer`, :func:`cp_crosstalk`, :func:`cp_cti`, :func:`cp_bfk`, :func:`cp_illumination_correction`
+(ISR of every raw with the type's switches, then the type's own extract/solve).
 
 They live above :mod:`cpframe.science.isr`, :mod:`cpframe.science.tasks` and each type's module,
 because the ISR applies those types' products (linearizer, crosstalk, CTI) and so imports their
@@ -132,3 +132,30 @@ def cp_bfk(raw_paths: Sequence[str | os.PathLike], output_path: str | os.PathLik
     cp_ptc(raw_paths, ptc_path, calibs=calibs, work_dir=work_dir, isr_config=icfg, config=pcfg,
            workers=workers)
     return bfk_solve_task(ptc_path, output_path, config)
+
+
+def cp_illumination_correction(raw_paths: Sequence[str | os.PathLike], output_path: str | os.PathLike, *,
+                               calibs: Mapping[str, Any] | None = None, work_dir: str | os.PathLike | None = None,
+                               isr_config: Any = None, config: Any = None, workers: int = 1) -> dict:
+    """cpIlluminationCorrection for one detector and filter: ISR of dithered science raws with the dome flat
+    (``calibs``: ``flat``, ``ptc``, and bias/dark/defects when given), stars measured on each, the
+    super-star fit -> ``illuminationCorrection`` (cpframe/science/illumination.py, docs/illumination.md)."""
+    from pathlib import Path
+
+    from cpframe.science.illumination import IlluminationConfig, illumination_task, measure_stars, write_catalog
+    from cpframe.science.imageio import read_masked
+
+    calibs = dict(calibs or {})
+    cfg = config if isinstance(config, IlluminationConfig) else IlluminationConfig.from_dict(config)
+    icfg = (_isr_config(isr_config) if isr_config is not None else
+            isr_config_for("science", do_bias="bias" in calibs, do_dark="dark" in calibs,
+                           do_defect="defects" in calibs))
+    with _WorkDir(work_dir, output_path) as work:
+        exposures = _run_isr_all(raw_paths, work, icfg, calibs, workers, None)
+        cats = []
+        for e in exposures:
+            img = read_masked(e.path)
+            cat = measure_stars(img, cfg, exposure=e.exposure_id, detector=int(img.header.get("DETECTOR", 0)),
+                                physical_filter=str(img.header.get("FILTER", "")))
+            cats.append(write_catalog(Path(work) / f"stars_{e.exposure_id}.json", cat))
+        return illumination_task(cats, output_path, cfg)

@@ -43,6 +43,7 @@ from cpframe.core.errors import ConfigError, UserInputError
 from cpframe.science.bfk import BfkCalib, apply_brighter_fatter, read_bfk
 from cpframe.science.crosstalk import read_crosstalk
 from cpframe.science.cti import CtiCalib, deferred_charge_step, read_cti
+from cpframe.science.illumination import apply_illumination_correction
 from cpframe.science.imageio import (
     MASK_BITS,
     MaskedImage,
@@ -173,6 +174,9 @@ class IsrConfig:
     """Stop iterating when the summed absolute change of the corrected image is below this (e-)."""
     do_variance: bool = True
     do_flat: bool = False
+    do_illumination_correction: bool = False
+    """Divide by the illumination correction after the flat (needs calibs['illumination'];
+    ip_isr ``illuminationCorrection``; cpframe/science/illumination.py)."""
     flat_scaling_type: str = "USER"
     """USER (divide by flat/flat_user_scale), MEAN or MEDIAN of the flat."""
     flat_user_scale: float = 1.0
@@ -297,6 +301,7 @@ _ALIASES = {
     "brighterFatterThreshold": "brighter_fatter_threshold",
     "doVariance": "do_variance",
     "doFlat": "do_flat",
+    "doIlluminationCorrection": "do_illumination_correction",
     "flatScalingType": "flat_scaling_type",
     "flatUserScale": "flat_user_scale",
     "noDataVariance": "no_data_variance",
@@ -309,7 +314,7 @@ _ALIASES = {
 _ACCEPTED_WHEN_FALSE = (
     "doInterpolate", "doSetBadRegions", "doCorrectGains",
     "doFringe", "doWidenSaturationTrails", "doAmpOffset", "doBinnedExposures", "doE2VEdgeBleedMask",
-    "doITLDipMask", "doITLSatSagMask", "doITLEdgeBleedMask", "doVignette", "doIlluminationCorrection",
+    "doITLDipMask", "doITLSatSagMask", "doITLEdgeBleedMask", "doVignette",
     "doCalculateStatistics", "doCheckUnprocessableData", "doDiffNonLinearCorrection", "doSaturationInterpolation",
     "doFluxConservingBrighterFatterCorrection", "doWrite", "doStrayLight", "doAttachTransmissionCurve",
 )
@@ -372,9 +377,11 @@ class IsrCalibs:
     """Per-amp corrections (:mod:`cpframe.science.linearity`; a ``{amp: c}`` mapping is ``x + c x²``)."""
     bfk: BfkCalib | None = None
     """Brighter-fatter kernels (:mod:`cpframe.science.bfk`)."""
+    illumination: MaskedImage | None = None
+    """Illumination correction (:mod:`cpframe.science.illumination`; dataset ``illuminationCorrection``)."""
 
 
-CALIB_KEYS = ("bias", "dark", "flat", "defects", "ptc", "crosstalk", "linearizer", "cti", "bfk")
+CALIB_KEYS = ("bias", "dark", "flat", "defects", "ptc", "crosstalk", "linearizer", "cti", "bfk", "illumination")
 
 
 def _mtime_key(path) -> tuple[str, float]:
@@ -384,7 +391,7 @@ def _mtime_key(path) -> tuple[str, float]:
 
 @functools.lru_cache(maxsize=16)
 def _load_cached(kind: str, path: str, mtime: float):
-    if kind in ("bias", "dark", "flat"):
+    if kind in ("bias", "dark", "flat", "illumination"):
         return read_masked(path)
     if kind == "defects":
         return read_defects(path)[0]
@@ -489,7 +496,8 @@ def _check_calibs(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs) -> Non
     need = [("do_bias", "bias", "doBias"), ("do_dark", "dark", "doDark"), ("do_flat", "flat", "doFlat"),
             ("do_defect", "defects", "doDefect"), ("do_crosstalk", "crosstalk", "doCrosstalk"),
             ("do_linearize", "linearizer", "doLinearize"), ("do_deferred_charge", "cti", "doDeferredCharge"),
-            ("do_brighter_fatter", "bfk", "doBrighterFatter")]
+            ("do_brighter_fatter", "bfk", "doBrighterFatter"),
+            ("do_illumination_correction", "illumination", "doIlluminationCorrection")]
     missing, flags = [], []
     for attr, key, flag in need:
         if getattr(config, attr) and getattr(calibs, key) is None:
@@ -716,6 +724,8 @@ def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
             mask[variance < 0] |= bad_bit
     if config.do_flat:
         _flat_correct(image, variance, mask, calibs.flat, config)
+    if config.do_illumination_correction:  # cpframe/science/illumination.py (ip_isr: after the flat)
+        apply_illumination_correction(image, variance, mask, calibs.illumination)
     if config.do_standard_statistics:
         _standard_statistics(det, image, mask, stats, cards, bad_amps)
     cards["LSST ISR UNITS"] = units

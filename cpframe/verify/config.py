@@ -101,6 +101,9 @@ class VerifyConfig:
     # -- CTI (cpframe's check; LSST sensor requirement serial CTE > 0.999995) ------------------
     cti_max: float = 5e-6
     """CTI: the global serial CTI per amp must be below this."""
+    # -- illumination correction (cpframe's check, cpframe/verify/illumination.py) -------------
+    illumination_max_rms: float = 0.005
+    """ILLUMINATION: rms of (c - 1) of the correction re-measured after applying one must be below this."""
     # -- brighter-fatter kernel (cpframe's check, cpframe/verify/bfk.py) ------------------------
     bfk_max_nonlinearity: float = 0.01
     """VARIANCE_LINEAR: largest departure of the BF-corrected PTC from a straight line (relative)."""
@@ -196,6 +199,9 @@ TEST_NOTES: dict[tuple[str, str], tuple[str, str]] = {
     ("CTI", "CTI"): ("global serial CTI < 5e-6 (LSST sensor requirement: CTE > 0.999995)",
                      "cpframe's own test (cp_verify has no CTI task)"),
     ("CTI", "TRAP"): ("trap fit finite: size >= 0 e-, emission time > 0 transfers", "cpframe's own test"),
+    ("ILLUMINATION", "FLAT"): ("illumination correction re-measured after applying it: rms of c - 1 over the "
+                               "detector < 0.5 %", "cpframe's own test (cp_verify makes the product, no test yet: "
+                               "DM-49192)"),
     ("BFK", "VARIANCE_LINEAR"): ("PTC of flats corrected with the kernel within 1 % of a straight line up to "
                                  "50 000 e- (detector mean of the amps)",
                                  "cpframe's own test: cp_verify compares star sizes on science images, and cpframe "

@@ -34,7 +34,7 @@ _ISR_FIELDS = {k: k for k in (
     "doBootstrap", "doOverscan", "doAssembleCcd", "doSaturation", "doSuspect", "defaultSaturationSource",
     "doApplyGains", "useGainsFrom", "doCorrectGains", "doCrosstalk", "doLinearize", "doDeferredCharge", "doBias",
     "doDark", "doDefect", "doFlat", "doBrighterFatter", "doNanMasking", "doVariance", "doInterpolate",
-    "doStandardStatistics", "doCalculateStatistics")}
+    "doStandardStatistics", "doCalculateStatistics", "doIlluminationCorrection")}
 _ISR_FIELDS["crosstalk.doQuadraticCrosstalkCorrection"] = "doQuadraticCrosstalkCorrection"
 _ISR_FIELDS["doQuadraticCrosstalkCorrection"] = "doQuadraticCrosstalkCorrection"
 _ISR_FIELDS["isrStats.doCtiStatistics"] = "doCtiStatistics"  # the EPER statistics cpCti reads
@@ -81,6 +81,8 @@ class Isr(TaskKind):
         "doDark": Option(bool, _field("doDark")),
         "doDefect": Option(bool, _field("doDefect")),
         "doFlat": Option(bool, _field("doFlat")),
+        "doIlluminationCorrection": Option(bool, _field("doIlluminationCorrection"),
+                                           doc="divide by the illuminationCorrection after the flat"),
         "doNanMasking": Option(bool, _field("doNanMasking")),
         "doVariance": Option(bool, _field("doVariance")),
         "doStandardStatistics": Option(bool, _field("doStandardStatistics")),
@@ -125,6 +127,8 @@ class Isr(TaskKind):
                 req.append(f"{name}Bootstrap" if boot else name)
         if c["doDefect"]:
             req.append("defects")
+        if c.get("doIlluminationCorrection"):
+            req.append("illuminationCorrection")
         for flag, name in (("doCrosstalk", "crosstalk"), ("doDeferredCharge", "cti"), ("doBrighterFatter", "bfk")):
             if c[flag]:
                 opt.append(name)
@@ -154,5 +158,7 @@ class Isr(TaskKind):
         # bootstrap products are applied as the ISR's bias/dark/flat (spec algorithms.md §7)
         calibs = {c.removesuffix("Bootstrap"): paths[0] for c, paths in spec.calib_paths.items()
                   if paths and c != "manual_defects"}
+        if "illuminationCorrection" in calibs:
+            calibs["illumination"] = calibs.pop("illuminationCorrection")
         return isr_task(spec.raw_path, output_path(spec), spec.settings["isr"], calibs,
                         detector=spec.data_id["detector"])

@@ -8,7 +8,7 @@ from types import MappingProxyType
 from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, calib_path, detector_of, enum, output_path
 from cpframe.verify.config import VerifyConfig
 
-STAGES = ("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE", "LINEARITY", "CROSSTALK", "CTI", "BFK")
+STAGES = ("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE", "LINEARITY", "CROSSTALK", "CTI", "BFK", "ILLUMINATION")
 
 
 # -- the real cp_verify classes (cpframe.execution.lsst_pipeline reads them) --
@@ -28,7 +28,8 @@ _DET = ("exposure", "detector")
 class VerifyStats(TaskKind):
     name = "verifyStats"
     summary = "Verification statistics of one exposure x detector, or of one calibration per detector."
-    dimensions = (frozenset({"exposure", "detector"}), frozenset({"detector"}))
+    # detector x physical_filter: a per-filter product of the run (verifyIlluminationCorrection)
+    dimensions = (frozenset({"exposure", "detector"}), frozenset({"detector"}), frozenset({"detector", "physical_filter"}))
     config_class = VerifyConfig
     settings_key = "verify"
     registers_all_outputs = True
