@@ -8,7 +8,9 @@ named with its output.  ``python`` blocks of the section run after the shell blo
 same directory and environment.
 
 Cost (measured on the shared 2-core machine, `pytest tests/test_docs.py --durations=0`): the
-README's step-by-step 223 s and the tutorial 198 s at load ~6, the tutorial 355 s at load ~9.
+README's step-by-step 223 s and the tutorial 198 s at load ~6, the tutorial 355 s at load ~9;
+the README's 106 s on an idle machine (load ~1, 2026-12-03: the first three submissions 14-21 s each,
+the later ones 6-13 s).
 The log's ``@@CMD i <epoch>`` markers give each command's share: about 20 ``cpframe submit``
 runs take nearly all of it, each mostly fixed cost (interpreter start, planning 1-7 s, the
 local cluster's start 2-8 s, shutdown) rather than computation (3-15 s) on the mini data; the

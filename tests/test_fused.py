@@ -143,3 +143,38 @@ def test_fused_memory_obeys_the_budget_and_is_flat_in_n(mini_sim, tmp_path):
     # and the product is the same as the unfused path's (memory-mapped planes written out correctly)
     plain = tasks.cp_bias_bootstrap(many, tmp_path / "plain" / "bb.fits", fused=False)
     _planes_equal(tmp_path / "many.fits", plain.path)
+
+
+def test_block_reads_through_reused_buffers_equal_run_isrs_dithered_segments(mini_sim):
+    """Row blocks read into the reused work buffers (``_Scratch``) are run_isr's dithered segments.
+
+    Reference: astropy's integer segments + one PCG64 stream over the amps in order, as
+    :func:`cpframe.science.isr.run_isr` draws it; a second block read into the same buffer must
+    not change what an earlier read returned to a different key.
+    """
+    from cpframe.science.fused import _calibs, _RawSource, _Scratch
+    from cpframe.science.isr import _dither_offset
+
+    cfg = isr_config_for("biasBootstrap")
+    path = mini_sim.bias[0]
+    raw = read_raw(path)
+    rng = np.random.default_rng(raw.exposure_id & 0xFFFFFFFF)
+    ref = {}
+    for amp in raw.detector.amps:
+        seg = raw.segments[amp.name].astype(np.float32)
+        seg += rng.random(seg.shape, dtype=np.float32) + np.float32(_dither_offset(cfg.integer_dither_mode))
+        ref[amp.name] = seg
+    scratch = _Scratch()
+    src = _RawSource(path, cfg, _calibs({}), {}, scratch)
+    for amp in raw.detector.amps[:3] + raw.detector.amps[-1:]:
+        rows = amp.raw_shape[0]
+        whole = src.read_block(amp, 0, rows, "whole")
+        np.testing.assert_array_equal(whole, ref[amp.name])
+        a = src.read_block(amp, 3, 10)
+        np.testing.assert_array_equal(a, ref[amp.name][3:10])
+        b = src.read_block(amp, 11, rows - 1)  # same key, larger: a new buffer; "whole" untouched
+        np.testing.assert_array_equal(b, ref[amp.name][11:rows - 1])
+        np.testing.assert_array_equal(whole, ref[amp.name])
+        c = src.read_block(amp, 1, 2)  # same key, smaller: the buffer is reused
+        assert np.shares_memory(b, c)
+        np.testing.assert_array_equal(c, ref[amp.name][1:2])
