@@ -736,3 +736,48 @@ def test_new_types_follow_their_dependencies(tmp_path):
     assert pos["certify-defects"] < pos["linearizer"] < pos["certify-linearizer"] < pos["cti"]
     assert pos["certify-linearizer"] < pos["verify-linearizer"]
     assert pos["certify-ptc"] < pos["crosstalk"]
+
+
+def test_gain_correction_comes_after_the_flat_it_is_measured_against(tmp_path):
+    """bps_gain_correction (a name with '_') is inferred as the gain_correction product, ordered after ptc, bias,
+    dark, defects and the flat (and their certification), whatever the file order."""
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "bps_gain_correction.yaml").write_text("pipelineYaml: x.yaml\n")
+    steps = [
+        {"name": "gain-correction", "kind": "submit", "template": "bps_gain_correction.yaml"},
+        {"name": "certify-gain-correction", "kind": "certify", "dataset_type": "gain_correction"},
+        {"name": "ptc", "kind": "submit", "template": "bps_ptc.yaml"},
+        {"name": "bias", "kind": "submit", "template": "bps_bias.yaml"},
+        {"name": "flat-r", "kind": "submit", "template": "bps_flat_r.yaml"},
+        {"name": "certify-flat-r", "kind": "certify", "dataset_type": "flat", "band": "r"},
+    ]
+    camp = load_campaign(write_campaign(tmp_path, steps, variables={
+        "SELECTION_GAIN_CORRECTION_FLAT": "instrument='LSSTComCam' and observation_reason='gain'"}))
+    order = [s.name for s in camp.steps]
+    assert camp.step("gain-correction").builds == "gain_correction"
+    for before in ("ptc", "bias", "flat-r", "certify-flat-r"):
+        assert order.index(before) < order.index("gain-correction"), order
+    assert order.index("gain-correction") < order.index("certify-gain-correction")
+    assert camp.step("certify-gain-correction").input.endswith("/gainCorrectionGen.20250101a")
+
+
+def test_flat_gradient_reference_is_per_band(tmp_path):
+    """bps_flat_gradient_reference_<b> builds flat_gradient_reference for band b, after the PTC, bias and dark; its
+    generation chain and certification carry the band like a flat's."""
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "bps_flat_gradient_reference_r.yaml").write_text("pipelineYaml: x.yaml\n")
+    steps = [
+        {"name": "gradient-r", "kind": "submit", "template": "bps_flat_gradient_reference_r.yaml"},
+        {"name": "certify-gradient-r", "kind": "certify", "dataset_type": "flat_gradient_reference", "band": "r"},
+        {"name": "bias", "kind": "submit", "template": "bps_bias.yaml"},
+        {"name": "ptc", "kind": "submit", "template": "bps_ptc.yaml"},
+    ]
+    camp = load_campaign(write_campaign(tmp_path, steps))
+    order = [s.name for s in camp.steps]
+    step = camp.step("gradient-r")
+    assert (step.builds, step.band) == ("flat_gradient_reference", "r")
+    assert order.index("ptc") < order.index("bias") < order.index("gradient-r") < order.index("certify-gradient-r")
+    assert camp.step("certify-gradient-r").input.endswith("/flatGradientReferenceGen-r.20250101a")
+    with pytest.raises(CampaignError, match="certifying flat_gradient_reference needs 'band'"):
+        load_campaign(write_campaign(tmp_path, [{"name": "c", "kind": "certify",
+                                                 "dataset_type": "flat_gradient_reference"}], name="d.yaml"))

@@ -62,6 +62,12 @@ OWN_PIPELINE_ONLY = {
     # cp_pipe ships cpCrosstalk.yaml for LSSTCam only: with INSTRUMENT=LSSTComCam the file does not exist
     # (bps submit fails the same way); with INSTRUMENT=LSSTCam it plans (test_crosstalk_and_cti_real_files_plan)
     "bps_crosstalk": "not found",
+    # cpGainCorrection.yaml is LSSTCam-only too; with INSTRUMENT=LSSTCam its flat gradient tasks are read
+    # (test_gain_correction_real_file_plans)
+    "bps_gain_correction": "not found",
+    # cpFlatGradientReference.yaml is LSSTCam-only too; with INSTRUMENT=LSSTCam the real file plans
+    # (test_flat_gradient_reference_real_file_plans)
+    **{f"bps_flat_gradient_reference_{b}": "not found" for b in "ugrizy"},
     # LinearityDoubleSplineSolveTask x3 + LinearityNormalizeTask x2 (focal-plane normalisation), and cp_verify's
     # CpvLinearitySolveTask: cpframe's linearitySolve is one per-amp spline solve, not mapped onto them
     "bps_linearizer": "cpframe does not build linearizer",
@@ -136,6 +142,23 @@ def test_crosstalk_and_cti_real_files_plan(stack_env):
         ("cpCtiIsr", "isr", ("raw",), "cpCtiIsrExp"), ("cpCtiSolve", "ctiSolve", ("cpCtiIsrExp",), "cti")]
     isr = pipe.task("cpCtiIsr").config
     assert (isr["doCtiStatistics"], isr["useGainsFrom"], isr["doLinearize"]) == (True, "LINEARIZER", True)
+
+
+@pytest.mark.parametrize("stack_env", [True], indirect=True)
+def test_flat_gradient_reference_real_file_plans(stack_env):
+    """The real LSSTCam cpFlatGradientReference.yaml (stack set) maps CpFlatFitGradientsTask onto flatGradientFit
+    (issue 13); the real cpGainCorrection.yaml reads CpMeasureGainCorrectionTask but stops at the flat gradient
+    correction (CpFlatApplyGradientsTask), which cpframe does not build yet."""
+    env = {**stack_env, "INSTRUMENT": "LSSTCam"}
+    r = render(CP_PIPE / "bps/templates/bps_flat_gradient_reference_r.yaml", environ=env)
+    _, pipe = validate_stage(r)
+    fit = pipe.task("cpFlatFitGradientsReference")
+    assert (fit.kind, fit.inputs, fit.output) == ("flatGradientFit", ("flat",), "flat_gradient_reference")
+    assert fit.config["doReferenceGradient"] is True and fit.config["doFitGradient"] is True
+    assert [t.kind for t in pipe.tasks] == ["isr", "flatMeasure", "flatNormalize", "combine", "flatGradientFit"]
+    gc = render(CP_PIPE / "bps/templates/bps_gain_correction.yaml", environ=env)
+    with pytest.raises(PipelineError, match=r"does not build flat gradient correction \(CpFlatApplyGradientsTask\)"):
+        validate_stage(gc)
 
 
 @pytest.mark.parametrize("stack_env", [True], indirect=True)

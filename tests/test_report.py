@@ -156,7 +156,9 @@ def report_repo(tmp_path_factory, mini_comcam):
 COLLECTIONS = [VERIFY_BIAS, VERIFY_FLAT, VERIFY_PTC, BIAS_GEN, FLAT_GEN, PTC_GEN]
 
 # the other built types of a DMTN-222 campaign, in their own collections of the same repository
-CALTYPES = {"linearizer": "Linearity", "crosstalk": "Crosstalk", "cti": "Cti", "bfk": "Bfk"}
+CALTYPES = {"linearizer": "Linearity", "crosstalk": "Crosstalk", "cti": "Cti", "bfk": "Bfk",
+            "gain_correction": "GainCorrection"}
+STAGE_OF = {"linearizer": "LINEARITY", "gain_correction": "GAIN_CORRECTION"}
 FAILING_CROSSTALK = (4, "C12")  # (detector, amp): a significant residual crosstalk after ISR
 
 
@@ -224,6 +226,17 @@ def _bfk(det):
                     n_pairs={a: 8 for a in det.amp_names}, meta={"INSTRUME": INSTRUMENT, "DETECTOR": det.id})
 
 
+def _gain_correction(det, rng):
+    """Adjustments of a few tenths of a percent (a restart), the flat ratio they correct."""
+    from cpframe.science.gain_correction import GainCorrection
+
+    adj = 1.0 + 0.003 * rng.standard_normal(len(det.amp_names))
+    return GainCorrection({a: float(v) for a, v in zip(det.amp_names, adj)},
+                          {"INSTRUME": INSTRUMENT, "DETECTOR": det.id, "CAMSCALE": "mini", "FILTER": "r_03",
+                           "excluded_amps": [], "fixed_amp": det.amp_names[0],
+                           "flat_ratio_per_amp": {a: float(1.0 / v) for a, v in zip(det.amp_names, adj)}})
+
+
 @pytest.fixture(scope="module")
 def campaign_collections(report_repo, mini_comcam):
     """Linearizer, crosstalk and CTI products of every detector with their verification (cpframe's
@@ -258,13 +271,18 @@ def campaign_collections(report_repo, mini_comcam):
             elif key == "cti":
                 p = write_cti(scratch / f"cti{d}.json", _cti(det, rng))
                 checked = p
+            elif key == "gain_correction":
+                from cpframe.science.gain_correction import write_gain_correction
+
+                p = write_gain_correction(scratch / f"gc{d}.json", _gain_correction(det, rng))
+                checked = p
             else:  # BFK is verified on the PTC of flats corrected with the kernel: a straight one here
                 from cpframe.science.bfk import write_bfk
 
                 p = write_bfk(scratch / f"bfk{d}.json", _bfk(det))
                 checked = report_repo.get_path(reg.find_dataset("ptc", did, [PTC_GEN]))
             products.append((p, key, did))
-            stats.append(verify_calib(CALTYPES[key].upper() if key != "linearizer" else "LINEARITY", checked, det))
+            stats.append(verify_calib(STAGE_OF.get(key, CALTYPES[key].upper()), checked, det))
         report_repo.put_files(products, gen)
         table, summary = merge_calibs(stats[0]["STAGE"], stats)
         report_repo.put_files(
@@ -469,11 +487,12 @@ def test_report_of_every_built_type_as_a_reviewer_sees_it(report_repo, campaign_
     from cpframe.report.values import COLUMN_UNITS
 
     out = campaign_report.output_dir
-    assert set(campaign_report.verdicts) == {"bias", "flat", "ptc", "linearizer", "crosstalk", "cti", "bfk"}
+    assert set(campaign_report.verdicts) == {"bias", "flat", "ptc", "linearizer", "crosstalk", "cti", "bfk",
+                                             "gain_correction"}
     det, amp = FAILING_CROSSTALK
     assert campaign_report.failures["crosstalk"] == [f"{mini_comcam_name(report_repo, det)} {amp} NO_SIGNIFICANT_DETECTION"]
     results = look_at_report(chromium, out, tmp_path, min_images=12, shoot=("index", "Bias"))
-    assert len(results) == 7  # screenshots: the index and the widest per-amp table (bias: 28 columns)
+    assert len(results) == 8  # screenshots: the index and the widest per-amp table (bias: 28 columns)
     index = (out / "index.html").read_text()
     # failing items first: the two failing types lead both tables
     verdicts, tests = verdict_order(out / "index.html")
@@ -487,7 +506,7 @@ def test_report_of_every_built_type_as_a_reviewer_sees_it(report_repo, campaign_
         ref = report_repo.registry.find_dataset(f"verify{type_name}Results", {"instrument": INSTRUMENT},
                                                 campaign_collections_of(key))
         table = Table.read(report_repo.get_path(ref), format="ascii.ecsv")
-        stage = next(c.split("_")[0] for c in table.colnames if "_VERIFY_" in c)
+        stage = STAGE_OF.get(key, type_name.upper())  # GAIN_CORRECTION has a '_' of its own
         floats = [c[len(stage) + 1:] for c in table.colnames if c.startswith(stage + "_") and "_VERIFY_" not in c
                   and table[c].dtype.kind == "f" and len(table[c].shape) == 1]
         assert floats and not [c for c in floats if c not in COLUMN_UNITS[stage]], (stage, floats)
@@ -513,6 +532,21 @@ def campaign_collections_of(key: str) -> list:
     if key in CALTYPES:
         return [f"{P}/verify{CALTYPES[key]}.20241127a"]
     return {"bias": [VERIFY_BIAS], "flat": [VERIFY_FLAT], "ptc": [VERIFY_PTC]}[key]
+
+
+def test_gain_correction_section_has_its_amp_map(campaign_report):
+    """The gain-correction section: verdict from its verification, one figure per detector (the amp map of the
+    adjustments and the flat ratio before / after), the Results table with its units."""
+    out = campaign_report.output_dir
+    assert campaign_report.verdicts["gain_correction"] is True
+    index = (out / "index.html").read_text()
+    sec = index[index.index('<h2 id="gain_correction">'):]
+    sec = sec[:sec.find("<h2", 1)] if "<h2" in sec[1:] else sec
+    imgs = re.findall(r'<img src="([^"]+)"', sec)
+    assert len(imgs) == len(DETECTORS) and all((out / i).is_file() and (out / i).stat().st_size > 5000 for i in imgs)
+    assert "the steps it removes" in sec
+    page = next(out.glob("src/*/verifyGainCorrectionResults_*.html")).read_text()
+    assert '<span class="unit">x PTC gain</span>' in page
 
 
 def test_residual_preview_is_the_block_mean_of_the_unmasked_pixels(tmp_path):

@@ -45,6 +45,7 @@ import numpy as np
 
 from cpframe.camera.bf import apply_brighter_fatter
 from cpframe.camera.cti import apply_deferred_charge
+from cpframe.camera.gain_drift import exposure_gain
 from cpframe.camera import illumination as _illum
 from cpframe.camera.models import Camera, Detector, load_camera
 from cpframe.camera.nonlinearity import apply_nonlinearity
@@ -277,10 +278,11 @@ def simulate_detector(
             ] = 0.0
         if math.isfinite(at.full_well):
             np.minimum(e, np.float32(at.full_well), out=e)
+        gain = exposure_gain(at.gain, at.gain_drift, spec.day_obs, eff.get("gain_drift_day_obs", 0))  # restarts
         if at.cti or at.trap_size:  # serial deferred charge, in e-; the trail goes to the overscan
             e, trail = apply_deferred_charge(e, a, at.cti, at.trap_size, at.trap_emission_time, at.trap_scaling)
-            trails[a.index] = trail / at.gain
-        e *= np.float32(1.0 / at.gain)
+            trails[a.index] = trail / gain
+        e *= np.float32(1.0 / gain)
         apply_nonlinearity(e, at.nonlinearity, at.nonlinearity_cubic)
         signal[a.index] = _to_readout(e, a)
     if signal is not None and dt.crosstalk.any():

@@ -12,7 +12,6 @@ import functools
 import json
 import math
 import os
-import re
 import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -23,6 +22,10 @@ import numpy as np
 
 from cpframe.camera.bf import draw_amp_bf
 from cpframe.camera.cti import draw_amp_cti
+from cpframe.camera.focal_plane import detector_size_mm
+from cpframe.camera.focal_plane import grid_position as _grid_position
+from cpframe.camera.fp_gradient import draw_band_gradient, gradient_factor
+from cpframe.camera.gain_drift import draw_amp_gain_drift
 from cpframe.camera.models import Camera, Detector, _camera_yaml, load_camera
 from cpframe.camera.nonlinearity import draw_amp_nonlinearity, measured_signal
 from cpframe.core.errors import CameraError, UserInputError
@@ -48,6 +51,9 @@ EFFECTS: dict[str, Any] = {
     "crosstalk": False,  # crosstalk strength (largest coefficient); True = 3e-4
     "cti": False,  # serial CTI (nominal, per-amp around it) + one serial trap per amp; True = 3e-6
     "brighter_fatter": False,  # pixel areas follow the charge: nominal a00 (1/e-), per amp around it; True = -2.5e-6
+    "gain_drift": False,  # per-amp gain change after a restart (rms fraction; True = 0.003; camera/gain_drift.py)
+    "gain_drift_day_obs": 0,  # day_obs (YYYYMMDD) from which the drifted gains apply (0 = every exposure)
+    "flat_gradient": False,  # focal-plane radial fall-off / planar gradient in mm (True = 0.02; camera/fp_gradient.py)
     "illumination_correction": False,  # dome-flat-only pattern + dithered fixed star field (camera/illumination.py); True = 0.04
 }
 _EFFECT_ON = {
@@ -60,6 +66,8 @@ _EFFECT_ON = {
     "crosstalk": 3e-4,
     "cti": 3e-6,
     "brighter_fatter": -2.5e-6,
+    "gain_drift": 0.003,
+    "flat_gradient": 0.02,
     "illumination_correction": 0.04,
 }
 
@@ -132,6 +140,8 @@ class AmpTruth:
     bf_a00: float = 0.0
     """1/e-, brighter-fatter a00 (≤ 0; 0 = off); the whole a matrix is
     ``cpframe.camera.bf.bf_a_matrix(bf_a00, size)``."""
+    gain_drift: float = 0.0
+    """Fractional gain change from day ``gain_drift_day_obs`` on (``cpframe/camera/gain_drift.py``)."""
 
 
 @dataclass
@@ -165,15 +175,6 @@ def _effect_value(name: str, value: Any) -> float:
     if value is False or value is None:
         return 0.0
     return float(value)
-
-
-def _grid_position(camera: Camera, det: Detector) -> tuple[float, float]:
-    """(row, col) of a detector in units of detectors, focal-plane centre at (0, 0)."""
-    m = re.fullmatch(r"R(\d)(\d)_S(\d)(\d)", det.name)
-    if not m or len(camera.detectors) == 1:
-        return 0.0, 0.0
-    ry, rx, sy, sx = (int(g) for g in m.groups())
-    return float(3 * ry + sy - 7), float(3 * rx + sx - 7)
 
 
 def _field_radius(camera: Camera) -> float:
@@ -299,9 +300,13 @@ class Truth:
         v = (gy + y - 0.5)[:, None] / radius
         u = (gx + x - 0.5)[None, :] / radius
         rho2 = u * u + v * v
-        return (1.0 - p["radial"] * rho2 - p["quartic"] * rho2 * rho2) * (
+        ill = (1.0 - p["radial"] * rho2 - p["quartic"] * rho2 * rho2) * (
             1.0 + p["grad_x"] * u + p["grad_y"] * v
         )
+        if p.get("fp_radial") or p.get("fp_gradient_x") or p.get("fp_gradient_y"):  # camera/fp_gradient.py
+            w, h = detector_size_mm(cam, det)
+            ill = ill * gradient_factor(p, u * radius * w, v * radius * h)
+        return ill
 
     def _defect_response(self, detector_id: int) -> np.ndarray:
         det = self.camera.detector(detector_id)
@@ -607,6 +612,7 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
             seed, det.id, [float(facts["full_well"][1]) / float(facts["gain"][0])] * len(det.amps), nonlin))
         deferred = iter(draw_amp_cti(seed, det.id, len(det.amps), eff["cti"]))  # own stream
         bf = iter(draw_amp_bf(seed, det.id, len(det.amps), eff["brighter_fatter"]))  # own stream
+        gdrift = iter(draw_amp_gain_drift(seed, det.id, len(det.amps), eff["gain_drift"]))  # own stream
         for a in det.amps:
             gain = _uniform(rng, facts["gain"])
             rn = _uniform(rng, facts["read_noise"])
@@ -631,6 +637,7 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
                 nonlinearity_cubic=k3,
                 **dict(zip(("cti", "trap_size", "trap_emission_time", "trap_scaling"), next(deferred))),
                 bf_a00=next(bf),
+                gain_drift=next(gdrift),
             )
         defects, values = _make_defects(rng, det)
         if not eff["defects"]:
@@ -663,6 +670,9 @@ def make_truth(camera: Camera, seed: int, date: str | None = None, **effects: An
             "grad_x": float(g[0]) if on else 0.0,
             "grad_y": float(g[1]) if on else 0.0,
         }
+        if eff["flat_gradient"]:  # own stream per band: the other draws are unchanged
+            w_mm = detector_size_mm(camera, camera.science_detectors[0])[0]
+            bands[band].update(draw_band_gradient(seed, band, eff["flat_gradient"], _field_radius(camera) * w_mm))
     return Truth(camera.name, camera.scale, seed, eff, dets, bands, date=date)
 
 

@@ -40,18 +40,27 @@ PRODUCT_NEEDS: dict[str, tuple[str, ...]] = {
     # BFK (dependencies.md §6 step 8): its own PTC on a flat-pair ramp in bootstrap ISR with defects;
     # crosstalk, linearizer and CTI are applied when certified
     "bfk": ("defects",),
+    # gain correction (dependencies.md §3): ISR like a flat (PTC gains, bias, dark, defects) of flats taken
+    # after a restart, measured against the certified flat of the same filter
+    "gain_correction": ("ptc", "bias", "dark", "defects", "flat"),
+    # flat gradient reference per band (cp_pipe cpFlatGradientReferenceLSST.yaml): a flat's ISR and combine, then the
+    # focal-plane fit with the defects masked
+    "flat_gradient_reference": ("ptc", "bias", "dark", "defects"),
     # illumination correction (cp_pipe cpIlluminationCorrection): science exposures through the full ISR with
     # the certified flat (dependencies.md §3: IsrTaskLSST defaults), so after the flat of its band
     "illuminationCorrection": ("ptc", "bias", "dark", "flat", "defects"),
 }
 
+#: Products built and certified per band (one generation and one CALIBRATION collection each).
+PER_BAND = ("flat", "flat_gradient_reference")
+
 #: Products that are certified (bootstraps are read straight from their RUNs).
-CERTIFIABLE = ("defects", "ptc", "bias", "dark", "flat", "linearizer", "cti", "crosstalk", "bfk",
-               "illuminationCorrection")
+CERTIFIABLE = ("defects", "ptc", "bias", "dark", "flat", "linearizer", "cti", "crosstalk", "bfk", "gain_correction",
+               "flat_gradient_reference", "illuminationCorrection")
 
 #: What a verification submission may test.
 VERIFY_TARGETS = ("bias", "dark", "flat", "defects", "ptc", "science", "linearizer", "cti", "crosstalk", "bfk",
-                  "illuminationCorrection")
+                  "gain_correction", "flat_gradient_reference", "illuminationCorrection")
 
 #: Variables every campaign needs (DMTN-222 §7 exports them all).
 REQUIRED_VARIABLES = (
@@ -73,6 +82,7 @@ GEN_STEM = {
     "flatBootstrap": "flatBootstrapGen", "defects": "defectGen", "ptc": "ptcGen",
     "bias": "biasGen", "dark": "darkGen", "flat": "flatGen",
     "linearizer": "linearizerGen", "cti": "ctiGen", "crosstalk": "crosstalkGen", "bfk": "bfkGen",
+    "gain_correction": "gainCorrectionGen", "flat_gradient_reference": "flatGradientReferenceGen",
     "illuminationCorrection": "illuminationCorrectionGen",
 }
 
@@ -82,13 +92,17 @@ SELECTION_OF_BUILD = {
     "flatBootstrap": "SELECTION_FLAT_BOOTSTRAP", "defects": None, "ptc": "SELECTION_PTC",
     "bias": "SELECTION_BIAS", "dark": "SELECTION_DARK", "flat": "SELECTION_FLAT_{band}",
     "linearizer": "SELECTION_PTC_LINEARIZER", "cti": "SELECTION_PTC_CTI", "crosstalk": "SELECTION_CROSSTALK",
-    "bfk": "SELECTION_PTC_BFK", "illuminationCorrection": "SELECTION_ILLUMINATION_CORRECTION",
+    "bfk": "SELECTION_PTC_BFK", "gain_correction": "SELECTION_GAIN_CORRECTION_FLAT",
+    "flat_gradient_reference": "SELECTION_FLAT_{band}",
+    "illuminationCorrection": "SELECTION_ILLUMINATION_CORRECTION",
 }
 SELECTION_OF_VERIFY = {
     "bias": "SELECTION_BIAS_V", "dark": "SELECTION_DARK_V", "flat": "SELECTION_FLAT_{band}_V",
     "defects": "SELECTION_DEFECTS_V", "ptc": "SELECTION_PTC_V", "science": "SELECTION_SCIENCE_V",
     "linearizer": "SELECTION_PTC_LINEARIZER_V", "cti": "SELECTION_PTC_CTI_V", "crosstalk": "SELECTION_CROSSTALK_V",
-    "bfk": "SELECTION_PTC_BFK_V", "illuminationCorrection": "SELECTION_ILLUMINATION_CORRECTION_V",
+    "bfk": "SELECTION_PTC_BFK_V", "gain_correction": "SELECTION_GAIN_CORRECTION_FLAT",
+    "flat_gradient_reference": "SELECTION_FLAT_{band}_V",
+    "illuminationCorrection": "SELECTION_ILLUMINATION_CORRECTION_V",
 }
 
 _RERUN_RE = re.compile(r"^\d{8}[a-z]$")

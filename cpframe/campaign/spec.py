@@ -23,6 +23,7 @@ from cpframe.campaign.model import (
     CERTIFIABLE,
     DERIVED_VARIABLES,
     GEN_STEM,
+    PER_BAND,
     PRODUCT_NEEDS,
     REQUIRED_VARIABLES,
     SELECTION_OF_BUILD,
@@ -167,7 +168,20 @@ def _infer_from_template(path: str) -> tuple[str | None, str | None, str | None]
     ('flat', None, 'g')
     >>> _infer_from_template("bps_verify_bias.yaml")
     (None, 'bias', None)
+    >>> _infer_from_template("bps_gain_correction.yaml"), _infer_from_template("bps_verify_gain_correction.yaml")
+    (('gain_correction', None, None), (None, 'gain_correction', None))
+    >>> _infer_from_template("bps_flat_gradient_reference_r.yaml")
+    ('flat_gradient_reference', None, 'r')
     """
+    stem = Path(path).stem.removeprefix("bps_")
+    if stem in PRODUCT_NEEDS:  # names with '_' (gain_correction)
+        return stem, None, None
+    if stem[:-2] in PRODUCT_NEEDS and stem[-2] == "_":  # flat_gradient_reference_<band>
+        return stem[:-2], None, stem[-1]
+    if stem.startswith("verify_") and stem.removeprefix("verify_") in VERIFY_TARGETS:
+        return None, stem.removeprefix("verify_"), None
+    if stem.startswith("verify_") and stem[7:-2] in PER_BAND and stem[-2] == "_" and stem[7:-2] != "flat":
+        return None, stem[7:-2], stem[-1]  # verify_flat_gradient_reference_<band>
     m = _TEMPLATE_NAME_RE.match(Path(path).name)
     if not m:
         return None, None, None
@@ -427,10 +441,10 @@ def _parse_submit(step: Step, rs: dict, v: Mapping[str, str], path: Path, sub, p
         )
         return step
     what = builds or verifies
-    if what == "flat" and not band:
-        problems.append(f"{where}: a flat step needs 'band' (u, g, r, i, z or y)")
-    if what != "flat" and band:
-        problems.append(f"{where}: 'band' applies only to flats, not {what}")
+    if what in PER_BAND and not band:
+        problems.append(f"{where}: a {what} step needs 'band' (u, g, r, i, z or y)")
+    if what not in PER_BAND and band:
+        problems.append(f"{where}: 'band' applies only to {' and '.join(PER_BAND)}, not {what}")
         band = None
     if band and "INSTRUMENT" in v:
         from cpframe.camera.models import load_camera
@@ -481,10 +495,11 @@ def _parse_certify(step: Step, rs: dict, v: Mapping[str, str], sub, problems: li
         )
         return step
     band = rs.get("band")
-    if dt == "flat" and not band:
-        problems.append(f"{where}: certifying flats needs 'band' (one CALIBRATION collection per band)")
-    if dt != "flat" and band:
-        problems.append(f"{where}: 'band' applies only to flats, not {dt}")
+    if dt in PER_BAND and not band:
+        problems.append(f"{where}: certifying {'flats' if dt == 'flat' else dt} needs 'band' (one CALIBRATION "
+                        "collection per band)")
+    if dt not in PER_BAND and band:
+        problems.append(f"{where}: 'band' applies only to {' and '.join(PER_BAND)}, not {dt}")
         band = None
     stem = dt + (f"-{band}" if band else "")
     output = sub("output", f"${{TAG_PREFIX}}/{stem}.${{CERT_RERUN}}")

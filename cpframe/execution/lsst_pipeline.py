@@ -462,7 +462,9 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
         if r.cls in SKIPPED:
             notes.append(f"{label} ({r.cls.rsplit('.', 1)[-1]}): not run, cpframe does not make {SKIPPED[r.cls]}")
             for k, v in r.values.items():
-                if k.startswith("connections.") and isinstance(v, str):
+                # what the skipped task writes (connections.output*), not what it reads: cpFlatBin8 reads the
+                # flat that cpFlatFitGradientsReference reads too
+                if k.startswith("connections.output") and isinstance(v, str):
                     skipped_outputs.add(v)
             continue
         if r.cls in _DEFECT_MEASURE:

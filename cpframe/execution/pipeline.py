@@ -69,7 +69,6 @@ MASK_PLANES = ("BAD", "SAT", "INTRP", "CR", "EDGE", "DETECTED", "DETECTED_NEGATI
 NOT_BUILT_PIPELINES = {
     "cpSky": "sky", "cpElectrostaticBFDistortionMatrix":
     "electrostatic brighter-fatter distortion matrix", "cpFlatAnaglyph": "anaglyph (red/blue LED) flat",
-    "cpFlatGradientReference": "flat gradient reference", "cpGainCorrection": "gain correction",
 }
 
 STORAGE_CLASSES = ("fits-masked", "json", "ecsv", "ecsv-defects", "fits-ptc")

@@ -7,7 +7,10 @@
 * CTI: the first serial-overscan column (EPER) against the last data column's signal, per
   amp, with each amp's fitted model n ε S + size (1 − r);
 * BFK: the detector kernel as an image, and cuts through its centre along rows and columns
-  with every amp's kernel (invalid amps dashed).
+  with every amp's kernel (invalid amps dashed);
+* gain correction: the adjustment (%) of each amp laid out as the amps sit on the detector,
+  and per amp the new / reference flat ratio before and after the correction (cp_pipe's
+  "flat ratio uncorrected / corrected" plot, per amp).
 
 Matplotlib through ``Figure`` + Agg (no pyplot state); files written under a temporary name
 and renamed.
@@ -24,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 __all__ = ["CALTYPE_PRODUCTS", "render_linearity_png", "render_crosstalk_png", "render_cti_png", "render_bfk_png",
-           "caltype_figures"]
+           "render_gain_correction_png", "caltype_figures"]
 
 #: Product dataset type -> (renderer of one file, caption).
 CALTYPE_PRODUCTS: dict[str, tuple[Callable[[str, Any, str], Path], str]] = {}
@@ -187,6 +190,86 @@ def render_bfk_png(path_in: str, path: str | os.PathLike, title: str) -> Path:
     return _save(fig, path)
 
 
+def render_gain_correction_png(path_in: str, path: str | os.PathLike, title: str) -> Path:
+    """Amp map of the adjustment (%) and the per-amp flat ratio before / after the correction."""
+    from cpframe.camera.models import load_camera
+    from cpframe.science.gain_correction import read_gain_correction
+
+    cal = read_gain_correction(path_in)
+    names = list(cal.adjustments)
+    adj = np.array([cal.adjustments[a] for a in names])
+    ratio = cal.meta.get("flat_ratio_per_amp") or {}
+    r = np.array([float(ratio[a]) if ratio.get(a) is not None else np.nan for a in names])
+    fig = _figure(7.5, 3.4)
+    ax = fig.add_axes((0.05, 0.14, 0.36, 0.72))
+    grid = None
+    try:
+        m = cal.meta
+        det = load_camera(str(m["INSTRUME"]), str(m.get("CAMSCALE", "full")).lower()).detector(int(m["DETECTOR"]))
+        rows, cols = max(a.row for a in det.amps) + 1, max(a.col for a in det.amps) + 1
+        grid = np.full((rows, cols), np.nan)
+        for a in det.amps:
+            grid[a.row, a.col] = 100.0 * (cal.adjustments.get(a.name, np.nan) - 1.0)
+            ax.text(a.col, a.row, a.name, ha="center", va="center", fontsize=5)
+    except Exception:  # a file without camera metadata: one row in file order
+        grid = 100.0 * (adj[None, :] - 1.0)
+    lim = max(float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.0, 0.05)
+    im = ax.imshow(grid, origin="lower", cmap="coolwarm", vmin=-lim, vmax=lim, aspect="auto")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+    ax.set_title("adjustment - 1 (%), amps on the detector", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax2 = fig.add_axes((0.53, 0.2, 0.45, 0.66))
+    x = np.arange(len(names))
+    if np.isfinite(r).any():
+        scale = np.nanmedian(r)
+        ax2.plot(x, 100.0 * (r / scale - 1.0), "o", ms=3, label="flat ratio, uncorrected")
+        ax2.plot(x, 100.0 * (r * adj / np.nanmedian(r * adj) - 1.0), "s", ms=3, label="corrected (x adjustment)")
+    ax2.axhline(0.0, color="0.5", lw=0.6)
+    ax2.set_xticks(x)
+    ax2.set_xticklabels(names, rotation=90, fontsize=5)
+    ax2.set_ylabel("new / reference flat - 1 (%)", fontsize=7)
+    ax2.tick_params(labelsize=6)
+    ax2.legend(fontsize=6)
+    ax2.grid(alpha=0.3)
+    excluded = cal.meta.get("excluded_amps") or []
+    fig.suptitle(f"{title}" + (f" (excluded: {', '.join(excluded)})" if excluded else ""), fontsize=9)
+    return _save(fig, path)
+
+
+def render_flat_gradient_png(path_in: str, path: str | os.PathLike, title: str) -> Path:
+    """The fitted model over the focal plane (mm) and the radial spline with its nodes."""
+    from cpframe.science.flat_gradient import read_flat_gradient
+
+    g = read_flat_gradient(path_in)
+    rmax = float(g.meta.get("data_radius_mm") or g.radial_spline_nodes[-1])
+    fig = _figure(7.5, 3.4)
+    ax = fig.add_axes((0.06, 0.14, 0.36, 0.72))
+    xs = np.linspace(-rmax, rmax, 121)
+    xx, yy = np.meshgrid(xs, xs)
+    model = g.full_model(xx, yy)
+    model[np.hypot(xx, yy) > rmax] = np.nan
+    im = ax.imshow(model, origin="lower", extent=(-rmax, rmax, -rmax, rmax), cmap="viridis")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+    ax.set_title("model S(r) / plane", fontsize=8)
+    ax.set_xlabel("focal plane x (mm)", fontsize=7)
+    ax.set_ylabel("focal plane y (mm)", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax2 = fig.add_axes((0.56, 0.14, 0.42, 0.72))
+    r = np.linspace(0.0, rmax, 200)
+    ax2.plot(r, g.radial_model(r + g.centroid_x + g.centroid_delta_x, np.full_like(r, g.centroid_y + g.centroid_delta_y)),
+             "-", lw=1.2, label="radial spline")
+    ax2.plot(g.radial_spline_nodes, g.radial_spline_values, "o", ms=3, label="nodes")
+    ax2.set_xlabel("radius (mm)", fontsize=7)
+    ax2.set_ylabel("relative to the centre", fontsize=7)
+    ax2.tick_params(labelsize=6)
+    ax2.legend(fontsize=6)
+    ax2.grid(alpha=0.3)
+    fig.suptitle(f"{title}: gradient ({g.gradient_x:.2e}, {g.gradient_y:.2e}) /mm, residual rms "
+                 f"{100 * float(g.meta.get('residual_rms', float('nan'))):.2f} %", fontsize=8)
+    return _save(fig, path)
+
+
 CALTYPE_PRODUCTS.update({
     "linearizer": (render_linearity_png, "Linearizer {det}: residual non-linearity of every amp's ramp before and "
                                          "after the correction; dashed: the ±0.1 % target."),
@@ -197,6 +280,11 @@ CALTYPE_PRODUCTS.update({
     "bfk": (render_bfk_png, "Brighter-fatter kernel {det}: the detector kernel (average of the valid amps' kernels) "
                             "and cuts through the centre; thin lines: each amp (dashed: failed cp_pipe's validity "
                             "checks)."),
+    "gain_correction": (render_gain_correction_png, "Gain correction {det}: the factor on each amp's PTC gain "
+                                                    "(% from 1) where the amp sits, and the new / reference flat "
+                                                    "ratio per amp before and after it (the steps it removes)."),
+    "flat_gradient_reference": (render_flat_gradient_png, "Flat gradient reference {det}: the fitted large-scale "
+                                                          "model over the focal plane and its radial spline."),
 })
 
 
@@ -212,8 +300,8 @@ def caltype_figures(writer: Any, st: Any, products: Sequence[Any]) -> list[str]:
         did = it.ref.data_id
         try:
             det = writer._camera_from_meta(did["instrument"]).detector(did["detector"]).name
-        except Exception:  # a product of a detector the camera model does not know: label by id
-            det = str(did.get("detector"))
+        except Exception:  # a focal-plane product (per filter), or a detector the camera model does not know
+            det = str(did.get("detector", did.get("physical_filter")))
         rel = writer.png(f"src/{st.key}/{st.product}_{det}_{it.ref.id[:8]}.png",
                          lambda p, src=str(it.path), t=f"{st.product} {det}": render(src, p, t))
         it.link = rel

@@ -95,6 +95,12 @@ REPORT_STAGES: tuple[ReportStage, ...] = (
     ReportStage("bfk", "BFK", "bfk", "Brighter-fatter kernel", (),
                 "Kernel per amp from the covariances of a flat-pair ramp; the PTC of flats corrected with it must "
                 "be linear to 1 % (uncorrected beside it)."),
+    ReportStage("gain_correction", "GAIN_CORRECTION", "gain_correction", "Gain correction", (),
+                "Per-amp factors on the PTC gains from a flat taken after a restart over the certified flat; every "
+                "amp measured and within 5 % of 1."),
+    ReportStage("flat_gradient_reference", "FLAT_GRADIENT", "flat_gradient_reference", "Flat gradient reference", (),
+                "Focal-plane radial function and planar gradient of a band's flats; the model must describe the "
+                "flats to 1 % and the gradient stay below 10 % across the field."),
     ReportStage("illuminationCorrection", "ILLUMINATION", "illuminationCorrection", "Illumination correction", (),
                 "Super-star flat per detector and filter from dithered star photometry (ISR divides by it); "
                 "re-measured after applying it, it must be flat (rms of c - 1 < 0.5 %)."),

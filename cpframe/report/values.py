@@ -45,6 +45,8 @@ COLUMN_UNITS: dict[str, dict[str, str]] = {
                   "FIT_RESIDUAL_SIGMA_MAD": "fraction"},
     "CROSSTALK": {"MAX_RESIDUAL": "adu/adu", "MAX_GHOST_E": _E},
     "CTI": {"GLOBAL_CTI": "per transfer", "TRAP_SIZE": _E, "TRAP_EMISSION_TIME": "transfers"},
+    "GAIN_CORRECTION": {"ADJUSTMENT": "x PTC gain", "ADJUSTMENT_PCT": "%", "FLAT_RATIO": "new / reference flat"},
+    "FLAT_GRADIENT": {"MODEL": "relative to the centre", "DET_RESIDUAL_RMS": "fraction", "DET_GRADIENT_PCT": "%"},
     "BFK": {"A00": "1/e-", "CURVATURE": "fraction", "NONLINEARITY": "fraction", "DET_CURVATURE": "fraction",
             "DET_NONLINEARITY": "fraction", "DET_MAX_MEAN_E": _E, "DET_UNCORRECTED_CURVATURE": "fraction",
             "DET_UNCORRECTED_NONLINEARITY": "fraction"},

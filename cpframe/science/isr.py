@@ -43,6 +43,7 @@ from cpframe.core.errors import ConfigError, UserInputError
 from cpframe.science.bfk import BfkCalib, apply_brighter_fatter, read_bfk
 from cpframe.science.crosstalk import read_crosstalk
 from cpframe.science.cti import CtiCalib, deferred_charge_step, read_cti
+from cpframe.science.gain_correction import GainCorrection, read_gain_correction
 from cpframe.science.illumination import apply_illumination_correction
 from cpframe.science.imageio import (
     MASK_BITS,
@@ -146,6 +147,9 @@ class IsrConfig:
     """PTC, or LINEARIZER (the gains and noise the linearizer measured on its own ramp; no PTC needed)."""
     gains: Mapping[str, float] = field(default_factory=dict)
     """Per-amp configured gains (e-/adu); a finite value overrides the PTC / bootstrap gain."""
+    do_correct_gains: bool = False
+    """Multiply the PTC gains by the gain correction's per-amp adjustments (calibs['gain_correction'],
+    optional as in ip_isr: skipped when none is found; cpframe/science/gain_correction.py)."""
     do_crosstalk: bool = False
     """Subtract crosstalk (needs calibs['crosstalk'])."""
     do_quadratic_crosstalk: bool = False
@@ -283,6 +287,7 @@ _ALIASES = {
     "suspectLevel": "suspect_level",
     "doApplyGains": "do_apply_gains",
     "useGainsFrom": "use_gains_from",
+    "doCorrectGains": "do_correct_gains",
     "doCrosstalk": "do_crosstalk",
     "doQuadraticCrosstalkCorrection": "do_quadratic_crosstalk",
     "doLinearize": "do_linearize",
@@ -312,7 +317,7 @@ _ALIASES = {
 
 #: ip_isr switches that are off for calibration products (spec §3); accepted when false.
 _ACCEPTED_WHEN_FALSE = (
-    "doInterpolate", "doSetBadRegions", "doCorrectGains",
+    "doInterpolate", "doSetBadRegions",
     "doFringe", "doWidenSaturationTrails", "doAmpOffset", "doBinnedExposures", "doE2VEdgeBleedMask",
     "doITLDipMask", "doITLSatSagMask", "doITLEdgeBleedMask", "doVignette",
     "doCalculateStatistics", "doCheckUnprocessableData", "doDiffNonLinearCorrection", "doSaturationInterpolation",
@@ -377,11 +382,14 @@ class IsrCalibs:
     """Per-amp corrections (:mod:`cpframe.science.linearity`; a ``{amp: c}`` mapping is ``x + c x²``)."""
     bfk: BfkCalib | None = None
     """Brighter-fatter kernels (:mod:`cpframe.science.bfk`)."""
+    gain_correction: GainCorrection | None = None
+    """Per-amp factors on the PTC gains (:mod:`cpframe.science.gain_correction`)."""
     illumination: MaskedImage | None = None
     """Illumination correction (:mod:`cpframe.science.illumination`; dataset ``illuminationCorrection``)."""
 
 
-CALIB_KEYS = ("bias", "dark", "flat", "defects", "ptc", "crosstalk", "linearizer", "cti", "bfk", "illumination")
+CALIB_KEYS = ("bias", "dark", "flat", "defects", "ptc", "crosstalk", "linearizer", "cti", "bfk", "gain_correction",
+              "illumination")
 
 
 def _mtime_key(path) -> tuple[str, float]:
@@ -405,6 +413,8 @@ def _load_cached(kind: str, path: str, mtime: float):
         return read_cti(path)
     if kind == "bfk":
         return read_bfk(path)
+    if kind == "gain_correction":
+        return read_gain_correction(path)
     raise KeyError(kind)
 
 
@@ -538,6 +548,8 @@ def _amp_gain_noise(amp: Amplifier, config: IsrConfig, calibs: IsrCalibs) -> tup
         if rec is None:
             raise IsrError(f"the PTC has no amp {amp.name}; amps in the PTC: {', '.join(calibs.ptc)}.")
         gain, noise, turnoff = float(rec["gain"]), float(rec["noise"]), float(rec["turnoff"])
+        if config.do_correct_gains and calibs.gain_correction is not None:  # ip_isr correctGains
+            gain *= calibs.gain_correction.adjustments.get(amp.name, 1.0)
     g = config.gains.get(amp.name, math.nan)
     if math.isfinite(g):
         gain = g
@@ -730,6 +742,9 @@ def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
         _standard_statistics(det, image, mask, stats, cards, bad_amps)
     cards["LSST ISR UNITS"] = units
     cards["LSST ISR BOOTSTRAP"] = bool(config.do_bootstrap)
+    if config.do_correct_gains and calibs.gain_correction is not None and not config.do_bootstrap \
+            and calibs.ptc is not None:  # written only when applied
+        cards["LSST ISR GAINCORRECTION APPLIED"] = True
     update_header(header, cards)
     return MaskedImage(image, mask, variance, header), stats
 

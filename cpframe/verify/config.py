@@ -101,6 +101,14 @@ class VerifyConfig:
     # -- CTI (cpframe's check; LSST sensor requirement serial CTE > 0.999995) ------------------
     cti_max: float = 5e-6
     """CTI: the global serial CTI per amp must be below this."""
+    # -- gain correction (cpframe's check, cpframe/verify/gain_correction.py) --------------------
+    gain_correction_max_adjustment: float = 0.05
+    """ADJUSTMENT: largest |adjustment - 1| (cp_pipe's max_fractional_gain_ratio)."""
+    # -- flat gradient reference (cpframe's check, cpframe/verify/flat_gradient.py) ------------
+    flat_gradient_max_residual: float = 0.01
+    """FIT_RESIDUAL: largest rms of the binned flat about the fitted model (fraction)."""
+    flat_gradient_max_gradient_pct: float = 10.0
+    """GRADIENT: largest change (%) of the planar gradient across the fitted radius."""
     # -- illumination correction (cpframe's check, cpframe/verify/illumination.py) -------------
     illumination_max_rms: float = 0.005
     """ILLUMINATION: rms of (c - 1) of the correction re-measured after applying one must be below this."""
@@ -199,6 +207,14 @@ TEST_NOTES: dict[tuple[str, str], tuple[str, str]] = {
     ("CTI", "CTI"): ("global serial CTI < 5e-6 (LSST sensor requirement: CTE > 0.999995)",
                      "cpframe's own test (cp_verify has no CTI task)"),
     ("CTI", "TRAP"): ("trap fit finite: size >= 0 e-, emission time > 0 transfers", "cpframe's own test"),
+    ("GAIN_CORRECTION", "ADJUSTMENT"): ("|gain adjustment - 1| <= 5 %", "cpframe's own test (cp_verify has none); "
+                                        "the limit is cp_pipe's max_fractional_gain_ratio"),
+    ("GAIN_CORRECTION", "MEASURED"): ("the amp was measured (not excluded, so it is corrected)",
+                                      "cpframe's own test"),
+    ("FLAT_GRADIENT", "MODEL_RANGE"): ("the model at the amp's centre is within [0.05, 1.5]",
+                                       "cpframe's own test (cp_verify has none)"),
+    ("FLAT_GRADIENT", "FIT_RESIDUAL"): ("rms of the binned flat about the model <= 1 %", "cpframe's own test"),
+    ("FLAT_GRADIENT", "GRADIENT"): ("planar gradient across the fitted radius <= 10 %", "cpframe's own test"),
     ("ILLUMINATION", "FLAT"): ("illumination correction re-measured after applying it: rms of c - 1 over the "
                                "detector < 0.5 %", "cpframe's own test (cp_verify makes the product, no test yet: "
                                "DM-49192)"),

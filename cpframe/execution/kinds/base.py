@@ -293,5 +293,11 @@ def detector_of(path: str, detector_id: int):
     from cpframe.camera.models import load_camera
     from cpframe.science.imageio import read_header
 
-    h = read_header(path)
+    if str(path).endswith(".json"):  # a cpframe JSON product: instrument and scale in its meta
+        import json
+        from pathlib import Path
+
+        h = json.loads(Path(path).read_text()).get("meta") or {}
+    else:
+        h = read_header(path)
     return load_camera(str(h["INSTRUME"]), str(h.get("CAMSCALE", "full")).lower()).detector(int(detector_id))

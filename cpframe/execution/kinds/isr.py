@@ -74,6 +74,8 @@ class Isr(TaskKind):
         "defaultSaturationSource": Option(enum(*_isr.SATURATION_SOURCES), _field("defaultSaturationSource")),
         "doApplyGains": Option(bool, _field("doApplyGains"), doc="output in electrons"),
         "useGainsFrom": Option(enum("PTC", "LINEARIZER"), _field("useGainsFrom"), doc="only PTC is implemented"),
+        "doCorrectGains": Option(bool, _field("doCorrectGains"),
+                                 doc="optional input: PTC gains x gain_correction; off when none is found"),
         "doCrosstalk": Option(bool, _field("doCrosstalk"), doc="optional input: off when no crosstalk is found"),
         "doQuadraticCrosstalkCorrection": Option(bool, _field("doQuadraticCrosstalkCorrection")),
         "doLinearize": Option(bool, _field("doLinearize"), doc="optional input: off when no linearizer is found"),
@@ -132,6 +134,8 @@ class Isr(TaskKind):
         for flag, name in (("doCrosstalk", "crosstalk"), ("doDeferredCharge", "cti"), ("doBrighterFatter", "bfk")):
             if c[flag]:
                 opt.append(name)
+        if c.get("doCorrectGains") and not boot and not gains_from_lin:
+            opt.append("gain_correction")
         return tuple(req), tuple(opt)
 
     @classmethod
@@ -144,7 +148,7 @@ class Isr(TaskKind):
         """Optional steps whose calibration was not found for this quantum are switched off."""
         cfg = dict(shared["isr"])
         for flag, calib in (("doCrosstalk", "crosstalk"), ("doLinearize", "linearizer"), ("doDeferredCharge", "cti"),
-                            ("doBrighterFatter", "bfk")):
+                            ("doBrighterFatter", "bfk"), ("doCorrectGains", "gain_correction")):
             if cfg.get(flag) and calib not in found:
                 cfg[flag] = False
                 if flag == "doCrosstalk":

@@ -8,7 +8,8 @@ from types import MappingProxyType
 from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, calib_path, detector_of, enum, output_path
 from cpframe.verify.config import VerifyConfig
 
-STAGES = ("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE", "LINEARITY", "CROSSTALK", "CTI", "BFK", "ILLUMINATION")
+STAGES = ("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE", "LINEARITY", "CROSSTALK", "CTI", "BFK", "GAIN_CORRECTION",
+          "FLAT_GRADIENT", "ILLUMINATION")
 
 
 # -- the real cp_verify classes (cpframe.execution.lsst_pipeline reads them) --

@@ -1,0 +1,56 @@
+"""The ``flatGradientFit`` kind: the focal-plane radial function and planar gradient of one physical filter's
+flats (cp_pipe ``CpFlatFitGradientsTask``; science and the differences in :mod:`cpframe.science.flat_gradient`).
+
+Inputs: every detector's combined flat of the filter (the pipeline's combine output) and, optionally, each
+detector's certified ``defects`` (masked out of the bins).  Output: ``flat_gradient_reference`` with
+``do_reference_gradient`` (bps_flat_gradient_reference_<band>), else ``flat_gradient``.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from cpframe.core.errors import UserInputError
+from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, output_path
+from cpframe.science import flat_gradient as _fg
+
+MSG_NO_FLATS = "flatGradientFit {key}: no flats to fit: connect the combined flats of the pipeline as the input."
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.title() for w in rest)
+
+
+_TYPES = {"int": int, "float": float, "bool": bool, "tuple[float, ...]": "floats"}
+# cp_pipe's CpFlatFitGradientsConfig fields are snake_case; cpframe's options take camelCase
+_FIELDS = {k: _camel(k) for k in _fg.FlatGradientConfig.__dataclass_fields__}
+
+
+class FlatGradientFit(TaskKind):
+    name = "flatGradientFit"
+    summary = "Focal-plane radial spline and planar gradient of one filter's flats (all detectors) -> json."
+    dimensions = (frozenset({"physical_filter"}),)
+    config_class = _fg.FlatGradientConfig
+    settings_key = "flat_gradient"
+    task_classes = MappingProxyType({"lsst.cp.pipe.CpFlatFitGradientsTask": ClassMap(
+        "flatGradientFit", ("physical_filter",), (("input_flats", "flat_uncorrected"),),
+        ("output_reference_gradient", "flat_gradient_reference"), _FIELDS, ("python", *_fg._IGNORED),
+        extra_connections=("camera", "input_defects", "output_gradient", "model_residual_plot",
+                           "radial_model_plot"))})
+    options = MappingProxyType({_camel(k): Option(_TYPES[str(f.type)], k, doc="cp_pipe: " + k)
+                                for k, f in _fg.FlatGradientConfig.__dataclass_fields__.items()})
+
+    @classmethod
+    def run(cls, spec, groups):
+        from cpframe.science.imageio import read_defects
+
+        flats = sorted({p for vs in groups.values() for v in vs if (p := getattr(v, "path", None))})
+        if not flats:
+            raise UserInputError(MSG_NO_FLATS.format(key=spec.key))
+        defects = {}  # detector -> its defects file (ecsv meta 'detector')
+        for p in spec.calib_paths.get("defects") or []:
+            det = read_defects(p)[1].get("detector")
+            if det is not None:
+                defects[int(det)] = p
+        return _fg.flat_gradient_task(flats, output_path(spec), spec.settings["flat_gradient"], defect_paths=defects)
