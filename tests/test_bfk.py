@@ -251,8 +251,8 @@ def test_bf_corrected_flats_have_a_linear_ptc(bf_flats, bfk, tmp_path):
 
 
 def test_solve_needs_covariances_and_isr_needs_the_kernel(tmp_path, mini_products, mini_sim):
-    from cpframe.science.isr import IsrError, isr_config_for, load_calibs, run_isr
     from cpframe.science.imageio import read_raw
+    from cpframe.science.isr import IsrError, isr_config_for, load_calibs, run_isr
 
     with pytest.raises(UserInputError, match="no covariances; build it with ptcFitType: FULLCOVARIANCE"):
         solve_bfk(mini_products.ptc.path, tmp_path / "bfk.json")
@@ -283,9 +283,14 @@ def test_templates_build_certify_and_verify_the_kernel(bf_flats, tmp_path, local
 
     from cpframe.execution.submit import submit_template
     from cpframe.verify.results import read_stats
-
     from tests._run_helpers import (
-        TICKET, TRUTH_COLLECTION, certify_run, certify_truth_calibs, make_repo, ticket_chain_add, variables,
+        TICKET,
+        TRUTH_COLLECTION,
+        certify_run,
+        certify_truth_calibs,
+        make_repo,
+        ticket_chain_add,
+        variables,
     )
 
     truth, paths = bf_flats
@@ -315,5 +320,60 @@ def test_templates_build_certify_and_verify_the_kernel(bf_flats, tmp_path, local
         (sref,) = repo.registry.query_datasets("verifyBfkStats", collections=[checked.run])
         det = read_stats(repo.get_path(sref))["DET"]
         assert det["NONLINEARITY"] < 0.01 < det["UNCORRECTED_NONLINEARITY"], det
+    finally:
+        repo.close()
+
+
+def test_real_bfk_template_runs_unchanged_with_the_stack(bf_flats, tmp_path, local_dask, monkeypatch):
+    """cp_pipe's own bps_bfk.yaml and LSSTComCam/cpBfk.yaml (stack variables set): ISR, pair extraction with
+    covariances, a FULLCOVARIANCE PTC, the folded gain-ratio adjustment and BrighterFatterKernelSolveTask,
+    mapped onto cpframe's kinds (issue 12).
+
+    Unchanged (lags to 8, the b terms fitted): the gains are within 2 % of the truth; no 16 000-pixel amp's kernel passes
+    cp_pipe's validity checks (b terms unconstrained, see the module docstring), so the detector kernel is
+    zero rather than a wrong one.  The same real files with the mini-amp settings as extraQgraphOptions
+    (the real file's labels, MINI_BFK_OPTIONS) give the truth kernel."""
+    from types import SimpleNamespace
+
+    from cpframe.execution.submit import submit_template
+    from tests._run_helpers import TICKET, TRUTH_COLLECTION, certify_truth_calibs, make_repo, variables
+    from tests.test_lsst_templates import CP_PIPE, STACK
+
+    truth, paths = bf_flats
+    repo = make_repo(tmp_path / "repo", None, files=[Path(p) for p in paths])
+    try:
+        certify_truth_calibs(repo, truth, [DET.id], tmp_path / "calibs", types=("defects",))
+        repo.registry.set_chain(f"LSSTComCam/calib/{TICKET}", [TRUTH_COLLECTION], mode="redefine")
+        env = {**variables(repo.root, tmp_path / "scratch", SimpleNamespace(plan=SimpleNamespace(selections={})),
+                           SELECTION_PTC_BFK="instrument='LSSTComCam' and exposure.observation_type='flat'"),
+               **STACK}
+        for k, v in STACK.items():
+            monkeypatch.setenv(k, v)
+        template = CP_PIPE / "bps/templates/bps_bfk.yaml"
+        res = submit_template(template, environ=env, client=local_dask.client)
+        assert res.counts == {"bfk": 1}, res.counts
+        (ref,) = repo.registry.query_datasets("bfk", collections=[res.run])
+        calib = read_bfk(repo.get_path(ref))
+        assert calib.shape == (17, 17) and set(calib.valid) == {a.name for a in DET.amps}  # lags to 8
+        rg = [calib.gain[a.name] / truth.amp(DET.id, a.name).gain - 1 for a in DET.amps]
+        # the b-term fit to lag 8 on mini amps: 1.1 % high on this data set (per amp ~1 %); the 0.5 % target is
+        # met with the mini settings below (and in test_full_covariance_ptc_a00_and_gain_match_truth)
+        assert abs(np.mean(rg)) < 0.02, rg
+        assert not any(calib.valid.values()) and not calib.det_kernel.any()
+
+        mini = tmp_path / "bps_bfk.yaml"
+        mini.write_text(template.read_text() + "extraQgraphOptions: \"" + " ".join(
+            f"--config {o}" for o in MINI_BFK_OPTIONS["bps_bfk.yaml"]) + "\"\n")
+        res = submit_template(mini, environ={**env, "RERUN": "20241110b"}, client=local_dask.client)
+        (ref,) = repo.registry.query_datasets("bfk", collections=[res.run])
+        calib = read_bfk(repo.get_path(ref))
+        assert calib.shape == (2 * COV_RANGE + 1,) * 2 and sum(calib.valid.values()) >= 4, calib.valid
+        rg = [calib.gain[a.name] / truth.amp(DET.id, a.name).gain - 1 for a in DET.amps]
+        assert abs(np.mean(rg)) < 0.005, rg  # target: gain within 0.5 %
+        a00 = np.mean([truth.amp(DET.id, a).bf_a00 for a, ok in calib.valid.items() if ok])
+        tk = _truth_kernel(a00, calib.shape[0])
+        c = calib.shape[0] // 2
+        assert calib.det_kernel[c, c] == pytest.approx(tk[c, c], rel=0.05)
+        assert np.abs(calib.det_kernel - tk).max() < 0.1 * abs(tk[c, c])
     finally:
         repo.close()

@@ -292,3 +292,24 @@ def test_real_pipeline_maps_onto_the_kinds_and_names_a_misspelt_field():
                                             r"\(did you mean 'superStarSubCcdChebyshevOrder'\?\)"):
         load_pipeline(path, environ=STACK,
                       overrides=[("cpIlluminationCorrectionFgcmFitCycle", "superStarSubCcdChebyshevOrdr", 3)])
+
+
+def test_campaign_orders_the_illumination_correction_after_the_flat(tmp_path):
+    from cpframe.campaign.spec import load_campaign
+    from tests.test_campaign import SCRAMBLED_STEPS, write_campaign
+
+    steps = [
+        {"name": "verify-illum", "kind": "submit", "template": "bps_verify_illuminationCorrection.yaml"},
+        {"name": "certify-illum", "kind": "certify", "dataset_type": "illuminationCorrection"},
+        {"name": "illum", "kind": "submit", "template": "bps_illuminationCorrection.yaml"},
+        *SCRAMBLED_STEPS,
+    ]
+    sel = "instrument='LSSTComCam' and exposure.observation_type='science'"
+    camp = load_campaign(write_campaign(tmp_path, steps, variables={"SELECTION_ILLUMINATION_CORRECTION": sel,
+                                                                    "SELECTION_ILLUMINATION_CORRECTION_V": sel}))
+    pos = {s.name: i for i, s in enumerate(camp.steps)}
+    assert max(pos["certify-flat-g"], pos["certify-dark"], pos["certify-ptc"]) < pos["illum"]
+    assert pos["illum"] < pos["certify-illum"] < pos["verify-illum"]
+    step = camp.steps[pos["illum"]]
+    assert (step.builds, step.gen_output.rsplit("/", 1)[-1]) == ("illuminationCorrection",
+                                                                  "illuminationCorrectionGen.20250101a")

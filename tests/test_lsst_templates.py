@@ -55,7 +55,7 @@ BUILT = {
 
 #: Templates whose types cpframe builds (issue 13) and whose real LSST pipeline files it reads too (issue 12:
 #: CrosstalkExtract/Solve, the filter folded into the solve, CpCtiSolve are in the kinds' task_classes).
-LSST_READ_TOO = {"bps_cti"}
+LSST_READ_TOO = {"bps_cti", "bps_bfk", "bps_verify_linearizer"}
 #: Templates whose types cpframe builds with its own pipelines only: with the stack unset the real template
 #: reads cpframe's pipeline and plans; with it set they are refused, each for the reason given.
 OWN_PIPELINE_ONLY = {
@@ -68,12 +68,11 @@ OWN_PIPELINE_ONLY = {
     # cpFlatGradientReference.yaml is LSSTCam-only too; with INSTRUMENT=LSSTCam the real file plans
     # (test_flat_gradient_reference_real_file_plans)
     **{f"bps_flat_gradient_reference_{b}": "not found" for b in "ugrizy"},
-    # LinearityDoubleSplineSolveTask x3 + LinearityNormalizeTask x2 (focal-plane normalisation), and cp_verify's
-    # CpvLinearitySolveTask: cpframe's linearitySolve is one per-amp spline solve, not mapped onto them
-    "bps_linearizer": "cpframe does not build linearizer",
-    "bps_verify_linearizer": "cpframe does not build linearizer",
-    # BrighterFatterKernelSolveTask and cp_verify's source-size BFK check: not mapped onto the bfk kinds yet
-    "bps_bfk": "cpframe does not build brighter-fatter kernel",
+    # LSSTComCam's cpLinearizer.yaml redeclares three solve labels with LinearitySolveTask over the ingredient's
+    # LinearityDoubleSplineSolveTask: as in pipetask the class replaces the task (defaults: all three write
+    # 'linearity', the normalisations read nothing), so it cannot run; LSSTCam's file plans and runs
+    # (test_linearizer_real_files_map and tests/test_linearity.py::test_real_linearizer_templates_run_unchanged...)
+    "bps_linearizer": "replaces the imported LinearityDoubleSplineSolveTask",
     "bps_verify_bfk": "cpframe does not build",
 }
 
@@ -145,6 +144,40 @@ def test_crosstalk_and_cti_real_files_plan(stack_env):
 
 
 @pytest.mark.parametrize("stack_env", [True], indirect=True)
+def test_linearizer_real_files_map(stack_env):
+    """The real cpLinearizer (LSSTCam) and verifyLinearizer files map onto linearitySolve / linearityNormalize."""
+    lin = render(CP_PIPE / "bps/templates/bps_linearizer.yaml", environ={**stack_env, "INSTRUMENT": "LSSTCam"})
+    _, pipe = validate_stage(lin)
+    assert [(t.label, t.kind, t.inputs, t.output) for t in pipe.tasks[3:]] == [
+        ("cpLinearizerUnnormalizedSolve1", "linearitySolve", ("cpLinearizerPtcPartial",), "linearizerUnnormalized1"),
+        ("cpLinearizerNormalize1", "linearityNormalize", ("linearizerUnnormalized1",), "cpLinearizerNormalization1"),
+        ("cpLinearizerUnnormalizedSolve2", "linearitySolve", ("cpLinearizerPtcPartial", "cpLinearizerNormalization1"),
+         "linearizerUnnormalized2"),
+        ("cpLinearizerNormalize2", "linearityNormalize", ("linearizerUnnormalized2",), "cpLinearizerNormalization2"),
+        ("cpLinearizerSolve", "linearitySolve", ("cpLinearizerPtcPartial", "cpLinearizerNormalization2"), "linearizer")]
+    s1, solve = pipe.task("cpLinearizerUnnormalizedSolve1").config, pipe.task("cpLinearizerSolve").config
+    # the ingredient's node size for the first solve, cp_pipe's default (3000 adu) for the last; LSSTCam's clip
+    assert (s1["splineNodeSize"], s1["nSigmaClipLinear"], s1["useFocalPlaneNormalization"]) == (10000.0, 20.0, False)
+    assert (solve["splineNodeSize"], solve["useFocalPlaneNormalization"], solve["linearityType"]) == (3000.0, True,
+                                                                                                   "Spline")
+    assert pipe.task("cpLinearizerNormalize1").dimensions == ("instrument",)
+    assert pipe.task("cpLinearizerNormalize1").config["referenceDetector"] == 94
+    assert any("doAbsoluteSplineFitTemporal=True" in n for n in pipe.notes)
+    ver = render(CP_VERIFY / "bps/templates/bps_verify_linearizer.yaml", environ=stack_env)
+    _, vp = validate_stage(ver)
+    assert vp.verifies == "linearizer"
+    second = vp.task("verifyLinearizerSecondLinearizer")
+    assert (second.kind, second.inputs, second.config["linearityType"]) == (
+        "linearitySolve", ("verifyLinearizerPtc",), "Spline")
+    assert vp.task("verifyLinearizerCalib").inputs == ("verifyLinearizerSecondLinearizer",)
+    # LSSTComCam's own file replaces the double-spline solves by LinearitySolveTask: refused as pipetask would
+    with pytest.raises(PipelineError, match=r"output 'linearity' is also written by .*\n(.|\n)*because: "
+                                            r"cpLinearizer.yaml: tasks.cpLinearizerSolve: class LinearitySolveTask "
+                                            r"replaces the imported LinearityDoubleSplineSolveTask"):
+        validate_stage(render(CP_PIPE / "bps/templates/bps_linearizer.yaml", environ=stack_env))
+
+
+@pytest.mark.parametrize("stack_env", [True], indirect=True)
 def test_flat_gradient_reference_real_file_plans(stack_env):
     """The real LSSTCam cpFlatGradientReference.yaml (stack set) maps CpFlatFitGradientsTask onto flatGradientFit
     (issue 13); the real cpGainCorrection.yaml reads CpMeasureGainCorrectionTask but stops at the flat gradient
@@ -198,7 +231,10 @@ def test_defect_and_ptc_tasks_fold_onto_cpframe_kinds():
     p = load_pipeline(CP_PIPE / "pipelines/LSSTComCam/cpPtc.yaml", environ=STACK)
     assert [(t.kind, t.output) for t in p.tasks] == [("isr", "cpPtcIsrExp"), ("ptcExtract", "cpPtcPartial"),
                                                     ("ptcSolve", "ptc")]
-    assert any("FULLCOVARIANCE" in n for n in p.notes)
+    # the real file's FULLCOVARIANCE fit (to lag 10) is cpframe's too, covariances measured in extraction
+    assert (p.task("cpPtcSolve").config["ptcFitType"], p.task("cpPtcSolve").config["maximumRangeCovariancesAstier"],
+            p.task("cpPtcExtractPair").config["maximumRangeCovariancesAstier"]) == ("FULLCOVARIANCE", 10, 10)
+    assert not any("FULLCOVARIANCE" in n for n in p.notes)
 
 
 def test_verification_pipelines_map_onto_verify_stages():
@@ -261,8 +297,9 @@ def test_unknown_class_field_and_python_line_name_file_label_field(tmp_path):
 
 
 def test_not_built_names_the_calibration():
-    with pytest.raises(PipelineError, match=r"cpframe does not build linearizer yet .*cpLinearizerNormalize1"):
-        load_pipeline(CP_PIPE / "pipelines/LSSTCam/cpLinearizer.yaml", environ=STACK)
+    with pytest.raises(PipelineError, match=r"cpframe does not build electrostatic brighter-fatter distortion "
+                                            r"matrix yet .*ElectrostaticBrighterFatterSolveTask"):
+        load_pipeline(CP_PIPE / "pipelines/LSSTCam/cpElectrostaticBFDistortionMatrix.yaml", environ=STACK)
     with pytest.raises(PipelineError, match=r"not found: cpframe does not build sky yet"):
         load_pipeline("/nonexistent/pipelines/cpSky.yaml")
 

@@ -204,3 +204,15 @@ def test_outlier_cut_scales_with_measurement_error_on_small_amps(tmp_path, n_pix
     np.testing.assert_array_equal(rows["C00"]["mask"], keep)
     assert res.turnoff["C00"] == pytest.approx(mu.max())
     assert res.gain["C00"] == pytest.approx(g, rel=0.02)
+
+
+def test_covariance_pixel_floor_scales_with_the_mini_amp_area():
+    """minNumberGoodPixelsForCovariance counts full-size pixels: on the mini scale it is the same fraction
+    of an amp (LSSTComCam: 64 x 250 of 509 x 2000), so a real pipeline file's 10 000 keeps mini amps."""
+    from cpframe.science.ptc import PtcConfig, covariance_pixel_floor
+
+    cfg = PtcConfig(min_number_good_pixels_for_covariance=10000)
+    mini = {"INSTRUME": "LSSTComCam", "CAMSCALE": "MINI"}
+    assert covariance_pixel_floor(cfg, mini, 64 * 250) == math.ceil(10000 * 64 * 250 / (509 * 2000))
+    assert covariance_pixel_floor(cfg, {"INSTRUME": "LSSTComCam", "CAMSCALE": "FULL"}, 64 * 250) == 10000
+    assert covariance_pixel_floor(cfg, {}, 64 * 250) == 10000

@@ -74,6 +74,21 @@ def test_unknown_site_lists_the_known_ones(monkeypatch, tmp_path):
         validate_submission(cfg)
 
 
+def test_every_listed_site_resolves(monkeypatch, tmp_path):
+    """list_sites() names only sites find_site_profile resolves (``slurm`` once raised)."""
+    monkeypatch.setenv("CPFRAME_SITES", str(tmp_path))
+    from cpframe.core.config import Settings
+
+    names = list_sites()
+    assert {"local", "slurm"} <= set(names)
+    kinds = {n: load_site(find_site_profile(n)).kind for n in names}
+    assert kinds["local"] == "local" and kinds["slurm"] == "slurm"
+    # slurm is the settings' Slurm site file
+    assert find_site_profile("slurm", Settings(site_file="slurm-site-example.yaml")).name == "slurm-site-example.yaml"
+    (tmp_path / "slurm.yaml").write_text("kind: slurm\nqueue: mine\n")
+    assert find_site_profile("slurm") == tmp_path / "slurm.yaml"  # a user profile of that name wins
+
+
 def test_user_profiles_come_first_and_local_profiles_open_a_local_cluster(monkeypatch, tmp_path):
     monkeypatch.setenv("CPFRAME_SITES", str(tmp_path))
     (tmp_path / "my-laptop.yaml").write_text("kind: local\n")

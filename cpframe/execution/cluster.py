@@ -676,7 +676,10 @@ def user_sites_dir() -> Path:
 
 
 def list_sites() -> list[str]:
-    """Names ``computeSite`` accepts: local, slurm (the settings' site file) and every profile."""
+    """Names ``computeSite`` accepts: local, slurm (the settings' site file) and every profile.
+
+    Every name listed resolves with :func:`find_site_profile`.
+    """
     names = {"local", "slurm"}
     for d in (user_sites_dir(), default_cluster_dir()):
         if d.is_dir():
@@ -684,8 +687,12 @@ def list_sites() -> list[str]:
     return sorted(names)
 
 
-def find_site_profile(name: str) -> Path:
+def find_site_profile(name: str, settings: Settings | None = None) -> Path:
     """The site profile ``name``: the user's first, then the project's ``cluster/``.
+
+    ``slurm`` without a profile of that name is the settings' Slurm site file
+    (``cluster.site-file``, default ``cluster/slurm-local.yaml``); ``local`` is the shipped
+    ``cluster/local.yaml`` unless the user has one.
 
     Raises
     ------
@@ -696,5 +703,11 @@ def find_site_profile(name: str) -> Path:
         p = d / f"{name}.yaml"
         if p.is_file():
             return p
+    if name == "slurm":
+        if settings is None:
+            from cpframe.core.config import load_settings
+
+            settings = load_settings()
+        return resolve_site_path(settings.site_file)
     raise ConfigError(f"computeSite {name!r} is not a known site; known sites: {', '.join(list_sites())} "
                       f"(site profiles are YAML files in {user_sites_dir()} or {default_cluster_dir()}).")

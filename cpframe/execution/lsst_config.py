@@ -44,9 +44,6 @@ SKIPPED = {
 #: Known classes that build a calibration cpframe does not build yet -> what they build.
 NOT_BUILT = {
     "lsst.cp.verify.CpVerifyCrosstalkTask": "crosstalk verification",
-    "lsst.cp.pipe.LinearitySolveTask": "linearizer", "lsst.cp.pipe.LinearityDoubleSplineSolveTask": "linearizer",
-    "lsst.cp.pipe.LinearityNormalizeTask": "linearizer", "lsst.cp.verify.CpvLinearitySolveTask": "linearizer",
-    "lsst.cp.pipe.BrighterFatterKernelSolveTask": "brighter-fatter kernel (bfk)",
     "lsst.cp.pipe.ElectrostaticBrighterFatterSolveTask": "electrostatic brighter-fatter distortion matrix",
     "lsst.cp.pipe.CpSkyImageTask": "sky", "lsst.cp.pipe.CpSkyScaleMeasureTask": "sky",
     "lsst.cp.pipe.CpSkySubtractBackgroundTask": "sky", "lsst.cp.pipe.CpSkyCombineTask": "sky",

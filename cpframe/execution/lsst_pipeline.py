@@ -48,6 +48,7 @@ from cpframe.execution.kinds.defects import LSST_FIELDS as _DEFECT_FIELDS
 from cpframe.execution.kinds.defects import LSST_IGNORED as _DEFECT_IGNORED
 from cpframe.execution.kinds.illumination import CHAIN as _CHAIN
 from cpframe.execution.lsst_config import CALIB_BASELINE, MISSING, NOT_BUILT, SKIPPED, python_ops
+from cpframe.science.ptc import FIT_TYPES as _PTC_FIT_TYPES
 
 __all__ = [
     "lsst_classes",
@@ -85,7 +86,7 @@ _PTC_ADJUST = tuple(c for c, role in _FOLDED.items() if role == "adjust")
 # Crosstalk filter: folded (the solve filters, doFiltering; its output is the filtered matrix).
 _XT_FILTER = tuple(c for c, role in _FOLDED.items() if role == "filter")
 
-_STORAGE = {"starMeasure": "json", "illuminationSolve": "fits-masked", "crosstalkExtract": "json", "isr": "fits-masked", "darkCr": "fits-masked", "flatMeasure": "json", "flatNormalize": "json",
+_STORAGE = {"starMeasure": "json", "illuminationSolve": "fits-masked", "crosstalkExtract": "json", "linearitySolve": "json", "linearityNormalize": "json", "isr": "fits-masked", "darkCr": "fits-masked", "flatMeasure": "json", "flatNormalize": "json",
             "combine": "fits-masked", "ptcExtract": "json", "ptcSolve": "fits-ptc", "verifyStats": "json",
             "defects": "ecsv-defects"}
 
@@ -275,6 +276,10 @@ def _read_doc(path: Path, environ: Mapping[str, str], seen: tuple[Path, ...]) ->
         if prev is not None and (cls is None or _canonical(str(cls)) == _canonical(prev.cls)):
             task = _Task(label, prev.cls, str(path), list(prev.ops))
         else:
+            if prev is not None:  # pipetask: another class replaces the task, its configuration is dropped
+                doc.notes.append(f"{path.name}: tasks.{label}: class {str(cls).rsplit('.', 1)[-1]} replaces the "
+                                 f"imported {prev.cls.rsplit('.', 1)[-1]} with its own defaults (its connections "
+                                 "and configuration are not imported, as in pipetask)")
             task = _Task(label, str(cls), str(path))
         for k, v in items:
             task.ops.append((k, "set", v, str(path)))
@@ -453,6 +458,7 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
     renamed: dict[str, str] = {}  # folded outputs: adjust output -> solve output name kept
     filtered: set[str] = set()  # crosstalk matrices a folded CrosstalkFilterTask writes
     isr_stats: dict[str, str] = {}  # ISR outputStatistics name -> its output exposure (which carries them)
+    binned: dict[str, str] = {}  # PTC extraction's binned images -> its pair measurements (linearity reads them)
     folded_labels: list[str] = []  # a template's cluster/pipetask sections may name them
     alias: dict[str, str] = {}  # folded chain steps (illumination correction): output -> the input read instead
     defect_measures = [r for r in resolved.values() if r.cls in _DEFECT_MEASURE]
@@ -499,6 +505,9 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
             folded_labels.append(label)
             continue
         cmap = lsst_classes()[r.cls]
+        if cmap.kind == "ptcExtract":
+            binned[str(r.values.get("connections.outputBinnedImages", "cpPtcPairBinned"))] = \
+                _connection(cmap, r.values, *cmap.output)
         if cmap.kind == "isr" and "connections.outputStatistics" in r.values:
             isr_stats[str(r.values["connections.outputStatistics"])] = _connection(cmap, r.values, *cmap.output)
         cfg: dict[str, Any] = dict(cmap.fixed)
@@ -545,9 +554,13 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
             ct = cfg.get("calibrationType")
             if ct in ("bias", "dark", "flat") and out == f"{ct}Bootstrap":
                 cfg["calibrationType"] = out
-        if cmap.kind == "ptcSolve" and cfg.get("ptcFitType") not in (None, "EXPAPPROXIMATION"):
-            notes.append(f"{label}: ptcFitType={cfg['ptcFitType']!r} is not implemented by cpframe; "
-                         "EXPAPPROXIMATION is fitted")
+        if cmap.kind == "bfkSolve" and cfg.get("useBfkPtc") is False:
+            # cp_pipe: without useBfkPtc the kernel is solved from the certified PTC (inputPtc)
+            task["inputs"] = []
+            task["calibrations"] = [_connection(cmap, r.values, "inputPtc", "ptc")]
+        if cmap.kind == "ptcSolve" and cfg.get("ptcFitType") not in (None, *_PTC_FIT_TYPES):
+            notes.append(f"{label}: ptcFitType={cfg['ptcFitType']!r} is not implemented by cpframe "
+                         f"({', '.join(_PTC_FIT_TYPES)} are); EXPAPPROXIMATION is fitted")
             cfg["ptcFitType"] = "EXPAPPROXIMATION"
         if cmap.kind == "verifyStats" and cmap.inputs[0][0] == "inputCalib":
             task["inputs"] = []
@@ -555,6 +568,7 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
         tasks[label] = task
 
     # folded PTC adjustment / crosstalk filter: the solve writes the adjusted (filtered) name
+    lab_of = {id(t): lab for lab, t in tasks.items()}
     for t in tasks.values():
         if t["output"] in renamed:
             t["output"] = renamed[t["output"]]
@@ -562,6 +576,8 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
                 t["config"]["doFiltering"] = True
         # ISR statistics (cpCti): cpframe's ISR output carries them
         t["inputs"] = [isr_stats.get(i, i) for i in t["inputs"]]
+        if t["kind"] == "linearitySolve":
+            _linearity_inputs(lab_of[id(t)], t, resolved[lab_of[id(t)]], binned, notes)
         for k, i in enumerate(t["inputs"]):  # folded chain steps: read what the first of them read
             seen = set()
             while i in alias and i not in seen:
@@ -570,6 +586,16 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
             t["inputs"][k] = i
     # verify merges: the stage of the verify task they (transitively) read; run merges write a summary too
     writer = {t["output"]: lab for lab, t in tasks.items()}
+    for t in tasks.values():
+        # a calibration connection (inputCalib, inputPtc) naming what a task of this pipeline writes is read
+        # from that task (cp_verify's second linearizer); one that nothing here writes is a calibration
+        if t["kind"] in ("verifyStats", "linearitySolve"):
+            t["inputs"] = [*t["inputs"], *[c for c in t.get("calibrations", []) if c in writer]]
+            t["calibrations"] = [c for c in t.get("calibrations", []) if c not in writer]
+            t["calibrations"] += [i for i in t["inputs"] if i not in writer and i in PRODUCT_TYPES]
+            t["inputs"] = [i for i in t["inputs"] if i in writer or i not in PRODUCT_TYPES]
+            if not t["calibrations"]:
+                t.pop("calibrations")
     for lab, t in tasks.items():
         if t["kind"] != "verifyMerge":
             continue
@@ -609,7 +635,8 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
     verifies = None
     stages = {t["config"].get("stage") for t in tasks.values() if t["kind"] == "verifyStats"}
     if len(stages) == 1:
-        verifies = {"BIAS": "bias", "DARK": "dark", "FLAT": "flat", "DEFECTS": "defects", "PTC": "ptc"}.get(
+        verifies = {"BIAS": "bias", "DARK": "dark", "FLAT": "flat", "DEFECTS": "defects", "PTC": "ptc",
+                    "LINEARITY": "linearizer"}.get(
             stages.pop())
     data = {"name": p.stem, "description": doc.description, "datasetTypes": dataset_types, "tasks": tasks}
     if verifies:
@@ -617,6 +644,31 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
     if folded_labels:
         data["foldedLabels"] = folded_labels
     return data, notes
+
+
+def _linearity_inputs(label: str, t: dict, r: _Resolved, binned: Mapping[str, str], notes: list[str]) -> None:
+    """A linearity solve's inputs: the binned images of the PTC extraction are its pair measurements;
+    the focal-plane normalisation is read only with ``useFocalPlaneNormalization`` (as cp_pipe's
+    connections)."""
+    cls = r.cls.rsplit(".", 1)[-1]
+    inputs = []
+    for i in t["inputs"]:
+        if i in binned:
+            notes.append(f"{label} ({cls}): reads the pair measurements of the extraction ({binned[i]}) for its "
+                         f"binned images ({i}); cpframe fits one absolute spline per amp")
+            i = binned[i]
+        inputs.append(i)
+    norm_conn = "connections.inputNormalization"
+    if cls == "LinearityDoubleSplineSolveTask":
+        norm = str(r.values.get(norm_conn, "cpLinearizerPtcNormalization"))
+        if t["config"].get("useFocalPlaneNormalization"):
+            if norm not in inputs:
+                inputs.append(norm)
+        elif norm in inputs:
+            inputs.remove(norm)
+    elif t["config"].get("useFocalPlaneNormalization"):
+        inputs.append(str(r.values.get(norm_conn, "cpLinearizerPtcNormalization")))
+    t["inputs"] = inputs
 
 
 def _connections_only(task: _Task) -> bool:

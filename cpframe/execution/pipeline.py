@@ -518,7 +518,14 @@ def load_pipeline(path: str | os.PathLike, *, overrides: Sequence[tuple[str, str
         folded = tuple(data.pop("foldedLabels", ()))
     elif selection or overrides:
         data = _select_and_override(data, str(p), selection, overrides, notes)
-    spec = parse_pipeline(data, str(p))
+    try:
+        spec = parse_pipeline(data, str(p))
+    except PipelineError as err:
+        replaced = [n for n in notes if "replaces the imported" in n]
+        if not replaced:
+            raise
+        # say why the tasks do not connect: an instrument file redeclared them with another class
+        raise PipelineError(f"{err}\n  because: " + "\n  because: ".join(replaced)) from None
     if folded:
         spec = dataclasses.replace(spec, folded=folded)
     if selection:

@@ -1,7 +1,8 @@
 """The science on arrays and files: FITS I/O (``imageio``), ISR (``isr``), combiners
 (``combine``), defect finding (``defects``), the photon transfer curve (``ptc``) and the task
 entry points on files (``tasks``); the types the ISR applies, each with its solve: linearity
-(``linearity``), crosstalk (``crosstalk``), CTI (``cti``), and their direct calls (``drivers``);
+(``linearity``), crosstalk (``crosstalk``), CTI (``cti``), the illumination correction (``illumination``:
+star photometry and the super-star fit), and their direct calls (``drivers``);
 the fused streaming ISR -> combine (``fused``, ``kernels``, ``overscan``); ``options`` reads the
 configurations from cp_pipe names.  Nothing here knows about the registry or a cluster.
 

@@ -69,6 +69,8 @@ LINEARITY_TYPES = ("Polynomial", "Squared", "Spline", "None")
 
 MSG_UNKNOWN_KEYS = "unknown linearizer option(s) {keys}; known options: {known}."
 MSG_BAD_VALUE = "linearizer option {key}={value!r}: {why}"
+MSG_NO_NORMALIZATION = ("linearity solve: useFocalPlaneNormalization is true but no normalisation was given; "
+                        "connect a linearityNormalize output (cp_pipe inputNormalization) or set it false.")
 MSG_NO_PAIRS = ("linearity solve: no pair measurements. Give the flat-pair ramp of one detector "
                 "(ptc_extract_task on pairs of equal exposure time).")
 
@@ -100,6 +102,14 @@ class LinearityConfig:
     """Fit a constant offset O (scattered light, residual bias)."""
     use_photodiode: bool = False
     """Only False is implemented: the abscissa is the exposure time."""
+    spline_node_size: float = 0.0
+    """Spline: the distance between nodes (adu; cp_pipe ``absoluteSplineNodeSize``), widened so that each
+    interval keeps at least :data:`MIN_POINTS_PER_NODE` fitted pairs; 0 = ``splineKnots`` nodes evenly
+    over the fitted range."""
+    use_focal_plane_normalization: bool = False
+    """Multiply each pair's exposure time by the focal-plane normalisation of its exposures (the lamp's
+    flux relative to the ramp's median, :mod:`cpframe.science.linearity_normalize`); the solve then needs
+    one (cp_pipe ``useFocalPlaneNormalization``)."""
 
     def __post_init__(self):
         problems = []
@@ -112,6 +122,9 @@ class LinearityConfig:
         if int(self.spline_knots) < 3:
             problems.append(MSG_BAD_VALUE.format(key="splineKnots", value=self.spline_knots,
                                                  why="must be at least 3"))
+        if float(self.spline_node_size) < 0:
+            problems.append(MSG_BAD_VALUE.format(key="splineNodeSize", value=self.spline_node_size,
+                                                 why="must be 0 (use splineKnots) or a distance in adu"))
         if self.use_photodiode:
             problems.append(MSG_BAD_VALUE.format(key="usePhotodiode", value=True,
                                                  why="cpframe has no photodiode data; set usePhotodiode: false"))
@@ -145,6 +158,8 @@ _ALIASES = {
     "splineFitMaxRejectionPerIteration": "spline_fit_max_rejection_per_iteration",
     "doSplineFitOffset": "do_spline_fit_offset",
     "usePhotodiode": "use_photodiode",
+    "splineNodeSize": "spline_node_size",
+    "useFocalPlaneNormalization": "use_focal_plane_normalization",
 }
 
 
@@ -178,6 +193,10 @@ class AmpLinearity:
     """e-/adu: the PTC fit (EXPAPPROXIMATION) of the same pairs (cp_pipe ``inputGain``)."""
     input_noise: float = math.nan
     """e-: read noise of the same fit."""
+    exposure_ids: list[list[int]] = field(default_factory=list)
+    """The two exposure ids of each point (pair), in the order of ``abscissa``."""
+    input_normalization: list[float] = field(default_factory=list)
+    """The focal-plane normalisation each point's exposure time was multiplied by (1 without one)."""
 
 
 @dataclass
@@ -324,8 +343,19 @@ def _solve_polynomial(t, mu, mask, config: LinearityConfig) -> tuple[list[float]
     return coeffs, [float(x) for x in poly], mask
 
 
+#: With ``splineNodeSize``: the fewest fitted points per node interval (the node size widens on a sparse ramp).
+MIN_POINTS_PER_NODE = 3
+
+
 def _solve_spline(t, mu, mask, turnoff, config: LinearityConfig) -> tuple[list[float], list[float], np.ndarray]:
-    nodes = np.linspace(0.0, float(mu[mask].max()) + 1.0, int(config.spline_knots))
+    top = float(mu[mask].max()) + 1.0
+    knots = int(config.spline_knots)
+    if config.spline_node_size > 0:  # cp_pipe's absolute spline: nodes at least this far apart
+        knots = max(3, math.floor(top / float(config.spline_node_size)) + 1)
+        # ... but never more nodes than the ramp constrains: cp_pipe's node sizes assume ramps of hundreds
+        # of exposures; on a sparse ramp each interval keeps MIN_POINTS_PER_NODE fitted points (docs)
+        knots = min(knots, max(4, int(mask.sum()) // MIN_POINTS_PER_NODE + 1))
+    nodes = np.linspace(0.0, top, knots)
     n = len(nodes)
     eye = np.eye(n)
     spl = _spline(nodes, eye.T)  # vector-valued: column j is the basis function of node j
@@ -378,12 +408,16 @@ class _BadAmp(Exception):
     pass
 
 
-def _solve_amp(t: np.ndarray, mu: np.ndarray, config: LinearityConfig) -> AmpLinearity:
+def _solve_amp(t: np.ndarray, mu: np.ndarray, config: LinearityConfig, ids: Sequence[Sequence[int]] = (),
+               norm: np.ndarray | None = None) -> AmpLinearity:
     order = np.argsort(np.where(np.isfinite(mu), mu, np.inf), kind="stable")
     t, mu = t[order], mu[order]
+    norm = np.ones_like(t) if norm is None else np.asarray(norm, dtype=np.float64)[order]
     rec = AmpLinearity(type=config.linearity_type, coeffs=[], abscissa=[float(x) for x in t],
                        ordinate=[float(x) for x in mu], mask=[False] * len(mu),
-                       residuals=[math.nan] * len(mu))
+                       residuals=[math.nan] * len(mu),
+                       exposure_ids=[[int(e) for e in ids[i]] for i in order] if len(ids) else [],
+                       input_normalization=[float(x) for x in norm])
     nan_coeffs = ([math.nan] * (2 * int(config.spline_knots)) if config.linearity_type == "Spline"
                   else [math.nan] * (1 if config.linearity_type == "Squared" else int(config.polynomial_order) - 1))
     if config.linearity_type == "None":
@@ -442,7 +476,8 @@ def _ramp_gains(measurements: Sequence[Any]) -> tuple[dict[str, float], dict[str
 
 def solve_linearity(measurements: Sequence[Any], output_path: str | os.PathLike | None,
                     config: LinearityConfig | Mapping[str, Any] | None = None,
-                    meta: Mapping[str, Any] | None = None) -> Linearizer:
+                    meta: Mapping[str, Any] | None = None,
+                    normalization: Mapping[int, float] | None = None) -> Linearizer:
     """Solve every amp of one detector from its pair measurements; write the json product.
 
     Parameters
@@ -454,24 +489,35 @@ def solve_linearity(measurements: Sequence[Any], output_path: str | os.PathLike 
     config : LinearityConfig or mapping
     meta : mapping, optional
         Header-like metadata (INSTRUME, DETECTOR, DETNAME, CAMSCALE...).
+    normalization : mapping, optional
+        Exposure id -> focal-plane normalisation (needed with ``useFocalPlaneNormalization``): each
+        pair's exposure time is multiplied by the mean of its two exposures' values (1 where absent).
 
     Raises
     ------
     UserInputError
-        No measurements.
+        No measurements; ``useFocalPlaneNormalization`` without a normalisation.
     """
     cfg = config if isinstance(config, LinearityConfig) else LinearityConfig.from_dict(config)
     if not measurements:
         raise UserInputError(MSG_NO_PAIRS)
+    if cfg.use_focal_plane_normalization and normalization is None:
+        raise UserInputError(MSG_NO_NORMALIZATION)
     amps = list(measurements[0].amps)
-    t = np.array([float(m.exposure_time) for m in measurements], dtype=np.float64)
+    ids = [tuple(int(e) for e in getattr(m, "exposure_ids", ())) for m in measurements]
+    norm = np.ones(len(measurements))
+    if cfg.use_focal_plane_normalization:
+        norm = np.array([np.mean([float(normalization.get(e, 1.0)) for e in pair]) if pair else 1.0
+                         for pair in ids])
+    t = np.array([float(m.exposure_time) for m in measurements], dtype=np.float64) * norm
     out: dict[str, AmpLinearity] = {}
     gains, noises = _ramp_gains(measurements)
     for a in amps:
         mu = np.array([float(m.amps[a]["mean"]) for m in measurements], dtype=np.float64)
-        out[a] = _solve_amp(t, mu, cfg)
+        out[a] = _solve_amp(t, mu, cfg, ids if all(ids) else (), norm)
         out[a].input_gain, out[a].input_noise = gains.get(a, math.nan), noises.get(a, math.nan)
     md = {"OBSTYPE": "linearizer", "LINEARITY_TYPE": cfg.linearity_type, "NPAIRS": len(measurements),
+          "FPNORMALIZED": bool(cfg.use_focal_plane_normalization),
           "INPUT_EXPIDS": sorted({int(e) for m in measurements for e in getattr(m, "exposure_ids", ())})}
     md.update(dict(meta or {}))
     lin = Linearizer(amps=out, meta=md)
@@ -554,6 +600,7 @@ def read_linearizer(path: str | os.PathLike) -> Linearizer:
 # --------------------------------------------------------------------------------------
 def linearity_solve_task(measurements: Sequence[Any], output_path: str | os.PathLike,
                          config: LinearityConfig | Mapping[str, Any] | None = None,
-                         meta: Mapping[str, Any] | None = None) -> Linearizer:
+                         meta: Mapping[str, Any] | None = None,
+                         normalization: Mapping[int, float] | None = None) -> Linearizer:
     """cpLinearizerSolve for one detector: pair measurements -> linearizer json (see :func:`solve_linearity`)."""
-    return solve_linearity(measurements, output_path, config, meta=meta)
+    return solve_linearity(measurements, output_path, config, meta=meta, normalization=normalization)

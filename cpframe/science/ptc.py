@@ -78,7 +78,10 @@ class PtcConfig:
     maximum_range_covariances_astier_full_cov_fit: int = 10
     """Lags [0, r)² the full covariance model is fitted to (r ≤ L)."""
     min_number_good_pixels_for_covariance: int = 10000
-    """A pair with fewer usable pixels in an amp gives no covariances for that amp."""
+    """A pair with fewer usable pixels in an amp gives no covariances for that amp.  On the
+    simulator's ``mini`` camera scale (header ``CAMSCALE = MINI``) the count is scaled by the
+    mini/full amp area (:func:`covariance_pixel_floor`), so a real pipeline file's threshold,
+    made for full-size amps, means the same fraction of an amp."""
     measure_covariances: bool = False
     """Measure the covariances in extraction even without a FULLCOVARIANCE fit type.  cp_pipe
     always measures them; cpframe only when they are used (they cost FFTs per amp and pair):
@@ -227,7 +230,8 @@ def extract_pair(im1: MaskedImage, im2: MaskedImage, config: PtcConfig,
             var = 0.5 * std * std * k
             rec.update(mean=mu, var=var, n_pixels=npix)
             if config.full_covariance or config.measure_covariances:
-                _measure_covariances(rec, a, b, good, mu1, mu2, n, config)
+                _measure_covariances(rec, a, b, good, mu1, mu2, n, config,
+                                     covariance_pixel_floor(config, h1, a.size))
             # pair gain (FULL correction, read noise in adu from the overscan)
             s = a[good] + b[good]
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -243,8 +247,28 @@ def extract_pair(im1: MaskedImage, im2: MaskedImage, config: PtcConfig,
                               amps=out)
 
 
+def covariance_pixel_floor(config: PtcConfig, header: Mapping[str, Any], amp_pixels: int) -> int:
+    """``minNumberGoodPixelsForCovariance`` for an amp of ``amp_pixels`` pixels of this header's camera.
+
+    At the ``mini`` scale (a simulator-only camera, 64 x 250 amps) the threshold is scaled by
+    the amp's area relative to the same instrument's full-size amp; otherwise it is as set.
+    """
+    floor = int(config.min_number_good_pixels_for_covariance)
+    if str(header.get("CAMSCALE", "full")).lower() != "mini" or "INSTRUME" not in header:
+        return floor
+    from cpframe.camera.models import load_camera
+    from cpframe.core.errors import CameraError
+
+    try:
+        full = load_camera(str(header["INSTRUME"]), "full").detectors[0].amps[0].bbox
+    except CameraError:
+        return floor
+    full_pixels = (full[0].stop - full[0].start) * (full[1].stop - full[1].start)
+    return max(1, math.ceil(floor * min(1.0, amp_pixels / full_pixels)))
+
+
 def _measure_covariances(rec: dict, a: np.ndarray, b: np.ndarray, good: np.ndarray, mu1: float, mu2: float,
-                         n: float, config: PtcConfig) -> None:
+                         n: float, config: PtcConfig, floor: int | None = None) -> None:
     """Covariances of the pair's difference image (FFT; pixels used: good and within the clipped
     mean ± n σ of the difference) into ``rec``; NaN when too few pixels are left."""
     from cpframe.science.covariances import measure_covariances
@@ -255,8 +279,9 @@ def _measure_covariances(rec: dict, a: np.ndarray, b: np.ndarray, good: np.ndarr
         diff = np.where(good, (mu2 * a - mu1 * b) / mu, 0.0)
     m, s, _ = clipped_stats(diff[good], n, config.n_iter_sigma_clip_ptc)
     w = good & (np.abs(diff - m) < n * s)
+    floor = int(config.min_number_good_pixels_for_covariance) if floor is None else floor
     cov, npix = measure_covariances(diff, w, L)
-    if npix < int(config.min_number_good_pixels_for_covariance):
+    if npix < floor:
         cov = np.full((L, L), np.nan)
     rec["covariances"] = cov
     rec["n_pixels_cov"] = npix

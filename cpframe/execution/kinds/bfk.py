@@ -10,7 +10,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from cpframe.core.errors import UserInputError
-from cpframe.execution.kinds.base import Option, TaskKind, calib_path, enum, output_path
+from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, calib_path, enum, output_path
 from cpframe.science import bfk as _bfk
 
 MSG_NO_PTC = ("bfkSolve {key}: no PTC to read: connect the ptcSolve output of the pipeline (bfkPtc) or "
@@ -23,6 +23,20 @@ class BfkSolve(TaskKind):
     dimensions = (frozenset({"detector"}),)
     config_class = _bfk.BfkConfig
     settings_key = "bfk"
+    # cp_pipe reads inputBfkPtc (the pipeline's own FULLCOVARIANCE PTC) when useBfkPtc is true, else the
+    # certified ``ptc`` (inputPtc); cpframe's translation does the same (lsst_pipeline: _bfk_inputs).
+    # useAmatrix keeps cpframe's default (true: the pre-kernel is -a of the full covariance fit), where
+    # cp_pipe's is false (the clipped mean of the measured cross-correlations): docs/algorithms.md.
+    task_classes = MappingProxyType({
+        "lsst.cp.pipe.BrighterFatterKernelSolveTask": ClassMap(
+            "bfkSolve", ("detector",), (("inputBfkPtc", "bfkPtc"),), ("outputBFK", "brighterFatterKernel"),
+            {k: k for k in ("level", "nSigmaClip", "xcorrCheckRejectLevel", "forceZeroSum", "useAmatrix",
+                            "doCheckValidity", "nSigmaTolForValidEdge", "fractionK00ForKernelMax", "useBfkPtc")},
+            ("ignoreAmpsForAveraging", "useCovModelSample", "covModelFluxSample", "maxIterSuccessiveOverRelaxation",
+             "eLevelSuccessiveOverRelaxation", "correlationQuadraticFit", "correlationModelRadius",
+             "correlationModelSlope"),
+            extra_connections=("dummy", "camera", "inputPtc")),
+    })
     options = MappingProxyType({
         "level": Option(enum("AMP", "DETECTOR"), "level"),
         "nSigmaClip": Option(float, "n_sigma_clip"),

@@ -34,8 +34,9 @@ class PtcExtract(_Ptc):
         "lsst.cp.pipe.ptc.PhotonTransferCurveExtractPairTask": ClassMap(
         "ptcExtract", _DET, (("inputExp", "ptcInputExposurePairs"),), ("outputCovariance", "ptcCovariances"),
         {"nSigmaClipPtc": "nSigmaClipPtc", "nIterSigmaClipPtc": "nIterSigmaClipPtc",
-         "numEdgeSuspect": "numEdgeSuspect"},
-        ("maximumRangeCovariancesAstier", "edgeMaskLevel", "useEfdPhotodiodeData", "auxiliaryHeaderKeys",
+         "numEdgeSuspect": "numEdgeSuspect", "maximumRangeCovariancesAstier": "maximumRangeCovariancesAstier",
+         "minNumberGoodPixelsForCovariance": "minNumberGoodPixelsForCovariance"},
+        ("edgeMaskLevel", "useEfdPhotodiodeData", "auxiliaryHeaderKeys",
          "doExtractPhotodiodeData", "efdSalIndex", "matchExposuresType", "doOutputBinnedImages",
          "doVignetteFunctionRegionSelection", "photodiodeIntegrationMethod", "binSize", "python",
          "vignetteFunctionPolynomialCoeffs"),
@@ -78,8 +79,9 @@ class PtcSolve(_Ptc):
         "ptcSolve", ("detector",), (("inputCovariances", "ptcCovariances"),), ("outputPtcDataset", "ptcDatsetProposal"),
         {k: k for k in ("ptcFitType", "minMeanSignal", "maxMeanSignal", "maxSignalInitialPtcOutlierFit",
                         "scaleMaxSignalInitialPtcOutlierFit", "maxIterationsPtcOutliers", "sigmaCutPtcOutliers",
-                        "maxDeltaInitialPtcOutlierFit")},
-        ("maximumRangeCovariancesAstier", "maximumRangeCovariancesAstierFullCovFit", "doModelPtcRolloff",
+                        "maxDeltaInitialPtcOutlierFit", "maximumRangeCovariancesAstier",
+                        "maximumRangeCovariancesAstierFullCovFit")},
+        ("doModelPtcRolloff",
          "extendRollofSearchMaskSizeAdu", "maxPtcRolloffDeviation", "binSize"),
         defaults={"ptcFitType": "EXPAPPROXIMATION"}, extra_connections=("camera",)),
     })

@@ -46,6 +46,8 @@ class VerifyStats(TaskKind):
         ("outputStats", "verifyDefectsDetStats"), optional=("uncorrectedExp",)),
         "lsst.cp.verify.CpVerifyPtcTask": _verify("verifyStats", "PTC", ("detector",), (("inputCalib", "ptc"),),
                                               ("outputStats", "verifyPtcDetStats")),
+        "lsst.cp.verify.CpVerifyLinearityTask": _verify(
+        "verifyStats", "LINEARITY", ("detector",), (("inputCalib", "calib"),), ("outputStats", "verifyLinearityDetStats")),
     })
     options = MappingProxyType({
         "stage": Option(enum(*STAGES), required=True),
