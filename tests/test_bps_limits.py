@@ -59,6 +59,33 @@ def test_memory_limit_is_real():
     assert call_limited("numpy:ones", (16 * 2**20 // 8,), lim).nbytes == 16 * 2**20
 
 
+def _numba_modules_imported_under_the_limit() -> list[str]:
+    """Run inside a limited child: compile a kernel (numba loads its typing registries on the first
+    compile or cache load) and return the numba modules that had to be imported for it."""
+    import sys
+
+    import numba
+
+    before = set(sys.modules)
+
+    @numba.njit(cache=False)
+    def twice(x):
+        return 2 * x
+
+    assert twice(3) == 6
+    return sorted(m for m in set(sys.modules) - before if m.startswith("numba."))
+
+
+def test_a_limited_child_loads_numbas_registries_before_its_limit():
+    """The registries are imported before RLIMIT_DATA is set (cpframe.execution.isolate): in CI an import of
+    numba.cpython.charseq that ran out of memory under the limit spun at 100 % CPU until the test timed out,
+    instead of raising MemoryError for the retry to act on."""
+    lim = QuantumLimits(memory_bytes=256 * 2**20)
+    late = call_limited("tests.test_bps_limits:_numba_modules_imported_under_the_limit", (), lim,
+                        preload=("cpframe.science",))  # what the graph's limited quanta preload imports numba
+    assert not [m for m in late if m.startswith(("numba.cpython", "numba.np", "numba.misc"))], late
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, mini_dataset):
     root = tmp_path_factory.mktemp("bpslimits")

@@ -251,6 +251,13 @@ def _child(job: str, out: str) -> int:
             for info in pkgutil.walk_packages(getattr(mod, "__path__", []), f"{pkg}."):
                 if not info.name.endswith("__main__"):
                     importlib.import_module(info.name)
+        if "numba" in sys.modules:
+            # numba imports its typing and lowering registries (numba.cpython.unicode, charseq...) on the
+            # first compile or cache load: do it now, outside the limit. Seen in CI: that import, run
+            # out of memory under the limit, spun at 100 % CPU instead of raising MemoryError.
+            from numba.core.registry import cpu_target
+
+            cpu_target.target_context.refresh()
         limit = _data_size_bytes() + int(memory_bytes)
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     try:
