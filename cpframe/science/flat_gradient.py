@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ import numpy as np
 from cpframe.core.errors import ConfigError, UserInputError
 from cpframe.core.files import json_ready, read_json_product, write_json
 from cpframe.science.imageio import MASK_BITS, FileFormatError
+from cpframe.science.options import alias_kwargs
 
 __all__ = [
     "FlatGradientConfig",
@@ -117,19 +117,10 @@ class FlatGradientConfig:
         ConfigError
             Unknown keys (all listed) or bad values.
         """
-        names = set(cls.__dataclass_fields__)
-        kw, unknown = {}, []
-        for k, v in dict(values or {}).items():
-            key = re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower()
-            if key in names:
-                kw[key] = tuple(float(x) for x in v) if key == "radial_spline_nodes" else v
-            elif key in _IGNORED:
-                continue
-            else:
-                unknown.append(k)
-        if unknown:
-            raise ConfigError(f"unknown flat-gradient option(s) {', '.join(map(repr, unknown))}; known options: "
-                              f"{', '.join(sorted(names))}.")
+        kw, _ = alias_kwargs(cls, values, {}, "unknown flat-gradient option(s) {keys}; known options: {known}.",
+                             extra_known=_IGNORED, camel_case=True)  # cp_pipe options accepted, not used
+        if "radial_spline_nodes" in kw:
+            kw["radial_spline_nodes"] = tuple(float(x) for x in kw["radial_spline_nodes"])
         return cls(**kw)
 
 

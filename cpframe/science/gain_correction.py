@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +54,7 @@ import numpy as np
 from cpframe.core.errors import ConfigError, UserInputError
 from cpframe.core.files import json_ready, read_json_product, write_json
 from cpframe.science.imageio import MASK_BITS, FileFormatError
+from cpframe.science.options import alias_kwargs
 
 __all__ = [
     "GainCorrectionConfig",
@@ -119,17 +119,8 @@ class GainCorrectionConfig:
         ConfigError
             Unknown keys (all listed) or bad values.
         """
-        names = set(cls.__dataclass_fields__)
-        kw, unknown = {}, []
-        for k, v in dict(values or {}).items():
-            key = re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower()
-            if key in names:
-                kw[key] = v
-            else:
-                unknown.append(k)
-        if unknown:
-            raise ConfigError(f"unknown gain-correction option(s) {', '.join(map(repr, unknown))}; known options: "
-                              f"{', '.join(sorted(names))}.")
+        kw, _ = alias_kwargs(cls, values, {}, "unknown gain-correction option(s) {keys}; known options: {known}.",
+                             camel_case=True)
         try:
             return cls(**kw)
         except TypeError as err:  # pragma: no cover - dataclass keyword errors are caught above

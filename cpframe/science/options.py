@@ -8,6 +8,7 @@ and every unknown key is named at once with the known ones.  The kinds of
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
 from typing import Any, Mapping
 
@@ -17,11 +18,13 @@ __all__ = ["alias_kwargs"]
 
 
 def alias_kwargs(cls: type, values: Mapping[str, Any] | None, aliases: Mapping[str, str], message: str,
-                 *, extra_known: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
+                 *, extra_known: tuple[str, ...] = (), camel_case: bool = False) -> tuple[dict[str, Any], list[str]]:
     """Keyword arguments of dataclass ``cls`` from ``values`` (aliases or field names).
 
     Returns the keyword arguments and the keys that are neither (keys in ``extra_known`` are
-    left to the caller: they are returned as unknown but not counted as errors).
+    left to the caller: they are returned as unknown but not counted as errors).  With
+    ``camel_case`` a key that is not an alias is also read in snake case (``binFactor`` ->
+    ``bin_factor``), for configurations whose fields are cp_pipe's names.
 
     Raises
     ------
@@ -40,10 +43,10 @@ def alias_kwargs(cls: type, values: Mapping[str, Any] | None, aliases: Mapping[s
     rest: list[str] = []
     unknown: list[str] = []
     for k, v in dict(values or {}).items():
-        key = aliases.get(k, k)
+        key = aliases.get(k, _snake(k) if camel_case else k)
         if key in names:
             kw[key] = v
-        elif k in extra_known:
+        elif k in extra_known or key in extra_known:
             rest.append(k)
         else:
             unknown.append(k)
@@ -51,3 +54,8 @@ def alias_kwargs(cls: type, values: Mapping[str, Any] | None, aliases: Mapping[s
         known = sorted(set(aliases) | names | set(extra_known))
         raise ConfigError(message.format(keys=", ".join(map(repr, unknown)), known=", ".join(known)))
     return kw, rest
+
+
+def _snake(name: str) -> str:
+    """``binFactor`` -> ``bin_factor`` (a snake-case name is returned unchanged)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
