@@ -59,6 +59,33 @@ def test_memory_limit_is_real():
     assert call_limited("numpy:ones", (16 * 2**20 // 8,), lim).nbytes == 16 * 2**20
 
 
+def _native_alloc_or_abort(n_bytes: int) -> int:
+    """As a native library does: malloc, and on failure abort at once, printing nothing."""
+    import ctypes
+    import os
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    ptr = libc.malloc(ctypes.c_size_t(n_bytes))
+    if not ptr:
+        os.abort()
+    libc.memset(ctypes.c_void_p(ptr), 1, ctypes.c_size_t(n_bytes))  # touch it: the memory is really used
+    libc.free(ctypes.c_void_p(ptr))
+    return n_bytes
+
+
+def test_a_silent_abort_under_a_memory_limit_counts_as_out_of_memory():
+    """In CI a combine under 16 MiB died by SIGABRT without printing why; it was retried at the same limit
+    (an ordinary crash) instead of with more memory. Under a limit an abort is out of memory; without one
+    it stays a crash with its signal."""
+    target = "tests.test_bps_limits:_native_alloc_or_abort"
+    with pytest.raises(QuantumOutOfMemory, match=r"out of memory \(limit 16 MiB\), its process aborted \(SIGABRT\)"):
+        call_with_retries(target, (128 * 2**20,), QuantumLimits(memory_bytes=16 * 2**20, retries=2))
+    assert call_limited(target, (128 * 2**20,), QuantumLimits(memory_bytes=256 * 2**20)) == 128 * 2**20
+    with pytest.raises(QuantumExitError, match=r"killed by signal 6 \(exit code 134\) after 1 attempt"):
+        call_with_retries("os:abort", (), QuantumLimits(walltime_s=60))
+
+
 def _numba_modules_imported_under_the_limit() -> list[str]:
     """Run inside a limited child: compile a kernel (numba loads its typing registries on the first
     compile or cache load) and return the numba modules that had to be imported for it."""

@@ -95,7 +95,8 @@ def test_cancel_stops_cleanly_and_keeps_only_registered_outputs(bias_env):
             assert all(repo.get_path(r).is_file() for r in refs)
         # nothing half-written is left: the run's scratch area is gone
         scratch = repo_root / ".cpframe-scratch"
-        assert not scratch.exists() or not any(scratch.iterdir())
+        assert not scratch.exists() or not any(scratch.iterdir()), \
+            sorted(str(f.relative_to(scratch)) for f in scratch.rglob("*"))  # what leaked, if anything
     assert "cancelled" in format_status(list_runs(runs))
 
 

@@ -396,9 +396,9 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
 
     register_attempts = REGISTER_ATTEMPTS if register_attempts is None else register_attempts
     register_backoff_s = REGISTER_BACKOFF_S if register_backoff_s is None else register_backoff_s
+    from cpframe.execution.graph_tasks import GroupResult
+
     scratch = Path(scratch_dir) if scratch_dir is not None else scratch_dir_for(repo, plan)
-    scratch.mkdir(parents=True, exist_ok=True)
-    (scratch / ".owner").write_text(f"{socket.gethostname()}:{os.getpid()}\n")  # lets repair remove it after kill -9
     result = ExecutionResult(run=plan.run, n_quanta=len(plan.quanta), scratch_dir=str(scratch))
     registry_down = False
     planned = {(dt, did.key()): did for dt, did in plan.planned_outputs()}
@@ -410,8 +410,11 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
     err_type: dict[str, str] = {}
     attempt: dict[str, int] = {}
     limits = quantum_limits(requests or {}, int(retries))
-    from cpframe.execution.graph_tasks import GroupResult
     try:
+        # made inside the try: a SIGTERM (cpframe cancel) that lands here still removes it (seen in CI:
+        # a cancel just after the run started left the scratch folder with its .owner file)
+        scratch.mkdir(parents=True, exist_ok=True)
+        (scratch / ".owner").write_text(f"{socket.gethostname()}:{os.getpid()}\n")  # repair removes it after kill -9
         todo = plan
         while True:
             graph = build_graph(todo, str(scratch), repo.get_path, resources=resources, limits=limits,

@@ -14,8 +14,9 @@ cpframe.execution.isolate``), which:
 * has its data segment limited (``RLIMIT_DATA``: heap and private writable mappings, i.e.
   the arrays a task allocates) to its start-up size plus ``memory_bytes``, so a quantum that
   needs more gets a real ``MemoryError`` -- :class:`QuantumOutOfMemory`; a child killed by
-  SIGKILL that we did not send (the kernel's OOM killer), or one a native library aborted
-  saying it is out of memory (numba's LLVM), counts as out of memory too.  The
+  SIGKILL that we did not send (the kernel's OOM killer), or one that aborted (SIGABRT: a
+  native library such as numba's LLVM that could not allocate, with or without saying so) or
+  printed that it is out of memory, counts as out of memory too.  The
   driver (:mod:`cpframe.execution.execute`) then runs it again with ``requestMemory *
   memoryMultiplier**n`` (capped at ``requestMemoryMax``), as BPS does;
 * exits with a code: 0 done, the ``exit_code`` of a cpframe error (2 user input, 3 registry,
@@ -49,8 +50,10 @@ __all__ = ["EXIT_WALLTIME", "QuantumExitError", "QuantumLimits", "QuantumOutOfMe
 
 #: Exit code of a quantum stopped at its walltime (as GNU ``timeout``).
 EXIT_WALLTIME = 124
-#: What a native library prints when it cannot allocate (then aborts instead of raising MemoryError).
-_OOM_TEXT = re.compile(r"out of memory|Cannot allocate memory|std::bad_alloc|MemoryError", re.IGNORECASE)
+#: What a native library prints when it cannot allocate (then aborts instead of raising MemoryError);
+#: ``bad_alloc`` also matches the mangled ``St9bad_alloc`` printed when demangling cannot allocate either.
+_OOM_TEXT = re.compile(r"out of memory|Cannot allocate memory|bad_alloc|allocation failed|MemoryError",
+                       re.IGNORECASE)
 #: Seconds between SIGTERM and SIGKILL when a quantum is stopped.
 _KILL_GRACE_S = 5.0
 
@@ -119,7 +122,8 @@ def call_limited(target: str, args: Sequence[Any], limits: QuantumLimits, label:
     WalltimeExceeded
         Still running after ``limits.walltime_s``: the child was stopped.
     QuantumOutOfMemory
-        ``MemoryError`` in the child, or the child killed by SIGKILL (out of memory).
+        ``MemoryError`` in the child, the child killed by SIGKILL (out of memory), or, under a memory
+        limit, aborted (SIGABRT) or saying it could not allocate.
     QuantumExitError
         Any other failure; ``quantum_exit_code`` as in the module docstring.
     """
@@ -164,11 +168,14 @@ def call_limited(target: str, args: Sequence[Any], limits: QuantumLimits, label:
                 raise QuantumOutOfMemory(f"{quoted}{label}: out of memory (limit {limit}); it needs a larger "
                                          "requestMemory (memoryMultiplier / requestMemoryMax)")
             raise QuantumExitError(f"{label}: failed with exit code {code}", code, detail=text)
-        if limits.memory_bytes and _OOM_TEXT.search((err or b"").decode(errors="replace")):
-            # a native library that could not allocate under the limit aborts (numba/LLVM: SIGABRT)
+        if limits.memory_bytes and (rc == -signal.SIGABRT or _OOM_TEXT.search((err or b"").decode(errors="replace"))):
+            # a native library that could not allocate under the limit aborts (numba/LLVM, C++ new: SIGABRT),
+            # sometimes without a word (printing the reason needs memory too; seen in CI): under a memory limit
+            # an abort counts as out of memory, so the driver retries it with more (memoryMultiplier)
             quoted = "".join(f"  | {line}\n" for line in _tail(err, 3).splitlines())
+            how = "aborted (SIGABRT)" if rc == -signal.SIGABRT else f"stopped with code {rc}"
             raise QuantumOutOfMemory(f"{quoted}{label}: out of memory (limit {limits.memory_bytes / 2**20:.0f} MiB), "
-                                     f"its process stopped with code {rc}")
+                                     f"its process {how}")
         if rc < 0:
             if -rc == signal.SIGKILL:
                 raise QuantumOutOfMemory(f"{label}: killed by SIGKILL (out of memory?): {_tail(err)}")
