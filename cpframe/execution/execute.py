@@ -411,8 +411,8 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
     attempt: dict[str, int] = {}
     limits = quantum_limits(requests or {}, int(retries))
     try:
-        # made inside the try: a SIGTERM (cpframe cancel) that lands here still removes it (seen in CI:
-        # a cancel just after the run started left the scratch folder with its .owner file)
+        # made inside the try, so a SIGTERM (cpframe cancel) landing as the run starts still removes it
+        # (in CI a cancel just after the run started once left the scratch folder non-empty)
         scratch.mkdir(parents=True, exist_ok=True)
         (scratch / ".owner").write_text(f"{socket.gethostname()}:{os.getpid()}\n")  # repair removes it after kill -9
         todo = plan

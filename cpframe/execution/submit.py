@@ -624,8 +624,11 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
                                clusters=sub.clusters,
                                on_progress=on_progress, on_registered=progress_record)
         except KeyboardInterrupt as exc:  # a signal outside execute_plan's own handling
+            from cpframe.execution.execute import scratch_dir_for
+
+            # interrupted outside execute_plan's own handling: its scratch folder (if made) is removed below
             res = ExecutionResult(run=plan.run, n_quanta=len(plan.quanta), interrupted=True,
-                                  signum=getattr(exc, "signum", 2))
+                                  signum=getattr(exc, "signum", 2), scratch_dir=str(scratch_dir_for(repo, plan)))
             res.missing = list(plan.planned_outputs())
         timings["compute_s"] = res.compute_s
         timings["register_s"] = res.register_s
