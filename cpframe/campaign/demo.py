@@ -14,6 +14,14 @@ Running it again in the same ``DIR`` with the same options resumes: nothing fini
 redone.  Options that change the data (size, detectors, bands, broken input, seed) need a
 new ``DIR`` or ``--force``.
 
+``full_set=True`` (``--full-set``) switches on every simulator effect of
+:data:`cpframe.campaign.fullset.FULL_SET` (with truth), adds each type's exposures to the plan
+and its build, certify and verify steps to the campaign: linearizer, CTI, crosstalk, BFK, gain
+correction, flat gradient reference and illumination correction are built, certified and
+verified with the demo's products, in the dependency order, and used downstream (the bias,
+dark and flat are built with the certified linearizer and crosstalk applied).  The summary has
+one line per type (built, certified, verdict); types that cannot run say why.
+
 ``broken=KIND`` also simulates one bad exposure and, after the demo campaign, runs a small
 second campaign (ticket ``DEMO-1-<KIND>``) that rebuilds, certifies and verifies the product
 it belongs to with the exposure added to its construction and verification selections.  Its
@@ -44,7 +52,7 @@ from cpframe.campaign.model import sh_join
 from cpframe.core.errors import CampaignError, CpframeError, UserInputError
 
 __all__ = [
-    "DemoResult", "BrokenInput", "run_demo", "demo_campaign", "broken_campaign", "plan_bands",
+    "DemoResult", "BrokenInput", "TypeStatus", "type_statuses", "run_demo", "demo_campaign", "broken_campaign", "plan_bands",
     "DEMO_INSTRUMENT", "DEFAULT_DETECTORS", "BROKEN_INPUTS", "BROKEN_KINDS", "BrokenKind",
 ]
 
@@ -109,6 +117,8 @@ class DemoResult:
     """What the broken campaign found, when ``broken`` was asked."""
     ledger: Any = None
     """The set's :class:`cpframe.campaign.lifecycle.SetStatus` after the demo (docs/lifecycle.md)."""
+    types: list | None = None
+    """``--full-set``: one :class:`TypeStatus` per calibration type (None for the plain demo)."""
 
     @property
     def broken_detected(self) -> bool | None:
@@ -124,11 +134,14 @@ class DemoResult:
     def passed(self) -> bool:
         """Every verified product passed and the deployment self-check passed."""
         ok = bool(self.verdicts) and all(v[0] for v in self.verdicts.values())
+        ok = ok and all(t.ok for t in self.types or () if not t.not_run)
         return ok and (self.deploy is None or self.deploy.ok)
 
     def summary(self) -> str:
         """The lines a person acts on: verdicts, report, record, times."""
         lines = ["Verification:", *_verdict_lines(self.verdicts)]
+        if self.types is not None:
+            lines += ["Calibration types (full set):", *(t.line() for t in self.types)]
         if self.deploy is not None:
             lines.append(f"Deployment: {self.deploy.headline()}")
         lines.append(f"Repository: {self.repo_root}")
@@ -173,6 +186,75 @@ def _verdict_lines(verdicts: dict) -> list[str]:
     return lines
 
 
+@dataclass(frozen=True)
+class TypeStatus:
+    """One calibration type of ``--full-set``: built, certified, verified."""
+
+    name: str
+    """Product (``flat-g``, ``flat_gradient_reference-r``...)."""
+    built: int = 0
+    """Datasets in the certified CALIBRATION collection."""
+    certified: str = ""
+    """That collection, when it is in the ticket chain (else "")."""
+    verdict: bool | None = None
+    """Verification passed / failed; None when no verification step ran."""
+    failures: tuple[str, ...] = ()
+    truth: str = ""
+    """What the verification compares with the simulator's truth."""
+    not_run: str = ""
+    """Why the type is not in this run."""
+
+    @property
+    def ok(self) -> bool:
+        return self.built > 0 and bool(self.certified) and self.verdict is True
+
+    def line(self) -> str:
+        """``  PASS  linearizer  (3 datasets certified in .../linearizer.20241111a; verified)``.
+
+        >>> TypeStatus("cti", not_run="needs stars").line()
+        '  --    cti  not run: needs stars'
+        """
+        if self.not_run:
+            return f"  --    {self.name}  not run: {self.not_run}"
+        word = "PASS" if self.ok else "FAIL"
+        verdict = {True: "verified", False: "verification FAILS", None: "not verified"}[self.verdict]
+        where = f"certified in {self.certified}" if self.certified else "NOT certified in the ticket chain"
+        fails = f"; failing: {', '.join(self.failures[:3])}" if self.failures else ""
+        return f"  {word}  {self.name}  ({self.built} datasets {where}; {verdict}{fails})"
+
+
+def type_statuses(camp: Any, repo: Any, verdicts: dict, types: Sequence[Any] = ()) -> list[TypeStatus]:
+    """Per certified type of ``camp``: datasets certified, whether in the ticket chain, verdict.
+
+    ``types`` (:data:`cpframe.campaign.fullset.FULL_SET` entries) add the truth each
+    verification checks, and a row for each type that does not run (its ``not_run``), or whose
+    steps the campaign left out (e.g. a band not asked for).
+    """
+    truth = {t.name: t.truth for t in types}
+    try:
+        chain = set(repo.registry.get_chain(camp.ticket_chain))
+    except CpframeError:  # the campaign has not certified anything yet
+        chain = set()
+    out = []
+    seen = set()
+    for s in camp.steps:
+        if s.kind != "certify":
+            continue
+        name = s.dataset_type + (f"-{s.band}" if s.band else "")
+        seen.add(name)
+        try:
+            n = len(repo.registry.query_datasets(s.dataset_type, collections=[s.output]))
+        except CpframeError:  # the step has not run
+            n = 0
+        ok, fails = verdicts.get(name, (None, []))
+        out.append(TypeStatus(name, n, s.output if s.output in chain else "", ok, tuple(fails), truth.get(name, "")))
+    for t in types:
+        if t.name not in seen:
+            out.append(TypeStatus(t.name, truth=t.truth,
+                                  not_run=t.not_run or "left out of this campaign (its band was not asked for)"))
+    return out
+
+
 @dataclass
 class BrokenInput:
     """The deliberately broken input of ``--broken`` and what verification made of it."""
@@ -189,9 +271,26 @@ class BrokenInput:
 
 
 def _options(full: bool, detectors: Sequence[int], bands: Sequence[str], broken: str | None,
-             seed: int) -> dict:
-    return {"scale": "full" if full else "mini", "detectors": sorted(int(d) for d in detectors),
-            "bands": sorted(bands), "broken": broken, "seed": int(seed)}
+             seed: int, full_set: bool = False) -> dict:
+    out = {"scale": "full" if full else "mini", "detectors": sorted(int(d) for d in detectors),
+           "bands": sorted(bands), "broken": broken, "seed": int(seed)}
+    if full_set:  # only then: a plain demo's directory keeps its marker
+        out["full_set"] = True
+    return out
+
+
+def _full_set_plan(directory: Path) -> Any:
+    """The demo plan with every full-set type's exposures (written to ``directory/plan-full-set.yaml``)."""
+    from cpframe.camera.plan import read_plan
+    from cpframe.campaign.fullset import full_set_plan
+    from cpframe.core.paths import package_dir
+
+    base = yaml.safe_load((package_dir() / "data" / "plans" / "demo.yaml").read_text())
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "plan-full-set.yaml"
+    path.write_text("# cpframe demo --full-set: the demo plan plus every type's exposures "
+                    "(cpframe/campaign/fullset.py)\n" + yaml.safe_dump(full_set_plan(base), sort_keys=False))
+    return read_plan(path)
 
 
 def plan_bands(plan: Any) -> list[str]:
@@ -268,7 +367,8 @@ def _needs_flat_of(plan: Any) -> dict[str, set[str]]:
 
 
 def demo_campaign(repo_root: Path, bands: Sequence[str], selections: dict[str, str],
-                  detectors: Sequence[int] | None = None, flat_needs: dict[str, set[str]] | None = None):
+                  detectors: Sequence[int] | None = None, flat_needs: dict[str, set[str]] | None = None,
+                  extra_steps: Sequence[dict] = ()):
     """The demo campaign (``templates/campaign_demo.yaml``) for ``repo_root``, ``bands`` and ``detectors``.
 
     When only some detectors were simulated, every selection is narrowed to them, and so is
@@ -276,6 +376,8 @@ def demo_campaign(repo_root: Path, bands: Sequence[str], selections: dict[str, s
     ``instrument='X'``, as cp_pipe's does) with a command-line key override, as ``bps submit``
     allows.
     Verify steps whose exposures need the flat of a band left out (``flat_needs``) are dropped.
+    ``extra_steps`` (campaign-file form, ``--full-set``) are added before the verification steps;
+    the campaign orders them by the calibration dependencies.
     """
     from cpframe.camera.models import load_camera
     from cpframe.campaign.runner import parse_campaign
@@ -283,6 +385,11 @@ def demo_campaign(repo_root: Path, bands: Sequence[str], selections: dict[str, s
 
     path = default_templates_dir() / "campaign_demo.yaml"
     doc = yaml.safe_load(path.read_text())
+    if extra_steps:
+        first_verify = next(i for i, s in enumerate(doc["steps"]) if s["name"].startswith("verify-"))
+        doc["steps"][first_verify:first_verify] = [dict(s) for s in extra_steps]
+        doc["name"] = "demo-full-set"
+        doc["description"] = "The demo's products and every other type cpframe builds (cpframe demo --full-set)"
     doc["steps"] = [s for s in doc["steps"] if s.get("band", _band_of_step(s)) in (None, *bands)
                     and (flat_needs or {}).get(s["name"], set()) <= set(bands)]
     if detectors is not None and set(detectors) != set(load_camera(DEMO_INSTRUMENT).detector_ids):
@@ -343,6 +450,7 @@ def run_demo(
     force: bool = False,
     echo: Callable[[str], None] | None = None,
     client: Any = None,
+    full_set: bool = False,
 ) -> DemoResult:
     """Simulate, ingest, run the demo campaign, deploy and summarise (see the module docstring).
 
@@ -368,6 +476,8 @@ def run_demo(
         Progress lines.
     client : distributed.Client, optional
         Use this Dask client instead of starting a local cluster.
+    full_set : bool
+        Every calibration type (:data:`cpframe.campaign.fullset.FULL_SET`), each with its simulator effect.
 
     Returns
     -------
@@ -387,6 +497,8 @@ def run_demo(
     echo = echo or (lambda _m: None)
     if broken is not None and broken not in BROKEN_INPUTS:
         raise UserInputError(f"--broken {broken!r}: use one of {', '.join(BROKEN_INPUTS)}.")
+    if broken is not None and full_set:
+        raise UserInputError("--broken and --full-set: use one at a time (the broken input is a plain-demo check).")
     d = Path(directory).absolute()
     plan = read_plan("demo")
     cam = load_camera(plan.instrument)
@@ -394,7 +506,7 @@ def run_demo(
     detectors = list(detectors) if detectors is not None else list(DEFAULT_DETECTORS)
     for det in detectors:
         cam.detector(det)  # CameraError names the valid ids
-    opts = _options(full, detectors, bands, broken, seed)
+    opts = _options(full, detectors, bands, broken, seed, full_set)
     specs, selections, bad_selections, bad_spec = _demo_specs(plan, bands, broken)  # validates bands first
     if force and d.exists():
         shutil.rmtree(d)
@@ -409,19 +521,33 @@ def run_demo(
         )
     d.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(opts, indent=2))
+    extra_steps: list[dict] = []
+    effects: dict = {}
+    types: tuple = ()
+    if full_set:
+        from cpframe.campaign.fullset import FULL_SET, full_set_effects, full_set_steps, full_set_templates
+
+        types = FULL_SET
+        plan = _full_set_plan(d)
+        specs, selections, _, _ = _demo_specs(plan, bands, None)
+        effects = full_set_effects(types)
+        extra_steps = full_set_steps(types, full_set_templates(d / "templates", types))
+        for t in types:
+            if t.not_run:
+                echo(f"(--full-set: {t.name} not run: {t.not_run})")
     settings = load_settings({"n_workers": workers} if workers else None)
     timings: dict[str, float] = {}
 
     t0 = time.monotonic()
     raw_dir = d / "raw"
     files = _simulate(specs, raw_dir, opts, settings.n_workers, echo,
-                      noisy=bad_spec if broken == "noisy" else None)
+                      noisy=bad_spec if broken == "noisy" else None, effects=effects)
     timings["simulate"] = time.monotonic() - t0
 
     t0 = time.monotonic()
     repo_root = d / "repo"
     flat_needs = _needs_flat_of(plan)
-    camp = demo_campaign(repo_root, bands, selections, detectors, flat_needs)
+    camp = demo_campaign(repo_root, bands, selections, detectors, flat_needs, extra_steps)
     for step, need in flat_needs.items():
         if not need <= set(bands):
             echo(f"({step} left out: its exposures need the {', '.join(sorted(need))} flat; "
@@ -470,6 +596,8 @@ def run_demo(
     r = _open_repo(camp.repo)
     try:
         out.verdicts = verification_verdicts(camp, r)
+        if full_set:
+            out.types = type_statuses(camp, r, out.verdicts, types)
         if out.deploy is None:
             # deployed by an earlier run of the demo: show the self-check again (changes nothing)
             out.deploy = deploy(r.registry, camp.instrument, camp.ticket_chain,
@@ -501,15 +629,18 @@ def _cli_options(opts: dict, default_bands: Sequence[str]) -> list[str]:
         args += ["--bands", ",".join(opts["bands"])]
     if opts["broken"]:
         args += ["--broken", opts["broken"]]
+    if opts.get("full_set"):
+        args += ["--full-set"]
     return args
 
 
 def _simulate(specs: list, raw_dir: Path, opts: dict, workers: int,
-              echo: Callable[[str], None], noisy: Any = None) -> list[Path]:
+              echo: Callable[[str], None], noisy: Any = None, effects: dict | None = None) -> list[Path]:
     """Simulate once; a finished simulation (marker file) is reused.
 
     ``noisy``: one more exposure, simulated into ``raw_dir/noisy`` with a truth whose amp
     :data:`NOISY_AMP` has :data:`NOISY_FACTOR` times the read noise on every detector.
+    ``effects``: simulator effects switched on (``make_truth`` keywords, ``--full-set``).
     """
     from cpframe.camera.models import load_camera
     from cpframe.camera.simulate import make_truth, simulate
@@ -521,8 +652,11 @@ def _simulate(specs: list, raw_dir: Path, opts: dict, workers: int,
         return files
     echo(f"simulating {len(specs)} exposures x {len(opts['detectors'])} detectors ({opts['scale']}) "
          f"into {raw_dir} ...")
+    truth = make_truth(load_camera(DEMO_INSTRUMENT, opts["scale"]), opts["seed"], **effects) if effects else None
+    if effects:
+        echo("simulator effects on: " + ", ".join(f"{k}={v}" for k, v in effects.items()))
     files = simulate(specs, raw_dir, DEMO_INSTRUMENT, scale=opts["scale"], seed=opts["seed"],
-                     detectors=opts["detectors"], workers=workers) if specs else []
+                     detectors=opts["detectors"], workers=workers, truth=truth) if specs else []
     if noisy is not None:
         truth = make_truth(load_camera(DEMO_INSTRUMENT, opts["scale"]), opts["seed"])
         for d in truth.detectors.values():

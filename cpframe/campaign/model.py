@@ -51,6 +51,21 @@ PRODUCT_NEEDS: dict[str, tuple[str, ...]] = {
     "illuminationCorrection": ("ptc", "bias", "dark", "flat", "defects"),
 }
 
+#: Optional calibrations each product's ISR applies when they are certified (dependencies.md §3; ISR's
+#: ``for_quantum`` switches a step off when its calibration is not found).  When a campaign builds both, the
+#: certification of the used one comes first, so e.g. the flat is built with the certified linearizer and
+#: crosstalk applied.  Only pairs that do not close a cycle with :data:`PRODUCT_NEEDS` (the PTC cannot use a
+#: crosstalk measured with its gains).
+USES_WHEN_CERTIFIED: dict[str, tuple[str, ...]] = {
+    "ptc": ("linearizer",),
+    "bias": ("linearizer", "crosstalk"),
+    "dark": ("linearizer", "crosstalk"),
+    "flat": ("linearizer", "crosstalk"),
+    "bfk": ("linearizer", "cti", "crosstalk"),
+    "gain_correction": ("linearizer", "cti", "crosstalk"),
+    "flat_gradient_reference": ("linearizer", "crosstalk"),
+}
+
 #: Products built and certified per band (one generation and one CALIBRATION collection each).
 PER_BAND = ("flat", "flat_gradient_reference")
 

@@ -30,6 +30,7 @@ from cpframe.campaign.model import (
     SELECTION_OF_VERIFY,
     STEP_KINDS,
     STEP_SCHEMAS,
+    USES_WHEN_CERTIFIED,
     VERIFY_TARGETS,
     Campaign,
     CampaignFile,
@@ -567,6 +568,10 @@ def _derived_edges(steps: Sequence[Step]) -> list[tuple[str, str, str]]:
             for need in PRODUCT_NEEDS[s.builds]:
                 for m in makers.get(need, []):
                     edges.append((m.name, s.name, f"{s.builds} needs {need}"))
+            for used in USES_WHEN_CERTIFIED.get(s.builds, ()):
+                for m in makers.get(used, []):
+                    if m.kind == "certify":
+                        edges.append((m.name, s.name, f"{s.builds} applies the certified {used}"))
         elif s.kind == "certify":
             for m in makers.get(s.dataset_type, []):
                 if m.kind == "submit" and m.band == s.band:

@@ -242,9 +242,13 @@ def deploy_command(
          "well: flat SATURATION fails), light-leak (a dark with light: dark MEAN), noisy (a bias with a raised "
          "read noise: bias READ_NOISE_CONSISTENT).",
 )
+@click.option("--full-set", "full_set", is_flag=True,
+              help="Every calibration type cpframe builds (linearizer, CTI, crosstalk, BFK, gain correction, "
+                   "flat gradient reference, illumination correction too), each with its simulator effect on; "
+                   "the table is cpframe/campaign/fullset.py.")
 @click.option("--force", is_flag=True, help="Delete DIRECTORY first if it exists.")
 @catch_errors
-def demo_command(directory, full, workers, bands, detectors, broken, force):
+def demo_command(directory, full, workers, bands, detectors, broken, full_set, force):
     """Simulate a ComCam-like camera, run the demo campaign and write the report.
 
     Creates DIRECTORY/repo (SQLite), simulates the demo plan's exposures, ingests them,
@@ -255,6 +259,7 @@ def demo_command(directory, full, workers, bands, detectors, broken, force):
     Example:
       cpframe demo                 # mini detectors, a few minutes on 2 cores
       cpframe demo big --full      # real detector size
+      cpframe demo all --full-set  # every calibration type, each with its simulator effect
     """
     from cpframe.campaign.demo import run_demo
 
@@ -267,6 +272,7 @@ def demo_command(directory, full, workers, bands, detectors, broken, force):
         broken=None if broken == "none" else broken,
         force=force,
         echo=click.echo,
+        full_set=full_set,
     )
     click.echo("")
     click.echo(result.summary())

@@ -1,0 +1,232 @@
+"""``cpframe demo --full-set``: every calibration type cpframe builds, on one simulated camera.
+
+:data:`FULL_SET` is the table: one :class:`FullSetType` per type beyond the plain demo's
+bias, dark, defects, PTC and flats.  Each entry says which simulator effects it needs switched
+on (with truth), which exposures it needs (observing-plan blocks and ``SELECTION_*`` values),
+which templates build and verify it and how it is certified.  :func:`full_set_plan`,
+:func:`full_set_effects` and :func:`full_set_steps` turn the table into the simulator plan,
+the truth switches and the campaign steps; :mod:`cpframe.campaign.demo` runs them with the
+demo's own steps, and the campaign orders everything by the calibration dependencies
+(:data:`cpframe.campaign.model.PRODUCT_NEEDS` and ``USES_WHEN_CERTIFIED``: the flat is built
+after the linearizer and crosstalk are certified, so its ISR applies them).
+
+Adding a type to the full set is one more entry in :data:`FULL_SET` (no code in the demo).
+A type that cannot run in the full set stays in the table with ``not_run`` saying why: the
+demo prints the reason and the docs list it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+__all__ = ["FullSetType", "FULL_SET", "BASE_TYPES", "full_set_effects", "full_set_plan", "full_set_steps",
+           "full_set_templates", "step_names"]
+
+#: The plain demo's types (templates/campaign_demo.yaml), shown in the full-set summary too.
+BASE_TYPES = ("defects", "ptc", "bias", "dark", "flat")
+
+_I = "instrument='{instrument}'"
+#: The demo plan's PTC ramp (cpframe/data/plans/demo.yaml): 17 pairs, ~80 e- to past the full well.
+_PTC_RAMP = f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (36..69)"
+#: Its pairs up to ~40 000 e- (the BFK verification reads the pairs below the strong BF regime).
+_PTC_RAMP_LOW = f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (36..53)"
+#: Night of the camera restart after which the gains drift (gain correction).
+RESTART_DAY_OBS = 20241128
+
+
+@dataclass(frozen=True)
+class FullSetType:
+    """One calibration type of the full set: simulator effects, exposures, templates, certification."""
+
+    product: str
+    """Dataset type built and certified (a key of :data:`cpframe.campaign.model.PRODUCT_NEEDS`)."""
+    build: str
+    """Template that builds it (``templates/``)."""
+    verify: str
+    """Template that verifies it."""
+    truth: str
+    """What its verification compares with the simulator's truth, and the tolerance (for a person)."""
+    effects: Mapping[str, Any] = field(default_factory=dict)
+    """Simulator effects switched on for it (``make_truth`` keywords)."""
+    blocks: tuple[Mapping[str, Any], ...] = ()
+    """Observing-plan blocks (docs/simulator.md) it needs beyond the demo plan's; ``day_obs`` names the night."""
+    selections: Mapping[str, str] = field(default_factory=dict)
+    """``SELECTION_*`` values its templates read (``{instrument}`` is filled in)."""
+    band: str | None = None
+    """Band, for per-band products."""
+    certify: Mapping[str, Any] = field(default_factory=dict)
+    """Extra keys of its certify step (e.g. ``begin_date``)."""
+    config: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Template -> ``--config label:field=value`` overrides for mini detectors (``extraQgraphOptions``)."""
+    not_run: str = ""
+    """Why it cannot run in the full set (then nothing of it is simulated or built; the demo says why)."""
+
+    @property
+    def name(self) -> str:
+        """Product name as the summary and the verdicts show it (``flat_gradient_reference-r``)."""
+        return self.product + (f"-{self.band}" if self.band else "")
+
+
+#: The full set, beyond the demo's bias, dark, defects, PTC and flats (docs/demo.md "Full set").
+FULL_SET: tuple[FullSetType, ...] = (
+    FullSetType(
+        "linearizer", "bps_linearizer.yaml", "bps_verify_linearizer.yaml",
+        "per-amp non-linearity of the truth: residual after correction < 0.1 % (verifyLinearizer)",
+        effects={"nonlinearity": True},
+        selections={"SELECTION_PTC_LINEARIZER": _PTC_RAMP, "SELECTION_PTC_LINEARIZER_V": _PTC_RAMP},
+    ),
+    FullSetType(
+        "cti", "bps_cti.yaml", "bps_verify_cti.yaml",
+        "serial CTI and trap of the truth: CTI within 10 %, trap size within 20 % (verifyCti)",
+        effects={"cti": True},
+        selections={"SELECTION_PTC_CTI": _PTC_RAMP, "SELECTION_PTC_CTI_V": _PTC_RAMP},
+    ),
+    FullSetType(
+        "crosstalk", "bps_crosstalk.yaml", "bps_verify_crosstalk.yaml",
+        "crosstalk matrix of the truth: residual coefficients after correction below threshold (verifyCrosstalk)",
+        effects={"crosstalk": True},
+        # one spot exposure per amp: each lights one amp past its full well (cpframe/camera/spots.py)
+        blocks=({"day_obs": 20241110, "observation_type": "spot", "count": 16, "seq_start": 100,
+                 "physical_filter": "r_03", "exposure_time": 10, "flux": 50000, "observation_reason": "crosstalk",
+                 "selections": ["SELECTION_CROSSTALK"]},),
+        selections={"SELECTION_CROSSTALK": f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (100..115)",
+                    "SELECTION_CROSSTALK_V": f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (100..115)"},
+    ),
+    FullSetType(
+        "bfk", "bps_bfk.yaml", "bps_verify_bfk.yaml",
+        "pixel-area truth a00: kernel from the FULLCOVARIANCE PTC; BF-corrected flats' PTC linear to < 1 % "
+        "(verifyBfk NONLINEARITY)",
+        effects={"brighter_fatter": True},
+        selections={"SELECTION_PTC_BFK": _PTC_RAMP, "SELECTION_PTC_BFK_V": _PTC_RAMP_LOW},
+        config={"bps_bfk.yaml": ("cpBfkPtcExtractPair:maximumRangeCovariancesAstier=5",
+                                 "cpBfkPtcExtractPair:numEdgeSuspect=6",
+                                 "cpBfkPtcExtractPair:minNumberGoodPixelsForCovariance=10000",
+                                 "cpBfkPtcSolve:ptcFitType=FULLCOVARIANCE_NO_B",
+                                 "cpBfkPtcSolve:maximumRangeCovariancesAstier=5",
+                                 "cpBfkPtcSolve:maximumRangeCovariancesAstierFullCovFit=4"),
+                "bps_verify_bfk.yaml": ("verifyBfkPtcExtractPair:numEdgeSuspect=6",
+                                        "verifyUncorrectedBfkPtcExtractPair:numEdgeSuspect=6")},
+    ),
+    FullSetType(
+        "gain_correction", "bps_gain_correction.yaml", "bps_verify_gain_correction.yaml",
+        f"per-amp gain drift after the restart of {RESTART_DAY_OBS}: adjustments within tolerance of the truth "
+        "(verifyGainCorrection)",
+        effects={"gain_drift": True, "gain_drift_day_obs": RESTART_DAY_OBS},
+        blocks=({"day_obs": RESTART_DAY_OBS, "observation_type": "flat", "count": 8, "seq_start": 10,
+                 "physical_filter": "r_03", "exposure_time": 10, "flux": 2000, "observation_reason": "flat",
+                 "selections": ["SELECTION_GAIN_CORRECTION_FLAT"]},),
+        selections={"SELECTION_GAIN_CORRECTION_FLAT":
+                    f"{_I} and exposure.day_obs={RESTART_DAY_OBS} and exposure.seq_num in (10..17)"},
+        # valid from the restart on: exposures before it keep the PTC gains
+        certify={"begin_date": f"{str(RESTART_DAY_OBS)[:4]}-{str(RESTART_DAY_OBS)[4:6]}-"
+                               f"{str(RESTART_DAY_OBS)[6:]}T12:00:00"},
+    ),
+    FullSetType(
+        "flat_gradient_reference", "bps_flat_gradient_reference_r.yaml",
+        "bps_verify_flat_gradient_reference_r.yaml",
+        "focal-plane radial fall-off of the truth: fit residual <= 1 %, gradient <= 10 % (FLAT_GRADIENT)",
+        effects={"flat_gradient": True}, band="r",
+    ),
+    FullSetType(
+        "illuminationCorrection", "bps_illuminationCorrection.yaml", "bps_verify_illuminationCorrection.yaml",
+        "dome-flat-only pattern of the truth: re-measured correction flat within verifyMaxDeviation (ILLUMINATION)",
+        effects={"illumination_correction": True},
+        # a fixed star field, dithered: the same stars measured on different pixels
+        blocks=({"day_obs": 20241110, "observation_type": "science", "count": 12, "seq_start": 200,
+                 "physical_filter": "r_03", "exposure_time": 30, "flux": 50, "observation_reason": "science",
+                 "science_program": "BLOCK-T0ILLUM", "selections": ["SELECTION_ILLUMINATION_CORRECTION"]},),
+        selections={"SELECTION_ILLUMINATION_CORRECTION":
+                    f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (200..211)",
+                    "SELECTION_ILLUMINATION_CORRECTION_V":
+                    f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (200..211)"},
+    ),
+)
+
+
+def _run(types: Sequence[FullSetType]) -> list[FullSetType]:
+    return [t for t in types if not t.not_run]
+
+
+def full_set_effects(types: Sequence[FullSetType] = FULL_SET) -> dict[str, Any]:
+    """Simulator effects of every type that runs (``make_truth`` keywords).
+
+    >>> full_set_effects()["nonlinearity"], full_set_effects()["gain_drift_day_obs"]
+    (True, 20241128)
+    """
+    out: dict[str, Any] = {}
+    for t in _run(types):
+        out.update(t.effects)
+    return out
+
+
+def full_set_plan(base: Mapping[str, Any], types: Sequence[FullSetType] = FULL_SET) -> dict[str, Any]:
+    """The demo plan document ``base`` with every type's blocks and selections added.
+
+    Blocks go to the night of their ``day_obs`` (a new night, starting at 20:00 TAI, when the
+    plan has none); selections are added to the plan's ``selections``.
+    """
+    doc = {**base, "nights": [dict(n, blocks=list(n.get("blocks", []))) for n in base["nights"]],
+           "selections": dict(base.get("selections", {}))}
+    for t in _run(types):
+        for block in t.blocks:
+            b = dict(block)
+            day = int(b.pop("day_obs"))
+            night = next((n for n in doc["nights"] if int(n["day_obs"]) == day), None)
+            if night is None:
+                ds = str(day)
+                night = {"day_obs": day, "start": f"{ds[:4]}-{ds[4:6]}-{ds[6:]}T20:00:00", "blocks": []}
+                doc["nights"].append(night)
+            night["blocks"].append(b)
+        doc["selections"].update(t.selections)
+    doc["name"] = f"{base.get('name', 'demo')}-full-set"
+    return doc
+
+
+def step_names(t: FullSetType) -> tuple[str, str, str]:
+    """(build, certify, verify) step names of a type.
+
+    >>> step_names(FULL_SET[0])
+    ('linearizer', 'certify-linearizer', 'verify-linearizer')
+    """
+    return t.name, f"certify-{t.name}", f"verify-{t.name}"
+
+
+def full_set_templates(directory: Path, types: Sequence[FullSetType] = FULL_SET) -> dict[str, Path]:
+    """Templates with mini-detector overrides, written to ``directory``: template name -> path.
+
+    The shipped template is copied with its ``--config`` overrides added as ``extraQgraphOptions``
+    (as ``bps submit`` takes them); templates without overrides are not copied.
+    """
+    from cpframe.execution.templates import default_templates_dir
+
+    out: dict[str, Path] = {}
+    for t in _run(types):
+        for name, opts in t.config.items():
+            text = (default_templates_dir() / name).read_text()
+            path = directory / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text.rstrip("\n") + "\nextraQgraphOptions: \""
+                            + " ".join(f"--config {o}" for o in opts) + "\"\n")
+            out[name] = path
+    return out
+
+
+def full_set_steps(types: Sequence[FullSetType] = FULL_SET,
+                   templates: Mapping[str, Path] | None = None) -> list[dict[str, Any]]:
+    """Campaign steps (campaign-file form) building, certifying and verifying each type that runs.
+
+    The campaign orders them by the calibration dependencies, whatever their place here.
+    """
+    templates = templates or {}
+    steps: list[dict[str, Any]] = []
+    for t in _run(types):
+        build, cert, verify = step_names(t)
+        band = {"band": t.band} if t.band else {}
+        steps.append({"name": build, "kind": "submit", "template": str(templates.get(t.build, t.build)),
+                      "builds": t.product, **band})
+        steps.append({"name": cert, "kind": "certify", "dataset_type": t.product, **band, **t.certify})
+        steps.append({"name": verify, "kind": "submit", "template": str(templates.get(t.verify, t.verify)),
+                      "verifies": t.product, **band})
+    return steps
