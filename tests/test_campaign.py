@@ -781,3 +781,35 @@ def test_flat_gradient_reference_is_per_band(tmp_path):
     with pytest.raises(CampaignError, match="certifying flat_gradient_reference needs 'band'"):
         load_campaign(write_campaign(tmp_path, [{"name": "c", "kind": "certify",
                                                  "dataset_type": "flat_gradient_reference"}], name="d.yaml"))
+
+
+def test_products_are_built_after_the_certified_calibrations_their_isr_applies(tmp_path):
+    """USES_WHEN_CERTIFIED (dependencies.md §3): with a linearizer and a crosstalk in the campaign, the PTC
+    comes after the certified linearizer and bias/dark/flat after the certified linearizer and crosstalk, even
+    when the file lists them first; a campaign without them keeps the plain order (test above)."""
+    from cpframe.campaign.model import USES_WHEN_CERTIFIED
+
+    steps = [
+        *SCRAMBLED_STEPS,
+        {"name": "crosstalk", "kind": "submit", "template": "bps_crosstalk.yaml", "builds": "crosstalk"},
+        {"name": "certify-crosstalk", "kind": "certify", "dataset_type": "crosstalk"},
+        {"name": "linearizer", "kind": "submit", "template": "bps_linearizer.yaml", "builds": "linearizer"},
+        {"name": "certify-linearizer", "kind": "certify", "dataset_type": "linearizer"},
+    ]
+    variables = {k: "instrument='LSSTComCam'" for k in ("SELECTION_PTC_LINEARIZER", "SELECTION_CROSSTALK")}
+    camp = load_campaign(write_campaign(tmp_path, steps, variables=variables))
+    pos = {s.name: i for i, s in enumerate(camp.steps)}
+    assert pos["certify-linearizer"] < pos["ptc"] < pos["certify-ptc"] < pos["crosstalk"]
+    for product in ("bias", "dark", "flat-g"):
+        assert pos["certify-linearizer"] < pos[product] and pos["certify-crosstalk"] < pos[product], product
+    assert ("certify-crosstalk", "bias applies the certified crosstalk") in camp.after["bias"]
+    assert set(USES_WHEN_CERTIFIED["flat"]) == {"linearizer", "crosstalk"}
+
+
+def test_step_vars_may_refer_to_campaign_variables(tmp_path):
+    steps = [{"name": "bias", "kind": "submit", "template": "bps_bias.yaml",
+              "vars": {"CALIB_COLLECTIONS": "${TICKET_CHAIN},${CALIB_COLLECTIONS}", "X": "${NOT_A_VARIABLE}"}}]
+    camp = load_campaign(write_campaign(tmp_path, steps))
+    got = dict(camp.step("bias").vars)
+    assert got["CALIB_COLLECTIONS"] == "u/tester/LSSTComCam/calib/DM-1,LSSTComCam/calib/DM-1/curated"
+    assert got["X"] == "${NOT_A_VARIABLE}"  # left for the template

@@ -717,6 +717,17 @@ def _flatten_failures(failures: Any) -> list[str]:
     return [str(f) for f in failures or []]
 
 
+def _summary_type(repo: Any, output: str) -> str | None:
+    """The ``verify...Summary`` dataset type written into ``output`` (None when there is none)."""
+    try:
+        refs = repo.registry.query_datasets(None, collections=[output])
+    except CpframeError:  # the step has not run
+        return None
+    names = sorted({r.dataset_type for r in refs if r.dataset_type.startswith("verify")
+                    and r.dataset_type.endswith("Summary")})
+    return names[0] if names else None
+
+
 def verification_verdicts(camp: Any, repo: Any) -> dict[str, tuple[bool, list[str]]]:
     """Product -> (passed, failures), read from the ``verify<Type>Summary`` of each verify step.
 
@@ -732,8 +743,11 @@ def verification_verdicts(camp: Any, repo: Any) -> dict[str, tuple[bool, list[st
         if s.kind != "submit" or not s.verifies:
             continue
         name = s.verifies + (f"-{s.band}" if s.band else "")
-        dtype = dataset_type_name(s.verifies, "Summary")
         output = expected_outputs(camp, s)["output"] or s.gen_output
+        try:
+            dtype = dataset_type_name(s.verifies, "Summary")
+        except UserInputError:  # a target whose stage is named otherwise (linearizer: verifyLinearitySummary)
+            dtype = _summary_type(repo, output) or f"verify<{s.verifies}>Summary"
         try:
             refs = repo.registry.query_datasets(dtype, collections=[output], find_first=True)
         except CpframeError:  # e.g. UnknownCollectionError: the step has not run

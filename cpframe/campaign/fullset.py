@@ -21,17 +21,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["FullSetType", "FULL_SET", "BASE_TYPES", "full_set_effects", "full_set_plan", "full_set_steps",
+__all__ = ["FULL_SET", "RESTART_DAY_OBS", "FullSetType", "full_set_effects", "full_set_plan", "full_set_steps",
            "full_set_templates", "step_names"]
 
-#: The plain demo's types (templates/campaign_demo.yaml), shown in the full-set summary too.
-BASE_TYPES = ("defects", "ptc", "bias", "dark", "flat")
-
 _I = "instrument='{instrument}'"
-#: The demo plan's PTC ramp (cpframe/data/plans/demo.yaml): 17 pairs, ~80 e- to past the full well.
-_PTC_RAMP = f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (36..69)"
-#: Its pairs up to ~40 000 e- (the BFK verification reads the pairs below the strong BF regime).
-_PTC_RAMP_LOW = f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (36..53)"
+#: A ramp of flat pairs below the full well (as tests/test_bfk.py and tests/test_linearity.py take): 4 short pairs
+#: (300-3 000 e-) and 14 from 6 000 to 90 000 e- at the focal-plane centre, so that even the amp with the lowest
+#: full well (~100 000 e-) and the brightest illumination stays below it.  The demo's PTC ramp goes past the full
+#: well on purpose (the PTC turnoff); a linearizer spline or a covariance fit fed with those pairs is not.  The
+#: linearizer, the CTI and the BFK share it: the plan holds identical blocks once.
+_RAMP_BLOCK = {"day_obs": 20241110, "observation_type": "flat", "seq_start": 300, "physical_filter": "r_03",
+               "flux": 3000, "observation_reason": "ptc",
+               "pair_exposure_times": [0.1, 0.215, 0.464, 1.0, 2.0, 4.154, 6.308, 8.462, 10.615, 12.769, 14.923,
+                                       17.077, 19.231, 21.385, 23.538, 25.692, 27.846, 30.0]}
+_RAMP = f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (300..335)"
+#: Its pairs up to 50 000 e- (the BFK verification: tests/test_bfk.py).
+_RAMP_LOW = f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (300..321)"
 #: Night of the camera restart after which the gains drift (gain correction).
 RESTART_DAY_OBS = 20241128
 
@@ -60,6 +65,8 @@ class FullSetType:
     """Extra keys of its certify step (e.g. ``begin_date``)."""
     config: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Template -> ``--config label:field=value`` overrides for mini detectors (``extraQgraphOptions``)."""
+    vars: Mapping[str, str] = field(default_factory=dict)
+    """Template variables of its build step only (campaign ``vars``)."""
     not_run: str = ""
     """Why it cannot run in the full set (then nothing of it is simulated or built; the demo says why)."""
 
@@ -74,14 +81,14 @@ FULL_SET: tuple[FullSetType, ...] = (
     FullSetType(
         "linearizer", "bps_linearizer.yaml", "bps_verify_linearizer.yaml",
         "per-amp non-linearity of the truth: residual after correction < 0.1 % (verifyLinearizer)",
-        effects={"nonlinearity": True},
-        selections={"SELECTION_PTC_LINEARIZER": _PTC_RAMP, "SELECTION_PTC_LINEARIZER_V": _PTC_RAMP},
+        effects={"nonlinearity": True}, blocks=(_RAMP_BLOCK,),
+        selections={"SELECTION_PTC_LINEARIZER": _RAMP, "SELECTION_PTC_LINEARIZER_V": _RAMP},
     ),
     FullSetType(
         "cti", "bps_cti.yaml", "bps_verify_cti.yaml",
         "serial CTI and trap of the truth: CTI within 10 %, trap size within 20 % (verifyCti)",
-        effects={"cti": True},
-        selections={"SELECTION_PTC_CTI": _PTC_RAMP, "SELECTION_PTC_CTI_V": _PTC_RAMP},
+        effects={"cti": True}, blocks=(_RAMP_BLOCK,),
+        selections={"SELECTION_PTC_CTI": _RAMP, "SELECTION_PTC_CTI_V": _RAMP},
     ),
     FullSetType(
         "crosstalk", "bps_crosstalk.yaml", "bps_verify_crosstalk.yaml",
@@ -98,8 +105,8 @@ FULL_SET: tuple[FullSetType, ...] = (
         "bfk", "bps_bfk.yaml", "bps_verify_bfk.yaml",
         "pixel-area truth a00: kernel from the FULLCOVARIANCE PTC; BF-corrected flats' PTC linear to < 1 % "
         "(verifyBfk NONLINEARITY)",
-        effects={"brighter_fatter": True},
-        selections={"SELECTION_PTC_BFK": _PTC_RAMP, "SELECTION_PTC_BFK_V": _PTC_RAMP_LOW},
+        effects={"brighter_fatter": True}, blocks=(_RAMP_BLOCK,),
+        selections={"SELECTION_PTC_BFK": _RAMP, "SELECTION_PTC_BFK_V": _RAMP_LOW},
         config={"bps_bfk.yaml": ("cpBfkPtcExtractPair:maximumRangeCovariancesAstier=5",
                                  "cpBfkPtcExtractPair:numEdgeSuspect=6",
                                  "cpBfkPtcExtractPair:minNumberGoodPixelsForCovariance=10000",
@@ -132,11 +139,15 @@ FULL_SET: tuple[FullSetType, ...] = (
     FullSetType(
         "illuminationCorrection", "bps_illuminationCorrection.yaml", "bps_verify_illuminationCorrection.yaml",
         "dome-flat-only pattern of the truth: re-measured correction flat within verifyMaxDeviation (ILLUMINATION)",
-        effects={"illumination_correction": True},
+        # 1 % rather than the default 4 %: the dome-flat pattern is in every flat, and the flat gradient reference's
+        # focal-plane model (residual <= 1 %) cannot describe a per-detector pattern of 4 %
+        effects={"illumination_correction": 0.01},
         # a fixed star field, dithered: the same stars measured on different pixels
         blocks=({"day_obs": 20241110, "observation_type": "science", "count": 12, "seq_start": 200,
                  "physical_filter": "r_03", "exposure_time": 30, "flux": 50, "observation_reason": "science",
                  "science_program": "BLOCK-T0ILLUM", "selections": ["SELECTION_ILLUMINATION_CORRECTION"]},),
+        # the real template reads only RAW_COLLECTION and CALIB_COLLECTIONS: the ticket chain goes first there
+        vars={"CALIB_COLLECTIONS": "${TICKET_CHAIN},${CALIB_COLLECTIONS}"},
         selections={"SELECTION_ILLUMINATION_CORRECTION":
                     f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (200..211)",
                     "SELECTION_ILLUMINATION_CORRECTION_V":
@@ -171,6 +182,8 @@ def full_set_plan(base: Mapping[str, Any], types: Sequence[FullSetType] = FULL_S
            "selections": dict(base.get("selections", {}))}
     for t in _run(types):
         for block in t.blocks:
+            if any(block == u.blocks[k] for u in _run(types)[:_run(types).index(t)] for k in range(len(u.blocks))):
+                continue  # shared with an earlier type (the ramp)
             b = dict(block)
             day = int(b.pop("day_obs"))
             night = next((n for n in doc["nights"] if int(n["day_obs"]) == day), None)
@@ -225,7 +238,7 @@ def full_set_steps(types: Sequence[FullSetType] = FULL_SET,
         build, cert, verify = step_names(t)
         band = {"band": t.band} if t.band else {}
         steps.append({"name": build, "kind": "submit", "template": str(templates.get(t.build, t.build)),
-                      "builds": t.product, **band})
+                      "builds": t.product, **band, **({"vars": dict(t.vars)} if t.vars else {})})
         steps.append({"name": cert, "kind": "certify", "dataset_type": t.product, **band, **t.certify})
         steps.append({"name": verify, "kind": "submit", "template": str(templates.get(t.verify, t.verify)),
                       "verifies": t.product, **band})

@@ -57,7 +57,7 @@ PRODUCT_NEEDS: dict[str, tuple[str, ...]] = {
 #: crosstalk applied.  Only pairs that do not close a cycle with :data:`PRODUCT_NEEDS` (the PTC cannot use a
 #: crosstalk measured with its gains).
 USES_WHEN_CERTIFIED: dict[str, tuple[str, ...]] = {
-    "ptc": ("linearizer",),
+    "ptc": ("linearizer", "cti"),
     "bias": ("linearizer", "crosstalk"),
     "dark": ("linearizer", "crosstalk"),
     "flat": ("linearizer", "crosstalk"),

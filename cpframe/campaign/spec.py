@@ -211,6 +211,18 @@ def _gen_names(builds: str, band: str | None, v: Mapping[str, str]) -> tuple[str
     return out, run
 
 
+def _rendered_output(path: Path, variables: Mapping[str, str]) -> str | None:
+    """``payload.output`` of a template rendered with the campaign's variables (None when it cannot be)."""
+    from cpframe.execution.templates import render
+
+    try:
+        r = render(path, variables, environ={**os.environ, **variables}, allow_unset=True)
+    except CpframeError:
+        return None
+    out = (r.config.get("payload") or {}).get("output")
+    return str(out) if out and "$" not in str(out) else None
+
+
 def _verify_output(target: str, band: str | None, v: Mapping[str, str]) -> str:
     stem = f"verify{target[0].upper()}{target[1:]}" + (f"-{band}" if band else "")
     return f"{v['TAG_PREFIX']}/{stem}.{v['VERIFY_RERUN']}"
@@ -458,7 +470,10 @@ def _parse_submit(step: Step, rs: dict, v: Mapping[str, str], path: Path, sub, p
     if not isinstance(step_vars, dict):
         problems.append(f"{where}: 'vars' must be a mapping NAME: value")
         step_vars = {}
-    allv = {**v, **{str(k): str(x) for k, x in step_vars.items()}}
+    # ${NAME} of a campaign variable is its campaign value (CALIB_COLLECTIONS: ${TICKET_CHAIN},${CALIB_COLLECTIONS});
+    # other names are left for the template
+    step_vars = {str(k): _substitute(str(x), v, set()) for k, x in step_vars.items()}
+    allv = {**v, **step_vars}
     sel = (SELECTION_OF_BUILD.get(builds) if builds else SELECTION_OF_VERIFY.get(verifies))
     if sel:
         sel = sel.format(band=band or "")
@@ -476,7 +491,8 @@ def _parse_submit(step: Step, rs: dict, v: Mapping[str, str], path: Path, sub, p
         if builds:
             gen_out, gen_run = _gen_names(builds, band, allv)
         else:
-            gen_out = _verify_output(verifies, band, allv)
+            # the template's own name when it renders (verifyLinearizer.${RERUN}, verifyGainCorrection...)
+            gen_out = (_rendered_output(tpath, allv) if tpath else None) or _verify_output(verifies, band, allv)
     return replace(
         step, template=str(tpath) if tpath else tname, builds=builds, verifies=verifies, band=band,
         vars=tuple(sorted((str(k), str(x)) for k, x in step_vars.items())),

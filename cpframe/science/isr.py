@@ -423,7 +423,10 @@ def _read_crosstalk(path: str):
     (2,n,n) [linear, quadratic], ``.npz`` or text."""
     if path.endswith(".json"):
         calib = read_crosstalk(path)
-        return calib.coeffs, (calib.coeffs_sqr if np.any(calib.coeffs_sqr) else None)
+        # a measured crosstalk always carries its quadratic matrix (zero with fluxOrder 0), as ip_isr's
+        # CrosstalkCalib does: pipelines asking for the quadratic correction then apply a zero term instead of
+        # failing for want of coefficients (cpframe demo --full-set found it: cpBias after a certified crosstalk)
+        return calib.coeffs, np.asarray(calib.coeffs_sqr, dtype=np.float64)
     if path.endswith(".npz"):
         with np.load(path) as z:
             lin = np.asarray(z["linear"] if "linear" in z else z[z.files[0]], dtype=np.float64)
