@@ -117,7 +117,7 @@ def test_errors_and_no_data(tmp_path):
     assert not (tmp_path / "out.fits").exists()
     # a radial function that reaches 0 at the centre: those pixels are NO_DATA, not inf
     ref = write_flat_gradient(tmp_path / "ref2.json", FlatGradient([0.0, 50.0, 100.0], [1.0, 1.0, 1.0]))
-    zero = write_flat_gradient(tmp_path / "z.json", FlatGradient([0.0, 5.0, 100.0], [0.0, 1.0, 1.0]))
+    zero = write_flat_gradient(tmp_path / "z.json", FlatGradient([0.0, 5.0, 10.0, 100.0], [0.0, 0.0, 1.0, 1.0]))
     out = flat_gradient_apply_task(str(src), str(zero), str(ref), tmp_path / "out2.fits")
     m = read_masked(out.path)
     nd = (m.mask & (1 << MASK_BITS["NO_DATA"])) != 0

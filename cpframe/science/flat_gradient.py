@@ -36,7 +36,8 @@ The product is a ``json`` file (:func:`write_flat_gradient`).
 with (a, b, S, centroid, normalisation) of the new flat's ``flat_gradient`` and S_ref the
 radial function of the certified ``flat_gradient_reference``: the planar gradient of the new
 flat is removed and its radial shape replaced by the reference's.  The variance is multiplied
-by f²; pixels where f is not finite (a radial function at or below 0) become NaN with ``NO_DATA``.
+by f²; pixels where f is not finite or not positive (a radial function at or below 0) become NaN with
+``NO_DATA``.
 """
 
 from __future__ import annotations
@@ -423,7 +424,7 @@ def flat_gradient_apply_task(flat_path: str, gradient_path: str, reference_path:
         yy, xg = np.meshgrid(np.arange(r0, min(ny, r0 + rows), dtype=np.float64), xx, indexing="ij")
         xf, yf = pixel_to_focal_plane(camera, det, xg, yy)
         f = correction_factor(grad, ref, xf, yf)
-        bad = ~np.isfinite(f)
+        bad = ~np.isfinite(f) | (f <= 0)  # a radial function at or below 0 (Akima overshoot near a 0 node)
         if not bad.all():
             lo, hi = min(lo, float(np.min(f[~bad]))), max(hi, float(np.max(f[~bad])))
         image[r0:r0 + rows] *= f
