@@ -80,7 +80,8 @@ class FlatGradientApply(TaskKind):
 
     @classmethod
     def plan(cls, task, settings, explicit):
-        return {"calibration": (task.calibrations or ("flat_gradient_reference",))[0]}, []
+        # no options (cp_pipe's config has none); the reference's dataset type follows the connection
+        return {"config": {}, "calibration": (task.calibrations or ("flat_gradient_reference",))[0]}, []
 
     @classmethod
     def run(cls, spec, groups):
