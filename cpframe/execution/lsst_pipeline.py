@@ -318,6 +318,14 @@ def _expand_labels(doc: _Doc, names: Sequence[str], where: str) -> list[str]:
 # ------------------------------------------------------------------------------------------
 # translation
 # ------------------------------------------------------------------------------------------
+def _real_field(cls: str, name: str) -> bool:
+    """True when some version of the real class ``cls`` has the config field ``name`` (its top-level part):
+    a field cpframe does not implement, not a typo (:mod:`cpframe.execution.lsst_fields`)."""
+    from cpframe.execution.lsst_fields import known_fields
+
+    return name.split(".", 1)[0] in known_fields(cls)
+
+
 def _ignored(name: str, patterns: Sequence[str]) -> bool:
     return any(name == p or (p.endswith("*") and name.startswith(p[:-1])) for p in patterns)
 
@@ -432,8 +440,8 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
         what = sorted(set(not_built.values()))
         raise PipelineError(
             f"{p}: cpframe does not build {', '.join(what)} yet (tasks "
-            f"{', '.join(f'{lab} ({classes[lab]})' for lab in not_built)}). cpframe builds bias, dark, flat, "
-            "defects and PTC (with their bootstraps) and verifies them.")
+            f"{', '.join(f'{lab} ({classes[lab]})' for lab in not_built)}). The calibration types cpframe "
+            "builds and verifies, and the real task classes it runs, are listed in docs/kinds.md.")
     unknown = [lab for lab, c in classes.items() if c not in lsst_classes() and c not in SKIPPED
                and c not in _DEFECT_MEASURE + _DEFECT_MERGE + _PTC_ADJUST + _XT_FILTER and c not in _CHAIN]
     if unknown:
@@ -528,11 +536,13 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
                 cfg[cmap.fields[fld]] = val
                 if fld in _explicit_fields(doc.tasks[label]):
                     explicit.append(cmap.fields[fld])
-            elif _ignored(fld, cmap.ignored):
+            elif _ignored(fld, cmap.ignored) or _real_field(r.cls, fld):
                 if fld in _explicit_fields(doc.tasks[label]):
                     accepted.append(f"{fld}={val!r}")
             else:
-                close = difflib.get_close_matches(fld, [*cmap.fields, *cmap.ignored], n=1)
+                from cpframe.execution.lsst_fields import known_fields
+
+                close = difflib.get_close_matches(fld, [*cmap.fields, *cmap.ignored, *known_fields(r.cls)], n=1)
                 problems.append(f"{r.file}: tasks.{label}: unknown config field {fld!r} for "
                                 f"{r.cls.rsplit('.', 1)[-1]}{f' (did you mean {close[0]!r}?)' if close else ''}")
         if accepted:
@@ -629,6 +639,11 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
         items = "\n".join(f"  - {x}" for x in problems)
         raise PipelineError(f"{p}: {len(problems)} problem{'s' if len(problems) > 1 else ''} in the LSST "
                             f"pipeline:\n{items}")
+    if not tasks:  # cpPlotPtc.yaml: plots only
+        what = sorted({SKIPPED.get(r.cls, r.cls.rsplit('.', 1)[-1]) for r in resolved.values()})
+        raise PipelineError(f"{p}: nothing for cpframe to run: every task of this pipeline ("
+                            f"{', '.join(resolved)}) makes what cpframe does not make ({', '.join(what)}). "
+                            "Submit the pipeline that builds the calibration instead (docs/kinds.md).")
     # declare intermediate / renamed outputs with the task's dimensions
     for lab, t in tasks.items():
         for i, name in enumerate([t["output"], *t.get("extraOutputs", [])]):
@@ -720,7 +735,7 @@ def _defects_task(merge: _Resolved, measures: list[_Resolved], notes: list[str],
                                  "cpframe measures all defects with one configuration, the last one given is used")
                 cfg[fld] = val
                 explicit.append(fld)
-            elif _ignored(fld, _DEFECT_IGNORED):
+            elif _ignored(fld, _DEFECT_IGNORED) or _real_field(r.cls, fld):
                 notes.append(f"{r.label}: accepted, not implemented by cpframe: {fld}={val!r}")
             else:
                 close = difflib.get_close_matches(fld, list(_DEFECT_FIELDS), n=1)
