@@ -368,7 +368,7 @@ def _needs_flat_of(plan: Any) -> dict[str, set[str]]:
 
 def demo_campaign(repo_root: Path, bands: Sequence[str], selections: dict[str, str],
                   detectors: Sequence[int] | None = None, flat_needs: dict[str, set[str]] | None = None,
-                  extra_steps: Sequence[dict] = ()):
+                  extra_steps: Sequence[dict] = (), templates: dict | None = None):
     """The demo campaign (``templates/campaign_demo.yaml``) for ``repo_root``, ``bands`` and ``detectors``.
 
     When only some detectors were simulated, every selection is narrowed to them, and so is
@@ -377,7 +377,8 @@ def demo_campaign(repo_root: Path, bands: Sequence[str], selections: dict[str, s
     allows.
     Verify steps whose exposures need the flat of a band left out (``flat_needs``) are dropped.
     ``extra_steps`` (campaign-file form, ``--full-set``) are added before the verification steps;
-    the campaign orders them by the calibration dependencies.
+    the campaign orders them by the calibration dependencies.  ``templates`` (name -> path) replaces
+    the shipped templates of the demo's own steps (``--full-set``: copies with mini-detector options).
     """
     from cpframe.camera.models import load_camera
     from cpframe.campaign.runner import parse_campaign
@@ -388,6 +389,9 @@ def demo_campaign(repo_root: Path, bands: Sequence[str], selections: dict[str, s
     if extra_steps:
         first_verify = next(i for i, s in enumerate(doc["steps"]) if s["name"].startswith("verify-"))
         doc["steps"][first_verify:first_verify] = [dict(s) for s in extra_steps]
+    for s in doc["steps"]:
+        if s.get("template") in (templates or {}):
+            s["template"] = str(templates[s["template"]])
         doc["name"] = "demo-full-set"
         doc["description"] = "The demo's products and every other type cpframe builds (cpframe demo --full-set)"
     doc["steps"] = [s for s in doc["steps"] if s.get("band", _band_of_step(s)) in (None, *bands)
@@ -522,6 +526,7 @@ def run_demo(
     d.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(opts, indent=2))
     extra_steps: list[dict] = []
+    templates: dict = {}
     effects: dict = {}
     types: tuple = ()
     if full_set:
@@ -531,7 +536,8 @@ def run_demo(
         plan = _full_set_plan(d)
         specs, selections, _, _ = _demo_specs(plan, bands, None)
         effects = full_set_effects(types)
-        extra_steps = full_set_steps(types, full_set_templates(d / "templates", types))
+        templates = full_set_templates(d / "templates", types)
+        extra_steps = full_set_steps(types, templates)
         for t in types:
             if t.not_run:
                 echo(f"(--full-set: {t.name} not run: {t.not_run})")
@@ -547,7 +553,7 @@ def run_demo(
     t0 = time.monotonic()
     repo_root = d / "repo"
     flat_needs = _needs_flat_of(plan)
-    camp = demo_campaign(repo_root, bands, selections, detectors, flat_needs, extra_steps)
+    camp = demo_campaign(repo_root, bands, selections, detectors, flat_needs, extra_steps, templates)
     for step, need in flat_needs.items():
         if not need <= set(bands):
             echo(f"({step} left out: its exposures need the {', '.join(sorted(need))} flat; "
