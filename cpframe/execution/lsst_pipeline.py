@@ -88,7 +88,7 @@ _XT_FILTER = tuple(c for c, role in _FOLDED.items() if role == "filter")
 
 _STORAGE = {"starMeasure": "json", "illuminationSolve": "fits-masked", "crosstalkExtract": "json", "linearitySolve": "json", "linearityNormalize": "json", "isr": "fits-masked", "darkCr": "fits-masked", "flatMeasure": "json", "flatNormalize": "json",
             "combine": "fits-masked", "ptcExtract": "json", "ptcSolve": "fits-ptc", "verifyStats": "json",
-            "defects": "ecsv-defects", "flatGradientApply": "fits-masked"}
+            "defects": "ecsv-defects", "flatGradientApply": "fits-masked", "combineTwoFlats": "fits-masked"}
 
 
 def _canonical(cls: str) -> str:
