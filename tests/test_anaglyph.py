@@ -162,3 +162,74 @@ def test_real_anaglyph_template_runs_unchanged(tmp_path, local_dask, monkeypatch
         assert worst < SHAPE_TOL, worst
     finally:
         repo.close()
+
+
+def test_lsstcam_real_anaglyph_template_runs_unchanged_with_the_stack(tmp_path, local_dask, monkeypatch):
+    """bps_flat_anaglyph_g with the stack set and INSTRUMENT=LSSTCam: the real cpFlatAnaglyph.yaml, on nine LSSTCam
+    mini detectors along the diagonal (the gradient fits need radii); the colour mix is checked (beta)."""
+    from cpframe.camera.simulate import ExposureSpec, make_truth, simulate
+    from cpframe.core.model import DatasetType
+    from cpframe.execution.submit import submit_template
+    from cpframe.repository.ingest import ingest_raws
+    from cpframe.repository.repo import Repository
+    from tests._run_helpers import put_certified, write_truth_defects, write_truth_ptc
+    from tests.test_flat_gradient_apply import DIAGONAL, LSSTCAM, truth_reference
+    from tests.test_lsst_templates import CP_PIPE, STACK
+
+    inst = "LSSTCam"
+    truth = make_truth(LSSTCAM, SEED, qe=False, vignetting=False, flat_gradient=True, led_flats=S, cosmics=False)
+    reasons = [f"single_led_flat_{BLUE}"] * 3 + [f"single_led_flat_{RED}"] * 3
+    specs = [ExposureSpec(20241110, i + 1, "flat", "g_6", 10.0, 10.3, f"2024-11-10T20:{i:02d}:00", reason, "LED",
+                          5000.0) for i, reason in enumerate(reasons)]
+    paths = simulate(specs, tmp_path / "raw", inst, "mini", seed=SEED, detectors=list(DIAGONAL), workers=2,
+                     truth=truth)
+    repo = Repository.create(tmp_path / "repo")
+    try:
+        report = ingest_raws(repo, [str(p) for p in paths], run="LSSTCam/raw/all", transfer="direct", processes=1)
+        assert not report.failed, report.summary()
+        coll = "LSSTCam/calib/DM-TEST/truth"
+        items: dict[str, list] = {k: [] for k in ("ptc", "defects", "bias", "dark")}
+        for d in DIAGONAL:
+            det = LSSTCAM.detector(d)
+            did = {"instrument": inst, "detector": d}
+            z, zm = np.zeros(det.shape, np.float32), np.zeros(det.shape, np.int32)
+            head = {"INSTRUME": inst, "DETECTOR": d, "DETNAME": det.name, "CAMSCALE": "mini",
+                    "LSST ISR UNITS": "electron"}
+            items["ptc"].append((write_truth_ptc(tmp_path / f"ptc{d}.fits", truth, d, inst), did))
+            items["defects"].append((write_truth_defects(tmp_path / f"def{d}.ecsv", truth, d, inst), did))
+            items["bias"].append((write_masked(tmp_path / f"bias{d}.fits", z, zm, z + 1.0, head), did))
+            items["dark"].append((write_masked(tmp_path / f"dark{d}.fits", z, zm, z, head), did))
+        items["flat_gradient_reference"] = [(truth_reference(truth, "g", "g_6", tmp_path / "ref.json"),
+                                             {"instrument": inst, "physical_filter": "g_6"})]
+        repo.registry.register_dataset_type(DatasetType("flat_gradient_reference", ("instrument", "physical_filter"),
+                                                        True, "json"))
+        for dt, its in items.items():
+            put_certified(repo, dt, its, f"{coll}/{dt}-run", coll)
+        repo.registry.set_chain("LSSTCam/calib/DM-TEST", [coll], mode="redefine")
+        for k, v in STACK.items():
+            monkeypatch.setenv(k, v)
+        env = {"USER_CALIB_PREFIX": "", "INSTRUMENT": inst, "TICKET": "DM-TEST", "REPO": str(repo.root),
+               "RAW_COLLECTION": "LSSTCam/raw/all", "CALIB_COLLECTIONS": coll, "TAG": "test", "RERUN": "20241110a",
+               "SCRATCH": str(tmp_path / "scratch"), "USER": "tester", "PATH": "/usr/bin:/bin", **STACK,
+               "SELECTION_FLAT_g": "instrument='LSSTCam' and exposure.observation_type='flat'"}
+        res = submit_template(CP_PIPE / "bps/templates/bps_flat_anaglyph_g.yaml", environ=env,
+                              client=local_dask.client, argv=["cpframe", "submit"])
+        assert res.counts == {"flat": len(DIAGONAL)}, res.counts
+        radius = field_radius_mm(LSSTCAM)
+        pb, pr = led_params(SEED, BLUE, S, radius), led_params(SEED, RED, S, radius)
+        beta_true = S * (W * pb["t"] + (1 - W) * pr["t"])
+        band = truth.bands["g"]
+        betas = []
+        for ref in repo.registry.query_datasets("flat", collections=[res.run]):
+            d = int(ref.data_id["detector"])
+            det = LSSTCAM.detector(d)
+            m = read_masked(repo.get_path(ref))
+            yy, xx = np.mgrid[0:det.shape[0], 0:det.shape[1]]
+            xf, yf = pixel_to_focal_plane(LSSTCAM, det, xx, yy)
+            base = truth.flat(d, "g") * (1.0 + band["fp_gradient_x"] * xf + band["fp_gradient_y"] * yf)
+            good = (base > 0.5 * np.median(base)) & np.isfinite(m.image)
+            rr, cc = m.image[good] / base[good], pixel_colour(SEED, d, det.shape)[good]
+            betas.append(float(np.cov(rr, cc)[0, 1] / np.var(cc) / np.mean(rr)))
+        assert abs(float(np.mean(betas)) - beta_true) < BETA_TOL * S, (betas, beta_true)
+    finally:
+        repo.close()
