@@ -558,6 +558,13 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
             # cp_pipe: without useBfkPtc the kernel is solved from the certified PTC (inputPtc)
             task["inputs"] = []
             task["calibrations"] = [_connection(cmap, r.values, "inputPtc", "ptc")]
+        if cmap.kind == "electrostaticBfSolve":
+            # cp_pipe: useBfPtc reads the pipeline's own PTC (inputBfPtc); otherwise the certified ptc (inputPtc),
+            # the raws (dummy) only placing the quantum
+            if cfg.get("useBfPtc"):
+                task["inputs"] = [_connection(cmap, r.values, "inputBfPtc", "bfPtc")]
+            else:
+                task["calibrations"] = [_connection(cmap, r.values, "inputPtc", "ptc")]
         if cmap.kind == "ptcSolve" and cfg.get("ptcFitType") not in (None, *_PTC_FIT_TYPES):
             notes.append(f"{label}: ptcFitType={cfg['ptcFitType']!r} is not implemented by cpframe "
                          f"({', '.join(_PTC_FIT_TYPES)} are); EXPAPPROXIMATION is fitted")
