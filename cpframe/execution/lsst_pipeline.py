@@ -88,7 +88,7 @@ _XT_FILTER = tuple(c for c, role in _FOLDED.items() if role == "filter")
 
 _STORAGE = {"starMeasure": "json", "illuminationSolve": "fits-masked", "crosstalkExtract": "json", "linearitySolve": "json", "linearityNormalize": "json", "isr": "fits-masked", "darkCr": "fits-masked", "flatMeasure": "json", "flatNormalize": "json",
             "combine": "fits-masked", "ptcExtract": "json", "ptcSolve": "fits-ptc", "verifyStats": "json",
-            "defects": "ecsv-defects"}
+            "defects": "ecsv-defects", "flatGradientApply": "fits-masked"}
 
 
 def _canonical(cls: str) -> str:
@@ -526,7 +526,8 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
                 continue
             if fld.startswith("connections."):
                 conn = fld.split(".", 1)[1]
-                known = {c for c, _ in cmap.inputs} | {cmap.output[0]} | set(cmap.extra_connections)
+                known = {c for c, _ in cmap.inputs} | {cmap.output[0]} | set(cmap.extra_connections) | \
+                    {c for c, _ in cmap.calibrations}
                 if conn not in known and not cmap.kind.startswith("verify"):
                     problems.append(f"{r.file}: tasks.{label}: unknown connection {conn!r} for "
                                     f"{r.cls.rsplit('.', 1)[-1]}; known: {', '.join(sorted(known))}")
@@ -558,8 +559,13 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
         inputs = [_connection(cmap, r.values, c, d) for c, d in cmap.inputs
                   if c not in cmap.optional_inputs or f"connections.{c}" in r.values]
         out = _connection(cmap, r.values, *cmap.output)
+        if cmap.kind == "flatGradientFit" and not cfg.get("doReferenceGradient"):
+            # cp_pipe's connections keep output_gradient, not output_reference_gradient, without do_reference_gradient
+            out = _connection(cmap, r.values, "output_gradient", "flat_gradient")
         task = {"kind": cmap.kind, "dimensions": list(cmap.dimensions), "inputs": inputs, "output": out,
                 "config": cfg, "explicit": explicit, "lsstClass": r.cls}
+        if cmap.calibrations:
+            task["calibrations"] = [_connection(cmap, r.values, c, d) for c, d in cmap.calibrations]
         if cmap.kind == "combine":
             ct = cfg.get("calibrationType")
             if ct in ("bias", "dark", "flat") and out == f"{ct}Bootstrap":
