@@ -66,8 +66,8 @@ OWN_PIPELINE_ONLY = {
     # cp_pipe ships cpCrosstalk.yaml for LSSTCam only: with INSTRUMENT=LSSTComCam the file does not exist
     # (bps submit fails the same way); with INSTRUMENT=LSSTCam it plans (test_crosstalk_and_cti_real_files_plan)
     "bps_crosstalk": "not found",
-    # cpGainCorrection.yaml is LSSTCam-only too; with INSTRUMENT=LSSTCam its flat gradient tasks are read
-    # (test_gain_correction_real_file_plans)
+    # cpGainCorrection.yaml is LSSTCam-only too; with INSTRUMENT=LSSTCam it plans (test_flat_gradient_reference_real_
+    # file_plans) and runs (tests/test_flat_gradient_apply.py::test_lsstcam_real_gain_correction_template_runs_unchanged)
     "bps_gain_correction": "not found",
     # cpFlatGradientReference.yaml is LSSTCam-only too; with INSTRUMENT=LSSTCam the real file plans
     # (test_flat_gradient_reference_real_file_plans)
@@ -183,8 +183,8 @@ def test_linearizer_real_files_map(stack_env):
 @pytest.mark.parametrize("stack_env", [True], indirect=True)
 def test_flat_gradient_reference_real_file_plans(stack_env):
     """The real LSSTCam cpFlatGradientReference.yaml (stack set) maps CpFlatFitGradientsTask onto flatGradientFit
-    (issue 13); the real cpGainCorrection.yaml reads CpMeasureGainCorrectionTask but stops at the flat gradient
-    correction (CpFlatApplyGradientsTask), which cpframe does not build yet."""
+    (issue 13); the real cpGainCorrection.yaml and cpFlat.yaml fit the new flat's gradient (flat_gradient) and
+    correct it against the certified reference (CpFlatApplyGradientsTask -> flatGradientApply)."""
     env = {**stack_env, "INSTRUMENT": "LSSTCam"}
     r = render(CP_PIPE / "bps/templates/bps_flat_gradient_reference_r.yaml", environ=env)
     _, pipe = validate_stage(r)
@@ -192,9 +192,20 @@ def test_flat_gradient_reference_real_file_plans(stack_env):
     assert (fit.kind, fit.inputs, fit.output) == ("flatGradientFit", ("flat",), "flat_gradient_reference")
     assert fit.config["doReferenceGradient"] is True and fit.config["doFitGradient"] is True
     assert [t.kind for t in pipe.tasks] == ["isr", "flatMeasure", "flatNormalize", "combine", "flatGradientFit"]
+    assert fit.calibrations == ("defects",)  # cp_pipe's input_defects prerequisite
     gc = render(CP_PIPE / "bps/templates/bps_gain_correction.yaml", environ=env)
-    with pytest.raises(PipelineError, match=r"does not build flat gradient correction \(CpFlatApplyGradientsTask\)"):
-        validate_stage(gc)
+    _, pipe = validate_stage(gc)
+    assert [(t.label, t.kind, t.inputs, t.output, t.calibrations) for t in pipe.tasks[3:]] == [
+        ("cpFlatCombine", "combine", ("cpFlatIsrExp", "cpFlatNormalizeScales"), "flat_uncorrected", ()),
+        ("cpFlatFitGradients", "flatGradientFit", ("flat_uncorrected",), "flat_gradient", ("defects",)),
+        ("cpFlatApplyGradients", "flatGradientApply", ("flat_uncorrected", "flat_gradient"), "flat_gain_correction",
+         ("flat_gradient_reference",)),
+        ("cpMeasureGainCorrection", "gainCorrection", ("flat_gain_correction",), "gain_correction", ("flat", "ptc"))]
+    assert pipe.task("cpFlatFitGradients").config["doFitCentroid"] is True
+    flat = render(CP_PIPE / "bps/templates/bps_flat_r.yaml", environ=env)
+    _, pipe = validate_stage(flat)
+    assert [(t.kind, t.output) for t in pipe.tasks][-2:] == [("flatGradientFit", "flat_gradient"),
+                                                            ("flatGradientApply", "flat")]
 
 
 @pytest.mark.parametrize("stack_env", [True], indirect=True)

@@ -88,7 +88,7 @@ _XT_FILTER = tuple(c for c, role in _FOLDED.items() if role == "filter")
 
 _STORAGE = {"starMeasure": "json", "illuminationSolve": "fits-masked", "crosstalkExtract": "json", "linearitySolve": "json", "linearityNormalize": "json", "isr": "fits-masked", "darkCr": "fits-masked", "flatMeasure": "json", "flatNormalize": "json",
             "combine": "fits-masked", "ptcExtract": "json", "ptcSolve": "fits-ptc", "verifyStats": "json",
-            "defects": "ecsv-defects"}
+            "defects": "ecsv-defects", "flatGradientApply": "fits-masked"}
 
 
 def _canonical(cls: str) -> str:
@@ -318,6 +318,14 @@ def _expand_labels(doc: _Doc, names: Sequence[str], where: str) -> list[str]:
 # ------------------------------------------------------------------------------------------
 # translation
 # ------------------------------------------------------------------------------------------
+def _real_field(cls: str, name: str) -> bool:
+    """True when some version of the real class ``cls`` has the config field ``name`` (its top-level part):
+    a field cpframe does not implement, not a typo (:mod:`cpframe.execution.lsst_fields`)."""
+    from cpframe.execution.lsst_fields import known_fields
+
+    return name.split(".", 1)[0] in known_fields(cls)
+
+
 def _ignored(name: str, patterns: Sequence[str]) -> bool:
     return any(name == p or (p.endswith("*") and name.startswith(p[:-1])) for p in patterns)
 
@@ -432,8 +440,8 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
         what = sorted(set(not_built.values()))
         raise PipelineError(
             f"{p}: cpframe does not build {', '.join(what)} yet (tasks "
-            f"{', '.join(f'{lab} ({classes[lab]})' for lab in not_built)}). cpframe builds bias, dark, flat, "
-            "defects and PTC (with their bootstraps) and verifies them.")
+            f"{', '.join(f'{lab} ({classes[lab]})' for lab in not_built)}). The calibration types cpframe "
+            "builds and verifies, and the real task classes it runs, are listed in docs/kinds.md.")
     unknown = [lab for lab, c in classes.items() if c not in lsst_classes() and c not in SKIPPED
                and c not in _DEFECT_MEASURE + _DEFECT_MERGE + _PTC_ADJUST + _XT_FILTER and c not in _CHAIN]
     if unknown:
@@ -518,7 +526,8 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
                 continue
             if fld.startswith("connections."):
                 conn = fld.split(".", 1)[1]
-                known = {c for c, _ in cmap.inputs} | {cmap.output[0]} | set(cmap.extra_connections)
+                known = {c for c, _ in cmap.inputs} | {cmap.output[0]} | set(cmap.extra_connections) | \
+                    {c for c, _ in cmap.calibrations}
                 if conn not in known and not cmap.kind.startswith("verify"):
                     problems.append(f"{r.file}: tasks.{label}: unknown connection {conn!r} for "
                                     f"{r.cls.rsplit('.', 1)[-1]}; known: {', '.join(sorted(known))}")
@@ -527,11 +536,13 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
                 cfg[cmap.fields[fld]] = val
                 if fld in _explicit_fields(doc.tasks[label]):
                     explicit.append(cmap.fields[fld])
-            elif _ignored(fld, cmap.ignored):
+            elif _ignored(fld, cmap.ignored) or _real_field(r.cls, fld):
                 if fld in _explicit_fields(doc.tasks[label]):
                     accepted.append(f"{fld}={val!r}")
             else:
-                close = difflib.get_close_matches(fld, [*cmap.fields, *cmap.ignored], n=1)
+                from cpframe.execution.lsst_fields import known_fields
+
+                close = difflib.get_close_matches(fld, [*cmap.fields, *cmap.ignored, *known_fields(r.cls)], n=1)
                 problems.append(f"{r.file}: tasks.{label}: unknown config field {fld!r} for "
                                 f"{r.cls.rsplit('.', 1)[-1]}{f' (did you mean {close[0]!r}?)' if close else ''}")
         if accepted:
@@ -548,8 +559,13 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
         inputs = [_connection(cmap, r.values, c, d) for c, d in cmap.inputs
                   if c not in cmap.optional_inputs or f"connections.{c}" in r.values]
         out = _connection(cmap, r.values, *cmap.output)
+        if cmap.kind == "flatGradientFit" and not cfg.get("doReferenceGradient"):
+            # cp_pipe's connections keep output_gradient, not output_reference_gradient, without do_reference_gradient
+            out = _connection(cmap, r.values, "output_gradient", "flat_gradient")
         task = {"kind": cmap.kind, "dimensions": list(cmap.dimensions), "inputs": inputs, "output": out,
                 "config": cfg, "explicit": explicit, "lsstClass": r.cls}
+        if cmap.calibrations:
+            task["calibrations"] = [_connection(cmap, r.values, c, d) for c, d in cmap.calibrations]
         if cmap.kind == "combine":
             ct = cfg.get("calibrationType")
             if ct in ("bias", "dark", "flat") and out == f"{ct}Bootstrap":
@@ -630,6 +646,11 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
         items = "\n".join(f"  - {x}" for x in problems)
         raise PipelineError(f"{p}: {len(problems)} problem{'s' if len(problems) > 1 else ''} in the LSST "
                             f"pipeline:\n{items}")
+    if not tasks:  # cpPlotPtc.yaml: plots only
+        what = sorted({SKIPPED.get(r.cls, r.cls.rsplit('.', 1)[-1]) for r in resolved.values()})
+        raise PipelineError(f"{p}: nothing for cpframe to run: every task of this pipeline ("
+                            f"{', '.join(resolved)}) makes what cpframe does not make ({', '.join(what)}). "
+                            "Submit the pipeline that builds the calibration instead (docs/kinds.md).")
     # declare intermediate / renamed outputs with the task's dimensions
     for lab, t in tasks.items():
         for i, name in enumerate([t["output"], *t.get("extraOutputs", [])]):
@@ -721,7 +742,7 @@ def _defects_task(merge: _Resolved, measures: list[_Resolved], notes: list[str],
                                  "cpframe measures all defects with one configuration, the last one given is used")
                 cfg[fld] = val
                 explicit.append(fld)
-            elif _ignored(fld, _DEFECT_IGNORED):
+            elif _ignored(fld, _DEFECT_IGNORED) or _real_field(r.cls, fld):
                 notes.append(f"{r.label}: accepted, not implemented by cpframe: {fld}={val!r}")
             else:
                 close = difflib.get_close_matches(fld, list(_DEFECT_FIELDS), n=1)
