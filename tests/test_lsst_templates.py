@@ -57,7 +57,9 @@ BUILT = {
 #: CrosstalkExtract/Solve, the filter folded into the solve, CpCtiSolve are in the kinds' task_classes).
 LSST_READ_TOO = {"bps_cti", "bps_bfk", "bps_verify_linearizer",
                  # CharacterizeImageTask -> starMeasure, CpVerifyBfkTask -> verifyStats BFK_STARS (tests/test_bfk_stars.py)
-                 "bps_verify_bfk"}
+                 "bps_verify_bfk",
+                 # ElectrostaticBrighterFatterSolveTask -> electrostaticBfSolve (tests/test_electrostatic.py)
+                 "bps_electrostaticBFDistortionMatrix"}
 #: Templates whose types cpframe builds with its own pipelines only: with the stack unset the real template
 #: reads cpframe's pipeline and plans; with it set they are refused, each for the reason given.
 OWN_PIPELINE_ONLY = {
@@ -336,9 +338,8 @@ def test_unknown_class_field_and_python_line_name_file_label_field(tmp_path):
 
 
 def test_not_built_names_the_calibration():
-    with pytest.raises(PipelineError, match=r"cpframe does not build electrostatic brighter-fatter distortion "
-                                            r"matrix yet .*ElectrostaticBrighterFatterSolveTask"):
-        load_pipeline(CP_PIPE / "pipelines/LSSTCam/cpElectrostaticBFDistortionMatrix.yaml", environ=STACK)
+    with pytest.raises(PipelineError, match=r"cpframe does not build filter scan yet .*CpFilterScanTask"):
+        load_pipeline(CP_PIPE / "pipelines/_ingredients/cpFilterScanLSST.yaml", environ=STACK)
     with pytest.raises(PipelineError, match=r"not found: cpframe does not build sky yet"):
         load_pipeline("/nonexistent/pipelines/cpSky.yaml")
 

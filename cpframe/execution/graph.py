@@ -559,7 +559,7 @@ def make_plan(
         from cpframe.core.model import tai_now_ns
 
         now_ns = tai_now_ns()
-    check_against_pipeline(submission, pipeline)
+    label_notes = check_against_pipeline(submission, pipeline)
     registry = repo.registry
     collections = tuple(submission.in_collections)
     _check_collections(registry, collections)
@@ -568,7 +568,7 @@ def make_plan(
     token = secrets.token_hex(3)
     items = _expand(pipeline, base, exposures, token)
     found, missing, optional_missing = _resolve_calibs(pipeline, registry, items, exposures, collections, now_ns)
-    notes: list[str] = list(getattr(pipeline, "notes", ()))
+    notes: list[str] = [*getattr(pipeline, "notes", ()), *label_notes]
     ignored = getattr(submission, "ignored_keys", ())
     if ignored:
         notes.append(f"ignored by cpframe (no meaning for a Dask back end): {', '.join(ignored)}")

@@ -44,7 +44,6 @@ SKIPPED = {
 #: Known classes that build a calibration cpframe does not build yet -> what they build.
 NOT_BUILT = {
     "lsst.cp.verify.CpVerifyCrosstalkTask": "crosstalk verification",
-    "lsst.cp.pipe.ElectrostaticBrighterFatterSolveTask": "electrostatic brighter-fatter distortion matrix",
     "lsst.cp.pipe.CpSkyImageTask": "sky", "lsst.cp.pipe.CpSkyScaleMeasureTask": "sky",
     "lsst.cp.pipe.CpSkySubtractBackgroundTask": "sky", "lsst.cp.pipe.CpSkyCombineTask": "sky",
     "lsst.cp.pipe.CpFilterScanTask": "filter scan",
