@@ -152,7 +152,8 @@ def test_downstream_products_apply_the_certified_calibrations(full):
 def test_products_match_the_injected_truth(full):
     """Numbers against the simulator's truth, independent of the verification code: the PTC gains (5 %, as the
     plain demo), the gain correction's adjustments (5e-4, tests/test_gain_correction.py), the CTI trap sizes
-    (20 %, tests/test_cti.py) and the crosstalk matrix (max(2e-6, 2 %), tests/test_crosstalk.py)."""
+    (20 %, tests/test_cti.py) and the crosstalk matrix (max(2e-6, 2 %), tests/test_crosstalk.py, for every
+    coefficient the solver kept)."""
     from astropy.table import Table
 
     from cpframe.camera.gain_drift import expected_adjustments
@@ -188,8 +189,12 @@ def test_products_match_the_injected_truth(full):
     true_xt = truth.detectors[DETECTOR].crosstalk
     off = ~np.eye(len(det.amps), dtype=bool)
     tol = np.maximum(2e-6, 0.02 * np.abs(true_xt))
-    bad = np.argwhere((np.abs(xt.coeffs - true_xt) > tol) & off)
+    kept = off & (xt.coeffs != 0)
+    bad = np.argwhere((np.abs(xt.coeffs - true_xt) > tol) & kept)
     assert not len(bad), [(t, s, true_xt[t, s], xt.coeffs[t, s]) for t, s in bad]
+    # doFiltering (cp_pipe) sets a coefficient it cannot tell from 0 to 0: with every effect on, a few of the
+    # smallest (here one of 240, 4.6e-6) are; none of the large ones may be
+    assert kept.sum() >= off.sum() - 3 and np.all(np.abs(true_xt[off & ~kept]) < 1e-5), true_xt[off & ~kept]
 
 
 # -- the table: a new type is one entry -----------------------------------------------------------
