@@ -94,7 +94,7 @@ class Isr(TaskKind):
         **{k: Option(bool, _field(k), doc="optional input: off when no bfk is found")
            for k in ("doBrighterFatter",) if k in _isr._ALIASES},
         **{k: Option(t, _field(k)) for k, t in (
-            ("brighterFatterCorrectionMethod", enum("COULTON18")), ("brighterFatterLevel", enum("DETECTOR")),
+            ("brighterFatterCorrectionMethod", enum("COULTON18", "ASTIER23")), ("brighterFatterLevel", enum("DETECTOR")),
             ("brighterFatterMaxIter", int), ("brighterFatterThreshold", float)) if k in _isr._ALIASES},
         **{k: Option(bool, None, False, doc="not implemented by cpframe; accepted when false")
            for k in _NOT_IMPLEMENTED},
@@ -131,7 +131,8 @@ class Isr(TaskKind):
             req.append("defects")
         if c.get("doIlluminationCorrection"):
             req.append("illuminationCorrection")
-        for flag, name in (("doCrosstalk", "crosstalk"), ("doDeferredCharge", "cti"), ("doBrighterFatter", "bfk")):
+        bf = "electroBfDistortionMatrix" if c.get("brighterFatterCorrectionMethod") == "ASTIER23" else "bfk"
+        for flag, name in (("doCrosstalk", "crosstalk"), ("doDeferredCharge", "cti"), ("doBrighterFatter", bf)):
             if c[flag]:
                 opt.append(name)
         if c.get("doCorrectGains") and not boot and not gains_from_lin:
@@ -147,8 +148,9 @@ class Isr(TaskKind):
     def for_quantum(cls, shared, found):
         """Optional steps whose calibration was not found for this quantum are switched off."""
         cfg = dict(shared["isr"])
+        bf = "electroBfDistortionMatrix" if cfg.get("brighterFatterCorrectionMethod") == "ASTIER23" else "bfk"
         for flag, calib in (("doCrosstalk", "crosstalk"), ("doLinearize", "linearizer"), ("doDeferredCharge", "cti"),
-                            ("doBrighterFatter", "bfk"), ("doCorrectGains", "gain_correction")):
+                            ("doBrighterFatter", bf), ("doCorrectGains", "gain_correction")):
             if cfg.get(flag) and calib not in found:
                 cfg[flag] = False
                 if flag == "doCrosstalk":
@@ -164,5 +166,7 @@ class Isr(TaskKind):
                   if paths and c != "manual_defects"}
         if "illuminationCorrection" in calibs:
             calibs["illumination"] = calibs.pop("illuminationCorrection")
+        if "electroBfDistortionMatrix" in calibs:
+            calibs["electro_bf"] = calibs.pop("electroBfDistortionMatrix")
         return isr_task(spec.raw_path, output_path(spec), spec.settings["isr"], calibs,
                         detector=spec.data_id["detector"])
