@@ -77,6 +77,9 @@ OWN_PIPELINE_ONLY = {
     # 'linearity', the normalisations read nothing), so it cannot run; LSSTCam's file plans and runs
     # (test_linearizer_real_files_map and tests/test_linearity.py::test_real_linearizer_templates_run_unchanged...)
     "bps_linearizer": "replaces the imported LinearityDoubleSplineSolveTask",
+    # cpFlatAnaglyph.yaml is LSSTCam-only too; with INSTRUMENT=LSSTCam the real file plans
+    # (test_anaglyph_real_file_plans) and runs (tests/test_anaglyph.py)
+    **{f"bps_flat_anaglyph_{b}": "not found" for b in "girzy"},
 }
 
 
@@ -206,6 +209,30 @@ def test_flat_gradient_reference_real_file_plans(stack_env):
     _, pipe = validate_stage(flat)
     assert [(t.kind, t.output) for t in pipe.tasks][-2:] == [("flatGradientFit", "flat_gradient"),
                                                             ("flatGradientApply", "flat")]
+
+
+@pytest.mark.parametrize("stack_env", [True], indirect=True)
+def test_anaglyph_real_file_plans(stack_env):
+    """The real LSSTCam cpFlatAnaglyph.yaml (issue 13): the two LEDs' flats down-selected by observation reason,
+    each fitted and gradient-corrected, then mixed with the template's weightOne."""
+    r = render(CP_PIPE / "bps/templates/bps_flat_anaglyph_z.yaml", environ={**stack_env, "INSTRUMENT": "LSSTCam"})
+    _, pipe = validate_stage(r)
+    assert [t.kind for t in pipe.tasks] == [
+        "isr", "flatMeasure", "flatNormalize", "flatNormalize", "combine", "combine", "flatGradientFit",
+        "flatGradientFit", "flatGradientApply", "flatGradientApply", "combineTwoFlats"]
+    blue, red = pipe.task("cpFlatBlueNormalize").config, pipe.task("cpFlatRedNormalize").config
+    assert (blue["doDownSelection"], blue["downSelectionField"], blue["downSelectionValue"]) == (
+        True, "observation_reason", "single_led_flat_m850l3")
+    assert red["downSelectionValue"] == "single_led_flat_m940l3"
+    mix = pipe.task("cpFlatRedBlueCombine")
+    assert (mix.inputs, mix.output, mix.config["weightOne"]) == (("flat_blue", "flat_red"), "flat", 0.65)
+    assert pipe.task("cpFlatBlueApplyGradients").calibrations == ("flat_gradient_reference",)
+    # cp_pipe's contract: the two down-selections differ
+    bad = {**stack_env, "INSTRUMENT": "LSSTCam"}
+    r = render(CP_PIPE / "bps/templates/bps_flat_anaglyph_z.yaml", environ=bad)
+    r.config["extraQgraphOptions"] = r.config["extraQgraphOptions"].replace("m940l3", "m850l3")
+    with pytest.raises(PipelineError, match="contract .*downSelectionValue.* does not hold"):
+        validate_stage(r)
 
 
 @pytest.mark.parametrize("stack_env", [True], indirect=True)

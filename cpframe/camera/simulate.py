@@ -47,6 +47,7 @@ from cpframe.camera.bf import apply_brighter_fatter
 from cpframe.camera.cti import apply_deferred_charge
 from cpframe.camera.gain_drift import exposure_gain
 from cpframe.camera import illumination as _illum
+from cpframe.camera import led_flats as _led
 from cpframe.camera.models import Camera, Detector, load_camera
 from cpframe.camera.nonlinearity import apply_nonlinearity
 from cpframe.camera.spots import spot_field
@@ -224,6 +225,8 @@ def simulate_detector(
     resp = truth.response(det.id, band) if light else None
     if light and illum:  # the dome flat's own pattern (camera/illumination.py)
         resp = _illum.dome_response(resp, truth.seed, det.id, spec.observation_type, illum)
+    if light and eff.get("led_flats") and _led.led_name(spec.observation_reason):  # camera/led_flats.py
+        resp = resp * _led.response_factor(truth, det, spec.observation_reason).astype(np.float32)
     dark_t = spec.dark_time if eff["dark_current"] or eff["defects"] or eff["manual_defects"] else 0.0
     extra = []  # sparse charges (y, x, e-): hot pixels, cosmic rays
     hot_y, hot_x, hot_rate = truth.hot_pixels(det.id)

@@ -32,7 +32,6 @@ is an error naming the file, the label and the field.
 
 from __future__ import annotations
 
-import ast
 import difflib
 import os
 import re
@@ -48,6 +47,7 @@ from cpframe.execution.kinds.defects import LSST_FIELDS as _DEFECT_FIELDS
 from cpframe.execution.kinds.defects import LSST_IGNORED as _DEFECT_IGNORED
 from cpframe.execution.kinds.illumination import CHAIN as _CHAIN
 from cpframe.execution.lsst_config import CALIB_BASELINE, MISSING, NOT_BUILT, SKIPPED, python_ops
+from cpframe.execution.lsst_contracts import check_contracts
 from cpframe.science.ptc import FIT_TYPES as _PTC_FIT_TYPES
 
 __all__ = [
@@ -88,7 +88,7 @@ _XT_FILTER = tuple(c for c, role in _FOLDED.items() if role == "filter")
 
 _STORAGE = {"starMeasure": "json", "illuminationSolve": "fits-masked", "crosstalkExtract": "json", "linearitySolve": "json", "linearityNormalize": "json", "isr": "fits-masked", "darkCr": "fits-masked", "flatMeasure": "json", "flatNormalize": "json",
             "combine": "fits-masked", "ptcExtract": "json", "ptcSolve": "fits-ptc", "verifyStats": "json",
-            "defects": "ecsv-defects", "flatGradientApply": "fits-masked"}
+            "defects": "ecsv-defects", "flatGradientApply": "fits-masked", "combineTwoFlats": "fits-masked"}
 
 
 def _canonical(cls: str) -> str:
@@ -457,7 +457,7 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
         values = {} if classes[label] in SKIPPED and not _connections_only(t) else \
             _apply_ops(t, lsst_classes().get(classes[label]), doc.parameters, tnotes)
         resolved[label] = _Resolved(label, classes[label], t.file, values, tnotes)
-    _check_contracts(doc, resolved, p)
+    check_contracts(doc.contracts, resolved, lsst_classes())
 
     tasks: dict[str, dict] = {}
     dataset_types: dict[str, dict] = {}
@@ -756,57 +756,3 @@ def _defects_task(merge: _Resolved, measures: list[_Resolved], notes: list[str],
             "calibrations": calibs or ["biasBootstrap", "darkBootstrap", "flatBootstrap"],
             "optionalCalibrations": ["manual_defects"] if manual else [], "config": cfg, "explicit": explicit,
             "lsstClass": merge.cls}
-
-
-# ------------------------------------------------------------------------------------------
-# contracts
-# ------------------------------------------------------------------------------------------
-def _check_contracts(doc: _Doc, resolved: Mapping[str, _Resolved], path: Path) -> None:
-    for expr, msg, file in doc.contracts:
-        try:
-            tree = ast.parse(expr, mode="eval")
-        except SyntaxError:
-            continue  # pipetask would fail too; not ours to judge
-        labels = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-        if not labels <= set(resolved):
-            continue  # a contract on a task not selected is dropped (as pipetask does)
-        try:
-            ok = _eval(tree.body, resolved)
-        except LookupError:
-            continue  # compares a value cpframe does not know (a class default): not checked
-        if ok is False:
-            raise PipelineError(f"{file}: contract {expr!r} does not hold"
-                                f"{f' ({msg})' if msg else ''} with this configuration (check "
-                                "extraQgraphOptions --config overrides).")
-
-
-def _eval(node: ast.AST, resolved: Mapping[str, _Resolved]) -> Any:
-    if isinstance(node, ast.Constant):
-        return node.value
-    if isinstance(node, ast.BoolOp):
-        vals = [_eval(v, resolved) for v in node.values]
-        return all(vals) if isinstance(node.op, ast.And) else any(vals)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-        return not _eval(node.operand, resolved)
-    if isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], (ast.Eq, ast.NotEq)):
-        a, b = _eval(node.left, resolved), _eval(node.comparators[0], resolved)
-        return (a == b) if isinstance(node.ops[0], ast.Eq) else (a != b)
-    if isinstance(node, ast.Attribute):
-        parts = []
-        n = node
-        while isinstance(n, ast.Attribute):
-            parts.append(n.attr)
-            n = n.value
-        if isinstance(n, ast.Name):
-            r = resolved[n.id]
-            fld = ".".join(reversed(parts))
-            if fld in r.values:
-                return r.values[fld]
-            cmap = lsst_classes().get(r.cls)
-            if cmap is not None:
-                if "__baseline__" in r.values and fld in CALIB_BASELINE:
-                    return CALIB_BASELINE[fld]
-                if fld in cmap.defaults:
-                    return cmap.defaults[fld]
-            raise LookupError(fld)
-    raise LookupError(ast.dump(node))

@@ -67,7 +67,7 @@ MASK_PLANES = ("BAD", "SAT", "INTRP", "CR", "EDGE", "DETECTED", "DETECTED_NEGATI
 
 #: cp_pipe / cp_verify pipelines for calibrations cpframe does not build (yet): file stem -> what.
 NOT_BUILT_PIPELINES = {
-    "cpSky": "sky", "cpFlatAnaglyph": "anaglyph (red/blue LED) flat",
+    "cpSky": "sky",
 }
 
 STORAGE_CLASSES = ("fits-masked", "json", "ecsv", "ecsv-defects", "fits-ptc")

@@ -189,6 +189,15 @@ class TaskKind:
         """Calibrations read, when they follow from the config (ISR); None = the pipeline lists them."""
         return None
 
+    @classmethod
+    def exposure_filter(cls, task: "TaskSpec") -> tuple[str, str] | None:
+        """(exposure record field, value) an input of one exposure must have to be read, or None (all are).
+
+        cp_pipe's ``adjustQuantum`` down-selection (``CpFlatNormalizationTask.doDownSelection``); the
+        planner (:func:`cpframe.execution.graph.make_plan`) applies it, case-insensitively.
+        """
+        return None
+
     # -- planning (driver side) -----------------------------------------------------------------
     @classmethod
     def plan(cls, task: "TaskSpec", settings: Any, explicit: set[str]) -> tuple[dict[str, Any], list[str]]:
