@@ -158,8 +158,8 @@ def test_isr_astier23_straightens_the_ptc(bf_flats, bfk, tmp_path):  # noqa: F81
     the ramp is linear to < 1 % up to 50 000 e- (stage BFK), as with the kernel (tests/test_bfk.py)."""
     from cpframe.camera.models import load_camera
     from cpframe.science.electrostatic import write_electrostatic
-    from cpframe.science.isr import IsrError, isr_config_for, load_calibs, run_isr
     from cpframe.science.imageio import read_raw
+    from cpframe.science.isr import IsrError, isr_config_for, load_calibs, run_isr
     from cpframe.science.tasks import cp_ptc
     from cpframe.verify import VerifyConfig, verify_calib
 

@@ -30,18 +30,30 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from cpframe.core.errors import ConfigError, UserInputError
 from cpframe.core.files import json_ready, write_json
 
-__all__ = ["ElectrostaticConfig", "ElectrostaticSolution", "apply_electrostatic", "area_change", "boundary_shifts",
-           "electrostatic_correction", "fit_electrostatic",
-           "read_electrostatic", "solve_electrostatic", "electrostatic_solve_task", "PARAMETERS", "FORMAT"]
+__all__ = [
+    "FORMAT",
+    "PARAMETERS",
+    "ElectrostaticConfig",
+    "ElectrostaticSolution",
+    "apply_electrostatic",
+    "area_change",
+    "boundary_shifts",
+    "electrostatic_correction",
+    "electrostatic_solve_task",
+    "fit_electrostatic",
+    "read_electrostatic",
+    "solve_electrostatic",
+]
 
 FORMAT = "cpframe-electrostatic-bf"
 #: Physical parameters (µm) of the model, then the linear scale and offset.
@@ -85,7 +97,7 @@ class ElectrostaticConfig:
             raise ConfigError("electrostatic brighter-fatter: " + "; ".join(problems) + ".")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> "ElectrostaticConfig":
+    def from_dict(cls, values: Mapping[str, Any] | None) -> ElectrostaticConfig:
         """From cp_pipe names (``fitRange``, ``initialParametersDict``...) or field names.
 
         Raises
