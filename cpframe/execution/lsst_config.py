@@ -45,14 +45,12 @@ SKIPPED = {
 NOT_BUILT = {
     "lsst.cp.verify.CpVerifyCrosstalkTask": "crosstalk verification",
     "lsst.cp.pipe.ElectrostaticBrighterFatterSolveTask": "electrostatic brighter-fatter distortion matrix",
-    "lsst.cp.pipe.CpSkyImageTask": "sky", "lsst.cp.pipe.CpSkyScaleMeasureTask": "sky",
-    "lsst.cp.pipe.CpSkySubtractBackgroundTask": "sky", "lsst.cp.pipe.CpSkyCombineTask": "sky",
     "lsst.cp.pipe.CpFlatApplyGradientsTask": "flat gradient correction (CpFlatApplyGradientsTask)",
     "lsst.cp.pipe.CpFilterScanTask": "filter scan",
     "lsst.cp.pipe.CpFlatNormalizationRedBlueTask": "anaglyph (red/blue LED) flat",
     "lsst.cp.pipe.CalibCombineTwoFlatsByFilterTask": "anaglyph (red/blue LED) flat",
     "lsst.pipe.tasks.characterizeImage.CharacterizeImageTask": "image characterisation (characterizeImage)",
-    "lsst.cp.pipe.CpFringeTask": "fringe", "lsst.cp.pipe.CpSpectroFlatTask": "spectroscopic flat",
+    "lsst.cp.pipe.CpSpectroFlatTask": "spectroscopic flat",
 }
 
 

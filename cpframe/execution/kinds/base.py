@@ -87,6 +87,8 @@ class ClassMap:
     """Connections accepted and not read by cpframe (calibration inputs it derives, QA outputs)."""
     optional_inputs: tuple[str, ...] = ()
     """Input connections read only when the file sets them."""
+    extra_outputs: tuple[tuple[str, str], ...] = ()
+    """(connection, default dataset type) also written (json; the sky frame's per-step backgrounds)."""
 
 
 #: Kind name -> kind class, filled by :meth:`TaskKind.__init_subclass__`.
