@@ -11,12 +11,13 @@ the sky level.
 
 Application (:func:`fringe_correct`, ISR ``doFringe`` for the filters of ``fringe.filters``): the
 fringe amplitude ``a`` of the science image is the least-squares scale of the fringe frame to the image,
-both with a smooth background of ``2 x fringe.large`` pixel bins removed, over unmasked pixels, with
+both with a smooth background of ``2 x fringe.large`` pixel bins removed and averaged in boxes of
+``2 x fringe.small + 1`` pixels (the frame's own noise would otherwise bias ``a`` low), over unmasked pixels, with
 ``fringe.iterations`` rounds of ``fringe.clip``-sigma rejection; then ``image -= a x fringe``.
 
 Deliberate differences (docs/fringe.md): ip_isr measures fringes at ``fringe.num`` random positions
 (median of small boxes minus median of large ones) and solves on those; cpframe uses every unmasked
-pixel against a binned background, the same least-squares estimator on more points.  Source detection
+pixel's box mean against a binned background, the same least-squares estimator on more points.  Source detection
 is a threshold on the smoothed image, not ``SourceDetectionTask``'s footprints.
 """
 
@@ -127,7 +128,7 @@ class FringeSolution:
     applied: bool
 
 
-def fringe_correct(image: np.ndarray, mask: np.ndarray, fringe: np.ndarray, *, large: int = 30,
+def fringe_correct(image: np.ndarray, mask: np.ndarray, fringe: np.ndarray, *, small: int = 3, large: int = 30,
                    iterations: int = 20, clip: float = 3.0,
                    bad_planes: Sequence[str] = ("BAD", "SAT", "NO_DATA", "DETECTED")) -> FringeSolution:
     """Fit and subtract ``fringe`` from ``image`` in place (module docstring).
@@ -144,9 +145,17 @@ def fringe_correct(image: np.ndarray, mask: np.ndarray, fringe: np.ndarray, *, l
     good = ~_bad(mask, bad_planes) & np.isfinite(image) & np.isfinite(f)
     if good.sum() < 100:
         return FringeSolution(0.0, int(good.sum()), False)
+    from scipy import ndimage
+
     bin_size = max(8, 2 * int(large))
     d = image.astype(np.float64) - smooth_background(image.astype(np.float64), good, bin_size)
     ff = f - smooth_background(f, good, bin_size)
+    if small > 0:  # box means of (2 small + 1) px: the frame's own pixel noise would bias the scale low
+        w = 2 * int(small) + 1
+        n = ndimage.uniform_filter(good.astype(np.float64), w)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            d = ndimage.uniform_filter(np.where(good, d, 0.0), w) / n
+            ff = ndimage.uniform_filter(np.where(good, ff, 0.0), w) / n
     use = good.copy()
     amp = 0.0
     for _ in range(max(1, int(iterations))):

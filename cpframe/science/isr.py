@@ -187,6 +187,8 @@ class IsrConfig:
     needs calibs['fringe']; only for the filters of ``fringe_filters``; cpframe/science/fringe.py)."""
     fringe_filters: tuple[str, ...] = ()
     """Physical filters or bands fringes are removed from (ip_isr ``fringe.filters``; empty: none)."""
+    fringe_small: int = 3
+    """Half-size of the fringe measurement boxes (pixels; ``fringe.small``)."""
     fringe_large: int = 30
     """Half-size of the background scale (pixels; ``fringe.large``): the background is removed in 2x bins."""
     fringe_iterations: int = 20
@@ -324,6 +326,7 @@ _ALIASES = {
     "doIlluminationCorrection": "do_illumination_correction",
     "doFringe": "do_fringe",
     "fringeFilters": "fringe_filters",
+    "fringeSmall": "fringe_small",
     "fringeLarge": "fringe_large",
     "fringeIterations": "fringe_iterations",
     "fringeClip": "fringe_clip",
@@ -767,7 +770,7 @@ def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
     if config.do_illumination_correction:  # cpframe/science/illumination.py (ip_isr: after the flat)
         apply_illumination_correction(image, variance, mask, calibs.illumination)
     if config.do_fringe and _fringe_filter(header, config) and calibs.fringe is not None:  # fringeAfterFlat
-        sol = fringe_correct(image, mask, calibs.fringe.image, large=config.fringe_large,
+        sol = fringe_correct(image, mask, calibs.fringe.image, small=config.fringe_small, large=config.fringe_large,
                              iterations=config.fringe_iterations, clip=config.fringe_clip)
         cards["LSST ISR FRINGE AMPLITUDE"] = sol.amplitude
     if config.do_standard_statistics:

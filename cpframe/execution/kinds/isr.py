@@ -35,7 +35,7 @@ _ISR_FIELDS = {k: k for k in (
     "doApplyGains", "useGainsFrom", "doCorrectGains", "doCrosstalk", "doLinearize", "doDeferredCharge", "doBias",
     "doDark", "doDefect", "doFlat", "doBrighterFatter", "doNanMasking", "doVariance", "doInterpolate",
     "doStandardStatistics", "doCalculateStatistics", "doIlluminationCorrection", "doFringe")}
-for _k in ("filters", "large", "iterations", "clip"):  # legacy IsrTask's FringeTask (cpframe/science/fringe.py)
+for _k in ("filters", "small", "large", "iterations", "clip"):  # legacy IsrTask's FringeTask (cpframe/science/fringe.py)
     _ISR_FIELDS[f"fringe.{_k}"] = f"fringe{_k.title()}"
 _ISR_FIELDS["crosstalk.doQuadraticCrosstalkCorrection"] = "doQuadraticCrosstalkCorrection"
 _ISR_FIELDS["doQuadraticCrosstalkCorrection"] = "doQuadraticCrosstalkCorrection"
@@ -90,6 +90,7 @@ class Isr(TaskKind):
         "doFringe": Option(bool, _field("doFringe"), doc="optional input: fit and subtract the fringe after the flat"),
         "fringeFilters": Option("strings", _field("fringeFilters"),
                                 doc="physical filters or bands to defringe (ip_isr fringe.filters)"),
+        "fringeSmall": Option(int, _field("fringeSmall")),
         "fringeLarge": Option(int, _field("fringeLarge")),
         "fringeIterations": Option(int, _field("fringeIterations")),
         "fringeClip": Option(float, _field("fringeClip")),
