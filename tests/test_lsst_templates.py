@@ -58,7 +58,9 @@ BUILT = {
 
 #: Templates whose types cpframe builds (issue 13) and whose real LSST pipeline files it reads too (issue 12:
 #: CrosstalkExtract/Solve, the filter folded into the solve, CpCtiSolve are in the kinds' task_classes).
-LSST_READ_TOO = {"bps_cti", "bps_bfk", "bps_verify_linearizer"}
+LSST_READ_TOO = {"bps_cti", "bps_bfk", "bps_verify_linearizer",
+                 # CharacterizeImageTask -> starMeasure, CpVerifyBfkTask -> verifyStats BFK_STARS (tests/test_bfk_stars.py)
+                 "bps_verify_bfk"}
 #: Templates whose types cpframe builds with its own pipelines only: with the stack unset the real template
 #: reads cpframe's pipeline and plans; with it set they are refused, each for the reason given.
 OWN_PIPELINE_ONLY = {
@@ -76,7 +78,6 @@ OWN_PIPELINE_ONLY = {
     # 'linearity', the normalisations read nothing), so it cannot run; LSSTCam's file plans and runs
     # (test_linearizer_real_files_map and tests/test_linearity.py::test_real_linearizer_templates_run_unchanged...)
     "bps_linearizer": "replaces the imported LinearityDoubleSplineSolveTask",
-    "bps_verify_bfk": "cpframe does not build",
 }
 
 

@@ -121,6 +121,26 @@ def test_ptc_merge_keyed_by_detector(tmp_path, mini_comcam):
     assert dataset_type_name("ptc", "Summary") == "verifyPtcSummary"
 
 
+def test_calib_merge_keeps_every_filter_of_a_detector(tmp_path, mini_comcam):
+    """One detector calibrated in two filters (illumination correction, flat gradient...): a failure in one
+    filter is not hidden by a pass in the other (the merge was keyed by detector name alone)."""
+    det = mini_comcam.detector(0)
+    nominal = {a: {"gain": 1.6, "noise": 6.0} for a in det.amp_names}
+    stats = []
+    for band, gain in (("g_01", 1.9), ("r_03", 1.6)):  # g fails, then r passes
+        gains = {a: 1.6 for a in det.amp_names}
+        gains["C10"] = gain
+        path = write_ptc(tmp_path / f"ptc_{band}.fits", det, gains, {a: 6.0 for a in det.amp_names})
+        stats.append(verify_calib("ptc", path, det, nominal=nominal, data_id={"physical_filter": band}))
+    table, summary = merge_calibs("ptc", stats)
+    assert summary["SUCCESS"] is False and summary["N_FAILED"] == 1
+    assert summary["DETECTORS"] == {"R22_S00 g_01": False, "R22_S00 r_03": True}
+    assert summary["FAILURES"] == {"R22_S00 g_01": ["C10 PTC_GAIN"]}
+    assert sorted(set(table["physical_filter"])) == ["g_01", "r_03"] and len(table) == 32
+    with pytest.raises(UserInputError, match="several statistics of the same calibration .R22_S00 g_01"):
+        merge_calibs("ptc", [stats[0], stats[0]])
+
+
 def test_stats_json_is_strict_and_round_trips(bias_run, tmp_path):
     s = dict(bias_run[EXPOSURES[0]][0])
     s["MJD"] = math.nan

@@ -133,7 +133,7 @@ def call_limited(target: str, args: Sequence[Any], limits: QuantumLimits, label:
             pickle.dump((target, tuple(args), limits.memory_bytes, tuple(preload)), fh,
                         protocol=pickle.HIGHEST_PROTOCOL)
         t0 = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "cpframe.execution.isolate", job, out],
+        proc = subprocess.Popen([sys.executable, "-m", "cpframe.execution.isolate", job, out, str(os.getpid())],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             _, err = proc.communicate(timeout=limits.walltime_s)
@@ -222,11 +222,15 @@ def _data_size_bytes() -> int:
     return 0  # pragma: no cover - Linux always has VmData
 
 
-def _die_with_parent() -> None:
-    """Exit when the worker that started this process is gone (killed, cancelled run): no orphan runs on."""
+def _die_with_parent(parent: int) -> None:
+    """Exit when the worker ``parent`` that started this process is gone (killed, cancelled run): no orphan
+    runs on.  ``parent`` is passed by the worker, not read here: a worker killed while this process was
+    still starting (Python's start-up is slow on a busy machine) has already left it to init, and
+    ``os.getppid()`` would then name init as the parent to watch."""
     import threading
 
-    parent = os.getppid()
+    if os.getppid() != parent:
+        os._exit(128 + signal.SIGHUP)
 
     def watch() -> None:
         while True:
@@ -237,7 +241,7 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, name="cpframe-parent-watch", daemon=True).start()
 
 
-def _child(job: str, out: str) -> int:
+def _child(job: str, out: str, parent: int) -> int:
     import faulthandler
     import importlib
     import resource
@@ -245,7 +249,7 @@ def _child(job: str, out: str) -> int:
     # stopped at the walltime: say where it was (the parent shows the end of stderr)
     faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)
 
-    _die_with_parent()
+    _die_with_parent(parent)
     with open(job, "rb") as fh:
         target, args, memory_bytes, preload = pickle.load(fh)
     module, _, name = target.partition(":")
@@ -286,4 +290,4 @@ def _child(job: str, out: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1], sys.argv[2]))
+    sys.exit(_child(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else os.getppid()))

@@ -49,7 +49,6 @@ NOT_BUILT = {
     "lsst.cp.pipe.CpFilterScanTask": "filter scan",
     "lsst.cp.pipe.CpFlatNormalizationRedBlueTask": "anaglyph (red/blue LED) flat",
     "lsst.cp.pipe.CalibCombineTwoFlatsByFilterTask": "anaglyph (red/blue LED) flat",
-    "lsst.pipe.tasks.characterizeImage.CharacterizeImageTask": "image characterisation (characterizeImage)",
     "lsst.cp.pipe.CpSpectroFlatTask": "spectroscopic flat",
 }
 

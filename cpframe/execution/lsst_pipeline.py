@@ -641,7 +641,7 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
     stages = {t["config"].get("stage") for t in tasks.values() if t["kind"] == "verifyStats"}
     if len(stages) == 1:
         verifies = {"BIAS": "bias", "DARK": "dark", "FLAT": "flat", "DEFECTS": "defects", "PTC": "ptc",
-                    "LINEARITY": "linearizer"}.get(
+                    "LINEARITY": "linearizer", "BFK_STARS": "bfk"}.get(
             stages.pop())
     data = {"name": p.stem, "description": doc.description, "datasetTypes": dataset_types, "tasks": tasks}
     if verifies:

@@ -50,6 +50,7 @@ __all__ = [
     "VERIFY_MAX_DEVIATION",
     "IlluminationConfig",
     "StarCatalog",
+    "adaptive_moments",
     "apply_illumination_correction",
     "chebyshev_surface",
     "illumination_task",
@@ -161,6 +162,9 @@ class StarCatalog:
     """Seconds (fluxes are compared per second)."""
     meta: dict = field(default_factory=dict)
     """Instrument, detector and scale cards of the image (carried into the product)."""
+    size: np.ndarray | None = None
+    """Trace ``Ixx + Iyy`` (px²) of each star's adaptive second moments (:func:`adaptive_moments`; the
+    brighter-fatter check, cp_verify's ``ext_shapeHSM_HsmSourceMoments_xx + _yy``); None in older files."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -200,7 +204,7 @@ def measure_stars(img: MaskedImage, config: IlluminationConfig, exposure: int = 
     rr = int(math.ceil(r_out))
     oy, ox = np.mgrid[-rr:rr + 1, -rr:rr + 1]
     core = (oy * oy + ox * ox <= 4).astype(np.float64)
-    xs, ys, fl, fe = [], [], [], []
+    xs, ys, fl, fe, sz = [], [], [], [], []
     for k in range(0, len(py), 2048):  # cut-outs of all peaks at once, in batches (25 x 25 px each)
         by, bx = py[k:k + 2048, None, None], px[k:k + 2048, None, None]
         cut, cbad, cvar = filled[by + oy, bx + ox], bad[by + oy, bx + ox], variance[by + oy, bx + ox]
@@ -223,14 +227,40 @@ def measure_stars(img: MaskedImage, config: IlluminationConfig, exposure: int = 
         var_ann = np.where(ann, cvar, 0.0).sum(axis=(1, 2)) / n_ann
         err = np.sqrt(var_ap + n_ap ** 2 * var_ann / n_ann)
         good = (flux > 0) & np.isfinite(err)
+        sz.append(adaptive_moments(cut - bg[:, None, None], oy - dy[ok][:, None, None], ox - dx[ok][:, None, None],
+                                   config.psf_sigma)[good])
         xs.append(px[k:k + 2048][ok][good] + dx[ok][good] + 0.5)  # pixel centres at +0.5 (the simulator's)
         ys.append(py[k:k + 2048][ok][good] + dy[ok][good] + 0.5)
         fl.append(flux[good])
         fe.append(err[good])
-    xs, ys, fl, fe = (np.concatenate(a) if a else np.zeros(0) for a in (xs, ys, fl, fe))
+    xs, ys, fl, fe, sz = (np.concatenate(a) if a else np.zeros(0) for a in (xs, ys, fl, fe, sz))
     t = float(img.header.get("EXPTIME", 1.0) or 1.0)
     meta = {k: img.header[k] for k in ("INSTRUME", "DETECTOR", "DETNAME", "CAMSCALE") if k in img.header}
-    return StarCatalog(int(exposure), int(detector), str(physical_filter), (ny, nx), xs, ys, fl, fe, t, meta)
+    return StarCatalog(int(exposure), int(detector), str(physical_filter), (ny, nx), xs, ys, fl, fe, t, meta, sz)
+
+
+def adaptive_moments(cuts: np.ndarray, dy: np.ndarray, dx: np.ndarray, sigma0: float, n_iter: int = 20) -> np.ndarray:
+    """Trace ``Ixx + Iyy`` (px²) of the adaptive second moments of background-subtracted cut-outs.
+
+    A circular Gaussian weight of variance ``s²`` is matched to the star: ``s² ← 2 M_w / 2`` with
+    ``M_w`` the weighted trace, which converges to the star's own variance for a Gaussian star (the
+    weighted variance of a Gaussian of variance σ² under a weight of variance σ² is σ²/2 per axis).
+    ``dy``/``dx``: offsets of the cut-out pixels from the star's centre (broadcast with ``cuts``).
+    HSM's elliptical weight and centroid iteration are not reproduced (docs/algorithms.md, BF stars).
+
+    >>> y, x = np.mgrid[-12:13, -12:13].astype(float)
+    >>> star = np.exp(-0.5 * (x * x + y * y) / 2.0 ** 2)[None]
+    >>> round(float(adaptive_moments(star, y[None], x[None], 1.0)[0]), 3)
+    8.0
+    """
+    r2 = dy * dy + dx * dx
+    s2 = np.full(cuts.shape[0], float(sigma0) ** 2)
+    for _ in range(n_iter):
+        w = cuts * np.exp(-0.5 * r2 / s2[:, None, None])
+        tot = w.sum(axis=(1, 2))
+        m = np.where(tot > 0, (w * r2).sum(axis=(1, 2)) / np.where(tot > 0, tot, 1.0), np.nan)
+        s2 = np.clip(m, 0.05, 50.0)  # weighted trace = s²·σ²/(s² + σ²)·2 -> at s² = σ²: σ² (= half the trace)
+    return np.where(np.isfinite(m), 2.0 * s2, np.nan)
 
 
 def write_catalog(path: str | os.PathLike, cat: StarCatalog) -> str:
@@ -238,6 +268,8 @@ def write_catalog(path: str | os.PathLike, cat: StarCatalog) -> str:
     doc = {"format": "cpframe-star-catalog", "version": 1, "exposure": cat.exposure, "detector": cat.detector,
            "physical_filter": cat.physical_filter, "shape": list(cat.shape), "x": cat.x, "y": cat.y,
            "flux": cat.flux, "flux_err": cat.flux_err, "exposure_time": cat.exposure_time, "meta": cat.meta}
+    if cat.size is not None:
+        doc["size"] = cat.size
     write_json(path, json_ready(doc))
     return str(path)
 
@@ -258,7 +290,8 @@ def read_catalog(path: str | os.PathLike) -> StarCatalog:
         raise UserInputError(f"{path}: not a cpframe star catalogue (format cpframe-star-catalog).")
     return StarCatalog(int(doc["exposure"]), int(doc["detector"]), str(doc["physical_filter"]),
                        tuple(doc["shape"]), *(np.asarray(doc[k], dtype=np.float64) for k in ("x", "y", "flux", "flux_err")),
-                       float(doc.get("exposure_time", 1.0)), dict(doc.get("meta") or {}))
+                       float(doc.get("exposure_time", 1.0)), dict(doc.get("meta") or {}),
+                       None if doc.get("size") is None else np.asarray(doc["size"], dtype=np.float64))
 
 
 # ------------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ Why the range stops at ``bfk_max_mean_e`` (50 000 e-): the Coulton et al. 2018
 correction ip_isr applies is first order in the kernel.  For pixels following Astier+19's
 model it leaves ``(5/12) Σ_k a_k² μ²`` in var/μ (the power spectrum after the correction
 is P/(1 + â μ/2)²), which passes 1 % near 60 000 e- for a00 = −2.5e-6 (docs/algorithms.md).
-cp_verify's own BFK test (``verifyBfk.py``) compares star sizes on science images instead;
-cpframe has no source catalogues.
+cp_verify's own BFK test (``verifyBfk.py``) compares star sizes on science images instead:
+cpframe runs it as stage ``BFK_STARS`` (:mod:`cpframe.verify.bfk_stars`) for cp_verify's pipeline files.
 """
 
 from __future__ import annotations

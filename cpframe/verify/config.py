@@ -117,6 +117,15 @@ class VerifyConfig:
     """VARIANCE_LINEAR: largest departure of the BF-corrected PTC from a straight line (relative)."""
     bfk_max_mean_e: float = 50000.0
     """Pairs up to this mean (e-) enter the BFK check (the first-order correction's own limit)."""
+    # -- brighter-fatter kernel on stars (cp_verify CpVerifyBfkTask, cpframe/verify/bfk_stars.py) -
+    bfk_bright_slope_max: float = -0.5
+    """BRIGHT_SLOPE: the exponential slope of (uncorrected - corrected size) vs magnitude must be below this."""
+    bfk_min_matches: int = 10
+    """NUM_MATCHES: more stars than this matched between the corrected and uncorrected catalogues."""
+    bfk_match_radius: float = 3.0
+    """Match radius (px) between the two catalogues (cp_verify's matchRadiusPix)."""
+    bfk_max_slope_ratio: float = 0.5
+    """SIZE_SLOPE_REDUCED: |size-flux slope corrected| / |uncorrected| must be at most this."""
     # -- science (cpframe's own check) ------------------------------------------------------
     science_step_threshold: float = 0.01
     """AMP_STEP: largest |level jump| across an amp boundary relative to the detector background."""
@@ -220,8 +229,14 @@ TEST_NOTES: dict[tuple[str, str], tuple[str, str]] = {
                                "DM-49192)"),
     ("BFK", "VARIANCE_LINEAR"): ("PTC of flats corrected with the kernel within 1 % of a straight line up to "
                                  "50 000 e- (detector mean of the amps)",
-                                 "cpframe's own test: cp_verify compares star sizes on science images, and cpframe "
-                                 "has no source catalogues"),
+                                 "cpframe's own test (its own template); cp_verify's star-size test is "
+                                 "BFK_STARS (the real template)"),
+    ("BFK_STARS", "BRIGHT_SLOPE"): ("exponential fit of (uncorrected - corrected star size) against magnitude "
+                                    "succeeds with slope < -0.5", "cp_verify's test and limit (verifyBfk.py)"),
+    ("BFK_STARS", "NUM_MATCHES"): ("more than 10 stars matched between the corrected and uncorrected images",
+                                   "cp_verify's limit; cp_verify passes an exposure with fewer, cpframe fails it"),
+    ("BFK_STARS", "SIZE_SLOPE_REDUCED"): ("|slope of star size vs flux| with the kernel <= 0.5 x without it",
+                                          "cpframe's own test"),
     ("SCIENCE", "COLUMN_STRUCTURE"): ("column-profile scatter / noise expectation <= 3", "cpframe's own test"),
     ("SCIENCE", "ROW_STRUCTURE"): ("row-profile scatter / noise expectation <= 3", "cpframe's own test"),
     ("SCIENCE", "AMP_STEP"): ("amp-boundary jumps <= 1 % of the background + 5 errors", "cpframe's own test"),

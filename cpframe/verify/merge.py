@@ -148,17 +148,46 @@ def merge_run(
     return table, summary
 
 
+#: Data ID keys that name a detector, not one of several calibrations of it.
+_DETECTOR_KEYS = ("instrument", "detector", "detector_name")
+
+
+def _other_keys(stats: Mapping[str, Any]) -> tuple[str, ...]:
+    """The data ID's values beyond the detector (physical_filter...), as text, in key order."""
+    did = stats.get("DATA_ID", {})
+    return tuple(f"{did[k]}" for k in sorted(did) if k not in _DETECTOR_KEYS and did[k] not in (None, ""))
+
+
+def _calib_names(ordered: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Detector names, extended by the other data ID values where one detector has several calibrations.
+
+    >>> _calib_names([{"DATA_ID": {"detector": 0, "detector_name": "R22_S00"}}])
+    ['R22_S00']
+    >>> _calib_names([{"DATA_ID": {"detector": 0, "detector_name": "S00", "physical_filter": f}} for f in "gr"])
+    ['S00 g', 'S00 r']
+    """
+    base = [s["DATA_ID"].get("detector_name", str(s["DATA_ID"].get("detector"))) for s in ordered]
+    names = [" ".join((b, *_other_keys(s))) if base.count(b) > 1 else b for b, s in zip(base, ordered)]
+    if len(set(names)) < len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise UserInputError(f"{MIXED_INPUT_MESSAGE} run: several statistics of the same calibration ({', '.join(dup)}); "
+                             "merge each calibration's statistics once.")
+    return names
+
+
 def merge_calibs(stage: str, detector_stats: Sequence[Mapping[str, Any]]):
     """Merge per-detector statistics of a calibration-object stage (PTC) into Results + summary.
 
     ``FAILURES`` maps detector names to ``"<amp> <test>"``; ``DETECTORS`` maps names to SUCCESS.
+    A detector with several calibrations in the run (one per filter: illumination correction, flat
+    gradient...) has one entry per calibration, named ``"<detector> <filter>"``: none hides another.
     """
     st = get_stage(stage)
     if not detector_stats:
         raise UserInputError(f"{MIXED_INPUT_MESSAGE} run: no detector statistics were given.")
     _check_same(st.name, detector_stats, "instrument", "run")
-    ordered = sorted(detector_stats, key=lambda s: s["DATA_ID"].get("detector", 0))
-    names = [s["DATA_ID"].get("detector_name", str(s["DATA_ID"].get("detector"))) for s in ordered]
+    ordered = sorted(detector_stats, key=lambda s: (s["DATA_ID"].get("detector", 0), _other_keys(s)))
+    names = _calib_names(ordered)
     failures = {n: list(s["FAILURES"]) for n, s in zip(names, ordered) if not s["SUCCESS"]}
     children = {n: bool(s["SUCCESS"]) for n, s in zip(names, ordered)}
     rows: list[dict] = []

@@ -59,7 +59,7 @@ def detector_rows(stats: Mapping[str, Any]) -> list[dict]:
     base: dict[str, Any] = {"instrument": did.get("instrument", "")}
     if st.kind == "exposure":
         base["exposure"] = did.get("exposure")
-    if st.by_filter:
+    if st.by_filter or (st.kind == "calib" and did.get("physical_filter")):  # a per-filter calibration too
         base["physical_filter"] = did.get("physical_filter", "")
     base.update({"detector": did.get("detector"), "detector_name": did.get("detector_name", "")})
     mjd = stats.get("MJD")

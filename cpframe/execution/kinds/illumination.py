@@ -31,6 +31,13 @@ _CALIBRATE = ClassMap(
     extra_connections=("initial_stars_schema", "stars_footprints", "exposure", "background", "psf_stars",
                        "psf_stars_footprints", "astrometry_matches", "photometry_matches", "applied_photo_calib",
                        "mask", "illumination_correction", "background_flat", "summary_stats"))
+# CharacterizeImageTask (cp_verify verifyBfk): the same star measurement, with adaptive second moments (sizes)
+_CHARACTERIZE = ClassMap(
+    "starMeasure", ("exposure", "detector"), (("exposure", "postISRCCD"),), ("sourceCat", "icSrc"), {},
+    ("do*", "psf*", "measurement*", "detection*", "background*", "repair*", "deblend*", "measurePsf*",
+     "measureApCorr*", "applyApCorr*", "catalogCalculation*", "normalizedCalibrationFlux*", "useSimplePsf",
+     "checkUnitsParseStrict", "maxUnNormPsfEllipticity*", "refObjLoader*", "ref_match*", "installSimplePsf*"),
+    extra_connections=("characterized", "backgroundModel", "outputSchema"))
 # FgcmFitCycleTask: the super-star fit (its input is the associated stars; FGCM's own products are not made)
 _FIT = ClassMap(
     "illuminationSolve", ("detector", "physical_filter"), (("fgcm_star_observations", "fgcm_star_observations"),),
@@ -87,11 +94,13 @@ class SolveResult:
 
 class StarMeasure(TaskKind):
     name = "starMeasure"
-    summary = "Isolated stars and their aperture fluxes on one ISR image (CalibrateImageTask's stars)."
+    summary = ("Isolated stars, their aperture fluxes and adaptive sizes on one ISR image (CalibrateImageTask's / "
+               "CharacterizeImageTask's stars).")
     dimensions = (frozenset({"exposure", "detector"}),)
     config_class = _il.IlluminationConfig
     settings_key = "illumination"
-    task_classes = MappingProxyType({"lsst.pipe.tasks.calibrateImage.CalibrateImageTask": _CALIBRATE})
+    task_classes = MappingProxyType({"lsst.pipe.tasks.calibrateImage.CalibrateImageTask": _CALIBRATE,
+                                     "lsst.pipe.tasks.characterizeImage.CharacterizeImageTask": _CHARACTERIZE})
     options = MappingProxyType({
         "doIlluminationCorrection": Option(bool, "do_illumination_correction",
                                              doc="divide by the illuminationCorrection found first (cp_verify)"),

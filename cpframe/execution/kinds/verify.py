@@ -9,7 +9,8 @@ from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, calib_path,
 from cpframe.verify.config import VerifyConfig
 
 STAGES = ("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE", "LINEARITY", "CROSSTALK", "CTI", "BFK", "GAIN_CORRECTION",
-          "FLAT_GRADIENT", "ILLUMINATION")
+          "FLAT_GRADIENT", "ILLUMINATION",
+          "BFK_STARS")
 
 
 # -- the real cp_verify classes (cpframe.execution.lsst_pipeline reads them) --
@@ -46,6 +47,11 @@ class VerifyStats(TaskKind):
         ("outputStats", "verifyDefectsDetStats"), optional=("uncorrectedExp",)),
         "lsst.cp.verify.CpVerifyPtcTask": _verify("verifyStats", "PTC", ("detector",), (("inputCalib", "ptc"),),
                                               ("outputStats", "verifyPtcDetStats")),
+        # star sizes with and without the kernel (cpframe/verify/bfk_stars.py); the characterized image is not read
+        "lsst.cp.verify.CpVerifyBfkTask": ClassMap(
+            "verifyStats", _DET, (("inputCatalog", "icSrc"), ("uncorrectedCatalog", "uncorrectedSrc")),
+            ("outputStats", "detectorStats"), {}, (*_VERIFY_IGNORED, "matchRadiusPix"),
+            fixed={"stage": "BFK_STARS"}, extra_connections=("outputResults", "outputMatrix", "inputExp", "camera")),
         "lsst.cp.verify.CpVerifyLinearityTask": _verify(
         "verifyStats", "LINEARITY", ("detector",), (("inputCalib", "calib"),), ("outputStats", "verifyLinearityDetStats")),
     })
@@ -78,6 +84,13 @@ class VerifyStats(TaskKind):
             extra = {"uncorrected": others[0]} if others else {}  # BFK: the PTC without the kernel
             stats = verify_calib(stage, path, detector_of(path, spec.data_id["detector"]), spec.settings["verify"],
                                  data_id=dict(spec.data_id), **extra)
+        elif stage == "BFK_STARS":  # two star catalogues (with and without the kernel), not an image
+            from cpframe.verify.bfk_stars import verify_star_sizes
+
+            cats = [v.path for values in groups.values() for v in values]
+            did = {k: spec.data_id[k] for k in ("instrument", "exposure", "physical_filter") if k in spec.data_id}
+            stats = verify_star_sizes(cats[0], cats[1], detector_of(cats[0], spec.data_id["detector"]),
+                                      spec.settings["verify"], data_id=did)
         else:
             images = [v for values in groups.values() for v in values]
             did = {k: spec.data_id[k] for k in ("instrument", "exposure", "physical_filter") if k in spec.data_id}
