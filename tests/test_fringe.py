@@ -141,6 +141,23 @@ def test_isr_do_fringe_removes_the_fringes_of_a_held_out_exposure(fringe_data, t
     assert "LSST ISR FRINGE AMPLITUDE" not in read_masked(tmp_path / "other.fits").header
 
 
+def test_fringe_verification_passes_the_frame_and_fails_pure_noise(fringe_data, tmp_path):
+    from cpframe.science.imageio import write_masked
+    from cpframe.verify import verify_calib
+
+    det = fringe_data["camera"].detector(DET)
+    did = {"instrument": "LSSTComCam", "detector": DET, "physical_filter": FILTER}
+    fr = _frame(fringe_data, tmp_path / "fringe.fits")
+    good = verify_calib("FRINGE", tmp_path / "fringe.fits", det, data_id=did)
+    assert good["SUCCESS"] is True and good["DET"]["SNR"] > 10, good
+    rng = np.random.default_rng(2)  # no fringes: the frame is its own noise
+    noise = rng.normal(0, 0.005, fr.image.shape).astype(np.float32)
+    write_masked(tmp_path / "noise.fits", noise, np.zeros(noise.shape, np.int32),
+                 np.full(noise.shape, 0.005**2, np.float32), {"FILTER": FILTER})
+    bad = verify_calib("FRINGE", tmp_path / "noise.fits", det, data_id=did)
+    assert bad["SUCCESS"] is False and bad["DET"]["SNR"] < 3, bad
+
+
 def test_user_errors_are_one_line(tmp_path):
     from cpframe.science.fringe import FringeConfig, fringe_correct, fringe_measure
     from cpframe.science.imageio import MaskedImage

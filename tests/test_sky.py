@@ -3,6 +3,8 @@ verification, and the real cp_pipe bps_sky template run unchanged on a simulated
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -160,6 +162,48 @@ def test_subtract_sky_removes_the_pattern_from_a_held_out_exposure(sky_data):
     assert float(np.std(pattern)) > 0
 
 
+def test_sky_verification_fails_a_noisy_frame(sky_data, tmp_path):
+    from cpframe.science.sky import SkyConfig, combine_sky
+    from cpframe.verify import verify_calib
+
+    det = sky_data["camera"].detector(4)
+    frames, _ = _frames(sky_data)
+    good = verify_calib("SKY", frames[4], det, data_id={"instrument": "LSSTComCam", "detector": 4,
+                                                        "physical_filter": FILTER})
+    assert (good["VERIFY"]["DET"]["NOISE"], good["VERIFY"]["DET"]["COVERAGE"], good["SUCCESS"]) == (True, True, True)
+    rng = np.random.default_rng(1)  # three exposures whose residuals scatter by 5 % of the sky: a useless frame
+    res = [{"bins": rng.normal(0, 0.05, (16, 16)).tolist(), "x_bin_size": 32, "y_bin_size": 32,
+            "shape": [500, 512], "scale": 1.0} for _ in range(3)]
+    combine_sky(res, tmp_path / "noisy.fits", SkyConfig(), {"FILTER": FILTER})
+    bad = verify_calib("SKY", tmp_path / "noisy.fits", det, data_id={"instrument": "LSSTComCam", "detector": 4,
+                                                                    "physical_filter": FILTER})
+    assert bad["VERIFY"]["DET"]["NOISE"] is False and bad["SUCCESS"] is False
+
+
+def test_campaign_orders_sky_and_fringe_after_the_flat(tmp_path):
+    from cpframe.campaign.spec import load_campaign
+    from tests.test_campaign import SCRAMBLED_STEPS, write_campaign
+    from tests.test_lsst_templates import CP_PIPE
+
+    steps = [
+        {"name": "verify-sky", "kind": "submit", "template": "bps_verify_sky.yaml"},
+        {"name": "certify-sky", "kind": "certify", "dataset_type": "sky"},
+        {"name": "sky", "kind": "submit", "template": str(CP_PIPE / "bps/templates/bps_sky.yaml")},  # cp_pipe's
+        {"name": "fringe", "kind": "submit", "template": "bps_fringe.yaml"},
+        {"name": "certify-fringe", "kind": "certify", "dataset_type": "fringe"},
+        *SCRAMBLED_STEPS,
+    ]
+    sel = "instrument='LSSTComCam' and exposure.observation_type='science'"
+    camp = load_campaign(write_campaign(tmp_path, steps, variables={
+        "SELECTION_SKY": sel, "SELECTION_SKY_V": sel, "SELECTION_FRINGE": sel}))
+    pos = {s.name: i for i, s in enumerate(camp.steps)}
+    for step in ("sky", "fringe"):
+        assert max(pos["certify-flat-g"], pos["certify-dark"], pos["certify-ptc"]) < pos[step]
+    assert pos["sky"] < pos["certify-sky"] < pos["verify-sky"] and pos["fringe"] < pos["certify-fringe"]
+    assert camp.steps[pos["sky"]].builds == "sky" and camp.steps[pos["fringe"]].builds == "fringe"
+    assert camp.steps[pos["fringe"]].gen_output.rsplit("/", 1)[-1] == "fringeGen.20250101a"
+
+
 def test_user_errors_are_one_line():
     from cpframe.science.sky import SkyConfig, combine_sky, scale_measure
 
@@ -227,6 +271,22 @@ def test_real_bps_sky_runs_unchanged(sky_data, tmp_path, local_dask, monkeypatch
             d = int(ref.data_id["detector"])
             t = _binned(csky.sky_frame_truth(SEED, d, cam.detector(d).shape, AMP))
             assert float(np.sqrt(np.mean((f.image - t) ** 2))) < TRUTH_FRACTION * float(t.std())
+        if not stack:  # certify, then cpframe's SKY verification and the report (stack-independent: once)
+            from cpframe.report.html import write_report
+            from cpframe.verify import read_stats
+            from tests._run_helpers import certify_run, ticket_chain_add
+
+            cert = f"{INSTRUMENT}/calib/{TICKET}/sky.20241110a"
+            certify_run(repo, res.run, "sky", cert)
+            ticket_chain_add(repo, cert)
+            own = submit_template(Path(__file__).parents[1] / "templates/bps_verify_sky.yaml",
+                                  environ={**env, "SELECTION_SKY_V": sel}, client=local_dask.client,
+                                  argv=["cpframe", "submit"])
+            (sref,) = repo.registry.query_datasets("verifySkySummary", collections=[own.run])
+            assert read_stats(repo.get_path(sref))["SUCCESS"] is True
+            rep = write_report(repo, [own.run, res.run], tmp_path / "report")
+            assert rep.verdicts.get("sky") is True, rep.verdicts
+            assert "Sky frame" in (rep.output_dir / "index.html").read_text()
     finally:
         repo.close()
 
