@@ -43,7 +43,7 @@ def put_certified(repo: Any, dataset_type: str, items: list[tuple[Path, dict]], 
     return refs
 
 
-def write_truth_ptc(path: Path, truth: Any, detector: int) -> Path:
+def write_truth_ptc(path: Path, truth: Any, detector: int, instrument: str = INSTRUMENT) -> Path:
     """A fits-ptc whose gains, read noise and turnoff are the simulator's injected values."""
     from cpframe.science.imageio import write_ptc
 
@@ -56,16 +56,16 @@ def write_truth_ptc(path: Path, truth: Any, detector: int) -> Path:
                      # two unused (NaN) points: a one-element vector column reads back as a scalar
                      "raw_means": [np.nan] * 2, "raw_vars": [np.nan] * 2, "exp_times": [np.nan] * 2,
                      "mask": [False] * 2, "overscan_noise": [np.nan] * 2})
-    return write_ptc(path, rows, {"INSTRUME": INSTRUMENT, "DETECTOR": detector, "DETNAME": det.name,
+    return write_ptc(path, rows, {"INSTRUME": instrument, "DETECTOR": detector, "DETNAME": det.name,
                                   "CAMSCALE": "mini", "OBSTYPE": "ptc"})
 
 
-def write_truth_defects(path: Path, truth: Any, detector: int) -> Path:
+def write_truth_defects(path: Path, truth: Any, detector: int, instrument: str = INSTRUMENT) -> Path:
     """An ecsv-defects file listing the simulator's injected defects of ``detector``."""
     from cpframe.camera.curated import write_defects
 
     rects = [d[:4] for d in truth.detectors[detector].defects]
-    return write_defects(path, rects, INSTRUMENT, detector, TRUTH_BEGIN)
+    return write_defects(path, rects, instrument, detector, TRUTH_BEGIN)
 
 
 def certify_truth_calibs(repo: Any, truth: Any, detectors: Iterable[int], work: Path,

@@ -175,6 +175,23 @@ def test_skip_existing_prunes_to_what_is_missing(repo, env, mini_dataset):
     assert len(plan.skipped) == len(out.plan.quanta) - len(plan.quanta)
 
 
+def test_labels_the_pipeline_lacks_are_noted_and_the_rest_planned(repo, env, tmp_path):
+    """A cluster naming a task this pipeline does not have plans as BPS does (the label passed over), and the
+    plan says so; the cluster's other task is still grouped."""
+    from cpframe.execution.templates import default_templates_dir
+
+    t = tmp_path / "bps_biasBootstrap.yaml"
+    text = (default_templates_dir() / "bps_biasBootstrap.yaml").read_text()
+    assert "    pipetasks: cpBiasBootstrapIsr\n" in text
+    t.write_text(text.replace("    pipetasks: cpBiasBootstrapIsr\n", "    pipetasks: cpBiasBootstrapIsr,cpBiasBootstrapMeasure\n"))
+    out = plan_template(str(t), environ=env, repo=repo)
+    note = "cluster.cpBiasBootstrapIsrByExposure.pipetasks names 'cpBiasBootstrapMeasure'"
+    assert any(note in n and "ignored" in n for n in out.plan.notes)
+    assert f"note: {note}" in out.plan.summary()
+    grouped = plan_template("bps_biasBootstrap", environ=env, repo=repo)  # the same, without the extra label
+    assert len(out.plan.quanta) == len(grouped.plan.quanta) > 0
+
+
 def test_empty_selection_is_a_planning_error(repo, env):
     env = dict(env, SELECTION_BIAS_BOOTSTRAP="instrument='LSSTComCam' and exposure.day_obs=20300101")
     with pytest.raises(PlanningError, match=r"matched no exposure: .*20300101.*query-data-ids"):

@@ -60,15 +60,17 @@ BUILT = {
 #: CrosstalkExtract/Solve, the filter folded into the solve, CpCtiSolve are in the kinds' task_classes).
 LSST_READ_TOO = {"bps_cti", "bps_bfk", "bps_verify_linearizer",
                  # CharacterizeImageTask -> starMeasure, CpVerifyBfkTask -> verifyStats BFK_STARS (tests/test_bfk_stars.py)
-                 "bps_verify_bfk"}
+                 "bps_verify_bfk",
+                 # ElectrostaticBrighterFatterSolveTask -> electrostaticBfSolve (tests/test_electrostatic.py)
+                 "bps_electrostaticBFDistortionMatrix"}
 #: Templates whose types cpframe builds with its own pipelines only: with the stack unset the real template
 #: reads cpframe's pipeline and plans; with it set they are refused, each for the reason given.
 OWN_PIPELINE_ONLY = {
     # cp_pipe ships cpCrosstalk.yaml for LSSTCam only: with INSTRUMENT=LSSTComCam the file does not exist
     # (bps submit fails the same way); with INSTRUMENT=LSSTCam it plans (test_crosstalk_and_cti_real_files_plan)
     "bps_crosstalk": "not found",
-    # cpGainCorrection.yaml is LSSTCam-only too; with INSTRUMENT=LSSTCam its flat gradient tasks are read
-    # (test_gain_correction_real_file_plans)
+    # cpGainCorrection.yaml is LSSTCam-only too; with INSTRUMENT=LSSTCam it plans (test_flat_gradient_reference_real_
+    # file_plans) and runs (tests/test_flat_gradient_apply.py::test_lsstcam_real_gain_correction_template_runs_unchanged)
     "bps_gain_correction": "not found",
     # cpFlatGradientReference.yaml is LSSTCam-only too; with INSTRUMENT=LSSTCam the real file plans
     # (test_flat_gradient_reference_real_file_plans)
@@ -78,6 +80,9 @@ OWN_PIPELINE_ONLY = {
     # 'linearity', the normalisations read nothing), so it cannot run; LSSTCam's file plans and runs
     # (test_linearizer_real_files_map and tests/test_linearity.py::test_real_linearizer_templates_run_unchanged...)
     "bps_linearizer": "replaces the imported LinearityDoubleSplineSolveTask",
+    # cpFlatAnaglyph.yaml is LSSTCam-only too; with INSTRUMENT=LSSTCam the real file plans
+    # (test_anaglyph_real_file_plans) and runs (tests/test_anaglyph.py)
+    **{f"bps_flat_anaglyph_{b}": "not found" for b in "girzy"},
 }
 
 
@@ -184,8 +189,8 @@ def test_linearizer_real_files_map(stack_env):
 @pytest.mark.parametrize("stack_env", [True], indirect=True)
 def test_flat_gradient_reference_real_file_plans(stack_env):
     """The real LSSTCam cpFlatGradientReference.yaml (stack set) maps CpFlatFitGradientsTask onto flatGradientFit
-    (issue 13); the real cpGainCorrection.yaml reads CpMeasureGainCorrectionTask but stops at the flat gradient
-    correction (CpFlatApplyGradientsTask), which cpframe does not build yet."""
+    (issue 13); the real cpGainCorrection.yaml and cpFlat.yaml fit the new flat's gradient (flat_gradient) and
+    correct it against the certified reference (CpFlatApplyGradientsTask -> flatGradientApply)."""
     env = {**stack_env, "INSTRUMENT": "LSSTCam"}
     r = render(CP_PIPE / "bps/templates/bps_flat_gradient_reference_r.yaml", environ=env)
     _, pipe = validate_stage(r)
@@ -193,9 +198,44 @@ def test_flat_gradient_reference_real_file_plans(stack_env):
     assert (fit.kind, fit.inputs, fit.output) == ("flatGradientFit", ("flat",), "flat_gradient_reference")
     assert fit.config["doReferenceGradient"] is True and fit.config["doFitGradient"] is True
     assert [t.kind for t in pipe.tasks] == ["isr", "flatMeasure", "flatNormalize", "combine", "flatGradientFit"]
+    assert fit.calibrations == ("defects",)  # cp_pipe's input_defects prerequisite
     gc = render(CP_PIPE / "bps/templates/bps_gain_correction.yaml", environ=env)
-    with pytest.raises(PipelineError, match=r"does not build flat gradient correction \(CpFlatApplyGradientsTask\)"):
-        validate_stage(gc)
+    _, pipe = validate_stage(gc)
+    assert [(t.label, t.kind, t.inputs, t.output, t.calibrations) for t in pipe.tasks[3:]] == [
+        ("cpFlatCombine", "combine", ("cpFlatIsrExp", "cpFlatNormalizeScales"), "flat_uncorrected", ()),
+        ("cpFlatFitGradients", "flatGradientFit", ("flat_uncorrected",), "flat_gradient", ("defects",)),
+        ("cpFlatApplyGradients", "flatGradientApply", ("flat_uncorrected", "flat_gradient"), "flat_gain_correction",
+         ("flat_gradient_reference",)),
+        ("cpMeasureGainCorrection", "gainCorrection", ("flat_gain_correction",), "gain_correction", ("flat", "ptc"))]
+    assert pipe.task("cpFlatFitGradients").config["doFitCentroid"] is True
+    flat = render(CP_PIPE / "bps/templates/bps_flat_r.yaml", environ=env)
+    _, pipe = validate_stage(flat)
+    assert [(t.kind, t.output) for t in pipe.tasks][-2:] == [("flatGradientFit", "flat_gradient"),
+                                                            ("flatGradientApply", "flat")]
+
+
+@pytest.mark.parametrize("stack_env", [True], indirect=True)
+def test_anaglyph_real_file_plans(stack_env):
+    """The real LSSTCam cpFlatAnaglyph.yaml (issue 13): the two LEDs' flats down-selected by observation reason,
+    each fitted and gradient-corrected, then mixed with the template's weightOne."""
+    r = render(CP_PIPE / "bps/templates/bps_flat_anaglyph_z.yaml", environ={**stack_env, "INSTRUMENT": "LSSTCam"})
+    _, pipe = validate_stage(r)
+    assert [t.kind for t in pipe.tasks] == [
+        "isr", "flatMeasure", "flatNormalize", "flatNormalize", "combine", "combine", "flatGradientFit",
+        "flatGradientFit", "flatGradientApply", "flatGradientApply", "combineTwoFlats"]
+    blue, red = pipe.task("cpFlatBlueNormalize").config, pipe.task("cpFlatRedNormalize").config
+    assert (blue["doDownSelection"], blue["downSelectionField"], blue["downSelectionValue"]) == (
+        True, "observation_reason", "single_led_flat_m850l3")
+    assert red["downSelectionValue"] == "single_led_flat_m940l3"
+    mix = pipe.task("cpFlatRedBlueCombine")
+    assert (mix.inputs, mix.output, mix.config["weightOne"]) == (("flat_blue", "flat_red"), "flat", 0.65)
+    assert pipe.task("cpFlatBlueApplyGradients").calibrations == ("flat_gradient_reference",)
+    # cp_pipe's contract: the two down-selections differ
+    bad = {**stack_env, "INSTRUMENT": "LSSTCam"}
+    r = render(CP_PIPE / "bps/templates/bps_flat_anaglyph_z.yaml", environ=bad)
+    r.config["extraQgraphOptions"] = r.config["extraQgraphOptions"].replace("m940l3", "m850l3")
+    with pytest.raises(PipelineError, match="contract .*downSelectionValue.* does not hold"):
+        validate_stage(r)
 
 
 @pytest.mark.parametrize("stack_env", [True], indirect=True)
@@ -301,9 +341,8 @@ def test_unknown_class_field_and_python_line_name_file_label_field(tmp_path):
 
 
 def test_not_built_names_the_calibration():
-    with pytest.raises(PipelineError, match=r"cpframe does not build electrostatic brighter-fatter distortion "
-                                            r"matrix yet .*ElectrostaticBrighterFatterSolveTask"):
-        load_pipeline(CP_PIPE / "pipelines/LSSTCam/cpElectrostaticBFDistortionMatrix.yaml", environ=STACK)
+    with pytest.raises(PipelineError, match=r"cpframe does not build filter scan yet .*CpFilterScanTask"):
+        load_pipeline(CP_PIPE / "pipelines/_ingredients/cpFilterScanLSST.yaml", environ=STACK)
     for stem, what in NOT_BUILT_PIPELINES.items():  # a missing file of a type cpframe does not build names it
         with pytest.raises(PipelineError, match=rf"not found: cpframe does not build {re.escape(what)} yet"):
             load_pipeline(f"/nonexistent/pipelines/{stem}.yaml")

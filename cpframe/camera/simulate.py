@@ -48,6 +48,7 @@ from cpframe.camera.cti import apply_deferred_charge
 from cpframe.camera.gain_drift import exposure_gain
 from cpframe.camera import fringe as _fringe
 from cpframe.camera import illumination as _illum
+from cpframe.camera import led_flats as _led
 from cpframe.camera import sky as _sky
 from cpframe.camera.models import Camera, Detector, load_camera
 from cpframe.camera.nonlinearity import apply_nonlinearity
@@ -226,6 +227,8 @@ def simulate_detector(
     resp = truth.response(det.id, band) if light else None
     if light and illum:  # the dome flat's own pattern (camera/illumination.py)
         resp = _illum.dome_response(resp, truth.seed, det.id, spec.observation_type, illum)
+    if light and eff.get("led_flats") and _led.led_name(spec.observation_reason):  # camera/led_flats.py
+        resp = resp * _led.response_factor(truth, det, spec.observation_reason).astype(np.float32)
     sky_extra = _sky.extra_sky(camera, det, spec, truth.seed, eff.get("sky_frame", 0.0)) if light else None
     sky_extra = _fringe.add_fringes(sky_extra, det, spec, band, truth.seed, eff.get("fringe", 0.0)) if light else None
     dark_t = spec.dark_time if eff["dark_current"] or eff["defects"] or eff["manual_defects"] else 0.0

@@ -54,6 +54,7 @@ EFFECTS: dict[str, Any] = {
     "gain_drift": False,  # per-amp gain change after a restart (rms fraction; True = 0.003; camera/gain_drift.py)
     "gain_drift_day_obs": 0,  # day_obs (YYYYMMDD) from which the drifted gains apply (0 = every exposure)
     "flat_gradient": False,  # focal-plane radial fall-off / planar gradient in mm (True = 0.02; camera/fp_gradient.py)
+    "led_flats": False,  # single-LED flats: per-LED plane and detector colour (True = 0.02; camera/led_flats.py)
     "illumination_correction": False,  # dome-flat-only pattern + dithered fixed star field (camera/illumination.py); True = 0.04
     "sky_frame": False,  # static per-detector sky pattern (rms, relative) + per-exposure level/gradient (camera/sky.py); True = 0.02
     "fringe": False,  # additive fringes in i, z, y science frames (rms relative to the sky; camera/fringe.py); True = 0.02
@@ -73,6 +74,7 @@ _EFFECT_ON = {
     "illumination_correction": 0.04,
     "sky_frame": 0.02,
     "fringe": 0.02,
+    "led_flats": 0.02,
 }
 
 TRUTH_FORMAT = "cpframe-truth"

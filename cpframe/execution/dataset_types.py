@@ -25,6 +25,7 @@ PRODUCT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
     "crosstalk": (("detector",), "json"),  # cpframe/science/crosstalk.py
     "cti": (("detector",), "json"),  # cpframe/science/cti.py
     "bfk": (("detector",), "json"),  # cpframe/science/bfk.py
+    "electroBfDistortionMatrix": (("detector",), "json"),  # cpframe/science/electrostatic.py
     "gain_correction": (("detector",), "json"),  # cpframe/science/gain_correction.py
     "flat_gradient_reference": (("physical_filter",), "json"),  # cpframe/science/flat_gradient.py
     "illuminationCorrection": (("detector", "physical_filter"), "fits-masked"),  # cpframe/science/illumination.py

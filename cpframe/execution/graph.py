@@ -355,6 +355,14 @@ def _pairs(base: Sequence[DataId], exposures: Mapping[int, Mapping[str, Any]]):
     return out
 
 
+MSG_DOWN_SELECTION = ("{label}: no selected exposure has {field} = {value!r} (doDownSelection); the selection's "
+                      "exposures have: {found}. Check downSelectionValue or the selection.")
+
+
+def _picked(record: Mapping[str, Any], pick: tuple[str, str]) -> bool:
+    return str(record.get(pick[0]) or "").lower() == pick[1].lower()
+
+
 def _expand(pipeline: Any, base: Sequence[DataId], exposures, token: str):
     """-> list of (task, data_id, inputs) in run order."""
     writer = {o: t for t in pipeline.tasks for o in t.outputs}
@@ -377,6 +385,7 @@ def _expand(pipeline: Any, base: Sequence[DataId], exposures, token: str):
                 seen.setdefault(p.key(), p)
             items = [(p, ()) for p in seen.values()]
         mine = []
+        pick = get_kind(t.kind).exposure_filter(t)  # cp_pipe's down-selection (flat normalisation)
         for did, partners in items:
             inputs = []
             for i in t.inputs:
@@ -388,7 +397,12 @@ def _expand(pipeline: Any, base: Sequence[DataId], exposures, token: str):
                     keys = tuple(k for w in wanted for (sd, k) in by_task[src.label]
                                  if sd["exposure"] == w["exposure"] and sd["detector"] == w["detector"])
                 else:
-                    keys = tuple(k for sd, k in by_task[src.label] if _compatible(sd, did))
+                    keys = tuple(k for sd, k in by_task[src.label] if _compatible(sd, did) and (
+                        pick is None or "exposure" not in sd or _picked(exposures[int(sd["exposure"])], pick)))
+                    if pick is not None and not keys:
+                        found = sorted({str(e.get(pick[0])) for e in exposures.values()})
+                        raise PlanningError(MSG_DOWN_SELECTION.format(label=t.label, field=pick[0], value=pick[1],
+                                                                      found=", ".join(found)))
                 inputs.append((i, keys))
             key = _key(t.label, token, did)
             mine.append((did, key))
@@ -548,7 +562,7 @@ def make_plan(
         from cpframe.core.model import tai_now_ns
 
         now_ns = tai_now_ns()
-    check_against_pipeline(submission, pipeline)
+    label_notes = check_against_pipeline(submission, pipeline)
     registry = repo.registry
     collections = tuple(submission.in_collections)
     _check_collections(registry, collections)
@@ -557,7 +571,7 @@ def make_plan(
     token = secrets.token_hex(3)
     items = _expand(pipeline, base, exposures, token)
     found, missing, optional_missing = _resolve_calibs(pipeline, registry, items, exposures, collections, now_ns)
-    notes: list[str] = list(getattr(pipeline, "notes", ()))
+    notes: list[str] = [*getattr(pipeline, "notes", ()), *label_notes]
     ignored = getattr(submission, "ignored_keys", ())
     if ignored:
         notes.append(f"ignored by cpframe (no meaning for a Dask back end): {', '.join(ignored)}")

@@ -44,11 +44,8 @@ SKIPPED = {
 #: Known classes that build a calibration cpframe does not build yet -> what they build.
 NOT_BUILT = {
     "lsst.cp.verify.CpVerifyCrosstalkTask": "crosstalk verification",
-    "lsst.cp.pipe.ElectrostaticBrighterFatterSolveTask": "electrostatic brighter-fatter distortion matrix",
-    "lsst.cp.pipe.CpFlatApplyGradientsTask": "flat gradient correction (CpFlatApplyGradientsTask)",
     "lsst.cp.pipe.CpFilterScanTask": "filter scan",
     "lsst.cp.pipe.CpFlatNormalizationRedBlueTask": "anaglyph (red/blue LED) flat",
-    "lsst.cp.pipe.CalibCombineTwoFlatsByFilterTask": "anaglyph (red/blue LED) flat",
     "lsst.cp.pipe.CpSpectroFlatTask": "spectroscopic flat",
 }
 

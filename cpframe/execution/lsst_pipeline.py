@@ -32,7 +32,6 @@ is an error naming the file, the label and the field.
 
 from __future__ import annotations
 
-import ast
 import difflib
 import os
 import re
@@ -48,6 +47,7 @@ from cpframe.execution.kinds.defects import LSST_FIELDS as _DEFECT_FIELDS
 from cpframe.execution.kinds.defects import LSST_IGNORED as _DEFECT_IGNORED
 from cpframe.execution.kinds.illumination import CHAIN as _CHAIN
 from cpframe.execution.lsst_config import CALIB_BASELINE, MISSING, NOT_BUILT, SKIPPED, python_ops
+from cpframe.execution.lsst_contracts import check_contracts
 from cpframe.science.ptc import FIT_TYPES as _PTC_FIT_TYPES
 
 __all__ = [
@@ -88,7 +88,7 @@ _XT_FILTER = tuple(c for c, role in _FOLDED.items() if role == "filter")
 
 _STORAGE = {"skyImage": "fits-masked", "fringeMeasure": "fits-masked", "starMeasure": "json", "illuminationSolve": "fits-masked", "crosstalkExtract": "json", "linearitySolve": "json", "linearityNormalize": "json", "isr": "fits-masked", "darkCr": "fits-masked", "flatMeasure": "json", "flatNormalize": "json",
             "combine": "fits-masked", "ptcExtract": "json", "ptcSolve": "fits-ptc", "verifyStats": "json",
-            "defects": "ecsv-defects"}
+            "defects": "ecsv-defects", "flatGradientApply": "fits-masked", "combineTwoFlats": "fits-masked"}
 
 
 def _canonical(cls: str) -> str:
@@ -318,6 +318,14 @@ def _expand_labels(doc: _Doc, names: Sequence[str], where: str) -> list[str]:
 # ------------------------------------------------------------------------------------------
 # translation
 # ------------------------------------------------------------------------------------------
+def _real_field(cls: str, name: str) -> bool:
+    """True when some version of the real class ``cls`` has the config field ``name`` (its top-level part):
+    a field cpframe does not implement, not a typo (:mod:`cpframe.execution.lsst_fields`)."""
+    from cpframe.execution.lsst_fields import known_fields
+
+    return name.split(".", 1)[0] in known_fields(cls)
+
+
 def _ignored(name: str, patterns: Sequence[str]) -> bool:
     return any(name == p or (p.endswith("*") and name.startswith(p[:-1])) for p in patterns)
 
@@ -432,8 +440,8 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
         what = sorted(set(not_built.values()))
         raise PipelineError(
             f"{p}: cpframe does not build {', '.join(what)} yet (tasks "
-            f"{', '.join(f'{lab} ({classes[lab]})' for lab in not_built)}). cpframe builds bias, dark, flat, "
-            "defects and PTC (with their bootstraps) and verifies them.")
+            f"{', '.join(f'{lab} ({classes[lab]})' for lab in not_built)}). The calibration types cpframe "
+            "builds and verifies, and the real task classes it runs, are listed in docs/kinds.md.")
     unknown = [lab for lab, c in classes.items() if c not in lsst_classes() and c not in SKIPPED
                and c not in _DEFECT_MEASURE + _DEFECT_MERGE + _PTC_ADJUST + _XT_FILTER and c not in _CHAIN]
     if unknown:
@@ -449,7 +457,7 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
         values = {} if classes[label] in SKIPPED and not _connections_only(t) else \
             _apply_ops(t, lsst_classes().get(classes[label]), doc.parameters, tnotes)
         resolved[label] = _Resolved(label, classes[label], t.file, values, tnotes)
-    _check_contracts(doc, resolved, p)
+    check_contracts(doc.contracts, resolved, lsst_classes())
 
     tasks: dict[str, dict] = {}
     dataset_types: dict[str, dict] = {}
@@ -518,8 +526,13 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
                 continue
             if fld.startswith("connections."):
                 conn = fld.split(".", 1)[1]
+<<<<<<< HEAD
                 known = ({c for c, _ in cmap.inputs} | {cmap.output[0]} | set(cmap.extra_connections)
                          | {c for c, _ in cmap.extra_outputs})
+=======
+                known = {c for c, _ in cmap.inputs} | {cmap.output[0]} | set(cmap.extra_connections) | \
+                    {c for c, _ in cmap.calibrations}
+>>>>>>> main
                 if conn not in known and not cmap.kind.startswith("verify"):
                     problems.append(f"{r.file}: tasks.{label}: unknown connection {conn!r} for "
                                     f"{r.cls.rsplit('.', 1)[-1]}; known: {', '.join(sorted(known))}")
@@ -528,11 +541,13 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
                 cfg[cmap.fields[fld]] = val
                 if fld in _explicit_fields(doc.tasks[label]):
                     explicit.append(cmap.fields[fld])
-            elif _ignored(fld, cmap.ignored):
+            elif _ignored(fld, cmap.ignored) or _real_field(r.cls, fld):
                 if fld in _explicit_fields(doc.tasks[label]):
                     accepted.append(f"{fld}={val!r}")
             else:
-                close = difflib.get_close_matches(fld, [*cmap.fields, *cmap.ignored], n=1)
+                from cpframe.execution.lsst_fields import known_fields
+
+                close = difflib.get_close_matches(fld, [*cmap.fields, *cmap.ignored, *known_fields(r.cls)], n=1)
                 problems.append(f"{r.file}: tasks.{label}: unknown config field {fld!r} for "
                                 f"{r.cls.rsplit('.', 1)[-1]}{f' (did you mean {close[0]!r}?)' if close else ''}")
         if accepted:
@@ -549,10 +564,18 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
         inputs = [_connection(cmap, r.values, c, d) for c, d in cmap.inputs
                   if c not in cmap.optional_inputs or f"connections.{c}" in r.values]
         out = _connection(cmap, r.values, *cmap.output)
+        if cmap.kind == "flatGradientFit" and not cfg.get("doReferenceGradient"):
+            # cp_pipe's connections keep output_gradient, not output_reference_gradient, without do_reference_gradient
+            out = _connection(cmap, r.values, "output_gradient", "flat_gradient")
         task = {"kind": cmap.kind, "dimensions": list(cmap.dimensions), "inputs": inputs, "output": out,
                 "config": cfg, "explicit": explicit, "lsstClass": r.cls}
+<<<<<<< HEAD
         if cmap.extra_outputs:
             task["extraOutputs"] = [_connection(cmap, r.values, c, d) for c, d in cmap.extra_outputs]
+=======
+        if cmap.calibrations:
+            task["calibrations"] = [_connection(cmap, r.values, c, d) for c, d in cmap.calibrations]
+>>>>>>> main
         if cmap.kind == "combine":
             ct = cfg.get("calibrationType")
             if ct in ("bias", "dark", "flat") and out == f"{ct}Bootstrap":
@@ -561,6 +584,13 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
             # cp_pipe: without useBfkPtc the kernel is solved from the certified PTC (inputPtc)
             task["inputs"] = []
             task["calibrations"] = [_connection(cmap, r.values, "inputPtc", "ptc")]
+        if cmap.kind == "electrostaticBfSolve":
+            # cp_pipe: useBfPtc reads the pipeline's own PTC (inputBfPtc); otherwise the certified ptc (inputPtc),
+            # the raws (dummy) only placing the quantum
+            if cfg.get("useBfPtc"):
+                task["inputs"] = [_connection(cmap, r.values, "inputBfPtc", "bfPtc")]
+            else:
+                task["calibrations"] = [_connection(cmap, r.values, "inputPtc", "ptc")]
         if cmap.kind == "ptcSolve" and cfg.get("ptcFitType") not in (None, *_PTC_FIT_TYPES):
             notes.append(f"{label}: ptcFitType={cfg['ptcFitType']!r} is not implemented by cpframe "
                          f"({', '.join(_PTC_FIT_TYPES)} are); EXPAPPROXIMATION is fitted")
@@ -626,6 +656,11 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
         items = "\n".join(f"  - {x}" for x in problems)
         raise PipelineError(f"{p}: {len(problems)} problem{'s' if len(problems) > 1 else ''} in the LSST "
                             f"pipeline:\n{items}")
+    if not tasks:  # cpPlotPtc.yaml: plots only
+        what = sorted({SKIPPED.get(r.cls, r.cls.rsplit('.', 1)[-1]) for r in resolved.values()})
+        raise PipelineError(f"{p}: nothing for cpframe to run: every task of this pipeline ("
+                            f"{', '.join(resolved)}) makes what cpframe does not make ({', '.join(what)}). "
+                            "Submit the pipeline that builds the calibration instead (docs/kinds.md).")
     # declare intermediate / renamed outputs with the task's dimensions
     for lab, t in tasks.items():
         for i, name in enumerate([t["output"], *t.get("extraOutputs", [])]):
@@ -719,7 +754,7 @@ def _defects_task(merge: _Resolved, measures: list[_Resolved], notes: list[str],
                                  "cpframe measures all defects with one configuration, the last one given is used")
                 cfg[fld] = val
                 explicit.append(fld)
-            elif _ignored(fld, _DEFECT_IGNORED):
+            elif _ignored(fld, _DEFECT_IGNORED) or _real_field(r.cls, fld):
                 notes.append(f"{r.label}: accepted, not implemented by cpframe: {fld}={val!r}")
             else:
                 close = difflib.get_close_matches(fld, list(_DEFECT_FIELDS), n=1)
@@ -733,57 +768,3 @@ def _defects_task(merge: _Resolved, measures: list[_Resolved], notes: list[str],
             "calibrations": calibs or ["biasBootstrap", "darkBootstrap", "flatBootstrap"],
             "optionalCalibrations": ["manual_defects"] if manual else [], "config": cfg, "explicit": explicit,
             "lsstClass": merge.cls}
-
-
-# ------------------------------------------------------------------------------------------
-# contracts
-# ------------------------------------------------------------------------------------------
-def _check_contracts(doc: _Doc, resolved: Mapping[str, _Resolved], path: Path) -> None:
-    for expr, msg, file in doc.contracts:
-        try:
-            tree = ast.parse(expr, mode="eval")
-        except SyntaxError:
-            continue  # pipetask would fail too; not ours to judge
-        labels = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-        if not labels <= set(resolved):
-            continue  # a contract on a task not selected is dropped (as pipetask does)
-        try:
-            ok = _eval(tree.body, resolved)
-        except LookupError:
-            continue  # compares a value cpframe does not know (a class default): not checked
-        if ok is False:
-            raise PipelineError(f"{file}: contract {expr!r} does not hold"
-                                f"{f' ({msg})' if msg else ''} with this configuration (check "
-                                "extraQgraphOptions --config overrides).")
-
-
-def _eval(node: ast.AST, resolved: Mapping[str, _Resolved]) -> Any:
-    if isinstance(node, ast.Constant):
-        return node.value
-    if isinstance(node, ast.BoolOp):
-        vals = [_eval(v, resolved) for v in node.values]
-        return all(vals) if isinstance(node.op, ast.And) else any(vals)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-        return not _eval(node.operand, resolved)
-    if isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], (ast.Eq, ast.NotEq)):
-        a, b = _eval(node.left, resolved), _eval(node.comparators[0], resolved)
-        return (a == b) if isinstance(node.ops[0], ast.Eq) else (a != b)
-    if isinstance(node, ast.Attribute):
-        parts = []
-        n = node
-        while isinstance(n, ast.Attribute):
-            parts.append(n.attr)
-            n = n.value
-        if isinstance(n, ast.Name):
-            r = resolved[n.id]
-            fld = ".".join(reversed(parts))
-            if fld in r.values:
-                return r.values[fld]
-            cmap = lsst_classes().get(r.cls)
-            if cmap is not None:
-                if "__baseline__" in r.values and fld in CALIB_BASELINE:
-                    return CALIB_BASELINE[fld]
-                if fld in cmap.defaults:
-                    return cmap.defaults[fld]
-            raise LookupError(fld)
-    raise LookupError(ast.dump(node))

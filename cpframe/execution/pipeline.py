@@ -67,8 +67,6 @@ MASK_PLANES = ("BAD", "SAT", "INTRP", "CR", "EDGE", "DETECTED", "DETECTED_NEGATI
 
 #: cp_pipe / cp_verify pipelines for calibrations cpframe does not build (yet): file stem -> what.
 NOT_BUILT_PIPELINES = {
-    "cpElectrostaticBFDistortionMatrix":
-    "electrostatic brighter-fatter distortion matrix", "cpFlatAnaglyph": "anaglyph (red/blue LED) flat",
 }
 
 STORAGE_CLASSES = ("fits-masked", "json", "ecsv", "ecsv-defects", "fits-ptc")

@@ -580,8 +580,13 @@ def _ignored_keys(config: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
-def check_against_pipeline(submission: Submission, pipeline: Any) -> None:
-    """Check that cluster and pipetask labels name tasks of the pipeline.
+def check_against_pipeline(submission: Submission, pipeline: Any) -> list[str]:
+    """Notes for cluster and pipetask labels that name no task of the pipeline.
+
+    BPS clusters and sizes only the tasks its quantum graph has and passes over other labels: one
+    template serves several instruments (cp_pipe's ``bps_flat_*`` cluster ``cpFlatMeasure``, which
+    LATISS's single-detector ``cpFlat.yaml`` does not have).  cpframe does the same, but says so: each
+    such label is one note of the plan (with the closest task label, for a typo), never an error.
 
     Parameters
     ----------
@@ -589,22 +594,21 @@ def check_against_pipeline(submission: Submission, pipeline: Any) -> None:
     pipeline : cpframe.execution.pipeline.PipelineSpec
         Anything with ``name`` and ``labels`` (tuple of task labels).
 
-    Raises
-    ------
-    SubmissionError
-        Every unknown label at once, with the pipeline's labels.
+    Returns
+    -------
+    list of str
+        One note per section naming labels the pipeline does not have (empty when all are tasks).
     """
+    import difflib
+
     labels = set(pipeline.labels) | set(getattr(pipeline, "folded", ()))  # folded tasks: resources unused
-    problems = []
-    for c in submission.clusters:
-        for t in c.pipetasks:
-            if t not in labels:
-                problems.append(f"cluster.{c.label}.pipetasks names {t!r}")
-    for r in submission.pipetasks:
-        if r.label not in labels:
-            problems.append(f"pipetask.{r.label}")
-    if problems:
-        raise SubmissionError(
-            f"{submission.pipeline_yaml}: unknown task labels for pipeline {pipeline.name}: "
-            f"{'; '.join(problems)}. The pipeline's tasks are: {', '.join(pipeline.labels)}."
-        )
+
+    def hint(t: str) -> str:
+        close = difflib.get_close_matches(t, sorted(labels), n=1)
+        return f" (did you mean {close[0]!r}?)" if close else ""
+
+    where = [(f"cluster.{c.label}.pipetasks", t) for c in submission.clusters for t in c.pipetasks if t not in labels]
+    where += [(f"pipetask.{r.label}", r.label) for r in submission.pipetasks if r.label not in labels]
+    return [f"{sec} names {t!r}{hint(t)}, not a task of pipeline {pipeline.name} (its tasks: "
+            f"{', '.join(pipeline.labels)}): ignored, as BPS ignores labels its quantum graph does not have"
+            for sec, t in where]

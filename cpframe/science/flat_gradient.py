@@ -27,6 +27,17 @@ focal plane ends near 90 mm); there is no ITL/E2V throughput ratio (cpframe's ca
 sensor type per focal plane), and no second, inner pass that only serves that ratio.
 
 The product is a ``json`` file (:func:`write_flat_gradient`).
+
+**Apply** (:func:`correction_factor`, :func:`flat_gradient_apply_task`; cp_pipe
+``CpFlatApplyGradientsTask``): each detector's new flat (``flat_uncorrected``) is multiplied by
+
+    f(x, y) = (1 + a (x - cx) + b (y - cy)) · S_ref(r_ref) / S(r) / normalization_factor
+
+with (a, b, S, centroid, normalisation) of the new flat's ``flat_gradient`` and S_ref the
+radial function of the certified ``flat_gradient_reference``: the planar gradient of the new
+flat is removed and its radial shape replaced by the reference's.  The variance is multiplied
+by f²; pixels where f is not finite or not positive (a radial function at or below 0) become NaN with
+``NO_DATA``.
 """
 
 from __future__ import annotations
@@ -53,6 +64,9 @@ __all__ = [
     "write_flat_gradient",
     "read_flat_gradient",
     "flat_gradient_task",
+    "correction_factor",
+    "flat_gradient_apply_task",
+    "CorrectedFlat",
 ]
 
 FORMAT = "cpframe-flat-gradient"
@@ -341,3 +355,84 @@ def flat_gradient_task(flat_paths: Sequence[str], output_path: str | os.PathLike
     grad = fit_flat_gradient(bin_focal_plane(flats, cfg), cfg, meta=meta)
     grad.path = str(write_flat_gradient(output_path, grad))
     return grad
+
+
+# --------------------------------------------------------------------------------------
+# apply (CpFlatApplyGradientsTask)
+# --------------------------------------------------------------------------------------
+MSG_APPLY_FILTER = ("flat gradient correction: the {what} is for filter {got!r} but the flat {path} is {want!r}; "
+                    "give the gradient and reference fitted for the flat's physical filter.")
+
+
+def correction_factor(gradient: FlatGradient, reference: FlatGradient, xf, yf) -> np.ndarray:
+    """f = gradient model x S_ref / S / normalisation at focal-plane (x, y) mm (module docstring, "Apply").
+
+    >>> g = FlatGradient([0.0, 50.0, 100.0], [1.0, 0.9, 0.8], gradient_x=1e-3, normalization_factor=2.0)
+    >>> ref = FlatGradient([0.0, 50.0, 100.0], [1.0, 0.95, 0.9])
+    >>> round(float(correction_factor(g, ref, 50.0, 0.0)), 6)  # 1.05 x 0.95 / 0.9 / 2
+    0.554167
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return gradient.gradient_model(xf, yf) * reference.radial_model(xf, yf) / gradient.radial_model(xf, yf) \
+            / float(gradient.normalization_factor)
+
+
+@dataclass
+class CorrectedFlat:
+    """What :func:`flat_gradient_apply_task` returns."""
+
+    path: str
+    """The corrected flat (``fits-masked``)."""
+    factor_min: float
+    """Smallest finite correction factor applied."""
+    factor_max: float
+    """Largest finite correction factor applied."""
+
+
+def flat_gradient_apply_task(flat_path: str, gradient_path: str, reference_path: str,
+                             output_path: str | os.PathLike, detector=None, rows: int = 256) -> CorrectedFlat:
+    """cpFlatApplyGradients for one detector: the corrected flat (``fits-masked``), written atomically.
+
+    ``detector`` defaults to the flat header's.  Works ``rows`` image rows at a time.
+
+    Raises
+    ------
+    UserInputError
+        The gradient or the reference names another physical filter than the flat.
+    """
+    from cpframe.camera.focal_plane import pixel_to_focal_plane
+    from cpframe.camera.models import load_camera
+    from cpframe.science.imageio import read_masked, write_masked
+
+    flat = read_masked(flat_path)
+    h = flat.header
+    grad, ref = read_flat_gradient(gradient_path), read_flat_gradient(reference_path)
+    filt = str(h.get("FILTER", ""))
+    for what, g in (("flat gradient", grad), ("flat gradient reference", ref)):
+        got = str(g.meta.get("FILTER", ""))
+        if filt and got and got != filt:
+            raise UserInputError(MSG_APPLY_FILTER.format(what=what, got=got, path=flat_path, want=filt))
+    camera = load_camera(str(h["INSTRUME"]), str(h.get("CAMSCALE", "full")).lower())
+    det = detector if detector is not None else camera.detector(int(h["DETECTOR"]))
+    image = np.array(flat.image, dtype=np.float32)
+    variance = np.array(flat.variance, dtype=np.float32)
+    mask = np.array(flat.mask)
+    ny, nx = image.shape
+    xx = np.arange(nx, dtype=np.float64)
+    lo, hi = math.inf, -math.inf
+    for r0 in range(0, ny, rows):
+        yy, xg = np.meshgrid(np.arange(r0, min(ny, r0 + rows), dtype=np.float64), xx, indexing="ij")
+        xf, yf = pixel_to_focal_plane(camera, det, xg, yy)
+        f = correction_factor(grad, ref, xf, yf)
+        bad = ~np.isfinite(f) | (f <= 0)  # a radial function at or below 0 (Akima overshoot near a 0 node)
+        if not bad.all():
+            lo, hi = min(lo, float(np.min(f[~bad]))), max(hi, float(np.max(f[~bad])))
+        image[r0:r0 + rows] *= f
+        variance[r0:r0 + rows] *= f * f
+        if bad.any():
+            image[r0:r0 + rows][bad] = np.nan
+            mask[r0:r0 + rows][bad] |= 1 << MASK_BITS["NO_DATA"]
+    head = dict(h)
+    head.update({"OBSTYPE": "flat", "FLATGRAD": os.path.basename(gradient_path),
+                 "FLATGREF": os.path.basename(reference_path), "FGNORM": float(grad.normalization_factor)})
+    return CorrectedFlat(str(write_masked(output_path, image, mask, variance, head)), lo, hi)

@@ -87,6 +87,8 @@ class ClassMap:
     """Connections accepted and not read by cpframe (calibration inputs it derives, QA outputs)."""
     optional_inputs: tuple[str, ...] = ()
     """Input connections read only when the file sets them."""
+    calibrations: tuple[tuple[str, str], ...] = ()
+    """(connection, default dataset type) of certified calibrations the task reads (prerequisite inputs)."""
     extra_outputs: tuple[tuple[str, str], ...] = ()
     """(connection, default dataset type) also written (json; the sky frame's per-step backgrounds)."""
 
@@ -187,6 +189,15 @@ class TaskKind:
     @classmethod
     def calibrations(cls, config: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
         """Calibrations read, when they follow from the config (ISR); None = the pipeline lists them."""
+        return None
+
+    @classmethod
+    def exposure_filter(cls, task: "TaskSpec") -> tuple[str, str] | None:
+        """(exposure record field, value) an input of one exposure must have to be read, or None (all are).
+
+        cp_pipe's ``adjustQuantum`` down-selection (``CpFlatNormalizationTask.doDownSelection``); the
+        planner (:func:`cpframe.execution.graph.make_plan`) applies it, case-insensitively.
+        """
         return None
 
     # -- planning (driver side) -----------------------------------------------------------------

@@ -39,7 +39,8 @@ class GainCorrection(TaskKind):
     task_classes = MappingProxyType({"lsst.cp.pipe.CpMeasureGainCorrectionTask": ClassMap(
         "gainCorrection", ("detector",), (("input_flat", "flat_gain_correction"),),
         ("output_gain_correction", "gain_correction"), _FIELDS, ("python",),
-        extra_connections=("input_reference_flat", "input_reference_ptc", "output_flat_ratio_plot"))})
+        extra_connections=("output_flat_ratio_plot",),
+        calibrations=(("input_reference_flat", "flat"), ("input_reference_ptc", "ptc")))})
     options = MappingProxyType({_camel(k): Option({"int": int, "float": float, "bool": bool}[str(f.type)], k,
                                                   doc="cp_pipe: " + k)
                                 for k, f in _gc.GainCorrectionConfig.__dataclass_fields__.items()})

@@ -25,6 +25,13 @@ class _Ptc(TaskKind):
 _DET = ("exposure", "detector")
 
 
+_EXTRACT_FIELDS = {k: k for k in ("nSigmaClipPtc", "nIterSigmaClipPtc", "numEdgeSuspect",
+                                   "maximumRangeCovariancesAstier", "minNumberGoodPixelsForCovariance")}
+_EXTRACT_IGNORED = ("edgeMaskLevel", "useEfdPhotodiodeData", "auxiliaryHeaderKeys", "doExtractPhotodiodeData",
+                    "efdSalIndex", "matchExposuresType", "doOutputBinnedImages", "doVignetteFunctionRegionSelection",
+                    "photodiodeIntegrationMethod", "binSize", "python", "vignetteFunctionPolynomialCoeffs")
+
+
 class PtcExtract(_Ptc):
     name = "ptcExtract"
     summary = "Mean and variance per amp of one pair of flats of equal exposure time."
@@ -33,14 +40,15 @@ class PtcExtract(_Ptc):
     task_classes = MappingProxyType({
         "lsst.cp.pipe.ptc.PhotonTransferCurveExtractPairTask": ClassMap(
         "ptcExtract", _DET, (("inputExp", "ptcInputExposurePairs"),), ("outputCovariance", "ptcCovariances"),
-        {"nSigmaClipPtc": "nSigmaClipPtc", "nIterSigmaClipPtc": "nIterSigmaClipPtc",
-         "numEdgeSuspect": "numEdgeSuspect", "maximumRangeCovariancesAstier": "maximumRangeCovariancesAstier",
-         "minNumberGoodPixelsForCovariance": "minNumberGoodPixelsForCovariance"},
-        ("edgeMaskLevel", "useEfdPhotodiodeData", "auxiliaryHeaderKeys",
-         "doExtractPhotodiodeData", "efdSalIndex", "matchExposuresType", "doOutputBinnedImages",
-         "doVignetteFunctionRegionSelection", "photodiodeIntegrationMethod", "binSize", "python",
-         "vignetteFunctionPolynomialCoeffs"),
+        _EXTRACT_FIELDS, _EXTRACT_IGNORED,
         extra_connections=("outputCovariances", "inputPhotodiodeData", "outputBinnedImages", "taskMetadata")),
+        # cp_pipe before 2025 (e.g. f029a3f's predecessors of March 2025): one quantum per detector reading every
+        # exposure and pairing them itself, writing one covariance per pair. cpframe pairs the exposures when it
+        # plans and runs one quantum per pair: the same measurements (docs/lsst-pipelines.md)
+        "lsst.cp.pipe.ptc.PhotonTransferCurveExtractTask": ClassMap(
+        "ptcExtract", _DET, (("inputExp", "ptcInputExposurePairs"),), ("outputCovariances", "ptcCovariances"),
+        _EXTRACT_FIELDS, _EXTRACT_IGNORED,
+        extra_connections=("inputPhotodiodeData", "outputBinnedImages", "taskMetadata")),
     })
     options = MappingProxyType({
         **{k: Option(t, _field(k)) for k, t in (
