@@ -526,13 +526,8 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
                 continue
             if fld.startswith("connections."):
                 conn = fld.split(".", 1)[1]
-<<<<<<< HEAD
                 known = ({c for c, _ in cmap.inputs} | {cmap.output[0]} | set(cmap.extra_connections)
-                         | {c for c, _ in cmap.extra_outputs})
-=======
-                known = {c for c, _ in cmap.inputs} | {cmap.output[0]} | set(cmap.extra_connections) | \
-                    {c for c, _ in cmap.calibrations}
->>>>>>> main
+                         | {c for c, _ in cmap.calibrations} | {c for c, _ in cmap.extra_outputs})
                 if conn not in known and not cmap.kind.startswith("verify"):
                     problems.append(f"{r.file}: tasks.{label}: unknown connection {conn!r} for "
                                     f"{r.cls.rsplit('.', 1)[-1]}; known: {', '.join(sorted(known))}")
@@ -569,13 +564,10 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
             out = _connection(cmap, r.values, "output_gradient", "flat_gradient")
         task = {"kind": cmap.kind, "dimensions": list(cmap.dimensions), "inputs": inputs, "output": out,
                 "config": cfg, "explicit": explicit, "lsstClass": r.cls}
-<<<<<<< HEAD
         if cmap.extra_outputs:
             task["extraOutputs"] = [_connection(cmap, r.values, c, d) for c, d in cmap.extra_outputs]
-=======
         if cmap.calibrations:
             task["calibrations"] = [_connection(cmap, r.values, c, d) for c, d in cmap.calibrations]
->>>>>>> main
         if cmap.kind == "combine":
             ct = cfg.get("calibrationType")
             if ct in ("bias", "dark", "flat") and out == f"{ct}Bootstrap":
