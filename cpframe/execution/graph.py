@@ -316,6 +316,9 @@ def _resolve_selection(pipeline: Any, registry: Registry, query: str, collection
         raise PlanningError(f"the selection {query!r} matches {len(instruments)} instruments "
                             f"({', '.join(instruments)}); add instrument='...' to it.")
     base = [DataId(instrument=instruments[0], detector=int(d["detector"])) for d in ids]
+    if any("physical_filter" in t.dimensions for t in pipeline.tasks):  # per-filter calibrations (sky, fringe)
+        filters = sorted({str(r["physical_filter"]) for r in registry.query_dimension_records("exposure", where=query)})
+        base = [DataId(dict(d, physical_filter=f)) for d in base for f in filters] or base
     return instruments[0], base, {}, {}
 
 
