@@ -11,6 +11,7 @@ contracts, selections and its errors.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from click.testing import CliRunner
 
 from cpframe.cli import main
 from cpframe.core.errors import PipelineError, SubmissionError
-from cpframe.execution.pipeline import load_pipeline
+from cpframe.execution.pipeline import NOT_BUILT_PIPELINES, load_pipeline
 from cpframe.execution.submission import validate_submission
 from cpframe.execution.submit import validate_stage
 from cpframe.execution.templates import render
@@ -50,6 +51,8 @@ BUILT = {
     # issue 13: CalibrateImage -> starMeasure, FGCM fit cycle -> illuminationSolve, source tables/association/
     # FGCM build/output folded into the solve (cpframe/execution/kinds/illumination.py)
     "bps_illuminationCorrection", "bps_verify_illuminationCorrection",
+    # issue 13: CpSkyImage/ScaleMeasure/SubtractBackground/Combine -> the sky kinds (cpframe/execution/kinds/sky.py)
+    "bps_sky",
 }
 
 
@@ -340,8 +343,12 @@ def test_unknown_class_field_and_python_line_name_file_label_field(tmp_path):
 def test_not_built_names_the_calibration():
     with pytest.raises(PipelineError, match=r"cpframe does not build filter scan yet .*CpFilterScanTask"):
         load_pipeline(CP_PIPE / "pipelines/_ingredients/cpFilterScanLSST.yaml", environ=STACK)
-    with pytest.raises(PipelineError, match=r"not found: cpframe does not build sky yet"):
+    for stem, what in NOT_BUILT_PIPELINES.items():  # a missing file of a type cpframe does not build names it
+        with pytest.raises(PipelineError, match=rf"not found: cpframe does not build {re.escape(what)} yet"):
+            load_pipeline(f"/nonexistent/pipelines/{stem}.yaml")
+    with pytest.raises(PipelineError, match=r"cpSky.yaml.* not found") as err:  # sky is built: plain not found
         load_pipeline("/nonexistent/pipelines/cpSky.yaml")
+    assert "does not build" not in str(err.value)
 
 
 def test_bps_substitutions_that_stopped_strict_render(tmp_path):

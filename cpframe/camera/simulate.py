@@ -46,8 +46,10 @@ import numpy as np
 from cpframe.camera.bf import apply_brighter_fatter
 from cpframe.camera.cti import apply_deferred_charge
 from cpframe.camera.gain_drift import exposure_gain
+from cpframe.camera import fringe as _fringe
 from cpframe.camera import illumination as _illum
 from cpframe.camera import led_flats as _led
+from cpframe.camera import sky as _sky
 from cpframe.camera.models import Camera, Detector, load_camera
 from cpframe.camera.nonlinearity import apply_nonlinearity
 from cpframe.camera.spots import spot_field
@@ -227,6 +229,8 @@ def simulate_detector(
         resp = _illum.dome_response(resp, truth.seed, det.id, spec.observation_type, illum)
     if light and eff.get("led_flats") and _led.led_name(spec.observation_reason):  # camera/led_flats.py
         resp = resp * _led.response_factor(truth, det, spec.observation_reason).astype(np.float32)
+    sky_extra = _sky.extra_sky(camera, det, spec, truth.seed, eff.get("sky_frame", 0.0)) if light else None
+    sky_extra = _fringe.add_fringes(sky_extra, det, spec, band, truth.seed, eff.get("fringe", 0.0)) if light else None
     dark_t = spec.dark_time if eff["dark_current"] or eff["defects"] or eff["manual_defects"] else 0.0
     extra = []  # sparse charges (y, x, e-): hot pixels, cosmic rays
     hot_y, hot_x, hot_rate = truth.hot_pixels(det.id)
@@ -251,6 +255,8 @@ def simulate_detector(
         dark_e = np.float32(at.dark_current * dark_t)
         if light:
             lam = resp[ys, xs] * np.float32(sky * spec.exposure_time)
+            if sky_extra is not None:  # sky structure and fringes (camera/sky.py, camera/fringe.py)
+                lam += sky_extra[ys, xs] * resp[ys, xs] * np.float32(spec.exposure_time)
             if stars is not None:
                 lam += stars[ys, xs] * resp[ys, xs] * np.float32(spec.exposure_time)
             lam += dark_e

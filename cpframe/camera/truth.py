@@ -56,6 +56,8 @@ EFFECTS: dict[str, Any] = {
     "flat_gradient": False,  # focal-plane radial fall-off / planar gradient in mm (True = 0.02; camera/fp_gradient.py)
     "led_flats": False,  # single-LED flats: per-LED plane and detector colour (True = 0.02; camera/led_flats.py)
     "illumination_correction": False,  # dome-flat-only pattern + dithered fixed star field (camera/illumination.py); True = 0.04
+    "sky_frame": False,  # static per-detector sky pattern (rms, relative) + per-exposure level/gradient (camera/sky.py); True = 0.02
+    "fringe": False,  # additive fringes in i, z, y science frames (rms relative to the sky; camera/fringe.py); True = 0.02
 }
 _EFFECT_ON = {
     "bias_jitter": 1.0,
@@ -70,6 +72,8 @@ _EFFECT_ON = {
     "gain_drift": 0.003,
     "flat_gradient": 0.02,
     "illumination_correction": 0.04,
+    "sky_frame": 0.02,
+    "fringe": 0.02,
     "led_flats": 0.02,
 }
 

@@ -49,6 +49,10 @@ PRODUCT_NEEDS: dict[str, tuple[str, ...]] = {
     # illumination correction (cp_pipe cpIlluminationCorrection): science exposures through the full ISR with
     # the certified flat (dependencies.md §3: IsrTaskLSST defaults), so after the flat of its band
     "illuminationCorrection": ("ptc", "bias", "dark", "flat", "defects"),
+    # sky frames (cp_pipe cpSkyLSST.yaml: IsrTaskLSST defaults) and red-band fringe frames (cpFringe.yaml: ISR with
+    # bias, dark, flat; dependencies.md §2): science exposures after the flat of their band
+    "sky": ("ptc", "bias", "dark", "flat", "defects"),
+    "fringe": ("ptc", "bias", "dark", "flat", "defects"),
 }
 
 #: Optional calibrations each product's ISR applies when they are certified (dependencies.md §3; ISR's
@@ -71,11 +75,11 @@ PER_BAND = ("flat", "flat_gradient_reference")
 
 #: Products that are certified (bootstraps are read straight from their RUNs).
 CERTIFIABLE = ("defects", "ptc", "bias", "dark", "flat", "linearizer", "cti", "crosstalk", "bfk", "gain_correction",
-               "flat_gradient_reference", "illuminationCorrection")
+               "flat_gradient_reference", "illuminationCorrection", "sky", "fringe")
 
 #: What a verification submission may test.
 VERIFY_TARGETS = ("bias", "dark", "flat", "defects", "ptc", "science", "linearizer", "cti", "crosstalk", "bfk",
-                  "gain_correction", "flat_gradient_reference", "illuminationCorrection")
+                  "gain_correction", "flat_gradient_reference", "illuminationCorrection", "sky", "fringe")
 
 #: Variables every campaign needs (DMTN-222 §7 exports them all).
 REQUIRED_VARIABLES = (
@@ -98,7 +102,7 @@ GEN_STEM = {
     "bias": "biasGen", "dark": "darkGen", "flat": "flatGen",
     "linearizer": "linearizerGen", "cti": "ctiGen", "crosstalk": "crosstalkGen", "bfk": "bfkGen",
     "gain_correction": "gainCorrectionGen", "flat_gradient_reference": "flatGradientReferenceGen",
-    "illuminationCorrection": "illuminationCorrectionGen",
+    "illuminationCorrection": "illuminationCorrectionGen", "sky": "skyGen", "fringe": "fringeGen",
 }
 
 #: Selection variable each product / verification reads (``{band}`` for flats).
@@ -110,6 +114,7 @@ SELECTION_OF_BUILD = {
     "bfk": "SELECTION_PTC_BFK", "gain_correction": "SELECTION_GAIN_CORRECTION_FLAT",
     "flat_gradient_reference": "SELECTION_FLAT_{band}",
     "illuminationCorrection": "SELECTION_ILLUMINATION_CORRECTION",
+    "sky": "SELECTION_SKY", "fringe": "SELECTION_FRINGE",
 }
 SELECTION_OF_VERIFY = {
     "bias": "SELECTION_BIAS_V", "dark": "SELECTION_DARK_V", "flat": "SELECTION_FLAT_{band}_V",
@@ -118,6 +123,7 @@ SELECTION_OF_VERIFY = {
     "bfk": "SELECTION_PTC_BFK_V", "gain_correction": "SELECTION_GAIN_CORRECTION_FLAT",
     "flat_gradient_reference": "SELECTION_FLAT_{band}_V",
     "illuminationCorrection": "SELECTION_ILLUMINATION_CORRECTION_V",
+    "sky": "SELECTION_SKY_V", "fringe": "SELECTION_FRINGE_V",
 }
 
 _RERUN_RE = re.compile(r"^\d{8}[a-z]$")

@@ -29,6 +29,8 @@ PRODUCT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
     "gain_correction": (("detector",), "json"),  # cpframe/science/gain_correction.py
     "flat_gradient_reference": (("physical_filter",), "json"),  # cpframe/science/flat_gradient.py
     "illuminationCorrection": (("detector", "physical_filter"), "fits-masked"),  # cpframe/science/illumination.py
+    "sky": (("detector", "physical_filter"), "fits-masked"),  # cpframe/science/sky.py (binned)
+    "fringe": (("detector", "physical_filter"), "fits-masked"),  # cpframe/science/fringe.py
 }
 
 #: Calibration dataset types (looked up by validity range, not produced per exposure).

@@ -44,11 +44,9 @@ SKIPPED = {
 #: Known classes that build a calibration cpframe does not build yet -> what they build.
 NOT_BUILT = {
     "lsst.cp.verify.CpVerifyCrosstalkTask": "crosstalk verification",
-    "lsst.cp.pipe.CpSkyImageTask": "sky", "lsst.cp.pipe.CpSkyScaleMeasureTask": "sky",
-    "lsst.cp.pipe.CpSkySubtractBackgroundTask": "sky", "lsst.cp.pipe.CpSkyCombineTask": "sky",
     "lsst.cp.pipe.CpFilterScanTask": "filter scan",
     "lsst.cp.pipe.CpFlatNormalizationRedBlueTask": "anaglyph (red/blue LED) flat",
-    "lsst.cp.pipe.CpFringeTask": "fringe", "lsst.cp.pipe.CpSpectroFlatTask": "spectroscopic flat",
+    "lsst.cp.pipe.CpSpectroFlatTask": "spectroscopic flat",
 }
 
 

@@ -86,7 +86,7 @@ _PTC_ADJUST = tuple(c for c, role in _FOLDED.items() if role == "adjust")
 # Crosstalk filter: folded (the solve filters, doFiltering; its output is the filtered matrix).
 _XT_FILTER = tuple(c for c, role in _FOLDED.items() if role == "filter")
 
-_STORAGE = {"starMeasure": "json", "illuminationSolve": "fits-masked", "crosstalkExtract": "json", "linearitySolve": "json", "linearityNormalize": "json", "isr": "fits-masked", "darkCr": "fits-masked", "flatMeasure": "json", "flatNormalize": "json",
+_STORAGE = {"skyImage": "fits-masked", "fringeMeasure": "fits-masked", "starMeasure": "json", "illuminationSolve": "fits-masked", "crosstalkExtract": "json", "linearitySolve": "json", "linearityNormalize": "json", "isr": "fits-masked", "darkCr": "fits-masked", "flatMeasure": "json", "flatNormalize": "json",
             "combine": "fits-masked", "ptcExtract": "json", "ptcSolve": "fits-ptc", "verifyStats": "json",
             "defects": "ecsv-defects", "flatGradientApply": "fits-masked", "combineTwoFlats": "fits-masked"}
 
@@ -526,8 +526,8 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
                 continue
             if fld.startswith("connections."):
                 conn = fld.split(".", 1)[1]
-                known = {c for c, _ in cmap.inputs} | {cmap.output[0]} | set(cmap.extra_connections) | \
-                    {c for c, _ in cmap.calibrations}
+                known = ({c for c, _ in cmap.inputs} | {cmap.output[0]} | set(cmap.extra_connections)
+                         | {c for c, _ in cmap.calibrations} | {c for c, _ in cmap.extra_outputs})
                 if conn not in known and not cmap.kind.startswith("verify"):
                     problems.append(f"{r.file}: tasks.{label}: unknown connection {conn!r} for "
                                     f"{r.cls.rsplit('.', 1)[-1]}; known: {', '.join(sorted(known))}")
@@ -564,6 +564,8 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
             out = _connection(cmap, r.values, "output_gradient", "flat_gradient")
         task = {"kind": cmap.kind, "dimensions": list(cmap.dimensions), "inputs": inputs, "output": out,
                 "config": cfg, "explicit": explicit, "lsstClass": r.cls}
+        if cmap.extra_outputs:
+            task["extraOutputs"] = [_connection(cmap, r.values, c, d) for c, d in cmap.extra_outputs]
         if cmap.calibrations:
             task["calibrations"] = [_connection(cmap, r.values, c, d) for c, d in cmap.calibrations]
         if cmap.kind == "combine":
@@ -659,6 +661,8 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
             sc = _STORAGE.get(t["kind"], "json")
             if t["kind"] == "verifyMerge":
                 sc = "ecsv" if (not t["dimensions"] and i == 0) else "json"
+            elif i > 0:  # ClassMap.extra_outputs
+                sc = "json"
             dataset_types[name] = {"dimensions": list(t["dimensions"]), "storageClass": sc}
     verifies = None
     stages = {t["config"].get("stage") for t in tasks.values() if t["kind"] == "verifyStats"}

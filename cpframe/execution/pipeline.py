@@ -67,7 +67,6 @@ MASK_PLANES = ("BAD", "SAT", "INTRP", "CR", "EDGE", "DETECTED", "DETECTED_NEGATI
 
 #: cp_pipe / cp_verify pipelines for calibrations cpframe does not build (yet): file stem -> what.
 NOT_BUILT_PIPELINES = {
-    "cpSky": "sky",
 }
 
 STORAGE_CLASSES = ("fits-masked", "json", "ecsv", "ecsv-defects", "fits-ptc")
@@ -255,6 +254,12 @@ def _check_value(kind: Any, value: Any, where: str, problems: list[str]) -> Any:
             problems.append(f"{where} has unknown mask plane {', '.join(map(repr, bad))}; "
                             f"known: {', '.join(MASK_PLANES)}")
         return value if typ == "plane" else tuple(value)
+    if typ == "strings":
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+            problems.append(f"{where} must be a list of names, got {value!r}")
+            return value
+        return tuple(items)
     if typ == "floats":
         if not isinstance(value, (list, tuple)) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):

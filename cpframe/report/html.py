@@ -104,6 +104,12 @@ REPORT_STAGES: tuple[ReportStage, ...] = (
     ReportStage("illuminationCorrection", "ILLUMINATION", "illuminationCorrection", "Illumination correction", (),
                 "Super-star flat per detector and filter from dithered star photometry (ISR divides by it); "
                 "re-measured after applying it, it must be flat (rms of c - 1 < 0.5 %)."),
+    ReportStage("sky", "SKY", "sky", "Sky frame", (),
+                "Static sky pattern per detector and filter (binned, relative to the sky level) from science "
+                "exposures; its per-bin noise must be below 0.3 % of the sky with >= 90 % of bins measured."),
+    ReportStage("fringe", "FRINGE", "fringe", "Fringe frame", (),
+                "Red-band fringe pattern per detector and filter (relative to the sky; ISR doFringe subtracts it "
+                "scaled); its signal-to-noise in 7 x 7 px boxes must be at least 3."),
     ReportStage("science", "SCIENCE", None, "Science", (("COL_PROFILE_RATIO", "column structure / noise"),
                                                        ("ROW_PROFILE_RATIO", "row structure / noise")),
                 "Science exposures through all calibrations: amp level steps and residual structure."),
@@ -405,7 +411,7 @@ class _Report:
         """Image (or map) of a product, its detector and camera, header/metadata."""
         did = it.ref.data_id
         fmt = it.stage.product
-        if fmt in ("bias", "dark", "flat", "illuminationCorrection"):
+        if fmt in ("bias", "dark", "flat", "illuminationCorrection", "fringe"):
             image, header = self._read_image(it.path)
             cam = self.camera_for(did["instrument"], image.shape)
             return image, cam.detector(did["detector"]), cam, header
@@ -424,7 +430,7 @@ class _Report:
                 return cam
         residual = [i for i in self.items if i.ref.data_id.get("instrument") == instrument
                     and i.kind in ("product", "residual") and str(i.path).endswith(".fits")
-                    and i.stage.product in ("bias", "dark", "flat", "illuminationCorrection", None)]
+                    and i.stage.product in ("bias", "dark", "flat", "illuminationCorrection", "fringe", None)]
         if residual:
             from cpframe.science.imageio import masked_layout
 

@@ -41,9 +41,11 @@ import numpy as np
 from cpframe.camera.models import Amplifier, Detector
 from cpframe.core.errors import ConfigError, UserInputError
 from cpframe.science.bfk import BfkCalib, apply_brighter_fatter, read_bfk
+from cpframe.science.electrostatic import ElectrostaticSolution, apply_electrostatic, read_electrostatic
 from cpframe.science.crosstalk import read_crosstalk
 from cpframe.science.cti import CtiCalib, deferred_charge_step, read_cti
 from cpframe.science.gain_correction import GainCorrection, read_gain_correction
+from cpframe.science.fringe import fringe_correct
 from cpframe.science.illumination import apply_illumination_correction
 from cpframe.science.imageio import (
     MASK_BITS,
@@ -170,7 +172,8 @@ class IsrConfig:
     """Brighter-fatter kernel correction after dark and defects (needs calibs['bfk'];
     cpframe/science/bfk.py); the image is converted to electrons with the kernel's gains if needed."""
     brighter_fatter_correction_method: str = "COULTON18"
-    """Only COULTON18 (ip_isr's kernel correction) is implemented."""
+    """COULTON18 (ip_isr's kernel correction, calibs['bfk']) or ASTIER23 (the electrostatic boundary-shift
+    correction, calibs['electro_bf']: cpframe/science/electrostatic.py)."""
     brighter_fatter_level: str = "DETECTOR"
     """The detector kernel (ip_isr's default; the only level ip_isr applies)."""
     brighter_fatter_max_iter: int = 10
@@ -181,6 +184,19 @@ class IsrConfig:
     do_illumination_correction: bool = False
     """Divide by the illumination correction after the flat (needs calibs['illumination'];
     ip_isr ``illuminationCorrection``; cpframe/science/illumination.py)."""
+    do_fringe: bool = False
+    """Fit and subtract the fringe frame after the flat (legacy IsrTask ``doFringe``, ``fringeAfterFlat``;
+    needs calibs['fringe']; only for the filters of ``fringe_filters``; cpframe/science/fringe.py)."""
+    fringe_filters: tuple[str, ...] = ()
+    """Physical filters or bands fringes are removed from (ip_isr ``fringe.filters``; empty: none)."""
+    fringe_small: int = 3
+    """Half-size of the fringe measurement boxes (pixels; ``fringe.small``)."""
+    fringe_large: int = 30
+    """Half-size of the background scale (pixels; ``fringe.large``): the background is removed in 2x bins."""
+    fringe_iterations: int = 20
+    """Rejection rounds of the amplitude fit (``fringe.iterations``)."""
+    fringe_clip: float = 3.0
+    """Rejection threshold of the amplitude fit (sigma; ``fringe.clip``)."""
     flat_scaling_type: str = "USER"
     """USER (divide by flat/flat_user_scale), MEAN or MEDIAN of the flat."""
     flat_user_scale: float = 1.0
@@ -198,7 +214,7 @@ class IsrConfig:
         checks = (("integer_dither_mode", DITHER_MODES), ("overscan_fit_type", OVERSCAN_FIT_TYPES),
                   ("saturation_source", SATURATION_SOURCES), ("flat_scaling_type", FLAT_SCALINGS),
                   ("use_gains_from", ("PTC", "LINEARIZER")),
-                  ("brighter_fatter_correction_method", ("COULTON18",)),
+                  ("brighter_fatter_correction_method", ("COULTON18", "ASTIER23")),
                   ("brighter_fatter_level", ("DETECTOR",)))
         for key, allowed in checks:
             if getattr(self, key) not in allowed:
@@ -264,6 +280,9 @@ class IsrConfig:
             raise ConfigError("; ".join(problems))
         if "gains" in kw:
             kw["gains"] = {str(a): float(g) for a, g in dict(kw["gains"]).items()}
+        if "fringe_filters" in kw:
+            f = kw["fringe_filters"]
+            kw["fringe_filters"] = (str(f),) if isinstance(f, str) else tuple(str(x) for x in f or ())
         return cls(**kw)
 
 
@@ -307,6 +326,12 @@ _ALIASES = {
     "doVariance": "do_variance",
     "doFlat": "do_flat",
     "doIlluminationCorrection": "do_illumination_correction",
+    "doFringe": "do_fringe",
+    "fringeFilters": "fringe_filters",
+    "fringeSmall": "fringe_small",
+    "fringeLarge": "fringe_large",
+    "fringeIterations": "fringe_iterations",
+    "fringeClip": "fringe_clip",
     "flatScalingType": "flat_scaling_type",
     "flatUserScale": "flat_user_scale",
     "noDataVariance": "no_data_variance",
@@ -315,10 +340,16 @@ _ALIASES = {
     "maskNegativeVariance": "mask_negative_variance",
 }
 
+def _fringe_filter(header, config: IsrConfig) -> bool:
+    """ip_isr ``FringeTask.checkFilter``: the physical filter or its band is in ``fringe.filters``."""
+    pf = str(header.get("FILTER", ""))
+    return pf in config.fringe_filters or pf.split("_", 1)[0] in config.fringe_filters
+
+
 #: ip_isr switches that are off for calibration products (spec §3); accepted when false.
 _ACCEPTED_WHEN_FALSE = (
     "doInterpolate", "doSetBadRegions",
-    "doFringe", "doWidenSaturationTrails", "doAmpOffset", "doBinnedExposures", "doE2VEdgeBleedMask",
+    "doWidenSaturationTrails", "doAmpOffset", "doBinnedExposures", "doE2VEdgeBleedMask",
     "doITLDipMask", "doITLSatSagMask", "doITLEdgeBleedMask", "doVignette",
     "doCalculateStatistics", "doCheckUnprocessableData", "doDiffNonLinearCorrection", "doSaturationInterpolation",
     "doFluxConservingBrighterFatterCorrection", "doWrite", "doStrayLight", "doAttachTransmissionCurve",
@@ -382,14 +413,18 @@ class IsrCalibs:
     """Per-amp corrections (:mod:`cpframe.science.linearity`; a ``{amp: c}`` mapping is ``x + c x²``)."""
     bfk: BfkCalib | None = None
     """Brighter-fatter kernels (:mod:`cpframe.science.bfk`)."""
+    electro_bf: ElectrostaticSolution | None = None
+    """Electrostatic brighter-fatter solution (dataset ``electroBfDistortionMatrix``; ASTIER23)."""
     gain_correction: GainCorrection | None = None
     """Per-amp factors on the PTC gains (:mod:`cpframe.science.gain_correction`)."""
     illumination: MaskedImage | None = None
     """Illumination correction (:mod:`cpframe.science.illumination`; dataset ``illuminationCorrection``)."""
+    fringe: MaskedImage | None = None
+    """Fringe frame (:mod:`cpframe.science.fringe`; dataset ``fringe``)."""
 
 
 CALIB_KEYS = ("bias", "dark", "flat", "defects", "ptc", "crosstalk", "linearizer", "cti", "bfk", "gain_correction",
-              "illumination")
+              "illumination", "fringe", "electro_bf")
 
 
 def _mtime_key(path) -> tuple[str, float]:
@@ -399,7 +434,7 @@ def _mtime_key(path) -> tuple[str, float]:
 
 @functools.lru_cache(maxsize=16)
 def _load_cached(kind: str, path: str, mtime: float):
-    if kind in ("bias", "dark", "flat", "illumination"):
+    if kind in ("bias", "dark", "flat", "illumination", "fringe"):
         return read_masked(path)
     if kind == "defects":
         return read_defects(path)[0]
@@ -413,6 +448,8 @@ def _load_cached(kind: str, path: str, mtime: float):
         return read_cti(path)
     if kind == "bfk":
         return read_bfk(path)
+    if kind == "electro_bf":
+        return read_electrostatic(path)
     if kind == "gain_correction":
         return read_gain_correction(path)
     raise KeyError(kind)
@@ -509,7 +546,8 @@ def _check_calibs(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs) -> Non
     need = [("do_bias", "bias", "doBias"), ("do_dark", "dark", "doDark"), ("do_flat", "flat", "doFlat"),
             ("do_defect", "defects", "doDefect"), ("do_crosstalk", "crosstalk", "doCrosstalk"),
             ("do_linearize", "linearizer", "doLinearize"), ("do_deferred_charge", "cti", "doDeferredCharge"),
-            ("do_brighter_fatter", "bfk", "doBrighterFatter"),
+            ("do_brighter_fatter", "electro_bf" if config.brighter_fatter_correction_method == "ASTIER23" else "bfk",
+             "doBrighterFatter"),
             ("do_illumination_correction", "illumination", "doIlluminationCorrection")]
     missing, flags = [], []
     for attr, key, flag in need:
@@ -726,7 +764,9 @@ def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
         nan = ~np.isfinite(image)
         if nan.any():
             mask[nan] |= np.int32(1 << MASK_BITS["UNMASKEDNAN"])
-    if config.do_brighter_fatter:  # cpframe/science/bfk.py (ip_isr: after defects, before variance and flat)
+    if config.do_brighter_fatter and config.brighter_fatter_correction_method == "ASTIER23":
+        apply_electrostatic(image, det, calibs.electro_bf, units, {a: st.gain for a, st in stats.items()}, cards)
+    elif config.do_brighter_fatter:  # cpframe/science/bfk.py (ip_isr: after defects, before variance and flat)
         apply_brighter_fatter(image, mask, det, calibs.bfk, units, {a: st.gain for a, st in stats.items()},
                               config.brighter_fatter_max_iter, config.brighter_fatter_threshold, cards)
     if config.do_variance:
@@ -741,6 +781,10 @@ def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
         _flat_correct(image, variance, mask, calibs.flat, config)
     if config.do_illumination_correction:  # cpframe/science/illumination.py (ip_isr: after the flat)
         apply_illumination_correction(image, variance, mask, calibs.illumination)
+    if config.do_fringe and _fringe_filter(header, config) and calibs.fringe is not None:  # fringeAfterFlat
+        sol = fringe_correct(image, mask, calibs.fringe.image, small=config.fringe_small, large=config.fringe_large,
+                             iterations=config.fringe_iterations, clip=config.fringe_clip)
+        cards["LSST ISR FRINGE AMPLITUDE"] = sol.amplitude
     if config.do_standard_statistics:
         _standard_statistics(det, image, mask, stats, cards, bad_amps)
     cards["LSST ISR UNITS"] = units

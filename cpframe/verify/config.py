@@ -126,6 +126,13 @@ class VerifyConfig:
     """Match radius (px) between the two catalogues (cp_verify's matchRadiusPix)."""
     bfk_max_slope_ratio: float = 0.5
     """SIZE_SLOPE_REDUCED: |size-flux slope corrected| / |uncorrected| must be at most this."""
+    # -- sky and fringe frames (cpframe's checks, cpframe/verify/sky.py) ------------------------
+    sky_max_noise: float = 0.003
+    """SKY NOISE: median per-bin standard error of the sky frame (relative to the sky) below this."""
+    sky_min_coverage: float = 0.9
+    """SKY COVERAGE: at least this fraction of the sky frame's bins measured."""
+    fringe_min_snr: float = 3.0
+    """FRINGE SNR: the fringe frame's rms over its noise, in 7 x 7 px boxes, at least this."""
     # -- science (cpframe's own check) ------------------------------------------------------
     science_step_threshold: float = 0.01
     """AMP_STEP: largest |level jump| across an amp boundary relative to the detector background."""
@@ -224,6 +231,11 @@ TEST_NOTES: dict[tuple[str, str], tuple[str, str]] = {
                                        "cpframe's own test (cp_verify has none)"),
     ("FLAT_GRADIENT", "FIT_RESIDUAL"): ("rms of the binned flat about the model <= 1 %", "cpframe's own test"),
     ("FLAT_GRADIENT", "GRADIENT"): ("planar gradient across the fitted radius <= 10 %", "cpframe's own test"),
+    ("SKY", "NOISE"): ("median per-bin standard error of the sky frame < 0.3 % of the sky",
+                       "cpframe's own test (cp_verify has no sky test)"),
+    ("SKY", "COVERAGE"): (">= 90 % of the sky frame's bins measured", "cpframe's own test"),
+    ("FRINGE", "SNR"): ("fringe frame rms / noise in 7 x 7 px boxes >= 3 (ISR amplitude bias < 11 %)",
+                        "cpframe's own test (cp_verify has no fringe test)"),
     ("ILLUMINATION", "FLAT"): ("illumination correction re-measured after applying it: rms of c - 1 over the "
                                "detector < 0.5 %", "cpframe's own test (cp_verify makes the product, no test yet: "
                                "DM-49192)"),

@@ -89,6 +89,8 @@ class ClassMap:
     """Input connections read only when the file sets them."""
     calibrations: tuple[tuple[str, str], ...] = ()
     """(connection, default dataset type) of certified calibrations the task reads (prerequisite inputs)."""
+    extra_outputs: tuple[tuple[str, str], ...] = ()
+    """(connection, default dataset type) also written (json; the sky frame's per-step backgrounds)."""
 
 
 #: Kind name -> kind class, filled by :meth:`TaskKind.__init_subclass__`.

@@ -15,7 +15,7 @@ def _field(key: str) -> str:
     return _combine._CAMEL[key]
 
 
-PRODUCTS = ("bias", "dark", "flat", "biasBootstrap", "darkBootstrap", "flatBootstrap")
+PRODUCTS = ("bias", "dark", "flat", "biasBootstrap", "darkBootstrap", "flatBootstrap", "fringe")
 
 
 _COMBINE_FIELDS = {k: k for k in ("calibrationType", "exposureScaling", "scalingLevel", "combine", "clip", "nIter",

@@ -34,7 +34,9 @@ _ISR_FIELDS = {k: k for k in (
     "doBootstrap", "doOverscan", "doAssembleCcd", "doSaturation", "doSuspect", "defaultSaturationSource",
     "doApplyGains", "useGainsFrom", "doCorrectGains", "doCrosstalk", "doLinearize", "doDeferredCharge", "doBias",
     "doDark", "doDefect", "doFlat", "doBrighterFatter", "doNanMasking", "doVariance", "doInterpolate",
-    "doStandardStatistics", "doCalculateStatistics", "doIlluminationCorrection")}
+    "doStandardStatistics", "doCalculateStatistics", "doIlluminationCorrection", "doFringe")}
+for _k in ("filters", "small", "large", "iterations", "clip"):  # legacy IsrTask's FringeTask (cpframe/science/fringe.py)
+    _ISR_FIELDS[f"fringe.{_k}"] = f"fringe{_k.title()}"
 _ISR_FIELDS["crosstalk.doQuadraticCrosstalkCorrection"] = "doQuadraticCrosstalkCorrection"
 _ISR_FIELDS["doQuadraticCrosstalkCorrection"] = "doQuadraticCrosstalkCorrection"
 _ISR_FIELDS["isrStats.doCtiStatistics"] = "doCtiStatistics"  # the EPER statistics cpCti reads
@@ -42,7 +44,7 @@ _ISR_IGNORED = (
     "bssVoltageMinimum", "doCheckUnprocessableData", "doDiffNonLinearCorrection", "serialOverscanMedianShiftSigmaThreshold",
     "ampNoiseThreshold", "expectWcs", "doE2VEdgeBleedMask", "doITLSatSagMask", "doITLEdgeBleedMask", "doITLDipMask",
     "badAmps", "doWidenSaturationTrails", "maskNegativeVariance", "doSaveInterpPixels", "doSetBadRegions",
-    "doAmpOffset", "ampOffset.*", "doBinnedExposures", "binFactor1", "binFactor2", "isrStats.*", "doFringe",
+    "doAmpOffset", "ampOffset.*", "doBinnedExposures", "binFactor1", "binFactor2", "isrStats.*", "fringe.*",
     "doStrayLight", "doWrite", "growSaturationFootprintSize", "doSaturationInterpolation", "doHeaderProvenance",
     "doRaiseOnCalibMismatch")
 _ISR_EXTRA = ("bias", "dark", "flat", "defects", "crosstalk", "linearizer", "ptc", "deferredChargeCalib", "bfKernel",
@@ -85,6 +87,13 @@ class Isr(TaskKind):
         "doFlat": Option(bool, _field("doFlat")),
         "doIlluminationCorrection": Option(bool, _field("doIlluminationCorrection"),
                                            doc="divide by the illuminationCorrection after the flat"),
+        "doFringe": Option(bool, _field("doFringe"), doc="optional input: fit and subtract the fringe after the flat"),
+        "fringeFilters": Option("strings", _field("fringeFilters"),
+                                doc="physical filters or bands to defringe (ip_isr fringe.filters)"),
+        "fringeSmall": Option(int, _field("fringeSmall")),
+        "fringeLarge": Option(int, _field("fringeLarge")),
+        "fringeIterations": Option(int, _field("fringeIterations")),
+        "fringeClip": Option(float, _field("fringeClip")),
         "doNanMasking": Option(bool, _field("doNanMasking")),
         "doVariance": Option(bool, _field("doVariance")),
         "doStandardStatistics": Option(bool, _field("doStandardStatistics")),
@@ -94,7 +103,7 @@ class Isr(TaskKind):
         **{k: Option(bool, _field(k), doc="optional input: off when no bfk is found")
            for k in ("doBrighterFatter",) if k in _isr._ALIASES},
         **{k: Option(t, _field(k)) for k, t in (
-            ("brighterFatterCorrectionMethod", enum("COULTON18")), ("brighterFatterLevel", enum("DETECTOR")),
+            ("brighterFatterCorrectionMethod", enum("COULTON18", "ASTIER23")), ("brighterFatterLevel", enum("DETECTOR")),
             ("brighterFatterMaxIter", int), ("brighterFatterThreshold", float)) if k in _isr._ALIASES},
         **{k: Option(bool, None, False, doc="not implemented by cpframe; accepted when false")
            for k in _NOT_IMPLEMENTED},
@@ -131,9 +140,12 @@ class Isr(TaskKind):
             req.append("defects")
         if c.get("doIlluminationCorrection"):
             req.append("illuminationCorrection")
-        for flag, name in (("doCrosstalk", "crosstalk"), ("doDeferredCharge", "cti"), ("doBrighterFatter", "bfk")):
+        bf = "electroBfDistortionMatrix" if c.get("brighterFatterCorrectionMethod") == "ASTIER23" else "bfk"
+        for flag, name in (("doCrosstalk", "crosstalk"), ("doDeferredCharge", "cti"), ("doBrighterFatter", bf)):
             if c[flag]:
                 opt.append(name)
+        if c.get("doFringe"):
+            opt.append("fringe")
         if c.get("doCorrectGains") and not boot and not gains_from_lin:
             opt.append("gain_correction")
         return tuple(req), tuple(opt)
@@ -147,8 +159,9 @@ class Isr(TaskKind):
     def for_quantum(cls, shared, found):
         """Optional steps whose calibration was not found for this quantum are switched off."""
         cfg = dict(shared["isr"])
+        bf = "electroBfDistortionMatrix" if cfg.get("brighterFatterCorrectionMethod") == "ASTIER23" else "bfk"
         for flag, calib in (("doCrosstalk", "crosstalk"), ("doLinearize", "linearizer"), ("doDeferredCharge", "cti"),
-                            ("doBrighterFatter", "bfk"), ("doCorrectGains", "gain_correction")):
+                            ("doBrighterFatter", bf), ("doCorrectGains", "gain_correction"), ("doFringe", "fringe")):
             if cfg.get(flag) and calib not in found:
                 cfg[flag] = False
                 if flag == "doCrosstalk":
@@ -164,5 +177,7 @@ class Isr(TaskKind):
                   if paths and c != "manual_defects"}
         if "illuminationCorrection" in calibs:
             calibs["illumination"] = calibs.pop("illuminationCorrection")
+        if "electroBfDistortionMatrix" in calibs:
+            calibs["electro_bf"] = calibs.pop("electroBfDistortionMatrix")
         return isr_task(spec.raw_path, output_path(spec), spec.settings["isr"], calibs,
                         detector=spec.data_id["detector"])
