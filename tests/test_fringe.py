@@ -191,8 +191,15 @@ def test_bps_fringe_builds_red_band_fringes_on_a_repository(fringe_data, tmp_pat
     from cpframe.camera.simulate import simulate
     from cpframe.execution.submit import submit_template
     from cpframe.science.imageio import read_masked, write_masked
-    from tests._run_helpers import INSTRUMENT, TICKET, TRUTH_COLLECTION, certify_truth_calibs, make_repo, \
-        put_certified, variables
+    from tests._run_helpers import (
+        INSTRUMENT,
+        TICKET,
+        TRUTH_COLLECTION,
+        certify_truth_calibs,
+        make_repo,
+        put_certified,
+        variables,
+    )
 
     simulate(_specs(first=200, n=2, physical_filter="r_03"), fringe_data["root"] / "raw", "LSSTComCam", scale="mini",
              seed=SEED, detectors=[DET], truth=fringe_data["truth"], workers=1)
