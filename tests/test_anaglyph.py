@@ -233,3 +233,33 @@ def test_lsstcam_real_anaglyph_template_runs_unchanged_with_the_stack(tmp_path, 
         assert abs(float(np.mean(betas)) - beta_true) < BETA_TOL * S, (betas, beta_true)
     finally:
         repo.close()
+
+
+def test_down_selection_at_planning():
+    """Each LED's normalisation reads only its exposures (case-insensitive); none matching is a planning error
+    naming the values found; doDownSelection without a value is refused."""
+    from cpframe.core.errors import PlanningError
+    from cpframe.core.model import DataId
+    from cpframe.execution.graph import _expand
+    from cpframe.execution.kinds import get_kind
+    from cpframe.execution.pipeline import load_pipeline
+
+    pipe = load_pipeline(Path(__file__).parents[1] / "pipelines/cpFlatAnaglyph.yaml")
+    base = [DataId(instrument="LSSTComCam", exposure=e, detector=4, physical_filter="g_01") for e in (1, 2, 3)]
+    exposures = {1: {"observation_reason": "single_led_flat_blue"}, 2: {"observation_reason": "flat"},
+                 3: {"observation_reason": "flat"}}
+    with pytest.raises(PlanningError, match=r"cpFlatRedNormalize: no selected exposure has observation_reason = "
+                                            r"'single_led_flat_red' .*have: flat, single_led_flat_blue"):
+        _expand(pipe, base, exposures, "t")
+    exposures[2]["observation_reason"] = "SINGLE_LED_FLAT_RED"
+    items = _expand(pipe, base, exposures, "t")
+    reads = {t.label: [k for _, keys in inputs for k in keys] for t, _d, inputs, _k, _p in items
+             if t.kind == "flatNormalize"}
+    # the measurement keys end in detector-exposure: the blue LED's exposure 1, the red one's 2, never the plain 3
+    assert reads == {"cpFlatBlueNormalize": ["cpFlatMeasure-t-4-1"], "cpFlatRedNormalize": ["cpFlatMeasure-t-4-2"]}
+    task = pipe.task("cpFlatBlueNormalize")
+    import dataclasses
+
+    with pytest.raises(ConfigError, match="doDownSelection is true but downSelectionValue is not set"):
+        get_kind("flatNormalize").exposure_filter(dataclasses.replace(task, config={**task.config,
+                                                                                     "downSelectionValue": ""}))

@@ -193,8 +193,11 @@ def test_config_from_dict_and_errors(synthetic_raw, tmp_path):
     with pytest.raises(ConfigError, match="'doInterpolate'.* not implemented"):
         IsrConfig.from_dict({"doInterpolate": True})
     assert IsrConfig.from_dict({"doBrighterFatter": True}).do_brighter_fatter  # tests/test_bfk.py
-    with pytest.raises(ConfigError, match="brighter_fatter_correction_method='ASTIER23'"):
-        IsrConfig.from_dict({"brighterFatterCorrectionMethod": "ASTIER23"})
+    # ASTIER23 is the electrostatic correction (tests/test_electrostatic.py); others are refused
+    astier = IsrConfig.from_dict({"brighterFatterCorrectionMethod": "ASTIER23"})
+    assert astier.brighter_fatter_correction_method == "ASTIER23"
+    with pytest.raises(ConfigError, match="brighter_fatter_correction_method='FLUX_CONSERVING'"):
+        IsrConfig.from_dict({"brighterFatterCorrectionMethod": "FLUX_CONSERVING"})
     with pytest.raises(ConfigError, match="doBias.*true or false"):
         IsrConfig.from_dict({"doBias": "yes"})
     with pytest.raises(ConfigError, match="integer_dither_mode='RANDOM'"):

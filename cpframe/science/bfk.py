@@ -355,17 +355,21 @@ def _fft_same(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return z[oy:oy + image.shape[0], ox:ox + image.shape[1]]
 
 
+def gain_image(shape: tuple[int, int], det, calib_gains: Mapping[str, float], gains: Mapping[str, float]) -> np.ndarray:
+    """Gain (e-/adu) per pixel: the calibration's per amp, else the ISR's (``gains``), else 1."""
+    g_img = np.ones(shape, np.float64)
+    for amp in det.amps:
+        g = float(calib_gains.get(amp.name, math.nan))
+        if not math.isfinite(g) or g <= 0:
+            g = float(gains.get(amp.name, 1.0))
+        g_img[amp.bbox] = g
+    return g_img
+
+
 def apply_brighter_fatter(image: np.ndarray, mask: np.ndarray | None, det, calib: BfkCalib, units: str,
                           gains: Mapping[str, float], max_iter: int, threshold: float, cards: dict) -> None:
     """ISR step (in place): convert to electrons with the kernel's gains if needed, correct, convert back."""
-    g_img = None
-    if units != "electron":
-        g_img = np.ones(image.shape, np.float64)
-        for amp in det.amps:
-            g = float(calib.gain.get(amp.name, math.nan))
-            if not math.isfinite(g) or g <= 0:
-                g = float(gains.get(amp.name, 1.0))
-            g_img[amp.bbox] = g
+    g_img = gain_image(image.shape, det, calib.gain, gains) if units != "electron" else None
     e = image * g_img if g_img is not None else image
     corr, diff, iters = brighter_fatter_correction(e, calib.det_kernel, max_iter, threshold, mask)
     if g_img is not None:

@@ -41,6 +41,7 @@ import numpy as np
 from cpframe.camera.models import Amplifier, Detector
 from cpframe.core.errors import ConfigError, UserInputError
 from cpframe.science.bfk import BfkCalib, apply_brighter_fatter, read_bfk
+from cpframe.science.electrostatic import ElectrostaticSolution, apply_electrostatic, read_electrostatic
 from cpframe.science.crosstalk import read_crosstalk
 from cpframe.science.cti import CtiCalib, deferred_charge_step, read_cti
 from cpframe.science.gain_correction import GainCorrection, read_gain_correction
@@ -171,7 +172,8 @@ class IsrConfig:
     """Brighter-fatter kernel correction after dark and defects (needs calibs['bfk'];
     cpframe/science/bfk.py); the image is converted to electrons with the kernel's gains if needed."""
     brighter_fatter_correction_method: str = "COULTON18"
-    """Only COULTON18 (ip_isr's kernel correction) is implemented."""
+    """COULTON18 (ip_isr's kernel correction, calibs['bfk']) or ASTIER23 (the electrostatic boundary-shift
+    correction, calibs['electro_bf']: cpframe/science/electrostatic.py)."""
     brighter_fatter_level: str = "DETECTOR"
     """The detector kernel (ip_isr's default; the only level ip_isr applies)."""
     brighter_fatter_max_iter: int = 10
@@ -212,7 +214,7 @@ class IsrConfig:
         checks = (("integer_dither_mode", DITHER_MODES), ("overscan_fit_type", OVERSCAN_FIT_TYPES),
                   ("saturation_source", SATURATION_SOURCES), ("flat_scaling_type", FLAT_SCALINGS),
                   ("use_gains_from", ("PTC", "LINEARIZER")),
-                  ("brighter_fatter_correction_method", ("COULTON18",)),
+                  ("brighter_fatter_correction_method", ("COULTON18", "ASTIER23")),
                   ("brighter_fatter_level", ("DETECTOR",)))
         for key, allowed in checks:
             if getattr(self, key) not in allowed:
@@ -411,6 +413,8 @@ class IsrCalibs:
     """Per-amp corrections (:mod:`cpframe.science.linearity`; a ``{amp: c}`` mapping is ``x + c x²``)."""
     bfk: BfkCalib | None = None
     """Brighter-fatter kernels (:mod:`cpframe.science.bfk`)."""
+    electro_bf: ElectrostaticSolution | None = None
+    """Electrostatic brighter-fatter solution (dataset ``electroBfDistortionMatrix``; ASTIER23)."""
     gain_correction: GainCorrection | None = None
     """Per-amp factors on the PTC gains (:mod:`cpframe.science.gain_correction`)."""
     illumination: MaskedImage | None = None
@@ -420,7 +424,7 @@ class IsrCalibs:
 
 
 CALIB_KEYS = ("bias", "dark", "flat", "defects", "ptc", "crosstalk", "linearizer", "cti", "bfk", "gain_correction",
-              "illumination", "fringe")
+              "illumination", "fringe", "electro_bf")
 
 
 def _mtime_key(path) -> tuple[str, float]:
@@ -444,6 +448,8 @@ def _load_cached(kind: str, path: str, mtime: float):
         return read_cti(path)
     if kind == "bfk":
         return read_bfk(path)
+    if kind == "electro_bf":
+        return read_electrostatic(path)
     if kind == "gain_correction":
         return read_gain_correction(path)
     raise KeyError(kind)
@@ -537,7 +543,8 @@ def _check_calibs(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs) -> Non
     need = [("do_bias", "bias", "doBias"), ("do_dark", "dark", "doDark"), ("do_flat", "flat", "doFlat"),
             ("do_defect", "defects", "doDefect"), ("do_crosstalk", "crosstalk", "doCrosstalk"),
             ("do_linearize", "linearizer", "doLinearize"), ("do_deferred_charge", "cti", "doDeferredCharge"),
-            ("do_brighter_fatter", "bfk", "doBrighterFatter"),
+            ("do_brighter_fatter", "electro_bf" if config.brighter_fatter_correction_method == "ASTIER23" else "bfk",
+             "doBrighterFatter"),
             ("do_illumination_correction", "illumination", "doIlluminationCorrection")]
     missing, flags = [], []
     for attr, key, flag in need:
@@ -754,7 +761,9 @@ def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
         nan = ~np.isfinite(image)
         if nan.any():
             mask[nan] |= np.int32(1 << MASK_BITS["UNMASKEDNAN"])
-    if config.do_brighter_fatter:  # cpframe/science/bfk.py (ip_isr: after defects, before variance and flat)
+    if config.do_brighter_fatter and config.brighter_fatter_correction_method == "ASTIER23":
+        apply_electrostatic(image, det, calibs.electro_bf, units, {a: st.gain for a, st in stats.items()}, cards)
+    elif config.do_brighter_fatter:  # cpframe/science/bfk.py (ip_isr: after defects, before variance and flat)
         apply_brighter_fatter(image, mask, det, calibs.bfk, units, {a: st.gain for a, st in stats.items()},
                               config.brighter_fatter_max_iter, config.brighter_fatter_threshold, cards)
     if config.do_variance:

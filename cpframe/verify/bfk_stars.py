@@ -27,8 +27,9 @@ removes at least half of the size–flux slope.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -121,7 +122,7 @@ def measure_bfk_stars(corrected: str | Path, detector: Detector, config: VerifyC
     det = {"NUM_MATCHES": int(ic.size), "BRIGHT_SLOPE": slope, "FIT_SUCCESS": success, "SIZE_SLOPE": s_cor,
            "UNCORRECTED_SIZE_SLOPE": s_unc, "SLOPE_RATIO": ratio,
            "MEDIAN_SIZE": float(np.median(cor.size[ic])) if ic.size else math.nan}
-    return {"METADATA": {"N_CORRECTED": int(len(cor.x)), "N_UNCORRECTED": int(len(unc.x))}, "AMP": {}, "DET": det,
+    return {"METADATA": {"N_CORRECTED": len(cor.x), "N_UNCORRECTED": len(unc.x)}, "AMP": {}, "DET": det,
             "CATALOG": {"MAGNITUDES": [float(x) for x in mags], "SIZE_DIFF": [float(x) for x in diffs]},
             "HEADER": {"EXPID": cor.exposure, "FILTER": cor.physical_filter, **cor.meta}}
 

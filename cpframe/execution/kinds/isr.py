@@ -103,7 +103,7 @@ class Isr(TaskKind):
         **{k: Option(bool, _field(k), doc="optional input: off when no bfk is found")
            for k in ("doBrighterFatter",) if k in _isr._ALIASES},
         **{k: Option(t, _field(k)) for k, t in (
-            ("brighterFatterCorrectionMethod", enum("COULTON18")), ("brighterFatterLevel", enum("DETECTOR")),
+            ("brighterFatterCorrectionMethod", enum("COULTON18", "ASTIER23")), ("brighterFatterLevel", enum("DETECTOR")),
             ("brighterFatterMaxIter", int), ("brighterFatterThreshold", float)) if k in _isr._ALIASES},
         **{k: Option(bool, None, False, doc="not implemented by cpframe; accepted when false")
            for k in _NOT_IMPLEMENTED},
@@ -140,7 +140,8 @@ class Isr(TaskKind):
             req.append("defects")
         if c.get("doIlluminationCorrection"):
             req.append("illuminationCorrection")
-        for flag, name in (("doCrosstalk", "crosstalk"), ("doDeferredCharge", "cti"), ("doBrighterFatter", "bfk")):
+        bf = "electroBfDistortionMatrix" if c.get("brighterFatterCorrectionMethod") == "ASTIER23" else "bfk"
+        for flag, name in (("doCrosstalk", "crosstalk"), ("doDeferredCharge", "cti"), ("doBrighterFatter", bf)):
             if c[flag]:
                 opt.append(name)
         if c.get("doFringe"):
@@ -158,8 +159,9 @@ class Isr(TaskKind):
     def for_quantum(cls, shared, found):
         """Optional steps whose calibration was not found for this quantum are switched off."""
         cfg = dict(shared["isr"])
+        bf = "electroBfDistortionMatrix" if cfg.get("brighterFatterCorrectionMethod") == "ASTIER23" else "bfk"
         for flag, calib in (("doCrosstalk", "crosstalk"), ("doLinearize", "linearizer"), ("doDeferredCharge", "cti"),
-                            ("doBrighterFatter", "bfk"), ("doCorrectGains", "gain_correction"), ("doFringe", "fringe")):
+                            ("doBrighterFatter", bf), ("doCorrectGains", "gain_correction"), ("doFringe", "fringe")):
             if cfg.get(flag) and calib not in found:
                 cfg[flag] = False
                 if flag == "doCrosstalk":
@@ -175,5 +177,7 @@ class Isr(TaskKind):
                   if paths and c != "manual_defects"}
         if "illuminationCorrection" in calibs:
             calibs["illumination"] = calibs.pop("illuminationCorrection")
+        if "electroBfDistortionMatrix" in calibs:
+            calibs["electro_bf"] = calibs.pop("electroBfDistortionMatrix")
         return isr_task(spec.raw_path, output_path(spec), spec.settings["isr"], calibs,
                         detector=spec.data_id["detector"])
