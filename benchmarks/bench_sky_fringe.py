@@ -29,16 +29,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from cpframe.camera.models import load_camera  # noqa: E402
-from cpframe.camera.simulate import ExposureSpec, make_truth, simulate  # noqa: E402
-from cpframe.science import fringe as sfr  # noqa: E402
-from cpframe.science import sky as ssky  # noqa: E402
-from cpframe.science.combine import CombineConfig, combine_config_for  # noqa: E402
-from cpframe.science.imageio import read_masked, write_masked  # noqa: E402
-from cpframe.science.isr import isr_config_for  # noqa: E402
-from cpframe.science.tasks import _run_isr_all, combine_task  # noqa: E402
+from cpframe.camera.models import load_camera
+from cpframe.camera.simulate import ExposureSpec, make_truth, simulate
+from cpframe.science import fringe as sfr
+from cpframe.science import sky as ssky
+from cpframe.science.combine import CombineConfig, combine_config_for
+from cpframe.science.imageio import read_masked, write_masked
+from cpframe.science.isr import isr_config_for
+from cpframe.science.tasks import _run_isr_all, combine_task
 
 
 def main(argv=None) -> int:

@@ -186,12 +186,20 @@ def test_real_fringe_pipeline_maps_onto_the_kinds():
 
 def test_bps_fringe_builds_red_band_fringes_on_a_repository(fringe_data, tmp_path, local_dask):
     """cpframe's templates/bps_fringe.yaml on the z-band raws (plus r-band ones the template's band cut leaves
-    out): one fringe for detector 4 in z_03, matching the truth."""
+    out): one fringe for detector 4 in z_03, matching the truth; certified, it passes bps_verify_fringe and the
+    report shows it."""
     from cpframe.camera.simulate import simulate
     from cpframe.execution.submit import submit_template
     from cpframe.science.imageio import read_masked, write_masked
-    from tests._run_helpers import INSTRUMENT, TICKET, TRUTH_COLLECTION, certify_truth_calibs, make_repo, \
-        put_certified, variables
+    from tests._run_helpers import (
+        INSTRUMENT,
+        TICKET,
+        TRUTH_COLLECTION,
+        certify_truth_calibs,
+        make_repo,
+        put_certified,
+        variables,
+    )
 
     simulate(_specs(first=200, n=2, physical_filter="r_03"), fringe_data["root"] / "raw", "LSSTComCam", scale="mini",
              seed=SEED, detectors=[DET], truth=fringe_data["truth"], workers=1)
@@ -224,5 +232,21 @@ def test_bps_fringe_builds_red_band_fringes_on_a_repository(fringe_data, tmp_pat
         pattern = cfr.fringe_pattern(SEED, DET, "z", fringe_data["shape"])
         k = _fit(fr.image.astype(np.float64), pattern)
         assert float(np.std(_blocks(fr.image - k * pattern))) < FRAME_FRACTION * k
+        # certify, then cpframe's FRINGE verification (bps_verify_fringe) and the report's section
+        from cpframe.report.html import write_report
+        from cpframe.verify import read_stats
+        from tests._run_helpers import certify_run, ticket_chain_add
+
+        cert = f"{INSTRUMENT}/calib/{TICKET}/fringe.20241110a"
+        certify_run(repo, res.run, "fringe", cert)
+        ticket_chain_add(repo, cert)
+        ver = submit_template(Path(__file__).parents[1] / "templates/bps_verify_fringe.yaml",
+                              environ={**env, "SELECTION_FRINGE_V": sel}, client=local_dask.client,
+                              argv=["cpframe", "submit"])
+        (sref,) = repo.registry.query_datasets("verifyFringeSummary", collections=[ver.run])
+        assert read_stats(repo.get_path(sref))["SUCCESS"] is True
+        rep = write_report(repo, [ver.run, res.run], tmp_path / "report")
+        assert rep.verdicts.get("fringe") is True, rep.verdicts
+        assert "Fringe frame" in (rep.output_dir / "index.html").read_text()
     finally:
         repo.close()

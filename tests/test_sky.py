@@ -109,7 +109,7 @@ def test_sky_pattern_is_zero_mean_unit_rms_and_only_in_science_exposures():
     sci, flat = _specs(n=1)[0], _specs(n=1)[0].__class__(**{**_specs(n=1)[0].__dict__, "observation_type": "flat"})
     assert csky.extra_sky(cam, det, flat, SEED, AMP) is None and csky.extra_sky(cam, det, sci, SEED, 0.0) is None
     extra = csky.extra_sky(cam, det, sci, SEED, AMP)
-    lev, gx, gy = csky.exposure_sky(SEED, sci.day_obs, sci.seq_num)
+    lev, _, _ = csky.exposure_sky(SEED, sci.day_obs, sci.seq_num)
     # the detector mean is the level and the gradient at the detector centre (pattern zero mean; centre at 0 mm)
     assert extra.mean() == pytest.approx(sci.flux * lev, rel=1e-3, abs=0.05)
 
@@ -133,8 +133,8 @@ def test_sky_frame_matches_the_injected_truth(sky_data):
     # the scales follow the exposures' sky levels (ratios: the flat's normalisation cancels)
     got = {e: s["backgrounds"]["homogeneous"]["scale"] for e, s in scales.items()}
     want = {e: 1 + csky.exposure_sky(SEED, 20241110, e)[0] for e in got}
-    for e in got:
-        assert got[e] / got[100] == pytest.approx(want[e] / want[100], rel=0.005)
+    for e, g in got.items():
+        assert g / got[100] == pytest.approx(want[e] / want[100], rel=0.005)
 
 
 def test_subtract_sky_removes_the_pattern_from_a_held_out_exposure(sky_data):
@@ -228,8 +228,15 @@ def test_real_bps_sky_runs_unchanged(sky_data, tmp_path, local_dask, monkeypatch
     on raws with the sky pattern: one sky per detector matching the truth, verification passes."""
     from cpframe.execution.submit import submit_template
     from cpframe.science.imageio import read_masked, write_masked
-    from tests._run_helpers import INSTRUMENT, TICKET, TRUTH_COLLECTION, certify_truth_calibs, make_repo, \
-        put_certified, variables
+    from tests._run_helpers import (
+        INSTRUMENT,
+        TICKET,
+        TRUTH_COLLECTION,
+        certify_truth_calibs,
+        make_repo,
+        put_certified,
+        variables,
+    )
     from tests.test_lsst_templates import CP_PIPE, STACK
 
     class _Data:  # what make_repo/variables read

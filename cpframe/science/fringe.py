@@ -24,8 +24,9 @@ is a threshold on the smoothed image, not ``SourceDetectionTask``'s footprints.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,7 @@ class FringeConfig:
     """Planes left out of the statistics."""
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> "FringeConfig":
+    def from_dict(cls, values: Mapping[str, Any] | None) -> FringeConfig:
         """From cp_pipe names or field names.
 
         Raises

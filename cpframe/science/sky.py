@@ -32,9 +32,10 @@ not ``MaskObjectsTask``'s detection iterations.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -86,7 +87,7 @@ class SkyConfig:
     """Product card: per-bin standard error of the frame (relative to the sky) the verification allows."""
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> "SkyConfig":
+    def from_dict(cls, values: Mapping[str, Any] | None) -> SkyConfig:
         """From cp_pipe names or field names.
 
         Raises
@@ -223,7 +224,7 @@ def scale_measure(detector_backgrounds: Sequence[Mapping[str, Any]], config: Sky
             continue
         plane = _fit_plane(s)
         model = plane[0] + plane[1] * s[:, 0] + plane[2] * s[:, 1]
-        out[key] = {"plane": plane, "scale": float(np.median(model)), "n_samples": int(len(s))}
+        out[key] = {"plane": plane, "scale": float(np.median(model)), "n_samples": len(s)}
     if not out:
         raise UserInputError("sky scale measure: no detector of the exposure has unmasked pixels to measure the "
                              "focal-plane background; check the ISR images (all masked?).")
@@ -236,7 +237,7 @@ def subtract_background(img: MaskedImage, camera, det, exposure_background: Mapp
     bgs = exposure_background["backgrounds"]
     key = str(det.sensor_type) if str(det.sensor_type) in bgs else "homogeneous"
     if key not in bgs:
-        key = sorted(bgs)[0]
+        key = min(bgs)
     c0, cx, cy = bgs[key]["plane"]
     scale = float(bgs[key]["scale"])
     if not (math.isfinite(scale) and scale > 0):
