@@ -1,6 +1,7 @@
 """End-to-end: `cpframe demo --full-set` builds, certifies, verifies and applies every calibration type.
 
-One module fixture runs the full-set demo once (one mini detector, the r band): every simulator effect
+One module fixture runs the full-set demo once (one mini detector, the r and i bands: the fringe needs the i
+flat): every simulator effect
 of cpframe/campaign/fullset.py on at once, real SQLite repository, LocalCluster, submit engine,
 verification and report.  The tests check, per type, that the product exists, is certified in the
 ticket chain and passes its verification, compare products with the simulator's truth, and check that
@@ -31,7 +32,8 @@ def full(tmp_path_factory):
     lines: list[str] = []
     oc = open_cluster(load_settings({"n_workers": 2, "cluster_kind": "local"}))
     try:
-        res = run_demo(d, detectors=[DETECTOR], bands=["r"], full_set=True, client=oc.client, echo=lines.append)
+        res = run_demo(d, detectors=[DETECTOR], bands=["r", "i"], full_set=True, client=oc.client,
+                       echo=lines.append)
     finally:
         oc.close()
     return res, lines
@@ -45,16 +47,16 @@ def _repo(res):
 
 def _product(name: str) -> str:
     """Dataset type of a summary name (``flat-r`` -> ``flat``)."""
-    return name.removesuffix("-r")
+    return re.sub(r"-[ugrizy]$", "", name)
 
 
 def _certified(repo, res) -> dict:
-    """Product -> the one dataset certified by the campaign (its CALIBRATION collection)."""
+    """Summary name (``flat-r``) -> the one dataset certified by the campaign (its CALIBRATION collection)."""
     out = {}
     for t in res.types:
         if not t.not_run:
             (ref,) = repo.registry.query_datasets(_product(t.name), collections=[t.certified])
-            out[_product(t.name)] = ref
+            out[t.name] = ref
     return out
 
 
@@ -68,7 +70,7 @@ KNOWN_FAILURES = {"ptc": {"PTC_NOISE"}}
 def test_every_type_is_built_certified_and_verified(full):
     res, lines = full
     assert any(line.startswith("simulator effects on: nonlinearity=True") for line in lines)
-    want = {"defects", "ptc", "bias", "dark", "flat-r"} | {t.name for t in FULL_SET}
+    want = {"defects", "ptc", "bias", "dark", "flat-r", "flat-i"} | {t.name for t in FULL_SET}
     assert {t.name for t in res.types} == want, res.summary()
     summary = res.summary()
     assert "Calibration types (full set):" in summary
@@ -123,6 +125,7 @@ def test_campaign_order_follows_the_dependencies(full):
     assert pos["certify-ptc"] < pos["crosstalk"] < pos["certify-crosstalk"] < pos["bias"]
     assert pos["certify-crosstalk"] < pos["bfk"] and pos["certify-cti"] < pos["bfk"]
     assert pos["certify-flat-r"] < pos["gain_correction"] and pos["certify-flat-r"] < pos["illuminationCorrection"]
+    assert pos["certify-flat-r"] < pos["sky"] and pos["certify-flat-i"] < pos["fringe"]
     last_cert = max(i for n, i in pos.items() if n.startswith("certify-"))
     assert min(i for n, i in pos.items() if n.startswith("verify-")) > last_cert
 
@@ -144,12 +147,16 @@ def test_downstream_products_apply_the_certified_calibrations(full):
     try:
         certified = _certified(repo, res)
         uses = {"ptc": ("linearizer",), "bias": ("linearizer", "crosstalk"), "dark": ("linearizer", "crosstalk"),
-                "flat": ("linearizer", "crosstalk"), "bfk": ("linearizer", "cti", "crosstalk"),
-                "gain_correction": ("linearizer", "cti", "crosstalk", "flat")}
-        for product, used in uses.items():
-            inputs = _record_inputs(repo, certified[product].run, product)
+                "flat-r": ("linearizer", "crosstalk"), "flat-i": ("linearizer", "crosstalk"),
+                "bfk": ("linearizer", "cti", "crosstalk"),
+                "gain_correction": ("linearizer", "cti", "crosstalk", "flat-r"),
+                "sky": ("linearizer", "crosstalk", "bias", "dark", "flat-r"),
+                "fringe": ("bias", "dark", "flat-i")}
+        for name, used in uses.items():
+            inputs = _record_inputs(repo, certified[name].run, _product(name))
             for u in used:
-                assert any(i.startswith(f"{u} ") and f" {certified[u].id} " in i for i in inputs), (product, u, inputs)
+                assert any(i.startswith(f"{_product(u)} ") and f" {certified[u].id} " in i for i in inputs), \
+                    (name, u, inputs)
     finally:
         repo.close()
 
@@ -202,6 +209,62 @@ def test_products_match_the_injected_truth(full):
     assert kept.sum() >= off.sum() - 3 and np.all(np.abs(true_xt[off & ~kept]) < 1e-5), true_xt[off & ~kept]
 
 
+def test_sky_and_fringe_match_the_injected_truth(full):
+    """The sky frame against the `sky_frame` pattern (rms of the difference in 32 px bins < 5 % of the pattern's,
+    docs/sky.md, as tests/test_sky.py) and the fringe frame against the `fringe` pattern (k = strength x mean
+    exposure scale within 5 %, residual 4 x 4 px block means < 10 % of k, docs/fringe.md, as tests/test_fringe.py),
+    with every other effect of the full set on."""
+    from cpframe.camera import fringe as cfr
+    from cpframe.camera import sky as csky
+    from cpframe.camera.models import load_camera
+    from cpframe.camera.simulate import Truth
+    from cpframe.science.imageio import read_masked
+    from cpframe.science.sky import _block_stat
+
+    res, _ = full
+    truth = Truth.load(res.directory / "raw" / "truth")
+    shape = load_camera("LSSTComCam", "mini").detector(DETECTOR).shape
+    repo = _repo(res)
+    try:
+        refs = _certified(repo, res)
+        sky, fringe = (read_masked(repo.get_path(refs[k])) for k in ("sky", "fringe"))
+        assert refs["sky"].data_id["physical_filter"] == "r_03" and refs["fringe"].data_id["physical_filter"] == "i_06"
+    finally:
+        repo.close()
+    pattern = csky.sky_frame_truth(truth.seed, DETECTOR, shape, float(truth.effects["sky_frame"]))
+    want = _block_stat(pattern, np.ones(shape, bool), 32, 32, 99.0, 1)
+    assert sky.image.shape == want.shape
+    rms = float(np.sqrt(np.mean((sky.image - want) ** 2)))
+    assert rms < 0.05 * float(want.std()), (rms, float(want.std()))
+    f = cfr.fringe_pattern(truth.seed, DETECTOR, "i", shape)
+    img = fringe.image.astype(np.float64)
+    k = float(f.ravel() @ img.ravel() / (f.ravel() @ f.ravel()))
+    (block,) = [b for t in FULL_SET if t.product == "fringe" for b in t.blocks]
+    mean_a = np.mean([cfr.fringe_scale(truth.seed, block["day_obs"], block["seq_start"] + i)
+                      for i in range(block["count"])])
+    assert k == pytest.approx(float(truth.effects["fringe"]) * mean_a, rel=0.05)
+    r = img - k * f
+    n = 4
+    rows, cols = (shape[0] // n) * n, (shape[1] // n) * n
+    blocks = r[:rows, :cols].reshape(rows // n, n, cols // n, n).mean(axis=(1, 3))
+    assert float(np.std(blocks)) < 0.10 * k, (float(np.std(blocks)), k)
+
+
+def test_a_type_whose_flat_band_is_left_out_is_left_out(tmp_path):
+    """--full-set --bands r: the fringe (i flat) is not in the campaign, the sky (r flat) is; the demo names why."""
+    from cpframe.campaign.demo import _demo_specs, _full_set_plan, _needs_flat_of, demo_campaign
+    from cpframe.campaign.fullset import full_set_flat_needs
+
+    assert full_set_flat_needs()["fringe"] == {"i"} and full_set_flat_needs()["certify-sky"] == {"r"}
+    plan = _full_set_plan(tmp_path)
+    _, selections, _, _ = _demo_specs(plan, ["r"], None)
+    needs = {**_needs_flat_of(plan), **full_set_flat_needs()}
+    camp = demo_campaign(tmp_path / "repo", ["r"], selections, [DETECTOR], needs, full_set_steps())
+    names = {s.name for s in camp.steps}
+    assert {"sky", "certify-sky", "verify-sky", "illuminationCorrection"} <= names
+    assert not names & {"fringe", "certify-fringe", "verify-fringe"}, names
+
+
 # -- the table: a new type is one entry -----------------------------------------------------------
 
 
@@ -228,22 +291,23 @@ def test_a_new_type_is_one_entry(tmp_path):
     from cpframe.camera.plan import read_plan
     from cpframe.core.paths import package_dir
 
-    extra = FullSetType("sky", "bps_sky.yaml", "bps_verify_sky.yaml", "sky truth", effects={"stars": 2e-5},
+    extra = FullSetType("spectroFlat", "bps_spectroFlat.yaml", "bps_verify_spectroFlat.yaml", "a truth",
+                        effects={"stars": 2e-5},
                         blocks=({"day_obs": 20241201, "observation_type": "science", "count": 3, "seq_start": 5,
                                  "physical_filter": "r_03", "exposure_time": 30, "flux": 100,
-                                 "selections": ["SELECTION_SKY"]},),
-                        selections={"SELECTION_SKY": "instrument='{instrument}' and exposure.day_obs=20241201"})
+                                 "selections": ["SELECTION_SPECTRO"]},),
+                        selections={"SELECTION_SPECTRO": "instrument='{instrument}' and exposure.day_obs=20241201"})
     types = (*FULL_SET, extra)
     steps = full_set_steps(types)
-    assert [s["name"] for s in steps[-3:]] == ["sky", "certify-sky", "verify-sky"]
-    assert steps[-3]["builds"] == "sky" and steps[-2]["dataset_type"] == "sky" and steps[-1]["verifies"] == "sky"
+    assert [s["name"] for s in steps[-3:]] == ["spectroFlat", "certify-spectroFlat", "verify-spectroFlat"]
+    assert steps[-3]["builds"] == steps[-2]["dataset_type"] == steps[-1]["verifies"] == "spectroFlat"
     assert full_set_effects(types)["stars"] == 2e-5
     base = yaml.safe_load((package_dir() / "data" / "plans" / "demo.yaml").read_text())
     plan = full_set_plan(base, types)
     night = [n for n in plan["nights"] if n["day_obs"] == 20241201]
-    assert len(night) == 1 and night[0]["blocks"][0]["selections"] == ["SELECTION_SKY"]
-    assert "SELECTION_SKY" in plan["selections"] and len(plan["nights"]) == len(base["nights"]) + 2  # + restart
+    assert len(night) == 1 and night[0]["blocks"][0]["selections"] == ["SELECTION_SPECTRO"]
+    assert "SELECTION_SPECTRO" in plan["selections"] and len(plan["nights"]) == len(base["nights"]) + 2  # + restart
     # the plan reads back as a valid observing plan
     p = tmp_path / "plan.yaml"
     p.write_text(yaml.safe_dump(plan))
-    assert read_plan(p).intended["SELECTION_SKY"]
+    assert read_plan(p).intended["SELECTION_SPECTRO"]

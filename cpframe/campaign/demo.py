@@ -553,6 +553,10 @@ def run_demo(
     t0 = time.monotonic()
     repo_root = d / "repo"
     flat_needs = _needs_flat_of(plan)
+    if full_set:  # a type whose ISR applies the flat of a band left out is left out too (and said so below)
+        from cpframe.campaign.fullset import full_set_flat_needs
+
+        flat_needs.update(full_set_flat_needs(types))
     camp = demo_campaign(repo_root, bands, selections, detectors, flat_needs, extra_steps, templates)
     for step, need in flat_needs.items():
         if not need <= set(bands):

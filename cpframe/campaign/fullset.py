@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FULL_SET", "RESTART_DAY_OBS", "FullSetType", "full_set_effects", "full_set_plan", "full_set_steps",
-           "full_set_templates", "step_names"]
+__all__ = ["FULL_SET", "RESTART_DAY_OBS", "FullSetType", "full_set_effects", "full_set_flat_needs", "full_set_plan",
+           "full_set_steps", "full_set_templates", "step_names"]
 
 _I = "instrument='{instrument}'"
 #: A ramp of flat pairs below the full well (as tests/test_bfk.py and tests/test_linearity.py take): 4 short pairs
@@ -68,6 +68,9 @@ class FullSetType:
     """Template -> ``--config label:field=value`` overrides for mini detectors (``extraQgraphOptions``)."""
     vars: Mapping[str, str] = field(default_factory=dict)
     """Template variables of its build step only (campaign ``vars``)."""
+    flat_band: str | None = None
+    """Band of the flat its ISR applies (science or flat exposures of that band): without that band in the demo's
+    ``--bands`` its steps are left out, and the demo says so."""
     not_run: str = ""
     """Why it cannot run in the full set (then nothing of it is simulated or built; the demo says why)."""
 
@@ -134,6 +137,7 @@ FULL_SET: tuple[FullSetType, ...] = (
         selections={"SELECTION_GAIN_CORRECTION_FLAT":
                     f"{_I} and exposure.day_obs={RESTART_DAY_OBS} and exposure.seq_num in (10..17)"},
         # valid from the restart on: exposures before it keep the PTC gains
+        flat_band="r",
         certify={"begin_date": f"{str(RESTART_DAY_OBS)[:4]}-{str(RESTART_DAY_OBS)[4:6]}-"
                                f"{str(RESTART_DAY_OBS)[6:]}T12:00:00"},
     ),
@@ -157,27 +161,40 @@ FULL_SET: tuple[FullSetType, ...] = (
                  "physical_filter": "r_03", "exposure_time": 30, "flux": 50, "observation_reason": "science",
                  "science_program": "BLOCK-T0ILLUM", "selections": ["SELECTION_ILLUMINATION_CORRECTION"]},),
         # the real template reads only RAW_COLLECTION and CALIB_COLLECTIONS: the ticket chain goes first there
-        vars={"CALIB_COLLECTIONS": "${TICKET_CHAIN},${CALIB_COLLECTIONS}"},
+        vars={"CALIB_COLLECTIONS": "${TICKET_CHAIN},${CALIB_COLLECTIONS}"}, flat_band="r",
         selections={"SELECTION_ILLUMINATION_CORRECTION":
                     f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (200..211)",
                     "SELECTION_ILLUMINATION_CORRECTION_V":
                     f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (200..211)"},
     ),
-)
-
-
-#: Types added to cpframe this session whose full-set entry is not written yet: listed, with the reason, so the
-#: demo says they are missing instead of leaving them out silently.  Writing one is filling in its fields and
-#: deleting ``not_run``.
-FULL_SET += (
-    FullSetType("sky", "bps_sky.yaml", "bps_verify_sky.yaml", "static sky pattern of the `sky_frame` effect",
-                effects={"sky_frame": True},
-                not_run="no full-set entry yet (sky frames came this session; cpframe ships no bps_sky.yaml build "
-                        "template yet, and its science exposures and tolerance are still to be chosen)"),
-    FullSetType("fringe", "bps_fringe.yaml", "bps_verify_fringe.yaml", "fringes of the `fringe` effect",
-                effects={"fringe": True},
-                not_run="no full-set entry yet (fringe frames came this session; the demo takes no red-band "
-                        "science exposures with the `fringe` effect for it)"),
+    FullSetType(
+        "sky", "bps_sky.yaml", "bps_verify_sky.yaml",
+        "static sky pattern of the truth (`sky_frame`, 2 % rms): sky frame within 5 % of the pattern's rms in 32 px "
+        "bins (docs/sky.md); per-bin noise < 0.3 % of the sky (SKY)",
+        effects={"sky_frame": True},
+        # six r-band science exposures of one field (tests/test_sky.py takes the same); the pattern is in every
+        # science exposure of the full set, as the night sky is
+        blocks=({"day_obs": 20241110, "observation_type": "science", "count": 6, "seq_start": 220,
+                 "physical_filter": "r_03", "exposure_time": 30, "flux": 200, "observation_reason": "science",
+                 "science_program": "BLOCK-T0SKY", "selections": ["SELECTION_SKY"]},),
+        # as cp_pipe's bps_sky.yaml, the template reads only RAW_COLLECTION and CALIB_COLLECTIONS
+        vars={"CALIB_COLLECTIONS": "${TICKET_CHAIN},${CALIB_COLLECTIONS}"}, flat_band="r",
+        selections={"SELECTION_SKY": f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (220..225)",
+                    "SELECTION_SKY_V": f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (220..225)"},
+    ),
+    FullSetType(
+        "fringe", "bps_fringe.yaml", "bps_verify_fringe.yaml",
+        "fringes of the truth (`fringe`, 2 % of the sky, i band): frame = k x pattern with the residual in 4 x 4 px "
+        "block means < 10 % of its rms (docs/fringe.md); fringe SNR >= 3 (FRINGE)",
+        effects={"fringe": True},
+        # eight i-band science exposures (tests/test_fringe.py takes eight z-band ones); the fringe needs the i flat
+        blocks=({"day_obs": 20241110, "observation_type": "science", "count": 8, "seq_start": 230,
+                 "physical_filter": "i_06", "exposure_time": 30, "flux": 200, "observation_reason": "science",
+                 "science_program": "BLOCK-T0FRINGE", "selections": ["SELECTION_FRINGE"]},),
+        flat_band="i",
+        selections={"SELECTION_FRINGE": f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (230..237)",
+                    "SELECTION_FRINGE_V": f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (230..237)"},
+    ),
 )
 
 
@@ -229,6 +246,15 @@ def step_names(t: FullSetType) -> tuple[str, str, str]:
     ('linearizer', 'certify-linearizer', 'verify-linearizer')
     """
     return t.name, f"certify-{t.name}", f"verify-{t.name}"
+
+
+def full_set_flat_needs(types: Sequence[FullSetType] = FULL_SET) -> dict[str, set[str]]:
+    """Step name -> the band of the flat its ISR applies, for each type that runs and has one.
+
+    >>> full_set_flat_needs()["verify-fringe"]
+    {'i'}
+    """
+    return {s: {t.flat_band} for t in _run(types) if t.flat_band for s in step_names(t)}
 
 
 def full_set_templates(directory: Path, types: Sequence[FullSetType] = FULL_SET) -> dict[str, Path]:
