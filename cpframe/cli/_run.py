@@ -198,6 +198,10 @@ def cancel_cmd(run_id: str, wait_s: float) -> None:
     click.echo(format_status([state]))
     if effective_state(state) in ACTIVE:
         raise click.ClickException(f"run {run_id} has not stopped after {wait_s:.0f} s; see {state.get('log')}.")
+    if effective_state(state) in ("done", "failed"):  # the cancel arrived after the last quantum had finished
+        click.secho(f"run {run_id} had finished every quantum before the cancel arrived: it is "
+                    f"{effective_state(state)}, as it would have been (nothing was stopped).", fg="yellow", err=True)
+        return
     click.secho(f"ok: run {run_id} is {effective_state(state)}.", fg="green", err=True)
 
 

@@ -80,8 +80,13 @@ class _Guard:
         self.depth = 0
         self.pending: int | None = None
         self.installed = False
+        self.finished = False
 
     def handler(self, signum: int, _frame: Any) -> None:
+        if self.finished:  # every quantum has finished and its outputs are registered: nothing left to stop
+            log.warning("%s received after the run had finished: it completes as it is",
+                        signal.Signals(signum).name)
+            return
         if self.depth:
             self.pending = signum
             log.warning("%s received: finishing the registration in progress first", signal.Signals(signum).name)
@@ -105,6 +110,18 @@ def registering() -> Iterator[None]:
             raise Interrupted(signum)
 
 
+def mark_finished() -> None:
+    """The run's quanta have all finished (or failed) and their outputs are registered: a SIGINT/SIGTERM
+    arriving from now on (a ``cpframe cancel`` that came too late) no longer interrupts the clean-up and the
+    provenance record, and the run ends with its real outcome.  Cleared when the next submission starts."""
+    _GUARD.finished = True
+
+
+def run_finished() -> bool:
+    """Whether :func:`mark_finished` was called since the current submission started."""
+    return _GUARD.finished
+
+
 @contextlib.contextmanager
 def signals_interrupt() -> Iterator[None]:
     """Within the block SIGTERM (and SIGINT) raise :class:`Interrupted` (deferred by :func:`registering`).
@@ -115,6 +132,7 @@ def signals_interrupt() -> Iterator[None]:
         yield
         return
     old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    _GUARD.finished = False
     for sig in old:
         signal.signal(sig, _GUARD.handler)
     _GUARD.installed = True

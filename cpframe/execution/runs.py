@@ -194,7 +194,11 @@ class RunTracker:
     def install_sigterm(self) -> None:
         """SIGTERM (``cpframe cancel``) stops the submission as Ctrl-C does."""
         def handler(signum, frame):
+            from cpframe.execution.execute import run_finished
+
             self.update(cancel_requested=True)
+            if run_finished():  # the run's outcome is known: it is recorded as it is ("done", "failed")
+                return
             raise KeyboardInterrupt
 
         signal.signal(signal.SIGTERM, handler)

@@ -623,6 +623,10 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
                                resources=quantum_resources(plan, requests), requests=requests,
                                clusters=sub.clusters,
                                on_progress=on_progress, on_registered=progress_record)
+            if not res.interrupted:  # a cancel from now on comes too late: the run ends with its real outcome
+                from cpframe.execution.execute import mark_finished
+
+                mark_finished()
         except KeyboardInterrupt as exc:  # a signal outside execute_plan's own handling
             from cpframe.execution.execute import scratch_dir_for
 
