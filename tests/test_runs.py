@@ -83,13 +83,15 @@ def test_cancel_stops_cleanly_and_keeps_only_registered_outputs(bias_env):
                    ("starting", "running"))
         assert st["state"] == "running", st  # the RUN exists and quanta are submitted
         res = CliRunner().invoke(main, ["cancel", run_id])
-        assert res.exit_code == 0, res.output
         final = read_state(run_id, runs)
         if final["state"] == "cancelled":
+            assert res.exit_code == 0, res.output
             break
-        # too late: every quantum had finished, and the run says so instead of claiming a cancellation
+        # too late: every quantum had finished, and the run says so instead of claiming a cancellation (or had
+        # even exited: then there is nothing to cancel)
         assert final["state"] == "done" and final["counts"]["done"] == final["counts"]["total"], final
-        assert "had finished every quantum before the cancel arrived" in res.output, res.output
+        assert ((res.exit_code == 0 and "had finished every quantum before the cancel arrived" in res.output)
+                or (res.exit_code != 0 and "is done, not running: nothing to cancel" in res.output)), res.output
     assert final["state"] == "cancelled" and not effective_state(final) == "lost", final
     from cpframe.repository.repo import Repository
 
