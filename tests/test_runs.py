@@ -146,6 +146,19 @@ def test_a_signal_after_the_run_finished_does_not_interrupt_it(tmp_path):
             signal.signal(signal.SIGTERM, old)
 
 
+def test_the_launcher_pid_stands_until_the_submission_writes_its_own(tmp_path):
+    """start_detached records the child's pid beside state.json (never rewriting the state the child owns)."""
+    d = tmp_path / "r2"
+    d.mkdir()
+    (d / "state.json").write_text(json.dumps({"id": "r2", "state": "starting", "created": "x"}))
+    (d / "pid").write_text(str(os.getpid()))
+    st = read_state("r2", tmp_path)
+    assert st["pid"] == os.getpid() and effective_state(st) == "starting"
+    assert list_runs(tmp_path)[0]["pid"] == os.getpid()
+    (d / "state.json").write_text(json.dumps({"id": "r2", "state": "running", "pid": 2**22 + 9}))
+    assert read_state("r2", tmp_path)["pid"] == 2**22 + 9 and effective_state(read_state("r2", tmp_path)) == "lost"
+
+
 def test_unknown_run_and_lost_process(tmp_path):
     with pytest.raises(UserInputError, match="no run 'nope'"):
         read_state("nope", tmp_path)

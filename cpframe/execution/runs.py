@@ -61,18 +61,30 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _write(path: Path, data: Mapping[str, Any]) -> None:
+def _write(path: Path, data: Mapping[str, Any] | int) -> None:
     """Atomically replace ``path`` (readers never see half a file)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     os.replace(tmp, path)
 
 
+def _load(path: Path) -> dict:
+    """A ``state.json``, with the process id the launcher recorded beside it (``pid``) until the
+    submission has written its own."""
+    state = json.loads(path.read_text())
+    if not state.get("pid"):
+        try:
+            state["pid"] = int((path.parent / "pid").read_text())
+        except (OSError, ValueError):
+            pass
+    return state
+
+
 def read_state(run_id: str, directory: Path | None = None) -> dict:
     """The state of ``run_id``; UserInputError names the known ids when it does not exist."""
     d = (directory or runs_dir()) / run_id
     try:
-        return json.loads((d / "state.json").read_text())
+        return _load(d / "state.json")
     except FileNotFoundError:
         known = [s["id"] for s in list_runs(directory)][-10:]
         raise UserInputError(f"no run {run_id!r} in {directory or runs_dir()}; known runs: "
@@ -85,7 +97,7 @@ def list_runs(directory: Path | None = None) -> list[dict]:
     out = []
     for f in sorted(d.glob("*/state.json")) if d.is_dir() else ():
         try:
-            out.append(json.loads(f.read_text()))
+            out.append(_load(f))
         except (OSError, ValueError):
             continue  # being replaced right now, or not ours
     return sorted(out, key=lambda s: s.get("created", ""))
@@ -144,15 +156,9 @@ def start_detached(argv: Sequence[str], *, template: str, environ: Mapping[str, 
         proc = subprocess.Popen([sys.executable, "-m", "cpframe", *argv, "--run-id", run_id], stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True, cwd=os.getcwd())
-    state["pid"] = proc.pid
-    # the child may already have written its own state: keep its fields, add the pid
-    try:
-        current = json.loads((d / "state.json").read_text())
-    except (OSError, ValueError):
-        current = state
-    current.setdefault("pid", proc.pid)
-    current["pid"] = proc.pid
-    _write(d / "state.json", current)
+    # beside the state, not into it: the child writes its state (with its own pid) from now on, and a
+    # read-modify-write here could put back an older state over a newer one
+    _write(d / "pid", proc.pid)
     return run_id
 
 
