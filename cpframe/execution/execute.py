@@ -128,11 +128,11 @@ def signals_interrupt() -> Iterator[None]:
 
     Only the main thread can install signal handlers; elsewhere the block does nothing.
     """
+    _GUARD.finished = False  # a new submission: signals stop it until its quanta have finished
     if threading.current_thread() is not threading.main_thread() or _GUARD.installed:
         yield
         return
     old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    _GUARD.finished = False
     for sig in old:
         signal.signal(sig, _GUARD.handler)
     _GUARD.installed = True
