@@ -53,6 +53,10 @@ PRODUCT_NEEDS: dict[str, tuple[str, ...]] = {
     # bias, dark, flat; dependencies.md §2): science exposures after the flat of their band
     "sky": ("ptc", "bias", "dark", "flat", "defects"),
     "fringe": ("ptc", "bias", "dark", "flat", "defects"),
+    # electrostatic brighter-fatter distortion matrix (cp_pipe cpElectrostaticBFDistortionMatrixLSST.yaml): fitted to
+    # the a matrix of the *certified* ptc (inputPtc, useBfPtc false; no ISR of its own), so after the PTC; that PTC
+    # must be FULLCOVARIANCE (docs/campaign.md "Order": the campaign stops before the build with the fit type found)
+    "electroBfDistortionMatrix": ("ptc",),
 }
 
 #: Optional calibrations each product's ISR applies when they are certified (dependencies.md §3; ISR's
@@ -75,11 +79,16 @@ PER_BAND = ("flat", "flat_gradient_reference")
 
 #: Products that are certified (bootstraps are read straight from their RUNs).
 CERTIFIABLE = ("defects", "ptc", "bias", "dark", "flat", "linearizer", "cti", "crosstalk", "bfk", "gain_correction",
-               "flat_gradient_reference", "illuminationCorrection", "sky", "fringe")
+               "flat_gradient_reference", "illuminationCorrection", "sky", "fringe", "electroBfDistortionMatrix")
 
 #: What a verification submission may test.
 VERIFY_TARGETS = ("bias", "dark", "flat", "defects", "ptc", "science", "linearizer", "cti", "crosstalk", "bfk",
-                  "gain_correction", "flat_gradient_reference", "illuminationCorrection", "sky", "fringe")
+                  "gain_correction", "flat_gradient_reference", "illuminationCorrection", "sky", "fringe",
+                  "electroBfDistortionMatrix")
+
+#: Template stems (``bps_<stem>.yaml``, ``bps_verify_<stem>.yaml``) that name a product differently: cp_pipe's
+#: ``bps_electrostaticBFDistortionMatrix.yaml`` writes ``electroBfDistortionMatrix``.
+TEMPLATE_STEMS = {"electrostaticBFDistortionMatrix": "electroBfDistortionMatrix"}
 
 #: Variables every campaign needs (DMTN-222 §7 exports them all).
 REQUIRED_VARIABLES = (
@@ -103,6 +112,7 @@ GEN_STEM = {
     "linearizer": "linearizerGen", "cti": "ctiGen", "crosstalk": "crosstalkGen", "bfk": "bfkGen",
     "gain_correction": "gainCorrectionGen", "flat_gradient_reference": "flatGradientReferenceGen",
     "illuminationCorrection": "illuminationCorrectionGen", "sky": "skyGen", "fringe": "fringeGen",
+    "electroBfDistortionMatrix": "electroBFDistortionMatrixGen",  # cp_pipe's bps_electrostaticBFDistortionMatrix.yaml
 }
 
 #: Selection variable each product / verification reads (``{band}`` for flats).
@@ -115,6 +125,7 @@ SELECTION_OF_BUILD = {
     "flat_gradient_reference": "SELECTION_FLAT_{band}",
     "illuminationCorrection": "SELECTION_ILLUMINATION_CORRECTION",
     "sky": "SELECTION_SKY", "fringe": "SELECTION_FRINGE",
+    "electroBfDistortionMatrix": "SELECTION_PTC_BF",
 }
 SELECTION_OF_VERIFY = {
     "bias": "SELECTION_BIAS_V", "dark": "SELECTION_DARK_V", "flat": "SELECTION_FLAT_{band}_V",
@@ -124,6 +135,7 @@ SELECTION_OF_VERIFY = {
     "flat_gradient_reference": "SELECTION_FLAT_{band}_V",
     "illuminationCorrection": "SELECTION_ILLUMINATION_CORRECTION_V",
     "sky": "SELECTION_SKY_V", "fringe": "SELECTION_FRINGE_V",
+    "electroBfDistortionMatrix": "SELECTION_PTC_BF_V",
 }
 
 _RERUN_RE = re.compile(r"^\d{8}[a-z]$")

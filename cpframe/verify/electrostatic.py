@@ -1,0 +1,48 @@
+"""Electrostatic brighter-fatter verification (stage ``ELECTROSTATIC_BF``; cpframe's check: cp_verify has none
+for ``electroBfDistortionMatrix``).
+
+Runs on the PTC (fits-ptc) of a flat-pair ramp processed by ISR *with* the distortion matrix under
+test, ``brighterFatterCorrectionMethod: ASTIER23`` (pipelines/verifyElectrostaticBf.yaml), and on the
+PTC of the same flats without it.  The statistics are the BFK stage's (:mod:`cpframe.verify.bfk`):
+per amp ``A00``, ``CURVATURE`` and ``NONLINEARITY`` of var(μ) in electrons; per detector the same
+on the mean over amps, plus the uncorrected PTC's ``UNCORRECTED_NONLINEARITY`` / ``_CURVATURE``.
+
+Test (detector): ``VARIANCE_LINEAR``: the corrected PTC departs from a straight line by at most
+``electrostatic_bf_max_nonlinearity`` (1 %) over pairs up to ``electrostatic_bf_max_mean_e``
+(50 000 e-, the range of the BFK check, so both read the same pairs).  Brighter-fatter bends an
+uncorrected PTC by ~3 % over that range on the simulator's sensors (a00 = −2.5e-6 /e-); a matrix
+of the wrong size leaves it bent (zero matrix) or bends it the other way (three times the matrix):
+tests/test_electrostatic_campaign.py.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from cpframe.camera.models import Detector
+from cpframe.verify.bfk import ptc_linearity
+from cpframe.verify.config import VerifyConfig
+from cpframe.verify.core import Stage, register_stage
+
+__all__ = ["ELECTROSTATIC_BF", "check_electrostatic_bf", "measure_electrostatic_bf"]
+
+
+def measure_electrostatic_bf(path: str | Path, detector: Detector, config: VerifyConfig, nominal=None,
+                             uncorrected: str | Path | None = None) -> dict:
+    """Statistics of the ELECTROSTATIC_BF stage (module docstring)."""
+    return ptc_linearity(path, detector, config.electrostatic_bf_max_mean_e, uncorrected,
+                         "the electrostatic brighter-fatter verification reads the PTC of the flats corrected "
+                         "with the distortion matrix (pipelines/verifyElectrostaticBf.yaml)")
+
+
+def check_electrostatic_bf(stats: dict, config: VerifyConfig) -> dict:
+    """Tests of the ELECTROSTATIC_BF stage (module docstring)."""
+    nl = stats["DET"]["NONLINEARITY"]
+    ok = bool(math.isfinite(nl) and nl <= config.electrostatic_bf_max_nonlinearity)
+    return {"AMP": {}, "DET": {"VARIANCE_LINEAR": ok}}
+
+
+ELECTROSTATIC_BF = register_stage(Stage(
+    name="ELECTROSTATIC_BF", type_name="ElectrostaticBf", kind="calib", measure=measure_electrostatic_bf,
+    check=check_electrostatic_bf, calib_type="electroBfDistortionMatrix"))
