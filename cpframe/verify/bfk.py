@@ -103,11 +103,16 @@ def _measure(path: str | Path, detector: Detector, max_mean_e: float, reads: str
         amps[a] = {"A00": float(r["a00"]), "CURVATURE": curv, "NONLINEARITY": nl, "N_POINTS": int(use.sum())}
         if math.isfinite(g) and g > 0:
             mus.append(mu), vs.append(var), masks.append(use)
-    det = {"NONLINEARITY": math.nan, "CURVATURE": math.nan, "N_POINTS": 0, "MAX_MEAN_E": max_mean_e}
+    det = {"NONLINEARITY": math.nan, "CURVATURE": math.nan, "N_POINTS": 0, "N_IN_RANGE": 0, "MAX_MEAN_E": max_mean_e}
     if mus:
         use = np.all(masks, axis=0)
         nl, curv = variance_nonlinearity(np.mean(mus, 0)[use], np.mean(vs, 0)[use])
-        det.update(NONLINEARITY=nl, CURVATURE=curv, N_POINTS=int(use.sum()))
+        # pairs in range whether or not the PTC kept them: a strongly bent curve loses its top to the PTC's
+        # outlier rejection, and the few pairs left can look straight
+        with np.errstate(invalid="ignore"):
+            det_mu = np.mean(mus, 0)
+        det.update(NONLINEARITY=nl, CURVATURE=curv, N_POINTS=int(use.sum()),
+                   N_IN_RANGE=int((np.isfinite(det_mu) & (det_mu <= max_mean_e)).sum()))
     return {"METADATA": {"NPAIRS": header.get("NPAIRS")}, "AMP": amps, "DET": det, "HEADER": dict(header)}
 
 
