@@ -118,7 +118,6 @@ MINI_OPTIONS = {
 
 
 def test_campaign_builds_certifies_verifies_and_reports_it(bf_flats, tmp_path, local_dask):  # noqa: F811
-    from cpframe.campaign.preflight import MSG_PTC_NOT_FULLCOVARIANCE, check_before_submit
     from cpframe.campaign.runner import run_campaign
     from cpframe.campaign.spec import load_campaign
     from cpframe.science.electrostatic import read_electrostatic
@@ -189,17 +188,28 @@ def test_campaign_builds_certifies_verifies_and_reports_it(bf_flats, tmp_path, l
         assert len(pngs) == 1 and pngs[0].stat().st_size > 10_000
 
         # a campaign whose certified PTC is not FULLCOVARIANCE stops before the build, naming the fit type found:
-        # the verification's uncorrected PTC (EXPAPPROXIMATION) certified in front of the campaign's
-        (uref,) = reg.query_datasets("verifyUncorrectedElectrostaticBfPtc",
-                                     collections=[camp.step("verify-electro").gen_output])
-        expa = tmp_path / "expa.fits"
-        expa.write_bytes(repo.get_path(uref).read_bytes())
+        # the campaign's PTC without its covariances, as an EXPAPPROXIMATION PTC, certified in front of it
+        from cpframe.science.imageio import write_ptc
+
+        rows, header = read_ptc(repo.get_path(pref))
+        keep = ("gain", "gain_err", "noise", "noise_err", "turnoff", "a00", "n_pairs", "raw_means", "raw_vars",
+                "exp_times", "mask", "overscan_noise")
+        expa = write_ptc(tmp_path / "expa.fits", [{"amp": a, **{k: r[k] for k in keep}} for a, r in rows.items()],
+                         {**{k: header[k] for k in ("INSTRUME", "DETECTOR", "DETNAME", "CAMSCALE")},
+                          "OBSTYPE": "ptc", "PTCFITTYPE": "EXPAPPROXIMATION"})
         put_certified(repo, "ptc", [(expa, {"instrument": "LSSTComCam", "detector": DET.id})], "expa/run",
                       f"LSSTComCam/calib/{TICKET}/ptc.20241113a")
         ticket_chain_add(repo, f"LSSTComCam/calib/{TICKET}/ptc.20241113a")
-        with pytest.raises(CampaignError, match=r"needs ptcFitType FULLCOVARIANCE; the certified ptc found has "
-                                                r"detector 4: EXPAPPROXIMATION \(in LSSTComCam/calib/DM-TEST/ptc"):
-            check_before_submit(camp.step("electro"), dict(camp.variables), repo)
-        assert "cpPtcSolve:ptcFitType=FULLCOVARIANCE" in MSG_PTC_NOT_FULLCOVARIANCE
+        doc["name"], doc["variables"]["RERUN"] = "electro-again", "20241113a"
+        doc["steps"] = [s for s in doc["steps"] if s["name"] == "electro"]
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        again = load_campaign(path)
+        with pytest.raises(CampaignError, match=r"step 'electro' builds electroBfDistortionMatrix .* needs ptcFitType "
+                                                r"FULLCOVARIANCE; the certified ptc found has detector 4: "
+                                                r"EXPAPPROXIMATION \(in LSSTComCam/calib/DM-TEST/ptc.20241113a\)\. "
+                                                r"Build the campaign's ptc with ptcFitType FULLCOVARIANCE") as err:
+            run_campaign(again, client=local_dask.client, echo=lambda line: None)
+        assert "--config cpPtcSolve:ptcFitType=FULLCOVARIANCE" in str(err.value) and "--resume" in str(err.value)
+        assert not reg.query_collections("*/electroBFDistortionMatrixGen.20241113a*")  # nothing was submitted
     finally:
         repo.close()

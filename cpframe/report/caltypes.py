@@ -205,8 +205,8 @@ def render_electrostatic_png(path_in: str, path: str | os.PathLike, title: str) 
     m = np.asarray(sol.a_matrix_model, float)[:r, :r]
     i, j = np.meshgrid(np.arange(r), np.arange(r), indexing="ij")
     dist = np.hypot(i, j)
-    fig = _figure(7.5, 3.4)
-    ax = fig.add_axes((0.08, 0.14, 0.4, 0.72))
+    fig = _figure(7.5, 3.6)
+    ax = fig.add_axes((0.08, 0.13, 0.4, 0.7))
     for sel, label, col in ((j == 0, "along a column (row lag)", "tab:orange"),
                             (i == 0, "along a row (column lag)", "tab:blue"),
                             ((i > 0) & (j > 0), "off the axes", "0.4")):
@@ -221,7 +221,7 @@ def render_electrostatic_png(path_in: str, path: str | os.PathLike, title: str) 
     ax.tick_params(labelsize=6)
     ax.legend(fontsize=5.5)
     ax.grid(alpha=0.3)
-    ax2 = fig.add_axes((0.58, 0.14, 0.34, 0.72))
+    ax2 = fig.add_axes((0.58, 0.13, 0.34, 0.7))
     with np.errstate(invalid="ignore", divide="ignore"):
         pull = (a - m) / sig
     lim = max(float(np.nanmax(np.abs(pull))) if np.isfinite(pull).any() else 1.0, 1.0)
@@ -234,8 +234,8 @@ def render_electrostatic_png(path_in: str, path: str | os.PathLike, title: str) 
     ax2.tick_params(labelsize=6)
     p = sol.fit_params
     geo = ", ".join(f"{k}={p[k]:.2f}" for k in ("zq", "zsh", "zsv", "a", "b") if k in p)
-    fig.suptitle(f"{title}: a00 model {m[0, 0]:.3g} /e-, measured {a[0, 0]:.3g} /e-; {geo} µm; "
-                 f"reduced χ² {sol.fit_reduced_chi2:.2f}", fontsize=7)
+    fig.suptitle(f"{title}: a00 model {m[0, 0]:.3g} /e-, measured {a[0, 0]:.3g} /e- (fit range {r})\n"
+                 f"{geo} µm; reduced χ² {sol.fit_reduced_chi2:.2f}", fontsize=7)
     return _save(fig, path)
 
 
