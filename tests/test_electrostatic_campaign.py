@@ -213,3 +213,47 @@ def test_campaign_builds_certifies_verifies_and_reports_it(bf_flats, tmp_path, l
         assert not reg.query_collections("*/electroBFDistortionMatrixGen.20241113a*")  # nothing was submitted
     finally:
         repo.close()
+
+
+def test_variant_with_its_own_ptc_builds_the_matrix_without_a_certified_ptc(bf_flats, tmp_path, local_dask):  # noqa: F811
+    """bps_electrostaticBFDistortionMatrixBfPtc (cp_pipe's useBfPtc): bootstrap ISR with the certified defects only,
+    a FULLCOVARIANCE_NO_B PTC of the ramp, the fit to its a matrix; no ptc is certified in the repository.  The
+    same truth tolerance as the certified-PTC campaign (10 %); the campaign infers the product from its name."""
+    from types import SimpleNamespace
+
+    from cpframe.campaign.spec import _infer_from_template
+    from cpframe.execution.submit import submit_template
+    from cpframe.science.electrostatic import read_electrostatic
+    from tests._run_helpers import TICKET, TRUTH_COLLECTION, certify_truth_calibs, make_repo, variables
+
+    name = "bps_electrostaticBFDistortionMatrixBfPtc.yaml"
+    assert _infer_from_template(name) == ("electroBfDistortionMatrix", None, None)
+    truth, paths = bf_flats
+    repo = make_repo(tmp_path / "repo", None, files=[Path(p) for p in paths])
+    try:
+        certify_truth_calibs(repo, truth, [DET.id], tmp_path / "calibs", types=("defects",))
+        repo.registry.set_chain(f"LSSTComCam/calib/{TICKET}", [TRUTH_COLLECTION], mode="redefine")
+        env = variables(repo.root, tmp_path / "scratch", SimpleNamespace(plan=SimpleNamespace(selections={})),
+                        SELECTION_PTC_BF="instrument='LSSTComCam' and exposure.observation_type='flat'")
+        text = (Path(__file__).resolve().parents[1] / "templates" / name).read_text()
+        (tmp_path / name).write_text(text + "extraQgraphOptions: \"" + " ".join(
+            f"--config {o}" for o in MINI_BFPTC_OPTIONS) + "\"\n")
+        res = submit_template(tmp_path / name, environ=env, client=local_dask.client)
+        assert res.counts == {"electroBfDistortionMatrix": 1}, res.counts
+        assert not repo.registry.query_datasets("ptc", collections=[res.run, TRUTH_COLLECTION])
+        (ref,) = repo.registry.query_datasets("electroBfDistortionMatrix", collections=[res.run])
+        sol = read_electrostatic(repo.get_path(ref))
+        a00 = np.mean([truth.amp(DET.id, a.name).bf_a00 for a in DET.amps])
+        m, t = sol.a_matrix_model, bf_a_matrix(a00, 4)
+        assert sol.fit_range == 4 and sol.meta["PTCFITTYPE"] == "FULLCOVARIANCE_NO_B"
+        assert m[0, 0] == pytest.approx(t[0, 0], rel=0.10)
+        assert m[0, 1] == pytest.approx(t[0, 1], rel=0.10) and m[1, 0] == pytest.approx(t[1, 0], rel=0.10)
+    finally:
+        repo.close()
+
+
+#: The variant's mini-amp settings (its labels; the values of tests/test_bfk.py's MINI_BFK_OPTIONS).
+MINI_BFPTC_OPTIONS = ("cpBfPtcExtractPair:maximumRangeCovariancesAstier=5", "cpBfPtcExtractPair:numEdgeSuspect=6",
+                      "cpBfPtcExtractPair:minNumberGoodPixelsForCovariance=10000",
+                      "cpBfPtcSolve:ptcFitType=FULLCOVARIANCE_NO_B", "cpBfPtcSolve:maximumRangeCovariancesAstier=5",
+                      "cpBfPtcSolve:maximumRangeCovariancesAstierFullCovFit=4", "cpBfSolve:fitRange=4")

@@ -72,6 +72,9 @@ USES_WHEN_CERTIFIED: dict[str, tuple[str, ...]] = {
     "bfk": ("linearizer", "cti", "crosstalk"),
     "gain_correction": ("linearizer", "cti", "crosstalk"),
     "flat_gradient_reference": ("linearizer", "crosstalk"),
+    # the variant with a PTC of its own (bps_electrostaticBFDistortionMatrixBfPtc.yaml, cp_pipe's useBfPtc) runs the
+    # BFK's ISR; the default one reads the certified ptc, already built with the certified linearizer and CTI
+    "electroBfDistortionMatrix": ("linearizer", "cti", "crosstalk"),
 }
 
 #: Products built and certified per band (one generation and one CALIBRATION collection each).
@@ -87,8 +90,10 @@ VERIFY_TARGETS = ("bias", "dark", "flat", "defects", "ptc", "science", "lineariz
                   "electroBfDistortionMatrix")
 
 #: Template stems (``bps_<stem>.yaml``, ``bps_verify_<stem>.yaml``) that name a product differently: cp_pipe's
-#: ``bps_electrostaticBFDistortionMatrix.yaml`` writes ``electroBfDistortionMatrix``.
-TEMPLATE_STEMS = {"electrostaticBFDistortionMatrix": "electroBfDistortionMatrix"}
+#: ``bps_electrostaticBFDistortionMatrix.yaml`` writes ``electroBfDistortionMatrix`` (and so does cpframe's variant with a
+#: PTC of its own, ``bps_electrostaticBFDistortionMatrixBfPtc.yaml``).
+TEMPLATE_STEMS = {"electrostaticBFDistortionMatrix": "electroBfDistortionMatrix",
+                  "electrostaticBFDistortionMatrixBfPtc": "electroBfDistortionMatrix"}
 
 #: Variables every campaign needs (DMTN-222 §7 exports them all).
 REQUIRED_VARIABLES = (
