@@ -61,6 +61,28 @@ def test_campaign_builds_it_after_the_certified_ptc(tmp_path):
         load_campaign(write_campaign(tmp_path, steps[2:3], name="e.yaml"))
 
 
+
+def test_only_the_pipelines_reading_the_certified_ptc_are_checked(dmtn222_variables, monkeypatch):
+    """The campaign's FULLCOVARIANCE check (cpframe/campaign/preflight.py) applies to the templates whose
+    electrostatic solve reads the certified ptc -- cp_pipe's own (with or without the stack) and cpframe's copy --
+    and not to the variant with a PTC of its own; its input collections are the template's, in order."""
+    from cpframe.campaign.preflight import certified_ptc_reader
+    from cpframe.execution.templates import default_templates_dir
+    from tests.test_lsst_templates import CP_PIPE, STACK
+
+    env = dict(dmtn222_variables)
+    for k in STACK:
+        monkeypatch.delenv(k, raising=False)
+    want = ["LSSTComCam/calib/DM-48520", "LSSTComCam/raw/all", "LSSTComCam/calib/DM-46562",
+            "LSSTComCam/calib/curated/20241101"]
+    real = str(CP_PIPE / "bps/templates/bps_electrostaticBFDistortionMatrix.yaml")
+    assert certified_ptc_reader(real, env) == want
+    assert certified_ptc_reader(real, {**env, **STACK}) == want
+    assert certified_ptc_reader(str(default_templates_dir() / "bps_electrostaticBFDistortionMatrix.yaml"), env) == want
+    assert certified_ptc_reader(str(default_templates_dir() / "bps_electrostaticBFDistortionMatrixBfPtc.yaml"),
+                                env) is None
+
+
 # -- the verification ----------------------------------------------------------------------------
 def _truth_solution(truth, scale: float):
     from tests.test_electrostatic import _truth_solution
