@@ -299,7 +299,7 @@ def test_a_type_that_cannot_run_is_listed_with_its_reason(full):
     from cpframe.campaign.demo import type_statuses
 
     res, _ = full
-    blocked = FullSetType("electroBfDistortionMatrix", "bps_electroBfDistortionMatrix.yaml", "", "a matrix",
+    blocked = FullSetType("flatAnaglyph", "bps_flatAnaglyph.yaml", "", "a flat",
                           effects={"prnu": 0.5}, not_run="the campaign does not build it yet")
     assert [s["name"] for s in full_set_steps((blocked,))] == [] and full_set_effects((blocked,)) == {}
     repo = _repo(res)
@@ -308,7 +308,7 @@ def test_a_type_that_cannot_run_is_listed_with_its_reason(full):
     finally:
         repo.close()
     assert [r.name for r in rows if r.not_run] == [t.name for t in FULL_SET if t.not_run] + [blocked.name]
-    assert rows[-1].line() == "  --    electroBfDistortionMatrix  not run: the campaign does not build it yet"
+    assert rows[-1].line() == "  --    flatAnaglyph  not run: the campaign does not build it yet"
     assert rows[:-1] == res.types
 
 

@@ -55,7 +55,8 @@ PRODUCT_NEEDS: dict[str, tuple[str, ...]] = {
     "fringe": ("ptc", "bias", "dark", "flat", "defects"),
     # electrostatic brighter-fatter distortion matrix (cp_pipe cpElectrostaticBFDistortionMatrixLSST.yaml): fitted to
     # the a matrix of the *certified* ptc (inputPtc, useBfPtc false; no ISR of its own), so after the PTC; that PTC
-    # must be FULLCOVARIANCE (docs/campaign.md "Order": the campaign stops before the build with the fit type found)
+    # must be FULLCOVARIANCE (docs/campaign.md "The order": the campaign stops before the build with the fit type
+    # found; bps_electrostaticBFDistortionMatrixBfPtc.yaml fits a FULLCOVARIANCE PTC of its own instead)
     "electroBfDistortionMatrix": ("ptc",),
 }
 
@@ -90,8 +91,8 @@ VERIFY_TARGETS = ("bias", "dark", "flat", "defects", "ptc", "science", "lineariz
                   "electroBfDistortionMatrix")
 
 #: Template stems (``bps_<stem>.yaml``, ``bps_verify_<stem>.yaml``) that name a product differently: cp_pipe's
-#: ``bps_electrostaticBFDistortionMatrix.yaml`` writes ``electroBfDistortionMatrix`` (and so does cpframe's variant with a
-#: PTC of its own, ``bps_electrostaticBFDistortionMatrixBfPtc.yaml``).
+#: ``bps_electrostaticBFDistortionMatrix.yaml`` writes ``electroBfDistortionMatrix``, and so does cpframe's
+#: variant with a PTC of its own, ``bps_electrostaticBFDistortionMatrixBfPtc.yaml``.
 TEMPLATE_STEMS = {"electrostaticBFDistortionMatrix": "electroBfDistortionMatrix",
                   "electrostaticBFDistortionMatrixBfPtc": "electroBfDistortionMatrix"}
 
