@@ -124,6 +124,8 @@ def test_campaign_order_follows_the_dependencies(full):
     assert pos["certify-linearizer"] < pos["cti"]
     assert pos["certify-ptc"] < pos["crosstalk"] < pos["certify-crosstalk"] < pos["bias"]
     assert pos["certify-crosstalk"] < pos["bfk"] and pos["certify-cti"] < pos["bfk"]
+    # the electrostatic matrix's own PTC runs the BFK's ISR: after the certified linearizer, CTI and crosstalk
+    assert pos["certify-crosstalk"] < pos["electroBfDistortionMatrix"] and pos["certify-cti"] < pos["electroBfDistortionMatrix"]
     assert pos["certify-flat-r"] < pos["gain_correction"] and pos["certify-flat-r"] < pos["illuminationCorrection"]
     assert pos["certify-flat-r"] < pos["sky"] and pos["certify-flat-i"] < pos["fringe"]
     last_cert = max(i for n, i in pos.items() if n.startswith("certify-"))
@@ -148,7 +150,7 @@ def test_downstream_products_apply_the_certified_calibrations(full):
         certified = _certified(repo, res)
         uses = {"ptc": ("linearizer",), "bias": ("linearizer", "crosstalk"), "dark": ("linearizer", "crosstalk"),
                 "flat-r": ("linearizer", "crosstalk"), "flat-i": ("linearizer", "crosstalk"),
-                "bfk": ("linearizer", "cti", "crosstalk"),
+                "bfk": ("linearizer", "cti", "crosstalk"), "electroBfDistortionMatrix": ("linearizer", "cti", "crosstalk"),
                 "gain_correction": ("linearizer", "cti", "crosstalk", "flat-r"),
                 "sky": ("linearizer", "crosstalk", "bias", "dark", "flat-r"),
                 "fringe": ("bias", "dark", "flat-i")}
@@ -207,6 +209,31 @@ def test_products_match_the_injected_truth(full):
     # doFiltering (cp_pipe) sets a coefficient it cannot tell from 0 to 0: with every effect on, a few of the
     # smallest (here one of 240, 4.6e-6) are; none of the large ones may be
     assert kept.sum() >= off.sum() - 3 and np.all(np.abs(true_xt[off & ~kept]) < 1e-5), true_xt[off & ~kept]
+
+
+def test_electrostatic_matrix_matches_the_injected_truth(full):
+    """The electrostatic model fitted to the a matrix of its own FULLCOVARIANCE_NO_B PTC (lags < 4) against the
+    simulator's a matrix: a00 and the nearest lags within 10 % of the truth (detector mean), the tolerance of
+    tests/test_electrostatic_campaign.py, with every other effect of the full set on (and corrected)."""
+    from cpframe.camera.bf import bf_a_matrix
+    from cpframe.camera.models import load_camera
+    from cpframe.camera.simulate import Truth
+    from cpframe.science.electrostatic import read_electrostatic
+
+    res, _ = full
+    truth = Truth.load(res.directory / "raw" / "truth")
+    det = load_camera("LSSTComCam", "mini").detector(DETECTOR)
+    repo = _repo(res)
+    try:
+        sol = read_electrostatic(repo.get_path(_certified(repo, res)["electroBfDistortionMatrix"]))
+    finally:
+        repo.close()
+    t = bf_a_matrix(float(np.mean([truth.amp(DETECTOR, a.name).bf_a00 for a in det.amps])), 4)
+    m = sol.a_matrix_model
+    assert sol.fit_range == 4 and sol.meta["PTCFITTYPE"] == "FULLCOVARIANCE_NO_B"
+    assert m[0, 0] == pytest.approx(t[0, 0], rel=0.10), (m[:2, :2], t[:2, :2])
+    assert m[0, 1] == pytest.approx(t[0, 1], rel=0.10) and m[1, 0] == pytest.approx(t[1, 0], rel=0.10), \
+        (m[:2, :2], t[:2, :2])
 
 
 def _block_means(image, good, n=4):
@@ -300,7 +327,7 @@ def test_a_type_that_cannot_run_is_listed_with_its_reason(full):
     from cpframe.campaign.demo import type_statuses
 
     res, _ = full
-    blocked = FullSetType("electroBfDistortionMatrix", "bps_electroBfDistortionMatrix.yaml", "", "a matrix",
+    blocked = FullSetType("flatAnaglyph", "bps_flatAnaglyph.yaml", "", "a flat",
                           effects={"prnu": 0.5}, not_run="the campaign does not build it yet")
     assert [s["name"] for s in full_set_steps((blocked,))] == [] and full_set_effects((blocked,)) == {}
     repo = _repo(res)
@@ -309,7 +336,7 @@ def test_a_type_that_cannot_run_is_listed_with_its_reason(full):
     finally:
         repo.close()
     assert [r.name for r in rows if r.not_run] == [t.name for t in FULL_SET if t.not_run] + [blocked.name]
-    assert rows[-1].line() == "  --    electroBfDistortionMatrix  not run: the campaign does not build it yet"
+    assert rows[-1].line() == "  --    flatAnaglyph  not run: the campaign does not build it yet"
     assert rows[:-1] == res.types
 
 

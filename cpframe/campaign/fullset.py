@@ -127,6 +127,25 @@ FULL_SET: tuple[FullSetType, ...] = (
                 "bps_ptc.yaml": ("cpPtcSolve:maxSignalInitialPtcOutlierFit=80000",)},
     ),
     FullSetType(
+        "electroBfDistortionMatrix", "bps_electrostaticBFDistortionMatrixBfPtc.yaml",
+        "bps_verify_electrostaticBFDistortionMatrix.yaml",
+        "pixel-area truth a matrix: electrostatic model fitted to a FULLCOVARIANCE PTC's a matrix; ASTIER23-corrected "
+        "flats' PTC linear to < 1 % (ELECTROSTATIC_BF)",
+        # the demo's certified PTC is EXPAPPROXIMATION (its ramp goes past the full well for the turnoff, which a
+        # covariance fit cannot take): the build fits a FULLCOVARIANCE PTC of its own on the ramp below the full
+        # well (cp_pipe's useBfPtc), with the BFK's mini-detector settings
+        effects={"brighter_fatter": True}, blocks=(_RAMP_BLOCK,),
+        selections={"SELECTION_PTC_BF": _RAMP, "SELECTION_PTC_BF_V": _RAMP_LOW},
+        config={"bps_electrostaticBFDistortionMatrixBfPtc.yaml": (
+                    "cpBfPtcExtractPair:maximumRangeCovariancesAstier=5", "cpBfPtcExtractPair:numEdgeSuspect=6",
+                    "cpBfPtcExtractPair:minNumberGoodPixelsForCovariance=10000",
+                    "cpBfPtcSolve:ptcFitType=FULLCOVARIANCE_NO_B", "cpBfPtcSolve:maximumRangeCovariancesAstier=5",
+                    "cpBfPtcSolve:maximumRangeCovariancesAstierFullCovFit=4", "cpBfSolve:fitRange=4"),
+                "bps_verify_electrostaticBFDistortionMatrix.yaml": (
+                    "verifyElectrostaticBfPtcExtractPair:numEdgeSuspect=6",
+                    "verifyUncorrectedElectrostaticBfPtcExtractPair:numEdgeSuspect=6")},
+    ),
+    FullSetType(
         "gain_correction", "bps_gain_correction.yaml", "bps_verify_gain_correction.yaml",
         f"per-amp gain drift after the restart of {RESTART_DAY_OBS}: adjustments within tolerance of the truth "
         "(verifyGainCorrection)",

@@ -53,6 +53,11 @@ PRODUCT_NEEDS: dict[str, tuple[str, ...]] = {
     # bias, dark, flat; dependencies.md §2): science exposures after the flat of their band
     "sky": ("ptc", "bias", "dark", "flat", "defects"),
     "fringe": ("ptc", "bias", "dark", "flat", "defects"),
+    # electrostatic brighter-fatter distortion matrix (cp_pipe cpElectrostaticBFDistortionMatrixLSST.yaml): fitted to
+    # the a matrix of the *certified* ptc (inputPtc, useBfPtc false; no ISR of its own), so after the PTC; that PTC
+    # must be FULLCOVARIANCE (docs/campaign.md "The order": the campaign stops before the build with the fit type
+    # found; bps_electrostaticBFDistortionMatrixBfPtc.yaml fits a FULLCOVARIANCE PTC of its own instead)
+    "electroBfDistortionMatrix": ("ptc",),
 }
 
 #: Optional calibrations each product's ISR applies when they are certified (dependencies.md §3; ISR's
@@ -68,6 +73,9 @@ USES_WHEN_CERTIFIED: dict[str, tuple[str, ...]] = {
     "bfk": ("linearizer", "cti", "crosstalk"),
     "gain_correction": ("linearizer", "cti", "crosstalk"),
     "flat_gradient_reference": ("linearizer", "crosstalk"),
+    # the variant with a PTC of its own (bps_electrostaticBFDistortionMatrixBfPtc.yaml, cp_pipe's useBfPtc) runs the
+    # BFK's ISR; the default one reads the certified ptc, already built with the certified linearizer and CTI
+    "electroBfDistortionMatrix": ("linearizer", "cti", "crosstalk"),
 }
 
 #: Products built and certified per band (one generation and one CALIBRATION collection each).
@@ -75,11 +83,18 @@ PER_BAND = ("flat", "flat_gradient_reference")
 
 #: Products that are certified (bootstraps are read straight from their RUNs).
 CERTIFIABLE = ("defects", "ptc", "bias", "dark", "flat", "linearizer", "cti", "crosstalk", "bfk", "gain_correction",
-               "flat_gradient_reference", "illuminationCorrection", "sky", "fringe")
+               "flat_gradient_reference", "illuminationCorrection", "sky", "fringe", "electroBfDistortionMatrix")
 
 #: What a verification submission may test.
 VERIFY_TARGETS = ("bias", "dark", "flat", "defects", "ptc", "science", "linearizer", "cti", "crosstalk", "bfk",
-                  "gain_correction", "flat_gradient_reference", "illuminationCorrection", "sky", "fringe")
+                  "gain_correction", "flat_gradient_reference", "illuminationCorrection", "sky", "fringe",
+                  "electroBfDistortionMatrix")
+
+#: Template stems (``bps_<stem>.yaml``, ``bps_verify_<stem>.yaml``) that name a product differently: cp_pipe's
+#: ``bps_electrostaticBFDistortionMatrix.yaml`` writes ``electroBfDistortionMatrix``, and so does cpframe's
+#: variant with a PTC of its own, ``bps_electrostaticBFDistortionMatrixBfPtc.yaml``.
+TEMPLATE_STEMS = {"electrostaticBFDistortionMatrix": "electroBfDistortionMatrix",
+                  "electrostaticBFDistortionMatrixBfPtc": "electroBfDistortionMatrix"}
 
 #: Variables every campaign needs (DMTN-222 §7 exports them all).
 REQUIRED_VARIABLES = (
@@ -103,6 +118,7 @@ GEN_STEM = {
     "linearizer": "linearizerGen", "cti": "ctiGen", "crosstalk": "crosstalkGen", "bfk": "bfkGen",
     "gain_correction": "gainCorrectionGen", "flat_gradient_reference": "flatGradientReferenceGen",
     "illuminationCorrection": "illuminationCorrectionGen", "sky": "skyGen", "fringe": "fringeGen",
+    "electroBfDistortionMatrix": "electroBFDistortionMatrixGen",  # cp_pipe's bps_electrostaticBFDistortionMatrix.yaml
 }
 
 #: Selection variable each product / verification reads (``{band}`` for flats).
@@ -115,6 +131,7 @@ SELECTION_OF_BUILD = {
     "flat_gradient_reference": "SELECTION_FLAT_{band}",
     "illuminationCorrection": "SELECTION_ILLUMINATION_CORRECTION",
     "sky": "SELECTION_SKY", "fringe": "SELECTION_FRINGE",
+    "electroBfDistortionMatrix": "SELECTION_PTC_BF",
 }
 SELECTION_OF_VERIFY = {
     "bias": "SELECTION_BIAS_V", "dark": "SELECTION_DARK_V", "flat": "SELECTION_FLAT_{band}_V",
@@ -124,6 +141,7 @@ SELECTION_OF_VERIFY = {
     "flat_gradient_reference": "SELECTION_FLAT_{band}_V",
     "illuminationCorrection": "SELECTION_ILLUMINATION_CORRECTION_V",
     "sky": "SELECTION_SKY_V", "fringe": "SELECTION_FRINGE_V",
+    "electroBfDistortionMatrix": "SELECTION_PTC_BF_V",
 }
 
 _RERUN_RE = re.compile(r"^\d{8}[a-z]$")

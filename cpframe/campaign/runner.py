@@ -727,7 +727,10 @@ def _run_submission(campaign: Campaign, step: Step, repo: Any, client: Any, sett
     from cpframe.core.errors import ExecutionError
     from cpframe.execution.submit import submit_template
 
+    from cpframe.campaign.preflight import check_before_submit
+
     v = _submit_variables(campaign, step)
+    check_before_submit(step, {**os.environ, **v}, repo)  # e.g. the FULLCOVARIANCE ptc an electrostatic build reads
     partial = _partial_run(campaign, step, repo.registry, state)
     if partial:
         echo(f"    finishing the incomplete RUN {partial} (--extend-run --skip-existing)")

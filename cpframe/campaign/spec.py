@@ -30,6 +30,7 @@ from cpframe.campaign.model import (
     SELECTION_OF_VERIFY,
     STEP_KINDS,
     STEP_SCHEMAS,
+    TEMPLATE_STEMS,
     USES_WHEN_CERTIFIED,
     VERIFY_TARGETS,
     Campaign,
@@ -173,8 +174,16 @@ def _infer_from_template(path: str) -> tuple[str | None, str | None, str | None]
     (('gain_correction', None, None), (None, 'gain_correction', None))
     >>> _infer_from_template("bps_flat_gradient_reference_r.yaml")
     ('flat_gradient_reference', None, 'r')
+    >>> _infer_from_template("bps_electrostaticBFDistortionMatrix.yaml")
+    ('electroBfDistortionMatrix', None, None)
+    >>> _infer_from_template("bps_verify_electrostaticBFDistortionMatrix.yaml")
+    (None, 'electroBfDistortionMatrix', None)
     """
     stem = Path(path).stem.removeprefix("bps_")
+    verify = stem.startswith("verify_")
+    if stem.removeprefix("verify_") in TEMPLATE_STEMS:  # cp_pipe's name differs from the product's
+        product = TEMPLATE_STEMS[stem.removeprefix("verify_")]
+        return (None, product, None) if verify else (product, None, None)
     if stem in PRODUCT_NEEDS:  # names with '_' (gain_correction)
         return stem, None, None
     if stem[:-2] in PRODUCT_NEEDS and stem[-2] == "_":  # flat_gradient_reference_<band>

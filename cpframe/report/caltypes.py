@@ -8,6 +8,9 @@
   amp, with each amp's fitted model n ε S + size (1 − r);
 * BFK: the detector kernel as an image, and cuts through its centre along rows and columns
   with every amp's kernel (invalid amps dashed);
+* electrostatic brighter-fatter (``electroBfDistortionMatrix``): the measured mean ``a`` matrix of the PTC
+  (1/e-, with the amps' error of the mean) and the fitted electrostatic model, |a| against the lag distance,
+  and the residual (measured − model) / σ per lag;
 * gain correction: the adjustment (%) of each amp laid out as the amps sit on the detector,
   and per amp the new / reference flat ratio before and after the correction (cp_pipe's
   "flat ratio uncorrected / corrected" plot, per amp).
@@ -27,7 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 __all__ = ["CALTYPE_PRODUCTS", "render_linearity_png", "render_crosstalk_png", "render_cti_png", "render_bfk_png",
-           "render_gain_correction_png", "caltype_figures"]
+           "render_electrostatic_png", "render_gain_correction_png", "caltype_figures"]
 
 #: Product dataset type -> (renderer of one file, caption).
 CALTYPE_PRODUCTS: dict[str, tuple[Callable[[str, Any, str], Path], str]] = {}
@@ -190,6 +193,52 @@ def render_bfk_png(path_in: str, path: str | os.PathLike, title: str) -> Path:
     return _save(fig, path)
 
 
+def render_electrostatic_png(path_in: str, path: str | os.PathLike, title: str) -> Path:
+    """|a| (1/e-) of the measured mean a matrix and of the fitted model against the lag distance, and the
+    residual (measured − model) / σ per lag (row lag up, column lag right)."""
+    from cpframe.science.electrostatic import read_electrostatic
+
+    sol = read_electrostatic(path_in)
+    r = sol.fit_range
+    a = np.asarray(sol.a_matrix, float)[:r, :r]
+    sig = np.asarray(sol.a_matrix_sigma, float)[:r, :r]
+    m = np.asarray(sol.a_matrix_model, float)[:r, :r]
+    i, j = np.meshgrid(np.arange(r), np.arange(r), indexing="ij")
+    dist = np.hypot(i, j)
+    fig = _figure(7.5, 3.6)
+    ax = fig.add_axes((0.08, 0.13, 0.4, 0.7))
+    for sel, label, col in ((j == 0, "along a column (row lag)", "tab:orange"),
+                            (i == 0, "along a row (column lag)", "tab:blue"),
+                            ((i > 0) & (j > 0), "off the axes", "0.4")):
+        ok = sel & np.isfinite(a)
+        ax.errorbar(dist[ok], np.abs(a[ok]), yerr=sig[ok], fmt="o", ms=3, color=col, lw=0.6,
+                    label=f"measured, {label}")
+        ax.plot(dist[sel], np.abs(m[sel]), "x", ms=5, color=col)
+    ax.plot([], [], "x", color="k", label="electrostatic model")
+    ax.set_yscale("log")
+    ax.set_xlabel("lag distance (pixels)", fontsize=7)
+    ax.set_ylabel("|a| (1/e-; a00 < 0)", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.legend(fontsize=5.5)
+    ax.grid(alpha=0.3)
+    ax2 = fig.add_axes((0.58, 0.13, 0.34, 0.7))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pull = (a - m) / sig
+    lim = max(float(np.nanmax(np.abs(pull))) if np.isfinite(pull).any() else 1.0, 1.0)
+    im = ax2.imshow(pull, origin="lower", cmap="coolwarm", vmin=-lim, vmax=lim)
+    cb = fig.colorbar(im, ax=ax2, fraction=0.046, pad=0.02)
+    cb.set_label("(measured - model) / σ", fontsize=6)
+    cb.ax.tick_params(labelsize=6)
+    ax2.set_xlabel("column lag", fontsize=7)
+    ax2.set_ylabel("row lag", fontsize=7)
+    ax2.tick_params(labelsize=6)
+    p = sol.fit_params
+    geo = ", ".join(f"{k}={p[k]:.2f}" for k in ("zq", "zsh", "zsv", "a", "b") if k in p)
+    fig.suptitle(f"{title}: a00 model {m[0, 0]:.3g} /e-, measured {a[0, 0]:.3g} /e- (fit range {r})\n"
+                 f"{geo} µm; reduced χ² {sol.fit_reduced_chi2:.2f}", fontsize=7)
+    return _save(fig, path)
+
+
 def render_gain_correction_png(path_in: str, path: str | os.PathLike, title: str) -> Path:
     """Amp map of the adjustment (%) and the per-amp flat ratio before / after the correction."""
     from cpframe.camera.models import load_camera
@@ -280,6 +329,10 @@ CALTYPE_PRODUCTS.update({
     "bfk": (render_bfk_png, "Brighter-fatter kernel {det}: the detector kernel (average of the valid amps' kernels) "
                             "and cuts through the centre; thin lines: each amp (dashed: failed cp_pipe's validity "
                             "checks)."),
+    "electroBfDistortionMatrix": (render_electrostatic_png, "Electrostatic brighter-fatter {det}: |a| of the PTC's "
+                                                            "mean a matrix (points, error of the mean over amps) and "
+                                                            "of the fitted model (crosses) against the lag distance; "
+                                                            "right: (measured - model) / σ per lag."),
     "gain_correction": (render_gain_correction_png, "Gain correction {det}: the factor on each amp's PTC gain "
                                                     "(% from 1) where the amp sits, and the new / reference flat "
                                                     "ratio per amp before and after it (the steps it removes)."),

@@ -95,6 +95,10 @@ REPORT_STAGES: tuple[ReportStage, ...] = (
     ReportStage("bfk", "BFK", "bfk", "Brighter-fatter kernel", (),
                 "Kernel per amp from the covariances of a flat-pair ramp; the PTC of flats corrected with it must "
                 "be linear to 1 % (uncorrected beside it)."),
+    ReportStage("electroBfDistortionMatrix", "ELECTROSTATIC_BF", "electroBfDistortionMatrix",
+                "Electrostatic brighter-fatter", (),
+                "Pixel-boundary shifts fitted to the a matrix of the FULLCOVARIANCE PTC (Astier & Regnault 2023); "
+                "the PTC of flats corrected with it (ISR ASTIER23) must be linear to 1 % (uncorrected beside it)."),
     ReportStage("gain_correction", "GAIN_CORRECTION", "gain_correction", "Gain correction", (),
                 "Per-amp factors on the PTC gains from a flat taken after a restart over the certified flat; every "
                 "amp measured and within 5 % of 1."),

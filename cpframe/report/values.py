@@ -51,6 +51,7 @@ COLUMN_UNITS: dict[str, dict[str, str]] = {
             "DET_NONLINEARITY": "fraction", "DET_MAX_MEAN_E": _E, "DET_UNCORRECTED_CURVATURE": "fraction",
             "DET_UNCORRECTED_NONLINEARITY": "fraction"},
 }
+COLUMN_UNITS["ELECTROSTATIC_BF"] = {**COLUMN_UNITS["BFK"]}
 COLUMN_UNITS["DARK"] = {**COLUMN_UNITS["BIAS"]}
 
 
@@ -73,8 +74,10 @@ def verify_command(key: str) -> str:
 
     >>> verify_command("flat")
     'cpframe submit templates/bps_verify_flat_<band>.yaml'
+    >>> verify_command("electroBfDistortionMatrix")  # cp_pipe's template stem
+    'cpframe submit templates/bps_verify_electrostaticBFDistortionMatrix.yaml'
     """
-    name = "flat_<band>" if key == "flat" else key
+    name = {"flat": "flat_<band>", "electroBfDistortionMatrix": "electrostaticBFDistortionMatrix"}.get(key, key)
     return f"cpframe submit templates/bps_verify_{name}.yaml"
 
 

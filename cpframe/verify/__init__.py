@@ -14,7 +14,7 @@ Typical use::
 
 from __future__ import annotations
 
-from cpframe.verify import bfk, bfk_stars, bias, crosstalk, dark, defects, flat, flat_gradient, gain_correction, illumination, linearity, ptc, science, sky  # noqa: F401  (register the stages)
+from cpframe.verify import bfk, bfk_stars, bias, crosstalk, dark, defects, electrostatic, flat, flat_gradient, gain_correction, illumination, linearity, ptc, science, sky  # noqa: F401  (register the stages)
 from cpframe.verify.config import VerifyConfig
 from cpframe.verify.core import STAGES, Stage, dataset_type_name, get_stage, verify_calib, verify_exposure
 from cpframe.verify.merge import merge_calibs, merge_exposure, merge_run

@@ -36,7 +36,7 @@ from cpframe.core.errors import UserInputError
 from cpframe.verify.config import VerifyConfig
 from cpframe.verify.core import Stage, register_stage
 
-__all__ = ["BFK", "measure_bfk", "check_bfk", "variance_nonlinearity"]
+__all__ = ["BFK", "measure_bfk", "check_bfk", "ptc_linearity", "variance_nonlinearity"]
 
 
 def variance_nonlinearity(mu: np.ndarray, var: np.ndarray) -> tuple[float, float]:
@@ -64,21 +64,30 @@ def measure_bfk(path: str | Path, detector: Detector, config: VerifyConfig, nomi
                 uncorrected: str | Path | None = None) -> dict:
     """Statistics of the BFK stage (module docstring); with ``uncorrected`` (the PTC of the same
     flats without the kernel) the detector's ``UNCORRECTED_NONLINEARITY``/``_CURVATURE`` too."""
-    stats = _measure(path, detector, config)
+    return ptc_linearity(path, detector, config.bfk_max_mean_e, uncorrected,
+                         "the BFK verification reads the PTC of the flats corrected with the kernel "
+                         "(pipelines/verifyBfk.yaml)")
+
+
+def ptc_linearity(path: str | Path, detector: Detector, max_mean_e: float, uncorrected: str | Path | None = None,
+                  reads: str = "the verification reads the PTC of the corrected flats") -> dict:
+    """Per amp and per detector ``NONLINEARITY`` / ``CURVATURE`` of a PTC over its pairs up to ``max_mean_e``
+    (module docstring), with the ``UNCORRECTED_*`` values of ``uncorrected`` when given.  ``reads`` ends the
+    message of a missing file (what the stage reads and where from)."""
+    stats = _measure(path, detector, max_mean_e, reads)
     if uncorrected is not None:
-        other = _measure(uncorrected, detector, config)["DET"]
+        other = _measure(uncorrected, detector, max_mean_e, reads)["DET"]
         stats["DET"]["UNCORRECTED_NONLINEARITY"] = other["NONLINEARITY"]
         stats["DET"]["UNCORRECTED_CURVATURE"] = other["CURVATURE"]
     return stats
 
 
-def _measure(path: str | Path, detector: Detector, config: VerifyConfig) -> dict:
+def _measure(path: str | Path, detector: Detector, max_mean_e: float, reads: str) -> dict:
     from cpframe.science.imageio import read_ptc
 
     p = Path(path)
     if not p.is_file():
-        raise UserInputError(f"PTC file {p} does not exist; the BFK verification reads the PTC of the flats "
-                             "corrected with the kernel (pipelines/verifyBfk.yaml).")
+        raise UserInputError(f"PTC file {p} does not exist; {reads}.")
     rows, header = read_ptc(p)
     missing = [a for a in detector.amp_names if a not in rows]
     if missing:
@@ -89,16 +98,21 @@ def _measure(path: str | Path, detector: Detector, config: VerifyConfig) -> dict
         g = float(r["gain"])
         mu = np.asarray(r["raw_means"], float) * g
         var = np.asarray(r["raw_vars"], float) * g * g
-        use = np.asarray(r["mask"], bool) & (mu <= config.bfk_max_mean_e)
+        use = np.asarray(r["mask"], bool) & (mu <= max_mean_e)
         nl, curv = variance_nonlinearity(mu[use], var[use])
         amps[a] = {"A00": float(r["a00"]), "CURVATURE": curv, "NONLINEARITY": nl, "N_POINTS": int(use.sum())}
         if math.isfinite(g) and g > 0:
             mus.append(mu), vs.append(var), masks.append(use)
-    det = {"NONLINEARITY": math.nan, "CURVATURE": math.nan, "N_POINTS": 0, "MAX_MEAN_E": config.bfk_max_mean_e}
+    det = {"NONLINEARITY": math.nan, "CURVATURE": math.nan, "N_POINTS": 0, "N_IN_RANGE": 0, "MAX_MEAN_E": max_mean_e}
     if mus:
         use = np.all(masks, axis=0)
         nl, curv = variance_nonlinearity(np.mean(mus, 0)[use], np.mean(vs, 0)[use])
-        det.update(NONLINEARITY=nl, CURVATURE=curv, N_POINTS=int(use.sum()))
+        # pairs in range whether or not the PTC kept them: a strongly bent curve loses its top to the PTC's
+        # outlier rejection, and the few pairs left can look straight
+        with np.errstate(invalid="ignore"):
+            det_mu = np.mean(mus, 0)
+        det.update(NONLINEARITY=nl, CURVATURE=curv, N_POINTS=int(use.sum()),
+                   N_IN_RANGE=int((np.isfinite(det_mu) & (det_mu <= max_mean_e)).sum()))
     return {"METADATA": {"NPAIRS": header.get("NPAIRS")}, "AMP": amps, "DET": det, "HEADER": dict(header)}
 
 

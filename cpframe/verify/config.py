@@ -117,6 +117,13 @@ class VerifyConfig:
     """VARIANCE_LINEAR: largest departure of the BF-corrected PTC from a straight line (relative)."""
     bfk_max_mean_e: float = 50000.0
     """Pairs up to this mean (e-) enter the BFK check (the first-order correction's own limit)."""
+    # -- electrostatic brighter-fatter (cpframe's check, cpframe/verify/electrostatic.py) -----
+    electrostatic_bf_max_nonlinearity: float = 0.01
+    """ELECTROSTATIC_BF VARIANCE_LINEAR: largest departure of the ASTIER23-corrected PTC from a straight line."""
+    electrostatic_bf_max_mean_e: float = 50000.0
+    """Pairs up to this mean (e-) enter the ELECTROSTATIC_BF check (the BFK check's range: the same pairs)."""
+    electrostatic_bf_min_pairs_kept: float = 0.8
+    """ELECTROSTATIC_BF PAIRS_KEPT: the corrected PTC must keep at least this fraction of the pairs in range."""
     # -- brighter-fatter kernel on stars (cp_verify CpVerifyBfkTask, cpframe/verify/bfk_stars.py) -
     bfk_bright_slope_max: float = -0.5
     """BRIGHT_SLOPE: the exponential slope of (uncorrected - corrected size) vs magnitude must be below this."""

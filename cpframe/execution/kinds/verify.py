@@ -10,7 +10,7 @@ from cpframe.verify.config import VerifyConfig
 
 STAGES = ("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE", "LINEARITY", "CROSSTALK", "CTI", "BFK", "GAIN_CORRECTION",
           "FLAT_GRADIENT", "ILLUMINATION",
-          "BFK_STARS", "SKY", "FRINGE")
+          "BFK_STARS", "SKY", "FRINGE", "ELECTROSTATIC_BF")
 
 
 # -- the real cp_verify classes (cpframe.execution.lsst_pipeline reads them) --
@@ -81,7 +81,7 @@ class VerifyStats(TaskKind):
             if path is None:  # a product of this pipeline (residual crosstalk) rather than a calibration
                 found = [p for values in groups.values() for p in (getattr(v, "path", None) for v in values) if p]
                 path, others = found[0], found[1:]
-            extra = {"uncorrected": others[0]} if others else {}  # BFK: the PTC without the kernel
+            extra = {"uncorrected": others[0]} if others else {}  # BFK, ELECTROSTATIC_BF: the PTC without it
             stats = verify_calib(stage, path, detector_of(path, spec.data_id["detector"]), spec.settings["verify"],
                                  data_id=dict(spec.data_id), **extra)
         elif stage == "BFK_STARS":  # two star catalogues (with and without the kernel), not an image
