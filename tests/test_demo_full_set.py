@@ -318,6 +318,9 @@ def test_a_type_whose_flat_band_is_left_out_is_left_out(tmp_path):
     names = {s.name for s in camp.steps}
     assert {"sky", "certify-sky", "verify-sky", "illuminationCorrection"} <= names
     assert not names & {"fringe", "certify-fringe", "verify-fringe"}, names
+    # the full set is its own campaign (own state and construction record); the plain demo's keeps its name
+    assert camp.name == "demo-full-set"
+    assert demo_campaign(tmp_path / "repo", ["r"], selections, [DETECTOR], needs).name == "demo"
 
 
 # -- the table: a new type is one entry -----------------------------------------------------------

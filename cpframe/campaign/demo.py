@@ -389,11 +389,11 @@ def demo_campaign(repo_root: Path, bands: Sequence[str], selections: dict[str, s
     if extra_steps:
         first_verify = next(i for i, s in enumerate(doc["steps"]) if s["name"].startswith("verify-"))
         doc["steps"][first_verify:first_verify] = [dict(s) for s in extra_steps]
+        doc["name"] = "demo-full-set"
+        doc["description"] = "The demo's products and every other type cpframe builds (cpframe demo --full-set)"
     for s in doc["steps"]:
         if s.get("template") in (templates or {}):
             s["template"] = str(templates[s["template"]])
-        doc["name"] = "demo-full-set"
-        doc["description"] = "The demo's products and every other type cpframe builds (cpframe demo --full-set)"
     doc["steps"] = [s for s in doc["steps"] if s.get("band", _band_of_step(s)) in (None, *bands)
                     and (flat_needs or {}).get(s["name"], set()) <= set(bands)]
     if detectors is not None and set(detectors) != set(load_camera(DEMO_INSTRUMENT).detector_ids):
