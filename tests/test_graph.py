@@ -160,6 +160,13 @@ def test_graph_building_never_computes(repo, env):
     assert comb_key not in fusion(out.plan).values()
     dot = out.plan.to_dot()
     assert dot.startswith("digraph") and all(f'"{k}"' in dot for k in out.plan.quanta)
+    # a memory-retry round gets Dask keys of its own (the scheduler may still hold the previous round's erred
+    # tasks under the old keys, and would hand back their old error: CI saw a retried quantum fail with its
+    # first attempt's limit), while the quanta keep their keys
+    with dask.config.set(scheduler=refuse):
+        again = build_graph(out.plan, "/nonexistent/scratch", repo.get_path, key_suffix="~retry1")
+    assert list(again) == list(out.plan.quanta)
+    assert {str(d.key) for d in again.values()} == {f"{k}~retry1" for k in out.plan.quanta}
 
 
 def test_skip_existing_prunes_to_what_is_missing(repo, env, mini_dataset):

@@ -434,9 +434,12 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
         scratch.mkdir(parents=True, exist_ok=True)
         (scratch / ".owner").write_text(f"{socket.gethostname()}:{os.getpid()}\n")  # repair removes it after kill -9
         todo = plan
+        rounds = 0
         while True:
+            # a memory-retry round's Dask keys differ from the round before (build_graph's key_suffix)
             graph = build_graph(todo, str(scratch), repo.get_path, resources=resources, limits=limits,
-                                clusters=clusters)
+                                clusters=clusters, key_suffix=f"~retry{rounds}" if rounds else "")
+            rounds += 1
             tasks = {str(d.key): d for d in graph.values()}  # grouped quanta share one Dask task
             members_of: dict[str, list[str]] = defaultdict(list)
             for qkey, d in graph.items():

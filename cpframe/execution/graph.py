@@ -590,7 +590,7 @@ def _ordered_dims(dims: Iterable[str]) -> tuple[str, ...]:
 def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
                 resources: Mapping[str, Mapping[str, float]] | None = None,
                 limits: Mapping[str, Any] | None = None,
-                clusters: Sequence[Any] = ()) -> dict[str, Any]:
+                clusters: Sequence[Any] = (), key_suffix: str = "") -> dict[str, Any]:
     """One ``dask.delayed`` object per quantum (nothing is computed).
 
     Parameters
@@ -614,6 +614,10 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
         the quanta of a cluster's tasks with the same values of its dimensions run as one Dask task
         (:func:`cpframe.execution.graph_clusters.cluster_groups`); every member key then maps to that task's Delayed, whose value is a
         :class:`cpframe.execution.graph_tasks.GroupResult`.
+    key_suffix : str, optional
+        Appended to every Dask key (the quantum keys in the specs stay as they are): a retry round's
+        tasks must not share keys with the round before, whose erred tasks the scheduler may not have
+        forgotten yet (it would hand back their old error instead of running them again).
 
     Returns
     -------
@@ -638,7 +642,7 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
         if key in fused_into:
             spec = graph_tasks.QuantumSpec(key=key, kind="fusedAway", task=q.task, data_id=dict(q.data_id),
                                            raw_path=None, calib_paths={}, outputs=(), settings={})
-            delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, [], dask_key_name=key)
+            delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, [], dask_key_name=key + key_suffix)
             continue
         outputs = []
         for dt, did in q.outputs:
@@ -671,7 +675,7 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
         if key in group_of:
             members[group_of[key]].append((spec, up_keys, annotations))
             if key == last_of[group_of[key]]:
-                delayed.update(group_delayed(group_of[key], members[group_of[key]], delayed))
+                delayed.update(group_delayed(group_of[key] + key_suffix, members[group_of[key]], delayed))
             continue
         lim = (limits or {}).get(q.task)
         if lim is not None:
@@ -680,7 +684,7 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
             spec = replace(spec, limits=lim)
             annotations["retries"] = 0  # the child's driver retries, honouring retryUnlessExit
         with dask.annotate(**annotations) if annotations else contextlib.nullcontext():
-            delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, ups, dask_key_name=key)
+            delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, ups, dask_key_name=key + key_suffix)
     return delayed
 
 
