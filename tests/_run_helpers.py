@@ -106,3 +106,20 @@ def certify_run(repo: Any, run: str, dataset_type: str, collection: str, begin: 
     refs = repo.registry.query_datasets(dataset_type, collections=[run])
     repo.registry.certify(collection, refs, Timespan.from_text(begin, None))
     return refs
+
+
+def verify_and_report(repo: Any, template: Path, env: dict, client: Any, gen_run: str, product: str,
+                      summary_type: str, report_dir: Path) -> tuple[Any, Any, str]:
+    """Submit cpframe's verification ``template`` for the certified ``product``, assert its
+    ``summary_type`` says SUCCESS and that the HTML report of it and ``gen_run`` gives ``product`` a
+    passing verdict; returns (the verification's SubmitResult, the report, its index.html text)."""
+    from cpframe.execution.submit import submit_template
+    from cpframe.report.html import write_report
+    from cpframe.verify import read_stats
+
+    ver = submit_template(template, environ=env, client=client, argv=["cpframe", "submit"])
+    (sref,) = repo.registry.query_datasets(summary_type, collections=[ver.run])
+    assert read_stats(repo.get_path(sref))["SUCCESS"] is True, read_stats(repo.get_path(sref))
+    rep = write_report(repo, [ver.run, gen_run], report_dir)
+    assert rep.verdicts.get(product) is True, rep.verdicts
+    return ver, rep, (rep.output_dir / "index.html").read_text()

@@ -233,20 +233,14 @@ def test_bps_fringe_builds_red_band_fringes_on_a_repository(fringe_data, tmp_pat
         k = _fit(fr.image.astype(np.float64), pattern)
         assert float(np.std(_blocks(fr.image - k * pattern))) < FRAME_FRACTION * k
         # certify, then cpframe's FRINGE verification (bps_verify_fringe) and the report's section
-        from cpframe.report.html import write_report
-        from cpframe.verify import read_stats
-        from tests._run_helpers import certify_run, ticket_chain_add
+        from tests._run_helpers import certify_run, ticket_chain_add, verify_and_report
 
         cert = f"{INSTRUMENT}/calib/{TICKET}/fringe.20241110a"
         certify_run(repo, res.run, "fringe", cert)
         ticket_chain_add(repo, cert)
-        ver = submit_template(Path(__file__).parents[1] / "templates/bps_verify_fringe.yaml",
-                              environ={**env, "SELECTION_FRINGE_V": sel}, client=local_dask.client,
-                              argv=["cpframe", "submit"])
-        (sref,) = repo.registry.query_datasets("verifyFringeSummary", collections=[ver.run])
-        assert read_stats(repo.get_path(sref))["SUCCESS"] is True
-        rep = write_report(repo, [ver.run, res.run], tmp_path / "report")
-        assert rep.verdicts.get("fringe") is True, rep.verdicts
-        assert "Fringe frame" in (rep.output_dir / "index.html").read_text()
+        _, _, page = verify_and_report(repo, Path(__file__).parents[1] / "templates/bps_verify_fringe.yaml",
+                                       {**env, "SELECTION_FRINGE_V": sel}, local_dask.client, res.run, "fringe",
+                                       "verifyFringeSummary", tmp_path / "report")
+        assert "Fringe frame" in page
     finally:
         repo.close()

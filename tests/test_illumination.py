@@ -251,16 +251,11 @@ def test_real_illumination_correction_templates_run_unchanged(illum_data, tmp_pa
         for k in STACK:
             env_own.pop(k)
             monkeypatch.delenv(k)
-        own = submit_template(Path(__file__).parents[1] / "templates/bps_verify_illuminationCorrection.yaml",
-                              environ=env_own, client=fgcm_sized_dask.client, argv=["cpframe", "submit"])
-        from cpframe.report.html import write_report
-        from cpframe.verify import read_stats
+        from tests._run_helpers import verify_and_report
 
-        (sref,) = repo.registry.query_datasets("verifyIlluminationCorrectionSummary", collections=[own.run])
-        assert read_stats(repo.get_path(sref))["SUCCESS"] is True
-        rep = write_report(repo, [own.run, res.run], tmp_path / "report")
-        assert rep.verdicts.get("illuminationCorrection") is True, rep.verdicts
-        page = (rep.output_dir / "index.html").read_text()
+        own = Path(__file__).parents[1] / "templates/bps_verify_illuminationCorrection.yaml"
+        _, rep, page = verify_and_report(repo, own, env_own, fgcm_sized_dask.client, res.run, "illuminationCorrection",
+                                         "verifyIlluminationCorrectionSummary", tmp_path / "report")
         assert "Illumination correction" in page and rep.n_images >= 1
     finally:
         repo.close()

@@ -279,21 +279,15 @@ def test_real_bps_sky_runs_unchanged(sky_data, tmp_path, local_dask, monkeypatch
             t = _binned(csky.sky_frame_truth(SEED, d, cam.detector(d).shape, AMP))
             assert float(np.sqrt(np.mean((f.image - t) ** 2))) < TRUTH_FRACTION * float(t.std())
         if not stack:  # certify, then cpframe's SKY verification and the report (stack-independent: once)
-            from cpframe.report.html import write_report
-            from cpframe.verify import read_stats
-            from tests._run_helpers import certify_run, ticket_chain_add
+            from tests._run_helpers import certify_run, ticket_chain_add, verify_and_report
 
             cert = f"{INSTRUMENT}/calib/{TICKET}/sky.20241110a"
             certify_run(repo, res.run, "sky", cert)
             ticket_chain_add(repo, cert)
-            own = submit_template(Path(__file__).parents[1] / "templates/bps_verify_sky.yaml",
-                                  environ={**env, "SELECTION_SKY_V": sel}, client=local_dask.client,
-                                  argv=["cpframe", "submit"])
-            (sref,) = repo.registry.query_datasets("verifySkySummary", collections=[own.run])
-            assert read_stats(repo.get_path(sref))["SUCCESS"] is True
-            rep = write_report(repo, [own.run, res.run], tmp_path / "report")
-            assert rep.verdicts.get("sky") is True, rep.verdicts
-            assert "Sky frame" in (rep.output_dir / "index.html").read_text()
+            _, _, page = verify_and_report(repo, Path(__file__).parents[1] / "templates/bps_verify_sky.yaml",
+                                           {**env, "SELECTION_SKY_V": sel}, local_dask.client, res.run, "sky",
+                                           "verifySkySummary", tmp_path / "report")
+            assert "Sky frame" in page
     finally:
         repo.close()
 
