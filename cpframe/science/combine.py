@@ -273,28 +273,12 @@ def clipped_stats(values: np.ndarray, clip: float = 3.0, n_iter: int = 3) -> tup
     >>> clipped_stats(np.array([1.0, 2.0, 3.0, 100.0]))[0]
     2.0
     """
-    v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return math.nan, math.nan, 0
-    q25, med, q75 = np.percentile(v, (25, 50, 75))
-    hw = clip * IQ_TO_STDEV * (q75 - q25)
-    lo, hi = med - hw, med + hw
-    keep = None
-    for it in range(int(n_iter) + 1):
-        new = (v >= lo) & (v <= hi)
-        if not new.any():
-            return math.nan, math.nan, 0
-        if keep is not None and np.array_equal(new, keep):
-            break
-        keep = new
-        sel = v[keep]
-        mean = float(sel.mean())
-        std = float(sel.std(ddof=1)) if sel.size > 1 else math.nan
-        if it == n_iter or not math.isfinite(std) or std == 0:
-            break
-        lo, hi = mean - clip * std, mean + clip * std
-    return mean, std, int(keep.sum())
+    from cpframe.science.robust import clipped_stats_1d
+
+    v = np.asarray(values)
+    if v.dtype.kind not in "fiu":
+        v = v.astype(np.float64)
+    return clipped_stats_1d(v.ravel(), clip, n_iter, IQ_TO_STDEV)
 
 
 # --------------------------------------------------------------------------------------
