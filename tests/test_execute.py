@@ -69,7 +69,8 @@ def test_failed_quantum_is_retried_then_reported(bias_repo, local_dask):
 
 
 def test_failed_fused_combine_is_reported_with_its_raw(bias_repo, local_dask):
-    """A bad raw fails the fused ISR -> combine of its detector; the other detector's bias is registered."""
+    """A bad raw fails its ISR quantum (the fused prepass) and so the fused combine of its detector; the other
+    detector's bias is registered."""
     from cpframe.execution.execute import execute_plan
     from cpframe.execution.graph import fusion
 
@@ -85,8 +86,11 @@ def test_failed_fused_combine_is_reported_with_its_raw(bias_repo, local_dask):
         res = execute_plan(plan, repo, local_dask.client, retries=0)
     finally:
         path.write_bytes(good)
-    assert list(res.failures) == [comb] and path.name in res.failures[comb]
-    assert f"ISR quantum {bad.key} (fused into {comb}) failed" in res.failure_report()
+    # the raw's own ISR quantum (its prepass) fails naming the raw; the fused combine of that detector does not run
+    assert list(res.failures) == [bad.key] and path.name in res.failures[bad.key]
+    report = res.failure_report()
+    assert f"{bad.key}: cpframe.science.imageio.FileFormatError" in report and path.name in report
+    assert "1 quantum/quanta did not run because an input failed" in report and comb not in res.failures
     assert [(dt, did["detector"]) for dt, did in res.missing] == [("bias", 4)]
     assert [(r.dataset_type, r.data_id["detector"]) for r in res.registered] == [("bias", 0)]
 

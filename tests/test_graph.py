@@ -132,6 +132,14 @@ def test_ptc_plan_pairs(repo, env, mini_dataset):
             assert a.data_id["exposure"] == q.data_id["exposure"] < b.data_id["exposure"]
 
 
+def _quantum_spec(d, key):
+    """The QuantumSpec a graph's Delayed runs (the first argument of its task)."""
+    from cpframe.execution.graph_tasks import QuantumSpec
+
+    args = [getattr(a, "value", a) for a in d.dask[key].args]
+    return next(a for a in args if isinstance(a, QuantumSpec))
+
+
 def test_graph_building_never_computes(repo, env):
     def refuse(dsk, keys, **kwargs):
         raise AssertionError("the graph builder computed something")
@@ -149,7 +157,13 @@ def test_graph_building_never_computes(repo, env):
     fused = fusion(out.plan)
     assert {k for k, c in fused.items() if c == comb_key} == set(out.plan.quanta[comb_key].upstream)
     assert set(fused) == {k for k, q in out.plan.quanta.items() if q.kind == "isr"}
-    assert not graph[comb_key].dask.dependencies[comb_key]
+    # ... reading only the prepass of each raw from its ISR quantum (no ISR file)
+    deps = graph[comb_key].dask.dependencies[comb_key]
+    assert set(deps) == set(out.plan.quanta[comb_key].upstream)
+    specs = {k: _quantum_spec(graph[k], k) for k in {*deps, comb_key}}
+    assert specs[comb_key].kind == "isrCombine" and specs[comb_key].input_types == ("prepass",)
+    assert specs[comb_key].input_counts == (len(deps),)
+    assert all(specs[k].kind == "isrPrepass" and specs[k].outputs == () and specs[k].fused_raws for k in deps)
     # with fuseIsr: false the combine reads the ISR quanta's files
     settings = out.plan.quanta[comb_key].settings
     settings["combine"] = replace(settings["combine"], fuse_isr=False)
@@ -158,6 +172,8 @@ def test_graph_building_never_computes(repo, env):
     deps = graph[comb_key].dask.dependencies[comb_key]
     assert set(deps) == set(out.plan.quanta[comb_key].upstream)
     assert comb_key not in fusion(out.plan).values()
+    assert _quantum_spec(graph[comb_key], comb_key).kind == "combine"
+    assert {_quantum_spec(graph[k], k).kind for k in deps} == {"isr"}
     dot = out.plan.to_dot()
     assert dot.startswith("digraph") and all(f'"{k}"' in dot for k in out.plan.quanta)
     # a memory-retry round gets Dask keys of its own (the scheduler may still hold the previous round's erred

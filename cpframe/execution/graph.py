@@ -38,7 +38,7 @@ import secrets
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from cpframe.core.errors import PlanningError
 from cpframe.core.model import DIMENSION_ORDER, DataId, DatasetRef
@@ -640,8 +640,12 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
     last_of = {g: k for k, g in group_of.items()}  # plan order: the last member closes the group
     for key, q in plan.quanta.items():
         if key in fused_into:
-            spec = graph_tasks.QuantumSpec(key=key, kind="fusedAway", task=q.task, data_id=dict(q.data_id),
-                                           raw_path=None, calib_paths={}, outputs=(), settings={})
+            # the raw's prepass (serial/parallel overscan, header, per-amp numbers): the ISR quanta of a
+            # detector run it in parallel and hand the small result to the fused combine, which streams
+            spec = graph_tasks.QuantumSpec(key=key, kind="isrPrepass", task=q.task, data_id=dict(q.data_id),
+                                           raw_path=None, calib_paths={}, outputs=(), settings={},
+                                           fused_raws=(str(path_of(q.raw)),), fused_calibs=(_fused_calibs(q, path_of),),
+                                           fused_isr=q.settings["isr"], fused_keys=(key,))
             delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, [], dask_key_name=key + key_suffix)
             continue
         outputs = []
@@ -660,13 +664,11 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
         ups = [] if key in group_of else [delayed[k] for _, keys in q.inputs for k in keys]
         if key in fused:
             isr = sorted((plan.quanta[k] for k in fused[key]), key=lambda x: int(x.data_id["exposure"]))
-            spec = replace(spec, kind="isrCombine", input_types=(), input_counts=(),
+            spec = replace(spec, kind="isrCombine", input_types=("prepass",), input_counts=(len(isr),),
                            fused_raws=tuple(str(path_of(x.raw)) for x in isr),
-                           fused_calibs=tuple({c.removesuffix("Bootstrap"): str(path_of(rs[0]))
-                                               for c, rs in x.calibs.items() if rs and c != "manual_defects"}
-                                              for x in isr),
+                           fused_calibs=tuple(_fused_calibs(x, path_of) for x in isr),
                            fused_isr=isr[0].settings["isr"], fused_keys=tuple(x.key for x in isr))
-            ups = []
+            ups = [delayed[x.key] for x in isr]  # their prepasses, by exposure
         need = (resources or {}).get(key)
         annotations: dict[str, Any] = {"resources": dict(need)} if need else {}
         up_keys = [] if key in fused else [k for _, keys in q.inputs for k in keys]
@@ -686,6 +688,12 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
         with dask.annotate(**annotations) if annotations else contextlib.nullcontext():
             delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, ups, dask_key_name=key + key_suffix)
     return delayed
+
+
+def _fused_calibs(q: Any, path_of: Callable[[Any], Any]) -> dict[str, str]:
+    """The ISR calibrations of a fused ISR quantum: type (``bias``, not ``biasBootstrap``) -> path."""
+    return {c.removesuffix("Bootstrap"): str(path_of(rs[0])) for c, rs in q.calibs.items()
+            if rs and c != "manual_defects"}
 
 
 def fusion(plan: Plan) -> dict[str, str]:

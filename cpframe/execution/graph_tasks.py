@@ -138,7 +138,8 @@ def _isr_combine(spec: QuantumSpec, groups: dict) -> Any:
 
     try:
         res = fused_combine_task(spec.fused_raws, output_path(spec), spec.fused_isr, spec.settings["combine"],
-                                 list(spec.fused_calibs), memory_bytes=spec.settings.get("fused_memory_bytes"))
+                                 list(spec.fused_calibs), memory_bytes=spec.settings.get("fused_memory_bytes"),
+                                 prepasses=groups.get("prepass"))
     except Exception as err:
         # name the ISR quantum whose raw failed, as the unfused graph would
         text = str(err)
@@ -149,14 +150,17 @@ def _isr_combine(spec: QuantumSpec, groups: dict) -> Any:
     return res.combine
 
 
-def _fused_away(spec: QuantumSpec, groups: dict) -> Any:
-    """An ISR quantum whose work its combine does (kept so progress and failure accounting see it)."""
-    return None
+def _isr_prepass(spec: QuantumSpec, groups: dict) -> Any:
+    """An ISR quantum fused into its combine: the raw's prepass only (:func:`cpframe.science.fused.prepass`),
+    handed to the combine, which streams the raws (no ISR file)."""
+    from cpframe.science.tasks import prepass_task
+
+    return prepass_task(spec.fused_raws[0], spec.fused_isr, spec.fused_calibs[0])
 
 
 #: Graph-only kinds the planner makes when it fuses ISR into a combine (execution/graph.py ``fusion``);
 #: no pipeline names them, so they are not :mod:`cpframe.execution.kinds` entries.
-_FUSED_RUNNERS: dict[str, Callable[[QuantumSpec, dict], Any]] = {"isrCombine": _isr_combine, "fusedAway": _fused_away}
+_FUSED_RUNNERS: dict[str, Callable[[QuantumSpec, dict], Any]] = {"isrCombine": _isr_combine, "isrPrepass": _isr_prepass}
 
 
 def run_quantum(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> QuantumResult:

@@ -48,6 +48,7 @@ from cpframe.science.combine import (
     product_header,
     resolve_scales,
 )
+from cpframe.science.fused_stats import _HIST_BINS, _AmpAccumulator
 from cpframe.science.imageio import (
     MASK_BITS,
     _hdu_headers,
@@ -60,7 +61,6 @@ from cpframe.science.imageio import (
     write_masked,
 )
 from cpframe.science.isr import (
-    _STAT_IGNORE,
     AmpStats,
     IsrCalibs,
     IsrConfig,
@@ -100,13 +100,6 @@ _SUPPORTED_FIELDS = {
 #: Bytes per input pixel held per block: image float32 + mask int32 (+ variance float32).
 _BLOCK_BYTES = 8
 _BLOCK_BYTES_VAR = 12
-#: Histogram of each amp for the median: bins of this fraction of the first block's stdev,
-#: +-8 stdev around the first block's median (values beyond fall in two end bins), int32
-#: counts: 16 KB per amp and input, so that N inputs' histograms stay small (N = 200: 51 MB
-#: reserved, about half of it touched; benchmarks/bench_memory.py).  Linear interpolation
-#: inside the bin makes the median good to a small fraction of a bin.
-_HIST_BIN_SIGMA = 0.004
-_HIST_BINS = 4_001
 
 
 def fused_unsupported(isr_config: IsrConfig, combine_config: CombineConfig) -> list[str]:
@@ -236,13 +229,20 @@ class _RawSource:
     """One raw after the prepass: stored vectors + how to read and dither any block of rows."""
 
     def __init__(self, path: str, config: IsrConfig, calibs: IsrCalibs, calib_paths: Mapping[str, Any],
-                 scratch: _Scratch | None = None):
-        raw = read_raw(path, segments=False)  # headers only: the amps are read one by one below
-        self.path = str(path)
-        self.det = det = raw.detector
+                 scratch: _Scratch | None = None, prepass: Mapping[str, Any] | None = None):
         self.config = config
         self.calibs = calibs
         self.calib_paths = dict(calib_paths or {})
+        self.scratch = scratch if scratch is not None else _Scratch()
+        if prepass is not None:  # made by the raw's own ISR quantum (:func:`prepass`)
+            if prepass.get("path") != str(path):
+                raise FusedUnsupported(f"prepass of {prepass.get('path')!r} given for {str(path)!r}.")
+            self.__dict__.update({k: prepass[k] for k in _PREPASS_FIELDS if k in prepass})
+            self.acc = {a.name: _AmpAccumulator() for a in self.det.amps}
+            return
+        raw = read_raw(path, segments=False)  # headers only: the amps are read one by one below
+        self.path = str(path)
+        self.det = det = raw.detector
         _check_calibs(raw, config, calibs)
         self.what = _what(raw)
         self.units = config.units
@@ -254,7 +254,6 @@ class _RawSource:
             self.dither_state = np.random.PCG64(self.seed).state
             self.dither_offset = np.float32(_dither_offset(config.integer_dither_mode))
         self.layout = _raw_layout(self.path, det)
-        self.scratch = scratch if scratch is not None else _Scratch()
         self.stats: dict[str, AmpStats] = {}
         self.svec: dict[str, np.ndarray | None] = {}
         self.pvec: dict[str, np.ndarray | None] = {}
@@ -395,108 +394,26 @@ class _RawSource:
         return out, bits
 
 
-class _AmpAccumulator:
-    """Count, sums and histogram of one amp's good pixels (FINAL MEAN / STDEV / MEDIAN)."""
-
-    def __init__(self):
-        self.n = 0
-        self.s1 = 0.0
-        self.s2 = 0.0
-        self.shift = math.nan
-        self.lo = 0.0
-        self.width = 1.0
-        self.hist = None
-        self.n_sat = 0
-        self.n_bad = 0
-        self.n_sus = 0
-
-    def add(self, values: np.ndarray, mask: np.ndarray) -> None:
-        if self.hist is None:
-            v = values[(mask & _STAT_IGNORE) == 0]
-            v = v[np.isfinite(v)]
-            if v.size:
-                self.shift = float(np.median(v))
-                sig = float(np.std(v)) or 1.0
-                self.width = _HIST_BIN_SIGMA * sig
-                self.lo = self.shift - self.width * (_HIST_BINS // 2)
-                self.hist = np.zeros(_HIST_BINS + 2, np.int32)
-        hist = self.hist if self.hist is not None else _NO_HIST
-        n, s1, s2, n_sat, n_bad, n_sus = _accumulate(values, mask, _STAT_IGNORE, _SAT_BIT, _BAD_BIT, _SUS_BIT,
-                                                     self.shift, self.lo, 1.0 / self.width, hist)
-        self.n_sat += n_sat
-        self.n_bad += n_bad
-        self.n_sus += n_sus
-        if self.hist is not None:
-            self.n += n
-            self.s1 += s1
-            self.s2 += s2
-
-    def finish(self) -> tuple[float, float, float]:
-        """(mean, stdev (ddof=0), median) of the good pixels seen; NaN without any."""
-        if self.n == 0 or self.hist is None:
-            return math.nan, math.nan, math.nan
-        mean_d = self.s1 / self.n
-        var = max(self.s2 / self.n - mean_d * mean_d, 0.0)
-        return self.shift + mean_d, math.sqrt(var), _hist_median(self.hist, self.n, self.lo, self.width)
+    def prepass_state(self) -> dict[str, Any]:
+        """What the prepass found (small, picklable; :data:`_PREPASS_FIELDS`)."""
+        return {k: self.__dict__[k] for k in _PREPASS_FIELDS if k in self.__dict__}
 
 
-_SAT_BIT = 1 << MASK_BITS["SAT"]
-_BAD_BIT = 1 << MASK_BITS["BAD"]
-_SUS_BIT = 1 << MASK_BITS["SUSPECT"]
-_NO_HIST = np.zeros(0, np.int32)
+#: What :class:`_RawSource`'s prepass keeps of a raw: vectors and numbers per amp, the header and how to read and
+#: dither its rows again.  About 0.2 MB per full-size raw.
+_PREPASS_FIELDS = ("path", "det", "what", "units", "header", "cards", "seed", "dither_state", "dither_offset",
+                   "layout", "stats", "svec", "pvec", "start", "xt_gains", "dark_scale")
 
 
-@njit(nogil=True, cache=True)
-def _accumulate(values, mask, ignore, sat_bit, bad_bit, sus_bit, shift, lo, inv_width, hist):
-    """Sums of the good finite values (relative to ``shift``), their histogram (ends: under/over)
-    and the SAT / BAD / SUSPECT counts, in one pass (no temporaries; an empty ``hist``: counts only)."""
-    n = 0
-    s1 = 0.0
-    s2 = 0.0
-    n_sat = 0
-    n_bad = 0
-    n_sus = 0
-    nb = hist.shape[0] - 2
-    R, C = values.shape
-    for r in range(R):
-        for c in range(C):
-            m = mask[r, c]
-            if m:
-                n_sat += (m & sat_bit) != 0
-                n_bad += (m & bad_bit) != 0
-                n_sus += (m & sus_bit) != 0
-                if m & ignore:
-                    continue
-            if nb < 0:
-                continue
-            v = np.float64(values[r, c])
-            if not math.isfinite(v):
-                continue
-            d = v - shift
-            n += 1
-            s1 += d
-            s2 += d * d
-            k = (v - lo) * inv_width
-            if k < 0:
-                hist[0] += 1
-            elif k >= nb:
-                hist[nb + 1] += 1
-            else:
-                hist[int(k) + 1] += 1
-    return n, s1, s2, n_sat, n_bad, n_sus
+def prepass(raw_path: str | os.PathLike, isr_config: IsrConfig, calib_paths: Mapping[str, Any] | None = None
+            ) -> dict[str, Any]:
+    """The prepass of one raw (step 1 of the module docstring), for :func:`isr_combine`'s ``prepasses``.
 
-
-def _hist_median(hist: np.ndarray, n: int, lo: float, width: float) -> float:
-    """Median from the histogram (linear within the bin; exact to one bin width)."""
-    cum = np.cumsum(hist)
-    half = 0.5 * n
-    k = int(np.searchsorted(cum, half, side="left"))
-    if k == 0 or k == hist.shape[0] - 1:
-        return math.nan  # the median is outside the histogram's range (cannot happen for the middle)
-    before = cum[k - 1]
-    inside = hist[k]
-    frac = (half - before) / inside if inside else 0.5
-    return lo + (k - 1 + frac) * width
+    The planner runs it as the raw's own ISR quantum, so the prepasses of a detector's raws
+    run in parallel on the cluster's workers while the combine waits for them; the combine
+    then only streams.  Raises what the prepass inside :func:`isr_combine` raises.
+    """
+    return _RawSource(str(raw_path), isr_config, _calibs(calib_paths), calib_paths or {}).prepass_state()
 
 
 def _raw_layout(path: str, det) -> dict[str, tuple[int, np.dtype, int]]:
@@ -535,7 +452,7 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
                 isr_config: IsrConfig, combine_config: CombineConfig,
                 calib_paths: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
                 scales: Sequence[float] | None = None, memory_bytes: int = 128 * 2**20,
-                extra_header: Mapping[str, Any] | None = None):
+                extra_header: Mapping[str, Any] | None = None, prepasses: Sequence[Mapping[str, Any]] | None = None):
     """ISR of every raw and the combine, streamed in row blocks (module docstring).
 
     Parameters
@@ -555,6 +472,9 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
         (:func:`input_state_bytes`) and their row blocks.
     extra_header : mapping, optional
         More primary-header cards of the product.
+    prepasses : sequence of mappings, optional
+        One :func:`prepass` result per raw (same order), made elsewhere (the raws' ISR quanta);
+        without them the prepass runs here, one raw after the other.
 
     Returns
     -------
@@ -581,11 +501,14 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
     cache: dict[tuple, IsrCalibs] = {}
     sources = []
     scratch = _Scratch()
-    for p, cp in zip(paths, per_raw):
+    if prepasses is not None and len(prepasses) != len(paths):
+        raise FusedUnsupported(f"{len(prepasses)} prepasses for {len(paths)} raws.")
+    for i, (p, cp) in enumerate(zip(paths, per_raw)):
         key = tuple(sorted((k, str(v)) for k, v in dict(cp or {}).items()))
         if key not in cache:
             cache[key] = _calibs(cp)
-        sources.append(_RawSource(p, isr_config, cache[key], cp, scratch))
+        sources.append(_RawSource(p, isr_config, cache[key], cp, scratch,
+                                  prepass=None if prepasses is None else prepasses[i]))
     scratch.release("prepass", "raw", "dither")
     det = sources[0].det
     if any(s.det.id != det.id or s.det.shape != det.shape for s in sources):

@@ -541,10 +541,12 @@ def fused_combine_task(raw_paths: Sequence[str | os.PathLike], output_path: str 
                        isr_config: IsrConfig | Mapping[str, Any] | None, combine_config: CombineConfig | Mapping[str, Any],
                        calibs: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
                        scales: Sequence[float] | None = None, memory_bytes: int | None = None,
-                       extra_header: Mapping[str, Any] | None = None) -> ProductResult:
+                       extra_header: Mapping[str, Any] | None = None,
+                       prepasses: Sequence[Mapping[str, Any]] | None = None) -> ProductResult:
     """ISR of every raw + combine in one streamed pass (:mod:`cpframe.science.fused`): no intermediates.
 
-    ``calibs`` is one mapping for every raw or one per raw.  The exposures returned have
+    ``calibs`` is one mapping for every raw or one per raw; ``prepasses``, one :func:`prepass_task`
+    result per raw when they were made elsewhere (the raws' ISR quanta).  The exposures returned have
     ``path=""`` (nothing was written for them).
 
     Raises
@@ -561,10 +563,19 @@ def fused_combine_task(raw_paths: Sequence[str | os.PathLike], output_path: str 
     else:
         cp = [_str_calibs(c) for c in calibs]
     _, res, exps = isr_combine(raw_paths, output_path, icfg, ccfg, cp, scales=scales,
-                               memory_bytes=int(memory_bytes or DEFAULT_FUSED_MEMORY_BYTES), extra_header=extra_header)
+                               memory_bytes=int(memory_bytes or DEFAULT_FUSED_MEMORY_BYTES), extra_header=extra_header,
+                               prepasses=prepasses)
     exposures = [_exposure_stats("", e.raw_path, e.header, "", e.units, e.stats) for e in exps]
     return ProductResult(path=str(output_path), n_inputs=len(exposures), combine=res, exposures=exposures,
                          extra={"fused": True})
+
+
+def prepass_task(raw_path: str | os.PathLike, isr_config: IsrConfig | Mapping[str, Any] | None,
+                 calibs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The fused ISR's prepass of one raw (:func:`cpframe.science.fused.prepass`), for :func:`fused_combine_task`."""
+    from cpframe.science.fused import prepass
+
+    return prepass(raw_path, _isr_config(isr_config), _str_calibs(calibs))
 
 
 def _str_calibs(calibs: Mapping[str, Any] | None) -> dict[str, Any]:

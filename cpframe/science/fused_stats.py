@@ -1,0 +1,125 @@
+"""Per-amp statistics of each exposure in the fused ISR (:mod:`cpframe.science.fused`, step 3): count, sums and a
+fine histogram of the good pixels, accumulated block by block while streaming (``LSST ISR FINAL MEAN|MEDIAN|STDEV``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from cpframe.science.imageio import MASK_BITS
+from cpframe.science.isr import _STAT_IGNORE
+
+#: Histogram of each amp for the median: bins of this fraction of the first block's stdev,
+#: +-8 stdev around the first block's median (values beyond fall in two end bins), int32
+#: counts: 16 KB per amp and input, so that N inputs' histograms stay small (N = 200: 51 MB
+#: reserved, about half of it touched; benchmarks/bench_memory.py).  Linear interpolation
+#: inside the bin makes the median good to a small fraction of a bin.
+_HIST_BIN_SIGMA = 0.004
+_HIST_BINS = 4_001
+
+
+class _AmpAccumulator:
+    """Count, sums and histogram of one amp's good pixels (FINAL MEAN / STDEV / MEDIAN)."""
+
+    def __init__(self):
+        self.n = 0
+        self.s1 = 0.0
+        self.s2 = 0.0
+        self.shift = math.nan
+        self.lo = 0.0
+        self.width = 1.0
+        self.hist = None
+        self.n_sat = 0
+        self.n_bad = 0
+        self.n_sus = 0
+
+    def add(self, values: np.ndarray, mask: np.ndarray) -> None:
+        if self.hist is None:
+            v = values[(mask & _STAT_IGNORE) == 0]
+            v = v[np.isfinite(v)]
+            if v.size:
+                self.shift = float(np.median(v))
+                sig = float(np.std(v)) or 1.0
+                self.width = _HIST_BIN_SIGMA * sig
+                self.lo = self.shift - self.width * (_HIST_BINS // 2)
+                self.hist = np.zeros(_HIST_BINS + 2, np.int32)
+        hist = self.hist if self.hist is not None else _NO_HIST
+        n, s1, s2, n_sat, n_bad, n_sus = _accumulate(values, mask, _STAT_IGNORE, _SAT_BIT, _BAD_BIT, _SUS_BIT,
+                                                     self.shift, self.lo, 1.0 / self.width, hist)
+        self.n_sat += n_sat
+        self.n_bad += n_bad
+        self.n_sus += n_sus
+        if self.hist is not None:
+            self.n += n
+            self.s1 += s1
+            self.s2 += s2
+
+    def finish(self) -> tuple[float, float, float]:
+        """(mean, stdev (ddof=0), median) of the good pixels seen; NaN without any."""
+        if self.n == 0 or self.hist is None:
+            return math.nan, math.nan, math.nan
+        mean_d = self.s1 / self.n
+        var = max(self.s2 / self.n - mean_d * mean_d, 0.0)
+        return self.shift + mean_d, math.sqrt(var), _hist_median(self.hist, self.n, self.lo, self.width)
+
+
+_SAT_BIT = 1 << MASK_BITS["SAT"]
+_BAD_BIT = 1 << MASK_BITS["BAD"]
+_SUS_BIT = 1 << MASK_BITS["SUSPECT"]
+_NO_HIST = np.zeros(0, np.int32)
+
+
+@njit(nogil=True, cache=True)
+def _accumulate(values, mask, ignore, sat_bit, bad_bit, sus_bit, shift, lo, inv_width, hist):
+    """Sums of the good finite values (relative to ``shift``), their histogram (ends: under/over)
+    and the SAT / BAD / SUSPECT counts, in one pass (no temporaries; an empty ``hist``: counts only)."""
+    n = 0
+    s1 = 0.0
+    s2 = 0.0
+    n_sat = 0
+    n_bad = 0
+    n_sus = 0
+    nb = hist.shape[0] - 2
+    R, C = values.shape
+    for r in range(R):
+        for c in range(C):
+            m = mask[r, c]
+            if m:
+                n_sat += (m & sat_bit) != 0
+                n_bad += (m & bad_bit) != 0
+                n_sus += (m & sus_bit) != 0
+                if m & ignore:
+                    continue
+            if nb < 0:
+                continue
+            v = np.float64(values[r, c])
+            if not math.isfinite(v):
+                continue
+            d = v - shift
+            n += 1
+            s1 += d
+            s2 += d * d
+            k = (v - lo) * inv_width
+            if k < 0:
+                hist[0] += 1
+            elif k >= nb:
+                hist[nb + 1] += 1
+            else:
+                hist[int(k) + 1] += 1
+    return n, s1, s2, n_sat, n_bad, n_sus
+
+
+def _hist_median(hist: np.ndarray, n: int, lo: float, width: float) -> float:
+    """Median from the histogram (linear within the bin; exact to one bin width)."""
+    cum = np.cumsum(hist)
+    half = 0.5 * n
+    k = int(np.searchsorted(cum, half, side="left"))
+    if k == 0 or k == hist.shape[0] - 1:
+        return math.nan  # the median is outside the histogram's range (cannot happen for the middle)
+    before = cum[k - 1]
+    inside = hist[k]
+    frac = (half - before) / inside if inside else 0.5
+    return lo + (k - 1 + frac) * width
