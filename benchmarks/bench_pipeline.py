@@ -19,6 +19,7 @@ Usage::
 
     python benchmarks/bench_pipeline.py                     # 20 full-size raws, 3 rounds
     python benchmarks/bench_pipeline.py --raws /tmp/raws --repeat 1 --skip-unfused
+    python benchmarks/bench_pipeline.py --raws /tmp/raws --skip-unfused --baseline /tmp/before  # side by side
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-unfused", action="store_true")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="another cpframe checkout (e.g. `git worktree add /tmp/before <commit>`) whose fused "
+                         "submission runs interleaved with this one's, same repository, as 'baseline'")
     args = ap.parse_args(argv)
     from cpframe.repository.ingest import ingest_raws
     from cpframe.repository.repo import Repository
@@ -120,17 +124,19 @@ def main(argv=None) -> int:
         raw_set = {os.path.realpath(p) for p in raws}
         size = sum(p.stat().st_size for p in raws)
         print(f"{len(raws)} raws, {size / 2**20:.0f} MiB; {args.repeat} interleaved rounds", flush=True)
-        results: dict[str, list[dict]] = {"cat": [], "fused": [], "unfused": []}
+        results: dict[str, list[dict]] = {"cat": [], "fused": [], "unfused": [], "baseline": []}
         for r in range(args.repeat):
             t = time.perf_counter()
             subprocess.run(["cat", *map(str, raws)], stdout=subprocess.DEVNULL, check=True)
             results["cat"].append({"wall_s": time.perf_counter() - t})
-            for label in ("fused", "unfused"):
-                if label == "unfused" and args.skip_unfused:
+            for label in ("baseline", "fused", "unfused"):
+                if (label == "unfused" and args.skip_unfused) or (label == "baseline" and not args.baseline):
                     continue
                 e = dict(env, RERUN=f"r{r}{label[0]}")
                 if label == "unfused":
                     e["CPFRAME_PIPELINES"] = str(pipes)
+                if label == "baseline":
+                    e["PYTHONPATH"] = str(Path(args.baseline).resolve())
                 res = submit(e, label)
                 res["big_files"] = big_files(repo_root, raw_set)
                 results[label].append(res)
@@ -139,7 +145,7 @@ def main(argv=None) -> int:
                       f"big non-raw files in the repository: {len(res['big_files'])}", flush=True)
         cat_s = statistics.median(x["wall_s"] for x in results["cat"])
         print(f"\ncat of the raws (median): {cat_s:.3f} s")
-        for label in ("fused", "unfused"):
+        for label in ("baseline", "fused", "unfused"):
             if results[label]:
                 w = statistics.median(x["wall_s"] for x in results[label])
                 print(f"cpframe submit biasBootstrap, {label}: median {w:.1f} s = {w / cat_s:.0f}x cat "
