@@ -35,7 +35,8 @@ def _steps(bands=("r", "g"), reference=("r",)):
     for b in reference:
         steps += [{"name": f"certify-fgr-{b}", "kind": "certify", "dataset_type": "flat_gradient_reference",
                    "band": b},
-                  {"name": f"fgr-{b}", "kind": "submit", "template": str(REAL / f"bps_flat_gradient_reference_{b}.yaml")}]
+                  {"name": f"fgr-{b}", "kind": "submit",
+                   "template": str(REAL / f"bps_flat_gradient_reference_{b}.yaml")}]
     return steps
 
 

@@ -128,7 +128,8 @@ def _of_band(ref: Any, band: str | None, instrument: str) -> bool:
         return str(pf).split("_")[0] == band
 
 
-def _check_certified_reads(step: Step, variables: Mapping[str, str], repo: Any, makers: Mapping[str, list[str]]) -> None:
+def _check_certified_reads(step: Step, variables: Mapping[str, str], repo: Any,
+                           makers: Mapping[str, list[str]]) -> None:
     """The certified calibrations ``step.reads`` are in the step's input collections (module docstring)."""
     found = _pipeline(step.template, variables) if step.reads else None
     if found is None:
