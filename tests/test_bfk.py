@@ -250,6 +250,44 @@ def test_bf_corrected_flats_have_a_linear_ptc(bf_flats, bfk, tmp_path):
     assert bad["DET"]["CURVATURE"] < -0.08 and abs(good["DET"]["CURVATURE"]) < 0.02
 
 
+def _scaled_truth_calib(truth, scale: float, path: Path) -> str:
+    """A detector-level BFK file holding ``scale`` times the truth's kernel (the detector mean a00), truth gains."""
+    from cpframe.science.bfk import BfkCalib, write_bfk
+
+    names = [a.name for a in DET.amps]
+    k = scale * _truth_kernel(float(np.mean([truth.amp(DET.id, a).bf_a00 for a in names])), 2 * COV_RANGE + 1)
+    calib = BfkCalib(amp_kernels={a: k for a in names}, mean_xcorrs={a: np.zeros_like(k) for a in names},
+                     valid={a: True for a in names}, gain={a: float(truth.amp(DET.id, a).gain) for a in names},
+                     det_kernel=k, level="DETECTOR", meta={"INSTRUME": "LSSTComCam", "DETECTOR": DET.id})
+    return str(write_bfk(path, calib))
+
+
+@pytest.mark.parametrize("scale, failures", [(1.0, []), (3.0, ["PAIRS_KEPT"])], ids=["truth", "three-times"])
+def test_an_over_correcting_kernel_fails_pairs_kept(scale, failures, bf_flats, tmp_path):
+    """PAIRS_KEPT guards VARIANCE_LINEAR: three times the truth's kernel bends the PTC of the pairs up to 50 000 e-
+    up so much that the PTC's outlier rejection drops the upper ones, and the 5 of 16 left are straight to 0.7 %
+    (VARIANCE_LINEAR alone passes it).  The truth's kernel keeps 16 of 16 and is linear to 0.13 %."""
+    from cpframe.science.isr import isr_config_for
+    from cpframe.science.tasks import cp_ptc
+    from cpframe.verify import VerifyConfig, verify_calib
+    from cpframe.verify.config import TEST_NOTES
+
+    truth, paths = bf_flats
+    low = paths[:2 * sum(1 for lv in LEVELS if lv <= VerifyConfig().bfk_max_mean_e)]
+    cfg = isr_config_for("bfk", do_defect=False, do_brighter_fatter=True)
+    cp_ptc(low, tmp_path / "ptc.fits", calibs={"bfk": _scaled_truth_calib(truth, scale, tmp_path / "bfk.json")},
+           isr_config=cfg, workers=2, config={"numEdgeSuspect": EDGE})
+    stats = verify_calib("BFK", tmp_path / "ptc.fits", DET, VerifyConfig())
+    det = stats["DET"]
+    assert stats["FAILURES"] == failures and stats["SUCCESS"] is (not failures), (stats["FAILURES"], det)
+    assert stats["VERIFY"]["DET"]["VARIANCE_LINEAR"] and det["NONLINEARITY"] < 0.01 and det["N_IN_RANGE"] == 16
+    if failures:
+        assert det["N_POINTS"] < 0.8 * det["N_IN_RANGE"] and det["CURVATURE"] > 0, det  # bent up, top dropped
+    else:
+        assert det["N_POINTS"] == 16 and det["NONLINEARITY"] < 0.005, det
+    assert ("BFK", "PAIRS_KEPT") in TEST_NOTES  # the report's table of tests says what it checks
+
+
 def test_solve_needs_covariances_and_isr_needs_the_kernel(tmp_path, mini_products, mini_sim):
     from cpframe.science.imageio import read_raw
     from cpframe.science.isr import IsrError, isr_config_for, load_calibs, run_isr

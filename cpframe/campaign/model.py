@@ -266,6 +266,9 @@ class Step:
     """submit: CHAINED output collection of the submission (``payload.output``)."""
     gen_run: str | None = None
     """submit: RUN name when it is fixed in advance (bootstraps), else None (timestamped)."""
+    reads: tuple[tuple[str, str], ...] = ()
+    """submit (builds): (task label, dataset type) of certified calibrations its pipeline reads beyond the product's
+    :data:`PRODUCT_NEEDS` (LSSTCam's flat: ``flat_gradient_reference``); ordered after them like needs."""
 
     @property
     def product(self) -> str | None:

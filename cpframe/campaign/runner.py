@@ -730,7 +730,12 @@ def _run_submission(campaign: Campaign, step: Step, repo: Any, client: Any, sett
     from cpframe.campaign.preflight import check_before_submit
 
     v = _submit_variables(campaign, step)
-    check_before_submit(step, {**os.environ, **v}, repo)  # e.g. the FULLCOVARIANCE ptc an electrostatic build reads
+    makers: dict[str, list[str]] = {}
+    for s in campaign.steps:
+        if s.product and s.kind in ("submit", "certify") and (s.band == step.band or not (s.band and step.band)):
+            makers.setdefault(s.product, []).append(s.name)
+    # e.g. the FULLCOVARIANCE ptc an electrostatic build reads, LSSTCam's flat_gradient_reference of a flat's band
+    check_before_submit(step, {**os.environ, **v}, repo, makers)
     partial = _partial_run(campaign, step, repo.registry, state)
     if partial:
         echo(f"    finishing the incomplete RUN {partial} (--extend-run --skip-existing)")

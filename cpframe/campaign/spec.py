@@ -502,10 +502,17 @@ def _parse_submit(step: Step, rs: dict, v: Mapping[str, str], path: Path, sub, p
         else:
             # the template's own name when it renders (verifyLinearizer.${RERUN}, verifyGainCorrection...)
             gen_out = (_rendered_output(tpath, allv) if tpath else None) or _verify_output(verifies, band, allv)
+    reads: tuple[tuple[str, str], ...] = ()
+    if builds and tpath:
+        from cpframe.campaign.preflight import certified_reads
+
+        # the pipeline this step will run (as the runner renders it): e.g. LSSTCam's flat reads the certified
+        # flat_gradient_reference of its band (docs/campaign.md "The order")
+        reads = certified_reads(str(tpath), {**os.environ, **allv}, builds)
     return replace(
         step, template=str(tpath) if tpath else tname, builds=builds, verifies=verifies, band=band,
         vars=tuple(sorted((str(k), str(x)) for k, x in step_vars.items())),
-        gen_output=gen_out, gen_run=gen_run,
+        gen_output=gen_out, gen_run=gen_run, reads=reads,
     )
 
 
@@ -597,6 +604,11 @@ def _derived_edges(steps: Sequence[Step]) -> list[tuple[str, str, str]]:
                 for m in makers.get(used, []):
                     if m.kind == "certify":
                         edges.append((m.name, s.name, f"{s.builds} applies the certified {used}"))
+            for task, dt in s.reads:  # what this step's pipeline reads (preflight.certified_reads)
+                for m in makers.get(dt, []):
+                    if not (dt in PER_BAND and s.band and m.band and m.band != s.band):
+                        edges.append((m.name, s.name, f"{s.builds}'s pipeline reads the certified {dt} "
+                                                      f"(task {task})"))
         elif s.kind == "certify":
             for m in makers.get(s.dataset_type, []):
                 if m.kind == "submit" and m.band == s.band:

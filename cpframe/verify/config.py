@@ -117,6 +117,8 @@ class VerifyConfig:
     """VARIANCE_LINEAR: largest departure of the BF-corrected PTC from a straight line (relative)."""
     bfk_max_mean_e: float = 50000.0
     """Pairs up to this mean (e-) enter the BFK check (the first-order correction's own limit)."""
+    bfk_min_pairs_kept: float = 0.8
+    """BFK PAIRS_KEPT: the corrected PTC must keep at least this fraction of the pairs in range."""
     # -- electrostatic brighter-fatter (cpframe's check, cpframe/verify/electrostatic.py) -----
     electrostatic_bf_max_nonlinearity: float = 0.01
     """ELECTROSTATIC_BF VARIANCE_LINEAR: largest departure of the ASTIER23-corrected PTC from a straight line."""
@@ -250,6 +252,15 @@ TEST_NOTES: dict[tuple[str, str], tuple[str, str]] = {
                                  "50 000 e- (detector mean of the amps)",
                                  "cpframe's own test (its own template); cp_verify's star-size test is "
                                  "BFK_STARS (the real template)"),
+    ("BFK", "PAIRS_KEPT"): ("that PTC kept (did not reject as outliers) >= 80 % of its pairs up to 50 000 e-",
+                            "cpframe's own test: guards VARIANCE_LINEAR against an over-correcting kernel whose "
+                            "PTC loses its upper pairs to outlier rejection"),
+    ("ELECTROSTATIC_BF", "VARIANCE_LINEAR"): ("PTC of flats corrected with the distortion matrix (ISR ASTIER23) "
+                                              "within 1 % of a straight line up to 50 000 e- (detector mean)",
+                                              "cpframe's own test (cp_verify has none)"),
+    ("ELECTROSTATIC_BF", "PAIRS_KEPT"): ("that PTC kept (did not reject as outliers) >= 80 % of its pairs up to "
+                                         "50 000 e-", "cpframe's own test: guards VARIANCE_LINEAR against an "
+                                         "over-correcting matrix"),
     ("BFK_STARS", "BRIGHT_SLOPE"): ("exponential fit of (uncorrected - corrected star size) against magnitude "
                                     "succeeds with slope < -0.5", "cp_verify's test and limit (verifyBfk.py)"),
     ("BFK_STARS", "NUM_MATCHES"): ("more than 10 stars matched between the corrected and uncorrected images",

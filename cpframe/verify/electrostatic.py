@@ -28,7 +28,7 @@ import math
 from pathlib import Path
 
 from cpframe.camera.models import Detector
-from cpframe.verify.bfk import ptc_linearity
+from cpframe.verify.bfk import pairs_kept, ptc_linearity
 from cpframe.verify.config import VerifyConfig
 from cpframe.verify.core import Stage, register_stage
 
@@ -48,8 +48,8 @@ def check_electrostatic_bf(stats: dict, config: VerifyConfig) -> dict:
     det = stats["DET"]
     nl = det["NONLINEARITY"]
     linear = bool(math.isfinite(nl) and nl <= config.electrostatic_bf_max_nonlinearity)
-    kept = bool(det["N_IN_RANGE"] > 0 and det["N_POINTS"] >= config.electrostatic_bf_min_pairs_kept * det["N_IN_RANGE"])
-    return {"AMP": {}, "DET": {"VARIANCE_LINEAR": linear, "PAIRS_KEPT": kept}}
+    return {"AMP": {}, "DET": {"VARIANCE_LINEAR": linear,
+                               "PAIRS_KEPT": pairs_kept(det, config.electrostatic_bf_min_pairs_kept)}}
 
 
 ELECTROSTATIC_BF = register_stage(Stage(
