@@ -83,14 +83,46 @@ def test_full_isr_fused_equals_unfused_and_numpy(mini_sim, mini_products, tmp_pa
         assert e.header["LSST ISR DARK SCALE"] == i.header["LSST ISR DARK SCALE"]
 
 
+def test_dark_fused_with_its_cosmic_rays_equals_unfused(mini_sim, mini_products, tmp_path):
+    """cpDark: the cosmic rays are found on each raw's ISR in memory and set while streaming; same product as the
+    ISR files + CpDark + combine, and nothing written but the product."""
+    from cpframe.science.fused import prepass_cosmic_rays
+    from cpframe.science.imageio import MASK_BITS
+
+    p = mini_products
+    calibs = {"ptc": p.ptc.path, "bias": p.bias.path, "defects": p.defects.path}
+    raws = mini_sim.dark[:6]
+    f = tasks.cp_dark(raws, tmp_path / "fused" / "dark.fits", calibs=calibs, memory_bytes=200_000)
+    u = tasks.cp_dark(raws, tmp_path / "plain" / "dark.fits", calibs=calibs, work_dir=tmp_path / "isr")
+    assert f.extra.get("fused") and not u.extra.get("fused") and f.combine.strip_rows < 100
+    _planes_equal(f.path, u.path)
+    assert sorted(p.name for p in (tmp_path / "fused").iterdir()) == ["dark.fits"]
+    # the same cosmic-ray pixels as CpDark found on the ISR files (and there are some)
+    cr_bit = 1 << MASK_BITS["CR"]
+    icfg = isr_config_for("dark")
+    n_cr = []
+    for raw, isr_file in zip(raws, sorted((tmp_path / "isr").glob("*.fits"))):
+        state = prepass_cosmic_rays(raw, icfg, {k: str(v) for k, v in calibs.items()}, tasks.CrConfig())
+        on_file = np.flatnonzero(read_masked(isr_file).mask.reshape(-1) & cr_bit)
+        np.testing.assert_array_equal(state["cr_index"], on_file)
+        n_cr.append(on_file.size)
+    assert sum(n_cr) > 0, n_cr
+    # and they matter: without them the fused combine gives another dark
+    plain = tasks._product("dark", raws, tmp_path / "nocr.fits", calibs=calibs, work_dir=None, isr_config=None,
+                           combine_config=None, memory_bytes=None, threads=1, workers=1, cr_config=None, fused=True)
+    assert not np.array_equal(read_masked(plain.path).image, read_masked(f.path).image)
+
+
 def test_unsupported_settings_fall_back_to_the_unfused_path(mini_sim, tmp_path):
     assert fused_unsupported(IsrConfig(), CombineConfig()) == []
     assert fused_unsupported(IsrConfig(), CombineConfig(exposure_scaling="MeanStats"))
     with pytest.raises(FusedUnsupported, match="MeanStats"):
         isr_combine(mini_sim.bias[:3], None, isr_config_for("biasBootstrap"),
                     CombineConfig(exposure_scaling="MeanStats"))
-    with pytest.raises(FusedUnsupported, match="per-exposure step"):
-        tasks.cp_dark(mini_sim.dark[:3], tmp_path / "d.fits", fused=True)
+    with pytest.raises(FusedUnsupported, match="per-exposure measurement"):
+        tasks._product("flat", mini_sim.dark[:3], tmp_path / "f.fits", calibs=None, work_dir=None, isr_config=None,
+                       combine_config=None, memory_bytes=None, threads=1, workers=1, scales_fn=lambda e: None,
+                       fused=True)
     # work_dir asks for the ISR files: the unfused path keeps them there
     r = tasks.cp_bias_bootstrap(mini_sim.bias[:3], tmp_path / "bb.fits", work_dir=tmp_path / "isr")
     assert not r.extra.get("fused") and all((tmp_path / "isr").glob("*.fits"))

@@ -9,6 +9,7 @@ can run (DMTN-222 steps 9-11).  Products are checked loosely against the injecte
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 from cpframe.core.errors import ExecutionError, PlanningError, SubmissionError
 from cpframe.core.model import CollectionType
 from cpframe.execution.provenance import load_provenance
-from cpframe.execution.submit import submit_template
+from cpframe.execution.submit import plan_template, submit_template
 
 from tests._run_helpers import (
     INSTRUMENT, TICKET, TRUTH_COLLECTION, certify_run, certify_truth_calibs, make_repo, ticket_chain_add, variables,
@@ -247,3 +248,34 @@ def test_failure_then_skip_existing_finishes_only_the_rest(tmp_path, mini_datase
             submit_template("bps_bias", environ=env, client=local_dask.client, extend_run=True)
     finally:
         repo.close()
+
+
+def test_dark_is_fused_and_equals_the_unfused_submission(repo, chain, scratch, mini_dataset, local_dask, tmp_path):
+    """cpDark fuses ISR, CpDark's cosmic rays and the combine (no per-exposure file); with ``fuseIsr: false`` the
+    same submission writes them and gives the same dark, plane for plane."""
+    from cpframe.execution.graph import fusion
+    from cpframe.execution.templates import default_pipelines_dir
+
+    env = _env(repo, scratch, mini_dataset)
+    out = plan_template("bps_dark", environ=dict(env, RERUN="20241110x"), repo=repo)
+    fused = fusion(out.plan)
+    n_exp = sum(1 for q in out.plan.quanta.values() if q.kind == "darkCr")
+    assert n_exp and Counter(out.plan.quanta[k].kind for k in fused) == {"isr": n_exp, "darkCr": n_exp}
+    pipes = tmp_path / "pipelines"
+    shutil.copytree(default_pipelines_dir(), pipes)
+    text = (pipes / "cpDark.yaml").read_text()
+    assert "      calibrationType: dark\n" in text
+    (pipes / "cpDark.yaml").write_text(text.replace("      calibrationType: dark\n",
+                                                    "      calibrationType: dark\n      fuseIsr: false\n"))
+    plain_env = dict(env, RERUN="20241110u", CPFRAME_PIPELINES=str(pipes))
+    assert not fusion(plan_template("bps_dark", environ=plain_env, repo=repo).plan)
+    res = submit_template("bps_dark", environ=plain_env, client=local_dask.client, argv=["cpframe", "submit", "dark"])
+    reg = repo.registry
+    fused_refs = {int(r.data_id["detector"]): r for r in reg.query_datasets("dark", collections=[chain["dark"].run])}
+    plain_refs = {int(r.data_id["detector"]): r for r in reg.query_datasets("dark", collections=[res.run])}
+    assert sorted(fused_refs) == sorted(plain_refs) == sorted(mini_dataset.detectors)
+    for d, ref in fused_refs.items():
+        a, b = _image(repo, ref), _image(repo, plain_refs[d])
+        np.testing.assert_allclose(a.image, b.image, rtol=2.4e-7, atol=0)
+        np.testing.assert_allclose(a.variance, b.variance, rtol=2.4e-7, atol=0)
+        np.testing.assert_array_equal(a.mask, b.mask)

@@ -630,9 +630,13 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
     types = plan.pipeline.dataset_types
     delayed: dict[str, Any] = {}
     fused_into = fusion(plan)
-    fused = {}
-    for isr_key, comb_key in fused_into.items():
-        fused.setdefault(comb_key, []).append(isr_key)
+    fused: dict[str, list[str]] = {}
+    mid_of: dict[str, str] = {}  # ISR key -> the fused darkCr quantum that reads it
+    for k, comb_key in fused_into.items():
+        if plan.quanta[k].kind == "isr":
+            fused.setdefault(comb_key, []).append(k)
+        else:
+            mid_of[plan.quanta[k].upstream[0]] = k
     from cpframe.execution.graph_clusters import cluster_groups, group_delayed
 
     group_of = cluster_groups(plan, clusters, fused_into, exclude=set(limits or {}))
@@ -641,11 +645,16 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
     for key, q in plan.quanta.items():
         if key in fused_into:
             # the raw's prepass (serial/parallel overscan, header, per-amp numbers): the ISR quanta of a
-            # detector run it in parallel and hand the small result to the fused combine, which streams
-            spec = graph_tasks.QuantumSpec(key=key, kind="isrPrepass", task=q.task, data_id=dict(q.data_id),
-                                           raw_path=None, calib_paths={}, outputs=(), settings={},
-                                           fused_raws=(str(path_of(q.raw)),), fused_calibs=(_fused_calibs(q, path_of),),
-                                           fused_isr=q.settings["isr"], fused_keys=(key,))
+            # detector run it in parallel and hand the small result to the fused combine, which streams;
+            # with CpDark in between, its quantum runs the prepass and the cosmic-ray finder instead
+            src = plan.quanta[q.upstream[0]] if q.kind == "darkCr" else q
+            kind = "fusedAway" if key in mid_of else "isrCrPrepass" if q.kind == "darkCr" else "isrPrepass"
+            spec = graph_tasks.QuantumSpec(key=key, kind=kind, task=q.task, data_id=dict(q.data_id),
+                                           raw_path=None, calib_paths={}, outputs=(),
+                                           settings={"cr": q.settings["cr"]} if q.kind == "darkCr" else {},
+                                           fused_raws=(str(path_of(src.raw)),),
+                                           fused_calibs=(_fused_calibs(src, path_of),),
+                                           fused_isr=src.settings["isr"], fused_keys=(src.key,))
             delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, [], dask_key_name=key + key_suffix)
             continue
         outputs = []
@@ -668,7 +677,7 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
                            fused_raws=tuple(str(path_of(x.raw)) for x in isr),
                            fused_calibs=tuple(_fused_calibs(x, path_of) for x in isr),
                            fused_isr=isr[0].settings["isr"], fused_keys=tuple(x.key for x in isr))
-            ups = [delayed[x.key] for x in isr]  # their prepasses, by exposure
+            ups = [delayed[mid_of.get(x.key, x.key)] for x in isr]  # their prepasses, by exposure
         need = (resources or {}).get(key)
         annotations: dict[str, Any] = {"resources": dict(need)} if need else {}
         up_keys = [] if key in fused else [k for _, keys in q.inputs for k in keys]
@@ -697,9 +706,10 @@ def _fused_calibs(q: Any, path_of: Callable[[Any], Any]) -> dict[str, str]:
 
 
 def fusion(plan: Plan) -> dict[str, str]:
-    """ISR quanta that :func:`build_graph` fuses into their combine: ISR key -> combine key.
+    """Quanta that :func:`build_graph` fuses into their combine: ISR (and CpDark) key -> combine key.
 
-    A combine is fused with the ISR quanta it reads when nothing else reads them, their
+    A combine is fused with the ISR quanta it reads (or, for a dark, the ``darkCr`` quanta it
+    reads and the ISR quantum each of those reads) when nothing else reads them, their
     outputs are not registered, they all have the same ISR settings, the combine's
     ``fuseIsr`` option is on (default) and :func:`cpframe.science.fused.fused_unsupported`
     has no objection.  The fused quantum streams the raws through ISR and the combine
@@ -711,17 +721,30 @@ def fusion(plan: Plan) -> dict[str, str]:
     for k, q in plan.quanta.items():
         for u in q.upstream:
             readers[u].add(k)
+    def fusable_isr(u: Any, reader: str) -> bool:
+        return u is not None and u.kind == "isr" and u.raw is not None and not u.registered and readers[u.key] == {reader}
+
     out: dict[str, str] = {}
     for key, q in plan.quanta.items():
         if q.kind != "combine" or not q.settings["combine"].fuse_isr:
             continue
         ups = [plan.quanta.get(u) for u in q.upstream]
-        if not ups or any(u is None or u.kind != "isr" or u.raw is None or u.registered or readers[u.key] != {key}
-                          for u in ups):
+        if not ups:
             continue
-        first = ups[0].settings["isr"]
-        if any(u.settings["isr"] != first for u in ups) or fused_unsupported(first, q.settings["combine"]):
+        if all(fusable_isr(u, key) for u in ups):
+            isr = ups
+        elif all(u is not None and u.kind == "darkCr" and not u.registered and readers[u.key] == {key}
+                 and len(u.upstream) == 1 and fusable_isr(plan.quanta.get(u.upstream[0]), u.key)
+                 and u.settings["cr"] == ups[0].settings["cr"] for u in ups):
+            # CpDark between ISR and the combine: each raw's cosmic rays are found on its ISR in memory
+            # (cpframe.science.fused.prepass_cosmic_rays) and set while streaming
+            isr = [plan.quanta[u.upstream[0]] for u in ups]
+        else:
             continue
+        first = isr[0].settings["isr"]
+        if any(u.settings["isr"] != first for u in isr) or fused_unsupported(first, q.settings["combine"]):
+            continue
+        out.update({u.key: key for u in isr})
         out.update({u.key: key for u in ups})
     return out
 

@@ -158,9 +158,23 @@ def _isr_prepass(spec: QuantumSpec, groups: dict) -> Any:
     return prepass_task(spec.fused_raws[0], spec.fused_isr, spec.fused_calibs[0])
 
 
+def _isr_cr_prepass(spec: QuantumSpec, groups: dict) -> Any:
+    """A CpDark quantum fused into its combine: the raw's prepass and its cosmic rays, found on the raw's ISR in
+    memory (:func:`cpframe.science.fused.prepass_cosmic_rays`); no file."""
+    from cpframe.science.tasks import prepass_cr_task
+
+    return prepass_cr_task(spec.fused_raws[0], spec.fused_isr, spec.fused_calibs[0], spec.settings["cr"])
+
+
+def _fused_away(spec: QuantumSpec, groups: dict) -> Any:
+    """An ISR quantum whose work the fused CpDark quantum after it does (kept for progress and failure accounting)."""
+    return None
+
+
 #: Graph-only kinds the planner makes when it fuses ISR into a combine (execution/graph.py ``fusion``);
 #: no pipeline names them, so they are not :mod:`cpframe.execution.kinds` entries.
-_FUSED_RUNNERS: dict[str, Callable[[QuantumSpec, dict], Any]] = {"isrCombine": _isr_combine, "isrPrepass": _isr_prepass}
+_FUSED_RUNNERS: dict[str, Callable[[QuantumSpec, dict], Any]] = {
+    "isrCombine": _isr_combine, "isrPrepass": _isr_prepass, "isrCrPrepass": _isr_cr_prepass, "fusedAway": _fused_away}
 
 
 def run_quantum(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> QuantumResult:

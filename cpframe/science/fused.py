@@ -234,6 +234,7 @@ class _RawSource:
         self.calibs = calibs
         self.calib_paths = dict(calib_paths or {})
         self.scratch = scratch if scratch is not None else _Scratch()
+        self.cr_index = None
         if prepass is not None:  # made by the raw's own ISR quantum (:func:`prepass`)
             if prepass.get("path") != str(path):
                 raise FusedUnsupported(f"prepass of {prepass.get('path')!r} given for {str(path)!r}.")
@@ -402,7 +403,7 @@ class _RawSource:
 #: What :class:`_RawSource`'s prepass keeps of a raw: vectors and numbers per amp, the header and how to read and
 #: dither its rows again.  About 0.2 MB per full-size raw.
 _PREPASS_FIELDS = ("path", "det", "what", "units", "header", "cards", "seed", "dither_state", "dither_offset",
-                   "layout", "stats", "svec", "pvec", "start", "xt_gains", "dark_scale")
+                   "layout", "stats", "svec", "pvec", "start", "xt_gains", "dark_scale", "cr_index")
 
 
 def prepass(raw_path: str | os.PathLike, isr_config: IsrConfig, calib_paths: Mapping[str, Any] | None = None
@@ -414,6 +415,35 @@ def prepass(raw_path: str | os.PathLike, isr_config: IsrConfig, calib_paths: Map
     then only streams.  Raises what the prepass inside :func:`isr_combine` raises.
     """
     return _RawSource(str(raw_path), isr_config, _calibs(calib_paths), calib_paths or {}).prepass_state()
+
+
+def prepass_cosmic_rays(raw_path: str | os.PathLike, isr_config: IsrConfig, calib_paths: Mapping[str, Any] | None,
+                        cr_config: Any) -> dict[str, Any]:
+    """:func:`prepass` plus CpDark's cosmic rays of the raw (cpframe.science.tasks.dark_cr_task), for a fused dark.
+
+    The cosmic-ray finder needs the whole ISR image (median filters, neighbours, a global
+    noise level), so the raw's ISR runs here in memory, exactly as the unfused ISR quantum
+    runs it, and only the flat indices of its CR pixels are kept (``cr_index``, a few
+    thousand per dark); the combine streams the raw again and sets ``CR`` there and clears
+    ``BAD``, as the unfused CpDark step does on its file.  Nothing is written.
+    """
+    from cpframe.science.defects import find_cosmic_rays
+    from cpframe.science.isr import run_isr
+
+    state = prepass(raw_path, isr_config, calib_paths)
+    img, _ = run_isr(read_raw(str(raw_path)), isr_config, load_calibs(dict(calib_paths or {})))
+    cr, _groups = find_cosmic_rays(img.image, img.variance, img.mask, cr_config)
+    del img
+    state["cr_index"] = np.flatnonzero(cr.reshape(-1))
+    return state
+
+
+def _apply_cosmic_rays(mk: np.ndarray, index: np.ndarray, y0: int, y1: int, width: int, cr_bit, bad_bit) -> None:
+    """CpDark on one block of an exposure (output rows [y0, y1) in ``mk``): CR at its cosmic-ray pixels, no BAD."""
+    lo, hi = np.searchsorted(index, (y0 * width, y1 * width))
+    flat = mk.reshape(-1)
+    flat[index[lo:hi] - y0 * width] |= cr_bit
+    mk &= ~bad_bit
 
 
 def _raw_layout(path: str, det) -> dict[str, tuple[int, np.dtype, int]]:
@@ -547,6 +577,7 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
             flat_cfg[id(s.calibs)] = _flat_config(s.calibs.flat, isr_config)
     bad_bit = np.int32(1 << MASK_BITS["BAD"])
     nan_bit = np.int32(1 << MASK_BITS["UNMASKEDNAN"])
+    cr_bit = np.int32(1 << MASK_BITS["CR"])
     width = shape[1]
     for r0 in range(0, data_rows, rows):
         r1 = min(data_rows, r0 + rows)
@@ -580,6 +611,8 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
                     for amp in amps:
                         cs = amp.bbox[1]
                         s.acc[amp.name].add(im[:, cs], mk[:, cs])
+                if s.cr_index is not None:  # after the ISR statistics, as CpDark runs after the ISR
+                    _apply_cosmic_rays(mk, s.cr_index, y0, y1, width, cr_bit, bad_bit)
             del data, bits
         del calib_rows, scratch_var
         for k, (y0, y1, _amps) in enumerate(bands):

@@ -578,6 +578,17 @@ def prepass_task(raw_path: str | os.PathLike, isr_config: IsrConfig | Mapping[st
     return prepass(raw_path, _isr_config(isr_config), _str_calibs(calibs))
 
 
+def prepass_cr_task(raw_path: str | os.PathLike, isr_config: IsrConfig | Mapping[str, Any] | None,
+                    calibs: Mapping[str, Any] | None, cr_config: CrConfig | Mapping[str, Any] | bool | None
+                    ) -> dict[str, Any]:
+    """:func:`prepass_task` plus CpDark's cosmic rays of the raw (:func:`cpframe.science.fused.prepass_cosmic_rays`)."""
+    from cpframe.science.fused import prepass_cosmic_rays
+
+    cfg = cr_config if isinstance(cr_config, CrConfig) else CrConfig(**(dict(cr_config) if isinstance(
+        cr_config, Mapping) else {}))
+    return prepass_cosmic_rays(raw_path, _isr_config(isr_config), _str_calibs(calibs), cfg)
+
+
 def _str_calibs(calibs: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, (str, os.PathLike)) else v) for k, v in (calibs or {}).items()
             if v is not None}
@@ -591,20 +602,25 @@ def _product(product: str, raw_paths, output_path, *, calibs, work_dir, isr_conf
             else CombineConfig.from_dict(combine_config) if combine_config is not None
             else combine_config_for(product))
     if fused is None:
-        # the fused path unless intermediates are wanted (work_dir) or a per-exposure step sits
-        # between ISR and the combine (CpDark's CR finder, the flat measurement)
+        # the fused path unless intermediates are wanted (work_dir) or the flat measurement sits
+        # between ISR and the combine (CpDark's CR finder runs on each raw's ISR in memory)
         from cpframe.science.fused import fused_unsupported
 
-        fused = work_dir is None and cr_config is None and scales_fn is None and not fused_unsupported(icfg, ccfg)
+        fused = work_dir is None and scales_fn is None and not fused_unsupported(icfg, ccfg)
     if fused:
-        if cr_config is not None or scales_fn is not None:
+        if scales_fn is not None:
             from cpframe.science.fused import FusedUnsupported
 
-            raise FusedUnsupported(f"{product}: a per-exposure step (cosmic rays, flat measurement) sits between "
-                                   "ISR and the combine; run it with fused=False.")
+            raise FusedUnsupported(f"{product}: a per-exposure measurement (the flat's) sits between ISR and the "
+                                   "combine; run it with fused=False.")
         if not raw_paths:
             raise CombineError("no raw exposures given; select at least one raw of this detector.")
-        return fused_combine_task(raw_paths, output_path, icfg, ccfg, calibs, memory_bytes=memory_bytes)
+        prepasses = None
+        if cr_config is not None:  # CpDark's cosmic rays: found per raw in memory, applied while streaming
+            per_raw = calibs if isinstance(calibs, (list, tuple)) else [calibs] * len(raw_paths)
+            prepasses = [prepass_cr_task(p, icfg, c, cr_config) for p, c in zip(raw_paths, per_raw)]
+        return fused_combine_task(raw_paths, output_path, icfg, ccfg, calibs, memory_bytes=memory_bytes,
+                                  prepasses=prepasses)
     with _WorkDir(work_dir, output_path) as work:
         exposures = _run_isr_all(raw_paths, work, icfg, calibs, workers, cr_config, executor)
         scales = scales_fn(exposures) if scales_fn is not None else None
