@@ -220,3 +220,23 @@ def test_campaign_builds_certifies_verifies_and_reports_them(tmp_path, local_das
         assert 'id="flat_anaglyph"' in index and "Anaglyph flat" in index and 'id="flat"' not in index
     finally:
         repo.close()
+
+
+def test_renamed_flat_of_one_led_is_a_calibration(dmtn222_variables, monkeypatch):
+    """cp_pipe's single-LED template renames cpFlatCombine's output to flat_<LED_NAME>: a calibration (the campaign
+    certifies it), with cpframe's pipelines and with the stack's; intermediates read by a later task are not."""
+    from cpframe.execution.submit import render_stage, validate_stage
+    from cpframe.execution.templates import default_templates_dir
+    from tests.test_lsst_templates import CP_PIPE, STACK
+
+    real = CP_PIPE / "bps/templates"
+    for k in STACK:
+        monkeypatch.delenv(k, raising=False)
+    for env, template in ((dmtn222_variables, default_templates_dir() / "bps_flat_single_led.yaml"),
+                          (dmtn222_variables, real / "bps_flat_singleled_white.yaml"),
+                          ({**dmtn222_variables, **STACK}, real / "bps_flat_singleled_white.yaml")):
+        _, pipe = validate_stage(render_stage(template, env, environ=env))
+        assert pipe.dataset_types[f"flat_{BLUE}"].is_calibration, template
+    env = {**dmtn222_variables, **STACK, "INSTRUMENT": "LSSTCam"}
+    _, pipe = validate_stage(render_stage(real / "bps_flat_anaglyph_g.yaml", env, environ=env))
+    assert pipe.dataset_types["flat"].is_calibration and not pipe.dataset_types["flat_blue"].is_calibration
