@@ -218,6 +218,12 @@ def test_campaign_builds_certifies_verifies_and_reports_them(tmp_path, local_das
         assert report["verdicts"]["flat_anaglyph"] is True and "flat" not in report["verdicts"], report["verdicts"]
         index = Path(report["index"]).read_text()
         assert 'id="flat_anaglyph"' in index and "Anaglyph flat" in index and 'id="flat"' not in index
+        # run again: every build and certification is found done under its dataset type (flat, flat_m455l4)
+        again = run_campaign(camp, resume=True, client=local_dask.client, echo=lambda line: None)
+        details = [(o.status, o.detail) for o in again.outcomes]
+        assert [o.status for o in again.outcomes][:5] == ["skipped"] * 5, details
+        assert details[0][1].endswith(": 9 flat") and details[1][1].startswith("9 flat certified in "), details
+        assert details[2][1].endswith(f": 9 flat_{BLUE}") and details[3][1].startswith(f"9 flat_{BLUE} certified")
     finally:
         repo.close()
 

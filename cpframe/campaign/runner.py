@@ -233,11 +233,11 @@ def step_done(campaign: Campaign, step: Step, registry: Registry, state: Campaig
             pf = _band_filter(campaign, step.band)
             links = [r for r in links if r.data_id.get("physical_filter") == pf]
         if not links:
-            return False, f"no {step.dataset_type} certified in {step.output}"
+            return False, f"no {step.registry_type} certified in {step.output}"
         if step.chain and (_exists(registry, step.chain) != CollectionType.CHAINED
                            or str(step.output) not in registry.get_chain(step.chain)):
             return False, f"{len(links)} certified, not yet chained into {step.chain}"
-        return True, f"{len(links)} {step.dataset_type} certified in {step.output}"
+        return True, f"{len(links)} {step.registry_type} certified in {step.output}"
     if step.kind == "report":
         index = Path(str(step.output)) / "index.html"
         if info.get("status") == "done" and index.exists():
