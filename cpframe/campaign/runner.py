@@ -290,7 +290,7 @@ def _describe(campaign: Campaign, step: Step) -> str:
         return f"{Path(str(step.template)).name} -> {where}"
     if step.kind == "certify":
         end = step.end_date or "+inf"
-        text = f"{step.dataset_type} from {step.input} into {step.output} [{step.begin_date}, {end})"
+        text = f"{step.registry_type} from {step.input} into {step.output} [{step.begin_date}, {end})"
         if step.chain:
             text += f"; {campaign.chain_mode(step)} {step.chain}"
         return text
