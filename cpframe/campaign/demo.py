@@ -243,7 +243,7 @@ def type_statuses(camp: Any, repo: Any, verdicts: dict, types: Sequence[Any] = (
         name = s.dataset_type + (f"-{s.band}" if s.band else "")
         seen.add(name)
         try:
-            n = len(repo.registry.query_datasets(s.dataset_type, collections=[s.output]))
+            n = len(repo.registry.query_datasets(s.registry_type, collections=[s.output]))
         except CpframeError:  # the step has not run
             n = 0
         ok, fails = verdicts.get(name, (None, []))

@@ -58,6 +58,14 @@ PRODUCT_NEEDS: dict[str, tuple[str, ...]] = {
     # must be FULLCOVARIANCE (docs/campaign.md "The order": the campaign stops before the build with the fit type
     # found; bps_electrostaticBFDistortionMatrixBfPtc.yaml fits a FULLCOVARIANCE PTC of its own instead)
     "electroBfDistortionMatrix": ("ptc",),
+    # anaglyph flat per band (cp_pipe cpFlatAnaglyphLSST.yaml, bps_flat_anaglyph_<band>.yaml): the flat's ISR (PTC
+    # gains, bias, dark; defects masked in the gradient fits) of the band's single-LED flats, each LED's flat
+    # gradient-corrected against the certified flat_gradient_reference of the band, then mixed; written and
+    # certified as the band's ``flat`` (:data:`DATASET_TYPE_OF`)
+    "flat_anaglyph": ("ptc", "bias", "dark", "defects", "flat_gradient_reference"),
+    # single-LED flat (cp_pipe bps_flat_singleled_white.yaml: cpFlat.yaml with its output renamed flat_<LED_NAME>):
+    # a flat's ISR and combine of one LED's flats
+    "flat_single_led": ("ptc", "bias", "dark", "defects"),
 }
 
 #: Optional calibrations each product's ISR applies when they are certified (dependencies.md §3; ISR's
@@ -76,25 +84,44 @@ USES_WHEN_CERTIFIED: dict[str, tuple[str, ...]] = {
     # the variant with a PTC of its own (bps_electrostaticBFDistortionMatrixBfPtc.yaml, cp_pipe's useBfPtc) runs the
     # BFK's ISR; the default one reads the certified ptc, already built with the certified linearizer and CTI
     "electroBfDistortionMatrix": ("linearizer", "cti", "crosstalk"),
+    # cpFlatAnaglyphLSST.yaml's ISR: doLinearize, doDeferredCharge, doCrosstalk
+    "flat_anaglyph": ("linearizer", "cti", "crosstalk"),
+    "flat_single_led": ("linearizer", "crosstalk"),
 }
 
 #: Products built and certified per band (one generation and one CALIBRATION collection each).
-PER_BAND = ("flat", "flat_gradient_reference")
+PER_BAND = ("flat", "flat_gradient_reference", "flat_anaglyph")
 
 #: Products that are certified (bootstraps are read straight from their RUNs).
 CERTIFIABLE = ("defects", "ptc", "bias", "dark", "flat", "linearizer", "cti", "crosstalk", "bfk", "gain_correction",
-               "flat_gradient_reference", "illuminationCorrection", "sky", "fringe", "electroBfDistortionMatrix")
+               "flat_gradient_reference", "illuminationCorrection", "sky", "fringe", "electroBfDistortionMatrix",
+               "flat_anaglyph", "flat_single_led")
 
 #: What a verification submission may test.
 VERIFY_TARGETS = ("bias", "dark", "flat", "defects", "ptc", "science", "linearizer", "cti", "crosstalk", "bfk",
                   "gain_correction", "flat_gradient_reference", "illuminationCorrection", "sky", "fringe",
-                  "electroBfDistortionMatrix")
+                  "electroBfDistortionMatrix", "flat_anaglyph")
 
 #: Template stems (``bps_<stem>.yaml``, ``bps_verify_<stem>.yaml``) that name a product differently: cp_pipe's
 #: ``bps_electrostaticBFDistortionMatrix.yaml`` writes ``electroBfDistortionMatrix``, and so does cpframe's
 #: variant with a PTC of its own, ``bps_electrostaticBFDistortionMatrixBfPtc.yaml``.
 TEMPLATE_STEMS = {"electrostaticBFDistortionMatrix": "electroBfDistortionMatrix",
-                  "electrostaticBFDistortionMatrixBfPtc": "electroBfDistortionMatrix"}
+                  "electrostaticBFDistortionMatrixBfPtc": "electroBfDistortionMatrix",
+                  # cp_pipe's single-LED template (the LED is the variable LED_NAME, the band always white)
+                  "flat_singleled_white": "flat_single_led"}
+
+#: Products whose datasets have another dataset type than the product's name (the registry's name; the
+#: campaign certifies that type).  The anaglyph flat is the band's ``flat`` (as in Rubin: ISR reads it as the
+#: flat); a single-LED flat is ``flat_<LED_NAME>`` (:meth:`Step.registry_type`).
+DATASET_TYPE_OF = {"flat_anaglyph": "flat", "flat_single_led": "flat_{led}"}
+
+#: Products that are per LED (the variable ``LED_NAME``, or ``led:`` on a certify step).
+PER_LED = ("flat_single_led",)
+
+#: The stem of a product's CALIBRATION collection (``<TAG_PREFIX>/<stem>[-<band>].<CERT_RERUN>``) when it is not
+#: the product's name: the anaglyph flat of g is certified into ``flatAnaglyph-g.<CERT_RERUN>``, one LED's
+#: flat into ``flat_<LED>.<CERT_RERUN>`` (its dataset type).
+CERTIFIED_STEM = {"flat_anaglyph": "flatAnaglyph", "flat_single_led": "flat_{led}"}
 
 #: Variables every campaign needs (DMTN-222 §7 exports them all).
 REQUIRED_VARIABLES = (
@@ -119,6 +146,10 @@ GEN_STEM = {
     "gain_correction": "gainCorrectionGen", "flat_gradient_reference": "flatGradientReferenceGen",
     "illuminationCorrection": "illuminationCorrectionGen", "sky": "skyGen", "fringe": "fringeGen",
     "electroBfDistortionMatrix": "electroBFDistortionMatrixGen",  # cp_pipe's bps_electrostaticBFDistortionMatrix.yaml
+    "flat_anaglyph": "flatAnaglyphGen",  # cp_pipe's bps_flat_anaglyph_<band>.yaml: flatAnaglyphGen-<band>
+    # + "-<LED_NAME>": cpframe's bps_flat_single_led.yaml (cp_pipe's bps_flat_singleled_white.yaml writes every LED
+    # to flatGen-white: the campaign takes the template's output, and refuses two LEDs sharing one)
+    "flat_single_led": "flatGen-white",
 }
 
 #: Selection variable each product / verification reads (``{band}`` for flats).
@@ -132,6 +163,7 @@ SELECTION_OF_BUILD = {
     "illuminationCorrection": "SELECTION_ILLUMINATION_CORRECTION",
     "sky": "SELECTION_SKY", "fringe": "SELECTION_FRINGE",
     "electroBfDistortionMatrix": "SELECTION_PTC_BF",
+    "flat_anaglyph": "SELECTION_FLAT_{band}", "flat_single_led": "SELECTION_FLAT_white",
 }
 SELECTION_OF_VERIFY = {
     "bias": "SELECTION_BIAS_V", "dark": "SELECTION_DARK_V", "flat": "SELECTION_FLAT_{band}_V",
@@ -142,6 +174,7 @@ SELECTION_OF_VERIFY = {
     "illuminationCorrection": "SELECTION_ILLUMINATION_CORRECTION_V",
     "sky": "SELECTION_SKY_V", "fringe": "SELECTION_FRINGE_V",
     "electroBfDistortionMatrix": "SELECTION_PTC_BF_V",
+    "flat_anaglyph": "SELECTION_FLAT_{band}_V",
 }
 
 _RERUN_RE = re.compile(r"^\d{8}[a-z]$")
@@ -169,6 +202,7 @@ class _SubmitStepFile(_StepFile):
 class _CertifyStepFile(_StepFile):
     dataset_type: Text | None = None
     band: Text | None = None
+    led: Text | None = None
     input: Text | None = None
     output: Text | None = None
     begin_date: Text | None = None
@@ -243,6 +277,8 @@ class Step:
     """submit: calibration verified (one of :data:`VERIFY_TARGETS`)."""
     band: str | None = None
     """Flat band (submit builds/verifies flat, certify flat)."""
+    led: str | None = None
+    """LED of a single-LED flat (:data:`PER_LED`): the step's or the campaign's ``LED_NAME``, or certify ``led``."""
     vars: tuple[tuple[str, str], ...] = ()
     """submit: variables set for this step only."""
     dataset_type: str | None = None
@@ -280,9 +316,16 @@ class Step:
         return None
 
     @property
+    def registry_type(self) -> str | None:
+        """The dataset type this step writes or certifies in the registry (:data:`DATASET_TYPE_OF`): ``flat`` for
+        ``flat_anaglyph``, ``flat_<led>`` for ``flat_single_led``, else the product's name."""
+        p = self.product
+        return DATASET_TYPE_OF.get(p, p).format(led=self.led) if p else None
+
+    @property
     def label(self) -> str:
         """Short description for the plan."""
-        band = f" ({self.band})" if self.band else ""
+        band = f" ({self.band})" if self.band else (f" ({self.led})" if self.led else "")
         if self.kind == "submit" and self.builds:
             return f"build {self.builds}{band}"
         if self.kind == "submit":

@@ -111,7 +111,7 @@ def step_commands(campaign: Campaign, step: Step) -> list[list[str]]:
         return [cmd]
     if step.kind == "certify":
         cmd = ["cpframe", "certify-calibrations", repo, str(step.input), str(step.output),
-               str(step.dataset_type)]
+               str(step.registry_type)]
         if step.begin_date:
             cmd += ["--begin-date", step.begin_date]
         if step.end_date:
@@ -211,7 +211,7 @@ def step_done(campaign: Campaign, step: Step, registry: Registry, state: Campaig
     info = state.get(step.name)
     if step.kind == "submit":
         exp = expected_outputs(campaign, step)
-        dtype = step.builds
+        dtype = step.registry_type
         out = exp.get("output")
         in_chain = registry.get_chain(out) if out and _exists(registry, out) == CollectionType.CHAINED else ()
         candidates = [r for r in (info.get("run"), exp.get("run"), in_chain[0] if in_chain else None) if r]
@@ -228,16 +228,16 @@ def step_done(campaign: Campaign, step: Step, registry: Registry, state: Campaig
     if step.kind == "certify":
         if _exists(registry, str(step.output)) != CollectionType.CALIBRATION:
             return False, f"{step.output} not created yet"
-        links = registry.query_certifications(str(step.output), step.dataset_type)
+        links = registry.query_certifications(str(step.output), step.registry_type)
         if step.band:
             pf = _band_filter(campaign, step.band)
             links = [r for r in links if r.data_id.get("physical_filter") == pf]
         if not links:
-            return False, f"no {step.dataset_type} certified in {step.output}"
+            return False, f"no {step.registry_type} certified in {step.output}"
         if step.chain and (_exists(registry, step.chain) != CollectionType.CHAINED
                            or str(step.output) not in registry.get_chain(step.chain)):
             return False, f"{len(links)} certified, not yet chained into {step.chain}"
-        return True, f"{len(links)} {step.dataset_type} certified in {step.output}"
+        return True, f"{len(links)} {step.registry_type} certified in {step.output}"
     if step.kind == "report":
         index = Path(str(step.output)) / "index.html"
         if info.get("status") == "done" and index.exists():
@@ -290,7 +290,7 @@ def _describe(campaign: Campaign, step: Step) -> str:
         return f"{Path(str(step.template)).name} -> {where}"
     if step.kind == "certify":
         end = step.end_date or "+inf"
-        text = f"{step.dataset_type} from {step.input} into {step.output} [{step.begin_date}, {end})"
+        text = f"{step.registry_type} from {step.input} into {step.output} [{step.begin_date}, {end})"
         if step.chain:
             text += f"; {campaign.chain_mode(step)} {step.chain}"
         return text
@@ -399,7 +399,7 @@ def _restart_collisions(campaign: Campaign, registry: Registry) -> list[str]:
                     found.append(f"  {s.name}: {name}")
                     break
         elif s.kind == "certify" and _exists(registry, str(s.output)) == CollectionType.CALIBRATION:
-            if registry.query_certifications(str(s.output), s.dataset_type):
+            if registry.query_certifications(str(s.output), s.registry_type):
                 found.append(f"  {s.name}: {s.output}")
     return found
 
@@ -668,24 +668,24 @@ def certify_step(campaign: Campaign, step: Step, repo: Any) -> dict[str, Any]:
     ctype = _exists(registry, str(step.input))
     if ctype is None:
         raise CampaignError(
-            f"certify {step.dataset_type}: input collection {step.input!r} does not exist; "
+            f"certify {step.registry_type}: input collection {step.input!r} does not exist; "
             "did the step that builds it run? (`cpframe campaign FILE --dry-run` shows the plan)"
         )
     search = [str(step.input)]
     if ctype == CollectionType.CHAINED and not step.search_all_inputs:
         search = list(registry.get_chain(str(step.input))[:1])
     timespan = Timespan.from_text(step.begin_date, step.end_date)
-    wanted = {r.id for r in registry.query_datasets(step.dataset_type, collections=search, find_first=True)} \
+    wanted = {r.id for r in registry.query_datasets(step.registry_type, collections=search, find_first=True)} \
         if search else set()
     linked: set[str] = set()
     if _exists(registry, str(step.output)) == CollectionType.CALIBRATION:
-        linked = {r.id for r in registry.query_certifications(str(step.output), step.dataset_type)}
+        linked = {r.id for r in registry.query_certifications(str(step.output), step.registry_type)}
     if wanted and wanted <= linked:
         n, detail = 0, f"already certified in {step.output}"
     else:
-        refs = repo.certify_calibrations(str(step.input), str(step.output), step.dataset_type, timespan,
+        refs = repo.certify_calibrations(str(step.input), str(step.output), step.registry_type, timespan,
                                          search_all_inputs=step.search_all_inputs)
-        n, detail = len(refs), f"{len(refs)} {step.dataset_type} certified into {step.output} {timespan}"
+        n, detail = len(refs), f"{len(refs)} {step.registry_type} certified into {step.output} {timespan}"
     out: dict[str, Any] = {"collection": step.output, "certified": n,
                            "input_run": search[0] if search else None}
     if step.chain:
@@ -712,7 +712,7 @@ def _partial_run(campaign: Campaign, step: Step, registry: Registry, state: Camp
     in_chain = registry.get_chain(out) if out and _exists(registry, out) == CollectionType.CHAINED else ()
     for run in (exp.get("run"), in_chain[0] if in_chain else None):
         if (run and _exists(registry, run) == CollectionType.RUN
-                and not _run_complete(registry, run, step.builds)[0]):
+                and not _run_complete(registry, run, step.registry_type)[0]):
             return run
     return None
 

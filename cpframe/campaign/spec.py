@@ -21,9 +21,11 @@ from cpframe.campaign.model import (
     _STEP_NAME_RE,
     _VAR_RE,
     CERTIFIABLE,
+    CERTIFIED_STEM,
     DERIVED_VARIABLES,
     GEN_STEM,
     PER_BAND,
+    PER_LED,
     PRODUCT_NEEDS,
     REQUIRED_VARIABLES,
     SELECTION_OF_BUILD,
@@ -178,6 +180,10 @@ def _infer_from_template(path: str) -> tuple[str | None, str | None, str | None]
     ('electroBfDistortionMatrix', None, None)
     >>> _infer_from_template("bps_verify_electrostaticBFDistortionMatrix.yaml")
     (None, 'electroBfDistortionMatrix', None)
+    >>> _infer_from_template("bps_flat_anaglyph_g.yaml"), _infer_from_template("bps_verify_flat_anaglyph_g.yaml")
+    (('flat_anaglyph', None, 'g'), (None, 'flat_anaglyph', 'g'))
+    >>> _infer_from_template("bps_flat_singleled_white.yaml"), _infer_from_template("bps_flat_single_led.yaml")
+    (('flat_single_led', None, None), ('flat_single_led', None, None))
     """
     stem = Path(path).stem.removeprefix("bps_")
     verify = stem.startswith("verify_")
@@ -212,9 +218,9 @@ def _find_template(name: str, base: Path) -> Path | None:
     return None
 
 
-def _gen_names(builds: str, band: str | None, v: Mapping[str, str]) -> tuple[str, str | None]:
+def _gen_names(builds: str, band: str | None, v: Mapping[str, str], led: str | None = None) -> tuple[str, str | None]:
     """Conventional generation chain and fixed RUN (bootstraps) of a product (templates.md §4)."""
-    stem = GEN_STEM[builds] + (f"-{band}" if band else "")
+    stem = GEN_STEM[builds] + (f"-{band}" if band else "") + (f"-{led}" if led else "")
     out = f"{v['TAG_PREFIX']}/{stem}.{v['RERUN']}"
     run = f"{out}/run{v.get('BOOTSTRAP_RUN_NUMBER', '1')}" if builds.endswith("Bootstrap") else None
     return out, run
@@ -239,7 +245,8 @@ def _verify_output(target: str, band: str | None, v: Mapping[str, str]) -> str:
 
 def _calibration_name_problem(step_name: str, output: str, dataset_type: str, band: str | None,
                               v: Mapping[str, str]) -> str | None:
-    """Is ``output`` a plausible CALIBRATION collection name for this certification?"""
+    """Is ``output`` a plausible CALIBRATION collection name for this certification (``dataset_type``: the stem
+    of :data:`CERTIFIED_STEM`)?"""
     last = output.rsplit("/", 1)[-1]
     expect = dataset_type + (f"-{band}" if band else "")
     example = f"{v.get('TAG_PREFIX', 'T')}/{expect}.{v.get('CERT_RERUN', 'YYYYMMDDa')}"
@@ -337,6 +344,7 @@ def parse_campaign(text: str, path: Path, overrides: Mapping[str, str] | None = 
     if not problems:
         steps = _fill_certify_inputs(steps, v)
         steps = _fill_report_collections(steps)
+        problems += _flat_combination_problems(steps)
         for s in steps:
             for n in s.needs:
                 if n not in seen:
@@ -483,6 +491,7 @@ def _parse_submit(step: Step, rs: dict, v: Mapping[str, str], path: Path, sub, p
     # other names are left for the template
     step_vars = {str(k): _substitute(str(x), v, set()) for k, x in step_vars.items()}
     allv = {**v, **step_vars}
+    led = _led_of(where, what, allv.get("LED_NAME"), problems) if what in PER_LED else None
     sel = (SELECTION_OF_BUILD.get(builds) if builds else SELECTION_OF_VERIFY.get(verifies))
     if sel:
         sel = sel.format(band=band or "")
@@ -497,7 +506,9 @@ def _parse_submit(step: Step, rs: dict, v: Mapping[str, str], path: Path, sub, p
         )
     gen_out = gen_run = None
     if all(k in allv for k in ("TAG_PREFIX", "RERUN", "VERIFY_RERUN")):
-        if builds:
+        if builds in PER_LED:  # cp_pipe's template writes every LED to one chain: the template's own name
+            gen_out = (_rendered_output(tpath, allv) if tpath else None) or _gen_names(builds, band, allv, led)[0]
+        elif builds:
             gen_out, gen_run = _gen_names(builds, band, allv)
         else:
             # the template's own name when it renders (verifyLinearizer.${RERUN}, verifyGainCorrection...)
@@ -510,10 +521,27 @@ def _parse_submit(step: Step, rs: dict, v: Mapping[str, str], path: Path, sub, p
         # flat_gradient_reference of its band (docs/campaign.md "The order")
         reads = certified_reads(str(tpath), {**os.environ, **allv}, builds)
     return replace(
-        step, template=str(tpath) if tpath else tname, builds=builds, verifies=verifies, band=band,
+        step, template=str(tpath) if tpath else tname, builds=builds, verifies=verifies, band=band, led=led,
         vars=tuple(sorted((str(k), str(x)) for k, x in step_vars.items())),
         gen_output=gen_out, gen_run=gen_run, reads=reads,
     )
+
+
+_LED_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
+
+
+def _led_of(where: str, what: str, led: str | None, problems: list[str], certify: bool = False) -> str | None:
+    """The LED name of a per-LED step (``LED_NAME`` or certify ``led``), checked; None (and a problem) when missing."""
+    if not led:
+        how = ("'led: <name>' on the step or LED_NAME under the campaign's 'variables:'" if certify else
+               "LED_NAME under the step's 'vars:' or the campaign's 'variables:'")
+        problems.append(f"{where}: a {what} step needs the LED's name: set {how}, e.g. m455l4")
+        return None
+    if not _LED_RE.match(str(led)):
+        problems.append(f"{where}: LED name {led!r} must be letters, digits and '_' (it names the dataset type "
+                        f"flat_<LED>), e.g. m455l4")
+        return None
+    return str(led)
 
 
 def _parse_certify(step: Step, rs: dict, v: Mapping[str, str], sub, problems: list[str]) -> Step:
@@ -534,7 +562,13 @@ def _parse_certify(step: Step, rs: dict, v: Mapping[str, str], sub, problems: li
     if dt not in PER_BAND and band:
         problems.append(f"{where}: 'band' applies only to {' and '.join(PER_BAND)}, not {dt}")
         band = None
-    stem = dt + (f"-{band}" if band else "")
+    led = None
+    if dt in PER_LED:
+        led = _led_of(where, dt, sub("led") or v.get("LED_NAME"), problems, certify=True)
+    elif rs.get("led"):
+        problems.append(f"{where}: 'led' applies only to {' and '.join(PER_LED)}, not {dt}")
+    cstem = CERTIFIED_STEM.get(dt, dt).format(led=led)
+    stem = cstem + (f"-{band}" if band else "")
     output = sub("output", f"${{TAG_PREFIX}}/{stem}.${{CERT_RERUN}}")
     chain = rs.get("chain", "${TICKET_CHAIN}")
     chain = None if chain in (False, None, "") else _substitute(str(chain), v, set())
@@ -549,13 +583,13 @@ def _parse_certify(step: Step, rs: dict, v: Mapping[str, str], sub, problems: li
             except CpframeError as err:
                 problems.append(str(err))
     if output and "$" not in output:
-        bad = collection_name_problem(output) or _calibration_name_problem(step.name, output, dt, band, v)
+        bad = collection_name_problem(output) or _calibration_name_problem(step.name, output, cstem, band, v)
         if bad:
             problems.append(bad if bad.startswith("step") else f"{where}: output {output!r} {bad}")
     if chain and chain in (output,):
         problems.append(f"{where}: chain {chain!r} is the certified collection itself")
     return replace(
-        step, dataset_type=dt, band=band, input=sub("input"), output=output, begin_date=begin,
+        step, dataset_type=dt, band=band, led=led, input=sub("input"), output=output, begin_date=begin,
         end_date=end, chain=chain, search_all_inputs=bool(rs.get("search_all_inputs", False)),
     )
 
@@ -565,12 +599,12 @@ def _fill_certify_inputs(steps: list[Step], v: Mapping[str, str]) -> list[Step]:
     out = []
     for s in steps:
         if s.kind == "certify" and not s.input:
-            builders = [b for b in steps
-                        if b.kind == "submit" and b.builds == s.dataset_type and b.band == s.band]
+            builders = [b for b in steps if b.kind == "submit" and b.builds == s.dataset_type
+                        and b.band == s.band and b.led == s.led]
             if builders:
                 s = replace(s, input=builders[-1].gen_output)
             else:
-                s = replace(s, input=_gen_names(s.dataset_type, s.band, v)[0])
+                s = replace(s, input=_gen_names(s.dataset_type, s.band, v, s.led)[0])
         out.append(s)
     return out
 
@@ -581,6 +615,42 @@ def _fill_report_collections(steps: list[Step]) -> list[Step]:
     gen = [s.gen_output for s in steps if s.kind == "submit" and s.builds and s.gen_output]
     return [replace(s, collections=tuple(verify + gen)) if s.kind == "report" and not s.collections else s
             for s in steps]
+
+
+def _flat_combination_problems(steps: Sequence[Step]) -> list[str]:
+    """Combinations of flat products a campaign refuses (docs/campaign.md "Anaglyph and single-LED flats").
+
+    * A plain flat and an anaglyph flat of one band certified into one chain: both are the band's ``flat``, and
+      ISR would read whichever CALIBRATION collection comes first in the chain.
+    * Two single-LED flats built into one output chain (cp_pipe's ``bps_flat_singleled_white.yaml`` writes every
+      LED to ``flatGen-white``): each certification reads the first RUN of its input chain only.
+    """
+    problems = []
+    flats: dict[tuple[str | None, str | None], list[Step]] = {}
+    for s in steps:
+        if s.kind == "certify" and s.dataset_type in ("flat", "flat_anaglyph"):
+            flats.setdefault((s.band, s.chain), []).append(s)
+    for (band, chain), group in flats.items():
+        kinds = {s.dataset_type for s in group}
+        if chain and kinds == {"flat", "flat_anaglyph"}:
+            names = ", ".join(repr(s.name) for s in group)
+            problems.append(
+                f"steps {names} certify both a flat and an anaglyph flat of band {band} into {chain}: both are "
+                f"the band's 'flat', and ISR would read whichever comes first in the chain. Build one of them per "
+                f"band in a campaign, or give one certify step 'chain: false' (certified into its own CALIBRATION "
+                f"collection only)")
+    outputs: dict[str, list[Step]] = {}
+    for s in steps:
+        if s.kind == "submit" and s.builds in PER_LED and s.gen_output:
+            outputs.setdefault(s.gen_output, []).append(s)
+    for out, group in outputs.items():
+        if len({s.led for s in group}) > 1:
+            problems.append(
+                f"steps {', '.join(repr(s.name) for s in group)} build single-LED flats of LEDs "
+                f"{', '.join(sorted({str(s.led) for s in group}))} into one output chain {out}; each certification "
+                f"reads the first RUN of that chain only. Use cpframe's templates/bps_flat_single_led.yaml (its "
+                f"output names the LED, flatGen-white-${{LED_NAME}}) or one LED per campaign")
+    return problems
 
 
 # -- order --------------------------------------------------------------------------------------
@@ -611,7 +681,7 @@ def _derived_edges(steps: Sequence[Step]) -> list[tuple[str, str, str]]:
                                                       f"(task {task})"))
         elif s.kind == "certify":
             for m in makers.get(s.dataset_type, []):
-                if m.kind == "submit" and m.band == s.band:
+                if m.kind == "submit" and m.band == s.band and m.led == s.led:
                     edges.append((m.name, s.name, f"certifies what {m.name} builds"))
         elif s.kind == "submit" and s.verifies:
             for c in certifies + builds:

@@ -664,6 +664,9 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
             elif i > 0:  # ClassMap.extra_outputs
                 sc = "json"
             dataset_types[name] = {"dimensions": list(t["dimensions"]), "storageClass": sc}
+            if i == 0 and t["kind"] == "combine" and not any(name in u.get("inputs", ()) for u in tasks.values()):
+                # a combine's final product renamed (cpFlat's flat_<LED_NAME>) is a calibration, as in cp_pipe
+                dataset_types[name]["isCalibration"] = True
     verifies = None
     stages = {t["config"].get("stage") for t in tasks.values() if t["kind"] == "verifyStats"}
     if len(stages) == 1:

@@ -409,8 +409,8 @@ def parse_pipeline(data: Any, path: str = "<pipeline>") -> PipelineSpec:
         sc = sec.get("storageClass")
         if sc not in STORAGE_CLASSES:
             problems.append(f"{where}.storageClass must be one of {', '.join(STORAGE_CLASSES)}, got {sc!r}")
-        if dims is not None:
-            types[str(tname)] = DatasetTypeSpec(str(tname), dims, str(sc))
+        if dims is not None:  # isCalibration: set by an output renamed from a calibration type (flat -> flat_<LED>)
+            types[str(tname)] = DatasetTypeSpec(str(tname), dims, str(sc), bool(sec.get("isCalibration", False)))
 
     tasks_sec = data.get("tasks")
     if not isinstance(tasks_sec, Mapping) or not tasks_sec:
@@ -582,7 +582,10 @@ def _select_and_override(data: Any, path: str, selection: Sequence[str],
             if old in declared or old in PRODUCT_TYPES:
                 dims, sc = (declared[old].get("dimensions"), declared[old].get("storageClass")) \
                     if old in declared and isinstance(declared[old], Mapping) else PRODUCT_TYPES[old]
-                declared[str(value)] = {"dimensions": list(dims or []), "storageClass": sc}
+                # a renamed calibration is a calibration (cp_pipe's flat_<LED_NAME> of a single-LED flat is certified)
+                calib = old in CALIBRATION_TYPES or bool(old in declared and isinstance(declared[old], Mapping)
+                                                         and declared[old].get("isCalibration"))
+                declared[str(value)] = {"dimensions": list(dims or []), "storageClass": sc, "isCalibration": calib}
                 data["datasetTypes"] = declared
             sec["output"] = value
             continue

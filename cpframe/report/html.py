@@ -42,6 +42,7 @@ import numpy as np
 from cpframe.camera.models import Camera, Detector, load_camera
 from cpframe.core.errors import UserInputError
 from cpframe.core.model import DatasetRef
+from cpframe.report.anaglyph import split_anaglyph_flats
 from cpframe.report.caltypes import CALTYPE_PRODUCTS, caltype_figures
 from cpframe.report.values import COLUMN_UNITS, _floats, _fmt, overall_verdict, product_units, verify_command
 from cpframe.verify.core import get_stage
@@ -82,6 +83,9 @@ REPORT_STAGES: tuple[ReportStage, ...] = (
                 "Dark residuals: ISR with bias and the dark under test; same tests as bias."),
     ReportStage("flat", "FLAT", "flat", "Flat", (("NOISE", "clipped noise (e-)"), ("MEAN", "mean (e-)")),
                 "Flat residuals: ISR with the flat under test; photon noise per amp, amp and detector scatter."),
+    ReportStage("flat_anaglyph", "FLAT_ANAGLYPH", "flat", "Anaglyph flat", (("NOISE", "clipped noise (e-)"),),
+                "Weighted mix of a blue and a red LED's gradient-corrected flats (certified as the band's flat); "
+                "the flat's tests on the band's flats, ISR with it."),
     ReportStage("defects", "DEFECTS", "defects", "Defects", (("STAT_OUTLIERS", "improbable pixels"),
                                                             ("FRAC", "defect fraction")),
                 "Images with and without the defects under test; outliers the defects should remove."),
@@ -202,7 +206,7 @@ def _collect(repo: Any, collections: Sequence[str]) -> list[Item]:
             if ref.id not in seen:
                 seen.add(ref.id)
                 items.append(Item(st, wanted[ref.dataset_type], ref, repo.get_path(ref)))
-    return items
+    return split_anaglyph_flats(items)
 
 
 # -- the writer -----------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from cpframe.verify.stats import (
     mask_of,
 )
 
-__all__ = ["FLAT", "check_flat", "flat_exposure_group", "measure_flat"]
+__all__ = ["FLAT", "FLAT_ANAGLYPH", "check_flat", "flat_exposure_group", "measure_flat"]
 
 
 def measure_flat(residual: ResidualImage, detector: Detector, config: VerifyConfig) -> dict:
@@ -109,5 +109,13 @@ def flat_exposure_group(detector_stats: list[dict], config: VerifyConfig) -> dic
 
 FLAT = register_stage(Stage(
     name="FLAT", type_name="Flat", kind="exposure", measure=measure_flat, check=check_flat,
+    group=flat_exposure_group, by_filter=True,
+))
+
+#: The anaglyph flat (campaign product ``flat_anaglyph``; it is the band's ``flat``) under the flat's tests, as a
+#: stage of its own so that its results (``verifyFlatAnaglyph*``) and its report section stay apart from a plain
+#: flat's (pipelines/verifyFlatAnaglyph.yaml).
+FLAT_ANAGLYPH = register_stage(Stage(
+    name="FLAT_ANAGLYPH", type_name="FlatAnaglyph", kind="exposure", measure=measure_flat, check=check_flat,
     group=flat_exposure_group, by_filter=True,
 ))
