@@ -279,3 +279,39 @@ def test_dark_is_fused_and_equals_the_unfused_submission(repo, chain, scratch, m
         np.testing.assert_allclose(a.image, b.image, rtol=2.4e-7, atol=0)
         np.testing.assert_allclose(a.variance, b.variance, rtol=2.4e-7, atol=0)
         np.testing.assert_array_equal(a.mask, b.mask)
+
+
+def test_flat_is_fused_and_equals_the_unfused_submission(repo, chain, scratch, mini_dataset, local_dask, tmp_path):
+    """cpFlat fuses ISR, CpFlatMeasure and the combine (no per-exposure file; the normalisation reads the
+    measurements taken on each raw's ISR in memory); with ``fuseIsr: false`` the same flat, plane for plane."""
+    from cpframe.execution.graph import build_graph, fusion
+    from cpframe.execution.templates import default_pipelines_dir
+
+    env = _env(repo, scratch, mini_dataset)
+    out = plan_template("bps_flat_g", environ=dict(env, RERUN="20241110x"), repo=repo)
+    fused = fusion(out.plan)
+    n = sum(1 for q in out.plan.quanta.values() if q.kind == "flatMeasure")
+    assert n and Counter(out.plan.quanta[k].kind for k in fused) == {"isr": n, "flatMeasure": n}
+    # the normalisation reads each measurement through a task that drops the raw's prepass
+    graph = build_graph(out.plan, str(tmp_path / "s"), repo.get_path)
+    norm = next(k for k, q in out.plan.quanta.items() if q.kind == "flatNormalize")
+    deps = graph[norm].dask.dependencies[norm]
+    assert deps and all(str(d).endswith("-measurement") for d in deps), deps
+    pipes = tmp_path / "pipelines"
+    shutil.copytree(default_pipelines_dir(), pipes)
+    text = (pipes / "cpFlat.yaml").read_text()
+    assert "      calibrationType: flat\n" in text
+    (pipes / "cpFlat.yaml").write_text(text.replace("      calibrationType: flat\n",
+                                                    "      calibrationType: flat\n      fuseIsr: false\n"))
+    plain_env = dict(env, RERUN="20241110u", CPFRAME_PIPELINES=str(pipes))
+    assert not fusion(plan_template("bps_flat_g", environ=plain_env, repo=repo).plan)
+    res = submit_template("bps_flat_g", environ=plain_env, client=local_dask.client, argv=["cpframe", "submit", "f"])
+    reg = repo.registry
+    fused_refs = {int(r.data_id["detector"]): r for r in reg.query_datasets("flat", collections=[chain["flat_g"].run])}
+    plain_refs = {int(r.data_id["detector"]): r for r in reg.query_datasets("flat", collections=[res.run])}
+    assert sorted(fused_refs) == sorted(plain_refs) == sorted(mini_dataset.detectors)
+    for d, ref in fused_refs.items():
+        a, b = _image(repo, ref), _image(repo, plain_refs[d])
+        np.testing.assert_allclose(a.image, b.image, rtol=2.4e-7, atol=0)
+        np.testing.assert_allclose(a.variance, b.variance, rtol=2.4e-7, atol=0)
+        np.testing.assert_array_equal(a.mask, b.mask)

@@ -36,13 +36,14 @@ import contextlib
 
 import secrets
 import time
-from collections import defaultdict
+from collections import ChainMap, defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from cpframe.core.errors import PlanningError
 from cpframe.core.model import DIMENSION_ORDER, DataId, DatasetRef
 from cpframe.execution.graph_calibs import resolve_calibs as _resolve_calibs
+from cpframe.execution.graph_fusion import _FUSED_MIDDLE, _fused_calibs, fusion  # noqa: F401 (fusion: re-exported)
 from cpframe.execution.kinds import get_kind
 from cpframe.repository.base import Registry
 
@@ -629,6 +630,7 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
     from cpframe.execution import graph_tasks
     types = plan.pipeline.dataset_types
     delayed: dict[str, Any] = {}
+    lookup = ChainMap({}, delayed)  # what a reader gets: a fused measurement without its prepass, else the quantum
     fused_into = fusion(plan)
     fused: dict[str, list[str]] = {}
     mid_of: dict[str, str] = {}  # ISR key -> the fused darkCr quantum that reads it
@@ -647,15 +649,19 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
             # the raw's prepass (serial/parallel overscan, header, per-amp numbers): the ISR quanta of a
             # detector run it in parallel and hand the small result to the fused combine, which streams;
             # with CpDark in between, its quantum runs the prepass and the cosmic-ray finder instead
-            src = plan.quanta[q.upstream[0]] if q.kind == "darkCr" else q
-            kind = "fusedAway" if key in mid_of else "isrCrPrepass" if q.kind == "darkCr" else "isrPrepass"
+            src = plan.quanta[q.upstream[0]] if q.kind in _FUSED_MIDDLE else q
+            kind = "fusedAway" if key in mid_of else _FUSED_MIDDLE.get(q.kind, "isrPrepass")
             spec = graph_tasks.QuantumSpec(key=key, kind=kind, task=q.task, data_id=dict(q.data_id),
                                            raw_path=None, calib_paths={}, outputs=(),
-                                           settings={"cr": q.settings["cr"]} if q.kind == "darkCr" else {},
+                                           settings=dict(q.settings) if q.kind in _FUSED_MIDDLE else {},
                                            fused_raws=(str(path_of(src.raw)),),
                                            fused_calibs=(_fused_calibs(src, path_of),),
                                            fused_isr=src.settings["isr"], fused_keys=(src.key,))
             delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, [], dask_key_name=key + key_suffix)
+            if q.kind == "flatMeasure":
+                # the normalisation reads the measurement only: the prepass stays on the worker for the combine
+                lookup.maps[0][key] = dask.delayed(graph_tasks.without_prepass, pure=True)(
+                    delayed[key], dask_key_name=key + "-measurement" + key_suffix)
             continue
         outputs = []
         for dt, did in q.outputs:
@@ -670,14 +676,17 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
             input_types=tuple(dt for dt, _ in q.inputs), input_counts=tuple(len(ks) for _, ks in q.inputs),
         )
         # a group member's inputs are resolved when its group closes (_group_delayed)
-        ups = [] if key in group_of else [delayed[k] for _, keys in q.inputs for k in keys]
+        ups = [] if key in group_of else [lookup[k] for _, keys in q.inputs for k in keys]
         if key in fused:
             isr = sorted((plan.quanta[k] for k in fused[key]), key=lambda x: int(x.data_id["exposure"]))
-            spec = replace(spec, kind="isrCombine", input_types=("prepass",), input_counts=(len(isr),),
+            others = [k for k in q.upstream if k not in fused_into]  # a flat's normalisation
+            spec = replace(spec, kind="isrCombine", input_types=("prepass", "scales")[:1 + bool(others)],
+                           input_counts=(len(isr), len(others))[:1 + bool(others)],
                            fused_raws=tuple(str(path_of(x.raw)) for x in isr),
                            fused_calibs=tuple(_fused_calibs(x, path_of) for x in isr),
                            fused_isr=isr[0].settings["isr"], fused_keys=tuple(x.key for x in isr))
-            ups = [delayed[mid_of.get(x.key, x.key)] for x in isr]  # their prepasses, by exposure
+            # their prepasses (from the ISR, CpDark or CpFlatMeasure quanta), by exposure, then the scales
+            ups = [delayed[mid_of.get(x.key, x.key)] for x in isr] + [delayed[k] for k in others]
         need = (resources or {}).get(key)
         annotations: dict[str, Any] = {"resources": dict(need)} if need else {}
         up_keys = [] if key in fused else [k for _, keys in q.inputs for k in keys]
@@ -686,7 +695,7 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
         if key in group_of:
             members[group_of[key]].append((spec, up_keys, annotations))
             if key == last_of[group_of[key]]:
-                delayed.update(group_delayed(group_of[key] + key_suffix, members[group_of[key]], delayed))
+                delayed.update(group_delayed(group_of[key] + key_suffix, members[group_of[key]], lookup))
             continue
         lim = (limits or {}).get(q.task)
         if lim is not None:
@@ -697,56 +706,6 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
         with dask.annotate(**annotations) if annotations else contextlib.nullcontext():
             delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, ups, dask_key_name=key + key_suffix)
     return delayed
-
-
-def _fused_calibs(q: Any, path_of: Callable[[Any], Any]) -> dict[str, str]:
-    """The ISR calibrations of a fused ISR quantum: type (``bias``, not ``biasBootstrap``) -> path."""
-    return {c.removesuffix("Bootstrap"): str(path_of(rs[0])) for c, rs in q.calibs.items()
-            if rs and c != "manual_defects"}
-
-
-def fusion(plan: Plan) -> dict[str, str]:
-    """Quanta that :func:`build_graph` fuses into their combine: ISR (and CpDark) key -> combine key.
-
-    A combine is fused with the ISR quanta it reads (or, for a dark, the ``darkCr`` quanta it
-    reads and the ISR quantum each of those reads) when nothing else reads them, their
-    outputs are not registered, they all have the same ISR settings, the combine's
-    ``fuseIsr`` option is on (default) and :func:`cpframe.science.fused.fused_unsupported`
-    has no objection.  The fused quantum streams the raws through ISR and the combine
-    without writing the per-exposure images (docs/algorithms.md "Fused ISR -> combine").
-    """
-    from cpframe.science.fused import fused_unsupported
-
-    readers: dict[str, set[str]] = defaultdict(set)
-    for k, q in plan.quanta.items():
-        for u in q.upstream:
-            readers[u].add(k)
-    def fusable_isr(u: Any, reader: str) -> bool:
-        return u is not None and u.kind == "isr" and u.raw is not None and not u.registered and readers[u.key] == {reader}
-
-    out: dict[str, str] = {}
-    for key, q in plan.quanta.items():
-        if q.kind != "combine" or not q.settings["combine"].fuse_isr:
-            continue
-        ups = [plan.quanta.get(u) for u in q.upstream]
-        if not ups:
-            continue
-        if all(fusable_isr(u, key) for u in ups):
-            isr = ups
-        elif all(u is not None and u.kind == "darkCr" and not u.registered and readers[u.key] == {key}
-                 and len(u.upstream) == 1 and fusable_isr(plan.quanta.get(u.upstream[0]), u.key)
-                 and u.settings["cr"] == ups[0].settings["cr"] for u in ups):
-            # CpDark between ISR and the combine: each raw's cosmic rays are found on its ISR in memory
-            # (cpframe.science.fused.prepass_cosmic_rays) and set while streaming
-            isr = [plan.quanta[u.upstream[0]] for u in ups]
-        else:
-            continue
-        first = isr[0].settings["isr"]
-        if any(u.settings["isr"] != first for u in isr) or fused_unsupported(first, q.settings["combine"]):
-            continue
-        out.update({u.key: key for u in isr})
-        out.update({u.key: key for u in ups})
-    return out
 
 
 def dataset_type_defs(plan: Plan) -> list[Any]:

@@ -136,14 +136,25 @@ def _isr_combine(spec: QuantumSpec, groups: dict) -> Any:
     from cpframe.execution.kinds.base import output_path
     from cpframe.science.tasks import fused_combine_task
 
+    raws, calibs, keys = list(spec.fused_raws), list(spec.fused_calibs), list(spec.fused_keys)
+    pre = list(groups.get("prepass") or [])
+    scales = None
+    if "scales" in groups:  # a flat: measurements (with the prepasses) and the normalisation's scales
+        from cpframe.science.tasks import FlatScales
+
+        (sc,) = [v for v in groups["scales"] if isinstance(v, FlatScales)]
+        keep = [i for i, m in enumerate(pre) if m.exposure_id in sc.exp_scale]  # as the unfused combine
+        scales = [sc.exp_scale[pre[i].exposure_id] for i in keep]
+        raws, calibs, keys = [raws[i] for i in keep], [calibs[i] for i in keep], [keys[i] for i in keep]
+        pre = [pre[i] for i in keep]
+    pre = [getattr(v, "prepass", v) for v in pre] or None
     try:
-        res = fused_combine_task(spec.fused_raws, output_path(spec), spec.fused_isr, spec.settings["combine"],
-                                 list(spec.fused_calibs), memory_bytes=spec.settings.get("fused_memory_bytes"),
-                                 prepasses=groups.get("prepass"))
+        res = fused_combine_task(raws, output_path(spec), spec.fused_isr, spec.settings["combine"], calibs,
+                                 scales=scales, memory_bytes=spec.settings.get("fused_memory_bytes"), prepasses=pre)
     except Exception as err:
         # name the ISR quantum whose raw failed, as the unfused graph would
         text = str(err)
-        bad = [(k, p) for k, p in zip(spec.fused_keys, spec.fused_raws) if p in text]
+        bad = [(k, p) for k, p in zip(keys, raws) if p in text]
         if not bad:
             raise
         raise ExecutionError(f"ISR quantum {bad[0][0]} (fused into {spec.key}) failed: {text}") from err
@@ -153,7 +164,7 @@ def _isr_combine(spec: QuantumSpec, groups: dict) -> Any:
 def _isr_prepass(spec: QuantumSpec, groups: dict) -> Any:
     """An ISR quantum fused into its combine: the raw's prepass only (:func:`cpframe.science.fused.prepass`),
     handed to the combine, which streams the raws (no ISR file)."""
-    from cpframe.science.tasks import prepass_task
+    from cpframe.science.fused_tasks import prepass_task
 
     return prepass_task(spec.fused_raws[0], spec.fused_isr, spec.fused_calibs[0])
 
@@ -161,20 +172,39 @@ def _isr_prepass(spec: QuantumSpec, groups: dict) -> Any:
 def _isr_cr_prepass(spec: QuantumSpec, groups: dict) -> Any:
     """A CpDark quantum fused into its combine: the raw's prepass and its cosmic rays, found on the raw's ISR in
     memory (:func:`cpframe.science.fused.prepass_cosmic_rays`); no file."""
-    from cpframe.science.tasks import prepass_cr_task
+    from cpframe.science.fused_tasks import prepass_cr_task
 
     return prepass_cr_task(spec.fused_raws[0], spec.fused_isr, spec.fused_calibs[0], spec.settings["cr"])
 
 
+def _isr_measure_prepass(spec: QuantumSpec, groups: dict) -> Any:
+    """A CpFlatMeasure quantum fused into its flat's combine: the raw's ISR in memory, its measurement (for the
+    normalisation) carrying the raw's prepass (for the combine)
+    (:func:`cpframe.science.fused_tasks.prepass_flat_measure_task`)."""
+    from cpframe.science.fused_tasks import prepass_flat_measure_task
+
+    return prepass_flat_measure_task(spec.fused_raws[0], spec.fused_isr, spec.fused_calibs[0], spec.settings["config"])
+
+
+def without_prepass(res: QuantumResult) -> QuantumResult:
+    """A fused CpFlatMeasure quantum's result as the normalisation reads it: the measurement without the raw's
+    prepass (~0.2 MB per full raw), so that a focal plane's prepasses do not all travel to one normalisation."""
+    from dataclasses import replace
+
+    return replace(res, value=replace(res.value, prepass=None))
+
+
 def _fused_away(spec: QuantumSpec, groups: dict) -> Any:
-    """An ISR quantum whose work the fused CpDark quantum after it does (kept for progress and failure accounting)."""
+    """An ISR quantum whose work the fused CpDark / CpFlatMeasure quantum after it does (kept for progress and
+    failure accounting)."""
     return None
 
 
 #: Graph-only kinds the planner makes when it fuses ISR into a combine (execution/graph.py ``fusion``);
 #: no pipeline names them, so they are not :mod:`cpframe.execution.kinds` entries.
 _FUSED_RUNNERS: dict[str, Callable[[QuantumSpec, dict], Any]] = {
-    "isrCombine": _isr_combine, "isrPrepass": _isr_prepass, "isrCrPrepass": _isr_cr_prepass, "fusedAway": _fused_away}
+    "isrCombine": _isr_combine, "isrPrepass": _isr_prepass, "isrCrPrepass": _isr_cr_prepass,
+    "isrMeasurePrepass": _isr_measure_prepass, "fusedAway": _fused_away}
 
 
 def run_quantum(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> QuantumResult:

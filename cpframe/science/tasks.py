@@ -55,6 +55,7 @@ from cpframe.science.defects import (
 )
 from cpframe.science.imageio import (
     MASK_BITS,
+    MaskedImage,
     detector_from_header,
     mask_value,
     read_header,
@@ -172,6 +173,9 @@ class FlatMeasurement:
     n_pixels: int
     amp_background: dict[str, float] = field(default_factory=dict)
     path: str = ""
+    prepass: Any = field(default=None, repr=False, compare=False)
+    """A fused flat's raw prepass (:func:`cpframe.science.fused_tasks.prepass_flat_measure_task`), for its combine;
+    None otherwise."""
 
 
 @dataclass
@@ -333,7 +337,12 @@ class FlatNormalizeConfig:
 def flat_measure_task(input_path: str | os.PathLike, clip: float = FlatMeasureConfig.clip,
                       n_iter: int = FlatMeasureConfig.n_iter) -> FlatMeasurement:
     """CpFlatMeasure: clipped mean background of the detector and of each amp."""
-    img = read_masked(input_path)
+    return flat_measure_image(read_masked(input_path), clip, n_iter, str(input_path))
+
+
+def flat_measure_image(img: MaskedImage, clip: float = FlatMeasureConfig.clip, n_iter: int = FlatMeasureConfig.n_iter,
+                       path: str = "") -> FlatMeasurement:
+    """CpFlatMeasure of an ISR image in memory (:func:`flat_measure_task` reads it from its file)."""
     h = img.header
     good = (img.mask & _FLAT_IGNORE) == 0
     bg, sig, n = clipped_stats(img.image[good], clip, n_iter)
@@ -342,7 +351,7 @@ def flat_measure_task(input_path: str | os.PathLike, clip: float = FlatMeasureCo
         amp.name: clipped_stats(img.image[amp.bbox][good[amp.bbox]], clip, n_iter)[0] for amp in det.amps}
     return FlatMeasurement(exposure_id=int(h.get("EXPID", 0)), detector=int(h.get("DETECTOR", 0)),
                            physical_filter=str(h.get("FILTER", "")), background=bg, sigma=sig, n_pixels=n,
-                           amp_background=amp_bg, path=str(input_path))
+                           amp_background=amp_bg, path=path)
 
 
 def flat_normalize_task(measurements: Sequence[FlatMeasurement],
@@ -545,9 +554,9 @@ def fused_combine_task(raw_paths: Sequence[str | os.PathLike], output_path: str 
                        prepasses: Sequence[Mapping[str, Any]] | None = None) -> ProductResult:
     """ISR of every raw + combine in one streamed pass (:mod:`cpframe.science.fused`): no intermediates.
 
-    ``calibs`` is one mapping for every raw or one per raw; ``prepasses``, one :func:`prepass_task`
-    result per raw when they were made elsewhere (the raws' ISR quanta).  The exposures returned have
-    ``path=""`` (nothing was written for them).
+    ``calibs`` is one mapping for every raw or one per raw; ``prepasses``, one
+    :func:`cpframe.science.fused_tasks.prepass_task` result per raw when they were made elsewhere
+    (the raws' ISR quanta).  The exposures returned have ``path=""`` (nothing was written for them).
 
     Raises
     ------
@@ -568,25 +577,6 @@ def fused_combine_task(raw_paths: Sequence[str | os.PathLike], output_path: str 
     exposures = [_exposure_stats("", e.raw_path, e.header, "", e.units, e.stats) for e in exps]
     return ProductResult(path=str(output_path), n_inputs=len(exposures), combine=res, exposures=exposures,
                          extra={"fused": True})
-
-
-def prepass_task(raw_path: str | os.PathLike, isr_config: IsrConfig | Mapping[str, Any] | None,
-                 calibs: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The fused ISR's prepass of one raw (:func:`cpframe.science.fused.prepass`), for :func:`fused_combine_task`."""
-    from cpframe.science.fused import prepass
-
-    return prepass(raw_path, _isr_config(isr_config), _str_calibs(calibs))
-
-
-def prepass_cr_task(raw_path: str | os.PathLike, isr_config: IsrConfig | Mapping[str, Any] | None,
-                    calibs: Mapping[str, Any] | None, cr_config: CrConfig | Mapping[str, Any] | bool | None
-                    ) -> dict[str, Any]:
-    """:func:`prepass_task` plus CpDark's cosmic rays of the raw (:func:`cpframe.science.fused.prepass_cosmic_rays`)."""
-    from cpframe.science.fused import prepass_cosmic_rays
-
-    cfg = cr_config if isinstance(cr_config, CrConfig) else CrConfig(**(dict(cr_config) if isinstance(
-        cr_config, Mapping) else {}))
-    return prepass_cosmic_rays(raw_path, _isr_config(isr_config), _str_calibs(calibs), cfg)
 
 
 def _str_calibs(calibs: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -618,7 +608,11 @@ def _product(product: str, raw_paths, output_path, *, calibs, work_dir, isr_conf
         prepasses = None
         if cr_config is not None:  # CpDark's cosmic rays: found per raw in memory, applied while streaming
             per_raw = calibs if isinstance(calibs, (list, tuple)) else [calibs] * len(raw_paths)
-            prepasses = [prepass_cr_task(p, icfg, c, cr_config) for p, c in zip(raw_paths, per_raw)]
+            from cpframe.science.fused import prepass_cosmic_rays
+
+            cr = cr_config if isinstance(cr_config, CrConfig) else CrConfig(
+                **(dict(cr_config) if isinstance(cr_config, Mapping) else {}))
+            prepasses = [prepass_cosmic_rays(p, icfg, _str_calibs(c), cr) for p, c in zip(raw_paths, per_raw)]
         return fused_combine_task(raw_paths, output_path, icfg, ccfg, calibs, memory_bytes=memory_bytes,
                                   prepasses=prepasses)
     with _WorkDir(work_dir, output_path) as work:
