@@ -742,7 +742,8 @@ def fusion(plan: Plan) -> dict[str, str]:
         else:
             continue
         first = isr[0].settings["isr"]
-        if any(u.settings["isr"] != first for u in isr) or fused_unsupported(first, q.settings["combine"]):
+        if any(u.settings["isr"] != first or u.settings.get("renamed") for u in isr) \
+                or fused_unsupported(first, q.settings["combine"]):  # renamed flat/bias/dark: the ISR task's
             continue
         out.update({u.key: key for u in isr})
         out.update({u.key: key for u in ups})
