@@ -29,10 +29,8 @@ def is_single_led_type(dataset_type: Any) -> bool:
     >>> [is_single_led_type(t) for t in (led, ref, blue)]
     [True, False, False]
     """
-    from cpframe.execution.dataset_types import PRODUCT_TYPES
-
-    name = str(dataset_type.name)
-    return (bool(_NAME.match(name)) and name not in PRODUCT_TYPES and bool(dataset_type.is_calibration)
+    name = str(dataset_type.name)  # flat_gradient_reference: no detector dimension
+    return (bool(_NAME.match(name)) and bool(dataset_type.is_calibration)
             and set(dataset_type.dimensions) - {"instrument"} == {"detector", "physical_filter"})
 
 
