@@ -24,6 +24,7 @@ from tests.test_anaglyph import BLUE, CAM, RED, SEED, W, S, _reference
 LED_VARS = {"SELECTION_FLAT_g": "instrument='LSSTComCam' and exposure.observation_type='flat'",
             "SELECTION_FLAT_g_V": "instrument='LSSTComCam' and exposure.observation_reason='flat'",
             "SELECTION_FLAT_white": "instrument='LSSTComCam' and exposure.observation_type='flat'",
+            "SELECTION_FLAT_white_V": "instrument='LSSTComCam' and exposure.observation_type='flat'",
             "LED_NAME": BLUE}
 
 
@@ -40,6 +41,7 @@ def test_campaign_orders_and_names_them(tmp_path):
         {"name": "certify-anaglyph-g", "kind": "certify", "dataset_type": "flat_anaglyph", "band": "g"},
         {"name": "anaglyph-g", "kind": "submit",
          "template": str(CP_PIPE / "bps/templates/bps_flat_anaglyph_g.yaml")},  # cp_pipe's own
+        {"name": "verify-led", "kind": "submit", "template": "bps_verify_flat_single_led.yaml"},
         {"name": "certify-led", "kind": "certify", "dataset_type": "flat_single_led"},
         {"name": "led", "kind": "submit", "template": "bps_flat_single_led.yaml"},
         *[s for s in SCRAMBLED_STEPS if "flat-g" not in s["name"]],
@@ -61,6 +63,10 @@ def test_campaign_orders_and_names_them(tmp_path):
     assert (led.led, led.registry_type, cled.led, cled.registry_type) == (BLUE, f"flat_{BLUE}", BLUE, f"flat_{BLUE}")
     assert led.gen_output.endswith(f"/test/flatGen-white-{BLUE}.20250101a") and cled.input == led.gen_output
     assert cled.output.endswith(f"/test/flat_{BLUE}.20250102a")
+    vled = camp.step("verify-led")  # tests/test_single_led_verify.py runs it
+    assert pos["certify-led"] < pos["verify-led"] < pos["report"]
+    assert (vled.verifies, vled.led) == ("flat_single_led", BLUE)
+    assert vled.gen_output.endswith(f"/test/verifyFlatSingleLed-{BLUE}.20250103a")
     # cp_pipe's single-LED template: its own output name (every LED into flatGen-white)
     camp = load_campaign(write_campaign(tmp_path, [
         {"name": "led", "kind": "submit", "template": str(CP_PIPE / "bps/templates/bps_flat_singleled_white.yaml")},

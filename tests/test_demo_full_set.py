@@ -50,12 +50,18 @@ def _product(name: str) -> str:
     return re.sub(r"-[ugrizy]$", "", name)
 
 
+def _registry_type(name: str) -> str:
+    """Dataset type a summary name is certified as (``flat_single_led`` -> ``flat_<LED>``)."""
+    led = next((t.led for t in FULL_SET if t.name == name and t.led), None)
+    return f"flat_{led}" if led else _product(name)
+
+
 def _certified(repo, res) -> dict:
     """Summary name (``flat-r``) -> the one dataset certified by the campaign (its CALIBRATION collection)."""
     out = {}
     for t in res.types:
         if not t.not_run:
-            (ref,) = repo.registry.query_datasets(_product(t.name), collections=[t.certified])
+            (ref,) = repo.registry.query_datasets(_registry_type(t.name), collections=[t.certified])
             out[t.name] = ref
     return out
 
@@ -94,7 +100,7 @@ def test_every_type_is_built_certified_and_verified(full):
         chain = repo.registry.get_chain("LSSTComCam/calib/DEMO-1")
         for t in (t for t in res.types if not t.not_run):
             assert t.certified in chain, (t.name, chain)
-            refs = repo.registry.query_datasets(_product(t.name), collections=[t.certified])
+            refs = repo.registry.query_datasets(_registry_type(t.name), collections=[t.certified])
             # per detector, except the focal-plane flat gradient reference (per physical_filter)
             where = {"physical_filter": "r_03"} if t.name.startswith("flat_gradient") else {"detector": DETECTOR}
             assert len(refs) == 1 and where.items() <= dict(refs[0].data_id).items(), refs
@@ -369,3 +375,32 @@ def test_a_new_type_is_one_entry(tmp_path):
     p = tmp_path / "plan.yaml"
     p.write_text(yaml.safe_dump(plan))
     assert read_plan(p).intended["SELECTION_SPECTRO"]
+
+
+def test_single_led_flat_has_the_leds_colour(full):
+    """The certified flat_<LED>: its colour (regression of flat / band flat on the pixels' colour c) is s t_led within
+    3 % of s (tests/test_anaglyph_campaign.py's tolerance); verified by FLAT_SINGLE_LED on the LED's other flats."""
+    from cpframe.camera.led_flats import field_radius_mm, led_params, pixel_colour
+    from cpframe.camera.models import load_camera
+    from cpframe.camera.simulate import Truth
+    from cpframe.science.imageio import read_masked
+
+    res, _ = full
+    (entry,) = [t for t in FULL_SET if t.product == "flat_single_led"]
+    status = next(t for t in res.types if t.name == entry.name)
+    assert status.verdict is True, status.line()
+    truth = Truth.load(res.directory / "raw" / "truth")
+    cam = load_camera("LSSTComCam", "mini")
+    det = cam.detector(DETECTOR)
+    repo = _repo(res)
+    try:
+        image = read_masked(repo.get_path(_certified(repo, res)[entry.name])).image
+    finally:
+        repo.close()
+    s = float(truth.effects["led_flats"])
+    base, colour = truth.flat(DETECTOR, "white"), pixel_colour(truth.seed, DETECTOR, det.shape)
+    good = (base > 0.5 * np.median(base)) & np.isfinite(image)
+    ratio, c = image[good] / base[good], colour[good]
+    beta = float(np.cov(ratio, c)[0, 1] / np.var(c) / np.mean(ratio))
+    want = s * led_params(truth.seed, entry.led, s, field_radius_mm(cam))["t"]
+    assert abs(beta - want) < 0.03 * s, (beta, want)

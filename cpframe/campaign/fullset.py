@@ -71,6 +71,9 @@ class FullSetType:
     flat_band: str | None = None
     """Band of the flat its ISR applies (science or flat exposures of that band): without that band in the demo's
     ``--bands`` its steps are left out, and the demo says so."""
+    led: str | None = None
+    """LED of a per-LED product (``flat_single_led``): ``LED_NAME`` of its build and verify steps, ``led`` of its
+    certify step."""
     not_run: str = ""
     """Why it cannot run in the full set (then nothing of it is simulated or built; the demo says why)."""
 
@@ -214,6 +217,26 @@ FULL_SET: tuple[FullSetType, ...] = (
         selections={"SELECTION_FRINGE": f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (230..237)",
                     "SELECTION_FRINGE_V": f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (230..237)"},
     ),
+    FullSetType(
+        "flat_single_led", "bps_flat_single_led.yaml", "bps_verify_flat_single_led.yaml",
+        f"one LED's colour and plane (`led_flats`, s = 0.02): the flat's colour beta within 3 % of s of s t_led "
+        f"(cpframe/camera/led_flats.py); the flat's tests on the LED's other flats, ISR with it (FLAT_SINGLE_LED)",
+        effects={"led_flats": True},
+        # white-band flats of one LED (cp_pipe's m455l4): three build it, two verify it
+        blocks=({"day_obs": 20241110, "observation_type": "flat", "count": 5, "seq_start": 240,
+                 "physical_filter": "empty", "exposure_time": 10, "flux": 2000,
+                 "observation_reason": "single_led_flat_m455l4", "selections": ["SELECTION_FLAT_white"]},),
+        selections={"SELECTION_FLAT_white": f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (240..242)",
+                    "SELECTION_FLAT_white_V":
+                    f"{_I} and exposure.day_obs=20241110 and exposure.seq_num in (243..244)"},
+        led="m455l4",
+    ),
+    FullSetType(
+        "flat_anaglyph", "bps_flat_anaglyph_g.yaml", "bps_verify_flat_anaglyph_g.yaml",
+        "the mix's colour s (w t_blue + (1 - w) t_red) within 3 % of s (tests/test_anaglyph_campaign.py)", band="g",
+        not_run="the demo builds a plain flat per band (both would be the band's flat in one chain) and its only "
+                "flat gradient reference is r's; tests/test_anaglyph_campaign.py runs it in a campaign of its own",
+    ),
 )
 
 
@@ -307,9 +330,12 @@ def full_set_steps(types: Sequence[FullSetType] = FULL_SET,
     for t in _run(types):
         build, cert, verify = step_names(t)
         band = {"band": t.band} if t.band else {}
+        led = {"LED_NAME": t.led} if t.led else {}
+        bvars = {**dict(t.vars), **led}
         steps.append({"name": build, "kind": "submit", "template": str(templates.get(t.build, t.build)),
-                      "builds": t.product, **band, **({"vars": dict(t.vars)} if t.vars else {})})
-        steps.append({"name": cert, "kind": "certify", "dataset_type": t.product, **band, **t.certify})
+                      "builds": t.product, **band, **({"vars": bvars} if bvars else {})})
+        steps.append({"name": cert, "kind": "certify", "dataset_type": t.product, **band, **t.certify,
+                      **({"led": t.led} if t.led else {})})
         steps.append({"name": verify, "kind": "submit", "template": str(templates.get(t.verify, t.verify)),
-                      "verifies": t.product, **band})
+                      "verifies": t.product, **band, **({"vars": led} if led else {})})
     return steps

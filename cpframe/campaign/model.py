@@ -100,7 +100,7 @@ CERTIFIABLE = ("defects", "ptc", "bias", "dark", "flat", "linearizer", "cti", "c
 #: What a verification submission may test.
 VERIFY_TARGETS = ("bias", "dark", "flat", "defects", "ptc", "science", "linearizer", "cti", "crosstalk", "bfk",
                   "gain_correction", "flat_gradient_reference", "illuminationCorrection", "sky", "fringe",
-                  "electroBfDistortionMatrix", "flat_anaglyph")
+                  "electroBfDistortionMatrix", "flat_anaglyph", "flat_single_led")
 
 #: Template stems (``bps_<stem>.yaml``, ``bps_verify_<stem>.yaml``) that name a product differently: cp_pipe's
 #: ``bps_electrostaticBFDistortionMatrix.yaml`` writes ``electroBfDistortionMatrix``, and so does cpframe's
@@ -175,6 +175,7 @@ SELECTION_OF_VERIFY = {
     "sky": "SELECTION_SKY_V", "fringe": "SELECTION_FRINGE_V",
     "electroBfDistortionMatrix": "SELECTION_PTC_BF_V",
     "flat_anaglyph": "SELECTION_FLAT_{band}_V",
+    "flat_single_led": "SELECTION_FLAT_white_V",  # the LED's own flats (templates/bps_verify_flat_single_led.yaml)
 }
 
 _RERUN_RE = re.compile(r"^\d{8}[a-z]$")

@@ -184,6 +184,8 @@ def _infer_from_template(path: str) -> tuple[str | None, str | None, str | None]
     (('flat_anaglyph', None, 'g'), (None, 'flat_anaglyph', 'g'))
     >>> _infer_from_template("bps_flat_singleled_white.yaml"), _infer_from_template("bps_flat_single_led.yaml")
     (('flat_single_led', None, None), ('flat_single_led', None, None))
+    >>> _infer_from_template("bps_verify_flat_single_led.yaml")
+    (None, 'flat_single_led', None)
     """
     stem = Path(path).stem.removeprefix("bps_")
     verify = stem.startswith("verify_")

@@ -6,7 +6,7 @@ read this table; it sits below them so neither imports the other for it.
 
 from __future__ import annotations
 
-__all__ = ["PRODUCT_TYPES", "CALIBRATION_TYPES"]
+__all__ = ["PRODUCT_TYPES", "CALIBRATION_TYPES", "RENAMABLE_CALIBRATIONS"]
 
 #: Dataset types known to every repository: name -> (dimensions without instrument, storage class).
 PRODUCT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -35,3 +35,7 @@ PRODUCT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
 
 #: Calibration dataset types (looked up by validity range, not produced per exposure).
 CALIBRATION_TYPES = frozenset(PRODUCT_TYPES) - {"raw"}
+
+#: ISR calibration connections a pipeline may point at another dataset type (cp_pipe / cp_verify
+#: ``--config <isrLabel>:connections.flat=flat_<LED_NAME>``): the task reads that type as its flat (bias, dark).
+RENAMABLE_CALIBRATIONS = ("bias", "dark", "flat")

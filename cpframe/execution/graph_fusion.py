@@ -54,8 +54,8 @@ def fusion(plan: Any) -> dict[str, str]:
             # CpFlatMeasure between ISR and the normalisation: each raw's measurement is taken on its ISR in
             # memory (cpframe.science.fused_tasks.prepass_flat_measure_task); the combine streams with the scales
             isr, measures = flat
-            if any(u.settings["isr"] != isr[0].settings["isr"] for u in isr) or fused_unsupported(
-                    isr[0].settings["isr"], q.settings["combine"]):
+            if any(u.settings["isr"] != isr[0].settings["isr"] or u.settings.get("renamed") for u in isr) \
+                    or fused_unsupported(isr[0].settings["isr"], q.settings["combine"]):
                 continue
             out.update({u.key: key for u in isr})
             out.update({m.key: key for m in measures})
@@ -69,7 +69,10 @@ def fusion(plan: Any) -> dict[str, str]:
         else:
             continue
         first = isr[0].settings["isr"]
-        if any(u.settings["isr"] != first for u in isr) or fused_unsupported(first, q.settings["combine"]):
+        # an ISR reading a renamed flat/bias/dark (connections.flat=flat_<LED>) stays an ISR task: the fused
+        # path reads the calibrations by their own names
+        if any(u.settings["isr"] != first or u.settings.get("renamed") for u in isr) \
+                or fused_unsupported(first, q.settings["combine"]):
             continue
         out.update({u.key: key for u in isr})
         out.update({u.key: key for u in ups})

@@ -42,7 +42,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from cpframe.core.errors import PipelineError
-from cpframe.execution.dataset_types import PRODUCT_TYPES
+from cpframe.execution.dataset_types import PRODUCT_TYPES, RENAMABLE_CALIBRATIONS
 from cpframe.execution.kinds.defects import LSST_FIELDS as _DEFECT_FIELDS
 from cpframe.execution.kinds.defects import LSST_IGNORED as _DEFECT_IGNORED
 from cpframe.execution.kinds.illumination import CHAIN as _CHAIN
@@ -521,6 +521,7 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
         cfg: dict[str, Any] = dict(cmap.fixed)
         explicit: list[str] = []
         accepted: list[str] = []
+        renames: dict[str, str] = {}  # ISR's flat read as flat_<LED_NAME> (cp_verify's connections.flat)
         for fld, val in r.values.items():
             if fld == "__baseline__":
                 continue
@@ -531,6 +532,8 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
                 if conn not in known and not cmap.kind.startswith("verify"):
                     problems.append(f"{r.file}: tasks.{label}: unknown connection {conn!r} for "
                                     f"{r.cls.rsplit('.', 1)[-1]}; known: {', '.join(sorted(known))}")
+                if cmap.kind == "isr" and conn in RENAMABLE_CALIBRATIONS and str(val) != conn:
+                    renames[conn] = str(val)
                 continue
             if fld in cmap.fields:
                 cfg[cmap.fields[fld]] = val
@@ -564,6 +567,8 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
             out = _connection(cmap, r.values, "output_gradient", "flat_gradient")
         task = {"kind": cmap.kind, "dimensions": list(cmap.dimensions), "inputs": inputs, "output": out,
                 "config": cfg, "explicit": explicit, "lsstClass": r.cls}
+        if renames:
+            task["calibrationConnections"] = renames
         if cmap.extra_outputs:
             task["extraOutputs"] = [_connection(cmap, r.values, c, d) for c, d in cmap.extra_outputs]
         if cmap.calibrations:
@@ -675,7 +680,9 @@ def read_lsst_pipeline(path: str | os.PathLike, *, selection: Sequence[str] = ()
             stages.pop())
     data = {"name": p.stem, "description": doc.description, "datasetTypes": dataset_types, "tasks": tasks}
     if verifies:
-        data["verifies"] = verifies
+        # the ISR's flat renamed (flat_<LED_NAME>): that is the calibration under test
+        renamed = {t.get("calibrationConnections", {}).get(verifies) for t in tasks.values()} - {None}
+        data["verifies"] = renamed.pop() if len(renamed) == 1 else verifies
     if folded_labels:
         data["foldedLabels"] = folded_labels
     return data, notes

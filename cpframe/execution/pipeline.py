@@ -46,7 +46,7 @@ import yaml
 
 from cpframe.core import yamlsafe
 from cpframe.core.errors import PipelineError
-from cpframe.execution.dataset_types import CALIBRATION_TYPES, PRODUCT_TYPES
+from cpframe.execution.dataset_types import CALIBRATION_TYPES, PRODUCT_TYPES, RENAMABLE_CALIBRATIONS
 from cpframe.execution import kinds as _kinds
 
 __all__ = [
@@ -89,7 +89,7 @@ def _kind_table(kind: str) -> dict[str, tuple]:
 
 
 _TASK_KEYS = ("kind", "dimensions", "inputs", "output", "extraOutputs", "config", "calibrations",
-              "optionalCalibrations", "description")
+              "optionalCalibrations", "description", "calibrationConnections")
 _TOP_KEYS = ("name", "description", "datasetTypes", "tasks", "verifies", "instrument", "foldedLabels")
 
 
@@ -142,6 +142,8 @@ class TaskSpec:
     """Further dataset types written by the same quantum (e.g. a run summary next to the results table)."""
     explicit: frozenset = frozenset()
     """Config keys the pipeline file (or an override) sets; the others are defaults."""
+    calibration_connections: tuple[tuple[str, str], ...] = ()
+    """ISR: (connection, dataset type read) of renamed calibration inputs (``flat`` -> ``flat_<LED_NAME>``)."""
     lsst_class: str = ""
     """For a task read from an LSST pipeline file: its class (``lsst.ip.isr.IsrTaskLSST``)."""
 
@@ -335,18 +337,38 @@ def _task(label: str, sec: Any, problems: list[str]) -> dict | None:
                 problems.append(f"{where}.{name} has unknown calibration type {', '.join(map(repr, bad))}; "
                                 f"known: {', '.join(sorted(CALIBRATION_TYPES))}")
     derived = _kinds.REGISTRY[kind].calibrations(cfg) if all(k in cfg for k in table) else None
+    renamed = _calibration_connections(kind, sec.get("calibrationConnections"), where, problems)
     if derived is not None:
         if "calibrations" in sec or "optionalCalibrations" in sec:
             problems.append(f"{where}: an {kind} task's calibrations follow from its do* switches "
                             "(doBias, doDark, doFlat, doDefect, doBootstrap, ...); remove the list")
-        calibs, opt = derived
+        calibs, opt = ([renamed.get(c, c) for c in cs] for cs in derived)
     if _kinds.REGISTRY[kind].reads_raw and dims is not None and list(inputs) != ["raw"]:
         problems.append(f"{where}.inputs: an {kind} task reads raw only, got {inputs!r}")
     return {"label": label, "kind": kind, "dimensions": dims or (), "inputs": tuple(inputs), "output": output,
             "config": MappingProxyType(cfg), "calibrations": tuple(calibs if isinstance(calibs, list | tuple) else ()),
             "optional_calibrations": tuple(opt if isinstance(opt, list | tuple) else ()),
             "description": str(sec.get("description", "")), "extra_outputs": tuple(extra),
-            "explicit": frozenset(str(k) for k in raw_cfg)}
+            "explicit": frozenset(str(k) for k in raw_cfg), "calibration_connections": tuple(sorted(renamed.items()))}
+
+
+def _calibration_connections(kind: str, value: Any, where: str, problems: list[str]) -> dict[str, str]:
+    """``calibrationConnections`` of a task: {connection: dataset type} for :data:`RENAMABLE_CALIBRATIONS` of ISR."""
+    if not value:
+        return {}
+    if kind != "isr":
+        problems.append(f"{where}.calibrationConnections: only an isr task's calibration inputs can be renamed, "
+                        f"not a {kind} task's")
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(v, str) and v for v in value.values()):
+        problems.append(f"{where}.calibrationConnections must be a mapping such as {{flat: flat_m455l4}}, "
+                        f"got {value!r}")
+        return {}
+    bad = [k for k in value if k not in RENAMABLE_CALIBRATIONS]
+    if bad:
+        problems.append(f"{where}.calibrationConnections: cannot rename {', '.join(map(repr, bad))}; an isr task's "
+                        f"renamable calibration inputs are {', '.join(RENAMABLE_CALIBRATIONS)}")
+    return {str(k): str(v) for k, v in value.items() if k in RENAMABLE_CALIBRATIONS}
 
 
 def _matchable(task_dims: tuple[str, ...], input_dims: tuple[str, ...]) -> bool:
@@ -417,6 +439,11 @@ def parse_pipeline(data: Any, path: str = "<pipeline>") -> PipelineSpec:
         problems.append(f"tasks must be a non-empty mapping label -> task, got {tasks_sec!r}")
         tasks_sec = {}
     parsed = [t for t in (_task(str(label), sec, problems) for label, sec in tasks_sec.items()) if t]
+    for t in parsed:  # a renamed calibration input (flat -> flat_<LED>) is a calibration with the input's dimensions
+        for conn, new in t["calibration_connections"]:
+            if new not in types:
+                dims, sc = PRODUCT_TYPES[conn]
+                types[new] = DatasetTypeSpec(new, ("instrument", *dims), sc, True)
 
     writers: dict[str, str] = {}
     for t in parsed:
@@ -443,7 +470,8 @@ def parse_pipeline(data: Any, path: str = "<pipeline>") -> PipelineSpec:
                 problems.append(f"tasks.{t['label']}.inputs: {i!r} ({list(types[i].dimensions)}) cannot be "
                                 f"matched to quanta per {list(t['dimensions'])}")
     verifies = data.get("verifies")
-    if verifies is not None and verifies not in CALIBRATION_TYPES:
+    if verifies is not None and verifies not in CALIBRATION_TYPES and not (
+            verifies in types and types[verifies].is_calibration):  # a renamed flat under test (flat_<LED_NAME>)
         problems.append(f"verifies must name a calibration type, got {verifies!r}")
 
     # run order (inputs first); a cycle leaves tasks unplaced
@@ -572,11 +600,16 @@ def _select_and_override(data: Any, path: str, selection: Sequence[str],
             raise PipelineError(f"extraQgraphOptions --config {label}:{fld}: pipeline {Path(path).stem} has no "
                                 f"task {label!r}{_suggest(label, tasks)}; its tasks: {', '.join(tasks)}")
         sec = tasks[label]
+        if fld.startswith("connections.") and sec.get("kind") == "isr" \
+                and fld.split(".", 1)[1] in RENAMABLE_CALIBRATIONS:
+            _rename_calibration(data, sec, fld.split(".", 1)[1], str(value))
+            continue
         if fld.startswith("connections."):
             conn = fld.split(".", 1)[1]
             if conn not in ("output", "outputData", "outputExposure", "outputExp"):
                 raise PipelineError(f"extraQgraphOptions --config {label}:{fld}: cpframe pipelines rename only "
-                                    "the output (connections.output)")
+                                    f"the output (connections.output) and an isr task's calibration inputs "
+                                    f"({', '.join(RENAMABLE_CALIBRATIONS)})")
             old = sec.get("output")
             declared = dict(data.get("datasetTypes") or {})
             if old in declared or old in PRODUCT_TYPES:
@@ -594,6 +627,19 @@ def _select_and_override(data: Any, path: str, selection: Sequence[str],
         sec["config"] = cfg
     data["tasks"] = tasks
     return data
+
+
+def _rename_calibration(data: dict, sec: dict, conn: str, new: str) -> None:
+    """An ISR task reads the calibration ``new`` as its ``conn`` (cp_verify's ``connections.flat=flat_<LED>``):
+    ``new`` is declared a calibration with ``conn``'s dimensions, and is what the pipeline verifies when it
+    verified ``conn``."""
+    sec["calibrationConnections"] = {**dict(sec.get("calibrationConnections") or {}), conn: new}
+    if new not in PRODUCT_TYPES:
+        dims, sc = PRODUCT_TYPES[conn]
+        data["datasetTypes"] = {**dict(data.get("datasetTypes") or {}),
+                                new: {"dimensions": list(dims), "storageClass": sc, "isCalibration": True}}
+    if data.get("verifies") == conn:
+        data["verifies"] = new
 
 
 def _default_dir() -> Path:

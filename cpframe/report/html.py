@@ -44,6 +44,7 @@ from cpframe.core.errors import UserInputError
 from cpframe.core.model import DatasetRef
 from cpframe.report.anaglyph import split_anaglyph_flats
 from cpframe.report.caltypes import CALTYPE_PRODUCTS, caltype_figures
+from cpframe.report.single_led import mosaic_group, product_types
 from cpframe.report.values import COLUMN_UNITS, _floats, _fmt, overall_verdict, product_units, verify_command
 from cpframe.verify.core import get_stage
 from cpframe.verify.results import atomic_write_text, read_results, read_stats
@@ -86,6 +87,8 @@ REPORT_STAGES: tuple[ReportStage, ...] = (
     ReportStage("flat_anaglyph", "FLAT_ANAGLYPH", "flat", "Anaglyph flat", (("NOISE", "clipped noise (e-)"),),
                 "Weighted mix of a blue and a red LED's gradient-corrected flats (certified as the band's flat); "
                 "the flat's tests on the band's flats, ISR with it."),
+    ReportStage("flat_single_led", "FLAT_SINGLE_LED", "flat", "Single-LED flat", (("NOISE", "clipped noise (e-)"),),
+                "One LED's flat (certified as flat_<LED>); the flat's tests on that LED's flats, ISR with it."),
     ReportStage("defects", "DEFECTS", "defects", "Defects", (("STAT_OUTLIERS", "improbable pixels"),
                                                             ("FRAC", "defect fraction")),
                 "Images with and without the defects under test; outliers the defects should remove."),
@@ -181,12 +184,11 @@ def _templates():
 
 def _collect(repo: Any, collections: Sequence[str]) -> list[Item]:
     registry = repo.registry
-    registered = {dt.name for dt in registry.query_dataset_types()}
+    types = registry.query_dataset_types()
+    registered = {dt.name for dt in types}
     items: list[Item] = []
     for st in REPORT_STAGES:
-        wanted: dict[str, str] = {}
-        if st.product and st.product in registered:
-            wanted[st.product] = "product"
+        wanted = {name: "product" for name in product_types(st, types)}  # single-LED: every flat_<LED>
         for suffix, kind in _KIND_OF_SUFFIX.items():
             name = st.verify_prefix + suffix
             if name in registered:
@@ -454,7 +456,7 @@ class _Report:
             return caltype_figures(self, st, products)
         groups: dict[str, list[Item]] = {}
         for it in products:
-            groups.setdefault(str(it.ref.data_id.get("physical_filter", "")), []).append(it)
+            groups.setdefault(mosaic_group(st, it.ref), []).append(it)
         out = []
         from cpframe.verify.plots import render_image_png, render_mosaic_png
 

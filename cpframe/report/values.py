@@ -54,6 +54,7 @@ COLUMN_UNITS: dict[str, dict[str, str]] = {
 COLUMN_UNITS["ELECTROSTATIC_BF"] = {**COLUMN_UNITS["BFK"]}
 COLUMN_UNITS["DARK"] = {**COLUMN_UNITS["BIAS"]}
 COLUMN_UNITS["FLAT_ANAGLYPH"] = {**COLUMN_UNITS["FLAT"]}
+COLUMN_UNITS["FLAT_SINGLE_LED"] = {**COLUMN_UNITS["FLAT"]}
 
 
 def product_units(product: str | None, isr_units: str) -> str:
@@ -78,7 +79,8 @@ def verify_command(key: str) -> str:
     >>> verify_command("electroBfDistortionMatrix")  # cp_pipe's template stem
     'cpframe submit templates/bps_verify_electrostaticBFDistortionMatrix.yaml'
     """
-    name = {"flat": "flat_<band>", "flat_anaglyph": "flat_anaglyph_<band>", "electroBfDistortionMatrix": "electrostaticBFDistortionMatrix"}.get(key, key)
+    name = {"flat": "flat_<band>", "flat_anaglyph": "flat_anaglyph_<band>",
+            "electroBfDistortionMatrix": "electrostaticBFDistortionMatrix"}.get(key, key)
     return f"cpframe submit templates/bps_verify_{name}.yaml"
 
 

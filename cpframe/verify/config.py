@@ -281,3 +281,5 @@ TEST_NOTES: dict[tuple[str, str], tuple[str, str]] = {
 }
 for _t in ("MEAN", "NOISE", "CR_NOISE", "PROCESSING", "READ_NOISE_CONSISTENT"):
     TEST_NOTES[("DARK", _t)] = TEST_NOTES[("BIAS", _t)]
+for _t in ("NOISE", "SATURATION", "SCATTER"):  # one LED's flat: the anaglyph flat's (the flat's) thresholds
+    TEST_NOTES[("FLAT_SINGLE_LED", _t)] = TEST_NOTES[("FLAT_ANAGLYPH", _t)]

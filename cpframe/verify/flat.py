@@ -38,7 +38,7 @@ from cpframe.verify.stats import (
     mask_of,
 )
 
-__all__ = ["FLAT", "FLAT_ANAGLYPH", "check_flat", "flat_exposure_group", "measure_flat"]
+__all__ = ["FLAT", "FLAT_ANAGLYPH", "FLAT_SINGLE_LED", "check_flat", "flat_exposure_group", "measure_flat"]
 
 
 def measure_flat(residual: ResidualImage, detector: Detector, config: VerifyConfig) -> dict:
@@ -117,5 +117,13 @@ FLAT = register_stage(Stage(
 #: flat's (pipelines/verifyFlatAnaglyph.yaml).
 FLAT_ANAGLYPH = register_stage(Stage(
     name="FLAT_ANAGLYPH", type_name="FlatAnaglyph", kind="exposure", measure=measure_flat, check=check_flat,
+    group=flat_exposure_group, by_filter=True,
+))
+
+#: One LED's flat (campaign product ``flat_single_led``, dataset type ``flat_<LED_NAME>``) under the flat's tests,
+#: on that LED's own flats flat-fielded by it (pipelines/verifyFlatSingleLed.yaml: its ISR reads
+#: ``flat_<LED_NAME>`` as the flat, renamed by the template as cp_verify renames connections).
+FLAT_SINGLE_LED = register_stage(Stage(
+    name="FLAT_SINGLE_LED", type_name="FlatSingleLed", kind="exposure", measure=measure_flat, check=check_flat,
     group=flat_exposure_group, by_filter=True,
 ))

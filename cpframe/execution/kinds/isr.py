@@ -153,7 +153,9 @@ class Isr(TaskKind):
     @classmethod
     def plan(cls, task, settings, explicit):
         keep, notes = accepted(task.label, dict(task.config), _isr.IsrConfig.from_dict, explicit)
-        return {"isr": keep}, notes
+        # renamed calibration inputs (cp_verify's connections.flat=flat_<LED_NAME>): dataset type -> connection
+        renamed = {dt: conn for conn, dt in getattr(task, "calibration_connections", ())}
+        return ({"isr": keep, "renamed": renamed} if renamed else {"isr": keep}), notes
 
     @classmethod
     def for_quantum(cls, shared, found):
@@ -173,7 +175,8 @@ class Isr(TaskKind):
         from cpframe.science.tasks import isr_task
 
         # bootstrap products are applied as the ISR's bias/dark/flat (spec algorithms.md §7)
-        calibs = {c.removesuffix("Bootstrap"): paths[0] for c, paths in spec.calib_paths.items()
+        renamed = spec.settings.get("renamed") or {}
+        calibs = {renamed.get(c, c).removesuffix("Bootstrap"): paths[0] for c, paths in spec.calib_paths.items()
                   if paths and c != "manual_defects"}
         if "illuminationCorrection" in calibs:
             calibs["illumination"] = calibs.pop("illuminationCorrection")

@@ -10,7 +10,8 @@ from cpframe.verify.config import VerifyConfig
 
 STAGES = ("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE", "LINEARITY", "CROSSTALK", "CTI", "BFK", "GAIN_CORRECTION",
           "FLAT_GRADIENT", "ILLUMINATION",
-          "BFK_STARS", "SKY", "FRINGE", "ELECTROSTATIC_BF", "FLAT_ANAGLYPH")
+          "BFK_STARS", "SKY", "FRINGE", "ELECTROSTATIC_BF", "FLAT_ANAGLYPH",
+          "FLAT_SINGLE_LED")
 
 
 # -- the real cp_verify classes (cpframe.execution.lsst_pipeline reads them) --
