@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from cpframe.science.combine import IQ_TO_STDEV, clipped_stats
-from cpframe.science.robust import median_of_finite, row_clipped
+from cpframe.science.robust import median_of_finite
 
 __all__ = ["overscan_vector", "row_clipped_statistic"]
 
@@ -95,17 +95,57 @@ def _robust_stats(values: np.ndarray) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------
-# per-row clipped statistic (compiled: cpframe.science.robust)
+# per-row clipped statistic (vectorised: one sort per region)
 # --------------------------------------------------------------------------------------
+def _row_quantile(xs: np.ndarray, start: np.ndarray, count: np.ndarray, q: float) -> np.ndarray:
+    """Quantile q of xs[r, start:start+count] for sorted rows (position start + q (count - 1), linear between
+    neighbours); NaN where count == 0."""
+    rows = np.arange(xs.shape[0])
+    pos = start + q * np.maximum(count - 1, 0)
+    k = np.floor(pos).astype(np.int64)
+    frac = pos - k
+    k = np.clip(k, 0, xs.shape[1] - 1)
+    k1 = np.clip(np.minimum(k + 1, start + count - 1), 0, xs.shape[1] - 1)
+    lo = xs[rows, k]
+    hi = xs[rows, k1]
+    with np.errstate(invalid="ignore"):
+        out = lo + (hi - lo) * frac
+    return np.where(count > 0, out, np.nan)
+
+
 def row_clipped_statistic(data: np.ndarray, valid: np.ndarray, clip: float, use_mean: bool) -> np.ndarray:
     """Per-row clipped median (or mean) of a 2-d overscan region (rows, cols), spec §2 step 4.
 
     For each row: median and IQR-sigma (0.7413*IQR) of the valid pixels.  Rows whose
     sigma exceeds twice the median sigma get the median sigma (bleeds must not widen the
     cut); then pixels beyond clip*sigma of the row median are dropped and the median (or
-    mean) of the rest is returned.  NaN for rows without valid (finite) pixels.  Each row's
-    valid pixels are sorted once (compiled: :func:`cpframe.science.robust.row_clipped`), so
-    the kept pixels are a contiguous slice of the sorted row.
+    mean) of the rest is returned.  NaN for rows without valid pixels.  Each row is sorted
+    once (numpy's SIMD sort of the whole region: three times faster than a compiled
+    insertion sort per row, benchmarks/RESULTS.md), so the kept pixels are a contiguous
+    slice of the sorted row.
     """
-    return row_clipped(np.ascontiguousarray(data), np.ascontiguousarray(valid) & np.isfinite(data), float(clip),
-                       bool(use_mean), IQ_TO_STDEV)
+    x = np.where(valid, data, np.inf)
+    xs = np.sort(x, axis=1)
+    n = valid.sum(axis=1)
+    zero = np.zeros_like(n)
+    med = _row_quantile(xs, zero, n, 0.5)
+    sig = IQ_TO_STDEV * (_row_quantile(xs, zero, n, 0.75) - _row_quantile(xs, zero, n, 0.25))
+    good = np.isfinite(sig)
+    if not good.any():
+        return np.full(data.shape[0], np.nan)
+    msig = float(np.median(sig[good]))
+    sig = np.where(sig > 2.0 * msig, msig, sig)
+    with np.errstate(invalid="ignore"):
+        lo = med - clip * sig
+        hi = med + clip * sig
+        start = (xs < lo[:, None]).sum(axis=1)
+        end = (xs <= hi[:, None]).sum(axis=1)
+    count = end - start
+    if use_mean:
+        kept = (xs >= lo[:, None]) & (xs <= hi[:, None])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.where(kept, xs, 0.0).sum(axis=1) / count
+    else:
+        out = _row_quantile(xs, start, count, 0.5)
+    out = np.where(count > 0, out, med)
+    return np.where(n > 0, out, np.nan)
