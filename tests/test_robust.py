@@ -87,14 +87,21 @@ def test_quartiles_fall_back_when_the_sample_misses():
 
 
 def test_overscan_vector_uses_the_finite_median():
+    """The region's median (compiled, NaN and ignored pixels left out) decides which pixels are within
+    max_deviation of it: with a deviation of 6 adu on 4 adu noise, a median off by a fraction of an adu keeps
+    other pixels and moves the per-row levels."""
     rng = np.random.default_rng(5)
     region = rng.normal(500.0, 4.0, (512, 32))
     region[:, 3] = np.nan
     ignore = np.zeros(region.shape, bool)
     ignore[:, 7] = True
-    region[:, 7] = 1e6  # ignored column, far beyond max_deviation from the rest anyway
+    region[:, 7] = 480.0  # ignored: counted, it would pull the median down by ~0.4 adu
     valid = np.isfinite(region) & ~ignore
-    med = float(np.median(region[valid]))  # the global median (compiled: median_of_finite) selects the pixels
-    want = row_clipped_statistic(region, valid & (np.abs(region - med) <= 1000.0), 3.0, False)
-    got = overscan_vector(region, "MEDIAN_PER_ROW", 3.0, 1000.0, ignore)
-    np.testing.assert_array_equal(got, want)
+    med = float(np.median(region[valid]))
+
+    def levels(m):
+        return row_clipped_statistic(region, valid & (np.abs(region - m) <= 6.0), 3.0, False)
+
+    want = levels(med)
+    np.testing.assert_array_equal(overscan_vector(region, "MEDIAN_PER_ROW", 3.0, 6.0, ignore), want)
+    assert not np.array_equal(levels(float(np.median(region[np.isfinite(region)]))), want)  # the ignore matters

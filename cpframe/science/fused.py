@@ -417,6 +417,17 @@ def prepass(raw_path: str | os.PathLike, isr_config: IsrConfig, calib_paths: Map
     return _RawSource(str(raw_path), isr_config, _calibs(calib_paths), calib_paths or {}).prepass_state()
 
 
+def prepass_with_isr(raw_path: str | os.PathLike, isr_config: IsrConfig, calib_paths: Mapping[str, Any] | None
+                     ) -> tuple[dict[str, Any], Any]:
+    """(:func:`prepass`, the raw's whole ISR image in memory, made as the unfused ISR quantum makes it), for a step
+    between ISR and a fused combine that needs each whole image (CpDark's cosmic rays, CpFlatMeasure)."""
+    from cpframe.science.isr import run_isr
+
+    state = prepass(raw_path, isr_config, calib_paths)
+    img, _ = run_isr(read_raw(str(raw_path)), isr_config, load_calibs(dict(calib_paths or {})))
+    return state, img
+
+
 def prepass_cosmic_rays(raw_path: str | os.PathLike, isr_config: IsrConfig, calib_paths: Mapping[str, Any] | None,
                         cr_config: Any) -> dict[str, Any]:
     """:func:`prepass` plus CpDark's cosmic rays of the raw (cpframe.science.tasks.dark_cr_task), for a fused dark.
@@ -428,10 +439,8 @@ def prepass_cosmic_rays(raw_path: str | os.PathLike, isr_config: IsrConfig, cali
     ``BAD``, as the unfused CpDark step does on its file.  Nothing is written.
     """
     from cpframe.science.defects import find_cosmic_rays
-    from cpframe.science.isr import run_isr
 
-    state = prepass(raw_path, isr_config, calib_paths)
-    img, _ = run_isr(read_raw(str(raw_path)), isr_config, load_calibs(dict(calib_paths or {})))
+    state, img = prepass_with_isr(raw_path, isr_config, calib_paths)
     cr, _groups = find_cosmic_rays(img.image, img.variance, img.mask, cr_config)
     del img
     state["cr_index"] = np.flatnonzero(cr.reshape(-1))

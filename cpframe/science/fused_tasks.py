@@ -8,14 +8,14 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from cpframe.science.imageio import read_raw
-from cpframe.science.isr import IsrConfig, load_calibs, run_isr
+from cpframe.science.isr import IsrConfig
 from cpframe.science.tasks import (
     CrConfig,
     FlatMeasureConfig,
     FlatMeasurement,
     _isr_config,
     _str_calibs,
+    cr_config_of,
     flat_measure_image,
 )
 
@@ -35,13 +35,10 @@ def prepass_flat_measure_task(raw_path: str | os.PathLike, isr_config: IsrConfig
                               ) -> FlatMeasurement:
     """A fused flat's CpFlatMeasure quantum: the raw's ISR in memory (as the unfused ISR quantum runs it), its
     measurement (:func:`flat_measure_image`), and the raw's prepass for the combine (``prepass``); nothing written."""
-    from cpframe.science.fused import prepass
+    from cpframe.science.fused import prepass_with_isr
 
     cfg = config or FlatMeasureConfig()
-    icfg = _isr_config(isr_config)
-    paths = _str_calibs(calibs)
-    state = prepass(raw_path, icfg, paths)
-    img, _ = run_isr(read_raw(raw_path), icfg, load_calibs(paths))
+    state, img = prepass_with_isr(raw_path, _isr_config(isr_config), _str_calibs(calibs))
     m = flat_measure_image(img, cfg.clip, cfg.n_iter)
     m.prepass = state
     return m
@@ -53,6 +50,4 @@ def prepass_cr_task(raw_path: str | os.PathLike, isr_config: IsrConfig | Mapping
     """:func:`prepass_task` plus CpDark's cosmic rays of the raw (:func:`cpframe.science.fused.prepass_cosmic_rays`)."""
     from cpframe.science.fused import prepass_cosmic_rays
 
-    cfg = cr_config if isinstance(cr_config, CrConfig) else CrConfig(**(dict(cr_config) if isinstance(
-        cr_config, Mapping) else {}))
-    return prepass_cosmic_rays(raw_path, _isr_config(isr_config), _str_calibs(calibs), cfg)
+    return prepass_cosmic_rays(raw_path, _isr_config(isr_config), _str_calibs(calibs), cr_config_of(cr_config))

@@ -291,6 +291,13 @@ class CrConfig:
     """Size of the local median filter."""
 
 
+def cr_config_of(value: CrConfig | Mapping[str, Any] | bool | None) -> CrConfig:
+    """CpDark settings from a :class:`CrConfig`, a mapping of its fields, or True / None (the defaults)."""
+    if isinstance(value, CrConfig):
+        return value
+    return CrConfig(**dict(value)) if isinstance(value, Mapping) else CrConfig()
+
+
 def dark_cr_task(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None,
                  config: CrConfig | Mapping[str, Any] | None = None) -> CrResult:
     """CpDark per exposure: mask cosmic rays (``CR``, grown), clear ``BAD``; rewrite the file.
@@ -299,7 +306,7 @@ def dark_cr_task(input_path: str | os.PathLike, output_path: str | os.PathLike |
     """
     from cpframe.science.defects import find_cosmic_rays
 
-    cfg = config if isinstance(config, CrConfig) else CrConfig(**dict(config or {}))
+    cfg = cr_config_of(config)
     img = read_masked(input_path)
     cr, n_groups = find_cosmic_rays(img.image, img.variance, img.mask, cfg)
     img.mask |= np.where(cr, np.int32(1 << MASK_BITS["CR"]), np.int32(0))
@@ -525,10 +532,8 @@ def _run_isr_all(raw_paths: Sequence[str | os.PathLike], work: Path, config: Isr
         raise CombineError("no raw exposures given; select at least one raw of this detector.")
     if executor not in ("thread", "process"):
         raise UserInputError(f"executor {executor!r}: use 'thread' or 'process'.")
-    if cr_config is True:
-        cr_config = CrConfig()
-    elif isinstance(cr_config, Mapping):
-        cr_config = CrConfig(**dict(cr_config))
+    if cr_config is not None:
+        cr_config = cr_config_of(cr_config)
     calibs = {k: (str(v) if isinstance(v, (str, os.PathLike)) else v) for k, v in (calibs or {}).items()}
     items = [(str(p), str(work / f"isr_{i:05d}_{Path(p).stem}.fits"), config, calibs, cr_config)
              for i, p in enumerate(raw_paths)]
@@ -610,8 +615,7 @@ def _product(product: str, raw_paths, output_path, *, calibs, work_dir, isr_conf
             per_raw = calibs if isinstance(calibs, (list, tuple)) else [calibs] * len(raw_paths)
             from cpframe.science.fused import prepass_cosmic_rays
 
-            cr = cr_config if isinstance(cr_config, CrConfig) else CrConfig(
-                **(dict(cr_config) if isinstance(cr_config, Mapping) else {}))
+            cr = cr_config_of(cr_config)
             prepasses = [prepass_cosmic_rays(p, icfg, _str_calibs(c), cr) for p, c in zip(raw_paths, per_raw)]
         return fused_combine_task(raw_paths, output_path, icfg, ccfg, calibs, memory_bytes=memory_bytes,
                                   prepasses=prepasses)
