@@ -566,7 +566,8 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
         raise FusedUnsupported(f"detector {det.id}: amps with different numbers of data rows.")
     n_bands = len(_bands(det, 0, 1))
     rows = fused_rows_for_budget(memory_bytes, n, det.shape[1], n_bands, use_var, data_rows,
-                                 per_input_bytes=input_state_bytes(det))
+                                 per_input_bytes=input_state_bytes(det) + max(  # + a dark's CR pixel indices
+                                     (s.cr_index.nbytes for s in sources if s.cr_index is not None), default=0))
     shape = det.shape
     planes = _output_planes(shape, output_path)
     out_image, out_var, out_mask, out_n = planes
