@@ -633,7 +633,7 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
     lookup = ChainMap({}, delayed)  # what a reader gets: a fused measurement without its prepass, else the quantum
     fused_into = fusion(plan)
     fused: dict[str, list[str]] = {}
-    mid_of: dict[str, str] = {}  # ISR key -> the fused darkCr quantum that reads it
+    mid_of: dict[str, str] = {}  # ISR key -> the fused darkCr / flatMeasure quantum that reads it
     for k, comb_key in fused_into.items():
         if plan.quanta[k].kind == "isr":
             fused.setdefault(comb_key, []).append(k)
@@ -648,7 +648,8 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
         if key in fused_into:
             # the raw's prepass (serial/parallel overscan, header, per-amp numbers): the ISR quanta of a
             # detector run it in parallel and hand the small result to the fused combine, which streams;
-            # with CpDark in between, its quantum runs the prepass and the cosmic-ray finder instead
+            # with CpDark or CpFlatMeasure in between, its quantum runs the prepass and the raw's ISR in memory
+            # for the cosmic rays or the measurement instead (the ISR quantum itself then does nothing)
             src = plan.quanta[q.upstream[0]] if q.kind in _FUSED_MIDDLE else q
             kind = "fusedAway" if key in mid_of else _FUSED_MIDDLE.get(q.kind, "isrPrepass")
             spec = graph_tasks.QuantumSpec(key=key, kind=kind, task=q.task, data_id=dict(q.data_id),
