@@ -17,7 +17,9 @@ Methods (exact forms in benchmarks/RESULTS.md):
 * astropy on row blocks: read the rows of every input, masked array,
   ``sigma_clip(sigma=3, maxiters=3, cenfunc='median', stdfunc='std', axis=0).mean(axis=0)``;
 * bottleneck on row blocks: masked pixels -> NaN, ``bn.nanmedian`` / ``bn.nanmean`` over axis 0;
-* numpy on row blocks: ``np.nanmedian`` / ``np.nanmean`` over axis 0.
+* numpy on row blocks: ``np.nanmedian`` / ``np.nanmean`` over axis 0;
+* the numba probe on row blocks: per pixel, the unmasked values gathered, then ``np.median``, their mean, or a
+  one-pass 3-sigma clipped mean around the median (``_numba_probe_kernels``), one thread.
 
 Row blocks for the user forms hold the same number of input pixels as cpframe's budget.
 
@@ -93,6 +95,49 @@ def nan_blocks(paths, budget, fn):
     return out
 
 
+def _numba_probe_kernels():
+    """The straightforward numba kernels a user would write (issue 14's "numba probe" forms): per pixel, gather
+    the unmasked values of the N inputs, then ``np.median`` of them, their mean, or a mean within 3 sigma of the
+    median (one pass); no vectorisation across columns, no sorting network."""
+    from numba import njit
+
+    @njit(nogil=True, cache=True)
+    def probe(data, bad, stat):
+        n, rows, cols = data.shape
+        out = np.empty((rows, cols), np.float32)
+        buf = np.empty(n, np.float32)
+        for r in range(rows):
+            for c in range(cols):
+                k = 0
+                for i in range(n):
+                    if not bad[i, r, c]:
+                        buf[k] = data[i, r, c]
+                        k += 1
+                if k == 0:
+                    out[r, c] = np.nan
+                elif stat == 0:  # mean
+                    out[r, c] = buf[:k].mean()
+                elif stat == 1:  # median
+                    out[r, c] = np.median(buf[:k])
+                else:  # one-pass clipped mean around the median
+                    med = np.median(buf[:k])
+                    sd = buf[:k].std()
+                    s = 0.0
+                    m = 0
+                    for j in range(k):
+                        if abs(buf[j] - med) <= 3.0 * sd:
+                            s += buf[j]
+                            m += 1
+                    out[r, c] = s / m if m else med
+        return out
+
+    return probe
+
+
+def numba_probe_blocks(paths, budget, probe, stat):
+    return [probe(data, bad, stat) for data, bad in blocks(paths, budget)]
+
+
 def ccdproc_combine(paths, method, budget):
     import ccdproc
 
@@ -145,6 +190,11 @@ def main(argv=None) -> int:
         if bn is not None:
             methods["bottleneck nanmedian row blocks"] = lambda: nan_blocks(paths, budget, bn.nanmedian)
             methods["bottleneck nanmean row blocks"] = lambda: nan_blocks(paths, budget, bn.nanmean)
+        probe = _numba_probe_kernels()
+        for stat, label in ((0, "mean"), (1, "median"), (2, "clipped mean")):
+            probe(np.zeros((3, 2, 2), np.float32), np.zeros((3, 2, 2), bool), stat)  # compile
+            methods[f"numba probe {label} row blocks"] = (
+                lambda stat=stat: numba_probe_blocks(paths, budget, probe, stat))
         methods["numpy nanmedian row blocks"] = lambda: nan_blocks(paths, budget, np.nanmedian)
         methods["numpy nanmean row blocks"] = lambda: nan_blocks(paths, budget, np.nanmean)
         if not args.skip_ccdproc:
