@@ -250,42 +250,53 @@ def test_failure_then_skip_existing_finishes_only_the_rest(tmp_path, mini_datase
         repo.close()
 
 
+def _unfused_pipelines(tmp_path, name, calibration_type):
+    """A copy of cpframe's pipelines whose ``name`` combine has ``fuseIsr: false`` (for CPFRAME_PIPELINES)."""
+    from cpframe.execution.templates import default_pipelines_dir
+
+    pipes = tmp_path / "pipelines"
+    shutil.copytree(default_pipelines_dir(), pipes)
+    text = (pipes / name).read_text()
+    line = f"      calibrationType: {calibration_type}\n"
+    assert line in text
+    (pipes / name).write_text(text.replace(line, line + "      fuseIsr: false\n"))
+    return pipes
+
+
+def _same_products(repo, dataset_type, run_a, run_b, detectors):
+    """The products of two RUNs, detector by detector: images and variances to float32 precision, masks equal."""
+    reg = repo.registry
+    a_refs = {int(r.data_id["detector"]): r for r in reg.query_datasets(dataset_type, collections=[run_a])}
+    b_refs = {int(r.data_id["detector"]): r for r in reg.query_datasets(dataset_type, collections=[run_b])}
+    assert sorted(a_refs) == sorted(b_refs) == sorted(detectors)
+    for d, ref in a_refs.items():
+        a, b = _image(repo, ref), _image(repo, b_refs[d])
+        np.testing.assert_allclose(a.image, b.image, rtol=2.4e-7, atol=0)
+        np.testing.assert_allclose(a.variance, b.variance, rtol=2.4e-7, atol=0)
+        np.testing.assert_array_equal(a.mask, b.mask)
+
+
 def test_dark_is_fused_and_equals_the_unfused_submission(repo, chain, scratch, mini_dataset, local_dask, tmp_path):
     """cpDark fuses ISR, CpDark's cosmic rays and the combine (no per-exposure file); with ``fuseIsr: false`` the
     same submission writes them and gives the same dark, plane for plane."""
     from cpframe.execution.graph import fusion
-    from cpframe.execution.templates import default_pipelines_dir
 
     env = _env(repo, scratch, mini_dataset)
     out = plan_template("bps_dark", environ=dict(env, RERUN="20241110x"), repo=repo)
     fused = fusion(out.plan)
     n_exp = sum(1 for q in out.plan.quanta.values() if q.kind == "darkCr")
     assert n_exp and Counter(out.plan.quanta[k].kind for k in fused) == {"isr": n_exp, "darkCr": n_exp}
-    pipes = tmp_path / "pipelines"
-    shutil.copytree(default_pipelines_dir(), pipes)
-    text = (pipes / "cpDark.yaml").read_text()
-    assert "      calibrationType: dark\n" in text
-    (pipes / "cpDark.yaml").write_text(text.replace("      calibrationType: dark\n",
-                                                    "      calibrationType: dark\n      fuseIsr: false\n"))
+    pipes = _unfused_pipelines(tmp_path, "cpDark.yaml", "dark")
     plain_env = dict(env, RERUN="20241110u", CPFRAME_PIPELINES=str(pipes))
     assert not fusion(plan_template("bps_dark", environ=plain_env, repo=repo).plan)
     res = submit_template("bps_dark", environ=plain_env, client=local_dask.client, argv=["cpframe", "submit", "dark"])
-    reg = repo.registry
-    fused_refs = {int(r.data_id["detector"]): r for r in reg.query_datasets("dark", collections=[chain["dark"].run])}
-    plain_refs = {int(r.data_id["detector"]): r for r in reg.query_datasets("dark", collections=[res.run])}
-    assert sorted(fused_refs) == sorted(plain_refs) == sorted(mini_dataset.detectors)
-    for d, ref in fused_refs.items():
-        a, b = _image(repo, ref), _image(repo, plain_refs[d])
-        np.testing.assert_allclose(a.image, b.image, rtol=2.4e-7, atol=0)
-        np.testing.assert_allclose(a.variance, b.variance, rtol=2.4e-7, atol=0)
-        np.testing.assert_array_equal(a.mask, b.mask)
+    _same_products(repo, "dark", chain["dark"].run, res.run, mini_dataset.detectors)
 
 
 def test_flat_is_fused_and_equals_the_unfused_submission(repo, chain, scratch, mini_dataset, local_dask, tmp_path):
     """cpFlat fuses ISR, CpFlatMeasure and the combine (no per-exposure file; the normalisation reads the
     measurements taken on each raw's ISR in memory); with ``fuseIsr: false`` the same flat, plane for plane."""
     from cpframe.execution.graph import build_graph, fusion
-    from cpframe.execution.templates import default_pipelines_dir
 
     env = _env(repo, scratch, mini_dataset)
     out = plan_template("bps_flat_g", environ=dict(env, RERUN="20241110x"), repo=repo)
@@ -297,21 +308,8 @@ def test_flat_is_fused_and_equals_the_unfused_submission(repo, chain, scratch, m
     norm = next(k for k, q in out.plan.quanta.items() if q.kind == "flatNormalize")
     deps = graph[norm].dask.dependencies[norm]
     assert deps and all(str(d).endswith("-measurement") for d in deps), deps
-    pipes = tmp_path / "pipelines"
-    shutil.copytree(default_pipelines_dir(), pipes)
-    text = (pipes / "cpFlat.yaml").read_text()
-    assert "      calibrationType: flat\n" in text
-    (pipes / "cpFlat.yaml").write_text(text.replace("      calibrationType: flat\n",
-                                                    "      calibrationType: flat\n      fuseIsr: false\n"))
+    pipes = _unfused_pipelines(tmp_path, "cpFlat.yaml", "flat")
     plain_env = dict(env, RERUN="20241110u", CPFRAME_PIPELINES=str(pipes))
     assert not fusion(plan_template("bps_flat_g", environ=plain_env, repo=repo).plan)
     res = submit_template("bps_flat_g", environ=plain_env, client=local_dask.client, argv=["cpframe", "submit", "f"])
-    reg = repo.registry
-    fused_refs = {int(r.data_id["detector"]): r for r in reg.query_datasets("flat", collections=[chain["flat_g"].run])}
-    plain_refs = {int(r.data_id["detector"]): r for r in reg.query_datasets("flat", collections=[res.run])}
-    assert sorted(fused_refs) == sorted(plain_refs) == sorted(mini_dataset.detectors)
-    for d, ref in fused_refs.items():
-        a, b = _image(repo, ref), _image(repo, plain_refs[d])
-        np.testing.assert_allclose(a.image, b.image, rtol=2.4e-7, atol=0)
-        np.testing.assert_allclose(a.variance, b.variance, rtol=2.4e-7, atol=0)
-        np.testing.assert_array_equal(a.mask, b.mask)
+    _same_products(repo, "flat", chain["flat_g"].run, res.run, mini_dataset.detectors)

@@ -199,15 +199,21 @@ def _pass_squares(v, n, lo, hi, mean):
 
 
 @njit(nogil=True, cache=True)
-def _clipped_stats(values, clip, n_iter, iq_to_stdev):
-    n_all = values.size
-    v = np.empty(n_all)
+def _finite_copy(values):
+    """The finite values of a 1-d array as float64 (a buffer of the array's size and the count filled)."""
+    v = np.empty(values.size)
     n = 0
-    for i in range(n_all):
+    for i in range(values.size):
         x = float(values[i])
         if math.isfinite(x):
             v[n] = x
             n += 1
+    return v, n
+
+
+@njit(nogil=True, cache=True)
+def _clipped_stats(values, clip, n_iter, iq_to_stdev):
+    v, n = _finite_copy(values)
     if n == 0:
         return math.nan, math.nan, 0
     q = quartiles(v, n)
@@ -240,14 +246,7 @@ def clipped_stats_1d(values: np.ndarray, clip: float, n_iter: int, iq_to_stdev: 
 
 @njit(nogil=True, cache=True)
 def _median_of_finite(values):
-    n_all = values.size
-    v = np.empty(n_all)
-    n = 0
-    for i in range(n_all):
-        x = float(values[i])
-        if math.isfinite(x):
-            v[n] = x
-            n += 1
+    v, n = _finite_copy(values)
     if n == 0:
         return math.nan, 0
     return quartiles(v, n)[1], n
