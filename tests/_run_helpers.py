@@ -68,6 +68,29 @@ def write_truth_defects(path: Path, truth: Any, detector: int, instrument: str =
     return write_defects(path, rects, instrument, detector, TRUTH_BEGIN)
 
 
+def truth_isr_calibs(work: Path, truth: Any, camera: Any, detectors: Iterable[int],
+                     types: tuple[str, ...] = ("ptc", "defects", "bias", "dark")) -> dict[str, list]:
+    """Per detector, the ISR calibrations a flat-family test certifies first (for :func:`put_certified`): the truth
+    PTC and defects, and a zero bias (variance 1) and zero dark in electrons.  Dataset type -> [(path, data ID)]."""
+    from cpframe.science.imageio import write_masked
+
+    inst = camera.name
+    items: dict[str, list] = {t: [] for t in types}
+    for d in detectors:
+        det = camera.detector(d)
+        did = {"instrument": inst, "detector": d}
+        z, zm = np.zeros(det.shape, np.float32), np.zeros(det.shape, np.int32)
+        head = {"INSTRUME": inst, "DETECTOR": d, "DETNAME": det.name, "CAMSCALE": camera.scale,
+                "LSST ISR UNITS": "electron"}
+        make = {"ptc": lambda: write_truth_ptc(work / f"ptc{d}.fits", truth, d, inst),
+                "defects": lambda: write_truth_defects(work / f"def{d}.ecsv", truth, d, inst),
+                "bias": lambda: write_masked(work / f"bias{d}.fits", z, zm, z + 1.0, head),
+                "dark": lambda: write_masked(work / f"dark{d}.fits", z, zm, z, head)}
+        for t in types:
+            items[t].append((make[t](), did))
+    return items
+
+
 def certify_truth_calibs(repo: Any, truth: Any, detectors: Iterable[int], work: Path,
                          types: tuple[str, ...] = ("ptc", "defects"), begin: str = TRUTH_BEGIN) -> str:
     """Certify truth PTCs and defects of ``detectors`` into :data:`TRUTH_COLLECTION`; returns its name."""

@@ -95,7 +95,7 @@ def test_real_anaglyph_template_runs_unchanged(tmp_path, local_dask, monkeypatch
     from cpframe.core.model import DatasetType
     from cpframe.execution.submit import submit_template
     from tests._run_helpers import INSTRUMENT, RAW_RUN, TICKET, TRUTH_COLLECTION, make_repo, put_certified, \
-        write_truth_ptc
+        truth_isr_calibs
 
     truth = make_truth(CAM, SEED, qe=False, vignetting=False, flat_gradient=True, led_flats=S, cosmics=False)
     reasons = [f"single_led_flat_{BLUE}"] * 3 + [f"single_led_flat_{RED}"] * 3 + ["flat"] * 2
@@ -105,15 +105,7 @@ def test_real_anaglyph_template_runs_unchanged(tmp_path, local_dask, monkeypatch
     simulate(specs, tmp_path / "raw", CAM.name, "mini", seed=SEED, detectors=ids, workers=2, truth=truth)
     repo = make_repo(tmp_path / "repo", None, files=[tmp_path / "raw"])
     try:
-        items = {"ptc": [], "bias": [], "dark": []}
-        for d in ids:
-            det = CAM.detector(d)
-            did = {"instrument": INSTRUMENT, "detector": d}
-            z, zm = np.zeros(det.shape, np.float32), np.zeros(det.shape, np.int32)
-            head = {"INSTRUME": CAM.name, "DETECTOR": d, "CAMSCALE": "mini", "LSST ISR UNITS": "electron"}
-            items["ptc"].append((write_truth_ptc(tmp_path / f"ptc{d}.fits", truth, d), did))
-            items["bias"].append((write_masked(tmp_path / f"bias{d}.fits", z, zm, z + 1.0, head), did))
-            items["dark"].append((write_masked(tmp_path / f"dark{d}.fits", z, zm, z, head), did))
+        items = truth_isr_calibs(tmp_path, truth, CAM, ids, ("ptc", "bias", "dark"))
         items["flat_gradient_reference"] = [(_reference(truth, "g", tmp_path / "ref.json"),
                                              {"instrument": INSTRUMENT, "physical_filter": "g_01"})]
         repo.registry.register_dataset_type(DatasetType("flat_gradient_reference", ("instrument", "physical_filter"),
@@ -172,7 +164,7 @@ def test_lsstcam_real_anaglyph_template_runs_unchanged_with_the_stack(tmp_path, 
     from cpframe.execution.submit import submit_template
     from cpframe.repository.ingest import ingest_raws
     from cpframe.repository.repo import Repository
-    from tests._run_helpers import put_certified, write_truth_defects, write_truth_ptc
+    from tests._run_helpers import put_certified, truth_isr_calibs
     from tests.test_flat_gradient_apply import DIAGONAL, LSSTCAM, truth_reference
     from tests.test_lsst_templates import CP_PIPE, STACK
 
@@ -188,17 +180,7 @@ def test_lsstcam_real_anaglyph_template_runs_unchanged_with_the_stack(tmp_path, 
         report = ingest_raws(repo, [str(p) for p in paths], run="LSSTCam/raw/all", transfer="direct", processes=1)
         assert not report.failed, report.summary()
         coll = "LSSTCam/calib/DM-TEST/truth"
-        items: dict[str, list] = {k: [] for k in ("ptc", "defects", "bias", "dark")}
-        for d in DIAGONAL:
-            det = LSSTCAM.detector(d)
-            did = {"instrument": inst, "detector": d}
-            z, zm = np.zeros(det.shape, np.float32), np.zeros(det.shape, np.int32)
-            head = {"INSTRUME": inst, "DETECTOR": d, "DETNAME": det.name, "CAMSCALE": "mini",
-                    "LSST ISR UNITS": "electron"}
-            items["ptc"].append((write_truth_ptc(tmp_path / f"ptc{d}.fits", truth, d, inst), did))
-            items["defects"].append((write_truth_defects(tmp_path / f"def{d}.ecsv", truth, d, inst), did))
-            items["bias"].append((write_masked(tmp_path / f"bias{d}.fits", z, zm, z + 1.0, head), did))
-            items["dark"].append((write_masked(tmp_path / f"dark{d}.fits", z, zm, z, head), did))
+        items = truth_isr_calibs(tmp_path, truth, LSSTCAM, DIAGONAL)
         items["flat_gradient_reference"] = [(truth_reference(truth, "g", "g_6", tmp_path / "ref.json"),
                                              {"instrument": inst, "physical_filter": "g_6"})]
         repo.registry.register_dataset_type(DatasetType("flat_gradient_reference", ("instrument", "physical_filter"),

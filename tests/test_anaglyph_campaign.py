@@ -131,10 +131,10 @@ def test_campaign_builds_certifies_verifies_and_reports_them(tmp_path, local_das
     from cpframe.campaign.runner import run_campaign
     from cpframe.campaign.spec import load_campaign
     from cpframe.core.model import DatasetType
-    from cpframe.science.imageio import read_masked, write_masked
+    from cpframe.science.imageio import read_masked
     from cpframe.verify.results import read_stats
     from tests._run_helpers import INSTRUMENT, RAW_RUN, TICKET, TRUTH_COLLECTION, make_repo, put_certified, \
-        write_truth_defects, write_truth_ptc
+        truth_isr_calibs
 
     truth = make_truth(CAM, SEED, qe=False, vignetting=False, flat_gradient=True, led_flats=S, cosmics=False)
     shots = ([("g_01", f"single_led_flat_{BLUE}")] * 3 + [("g_01", f"single_led_flat_{RED}")] * 3
@@ -148,16 +148,7 @@ def test_campaign_builds_certifies_verifies_and_reports_them(tmp_path, local_das
     simulate(specs, tmp_path / "raw", CAM.name, "mini", seed=SEED, detectors=ids, workers=2, truth=truth)
     repo = make_repo(tmp_path / "repo", None, files=[tmp_path / "raw"])
     try:
-        items: dict[str, list] = {"ptc": [], "defects": [], "bias": [], "dark": []}
-        for d in ids:
-            det = CAM.detector(d)
-            did = {"instrument": INSTRUMENT, "detector": d}
-            z, zm = np.zeros(det.shape, np.float32), np.zeros(det.shape, np.int32)
-            head = {"INSTRUME": CAM.name, "DETECTOR": d, "CAMSCALE": "mini", "LSST ISR UNITS": "electron"}
-            items["ptc"].append((write_truth_ptc(tmp_path / f"ptc{d}.fits", truth, d), did))
-            items["defects"].append((write_truth_defects(tmp_path / f"def{d}.ecsv", truth, d), did))
-            items["bias"].append((write_masked(tmp_path / f"bias{d}.fits", z, zm, z + 1.0, head), did))
-            items["dark"].append((write_masked(tmp_path / f"dark{d}.fits", z, zm, z, head), did))
+        items = truth_isr_calibs(tmp_path, truth, CAM, ids)
         items["flat_gradient_reference"] = [(_reference(truth, "g", tmp_path / "ref.json"),
                                              {"instrument": INSTRUMENT, "physical_filter": "g_01"})]
         repo.registry.register_dataset_type(DatasetType("flat_gradient_reference", ("instrument", "physical_filter"),
