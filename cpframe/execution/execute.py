@@ -50,7 +50,7 @@ from cpframe.core.errors import DiskFullError, ServiceError
 from cpframe.core.model import DataId, DatasetRef
 
 __all__ = ["ExecutionResult", "execute_plan", "scratch_dir_for", "staging_dir_for", "register_staged",
-           "staged_outputs", "remove_scratch", "Interrupted", "signals_interrupt", "registering", "REGISTER_ATTEMPTS",
+           "staged_outputs", "remove_scratch", "Interrupted", "signals_interrupt", "registering", "raise_if_signalled", "REGISTER_ATTEMPTS",
            "REGISTER_BACKOFF_S"]
 
 log = logging.getLogger("cpframe.execution.execute")
@@ -81,6 +81,7 @@ class _Guard:
         self.pending: int | None = None
         self.installed = False
         self.finished = False
+        self.received: int | None = None
 
     def handler(self, signum: int, _frame: Any) -> None:
         if self.finished:  # every quantum has finished and its outputs are registered: nothing left to stop
@@ -91,6 +92,17 @@ class _Guard:
             self.pending = signum
             log.warning("%s received: finishing the registration in progress first", signal.Signals(signum).name)
             return
+        # kept until the run sees it: an exception raised in a signal handler is swallowed when the signal lands
+        # while Python runs a finalizer or a callback ("Exception ignored in ..."), and the run would go on
+        self.received = signum
+        raise Interrupted(signum)
+
+
+def raise_if_signalled() -> None:
+    """Raise :class:`Interrupted` for a SIGINT/SIGTERM whose exception was swallowed where it landed (a finalizer,
+    a callback): called between quanta and before the run is marked finished, so such a signal still stops it."""
+    if _GUARD.received is not None and not _GUARD.finished:
+        signum, _GUARD.received = _GUARD.received, None
         raise Interrupted(signum)
 
 
@@ -129,6 +141,7 @@ def signals_interrupt() -> Iterator[None]:
     Only the main thread can install signal handlers; elsewhere the block does nothing.
     """
     _GUARD.finished = False  # a new submission: signals stop it until its quanta have finished
+    _GUARD.received = None
     if threading.current_thread() is not threading.main_thread() or _GUARD.installed:
         yield
         return
@@ -449,6 +462,7 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
             log.info("submitted %d quanta of %s as %d Dask task(s) to %s (retries %d)", len(graph), plan.pipeline.name,
                      len(futures), getattr(client, "dashboard_link", "?"), retries)
             for fut in as_completed(futures):
+                raise_if_signalled()
                 task_key = str(fut.key)
                 if fut.status == "finished":
                     value = fut.result()

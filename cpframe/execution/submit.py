@@ -624,8 +624,9 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
                                clusters=sub.clusters,
                                on_progress=on_progress, on_registered=progress_record)
             if not res.interrupted:  # a cancel from now on comes too late: the run ends with its real outcome
-                from cpframe.execution.execute import mark_finished
+                from cpframe.execution.execute import mark_finished, raise_if_signalled
 
+                raise_if_signalled()  # a signal that landed in a finalizer during the run still stops it
                 mark_finished()
         except KeyboardInterrupt as exc:  # a signal outside execute_plan's own handling
             from cpframe.execution.execute import scratch_dir_for
