@@ -150,3 +150,14 @@ def test_local_cluster_opens_computes_and_closes():
         client, cluster = oc.client, oc.cluster
     assert oc.closed and client.status == "closed" and cluster.status.name == "closed"
     oc.close()  # idempotent
+
+
+def test_local_workers_import_the_task_code_as_they_start():
+    # the preload runs in each worker before it joins the cluster, so no task has run yet
+    with open_cluster(Settings(n_workers=2, threads_per_worker=1, worker_memory_bytes=2**30), kind="local") as oc:
+        oc.client.wait_for_workers(2, timeout=60)
+        seen = oc.client.run(lambda: [m for m in ("cpframe.execution.worker_preload", "cpframe.science.fused_tasks",
+                                                  "cpframe.execution.kinds") if m in sys.modules])
+    assert len(seen) == 2
+    assert all(mods == ["cpframe.execution.worker_preload", "cpframe.science.fused_tasks",
+                        "cpframe.execution.kinds"] for mods in seen.values()), seen

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cpframe.core.errors import ExecutionError, PlanningError, SubmissionError
+from cpframe.core.errors import ExecutionError, PlanningError, SelectionError, SubmissionError
 from cpframe.core.model import CollectionType
 from cpframe.execution.provenance import load_provenance
 from cpframe.execution.submit import plan_template, submit_template
@@ -204,6 +204,39 @@ def test_bad_selection_and_missing_variable_leave_nothing(repo, scratch, mini_da
     missing = {k: v for k, v in env.items() if k != "SELECTION_BIAS"}
     out = CliRunner().invoke(main, ["submit", "bps_bias", "--quiet"], env={**missing, "SELECTION_BIAS": None})
     assert out.exit_code == 4 and "SELECTION_BIAS" in out.output, out.output
+    assert _snapshot(repo, scratch) == before
+
+
+def _child_pids() -> set[int]:
+    """Processes whose parent is this one (the local cluster's nannies and workers are)."""
+    import os
+
+    out = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                        out.add(int(name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+def test_a_failed_plan_closes_the_cluster_started_while_planning(repo, scratch, mini_dataset, caplog):
+    # no client given: the local cluster starts in the background as soon as the template is rendered
+    # (cpframe.execution.cluster_early); a plan that then fails closes it, and leaves nothing else
+    import logging
+
+    env = _env(repo, scratch, mini_dataset, SELECTION_BIAS="instrument='LSSTComCam' and exposure.seq_num in (15..10)")
+    before_pids, before = _child_pids(), _snapshot(repo, scratch)
+    with caplog.at_level(logging.INFO, logger="cpframe.execution.cluster_early"):
+        with pytest.raises(SelectionError, match=r"15\.\.10"):
+            submit_template("bps_bias", environ=env, quiet=True)
+    text = caplog.text
+    assert "starting a local cluster while planning" in text
+    assert "closing the local cluster started while planning: the run did not use it" in text
+    assert _child_pids() <= before_pids  # its nanny and worker processes are gone
     assert _snapshot(repo, scratch) == before
 
 

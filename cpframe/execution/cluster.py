@@ -533,19 +533,33 @@ def _quiet_worker_shutdown(client: Any) -> None:
         log.debug("could not quiet the workers' shutdown", exc_info=True)
 
 
+#: What a local worker imports as it starts (the task code and the science stack).
+PRELOAD_MODULE = "cpframe.execution.worker_preload"
+
+
 def _close_nannies(cluster: Any, timeout_s: float) -> None:
-    """Stop a LocalCluster's worker processes, giving each ``timeout_s`` to exit.
+    """Stop a LocalCluster's worker processes, all at once, giving each ``timeout_s`` to exit.
 
     ``LocalCluster.close`` gives a worker 4 s and then logs "Worker process still alive
     after 4.0 seconds, killing"; on a loaded machine a worker's exit takes longer, so a
     normal shutdown printed that warning (issue 16).  Closing the nannies first, with
     room, lets them exit cleanly; the cluster's own close then has nothing left to kill.
+    They close concurrently: one after the other, each worker's exit (0.3-0.8 s) added up.
     """
-    for nanny in list(getattr(cluster, "workers", {}).values()):
-        try:
-            cluster.sync(nanny.close, timeout=timeout_s)
-        except Exception:  # noqa: BLE001 - the cluster's own close still stops whatever is left
-            log.debug("closing a worker nanny failed; LocalCluster.close will stop it", exc_info=True)
+    import asyncio
+
+    nannies = list(getattr(cluster, "workers", {}).values())
+
+    async def close_all() -> None:
+        results = await asyncio.gather(*(n.close(timeout=timeout_s) for n in nannies), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):  # the cluster's own close still stops whatever is left
+                log.debug("closing a worker nanny failed (%r); LocalCluster.close will stop it", r)
+
+    try:
+        cluster.sync(close_all)
+    except Exception:  # noqa: BLE001 - as above
+        log.debug("closing the worker nannies failed; LocalCluster.close will stop them", exc_info=True)
 
 
 def _open_local(settings: Settings) -> OpenCluster:
@@ -557,6 +571,7 @@ def _open_local(settings: Settings) -> OpenCluster:
         n_workers=settings.n_workers, threads_per_worker=settings.threads_per_worker,
         memory_limit=settings.worker_memory_bytes, dashboard_address=":0", processes=True,
         resources=worker_resources(settings.worker_memory_bytes, settings.threads_per_worker),
+        preload=[PRELOAD_MODULE],
     )
     try:
         client = Client(cluster)

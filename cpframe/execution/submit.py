@@ -217,8 +217,11 @@ class PlanOutcome:
 def plan_template(template: str | os.PathLike, variables: Mapping[str, str] | None = None, *,
                   allow_unset: bool = False, extend_run: bool = False, skip_existing: bool = False,
                   environ: Mapping[str, str] | None = None, settings: Any = None,
-                  repo: Any = None) -> PlanOutcome:
+                  repo: Any = None, on_rendered: Callable[[Any], None] | None = None) -> PlanOutcome:
     """Render, validate, choose the RUN and plan (what ``cpframe plan`` does; nothing is written).
+
+    ``on_rendered`` is called with the first rendering, before the rest (``cpframe submit`` starts a
+    local cluster there, :mod:`cpframe.execution.cluster_early`).
 
     Raises
     ------
@@ -230,6 +233,8 @@ def plan_template(template: str | os.PathLike, variables: Mapping[str, str] | No
     # a bar on a terminal (issue 16: planning a large selection takes tens of seconds), silent otherwise
     with progress("plan: render and validate the template", total=4) as bar:
         r = render_stage(template, variables, allow_unset=allow_unset, environ=environ)
+        if on_rendered is not None:
+            on_rendered(r)
         sub, pipe = validate_stage(r)
         render_s = time.perf_counter() - t0
         bar.update(completed=1, description="plan: open the repository")
@@ -505,9 +510,6 @@ def submit_template(
 
 def _submit(template, variables, *, allow_unset, extend_run, skip_existing, quiet, compute_site, site, argv, client,
             settings, environ, echo, take_over_lock, on_progress=None) -> SubmitResult:
-    from cpframe.execution.execute import register_staged, staged_outputs
-    from cpframe.repository.locks import lock_run
-
     echo = echo or (lambda _line: None)
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -515,8 +517,35 @@ def _submit(template, variables, *, allow_unset, extend_run, skip_existing, quie
         from cpframe.core.config import load_settings
 
         settings = load_settings()
-    out = plan_template(template, variables, allow_unset=allow_unset, extend_run=extend_run,
-                        skip_existing=skip_existing, environ=environ, settings=settings)
+    early: list = []  # a local cluster started while planning (cpframe.execution.cluster_early)
+
+    def on_rendered(r: Any) -> None:
+        config = getattr(r, "config", None)
+        rendered_site = config.get("computeSite") if isinstance(config, Mapping) else None
+        if client is None and not early and (compute_site or rendered_site or settings.cluster_kind) == "local":
+            from cpframe.execution.cluster_early import EarlyCluster
+
+            early.append(EarlyCluster(settings))
+
+    try:
+        out = plan_template(template, variables, allow_unset=allow_unset, extend_run=extend_run,
+                            skip_existing=skip_existing, environ=environ, settings=settings, on_rendered=on_rendered)
+        return _submit_planned(template, out, variables, allow_unset=allow_unset, extend_run=extend_run,
+                               skip_existing=skip_existing, environ=environ, settings=settings, started=started,
+                               t_start=t_start, compute_site=compute_site, site=site, client=client, quiet=quiet,
+                               argv=argv, echo=echo, take_over_lock=take_over_lock, on_progress=on_progress,
+                               early=early[0] if early else None)
+    finally:
+        if early:
+            early[0].close()  # unless the run took it (then the run closed it)
+
+
+def _submit_planned(template, out, variables, *, allow_unset, extend_run, skip_existing, environ, settings, started,
+                    t_start, compute_site, site, client, quiet, argv, echo, take_over_lock, on_progress, early
+                    ) -> SubmitResult:
+    from cpframe.execution.execute import register_staged, staged_outputs
+    from cpframe.repository.locks import lock_run
+
     repo = out.repo
     lock = None
     try:
@@ -535,7 +564,7 @@ def _submit(template, variables, *, allow_unset, extend_run, skip_existing, quie
                                 skip_existing=skip_existing, environ=environ, settings=settings)
             repo = out.repo
         return _submit_locked(template, out, started, t_start, settings, compute_site, site, client, quiet, argv,
-                              echo, lock, on_progress)
+                              echo, lock, on_progress, early)
     finally:
         if lock is not None:
             lock.release()
@@ -544,7 +573,7 @@ def _submit(template, variables, *, allow_unset, extend_run, skip_existing, quie
 
 
 def _submit_locked(template, out: PlanOutcome, started, t_start, settings, compute_site, site, client, quiet, argv,
-                   echo, lock, on_progress=None) -> SubmitResult:
+                   echo, lock, on_progress=None, early=None) -> SubmitResult:
     plan, sub = out.plan, out.submission
     timings: dict[str, Any] = {"started": started, "render_s": out.render_s, "plan_s": plan.plan_s}
     kind = compute_site or sub.compute_site or settings.cluster_kind
@@ -555,7 +584,8 @@ def _submit_locked(template, out: PlanOutcome, started, t_start, settings, compu
     try:
         return _run_and_record(template, out, settings, kind, site_file, submit_dir, log_path, timings,
                                t_start, client=client, quiet=quiet, argv=argv, echo=echo,
-                               lock_owner=lock.owner if lock is not None else None, on_progress=on_progress)
+                               lock_owner=lock.owner if lock is not None else None, on_progress=on_progress,
+                               early=early)
     finally:
         logging.getLogger("cpframe").removeHandler(handler)
         handler.close()
@@ -563,7 +593,7 @@ def _submit_locked(template, out: PlanOutcome, started, t_start, settings, compu
 
 def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submit_dir: Path, log_path: Path,
                     timings: dict, t_start: float, *, client, quiet, argv, echo,
-                    lock_owner: str | None = None, on_progress=None) -> SubmitResult:
+                    lock_owner: str | None = None, on_progress=None, early=None) -> SubmitResult:
     from cpframe.execution.execute import execute_plan
 
     repo, plan, sub = out.repo, out.plan, out.submission
@@ -574,10 +604,15 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
     from cpframe.execution.resources import check_capacity, quantum_resources, task_requests
 
     requests = task_requests(sub, out.pipeline)
-    if client is None:
+    if client is None and early is not None and kind == early.kind:
+        oc = early.take()  # started while planning
+    elif client is None:
         from cpframe.execution.cluster import open_cluster
 
+        if early is not None:
+            early.close()
         oc = open_cluster(settings, site=site_file, kind=kind, requests=requests)
+    if oc is not None:
         client, site_obj = oc.client, oc.site
     timings["cluster_start_s"] = time.perf_counter() - t0
     _write_submit_dir(submit_dir, out, settings, site_obj, kind)
