@@ -202,3 +202,129 @@ def test_verify_defects_is_not_fused(repo, mini_dataset, tmp_path):
     env = _env(repo, tmp_path, mini_dataset, "20241126d")
     plan = plan_template("bps_verify_defects", environ=env, repo=repo).plan
     assert sum(1 for q in plan.quanta.values() if q.kind == "isr") and verify_fusion(plan) == {}
+
+
+# -- the ISR task's BPS requests carried to the fused quanta (docs/submit.md "Resources") -------------------------
+def _with_requests(tmp_path: Path, template: str, extra: str) -> Path:
+    from cpframe.execution.templates import default_templates_dir
+
+    t = tmp_path / f"{template}.yaml"
+    t.write_text((default_templates_dir() / f"{template}.yaml").read_text() + "\n" + extra)
+    return t
+
+
+_VERIFY_REQUESTS = """pipetask:
+  verifyBiasIsr:
+    requestMemory: 3000
+    requestWalltime: 600
+    memoryMultiplier: 2
+    numberOfRetries: 2
+    retryUnlessExit: [2]
+  verifyBiasMeasure:
+    requestMemory: 1000
+    requestCpus: 2
+    retryUnlessExit: [3]
+"""
+
+
+def _annotated_resources(graph, key):
+    layer = graph[key].dask.layers[graph[key].key]
+    return dict((layer.annotations or {}).get("resources") or {})
+
+
+def test_fused_verify_stats_gets_the_larger_of_both_tasks_requests(repo, mini_dataset, tmp_path):
+    """A fused verifyStats quantum runs the ISR too: per field the larger of the two tasks' requests (memory and
+    walltime of the ISR task, cores of its own), every retryUnlessExit code; the placeholder requests nothing.
+    Unfused, each quantum keeps its own task's."""
+    from cpframe.execution.resources import quantum_limits, quantum_requests, quantum_resources, task_requests
+
+    env = _env(repo, tmp_path, mini_dataset, "20241126l")
+    out = plan_template(_with_requests(tmp_path, "bps_verify_bias", _VERIFY_REQUESTS), environ=env, repo=repo)
+    plan, requests = out.plan, task_requests(out.submission, out.pipeline)
+    assert requests["verifyBiasMeasure"].memory_mib == 1000 and requests["verifyBiasMeasure"].walltime_s is None
+    per_q = quantum_requests(plan, requests)
+    fused = verify_fusion(plan)
+    assert fused
+    for isr_key, v in fused.items():
+        assert isr_key not in per_q
+        r = per_q[v]
+        assert (r.memory_mib, r.cpus, r.walltime_s, r.memory_multiplier, r.retries, r.retry_unless_exit) == \
+            (3000, 2, 600, 2.0, 2, (2, 3))
+    graph = build_graph(plan, str(tmp_path / "s"), repo.get_path, resources=quantum_resources(plan, requests),
+                        limits=quantum_limits(per_q, 0))
+    for isr_key, v in fused.items():
+        spec = _spec(graph, v)
+        assert spec.limits.walltime_s == 600 and spec.limits.memory_bytes == 3000 * 2**20
+        assert spec.limits.retries == 2 and spec.limits.retry_unless_exit == (2, 3)
+        assert _annotated_resources(graph, v) == {"MEMORY": 3000 * 2**20, "CPU": 2}
+        assert _spec(graph, isr_key).limits is None and _annotated_resources(graph, isr_key) == {}
+
+    plain_env = dict(env, CPFRAME_PIPELINES=str(unfused_pipelines(tmp_path, "verifyBias.yaml")))
+    plain = plan_template(_with_requests(tmp_path, "bps_verify_bias", _VERIFY_REQUESTS), environ=plain_env,
+                          repo=repo).plan
+    per_q = quantum_requests(plain, requests)
+    for k, q in plain.quanta.items():
+        if q.kind in ("isr", "verifyStats"):
+            assert per_q[k] == requests[q.task]
+
+
+def test_fused_verify_stats_is_retried_with_the_isr_tasks_memory_multiplier(repo, mini_dataset, tmp_path):
+    """Out of memory, a fused verifyStats quantum is run again with more memory as its ISR task allows (its own
+    task sets no memoryMultiplier): requestMemory 3000 x 2, the larger of the two requests."""
+    from cpframe.execution.execute import _memory_retry
+    from cpframe.execution.resources import quantum_resources, task_requests
+
+    env = _env(repo, tmp_path, mini_dataset, "20241126m")
+    out = plan_template(_with_requests(tmp_path, "bps_verify_bias", _VERIFY_REQUESTS), environ=env, repo=repo)
+    plan, requests = out.plan, task_requests(out.submission, out.pipeline)
+    failed = sorted(verify_fusion(plan).values())[0]
+    status = {k: "done" for k in plan.quanta if k != failed}
+    attempt: dict = {}
+    todo = _memory_retry(plan, requests, {failed: "x"}, {failed: "MemoryError"}, attempt, status)
+    assert todo is not None and failed in todo.quanta and attempt == {failed: 1}
+    assert quantum_resources(todo, requests, attempt)[failed]["MEMORY"] == 6000 * 2**20
+
+
+def test_fused_dark_quanta_requests(repo, mini_dataset, tmp_path):
+    """A fused dark: the CpDark quantum (the raw's ISR in memory, then its cosmic rays) gets the larger of the ISR
+    and CpDark requests; the ISR placeholder none; the fused combine (streaming the ISR within fusedMemory) its
+    own task's only."""
+    from cpframe.execution.graph import fusion
+    from cpframe.execution.resources import quantum_requests, task_requests
+
+    extra = ("pipetask:\n  cpDarkIsr:\n    requestMemory: 5000\n    requestWalltime: 900\n"
+             "  cpDark:\n    requestMemory: 2000\n    requestCpus: 3\n"
+             "  cpDarkCombine:\n    requestMemory: 1500\n")
+    env = variables(repo.root, tmp_path / "scratch", mini_dataset, CALIB_COLLECTIONS="", RERUN="20241110l")
+    out = plan_template(_with_requests(tmp_path, "bps_dark", extra), environ=env, repo=repo)
+    plan, requests = out.plan, task_requests(out.submission, out.pipeline)
+    per_q = quantum_requests(plan, requests)
+    kinds = Counter(plan.quanta[k].kind for k in fusion(plan))
+    assert kinds["darkCr"] and kinds["isr"] == kinds["darkCr"]
+    for k, q in plan.quanta.items():
+        if q.kind == "darkCr":
+            r = per_q[k]
+            assert (r.memory_mib, r.cpus, r.walltime_s) == (5000, 3, 900)
+        elif q.kind == "isr":
+            assert k not in per_q
+        elif q.kind == "combine":
+            assert per_q[k] == requests["cpDarkCombine"] and per_q[k].walltime_s is None
+
+
+def test_fused_verify_stats_runs_under_the_isr_tasks_limits(repo, mini_dataset, local_dask, tmp_path):
+    """A requestWalltime on the ISR task only: the fused verifyStats quanta run in a child process enforcing it
+    (:mod:`cpframe.execution.isolate`), and the submission registers every statistic."""
+    extra = "pipetask:\n  verifyBiasIsr:\n    requestWalltime: 3600\n"
+    env = _env(repo, tmp_path, mini_dataset, "20241126w")
+    t = _with_requests(tmp_path, "bps_verify_bias", extra)
+    n = len(verify_fusion(plan_template(t, environ=env, repo=repo).plan))
+    res = submit_template(t, environ=env, client=local_dask.client, argv=["cpframe", "submit"])
+    assert res.counts["verifyBiasStats"] == n and res.counts["verifyBiasPreview"] == n
+
+
+def test_verify_science_is_fused(repo, mini_dataset, tmp_path):
+    """verifyScience's statistics read one ISR image each: fused like bias, dark and flat."""
+    env = _env(repo, tmp_path, mini_dataset, "20241126s")
+    plan = plan_template("bps_verify_science", environ=env, repo=repo).plan
+    n = sum(1 for q in plan.quanta.values() if q.kind == "isr")
+    assert n and len(verify_fusion(plan)) == n
