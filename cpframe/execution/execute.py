@@ -423,7 +423,7 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
     from distributed import as_completed
 
     from cpframe.execution.graph import build_graph
-    from cpframe.execution.resources import quantum_limits, quantum_resources
+    from cpframe.execution.resources import quantum_limits, quantum_requests, quantum_resources
 
     register_attempts = REGISTER_ATTEMPTS if register_attempts is None else register_attempts
     register_backoff_s = REGISTER_BACKOFF_S if register_backoff_s is None else register_backoff_s
@@ -440,7 +440,7 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
     futures = []
     err_type: dict[str, str] = {}
     attempt: dict[str, int] = {}
-    limits = quantum_limits(requests or {}, int(retries))
+    limits = quantum_limits(quantum_requests(plan, requests or {}), int(retries))  # per quantum key
     try:
         # made inside the try, so a SIGTERM (cpframe cancel) landing as the run starts still removes it
         # (in CI a cancel just after the run started once left the scratch folder non-empty)
@@ -623,10 +623,12 @@ def _memory_retry(plan: Any, requests: Any, failures: dict, err_type: dict, atte
     """
     if not requests:
         return None
+    from cpframe.execution.resources import quantum_requests
+
+    per_quantum = quantum_requests(plan, requests)  # a fused quantum's cover the ISR it runs
     grow = []
     for key in failures:
-        q = plan.quanta.get(key)
-        r = requests.get(q.task) if q is not None else None
+        r = per_quantum.get(key)
         if r is None or not r.memory_multiplier or err_type.get(key) not in MEMORY_ERRORS:
             continue
         if attempt.get(key, 0) >= (r.retries if r.retries is not None else 5):

@@ -43,7 +43,9 @@ from typing import Any, Iterable, Mapping, Sequence
 from cpframe.core.errors import PlanningError
 from cpframe.core.model import DIMENSION_ORDER, DataId, DatasetRef
 from cpframe.execution.graph_calibs import resolve_calibs as _resolve_calibs
-from cpframe.execution.graph_fusion import _FUSED_MIDDLE, _fused_calibs, fusion  # noqa: F401 (fusion: re-exported)
+from cpframe.execution.graph_fusion import (  # noqa: F401 (fusion, verify_fusion: re-exported)
+    _FUSED_MIDDLE, _fused_calibs, fusion, verify_fusion,
+)
 from cpframe.execution.kinds import get_kind
 from cpframe.repository.base import Registry
 
@@ -606,10 +608,11 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
         Quantum key -> Dask worker resources it needs (``MEMORY`` bytes, ``CPU``), from the
         template's requestMemory / requestCpus (:mod:`cpframe.execution.resources`).
     limits : mapping, optional
-        Task label -> :class:`cpframe.execution.isolate.QuantumLimits` (requestWalltime,
-        retryUnlessExit, memoryMultiplier; :func:`cpframe.execution.resources.quantum_limits`): the
-        quanta of those tasks run in a child process that enforces them, their memory limit being
-        this attempt's ``MEMORY`` resource, and they are retried by that child's driver, not by Dask.
+        Quantum key -> :class:`cpframe.execution.isolate.QuantumLimits` (requestWalltime,
+        retryUnlessExit, memoryMultiplier; :func:`cpframe.execution.resources.quantum_limits` of
+        :func:`cpframe.execution.resources.quantum_requests`): those quanta run in a child process that
+        enforces them, their memory limit being this attempt's ``MEMORY`` resource, and they are retried by
+        that child's driver, not by Dask; their tasks are not grouped by ``clusters``.
     clusters : sequence, optional
         The template's ``cluster.<label>`` sections (:class:`cpframe.execution.submission.ClusterSpec`):
         the quanta of a cluster's tasks with the same values of its dimensions run as one Dask task
@@ -639,12 +642,35 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
             fused.setdefault(comb_key, []).append(k)
         else:
             mid_of[plan.quanta[k].upstream[0]] = k
+    verify_isr = verify_fusion(plan)  # ISR key -> the verifyStats quantum that runs its ISR in memory
+    isr_of_verify = {v: k for k, v in verify_isr.items()}
     from cpframe.execution.graph_clusters import cluster_groups, group_delayed
 
-    group_of = cluster_groups(plan, clusters, fused_into, exclude=set(limits or {}))
+    limits = limits or {}
+    group_of = cluster_groups(plan, clusters, {**fused_into, **verify_isr, **isr_of_verify},
+                              exclude={plan.quanta[k].task for k in limits if k in plan.quanta})
     members: dict[str, list[tuple[Any, list[str], dict]]] = defaultdict(list)  # group -> (spec, up keys, ann)
     last_of = {g: k for k, g in group_of.items()}  # plan order: the last member closes the group
+
+    def add(key: str, spec: Any, ups: list, need: Mapping[str, float] | None) -> None:
+        """The quantum's Delayed, with its Dask resources and, for a task with BPS limits, run in a child."""
+        annotations: dict[str, Any] = {"resources": dict(need)} if need else {}
+        lim = limits.get(key)
+        if lim is not None:
+            if lim.memory_bytes is not None and need and "MEMORY" in need:
+                lim = replace(lim, memory_bytes=int(need["MEMORY"]))  # this attempt's memory
+            spec = replace(spec, limits=lim)
+            annotations["retries"] = 0  # the child's driver retries, honouring retryUnlessExit
+        with dask.annotate(**annotations) if annotations else contextlib.nullcontext():
+            delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, ups, dask_key_name=key + key_suffix)
+
     for key, q in plan.quanta.items():
+        if key in verify_isr:  # its verifyStats quantum runs the ISR: a placeholder, no file, no request
+            delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(
+                graph_tasks.QuantumSpec(key=key, kind="fusedAway", task=q.task, data_id=dict(q.data_id),
+                                        raw_path=None, calib_paths={}, outputs=(), settings={}),
+                [], dask_key_name=key + key_suffix)
+            continue
         if key in fused_into:
             # the raw's prepass (serial/parallel overscan, header, per-amp numbers): the ISR quanta of a
             # detector run it in parallel and hand the small result to the fused combine, which streams;
@@ -658,7 +684,9 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
                                            fused_raws=(str(path_of(src.raw)),),
                                            fused_calibs=(_fused_calibs(src, path_of),),
                                            fused_isr=src.settings["isr"], fused_keys=(src.key,))
-            delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, [], dask_key_name=key + key_suffix)
+            # requests (quantum_requests): the ISR task's for a prepass; both tasks' for a CpDark / CpFlatMeasure
+            # quantum that runs the ISR in memory; none for the placeholder
+            add(key, spec, [], None if key in mid_of else (resources or {}).get(key))
             if q.kind == "flatMeasure":
                 # the normalisation reads the measurement only: the prepass stays on the worker for the combine
                 lookup.maps[0][key] = dask.delayed(graph_tasks.without_prepass, pure=True)(
@@ -688,24 +716,23 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
                            fused_isr=isr[0].settings["isr"], fused_keys=tuple(x.key for x in isr))
             # their prepasses (from the ISR, CpDark or CpFlatMeasure quanta), by exposure, then the scales
             ups = [delayed[mid_of.get(x.key, x.key)] for x in isr] + [delayed[k] for k in others]
+        if key in isr_of_verify:  # runs its raw's ISR in memory, as the ISR quantum would (verify_fusion)
+            src = plan.quanta[isr_of_verify[key]]
+            from cpframe.execution.kinds.isr import isr_calibs
+
+            spec = replace(spec, fused_raws=(str(path_of(src.raw)),), fused_isr=src.settings["isr"],
+                           fused_calibs=(isr_calibs({c: [path_of(r) for r in rs] for c, rs in src.calibs.items()}),),
+                           fused_keys=(src.key,))
         need = (resources or {}).get(key)
-        annotations: dict[str, Any] = {"resources": dict(need)} if need else {}
         up_keys = [] if key in fused else [k for _, keys in q.inputs for k in keys]
         if any(k in group_of for k in up_keys):
             spec = replace(spec, upstream_keys=tuple(up_keys))
         if key in group_of:
-            members[group_of[key]].append((spec, up_keys, annotations))
+            members[group_of[key]].append((spec, up_keys, {"resources": dict(need)} if need else {}))
             if key == last_of[group_of[key]]:
                 delayed.update(group_delayed(group_of[key] + key_suffix, members[group_of[key]], lookup))
             continue
-        lim = (limits or {}).get(q.task)
-        if lim is not None:
-            if lim.memory_bytes is not None and need and "MEMORY" in need:
-                lim = replace(lim, memory_bytes=int(need["MEMORY"]))  # this attempt's memory
-            spec = replace(spec, limits=lim)
-            annotations["retries"] = 0  # the child's driver retries, honouring retryUnlessExit
-        with dask.annotate(**annotations) if annotations else contextlib.nullcontext():
-            delayed[key] = dask.delayed(graph_tasks.run_quantum, pure=False)(spec, ups, dask_key_name=key + key_suffix)
+        add(key, spec, ups, need)
     return delayed
 
 

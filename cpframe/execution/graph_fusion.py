@@ -1,5 +1,6 @@
 """Which quanta of a plan run fused (:mod:`cpframe.science.fused`): an ISR -> combine chain streamed without
-per-exposure files, with CpDark or CpFlatMeasure in between run on each raw's ISR in memory.  Split out of
+per-exposure files, with CpDark or CpFlatMeasure in between run on each raw's ISR in memory, and a verifyStats
+quantum that measures its raw's ISR in memory (:func:`verify_fusion`).  Split out of
 :mod:`cpframe.execution.graph`, which builds the fused quanta (``build_graph``).
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Callable, Mapping
 
-__all__ = ["fusion"]
+__all__ = ["fusion", "isr_run_in_memory", "verify_fusion"]
 
 
 #: Kinds between ISR and a fused combine, and the graph kind their quanta run as instead.
@@ -34,10 +35,8 @@ def fusion(plan: Any) -> dict[str, str]:
     """
     from cpframe.science.fused import fused_unsupported
 
-    readers: dict[str, set[str]] = defaultdict(set)
-    for k, q in plan.quanta.items():
-        for u in q.upstream:
-            readers[u].add(k)
+    readers = _readers(plan)
+
     def fusable_isr(u: Any, reader: str) -> bool:
         return u is not None and u.kind == "isr" and u.raw is not None and not u.registered and readers[u.key] == {reader}
 
@@ -102,3 +101,44 @@ def _fusable_flat(plan: Any, key: str, ups: list, readers: Mapping[str, set[str]
     if len({repr(m.settings["config"]) for m in measures}) != 1:
         return None
     return isr, measures
+
+
+def _readers(plan: Any) -> dict[str, set[str]]:
+    readers: dict[str, set[str]] = defaultdict(set)
+    for k, q in plan.quanta.items():
+        for u in q.upstream:
+            readers[u].add(k)
+    return readers
+
+
+def verify_fusion(plan: Any) -> dict[str, str]:
+    """ISR quanta that :func:`build_graph` fuses into the verifyStats quantum reading them: ISR key -> its key.
+
+    A verifyStats quantum whose only input is one ISR quantum with a raw runs that raw's ISR in memory
+    (:func:`cpframe.science.tasks.isr_image`, the ISR quantum's settings and calibrations) and measures it;
+    the ISR quantum becomes a placeholder (``fusedAway``) and no ISR file is written.  Not when the ISR
+    output is registered, read by another quantum too, reads a renamed calibration
+    (``connections.flat=flat_<LED>``), or the verifyStats task sets ``fuseIsr: false``
+    (docs/verification.md "Fused ISR").
+    """
+    readers = _readers(plan)
+    out: dict[str, str] = {}
+    for key, q in plan.quanta.items():
+        if q.kind != "verifyStats" or not q.settings.get("fuse_isr", True) or len(q.upstream) != 1:
+            continue
+        u = plan.quanta.get(q.upstream[0])
+        if u is None or u.kind != "isr" or u.raw is None or u.registered or readers[u.key] != {key} \
+                or u.settings.get("renamed"):
+            continue
+        out[u.key] = key
+    return out
+
+
+def isr_run_in_memory(plan: Any) -> dict[str, str]:
+    """Fused quanta that run an ISR quantum's ISR in memory -> that ISR quantum's key: the CpDark and
+    CpFlatMeasure quanta of a fused dark or flat (:func:`fusion`) and the fused verifyStats quanta
+    (:func:`verify_fusion`).  Their BPS requests cover the ISR task's too
+    (:func:`cpframe.execution.resources.quantum_requests`)."""
+    out = {k: plan.quanta[k].upstream[0] for k in fusion(plan) if plan.quanta[k].kind in _FUSED_MIDDLE}
+    out.update({v: isr for isr, v in verify_fusion(plan).items()})
+    return out

@@ -25,9 +25,12 @@ from cpframe.core.errors import ExecutionError
 __all__ = [
     "EnvironmentPlugin",
     "MSG_TOO_SMALL",
+    "capacity_requests",
     "check_capacity",
     "expand_deferred",
+    "merge_requests",
     "quantum_limits",
+    "quantum_requests",
     "quantum_resources",
     "task_requests",
     "worker_resources",
@@ -67,8 +70,76 @@ def _limited(r: Any) -> bool:
                                                          and r.memory_mib is not None))
 
 
+def merge_requests(a: Any, b: Any) -> Any:
+    """What a quantum doing the work of two tasks requests: the larger of each (requestMemory, requestCpus,
+    requestWalltime, requestMemoryMax, memoryMultiplier, numberOfRetries), every retryUnlessExit code of
+    either; a request only one sets is kept; None when neither requests anything.
+
+    >>> from cpframe.execution.submission import Resources
+    >>> merge_requests(Resources(memory_mib=2048, walltime_s=600), Resources(memory_mib=4096, cpus=2, retries=1,
+    ...                retry_unless_exit=(2,)))
+    Resources(memory_mib=4096, cpus=2, walltime_s=600, retries=1, memory_multiplier=None, memory_max_mib=None, retry_unless_exit=(2,))
+    """
+    if a is None or b is None:
+        return a if b is None else b
+    from dataclasses import fields, replace
+
+    def larger(x: Any, y: Any) -> Any:
+        return x if y is None else y if x is None else max(x, y)
+
+    merged = {f.name: larger(getattr(a, f.name), getattr(b, f.name)) for f in fields(a) if f.name != "retry_unless_exit"}
+    return replace(a, **merged, retry_unless_exit=tuple(sorted(set(a.retry_unless_exit) | set(b.retry_unless_exit))))
+
+
+def quantum_requests(plan: Any, requests: Mapping[str, Any]) -> dict[str, Any]:
+    """Quantum key -> :class:`cpframe.execution.submission.Resources` of the quanta that request something.
+
+    A quantum gets its task's requests, except where the planner fused ISR
+    (:mod:`cpframe.execution.graph_fusion`): a quantum that runs an ISR quantum's ISR in memory (a fused
+    dark's CpDark, a fused flat's CpFlatMeasure, a fused verifyStats) gets :func:`merge_requests` of its
+    task's and the ISR task's, as it does both; the ISR quantum it replaces (a placeholder that does
+    nothing) gets none.  An ISR quantum that only makes its raw's prepass for a fused combine keeps the ISR
+    task's; the fused combine, which streams the raws' ISR in row blocks within its ``fusedMemory``
+    budget, keeps the combine task's (docs/submit.md "Resources").
+    """
+    if not requests:
+        return {}
+    from cpframe.execution.graph_fusion import isr_run_in_memory
+
+    in_memory = isr_run_in_memory(plan)
+    placeholders = set(in_memory.values())
+    out = {}
+    for key, q in plan.quanta.items():
+        if key in placeholders:
+            continue
+        r = requests.get(q.task)
+        if key in in_memory:
+            r = merge_requests(r, requests.get(plan.quanta[in_memory[key]].task))
+        if r is not None:
+            out[key] = r
+    return out
+
+
+def capacity_requests(plan: Any, requests: Mapping[str, Any]) -> dict[str, Any]:
+    """``requests`` plus what each fused quantum running another task's ISR asks for (:func:`quantum_requests`),
+    under ``"<task> (with <ISR task>'s ISR)"``, for :func:`check_capacity`: the two tasks' larger memory and
+    larger core count may together exceed every worker though each task's own request fits."""
+    if not requests:
+        return {}
+    from cpframe.execution.graph_fusion import isr_run_in_memory
+
+    out = dict(requests)
+    for key, isr_key in isr_run_in_memory(plan).items():
+        task, isr_task = plan.quanta[key].task, plan.quanta[isr_key].task
+        merged = merge_requests(requests.get(task), requests.get(isr_task))
+        if merged is not None and merged != requests.get(task):
+            out[f"{task} (with {isr_task}'s ISR)"] = merged
+    return out
+
+
 def quantum_limits(requests: Mapping[str, Any], retries: int) -> dict[str, Any]:
-    """Task label -> :class:`cpframe.execution.isolate.QuantumLimits` for tasks that ask for BPS job limits.
+    """Name -> :class:`cpframe.execution.isolate.QuantumLimits` for the requests that ask for BPS job limits
+    (task labels, or quantum keys for :func:`quantum_requests`).
 
     ``requestWalltime``, ``retryUnlessExit`` and ``memoryMultiplier`` (retry with more memory) are
     enforced by running each quantum of such a task in a child process; its memory is limited
@@ -92,16 +163,14 @@ def quantum_limits(requests: Mapping[str, Any], retries: int) -> dict[str, Any]:
 
 def quantum_resources(plan: Any, requests: Mapping[str, Any], attempt: Mapping[str, int] | None = None
                       ) -> dict[str, dict[str, float]]:
-    """Quantum key -> Dask resources (``MEMORY`` bytes, ``CPU``) for the quanta of requesting tasks.
+    """Quantum key -> Dask resources (``MEMORY`` bytes, ``CPU``) for the quanta of requesting tasks
+    (:func:`quantum_requests`: a fused quantum's cover the ISR it runs).
 
     ``attempt`` (quantum key -> retry number) grows the memory as BPS does after running out of
     memory: ``requestMemory * memoryMultiplier**attempt``, capped at ``requestMemoryMax``.
     """
     out: dict[str, dict[str, float]] = {}
-    for key, q in plan.quanta.items():
-        r = requests.get(q.task)
-        if r is None:
-            continue
+    for key, r in quantum_requests(plan, requests).items():
         res: dict[str, float] = {}
         mib = r.memory_for_attempt((attempt or {}).get(key, 0))
         if mib is not None:

@@ -601,7 +601,7 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
     oc = None
     site_obj = None
     t0 = time.perf_counter()
-    from cpframe.execution.resources import check_capacity, quantum_resources, task_requests
+    from cpframe.execution.resources import capacity_requests, check_capacity, quantum_resources, task_requests
 
     requests = task_requests(sub, out.pipeline)
     if client is None and early is not None and kind == early.kind:
@@ -626,7 +626,7 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
     try:
         # a request no worker (nor a job the site can start) can meet would wait for ever: refuse it now,
         # before the RUN exists
-        check_capacity(client, requests, scalable=oc.job_resources() if oc is not None else None)
+        check_capacity(client, capacity_requests(plan, requests), scalable=oc.job_resources() if oc is not None else None)
         if sub.environment:
             from cpframe.execution.resources import EnvironmentPlugin
 

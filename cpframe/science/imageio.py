@@ -58,6 +58,7 @@ __all__ = [
     "update_header",
     "format_card",
     "header_bytes",
+    "masked_header_bytes",
     "parse_header",
     "write_defects",
     "read_defects",
@@ -440,6 +441,16 @@ def _primary_header(header: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
 
 def _padded(n: int) -> int:
     return -(-n // _FITS_BLOCK) * _FITS_BLOCK
+
+
+def masked_header_bytes(header: Mapping[str, Any] | None) -> bytes:
+    """The primary header :func:`write_masked` writes for ``header`` (read it with :func:`parse_header`): what a
+    reader of the file gets, for a consumer of an image kept in memory instead (a fused verifyStats quantum).
+
+    >>> parse_header(masked_header_bytes({"NAXIS": 2, "EXPTIME": 2.5}))
+    {'SIMPLE': True, 'BITPIX': 8, 'NAXIS': 0, 'EXTEND': True, 'EXPTIME': 2.5}
+    """
+    return header_bytes(_primary_header(header))
 
 
 class MaskedWriter:

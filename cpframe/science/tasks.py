@@ -242,13 +242,21 @@ def isr_task(raw_path: str | os.PathLike, output_path: str | os.PathLike,
     IsrError, FileFormatError, ConfigError
     """
     cfg = _isr_config(config)
+    raw, img, stats = isr_image(raw_path, cfg, calibs, camera=camera, detector=detector)
+    write_masked(output_path, img.image, img.mask, img.variance, img.header)
+    return _exposure_stats(str(output_path), str(raw_path), img.header, raw.camera.name, cfg.units, stats)
+
+
+def isr_image(raw_path: str | os.PathLike, config: IsrConfig, calibs: Mapping[str, Any] | None = None, *,
+              camera: Camera | None = None, detector: int | None = None) -> tuple[Any, Any, dict]:
+    """(raw, ISR image in memory, per-amp statistics) of one raw file: what :func:`isr_task` writes, unwritten
+    (a fused verifyStats quantum measures it in memory); raises as :func:`isr_task`."""
     raw = read_raw(raw_path, camera)
     if detector is not None and int(detector) != raw.detector.id:
         raise UserInputError(f"{raw_path}: raw is for detector {raw.detector.id}, the task was asked for "
                              f"detector {detector}. Check the raw paths given for this detector.")
-    img, stats = run_isr(raw, cfg, load_calibs(calibs))
-    write_masked(output_path, img.image, img.mask, img.variance, img.header)
-    return _exposure_stats(str(output_path), str(raw_path), img.header, raw.camera.name, cfg.units, stats)
+    img, stats = run_isr(raw, config, load_calibs(calibs))
+    return raw, img, stats
 
 
 def _exposure_stats(path: str, raw_path: str, h: Mapping[str, Any], camera_name: str, units: str,

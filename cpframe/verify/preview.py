@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,12 +31,31 @@ PREVIEW_SIDE = 256
 EXCLUDED_PLANES = ("BAD", "DETECTED", "NO_DATA")
 
 
-def write_preview(residual: str | os.PathLike, out: str | os.PathLike, max_side: int = PREVIEW_SIDE) -> Path:
-    """Write the binned preview of the ``fits-masked`` residual ``residual`` to ``out``."""
-    from cpframe.science.imageio import mask_value, masked_layout, read_header, read_rows, write_masked
+def write_preview(residual: str | os.PathLike | Any, out: str | os.PathLike, max_side: int = PREVIEW_SIDE) -> Path:
+    """Write the binned preview of the residual to ``out``: a ``fits-masked`` file, or an ISR image in memory
+    (:class:`cpframe.science.imageio.MaskedImage`, a fused verifyStats quantum's), previewed as if written first."""
+    from cpframe.science.imageio import (
+        MaskedImage, mask_value, masked_header_bytes, masked_layout, parse_header, read_header, read_rows, write_masked,
+    )
 
-    layout = masked_layout(residual)
-    rows, cols = layout.shape
+    if isinstance(residual, MaskedImage):
+        planes = {"IMAGE": (residual.image, np.float32), "MASK": (residual.mask, np.int32),
+                  "VARIANCE": (residual.variance, np.float32)}
+        rows, cols = residual.image.shape
+
+        def read(plane: str, r0: int, r1: int) -> np.ndarray:  # the file's types: float32 planes, int32 mask
+            arr, dtype = planes[plane]
+            return np.asarray(arr[r0:r1], dtype=dtype)
+
+        source_header = parse_header(masked_header_bytes(residual.header))
+    else:
+        layout = masked_layout(residual)
+        rows, cols = layout.shape
+
+        def read(plane: str, r0: int, r1: int) -> np.ndarray:
+            return read_rows(layout, plane, r0, r1)
+
+        source_header = read_header(residual)
     factor = max(1, math.ceil(max(rows, cols) / max_side))
     ny, nx = rows // factor, cols // factor  # a partial block at the edge is left out, as in the mosaics
     excluded = mask_value(list(EXCLUDED_PLANES))
@@ -46,9 +66,9 @@ def write_preview(residual: str | os.PathLike, out: str | os.PathLike, max_side:
     for r0 in range(0, ny * factor, band):
         r1 = min(r0 + band, ny * factor)
         k0, k1 = r0 // factor, r1 // factor
-        img = read_rows(layout, "IMAGE", r0, r1)[:, : nx * factor].astype(float)
-        vv = read_rows(layout, "VARIANCE", r0, r1)[:, : nx * factor].astype(float)
-        ok = (read_rows(layout, "MASK", r0, r1)[:, : nx * factor] & excluded) == 0
+        img = read("IMAGE", r0, r1)[:, : nx * factor].astype(float)
+        vv = read("VARIANCE", r0, r1)[:, : nx * factor].astype(float)
+        ok = (read("MASK", r0, r1)[:, : nx * factor] & excluded) == 0
         ok &= np.isfinite(img) & np.isfinite(vv)
 
         def blocks(a):
@@ -61,7 +81,7 @@ def write_preview(residual: str | os.PathLike, out: str | os.PathLike, max_side:
         image = np.where(good > 0, total / good, np.nan).astype(np.float32)
         variance = np.where(good > 0, var / good**2, np.nan).astype(np.float32)
     mask = np.where(good > 0, 0, mask_value("NO_DATA")).astype(np.int32)
-    header = dict(read_header(residual))
+    header = dict(source_header)
     for k in ("SIMPLE", "BITPIX", "NAXIS", "EXTEND", "NAXIS1", "NAXIS2"):
         header.pop(k, None)
     header.update({"CPF PREVIEW BINNING": factor, "CPF PREVIEW NAXIS1": cols, "CPF PREVIEW NAXIS2": rows})

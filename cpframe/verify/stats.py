@@ -41,6 +41,7 @@ __all__ = [
     "mask_of",
     "read_residual",
     "repair_cosmic_rays",
+    "residual_in_memory",
     "truncated_std_factor",
 ]
 
@@ -116,6 +117,25 @@ def read_residual(path: str | Path) -> ResidualImage:
     except OSError as err:
         raise UserInputError(f"{p}: cannot read as FITS ({err}); is it a fits-masked file?") from None
     return ResidualImage(image=image, mask=mask, variance=variance, header=header, mask_bits=bits, path=str(p))
+
+
+def residual_in_memory(image: Any, label: str = "") -> ResidualImage:
+    """The :class:`ResidualImage` that :func:`read_residual` reads from the file :func:`write_masked
+    <cpframe.science.imageio.write_masked>` would write of ``image`` (a
+    :class:`cpframe.science.imageio.MaskedImage`), without writing it: planes through the file's float32 / int32,
+    the header through its FITS cards, the mask planes the writer declares.  A fused verifyStats quantum measures
+    its raw's ISR image so (docs/algorithms.md "Fused ISR -> combine"); ``label`` names it in messages.
+    """
+    from astropy.io import fits
+
+    from cpframe.science.imageio import masked_header_bytes
+
+    header = fits.Header.fromstring(masked_header_bytes(image.header).decode("ascii"))
+    return ResidualImage(image=np.asarray(image.image, dtype=np.float32).astype(np.float64),
+                         mask=np.asarray(image.mask, dtype=np.int32).astype(np.int64),
+                         variance=None if image.variance is None else
+                         np.asarray(image.variance, dtype=np.float32).astype(np.float64),
+                         header=header, mask_bits={**DEFAULT_MASK_BITS, **MASK_BITS}, path=label)
 
 
 def mask_of(residual: ResidualImage, names: Iterable[str]) -> np.ndarray:

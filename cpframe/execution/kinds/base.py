@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from cpframe.execution.pipeline import TaskSpec
 
 __all__ = ["ClassMap", "Option", "TaskKind", "REGISTRY", "REQUIRED", "UNSET", "enum", "get_kind", "accepted", "output_path",
-           "calib_path", "detector_of", "header_meta"]
+           "calib_path", "detector_of", "detector_of_header", "header_meta"]
 
 
 class _Marker:
@@ -303,7 +303,6 @@ def calib_path(spec: "QuantumSpec", name: str) -> str | None:
 
 def detector_of(path: str, detector_id: int):
     """The camera-model detector of a file (its header's instrument and scale)."""
-    from cpframe.camera.models import load_camera
     from cpframe.science.imageio import read_header
 
     if str(path).endswith(".json"):  # a cpframe JSON product: instrument and scale in its meta
@@ -313,4 +312,11 @@ def detector_of(path: str, detector_id: int):
         h = json.loads(Path(path).read_text()).get("meta") or {}
     else:
         h = read_header(path)
+    return detector_of_header(h, detector_id)
+
+
+def detector_of_header(h, detector_id: int):
+    """The camera-model detector named by header cards (instrument and scale)."""
+    from cpframe.camera.models import load_camera
+
     return load_camera(str(h["INSTRUME"]), str(h.get("CAMSCALE", "full")).lower()).detector(int(detector_id))

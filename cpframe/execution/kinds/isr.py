@@ -174,13 +174,24 @@ class Isr(TaskKind):
     def run(cls, spec, groups):
         from cpframe.science.tasks import isr_task
 
-        # bootstrap products are applied as the ISR's bias/dark/flat (spec algorithms.md §7)
-        renamed = spec.settings.get("renamed") or {}
-        calibs = {renamed.get(c, c).removesuffix("Bootstrap"): paths[0] for c, paths in spec.calib_paths.items()
-                  if paths and c != "manual_defects"}
-        if "illuminationCorrection" in calibs:
-            calibs["illumination"] = calibs.pop("illuminationCorrection")
-        if "electroBfDistortionMatrix" in calibs:
-            calibs["electro_bf"] = calibs.pop("electroBfDistortionMatrix")
-        return isr_task(spec.raw_path, output_path(spec), spec.settings["isr"], calibs,
-                        detector=spec.data_id["detector"])
+        return isr_task(spec.raw_path, output_path(spec), spec.settings["isr"],
+                        isr_calibs(spec.calib_paths, spec.settings.get("renamed")), detector=spec.data_id["detector"])
+
+
+def isr_calibs(calib_paths: Mapping[str, Any], renamed: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The calibrations an ISR quantum applies, as :func:`cpframe.science.tasks.isr_task` names them, from its
+    calibration type -> paths (also used by a verifyStats quantum that runs its ISR in memory).
+
+    Bootstrap products are applied as the ISR's bias/dark/flat (spec algorithms.md §7).
+
+    >>> isr_calibs({"biasBootstrap": ["/b.fits"], "illuminationCorrection": ["/i.fits"], "manual_defects": ["/m"]})
+    {'bias': '/b.fits', 'illumination': '/i.fits'}
+    """
+    renamed = renamed or {}
+    calibs = {renamed.get(c, c).removesuffix("Bootstrap"): str(paths[0]) for c, paths in calib_paths.items()
+              if paths and c != "manual_defects"}
+    if "illuminationCorrection" in calibs:
+        calibs["illumination"] = calibs.pop("illuminationCorrection")
+    if "electroBfDistortionMatrix" in calibs:
+        calibs["electro_bf"] = calibs.pop("electroBfDistortionMatrix")
+    return calibs

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, calib_path, detector_of, enum, output_path
+from cpframe.execution.kinds.base import (
+    ClassMap, Option, TaskKind, calib_path, detector_of, detector_of_header, enum, output_path,
+)
 from cpframe.verify.config import VerifyConfig
 
 STAGES = ("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE", "LINEARITY", "CROSSTALK", "CTI", "BFK", "GAIN_CORRECTION",
@@ -60,6 +62,9 @@ class VerifyStats(TaskKind):
         "stage": Option(enum(*STAGES), required=True),
         "settings": Option("mapping", None, MappingProxyType({}),
                            doc="VerifyConfig field overrides (docs/verification.md)"),
+        # the one ISR quantum a quantum alone reads runs in it, in memory, without an ISR file
+        # (execution/graph_fusion.py verify_fusion; docs/verification.md "Fused ISR")
+        "fuseIsr": Option(bool, None, True, doc="run the ISR it alone reads in memory, without an ISR file"),
     })
 
     @classmethod
@@ -69,7 +74,8 @@ class VerifyStats(TaskKind):
     @classmethod
     def plan(cls, task, settings, explicit):
         cfg = task.config
-        return {"stage": cfg["stage"], "verify": VerifyConfig.from_mapping(dict(cfg.get("settings") or {}))}, []
+        return {"stage": cfg["stage"], "verify": VerifyConfig.from_mapping(dict(cfg.get("settings") or {})),
+                "fuse_isr": bool(cfg.get("fuseIsr", True))}, []
 
     @classmethod
     def run(cls, spec, groups):
@@ -93,17 +99,40 @@ class VerifyStats(TaskKind):
             stats = verify_star_sizes(cats[0], cats[1], detector_of(cats[0], spec.data_id["detector"]),
                                       spec.settings["verify"], data_id=did)
         else:
-            images = [v for values in groups.values() for v in values]
             did = {k: spec.data_id[k] for k in ("instrument", "exposure", "physical_filter") if k in spec.data_id}
-            stats = verify_exposure(stage, images[0].path, detector_of(images[0].path, spec.data_id["detector"]),
-                                    spec.settings["verify"],
-                                    uncorrected_path=images[1].path if len(images) > 1 else None, data_id=did)
+            if spec.fused_raws:  # the ISR quantum before it was fused away: its raw's ISR, in memory
+                from cpframe.verify.stats import residual_in_memory
+
+                image = _fused_isr_image(spec)
+                det = detector_of_header(image.header, spec.data_id["detector"])
+                residual, preview_of, uncorrected = residual_in_memory(image, spec.fused_keys[0]), image, None
+            else:
+                images = [v for values in groups.values() for v in values]
+                det = detector_of(images[0].path, spec.data_id["detector"])
+                residual = preview_of = images[0].path
+                uncorrected = images[1].path if len(images) > 1 else None
+            stats = verify_exposure(stage, residual, det, spec.settings["verify"], uncorrected_path=uncorrected,
+                                    data_id=did)
             if len(spec.outputs) > 1:  # verify<Type>Preview: what the report draws of this exposure
                 from cpframe.verify.preview import write_preview
 
-                write_preview(images[0].path, output_path(spec, 1))
+                write_preview(preview_of, output_path(spec, 1))
         write_stats(stats, output_path(spec))
         return stats
+
+
+def _fused_isr_image(spec):
+    """The ISR image of a fused verifyStats quantum's raw, made in memory as the ISR quantum it replaces would
+    write it (:func:`cpframe.science.tasks.isr_image`: same settings, calibrations and detector check)."""
+    from cpframe.science.tasks import isr_image
+
+    try:
+        _, image, _ = isr_image(spec.fused_raws[0], spec.fused_isr, spec.fused_calibs[0],
+                                detector=spec.data_id["detector"])
+    except Exception as err:  # name the ISR quantum whose work failed, as the unfused graph would
+        err.add_note(f"in ISR quantum {spec.fused_keys[0]}, fused into {spec.key} (fuseIsr: false keeps it apart)")
+        raise
+    return image
 
 
 class VerifyMerge(TaskKind):
