@@ -119,10 +119,6 @@ def test_unsupported_settings_fall_back_to_the_unfused_path(mini_sim, tmp_path):
     with pytest.raises(FusedUnsupported, match="MeanStats"):
         isr_combine(mini_sim.bias[:3], None, isr_config_for("biasBootstrap"),
                     CombineConfig(exposure_scaling="MeanStats"))
-    with pytest.raises(FusedUnsupported, match="per-exposure measurement"):
-        tasks._product("flat", mini_sim.dark[:3], tmp_path / "f.fits", calibs=None, work_dir=None, isr_config=None,
-                       combine_config=None, memory_bytes=None, threads=1, workers=1, scales_fn=lambda e: None,
-                       fused=True)
     # work_dir asks for the ISR files: the unfused path keeps them there
     r = tasks.cp_bias_bootstrap(mini_sim.bias[:3], tmp_path / "bb.fits", work_dir=tmp_path / "isr")
     assert not r.extra.get("fused") and all((tmp_path / "isr").glob("*.fits"))

@@ -229,7 +229,10 @@ class _RawSource:
     """One raw after the prepass: stored vectors + how to read and dither any block of rows."""
 
     def __init__(self, path: str, config: IsrConfig, calibs: IsrCalibs, calib_paths: Mapping[str, Any],
-                 scratch: _Scratch | None = None, prepass: Mapping[str, Any] | None = None):
+                 scratch: _Scratch | None = None, prepass: Mapping[str, Any] | None = None,
+                 raw=None, overscans: Mapping[str, Any] | None = None):
+        """The prepass of ``path`` (or its result ``prepass``); with ``raw`` and the ``overscans`` run_isr recorded
+        of it (:func:`prepass_with_isr`), the fits are taken from there instead of reading every amp again."""
         self.config = config
         self.calibs = calibs
         self.calib_paths = dict(calib_paths or {})
@@ -241,10 +244,21 @@ class _RawSource:
             self.__dict__.update({k: prepass[k] for k in _PREPASS_FIELDS if k in prepass})
             self.acc = {a.name: _AmpAccumulator() for a in self.det.amps}
             return
-        raw = read_raw(path, segments=False)  # headers only: the amps are read one by one below
-        self.path = str(path)
+        self._open(str(path), raw if raw is not None else read_raw(path, segments=False))
+        if overscans is None:
+            self._fit_overscans()
+        else:
+            self._take_overscans(overscans)
+        self._dark_scale_and_units()
+        # per-amp statistics accumulators: n, sum, sum of squares (relative to a shift), histogram
+        self.acc = {a.name: _AmpAccumulator() for a in self.det.amps}
+
+    def _open(self, path: str, raw) -> None:
+        """What the headers say: detector, units, dither seed, where each amp's segment is in the file."""
+        config = self.config
+        self.path = path
         self.det = det = raw.detector
-        _check_calibs(raw, config, calibs)
+        _check_calibs(raw, config, self.calibs)
         self.what = _what(raw)
         self.units = config.units
         self.header = raw.header.copy()
@@ -255,33 +269,48 @@ class _RawSource:
             self.dither_state = np.random.PCG64(self.seed).state
             self.dither_offset = np.float32(_dither_offset(config.integer_dither_mode))
         self.layout = _raw_layout(self.path, det)
+        sizes = [a.raw_shape[0] * a.raw_shape[1] for a in det.amps]  # segments in the order run_isr dithers them
+        self.start = {a.name: int(sum(sizes[:i])) for i, a in enumerate(det.amps)}
+
+    def _fit_overscans(self) -> None:
+        """Serial overscan of every amp, then gains and crosstalk of the rows below the data and their parallel
+        overscan (run_isr's functions, in its order)."""
+        config, calibs, det = self.config, self.calibs, self.det
         self.stats: dict[str, AmpStats] = {}
-        self.svec: dict[str, np.ndarray | None] = {}
-        self.pvec: dict[str, np.ndarray | None] = {}
-        self.start: dict[str, int] = {}
-        below: dict[str, np.ndarray] = {}
-        pos = 0
-        for amp in det.amps:
-            self.start[amp.name] = pos
-            pos += amp.raw_shape[0] * amp.raw_shape[1]
+        svec, below = {}, {}
         for amp in det.amps:
             # one amp at a time (pread + the same dither numbers as a whole-file read): the
             # prepass holds one float32 segment, not the raw (docs/algorithms.md, memory)
             seg = self.read_block(amp, 0, amp.raw_shape[0], "prepass")
             st, _, _, vec = serial_amp(amp, seg, config, calibs, self.cards, masks=False)
             self.stats[amp.name] = st
-            self.svec[amp.name] = None if vec is None else vec.astype(np.float32)[:, None]
+            svec[amp.name] = vec
             below[amp.name] = seg[amp.data_rows:].copy()
-        del raw
         if config.do_crosstalk:
             self.xt_gains = {a: st.gain for a, st in self.stats.items()} if self.units == "electron" else None
             _crosstalk(det, below, calibs.crosstalk,
                        calibs.crosstalk_quadratic if config.do_quadratic_crosstalk else None, self.xt_gains)
-        for amp in det.amps:
-            vec = None
-            if config.do_parallel_overscan:
-                vec = parallel_overscan_vector(amp, below[amp.name], config, self.stats[amp.name], self.cards)
-            self.pvec[amp.name] = None if vec is None else vec.astype(np.float32)[None, :]
+        pvec = {amp.name: parallel_overscan_vector(amp, below[amp.name], config, self.stats[amp.name], self.cards)
+                for amp in det.amps} if config.do_parallel_overscan else {}
+        self._set_vectors(svec, pvec)
+
+    def _take_overscans(self, overscans: Mapping[str, Any]) -> None:
+        """The fits as :func:`cpframe.science.isr.run_isr` recorded them for this raw (``overscans``)."""
+        self.stats = dict(overscans["stats"])
+        self.cards.update(overscans["cards"])
+        if self.config.do_crosstalk:
+            self.xt_gains = {a: st.gain for a, st in self.stats.items()} if self.units == "electron" else None
+        self._set_vectors(overscans["serial"], overscans.get("parallel") or {})
+
+    def _set_vectors(self, serial: Mapping[str, np.ndarray | None], parallel: Mapping[str, np.ndarray | None]
+                     ) -> None:
+        """The levels per raw row (serial) and per data column (parallel) as float32, as they are subtracted."""
+        self.svec = {a: None if v is None else v.astype(np.float32)[:, None] for a, v in serial.items()}
+        self.pvec = {a.name: None if parallel.get(a.name) is None else parallel[a.name].astype(np.float32)[None, :]
+                     for a in self.det.amps}
+
+    def _dark_scale_and_units(self) -> None:
+        config, calibs = self.config, self.calibs
         self.dark_scale = 1.0
         if config.do_dark:
             t_exp = _float_or_nan(self.header.get("DARKTIME"))
@@ -295,8 +324,6 @@ class _RawSource:
         for key in ("bias", "dark"):
             if getattr(config, f"do_{key}"):
                 _check_units(self.what, key, getattr(calibs, key).header, self.units, config)
-        # per-amp statistics accumulators: n, sum, sum of squares (relative to a shift), histogram
-        self.acc = {a.name: _AmpAccumulator() for a in det.amps}
 
     def read_block(self, amp, r0: int, r1: int, key: str | None = None) -> np.ndarray:
         """Raw rows [r0, r1) of one amp as float32, dithered, in read-out order.
@@ -420,11 +447,21 @@ def prepass(raw_path: str | os.PathLike, isr_config: IsrConfig, calib_paths: Map
 def prepass_with_isr(raw_path: str | os.PathLike, isr_config: IsrConfig, calib_paths: Mapping[str, Any] | None
                      ) -> tuple[dict[str, Any], Any]:
     """(:func:`prepass`, the raw's whole ISR image in memory, made as the unfused ISR quantum makes it), for a step
-    between ISR and a fused combine that needs each whole image (CpDark's cosmic rays, CpFlatMeasure)."""
+    between ISR and a fused combine that needs each whole image (CpDark's cosmic rays, CpFlatMeasure).
+
+    The overscans are fitted once: the prepass takes the vectors and numbers ``run_isr``
+    recorded (its ``overscans``) instead of reading every amp again and refitting them; they
+    are the same arrays, since both read the same dithered segments and run the same
+    functions in the same order (tests/test_fused_prepass.py).
+    """
     from cpframe.science.isr import run_isr
 
-    state = prepass(raw_path, isr_config, calib_paths)
-    img, _ = run_isr(read_raw(str(raw_path)), isr_config, load_calibs(dict(calib_paths or {})))
+    path = str(raw_path)
+    calibs = load_calibs(dict(calib_paths or {}))
+    raw = read_raw(path)
+    overscans: dict[str, Any] = {}
+    img, _ = run_isr(raw, isr_config, calibs, overscans=overscans)
+    state = _RawSource(path, isr_config, calibs, calib_paths or {}, raw=raw, overscans=overscans).prepass_state()
     return state, img
 
 

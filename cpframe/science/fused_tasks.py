@@ -8,16 +8,9 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
+from cpframe.science.flat_measure import FlatMeasureConfig, FlatMeasurement, prepass_flat_measure
 from cpframe.science.isr import IsrConfig
-from cpframe.science.tasks import (
-    CrConfig,
-    FlatMeasureConfig,
-    FlatMeasurement,
-    _isr_config,
-    _str_calibs,
-    cr_config_of,
-    flat_measure_image,
-)
+from cpframe.science.tasks import CrConfig, _isr_config, _str_calibs, cr_config_of
 
 __all__ = ["prepass_cr_task", "prepass_flat_measure_task", "prepass_task"]
 
@@ -34,14 +27,9 @@ def prepass_flat_measure_task(raw_path: str | os.PathLike, isr_config: IsrConfig
                               calibs: Mapping[str, Any] | None, config: FlatMeasureConfig | None = None
                               ) -> FlatMeasurement:
     """A fused flat's CpFlatMeasure quantum: the raw's ISR in memory (as the unfused ISR quantum runs it), its
-    measurement (:func:`flat_measure_image`), and the raw's prepass for the combine (``prepass``); nothing written."""
-    from cpframe.science.fused import prepass_with_isr
-
-    cfg = config or FlatMeasureConfig()
-    state, img = prepass_with_isr(raw_path, _isr_config(isr_config), _str_calibs(calibs))
-    m = flat_measure_image(img, cfg.clip, cfg.n_iter)
-    m.prepass = state
-    return m
+    measurement, and the raw's prepass for the combine (``prepass``); nothing written
+    (:func:`cpframe.science.flat_measure.prepass_flat_measure`)."""
+    return prepass_flat_measure(raw_path, _isr_config(isr_config), _str_calibs(calibs), config or FlatMeasureConfig())
 
 
 def prepass_cr_task(raw_path: str | os.PathLike, isr_config: IsrConfig | Mapping[str, Any] | None,

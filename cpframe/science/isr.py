@@ -664,9 +664,18 @@ def serial_amp(amp: Amplifier, seg: np.ndarray, config: IsrConfig, calibs: IsrCa
     return st, sat, sus, vec
 
 
-def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
-            ) -> tuple[MaskedImage, dict[str, AmpStats]]:
+def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None,
+            overscans: dict[str, Any] | None = None) -> tuple[MaskedImage, dict[str, AmpStats]]:
     """Run ISR on an in-memory raw.
+
+    Parameters
+    ----------
+    overscans : dict, optional
+        Filled, when given, with what the overscan fits found, so that the fused ISR's
+        prepass of this raw need not fit them again (:func:`cpframe.science.fused.prepass_with_isr`):
+        ``"serial"`` and ``"parallel"`` (amp -> the float64 level vector, or None),
+        ``"stats"`` (amp -> a copy of its :class:`AmpStats` as the overscan left them) and
+        ``"cards"`` (a copy of the cards written up to the end of the per-amp steps).
 
     Returns
     -------
@@ -702,7 +711,10 @@ def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
         seg = raw.segments[amp.name].astype(np.float32)
         if rng is not None:
             seg += rng.random(seg.shape, dtype=np.float32) + np.float32(_dither_offset(config.integer_dither_mode))
-        st, sat, sus, _ = serial_amp(amp, seg, config, calibs, cards)
+        st, sat, sus, svec = serial_amp(amp, seg, config, calibs, cards)
+        if overscans is not None:
+            overscans.setdefault("serial", {})[amp.name] = svec
+            overscans.setdefault("stats", {})[amp.name] = replace(st)  # _standard_statistics changes st
         if sat is not None:
             sat_masks[amp.name] = sat
         if sus is not None:
@@ -723,8 +735,9 @@ def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
     for amp in det.amps:
         seg = segs[amp.name]
         st = stats[amp.name]
-        if config.do_parallel_overscan:
-            _parallel_overscan(amp, seg, config, st, cards)
+        pvec = _parallel_overscan(amp, seg, config, st, cards) if config.do_parallel_overscan else None
+        if overscans is not None:
+            overscans.setdefault("parallel", {})[amp.name] = pvec
         data = seg[amp.data_slice]
         if config.do_linearize:  # cpframe/science/linearity.py; in adu (gain passed for electrons)
             calibs.linearizer.correct(data, amp.name, st.gain if units == "electron" else None)
@@ -736,6 +749,8 @@ def run_isr(raw: RawExposure, config: IsrConfig, calibs: IsrCalibs | None = None
             mask[amp.bbox] |= np.where(_orient(sat_masks[amp.name], amp), sat_bit, np.int32(0))
         if amp.name in sus_masks:
             mask[amp.bbox] |= np.where(_orient(sus_masks[amp.name], amp), sus_bit, np.int32(0))
+    if overscans is not None:
+        overscans["cards"] = dict(cards)
     variance = np.zeros(shape, np.float32)
 
     what = _what(raw)
@@ -874,10 +889,12 @@ def overscan_variance_factor(config: IsrConfig, n_serial: int, n_parallel: int, 
     return float(k)
 
 
-def _parallel_overscan(amp: Amplifier, seg: np.ndarray, config: IsrConfig, st: AmpStats, cards: dict) -> None:
+def _parallel_overscan(amp: Amplifier, seg: np.ndarray, config: IsrConfig, st: AmpStats,
+                       cards: dict) -> np.ndarray | None:
     vec = parallel_overscan_vector(amp, seg[amp.data_rows:], config, st, cards)
     if vec is not None:
         seg[:, amp.data_slice[1]] -= vec.astype(np.float32)[None, :]
+    return vec
 
 
 def parallel_overscan_vector(amp: Amplifier, below: np.ndarray, config: IsrConfig, st: AmpStats,

@@ -42,7 +42,6 @@ from cpframe.science.combine import (
     CombineConfig,
     CombineError,
     CombineResult,
-    clipped_stats,
     combine_config_for,
     combine_files,
 )
@@ -53,11 +52,18 @@ from cpframe.science.defects import (
     measure_defects,
     merge_defects,
 )
+from cpframe.science.flat_measure import (
+    FlatMeasureConfig,
+    FlatMeasurement,
+    FlatNormalizeConfig,
+    FlatScales,
+    flat_measure_task,
+    flat_normalize_task,
+    flat_scales,
+    prepass_flat_measure,
+)
 from cpframe.science.imageio import (
     MASK_BITS,
-    MaskedImage,
-    detector_from_header,
-    mask_value,
     read_header,
     read_masked,
     read_raw,
@@ -158,35 +164,6 @@ class CrResult:
     """Pixels flagged CR after growing."""
     n_cosmic_rays: int
     """Connected CR groups found before growing."""
-
-
-@dataclass
-class FlatMeasurement:
-    """Background of one flat exposure x detector (spec §6 measure)."""
-
-    exposure_id: int
-    detector: int
-    physical_filter: str
-    background: float
-    """MEANCLIP (3σ, 3 iterations) of the detector, ignoring DETECTED, BAD, NO_DATA."""
-    sigma: float
-    n_pixels: int
-    amp_background: dict[str, float] = field(default_factory=dict)
-    path: str = ""
-    prepass: Any = field(default=None, repr=False, compare=False)
-    """A fused flat's raw prepass (:func:`cpframe.science.fused_tasks.prepass_flat_measure_task`), for its combine;
-    None otherwise."""
-
-
-@dataclass
-class FlatScales:
-    """Focal-plane normalisation B[d,e] ≈ E[e]·G[d] (spec §6 normalize)."""
-
-    exp_scale: dict[int, float]
-    """Exposure id -> E[e] (divide each input of that exposure by it)."""
-    det_scale: dict[int, float]
-    """Detector id -> G[d] (mean over detectors weighted by pixel count = 1)."""
-    n_iter: int
 
 
 @dataclass
@@ -326,96 +303,6 @@ def dark_cr_task(input_path: str | os.PathLike, output_path: str | os.PathLike |
 
 
 # --------------------------------------------------------------------------------------
-# flats: measure + focal-plane normalisation
-# --------------------------------------------------------------------------------------
-_FLAT_IGNORE = mask_value(("DETECTED", "BAD", "NO_DATA"))
-
-
-@dataclass(frozen=True)
-class FlatMeasureConfig:
-    """CpFlatMeasure settings (cp_pipe ``CpFlatMeasureConfig``)."""
-
-    clip: float = 3.0
-    """Clipping threshold of the background statistics, sigma."""
-    n_iter: int = 3
-    """Clipping iterations."""
-
-
-@dataclass(frozen=True)
-class FlatNormalizeConfig:
-    """CpFlatNormalization settings (cp_pipe ``CpFlatNormalizationConfig``)."""
-
-    max_iter: int = 10
-    """Iterations of the exposure x detector factorisation."""
-
-
-def flat_measure_task(input_path: str | os.PathLike, clip: float = FlatMeasureConfig.clip,
-                      n_iter: int = FlatMeasureConfig.n_iter) -> FlatMeasurement:
-    """CpFlatMeasure: clipped mean background of the detector and of each amp."""
-    return flat_measure_image(read_masked(input_path), clip, n_iter, str(input_path))
-
-
-def flat_measure_image(img: MaskedImage, clip: float = FlatMeasureConfig.clip, n_iter: int = FlatMeasureConfig.n_iter,
-                       path: str = "") -> FlatMeasurement:
-    """CpFlatMeasure of an ISR image in memory (:func:`flat_measure_task` reads it from its file)."""
-    h = img.header
-    good = (img.mask & _FLAT_IGNORE) == 0
-    bg, sig, n = clipped_stats(img.image[good], clip, n_iter)
-    det = detector_from_header(h, img.shape)
-    amp_bg = {} if det is None else {
-        amp.name: clipped_stats(img.image[amp.bbox][good[amp.bbox]], clip, n_iter)[0] for amp in det.amps}
-    return FlatMeasurement(exposure_id=int(h.get("EXPID", 0)), detector=int(h.get("DETECTOR", 0)),
-                           physical_filter=str(h.get("FILTER", "")), background=bg, sigma=sig, n_pixels=n,
-                           amp_background=amp_bg, path=path)
-
-
-def flat_normalize_task(measurements: Sequence[FlatMeasurement],
-                        max_iter: int = FlatNormalizeConfig.max_iter) -> FlatScales:
-    """Solve B[d,e] ≈ E[e]·G[d] in log space (spec §6), weights = pixel counts.
-
-    Raises
-    ------
-    UserInputError
-        No measurement with a finite, positive background.
-    """
-    exps = sorted({m.exposure_id for m in measurements})
-    dets = sorted({m.detector for m in measurements})
-    ei = {e: i for i, e in enumerate(exps)}
-    di = {d: i for i, d in enumerate(dets)}
-    logb = np.full((len(dets), len(exps)), np.nan)
-    w = np.zeros((len(dets), len(exps)))
-    for m in measurements:
-        if math.isfinite(m.background) and m.background > 0 and m.n_pixels > 0:
-            logb[di[m.detector], ei[m.exposure_id]] = math.log(m.background)
-            w[di[m.detector], ei[m.exposure_id]] = m.n_pixels
-    if not (w > 0).any():
-        raise UserInputError("flat normalisation: no flat exposure has a finite positive background; "
-                             "check that the flats are illuminated and ISR ran without errors.")
-    ok = w > 0
-    lb = np.where(ok, logb, 0.0)
-
-    def wmean(values, weights, axis):
-        s = weights.sum(axis=axis)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(s > 0, (values * weights).sum(axis=axis) / np.where(s > 0, s, 1), np.nan)
-
-    log_g = np.zeros(len(dets))
-    log_e = wmean(lb - log_g[:, None], w, axis=0)
-    for _ in range(int(max_iter)):
-        log_g = wmean(lb - np.nan_to_num(log_e)[None, :], w, axis=1)
-        bad = ~np.isfinite(log_g)
-        if bad.any():
-            log_g[bad] = np.nanmean(log_g[~bad])
-        log_e = wmean(lb - log_g[:, None], w, axis=0)
-        det_w = w.sum(axis=1)
-        flux = float((np.exp(log_g) * det_w).sum() / det_w.sum())
-        log_g -= math.log(flux)
-    log_e = wmean(lb - log_g[:, None], w, axis=0)
-    return FlatScales(exp_scale={e: float(np.exp(log_e[i])) for e, i in ei.items() if np.isfinite(log_e[i])},
-                      det_scale={d: float(np.exp(log_g[i])) for d, i in di.items()}, n_iter=int(max_iter))
-
-
-# --------------------------------------------------------------------------------------
 # combine
 # --------------------------------------------------------------------------------------
 def combine_task(input_paths: Sequence[str | os.PathLike], output_path: str | os.PathLike,
@@ -538,13 +425,19 @@ def _run_isr_all(raw_paths: Sequence[str | os.PathLike], work: Path, config: Isr
     """ISR of every raw into ``work``; ``workers`` at a time in threads or (``executor='process'``) processes."""
     if not raw_paths:
         raise CombineError("no raw exposures given; select at least one raw of this detector.")
-    if executor not in ("thread", "process"):
-        raise UserInputError(f"executor {executor!r}: use 'thread' or 'process'.")
     if cr_config is not None:
         cr_config = cr_config_of(cr_config)
     calibs = {k: (str(v) if isinstance(v, (str, os.PathLike)) else v) for k, v in (calibs or {}).items()}
     items = [(str(p), str(work / f"isr_{i:05d}_{Path(p).stem}.fits"), config, calibs, cr_config)
              for i, p in enumerate(raw_paths)]
+    return _per_raw(_isr_item, [(x,) for x in items], workers, executor)
+
+
+def _per_raw(fn, items: Sequence[tuple], workers: int, executor: str) -> list:
+    """``fn(*item)`` of every item in order; ``workers`` at a time in threads or (``executor='process'``)
+    processes.  ``fn`` is a module-level function (a process pool sends it by name)."""
+    if executor not in ("thread", "process"):
+        raise UserInputError(f"executor {executor!r}: use 'thread' or 'process'.")
     if workers > 1 and len(items) > 1:
         if executor == "process":
             import multiprocessing
@@ -553,10 +446,10 @@ def _run_isr_all(raw_paths: Sequence[str | os.PathLike], work: Path, config: Isr
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["cpframe.science.tasks"])
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
-                return list(ex.map(_isr_item, items))
+                return list(ex.map(fn, *zip(*items)))
         with ThreadPoolExecutor(max_workers=workers) as ex:
-            return list(ex.map(_isr_item, items))
-    return [_isr_item(x) for x in items]
+            return list(ex.map(fn, *zip(*items)))
+    return [fn(*x) for x in items]
 
 
 def fused_combine_task(raw_paths: Sequence[str | os.PathLike], output_path: str | os.PathLike,
@@ -598,38 +491,45 @@ def _str_calibs(calibs: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _product(product: str, raw_paths, output_path, *, calibs, work_dir, isr_config, combine_config,
-             memory_bytes, threads, workers, executor="thread", cr_config=None, scales_fn=None,
+             memory_bytes, threads, workers, executor="thread", cr_config=None, measure_flats=False,
              fused=None) -> ProductResult:
+    """ISR of the raws, CpDark's cosmic rays (``cr_config``) or the flat measurement and normalisation
+    (``measure_flats``), and the combine: streamed without ISR files (fused) unless ``work_dir`` is given,
+    ``fused=False``, or the settings need the unfused path."""
     icfg = _isr_config(isr_config) if isr_config is not None else isr_config_for(product)
     ccfg = (combine_config if isinstance(combine_config, CombineConfig)
             else CombineConfig.from_dict(combine_config) if combine_config is not None
             else combine_config_for(product))
-    if fused is None:
-        # the fused path unless intermediates are wanted (work_dir) or the flat measurement sits
-        # between ISR and the combine (CpDark's CR finder runs on each raw's ISR in memory)
+    if fused is None:  # the fused path unless intermediates are wanted (work_dir)
         from cpframe.science.fused import fused_unsupported
 
-        fused = work_dir is None and scales_fn is None and not fused_unsupported(icfg, ccfg)
+        fused = work_dir is None and not fused_unsupported(icfg, ccfg)
     if fused:
-        if scales_fn is not None:
-            from cpframe.science.fused import FusedUnsupported
-
-            raise FusedUnsupported(f"{product}: a per-exposure measurement (the flat's) sits between ISR and the "
-                                   "combine; run it with fused=False.")
         if not raw_paths:
             raise CombineError("no raw exposures given; select at least one raw of this detector.")
-        prepasses = None
-        if cr_config is not None:  # CpDark's cosmic rays: found per raw in memory, applied while streaming
-            per_raw = calibs if isinstance(calibs, (list, tuple)) else [calibs] * len(raw_paths)
+        per_raw = list(calibs) if isinstance(calibs, (list, tuple)) else [calibs] * len(raw_paths)
+        # CpDark's cosmic rays or CpFlatMeasure: on each raw's ISR in memory, raws in parallel as the
+        # unfused ISR runs them; the combine then streams the raws with their prepasses
+        items = [(str(p), icfg, _str_calibs(c)) for p, c in zip(raw_paths, per_raw)]
+        prepasses = scales = None
+        if measure_flats:
+            measured = _per_raw(prepass_flat_measure, items, workers, executor)
+            keep, scales = flat_scales(measured)  # the exposures the normalisation keeps, as unfused
+            raw_paths, per_raw = [raw_paths[i] for i in keep], [per_raw[i] for i in keep]
+            prepasses = [measured[i].prepass for i in keep]
+        elif cr_config is not None:
             from cpframe.science.fused import prepass_cosmic_rays
 
             cr = cr_config_of(cr_config)
-            prepasses = [prepass_cosmic_rays(p, icfg, _str_calibs(c), cr) for p, c in zip(raw_paths, per_raw)]
-        return fused_combine_task(raw_paths, output_path, icfg, ccfg, calibs, memory_bytes=memory_bytes,
-                                  prepasses=prepasses)
+            prepasses = _per_raw(prepass_cosmic_rays, [(*x, cr) for x in items], workers, executor)
+        return fused_combine_task(raw_paths, output_path, icfg, ccfg, per_raw, scales=scales,
+                                  memory_bytes=memory_bytes, prepasses=prepasses)
     with _WorkDir(work_dir, output_path) as work:
         exposures = _run_isr_all(raw_paths, work, icfg, calibs, workers, cr_config, executor)
-        scales = scales_fn(exposures) if scales_fn is not None else None
+        scales = None
+        if measure_flats:
+            keep, scales = flat_scales([flat_measure_task(e.path) for e in exposures])
+            exposures = [exposures[i] for i in keep]
         res = combine_task([e.path for e in exposures], output_path, ccfg, scales=scales,
                            memory_bytes=memory_bytes, threads=threads)
     return ProductResult(path=str(output_path), n_inputs=len(exposures), combine=res, exposures=exposures)
@@ -705,12 +605,6 @@ def cp_dark_bootstrap(raw_paths, output_path, *, calibs=None, work_dir=None, isr
                     threads=threads, workers=workers, executor=executor, fused=fused)
 
 
-def _flat_scales(exposures: Sequence[ExposureStats]) -> list[float]:
-    """One detector's flat scales E[e]: measure each ISR-processed flat, then normalise."""
-    norm = flat_normalize_task([flat_measure_task(e.path) for e in exposures])
-    return [norm.exp_scale[e.exposure_id] for e in exposures]
-
-
 def cp_flat(raw_paths, output_path, *, calibs=None, work_dir=None, isr_config=None, combine_config=None,
             memory_bytes=None, threads=1, workers=1, executor="thread", fused=None) -> ProductResult:
     """cpFlat (one detector, one filter): ISR (gains, bias, dark) + measure + normalise + combine.
@@ -721,7 +615,7 @@ def cp_flat(raw_paths, output_path, *, calibs=None, work_dir=None, isr_config=No
     """
     return _product("flat", raw_paths, output_path, calibs=calibs, work_dir=work_dir, isr_config=isr_config,
                     combine_config=combine_config, memory_bytes=memory_bytes, threads=threads, workers=workers,
-                    executor=executor, scales_fn=_flat_scales, fused=fused)
+                    executor=executor, measure_flats=True, fused=fused)
 
 
 def cp_flat_bootstrap(raw_paths, output_path, *, calibs=None, work_dir=None, isr_config=None,
@@ -729,7 +623,7 @@ def cp_flat_bootstrap(raw_paths, output_path, *, calibs=None, work_dir=None, isr
     """flatBootstrap: bootstrap ISR minus bias/dark bootstraps + measure + normalise + combine (adu)."""
     return _product("flatBootstrap", raw_paths, output_path, calibs=calibs, work_dir=work_dir,
                     isr_config=isr_config, combine_config=combine_config, memory_bytes=memory_bytes,
-                    threads=threads, workers=workers, executor=executor, scales_fn=_flat_scales, fused=fused)
+                    threads=threads, workers=workers, executor=executor, measure_flats=True, fused=fused)
 
 
 def cp_defects(bias_paths: Sequence[str | os.PathLike], dark_paths: Sequence[str | os.PathLike],
