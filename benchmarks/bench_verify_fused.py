@@ -53,27 +53,19 @@ sys.path.insert(0, str(HERE))
 
 
 def _calibs(raws: list[str], out: Path, detector: int) -> dict[str, str]:
-    """ptc and defects from the simulator's truth (seed 11, as ``simulate_raws``); the bias by ``cp_bias``."""
-    from cpframe.camera.curated import write_defects
+    """ptc and defects from the simulator's truth (seed 11, as ``simulate_raws``; bench_fused_dark's writer); the bias
+    under test made by ``cp_bias`` from the raws."""
+    from bench_fused_dark import _calibs as truth_calibs
+
     from cpframe.camera.models import load_camera
     from cpframe.camera.simulate import make_truth
-    from cpframe.science.imageio import write_ptc
     from cpframe.science.tasks import cp_bias
 
     cam = load_camera("LSSTComCam", "full")
-    det = cam.detector(detector)
-    truth = make_truth(cam, 11)
-    head = {"INSTRUME": cam.name, "DETECTOR": det.id, "DETNAME": det.name, "CAMSCALE": cam.scale}
-    rows = [{"amp": a.name, "gain": truth.amp(det.id, a.name).gain, "gain_err": 0.0,
-             "noise": truth.amp(det.id, a.name).read_noise, "noise_err": 0.0, "turnoff": 9e4, "a00": 0.0,
-             "n_pairs": 0, "raw_means": [np.nan] * 2, "raw_vars": [np.nan] * 2, "exp_times": [np.nan] * 2,
-             "mask": [False] * 2, "overscan_noise": [np.nan] * 2} for a in det.amps]
-    rects = [d[:4] for d in truth.detectors[det.id].defects]
     out.mkdir(parents=True, exist_ok=True)
-    ptc = str(write_ptc(out / "ptc.fits", rows, {**head, "OBSTYPE": "ptc"}))
-    defects = str(write_defects(out / "defects.ecsv", rects, cam.name, det.id, "2024-01-01T00:00:00"))
-    bias = str(cp_bias(raws, out / "bias.fits", calibs={"ptc": ptc}).path)
-    return {"ptc": ptc, "bias": bias, "defects": defects}
+    truth = truth_calibs(make_truth(cam, 11), cam, cam.detector(detector), out)
+    bias = str(cp_bias(raws, out / "bias_under_test.fits", calibs={"ptc": truth["ptc"]}).path)
+    return {"ptc": truth["ptc"], "bias": bias, "defects": truth["defects"]}
 
 
 def _specs(raws: list[str], calib_paths: dict[str, list[str]], scratch: Path, detector: int):

@@ -146,3 +146,22 @@ def verify_and_report(repo: Any, template: Path, env: dict, client: Any, gen_run
     rep = write_report(repo, [ver.run, gen_run], report_dir)
     assert rep.verdicts.get(product) is True, rep.verdicts
     return ver, rep, (rep.output_dir / "index.html").read_text()
+
+
+def full_isr_setup(sim: Any, products: Any, crosstalk: float) -> tuple[Any, dict]:
+    """(IsrConfig, calibrations) of an ISR with every step the fused path streams: electrons, gains, crosstalk
+    (``crosstalk`` between every pair of amps; quadratic off), bias, dark, defects, saturation, linearity and a
+    MEAN-scaled flat, from the mini simulation's products."""
+    from dataclasses import replace
+
+    from cpframe.science.isr import isr_config_for
+
+    det = sim.detector
+    xt = np.full((len(det.amps), len(det.amps)), crosstalk)
+    np.fill_diagonal(xt, 0.0)
+    p = products
+    calibs = {"ptc": p.ptc.path, "bias": p.bias.path, "dark": p.dark.path, "defects": p.defects.path,
+              "flat": p.flat.path, "crosstalk": xt, "linearizer": {a.name: -1e-7 for a in det.amps}}
+    icfg = replace(isr_config_for("flat"), do_defect=True, do_saturation=True, do_crosstalk=True,
+                   do_linearize=True, do_flat=True, flat_scaling_type="MEAN")
+    return icfg, calibs

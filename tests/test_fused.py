@@ -12,6 +12,7 @@ from cpframe.science.combine import CombineConfig, combine_config_for
 from cpframe.science.fused import FusedUnsupported, fused_unsupported, isr_combine
 from cpframe.science.imageio import mask_value, read_masked, read_raw
 from cpframe.science.isr import IsrConfig, isr_config_for, load_calibs, run_isr
+from tests._run_helpers import full_isr_setup
 from tests.test_combine import _reference
 
 
@@ -49,15 +50,8 @@ def test_full_isr_fused_equals_unfused_and_numpy(mini_sim, mini_products, tmp_pa
 
     n = 4 propagates the input variances (below maxVisitsToCalcErrorFromInputVariance).
     """
-    p = mini_products
     det = mini_sim.detector
-    n_amp = len(det.amps)
-    xt = np.full((n_amp, n_amp), 1e-4)
-    np.fill_diagonal(xt, 0.0)
-    calibs = {"ptc": p.ptc.path, "bias": p.bias.path, "dark": p.dark.path, "defects": p.defects.path,
-              "flat": p.flat.path, "crosstalk": xt, "linearizer": {a.name: -1e-7 for a in det.amps}}
-    icfg = replace(isr_config_for("flat"), do_defect=True, do_saturation=True, do_crosstalk=True,
-                   do_linearize=True, do_flat=True, flat_scaling_type="MEAN")
+    icfg, calibs = full_isr_setup(mini_sim, mini_products, 1e-4)
     ccfg = replace(combine_config_for("dark"), combine=combine, check_no_data=False)
     raws = mini_sim.dark[:n]
     img, res, exps = isr_combine(raws, tmp_path / "fused.fits", icfg, ccfg, calibs, memory_bytes=60_000)

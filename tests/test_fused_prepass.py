@@ -14,6 +14,8 @@ from cpframe.science.fused import prepass, prepass_with_isr
 from cpframe.science.imageio import read_raw
 from cpframe.science.isr import isr_config_for, load_calibs, run_isr
 
+from tests._run_helpers import full_isr_setup
+
 
 def _assert_same(a, b, where="state"):
     """``a`` and ``b`` are equal exactly: arrays bit for bit (NaN where NaN), floats equal or both NaN."""
@@ -38,24 +40,10 @@ def _assert_same(a, b, where="state"):
         assert type(a) is type(b) and a == b, (where, a, b)
 
 
-def _full_setup(mini_sim, mini_products):
-    """Electrons: gains, crosstalk (+ quadratic off), bias, dark, defects, saturation, linearity, flat."""
-    p = mini_products
-    det = mini_sim.detector
-    n_amp = len(det.amps)
-    xt = np.full((n_amp, n_amp), 2e-4)
-    np.fill_diagonal(xt, 0.0)
-    calibs = {"ptc": p.ptc.path, "bias": p.bias.path, "dark": p.dark.path, "defects": p.defects.path,
-              "flat": p.flat.path, "crosstalk": xt, "linearizer": {a.name: -1e-7 for a in det.amps}}
-    icfg = replace(isr_config_for("flat"), do_defect=True, do_saturation=True, do_crosstalk=True,
-                   do_linearize=True, do_flat=True, flat_scaling_type="MEAN")
-    return icfg, calibs
-
-
 @pytest.mark.parametrize("setup", ["full", "biasBootstrap", "darkBootstrap-adu-crosstalk"])
 def test_prepass_from_run_isrs_fits_equals_the_prepass(mini_sim, mini_products, setup):
     if setup == "full":
-        icfg, calibs = _full_setup(mini_sim, mini_products)
+        icfg, calibs = full_isr_setup(mini_sim, mini_products, 2e-4)
         raw_path = mini_sim.flat[0]
     elif setup == "biasBootstrap":
         icfg, calibs = isr_config_for("biasBootstrap"), {}
@@ -88,7 +76,7 @@ def test_prepass_from_run_isrs_fits_equals_the_prepass(mini_sim, mini_products, 
 
 def test_prepass_with_isr_fits_each_overscan_once(mini_sim, mini_products, monkeypatch):
     """The serial and parallel overscan fits run once per amp (in run_isr), not again for the prepass."""
-    icfg, calibs = _full_setup(mini_sim, mini_products)
+    icfg, calibs = full_isr_setup(mini_sim, mini_products, 2e-4)
     calls = {"serial": 0, "parallel": 0}
     real_serial, real_parallel = isr.serial_amp, isr.parallel_overscan_vector
 
