@@ -35,7 +35,6 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from numba import njit
 
 from cpframe.core.errors import UserInputError
 from cpframe.science.combine import (
@@ -68,14 +67,13 @@ from cpframe.science.isr import (
     _check_units,
     _crosstalk,
     _dither_offset,
-    _flat_correct,
     _float_or_nan,
-    _orient,
     _what,
     load_calibs,
     parallel_overscan_vector,
     serial_amp,
 )
+from cpframe.science.fused_isr import amp_to_band, raw_rows, threshold
 from cpframe.science.kernels import combine_block
 
 __all__ = ["FusedUnsupported", "FusedExposure", "fused_unsupported", "isr_combine", "fused_rows_for_budget"]
@@ -96,6 +94,9 @@ _SUPPORTED_FIELDS = {
     "do_flat", "flat_scaling_type", "flat_user_scale", "no_data_variance", "do_raise_on_calib_mismatch",
     "do_standard_statistics", "mask_negative_variance",
 }
+
+#: A SAT / SUSPECT level that is never reached (:func:`cpframe.science.fused_isr.threshold`).
+_NO_LEVEL = (math.inf, False)
 
 #: Bytes per input pixel held per block: image float32 + mask int32 (+ variance float32).
 _BLOCK_BYTES = 8
@@ -325,17 +326,11 @@ class _RawSource:
             if getattr(config, f"do_{key}"):
                 _check_units(self.what, key, getattr(calibs, key).header, self.units, config)
 
-    def read_block(self, amp, r0: int, r1: int, key: str | None = None) -> np.ndarray:
-        """Raw rows [r0, r1) of one amp as float32, dithered, in read-out order.
-
-        The array lives in the scratch buffer ``key`` (default: the amp's name) until the
-        next read into that key.
-        """
-        offset, dtype, bzero = self.layout[amp.name]
+    def _pread(self, amp, r0: int, r1: int) -> np.ndarray:
+        """The bytes of raw rows [r0, r1) of one amp as stored (big-endian integers, scratch buffer "raw")."""
+        offset, dtype, _bzero = self.layout[amp.name]
         cols = amp.raw_shape[1]
-        n = (r1 - r0) * cols
-        key = key or amp.name
-        buf = self.scratch.get("raw", (n,), dtype)
+        buf = self.scratch.get("raw", ((r1 - r0) * cols,), dtype)
         mv = memoryview(buf).cast("B")
         fd = os.open(self.path, os.O_RDONLY)
         try:
@@ -348,23 +343,27 @@ class _RawSource:
                 got += k
         finally:
             os.close(fd)
-        seg = self.scratch.get(key, (r1 - r0, cols), np.float32)
-        flat = seg.reshape(-1)
-        if bzero == 0 or dtype.itemsize == 2:
-            # int16 + BZERO (< 2**17) and int32 without BZERO convert to float32 exactly as
-            # through int32 first (the values are integers that float32 holds, or int32 -> float32
-            # rounds the same), without the two int32 temporaries
-            if bzero:
-                np.add(buf, np.float32(bzero), out=flat, dtype=np.float32)
-            else:
-                np.copyto(flat, buf, casting="unsafe")
-        else:
-            ints = buf.astype(np.int32) + np.int32(bzero)  # uint32 data: wraps as before
-            flat[:] = ints
-        if self.seed is not None:
-            d = self._dither(self.start[amp.name] + r0 * cols, n)
-            d += self.dither_offset
-            flat += d
+        return buf
+
+    def _rows(self, amp, r0: int, r1: int, c0: int, c1: int, out: np.ndarray, svec=None, sat=_NO_LEVEL,
+              sus=_NO_LEVEL, gain=None, bits=None) -> bool:
+        """Columns [c0, c1) of raw rows [r0, r1) into ``out`` through :func:`cpframe.science.fused_isr.raw_rows`."""
+        _offset, dtype, bzero = self.layout[amp.name]
+        cols = amp.raw_shape[1]
+        buf = self._pread(amp, r0, r1)
+        dither = None if self.seed is None else self._dither(self.start[amp.name] + r0 * cols, (r1 - r0) * cols)
+        return raw_rows(buf, dtype.itemsize, bzero, cols, c0, c1, dither,
+                        self.dither_offset if self.seed is not None else 0.0, svec, sat, sus, gain, out, bits)
+
+    def read_block(self, amp, r0: int, r1: int, key: str | None = None) -> np.ndarray:
+        """Raw rows [r0, r1) of one amp as float32, dithered, in read-out order (all columns).
+
+        The array lives in the scratch buffer ``key`` (default: the amp's name) until the
+        next read into that key.
+        """
+        cols = amp.raw_shape[1]
+        seg = self.scratch.get(key or amp.name, (r1 - r0, cols), np.float32)
+        self._rows(amp, r0, r1, 0, cols, seg)
         return seg
 
     def _dither(self, start: int, count: int) -> np.ndarray:
@@ -379,48 +378,39 @@ class _RawSource:
             g.random(1, dtype=np.float32)
         return g.random(dtype=np.float32, out=self.scratch.get("dither", (count,), np.float32))
 
-    def amp_blocks(self, r0: int, r1: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Data boxes of raw rows [r0, r1) of every amp through linearity (read-out order) + SAT/SUSPECT bits."""
+    def amp_blocks(self, r0: int, r1: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None], bool]:
+        """Data columns of raw rows [r0, r1) of every amp, read-out order: serial overscan, SAT / SUSPECT bits
+        (:data:`cpframe.science.fused_isr.RAW_SAT` ...; None: no bit set), gain, crosstalk; with a linearizer
+        also the parallel overscan and the linearizer (third value True: the parallel overscan is done)."""
         cfg = self.config
         segs: dict[str, np.ndarray] = {}
-        bits: dict[str, np.ndarray] = {}
-        sat_bit = np.int32(1 << MASK_BITS["SAT"])
-        sus_bit = np.int32(1 << MASK_BITS["SUSPECT"])
+        bits: dict[str, np.ndarray | None] = {}
         for amp in self.det.amps:
             st = self.stats[amp.name]
-            seg = self.read_block(amp, r0, r1)
-            vec = self.svec[amp.name]
-            if vec is not None:
-                seg -= vec[r0:r1]
             cols = amp.data_slice[1]
-            m = None
-            if cfg.do_saturation and math.isfinite(st.saturation_adu):
-                m = np.where(seg[:, cols] >= st.saturation_adu, sat_bit, np.int32(0))
-            if cfg.do_suspect and math.isfinite(cfg.suspect_level):
-                s = np.where(seg[:, cols] >= cfg.suspect_level, sus_bit, np.int32(0))
-                m = s if m is None else m | s
-            if m is not None:
-                bits[amp.name] = m
-            if self.units == "electron":
-                seg *= np.float32(st.gain)
+            c0, c1, _ = cols.indices(amp.raw_shape[1])
+            seg = self.scratch.get(amp.name, (r1 - r0, c1 - c0), np.float32)
+            do_bits = ((cfg.do_saturation and math.isfinite(st.saturation_adu))
+                       or (cfg.do_suspect and math.isfinite(cfg.suspect_level)))
+            b = self.scratch.get("bits" + amp.name, (r1 - r0, c1 - c0), np.int32) if do_bits else None
+            vec = self.svec[amp.name]
+            any_bit = self._rows(amp, r0, r1, c0, c1, seg, None if vec is None else vec[r0:r1],
+                                 threshold(st.saturation_adu) if cfg.do_saturation else _NO_LEVEL,
+                                 threshold(cfg.suspect_level) if cfg.do_suspect else _NO_LEVEL,
+                                 st.gain if self.units == "electron" else None, b)
             segs[amp.name] = seg
+            bits[amp.name] = b if any_bit else None
         if cfg.do_crosstalk:
             _crosstalk(self.det, segs, self.calibs.crosstalk,
                        self.calibs.crosstalk_quadratic if cfg.do_quadratic_crosstalk else None, self.xt_gains)
-        out = {}
-        for amp in self.det.amps:
-            seg = segs[amp.name]
-            st = self.stats[amp.name]
-            cols = amp.data_slice[1]
-            pv = self.pvec[amp.name]
-            if pv is not None:
-                seg[:, cols] -= pv
-            data = seg[:, cols]
-            if cfg.do_linearize:  # pixel by pixel (cpframe/science/linearity.py), as run_isr
-                self.calibs.linearizer.correct(data, amp.name, st.gain if self.units == "electron" else None)
-            out[amp.name] = data
-        return out, bits
-
+        if cfg.do_linearize:  # pixel by pixel (cpframe/science/linearity.py), as run_isr, after the parallel level
+            for amp in self.det.amps:
+                seg, pv = segs[amp.name], self.pvec[amp.name]
+                if pv is not None:
+                    seg -= pv
+                st = self.stats[amp.name]
+                self.calibs.linearizer.correct(seg, amp.name, st.gain if self.units == "electron" else None)
+        return segs, bits, bool(cfg.do_linearize)
 
     def prepass_state(self) -> dict[str, Any]:
         """What the prepass found (small, picklable; :data:`_PREPASS_FIELDS`)."""
@@ -623,7 +613,6 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
         if isr_config.do_flat and id(s.calibs) not in flat_cfg:
             flat_cfg[id(s.calibs)] = _flat_config(s.calibs.flat, isr_config)
     bad_bit = np.int32(1 << MASK_BITS["BAD"])
-    nan_bit = np.int32(1 << MASK_BITS["UNMASKEDNAN"])
     cr_bit = np.int32(1 << MASK_BITS["CR"])
     width = shape[1]
     for r0 in range(0, data_rows, rows):
@@ -635,32 +624,23 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
         # (buffers reused from block to block: _Scratch)
         img = [scratch.get(f"img{k}", (n, b, width), np.float32) for k in range(len(bands))]
         msk = [scratch.get(f"msk{k}", (n, b, width), np.int32) for k in range(len(bands))]
-        for m in msk:
-            m.fill(0)
         var = [scratch.get(f"var{k}", (n, b, width), np.float32) if use_var else None for k in range(len(bands))]
         calib_rows: list[dict[tuple, _Rows]] = [{} for _ in bands]
         scratch_var = None if use_var else scratch.get("scratch_var", (b, width), np.float32)
         for i, s in enumerate(sources):
-            data, bits = s.amp_blocks(r0, r1)
+            segs, bits, pv_done = s.amp_blocks(r0, r1)
             for k, (y0, y1, amps) in enumerate(bands):
-                im = img[k][i]
-                mk = msk[k][i]
-                for amp in amps:
-                    cs = amp.bbox[1]
-                    im[:, cs] = _orient(data[amp.name], amp)
-                    if amp.name in bits:
-                        mk[:, cs] |= _orient(bits[amp.name], amp)
+                im, mk = img[k][i], msk[k][i]
                 vr = var[k][i] if use_var else scratch_var
-                vr.fill(0.0)
-                _image_steps(s, im, mk, vr, y0, y1, amps, calib_rows[k], defects.get(id(s.calibs)),
-                             flat_cfg.get(id(s.calibs)), bad_bit, nan_bit, scratch, f"cal{k}-")
+                _block_isr(s, segs, bits, pv_done, amps, im, mk, vr, y0, y1, calib_rows[k], defects.get(id(s.calibs)),
+                           flat_cfg.get(id(s.calibs)), scratch, f"cal{k}-")
                 if isr_config.do_standard_statistics:
                     for amp in amps:
                         cs = amp.bbox[1]
                         s.acc[amp.name].add(im[:, cs], mk[:, cs])
                 if s.cr_index is not None:  # after the ISR statistics, as CpDark runs after the ISR
                     _apply_cosmic_rays(mk, s.cr_index, y0, y1, width, cr_bit, bad_bit)
-            del data, bits
+            del segs, bits
         del calib_rows, scratch_var
         for k, (y0, y1, _amps) in enumerate(bands):
             with warnings.catch_warnings():
@@ -709,16 +689,6 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
 _NO_VAR = np.zeros((1, 1, 1), np.float32)
 
 
-@njit(nogil=True, cache=True)
-def _mask_nonfinite(im, mk, bit):
-    """``mk |= bit`` where ``im`` is not finite (run_isr's NaN masking, without temporaries)."""
-    R, C = im.shape
-    for r in range(R):
-        for c in range(C):
-            if not math.isfinite(im[r, c]):
-                mk[r, c] |= bit
-
-
 def _output_planes(shape: tuple[int, int], output_path) -> tuple[np.ndarray, ...]:
     """Image, variance, mask and input-count planes of the product.
 
@@ -755,9 +725,11 @@ def _flat_config(flat: _CalibRef, config: IsrConfig) -> IsrConfig:
     return replace(config, flat_scaling_type="USER", flat_user_scale=s)
 
 
-def _image_steps(s: _RawSource, im, mk, vr, y0: int, y1: int, amps, calib_rows: dict, defect, flat_config,
-                 bad_bit, nan_bit, scratch: _Scratch | None = None, band_key: str = "") -> None:
-    """Bias, dark, defects, NaN masking, variance and flat on output rows [y0, y1) (run_isr's order)."""
+def _block_isr(s: _RawSource, segs, bits, pv_done: bool, amps, im, mk, vr, y0: int, y1: int, calib_rows: dict,
+               defect, flat_config, scratch: _Scratch, band_key: str) -> None:
+    """Every amp of one output band of one raw through the rest of run_isr's per-pixel steps, in its order
+    (parallel overscan, orientation, bias, dark, defects, NaN masking, variance, flat), one compiled pass
+    per amp (:func:`cpframe.science.fused_isr.amp_to_band`)."""
     cfg = s.config
 
     def rows(kind):
@@ -767,32 +739,17 @@ def _image_steps(s: _RawSource, im, mk, vr, y0: int, y1: int, amps, calib_rows: 
             calib_rows[key] = getattr(s.calibs, kind).rows(y0, y1, scratch, f"{band_key}{len(calib_rows)}-")
         return calib_rows[key]
 
-    if cfg.do_bias:
-        b = rows("bias")
-        im -= b.image
-        vr += b.variance
-        mk |= b.mask
-    if cfg.do_dark:
-        d = rows("dark")
-        scale = s.dark_scale
-        im -= np.float32(scale) * d.image
-        vr += np.float32(scale * scale) * d.variance
-        mk |= d.mask
-    if defect is not None:
-        dm, bad_amps = defect
-        mk[dm[y0:y1]] |= bad_bit
-        for amp in amps:
-            if amp.name in bad_amps:
-                mk[:, amp.bbox[1]] |= bad_bit
-    if cfg.do_nan_masking:
-        _mask_nonfinite(im, mk, nan_bit)
-    if cfg.do_variance:
-        for amp in amps:
-            st = s.stats[amp.name]
-            g = 1.0 if s.units == "electron" else st.gain
-            cs = amp.bbox[1]
-            vr[:, cs] += im[:, cs] * np.float32(1.0 / g) + np.float32((st.read_noise / g) ** 2)
-        if cfg.mask_negative_variance:
-            mk[vr < 0] |= bad_bit
-    if cfg.do_flat:
-        _flat_correct(im, vr, mk, rows("flat"), flat_config)
+    bias = rows("bias") if cfg.do_bias else None
+    dark = rows("dark") if cfg.do_dark else None
+    flat = rows("flat") if cfg.do_flat else None
+    dm, bad_amps = (None, set()) if defect is None else (defect[0][y0:y1], defect[1])
+    for amp in amps:
+        st = s.stats[amp.name]
+        g = 1.0 if s.units == "electron" else st.gain
+        amp_to_band(segs[amp.name], bits[amp.name], None if pv_done else s.pvec[amp.name], amp.flip_x, amp.flip_y,
+                    amp.bbox[1].start, im, mk, vr, MASK_BITS, bias=bias, dark=dark, dark_scale=s.dark_scale,
+                    defect=dm, amp_bad=amp.name in bad_amps, nan_masking=cfg.do_nan_masking,
+                    variance=(1.0 / g, (st.read_noise / g) ** 2) if cfg.do_variance else None,
+                    mask_negative_variance=cfg.mask_negative_variance, flat=flat,
+                    flat_scale=flat_config.flat_user_scale if flat is not None else 1.0,
+                    no_data_variance=cfg.no_data_variance)

@@ -1,0 +1,247 @@
+"""The per-pixel ISR of the fused path (:mod:`cpframe.science.fused`) as two compiled passes (numba, no GIL held).
+
+Per block of raw rows and per amp:
+
+* :func:`raw_rows`: the raw's big-endian integers -> float32 (+ BZERO, rounded once as astropy's scaled
+  data read by run_isr), + the dither numbers,
+  - the serial-overscan level of each row, the SAT / SUSPECT bits, x gain (electron units),
+  for the amp's data columns only (the overscan columns are not needed after the prepass).
+* crosstalk (between amps) and a linearizer, when enabled, run in between on these segments
+  (numpy, :func:`cpframe.science.isr._crosstalk`; the linearizer's own code);
+* :func:`amp_to_band`: - the parallel-overscan level of each column, the flips to the
+  assembled orientation, bias, dark (scaled), defects, NaN masking, variance (and negative
+  variance masking), flat (with its NO_DATA pixels), written straight into the block of the
+  output image, mask and variance planes.
+
+Each float32 operation is the one :func:`cpframe.science.isr.run_isr` does with numpy, in the
+same order and precision (the scalars are passed as float32, no fused multiply-add), so the
+product equals the numpy steps bit for bit (tests/test_fused_isr.py) and the unfused product
+to float32 precision (tests/test_fused.py).  Before (issue 14) the same steps were about 15
+numpy passes over each block, with their temporaries.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+__all__ = ["amp_to_band", "raw_rows", "threshold"]
+
+_NONE_F = np.zeros((1, 1), np.float32)
+_NONE_I = np.zeros((1, 1), np.int32)
+_NONE_B = np.zeros((1, 1), np.bool_)
+_NONE_V = np.zeros(1, np.float32)
+
+
+def threshold(level: Any) -> tuple[float, bool]:
+    """A SAT / SUSPECT level as numpy compares a float32 image with it: ``(level, in_float32)``.
+
+    numpy (NEP 50) compares with a Python float in float32 (the level rounded to float32), with
+    a numpy float64 in float64; the kernel does the same.  No level (inf / NaN): +inf, never set.
+    """
+    v = float(level)
+    if not math.isfinite(v):
+        return math.inf, False
+    in32 = np.result_type(np.float32, level) == np.float32
+    return (float(np.float32(v)) if in32 else v), bool(in32)
+
+
+def raw_rows(raw: np.ndarray, itemsize: int, bzero: int, cols: int, c0: int, c1: int,
+             dither: np.ndarray | None, dither_offset: float, svec: np.ndarray | None,
+             sat: tuple[float, bool], sus: tuple[float, bool], gain: float | None,
+             out: np.ndarray, bits: np.ndarray | None) -> bool:
+    """Columns [c0, c1) of raw rows as read (``raw``: the rows' bytes, ``cols`` columns) into ``out`` (rows x (c1 - c0)).
+
+    ``dither``: the rows' dither numbers (all columns), ``svec``: the serial level per row,
+    ``gain``: multiply by it (electron units), ``bits``: where SAT / SUSPECT bits go
+    (``None``: not computed).  Returns whether any bit was set.
+    """
+    view = raw.view(np.uint16 if itemsize == 2 else np.uint32)
+    rows = view.size // cols
+    d = _NONE_V if dither is None else dither
+    sv = _NONE_V if svec is None else svec.reshape(-1)
+    b = _NONE_I if bits is None else bits
+    return _raw_rows(view, rows, cols, itemsize, bzero, c0, c1, d, dither is not None, np.float32(dither_offset),
+                     sv, svec is not None, sat[0], sat[1], sus[0], sus[1], bits is not None,
+                     np.float32(1.0 if gain is None else gain), gain is not None, out, b)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _raw_rows(view, rows, cols, itemsize, bzero, c0, c1, dither, do_dither, doff, svec, do_svec,
+              sat, sat32, sus, sus32, do_bits, gain, do_gain, out, bits):
+    # row by row, each step a branch-free loop over the row (vectorised by LLVM; the row stays in L1)
+    any_bit = np.int32(0)
+    sat_f = np.float32(sat)
+    sus_f = np.float32(sus)
+    bz = np.float32(bzero)
+    n = c1 - c0
+    for r in range(rows):
+        src = view[r * cols + c0:r * cols + c1]
+        x = out[r]
+        if itemsize == 2:
+            for c in range(n):
+                u = np.int32(src[c])
+                v = ((u >> 8) & 0xFF) | ((u & 0xFF) << 8)
+                x[c] = np.float32(v - ((v & 0x8000) << 1)) + bz
+        elif bzero == 0:
+            for c in range(n):
+                u = np.uint32(src[c])
+                v = ((u & 0xFF) << 24) | ((u & 0xFF00) << 8) | ((u >> 8) & 0xFF00) | ((u >> 24) & 0xFF)
+                x[c] = np.float32(np.int32(v))
+        else:  # int32 + BZERO: the exact sum rounded once to float32, as astropy's scaled data -> float32
+            for c in range(n):
+                u = np.uint32(src[c])
+                v = ((u & 0xFF) << 24) | ((u & 0xFF00) << 8) | ((u >> 8) & 0xFF00) | ((u >> 24) & 0xFF)
+                x[c] = np.float32(np.int64(np.int32(v)) + bzero)
+        if do_dither:
+            d = dither[r * cols + c0:r * cols + c1]
+            for c in range(n):
+                x[c] = x[c] + (d[c] + doff)
+        if do_svec:
+            level = svec[r]
+            for c in range(n):
+                x[c] = x[c] - level
+        if do_bits:
+            m = bits[r]
+            if sat32 and sus32:
+                for c in range(n):
+                    m[c] = np.int32(x[c] >= sat_f) | (np.int32(x[c] >= sus_f) << 1)
+            else:
+                for c in range(n):
+                    m[c] = (np.int32((x[c] >= sat_f) if sat32 else (np.float64(x[c]) >= sat))
+                            | (np.int32((x[c] >= sus_f) if sus32 else (np.float64(x[c]) >= sus)) << 1))
+            for c in range(n):
+                any_bit |= m[c]
+        if do_gain:
+            for c in range(n):
+                x[c] = x[c] * gain
+    return any_bit != 0
+
+
+#: Bits :func:`raw_rows` sets (1: SAT, 2: SUSPECT), translated by :func:`amp_to_band` into the mask's.
+RAW_SAT, RAW_SUSPECT = 1, 2
+
+
+def amp_to_band(seg: np.ndarray, bits: np.ndarray | None, pvec: np.ndarray | None, flip_x: bool, flip_y: bool,
+                x0: int, im: np.ndarray, mk: np.ndarray, vr: np.ndarray, mask_bits: dict[str, int], *,
+                bias=None, dark=None, dark_scale: float = 1.0, defect: np.ndarray | None = None,
+                amp_bad: bool = False, nan_masking: bool = False, variance: tuple[float, float] | None = None,
+                mask_negative_variance: bool = False, flat=None, flat_scale: float = 1.0,
+                no_data_variance: float = 0.0) -> None:
+    """One amp's segment (read-out order) into its columns ``x0 ...`` of an output block (module docstring).
+
+    ``bias``, ``dark``, ``flat``: the calibration's rows of this block (``.image``, ``.mask``,
+    ``.variance``, full width) or None; ``defect``: the block's rows of the defect mask;
+    ``variance``: ``(1 / gain, (read noise / gain)**2)`` or None.  Every pixel of the amp's
+    columns of ``im``, ``mk`` and ``vr`` is written (no need to clear them first).
+    """
+    sat_bit = np.int32(1 << mask_bits["SAT"])
+    sus_bit = np.int32(1 << mask_bits["SUSPECT"])
+    bad_bit = np.int32(1 << mask_bits["BAD"])
+    nan_bit = np.int32(1 << mask_bits["UNMASKEDNAN"])
+    nodata_bit = np.int32(1 << mask_bits["NO_DATA"])
+    inv_g, rn2 = variance if variance is not None else (1.0, 0.0)
+    _amp_to_band(seg, _NONE_I if bits is None else bits, bits is not None, _NONE_V if pvec is None else pvec.reshape(-1),
+                 pvec is not None, flip_x, flip_y, x0, im, mk, vr, sat_bit, sus_bit,
+                 *_planes(bias), bias is not None,
+                 *_planes(dark), dark is not None, np.float32(dark_scale), np.float32(dark_scale * dark_scale),
+                 _NONE_B if defect is None else defect, defect is not None, amp_bad, bad_bit,
+                 nan_masking, nan_bit, variance is not None, np.float32(inv_g), np.float32(rn2),
+                 mask_negative_variance,
+                 *_planes(flat), flat is not None, np.float32(flat_scale), np.float32(flat_scale * flat_scale),
+                 nodata_bit, np.float32(no_data_variance))
+
+
+def _planes(rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if rows is None:
+        return _NONE_F, _NONE_F, _NONE_I
+    return rows.image, rows.variance, rows.mask
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _amp_to_band(seg, bits, do_bits, pvec, do_pvec, flip_x, flip_y, x0, im, mk, vr, sat_bit, sus_bit,
+                 b_im, b_var, b_mk, do_bias, d_im, d_var, d_mk, do_dark, d_scale, d_scale2,
+                 defect, do_defect, amp_bad, bad_bit, do_nan, nan_bit, do_var, inv_g, rn2, neg_var,
+                 f_im, f_var, f_mk, do_flat, f_scale, f_scale2, nodata_bit, nodata_var):
+    # row by row in the output's orientation, each step a branch-free loop over the amp's part of the row
+    rows, n = seg.shape
+    x1 = x0 + n
+    for y in range(rows):
+        r = rows - 1 - y if flip_y else y
+        s = seg[r]
+        o = im[y, x0:x1]
+        m = mk[y, x0:x1]
+        w = vr[y, x0:x1]
+        if flip_x:
+            for x in range(n):
+                o[x] = s[n - 1 - x]
+        else:
+            for x in range(n):
+                o[x] = s[x]
+        if do_pvec:
+            if flip_x:
+                for x in range(n):
+                    o[x] = o[x] - pvec[n - 1 - x]
+            else:
+                for x in range(n):
+                    o[x] = o[x] - pvec[x]
+        if do_bits:
+            b = bits[r]
+            if flip_x:
+                for x in range(n):
+                    rb = b[n - 1 - x]
+                    m[x] = (sat_bit * (rb & 1)) | (sus_bit * ((rb >> 1) & 1))
+            else:
+                for x in range(n):
+                    rb = b[x]
+                    m[x] = (sat_bit * (rb & 1)) | (sus_bit * ((rb >> 1) & 1))
+        else:
+            for x in range(n):
+                m[x] = 0
+        for x in range(n):
+            w[x] = 0.0
+        if do_bias:
+            bi, bv, bm = b_im[y, x0:x1], b_var[y, x0:x1], b_mk[y, x0:x1]
+            for x in range(n):
+                o[x] = o[x] - bi[x]
+                w[x] = w[x] + bv[x]
+                m[x] |= bm[x]
+        if do_dark:
+            di, dv, dm = d_im[y, x0:x1], d_var[y, x0:x1], d_mk[y, x0:x1]
+            for x in range(n):
+                o[x] = o[x] - d_scale * di[x]
+                w[x] = w[x] + d_scale2 * dv[x]
+                m[x] |= dm[x]
+        if do_defect:
+            if amp_bad:
+                for x in range(n):
+                    m[x] |= bad_bit
+            else:
+                de = defect[y, x0:x1]
+                for x in range(n):
+                    m[x] |= bad_bit * np.int32(de[x])
+        if do_nan:
+            for x in range(n):
+                m[x] |= nan_bit * np.int32(o[x] - o[x] != 0)
+        if do_var:
+            for x in range(n):
+                w[x] = w[x] + (o[x] * inv_g + rn2)
+            if neg_var:
+                for x in range(n):
+                    m[x] |= bad_bit * np.int32(w[x] < 0)
+        if do_flat:
+            fi, fv_, fm = f_im[y, x0:x1], f_var[y, x0:x1], f_mk[y, x0:x1]
+            for x in range(n):
+                f = fi[x] / f_scale
+                fv = fv_[x] / f_scale2
+                ff = f * f
+                w[x] = w[x] / ff + o[x] * o[x] * fv / (ff * f * f)
+                o[x] = o[x] / f
+                m[x] |= fm[x]
+            for x in range(n):
+                if fm[x] & nodata_bit:
+                    o[x] = 0.0
+                    w[x] = nodata_var

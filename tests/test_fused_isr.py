@@ -1,0 +1,206 @@
+"""The fused path's compiled per-pixel ISR (cpframe/science/fused_isr.py) against the numpy steps it replaces.
+
+The reference below is written here with numpy, statement by statement as run_isr applies the steps
+(cpframe/science/isr.py: integer conversion, dither, serial overscan, SAT/SUSPECT, gain, parallel overscan,
+orientation, bias, dark, defects, NaN masking, variance, flat); the kernels must equal it bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pytest
+
+from cpframe.science.fused_isr import RAW_SAT, RAW_SUSPECT, amp_to_band, raw_rows, threshold
+from cpframe.science.imageio import MASK_BITS
+
+BIT = {k: np.int32(1 << v) for k, v in MASK_BITS.items()}
+
+
+def _raw_bytes(rng, rows, cols, itemsize):
+    lo, hi = (-32768, 32767) if itemsize == 2 else (-2**31, 2**31 - 1)
+    ints = rng.integers(lo, hi, size=rows * cols, endpoint=True, dtype=np.int64)
+    return ints.astype(">i2" if itemsize == 2 else ">i4")
+
+
+def _numpy_rows(buf, bzero, cols, c0, c1, dither, offset, svec, sat, sus, gain):
+    """What run_isr does to these rows, with numpy (one statement per step)."""
+    if bzero == 0:
+        x = buf.astype(np.float32)
+    elif buf.dtype.itemsize == 2:
+        x = np.add(buf, np.float32(bzero), dtype=np.float32)
+    else:
+        x = (buf.astype(np.int64) + bzero).astype(np.float32)  # the exact sum rounded once (astropy's scaled data)
+    x = x.reshape(-1, cols)
+    if dither is not None:
+        x += dither.reshape(-1, cols) + np.float32(offset)
+    if svec is not None:
+        x -= svec[:, None]
+    x = x[:, c0:c1].copy()
+    bits = np.where(x >= sat, np.int32(RAW_SAT), np.int32(0)) | np.where(x >= sus, np.int32(RAW_SUSPECT), np.int32(0))
+    if gain is not None:
+        x *= np.float32(gain)
+    return x, bits
+
+
+@pytest.mark.parametrize("itemsize,bzero", [(2, 0), (2, 32768), (4, 0), (4, 2**31), (4, -1000)])
+@pytest.mark.parametrize("level_type", [float, np.float64])
+def test_raw_rows_equal_numpy_bit_for_bit(itemsize, bzero, level_type):
+    rng = np.random.default_rng(itemsize * 7 + bzero % 97)
+    rows, cols, c0, c1 = 13, 41, 3, 35
+    buf = _raw_bytes(rng, rows, cols, itemsize)
+    dither = rng.random(rows * cols, dtype=np.float32)
+    svec = rng.normal(1000, 5, rows).astype(np.float32)
+    x_ref, _ = _numpy_rows(buf, bzero, cols, 0, cols, None, 0.0, None, math.inf, math.inf, None)
+    # levels that float32 cannot hold: numpy compares in float32 with a Python float, in float64 with np.float64
+    sat = level_type(float(np.median(x_ref)) + 0.3)
+    sus = level_type(float(np.quantile(x_ref, 0.25)) + 0.1)
+    ref, ref_bits = _numpy_rows(buf, bzero, cols, c0, c1, dither, -0.5, svec, sat, sus, 1.7)
+    out = np.full((rows, c1 - c0), np.nan, np.float32)
+    bits = np.full((rows, c1 - c0), -1, np.int32)
+    any_bit = raw_rows(buf, itemsize, bzero, cols, c0, c1, dither, -0.5, svec, threshold(sat), threshold(sus), 1.7,
+                       out, bits)
+    np.testing.assert_array_equal(out.view(np.int32), ref.view(np.int32))
+    np.testing.assert_array_equal(bits, ref_bits)
+    assert any_bit and 0 < (ref_bits & RAW_SAT).sum() < ref_bits.size
+    # all columns, no dither, no levels, no gain, no bits: the plain conversion
+    plain = np.empty((rows, cols), np.float32)
+    assert not raw_rows(buf, itemsize, bzero, cols, 0, cols, None, 0.0, None, (math.inf, False), (math.inf, False),
+                        None, plain, None)
+    np.testing.assert_array_equal(plain, x_ref)
+
+
+def test_threshold_follows_numpys_comparison():
+    img = np.array([65535.0, 65535.00390625], np.float32)
+    for level in (65535.001, np.float64(65535.001), 65535, np.float32(65535.001)):
+        value, in32 = threshold(level)
+        x = img.astype(np.float64)
+        mine = (img >= np.float32(value)) if in32 else (x >= value)
+        np.testing.assert_array_equal(mine, img >= level)
+    assert threshold(math.inf) == (math.inf, False) and threshold(math.nan)[0] == math.inf
+
+
+@dataclass
+class _Calib:
+    image: np.ndarray
+    mask: np.ndarray
+    variance: np.ndarray
+
+
+def _calib(rng, shape, level, nodata=False):
+    mask = np.where(rng.random(shape) < 0.05, BIT["BAD"], np.int32(0)).astype(np.int32)
+    if nodata:
+        mask[rng.random(shape) < 0.05] |= BIT["NO_DATA"]
+    return _Calib(rng.normal(level, level * 0.01 + 1, shape).astype(np.float32), mask,
+                  rng.uniform(0.5, 2, shape).astype(np.float32))
+
+
+def _numpy_band(seg, bits, pvec, flip_x, flip_y, x0, width, *, bias, dark, dark_scale, defect, amp_bad, nan,
+                variance, neg, flat, flat_scale, no_data_variance):
+    """The old fused path's numpy steps (and run_isr's, on the assembled amp) for one amp's columns."""
+    rows, n = seg.shape
+    cs = slice(x0, x0 + n)
+    im = np.zeros((rows, width), np.float32)
+    mk = np.zeros((rows, width), np.int32)
+    vr = np.zeros((rows, width), np.float32)
+    data = seg - pvec if pvec is not None else seg.copy()
+    b = np.where(bits & RAW_SAT, BIT["SAT"], 0) | np.where(bits & RAW_SUSPECT, BIT["SUSPECT"], 0)
+    if flip_x:
+        data, b = data[:, ::-1], b[:, ::-1]
+    if flip_y:
+        data, b = data[::-1], b[::-1]
+    im[:, cs] = data
+    mk[:, cs] |= b.astype(np.int32)
+    if bias is not None:
+        im -= bias.image
+        vr += bias.variance
+        mk |= bias.mask
+    if dark is not None:
+        im -= np.float32(dark_scale) * dark.image
+        vr += np.float32(dark_scale * dark_scale) * dark.variance
+        mk |= dark.mask
+    if defect is not None:
+        mk[defect] |= BIT["BAD"]
+        if amp_bad:
+            mk[:, cs] |= BIT["BAD"]
+    if nan:
+        mk[~np.isfinite(im)] |= BIT["UNMASKEDNAN"]
+    if variance is not None:
+        vr[:, cs] += im[:, cs] * np.float32(variance[0]) + np.float32(variance[1])
+        if neg:
+            mk[vr < 0] |= BIT["BAD"]
+    if flat is not None:
+        f = flat.image / np.float32(flat_scale)
+        fv = flat.variance / np.float32(flat_scale * flat_scale)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            new_var = vr / (f * f) + im * im * fv / (f * f * f * f)
+            im /= f
+        vr[...] = new_var
+        mk |= flat.mask
+        nodata = (flat.mask & BIT["NO_DATA"]) != 0
+        im[nodata] = 0.0
+        vr[nodata] = no_data_variance
+    return im[:, cs], mk[:, cs], vr[:, cs]
+
+
+@pytest.mark.parametrize("flip_x", [False, True])
+@pytest.mark.parametrize("flip_y", [False, True])
+@pytest.mark.parametrize("steps", ["all", "bootstrap", "amp_bad", "no_pvec_no_bits"])
+def test_amp_to_band_equals_numpy_bit_for_bit(flip_x, flip_y, steps):
+    rng = np.random.default_rng(17 + 2 * flip_x + flip_y)
+    rows, n, x0, width = 11, 23, 9, 45
+    seg = rng.normal(50, 30, (rows, n)).astype(np.float32)
+    seg[rng.random((rows, n)) < 0.03] = np.nan
+    seg[0, 0] = np.inf
+    bits = rng.integers(0, 4, (rows, n)).astype(np.int32)
+    pvec = rng.normal(3, 1, n).astype(np.float32)
+    kw = dict(bias=_calib(rng, (rows, width), 10.0), dark=_calib(rng, (rows, width), 2.0), dark_scale=1.37,
+              defect=rng.random((rows, width)) < 0.05, amp_bad=False, nan=True, variance=(1 / 1.3, (6.0 / 1.3) ** 2),
+              neg=True, flat=_calib(rng, (rows, width), 1.0, nodata=True), flat_scale=0.93, no_data_variance=7.5)
+    if steps == "bootstrap":
+        kw.update(bias=None, dark=None, defect=None, flat=None, variance=(1.0, 4.0))
+    elif steps == "amp_bad":
+        kw.update(amp_bad=True)
+    elif steps == "no_pvec_no_bits":
+        pvec, bits = None, np.zeros_like(bits)
+    ref_im, ref_mk, ref_vr = _numpy_band(seg, bits, pvec, flip_x, flip_y, x0, width, **kw)
+    im = np.full((rows, width), -99.0, np.float32)  # whatever was there: every pixel of the amp is written
+    mk = np.full((rows, width), -1, np.int32)
+    vr = np.full((rows, width), -99.0, np.float32)
+    amp_to_band(seg, None if steps == "no_pvec_no_bits" else bits, pvec, flip_x, flip_y, x0, im, mk, vr, MASK_BITS,
+                bias=kw["bias"], dark=kw["dark"], dark_scale=kw["dark_scale"], defect=kw["defect"],
+                amp_bad=kw["amp_bad"], nan_masking=kw["nan"], variance=kw["variance"],
+                mask_negative_variance=kw["neg"], flat=kw["flat"], flat_scale=kw["flat_scale"],
+                no_data_variance=kw["no_data_variance"])
+    cs = slice(x0, x0 + n)
+    np.testing.assert_array_equal(im[:, cs].view(np.int32), ref_im.view(np.int32))
+    np.testing.assert_array_equal(mk[:, cs], ref_mk)
+    np.testing.assert_array_equal(vr[:, cs].view(np.int32), ref_vr.view(np.int32))
+    assert (im[:, :x0] == -99.0).all() and (mk[:, x0 + n:] == -1).all()  # nothing outside the amp's columns
+    if steps != "no_pvec_no_bits":
+        assert (ref_mk & BIT["SAT"]).any() and (ref_mk & BIT["UNMASKEDNAN"]).any()
+
+
+def test_fused_without_linearizer_equals_unfused(mini_sim, mini_products, tmp_path):
+    """The parallel overscan subtracted by the kernel (no linearizer in between), every other step on."""
+    from cpframe.science import tasks
+    from cpframe.science.combine import combine_config_for
+    from cpframe.science.fused import isr_combine
+    from cpframe.science.imageio import read_masked
+    from tests._run_helpers import full_isr_setup
+
+    icfg, calibs = full_isr_setup(mini_sim, mini_products, 1e-4)
+    icfg = replace(icfg, do_linearize=False, do_suspect=True, suspect_level=float(icfg.saturation_level or 1e5) * 0.5)
+    calibs.pop("linearizer")
+    ccfg = replace(combine_config_for("dark"), combine="MEAN", check_no_data=False)
+    raws = mini_sim.dark[:4]
+    isr_combine(raws, tmp_path / "fused.fits", icfg, ccfg, calibs, memory_bytes=60_000)
+    u = tasks._product("dark", raws, tmp_path / "plain.fits", calibs=calibs, work_dir=tmp_path / "isr",
+                       isr_config=icfg, combine_config=ccfg, memory_bytes=10**8, threads=1, workers=1, fused=False)
+    a, b = read_masked(tmp_path / "fused.fits"), read_masked(u.path)
+    np.testing.assert_allclose(a.image, b.image, rtol=2.4e-7, atol=0)
+    np.testing.assert_allclose(a.variance, b.variance, rtol=2.4e-7, atol=0)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    assert np.isfinite(a.image).mean() > 0.95
