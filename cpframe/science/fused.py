@@ -73,7 +73,7 @@ from cpframe.science.isr import (
     parallel_overscan_vector,
     serial_amp,
 )
-from cpframe.science.fused_isr import amp_to_band, raw_rows, threshold
+from cpframe.science.fused_isr import amp_into_band, amp_steps, raw_rows, threshold
 from cpframe.science.kernels import combine_block
 
 __all__ = ["FusedUnsupported", "FusedExposure", "fused_unsupported", "isr_combine", "fused_rows_for_budget"]
@@ -201,20 +201,31 @@ class _Scratch:
 
     def __init__(self):
         self._bufs: dict[str, np.ndarray] = {}
+        self._views: dict[tuple, np.ndarray] = {}  # (key, shape, dtype) -> the view handed out (cheap repeats)
 
     def get(self, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         """A contiguous array of ``shape`` and ``dtype`` (contents undefined), valid until the next ``get(key)``."""
-        dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape)) * dtype.itemsize
+        view = self._views.get((key, shape, dtype))
+        if view is not None:
+            return view
+        dt = np.dtype(dtype)
+        nbytes = math.prod(shape) * dt.itemsize
         buf = self._bufs.get(key)
         if buf is None or buf.nbytes < nbytes:
             buf = self._bufs[key] = np.empty(max(nbytes, 1), np.uint8)
-        return buf[:nbytes].view(dtype).reshape(shape)
+            self._forget(key)
+        view = self._views[(key, shape, dtype)] = buf[:nbytes].view(dt).reshape(shape)
+        return view
+
+    def _forget(self, key: str) -> None:
+        for k in [k for k in self._views if k[0] == key]:
+            del self._views[k]
 
     def release(self, *keys: str) -> None:
         """Free these buffers (all of them without ``keys``)."""
         for k in keys or list(self._bufs):
             self._bufs.pop(k, None)
+            self._forget(k)
 
 
 def _calibs(paths: Mapping[str, Any] | None) -> IsrCalibs:
@@ -326,13 +337,16 @@ class _RawSource:
             if getattr(config, f"do_{key}"):
                 _check_units(self.what, key, getattr(calibs, key).header, self.units, config)
 
-    def _pread(self, amp, r0: int, r1: int) -> np.ndarray:
-        """The bytes of raw rows [r0, r1) of one amp as stored (big-endian integers, scratch buffer "raw")."""
+    def _pread(self, amp, r0: int, r1: int, fd: int | None = None) -> np.ndarray:
+        """The bytes of raw rows [r0, r1) of one amp as stored (big-endian integers, scratch buffer "raw");
+        ``fd``: the raw, already open."""
         offset, dtype, _bzero = self.layout[amp.name]
         cols = amp.raw_shape[1]
         buf = self.scratch.get("raw", ((r1 - r0) * cols,), dtype)
         mv = memoryview(buf).cast("B")
-        fd = os.open(self.path, os.O_RDONLY)
+        own = fd is None
+        if own:
+            fd = os.open(self.path, os.O_RDONLY)
         try:
             got = 0
             base = offset + r0 * cols * dtype.itemsize
@@ -342,15 +356,16 @@ class _RawSource:
                     raise FusedUnsupported(f"{self.path}: raw file is truncated in amp {amp.name}.")
                 got += k
         finally:
-            os.close(fd)
+            if own:
+                os.close(fd)
         return buf
 
     def _rows(self, amp, r0: int, r1: int, c0: int, c1: int, out: np.ndarray, svec=None, sat=_NO_LEVEL,
-              sus=_NO_LEVEL, gain=None, bits=None) -> bool:
+              sus=_NO_LEVEL, gain=None, bits=None, fd: int | None = None) -> bool:
         """Columns [c0, c1) of raw rows [r0, r1) into ``out`` through :func:`cpframe.science.fused_isr.raw_rows`."""
         _offset, dtype, bzero = self.layout[amp.name]
         cols = amp.raw_shape[1]
-        buf = self._pread(amp, r0, r1)
+        buf = self._pread(amp, r0, r1, fd)
         dither = None if self.seed is None else self._dither(self.start[amp.name] + r0 * cols, (r1 - r0) * cols)
         return raw_rows(buf, dtype.itemsize, bzero, cols, c0, c1, dither,
                         self.dither_offset if self.seed is not None else 0.0, svec, sat, sus, gain, out, bits)
@@ -367,16 +382,44 @@ class _RawSource:
         return seg
 
     def _dither(self, start: int, count: int) -> np.ndarray:
-        bg = np.random.PCG64()
-        st = dict(self.dither_state)
-        st["has_uint32"] = 0
-        st["uinteger"] = 0
-        bg.state = st
-        bg.advance(start // 2)
-        g = np.random.Generator(bg)
-        if start % 2:
-            g.random(1, dtype=np.float32)
-        return g.random(dtype=np.float32, out=self.scratch.get("dither", (count,), np.float32))
+        """The dither numbers of pixels [start, start + count) of the raw (run_isr's stream).
+
+        The generator that made the previous block of an amp is kept, positioned where the next
+        block starts (blocks are read in row order), so only an amp's first block pays for
+        positioning a new one (``advance``: issue 14, per-block cost at small blocks).
+        """
+        gens = self.__dict__.setdefault("_gens", {})
+        g = gens.pop(start, None)
+        if g is None:
+            bg = np.random.PCG64()
+            st = dict(self.dither_state)
+            st["has_uint32"] = 0
+            st["uinteger"] = 0
+            bg.state = st
+            bg.advance(start // 2)
+            g = np.random.Generator(bg)
+            if start % 2:
+                g.random(1, dtype=np.float32)
+        out = g.random(dtype=np.float32, out=self.scratch.get("dither", (count,), np.float32))
+        gens[start + count] = g
+        return out
+
+    def _amp_plan(self) -> list[tuple[Any, int, int, tuple, tuple, bool, float | None]]:
+        """Per amp, once per raw: (amp, first and end data column, SAT level, SUSPECT level, whether any bit can
+        be set, gain to multiply by)."""
+        plan = self.__dict__.get("_plan")
+        if plan is None:
+            cfg = self.config
+            plan = []
+            for amp in self.det.amps:
+                st = self.stats[amp.name]
+                c0, c1, _ = amp.data_slice[1].indices(amp.raw_shape[1])
+                sat = threshold(st.saturation_adu) if cfg.do_saturation else _NO_LEVEL
+                sus = threshold(cfg.suspect_level) if cfg.do_suspect else _NO_LEVEL
+                plan.append((amp, c0, c1, sat, sus, math.isfinite(sat[0]) or math.isfinite(sus[0]),
+                             st.gain if self.units == "electron" else None))
+            self._plan = plan
+        return plan
 
     def amp_blocks(self, r0: int, r1: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None], bool]:
         """Data columns of raw rows [r0, r1) of every amp, read-out order: serial overscan, SAT / SUSPECT bits
@@ -385,21 +428,18 @@ class _RawSource:
         cfg = self.config
         segs: dict[str, np.ndarray] = {}
         bits: dict[str, np.ndarray | None] = {}
-        for amp in self.det.amps:
-            st = self.stats[amp.name]
-            cols = amp.data_slice[1]
-            c0, c1, _ = cols.indices(amp.raw_shape[1])
-            seg = self.scratch.get(amp.name, (r1 - r0, c1 - c0), np.float32)
-            do_bits = ((cfg.do_saturation and math.isfinite(st.saturation_adu))
-                       or (cfg.do_suspect and math.isfinite(cfg.suspect_level)))
-            b = self.scratch.get("bits" + amp.name, (r1 - r0, c1 - c0), np.int32) if do_bits else None
-            vec = self.svec[amp.name]
-            any_bit = self._rows(amp, r0, r1, c0, c1, seg, None if vec is None else vec[r0:r1],
-                                 threshold(st.saturation_adu) if cfg.do_saturation else _NO_LEVEL,
-                                 threshold(cfg.suspect_level) if cfg.do_suspect else _NO_LEVEL,
-                                 st.gain if self.units == "electron" else None, b)
-            segs[amp.name] = seg
-            bits[amp.name] = b if any_bit else None
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for amp, c0, c1, sat, sus, do_bits, gain in self._amp_plan():
+                seg = self.scratch.get(amp.name, (r1 - r0, c1 - c0), np.float32)
+                b = self.scratch.get("bits" + amp.name, (r1 - r0, c1 - c0), np.int32) if do_bits else None
+                vec = self.svec[amp.name]
+                any_bit = self._rows(amp, r0, r1, c0, c1, seg, None if vec is None else vec[r0:r1], sat, sus, gain,
+                                     b, fd)
+                segs[amp.name] = seg
+                bits[amp.name] = b if any_bit else None
+        finally:
+            os.close(fd)
         if cfg.do_crosstalk:
             _crosstalk(self.det, segs, self.calibs.crosstalk,
                        self.calibs.crosstalk_quadratic if cfg.do_quadratic_crosstalk else None, self.xt_gains)
@@ -742,14 +782,17 @@ def _block_isr(s: _RawSource, segs, bits, pv_done: bool, amps, im, mk, vr, y0: i
     bias = rows("bias") if cfg.do_bias else None
     dark = rows("dark") if cfg.do_dark else None
     flat = rows("flat") if cfg.do_flat else None
-    dm, bad_amps = (None, set()) if defect is None else (defect[0][y0:y1], defect[1])
+    dm = None if defect is None else defect[0][y0:y1]
+    steps = s.__dict__.setdefault("_steps", {})
     for amp in amps:
-        st = s.stats[amp.name]
-        g = 1.0 if s.units == "electron" else st.gain
-        amp_to_band(segs[amp.name], bits[amp.name], None if pv_done else s.pvec[amp.name], amp.flip_x, amp.flip_y,
-                    amp.bbox[1].start, im, mk, vr, MASK_BITS, bias=bias, dark=dark, dark_scale=s.dark_scale,
-                    defect=dm, amp_bad=amp.name in bad_amps, nan_masking=cfg.do_nan_masking,
-                    variance=(1.0 / g, (st.read_noise / g) ** 2) if cfg.do_variance else None,
-                    mask_negative_variance=cfg.mask_negative_variance, flat=flat,
-                    flat_scale=flat_config.flat_user_scale if flat is not None else 1.0,
-                    no_data_variance=cfg.no_data_variance)
+        k = steps.get(amp.name)
+        if k is None:  # the amp's constants, once per raw
+            st = s.stats[amp.name]
+            g = 1.0 if s.units == "electron" else st.gain
+            k = steps[amp.name] = amp_steps(
+                MASK_BITS, dark_scale=s.dark_scale, amp_bad=defect is not None and amp.name in defect[1],
+                nan_masking=cfg.do_nan_masking, variance=(1.0 / g, (st.read_noise / g) ** 2) if cfg.do_variance else None,
+                mask_negative_variance=cfg.mask_negative_variance,
+                flat_scale=flat_config.flat_user_scale if flat is not None else 1.0, no_data_variance=cfg.no_data_variance)
+        amp_into_band(segs[amp.name], bits[amp.name], None if pv_done else s.pvec[amp.name], amp.flip_x, amp.flip_y,
+                      amp.bbox[1].start, im, mk, vr, bias, dark, dm, flat, k)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-__all__ = ["amp_to_band", "raw_rows", "threshold"]
+__all__ = ["amp_into_band", "amp_steps", "amp_to_band", "raw_rows", "threshold"]
 
 _NONE_F = np.zeros((1, 1), np.float32)
 _NONE_I = np.zeros((1, 1), np.int32)
@@ -138,34 +138,44 @@ def amp_to_band(seg: np.ndarray, bits: np.ndarray | None, pvec: np.ndarray | Non
     ``variance``: ``(1 / gain, (read noise / gain)**2)`` or None.  Every pixel of the amp's
     columns of ``im``, ``mk`` and ``vr`` is written (no need to clear them first).
     """
-    sat_bit = np.int32(1 << mask_bits["SAT"])
-    sus_bit = np.int32(1 << mask_bits["SUSPECT"])
-    bad_bit = np.int32(1 << mask_bits["BAD"])
-    nan_bit = np.int32(1 << mask_bits["UNMASKEDNAN"])
-    nodata_bit = np.int32(1 << mask_bits["NO_DATA"])
+    steps = amp_steps(mask_bits, dark_scale=dark_scale, amp_bad=amp_bad, nan_masking=nan_masking, variance=variance,
+                      mask_negative_variance=mask_negative_variance, flat_scale=flat_scale,
+                      no_data_variance=no_data_variance)
+    amp_into_band(seg, bits, pvec, flip_x, flip_y, x0, im, mk, vr, bias, dark, defect, flat, steps)
+
+
+def amp_steps(mask_bits: dict[str, int], *, dark_scale: float = 1.0, amp_bad: bool = False, nan_masking: bool = False,
+              variance: tuple[float, float] | None = None, mask_negative_variance: bool = False,
+              flat_scale: float = 1.0, no_data_variance: float = 0.0) -> tuple:
+    """The constants of one amp's steps for :func:`amp_into_band` (the same for every block of a raw)."""
     inv_g, rn2 = variance if variance is not None else (1.0, 0.0)
-    _amp_to_band(seg, _NONE_I if bits is None else bits, bits is not None, _NONE_V if pvec is None else pvec.reshape(-1),
-                 pvec is not None, flip_x, flip_y, x0, im, mk, vr, sat_bit, sus_bit,
-                 *_planes(bias), bias is not None,
-                 *_planes(dark), dark is not None, np.float32(dark_scale), np.float32(dark_scale * dark_scale),
-                 _NONE_B if defect is None else defect, defect is not None, amp_bad, bad_bit,
-                 nan_masking, nan_bit, variance is not None, np.float32(inv_g), np.float32(rn2),
-                 mask_negative_variance,
-                 *_planes(flat), flat is not None, np.float32(flat_scale), np.float32(flat_scale * flat_scale),
-                 nodata_bit, np.float32(no_data_variance))
+    return (np.int32(1 << mask_bits["SAT"]), np.int32(1 << mask_bits["SUSPECT"]), np.float32(dark_scale),
+            np.float32(dark_scale * dark_scale), bool(amp_bad), np.int32(1 << mask_bits["BAD"]), bool(nan_masking),
+            np.int32(1 << mask_bits["UNMASKEDNAN"]), variance is not None, np.float32(inv_g), np.float32(rn2),
+            bool(mask_negative_variance), np.float32(flat_scale), np.float32(flat_scale * flat_scale),
+            np.int32(1 << mask_bits["NO_DATA"]), np.float32(no_data_variance))
 
 
-def _planes(rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if rows is None:
-        return _NONE_F, _NONE_F, _NONE_I
-    return rows.image, rows.variance, rows.mask
+def amp_into_band(seg, bits, pvec, flip_x: bool, flip_y: bool, x0: int, im, mk, vr, bias, dark, defect, flat,
+                  steps: tuple) -> None:
+    """:func:`amp_to_band` with the amp's constants made once (:func:`amp_steps`)."""
+    _amp_to_band(seg, _NONE_I if bits is None else bits, _NONE_V if pvec is None else pvec.reshape(-1), x0, im, mk, vr,
+                 *(_NONE_PLANES if bias is None else (bias.image, bias.variance, bias.mask)),
+                 *(_NONE_PLANES if dark is None else (dark.image, dark.variance, dark.mask)),
+                 _NONE_B if defect is None else defect,
+                 *(_NONE_PLANES if flat is None else (flat.image, flat.variance, flat.mask)),
+                 bool(flip_x), bool(flip_y), bits is not None, pvec is not None, bias is not None, dark is not None,
+                 defect is not None, flat is not None, *steps)
+
+
+_NONE_PLANES = (_NONE_F, _NONE_F, _NONE_I)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _amp_to_band(seg, bits, do_bits, pvec, do_pvec, flip_x, flip_y, x0, im, mk, vr, sat_bit, sus_bit,
-                 b_im, b_var, b_mk, do_bias, d_im, d_var, d_mk, do_dark, d_scale, d_scale2,
-                 defect, do_defect, amp_bad, bad_bit, do_nan, nan_bit, do_var, inv_g, rn2, neg_var,
-                 f_im, f_var, f_mk, do_flat, f_scale, f_scale2, nodata_bit, nodata_var):
+def _amp_to_band(seg, bits, pvec, x0, im, mk, vr, b_im, b_var, b_mk, d_im, d_var, d_mk, defect, f_im, f_var, f_mk,
+                 flip_x, flip_y, do_bits, do_pvec, do_bias, do_dark, do_defect, do_flat,
+                 sat_bit, sus_bit, d_scale, d_scale2, amp_bad, bad_bit, do_nan, nan_bit, do_var, inv_g, rn2, neg_var,
+                 f_scale, f_scale2, nodata_bit, nodata_var):
     # row by row in the output's orientation, each step a branch-free loop over the amp's part of the row
     rows, n = seg.shape
     x1 = x0 + n
