@@ -161,3 +161,40 @@ def test_local_workers_import_the_task_code_as_they_start():
     assert len(seen) == 2
     assert all(mods == ["cpframe.execution.worker_preload", "cpframe.science.fused_tasks",
                         "cpframe.execution.kinds"] for mods in seen.values()), seen
+
+
+def _hold(path: str, seconds: float) -> int:
+    """A task that says it started (a file) and keeps its worker busy."""
+    import time
+    from pathlib import Path
+
+    Path(path).write_text("started")
+    time.sleep(seconds)
+    return 0
+
+
+def test_a_quantum_counts_the_threads_of_the_idle_workers_on_its_node(tmp_path):
+    import time
+
+    from cpframe.execution.idle import idle_threads_here
+
+    assert idle_threads_here() == 1  # not in a worker: its own thread only
+    with open_cluster(Settings(n_workers=3, threads_per_worker=1, worker_memory_bytes=2**30), kind="local") as oc:
+        oc.client.wait_for_workers(3, timeout=60)
+        a, b, c = sorted(oc.client.scheduler_info()["workers"])
+
+        def ask(limit=None):
+            return oc.client.submit(idle_threads_here, limit, workers=[a], pure=False).result(timeout=60)
+
+        assert ask() == 3  # its own + the two idle workers of this host
+        assert ask(2) == 2 and ask(1) == 1
+        started = tmp_path / "started"
+        busy = oc.client.submit(_hold, str(started), 8.0, workers=[b], pure=False)
+        for _ in range(200):
+            if started.exists():
+                break
+            time.sleep(0.05)
+        assert started.exists()
+        assert ask() == 2  # b has a task: only c is idle
+        busy.result(timeout=60)
+        assert ask() == 3

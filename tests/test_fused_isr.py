@@ -204,3 +204,83 @@ def test_fused_without_linearizer_equals_unfused(mini_sim, mini_products, tmp_pa
     np.testing.assert_allclose(a.variance, b.variance, rtol=2.4e-7, atol=0)
     np.testing.assert_array_equal(a.mask, b.mask)
     assert np.isfinite(a.image).mean() > 0.95
+
+
+def _products_equal(a, b):
+    from cpframe.science.imageio import read_masked
+
+    A, B = read_masked(a), read_masked(b)
+    np.testing.assert_array_equal(A.image.view(np.int32), B.image.view(np.int32))
+    np.testing.assert_array_equal(A.variance.view(np.int32), B.variance.view(np.int32))
+    np.testing.assert_array_equal(A.mask, B.mask)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_stream_the_same_product_and_statistics(mini_sim, mini_products, tmp_path, threads):
+    """Full ISR (crosstalk, linearizer, bias, dark, defects, flat) of 5 raws: the product bit for bit the one
+    thread's, in small blocks and in one block; in one block the exposures' header cards too."""
+    from cpframe.science.combine import combine_config_for
+    from cpframe.science.fused import isr_combine
+    from tests._run_helpers import full_isr_setup
+
+    icfg, calibs = full_isr_setup(mini_sim, mini_products, 1e-4)
+    ccfg = replace(combine_config_for("dark"), combine="MEANCLIP", check_no_data=False)
+    raws = mini_sim.dark[:5]
+    for label, budget in (("blocks", 60_000), ("whole", 10**9)):
+        _, r1, e1 = isr_combine(raws, tmp_path / f"{label}1.fits", icfg, ccfg, calibs, memory_bytes=budget)
+        _, rn, en = isr_combine(raws, tmp_path / f"{label}n.fits", icfg, ccfg, calibs, memory_bytes=budget,
+                                threads=threads)
+        _products_equal(tmp_path / f"{label}1.fits", tmp_path / f"{label}n.fits")
+        if label == "blocks":
+            assert rn.strip_rows <= r1.strip_rows < 20  # more threads hold more rows in flight: smaller blocks
+            for a, b in zip(e1, en):
+                for amp in mini_sim.detector.amps:
+                    for k in ("MEAN", "STDEV"):
+                        key = f"LSST ISR FINAL {k} {amp.name}"
+                        assert a.header[key] == pytest.approx(b.header[key], rel=1e-9), key
+        else:
+            assert rn.strip_rows == r1.strip_rows == mini_sim.detector.amps[0].data_rows
+            assert [e.header for e in e1] == [e.header for e in en]
+
+
+def test_threads_stream_a_dark_with_its_cosmic_rays(mini_sim, mini_products, tmp_path):
+    from cpframe.science import tasks
+
+    p = mini_products
+    calibs = {"ptc": p.ptc.path, "bias": p.bias.path, "defects": p.defects.path}
+    raws = mini_sim.dark[:4]
+    one = tasks.cp_dark(raws, tmp_path / "one" / "dark.fits", calibs=calibs, memory_bytes=200_000)
+    two = tasks.cp_dark(raws, tmp_path / "two" / "dark.fits", calibs=calibs, memory_bytes=200_000, threads=2)
+    assert one.extra.get("fused") and two.extra.get("fused")
+    _products_equal(one.path, two.path)
+
+
+def test_a_failure_in_a_thread_is_raised_with_no_thread_left(mini_sim, tmp_path):
+    """The last raw (streamed by the second thread) is cut short after its prepass: the error names it, and
+    the threads are gone when it is raised."""
+    import shutil
+    import threading
+
+    from cpframe.science.combine import combine_config_for
+    from cpframe.science.fused import FusedUnsupported, isr_combine, prepass
+    from cpframe.science.isr import isr_config_for
+
+    raws = [shutil.copy(r, tmp_path / f"r{i}.fits") for i, r in enumerate(mini_sim.bias[:4])]
+    icfg = isr_config_for("biasBootstrap")
+    pre = [prepass(r, icfg) for r in raws]
+    size = (tmp_path / "r3.fits").stat().st_size
+    with open(tmp_path / "r3.fits", "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(FusedUnsupported, match=r"r3\.fits: raw file is truncated"):
+        isr_combine(raws, tmp_path / "out.fits", icfg, combine_config_for("biasBootstrap"), {}, memory_bytes=60_000,
+                    prepasses=pre, threads=2)
+    assert not [t for t in threading.enumerate() if t.name.startswith("cpframe-fused")]
+    assert not (tmp_path / "out.fits").exists()
+
+
+def test_fused_threads_option_is_checked():
+    from cpframe.science.combine import CombineConfig
+
+    assert CombineConfig.from_dict({"fusedThreads": 2}).fused_threads == 2
+    with pytest.raises(Exception, match=r"fusedThreads.*-1.*must be >= 0"):
+        CombineConfig.from_dict({"fusedThreads": -1})

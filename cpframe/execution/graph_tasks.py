@@ -15,6 +15,7 @@ elsewhere and the rerun writes the same paths.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -148,9 +149,17 @@ def _isr_combine(spec: QuantumSpec, groups: dict) -> Any:
         raws, calibs, keys = [raws[i] for i in keep], [calibs[i] for i in keep], [keys[i] for i in keep]
         pre = [pre[i] for i in keep]
     pre = [getattr(v, "prepass", v) for v in pre] or None
+    cfg = spec.settings["combine"]
+    if cfg.fused_threads:
+        threads = cfg.fused_threads
+    else:  # its own thread + the idle workers' of its node (execution/idle.py), no more than it has raws
+        from cpframe.execution.idle import idle_threads_here
+
+        threads = idle_threads_here(limit=len(raws))
+    logging.getLogger(__name__).info("%s: streaming %d raws with %d thread(s)", spec.key, len(raws), threads)
     try:
-        res = fused_combine_task(raws, output_path(spec), spec.fused_isr, spec.settings["combine"], calibs,
-                                 scales=scales, memory_bytes=spec.settings.get("fused_memory_bytes"), prepasses=pre)
+        res = fused_combine_task(raws, output_path(spec), spec.fused_isr, cfg, calibs, scales=scales,
+                                 memory_bytes=spec.settings.get("fused_memory_bytes"), prepasses=pre, threads=threads)
     except Exception as err:
         # name the ISR quantum whose raw failed, as the unfused graph would
         text = str(err)

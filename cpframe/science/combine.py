@@ -120,6 +120,7 @@ _CAMEL = {
     "nIter": "n_iter",
     "clipMethod": "clip_method",
     "fuseIsr": "fuse_isr",
+    "fusedThreads": "fused_threads",
     "mask": "mask",
     "noGoodPixelsMask": "no_good_pixels_mask",
     "maxVisitsToCalcErrorFromInputVariance": "max_visits_to_calc_error_from_input_variance",
@@ -170,6 +171,9 @@ class CombineConfig:
     fuse_isr: bool = True
     """Planning: ISR quanta that only this combine reads run fused into it, streamed without
     per-exposure files (:mod:`cpframe.science.fused`); false keeps them as separate quanta."""
+    fused_threads: int = 0
+    """Threads of a fused combine quantum (:func:`cpframe.science.fused.isr_combine`); 0: its own
+    thread plus those of the idle workers on its node when it starts (docs/algorithms.md)."""
 
     def __post_init__(self):
         problems = []
@@ -189,6 +193,9 @@ class CombineConfig:
             problems.append(MSG_BAD_VALUE.format(key="clip", value=self.clip, why="must be > 0"))
         if int(self.n_iter) < 0:
             problems.append(MSG_BAD_VALUE.format(key="nIter", value=self.n_iter, why="must be >= 0"))
+        if int(self.fused_threads) < 0:
+            problems.append(MSG_BAD_VALUE.format(key="fusedThreads", value=self.fused_threads,
+                                                 why="must be >= 0 (0: the idle cores of the node)"))
         for names, key in ((self.mask, "mask"), ((self.no_good_pixels_mask,), "noGoodPixelsMask")):
             bad = [n for n in names if n not in MASK_BITS]
             if bad:

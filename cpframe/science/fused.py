@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping, Sequence
 
@@ -127,12 +128,12 @@ def input_state_bytes(det) -> int:
 
 
 def fused_rows_for_budget(memory_bytes: int, n_inputs: int, n_cols: int, n_bands: int, with_variance: bool,
-                          max_rows: int, per_input_bytes: int = 0) -> int:
+                          max_rows: int, per_input_bytes: int = 0, threads: int = 1) -> int:
     """Raw rows per block so that the N inputs' state and blocks (all bands) fit in ``memory_bytes``.
 
     ``memory_bytes`` covers everything that grows with N or with the block: ``per_input_bytes``
     per input kept for the whole run, the N inputs' row blocks and the transient rows of the
-    raw being corrected (counted as two more inputs); so a worker's memory is flat in N.  At
+    raw being corrected (counted as two more inputs per thread); so a worker's memory is flat in N.  At
     least one row per block (N so large that its state alone exceeds the budget: one row).
 
     >>> fused_rows_for_budget(128 * 2**20, 20, 4072, 2, False, 2000)
@@ -141,7 +142,8 @@ def fused_rows_for_budget(memory_bytes: int, n_inputs: int, n_cols: int, n_bands
     3
     """
     # + 2 inputs' worth: the raw being corrected holds its rows as read, as int32, dithered float32
-    per_row = (max(1, n_inputs) + 2) * n_cols * n_bands * (_BLOCK_BYTES_VAR if with_variance else _BLOCK_BYTES)
+    held = max(1, n_inputs) + 2 * max(1, min(threads, n_inputs))
+    per_row = held * n_cols * n_bands * (_BLOCK_BYTES_VAR if with_variance else _BLOCK_BYTES)
     left = memory_bytes - max(1, n_inputs) * per_input_bytes
     return int(max(1, min(max_rows, left // per_row)))
 
@@ -337,12 +339,12 @@ class _RawSource:
             if getattr(config, f"do_{key}"):
                 _check_units(self.what, key, getattr(calibs, key).header, self.units, config)
 
-    def _pread(self, amp, r0: int, r1: int, fd: int | None = None) -> np.ndarray:
+    def _pread(self, amp, r0: int, r1: int, fd: int | None = None, scratch: _Scratch | None = None) -> np.ndarray:
         """The bytes of raw rows [r0, r1) of one amp as stored (big-endian integers, scratch buffer "raw");
         ``fd``: the raw, already open."""
         offset, dtype, _bzero = self.layout[amp.name]
         cols = amp.raw_shape[1]
-        buf = self.scratch.get("raw", ((r1 - r0) * cols,), dtype)
+        buf = (scratch or self.scratch).get("raw", ((r1 - r0) * cols,), dtype)
         mv = memoryview(buf).cast("B")
         own = fd is None
         if own:
@@ -361,12 +363,13 @@ class _RawSource:
         return buf
 
     def _rows(self, amp, r0: int, r1: int, c0: int, c1: int, out: np.ndarray, svec=None, sat=_NO_LEVEL,
-              sus=_NO_LEVEL, gain=None, bits=None, fd: int | None = None) -> bool:
+              sus=_NO_LEVEL, gain=None, bits=None, fd: int | None = None, scratch: _Scratch | None = None) -> bool:
         """Columns [c0, c1) of raw rows [r0, r1) into ``out`` through :func:`cpframe.science.fused_isr.raw_rows`."""
         _offset, dtype, bzero = self.layout[amp.name]
         cols = amp.raw_shape[1]
-        buf = self._pread(amp, r0, r1, fd)
-        dither = None if self.seed is None else self._dither(self.start[amp.name] + r0 * cols, (r1 - r0) * cols)
+        buf = self._pread(amp, r0, r1, fd, scratch)
+        dither = (None if self.seed is None
+                  else self._dither(self.start[amp.name] + r0 * cols, (r1 - r0) * cols, scratch))
         return raw_rows(buf, dtype.itemsize, bzero, cols, c0, c1, dither,
                         self.dither_offset if self.seed is not None else 0.0, svec, sat, sus, gain, out, bits)
 
@@ -381,7 +384,7 @@ class _RawSource:
         self._rows(amp, r0, r1, 0, cols, seg)
         return seg
 
-    def _dither(self, start: int, count: int) -> np.ndarray:
+    def _dither(self, start: int, count: int, scratch: _Scratch | None = None) -> np.ndarray:
         """The dither numbers of pixels [start, start + count) of the raw (run_isr's stream).
 
         The generator that made the previous block of an amp is kept, positioned where the next
@@ -400,7 +403,7 @@ class _RawSource:
             g = np.random.Generator(bg)
             if start % 2:
                 g.random(1, dtype=np.float32)
-        out = g.random(dtype=np.float32, out=self.scratch.get("dither", (count,), np.float32))
+        out = g.random(dtype=np.float32, out=(scratch or self.scratch).get("dither", (count,), np.float32))
         gens[start + count] = g
         return out
 
@@ -421,21 +424,24 @@ class _RawSource:
             self._plan = plan
         return plan
 
-    def amp_blocks(self, r0: int, r1: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None], bool]:
+    def amp_blocks(self, r0: int, r1: int, scratch: _Scratch | None = None
+                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None], bool]:
         """Data columns of raw rows [r0, r1) of every amp, read-out order: serial overscan, SAT / SUSPECT bits
         (:data:`cpframe.science.fused_isr.RAW_SAT` ...; None: no bit set), gain, crosstalk; with a linearizer
-        also the parallel overscan and the linearizer (third value True: the parallel overscan is done)."""
+        also the parallel overscan and the linearizer (third value True: the parallel overscan is done).
+        Work arrays from ``scratch`` (default: the raw's own)."""
         cfg = self.config
+        scratch = scratch or self.scratch
         segs: dict[str, np.ndarray] = {}
         bits: dict[str, np.ndarray | None] = {}
         fd = os.open(self.path, os.O_RDONLY)
         try:
             for amp, c0, c1, sat, sus, do_bits, gain in self._amp_plan():
-                seg = self.scratch.get(amp.name, (r1 - r0, c1 - c0), np.float32)
-                b = self.scratch.get("bits" + amp.name, (r1 - r0, c1 - c0), np.int32) if do_bits else None
+                seg = scratch.get(amp.name, (r1 - r0, c1 - c0), np.float32)
+                b = scratch.get("bits" + amp.name, (r1 - r0, c1 - c0), np.int32) if do_bits else None
                 vec = self.svec[amp.name]
                 any_bit = self._rows(amp, r0, r1, c0, c1, seg, None if vec is None else vec[r0:r1], sat, sus, gain,
-                                     b, fd)
+                                     b, fd, scratch)
                 segs[amp.name] = seg
                 bits[amp.name] = b if any_bit else None
         finally:
@@ -558,7 +564,8 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
                 isr_config: IsrConfig, combine_config: CombineConfig,
                 calib_paths: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
                 scales: Sequence[float] | None = None, memory_bytes: int = 128 * 2**20,
-                extra_header: Mapping[str, Any] | None = None, prepasses: Sequence[Mapping[str, Any]] | None = None):
+                extra_header: Mapping[str, Any] | None = None, prepasses: Sequence[Mapping[str, Any]] | None = None,
+                threads: int = 1):
     """ISR of every raw and the combine, streamed in row blocks (module docstring).
 
     Parameters
@@ -581,6 +588,10 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
     prepasses : sequence of mappings, optional
         One :func:`prepass` result per raw (same order), made elsewhere (the raws' ISR quanta);
         without them the prepass runs here, one raw after the other.
+    threads : int
+        Threads streaming the blocks: each block's raws are split between them (a raw's state is only ever
+        touched by one thread at a time), then its rows for the combine.  The product is the same for
+        any number; the per-amp sums of the ISR statistics too (each raw's blocks run in order).
 
     Returns
     -------
@@ -632,7 +643,7 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
     if any(a.data_rows != data_rows for a in det.amps):
         raise FusedUnsupported(f"detector {det.id}: amps with different numbers of data rows.")
     n_bands = len(_bands(det, 0, 1))
-    rows = fused_rows_for_budget(memory_bytes, n, det.shape[1], n_bands, use_var, data_rows,
+    rows = fused_rows_for_budget(memory_bytes, n, det.shape[1], n_bands, use_var, data_rows, threads=threads,
                                  per_input_bytes=input_state_bytes(det) + max(  # + a dark's CR pixel indices
                                      (s.cr_index.nbytes for s in sources if s.cr_index is not None), default=0))
     shape = det.shape
@@ -655,41 +666,63 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
     bad_bit = np.int32(1 << MASK_BITS["BAD"])
     cr_bit = np.int32(1 << MASK_BITS["CR"])
     width = shape[1]
-    for r0 in range(0, data_rows, rows):
-        r1 = min(data_rows, r0 + rows)
-        bands = _bands(det, r0, r1)
-        b = r1 - r0
-        # the N inputs' blocks of every band: exactly what fused_rows_for_budget counted; each raw's
-        # rows are read, corrected and placed one raw at a time (no second copy of all N blocks)
-        # (buffers reused from block to block: _Scratch)
-        img = [scratch.get(f"img{k}", (n, b, width), np.float32) for k in range(len(bands))]
-        msk = [scratch.get(f"msk{k}", (n, b, width), np.int32) for k in range(len(bands))]
-        var = [scratch.get(f"var{k}", (n, b, width), np.float32) if use_var else None for k in range(len(bands))]
-        calib_rows: list[dict[tuple, _Rows]] = [{} for _ in bands]
-        scratch_var = None if use_var else scratch.get("scratch_var", (b, width), np.float32)
-        for i, s in enumerate(sources):
-            segs, bits, pv_done = s.amp_blocks(r0, r1)
-            for k, (y0, y1, amps) in enumerate(bands):
-                im, mk = img[k][i], msk[k][i]
-                vr = var[k][i] if use_var else scratch_var
-                _block_isr(s, segs, bits, pv_done, amps, im, mk, vr, y0, y1, calib_rows[k], defects.get(id(s.calibs)),
-                           flat_cfg.get(id(s.calibs)), scratch, f"cal{k}-")
-                if isr_config.do_standard_statistics:
-                    for amp in amps:
-                        cs = amp.bbox[1]
-                        s.acc[amp.name].add(im[:, cs], mk[:, cs])
-                if s.cr_index is not None:  # after the ISR statistics, as CpDark runs after the ISR
-                    _apply_cosmic_rays(mk, s.cr_index, y0, y1, width, cr_bit, bad_bit)
-            del segs, bits
-        del calib_rows, scratch_var
-        for k, (y0, y1, _amps) in enumerate(bands):
+    workers = max(1, min(int(threads), n))
+    scratches = [scratch] + [_Scratch() for _ in range(workers - 1)]
+    pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="cpframe-fused") if workers > 1 else None
+    try:
+        for r0 in range(0, data_rows, rows):
+            r1 = min(data_rows, r0 + rows)
+            bands = _bands(det, r0, r1)
+            b = r1 - r0
+            # the N inputs' blocks of every band: exactly what fused_rows_for_budget counted; each raw's
+            # rows are read, corrected and placed one raw at a time (no second copy of all N blocks)
+            # (buffers reused from block to block: _Scratch)
+            img = [scratch.get(f"img{k}", (n, b, width), np.float32) for k in range(len(bands))]
+            msk = [scratch.get(f"msk{k}", (n, b, width), np.int32) for k in range(len(bands))]
+            var = [scratch.get(f"var{k}", (n, b, width), np.float32) if use_var else None for k in range(len(bands))]
+            calib_rows: list[dict[tuple, _Rows]] = [{} for _ in bands]
+            for k, (y0, y1, _amps) in enumerate(bands):  # read once per block for all raws (and threads)
+                for s in sources:
+                    _calib_rows(s, y0, y1, calib_rows[k], scratch, f"cal{k}-")
+
+            def isr(part: range, work: _Scratch) -> None:
+                """The ISR of raws ``part`` of this block into their slots of the N blocks (``work``: this thread's)."""
+                for i in part:
+                    s = sources[i]
+                    segs, bits, pv_done = s.amp_blocks(r0, r1, work)
+                    for k, (y0, y1, amps) in enumerate(bands):
+                        im, mk = img[k][i], msk[k][i]
+                        vr = var[k][i] if use_var else work.get("scratch_var", (b, width), np.float32)
+                        _block_isr(s, segs, bits, pv_done, amps, im, mk, vr, y0, y1, calib_rows[k],
+                                   defects.get(id(s.calibs)), flat_cfg.get(id(s.calibs)))
+                        if isr_config.do_standard_statistics:
+                            for amp in amps:
+                                cs = amp.bbox[1]
+                                s.acc[amp.name].add(im[:, cs], mk[:, cs])
+                        if s.cr_index is not None:  # after the ISR statistics, as CpDark runs after the ISR
+                            _apply_cosmic_rays(mk, s.cr_index, y0, y1, width, cr_bit, bad_bit)
+
+            def combine(part: range) -> None:
+                """The combine of rows ``part`` of this block, every band."""
+                lo, hi = part.start, part.stop
+                for k, (y0, _y1, _amps) in enumerate(bands):
+                    combine_block(img[k][:, lo:hi], msk[k][:, lo:hi], var[k][:, lo:hi] if use_var else _NO_VAR, sc,
+                                  ignore, stat, float(combine_config.clip), int(combine_config.n_iter), use_var, method,
+                                  out=(out_image[y0 + lo:y0 + hi], out_var[y0 + lo:y0 + hi], out_mask[y0 + lo:y0 + hi],
+                                       out_n[y0 + lo:y0 + hi]))
+
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                combine_block(img[k], msk[k], var[k] if use_var else _NO_VAR, sc, ignore, stat,
-                              float(combine_config.clip), int(combine_config.n_iter), use_var, method,
-                              out=(out_image[y0:y1], out_var[y0:y1], out_mask[y0:y1], out_n[y0:y1]))
-        del img, msk, var
-    scratch.release()  # the row blocks go before the product's repair, statistics and write
+                _in_threads(pool, isr, _split(n, workers), scratches)  # each raw by one thread: its state is its own
+                _in_threads(pool, lambda part, _sc: combine(part), _split(b, workers if b >= 2 * workers else 1),
+                            scratches)
+            del calib_rows
+            del img, msk, var
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    for w in scratches:
+        w.release()  # the row blocks go before the product's repair, statistics and write
     exposures = []
     for s, h in zip(sources, headers):
         bad_amps = defects.get(id(s.calibs), (None, set()))[1]
@@ -765,23 +798,53 @@ def _flat_config(flat: _CalibRef, config: IsrConfig) -> IsrConfig:
     return replace(config, flat_scaling_type="USER", flat_user_scale=s)
 
 
+def _calib_rows(s: _RawSource, y0: int, y1: int, calib_rows: dict, scratch: _Scratch, band_key: str) -> None:
+    """Rows [y0, y1) of the raw's bias / dark / flat into ``calib_rows`` (once per file and band)."""
+    for kind in ("bias", "dark", "flat"):
+        if getattr(s.config, f"do_{kind}"):
+            key = (kind, str(s.calib_paths[kind]))
+            if key not in calib_rows:
+                calib_rows[key] = getattr(s.calibs, kind).rows(y0, y1, scratch, f"{band_key}{len(calib_rows)}-")
+
+
+def _split(n: int, parts: int) -> list[range]:
+    """[0, n) in ``parts`` contiguous ranges as equal as can be (none empty when n >= parts).
+
+    >>> _split(7, 3)
+    [range(0, 3), range(3, 5), range(5, 7)]
+    """
+    q, r = divmod(n, parts)
+    out, a = [], 0
+    for p in range(parts):
+        z = a + q + (1 if p < r else 0)
+        out.append(range(a, z))
+        a = z
+    return out
+
+
+def _in_threads(pool: ThreadPoolExecutor | None, fn, parts: list[range], scratches: list[_Scratch]) -> None:
+    """``fn(part, scratch)`` for every part: the first in this thread, the others in ``pool``; an error is raised
+    here once every thread has stopped (none is left writing into the buffers)."""
+    futures = [pool.submit(fn, part, w) for part, w in zip(parts[1:], scratches[1:])] if pool is not None else []
+    try:
+        fn(parts[0], scratches[0])
+    finally:
+        wait(futures)
+    for f in futures:
+        f.result()
+
+
 def _block_isr(s: _RawSource, segs, bits, pv_done: bool, amps, im, mk, vr, y0: int, y1: int, calib_rows: dict,
-               defect, flat_config, scratch: _Scratch, band_key: str) -> None:
+               defect, flat_config) -> None:
     """Every amp of one output band of one raw through the rest of run_isr's per-pixel steps, in its order
     (parallel overscan, orientation, bias, dark, defects, NaN masking, variance, flat), one compiled pass
     per amp (:func:`cpframe.science.fused_isr.amp_to_band`)."""
     cfg = s.config
 
     def rows(kind):
-        path = s.calib_paths[kind]
-        key = (kind, str(path))
-        if key not in calib_rows:
-            calib_rows[key] = getattr(s.calibs, kind).rows(y0, y1, scratch, f"{band_key}{len(calib_rows)}-")
-        return calib_rows[key]
+        return calib_rows[(kind, str(s.calib_paths[kind]))] if getattr(cfg, f"do_{kind}") else None
 
-    bias = rows("bias") if cfg.do_bias else None
-    dark = rows("dark") if cfg.do_dark else None
-    flat = rows("flat") if cfg.do_flat else None
+    bias, dark, flat = rows("bias"), rows("dark"), rows("flat")
     dm = None if defect is None else defect[0][y0:y1]
     steps = s.__dict__.setdefault("_steps", {})
     for amp in amps:
@@ -791,8 +854,10 @@ def _block_isr(s: _RawSource, segs, bits, pv_done: bool, amps, im, mk, vr, y0: i
             g = 1.0 if s.units == "electron" else st.gain
             k = steps[amp.name] = amp_steps(
                 MASK_BITS, dark_scale=s.dark_scale, amp_bad=defect is not None and amp.name in defect[1],
-                nan_masking=cfg.do_nan_masking, variance=(1.0 / g, (st.read_noise / g) ** 2) if cfg.do_variance else None,
+                nan_masking=cfg.do_nan_masking,
+                variance=(1.0 / g, (st.read_noise / g) ** 2) if cfg.do_variance else None,
                 mask_negative_variance=cfg.mask_negative_variance,
-                flat_scale=flat_config.flat_user_scale if flat is not None else 1.0, no_data_variance=cfg.no_data_variance)
+                flat_scale=flat_config.flat_user_scale if flat is not None else 1.0,
+                no_data_variance=cfg.no_data_variance)
         amp_into_band(segs[amp.name], bits[amp.name], None if pv_done else s.pvec[amp.name], amp.flip_x, amp.flip_y,
                       amp.bbox[1].start, im, mk, vr, bias, dark, dm, flat, k)

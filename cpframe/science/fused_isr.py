@@ -53,7 +53,7 @@ def raw_rows(raw: np.ndarray, itemsize: int, bzero: int, cols: int, c0: int, c1:
              dither: np.ndarray | None, dither_offset: float, svec: np.ndarray | None,
              sat: tuple[float, bool], sus: tuple[float, bool], gain: float | None,
              out: np.ndarray, bits: np.ndarray | None) -> bool:
-    """Columns [c0, c1) of raw rows as read (``raw``: the rows' bytes, ``cols`` columns) into ``out`` (rows x (c1 - c0)).
+    """Columns [c0, c1) of raw rows as read (``raw``: the rows' bytes, ``cols`` columns) into ``out``.
 
     ``dither``: the rows' dither numbers (all columns), ``svec``: the serial level per row,
     ``gain``: multiply by it (electron units), ``bits``: where SAT / SUSPECT bits go

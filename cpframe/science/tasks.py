@@ -457,12 +457,13 @@ def fused_combine_task(raw_paths: Sequence[str | os.PathLike], output_path: str 
                        calibs: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
                        scales: Sequence[float] | None = None, memory_bytes: int | None = None,
                        extra_header: Mapping[str, Any] | None = None,
-                       prepasses: Sequence[Mapping[str, Any]] | None = None) -> ProductResult:
+                       prepasses: Sequence[Mapping[str, Any]] | None = None, threads: int = 1) -> ProductResult:
     """ISR of every raw + combine in one streamed pass (:mod:`cpframe.science.fused`): no intermediates.
 
     ``calibs`` is one mapping for every raw or one per raw; ``prepasses``, one
     :func:`cpframe.science.fused_tasks.prepass_task` result per raw when they were made elsewhere
-    (the raws' ISR quanta).  The exposures returned have ``path=""`` (nothing was written for them).
+    (the raws' ISR quanta); ``threads``: threads streaming the blocks.  The exposures returned have
+    ``path=""`` (nothing was written for them).
 
     Raises
     ------
@@ -479,7 +480,7 @@ def fused_combine_task(raw_paths: Sequence[str | os.PathLike], output_path: str 
         cp = [_str_calibs(c) for c in calibs]
     _, res, exps = isr_combine(raw_paths, output_path, icfg, ccfg, cp, scales=scales,
                                memory_bytes=int(memory_bytes or DEFAULT_FUSED_MEMORY_BYTES), extra_header=extra_header,
-                               prepasses=prepasses)
+                               prepasses=prepasses, threads=threads)
     exposures = [_exposure_stats("", e.raw_path, e.header, "", e.units, e.stats) for e in exps]
     return ProductResult(path=str(output_path), n_inputs=len(exposures), combine=res, exposures=exposures,
                          extra={"fused": True})
@@ -523,7 +524,8 @@ def _product(product: str, raw_paths, output_path, *, calibs, work_dir, isr_conf
             cr = cr_config_of(cr_config)
             prepasses = _per_raw(prepass_cosmic_rays, [(*x, cr) for x in items], workers, executor)
         return fused_combine_task(raw_paths, output_path, icfg, ccfg, per_raw, scales=scales,
-                                  memory_bytes=memory_bytes, prepasses=prepasses)
+                                  memory_bytes=memory_bytes, prepasses=prepasses,
+                                  threads=ccfg.fused_threads or threads)
     with _WorkDir(work_dir, output_path) as work:
         exposures = _run_isr_all(raw_paths, work, icfg, calibs, workers, cr_config, executor)
         scales = None
