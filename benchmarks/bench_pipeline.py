@@ -53,11 +53,25 @@ def simulate_raws(directory: Path, n: int, detector: int) -> list[Path]:
                                       workers=2, truth=truth, executor="thread")]
 
 
-def submit(env: dict, label: str) -> dict:
+def code_of(env: dict, cwd: Path) -> str:
+    """The cpframe checkout a command run with ``env`` in ``cwd`` imports.
+
+    ``python -m`` puts its working directory first on ``sys.path`` (and the workers it spawns inherit that
+    path): run from a checkout, every submission imported that checkout whatever ``PYTHONPATH`` said, so the
+    "baseline" of earlier runs was this code (benchmarks/RESULTS.md).  Submissions now run in the benchmark's
+    temporary directory, and each label's checkout is checked before timing.
+    """
+    out = subprocess.run([sys.executable, "-c", "import cpframe, os; print(os.path.dirname(os.path.dirname("
+                          "os.path.abspath(cpframe.__file__))))"], env=env, cwd=cwd, capture_output=True, text=True,
+                         check=True)
+    return out.stdout.strip()
+
+
+def submit(env: dict, label: str, cwd: Path) -> dict:
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "cpframe", "submit",
            str(ROOT / "templates" / "bps_biasBootstrap.yaml")]
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd)
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise SystemExit(f"{label}: submit failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
@@ -137,7 +151,13 @@ def main(argv=None) -> int:
                     e["CPFRAME_PIPELINES"] = str(pipes)
                 if label == "baseline":
                     e["PYTHONPATH"] = str(Path(args.baseline).resolve())
-                res = submit(e, label)
+                if r == 0:  # the code each label really runs (see code_of)
+                    want = Path(e["PYTHONPATH"]).resolve()
+                    got = Path(code_of(e, work)).resolve()
+                    if got != want:
+                        raise SystemExit(f"{label}: the submission would import cpframe from {got}, not {want}")
+                    print(f"{label}: cpframe from {got}", flush=True)
+                res = submit(e, label, work)
                 res["big_files"] = big_files(repo_root, raw_set)
                 results[label].append(res)
                 print(f"round {r + 1} {label}: {res['wall_s']:.1f} s (CPU {res['cpu_s']:.1f} s, load {res['load']:.1f}), "
