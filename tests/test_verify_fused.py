@@ -268,6 +268,35 @@ def test_fused_verify_stats_gets_the_larger_of_both_tasks_requests(repo, mini_da
             assert per_q[k] == requests[q.task]
 
 
+def test_capacity_check_refuses_a_fused_quantum_no_worker_can_run(repo, mini_dataset, tmp_path):
+    """Each task's own request fits a worker of a real two-worker cluster (3000 MiB x 1 core, 1000 MiB x 2 cores),
+    but the fused verifyStats quanta need 3000 MiB and 2 cores at once: refused before anything runs, naming both
+    tasks, the request, the largest worker and the ways out."""
+    from distributed import Client, Scheduler, SpecCluster, Worker
+
+    from cpframe.core.errors import ExecutionError
+    from cpframe.execution.resources import capacity_requests, check_capacity, task_requests
+
+    env = _env(repo, tmp_path, mini_dataset, "20241126n")
+    out = plan_template(_with_requests(tmp_path, "bps_verify_bias", _VERIFY_REQUESTS), environ=env, repo=repo)
+    plan, requests = out.plan, task_requests(out.submission, out.pipeline)
+    merged = capacity_requests(plan, requests)
+    assert set(merged) - set(requests) == {("verifyBiasMeasure", "verifyBiasIsr")}
+    workers = {"big": {"cls": Worker, "options": {"nthreads": 1, "resources": {"MEMORY": 3000 * 2**20, "CPU": 1}}},
+               "wide": {"cls": Worker, "options": {"nthreads": 2, "resources": {"MEMORY": 1000 * 2**20, "CPU": 2}}}}
+    with SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}}) as cluster, \
+            Client(cluster) as client:
+        client.wait_for_workers(2, timeout=60)
+        check_capacity(client, requests)  # every task alone fits one of them
+        with pytest.raises(ExecutionError) as err:
+            check_capacity(client, merged)
+    msg = str(err.value)
+    assert "task verifyBiasMeasure runs verifyBiasIsr's ISR in memory" in msg
+    assert "3000 MiB and 2 core(s)" in msg and "the largest has 3000 MiB and 1 core(s)" in msg
+    assert "pipetask.verifyBiasMeasure or pipetask.verifyBiasIsr" in msg and "fuseIsr: false" in msg
+    assert "(with" not in msg
+
+
 def test_fused_verify_stats_is_retried_with_the_isr_tasks_memory_multiplier(repo, mini_dataset, tmp_path):
     """Out of memory, a fused verifyStats quantum is run again with more memory as its ISR task allows (its own
     task sets no memoryMultiplier): requestMemory 3000 x 2, the larger of the two requests."""

@@ -25,6 +25,7 @@ from cpframe.core.errors import ExecutionError
 __all__ = [
     "EnvironmentPlugin",
     "MSG_TOO_SMALL",
+    "MSG_TOO_SMALL_FUSED",
     "capacity_requests",
     "check_capacity",
     "expand_deferred",
@@ -40,6 +41,13 @@ MSG_TOO_SMALL = (
     "task {task} requests {what}, but no worker can run it: the largest has {have}. Give the cluster "
     "bigger workers (worker-memory / the site's memory and cores) or lower the request in the template "
     "(pipetask.{task}.requestMemory / requestCpus)."
+)
+MSG_TOO_SMALL_FUSED = (
+    "task {task} runs {isr}'s ISR in memory (fused, no ISR file), so its quanta request the larger of both "
+    "tasks' requests, {what}, but no worker can run them: the largest has {have}. Give the cluster bigger "
+    "workers, lower pipetask.{task} or pipetask.{isr} requestMemory / requestCpus in the template, or run the "
+    "two apart with fuseIsr: false in the pipeline (on the combine task of a dark or flat, on the verifyStats "
+    "task of a verification)."
 )
 _DEFERRED = re.compile(r"<ENV:([A-Za-z_]\w*)>|\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)")
 
@@ -120,20 +128,20 @@ def quantum_requests(plan: Any, requests: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def capacity_requests(plan: Any, requests: Mapping[str, Any]) -> dict[str, Any]:
+def capacity_requests(plan: Any, requests: Mapping[str, Any]) -> dict[Any, Any]:
     """``requests`` plus what each fused quantum running another task's ISR asks for (:func:`quantum_requests`),
-    under ``"<task> (with <ISR task>'s ISR)"``, for :func:`check_capacity`: the two tasks' larger memory and
-    larger core count may together exceed every worker though each task's own request fits."""
+    under the key ``(task, ISR task)``, for :func:`check_capacity`: the two tasks' larger memory and larger core
+    count may together exceed every worker though each task's own request fits."""
     if not requests:
         return {}
     from cpframe.execution.graph_fusion import isr_run_in_memory
 
-    out = dict(requests)
+    out: dict[Any, Any] = dict(requests)
     for key, isr_key in isr_run_in_memory(plan).items():
         task, isr_task = plan.quanta[key].task, plan.quanta[isr_key].task
         merged = merge_requests(requests.get(task), requests.get(isr_task))
         if merged is not None and merged != requests.get(task):
-            out[f"{task} (with {isr_task}'s ISR)"] = merged
+            out[(task, isr_task)] = merged
     return out
 
 
@@ -188,7 +196,8 @@ def check_capacity(client: Any, requests: Mapping[str, Any], scalable: Mapping[s
     ----------
     client : distributed.Client
     requests : mapping
-        Task label -> Resources (:func:`task_requests`).
+        Task label -> Resources (:func:`task_requests`), or ``(task, ISR task)`` -> the requests of a fused
+        quantum doing both (:func:`capacity_requests`).
     scalable : mapping, optional
         Resources of one worker a batch cluster can still start (its job template); counted
         as a worker that may join.
@@ -218,6 +227,8 @@ def check_capacity(client: Any, requests: Mapping[str, Any], scalable: Mapping[s
                 else "no worker connected")
         what = " and ".join(x for x in (f"{r.memory_mib} MiB" if r.memory_mib is not None else "",
                                         f"{r.cpus} core(s)" if r.cpus is not None else "") if x)
+        if isinstance(label, tuple):
+            raise ExecutionError(MSG_TOO_SMALL_FUSED.format(task=label[0], isr=label[1], what=what, have=have))
         raise ExecutionError(MSG_TOO_SMALL.format(task=label, what=what, have=have))
 
 
