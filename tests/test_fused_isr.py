@@ -284,3 +284,37 @@ def test_fused_threads_option_is_checked():
     assert CombineConfig.from_dict({"fusedThreads": 2}).fused_threads == 2
     with pytest.raises(Exception, match=r"fusedThreads.*-1.*must be >= 0"):
         CombineConfig.from_dict({"fusedThreads": -1})
+
+
+def test_threads_stay_within_the_memory_budget(mini_sim, tmp_path):
+    """Two threads hold two raws' transient rows each: the rows per block shrink so that the N inputs' state and
+    blocks still fit the budget, and the traced peak stays under it plus one product's planes, as one thread's."""
+    import tracemalloc
+
+    from cpframe.science import fused
+    from cpframe.science.combine import combine_config_for
+    from cpframe.science.isr import isr_config_for
+
+    det = mini_sim.detector
+    rows, cols = det.shape
+    budget = 20 * fused.input_state_bytes(det)
+    raws = [mini_sim.bias[i % len(mini_sim.bias)] for i in range(12)]
+    icfg, ccfg = isr_config_for("biasBootstrap"), combine_config_for("biasBootstrap")
+    fused.isr_combine(raws[:2], None, icfg, ccfg, memory_bytes=budget, threads=2)  # kernels loaded first
+    peaks = {}
+    for threads in (1, 2):
+        tracemalloc.start()
+        try:
+            _, res, _ = fused.isr_combine(raws, tmp_path / f"t{threads}.fits", icfg, ccfg, memory_bytes=budget,
+                                          threads=threads)
+            peaks[threads] = (tracemalloc.get_traced_memory()[1], res.strip_rows)
+        finally:
+            tracemalloc.stop()
+    n_bands = len(fused._bands(det, 0, 1))
+    rows1, rows2 = peaks[1][1], peaks[2][1]
+    assert rows2 < rows1  # two more raws in flight
+    block = (12 + 2 * 2) * rows2 * cols * n_bands * fused._BLOCK_BYTES
+    assert 12 * fused.input_state_bytes(det) + block <= budget
+    for threads, (peak, _) in peaks.items():
+        assert peak <= budget + rows * cols * 14, (threads, peak, budget)
+    _products_equal(tmp_path / "t1.fits", tmp_path / "t2.fits")
