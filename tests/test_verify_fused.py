@@ -284,8 +284,8 @@ def test_capacity_check_refuses_a_fused_quantum_no_worker_can_run(repo, mini_dat
     assert set(merged) - set(requests) == {("verifyBiasMeasure", "verifyBiasIsr")}
     workers = {"big": {"cls": Worker, "options": {"nthreads": 1, "resources": {"MEMORY": 3000 * 2**20, "CPU": 1}}},
                "wide": {"cls": Worker, "options": {"nthreads": 2, "resources": {"MEMORY": 1000 * 2**20, "CPU": 2}}}}
-    with SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}}) as cluster, \
-            Client(cluster) as client:
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
         client.wait_for_workers(2, timeout=60)
         check_capacity(client, requests)  # every task alone fits one of them
         with pytest.raises(ExecutionError) as err:

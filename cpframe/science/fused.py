@@ -590,8 +590,10 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
         without them the prepass runs here, one raw after the other.
     threads : int
         Threads streaming the blocks: each block's raws are split between them (a raw's state is only ever
-        touched by one thread at a time), then its rows for the combine.  The product is the same for
-        any number; the per-amp sums of the ISR statistics too (each raw's blocks run in order).
+        touched by one thread at a time, its blocks in row order), then its rows for the combine.  The product
+        is the same bit for bit for any number.  Each thread holds two more raws' rows in flight, so the budget
+        may give fewer rows per block, and the exposures' FINAL MEDIAN (histogram bins from the first block)
+        and the grouping of their sums may then differ slightly (docs/algorithms.md "Threads").
 
     Returns
     -------

@@ -56,7 +56,8 @@ class Combine(TaskKind):
         # alone reads run fused into it, streamed without per-exposure files (execution/graph.py fusion)
         "clipMethod": Option(enum(*_combine.CLIP_METHODS), _field("clipMethod")),
         "fuseIsr": Option(bool, _field("fuseIsr")),
-        "fusedThreads": Option(int, _field("fusedThreads"), doc="threads of the fused quantum; 0: idle cores of its node"),
+        "fusedThreads": Option(int, _field("fusedThreads"),
+                               doc="threads of the fused quantum; 0: idle cores of its node"),
     })
     @classmethod
     def required_example(cls):
