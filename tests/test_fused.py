@@ -168,13 +168,14 @@ def test_fused_memory_obeys_the_budget_and_is_flat_in_n(mini_sim, tmp_path):
 
 
 def test_block_reads_through_reused_buffers_equal_run_isrs_dithered_segments(mini_sim):
-    """Row blocks read into the reused work buffers (``_Scratch``) are run_isr's dithered segments.
+    """Row blocks read into the reused work buffers (``Scratch``) are run_isr's dithered segments.
 
     Reference: astropy's integer segments + one PCG64 stream over the amps in order, as
     :func:`cpframe.science.isr.run_isr` draws it; a second block read into the same buffer must
     not change what an earlier read returned to a different key.
     """
-    from cpframe.science.fused import _calibs, _RawSource, _Scratch
+    from cpframe.science.fused import _calibs, _RawSource
+    from cpframe.science.fused_work import Scratch
     from cpframe.science.isr import _dither_offset
 
     cfg = isr_config_for("biasBootstrap")
@@ -186,7 +187,7 @@ def test_block_reads_through_reused_buffers_equal_run_isrs_dithered_segments(min
         seg = raw.segments[amp.name].astype(np.float32)
         seg += rng.random(seg.shape, dtype=np.float32) + np.float32(_dither_offset(cfg.integer_dither_mode))
         ref[amp.name] = seg
-    scratch = _Scratch()
+    scratch = Scratch()
     src = _RawSource(path, cfg, _calibs({}), {}, scratch)
     for amp in raw.detector.amps[:3] + raw.detector.amps[-1:]:
         rows = amp.raw_shape[0]

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping, Sequence
 
@@ -75,6 +75,7 @@ from cpframe.science.isr import (
     serial_amp,
 )
 from cpframe.science.fused_isr import amp_into_band, amp_steps, raw_rows, threshold
+from cpframe.science.fused_work import Scratch, in_threads, split
 from cpframe.science.kernels import combine_block
 
 __all__ = ["FusedUnsupported", "FusedExposure", "fused_unsupported", "isr_combine", "fused_rows_for_budget"]
@@ -167,7 +168,7 @@ class _CalibRef:
         self.header = read_header(self.path)
         self.shape = self.layout.shape
 
-    def rows(self, y0: int, y1: int, scratch: _Scratch | None = None, key: str = ""):
+    def rows(self, y0: int, y1: int, scratch: Scratch | None = None, key: str = ""):
         """Rows [y0, y1) of the three planes (in ``scratch`` buffers named after ``key`` when given)."""
         lay = self.layout
         shape = (y1 - y0, self.shape[1])
@@ -190,46 +191,6 @@ class _Rows:
 _CALIB_IMAGES = ("bias", "dark", "flat")
 
 
-class _Scratch:
-    """Work arrays reused from block to block and raw to raw (issue 14: allocation cost).
-
-    A Dask worker runs with ``MALLOC_TRIM_THRESHOLD_`` set (distributed's nanny), which
-    fixes glibc's mmap threshold at 128 KB: every larger temporary is a fresh ``mmap``
-    whose pages fault in zeroed, and is unmapped when freed.  Allocated per block and per
-    amp, that cost 12 s of system time for 20 full-size raws (4.5 million page faults,
-    more than the ISR arithmetic).  Buffers taken here are allocated once at their largest
-    size and handed out as contiguous views.
-    """
-
-    def __init__(self):
-        self._bufs: dict[str, np.ndarray] = {}
-        self._views: dict[tuple, np.ndarray] = {}  # (key, shape, dtype) -> the view handed out (cheap repeats)
-
-    def get(self, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-        """A contiguous array of ``shape`` and ``dtype`` (contents undefined), valid until the next ``get(key)``."""
-        view = self._views.get((key, shape, dtype))
-        if view is not None:
-            return view
-        dt = np.dtype(dtype)
-        nbytes = math.prod(shape) * dt.itemsize
-        buf = self._bufs.get(key)
-        if buf is None or buf.nbytes < nbytes:
-            buf = self._bufs[key] = np.empty(max(nbytes, 1), np.uint8)
-            self._forget(key)
-        view = self._views[(key, shape, dtype)] = buf[:nbytes].view(dt).reshape(shape)
-        return view
-
-    def _forget(self, key: str) -> None:
-        for k in [k for k in self._views if k[0] == key]:
-            del self._views[k]
-
-    def release(self, *keys: str) -> None:
-        """Free these buffers (all of them without ``keys``)."""
-        for k in keys or list(self._bufs):
-            self._bufs.pop(k, None)
-            self._forget(k)
-
-
 def _calibs(paths: Mapping[str, Any] | None) -> IsrCalibs:
     paths = dict(paths or {})
     small = load_calibs({k: v for k, v in paths.items() if k not in _CALIB_IMAGES})
@@ -243,14 +204,14 @@ class _RawSource:
     """One raw after the prepass: stored vectors + how to read and dither any block of rows."""
 
     def __init__(self, path: str, config: IsrConfig, calibs: IsrCalibs, calib_paths: Mapping[str, Any],
-                 scratch: _Scratch | None = None, prepass: Mapping[str, Any] | None = None,
+                 scratch: Scratch | None = None, prepass: Mapping[str, Any] | None = None,
                  raw=None, overscans: Mapping[str, Any] | None = None):
         """The prepass of ``path`` (or its result ``prepass``); with ``raw`` and the ``overscans`` run_isr recorded
         of it (:func:`prepass_with_isr`), the fits are taken from there instead of reading every amp again."""
         self.config = config
         self.calibs = calibs
         self.calib_paths = dict(calib_paths or {})
-        self.scratch = scratch if scratch is not None else _Scratch()
+        self.scratch = scratch if scratch is not None else Scratch()
         self.cr_index = None
         if prepass is not None:  # made by the raw's own ISR quantum (:func:`prepass`)
             if prepass.get("path") != str(path):
@@ -339,7 +300,7 @@ class _RawSource:
             if getattr(config, f"do_{key}"):
                 _check_units(self.what, key, getattr(calibs, key).header, self.units, config)
 
-    def _pread(self, amp, r0: int, r1: int, fd: int | None = None, scratch: _Scratch | None = None) -> np.ndarray:
+    def _pread(self, amp, r0: int, r1: int, fd: int | None = None, scratch: Scratch | None = None) -> np.ndarray:
         """The bytes of raw rows [r0, r1) of one amp as stored (big-endian integers, scratch buffer "raw");
         ``fd``: the raw, already open."""
         offset, dtype, _bzero = self.layout[amp.name]
@@ -363,7 +324,7 @@ class _RawSource:
         return buf
 
     def _rows(self, amp, r0: int, r1: int, c0: int, c1: int, out: np.ndarray, svec=None, sat=_NO_LEVEL,
-              sus=_NO_LEVEL, gain=None, bits=None, fd: int | None = None, scratch: _Scratch | None = None) -> bool:
+              sus=_NO_LEVEL, gain=None, bits=None, fd: int | None = None, scratch: Scratch | None = None) -> bool:
         """Columns [c0, c1) of raw rows [r0, r1) into ``out`` through :func:`cpframe.science.fused_isr.raw_rows`."""
         _offset, dtype, bzero = self.layout[amp.name]
         cols = amp.raw_shape[1]
@@ -384,7 +345,7 @@ class _RawSource:
         self._rows(amp, r0, r1, 0, cols, seg)
         return seg
 
-    def _dither(self, start: int, count: int, scratch: _Scratch | None = None) -> np.ndarray:
+    def _dither(self, start: int, count: int, scratch: Scratch | None = None) -> np.ndarray:
         """The dither numbers of pixels [start, start + count) of the raw (run_isr's stream).
 
         The generator that made the previous block of an amp is kept, positioned where the next
@@ -424,7 +385,7 @@ class _RawSource:
             self._plan = plan
         return plan
 
-    def amp_blocks(self, r0: int, r1: int, scratch: _Scratch | None = None
+    def amp_blocks(self, r0: int, r1: int, scratch: Scratch | None = None
                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None], bool]:
         """Data columns of raw rows [r0, r1) of every amp, read-out order: serial overscan, SAT / SUSPECT bits
         (:data:`cpframe.science.fused_isr.RAW_SAT` ...; None: no bit set), gain, crosstalk; with a linearizer
@@ -619,7 +580,7 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
     per_raw = list(calib_paths) if isinstance(calib_paths, (list, tuple)) else [calib_paths or {}] * len(paths)
     cache: dict[tuple, IsrCalibs] = {}
     sources = []
-    scratch = _Scratch()
+    scratch = Scratch()
     if prepasses is not None and len(prepasses) != len(paths):
         raise FusedUnsupported(f"{len(prepasses)} prepasses for {len(paths)} raws.")
     for i, (p, cp) in enumerate(zip(paths, per_raw)):
@@ -669,7 +630,7 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
     cr_bit = np.int32(1 << MASK_BITS["CR"])
     width = shape[1]
     workers = max(1, min(int(threads), n))
-    scratches = [scratch] + [_Scratch() for _ in range(workers - 1)]
+    scratches = [scratch] + [Scratch() for _ in range(workers - 1)]
     pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="cpframe-fused") if workers > 1 else None
     try:
         for r0 in range(0, data_rows, rows):
@@ -678,7 +639,7 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
             b = r1 - r0
             # the N inputs' blocks of every band: exactly what fused_rows_for_budget counted; each raw's
             # rows are read, corrected and placed one raw at a time (no second copy of all N blocks)
-            # (buffers reused from block to block: _Scratch)
+            # (buffers reused from block to block: Scratch)
             img = [scratch.get(f"img{k}", (n, b, width), np.float32) for k in range(len(bands))]
             msk = [scratch.get(f"msk{k}", (n, b, width), np.int32) for k in range(len(bands))]
             var = [scratch.get(f"var{k}", (n, b, width), np.float32) if use_var else None for k in range(len(bands))]
@@ -687,7 +648,7 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
                 for s in sources:
                     _calib_rows(s, y0, y1, calib_rows[k], scratch, f"cal{k}-")
 
-            def isr(part: range, work: _Scratch) -> None:
+            def isr(part: range, work: Scratch) -> None:
                 """The ISR of raws ``part`` of this block into their slots of the N blocks (``work``: this thread's)."""
                 for i in part:
                     s = sources[i]
@@ -715,8 +676,8 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                _in_threads(pool, isr, _split(n, workers), scratches)  # each raw by one thread: its state is its own
-                _in_threads(pool, lambda part, _sc: combine(part), _split(b, workers if b >= 2 * workers else 1),
+                in_threads(pool, isr, split(n, workers), scratches)  # each raw by one thread: its state is its own
+                in_threads(pool, lambda part, _sc: combine(part), split(b, workers if b >= 2 * workers else 1),
                             scratches)
             del calib_rows
             del img, msk, var
@@ -800,40 +761,13 @@ def _flat_config(flat: _CalibRef, config: IsrConfig) -> IsrConfig:
     return replace(config, flat_scaling_type="USER", flat_user_scale=s)
 
 
-def _calib_rows(s: _RawSource, y0: int, y1: int, calib_rows: dict, scratch: _Scratch, band_key: str) -> None:
+def _calib_rows(s: _RawSource, y0: int, y1: int, calib_rows: dict, scratch: Scratch, band_key: str) -> None:
     """Rows [y0, y1) of the raw's bias / dark / flat into ``calib_rows`` (once per file and band)."""
     for kind in ("bias", "dark", "flat"):
         if getattr(s.config, f"do_{kind}"):
             key = (kind, str(s.calib_paths[kind]))
             if key not in calib_rows:
                 calib_rows[key] = getattr(s.calibs, kind).rows(y0, y1, scratch, f"{band_key}{len(calib_rows)}-")
-
-
-def _split(n: int, parts: int) -> list[range]:
-    """[0, n) in ``parts`` contiguous ranges as equal as can be (none empty when n >= parts).
-
-    >>> _split(7, 3)
-    [range(0, 3), range(3, 5), range(5, 7)]
-    """
-    q, r = divmod(n, parts)
-    out, a = [], 0
-    for p in range(parts):
-        z = a + q + (1 if p < r else 0)
-        out.append(range(a, z))
-        a = z
-    return out
-
-
-def _in_threads(pool: ThreadPoolExecutor | None, fn, parts: list[range], scratches: list[_Scratch]) -> None:
-    """``fn(part, scratch)`` for every part: the first in this thread, the others in ``pool``; an error is raised
-    here once every thread has stopped (none is left writing into the buffers)."""
-    futures = [pool.submit(fn, part, w) for part, w in zip(parts[1:], scratches[1:])] if pool is not None else []
-    try:
-        fn(parts[0], scratches[0])
-    finally:
-        wait(futures)
-    for f in futures:
-        f.result()
 
 
 def _block_isr(s: _RawSource, segs, bits, pv_done: bool, amps, im, mk, vr, y0: int, y1: int, calib_rows: dict,
