@@ -15,6 +15,7 @@ import pytest
 
 from cpframe.science.fused_isr import RAW_SAT, RAW_SUSPECT, amp_to_band, raw_rows, threshold
 from cpframe.science.imageio import MASK_BITS
+from cpframe.science.isr import IsrConfig, _flat_correct
 
 BIT = {k: np.int32(1 << v) for k, v in MASK_BITS.items()}
 
@@ -99,7 +100,8 @@ def _calib(rng, shape, level, nodata=False):
 
 def _numpy_band(seg, bits, pvec, flip_x, flip_y, x0, width, *, bias, dark, dark_scale, defect, amp_bad, nan,
                 variance, neg, flat, flat_scale, no_data_variance):
-    """The old fused path's numpy steps (and run_isr's, on the assembled amp) for one amp's columns."""
+    """The old fused path's numpy steps (run_isr's, on the assembled amp; its flat step itself) for one amp's
+    columns."""
     rows, n = seg.shape
     cs = slice(x0, x0 + n)
     im = np.zeros((rows, width), np.float32)
@@ -131,17 +133,9 @@ def _numpy_band(seg, bits, pvec, flip_x, flip_y, x0, width, *, bias, dark, dark_
         vr[:, cs] += im[:, cs] * np.float32(variance[0]) + np.float32(variance[1])
         if neg:
             mk[vr < 0] |= BIT["BAD"]
-    if flat is not None:
-        f = flat.image / np.float32(flat_scale)
-        fv = flat.variance / np.float32(flat_scale * flat_scale)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            new_var = vr / (f * f) + im * im * fv / (f * f * f * f)
-            im /= f
-        vr[...] = new_var
-        mk |= flat.mask
-        nodata = (flat.mask & BIT["NO_DATA"]) != 0
-        im[nodata] = 0.0
-        vr[nodata] = no_data_variance
+    if flat is not None:  # run_isr's own flat step, its scale fixed as the fused path fixes it
+        _flat_correct(im, vr, mk, flat, IsrConfig(flat_scaling_type="USER", flat_user_scale=flat_scale,
+                                                  no_data_variance=no_data_variance))
     return im[:, cs], mk[:, cs], vr[:, cs]
 
 
