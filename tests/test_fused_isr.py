@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 
-from cpframe.science.fused_isr import RAW_SAT, RAW_SUSPECT, amp_to_band, raw_rows, threshold
+from cpframe.science.fused_isr import RAW_SAT, RAW_SUSPECT, amp_steps, amp_to_band, raw_rows, threshold
 from cpframe.science.imageio import MASK_BITS
 from cpframe.science.isr import IsrConfig, _flat_correct
 
@@ -163,11 +163,11 @@ def test_amp_to_band_equals_numpy_bit_for_bit(flip_x, flip_y, steps):
     im = np.full((rows, width), -99.0, np.float32)  # whatever was there: every pixel of the amp is written
     mk = np.full((rows, width), -1, np.int32)
     vr = np.full((rows, width), -99.0, np.float32)
-    amp_to_band(seg, None if steps == "no_pvec_no_bits" else bits, pvec, flip_x, flip_y, x0, im, mk, vr, MASK_BITS,
-                bias=kw["bias"], dark=kw["dark"], dark_scale=kw["dark_scale"], defect=kw["defect"],
-                amp_bad=kw["amp_bad"], nan_masking=kw["nan"], variance=kw["variance"],
-                mask_negative_variance=kw["neg"], flat=kw["flat"], flat_scale=kw["flat_scale"],
-                no_data_variance=kw["no_data_variance"])
+    consts = amp_steps(MASK_BITS, dark_scale=kw["dark_scale"], amp_bad=kw["amp_bad"], nan_masking=kw["nan"],
+                       variance=kw["variance"], mask_negative_variance=kw["neg"], flat_scale=kw["flat_scale"],
+                       no_data_variance=kw["no_data_variance"])
+    amp_to_band(seg, None if steps == "no_pvec_no_bits" else bits, pvec, flip_x, flip_y, x0, im, mk, vr,
+                kw["bias"], kw["dark"], kw["defect"], kw["flat"], consts)
     cs = slice(x0, x0 + n)
     np.testing.assert_array_equal(im[:, cs].view(np.int32), ref_im.view(np.int32))
     np.testing.assert_array_equal(mk[:, cs], ref_mk)

@@ -74,7 +74,7 @@ from cpframe.science.isr import (
     parallel_overscan_vector,
     serial_amp,
 )
-from cpframe.science.fused_isr import amp_into_band, amp_steps, raw_rows, threshold
+from cpframe.science.fused_isr import amp_steps, amp_to_band, raw_rows, threshold
 from cpframe.science.fused_work import Scratch, in_threads, split
 from cpframe.science.kernels import combine_block
 
@@ -795,5 +795,5 @@ def _block_isr(s: _RawSource, segs, bits, pv_done: bool, amps, im, mk, vr, y0: i
                 mask_negative_variance=cfg.mask_negative_variance,
                 flat_scale=flat_config.flat_user_scale if flat is not None else 1.0,
                 no_data_variance=cfg.no_data_variance)
-        amp_into_band(segs[amp.name], bits[amp.name], None if pv_done else s.pvec[amp.name], amp.flip_x, amp.flip_y,
-                      amp.bbox[1].start, im, mk, vr, bias, dark, dm, flat, k)
+        amp_to_band(segs[amp.name], bits[amp.name], None if pv_done else s.pvec[amp.name], amp.flip_x, amp.flip_y,
+                    amp.bbox[1].start, im, mk, vr, bias, dark, dm, flat, k)

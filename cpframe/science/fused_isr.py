@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-__all__ = ["amp_into_band", "amp_steps", "amp_to_band", "raw_rows", "threshold"]
+__all__ = ["amp_steps", "amp_to_band", "raw_rows", "threshold"]
 
 _NONE_F = np.zeros((1, 1), np.float32)
 _NONE_I = np.zeros((1, 1), np.int32)
@@ -125,29 +125,15 @@ def _raw_rows(view, rows, cols, itemsize, bzero, c0, c1, dither, do_dither, doff
 RAW_SAT, RAW_SUSPECT = 1, 2
 
 
-def amp_to_band(seg: np.ndarray, bits: np.ndarray | None, pvec: np.ndarray | None, flip_x: bool, flip_y: bool,
-                x0: int, im: np.ndarray, mk: np.ndarray, vr: np.ndarray, mask_bits: dict[str, int], *,
-                bias=None, dark=None, dark_scale: float = 1.0, defect: np.ndarray | None = None,
-                amp_bad: bool = False, nan_masking: bool = False, variance: tuple[float, float] | None = None,
-                mask_negative_variance: bool = False, flat=None, flat_scale: float = 1.0,
-                no_data_variance: float = 0.0) -> None:
-    """One amp's segment (read-out order) into its columns ``x0 ...`` of an output block (module docstring).
-
-    ``bias``, ``dark``, ``flat``: the calibration's rows of this block (``.image``, ``.mask``,
-    ``.variance``, full width) or None; ``defect``: the block's rows of the defect mask;
-    ``variance``: ``(1 / gain, (read noise / gain)**2)`` or None.  Every pixel of the amp's
-    columns of ``im``, ``mk`` and ``vr`` is written (no need to clear them first).
-    """
-    steps = amp_steps(mask_bits, dark_scale=dark_scale, amp_bad=amp_bad, nan_masking=nan_masking, variance=variance,
-                      mask_negative_variance=mask_negative_variance, flat_scale=flat_scale,
-                      no_data_variance=no_data_variance)
-    amp_into_band(seg, bits, pvec, flip_x, flip_y, x0, im, mk, vr, bias, dark, defect, flat, steps)
-
-
 def amp_steps(mask_bits: dict[str, int], *, dark_scale: float = 1.0, amp_bad: bool = False, nan_masking: bool = False,
               variance: tuple[float, float] | None = None, mask_negative_variance: bool = False,
               flat_scale: float = 1.0, no_data_variance: float = 0.0) -> tuple:
-    """The constants of one amp's steps for :func:`amp_into_band` (the same for every block of a raw)."""
+    """The constants of one amp's steps for :func:`amp_to_band`, made once per raw (the same for every block).
+
+    ``dark_scale``: the dark's exposure scale; ``amp_bad``: the whole amp is a defect; ``variance``:
+    ``(1 / gain, (read noise / gain)**2)`` or None (no variance step); ``flat_scale``: the flat's scale
+    (the fused path fixes it for the whole flat).
+    """
     inv_g, rn2 = variance if variance is not None else (1.0, 0.0)
     return (np.int32(1 << mask_bits["SAT"]), np.int32(1 << mask_bits["SUSPECT"]), np.float32(dark_scale),
             np.float32(dark_scale * dark_scale), bool(amp_bad), np.int32(1 << mask_bits["BAD"]), bool(nan_masking),
@@ -156,9 +142,16 @@ def amp_steps(mask_bits: dict[str, int], *, dark_scale: float = 1.0, amp_bad: bo
             np.int32(1 << mask_bits["NO_DATA"]), np.float32(no_data_variance))
 
 
-def amp_into_band(seg, bits, pvec, flip_x: bool, flip_y: bool, x0: int, im, mk, vr, bias, dark, defect, flat,
-                  steps: tuple) -> None:
-    """:func:`amp_to_band` with the amp's constants made once (:func:`amp_steps`)."""
+def amp_to_band(seg, bits, pvec, flip_x: bool, flip_y: bool, x0: int, im, mk, vr, bias, dark, defect, flat,
+                steps: tuple) -> None:
+    """One amp's segment (read-out order) into its columns ``x0 ...`` of an output block (module docstring).
+
+    ``bits``: :func:`raw_rows`' SAT / SUSPECT bits or None; ``pvec``: the parallel level per column or None
+    (already subtracted); ``bias``, ``dark``, ``flat``: the calibration's rows of this block (``.image``,
+    ``.mask``, ``.variance``, full width) or None; ``defect``: the block's rows of the defect mask or None;
+    ``steps``: :func:`amp_steps`.  Every pixel of the amp's columns of ``im``, ``mk`` and ``vr`` is written
+    (no need to clear them first).
+    """
     _amp_to_band(seg, _NONE_I if bits is None else bits, _NONE_V if pvec is None else pvec.reshape(-1), x0, im, mk, vr,
                  *(_NONE_PLANES if bias is None else (bias.image, bias.variance, bias.mask)),
                  *(_NONE_PLANES if dark is None else (dark.image, dark.variance, dark.mask)),
