@@ -171,6 +171,7 @@ def test_vectorised_kernels_equal_per_pixel_kernel(stat, method):
     n, rows, cols = 23, 9, 1500  # wider than one column tile
     data = rng.normal(100, 5, (n, rows, cols)).astype(np.float32)
     data[rng.random(data.shape) < 0.03] += 700
+    data[rng.random(data.shape) < 0.02] -= 700  # low outliers: kept runs that do not start at the lowest value
     data[rng.random(data.shape) < 0.01] = np.nan
     masks = np.where(rng.random(data.shape) < 0.05, SAT, 0).astype(np.int32)
     masks[:, 2, 3] = SAT
@@ -181,6 +182,40 @@ def test_vectorised_kernels_equal_per_pixel_kernel(stat, method):
         got = combine_block(data, masks, data, scales, SAT, code, 3.0, 3, False, method)
         for a, b in zip(ref, got):
             np.testing.assert_array_equal(a, b)
+
+
+def test_clipping_bounds_rounded_to_float32_compare_as_in_float64():
+    """The MEANCLIP passes count float32 values against bounds rounded inwards to float32
+    (kernels._inward_bounds): for every float32 value next to a bound, ``x < lo32`` is ``x < lo`` and
+    ``x <= hi32`` is ``x <= hi`` in float64; a float64 work array takes the bounds as they are."""
+    from cpframe.science.kernels import _inward_bounds
+
+    rng = np.random.default_rng(5)
+    f32 = np.finfo(np.float32)
+    special = [0.0, -0.0, 1e-46, -1e-46, 1e-40, -1e-40, 1e300, -1e300, np.inf, -np.inf, float(f32.max),
+               -float(f32.max), float(f32.max) * 1.0000001, 3.5, -3.5, 2.0 ** -126, np.nan]
+    bounds = np.concatenate([rng.normal(0, 100, 2000), rng.normal(0, 1e-38, 200), special])
+    w = bounds.size
+    lo_w, hi_w = np.empty(w, np.float32), np.empty(w, np.float32)
+    _inward_bounds(bounds, bounds, lo_w, hi_w, lo_w.view(np.int32), hi_w.view(np.int32), w)
+    with np.errstate(over="ignore"):  # bounds beyond float32's range, and steps past its largest value
+        near = bounds.astype(np.float32)
+        xs = [near]
+        for _ in range(2):  # two float32 steps either way of the rounded bound, and values far off
+            xs += [np.nextafter(xs[-1], np.float32(np.inf))]
+        down = [near]
+        for _ in range(2):
+            down += [np.nextafter(down[-1], np.float32(-np.inf))]
+        cands = np.stack(xs + down[1:] + [np.full(w, np.float32(0.0)), np.full(w, np.float32(-0.0)),
+                                          np.full(w, np.float32(np.inf)), np.full(w, np.float32(-np.inf))])
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(cands < lo_w, cands.astype(np.float64) < bounds)
+        np.testing.assert_array_equal(cands <= hi_w, cands.astype(np.float64) <= bounds)
+    assert np.all((lo_w >= bounds) | np.isnan(bounds)) and np.all((hi_w <= bounds) | np.isnan(bounds))
+    lo64, hi64 = np.empty(w), np.empty(w)
+    _inward_bounds(bounds, bounds, lo64, hi64, lo64.view(np.int32), hi64.view(np.int32), w)
+    np.testing.assert_array_equal(lo64, bounds)
+    np.testing.assert_array_equal(hi64, bounds)
 
 
 def test_variance_from_scatter_and_from_inputs(tmp_path):

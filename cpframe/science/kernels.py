@@ -389,7 +389,24 @@ def _sorting_network(n: int) -> np.ndarray:
     return out
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", error_model="numpy")
+def _inward_bounds(lo, hi, lo_w, hi_w, lo_i, hi_i, W):
+    """``lo[:W]`` / ``hi[:W]`` (float64) as the work array's type, rounded inwards: the least value >= lo and
+    the greatest <= hi, so that for any value x of that type ``x < lo_w`` is ``x < lo`` and ``x <= hi_w`` is
+    ``x <= hi``.  ``lo_i`` / ``hi_i``: int32 views of ``lo_w`` / ``hi_w`` (a float32 bound that rounded
+    outwards steps one unit in the last place through its bits; -inf steps to the lowest finite value,
+    +inf to the highest; a float64 bound is exact and never steps)."""
+    for t in range(W):
+        lo_w[t] = lo_w.dtype.type(lo[t])
+        hi_w[t] = hi_w.dtype.type(hi[t])
+    for t in range(W):
+        if lo_w[t] < lo[t]:
+            lo_i[t] = 1 if lo_w[t] == 0 else (lo_i[t] + 1 if lo_w[t] > 0 else lo_i[t] - 1)
+        if hi_w[t] > hi[t]:
+            hi_i[t] = -2147483647 if hi_w[t] == 0 else (hi_i[t] - 1 if hi_w[t] > 0 else hi_i[t] + 1)
+
+
+@njit(nogil=True, cache=True, inline="always", error_model="numpy")
 def _gather_quantile(work, t, a, m, q):
     """Quantile q (numpy 'linear') of the sorted run work[a:a+m, t] (m >= 1)."""
     pos = q * (m - 1)
@@ -399,7 +416,7 @@ def _gather_quantile(work, t, a, m, q):
     return x0 + (np.float64(work[a + k1, t]) - x0) * (pos - k0)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def combine_strip_sorted(data, masks, scales, ignore_bits, stat, clip, n_iter, network, work,
                          out_image, out_var, out_mask, out_n, method=0):
     """MEDIAN / MEANCLIP of a strip ``(N, rows, cols)`` with errors from the scatter.
@@ -431,10 +448,22 @@ def combine_strip_sorted(data, masks, scales, ignore_bits, stat, clip, n_iter, n
     pb = np.empty(T, np.int64)
     ka = np.empty(T, np.int64)
     kb = np.empty(T, np.int64)
+    pre1 = np.empty((N, T), np.float64)  # MEANCLIP: prefix sums of the sorted deviations from the median
+    pre2 = np.empty((N, T), np.float64)
+    fm = np.empty(T, np.float64)  # MEANCLIP: a pass's mean, stdev and variance of the mean per column
+    fs = np.empty(T, np.float64)
+    fv = np.empty(T, np.float64)
+    lo_w = np.empty(T, work.dtype)  # MEANCLIP: a pass's bounds in the work array's type, and the counts below them
+    hi_w = np.empty(T, work.dtype)
+    n_le = np.empty(T, np.int32)
+    n_lt = np.empty(T, np.int32)
+    lo_i = lo_w.view(np.int32)  # their bits, to step a float32 bound to its neighbour (a float64 one never steps)
+    hi_i = hi_w.view(np.int32)
     K = network.shape[0]
     for i in range(N):
         inv[i] = 1.0 / scales[i]
-    inf = work.dtype.type(np.inf)
+    wtype = work.dtype.type
+    inf = wtype(np.inf)
     for r in range(R):
         for c0 in range(0, C, T):
             W = min(T, C - c0)
@@ -502,23 +531,70 @@ def combine_strip_sorted(data, masks, scales, ignore_bits, stat, clip, n_iter, n
                 continue
             # MEANCLIP passes 0 (IQR bounds) and 1 (first mean/stdev bounds) over every column,
             # vectorised; the few columns whose kept set still changes continue one by one.
+            # The values are sorted, so a pass keeps a run [a, b) of them: a = how many fall
+            # below its lower bound, b = how many not above its upper one (two counts, no sums).
+            # The run's sums of deviations from the median come from prefix sums made once per
+            # tile when it starts at the first value (a == 0, nearly every column); the others
+            # sum their run directly.  Either way the additions are the masked sum's, in its
+            # order (skipped values added 0.0 to a sum that is never -0.0), so the numbers are
+            # bit for bit the per-pixel kernel's (tests/test_combine.py).
+            for t in range(W):
+                s1[t] = 0.0
+                s2[t] = 0.0
+            for k in range(N):
+                wrow = work[k]
+                q1 = pre1[k]
+                q2 = pre2[k]
+                for t in range(W):
+                    d = np.float64(wrow[t]) - med[t]
+                    s1[t] += d
+                    s2[t] += d * d
+                    q1[t] = s1[t]
+                    q2[t] = s2[t]
             n_active = 0
             for p in range(2):
+                # a = values below the lower bound, b = values not above the upper one, compared in the
+                # work array's type (float32: twice the SIMD width) against bounds rounded inwards
+                _inward_bounds(lo, hi, lo_w, hi_w, lo_i, hi_i, W)
                 for t in range(W):
-                    s1[t] = 0.0
-                    s2[t] = 0.0
-                    ka[t] = 0
-                    kb[t] = 0
+                    n_le[t] = 0
+                    n_lt[t] = 0
                 for k in range(N):
                     wrow = work[k]
                     for t in range(W):
-                        x = np.float64(wrow[t])
-                        inside = (x >= lo[t]) & (x <= hi[t])
-                        d = (x - med[t]) if inside else 0.0
-                        s1[t] += d
-                        s2[t] += d * d
-                        ka[t] += 1 if inside else 0
-                        kb[t] += 1 if x < lo[t] else 0
+                        x = wrow[t]
+                        n_le[t] += np.int32(x <= hi_w[t])
+                        n_lt[t] += np.int32(x < lo_w[t])
+                for t in range(W):
+                    a = np.int64(n_lt[t])
+                    b = np.int64(n_le[t])
+                    kb[t] = a
+                    if b <= a:  # nothing kept
+                        ka[t] = 0
+                        s1[t] = 0.0
+                        s2[t] = 0.0
+                    elif a == 0:  # the run [0, b): its prefix sums
+                        ka[t] = b
+                        s1[t] = pre1[b - 1, t]
+                        s2[t] = pre2[b - 1, t]
+                    else:  # the few runs that do not start at the first value: summed directly
+                        ka[t] = b - a
+                        a1 = 0.0
+                        a2 = 0.0
+                        for k in range(a, b):
+                            d = np.float64(work[k, t]) - med[t]
+                            a1 += d
+                            a2 += d * d
+                        s1[t] = a1
+                        s2[t] = a2
+                for t in range(W):  # every column's mean, stdev and variance of the mean at once (vectorised)
+                    mf = np.float64(ka[t])
+                    fm[t] = med[t] + s1[t] / mf
+                    ss = s2[t] - s1[t] * s1[t] / mf
+                    sd = math.sqrt(ss / (mf - 1.0)) if ss > 0 else 0.0
+                    sd = sd if ka[t] >= 2 else np.nan
+                    fs[t] = sd
+                    fv[t] = sd * sd / mf
                 for t in range(W):
                     if count[t] == 0:
                         if p == 0:
@@ -530,7 +606,21 @@ def combine_strip_sorted(data, masks, scales, ignore_bits, stat, clip, n_iter, n
                         continue  # done after pass 0, or converged: the pass-0 result stands
                     pm[t] = ka[t]
                     pb[t] = kb[t]
-                    stop = _finish_pass(oi, ov, on, t, ka[t], s1[t], s2[t], med[t], clip, lo, hi)
+                    # _finish_pass with the numbers computed above
+                    if ka[t] == 0:
+                        oi[t] = np.nan
+                        ov[t] = np.nan
+                        on[t] = 0
+                        stop = True
+                    else:
+                        sd = fs[t]
+                        oi[t] = fm[t]
+                        ov[t] = fv[t]
+                        on[t] = ka[t]
+                        stop = not (sd == sd) or sd == 0.0
+                        if not stop:
+                            lo[t] = fm[t] - clip * sd
+                            hi[t] = fm[t] + clip * sd
                     if p == 0:
                         done[t] = stop or n_iter == 0
                     elif not stop and n_iter > 1:
@@ -561,7 +651,7 @@ def combine_strip_sorted(data, masks, scales, ignore_bits, stat, clip, n_iter, n
                         break
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", error_model="numpy")
 def _finish_pass(oi, ov, on, t, m, s1, s2, med, clip, lo, hi):
     """Mean/stdev of one pass into the outputs and the next bounds; True when clipping must stop."""
     if m == 0:
