@@ -342,7 +342,9 @@ def slurm_job_kwargs(site: SlurmSite, job_name: str = "cpframe-worker") -> dict[
         "memory": f"{site.memory_bytes}B",
         "walltime": site.walltime,
         "job_extra_directives": list(site.job_extra_directives),
-        "job_script_prologue": list(site.job_script_prologue),
+        # the workers' malloc settings (WORKER_MALLOC_ENV) unless the job's environment has its own
+        "job_script_prologue": [f'export {k}="${{{k}:-{v}}}"' for k, v in WORKER_MALLOC_ENV.items()]
+        + list(site.job_script_prologue),
         "worker_extra_args": worker_args,
         "death_timeout": site.death_timeout_s,
         "python": site.python,
@@ -536,6 +538,26 @@ def _quiet_worker_shutdown(client: Any) -> None:
 #: What a local worker imports as it starts (the task code and the science stack).
 PRELOAD_MODULE = "cpframe.execution.worker_preload"
 
+#: glibc malloc settings of every worker process (issue 14).  Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536``
+#: for its workers; any explicit setting also freezes glibc's mmap threshold at 128 KiB, so every array of more
+#: than 128 KiB is mapped fresh and returned at once: a fused prepass of a full-size raw then page-faults about
+#: 38,000 times (its row buffers, again and again) and takes 1.4-1.8x as long as in a plain process
+#: (benchmarks/RESULTS.md).  These values are what glibc's own adjustment converges to on 64-bit (mmap above
+#: 32 MiB, trim above twice that); a value already in the environment of the worker's start is kept.
+WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(64 * 2**20), "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
+
+
+def _worker_malloc_config() -> dict[str, Any]:
+    """``distributed.nanny.pre-spawn-environ`` with :data:`WORKER_MALLOC_ENV` (a site's own Dask config setting
+    these variables to something other than Dask's default is kept; the nanny prefers the environment's)."""
+    import dask
+
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    for k, v in WORKER_MALLOC_ENV.items():
+        if env.get(k) in (None, 65536, "65536"):
+            env[k] = v
+    return {"distributed.nanny.pre-spawn-environ": env}
+
 
 def _close_nannies(cluster: Any, timeout_s: float) -> None:
     """Stop a LocalCluster's worker processes, all at once, giving each ``timeout_s`` to exit.
@@ -567,12 +589,15 @@ def _open_local(settings: Settings) -> OpenCluster:
 
     from cpframe.execution.resources import worker_resources
 
-    cluster = LocalCluster(
-        n_workers=settings.n_workers, threads_per_worker=settings.threads_per_worker,
-        memory_limit=settings.worker_memory_bytes, dashboard_address=":0", processes=True,
-        resources=worker_resources(settings.worker_memory_bytes, settings.threads_per_worker),
-        preload=[PRELOAD_MODULE],
-    )
+    import dask
+
+    with dask.config.set(_worker_malloc_config()):  # read by the nannies as they start their workers
+        cluster = LocalCluster(
+            n_workers=settings.n_workers, threads_per_worker=settings.threads_per_worker,
+            memory_limit=settings.worker_memory_bytes, dashboard_address=":0", processes=True,
+            resources=worker_resources(settings.worker_memory_bytes, settings.threads_per_worker),
+            preload=[PRELOAD_MODULE],
+        )
     try:
         client = Client(cluster)
     except BaseException:

@@ -15,7 +15,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from cpframe.execution.cluster import load_site, open_cluster, squeue_ids
+from cpframe.execution.cluster import WORKER_MALLOC_ENV, load_site, open_cluster, squeue_ids
 from cpframe.core.config import Settings
 from cpframe.core.errors import SubprocessError
 
@@ -43,6 +43,9 @@ def test_workers_run_in_slurm_jobs_and_are_cancelled(site):
         queued = oc.job_ids()
         submitted = {job.job_id for job in oc.cluster.workers.values()}
         on_workers = set(oc.client.run(lambda: os.environ.get("SLURM_JOB_ID")).values())
+        # the job script's prologue gives the workers cpframe's malloc settings (cluster.WORKER_MALLOC_ENV)
+        mmap = set(oc.client.run(lambda: os.environ.get("MALLOC_MMAP_THRESHOLD_")).values())
+        assert mmap == {WORKER_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]}
         assert len(submitted) == 2
         assert on_workers == submitted == queued
         assert queued <= squeue_ids()
