@@ -207,6 +207,8 @@ def _products_equal(a, b):
     np.testing.assert_array_equal(A.image.view(np.int32), B.image.view(np.int32))
     np.testing.assert_array_equal(A.variance.view(np.int32), B.variance.view(np.int32))
     np.testing.assert_array_equal(A.mask, B.mask)
+    qa = [{k: v for k, v in X.header.items() if k.startswith("LSST CALIB ")} for X in (A, B)]
+    assert qa[0] == qa[1] and any("DISTRIBUTION" in k for k in qa[0])  # per-amp QA (threads too)
 
 
 @pytest.mark.parametrize("threads", [2, 3])
@@ -225,6 +227,7 @@ def test_threads_stream_the_same_product_and_statistics(mini_sim, mini_products,
         _, rn, en = isr_combine(raws, tmp_path / f"{label}n.fits", icfg, ccfg, calibs, memory_bytes=budget,
                                 threads=threads)
         _products_equal(tmp_path / f"{label}1.fits", tmp_path / f"{label}n.fits")
+        assert rn.amp_stats == r1.amp_stats and list(rn.amp_stats) == [a.name for a in mini_sim.detector.amps]
         if label == "blocks":
             assert rn.strip_rows <= r1.strip_rows < 20  # more threads hold more rows in flight: smaller blocks
             for a, b in zip(e1, en):

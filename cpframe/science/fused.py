@@ -711,7 +711,7 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
     n_bad = _repair_and_censor(out_image, out_var, out_mask, out_n, combine_config)
     del out_n, planes
     header = product_header(headers, combine_config, sc)
-    amp_stats = _amp_qa(header, out_image, out_mask, combine_config)
+    amp_stats = _amp_qa(header, out_image, out_mask, combine_config, threads=workers)
     if extra_header:
         update_header(header, extra_header)
     product = MaskedImage(out_image, out_mask, out_var, header)
