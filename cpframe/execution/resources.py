@@ -43,7 +43,7 @@ MSG_TOO_SMALL = (
     "(pipetask.{task}.requestMemory / requestCpus)."
 )
 MSG_TOO_SMALL_FUSED = (
-    "task {task} runs {isr} ISR in memory (fused, no ISR file), so its quanta request the larger of {tasks} "
+    "task {task} runs {isr} ISR in memory (fused, no ISR file), so its quanta request the {larger} "
     "tasks' requests, {what}, but no worker can run them: the largest has {have}. Give the cluster bigger "
     "workers, lower {lower} requestMemory / requestCpus in the template, or run them "
     "apart with fuseIsr: false in the pipeline (on the combine task of a dark or flat, on the verifyStats "
@@ -234,7 +234,7 @@ def check_capacity(client: Any, requests: Mapping[str, Any], scalable: Mapping[s
             task, *isr = label
             raise ExecutionError(MSG_TOO_SMALL_FUSED.format(
                 task=task, isr=" and ".join(f"{t}'s" for t in isr), what=what, have=have,
-                tasks="both" if len(label) == 2 else f"the {len(label)}",
+                larger="larger of both" if len(label) == 2 else f"largest of the {len(label)}",
                 lower=", ".join(f"pipetask.{t}" for t in label[:-1]) + f" or pipetask.{label[-1]}"))
         raise ExecutionError(MSG_TOO_SMALL.format(task=label, what=what, have=have))
 
