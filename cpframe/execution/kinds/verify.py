@@ -123,14 +123,19 @@ def _fused_residuals(spec):
     the images its ISR quanta would write, made in memory and read as from their files
     (:func:`cpframe.verify.stats.residual_in_memory`).  verifyDefects' second ISR image (without the defects, the
     ``uncorrected_path`` of :func:`cpframe.verify.verify_exposure`) is made first and kept without its
-    variance plane, which stage DEFECTS does not read, so that one ISR image at a time is in memory."""
+    variance plane, which stage DEFECTS does not read, so that one ISR image at a time is in memory.  The image
+    under test is returned with the residual's planes: float64 / int64 copies of its float32 / int32 planes, which
+    the preview reads back exactly, so that its own planes are not kept beside the residual while it is measured."""
+    from dataclasses import replace
+
     from cpframe.verify.stats import residual_in_memory
 
     uncorrected = None
     if len(spec.fused_keys) > 1:
         uncorrected = residual_in_memory(_fused_isr_image(spec, 1), spec.fused_keys[1], variance=False)
     image = _fused_isr_image(spec, 0)
-    return residual_in_memory(image, spec.fused_keys[0]), uncorrected, image
+    residual = residual_in_memory(image, spec.fused_keys[0])
+    return residual, uncorrected, replace(image, image=residual.image, mask=residual.mask, variance=residual.variance)
 
 
 def _fused_isr_image(spec, i: int = 0):
