@@ -1,7 +1,8 @@
 """The verification ISR fused into its verifyStats quantum (docs/algorithms.md "Fused ISR -> combine", verification).
 
-A verifyStats quantum that alone reads one unregistered ISR quantum runs that raw's ISR in memory and measures
-it; the ISR quantum does nothing and no ISR file is written.  Real submissions of the verify templates on the
+A verifyStats quantum that alone reads unregistered ISR quanta of one raw (one; two for verifyDefects, with and
+without the defects) runs that raw's ISR in memory and measures it; the ISR quanta do nothing and no ISR file is
+written.  Real submissions of the verify templates on the
 mini ComCam data set (truth PTC and defects, a zero bias and dark, a unit flat under test), fused and with
 ``fuseIsr: false``: the registered statistics and previews must be the same.
 """
@@ -19,6 +20,7 @@ import pytest
 
 from cpframe.execution.execute import SCRATCH_DIR
 from cpframe.execution.graph import build_graph, verify_fusion
+from cpframe.execution.graph_fusion import verify_isr_keys
 from cpframe.execution.submit import plan_template, submit_template
 
 from tests._run_helpers import (
@@ -78,12 +80,13 @@ def unfused_pipelines(tmp_path: Path, name: str) -> Path:
     return pipes
 
 
-def _scratch_watch(repo, isr_task: str, seen: set):
-    """An ``on_progress`` callback that records every file under an ISR task's scratch folder as quanta finish."""
+def _scratch_watch(repo, isr_tasks: tuple[str, ...], seen: set):
+    """An ``on_progress`` callback that records every file under the ISR tasks' scratch folders as quanta finish."""
     root = Path(repo.datastore_root) / SCRATCH_DIR
 
     def watch(_event):
-        seen.update(p.name for p in root.glob(f"*/{isr_task}/*") if not p.name.startswith("."))  # not temporaries
+        seen.update(p.name for t in isr_tasks for p in root.glob(f"*/{t}/*")
+                    if not p.name.startswith("."))  # not temporaries
     return watch
 
 
@@ -100,24 +103,32 @@ def _stats_and_previews(repo, run: str, stats_type: str, preview_type: str | Non
     return stats, previews
 
 
-@pytest.mark.parametrize("template, pipeline, isr_task, stats_type, preview_type", [
-    ("bps_verify_bias", "verifyBias.yaml", "verifyBiasIsr", "verifyBiasStats", "verifyBiasPreview"),
-    ("bps_verify_dark", "verifyDark.yaml", "verifyDarkIsr", "verifyDarkStats", "verifyDarkPreview"),
-    ("bps_verify_flat_g", "verifyFlat.yaml", "verifyFlatIsr", "verifyFlatStats", "verifyFlatPreview"),
+@pytest.mark.parametrize("template, pipeline, isr_tasks, stats_type, preview_type", [
+    ("bps_verify_bias", "verifyBias.yaml", ("verifyBiasIsr",), "verifyBiasStats", "verifyBiasPreview"),
+    ("bps_verify_dark", "verifyDark.yaml", ("verifyDarkIsr",), "verifyDarkStats", "verifyDarkPreview"),
+    ("bps_verify_flat_g", "verifyFlat.yaml", ("verifyFlatIsr",), "verifyFlatStats", "verifyFlatPreview"),
+    # two ISR images of each raw, with and without the defects, both made in memory (issue 14)
+    ("bps_verify_defects", "verifyDefects.yaml", ("verifyDefectsIsr", "verifyUncorrectedDefectsIsr"),
+     "verifyDefectsStats", "verifyDefectsPreview"),
 ])
-def test_fused_verification_writes_no_isr_file_and_equals_unfused(repo, mini_dataset, local_dask, tmp_path, template,
-                                                                   pipeline, isr_task, stats_type, preview_type):
+def test_fused_verification_writes_no_isr_file_and_equals_unfused(repo, mini_dataset, local_dask, tmp_path, monkeypatch,
+                                                                   template, pipeline, isr_tasks, stats_type,
+                                                                   preview_type):
     """Fused: every ISR quantum is fused into the verifyStats quantum reading it and writes nothing; with
     ``fuseIsr: false`` the ISR files are written; the registered statistics (JSON) and previews are equal."""
+    monkeypatch.chdir(tmp_path)  # bps_verify_defects sets no submitPath: ./submit/{outputRun}, as cp_verify's
     env = _env(repo, tmp_path, mini_dataset, "20241126f")
     plan = plan_template(template, environ=env, repo=repo).plan
     n_isr = sum(1 for q in plan.quanta.values() if q.kind == "isr")
+    n_stats = sum(1 for q in plan.quanta.values() if q.kind == "verifyStats")
     fused = verify_fusion(plan)
-    assert n_isr and len(fused) == n_isr
+    assert n_isr and len(fused) == n_isr == n_stats * len(isr_tasks)
     assert Counter(plan.quanta[v].kind for v in fused.values()) == {"verifyStats": n_isr}
+    # each verifyStats quantum runs one ISR quantum of each ISR task, in its input order
+    assert {tuple(plan.quanta[k].task for k in ks) for ks in verify_isr_keys(plan).values()} == {isr_tasks}
     seen_fused: set = set()
     res_f = submit_template(template, environ=env, client=local_dask.client, argv=["cpframe", "submit"],
-                            on_progress=_scratch_watch(repo, isr_task, seen_fused))
+                            on_progress=_scratch_watch(repo, isr_tasks, seen_fused))
     assert seen_fused == set()  # the placeholders wrote no ISR file
 
     plain_env = _env(repo, tmp_path, mini_dataset, "20241126u", CPFRAME_PIPELINES=str(unfused_pipelines(tmp_path,
@@ -125,13 +136,13 @@ def test_fused_verification_writes_no_isr_file_and_equals_unfused(repo, mini_dat
     assert verify_fusion(plan_template(template, environ=plain_env, repo=repo).plan) == {}
     seen_plain: set = set()
     res_u = submit_template(template, environ=plain_env, client=local_dask.client, argv=["cpframe", "submit"],
-                            on_progress=_scratch_watch(repo, isr_task, seen_plain))
-    assert len(seen_plain) == n_isr, seen_plain  # one ISR file per exposure x detector when not fused
+                            on_progress=_scratch_watch(repo, isr_tasks, seen_plain))
+    assert len(seen_plain) == n_isr, seen_plain  # one ISR file per ISR quantum when not fused
 
     stats_f, prev_f = _stats_and_previews(repo, res_f.run, stats_type, preview_type)
     stats_u, prev_u = _stats_and_previews(repo, res_u.run, stats_type, preview_type)
-    assert len(stats_f) == n_isr and stats_f == stats_u
-    assert sorted(prev_f) == sorted(prev_u) and len(prev_f) == n_isr
+    assert len(stats_f) == n_stats and stats_f == stats_u
+    assert sorted(prev_f) == sorted(prev_u) and len(prev_f) == n_stats
     for k, a in prev_f.items():
         b = prev_u[k]
         for plane in ("image", "mask", "variance"):
@@ -197,11 +208,85 @@ def test_not_fused_when_the_isr_output_is_registered_renamed_or_read_twice(repo,
     assert set(two) == set(fused) - {a, b}
 
 
-def test_verify_defects_is_not_fused(repo, mini_dataset, tmp_path):
-    """verifyDefects' statistics read two ISR images (with and without the defects): not fused."""
+def _lsst_env(env: dict) -> dict:
+    """``env`` with the stack variables set: the templates read cp_verify's LSST pipeline files (tests/data/lsst)."""
+    lsst = Path(__file__).parent / "data" / "lsst"
+    return dict(env, CP_PIPE_DIR=str(lsst / "cp_pipe"), CP_VERIFY_DIR=str(lsst / "cp_verify"),
+                ANALYSIS_TOOLS_DIR=str(lsst / "analysis_tools"))
+
+
+def test_verify_defects_runs_both_isr_quanta_of_its_raw(repo, mini_dataset, tmp_path):
+    """verifyDefects' statistics read two ISR images of one raw (with and without the defects): both ISR quanta
+    are placeholders, and the verifyStats quantum carries each one's raw, calibrations and settings, the image
+    under test first; the cp_verify pipeline file (verifyDefectsLSST, CpVerifyDefectsTask) is fused the same way."""
     env = _env(repo, tmp_path, mini_dataset, "20241126d")
     plan = plan_template("bps_verify_defects", environ=env, repo=repo).plan
-    assert sum(1 for q in plan.quanta.values() if q.kind == "isr") and verify_fusion(plan) == {}
+    runs = verify_isr_keys(plan)
+    assert len(runs) == sum(1 for q in plan.quanta.values() if q.kind == "verifyStats") and runs
+    graph = build_graph(plan, str(tmp_path / "s"), repo.get_path)
+    for v, (cor, unc) in runs.items():
+        assert (plan.quanta[cor].task, plan.quanta[unc].task) == ("verifyDefectsIsr", "verifyUncorrectedDefectsIsr")
+        for k in (cor, unc):
+            assert _spec(graph, k).kind == "fusedAway" and _spec(graph, k).outputs == ()
+        spec = _spec(graph, v)
+        assert spec.kind == "verifyStats" and spec.fused_keys == (cor, unc) and spec.fused_isr is None
+        assert spec.fused_raws == (str(repo.get_path(plan.quanta[cor].raw)),) * 2
+        assert [c.do_defect for c in spec.fused_isrs] == [True, False]
+        assert set(spec.fused_calibs[0]) == {"ptc", "bias", "dark", "flat", "defects"}
+        assert set(spec.fused_calibs[1]) == {"ptc", "bias", "dark", "flat"}  # doDefect false: no defects read
+
+    lsst = plan_template(Path(__file__).parent / "data/lsst/cp_verify/bps/templates/bps_verify_defects.yaml",
+                         environ=_lsst_env(env), repo=repo).plan
+    runs = verify_isr_keys(lsst)
+    assert runs and len(verify_fusion(lsst)) == 2 * len(runs) == sum(1 for q in lsst.quanta.values() if q.kind == "isr")
+    assert {tuple(lsst.quanta[k].task for k in ks) for ks in runs.values()} == {
+        ("verifyDefectsIsr", "verifyUncorrectedDefectsIsr")}
+
+
+def test_verify_defects_not_fused_when_one_isr_output_is_registered_or_read_elsewhere(repo, mini_dataset, tmp_path):
+    """A verifyDefects quantum is fused with both its ISR quanta or neither: not when one of the two ISR outputs is
+    registered or read by another quantum too, nor when its two ISR quanta read different raws."""
+    env = _env(repo, tmp_path, mini_dataset, "20241126e")
+    plan = plan_template("bps_verify_defects", environ=env, repo=repo).plan
+    fused = verify_fusion(plan)
+    runs = verify_isr_keys(plan)
+    (va, (cor_a, unc_a)), (vb, (cor_b, unc_b)) = sorted(runs.items())[:2]
+    assert plan.quanta[cor_a].raw.id != plan.quanta[cor_b].raw.id
+
+    def changed(*quanta):
+        return verify_fusion(dataclasses.replace(plan, quanta={**plan.quanta, **{q.key: q for q in quanta}}))
+
+    for k in (cor_a, unc_a):  # either output registered: neither ISR quantum of that raw is fused
+        q = plan.quanta[k]
+        assert changed(dataclasses.replace(q, registered=q.outputs[0][:1])) == \
+            {i: v for i, v in fused.items() if v != va}
+    # the exposure merge reads the uncorrected image too
+    merge = next(q for q in plan.quanta.values() if q.kind == "verifyMerge" and va in q.upstream)
+    read_twice = dataclasses.replace(merge, inputs=(*merge.inputs, ("verifyDefectsUncorrectedIsrExp", (unc_a,))))
+    assert changed(read_twice) == {i: v for i, v in fused.items() if v != va}
+    # each reads its own corrected image and the other raw's uncorrected one: every ISR output has one reader
+    qa, qb = plan.quanta[va], plan.quanta[vb]
+    swapped = changed(dataclasses.replace(qa, inputs=((qa.inputs[0][0], (cor_a,)), (qa.inputs[1][0], (unc_b,)))),
+                      dataclasses.replace(qb, inputs=((qb.inputs[0][0], (cor_b,)), (qb.inputs[1][0], (unc_a,)))))
+    assert swapped == {i: v for i, v in fused.items() if v not in (va, vb)}
+
+
+def test_a_failing_fused_isr_names_its_isr_quantum(repo, mini_dataset, tmp_path):
+    """An error in either ISR of a fused verifyDefects quantum names that ISR quantum and the fused quantum."""
+    from cpframe.execution.graph_tasks import run_quantum
+
+    env = _env(repo, tmp_path, mini_dataset, "20241126g")
+    plan = plan_template("bps_verify_defects", environ=env, repo=repo).plan
+    v = sorted(verify_isr_keys(plan))[0]
+    spec = _spec(build_graph(plan, str(tmp_path / "s"), repo.get_path), v)
+    for i, isr_key in enumerate(spec.fused_keys):
+        calibs = list(spec.fused_calibs)
+        calibs[i] = {**calibs[i], "bias": str(tmp_path / "no_such_bias.fits")}
+        with pytest.raises(FileNotFoundError, match="no_such_bias") as err:
+            run_quantum(dataclasses.replace(spec, fused_calibs=tuple(calibs)), [])
+        notes = getattr(err.value, "__notes__", [])
+        assert notes == [f"in ISR quantum {isr_key}, fused into {v} (fuseIsr: false keeps it apart)"]
+    assert not list((tmp_path / "s").rglob("*.json"))  # no statistics written
 
 
 # -- the ISR task's BPS requests carried to the fused quanta (docs/submit.md "Resources") -------------------------
@@ -295,6 +380,64 @@ def test_capacity_check_refuses_a_fused_quantum_no_worker_can_run(repo, mini_dat
     assert "3000 MiB and 2 core(s)" in msg and "the largest has 3000 MiB and 1 core(s)" in msg
     assert "pipetask.verifyBiasMeasure or pipetask.verifyBiasIsr" in msg and "fuseIsr: false" in msg
     assert "(with" not in msg
+
+
+_DEFECTS_REQUESTS = """pipetask:
+  verifyDefectsIsr:
+    requestMemory: 3000
+    requestWalltime: 600
+  verifyUncorrectedDefectsIsr:
+    requestMemory: 4000
+    retryUnlessExit: [5]
+  verifyDefectsMeasure:
+    requestMemory: 1000
+    requestCpus: 2
+"""
+
+
+def test_fused_verify_defects_requests_cover_both_isr_tasks(repo, mini_dataset, tmp_path):
+    """A fused verifyDefects quantum does the work of both ISR tasks: per field the larger of the three tasks'
+    requests (memory of the uncorrected ISR, walltime of the other, cores of its own; every retryUnlessExit
+    code), neither placeholder requests anything, and the capacity check, on a real cluster whose workers each
+    fit one task's request, refuses it naming the three tasks."""
+    from distributed import Client, Scheduler, SpecCluster, Worker
+
+    from cpframe.core.errors import ExecutionError
+    from cpframe.execution.resources import (
+        capacity_requests, check_capacity, quantum_limits, quantum_requests, quantum_resources, task_requests,
+    )
+
+    env = _env(repo, tmp_path, mini_dataset, "20241126q")
+    out = plan_template(_with_requests(tmp_path, "bps_verify_defects", _DEFECTS_REQUESTS), environ=env, repo=repo)
+    plan, requests = out.plan, task_requests(out.submission, out.pipeline)
+    per_q = quantum_requests(plan, requests)
+    runs = verify_isr_keys(plan)
+    assert runs
+    for v, isr_keys in runs.items():
+        assert len(isr_keys) == 2 and not set(isr_keys) & set(per_q)
+        r = per_q[v]
+        assert (r.memory_mib, r.cpus, r.walltime_s, r.retry_unless_exit) == (4000, 2, 600, (5,))
+    graph = build_graph(plan, str(tmp_path / "s"), repo.get_path, resources=quantum_resources(plan, requests),
+                        limits=quantum_limits(per_q, 0))
+    for v, isr_keys in runs.items():
+        assert _annotated_resources(graph, v) == {"MEMORY": 4000 * 2**20, "CPU": 2}
+        assert _spec(graph, v).limits.walltime_s == 600 and _spec(graph, v).limits.retry_unless_exit == (5,)
+        assert all(_annotated_resources(graph, k) == {} and _spec(graph, k).limits is None for k in isr_keys)
+
+    merged = capacity_requests(plan, requests)
+    assert set(merged) - set(requests) == {("verifyDefectsMeasure", "verifyDefectsIsr", "verifyUncorrectedDefectsIsr")}
+    workers = {"big": {"cls": Worker, "options": {"nthreads": 1, "resources": {"MEMORY": 4000 * 2**20, "CPU": 1}}},
+               "wide": {"cls": Worker, "options": {"nthreads": 2, "resources": {"MEMORY": 1000 * 2**20, "CPU": 2}}}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2, timeout=60)
+        check_capacity(client, requests)  # every task alone fits one of them
+        with pytest.raises(ExecutionError) as err:
+            check_capacity(client, merged)
+    msg = str(err.value)
+    assert "task verifyDefectsMeasure runs verifyDefectsIsr's and verifyUncorrectedDefectsIsr's ISR in memory" in msg
+    assert "the largest of the 3 tasks' requests, 4000 MiB and 2 core(s)" in msg
+    assert "pipetask.verifyDefectsMeasure, pipetask.verifyDefectsIsr or pipetask.verifyUncorrectedDefectsIsr" in msg
 
 
 def test_fused_verify_stats_is_retried_with_the_isr_tasks_memory_multiplier(repo, mini_dataset, tmp_path):

@@ -44,7 +44,7 @@ from cpframe.core.errors import PlanningError
 from cpframe.core.model import DIMENSION_ORDER, DataId, DatasetRef
 from cpframe.execution.graph_calibs import resolve_calibs as _resolve_calibs
 from cpframe.execution.graph_fusion import (  # noqa: F401 (fusion, verify_fusion: re-exported)
-    _FUSED_MIDDLE, _fused_calibs, fusion, verify_fusion,
+    _FUSED_MIDDLE, _fused_calibs, fusion, verify_fusion, verify_isr_keys,
 )
 from cpframe.execution.kinds import get_kind
 from cpframe.repository.base import Registry
@@ -642,8 +642,8 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
             fused.setdefault(comb_key, []).append(k)
         else:
             mid_of[plan.quanta[k].upstream[0]] = k
-    verify_isr = verify_fusion(plan)  # ISR key -> the verifyStats quantum that runs its ISR in memory
-    isr_of_verify = {v: k for k, v in verify_isr.items()}
+    verify_isr = verify_fusion(plan)  # ISR key -> the verifyStats quantum that runs its ISR in memory (n:1)
+    isr_of_verify = verify_isr_keys(plan, verify_isr)  # that quantum -> its ISR keys, in its input order
     from cpframe.execution.graph_clusters import cluster_groups, group_delayed
 
     limits = limits or {}
@@ -716,13 +716,13 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
                            fused_isr=isr[0].settings["isr"], fused_keys=tuple(x.key for x in isr))
             # their prepasses (from the ISR, CpDark or CpFlatMeasure quanta), by exposure, then the scales
             ups = [delayed[mid_of.get(x.key, x.key)] for x in isr] + [delayed[k] for k in others]
-        if key in isr_of_verify:  # runs its raw's ISR in memory, as the ISR quantum would (verify_fusion)
-            src = plan.quanta[isr_of_verify[key]]
+        if key in isr_of_verify:  # runs its raw's ISR(s) in memory, as the ISR quanta would (verify_fusion)
+            srcs = [plan.quanta[k] for k in isr_of_verify[key]]
             from cpframe.execution.kinds.isr import isr_calibs
 
-            spec = replace(spec, fused_raws=(str(path_of(src.raw)),), fused_isr=src.settings["isr"],
-                           fused_calibs=(isr_calibs({c: [path_of(r) for r in rs] for c, rs in src.calibs.items()}),),
-                           fused_keys=(src.key,))
+            spec = replace(spec, fused_raws=tuple(str(path_of(x.raw)) for x in srcs), fused_keys=isr_of_verify[key],
+                           fused_isrs=tuple(x.settings["isr"] for x in srcs), fused_calibs=tuple(
+                               isr_calibs({c: [path_of(r) for r in rs] for c, rs in x.calibs.items()}) for x in srcs))
         need = (resources or {}).get(key)
         up_keys = [] if key in fused else [k for _, keys in q.inputs for k in keys]
         if any(k in group_of for k in up_keys):

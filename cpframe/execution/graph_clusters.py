@@ -49,15 +49,18 @@ def group_delayed(group: str, members: list, delayed: Mapping[str, Any]) -> dict
     return {spec.key: d for spec, _, _ in members}
 
 
-def cluster_groups(plan: Any, clusters: Sequence[Any], fused_into: Mapping[str, str],
+def cluster_groups(plan: Any, clusters: Sequence[Any], fused_into: Mapping[str, Any],
                    exclude: Iterable[str] = ()) -> dict[str, str]:
     """Quantum key -> Dask key of its ``cluster.<label>`` group, for groups of two or more quanta.
 
     A group is the quanta of a cluster's ``pipetasks`` with equal values of its ``dimensions``
-    (BPS ``dimension_clustering``).  ISR quanta fused into their combine (``fused_into``,
-    :func:`cpframe.execution.graph.fusion`) are not grouped.  Tasks in ``exclude`` (those run in a child process for their
-    limits) stay alone, and so does a group that would wait on itself (a member reading, through
-    a quantum outside the group, another member).
+    (BPS ``dimension_clustering``).  The quanta keying ``fused_into`` are not grouped: ISR quanta fused
+    into their combine (:func:`cpframe.execution.graph.fusion`) or verifyStats quantum
+    (:func:`cpframe.execution.graph_fusion.verify_fusion`, two ISR quanta to one for verifyDefects) and
+    the verifyStats quanta running them (:func:`cpframe.execution.graph_fusion.verify_isr_keys`); only
+    the keys count.  Tasks in ``exclude`` (those run in a child process for their limits) stay alone,
+    and so does a group that would wait on itself (a member reading, through a quantum outside the
+    group, another member).
     """
     if not clusters:
         return {}

@@ -1,6 +1,6 @@
 """Which quanta of a plan run fused (:mod:`cpframe.science.fused`): an ISR -> combine chain streamed without
 per-exposure files, with CpDark or CpFlatMeasure in between run on each raw's ISR in memory, and a verifyStats
-quantum that measures its raw's ISR in memory (:func:`verify_fusion`).  Split out of
+quantum that measures its raw's ISR image(s) made in memory (:func:`verify_fusion`).  Split out of
 :mod:`cpframe.execution.graph`, which builds the fused quanta (``build_graph``).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Callable, Mapping
 
-__all__ = ["fusion", "isr_run_in_memory", "verify_fusion"]
+__all__ = ["fusion", "isr_run_in_memory", "verify_fusion", "verify_isr_keys"]
 
 
 #: Kinds between ISR and a fused combine, and the graph kind their quanta run as instead.
@@ -114,31 +114,44 @@ def _readers(plan: Any) -> dict[str, set[str]]:
 def verify_fusion(plan: Any) -> dict[str, str]:
     """ISR quanta that :func:`build_graph` fuses into the verifyStats quantum reading them: ISR key -> its key.
 
-    A verifyStats quantum whose only input is one ISR quantum with a raw runs that raw's ISR in memory
-    (:func:`cpframe.science.tasks.isr_image`, the ISR quantum's settings and calibrations) and measures it;
-    the ISR quantum becomes a placeholder (``fusedAway``) and no ISR file is written.  Not when the ISR
+    A verifyStats quantum whose inputs are all ISR quanta of one raw (one for most stages; two for
+    verifyDefects, the raw with and without the defects) runs their ISR in memory
+    (:func:`cpframe.science.tasks.isr_image`, each ISR quantum's settings and calibrations) and measures the
+    images; the ISR quanta become placeholders (``fusedAway``) and no ISR file is written.  Not when an ISR
     output is registered, read by another quantum too, reads a renamed calibration
-    (``connections.flat=flat_<LED>``), or the verifyStats task sets ``fuseIsr: false``
-    (docs/verification.md "Fused ISR").
+    (``connections.flat=flat_<LED>``), the ISR quanta read different raws (or are more than two), or the
+    verifyStats task sets ``fuseIsr: false`` (docs/verification.md "Fused ISR").  Several ISR keys may map to
+    one verifyStats key (:func:`verify_isr_keys` inverts the map).
     """
     readers = _readers(plan)
     out: dict[str, str] = {}
     for key, q in plan.quanta.items():
-        if q.kind != "verifyStats" or not q.settings.get("fuse_isr", True) or len(q.upstream) != 1:
+        # at most two: verifyStats reads the image under test and, for verifyDefects, the uncorrected one
+        if q.kind != "verifyStats" or not q.settings.get("fuse_isr", True) or not 1 <= len(q.upstream) <= 2:
             continue
-        u = plan.quanta.get(q.upstream[0])
-        if u is None or u.kind != "isr" or u.raw is None or u.registered or readers[u.key] != {key} \
-                or u.settings.get("renamed"):
+        ups = [plan.quanta.get(u) for u in q.upstream]
+        if any(u is None or u.kind != "isr" or u.raw is None or u.registered or readers[u.key] != {key}
+               or u.settings.get("renamed") for u in ups) or len({u.raw.id for u in ups}) != 1:
             continue
-        out[u.key] = key
+        out.update({u.key: key for u in ups})
     return out
 
 
-def isr_run_in_memory(plan: Any) -> dict[str, str]:
-    """Fused quanta that run an ISR quantum's ISR in memory -> that ISR quantum's key: the CpDark and
-    CpFlatMeasure quanta of a fused dark or flat (:func:`fusion`) and the fused verifyStats quanta
-    (:func:`verify_fusion`).  Their BPS requests cover the ISR task's too
-    (:func:`cpframe.execution.resources.quantum_requests`)."""
-    out = {k: plan.quanta[k].upstream[0] for k in fusion(plan) if plan.quanta[k].kind in _FUSED_MIDDLE}
-    out.update({v: isr for isr, v in verify_fusion(plan).items()})
+def isr_run_in_memory(plan: Any) -> dict[str, tuple[str, ...]]:
+    """Fused quanta that run ISR quanta's ISR in memory -> the keys of those ISR quanta: the CpDark and
+    CpFlatMeasure quanta of a fused dark or flat (:func:`fusion`; one ISR quantum each) and the fused verifyStats
+    quanta (:func:`verify_fusion`; one, or two for verifyDefects, in the quantum's input order).  Their BPS
+    requests cover the ISR tasks' too (:func:`cpframe.execution.resources.quantum_requests`)."""
+    out = {k: (plan.quanta[k].upstream[0],) for k in fusion(plan) if plan.quanta[k].kind in _FUSED_MIDDLE}
+    out.update(verify_isr_keys(plan))
+    return out
+
+
+def verify_isr_keys(plan: Any, fused: Mapping[str, str] | None = None) -> dict[str, tuple[str, ...]]:
+    """Fused verifyStats key -> the keys of the ISR quanta it runs in memory, in its input order (the image under
+    test first; verifyDefects' uncorrected image second): :func:`verify_fusion` (or ``fused``) inverted."""
+    fused = verify_fusion(plan) if fused is None else fused
+    out: dict[str, tuple[str, ...]] = {}
+    for v in dict.fromkeys(fused.values()):
+        out[v] = tuple(u for u in plan.quanta[v].upstream if fused.get(u) == v)
     return out

@@ -52,13 +52,19 @@ class QuantumSpec:
     input_counts: tuple[int, ...] = ()
     """Number of upstream results in each input group."""
     fused_raws: tuple[str, ...] = ()
-    """Kind ``isrCombine``: the raws of the ISR quanta fused into this combine, by exposure."""
+    """Kind ``isrCombine``: the raws of the ISR quanta fused into this combine, by exposure; a fused
+    ``verifyStats``: the raw of each ISR quantum it runs (the same raw)."""
     fused_calibs: tuple[Mapping[str, str], ...] = ()
-    """Kind ``isrCombine``: each raw's ISR calibrations (type -> path)."""
+    """Kind ``isrCombine``: each raw's ISR calibrations (type -> path); a fused ``verifyStats``: each ISR
+    quantum's."""
     fused_isr: Any = None
-    """Kind ``isrCombine``: the ISR settings (one IsrConfig for every raw)."""
+    """Kind ``isrCombine`` and the prepass kinds: the ISR settings (one IsrConfig for every raw)."""
     fused_keys: tuple[str, ...] = ()
-    """Kind ``isrCombine``: the keys of the fused ISR quanta (same order as ``fused_raws``)."""
+    """Kind ``isrCombine``: the keys of the fused ISR quanta (same order as ``fused_raws``); a fused
+    ``verifyStats``: of the ISR quanta it runs, in its input order (the image under test first)."""
+    fused_isrs: tuple[Any, ...] = ()
+    """A fused ``verifyStats``: each ISR quantum's IsrConfig (same order as ``fused_keys``; verifyDefects runs
+    two, with and without the defects), where ``fused_isr`` holds the one IsrConfig of a fused combine."""
     upstream_keys: tuple[str, ...] = ()
     """Key of each upstream result (an upstream value may be a :class:`GroupResult` holding it)."""
     limits: Any = None

@@ -43,10 +43,10 @@ MSG_TOO_SMALL = (
     "(pipetask.{task}.requestMemory / requestCpus)."
 )
 MSG_TOO_SMALL_FUSED = (
-    "task {task} runs {isr}'s ISR in memory (fused, no ISR file), so its quanta request the larger of both "
+    "task {task} runs {isr} ISR in memory (fused, no ISR file), so its quanta request the {larger} "
     "tasks' requests, {what}, but no worker can run them: the largest has {have}. Give the cluster bigger "
-    "workers, lower pipetask.{task} or pipetask.{isr} requestMemory / requestCpus in the template, or run the "
-    "two apart with fuseIsr: false in the pipeline (on the combine task of a dark or flat, on the verifyStats "
+    "workers, lower {lower} requestMemory / requestCpus in the template, or run them "
+    "apart with fuseIsr: false in the pipeline (on the combine task of a dark or flat, on the verifyStats "
     "task of a verification)."
 )
 _DEFERRED = re.compile(r"<ENV:([A-Za-z_]\w*)>|\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)")
@@ -103,45 +103,48 @@ def quantum_requests(plan: Any, requests: Mapping[str, Any]) -> dict[str, Any]:
     """Quantum key -> :class:`cpframe.execution.submission.Resources` of the quanta that request something.
 
     A quantum gets its task's requests, except where the planner fused ISR
-    (:mod:`cpframe.execution.graph_fusion`): a quantum that runs an ISR quantum's ISR in memory (a fused
-    dark's CpDark, a fused flat's CpFlatMeasure, a fused verifyStats) gets :func:`merge_requests` of its
-    task's and the ISR task's, as it does both; the ISR quantum it replaces (a placeholder that does
-    nothing) gets none.  An ISR quantum that only makes its raw's prepass for a fused combine keeps the ISR
-    task's; the fused combine, which streams the raws' ISR in row blocks within its ``fusedMemory``
-    budget, keeps the combine task's (docs/submit.md "Resources").
+    (:mod:`cpframe.execution.graph_fusion`): a quantum that runs ISR quanta's ISR in memory (a fused
+    dark's CpDark, a fused flat's CpFlatMeasure, a fused verifyStats; verifyDefects' runs two) gets
+    :func:`merge_requests` of its task's and every such ISR task's, as it does all of them; the ISR quanta it
+    replaces (placeholders that do nothing) get none.  An ISR quantum that only makes its raw's prepass for a
+    fused combine keeps the ISR task's; the fused combine, which streams the raws' ISR in row blocks within its
+    ``fusedMemory`` budget, keeps the combine task's (docs/submit.md "Resources").
     """
     if not requests:
         return {}
     from cpframe.execution.graph_fusion import isr_run_in_memory
 
     in_memory = isr_run_in_memory(plan)
-    placeholders = set(in_memory.values())
+    placeholders = {k for isr_keys in in_memory.values() for k in isr_keys}
     out = {}
     for key, q in plan.quanta.items():
         if key in placeholders:
             continue
         r = requests.get(q.task)
-        if key in in_memory:
-            r = merge_requests(r, requests.get(plan.quanta[in_memory[key]].task))
+        for isr_key in in_memory.get(key, ()):
+            r = merge_requests(r, requests.get(plan.quanta[isr_key].task))
         if r is not None:
             out[key] = r
     return out
 
 
 def capacity_requests(plan: Any, requests: Mapping[str, Any]) -> dict[Any, Any]:
-    """``requests`` plus what each fused quantum running another task's ISR asks for (:func:`quantum_requests`),
-    under the key ``(task, ISR task)``, for :func:`check_capacity`: the two tasks' larger memory and larger core
-    count may together exceed every worker though each task's own request fits."""
+    """``requests`` plus what each fused quantum running other tasks' ISR asks for (:func:`quantum_requests`),
+    under the key ``(task, ISR task, ...)`` (two ISR tasks for verifyDefects), for :func:`check_capacity`: the
+    tasks' larger memory and larger core count may together exceed every worker though each task's own request
+    fits."""
     if not requests:
         return {}
     from cpframe.execution.graph_fusion import isr_run_in_memory
 
     out: dict[Any, Any] = dict(requests)
-    for key, isr_key in isr_run_in_memory(plan).items():
-        task, isr_task = plan.quanta[key].task, plan.quanta[isr_key].task
-        merged = merge_requests(requests.get(task), requests.get(isr_task))
+    for key, isr_keys in isr_run_in_memory(plan).items():
+        task, isr_tasks = plan.quanta[key].task, tuple(dict.fromkeys(plan.quanta[k].task for k in isr_keys))
+        merged = requests.get(task)
+        for isr_task in isr_tasks:
+            merged = merge_requests(merged, requests.get(isr_task))
         if merged is not None and merged != requests.get(task):
-            out[(task, isr_task)] = merged
+            out[(task, *isr_tasks)] = merged
     return out
 
 
@@ -196,8 +199,8 @@ def check_capacity(client: Any, requests: Mapping[str, Any], scalable: Mapping[s
     ----------
     client : distributed.Client
     requests : mapping
-        Task label -> Resources (:func:`task_requests`), or ``(task, ISR task)`` -> the requests of a fused
-        quantum doing both (:func:`capacity_requests`).
+        Task label -> Resources (:func:`task_requests`), or ``(task, ISR task, ...)`` -> the requests of a fused
+        quantum doing the work of all of them (:func:`capacity_requests`).
     scalable : mapping, optional
         Resources of one worker a batch cluster can still start (its job template); counted
         as a worker that may join.
@@ -228,7 +231,11 @@ def check_capacity(client: Any, requests: Mapping[str, Any], scalable: Mapping[s
         what = " and ".join(x for x in (f"{r.memory_mib} MiB" if r.memory_mib is not None else "",
                                         f"{r.cpus} core(s)" if r.cpus is not None else "") if x)
         if isinstance(label, tuple):
-            raise ExecutionError(MSG_TOO_SMALL_FUSED.format(task=label[0], isr=label[1], what=what, have=have))
+            task, *isr = label
+            raise ExecutionError(MSG_TOO_SMALL_FUSED.format(
+                task=task, isr=" and ".join(f"{t}'s" for t in isr), what=what, have=have,
+                larger="larger of both" if len(label) == 2 else f"largest of the {len(label)}",
+                lower=", ".join(f"pipetask.{t}" for t in label[:-1]) + f" or pipetask.{label[-1]}"))
         raise ExecutionError(MSG_TOO_SMALL.format(task=label, what=what, have=have))
 
 

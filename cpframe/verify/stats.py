@@ -119,12 +119,14 @@ def read_residual(path: str | Path) -> ResidualImage:
     return ResidualImage(image=image, mask=mask, variance=variance, header=header, mask_bits=bits, path=str(p))
 
 
-def residual_in_memory(image: Any, label: str = "") -> ResidualImage:
+def residual_in_memory(image: Any, label: str = "", variance: bool = True) -> ResidualImage:
     """The :class:`ResidualImage` that :func:`read_residual` reads from the file :func:`write_masked
     <cpframe.science.imageio.write_masked>` would write of ``image`` (a
     :class:`cpframe.science.imageio.MaskedImage`), without writing it: planes through the file's float32 / int32,
     the header through its FITS cards, the mask planes the writer declares.  A fused verifyStats quantum measures
     its raw's ISR image so (docs/algorithms.md "Fused ISR -> combine"); ``label`` names it in messages.
+    ``variance=False`` leaves the variance plane out (None), for an image whose variance is not read (verifyDefects'
+    uncorrected image).
     """
     from astropy.io import fits
 
@@ -133,7 +135,7 @@ def residual_in_memory(image: Any, label: str = "") -> ResidualImage:
     header = fits.Header.fromstring(masked_header_bytes(image.header).decode("ascii"))
     return ResidualImage(image=np.asarray(image.image, dtype=np.float32).astype(np.float64),
                          mask=np.asarray(image.mask, dtype=np.int32).astype(np.int64),
-                         variance=None if image.variance is None else
+                         variance=None if image.variance is None or not variance else
                          np.asarray(image.variance, dtype=np.float32).astype(np.float64),
                          header=header, mask_bits={**DEFAULT_MASK_BITS, **MASK_BITS}, path=label)
 

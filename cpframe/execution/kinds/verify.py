@@ -62,9 +62,9 @@ class VerifyStats(TaskKind):
         "stage": Option(enum(*STAGES), required=True),
         "settings": Option("mapping", None, MappingProxyType({}),
                            doc="VerifyConfig field overrides (docs/verification.md)"),
-        # the one ISR quantum a quantum alone reads runs in it, in memory, without an ISR file
+        # the ISR quanta (of one raw) a quantum alone reads run in it, in memory, without ISR files
         # (execution/graph_fusion.py verify_fusion; docs/verification.md "Fused ISR")
-        "fuseIsr": Option(bool, None, True, doc="run the ISR it alone reads in memory, without an ISR file"),
+        "fuseIsr": Option(bool, None, True, doc="run the ISR quanta it alone reads in memory, without ISR files"),
     })
 
     @classmethod
@@ -100,12 +100,9 @@ class VerifyStats(TaskKind):
                                       spec.settings["verify"], data_id=did)
         else:
             did = {k: spec.data_id[k] for k in ("instrument", "exposure", "physical_filter") if k in spec.data_id}
-            if spec.fused_raws:  # the ISR quantum before it was fused away: its raw's ISR, in memory
-                from cpframe.verify.stats import residual_in_memory
-
-                image = _fused_isr_image(spec)
-                det = detector_of_header(image.header, spec.data_id["detector"])
-                residual, preview_of, uncorrected = residual_in_memory(image, spec.fused_keys[0]), image, None
+            if spec.fused_raws:  # the ISR quanta before they were fused away: their raw's ISR, in memory
+                residual, uncorrected, preview_of = _fused_residuals(spec)
+                det = detector_of_header(preview_of.header, spec.data_id["detector"])
             else:
                 images = [v for values in groups.values() for v in values]
                 det = detector_of(images[0].path, spec.data_id["detector"])
@@ -121,16 +118,37 @@ class VerifyStats(TaskKind):
         return stats
 
 
-def _fused_isr_image(spec):
-    """The ISR image of a fused verifyStats quantum's raw, made in memory as the ISR quantum it replaces would
-    write it (:func:`cpframe.science.tasks.isr_image`: same settings, calibrations and detector check)."""
+def _fused_residuals(spec):
+    """(residual under test, uncorrected residual or None, ISR image under test) of a fused verifyStats quantum:
+    the images its ISR quanta would write, made in memory and read as from their files
+    (:func:`cpframe.verify.stats.residual_in_memory`).  verifyDefects' second ISR image (without the defects, the
+    ``uncorrected_path`` of :func:`cpframe.verify.verify_exposure`) is made first and kept without its
+    variance plane, which stage DEFECTS does not read, so that one ISR image at a time is in memory.  The image
+    under test is returned with the residual's planes: float64 / int64 copies of its float32 / int32 planes, which
+    the preview reads back exactly, so that its own planes are not kept beside the residual while it is measured."""
+    from dataclasses import replace
+
+    from cpframe.verify.stats import residual_in_memory
+
+    uncorrected = None
+    if len(spec.fused_keys) > 1:
+        uncorrected = residual_in_memory(_fused_isr_image(spec, 1), spec.fused_keys[1], variance=False)
+    image = _fused_isr_image(spec, 0)
+    residual = residual_in_memory(image, spec.fused_keys[0])
+    return residual, uncorrected, replace(image, image=residual.image, mask=residual.mask, variance=residual.variance)
+
+
+def _fused_isr_image(spec, i: int = 0):
+    """The ISR image of the ``i``-th ISR quantum fused into a verifyStats quantum, made in memory as that ISR
+    quantum would write it (:func:`cpframe.science.tasks.isr_image`: same settings, calibrations and detector
+    check)."""
     from cpframe.science.tasks import isr_image
 
     try:
-        _, image, _ = isr_image(spec.fused_raws[0], spec.fused_isr, spec.fused_calibs[0],
+        _, image, _ = isr_image(spec.fused_raws[i], spec.fused_isrs[i], spec.fused_calibs[i],
                                 detector=spec.data_id["detector"])
     except Exception as err:  # name the ISR quantum whose work failed, as the unfused graph would
-        err.add_note(f"in ISR quantum {spec.fused_keys[0]}, fused into {spec.key} (fuseIsr: false keeps it apart)")
+        err.add_note(f"in ISR quantum {spec.fused_keys[i]}, fused into {spec.key} (fuseIsr: false keeps it apart)")
         raise
     return image
 
