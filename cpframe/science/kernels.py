@@ -62,8 +62,8 @@ CLIP_ASTROPY = 1
 IQ_TO_STDEV = 0.7413
 
 #: Columns processed together by the sorted kernels: N x TILE values (and the MEANCLIP prefix sums, 16 bytes
-#: per value) stay in cache.  256: the MEANCLIP kernel on 20 / 200 inputs took 0.8x / 0.7x the time it took
-#: with 1024 columns, MEDIAN 0.85x / 0.8x (a /tmp probe, 2026-12-04).
+#: per value) stay in cache.  256: with 1024 columns the MEANCLIP kernel on 100 / 200 inputs took 1.1x / 1.5x as
+#: long; MEDIAN within the noise (benchmarks/RESULTS.md, issue 14 second session).
 TILE = 256
 
 
