@@ -92,7 +92,8 @@ def test_job_kwargs_name_and_lifetime():
     site = load_site("slurm-local.yaml")
     per_process = site.memory_bytes // site.processes
     assert kw["worker_extra_args"] == ["--lifetime", "1500s", "--lifetime-stagger", "60s", "--resources",
-                                       f"MEMORY={per_process},CPU={max(1, site.cores // site.processes)}"]
+                                       f"MEMORY={per_process},CPU={max(1, site.cores // site.processes)}",
+                                       "--preload", "cpframe.execution.worker_preload"]
 
 
 def test_adapt_limits_site_first_then_settings():

@@ -336,6 +336,8 @@ def slurm_job_kwargs(site: SlurmSite, job_name: str = "cpframe-worker") -> dict[
     # every worker process advertises its share of the job as Dask resources (requestMemory/requestCpus)
     per_mem, per_cpu = site.memory_bytes // site.processes, max(1, site.cores // site.processes)
     worker_args += ["--resources", f"MEMORY={per_mem},CPU={per_cpu}"]
+    # as local workers: the task code imported before the first task, the quick exit (worker_preload)
+    worker_args += ["--preload", PRELOAD_MODULE]
     kw: dict[str, Any] = {
         "cores": site.cores,
         "processes": site.processes,

@@ -46,6 +46,9 @@ def test_workers_run_in_slurm_jobs_and_are_cancelled(site):
         # the job script's prologue gives the workers cpframe's malloc settings (cluster.WORKER_MALLOC_ENV)
         mmap = set(oc.client.run(lambda: os.environ.get("MALLOC_MMAP_THRESHOLD_")).values())
         assert mmap == {WORKER_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]}
+        # and the worker preload (task code imported, quick exit) as local workers have
+        preloaded = oc.client.run(lambda: "cpframe.execution.worker_preload" in __import__("sys").modules)
+        assert list(preloaded.values()) == [True, True]
         assert len(submitted) == 2
         assert on_workers == submitted == queued
         assert queued <= squeue_ids()
