@@ -193,6 +193,24 @@ def test_local_workers_reuse_freed_memory_instead_of_faulting_it_in_again():
     assert len(faults) == 2 and all(f < pages for f in faults.values()), (faults, pages)
 
 
+def test_job_script_prologue_sets_the_worker_malloc_unless_the_job_has_its_own():
+    """The prologue lines of every batch site, run by sh as the job runs them: cpframe's values, or the value
+    the job's environment already had."""
+    import os
+    import subprocess
+
+    from cpframe.execution.cluster import WORKER_MALLOC_ENV
+
+    lines = slurm_job_kwargs(load_site("slurm-local.yaml"))["job_script_prologue"]
+    script = "; ".join([*lines, "echo T=$MALLOC_TRIM_THRESHOLD_ M=$MALLOC_MMAP_THRESHOLD_"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == [f"T={WORKER_MALLOC_ENV['MALLOC_TRIM_THRESHOLD_']}", f"M={WORKER_MALLOC_ENV['MALLOC_MMAP_THRESHOLD_']}"]
+    out = subprocess.run(["sh", "-c", script], env={**env, "MALLOC_TRIM_THRESHOLD_": "123"}, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["T=123", f"M={WORKER_MALLOC_ENV['MALLOC_MMAP_THRESHOLD_']}"]
+
+
 def test_a_site_dask_config_for_the_worker_malloc_is_kept():
     import dask
 

@@ -345,7 +345,7 @@ def slurm_job_kwargs(site: SlurmSite, job_name: str = "cpframe-worker") -> dict[
         "walltime": site.walltime,
         "job_extra_directives": list(site.job_extra_directives),
         # the workers' malloc settings (WORKER_MALLOC_ENV) unless the job's environment has its own
-        "job_script_prologue": [f'export {k}="${{{k}:-{v}}}"' for k, v in WORKER_MALLOC_ENV.items()]
+        "job_script_prologue": [f"export {k}=${{{k}:-{v}}}" for k, v in WORKER_MALLOC_ENV.items()]
         + list(site.job_script_prologue),
         "worker_extra_args": worker_args,
         "death_timeout": site.death_timeout_s,
