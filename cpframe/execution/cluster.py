@@ -553,6 +553,7 @@ def _worker_malloc_config() -> dict[str, Any]:
     """``distributed.nanny.pre-spawn-environ`` with :data:`WORKER_MALLOC_ENV` (a site's own Dask config setting
     these variables to something other than Dask's default is kept; the nanny prefers the environment's)."""
     import dask
+    import distributed  # noqa: F401 (its config defaults, Dask's other pre-spawn variables among them)
 
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
     for k, v in WORKER_MALLOC_ENV.items():
