@@ -357,17 +357,29 @@ def test_capacity_check_refuses_a_fused_quantum_no_worker_can_run(repo, mini_dat
     """Each task's own request fits a worker of a real two-worker cluster (3000 MiB x 1 core, 1000 MiB x 2 cores),
     but the fused verifyStats quanta need 3000 MiB and 2 cores at once: refused before anything runs, naming both
     tasks, the request, the largest worker and the ways out."""
-    from distributed import Client, Scheduler, SpecCluster, Worker
-
-    from cpframe.core.errors import ExecutionError
-    from cpframe.execution.resources import capacity_requests, check_capacity, task_requests
+    from cpframe.execution.resources import capacity_requests, task_requests
 
     env = _env(repo, tmp_path, mini_dataset, "20241126n")
     out = plan_template(_with_requests(tmp_path, "bps_verify_bias", _VERIFY_REQUESTS), environ=env, repo=repo)
     plan, requests = out.plan, task_requests(out.submission, out.pipeline)
     merged = capacity_requests(plan, requests)
     assert set(merged) - set(requests) == {("verifyBiasMeasure", "verifyBiasIsr")}
-    workers = {"big": {"cls": Worker, "options": {"nthreads": 1, "resources": {"MEMORY": 3000 * 2**20, "CPU": 1}}},
+    msg = _refused_by_two_workers(3000, requests, merged)
+    assert "task verifyBiasMeasure runs verifyBiasIsr's ISR in memory" in msg
+    assert "3000 MiB and 2 core(s)" in msg and "the largest has 3000 MiB and 1 core(s)" in msg
+    assert "pipetask.verifyBiasMeasure or pipetask.verifyBiasIsr" in msg and "fuseIsr: false" in msg
+    assert "(with" not in msg
+
+
+def _refused_by_two_workers(big_mib: int, requests, merged) -> str:
+    """On a real cluster of a 1-core worker with ``big_mib`` MiB and a 2-core one with 1000 MiB: every task's own
+    request fits one of them, the fused quanta's ``merged`` requests none; the capacity check's message."""
+    from distributed import Client, Scheduler, SpecCluster, Worker
+
+    from cpframe.core.errors import ExecutionError
+    from cpframe.execution.resources import check_capacity
+
+    workers = {"big": {"cls": Worker, "options": {"nthreads": 1, "resources": {"MEMORY": big_mib * 2**20, "CPU": 1}}},
                "wide": {"cls": Worker, "options": {"nthreads": 2, "resources": {"MEMORY": 1000 * 2**20, "CPU": 2}}}}
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
     with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
@@ -375,11 +387,7 @@ def test_capacity_check_refuses_a_fused_quantum_no_worker_can_run(repo, mini_dat
         check_capacity(client, requests)  # every task alone fits one of them
         with pytest.raises(ExecutionError) as err:
             check_capacity(client, merged)
-    msg = str(err.value)
-    assert "task verifyBiasMeasure runs verifyBiasIsr's ISR in memory" in msg
-    assert "3000 MiB and 2 core(s)" in msg and "the largest has 3000 MiB and 1 core(s)" in msg
-    assert "pipetask.verifyBiasMeasure or pipetask.verifyBiasIsr" in msg and "fuseIsr: false" in msg
-    assert "(with" not in msg
+    return str(err.value)
 
 
 _DEFECTS_REQUESTS = """pipetask:
@@ -400,11 +408,8 @@ def test_fused_verify_defects_requests_cover_both_isr_tasks(repo, mini_dataset, 
     requests (memory of the uncorrected ISR, walltime of the other, cores of its own; every retryUnlessExit
     code), neither placeholder requests anything, and the capacity check, on a real cluster whose workers each
     fit one task's request, refuses it naming the three tasks."""
-    from distributed import Client, Scheduler, SpecCluster, Worker
-
-    from cpframe.core.errors import ExecutionError
     from cpframe.execution.resources import (
-        capacity_requests, check_capacity, quantum_limits, quantum_requests, quantum_resources, task_requests,
+        capacity_requests, quantum_limits, quantum_requests, quantum_resources, task_requests,
     )
 
     env = _env(repo, tmp_path, mini_dataset, "20241126q")
@@ -426,15 +431,7 @@ def test_fused_verify_defects_requests_cover_both_isr_tasks(repo, mini_dataset, 
 
     merged = capacity_requests(plan, requests)
     assert set(merged) - set(requests) == {("verifyDefectsMeasure", "verifyDefectsIsr", "verifyUncorrectedDefectsIsr")}
-    workers = {"big": {"cls": Worker, "options": {"nthreads": 1, "resources": {"MEMORY": 4000 * 2**20, "CPU": 1}}},
-               "wide": {"cls": Worker, "options": {"nthreads": 2, "resources": {"MEMORY": 1000 * 2**20, "CPU": 2}}}}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
-    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
-        client.wait_for_workers(2, timeout=60)
-        check_capacity(client, requests)  # every task alone fits one of them
-        with pytest.raises(ExecutionError) as err:
-            check_capacity(client, merged)
-    msg = str(err.value)
+    msg = _refused_by_two_workers(4000, requests, merged)
     assert "task verifyDefectsMeasure runs verifyDefectsIsr's and verifyUncorrectedDefectsIsr's ISR in memory" in msg
     assert "the largest of the 3 tasks' requests, 4000 MiB and 2 core(s)" in msg
     assert "pipetask.verifyDefectsMeasure, pipetask.verifyDefectsIsr or pipetask.verifyUncorrectedDefectsIsr" in msg
