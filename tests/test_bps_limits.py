@@ -8,6 +8,7 @@ the bias template runs on a real LocalCluster and a real SQLite repository.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 
@@ -57,6 +58,60 @@ def test_memory_limit_is_real():
     with pytest.raises(QuantumOutOfMemory, match="out of memory .limit 64 MiB"):
         call_limited("numpy:ones", (256 * 2**20 // 8,), lim)  # 256 MiB > 64 MiB
     assert call_limited("numpy:ones", (16 * 2**20 // 8,), lim).nbytes == 16 * 2**20
+
+
+_FILL_SOURCE = """
+def fill_and_hold():
+    held = []
+    chunk = 1 << 16
+    while chunk >= 8:  # to the last few bytes: the heap is full when it raises
+        try:
+            while True:
+                held.append(bytearray(chunk))
+        except MemoryError:
+            chunk //= 2
+    raise MemoryError("the heap is full")
+"""
+
+
+def test_a_quantum_that_fills_its_memory_is_reported_with_its_traceback(tmp_path, monkeypatch):
+    """The failed frames hold every byte of the limit when the child formats their traceback, which reads
+    the source files: in CI (and 1 run in 3 locally) that read spun at 100 % CPU instead of reporting.
+    The quantum's module here has 2 MiB of source, so reading it needs memory the full heap does not
+    have; the child frees the failed frames' locals first and reports the traceback."""
+    module = tmp_path / "cpframe_fill_probe.py"
+    module.write_text(_FILL_SOURCE + "".join(f"# {i:07d} {'.' * 90}\n" for i in range(20000)))
+    assert module.stat().st_size > 2 * 10**6
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    t0 = time.monotonic()
+    with pytest.raises(QuantumOutOfMemory) as info:
+        call_limited("cpframe_fill_probe:fill_and_hold", (), QuantumLimits(memory_bytes=16 * 2**20, walltime_s=120))
+    text = str(info.value)
+    assert "out of memory (limit 16 MiB); it needs a larger requestMemory" in text, text
+    assert 'cpframe_fill_probe.py", line 11, in fill_and_hold' in text  # read from the 2 MiB source:
+    assert 'raise MemoryError("the heap is full")' in text and "MemoryError: the heap is full" in text
+    assert time.monotonic() - t0 < 60
+
+
+def _die_writing_the_report() -> None:
+    """As a child that ran out of memory while writing its report: an empty report file, MemoryError on stderr."""
+    import sys
+
+    open(sys.argv[2], "wb").close()  # the child's report file (cpframe.execution.isolate's argv)
+    sys.stderr.write("MemoryError\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def test_a_report_cut_short_is_no_report():
+    """Seen in a combine under 16 MiB: the child died writing its report, and the worker failed reading it
+    (EOFError, an ordinary error, not retried with more memory). An empty report is read as none: the exit
+    code and stderr say what happened."""
+    with pytest.raises(QuantumOutOfMemory, match=r"out of memory \(limit 16 MiB\), its process stopped with code 1"):
+        call_limited("tests.test_bps_limits:_die_writing_the_report", (), QuantumLimits(memory_bytes=16 * 2**20))
+    with pytest.raises(QuantumExitError, match=r"its process exited with code 1"):
+        call_limited("tests.test_bps_limits:_die_writing_the_report", (), QuantumLimits(walltime_s=60))
 
 
 def _native_alloc_or_abort(n_bytes: int) -> int:

@@ -234,6 +234,18 @@ def _hold(path: str, seconds: float) -> int:
     return 0
 
 
+def test_a_process_without_dask_counts_one_thread_without_importing_it():
+    """An isolated quantum's child (RLIMIT_DATA) asked for its threads: importing distributed there ran the
+    combine out of memory under a 16 MiB limit (test_bps_limits). Not imported means not a worker: 1."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from cpframe.execution.idle import idle_threads_here; "
+            "print(idle_threads_here(), 'distributed' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split() == ["1", "False"], out
+
+
 def test_a_quantum_counts_the_threads_of_the_idle_workers_on_its_node(tmp_path):
     import time
 

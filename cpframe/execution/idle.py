@@ -11,6 +11,7 @@ worker that gets a task later shares its cores with these threads until the quan
 from __future__ import annotations
 
 import logging
+import sys
 
 __all__ = ["idle_threads_here"]
 
@@ -28,6 +29,8 @@ def _idle_threads_on_host(dask_scheduler, host: str, me: str) -> int:
 def idle_threads_here(limit: int | None = None) -> int:
     """1 + the threads of the idle workers on this worker's host (1 outside a Dask worker or if the
     scheduler cannot be asked), at most ``limit``."""
+    if "distributed" not in sys.modules:  # not a Dask worker (an isolated child: importing it would cost memory)
+        return 1
     try:
         from distributed import get_client, get_worker
         from distributed.comm.addressing import get_address_host

@@ -31,6 +31,7 @@ and writes only the files the quantum writes plus two pickles in a private tempo
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import re
@@ -155,8 +156,11 @@ def call_limited(target: str, args: Sequence[Any], limits: QuantumLimits, label:
             raise
         result = None
         if os.path.exists(out):
-            with open(out, "rb") as fh:
-                result = pickle.load(fh)
+            try:
+                with open(out, "rb") as fh:
+                    result = pickle.load(fh)
+            except (EOFError, pickle.UnpicklingError):  # the child died writing it (out of memory?): no report
+                result = None
         rc = proc.returncode
         if rc == 0 and result is not None and result[0] == "ok":
             return result[1]
@@ -241,6 +245,25 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="cpframe-parent-watch", daemon=True).start()
 
 
+#: Memory a limited child sets aside before its limit, freed to write the report of an out-of-memory failure.
+_REPORT_RESERVE_BYTES = 2**20
+_reserve: list[bytearray] = []
+
+
+def _free_for_report(exc: BaseException) -> None:
+    """Free what a quantum that ran out of memory still holds, before its traceback is formatted.
+
+    The traceback keeps the failed frames, and with them their locals (the quantum's arrays): formatting it
+    reads the source files (``linecache``), which needs memory.  With none left, CPython spun in that read
+    at 100 % CPU instead of raising (seen in CI and locally: test_bps_limits, a combine under 16 MiB).
+    The frames' locals are cleared (their code and line numbers, all the report needs, stay), then collected,
+    and the reserve set aside before the limit is given back.
+    """
+    _reserve.clear()
+    traceback.clear_frames(exc.__traceback__)
+    gc.collect()
+
+
 def _child(job: str, out: str, parent: int) -> int:
     import faulthandler
     import importlib
@@ -269,6 +292,7 @@ def _child(job: str, out: str, parent: int) -> int:
             from numba.core.registry import cpu_target
 
             cpu_target.target_context.refresh()
+        _reserve.append(bytearray(_REPORT_RESERVE_BYTES))  # outside the limit: room for the report, freed for it
         limit = _data_size_bytes() + int(memory_bytes)
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     try:
@@ -277,15 +301,21 @@ def _child(job: str, out: str, parent: int) -> int:
         code = 0
     except BaseException as exc:  # noqa: BLE001 - every failure is reported to the parent with its code
         code = exit_code_of(exc)
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        payload = ("error", "MemoryError" if isinstance(exc, MemoryError) else type(exc).__name__, text, code)
+        name = "MemoryError" if isinstance(exc, MemoryError) else type(exc).__name__
+        if name == "MemoryError":
+            _free_for_report(exc)
+        try:
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        except MemoryError:
+            text = f"{name}: {exc} (no memory left to format its traceback)\n"
+        payload = ("error", name, text, code)
         del exc
-        if payload[1] == "MemoryError":
-            import gc
-
-            gc.collect()  # free what the failed attempt held so the report can be written
-    with open(out, "wb") as fh:
-        pickle.dump(payload, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    try:
+        with open(out, "wb") as fh:
+            pickle.dump(payload, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    except MemoryError:  # the report without its traceback (the parent reads a file it cannot load as no report)
+        with open(out, "wb") as fh:
+            pickle.dump(("error", "MemoryError", "MemoryError (no memory left to report it)\n", 1), fh)
     return code
 
 
