@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 import numpy as np
@@ -162,6 +163,56 @@ def test_local_workers_import_the_task_code_as_they_start():
     assert len(seen) == 2
     assert all(mods == ["cpframe.execution.worker_preload", "cpframe.science.fused_tasks",
                         "cpframe.execution.kinds"] for mods in seen.values()), seen
+
+
+def _start_facts() -> dict:
+    import numba
+
+    return {"ppid": os.getppid(), "registries": "numba.np.arraymath" in sys.modules, "numba": numba.__name__}
+
+
+def test_local_workers_are_forks_of_a_server_that_did_their_imports_once(monkeypatch):
+    """Workers forked from one fork server that imported the task code and numba's registries (the first
+    compiled kernel's 0.45 s); CPFRAME_WORKER_START=spawn gives the fresh interpreters of Dask's default."""
+    settings = Settings(n_workers=2, threads_per_worker=1, worker_memory_bytes=2**30)
+    with open_cluster(settings, kind="local") as oc:
+        oc.client.wait_for_workers(2, timeout=60)
+        facts = list(oc.client.run(_start_facts).values())
+    assert len(facts) == 2 and facts[0]["ppid"] == facts[1]["ppid"] != os.getpid(), facts  # one server, not us
+    assert all(f["registries"] for f in facts), facts  # before any task ran
+    monkeypatch.setenv("CPFRAME_WORKER_START", "spawn")
+    with open_cluster(settings, kind="local") as oc:
+        oc.client.wait_for_workers(2, timeout=60)
+        facts = list(oc.client.run(_start_facts).values())
+    assert all(f["ppid"] == os.getpid() and not f["registries"] for f in facts), facts
+
+
+def _what_a_worker_sees() -> dict:
+    import importlib
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return {"umask": mask, "env": os.environ.get("CPFRAME_TEST_WORKER_ENV"),
+            "module": importlib.import_module("cpframe_worker_probe_mod").VALUE}
+
+
+def test_forked_workers_see_the_umask_environment_and_path_of_the_submitting_process_now(tmp_path, monkeypatch):
+    """The fork server keeps the state of its own start; a later cluster's workers still get the submitting
+    process's umask (files a team shares), environment and sys.path as they are when that cluster starts."""
+    settings = Settings(n_workers=1, threads_per_worker=1, worker_memory_bytes=2**30)
+    with open_cluster(settings, kind="local") as oc:  # the fork server exists from here on
+        oc.client.wait_for_workers(1, timeout=60)
+    (tmp_path / "cpframe_worker_probe_mod.py").write_text("VALUE = 42\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("CPFRAME_TEST_WORKER_ENV", "seen")
+    old = os.umask(0o027)
+    try:
+        with open_cluster(settings, kind="local") as oc:
+            oc.client.wait_for_workers(1, timeout=60)
+            seen = list(oc.client.run(_what_a_worker_sees).values())
+    finally:
+        os.umask(old)
+    assert seen == [{"umask": 0o027, "env": "seen", "module": 42}], seen
 
 
 def _faults_of_big_arrays(n: int = 40, nbytes: int = 8 * 2**20) -> int:

@@ -587,6 +587,60 @@ def _close_nannies(cluster: Any, timeout_s: float) -> None:
         log.debug("closing the worker nannies failed; LocalCluster.close will stop them", exc_info=True)
 
 
+#: What the fork server of local workers imports once (:func:`_fork_server`).
+FORKSERVER_PRELOAD_MODULE = "cpframe.execution.forkserver_preload"
+
+
+def _fork_server() -> dict[str, Any]:
+    """Dask config that starts local workers as forks of one fork server holding their imports, or {} to spawn.
+
+    Forks of one process that imported distributed, the task code and numba's registries once, instead of one
+    fresh interpreter per worker that imports them all (:mod:`cpframe.execution.forkserver_preload`).  Only on
+    Linux, only when the site's Dask config leaves Dask's default (``spawn``), and not with
+    ``CPFRAME_WORKER_START=spawn`` in the environment (the way back, should a site need it).  The server is
+    started once per process, with that moment's environment and umask; a worker gets the submitting process's
+    as they are at its cluster's start (:func:`_worker_env`; ``sys.path`` and the working directory
+    multiprocessing hands over itself).
+    """
+    import multiprocessing
+
+    import dask
+    import distributed.utils
+
+    if (not sys.platform.startswith("linux") or os.environ.get("CPFRAME_WORKER_START", "") == "spawn"
+            or dask.config.get("distributed.worker.multiprocessing-method", "spawn") != "spawn"
+            or "forkserver" not in multiprocessing.get_all_start_methods()
+            or not hasattr(distributed.utils, "_forkserver_preload_set")):  # (a Dask we have not seen: spawn)
+        return {}
+    if not distributed.utils._forkserver_preload_set:
+        # Dask's own preload list would import pandas and more in this process; the server imports ours instead
+        multiprocessing.get_context("forkserver").set_forkserver_preload([FORKSERVER_PRELOAD_MODULE])
+        distributed.utils._forkserver_preload_set = True
+    return {"distributed.worker.multiprocessing-method": "forkserver"}
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (another thread may be creating files)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _worker_env() -> dict[str, str]:
+    """What a forked worker must take from the submitting process as it is now, not as it was when the fork
+    server started: its environment and its umask (set by :mod:`cpframe.execution.worker_preload`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # malloc: read at exec only
+    env["CPFRAME_WORKER_UMASK"] = oct(_umask())
+    return env
+
+
 def _open_local(settings: Settings) -> OpenCluster:
     from distributed import Client, LocalCluster
 
@@ -594,12 +648,13 @@ def _open_local(settings: Settings) -> OpenCluster:
 
     import dask
 
-    with dask.config.set(_worker_malloc_config()):  # read by the nannies as they start their workers
+    config = {**_worker_malloc_config(), **_fork_server()}
+    with dask.config.set(config):  # read by the nannies as they start their workers
         cluster = LocalCluster(
             n_workers=settings.n_workers, threads_per_worker=settings.threads_per_worker,
             memory_limit=settings.worker_memory_bytes, dashboard_address=":0", processes=True,
             resources=worker_resources(settings.worker_memory_bytes, settings.threads_per_worker),
-            preload=[PRELOAD_MODULE],
+            preload=[PRELOAD_MODULE], env=_worker_env(),
         )
     try:
         client = Client(cluster)

@@ -4,9 +4,15 @@ not pay for them.  ``cpframe submit`` starts the local cluster while it plans (:
 so these imports overlap the driver's own instead of delaying the first quanta.  It also makes the worker
 process skip the interpreter's final garbage collections when it exits (:mod:`cpframe.core.quickexit`: 0.7-0.8 s
 that closing the cluster waited for).
+
+Local workers are forks of a fork server that imported this module once
+(:mod:`cpframe.execution.forkserver_preload`); :func:`dask_setup` then runs in each worker and gives it the umask
+of the submitting process as it is at the cluster's start.
 """
 
 from __future__ import annotations
+
+import os
 
 import cpframe.execution.graph_tasks  # noqa: F401
 import cpframe.execution.kinds  # noqa: F401
@@ -14,3 +20,11 @@ import cpframe.science.fused_tasks  # noqa: F401
 from cpframe.core.quickexit import skip_final_gc
 
 skip_final_gc()
+
+
+def dask_setup(worker=None) -> None:
+    """Dask's preload hook, in each worker: the submitting process's umask (``CPFRAME_WORKER_UMASK``, set by
+    :func:`cpframe.execution.cluster._worker_env`)."""
+    mask = os.environ.get("CPFRAME_WORKER_UMASK")
+    if mask:
+        os.umask(int(mask, 8))
