@@ -3,17 +3,19 @@
 Each worker process used to be a fresh interpreter (multiprocessing's ``spawn``) that imported distributed and
 the task code, then loaded numba's typing and lowering registries at its first compiled kernel (scipy's BLAS
 among them): about 1.4 s of CPU before the worker joined and 0.45 s more in its first quantum, paid by every
-worker, on the same cores as the driver's own start.  With a fork server the imports and the registries are
+worker, on the same cores as the driver's own start (and 0.3 s for the header translators at its first raw).  With a fork server the imports and the registries are
 done once, in this process, and each worker is a fork of it (:func:`cpframe.execution.cluster._fork_server`).
 Nothing here may start a thread: a fork copies only the forking thread.
 """
 
 from __future__ import annotations
 
+import astro_metadata_translator  # noqa: F401 (a raw's first read: 0.3 s)
 import distributed  # noqa: F401
 import distributed.nanny  # noqa: F401
 from numba.core.registry import cpu_target
 
+import cpframe.camera.translators  # noqa: F401
 import cpframe.execution.worker_preload  # noqa: F401
 
 try:
