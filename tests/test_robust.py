@@ -69,6 +69,25 @@ def test_compiled_clipped_stats_equal_the_numpy_form(name, clip, n_iter):
             assert g == pytest.approx(w, rel=1e-12, abs=1e-12), (got, want)
 
 
+@pytest.mark.parametrize("name", sorted(_cases()))
+def test_clipped_stats_and_median_at_once_are_the_two_calls(name):
+    """One copy and one quartile selection for both (the prepass's overscan residual): bit for bit the
+    separate clipped statistics and finite median, and the median numpy's over the finite values."""
+    from cpframe.science.robust import clipped_stats_1d, clipped_stats_and_median_1d, median_of_finite
+
+    values = _cases()[name]
+    flat = values.ravel() if values.dtype.kind in "fiu" else values.astype(np.float64).ravel()
+    got = clipped_stats_and_median_1d(flat, 3.0, 3, IQ_TO_STDEV)
+    want = (*clipped_stats_1d(flat, 3.0, 3, IQ_TO_STDEV), *median_of_finite(flat))
+    assert len(got) == 5 and got[2] == want[2] and got[4] == want[4], (got, want)
+    for g, w in zip(got[:2] + got[3:4], want[:2] + want[3:4]):
+        assert (math.isnan(g) and math.isnan(w)) or g == w, (got, want)
+    finite = flat[np.isfinite(flat)].astype(np.float64)
+    assert got[4] == finite.size
+    if finite.size:
+        assert got[3] == np.median(finite)
+
+
 def test_quartiles_equal_numpy_percentile():
     rng = np.random.default_rng(3)
     for n in (1, 2, 3, 4, 5, 10, 1001, 4096, 131072):

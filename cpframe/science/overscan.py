@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from cpframe.science.combine import IQ_TO_STDEV, clipped_stats
-from cpframe.science.robust import median_of_finite
+from cpframe.science.robust import clipped_stats_and_median_1d, median_of_finite
 
 __all__ = ["overscan_vector", "row_clipped_statistic"]
 
@@ -87,8 +87,9 @@ def overscan_vector(region: np.ndarray, fit_type: str, clip: float, max_deviatio
 
 
 def _robust_stats(values: np.ndarray) -> dict[str, float]:
-    mean, std, _ = clipped_stats(values)
-    med, n = median_of_finite(values) if values.size else (math.nan, 0)
+    # combine.clipped_stats (3 sigma, 3 iterations) and median_of_finite in one selection (issue 14: the prepass)
+    v = values if values.dtype.kind in "fiu" else values.astype(np.float64)
+    _, std, _, med, n = clipped_stats_and_median_1d(v.ravel(), 3.0, 3, IQ_TO_STDEV)
     if n != values.size:
         med = float(np.median(values))  # inf or NaN among them: numpy's answer
     return {"MEAN": float(np.mean(values)) if values.size else math.nan, "MEDIAN": float(med), "STDEV": std}
