@@ -67,32 +67,9 @@ def code_of(env: dict, cwd: Path) -> str:
     return out.stdout.strip()
 
 
-#: Runs a command and reports its wall time and the CPU and largest RSS of every process it started, however
-#: deep: it is the "child subreaper" of the tree (Linux prctl), so the fork server that starts the local workers
-#: (a child of the submission, left to us when the submission exits) and the workers it forked are waited for
-#: here and counted.  ``/usr/bin/time`` missed them: a submission with forked workers showed 1.7 s of CPU.
-MEASURE = r"""
-import ctypes, json, os, resource, subprocess, sys, time
-if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
-    raise SystemExit("prctl(PR_SET_CHILD_SUBREAPER) failed: the CPU of orphaned processes would be lost")
-t0 = time.perf_counter()
-p = subprocess.Popen(sys.argv[1:])
-rc = p.wait()
-wall = time.perf_counter() - t0
-while True:  # the orphans (the fork server, which exits with its parent)
-    try:
-        os.wait()
-    except ChildProcessError:
-        break
-ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-sys.stderr.write("\nMEASURED " + json.dumps({"rc": rc, "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
-                                             "max_rss_kib": ru.ru_maxrss}) + "\n")
-sys.exit(rc)
-"""
-
-
 def submit(env: dict, label: str, cwd: Path) -> dict:
-    cmd = [sys.executable, "-c", MEASURE, sys.executable, "-m", "cpframe", "submit",
+    # measure.py: counts the workers forked by the local cluster's fork server (/usr/bin/time missed them)
+    cmd = [sys.executable, str(HERE / "measure.py"), sys.executable, "-m", "cpframe", "submit",
            str(ROOT / "templates" / "bps_biasBootstrap.yaml")]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd)
     if out.returncode != 0:
