@@ -187,6 +187,47 @@ def test_local_workers_are_forks_of_a_server_that_did_their_imports_once(monkeyp
     assert all(f["ppid"] == os.getpid() and not f["registries"] for f in facts), facts
 
 
+_EARLY = """
+import json, os, sys
+from cpframe.execution.cluster import _SPAWN_ENV_KEY, _spawn_env_before_distributed, _worker_malloc_config, \\
+    start_fork_server_early
+start_fork_server_early()
+early = _spawn_env_before_distributed()
+imported = "distributed" in sys.modules
+kids = []
+for p in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        if open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == str(os.getpid()):
+            kids.append(open(f"/proc/{p}/cmdline").read())
+    except OSError:
+        pass
+late = _worker_malloc_config()[_SPAWN_ENV_KEY]
+print(json.dumps([imported, early == late, early, any("forkserver" in k for k in kids)]))
+"""
+
+
+@pytest.mark.parametrize("site", [None, '{"MALLOC_TRIM_THRESHOLD_": 1000, "CPFRAME_SITE_VAR": "x"}'])
+def test_the_fork_server_starts_before_distributed_is_imported_with_the_nannies_environment(site):
+    """``cpframe submit`` starts the fork server first thing (its imports overlap the driver's own): the
+    variables it is started with, computed without importing distributed, are those the nannies use, a
+    site's Dask config (here through DASK_* environment) included."""
+    import json
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_", "MALLOC_", "CPFRAME_WORKER"))}
+    if site:
+        env["DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"] = site
+    out = subprocess.run([sys.executable, "-c", _EARLY], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    imported, same, early, server = json.loads(out.stdout.splitlines()[-1])
+    assert not imported and same and server, out.stdout
+    assert early["MALLOC_MMAP_THRESHOLD_"] == str(32 * 2**20)
+    if site:
+        assert early["MALLOC_TRIM_THRESHOLD_"] == 1000 and early["CPFRAME_SITE_VAR"] == "x", early
+    else:
+        assert early["MALLOC_TRIM_THRESHOLD_"] == str(64 * 2**20) and early["OMP_NUM_THREADS"] == 1, early
+
+
 def _what_a_worker_sees() -> dict:
     import importlib
 

@@ -32,8 +32,10 @@ class EarlyCluster:
         self._thread.start()
 
     def _open(self) -> None:
-        from cpframe.execution.cluster import open_cluster
+        from cpframe.execution.cluster import open_cluster, start_fork_server_early
 
+        if self.kind == "local":
+            start_fork_server_early()  # first: its imports run while this thread imports distributed
         try:
             self._oc = open_cluster(self._settings, kind=self.kind)
         except BaseException as err:  # noqa: BLE001 - re-raised by take() in the submitting thread
