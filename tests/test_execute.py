@@ -127,3 +127,42 @@ def test_lost_worker_neither_loses_nor_duplicates_outputs(bias_repo, local_dask)
     assert len(res.registered) == 2 and {r.id for r in res.registered} == {r.id for r in refs}
     assert repo.verify_checksums(refs) == []
     client.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker for the next tests
+
+
+def test_dask_errors_after_an_interrupt_are_muted_until_the_cluster_is_closed():
+    """After SIGINT/SIGTERM the scheduler may log errors about the quanta cancelled under it (seen in CI: a
+    traceback on stderr of an interrupted `cpframe submit`); they are muted, then the levels are put back."""
+    import logging
+
+    from cpframe.execution.execute import mute_dask_logs, restore_dask_logs
+
+    got: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            got.append(f"{record.name}:{record.getMessage()}")
+
+    core, sched = logging.getLogger("distributed.core"), logging.getLogger("distributed.scheduler")
+    before = {n: logging.getLogger(n).level for n in ("distributed", "asyncio", "distributed.scheduler")}
+    keep = Keep()
+    sched_level = sched.level
+    sched.setLevel(logging.INFO)  # a child with its own level (Dask's logging config sets some)
+    for lg in (core, sched):
+        lg.addHandler(keep)
+    try:
+        mute_dask_logs()
+        core.error("Exception while handling op register-client")
+        sched.error("cancelled under it")
+        logging.getLogger("asyncio").error("Task exception was never retrieved")
+        assert got == []
+        restore_dask_logs()
+        core.error("after")
+        sched.error("after")
+        assert got == ["distributed.core:after", "distributed.scheduler:after"]
+        assert logging.getLogger("distributed.scheduler").level == logging.INFO
+    finally:
+        for lg in (core, sched):
+            lg.removeHandler(keep)
+        sched.setLevel(sched_level)
+    assert {n: logging.getLogger(n).level for n in ("distributed", "asyncio")} == {
+        n: before[n] for n in ("distributed", "asyncio")}

@@ -55,6 +55,32 @@ __all__ = ["ExecutionResult", "execute_plan", "scratch_dir_for", "staging_dir_fo
 
 log = logging.getLogger("cpframe.execution.execute")
 
+_MUTED: dict[str, int] = {}
+
+
+def mute_dask_logs() -> None:
+    """Only critical messages of Dask (and asyncio) until :func:`restore_dask_logs`: after SIGINT/SIGTERM.
+
+    The run is then abandoned and its quanta cancelled, and the scheduler of a local cluster (in this process)
+    may log errors about futures cancelled under it, with a traceback (seen: ``assert ts.who_wants`` in
+    ``add_client``, a quantum's worker client registering as the quantum was cancelled; then asyncio's "Task
+    exception was never retrieved").  A user who stopped the run must not read them as a crash.
+    """
+    names = ["distributed", "asyncio"] + [n for n, lg in logging.root.manager.loggerDict.items()
+                                          if n.startswith("distributed.") and isinstance(lg, logging.Logger)
+                                          and lg.level != logging.NOTSET]
+    for name in names:
+        lg = logging.getLogger(name)
+        _MUTED.setdefault(name, lg.level)
+        lg.setLevel(logging.CRITICAL)
+
+
+def restore_dask_logs() -> None:
+    """The levels :func:`mute_dask_logs` changed, as they were (``cpframe submit``, once its cluster is closed)."""
+    for name, level in list(_MUTED.items()):
+        logging.getLogger(name).setLevel(level)
+    _MUTED.clear()
+
 #: Attempts to register one quantum's outputs before they are staged.
 REGISTER_ATTEMPTS = 4
 #: First wait between attempts (doubles each time: 2, 4, 8 s).
@@ -537,6 +563,7 @@ def execute_plan(plan: Any, repo: Any, client: Any, *, retries: int = 0, scratch
         result.interrupted = True
         result.signum = getattr(exc, "signum", int(signal.SIGINT))
         log.warning("interrupted: cancelling %d quanta", len(futures))
+        mute_dask_logs()
         with contextlib.suppress(Exception):
             client.cancel(futures)
             _wait_idle(client)  # a cancelled quantum already running still writes its scratch file

@@ -683,6 +683,9 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
                 log.warning("could not remove the environment plugin: %s", err)
         if oc is not None:
             oc.close()
+        from cpframe.execution.execute import restore_dask_logs
+
+        restore_dask_logs()  # muted if the run was interrupted (its cluster's errors about cancelled quanta)
         if res is not None and res.scratch_dir:  # tasks cancelled mid-write are stopped now: nothing leaks
             from cpframe.execution.execute import remove_scratch
 
