@@ -2,10 +2,11 @@
 
 Each worker process used to be a fresh interpreter (multiprocessing's ``spawn``) that imported distributed and
 the task code, then loaded numba's typing and lowering registries at its first compiled kernel (scipy's BLAS
-among them): about 1.4 s of CPU before the worker joined and 0.45 s more in its first quantum, paid by every
-worker, on the same cores as the driver's own start (and 0.3 s for the header translators at its first raw).  With a fork server the imports and the registries are
-done once, in this process, and each worker is a fork of it (:func:`cpframe.execution.cluster._fork_server`).
-Nothing here may start a thread: a fork copies only the forking thread.
+among them) and the header translators at its first raw: about 1.4 s of CPU before the worker joined and
+0.5-0.65 s more in its first quantum, paid by every worker, on the same cores as the driver's own start.  With a
+fork server these are done once, in this process, and each worker is a fork of it
+(:func:`cpframe.execution.cluster._fork_server`).  Nothing here may start a thread: a fork copies only the
+forking thread.
 """
 
 from __future__ import annotations
