@@ -189,10 +189,10 @@ def test_local_workers_are_forks_of_a_server_that_did_their_imports_once(monkeyp
 
 _EARLY = """
 import json, os, sys
-from cpframe.execution.cluster import _SPAWN_ENV_KEY, _spawn_env_before_distributed, _worker_malloc_config, \\
+from cpframe.execution.worker_start import SPAWN_ENV_KEY, spawn_env_before_distributed, worker_malloc_config, \\
     start_fork_server_early
 start_fork_server_early()
-early = _spawn_env_before_distributed()
+early = spawn_env_before_distributed()
 imported = "distributed" in sys.modules
 kids = []
 for p in filter(str.isdigit, os.listdir("/proc")):
@@ -201,7 +201,7 @@ for p in filter(str.isdigit, os.listdir("/proc")):
             kids.append(open(f"/proc/{p}/cmdline").read())
     except OSError:
         pass
-late = _worker_malloc_config()[_SPAWN_ENV_KEY]
+late = worker_malloc_config()[SPAWN_ENV_KEY]
 print(json.dumps([imported, early == late, early, any("forkserver" in k for k in kids)]))
 """
 
@@ -306,12 +306,12 @@ def test_job_script_prologue_sets_the_worker_malloc_unless_the_job_has_its_own()
 def test_a_site_dask_config_for_the_worker_malloc_is_kept():
     import dask
 
-    from cpframe.execution.cluster import _worker_malloc_config
+    from cpframe.execution.worker_start import worker_malloc_config
 
     key = "distributed.nanny.pre-spawn-environ"
-    assert _worker_malloc_config()[key]["MALLOC_TRIM_THRESHOLD_"] == str(64 * 2**20)
+    assert worker_malloc_config()[key]["MALLOC_TRIM_THRESHOLD_"] == str(64 * 2**20)
     with dask.config.set({key: {**dask.config.get(key), "MALLOC_TRIM_THRESHOLD_": 1000}}):
-        got = _worker_malloc_config()[key]
+        got = worker_malloc_config()[key]
     assert got["MALLOC_TRIM_THRESHOLD_"] == 1000 and got["MALLOC_MMAP_THRESHOLD_"] == str(32 * 2**20)
     assert got["OMP_NUM_THREADS"] == dask.config.get(key)["OMP_NUM_THREADS"]  # Dask's others stay
 

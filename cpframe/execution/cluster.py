@@ -33,6 +33,9 @@ import yaml
 from cpframe.core import yamlsafe
 from cpframe.core.config import Settings, parse_bytes
 from cpframe.core.errors import ConfigError, ServiceError, SubprocessError
+from cpframe.execution.worker_start import (
+    PRELOAD_MODULE, SPAWN_ENV_KEY, WORKER_MALLOC_ENV, fork_server_config, worker_env, worker_malloc_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -537,59 +540,6 @@ def _quiet_worker_shutdown(client: Any) -> None:
         log.debug("could not quiet the workers' shutdown", exc_info=True)
 
 
-#: What a local worker imports as it starts (the task code and the science stack).
-PRELOAD_MODULE = "cpframe.execution.worker_preload"
-
-#: glibc malloc settings of every worker process (issue 14).  Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536``
-#: for its workers; any explicit setting also freezes glibc's mmap threshold at 128 KiB, so every array of more
-#: than 128 KiB is mapped fresh and returned at once: a fused prepass of a full-size raw then page-faults about
-#: 38,000 times (its row buffers, again and again) and takes 1.4-1.8x as long as in a plain process
-#: (benchmarks/RESULTS.md).  These values are what glibc's own adjustment converges to on 64-bit (mmap above
-#: 32 MiB, trim above twice that); a value already in the environment of the worker's start is kept.
-WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(64 * 2**20), "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
-
-
-_SPAWN_ENV_KEY = "distributed.nanny.pre-spawn-environ"
-
-
-def _worker_malloc_config() -> dict[str, Any]:
-    """``distributed.nanny.pre-spawn-environ`` with :data:`WORKER_MALLOC_ENV` (a site's own Dask config setting
-    these variables to something other than Dask's default is kept; the nanny prefers the environment's)."""
-    import dask
-    import distributed  # noqa: F401 (its config defaults, Dask's other pre-spawn variables among them)
-
-    return {_SPAWN_ENV_KEY: _with_worker_malloc(dask.config.get(_SPAWN_ENV_KEY, default={}) or {})}
-
-
-def _with_worker_malloc(spawn_env: Mapping[str, Any]) -> dict[str, Any]:
-    env = dict(spawn_env)
-    for k, v in WORKER_MALLOC_ENV.items():
-        if env.get(k) in (None, 65536, "65536"):
-            env[k] = v
-    return env
-
-
-def _spawn_env_before_distributed() -> dict[str, Any]:
-    """:func:`_worker_malloc_config`'s variables without importing distributed (0.3-0.5 s): its defaults read from
-    its ``distributed.yaml``, under the site's Dask config as distributed merges them."""
-    import importlib.util
-
-    import dask
-
-    if "distributed" in sys.modules:
-        return _worker_malloc_config()[_SPAWN_ENV_KEY]
-    defaults: dict[str, Any] = {}
-    spec = importlib.util.find_spec("distributed")
-    for d in (spec.submodule_search_locations or []) if spec else []:
-        path = os.path.join(d, "distributed.yaml")
-        if os.path.isfile(path):
-            with open(path) as fh:
-                doc = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
-            defaults = dict(((doc.get("distributed") or {}).get("nanny") or {}).get("pre-spawn-environ") or {})
-            break
-    return _with_worker_malloc({**defaults, **(dask.config.get(_SPAWN_ENV_KEY, default=None) or {})})
-
-
 def _close_nannies(cluster: Any, timeout_s: float) -> None:
     """Stop a LocalCluster's worker processes, all at once, giving each ``timeout_s`` to exit.
 
@@ -615,89 +565,6 @@ def _close_nannies(cluster: Any, timeout_s: float) -> None:
         log.debug("closing the worker nannies failed; LocalCluster.close will stop them", exc_info=True)
 
 
-#: What the fork server of local workers imports once (:func:`_fork_server`).
-FORKSERVER_PRELOAD_MODULE = "cpframe.execution.forkserver_preload"
-
-
-def _fork_server_wanted() -> bool:
-    """Whether local workers start as forks of a fork server (:func:`_fork_server`); distributed not imported."""
-    import multiprocessing
-
-    import dask
-
-    return (sys.platform.startswith("linux") and os.environ.get("CPFRAME_WORKER_START", "") != "spawn"
-            and dask.config.get("distributed.worker.multiprocessing-method", "spawn") == "spawn"
-            and "forkserver" in multiprocessing.get_all_start_methods())
-
-
-def _start_fork_server(spawn_env: Mapping[str, Any]) -> None:
-    """Start the fork server (once per process) with the environment the nannies give a spawned worker:
-    ``spawn_env``, Dask's pre-spawn variables (the malloc settings, one BLAS thread), which a nanny also sets in
-    this process before each start."""
-    import multiprocessing
-    from multiprocessing import forkserver
-
-    multiprocessing.get_context("forkserver").set_forkserver_preload([FORKSERVER_PRELOAD_MODULE])
-    os.environ.update({k: str(v) for k, v in spawn_env.items() if v is not None and k not in os.environ})
-    if os.environ.get("PYTHONHASHSEED") in (None, "0"):
-        os.environ["PYTHONHASHSEED"] = "6640"  # as a nanny does: one hash seed for all workers
-    forkserver.ensure_running()
-
-
-def start_fork_server_early() -> None:
-    """Start the local workers' fork server now, before distributed is imported here (``cpframe submit``'s
-    early cluster, :mod:`cpframe.execution.cluster_early`): its imports then overlap the driver's own from the
-    start (0.2-0.3 s sooner).  Does nothing when the workers will be spawned; never raises."""
-    try:
-        if _fork_server_wanted():
-            _start_fork_server(_spawn_env_before_distributed())
-    except Exception:  # noqa: BLE001 - the cluster's own start still starts it, or spawns
-        log.debug("could not start the fork server early", exc_info=True)
-
-
-def _fork_server(spawn_env: Mapping[str, Any]) -> dict[str, Any]:
-    """Dask config that starts local workers as forks of one fork server holding their imports, or {} to spawn.
-
-    Forks of one process that imported distributed, the task code and numba's registries once, instead of one
-    fresh interpreter per worker that imports them all (:mod:`cpframe.execution.forkserver_preload`).  Only on
-    Linux, only when the site's Dask config leaves Dask's default (``spawn``), and not with
-    ``CPFRAME_WORKER_START=spawn`` in the environment (the way back, should a site need it).  The server is
-    started once per process (here, before the scheduler, if :func:`start_fork_server_early` did not), with that
-    moment's environment and umask; a worker gets the submitting process's as they are at its cluster's start
-    (:func:`_worker_env`; ``sys.path`` and the working directory multiprocessing hands over itself).
-    """
-    import distributed.utils
-
-    if not _fork_server_wanted() or not hasattr(distributed.utils, "_forkserver_preload_set"):
-        return {}  # (a Dask without that flag: one we have not seen, spawn)
-    # set, Dask's own preload list is not imported in this process (pandas and more); the server imports ours
-    distributed.utils._forkserver_preload_set = True
-    _start_fork_server(spawn_env)
-    return {"distributed.worker.multiprocessing-method": "forkserver"}
-
-
-def _umask() -> int:
-    """This process's umask, read without changing it (another thread may be creating files)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _worker_env() -> dict[str, str]:
-    """What a forked worker must take from the submitting process as it is now, not as it was when the fork
-    server started: its environment and its umask (set by :mod:`cpframe.execution.worker_preload`)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # malloc: read at exec only
-    env["CPFRAME_WORKER_UMASK"] = oct(_umask())
-    return env
-
-
 def _open_local(settings: Settings) -> OpenCluster:
     from distributed import Client, LocalCluster
 
@@ -705,14 +572,14 @@ def _open_local(settings: Settings) -> OpenCluster:
 
     import dask
 
-    malloc = _worker_malloc_config()
-    config = {**malloc, **_fork_server(malloc["distributed.nanny.pre-spawn-environ"])}
+    malloc = worker_malloc_config()
+    config = {**malloc, **fork_server_config(malloc[SPAWN_ENV_KEY])}
     with dask.config.set(config):  # read by the nannies as they start their workers
         cluster = LocalCluster(
             n_workers=settings.n_workers, threads_per_worker=settings.threads_per_worker,
             memory_limit=settings.worker_memory_bytes, dashboard_address=":0", processes=True,
             resources=worker_resources(settings.worker_memory_bytes, settings.threads_per_worker),
-            preload=[PRELOAD_MODULE], env=_worker_env(),
+            preload=[PRELOAD_MODULE], env=worker_env(),
         )
     try:
         client = Client(cluster)

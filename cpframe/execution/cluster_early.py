@@ -2,7 +2,7 @@
 
 Planning (rendering, the pipeline's and the task kinds' imports, the registry queries) takes the driver
 one to two seconds; starting a LocalCluster takes about as long now that its workers import the task code
-and the science stack as they start (:data:`cpframe.execution.cluster.PRELOAD_MODULE`).  Started from a
+and the science stack as they start (:data:`cpframe.execution.worker_start.PRELOAD_MODULE`).  Started from a
 thread as soon as the rendered template says the run is local, the two overlap.  If planning fails, or the
 run turns out not to be local after all, the cluster is closed and nothing else changes.
 """
@@ -32,7 +32,8 @@ class EarlyCluster:
         self._thread.start()
 
     def _open(self) -> None:
-        from cpframe.execution.cluster import open_cluster, start_fork_server_early
+        from cpframe.execution.cluster import open_cluster
+        from cpframe.execution.worker_start import start_fork_server_early
 
         if self.kind == "local":
             start_fork_server_early()  # first: its imports run while this thread imports distributed

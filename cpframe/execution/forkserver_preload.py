@@ -5,7 +5,7 @@ the task code, then loaded numba's typing and lowering registries at its first c
 among them) and the header translators at its first raw: about 1.4 s of CPU before the worker joined and
 0.5-0.65 s more in its first quantum, paid by every worker, on the same cores as the driver's own start.  With a
 fork server these are done once, in this process, and each worker is a fork of it
-(:func:`cpframe.execution.cluster._fork_server`).  Nothing here may start a thread: a fork copies only the
+(:func:`cpframe.execution.worker_start.fork_server_config`).  Nothing here may start a thread: a fork copies only the
 forking thread.
 """
 

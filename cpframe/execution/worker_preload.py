@@ -24,7 +24,7 @@ skip_final_gc()
 
 def dask_setup(worker=None) -> None:
     """Dask's preload hook, in each worker: the submitting process's umask (``CPFRAME_WORKER_UMASK``, set by
-    :func:`cpframe.execution.cluster._worker_env`)."""
+    :func:`cpframe.execution.worker_start.worker_env`)."""
     mask = os.environ.get("CPFRAME_WORKER_UMASK")
     if mask:
         os.umask(int(mask, 8))
