@@ -11,7 +11,10 @@ finalizer that reference counting triggers.  What is lost is the ``__del__`` of 
 cycles at exit: cpframe closes its files and registries explicitly, so none of its output depends on them.
 
 Called by the command line (:func:`cpframe.cli.main`) and by each worker as it starts
-(:mod:`cpframe.execution.worker_preload`); never by library calls.
+(:mod:`cpframe.execution.worker_preload`); never by library calls.  A local worker forked from the fork server
+(:mod:`cpframe.execution.worker_start`) ends with multiprocessing's ``os._exit``: neither the final collections
+nor any ``atexit`` handler run there (cpframe's worker code cleans up with context managers, and Dask removes the
+worker's directory when it closes; checked: none is left), so the handler matters for spawned workers.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ that closing the cluster waited for).
 
 Local workers are forks of a fork server that imported this module once
 (:mod:`cpframe.execution.forkserver_preload`); :func:`dask_setup` then runs in each worker and gives it the umask
-of the submitting process as it is at the cluster's start.
+of the submitting process as it is at the cluster's start.  A forked worker ends with multiprocessing's
+``os._exit``, which skips the final collections anyway (and ``atexit`` handlers: :mod:`cpframe.core.quickexit`).
 """
 
 from __future__ import annotations
