@@ -16,6 +16,7 @@ import pytest
 from cpframe.science.fused_isr import RAW_SAT, RAW_SUSPECT, amp_steps, amp_to_band, raw_rows, threshold
 from cpframe.science.imageio import MASK_BITS
 from cpframe.science.isr import IsrConfig, _flat_correct
+from cpframe.science.pcg64 import DitherStream
 
 BIT = {k: np.int32(1 << v) for k, v in MASK_BITS.items()}
 
@@ -52,7 +53,10 @@ def test_raw_rows_equal_numpy_bit_for_bit(itemsize, bzero, level_type):
     rng = np.random.default_rng(itemsize * 7 + bzero % 97)
     rows, cols, c0, c1 = 13, 41, 3, 35
     buf = _raw_bytes(rng, rows, cols, itemsize)
-    dither = rng.random(rows * cols, dtype=np.float32)
+    # the rows as if they began at pixel 1001 of the raw: the kernel makes numpy's numbers of that position
+    seed, first = 77 + itemsize, 1001
+    dither = np.random.default_rng(seed).random(first + rows * cols, dtype=np.float32)[first:]
+    stream = DitherStream(np.random.PCG64(seed).state)
     svec = rng.normal(1000, 5, rows).astype(np.float32)
     x_ref, _ = _numpy_rows(buf, bzero, cols, 0, cols, None, 0.0, None, math.inf, math.inf, None)
     # levels that float32 cannot hold: numpy compares in float32 with a Python float, in float64 with np.float64
@@ -61,15 +65,15 @@ def test_raw_rows_equal_numpy_bit_for_bit(itemsize, bzero, level_type):
     ref, ref_bits = _numpy_rows(buf, bzero, cols, c0, c1, dither, -0.5, svec, sat, sus, 1.7)
     out = np.full((rows, c1 - c0), np.nan, np.float32)
     bits = np.full((rows, c1 - c0), -1, np.int32)
-    any_bit = raw_rows(buf, itemsize, bzero, cols, c0, c1, dither, -0.5, svec, threshold(sat), threshold(sus), 1.7,
-                       out, bits)
+    any_bit = raw_rows(buf, itemsize, bzero, cols, c0, c1, stream, first, -0.5, svec, threshold(sat), threshold(sus),
+                       1.7, out, bits)
     np.testing.assert_array_equal(out.view(np.int32), ref.view(np.int32))
     np.testing.assert_array_equal(bits, ref_bits)
     assert any_bit and 0 < (ref_bits & RAW_SAT).sum() < ref_bits.size
     # all columns, no dither, no levels, no gain, no bits: the plain conversion
     plain = np.empty((rows, cols), np.float32)
-    assert not raw_rows(buf, itemsize, bzero, cols, 0, cols, None, 0.0, None, (math.inf, False), (math.inf, False),
-                        None, plain, None)
+    assert not raw_rows(buf, itemsize, bzero, cols, 0, cols, None, 0, 0.0, None, (math.inf, False),
+                        (math.inf, False), None, plain, None)
     np.testing.assert_array_equal(plain, x_ref)
 
 

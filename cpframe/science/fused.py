@@ -5,8 +5,8 @@ The unfused path (:func:`cpframe.science.tasks.isr_task` per exposure, then
 per exposure (195 MB at full size) and reads it back.  Here the same arithmetic runs on row
 blocks instead:
 
-1. **Prepass**, one raw at a time: read the raw, dither it, fit the serial overscan of every
-   amp (:func:`cpframe.science.isr.serial_amp`), apply gains and crosstalk to the rows below
+1. **Prepass**, one raw at a time: read the raw, convert and dither the overscan pixels (the
+   data pixels are left for the stream), fit the serial overscan of every amp (:func:`cpframe.science.isr.serial_amp`), apply gains and crosstalk to the rows below
    the data and fit the parallel overscan (:func:`cpframe.science.isr.parallel_overscan_vector`).
    What is kept per raw is small: two vectors and a few numbers per amp, plus the header.
 2. **Stream**: for each block of raw rows, every raw's rows are read again (``pread``),
@@ -77,6 +77,7 @@ from cpframe.science.isr import (
 from cpframe.science.fused_isr import amp_steps, amp_to_band, raw_rows, threshold
 from cpframe.science.fused_work import Scratch, in_threads, split
 from cpframe.science.kernels import combine_block
+from cpframe.science.pcg64 import DitherStream
 
 __all__ = ["FusedUnsupported", "FusedExposure", "fused_unsupported", "isr_combine", "fused_rows_for_budget"]
 
@@ -142,7 +143,7 @@ def fused_rows_for_budget(memory_bytes: int, n_inputs: int, n_cols: int, n_bands
     >>> fused_rows_for_budget(96 * 2**20, 200, 4072, 2, False, 2000, per_input_bytes=300_000)
     3
     """
-    # + 2 inputs' worth: the raw being corrected holds its rows as read, as int32, dithered float32
+    # + 2 inputs' worth: the raw being corrected holds its rows as read (int32) and as float32
     held = max(1, n_inputs) + 2 * max(1, min(threads, n_inputs))
     per_row = held * n_cols * n_bands * (_BLOCK_BYTES_VAR if with_variance else _BLOCK_BYTES)
     left = memory_bytes - max(1, n_inputs) * per_input_bytes
@@ -241,7 +242,7 @@ class _RawSource:
         self.seed = None
         if config.integer_dither_mode != "NONE":
             self.seed = raw.exposure_id & 0xFFFFFFFF if raw.exposure_id else 12345
-            self.dither_state = np.random.PCG64(self.seed).state
+            self.dither = DitherStream(np.random.PCG64(self.seed).state)
             self.dither_offset = np.float32(_dither_offset(config.integer_dither_mode))
         self.layout = _raw_layout(self.path, det)
         sizes = [a.raw_shape[0] * a.raw_shape[1] for a in det.amps]  # segments in the order run_isr dithers them
@@ -254,10 +255,9 @@ class _RawSource:
         self.stats: dict[str, AmpStats] = {}
         svec, below = {}, {}
         for amp in det.amps:
-            # one amp at a time (pread + the same dither numbers as a whole-file read): the
-            # prepass holds one float32 segment, not the raw (docs/algorithms.md, memory)
-            seg = self.read_block(amp, 0, amp.raw_shape[0], "prepass")
-            st, _, _, vec = serial_amp(amp, seg, config, calibs, self.cards, masks=False)
+            # one amp at a time: the prepass holds one float32 segment, not the raw (docs/algorithms.md, memory)
+            seg = self._overscan_pixels(amp)
+            st, _, _, vec = serial_amp(amp, seg, config, calibs, self.cards, masks=False, partial=True)
             self.stats[amp.name] = st
             svec[amp.name] = vec
             below[amp.name] = seg[amp.data_rows:].copy()
@@ -268,6 +268,30 @@ class _RawSource:
         pvec = {amp.name: parallel_overscan_vector(amp, below[amp.name], config, self.stats[amp.name], self.cards)
                 for amp in det.amps} if config.do_parallel_overscan else {}
         self._set_vectors(svec, pvec)
+
+    def _overscan_pixels(self, amp) -> np.ndarray:
+        """The pixels of one amp that the overscan fits read, float32 and dithered as :meth:`read_block` makes
+        them: the serial overscan columns (without the skipped leading / trailing ones) of the data rows and
+        every column of the rows below the data.  The data pixels are neither converted nor dithered (87 % of
+        a full-size amp; their dither numbers are not made either): the array's other pixels are undefined
+        (:func:`cpframe.science.isr.serial_amp` with ``partial``)."""
+        cols, n_rows, below = amp.raw_shape[1], amp.raw_shape[0], amp.data_rows
+        os_cols = amp.serial_overscan_slice[1]
+        c0 = os_cols.start + self.config.overscan_leading_to_skip
+        c1 = max(c0, os_cols.stop - self.config.overscan_trailing_to_skip)
+        _offset, dtype, bzero = self.layout[amp.name]
+        buf = self._pread(amp, 0, n_rows)
+        seg = self.scratch.get("prepass", (n_rows, cols), np.float32)
+        os_rows = self.scratch.get("prepass_os", (below, c1 - c0), np.float32)
+        dither = self.dither if self.seed is not None else None
+        offset = self.dither_offset if self.seed is not None else 0.0
+        start = self.start[amp.name]
+        raw_rows(buf[:below * cols], dtype.itemsize, bzero, cols, c0, c1, dither, start, offset, None, _NO_LEVEL,
+                 _NO_LEVEL, None, os_rows, None)
+        seg[:below, c0:c1] = os_rows
+        raw_rows(buf[below * cols:], dtype.itemsize, bzero, cols, 0, cols, dither, start + below * cols, offset, None,
+                 _NO_LEVEL, _NO_LEVEL, None, seg[below:], None)
+        return seg
 
     def _take_overscans(self, overscans: Mapping[str, Any]) -> None:
         """The fits as :func:`cpframe.science.isr.run_isr` recorded them for this raw (``overscans``)."""
@@ -329,10 +353,9 @@ class _RawSource:
         _offset, dtype, bzero = self.layout[amp.name]
         cols = amp.raw_shape[1]
         buf = self._pread(amp, r0, r1, fd, scratch)
-        dither = (None if self.seed is None
-                  else self._dither(self.start[amp.name] + r0 * cols, (r1 - r0) * cols, scratch))
-        return raw_rows(buf, dtype.itemsize, bzero, cols, c0, c1, dither,
-                        self.dither_offset if self.seed is not None else 0.0, svec, sat, sus, gain, out, bits)
+        return raw_rows(buf, dtype.itemsize, bzero, cols, c0, c1, self.dither if self.seed is not None else None,
+                        self.start[amp.name] + r0 * cols, self.dither_offset if self.seed is not None else 0.0, svec,
+                        sat, sus, gain, out, bits)
 
     def read_block(self, amp, r0: int, r1: int, key: str | None = None) -> np.ndarray:
         """Raw rows [r0, r1) of one amp as float32, dithered, in read-out order (all columns).
@@ -344,29 +367,6 @@ class _RawSource:
         seg = self.scratch.get(key or amp.name, (r1 - r0, cols), np.float32)
         self._rows(amp, r0, r1, 0, cols, seg)
         return seg
-
-    def _dither(self, start: int, count: int, scratch: Scratch | None = None) -> np.ndarray:
-        """The dither numbers of pixels [start, start + count) of the raw (run_isr's stream).
-
-        The generator that made the previous block of an amp is kept, positioned where the next
-        block starts (blocks are read in row order), so only an amp's first block pays for
-        positioning a new one (``advance``: issue 14, per-block cost at small blocks).
-        """
-        gens = self.__dict__.setdefault("_gens", {})
-        g = gens.pop(start, None)
-        if g is None:
-            bg = np.random.PCG64()
-            st = dict(self.dither_state)
-            st["has_uint32"] = 0
-            st["uinteger"] = 0
-            bg.state = st
-            bg.advance(start // 2)
-            g = np.random.Generator(bg)
-            if start % 2:
-                g.random(1, dtype=np.float32)
-        out = g.random(dtype=np.float32, out=(scratch or self.scratch).get("dither", (count,), np.float32))
-        gens[start + count] = g
-        return out
 
     def _amp_plan(self) -> list[tuple[Any, int, int, tuple, tuple, bool, float | None]]:
         """Per amp, once per raw: (amp, first and end data column, SAT level, SUSPECT level, whether any bit can
@@ -426,7 +426,7 @@ class _RawSource:
 
 #: What :class:`_RawSource`'s prepass keeps of a raw: vectors and numbers per amp, the header and how to read and
 #: dither its rows again.  About 0.2 MB per full-size raw.
-_PREPASS_FIELDS = ("path", "det", "what", "units", "header", "cards", "seed", "dither_state", "dither_offset",
+_PREPASS_FIELDS = ("path", "det", "what", "units", "header", "cards", "seed", "dither", "dither_offset",
                    "layout", "stats", "svec", "pvec", "start", "xt_gains", "dark_scale", "cr_index")
 
 
@@ -589,7 +589,7 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
             cache[key] = _calibs(cp)
         sources.append(_RawSource(p, isr_config, cache[key], cp, scratch,
                                   prepass=None if prepasses is None else prepasses[i]))
-    scratch.release("prepass", "raw", "dither")
+    scratch.release("prepass", "prepass_os", "raw")
     det = sources[0].det
     if any(s.det.id != det.id or s.det.shape != det.shape for s in sources):
         raise CombineError(f"combine of {what}: raws of different detectors: "

@@ -3,7 +3,7 @@
 Per block of raw rows and per amp:
 
 * :func:`raw_rows`: the raw's big-endian integers -> float32 (+ BZERO, rounded once as astropy's scaled
-  data read by run_isr), + the dither numbers,
+  data read by run_isr), + the dither numbers (made in the kernel, :mod:`cpframe.science.pcg64`),
   - the serial-overscan level of each row, the SAT / SUSPECT bits, x gain (electron units),
   for the amp's data columns only (the overscan columns are not needed after the prepass).
 * crosstalk (between amps) and a linearizer, when enabled, run in between on these segments
@@ -28,12 +28,15 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from cpframe.science.pcg64 import DitherStream, fill_floats
+
 __all__ = ["amp_steps", "amp_to_band", "raw_rows", "threshold"]
 
 _NONE_F = np.zeros((1, 1), np.float32)
 _NONE_I = np.zeros((1, 1), np.int32)
 _NONE_B = np.zeros((1, 1), np.bool_)
 _NONE_V = np.zeros(1, np.float32)
+_NONE_TABLE = np.zeros((1, 4), np.uint64)
 
 
 def threshold(level: Any) -> tuple[float, bool]:
@@ -50,27 +53,31 @@ def threshold(level: Any) -> tuple[float, bool]:
 
 
 def raw_rows(raw: np.ndarray, itemsize: int, bzero: int, cols: int, c0: int, c1: int,
-             dither: np.ndarray | None, dither_offset: float, svec: np.ndarray | None,
+             dither: DitherStream | None, dither_start: int, dither_offset: float, svec: np.ndarray | None,
              sat: tuple[float, bool], sus: tuple[float, bool], gain: float | None,
              out: np.ndarray, bits: np.ndarray | None) -> bool:
     """Columns [c0, c1) of raw rows as read (``raw``: the rows' bytes, ``cols`` columns) into ``out``.
 
-    ``dither``: the rows' dither numbers (all columns), ``svec``: the serial level per row,
-    ``gain``: multiply by it (electron units), ``bits``: where SAT / SUSPECT bits go
-    (``None``: not computed).  Returns whether any bit was set.
+    ``dither``: the raw's dither numbers (:class:`cpframe.science.pcg64.DitherStream`), ``dither_start``:
+    the number of the first pixel of these rows in that stream (only the numbers of columns [c0, c1) are
+    made), ``svec``: the serial level per row, ``gain``: multiply by it (electron units), ``bits``: where
+    SAT / SUSPECT bits go (``None``: not computed).  Returns whether any bit was set.
     """
     view = raw.view(np.uint16 if itemsize == 2 else np.uint32)
     rows = view.size // cols
-    d = _NONE_V if dither is None else dither
     sv = _NONE_V if svec is None else svec.reshape(-1)
     b = _NONE_I if bits is None else bits
-    return _raw_rows(view, rows, cols, itemsize, bzero, c0, c1, d, dither is not None, np.float32(dither_offset),
-                     sv, svec is not None, sat[0], sat[1], sus[0], sus[1], bits is not None,
-                     np.float32(1.0 if gain is None else gain), gain is not None, out, b)
+    if dither is None:
+        tab, d_hi, d_lo = _NONE_TABLE, np.uint64(0), np.uint64(0)
+    else:
+        tab, d_hi, d_lo = dither.table, dither.s_hi, dither.s_lo
+    return _raw_rows(view, rows, cols, itemsize, bzero, c0, c1, tab, d_hi, d_lo, int(dither_start),
+                     dither is not None, np.float32(dither_offset), sv, svec is not None, sat[0], sat[1], sus[0],
+                     sus[1], bits is not None, np.float32(1.0 if gain is None else gain), gain is not None, out, b)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _raw_rows(view, rows, cols, itemsize, bzero, c0, c1, dither, do_dither, doff, svec, do_svec,
+def _raw_rows(view, rows, cols, itemsize, bzero, c0, c1, tab, d_hi, d_lo, d_start, do_dither, doff, svec, do_svec,
               sat, sat32, sus, sus32, do_bits, gain, do_gain, out, bits):
     # row by row, each step a branch-free loop over the row (vectorised by LLVM; the row stays in L1)
     any_bit = np.int32(0)
@@ -78,6 +85,8 @@ def _raw_rows(view, rows, cols, itemsize, bzero, c0, c1, dither, do_dither, doff
     sus_f = np.float32(sus)
     bz = np.float32(bzero)
     n = c1 - c0
+    dither = np.empty(n if do_dither else 0, np.float32)
+    cursor = 0  # the dither generator: its state after ``cursor`` draws (fill_floats)
     for r in range(rows):
         src = view[r * cols + c0:r * cols + c1]
         x = out[r]
@@ -97,9 +106,9 @@ def _raw_rows(view, rows, cols, itemsize, bzero, c0, c1, dither, do_dither, doff
                 v = ((u & 0xFF) << 24) | ((u & 0xFF00) << 8) | ((u >> 8) & 0xFF00) | ((u >> 24) & 0xFF)
                 x[c] = np.float32(np.int64(np.int32(v)) + bzero)
         if do_dither:
-            d = dither[r * cols + c0:r * cols + c1]
+            d_hi, d_lo, cursor = fill_floats(tab, d_hi, d_lo, cursor, d_start + r * cols + c0, dither)
             for c in range(n):
-                x[c] = x[c] + (d[c] + doff)
+                x[c] = x[c] + (dither[c] + doff)
         if do_svec:
             level = svec[r]
             for c in range(n):

@@ -609,12 +609,16 @@ def _dither_offset(mode: str) -> float:
 
 
 def serial_amp(amp: Amplifier, seg: np.ndarray, config: IsrConfig, calibs: IsrCalibs, cards: dict,
-               masks: bool = True) -> tuple[AmpStats, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+               masks: bool = True, partial: bool = False
+               ) -> tuple[AmpStats, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Serial overscan, saturation/suspect levels and gain of one dithered float32 segment, in place.
 
     Returns the amp's :class:`AmpStats`, the SAT / SUSPECT masks of its data box (None when
     off, or when ``masks`` is false: the fused ISR finds them row block by row block) and
-    the serial-overscan level per raw row (float64; None without overscan).
+    the serial-overscan level per raw row (float64; None without overscan).  ``partial``
+    (the fused prepass, with ``masks`` false): only the serial overscan columns of the data
+    rows and every column of the rows below the data hold pixels; the in-place steps skip the
+    rest (the same float32 operations on the pixels they touch).
     """
     units = config.units
     lead, trail = config.overscan_leading_to_skip, config.overscan_trailing_to_skip
@@ -629,7 +633,12 @@ def serial_amp(amp: Amplifier, seg: np.ndarray, config: IsrConfig, calibs: IsrCa
     if config.do_overscan:
         vec = overscan_vector(seg[:, c0:c1], config.overscan_fit_type, config.overscan_num_sigma_clip,
                               config.serial_max_deviation)
-        seg -= vec.astype(np.float32)[:, None]
+        level = vec.astype(np.float32)[:, None]
+        if partial:
+            seg[:amp.data_rows, c0:c1] -= level[:amp.data_rows]
+            seg[amp.data_rows:] -= level[amp.data_rows:]
+        else:
+            seg -= level
         os_fit = {"MEAN": float(vec.mean()), "MEDIAN": float(np.median(vec)), "STDEV": float(vec.std())}
         residual = _robust_stats(seg[:, c0:c1].ravel())
     cards[f"LSST ISR OVERSCAN VARIANCE FACTOR {amp.name}"] = overscan_variance_factor(
@@ -653,7 +662,11 @@ def serial_amp(amp: Amplifier, seg: np.ndarray, config: IsrConfig, calibs: IsrCa
     if config.do_suspect and math.isfinite(config.suspect_level) and masks:
         sus = seg[amp.data_slice] >= config.suspect_level
     if units == "electron":
-        seg *= np.float32(gain)
+        if partial:
+            seg[:amp.data_rows, c0:c1] *= np.float32(gain)
+            seg[amp.data_rows:] *= np.float32(gain)
+        else:
+            seg *= np.float32(gain)
     cards[f"LSST ISR GAIN {amp.name}"] = gain
     cards[f"LSST ISR READNOISE {amp.name}"] = noise
     cards[f"LSST ISR PTCTURNOFF {amp.name}"] = turnoff * gain
