@@ -581,10 +581,6 @@ _PER_EXPOSURE_KEYS = {"EXPID", "OBSID", "SEQNUM", "CPFSEED", "DATE-BEG", "DATE-E
 _STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "COMMENT", "HISTORY", ""}
 
 
-def _tai(text: str):
-    return Time(str(text), scale="tai", format="isot")
-
-
 def product_header(headers: Sequence[Mapping[str, Any]], config: CombineConfig,
                    scales: Sequence[float]) -> dict[str, Any]:
     """Header of a combined product from its inputs' headers (spec §4.3)."""
@@ -606,26 +602,28 @@ def product_header(headers: Sequence[Mapping[str, Any]], config: CombineConfig,
         "CALIB_CREATION_DATE": local.strftime("%Y-%m-%d"),
         "CALIB_CREATION_TIME": local.strftime("%H:%M:%S %Z"),
     })
-    begins, ends = [], []
+    expts = [_header_float(hd, "EXPTIME", 0.0) for hd in headers]
+    timed = [i for i, hd in enumerate(headers) if hd.get("DATE-BEG")]
+    mids: dict[int, str] = {}
+    if timed:
+        # each input's begin, end and middle (TAI), as Time arrays: one parse for all inputs, not two per input
+        # (astropy's Time is ~1 ms per object; the same arithmetic element by element)
+        begins = Time([str(headers[i]["DATE-BEG"]) for i in timed], scale="tai", format="isot")
+        ends = begins + TimeDelta([expts[i] for i in timed], format="sec")
+        with_end = [k for k, i in enumerate(timed) if headers[i].get("DATE-END")]
+        if with_end:
+            ends[with_end] = Time([str(headers[timed[k]]["DATE-END"]) for k in with_end], scale="tai", format="isot")
+        mids = dict(zip(timed, (begins + (ends - begins) * 0.5).isot))
     for i, (hd, s) in enumerate(zip(headers, scales)):
-        expt = _header_float(hd, "EXPTIME", 0.0)
-        beg = hd.get("DATE-BEG")
-        mid = None
-        if beg:
-            tb = _tai(beg)
-            te = _tai(hd["DATE-END"]) if hd.get("DATE-END") else tb + TimeDelta(expt, format="sec")
-            begins.append(tb)
-            ends.append(te)
-            mid = (tb + (te - tb) * 0.5).isot
         update_header(h, {
             f"CPP_INPUT_{i}": int(hd.get("EXPID", -1)),
-            f"CPP_INPUT_DATE_{i}": mid or "",
-            f"CPP_INPUT_EXPT_{i}": expt,
+            f"CPP_INPUT_DATE_{i}": mids.get(i) or "",
+            f"CPP_INPUT_EXPT_{i}": expts[i],
             f"CPP_INPUT_SCALE_{i}": float(s),
         })
-    if begins:
-        tb = min(begins, key=lambda t: t.jd)
-        te = max(ends, key=lambda t: t.jd)
+    if timed:
+        tb = begins[int(np.argmin(begins.jd))]  # the first of equal ones, as min() would
+        te = ends[int(np.argmax(ends.jd))]
         tm = tb + (te - tb) * 0.5
         update_header(h, {
             "TIMESYS": "TAI",
