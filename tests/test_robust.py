@@ -10,7 +10,7 @@ import pytest
 from cpframe.science.combine import clipped_stats
 from cpframe.science.kernels import IQ_TO_STDEV
 from cpframe.science.overscan import overscan_vector, row_clipped_statistic
-from cpframe.science.robust import quartiles
+from cpframe.science.robust import percentiles, quartiles
 
 
 def numpy_clipped_stats(values, clip=3.0, n_iter=3):
@@ -103,6 +103,34 @@ def test_quartiles_fall_back_when_the_sample_misses():
     np.testing.assert_array_equal(quartiles(x.copy(), x.size), np.percentile(x, (25, 50, 75)))
     y = np.arange(131072, dtype=np.float64)[::-1].copy()  # sorted descending: the sample is an even grid
     np.testing.assert_array_equal(quartiles(y.copy(), y.size), np.percentile(y, (25, 50, 75)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_percentiles_equal_numpy_percentile_bit_for_bit(dtype):
+    """The product QA's percentiles (any q, any n, ties, infinities, sorted input, the sample missing its ranks)
+    are numpy's own numbers and type; NaN, integers and 2-d input go to numpy."""
+    rng = np.random.default_rng(5)
+    qs = ([0, 5, 16, 50, 84, 95, 100], [50.0], [100.0, 0.0, 50.0], [0.1, 33.3, 66.6, 99.9])
+    for n in (1, 2, 3, 4, 5, 7, 10, 1001, 4096, 131_072, 1_018_000):
+        base = rng.normal(0, 5, n).astype(dtype)
+        ties = np.round(base)
+        infs = base.copy()
+        infs[: min(n, 3)] = [np.inf, -np.inf, np.inf][: min(n, 3)]
+        grid = np.ones(n, dtype)
+        grid[::64] = 0  # every sampled value differs from the others
+        for x in (base, ties, infs, np.sort(base), np.sort(base)[::-1].copy(), grid):
+            kept = x.copy()
+            for q in qs:
+                with np.errstate(invalid="ignore"):
+                    ref = np.percentile(x, q)
+                    got = percentiles(x, q)
+                assert got.dtype == ref.dtype
+                np.testing.assert_array_equal(got, ref, err_msg=f"n {n}, q {q}")
+            np.testing.assert_array_equal(x, kept)  # the input is left alone
+    with_nan = np.array([1.0, np.nan, 3.0], dtype)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(percentiles(with_nan, [50]), np.percentile(with_nan, [50]))
+    np.testing.assert_array_equal(percentiles(np.arange(9), [10, 90]), np.percentile(np.arange(9), [10, 90]))
 
 
 def test_overscan_vector_uses_the_finite_median():

