@@ -181,3 +181,28 @@ def test_detector_and_amp_boxes_from_header():
     assert detector_from_header(h, (5, 7)) is None and amp_boxes(h, (5, 7)) == whole  # other shape
     assert detector_from_header({"INSTRUME": "LSSTComCam"}) is None  # no DETECTOR
     assert amp_boxes({**h, "INSTRUME": "NoSuchCam"}, (5, 7)) == whole
+
+
+def test_write_masked_knows_the_sha256_of_the_file_it_wrote(tmp_path):
+    """write_masked hashes the bytes as it writes them, in file order; run_quantum takes that digest instead of
+    reading the file back, once, and only while the file is unchanged."""
+    import os
+
+    from cpframe.core.files import remember_sha256, take_remembered_sha256
+    from cpframe.repository.datastore import sha256_file
+
+    rng = np.random.default_rng(4)
+    for shape in [(1, 1), (3, 5), (300, 77), (513, 40)]:  # one row block, several, a plane padded to 2880 bytes
+        im = rng.normal(size=shape).astype(np.float32)
+        mk = rng.integers(0, 1 << 12, shape).astype(np.int32)
+        path = tmp_path / f"m{shape[0]}x{shape[1]}.fits"
+        write_masked(path, im, mk, np.abs(im), {"CPFTEST": 1})
+        assert take_remembered_sha256(path) == sha256_file(path)
+        assert take_remembered_sha256(path) is None  # used once
+    # a file changed after its digest was recorded is read again
+    remember_sha256(path, "sha256:" + "0" * 64)
+    with open(path, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        f.write(b"\x01")
+    os.utime(path, ns=(1, 1))  # a new modification time, whatever the clock's resolution
+    assert take_remembered_sha256(path) is None

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["current_umask", "file_mode", "mkstemp", "json_ready", "write_json", "read_json_product"]
+__all__ = ["current_umask", "file_mode", "mkstemp", "json_ready", "write_json", "read_json_product", "Sha256InOrder",
+           "remember_sha256", "take_remembered_sha256"]
 
 _LOCK = threading.Lock()
 
@@ -125,3 +126,71 @@ def read_json_product(path: str | os.PathLike, fmt: str, version: int, what: str
     if doc.get("version") != version:
         raise error(f"{p}: {name} version {doc.get('version')!r}; this cpframe reads version {version}.")
     return doc
+
+
+class Sha256InOrder:
+    """``sha256:<hex>`` of bytes fed in file order, hashed in a thread of its own (hashlib releases the GIL for
+    large buffers): a writer that feeds what it writes knows its file's digest when it is done, without reading
+    the file back, and the hashing overlaps the writing.  Buffers fed must not change afterwards."""
+
+    def __init__(self, depth: int = 8):
+        import hashlib
+        import queue
+
+        self._h = hashlib.sha256()
+        self._q: Any = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name="cpframe-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            block = self._q.get()
+            if block is None:
+                return
+            self._h.update(block)
+
+    def feed(self, block: Any) -> None:
+        self._q.put(block)
+
+    def close(self) -> None:
+        """Stop the thread (the digest so far is kept)."""
+        if self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join()
+
+    def hexdigest(self) -> str:
+        self.close()
+        return "sha256:" + self._h.hexdigest()
+
+
+_REMEMBERED: dict[str, tuple[tuple[int, int, int, int], str]] = {}
+_REMEMBERED_LOCK = threading.Lock()
+_REMEMBER_AT_MOST = 1024
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def remember_sha256(path: str | os.PathLike, digest: str) -> None:
+    """Record the digest of a file this process has just written (of the bytes it wrote), for
+    :func:`take_remembered_sha256`; tied to the file's device, inode, size and modification time."""
+    key = os.path.abspath(path)
+    with _REMEMBERED_LOCK:
+        _REMEMBERED[key] = (_identity(os.stat(key)), digest)
+        while len(_REMEMBERED) > _REMEMBER_AT_MOST:  # files written outside a quantum are never taken
+            del _REMEMBERED[next(iter(_REMEMBERED))]
+
+
+def take_remembered_sha256(path: str | os.PathLike) -> str | None:
+    """The digest :func:`remember_sha256` recorded for ``path`` if the file is still the one written then (same
+    device, inode, size and modification time), else None; forgotten either way (used once)."""
+    key = os.path.abspath(path)
+    with _REMEMBERED_LOCK:
+        entry = _REMEMBERED.pop(key, None)
+    if entry is None:
+        return None
+    try:
+        return entry[1] if _identity(os.stat(key)) == entry[0] else None
+    except OSError:
+        return None

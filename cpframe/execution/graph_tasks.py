@@ -248,9 +248,11 @@ def run_quantum(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> Quantum
     absent = [p for p, _, _ in outputs if not os.path.isfile(p)]
     if absent:
         raise ExecutionError(f"{spec.key}: the task finished but did not write {', '.join(absent)}.")
+    from cpframe.core.files import take_remembered_sha256
     from cpframe.repository.datastore import sha256_file
 
-    checksums = {p: sha256_file(p) for p, _, _ in outputs}
+    # a fits-masked output's digest was taken as it was written (cpframe.science.imageio.write_masked)
+    checksums = {p: take_remembered_sha256(p) or sha256_file(p) for p, _, _ in outputs}
     job = os.environ.get("SLURM_JOB_ID")
     where = socket.gethostname() + (f" (Slurm job {job})" if job else "")
     return QuantumResult(key=spec.key, value=value, outputs=outputs, elapsed_s=time.perf_counter() - t0, where=where,

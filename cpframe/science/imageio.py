@@ -483,6 +483,7 @@ class MaskedWriter:
         nbytes = self.shape[0] * self.shape[1] * 4
         for name, dtype in _PLANES:
             hb = header_bytes(_plane_header(name, dtype, self.shape))
+            blocks.append(hb)
             os.pwrite(fd, hb, pos)
             pos += len(hb)
             offsets.append(pos)
@@ -490,20 +491,31 @@ class MaskedWriter:
         os.pwrite(fd, blocks[0], 0)
         os.ftruncate(fd, pos)  # FITS pads with zeros: the sparse tail is valid padding
         self.offsets = tuple(offsets)
+        #: The header blocks in file order (primary, then each plane's): what precedes each part of the data.
+        self.header_blocks = tuple(blocks)
+        #: Zero bytes after each plane's data (FITS pads to 2880-byte blocks).
+        self.padding = _padded(nbytes) - nbytes
 
     def write_rows(self, r0: int, image: np.ndarray, mask: np.ndarray, variance: np.ndarray) -> None:
         """Write rows ``[r0, r0 + len(image))`` of the three planes."""
+        for plane, arr in enumerate((image, mask, variance)):
+            self.write_plane_rows(plane, r0, arr)
+
+    def write_plane_rows(self, plane: int, r0: int, rows: np.ndarray) -> memoryview:
+        """Write rows ``[r0, r0 + len(rows))`` of one plane (0 image, 1 mask, 2 variance); returns the bytes
+        written (the big-endian copy, or ``rows`` itself when it is already big-endian and contiguous)."""
         if self._fd is None:
             raise ValueError("MaskedWriter is closed")
         row_bytes = self.shape[1] * 4
-        for off, arr, dtype in zip(self.offsets, (image, mask, variance), (">f4", ">i4", ">f4")):
-            data = np.ascontiguousarray(arr, dtype=dtype)
-            if data.ndim != 2 or data.shape[1] != self.shape[1] or r0 + data.shape[0] > self.shape[0]:
-                raise ValueError(f"strip of shape {data.shape} at row {r0} does not fit {self.shape}")
-            buf = memoryview(data).cast("B")
-            done = 0
-            while done < len(buf):  # pwrite may write less than asked
-                done += os.pwrite(self._fd, buf[done:], off + r0 * row_bytes + done)
+        data = np.ascontiguousarray(rows, dtype=(">f4", ">i4", ">f4")[plane])
+        if data.ndim != 2 or data.shape[1] != self.shape[1] or r0 + data.shape[0] > self.shape[0]:
+            raise ValueError(f"strip of shape {data.shape} at row {r0} does not fit {self.shape}")
+        buf = memoryview(data).cast("B")
+        done = 0
+        off = self.offsets[plane] + r0 * row_bytes
+        while done < len(buf):  # pwrite may write less than asked
+            done += os.pwrite(self._fd, buf[done:], off + done)
+        return buf
 
     def commit(self) -> Path:
         """Flush, close and rename into place; returns the final path."""
@@ -548,9 +560,20 @@ def write_masked(
     if not (image.shape == mask.shape == variance.shape) or image.ndim != 2:
         raise ValueError(f"planes differ in shape: {image.shape}, {mask.shape}, {variance.shape}")
     rows = 256  # big-endian copies of a few MB at a time, not of whole planes
-    with MaskedWriter(path, image.shape, header) as w:
-        for r0 in range(0, image.shape[0], rows):
-            w.write_rows(r0, image[r0:r0 + rows], mask[r0:r0 + rows], variance[r0:r0 + rows])
+    digest = _files.Sha256InOrder()
+    try:
+        with MaskedWriter(path, image.shape, header) as w:
+            digest.feed(w.header_blocks[0])
+            # plane after plane, in file order, each part hashed as written (a thread of its own)
+            for plane, arr in enumerate((image, mask, variance)):
+                digest.feed(w.header_blocks[plane + 1])
+                for r0 in range(0, image.shape[0], rows):
+                    digest.feed(w.write_plane_rows(plane, r0, arr[r0:r0 + rows]))
+                digest.feed(bytes(w.padding))
+    finally:
+        digest.close()
+    # the file's sha256 without reading it back (cpframe.execution.graph_tasks.run_quantum takes it)
+    _files.remember_sha256(path, digest.hexdigest())
     return Path(path)
 
 
