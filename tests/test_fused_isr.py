@@ -179,6 +179,23 @@ def test_amp_to_band_equals_numpy_bit_for_bit(flip_x, flip_y, steps):
     assert (im[:, :x0] == -99.0).all() and (mk[:, x0 + n:] == -1).all()  # nothing outside the amp's columns
     if steps != "no_pvec_no_bits":
         assert (ref_mk & BIT["SAT"]).any() and (ref_mk & BIT["UNMASKEDNAN"]).any()
+    # the exposure's statistics accumulated in the same pass: _accumulate's numbers on the pixels written, bit for
+    # bit (the same additions in the same order), the histogram too; and the plain pass returns zeros
+    from cpframe.science.fused_stats import _AmpAccumulator, _accumulate
+
+    acc = _AmpAccumulator()
+    acc.add(np.nan_to_num(im[:, cs], posinf=0.0), np.zeros((rows, n), np.int32))  # a first block sets its range
+    assert acc.kernel_args() is not None
+    hist_ref = acc.hist.copy()
+    want = _accumulate(im[:, cs], mk[:, cs], *acc.kernel_args()[:7], hist_ref)
+    got = amp_to_band(seg, None if steps == "no_pvec_no_bits" else bits, pvec, flip_x, flip_y, x0, im, mk, vr,
+                      kw["bias"], kw["dark"], kw["defect"], kw["flat"], consts, acc.kernel_args())
+    assert got == want and (got[0] > 0 or steps == "amp_bad")
+    np.testing.assert_array_equal(acc.hist, hist_ref)
+    assert amp_to_band(seg, None if steps == "no_pvec_no_bits" else bits, pvec, flip_x, flip_y, x0, im, mk, vr,
+                       kw["bias"], kw["dark"], kw["defect"], kw["flat"], consts) == (0, 0.0, 0.0, 0, 0, 0)
+    if steps != "no_pvec_no_bits":
+        assert got[3] > 0 and (steps != "amp_bad" or got[4] == n * rows)  # SAT counted; BAD on a bad amp
 
 
 def test_fused_without_linearizer_equals_unfused(mini_sim, mini_products, tmp_path):

@@ -657,11 +657,8 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
                         im, mk = img[k][i], msk[k][i]
                         vr = var[k][i] if use_var else work.get("scratch_var", (b, width), np.float32)
                         _block_isr(s, segs, bits, pv_done, amps, im, mk, vr, y0, y1, calib_rows[k],
-                                   defects.get(id(s.calibs)), flat_cfg.get(id(s.calibs)))
-                        if isr_config.do_standard_statistics:
-                            for amp in amps:
-                                cs = amp.bbox[1]
-                                s.acc[amp.name].add(im[:, cs], mk[:, cs])
+                                   defects.get(id(s.calibs)), flat_cfg.get(id(s.calibs)),
+                                   s.acc if isr_config.do_standard_statistics else None)
                         if s.cr_index is not None:  # after the ISR statistics, as CpDark runs after the ISR
                             _apply_cosmic_rays(mk, s.cr_index, y0, y1, width, cr_bit, bad_bit)
 
@@ -771,10 +768,12 @@ def _calib_rows(s: _RawSource, y0: int, y1: int, calib_rows: dict, scratch: Scra
 
 
 def _block_isr(s: _RawSource, segs, bits, pv_done: bool, amps, im, mk, vr, y0: int, y1: int, calib_rows: dict,
-               defect, flat_config) -> None:
+               defect, flat_config, accs: Mapping[str, _AmpAccumulator] | None = None) -> None:
     """Every amp of one output band of one raw through the rest of run_isr's per-pixel steps, in its order
     (parallel overscan, orientation, bias, dark, defects, NaN masking, variance, flat), one compiled pass
-    per amp (:func:`cpframe.science.fused_isr.amp_to_band`)."""
+    per amp (:func:`cpframe.science.fused_isr.amp_to_band`); with ``accs`` the exposure's per-amp statistics
+    accumulate in the same pass (its first block through :meth:`_AmpAccumulator.add`: the histogram's range
+    comes from that block's values)."""
     cfg = s.config
 
     def rows(kind):
@@ -795,5 +794,12 @@ def _block_isr(s: _RawSource, segs, bits, pv_done: bool, amps, im, mk, vr, y0: i
                 mask_negative_variance=cfg.mask_negative_variance,
                 flat_scale=flat_config.flat_user_scale if flat is not None else 1.0,
                 no_data_variance=cfg.no_data_variance)
-        amp_to_band(segs[amp.name], bits[amp.name], None if pv_done else s.pvec[amp.name], amp.flip_x, amp.flip_y,
-                    amp.bbox[1].start, im, mk, vr, bias, dark, dm, flat, k)
+        acc = None if accs is None else accs[amp.name]
+        stats = None if acc is None else acc.kernel_args()
+        got = amp_to_band(segs[amp.name], bits[amp.name], None if pv_done else s.pvec[amp.name], amp.flip_x,
+                          amp.flip_y, amp.bbox[1].start, im, mk, vr, bias, dark, dm, flat, k, stats)
+        if stats is not None:
+            acc.merge(*got)
+        elif acc is not None:
+            cs = amp.bbox[1]
+            acc.add(im[:, cs], mk[:, cs])

@@ -152,7 +152,7 @@ def amp_steps(mask_bits: dict[str, int], *, dark_scale: float = 1.0, amp_bad: bo
 
 
 def amp_to_band(seg, bits, pvec, flip_x: bool, flip_y: bool, x0: int, im, mk, vr, bias, dark, defect, flat,
-                steps: tuple) -> None:
+                steps: tuple, stats: tuple | None = None) -> tuple:
     """One amp's segment (read-out order) into its columns ``x0 ...`` of an output block (module docstring).
 
     ``bits``: :func:`raw_rows`' SAT / SUSPECT bits or None; ``pvec``: the parallel level per column or None
@@ -160,27 +160,41 @@ def amp_to_band(seg, bits, pvec, flip_x: bool, flip_y: bool, x0: int, im, mk, vr
     ``.mask``, ``.variance``, full width) or None; ``defect``: the block's rows of the defect mask or None;
     ``steps``: :func:`amp_steps`.  Every pixel of the amp's columns of ``im``, ``mk`` and ``vr`` is written
     (no need to clear them first).
+
+    ``stats``: the exposure's statistics of these pixels as they are written, row by row while the row is in
+    the cache (:meth:`cpframe.science.fused_stats._AmpAccumulator.kernel_args`: mask bits to ignore and to
+    count, the histogram and its scale); returns ``(n, sum, sum of squares, SAT, BAD, SUSPECT counts)``, the
+    numbers :func:`cpframe.science.fused_stats._accumulate` gives for the amp's columns of the block (the same
+    additions in the same order), zeros without ``stats``.
     """
-    _amp_to_band(seg, _NONE_I if bits is None else bits, _NONE_V if pvec is None else pvec.reshape(-1), x0, im, mk, vr,
-                 *(_NONE_PLANES if bias is None else (bias.image, bias.variance, bias.mask)),
-                 *(_NONE_PLANES if dark is None else (dark.image, dark.variance, dark.mask)),
-                 _NONE_B if defect is None else defect,
-                 *(_NONE_PLANES if flat is None else (flat.image, flat.variance, flat.mask)),
-                 bool(flip_x), bool(flip_y), bits is not None, pvec is not None, bias is not None, dark is not None,
-                 defect is not None, flat is not None, *steps)
+    acc = _NO_STATS if stats is None else stats
+    return _amp_to_band(seg, _NONE_I if bits is None else bits, _NONE_V if pvec is None else pvec.reshape(-1), x0, im,
+                        mk, vr, *(_NONE_PLANES if bias is None else (bias.image, bias.variance, bias.mask)),
+                        *(_NONE_PLANES if dark is None else (dark.image, dark.variance, dark.mask)),
+                        _NONE_B if defect is None else defect,
+                        *(_NONE_PLANES if flat is None else (flat.image, flat.variance, flat.mask)),
+                        bool(flip_x), bool(flip_y), bits is not None, pvec is not None, bias is not None,
+                        dark is not None, defect is not None, flat is not None, *steps, stats is not None, *acc)
 
 
 _NONE_PLANES = (_NONE_F, _NONE_F, _NONE_I)
+#: ``stats`` of :func:`amp_to_band` when there are none (ignore, SAT, BAD, SUSPECT bits, shift, low edge,
+#: 1 / bin width, histogram).
+_NO_STATS = (np.int32(0), np.int32(0), np.int32(0), np.int32(0), 0.0, 0.0, 1.0, np.zeros(2, np.int32))
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _amp_to_band(seg, bits, pvec, x0, im, mk, vr, b_im, b_var, b_mk, d_im, d_var, d_mk, defect, f_im, f_var, f_mk,
                  flip_x, flip_y, do_bits, do_pvec, do_bias, do_dark, do_defect, do_flat,
                  sat_bit, sus_bit, d_scale, d_scale2, amp_bad, bad_bit, do_nan, nan_bit, do_var, inv_g, rn2, neg_var,
-                 f_scale, f_scale2, nodata_bit, nodata_var):
+                 f_scale, f_scale2, nodata_bit, nodata_var, do_acc, ignore, sat_c, bad_c, sus_c, shift, lo,
+                 inv_width, hist):
     # row by row in the output's orientation, each step a branch-free loop over the amp's part of the row
     rows, n = seg.shape
     x1 = x0 + n
+    a_n = a_sat = a_bad = a_sus = 0
+    a_s1 = a_s2 = 0.0
+    nb = hist.shape[0] - 2
     for y in range(rows):
         r = rows - 1 - y if flip_y else y
         s = seg[r]
@@ -257,3 +271,27 @@ def _amp_to_band(seg, bits, pvec, x0, im, mk, vr, b_im, b_var, b_mk, d_im, d_var
                 if fm[x] & nodata_bit:
                     o[x] = 0.0
                     w[x] = nodata_var
+        if do_acc:  # fused_stats._accumulate on this row, in its order
+            for x in range(n):
+                mm = m[x]
+                if mm:
+                    a_sat += (mm & sat_c) != 0
+                    a_bad += (mm & bad_c) != 0
+                    a_sus += (mm & sus_c) != 0
+                    if mm & ignore:
+                        continue
+                v = np.float64(o[x])
+                if not math.isfinite(v):
+                    continue
+                d = v - shift
+                a_n += 1
+                a_s1 += d
+                a_s2 += d * d
+                k = (v - lo) * inv_width
+                if k < 0:
+                    hist[0] += 1
+                elif k >= nb:
+                    hist[nb + 1] += 1
+                else:
+                    hist[int(k) + 1] += 1
+    return a_n, a_s1, a_s2, a_sat, a_bad, a_sus

@@ -57,6 +57,23 @@ class _AmpAccumulator:
             self.s1 += s1
             self.s2 += s2
 
+    def kernel_args(self) -> tuple | None:
+        """What :func:`cpframe.science.fused_isr.amp_to_band` needs to accumulate the pixels it writes (its
+        ``stats``), or None before the first block has set the histogram's range (then :meth:`add`)."""
+        if self.hist is None:
+            return None
+        return (np.int32(_STAT_IGNORE), np.int32(_SAT_BIT), np.int32(_BAD_BIT), np.int32(_SUS_BIT), self.shift,
+                self.lo, 1.0 / self.width, self.hist)
+
+    def merge(self, n: int, s1: float, s2: float, n_sat: int, n_bad: int, n_sus: int) -> None:
+        """Add what the kernel accumulated (``amp_to_band``'s return value), as :meth:`add` adds its own."""
+        self.n_sat += n_sat
+        self.n_bad += n_bad
+        self.n_sus += n_sus
+        self.n += n
+        self.s1 += s1
+        self.s2 += s2
+
     def finish(self) -> tuple[float, float, float]:
         """(mean, stdev (ddof=0), median) of the good pixels seen; NaN without any."""
         if self.n == 0 or self.hist is None:
