@@ -152,3 +152,75 @@ def test_overscan_vector_uses_the_finite_median():
     want = levels(med)
     np.testing.assert_array_equal(overscan_vector(region, "MEDIAN_PER_ROW", 3.0, 6.0, ignore), want)
     assert not np.array_equal(levels(float(np.median(region[np.isfinite(region)]))), want)  # the ignore matters
+
+
+def _numpy_row_clipped_median(data, valid, clip):
+    """row_clipped_statistic's median as numpy passes over the whole region (cpframe before issue 14's compiled
+    rows): the reference the compiled rows must equal bit for bit."""
+    def row_quantile(xs, start, count, q):
+        rows = np.arange(xs.shape[0])
+        pos = start + q * np.maximum(count - 1, 0)
+        k = np.floor(pos).astype(np.int64)
+        frac = pos - k
+        k = np.clip(k, 0, xs.shape[1] - 1)
+        k1 = np.clip(np.minimum(k + 1, start + count - 1), 0, xs.shape[1] - 1)
+        lo, hi = xs[rows, k], xs[rows, k1]
+        with np.errstate(invalid="ignore"):
+            out = lo + (hi - lo) * frac
+        return np.where(count > 0, out, np.nan)
+
+    xs = np.sort(np.where(valid, data, np.inf), axis=1)
+    n = valid.sum(axis=1)
+    zero = np.zeros_like(n)
+    med = row_quantile(xs, zero, n, 0.5)
+    sig = IQ_TO_STDEV * (row_quantile(xs, zero, n, 0.75) - row_quantile(xs, zero, n, 0.25))
+    good = np.isfinite(sig)
+    if not good.any():
+        return np.full(data.shape[0], np.nan)
+    msig = float(np.median(sig[good]))
+    sig = np.where(sig > 2.0 * msig, msig, sig)
+    with np.errstate(invalid="ignore"):
+        lo, hi = med - clip * sig, med + clip * sig
+        start = (xs < lo[:, None]).sum(axis=1)
+        end = (xs <= hi[:, None]).sum(axis=1)
+    count = end - start
+    out = np.where(count > 0, row_quantile(xs, start, count, 0.5), med)
+    return np.where(n > 0, out, np.nan)
+
+
+@pytest.mark.parametrize("shape", [(2048, 58), (48, 509), (7, 3), (1, 1), (300, 64)])
+def test_compiled_row_clipped_median_equals_the_numpy_passes(shape):
+    rng = np.random.default_rng(shape[0] * 7 + shape[1])
+    for clip in (3.0, 1.5):
+        data = rng.normal(1000.0, 5.0, shape)
+        data[rng.random(shape) < 0.01] += 400.0  # outliers for the clipping
+        valid = rng.random(shape) > 0.05
+        valid[0] = False  # an empty row
+        if shape[0] > 3:
+            valid[1, 1:] = False  # a row of one value
+            data[2] = np.round(data[2])  # ties
+            data[3] += rng.normal(0, 40.0, shape[1])  # a wide row: sigma capped at twice the median sigma
+        want = _numpy_row_clipped_median(data, valid, clip)
+        got = row_clipped_statistic(data, valid, clip, False)
+        np.testing.assert_array_equal(got, want)
+        assert np.isnan(got[0]) and (shape[0] == 1 or np.isfinite(got[1:]).any())
+    nothing = np.zeros(shape, bool)
+    assert np.isnan(row_clipped_statistic(np.ones(shape), nothing, 3.0, False)).all()
+
+
+def test_overscan_vector_skips_the_median_only_when_no_value_can_be_cut():
+    """Values spanning less than max_deviation: the cut around the median removes nothing, so the levels are the
+    same without computing it; one value further away: the median decides, as before."""
+    rng = np.random.default_rng(9)
+    region = rng.normal(1000.0, 5.0, (256, 40))
+    valid = np.isfinite(region)
+    span = float(region.max() - region.min())
+    for dev in (span, span * 1.01, 1000.0):
+        np.testing.assert_array_equal(overscan_vector(region, "MEDIAN_PER_ROW", 3.0, dev),
+                                      row_clipped_statistic(region, valid, 3.0, False))
+    region[5, 5] = 1000.0 + 2.0 * span  # now beyond max_deviation = 1.5 span of the median
+    med = float(np.median(region))
+    cut = valid & (np.abs(region - med) <= 1.5 * span)
+    assert not cut[5, 5]
+    np.testing.assert_array_equal(overscan_vector(region, "MEDIAN_PER_ROW", 3.0, 1.5 * span),
+                                  row_clipped_statistic(region, cut, 3.0, False))
