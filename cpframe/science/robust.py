@@ -147,7 +147,7 @@ def quartiles(work, n):
             a, b = _order_pair(bufs[i], 0, inside[i], r)
         else:
             a, b = _order_pair(work, 0, n, k)
-        out[i] = _lerp(a, b, pos - k) if pos > k else a
+        out[i] = _lerp(np.float64(a), np.float64(b), pos - k) if pos > k else np.float64(a)  # (float32 work: in float64)
     return out
 
 
@@ -199,29 +199,34 @@ def _pass_squares(v, n, lo, hi, mean):
 
 
 @njit(nogil=True, cache=True)
-def _finite_copy(values):
-    """The finite values of a 1-d array as float64 (a buffer of the array's size and the count filled)."""
-    v = np.empty(values.size)
+def _finite_copy(values, v):
+    """The finite values of a 1-d array into ``v`` (a buffer of the array's size); returns how many."""
     n = 0
     for i in range(values.size):
-        x = float(values[i])
-        if math.isfinite(x):
+        x = values[i]
+        if math.isfinite(float(x)):
             v[n] = x
             n += 1
-    return v, n
+    return n
+
+
+def _work_buffer(values: np.ndarray) -> np.ndarray:
+    """The work copy's buffer: float32 for float32 values (half the memory each pass sweeps; every value, sum and
+    comparison is the same, as each value is taken to float64 where it is used), else float64."""
+    return np.empty(values.size, np.float32 if values.dtype == np.float32 else np.float64)
 
 
 @njit(nogil=True, cache=True)
-def _clipped_stats(values, clip, n_iter, iq_to_stdev):
-    v, n = _finite_copy(values)
+def _clipped_stats(values, v, clip, n_iter, iq_to_stdev):
+    n = _finite_copy(values, v)
     if n == 0:
         return math.nan, math.nan, 0
     return _clip_passes(v, n, quartiles(v, n), clip, n_iter, iq_to_stdev)
 
 
 @njit(nogil=True, cache=True)
-def _clipped_stats_median(values, clip, n_iter, iq_to_stdev):
-    v, n = _finite_copy(values)
+def _clipped_stats_median(values, v, clip, n_iter, iq_to_stdev):
+    n = _finite_copy(values, v)
     if n == 0:
         return math.nan, math.nan, 0, math.nan, 0
     q = quartiles(v, n)
@@ -256,19 +261,21 @@ def _clip_passes(v, n, q, clip, n_iter, iq_to_stdev):
 
 def clipped_stats_1d(values: np.ndarray, clip: float, n_iter: int, iq_to_stdev: float) -> tuple[float, float, int]:
     """MEANCLIP mean, clipped stdev (ddof=1) and count of the finite values of a 1-d array (module docstring)."""
-    return _clipped_stats(np.ascontiguousarray(values), float(clip), int(n_iter), float(iq_to_stdev))
+    v = np.ascontiguousarray(values)
+    return _clipped_stats(v, _work_buffer(v), float(clip), int(n_iter), float(iq_to_stdev))
 
 
 def clipped_stats_and_median_1d(values: np.ndarray, clip: float, n_iter: int, iq_to_stdev: float
                                 ) -> tuple[float, float, int, float, int]:
     """:func:`clipped_stats_1d` and :func:`median_of_finite` of a 1-d array at once, from one copy of its finite
     values and one selection of their quartiles (the same numbers as the two calls; half the work)."""
-    return _clipped_stats_median(np.ascontiguousarray(values), float(clip), int(n_iter), float(iq_to_stdev))
+    v = np.ascontiguousarray(values)
+    return _clipped_stats_median(v, _work_buffer(v), float(clip), int(n_iter), float(iq_to_stdev))
 
 
 @njit(nogil=True, cache=True)
-def _median_of_finite(values):
-    v, n = _finite_copy(values)
+def _median_of_finite(values, v):
+    n = _finite_copy(values, v)
     if n == 0:
         return math.nan, 0
     return quartiles(v, n)[1], n
@@ -276,7 +283,8 @@ def _median_of_finite(values):
 
 def median_of_finite(values: np.ndarray) -> tuple[float, int]:
     """(numpy median of the finite values, their count) of a 1-d array; (nan, 0) when none is finite."""
-    return _median_of_finite(np.ascontiguousarray(values))
+    v = np.ascontiguousarray(values)
+    return _median_of_finite(v, _work_buffer(v))
 
 
 @njit(nogil=True, cache=True)
