@@ -176,8 +176,12 @@ def remember_sha256(path: str | os.PathLike, digest: str) -> None:
     """Record the digest of a file this process has just written (of the bytes it wrote), for
     :func:`take_remembered_sha256`; tied to the file's device, inode, size and modification time."""
     key = os.path.abspath(path)
+    try:
+        ident = _identity(os.stat(key))
+    except OSError:  # gone already: nothing to remember (the reader hashes whatever is there)
+        return
     with _REMEMBERED_LOCK:
-        _REMEMBERED[key] = (_identity(os.stat(key)), digest)
+        _REMEMBERED[key] = (ident, digest)
         while len(_REMEMBERED) > _REMEMBER_AT_MOST:  # files written outside a quantum are never taken
             del _REMEMBERED[next(iter(_REMEMBERED))]
 
