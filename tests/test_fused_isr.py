@@ -179,19 +179,29 @@ def test_amp_to_band_equals_numpy_bit_for_bit(flip_x, flip_y, steps):
     assert (im[:, :x0] == -99.0).all() and (mk[:, x0 + n:] == -1).all()  # nothing outside the amp's columns
     if steps != "no_pvec_no_bits":
         assert (ref_mk & BIT["SAT"]).any() and (ref_mk & BIT["UNMASKEDNAN"]).any()
-    # the exposure's statistics accumulated in the same pass: _accumulate's numbers on the pixels written, bit for
-    # bit (the same additions in the same order), the histogram too; and the plain pass returns zeros
-    from cpframe.science.fused_stats import _AmpAccumulator, _accumulate
+    # the exposure's statistics accumulated in the same pass, against a plain Python loop over the pixels written
+    # in row order (the same float64 additions in the same order: equal bit for bit), the histogram too; and the
+    # pass without statistics returns zeros
+    from cpframe.science.fused_stats import _AmpAccumulator
 
     acc = _AmpAccumulator()
     acc.add(np.nan_to_num(im[:, cs], posinf=0.0), np.zeros((rows, n), np.int32))  # a first block sets its range
-    assert acc.kernel_args() is not None
-    hist_ref = acc.hist.copy()
-    want = _accumulate(im[:, cs], mk[:, cs], *acc.kernel_args()[:7], hist_ref)
+    ignore, sat_b, bad_b, sus_b, shift, lo, inv_w, hist = acc.kernel_args()
+    hist_ref = hist.copy()
+    want = [0, 0.0, 0.0, 0, 0, 0]
+    for v, m in zip(im[:, cs].ravel().tolist(), mk[:, cs].ravel().tolist()):
+        want[3:] = [want[3] + bool(m & sat_b), want[4] + bool(m & bad_b), want[5] + bool(m & sus_b)]
+        if m & ignore or not math.isfinite(v):
+            continue
+        want[0] += 1
+        want[1] += v - shift
+        want[2] += (v - shift) * (v - shift)
+        k = (v - lo) * inv_w
+        hist_ref[0 if k < 0 else (len(hist_ref) - 1 if k >= len(hist_ref) - 2 else int(k) + 1)] += 1
     got = amp_to_band(seg, None if steps == "no_pvec_no_bits" else bits, pvec, flip_x, flip_y, x0, im, mk, vr,
                       kw["bias"], kw["dark"], kw["defect"], kw["flat"], consts, acc.kernel_args())
-    assert got == want and (got[0] > 0 or steps == "amp_bad")
-    np.testing.assert_array_equal(acc.hist, hist_ref)
+    assert got == tuple(want) and (got[0] > 0 or steps == "amp_bad")
+    np.testing.assert_array_equal(hist, hist_ref)
     assert amp_to_band(seg, None if steps == "no_pvec_no_bits" else bits, pvec, flip_x, flip_y, x0, im, mk, vr,
                        kw["bias"], kw["dark"], kw["defect"], kw["flat"], consts) == (0, 0.0, 0.0, 0, 0, 0)
     if steps != "no_pvec_no_bits":

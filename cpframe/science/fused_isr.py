@@ -194,7 +194,6 @@ def _amp_to_band(seg, bits, pvec, x0, im, mk, vr, b_im, b_var, b_mk, d_im, d_var
     x1 = x0 + n
     a_n = a_sat = a_bad = a_sus = 0
     a_s1 = a_s2 = 0.0
-    nb = hist.shape[0] - 2
     for y in range(rows):
         r = rows - 1 - y if flip_y else y
         s = seg[r]
@@ -272,26 +271,41 @@ def _amp_to_band(seg, bits, pvec, x0, im, mk, vr, b_im, b_var, b_mk, d_im, d_var
                     o[x] = 0.0
                     w[x] = nodata_var
         if do_acc:  # fused_stats._accumulate on this row, in its order
-            for x in range(n):
-                mm = m[x]
-                if mm:
-                    a_sat += (mm & sat_c) != 0
-                    a_bad += (mm & bad_c) != 0
-                    a_sus += (mm & sus_c) != 0
-                    if mm & ignore:
-                        continue
-                v = np.float64(o[x])
-                if not math.isfinite(v):
-                    continue
-                d = v - shift
-                a_n += 1
-                a_s1 += d
-                a_s2 += d * d
-                k = (v - lo) * inv_width
-                if k < 0:
-                    hist[0] += 1
-                elif k >= nb:
-                    hist[nb + 1] += 1
-                else:
-                    hist[int(k) + 1] += 1
+            a_n, a_s1, a_s2, a_sat, a_bad, a_sus = accumulate_row(o, m, ignore, sat_c, bad_c, sus_c, shift, lo,
+                                                                  inv_width, hist, a_n, a_s1, a_s2, a_sat, a_bad, a_sus)
     return a_n, a_s1, a_s2, a_sat, a_bad, a_sus
+
+
+@njit(nogil=True, cache=True, inline="always")
+def accumulate_row(values, mask, ignore, sat_bit, bad_bit, sus_bit, shift, lo, inv_width, hist, n, s1, s2, n_sat,
+                   n_bad, n_sus):
+    """One row's pixels into an exposure's per-amp statistics (:mod:`cpframe.science.fused_stats`): the SAT / BAD /
+    SUSPECT counts, and for the pixels not ignored and finite their count, sums of deviations from ``shift`` and
+    squares, and histogram (bins from ``lo``, ends: under / over; an empty ``hist``: counts only).  The running
+    numbers go in and come out, so that rows add up exactly as one sequential loop would."""
+    nb = hist.shape[0] - 2
+    for x in range(values.shape[0]):
+        mm = mask[x]
+        if mm:
+            n_sat += (mm & sat_bit) != 0
+            n_bad += (mm & bad_bit) != 0
+            n_sus += (mm & sus_bit) != 0
+            if mm & ignore:
+                continue
+        if nb < 0:
+            continue
+        v = np.float64(values[x])
+        if not math.isfinite(v):
+            continue
+        d = v - shift
+        n += 1
+        s1 += d
+        s2 += d * d
+        k = (v - lo) * inv_width
+        if k < 0:
+            hist[0] += 1
+        elif k >= nb:
+            hist[nb + 1] += 1
+        else:
+            hist[int(k) + 1] += 1
+    return n, s1, s2, n_sat, n_bad, n_sus

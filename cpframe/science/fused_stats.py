@@ -9,6 +9,7 @@ import math
 import numpy as np
 from numba import njit
 
+from cpframe.science.fused_isr import accumulate_row
 from cpframe.science.imageio import MASK_BITS
 from cpframe.science.isr import _STAT_IGNORE
 
@@ -93,39 +94,11 @@ _NO_HIST = np.zeros(0, np.int32)
 def _accumulate(values, mask, ignore, sat_bit, bad_bit, sus_bit, shift, lo, inv_width, hist):
     """Sums of the good finite values (relative to ``shift``), their histogram (ends: under/over)
     and the SAT / BAD / SUSPECT counts, in one pass (no temporaries; an empty ``hist``: counts only)."""
-    n = 0
-    s1 = 0.0
-    s2 = 0.0
-    n_sat = 0
-    n_bad = 0
-    n_sus = 0
-    nb = hist.shape[0] - 2
-    R, C = values.shape
-    for r in range(R):
-        for c in range(C):
-            m = mask[r, c]
-            if m:
-                n_sat += (m & sat_bit) != 0
-                n_bad += (m & bad_bit) != 0
-                n_sus += (m & sus_bit) != 0
-                if m & ignore:
-                    continue
-            if nb < 0:
-                continue
-            v = np.float64(values[r, c])
-            if not math.isfinite(v):
-                continue
-            d = v - shift
-            n += 1
-            s1 += d
-            s2 += d * d
-            k = (v - lo) * inv_width
-            if k < 0:
-                hist[0] += 1
-            elif k >= nb:
-                hist[nb + 1] += 1
-            else:
-                hist[int(k) + 1] += 1
+    n = n_sat = n_bad = n_sus = 0
+    s1 = s2 = 0.0
+    for r in range(values.shape[0]):
+        n, s1, s2, n_sat, n_bad, n_sus = accumulate_row(values[r], mask[r], ignore, sat_bit, bad_bit, sus_bit, shift,
+                                                        lo, inv_width, hist, n, s1, s2, n_sat, n_bad, n_sus)
     return n, s1, s2, n_sat, n_bad, n_sus
 
 
