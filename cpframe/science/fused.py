@@ -6,7 +6,8 @@ per exposure (195 MB at full size) and reads it back.  Here the same arithmetic 
 blocks instead:
 
 1. **Prepass**, one raw at a time: read the raw, convert and dither the overscan pixels (the
-   data pixels are left for the stream), fit the serial overscan of every amp (:func:`cpframe.science.isr.serial_amp`), apply gains and crosstalk to the rows below
+   data pixels are left for the stream), fit the serial overscan of every amp
+   (:func:`cpframe.science.isr.serial_amp`), apply gains and crosstalk to the rows below
    the data and fit the parallel overscan (:func:`cpframe.science.isr.parallel_overscan_vector`).
    What is kept per raw is small: two vectors and a few numbers per amp, plus the header.
 2. **Stream**: for each block of raw rows, every raw's rows are read again (``pread``),

@@ -560,7 +560,7 @@ def write_masked(
     if not (image.shape == mask.shape == variance.shape) or image.ndim != 2:
         raise ValueError(f"planes differ in shape: {image.shape}, {mask.shape}, {variance.shape}")
     rows = 256  # big-endian copies of a few MB at a time, not of whole planes
-    digest = _files.Sha256InOrder()
+    digest = _files.Sha256InOrder(depth=3)  # at most three 256-row chunks (4 MB each at full size) waiting
     try:
         with MaskedWriter(path, image.shape, header) as w:
             digest.feed(w.header_blocks[0])

@@ -630,15 +630,15 @@ def serial_amp(amp: Amplifier, seg: np.ndarray, config: IsrConfig, calibs: IsrCa
     residual = {"MEAN": math.nan, "MEDIAN": math.nan, "STDEV": math.nan}
     st = AmpStats(gain=gain, read_noise=noise, overscan_noise_adu=math.nan, overscan_median_adu=0.0)
     vec = None
+    # (raw rows, view) of the pixels the in-place steps change
+    held = ([(slice(0, amp.data_rows), seg[:amp.data_rows, c0:c1]), (slice(amp.data_rows, None), seg[amp.data_rows:])]
+            if partial else [(slice(None), seg)])
     if config.do_overscan:
         vec = overscan_vector(seg[:, c0:c1], config.overscan_fit_type, config.overscan_num_sigma_clip,
                               config.serial_max_deviation)
         level = vec.astype(np.float32)[:, None]
-        if partial:
-            seg[:amp.data_rows, c0:c1] -= level[:amp.data_rows]
-            seg[amp.data_rows:] -= level[amp.data_rows:]
-        else:
-            seg -= level
+        for rows, view in held:
+            view -= level[rows]
         os_fit = {"MEAN": float(vec.mean()), "MEDIAN": float(np.median(vec)), "STDEV": float(vec.std())}
         residual = _robust_stats(seg[:, c0:c1].ravel())
     cards[f"LSST ISR OVERSCAN VARIANCE FACTOR {amp.name}"] = overscan_variance_factor(
@@ -662,11 +662,8 @@ def serial_amp(amp: Amplifier, seg: np.ndarray, config: IsrConfig, calibs: IsrCa
     if config.do_suspect and math.isfinite(config.suspect_level) and masks:
         sus = seg[amp.data_slice] >= config.suspect_level
     if units == "electron":
-        if partial:
-            seg[:amp.data_rows, c0:c1] *= np.float32(gain)
-            seg[amp.data_rows:] *= np.float32(gain)
-        else:
-            seg *= np.float32(gain)
+        for _rows, view in held:
+            view *= np.float32(gain)
     cards[f"LSST ISR GAIN {amp.name}"] = gain
     cards[f"LSST ISR READNOISE {amp.name}"] = noise
     cards[f"LSST ISR PTCTURNOFF {amp.name}"] = turnoff * gain
