@@ -38,6 +38,19 @@ def test_good_bias_residual_passes(det):
                                                "READ_NOISE_CONSISTENT": True, "SUCCESS": True}
 
 
+def test_a_residual_of_exactly_zero_fails_instead_of_raising(det):
+    """A one-exposure bias verified against itself leaves a residual of exactly 0: its noise and cosmic-ray noise
+    are 0, and their ratio is NaN (numpy's 0 / 0, as cp_verify computes it), so CR_NOISE fails; no
+    ZeroDivisionError (bench_verify_fused --n 1 stopped on it)."""
+    res, _ = make_residual(det, seed=29, read_noise=6.0)
+    res.image[:] = 0.0
+    stats = verify_exposure("bias", res, det)
+    assert stats["SUCCESS"] is False
+    for amp, s in stats["AMP"].items():
+        assert s["NOISE"] == 0.0 and s["CR_NOISE"] == 0.0
+        assert stats["VERIFY"]["AMP"][amp]["CR_NOISE"] is False and stats["VERIFY"]["AMP"][amp]["MEAN"] is False
+
+
 def test_bias_with_a_wrong_level_fails_mean_only(det):
     # residual of a bias exposure after subtracting a bias whose level is 20 e- too high in two amps
     res, _ = make_residual(det, seed=22, read_noise=6.0, amp_levels={"C10": -20.0, "C04": -20.0})

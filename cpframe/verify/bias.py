@@ -170,6 +170,14 @@ def measure_noise_stage(residual: ResidualImage, detector: Detector, config: Ver
     return {"METADATA": meta, "AMP": amps, "DET": det}
 
 
+def _ratio(a: float, b: float) -> float:
+    """``a / b`` as numpy (cp_verify) divides: NaN for 0 / 0, an infinity for x / 0, so a test on it fails instead of
+    raising (a one-exposure bias verified against itself has a residual noise of exactly 0)."""
+    if b != 0:
+        return a / b
+    return math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a)
+
+
 def check_noise_stage(stats: dict, config: VerifyConfig) -> dict:
     """Tests of the BIAS / DARK stages (module docstring)."""
     force = bool(stats["DET"].get("FORCE_FAILURE", False))
@@ -179,13 +187,13 @@ def check_noise_stage(stats: dict, config: VerifyConfig) -> dict:
         expected = s["EXPECTED_NOISE"]
         tests = {
             "MEAN": bool(abs(s["MEAN"]) < noise),
-            "NOISE": bool((noise - expected) / expected <= config.noise_threshold),
-            "CR_NOISE": bool(abs(noise - cr_noise) / cr_noise <= config.cr_noise_threshold),
+            "NOISE": bool(_ratio(noise - expected, expected) <= config.noise_threshold),
+            "CR_NOISE": bool(_ratio(abs(noise - cr_noise), cr_noise) <= config.cr_noise_threshold),
             "PROCESSING": not force,
         }
         rn_adu, rn_os = s["READ_NOISE_ADU"], s.get("READ_NOISE_OVERSCAN", math.nan)
         if math.isfinite(rn_adu) and rn_adu != 0:
-            value = (rn_os - rn) / rn
+            value = _ratio(rn_os - rn, rn)
             tests["READ_NOISE_CONSISTENT"] = bool(math.isfinite(value) and value <= config.read_noise_threshold)
         out[amp] = tests
     return {"AMP": out, "DET": {}}
