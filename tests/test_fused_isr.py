@@ -16,7 +16,7 @@ import pytest
 from cpframe.science.fused_isr import RAW_SAT, RAW_SUSPECT, amp_steps, amp_to_band, raw_rows, threshold
 from cpframe.science.imageio import MASK_BITS
 from cpframe.science.isr import IsrConfig, _flat_correct
-from cpframe.science.pcg64 import DitherStream
+from cpframe.science.fused_isr import DitherStream
 
 BIT = {k: np.int32(1 << v) for k, v in MASK_BITS.items()}
 

@@ -1,4 +1,4 @@
-"""cpframe.science.pcg64 (the fused ISR's dither numbers) against numpy's own generator."""
+"""The fused ISR's dither numbers (cpframe.science.fused_isr: DitherStream, fill_floats, jump_table) against numpy's own generator."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from cpframe.science.pcg64 import DitherStream, fill_floats, jump_table
+from cpframe.science.fused_isr import DitherStream, fill_floats, jump_table
 
 
 def _numpy(seed: int, count: int) -> np.ndarray:

@@ -76,9 +76,9 @@ from cpframe.science.isr import (
     serial_amp,
 )
 from cpframe.science.fused_isr import amp_steps, amp_to_band, raw_rows, threshold
-from cpframe.science.fused_work import Scratch, in_threads, split
+from cpframe.science.fused_work import Scratch, in_threads, output_planes, split
 from cpframe.science.kernels import combine_block
-from cpframe.science.pcg64 import DitherStream
+from cpframe.science.fused_isr import DitherStream
 
 __all__ = ["FusedUnsupported", "FusedExposure", "fused_unsupported", "isr_combine", "fused_rows_for_budget"]
 
@@ -611,7 +611,7 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
                                  per_input_bytes=input_state_bytes(det) + max(  # + a dark's CR pixel indices
                                      (s.cr_index.nbytes for s in sources if s.cr_index is not None), default=0))
     shape = det.shape
-    planes = _output_planes(shape, output_path)
+    planes = output_planes(shape, output_path)
     out_image, out_var, out_mask, out_n = planes
     ignore = sum(1 << MASK_BITS[m] for m in combine_config.mask)
     stat = _stat_code(combine_config.combine)
@@ -721,33 +721,6 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
 
 
 _NO_VAR = np.zeros((1, 1, 1), np.float32)
-
-
-def _output_planes(shape: tuple[int, int], output_path) -> tuple[np.ndarray, ...]:
-    """Image, variance, mask and input-count planes of the product.
-
-    With an output file they live in an anonymous temporary file next to it (``O_TMPFILE``:
-    nothing is left behind, even after a kill) mapped into memory, so the 14 bytes per
-    pixel of the product (228 MB at full size) are page cache the kernel can write back and
-    drop, not a worker's anonymous memory (benchmarks/bench_memory.py).  Without an output
-    file they are ordinary arrays.
-    """
-    dtypes = (np.float32, np.float32, np.int32, np.int16)
-    if output_path is None:
-        return tuple(np.empty(shape, dt) for dt in dtypes)
-    import tempfile
-    from pathlib import Path
-
-    parent = Path(output_path).parent
-    parent.mkdir(parents=True, exist_ok=True)
-    npix = int(shape[0]) * int(shape[1])
-    with tempfile.TemporaryFile(dir=parent, prefix=".fused-") as f:
-        f.truncate(sum(npix * np.dtype(dt).itemsize for dt in dtypes))
-        out, pos = [], 0
-        for dt in dtypes:
-            out.append(np.memmap(f, dtype=dt, mode="r+", offset=pos, shape=tuple(shape)))
-            pos += npix * np.dtype(dt).itemsize
-    return tuple(out)
 
 
 def _flat_config(flat: _CalibRef, config: IsrConfig) -> IsrConfig:

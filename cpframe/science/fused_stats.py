@@ -7,9 +7,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
-from cpframe.science.fused_isr import accumulate_row
+from cpframe.science.fused_isr import accumulate_block
 from cpframe.science.imageio import MASK_BITS
 from cpframe.science.isr import _STAT_IGNORE
 
@@ -48,7 +47,7 @@ class _AmpAccumulator:
                 self.lo = self.shift - self.width * (_HIST_BINS // 2)
                 self.hist = np.zeros(_HIST_BINS + 2, np.int32)
         hist = self.hist if self.hist is not None else _NO_HIST
-        n, s1, s2, n_sat, n_bad, n_sus = _accumulate(values, mask, _STAT_IGNORE, _SAT_BIT, _BAD_BIT, _SUS_BIT,
+        n, s1, s2, n_sat, n_bad, n_sus = accumulate_block(values, mask, _STAT_IGNORE, _SAT_BIT, _BAD_BIT, _SUS_BIT,
                                                      self.shift, self.lo, 1.0 / self.width, hist)
         self.n_sat += n_sat
         self.n_bad += n_bad
@@ -88,18 +87,6 @@ _SAT_BIT = 1 << MASK_BITS["SAT"]
 _BAD_BIT = 1 << MASK_BITS["BAD"]
 _SUS_BIT = 1 << MASK_BITS["SUSPECT"]
 _NO_HIST = np.zeros(0, np.int32)
-
-
-@njit(nogil=True, cache=True)
-def _accumulate(values, mask, ignore, sat_bit, bad_bit, sus_bit, shift, lo, inv_width, hist):
-    """Sums of the good finite values (relative to ``shift``), their histogram (ends: under/over)
-    and the SAT / BAD / SUSPECT counts, in one pass (no temporaries; an empty ``hist``: counts only)."""
-    n = n_sat = n_bad = n_sus = 0
-    s1 = s2 = 0.0
-    for r in range(values.shape[0]):
-        n, s1, s2, n_sat, n_bad, n_sus = accumulate_row(values[r], mask[r], ignore, sat_bit, bad_bit, sus_bit, shift,
-                                                        lo, inv_width, hist, n, s1, s2, n_sat, n_bad, n_sus)
-    return n, s1, s2, n_sat, n_bad, n_sus
 
 
 def _hist_median(hist: np.ndarray, n: int, lo: float, width: float) -> float:

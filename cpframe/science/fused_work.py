@@ -1,5 +1,5 @@
 """Work arrays and threads of the fused path (:mod:`cpframe.science.fused`): buffers reused from block to
-block, and the split of a block's work between the quantum's threads."""
+block, the split of a block's work between the quantum's threads, and the product's planes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
-__all__ = ["Scratch", "in_threads", "split"]
+__all__ = ["Scratch", "in_threads", "output_planes", "split"]
 
 
 class Scratch:
@@ -76,3 +76,30 @@ def in_threads(pool: ThreadPoolExecutor | None, fn, parts: list[range], scratche
         wait(futures)
     for f in futures:
         f.result()
+
+
+def output_planes(shape: tuple[int, int], output_path) -> tuple[np.ndarray, ...]:
+    """Image, variance, mask and input-count planes of the product.
+
+    With an output file they live in an anonymous temporary file next to it (``O_TMPFILE``:
+    nothing is left behind, even after a kill) mapped into memory, so the 14 bytes per
+    pixel of the product (228 MB at full size) are page cache the kernel can write back and
+    drop, not a worker's anonymous memory (benchmarks/bench_memory.py).  Without an output
+    file they are ordinary arrays.
+    """
+    dtypes = (np.float32, np.float32, np.int32, np.int16)
+    if output_path is None:
+        return tuple(np.empty(shape, dt) for dt in dtypes)
+    import tempfile
+    from pathlib import Path
+
+    parent = Path(output_path).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    npix = int(shape[0]) * int(shape[1])
+    with tempfile.TemporaryFile(dir=parent, prefix=".fused-") as f:
+        f.truncate(sum(npix * np.dtype(dt).itemsize for dt in dtypes))
+        out, pos = [], 0
+        for dt in dtypes:
+            out.append(np.memmap(f, dtype=dt, mode="r+", offset=pos, shape=tuple(shape)))
+            pos += npix * np.dtype(dt).itemsize
+    return tuple(out)
