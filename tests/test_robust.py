@@ -154,10 +154,19 @@ def test_overscan_vector_uses_the_finite_median():
     assert not np.array_equal(levels(float(np.median(region[np.isfinite(region)]))), want)  # the ignore matters
 
 
-def _numpy_row_clipped_median(data, valid, clip):
-    """row_clipped_statistic's median as numpy passes over the whole region (cpframe before issue 14's compiled
-    rows): the reference the compiled rows must equal bit for bit."""
-    from cpframe.science.overscan import _row_quantile as row_quantile  # numpy's, kept for MEAN_PER_ROW
+def _numpy_row_clipped_statistic(data, valid, clip, use_mean):
+    """row_clipped_statistic as numpy passes over the whole region (cpframe before issue 14's compiled rows):
+    the reference the compiled rows must equal bit for bit."""
+    def row_quantile(xs, start, count, q):
+        rows = np.arange(xs.shape[0])
+        pos = start + q * np.maximum(count - 1, 0)
+        k = np.floor(pos).astype(np.int64)
+        frac = pos - k
+        k = np.clip(k, 0, xs.shape[1] - 1)
+        k1 = np.clip(np.minimum(k + 1, start + count - 1), 0, xs.shape[1] - 1)
+        lo, hi = xs[rows, k], xs[rows, k1]
+        with np.errstate(invalid="ignore"):
+            return np.where(count > 0, lo + (hi - lo) * frac, np.nan)
 
     xs = np.sort(np.where(valid, data, np.inf), axis=1)
     n = valid.sum(axis=1)
@@ -169,17 +178,21 @@ def _numpy_row_clipped_median(data, valid, clip):
         return np.full(data.shape[0], np.nan)
     msig = float(np.median(sig[good]))
     sig = np.where(sig > 2.0 * msig, msig, sig)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):
         lo, hi = med - clip * sig, med + clip * sig
         start = (xs < lo[:, None]).sum(axis=1)
         end = (xs <= hi[:, None]).sum(axis=1)
         count = end - start
-        out = np.where(count > 0, row_quantile(xs, start, count, 0.5), med)
+        if use_mean:
+            out = np.where((xs >= lo[:, None]) & (xs <= hi[:, None]), xs, 0.0).sum(axis=1) / count
+        else:
+            out = row_quantile(xs, start, count, 0.5)
+        out = np.where(count > 0, out, med)
     return np.where(n > 0, out, np.nan)
 
 
 @pytest.mark.parametrize("shape", [(2048, 58), (48, 509), (7, 3), (1, 1), (300, 64)])
-def test_compiled_row_clipped_median_equals_the_numpy_passes(shape):
+def test_compiled_row_statistics_equal_the_numpy_passes(shape):
     rng = np.random.default_rng(shape[0] * 7 + shape[1])
     for clip in (3.0, 1.5):
         data = rng.normal(1000.0, 5.0, shape)
@@ -190,12 +203,14 @@ def test_compiled_row_clipped_median_equals_the_numpy_passes(shape):
             valid[1, 1:] = False  # a row of one value
             data[2] = np.round(data[2])  # ties
             data[3] += rng.normal(0, 40.0, shape[1])  # a wide row: sigma capped at twice the median sigma
-        want = _numpy_row_clipped_median(data, valid, clip)
-        got = row_clipped_statistic(data, valid, clip, False)
-        np.testing.assert_array_equal(got, want)
-        assert np.isnan(got[0]) and (shape[0] == 1 or np.isfinite(got[1:]).any())
+        for use_mean in (False, True):  # MEDIAN_PER_ROW and MEAN_PER_ROW
+            want = _numpy_row_clipped_statistic(data, valid, clip, use_mean)
+            got = row_clipped_statistic(data, valid, clip, use_mean)
+            np.testing.assert_array_equal(got, want)
+            assert np.isnan(got[0]) and (shape[0] == 1 or np.isfinite(got[1:]).any())
     nothing = np.zeros(shape, bool)
-    assert np.isnan(row_clipped_statistic(np.ones(shape), nothing, 3.0, False)).all()
+    for use_mean in (False, True):
+        assert np.isnan(row_clipped_statistic(np.ones(shape), nothing, 3.0, use_mean)).all()
 
 
 def test_overscan_vector_skips_the_median_only_when_no_value_can_be_cut():

@@ -117,37 +117,20 @@ def _gather3(work, n, blo, bhi, counts):
 
 @njit(nogil=True, cache=True)
 def quartiles(work, n):
-    """numpy ``percentile(work[:n], (25, 50, 75))`` (method 'linear'), exactly, without a full partition.
-
-    A sorted sample of about 2048 values brackets each wanted rank; one branch-free sweep
-    counts the values below and inside each bracket, a second gathers those inside, and the
-    ranks are selected among them (a few thousand values).  A bracket that misses its rank
-    (an unlucky sample) falls back to a selection over all the values.  ``work[:n]`` may be
-    reordered.
-    """
+    """numpy ``percentile(work[:n], (25, 50, 75))`` (method 'linear'), exactly, without a full partition
+    (:func:`_order_pairs`: a sorted sample brackets each rank, the ranks are selected among the few thousand
+    values inside their brackets).  ``work[:n]`` (n >= 1) may be reordered."""
     qs = (0.25, 0.5, 0.75)
-    out = np.empty(3)
-    step = max(1, n // 2048)
-    sample = np.sort(work[:n:step])
-    ns = sample.size
-    margin = 48  # sample ranks either side: ~6 sigma of a binomial rank error at 2048 samples
-    blo = np.empty(3)
-    bhi = np.empty(3)
+    ks = np.empty(3, np.int64)
     for i in range(3):
-        c = int(qs[i] * (ns - 1))
-        blo[i] = sample[c - margin] if c - margin > 0 else -np.inf
-        bhi[i] = sample[c + margin] if c + margin < ns - 1 else np.inf
-    below, inside = _count3(work, n, blo[0], bhi[0], blo[1], bhi[1], blo[2], bhi[2])
-    bufs = _gather3(work, n, blo, bhi, inside)
+        ks[i] = int(math.floor(qs[i] * (n - 1)))
+    a, b = _order_pairs(work[:n], ks)
+    out = np.empty(3)
     for i in range(3):
         pos = qs[i] * (n - 1)
-        k = int(math.floor(pos))
-        r = k - below[i]
-        if 0 <= r and (r + 1 < inside[i] or (k + 1 >= n and r < inside[i])):
-            a, b = _order_pair(bufs[i], 0, inside[i], r)
-        else:
-            a, b = _order_pair(work, 0, n, k)
-        out[i] = _lerp(np.float64(a), np.float64(b), pos - k) if pos > k else np.float64(a)  # (float32 work: in float64)
+        k = ks[i]
+        # (float32 work: interpolated in float64, as numpy does with the float64 values)
+        out[i] = _lerp(np.float64(a[i]), np.float64(b[i]), pos - k) if pos > k else np.float64(a[i])
     return out
 
 
@@ -290,7 +273,13 @@ def median_of_finite(values: np.ndarray) -> tuple[float, int]:
 @njit(nogil=True, cache=True)
 def _order_pairs(work, ks):
     """``(sorted[k], sorted[k + 1])`` for each ``k`` of ``ks`` (``sorted[k]`` twice for the last rank) of the
-    values of ``work`` (no NaN; reordered), three ranks at a time as :func:`quartiles` brackets them."""
+    values of ``work`` (no NaN; reordered), three ranks at a time.
+
+    A sorted sample of about 2048 values brackets each wanted rank; one branch-free sweep counts the values
+    below and inside each bracket, a second gathers those inside, and the ranks are selected among them (a
+    few thousand values).  A bracket that misses its rank (an unlucky sample) falls back to a selection over
+    all the values.
+    """
     n = work.size
     m = ks.size
     a = np.empty(m, work.dtype)
@@ -298,7 +287,7 @@ def _order_pairs(work, ks):
     step = max(1, n // 2048)
     sample = np.sort(work[::step])
     ns = sample.size
-    margin = 48
+    margin = 48  # sample ranks either side of the wanted one
     blo = np.empty(3)
     bhi = np.empty(3)
     kk = np.empty(3, np.int64)
