@@ -136,29 +136,26 @@ def quartiles(work, n):
 
 @njit(nogil=True, cache=True)
 def _pass_sums(v, n, lo, hi, plo, phi):
-    """Count and sum of v[:n] inside [lo, hi]; count inside [plo, phi] and inside both (branch-free, four partial
-    sums: no chain of dependent additions)."""
-    cnt = prev = both = 0
+    """Count and sum of v[:n] inside [lo, hi]; count inside [plo, phi] and inside both.
+
+    Two loops (issue 14: 2.7x faster than one): the sum in four partial sums (no chain of dependent additions;
+    value ``j`` goes to sum ``j % 4``, the tail to the first), then the three counts, an integer reduction that LLVM
+    vectorises."""
     s0 = s1 = s2 = s3 = 0.0
-    j = 0
     for j in range(0, n - 3, 4):
         x0, x1, x2, x3 = v[j], v[j + 1], v[j + 2], v[j + 3]
-        m0, m1 = (lo <= x0) & (x0 <= hi), (lo <= x1) & (x1 <= hi)
-        m2, m3 = (lo <= x2) & (x2 <= hi), (lo <= x3) & (x3 <= hi)
-        p0, p1 = (plo <= x0) & (x0 <= phi), (plo <= x1) & (x1 <= phi)
-        p2, p3 = (plo <= x2) & (x2 <= phi), (plo <= x3) & (x3 <= phi)
-        s0 += x0 if m0 else 0.0
-        s1 += x1 if m1 else 0.0
-        s2 += x2 if m2 else 0.0
-        s3 += x3 if m3 else 0.0
-        cnt += m0 + m1 + m2 + m3
-        prev += p0 + p1 + p2 + p3
-        both += (m0 & p0) + (m1 & p1) + (m2 & p2) + (m3 & p3)
+        s0 += x0 if (lo <= x0) & (x0 <= hi) else 0.0
+        s1 += x1 if (lo <= x1) & (x1 <= hi) else 0.0
+        s2 += x2 if (lo <= x2) & (x2 <= hi) else 0.0
+        s3 += x3 if (lo <= x3) & (x3 <= hi) else 0.0
     for j in range(n - n % 4, n):
+        x = v[j]
+        s0 += x if (lo <= x) & (x <= hi) else 0.0
+    cnt = prev = both = 0
+    for j in range(n):
         x = v[j]
         m = (lo <= x) & (x <= hi)
         p = (plo <= x) & (x <= phi)
-        s0 += x if m else 0.0
         cnt += m
         prev += p
         both += m & p
