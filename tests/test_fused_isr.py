@@ -350,3 +350,49 @@ def test_threads_stay_within_the_memory_budget(mini_sim, tmp_path):
     for threads, (peak, _) in peaks.items():
         assert peak <= budget + rows * cols * 14, (threads, peak, budget)
     _products_equal(tmp_path / "t1.fits", tmp_path / "t2.fits")
+
+
+def test_segment_layout_comes_from_the_one_header_read(mini_sim, tmp_path):
+    """The prepass takes each segment's data offset, BITPIX and BZERO from the headers ``read_raw`` parsed (issue 14:
+    no second parse): the same layout as parsing the file's headers again, and the data there are the segment's
+    pixels; a compressed or floating-point segment is still refused, naming the amp."""
+    import shutil
+
+    from astropy.io import fits
+
+    from cpframe.science.fused import FusedUnsupported, _raw_layout, prepass
+    from cpframe.science.imageio import read_raw
+    from cpframe.science.isr import isr_config_for
+
+    raw = mini_sim.bias[0]
+    r = read_raw(raw, segments=False)
+    assert r.segment_layout is not None and set(r.segment_layout) == {a.name for a in r.detector.amps}
+    layout = _raw_layout(str(raw), r.detector, r.segment_layout)
+    assert layout == _raw_layout(str(raw), r.detector)
+    full = read_raw(raw)
+    assert full.segment_layout is None
+    for amp in r.detector.amps:
+        off, dtype, bzero = layout[amp.name]
+        n = amp.raw_shape[0] * amp.raw_shape[1]
+        data = np.fromfile(raw, dtype=dtype, count=n, offset=off).reshape(amp.raw_shape).astype(np.int64) + bzero
+        np.testing.assert_array_equal(data, full.segments[amp.name])
+
+    icfg = isr_config_for("biasBootstrap")
+    amp = r.detector.amps[1].name
+    for how in ("compressed", "float"):
+        bad = tmp_path / f"{how}.fits"
+        shutil.copy(raw, bad)
+        with fits.open(bad) as hdul:
+            hdus = [hdul[0].copy()]
+            for h in hdul[1:]:
+                if h.header.get("EXTNAME") == "SEGMENT" + amp[1:]:
+                    data = h.data.astype(np.int32 if how == "compressed" else np.float32)
+                    hdr = h.header.copy()
+                    for k in ("BZERO", "BSCALE"):
+                        hdr.remove(k, ignore_missing=True)
+                    h = (fits.CompImageHDU(data, header=hdr) if how == "compressed"
+                         else fits.ImageHDU(data, header=hdr))
+                hdus.append(h.copy() if hasattr(h, "copy") else h)
+            fits.HDUList(hdus).writeto(bad, overwrite=True)
+        with pytest.raises(FusedUnsupported, match=rf"{how}\.fits: amp {amp} is not an uncompressed 16/32-bit"):
+            prepass(bad, icfg)

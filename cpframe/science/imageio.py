@@ -137,6 +137,9 @@ class RawExposure:
     segments: dict[str, np.ndarray]
     """Amp name -> int32 raw segment, read-out order, shape ``amp.raw_shape``."""
     path: str = ""
+    segment_layout: dict[str, tuple[int, int, float, float, bool]] | None = None
+    """Read with ``segments=False``: amp name -> (data offset in the file, BITPIX, BZERO, BSCALE, compressed) of
+    its segment, from the headers read once (the fused ISR reads the segments itself)."""
 
     @property
     def exposure_id(self) -> int:
@@ -231,6 +234,7 @@ def _read_raw(path: str, camera: Camera | None, with_data: bool = True) -> RawEx
             raise FileFormatError(MSG_NOT_RAW.format(path=path, why=str(err))) from None
         by_name = {h.header.get("EXTNAME", ""): h for h in hdul[1:]}
         segments: dict[str, np.ndarray] = {}
+        layout: dict[str, tuple[int, int, float, float, bool]] = {}
         for amp in det.amps:
             extname = "SEGMENT" + amp.name[1:]
             hdu = by_name.get(extname)
@@ -243,6 +247,9 @@ def _read_raw(path: str, camera: Camera | None, with_data: bool = True) -> RawEx
                     raise FileFormatError(
                         MSG_NOT_RAW.format(path=path, why=f"{extname} has shape {shape}, expected {amp.raw_shape}")
                     )
+                # where the data is, as astropy found it (its header is not parsed a second time)
+                layout[amp.name] = (int(hdu.fileinfo()["datLoc"]), int(h.get("BITPIX", 0)), float(h.get("BZERO", 0) or 0),
+                                    float(h.get("BSCALE", 1)), isinstance(hdu, fits.CompImageHDU) or bool(h.get("ZIMAGE")))
                 continue
             data = hdu.data
             if data is None or data.shape != amp.raw_shape:
@@ -251,7 +258,8 @@ def _read_raw(path: str, camera: Camera | None, with_data: bool = True) -> RawEx
                     MSG_NOT_RAW.format(path=path, why=f"{extname} has shape {shape}, expected {amp.raw_shape}")
                 )
             segments[amp.name] = np.asarray(data, dtype=np.int32)
-    return RawExposure(header=header, camera=cam, detector=det, segments=segments, path=path)
+    return RawExposure(header=header, camera=cam, detector=det, segments=segments, path=path,
+                       segment_layout=None if with_data else layout)
 
 
 # --------------------------------------------------------------------------------------
