@@ -166,3 +166,31 @@ def test_dask_errors_after_an_interrupt_are_muted_until_the_cluster_is_closed():
         sched.setLevel(sched_level)
     assert {n: logging.getLogger(n).level for n in ("distributed", "asyncio")} == {
         n: before[n] for n in ("distributed", "asyncio")}
+
+
+def _translators_loaded() -> bool:
+    import sys
+
+    return "astro_metadata_translator" in sys.modules or "cpframe.camera.translators" in sys.modules
+
+
+def test_planned_raws_are_read_without_the_header_translators(bias_repo):
+    """The raws' translated cards travel with the quanta from the registry (issue 14): the workers of a fresh local
+    cluster run the ISR of real-format raws, fused and unfused, without ever importing a header translator (their
+    fork server does not import them either: 0.2-0.3 s of every cluster's start)."""
+    from cpframe.core.config import Settings
+    from cpframe.execution.cluster import open_cluster
+    from cpframe.execution.execute import execute_plan
+
+    repo, env = bias_repo
+    settings = Settings(n_workers=2, threads_per_worker=1, worker_memory_bytes=2**30)
+    with open_cluster(settings, kind="local") as oc:
+        oc.client.wait_for_workers(2, timeout=60)
+        assert not any(oc.client.run(_translators_loaded).values())
+        for fuse in (False, True):
+            plan = _planned(repo, env, f"20241110t{int(fuse)}", fuse=fuse)
+            assert any(q.kind == "isr" for q in plan.quanta.values())
+            res = execute_plan(plan, repo, oc.client)
+            assert not res.failures and res.registered, res.failures
+        loaded = oc.client.run(_translators_loaded)
+    assert len(loaded) == 2 and not any(loaded.values()), loaded

@@ -221,3 +221,44 @@ def test_simulator_writes_real_format_headers_and_skips_corner_detectors(tmp_pat
     assert (info.instrument, info.detector, info.exposure) == ("LSSTCam", 94, 2025060100007)
     assert info.record["physical_filter"] == "r_57" and info.record["observation_type"] == "flat"
     assert normalized_cards(dict(hdr))["DETNAME"] == "R22_S11"
+
+
+def test_planned_cards_equal_the_translation_of_every_real_header(tmp_path, sqlite_repo):
+    """A worker reading a planned raw takes its translated cards from the registry (issue 14: no translator in the
+    workers): for every real header, ingested, the planner's cards give ``read_raw`` the same header as
+    translating it does; when the header's dates are not the exposure's timespan (a repair changed them), the
+    reader translates the header instead of using the cards."""
+    from cpframe.camera.raw_headers import registry_cards
+    from cpframe.science import imageio
+    from cpframe.science.imageio import _planned_cards, read_raw, remember_raw_cards
+
+    raws = tmp_path / "raws"
+    raws.mkdir()
+    names = [n for n in GOOD if not n.endswith(("-patched.yaml", "future-bad.yaml"))]
+    paths = {str(write_real_raw(n, raws)): n for n in names}
+    assert ingest_raws(sqlite_repo, list(paths), transfer="direct").failed == []
+    reg = sqlite_repo.registry
+    refs = [r for inst in ("LATISS", "LSSTComCam", "LSSTCam") for r in reg.query_datasets("raw", collections=[f"{inst}/raw/all"])]
+    records = {(rec["instrument"], rec["id"]): rec for inst in ("LATISS", "LSSTComCam", "LSSTCam")
+               for rec in reg.query_dimension_records("exposure", where=f"instrument='{inst}'")}
+    used = 0
+    try:
+        for ref in refs:
+            path = str(sqlite_repo.get_path(ref))
+            rec = records[(ref.data_id["instrument"], ref.data_id["exposure"])]
+            translated = read_raw(path, segments=False).header
+            cards = registry_cards(rec, ref.data_id["detector"])
+            remember_raw_cards(path, cards, rec["timespan"].begin_ns, rec["timespan"].end_ns)
+            planned = read_raw(path, segments=False).header
+            assert planned == translated, paths[path]
+            used += _planned_cards(translated, path) is not None
+            # a repair that moved the exposure's start: the cards are not used, the header is translated
+            imageio._PLANNED_CARDS.clear()
+            remember_raw_cards(path, {**cards, "EXPTIME": -99.0}, rec["timespan"].begin_ns - 10**9,
+                               rec["timespan"].end_ns)
+            assert _planned_cards(translated, path) is None
+            assert read_raw(path, segments=False).header == translated, paths[path]
+            imageio._PLANNED_CARDS.clear()
+    finally:
+        imageio._PLANNED_CARDS.clear()
+    assert used >= len(refs) // 2, f"the registry's cards were used for only {used} of {len(refs)} raws"

@@ -14,7 +14,9 @@ Reading (:func:`normalized_cards`): every reader of a raw goes through
 ``cpframe.camera.translators`` and gets cpframe's normalized cards (``INSTRUME`` as the camera
 model's name, ``DETECTOR``, ``DETNAME``, ``EXPID``, ``DAYOBS`` int, ``SEQNUM``, ``FILTER`` = the
 physical filter, ``IMGTYPE`` = the observation type, ``EXPTIME``, ``DARKTIME``, ``DATE-BEG``/
-``DATE-END`` TAI).  Processed products (ISR outputs, combined calibrations) carry these.
+``DATE-END`` TAI).  Processed products (ISR outputs, combined calibrations) carry these.  In a
+submission the same cards come from the registry instead (:func:`registry_cards`), as ingest
+translated them, and the workers need no translator (docs/raw-headers.md).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Mapping
 
 from cpframe.core.model import ns_to_iso
 
-__all__ = ["INSTRUME_SPELLING", "raw_header_cards", "normalized_cards", "split_physical_filter"]
+__all__ = ["INSTRUME_SPELLING", "raw_header_cards", "normalized_cards", "registry_cards", "split_physical_filter"]
 
 #: How each camera writes ``INSTRUME`` and ``TELESCOP`` today.
 INSTRUME_SPELLING = {"LSSTCam": "lsstCam", "LSSTComCam": "ComCam", "LATISS": "LATISS"}
@@ -165,3 +167,32 @@ def normalized_cards(header: Mapping[str, Any], filename: str | None = None) -> 
         if hdr.get(key) is not None:
             cards[key] = hdr[key]
     return cards
+
+
+def registry_cards(exposure: Mapping[str, Any], detector: int) -> dict[str, Any]:
+    """:func:`normalized_cards`' translated cards of a raw, from the registry's records instead of its header.
+
+    Ingest translated the raw with the same translators (``cpframe.repository.ingest.exposure_record``), so its
+    exposure record holds the same values; the planner sends these to the workers with each quantum's raws, and
+    a worker reading a raw then needs no translator (:func:`cpframe.science.imageio.remember_raw_cards`; issue 14:
+    importing astro_metadata_translator was 0.2-0.3 s of every local cluster's start).  ``DATE-BEG``/``DATE-END``
+    stay the header's own: the reader keeps these cards only when those dates are the record's timespan, else it
+    translates the header (a header repair changed the dates).
+    """
+    from cpframe.camera.models import _camera_yaml
+
+    instrument = str(exposure["instrument"])
+    det = int(detector)
+    names = {int(d["id"]): d["name"] for d in _camera_yaml(instrument)["detectors"]}
+    return {
+        "INSTRUME": instrument,
+        "DETECTOR": det,
+        "DETNAME": names[det],
+        "EXPID": int(exposure["id"]),
+        "DAYOBS": int(exposure["day_obs"]),
+        "SEQNUM": int(exposure["seq_num"]),
+        "FILTER": str(exposure["physical_filter"]),
+        "IMGTYPE": str(exposure["observation_type"]),
+        "EXPTIME": float(exposure["exposure_time"]),
+        "DARKTIME": float(exposure["dark_time"]),
+    }

@@ -7,16 +7,19 @@ among them) and the header translators at its first raw: about 1.4 s of CPU befo
 fork server these are done once, in this process, and each worker is a fork of it
 (:func:`cpframe.execution.worker_start.fork_server_config`).  Nothing here may start a thread: a fork copies only the
 forking thread.
+
+The header translators (astro_metadata_translator, with astropy.coordinates, pydantic and lsst.resources: 0.2-0.3 s
+of this process's start, which every worker waits for) are not imported: a planned quantum carries its raws'
+translated cards from the registry (:func:`cpframe.science.imageio.remember_raw_cards`), and a raw read without
+them imports the translators then.
 """
 
 from __future__ import annotations
 
-import astro_metadata_translator  # noqa: F401 (a raw's first read: 0.3 s)
 import distributed  # noqa: F401
 import distributed.nanny  # noqa: F401
 from numba.core.registry import cpu_target
 
-import cpframe.camera.translators  # noqa: F401
 import cpframe.execution.worker_preload  # noqa: F401
 
 try:

@@ -38,7 +38,7 @@ import secrets
 import time
 from collections import ChainMap, defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from cpframe.core.errors import PlanningError
 from cpframe.core.model import DIMENSION_ORDER, DataId, DatasetRef
@@ -647,6 +647,7 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
     from cpframe.execution.graph_clusters import cluster_groups, group_delayed
 
     limits = limits or {}
+    cards_of = _raw_cards_maker(plan, path_of)
     group_of = cluster_groups(plan, clusters, {**fused_into, **verify_isr, **isr_of_verify},
                               exclude={plan.quanta[k].task for k in limits if k in plan.quanta})
     members: dict[str, list[tuple[Any, list[str], dict]]] = defaultdict(list)  # group -> (spec, up keys, ann)
@@ -683,7 +684,8 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
                                            settings=dict(q.settings) if q.kind in _FUSED_MIDDLE else {},
                                            fused_raws=(str(path_of(src.raw)),),
                                            fused_calibs=(_fused_calibs(src, path_of),),
-                                           fused_isr=src.settings["isr"], fused_keys=(src.key,))
+                                           fused_isr=src.settings["isr"], fused_keys=(src.key,),
+                                           raw_cards=cards_of([src.raw]))
             # requests (quantum_requests): the ISR task's for a prepass; both tasks' for a CpDark / CpFlatMeasure
             # quantum that runs the ISR in memory; none for the placeholder
             add(key, spec, [], None if key in mid_of else (resources or {}).get(key))
@@ -703,6 +705,7 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
             calib_paths={c: [str(path_of(r)) for r in rs] for c, rs in q.calibs.items()},
             outputs=tuple(outputs), settings=q.settings,
             input_types=tuple(dt for dt, _ in q.inputs), input_counts=tuple(len(ks) for _, ks in q.inputs),
+            raw_cards=cards_of([q.raw]),
         )
         # a group member's inputs are resolved when its group closes (_group_delayed)
         ups = [] if key in group_of else [lookup[k] for _, keys in q.inputs for k in keys]
@@ -713,7 +716,8 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
                            input_counts=(len(isr), len(others))[:1 + bool(others)],
                            fused_raws=tuple(str(path_of(x.raw)) for x in isr),
                            fused_calibs=tuple(_fused_calibs(x, path_of) for x in isr),
-                           fused_isr=isr[0].settings["isr"], fused_keys=tuple(x.key for x in isr))
+                           fused_isr=isr[0].settings["isr"], fused_keys=tuple(x.key for x in isr),
+                           raw_cards=cards_of([x.raw for x in isr]))
             # their prepasses (from the ISR, CpDark or CpFlatMeasure quanta), by exposure, then the scales
             ups = [delayed[mid_of.get(x.key, x.key)] for x in isr] + [delayed[k] for k in others]
         if key in isr_of_verify:  # runs its raw's ISR(s) in memory, as the ISR quanta would (verify_fusion)
@@ -721,6 +725,7 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
             from cpframe.execution.kinds.isr import isr_calibs
 
             spec = replace(spec, fused_raws=tuple(str(path_of(x.raw)) for x in srcs), fused_keys=isr_of_verify[key],
+                           raw_cards=cards_of([x.raw for x in srcs]),
                            fused_isrs=tuple(x.settings["isr"] for x in srcs), fused_calibs=tuple(
                                isr_calibs({c: [path_of(r) for r in rs] for c, rs in x.calibs.items()}) for x in srcs))
         need = (resources or {}).get(key)
@@ -734,6 +739,36 @@ def build_graph(plan: Plan, scratch_dir: str, path_of: Any,
             continue
         add(key, spec, ups, need)
     return delayed
+
+
+def _raw_cards_maker(plan: Plan, path_of: Callable[[Any], Any]) -> Callable[[Sequence[Any]], tuple]:
+    """``raws -> QuantumSpec.raw_cards`` of those raw refs: each raw's translated cards from its exposure record
+    (:func:`cpframe.camera.raw_headers.registry_cards`) and its timespan, so that a worker reading it needs no
+    translator; a raw whose exposure the plan has no record of (or whose camera cpframe does not model) is left
+    out (its reader translates the header)."""
+    from cpframe.camera.raw_headers import registry_cards
+    from cpframe.core.errors import CpframeError
+
+    made: dict[Any, tuple | None] = {}
+
+    def one(ref: Any) -> tuple | None:
+        key = (int(ref.data_id["exposure"]), int(ref.data_id["detector"]))
+        if key not in made:
+            rec = plan.exposures.get(key[0])
+            try:
+                cards = registry_cards(rec, key[1]) if rec is not None else None
+            except (CpframeError, KeyError, TypeError, ValueError):
+                cards = None
+            span = rec.get("timespan") if rec is not None else None
+            ok = cards is not None and span is not None and span.begin_ns is not None and span.end_ns is not None
+            made[key] = (str(path_of(ref)), cards, int(span.begin_ns), int(span.end_ns)) if ok else None
+        return made[key]
+
+    def cards_of(raws: Sequence[Any]) -> tuple:
+        found = (one(r) for r in raws if r is not None and "exposure" in r.data_id and "detector" in r.data_id)
+        return tuple(c for c in found if c is not None)
+
+    return cards_of
 
 
 def dataset_type_defs(plan: Plan) -> list[Any]:

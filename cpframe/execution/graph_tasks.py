@@ -70,6 +70,9 @@ class QuantumSpec:
     limits: Any = None
     """:class:`cpframe.execution.isolate.QuantumLimits` when the task asks for BPS job limits
     (requestWalltime, retryUnlessExit, memoryMultiplier): the quantum then runs in a child process."""
+    raw_cards: tuple[tuple[str, Mapping[str, Any], int, int], ...] = ()
+    """(path, translated cards, begin, end ns TAI) of every raw the quantum reads, from the registry
+    (:func:`cpframe.science.imageio.remember_raw_cards`): reading them needs no header translation."""
 
 
 @dataclass
@@ -235,6 +238,11 @@ def run_quantum(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> Quantum
     upstream = _resolve(spec, upstream)
     if spec.limits is not None:
         return _run_limited(spec, upstream)
+    if spec.raw_cards:
+        from cpframe.science.imageio import remember_raw_cards
+
+        for path, cards, begin, end in spec.raw_cards:
+            remember_raw_cards(path, cards, begin, end)
     t0 = time.perf_counter()
     runner = _FUSED_RUNNERS.get(spec.kind)
     if runner is None:

@@ -153,6 +153,54 @@ def normalized_cards(header: Mapping[str, Any], filename: str | None = None) -> 
     return cards(header, filename)
 
 
+#: Raw path -> (translated cards, begin, end in ns TAI) from the registry, given by the planner with each quantum
+#: (:func:`remember_raw_cards`); bounded: a worker of a long night forgets the oldest.
+_PLANNED_CARDS: dict[str, tuple[dict[str, Any], int, int]] = {}
+_PLANNED_AT_MOST = 4096
+
+
+def remember_raw_cards(path: str, cards: Mapping[str, Any], begin_ns: int, end_ns: int) -> None:
+    """What the registry says a raw's header translates to (``cpframe.camera.raw_headers.registry_cards`` and the
+    exposure's timespan): :func:`read_raw` of ``path`` in this process uses these cards instead of translating
+    the header when the header's ``DATE-BEG``/``DATE-END`` are that timespan (issue 14: a worker then never
+    imports the translators)."""
+    if len(_PLANNED_CARDS) >= _PLANNED_AT_MOST:
+        _PLANNED_CARDS.pop(next(iter(_PLANNED_CARDS)))
+    _PLANNED_CARDS[str(path)] = (dict(cards), int(begin_ns), int(end_ns))
+
+
+def _iso_tai_ns(value: Any) -> int | None:
+    """ns since 1970 TAI of an ISO date without a zone (TAI: no leap seconds, so calendar arithmetic is exact to
+    the microsecond); None when it is not one."""
+    from datetime import datetime
+
+    try:
+        t = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    if t.tzinfo is not None:
+        return None
+    d = t - datetime(1970, 1, 1)
+    return (d.days * 86400 + d.seconds) * 1_000_000_000 + d.microseconds * 1000
+
+
+def _planned_cards(header: Mapping[str, Any], path: str) -> dict[str, Any] | None:
+    """The registry's cards of the raw at ``path`` (:func:`remember_raw_cards`) when the header's own dates are its
+    exposure's timespan (then the header needs no repair that the translation would make of them), else None."""
+    known = _PLANNED_CARDS.get(path)
+    if known is None or str(header.get("TIMESYS", "")).strip().upper() != "TAI":
+        return None
+    cards, begin, end = known
+    b, e = _iso_tai_ns(header.get("DATE-BEG")), _iso_tai_ns(header.get("DATE-END"))
+    if b is None or e is None or abs(b - begin) > 1000 or abs(max(b, e) - end) > 1000:
+        return None
+    out = dict(cards)
+    for key in ("DATE-BEG", "DATE-END", "TIMESYS"):  # as normalized_cards copies them from the header
+        if header.get(key) is not None:
+            out[key] = header[key]
+    return out
+
+
 def _camera_from_header(header: Mapping[str, Any], path: str) -> Camera:
     inst = header.get("INSTRUME")
     scale = str(header.get("CAMSCALE", "full")).strip().lower()
@@ -224,7 +272,7 @@ def _read_raw(path: str, camera: Camera | None, with_data: bool = True) -> RawEx
             raise FileFormatError(MSG_NOT_RAW.format(path=path, why="primary header has no INSTRUME"))
         if "DETECTOR" not in header or "EXPID" not in header:
             try:
-                header.update(normalized_cards(header, filename=path))
+                header.update(_planned_cards(header, path) or normalized_cards(header, filename=path))
             except ValueError as err:
                 raise FileFormatError(MSG_NOT_RAW.format(path=path, why=str(err))) from None
         cam = camera or _camera_from_header(header, path)
