@@ -257,3 +257,42 @@ def test_float32_values_give_the_float64_numbers():
     grid = np.ones(131_072, np.float32)
     grid[::64] = 0  # the quartiles' sample misses: the selection over all float32 values
     assert clipped_stats_1d(grid, 3.0, 3, IQ_TO_STDEV) == clipped_stats_1d(grid.astype(np.float64), 3.0, 3, IQ_TO_STDEV)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_masked_statistics_equal_the_boolean_index_forms(dtype):
+    """The product QA's BAD count and clipped statistics of the other pixels, taken on views of the product without
+    temporaries, are ``np.count_nonzero(mask & bad)`` and ``clipped_stats(values[(mask & bad) == 0])`` exactly."""
+    from cpframe.science.robust import clipped_stats_unmasked, count_bits
+
+    rng = np.random.default_rng(11)
+    image = rng.normal(100.0, 6.0, (300, 257)).astype(dtype)
+    image[rng.integers(0, 300, 40), rng.integers(0, 257, 40)] += 500.0
+    image[::37, ::11] = np.nan
+    mask = np.zeros(image.shape, np.int32)
+    mask[rng.integers(0, 300, 900), rng.integers(0, 257, 900)] |= 4
+    mask[rng.integers(0, 300, 900), rng.integers(0, 257, 900)] |= 1
+    for box in ((slice(0, 300), slice(0, 257)), (slice(13, 250), slice(40, 200))):
+        view, mview = image[box], mask[box]  # non-contiguous views, as an amp's box of the product
+        for bits in (4, 1, 5, 8):
+            assert count_bits(mview, bits) == np.count_nonzero(mview & bits)
+            ref = clipped_stats(view.ravel()[(mview.ravel() & bits) == 0])
+            got = clipped_stats_unmasked(view, mview, bits, 3.0, 3, IQ_TO_STDEV)
+            assert got[2] == ref[2] and got[0] == ref[0] and got[1] == ref[1], (box, bits, got, ref)
+    empty = clipped_stats_unmasked(image[:2, :2], np.full((2, 2), 4, np.int32), 4, 3.0, 3, IQ_TO_STDEV)
+    assert math.isnan(empty[0]) and empty[2] == 0
+
+
+def test_percentiles_may_reorder_the_copy_it_is_given():
+    """``overwrite_input``: the product QA hands percentiles its own copy, which then serves as the work array (it
+    may be reordered); the numbers are numpy's either way, and without it the values are left as they were."""
+    rng = np.random.default_rng(3)
+    values = rng.normal(0.0, 1.0, 100_000).astype(np.float32)
+    q = [0, 5, 16, 50, 84, 95, 100]
+    ref = np.percentile(values, q)
+    work = values.copy()
+    np.testing.assert_array_equal(percentiles(work, q, overwrite_input=True), ref)
+    np.testing.assert_array_equal(np.sort(work), np.sort(values))  # the same values, in any order
+    kept = values.copy()
+    np.testing.assert_array_equal(percentiles(kept, q), ref)
+    np.testing.assert_array_equal(kept, values)
