@@ -296,3 +296,40 @@ def test_percentiles_may_reorder_the_copy_it_is_given():
     kept = values.copy()
     np.testing.assert_array_equal(percentiles(kept, q), ref)
     np.testing.assert_array_equal(kept, values)
+
+
+def _lanes_reference(v, n, lo, hi, mean=None):
+    """Four partial sums in plain Python floats: value j into sum j % 4 (the tail into the first), +0.0 for a value
+    outside [lo, hi], then (s0 + s1) + (s2 + s3): the order the compiled passes promise."""
+    s = [0.0, 0.0, 0.0, 0.0]
+    for j in range(n):
+        x = float(v[j])
+        t = x if mean is None else (x - mean) * (x - mean)
+        lane = j % 4 if j < n - n % 4 else 0
+        s[lane] += t if (lo <= x) and (x <= hi) else 0.0
+    return (s[0] + s[1]) + (s[2] + s[3])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_lane_sums_are_the_four_partial_sums(dtype):
+    """The clipping passes' sums (four float64 lanes of one vector register, issue 14) add the same values in the
+    same order as four scalar partial sums: equal bit for bit, for any length, NaN, infinities and bounds."""
+    from cpframe.science.robust import _pass_squares, _pass_sums
+
+    rng = np.random.default_rng(5)
+    for n in list(range(0, 18)) + [1001, 4096, 5003]:
+        v = (rng.normal(10.0, 3.0, n) * rng.choice([1.0, 1e6, 1e-6], n)).astype(dtype)
+        if n > 6:
+            v[[1, 5]] = np.nan
+            v[3] = np.inf
+            v[n - 1] = -np.inf
+        for lo, hi in ((5.0, 15.0), (-np.inf, np.inf), (10.0, 10.0), (20.0, 0.0), (-1e7, 1e7)):
+            cnt, s, prev, both = _pass_sums(v, n, lo, hi, 4.0, 16.0)
+            inside = (v >= lo) & (v <= hi)
+            assert cnt == int(inside.sum()) and prev == int(((v >= 4.0) & (v <= 16.0)).sum())
+            assert both == int((inside & (v >= 4.0) & (v <= 16.0)).sum())
+            ref = _lanes_reference(v, n, lo, hi)
+            assert s == ref or (math.isnan(s) and math.isnan(ref)), (n, lo, hi, s, ref)
+            mean = 9.75
+            sq, ref = _pass_squares(v, n, lo, hi, mean), _lanes_reference(v, n, lo, hi, mean)
+            assert sq == ref or (math.isnan(sq) and math.isnan(ref)), (n, lo, hi, sq, ref)

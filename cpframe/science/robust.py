@@ -22,7 +22,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 __all__ = ["clipped_stats_1d", "clipped_stats_and_median_1d", "clipped_stats_unmasked", "count_bits", "percentiles",
            "quartiles"]
@@ -135,20 +138,78 @@ def quartiles(work, n):
     return out
 
 
+def _lane_sum_codegen(squares: bool):
+    """LLVM for :func:`_lane_sums` / :func:`_lane_squares`: four float64 lanes in one vector register, lane ``l``
+    adding the values ``j = l (mod 4)`` in order, each masked value adding +0.0 (what four scalar partial sums
+    do, but four values per instruction: numba leaves LLVM's SLP vectoriser off, and its loop vectoriser may not
+    reorder floating-point sums)."""
+
+    def codegen(context, builder, signature, args):
+        arrty = signature.args[0]
+        ary = context.make_array(arrty)(context, builder, args[0])
+        m, lo, hi = args[1], args[2], args[3]
+        f64 = ir.DoubleType()
+        v4d = ir.VectorType(f64, 4)
+        elt = context.get_data_type(arrty.dtype)
+        v4e = ir.VectorType(elt, 4)
+
+        def splat(x):
+            vec = ir.Constant(v4d, ir.Undefined)
+            for lane in range(4):
+                vec = builder.insert_element(vec, x, ir.Constant(ir.IntType(32), lane))
+            return vec
+
+        zero = ir.Constant(v4d, [0.0] * 4)
+        lo4, hi4 = splat(lo), splat(hi)
+        c4 = splat(args[4]) if squares else None
+        acc = cgutils.alloca_once_value(builder, zero)
+        with cgutils.for_range_slice(builder, ir.Constant(m.type, 0), m, ir.Constant(m.type, 4)) as (i, _):
+            ptr = builder.bitcast(builder.gep(ary.data, [i]), v4e.as_pointer())
+            x = builder.load(ptr, align=context.get_abi_sizeof(elt))
+            xd = builder.fpext(x, v4d) if arrty.dtype == types.float32 else x
+            keep = builder.and_(builder.fcmp_ordered("<=", lo4, xd), builder.fcmp_ordered("<=", xd, hi4))
+            if squares:
+                d = builder.fsub(xd, c4)
+                val = builder.fmul(d, d)
+            else:
+                val = xd
+            builder.store(builder.fadd(builder.load(acc), builder.select(keep, val, zero)), acc)
+        total = builder.load(acc)
+        lanes = [builder.extract_element(total, ir.Constant(ir.IntType(32), lane)) for lane in range(4)]
+        return context.make_tuple(builder, signature.return_type, lanes)
+
+    return codegen
+
+
+def _lane_sum_signature(v, squares: bool):
+    if not (isinstance(v, types.Array) and v.ndim == 1 and v.layout == "C" and v.dtype in (types.float32,
+                                                                                           types.float64)):
+        return None
+    extra = (types.float64,) if squares else ()
+    return types.UniTuple(types.float64, 4)(v, types.intp, types.float64, types.float64, *extra)
+
+
+@intrinsic
+def _lane_sums(typingctx, v, m, lo, hi):
+    """The four partial sums of the values of ``v[:m]`` (``m`` a multiple of 4) inside ``[lo, hi]``."""
+    return _lane_sum_signature(v, False), _lane_sum_codegen(False)
+
+
+@intrinsic
+def _lane_squares(typingctx, v, m, lo, hi, mean):
+    """The four partial sums of ``(x - mean)**2`` over the values ``x`` of ``v[:m]`` (``m`` a multiple of 4) inside
+    ``[lo, hi]``."""
+    return _lane_sum_signature(v, True), _lane_sum_codegen(True)
+
+
 @njit(nogil=True, cache=True)
 def _pass_sums(v, n, lo, hi, plo, phi):
     """Count and sum of v[:n] inside [lo, hi]; count inside [plo, phi] and inside both.
 
-    Two loops (issue 14: 2.7x faster than one): the sum in four partial sums (no chain of dependent additions;
-    value ``j`` goes to sum ``j % 4``, the tail to the first), then the three counts, an integer reduction that LLVM
-    vectorises."""
-    s0 = s1 = s2 = s3 = 0.0
-    for j in range(0, n - 3, 4):
-        x0, x1, x2, x3 = v[j], v[j + 1], v[j + 2], v[j + 3]
-        s0 += x0 if (lo <= x0) & (x0 <= hi) else 0.0
-        s1 += x1 if (lo <= x1) & (x1 <= hi) else 0.0
-        s2 += x2 if (lo <= x2) & (x2 <= hi) else 0.0
-        s3 += x3 if (lo <= x3) & (x3 <= hi) else 0.0
+    The sum in four partial sums (no chain of dependent additions; value ``j`` goes to sum ``j % 4``, the tail to
+    the first; :func:`_lane_sums`), then the three counts, an integer reduction that LLVM vectorises (issue 14:
+    the two loops 0.27 -> 0.04 ms for 122,880 float32 values; the same numbers)."""
+    s0, s1, s2, s3 = _lane_sums(v, n - n % 4, lo, hi)
     for j in range(n - n % 4, n):
         x = v[j]
         s0 += x if (lo <= x) & (x <= hi) else 0.0
@@ -165,14 +226,8 @@ def _pass_sums(v, n, lo, hi, plo, phi):
 
 @njit(nogil=True, cache=True)
 def _pass_squares(v, n, lo, hi, mean):
-    """Sum of (x - mean)^2 over v[:n] inside [lo, hi] (branch-free, four partial sums)."""
-    s0 = s1 = s2 = s3 = 0.0
-    for j in range(0, n - 3, 4):
-        x0, x1, x2, x3 = v[j] - mean, v[j + 1] - mean, v[j + 2] - mean, v[j + 3] - mean
-        s0 += x0 * x0 if (lo <= v[j]) & (v[j] <= hi) else 0.0
-        s1 += x1 * x1 if (lo <= v[j + 1]) & (v[j + 1] <= hi) else 0.0
-        s2 += x2 * x2 if (lo <= v[j + 2]) & (v[j + 2] <= hi) else 0.0
-        s3 += x3 * x3 if (lo <= v[j + 3]) & (v[j + 3] <= hi) else 0.0
+    """Sum of (x - mean)^2 over v[:n] inside [lo, hi] (four partial sums, :func:`_lane_squares`)."""
+    s0, s1, s2, s3 = _lane_squares(v, n - n % 4, lo, hi, mean)
     for j in range(n - n % 4, n):
         x = v[j] - mean
         s0 += x * x if (lo <= v[j]) & (v[j] <= hi) else 0.0
