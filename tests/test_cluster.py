@@ -363,3 +363,53 @@ def test_a_quantum_counts_the_threads_of_the_idle_workers_on_its_node(tmp_path):
         assert ask() == 2  # b has a task: only c is idle
         busy.result(timeout=60)
         assert ask() == 3
+
+
+_BEFORE_RENDERING = """
+import json, os, sys
+import cpframe.execution.submit as sub
+
+def children():
+    out = []
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == str(os.getpid()):
+                out.append(open(f"/proc/{p}/cmdline").read())
+        except OSError:
+            pass
+    return out
+
+seen = []
+def plan_template(*a, **k):  # the rendering's first step: what is running by then
+    seen.append(any("forkserver" in c for c in children()))
+    raise SystemExit(0)
+sub.plan_template = plan_template
+try:
+    sub.submit_template(sys.argv[1], compute_site=sys.argv[2] or None, quiet=True)
+except SystemExit:
+    pass
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("text, flag, started", [
+    ("computeSite: local\n", "", True), ("a: 1\n", "", True), ("computeSite: slurm\n", "", False),
+    ("computeSite: '{site}'\n", "", False), ("computeSite: slurm\n", "local", True), ("a: 1\n", "slurm", False),
+])
+def test_a_local_submission_starts_the_fork_server_before_rendering(tmp_path, text, flag, started):
+    """The workers' fork server is the local start's longest path: ``cpframe submit`` starts it before rendering
+    when the run will be local (the flag, else the template's own ``computeSite`` line, else the settings), and not
+    when the template or the flag says otherwise or leaves it to a variable."""
+    import json
+    import subprocess
+
+    from cpframe.execution.submit import template_compute_site
+
+    template = tmp_path / "t.yaml"
+    template.write_text(text)
+    assert template_compute_site(template) == (None if text.startswith("a:") else text.split(":", 1)[1].strip().strip("'"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_", "CPFRAME_WORKER", "CPFRAME_CLUSTER"))}
+    out = subprocess.run([sys.executable, "-c", _BEFORE_RENDERING, str(template), flag], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == [started], out.stdout

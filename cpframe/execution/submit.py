@@ -508,6 +508,22 @@ def submit_template(
                 f"Submit again when ready: cpframe submit {template}", exc.signum) from None
 
 
+def template_compute_site(template: Any) -> str | None:
+    """The ``computeSite`` a template file sets at its top level, as written, read before rendering (a peek: None
+    when its text has no such line or cannot be read; a value made by a variable comes back unexpanded, so it is
+    not ``"local"``; the rendering decides in the end)."""
+    import re
+
+    from cpframe.execution.templates import find_template
+
+    try:
+        text = find_template(template).read_text()
+    except Exception:  # noqa: BLE001 - plan_template reports a missing or unreadable template
+        return None
+    found = {v.strip().strip("'\"") for v in re.findall(r"(?m)^computeSite\s*:([^#\n]*)", text)}
+    return None if not found else (found.pop() if len(found) == 1 else "?")
+
+
 def _submit(template, variables, *, allow_unset, extend_run, skip_existing, quiet, compute_site, site, argv, client,
             settings, environ, echo, take_over_lock, on_progress=None) -> SubmitResult:
     echo = echo or (lambda _line: None)
@@ -518,6 +534,12 @@ def _submit(template, variables, *, allow_unset, extend_run, skip_existing, quie
 
         settings = load_settings()
     early: list = []  # a local cluster started while planning (cpframe.execution.cluster_early)
+    if client is None and (compute_site or template_compute_site(template) or settings.cluster_kind) == "local":
+        # the local workers' fork server first of all, before rendering: its imports, the start's longest
+        # path, then overlap all of the driver's work (issue 14: 0.1 s); the early cluster below takes it over
+        from cpframe.execution.worker_start import start_fork_server_early
+
+        start_fork_server_early()
 
     def on_rendered(r: Any) -> None:
         config = getattr(r, "config", None)
