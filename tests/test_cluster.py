@@ -187,6 +187,19 @@ def test_local_workers_are_forks_of_a_server_that_did_their_imports_once(monkeyp
     assert all(f["ppid"] == os.getpid() and not f["registries"] for f in facts), facts
 
 
+#: (in the scripts below) the command lines of this process's children
+_CHILDREN = """
+def children():
+    out = []
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == str(os.getpid()):
+                out.append(open(f"/proc/{p}/cmdline").read())
+        except OSError:
+            pass
+    return out
+"""
+
 _EARLY = """
 import json, os, sys
 from cpframe.execution.worker_start import SPAWN_ENV_KEY, spawn_env_before_distributed, worker_malloc_config, \\
@@ -194,13 +207,8 @@ from cpframe.execution.worker_start import SPAWN_ENV_KEY, spawn_env_before_distr
 start_fork_server_early()
 early = spawn_env_before_distributed()
 imported = "distributed" in sys.modules
-kids = []
-for p in filter(str.isdigit, os.listdir("/proc")):
-    try:
-        if open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == str(os.getpid()):
-            kids.append(open(f"/proc/{p}/cmdline").read())
-    except OSError:
-        pass
+""" + _CHILDREN + """
+kids = children()
 late = worker_malloc_config()[SPAWN_ENV_KEY]
 print(json.dumps([imported, early == late, early, any("forkserver" in k for k in kids)]))
 """
@@ -368,17 +376,7 @@ def test_a_quantum_counts_the_threads_of_the_idle_workers_on_its_node(tmp_path):
 _BEFORE_RENDERING = """
 import json, os, sys
 import cpframe.execution.submit as sub
-
-def children():
-    out = []
-    for p in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == str(os.getpid()):
-                out.append(open(f"/proc/{p}/cmdline").read())
-        except OSError:
-            pass
-    return out
-
+""" + _CHILDREN + """
 seen = []
 def plan_template(*a, **k):  # the rendering's first step: what is running by then
     seen.append(any("forkserver" in c for c in children()))
