@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,7 @@ def normalized_cards(header: Mapping[str, Any], filename: str | None = None) -> 
 #: (:func:`remember_raw_cards`); bounded: a worker of a long night forgets the oldest.
 _PLANNED_CARDS: dict[str, tuple[dict[str, Any], int, int]] = {}
 _PLANNED_AT_MOST = 4096
+_PLANNED_LOCK = threading.Lock()  # a worker's threads run quanta side by side
 
 
 def remember_raw_cards(path: str, cards: Mapping[str, Any], begin_ns: int, end_ns: int) -> None:
@@ -164,9 +166,10 @@ def remember_raw_cards(path: str, cards: Mapping[str, Any], begin_ns: int, end_n
     exposure's timespan): :func:`read_raw` of ``path`` in this process uses these cards instead of translating
     the header when the header's ``DATE-BEG``/``DATE-END`` are that timespan (issue 14: a worker then never
     imports the translators)."""
-    if len(_PLANNED_CARDS) >= _PLANNED_AT_MOST:
-        _PLANNED_CARDS.pop(next(iter(_PLANNED_CARDS)))
-    _PLANNED_CARDS[str(path)] = (dict(cards), int(begin_ns), int(end_ns))
+    with _PLANNED_LOCK:
+        if len(_PLANNED_CARDS) >= _PLANNED_AT_MOST:
+            _PLANNED_CARDS.pop(next(iter(_PLANNED_CARDS)))
+        _PLANNED_CARDS[str(path)] = (dict(cards), int(begin_ns), int(end_ns))
 
 
 def _iso_tai_ns(value: Any) -> int | None:
