@@ -618,8 +618,10 @@ def write_masked(
     """
     if not (image.shape == mask.shape == variance.shape) or image.ndim != 2:
         raise ValueError(f"planes differ in shape: {image.shape}, {mask.shape}, {variance.shape}")
-    rows = 256  # big-endian copies of a few MB at a time, not of whole planes
-    digest = _files.Sha256InOrder(depth=3)  # at most three 256-row chunks (4 MB each at full size) waiting
+    # big-endian copies of 512 KiB at a time, not of whole planes: a chunk stays in the core's L2 cache from the copy
+    # through the write to the digest (issue 14: 4 MiB chunks took 0.19-0.28 s for a full-size product, 512 KiB 0.12 s)
+    rows = max(1, (512 * 1024) // (4 * max(1, image.shape[1])))
+    digest = _files.Sha256InOrder(depth=8)  # at most eight chunks (4 MiB) waiting
     try:
         with MaskedWriter(path, image.shape, header) as w:
             digest.feed(w.header_blocks[0])
