@@ -406,6 +406,7 @@ def test_a_local_submission_starts_the_fork_server_before_rendering(tmp_path, te
     template = tmp_path / "t.yaml"
     template.write_text(text)
     assert template_compute_site(template) == (None if text.startswith("a:") else text.split(":", 1)[1].strip().strip("'"))
+    assert template_compute_site(tmp_path / "missing.yaml") == "?"  # a user error: no fork server for it
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_", "CPFRAME_WORKER", "CPFRAME_CLUSTER"))}
     out = subprocess.run([sys.executable, "-c", _BEFORE_RENDERING, str(template), flag], env=env,
                          capture_output=True, text=True, timeout=120)

@@ -510,8 +510,8 @@ def submit_template(
 
 def template_compute_site(template: Any) -> str | None:
     """The ``computeSite`` a template file sets at its top level, as written, read before rendering (a peek: None
-    when its text has no such line or cannot be read; a value made by a variable comes back unexpanded, so it is
-    not ``"local"``; the rendering decides in the end)."""
+    when its text has no such line, ``"?"`` when the file cannot be found or read or sets several; a value made by
+    a variable comes back unexpanded, so it is not ``"local"``; the rendering decides in the end)."""
     import re
 
     from cpframe.execution.templates import find_template
@@ -519,7 +519,7 @@ def template_compute_site(template: Any) -> str | None:
     try:
         text = find_template(template).read_text()
     except Exception:  # noqa: BLE001 - plan_template reports a missing or unreadable template
-        return None
+        return "?"
     found = {v.strip().strip("'\"") for v in re.findall(r"(?m)^computeSite\s*:([^#\n]*)", text)}
     return None if not found else (found.pop() if len(found) == 1 else "?")
 
