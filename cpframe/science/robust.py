@@ -253,11 +253,16 @@ def _work_buffer(values: np.ndarray) -> np.ndarray:
 
 
 @njit(nogil=True, cache=True)
-def _clipped_stats(values, v, clip, n_iter, iq_to_stdev):
-    n = _finite_copy(values, v)
+def _clipped_stats_of_copy(v, n, clip, n_iter, iq_to_stdev):
+    """MEANCLIP of the ``n`` finite values copied into ``v`` (reordered)."""
     if n == 0:
         return math.nan, math.nan, 0
     return _clip_passes(v, n, quartiles(v, n), clip, n_iter, iq_to_stdev)
+
+
+@njit(nogil=True, cache=True)
+def _clipped_stats(values, v, clip, n_iter, iq_to_stdev):
+    return _clipped_stats_of_copy(v, _finite_copy(values, v), clip, n_iter, iq_to_stdev)
 
 
 @njit(nogil=True, cache=True)
@@ -335,10 +340,7 @@ def _unmasked_finite_copy(values, mask, bits, v):
 
 @njit(nogil=True, cache=True)
 def _clipped_stats_unmasked(values, mask, bits, v, clip, n_iter, iq_to_stdev):
-    n = _unmasked_finite_copy(values, mask, bits, v)
-    if n == 0:
-        return math.nan, math.nan, 0
-    return _clip_passes(v, n, quartiles(v, n), clip, n_iter, iq_to_stdev)
+    return _clipped_stats_of_copy(v, _unmasked_finite_copy(values, mask, bits, v), clip, n_iter, iq_to_stdev)
 
 
 def clipped_stats_unmasked(values: np.ndarray, mask: np.ndarray, bits: int, clip: float, n_iter: int,
