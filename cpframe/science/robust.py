@@ -208,7 +208,7 @@ def _pass_sums(v, n, lo, hi, plo, phi):
 
     The sum in four partial sums (no chain of dependent additions; value ``j`` goes to sum ``j % 4``, the tail to
     the first; :func:`_lane_sums`), then the three counts, an integer reduction that LLVM vectorises (issue 14:
-    the two loops 0.27 -> 0.04 ms for 122,880 float32 values; the same numbers)."""
+    the pass 0.27 -> 0.055 ms for 122,880 float32 values; the same numbers)."""
     s0, s1, s2, s3 = _lane_sums(v, n - n % 4, lo, hi)
     for j in range(n - n % 4, n):
         x = v[j]
