@@ -390,14 +390,18 @@ print(json.dumps(seen))
 """
 
 
-@pytest.mark.parametrize("text, flag, started", [
-    ("computeSite: local\n", "", True), ("a: 1\n", "", True), ("computeSite: slurm\n", "", False),
-    ("computeSite: '{site}'\n", "", False), ("computeSite: slurm\n", "local", True), ("a: 1\n", "slurm", False),
+@pytest.mark.parametrize("text, flag, kind, started", [
+    ("computeSite: local\n", "", "", True), ("a: 1\n", "", "", True), ("computeSite: slurm\n", "", "", False),
+    ("computeSite: '{site}'\n", "", "", False), ("computeSite: slurm\n", "local", "", True),
+    ("a: 1\n", "slurm", "", False), ("a: 1\n", "", "slurm", False), ("a: 1\n", "", "local", True),
+    ("computeSite: local\n", "", "slurm", True), ("a: 1\n", "", "nonsense", False),
 ])
-def test_a_local_submission_starts_the_fork_server_before_rendering(tmp_path, text, flag, started):
-    """The workers' fork server is the local start's longest path: ``cpframe submit`` starts it before rendering
-    when the run will be local (the flag, else the template's own ``computeSite`` line, else the settings), and not
-    when the template or the flag says otherwise or leaves it to a variable."""
+def test_a_local_submission_starts_the_fork_server_before_rendering(tmp_path, text, flag, kind, started):
+    """The workers' fork server is the local start's longest path: ``cpframe submit`` starts it before the
+    settings are validated and the template rendered when the run will be local (the flag, else the template's own
+    ``computeSite`` line, else the settings' cluster kind, here from ``DASK_CPFRAME__CLUSTER__KIND``), and not when
+    the template, the flag or the settings say otherwise or leave it to a variable (a kind the settings refuse is
+    their ConfigError, before any planning)."""
     import json
     import subprocess
 
@@ -408,7 +412,12 @@ def test_a_local_submission_starts_the_fork_server_before_rendering(tmp_path, te
     assert template_compute_site(template) == (None if text.startswith("a:") else text.split(":", 1)[1].strip().strip("'"))
     assert template_compute_site(tmp_path / "missing.yaml") == "?"  # a user error: no fork server for it
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_", "CPFRAME_WORKER", "CPFRAME_CLUSTER"))}
+    if kind:
+        env["DASK_CPFRAME__CLUSTER__KIND"] = kind
     out = subprocess.run([sys.executable, "-c", _BEFORE_RENDERING, str(template), flag], env=env,
                          capture_output=True, text=True, timeout=120)
+    if kind == "nonsense":  # the settings refuse it before anything is planned
+        assert out.returncode != 0 and "cpframe.cluster.kind" in out.stderr, out.stderr
+        return
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1]) == [started], out.stdout

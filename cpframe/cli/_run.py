@@ -101,9 +101,13 @@ def submit_cmd(template: str, variables: tuple[str, ...], allow_unset: bool, ext
     SIGTERM/Ctrl-C finish or roll back the registration in progress, record what completed and
     exit 143/130 with the command that resumes.
     """
+    from cpframe.execution.submit import start_fork_server_if_local, submit_template
+
+    if not detach:
+        start_fork_server_if_local(template, compute_site)  # before anything else: the start's longest path
+
     from cpframe.core.config import load_settings
     from cpframe.core.errors import ExecutionError
-    from cpframe.execution.submit import submit_template
 
     if detach:
         from cpframe.execution.runs import start_detached

@@ -66,6 +66,7 @@ __all__ = [
     "RunTarget",
     "PlanOutcome",
     "SubmitResult",
+    "start_fork_server_if_local",
     "render_stage",
     "validate_stage",
     "target_stage",
@@ -524,22 +525,36 @@ def template_compute_site(template: Any) -> str | None:
     return None if not found else (found.pop() if len(found) == 1 else "?")
 
 
+def start_fork_server_if_local(template: Any, compute_site: str | None = None, settings: Any = None) -> None:
+    """Start the local workers' fork server now if the run will be local: the flag, else the template's own
+    ``computeSite`` line (:func:`template_compute_site`), else the settings' cluster kind (``settings``, or when
+    not validated yet a peek at Dask's config: :func:`cpframe.execution.worker_start.settings_cluster_kind_peek`).
+    Its imports are the local start's longest path: started first of all (``cpframe submit`` calls this before it
+    validates its settings), they overlap all of the driver's own work (issue 14); the early cluster takes the
+    server over.  Does nothing more when it is running; never raises."""
+    from cpframe.execution.worker_start import settings_cluster_kind_peek, start_fork_server_early
+
+    try:
+        kind = compute_site or template_compute_site(template) or (
+            settings.cluster_kind if settings is not None else settings_cluster_kind_peek())
+    except Exception:  # noqa: BLE001 - the settings' own validation reports a bad value
+        return
+    if kind == "local":
+        start_fork_server_early()
+
+
 def _submit(template, variables, *, allow_unset, extend_run, skip_existing, quiet, compute_site, site, argv, client,
             settings, environ, echo, take_over_lock, on_progress=None) -> SubmitResult:
     echo = echo or (lambda _line: None)
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if client is None:
+        start_fork_server_if_local(template, compute_site, settings)
     if settings is None:
         from cpframe.core.config import load_settings
 
         settings = load_settings()
     early: list = []  # a local cluster started while planning (cpframe.execution.cluster_early)
-    if client is None and (compute_site or template_compute_site(template) or settings.cluster_kind) == "local":
-        # the local workers' fork server first of all, before rendering: its imports, the start's longest
-        # path, then overlap all of the driver's work (issue 14: 0.1 s); the early cluster below takes it over
-        from cpframe.execution.worker_start import start_fork_server_early
-
-        start_fork_server_early()
 
     def on_rendered(r: Any) -> None:
         config = getattr(r, "config", None)

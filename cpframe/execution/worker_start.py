@@ -13,10 +13,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from cpframe.core.files import current_umask
-
 __all__ = ["FORKSERVER_PRELOAD_MODULE", "PRELOAD_MODULE", "SPAWN_ENV_KEY", "WORKER_MALLOC_ENV", "fork_server_config",
-           "spawn_env_before_distributed", "start_fork_server_early", "worker_env", "worker_malloc_config"]
+           "settings_cluster_kind_peek", "spawn_env_before_distributed", "start_fork_server_early", "worker_env",
+           "worker_malloc_config"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +112,17 @@ def start_fork_server_early() -> None:
         log.debug("could not start the fork server early", exc_info=True)
 
 
+def settings_cluster_kind_peek() -> str:
+    """The cluster kind the settings will give (``cpframe.cluster.kind`` in Dask's config: cpframe.yaml's default
+    ``local``, a site's Dask config files or ``DASK_CPFRAME__CLUSTER__KIND``), read without importing and validating
+    the settings (:func:`cpframe.core.config.load_settings`: pydantic, 0.1-0.2 s), so that the fork server can start
+    before them; a value the settings would refuse is "?" (they then report it)."""
+    import dask
+
+    kind = dask.config.get("cpframe.cluster.kind", default="local")
+    return kind if kind in ("local", "slurm") else "?"
+
+
 def fork_server_config(spawn_env: Mapping[str, Any]) -> dict[str, Any]:
     """Dask config that starts local workers as forks of one fork server holding their imports, or {} to spawn.
 
@@ -137,6 +147,8 @@ def fork_server_config(spawn_env: Mapping[str, Any]) -> dict[str, Any]:
 def worker_env() -> dict[str, str]:
     """What a forked worker must take from the submitting process as it is now, not as it was when the fork
     server started: its environment and its umask (set by :mod:`cpframe.execution.worker_preload`)."""
+    from cpframe.core.files import current_umask  # (numpy: not before the fork server's start)
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # malloc: read at exec only
     env["CPFRAME_WORKER_UMASK"] = oct(current_umask())
     return env
