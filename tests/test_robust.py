@@ -111,7 +111,7 @@ def test_percentiles_equal_numpy_percentile_bit_for_bit(dtype):
     are numpy's own numbers and type; NaN, integers and 2-d input go to numpy."""
     rng = np.random.default_rng(5)
     qs = ([0, 5, 16, 50, 84, 95, 100], [50.0], [100.0, 0.0, 50.0], [0.1, 33.3, 66.6, 99.9])
-    for n in (1, 2, 3, 4, 5, 7, 10, 1001, 4096, 131_072, 1_018_000):
+    for n in (1, 2, 3, 4, 5, 7, 10, 255, 256, 257, 321, 1001, 4096, 131_072, 1_018_000):  # (256: _extremes' lanes)
         base = rng.normal(0, 5, n).astype(dtype)
         ties = np.round(base)
         infs = base.copy()

@@ -415,9 +415,51 @@ def _order_pairs(work, ks):
     return a, b
 
 
+#: Lanes of :func:`_extremes`: each keeps the two smallest and two largest of every 64th value, branch-free, so
+#: that the sweep is vectorised (a float32 amp of 1 M values: 3.3 -> 0.2 ms).
+_EXTREME_LANES = 64
+
+
 @njit(nogil=True, cache=True)
 def _extremes(work):
-    """The smallest, second smallest, second largest and largest of the values (the first twice when n = 1)."""
+    """The smallest, second smallest, second largest and largest of the values (the first twice when n = 1).
+
+    Order statistics only (no arithmetic): 64 lanes keep the two smallest and two largest of their values
+    (``s1 = min(s1, max(s0, x)); s0 = min(s0, x)``), then the lanes' candidates and the values left over go
+    through the one-by-one sweep (:func:`_extremes_scalar`); any of the two smallest values overall is one of the
+    two smallest of its lane.  Each lane sees at least four values, so no starting infinity survives."""
+    n = work.size
+    L = _EXTREME_LANES
+    if n < 4 * L:
+        return _extremes_scalar(work)
+    m = n - n % L
+    rows = work[:m].reshape(m // L, L)
+    s0 = np.full(L, np.inf, work.dtype)
+    s1 = s0.copy()
+    t0 = np.full(L, -np.inf, work.dtype)
+    t1 = t0.copy()
+    for j in range(m // L):
+        row = rows[j]
+        for l in range(L):
+            x = row[l]
+            a = s0[l]
+            s1[l] = min(s1[l], max(a, x))
+            s0[l] = min(a, x)
+            c = t0[l]
+            t1[l] = max(t1[l], min(c, x))
+            t0[l] = max(c, x)
+    cand = np.empty(4 * L + n - m, work.dtype)
+    cand[:L] = s0
+    cand[L:2 * L] = s1
+    cand[2 * L:3 * L] = t1
+    cand[3 * L:4 * L] = t0
+    cand[4 * L:] = work[m:]
+    return _extremes_scalar(cand)
+
+
+@njit(nogil=True, cache=True)
+def _extremes_scalar(work):
+    """:func:`_extremes`, one value after the other."""
     s0 = s1 = t0 = t1 = work[0]
     if work.size > 1:
         s0, s1 = (work[0], work[1]) if work[0] <= work[1] else (work[1], work[0])
