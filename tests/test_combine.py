@@ -161,10 +161,13 @@ def test_clip_method_is_validated():
     assert CombineConfig().clip_method == "cp_pipe"  # the default is cp_pipe's rule
 
 
+@pytest.mark.parametrize("clean", [False, True])
 @pytest.mark.parametrize(("stat", "method"), [("MEAN", 0), ("MEDIAN", 0), ("MEANCLIP", 0), ("MEANCLIP", 1)])
-def test_vectorised_kernels_equal_per_pixel_kernel(stat, method):
-    """The column-vectorised kernels give the per-pixel reference kernel's numbers, bit for bit."""
-    from cpframe.science.kernels import STAT_MEAN, STAT_MEANCLIP, STAT_MEDIAN, combine_block, combine_strip
+def test_vectorised_kernels_equal_per_pixel_kernel(stat, method, clean):
+    """The column-vectorised kernels give the per-pixel reference kernel's numbers, bit for bit; ``clean``: most
+    column tiles have every input of every column (the sorted kernels' quantiles read row-wise), one has one
+    input masked in every column (the same count N - 1 everywhere), one has its masked and NaN values scattered."""
+    from cpframe.science.kernels import STAT_MEAN, STAT_MEANCLIP, STAT_MEDIAN, TILE, combine_block, combine_strip
 
     code = {"MEAN": STAT_MEAN, "MEDIAN": STAT_MEDIAN, "MEANCLIP": STAT_MEANCLIP}[stat]
     rng = np.random.default_rng(11)
@@ -172,9 +175,18 @@ def test_vectorised_kernels_equal_per_pixel_kernel(stat, method):
     data = rng.normal(100, 5, (n, rows, cols)).astype(np.float32)
     data[rng.random(data.shape) < 0.03] += 700
     data[rng.random(data.shape) < 0.02] -= 700  # low outliers: kept runs that do not start at the lowest value
-    data[rng.random(data.shape) < 0.01] = np.nan
-    masks = np.where(rng.random(data.shape) < 0.05, SAT, 0).astype(np.int32)
-    masks[:, 2, 3] = SAT
+    if clean:
+        masks = np.zeros(data.shape, np.int32)
+        masks[rng.integers(0, n, cols), :, np.arange(cols)] = SAT  # one input of each column
+        masks[:, :, :TILE] = 0  # the first tile: nothing masked
+        masks[:, :, 3 * TILE:] = 0  # the fourth tile on: nothing masked, but the fifth has NaN and SAT scattered
+        dirty = (slice(None), slice(None), slice(4 * TILE, 5 * TILE))
+        data[dirty][rng.random(data[dirty].shape) < 0.01] = np.nan
+        masks[dirty][rng.random(masks[dirty].shape) < 0.05] = SAT
+    else:
+        data[rng.random(data.shape) < 0.01] = np.nan
+        masks = np.where(rng.random(data.shape) < 0.05, SAT, 0).astype(np.int32)
+        masks[:, 2, 3] = SAT
     ref = [np.empty((rows, cols), np.float32), np.empty((rows, cols), np.float32),
            np.empty((rows, cols), np.int32), np.empty((rows, cols), np.int16)]
     for scales in (np.ones(n), np.linspace(0.5, 2, n)):
