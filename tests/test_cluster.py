@@ -390,6 +390,40 @@ print(json.dumps(seen))
 """
 
 
+_BEFORE_SETTINGS = """
+import json, os, sys
+import cpframe.core.config as config
+from cpframe.cli import main
+""" + _CHILDREN + """
+seen = []
+def load_settings(*a, **k):  # the command's settings: what is running by the time they are read
+    seen.append(any("forkserver" in c for c in children()))
+    raise SystemExit(0)
+config.load_settings = load_settings
+try:
+    main(["submit", sys.argv[1]], standalone_mode=False)
+except SystemExit:
+    pass
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("text, started", [("computeSite: local\n", True), ("computeSite: slurm\n", False)])
+def test_the_submit_command_starts_the_fork_server_before_reading_its_settings(tmp_path, text, started):
+    """``cpframe submit`` starts the workers' fork server before it even reads and validates its settings
+    (pydantic and the settings file: 0.1-0.2 s of the start), when the run will be local."""
+    import json
+    import subprocess
+
+    template = tmp_path / "t.yaml"
+    template.write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_", "CPFRAME_WORKER", "CPFRAME_CLUSTER"))}
+    out = subprocess.run([sys.executable, "-c", _BEFORE_SETTINGS, str(template)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == [started], out.stdout
+
+
 @pytest.mark.parametrize("text, flag, kind, started", [
     ("computeSite: local\n", "", "", True), ("a: 1\n", "", "", True), ("computeSite: slurm\n", "", "", False),
     ("computeSite: '{site}'\n", "", "", False), ("computeSite: slurm\n", "local", "", True),
