@@ -26,6 +26,7 @@ Usage::
     python benchmarks/bench_pipeline.py --raws /tmp/raws --repeat 1 --skip-unfused
     python benchmarks/bench_pipeline.py --raws /tmp/raws --skip-unfused --baseline /tmp/before  # side by side
     python benchmarks/bench_pipeline.py --raws /tmp/raws --in-place --repeat 1   # the raws where they are
+    python benchmarks/bench_pipeline.py --repeat 1 --skip-unfused --timeline     # where each run's time went
 """
 
 from __future__ import annotations
@@ -73,10 +74,13 @@ def code_of(env: dict, cwd: Path) -> str:
     return out.stdout.strip()
 
 
-def submit(env: dict, label: str, cwd: Path) -> dict:
+def submit(env: dict, label: str, cwd: Path, timeline: Path | None = None) -> dict:
     # measure.py: counts the workers forked by the local cluster's fork server (/usr/bin/time missed them)
     cmd = [sys.executable, str(HERE / "measure.py"), sys.executable, "-m", "cpframe", "submit",
            str(ROOT / "templates" / "bps_biasBootstrap.yaml")]
+    if timeline is not None:  # every process of the run appends its moments there (cpframe.core.timeline)
+        env = dict(env, CPFRAME_TIMELINE=str(timeline))
+    t0 = time.time()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd)
     if out.returncode != 0:
         raise SystemExit(f"{label}: submit failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
@@ -85,8 +89,13 @@ def submit(env: dict, label: str, cwd: Path) -> dict:
     # it started (the LocalCluster's workers, forked or spawned): under load the wall time is inflated, the CPU
     # seconds much less; max RSS is the largest process's VmHWM, which counts file-backed pages (libraries, the
     # product's memory-mapped planes), see bench_memory.py
-    return {"wall_s": m["wall_s"], "cpu_s": m["cpu_s"], "max_rss_mib": m["max_rss_kib"] / 1024,
-            "load": os.getloadavg()[0]}
+    res = {"wall_s": m["wall_s"], "cpu_s": m["cpu_s"], "max_rss_mib": m["max_rss_kib"] / 1024,
+           "load": os.getloadavg()[0]}
+    if timeline is not None:
+        from timeline import summary
+
+        res["timeline"] = summary(str(timeline), t0)
+    return res
 
 
 def big_files(repo: Path, raws: set[str], limit: int = 50 * 2**20) -> list[str]:
@@ -113,6 +122,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-unfused", action="store_true")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--timeline", action="store_true",
+                    help="print where each submission's time went (CPFRAME_TIMELINE, benchmarks/timeline.py; seconds "
+                         "from the measuring wrapper's launch)")
     ap.add_argument("--baseline", metavar="DIR",
                     help="another cpframe checkout (e.g. `git worktree add /tmp/before <commit>`) whose fused "
                          "submission runs interleaved with this one's, same repository, as 'baseline'")
@@ -170,12 +182,14 @@ def main(argv=None) -> int:
                     if got != want:
                         raise SystemExit(f"{label}: the submission would import cpframe from {got}, not {want}")
                     print(f"{label}: cpframe from {got}", flush=True)
-                res = submit(e, label, work)
+                res = submit(e, label, work, work / f"timeline-{r}{label[0]}.txt" if args.timeline else None)
                 res["big_files"] = big_files(repo_root, raw_set)
                 results[label].append(res)
                 print(f"round {r + 1} {label}: {res['wall_s']:.1f} s (CPU {res['cpu_s']:.1f} s, load {res['load']:.1f}), "
                       f"max RSS {res['max_rss_mib']:.0f} MiB, "
                       f"big non-raw files in the repository: {len(res['big_files'])}", flush=True)
+                if "timeline" in res:
+                    print("    " + res["timeline"].replace("\n", "\n    "), flush=True)
         cat_s = statistics.median(x["wall_s"] for x in results["cat"])
         print(f"\ncat of the raws (median): {cat_s:.3f} s")
         for label in ("baseline", "fused", "unfused"):

@@ -194,3 +194,44 @@ def test_planned_raws_are_read_without_the_header_translators(bias_repo):
             assert not res.failures and res.registered, res.failures
         loaded = oc.client.run(_translators_loaded)
     assert len(loaded) == 2 and not any(loaded.values()), loaded
+
+
+def test_a_submission_records_its_timeline_from_every_process(bias_repo, tmp_path):
+    """``CPFRAME_TIMELINE``: the command, the fork server and each worker of a real local submission append their
+    moments (cpframe.core.timeline), in the order the run takes: the command, the fork server launched before the
+    rendering, its imports, the workers, the plan, the execution, every quantum's start before its end, the exit."""
+    import subprocess
+    import sys
+
+    repo, env = bias_repo
+    path = tmp_path / "timeline.txt"
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_", "CPFRAME_WORKER", "CPFRAME_CLUSTER"))}
+    run_env.update(env, RERUN="20241110tl", CPFRAME_TIMELINE=str(path))
+    out = subprocess.run([sys.executable, "-m", "cpframe", "submit", "bps_bias", "--quiet"], env=run_env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [ln.split(" ", 3) for ln in path.read_text().splitlines()]
+    rows.sort(key=lambda r: float(r[1]))
+    labels = [r[3] for r in rows]
+    command = {r[0] for r in rows if r[3] == "command"}
+    server = {r[0] for r in rows if r[3].startswith("fork server:")}
+    workers = {r[0] for r in rows if r[3] == "worker start"}
+    assert len(command) == 1 and len(server) == 1 and len(workers) == 2 and not (command | server) & workers
+    order = ["command", "fork server launched", "rendered", "planned", "workers ready", "execute", "exit"]
+    (cmd,) = command
+    assert [r[3] for r in rows if r[0] == cmd] == order  # the command's own moments, once each, in order
+    assert labels.index("fork server: start") < labels.index("fork server: imports done") < labels.index(
+        "fork server: numba ready") < min(i for i, lab in enumerate(labels) if lab == "worker start")
+    assert labels.index("fork server launched") < labels.index("fork server: start")
+    quanta = [(r[0], r[3]) for r in rows if r[3].startswith("quantum ")]
+    assert quanta and {pid for pid, _ in quanta} <= workers
+    open_by_pid: dict[str, str] = {}
+    for pid, lab in quanta:  # a worker's quanta one after the other, each start before its end
+        kind, edge = lab.split()[1:]
+        if edge == "start":
+            assert pid not in open_by_pid
+            open_by_pid[pid] = kind
+        else:
+            assert open_by_pid.pop(pid) == kind
+    assert not open_by_pid
+    assert labels.index("execute") < labels.index(quanta[0][1]) and labels.index("exit") > labels.index(quanta[-1][1])

@@ -47,7 +47,9 @@ def main() -> None:
     or disk full, 130/143 stopped by SIGINT/SIGTERM (docs/guarantees.md).
     """
     from cpframe.core.quickexit import skip_final_gc
+    from cpframe.core.timeline import mark
 
+    mark("command")
     skip_final_gc()  # a command's process exits without the interpreter's last collections (0.4 s)
 
 

@@ -36,5 +36,8 @@ def skip_final_gc() -> None:
 
 
 def _freeze() -> None:
+    from cpframe.core.timeline import mark
+
+    mark("exit")
     gc.disable()
     gc.freeze()

@@ -16,13 +16,19 @@ them imports the translators then.
 
 from __future__ import annotations
 
-import distributed  # noqa: F401
-import distributed.nanny  # noqa: F401
-from numba.core.registry import cpu_target
+from cpframe.core.timeline import mark
 
-import cpframe.execution.worker_preload  # noqa: F401
+mark("fork server: start")
 
+import distributed  # noqa: E402,F401
+import distributed.nanny  # noqa: E402,F401
+from numba.core.registry import cpu_target  # noqa: E402
+
+import cpframe.execution.worker_preload  # noqa: E402,F401
+
+mark("fork server: imports done")
 try:
     cpu_target.target_context.refresh()
 except Exception:  # noqa: BLE001 - an error here would stop every worker's start; the first kernel loads them
     pass
+mark("fork server: numba ready")

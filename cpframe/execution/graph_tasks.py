@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from cpframe.core.errors import ExecutionError
+from cpframe.core.timeline import mark
 
 __all__ = ["GroupResult", "QuantumSpec", "QuantumResult", "run_group", "run_quantum"]
 
@@ -238,6 +239,7 @@ def run_quantum(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> Quantum
     upstream = _resolve(spec, upstream)
     if spec.limits is not None:
         return _run_limited(spec, upstream)
+    mark(f"quantum {spec.kind} start")
     if spec.raw_cards:
         from cpframe.science.imageio import remember_raw_cards
 
@@ -263,6 +265,7 @@ def run_quantum(spec: QuantumSpec, upstream: Sequence[QuantumResult]) -> Quantum
     checksums = {p: take_remembered_sha256(p) or sha256_file(p) for p, _, _ in outputs}
     job = os.environ.get("SLURM_JOB_ID")
     where = socket.gethostname() + (f" (Slurm job {job})" if job else "")
+    mark(f"quantum {spec.kind} end")
     return QuantumResult(key=spec.key, value=value, outputs=outputs, elapsed_s=time.perf_counter() - t0, where=where,
                          worker=_worker_name(), checksums=checksums)
 

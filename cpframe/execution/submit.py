@@ -60,6 +60,7 @@ from cpframe.core.errors import (
     UnknownCollectionError,
 )
 from cpframe.core.model import CollectionType
+from cpframe.core.timeline import mark
 from cpframe.repository.base import Registry
 
 __all__ = [
@@ -539,8 +540,8 @@ def start_fork_server_if_local(template: Any, compute_site: str | None = None, s
             settings.cluster_kind if settings is not None else settings_cluster_kind_peek())
     except Exception:  # noqa: BLE001 - the settings' own validation reports a bad value
         return
-    if kind == "local":
-        start_fork_server_early()
+    if kind == "local" and start_fork_server_early():
+        mark("fork server launched")
 
 
 def _submit(template, variables, *, allow_unset, extend_run, skip_existing, quiet, compute_site, site, argv, client,
@@ -557,6 +558,7 @@ def _submit(template, variables, *, allow_unset, extend_run, skip_existing, quie
     early: list = []  # a local cluster started while planning (cpframe.execution.cluster_early)
 
     def on_rendered(r: Any) -> None:
+        mark("rendered")
         config = getattr(r, "config", None)
         rendered_site = config.get("computeSite") if isinstance(config, Mapping) else None
         if client is None and not early and (compute_site or rendered_site or settings.cluster_kind) == "local":
@@ -641,6 +643,7 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
     from cpframe.execution.resources import capacity_requests, check_capacity, quantum_resources, task_requests
 
     requests = task_requests(sub, out.pipeline)
+    mark("planned")
     if client is None and early is not None and kind == early.kind:
         oc = early.take()  # started while planning
     elif client is None:
@@ -649,6 +652,7 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
         if early is not None:
             early.close()
         oc = open_cluster(settings, site=site_file, kind=kind, requests=requests)
+    mark("workers ready")
     if oc is not None:
         client, site_obj = oc.client, oc.site
     timings["cluster_start_s"] = time.perf_counter() - t0
@@ -691,6 +695,7 @@ def _run_and_record(template, out: PlanOutcome, settings, kind, site_file, submi
             from cpframe.core.progress import progress_enabled
 
             # a bar only on a terminal, and not with --quiet (issue 16: silent in logs)
+            mark("execute")
             res = execute_plan(plan, repo, client, retries=retries, progress=not quiet and progress_enabled(),
                                resources=quantum_resources(plan, requests), requests=requests,
                                clusters=sub.clusters,

@@ -19,6 +19,7 @@ import cpframe.execution.graph_tasks  # noqa: F401
 import cpframe.execution.kinds  # noqa: F401
 import cpframe.science.fused_tasks  # noqa: F401
 from cpframe.core.quickexit import skip_final_gc
+from cpframe.core.timeline import mark
 
 skip_final_gc()
 
@@ -26,6 +27,7 @@ skip_final_gc()
 def dask_setup(worker=None) -> None:
     """Dask's preload hook, in each worker: the submitting process's umask (``CPFRAME_WORKER_UMASK``, set by
     :func:`cpframe.execution.worker_start.worker_env`)."""
+    mark("worker start")
     mask = os.environ.get("CPFRAME_WORKER_UMASK")
     if mask:
         os.umask(int(mask, 8))

@@ -101,15 +101,23 @@ def _start_fork_server(spawn_env: Mapping[str, Any]) -> None:
     forkserver.ensure_running()
 
 
-def start_fork_server_early() -> None:
+def start_fork_server_early() -> bool:
     """Start the local workers' fork server now, before distributed is imported here (``cpframe submit``'s
     early cluster, :mod:`cpframe.execution.cluster_early`): its imports then overlap the driver's own from the
-    start (0.2-0.3 s sooner).  Does nothing when the workers will be spawned; never raises."""
+    start (0.2-0.3 s sooner).  Does nothing when the workers will be spawned or the server runs already; never
+    raises.  Returns whether this call started it."""
+    global _early_started
     try:
-        if _fork_server_wanted():
+        if not _early_started and _fork_server_wanted():
             _start_fork_server(spawn_env_before_distributed())
+            _early_started = True
+            return True
     except Exception:  # noqa: BLE001 - the cluster's own start still starts it, or spawns
         log.debug("could not start the fork server early", exc_info=True)
+    return False
+
+
+_early_started = False
 
 
 def settings_cluster_kind_peek() -> str:

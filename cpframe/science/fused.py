@@ -39,6 +39,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from cpframe.core.errors import UserInputError
+from cpframe.core.timeline import mark
 from cpframe.science.combine import (
     CombineConfig,
     CombineResult,
@@ -692,6 +693,7 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
     finally:
         if pool is not None:
             pool.shutdown()
+    mark("fused: streamed")
     for w in scratches:
         w.release()  # the row blocks go before the product's repair, statistics and write
     exposures = []
@@ -720,6 +722,7 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
     del out_n, planes
     header = product_header(headers, combine_config, sc)
     amp_stats = _amp_qa(header, out_image, out_mask, combine_config, threads=workers)
+    mark("fused: QA done")
     if extra_header:
         update_header(header, extra_header)
     product = MaskedImage(out_image, out_mask, out_var, header)
