@@ -103,9 +103,15 @@ _SUPPORTED_FIELDS = {
 #: A SAT / SUSPECT level that is never reached (:func:`cpframe.science.fused_isr.threshold`).
 _NO_LEVEL = (math.inf, False)
 
-#: Bytes per input pixel held per block: image float32 + mask int32 (+ variance float32).
-_BLOCK_BYTES = 8
-_BLOCK_BYTES_VAR = 12
+#: The inputs' mask rows in a block: int16 (every mask plane's bit is below 15, checked here; the product's mask
+#: plane stays int32): a quarter less memory traffic per block than int32 and a third more rows per block for the
+#: same budget (fewer blocks, fewer compiled calls).
+_BLOCK_MASK = np.int16
+assert max(MASK_BITS.values()) < 15, "fused.py: a mask bit beyond int16's blocks"
+
+#: Bytes per input pixel held per block: image float32 + mask int16 (+ variance float32).
+_BLOCK_BYTES = 6
+_BLOCK_BYTES_VAR = 10
 
 
 def fused_unsupported(isr_config: IsrConfig, combine_config: CombineConfig) -> list[str]:
@@ -141,9 +147,9 @@ def fused_rows_for_budget(memory_bytes: int, n_inputs: int, n_cols: int, n_bands
     least one row per block (N so large that its state alone exceeds the budget: one row).
 
     >>> fused_rows_for_budget(128 * 2**20, 20, 4072, 2, False, 2000)
-    93
+    124
     >>> fused_rows_for_budget(96 * 2**20, 200, 4072, 2, False, 2000, per_input_bytes=300_000)
-    3
+    4
     """
     # + 2 inputs' worth: the raw being corrected holds its rows as read (int32) and as float32
     held = max(1, n_inputs) + 2 * max(1, min(threads, n_inputs))
@@ -653,7 +659,7 @@ def isr_combine(raw_paths: Sequence[str | os.PathLike], output_path: str | os.Pa
             # rows are read, corrected and placed one raw at a time (no second copy of all N blocks)
             # (buffers reused from block to block: Scratch)
             img = [scratch.get(f"img{k}", (n, b, width), np.float32) for k in range(len(bands))]
-            msk = [scratch.get(f"msk{k}", (n, b, width), np.int32) for k in range(len(bands))]
+            msk = [scratch.get(f"msk{k}", (n, b, width), _BLOCK_MASK) for k in range(len(bands))]
             var = [scratch.get(f"var{k}", (n, b, width), np.float32) if use_var else None for k in range(len(bands))]
             calib_rows: list[dict[tuple, _Rows]] = [{} for _ in bands]
             for k, (y0, y1, _amps) in enumerate(bands):  # read once per block for all raws (and threads)
