@@ -107,7 +107,8 @@ _NO_LEVEL = (math.inf, False)
 #: plane stays int32): a quarter less memory traffic per block than int32 and a third more rows per block for the
 #: same budget (fewer blocks, fewer compiled calls).
 _BLOCK_MASK = np.int16
-assert max(MASK_BITS.values()) < 15, "fused.py: a mask bit beyond int16's blocks"
+if max(MASK_BITS.values()) >= 15:  # (not an assert: `python -O` would skip it)
+    raise ImportError("cpframe.science.fused: a mask plane's bit does not fit the int16 row blocks; widen _BLOCK_MASK.")
 
 #: Bytes per input pixel held per block: image float32 + mask int16 (+ variance float32).
 _BLOCK_BYTES = 6
