@@ -187,6 +187,36 @@ def test_local_workers_are_forks_of_a_server_that_did_their_imports_once(monkeyp
     assert all(f["ppid"] == os.getpid() and not f["registries"] for f in facts), facts
 
 
+def _blas_facts() -> dict:
+    import numba
+    import numpy as np
+
+    before = "scipy.linalg" in sys.modules
+
+    @numba.njit
+    def products(a, b, c):
+        return np.convolve(a, b), np.correlate(a, b), np.dot(b, c)
+
+    a, b, c = np.linspace(-1.5, 2.0, 7), np.linspace(3.0, -0.5, 5), np.linspace(0.25, 4.0, 5)
+    conv, corr, dot = products(a, b, c)
+    return {"scipy.linalg before": before, "scipy.linalg after": "scipy.linalg" in sys.modules,
+            "convolve": bool(np.allclose(conv, np.convolve(a, b), rtol=1e-12, atol=0)),
+            "correlate": bool(np.allclose(corr, np.correlate(a, b), rtol=1e-12, atol=0)),
+            "dot": bool(np.isclose(dot, np.dot(b, c), rtol=1e-12, atol=0))}
+
+
+def test_forked_workers_skip_scipy_linalg_at_start_and_numba_linear_algebra_still_works():
+    """numba's registries import scipy.linalg only for a BLAS check (0.13-0.14 s of the fork server's start):
+    the fork server loads them without it; a kernel that uses np.dot then imports it, and np.convolve /
+    np.correlate (the check's only users) give numpy's results."""
+    settings = Settings(n_workers=1, threads_per_worker=1, worker_memory_bytes=2**30)
+    with open_cluster(settings, kind="local") as oc:
+        oc.client.wait_for_workers(1, timeout=60)
+        (facts,) = oc.client.run(_blas_facts).values()
+    assert facts == {"scipy.linalg before": False, "scipy.linalg after": True, "convolve": True, "correlate": True,
+                     "dot": True}, facts
+
+
 #: (in the scripts below) the command lines of this process's children
 _CHILDREN = """
 def children():
