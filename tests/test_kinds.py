@@ -160,3 +160,57 @@ def test_lsst_task_classes_come_from_the_kinds(tmp_path):
     finally:
         REGISTRY.pop("toyLsstKind", None)
         REGISTRY.pop("toyBad", None)
+
+
+def test_the_planner_reads_every_kind_and_pipeline_without_the_science_stack():
+    """Every kind's options, defaults and checks, every shipped pipeline (cpframe's and the LSST files) and the
+    fusion check come from :mod:`cpframe.science.configs`: a planning process (``cpframe submit`` of any
+    compute site) imports neither numba, astropy, scipy, numpy nor the science and verification modules
+    (issue 14: 0.5 s of CPU of every submission); the science modules still re-export their configurations."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from pathlib import Path
+from cpframe.core.errors import PipelineError
+from cpframe.execution.kinds import REGISTRY
+from cpframe.execution.pipeline import list_pipelines, load_pipeline
+from cpframe.science.configs.fused import fused_unsupported
+from cpframe.science.configs.combine import CombineConfig
+from cpframe.science.configs.isr import IsrConfig
+for k in REGISTRY.values():
+    if k.config_class is not None:
+        k.config_class()
+names = list_pipelines()
+for name in names:
+    load_pipeline(name)
+lsst = Path(sys.argv[1])
+env = {"CP_PIPE_DIR": str(lsst / "cp_pipe"), "CP_VERIFY_DIR": str(lsst / "cp_verify"),
+       "ANALYSIS_TOOLS_DIR": str(lsst / "analysis_tools")}
+loaded = 0
+for path in sorted(lsst.glob("cp_*/pipelines/LSSTComCam/*.yaml")):
+    try:
+        load_pipeline(str(path), environ=env)
+        loaded += 1
+    except PipelineError:  # a task class cpframe does not run: reported, also without the science stack
+        pass
+assert fused_unsupported(IsrConfig(), CombineConfig()) == []
+print(len(names), loaded, sorted(m for m in ("numpy", "numba", "astropy", "scipy", "cpframe.verify",
+      "cpframe.science.combine", "cpframe.science.isr", "cpframe.science.fused", "cpframe.science.imageio")
+      if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "tests" / "data" / "lsst")],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    n_own, n_lsst, heavy = out.stdout.split(maxsplit=2)
+    assert int(n_own) >= 30 and int(n_lsst) >= 20 and heavy.strip() == "[]", out.stdout
+    # the science modules' names are the configurations' (one class, two import paths)
+    from cpframe.science import combine, isr
+    from cpframe.science.configs import combine as combine_config
+    from cpframe.science.configs import isr as isr_config
+    from cpframe.verify.config import VerifyConfig
+    from cpframe.science.configs.verify import VerifyConfig as VerifyConfigHere
+
+    assert combine.CombineConfig is combine_config.CombineConfig and isr.IsrConfig is isr_config.IsrConfig
+    assert VerifyConfig is VerifyConfigHere

@@ -33,7 +33,7 @@ def fusion(plan: Any) -> dict[str, str]:
     has no objection.  The fused quantum streams the raws through ISR and the combine
     without writing the per-exposure images (docs/algorithms.md "Fused ISR -> combine").
     """
-    from cpframe.science.fused import fused_unsupported
+    from cpframe.science.configs.fused import fused_unsupported
 
     readers = _readers(plan)
 

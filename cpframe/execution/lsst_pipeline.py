@@ -48,7 +48,7 @@ from cpframe.execution.kinds.defects import LSST_IGNORED as _DEFECT_IGNORED
 from cpframe.execution.kinds.illumination import CHAIN as _CHAIN
 from cpframe.execution.lsst_config import CALIB_BASELINE, MISSING, NOT_BUILT, SKIPPED, python_ops
 from cpframe.execution.lsst_contracts import check_contracts
-from cpframe.science.ptc import FIT_TYPES as _PTC_FIT_TYPES
+from cpframe.science.configs.ptc import FIT_TYPES as _PTC_FIT_TYPES
 
 __all__ = [
     "lsst_classes",

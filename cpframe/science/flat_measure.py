@@ -19,29 +19,15 @@ from cpframe.core.errors import UserInputError
 from cpframe.science.combine import clipped_stats
 from cpframe.science.imageio import MaskedImage, detector_from_header, mask_value, read_masked
 from cpframe.science.isr import IsrConfig
+from cpframe.science.configs.flat_measure import (  # noqa: F401 (defined there, importable without the science stack)
+    FlatMeasureConfig,
+    FlatNormalizeConfig,
+)
 
 __all__ = ["FlatMeasureConfig", "FlatNormalizeConfig", "FlatMeasurement", "FlatScales", "flat_measure_task",
            "flat_measure_image", "flat_normalize_task", "flat_scales", "prepass_flat_measure"]
 
 _FLAT_IGNORE = mask_value(("DETECTED", "BAD", "NO_DATA"))
-
-
-@dataclass(frozen=True)
-class FlatMeasureConfig:
-    """CpFlatMeasure settings (cp_pipe ``CpFlatMeasureConfig``)."""
-
-    clip: float = 3.0
-    """Clipping threshold of the background statistics, sigma."""
-    n_iter: int = 3
-    """Clipping iterations."""
-
-
-@dataclass(frozen=True)
-class FlatNormalizeConfig:
-    """CpFlatNormalization settings (cp_pipe ``CpFlatNormalizationConfig``)."""
-
-    max_iter: int = 10
-    """Iterations of the exposure x detector factorisation."""
 
 
 @dataclass

@@ -24,63 +24,20 @@ is a threshold on the smoothed image, not ``SourceDetectionTask``'s footprints.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from cpframe.core.errors import ConfigError, UserInputError
+from cpframe.core.errors import UserInputError
 from cpframe.science.combine import clipped_stats
 from cpframe.science.imageio import MASK_BITS, MaskedImage
-from cpframe.science.options import alias_kwargs
 from cpframe.science.sky import _bad, _block_stat, _expand
+from cpframe.science.configs.fringe import (  # noqa: F401 (defined there, importable without the science stack)
+    FringeConfig,
+)
 
 __all__ = ["FringeConfig", "FringeSolution", "fringe_correct", "fringe_measure", "smooth_background"]
-
-_ALIASES = {
-    "stats.clip": "stat_clip",
-    "stats.nIter": "stat_iter",
-    "subtractBackground.binSize": "background_bin_size",
-    "detection.thresholdValue": "detect_threshold",
-    "detectSigma": "detect_sigma",
-}
-
-
-@dataclass(frozen=True)
-class FringeConfig:
-    """``CpFringeTask`` settings (cp_pipe names in ``_ALIASES``)."""
-
-    stat_clip: float = 3.0
-    """Clipping (sigma) of the image level."""
-    stat_iter: int = 3
-    """Clipping iterations of the image level."""
-    background_bin_size: int = 128
-    """Smooth background bins (pixels; SubtractBackgroundTask's binSize)."""
-    detect_threshold: float = 5.0
-    """Sources: above this many sigma of the smoothed image (positive and negative) are masked DETECTED."""
-    detect_sigma: float = 1.0
-    """Gaussian smoothing (pixels) before the source threshold."""
-    bad_planes: tuple[str, ...] = ("BAD", "SAT", "NO_DATA")
-    """Planes left out of the statistics."""
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> FringeConfig:
-        """From cp_pipe names or field names.
-
-        Raises
-        ------
-        ConfigError
-            Unknown keys (all listed) or a bin size / threshold that is not positive.
-        """
-        kw, _ = alias_kwargs(cls, values, _ALIASES, "unknown fringe option(s) {keys}; known options: {known}.")
-        if "bad_planes" in kw:
-            kw["bad_planes"] = tuple(kw["bad_planes"])
-        cfg = cls(**kw)
-        for name in ("background_bin_size", "detect_threshold"):
-            if not float(getattr(cfg, name)) > 0:
-                raise ConfigError(f"fringe option {name} = {getattr(cfg, name)!r} must be positive.")
-        return cfg
 
 
 def smooth_background(image: np.ndarray, good: np.ndarray, bin_size: int) -> np.ndarray:

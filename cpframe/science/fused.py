@@ -80,6 +80,7 @@ from cpframe.science.fused_isr import amp_steps, amp_to_band, raw_rows, threshol
 from cpframe.science.fused_work import Scratch, in_threads, output_planes, split
 from cpframe.science.kernels import combine_block
 from cpframe.science.fused_isr import DitherStream
+from cpframe.science.configs.fused import _SUPPORTED_FIELDS, fused_unsupported  # noqa: F401 (defined there, for the planner)
 
 __all__ = ["FusedUnsupported", "FusedExposure", "fused_unsupported", "isr_combine", "fused_rows_for_budget"]
 
@@ -87,18 +88,6 @@ __all__ = ["FusedUnsupported", "FusedExposure", "fused_unsupported", "isr_combin
 class FusedUnsupported(UserInputError):
     """The fused path cannot run this configuration (the drivers fall back to the unfused one)."""
 
-
-#: IsrConfig fields the fused path implements; any other field away from its default is unsupported
-#: (new ISR steps added to IsrConfig are therefore run by the unfused path until fused.py learns them).
-_SUPPORTED_FIELDS = {
-    "do_bootstrap", "integer_dither_mode", "do_overscan", "do_parallel_overscan", "overscan_fit_type",
-    "overscan_num_sigma_clip", "overscan_leading_to_skip", "overscan_trailing_to_skip", "serial_max_deviation",
-    "parallel_max_deviation", "do_saturation", "do_suspect", "saturation_source", "saturation_level",
-    "suspect_level", "do_apply_gains", "use_gains_from", "gains", "do_crosstalk", "do_quadratic_crosstalk",
-    "do_linearize", "do_assemble_ccd", "do_bias", "do_dark", "do_defect", "do_nan_masking", "do_variance",
-    "do_flat", "flat_scaling_type", "flat_user_scale", "no_data_variance", "do_raise_on_calib_mismatch",
-    "do_standard_statistics", "mask_negative_variance",
-}
 
 #: A SAT / SUSPECT level that is never reached (:func:`cpframe.science.fused_isr.threshold`).
 _NO_LEVEL = (math.inf, False)
@@ -113,18 +102,6 @@ if max(MASK_BITS.values()) >= 15:  # (not an assert: `python -O` would skip it)
 #: Bytes per input pixel held per block: image float32 + mask int16 (+ variance float32).
 _BLOCK_BYTES = 6
 _BLOCK_BYTES_VAR = 10
-
-
-def fused_unsupported(isr_config: IsrConfig, combine_config: CombineConfig) -> list[str]:
-    """Why the fused path cannot run these settings (empty list: it can)."""
-    why = []
-    default = IsrConfig()
-    for f in fields(IsrConfig):
-        if f.name not in _SUPPORTED_FIELDS and getattr(isr_config, f.name) != getattr(default, f.name):
-            why.append(f"ISR option {f.name} is not implemented by the fused path")
-    if combine_config.exposure_scaling == "MeanStats":
-        why.append("exposureScaling MeanStats needs each whole ISR image")
-    return why
 
 
 def input_state_bytes(det) -> int:

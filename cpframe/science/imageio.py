@@ -38,6 +38,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from cpframe.camera.models import Camera, Detector, load_camera
 from cpframe.core import files as _files
 from cpframe.core.errors import CameraError, UserInputError
+from cpframe.science.configs.masks import MASK_BITS  # noqa: F401 (defined there, importable without the science stack)
 
 __all__ = [
     "MASK_BITS",
@@ -68,21 +69,6 @@ __all__ = [
     "FileFormatError",
 ]
 
-#: Mask plane name -> bit number (docs/architecture.md "Mask bits").
-MASK_BITS: dict[str, int] = {
-    "BAD": 0,
-    "SAT": 1,
-    "INTRP": 2,
-    "CR": 3,
-    "EDGE": 4,
-    "DETECTED": 5,
-    "DETECTED_NEGATIVE": 6,
-    "SUSPECT": 7,
-    "NO_DATA": 8,
-    "UNMASKEDNAN": 9,
-    "VIGNETTED": 10,
-    "PARTLY_VIGNETTED": 11,
-}
 
 MSG_UNKNOWN_PLANE = "unknown mask plane(s) {names}; known planes: {known}."
 MSG_NOT_MASKED = "{path}: not a fits-masked file (needs IMAGE, MASK and VARIANCE HDUs; found {found})."

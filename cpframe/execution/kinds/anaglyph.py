@@ -10,7 +10,7 @@ from types import MappingProxyType
 
 from cpframe.core.errors import UserInputError
 from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, output_path
-from cpframe.science import anaglyph as _an
+from cpframe.science.configs import anaglyph as _an
 
 MSG_INPUTS = ("combineTwoFlats {key}: needs one flat of each input ({types}) for the detector, got {got}; connect "
               "the two gradient-corrected flats.")
@@ -34,6 +34,7 @@ class CombineTwoFlats(TaskKind):
 
     @classmethod
     def run(cls, spec, groups):
+        from cpframe.science import anaglyph as _an  # the science itself: only where quanta run
         types = list(spec.input_types) or list(groups)
         paths = [[getattr(v, "path", None) for v in groups.get(t, [])] for t in types]
         if len(paths) != 2 or any(len(p) != 1 or not p[0] for p in paths):

@@ -11,7 +11,7 @@ from types import MappingProxyType
 
 from cpframe.core.errors import UserInputError
 from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, calib_path, enum, output_path
-from cpframe.science import bfk as _bfk
+from cpframe.science.configs import bfk as _bfk
 
 MSG_NO_PTC = ("bfkSolve {key}: no PTC to read: connect the ptcSolve output of the pipeline (bfkPtc) or "
               "certify a FULLCOVARIANCE ptc in the input collections.")
@@ -51,6 +51,7 @@ class BfkSolve(TaskKind):
 
     @classmethod
     def run(cls, spec, groups):
+        from cpframe.science import bfk as _bfk  # the science itself: only where quanta run
         ptc = None
         for values in groups.values():
             for v in values:

@@ -6,9 +6,9 @@ from types import MappingProxyType
 
 from cpframe.core.errors import ExecutionError
 from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, accepted, enum, output_path
-from cpframe.science import combine as _combine
-from cpframe.science.imageio import MASK_BITS
-from cpframe.science.tasks import DEFAULT_FUSED_MEMORY_BYTES
+from cpframe.science.configs import combine as _combine
+from cpframe.science.configs.masks import MASK_BITS
+from cpframe.science.configs.tasks import DEFAULT_FUSED_MEMORY_BYTES
 
 
 def _field(key: str) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, header_meta, output_path
-from cpframe.science import crosstalk as _xt
+from cpframe.science.configs import crosstalk as _xt
 
 
 def _field(key: str) -> str:
@@ -36,6 +36,7 @@ class CrosstalkExtract(_Crosstalk):
 
     @classmethod
     def run(cls, spec, groups):
+        from cpframe.science import crosstalk as _xt  # the science itself: only where quanta run
         (exp,) = next(iter(groups.values()))
         return (_xt.crosstalk_extract_task(exp.path, spec.settings["crosstalk"]), header_meta(exp.path))
 
@@ -58,6 +59,7 @@ class CrosstalkSolve(_Crosstalk):
 
     @classmethod
     def run(cls, spec, groups):
+        from cpframe.science import crosstalk as _xt  # the science itself: only where quanta run
         values = next(iter(groups.values()))
         return _xt.crosstalk_solve_task([m for m, _ in values], output_path(spec), spec.settings["crosstalk"],
                                         meta=values[0][1])

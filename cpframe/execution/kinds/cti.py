@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, header_meta, output_path
-from cpframe.science import cti as _cti
+from cpframe.science.configs import cti as _cti
 
 
 class CtiSolve(TaskKind):
@@ -30,6 +30,7 @@ class CtiSolve(TaskKind):
 
     @classmethod
     def run(cls, spec, groups):
+        from cpframe.science import cti as _cti  # the science itself: only where quanta run
         from cpframe.science.imageio import read_header
 
         exposures = sorted(next(iter(groups.values())), key=lambda e: e.exposure_id)

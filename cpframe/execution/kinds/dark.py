@@ -6,7 +6,7 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, output_path
-from cpframe.science.tasks import CrConfig
+from cpframe.science.configs.tasks import CrConfig
 
 
 _DET = ("exposure", "detector")

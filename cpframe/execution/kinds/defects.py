@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from cpframe.execution.kinds.base import UNSET, Option, TaskKind, calib_path, enum, output_path
-from cpframe.science import defects as _defects
+from cpframe.science.configs import defects as _defects
 
 
 def _field(key: str) -> str:

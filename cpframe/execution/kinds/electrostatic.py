@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 from cpframe.core.errors import UserInputError
 from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, calib_path, output_path
-from cpframe.science import electrostatic as _es
+from cpframe.science.configs import electrostatic as _es
 
 MSG_NO_PTC = ("electrostaticBfSolve {key}: no PTC to read: certify a FULLCOVARIANCE ptc in the input collections "
               "(or connect a ptcSolve output with useBfPtc: true).")
@@ -48,6 +48,7 @@ class ElectrostaticBfSolve(TaskKind):
     @classmethod
     def run(cls, spec, groups):
         # useBfPtc: the pipeline's own PTC is the input; otherwise the inputs are the raws (never opened)
+        from cpframe.science import electrostatic as _es  # the science itself: only where quanta run
         ptc = next((getattr(v[0], "path", None) for name, v in groups.items() if name != "raw" and v), None)
         ptc = ptc or calib_path(spec, "ptc")
         if not ptc:

@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 from cpframe.core.errors import ConfigError
 from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, enum
-from cpframe.science.tasks import FlatMeasureConfig, FlatNormalizeConfig
+from cpframe.science.configs.flat_measure import FlatMeasureConfig, FlatNormalizeConfig
 
 
 _DET = ("exposure", "detector")

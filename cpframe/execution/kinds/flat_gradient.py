@@ -19,7 +19,7 @@ from types import MappingProxyType
 
 from cpframe.core.errors import UserInputError
 from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, detector_of, output_path
-from cpframe.science import flat_gradient as _fg
+from cpframe.science.configs import flat_gradient as _fg
 
 MSG_APPLY_INPUTS = ("flatGradientApply {key}: needs the new flat of the detector and the flat gradient of its filter "
                     "as inputs (got {got}); connect the combine and the flatGradientFit outputs.")
@@ -54,6 +54,7 @@ class FlatGradientFit(TaskKind):
 
     @classmethod
     def run(cls, spec, groups):
+        from cpframe.science import flat_gradient as _fg  # the science itself: only where quanta run
         from cpframe.science.imageio import read_defects
 
         flats = sorted({p for vs in groups.values() for v in vs if (p := getattr(v, "path", None))})
@@ -85,6 +86,7 @@ class FlatGradientApply(TaskKind):
 
     @classmethod
     def run(cls, spec, groups):
+        from cpframe.science import flat_gradient as _fg  # the science itself: only where quanta run
         values = [v for vs in groups.values() for v in vs]
         flats = [v.path for v in values if not isinstance(v, _fg.FlatGradient) and getattr(v, "path", None)]
         grads = [v.path for v in values if isinstance(v, _fg.FlatGradient)]

@@ -10,7 +10,7 @@ import dataclasses
 from types import MappingProxyType
 
 from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, output_path
-from cpframe.science import fringe as _fringe
+from cpframe.science.configs import fringe as _fringe
 
 _FIELDS = {k: k for k in ("detectSigma", "stats.clip", "stats.nIter", "subtractBackground.binSize",
                           "detection.thresholdValue")}
@@ -35,6 +35,7 @@ class FringeMeasure(TaskKind):
 
     @classmethod
     def run(cls, spec, groups):
+        from cpframe.science import fringe as _fringe  # the science itself: only where quanta run
         from cpframe.science.imageio import read_masked, write_masked
 
         src = next(iter(groups.values()))[0]

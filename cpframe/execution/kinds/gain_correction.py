@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 from cpframe.core.errors import UserInputError
 from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, detector_of, output_path
-from cpframe.science import gain_correction as _gc
+from cpframe.science.configs import gain_correction as _gc
 
 MSG_NO_FLAT = ("gainCorrection {key}: no new flat to measure: connect the combined flat of the pipeline "
                "(flat_gain_correction) as the input.")
@@ -47,6 +47,7 @@ class GainCorrection(TaskKind):
 
     @classmethod
     def run(cls, spec, groups):
+        from cpframe.science import gain_correction as _gc  # the science itself: only where quanta run
         flats = sorted((getattr(v, "path", None) for vs in groups.values() for v in vs), key=str)
         flats = [f for f in flats if f]
         if not flats:

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, accepted, calib_path, output_path
-from cpframe.science import illumination as _il
+from cpframe.science.configs import illumination as _il
 
 #: Dataset type of the product (fgcmcal ``illumination_corrections`` connection).
 PRODUCT = "illuminationCorrection"
@@ -114,6 +114,7 @@ class StarMeasure(TaskKind):
 
     @classmethod
     def run(cls, spec, groups):
+        from cpframe.science import illumination as _il  # the science itself: only where quanta run
         from cpframe.science.imageio import read_masked
 
         src = next(iter(groups.values()))[0]
@@ -155,6 +156,7 @@ class IlluminationSolve(TaskKind):
 
     @classmethod
     def run(cls, spec, groups):
+        from cpframe.science import illumination as _il  # the science itself: only where quanta run
         stars = sorted(next(iter(groups.values())), key=lambda s: s.exposure_id)
         meta: dict[str, Any] = {"FILTER": str(spec.data_id.get("physical_filter", ""))}
         for i, s in enumerate(stars):

@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, accepted, enum, output_path
-from cpframe.science import isr as _isr
+from cpframe.science.configs import isr as _isr
 
 #: ip_isr switches cpframe accepts in pipeline files but does not implement (run off; a note says so).
 _NOT_IMPLEMENTED = tuple(k for k in ("doCorrectGains", "doDeferredCharge", "doBrighterFatter", "doInterpolate",

@@ -20,8 +20,8 @@ from types import MappingProxyType
 from typing import Mapping
 
 from cpframe.execution.kinds.base import UNSET, ClassMap, Option, TaskKind, calib_path, enum, output_path
-from cpframe.science import linearity as _lin
-from cpframe.science import linearity_normalize as _norm
+from cpframe.science.configs import linearity as _lin
+from cpframe.science.configs import linearity_normalize as _norm
 
 
 def _field(key: str) -> str:
@@ -91,6 +91,8 @@ class LinearitySolve(TaskKind):
 
     @classmethod
     def run(cls, spec, groups):
+        from cpframe.science import linearity as _lin  # the science itself: only where quanta run
+        from cpframe.science import linearity_normalize as _norm  # the science itself: only where quanta run
         meas, meta, norm = [], None, None
         for values in groups.values():
             for v in values:
@@ -131,6 +133,7 @@ class LinearityNormalize(TaskKind):
 
     @classmethod
     def run(cls, spec, groups):
+        from cpframe.science import linearity_normalize as _norm  # the science itself: only where quanta run
         lins = [v for values in groups.values() for v in values]
         return _norm.normalize_task(lins, output_path(spec), spec.settings["normalize"],
                                     meta={"INSTRUME": spec.data_id.get("instrument")})

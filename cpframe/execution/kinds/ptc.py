@@ -10,7 +10,7 @@ import dataclasses
 from types import MappingProxyType
 
 from cpframe.execution.kinds.base import UNSET, ClassMap, Option, TaskKind, enum, header_meta, output_path
-from cpframe.science import ptc as _ptc
+from cpframe.science.configs import ptc as _ptc
 
 
 def _field(key: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from cpframe.core.errors import UserInputError
 from cpframe.execution.kinds.base import ClassMap, Option, TaskKind, output_path
-from cpframe.science import sky as _sky
+from cpframe.science.configs import sky as _sky
 
 #: Dataset type of the product.
 PRODUCT = "sky"
@@ -126,6 +126,7 @@ class SkyImage(TaskKind):
 
     @classmethod
     def run(cls, spec, groups):
+        from cpframe.science import sky as _sky  # the science itself: only where quanta run
         from cpframe.core.files import json_ready, write_json
         from cpframe.science.imageio import read_masked, write_masked
 
@@ -151,6 +152,7 @@ class SkyScaleMeasure(TaskKind):
 
     @classmethod
     def run(cls, spec, groups):
+        from cpframe.science import sky as _sky  # the science itself: only where quanta run
         from cpframe.core.files import json_ready, write_json
 
         values = _first(groups, next(iter(groups), "inputBkgs"), "detector backgrounds", spec)
@@ -178,6 +180,7 @@ class SkySubtractBackground(TaskKind):
 
     @classmethod
     def run(cls, spec, groups):
+        from cpframe.science import sky as _sky  # the science itself: only where quanta run
         from cpframe.core.files import json_ready, write_json
         from cpframe.science.imageio import read_masked
 
@@ -205,6 +208,7 @@ class SkyCombine(TaskKind):
 
     @classmethod
     def run(cls, spec, groups):
+        from cpframe.science import sky as _sky  # the science itself: only where quanta run
         values = sorted((v for vs in groups.values() for v in vs if isinstance(v, ResidualResult)),
                         key=lambda v: v.exposure_id)
         if not values:

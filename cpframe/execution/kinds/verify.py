@@ -8,7 +8,7 @@ from types import MappingProxyType
 from cpframe.execution.kinds.base import (
     ClassMap, Option, TaskKind, calib_path, detector_of, detector_of_header, enum, output_path,
 )
-from cpframe.verify.config import VerifyConfig
+from cpframe.science.configs.verify import VerifyConfig
 
 STAGES = ("BIAS", "DARK", "FLAT", "DEFECTS", "PTC", "SCIENCE", "LINEARITY", "CROSSTALK", "CTI", "BFK", "GAIN_CORRECTION",
           "FLAT_GRADIENT", "ILLUMINATION",
