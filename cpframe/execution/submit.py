@@ -516,7 +516,7 @@ def template_compute_site(template: Any) -> str | None:
     a variable comes back unexpanded, so it is not ``"local"``; the rendering decides in the end)."""
     import re
 
-    from cpframe.execution.templates import find_template
+    from cpframe.execution.template_files import find_template  # no jinja2 yet
 
     try:
         text = find_template(template).read_text()

@@ -54,6 +54,11 @@ from jinja2.sandbox import SecurityError
 from cpframe.core import yamlsafe
 from cpframe.core.errors import TemplateError, UndefinedVariablesError
 from cpframe.execution.limits import BoundedSandbox, render_bounded
+from cpframe.execution.template_files import (  # noqa: F401 (defined there, read before jinja2 is imported)
+    default_pipelines_dir,
+    default_templates_dir,
+    find_template,
+)
 
 __all__ = [
     "Rendering",
@@ -102,42 +107,6 @@ _CP_DIR_RE = {
 
 # ${CP_PIPE_DIR}/bps/... (or CP_VERIFY_DIR): BPS include files of the stack packages
 _STACK_BPS_RE = re.compile(r"^\$(?:\{(CP_PIPE_DIR|CP_VERIFY_DIR)\}|(CP_PIPE_DIR|CP_VERIFY_DIR)\b)/bps/")
-
-_PROJECT_DIR = Path(__file__).resolve().parents[2]
-
-
-def default_pipelines_dir() -> Path:
-    """The project's ``pipelines/`` folder (used when ``CPFRAME_PIPELINES`` is unset)."""
-    return _PROJECT_DIR / "pipelines"
-
-
-def default_templates_dir() -> Path:
-    """The project's ``templates/`` folder."""
-    return _PROJECT_DIR / "templates"
-
-
-def find_template(name: str | os.PathLike) -> Path:
-    """Find a template by path, or by bare name in the project's ``templates/``.
-
-    ``bps_flat_g`` and ``bps_flat_g.yaml`` both name ``templates/bps_flat_g.yaml``.
-
-    Raises
-    ------
-    TemplateError
-        Neither a file nor a shipped template; the message lists the shipped ones.
-    """
-    p = Path(name)
-    if p.is_file():
-        return p
-    for cand in (default_templates_dir() / p.name, default_templates_dir() / f"{p.name}.yaml"):
-        if str(p) == p.name and cand.is_file():
-            return cand
-    shipped = sorted(t.stem for t in default_templates_dir().glob("bps_*.yaml"))
-    raise TemplateError(
-        f"template {str(name)!r} not found: no such file, and not a shipped template. "
-        f"Shipped templates: {', '.join(shipped) or '(none)'}."
-    )
-
 
 def make_timestamp(now: _dt.datetime | None = None) -> str:
     """Collection timestamp, UTC ``YYYYMMDDTHHMMSSZ``.

@@ -1,6 +1,7 @@
 """Imported by every local Dask worker as it starts (``LocalCluster(preload=...)``): the task code and the
-science stack (numpy, astropy, scipy, numba: about a second), so that the first quantum of each worker does
-not pay for them.  ``cpframe submit`` starts the local cluster while it plans (:mod:`cpframe.execution.submit`),
+science stack (numpy, astropy, numba, through the fused ISR -> combine's modules: the kinds themselves import
+their science modules only when a quantum runs, :mod:`cpframe.science.configs`), so that the first quantum of each
+worker does not pay for them (the other kinds' science modules then take ~0.03 s more at their first quantum).  ``cpframe submit`` starts the local cluster while it plans (:mod:`cpframe.execution.submit`),
 so these imports overlap the driver's own instead of delaying the first quanta.  It also makes the worker
 process skip the interpreter's final garbage collections when it exits (:mod:`cpframe.core.quickexit`: 0.7-0.8 s
 that closing the cluster waited for).
