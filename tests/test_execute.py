@@ -260,6 +260,9 @@ def test_a_quantum_result_unpickles_its_value_where_it_is_read():
     first, second = out.stdout.decode().splitlines()
     assert first == "isr_1 bias ab False False"
     assert second == "AmpStats 1.5 [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0] True True"
+    # passed on unread (a worker hands its upstream results to a quantum's child process): still the value
+    hop = pickle.loads(pickle.dumps(pickle.loads(blob), protocol=5)).results[0]
+    assert hop.value["stats"] == value["stats"] and np.array_equal(hop.value["vector"], value["vector"])
     back = pickle.loads(blob).results[0]  # and in a process that has the classes: equal to what was sent
     assert back.value["stats"] == value["stats"] and np.array_equal(back.value["vector"], value["vector"])
     assert (back.key, back.outputs, back.checksums) == (res.key, res.outputs, res.checksums)

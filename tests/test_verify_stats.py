@@ -36,8 +36,10 @@ def reference_clip(x, n_sigma=5.0, n_iter=3):
 
 def test_doctests_of_verify_modules():
     # (bin_image and its doctest moved from results to stats with the results<->core cycle fix)
+    import cpframe.science.configs.verify  # VerifyConfig's module (cpframe.verify.config re-exports it)
+
     for mod in (cpframe.verify.stats, cpframe.verify.defects, cpframe.verify.ptc,
-                cpframe.verify.config):
+                cpframe.science.configs.verify):
         failed, tried = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
         assert tried > 0 and failed == 0, mod.__name__
 

@@ -103,7 +103,7 @@ class QuantumResult:
     # overscan vectors, ~0.2 MB per full-size raw).
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        if "value" in state:
+        if "value" in state and type(state["value"]) is not _PickledValue:  # not read here: passed on as it came
             state["value"] = _PickledValue(_dumps(state["value"]))
         return state
 
