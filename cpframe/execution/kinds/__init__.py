@@ -21,11 +21,13 @@ How to add a kind
 -----------------
 1. Write one module in this package (``cpframe/execution/kinds/<name>.py``) with a
    subclass of :class:`TaskKind`: ``name``, ``summary``, ``dimensions``, ``config_class``
-   (a frozen dataclass in ``cpframe.science``, or none), ``options`` (cp_pipe name ->
+   (a frozen dataclass in ``cpframe.science.configs``, or none), ``options`` (cp_pipe name ->
    :class:`Option` naming the config field), ``plan`` and ``run``; ``task_classes`` (the real
    LSST task classes it runs, each a :class:`ClassMap`: connections and config fields), which is
    all the LSST pipeline reader (:mod:`cpframe.execution.lsst_pipeline`) knows of a class.  Defining the class
-   registers it; every module of this package is imported below, nothing else to edit.
+   registers it; every module of this package is imported below, nothing else to edit.  Import the science
+   module inside ``run`` (and the configuration from :mod:`cpframe.science.configs`): the command that plans
+   never imports the science stack (``tests/test_kinds.py`` checks it).
 2. Write its pipeline YAML in ``pipelines/`` (``kind: <name>``).
 3. Regenerate ``docs/kinds.md``: ``python -m cpframe.execution.kinds > docs/kinds.md``
    (``tests/test_kinds.py`` fails until the page matches, and checks that pipeline-run
