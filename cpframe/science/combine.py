@@ -111,7 +111,7 @@ from cpframe.science.kernels import (  # noqa: E402,F401  (kernels live in kerne
 )
 
 # --------------------------------------------------------------------------------------
-# configuration
+# configuration (CombineConfig and its names: cpframe.science.configs.combine)
 # --------------------------------------------------------------------------------------
 
 

@@ -33,7 +33,7 @@ import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -80,7 +80,7 @@ from cpframe.science.fused_isr import amp_steps, amp_to_band, raw_rows, threshol
 from cpframe.science.fused_work import Scratch, in_threads, output_planes, split
 from cpframe.science.kernels import combine_block
 from cpframe.science.fused_isr import DitherStream
-from cpframe.science.configs.fused import _SUPPORTED_FIELDS, fused_unsupported  # noqa: F401 (defined there, for the planner)
+from cpframe.science.configs.fused import fused_unsupported  # defined there, for the planner
 
 __all__ = ["FusedUnsupported", "FusedExposure", "fused_unsupported", "isr_combine", "fused_rows_for_budget"]
 

@@ -103,7 +103,7 @@ MSG_UNITS = ("ISR of {what}: the {calib} is in {calib_units} but the image is in
 
 
 # --------------------------------------------------------------------------------------
-# configuration
+# configuration (IsrConfig and its names: cpframe.science.configs.isr)
 # --------------------------------------------------------------------------------------
 
 

@@ -10,7 +10,8 @@ from cpframe.science.configs.combine import CombineConfig
 from cpframe.science.configs.isr import IsrConfig
 
 #: IsrConfig fields the fused path implements; any other field away from its default is unsupported
-#: (new ISR steps added to IsrConfig are therefore run by the unfused path until fused.py learns them).
+#: (new ISR steps added to IsrConfig are therefore run by the unfused path until cpframe.science.fused runs them
+#: and this set names them).
 _SUPPORTED_FIELDS = {
     "do_bootstrap", "integer_dither_mode", "do_overscan", "do_parallel_overscan", "overscan_fit_type",
     "overscan_num_sigma_clip", "overscan_leading_to_skip", "overscan_trailing_to_skip", "serial_max_deviation",
